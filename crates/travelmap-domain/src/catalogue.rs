@@ -1,0 +1,316 @@
+//! The event catalogue: every journey event type, its schema version, a one-line description,
+//! the JSON Schema of its `data`, and the code that decodes (and, for old versions, upcasts)
+//! stored or submitted `data` into a typed [`JourneyEvent`].
+//!
+//! One table (the `catalogue!` invocation below) drives all of it, so adding a type means adding
+//! one line and one payload struct.
+//!
+//! ## Versioning and upcasting
+//! Every type carries a `schema_version`. Senders must post the current version. Stored events
+//! keep the version they were written with and are upcast when read: when a type gets a v2, its
+//! entry's version becomes 2, and `upcast` gains an arm that rewrites v1 `data` into v2 shape
+//! before the typed decode. The log itself is never rewritten.
+
+use std::sync::OnceLock;
+
+use schemars::generate::SchemaSettings;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::join_path;
+use crate::payloads::*;
+use crate::{DecodeError, ValidationError};
+
+/// One entry of the catalogue, as published by `GET /v1/event-types` and docs/events.md.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventTypeInfo {
+    /// The event type, e.g. `client.released`.
+    #[serde(rename = "type")]
+    pub event_type: &'static str,
+    /// The current schema version of the type's `data`.
+    pub schema_version: u32,
+    /// One line saying what the event records.
+    pub description: &'static str,
+    /// Top-level `data` fields that hold personal data (to be encrypted at rest and erased on
+    /// request). Empty when the type records only journey facts.
+    pub personal_fields: &'static [&'static str],
+    /// The JSON Schema (2020-12) of `data`, generated from the same types the server decodes into.
+    pub data: Value,
+}
+
+macro_rules! catalogue {
+    ($(
+        $variant:ident($payload:ty) = $name:literal @ $version:literal,
+            personal: [$($personal:literal),*],
+            $description:literal;
+    )*) => {
+        /// A journey event: its type and typed `data`. Serialises as `{"type": ..., "data": ...}`.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", content = "data")]
+        pub enum JourneyEvent {
+            $(
+                #[doc = $description]
+                #[serde(rename = $name)]
+                $variant($payload),
+            )*
+        }
+
+        impl JourneyEvent {
+            /// The catalogue name of this event's type.
+            pub fn event_type(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $name,)* }
+            }
+
+            /// The schema version this value is in (always the current one: decoding upcasts).
+            pub fn schema_version(&self) -> u32 {
+                match self { $(Self::$variant(_) => $version,)* }
+            }
+
+            /// The `data` object as JSON.
+            pub fn data(&self) -> Value {
+                let data = match self {
+                    $(Self::$variant(payload) => serde_json::to_value(payload),)*
+                };
+                data.expect("journey event payloads always serialise")
+            }
+
+            /// Decodes `data` of the given type and schema version, upcasting old versions.
+            pub fn decode(event_type: &str, schema_version: u32, data: &Value) -> Result<Self, DecodeError> {
+                match event_type {
+                    $($name => {
+                        let data = upcast($name, schema_version, $version, data)?;
+                        decode_payload::<$payload>(&data).map(Self::$variant)
+                    })*
+                    other => Err(DecodeError::UnknownType(other.to_owned())),
+                }
+            }
+        }
+
+        /// The whole catalogue, in documentation order.
+        pub fn event_types() -> &'static [EventTypeInfo] {
+            static TYPES: OnceLock<Vec<EventTypeInfo>> = OnceLock::new();
+            TYPES.get_or_init(|| {
+                let generator = SchemaSettings::draft2020_12().into_generator();
+                vec![$(EventTypeInfo {
+                    event_type: $name,
+                    schema_version: $version,
+                    description: $description,
+                    personal_fields: &[$($personal),*],
+                    data: generator.clone().into_root_schema_for::<$payload>().to_value(),
+                },)*]
+            })
+        }
+    };
+}
+
+catalogue! {
+    ClientRegistered(ClientRegistered) = "client.registered" @ 1, personal: ["personal"],
+        "The client becomes known, with agency identifiers and personal details.";
+    IdentifierAdded(IdentifierAdded) = "identifier.added" @ 1, personal: [],
+        "Another agency identifier (prison number, probation case, ...) is linked to the client.";
+    SentenceStarted(SentenceStarted) = "sentence.started" @ 1, personal: [],
+        "The client starts serving a prison sentence.";
+    ProgrammeEnrolled(ProgrammeEnrolled) = "programme.enrolled" @ 1, personal: [],
+        "The client enrols in a programme (e.g. mentoring), with court approval where needed.";
+    InvolvementOpened(InvolvementOpened) = "involvement.opened" @ 1, personal: [],
+        "An agency and worker start working with the client in a role.";
+    InvolvementClosed(InvolvementClosed) = "involvement.closed" @ 1, personal: [],
+        "An agency's involvement with the client in a role ends.";
+    ConsentRecorded(ConsentRecorded) = "consent.recorded" @ 1, personal: [],
+        "Consent or another legal basis lets an agency process the client's data for purposes.";
+    ConsentWithdrawn(ConsentWithdrawn) = "consent.withdrawn" @ 1, personal: [],
+        "The client withdraws consent for an agency.";
+    PlanAgreed(PlanAgreed) = "plan.agreed" @ 1, personal: [],
+        "An individual plan covering needs areas is agreed with the client.";
+    NeedAssessed(NeedAssessed) = "need.assessed" @ 1, personal: ["note"],
+        "A needs area is assessed and given a status.";
+    PrereleaseLectureAttended(PrereleaseLectureAttended) = "prerelease_lecture.attended" @ 1, personal: [],
+        "The client attends an employment bureau lecture in prison before release.";
+    RetrainingStarted(RetrainingStarted) = "retraining.started" @ 1, personal: [],
+        "A retraining course starts.";
+    RetrainingCompleted(RetrainingCompleted) = "retraining.completed" @ 1, personal: [],
+        "A retraining course is completed.";
+    CounsellingAttended(CounsellingAttended) = "counselling.attended" @ 1, personal: [],
+        "The client attends debt, legal, family-law or psychological counselling.";
+    ReleaseScheduled(ReleaseScheduled) = "release.scheduled" @ 1, personal: [],
+        "A release date is set.";
+    ClientReleased(ClientReleased) = "client.released" @ 1, personal: [],
+        "The client leaves prison (conditional release, parole, end of sentence, ...).";
+    ContactMade(ContactMade) = "contact.made" @ 1, personal: [],
+        "A worker has contact with the client (first-day contact, meeting, visit, crisis).";
+    AppointmentScheduled(AppointmentScheduled) = "appointment.scheduled" @ 1, personal: [],
+        "An appointment with the client is scheduled.";
+    AppointmentMissed(AppointmentMissed) = "appointment.missed" @ 1, personal: [],
+        "The client misses a scheduled appointment.";
+    EmploymentBureauRegistered(EmploymentBureauRegistered) = "employment_bureau.registered" @ 1, personal: [],
+        "The client registers with the employment bureau.";
+    JobPlaced(JobPlaced) = "job.placed" @ 1, personal: [],
+        "The client starts a job.";
+    JobLost(JobLost) = "job.lost" @ 1, personal: [],
+        "The client loses or leaves a job.";
+    HousingSecured(HousingSecured) = "housing.secured" @ 1, personal: [],
+        "The client secures housing.";
+    HousingLost(HousingLost) = "housing.lost" @ 1, personal: [],
+        "The client loses housing.";
+    DebtCaseOpened(DebtCaseOpened) = "debt_case.opened" @ 1, personal: [],
+        "Debt counselling opens a case for the client.";
+    DebtCaseClosed(DebtCaseClosed) = "debt_case.closed" @ 1, personal: [],
+        "A debt case is closed.";
+    FamilyContactRestored(FamilyContactRestored) = "family_contact.restored" @ 1, personal: ["note"],
+        "Contact with the client's family is restored.";
+    ProgrammeCompleted(ProgrammeCompleted) = "programme.completed" @ 1, personal: [],
+        "The client completes a programme.";
+    ProgrammeDroppedOut(ProgrammeDroppedOut) = "programme.dropped_out" @ 1, personal: [],
+        "The client drops out of a programme, with the reason.";
+    ReoffenceRecorded(ReoffenceRecorded) = "reoffence.recorded" @ 1, personal: [],
+        "A new offence by the client is recorded.";
+    ClientRecalled(ClientRecalled) = "client.recalled" @ 1, personal: [],
+        "A conditionally released client is recalled to prison.";
+    EventCorrected(EventCorrected) = "event.corrected" @ 1, personal: ["data"],
+        "Rectification: an earlier event of the client is to be read with replacement data.";
+    EventRetracted(EventRetracted) = "event.retracted" @ 1, personal: [],
+        "An earlier event of the client is withdrawn as recorded in error.";
+}
+
+/// Looks up one catalogue entry.
+pub fn event_type(name: &str) -> Option<&'static EventTypeInfo> {
+    event_types().iter().find(|info| info.event_type == name)
+}
+
+/// Rewrites `data` written under `from` into the shape of the current version `current`.
+/// Every type is at version 1, so there is nothing to rewrite yet; a future v2 adds its arm here
+/// (e.g. `("client.released", 1) => rename a field`) and the rest of the system never sees v1.
+fn upcast<'a>(
+    event_type: &str,
+    from: u32,
+    current: u32,
+    data: &'a Value,
+) -> Result<std::borrow::Cow<'a, Value>, DecodeError> {
+    if from == current {
+        return Ok(std::borrow::Cow::Borrowed(data));
+    }
+    Err(DecodeError::UnsupportedVersion {
+        event_type: event_type.to_owned(),
+        schema_version: from,
+        current,
+    })
+}
+
+/// Decodes one payload, reporting the first problem with the path of the offending field.
+fn decode_payload<P: DeserializeOwned + Rules>(data: &Value) -> Result<P, DecodeError> {
+    if !data.is_object() {
+        return Err(ValidationError::new("", "must be a JSON object").into());
+    }
+    let payload: P = deserialize_with_path(data)?;
+    payload.check()?;
+    Ok(payload)
+}
+
+/// Deserialises `value` into `T`; on failure reports the dotted path to the offending field and
+/// serde's message. A missing field is reported at the field itself rather than at the object
+/// holding it, which is what a sender needs to see.
+pub fn deserialize_with_path<T: DeserializeOwned>(value: &Value) -> Result<T, ValidationError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = error.inner().to_string();
+        let field = named_field(&message)
+            .map(|name| join_path(&path, name))
+            .unwrap_or(path);
+        ValidationError::new(field, message)
+    })
+}
+
+/// Pulls the field name out of serde's "missing field `x`" message. (For unknown fields the path
+/// already ends at the field.)
+fn named_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn every_type_is_listed_once_with_an_object_schema() {
+        let types = event_types();
+        assert_eq!(types.len(), 33);
+        for (index, info) in types.iter().enumerate() {
+            assert!(
+                types[..index].iter().all(|other| other.event_type != info.event_type),
+                "{} listed twice",
+                info.event_type
+            );
+            assert_eq!(info.data["type"], "object", "{}", info.event_type);
+            assert_eq!(info.data["additionalProperties"], false, "{}", info.event_type);
+        }
+    }
+
+    #[test]
+    fn decode_reports_the_offending_field() {
+        let missing = JourneyEvent::decode("client.released", 1, &json!({"supervision": true}));
+        assert_eq!(
+            missing,
+            Err(DecodeError::Invalid(ValidationError::new(
+                "release_kind",
+                "missing field `release_kind`"
+            )))
+        );
+        let Err(DecodeError::Invalid(wrong_enum)) = JourneyEvent::decode(
+            "client.released",
+            1,
+            &json!({"release_kind": "escaped", "supervision": true}),
+        ) else {
+            panic!("an unknown release kind must be rejected");
+        };
+        assert_eq!(wrong_enum.field, "release_kind");
+        let Err(DecodeError::Invalid(nested)) = JourneyEvent::decode(
+            "client.registered",
+            1,
+            &json!({"identifiers": [{"type": "prison_number", "value": "  "}]}),
+        ) else {
+            panic!("a blank identifier must be rejected");
+        };
+        assert_eq!(nested.field, "identifiers[0].value");
+        let Err(DecodeError::Invalid(unknown)) =
+            JourneyEvent::decode("job.lost", 1, &json!({"reason": "closed", "salary": 3}))
+        else {
+            panic!("unknown fields must be rejected");
+        };
+        assert_eq!(unknown.field, "salary");
+    }
+
+    #[test]
+    fn decode_rejects_unknown_types_and_versions() {
+        assert_eq!(
+            JourneyEvent::decode("client.teleported", 1, &json!({})),
+            Err(DecodeError::UnknownType("client.teleported".into()))
+        );
+        assert!(matches!(
+            JourneyEvent::decode("job.lost", 2, &json!({})),
+            Err(DecodeError::UnsupportedVersion { current: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn cross_field_rules_apply() {
+        let Err(DecodeError::Invalid(error)) = JourneyEvent::decode(
+            "sentence.started",
+            1,
+            &json!({"prison": "Opava", "start_date": "2026-01-10", "expected_release_date": "2025-01-01"}),
+        ) else {
+            panic!("release before start must be rejected");
+        };
+        assert_eq!(error.field, "expected_release_date");
+    }
+
+    #[test]
+    fn decoded_events_round_trip_through_their_data() {
+        let data = json!({"release_kind": "conditional", "supervision": true, "municipality": "Opava"});
+        let event = JourneyEvent::decode("client.released", 1, &data).unwrap();
+        assert_eq!(event.event_type(), "client.released");
+        assert_eq!(event.data(), data);
+    }
+}

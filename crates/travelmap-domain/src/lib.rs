@@ -1,0 +1,21 @@
+//! The Travelmap domain: what a journey event is, which event types exist and what their `data`
+//! must look like, and the client journey aggregate that decides whether a submitted event may be
+//! recorded.
+//!
+//! This crate does no I/O and knows neither HTTP nor SQL. Storage crates depend on it, never the
+//! other way round; the HTTP crate owns the wire format and converts into these types.
+
+pub mod catalogue;
+mod envelope;
+mod error;
+mod ids;
+pub mod journey;
+pub mod payloads;
+mod text;
+
+pub use catalogue::{EventTypeInfo, JourneyEvent};
+pub use envelope::{EventDraft, Provenance, RecordMeta, RecordedEvent, content_digest};
+pub use error::{DecodeError, ValidationError};
+pub use ids::{ClientId, EventId};
+pub use journey::ClientJourney;
+pub use text::Text;

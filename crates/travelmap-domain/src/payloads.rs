@@ -1,0 +1,707 @@
+//! The `data` of every event type, as typed structs. Serde parses a submitted `data` object
+//! straight into these types, and schemars derives the published JSON Schema from the same
+//! definitions, so the catalogue and the validator cannot drift apart.
+//!
+//! Every struct rejects unknown fields: a misspelt optional field would otherwise vanish
+//! silently, and in a shared record a silently dropped fact is worse than a rejected request.
+//! Fields holding personal data are grouped or named so the catalogue can list them (see
+//! [`crate::catalogue::EventTypeInfo::personal_fields`]); they are the ones to be encrypted.
+
+use chrono::{DateTime, FixedOffset, NaiveDate};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{EventId, Text, ValidationError};
+
+/// Checks that go beyond the shape of the data (for example, that one date follows another).
+/// Most types have none; the default accepts.
+pub trait Rules {
+    fn check(&self) -> Result<(), ValidationError> {
+        Ok(())
+    }
+}
+
+macro_rules! no_extra_rules {
+    ($($payload:ty),* $(,)?) => { $(impl Rules for $payload {})* };
+}
+
+// ----- shared vocabularies -------------------------------------------------------------------
+
+/// An agency's own identifier for the client, such as a prison number or a probation case number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Identifier {
+    /// The kind of identifier, in snake_case, e.g. `prison_number`, `probation_case`.
+    #[serde(rename = "type")]
+    pub kind: IdentifierKind,
+    /// The identifier itself, exactly as the agency writes it.
+    pub value: Text,
+}
+
+/// A snake_case identifier kind (`prison_number`, `probation_case`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdentifierKind(String);
+
+impl JsonSchema for IdentifierKind {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IdentifierKind".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"})
+    }
+}
+
+impl IdentifierKind {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IdentifierKind {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        let valid = value.len() <= 64
+            && value.starts_with(|c: char| c.is_ascii_lowercase())
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if valid {
+            Ok(Self(value))
+        } else {
+            Err("must be snake_case: a lowercase letter, then lowercase letters, digits or `_` (at most 64)".to_owned())
+        }
+    }
+}
+
+impl From<IdentifierKind> for String {
+    fn from(kind: IdentifierKind) -> Self {
+        kind.0
+    }
+}
+
+/// Personal details of the client. Kept in one object so that they can be encrypted and erased
+/// as a unit without touching the journey facts around them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PersonalDetails {
+    /// Given name(s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<Text>,
+    /// Family name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<Text>,
+    /// Date of birth (YYYY-MM-DD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birth_date: Option<NaiveDate>,
+}
+
+/// The role a worker plays for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    CaseManager,
+    ProbationOfficer,
+    Mentor,
+    EmploymentAdvisor,
+    SocialWorker,
+    HousingWorker,
+    HealthWorker,
+    DebtCounsellor,
+    Other,
+}
+
+/// A needs area worked on in an individual plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NeedArea {
+    Housing,
+    Employment,
+    Family,
+    Finance,
+    Health,
+    Addiction,
+    Attitudes,
+    Leisure,
+}
+
+/// Where work on a needs area stands (the statuses of the resettlement pathways).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NeedStatus {
+    NotStarted,
+    InProgress,
+    SupportRequired,
+    SupportDeclined,
+    SupportNotRequired,
+    Done,
+}
+
+/// A purpose for which personal data may be processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    CaseManagement,
+    Supervision,
+    ServiceDelivery,
+    Audit,
+    Statistics,
+    SubjectAccess,
+    Emergency,
+}
+
+/// The legal basis on which an agency processes the client's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LegalBasis {
+    Consent,
+    LegalObligation,
+    PublicTask,
+    VitalInterests,
+    CourtOrder,
+    Contract,
+}
+
+// ----- identity ------------------------------------------------------------------------------
+
+/// `client.registered`: the client becomes known to the system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRegistered {
+    /// The agencies' own identifiers for this client. Used by `GET /v1/clients?identifier=`.
+    #[serde(default)]
+    pub identifiers: Vec<Identifier>,
+    /// Personal details (names, birth date): personal data, kept apart from the journey facts.
+    #[serde(default)]
+    pub personal: PersonalDetails,
+}
+
+impl Rules for ClientRegistered {
+    fn check(&self) -> Result<(), ValidationError> {
+        for (index, identifier) in self.identifiers.iter().enumerate() {
+            if self.identifiers[..index].contains(identifier) {
+                return Err(ValidationError::new(
+                    format!("identifiers[{index}]"),
+                    "the same identifier is listed twice",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `identifier.added`: another agency identifier for a known client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierAdded {
+    /// The new identifier.
+    pub identifier: Identifier,
+}
+
+// ----- custody -------------------------------------------------------------------------------
+
+/// `sentence.started`: the client begins serving a prison sentence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SentenceStarted {
+    /// The prison where the sentence is served.
+    pub prison: Text,
+    /// The first day of the sentence (YYYY-MM-DD).
+    pub start_date: NaiveDate,
+    /// The expected release date (YYYY-MM-DD), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_release_date: Option<NaiveDate>,
+}
+
+impl Rules for SentenceStarted {
+    fn check(&self) -> Result<(), ValidationError> {
+        match self.expected_release_date {
+            Some(release) if release < self.start_date => Err(ValidationError::new(
+                "expected_release_date",
+                "must not be before start_date",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `programme.enrolled`: the client joins a (usually voluntary) programme.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgrammeEnrolled {
+    /// The programme, e.g. `vol-mentoring`.
+    pub programme: Text,
+    /// Whether a court approved the enrolment, where the programme needs that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub court_approval: Option<bool>,
+}
+
+/// Why an involvement was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpeningReason {
+    Referral,
+    /// The case was handed over from another worker or agency.
+    Transfer,
+    CourtOrder,
+    Voluntary,
+    Assigned,
+    Other,
+}
+
+/// Why an involvement ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClosingReason {
+    Completed,
+    Transferred,
+    DroppedOut,
+    ClientMoved,
+    Other,
+}
+
+/// `involvement.opened`: an agency (and a worker in it) starts working with the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvolvementOpened {
+    /// The agency that becomes involved; when absent, the agency recording the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<Text>,
+    /// The role played for the client.
+    pub role: Role,
+    /// A reference to the worker (not a name: the agency's own staff reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<Text>,
+    /// Why the involvement started; `transfer` marks a hand-over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<OpeningReason>,
+}
+
+/// `involvement.closed`: an agency stops working with the client in a role. It closes the open
+/// involvement with the same agency and role (and worker, when given).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InvolvementClosed {
+    /// The agency whose involvement ends; when absent, the agency recording the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agency: Option<Text>,
+    /// The role that ends.
+    pub role: Role,
+    /// The worker whose involvement ends, when the agency had several in this role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<Text>,
+    /// Why it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ClosingReason>,
+}
+
+/// `consent.recorded`: the client consents (or another legal basis is recorded) to an agency
+/// processing their data for the given purposes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRecorded {
+    /// The agency the consent or legal basis covers.
+    pub agency: Text,
+    /// The purposes covered; at least one.
+    #[schemars(length(min = 1))]
+    pub purposes: Vec<Purpose>,
+    /// The legal basis.
+    pub legal_basis: LegalBasis,
+}
+
+impl Rules for ConsentRecorded {
+    fn check(&self) -> Result<(), ValidationError> {
+        non_empty_list("purposes", &self.purposes)
+    }
+}
+
+/// `consent.withdrawn`: the client withdraws consent for an agency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentWithdrawn {
+    /// The agency that loses the consent.
+    pub agency: Text,
+    /// The purposes withdrawn; when absent, all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purposes: Option<Vec<Purpose>>,
+}
+
+/// `plan.agreed`: an individual plan covering some needs areas is agreed with the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanAgreed {
+    /// The needs areas the plan covers; at least one.
+    #[schemars(length(min = 1))]
+    pub areas: Vec<NeedArea>,
+    /// When the plan is to be reviewed (YYYY-MM-DD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review_date: Option<NaiveDate>,
+}
+
+impl Rules for PlanAgreed {
+    fn check(&self) -> Result<(), ValidationError> {
+        non_empty_list("areas", &self.areas)
+    }
+}
+
+/// `need.assessed`: the status of one needs area is assessed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NeedAssessed {
+    /// The needs area.
+    pub area: NeedArea,
+    /// Where work on it stands.
+    pub status: NeedStatus,
+    /// A free-text note: personal data (may hold health details).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Text>,
+}
+
+/// `prerelease_lecture.attended`: the client attended an employment bureau lecture in prison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrereleaseLectureAttended {
+    /// The lecture's topic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<Text>,
+}
+
+/// `retraining.started`: a retraining course starts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainingStarted {
+    /// The course, e.g. `welding`.
+    pub course: Text,
+}
+
+/// `retraining.completed`: a retraining course is completed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainingCompleted {
+    /// The course.
+    pub course: Text,
+    /// Whether a certificate was awarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<bool>,
+}
+
+/// The kind of counselling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CounsellingKind {
+    Debt,
+    Legal,
+    FamilyLaw,
+    Psychological,
+}
+
+/// `counselling.attended`: the client attended a counselling session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CounsellingAttended {
+    /// The kind of counselling.
+    pub kind: CounsellingKind,
+}
+
+// ----- release -------------------------------------------------------------------------------
+
+/// `release.scheduled`: a release date is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseScheduled {
+    /// The planned release date (YYYY-MM-DD).
+    pub release_date: NaiveDate,
+}
+
+/// How the client left prison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseKind {
+    Conditional,
+    Parole,
+    EndOfSentence,
+    Transfer,
+    Other,
+}
+
+/// `client.released`: the client leaves prison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientReleased {
+    /// How the client was released.
+    pub release_kind: ReleaseKind,
+    /// Whether the release comes with probation supervision.
+    pub supervision: bool,
+    /// The municipality the client is released to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub municipality: Option<Text>,
+}
+
+/// The kind of contact with the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ContactKind {
+    /// The contact on the day of release (the "first-day crisis").
+    FirstDay,
+    Meeting,
+    Phone,
+    HomeVisit,
+    CrisisIntervention,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `contact.made`: a worker had (or tried to have) contact with the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContactMade {
+    /// The kind of contact.
+    pub kind: ContactKind,
+    /// Whether the client attended; defaults to true.
+    #[serde(default = "default_true")]
+    pub attended: bool,
+    /// The appointment this contact fulfils, if it was scheduled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub appointment_id: Option<Text>,
+}
+
+/// `appointment.scheduled`: an appointment is set for the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppointmentScheduled {
+    /// The sender's reference for the appointment, used by `appointment.missed` and `contact.made`.
+    pub appointment_id: Text,
+    /// When the appointment is (RFC 3339).
+    pub at: DateTime<FixedOffset>,
+    /// What the appointment is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<Text>,
+}
+
+/// `appointment.missed`: the client did not come to a scheduled appointment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppointmentMissed {
+    /// The appointment that was missed.
+    pub appointment_id: Text,
+}
+
+/// `employment_bureau.registered`: the client registers with the employment bureau.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmploymentBureauRegistered {
+    /// Whether a contract with the bureau was signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_signed: Option<bool>,
+}
+
+/// The kind of job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    FullTime,
+    PartTime,
+    Temporary,
+    SupportedEmployment,
+    Other,
+}
+
+/// `job.placed`: the client starts a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobPlaced {
+    /// The kind of job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<JobKind>,
+    /// The sector, e.g. `construction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sector: Option<Text>,
+}
+
+/// `job.lost`: the client loses or leaves a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobLost {
+    /// Why, in a few words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Text>,
+}
+
+/// The kind of housing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HousingKind {
+    OwnTenancy,
+    SocialHousing,
+    SupportedHousing,
+    Shelter,
+    Family,
+    Other,
+}
+
+/// `housing.secured`: the client has somewhere to live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HousingSecured {
+    /// The kind of housing.
+    pub kind: HousingKind,
+}
+
+/// `housing.lost`: the client loses their housing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HousingLost {
+    /// Why, in a few words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Text>,
+}
+
+/// `debt_case.opened`: debt counselling opens a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DebtCaseOpened {
+    /// The counselling service's case reference.
+    pub case_ref: Text,
+}
+
+/// How a debt case ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DebtOutcome {
+    Settled,
+    RepaymentPlan,
+    Insolvency,
+    Other,
+}
+
+/// `debt_case.closed`: a debt case is closed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DebtCaseClosed {
+    /// The case reference given when it was opened.
+    pub case_ref: Text,
+    /// How it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<DebtOutcome>,
+}
+
+/// `family_contact.restored`: contact with family is restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FamilyContactRestored {
+    /// A free-text note: personal data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<Text>,
+}
+
+/// `programme.completed`: the client completes a programme.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgrammeCompleted {
+    /// The programme completed.
+    pub programme: Text,
+}
+
+/// `programme.dropped_out`: the client leaves a programme before completing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgrammeDroppedOut {
+    /// The programme left.
+    pub programme: Text,
+    /// Why the client dropped out.
+    pub reason: Text,
+}
+
+/// `reoffence.recorded`: a new offence is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReoffenceRecorded {
+    /// When the offence was committed (YYYY-MM-DD), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offence_date: Option<NaiveDate>,
+}
+
+/// `client.recalled`: a conditionally released client is recalled to prison.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientRecalled {
+    /// The prison the client returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prison: Option<Text>,
+    /// Why, in a few words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Text>,
+}
+
+// ----- rectification -------------------------------------------------------------------------
+
+/// `event.corrected`: rectification. The event `event_id` is to be read with `data` in place of
+/// its original data; the original stays in the log, marked as corrected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventCorrected {
+    /// The event being corrected (an earlier event of the same client).
+    pub event_id: EventId,
+    /// Why it is corrected.
+    pub reason: Text,
+    /// The replacement `data`, valid under the corrected event's own schema.
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `event.retracted`: an event should never have been recorded (wrong client, never happened).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventRetracted {
+    /// The event being retracted (an earlier event of the same client).
+    pub event_id: EventId,
+    /// Why it is retracted.
+    pub reason: Text,
+}
+
+no_extra_rules!(
+    IdentifierAdded,
+    ProgrammeEnrolled,
+    InvolvementOpened,
+    InvolvementClosed,
+    ConsentWithdrawn,
+    NeedAssessed,
+    PrereleaseLectureAttended,
+    RetrainingStarted,
+    RetrainingCompleted,
+    CounsellingAttended,
+    ReleaseScheduled,
+    ClientReleased,
+    ContactMade,
+    AppointmentScheduled,
+    AppointmentMissed,
+    EmploymentBureauRegistered,
+    JobPlaced,
+    JobLost,
+    HousingSecured,
+    HousingLost,
+    DebtCaseOpened,
+    DebtCaseClosed,
+    FamilyContactRestored,
+    ProgrammeCompleted,
+    ProgrammeDroppedOut,
+    ReoffenceRecorded,
+    ClientRecalled,
+    EventCorrected,
+    EventRetracted,
+);
+
+fn non_empty_list<T>(field: &str, items: &[T]) -> Result<(), ValidationError> {
+    if items.is_empty() {
+        Err(ValidationError::new(field, "must list at least one item"))
+    } else {
+        Ok(())
+    }
+}
