@@ -1,1 +1,106 @@
-//! placeholder
+//! The Travelmap v1 HTTP API: routes, wire types, authentication, RFC 9457 errors and the
+//! OpenAPI document generated from the handlers.
+//!
+//! This is the only crate that knows axum and the wire format. It turns requests into calls on
+//! [`travelmap_service::Journeys`] and results into responses; it holds no business rules.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod wire;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use travelmap_service::Journeys;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub use auth::{Authenticator, Caller, Credential, Role};
+pub use error::{ApiError, Code};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub journeys: Arc<Journeys>,
+    pub authenticator: Arc<Authenticator>,
+}
+
+/// The OpenAPI document, generated from the handlers and wire types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Travelmap API",
+        description = "Journey events of people leaving prison, recorded by the agencies that work with them, and the travel maps projected from them. Errors are RFC 9457 problem details with a stable `code`.",
+    ),
+    paths(
+        routes::events::post_event,
+        routes::events::post_batch,
+        routes::events::feed,
+        routes::clients::history,
+        routes::clients::travel_map,
+        routes::clients::search,
+        routes::meta::event_types,
+        routes::meta::health,
+        routes::meta::openapi,
+        routes::meta::problem_type,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "events", description = "Recording journey events and reading the global feed"),
+        (name = "clients", description = "Histories, travel maps and identifier look-up"),
+        (name = "catalogue", description = "The event types and their schemas"),
+        (name = "meta", description = "Health, this document, problem types"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The application's router with its middleware: request ids, tracing, the body limit, and
+/// problem-format answers for unknown routes and methods.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/v1/events", post(routes::events::post_event).get(routes::events::feed))
+        .route("/v1/events/batch", post(routes::events::post_batch))
+        .route("/v1/clients", get(routes::clients::search))
+        .route("/v1/clients/{client_id}/events", get(routes::clients::history))
+        .route("/v1/clients/{client_id}/travel-map", get(routes::clients::travel_map))
+        .route("/v1/event-types", get(routes::meta::event_types))
+        .route("/healthz", get(routes::meta::health))
+        .route("/openapi.json", get(routes::meta::openapi))
+        .route("/problems/{code}", get(routes::meta::problem_type))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(Code::MethodNotAllowed, "this route does not accept that method")
+        })
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            let request_id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}

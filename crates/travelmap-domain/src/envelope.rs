@@ -134,8 +134,10 @@ mod tests {
     fn digest_ignores_key_order_but_not_content_or_agency() {
         let target = Uuid::from_u128(9).to_string();
         let one = draft(json!({"event_id": target, "reason": "typo", "data": {"a": 1, "b": 2}}));
-        let reordered = draft(json!({"reason": "typo", "data": {"b": 2, "a": 1}, "event_id": target}));
-        let changed = draft(json!({"event_id": target, "reason": "typo", "data": {"a": 1, "b": 3}}));
+        let reordered =
+            draft(json!({"reason": "typo", "data": {"b": 2, "a": 1}, "event_id": target}));
+        let changed =
+            draft(json!({"event_id": target, "reason": "typo", "data": {"a": 1, "b": 3}}));
         assert_eq!(content_digest(&one, "x"), content_digest(&reordered, "x"));
         assert_ne!(content_digest(&one, "x"), content_digest(&changed, "x"));
         assert_ne!(content_digest(&one, "x"), content_digest(&one, "y"));

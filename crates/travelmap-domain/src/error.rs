@@ -24,12 +24,14 @@ impl ValidationError {
     /// The same error, seen from an enclosing object: `within("data")` turns `release_kind` into
     /// `data.release_kind`.
     pub fn within(mut self, prefix: &str) -> Self {
-        self.field = join_path(prefix, &self.field);
+        self.field = field_path(prefix, &self.field);
         self
     }
 }
 
-pub(crate) fn join_path(prefix: &str, field: &str) -> String {
+/// Joins a dotted field path: `field_path("data", "release_kind")` is `data.release_kind`, and an
+/// index stays attached: `field_path("identifiers", "[0]")` is `identifiers[0]`.
+pub fn field_path(prefix: &str, field: &str) -> String {
     match (prefix.is_empty(), field.is_empty()) {
         (true, _) => field.to_owned(),
         (false, true) => prefix.to_owned(),
@@ -45,7 +47,9 @@ pub enum DecodeError {
     #[error("unknown event type `{0}`")]
     UnknownType(String),
     /// The type exists but not in this schema version.
-    #[error("event type `{event_type}` has no schema version {schema_version} (current: {current})")]
+    #[error(
+        "event type `{event_type}` has no schema version {schema_version} (current: {current})"
+    )]
     UnsupportedVersion {
         event_type: String,
         schema_version: u32,

@@ -49,7 +49,9 @@ pub enum Error {
     UnknownTarget(EventId),
     #[error("event {0} has been retracted and can no longer be corrected or retracted")]
     TargetRetracted(EventId),
-    #[error("event {event_id} is a {event_type}; corrections and retractions cannot themselves be corrected or retracted, correct the original event instead")]
+    #[error(
+        "event {event_id} is a {event_type}; corrections and retractions cannot themselves be corrected or retracted, correct the original event instead"
+    )]
     TargetNotCorrectable {
         event_id: EventId,
         event_type: String,
@@ -104,7 +106,9 @@ impl ClientJourney {
                 JourneyEvent::decode(&target.event_type, current, &replacement).map_err(
                     |error| match error {
                         crate::DecodeError::Invalid(invalid) => Error::InvalidReplacement(invalid),
-                        other => Error::InvalidReplacement(ValidationError::new("", other.to_string())),
+                        other => {
+                            Error::InvalidReplacement(ValidationError::new("", other.to_string()))
+                        }
                     },
                 )?;
                 Ok(())
@@ -189,7 +193,11 @@ mod tests {
     }
 
     fn released(id: u128) -> EventDraft {
-        draft(id, "client.released", json!({"release_kind": "conditional", "supervision": true}))
+        draft(
+            id,
+            "client.released",
+            json!({"release_kind": "conditional", "supervision": true}),
+        )
     }
 
     fn record(draft: EventDraft, expected_version: Option<u64>) -> Command {

@@ -15,7 +15,7 @@ mod text;
 
 pub use catalogue::{EventTypeInfo, JourneyEvent};
 pub use envelope::{EventDraft, Provenance, RecordMeta, RecordedEvent, content_digest};
-pub use error::{DecodeError, ValidationError};
+pub use error::{DecodeError, ValidationError, field_path};
 pub use ids::{ClientId, EventId};
 pub use journey::ClientJourney;
 pub use text::Text;

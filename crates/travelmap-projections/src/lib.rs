@@ -1,1 +1,32 @@
-//! placeholder
+//! Read models folded from the global event feed, and the projector that keeps them current.
+//!
+//! - [`travel_map`]: the per-client travel map (phase, phases, involvements, steps, needs, next
+//!   appointments, flags). Its fold is pure: events in, state out, no I/O, so a live projection
+//!   and a rebuild from zero compute the same thing by construction (and a property test checks
+//!   it).
+//! - [`projector`]: a catch-up consumer of [`travelmap_store::EventLog::read_all`] that stores
+//!   state and checkpoint together in a [`travelmap_store::ViewStore`], so it can stop anywhere
+//!   and resume, and can be rebuilt from zero.
+//!
+//! Depends on the domain and the storage traits; knows nothing of HTTP.
+
+pub mod projector;
+pub mod travel_map;
+
+pub use projector::{Progress, Projector};
+pub use travel_map::{ClientState, TravelMap};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong while projecting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] travelmap_store::Error),
+    /// A stored view cannot be read back: its format changed without a rebuild.
+    #[error("stored view of client {client_id} is unreadable (run `travelmap rebuild`): {source}")]
+    View {
+        client_id: travelmap_domain::ClientId,
+        source: serde_json::Error,
+    },
+}

@@ -1,1 +1,320 @@
-//! placeholder
+//! The application layer: the use cases of Travelmap, shared by the HTTP API and the CLI so that
+//! `travelmap import` and `POST /v1/events` go through exactly the same checks.
+//!
+//! Recording follows the optimistic pattern of event sourcing: look up ids already recorded
+//! (retries answer with the original receipt), load each client's journey aggregate, let it
+//! decide, and append against the stream version it decided on. If another writer moved a stream
+//! in between, the store refuses the append and the whole decision is made again on fresh state.
+//!
+//! Knows the domain, the storage traits and the projections; knows nothing of HTTP or SQL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use cqrs_es::event_sink::EventSink;
+use travelmap_domain::journey::{self, Command};
+use travelmap_domain::{
+    ClientId, ClientJourney, EventDraft, EventId, Provenance, RecordedEvent, content_digest,
+};
+use travelmap_projections::{ClientState, Projector, TravelMap};
+use travelmap_store::{EventLog, NewEvent, Receipt, StreamAppend, ViewStore};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How often a decision is retried when concurrent writers keep moving the same streams.
+const MAX_ATTEMPTS: usize = 8;
+/// The longest a read waits for the projection to reach a requested position.
+const MAX_PROJECTION_WAIT: Duration = Duration::from_secs(5);
+/// The largest page of the global feed.
+pub const MAX_FEED_PAGE: usize = 1000;
+
+/// Why a use case failed. Variants carrying `index` refer to the position of the event in the
+/// submitted batch (0 for a single event).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("event {id} appears more than once in this batch (first at index {first})")]
+    RepeatedInBatch {
+        index: usize,
+        first: usize,
+        id: EventId,
+    },
+    #[error("event {id} was already recorded with different content")]
+    DuplicateConflict { index: usize, id: EventId },
+    #[error("the stream of client {client_id} is at version {actual}, not the expected {expected}")]
+    VersionConflict {
+        index: usize,
+        client_id: ClientId,
+        expected: u64,
+        actual: u64,
+    },
+    /// The journey aggregate refused the event (e.g. a correction of an unknown event).
+    #[error("{source}")]
+    Refused {
+        index: usize,
+        source: journey::Error,
+    },
+    #[error("no client {0} is recorded")]
+    UnknownClient(ClientId),
+    #[error("client {0} had no recorded events at the requested time")]
+    NotYetRecorded(ClientId),
+    #[error("the projection did not reach position {0} in time; retry shortly")]
+    ProjectionBehind(u64),
+    #[error("too many concurrent writes to the same clients; retry shortly")]
+    Contention,
+    #[error(transparent)]
+    Store(#[from] travelmap_store::Error),
+    #[error(transparent)]
+    Projection(#[from] travelmap_projections::Error),
+}
+
+/// One submitted event and the stream version its sender last saw (if it cares).
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub draft: EventDraft,
+    pub expected_version: Option<u64>,
+}
+
+/// The answer for one submitted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub receipt: Receipt,
+    /// False when the event had already been recorded (an idempotent retry).
+    pub created: bool,
+}
+
+/// The use cases, over any backend.
+pub struct Journeys {
+    log: Arc<dyn EventLog>,
+    views: Arc<dyn ViewStore>,
+    projector: Arc<Projector>,
+}
+
+impl Journeys {
+    pub async fn new(log: Arc<dyn EventLog>, views: Arc<dyn ViewStore>) -> Result<Self> {
+        let projector = Arc::new(Projector::new(log.clone(), views.clone()).await?);
+        Ok(Self {
+            log,
+            views,
+            projector,
+        })
+    }
+
+    pub fn projector(&self) -> &Arc<Projector> {
+        &self.projector
+    }
+
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    /// Records submitted events all-or-nothing. Events already recorded with the same content
+    /// are answered with their original receipts (`created: false`) and not stored again.
+    pub async fn record(
+        &self,
+        provenance: &Provenance,
+        submissions: &[Submission],
+    ) -> Result<Vec<Outcome>> {
+        let mut first_index: HashMap<EventId, usize> = HashMap::with_capacity(submissions.len());
+        for (index, submission) in submissions.iter().enumerate() {
+            let id = submission.draft.id;
+            if let Some(&first) = first_index.get(&id) {
+                return Err(Error::RepeatedInBatch { index, first, id });
+            }
+            first_index.insert(id, index);
+        }
+        let digests: Vec<[u8; 32]> = submissions
+            .iter()
+            .map(|submission| content_digest(&submission.draft, &provenance.agency))
+            .collect();
+
+        for _attempt in 0..MAX_ATTEMPTS {
+            match self.try_record(provenance, submissions, &digests).await {
+                Err(Error::Store(
+                    travelmap_store::Error::StreamConflict { .. }
+                    | travelmap_store::Error::DuplicateEvent(_),
+                )) => continue,
+                other => return other,
+            }
+        }
+        Err(Error::Contention)
+    }
+
+    async fn try_record(
+        &self,
+        provenance: &Provenance,
+        submissions: &[Submission],
+        digests: &[[u8; 32]],
+    ) -> Result<Vec<Outcome>> {
+        let ids = submissions.iter().map(|s| s.draft.id).collect();
+        let existing: HashMap<EventId, _> = self
+            .log
+            .lookup(ids)
+            .await?
+            .into_iter()
+            .map(|existing| (existing.receipt.id, existing))
+            .collect();
+
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; submissions.len()];
+        // New events grouped by client, clients in order of first appearance.
+        let mut by_client: Vec<(ClientId, Vec<usize>)> = Vec::new();
+        for (index, submission) in submissions.iter().enumerate() {
+            let id = submission.draft.id;
+            if let Some(existing) = existing.get(&id) {
+                if existing.digest != digests[index] {
+                    return Err(Error::DuplicateConflict { index, id });
+                }
+                outcomes[index] = Some(Outcome {
+                    receipt: existing.receipt,
+                    created: false,
+                });
+                continue;
+            }
+            let client_id = submission.draft.client_id;
+            match by_client
+                .iter_mut()
+                .find(|(client, _)| *client == client_id)
+            {
+                Some((_, indices)) => indices.push(index),
+                None => by_client.push((client_id, vec![index])),
+            }
+        }
+
+        let mut streams = Vec::with_capacity(by_client.len());
+        for (client_id, indices) in &by_client {
+            let mut journey = self.load_journey(*client_id).await?;
+            let expected_version = journey.version();
+            let mut events = Vec::with_capacity(indices.len());
+            for &index in indices {
+                let submission = &submissions[index];
+                let sink = EventSink::default();
+                let command = Command::Record {
+                    draft: submission.draft.clone(),
+                    expected_version: submission.expected_version,
+                };
+                journey
+                    .handle(command, &(), &sink)
+                    .await
+                    .map_err(|refusal| match refusal {
+                        journey::Error::VersionConflict { expected, actual } => {
+                            Error::VersionConflict {
+                                index,
+                                client_id: *client_id,
+                                expected,
+                                actual,
+                            }
+                        }
+                        source => Error::Refused { index, source },
+                    })?;
+                events.extend(sink.collect().await.into_iter().map(|draft| NewEvent {
+                    draft,
+                    digest: digests[index],
+                }));
+            }
+            streams.push(StreamAppend {
+                client_id: *client_id,
+                expected_version,
+                events,
+            });
+        }
+
+        if !streams.is_empty() {
+            let receipts = self.log.append(provenance, streams).await?;
+            let order = by_client.iter().flat_map(|(_, indices)| indices.iter());
+            for (&index, receipt) in order.zip(receipts) {
+                outcomes[index] = Some(Outcome {
+                    receipt,
+                    created: true,
+                });
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every submission is answered"))
+            .collect())
+    }
+
+    async fn load_journey(&self, client_id: ClientId) -> Result<ClientJourney> {
+        let mut journey = ClientJourney::default();
+        for recorded in self.log.read_stream(client_id, None).await? {
+            journey.apply(recorded.draft);
+        }
+        Ok(journey)
+    }
+
+    /// A client's history as recorded, in stream order; with `as_of`, what had been recorded by
+    /// then.
+    pub async fn history(
+        &self,
+        client_id: ClientId,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let events = self.log.read_stream(client_id, as_of).await?;
+        if events.is_empty() && (as_of.is_none() || !self.client_exists(client_id).await?) {
+            return Err(Error::UnknownClient(client_id));
+        }
+        Ok(events)
+    }
+
+    async fn client_exists(&self, client_id: ClientId) -> Result<bool> {
+        Ok(!self.log.read_stream(client_id, None).await?.is_empty())
+    }
+
+    /// The client's travel map. Without `as_of` it is read from the projection (after waiting,
+    /// if asked, until the projection has reached `min_position`); with `as_of` it is folded
+    /// from the history recorded by then and derived for that moment.
+    pub async fn travel_map(
+        &self,
+        client_id: ClientId,
+        as_of: Option<DateTime<Utc>>,
+        min_position: Option<u64>,
+    ) -> Result<TravelMap> {
+        if let Some(as_of) = as_of {
+            let events = self.log.read_stream(client_id, Some(as_of)).await?;
+            if events.is_empty() {
+                return Err(if self.client_exists(client_id).await? {
+                    Error::NotYetRecorded(client_id)
+                } else {
+                    Error::UnknownClient(client_id)
+                });
+            }
+            return Ok(ClientState::from_history(client_id, &events).travel_map(as_of));
+        }
+        if let Some(position) = min_position {
+            self.wait_for_projection(position).await?;
+        }
+        let state = self
+            .views
+            .get(client_id)
+            .await?
+            .ok_or(Error::UnknownClient(client_id))?;
+        let state: ClientState = serde_json::from_str(&state)
+            .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
+        Ok(state.travel_map(Utc::now()))
+    }
+
+    /// Waits until the projection has folded `position`.
+    pub async fn wait_for_projection(&self, position: u64) -> Result<()> {
+        let mut progress = self.projector.progress();
+        tokio::time::timeout(MAX_PROJECTION_WAIT, progress.wait_for(|at| *at >= position))
+            .await
+            .map_err(|_| Error::ProjectionBehind(position))?
+            .map_err(|_| Error::ProjectionBehind(position))?;
+        Ok(())
+    }
+
+    /// Clients known under an agency identifier.
+    pub async fn find_by_identifier(&self, kind: &str, value: &str) -> Result<Vec<ClientId>> {
+        Ok(self.views.find_by_identifier(kind, value).await?)
+    }
+
+    /// A page of the global feed after `after`.
+    pub async fn feed(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        Ok(self
+            .log
+            .read_all(after, limit.clamp(1, MAX_FEED_PAGE))
+            .await?)
+    }
+}

@@ -1,1 +1,156 @@
-//! placeholder
+//! Storage for Travelmap: the traits every backend implements, and the embedded SQLite backend
+//! that `travelmap serve` uses when no database server is configured.
+//!
+//! Two traits, two kinds of data:
+//! - [`EventLog`] is the source of truth: an append-only log of journey events with a per-client
+//!   stream version, a global position that is strictly increasing in commit order and never
+//!   shows a reader a gap that is filled later, and idempotency keyed by event id.
+//! - [`ViewStore`] holds projections (read models) and their checkpoints. Everything in it can be
+//!   deleted and rebuilt from the log.
+//!
+//! This crate knows SQL and files; it does not know HTTP. It depends only on the domain crate.
+//! Driver errors are classified here (a taken event id becomes [`Error::DuplicateEvent`], a
+//! moved stream [`Error::StreamConflict`]) so that callers never match on driver codes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use travelmap_domain::{ClientId, DecodeError, EventDraft, EventId, Provenance, RecordedEvent};
+
+pub mod sqlite;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong in a store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The client's stream was not at the version the append was decided against: another
+    /// writer got there first. Callers reload and decide again.
+    #[error("the stream of client {client_id} is at version {actual}, not {expected}")]
+    StreamConflict {
+        client_id: ClientId,
+        expected: u64,
+        actual: u64,
+    },
+    /// An event with this id was recorded between the caller's look-up and its append.
+    #[error("event {0} is already recorded")]
+    DuplicateEvent(EventId),
+    /// Another process holds the data directory.
+    #[error(
+        "the data directory {0} is in use by another travelmap process (stop it first, or use another --data-dir)"
+    )]
+    Locked(PathBuf),
+    /// A stored event can no longer be decoded: the store is damaged or was written by a newer
+    /// version of Travelmap.
+    #[error("stored event at position {position} cannot be decoded: {source}")]
+    Corrupt { position: u64, source: DecodeError },
+    /// The store's schema is newer than this binary understands.
+    #[error("the store at {path} has schema version {found}; this binary knows up to {supported}")]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// The store has been shut down.
+    #[error("the store is shut down")]
+    Closed,
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One event to append, with the digest of its content (see [`travelmap_domain::content_digest`]).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub draft: EventDraft,
+    pub digest: [u8; 32],
+}
+
+/// Events for one client's stream, decided against `expected_version`. The append fails with
+/// [`Error::StreamConflict`] if the stream is not at that version when the write commits.
+#[derive(Debug, Clone)]
+pub struct StreamAppend {
+    pub client_id: ClientId,
+    pub expected_version: u64,
+    pub events: Vec<NewEvent>,
+}
+
+/// The acknowledgement for a recorded event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: EventId,
+    pub client_id: ClientId,
+    pub version: u64,
+    pub position: u64,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// An event already in the log, as needed to answer a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Existing {
+    pub receipt: Receipt,
+    pub digest: [u8; 32],
+}
+
+/// The append-only journey event log.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Appends all streams atomically: either every event is recorded, or none is. Receipts come
+    /// back in the order of the streams and of the events within them.
+    async fn append(
+        &self,
+        provenance: &Provenance,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Vec<Receipt>>;
+
+    /// Looks up events by id (for idempotent retries); ids not in the log are left out.
+    async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>>;
+
+    /// A client's stream in version order; with `recorded_until`, only what had been recorded by
+    /// then.
+    async fn read_stream(
+        &self,
+        client_id: ClientId,
+        recorded_until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// The global feed: up to `limit` events with position greater than `after`, in position
+    /// order. A reader that pages through it never misses an event and never sees one twice.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>>;
+
+    /// The highest committed position, updated after every commit; projections wait on it.
+    fn head(&self) -> watch::Receiver<u64>;
+}
+
+/// The stored form of one client's views, as written by the client-view projection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientView {
+    pub client_id: ClientId,
+    /// The projection's state for the client, serialised as JSON.
+    pub state: String,
+    /// `(type, value)` pairs under which the client can be found.
+    pub identifiers: Vec<(String, String)>,
+}
+
+/// Storage for the client-view projection (travel maps and the identifier index) and its
+/// checkpoint. Saving views and advancing the checkpoint happen in one transaction, which is what
+/// makes re-applying events after a crash harmless.
+#[async_trait]
+pub trait ViewStore: Send + Sync {
+    /// The position of the last event folded into the stored views (0 when empty).
+    async fn checkpoint(&self) -> Result<u64>;
+    /// The stored states of the given clients (clients without a view are left out).
+    async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, String>>;
+    /// One client's stored state.
+    async fn get(&self, client: ClientId) -> Result<Option<String>>;
+    /// Writes views and moves the checkpoint to `checkpoint`, atomically.
+    async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()>;
+    /// Deletes every view and resets the checkpoint to 0 (before a rebuild).
+    async fn reset(&self) -> Result<()>;
+    /// Clients known under an identifier.
+    async fn find_by_identifier(&self, kind: &str, value: &str) -> Result<Vec<ClientId>>;
+}

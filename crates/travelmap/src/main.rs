@@ -1,1 +1,209 @@
-fn main(){}
+//! The `travelmap` command line.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use travelmap::settings::{self, ConfigFile, LocalKey};
+use travelmap::{Application, ServeSettings, app, commands};
+use travelmap_api::{Authenticator, Role};
+use travelmap_domain::{ClientId, Provenance};
+
+/// Travelmap: one record of a person's path from prison back into society, built from the events
+/// every agency posts.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// TOML file with [[credentials]] (and optionally listen and data_dir).
+    #[arg(long, global = true, env = "TRAVELMAP_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the embedded store keeps its files [default: ./travelmap-data].
+    #[arg(long, global = true, env = "TRAVELMAP_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP service. Without --config, a local admin key is generated into the data
+    /// directory and the service listens on loopback only.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, env = "TRAVELMAP_LISTEN", value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Load events from a JSON-lines file (one event per line, as for POST /v1/events). The file
+    /// is validated whole before anything is stored. Run with the server stopped.
+    Import {
+        /// The file to load.
+        file: PathBuf,
+        /// The configured credential the events are recorded under (its agency is recorded).
+        /// Without --config, the local admin credential is used.
+        #[arg(long, value_name = "ID")]
+        credential: Option<String>,
+    },
+    /// Delete every projection and fold the whole event log again. Run with the server stopped.
+    Rebuild,
+    /// Print a client's history exactly as recorded, and the travel map folded from it.
+    Replay {
+        /// The client id.
+        #[arg(long, value_name = "ID")]
+        client: ClientId,
+        /// Only what had been recorded by this RFC 3339 time.
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<DateTime<Utc>>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage credentials.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Generate a new bearer key and print the [[credentials]] entry for the config file.
+    New {
+        /// The credential id (shown in logs and recorded with events).
+        #[arg(long)]
+        id: String,
+        /// The agency it acts for.
+        #[arg(long)]
+        agency: String,
+        /// A role: writer, coordinator, auditor or admin. Repeat for several.
+        #[arg(long = "role", required = true, value_parser = parse_role)]
+        roles: Vec<Role>,
+    },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("`{text}` is not a role (writer, coordinator, auditor, admin)"))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("TRAVELMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = match &cli.config {
+        Some(path) => Some((path.clone(), ConfigFile::load(path)?)),
+        None => None,
+    };
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .or_else(|| config.as_ref().and_then(|(_, file)| file.data_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from(settings::DEFAULT_DATA_DIR));
+
+    match cli.command {
+        Command::Serve { listen } => {
+            let listen = match listen.or_else(|| config.as_ref().and_then(|(_, file)| file.listen))
+            {
+                Some(listen) => listen,
+                None => settings::DEFAULT_LISTEN
+                    .parse()
+                    .expect("valid default address"),
+            };
+            let authenticator = match &config {
+                Some((path, file)) => file.authenticator(path)?,
+                None => local_authenticator(&data_dir, listen)?,
+            };
+            let application = Application::build(ServeSettings {
+                listen,
+                data_dir: data_dir.clone(),
+                authenticator,
+            })
+            .await?;
+            tracing::info!(
+                address = %application.local_addr(),
+                data_dir = %data_dir.display(),
+                "travelmap is listening"
+            );
+            application.run_until(app::shutdown_signal()).await
+        }
+        Command::Import { file, credential } => {
+            let provenance = import_provenance(config.as_ref(), credential.as_deref())?;
+            commands::import(&data_dir, &file, provenance).await
+        }
+        Command::Rebuild => commands::rebuild(&data_dir).await,
+        Command::Replay {
+            client,
+            as_of,
+            json,
+        } => commands::replay(&data_dir, client, as_of, json).await,
+        Command::Credential(CredentialCommand::New { id, agency, roles }) => {
+            commands::new_credential(&id, &agency, &roles)
+        }
+    }
+}
+
+/// The no-config start: one local admin credential whose key lives in the data directory.
+fn local_authenticator(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Authenticator> {
+    let (key, origin) = settings::local_admin_key(data_dir)?;
+    let key_file = match &origin {
+        LocalKey::Generated(path) | LocalKey::Existing(path) => path.display().to_string(),
+    };
+    match origin {
+        LocalKey::Generated(_) => eprintln!(
+            "\nNo --config given: generated a local admin key into {key_file} (readable by you only).\n\
+             Use it like this:\n\n  curl -H \"Authorization: Bearer $(cat {key_file})\" http://{listen}/v1/event-types\n\n\
+             For agency systems, write a config file with [[credentials]] (see `travelmap credential new --help`).\n"
+        ),
+        LocalKey::Existing(_) => {
+            eprintln!("No --config given: using the local admin key in {key_file}.")
+        }
+    }
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "serving beyond loopback with the generated local admin key; configure credentials for real deployments");
+    }
+    Authenticator::new([(Authenticator::hash_key(&key), settings::local_admin())])
+        .context("building the local admin credential")
+}
+
+fn import_provenance(
+    config: Option<&(PathBuf, ConfigFile)>,
+    credential: Option<&str>,
+) -> anyhow::Result<Provenance> {
+    let Some((path, file)) = config else {
+        let local = settings::local_admin();
+        return Ok(Provenance {
+            agency: local.agency,
+            credential: local.id,
+        });
+    };
+    let id =
+        credential.context("with --config, name the credential to import as: --credential ID")?;
+    let entry = file
+        .credentials
+        .iter()
+        .find(|entry| entry.id == id)
+        .with_context(|| format!("no credential `{id}` in {}", path.display()))?;
+    if !entry.roles.contains(&Role::Writer) {
+        anyhow::bail!("credential `{id}` lacks the writer role");
+    }
+    Ok(Provenance {
+        agency: entry.agency.clone(),
+        credential: entry.id.clone(),
+    })
+}

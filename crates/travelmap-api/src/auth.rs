@@ -1,0 +1,165 @@
+//! Authentication and roles. A bearer key is hashed (SHA-256) and looked up among the configured
+//! credentials; only hashes are ever configured or kept. The credential decides the agency an
+//! event is recorded for, whatever the body says.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use travelmap_domain::Provenance;
+
+use crate::AppState;
+use crate::error::{ApiError, Code};
+
+/// What a credential may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Posts journey events.
+    Writer,
+    /// Reads travel maps and histories of clients.
+    Coordinator,
+    /// Replays histories and reads the global feed.
+    Auditor,
+    /// Administers the service (configuration); reads the global feed.
+    Admin,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            Role::Writer => "writer",
+            Role::Coordinator => "coordinator",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A configured credential (the key itself is never held, only its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Shown in logs and recorded with every event.
+    pub id: String,
+    /// The agency this credential acts for.
+    pub agency: String,
+    pub roles: Vec<Role>,
+}
+
+/// Why a set of credentials cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("credential `{0}`: key_sha256 must be 64 hex digits (the SHA-256 of the bearer key)")]
+    BadHash(String),
+    #[error("credentials `{0}` and `{1}` have the same key")]
+    SameKey(String, String),
+    #[error("credential id `{0}` is used twice")]
+    SameId(String),
+    #[error("credential `{0}` has no roles")]
+    NoRoles(String),
+}
+
+/// Finds the credential for a bearer key.
+#[derive(Debug, Default, Clone)]
+pub struct Authenticator {
+    by_hash: HashMap<[u8; 32], Credential>,
+}
+
+impl Authenticator {
+    /// Builds the table from `(key_sha256 hex, credential)` pairs, refusing ambiguous setups.
+    pub fn new(
+        entries: impl IntoIterator<Item = (String, Credential)>,
+    ) -> Result<Self, CredentialError> {
+        let mut by_hash: HashMap<[u8; 32], Credential> = HashMap::new();
+        for (hash_hex, credential) in entries {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(hash_hex.trim().to_ascii_lowercase(), &mut hash)
+                .map_err(|_| CredentialError::BadHash(credential.id.clone()))?;
+            if credential.roles.is_empty() {
+                return Err(CredentialError::NoRoles(credential.id));
+            }
+            if let Some(other) = by_hash.values().find(|other| other.id == credential.id) {
+                return Err(CredentialError::SameId(other.id.clone()));
+            }
+            if let Some(other) = by_hash.get(&hash) {
+                return Err(CredentialError::SameKey(other.id.clone(), credential.id));
+            }
+            by_hash.insert(hash, credential);
+        }
+        Ok(Self { by_hash })
+    }
+
+    /// The hex SHA-256 of a key, as written in the configuration.
+    pub fn hash_key(key: &str) -> String {
+        hex::encode(Sha256::digest(key.as_bytes()))
+    }
+
+    fn find(&self, key: &str) -> Option<&Credential> {
+        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.by_hash.get(&hash)
+    }
+}
+
+/// The authenticated caller of a request. Extracting it answers 401 when the key is missing or
+/// unknown.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Credential);
+
+impl Caller {
+    /// Passes when the caller holds at least one of `roles`; otherwise 403.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if self.0.roles.iter().any(|held| roles.contains(held)) {
+            return Ok(());
+        }
+        let wanted: Vec<String> = roles.iter().map(ToString::to_string).collect();
+        Err(ApiError::new(
+            Code::Forbidden,
+            format!(
+                "credential `{}` needs one of the roles: {}",
+                self.0.id,
+                wanted.join(", ")
+            ),
+        ))
+    }
+
+    pub fn provenance(&self) -> Provenance {
+        Provenance {
+            agency: self.0.agency.clone(),
+            credential: self.0.id.clone(),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, "send `Authorization: Bearer <key>`"))?
+            .to_str()
+            .unwrap_or_default();
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::Unauthorized,
+                    "the Authorization header must be `Bearer <key>`",
+                )
+            })?;
+        let credential = state
+            .authenticator
+            .find(key)
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, "the bearer key is not valid"))?;
+        Ok(Caller(credential.clone()))
+    }
+}

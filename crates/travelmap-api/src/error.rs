@@ -1,0 +1,274 @@
+//! The one error type of the HTTP API and its wire form: RFC 9457 problem details
+//! (`application/problem+json`) with a stable machine-readable `code`.
+//!
+//! Every failure a client can see goes through [`ApiError`], including rejections by extractors
+//! and unknown routes, so clients parse one shape. Details of 5xx errors are logged, never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use travelmap_domain::{field_path, journey};
+use utoipa::ToSchema;
+
+/// The stable error codes. Clients match on these, so they never change meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// 400: the body is not well-formed JSON.
+    MalformedJson,
+    /// 400: a query or path parameter is malformed.
+    InvalidParameter,
+    /// 401: no bearer key, or one that matches no credential.
+    Unauthorized,
+    /// 403: the credential is valid but lacks the role for this operation.
+    Forbidden,
+    /// 404: no such resource (or route).
+    NotFound,
+    /// 405: the route exists but not with this method.
+    MethodNotAllowed,
+    /// 409: the event id was recorded before with different content.
+    DuplicateConflict,
+    /// 409: the client's stream is not at the `expected_version` the sender gave.
+    VersionConflict,
+    /// 413: the request body is larger than 1 MiB.
+    PayloadTooLarge,
+    /// 415: the body is not declared as JSON.
+    UnsupportedMediaType,
+    /// 422: the event breaks its schema or a rule; `field` names the offending field.
+    ValidationFailed,
+    /// 422: the event's `type` is not in the catalogue.
+    UnknownEventType,
+    /// 422: a batch holds more than 1000 events.
+    BatchTooLarge,
+    /// 503: the service is briefly unable to answer (busy, or the projection is catching up).
+    Unavailable,
+    /// 500: an unexpected failure; details are in the server log under the request id.
+    Internal,
+}
+
+impl Code {
+    /// The one table from code to status and title.
+    pub fn status_and_title(self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        match self {
+            Code::MalformedJson => (S::BAD_REQUEST, "Malformed JSON"),
+            Code::InvalidParameter => (S::BAD_REQUEST, "Invalid parameter"),
+            Code::Unauthorized => (S::UNAUTHORIZED, "Unauthorized"),
+            Code::Forbidden => (S::FORBIDDEN, "Forbidden"),
+            Code::NotFound => (S::NOT_FOUND, "Not found"),
+            Code::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "Method not allowed"),
+            Code::DuplicateConflict => (S::CONFLICT, "Event id already used for other content"),
+            Code::VersionConflict => (S::CONFLICT, "Stream version conflict"),
+            Code::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "Payload too large"),
+            Code::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
+            Code::ValidationFailed => (S::UNPROCESSABLE_ENTITY, "Validation failed"),
+            Code::UnknownEventType => (S::UNPROCESSABLE_ENTITY, "Unknown event type"),
+            Code::BatchTooLarge => (S::UNPROCESSABLE_ENTITY, "Batch too large"),
+            Code::Unavailable => (S::SERVICE_UNAVAILABLE, "Service unavailable"),
+            Code::Internal => (S::INTERNAL_SERVER_ERROR, "Internal error"),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        CODES
+            .iter()
+            .find(|(code, _)| *code == self)
+            .map(|(_, name)| *name)
+            .expect("every code is listed")
+    }
+}
+
+/// Every code with its wire name, for documentation and `GET /problems/{code}`.
+pub const CODES: &[(Code, &str)] = &[
+    (Code::MalformedJson, "malformed_json"),
+    (Code::InvalidParameter, "invalid_parameter"),
+    (Code::Unauthorized, "unauthorized"),
+    (Code::Forbidden, "forbidden"),
+    (Code::NotFound, "not_found"),
+    (Code::MethodNotAllowed, "method_not_allowed"),
+    (Code::DuplicateConflict, "duplicate_conflict"),
+    (Code::VersionConflict, "version_conflict"),
+    (Code::PayloadTooLarge, "payload_too_large"),
+    (Code::UnsupportedMediaType, "unsupported_media_type"),
+    (Code::ValidationFailed, "validation_failed"),
+    (Code::UnknownEventType, "unknown_event_type"),
+    (Code::BatchTooLarge, "batch_too_large"),
+    (Code::Unavailable, "unavailable"),
+    (Code::Internal, "internal"),
+];
+
+/// The problem-details body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI reference naming the problem type: `/problems/{code}`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// A short summary of the problem type.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong in this occurrence.
+    pub detail: String,
+    /// The stable machine-readable code.
+    pub code: Code,
+    /// For validation errors, the offending field as a dotted path, e.g. `data.release_kind`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For batch requests, the index of the offending event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// For version conflicts, the client's current stream version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+}
+
+/// An error answered to the client.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: Code,
+    pub detail: String,
+    pub field: Option<String>,
+    pub index: Option<usize>,
+    pub current_version: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            field: None,
+            index: None,
+            current_version: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn at_index(mut self, index: Option<usize>) -> Self {
+        self.index = index;
+        self
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, detail)
+    }
+
+    pub fn invalid_parameter(name: &str, detail: impl Into<String>) -> Self {
+        Self::new(Code::InvalidParameter, detail).with_field(name)
+    }
+
+    /// A failure whose details must not reach the client: logged here, answered as 500.
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "internal error");
+        Self::new(
+            Code::Internal,
+            "an unexpected error occurred; it has been logged",
+        )
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (status, title) = self.code.status_and_title();
+        Problem {
+            problem_type: format!("/problems/{}", self.code.as_str()),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.code,
+            field: self.field.clone(),
+            index: self.index,
+            current_version: self.current_version,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status = StatusCode::from_u16(problem.status).expect("valid status");
+        let body = serde_json::to_vec(&problem).expect("problems serialise");
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        match self.code {
+            Code::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"travelmap\""),
+                );
+            }
+            Code::Unavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<travelmap_service::Error> for ApiError {
+    fn from(error: travelmap_service::Error) -> Self {
+        use travelmap_service::Error as E;
+        match error {
+            E::RepeatedInBatch { index, .. } => {
+                ApiError::new(Code::ValidationFailed, error.to_string())
+                    .with_field("id")
+                    .at_index(Some(index))
+            }
+            E::DuplicateConflict { index, .. } => {
+                ApiError::new(Code::DuplicateConflict, error.to_string()).at_index(Some(index))
+            }
+            E::VersionConflict { index, actual, .. } => {
+                let mut api = ApiError::new(Code::VersionConflict, error.to_string())
+                    .with_field("expected_version")
+                    .at_index(Some(index));
+                api.current_version = Some(actual);
+                api
+            }
+            E::Refused { index, source } => refusal(source).at_index(Some(index)),
+            E::UnknownClient(_) | E::NotYetRecorded(_) => ApiError::not_found(error.to_string()),
+            E::ProjectionBehind(_) | E::Contention => {
+                ApiError::new(Code::Unavailable, error.to_string())
+            }
+            E::Store(travelmap_store::Error::Closed) => {
+                ApiError::new(Code::Unavailable, "the service is shutting down")
+            }
+            E::Store(_) | E::Projection(_) => ApiError::internal(error),
+        }
+    }
+}
+
+fn refusal(source: journey::Error) -> ApiError {
+    let detail = source.to_string();
+    match source {
+        journey::Error::InvalidReplacement(invalid) => ApiError::new(
+            Code::ValidationFailed,
+            format!("replacement data: {}", invalid.message),
+        )
+        .with_field(field_path("data.data", &invalid.field)),
+        journey::Error::VersionConflict { .. } => ApiError::new(Code::VersionConflict, detail),
+        journey::Error::UnknownTarget(_)
+        | journey::Error::TargetRetracted(_)
+        | journey::Error::TargetNotCorrectable { .. } => {
+            ApiError::new(Code::ValidationFailed, detail).with_field("data.event_id")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_match_serde_names() {
+        for (code, name) in CODES {
+            assert_eq!(serde_json::to_value(code).unwrap(), *name);
+        }
+    }
+}

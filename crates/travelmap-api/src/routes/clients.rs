@@ -1,0 +1,157 @@
+//! Reading a client's history and travel map, and finding clients by identifier.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use travelmap_domain::ClientId;
+use travelmap_projections::TravelMap;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, Problem};
+use crate::extract::{Path, Query};
+use crate::wire::{ClientMatch, ClientMatches, History, Recorded};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// RFC 3339 time: only what had been recorded by then. URL-encode a `+` offset as `%2B`,
+    /// or use `Z`.
+    pub as_of: Option<String>,
+}
+
+/// Parses an RFC 3339 query parameter. A `+` in a query string decodes to a space, a frequent
+/// slip when pasting timestamps, so a space where the offset sign belongs is read as `+`.
+fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    DateTime::parse_from_rfc3339(raw)
+        .or_else(|error| {
+            if raw.contains(' ') {
+                DateTime::parse_from_rfc3339(&raw.replace(' ', "+"))
+            } else {
+                Err(error)
+            }
+        })
+        .map(|at| Some(at.with_timezone(&Utc)))
+        .map_err(|error| {
+            ApiError::invalid_parameter(name, format!("{name} must be an RFC 3339 time: {error}"))
+        })
+}
+
+/// A client's history as recorded, in stream order.
+#[utoipa::path(
+    get, path = "/v1/clients/{client_id}/events", tag = "clients",
+    params(("client_id" = Uuid, Path, description = "The client"), HistoryQuery),
+    responses(
+        (status = 200, description = "The history", body = History),
+        (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the coordinator or auditor role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(client_id): Path<Uuid>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<History>, ApiError> {
+    caller.require(&[Role::Coordinator, Role::Auditor])?;
+    let as_of = parse_time("as_of", query.as_of.as_deref())?;
+    let events = state.journeys.history(ClientId(client_id), as_of).await?;
+    Ok(Json(History {
+        client_id,
+        events: events.iter().map(Recorded::from).collect(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TravelMapQuery {
+    /// RFC 3339 time: the map as it stood then (folded from what had been recorded by then).
+    pub as_of: Option<String>,
+    /// Wait (up to 5 s) until the projection has reached this global position, e.g. the
+    /// `position` of a receipt just received, to read your own writes.
+    pub min_position: Option<u64>,
+}
+
+/// A client's travel map.
+#[utoipa::path(
+    get, path = "/v1/clients/{client_id}/travel-map", tag = "clients",
+    params(("client_id" = Uuid, Path, description = "The client"), TravelMapQuery),
+    responses(
+        (status = 200, description = "The travel map", body = TravelMap),
+        (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the coordinator or auditor role", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such client (or none yet at `as_of`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The projection did not reach `min_position` in time", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn travel_map(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(client_id): Path<Uuid>,
+    Query(query): Query<TravelMapQuery>,
+) -> Result<Json<TravelMap>, ApiError> {
+    caller.require(&[Role::Coordinator, Role::Auditor])?;
+    let as_of = parse_time("as_of", query.as_of.as_deref())?;
+    let map = state
+        .journeys
+        .travel_map(ClientId(client_id), as_of, query.min_position)
+        .await?;
+    Ok(Json(map))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// `TYPE:VALUE`, e.g. `prison_number:OP-2024-117`.
+    pub identifier: Option<String>,
+}
+
+/// Find clients by an agency identifier.
+#[utoipa::path(
+    get, path = "/v1/clients", tag = "clients",
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "The matching clients (possibly none)", body = ClientMatches),
+        (status = 400, description = "Missing or malformed `identifier`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the writer, coordinator or auditor role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<ClientMatches>, ApiError> {
+    caller.require(&[Role::Writer, Role::Coordinator, Role::Auditor])?;
+    let identifier = query
+        .identifier
+        .ok_or_else(|| ApiError::invalid_parameter("identifier", "give `identifier=TYPE:VALUE`"))?;
+    let (kind, value) = identifier
+        .split_once(':')
+        .filter(|(kind, value)| !kind.is_empty() && !value.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid_parameter("identifier", "identifier must be `TYPE:VALUE`")
+        })?;
+    let clients = state
+        .journeys
+        .find_by_identifier(kind, value.trim())
+        .await?;
+    Ok(Json(ClientMatches {
+        clients: clients
+            .into_iter()
+            .map(|client| ClientMatch {
+                client_id: client.0,
+            })
+            .collect(),
+    }))
+}

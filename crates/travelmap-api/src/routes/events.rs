@@ -1,0 +1,161 @@
+//! Writing events and reading the global feed.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, Code, Problem};
+use crate::extract::{JsonBody, Query};
+use crate::wire::{self, BatchReceipts, BatchRequest, EventRequest, FeedPage, Receipt, Recorded};
+
+/// Record one journey event.
+#[utoipa::path(
+    post, path = "/v1/events", tag = "events",
+    request_body = EventRequest,
+    responses(
+        (status = 201, description = "Recorded", body = Receipt),
+        (status = 200, description = "Already recorded with the same content: the original receipt", body = Receipt),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential lacks the writer role", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "duplicate_conflict or version_conflict", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body not declared as JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "validation_failed or unknown_event_type", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn post_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Receipt>), ApiError> {
+    caller.require(&[Role::Writer])?;
+    let submission = wire::parse_event(&body)?;
+    let outcomes = state
+        .journeys
+        .record(&caller.provenance(), &[submission])
+        .await
+        .map_err(|error| ApiError::from(error).at_index(None))?;
+    let outcome = &outcomes[0];
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(Receipt::from(outcome))))
+}
+
+/// Record up to 1000 events, all or nothing.
+#[utoipa::path(
+    post, path = "/v1/events/batch", tag = "events",
+    request_body = BatchRequest,
+    responses(
+        (status = 201, description = "Recorded (events already recorded with the same content keep their original receipts)", body = BatchReceipts),
+        (status = 200, description = "Every event was already recorded with the same content", body = BatchReceipts),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential lacks the writer role", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "duplicate_conflict or version_conflict; `index` names the event", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An event is invalid (`index` names it) or the batch is empty or too large", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn post_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<BatchReceipts>), ApiError> {
+    caller.require(&[Role::Writer])?;
+    let batch: BatchRequest =
+        travelmap_domain::catalogue::deserialize_with_path(&body).map_err(|invalid| {
+            ApiError::new(Code::ValidationFailed, invalid.message).with_field(invalid.field)
+        })?;
+    if batch.events.is_empty() {
+        return Err(
+            ApiError::new(Code::ValidationFailed, "a batch holds at least one event")
+                .with_field("events"),
+        );
+    }
+    if batch.events.len() > wire::MAX_BATCH {
+        return Err(ApiError::new(
+            Code::BatchTooLarge,
+            format!(
+                "a batch holds at most {} events; this one has {}",
+                wire::MAX_BATCH,
+                batch.events.len()
+            ),
+        )
+        .with_field("events"));
+    }
+    let submissions = batch
+        .events
+        .iter()
+        .enumerate()
+        .map(|(index, event)| wire::parse_event(event).map_err(|error| error.at_index(Some(index))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outcomes = state
+        .journeys
+        .record(&caller.provenance(), &submissions)
+        .await?;
+    let status = if outcomes.iter().any(|outcome| outcome.created) {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let receipts = outcomes.iter().map(Receipt::from).collect();
+    Ok((status, Json(BatchReceipts { receipts })))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedQuery {
+    /// Return events with a position greater than this (default 0: from the start).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many events (1 to 1000, default 100).
+    pub limit: Option<usize>,
+}
+
+/// The global feed, in commit order.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    params(FeedQuery),
+    responses(
+        (status = 200, description = "A page of the feed", body = FeedPage),
+        (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the auditor or admin role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn feed(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<FeedQuery>,
+) -> Result<Json<FeedPage>, ApiError> {
+    caller.require(&[Role::Auditor, Role::Admin])?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=travelmap_service::MAX_FEED_PAGE).contains(&limit) {
+        return Err(ApiError::invalid_parameter(
+            "limit",
+            format!(
+                "limit must be between 1 and {}",
+                travelmap_service::MAX_FEED_PAGE
+            ),
+        ));
+    }
+    let events = state.journeys.feed(query.after, limit).await?;
+    let next_after = events
+        .last()
+        .map_or(query.after, |event| event.meta.position);
+    Ok(Json(FeedPage {
+        events: events.iter().map(Recorded::from).collect(),
+        next_after,
+    }))
+}

@@ -1,0 +1,239 @@
+//! The v1 wire format: request and response bodies, and the conversion of a submitted event into
+//! the domain's [`EventDraft`]. `travelmap import` parses its JSON lines with [`parse_event`], so
+//! a file and an HTTP request are validated identically.
+
+use chrono::{DateTime, Duration, FixedOffset, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use travelmap_domain::catalogue::deserialize_with_path;
+use travelmap_domain::{
+    ClientId, DecodeError, EventDraft, EventId, JourneyEvent, RecordedEvent, Text, field_path,
+};
+use travelmap_service::{Outcome, Submission};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::{ApiError, Code};
+
+/// How far in the future `occurred_at` may lie (clock skew between agencies). An event records
+/// something that happened; future plans have their own events (`appointment.scheduled`).
+const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
+
+/// The most events one batch may hold.
+pub const MAX_BATCH: usize = 1000;
+
+/// A journey event as posted.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventRequest {
+    /// Chosen by the sender; the idempotency key. Posting the same id again with the same
+    /// content is answered with the original receipt.
+    pub id: Uuid,
+    /// The event type, from the catalogue (`GET /v1/event-types`).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The schema version of `data` (currently 1 for every type).
+    pub schema_version: u32,
+    /// The client the event is about.
+    pub client_id: Uuid,
+    /// When it happened (RFC 3339, with offset). May be in the past; not in the future.
+    pub occurred_at: DateTime<FixedOffset>,
+    /// The sender's reference to the worker involved.
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// The event's data, valid under the type's JSON Schema.
+    #[schema(value_type = Object)]
+    pub data: Value,
+    /// The client's stream version the sender last saw; the event is refused with
+    /// `409 version_conflict` if the stream has moved since.
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+/// A batch of events, recorded all-or-nothing.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to 1000 events.
+    #[schema(value_type = Vec<EventRequest>)]
+    pub events: Vec<Value>,
+}
+
+/// The acknowledgement of a recorded event.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Receipt {
+    pub id: Uuid,
+    pub client_id: Uuid,
+    /// The event's 1-based version in its client's stream.
+    pub version: u64,
+    /// The event's position in the global feed.
+    pub position: u64,
+    /// When the event was recorded.
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl From<&Outcome> for Receipt {
+    fn from(outcome: &Outcome) -> Self {
+        let receipt = &outcome.receipt;
+        Self {
+            id: receipt.id.0,
+            client_id: receipt.client_id.0,
+            version: receipt.version,
+            position: receipt.position,
+            recorded_at: receipt.recorded_at,
+        }
+    }
+}
+
+/// Receipts for a batch, in the order the events were posted.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchReceipts {
+    pub receipts: Vec<Receipt>,
+}
+
+/// A recorded event as returned by history and feed reads.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Recorded {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    pub client_id: Uuid,
+    pub occurred_at: DateTime<FixedOffset>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    /// The agency of the credential that recorded the event.
+    pub agency: String,
+    /// The credential that recorded the event.
+    pub credential: String,
+    /// When the event was recorded.
+    pub recorded_at: DateTime<Utc>,
+    /// 1-based version in the client's stream.
+    pub version: u64,
+    /// Position in the global feed.
+    pub position: u64,
+}
+
+impl From<&RecordedEvent> for Recorded {
+    fn from(recorded: &RecordedEvent) -> Self {
+        let draft = &recorded.draft;
+        Self {
+            id: draft.id.0,
+            event_type: draft.event.event_type().to_owned(),
+            schema_version: draft.event.schema_version(),
+            client_id: draft.client_id.0,
+            occurred_at: draft.occurred_at,
+            actor: draft.actor.as_ref().map(ToString::to_string),
+            data: draft.event.data(),
+            agency: recorded.provenance.agency.clone(),
+            credential: recorded.provenance.credential.clone(),
+            recorded_at: recorded.meta.recorded_at,
+            version: recorded.meta.version,
+            position: recorded.meta.position,
+        }
+    }
+}
+
+/// A client's history.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct History {
+    pub client_id: Uuid,
+    pub events: Vec<Recorded>,
+}
+
+/// A page of the global feed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FeedPage {
+    pub events: Vec<Recorded>,
+    /// Pass as `after` to get the next page (the last position on this page, or `after` itself
+    /// when the page is empty).
+    pub next_after: u64,
+}
+
+/// Clients found by identifier.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClientMatches {
+    pub clients: Vec<ClientMatch>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClientMatch {
+    pub client_id: Uuid,
+}
+
+/// The event catalogue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Catalogue {
+    pub event_types: Vec<CatalogueEntry>,
+}
+
+/// One event type of the catalogue.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CatalogueEntry {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    pub description: String,
+    /// Top-level `data` fields holding personal data.
+    pub personal_fields: Vec<String>,
+    /// The JSON Schema (2020-12) of `data`.
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+/// Parses one submitted event (an HTTP body, a batch element or an import line). Errors name the
+/// offending field relative to the event (`data.release_kind`); callers add the batch index.
+pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::new(
+            Code::ValidationFailed,
+            "an event must be a JSON object",
+        ));
+    }
+    let request: EventRequest = deserialize_with_path(value).map_err(|invalid| {
+        let detail = if invalid.field == "agency" {
+            "`agency` is taken from the credential and must not be sent".to_owned()
+        } else {
+            invalid.message
+        };
+        ApiError::new(Code::ValidationFailed, detail).with_field(invalid.field)
+    })?;
+    if request.occurred_at.with_timezone(&Utc) > Utc::now() + MAX_CLOCK_SKEW {
+        return Err(ApiError::new(
+            Code::ValidationFailed,
+            "occurred_at lies in the future; record plans with their own events (e.g. appointment.scheduled)",
+        )
+        .with_field("occurred_at"));
+    }
+    let actor = request
+        .actor
+        .map(Text::try_from)
+        .transpose()
+        .map_err(|message| ApiError::new(Code::ValidationFailed, message).with_field("actor"))?;
+    let event = JourneyEvent::decode(&request.event_type, request.schema_version, &request.data)
+        .map_err(|error| match error {
+            DecodeError::UnknownType(name) => ApiError::new(
+                Code::UnknownEventType,
+                format!("unknown event type `{name}`; see GET /v1/event-types"),
+            )
+            .with_field("type"),
+            DecodeError::UnsupportedVersion { .. } => {
+                ApiError::new(Code::ValidationFailed, error.to_string())
+                    .with_field("schema_version")
+            }
+            DecodeError::Invalid(invalid) => ApiError::new(Code::ValidationFailed, invalid.message)
+                .with_field(field_path("data", &invalid.field)),
+        })?;
+    Ok(Submission {
+        draft: EventDraft {
+            id: EventId(request.id),
+            client_id: ClientId(request.client_id),
+            occurred_at: request.occurred_at,
+            actor,
+            event,
+        },
+        expected_version: request.expected_version,
+    })
+}

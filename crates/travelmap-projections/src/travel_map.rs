@@ -1,0 +1,563 @@
+//! The travel map: who works with a client, when, what happened and what is next.
+//!
+//! The projection keeps a [`ClientState`] per client: the client's standing facts (events with
+//! corrections applied, retracted ones removed), sorted by when they happened. The map itself is
+//! derived from that state when it is read, with the time of reading as "now". Deriving on read
+//! is cheap (a client has tens of events) and is what makes time-based flags right: "no first-day
+//! contact" appears 24 hours after release even if no event arrives, and a map `as_of` a past
+//! moment shows the flags as they stood then.
+//!
+//! ## Phase rules
+//! Facts are taken in `occurred_at` order (ties by global position); the last phase-changing fact
+//! sets the phase:
+//! `sentence.started` and `client.recalled` → `in_custody`; `client.released` → `released`;
+//! `programme.completed` → `completed`; `programme.dropped_out` → `dropped_out`;
+//! `reoffence.recorded` → `reoffended`. Before any of these the phase is `registered`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, FixedOffset, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use travelmap_domain::payloads::{NeedArea, NeedStatus, Role};
+use travelmap_domain::{ClientId, EventId, JourneyEvent, RecordedEvent};
+use utoipa::ToSchema;
+
+/// How long after release a first-day contact may come before the map flags its absence.
+pub const FIRST_DAY_WINDOW: Duration = Duration::hours(24);
+
+/// A standing fact: an event as it now reads, after any corrections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fact {
+    pub event_id: EventId,
+    pub position: u64,
+    pub occurred_at: DateTime<FixedOffset>,
+    pub recorded_at: DateTime<Utc>,
+    pub agency: String,
+    pub actor: Option<String>,
+    pub event: JourneyEvent,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrections: Vec<CorrectionNote>,
+}
+
+/// A correction applied to a fact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct CorrectionNote {
+    /// The `event.corrected` event.
+    #[schema(value_type = uuid::Uuid)]
+    pub event_id: EventId,
+    /// Why the fact was corrected.
+    pub reason: String,
+    /// The agency that corrected it.
+    pub agency: String,
+    /// When the correction was recorded.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// The projection's state for one client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientState {
+    pub client_id: ClientId,
+    /// The client's stream version folded so far.
+    pub version: u64,
+    /// The global position of the last event folded; events at or below it are skipped, which
+    /// makes applying an event twice harmless.
+    pub position: u64,
+    /// Standing facts in `occurred_at` order (ties by position).
+    pub facts: Vec<Fact>,
+}
+
+impl ClientState {
+    pub fn new(client_id: ClientId) -> Self {
+        Self {
+            client_id,
+            version: 0,
+            position: 0,
+            facts: Vec::new(),
+        }
+    }
+
+    /// Folds a whole history (e.g. for `as_of`).
+    pub fn from_history<'a>(
+        client_id: ClientId,
+        events: impl IntoIterator<Item = &'a RecordedEvent>,
+    ) -> Self {
+        let mut state = Self::new(client_id);
+        for event in events {
+            state.apply(event);
+        }
+        state
+    }
+
+    /// Folds one recorded event into the state. Returns false (and changes nothing) if the event
+    /// was already folded in.
+    pub fn apply(&mut self, recorded: &RecordedEvent) -> bool {
+        if recorded.meta.position <= self.position {
+            return false;
+        }
+        self.position = recorded.meta.position;
+        self.version = recorded.meta.version;
+        match &recorded.draft.event {
+            JourneyEvent::EventCorrected(correction) => {
+                if let Some(fact) = self.fact_mut(correction.event_id) {
+                    let data = serde_json::Value::Object(correction.data.clone());
+                    // The aggregate validated the replacement against this type when it was
+                    // recorded; a failure here would mean a damaged log, and keeping the original
+                    // reading is the safer answer than dropping the fact.
+                    if let Ok(event) = JourneyEvent::decode(
+                        fact.event.event_type(),
+                        fact.event.schema_version(),
+                        &data,
+                    ) {
+                        fact.event = event;
+                    }
+                    fact.corrections.push(CorrectionNote {
+                        event_id: recorded.draft.id,
+                        reason: correction.reason.to_string(),
+                        agency: recorded.provenance.agency.clone(),
+                        recorded_at: recorded.meta.recorded_at,
+                    });
+                }
+            }
+            JourneyEvent::EventRetracted(retraction) => {
+                self.facts
+                    .retain(|fact| fact.event_id != retraction.event_id);
+            }
+            _ => {
+                let fact = Fact {
+                    event_id: recorded.draft.id,
+                    position: recorded.meta.position,
+                    occurred_at: recorded.draft.occurred_at,
+                    recorded_at: recorded.meta.recorded_at,
+                    agency: recorded.provenance.agency.clone(),
+                    actor: recorded.draft.actor.as_ref().map(ToString::to_string),
+                    event: recorded.draft.event.clone(),
+                    corrections: Vec::new(),
+                };
+                let at = self
+                    .facts
+                    .partition_point(|other| sort_key(other) <= sort_key(&fact));
+                self.facts.insert(at, fact);
+            }
+        }
+        true
+    }
+
+    fn fact_mut(&mut self, event_id: EventId) -> Option<&mut Fact> {
+        self.facts.iter_mut().find(|fact| fact.event_id == event_id)
+    }
+
+    /// The identifiers under which the client can be found.
+    pub fn identifiers(&self) -> Vec<(String, String)> {
+        let mut identifiers = Vec::new();
+        for fact in &self.facts {
+            let added: Vec<_> = match &fact.event {
+                JourneyEvent::ClientRegistered(registered) => {
+                    registered.identifiers.iter().collect()
+                }
+                JourneyEvent::IdentifierAdded(added) => vec![&added.identifier],
+                _ => continue,
+            };
+            for identifier in added {
+                let pair = (
+                    identifier.kind.as_str().to_owned(),
+                    identifier.value.to_string(),
+                );
+                if !identifiers.contains(&pair) {
+                    identifiers.push(pair);
+                }
+            }
+        }
+        identifiers
+    }
+
+    /// The travel map as it stands at `now`.
+    pub fn travel_map(&self, now: DateTime<Utc>) -> TravelMap {
+        derive(self, now)
+    }
+}
+
+fn sort_key(fact: &Fact) -> (DateTime<Utc>, u64) {
+    (fact.occurred_at.with_timezone(&Utc), fact.position)
+}
+
+/// Where the client is on the journey.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Known, but no custody or release recorded yet.
+    Registered,
+    InCustody,
+    Released,
+    Completed,
+    DroppedOut,
+    Reoffended,
+}
+
+/// A stretch of time in one phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct PhaseSpan {
+    pub phase: Phase,
+    /// When the phase began (the `occurred_at` of the event that began it).
+    pub from: DateTime<FixedOffset>,
+    /// When it ended; absent for the current phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<DateTime<FixedOffset>>,
+}
+
+/// An agency (and worker) working with the client in a role.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct Involvement {
+    pub agency: String,
+    #[schema(value_type = String)]
+    pub role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// When it began; absent if only its end was recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<DateTime<FixedOffset>>,
+    /// When it ended; absent while open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<DateTime<FixedOffset>>,
+    /// True when it was opened as a hand-over (`reason: transfer`).
+    pub handover: bool,
+}
+
+/// One event on the map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct Step {
+    #[schema(value_type = uuid::Uuid)]
+    pub event_id: EventId,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: DateTime<FixedOffset>,
+    pub recorded_at: DateTime<Utc>,
+    /// The agency that recorded the event.
+    pub agency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// A short, readable line about what happened.
+    pub summary: String,
+    /// The event's data, with corrections applied.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+    /// Corrections applied to this step, oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub corrections: Vec<CorrectionNote>,
+}
+
+/// The latest assessment of a needs area.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct Need {
+    #[schema(value_type = String)]
+    pub status: NeedStatus,
+    pub since: DateTime<FixedOffset>,
+    pub agency: String,
+}
+
+/// A scheduled appointment not yet met or missed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct Appointment {
+    pub appointment_id: String,
+    pub at: DateTime<FixedOffset>,
+    pub agency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// True when its time has passed without a contact or a miss being recorded.
+    pub overdue: bool,
+}
+
+/// Something on the map that needs attention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct Flag {
+    /// What kind of attention: `no_first_day_contact`.
+    pub kind: String,
+    /// Since when the flag holds.
+    pub since: DateTime<Utc>,
+    /// A readable explanation.
+    pub detail: String,
+}
+
+/// A client's travel map.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+pub struct TravelMap {
+    #[schema(value_type = uuid::Uuid)]
+    pub client_id: ClientId,
+    pub phase: Phase,
+    pub phases: Vec<PhaseSpan>,
+    pub involvements: Vec<Involvement>,
+    pub steps: Vec<Step>,
+    /// Needs area → latest status.
+    #[schema(value_type = Object)]
+    pub needs: BTreeMap<NeedArea, Need>,
+    pub next: Vec<Appointment>,
+    pub flags: Vec<Flag>,
+    /// The client's stream version this map reflects.
+    pub version: u64,
+    /// The global position of the last event this map reflects.
+    pub position: u64,
+    /// The moment the map was derived for: now, or the `as_of` asked for.
+    pub as_of: DateTime<Utc>,
+}
+
+fn phase_of(event: &JourneyEvent) -> Option<Phase> {
+    Some(match event {
+        JourneyEvent::SentenceStarted(_) | JourneyEvent::ClientRecalled(_) => Phase::InCustody,
+        JourneyEvent::ClientReleased(_) => Phase::Released,
+        JourneyEvent::ProgrammeCompleted(_) => Phase::Completed,
+        JourneyEvent::ProgrammeDroppedOut(_) => Phase::DroppedOut,
+        JourneyEvent::ReoffenceRecorded(_) => Phase::Reoffended,
+        _ => return None,
+    })
+}
+
+fn derive(state: &ClientState, now: DateTime<Utc>) -> TravelMap {
+    let mut phases: Vec<PhaseSpan> = Vec::new();
+    let mut involvements: Vec<Involvement> = Vec::new();
+    let mut needs = BTreeMap::new();
+    let mut appointments: Vec<Appointment> = Vec::new();
+    let mut last_release: Option<DateTime<Utc>> = None;
+    let mut first_day_contact_after_release = false;
+
+    for fact in &state.facts {
+        let at = fact.occurred_at;
+        if let Some(phase) = phase_of(&fact.event) {
+            match phases.last_mut() {
+                Some(current) if current.phase == phase => {}
+                Some(current) => {
+                    current.to = Some(at);
+                    phases.push(PhaseSpan {
+                        phase,
+                        from: at,
+                        to: None,
+                    });
+                }
+                None => phases.push(PhaseSpan {
+                    phase,
+                    from: at,
+                    to: None,
+                }),
+            }
+        }
+        match &fact.event {
+            JourneyEvent::InvolvementOpened(opened) => involvements.push(Involvement {
+                agency: opened
+                    .agency
+                    .as_ref()
+                    .map_or_else(|| fact.agency.clone(), ToString::to_string),
+                role: opened.role,
+                worker: opened.worker.as_ref().map(ToString::to_string),
+                from: Some(at),
+                to: None,
+                handover: opened.reason
+                    == Some(travelmap_domain::payloads::OpeningReason::Transfer),
+            }),
+            JourneyEvent::InvolvementClosed(closed) => {
+                let agency = closed
+                    .agency
+                    .as_ref()
+                    .map_or_else(|| fact.agency.clone(), ToString::to_string);
+                let worker = closed.worker.as_ref().map(ToString::to_string);
+                let open = involvements.iter_mut().rev().find(|involvement| {
+                    involvement.to.is_none()
+                        && involvement.agency == agency
+                        && involvement.role == closed.role
+                        && (worker.is_none() || involvement.worker == worker)
+                });
+                match open {
+                    Some(involvement) => involvement.to = Some(at),
+                    None => involvements.push(Involvement {
+                        agency,
+                        role: closed.role,
+                        worker,
+                        from: None,
+                        to: Some(at),
+                        handover: false,
+                    }),
+                }
+            }
+            JourneyEvent::PlanAgreed(plan) => {
+                for area in &plan.areas {
+                    needs.entry(*area).or_insert(Need {
+                        status: NeedStatus::NotStarted,
+                        since: at,
+                        agency: fact.agency.clone(),
+                    });
+                }
+            }
+            JourneyEvent::NeedAssessed(assessed) => {
+                needs.insert(
+                    assessed.area,
+                    Need {
+                        status: assessed.status,
+                        since: at,
+                        agency: fact.agency.clone(),
+                    },
+                );
+            }
+            JourneyEvent::AppointmentScheduled(scheduled) => {
+                let appointment_id = scheduled.appointment_id.to_string();
+                appointments.retain(|other| other.appointment_id != appointment_id);
+                appointments.push(Appointment {
+                    appointment_id,
+                    at: scheduled.at,
+                    agency: fact.agency.clone(),
+                    purpose: scheduled.purpose.as_ref().map(ToString::to_string),
+                    overdue: false,
+                });
+            }
+            JourneyEvent::AppointmentMissed(missed) => {
+                appointments.retain(|other| other.appointment_id != missed.appointment_id.as_str());
+            }
+            JourneyEvent::ContactMade(contact) => {
+                if let Some(appointment_id) = &contact.appointment_id {
+                    appointments.retain(|other| other.appointment_id != appointment_id.as_str());
+                }
+                if let Some(released) = last_release
+                    && contact.attended
+                    && at.with_timezone(&Utc) <= released + FIRST_DAY_WINDOW
+                {
+                    first_day_contact_after_release = true;
+                }
+            }
+            JourneyEvent::ClientReleased(_) => {
+                last_release = Some(at.with_timezone(&Utc));
+                first_day_contact_after_release = false;
+            }
+            _ => {}
+        }
+    }
+
+    let phase = phases.last().map_or(Phase::Registered, |span| span.phase);
+    let mut flags = Vec::new();
+    if phase == Phase::Released
+        && let Some(released) = last_release
+        && !first_day_contact_after_release
+        && now > released + FIRST_DAY_WINDOW
+    {
+        flags.push(Flag {
+            kind: "no_first_day_contact".into(),
+            since: released + FIRST_DAY_WINDOW,
+            detail: format!(
+                "released {} and no contact was recorded within 24 hours",
+                released.to_rfc3339()
+            ),
+        });
+    }
+    for appointment in &mut appointments {
+        appointment.overdue = appointment.at.with_timezone(&Utc) < now;
+    }
+    appointments.sort_by_key(|appointment| appointment.at);
+
+    TravelMap {
+        client_id: state.client_id,
+        phase,
+        phases,
+        involvements,
+        steps: state.facts.iter().map(step).collect(),
+        needs,
+        next: appointments,
+        flags,
+        version: state.version,
+        position: state.position,
+        as_of: now,
+    }
+}
+
+fn step(fact: &Fact) -> Step {
+    Step {
+        event_id: fact.event_id,
+        event_type: fact.event.event_type().to_owned(),
+        occurred_at: fact.occurred_at,
+        recorded_at: fact.recorded_at,
+        agency: fact.agency.clone(),
+        actor: fact.actor.clone(),
+        summary: summary(&fact.event),
+        data: fact.event.data(),
+        corrections: fact.corrections.clone(),
+    }
+}
+
+/// A short line for a step. Deliberately free of personal details (names, notes), so that a map
+/// summary can be shown on a screen without exposing more than the journey.
+pub fn summary(event: &JourneyEvent) -> String {
+    use JourneyEvent as E;
+    match event {
+        E::ClientRegistered(e) => format!("Registered with {} identifier(s)", e.identifiers.len()),
+        E::IdentifierAdded(e) => format!("Identifier {} added", e.identifier.kind.as_str()),
+        E::SentenceStarted(e) => match e.expected_release_date {
+            Some(release) => format!(
+                "Sentence started at {} (expected release {release})",
+                e.prison
+            ),
+            None => format!("Sentence started at {}", e.prison),
+        },
+        E::ProgrammeEnrolled(e) => format!("Enrolled in {}", e.programme),
+        E::InvolvementOpened(e) => format!(
+            "{} involvement opened{}",
+            capitalised(&e.role),
+            if e.reason == Some(travelmap_domain::payloads::OpeningReason::Transfer) {
+                " (hand-over)"
+            } else {
+                ""
+            }
+        ),
+        E::InvolvementClosed(e) => format!("{} involvement closed", capitalised(&e.role)),
+        E::ConsentRecorded(e) => format!("Consent recorded for {}", e.agency),
+        E::ConsentWithdrawn(e) => format!("Consent withdrawn for {}", e.agency),
+        E::PlanAgreed(e) => format!("Plan agreed covering {} needs area(s)", e.areas.len()),
+        E::NeedAssessed(e) => format!("{} assessed: {}", capitalised(&e.area), words(&e.status)),
+        E::PrereleaseLectureAttended(_) => "Pre-release lecture attended".into(),
+        E::RetrainingStarted(e) => format!("Retraining started: {}", e.course),
+        E::RetrainingCompleted(e) => format!("Retraining completed: {}", e.course),
+        E::CounsellingAttended(e) => format!("{} counselling attended", capitalised(&e.kind)),
+        E::ReleaseScheduled(e) => format!("Release scheduled for {}", e.release_date),
+        E::ClientReleased(e) => format!(
+            "Released ({}{}){}",
+            words(&e.release_kind),
+            if e.supervision { ", supervised" } else { "" },
+            e.municipality
+                .as_ref()
+                .map_or(String::new(), |place| format!(" to {place}"))
+        ),
+        E::ContactMade(e) => format!(
+            "{} contact{}",
+            capitalised(&e.kind),
+            if e.attended { "" } else { " (not attended)" }
+        ),
+        E::AppointmentScheduled(e) => format!("Appointment scheduled for {}", e.at.to_rfc3339()),
+        E::AppointmentMissed(_) => "Appointment missed".into(),
+        E::EmploymentBureauRegistered(_) => "Registered with the employment bureau".into(),
+        E::JobPlaced(_) => "Job placed".into(),
+        E::JobLost(_) => "Job lost".into(),
+        E::HousingSecured(e) => format!("Housing secured ({})", words(&e.kind)),
+        E::HousingLost(_) => "Housing lost".into(),
+        E::DebtCaseOpened(_) => "Debt case opened".into(),
+        E::DebtCaseClosed(_) => "Debt case closed".into(),
+        E::FamilyContactRestored(_) => "Family contact restored".into(),
+        E::ProgrammeCompleted(e) => format!("Programme {} completed", e.programme),
+        E::ProgrammeDroppedOut(e) => format!("Dropped out of {}", e.programme),
+        E::ReoffenceRecorded(_) => "Re-offence recorded".into(),
+        E::ClientRecalled(_) => "Recalled to prison".into(),
+        E::EventCorrected(_) => "Correction".into(),
+        E::EventRetracted(_) => "Retraction".into(),
+    }
+}
+
+/// A vocabulary value in words: `case_manager` → `case manager`.
+fn words(value: &impl Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|value| value.as_str().map(|raw| raw.replace('_', " ")))
+        .unwrap_or_default()
+}
+
+/// The same, capitalised for the start of a line.
+fn capitalised(value: &impl Serialize) -> String {
+    let words = words(value);
+    let mut chars = words.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => words,
+    }
+}

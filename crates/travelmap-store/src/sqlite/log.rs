@@ -1,0 +1,399 @@
+//! The SQLite event log: a single writer thread with group commit, and pooled readers.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, params};
+use tokio::sync::{mpsc, oneshot, watch};
+use travelmap_domain::{
+    ClientId, EventDraft, EventId, JourneyEvent, Provenance, RecordMeta, RecordedEvent, Text,
+};
+use uuid::Uuid;
+
+use super::pool::ReadPool;
+use super::{configure, schema};
+use crate::{Error, EventLog, Existing, Receipt, Result, StreamAppend};
+
+/// How many queued appends may share one transaction. Large enough to absorb a burst from many
+/// concurrent senders, small enough that one group's commit stays short.
+const MAX_GROUP: usize = 512;
+
+/// How many appends may wait for the writer before senders are made to wait (back-pressure).
+const QUEUE_DEPTH: usize = 4096;
+
+struct Job {
+    provenance: Provenance,
+    streams: Vec<StreamAppend>,
+    reply: oneshot::Sender<Result<Vec<Receipt>>>,
+}
+
+/// The embedded event log.
+pub struct SqliteEventLog {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<ReadPool>,
+    head: watch::Receiver<u64>,
+}
+
+impl SqliteEventLog {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let mut connection = Connection::open(path)?;
+        configure(&connection)?;
+        schema::migrate(&mut connection, path, schema::EVENTS)?;
+        let (last_position, last_recorded_micros): (u64, i64) = connection.query_row(
+            "SELECT COALESCE(MAX(position), 0), COALESCE(MAX(recorded_at), 0) FROM events",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let (head_sender, head) = watch::channel(last_position);
+        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            connection,
+            next_position: last_position + 1,
+            last_recorded_micros,
+            head: head_sender,
+        };
+        let handle = std::thread::Builder::new()
+            .name("travelmap-log-writer".into())
+            .spawn(move || writer.run(queue))?;
+        Ok(Self {
+            jobs: Mutex::new(Some(jobs)),
+            writer: Mutex::new(Some(handle)),
+            readers: Arc::new(ReadPool::new(path.to_owned())),
+            head,
+        })
+    }
+
+    pub(crate) fn open_read_only(path: &Path) -> Result<Self> {
+        let readers = Arc::new(ReadPool::new(path.to_owned()));
+        let last_position: u64 =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?
+                .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
+                    row.get(0)
+                })?;
+        Ok(Self {
+            jobs: Mutex::new(None),
+            writer: Mutex::new(None),
+            readers,
+            head: watch::channel(last_position).1,
+        })
+    }
+
+    /// Stops accepting appends, lets the writer finish what is queued, and waits for it.
+    pub fn close(&self) {
+        self.jobs.lock().expect("jobs lock").take();
+        if let Some(handle) = self.writer.lock().expect("writer lock").take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for SqliteEventLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteEventLog {
+    async fn append(
+        &self,
+        provenance: &Provenance,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Vec<Receipt>> {
+        let jobs = self.jobs.lock().expect("jobs lock").clone();
+        let jobs = jobs.ok_or(Error::Closed)?;
+        let (reply, receipts) = oneshot::channel();
+        let job = Job {
+            provenance: provenance.clone(),
+            streams,
+            reply,
+        };
+        jobs.send(job).await.map_err(|_| Error::Closed)?;
+        receipts.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT event_id, client_id, version, position, recorded_at, digest
+                     FROM events WHERE event_id = ?1",
+                )?;
+                let mut found = Vec::new();
+                for id in ids {
+                    let existing = statement
+                        .query_row(params![id.0], |row| {
+                            Ok(Existing {
+                                receipt: Receipt {
+                                    id: EventId(row.get(0)?),
+                                    client_id: ClientId(row.get(1)?),
+                                    version: row.get(2)?,
+                                    position: row.get(3)?,
+                                    recorded_at: from_micros(row.get(4)?),
+                                },
+                                digest: row.get(5)?,
+                            })
+                        })
+                        .optional()?;
+                    found.extend(existing);
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        client_id: ClientId,
+        recorded_until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let until = recorded_until.map_or(i64::MAX, |at| at.timestamp_micros());
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM events
+                     WHERE client_id = ?1 AND recorded_at <= ?2 ORDER BY version"
+                ))?;
+                let rows = statement.query_map(params![client_id.0, until], read_row)?;
+                rows.map(|row| row?.decode()).collect()
+            })
+            .await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                ))?;
+                let rows = statement.query_map(params![after, limit as i64], read_row)?;
+                rows.map(|row| row?.decode()).collect()
+            })
+            .await
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+}
+
+const COLUMNS: &str = "position, event_id, client_id, version, event_type, schema_version, \
+                       occurred_at, recorded_at, agency, credential, actor, data";
+
+/// A row as stored, before its data is decoded.
+struct StoredRow {
+    position: u64,
+    event_id: Uuid,
+    client_id: Uuid,
+    version: u64,
+    event_type: String,
+    schema_version: u32,
+    occurred_at: String,
+    recorded_at: i64,
+    agency: String,
+    credential: String,
+    actor: Option<String>,
+    data: String,
+}
+
+fn read_row(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
+    Ok(StoredRow {
+        position: row.get(0)?,
+        event_id: row.get(1)?,
+        client_id: row.get(2)?,
+        version: row.get(3)?,
+        event_type: row.get(4)?,
+        schema_version: row.get(5)?,
+        occurred_at: row.get(6)?,
+        recorded_at: row.get(7)?,
+        agency: row.get(8)?,
+        credential: row.get(9)?,
+        actor: row.get(10)?,
+        data: row.get(11)?,
+    })
+}
+
+impl StoredRow {
+    fn decode(self) -> Result<RecordedEvent> {
+        let corrupt = |source| Error::Corrupt {
+            position: self.position,
+            source,
+        };
+        let invalid = |message: String| {
+            corrupt(travelmap_domain::DecodeError::Invalid(
+                travelmap_domain::ValidationError::new("", message),
+            ))
+        };
+        let event = JourneyEvent::decode_stored(&self.event_type, self.schema_version, &self.data)
+            .map_err(corrupt)?;
+        let occurred_at = DateTime::parse_from_rfc3339(&self.occurred_at)
+            .map_err(|error| invalid(format!("occurred_at: {error}")))?;
+        let actor = self
+            .actor
+            .map(Text::try_from)
+            .transpose()
+            .map_err(|error| invalid(format!("actor: {error}")))?;
+        Ok(RecordedEvent {
+            draft: EventDraft {
+                id: EventId(self.event_id),
+                client_id: ClientId(self.client_id),
+                occurred_at,
+                actor,
+                event,
+            },
+            provenance: Provenance {
+                agency: self.agency,
+                credential: self.credential,
+            },
+            meta: RecordMeta {
+                version: self.version,
+                position: self.position,
+                recorded_at: from_micros(self.recorded_at),
+            },
+        })
+    }
+}
+
+fn from_micros(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// The writer thread's state. Only this thread writes to `events.sqlite`.
+struct Writer {
+    connection: Connection,
+    next_position: u64,
+    last_recorded_micros: i64,
+    head: watch::Sender<u64>,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    /// Commits a group of appends in one transaction. Each append runs in its own savepoint, so a
+    /// conflict in one rolls back only that append; the transaction then commits once, and only
+    /// after the commit is durable are the senders answered.
+    fn commit_group(&mut self, group: Vec<Job>) {
+        // recorded_at never goes backwards, even if the wall clock does, so that "recorded by
+        // time T" is always a prefix of the global feed.
+        let recorded_micros = Utc::now().timestamp_micros().max(self.last_recorded_micros);
+        let mut next_position = self.next_position;
+        let outcome = (|| -> Result<Vec<Result<Vec<Receipt>>>> {
+            let mut transaction = self.connection.transaction()?;
+            let mut results = Vec::with_capacity(group.len());
+            for job in &group {
+                results.push(append_job(
+                    &mut transaction,
+                    job,
+                    &mut next_position,
+                    recorded_micros,
+                ));
+            }
+            transaction.commit()?;
+            Ok(results)
+        })();
+        match outcome {
+            Ok(results) => {
+                if next_position != self.next_position {
+                    self.next_position = next_position;
+                    self.last_recorded_micros = recorded_micros;
+                    self.head.send_replace(next_position - 1);
+                }
+                for (job, result) in group.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(error) => {
+                // Nothing of the group was committed; every sender learns so and may retry.
+                tracing::error!(%error, "event log commit failed");
+                let message = error.to_string();
+                for job in group {
+                    let _ = job
+                        .reply
+                        .send(Err(Error::Io(std::io::Error::other(message.clone()))));
+                }
+            }
+        }
+    }
+}
+
+fn append_job(
+    transaction: &mut Transaction<'_>,
+    job: &Job,
+    next_position: &mut u64,
+    recorded_micros: i64,
+) -> Result<Vec<Receipt>> {
+    let savepoint = transaction.savepoint()?;
+    let mut position = *next_position;
+    let mut receipts = Vec::new();
+    for stream in &job.streams {
+        let actual: u64 = savepoint
+            .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE client_id = ?1")?
+            .query_row(params![stream.client_id.0], |row| row.get(0))?;
+        if actual != stream.expected_version {
+            return Err(Error::StreamConflict {
+                client_id: stream.client_id,
+                expected: stream.expected_version,
+                actual,
+            });
+        }
+        let mut insert = savepoint.prepare_cached(
+            "INSERT INTO events (position, event_id, client_id, version, event_type,
+                 schema_version, occurred_at, recorded_at, agency, credential, actor, data, digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        for (offset, new) in stream.events.iter().enumerate() {
+            let draft = &new.draft;
+            let version = stream.expected_version + offset as u64 + 1;
+            let inserted = insert.execute(params![
+                position,
+                draft.id.0,
+                draft.client_id.0,
+                version,
+                draft.event.event_type(),
+                draft.event.schema_version(),
+                draft.occurred_at.to_rfc3339(),
+                recorded_micros,
+                job.provenance.agency,
+                job.provenance.credential,
+                draft.actor.as_ref().map(Text::as_str),
+                serde_json::to_string(&draft.event.data()).expect("event data serialises"),
+                new.digest,
+            ]);
+            match inserted {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(failure, _))
+                    if failure.code == ErrorCode::ConstraintViolation =>
+                {
+                    return Err(Error::DuplicateEvent(draft.id));
+                }
+                Err(error) => return Err(error.into()),
+            }
+            receipts.push(Receipt {
+                id: draft.id,
+                client_id: draft.client_id,
+                version,
+                position,
+                recorded_at: from_micros(recorded_micros),
+            });
+            position += 1;
+        }
+    }
+    savepoint.commit()?;
+    *next_position = position;
+    Ok(receipts)
+}

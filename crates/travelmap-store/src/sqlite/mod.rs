@@ -1,0 +1,95 @@
+//! The embedded backend: two SQLite files in the data directory.
+//!
+//! - `events.sqlite` is the log. One writer thread owns the only write connection and commits
+//!   appends in groups: while one transaction is being made durable, further appends queue up and
+//!   go into the next transaction together, so a burst of concurrent requests costs one fsync per
+//!   group rather than one per request. Because there is a single writer, positions are assigned
+//!   and committed in the same order, so the global feed never has a gap that fills in later.
+//! - `projections.sqlite` holds the views and their checkpoints, apart from the log so that the
+//!   projector never competes with appends for SQLite's write lock, and so that deleting it is a
+//!   safe way to force a rebuild.
+//!
+//! A lock file keeps a second process from opening the same directory: SQLite would allow it,
+//! but the single-writer design (and the position counter kept in the writer) would not hold.
+
+mod log;
+mod pool;
+mod schema;
+mod views;
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use log::SqliteEventLog;
+pub use views::SqliteViewStore;
+
+use crate::{Error, Result};
+
+/// The embedded store: event log and view store over one data directory.
+pub struct SqliteStore {
+    pub log: Arc<SqliteEventLog>,
+    pub views: Arc<SqliteViewStore>,
+    data_dir: PathBuf,
+    // Held for the store's lifetime: the OS releases the lock when the file is closed. Absent
+    // for a read-only store, which may sit beside a running server.
+    _lock: Option<File>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`, applying schema migrations.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.join("travelmap.lock"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(Error::Locked(data_dir.to_owned())),
+            Err(TryLockError::Error(error)) => return Err(error.into()),
+        }
+        let log = SqliteEventLog::open(&data_dir.join("events.sqlite"))?;
+        let views = SqliteViewStore::open(&data_dir.join("projections.sqlite"))?;
+        Ok(Self {
+            log: Arc::new(log),
+            views: Arc::new(views),
+            data_dir: data_dir.to_owned(),
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens an existing store for reading only, without taking the directory lock, so that an
+    /// auditor can replay histories while the server runs. Appends fail with [`Error::Closed`].
+    pub fn open_read_only(data_dir: &Path) -> Result<Self> {
+        let events = data_dir.join("events.sqlite");
+        if !events.exists() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no event log at {}", events.display()),
+            )));
+        }
+        Ok(Self {
+            log: Arc::new(SqliteEventLog::open_read_only(&events)?),
+            views: Arc::new(SqliteViewStore::open(&data_dir.join("projections.sqlite"))?),
+            data_dir: data_dir.to_owned(),
+            _lock: None,
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// Settings every connection gets. WAL lets readers run beside the writer; `synchronous = FULL`
+/// makes each commit durable before it is acknowledged (NORMAL could lose the last commits on
+/// power loss, which would break "an acknowledged event is never lost").
+fn configure(connection: &rusqlite::Connection) -> Result<()> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(())
+}

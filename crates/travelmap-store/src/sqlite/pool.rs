@@ -1,0 +1,63 @@
+//! A small pool of read-only connections, used from async code through `spawn_blocking`.
+//! SQLite connections are cheap to keep and expensive enough to open that reusing them matters
+//! for read latency.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::{Error, Result};
+
+/// How many idle connections to keep. Two cores cannot use more readers than this at once.
+const MAX_IDLE: usize = 8;
+
+pub(crate) struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take(&self) -> Result<Connection> {
+        if let Some(connection) = self.idle.lock().expect("pool lock").pop() {
+            return Ok(connection);
+        }
+        let connection = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(connection)
+    }
+
+    fn give_back(&self, connection: Connection) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < MAX_IDLE {
+            idle.push(connection);
+        }
+    }
+
+    /// Runs `read` on a pooled connection on the blocking thread pool.
+    pub(crate) async fn read<T, F>(self: &std::sync::Arc<Self>, read: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let pool = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let connection = pool.take()?;
+            let result = read(&connection);
+            pool.give_back(connection);
+            result
+        })
+        .await
+        .map_err(|_| Error::Closed)?
+    }
+}

@@ -1,0 +1,70 @@
+//! Versioned schema migrations, tracked in SQLite's `user_version`. Each migration runs once, in
+//! its own transaction; opening a store applies whatever is missing, so upgrades need no separate
+//! step. A store newer than the binary is refused rather than guessed at.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::{Error, Result};
+
+pub(crate) const EVENTS: &[&str] = &[
+    // 1: the log. `position` is the global order; `(client_id, version)` the per-client stream;
+    //    `event_id` the idempotency key. `recorded_at` is microseconds since the Unix epoch (UTC)
+    //    so that `as_of` comparisons are plain integer comparisons.
+    "CREATE TABLE events (
+        position       INTEGER PRIMARY KEY,
+        event_id       BLOB    NOT NULL UNIQUE,
+        client_id      BLOB    NOT NULL,
+        version        INTEGER NOT NULL,
+        event_type     TEXT    NOT NULL,
+        schema_version INTEGER NOT NULL,
+        occurred_at    TEXT    NOT NULL,
+        recorded_at    INTEGER NOT NULL,
+        agency         TEXT    NOT NULL,
+        credential     TEXT    NOT NULL,
+        actor          TEXT,
+        data           TEXT    NOT NULL,
+        digest         BLOB    NOT NULL,
+        UNIQUE (client_id, version)
+    );",
+];
+
+pub(crate) const VIEWS: &[&str] = &[
+    // 1: checkpoints per projection, client views and the identifier index.
+    "CREATE TABLE checkpoints (
+        projection TEXT PRIMARY KEY,
+        position   INTEGER NOT NULL
+    );
+    CREATE TABLE client_views (
+        client_id BLOB PRIMARY KEY,
+        state     TEXT NOT NULL
+    );
+    CREATE TABLE client_identifiers (
+        kind      TEXT NOT NULL,
+        value     TEXT NOT NULL,
+        client_id BLOB NOT NULL,
+        PRIMARY KEY (kind, value, client_id)
+    );
+    CREATE INDEX client_identifiers_by_client ON client_identifiers (client_id);",
+];
+
+pub(crate) fn migrate(connection: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()> {
+    let current: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let supported = migrations.len() as i64;
+    if current > supported {
+        return Err(Error::SchemaTooNew {
+            path: path.to_owned(),
+            found: current,
+            supported,
+        });
+    }
+    for (index, migration) in migrations.iter().enumerate().skip(current as usize) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(migration)?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1)?;
+        transaction.commit()?;
+        tracing::info!(store = %path.display(), version = index + 1, "applied schema migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! The SQLite view store (`projections.sqlite`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use travelmap_domain::ClientId;
+use uuid::Uuid;
+
+use super::pool::ReadPool;
+use super::{configure, schema};
+use crate::{ClientView, Error, Result, ViewStore};
+
+/// The name under which the client-view projection keeps its checkpoint.
+const CLIENT_VIEWS: &str = "client_views";
+
+/// The embedded view store. Writes come from the projector alone, through one connection.
+pub struct SqliteViewStore {
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<ReadPool>,
+}
+
+impl SqliteViewStore {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let mut connection = Connection::open(path)?;
+        configure(&connection)?;
+        schema::migrate(&mut connection, path, schema::VIEWS)?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(connection)),
+            readers: Arc::new(ReadPool::new(path.to_owned())),
+        })
+    }
+
+    async fn write<T, F>(&self, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || write(&mut writer.lock().expect("view writer lock")))
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+}
+
+#[async_trait]
+impl ViewStore for SqliteViewStore {
+    async fn checkpoint(&self) -> Result<u64> {
+        self.readers
+            .read(|connection| {
+                Ok(connection
+                    .query_row(
+                        "SELECT position FROM checkpoints WHERE projection = ?1",
+                        params![CLIENT_VIEWS],
+                        |row| row.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0))
+            })
+            .await
+    }
+
+    async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, String>> {
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached("SELECT state FROM client_views WHERE client_id = ?1")?;
+                let mut states = HashMap::with_capacity(clients.len());
+                for client in clients {
+                    let state: Option<String> = statement
+                        .query_row(params![client.0], |row| row.get(0))
+                        .optional()?;
+                    if let Some(state) = state {
+                        states.insert(client, state);
+                    }
+                }
+                Ok(states)
+            })
+            .await
+    }
+
+    async fn get(&self, client: ClientId) -> Result<Option<String>> {
+        self.readers
+            .read(move |connection| {
+                Ok(connection
+                    .prepare_cached("SELECT state FROM client_views WHERE client_id = ?1")?
+                    .query_row(params![client.0], |row| row.get(0))
+                    .optional()?)
+            })
+            .await
+    }
+
+    async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            {
+                let mut upsert = transaction.prepare_cached(
+                    "INSERT INTO client_views (client_id, state) VALUES (?1, ?2)
+                     ON CONFLICT (client_id) DO UPDATE SET state = excluded.state",
+                )?;
+                let mut forget = transaction
+                    .prepare_cached("DELETE FROM client_identifiers WHERE client_id = ?1")?;
+                let mut index = transaction.prepare_cached(
+                    "INSERT OR IGNORE INTO client_identifiers (kind, value, client_id)
+                     VALUES (?1, ?2, ?3)",
+                )?;
+                for view in &views {
+                    upsert.execute(params![view.client_id.0, view.state])?;
+                    forget.execute(params![view.client_id.0])?;
+                    for (kind, value) in &view.identifiers {
+                        index.execute(params![kind, value, view.client_id.0])?;
+                    }
+                }
+                transaction.execute(
+                    "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2)
+                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+                    params![CLIENT_VIEWS, checkpoint],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reset(&self) -> Result<()> {
+        self.write(|connection| {
+            let transaction = connection.transaction()?;
+            transaction.execute_batch(
+                "DELETE FROM client_views; DELETE FROM client_identifiers; DELETE FROM checkpoints;",
+            )?;
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_by_identifier(&self, kind: &str, value: &str) -> Result<Vec<ClientId>> {
+        let (kind, value) = (kind.to_owned(), value.to_owned());
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT client_id FROM client_identifiers WHERE kind = ?1 AND value = ?2
+                     ORDER BY client_id",
+                )?;
+                let clients = statement
+                    .query_map(params![kind, value], |row| row.get::<_, Uuid>(0))?
+                    .map(|client| client.map(ClientId).map_err(Error::from))
+                    .collect();
+                clients
+            })
+            .await
+    }
+}

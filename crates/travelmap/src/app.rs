@@ -1,0 +1,105 @@
+//! The running service: store, projector and HTTP server, built from settings and stopped
+//! cleanly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use travelmap_api::{AppState, Authenticator};
+use travelmap_service::Journeys;
+use travelmap_store::sqlite::SqliteStore;
+
+/// What [`Application::build`] needs.
+pub struct ServeSettings {
+    /// Address to bind; port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// The embedded store's directory.
+    pub data_dir: PathBuf,
+    /// Who may call the API.
+    pub authenticator: Authenticator,
+}
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    listener: TcpListener,
+    store: SqliteStore,
+    journeys: Arc<Journeys>,
+    authenticator: Arc<Authenticator>,
+}
+
+impl Application {
+    /// Opens the store and binds the listener. The projector starts with [`Self::run_until`].
+    pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+        let store = SqliteStore::open(&settings.data_dir)
+            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+        let journeys = Arc::new(Journeys::new(store.log.clone(), store.views.clone()).await?);
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        Ok(Self {
+            listener,
+            store,
+            journeys,
+            authenticator: Arc::new(settings.authenticator),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// Serves until `shutdown` completes; then stops taking connections, finishes requests in
+    /// flight, stops the projector and closes the log (every acknowledged event is already
+    /// durable, since a receipt is only sent after its commit).
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_projector, projector_stopped) = watch::channel(false);
+        let projector = tokio::spawn(self.journeys.projector().clone().run(projector_stopped));
+        let router = travelmap_api::router(AppState {
+            journeys: self.journeys.clone(),
+            authenticator: self.authenticator.clone(),
+        });
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let _ = stop_projector.send(true);
+        let _ = projector.await;
+        self.store.log.close();
+        served.context("serving HTTP")
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,218 @@
+//! The offline commands: import, rebuild, replay and credential. They open the store directly
+//! (import and rebuild need the server stopped; replay reads beside a running server).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use travelmap_api::wire::{self, Recorded};
+use travelmap_api::{Authenticator, Role};
+use travelmap_domain::{ClientId, Provenance};
+use travelmap_projections::ClientState;
+use travelmap_service::{Journeys, Submission};
+use travelmap_store::EventLog;
+use travelmap_store::sqlite::SqliteStore;
+
+/// Events per transaction during an import.
+const IMPORT_BATCH: usize = 1000;
+/// How many invalid lines an import lists before it stops looking.
+const MAX_REPORTED_ERRORS: usize = 20;
+
+/// Loads a JSON-lines file (one event per line, as posted to `POST /v1/events`). The whole file
+/// is validated first, so a file with a bad line changes nothing; then it is recorded in batches.
+/// Events already recorded with the same content are skipped, so an interrupted import can simply
+/// be run again.
+pub async fn import(data_dir: &Path, file: &Path, provenance: Provenance) -> anyhow::Result<()> {
+    let open = || -> anyhow::Result<BufReader<std::fs::File>> {
+        Ok(BufReader::new(
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
+        ))
+    };
+    let mut errors = Vec::new();
+    let mut total = 0u64;
+    for (number, line) in open()?.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        total += 1;
+        if let Err(problem) = parse_line(&line) {
+            errors.push(format!("line {}: {problem}", number + 1));
+            if errors.len() >= MAX_REPORTED_ERRORS {
+                break;
+            }
+        }
+    }
+    if !errors.is_empty() {
+        bail!(
+            "{} is not valid; nothing was imported:\n  {}",
+            file.display(),
+            errors.join("\n  ")
+        );
+    }
+
+    let store = SqliteStore::open(data_dir)?;
+    let journeys = Journeys::new(store.log.clone(), store.views.clone()).await?;
+    let progress = ProgressBar::new(total).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} events ({per_sec}, {eta} left)")
+            .expect("valid template"),
+    );
+    let (mut created, mut skipped) = (0u64, 0u64);
+    let mut batch: Vec<Submission> = Vec::with_capacity(IMPORT_BATCH);
+    let mut lines = open()?.lines();
+    loop {
+        let line = lines.next().transpose()?;
+        if let Some(line) = &line
+            && !line.trim().is_empty()
+        {
+            batch.push(parse_line(line).map_err(anyhow::Error::msg)?);
+        }
+        if batch.len() == IMPORT_BATCH || (line.is_none() && !batch.is_empty()) {
+            let outcomes = journeys
+                .record(&provenance, &batch)
+                .await
+                .map_err(|error| anyhow::anyhow!("{error}"))?;
+            let fresh = outcomes.iter().filter(|outcome| outcome.created).count() as u64;
+            created += fresh;
+            skipped += outcomes.len() as u64 - fresh;
+            progress.inc(batch.len() as u64);
+            batch.clear();
+        }
+        if line.is_none() {
+            break;
+        }
+    }
+    progress.finish();
+    journeys.projector().catch_up().await?;
+    store.log.close();
+    println!(
+        "imported {created} events ({skipped} already recorded) from {}",
+        file.display()
+    );
+    Ok(())
+}
+
+fn parse_line(line: &str) -> Result<Submission, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|error| format!("not valid JSON: {error}"))?;
+    wire::parse_event(&value).map_err(|error| match error.field {
+        Some(field) => format!("{field}: {}", error.detail),
+        None => error.detail,
+    })
+}
+
+/// Deletes every projection and folds the whole log again.
+pub async fn rebuild(data_dir: &Path) -> anyhow::Result<()> {
+    let store = SqliteStore::open(data_dir)?;
+    let journeys = Journeys::new(store.log.clone(), store.views.clone()).await?;
+    let report = journeys.projector().rebuild().await?;
+    store.log.close();
+    let seconds = report.elapsed.as_secs_f64();
+    println!(
+        "rebuilt {} client views from {} events in {:.2}s ({:.0} events/s)",
+        report.clients,
+        report.events,
+        seconds,
+        report.events as f64 / seconds.max(f64::EPSILON)
+    );
+    Ok(())
+}
+
+/// Prints a client's history exactly as recorded (optionally as recorded by `as_of`) and the
+/// travel map folded from it.
+pub async fn replay(
+    data_dir: &Path,
+    client: ClientId,
+    as_of: Option<DateTime<Utc>>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = SqliteStore::open_read_only(data_dir)?;
+    let events = store.log.read_stream(client, as_of).await?;
+    if events.is_empty() {
+        bail!(
+            "no events recorded for client {client}{}",
+            match as_of {
+                Some(at) => format!(" as of {}", at.to_rfc3339()),
+                None => String::new(),
+            }
+        );
+    }
+    let now = as_of.unwrap_or_else(Utc::now);
+    let map = ClientState::from_history(client, &events).travel_map(now);
+    let mut out = std::io::stdout().lock();
+    if json {
+        let history: Vec<Recorded> = events.iter().map(Recorded::from).collect();
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({"client_id": client, "events": history, "travel_map": map}),
+        )?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "History of client {client} ({} events, as recorded{})",
+        events.len(),
+        as_of.map_or(String::new(), |at| format!(" by {}", at.to_rfc3339()))
+    )?;
+    for event in &events {
+        writeln!(
+            out,
+            "  v{:<4} #{:<8} recorded {}  occurred {}  {:<30} by {} ({})",
+            event.meta.version,
+            event.meta.position,
+            event.meta.recorded_at.to_rfc3339(),
+            event.draft.occurred_at.to_rfc3339(),
+            event.draft.event.event_type(),
+            event.provenance.agency,
+            event.provenance.credential,
+        )?;
+    }
+    writeln!(out, "\nTravel map as of {}", now.to_rfc3339())?;
+    writeln!(
+        out,
+        "  phase: {}",
+        serde_json::to_value(map.phase)?.as_str().unwrap_or("?")
+    )?;
+    for involvement in &map.involvements {
+        writeln!(
+            out,
+            "  involvement: {} as {} from {} to {}",
+            involvement.agency,
+            serde_json::to_value(involvement.role)?
+                .as_str()
+                .unwrap_or("?"),
+            involvement.from.map_or("?".into(), |at| at.to_rfc3339()),
+            involvement.to.map_or("open".into(), |at| at.to_rfc3339()),
+        )?;
+    }
+    for step in &map.steps {
+        writeln!(
+            out,
+            "  {}  {}  ({})",
+            step.occurred_at.to_rfc3339(),
+            step.summary,
+            step.agency
+        )?;
+    }
+    for flag in &map.flags {
+        writeln!(out, "  FLAG {}: {}", flag.kind, flag.detail)?;
+    }
+    Ok(())
+}
+
+/// Prints a new key and the `[[credentials]]` entry that accepts it.
+pub fn new_credential(id: &str, agency: &str, roles: &[Role]) -> anyhow::Result<()> {
+    let key = crate::settings::new_key();
+    let roles: Vec<String> = roles.iter().map(|role| format!("\"{role}\"")).collect();
+    println!("# Give this key to the agency system (it is shown once and stored nowhere):");
+    println!("#   {key}");
+    println!("[[credentials]]");
+    println!("id = \"{id}\"");
+    println!("agency = \"{agency}\"");
+    println!("roles = [{}]", roles.join(", "));
+    println!("key_sha256 = \"{}\"", Authenticator::hash_key(&key));
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! Typed configuration: built from the TOML file (`--config` / `TRAVELMAP_CONFIG`), overridden by
+//! environment variables and command-line flags (clap reads both), with safe defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use travelmap_api::{Authenticator, Credential, Role};
+
+/// The default address: loopback only, so a newcomer's first start exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The default data directory, relative to where the service is started.
+pub const DEFAULT_DATA_DIR: &str = "./travelmap-data";
+/// The file in the data directory holding the generated local admin key (no-config start).
+pub const LOCAL_ADMIN_KEY_FILE: &str = "admin.key";
+
+/// The configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub listen: Option<SocketAddr>,
+    /// Where the embedded store keeps its files.
+    pub data_dir: Option<PathBuf>,
+    /// The credentials that may call the API.
+    #[serde(default)]
+    pub credentials: Vec<CredentialEntry>,
+}
+
+/// One `[[credentials]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialEntry {
+    /// Shown in logs and recorded with every event the credential posts.
+    pub id: String,
+    /// The agency the credential acts for; recorded as the event's agency.
+    pub agency: String,
+    /// What it may do.
+    pub roles: Vec<Role>,
+    /// Hex SHA-256 of the bearer key (`travelmap credential new` prints one).
+    pub key_sha256: String,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config file {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        source: travelmap_api::auth::CredentialError,
+    },
+    #[error("config file {0} declares no [[credentials]]; nobody could call the API")]
+    NoCredentials(PathBuf),
+    #[error("local admin key at {path}: {source}")]
+    LocalKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| Error::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn authenticator(&self, path: &Path) -> Result<Authenticator, Error> {
+        if self.credentials.is_empty() {
+            return Err(Error::NoCredentials(path.to_owned()));
+        }
+        Authenticator::new(self.credentials.iter().map(|entry| {
+            (
+                entry.key_sha256.clone(),
+                Credential {
+                    id: entry.id.clone(),
+                    agency: entry.agency.clone(),
+                    roles: entry.roles.clone(),
+                },
+            )
+        }))
+        .map_err(|source| Error::Credentials {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// The credential used when no configuration is given: every role, for one local user.
+pub fn local_admin() -> Credential {
+    Credential {
+        id: "local-admin".into(),
+        agency: "local".into(),
+        roles: vec![Role::Admin, Role::Writer, Role::Coordinator, Role::Auditor],
+    }
+}
+
+/// What happened to the local admin key.
+pub enum LocalKey {
+    /// A new key was generated and written to this file.
+    Generated(PathBuf),
+    /// An existing key was found in this file.
+    Existing(PathBuf),
+}
+
+/// Reads the local admin key from the data directory, generating it on first use. The file is
+/// created readable by its owner only; the key never appears in logs.
+pub fn local_admin_key(data_dir: &Path) -> Result<(String, LocalKey), Error> {
+    let path = data_dir.join(LOCAL_ADMIN_KEY_FILE);
+    let error = |source| Error::LocalKey {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => {
+            return Ok((key.trim().to_owned(), LocalKey::Existing(path)));
+        }
+        Ok(_) => {}
+        Err(read) if read.kind() == std::io::ErrorKind::NotFound => {}
+        Err(read) => return Err(error(read)),
+    }
+    std::fs::create_dir_all(data_dir).map_err(error)?;
+    let key = new_key();
+    write_private(&path, &format!("{key}\n")).map_err(error)?;
+    Ok((key, LocalKey::Generated(path)))
+}
+
+/// A fresh random bearer key: 32 bytes from the operating system's generator, hex-encoded.
+pub fn new_key() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("tm_{}", hex::encode(bytes))
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
