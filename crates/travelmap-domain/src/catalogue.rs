@@ -107,7 +107,11 @@ macro_rules! catalogue {
         pub fn event_types() -> &'static [EventTypeInfo] {
             static TYPES: OnceLock<Vec<EventTypeInfo>> = OnceLock::new();
             TYPES.get_or_init(|| {
-                let generator = SchemaSettings::draft2020_12().into_generator();
+                // Inlined rather than `$ref`-linked: each type's schema stands alone, which is what
+                // a sender reading one entry of the catalogue needs.
+                let generator = SchemaSettings::draft2020_12()
+                    .with(|settings| settings.inline_subschemas = true)
+                    .into_generator();
                 vec![$(EventTypeInfo {
                     event_type: $name,
                     schema_version: $version,

@@ -6,6 +6,11 @@
 //! decide, and append against the stream version it decided on. If another writer moved a stream
 //! in between, the store refuses the append and the whole decision is made again on fresh state.
 //!
+//! Within one process, decisions about the same client take turns (a striped lock per client):
+//! a burst of writes to one busy client would otherwise keep invalidating each other's decisions
+//! and fail after the retries run out. The store's version check remains the guard across
+//! processes.
+//!
 //! Knows the domain, the storage traits and the projections; knows nothing of HTTP or SQL.
 
 use std::collections::HashMap;
@@ -21,11 +26,15 @@ use travelmap_domain::{
 };
 use travelmap_projections::{ClientState, Projector, TravelMap};
 use travelmap_store::{EventLog, NewEvent, Receipt, StreamAppend, ViewStore};
+use uuid::Uuid;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How often a decision is retried when concurrent writers keep moving the same streams.
 const MAX_ATTEMPTS: usize = 8;
+/// Number of lock stripes for per-client turn-taking. Two clients share a stripe with
+/// probability 1/1024, which only means they take turns.
+const CLIENT_STRIPES: usize = 1024;
 /// The longest a read waits for the projection to reach a requested position.
 const MAX_PROJECTION_WAIT: Duration = Duration::from_secs(5);
 /// The largest page of the global feed.
@@ -85,11 +94,16 @@ pub struct Outcome {
     pub created: bool,
 }
 
+fn stripe_of(client_id: ClientId) -> usize {
+    (client_id.0.as_u128() % CLIENT_STRIPES as u128) as usize
+}
+
 /// The use cases, over any backend.
 pub struct Journeys {
     log: Arc<dyn EventLog>,
     views: Arc<dyn ViewStore>,
     projector: Arc<Projector>,
+    client_turns: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Journeys {
@@ -99,6 +113,9 @@ impl Journeys {
             log,
             views,
             projector,
+            client_turns: (0..CLIENT_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -130,12 +147,31 @@ impl Journeys {
             .map(|submission| content_digest(&submission.draft, &provenance.agency))
             .collect();
 
-        for _attempt in 0..MAX_ATTEMPTS {
+        // Take the turns of every client in the submission, in stripe order so that two batches
+        // sharing clients cannot wait on each other.
+        let mut stripes: Vec<usize> = submissions
+            .iter()
+            .map(|submission| stripe_of(submission.draft.client_id))
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut turns = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            turns.push(self.client_turns[stripe].lock().await);
+        }
+
+        for attempt in 0..MAX_ATTEMPTS {
             match self.try_record(provenance, submissions, &digests).await {
                 Err(Error::Store(
                     travelmap_store::Error::StreamConflict { .. }
                     | travelmap_store::Error::DuplicateEvent(_),
-                )) => continue,
+                )) => {
+                    // Another process moved the stream: back off a little, more each time, with
+                    // jitter so that competing processes do not retry in lockstep.
+                    let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) % 5;
+                    let pause = Duration::from_millis((1 << attempt.min(5)) + jitter);
+                    tokio::time::sleep(pause).await;
+                }
                 other => return other,
             }
         }

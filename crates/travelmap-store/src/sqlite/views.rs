@@ -145,11 +145,10 @@ impl ViewStore for SqliteViewStore {
                     "SELECT client_id FROM client_identifiers WHERE kind = ?1 AND value = ?2
                      ORDER BY client_id",
                 )?;
-                let clients = statement
+                statement
                     .query_map(params![kind, value], |row| row.get::<_, Uuid>(0))?
                     .map(|client| client.map(ClientId).map_err(Error::from))
-                    .collect();
-                clients
+                    .collect()
             })
             .await
     }

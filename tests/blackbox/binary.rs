@@ -1,0 +1,501 @@
+//! The real `travelmap` binary: start-up without configuration, durability across restarts and
+//! kills, the directory lock, and the offline commands.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::samples::valid_data;
+use crate::support::*;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_travelmap");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    address: String,
+}
+
+impl Server {
+    /// Starts `travelmap serve` on `data_dir` and waits until it answers.
+    async fn start(data_dir: &Path, config: Option<&Path>) -> Server {
+        let port = free_port();
+        let mut command = Command::new(BINARY);
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env_remove("TRAVELMAP_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let child = command.spawn().expect("travelmap starts");
+        let server = Server {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(response) = http.get(format!("{}/healthz", server.address)).send().await
+                && response.status() == StatusCode::OK
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("travelmap did not come up");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = self.child.kill();
+        panic!("travelmap did not stop within 10 s");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("travelmap.toml");
+    let mut text = String::new();
+    for (key, credential) in credentials() {
+        let roles: Vec<String> = credential
+            .roles
+            .iter()
+            .map(|role| format!("\"{role}\""))
+            .collect();
+        text.push_str(&format!(
+            "[[credentials]]\nid = \"{}\"\nagency = \"{}\"\nroles = [{}]\nkey_sha256 = \"{}\"\n\n",
+            credential.id,
+            credential.agency,
+            roles.join(", "),
+            travelmap_api::Authenticator::hash_key(key)
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Posts `count` events concurrently and returns the receipts that were acknowledged.
+async fn post_many(address: &str, client: Uuid, count: usize) -> Vec<Value> {
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for _ in 0..count {
+        let (http, address) = (http.clone(), address.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let body = event(
+                client,
+                "contact.made",
+                "2026-01-01T00:00:00Z",
+                json!({"kind": "meeting"}),
+            );
+            let response = http
+                .post(format!("{address}/v1/events"))
+                .bearer_auth(PROBATION_WRITER)
+                .json(&body)
+                .send()
+                .await
+                .ok()?;
+            (response.status() == StatusCode::CREATED).then_some(())?;
+            response.json::<Value>().await.ok()
+        }));
+    }
+    let mut receipts = Vec::new();
+    for task in tasks {
+        receipts.extend(task.await.unwrap());
+    }
+    receipts
+}
+
+async fn history_ids(address: &str, client: Uuid) -> Vec<Value> {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{address}/v1/clients/{client}/events"))
+        .bearer_auth(AUDITOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["id"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_and_a_restart_keeps_every_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(&config)).await;
+    let client = Uuid::new_v4();
+    let receipts = post_many(&server.address, client, 100).await;
+    assert_eq!(receipts.len(), 100);
+    server.signal("TERM");
+    assert!(
+        server.wait().success(),
+        "SIGTERM must end the process with status 0"
+    );
+
+    let server = Server::start(&data, Some(&config)).await;
+    let ids = history_ids(&server.address, client).await;
+    for receipt in &receipts {
+        assert!(
+            ids.contains(&receipt["id"]),
+            "acknowledged event {} lost",
+            receipt["id"]
+        );
+    }
+    // The projection resumes from its checkpoint: the map is there without a rebuild.
+    let map: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/clients/{client}/travel-map?min_position=100",
+            server.address
+        ))
+        .bearer_auth(COORDINATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(map["version"], 100);
+}
+
+#[tokio::test]
+async fn acknowledged_events_survive_a_kill_in_the_middle_of_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(&config)).await;
+    let client = Uuid::new_v4();
+    let address = server.address.clone();
+    let writing = tokio::spawn(async move { post_many(&address, client, 400).await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.signal("KILL");
+    let _ = server.wait();
+    let acknowledged = writing.await.unwrap();
+
+    let server = Server::start(&data, Some(&config)).await;
+    let ids = history_ids(&server.address, client).await;
+    for receipt in &acknowledged {
+        assert!(
+            ids.contains(&receipt["id"]),
+            "acknowledged event {} lost",
+            receipt["id"]
+        );
+    }
+    assert!(ids.len() >= acknowledged.len());
+}
+
+#[tokio::test]
+async fn without_config_a_private_local_admin_key_is_generated_and_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None).await;
+    let key_file = dir.path().join("admin.key");
+    let key = std::fs::read_to_string(&key_file)
+        .unwrap()
+        .trim()
+        .to_owned();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let http = reqwest::Client::new();
+    let body = event(
+        Uuid::new_v4(),
+        "job.placed",
+        "2026-01-01T00:00:00Z",
+        json!({}),
+    );
+    let response = http
+        .post(format!("{}/v1/events", server.address))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = http
+        .post(format!("{}/v1/events", server.address))
+        .bearer_auth("guess")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    server.signal("TERM");
+    assert!(server.wait().success());
+
+    // The key is kept across restarts.
+    let _server = Server::start(dir.path(), None).await;
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), key);
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Server::start(dir.path(), None).await;
+    let output = Command::new(BINARY)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env_remove("TRAVELMAP_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use by another travelmap process"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_config_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[[credentials]]\nid = \"x\"\nagency = \"a\"\nroles = [\"writer\"]\nkey_sha256 = \"nothex\"\n").unwrap();
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("key_sha256 must be 64 hex digits"));
+
+    std::fs::write(
+        &config,
+        "[[credentials]]\nid = \"x\"\nagency = \"a\"\nroles = [\"janitor\"]\nkey_sha256 = \"00\"\n",
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("janitor"));
+}
+
+fn run(args: &[&str], data_dir: &Path) -> std::process::Output {
+    Command::new(BINARY)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("TRAVELMAP_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_and_replay_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let client = Uuid::new_v4();
+    let events: Vec<Value> = [
+        "client.registered",
+        "sentence.started",
+        "client.released",
+        "contact.made",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(day, event_type)| {
+        event(
+            client,
+            event_type,
+            &format!("2025-0{}-01T09:00:00Z", day + 1),
+            valid_data(event_type, Uuid::nil()),
+        )
+    })
+    .collect();
+
+    // A file with one bad line imports nothing.
+    let bad = dir.path().join("bad.jsonl");
+    let mut file = std::fs::File::create(&bad).unwrap();
+    for (index, event) in events.iter().enumerate() {
+        let mut event = event.clone();
+        if index == 2 {
+            event["data"]["release_kind"] = json!("escaped");
+        }
+        writeln!(file, "{event}").unwrap();
+    }
+    let output = run(&["import", bad.to_str().unwrap()], &data);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 3: data.release_kind"), "{stderr}");
+
+    let good = dir.path().join("good.jsonl");
+    let mut file = std::fs::File::create(&good).unwrap();
+    for event in &events {
+        writeln!(file, "{event}").unwrap();
+    }
+    let output = run(&["import", good.to_str().unwrap()], &data);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("imported 4 events (0 already recorded)")
+    );
+    let output = run(&["import", good.to_str().unwrap()], &data);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("imported 0 events (4 already recorded)")
+    );
+
+    let replay = |data: &Path| {
+        let output = run(&["replay", "--client", &client.to_string(), "--json"], data);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut body: Value = serde_json::from_slice(&output.stdout).unwrap();
+        body["travel_map"]["as_of"] = Value::Null;
+        body
+    };
+    let before = replay(&data);
+    assert_eq!(before["events"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        before["events"][0]["agency"], "local",
+        "imported without config: the local credential"
+    );
+    assert_eq!(before["travel_map"]["phase"], "released");
+
+    let output = run(&["rebuild"], &data);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("rebuilt 1 client views from 4 events")
+    );
+    assert_eq!(replay(&data), before);
+
+    // The text replay is readable and as_of cuts the history.
+    let output = run(
+        &[
+            "replay",
+            "--client",
+            &client.to_string(),
+            "--as-of",
+            "2000-01-01T00:00:00Z",
+        ],
+        &data,
+    );
+    assert!(!output.status.success());
+    let output = run(&["replay", "--client", &client.to_string()], &data);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("History of client") && text.contains("phase: released"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn help_lists_every_command_and_credential_new_prints_a_working_entry() {
+    let output = Command::new(BINARY).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for command in ["serve", "import", "rebuild", "replay", "credential"] {
+        assert!(help.contains(command), "--help lacks {command}: {help}");
+    }
+    let output = Command::new(BINARY)
+        .args([
+            "credential",
+            "new",
+            "--id",
+            "opava-prison-system",
+            "--agency",
+            "prison-opava",
+            "--role",
+            "writer",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let key = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim_start_matches('#')
+        .trim()
+        .to_owned();
+    let hash = text
+        .lines()
+        .find_map(|line| line.strip_prefix("key_sha256 = "))
+        .unwrap()
+        .trim_matches('"');
+    assert_eq!(hash, travelmap_api::Authenticator::hash_key(&key));
+
+    // The printed entry is a valid config file that the server accepts.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("travelmap.toml");
+    std::fs::write(&config, text.as_bytes()).unwrap();
+    let server = Server::start(&dir.path().join("data"), Some(&config)).await;
+    let body = event(
+        Uuid::new_v4(),
+        "sentence.started",
+        "2026-01-01T00:00:00Z",
+        valid_data("sentence.started", Uuid::nil()),
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/events", server.address))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let mut lines = BufReader::new(text.as_bytes()).lines();
+    assert!(lines.next().unwrap().unwrap().starts_with('#'));
+}

@@ -1,0 +1,574 @@
+//! Posting single events: acceptance and rejection of every type, idempotency, conflicts,
+//! authentication and the one error format.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::samples::valid_data;
+use crate::support::*;
+
+const AT: &str = "2026-03-01T09:00:00+01:00";
+
+async fn catalogue(app: &TestApp) -> Vec<Value> {
+    let body = app.get_ok("/v1/event-types", COORDINATOR).await;
+    body["event_types"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn every_event_type_is_accepted_with_valid_data() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let mut target = None;
+    let types = catalogue(&app).await;
+    assert_eq!(types.len(), 33);
+    for entry in &types {
+        let event_type = entry["type"].as_str().unwrap();
+        if event_type.starts_with("event.") {
+            continue; // corrections need a target; posted below
+        }
+        let body = event(client, event_type, AT, valid_data(event_type, Uuid::nil()));
+        let response = app.post_event(PRISON_WRITER, &body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{event_type}: {}",
+            response.text().await.unwrap()
+        );
+        if event_type == "client.released" {
+            target = Some(body["id"].as_str().unwrap().parse::<Uuid>().unwrap());
+        }
+    }
+    let target = target.unwrap();
+    for event_type in ["event.corrected", "event.retracted"] {
+        let body = event(client, event_type, AT, valid_data(event_type, target));
+        let response = app.post_event(PRISON_WRITER, &body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{event_type}: {}",
+            response.text().await.unwrap()
+        );
+    }
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    assert_eq!(history["events"].as_array().unwrap().len(), 33);
+}
+
+#[tokio::test]
+async fn every_event_type_rejects_unknown_and_missing_fields_and_stores_nothing() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    for entry in catalogue(&app).await {
+        let event_type = entry["type"].as_str().unwrap();
+
+        // An unknown field is named, whatever the type.
+        let mut data = valid_data(event_type, Uuid::new_v4());
+        data["surprise"] = json!(1);
+        let response = app
+            .post_event(PRISON_WRITER, &event(client, event_type, AT, data))
+            .await;
+        let problem = expect_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], "data.surprise", "{event_type}");
+
+        // Each field the published schema calls required is enforced, and named when missing.
+        for required in entry["data"]["required"].as_array().into_iter().flatten() {
+            let required = required.as_str().unwrap();
+            let mut data = valid_data(event_type, Uuid::new_v4());
+            data.as_object_mut().unwrap().remove(required);
+            let response = app
+                .post_event(PRISON_WRITER, &event(client, event_type, AT, data))
+                .await;
+            let problem = expect_problem(
+                response,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+            )
+            .await;
+            assert_eq!(problem["field"], format!("data.{required}"), "{event_type}");
+        }
+
+        // `data` must be an object.
+        let response = app
+            .post_event(PRISON_WRITER, &event(client, event_type, AT, json!([1])))
+            .await;
+        expect_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    }
+    assert!(
+        app.feed().await.is_empty(),
+        "a rejected event must not be stored"
+    );
+}
+
+#[tokio::test]
+async fn wrong_types_and_enum_values_name_the_field() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let cases = [
+        (
+            "client.released",
+            json!({"release_kind": "escaped", "supervision": true}),
+            "data.release_kind",
+        ),
+        (
+            "client.released",
+            json!({"release_kind": "parole", "supervision": "yes"}),
+            "data.supervision",
+        ),
+        (
+            "sentence.started",
+            json!({"prison": "Opava", "start_date": "1st of May"}),
+            "data.start_date",
+        ),
+        (
+            "sentence.started",
+            json!({"prison": "Opava", "start_date": "2026-02-01", "expected_release_date": "2025-01-01"}),
+            "data.expected_release_date",
+        ),
+        (
+            "client.registered",
+            json!({"identifiers": [{"type": "Prison Number", "value": "1"}]}),
+            "data.identifiers[0].type",
+        ),
+        ("plan.agreed", json!({"areas": []}), "data.areas"),
+        (
+            "need.assessed",
+            json!({"area": "housing", "status": "fine"}),
+            "data.status",
+        ),
+        (
+            "programme.dropped_out",
+            json!({"programme": "x", "reason": "   "}),
+            "data.reason",
+        ),
+    ];
+    for (event_type, data, field) in cases {
+        let response = app
+            .post_event(PRISON_WRITER, &event(client, event_type, AT, data))
+            .await;
+        let problem = expect_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], field);
+    }
+    assert!(app.feed().await.is_empty());
+}
+
+#[tokio::test]
+async fn envelope_errors_are_precise() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let valid = || event(client, "job.placed", AT, json!({}));
+
+    let mut unknown_type = valid();
+    unknown_type["type"] = json!("client.teleported");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &unknown_type).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_event_type",
+    )
+    .await;
+    assert_eq!(problem["field"], "type");
+
+    let mut missing = valid();
+    missing.as_object_mut().unwrap().remove("client_id");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &missing).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "client_id");
+
+    let mut wrong_type = valid();
+    wrong_type["schema_version"] = json!("1");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &wrong_type).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "schema_version");
+
+    let mut future_version = valid();
+    future_version["schema_version"] = json!(2);
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &future_version).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "schema_version");
+
+    let mut agency = valid();
+    agency["agency"] = json!("someone-else");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &agency).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "agency");
+
+    let mut future = valid();
+    future["occurred_at"] = json!("2999-01-01T00:00:00Z");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &future).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "occurred_at");
+
+    let mut bad_id = valid();
+    bad_id["id"] = json!("not-a-uuid");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &bad_id).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "id");
+
+    let mut blank_actor = valid();
+    blank_actor["actor"] = json!("");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &blank_actor).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "actor");
+
+    assert!(app.feed().await.is_empty());
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_415_and_413() {
+    let app = spawn_app().await;
+    let send = |body: Vec<u8>, content_type: &'static str| {
+        app.http
+            .post(app.url("/v1/events"))
+            .bearer_auth(PRISON_WRITER)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let response = send(b"{\"id\": ".to_vec(), "application/json")
+        .await
+        .unwrap();
+    expect_problem(response, StatusCode::BAD_REQUEST, "malformed_json").await;
+
+    let response = send(b"id=1".to_vec(), "application/x-www-form-urlencoded")
+        .await
+        .unwrap();
+    expect_problem(
+        response,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+
+    let mut huge = br#"{"id": ""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 1024 * 1024 + 1));
+    huge.extend(br#""}"#);
+    let response = send(huge, "application/json").await.unwrap();
+    expect_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+
+    let response = send(b"[1, 2]".to_vec(), "application/json").await.unwrap();
+    expect_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+
+    assert!(app.feed().await.is_empty());
+}
+
+#[tokio::test]
+async fn retry_with_the_same_content_returns_the_original_receipt() {
+    let app = spawn_app().await;
+    let body = event(
+        Uuid::new_v4(),
+        "client.released",
+        AT,
+        valid_data("client.released", Uuid::nil()),
+    );
+    let first = app.post_event(PRISON_WRITER, &body).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+
+    // Key order does not matter; the content does.
+    let reordered: Value = serde_json::from_str(&format!(
+        r#"{{"data": {}, "occurred_at": "{AT}", "client_id": "{}", "schema_version": 1, "type": "client.released", "id": "{}"}}"#,
+        json!({"municipality": "Opava", "supervision": true, "release_kind": "conditional"}),
+        body["client_id"].as_str().unwrap(),
+        body["id"].as_str().unwrap(),
+    ))
+    .unwrap();
+    for retry in [&body, &reordered] {
+        let again = app.post_event(PRISON_WRITER, retry).await;
+        assert_eq!(again.status(), StatusCode::OK);
+        let again: Value = again.json().await.unwrap();
+        assert_eq!(again, first);
+    }
+    assert_eq!(app.feed().await.len(), 1);
+    for field in ["id", "client_id", "version", "position", "recorded_at"] {
+        assert!(!first[field].is_null(), "receipt lacks {field}");
+    }
+}
+
+#[tokio::test]
+async fn the_same_id_with_other_content_is_a_conflict() {
+    let app = spawn_app().await;
+    let body = event(
+        Uuid::new_v4(),
+        "client.released",
+        AT,
+        valid_data("client.released", Uuid::nil()),
+    );
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &body).await.status(),
+        StatusCode::CREATED
+    );
+
+    let mut changed = body.clone();
+    changed["data"]["municipality"] = json!("Ostrava");
+    expect_problem(
+        app.post_event(PRISON_WRITER, &changed).await,
+        StatusCode::CONFLICT,
+        "duplicate_conflict",
+    )
+    .await;
+
+    // The same content from another agency is not the same event either.
+    expect_problem(
+        app.post_event(PROBATION_WRITER, &body).await,
+        StatusCode::CONFLICT,
+        "duplicate_conflict",
+    )
+    .await;
+
+    let feed = app.feed().await;
+    assert_eq!(feed.len(), 1);
+    assert_eq!(feed[0]["data"]["municipality"], "Opava");
+}
+
+#[tokio::test]
+async fn expected_version_guards_against_lost_updates() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let mut first = event(
+        client,
+        "sentence.started",
+        AT,
+        valid_data("sentence.started", Uuid::nil()),
+    );
+    first["expected_version"] = json!(0);
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &first).await.status(),
+        StatusCode::CREATED
+    );
+
+    let mut stale = event(
+        client,
+        "release.scheduled",
+        AT,
+        valid_data("release.scheduled", Uuid::nil()),
+    );
+    stale["expected_version"] = json!(0);
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &stale).await,
+        StatusCode::CONFLICT,
+        "version_conflict",
+    )
+    .await;
+    assert_eq!(problem["current_version"], 1);
+
+    stale["expected_version"] = json!(1);
+    let receipt: Value = app
+        .post_event(PRISON_WRITER, &stale)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(receipt["version"], 2);
+    assert_eq!(app.feed().await.len(), 2);
+}
+
+#[tokio::test]
+async fn the_recorded_agency_is_the_credentials() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let mut body = event(
+        client,
+        "contact.made",
+        AT,
+        valid_data("contact.made", Uuid::nil()),
+    );
+    body["actor"] = json!("PO-4");
+    assert_eq!(
+        app.post_event(PROBATION_WRITER, &body).await.status(),
+        StatusCode::CREATED
+    );
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let recorded = &history["events"][0];
+    assert_eq!(recorded["agency"], "probation-opava");
+    assert_eq!(recorded["credential"], "probation-system");
+    assert_eq!(recorded["actor"], "PO-4");
+    assert_eq!(recorded["version"], 1);
+    assert_eq!(recorded["occurred_at"], AT);
+}
+
+#[tokio::test]
+async fn credentials_and_roles_are_enforced() {
+    let app = spawn_app().await;
+    let body = event(Uuid::new_v4(), "job.placed", AT, json!({}));
+
+    let missing = app
+        .http
+        .post(app.url("/v1/events"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        missing.headers()["www-authenticate"],
+        "Bearer realm=\"travelmap\""
+    );
+    expect_problem(missing, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    expect_problem(
+        app.post_event("not-a-key", &body).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    let basic = app
+        .http
+        .post(app.url("/v1/events"))
+        .basic_auth("user", Some(PRISON_WRITER))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(basic, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    // Valid credentials without the role for the operation.
+    expect_problem(
+        app.post_event(COORDINATOR, &body).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_problem(
+        app.get("/v1/events", COORDINATOR).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_problem(
+        app.get("/v1/events", PRISON_WRITER).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let client = body["client_id"].as_str().unwrap();
+    expect_problem(
+        app.get(&format!("/v1/clients/{client}/travel-map"), PRISON_WRITER)
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert!(app.feed().await.is_empty());
+    // The feed is open to admins as well as auditors.
+    app.get_ok("/v1/events", ADMIN).await;
+}
+
+#[tokio::test]
+async fn corrections_must_target_an_earlier_event_of_the_client() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let other_client = Uuid::new_v4();
+    let released = event(
+        other_client,
+        "client.released",
+        AT,
+        valid_data("client.released", Uuid::nil()),
+    );
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &released).await.status(),
+        StatusCode::CREATED
+    );
+    let target: Uuid = released["id"].as_str().unwrap().parse().unwrap();
+
+    let elsewhere = event(
+        client,
+        "event.corrected",
+        AT,
+        valid_data("event.corrected", target),
+    );
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &elsewhere).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.event_id");
+
+    let mut bad_replacement = event(
+        other_client,
+        "event.corrected",
+        AT,
+        valid_data("event.corrected", target),
+    );
+    bad_replacement["data"]["data"]["release_kind"] = json!("escaped");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &bad_replacement).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.data.release_kind");
+    assert_eq!(app.feed().await.len(), 1);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_problem_format() {
+    let app = spawn_app().await;
+    expect_problem(
+        app.get("/v1/nothing-here", ADMIN).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let delete = app
+        .http
+        .delete(app.url("/v1/events"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(delete, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+    let bad_client = app.get("/v1/clients/not-a-uuid/events", AUDITOR).await;
+    expect_problem(bad_client, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    let problem_page = app.get_ok("/problems/version_conflict", ADMIN).await;
+    assert_eq!(problem_page["status"], 409);
+}

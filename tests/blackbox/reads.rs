@@ -1,0 +1,713 @@
+//! Reading back: histories, time travel, travel maps, identifier look-up, the feed, the
+//! catalogue and the OpenAPI document.
+
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::samples::valid_data;
+use crate::support::*;
+
+async fn post(app: &TestApp, key: &str, body: &Value) -> Value {
+    let response = app.post_event(key, body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn out_of_order_events_are_mapped_by_when_they_happened() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    // The release is posted before the sentence it ends: agencies post late.
+    let release = event(
+        client,
+        "client.released",
+        "2026-02-01T09:00:00+01:00",
+        valid_data("client.released", Uuid::nil()),
+    );
+    let sentence = event(
+        client,
+        "sentence.started",
+        "2024-02-01T09:00:00+01:00",
+        valid_data("sentence.started", Uuid::nil()),
+    );
+    post(&app, PRISON_WRITER, &release).await;
+    let last = post(&app, PRISON_WRITER, &sentence).await;
+
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let recorded: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        recorded,
+        ["client.released", "sentence.started"],
+        "history is in stream order"
+    );
+
+    let map = app
+        .travel_map(client, last["position"].as_u64().unwrap())
+        .await;
+    let steps: Vec<&str> = map["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        ["sentence.started", "client.released"],
+        "the map is in occurred_at order"
+    );
+    assert_eq!(map["phase"], "released");
+    let phases: Vec<&str> = map["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["in_custody", "released"]);
+    assert_eq!(map["phases"][0]["to"], "2026-02-01T09:00:00+01:00");
+}
+
+#[tokio::test]
+async fn as_of_shows_what_had_been_recorded_by_then() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let first = post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "sentence.started",
+            "2024-02-01T09:00:00Z",
+            valid_data("sentence.started", Uuid::nil()),
+        ),
+    )
+    .await;
+    let between = first["recorded_at"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second = post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "client.released",
+            "2026-02-01T09:00:00Z",
+            valid_data("client.released", Uuid::nil()),
+        ),
+    )
+    .await;
+    assert!(second["recorded_at"].as_str().unwrap() > between.as_str());
+
+    let encoded = between.replace('+', "%2B");
+    let then = app
+        .get_ok(
+            &format!("/v1/clients/{client}/events?as_of={encoded}"),
+            AUDITOR,
+        )
+        .await;
+    assert_eq!(then["events"].as_array().unwrap().len(), 1);
+    assert_eq!(then["events"][0]["type"], "sentence.started");
+    let now = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    assert_eq!(now["events"].as_array().unwrap().len(), 2);
+
+    let map_then = app
+        .get_ok(
+            &format!("/v1/clients/{client}/travel-map?as_of={encoded}"),
+            COORDINATOR,
+        )
+        .await;
+    assert_eq!(map_then["phase"], "in_custody");
+    assert_eq!(map_then["steps"].as_array().unwrap().len(), 1);
+    let map_now = app
+        .travel_map(client, second["position"].as_u64().unwrap())
+        .await;
+    assert_eq!(map_now["phase"], "released");
+
+    // Before anything was recorded, the client did not exist yet.
+    let before = app
+        .get(
+            &format!("/v1/clients/{client}/travel-map?as_of=2000-01-01T00:00:00Z"),
+            COORDINATOR,
+        )
+        .await;
+    expect_problem(before, StatusCode::NOT_FOUND, "not_found").await;
+    let empty = app
+        .get_ok(
+            &format!("/v1/clients/{client}/events?as_of=2000-01-01T00:00:00Z"),
+            AUDITOR,
+        )
+        .await;
+    assert_eq!(empty["events"], json!([]));
+    let malformed = app
+        .get(
+            &format!("/v1/clients/{client}/events?as_of=yesterday"),
+            AUDITOR,
+        )
+        .await;
+    let problem = expect_problem(malformed, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "as_of");
+}
+
+#[tokio::test]
+async fn unknown_clients_are_404() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    expect_problem(
+        app.get(&format!("/v1/clients/{client}/events"), AUDITOR)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_problem(
+        app.get(&format!("/v1/clients/{client}/travel-map"), COORDINATOR)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn clients_are_found_by_agency_identifiers() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "client.registered",
+            "2024-01-01T00:00:00Z",
+            valid_data("client.registered", Uuid::nil()),
+        ),
+    )
+    .await;
+    let added = post(
+        &app,
+        PROBATION_WRITER,
+        &event(
+            client,
+            "identifier.added",
+            "2024-03-01T00:00:00Z",
+            valid_data("identifier.added", Uuid::nil()),
+        ),
+    )
+    .await;
+    app.travel_map(client, added["position"].as_u64().unwrap())
+        .await;
+
+    for identifier in ["prison_number:OP-2026-0117", "probation_case:PMS-77/2026"] {
+        let found = app
+            .get_ok(
+                &format!("/v1/clients?identifier={identifier}"),
+                PRISON_WRITER,
+            )
+            .await;
+        assert_eq!(
+            found["clients"],
+            json!([{"client_id": client}]),
+            "{identifier}"
+        );
+    }
+    let none = app
+        .get_ok("/v1/clients?identifier=prison_number:nobody", COORDINATOR)
+        .await;
+    assert_eq!(none["clients"], json!([]));
+    let malformed = app
+        .get("/v1/clients?identifier=no-colon", COORDINATOR)
+        .await;
+    let problem = expect_problem(malformed, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "identifier");
+    expect_problem(
+        app.get("/v1/clients", COORDINATOR).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_travel_map_shows_who_works_with_the_client_and_what_is_next() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let released_at = "2026-02-01T09:00:00+01:00";
+    let events = [
+        event(
+            client,
+            "sentence.started",
+            "2024-02-01T09:00:00+01:00",
+            valid_data("sentence.started", Uuid::nil()),
+        ),
+        event(
+            client,
+            "involvement.opened",
+            "2025-08-01T09:00:00+01:00",
+            json!({"agency": "ngo-rubikon", "role": "mentor", "worker": "M-12"}),
+        ),
+        event(
+            client,
+            "involvement.opened",
+            "2025-09-01T09:00:00+01:00",
+            json!({"role": "probation_officer", "worker": "PO-1"}),
+        ),
+        event(
+            client,
+            "involvement.opened",
+            "2025-10-01T09:00:00+01:00",
+            json!({"role": "probation_officer", "worker": "PO-2", "reason": "transfer"}),
+        ),
+        event(
+            client,
+            "involvement.closed",
+            "2025-10-01T09:00:00+01:00",
+            json!({"role": "probation_officer", "worker": "PO-1", "reason": "transferred"}),
+        ),
+        event(
+            client,
+            "plan.agreed",
+            "2025-09-15T09:00:00+01:00",
+            json!({"areas": ["housing", "employment"]}),
+        ),
+        event(
+            client,
+            "need.assessed",
+            "2025-09-20T09:00:00+01:00",
+            json!({"area": "housing", "status": "support_required"}),
+        ),
+        event(
+            client,
+            "client.released",
+            released_at,
+            valid_data("client.released", Uuid::nil()),
+        ),
+        event(
+            client,
+            "appointment.scheduled",
+            "2026-02-01T10:00:00+01:00",
+            json!({"appointment_id": "A-1", "at": "2026-02-03T10:00:00+01:00"}),
+        ),
+        event(
+            client,
+            "appointment.scheduled",
+            "2026-02-01T10:00:00+01:00",
+            json!({"appointment_id": "A-2", "at": "2099-02-03T10:00:00+01:00"}),
+        ),
+        event(
+            client,
+            "appointment.scheduled",
+            "2026-02-01T10:00:00+01:00",
+            json!({"appointment_id": "A-3", "at": "2026-02-04T10:00:00+01:00"}),
+        ),
+        event(
+            client,
+            "appointment.missed",
+            "2026-02-04T11:00:00+01:00",
+            json!({"appointment_id": "A-3"}),
+        ),
+    ];
+    let mut position = 0;
+    let mut recorded_before_contact = String::new();
+    for body in &events {
+        let key = if body["type"] == "involvement.opened" || body["type"] == "involvement.closed" {
+            PROBATION_WRITER
+        } else {
+            PRISON_WRITER
+        };
+        let receipt = post(&app, key, body).await;
+        position = receipt["position"].as_u64().unwrap();
+        recorded_before_contact = receipt["recorded_at"].as_str().unwrap().to_owned();
+    }
+    let map = app.travel_map(client, position).await;
+    assert_eq!(map["phase"], "released");
+    assert_eq!(map["version"], 12);
+
+    let involvements = map["involvements"].as_array().unwrap();
+    assert_eq!(involvements.len(), 3);
+    assert_eq!(involvements[0]["agency"], "ngo-rubikon");
+    assert!(involvements[0]["to"].is_null());
+    assert_eq!(
+        involvements[1]["agency"], "probation-opava",
+        "defaults to the recording agency"
+    );
+    assert_eq!(involvements[1]["worker"], "PO-1");
+    assert_eq!(involvements[1]["to"], "2025-10-01T09:00:00+01:00");
+    assert_eq!(involvements[2]["handover"], true);
+    assert!(involvements[2]["to"].is_null());
+
+    assert_eq!(map["needs"]["housing"]["status"], "support_required");
+    assert_eq!(map["needs"]["employment"]["status"], "not_started");
+
+    let next: Vec<(&str, bool)> = map["next"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["appointment_id"].as_str().unwrap(),
+                a["overdue"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(next, [("A-1", true), ("A-2", false)]);
+
+    // Released long ago and nobody met the client within 24 hours.
+    let flags: Vec<&str> = map["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(flags, ["no_first_day_contact"]);
+
+    // A first-day contact posted late (but dated the day of release) clears the flag.
+    let contact = post(
+        &app,
+        PROBATION_WRITER,
+        &event(
+            client,
+            "contact.made",
+            "2026-02-01T15:00:00+01:00",
+            json!({"kind": "first_day", "appointment_id": "A-1"}),
+        ),
+    )
+    .await;
+    let map = app
+        .travel_map(client, contact["position"].as_u64().unwrap())
+        .await;
+    assert_eq!(map["flags"], json!([]));
+    assert_eq!(
+        map["next"].as_array().unwrap().len(),
+        1,
+        "the contact met appointment A-1"
+    );
+
+    // As the map stood before the contact was recorded, the flag was up.
+    let before = app
+        .get_ok(
+            &format!("/v1/clients/{client}/travel-map?as_of={recorded_before_contact}"),
+            COORDINATOR,
+        )
+        .await;
+    assert_eq!(before["flags"][0]["kind"], "no_first_day_contact");
+    assert_eq!(before["flags"][0]["since"], "2026-02-02T08:00:00Z");
+}
+
+#[tokio::test]
+async fn corrections_and_retractions_flow_into_the_map_and_the_history_keeps_the_original() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let released = event(
+        client,
+        "client.released",
+        "2026-02-01T09:00:00+01:00",
+        valid_data("client.released", Uuid::nil()),
+    );
+    let job = event(
+        client,
+        "job.placed",
+        "2026-02-10T09:00:00+01:00",
+        json!({"sector": "logistics"}),
+    );
+    post(&app, PRISON_WRITER, &released).await;
+    post(&app, PRISON_WRITER, &job).await;
+    let target: Uuid = released["id"].as_str().unwrap().parse().unwrap();
+    let job_id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "event.corrected",
+            "2026-02-11T09:00:00+01:00",
+            valid_data("event.corrected", target),
+        ),
+    )
+    .await;
+    let last = post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "event.retracted",
+            "2026-02-11T09:00:00+01:00",
+            valid_data("event.retracted", job_id),
+        ),
+    )
+    .await;
+
+    let map = app
+        .travel_map(client, last["position"].as_u64().unwrap())
+        .await;
+    let steps = map["steps"].as_array().unwrap();
+    assert_eq!(
+        steps.len(),
+        1,
+        "the retracted job is gone from the map: {steps:?}"
+    );
+    assert_eq!(steps[0]["data"]["municipality"], "Ostrava");
+    assert_eq!(steps[0]["corrections"][0]["reason"], "wrong municipality");
+    assert_eq!(steps[0]["corrections"][0]["agency"], "prison-opava");
+
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let events = history["events"].as_array().unwrap();
+    assert_eq!(events.len(), 4);
+    assert_eq!(
+        events[0]["data"]["municipality"], "Opava",
+        "the original stays as recorded"
+    );
+    assert_eq!(events[2]["type"], "event.corrected");
+
+    // A retracted event cannot be corrected again.
+    let late = event(
+        client,
+        "event.corrected",
+        "2026-02-12T09:00:00+01:00",
+        json!({"event_id": job_id, "reason": "x", "data": {}}),
+    );
+    expect_problem(
+        app.post_event(PRISON_WRITER, &late).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_global_feed_pages_in_commit_order() {
+    let app = spawn_app().await;
+    let mut sent = Vec::new();
+    for index in 0..25 {
+        let body = event(
+            Uuid::new_v4(),
+            "job.placed",
+            "2026-01-01T00:00:00Z",
+            json!({}),
+        );
+        post(
+            &app,
+            if index % 2 == 0 {
+                PRISON_WRITER
+            } else {
+                PROBATION_WRITER
+            },
+            &body,
+        )
+        .await;
+        sent.push(body["id"].clone());
+    }
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = app
+            .get_ok(&format!("/v1/events?after={after}&limit=10"), AUDITOR)
+            .await;
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            assert_eq!(page["next_after"], after);
+            break;
+        }
+        assert!(events.len() <= 10);
+        after = page["next_after"].as_u64().unwrap();
+        assert_eq!(events.last().unwrap()["position"], after);
+        seen.extend(events.iter().map(|event| event["id"].clone()));
+    }
+    assert_eq!(seen, sent);
+    let problem = expect_problem(
+        app.get("/v1/events?limit=5000", AUDITOR).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(problem["field"], "limit");
+    expect_problem(
+        app.get("/v1/events?after=-1", AUDITOR).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_to_one_client_get_distinct_versions_and_nothing_is_lost() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let client = Uuid::new_v4();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = event(
+                client,
+                "contact.made",
+                "2026-01-01T00:00:00Z",
+                json!({"kind": "phone"}),
+            );
+            let response = app.post_event(PROBATION_WRITER, &body).await;
+            assert_eq!(response.status(), StatusCode::CREATED);
+            response.json::<Value>().await.unwrap()
+        }));
+    }
+    let mut versions = HashSet::new();
+    let mut positions = HashSet::new();
+    for task in tasks {
+        let receipt = task.await.unwrap();
+        versions.insert(receipt["version"].as_u64().unwrap());
+        positions.insert(receipt["position"].as_u64().unwrap());
+    }
+    assert_eq!(versions, (1..=64).collect::<HashSet<_>>());
+    assert_eq!(positions.len(), 64);
+    assert_eq!(app.feed().await.len(), 64);
+}
+
+#[tokio::test]
+async fn the_catalogue_publishes_a_schema_per_type() {
+    let app = spawn_app().await;
+    // The catalogue is public: it holds no personal data and senders need it before they have keys.
+    let response = app
+        .http
+        .get(app.url("/v1/event-types"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let types = body["event_types"].as_array().unwrap();
+    let released = types
+        .iter()
+        .find(|t| t["type"] == "client.released")
+        .unwrap();
+    assert_eq!(released["schema_version"], 1);
+    assert!(released["description"].as_str().unwrap().len() > 10);
+    assert_eq!(
+        released["data"]["required"],
+        json!(["release_kind", "supervision"])
+    );
+    assert_eq!(
+        released["data"]["properties"]["release_kind"]["enum"],
+        json!([
+            "conditional",
+            "parole",
+            "end_of_sentence",
+            "transfer",
+            "other"
+        ])
+    );
+    let registered = types
+        .iter()
+        .find(|t| t["type"] == "client.registered")
+        .unwrap();
+    assert_eq!(registered["personal_fields"], json!(["personal"]));
+}
+
+#[tokio::test]
+async fn openapi_covers_every_endpoint() {
+    let app = spawn_app().await;
+    let response = app.http.get(app.url("/openapi.json")).send().await.unwrap();
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for (path, method) in [
+        ("/v1/events", "post"),
+        ("/v1/events", "get"),
+        ("/v1/events/batch", "post"),
+        ("/v1/clients", "get"),
+        ("/v1/clients/{client_id}/events", "get"),
+        ("/v1/clients/{client_id}/travel-map", "get"),
+        ("/v1/event-types", "get"),
+        ("/healthz", "get"),
+        ("/openapi.json", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    for schema in [
+        "EventRequest",
+        "Receipt",
+        "Problem",
+        "TravelMap",
+        "FeedPage",
+        "BatchRequest",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "schema {schema} missing"
+        );
+    }
+    assert!(doc["paths"]["/v1/events"]["post"]["responses"]["409"].is_object());
+    let health = app.get_ok("/healthz", ADMIN).await;
+    assert_eq!(health["status"], "ok");
+}
+
+#[tokio::test]
+async fn a_restarted_app_serves_the_same_history_and_map() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "sentence.started",
+            "2024-02-01T09:00:00Z",
+            valid_data("sentence.started", Uuid::nil()),
+        ),
+    )
+    .await;
+    let last = post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "client.released",
+            "2026-02-01T09:00:00Z",
+            valid_data("client.released", Uuid::nil()),
+        ),
+    )
+    .await;
+    let mut map = app
+        .travel_map(client, last["position"].as_u64().unwrap())
+        .await;
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+
+    let app = spawn_app_in(app.stop().await).await;
+    assert_eq!(
+        app.get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+            .await,
+        history
+    );
+    let mut again = app
+        .travel_map(client, last["position"].as_u64().unwrap())
+        .await;
+    map["as_of"] = Value::Null;
+    again["as_of"] = Value::Null;
+    assert_eq!(again, map);
+    // Positions continue after a restart rather than starting over.
+    let next = post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "contact.made",
+            "2026-02-01T12:00:00Z",
+            json!({"kind": "first_day"}),
+        ),
+    )
+    .await;
+    assert_eq!(next["position"], 3);
+    assert_eq!(next["version"], 3);
+}

@@ -1,0 +1,189 @@
+//! `spawn_app` and request helpers shared by the tests.
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use travelmap::{Application, ServeSettings};
+use travelmap_api::{Authenticator, Credential, Role};
+use uuid::Uuid;
+
+/// Keys of the test credentials. Each acts for a different agency so that tests can see which
+/// agency an event was recorded for.
+pub const PRISON_WRITER: &str = "key-prison-writer";
+pub const PROBATION_WRITER: &str = "key-probation-writer";
+pub const COORDINATOR: &str = "key-coordinator";
+pub const AUDITOR: &str = "key-auditor";
+pub const ADMIN: &str = "key-admin";
+
+pub fn credentials() -> Vec<(&'static str, Credential)> {
+    let credential = |id: &str, agency: &str, roles: Vec<Role>| Credential {
+        id: id.into(),
+        agency: agency.into(),
+        roles,
+    };
+    vec![
+        (
+            PRISON_WRITER,
+            credential("opava-prison-system", "prison-opava", vec![Role::Writer]),
+        ),
+        (
+            PROBATION_WRITER,
+            credential("probation-system", "probation-opava", vec![Role::Writer]),
+        ),
+        (
+            COORDINATOR,
+            credential(
+                "coordinator-desk",
+                "municipality-opava",
+                vec![Role::Coordinator],
+            ),
+        ),
+        (
+            AUDITOR,
+            credential("dpo-office", "audit-office", vec![Role::Auditor]),
+        ),
+        (ADMIN, credential("ops", "operations", vec![Role::Admin])),
+    ]
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub http: reqwest::Client,
+    pub data_dir: TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts the application on a free port with a fresh data directory.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_in(tempfile::tempdir().expect("temp dir")).await
+}
+
+pub async fn spawn_app_in(data_dir: TempDir) -> TestApp {
+    let authenticator = Authenticator::new(
+        credentials()
+            .into_iter()
+            .map(|(key, credential)| (Authenticator::hash_key(key), credential)),
+    )
+    .expect("valid test credentials");
+    let application = Application::build(ServeSettings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.path().to_owned(),
+        authenticator,
+    })
+    .await
+    .expect("application builds");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        http: reqwest::Client::new(),
+        data_dir,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    /// Stops the server cleanly and hands back the data directory (to restart on it).
+    pub async fn stop(mut self) -> TempDir {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.server.take().unwrap().await.unwrap().unwrap();
+        self.data_dir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_event(&self, key: &str, event: &Value) -> Response {
+        self.post("/v1/events", key, event).await
+    }
+
+    pub async fn get(&self, path: &str, key: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// GET that must answer 200; returns the JSON body.
+    pub async fn get_ok(&self, path: &str, key: &str) -> Value {
+        let response = self.get(path, key).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    /// Every event in the global feed.
+    pub async fn feed(&self) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .get_ok(&format!("/v1/events?after={after}&limit=1000"), AUDITOR)
+                .await;
+            let batch = page["events"].as_array().unwrap().clone();
+            if batch.is_empty() {
+                return events;
+            }
+            after = page["next_after"].as_u64().unwrap();
+            events.extend(batch);
+        }
+    }
+
+    /// The travel map once the projection has caught up with `position`.
+    pub async fn travel_map(&self, client: Uuid, position: u64) -> Value {
+        self.get_ok(
+            &format!("/v1/clients/{client}/travel-map?min_position={position}"),
+            COORDINATOR,
+        )
+        .await
+    }
+}
+
+/// An event body with fresh id.
+pub fn event(client: Uuid, event_type: &str, occurred_at: &str, data: Value) -> Value {
+    json!({
+        "id": Uuid::new_v4(),
+        "type": event_type,
+        "schema_version": 1,
+        "client_id": client,
+        "occurred_at": occurred_at,
+        "data": data,
+    })
+}
+
+/// Asserts a problem-details answer and returns its body.
+pub async fn expect_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    let actual = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|value| value.to_str().unwrap().to_owned());
+    let body: Value = response.json().await.expect("problem body is JSON");
+    assert_eq!(actual, status, "unexpected status; body: {body}");
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    assert_eq!(body["code"], code, "body: {body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert_eq!(body["type"], format!("/problems/{code}"));
+    assert!(body["title"].is_string() && body["detail"].is_string());
+    body
+}
