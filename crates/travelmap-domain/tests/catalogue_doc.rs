@@ -1,0 +1,150 @@
+//! docs/events.md is generated from the catalogue, and this test fails when it is out of date,
+//! so the published catalogue cannot drift from what the server validates.
+//! Run `UPDATE_DOCS=1 cargo test -p travelmap-domain --test catalogue_doc` to regenerate it.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+use travelmap_domain::catalogue::event_types;
+
+const PREAMBLE: &str = r#"# Event catalogue (v1)
+
+Every journey event is posted as an envelope around a typed `data` object:
+
+```json
+{"id": "5d0e8a52-3f8e-4c59-9b43-0a3f2b1c9e11",
+ "type": "client.released",
+ "schema_version": 1,
+ "client_id": "0b6f3c1e-7a2d-4f4e-8c1a-2d9e5b7a6c30",
+ "occurred_at": "2026-03-01T09:00:00+01:00",
+ "actor": "PO-4",
+ "data": {"release_kind": "conditional", "supervision": true, "municipality": "Opava"}}
+```
+
+- `id` is chosen by the sender and is the idempotency key: the same id with the same content is
+  answered with the original receipt; with other content, `409 duplicate_conflict`.
+- `occurred_at` is when it happened (agencies post late and out of order); the server adds
+  `recorded_at`, when it learned it. Travel maps order by `occurred_at`; `as_of` reads and audit
+  replays use `recorded_at`. `occurred_at` may not lie more than 10 minutes in the future.
+- `actor` is optional: the sender's reference to the worker (not a name).
+- The recorded `agency` and `credential` come from the bearer key, never from the body; a body
+  that sends `agency` is refused.
+- `expected_version` (optional) is the client's stream version the sender last saw; if the
+  stream has moved on, the event is refused with `409 version_conflict`.
+- Every `data` object rejects unknown fields, so a misspelt optional field is an error rather
+  than a silently lost fact. Optional fields may be omitted or `null`. Text fields are trimmed,
+  must not be blank, and hold at most 2000 characters. Dates are `YYYY-MM-DD`; times RFC 3339.
+
+The same schemas are served by `GET /v1/event-types` (JSON Schema 2020-12, generated from the
+types the server decodes into). Fields listed under *personal* hold personal data: they will be
+encrypted at rest with a per-client key and can be erased.
+
+## Versions and upcasting
+
+Each type has a `schema_version`; senders post the current one (a different version is refused
+with `validation_failed` on `schema_version`). Stored events keep the version they were written
+with and are never rewritten. When a type changes incompatibly, its version becomes 2 and the
+catalogue gains an *upcaster*: a function that rewrites v1 `data` into v2 shape when an old event
+is read. Every reader (histories, projections, rebuilds) sees only the current shape, and a
+rebuild after the change applies the upcaster to the whole log. Adding an optional field is
+compatible and does not need a new version.
+
+## Rectification
+
+`event.corrected` and `event.retracted` never change the original: they are new events of the
+same client that name an earlier event. Projections read the corrected event with its replacement
+data (validated against the corrected type's schema) and drop retracted events; the history keeps
+all of them, with who corrected what and why. A retracted event, or a correction or retraction
+itself, cannot be corrected or retracted again.
+
+## Types
+"#;
+
+fn describe(property: &Value) -> String {
+    if let Some(values) = property.get("enum").and_then(Value::as_array) {
+        let values: Vec<String> = values.iter().filter_map(Value::as_str).map(|v| format!("`{v}`")).collect();
+        return format!("one of {}", values.join(", "));
+    }
+    if let Some(options) = property.get("anyOf").or_else(|| property.get("oneOf")).and_then(Value::as_array) {
+        let options: Vec<String> = options
+            .iter()
+            .filter(|option| option.get("type") != Some(&Value::String("null".into())))
+            .map(describe)
+            .collect();
+        return options.join(" or ");
+    }
+    let kind = match property.get("type") {
+        Some(Value::Array(kinds)) => kinds
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|kind| *kind != "null")
+            .unwrap_or("any")
+            .to_owned(),
+        Some(Value::String(kind)) => kind.clone(),
+        _ => "any".to_owned(),
+    };
+    match (kind.as_str(), property.get("format").and_then(Value::as_str)) {
+        ("string", Some("date")) => "date".into(),
+        ("string", Some("date-time")) => "date-time".into(),
+        ("string", Some("uuid")) => "uuid".into(),
+        ("array", _) => match property.get("items") {
+            Some(items) => format!("list of {}", describe(items)),
+            None => "list".into(),
+        },
+        ("object", _) => match property.get("properties").and_then(Value::as_object) {
+            Some(fields) => {
+                let names: Vec<String> = fields.keys().map(|name| format!("`{name}`")).collect();
+                format!("object ({})", names.join(", "))
+            }
+            None => "object".into(),
+        },
+        _ => kind,
+    }
+}
+
+fn render() -> String {
+    let mut out = String::from(PREAMBLE);
+    out.push_str("\n| type | version | description |\n| --- | --- | --- |\n");
+    for info in event_types() {
+        let anchor = info.event_type.replace('.', "");
+        writeln!(out, "| [`{}`](#{anchor}) | {} | {} |", info.event_type, info.schema_version, info.description).unwrap();
+    }
+    for info in event_types() {
+        writeln!(out, "\n### `{}`\n\n{}\n", info.event_type, info.description).unwrap();
+        if !info.personal_fields.is_empty() {
+            let personal: Vec<String> = info.personal_fields.iter().map(|f| format!("`{f}`")).collect();
+            writeln!(out, "Personal: {}.\n", personal.join(", ")).unwrap();
+        }
+        let properties = info.data["properties"].as_object().cloned().unwrap_or_default();
+        if properties.is_empty() {
+            out.push_str("No fields: `data` is `{}`.\n");
+            continue;
+        }
+        let required: Vec<&str> = info.data["required"]
+            .as_array()
+            .map(|names| names.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out.push_str("| field | type | required | meaning |\n| --- | --- | --- | --- |\n");
+        for (name, property) in &properties {
+            let meaning = property["description"].as_str().unwrap_or("").replace('\n', " ");
+            let required = if required.contains(&name.as_str()) { "yes" } else { "no" };
+            writeln!(out, "| `{name}` | {} | {required} | {meaning} |", describe(property)).unwrap();
+        }
+    }
+    out
+}
+
+#[test]
+fn docs_events_md_matches_the_catalogue() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/events.md");
+    let expected = render();
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(path, &expected).unwrap();
+        return;
+    }
+    let actual = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        actual == expected,
+        "docs/events.md is out of date; run `UPDATE_DOCS=1 cargo test -p travelmap-domain --test catalogue_doc`"
+    );
+}
