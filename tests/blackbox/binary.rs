@@ -463,13 +463,16 @@ async fn help_lists_every_command_and_credential_new_prints_a_working_entry() {
         .unwrap();
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
-    let key = text
+    let key = String::from_utf8_lossy(&output.stderr)
         .lines()
-        .nth(1)
+        .last()
         .unwrap()
-        .trim_start_matches('#')
         .trim()
         .to_owned();
+    assert!(
+        !text.contains(&key),
+        "the key must not go to stdout, which is appended to config files"
+    );
     let hash = text
         .lines()
         .find_map(|line| line.strip_prefix("key_sha256 = "))
@@ -496,6 +499,78 @@ async fn help_lists_every_command_and_credential_new_prints_a_working_entry() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
-    let mut lines = BufReader::new(text.as_bytes()).lines();
-    assert!(lines.next().unwrap().unwrap().starts_with('#'));
+}
+
+#[tokio::test]
+async fn the_readme_examples_run_verbatim() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let block = readme
+        .split("<!-- example:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- example:end -->").next())
+        .expect("README has an example block");
+    let script = block
+        .trim()
+        .trim_start_matches("```sh")
+        .trim_end_matches("```");
+
+    // Started as the README says: no config, default data directory, in the working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = Command::new(BINARY)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_DATA_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut banner = String::new();
+    while let Some(Ok(line)) = stderr.next() {
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("travelmap is listening") {
+            break;
+        }
+    }
+    assert!(
+        banner.contains("admin.key"),
+        "the first start explains the key: {banner}"
+    );
+    std::thread::spawn(move || stderr.for_each(drop));
+
+    let output = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}")))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: Vec<Value> = serde_json::Deserializer::from_slice(&output.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(answers.len(), 7, "{answers:?}");
+    assert_eq!(answers[0]["version"], 1);
+    assert_eq!(answers[1]["version"], 2);
+    assert_eq!(answers[2]["phase"], "released");
+    assert_eq!(
+        answers[3]["clients"][0]["client_id"],
+        "0b6f3c1e-7a2d-4f4e-8c1a-2d9e5b7a6c30"
+    );
+    assert_eq!(answers[4]["events"].as_array().unwrap().len(), 2);
+    assert_eq!(answers[5]["events"], json!([]));
+    assert_eq!(answers[6]["code"], "validation_failed");
+    assert_eq!(answers[6]["field"], "data.release_kind");
 }

@@ -203,12 +203,15 @@ pub async fn replay(
     Ok(())
 }
 
-/// Prints a new key and the `[[credentials]]` entry that accepts it.
+/// Prints a new key (on stderr, for the person setting it up) and the `[[credentials]]` entry
+/// that accepts it (on stdout, so it can be appended to the config file without the key).
 pub fn new_credential(id: &str, agency: &str, roles: &[Role]) -> anyhow::Result<()> {
     let key = crate::settings::new_key();
     let roles: Vec<String> = roles.iter().map(|role| format!("\"{role}\"")).collect();
-    println!("# Give this key to the agency system (it is shown once and stored nowhere):");
-    println!("#   {key}");
+    eprintln!(
+        "Key for `{id}` (give it to the agency system; it is shown once and stored nowhere):"
+    );
+    eprintln!("{key}");
     println!("[[credentials]]");
     println!("id = \"{id}\"");
     println!("agency = \"{agency}\"");
