@@ -163,3 +163,47 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/travelmap.example.toml"
+        ));
+        let file = ConfigFile::load(path).unwrap();
+        assert_eq!(file.credentials.len(), 2);
+        assert_eq!(file.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        file.authenticator(path).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_empty_credentials_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("travelmap.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap();
+        let error = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(error.contains("listen_port"), "{error}");
+
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\n").unwrap();
+        let file = ConfigFile::load(&path).unwrap();
+        assert!(matches!(
+            file.authenticator(&path),
+            Err(Error::NoCredentials(_))
+        ));
+    }
+
+    #[test]
+    fn the_local_admin_key_is_generated_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, origin) = local_admin_key(dir.path()).unwrap();
+        assert!(matches!(origin, LocalKey::Generated(_)));
+        assert_eq!(key.len(), 3 + 64);
+        let (again, origin) = local_admin_key(dir.path()).unwrap();
+        assert!(matches!(origin, LocalKey::Existing(_)));
+        assert_eq!(again, key);
+    }
+}
