@@ -1,6 +1,7 @@
-//! docs/events.md is generated from the catalogue, and this test fails when it is out of date,
-//! so the published catalogue cannot drift from what the server validates.
-//! Run `UPDATE_DOCS=1 cargo test -p travelmap-domain --test catalogue_doc` to regenerate it.
+//! docs/events.md and docs/schemas/*.json are generated from the catalogue, and these tests fail
+//! when they are out of date, so the published catalogue cannot drift from what the server
+//! validates (and a schema change shows up in review as a diff of these files).
+//! Run `UPDATE_DOCS=1 cargo test -p travelmap-domain --test catalogue_doc` to regenerate them.
 
 use std::fmt::Write;
 
@@ -36,7 +37,8 @@ Every journey event is posted as an envelope around a typed `data` object:
   must not be blank, and hold at most 2000 characters. Dates are `YYYY-MM-DD`; times RFC 3339.
 
 The same schemas are served by `GET /v1/event-types` (JSON Schema 2020-12, generated from the
-types the server decodes into). Fields listed under *personal* hold personal data: they will be
+types the server decodes into), and as one file per type in [schemas/](schemas/). Fields listed
+under *personal* hold personal data: they will be
 encrypted at rest with a per-client key and can be erased.
 
 ## Versions and upcasting
@@ -62,10 +64,18 @@ itself, cannot be corrected or retracted again.
 
 fn describe(property: &Value) -> String {
     if let Some(values) = property.get("enum").and_then(Value::as_array) {
-        let values: Vec<String> = values.iter().filter_map(Value::as_str).map(|v| format!("`{v}`")).collect();
+        let values: Vec<String> = values
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|v| format!("`{v}`"))
+            .collect();
         return format!("one of {}", values.join(", "));
     }
-    if let Some(options) = property.get("anyOf").or_else(|| property.get("oneOf")).and_then(Value::as_array) {
+    if let Some(options) = property
+        .get("anyOf")
+        .or_else(|| property.get("oneOf"))
+        .and_then(Value::as_array)
+    {
         let options: Vec<String> = options
             .iter()
             .filter(|option| option.get("type") != Some(&Value::String("null".into())))
@@ -83,7 +93,10 @@ fn describe(property: &Value) -> String {
         Some(Value::String(kind)) => kind.clone(),
         _ => "any".to_owned(),
     };
-    match (kind.as_str(), property.get("format").and_then(Value::as_str)) {
+    match (
+        kind.as_str(),
+        property.get("format").and_then(Value::as_str),
+    ) {
         ("string", Some("date")) => "date".into(),
         ("string", Some("date-time")) => "date-time".into(),
         ("string", Some("uuid")) => "uuid".into(),
@@ -107,15 +120,27 @@ fn render() -> String {
     out.push_str("\n| type | version | description |\n| --- | --- | --- |\n");
     for info in event_types() {
         let anchor = info.event_type.replace('.', "");
-        writeln!(out, "| [`{}`](#{anchor}) | {} | {} |", info.event_type, info.schema_version, info.description).unwrap();
+        writeln!(
+            out,
+            "| [`{}`](#{anchor}) | {} | {} |",
+            info.event_type, info.schema_version, info.description
+        )
+        .unwrap();
     }
     for info in event_types() {
         writeln!(out, "\n### `{}`\n\n{}\n", info.event_type, info.description).unwrap();
         if !info.personal_fields.is_empty() {
-            let personal: Vec<String> = info.personal_fields.iter().map(|f| format!("`{f}`")).collect();
+            let personal: Vec<String> = info
+                .personal_fields
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect();
             writeln!(out, "Personal: {}.\n", personal.join(", ")).unwrap();
         }
-        let properties = info.data["properties"].as_object().cloned().unwrap_or_default();
+        let properties = info.data["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         if properties.is_empty() {
             out.push_str("No fields: `data` is `{}`.\n");
             continue;
@@ -126,9 +151,21 @@ fn render() -> String {
             .unwrap_or_default();
         out.push_str("| field | type | required | meaning |\n| --- | --- | --- | --- |\n");
         for (name, property) in &properties {
-            let meaning = property["description"].as_str().unwrap_or("").replace('\n', " ");
-            let required = if required.contains(&name.as_str()) { "yes" } else { "no" };
-            writeln!(out, "| `{name}` | {} | {required} | {meaning} |", describe(property)).unwrap();
+            let meaning = property["description"]
+                .as_str()
+                .unwrap_or("")
+                .replace('\n', " ");
+            let required = if required.contains(&name.as_str()) {
+                "yes"
+            } else {
+                "no"
+            };
+            writeln!(
+                out,
+                "| `{name}` | {} | {required} | {meaning} |",
+                describe(property)
+            )
+            .unwrap();
         }
     }
     out
@@ -146,5 +183,42 @@ fn docs_events_md_matches_the_catalogue() {
     assert!(
         actual == expected,
         "docs/events.md is out of date; run `UPDATE_DOCS=1 cargo test -p travelmap-domain --test catalogue_doc`"
+    );
+}
+
+#[test]
+fn docs_schemas_match_the_catalogue() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/schemas");
+    let update = std::env::var_os("UPDATE_DOCS").is_some();
+    if update {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let mut expected_files = Vec::new();
+    for info in event_types() {
+        let name = format!("{}.v{}.json", info.event_type, info.schema_version);
+        let mut schema = info.data.clone();
+        schema["$id"] = Value::String(format!("schemas/{name}"));
+        let text = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+        let path = format!("{dir}/{name}");
+        if update {
+            std::fs::write(&path, &text).unwrap();
+        } else {
+            let actual = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                actual == text,
+                "{path} is out of date; run `UPDATE_DOCS=1 cargo test -p travelmap-domain --test catalogue_doc`"
+            );
+        }
+        expected_files.push(name);
+    }
+    let mut present: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    expected_files.sort();
+    assert_eq!(
+        present, expected_files,
+        "docs/schemas holds a file for every type and nothing else"
     );
 }

@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, FixedOffset, Utc};
-use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use travelmap_domain::payloads::{NeedArea, NeedStatus, Role};
 use travelmap_domain::{ClientId, EventId, JourneyEvent, RecordedEvent};
@@ -41,7 +40,7 @@ pub struct Fact {
 }
 
 /// A correction applied to a fact.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct CorrectionNote {
     /// The `event.corrected` event.
     #[schema(value_type = uuid::Uuid)]
@@ -182,7 +181,7 @@ fn sort_key(fact: &Fact) -> (DateTime<Utc>, u64) {
 }
 
 /// Where the client is on the journey.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Known, but no custody or release recorded yet.
@@ -195,7 +194,7 @@ pub enum Phase {
 }
 
 /// A stretch of time in one phase.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct PhaseSpan {
     pub phase: Phase,
     /// When the phase began (the `occurred_at` of the event that began it).
@@ -206,7 +205,7 @@ pub struct PhaseSpan {
 }
 
 /// An agency (and worker) working with the client in a role.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Involvement {
     pub agency: String,
     #[schema(value_type = String)]
@@ -224,7 +223,7 @@ pub struct Involvement {
 }
 
 /// One event on the map.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Step {
     #[schema(value_type = uuid::Uuid)]
     pub event_id: EventId,
@@ -247,7 +246,7 @@ pub struct Step {
 }
 
 /// The latest assessment of a needs area.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Need {
     #[schema(value_type = String)]
     pub status: NeedStatus,
@@ -256,7 +255,7 @@ pub struct Need {
 }
 
 /// A scheduled appointment not yet met or missed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Appointment {
     pub appointment_id: String,
     pub at: DateTime<FixedOffset>,
@@ -268,7 +267,7 @@ pub struct Appointment {
 }
 
 /// Something on the map that needs attention.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Flag {
     /// What kind of attention: `no_first_day_contact`.
     pub kind: String,
@@ -279,7 +278,7 @@ pub struct Flag {
 }
 
 /// A client's travel map.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TravelMap {
     #[schema(value_type = uuid::Uuid)]
     pub client_id: ClientId,
