@@ -139,6 +139,16 @@ impl Projector {
             });
         }
         let cache = guard.as_mut().expect("cache initialised above");
+        let folded = self.fold_pages(cache, page, flush_after).await;
+        if folded.is_err() {
+            // The cache may now be ahead of what was saved; drop it so that the next attempt
+            // starts again from the stored checkpoint instead of skipping unsaved events.
+            *guard = None;
+        }
+        folded
+    }
+
+    async fn fold_pages(&self, cache: &mut Cache, page: usize, flush_after: usize) -> Result<u64> {
         let mut folded = 0u64;
         loop {
             let events = self.log.read_all(cache.checkpoint, page).await?;

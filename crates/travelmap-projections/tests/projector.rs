@@ -1,0 +1,116 @@
+//! The projector after a failed save: nothing may be skipped on the next attempt.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use serde_json::json;
+use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance, content_digest};
+use travelmap_projections::{ClientState, Projector};
+use travelmap_store::sqlite::{SqliteStore, SqliteViewStore};
+use travelmap_store::{ClientView, EventLog, NewEvent, StreamAppend, ViewStore};
+use uuid::Uuid;
+
+/// A view store whose next save fails when asked to, as a full disk would.
+struct FlakyViews {
+    inner: Arc<SqliteViewStore>,
+    fail_next_save: AtomicBool,
+}
+
+#[async_trait]
+impl ViewStore for FlakyViews {
+    async fn checkpoint(&self) -> travelmap_store::Result<u64> {
+        self.inner.checkpoint().await
+    }
+    async fn load(
+        &self,
+        clients: Vec<ClientId>,
+    ) -> travelmap_store::Result<HashMap<ClientId, String>> {
+        self.inner.load(clients).await
+    }
+    async fn get(&self, client: ClientId) -> travelmap_store::Result<Option<String>> {
+        self.inner.get(client).await
+    }
+    async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> travelmap_store::Result<()> {
+        if self.fail_next_save.swap(false, Ordering::SeqCst) {
+            return Err(travelmap_store::Error::Io(std::io::Error::other(
+                "disk full",
+            )));
+        }
+        self.inner.save(checkpoint, views).await
+    }
+    async fn reset(&self) -> travelmap_store::Result<()> {
+        self.inner.reset().await
+    }
+    async fn find_by_identifier(
+        &self,
+        kind: &str,
+        value: &str,
+    ) -> travelmap_store::Result<Vec<ClientId>> {
+        self.inner.find_by_identifier(kind, value).await
+    }
+}
+
+#[tokio::test]
+async fn a_failed_save_is_retried_from_the_stored_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let views = Arc::new(FlakyViews {
+        inner: store.views.clone(),
+        fail_next_save: AtomicBool::new(false),
+    });
+    let projector = Projector::new(store.log.clone(), views.clone())
+        .await
+        .unwrap();
+    let provenance = Provenance {
+        agency: "probation-opava".into(),
+        credential: "test".into(),
+    };
+    let client = ClientId(Uuid::new_v4());
+    let append = |version: u64| {
+        let draft = EventDraft {
+            id: EventId(Uuid::new_v4()),
+            client_id: client,
+            occurred_at: "2026-01-01T09:00:00Z".parse().unwrap(),
+            actor: None,
+            event: JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap(),
+        };
+        let digest = content_digest(&draft, &provenance.agency);
+        StreamAppend {
+            client_id: client,
+            expected_version: version,
+            events: vec![NewEvent { draft, digest }],
+        }
+    };
+
+    store
+        .log
+        .append(&provenance, vec![append(0)])
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    store
+        .log
+        .append(&provenance, vec![append(1)])
+        .await
+        .unwrap();
+    views.fail_next_save.store(true, Ordering::SeqCst);
+    assert!(projector.catch_up().await.is_err());
+    assert_eq!(
+        *projector.progress().borrow(),
+        1,
+        "progress only reports what was saved"
+    );
+
+    projector.catch_up().await.unwrap();
+    let stored: ClientState =
+        serde_json::from_str(&views.get(client).await.unwrap().unwrap()).unwrap();
+    assert_eq!(
+        stored.version, 2,
+        "the event whose save failed is folded on the next attempt"
+    );
+    assert_eq!(views.checkpoint().await.unwrap(), 2);
+    let history = store.log.read_stream(client, None).await.unwrap();
+    assert_eq!(stored, ClientState::from_history(client, &history));
+}
