@@ -1,1 +1,603 @@
-fn main() {}
+//! `travelmap-bench` measures the Travelmap service as it is deployed by default: the real
+//! application (HTTP API, journey aggregate, projector) on the embedded SQLite store with durable
+//! commits, driven over HTTP on 127.0.0.1 by a seeded workload of valid journeys. It measures
+//! what the service promises to carry: how fast agencies can record events one by one and in
+//! batches, how fast the travel maps can be rebuilt from the log, how quickly a travel map is
+//! read, and that memory does not grow with the size of the record. Every figure of the printed
+//! table comes from the same run, so they can be compared with each other and with the targets
+//! in `docs/performance.md`.
+//!
+//! Each ingest measurement starts from a fresh data directory, so one does not pay for another's
+//! data. The load generator runs in the same process as the server and shares its cores; the
+//! figures are therefore a floor for a server with the machine to itself.
+
+mod server;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinSet;
+use travelmap_service::Journeys;
+use travelmap_store::sqlite::SqliteStore;
+
+use crate::server::{Api, Server, resident_kib};
+use crate::workload::{EventRef, Workload};
+
+/// Mixed into the seed for the second workload, so that it has the same shape but new clients.
+const SECOND_WORKLOAD: u64 = 0x9e37_79b9_7f4a_7c15;
+/// Mixed into the seed for choosing which clients to read.
+const READ_CHOICE: u64 = 0x51_7cc1_b727_220a;
+/// Events per batch: the most the API accepts in one request.
+const BATCH: usize = 1000;
+/// Writers posting single events at once in the concurrent measurement.
+const WRITERS: usize = 32;
+/// Readers at once in the concurrent read measurement.
+const READERS: usize = 8;
+/// Travel maps read (and checked) before the read measurements, so that they measure a warm
+/// server rather than the first connections and cold caches.
+const WARM_UP_READS: usize = 200;
+/// How long the projection may take to catch up before the run is declared broken.
+const PROJECTION_LIMIT: Duration = Duration::from_secs(300);
+
+/// The targets of docs/performance.md.
+const TARGET_SINGLE_EVENTS_PER_S: f64 = 5_000.0;
+const TARGET_BATCH_EVENTS_PER_S: f64 = 50_000.0;
+const TARGET_REBUILD_EVENTS_PER_S: f64 = 500_000.0;
+const TARGET_READ_P99_MS: f64 = 2.0;
+/// "Flat" memory: loading a second workload of the same size may add at most this fraction.
+const FLAT_MEMORY_GROWTH: f64 = 0.10;
+
+/// Benchmark of Travelmap's ingest, rebuild, read latency and memory on the embedded store.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Clients in the workload.
+    #[arg(long, default_value_t = 5000)]
+    clients: usize,
+    /// Events in each client's journey.
+    #[arg(long, default_value_t = 20)]
+    events_per_client: usize,
+    /// Seed of the workload; the same seed gives the same events.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Events posted at concurrency 1 (whole journeys of the first clients), to keep the
+    /// slowest measurement short.
+    #[arg(long, default_value_t = 2000)]
+    serial_events: usize,
+    /// Travel maps read in each read measurement.
+    #[arg(long, default_value_t = 10_000)]
+    reads: usize,
+    /// Where the fresh data directories are made (default: the system's temporary directory).
+    /// It should be on the disk the service would use: a RAM disk makes durable commits free.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+}
+
+impl Args {
+    fn command(&self) -> String {
+        let mut command = format!(
+            "cargo run --release -p travelmap-bench -- --clients {} --events-per-client {} --seed {} --serial-events {} --reads {}",
+            self.clients, self.events_per_client, self.seed, self.serial_events, self.reads
+        );
+        if let Some(dir) = &self.work_dir {
+            command.push_str(&format!(" --work-dir {}", dir.display()));
+        }
+        command
+    }
+}
+
+/// An ingest measurement: events recorded, wall time, and the latency of each request.
+struct Ingest {
+    events: usize,
+    requests: usize,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    /// How long the projection took to catch up after the last request was answered.
+    catch_up: Duration,
+}
+
+impl Ingest {
+    fn per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+struct Reads {
+    concurrency: usize,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+impl Reads {
+    fn per_second(&self) -> f64 {
+        self.latency.len() as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+struct Rebuild {
+    events: u64,
+    clients: usize,
+    elapsed: Duration,
+}
+
+impl Rebuild {
+    fn per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+struct Memory {
+    before_kib: u64,
+    first_kib: u64,
+    second_kib: u64,
+    second_ingest: Ingest,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.clients > 0 && args.events_per_client > 0,
+        "--clients and --events-per-client must be at least 1"
+    );
+    ensure!(args.reads > 0, "--reads must be at least 1");
+    let run_started = Instant::now();
+    let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+
+    progress(format_args!(
+        "generating two workloads of {} clients x {} events (seed {})",
+        args.clients, args.events_per_client, args.seed
+    ));
+    let workload = Arc::new(Workload::generate(
+        args.seed,
+        args.clients,
+        args.events_per_client,
+    ));
+    // Generated up front, so that the memory measured after it is loaded is the service's, not
+    // the generator's.
+    let second = Arc::new(Workload::generate(
+        args.seed ^ SECOND_WORKLOAD,
+        args.clients,
+        args.events_per_client,
+    ));
+    let before_kib = resident_kib()?;
+
+    let serial_events = workload.first_journeys(args.serial_events);
+    let serial_clients = serial_events
+        .iter()
+        .map(|event| event.client)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    progress(format_args!(
+        "single-event ingest at concurrency 1: {} events of {serial_clients} clients",
+        serial_events.len()
+    ));
+    let serial = {
+        let dir = fresh_dir(&work_dir)?;
+        let server = Server::start(dir.path()).await?;
+        let ingest = post_events(&server.api, &workload, &serial_events, 1).await?;
+        server.stop().await?;
+        ingest
+    };
+
+    progress(format_args!(
+        "single-event ingest at concurrency {WRITERS}: {} events",
+        workload.len()
+    ));
+    let rebuild_dir = fresh_dir(&work_dir)?;
+    let concurrent = {
+        let server = Server::start(rebuild_dir.path()).await?;
+        let ingest = post_events(&server.api, &workload, &workload.order, WRITERS).await?;
+        server.stop().await?;
+        ingest
+    };
+
+    progress(format_args!(
+        "rebuilding the projections of those {} events from zero",
+        workload.len()
+    ));
+    let rebuild = rebuild(rebuild_dir.path()).await?;
+    ensure!(
+        rebuild.events == workload.len() as u64,
+        "the rebuild folded {} events, the log holds {}",
+        rebuild.events,
+        workload.len()
+    );
+    drop(rebuild_dir);
+
+    progress(format_args!(
+        "batch ingest, {BATCH} events per batch: {} events",
+        workload.len()
+    ));
+    let dir = fresh_dir(&work_dir)?;
+    let server = Server::start(dir.path()).await?;
+    let batch = post_batches(&server.api, &workload).await?;
+
+    progress(format_args!(
+        "checking {WARM_UP_READS} travel maps, then {} reads at concurrency 1 and {READERS}",
+        args.reads
+    ));
+    check_travel_maps(&server.api, &workload, args.seed).await?;
+    let serial_reads = read_travel_maps(&server.api, &workload, args.reads, 1, args.seed).await?;
+    let concurrent_reads =
+        read_travel_maps(&server.api, &workload, args.reads, READERS, args.seed).await?;
+    let first_kib = resident_kib()?;
+
+    progress(format_args!(
+        "loading a second workload of {} events (new clients) into the same store",
+        second.len()
+    ));
+    let second_ingest = post_batches(&server.api, &second).await?;
+    let memory = Memory {
+        before_kib,
+        first_kib,
+        second_kib: resident_kib()?,
+        second_ingest,
+    };
+    server.stop().await?;
+    drop(dir);
+
+    let report = Report {
+        args: &args,
+        workload: &workload,
+        serial_clients,
+        serial,
+        concurrent,
+        batch,
+        rebuild,
+        reads: [serial_reads, concurrent_reads],
+        memory,
+        elapsed: run_started.elapsed(),
+    };
+    print!("{}", report.markdown());
+    Ok(())
+}
+
+fn progress(message: std::fmt::Arguments<'_>) {
+    eprintln!("travelmap-bench: {message}");
+}
+
+fn fresh_dir(parent: &Path) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("travelmap-bench-")
+        .tempdir_in(parent)
+        .with_context(|| format!("making a data directory in {}", parent.display()))
+}
+
+/// Microsecond-resolution latencies up to a minute, three significant digits.
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Posts `events` one per request from `concurrency` writers. Each writer owns a share of the
+/// clients and posts their events in order, the way an agency's system would: a client's next
+/// event is only sent once the previous one is acknowledged, while different clients' events are
+/// in flight together.
+async fn post_events(
+    api: &Api,
+    workload: &Arc<Workload>,
+    events: &[EventRef],
+    concurrency: usize,
+) -> anyhow::Result<Ingest> {
+    let mut shares = vec![Vec::new(); concurrency];
+    for event in events {
+        shares[event.client as usize % concurrency].push(*event);
+    }
+    let started = Instant::now();
+    let mut writers = JoinSet::new();
+    for share in shares {
+        let (api, workload) = (api.clone(), workload.clone());
+        writers.spawn(async move {
+            let mut latency = histogram()?;
+            for event in share {
+                let body = workload.event(event).to_owned();
+                let sent = Instant::now();
+                api.post_event(body).await?;
+                latency.record(micros(sent.elapsed()))?;
+            }
+            anyhow::Ok(latency)
+        });
+    }
+    let mut latency = histogram()?;
+    while let Some(writer) = writers.join_next().await {
+        latency.add(writer??)?;
+    }
+    let elapsed = started.elapsed();
+    Ok(Ingest {
+        events: events.len(),
+        requests: events.len(),
+        elapsed,
+        latency,
+        catch_up: api.wait_for_projection(PROJECTION_LIMIT).await?,
+    })
+}
+
+/// Posts the whole workload in batches of [`BATCH`], one batch at a time, as an import would.
+async fn post_batches(api: &Api, workload: &Workload) -> anyhow::Result<Ingest> {
+    let mut latency = histogram()?;
+    let started = Instant::now();
+    let mut requests = 0;
+    for chunk in workload.order.chunks(BATCH) {
+        let mut body = String::with_capacity(chunk.len() * 512);
+        body.push_str(r#"{"events":["#);
+        for (index, event) in chunk.iter().enumerate() {
+            if index > 0 {
+                body.push(',');
+            }
+            body.push_str(workload.event(*event));
+        }
+        body.push_str("]}");
+        let sent = Instant::now();
+        api.post_batch(body).await?;
+        latency.record(micros(sent.elapsed()))?;
+        requests += 1;
+    }
+    let elapsed = started.elapsed();
+    Ok(Ingest {
+        events: workload.len(),
+        requests,
+        elapsed,
+        latency,
+        catch_up: api.wait_for_projection(PROJECTION_LIMIT).await?,
+    })
+}
+
+/// Rebuilds the travel maps from the whole log with the server stopped, as `travelmap rebuild`
+/// does.
+async fn rebuild(data_dir: &Path) -> anyhow::Result<Rebuild> {
+    let store = SqliteStore::open(data_dir)?;
+    let journeys = Journeys::new(store.log.clone(), store.views.clone()).await?;
+    let report = journeys.projector().rebuild().await?;
+    store.log.close();
+    Ok(Rebuild {
+        events: report.events,
+        clients: report.clients,
+        elapsed: report.elapsed,
+    })
+}
+
+/// Clients to read, drawn at random (with the seed) from the workload.
+fn chosen_clients(workload: &Workload, count: usize, seed: u64) -> Vec<usize> {
+    let mut rng = StdRng::seed_from_u64(seed ^ READ_CHOICE);
+    (0..count)
+        .map(|_| rng.random_range(0..workload.clients.len()))
+        .collect()
+}
+
+/// Reads some travel maps before measuring and checks that each reflects every event of its
+/// client: a fast read of an incomplete map would prove nothing.
+async fn check_travel_maps(api: &Api, workload: &Workload, seed: u64) -> anyhow::Result<()> {
+    for client in chosen_clients(workload, WARM_UP_READS, seed.wrapping_add(1)) {
+        let client = &workload.clients[client];
+        let body = api.travel_map(client.client_id).await?;
+        let map: serde_json::Value = serde_json::from_slice(body.as_ref())?;
+        let steps = map["steps"].as_array().map_or(0, Vec::len);
+        ensure!(
+            map["version"].as_u64() == Some(client.events.len() as u64)
+                && steps == client.events.len(),
+            "the travel map of {} shows version {} with {steps} steps; {} events were posted",
+            client.client_id,
+            map["version"],
+            client.events.len()
+        );
+    }
+    Ok(())
+}
+
+/// Reads `reads` travel maps of random clients from `concurrency` readers, timing each request.
+async fn read_travel_maps(
+    api: &Api,
+    workload: &Arc<Workload>,
+    reads: usize,
+    concurrency: usize,
+    seed: u64,
+) -> anyhow::Result<Reads> {
+    let clients = chosen_clients(workload, reads, seed.wrapping_add(concurrency as u64 + 1));
+    let started = Instant::now();
+    let mut readers = JoinSet::new();
+    for share in clients.chunks(reads.div_ceil(concurrency)) {
+        let (api, workload, share) = (api.clone(), workload.clone(), share.to_vec());
+        readers.spawn(async move {
+            let mut latency = histogram()?;
+            for client in share {
+                let sent = Instant::now();
+                api.travel_map(workload.clients[client].client_id).await?;
+                latency.record(micros(sent.elapsed()))?;
+            }
+            anyhow::Ok(latency)
+        });
+    }
+    let mut latency = histogram()?;
+    while let Some(reader) = readers.join_next().await {
+        latency.add(reader??)?;
+    }
+    Ok(Reads {
+        concurrency,
+        elapsed: started.elapsed(),
+        latency,
+    })
+}
+
+/// Everything measured in one run, printed as markdown.
+struct Report<'a> {
+    args: &'a Args,
+    workload: &'a Workload,
+    serial_clients: usize,
+    serial: Ingest,
+    concurrent: Ingest,
+    batch: Ingest,
+    rebuild: Rebuild,
+    reads: [Reads; 2],
+    memory: Memory,
+    elapsed: Duration,
+}
+
+impl Report<'_> {
+    fn markdown(&self) -> String {
+        let mut out = String::new();
+        let w = self.workload;
+        let cores = std::thread::available_parallelism().map_or(0, |cores| cores.get());
+        out += "## Travelmap benchmark\n\n";
+        out += &format!("Command: `{}`\n\n", self.args.command());
+        out += &format!(
+            "Workload: {} events of {} clients ({} per client, seed {}), {} event types, \
+             occurred {} to {}, posted in order of occurrence. Store: embedded SQLite \
+             (WAL, synchronous=FULL), a fresh data directory for each ingest. Load generator \
+             and server share one process and {cores} cores; all traffic on 127.0.0.1.\n\n",
+            thousands(w.len() as u64),
+            thousands(w.clients.len() as u64),
+            self.args.events_per_client,
+            self.args.seed,
+            w.types.len(),
+            w.first_occurred.date_naive(),
+            w.last_occurred.date_naive(),
+        );
+
+        out += "| # | Measurement | Result | Target | Result / target | Met |\n";
+        out += "|---|---|---|---|---|---|\n";
+        let serial = &self.serial;
+        out += &format!(
+            "| 1a | Single-event ingest `POST /v1/events`, concurrency 1 ({} events: the whole journeys of the first {} clients) | {} events/s (per request p50 {}, p99 {}) | — | — | — |\n",
+            thousands(serial.events as u64),
+            thousands(self.serial_clients as u64),
+            rate(serial.per_second()),
+            ms(serial.latency.value_at_quantile(0.5)),
+            ms(serial.latency.value_at_quantile(0.99)),
+        );
+        let concurrent = &self.concurrent;
+        out += &format!(
+            "| 1b | Single-event ingest `POST /v1/events`, concurrency {WRITERS} ({} events) | {} events/s (per request p50 {}, p99 {}); {:.1}× concurrency 1 | ≥ {} events/s | {} | {} |\n",
+            thousands(concurrent.events as u64),
+            rate(concurrent.per_second()),
+            ms(concurrent.latency.value_at_quantile(0.5)),
+            ms(concurrent.latency.value_at_quantile(0.99)),
+            concurrent.per_second() / serial.per_second(),
+            rate(TARGET_SINGLE_EVENTS_PER_S),
+            ratio(concurrent.per_second() / TARGET_SINGLE_EVENTS_PER_S),
+            met(concurrent.per_second() >= TARGET_SINGLE_EVENTS_PER_S),
+        );
+        let batch = &self.batch;
+        out += &format!(
+            "| 2 | Batch ingest `POST /v1/events/batch`, {} events per batch ({} events, {} batches, fresh store) | {} events/s (per batch p50 {}, p99 {}); {:.1}× single events at concurrency {WRITERS} | ≥ {} events/s | {} | {} |\n",
+            thousands(BATCH as u64),
+            thousands(batch.events as u64),
+            batch.requests,
+            rate(batch.per_second()),
+            ms(batch.latency.value_at_quantile(0.5)),
+            ms(batch.latency.value_at_quantile(0.99)),
+            batch.per_second() / concurrent.per_second(),
+            rate(TARGET_BATCH_EVENTS_PER_S),
+            ratio(batch.per_second() / TARGET_BATCH_EVENTS_PER_S),
+            met(batch.per_second() >= TARGET_BATCH_EVENTS_PER_S),
+        );
+        let rebuild = &self.rebuild;
+        out += &format!(
+            "| 3 | Rebuild of the projections from zero ({} events, {} clients) | {} events/s ({:.2} s) | ≥ {} events/s | {} | {} |\n",
+            thousands(rebuild.events),
+            thousands(rebuild.clients as u64),
+            rate(rebuild.per_second()),
+            rebuild.elapsed.as_secs_f64(),
+            rate(TARGET_REBUILD_EVENTS_PER_S),
+            ratio(rebuild.per_second() / TARGET_REBUILD_EVENTS_PER_S),
+            met(rebuild.per_second() >= TARGET_REBUILD_EVENTS_PER_S),
+        );
+        for (index, reads) in self.reads.iter().enumerate() {
+            let p99_ms = reads.latency.value_at_quantile(0.99) as f64 / 1000.0;
+            out += &format!(
+                "| 4{} | Travel-map read `GET /v1/clients/{{id}}/travel-map`, concurrency {} ({} reads of random clients) | p50 {}, p99 {}, max {} ({} reads/s) | p99 ≤ {TARGET_READ_P99_MS} ms | {} | {} |\n",
+                ['a', 'b'][index],
+                reads.concurrency,
+                thousands(reads.latency.len()),
+                ms(reads.latency.value_at_quantile(0.5)),
+                ms(reads.latency.value_at_quantile(0.99)),
+                ms(reads.latency.max()),
+                rate(reads.per_second()),
+                ratio(p99_ms / TARGET_READ_P99_MS),
+                met(p99_ms <= TARGET_READ_P99_MS),
+            );
+        }
+        let memory = &self.memory;
+        let growth = memory.second_kib as f64 / memory.first_kib as f64;
+        out += &format!(
+            "| 5 | Resident memory (VmRSS) after loading the workload, then after a second workload of {} new events into the same store | {} → {} ({:+.1} %) | flat (≤ +{:.0} %) | {:.2} | {} |\n",
+            thousands(memory.second_ingest.events as u64),
+            mib(memory.first_kib),
+            mib(memory.second_kib),
+            (growth - 1.0) * 100.0,
+            FLAT_MEMORY_GROWTH * 100.0,
+            growth,
+            met(growth <= 1.0 + FLAT_MEMORY_GROWTH),
+        );
+
+        out += "\nNotes:\n";
+        out += &format!(
+            "- Result / target: for throughput, the result divided by the target (≥ 1 meets it); for read latency, the p99 divided by the target (≤ 1 meets it); for memory, resident memory after the second workload divided by that after the first.\n\
+             - Concurrency {WRITERS}: each writer owns a share of the clients and sends a client's next event only after the previous one was acknowledged.\n\
+             - The travel-map projection runs during ingest, as in production. After the last acknowledgement it needed {:.2} s to catch up at concurrency {WRITERS} and {:.2} s after the batch ingest; reads were measured only after it had.\n\
+             - Reads: after {WARM_UP_READS} unmeasured reads that check each map shows all of its client's events. Latency is measured by the client, so it includes the HTTP round trip on 127.0.0.1.\n\
+             - Memory: {} before any server was started (this includes both generated workloads, about {} of serialised events); measured with the server running, after the batch ingest and the reads, then after the batch ingest of the second workload ({} events/s).\n\
+             - Whole run: {:.0} s.\n",
+            self.concurrent.catch_up.as_secs_f64(),
+            self.batch.catch_up.as_secs_f64(),
+            mib(memory.before_kib),
+            mib(self.workload_bytes() * 2 / 1024),
+            rate(memory.second_ingest.per_second()),
+            self.elapsed.as_secs_f64(),
+        );
+        out
+    }
+
+    fn workload_bytes(&self) -> u64 {
+        self.workload
+            .clients
+            .iter()
+            .flat_map(|client| &client.events)
+            .map(|event| event.len() as u64)
+            .sum()
+    }
+}
+
+fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+fn rate(per_second: f64) -> String {
+    thousands(per_second.round() as u64)
+}
+
+fn ms(micros: u64) -> String {
+    format!("{:.2} ms", micros as f64 / 1000.0)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn ratio(value: f64) -> String {
+    format!("{value:.2}")
+}
+
+fn met(yes: bool) -> &'static str {
+    if yes { "yes" } else { "**no**" }
+}

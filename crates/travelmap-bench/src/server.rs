@@ -1,0 +1,175 @@
+//! The application under test, started in this process exactly as `travelmap serve` builds it,
+//! and a small HTTP client for it. Requests go through a real TCP socket on 127.0.0.1, so the
+//! figures include parsing, routing, authentication and serialisation, as a sender would see.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use travelmap::{Application, ServeSettings};
+use travelmap_api::{Authenticator, Credential, Role};
+use uuid::Uuid;
+
+const KEY: &str = "bench-key";
+
+/// A running application over one data directory.
+pub struct Server {
+    pub api: Api,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        let credential = Credential {
+            id: "bench".into(),
+            agency: "bench-agency".into(),
+            roles: vec![Role::Writer, Role::Coordinator, Role::Auditor, Role::Admin],
+        };
+        let authenticator = Authenticator::new([(Authenticator::hash_key(KEY), credential)])?;
+        let app = Application::build(ServeSettings {
+            listen: "127.0.0.1:0".parse()?,
+            data_dir: data_dir.to_path_buf(),
+            authenticator,
+        })
+        .await?;
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            api: Api::new(base)?,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops serving and waits until the store is closed and the data directory unlocked.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        drop(self.api);
+        let _ = self.stop.send(());
+        self.task.await.context("the server task panicked")?
+    }
+}
+
+/// A client of the v1 API. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    auth: HeaderValue,
+}
+
+impl Api {
+    fn new(base: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            // A proxy from the environment must not carry benchmark traffic off the machine.
+            .no_proxy()
+            .pool_max_idle_per_host(64)
+            .build()?;
+        Ok(Self {
+            http,
+            base,
+            auth: HeaderValue::from_str(&format!("Bearer {KEY}"))?,
+        })
+    }
+
+    /// Posts one event; anything but `201 Created` means the workload or the service is wrong,
+    /// and a benchmark of failing requests would measure nothing useful.
+    pub async fn post_event(&self, body: String) -> anyhow::Result<()> {
+        self.post("/v1/events", body).await
+    }
+
+    pub async fn post_batch(&self, body: String) -> anyhow::Result<()> {
+        self.post("/v1/events/batch", body).await
+    }
+
+    async fn post(&self, path: &str, body: String) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let answer = response.bytes().await?;
+        if status != StatusCode::CREATED {
+            bail!(
+                "POST {path} answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        Ok(())
+    }
+
+    /// Reads a travel map and returns its body.
+    pub async fn travel_map(&self, client_id: Uuid) -> anyhow::Result<impl AsRef<[u8]>> {
+        let response = self
+            .http
+            .get(format!("{}/v1/clients/{client_id}/travel-map", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status != StatusCode::OK {
+            bail!(
+                "GET travel-map of {client_id} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(body)
+    }
+
+    /// The log's head and the projection's position, from `/healthz`.
+    pub async fn health(&self) -> anyhow::Result<(u64, u64)> {
+        let health: serde_json::Value = self
+            .http
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let position = |name: &str| {
+            health[name]
+                .as_u64()
+                .with_context(|| format!("/healthz has no `{name}`: {health}"))
+        };
+        Ok((position("head")?, position("projection")?))
+    }
+
+    /// Waits until the travel maps reflect every recorded event (they are projected
+    /// asynchronously), and returns how long that took.
+    pub async fn wait_for_projection(&self, limit: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let (head, projection) = self.health().await?;
+            if projection >= head {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                bail!("the projection is at {projection} of {head} after {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The resident set size of this process, in KiB, from `/proc/self/status`.
+pub fn resident_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .context("reading /proc/self/status (resident memory is measured on Linux only)")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/self/status")
+}
