@@ -408,6 +408,12 @@ async fn expected_version_guards_against_lost_updates() {
         .await
         .unwrap();
     assert_eq!(receipt["version"], 2);
+
+    // A retry of an accepted event is a retry, even though its expected_version is stale now.
+    let retried = app.post_event(PRISON_WRITER, &first).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["version"], 1);
     assert_eq!(app.feed().await.len(), 2);
 }
 

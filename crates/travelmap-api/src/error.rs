@@ -239,6 +239,10 @@ impl From<travelmap_service::Error> for ApiError {
             E::Store(travelmap_store::Error::Closed) => {
                 ApiError::new(Code::Unavailable, "the service is shutting down")
             }
+            E::Store(busy) if busy.is_busy() => {
+                tracing::warn!(error = %busy, "store busy");
+                ApiError::new(Code::Unavailable, "the store is busy; retry shortly")
+            }
             E::Store(_) | E::Projection(_) => ApiError::internal(error),
         }
     }

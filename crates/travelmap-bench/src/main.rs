@@ -142,6 +142,13 @@ struct Memory {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Server logs help when a run fails; off unless asked for, so they do not cost time.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("TRAVELMAP_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args = Args::parse();
     ensure!(
         args.clients > 0 && args.events_per_client > 0,
@@ -532,7 +539,7 @@ impl Report<'_> {
         let memory = &self.memory;
         let growth = memory.second_kib as f64 / memory.first_kib as f64;
         out += &format!(
-            "| 5 | Resident memory (VmRSS) after loading the workload, then after a second workload of {} new events into the same store | {} → {} ({:+.1} %) | flat (≤ +{:.0} %) | {:.2} | {} |\n",
+            "| 5 | Resident anonymous memory (RssAnon: heap and stacks, not the store's memory-mapped file pages) after loading the workload, then after a second workload of {} new events into the same store | {} → {} ({:+.1} %) | flat (≤ +{:.0} %) | {:.2} | {} |\n",
             thousands(memory.second_ingest.events as u64),
             mib(memory.first_kib),
             mib(memory.second_kib),
@@ -548,7 +555,7 @@ impl Report<'_> {
              - Concurrency {WRITERS}: each writer owns a share of the clients and sends a client's next event only after the previous one was acknowledged.\n\
              - The travel-map projection runs during ingest, as in production. After the last acknowledgement it needed {:.2} s to catch up at concurrency {WRITERS} and {:.2} s after the batch ingest; reads were measured only after it had.\n\
              - Reads: after {WARM_UP_READS} unmeasured reads that check each map shows all of its client's events. Latency is measured by the client, so it includes the HTTP round trip on 127.0.0.1.\n\
-             - Memory: {} before any server was started (this includes both generated workloads, about {} of serialised events); measured with the server running, after the batch ingest and the reads, then after the batch ingest of the second workload ({} events/s).\n\
+             - Memory: {} anonymous memory before any server was started (this includes both generated workloads, about {} of serialised events); measured with the server running, after the batch ingest and the reads, then after the batch ingest of the second workload ({} events/s).\n\
              - Whole run: {:.0} s.\n",
             self.concurrent.catch_up.as_secs_f64(),
             self.batch.catch_up.as_secs_f64(),

@@ -163,13 +163,15 @@ impl Api {
     }
 }
 
-/// The resident set size of this process, in KiB, from `/proc/self/status`.
+/// The process's resident anonymous memory (heap and stacks), in KiB, from `/proc/self/status`.
+/// Anonymous rather than all resident memory: the store memory-maps its files, and those pages
+/// are the kernel's page cache (shared, reclaimable), not memory the service holds on to.
 pub fn resident_kib() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")
         .context("reading /proc/self/status (resident memory is measured on Linux only)")?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix("RssAnon:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/self/status")
+        .context("no RssAnon in /proc/self/status")
 }

@@ -75,6 +75,14 @@ macro_rules! catalogue {
                 data.expect("journey event payloads always serialise")
             }
 
+            /// The `data` object as JSON text, serialised straight from the payload.
+            pub fn data_json(&self) -> String {
+                let data = match self {
+                    $(Self::$variant(payload) => serde_json::to_string(payload),)*
+                };
+                data.expect("journey event payloads always serialise")
+            }
+
             /// Decodes `data` of the given type and schema version, upcasting old versions.
             pub fn decode(event_type: &str, schema_version: u32, data: &Value) -> Result<Self, DecodeError> {
                 match event_type {

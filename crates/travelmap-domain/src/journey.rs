@@ -23,7 +23,7 @@ struct Standing {
 }
 
 /// One client's journey, as far as recording decisions need it.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientJourney {
     version: u64,
     events: HashMap<EventId, Standing>,
@@ -85,6 +85,23 @@ impl ClientJourney {
             });
         }
         Ok(standing)
+    }
+
+    /// Folds what deciding needs from one recorded event: its id and type, and for a retraction
+    /// the event it retracts. [`Aggregate::apply`] goes through here, and so does loading a
+    /// journey from outlines of its recorded events, which needs no event data decoded.
+    pub fn remember(&mut self, id: EventId, event_type: &str, retracts: Option<EventId>) {
+        self.version += 1;
+        if let Some(target) = retracts.and_then(|target| self.events.get_mut(&target)) {
+            target.retracted = true;
+        }
+        self.events.insert(
+            id,
+            Standing {
+                event_type: event_type.to_owned(),
+                retracted: false,
+            },
+        );
     }
 
     /// Checks a command without changing anything.
@@ -157,19 +174,11 @@ impl Aggregate for ClientJourney {
     }
 
     fn apply(&mut self, draft: Self::Event) {
-        self.version += 1;
-        if let JourneyEvent::EventRetracted(retraction) = &draft.event
-            && let Some(target) = self.events.get_mut(&retraction.event_id)
-        {
-            target.retracted = true;
-        }
-        self.events.insert(
-            draft.id,
-            Standing {
-                event_type: draft.event.event_type().to_owned(),
-                retracted: false,
-            },
-        );
+        let retracts = match &draft.event {
+            JourneyEvent::EventRetracted(retraction) => Some(retraction.event_id),
+            _ => None,
+        };
+        self.remember(draft.id, draft.event.event_type(), retracts);
     }
 }
 

@@ -5,8 +5,8 @@
 //! A crash between pages loses nothing (the next run starts from the saved checkpoint) and
 //! re-applies nothing twice (each state remembers the last position it folded).
 //!
-//! States are cached in memory between pages, up to [`CACHE_CLIENTS`], so a busy client is not
-//! re-read for every page; the cache is bounded so memory does not grow with the size of the log.
+//! States are cached in memory between pages, so a busy client is not re-read for every page; the
+//! cache is bounded (and dropped after a rebuild) so memory does not grow with the size of the log.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,13 +19,32 @@ use travelmap_store::{ClientView, EventLog, ViewStore};
 use crate::travel_map::ClientState;
 use crate::{Error, Result};
 
-/// How many clients' states to keep in memory between pages.
-pub const CACHE_CLIENTS: usize = 20_000;
-/// Events per page while following the live feed.
-const LIVE_PAGE: usize = 1_000;
-/// Events per page during a rebuild, and how many events may be folded before states are saved.
-const REBUILD_PAGE: usize = 10_000;
-const REBUILD_FLUSH_EVENTS: usize = 200_000;
+/// How the projector pages through the feed and how much it keeps in memory.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    /// Events per page read from the feed.
+    page: usize,
+    /// Save states once more than this many events are folded but unsaved.
+    flush_after: usize,
+    /// Keep at most this many clients' states cached after a save.
+    cache_clients: usize,
+}
+
+/// Following the live feed: small pages, saved at once, a modest cache.
+const LIVE: Pace = Pace {
+    page: 1_000,
+    flush_after: 0,
+    cache_clients: 4_096,
+};
+/// A rebuild: large pages, saved rarely (a client touched by many pages is written once), a large
+/// cache that is dropped when the rebuild ends.
+const REBUILD: Pace = Pace {
+    page: 10_000,
+    flush_after: 250_000,
+    cache_clients: 50_000,
+};
+/// Dirty states above this count are serialised on two threads.
+const PARALLEL_SERIALISE: usize = 2_000;
 
 /// How far the projection has got: the position of the last event folded into stored views.
 pub type Progress = watch::Receiver<u64>;
@@ -72,7 +91,7 @@ impl Projector {
     /// Folds everything in the log past the checkpoint, saving after every page. Returns the
     /// number of events folded.
     pub async fn catch_up(&self) -> Result<u64> {
-        self.fold_until_head(LIVE_PAGE, 0).await
+        self.fold_until_head(LIVE).await
     }
 
     /// Deletes every view and folds the whole log again from position 0.
@@ -83,15 +102,10 @@ impl Projector {
         self.views.reset().await?;
         self.progress.send_replace(0);
         drop(cache);
-        let events = self
-            .fold_until_head(REBUILD_PAGE, REBUILD_FLUSH_EVENTS)
-            .await?;
-        let clients = self
-            .cache
-            .lock()
-            .await
-            .as_ref()
-            .map_or(0, |cache| cache.states.len());
+        let events = self.fold_until_head(REBUILD).await?;
+        let clients = self.views.count().await?;
+        // The rebuild's large cache is not needed for following the live feed.
+        *self.cache.lock().await = None;
         Ok(RebuildReport {
             events,
             clients,
@@ -128,7 +142,7 @@ impl Projector {
 
     /// Folds pages until the feed is exhausted. States are saved (with the checkpoint) whenever
     /// more than `flush_after` events are pending, and at the end.
-    async fn fold_until_head(&self, page: usize, flush_after: usize) -> Result<u64> {
+    async fn fold_until_head(&self, pace: Pace) -> Result<u64> {
         let mut guard = self.cache.lock().await;
         if guard.is_none() {
             *guard = Some(Cache {
@@ -139,7 +153,7 @@ impl Projector {
             });
         }
         let cache = guard.as_mut().expect("cache initialised above");
-        let folded = self.fold_pages(cache, page, flush_after).await;
+        let folded = self.fold_pages(cache, pace).await;
         if folded.is_err() {
             // The cache may now be ahead of what was saved; drop it so that the next attempt
             // starts again from the stored checkpoint instead of skipping unsaved events.
@@ -148,12 +162,22 @@ impl Projector {
         folded
     }
 
-    async fn fold_pages(&self, cache: &mut Cache, page: usize, flush_after: usize) -> Result<u64> {
+    async fn fold_pages(&self, cache: &mut Cache, pace: Pace) -> Result<u64> {
+        let read_page = |after: u64| {
+            let log = self.log.clone();
+            tokio::spawn(async move { log.read_all(after, pace.page).await })
+        };
         let mut folded = 0u64;
+        let mut next_page = read_page(cache.checkpoint);
         loop {
-            let events = self.log.read_all(cache.checkpoint, page).await?;
+            let events = next_page
+                .await
+                .map_err(|_| travelmap_store::Error::Closed)??;
             let Some(last) = events.last() else { break };
             let last_position = last.meta.position;
+            // Read the next page while this one is folded: reading and decoding is the larger
+            // half of the work, and it runs on another core.
+            next_page = read_page(last_position);
             let missing: Vec<ClientId> = events
                 .iter()
                 .map(|event| event.draft.client_id)
@@ -181,33 +205,54 @@ impl Projector {
             folded += events.len() as u64;
             cache.pending_events += events.len();
             cache.checkpoint = last_position;
-            if cache.pending_events > flush_after {
-                self.flush(cache).await?;
+            if cache.pending_events > pace.flush_after {
+                self.flush(cache, pace).await?;
             }
         }
         if cache.pending_events > 0 {
-            self.flush(cache).await?;
+            self.flush(cache, pace).await?;
         }
         Ok(folded)
     }
 
-    async fn flush(&self, cache: &mut Cache) -> Result<()> {
-        let views = cache
+    async fn flush(&self, cache: &mut Cache, pace: Pace) -> Result<()> {
+        // In key order, so that the view table is written front to back rather than at random
+        // places (during a rebuild, writing is most of the time spent).
+        let mut dirty: Vec<&ClientState> = cache
             .dirty
-            .drain()
-            .filter_map(|client_id| cache.states.get(&client_id))
-            .map(|state| ClientView {
-                client_id: state.client_id,
-                state: serde_json::to_string(state).expect("client state serialises"),
-                identifiers: state.identifiers(),
-            })
+            .iter()
+            .filter_map(|client_id| cache.states.get(client_id))
             .collect();
+        dirty.sort_unstable_by_key(|state| state.client_id);
+        let views = if dirty.len() > PARALLEL_SERIALISE {
+            // Serialising thousands of states takes tens of milliseconds; two cores halve it.
+            let (first, second) = dirty.split_at(dirty.len() / 2);
+            std::thread::scope(|scope| {
+                let first =
+                    scope.spawn(|| first.iter().map(|state| view(state)).collect::<Vec<_>>());
+                let mut views: Vec<ClientView> =
+                    first.join().expect("serialising a view does not panic");
+                views.extend(second.iter().map(|state| view(state)));
+                views
+            })
+        } else {
+            dirty.iter().map(|state| view(state)).collect()
+        };
         self.views.save(cache.checkpoint, views).await?;
+        cache.dirty.clear();
         cache.pending_events = 0;
-        if cache.states.len() > CACHE_CLIENTS {
+        if cache.states.len() > pace.cache_clients {
             cache.states.clear();
         }
         self.progress.send_replace(cache.checkpoint);
         Ok(())
+    }
+}
+
+fn view(state: &ClientState) -> ClientView {
+    ClientView {
+        client_id: state.client_id,
+        state: serde_json::to_string(state).expect("client state serialises"),
+        identifiers: state.identifiers(),
     }
 }

@@ -33,6 +33,7 @@ pub struct Fact {
     pub occurred_at: DateTime<FixedOffset>,
     pub recorded_at: DateTime<Utc>,
     pub agency: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
     pub event: JourneyEvent,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

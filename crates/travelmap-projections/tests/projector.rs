@@ -40,6 +40,9 @@ impl ViewStore for FlakyViews {
         }
         self.inner.save(checkpoint, views).await
     }
+    async fn count(&self) -> travelmap_store::Result<usize> {
+        self.inner.count().await
+    }
     async fn reset(&self) -> travelmap_store::Result<()> {
         self.inner.reset().await
     }

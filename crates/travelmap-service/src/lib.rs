@@ -32,6 +32,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How often a decision is retried when concurrent writers keep moving the same streams.
 const MAX_ATTEMPTS: usize = 8;
+/// How many clients' journey aggregates to keep in memory between decisions.
+const JOURNEY_CACHE_CLIENTS: usize = 16_384;
+
 /// Number of lock stripes for per-client turn-taking. Two clients share a stripe with
 /// probability 1/1024, which only means they take turns.
 const CLIENT_STRIPES: usize = 1024;
@@ -104,6 +107,11 @@ pub struct Journeys {
     views: Arc<dyn ViewStore>,
     projector: Arc<Projector>,
     client_turns: Vec<tokio::sync::Mutex<()>>,
+    /// Journeys as of the last append this process made for them. Only read and written while
+    /// the client's turn is held, so within the process an entry is never stale; another process
+    /// may have appended since, which the store's version check catches (the entry is then
+    /// dropped and the journey loaded afresh).
+    journeys: std::sync::Mutex<HashMap<ClientId, ClientJourney>>,
 }
 
 impl Journeys {
@@ -116,6 +124,7 @@ impl Journeys {
             client_turns: (0..CLIENT_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            journeys: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -160,14 +169,25 @@ impl Journeys {
             turns.push(self.client_turns[stripe].lock().await);
         }
 
+        // The first attempt assumes every event is new and skips looking the ids up: the store's
+        // unique index on event ids still catches any that is not. A refusal or a taken id may
+        // mean the request was a retry, so every later attempt looks the ids up first.
+        let mut look_up = false;
         for attempt in 0..MAX_ATTEMPTS {
-            match self.try_record(provenance, submissions, &digests).await {
+            match self
+                .try_record(provenance, submissions, &digests, look_up)
+                .await
+            {
+                Err(Error::Refused { .. } | Error::VersionConflict { .. }) if !look_up => {
+                    look_up = true;
+                }
                 Err(Error::Store(
                     travelmap_store::Error::StreamConflict { .. }
                     | travelmap_store::Error::DuplicateEvent(_),
                 )) => {
-                    // Another process moved the stream: back off a little, more each time, with
-                    // jitter so that competing processes do not retry in lockstep.
+                    look_up = true;
+                    // Another writer moved the stream or took an id: back off a little, more each
+                    // time, with jitter so that competing processes do not retry in lockstep.
                     let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) % 5;
                     let pause = Duration::from_millis((1 << attempt.min(5)) + jitter);
                     tokio::time::sleep(pause).await;
@@ -183,15 +203,19 @@ impl Journeys {
         provenance: &Provenance,
         submissions: &[Submission],
         digests: &[[u8; 32]],
+        look_up: bool,
     ) -> Result<Vec<Outcome>> {
-        let ids = submissions.iter().map(|s| s.draft.id).collect();
-        let existing: HashMap<EventId, _> = self
-            .log
-            .lookup(ids)
-            .await?
-            .into_iter()
-            .map(|existing| (existing.receipt.id, existing))
-            .collect();
+        let existing: HashMap<EventId, _> = if look_up {
+            let ids = submissions.iter().map(|s| s.draft.id).collect();
+            self.log
+                .lookup(ids)
+                .await?
+                .into_iter()
+                .map(|existing| (existing.receipt.id, existing))
+                .collect()
+        } else {
+            HashMap::new()
+        };
 
         let mut outcomes: Vec<Option<Outcome>> = vec![None; submissions.len()];
         // New events grouped by client, clients in order of first appearance.
@@ -218,9 +242,28 @@ impl Journeys {
             }
         }
 
+        let mut journeys = self.cached_journeys(&by_client, look_up);
+        let uncached: Vec<ClientId> = by_client
+            .iter()
+            .map(|(client, _)| *client)
+            .filter(|client| !journeys.contains_key(client))
+            .collect();
+        if !uncached.is_empty() {
+            for (client_id, outlines) in self.log.outlines(uncached).await? {
+                let mut journey = ClientJourney::default();
+                for outline in outlines {
+                    let retracts = (outline.event_type == "event.retracted")
+                        .then_some(outline.target)
+                        .flatten();
+                    journey.remember(outline.id, &outline.event_type, retracts);
+                }
+                journeys.insert(client_id, journey);
+            }
+        }
+        let mut decided = Vec::with_capacity(by_client.len());
         let mut streams = Vec::with_capacity(by_client.len());
         for (client_id, indices) in &by_client {
-            let mut journey = self.load_journey(*client_id).await?;
+            let mut journey = journeys.remove(client_id).unwrap_or_default();
             let expected_version = journey.version();
             let mut events = Vec::with_capacity(indices.len());
             for &index in indices {
@@ -254,10 +297,13 @@ impl Journeys {
                 expected_version,
                 events,
             });
+            decided.push((*client_id, journey));
         }
 
         if !streams.is_empty() {
-            let receipts = self.log.append(provenance, streams).await?;
+            let appended = self.log.append(provenance, streams).await;
+            self.remember_journeys(decided, appended.is_ok());
+            let receipts = appended?;
             let order = by_client.iter().flat_map(|(_, indices)| indices.iter());
             for (&index, receipt) in order.zip(receipts) {
                 outcomes[index] = Some(Outcome {
@@ -272,12 +318,45 @@ impl Journeys {
             .collect())
     }
 
-    async fn load_journey(&self, client_id: ClientId) -> Result<ClientJourney> {
-        let mut journey = ClientJourney::default();
-        for recorded in self.log.read_stream(client_id, None).await? {
-            journey.apply(recorded.draft);
+    /// Cached journeys of the given clients. On a retry (`look_up`) the cache is not trusted:
+    /// the first attempt failed, possibly because another process moved a stream.
+    fn cached_journeys(
+        &self,
+        by_client: &[(ClientId, Vec<usize>)],
+        look_up: bool,
+    ) -> HashMap<ClientId, ClientJourney> {
+        let mut cache = self.journeys.lock().expect("journey cache lock");
+        if look_up {
+            for (client, _) in by_client {
+                cache.remove(client);
+            }
+            return HashMap::new();
         }
-        Ok(journey)
+        by_client
+            .iter()
+            .filter_map(|(client, _)| Some((*client, cache.get(client)?.clone())))
+            .collect()
+    }
+
+    /// Keeps the journeys just decided if their append committed, and forgets them otherwise.
+    fn remember_journeys(&self, decided: Vec<(ClientId, ClientJourney)>, committed: bool) {
+        let mut cache = self.journeys.lock().expect("journey cache lock");
+        if !committed {
+            for (client, _) in &decided {
+                cache.remove(client);
+            }
+            return;
+        }
+        if cache.len() + decided.len() > JOURNEY_CACHE_CLIENTS {
+            // Random eviction (a hash map iterates in no useful order): cheap, bounded, and good
+            // enough, since a miss only costs one outline query.
+            let excess = cache.len() + decided.len() - JOURNEY_CACHE_CLIENTS / 2;
+            let evicted: Vec<ClientId> = cache.keys().take(excess).copied().collect();
+            for client in evicted {
+                cache.remove(&client);
+            }
+        }
+        cache.extend(decided);
     }
 
     /// A client's history as recorded, in stream order; with `as_of`, what had been recorded by
@@ -321,12 +400,12 @@ impl Journeys {
         if let Some(position) = min_position {
             self.wait_for_projection(position).await?;
         }
-        let state = self
+        let stored = self
             .views
             .get(client_id)
             .await?
             .ok_or(Error::UnknownClient(client_id))?;
-        let state: ClientState = serde_json::from_str(&state)
+        let state: ClientState = serde_json::from_str(&stored)
             .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
         Ok(state.travel_map(Utc::now()))
     }

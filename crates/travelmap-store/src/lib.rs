@@ -63,6 +63,17 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// Whether the database was momentarily busy: worth trying again shortly.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
+                if matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
 /// One event to append, with the digest of its content (see [`travelmap_domain::content_digest`]).
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -96,6 +107,17 @@ pub struct Existing {
     pub digest: [u8; 32],
 }
 
+/// What deciding about a client needs from one of its recorded events: not the data, only the
+/// id, the type and (for corrections and retractions) the event it targets. Loading outlines
+/// instead of whole events keeps the cost of a decision independent of how much data the
+/// client's history holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outline {
+    pub id: EventId,
+    pub event_type: String,
+    pub target: Option<EventId>,
+}
+
 /// The append-only journey event log.
 #[async_trait]
 pub trait EventLog: Send + Sync {
@@ -109,6 +131,10 @@ pub trait EventLog: Send + Sync {
 
     /// Looks up events by id (for idempotent retries); ids not in the log are left out.
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>>;
+
+    /// The outlines of the given clients' streams, each in version order. Clients without
+    /// events are left out.
+    async fn outlines(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, Vec<Outline>>>;
 
     /// A client's stream in version order; with `recorded_until`, only what had been recorded by
     /// then.
@@ -149,6 +175,8 @@ pub trait ViewStore: Send + Sync {
     async fn get(&self, client: ClientId) -> Result<Option<String>>;
     /// Writes views and moves the checkpoint to `checkpoint`, atomically.
     async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()>;
+    /// How many clients have a view.
+    async fn count(&self) -> Result<usize>;
     /// Deletes every view and resets the checkpoint to 0 (before a rebuild).
     async fn reset(&self) -> Result<()>;
     /// Clients known under an identifier.

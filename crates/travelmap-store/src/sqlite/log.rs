@@ -1,5 +1,6 @@
 //! The SQLite event log: a single writer thread with group commit, and pooled readers.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -15,7 +16,10 @@ use uuid::Uuid;
 
 use super::pool::ReadPool;
 use super::{configure, schema};
-use crate::{Error, EventLog, Existing, Receipt, Result, StreamAppend};
+use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend};
+
+/// How many clients one outline query covers (well under SQLite's limit on parameters).
+const OUTLINE_CHUNK: usize = 256;
 
 /// How many queued appends may share one transaction. Large enough to absorb a burst from many
 /// concurrent senders, small enough that one group's commit stays short.
@@ -124,7 +128,7 @@ impl EventLog for SqliteEventLog {
                      FROM events WHERE event_id = ?1",
                 )?;
                 let mut found = Vec::new();
-                for id in ids {
+                for id in &ids {
                     let existing = statement
                         .query_row(params![id.0], |row| {
                             Ok(Existing {
@@ -142,6 +146,43 @@ impl EventLog for SqliteEventLog {
                     found.extend(existing);
                 }
                 Ok(found)
+            })
+            .await
+    }
+
+    async fn outlines(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, Vec<Outline>>> {
+        self.readers
+            .read(move |connection| {
+                let mut outlines: HashMap<ClientId, Vec<Outline>> =
+                    HashMap::with_capacity(clients.len());
+                // One statement per chunk of clients rather than per client; the target is pulled
+                // out of the JSON by SQLite, so no event data is decoded.
+                for chunk in clients.chunks(OUTLINE_CHUNK) {
+                    let placeholders = vec!["?"; chunk.len()].join(", ");
+                    let mut statement = connection.prepare_cached(&format!(
+                        "SELECT client_id, event_id, event_type,
+                                CASE WHEN event_type IN ('event.corrected', 'event.retracted')
+                                     THEN json_extract(data, '$.event_id') END
+                         FROM events WHERE client_id IN ({placeholders})
+                         ORDER BY client_id, version"
+                    ))?;
+                    let ids = chunk.iter().map(|client| client.0);
+                    let mut rows = statement.query(rusqlite::params_from_iter(ids))?;
+                    while let Some(row) = rows.next()? {
+                        let target: Option<String> = row.get(3)?;
+                        outlines
+                            .entry(ClientId(row.get(0)?))
+                            .or_default()
+                            .push(Outline {
+                                id: EventId(row.get(1)?),
+                                event_type: row.get(2)?,
+                                target: target
+                                    .and_then(|text| Uuid::parse_str(&text).ok())
+                                    .map(EventId),
+                            });
+                    }
+                }
+                Ok(outlines)
             })
             .await
     }
@@ -293,7 +334,12 @@ impl Writer {
         let recorded_micros = Utc::now().timestamp_micros().max(self.last_recorded_micros);
         let mut next_position = self.next_position;
         let outcome = (|| -> Result<Vec<Result<Vec<Receipt>>>> {
-            let mut transaction = self.connection.transaction()?;
+            // IMMEDIATE takes the write lock up front. A deferred transaction would start as a
+            // read and upgrade at its first insert, and SQLite refuses such an upgrade at once
+            // (without waiting) if the file changed under it.
+            let mut transaction = self
+                .connection
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut results = Vec::with_capacity(group.len());
             for job in &group {
                 results.push(append_job(
@@ -320,7 +366,7 @@ impl Writer {
             Err(error) => {
                 // Nothing of the group was committed; every sender learns so and may retry.
                 tracing::error!(%error, "event log commit failed");
-                let message = error.to_string();
+                let message = format!("committing to the event log: {error}");
                 for job in group {
                     let _ = job
                         .reply
@@ -371,7 +417,7 @@ fn append_job(
                 job.provenance.agency,
                 job.provenance.credential,
                 draft.actor.as_ref().map(Text::as_str),
-                serde_json::to_string(&draft.event.data()).expect("event data serialises"),
+                draft.event.data_json(),
                 new.digest,
             ]);
             match inserted {

@@ -9,6 +9,9 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::{Error, Result};
 
+/// How often a read that found the database busy is tried again.
+const BUSY_RETRIES: u64 = 5;
+
 /// How many idle connections to keep. Two cores cannot use more readers than this at once.
 const MAX_IDLE: usize = 8;
 
@@ -34,6 +37,7 @@ impl ReadPool {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        super::mapped(&connection)?;
         Ok(connection)
     }
 
@@ -44,18 +48,29 @@ impl ReadPool {
         }
     }
 
-    /// Runs `read` on a pooled connection on the blocking thread pool.
+    /// Runs `read` on a pooled connection on the blocking thread pool. A read that finds the
+    /// database momentarily busy (SQLite answers so at once in some WAL states, without
+    /// consulting the busy timeout) is tried again a few times before the error is reported.
     pub(crate) async fn read<T, F>(self: &std::sync::Arc<Self>, read: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Send + 'static,
     {
         let pool = self.clone();
         tokio::task::spawn_blocking(move || {
-            let connection = pool.take()?;
-            let result = read(&connection);
-            pool.give_back(connection);
-            result
+            let mut attempt = 0;
+            loop {
+                let connection = pool.take()?;
+                let result = read(&connection);
+                pool.give_back(connection);
+                match result {
+                    Err(error) if error.is_busy() && attempt < BUSY_RETRIES => {
+                        attempt += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(attempt * 2));
+                    }
+                    other => return other,
+                }
+            }
         })
         .await
         .map_err(|_| Error::Closed)?
