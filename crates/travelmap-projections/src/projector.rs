@@ -192,7 +192,8 @@ impl Projector {
                     cache.states.insert(client_id, state);
                 }
             }
-            for event in &events {
+            let count = events.len();
+            for event in events {
                 let client_id = event.draft.client_id;
                 let state = cache
                     .states
@@ -202,8 +203,8 @@ impl Projector {
                     cache.dirty.insert(client_id);
                 }
             }
-            folded += events.len() as u64;
-            cache.pending_events += events.len();
+            folded += count as u64;
+            cache.pending_events += count;
             cache.checkpoint = last_position;
             if cache.pending_events > pace.flush_after {
                 self.flush(cache, pace).await?;

@@ -115,5 +115,5 @@ async fn a_failed_save_is_retried_from_the_stored_checkpoint() {
     );
     assert_eq!(views.checkpoint().await.unwrap(), 2);
     let history = store.log.read_stream(client, None).await.unwrap();
-    assert_eq!(stored, ClientState::from_history(client, &history));
+    assert_eq!(stored, ClientState::from_history(client, history));
 }

@@ -210,7 +210,7 @@ async fn check(steps: Vec<Step>) {
 
     for (client, state) in &live {
         let history = store.log.read_stream(*client, None).await.unwrap();
-        let folded = serde_json::to_value(ClientState::from_history(*client, &history)).unwrap();
+        let folded = serde_json::to_value(ClientState::from_history(*client, history)).unwrap();
         assert_eq!(
             &folded, state,
             "the stored view must equal a pure fold of the history"

@@ -395,7 +395,7 @@ impl Journeys {
                     Error::UnknownClient(client_id)
                 });
             }
-            return Ok(ClientState::from_history(client_id, &events).travel_map(as_of));
+            return Ok(ClientState::from_history(client_id, events).travel_map(as_of));
         }
         if let Some(position) = min_position {
             self.wait_for_projection(position).await?;

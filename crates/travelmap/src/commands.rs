@@ -140,7 +140,7 @@ pub async fn replay(
         );
     }
     let now = as_of.unwrap_or_else(Utc::now);
-    let map = ClientState::from_history(client, &events).travel_map(now);
+    let map = ClientState::from_history(client, events.iter().cloned()).travel_map(now);
     let mut out = std::io::stdout().lock();
     if json {
         let history: Vec<Recorded> = events.iter().map(Recorded::from).collect();

@@ -38,7 +38,7 @@ pub(crate) const VIEWS: &[&str] = &[
     );
     CREATE TABLE client_views (
         client_id BLOB PRIMARY KEY,
-        state     TEXT NOT NULL
+        state     BLOB NOT NULL  -- the view's JSON, LZ4-compressed
     );
     CREATE TABLE client_identifiers (
         kind      TEXT NOT NULL,
