@@ -8,12 +8,12 @@
 //! States are cached in memory between pages, so a busy client is not re-read for every page; the
 //! cache is bounded (and dropped after a rebuild) so memory does not grow with the size of the log.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, watch};
-use travelmap_domain::ClientId;
+use travelmap_domain::{ClientId, RecordedEvent};
 use travelmap_store::{ClientView, EventLog, ViewStore};
 
 use crate::travel_map::ClientState;
@@ -28,6 +28,8 @@ struct Pace {
     flush_after: usize,
     /// Keep at most this many clients' states cached after a save.
     cache_clients: usize,
+    /// How many pages to read ahead of the one being folded.
+    read_ahead: usize,
 }
 
 /// Following the live feed: small pages, saved at once, a modest cache.
@@ -35,6 +37,7 @@ const LIVE: Pace = Pace {
     page: 1_000,
     flush_after: 0,
     cache_clients: 4_096,
+    read_ahead: 1,
 };
 /// A rebuild: large pages, saved rarely (a client touched by many pages is written once), a large
 /// cache that is dropped when the rebuild ends.
@@ -42,9 +45,11 @@ const REBUILD: Pace = Pace {
     page: 10_000,
     flush_after: 250_000,
     cache_clients: 50_000,
+    read_ahead: 2,
 };
-/// Dirty states above this count are serialised on two threads.
-const PARALLEL_SERIALISE: usize = 2_000;
+/// States are saved in chunks of this many clients, so that serialising one chunk overlaps
+/// writing the one before.
+const SAVE_CHUNK: usize = 1_000;
 
 /// How far the projection has got: the position of the last event folded into stored views.
 pub type Progress = watch::Receiver<u64>;
@@ -60,7 +65,10 @@ pub struct RebuildReport {
 struct Cache {
     states: HashMap<ClientId, ClientState>,
     dirty: HashSet<ClientId>,
+    /// The position of the last event folded into `states`.
     checkpoint: u64,
+    /// The checkpoint as last saved.
+    saved_checkpoint: u64,
     pending_events: usize,
 }
 
@@ -145,10 +153,12 @@ impl Projector {
     async fn fold_until_head(&self, pace: Pace) -> Result<u64> {
         let mut guard = self.cache.lock().await;
         if guard.is_none() {
+            let checkpoint = self.views.checkpoint().await?;
             *guard = Some(Cache {
                 states: HashMap::new(),
                 dirty: HashSet::new(),
-                checkpoint: self.views.checkpoint().await?,
+                checkpoint,
+                saved_checkpoint: checkpoint,
                 pending_events: 0,
             });
         }
@@ -163,21 +173,28 @@ impl Projector {
     }
 
     async fn fold_pages(&self, cache: &mut Cache, pace: Pace) -> Result<u64> {
-        let read_page = |after: u64| {
-            let log = self.log.clone();
-            tokio::spawn(async move { log.read_all(after, pace.page).await })
-        };
+        // Pages are ranges of positions up to the log's head, read ahead of the page being folded
+        // (reading and decoding is the larger half of the work, and runs on other cores).
+        type PageRead = tokio::task::JoinHandle<travelmap_store::Result<Vec<RecordedEvent>>>;
+        let mut reading: VecDeque<(u64, PageRead)> = VecDeque::new();
+        let mut next_after = cache.checkpoint;
         let mut folded = 0u64;
-        let mut next_page = read_page(cache.checkpoint);
         loop {
-            let events = next_page
-                .await
-                .map_err(|_| travelmap_store::Error::Closed)??;
-            let Some(last) = events.last() else { break };
-            let last_position = last.meta.position;
-            // Read the next page while this one is folded: reading and decoding is the larger
-            // half of the work, and it runs on another core.
-            next_page = read_page(last_position);
+            let head = *self.log.head().borrow();
+            while reading.len() <= pace.read_ahead && next_after < head {
+                let up_to = (next_after + pace.page as u64).min(head);
+                let log = self.log.clone();
+                let after = next_after;
+                reading.push_back((
+                    up_to,
+                    tokio::spawn(async move { log.read_range(after, up_to).await }),
+                ));
+                next_after = up_to;
+            }
+            let Some((up_to, page)) = reading.pop_front() else {
+                break;
+            };
+            let events = page.await.map_err(|_| travelmap_store::Error::Closed)??;
             let missing: Vec<ClientId> = events
                 .iter()
                 .map(|event| event.draft.client_id)
@@ -205,7 +222,8 @@ impl Projector {
             }
             folded += count as u64;
             cache.pending_events += count;
-            cache.checkpoint = last_position;
+            // Everything up to the end of the range is folded, even if the range had gaps.
+            cache.checkpoint = up_to;
             if cache.pending_events > pace.flush_after {
                 self.flush(cache, pace).await?;
             }
@@ -218,28 +236,44 @@ impl Projector {
 
     async fn flush(&self, cache: &mut Cache, pace: Pace) -> Result<()> {
         // In key order, so that the view table is written front to back rather than at random
-        // places (during a rebuild, writing is most of the time spent).
+        // places.
         let mut dirty: Vec<&ClientState> = cache
             .dirty
             .iter()
             .filter_map(|client_id| cache.states.get(client_id))
             .collect();
         dirty.sort_unstable_by_key(|state| state.client_id);
-        let views = if dirty.len() > PARALLEL_SERIALISE {
-            // Serialising thousands of states takes tens of milliseconds; two cores halve it.
-            let (first, second) = dirty.split_at(dirty.len() / 2);
-            std::thread::scope(|scope| {
-                let first =
-                    scope.spawn(|| first.iter().map(|state| view(state)).collect::<Vec<_>>());
-                let mut views: Vec<ClientView> =
-                    first.join().expect("serialising a view does not panic");
-                views.extend(second.iter().map(|state| view(state)));
-                views
-            })
-        } else {
-            dirty.iter().map(|state| view(state)).collect()
-        };
-        self.views.save(cache.checkpoint, views).await?;
+
+        // A large flush (a rebuild, a long catch-up) is saved in chunks: while the store writes
+        // one chunk on its thread, the next is serialised here. Only the last chunk moves the
+        // checkpoint; the others save under the previous one, which is safe because each view
+        // remembers the last position folded into it, so refolding from the older checkpoint
+        // after a crash skips what a saved view already holds.
+        let chunks: Vec<&[&ClientState]> = dirty.chunks(SAVE_CHUNK).collect();
+        let mut saving: Option<tokio::task::JoinHandle<travelmap_store::Result<()>>> = None;
+        for (index, chunk) in chunks.iter().enumerate() {
+            let views: Vec<ClientView> = chunk.iter().map(|state| view(state)).collect();
+            if let Some(previous) = saving.take() {
+                previous
+                    .await
+                    .map_err(|_| travelmap_store::Error::Closed)??;
+            }
+            let checkpoint = if index + 1 == chunks.len() {
+                cache.checkpoint
+            } else {
+                cache.saved_checkpoint
+            };
+            let store = self.views.clone();
+            saving = Some(tokio::spawn(
+                async move { store.save(checkpoint, views).await },
+            ));
+        }
+        match saving {
+            Some(last) => last.await.map_err(|_| travelmap_store::Error::Closed)??,
+            // Nothing dirty (every event was already folded): only the checkpoint moves.
+            None => self.views.save(cache.checkpoint, Vec::new()).await?,
+        }
+        cache.saved_checkpoint = cache.checkpoint;
         cache.dirty.clear();
         cache.pending_events = 0;
         if cache.states.len() > pace.cache_clients {

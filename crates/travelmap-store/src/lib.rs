@@ -148,6 +148,10 @@ pub trait EventLog: Send + Sync {
     /// order. A reader that pages through it never misses an event and never sees one twice.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>>;
 
+    /// The events with `after < position <= up_to`, in position order. Unlike `read_all`, the
+    /// next range is known without the previous one's result, so ranges can be read in parallel.
+    async fn read_range(&self, after: u64, up_to: u64) -> Result<Vec<RecordedEvent>>;
+
     /// The highest committed position, updated after every commit; projections wait on it.
     fn head(&self) -> watch::Receiver<u64>;
 }

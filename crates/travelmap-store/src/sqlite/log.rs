@@ -217,6 +217,19 @@ impl EventLog for SqliteEventLog {
             .await
     }
 
+    async fn read_range(&self, after: u64, up_to: u64) -> Result<Vec<RecordedEvent>> {
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM events WHERE position > ?1 AND position <= ?2
+                     ORDER BY position"
+                ))?;
+                let rows = statement.query_map(params![after, up_to], read_row)?;
+                rows.map(|row| row?.decode()).collect()
+            })
+            .await
+    }
+
     fn head(&self) -> watch::Receiver<u64> {
         self.head.clone()
     }
