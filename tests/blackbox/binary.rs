@@ -372,6 +372,17 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 3: data.release_kind"), "{stderr}");
 
+    // So does a file that repeats an event id.
+    let repeated = dir.path().join("repeated.jsonl");
+    std::fs::write(&repeated, format!("{}\n{}\n", events[0], events[0])).unwrap();
+    let output = run(&["import", repeated.to_str().unwrap()], &data);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 2: event id") && stderr.contains("already appears on line 1"),
+        "{stderr}"
+    );
+
     let good = dir.path().join("good.jsonl");
     let mut file = std::fs::File::create(&good).unwrap();
     for event in &events {

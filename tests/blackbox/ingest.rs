@@ -574,7 +574,8 @@ async fn unknown_routes_and_methods_answer_in_the_problem_format() {
         .unwrap();
     expect_problem(delete, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
     let bad_client = app.get("/v1/clients/not-a-uuid/events", AUDITOR).await;
-    expect_problem(bad_client, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    let problem = expect_problem(bad_client, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "client_id");
     let problem_page = app.get_ok("/problems/version_conflict", ADMIN).await;
     assert_eq!(problem_page["status"], 409);
 }

@@ -532,12 +532,19 @@ async fn the_global_feed_pages_in_commit_order() {
     )
     .await;
     assert_eq!(problem["field"], "limit");
-    expect_problem(
-        app.get("/v1/events?after=-1", AUDITOR).await,
-        StatusCode::BAD_REQUEST,
-        "invalid_parameter",
-    )
-    .await;
+    for (query, field) in [
+        ("after=-1", "after"),
+        ("limit=abc", "limit"),
+        ("after=9223372036854775808", "after"),
+    ] {
+        let problem = expect_problem(
+            app.get(&format!("/v1/events?{query}"), AUDITOR).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        )
+        .await;
+        assert_eq!(problem["field"], field, "{query}");
+    }
 }
 
 #[tokio::test]
@@ -710,4 +717,29 @@ async fn a_restarted_app_serves_the_same_history_and_map() {
     .await;
     assert_eq!(next["position"], 3);
     assert_eq!(next["version"], 3);
+}
+
+#[tokio::test]
+async fn occurred_at_is_kept_to_the_microsecond() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let body = event(
+        client,
+        "job.placed",
+        "2026-01-01T09:00:00.123456789+01:00",
+        json!({}),
+    );
+    post(&app, PRISON_WRITER, &body).await;
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    assert_eq!(
+        history["events"][0]["occurred_at"],
+        "2026-01-01T09:00:00.123456+01:00"
+    );
+    // A retry with the original nanoseconds is still the same event.
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &body).await.status(),
+        StatusCode::OK
+    );
 }

@@ -160,6 +160,7 @@ impl FromRequestParts<AppState> for Caller {
             .authenticator
             .find(key)
             .ok_or_else(|| ApiError::new(Code::Unauthorized, "the bearer key is not valid"))?;
+        tracing::Span::current().record("credential", credential.id.as_str());
         Ok(Caller(credential.clone()))
     }
 }

@@ -233,7 +233,7 @@ impl From<travelmap_service::Error> for ApiError {
             }
             E::Refused { index, source } => refusal(source).at_index(Some(index)),
             E::UnknownClient(_) | E::NotYetRecorded(_) => ApiError::not_found(error.to_string()),
-            E::ProjectionBehind(_) | E::Contention => {
+            E::ProjectionBehind(_) | E::NotYetProjected(_) | E::Contention => {
                 ApiError::new(Code::Unavailable, error.to_string())
             }
             E::Store(travelmap_store::Error::Closed) => {
@@ -256,7 +256,11 @@ fn refusal(source: journey::Error) -> ApiError {
             format!("replacement data: {}", invalid.message),
         )
         .with_field(field_path("data.data", &invalid.field)),
-        journey::Error::VersionConflict { .. } => ApiError::new(Code::VersionConflict, detail),
+        journey::Error::VersionConflict { actual, .. } => {
+            let mut api = ApiError::new(Code::VersionConflict, detail);
+            api.current_version = Some(actual);
+            api
+        }
         journey::Error::UnknownTarget(_)
         | journey::Error::TargetRetracted(_)
         | journey::Error::TargetNotCorrectable { .. } => {

@@ -62,21 +62,33 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-/// Query parameters; a malformed one is a `400 invalid_parameter`.
+/// Query parameters; a malformed one is a `400 invalid_parameter` naming the parameter.
 pub struct Query<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Query(value)| Query(value))
-            .map_err(|rejection| ApiError::new(Code::InvalidParameter, rejection.body_text()))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(pairs)
+            .map(Query)
+            .map_err(|error| {
+                let field = error.path().to_string();
+                let detail = format!("query parameter `{field}`: {}", error.inner());
+                ApiError::invalid_parameter(&field, detail)
+            })
     }
 }
 
-/// Path parameters; a malformed one (e.g. a client id that is not a UUID) is a `400`.
+/// A client id from the path; anything but a UUID is a `400` naming `client_id`.
+pub fn client_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|error| {
+        ApiError::invalid_parameter("client_id", format!("client_id must be a UUID: {error}"))
+    })
+}
+
+/// Path parameters; a malformed one is a `400 invalid_parameter`.
 pub struct Path<T>(pub T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {

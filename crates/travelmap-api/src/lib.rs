@@ -15,7 +15,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use travelmap_service::Journeys;
@@ -78,29 +80,57 @@ impl Modify for BearerAuth {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
-        .route("/v1/events", post(routes::events::post_event).get(routes::events::feed))
+        .route(
+            "/v1/events",
+            post(routes::events::post_event).get(routes::events::feed),
+        )
         .route("/v1/events/batch", post(routes::events::post_batch))
         .route("/v1/clients", get(routes::clients::search))
-        .route("/v1/clients/{client_id}/events", get(routes::clients::history))
-        .route("/v1/clients/{client_id}/travel-map", get(routes::clients::travel_map))
+        .route(
+            "/v1/clients/{client_id}/events",
+            get(routes::clients::history),
+        )
+        .route(
+            "/v1/clients/{client_id}/travel-map",
+            get(routes::clients::travel_map),
+        )
         .route("/v1/event-types", get(routes::meta::event_types))
         .route("/healthz", get(routes::meta::health))
         .route("/openapi.json", get(routes::meta::openapi))
         .route("/problems/{code}", get(routes::meta::problem_type))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(Code::MethodNotAllowed, "this route does not accept that method")
+            ApiError::new(
+                Code::MethodNotAllowed,
+                "this route does not accept that method",
+            )
         })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        // A panic in a handler is a bug; the client still gets a problem document, not a
+        // dropped connection.
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                ApiError::internal("a request handler panicked").into_response()
+            },
+        ))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            let request_id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|value| value.to_str().ok())
-                .unwrap_or_default();
-            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
-        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or_default();
+                // `credential` is filled in once the caller is authenticated (see `auth::Caller`).
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    uri = %request.uri(),
+                    request_id,
+                    credential = tracing::field::Empty
+                )
+            }),
+        )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
 }

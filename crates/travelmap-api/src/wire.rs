@@ -2,7 +2,7 @@
 //! the domain's [`EventDraft`]. `travelmap import` parses its JSON lines with [`parse_event`], so
 //! a file and an HTTP request are validated identically.
 
-use chrono::{DateTime, Duration, FixedOffset, Utc};
+use chrono::{DateTime, Duration, FixedOffset, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use travelmap_domain::catalogue::deserialize_with_path;
@@ -230,7 +230,9 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
         draft: EventDraft {
             id: EventId(request.id),
             client_id: ClientId(request.client_id),
-            occurred_at: request.occurred_at,
+            // Kept to the microsecond, as everywhere else in the store; finer digits would sort
+            // differently in places that hold microseconds and places that hold the original.
+            occurred_at: request.occurred_at.trunc_subsecs(6),
             actor,
             event,
         },

@@ -1,9 +1,9 @@
 //! The client-view projector: a catch-up consumer of the global feed.
 //!
 //! It reads the feed from its checkpoint in pages, folds each page into the affected clients'
-//! states, and saves the changed states together with the new checkpoint in one transaction.
-//! A crash between pages loses nothing (the next run starts from the saved checkpoint) and
-//! re-applies nothing twice (each state remembers the last position it folded).
+//! states, and saves the changed states and then the new checkpoint (with the last of them, in
+//! one transaction). A crash loses nothing (the next run starts from the saved checkpoint) and
+//! applies nothing twice (each state remembers the last position it folded).
 //!
 //! States are cached in memory between pages, so a busy client is not re-read for every page; the
 //! cache is bounded (and dropped after a rebuild) so memory does not grow with the size of the log.
@@ -82,7 +82,20 @@ pub struct Projector {
 
 impl Projector {
     pub async fn new(log: Arc<dyn EventLog>, views: Arc<dyn ViewStore>) -> Result<Self> {
-        let checkpoint = views.checkpoint().await?;
+        let mut checkpoint = views.checkpoint().await?;
+        let head = *log.head().borrow();
+        if checkpoint > head {
+            // The views were built from a longer log than this one (an older log was restored
+            // beside newer views). They cannot be trusted, and events at positions the views
+            // claim to have seen would never be folded: start the views again from zero.
+            tracing::warn!(
+                checkpoint,
+                head,
+                "views are ahead of the event log; rebuilding them"
+            );
+            views.reset().await?;
+            checkpoint = 0;
+        }
         Ok(Self {
             log,
             views,

@@ -74,6 +74,8 @@ pub enum Error {
     NotYetRecorded(ClientId),
     #[error("the projection did not reach position {0} in time; retry shortly")]
     ProjectionBehind(u64),
+    #[error("client {0} is recorded but not yet in the travel maps; retry shortly")]
+    NotYetProjected(ClientId),
     #[error("too many concurrent writes to the same clients; retry shortly")]
     Contention,
     #[error(transparent)]
@@ -107,10 +109,10 @@ pub struct Journeys {
     views: Arc<dyn ViewStore>,
     projector: Arc<Projector>,
     client_turns: Vec<tokio::sync::Mutex<()>>,
-    /// Journeys as of the last append this process made for them. Only read and written while
-    /// the client's turn is held, so within the process an entry is never stale; another process
-    /// may have appended since, which the store's version check catches (the entry is then
-    /// dropped and the journey loaded afresh).
+    /// Journeys as of the last append this process made for them, read and written only while
+    /// the client's turn is held. An entry can still be behind the log (another process appended,
+    /// or a request was abandoned after its append was queued); the store's version check then
+    /// refuses the append, the entry is dropped and the journey loaded afresh.
     journeys: std::sync::Mutex<HashMap<ClientId, ClientJourney>>,
 }
 
@@ -374,7 +376,7 @@ impl Journeys {
     }
 
     async fn client_exists(&self, client_id: ClientId) -> Result<bool> {
-        Ok(!self.log.read_stream(client_id, None).await?.is_empty())
+        Ok(!self.log.outlines(vec![client_id]).await?.is_empty())
     }
 
     /// The client's travel map. Without `as_of` it is read from the projection (after waiting,
@@ -400,11 +402,14 @@ impl Journeys {
         if let Some(position) = min_position {
             self.wait_for_projection(position).await?;
         }
-        let stored = self
-            .views
-            .get(client_id)
-            .await?
-            .ok_or(Error::UnknownClient(client_id))?;
+        let Some(stored) = self.views.get(client_id).await? else {
+            // Recorded but not yet projected is a different answer from never recorded.
+            return Err(if self.client_exists(client_id).await? {
+                Error::NotYetProjected(client_id)
+            } else {
+                Error::UnknownClient(client_id)
+            });
+        };
         let state: ClientState = serde_json::from_str(&stored)
             .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
         Ok(state.travel_map(Utc::now()))

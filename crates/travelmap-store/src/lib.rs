@@ -108,13 +108,14 @@ pub struct Existing {
 }
 
 /// What deciding about a client needs from one of its recorded events: not the data, only the
-/// id, the type and (for corrections and retractions) the event it targets. Loading outlines
+/// id, the type and (for a retraction) the event it retracts. Loading outlines
 /// instead of whole events keeps the cost of a decision independent of how much data the
 /// client's history holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outline {
     pub id: EventId,
     pub event_type: String,
+    /// For an `event.retracted`, the event it retracts.
     pub target: Option<EventId>,
 }
 
@@ -167,8 +168,9 @@ pub struct ClientView {
 }
 
 /// Storage for the client-view projection (travel maps and the identifier index) and its
-/// checkpoint. Saving views and advancing the checkpoint happen in one transaction, which is what
-/// makes re-applying events after a crash harmless.
+/// checkpoint. Each `save` writes its views and sets the checkpoint in one transaction. The
+/// projector never sets a checkpoint beyond what is saved, and each view remembers the last
+/// position folded into it, which is what makes re-folding events after a crash harmless.
 #[async_trait]
 pub trait ViewStore: Send + Sync {
     /// The position of the last event folded into the stored views (0 when empty).

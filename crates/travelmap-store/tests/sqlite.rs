@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde_json::json;
 use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance, content_digest};
-use travelmap_store::sqlite::SqliteStore;
+use travelmap_store::sqlite::{SqliteEventLog, SqliteStore};
 use travelmap_store::{Error, EventLog, NewEvent, StreamAppend};
 use uuid::Uuid;
 
@@ -236,14 +236,39 @@ async fn a_data_directory_is_held_by_one_store_at_a_time() {
         Err(Error::Locked(_))
     ));
     // Readers may look in while it is held.
-    let reader = SqliteStore::open_read_only(dir.path()).unwrap();
+    let reader = SqliteEventLog::open_read_only(&dir.path().join("events.sqlite")).unwrap();
     assert!(matches!(
         reader
-            .log
             .append(&provenance(), vec![stream(client(), 0, 1)])
             .await,
         Err(Error::Closed)
     ));
     drop(store);
     SqliteStore::open(dir.path()).unwrap();
+}
+
+#[tokio::test]
+async fn closing_the_log_leaves_every_commit_in_the_main_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = client();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store
+        .log
+        .append(&provenance(), vec![stream(a, 0, 3)])
+        .await
+        .unwrap();
+    // A read keeps a pooled reader connection open past the writer's close.
+    assert_eq!(store.log.read_all(0, 10).await.unwrap().len(), 3);
+    store.log.close();
+
+    // A copy of the main file alone, as a careless backup would take, holds every event.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("events.sqlite"),
+        copy.path().join("events.sqlite"),
+    )
+    .unwrap();
+    drop(store);
+    let restored = SqliteStore::open(copy.path()).unwrap();
+    assert_eq!(restored.log.read_stream(a, None).await.unwrap().len(), 3);
 }

@@ -1,6 +1,7 @@
 //! The offline commands: import, rebuild, replay and credential. They open the store directly
 //! (import and rebuild need the server stopped; replay reads beside a running server).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
@@ -9,21 +10,25 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use travelmap_api::wire::{self, Recorded};
 use travelmap_api::{Authenticator, Role};
-use travelmap_domain::{ClientId, Provenance};
+use travelmap_domain::{ClientId, EventId, Provenance};
 use travelmap_projections::ClientState;
 use travelmap_service::{Journeys, Submission};
 use travelmap_store::EventLog;
-use travelmap_store::sqlite::SqliteStore;
+use travelmap_store::sqlite::{SqliteEventLog, SqliteStore};
 
 /// Events per transaction during an import.
 const IMPORT_BATCH: usize = 1000;
 /// How many invalid lines an import lists before it stops looking.
 const MAX_REPORTED_ERRORS: usize = 20;
 
-/// Loads a JSON-lines file (one event per line, as posted to `POST /v1/events`). The whole file
-/// is validated first, so a file with a bad line changes nothing; then it is recorded in batches.
-/// Events already recorded with the same content are skipped, so an interrupted import can simply
-/// be run again.
+/// Loads a JSON-lines file (one event per line, as posted to `POST /v1/events`).
+///
+/// Every line is checked first (its shape, and that no event id appears twice in the file), so a
+/// malformed file changes nothing. Then the events are recorded in batches of 1000, each all or
+/// nothing. What can only be decided against the log (an id already recorded with other content, a
+/// stale `expected_version`, a correction of an unknown event) stops the import at the batch where
+/// it occurs, with the batches before it recorded. Events already recorded with the same content
+/// are skipped, so after fixing the file the import can simply be run again.
 pub async fn import(data_dir: &Path, file: &Path, provenance: Provenance) -> anyhow::Result<()> {
     let open = || -> anyhow::Result<BufReader<std::fs::File>> {
         Ok(BufReader::new(
@@ -32,19 +37,31 @@ pub async fn import(data_dir: &Path, file: &Path, provenance: Provenance) -> any
     };
     let mut errors = Vec::new();
     let mut total = 0u64;
+    let mut first_line_of: HashMap<EventId, usize> = HashMap::new();
     for (number, line) in open()?.lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", file.display()))?;
         if line.trim().is_empty() {
             continue;
         }
         total += 1;
-        if let Err(problem) = parse_line(&line) {
+        let problem = match parse_line(&line) {
+            Ok(submission) => match first_line_of.insert(submission.draft.id, number + 1) {
+                Some(first) => Some(format!(
+                    "event id {} already appears on line {first}",
+                    submission.draft.id
+                )),
+                None => None,
+            },
+            Err(problem) => Some(problem),
+        };
+        if let Some(problem) = problem {
             errors.push(format!("line {}: {problem}", number + 1));
             if errors.len() >= MAX_REPORTED_ERRORS {
                 break;
             }
         }
     }
+    drop(first_line_of);
     if !errors.is_empty() {
         bail!(
             "{} is not valid; nothing was imported:\n  {}",
@@ -73,7 +90,12 @@ pub async fn import(data_dir: &Path, file: &Path, provenance: Provenance) -> any
             let outcomes = journeys
                 .record(&provenance, &batch)
                 .await
-                .map_err(|error| anyhow::anyhow!("{error}"))?;
+                .map_err(|error| {
+                    anyhow::anyhow!(
+                        "{error}; the {created} events recorded before this batch stay recorded \
+                     (fix the file and run the import again: recorded events are skipped)"
+                    )
+                })?;
             let fresh = outcomes.iter().filter(|outcome| outcome.created).count() as u64;
             created += fresh;
             skipped += outcomes.len() as u64 - fresh;
@@ -128,8 +150,8 @@ pub async fn replay(
     as_of: Option<DateTime<Utc>>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let store = SqliteStore::open_read_only(data_dir)?;
-    let events = store.log.read_stream(client, as_of).await?;
+    let log = SqliteEventLog::open_read_only(&data_dir.join("events.sqlite"))?;
+    let events = log.read_stream(client, as_of).await?;
     if events.is_empty() {
         bail!(
             "no events recorded for client {client}{}",

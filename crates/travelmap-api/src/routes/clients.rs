@@ -7,12 +7,11 @@ use serde::Deserialize;
 use travelmap_domain::ClientId;
 use travelmap_projections::TravelMap;
 use utoipa::IntoParams;
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Problem};
-use crate::extract::{Path, Query};
+use crate::extract::{self, Path, Query};
 use crate::wire::{ClientMatch, ClientMatches, History, Recorded};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -44,7 +43,7 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
 /// A client's history as recorded, in stream order.
 #[utoipa::path(
     get, path = "/v1/clients/{client_id}/events", tag = "clients",
-    params(("client_id" = Uuid, Path, description = "The client"), HistoryQuery),
+    params(("client_id" = uuid::Uuid, Path, description = "The client"), HistoryQuery),
     responses(
         (status = 200, description = "The history", body = History),
         (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
@@ -57,10 +56,11 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
-    Path(client_id): Path<Uuid>,
+    Path(client_id): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<History>, ApiError> {
     caller.require(&[Role::Coordinator, Role::Auditor])?;
+    let client_id = extract::client_id(&client_id)?;
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
     let events = state.journeys.history(ClientId(client_id), as_of).await?;
     Ok(Json(History {
@@ -82,7 +82,7 @@ pub struct TravelMapQuery {
 /// A client's travel map.
 #[utoipa::path(
     get, path = "/v1/clients/{client_id}/travel-map", tag = "clients",
-    params(("client_id" = Uuid, Path, description = "The client"), TravelMapQuery),
+    params(("client_id" = uuid::Uuid, Path, description = "The client"), TravelMapQuery),
     responses(
         (status = 200, description = "The travel map", body = TravelMap),
         (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
@@ -96,10 +96,11 @@ pub struct TravelMapQuery {
 pub async fn travel_map(
     State(state): State<AppState>,
     caller: Caller,
-    Path(client_id): Path<Uuid>,
+    Path(client_id): Path<String>,
     Query(query): Query<TravelMapQuery>,
 ) -> Result<Json<TravelMap>, ApiError> {
     caller.require(&[Role::Coordinator, Role::Auditor])?;
+    let client_id = extract::client_id(&client_id)?;
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
     let map = state
         .journeys

@@ -74,7 +74,12 @@ pub async fn post_batch(
     caller.require(&[Role::Writer])?;
     let batch: BatchRequest =
         travelmap_domain::catalogue::deserialize_with_path(&body).map_err(|invalid| {
-            ApiError::new(Code::ValidationFailed, invalid.message).with_field(invalid.field)
+            let error = ApiError::new(Code::ValidationFailed, invalid.message);
+            if invalid.field.is_empty() {
+                error
+            } else {
+                error.with_field(invalid.field)
+            }
         })?;
     if batch.events.is_empty() {
         return Err(
@@ -140,6 +145,13 @@ pub async fn feed(
     Query(query): Query<FeedQuery>,
 ) -> Result<Json<FeedPage>, ApiError> {
     caller.require(&[Role::Auditor, Role::Admin])?;
+    // Positions are stored as SQL integers; anything larger cannot exist.
+    if query.after > i64::MAX as u64 {
+        return Err(ApiError::invalid_parameter(
+            "after",
+            format!("after must be at most {}", i64::MAX),
+        ));
+    }
     let limit = query.limit.unwrap_or(100);
     if !(1..=travelmap_service::MAX_FEED_PAGE).contains(&limit) {
         return Err(ApiError::invalid_parameter(

@@ -71,7 +71,16 @@ impl SqliteEventLog {
         })
     }
 
-    pub(crate) fn open_read_only(path: &Path) -> Result<Self> {
+    /// Opens an existing log for reading only, without the data directory's lock, so that an
+    /// auditor can replay histories beside a running server. Appends fail with
+    /// [`Error::Closed`].
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no event log at {}", path.display()),
+            )));
+        }
         let readers = Arc::new(ReadPool::new(path.to_owned()));
         let last_position: u64 =
             Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?
@@ -161,7 +170,7 @@ impl EventLog for SqliteEventLog {
                     let placeholders = vec!["?"; chunk.len()].join(", ");
                     let mut statement = connection.prepare_cached(&format!(
                         "SELECT client_id, event_id, event_type,
-                                CASE WHEN event_type IN ('event.corrected', 'event.retracted')
+                                        CASE WHEN event_type = 'event.retracted'
                                      THEN json_extract(data, '$.event_id') END
                          FROM events WHERE client_id IN ({placeholders})
                          ORDER BY client_id, version"
@@ -335,6 +344,15 @@ impl Writer {
                 }
             }
             self.commit_group(group);
+        }
+        // Fold the WAL back into the main file before closing. SQLite does that only when the
+        // last connection closes, and pooled readers may outlive this one, which would leave
+        // recent commits only in `events.sqlite-wal`: easy to miss when copying the file.
+        if let Err(error) = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(%error, "could not checkpoint the event log on close");
         }
     }
 

@@ -18,7 +18,7 @@ mod schema;
 mod views;
 
 use std::fs::{File, TryLockError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 pub use log::SqliteEventLog;
@@ -30,10 +30,8 @@ use crate::{Error, Result};
 pub struct SqliteStore {
     pub log: Arc<SqliteEventLog>,
     pub views: Arc<SqliteViewStore>,
-    data_dir: PathBuf,
-    // Held for the store's lifetime: the OS releases the lock when the file is closed. Absent
-    // for a read-only store, which may sit beside a running server.
-    _lock: Option<File>,
+    // Held for the store's lifetime: the OS releases the lock when the file is closed.
+    _lock: File,
 }
 
 impl SqliteStore {
@@ -55,31 +53,8 @@ impl SqliteStore {
         Ok(Self {
             log: Arc::new(log),
             views: Arc::new(views),
-            data_dir: data_dir.to_owned(),
-            _lock: Some(lock),
+            _lock: lock,
         })
-    }
-
-    /// Opens an existing store for reading only, without taking the directory lock, so that an
-    /// auditor can replay histories while the server runs. Appends fail with [`Error::Closed`].
-    pub fn open_read_only(data_dir: &Path) -> Result<Self> {
-        let events = data_dir.join("events.sqlite");
-        if !events.exists() {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no event log at {}", events.display()),
-            )));
-        }
-        Ok(Self {
-            log: Arc::new(SqliteEventLog::open_read_only(&events)?),
-            views: Arc::new(SqliteViewStore::open(&data_dir.join("projections.sqlite"))?),
-            data_dir: data_dir.to_owned(),
-            _lock: None,
-        })
-    }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 }
 

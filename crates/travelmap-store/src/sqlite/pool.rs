@@ -12,7 +12,9 @@ use crate::{Error, Result};
 /// How often a read that found the database busy is tried again.
 const BUSY_RETRIES: u64 = 5;
 
-/// How many idle connections to keep. Two cores cannot use more readers than this at once.
+/// How many idle connections to keep. More readers than this rarely run at once (the blocking
+/// pool serves every read), and each idle connection holds a page cache; extra connections are
+/// opened when needed and closed when returned.
 const MAX_IDLE: usize = 8;
 
 pub(crate) struct ReadPool {

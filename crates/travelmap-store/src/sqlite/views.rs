@@ -172,7 +172,7 @@ impl ViewStore for SqliteViewStore {
 }
 
 /// Views are stored LZ4-compressed. A view is JSON listing similar events, which compresses
-/// about fivefold, and the bytes written (to the WAL and again at checkpoints) were most of the
+/// about 2.3-fold, and the bytes written (to the WAL and again at checkpoints) were most of the
 /// cost of keeping views current.
 fn pack(state: &str) -> Vec<u8> {
     lz4_flex::block::compress_prepend_size(state.as_bytes())
