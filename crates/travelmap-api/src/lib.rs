@@ -53,7 +53,7 @@ pub struct AppState {
         routes::meta::openapi,
         routes::meta::problem_type,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &EventDataSchemas),
     tags(
         (name = "events", description = "Recording journey events and reading the global feed"),
         (name = "clients", description = "Histories, travel maps and identifier look-up"),
@@ -72,6 +72,32 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// Adds the `data` schema of every event type as an `EventData.<type>` component: the same
+/// JSON Schemas the server validates with and `GET /v1/event-types` publishes.
+struct EventDataSchemas;
+
+impl Modify for EventDataSchemas {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for info in travelmap_domain::catalogue::event_types() {
+            let mut schema = info.data.clone();
+            if let Some(object) = schema.as_object_mut() {
+                object.remove("$schema");
+            }
+            match serde_json::from_value(schema) {
+                Ok(schema) => {
+                    components
+                        .schemas
+                        .insert(format!("EventData.{}", info.event_type), schema);
+                }
+                Err(error) => {
+                    tracing::error!(event_type = info.event_type, %error, "event schema left out of OpenAPI")
+                }
+            }
+        }
     }
 }
 
@@ -133,4 +159,20 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn every_event_data_schema_is_in_the_openapi_document_unchanged() {
+        let document = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        for info in travelmap_domain::catalogue::event_types() {
+            let mut expected = info.data.clone();
+            expected.as_object_mut().unwrap().remove("$schema");
+            let name = format!("EventData.{}", info.event_type);
+            assert_eq!(document["components"]["schemas"][&name], expected, "{name}");
+        }
+    }
 }

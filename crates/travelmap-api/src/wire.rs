@@ -41,7 +41,8 @@ pub struct EventRequest {
     /// The sender's reference to the worker involved.
     #[serde(default)]
     pub actor: Option<String>,
-    /// The event's data, valid under the type's JSON Schema.
+    /// The event's data. Its schema depends on `type`: the `EventData.<type>` component of this
+    /// document (also served by `GET /v1/event-types`).
     #[schema(value_type = Object)]
     pub data: Value,
     /// The client's stream version the sender last saw; the event is refused with

@@ -248,12 +248,14 @@ pub struct ProgrammeEnrolled {
     pub court_approval: Option<bool>,
 }
 
-/// Why an involvement was opened.
+/// Why an involvement was opened; `transfer` means the case was handed over from another worker
+/// or agency.
+// Variants carry no doc comments of their own: schemars would then describe each variant
+// separately (`oneOf` with `const`), which OpenAPI tooling reads poorly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OpeningReason {
     Referral,
-    /// The case was handed over from another worker or agency.
     Transfer,
     CourtOrder,
     Voluntary,
@@ -449,11 +451,11 @@ pub struct ClientReleased {
     pub municipality: Option<Text>,
 }
 
-/// The kind of contact with the client.
+/// The kind of contact with the client; `first_day` is the contact on the day of release (the
+/// "first-day crisis").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ContactKind {
-    /// The contact on the day of release (the "first-day crisis").
     FirstDay,
     Meeting,
     Phone,
