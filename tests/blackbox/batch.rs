@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::samples::valid_data;
+use crate::samples::sample_event;
 use crate::support::*;
 
 fn journey(client: Uuid) -> Vec<Value> {
@@ -15,7 +15,7 @@ fn journey(client: Uuid) -> Vec<Value> {
         ("client.released", "2026-02-01T08:00:00Z"),
     ]
     .into_iter()
-    .map(|(event_type, at)| event(client, event_type, at, valid_data(event_type, Uuid::nil())))
+    .map(|(event_type, at)| sample_event(client, event_type, at))
     .collect()
 }
 

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::samples::valid_data;
+use crate::samples::{sample_event, valid_data};
 use crate::support::*;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_travelmap");
@@ -348,11 +348,10 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     .iter()
     .enumerate()
     .map(|(day, event_type)| {
-        event(
+        sample_event(
             client,
             event_type,
             &format!("2025-0{}-01T09:00:00Z", day + 1),
-            valid_data(event_type, Uuid::nil()),
         )
     })
     .collect();

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::samples::valid_data;
+use crate::samples::{sample_event, valid_data};
 use crate::support::*;
 
 const AT: &str = "2026-03-01T09:00:00+01:00";
@@ -27,7 +27,7 @@ async fn every_event_type_is_accepted_with_valid_data() {
         if event_type.starts_with("event.") {
             continue; // corrections need a target; posted below
         }
-        let body = event(client, event_type, AT, valid_data(event_type, Uuid::nil()));
+        let body = sample_event(client, event_type, AT);
         let response = app.post_event(PRISON_WRITER, &body).await;
         assert_eq!(
             response.status(),
@@ -373,24 +373,14 @@ async fn the_same_id_with_other_content_is_a_conflict() {
 async fn expected_version_guards_against_lost_updates() {
     let app = spawn_app().await;
     let client = Uuid::new_v4();
-    let mut first = event(
-        client,
-        "sentence.started",
-        AT,
-        valid_data("sentence.started", Uuid::nil()),
-    );
+    let mut first = sample_event(client, "sentence.started", AT);
     first["expected_version"] = json!(0);
     assert_eq!(
         app.post_event(PRISON_WRITER, &first).await.status(),
         StatusCode::CREATED
     );
 
-    let mut stale = event(
-        client,
-        "release.scheduled",
-        AT,
-        valid_data("release.scheduled", Uuid::nil()),
-    );
+    let mut stale = sample_event(client, "release.scheduled", AT);
     stale["expected_version"] = json!(0);
     let problem = expect_problem(
         app.post_event(PRISON_WRITER, &stale).await,
@@ -421,12 +411,7 @@ async fn expected_version_guards_against_lost_updates() {
 async fn the_recorded_agency_is_the_credentials() {
     let app = spawn_app().await;
     let client = Uuid::new_v4();
-    let mut body = event(
-        client,
-        "contact.made",
-        AT,
-        valid_data("contact.made", Uuid::nil()),
-    );
+    let mut body = sample_event(client, "contact.made", AT);
     body["actor"] = json!("PO-4");
     assert_eq!(
         app.post_event(PROBATION_WRITER, &body).await.status(),
@@ -513,12 +498,7 @@ async fn corrections_must_target_an_earlier_event_of_the_client() {
     let app = spawn_app().await;
     let client = Uuid::new_v4();
     let other_client = Uuid::new_v4();
-    let released = event(
-        other_client,
-        "client.released",
-        AT,
-        valid_data("client.released", Uuid::nil()),
-    );
+    let released = sample_event(other_client, "client.released", AT);
     assert_eq!(
         app.post_event(PRISON_WRITER, &released).await.status(),
         StatusCode::CREATED

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::samples::valid_data;
+use crate::samples::{sample_event, valid_data};
 use crate::support::*;
 
 async fn post(app: &TestApp, key: &str, body: &Value) -> Value {
@@ -21,18 +21,8 @@ async fn out_of_order_events_are_mapped_by_when_they_happened() {
     let app = spawn_app().await;
     let client = Uuid::new_v4();
     // The release is posted before the sentence it ends: agencies post late.
-    let release = event(
-        client,
-        "client.released",
-        "2026-02-01T09:00:00+01:00",
-        valid_data("client.released", Uuid::nil()),
-    );
-    let sentence = event(
-        client,
-        "sentence.started",
-        "2024-02-01T09:00:00+01:00",
-        valid_data("sentence.started", Uuid::nil()),
-    );
+    let release = sample_event(client, "client.released", "2026-02-01T09:00:00+01:00");
+    let sentence = sample_event(client, "sentence.started", "2024-02-01T09:00:00+01:00");
     post(&app, PRISON_WRITER, &release).await;
     let last = post(&app, PRISON_WRITER, &sentence).await;
 
@@ -83,12 +73,7 @@ async fn as_of_shows_what_had_been_recorded_by_then() {
     let first = post(
         &app,
         PRISON_WRITER,
-        &event(
-            client,
-            "sentence.started",
-            "2024-02-01T09:00:00Z",
-            valid_data("sentence.started", Uuid::nil()),
-        ),
+        &sample_event(client, "sentence.started", "2024-02-01T09:00:00Z"),
     )
     .await;
     let between = first["recorded_at"].as_str().unwrap().to_owned();
@@ -96,12 +81,7 @@ async fn as_of_shows_what_had_been_recorded_by_then() {
     let second = post(
         &app,
         PRISON_WRITER,
-        &event(
-            client,
-            "client.released",
-            "2026-02-01T09:00:00Z",
-            valid_data("client.released", Uuid::nil()),
-        ),
+        &sample_event(client, "client.released", "2026-02-01T09:00:00Z"),
     )
     .await;
     assert!(second["recorded_at"].as_str().unwrap() > between.as_str());
@@ -185,23 +165,13 @@ async fn clients_are_found_by_agency_identifiers() {
     post(
         &app,
         PRISON_WRITER,
-        &event(
-            client,
-            "client.registered",
-            "2024-01-01T00:00:00Z",
-            valid_data("client.registered", Uuid::nil()),
-        ),
+        &sample_event(client, "client.registered", "2024-01-01T00:00:00Z"),
     )
     .await;
     let added = post(
         &app,
         PROBATION_WRITER,
-        &event(
-            client,
-            "identifier.added",
-            "2024-03-01T00:00:00Z",
-            valid_data("identifier.added", Uuid::nil()),
-        ),
+        &sample_event(client, "identifier.added", "2024-03-01T00:00:00Z"),
     )
     .await;
     app.travel_map(client, added["position"].as_u64().unwrap())
@@ -243,12 +213,7 @@ async fn the_travel_map_shows_who_works_with_the_client_and_what_is_next() {
     let client = Uuid::new_v4();
     let released_at = "2026-02-01T09:00:00+01:00";
     let events = [
-        event(
-            client,
-            "sentence.started",
-            "2024-02-01T09:00:00+01:00",
-            valid_data("sentence.started", Uuid::nil()),
-        ),
+        sample_event(client, "sentence.started", "2024-02-01T09:00:00+01:00"),
         event(
             client,
             "involvement.opened",
@@ -285,12 +250,7 @@ async fn the_travel_map_shows_who_works_with_the_client_and_what_is_next() {
             "2025-09-20T09:00:00+01:00",
             json!({"area": "housing", "status": "support_required"}),
         ),
-        event(
-            client,
-            "client.released",
-            released_at,
-            valid_data("client.released", Uuid::nil()),
-        ),
+        sample_event(client, "client.released", released_at),
         event(
             client,
             "appointment.scheduled",
@@ -407,12 +367,7 @@ async fn the_travel_map_shows_who_works_with_the_client_and_what_is_next() {
 async fn corrections_and_retractions_flow_into_the_map_and_the_history_keeps_the_original() {
     let app = spawn_app().await;
     let client = Uuid::new_v4();
-    let released = event(
-        client,
-        "client.released",
-        "2026-02-01T09:00:00+01:00",
-        valid_data("client.released", Uuid::nil()),
-    );
+    let released = sample_event(client, "client.released", "2026-02-01T09:00:00+01:00");
     let job = event(
         client,
         "job.placed",
@@ -665,23 +620,13 @@ async fn a_restarted_app_serves_the_same_history_and_map() {
     post(
         &app,
         PRISON_WRITER,
-        &event(
-            client,
-            "sentence.started",
-            "2024-02-01T09:00:00Z",
-            valid_data("sentence.started", Uuid::nil()),
-        ),
+        &sample_event(client, "sentence.started", "2024-02-01T09:00:00Z"),
     )
     .await;
     let last = post(
         &app,
         PRISON_WRITER,
-        &event(
-            client,
-            "client.released",
-            "2026-02-01T09:00:00Z",
-            valid_data("client.released", Uuid::nil()),
-        ),
+        &sample_event(client, "client.released", "2026-02-01T09:00:00Z"),
     )
     .await;
     let mut map = app

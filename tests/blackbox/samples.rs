@@ -3,6 +3,8 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::support::event;
+
 /// A valid `data` for `event_type`. Corrections and retractions name `target`, which must be a
 /// `client.released` event of the same client.
 pub fn valid_data(event_type: &str, target: Uuid) -> Value {
@@ -61,4 +63,15 @@ pub fn valid_data(event_type: &str, target: Uuid) -> Value {
         "event.retracted" => json!({"event_id": target, "reason": "recorded for the wrong client"}),
         other => panic!("no sample for {other}; add one"),
     }
+}
+
+/// An event of `event_type` with its sample data (corrections and retractions need a real target;
+/// build those with [`valid_data`]).
+pub fn sample_event(client: Uuid, event_type: &str, occurred_at: &str) -> Value {
+    event(
+        client,
+        event_type,
+        occurred_at,
+        valid_data(event_type, Uuid::nil()),
+    )
 }
