@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::error::field_path;
 use crate::payloads::*;
-use crate::{DecodeError, ValidationError};
+use crate::{DecodeError, EventId, ValidationError};
 
 /// One entry of the catalogue, as published by `GET /v1/event-types` and docs/events.md.
 #[derive(Debug, Clone, Serialize)]
@@ -199,6 +199,17 @@ catalogue! {
         "Rectification: an earlier event of the client is to be read with replacement data.";
     EventRetracted(EventRetracted) = "event.retracted" @ 1, personal: [],
         "An earlier event of the client is withdrawn as recorded in error.";
+}
+
+impl JourneyEvent {
+    /// For an `event.retracted`, the event it withdraws. Stores keep it beside the event so that
+    /// deciding about a client never has to decode event data.
+    pub fn retracts(&self) -> Option<EventId> {
+        match self {
+            Self::EventRetracted(retraction) => Some(retraction.event_id),
+            _ => None,
+        }
+    }
 }
 
 /// Looks up one catalogue entry.

@@ -174,11 +174,7 @@ impl Aggregate for ClientJourney {
     }
 
     fn apply(&mut self, draft: Self::Event) {
-        let retracts = match &draft.event {
-            JourneyEvent::EventRetracted(retraction) => Some(retraction.event_id),
-            _ => None,
-        };
-        self.remember(draft.id, draft.event.event_type(), retracts);
+        self.remember(draft.id, draft.event.event_type(), draft.event.retracts());
     }
 }
 

@@ -137,9 +137,26 @@ impl Projector {
     /// Follows the log until `shutdown` turns true: catch up, then sleep until the log's head
     /// moves. Errors are logged and retried after a pause, since a projection that stops
     /// silently is worse than one that keeps trying.
+    ///
+    /// Where several processes share a store, only one folds at a time (see
+    /// [`ViewStore::lead`]); the others wait for the lease and meanwhile report the leader's
+    /// saved checkpoint as their progress, so that reads in any process can wait for their
+    /// writes to be projected.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut head = self.log.head();
         loop {
+            tokio::select! {
+                biased;
+                led = self.views.lead() => if let Err(error) = led {
+                    tracing::error!(%error, "could not take the view lease; retrying in 1s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                },
+                _ = self.follow_saved() => {}
+                _ = shutdown.changed() => return,
+            }
             if let Err(error) = self.catch_up().await {
                 tracing::error!(%error, "projection failed; retrying in 1s");
                 tokio::select! {
@@ -161,11 +178,31 @@ impl Projector {
         }
     }
 
+    /// Reports the checkpoint saved by whichever process leads as this one's progress, for as
+    /// long as it is awaited.
+    async fn follow_saved(&self) {
+        let mut saved = self.views.saved();
+        loop {
+            let checkpoint = *saved.borrow_and_update();
+            // Forward only: the leader's own announcements can arrive after it has moved on.
+            self.progress.send_if_modified(|progress| {
+                let moved = checkpoint > *progress;
+                *progress = (*progress).max(checkpoint);
+                moved
+            });
+            if saved.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Folds pages until the feed is exhausted. States are saved (with the checkpoint) whenever
     /// more than `flush_after` events are pending, and at the end.
     async fn fold_until_head(&self, pace: Pace) -> Result<u64> {
         let mut guard = self.cache.lock().await;
         if guard.is_none() {
+            // Starting from the stored checkpoint: make sure no other process writes views.
+            self.views.lead().await?;
             let checkpoint = self.views.checkpoint().await?;
             *guard = Some(Cache {
                 states: HashMap::new(),

@@ -1,5 +1,6 @@
-//! Storage for Travelmap: the traits every backend implements, and the embedded SQLite backend
-//! that `travelmap serve` uses when no database server is configured.
+//! Storage for Travelmap: the traits every backend implements, the embedded SQLite backend that
+//! `travelmap serve` uses when no database server is configured, and the PostgreSQL backend for
+//! real deployments (several server processes on one database).
 //!
 //! Two traits, two kinds of data:
 //! - [`EventLog`] is the source of truth: an append-only log of journey events with a per-client
@@ -20,6 +21,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use travelmap_domain::{ClientId, DecodeError, EventDraft, EventId, Provenance, RecordedEvent};
 
+mod packed;
+pub mod postgres;
 pub mod sqlite;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -48,15 +51,27 @@ pub enum Error {
     #[error("stored event at position {position} cannot be decoded: {source}")]
     Corrupt { position: u64, source: DecodeError },
     /// The store's schema is newer than this binary understands.
-    #[error("the store at {path} has schema version {found}; this binary knows up to {supported}")]
+    #[error("the store {store} has schema version {found}; this binary knows up to {supported}")]
     SchemaTooNew {
-        path: PathBuf,
+        store: String,
         found: i64,
         supported: i64,
     },
     /// The store has been shut down.
     #[error("the store is shut down")]
     Closed,
+    /// The database's schema is older than this binary needs, and this connection was not allowed
+    /// to migrate it.
+    #[error(
+        "the database has schema version {found}; this binary needs {needed} (run `travelmap migrate`)"
+    )]
+    SchemaOutdated { found: i64, needed: i64 },
+    /// Another process took over writing the views (see [`ViewStore::lead`]); this one must stop
+    /// writing them and follow instead.
+    #[error("another process now writes the views")]
+    NotLeader,
+    #[error("postgresql: {0}")]
+    Postgres(#[from] sqlx::Error),
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("i/o: {0}")]
@@ -187,4 +202,82 @@ pub trait ViewStore: Send + Sync {
     async fn reset(&self) -> Result<()>;
     /// Clients known under an identifier.
     async fn find_by_identifier(&self, kind: &str, value: &str) -> Result<Vec<ClientId>>;
+
+    /// Waits until this process may write the views, and fences off any process that wrote them
+    /// before: from then on, a `save` by that process fails with [`Error::NotLeader`]. Several
+    /// server processes can share one database, but only one may fold the log into views at a
+    /// time, or they would overwrite each other's work. Returns at once when this process
+    /// already leads (and always, for a store only one process can open).
+    async fn lead(&self) -> Result<()>;
+
+    /// The checkpoint as committed by whichever process writes the views, so that a process that
+    /// does not lead still knows how far the stored views reach.
+    fn saved(&self) -> watch::Receiver<u64>;
+}
+
+/// Where a store lives, as chosen by configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The embedded store in a data directory.
+    Embedded(PathBuf),
+    /// A PostgreSQL database, by `postgres://` URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// A description fit for logs: the directory, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Embedded(dir) => format!("embedded store in {}", dir.display()),
+            Location::Postgres(url) => match url.parse::<sqlx::postgres::PgConnectOptions>() {
+                Ok(options) => format!(
+                    "PostgreSQL database {} on {}:{}",
+                    options.get_database().unwrap_or("(default)"),
+                    options.get_host(),
+                    options.get_port()
+                ),
+                Err(_) => "PostgreSQL database".to_owned(),
+            },
+        }
+    }
+}
+
+/// An open store of either kind.
+pub enum Store {
+    Embedded(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl Store {
+    /// Opens the store at `location`, applying schema migrations.
+    pub async fn open(location: &Location) -> Result<Self> {
+        Ok(match location {
+            Location::Embedded(dir) => Store::Embedded(sqlite::SqliteStore::open(dir)?),
+            Location::Postgres(url) => Store::Postgres(
+                postgres::PgStore::connect(url, postgres::Migrations::Apply).await?,
+            ),
+        })
+    }
+
+    pub fn log(&self) -> std::sync::Arc<dyn EventLog> {
+        match self {
+            Store::Embedded(store) => store.log.clone(),
+            Store::Postgres(store) => store.log.clone(),
+        }
+    }
+
+    pub fn views(&self) -> std::sync::Arc<dyn ViewStore> {
+        match self {
+            Store::Embedded(store) => store.views.clone(),
+            Store::Postgres(store) => store.views.clone(),
+        }
+    }
+
+    /// Stops taking appends and waits for those queued to be answered.
+    pub async fn close(&self) {
+        match self {
+            Store::Embedded(store) => store.log.close(),
+            Store::Postgres(store) => store.close().await,
+        }
+    }
 }

@@ -54,7 +54,7 @@ pub(crate) fn migrate(connection: &mut Connection, path: &Path, migrations: &[&s
     let supported = migrations.len() as i64;
     if current > supported {
         return Err(Error::SchemaTooNew {
-            path: path.to_owned(),
+            store: path.display().to_string(),
             found: current,
             supported,
         });

@@ -6,11 +6,13 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::watch;
 use travelmap_domain::ClientId;
 use uuid::Uuid;
 
 use super::pool::ReadPool;
 use super::{configure, schema};
+use crate::packed::{pack, unpack};
 use crate::{ClientView, Error, Result, ViewStore};
 
 /// The name under which the client-view projection keeps its checkpoint.
@@ -20,6 +22,7 @@ const CLIENT_VIEWS: &str = "client_views";
 pub struct SqliteViewStore {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<ReadPool>,
+    saved: watch::Sender<u64>,
 }
 
 impl SqliteViewStore {
@@ -31,9 +34,18 @@ impl SqliteViewStore {
         // projector then redoes from the older checkpoint. That does not need an fsync per commit.
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         schema::migrate(&mut connection, path, schema::VIEWS)?;
+        let checkpoint: u64 = connection
+            .query_row(
+                "SELECT position FROM checkpoints WHERE projection = ?1",
+                params![CLIENT_VIEWS],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
         Ok(Self {
             writer: Arc::new(Mutex::new(connection)),
             readers: Arc::new(ReadPool::new(path.to_owned())),
+            saved: watch::channel(checkpoint).0,
         })
     }
 
@@ -128,7 +140,9 @@ impl ViewStore for SqliteViewStore {
             transaction.commit()?;
             Ok(())
         })
-        .await
+        .await?;
+        self.saved.send_replace(checkpoint);
+        Ok(())
     }
 
     async fn count(&self) -> Result<usize> {
@@ -151,7 +165,9 @@ impl ViewStore for SqliteViewStore {
             transaction.commit()?;
             Ok(())
         })
-        .await
+        .await?;
+        self.saved.send_replace(0);
+        Ok(())
     }
 
     async fn find_by_identifier(&self, kind: &str, value: &str) -> Result<Vec<ClientId>> {
@@ -169,25 +185,13 @@ impl ViewStore for SqliteViewStore {
             })
             .await
     }
-}
 
-/// Views are stored LZ4-compressed. A view is JSON listing similar events, which compresses
-/// about 2.3-fold, and the bytes written (to the WAL and again at checkpoints) were most of the
-/// cost of keeping views current.
-fn pack(state: &str) -> Vec<u8> {
-    lz4_flex::block::compress_prepend_size(state.as_bytes())
-}
+    /// The data directory's lock already keeps every other process out.
+    async fn lead(&self) -> Result<()> {
+        Ok(())
+    }
 
-fn unpack(client: ClientId, packed: &[u8]) -> Result<String> {
-    let damaged = |detail: String| {
-        Error::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!(
-                "stored view of client {client} is damaged ({detail}); run `travelmap rebuild`"
-            ),
-        ))
-    };
-    let bytes = lz4_flex::block::decompress_size_prepended(packed)
-        .map_err(|error| damaged(error.to_string()))?;
-    String::from_utf8(bytes).map_err(|error| damaged(error.to_string()))
+    fn saved(&self) -> watch::Receiver<u64> {
+        self.saved.subscribe()
+    }
 }

@@ -1,0 +1,409 @@
+//! The backend conformance suite: the same behaviour, checked against every store Travelmap can
+//! run on. Each check is written once, against the storage traits and the service, and
+//! instantiated for each backend by `conformance!` at the bottom.
+//!
+//! The PostgreSQL instances need a server (`TRAVELMAP_TEST_POSTGRES`, by default the local one
+//! with trust authentication); each test creates a database of its own. Without a server they
+//! fail, saying so: they never skip.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
+use travelmap_service::{Error, Journeys, Submission};
+use travelmap_store::postgres::{ScratchDatabase, server_from_env};
+use travelmap_store::{Location, Store, ViewStore};
+use uuid::Uuid;
+
+/// Where one test's store lives; removed at the end of the test.
+struct Place {
+    location: Location,
+    _dir: tempfile::TempDir,
+    database: Option<ScratchDatabase>,
+}
+
+#[derive(Clone, Copy)]
+enum Backend {
+    Embedded,
+    Postgres,
+}
+
+impl Place {
+    async fn new(backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Embedded => Place {
+                location: Location::Embedded(dir.path().to_owned()),
+                _dir: dir,
+                database: None,
+            },
+            Backend::Postgres => {
+                let server = server_from_env();
+                let database = ScratchDatabase::create(&server, "travelmap_test")
+                    .await
+                    .unwrap_or_else(|error| {
+                        panic!(
+                            "these tests need PostgreSQL at {server} ({error}); start it, or set \
+                             TRAVELMAP_TEST_POSTGRES to a server where databases may be created \
+                             (see docs/operations.md)"
+                        )
+                    });
+                Place {
+                    location: Location::Postgres(database.url().to_owned()),
+                    _dir: dir,
+                    database: Some(database),
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> Store {
+        Store::open(&self.location).await.unwrap()
+    }
+
+    async fn remove(self) {
+        if let Some(database) = self.database {
+            database.drop_database().await.unwrap();
+        }
+    }
+}
+
+fn provenance() -> Provenance {
+    Provenance {
+        agency: "prison-opava".into(),
+        credential: "conformance".into(),
+    }
+}
+
+fn draft(client: ClientId, event_type: &str, data: Value) -> EventDraft {
+    EventDraft {
+        id: EventId(Uuid::new_v4()),
+        client_id: client,
+        occurred_at: "2026-01-05T09:00:00+01:00".parse().unwrap(),
+        actor: None,
+        event: JourneyEvent::decode(event_type, 1, &data).unwrap(),
+    }
+}
+
+fn contact(client: ClientId) -> Submission {
+    Submission {
+        draft: draft(client, "contact.made", json!({"kind": "meeting"})),
+        expected_version: None,
+    }
+}
+
+fn client() -> ClientId {
+    ClientId(Uuid::new_v4())
+}
+
+/// A short journey with an identifier, a release and a retraction, so that views have content.
+fn journey(client: ClientId, number: usize) -> Vec<Submission> {
+    let registered = draft(
+        client,
+        "client.registered",
+        json!({"identifiers": [{"type": "prison_number", "value": format!("OP-{number}")}]}),
+    );
+    let mistaken = draft(client, "contact.made", json!({"kind": "phone"}));
+    let retraction = draft(
+        client,
+        "event.retracted",
+        json!({"event_id": mistaken.id.0, "reason": "wrong client"}),
+    );
+    let released = draft(
+        client,
+        "client.released",
+        json!({"release_kind": "conditional", "supervision": true, "municipality": "Opava"}),
+    );
+    [registered, mistaken, retraction, released]
+        .into_iter()
+        .map(|draft| Submission {
+            draft,
+            expected_version: None,
+        })
+        .collect()
+}
+
+async fn appends_get_versions_and_gap_free_positions(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let (a, b) = (client(), client());
+    let mut batch = journey(a, 1);
+    batch.extend(journey(b, 2));
+    let outcomes = journeys.record(&provenance(), &batch).await.unwrap();
+    let versions: Vec<u64> = outcomes.iter().map(|o| o.receipt.version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 1, 2, 3, 4]);
+    let positions: Vec<u64> = outcomes.iter().map(|o| o.receipt.position).collect();
+    assert_eq!(positions, (1..=8).collect::<Vec<_>>());
+    assert!(outcomes.iter().all(|o| o.created));
+    assert_eq!(*store.log().head().borrow(), 8);
+    store.close().await;
+}
+
+async fn a_retry_is_answered_with_the_original_receipt(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let a = client();
+    let submission = contact(a);
+    let first = journeys
+        .record(&provenance(), std::slice::from_ref(&submission))
+        .await
+        .unwrap();
+    let again = journeys
+        .record(&provenance(), std::slice::from_ref(&submission))
+        .await
+        .unwrap();
+    assert!(first[0].created && !again[0].created);
+    assert_eq!(first[0].receipt, again[0].receipt);
+    // A second process (no cache of its own) answers the same.
+    let other = Journeys::new(store.log(), store.views()).await.unwrap();
+    let from_other = other
+        .record(&provenance(), std::slice::from_ref(&submission))
+        .await
+        .unwrap();
+    assert_eq!(from_other[0].receipt, first[0].receipt);
+    assert_eq!(store.log().read_stream(a, None).await.unwrap().len(), 1);
+    store.close().await;
+}
+
+async fn a_reused_id_with_other_content_is_refused(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let a = client();
+    let submission = contact(a);
+    journeys
+        .record(&provenance(), std::slice::from_ref(&submission))
+        .await
+        .unwrap();
+    let mut altered = submission.clone();
+    altered.draft.event = JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap();
+    let refused = journeys.record(&provenance(), &[altered]).await;
+    assert!(
+        matches!(refused, Err(Error::DuplicateConflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(store.log().read_stream(a, None).await.unwrap().len(), 1);
+    store.close().await;
+}
+
+async fn a_stale_expected_version_is_refused(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let a = client();
+    journeys.record(&provenance(), &[contact(a)]).await.unwrap();
+    let mut stale = contact(a);
+    stale.expected_version = Some(0);
+    let refused = journeys.record(&provenance(), &[stale]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::VersionConflict {
+                expected: 0,
+                actual: 1,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let mut current = contact(a);
+    current.expected_version = Some(1);
+    let accepted = journeys.record(&provenance(), &[current]).await.unwrap();
+    assert_eq!(accepted[0].receipt.version, 2);
+    // Straight at the log: a moved stream refuses the whole append, other streams included.
+    let b = client();
+    let append = |client: ClientId, expected_version: u64| travelmap_store::StreamAppend {
+        client_id: client,
+        expected_version,
+        events: vec![travelmap_store::NewEvent {
+            draft: contact(client).draft,
+            digest: [0; 32],
+        }],
+    };
+    let refused = store
+        .log()
+        .append(&provenance(), vec![append(b, 0), append(a, 1)])
+        .await;
+    assert!(
+        matches!(refused, Err(travelmap_store::Error::StreamConflict { actual: 2, .. })),
+        "{refused:?}"
+    );
+    assert!(store.log().read_stream(b, None).await.unwrap().is_empty());
+    store.close().await;
+}
+
+async fn streams_read_in_order_and_as_of(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let a = client();
+    let first = journeys.record(&provenance(), &journey(a, 3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = journeys.record(&provenance(), &[contact(a)]).await.unwrap();
+    let history = journeys.history(a, None).await.unwrap();
+    let versions: Vec<u64> = history.iter().map(|event| event.meta.version).collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(history[0].provenance.credential, "conformance");
+    assert_eq!(history[0].draft.event.event_type(), "client.registered");
+    assert_eq!(history[3].draft.occurred_at.to_rfc3339(), "2026-01-05T09:00:00+01:00");
+    assert!(second[0].receipt.recorded_at > first[3].receipt.recorded_at);
+    let then = journeys
+        .history(a, Some(first[3].receipt.recorded_at))
+        .await
+        .unwrap();
+    assert_eq!(then.len(), 4);
+    let long_ago = Utc::now() - chrono::Duration::days(1);
+    assert!(matches!(
+        journeys.history(a, Some(long_ago)).await,
+        Ok(events) if events.is_empty()
+    ));
+    assert!(matches!(
+        journeys.history(client(), None).await,
+        Err(Error::UnknownClient(_))
+    ));
+    store.close().await;
+}
+
+/// 16 writers side by side: every acknowledged event is in the feed exactly once, positions run
+/// 1..=N, and recorded_at never decreases along the feed.
+async fn concurrent_writers_make_one_gap_free_feed(place: &Place) {
+    let store = place.open().await;
+    let log = store.log();
+    let journeys = Arc::new(Journeys::new(log.clone(), store.views()).await.unwrap());
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let journeys = journeys.clone();
+        writers.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for _ in 0..20 {
+                let outcomes = journeys
+                    .record(&provenance(), &[contact(client())])
+                    .await
+                    .unwrap();
+                acknowledged.push(outcomes[0].receipt.id);
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = HashSet::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    let mut feed = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = journeys.feed(after, 37).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.meta.position;
+        feed.extend(page);
+    }
+    let positions: Vec<u64> = feed.iter().map(|event| event.meta.position).collect();
+    assert_eq!(positions, (1..=320).collect::<Vec<_>>());
+    let seen: HashSet<EventId> = feed.iter().map(|event| event.draft.id).collect();
+    assert_eq!(seen, acknowledged);
+    assert!(
+        feed.windows(2)
+            .all(|pair| pair[0].meta.recorded_at <= pair[1].meta.recorded_at)
+    );
+    store.close().await;
+}
+
+async fn all_views(views: &dyn ViewStore, clients: &[ClientId]) -> HashMap<ClientId, String> {
+    views.load(clients.to_vec()).await.unwrap()
+}
+
+async fn the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views(place: &Place) {
+    let clients: Vec<ClientId> = (0..30).map(|_| client()).collect();
+    {
+        let store = place.open().await;
+        let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+        for (number, &client) in clients.iter().enumerate() {
+            journeys
+                .record(&provenance(), &journey(client, number))
+                .await
+                .unwrap();
+        }
+        assert_eq!(journeys.projector().catch_up().await.unwrap(), 120);
+        assert_eq!(store.views().checkpoint().await.unwrap(), 120);
+        store.close().await;
+    }
+    let store = place.open().await;
+    let views = store.views();
+    // Reopened: the checkpoint holds, so nothing is folded twice.
+    let journeys = Journeys::new(store.log(), views.clone()).await.unwrap();
+    assert_eq!(journeys.projector().catch_up().await.unwrap(), 0);
+    let live = all_views(views.as_ref(), &clients).await;
+    assert_eq!(live.len(), clients.len());
+    let map = journeys.travel_map(clients[7], None, None).await.unwrap();
+    let map = serde_json::to_value(map).unwrap();
+    assert_eq!(map["client_id"], json!(clients[7].0));
+    assert_eq!(
+        journeys.find_by_identifier("prison_number", "OP-7").await.unwrap(),
+        [clients[7]]
+    );
+
+    let report = journeys.projector().rebuild().await.unwrap();
+    assert_eq!((report.events, report.clients), (120, clients.len()));
+    assert_eq!(all_views(views.as_ref(), &clients).await, live);
+    assert_eq!(views.checkpoint().await.unwrap(), 120);
+    store.close().await;
+}
+
+async fn a_reopened_store_has_every_acknowledged_event(place: &Place) {
+    let a = client();
+    let acknowledged = {
+        let store = place.open().await;
+        let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+        let outcomes = journeys.record(&provenance(), &journey(a, 9)).await.unwrap();
+        store.close().await;
+        outcomes
+    };
+    let store = place.open().await;
+    assert_eq!(*store.log().head().borrow(), 4);
+    let history = store.log().read_stream(a, None).await.unwrap();
+    let ids: Vec<EventId> = history.iter().map(|event| event.draft.id).collect();
+    let expected: Vec<EventId> = acknowledged.iter().map(|o| o.receipt.id).collect();
+    assert_eq!(ids, expected);
+    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let next = journeys.record(&provenance(), &[contact(a)]).await.unwrap();
+    assert_eq!((next[0].receipt.version, next[0].receipt.position), (5, 5));
+    store.close().await;
+}
+
+macro_rules! conformance {
+    ($backend:ident: $($check:ident),* $(,)?) => {
+        #[allow(non_snake_case)]
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let place = super::Place::new(super::Backend::$backend).await;
+                    super::$check(&place).await;
+                    place.remove().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(Embedded:
+    appends_get_versions_and_gap_free_positions,
+    a_retry_is_answered_with_the_original_receipt,
+    a_reused_id_with_other_content_is_refused,
+    a_stale_expected_version_is_refused,
+    streams_read_in_order_and_as_of,
+    concurrent_writers_make_one_gap_free_feed,
+    the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views,
+    a_reopened_store_has_every_acknowledged_event,
+);
+
+conformance!(Postgres:
+    appends_get_versions_and_gap_free_positions,
+    a_retry_is_answered_with_the_original_receipt,
+    a_reused_id_with_other_content_is_refused,
+    a_stale_expected_version_is_refused,
+    streams_read_in_order_and_as_of,
+    concurrent_writers_make_one_gap_free_feed,
+    the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views,
+    a_reopened_store_has_every_acknowledged_event,
+);

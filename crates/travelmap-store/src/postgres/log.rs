@@ -1,0 +1,451 @@
+//! The PostgreSQL event log: a writer task per process that commits appends in groups, under the
+//! `log_head` row lock that orders appends across processes.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use travelmap_domain::{
+    ClientId, EventDraft, EventId, JourneyEvent, Provenance, RecordMeta, RecordedEvent, Text,
+};
+use uuid::Uuid;
+
+use super::LOG_CHANNEL;
+use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend};
+
+/// How many queued appends may share one transaction.
+const MAX_GROUP: usize = 512;
+
+/// How many appends may wait for the writer before senders are made to wait (back-pressure).
+const QUEUE_DEPTH: usize = 4096;
+
+struct Job {
+    provenance: Provenance,
+    streams: Vec<StreamAppend>,
+    reply: oneshot::Sender<Result<Vec<Receipt>>>,
+}
+
+/// The PostgreSQL event log.
+pub struct PgEventLog {
+    pool: PgPool,
+    jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    head: watch::Receiver<u64>,
+}
+
+impl PgEventLog {
+    pub(super) fn new(pool: PgPool, head: watch::Sender<u64>, receiver: watch::Receiver<u64>) -> Self {
+        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        let writer = tokio::spawn(write_groups(pool.clone(), head, queue));
+        Self {
+            pool,
+            jobs: std::sync::Mutex::new(Some(jobs)),
+            writer: Mutex::new(Some(writer)),
+            head: receiver,
+        }
+    }
+
+    /// Stops accepting appends and waits until those already queued are answered.
+    pub async fn close(&self) {
+        self.jobs.lock().expect("jobs lock").take();
+        if let Some(writer) = self.writer.lock().await.take() {
+            let _ = writer.await;
+        }
+    }
+}
+
+#[async_trait]
+impl EventLog for PgEventLog {
+    async fn append(
+        &self,
+        provenance: &Provenance,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Vec<Receipt>> {
+        let jobs = self.jobs.lock().expect("jobs lock").clone();
+        let jobs = jobs.ok_or(Error::Closed)?;
+        let (reply, receipts) = oneshot::channel();
+        let job = Job {
+            provenance: provenance.clone(),
+            streams,
+            reply,
+        };
+        jobs.send(job).await.map_err(|_| Error::Closed)?;
+        receipts.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {
+        let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
+        let rows = sqlx::query(
+            "SELECT event_id, client_id, version, position, recorded_at, digest
+             FROM events WHERE event_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let digest: Vec<u8> = row.try_get(5)?;
+                Ok(Existing {
+                    receipt: Receipt {
+                        id: EventId(row.try_get(0)?),
+                        client_id: ClientId(row.try_get(1)?),
+                        version: row.try_get::<i64, _>(2)? as u64,
+                        position: row.try_get::<i64, _>(3)? as u64,
+                        recorded_at: row.try_get(4)?,
+                    },
+                    digest: digest.try_into().map_err(|_| {
+                        Error::Io(std::io::Error::other("a stored digest is not 32 bytes"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    async fn outlines(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, Vec<Outline>>> {
+        let clients: Vec<Uuid> = clients.into_iter().map(|client| client.0).collect();
+        let rows = sqlx::query(
+            "SELECT client_id, event_id, event_type, retracts FROM events
+             WHERE client_id = ANY($1) ORDER BY client_id, version",
+        )
+        .bind(&clients)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut outlines: HashMap<ClientId, Vec<Outline>> = HashMap::with_capacity(clients.len());
+        for row in rows {
+            outlines
+                .entry(ClientId(row.try_get(0)?))
+                .or_default()
+                .push(Outline {
+                    id: EventId(row.try_get(1)?),
+                    event_type: row.try_get(2)?,
+                    target: row.try_get::<Option<Uuid>, _>(3)?.map(EventId),
+                });
+        }
+        Ok(outlines)
+    }
+
+    async fn read_stream(
+        &self,
+        client_id: ClientId,
+        recorded_until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events
+             WHERE client_id = $1 AND ($2::timestamptz IS NULL OR recorded_at <= $2)
+             ORDER BY version"
+        ))
+        .bind(client_id.0)
+        .bind(recorded_until)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+        ))
+        .bind(after as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    async fn read_range(&self, after: u64, up_to: u64) -> Result<Vec<RecordedEvent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM events WHERE position > $1 AND position <= $2
+             ORDER BY position"
+        ))
+        .bind(after as i64)
+        .bind(up_to as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.head.clone()
+    }
+}
+
+// `data` is read as text: the JSON exactly as stored, which the domain decodes itself.
+const COLUMNS: &str = "position, event_id, client_id, version, event_type, schema_version, \
+                       occurred_at, recorded_at, agency, credential, actor, data::text";
+
+fn decode(row: &PgRow) -> Result<RecordedEvent> {
+    let position = row.try_get::<i64, _>(0)? as u64;
+    let corrupt = |source| Error::Corrupt { position, source };
+    let invalid = |message: String| {
+        corrupt(travelmap_domain::DecodeError::Invalid(
+            travelmap_domain::ValidationError::new("", message),
+        ))
+    };
+    let event_type: &str = row.try_get(4)?;
+    let schema_version: i32 = row.try_get(5)?;
+    let data: &str = row.try_get(11)?;
+    let event = JourneyEvent::decode_stored(event_type, schema_version as u32, data)
+        .map_err(corrupt)?;
+    let occurred_at: &str = row.try_get(6)?;
+    let occurred_at = DateTime::parse_from_rfc3339(occurred_at)
+        .map_err(|error| invalid(format!("occurred_at: {error}")))?;
+    let actor = row
+        .try_get::<Option<String>, _>(10)?
+        .map(Text::try_from)
+        .transpose()
+        .map_err(|error| invalid(format!("actor: {error}")))?;
+    Ok(RecordedEvent {
+        draft: EventDraft {
+            id: EventId(row.try_get(1)?),
+            client_id: ClientId(row.try_get(2)?),
+            occurred_at,
+            actor,
+            event,
+        },
+        provenance: Provenance {
+            agency: row.try_get(8)?,
+            credential: row.try_get(9)?,
+        },
+        meta: RecordMeta {
+            version: row.try_get::<i64, _>(3)? as u64,
+            position,
+            recorded_at: row.try_get(7)?,
+        },
+    })
+}
+
+/// The writer task: takes queued appends in groups and commits each group in one transaction.
+async fn write_groups(pool: PgPool, head: watch::Sender<u64>, mut queue: mpsc::Receiver<Job>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let jobs = std::mem::take(&mut group);
+        match commit_group(&pool, &jobs).await {
+            Ok((results, last_position)) => {
+                if let Some(position) = last_position {
+                    head.send_if_modified(|current| {
+                        let moved = position > *current;
+                        *current = (*current).max(position);
+                        moved
+                    });
+                }
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(error) => {
+                // Nothing of the group was committed (or, if the connection broke during COMMIT,
+                // the outcome is unknown): every sender learns so and may retry, and a retry is
+                // answered from the log if the commit did happen.
+                tracing::error!(%error, "event log commit failed");
+                let message = format!("committing to the event log: {error}");
+                for job in jobs {
+                    let _ = job
+                        .reply
+                        .send(Err(Error::Io(std::io::Error::other(message.clone()))));
+                }
+            }
+        }
+    }
+}
+
+/// The rows of a group's accepted appends, column by column, for one `INSERT ... UNNEST`.
+#[derive(Default)]
+struct Rows {
+    position: Vec<i64>,
+    event_id: Vec<Uuid>,
+    client_id: Vec<Uuid>,
+    version: Vec<i64>,
+    event_type: Vec<&'static str>,
+    schema_version: Vec<i32>,
+    occurred_at: Vec<String>,
+    agency: Vec<String>,
+    credential: Vec<String>,
+    actor: Vec<Option<String>>,
+    data: Vec<String>,
+    retracts: Vec<Option<Uuid>>,
+    digest: Vec<Vec<u8>>,
+}
+
+/// Commits one group. Under the `log_head` lock nothing else can append, so the checks for taken
+/// ids and stream versions made here still hold at commit: each append is accepted or refused
+/// on its own, and only the accepted ones are written, with no savepoints needed.
+async fn commit_group(
+    pool: &PgPool,
+    jobs: &[Job],
+) -> Result<(Vec<Result<Vec<Receipt>>>, Option<u64>)> {
+    let mut transaction = pool.begin().await?;
+    let (last_position, last_recorded_at): (i64, DateTime<Utc>) =
+        sqlx::query_as("SELECT position, recorded_at FROM log_head FOR UPDATE")
+            .fetch_one(&mut *transaction)
+            .await?;
+    // recorded_at never goes backwards, even if clocks differ between processes, so that
+    // "recorded by time T" is always a prefix of the global feed. PostgreSQL keeps microseconds.
+    let now = Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap_or_else(|_| Utc::now());
+    let recorded_at = now.max(last_recorded_at);
+
+    let (mut taken, mut versions) = current_state(&mut transaction, jobs).await?;
+    let mut rows = Rows::default();
+    let mut next_position = last_position as u64 + 1;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let accepted = accept(job, &taken, &versions, next_position, recorded_at);
+        if let Ok(receipts) = &accepted {
+            for (receipt, new) in receipts.iter().zip(job.streams.iter().flat_map(|s| &s.events))
+            {
+                taken.insert(receipt.id.0);
+                versions.insert(receipt.client_id.0, receipt.version);
+                push_row(&mut rows, job, receipt, new);
+            }
+            next_position += receipts.len() as u64;
+        }
+        results.push(accepted);
+    }
+    if rows.position.is_empty() {
+        transaction.rollback().await?;
+        return Ok((results, None));
+    }
+    insert(&mut transaction, rows, recorded_at).await?;
+    let last = next_position - 1;
+    sqlx::query(
+        "UPDATE log_head SET position = $1, recorded_at = $2
+         RETURNING pg_notify($3, $1::text)",
+    )
+    .bind(last as i64)
+    .bind(recorded_at)
+    .bind(LOG_CHANNEL)
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok((results, Some(last)))
+}
+
+/// Which of the group's event ids are already taken, and the current version of each stream the
+/// group appends to.
+async fn current_state(
+    transaction: &mut Transaction<'_, Postgres>,
+    jobs: &[Job],
+) -> Result<(HashSet<Uuid>, HashMap<Uuid, u64>)> {
+    let streams = jobs.iter().flat_map(|job| &job.streams);
+    let ids: Vec<Uuid> = streams
+        .clone()
+        .flat_map(|stream| &stream.events)
+        .map(|new| new.draft.id.0)
+        .collect();
+    let mut clients: Vec<Uuid> = streams.map(|stream| stream.client_id.0).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    let taken: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1)")
+        .bind(&ids)
+        .fetch_all(&mut **transaction)
+        .await?;
+    let versions: Vec<(Uuid, i64)> = sqlx::query_as(
+        "SELECT client_id, MAX(version) FROM events WHERE client_id = ANY($1) GROUP BY client_id",
+    )
+    .bind(&clients)
+    .fetch_all(&mut **transaction)
+    .await?;
+    Ok((
+        taken.into_iter().collect(),
+        versions
+            .into_iter()
+            .map(|(client, version)| (client, version as u64))
+            .collect(),
+    ))
+}
+
+/// Decides one append against the log as it stands (including the group's earlier appends).
+fn accept(
+    job: &Job,
+    taken: &HashSet<Uuid>,
+    versions: &HashMap<Uuid, u64>,
+    first_position: u64,
+    recorded_at: DateTime<Utc>,
+) -> Result<Vec<Receipt>> {
+    let mut position = first_position;
+    let mut receipts = Vec::new();
+    let mut in_job: HashSet<Uuid> = HashSet::new();
+    for stream in &job.streams {
+        let actual = versions.get(&stream.client_id.0).copied().unwrap_or(0);
+        if actual != stream.expected_version {
+            return Err(Error::StreamConflict {
+                client_id: stream.client_id,
+                expected: stream.expected_version,
+                actual,
+            });
+        }
+        for (offset, new) in stream.events.iter().enumerate() {
+            let id = new.draft.id;
+            if taken.contains(&id.0) || !in_job.insert(id.0) {
+                return Err(Error::DuplicateEvent(id));
+            }
+            receipts.push(Receipt {
+                id,
+                client_id: stream.client_id,
+                version: stream.expected_version + offset as u64 + 1,
+                position,
+                recorded_at,
+            });
+            position += 1;
+        }
+    }
+    Ok(receipts)
+}
+
+fn push_row(rows: &mut Rows, job: &Job, receipt: &Receipt, new: &crate::NewEvent) {
+    let draft = &new.draft;
+    rows.position.push(receipt.position as i64);
+    rows.event_id.push(draft.id.0);
+    rows.client_id.push(draft.client_id.0);
+    rows.version.push(receipt.version as i64);
+    rows.event_type.push(draft.event.event_type());
+    rows.schema_version.push(draft.event.schema_version() as i32);
+    rows.occurred_at.push(draft.occurred_at.to_rfc3339());
+    rows.agency.push(job.provenance.agency.clone());
+    rows.credential.push(job.provenance.credential.clone());
+    rows.actor
+        .push(draft.actor.as_ref().map(|actor| actor.as_str().to_owned()));
+    rows.data.push(draft.event.data_json());
+    rows.retracts.push(draft.event.retracts().map(|id| id.0));
+    rows.digest.push(new.digest.to_vec());
+}
+
+async fn insert(
+    transaction: &mut Transaction<'_, Postgres>,
+    rows: Rows,
+    recorded_at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (position, event_id, client_id, version, event_type, schema_version,
+             occurred_at, recorded_at, agency, credential, actor, data, retracts, digest)
+         SELECT position, event_id, client_id, version, event_type, schema_version, occurred_at,
+                $14, agency, credential, actor, data::json,
+                retracts, digest
+         FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[],
+                     $6::integer[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                     $12::uuid[], $13::bytea[])
+              AS new (position, event_id, client_id, version, event_type, schema_version,
+                      occurred_at, agency, credential, actor, data, retracts, digest)",
+    )
+    .bind(rows.position)
+    .bind(rows.event_id)
+    .bind(rows.client_id)
+    .bind(rows.version)
+    .bind(rows.event_type)
+    .bind(rows.schema_version)
+    .bind(rows.occurred_at)
+    .bind(rows.agency)
+    .bind(rows.credential)
+    .bind(rows.actor)
+    .bind(rows.data)
+    .bind(rows.retracts)
+    .bind(rows.digest)
+    .bind(recorded_at)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The PostgreSQL backend: the log, the views and their checkpoints in one database, shared by
+//! any number of server processes.
+//!
+//! How the global feed stays gap-safe: positions are handed out from a one-row counter
+//! (`log_head`) that every appending transaction locks first and updates last. Appends therefore
+//! commit one after another, in position order, across all processes, and a reader that has
+//! seen position `p` committed can never later see a smaller one appear. A plain `bigserial`
+//! would not do: two transactions can take 7 and 8 and commit 8 first, and a reader that pages
+//! past 8 in between skips 7 for ever. See docs/adr/0004-postgres-store.md for why this lock
+//! (rather than a high-water mark) and what it costs.
+//!
+//! Within one process, appends from concurrent requests are grouped into one transaction by a
+//! writer task, as in the embedded store, so the lock is taken once per group and each commit's
+//! fsync is shared by the whole group.
+//!
+//! Commits are announced with `NOTIFY` (on `travelmap_log` and, for views, `travelmap_views`), so
+//! every process learns of the others' appends and checkpoints without polling.
+
+mod log;
+mod schema;
+mod scratch;
+mod views;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::watch;
+
+pub use log::PgEventLog;
+pub use schema::MIGRATIONS;
+pub use scratch::{DEFAULT_SERVER, ScratchDatabase, server_from_env};
+pub use views::PgViewStore;
+
+use crate::Result;
+
+/// How many connections one process keeps to the database.
+const POOL_SIZE: u32 = 16;
+
+/// The channel on which appends announce the new head position.
+const LOG_CHANNEL: &str = "travelmap_log";
+/// The channel on which view saves announce the new checkpoint.
+const VIEWS_CHANNEL: &str = "travelmap_views";
+
+/// Whether connecting may change the database's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migrations {
+    /// Apply missing migrations (what `travelmap serve` and `travelmap migrate` do).
+    Apply,
+    /// Refuse a database whose schema is not current (for read-only tools such as `replay`).
+    Require,
+}
+
+/// The PostgreSQL store: event log and view store over one database.
+pub struct PgStore {
+    pub log: Arc<PgEventLog>,
+    pub views: Arc<PgViewStore>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (a `postgres://` URL), checking or applying migrations.
+    pub async fn connect(url: &str, migrations: Migrations) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?.application_name("travelmap");
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        match migrations {
+            Migrations::Apply => schema::migrate(&pool).await?,
+            Migrations::Require => schema::require_current(&pool).await?,
+        }
+        // Listen before reading the current head and checkpoint, so that nothing committed in
+        // between goes unannounced.
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen_all([LOG_CHANNEL, VIEWS_CHANNEL]).await?;
+        let (head_position, checkpoint) = heads(&pool).await?;
+        let (head, head_receiver) = watch::channel(head_position);
+        let (saved, saved_receiver) = watch::channel(checkpoint);
+        let log = Arc::new(PgEventLog::new(pool.clone(), head.clone(), head_receiver));
+        let views = Arc::new(PgViewStore::new(pool.clone(), options, saved_receiver));
+        let listener = tokio::spawn(follow_notifications(listener, pool, head, saved));
+        Ok(Self {
+            log,
+            views,
+            listener,
+        })
+    }
+
+    /// Stops taking appends, lets the writer finish what is queued, and stops listening.
+    pub async fn close(&self) {
+        self.log.close().await;
+        self.listener.abort();
+    }
+}
+
+/// Applies missing migrations to the database at `url` and returns the schema version it is at.
+pub async fn migrate(url: &str) -> Result<i64> {
+    let options = PgConnectOptions::from_str(url)?.application_name("travelmap");
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    schema::migrate(&pool).await?;
+    let version = schema::version(&pool).await?;
+    pool.close().await;
+    Ok(version)
+}
+
+async fn heads(pool: &PgPool) -> Result<(u64, u64)> {
+    let (head, checkpoint): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT position FROM log_head),
+                (SELECT position FROM projection_checkpoints WHERE projection = 'client_views')",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((head as u64, checkpoint as u64))
+}
+
+/// Moves the head and checkpoint watches as other processes (and this one) announce commits.
+/// Notifications sent while the listening connection was down are lost, so after every
+/// reconnection both are read from the tables again.
+async fn follow_notifications(
+    mut listener: PgListener,
+    pool: PgPool,
+    head: watch::Sender<u64>,
+    saved: watch::Sender<u64>,
+) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                let Ok(position) = notification.payload().parse::<u64>() else {
+                    continue;
+                };
+                let watch = if notification.channel() == LOG_CHANNEL {
+                    &head
+                } else {
+                    &saved
+                };
+                // The views' checkpoint can go back to 0 (a rebuild); the head never goes back.
+                if notification.channel() == VIEWS_CHANNEL {
+                    watch.send_replace(position);
+                } else {
+                    watch.send_if_modified(|current| {
+                        let moved = position > *current;
+                        *current = (*current).max(position);
+                        moved
+                    });
+                }
+            }
+            Ok(None) | Err(_) => {
+                // The connection was lost (recv reconnects on the next call); catch up on what
+                // may have been missed meanwhile, pausing so a down database is not hammered.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Ok((position, checkpoint)) = heads(&pool).await {
+                    head.send_if_modified(|current| {
+                        let moved = position > *current;
+                        *current = (*current).max(position);
+                        moved
+                    });
+                    saved.send_replace(checkpoint);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Versioned schema migrations, recorded in `travelmap_schema`. Each migration runs once; all
+//! missing ones run in one transaction under an advisory lock, so two processes starting at once
+//! against a new database do not both try to create it. PostgreSQL's DDL is transactional: a
+//! migration that fails leaves the schema as it was.
+
+use sqlx::PgPool;
+
+use crate::{Error, Result};
+
+/// Serialises migrations across processes (an arbitrary constant: "travelmigr").
+const MIGRATION_LOCK: i64 = 0x7472_6176_6d69_6772;
+
+/// The migrations, in order; the schema version is how many have been applied.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the log, its head, the views and their checkpoints.
+    //
+    // `log_head` is the single row every append locks first: it serialises appends so that
+    // positions commit in order (the gap-safe feed) and it holds the last position and
+    // recorded_at, which is how positions stay free of holes and recorded_at never goes back.
+    // `occurred_at` keeps the sender's text (with its offset) as recorded; `recorded_at` is the
+    // server's clock. `retracts` lets deciding about a client skip decoding event data.
+    "CREATE TABLE log_head (
+        singleton   boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+        position    bigint      NOT NULL,
+        recorded_at timestamptz NOT NULL
+    );
+    INSERT INTO log_head (position, recorded_at) VALUES (0, 'epoch');
+    CREATE TABLE events (
+        position       bigint      PRIMARY KEY,
+        event_id       uuid        NOT NULL UNIQUE,
+        client_id      uuid        NOT NULL,
+        version        bigint      NOT NULL CHECK (version > 0),
+        event_type     text        NOT NULL,
+        schema_version integer     NOT NULL,
+        occurred_at    text        NOT NULL,
+        recorded_at    timestamptz NOT NULL,
+        agency         text        NOT NULL,
+        credential     text        NOT NULL,
+        actor          text,
+        data           json        NOT NULL,
+        retracts       uuid,
+        digest         bytea       NOT NULL,
+        UNIQUE (client_id, version)
+    );
+    CREATE TABLE projection_checkpoints (
+        projection text   PRIMARY KEY,
+        position   bigint NOT NULL,
+        epoch      bigint NOT NULL
+    );
+    INSERT INTO projection_checkpoints (projection, position, epoch) VALUES ('client_views', 0, 0);
+    CREATE TABLE client_views (
+        client_id uuid  PRIMARY KEY,
+        state     bytea NOT NULL
+    );
+    CREATE TABLE client_identifiers (
+        kind      text NOT NULL,
+        value     text NOT NULL,
+        client_id uuid NOT NULL,
+        PRIMARY KEY (kind, value, client_id)
+    );
+    CREATE INDEX client_identifiers_by_client ON client_identifiers (client_id);",
+];
+
+/// Applies whatever migrations the database lacks.
+pub(crate) async fn migrate(pool: &PgPool) -> Result<()> {
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS travelmap_schema (
+            version    integer     PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .execute(&mut *transaction)
+    .await?;
+    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::bigint FROM travelmap_schema")
+        .fetch_one(&mut *transaction)
+        .await?;
+    let supported = MIGRATIONS.len() as i64;
+    if current > supported {
+        return Err(too_new(current));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        sqlx::raw_sql(migration).execute(&mut *transaction).await?;
+        sqlx::query("INSERT INTO travelmap_schema (version) VALUES ($1)")
+            .bind(index as i32 + 1)
+            .execute(&mut *transaction)
+            .await?;
+        tracing::info!(version = index + 1, "applied schema migration");
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// The schema version the database is at (0 for a database Travelmap has never touched).
+pub(crate) async fn version(pool: &PgPool) -> Result<i64> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('travelmap_schema') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(0);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::bigint FROM travelmap_schema")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Fails unless the database is at exactly the schema version this binary was built for.
+pub(crate) async fn require_current(pool: &PgPool) -> Result<()> {
+    let found = version(pool).await?;
+    let needed = MIGRATIONS.len() as i64;
+    if found > needed {
+        return Err(too_new(found));
+    }
+    if found < needed {
+        return Err(Error::SchemaOutdated { found, needed });
+    }
+    Ok(())
+}
+
+fn too_new(found: i64) -> Error {
+    Error::SchemaTooNew {
+        store: "in PostgreSQL".into(),
+        found,
+        supported: MIGRATIONS.len() as i64,
+    }
+}

@@ -1,0 +1,266 @@
+//! The PostgreSQL view store, with the lease that lets one process at a time write views.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio::sync::{Mutex, watch};
+use travelmap_domain::ClientId;
+use uuid::Uuid;
+
+use super::VIEWS_CHANNEL;
+use crate::packed::{pack, unpack};
+use crate::{ClientView, Error, Result, ViewStore};
+
+/// The name under which the client-view projection keeps its checkpoint.
+const CLIENT_VIEWS: &str = "client_views";
+
+/// The advisory lock whose holder writes the views (an arbitrary constant: "travelview").
+const VIEW_LEASE: i64 = 0x7472_6176_7669_6577;
+
+/// How often a process that does not lead asks whether the lease has become free.
+const LEASE_RETRY: Duration = Duration::from_millis(500);
+
+/// The PostgreSQL view store.
+///
+/// Leading is two things. A session-level advisory lock, held on a connection of its own, says
+/// who may write; it is released by PostgreSQL when that connection ends, however the process
+/// died. And an epoch, bumped by each new leader in the checkpoint row, fences off the previous
+/// one: every save checks the epoch in the same transaction that moves the checkpoint, so a
+/// leader that lost its connection (and so its lock) without noticing cannot overwrite views
+/// after its successor has started.
+pub struct PgViewStore {
+    pool: PgPool,
+    options: PgConnectOptions,
+    saved: watch::Receiver<u64>,
+    lease: Mutex<Option<PgConnection>>,
+    leading: AtomicBool,
+    epoch: AtomicI64,
+}
+
+impl PgViewStore {
+    pub(super) fn new(
+        pool: PgPool,
+        options: PgConnectOptions,
+        saved: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            pool,
+            options,
+            saved,
+            lease: Mutex::new(None),
+            leading: AtomicBool::new(false),
+            epoch: AtomicI64::new(-1),
+        }
+    }
+
+    /// Whether a connection still holds the lease's lock (a dead connection has lost it).
+    async fn still_holds(connection: &mut PgConnection) -> bool {
+        connection.ping().await.is_ok()
+    }
+
+    /// Marks the lease as doubtful after a failed write, so the next `lead` checks it again.
+    fn doubt<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.leading.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+
+    async fn write_views(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
+        let mut transaction = self.pool.begin().await?;
+        if !views.is_empty() {
+            let clients: Vec<Uuid> = views.iter().map(|view| view.client_id.0).collect();
+            let states: Vec<Vec<u8>> = views.iter().map(|view| pack(&view.state)).collect();
+            sqlx::query(
+                "INSERT INTO client_views (client_id, state)
+                 SELECT * FROM UNNEST($1::uuid[], $2::bytea[])
+                 ON CONFLICT (client_id) DO UPDATE SET state = excluded.state",
+            )
+            .bind(&clients)
+            .bind(&states)
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query("DELETE FROM client_identifiers WHERE client_id = ANY($1)")
+                .bind(&clients)
+                .execute(&mut *transaction)
+                .await?;
+            let (mut kinds, mut values, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+            for view in &views {
+                for (kind, value) in &view.identifiers {
+                    kinds.push(kind.as_str());
+                    values.push(value.as_str());
+                    owners.push(view.client_id.0);
+                }
+            }
+            if !kinds.is_empty() {
+                sqlx::query(
+                    "INSERT INTO client_identifiers (kind, value, client_id)
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[])
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(&kinds)
+                .bind(&values)
+                .bind(&owners)
+                .execute(&mut *transaction)
+                .await?;
+            }
+        }
+        // Last, so that concurrent saves (the projector pipelines them) hold the checkpoint row
+        // only briefly. GREATEST because pipelined saves may commit out of order.
+        let moved = sqlx::query(
+            "UPDATE projection_checkpoints SET position = GREATEST(position, $2)
+             WHERE projection = $1 AND epoch = $3
+             RETURNING pg_notify($4, position::text)",
+        )
+        .bind(CLIENT_VIEWS)
+        .bind(checkpoint as i64)
+        .bind(self.epoch.load(Ordering::SeqCst))
+        .bind(VIEWS_CHANNEL)
+        .execute(&mut *transaction)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Err(Error::NotLeader);
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    async fn reset_views(&self) -> Result<()> {
+        let mut transaction = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE projection_checkpoints SET position = 0
+             WHERE projection = $1 AND epoch = $2
+             RETURNING pg_notify($3, '0')",
+        )
+        .bind(CLIENT_VIEWS)
+        .bind(self.epoch.load(Ordering::SeqCst))
+        .bind(VIEWS_CHANNEL)
+        .execute(&mut *transaction)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Err(Error::NotLeader);
+        }
+        sqlx::query("TRUNCATE client_views, client_identifiers")
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ViewStore for PgViewStore {
+    async fn checkpoint(&self) -> Result<u64> {
+        let position: i64 =
+            sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
+                .bind(CLIENT_VIEWS)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(position as u64)
+    }
+
+    async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, String>> {
+        let clients: Vec<Uuid> = clients.into_iter().map(|client| client.0).collect();
+        let rows: Vec<(Uuid, Vec<u8>)> =
+            sqlx::query_as("SELECT client_id, state FROM client_views WHERE client_id = ANY($1)")
+                .bind(&clients)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(client, state)| {
+                let client = ClientId(client);
+                Ok((client, unpack(client, &state)?))
+            })
+            .collect()
+    }
+
+    async fn get(&self, client: ClientId) -> Result<Option<String>> {
+        let state: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT state FROM client_views WHERE client_id = $1")
+                .bind(client.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        state.map(|state| unpack(client, &state)).transpose()
+    }
+
+    async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
+        let saved = self.write_views(checkpoint, views).await;
+        self.doubt(saved)
+    }
+
+    async fn count(&self) -> Result<usize> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM client_views")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count as usize)
+    }
+
+    async fn reset(&self) -> Result<()> {
+        self.lead().await?;
+        let reset = self.reset_views().await;
+        self.doubt(reset)
+    }
+
+    async fn find_by_identifier(&self, kind: &str, value: &str) -> Result<Vec<ClientId>> {
+        let clients: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT client_id FROM client_identifiers WHERE kind = $1 AND value = $2
+             ORDER BY client_id",
+        )
+        .bind(kind)
+        .bind(value)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(clients.into_iter().map(ClientId).collect())
+    }
+
+    async fn lead(&self) -> Result<()> {
+        if self.leading.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut lease = self.lease.lock().await;
+        if let Some(connection) = lease.as_mut() {
+            if Self::still_holds(connection).await {
+                self.leading.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            tracing::warn!("lost the connection that held the view lease; taking it again");
+            *lease = None;
+        }
+        let mut waiting_logged = false;
+        loop {
+            let mut connection = self.options.connect().await?;
+            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(VIEW_LEASE)
+                .fetch_one(&mut connection)
+                .await?;
+            if acquired {
+                let epoch: i64 = sqlx::query_scalar(
+                    "UPDATE projection_checkpoints SET epoch = epoch + 1 WHERE projection = $1
+                     RETURNING epoch",
+                )
+                .bind(CLIENT_VIEWS)
+                .fetch_one(&self.pool)
+                .await?;
+                self.epoch.store(epoch, Ordering::SeqCst);
+                self.leading.store(true, Ordering::SeqCst);
+                *lease = Some(connection);
+                tracing::info!(epoch, "this process now writes the views");
+                return Ok(());
+            }
+            if !waiting_logged {
+                tracing::info!("another process writes the views; following its checkpoint");
+                waiting_logged = true;
+            }
+            let _ = connection.close().await;
+            tokio::time::sleep(LEASE_RETRY).await;
+        }
+    }
+
+    fn saved(&self) -> watch::Receiver<u64> {
+        self.saved.clone()
+    }
+}
