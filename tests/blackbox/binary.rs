@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::samples::{sample_event, valid_data};
 use crate::support::*;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_travelmap");
+pub(crate) const BINARY: &str = env!("CARGO_BIN_EXE_travelmap");
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -23,14 +23,23 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    address: String,
+    pub(crate) address: String,
 }
 
 impl Server {
     /// Starts `travelmap serve` on `data_dir` and waits until it answers.
-    async fn start(data_dir: &Path, config: Option<&Path>) -> Server {
+    pub(crate) async fn start(data_dir: &Path, config: Option<&Path>) -> Server {
+        Self::launch(data_dir, None, config).await
+    }
+
+    /// Starts `travelmap serve` storing in the PostgreSQL database at `url`.
+    pub(crate) async fn start_on(url: &str, data_dir: &Path, config: &Path) -> Server {
+        Self::launch(data_dir, Some(url), Some(config)).await
+    }
+
+    async fn launch(data_dir: &Path, store: Option<&str>, config: Option<&Path>) -> Server {
         let port = free_port();
         let mut command = Command::new(BINARY);
         command
@@ -40,8 +49,12 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .env_remove("TRAVELMAP_CONFIG")
+            .env_remove("TRAVELMAP_STORE")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        if let Some(url) = store {
+            command.arg("--store").arg(url);
+        }
         if let Some(config) = config {
             command.arg("--config").arg(config);
         }
@@ -90,7 +103,7 @@ impl Drop for Server {
     }
 }
 
-fn write_config(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn write_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("travelmap.toml");
     let mut text = String::new();
     for (key, credential) in credentials() {

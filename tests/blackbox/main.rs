@@ -5,6 +5,7 @@
 mod batch;
 mod binary;
 mod ingest;
+mod postgres;
 mod reads;
 mod samples;
 mod support;

@@ -69,7 +69,7 @@ pub async fn spawn_app_in(data_dir: TempDir) -> TestApp {
     .expect("valid test credentials");
     let application = Application::build(ServeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data_dir.path().to_owned(),
+        store: travelmap_store::Location::Embedded(data_dir.path().to_owned()),
         authenticator,
     })
     .await

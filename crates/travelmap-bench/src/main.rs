@@ -1,6 +1,7 @@
-//! `travelmap-bench` measures the Travelmap service as it is deployed by default: the real
-//! application (HTTP API, journey aggregate, projector) on the embedded SQLite store with durable
-//! commits, driven over HTTP on 127.0.0.1 by a seeded workload of valid journeys. It measures
+//! `travelmap-bench` measures the Travelmap service as it is deployed: the real application
+//! (HTTP API, journey aggregate, projector) on the embedded SQLite store and then on PostgreSQL,
+//! both with durable commits, driven over HTTP on 127.0.0.1 by a seeded workload of valid
+//! journeys; and, as a baseline for PostgreSQL, plain cqrs-es + postgres-es on the same workload. It measures
 //! what the service promises to carry: how fast agencies can record events one by one and in
 //! batches, how fast the travel maps can be rebuilt from the log, how quickly a travel map is
 //! read, and that memory does not grow with the size of the record. Every figure of the printed
@@ -11,6 +12,7 @@
 //! data. The load generator runs in the same process as the server and shares its cores; the
 //! figures are therefore a floor for a server with the machine to itself.
 
+mod baseline;
 mod server;
 mod workload;
 
@@ -25,7 +27,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 use travelmap_service::Journeys;
-use travelmap_store::sqlite::SqliteStore;
+use travelmap_store::postgres::ScratchDatabase;
+use travelmap_store::{Location, Store};
 
 use crate::server::{Api, Server, resident_kib};
 use crate::workload::{EventRef, Workload};
@@ -53,10 +56,14 @@ const TARGET_SINGLE_EVENTS_PER_S: f64 = 5_000.0;
 const TARGET_BATCH_EVENTS_PER_S: f64 = 50_000.0;
 const TARGET_REBUILD_EVENTS_PER_S: f64 = 500_000.0;
 const TARGET_READ_P99_MS: f64 = 2.0;
+/// PostgreSQL: single-event ingest at concurrency 32 against the cqrs-es + postgres-es baseline.
+const TARGET_VERSUS_BASELINE: f64 = 3.0;
+const TARGET_POSTGRES_REBUILD_EVENTS_PER_S: f64 = 300_000.0;
 /// "Flat" memory: loading a second workload of the same size may add at most this fraction.
 const FLAT_MEMORY_GROWTH: f64 = 0.10;
 
-/// Benchmark of Travelmap's ingest, rebuild, read latency and memory on the embedded store.
+/// Benchmark of Travelmap's ingest, rebuild, read latency and memory on the embedded store and
+/// PostgreSQL.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -80,6 +87,21 @@ struct Args {
     /// It should be on the disk the service would use: a RAM disk makes durable commits free.
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// The PostgreSQL server to measure beside the embedded store; each measurement creates a
+    /// database of its own there (and drops it).
+    #[arg(
+        long,
+        env = "TRAVELMAP_BENCH_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
+    )]
+    postgres: String,
+    /// Measure the embedded store only.
+    #[arg(long)]
+    embedded_only: bool,
+    /// Events the cqrs-es + postgres-es baseline executes at concurrency 32 (at concurrency 1 it
+    /// executes `--serial-events`).
+    #[arg(long, default_value_t = 20_000)]
+    baseline_events: usize,
 }
 
 impl Args {
@@ -90,6 +112,11 @@ impl Args {
         );
         if let Some(dir) = &self.work_dir {
             command.push_str(&format!(" --work-dir {}", dir.display()));
+        }
+        if self.embedded_only {
+            command.push_str(" --embedded-only");
+        } else {
+            command.push_str(&format!(" --baseline-events {}", self.baseline_events));
         }
         command
     }
@@ -176,7 +203,6 @@ async fn main() -> anyhow::Result<()> {
         args.clients,
         args.events_per_client,
     ));
-    let before_kib = resident_kib()?;
 
     let serial_events = workload.first_journeys(args.serial_events);
     let serial_clients = serial_events
@@ -184,97 +210,212 @@ async fn main() -> anyhow::Result<()> {
         .map(|event| event.client)
         .collect::<std::collections::HashSet<_>>()
         .len();
+    let embedded = Backend::Embedded(work_dir);
+    let (embedded_figures, memory) =
+        measure(&embedded, &args, &workload, &serial_events, Some(&second)).await?;
+    let memory = memory.context("the embedded measurement includes memory")?;
+    let postgres = if args.embedded_only {
+        None
+    } else {
+        let backend = Backend::Postgres(args.postgres.clone());
+        let (figures, _) = measure(&backend, &args, &workload, &serial_events, None).await?;
+        progress(format_args!(
+            "baseline: cqrs-es + postgres-es, one transaction per event, at concurrency 1 ({} events) and {WRITERS} ({} events)",
+            serial_events.len(),
+            args.baseline_events.min(workload.len())
+        ));
+        let serial = baseline::run(&args.postgres, &workload, 1, serial_events.len()).await?;
+        let concurrent =
+            baseline::run(&args.postgres, &workload, WRITERS, args.baseline_events).await?;
+        for run in [&serial, &concurrent] {
+            ensure!(
+                run.stored == run.events as i64,
+                "the baseline stored {} of {} events",
+                run.stored,
+                run.events
+            );
+        }
+        Some(PostgresFigures {
+            figures,
+            baseline: [serial, concurrent],
+        })
+    };
+
+    let report = Report {
+        args: &args,
+        workload: &workload,
+        serial_clients,
+        embedded: embedded_figures,
+        memory,
+        postgres,
+        elapsed: run_started.elapsed(),
+    };
+    print!("{}", report.markdown());
+    Ok(())
+}
+
+/// The store a measurement runs on.
+enum Backend {
+    /// The embedded store, in fresh directories under this one.
+    Embedded(PathBuf),
+    /// PostgreSQL, in fresh databases on the server at this URL.
+    Postgres(String),
+}
+
+/// A fresh store for one measurement, removed by [`Place::remove`].
+enum Place {
+    Embedded(tempfile::TempDir),
+    Postgres(ScratchDatabase),
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Embedded(_) => "embedded",
+            Backend::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    async fn fresh(&self) -> anyhow::Result<Place> {
+        Ok(match self {
+            Backend::Embedded(work_dir) => Place::Embedded(fresh_dir(work_dir)?),
+            Backend::Postgres(server) => Place::Postgres(
+                ScratchDatabase::create(server, "travelmap_bench")
+                    .await
+                    .with_context(|| format!("creating a database on {server}"))?,
+            ),
+        })
+    }
+}
+
+impl Place {
+    fn location(&self) -> Location {
+        match self {
+            Place::Embedded(dir) => Location::Embedded(dir.path().to_owned()),
+            Place::Postgres(database) => Location::Postgres(database.url().to_owned()),
+        }
+    }
+
+    async fn remove(self) -> anyhow::Result<()> {
+        if let Place::Postgres(database) = self {
+            database.drop_database().await?;
+        }
+        Ok(())
+    }
+}
+
+/// What one backend reached in one run.
+struct Figures {
+    serial: Ingest,
+    concurrent: Ingest,
+    batch: Ingest,
+    parallel_batch: Ingest,
+    rebuild: Rebuild,
+    reads: [Reads; 2],
+}
+
+/// The PostgreSQL figures, with the plain cqrs-es + postgres-es baseline measured in the same run.
+struct PostgresFigures {
+    figures: Figures,
+    /// At concurrency 1 and at [`WRITERS`].
+    baseline: [baseline::Baseline; 2],
+}
+
+/// Runs every measurement on `backend`, each ingest on a fresh store. With `second`, memory is
+/// measured too, by loading that workload into the store that served the reads.
+async fn measure(
+    backend: &Backend,
+    args: &Args,
+    workload: &Arc<Workload>,
+    serial_events: &[EventRef],
+    second: Option<&Workload>,
+) -> anyhow::Result<(Figures, Option<Memory>)> {
+    let name = backend.name();
+    let before_kib = resident_kib()?;
     progress(format_args!(
-        "single-event ingest at concurrency 1: {} events of {serial_clients} clients",
+        "{name}: single-event ingest at concurrency 1: {} events",
         serial_events.len()
     ));
-    let serial = {
-        let dir = fresh_dir(&work_dir)?;
-        let server = Server::start(dir.path()).await?;
-        let ingest = post_events(&server.api, &workload, &serial_events, 1).await?;
-        server.stop().await?;
-        ingest
-    };
+    let place = backend.fresh().await?;
+    let server = Server::start(&place.location()).await?;
+    let serial = post_events(&server.api, workload, serial_events, 1).await?;
+    server.stop().await?;
+    place.remove().await?;
 
     progress(format_args!(
-        "single-event ingest at concurrency {WRITERS}: {} events",
+        "{name}: single-event ingest at concurrency {WRITERS}: {} events",
         workload.len()
     ));
-    let rebuild_dir = fresh_dir(&work_dir)?;
-    let concurrent = {
-        let server = Server::start(rebuild_dir.path()).await?;
-        let ingest = post_events(&server.api, &workload, &workload.order, WRITERS).await?;
-        server.stop().await?;
-        ingest
-    };
+    let rebuild_place = backend.fresh().await?;
+    let server = Server::start(&rebuild_place.location()).await?;
+    let concurrent = post_events(&server.api, workload, &workload.order, WRITERS).await?;
+    server.stop().await?;
 
     progress(format_args!(
-        "rebuilding the projections of those {} events from zero",
+        "{name}: rebuilding the projections of those {} events from zero",
         workload.len()
     ));
-    let rebuild = rebuild(rebuild_dir.path()).await?;
+    let rebuild = rebuild(&rebuild_place.location()).await?;
     ensure!(
         rebuild.events == workload.len() as u64,
         "the rebuild folded {} events, the log holds {}",
         rebuild.events,
         workload.len()
     );
-    drop(rebuild_dir);
+    rebuild_place.remove().await?;
 
     progress(format_args!(
-        "batch ingest, {BATCH} events per batch: {} events, by {BATCH_POSTERS} senders side by side and then by one",
+        "{name}: batch ingest, {BATCH} events per batch: {} events, by {BATCH_POSTERS} senders side by side and then by one",
         workload.len()
     ));
-    let parallel_batch = {
-        let dir = fresh_dir(&work_dir)?;
-        let server = Server::start(dir.path()).await?;
-        let ingest = post_batches(&server.api, &workload, BATCH_POSTERS).await?;
-        server.stop().await?;
-        ingest
-    };
-    let dir = fresh_dir(&work_dir)?;
-    let server = Server::start(dir.path()).await?;
-    let batch = post_batches(&server.api, &workload, 1).await?;
+    let place = backend.fresh().await?;
+    let server = Server::start(&place.location()).await?;
+    let parallel_batch = post_batches(&server.api, workload, BATCH_POSTERS).await?;
+    server.stop().await?;
+    place.remove().await?;
+    let place = backend.fresh().await?;
+    let server = Server::start(&place.location()).await?;
+    let batch = post_batches(&server.api, workload, 1).await?;
 
     progress(format_args!(
-        "checking {WARM_UP_READS} travel maps, then {} reads at concurrency 1 and {READERS}",
+        "{name}: checking {WARM_UP_READS} travel maps, then {} reads at concurrency 1 and {READERS}",
         args.reads
     ));
-    check_travel_maps(&server.api, &workload, args.seed).await?;
-    let serial_reads = read_travel_maps(&server.api, &workload, args.reads, 1, args.seed).await?;
+    check_travel_maps(&server.api, workload, args.seed).await?;
+    let serial_reads = read_travel_maps(&server.api, workload, args.reads, 1, args.seed).await?;
     let concurrent_reads =
-        read_travel_maps(&server.api, &workload, args.reads, READERS, args.seed).await?;
-    let first_kib = resident_kib()?;
+        read_travel_maps(&server.api, workload, args.reads, READERS, args.seed).await?;
 
-    progress(format_args!(
-        "loading a second workload of {} events (new clients) into the same store",
-        second.len()
-    ));
-    let second_ingest = post_batches(&server.api, &second, 1).await?;
-    let memory = Memory {
-        before_kib,
-        first_kib,
-        second_kib: resident_kib()?,
-        second_ingest,
+    let memory = match second {
+        Some(second) => {
+            let first_kib = resident_kib()?;
+            progress(format_args!(
+                "{name}: loading a second workload of {} events (new clients) into the same store",
+                second.len()
+            ));
+            let second_ingest = post_batches(&server.api, second, 1).await?;
+            Some(Memory {
+                before_kib,
+                first_kib,
+                second_kib: resident_kib()?,
+                second_ingest,
+            })
+        }
+        None => None,
     };
     server.stop().await?;
-    drop(dir);
-
-    let report = Report {
-        args: &args,
-        workload: &workload,
-        serial_clients,
-        serial,
-        concurrent,
-        batch,
-        parallel_batch,
-        rebuild,
-        reads: [serial_reads, concurrent_reads],
+    place.remove().await?;
+    Ok((
+        Figures {
+            serial,
+            concurrent,
+            batch,
+            parallel_batch,
+            rebuild,
+            reads: [serial_reads, concurrent_reads],
+        },
         memory,
-        elapsed: run_started.elapsed(),
-    };
-    print!("{}", report.markdown());
-    Ok(())
+    ))
 }
 
 fn progress(message: std::fmt::Arguments<'_>) {
@@ -398,11 +539,11 @@ async fn post_batches(api: &Api, workload: &Workload, posters: usize) -> anyhow:
 
 /// Rebuilds the travel maps from the whole log with the server stopped, as `travelmap rebuild`
 /// does.
-async fn rebuild(data_dir: &Path) -> anyhow::Result<Rebuild> {
-    let store = SqliteStore::open(data_dir)?;
-    let journeys = Journeys::new(store.log.clone(), store.views.clone()).await?;
+async fn rebuild(location: &Location) -> anyhow::Result<Rebuild> {
+    let store = Store::open(location).await?;
+    let journeys = Journeys::new(store.log(), store.views()).await?;
     let report = journeys.projector().rebuild().await?;
-    store.log.close();
+    store.close().await;
     Ok(Rebuild {
         events: report.events,
         clients: report.clients,
@@ -477,13 +618,9 @@ struct Report<'a> {
     args: &'a Args,
     workload: &'a Workload,
     serial_clients: usize,
-    serial: Ingest,
-    concurrent: Ingest,
-    batch: Ingest,
-    parallel_batch: Ingest,
-    rebuild: Rebuild,
-    reads: [Reads; 2],
+    embedded: Figures,
     memory: Memory,
+    postgres: Option<PostgresFigures>,
     elapsed: Duration,
 }
 
@@ -510,7 +647,14 @@ impl Report<'_> {
 
         out += "| # | Measurement | Result | Target | Result / target | Met |\n";
         out += "|---|---|---|---|---|---|\n";
-        let serial = &self.serial;
+        let Figures {
+            serial,
+            concurrent,
+            batch,
+            parallel_batch: parallel,
+            rebuild,
+            reads,
+        } = &self.embedded;
         out += &format!(
             "| 1a | Single-event ingest `POST /v1/events`, concurrency 1 ({} events: the whole journeys of the first {} clients) | {} events/s (per request p50 {}, p99 {}) | — | — | — |\n",
             thousands(serial.events as u64),
@@ -519,7 +663,6 @@ impl Report<'_> {
             ms(serial.latency.value_at_quantile(0.5)),
             ms(serial.latency.value_at_quantile(0.99)),
         );
-        let concurrent = &self.concurrent;
         out += &format!(
             "| 1b | Single-event ingest `POST /v1/events`, concurrency {WRITERS} ({} events) | {} events/s (per request p50 {}, p99 {}); {:.1}× concurrency 1 | ≥ {} events/s | {} | {} |\n",
             thousands(concurrent.events as u64),
@@ -531,7 +674,6 @@ impl Report<'_> {
             ratio(concurrent.per_second() / TARGET_SINGLE_EVENTS_PER_S),
             met(concurrent.per_second() >= TARGET_SINGLE_EVENTS_PER_S),
         );
-        let batch = &self.batch;
         out += &format!(
             "| 2a | Batch ingest `POST /v1/events/batch`, {} events per batch, one batch at a time ({} events, {} batches, fresh store) | {} events/s (per batch p50 {}, p99 {}); {:.1}× single events at concurrency {WRITERS} | ≥ {} events/s | {} | {} |\n",
             thousands(BATCH as u64),
@@ -545,7 +687,6 @@ impl Report<'_> {
             ratio(batch.per_second() / TARGET_BATCH_EVENTS_PER_S),
             met(batch.per_second() >= TARGET_BATCH_EVENTS_PER_S),
         );
-        let parallel = &self.parallel_batch;
         out += &format!(
             "| 2b | Batch ingest `POST /v1/events/batch`, {} events per batch, {BATCH_POSTERS} senders side by side ({} events, {} batches, fresh store) | {} events/s (per batch p50 {}, p99 {}); {:.1}× one batch at a time | ≥ {} events/s | {} | {} |\n",
             thousands(BATCH as u64),
@@ -559,7 +700,6 @@ impl Report<'_> {
             ratio(parallel.per_second() / TARGET_BATCH_EVENTS_PER_S),
             met(parallel.per_second() >= TARGET_BATCH_EVENTS_PER_S),
         );
-        let rebuild = &self.rebuild;
         out += &format!(
             "| 3 | Rebuild of the projections from zero ({} events, {} clients) | {} events/s ({:.2} s) | ≥ {} events/s | {} | {} |\n",
             thousands(rebuild.events),
@@ -570,7 +710,7 @@ impl Report<'_> {
             ratio(rebuild.per_second() / TARGET_REBUILD_EVENTS_PER_S),
             met(rebuild.per_second() >= TARGET_REBUILD_EVENTS_PER_S),
         );
-        for (index, reads) in self.reads.iter().enumerate() {
+        for (index, reads) in reads.iter().enumerate() {
             let p99_ms = reads.latency.value_at_quantile(0.99) as f64 / 1000.0;
             out += &format!(
                 "| 4{} | Travel-map read `GET /v1/clients/{{id}}/travel-map`, concurrency {} ({} reads of random clients) | p50 {}, p99 {}, max {} ({} reads/s) | p99 ≤ {TARGET_READ_P99_MS} ms | {} | {} |\n",
@@ -606,12 +746,110 @@ impl Report<'_> {
              - Reads: after {WARM_UP_READS} unmeasured reads that check each map shows all of its client's events. Latency is measured by the client, so it includes the HTTP round trip on 127.0.0.1.\n\
              - Memory: {} anonymous memory before any server was started (this includes both generated workloads, about {} of serialised events); measured with the server running, after the batch ingest and the reads, then after the batch ingest of the second workload ({} events/s).\n\
              - Whole run: {:.0} s.\n",
-            self.concurrent.catch_up.as_secs_f64(),
-            self.batch.catch_up.as_secs_f64(),
+            concurrent.catch_up.as_secs_f64(),
+            batch.catch_up.as_secs_f64(),
             mib(memory.before_kib),
             mib(self.workload_bytes() * 2 / 1024),
             rate(memory.second_ingest.per_second()),
             self.elapsed.as_secs_f64(),
+        );
+        if let Some(postgres) = &self.postgres {
+            out += &self.side_by_side(postgres);
+        }
+        out
+    }
+
+    /// The PostgreSQL figures beside the embedded ones, and against the cqrs-es baseline.
+    fn side_by_side(&self, postgres: &PostgresFigures) -> String {
+        let (e, p) = (&self.embedded, &postgres.figures);
+        let [base_serial, base_concurrent] = &postgres.baseline;
+        let mut out = String::new();
+        out += "\n## PostgreSQL beside the embedded store\n\n";
+        out += &format!(
+            "Same workload, same measurements, same run; PostgreSQL on 127.0.0.1 with its default \
+             durable settings (synchronous_commit = on), a fresh database for each ingest. \
+             Baseline: plain cqrs-es + postgres-es, the journey aggregate executed through \
+             `CqrsFramework` with one transaction per event, in-process (no HTTP), {} events at \
+             concurrency 1 and {} at {WRITERS}.\n\n",
+            thousands(base_serial.events as u64),
+            thousands(base_concurrent.events as u64),
+        );
+        out += "| Measurement | Embedded | PostgreSQL | PostgreSQL / embedded |\n";
+        out += "|---|---|---|---|\n";
+        let mut row = |name: &str, embedded: f64, postgres: f64, unit: &str| {
+            out += &format!(
+                "| {name} | {} {unit} | {} {unit} | {} |\n",
+                rate(embedded),
+                rate(postgres),
+                ratio(postgres / embedded)
+            );
+        };
+        row(
+            "Single-event ingest, concurrency 1",
+            e.serial.per_second(),
+            p.serial.per_second(),
+            "events/s",
+        );
+        row(
+            &format!("Single-event ingest, concurrency {WRITERS}"),
+            e.concurrent.per_second(),
+            p.concurrent.per_second(),
+            "events/s",
+        );
+        row(
+            "Batch ingest, one batch at a time",
+            e.batch.per_second(),
+            p.batch.per_second(),
+            "events/s",
+        );
+        row(
+            &format!("Batch ingest, {BATCH_POSTERS} senders"),
+            e.parallel_batch.per_second(),
+            p.parallel_batch.per_second(),
+            "events/s",
+        );
+        row(
+            "Rebuild from zero",
+            e.rebuild.per_second(),
+            p.rebuild.per_second(),
+            "events/s",
+        );
+        for (index, (er, pr)) in e.reads.iter().zip(&p.reads).enumerate() {
+            out += &format!(
+                "| Travel-map read p99, concurrency {} | {} | {} | {} |\n",
+                [1, READERS][index],
+                ms(er.latency.value_at_quantile(0.99)),
+                ms(pr.latency.value_at_quantile(0.99)),
+                ratio(
+                    pr.latency.value_at_quantile(0.99) as f64
+                        / er.latency.value_at_quantile(0.99) as f64
+                ),
+            );
+        }
+        out += "\n| Target (PostgreSQL) | Result | Target | Result / target | Met |\n";
+        out += "|---|---|---|---|---|\n";
+        let versus = p.concurrent.per_second() / base_concurrent.per_second();
+        out += &format!(
+            "| Single-event ingest at concurrency {WRITERS} vs the cqrs-es + postgres-es baseline ({} events/s at {WRITERS}; {} at 1) | {} events/s = {:.2}× the baseline | ≥ {TARGET_VERSUS_BASELINE:.0}× | {} | {} |\n",
+            rate(base_concurrent.per_second()),
+            rate(base_serial.per_second()),
+            rate(p.concurrent.per_second()),
+            versus,
+            ratio(versus / TARGET_VERSUS_BASELINE),
+            met(versus >= TARGET_VERSUS_BASELINE),
+        );
+        out += &format!(
+            "| Rebuild from zero ({} events) | {} events/s ({:.2} s) | ≥ {} events/s | {} | {} |\n",
+            thousands(p.rebuild.events),
+            rate(p.rebuild.per_second()),
+            p.rebuild.elapsed.as_secs_f64(),
+            rate(TARGET_POSTGRES_REBUILD_EVENTS_PER_S),
+            ratio(p.rebuild.per_second() / TARGET_POSTGRES_REBUILD_EVENTS_PER_S),
+            met(p.rebuild.per_second() >= TARGET_POSTGRES_REBUILD_EVENTS_PER_S),
+        );
+        out += &format!(
+            "\nThe baseline does less work per event than Travelmap: no HTTP, no idempotency look-up, no global position, no projection. Its rate at concurrency 1 is {:.2}× Travelmap's on PostgreSQL.\n",
+            base_serial.per_second() / p.serial.per_second(),
         );
         out
     }

@@ -2,8 +2,8 @@
 //! and a small HTTP client for it. Requests go through a real TCP socket on 127.0.0.1, so the
 //! figures include parsing, routing, authentication and serialisation, as a sender would see.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
+use travelmap_store::Location;
 
 use anyhow::{Context, bail};
 use reqwest::StatusCode;
@@ -24,7 +24,7 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(store: &Location) -> anyhow::Result<Self> {
         let credential = Credential {
             id: "bench".into(),
             agency: "bench-agency".into(),
@@ -33,7 +33,7 @@ impl Server {
         let authenticator = Authenticator::new([(Authenticator::hash_key(KEY), credential)])?;
         let app = Application::build(ServeSettings {
             listen: "127.0.0.1:0".parse()?,
-            data_dir: data_dir.to_path_buf(),
+            store: store.clone(),
             authenticator,
         })
         .await?;

@@ -53,6 +53,12 @@ impl ViewStore for FlakyViews {
     ) -> travelmap_store::Result<Vec<ClientId>> {
         self.inner.find_by_identifier(kind, value).await
     }
+    async fn lead(&self) -> travelmap_store::Result<()> {
+        self.inner.lead().await
+    }
+    fn saved(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.saved()
+    }
 }
 
 #[tokio::test]

@@ -178,7 +178,8 @@ async fn a_reused_id_with_other_content_is_refused(place: &Place) {
         .await
         .unwrap();
     let mut altered = submission.clone();
-    altered.draft.event = JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap();
+    altered.draft.event =
+        JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap();
     let refused = journeys.record(&provenance(), &[altered]).await;
     assert!(
         matches!(refused, Err(Error::DuplicateConflict { .. })),
@@ -226,7 +227,10 @@ async fn a_stale_expected_version_is_refused(place: &Place) {
         .append(&provenance(), vec![append(b, 0), append(a, 1)])
         .await;
     assert!(
-        matches!(refused, Err(travelmap_store::Error::StreamConflict { actual: 2, .. })),
+        matches!(
+            refused,
+            Err(travelmap_store::Error::StreamConflict { actual: 2, .. })
+        ),
         "{refused:?}"
     );
     assert!(store.log().read_stream(b, None).await.unwrap().is_empty());
@@ -237,7 +241,10 @@ async fn streams_read_in_order_and_as_of(place: &Place) {
     let store = place.open().await;
     let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
     let a = client();
-    let first = journeys.record(&provenance(), &journey(a, 3)).await.unwrap();
+    let first = journeys
+        .record(&provenance(), &journey(a, 3))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let second = journeys.record(&provenance(), &[contact(a)]).await.unwrap();
     let history = journeys.history(a, None).await.unwrap();
@@ -245,7 +252,10 @@ async fn streams_read_in_order_and_as_of(place: &Place) {
     assert_eq!(versions, [1, 2, 3, 4, 5]);
     assert_eq!(history[0].provenance.credential, "conformance");
     assert_eq!(history[0].draft.event.event_type(), "client.registered");
-    assert_eq!(history[3].draft.occurred_at.to_rfc3339(), "2026-01-05T09:00:00+01:00");
+    assert_eq!(
+        history[3].draft.occurred_at.to_rfc3339(),
+        "2026-01-05T09:00:00+01:00"
+    );
     assert!(second[0].receipt.recorded_at > first[3].receipt.recorded_at);
     let then = journeys
         .history(a, Some(first[3].receipt.recorded_at))
@@ -338,7 +348,10 @@ async fn the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views(plac
     let map = serde_json::to_value(map).unwrap();
     assert_eq!(map["client_id"], json!(clients[7].0));
     assert_eq!(
-        journeys.find_by_identifier("prison_number", "OP-7").await.unwrap(),
+        journeys
+            .find_by_identifier("prison_number", "OP-7")
+            .await
+            .unwrap(),
         [clients[7]]
     );
 
@@ -354,7 +367,10 @@ async fn a_reopened_store_has_every_acknowledged_event(place: &Place) {
     let acknowledged = {
         let store = place.open().await;
         let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
-        let outcomes = journeys.record(&provenance(), &journey(a, 9)).await.unwrap();
+        let outcomes = journeys
+            .record(&provenance(), &journey(a, 9))
+            .await
+            .unwrap();
         store.close().await;
         outcomes
     };

@@ -253,9 +253,9 @@ impl Store {
     pub async fn open(location: &Location) -> Result<Self> {
         Ok(match location {
             Location::Embedded(dir) => Store::Embedded(sqlite::SqliteStore::open(dir)?),
-            Location::Postgres(url) => Store::Postgres(
-                postgres::PgStore::connect(url, postgres::Migrations::Apply).await?,
-            ),
+            Location::Postgres(url) => {
+                Store::Postgres(postgres::PgStore::connect(url, postgres::Migrations::Apply).await?)
+            }
         })
     }
 

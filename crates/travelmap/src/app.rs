@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -11,14 +10,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use travelmap_api::{AppState, Authenticator};
 use travelmap_service::Journeys;
-use travelmap_store::sqlite::SqliteStore;
+use travelmap_store::{Location, Store};
 
 /// What [`Application::build`] needs.
 pub struct ServeSettings {
     /// Address to bind; port 0 picks a free port (tests).
     pub listen: SocketAddr,
-    /// The embedded store's directory.
-    pub data_dir: PathBuf,
+    /// Where events and views are stored.
+    pub store: Location,
     /// Who may call the API.
     pub authenticator: Authenticator,
 }
@@ -26,7 +25,7 @@ pub struct ServeSettings {
 /// A built, bound, not yet serving application.
 pub struct Application {
     listener: TcpListener,
-    store: SqliteStore,
+    store: Store,
     journeys: Arc<Journeys>,
     authenticator: Arc<Authenticator>,
 }
@@ -34,9 +33,10 @@ pub struct Application {
 impl Application {
     /// Opens the store and binds the listener. The projector starts with [`Self::run_until`].
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
-        let store = SqliteStore::open(&settings.data_dir)
-            .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
-        let journeys = Arc::new(Journeys::new(store.log.clone(), store.views.clone()).await?);
+        let store = Store::open(&settings.store)
+            .await
+            .with_context(|| format!("opening the {}", settings.store.describe()))?;
+        let journeys = Arc::new(Journeys::new(store.log(), store.views()).await?);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -76,7 +76,7 @@ impl Application {
             .await;
         let _ = stop_projector.send(true);
         let _ = projector.await;
-        self.store.log.close();
+        self.store.close().await;
         served.context("serving HTTP")
     }
 }

@@ -1,5 +1,6 @@
-//! The offline commands: import, rebuild, replay and credential. They open the store directly
-//! (import and rebuild need the server stopped; replay reads beside a running server).
+//! The offline commands: import, rebuild, replay, migrate and credential. They open the store
+//! directly. On the embedded store, import and rebuild need the server stopped (it holds the
+//! data directory); on PostgreSQL they can run beside servers. Replay only reads.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -13,8 +14,9 @@ use travelmap_api::{Authenticator, Role};
 use travelmap_domain::{ClientId, EventId, Provenance};
 use travelmap_projections::ClientState;
 use travelmap_service::{Journeys, Submission};
-use travelmap_store::EventLog;
-use travelmap_store::sqlite::{SqliteEventLog, SqliteStore};
+use travelmap_store::postgres::{self, Migrations, PgStore};
+use travelmap_store::sqlite::SqliteEventLog;
+use travelmap_store::{EventLog, Location, Store};
 
 /// Events per transaction during an import.
 const IMPORT_BATCH: usize = 1000;
@@ -29,7 +31,11 @@ const MAX_REPORTED_ERRORS: usize = 20;
 /// stale `expected_version`, a correction of an unknown event) stops the import at the batch where
 /// it occurs, with the batches before it recorded. Events already recorded with the same content
 /// are skipped, so after fixing the file the import can simply be run again.
-pub async fn import(data_dir: &Path, file: &Path, provenance: Provenance) -> anyhow::Result<()> {
+pub async fn import(
+    location: &Location,
+    file: &Path,
+    provenance: Provenance,
+) -> anyhow::Result<()> {
     let open = || -> anyhow::Result<BufReader<std::fs::File>> {
         Ok(BufReader::new(
             std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?,
@@ -70,8 +76,10 @@ pub async fn import(data_dir: &Path, file: &Path, provenance: Provenance) -> any
         );
     }
 
-    let store = SqliteStore::open(data_dir)?;
-    let journeys = Journeys::new(store.log.clone(), store.views.clone()).await?;
+    let store = Store::open(location)
+        .await
+        .with_context(|| format!("opening the {}", location.describe()))?;
+    let journeys = Journeys::new(store.log(), store.views()).await?;
     let progress = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} events ({per_sec}, {eta} left)")
             .expect("valid template"),
@@ -107,8 +115,12 @@ pub async fn import(data_dir: &Path, file: &Path, provenance: Provenance) -> any
         }
     }
     progress.finish();
-    journeys.projector().catch_up().await?;
-    store.log.close();
+    // On PostgreSQL a running server may hold the view lease; its projector then folds the
+    // imported events, and waiting for the lease here would wait for that server to stop.
+    if matches!(store, Store::Embedded(_)) {
+        journeys.projector().catch_up().await?;
+    }
+    store.close().await;
     println!(
         "imported {created} events ({skipped} already recorded) from {}",
         file.display()
@@ -126,11 +138,18 @@ fn parse_line(line: &str) -> Result<Submission, String> {
 }
 
 /// Deletes every projection and folds the whole log again.
-pub async fn rebuild(data_dir: &Path) -> anyhow::Result<()> {
-    let store = SqliteStore::open(data_dir)?;
-    let journeys = Journeys::new(store.log.clone(), store.views.clone()).await?;
+pub async fn rebuild(location: &Location) -> anyhow::Result<()> {
+    let store = Store::open(location)
+        .await
+        .with_context(|| format!("opening the {}", location.describe()))?;
+    if matches!(store, Store::Postgres(_)) {
+        eprintln!(
+            "taking the view lease (if a server holds it, this waits until that server stops)"
+        );
+    }
+    let journeys = Journeys::new(store.log(), store.views()).await?;
     let report = journeys.projector().rebuild().await?;
-    store.log.close();
+    store.close().await;
     let seconds = report.elapsed.as_secs_f64();
     println!(
         "rebuilt {} client views from {} events in {:.2}s ({:.0} events/s)",
@@ -145,13 +164,25 @@ pub async fn rebuild(data_dir: &Path) -> anyhow::Result<()> {
 /// Prints a client's history exactly as recorded (optionally as recorded by `as_of`) and the
 /// travel map folded from it.
 pub async fn replay(
-    data_dir: &Path,
+    location: &Location,
     client: ClientId,
     as_of: Option<DateTime<Utc>>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let log = SqliteEventLog::open_read_only(&data_dir.join("events.sqlite"))?;
-    let events = log.read_stream(client, as_of).await?;
+    // Read-only: the embedded log is opened without the data directory's lock, and a database
+    // is not migrated (an auditor's replay changes nothing).
+    let events = match location {
+        Location::Embedded(data_dir) => {
+            let log = SqliteEventLog::open_read_only(&data_dir.join("events.sqlite"))?;
+            log.read_stream(client, as_of).await?
+        }
+        Location::Postgres(url) => {
+            let store = PgStore::connect(url, Migrations::Require).await?;
+            let events = store.log.read_stream(client, as_of).await?;
+            store.close().await;
+            events
+        }
+    };
     if events.is_empty() {
         bail!(
             "no events recorded for client {client}{}",
@@ -239,5 +270,24 @@ pub fn new_credential(id: &str, agency: &str, roles: &[Role]) -> anyhow::Result<
     println!("agency = \"{agency}\"");
     println!("roles = [{}]", roles.join(", "));
     println!("key_sha256 = \"{}\"", Authenticator::hash_key(&key));
+    Ok(())
+}
+
+/// Applies missing schema migrations and reports the version the store is at.
+pub async fn migrate(location: &Location) -> anyhow::Result<()> {
+    match location {
+        Location::Postgres(url) => {
+            let version = postgres::migrate(url)
+                .await
+                .with_context(|| format!("migrating the {}", location.describe()))?;
+            println!("{} is at schema version {version}", location.describe());
+        }
+        Location::Embedded(_) => {
+            // Opening the embedded store applies its migrations.
+            let store = Store::open(location).await?;
+            store.close().await;
+            println!("{} is up to date", location.describe());
+        }
+    }
     Ok(())
 }

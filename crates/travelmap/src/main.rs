@@ -24,6 +24,10 @@ struct Cli {
     /// Where the embedded store keeps its files [default: ./travelmap-data].
     #[arg(long, global = true, env = "TRAVELMAP_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Store in PostgreSQL instead: a postgres:// URL, e.g.
+    /// postgres://travelmap@db.example/travelmap.
+    #[arg(long, global = true, env = "TRAVELMAP_STORE", value_name = "URL")]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +53,8 @@ enum Command {
     },
     /// Delete every projection and fold the whole event log again. Run with the server stopped.
     Rebuild,
+    /// Apply missing schema migrations (serve applies them too, on start).
+    Migrate,
     /// Print a client's history exactly as recorded, and the travel map folded from it.
     Replay {
         /// The client id.
@@ -115,6 +121,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.as_ref().and_then(|(_, file)| file.data_dir.clone()))
         .unwrap_or_else(|| PathBuf::from(settings::DEFAULT_DATA_DIR));
+    let store = cli
+        .store
+        .clone()
+        .or_else(|| config.as_ref().and_then(|(_, file)| file.store.clone()));
+    let location = settings::store_location(store, &data_dir).map_err(anyhow::Error::msg)?;
 
     match cli.command {
         Command::Serve { listen } => {
@@ -131,27 +142,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let application = Application::build(ServeSettings {
                 listen,
-                data_dir: data_dir.clone(),
+                store: location.clone(),
                 authenticator,
             })
             .await?;
             tracing::info!(
                 address = %application.local_addr(),
-                data_dir = %data_dir.display(),
+                store = %location.describe(),
                 "travelmap is listening"
             );
             application.run_until(app::shutdown_signal()).await
         }
         Command::Import { file, credential } => {
             let provenance = import_provenance(config.as_ref(), credential.as_deref())?;
-            commands::import(&data_dir, &file, provenance).await
+            commands::import(&location, &file, provenance).await
         }
-        Command::Rebuild => commands::rebuild(&data_dir).await,
+        Command::Rebuild => commands::rebuild(&location).await,
+        Command::Migrate => commands::migrate(&location).await,
         Command::Replay {
             client,
             as_of,
             json,
-        } => commands::replay(&data_dir, client, as_of, json).await,
+        } => commands::replay(&location, client, as_of, json).await,
         Command::Credential(CredentialCommand::New { id, agency, roles }) => {
             commands::new_credential(&id, &agency, &roles)
         }

@@ -22,6 +22,8 @@ pub struct ConfigFile {
     pub listen: Option<SocketAddr>,
     /// Where the embedded store keeps its files.
     pub data_dir: Option<PathBuf>,
+    /// A `postgres://` URL: store in PostgreSQL instead of the embedded store.
+    pub store: Option<String>,
     /// The credentials that may call the API.
     #[serde(default)]
     pub credentials: Vec<CredentialEntry>,
@@ -164,6 +166,23 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
+/// Chooses the store: a `postgres://` URL if one is given, else the embedded store in `data_dir`.
+pub fn store_location(
+    store: Option<String>,
+    data_dir: &Path,
+) -> Result<travelmap_store::Location, String> {
+    match store {
+        None => Ok(travelmap_store::Location::Embedded(data_dir.to_owned())),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(travelmap_store::Location::Postgres(url))
+        }
+        Some(other) => Err(format!(
+            "--store takes a postgres:// URL (got `{}`); the embedded store is chosen with --data-dir",
+            other.split(':').next().unwrap_or_default()
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +224,28 @@ mod tests {
         let (again, origin) = local_admin_key(dir.path()).unwrap();
         assert!(matches!(origin, LocalKey::Existing(_)));
         assert_eq!(again, key);
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgresql_and_anything_else_is_refused() {
+        let dir = Path::new("data");
+        assert_eq!(
+            store_location(None, dir),
+            Ok(travelmap_store::Location::Embedded(dir.to_owned()))
+        );
+        for url in [
+            "postgres://db/travelmap",
+            "postgresql://u@db:5433/t?sslmode=require",
+        ] {
+            assert_eq!(
+                store_location(Some(url.into()), dir),
+                Ok(travelmap_store::Location::Postgres(url.into()))
+            );
+        }
+        let refused = store_location(Some("mysql://secret@db/x".into()), dir).unwrap_err();
+        assert!(
+            refused.contains("`mysql`") && !refused.contains("secret"),
+            "{refused}"
+        );
     }
 }

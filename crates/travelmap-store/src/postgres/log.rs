@@ -37,7 +37,11 @@ pub struct PgEventLog {
 }
 
 impl PgEventLog {
-    pub(super) fn new(pool: PgPool, head: watch::Sender<u64>, receiver: watch::Receiver<u64>) -> Self {
+    pub(super) fn new(
+        pool: PgPool,
+        head: watch::Sender<u64>,
+        receiver: watch::Receiver<u64>,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let writer = tokio::spawn(write_groups(pool.clone(), head, queue));
         Self {
@@ -187,8 +191,8 @@ fn decode(row: &PgRow) -> Result<RecordedEvent> {
     let event_type: &str = row.try_get(4)?;
     let schema_version: i32 = row.try_get(5)?;
     let data: &str = row.try_get(11)?;
-    let event = JourneyEvent::decode_stored(event_type, schema_version as u32, data)
-        .map_err(corrupt)?;
+    let event =
+        JourneyEvent::decode_stored(event_type, schema_version as u32, data).map_err(corrupt)?;
     let occurred_at: &str = row.try_get(6)?;
     let occurred_at = DateTime::parse_from_rfc3339(occurred_at)
         .map_err(|error| invalid(format!("occurred_at: {error}")))?;
@@ -217,12 +221,19 @@ fn decode(row: &PgRow) -> Result<RecordedEvent> {
     })
 }
 
-/// The writer task: takes queued appends in groups and commits each group in one transaction.
+/// The writer task: takes queued appends in groups and commits each group. One writer per
+/// process keeps each group as large as the requests waiting for it (a second writer was
+/// measured: it split the same requests into smaller groups that queued for the same lock).
 async fn write_groups(pool: PgPool, head: watch::Sender<u64>, mut queue: mpsc::Receiver<Job>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let jobs = std::mem::take(&mut group);
-        match commit_group(&pool, &jobs).await {
+    loop {
+        let mut jobs = Vec::with_capacity(MAX_GROUP);
+        if queue.recv_many(&mut jobs, MAX_GROUP).await == 0 {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let committed = commit_group(&pool, &jobs).await;
+        tracing::trace!(jobs = jobs.len(), elapsed = ?started.elapsed(), "committed a group");
+        match committed {
             Ok((results, last_position)) => {
                 if let Some(position) = last_position {
                     head.send_if_modified(|current| {
@@ -269,13 +280,171 @@ struct Rows {
     digest: Vec<Vec<u8>>,
 }
 
-/// Commits one group. Under the `log_head` lock nothing else can append, so the checks for taken
+/// What committing a group gives back: each job's receipts or refusal, and the last position
+/// written (if anything was).
+type GroupOutcome = (Vec<Result<Vec<Receipt>>>, Option<u64>);
+
+/// Commits one group: in one statement if every append in it is accepted (the usual case),
+/// otherwise append by append.
+async fn commit_group(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> {
+    if let Some(outcome) = commit_whole_group(pool, jobs).await? {
+        return Ok(outcome);
+    }
+    commit_job_by_job(pool, jobs).await
+}
+
+/// The fast path: one statement, in a transaction of its own, that locks the log head, checks
+/// every id and stream version of the group, and inserts all of it or nothing; one round trip to
+/// the database per group. Returns `None` when some append must be refused, or the statement
+/// lost a race it cannot see (below), and the group is committed job by job instead.
+///
+/// The statement's snapshot is taken before it waits for the lock, so its checks may miss what
+/// the previous holder committed meanwhile. That can only hide a conflict, never invent one, and
+/// a hidden conflict still ends at a unique constraint (the event id, or the client's version),
+/// which fails the statement before anything is committed. Positions are not at risk: they come
+/// from the locked head row, which PostgreSQL re-reads after the wait.
+async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupOutcome>> {
+    let mut ids = HashSet::new();
+    let mut clients = HashSet::new();
+    let mut rows = Rows::default();
+    let (mut stream_clients, mut expected) = (Vec::new(), Vec::new());
+    for job in jobs {
+        for stream in &job.streams {
+            if !clients.insert(stream.client_id.0) {
+                // Two appends to one stream in a group: the second depends on the first.
+                return Ok(None);
+            }
+            stream_clients.push(stream.client_id.0);
+            expected.push(stream.expected_version as i64);
+            for (offset, new) in stream.events.iter().enumerate() {
+                if !ids.insert(new.draft.id.0) {
+                    return Ok(None);
+                }
+                let receipt = Receipt {
+                    id: new.draft.id,
+                    client_id: stream.client_id,
+                    version: stream.expected_version + offset as u64 + 1,
+                    position: 0,
+                    recorded_at: DateTime::<Utc>::MIN_UTC,
+                };
+                push_row(&mut rows, job, &receipt, new);
+            }
+        }
+    }
+    let count = rows.event_id.len() as i64;
+    if count == 0 {
+        return Ok(None);
+    }
+    let written: std::result::Result<(i64, DateTime<Utc>, i64), sqlx::Error> = sqlx::query_as(
+        "WITH head AS (
+             SELECT position AS last, GREATEST($13, recorded_at) AS at
+             FROM log_head FOR UPDATE
+         ),
+         new AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[],
+                                  $5::integer[], $6::text[], $7::text[], $8::text[],
+                                  $9::text[], $10::text[], $11::uuid[], $12::bytea[])
+                  WITH ORDINALITY AS n (event_id, client_id, version, event_type,
+                                        schema_version, occurred_at, agency, credential,
+                                        actor, data, retracts, digest, ordinal)
+         ),
+         conflicts AS (
+             SELECT 1 FROM new JOIN events taken ON taken.event_id = new.event_id
+             UNION ALL
+             SELECT 1 FROM UNNEST($14::uuid[], $15::bigint[]) AS stream (client_id, expected)
+             WHERE stream.expected <> COALESCE((
+                 SELECT version FROM events WHERE client_id = stream.client_id
+                 ORDER BY version DESC LIMIT 1), 0)
+         ),
+         inserted AS (
+             INSERT INTO events (position, event_id, client_id, version, event_type,
+                 schema_version, occurred_at, recorded_at, agency, credential, actor, data,
+                 retracts, digest)
+             SELECT head.last + new.ordinal, new.event_id, new.client_id, new.version,
+                    new.event_type, new.schema_version, new.occurred_at, head.at, new.agency,
+                    new.credential, new.actor, new.data::json, new.retracts, new.digest
+             FROM new CROSS JOIN head
+             WHERE NOT EXISTS (SELECT 1 FROM conflicts)
+             RETURNING 1
+         ),
+         moved AS (
+             UPDATE log_head SET position = head.last + $16, recorded_at = head.at
+             FROM head
+             WHERE NOT EXISTS (SELECT 1 FROM conflicts)
+             RETURNING pg_notify($17, log_head.position::text)
+         )
+         SELECT head.last, head.at,
+                (SELECT COUNT(*) FROM inserted) + (SELECT COUNT(*) FROM moved) * 0
+         FROM head",
+    )
+    .bind(rows.event_id)
+    .bind(rows.client_id)
+    .bind(rows.version)
+    .bind(rows.event_type)
+    .bind(rows.schema_version)
+    .bind(rows.occurred_at)
+    .bind(rows.agency)
+    .bind(rows.credential)
+    .bind(rows.actor)
+    .bind(rows.data)
+    .bind(rows.retracts)
+    .bind(rows.digest)
+    .bind(now_micros())
+    .bind(stream_clients)
+    .bind(expected)
+    .bind(count)
+    .bind(LOG_CHANNEL)
+    .fetch_one(pool)
+    .await;
+    let (last, recorded_at, inserted) = match written {
+        Ok(written) => written,
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    if inserted != count {
+        return Ok(None);
+    }
+    let mut position = last as u64;
+    let results = jobs
+        .iter()
+        .map(|job| {
+            Ok(job
+                .streams
+                .iter()
+                .flat_map(|stream| {
+                    stream
+                        .events
+                        .iter()
+                        .enumerate()
+                        .map(move |(offset, new)| (stream, offset, new))
+                })
+                .map(|(stream, offset, new)| {
+                    position += 1;
+                    Receipt {
+                        id: new.draft.id,
+                        client_id: stream.client_id,
+                        version: stream.expected_version + offset as u64 + 1,
+                        position,
+                        recorded_at,
+                    }
+                })
+                .collect())
+        })
+        .collect();
+    Ok(Some((results, Some(position))))
+}
+
+/// The server's clock, truncated to the microseconds PostgreSQL keeps.
+fn now_micros() -> DateTime<Utc> {
+    Utc::now()
+        .duration_trunc(TimeDelta::microseconds(1))
+        .unwrap_or_else(|_| Utc::now())
+}
+
+/// The careful path. Under the `log_head` lock nothing else can append, so the checks for taken
 /// ids and stream versions made here still hold at commit: each append is accepted or refused
 /// on its own, and only the accepted ones are written, with no savepoints needed.
-async fn commit_group(
-    pool: &PgPool,
-    jobs: &[Job],
-) -> Result<(Vec<Result<Vec<Receipt>>>, Option<u64>)> {
+async fn commit_job_by_job(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> {
     let mut transaction = pool.begin().await?;
     let (last_position, last_recorded_at): (i64, DateTime<Utc>) =
         sqlx::query_as("SELECT position, recorded_at FROM log_head FOR UPDATE")
@@ -283,10 +452,7 @@ async fn commit_group(
             .await?;
     // recorded_at never goes backwards, even if clocks differ between processes, so that
     // "recorded by time T" is always a prefix of the global feed. PostgreSQL keeps microseconds.
-    let now = Utc::now()
-        .duration_trunc(TimeDelta::microseconds(1))
-        .unwrap_or_else(|_| Utc::now());
-    let recorded_at = now.max(last_recorded_at);
+    let recorded_at = now_micros().max(last_recorded_at);
 
     let (mut taken, mut versions) = current_state(&mut transaction, jobs).await?;
     let mut rows = Rows::default();
@@ -295,7 +461,9 @@ async fn commit_group(
     for job in jobs {
         let accepted = accept(job, &taken, &versions, next_position, recorded_at);
         if let Ok(receipts) = &accepted {
-            for (receipt, new) in receipts.iter().zip(job.streams.iter().flat_map(|s| &s.events))
+            for (receipt, new) in receipts
+                .iter()
+                .zip(job.streams.iter().flat_map(|s| &s.events))
             {
                 taken.insert(receipt.id.0);
                 versions.insert(receipt.client_id.0, receipt.version);
@@ -309,23 +477,14 @@ async fn commit_group(
         transaction.rollback().await?;
         return Ok((results, None));
     }
-    insert(&mut transaction, rows, recorded_at).await?;
     let last = next_position - 1;
-    sqlx::query(
-        "UPDATE log_head SET position = $1, recorded_at = $2
-         RETURNING pg_notify($3, $1::text)",
-    )
-    .bind(last as i64)
-    .bind(recorded_at)
-    .bind(LOG_CHANNEL)
-    .execute(&mut *transaction)
-    .await?;
+    insert(&mut transaction, rows, recorded_at, last).await?;
     transaction.commit().await?;
     Ok((results, Some(last)))
 }
 
 /// Which of the group's event ids are already taken, and the current version of each stream the
-/// group appends to.
+/// group appends to, in one round trip.
 async fn current_state(
     transaction: &mut Transaction<'_, Postgres>,
     jobs: &[Job],
@@ -339,23 +498,37 @@ async fn current_state(
     let mut clients: Vec<Uuid> = streams.map(|stream| stream.client_id.0).collect();
     clients.sort_unstable();
     clients.dedup();
-    let taken: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(&mut **transaction)
-        .await?;
-    let versions: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT client_id, MAX(version) FROM events WHERE client_id = ANY($1) GROUP BY client_id",
+    // A taken id comes back with a null version; a stream with its current version.
+    let rows: Vec<(Uuid, Option<i64>)> = sqlx::query_as(
+        // Written as one index probe per id and per client: with `= ANY($1)` and a generic
+        // plan, PostgreSQL may choose to scan far more of the table than the few rows wanted.
+        "SELECT e.event_id, NULL::bigint
+         FROM UNNEST($1::uuid[]) AS wanted (id) JOIN events e ON e.event_id = wanted.id
+         UNION ALL
+         SELECT stream.id, last.version
+         FROM UNNEST($2::uuid[]) AS stream (id)
+         CROSS JOIN LATERAL (
+             SELECT version FROM events WHERE client_id = stream.id
+             ORDER BY version DESC LIMIT 1
+         ) AS last",
     )
+    .bind(&ids)
     .bind(&clients)
     .fetch_all(&mut **transaction)
     .await?;
-    Ok((
-        taken.into_iter().collect(),
-        versions
-            .into_iter()
-            .map(|(client, version)| (client, version as u64))
-            .collect(),
-    ))
+    let mut taken = HashSet::new();
+    let mut versions = HashMap::new();
+    for (id, version) in rows {
+        match version {
+            None => {
+                taken.insert(id);
+            }
+            Some(version) => {
+                versions.insert(id, version as u64);
+            }
+        }
+    }
+    Ok((taken, versions))
 }
 
 /// Decides one append against the log as it stands (including the group's earlier appends).
@@ -403,7 +576,8 @@ fn push_row(rows: &mut Rows, job: &Job, receipt: &Receipt, new: &crate::NewEvent
     rows.client_id.push(draft.client_id.0);
     rows.version.push(receipt.version as i64);
     rows.event_type.push(draft.event.event_type());
-    rows.schema_version.push(draft.event.schema_version() as i32);
+    rows.schema_version
+        .push(draft.event.schema_version() as i32);
     rows.occurred_at.push(draft.occurred_at.to_rfc3339());
     rows.agency.push(job.provenance.agency.clone());
     rows.credential.push(job.provenance.credential.clone());
@@ -414,13 +588,16 @@ fn push_row(rows: &mut Rows, job: &Job, receipt: &Receipt, new: &crate::NewEvent
     rows.digest.push(new.digest.to_vec());
 }
 
+/// Inserts the group's rows and moves the head past them, in one statement (one round trip).
 async fn insert(
     transaction: &mut Transaction<'_, Postgres>,
     rows: Rows,
     recorded_at: DateTime<Utc>,
+    last_position: u64,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO events (position, event_id, client_id, version, event_type, schema_version,
+        "WITH inserted AS (
+         INSERT INTO events (position, event_id, client_id, version, event_type, schema_version,
              occurred_at, recorded_at, agency, credential, actor, data, retracts, digest)
          SELECT position, event_id, client_id, version, event_type, schema_version, occurred_at,
                 $14, agency, credential, actor, data::json,
@@ -429,7 +606,11 @@ async fn insert(
                      $6::integer[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
                      $12::uuid[], $13::bytea[])
               AS new (position, event_id, client_id, version, event_type, schema_version,
-                      occurred_at, agency, credential, actor, data, retracts, digest)",
+                      occurred_at, agency, credential, actor, data, retracts, digest)
+         RETURNING 1)
+         UPDATE log_head SET position = $15, recorded_at = $14
+         WHERE (SELECT COUNT(*) FROM inserted) > 0
+         RETURNING pg_notify($16, $15::text)",
     )
     .bind(rows.position)
     .bind(rows.event_id)
@@ -445,6 +626,8 @@ async fn insert(
     .bind(rows.retracts)
     .bind(rows.digest)
     .bind(recorded_at)
+    .bind(last_position as i64)
+    .bind(LOG_CHANNEL)
     .execute(&mut **transaction)
     .await?;
     Ok(())

@@ -62,10 +62,14 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to the database at `url` (a `postgres://` URL), checking or applying migrations.
     pub async fn connect(url: &str, migrations: Migrations) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?.application_name("travelmap");
+        let options = connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
+            // No ping before every checkout: it would add a round trip to every query, and a
+            // broken connection fails the query anyway (appends are then retried by the sender
+            // and answered idempotently).
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         match migrations {
@@ -98,7 +102,7 @@ impl PgStore {
 
 /// Applies missing migrations to the database at `url` and returns the schema version it is at.
 pub async fn migrate(url: &str) -> Result<i64> {
-    let options = PgConnectOptions::from_str(url)?.application_name("travelmap");
+    let options = connect_options(url)?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .connect_with(options)
@@ -107,6 +111,15 @@ pub async fn migrate(url: &str) -> Result<i64> {
     let version = schema::version(&pool).await?;
     pool.close().await;
     Ok(version)
+}
+
+/// Settings for every connection. JIT compilation is off: our statements are short, and the
+/// planner's guess for the one-row `log_head` (never analysed) is large enough to trigger a JIT
+/// compile that costs far more than the statement itself.
+fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?
+        .application_name("travelmap")
+        .options([("jit", "off")]))
 }
 
 async fn heads(pool: &PgPool) -> Result<(u64, u64)> {

@@ -76,9 +76,10 @@ pub(crate) async fn migrate(pool: &PgPool) -> Result<()> {
     )
     .execute(&mut *transaction)
     .await?;
-    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::bigint FROM travelmap_schema")
-        .fetch_one(&mut *transaction)
-        .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::bigint FROM travelmap_schema")
+            .fetch_one(&mut *transaction)
+            .await?;
     let supported = MIGRATIONS.len() as i64;
     if current > supported {
         return Err(too_new(current));

@@ -72,6 +72,13 @@ impl PgViewStore {
 
     async fn write_views(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
         let mut transaction = self.pool.begin().await?;
+        // Views and their checkpoint commit together and can always be rebuilt from the log, so
+        // a crash that loses the last few view commits only makes the projector redo them from
+        // the older checkpoint. Not waiting for the WAL flush keeps view writes from competing
+        // with appends (whose commits stay synchronous) for fsyncs.
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *transaction)
+            .await?;
         if !views.is_empty() {
             let clients: Vec<Uuid> = views.iter().map(|view| view.client_id.0).collect();
             let states: Vec<Vec<u8>> = views.iter().map(|view| pack(&view.state)).collect();

@@ -1,0 +1,121 @@
+//! What only the PostgreSQL store has to show: migrations that are versioned and idempotent, and
+//! the view lease that keeps two processes from writing views at once. The behaviour every
+//! backend shares is checked by the conformance suite
+//! (`crates/travelmap-service/tests/conformance.rs`).
+
+use std::time::Duration;
+
+use sqlx::Connection;
+use travelmap_domain::ClientId;
+use travelmap_store::postgres::{MIGRATIONS, Migrations, PgStore, ScratchDatabase, migrate};
+use travelmap_store::{ClientView, Error, ViewStore, postgres::server_from_env};
+use uuid::Uuid;
+
+async fn scratch() -> ScratchDatabase {
+    let server = server_from_env();
+    ScratchDatabase::create(&server, "travelmap_test")
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "these tests need PostgreSQL at {server} ({error}); start it, or set \
+                 TRAVELMAP_TEST_POSTGRES (see docs/operations.md)"
+            )
+        })
+}
+
+fn view(client: ClientId) -> ClientView {
+    ClientView {
+        client_id: client,
+        state: format!("{{\"client\":\"{client}\"}}"),
+        identifiers: vec![("prison_number".into(), format!("OP-{client}"))],
+    }
+}
+
+#[tokio::test]
+async fn migrations_apply_once_and_are_required_before_use() {
+    let database = scratch().await;
+    // A read-only tool refuses a database that was never migrated, and changes nothing.
+    let refused = PgStore::connect(database.url(), Migrations::Require).await;
+    assert!(
+        matches!(refused, Err(Error::SchemaOutdated { found: 0, .. })),
+        "{:?}",
+        refused.err()
+    );
+    let current = MIGRATIONS.len() as i64;
+    assert_eq!(migrate(database.url()).await.unwrap(), current);
+    // Again, and from two processes at once: nothing is applied twice.
+    let (one, two) = tokio::join!(migrate(database.url()), migrate(database.url()));
+    assert_eq!((one.unwrap(), two.unwrap()), (current, current));
+    let store = PgStore::connect(database.url(), Migrations::Require)
+        .await
+        .unwrap();
+    store.close().await;
+    let mut connection = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM travelmap_schema")
+        .fetch_one(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(applied, current);
+    connection.close().await.unwrap();
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_fences_the_old_writer_off() {
+    let database = scratch().await;
+    let first = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    let second = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    first.views.lead().await.unwrap();
+    first
+        .views
+        .save(5, vec![view(ClientId(Uuid::new_v4()))])
+        .await
+        .unwrap();
+    // The second process announces nothing it does not see: it follows the saved checkpoint.
+    let mut saved = second.views.saved();
+    tokio::time::timeout(Duration::from_secs(5), saved.wait_for(|at| *at == 5))
+        .await
+        .expect("the checkpoint reaches the other process")
+        .unwrap();
+    // While the first holds the lease, the second waits.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), second.views.lead())
+            .await
+            .is_err()
+    );
+    // The first loses its lease connection (as when a network partition or a DBA ends it);
+    // the second takes over, and the first's next save is refused.
+    let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), second.views.lead())
+        .await
+        .expect("the lease is taken over")
+        .unwrap();
+    let late = first
+        .views
+        .save(9, vec![view(ClientId(Uuid::new_v4()))])
+        .await;
+    assert!(matches!(late, Err(Error::NotLeader)), "{late:?}");
+    assert_eq!(second.views.checkpoint().await.unwrap(), 5);
+    assert_eq!(second.views.count().await.unwrap(), 1);
+    second
+        .views
+        .save(7, vec![view(ClientId(Uuid::new_v4()))])
+        .await
+        .unwrap();
+    assert_eq!(first.views.checkpoint().await.unwrap(), 7);
+    admin.close().await.unwrap();
+    first.close().await;
+    second.close().await;
+    database.drop_database().await.unwrap();
+}
