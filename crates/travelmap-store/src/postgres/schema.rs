@@ -52,6 +52,8 @@ pub const MIGRATIONS: &[&str] = &[
         client_id uuid  PRIMARY KEY,
         state     bytea NOT NULL
     );
+    -- States are LZ4-compressed already; PostgreSQL need not try to compress them again.
+    ALTER TABLE client_views ALTER COLUMN state SET STORAGE EXTERNAL;
     CREATE TABLE client_identifiers (
         kind      text NOT NULL,
         value     text NOT NULL,
@@ -68,14 +70,20 @@ pub(crate) async fn migrate(pool: &PgPool) -> Result<()> {
         .bind(MIGRATION_LOCK)
         .execute(&mut *transaction)
         .await?;
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS travelmap_schema (
-            version    integer     PRIMARY KEY,
-            applied_at timestamptz NOT NULL DEFAULT now()
-        )",
-    )
-    .execute(&mut *transaction)
-    .await?;
+    // Checked rather than `CREATE TABLE IF NOT EXISTS`, whose notice would be logged each start.
+    let tracked: bool = sqlx::query_scalar("SELECT to_regclass('travelmap_schema') IS NOT NULL")
+        .fetch_one(&mut *transaction)
+        .await?;
+    if !tracked {
+        sqlx::query(
+            "CREATE TABLE travelmap_schema (
+                version    integer     PRIMARY KEY,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .execute(&mut *transaction)
+        .await?;
+    }
     let current: i64 =
         sqlx::query_scalar("SELECT COALESCE(MAX(version), 0)::bigint FROM travelmap_schema")
             .fetch_one(&mut *transaction)

@@ -17,11 +17,13 @@ pub fn server_from_env() -> String {
     std::env::var("TRAVELMAP_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
 }
 
-/// A database created for one run; [`ScratchDatabase::drop_database`] removes it.
+/// A database created for one run; [`ScratchDatabase::drop_database`] removes it, and so does
+/// dropping the value (for a test that panicked before it could call that).
 pub struct ScratchDatabase {
     server: String,
     name: String,
     url: String,
+    dropped: bool,
 }
 
 impl ScratchDatabase {
@@ -39,6 +41,7 @@ impl ScratchDatabase {
             server: server.to_owned(),
             name,
             url,
+            dropped: false,
         })
     }
 
@@ -48,15 +51,39 @@ impl ScratchDatabase {
     }
 
     /// Drops the database, closing whatever connections are still open to it.
-    pub async fn drop_database(self) -> Result<()> {
-        let mut connection = PgConnectOptions::from_str(&self.server)?.connect().await?;
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        ))
+    pub async fn drop_database(mut self) -> Result<()> {
+        self.dropped = true;
+        drop_database(&self.server, &self.name).await
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        // Not awaited by anyone: do it on a thread of its own, with a runtime of its own, since
+        // this may run while a runtime is unwinding from a panic.
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime
+                .block_on(drop_database(&server, &name))
+                .map_err(std::io::Error::other)
+        });
+        if let Ok(Err(error)) = cleanup.join() {
+            tracing::warn!(%error, database = %self.name, "could not drop a scratch database");
+        }
+    }
+}
+
+async fn drop_database(server: &str, name: &str) -> Result<()> {
+    let mut connection = PgConnectOptions::from_str(server)?.connect().await?;
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut connection)
         .await?;
-        connection.close().await?;
-        Ok(())
-    }
+    connection.close().await?;
+    Ok(())
 }
