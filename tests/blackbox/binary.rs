@@ -106,6 +106,18 @@ impl Drop for Server {
 pub(crate) fn write_config(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("travelmap.toml");
     let mut text = String::new();
+    let mut declared = std::collections::HashSet::new();
+    for (_, credential) in credentials() {
+        if declared.insert(credential.agency.clone()) {
+            text.push_str(&format!(
+                "[[agencies]]\nid = \"{}\"\nkind = \"{}\"\n\n",
+                credential.agency,
+                credential
+                    .agency_kind
+                    .expect("configured agencies have a kind")
+            ));
+        }
+    }
     for (key, credential) in credentials() {
         let roles: Vec<String> = credential
             .roles
@@ -222,10 +234,26 @@ async fn acknowledged_events_survive_a_kill_in_the_middle_of_writing() {
     let client = Uuid::new_v4();
     let address = server.address.clone();
     let writing = tokio::spawn(async move { post_many(&address, client, 400).await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill while writing: once some events are acknowledged, and long before all 400 are.
+    let http = reqwest::Client::new();
+    for _ in 0..400 {
+        let health: Value = http
+            .get(format!("{}/healthz", server.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["head"].as_u64().unwrap() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     server.signal("KILL");
     let _ = server.wait();
     let acknowledged = writing.await.unwrap();
+    assert!(!acknowledged.is_empty(), "the kill came before any write");
 
     let server = Server::start(&data, Some(&config)).await;
     let ids = history_ids(&server.address, client).await;
@@ -312,7 +340,7 @@ async fn a_second_server_on_the_same_directory_is_refused() {
 async fn a_broken_config_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "[[credentials]]\nid = \"x\"\nagency = \"a\"\nroles = [\"writer\"]\nkey_sha256 = \"nothex\"\n").unwrap();
+    std::fs::write(&config, "[[agencies]]\nid = \"a\"\nkind = \"ngo\"\n[[credentials]]\nid = \"x\"\nagency = \"a\"\nroles = [\"writer\"]\nkey_sha256 = \"nothex\"\n").unwrap();
     let output = Command::new(BINARY)
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
@@ -335,6 +363,27 @@ async fn a_broken_config_is_refused_with_a_clear_message() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("janitor"));
+
+    // Every credential's agency must be declared with its kind.
+    std::fs::write(
+        &config,
+        format!(
+            "[[credentials]]\nid = \"x\"\nagency = \"prison-opava\"\nroles = [\"writer\"]\nkey_sha256 = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let output = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("agency `prison-opava`, which no [[agencies]] entry declares"),
+        "{stderr}"
+    );
 }
 
 fn run(args: &[&str], data_dir: &Path) -> std::process::Output {
@@ -479,6 +528,8 @@ async fn help_lists_every_command_and_credential_new_prints_a_working_entry() {
             "opava-prison-system",
             "--agency",
             "prison-opava",
+            "--kind",
+            "prison",
             "--role",
             "writer",
         ])

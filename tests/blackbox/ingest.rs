@@ -28,7 +28,7 @@ async fn every_event_type_is_accepted_with_valid_data() {
             continue; // corrections need a target; posted below
         }
         let body = sample_event(client, event_type, AT);
-        let response = app.post_event(PRISON_WRITER, &body).await;
+        let response = app.post_event(writer_for(event_type), &body).await;
         assert_eq!(
             response.status(),
             StatusCode::CREATED,
@@ -338,9 +338,9 @@ async fn the_same_id_with_other_content_is_a_conflict() {
     let app = spawn_app().await;
     let body = event(
         Uuid::new_v4(),
-        "client.released",
+        "contact.made",
         AT,
-        valid_data("client.released", Uuid::nil()),
+        valid_data("contact.made", Uuid::nil()),
     );
     assert_eq!(
         app.post_event(PRISON_WRITER, &body).await.status(),
@@ -348,7 +348,7 @@ async fn the_same_id_with_other_content_is_a_conflict() {
     );
 
     let mut changed = body.clone();
-    changed["data"]["municipality"] = json!("Ostrava");
+    changed["data"]["kind"] = json!("meeting");
     expect_problem(
         app.post_event(PRISON_WRITER, &changed).await,
         StatusCode::CONFLICT,
@@ -366,7 +366,8 @@ async fn the_same_id_with_other_content_is_a_conflict() {
 
     let feed = app.feed().await;
     assert_eq!(feed.len(), 1);
-    assert_eq!(feed[0]["data"]["municipality"], "Opava");
+    assert_eq!(feed[0]["data"]["kind"], "first_day");
+    assert_eq!(feed[0]["agency"], "prison-opava");
 }
 
 #[tokio::test]
@@ -558,4 +559,63 @@ async fn unknown_routes_and_methods_answer_in_the_problem_format() {
     assert_eq!(problem["field"], "client_id");
     let problem_page = app.get_ok("/problems/version_conflict", ADMIN).await;
     assert_eq!(problem_page["status"], 409);
+}
+
+/// Every event type from every kind of agency: accepted exactly where the catalogue's
+/// `posted_by` says, refused with 403 elsewhere, and nothing stored when refused.
+#[tokio::test]
+async fn each_agency_kind_posts_only_the_event_types_in_its_remit() {
+    let app = spawn_app().await;
+    let types = catalogue(&app).await;
+    let mut accepted = 0;
+    for entry in &types {
+        let event_type = entry["type"].as_str().unwrap();
+        if event_type.starts_with("event.") {
+            continue; // posted by any agency; they need a target and are covered elsewhere
+        }
+        let posted_by: Vec<&str> = entry["posted_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kind| kind.as_str().unwrap())
+            .collect();
+        for (key, kind) in WRITERS {
+            let body = sample_event(Uuid::new_v4(), event_type, AT);
+            let response = app.post_event(key, &body).await;
+            if posted_by.contains(&kind.as_str()) {
+                assert_eq!(
+                    response.status(),
+                    StatusCode::CREATED,
+                    "{kind} {event_type}"
+                );
+                accepted += 1;
+            } else {
+                let problem = expect_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+                let detail = problem["detail"].as_str().unwrap();
+                assert!(detail.contains(event_type), "{detail}");
+            }
+        }
+    }
+    assert_eq!(app.feed().await.len(), accepted);
+    // Custody events come from prisons only.
+    let released = types
+        .iter()
+        .find(|t| t["type"] == "client.released")
+        .unwrap();
+    assert_eq!(released["posted_by"], json!(["prison"]));
+
+    // In a batch, the first event outside the remit is named and nothing is stored.
+    let client = Uuid::new_v4();
+    let batch = json!({"events": [
+        sample_event(client, "contact.made", AT),
+        sample_event(client, "client.released", AT),
+    ]});
+    let problem = expect_problem(
+        app.post("/v1/events/batch", PROBATION_WRITER, &batch).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(problem["index"], 1);
+    assert_eq!(app.feed().await.len(), accepted);
 }

@@ -12,8 +12,10 @@ use crate::support::*;
 
 async fn post(app: &TestApp, key: &str, body: &Value) -> Value {
     let response = app.post_event(key, body).await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    response.json().await.unwrap()
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{}: {answer}", body["type"]);
+    answer
 }
 
 #[tokio::test]
@@ -375,7 +377,7 @@ async fn corrections_and_retractions_flow_into_the_map_and_the_history_keeps_the
         json!({"sector": "logistics"}),
     );
     post(&app, PRISON_WRITER, &released).await;
-    post(&app, PRISON_WRITER, &job).await;
+    post(&app, BUREAU_WRITER, &job).await;
     let target: Uuid = released["id"].as_str().unwrap().parse().unwrap();
     let job_id: Uuid = job["id"].as_str().unwrap().parse().unwrap();
     post(
@@ -454,7 +456,7 @@ async fn the_global_feed_pages_in_commit_order() {
         post(
             &app,
             if index % 2 == 0 {
-                PRISON_WRITER
+                BUREAU_WRITER
             } else {
                 PROBATION_WRITER
             },
@@ -674,7 +676,7 @@ async fn occurred_at_is_kept_to_the_microsecond() {
         "2026-01-01T09:00:00.123456789+01:00",
         json!({}),
     );
-    post(&app, PRISON_WRITER, &body).await;
+    post(&app, BUREAU_WRITER, &body).await;
     let history = app
         .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
         .await;
@@ -684,7 +686,7 @@ async fn occurred_at_is_kept_to_the_microsecond() {
     );
     // A retry with the original nanoseconds is still the same event.
     assert_eq!(
-        app.post_event(PRISON_WRITER, &body).await.status(),
+        app.post_event(BUREAU_WRITER, &body).await.status(),
         StatusCode::OK
     );
 }

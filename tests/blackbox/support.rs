@@ -6,45 +6,107 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use travelmap::{Application, ServeSettings};
 use travelmap_api::{Authenticator, Credential, Role};
+use travelmap_domain::AgencyKind;
 use uuid::Uuid;
 
 /// Keys of the test credentials. Each acts for a different agency so that tests can see which
-/// agency an event was recorded for.
+/// agency an event was recorded for; the writers cover every kind of agency.
 pub const PRISON_WRITER: &str = "key-prison-writer";
 pub const PROBATION_WRITER: &str = "key-probation-writer";
+pub const BUREAU_WRITER: &str = "key-bureau-writer";
+pub const NGO_WRITER: &str = "key-ngo-writer";
+pub const MUNICIPALITY_WRITER: &str = "key-municipality-writer";
+pub const HOUSING_WRITER: &str = "key-housing-writer";
+pub const HEALTH_WRITER: &str = "key-health-writer";
+pub const COURT_WRITER: &str = "key-court-writer";
+pub const OTHER_WRITER: &str = "key-other-writer";
 pub const COORDINATOR: &str = "key-coordinator";
 pub const AUDITOR: &str = "key-auditor";
 pub const ADMIN: &str = "key-admin";
 
+/// The writer keys, one per kind of agency.
+pub const WRITERS: [(&str, AgencyKind); 9] = [
+    (PRISON_WRITER, AgencyKind::Prison),
+    (PROBATION_WRITER, AgencyKind::Probation),
+    (BUREAU_WRITER, AgencyKind::EmploymentBureau),
+    (NGO_WRITER, AgencyKind::Ngo),
+    (MUNICIPALITY_WRITER, AgencyKind::Municipality),
+    (HOUSING_WRITER, AgencyKind::Housing),
+    (HEALTH_WRITER, AgencyKind::Health),
+    (COURT_WRITER, AgencyKind::Court),
+    (OTHER_WRITER, AgencyKind::Other),
+];
+
 pub fn credentials() -> Vec<(&'static str, Credential)> {
-    let credential = |id: &str, agency: &str, roles: Vec<Role>| Credential {
+    let credential = |id: &str, agency: &str, kind: AgencyKind, roles: Vec<Role>| Credential {
         id: id.into(),
         agency: agency.into(),
+        agency_kind: Some(kind),
         roles,
     };
-    vec![
+    let mut credentials = vec![
         (
             PRISON_WRITER,
-            credential("opava-prison-system", "prison-opava", vec![Role::Writer]),
+            credential(
+                "opava-prison-system",
+                "prison-opava",
+                AgencyKind::Prison,
+                vec![Role::Writer],
+            ),
         ),
         (
             PROBATION_WRITER,
-            credential("probation-system", "probation-opava", vec![Role::Writer]),
+            credential(
+                "probation-system",
+                "probation-opava",
+                AgencyKind::Probation,
+                vec![Role::Writer],
+            ),
         ),
         (
             COORDINATOR,
             credential(
                 "coordinator-desk",
                 "municipality-opava",
+                AgencyKind::Municipality,
                 vec![Role::Coordinator],
             ),
         ),
         (
             AUDITOR,
-            credential("dpo-office", "audit-office", vec![Role::Auditor]),
+            credential(
+                "dpo-office",
+                "audit-office",
+                AgencyKind::Other,
+                vec![Role::Auditor],
+            ),
         ),
-        (ADMIN, credential("ops", "operations", vec![Role::Admin])),
-    ]
+        (
+            ADMIN,
+            credential("ops", "operations", AgencyKind::Other, vec![Role::Admin]),
+        ),
+    ];
+    for (key, kind) in &WRITERS[2..] {
+        credentials.push((
+            *key,
+            credential(
+                &format!("{kind}-system"),
+                &format!("{kind}-opava"),
+                *kind,
+                vec![Role::Writer],
+            ),
+        ));
+    }
+    credentials
+}
+
+/// A writer key whose agency may post `event_type` (the prison's where it may).
+pub fn writer_for(event_type: &str) -> &'static str {
+    WRITERS
+        .iter()
+        .find(|(_, kind)| travelmap_domain::agency::may_post(*kind, event_type))
+        .map(|(key, _)| *key)
+        .unwrap_or_else(|| panic!("no agency may post {event_type}"))
 }
 
 pub struct TestApp {

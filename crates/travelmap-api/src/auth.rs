@@ -10,7 +10,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use travelmap_domain::Provenance;
+use travelmap_domain::{AgencyKind, Provenance};
 
 use crate::AppState;
 use crate::error::{ApiError, Code};
@@ -48,6 +48,10 @@ pub struct Credential {
     pub id: String,
     /// The agency this credential acts for.
     pub agency: String,
+    /// The kind of that agency, which decides the event types it may post. `None` only for the
+    /// local admin of a start without configuration: a sandbox for one local user, who may post
+    /// every type to try the service out.
+    pub agency_kind: Option<AgencyKind>,
     pub roles: Vec<Role>,
 }
 
@@ -111,6 +115,30 @@ impl Authenticator {
 pub struct Caller(pub Credential);
 
 impl Caller {
+    /// Passes when the caller's agency may post events of `event_type`; otherwise 403.
+    pub fn may_post(&self, event_type: &str) -> Result<(), ApiError> {
+        let Some(kind) = self.0.agency_kind else {
+            return Ok(());
+        };
+        if travelmap_domain::agency::may_post(kind, event_type) {
+            return Ok(());
+        }
+        let allowed: Vec<&str> = travelmap_domain::agency::posted_by(event_type)
+            .unwrap_or_default()
+            .iter()
+            .map(|kind| kind.as_str())
+            .collect();
+        Err(ApiError::new(
+            Code::Forbidden,
+            format!(
+                "agency `{}` is of kind {kind}; `{event_type}` events may only be posted by: {}",
+                self.0.agency,
+                allowed.join(", ")
+            ),
+        )
+        .with_field("type"))
+    }
+
     /// Passes when the caller holds at least one of `roles`; otherwise 403.
     pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
         if self.0.roles.iter().any(|held| roles.contains(held)) {

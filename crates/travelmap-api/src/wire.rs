@@ -179,6 +179,9 @@ pub struct CatalogueEntry {
     pub description: String,
     /// Top-level `data` fields holding personal data.
     pub personal_fields: Vec<String>,
+    /// The kinds of agency (`prison`, `probation`, `employment_bureau`, `ngo`, `municipality`,
+    /// `housing`, `health`, `court`, `other`) whose credentials may post this type.
+    pub posted_by: Vec<String>,
     /// The JSON Schema (2020-12) of `data`.
     #[schema(value_type = Object)]
     pub data: Value,

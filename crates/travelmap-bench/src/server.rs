@@ -28,6 +28,8 @@ impl Server {
         let credential = Credential {
             id: "bench".into(),
             agency: "bench-agency".into(),
+            // The workload posts every event type, as the no-config local admin may.
+            agency_kind: None,
             roles: vec![Role::Writer, Role::Coordinator, Role::Auditor, Role::Admin],
         };
         let authenticator = Authenticator::new([(Authenticator::hash_key(KEY), credential)])?;

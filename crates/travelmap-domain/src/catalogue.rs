@@ -35,6 +35,8 @@ pub struct EventTypeInfo {
     /// Top-level `data` fields that hold personal data (to be encrypted at rest and erased on
     /// request). Empty when the type records only journey facts.
     pub personal_fields: &'static [&'static str],
+    /// The kinds of agency whose systems may post this type.
+    pub posted_by: &'static [crate::AgencyKind],
     /// The JSON Schema (2020-12) of `data`, generated from the same types the server decodes into.
     pub data: Value,
 }
@@ -125,6 +127,7 @@ macro_rules! catalogue {
                     schema_version: $version,
                     description: $description,
                     personal_fields: &[$($personal),*],
+                    posted_by: crate::agency::posted_by($name).unwrap_or_default(),
                     data: generator.clone().into_root_schema_for::<$payload>().to_value(),
                 },)*]
             })

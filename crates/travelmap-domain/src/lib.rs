@@ -5,6 +5,7 @@
 //! This crate does no I/O and knows neither HTTP nor SQL. Storage crates depend on it, never the
 //! other way round; the HTTP crate owns the wire format and converts into these types.
 
+pub mod agency;
 pub mod catalogue;
 mod envelope;
 mod error;
@@ -13,6 +14,7 @@ pub mod journey;
 pub mod payloads;
 mod text;
 
+pub use agency::AgencyKind;
 pub use catalogue::{EventTypeInfo, JourneyEvent};
 pub use envelope::{EventDraft, Provenance, RecordMeta, RecordedEvent, content_digest};
 pub use error::{DecodeError, ValidationError, field_path};

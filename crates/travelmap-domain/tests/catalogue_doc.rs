@@ -31,6 +31,9 @@ Every journey event is posted as an envelope around a typed `data` object:
 - `actor` is optional: the sender's reference to the worker (not a name).
 - The recorded `agency` and `credential` come from the bearer key, never from the body; a body
   that sends `agency` is refused.
+- *Posted by* names the kinds of agency (as configured in `[[agencies]]`) whose credentials may
+  post the type: a sentence or a release only from a prison, a registration with the employment
+  bureau only from the bureau. Any other agency gets `403 forbidden` and nothing is stored.
 - `expected_version` (optional) is the client's stream version the sender last saw; if the
   stream has moved on, the event is refused with `409 version_conflict`.
 - Every `data` object rejects unknown fields, so a misspelt optional field is an error rather
@@ -116,20 +119,37 @@ fn describe(property: &Value) -> String {
     }
 }
 
+/// The kinds of agency that may post a type, in words.
+fn posted_by(info: &travelmap_domain::EventTypeInfo) -> String {
+    if info.posted_by.len() == travelmap_domain::AgencyKind::ALL.len() {
+        return "any agency".into();
+    }
+    let kinds: Vec<String> = info
+        .posted_by
+        .iter()
+        .map(|kind| format!("`{kind}`"))
+        .collect();
+    kinds.join(", ")
+}
+
 fn render() -> String {
     let mut out = String::from(PREAMBLE);
-    out.push_str("\n| type | version | description |\n| --- | --- | --- |\n");
+    out.push_str("\n| type | version | description | posted by |\n| --- | --- | --- | --- |\n");
     for info in event_types() {
         let anchor = info.event_type.replace('.', "");
         writeln!(
             out,
-            "| [`{}`](#{anchor}) | {} | {} |",
-            info.event_type, info.schema_version, info.description
+            "| [`{}`](#{anchor}) | {} | {} | {} |",
+            info.event_type,
+            info.schema_version,
+            info.description,
+            posted_by(info)
         )
         .unwrap();
     }
     for info in event_types() {
         writeln!(out, "\n### `{}`\n\n{}\n", info.event_type, info.description).unwrap();
+        writeln!(out, "Posted by: {}.\n", posted_by(info)).unwrap();
         if !info.personal_fields.is_empty() {
             let personal: Vec<String> = info
                 .personal_fields

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use travelmap_api::wire::{self, Recorded};
 use travelmap_api::{Authenticator, Role};
-use travelmap_domain::{ClientId, EventId, Provenance};
+use travelmap_domain::{AgencyKind, ClientId, EventId, Provenance};
 use travelmap_projections::ClientState;
 use travelmap_service::{Journeys, Submission};
 use travelmap_store::postgres::{self, Migrations, PgStore};
@@ -35,6 +35,7 @@ pub async fn import(
     location: &Location,
     file: &Path,
     provenance: Provenance,
+    kind: Option<AgencyKind>,
 ) -> anyhow::Result<()> {
     let open = || -> anyhow::Result<BufReader<std::fs::File>> {
         Ok(BufReader::new(
@@ -51,6 +52,17 @@ pub async fn import(
         }
         total += 1;
         let problem = match parse_line(&line) {
+            Ok(submission)
+                if kind.is_some_and(|kind| {
+                    !travelmap_domain::agency::may_post(kind, submission.draft.event.event_type())
+                }) =>
+            {
+                Some(format!(
+                    "agency `{}` may not post `{}` events",
+                    provenance.agency,
+                    submission.draft.event.event_type()
+                ))
+            }
             Ok(submission) => match first_line_of.insert(submission.draft.id, number + 1) {
                 Some(first) => Some(format!(
                     "event id {} already appears on line {first}",
@@ -258,13 +270,24 @@ pub async fn replay(
 
 /// Prints a new key (on stderr, for the person setting it up) and the `[[credentials]]` entry
 /// that accepts it (on stdout, so it can be appended to the config file without the key).
-pub fn new_credential(id: &str, agency: &str, roles: &[Role]) -> anyhow::Result<()> {
+pub fn new_credential(
+    id: &str,
+    agency: &str,
+    kind: Option<AgencyKind>,
+    roles: &[Role],
+) -> anyhow::Result<()> {
     let key = crate::settings::new_key();
     let roles: Vec<String> = roles.iter().map(|role| format!("\"{role}\"")).collect();
     eprintln!(
         "Key for `{id}` (give it to the agency system; it is shown once and stored nowhere):"
     );
     eprintln!("{key}");
+    if let Some(kind) = kind {
+        println!("[[agencies]]");
+        println!("id = \"{agency}\"");
+        println!("kind = \"{kind}\"");
+        println!();
+    }
     println!("[[credentials]]");
     println!("id = \"{id}\"");
     println!("agency = \"{agency}\"");

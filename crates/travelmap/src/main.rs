@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use travelmap::settings::{self, ConfigFile, LocalKey};
 use travelmap::{Application, ServeSettings, app, commands};
 use travelmap_api::{Authenticator, Role};
-use travelmap_domain::{ClientId, Provenance};
+use travelmap_domain::{AgencyKind, ClientId, Provenance};
 
 /// Travelmap: one record of a person's path from prison back into society, built from the events
 /// every agency posts.
@@ -82,10 +82,24 @@ enum CredentialCommand {
         /// The agency it acts for.
         #[arg(long)]
         agency: String,
+        /// The agency's kind (prison, probation, employment_bureau, ngo, municipality, housing,
+        /// health, court, other): also print the [[agencies]] entry, for an agency not yet in
+        /// the config file.
+        #[arg(long, value_parser = parse_kind)]
+        kind: Option<AgencyKind>,
         /// A role: writer, coordinator, auditor or admin. Repeat for several.
         #[arg(long = "role", required = true, value_parser = parse_role)]
         roles: Vec<Role>,
     },
+}
+
+fn parse_kind(text: &str) -> Result<AgencyKind, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        format!(
+            "`{text}` is not an agency kind ({})",
+            AgencyKind::ALL.map(AgencyKind::as_str).join(", ")
+        )
+    })
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -154,8 +168,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             application.run_until(app::shutdown_signal()).await
         }
         Command::Import { file, credential } => {
-            let provenance = import_provenance(config.as_ref(), credential.as_deref())?;
-            commands::import(&location, &file, provenance).await
+            let (provenance, kind) = import_provenance(config.as_ref(), credential.as_deref())?;
+            commands::import(&location, &file, provenance, kind).await
         }
         Command::Rebuild => commands::rebuild(&location).await,
         Command::Migrate => commands::migrate(&location).await,
@@ -164,9 +178,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             as_of,
             json,
         } => commands::replay(&location, client, as_of, json).await,
-        Command::Credential(CredentialCommand::New { id, agency, roles }) => {
-            commands::new_credential(&id, &agency, &roles)
-        }
+        Command::Credential(CredentialCommand::New {
+            id,
+            agency,
+            kind,
+            roles,
+        }) => commands::new_credential(&id, &agency, kind, &roles),
     }
 }
 
@@ -193,17 +210,23 @@ fn local_authenticator(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Au
         .context("building the local admin credential")
 }
 
+/// Who an import records as, and the kind of its agency (which decides the types it may post).
 fn import_provenance(
     config: Option<&(PathBuf, ConfigFile)>,
     credential: Option<&str>,
-) -> anyhow::Result<Provenance> {
+) -> anyhow::Result<(Provenance, Option<AgencyKind>)> {
     let Some((path, file)) = config else {
         let local = settings::local_admin();
-        return Ok(Provenance {
-            agency: local.agency,
-            credential: local.id,
-        });
+        return Ok((
+            Provenance {
+                agency: local.agency,
+                credential: local.id,
+            },
+            local.agency_kind,
+        ));
     };
+    // The same checks as `serve`, so that an import cannot record what the API would refuse.
+    file.authenticator(path)?;
     let id =
         credential.context("with --config, name the credential to import as: --credential ID")?;
     let entry = file
@@ -214,8 +237,16 @@ fn import_provenance(
     if !entry.roles.contains(&Role::Writer) {
         anyhow::bail!("credential `{id}` lacks the writer role");
     }
-    Ok(Provenance {
-        agency: entry.agency.clone(),
-        credential: entry.id.clone(),
-    })
+    let kind = file
+        .agencies
+        .iter()
+        .find(|agency| agency.id == entry.agency)
+        .map(|agency| agency.kind);
+    Ok((
+        Provenance {
+            agency: entry.agency.clone(),
+            credential: entry.id.clone(),
+        },
+        kind,
+    ))
 }

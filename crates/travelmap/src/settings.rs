@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use travelmap_api::{Authenticator, Credential, Role};
+use travelmap_domain::AgencyKind;
 
 /// The default address: loopback only, so a newcomer's first start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -24,9 +25,25 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     /// A `postgres://` URL: store in PostgreSQL instead of the embedded store.
     pub store: Option<String>,
+    /// The agencies that take part, with their kinds.
+    #[serde(default)]
+    pub agencies: Vec<AgencyEntry>,
     /// The credentials that may call the API.
     #[serde(default)]
     pub credentials: Vec<CredentialEntry>,
+}
+
+/// One `[[agencies]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgencyEntry {
+    /// What credentials name in `agency`, and what is recorded with every event.
+    pub id: String,
+    /// prison, probation, employment_bureau, ngo, municipality, housing, health, court or other:
+    /// decides which event types the agency's credentials may post.
+    pub kind: AgencyKind,
+    /// A display name.
+    pub name: Option<String>,
 }
 
 /// One `[[credentials]]` entry.
@@ -63,6 +80,16 @@ pub enum Error {
     },
     #[error("config file {0} declares no [[credentials]]; nobody could call the API")]
     NoCredentials(PathBuf),
+    #[error(
+        "config file {path}: credential `{credential}` acts for agency `{agency}`, which no [[agencies]] entry declares (add one with its id and kind)"
+    )]
+    UndeclaredAgency {
+        path: PathBuf,
+        credential: String,
+        agency: String,
+    },
+    #[error("config file {path}: agency `{agency}` is declared twice")]
+    AgencyTwice { path: PathBuf, agency: String },
     #[error("local admin key at {path}: {source}")]
     LocalKey {
         path: PathBuf,
@@ -86,17 +113,35 @@ impl ConfigFile {
         if self.credentials.is_empty() {
             return Err(Error::NoCredentials(path.to_owned()));
         }
-        Authenticator::new(self.credentials.iter().map(|entry| {
-            (
+        let mut kinds = std::collections::HashMap::new();
+        for agency in &self.agencies {
+            if kinds.insert(agency.id.as_str(), agency.kind).is_some() {
+                return Err(Error::AgencyTwice {
+                    path: path.to_owned(),
+                    agency: agency.id.clone(),
+                });
+            }
+        }
+        let mut entries = Vec::with_capacity(self.credentials.len());
+        for entry in &self.credentials {
+            let Some(&kind) = kinds.get(entry.agency.as_str()) else {
+                return Err(Error::UndeclaredAgency {
+                    path: path.to_owned(),
+                    credential: entry.id.clone(),
+                    agency: entry.agency.clone(),
+                });
+            };
+            entries.push((
                 entry.key_sha256.clone(),
                 Credential {
                     id: entry.id.clone(),
                     agency: entry.agency.clone(),
+                    agency_kind: Some(kind),
                     roles: entry.roles.clone(),
                 },
-            )
-        }))
-        .map_err(|source| Error::Credentials {
+            ));
+        }
+        Authenticator::new(entries).map_err(|source| Error::Credentials {
             path: path.to_owned(),
             source,
         })
@@ -108,6 +153,7 @@ pub fn local_admin() -> Credential {
     Credential {
         id: "local-admin".into(),
         agency: "local".into(),
+        agency_kind: None,
         roles: vec![Role::Admin, Role::Writer, Role::Coordinator, Role::Auditor],
     }
 }
@@ -213,6 +259,44 @@ mod tests {
             file.authenticator(&path),
             Err(Error::NoCredentials(_))
         ));
+    }
+
+    #[test]
+    fn every_credential_acts_for_a_declared_agency() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("travelmap.toml");
+        let credential = format!(
+            "[[credentials]]\nid = \"c\"\nagency = \"prison-opava\"\nroles = [\"writer\"]\nkey_sha256 = \"{}\"\n",
+            "ab".repeat(32)
+        );
+        std::fs::write(&path, &credential).unwrap();
+        let error = ConfigFile::load(&path)
+            .unwrap()
+            .authenticator(&path)
+            .unwrap_err();
+        assert!(
+            matches!(&error, Error::UndeclaredAgency { agency, .. } if agency == "prison-opava"),
+            "{error}"
+        );
+        let agency = "[[agencies]]\nid = \"prison-opava\"\nkind = \"prison\"\n";
+        std::fs::write(&path, format!("{agency}{agency}{credential}")).unwrap();
+        let error = ConfigFile::load(&path)
+            .unwrap()
+            .authenticator(&path)
+            .unwrap_err();
+        assert!(matches!(error, Error::AgencyTwice { .. }), "{error}");
+        std::fs::write(&path, format!("{agency}{credential}")).unwrap();
+        ConfigFile::load(&path)
+            .unwrap()
+            .authenticator(&path)
+            .unwrap();
+        std::fs::write(
+            &path,
+            format!("[[agencies]]\nid = \"x\"\nkind = \"bakery\"\n{credential}"),
+        )
+        .unwrap();
+        let error = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(error.contains("bakery"), "{error}");
     }
 
     #[test]

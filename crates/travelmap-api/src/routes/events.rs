@@ -21,7 +21,7 @@ use crate::wire::{self, BatchReceipts, BatchRequest, EventRequest, FeedPage, Rec
         (status = 200, description = "Already recorded with the same content: the original receipt", body = Receipt),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The credential lacks the writer role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential lacks the writer role, or its agency's kind may not post this event type", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "duplicate_conflict or version_conflict", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not declared as JSON", body = Problem, content_type = "application/problem+json"),
@@ -36,6 +36,7 @@ pub async fn post_event(
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     caller.require(&[Role::Writer])?;
     let submission = wire::parse_event(&body)?;
+    caller.may_post(submission.draft.event.event_type())?;
     let outcomes = state
         .journeys
         .record(&caller.provenance(), &[submission])
@@ -59,7 +60,7 @@ pub async fn post_event(
         (status = 200, description = "Every event was already recorded with the same content", body = BatchReceipts),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The credential lacks the writer role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential lacks the writer role, or its agency's kind may not post this event type", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "duplicate_conflict or version_conflict; `index` names the event", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An event is invalid (`index` names it) or the batch is empty or too large", body = Problem, content_type = "application/problem+json"),
@@ -102,7 +103,14 @@ pub async fn post_batch(
         .events
         .iter()
         .enumerate()
-        .map(|(index, event)| wire::parse_event(event).map_err(|error| error.at_index(Some(index))))
+        .map(|(index, event)| {
+            let parse_and_check = || {
+                let submission = wire::parse_event(event)?;
+                caller.may_post(submission.draft.event.event_type())?;
+                Ok::<_, ApiError>(submission)
+            };
+            parse_and_check().map_err(|error| error.at_index(Some(index)))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let outcomes = state
         .journeys

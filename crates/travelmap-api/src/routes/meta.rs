@@ -29,6 +29,11 @@ pub async fn event_types() -> Json<Catalogue> {
                 .iter()
                 .map(|f| (*f).to_owned())
                 .collect(),
+            posted_by: info
+                .posted_by
+                .iter()
+                .map(|kind| kind.as_str().to_owned())
+                .collect(),
             data: info.data.clone(),
         })
         .collect();
