@@ -75,7 +75,7 @@ impl Server {
         panic!("travelmap did not come up");
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
@@ -84,7 +84,7 @@ impl Server {
         assert!(status.success());
     }
 
-    fn wait(mut self) -> std::process::ExitStatus {
+    pub(crate) fn wait(mut self) -> std::process::ExitStatus {
         for _ in 0..400 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;

@@ -4,6 +4,7 @@
 //! This is the only crate that knows axum and the wire format. It turns requests into calls on
 //! [`travelmap_service::Journeys`] and results into responses; it holds no business rules.
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -32,6 +33,8 @@ pub use error::{ApiError, Code};
 pub struct AppState {
     pub journeys: Arc<Journeys>,
     pub authenticator: Arc<Authenticator>,
+    /// Where every operation on personal data is logged.
+    pub audit: Arc<dyn travelmap_store::AuditLog>,
 }
 
 /// The OpenAPI document, generated from the handlers and wire types.
@@ -48,6 +51,9 @@ pub struct AppState {
         routes::clients::history,
         routes::clients::travel_map,
         routes::clients::search,
+        routes::audit::client_entries,
+        routes::audit::entries,
+        routes::audit::checkpoint,
         routes::meta::event_types,
         routes::meta::health,
         routes::meta::openapi,
@@ -57,6 +63,7 @@ pub struct AppState {
     tags(
         (name = "events", description = "Recording journey events and reading the global feed"),
         (name = "clients", description = "Histories, travel maps and identifier look-up"),
+        (name = "audit", description = "The audit trail of every operation on personal data"),
         (name = "catalogue", description = "The event types and their schemas"),
         (name = "meta", description = "Health, this document, problem types"),
     )
@@ -120,6 +127,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/clients/{client_id}/travel-map",
             get(routes::clients::travel_map),
         )
+        .route(
+            "/v1/audit/clients/{client_id}",
+            get(routes::audit::client_entries),
+        )
+        .route("/v1/audit/entries", get(routes::audit::entries))
+        .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
         .route("/v1/event-types", get(routes::meta::event_types))
         .route("/healthz", get(routes::meta::health))
         .route("/openapi.json", get(routes::meta::openapi))

@@ -6,6 +6,7 @@
 //! other way round; the HTTP crate owns the wire format and converts into these types.
 
 pub mod agency;
+pub mod audit;
 pub mod catalogue;
 mod envelope;
 mod error;

@@ -386,6 +386,104 @@ async fn a_reopened_store_has_every_acknowledged_event(place: &Place) {
     store.close().await;
 }
 
+fn audit_record(client: ClientId, n: usize) -> travelmap_domain::audit::AuditRecord {
+    use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
+    AuditRecord {
+        at: Utc::now(),
+        credential: "coordinator-desk".into(),
+        agency: "municipality-opava".into(),
+        actor: None,
+        operation: Operation::Consultation,
+        client_id: Some(client),
+        purpose: Some("case_management".into()),
+        justification: n.is_multiple_of(3).then(|| format!("reason {n}")),
+        request_id: Some(format!("req-{n}")),
+        outcome: if n.is_multiple_of(5) {
+            Outcome::Denied
+        } else {
+            Outcome::Allowed
+        },
+        action: "GET /v1/clients/{client_id}/travel-map".into(),
+        returned: None,
+    }
+}
+
+async fn whole_audit_log(store: &Store) -> Vec<travelmap_domain::audit::AuditEntry> {
+    let mut entries = Vec::new();
+    loop {
+        let after = entries
+            .last()
+            .map_or(0, |e: &travelmap_domain::audit::AuditEntry| e.seq);
+        let page = store.audit().read_after(after, 50).await.unwrap();
+        if page.is_empty() {
+            return entries;
+        }
+        entries.extend(page);
+    }
+}
+
+/// Entries from concurrent writers form one chain that verifies, survives a restart, and
+/// continues after it; a client's entries can be read on their own.
+async fn the_audit_trail_is_one_chain(place: &Place) {
+    let clients: Vec<ClientId> = (0..4).map(|_| client()).collect();
+    {
+        let store = place.open().await;
+        let audit = store.audit();
+        let mut writers = Vec::new();
+        for writer in 0..16 {
+            let (audit, clients) = (audit.clone(), clients.clone());
+            writers.push(tokio::spawn(async move {
+                for n in 0..10 {
+                    let client = clients[(writer + n) % clients.len()];
+                    let numbers = audit
+                        .append(vec![audit_record(client, writer * 10 + n)])
+                        .await
+                        .unwrap();
+                    assert_eq!(numbers.len(), 1);
+                }
+            }));
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        store.close().await;
+    }
+    let store = place.open().await;
+    let entries = whole_audit_log(&store).await;
+    assert_eq!(entries.len(), 160);
+    let (last, _) = travelmap_domain::audit::verify(entries.clone()).unwrap();
+    assert_eq!(last, 160);
+    // Stored and read back exactly: the texts, the outcome, the client.
+    let denied = entries
+        .iter()
+        .filter(|e| e.record.outcome == travelmap_domain::audit::Outcome::Denied)
+        .count();
+    assert_eq!(denied, 32);
+    let numbers = store
+        .audit()
+        .append(vec![
+            audit_record(clients[0], 1000),
+            audit_record(clients[1], 1001),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(numbers, [161, 162]);
+    assert_eq!(
+        travelmap_domain::audit::verify(whole_audit_log(&store).await)
+            .unwrap()
+            .0,
+        162
+    );
+    let of_one = store.audit().read_client(clients[0]).await.unwrap();
+    assert_eq!(of_one.len(), 41);
+    assert!(
+        of_one
+            .iter()
+            .all(|e| e.record.client_id == Some(clients[0]))
+    );
+    store.close().await;
+}
+
 macro_rules! conformance {
     ($backend:ident: $($check:ident),* $(,)?) => {
         #[allow(non_snake_case)]
@@ -411,6 +509,7 @@ conformance!(Embedded:
     concurrent_writers_make_one_gap_free_feed,
     the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views,
     a_reopened_store_has_every_acknowledged_event,
+    the_audit_trail_is_one_chain,
 );
 
 conformance!(Postgres:
@@ -422,4 +521,5 @@ conformance!(Postgres:
     concurrent_writers_make_one_gap_free_feed,
     the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views,
     a_reopened_store_has_every_acknowledged_event,
+    the_audit_trail_is_one_chain,
 );

@@ -215,6 +215,28 @@ pub trait ViewStore: Send + Sync {
     fn saved(&self) -> watch::Receiver<u64>;
 }
 
+/// The audit trail: an append-only, hash-chained log of operations on personal data, kept by
+/// every backend beside its events. One writer at a time gives entries their sequence numbers
+/// and chains them, so the log is always one unbroken chain.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends records in order, chaining each to the one before; returns their sequence numbers.
+    async fn append(&self, records: Vec<travelmap_domain::audit::AuditRecord>) -> Result<Vec<u64>>;
+    /// Up to `limit` entries after `after`, in sequence order.
+    async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<travelmap_domain::audit::AuditEntry>>;
+    /// Every entry about one client, in sequence order.
+    async fn read_client(
+        &self,
+        client: ClientId,
+    ) -> Result<Vec<travelmap_domain::audit::AuditEntry>>;
+    /// The last entry's sequence number and hash (0 and the genesis hash when empty).
+    async fn head(&self) -> Result<(u64, [u8; 32])>;
+}
+
 /// Where a store lives, as chosen by configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -273,10 +295,20 @@ impl Store {
         }
     }
 
+    pub fn audit(&self) -> std::sync::Arc<dyn AuditLog> {
+        match self {
+            Store::Embedded(store) => store.audit.clone(),
+            Store::Postgres(store) => store.audit.clone(),
+        }
+    }
+
     /// Stops taking appends and waits for those queued to be answered.
     pub async fn close(&self) {
         match self {
-            Store::Embedded(store) => store.log.close(),
+            Store::Embedded(store) => {
+                store.log.close();
+                store.audit.close();
+            }
             Store::Postgres(store) => store.close().await,
         }
     }

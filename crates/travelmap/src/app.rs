@@ -70,6 +70,7 @@ impl Application {
         let router = travelmap_api::router(AppState {
             journeys: self.journeys.clone(),
             authenticator: self.authenticator.clone(),
+            audit: self.store.audit(),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)

@@ -15,8 +15,8 @@ use travelmap_domain::{AgencyKind, ClientId, EventId, Provenance};
 use travelmap_projections::ClientState;
 use travelmap_service::{Journeys, Submission};
 use travelmap_store::postgres::{self, Migrations, PgStore};
-use travelmap_store::sqlite::SqliteEventLog;
-use travelmap_store::{EventLog, Location, Store};
+use travelmap_store::sqlite::{SqliteAuditLog, SqliteEventLog};
+use travelmap_store::{AuditLog, EventLog, Location, Store};
 
 /// Events per transaction during an import.
 const IMPORT_BATCH: usize = 1000;
@@ -313,4 +313,96 @@ pub async fn migrate(location: &Location) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `audit verify` concluded.
+pub enum Verified {
+    Intact,
+    Broken,
+}
+
+/// Checks the whole audit trail's hash chain, and that it extends `checkpoint` (a JSON file as
+/// served by `GET /v1/audit/checkpoint`) if one is given. Prints what it found.
+pub async fn verify_audit(
+    location: &Location,
+    checkpoint: Option<&Path>,
+) -> anyhow::Result<Verified> {
+    use travelmap_domain::audit::{ChainCheck, ChainError, hex};
+    let checkpoint: Option<(u64, String)> = match checkpoint {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the checkpoint {}", path.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a checkpoint (JSON)", path.display()))?;
+            let seq = value["seq"].as_u64();
+            let hash = value["hash"].as_str().map(str::to_owned);
+            match (seq, hash) {
+                (Some(seq), Some(hash)) => Some((seq, hash)),
+                _ => bail!("{} lacks `seq` and `hash`", path.display()),
+            }
+        }
+        None => None,
+    };
+    let (audit, _store): (std::sync::Arc<dyn AuditLog>, Option<PgStore>) = match location {
+        Location::Embedded(data_dir) => (
+            std::sync::Arc::new(SqliteAuditLog::open_read_only(
+                &data_dir.join("audit.sqlite"),
+            )?),
+            None,
+        ),
+        Location::Postgres(url) => {
+            let store = PgStore::connect(url, Migrations::Require).await?;
+            (store.audit.clone(), Some(store))
+        }
+    };
+    let mut check = ChainCheck::default();
+    let mut at_checkpoint: Option<String> = None;
+    let mut broken: Option<ChainError> = None;
+    'pages: loop {
+        let page = audit.read_after(check.head().0, 1000).await?;
+        if page.is_empty() {
+            break;
+        }
+        for entry in &page {
+            if let Err(error) = check.next(entry) {
+                broken = Some(error);
+                break 'pages;
+            }
+            if checkpoint
+                .as_ref()
+                .is_some_and(|(seq, _)| *seq == entry.seq)
+            {
+                at_checkpoint = Some(hex(&entry.hash));
+            }
+        }
+    }
+    if broken.is_none()
+        && let Some((seq, hash)) = &checkpoint
+    {
+        broken = match &at_checkpoint {
+            None if *seq > 0 => Some(ChainError::ShorterThanCheckpoint {
+                last: check.head().0,
+                checkpoint: *seq,
+            }),
+            Some(found) if found != hash => Some(ChainError::CheckpointMismatch(*seq)),
+            _ => None,
+        };
+    }
+    let (seq, hash) = check.head();
+    Ok(match broken {
+        None => {
+            println!(
+                "audit trail intact: {seq} entries, head hash {}{}",
+                hex(&hash),
+                checkpoint.map_or(String::new(), |(seq, _)| format!(
+                    "; extends the checkpoint at entry {seq}"
+                ))
+            );
+            Verified::Intact
+        }
+        Some(error) => {
+            println!("audit trail broken: {error}");
+            Verified::Broken
+        }
+    })
 }

@@ -70,6 +70,22 @@ enum Command {
     /// Manage credentials.
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Check the audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the whole hash chain (exit 0 when intact; non-zero, naming the first bad entry,
+    /// when an entry was edited, removed or reordered), and with --checkpoint that the trail
+    /// extends a checkpoint kept earlier (`GET /v1/audit/checkpoint`). Reads beside a running
+    /// server.
+    Verify {
+        /// A checkpoint file: {"seq": N, "hash": "..."}.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +194,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             as_of,
             json,
         } => commands::replay(&location, client, as_of, json).await,
+        Command::Audit(AuditCommand::Verify { checkpoint }) => {
+            match commands::verify_audit(&location, checkpoint.as_deref()).await? {
+                commands::Verified::Intact => Ok(()),
+                commands::Verified::Broken => std::process::exit(2),
+            }
+        }
         Command::Credential(CredentialCommand::New {
             id,
             agency,

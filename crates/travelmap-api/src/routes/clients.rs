@@ -5,10 +5,12 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use travelmap_domain::ClientId;
+use travelmap_domain::audit::{Operation, Outcome, returned_ids};
 use travelmap_projections::TravelMap;
 use utoipa::IntoParams;
 
 use crate::AppState;
+use crate::audit::{self, Logged, RequestContext};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Problem};
 use crate::extract::{self, Path, Query};
@@ -56,13 +58,34 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
 pub async fn history(
     State(state): State<AppState>,
     caller: Caller,
+    context: RequestContext,
     Path(client_id): Path<String>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<History>, ApiError> {
-    caller.require(&[Role::Coordinator, Role::Auditor])?;
     let client_id = extract::client_id(&client_id)?;
+    let logged = |returned| Logged {
+        operation: Operation::Consultation,
+        client: Some(ClientId(client_id)),
+        action: "GET /v1/clients/{client_id}/events",
+        returned,
+    };
+    audit::require(
+        &state,
+        &caller,
+        &context,
+        &[Role::Coordinator, Role::Auditor],
+        logged(None),
+    )
+    .await?;
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
     let events = state.journeys.history(ClientId(client_id), as_of).await?;
+    let ids: Vec<String> = events.iter().map(|e| e.draft.id.to_string()).collect();
+    let returned = returned_ids(ids.iter().map(String::as_str));
+    audit::write(
+        &state,
+        vec![context.record(&caller, Outcome::Allowed, logged(returned))],
+    )
+    .await?;
     Ok(Json(History {
         client_id,
         events: events.iter().map(Recorded::from).collect(),
@@ -96,16 +119,36 @@ pub struct TravelMapQuery {
 pub async fn travel_map(
     State(state): State<AppState>,
     caller: Caller,
+    context: RequestContext,
     Path(client_id): Path<String>,
     Query(query): Query<TravelMapQuery>,
 ) -> Result<Json<TravelMap>, ApiError> {
-    caller.require(&[Role::Coordinator, Role::Auditor])?;
     let client_id = extract::client_id(&client_id)?;
+    let logged = |returned| Logged {
+        operation: Operation::Consultation,
+        client: Some(ClientId(client_id)),
+        action: "GET /v1/clients/{client_id}/travel-map",
+        returned,
+    };
+    audit::require(
+        &state,
+        &caller,
+        &context,
+        &[Role::Coordinator, Role::Auditor],
+        logged(None),
+    )
+    .await?;
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
     let map = state
         .journeys
         .travel_map(ClientId(client_id), as_of, query.min_position)
         .await?;
+    let returned = Some(format!("travel map at stream version {}", map.version));
+    audit::write(
+        &state,
+        vec![context.record(&caller, Outcome::Allowed, logged(returned))],
+    )
+    .await?;
     Ok(Json(map))
 }
 
@@ -131,9 +174,25 @@ pub struct SearchQuery {
 pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
+    context: RequestContext,
     Query(query): Query<SearchQuery>,
 ) -> Result<Json<ClientMatches>, ApiError> {
-    caller.require(&[Role::Writer, Role::Coordinator, Role::Auditor])?;
+    // The identifier's value is itself personal data: the entry names only its type.
+    const ACTION: &str = "GET /v1/clients?identifier=";
+    let logged = |client, returned| Logged {
+        operation: Operation::Consultation,
+        client,
+        action: ACTION,
+        returned,
+    };
+    audit::require(
+        &state,
+        &caller,
+        &context,
+        &[Role::Writer, Role::Coordinator, Role::Auditor],
+        logged(None, None),
+    )
+    .await?;
     let identifier = query
         .identifier
         .ok_or_else(|| ApiError::invalid_parameter("identifier", "give `identifier=TYPE:VALUE`"))?;
@@ -147,6 +206,22 @@ pub async fn search(
         .journeys
         .find_by_identifier(kind, value.trim())
         .await?;
+    let entries = if clients.is_empty() {
+        vec![context.record(
+            &caller,
+            Outcome::Allowed,
+            logged(None, Some(format!("no client found by {kind}"))),
+        )]
+    } else {
+        clients
+            .iter()
+            .map(|&client| {
+                let returned = Some(format!("found by {kind}"));
+                context.record(&caller, Outcome::Allowed, logged(Some(client), returned))
+            })
+            .collect()
+    };
+    audit::write(&state, entries).await?;
     Ok(Json(ClientMatches {
         clients: clients
             .into_iter()

@@ -4,9 +4,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use travelmap_domain::ClientId;
+use travelmap_domain::audit::{Operation, Outcome, returned_ids};
 use utoipa::IntoParams;
 
 use crate::AppState;
+use crate::audit::{self, Logged, RequestContext};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Code, Problem};
 use crate::extract::{JsonBody, Query};
@@ -32,16 +35,42 @@ use crate::wire::{self, BatchReceipts, BatchRequest, EventRequest, FeedPage, Rec
 pub async fn post_event(
     State(state): State<AppState>,
     caller: Caller,
+    context: RequestContext,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
-    caller.require(&[Role::Writer])?;
+    const ACTION: &str = "POST /v1/events";
+    let denied = |client| Logged {
+        operation: Operation::Collection,
+        client,
+        action: ACTION,
+        returned: None,
+    };
+    audit::require(&state, &caller, &context, &[Role::Writer], denied(None)).await?;
     let submission = wire::parse_event(&body)?;
-    caller.may_post(submission.draft.event.event_type())?;
+    let client = submission.draft.client_id;
+    if let Err(refused) = caller.may_post(submission.draft.event.event_type()) {
+        let entry = context.record(&caller, Outcome::Denied, denied(Some(client)));
+        audit::write(&state, vec![entry]).await?;
+        return Err(refused);
+    }
+    let operation = operation_of(&submission);
+    let id = submission.draft.id;
     let outcomes = state
         .journeys
         .record(&caller.provenance(), &[submission])
         .await
         .map_err(|error| ApiError::from(error).at_index(None))?;
+    let entry = context.record(
+        &caller,
+        Outcome::Allowed,
+        Logged {
+            operation,
+            client: Some(client),
+            action: ACTION,
+            returned: Some(id.to_string()),
+        },
+    );
+    audit::write(&state, vec![entry]).await?;
     let outcome = &outcomes[0];
     let status = if outcome.created {
         StatusCode::CREATED
@@ -70,9 +99,24 @@ pub async fn post_event(
 pub async fn post_batch(
     State(state): State<AppState>,
     caller: Caller,
+    context: RequestContext,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<BatchReceipts>), ApiError> {
-    caller.require(&[Role::Writer])?;
+    const ACTION: &str = "POST /v1/events/batch";
+    let logged = |client, returned| Logged {
+        operation: Operation::Collection,
+        client,
+        action: ACTION,
+        returned,
+    };
+    audit::require(
+        &state,
+        &caller,
+        &context,
+        &[Role::Writer],
+        logged(None, None),
+    )
+    .await?;
     let batch: BatchRequest =
         travelmap_domain::catalogue::deserialize_with_path(&body).map_err(|invalid| {
             let error = ApiError::new(Code::ValidationFailed, invalid.message);
@@ -103,19 +147,48 @@ pub async fn post_batch(
         .events
         .iter()
         .enumerate()
-        .map(|(index, event)| {
-            let parse_and_check = || {
-                let submission = wire::parse_event(event)?;
-                caller.may_post(submission.draft.event.event_type())?;
-                Ok::<_, ApiError>(submission)
-            };
-            parse_and_check().map_err(|error| error.at_index(Some(index)))
-        })
+        .map(|(index, event)| wire::parse_event(event).map_err(|error| error.at_index(Some(index))))
         .collect::<Result<Vec<_>, _>>()?;
+    for (index, submission) in submissions.iter().enumerate() {
+        if let Err(refused) = caller.may_post(submission.draft.event.event_type()) {
+            let client = Some(submission.draft.client_id);
+            let entry = context.record(&caller, Outcome::Denied, logged(client, None));
+            audit::write(&state, vec![entry]).await?;
+            return Err(refused.at_index(Some(index)));
+        }
+    }
     let outcomes = state
         .journeys
         .record(&caller.provenance(), &submissions)
         .await?;
+    // One entry per client and operation, naming the events recorded for it.
+    let mut recorded: Vec<(ClientId, Operation, Vec<String>)> = Vec::new();
+    for submission in &submissions {
+        let key = (submission.draft.client_id, operation_of(submission));
+        let id = submission.draft.id.to_string();
+        match recorded
+            .iter_mut()
+            .find(|(client, operation, _)| (*client, *operation) == key)
+        {
+            Some((_, _, ids)) => ids.push(id),
+            None => recorded.push((key.0, key.1, vec![id])),
+        }
+    }
+    let entries = recorded
+        .into_iter()
+        .map(|(client, operation, ids)| {
+            let returned = returned_ids(ids.iter().map(String::as_str));
+            context.record(
+                &caller,
+                Outcome::Allowed,
+                Logged {
+                    operation,
+                    ..logged(Some(client), returned)
+                },
+            )
+        })
+        .collect();
+    audit::write(&state, entries).await?;
     let status = if outcomes.iter().any(|outcome| outcome.created) {
         StatusCode::CREATED
     } else {
@@ -150,9 +223,23 @@ pub struct FeedQuery {
 pub async fn feed(
     State(state): State<AppState>,
     caller: Caller,
+    context: RequestContext,
     Query(query): Query<FeedQuery>,
 ) -> Result<Json<FeedPage>, ApiError> {
-    caller.require(&[Role::Auditor, Role::Admin])?;
+    let logged = |returned| Logged {
+        operation: Operation::Disclosure,
+        client: None,
+        action: "GET /v1/events",
+        returned,
+    };
+    audit::require(
+        &state,
+        &caller,
+        &context,
+        &[Role::Auditor, Role::Admin],
+        logged(None),
+    )
+    .await?;
     // Positions are stored as SQL integers; anything larger cannot exist.
     if query.after > i64::MAX as u64 {
         return Err(ApiError::invalid_parameter(
@@ -174,8 +261,23 @@ pub async fn feed(
     let next_after = events
         .last()
         .map_or(query.after, |event| event.meta.position);
+    let ids: Vec<String> = events.iter().map(|e| e.draft.id.to_string()).collect();
+    let returned = returned_ids(ids.iter().map(String::as_str));
+    audit::write(
+        &state,
+        vec![context.record(&caller, Outcome::Allowed, logged(returned))],
+    )
+    .await?;
     Ok(Json(FeedPage {
         events: events.iter().map(Recorded::from).collect(),
         next_after,
     }))
+}
+
+/// Corrections and retractions alter what was recorded; everything else is collected.
+fn operation_of(submission: &travelmap_service::Submission) -> Operation {
+    match submission.draft.event.event_type() {
+        "event.corrected" | "event.retracted" => Operation::Alteration,
+        _ => Operation::Collection,
+    }
 }

@@ -16,6 +16,7 @@
 //! Commits are announced with `NOTIFY` (on `travelmap_log` and, for views, `travelmap_views`), so
 //! every process learns of the others' appends and checkpoints without polling.
 
+mod audit;
 mod log;
 mod schema;
 mod scratch;
@@ -28,6 +29,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 
+pub use audit::PgAuditLog;
 pub use log::PgEventLog;
 pub use schema::MIGRATIONS;
 pub use scratch::{DEFAULT_SERVER, ScratchDatabase, server_from_env};
@@ -56,6 +58,7 @@ pub enum Migrations {
 pub struct PgStore {
     pub log: Arc<PgEventLog>,
     pub views: Arc<PgViewStore>,
+    pub audit: Arc<PgAuditLog>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -85,10 +88,12 @@ impl PgStore {
         let (saved, saved_receiver) = watch::channel(checkpoint);
         let log = Arc::new(PgEventLog::new(pool.clone(), head.clone(), head_receiver));
         let views = Arc::new(PgViewStore::new(pool.clone(), options, saved_receiver));
+        let audit = Arc::new(PgAuditLog::new(pool.clone()));
         let listener = tokio::spawn(follow_notifications(listener, pool, head, saved));
         Ok(Self {
             log,
             views,
+            audit,
             listener,
         })
     }
@@ -96,6 +101,7 @@ impl PgStore {
     /// Stops taking appends, lets the writer finish what is queued, and stops listening.
     pub async fn close(&self) {
         self.log.close().await;
+        self.audit.close().await;
         self.listener.abort();
     }
 }

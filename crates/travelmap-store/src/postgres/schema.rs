@@ -61,6 +61,32 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, value, client_id)
     );
     CREATE INDEX client_identifiers_by_client ON client_identifiers (client_id);",
+    // 2: the audit trail. `audit_head` is locked by every append, like `log_head`, so that
+    //    entries from all processes form one chain; `hash` chains each entry to the one before
+    //    (see travelmap_domain::audit).
+    "CREATE TABLE audit_head (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        seq       bigint  NOT NULL,
+        hash      bytea   NOT NULL
+    );
+    INSERT INTO audit_head (seq, hash) VALUES (0, '\\x0000000000000000000000000000000000000000000000000000000000000000');
+    CREATE TABLE audit_entries (
+        seq           bigint      PRIMARY KEY,
+        at            timestamptz NOT NULL,
+        credential    text        NOT NULL,
+        agency        text        NOT NULL,
+        actor         text,
+        operation     text        NOT NULL,
+        client_id     uuid,
+        purpose       text,
+        justification text,
+        request_id    text,
+        outcome       text        NOT NULL,
+        action        text        NOT NULL,
+        returned      text,
+        hash          bytea       NOT NULL
+    );
+    CREATE INDEX audit_entries_by_client ON audit_entries (client_id, seq);",
 ];
 
 /// Applies whatever migrations the database lacks.

@@ -5,6 +5,7 @@
 //!   go into the next transaction together, so a burst of concurrent requests costs one fsync per
 //!   group rather than one per request. Because there is a single writer, positions are assigned
 //!   and committed in the same order, so the global feed never has a gap that fills in later.
+//! - `audit.sqlite` is the audit trail, with a writer of its own.
 //! - `projections.sqlite` holds the views and their checkpoints, apart from the log so that the
 //!   projector never competes with appends for SQLite's write lock, and so that deleting it is a
 //!   safe way to force a rebuild.
@@ -12,6 +13,7 @@
 //! A lock file keeps a second process from opening the same directory: SQLite would allow it,
 //! but the single-writer design (and the position counter kept in the writer) would not hold.
 
+mod audit;
 mod log;
 mod pool;
 mod schema;
@@ -21,6 +23,7 @@ use std::fs::{File, TryLockError};
 use std::path::Path;
 use std::sync::Arc;
 
+pub use audit::SqliteAuditLog;
 pub use log::SqliteEventLog;
 pub use views::SqliteViewStore;
 
@@ -30,6 +33,7 @@ use crate::{Error, Result};
 pub struct SqliteStore {
     pub log: Arc<SqliteEventLog>,
     pub views: Arc<SqliteViewStore>,
+    pub audit: Arc<SqliteAuditLog>,
     // Held for the store's lifetime: the OS releases the lock when the file is closed.
     _lock: File,
 }
@@ -50,9 +54,11 @@ impl SqliteStore {
         }
         let log = SqliteEventLog::open(&data_dir.join("events.sqlite"))?;
         let views = SqliteViewStore::open(&data_dir.join("projections.sqlite"))?;
+        let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"))?;
         Ok(Self {
             log: Arc::new(log),
             views: Arc::new(views),
+            audit: Arc::new(audit),
             _lock: lock,
         })
     }

@@ -49,6 +49,28 @@ pub(crate) const VIEWS: &[&str] = &[
     CREATE INDEX client_identifiers_by_client ON client_identifiers (client_id);",
 ];
 
+pub(crate) const AUDIT: &[&str] = &[
+    // 1: the audit trail. `hash` chains each entry to the one before (see
+    //    travelmap_domain::audit); `at` is microseconds since the Unix epoch (UTC).
+    "CREATE TABLE audit (
+        seq           INTEGER PRIMARY KEY,
+        at            INTEGER NOT NULL,
+        credential    TEXT    NOT NULL,
+        agency        TEXT    NOT NULL,
+        actor         TEXT,
+        operation     TEXT    NOT NULL,
+        client_id     BLOB,
+        purpose       TEXT,
+        justification TEXT,
+        request_id    TEXT,
+        outcome       TEXT    NOT NULL,
+        action        TEXT    NOT NULL,
+        returned      TEXT,
+        hash          BLOB    NOT NULL
+    );
+    CREATE INDEX audit_by_client ON audit (client_id, seq);",
+];
+
 pub(crate) fn migrate(connection: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()> {
     let current: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let supported = migrations.len() as i64;

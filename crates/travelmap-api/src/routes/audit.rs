@@ -1,0 +1,234 @@
+//! The audit trail for auditors: who did what to a client's data, the whole log in order, and
+//! its head for checkpoints. Reading the trail is itself logged.
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use travelmap_domain::ClientId;
+use travelmap_domain::audit::{AuditEntry, Operation, Outcome, hex};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::AppState;
+use crate::audit::{self, Logged, RequestContext};
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, Problem};
+use crate::extract::{self, Path, Query};
+
+/// The most entries one page of `GET /v1/audit/entries` returns.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
+/// One entry of the audit trail.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntryView {
+    /// 1, 2, 3, ... without gaps.
+    pub seq: u64,
+    /// When it happened.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The credential that acted (for a disclosure, the recipient).
+    pub credential: String,
+    pub agency: String,
+    /// collection, alteration, consultation, disclosure, combination or erasure.
+    pub operation: String,
+    pub client_id: Option<uuid::Uuid>,
+    /// The purpose stated with the request (`X-Purpose`).
+    pub purpose: Option<String>,
+    /// The justification stated with the request (`X-Justification`).
+    pub justification: Option<String>,
+    /// allowed or denied.
+    pub outcome: String,
+    /// What was done, e.g. `GET /v1/clients/{client_id}/events`.
+    pub action: String,
+    /// What was returned or recorded: event ids, or their count and digest.
+    pub returned: Option<String>,
+    /// The request id, as in the service's logs.
+    pub request_id: Option<String>,
+    /// The entry's hash, chaining it to the one before (hex SHA-256).
+    pub hash: String,
+}
+
+impl From<&AuditEntry> for AuditEntryView {
+    fn from(entry: &AuditEntry) -> Self {
+        let record = &entry.record;
+        Self {
+            seq: entry.seq,
+            at: record.at,
+            credential: record.credential.clone(),
+            agency: record.agency.clone(),
+            operation: record.operation.as_str().to_owned(),
+            client_id: record.client_id.map(|id| id.0),
+            purpose: record.purpose.clone(),
+            justification: record.justification.clone(),
+            outcome: record.outcome.as_str().to_owned(),
+            action: record.action.clone(),
+            returned: record.returned.clone(),
+            request_id: record.request_id.clone(),
+            hash: hex(&entry.hash),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntries {
+    pub entries: Vec<AuditEntryView>,
+    /// For paging: pass as `after` to get the next page (equal to `after` when none followed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
+}
+
+/// The head of the trail, to keep elsewhere and check later with `travelmap audit verify
+/// --checkpoint FILE`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditCheckpoint {
+    pub seq: u64,
+    /// Hex SHA-256 of entry `seq`.
+    pub hash: String,
+}
+
+const AUDITORS: &[Role] = &[Role::Auditor];
+
+/// Who did what to a client's data, when and why.
+#[utoipa::path(
+    get, path = "/v1/audit/clients/{client_id}", tag = "audit",
+    params(("client_id" = uuid::Uuid, Path, description = "The client")),
+    responses(
+        (status = 200, description = "The client's entries, in order", body = AuditEntries),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the auditor role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn client_entries(
+    State(state): State<AppState>,
+    caller: Caller,
+    context: RequestContext,
+    Path(client_id): Path<String>,
+) -> Result<Json<AuditEntries>, ApiError> {
+    let client = ClientId(extract::client_id(&client_id)?);
+    let logged = Logged {
+        operation: Operation::Consultation,
+        client: Some(client),
+        action: "GET /v1/audit/clients/{client_id}",
+        returned: None,
+    };
+    audit::require(&state, &caller, &context, AUDITORS, logged).await?;
+    let entries = state
+        .audit
+        .read_client(client)
+        .await
+        .map_err(ApiError::internal)?;
+    let logged = Logged {
+        operation: Operation::Consultation,
+        client: Some(client),
+        action: "GET /v1/audit/clients/{client_id}",
+        returned: Some(format!("{} audit entries", entries.len())),
+    };
+    audit::write(
+        &state,
+        vec![context.record(&caller, Outcome::Allowed, logged)],
+    )
+    .await?;
+    Ok(Json(AuditEntries {
+        entries: entries.iter().map(AuditEntryView::from).collect(),
+        next_after: None,
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EntriesQuery {
+    /// Entries after this sequence number (default 0: from the start).
+    #[serde(default)]
+    pub after: u64,
+    /// At most this many (1 to 1000, default 100).
+    pub limit: Option<usize>,
+}
+
+/// The whole trail, in order, page by page.
+#[utoipa::path(
+    get, path = "/v1/audit/entries", tag = "audit",
+    params(EntriesQuery),
+    responses(
+        (status = 200, description = "A page of entries", body = AuditEntries),
+        (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the auditor role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn entries(
+    State(state): State<AppState>,
+    caller: Caller,
+    context: RequestContext,
+    Query(query): Query<EntriesQuery>,
+) -> Result<Json<AuditEntries>, ApiError> {
+    let logged = |returned| Logged {
+        operation: Operation::Consultation,
+        client: None,
+        action: "GET /v1/audit/entries",
+        returned,
+    };
+    audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(ApiError::invalid_parameter(
+            "limit",
+            format!("limit must be between 1 and {MAX_AUDIT_PAGE}"),
+        ));
+    }
+    let entries = state
+        .audit
+        .read_after(query.after, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    let next_after = entries.last().map_or(query.after, |entry| entry.seq);
+    let returned = Some(format!("audit entries {} to {next_after}", query.after + 1));
+    audit::write(
+        &state,
+        vec![context.record(&caller, Outcome::Allowed, logged(returned))],
+    )
+    .await?;
+    Ok(Json(AuditEntries {
+        entries: entries.iter().map(AuditEntryView::from).collect(),
+        next_after: Some(next_after),
+    }))
+}
+
+/// The trail's current head (including the entry logging this request).
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoint", tag = "audit",
+    responses(
+        (status = 200, description = "The head", body = AuditCheckpoint),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the auditor role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn checkpoint(
+    State(state): State<AppState>,
+    caller: Caller,
+    context: RequestContext,
+) -> Result<Json<AuditCheckpoint>, ApiError> {
+    let logged = Logged {
+        operation: Operation::Consultation,
+        client: None,
+        action: "GET /v1/audit/checkpoint",
+        returned: None,
+    };
+    audit::require(&state, &caller, &context, AUDITORS, logged).await?;
+    let logged = Logged {
+        operation: Operation::Consultation,
+        client: None,
+        action: "GET /v1/audit/checkpoint",
+        returned: None,
+    };
+    audit::write(
+        &state,
+        vec![context.record(&caller, Outcome::Allowed, logged)],
+    )
+    .await?;
+    let (seq, hash) = state.audit.head().await.map_err(ApiError::internal)?;
+    Ok(Json(AuditCheckpoint {
+        seq,
+        hash: hex(&hash),
+    }))
+}

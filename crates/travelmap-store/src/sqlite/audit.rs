@@ -1,0 +1,299 @@
+//! The embedded audit trail: `audit.sqlite` in the data directory, with a writer thread of its
+//! own. Apart from `events.sqlite` so that logging every read does not queue behind event
+//! appends for SQLite's single write lock; in the same directory, so that it is backed up and
+//! moved with the log.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use chrono::DateTime;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::{mpsc, oneshot};
+use travelmap_domain::ClientId;
+use travelmap_domain::audit::{AuditEntry, AuditRecord, GENESIS, Operation, Outcome, chain_hash};
+use uuid::Uuid;
+
+use super::pool::ReadPool;
+use super::{configure, schema};
+use crate::{AuditLog, Error, Result};
+
+const MAX_GROUP: usize = 512;
+const QUEUE_DEPTH: usize = 4096;
+
+struct Job {
+    records: Vec<AuditRecord>,
+    reply: oneshot::Sender<Result<Vec<u64>>>,
+}
+
+/// The embedded audit log.
+pub struct SqliteAuditLog {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Arc<ReadPool>,
+}
+
+impl SqliteAuditLog {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        let mut connection = Connection::open(path)?;
+        configure(&connection)?;
+        // An entry is committed before the operation it logs is answered. NORMAL keeps it through
+        // a crash of the process; a power cut can lose the last moments' entries (see
+        // docs/operations.md), which spares every logged read an fsync of its own.
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        schema::migrate(&mut connection, path, schema::AUDIT)?;
+        let last: Option<(u64, Vec<u8>)> = connection
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .ok();
+        let (last_seq, last_hash) = match last {
+            Some((seq, hash)) => (seq, to_hash(seq, &hash)?),
+            None => (0, GENESIS),
+        };
+        let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            connection,
+            last_seq,
+            last_hash,
+        };
+        let handle = std::thread::Builder::new()
+            .name("travelmap-audit-writer".into())
+            .spawn(move || writer.run(queue))?;
+        Ok(Self {
+            jobs: Mutex::new(Some(jobs)),
+            writer: Mutex::new(Some(handle)),
+            readers: Arc::new(ReadPool::new(path.to_owned())),
+        })
+    }
+
+    /// Opens an existing trail for reading only, without the data directory's lock, so that an
+    /// auditor can verify it beside a running server. Appends fail with [`Error::Closed`].
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no audit trail at {}", path.display()),
+            )));
+        }
+        Ok(Self {
+            jobs: Mutex::new(None),
+            writer: Mutex::new(None),
+            readers: Arc::new(ReadPool::new(path.to_owned())),
+        })
+    }
+
+    /// Stops accepting entries and waits until those queued are written.
+    pub fn close(&self) {
+        self.jobs.lock().expect("jobs lock").take();
+        if let Some(handle) = self.writer.lock().expect("writer lock").take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for SqliteAuditLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[async_trait]
+impl AuditLog for SqliteAuditLog {
+    async fn append(&self, records: Vec<AuditRecord>) -> Result<Vec<u64>> {
+        let jobs = self.jobs.lock().expect("jobs lock").clone();
+        let jobs = jobs.ok_or(Error::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        jobs.send(Job { records, reply })
+            .await
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                ))?;
+                let rows = statement.query_map(params![after, limit as i64], read_entry)?;
+                rows.map(|row| row?).collect()
+            })
+            .await
+    }
+
+    async fn head(&self) -> Result<(u64, [u8; 32])> {
+        self.last().await
+    }
+
+    async fn read_client(&self, client: ClientId) -> Result<Vec<AuditEntry>> {
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM audit WHERE client_id = ?1 ORDER BY seq"
+                ))?;
+                let rows = statement.query_map(params![client.0], read_entry)?;
+                rows.map(|row| row?).collect()
+            })
+            .await
+    }
+}
+
+impl SqliteAuditLog {
+    async fn last(&self) -> Result<(u64, [u8; 32])> {
+        self.readers
+            .read(|connection| {
+                let last: Option<(u64, Vec<u8>)> = connection
+                    .query_row(
+                        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                        [],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                match last {
+                    Some((seq, hash)) => Ok((seq, to_hash(seq, &hash)?)),
+                    None => Ok((0, GENESIS)),
+                }
+            })
+            .await
+    }
+}
+
+const COLUMNS: &str = "seq, at, credential, agency, actor, operation, client_id, purpose, \
+                       justification, request_id, outcome, action, returned, hash";
+
+fn read_entry(row: &Row<'_>) -> rusqlite::Result<Result<AuditEntry>> {
+    let seq: u64 = row.get(0)?;
+    let hash: Vec<u8> = row.get(13)?;
+    let operation: String = row.get(5)?;
+    let outcome: String = row.get(10)?;
+    let record = AuditRecord {
+        at: DateTime::from_timestamp_micros(row.get(1)?).unwrap_or_default(),
+        credential: row.get(2)?,
+        agency: row.get(3)?,
+        actor: row.get(4)?,
+        operation: match Operation::parse(&operation) {
+            Some(operation) => operation,
+            None => return Ok(Err(damaged(seq, "unknown operation"))),
+        },
+        client_id: row.get::<_, Option<Uuid>>(6)?.map(ClientId),
+        purpose: row.get(7)?,
+        justification: row.get(8)?,
+        request_id: row.get(9)?,
+        outcome: match Outcome::parse(&outcome) {
+            Some(outcome) => outcome,
+            None => return Ok(Err(damaged(seq, "unknown outcome"))),
+        },
+        action: row.get(11)?,
+        returned: row.get(12)?,
+    };
+    Ok(to_hash(seq, &hash).map(|hash| AuditEntry { seq, record, hash }))
+}
+
+fn to_hash(seq: u64, bytes: &[u8]) -> Result<[u8; 32]> {
+    bytes
+        .try_into()
+        .map_err(|_| damaged(seq, "hash is not 32 bytes"))
+}
+
+fn damaged(seq: u64, what: &str) -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("audit entry {seq} is damaged: {what}"),
+    ))
+}
+
+struct Writer {
+    connection: Connection,
+    last_seq: u64,
+    last_hash: [u8; 32],
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+        while let Some(first) = queue.blocking_recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            let outcome = self.commit(&group);
+            for (job, result) in group.into_iter().zip(outcome) {
+                let _ = job.reply.send(result);
+            }
+        }
+        // Fold the WAL back into the main file, so that a copy of `audit.sqlite` alone holds
+        // every entry (as for the event log).
+        if let Err(error) = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(%error, "could not checkpoint the audit trail on close");
+        }
+    }
+
+    /// Writes a group in one transaction; every job gets its sequence numbers, or the error.
+    fn commit(&mut self, group: &[Job]) -> Vec<Result<Vec<u64>>> {
+        let (mut seq, mut hash) = (self.last_seq, self.last_hash);
+        let written = (|| -> Result<Vec<Vec<u64>>> {
+            let transaction = self
+                .connection
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut answers = Vec::with_capacity(group.len());
+            {
+                let mut insert = transaction.prepare_cached(
+                    "INSERT INTO audit (seq, at, credential, agency, actor, operation, client_id,
+                         purpose, justification, request_id, outcome, action, returned, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                )?;
+                for job in group {
+                    let mut numbers = Vec::with_capacity(job.records.len());
+                    for record in &job.records {
+                        seq += 1;
+                        hash = chain_hash(&hash, seq, record);
+                        insert.execute(params![
+                            seq,
+                            record.at.timestamp_micros(),
+                            record.credential,
+                            record.agency,
+                            record.actor,
+                            record.operation.as_str(),
+                            record.client_id.map(|id| id.0),
+                            record.purpose,
+                            record.justification,
+                            record.request_id,
+                            record.outcome.as_str(),
+                            record.action,
+                            record.returned,
+                            hash.to_vec(),
+                        ])?;
+                        numbers.push(seq);
+                    }
+                    answers.push(numbers);
+                }
+            }
+            transaction.commit()?;
+            Ok(answers)
+        })();
+        match written {
+            Ok(answers) => {
+                self.last_seq = seq;
+                self.last_hash = hash;
+                answers.into_iter().map(Ok).collect()
+            }
+            Err(error) => {
+                tracing::error!(%error, "audit log commit failed");
+                let message = format!("writing the audit log: {error}");
+                group
+                    .iter()
+                    .map(|_| Err(Error::Io(std::io::Error::other(message.clone()))))
+                    .collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The audit trail: every operation on a client's data is logged, allowed or denied, with who,
+//! when, which purpose and what was returned; auditors read it; `travelmap audit verify` finds
+//! any entry edited, removed or reordered in the store.
+
+use std::path::Path;
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::binary::{BINARY, Server, write_config};
+use crate::samples::{sample_event, valid_data};
+use crate::support::*;
+
+async fn get_with(app: &TestApp, path: &str, key: &str, purpose: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(app.url(path))
+        .bearer_auth(key)
+        .header("x-purpose", purpose)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let registered = sample_event(client, "client.registered", "2026-01-05T09:00:00+01:00");
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &registered).await.status(),
+        StatusCode::CREATED
+    );
+    let target: Uuid = registered["id"].as_str().unwrap().parse().unwrap();
+    let retraction = event(
+        client,
+        "event.retracted",
+        "2026-01-06T09:00:00+01:00",
+        valid_data("event.retracted", target),
+    );
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &retraction).await.status(),
+        StatusCode::CREATED
+    );
+    // Consultations with a stated purpose; a denied read; a denied post.
+    let history = get_with(
+        &app,
+        &format!("/v1/clients/{client}/events"),
+        COORDINATOR,
+        "case_management",
+    )
+    .await;
+    assert_eq!(history.status(), StatusCode::OK);
+    let map = get_with(
+        &app,
+        &format!("/v1/clients/{client}/travel-map"),
+        COORDINATOR,
+        "supervision",
+    )
+    .await;
+    assert_eq!(map.status(), StatusCode::OK);
+    let refused = get_with(
+        &app,
+        &format!("/v1/clients/{client}/events"),
+        PROBATION_WRITER,
+        "curiosity",
+    )
+    .await;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let released = sample_event(client, "client.released", "2026-01-07T09:00:00+01:00");
+    assert_eq!(
+        app.post_event(PROBATION_WRITER, &released).await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    let trail = app
+        .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
+        .await;
+    let entries = trail["entries"].as_array().unwrap();
+    let summary: Vec<(String, String, String, String)> = entries
+        .iter()
+        .map(|entry| {
+            (
+                entry["operation"].as_str().unwrap().to_owned(),
+                entry["credential"].as_str().unwrap().to_owned(),
+                entry["outcome"].as_str().unwrap().to_owned(),
+                entry["purpose"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("collection", "opava-prison-system", "allowed", ""),
+        ("alteration", "opava-prison-system", "allowed", ""),
+        (
+            "consultation",
+            "coordinator-desk",
+            "allowed",
+            "case_management",
+        ),
+        ("consultation", "coordinator-desk", "allowed", "supervision"),
+        ("consultation", "probation-system", "denied", "curiosity"),
+        ("collection", "probation-system", "denied", ""),
+    ];
+    let expected: Vec<(String, String, String, String)> = expected
+        .iter()
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), d.to_string()))
+        .collect();
+    assert_eq!(summary, expected);
+    let first = &entries[0];
+    assert_eq!(first["client_id"], json!(client));
+    assert_eq!(first["agency"], "prison-opava");
+    assert_eq!(first["returned"], registered["id"]);
+    assert_eq!(first["action"], "POST /v1/events");
+    assert!(
+        first["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    assert_eq!(
+        entries[2]["returned"].as_str().unwrap().split(',').count(),
+        2
+    );
+    let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]));
+
+    // The global feed is a disclosure to its reader; the auditor's own reading is logged too.
+    app.get_ok("/v1/events?after=0", AUDITOR).await;
+    let page = app
+        .get_ok("/v1/audit/entries?after=0&limit=1000", AUDITOR)
+        .await;
+    let all = page["entries"].as_array().unwrap();
+    let actions: Vec<(&str, &str)> = all
+        .iter()
+        .map(|e| {
+            (
+                e["operation"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&("disclosure", "GET /v1/events")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("consultation", "GET /v1/audit/clients/{client_id}")),
+        "{actions:?}"
+    );
+    assert_eq!(page["next_after"], all.last().unwrap()["seq"]);
+
+    // Only auditors read the trail; the refusal is itself logged.
+    expect_problem(
+        app.get("/v1/audit/entries", COORDINATOR).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let checkpoint = app.get_ok("/v1/audit/checkpoint", AUDITOR).await;
+    let tail = app
+        .get_ok(
+            &format!("/v1/audit/entries?after={}", page["next_after"]),
+            AUDITOR,
+        )
+        .await;
+    let tail = tail["entries"].as_array().unwrap();
+    // The page read above, the refused read, the checkpoint, and this read.
+    assert_eq!(tail[0]["action"], "GET /v1/audit/entries");
+    assert_eq!(tail[1]["outcome"], "denied");
+    assert_eq!(tail[1]["credential"], "coordinator-desk");
+    assert_eq!(tail[2]["action"], "GET /v1/audit/checkpoint");
+    assert_eq!(checkpoint["seq"], tail[2]["seq"]);
+    assert_eq!(checkpoint["hash"], tail[2]["hash"]);
+}
+
+fn verify(data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
+    let mut command = Command::new(BINARY);
+    command
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data)
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE");
+    if let Some(checkpoint) = checkpoint {
+        command.arg("--checkpoint").arg(checkpoint);
+    }
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Runs `change` on a copy of the data directory's audit trail and verifies the copy.
+fn tampered(data: &Path, checkpoint: Option<&Path>, change: &str) -> (bool, String) {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(data.join("audit.sqlite"), copy.path().join("audit.sqlite")).unwrap();
+    let connection = rusqlite::Connection::open(copy.path().join("audit.sqlite")).unwrap();
+    connection.execute_batch(change).unwrap();
+    drop(connection);
+    verify(copy.path(), checkpoint)
+}
+
+#[tokio::test]
+async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(&config)).await;
+    let http = reqwest::Client::new();
+    let client = Uuid::new_v4();
+    for index in 0..4 {
+        let body = sample_event(client, "contact.made", "2026-01-01T00:00:00Z");
+        let response = http
+            .post(format!("{}/v1/events", server.address))
+            .bearer_auth(PROBATION_WRITER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{index}");
+    }
+    let checkpoint: Value = http
+        .get(format!("{}/v1/audit/checkpoint", server.address))
+        .bearer_auth(AUDITOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(checkpoint["seq"], 5);
+    let checkpoint_file = dir.path().join("checkpoint.json");
+    std::fs::write(&checkpoint_file, checkpoint.to_string()).unwrap();
+    // Verification reads beside the running server.
+    let (intact, report) = verify(&data, Some(&checkpoint_file));
+    assert!(intact, "{report}");
+    assert!(report.contains("5 entries"), "{report}");
+    server.signal("TERM");
+    assert!(server.wait().success());
+
+    let cases = [
+        (
+            "UPDATE audit SET purpose = 'statistics' WHERE seq = 3",
+            "entry 3 does not match",
+        ),
+        (
+            "UPDATE audit SET credential = 'someone-else' WHERE seq = 5",
+            "entry 5 does not match",
+        ),
+        ("DELETE FROM audit WHERE seq = 2", "entry 3 follows entry 1"),
+        (
+            "UPDATE audit SET seq = -2 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 3; \
+             UPDATE audit SET seq = 3 WHERE seq = -2",
+            "entry 2 does not match",
+        ),
+        (
+            "DELETE FROM audit WHERE seq >= 4",
+            "before the checkpoint at entry 5",
+        ),
+    ];
+    for (change, expected) in cases {
+        let (intact, report) = tampered(&data, Some(&checkpoint_file), change);
+        assert!(!intact, "{change}: not caught ({report})");
+        assert!(report.contains(expected), "{change}: {report}");
+    }
+    let (intact, report) = verify(&data, Some(&checkpoint_file));
+    assert!(intact, "{report}");
+}
