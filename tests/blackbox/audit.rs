@@ -43,6 +43,19 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
         app.post_event(PRISON_WRITER, &retraction).await.status(),
         StatusCode::CREATED
     );
+    // The municipality starts working with the client, so its coordinator may read.
+    let involvement = event(
+        client,
+        "involvement.opened",
+        "2026-01-06T10:00:00+01:00",
+        json!({"role": "social_worker", "worker": "SW-3"}),
+    );
+    assert_eq!(
+        app.post_event(MUNICIPALITY_WRITER, &involvement)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
     // Consultations with a stated purpose; a denied read; a denied post.
     let history = get_with(
         &app,
@@ -92,6 +105,7 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
     let expected = [
         ("collection", "opava-prison-system", "allowed", ""),
         ("alteration", "opava-prison-system", "allowed", ""),
+        ("collection", "municipality-system", "allowed", ""),
         (
             "consultation",
             "coordinator-desk",
@@ -117,9 +131,10 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
             .as_str()
             .is_some_and(|id| !id.is_empty())
     );
+    // The coordinator's history read names the three events it returned.
     assert_eq!(
-        entries[2]["returned"].as_str().unwrap().split(',').count(),
-        2
+        entries[3]["returned"].as_str().unwrap().split(',').count(),
+        3
     );
     let seqs: Vec<u64> = entries.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]));

@@ -171,6 +171,7 @@ async fn history_ids(address: &str, client: Uuid) -> Vec<Value> {
     let body: Value = reqwest::Client::new()
         .get(format!("{address}/v1/clients/{client}/events"))
         .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
         .send()
         .await
         .unwrap()
@@ -215,7 +216,8 @@ async fn sigterm_stops_cleanly_and_a_restart_keeps_every_acknowledged_event() {
             "{}/v1/clients/{client}/travel-map?min_position=100",
             server.address
         ))
-        .bearer_auth(COORDINATOR)
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "case_management")
         .send()
         .await
         .unwrap()
@@ -635,7 +637,7 @@ async fn the_readme_examples_run_verbatim() {
         .into_iter::<Value>()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(answers.len(), 7, "{answers:?}");
+    assert_eq!(answers.len(), 8, "{answers:?}");
     assert_eq!(answers[0]["version"], 1);
     assert_eq!(answers[1]["version"], 2);
     assert_eq!(answers[2]["phase"], "released");
@@ -645,6 +647,28 @@ async fn the_readme_examples_run_verbatim() {
     );
     assert_eq!(answers[4]["events"].as_array().unwrap().len(), 2);
     assert_eq!(answers[5]["events"], json!([]));
-    assert_eq!(answers[6]["code"], "validation_failed");
-    assert_eq!(answers[6]["field"], "data.release_kind");
+    // Every call above on the client's data is in its audit trail, with its purpose.
+    let trail = answers[6]["entries"].as_array().unwrap();
+    let operations: Vec<(&str, &str)> = trail
+        .iter()
+        .map(|entry| {
+            (
+                entry["operation"].as_str().unwrap(),
+                entry["purpose"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            ("collection", "-"),
+            ("collection", "-"),
+            ("consultation", "case_management"),
+            ("consultation", "case_management"),
+            ("consultation", "case_management"),
+            ("consultation", "case_management"),
+        ]
+    );
+    assert_eq!(answers[7]["code"], "validation_failed");
+    assert_eq!(answers[7]["field"], "data.release_kind");
 }

@@ -2,6 +2,7 @@
 //! directory per test, and the real `travelmap` binary for what only a process can show
 //! (restart durability, signals, the command line).
 
+mod access;
 mod audit;
 mod batch;
 mod binary;

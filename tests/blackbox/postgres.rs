@@ -98,6 +98,7 @@ async fn follow_feed(
         let page: Value = http
             .get(format!("{address}/v1/events?after={after}&limit=50"))
             .bearer_auth(AUDITOR)
+            .header("x-purpose", "audit")
             .send()
             .await
             .unwrap()
@@ -249,7 +250,8 @@ async fn two_processes_agree_on_retries_conflicts_and_travel_maps() {
             .get(format!(
                 "{address}/v1/clients/{client}/travel-map?min_position={last_position}"
             ))
-            .bearer_auth(COORDINATOR)
+            .bearer_auth(AUDITOR)
+            .header("x-purpose", "case_management")
             .send()
             .await
             .unwrap()
@@ -273,7 +275,8 @@ async fn two_processes_agree_on_retries_conflicts_and_travel_maps() {
             "{}/v1/clients/{client}/travel-map?min_position={position}",
             survivor.address
         ))
-        .bearer_auth(COORDINATOR)
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "case_management")
         .send()
         .await
         .unwrap()

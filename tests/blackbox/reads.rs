@@ -105,7 +105,7 @@ async fn as_of_shows_what_had_been_recorded_by_then() {
     let map_then = app
         .get_ok(
             &format!("/v1/clients/{client}/travel-map?as_of={encoded}"),
-            COORDINATOR,
+            AUDITOR,
         )
         .await;
     assert_eq!(map_then["phase"], "in_custody");
@@ -119,7 +119,7 @@ async fn as_of_shows_what_had_been_recorded_by_then() {
     let before = app
         .get(
             &format!("/v1/clients/{client}/travel-map?as_of=2000-01-01T00:00:00Z"),
-            COORDINATOR,
+            AUDITOR,
         )
         .await;
     expect_problem(before, StatusCode::NOT_FOUND, "not_found").await;
@@ -152,7 +152,7 @@ async fn unknown_clients_are_404() {
     )
     .await;
     expect_problem(
-        app.get(&format!("/v1/clients/{client}/travel-map"), COORDINATOR)
+        app.get(&format!("/v1/clients/{client}/travel-map"), AUDITOR)
             .await,
         StatusCode::NOT_FOUND,
         "not_found",
@@ -193,16 +193,14 @@ async fn clients_are_found_by_agency_identifiers() {
         );
     }
     let none = app
-        .get_ok("/v1/clients?identifier=prison_number:nobody", COORDINATOR)
+        .get_ok("/v1/clients?identifier=prison_number:nobody", AUDITOR)
         .await;
     assert_eq!(none["clients"], json!([]));
-    let malformed = app
-        .get("/v1/clients?identifier=no-colon", COORDINATOR)
-        .await;
+    let malformed = app.get("/v1/clients?identifier=no-colon", AUDITOR).await;
     let problem = expect_problem(malformed, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     assert_eq!(problem["field"], "identifier");
     expect_problem(
-        app.get("/v1/clients", COORDINATOR).await,
+        app.get("/v1/clients", AUDITOR).await,
         StatusCode::BAD_REQUEST,
         "invalid_parameter",
     )
@@ -358,7 +356,7 @@ async fn the_travel_map_shows_who_works_with_the_client_and_what_is_next() {
     let before = app
         .get_ok(
             &format!("/v1/clients/{client}/travel-map?as_of={recorded_before_contact}"),
-            COORDINATOR,
+            AUDITOR,
         )
         .await;
     assert_eq!(before["flags"][0]["kind"], "no_first_day_contact");

@@ -21,6 +21,9 @@ pub const HEALTH_WRITER: &str = "key-health-writer";
 pub const COURT_WRITER: &str = "key-court-writer";
 pub const OTHER_WRITER: &str = "key-other-writer";
 pub const COORDINATOR: &str = "key-coordinator";
+/// A coordinator of an NGO (agency `ngo-opava`, the same agency as [`NGO_WRITER`]).
+pub const NGO_COORDINATOR: &str = "key-ngo-coordinator";
+pub const DPO: &str = "key-dpo";
 pub const AUDITOR: &str = "key-auditor";
 pub const ADMIN: &str = "key-admin";
 
@@ -85,6 +88,19 @@ pub fn credentials() -> Vec<(&'static str, Credential)> {
             ADMIN,
             credential("ops", "operations", AgencyKind::Other, vec![Role::Admin]),
         ),
+        (
+            NGO_COORDINATOR,
+            credential(
+                "ngo-desk",
+                "ngo-opava",
+                AgencyKind::Ngo,
+                vec![Role::Coordinator],
+            ),
+        ),
+        (
+            DPO,
+            credential("dpo", "audit-office", AgencyKind::Other, vec![Role::Dpo]),
+        ),
     ];
     for (key, kind) in &WRITERS[2..] {
         credentials.push((
@@ -123,6 +139,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_in(data_dir: TempDir) -> TestApp {
+    spawn_app_with(data_dir, travelmap_api::DEFAULT_BREAK_GLASS).await
+}
+
+/// Starts the application with break-glass grants lasting `break_glass`.
+pub async fn spawn_app_with(data_dir: TempDir, break_glass: std::time::Duration) -> TestApp {
     let authenticator = Authenticator::new(
         credentials()
             .into_iter()
@@ -133,6 +154,7 @@ pub async fn spawn_app_in(data_dir: TempDir) -> TestApp {
         listen: "127.0.0.1:0".parse().unwrap(),
         store: travelmap_store::Location::Embedded(data_dir.path().to_owned()),
         authenticator,
+        break_glass,
     })
     .await
     .expect("application builds");
@@ -176,10 +198,17 @@ impl TestApp {
         self.post("/v1/events", key, event).await
     }
 
+    /// GET stating the purpose `case_management`, as every read of personal data must.
     pub async fn get(&self, path: &str, key: &str) -> Response {
+        self.get_for(path, key, "case_management").await
+    }
+
+    /// GET stating `purpose`.
+    pub async fn get_for(&self, path: &str, key: &str, purpose: &str) -> Response {
         self.http
             .get(self.url(path))
             .bearer_auth(key)
+            .header("x-purpose", purpose)
             .send()
             .await
             .expect("request sent")
@@ -215,7 +244,7 @@ impl TestApp {
     pub async fn travel_map(&self, client: Uuid, position: u64) -> Value {
         self.get_ok(
             &format!("/v1/clients/{client}/travel-map?min_position={position}"),
-            COORDINATOR,
+            AUDITOR,
         )
         .await
     }

@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use travelmap_domain::ClientId;
 use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
+use travelmap_domain::payloads::Purpose;
 
 use crate::AppState;
 use crate::auth::{Caller, Role};
@@ -105,4 +106,122 @@ fn now() -> DateTime<Utc> {
     Utc::now()
         .duration_trunc(TimeDelta::microseconds(1))
         .unwrap_or_else(|_| Utc::now())
+}
+
+/// The purposes a read may state in `X-Purpose`.
+pub const PURPOSES: &str =
+    "case_management, supervision, service_delivery, audit, statistics, subject_access, emergency";
+
+impl RequestContext {
+    /// The stated purpose: every read of personal data must give one from the fixed list.
+    pub fn purpose(&self) -> Result<Purpose, ApiError> {
+        let Some(stated) = &self.purpose else {
+            return Err(ApiError::new(
+                Code::PurposeRequired,
+                format!("state why you read this data in the X-Purpose header: one of {PURPOSES}"),
+            )
+            .with_field("X-Purpose"));
+        };
+        serde_json::from_value(serde_json::Value::String(stated.clone())).map_err(|_| {
+            ApiError::new(
+                Code::PurposeRequired,
+                format!("X-Purpose `{stated}` is not one of {PURPOSES}"),
+            )
+            .with_field("X-Purpose")
+        })
+    }
+}
+
+/// The action under which break-glass grants are logged.
+pub const BREAK_GLASS: &str = "break-glass";
+
+/// Decides whether the caller may read `client`'s data for the stated purpose, and logs a
+/// refusal. Auditors and data-protection officers read for review and are not scoped; everyone
+/// else needs an open involvement of their agency, a consent or legal basis covering it for the
+/// purpose, or break-glass: purpose `emergency` with a written `X-Justification`, which grants
+/// the credential access to this client for a limited time (logged as a `break-glass` entry and
+/// listed for review). Returns the purpose.
+pub async fn need_to_know(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    client: ClientId,
+    logged: Logged<'_>,
+) -> Result<Purpose, ApiError> {
+    let purpose = context.purpose()?;
+    let reviewer = caller
+        .0
+        .roles
+        .iter()
+        .any(|role| matches!(role, Role::Auditor | Role::Dpo));
+    // The no-config local admin (no agency kind) is one local user trying the service out.
+    if reviewer || caller.0.agency_kind.is_none() {
+        return Ok(purpose);
+    }
+    let Some(access) = state.journeys.access(client).await? else {
+        // Never recorded: the handler answers 404, which discloses nothing about anyone.
+        return Ok(purpose);
+    };
+    if access.allows(&caller.0.agency, purpose) {
+        return Ok(purpose);
+    }
+    if purpose == Purpose::Emergency {
+        if context.justification.is_some() {
+            let grant = context.record(
+                caller,
+                Outcome::Allowed,
+                Logged {
+                    operation: Operation::Consultation,
+                    client: Some(client),
+                    action: BREAK_GLASS,
+                    returned: Some(format!(
+                        "access for {} minutes",
+                        state.break_glass.as_secs() / 60
+                    )),
+                },
+            );
+            write(state, vec![grant]).await?;
+            return Ok(purpose);
+        }
+        if active_grant(state, caller, client).await? {
+            return Ok(purpose);
+        }
+    }
+    write(state, vec![context.record(caller, Outcome::Denied, logged)]).await?;
+    let hint = if purpose == Purpose::Emergency {
+        "break-glass access needs a written reason in X-Justification (an earlier grant has expired or there is none)"
+    } else {
+        "in an emergency, read with X-Purpose: emergency and a written reason in X-Justification"
+    };
+    Err(ApiError::new(
+        Code::Forbidden,
+        format!(
+            "agency `{}` has no open involvement with this client and no consent or legal basis covering `{}`; {hint}",
+            caller.0.agency,
+            serde_json::to_value(purpose)
+                .ok()
+                .and_then(|value| value.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        ),
+    ))
+}
+
+/// Whether the caller holds an unexpired break-glass grant for the client.
+async fn active_grant(
+    state: &AppState,
+    caller: &Caller,
+    client: ClientId,
+) -> Result<bool, ApiError> {
+    let since = Utc::now() - state.break_glass;
+    let entries = state
+        .audit
+        .read_client(client)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(entries.iter().any(|entry| {
+        entry.record.action == BREAK_GLASS
+            && entry.record.credential == caller.0.id
+            && entry.record.outcome == Outcome::Allowed
+            && entry.record.at >= since
+    }))
 }

@@ -27,6 +27,9 @@ pub enum Role {
     Auditor,
     /// Administers the service (configuration); reads the global feed.
     Admin,
+    /// The data-protection officer: reads the audit trail and reviews break-glass access;
+    /// erasure and restriction are theirs.
+    Dpo,
 }
 
 impl fmt::Display for Role {
@@ -36,6 +39,7 @@ impl fmt::Display for Role {
             Role::Coordinator => "coordinator",
             Role::Auditor => "auditor",
             Role::Admin => "admin",
+            Role::Dpo => "dpo",
         };
         f.write_str(name)
     }

@@ -18,6 +18,7 @@ pub enum Code {
     MalformedJson,
     /// 400: a query or path parameter is malformed.
     InvalidParameter,
+    PurposeRequired,
     /// 401: no bearer key, or one that matches no credential.
     Unauthorized,
     /// 403: the credential is valid but lacks the role for this operation.
@@ -53,6 +54,7 @@ impl Code {
         match self {
             Code::MalformedJson => (S::BAD_REQUEST, "Malformed JSON"),
             Code::InvalidParameter => (S::BAD_REQUEST, "Invalid parameter"),
+            Code::PurposeRequired => (S::BAD_REQUEST, "Purpose required"),
             Code::Unauthorized => (S::UNAUTHORIZED, "Unauthorized"),
             Code::Forbidden => (S::FORBIDDEN, "Forbidden"),
             Code::NotFound => (S::NOT_FOUND, "Not found"),
@@ -82,6 +84,7 @@ impl Code {
 pub const CODES: &[(Code, &str)] = &[
     (Code::MalformedJson, "malformed_json"),
     (Code::InvalidParameter, "invalid_parameter"),
+    (Code::PurposeRequired, "purpose_required"),
     (Code::Unauthorized, "unauthorized"),
     (Code::Forbidden, "forbidden"),
     (Code::NotFound, "not_found"),

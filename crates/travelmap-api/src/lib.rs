@@ -35,7 +35,12 @@ pub struct AppState {
     pub authenticator: Arc<Authenticator>,
     /// Where every operation on personal data is logged.
     pub audit: Arc<dyn travelmap_store::AuditLog>,
+    /// How long a break-glass grant lasts.
+    pub break_glass: std::time::Duration,
 }
+
+/// How long a break-glass grant lasts unless configured otherwise.
+pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_secs(60 * 60);
 
 /// The OpenAPI document, generated from the handlers and wire types.
 #[derive(OpenApi)]
@@ -54,6 +59,7 @@ pub struct AppState {
         routes::audit::client_entries,
         routes::audit::entries,
         routes::audit::checkpoint,
+        routes::audit::break_glass,
         routes::meta::event_types,
         routes::meta::health,
         routes::meta::openapi,
@@ -133,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/audit/entries", get(routes::audit::entries))
         .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
+        .route("/v1/audit/break-glass", get(routes::audit::break_glass))
         .route("/v1/event-types", get(routes::meta::event_types))
         .route("/healthz", get(routes::meta::health))
         .route("/openapi.json", get(routes::meta::openapi))

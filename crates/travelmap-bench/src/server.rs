@@ -37,6 +37,7 @@ impl Server {
             listen: "127.0.0.1:0".parse()?,
             store: store.clone(),
             authenticator,
+            break_glass: travelmap_api::DEFAULT_BREAK_GLASS,
         })
         .await?;
         let base = format!("http://127.0.0.1:{}", app.port());
@@ -117,6 +118,7 @@ impl Api {
             .http
             .get(format!("{}/v1/clients/{client_id}/travel-map", self.base))
             .header(AUTHORIZATION, self.auth.clone())
+            .header("x-purpose", "case_management")
             .send()
             .await?;
         let status = response.status();

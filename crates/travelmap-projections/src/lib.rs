@@ -10,9 +10,11 @@
 //!
 //! Depends on the domain and the storage traits; knows nothing of HTTP.
 
+pub mod access;
 pub mod projector;
 pub mod travel_map;
 
+pub use access::Access;
 pub use projector::{Progress, Projector};
 pub use travel_map::{ClientState, TravelMap};
 

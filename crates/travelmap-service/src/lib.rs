@@ -24,7 +24,7 @@ use travelmap_domain::journey::{self, Command};
 use travelmap_domain::{
     ClientId, ClientJourney, EventDraft, EventId, Provenance, RecordedEvent, content_digest,
 };
-use travelmap_projections::{ClientState, Projector, TravelMap};
+use travelmap_projections::{Access, ClientState, Projector, TravelMap};
 use travelmap_store::{EventLog, NewEvent, Receipt, StreamAppend, ViewStore};
 use uuid::Uuid;
 
@@ -413,6 +413,29 @@ impl Journeys {
         let state: ClientState = serde_json::from_str(&stored)
             .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
         Ok(state.travel_map(Utc::now()))
+    }
+
+    /// Who may see the client now (`None` for a client never recorded). Read from the stored
+    /// view, or folded from the history when the projection has not reached the client yet, so
+    /// that access never depends on projection lag.
+    pub async fn access(&self, client_id: ClientId) -> Result<Option<Access>> {
+        let now = Utc::now();
+        if let Some(stored) = self.views.get(client_id).await? {
+            let state: ClientState = serde_json::from_str(&stored)
+                .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
+            let recorded = self.log.outlines(vec![client_id]).await?;
+            let recorded = recorded.get(&client_id).map_or(0, Vec::len) as u64;
+            if state.version >= recorded {
+                return Ok(Some(state.access(now)));
+            }
+        }
+        let events = self.log.read_stream(client_id, None).await?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            ClientState::from_history(client_id, events).access(now),
+        ))
     }
 
     /// Waits until the projection has folded `position`.

@@ -235,6 +235,8 @@ pub trait AuditLog: Send + Sync {
     ) -> Result<Vec<travelmap_domain::audit::AuditEntry>>;
     /// The last entry's sequence number and hash (0 and the genesis hash when empty).
     async fn head(&self) -> Result<(u64, [u8; 32])>;
+    /// Every entry of one action (e.g. the break-glass grants), in sequence order.
+    async fn read_action(&self, action: &str) -> Result<Vec<travelmap_domain::audit::AuditEntry>>;
 }
 
 /// Where a store lives, as chosen by configuration.

@@ -20,6 +20,8 @@ pub struct ServeSettings {
     pub store: Location,
     /// Who may call the API.
     pub authenticator: Authenticator,
+    /// How long a break-glass grant lasts.
+    pub break_glass: std::time::Duration,
 }
 
 /// A built, bound, not yet serving application.
@@ -28,6 +30,7 @@ pub struct Application {
     store: Store,
     journeys: Arc<Journeys>,
     authenticator: Arc<Authenticator>,
+    break_glass: std::time::Duration,
 }
 
 impl Application {
@@ -45,6 +48,7 @@ impl Application {
             store,
             journeys,
             authenticator: Arc::new(settings.authenticator),
+            break_glass: settings.break_glass,
         })
     }
 
@@ -71,6 +75,7 @@ impl Application {
             journeys: self.journeys.clone(),
             authenticator: self.authenticator.clone(),
             audit: self.store.audit(),
+            break_glass: self.break_glass,
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)

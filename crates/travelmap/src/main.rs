@@ -103,7 +103,7 @@ enum CredentialCommand {
         /// the config file.
         #[arg(long, value_parser = parse_kind)]
         kind: Option<AgencyKind>,
-        /// A role: writer, coordinator, auditor or admin. Repeat for several.
+        /// A role: writer, coordinator, auditor, dpo or admin. Repeat for several.
         #[arg(long = "role", required = true, value_parser = parse_role)]
         roles: Vec<Role>,
     },
@@ -120,7 +120,7 @@ fn parse_kind(text: &str) -> Result<AgencyKind, String> {
 
 fn parse_role(text: &str) -> Result<Role, String> {
     serde_json::from_value(serde_json::Value::String(text.to_owned()))
-        .map_err(|_| format!("`{text}` is not a role (writer, coordinator, auditor, admin)"))
+        .map_err(|_| format!("`{text}` is not a role (writer, coordinator, auditor, dpo, admin)"))
 }
 
 #[tokio::main]
@@ -174,6 +174,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 store: location.clone(),
                 authenticator,
+                break_glass: config
+                    .as_ref()
+                    .and_then(|(_, file)| file.break_glass_minutes)
+                    .map_or(travelmap_api::DEFAULT_BREAK_GLASS, |minutes| {
+                        std::time::Duration::from_secs(minutes * 60)
+                    }),
             })
             .await?;
             tracing::info!(

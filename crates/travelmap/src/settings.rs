@@ -25,6 +25,8 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     /// A `postgres://` URL: store in PostgreSQL instead of the embedded store.
     pub store: Option<String>,
+    /// How long a break-glass grant lasts, in minutes (default 60).
+    pub break_glass_minutes: Option<u64>,
     /// The agencies that take part, with their kinds.
     #[serde(default)]
     pub agencies: Vec<AgencyEntry>,

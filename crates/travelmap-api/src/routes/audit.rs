@@ -84,7 +84,7 @@ pub struct AuditCheckpoint {
     pub hash: String,
 }
 
-const AUDITORS: &[Role] = &[Role::Auditor];
+const AUDITORS: &[Role] = &[Role::Auditor, Role::Dpo];
 
 /// Who did what to a client's data, when and why.
 #[utoipa::path(
@@ -168,6 +168,7 @@ pub async fn entries(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
+    context.purpose()?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
         return Err(ApiError::invalid_parameter(
@@ -231,4 +232,73 @@ pub async fn checkpoint(
         seq,
         hash: hex(&hash),
     }))
+}
+
+/// One break-glass grant, for review.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakGlassGrant {
+    /// The audit entry that records the grant.
+    #[serde(flatten)]
+    pub entry: AuditEntryView,
+    /// When the grant ends (or ended).
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// Whether it is still in force.
+    pub active: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BreakGlassGrants {
+    pub grants: Vec<BreakGlassGrant>,
+}
+
+/// Every break-glass grant, oldest first, for review.
+#[utoipa::path(
+    get, path = "/v1/audit/break-glass", tag = "audit",
+    responses(
+        (status = 200, description = "The grants", body = BreakGlassGrants),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn break_glass(
+    State(state): State<AppState>,
+    caller: Caller,
+    context: RequestContext,
+) -> Result<Json<BreakGlassGrants>, ApiError> {
+    let logged = |returned| Logged {
+        operation: Operation::Consultation,
+        client: None,
+        action: "GET /v1/audit/break-glass",
+        returned,
+    };
+    audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
+    context.purpose()?;
+    let entries = state
+        .audit
+        .read_action(audit::BREAK_GLASS)
+        .await
+        .map_err(ApiError::internal)?;
+    audit::write(
+        &state,
+        vec![context.record(
+            &caller,
+            Outcome::Allowed,
+            logged(Some(format!("{} grants", entries.len()))),
+        )],
+    )
+    .await?;
+    let now = chrono::Utc::now();
+    let grants = entries
+        .iter()
+        .map(|entry| {
+            let until = entry.record.at + state.break_glass;
+            BreakGlassGrant {
+                entry: AuditEntryView::from(entry),
+                until,
+                active: until > now,
+            }
+        })
+        .collect();
+    Ok(Json(BreakGlassGrants { grants }))
 }

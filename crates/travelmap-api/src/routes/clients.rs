@@ -73,10 +73,11 @@ pub async fn history(
         &state,
         &caller,
         &context,
-        &[Role::Coordinator, Role::Auditor],
+        &[Role::Coordinator, Role::Auditor, Role::Dpo],
         logged(None),
     )
     .await?;
+    audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None)).await?;
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
     let events = state.journeys.history(ClientId(client_id), as_of).await?;
     let ids: Vec<String> = events.iter().map(|e| e.draft.id.to_string()).collect();
@@ -134,10 +135,11 @@ pub async fn travel_map(
         &state,
         &caller,
         &context,
-        &[Role::Coordinator, Role::Auditor],
+        &[Role::Coordinator, Role::Auditor, Role::Dpo],
         logged(None),
     )
     .await?;
+    audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None)).await?;
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
     let map = state
         .journeys
@@ -189,10 +191,11 @@ pub async fn search(
         &state,
         &caller,
         &context,
-        &[Role::Writer, Role::Coordinator, Role::Auditor],
+        &[Role::Writer, Role::Coordinator, Role::Auditor, Role::Dpo],
         logged(None, None),
     )
     .await?;
+    let purpose = context.purpose()?;
     let identifier = query
         .identifier
         .ok_or_else(|| ApiError::invalid_parameter("identifier", "give `identifier=TYPE:VALUE`"))?;
@@ -202,10 +205,28 @@ pub async fn search(
         .ok_or_else(|| {
             ApiError::invalid_parameter("identifier", "identifier must be `TYPE:VALUE`")
         })?;
-    let clients = state
+    let mut clients = state
         .journeys
         .find_by_identifier(kind, value.trim())
         .await?;
+    // A coordinator finds only the clients it may see; writers find any (they need the id to
+    // record what they know), reviewers any.
+    let scoped = caller.0.agency_kind.is_some()
+        && !caller
+            .0
+            .roles
+            .iter()
+            .any(|role| matches!(role, Role::Writer | Role::Auditor | Role::Dpo));
+    if scoped {
+        let mut visible = Vec::with_capacity(clients.len());
+        for client in clients {
+            let access = state.journeys.access(client).await?;
+            if access.is_some_and(|access| access.allows(&caller.0.agency, purpose)) {
+                visible.push(client);
+            }
+        }
+        clients = visible;
+    }
     let entries = if clients.is_empty() {
         vec![context.record(
             &caller,

@@ -240,6 +240,7 @@ pub async fn feed(
         logged(None),
     )
     .await?;
+    context.purpose()?;
     // Positions are stored as SQL integers; anything larger cannot exist.
     if query.after > i64::MAX as u64 {
         return Err(ApiError::invalid_parameter(

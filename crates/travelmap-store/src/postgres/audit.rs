@@ -80,6 +80,16 @@ impl AuditLog for PgAuditLog {
         Ok((seq as u64, hash))
     }
 
+    async fn read_action(&self, action: &str) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM audit_entries WHERE action = $1 ORDER BY seq"
+        ))
+        .bind(action)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(decode).collect()
+    }
+
     async fn read_client(&self, client: ClientId) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM audit_entries WHERE client_id = $1 ORDER BY seq"

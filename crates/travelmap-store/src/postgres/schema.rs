@@ -86,7 +86,8 @@ pub const MIGRATIONS: &[&str] = &[
         returned      text,
         hash          bytea       NOT NULL
     );
-    CREATE INDEX audit_entries_by_client ON audit_entries (client_id, seq);",
+    CREATE INDEX audit_entries_by_client ON audit_entries (client_id, seq);
+    CREATE INDEX audit_entries_by_action ON audit_entries (action, seq);",
 ];
 
 /// Applies whatever migrations the database lacks.

@@ -129,6 +129,19 @@ impl AuditLog for SqliteAuditLog {
         self.last().await
     }
 
+    async fn read_action(&self, action: &str) -> Result<Vec<AuditEntry>> {
+        let action = action.to_owned();
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM audit WHERE action = ?1 ORDER BY seq"
+                ))?;
+                let rows = statement.query_map(params![action], read_entry)?;
+                rows.map(|row| row?).collect()
+            })
+            .await
+    }
+
     async fn read_client(&self, client: ClientId) -> Result<Vec<AuditEntry>> {
         self.readers
             .read(move |connection| {

@@ -68,7 +68,8 @@ pub(crate) const AUDIT: &[&str] = &[
         returned      TEXT,
         hash          BLOB    NOT NULL
     );
-    CREATE INDEX audit_by_client ON audit (client_id, seq);",
+    CREATE INDEX audit_by_client ON audit (client_id, seq);
+    CREATE INDEX audit_by_action ON audit (action, seq);",
 ];
 
 pub(crate) fn migrate(connection: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()> {

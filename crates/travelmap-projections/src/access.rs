@@ -1,0 +1,77 @@
+//! Who has a need to know about a client, derived from the client's own journey: the agencies
+//! with an open involvement, and those covered by a recorded consent or legal basis (for the
+//! purposes it names). Closing the involvement or withdrawing the consent ends access from then
+//! on; what was recorded before stays.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use travelmap_domain::JourneyEvent;
+use travelmap_domain::payloads::Purpose;
+
+use crate::ClientState;
+
+/// The agencies that may see a client at a moment, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// Agencies with an open involvement: they may read for any purpose.
+    pub involved: BTreeSet<String>,
+    /// Agencies covered by a consent or legal basis, with the purposes it covers.
+    pub consented: BTreeMap<String, BTreeSet<Purpose>>,
+}
+
+impl Access {
+    /// Whether `agency` may read the client's data for `purpose`.
+    pub fn allows(&self, agency: &str, purpose: Purpose) -> bool {
+        self.involved.contains(agency)
+            || self
+                .consented
+                .get(agency)
+                .is_some_and(|purposes| purposes.contains(&purpose))
+    }
+}
+
+impl ClientState {
+    /// Who may see the client at `now` (facts that occurred later do not count yet).
+    pub fn access(&self, now: DateTime<Utc>) -> Access {
+        let mut access = Access {
+            involved: self
+                .travel_map(now)
+                .involvements
+                .into_iter()
+                .filter(|involvement| involvement.to.is_none())
+                .map(|involvement| involvement.agency)
+                .collect(),
+            consented: BTreeMap::new(),
+        };
+        for fact in self.facts.iter().filter(|fact| fact.occurred_at <= now) {
+            match &fact.event {
+                JourneyEvent::ConsentRecorded(consent) => {
+                    access
+                        .consented
+                        .entry(consent.agency.as_str().to_owned())
+                        .or_default()
+                        .extend(consent.purposes.iter().copied());
+                }
+                JourneyEvent::ConsentWithdrawn(withdrawal) => {
+                    let agency = withdrawal.agency.as_str();
+                    match &withdrawal.purposes {
+                        None => {
+                            access.consented.remove(agency);
+                        }
+                        Some(purposes) => {
+                            if let Some(covered) = access.consented.get_mut(agency) {
+                                for purpose in purposes {
+                                    covered.remove(purpose);
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        access.consented.retain(|_, purposes| !purposes.is_empty());
+        access
+    }
+}

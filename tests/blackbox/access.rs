@@ -1,0 +1,275 @@
+//! Need-to-know: reads state a purpose; a coordinator reads a client only while its agency works
+//! with the client or holds a consent or legal basis for the purpose, or under break-glass for a
+//! limited time; every refusal is logged.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::samples::sample_event;
+use crate::support::*;
+
+const AT: &str = "2026-01-05T09:00:00+01:00";
+
+async fn read(app: &TestApp, client: Uuid, key: &str, purpose: &str) -> StatusCode {
+    app.get_for(&format!("/v1/clients/{client}/travel-map"), key, purpose)
+        .await
+        .status()
+}
+
+async fn read_in_emergency(
+    app: &TestApp,
+    client: Uuid,
+    key: &str,
+    why: Option<&str>,
+) -> StatusCode {
+    let mut request = app
+        .http
+        .get(app.url(&format!("/v1/clients/{client}/events")))
+        .bearer_auth(key)
+        .header("x-purpose", "emergency");
+    if let Some(why) = why {
+        request = request.header("x-justification", why);
+    }
+    request.send().await.unwrap().status()
+}
+
+async fn post(app: &TestApp, key: &str, body: Value) {
+    let response = app.post_event(key, &body).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{}",
+        response.text().await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
+    let app = spawn_app_with(tempfile::tempdir().unwrap(), Duration::from_secs(2)).await;
+    let client = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        sample_event(client, "client.registered", AT),
+    )
+    .await;
+
+    // A purpose from the fixed list, or 400.
+    let unstated = app
+        .http
+        .get(app.url(&format!("/v1/clients/{client}/travel-map")))
+        .bearer_auth(AUDITOR)
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(unstated, StatusCode::BAD_REQUEST, "purpose_required").await;
+    assert_eq!(problem["field"], "X-Purpose");
+    expect_problem(
+        app.get_for(
+            &format!("/v1/clients/{client}/events"),
+            AUDITOR,
+            "curiosity",
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "purpose_required",
+    )
+    .await;
+
+    // Out of scope, then in scope while the municipality works with the client, then out again.
+    assert_eq!(
+        read(&app, client, COORDINATOR, "case_management").await,
+        StatusCode::FORBIDDEN
+    );
+    let opened = event(
+        client,
+        "involvement.opened",
+        AT,
+        json!({"role": "social_worker"}),
+    );
+    post(&app, MUNICIPALITY_WRITER, opened).await;
+    assert_eq!(
+        read(&app, client, COORDINATOR, "case_management").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        read(&app, client, COORDINATOR, "statistics").await,
+        StatusCode::OK
+    );
+    let closed = event(
+        client,
+        "involvement.closed",
+        "2026-01-06T09:00:00+01:00",
+        json!({"role": "social_worker", "reason": "completed"}),
+    );
+    post(&app, MUNICIPALITY_WRITER, closed).await;
+    assert_eq!(
+        read(&app, client, COORDINATOR, "case_management").await,
+        StatusCode::FORBIDDEN
+    );
+
+    // A consent covers its agency for its purposes only, until withdrawn.
+    assert_eq!(
+        read(&app, client, NGO_COORDINATOR, "service_delivery").await,
+        StatusCode::FORBIDDEN
+    );
+    let consent = event(
+        client,
+        "consent.recorded",
+        AT,
+        json!({"agency": "ngo-opava", "purposes": ["service_delivery"], "legal_basis": "consent"}),
+    );
+    post(&app, PRISON_WRITER, consent).await;
+    assert_eq!(
+        read(&app, client, NGO_COORDINATOR, "service_delivery").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        read(&app, client, NGO_COORDINATOR, "case_management").await,
+        StatusCode::FORBIDDEN
+    );
+    let withdrawn = event(
+        client,
+        "consent.withdrawn",
+        "2026-01-07T09:00:00+01:00",
+        json!({"agency": "ngo-opava"}),
+    );
+    post(&app, PRISON_WRITER, withdrawn).await;
+    assert_eq!(
+        read(&app, client, NGO_COORDINATOR, "service_delivery").await,
+        StatusCode::FORBIDDEN
+    );
+
+    // An out-of-scope coordinator does not even find the client by identifier.
+    let found = app
+        .get_ok(
+            "/v1/clients?identifier=prison_number:OP-2026-0117",
+            NGO_COORDINATOR,
+        )
+        .await;
+    assert_eq!(found["clients"], json!([]));
+    let found = app
+        .get_ok("/v1/clients?identifier=prison_number:OP-2026-0117", AUDITOR)
+        .await;
+    assert_eq!(found["clients"][0]["client_id"], json!(client));
+
+    // Break-glass: an emergency with a written reason opens access for a limited time.
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        read_in_emergency(
+            &app,
+            client,
+            NGO_COORDINATOR,
+            Some("client in crisis at the shelter")
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
+        StatusCode::OK
+    );
+    let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
+    let grants = grants["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0]["credential"], "ngo-desk");
+    assert_eq!(
+        grants[0]["justification"],
+        "client in crisis at the shelter"
+    );
+    assert_eq!(grants[0]["client_id"], json!(client));
+    assert_eq!(grants[0]["active"], true);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
+        StatusCode::FORBIDDEN
+    );
+    let grants = app.get_ok("/v1/audit/break-glass", AUDITOR).await;
+    assert_eq!(grants["grants"][0]["active"], false);
+
+    // Every refusal is in the client's audit trail, with the purpose that was stated.
+    let trail = app
+        .get_ok(&format!("/v1/audit/clients/{client}"), DPO)
+        .await;
+    let denied: Vec<(String, String)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["outcome"] == "denied")
+        .map(|entry| {
+            (
+                entry["credential"].as_str().unwrap().to_owned(),
+                entry["purpose"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("coordinator-desk", "case_management"),
+        ("coordinator-desk", "case_management"),
+        ("ngo-desk", "service_delivery"),
+        ("ngo-desk", "case_management"),
+        ("ngo-desk", "service_delivery"),
+        ("ngo-desk", "emergency"),
+        ("ngo-desk", "emergency"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(who, why)| (who.to_string(), why.to_string()))
+        .collect();
+    assert_eq!(denied, expected);
+}
+
+#[tokio::test]
+async fn each_role_reaches_only_its_endpoints() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        sample_event(client, "client.registered", AT),
+    )
+    .await;
+    let reads = [
+        format!("/v1/clients/{client}/events"),
+        format!("/v1/clients/{client}/travel-map"),
+        "/v1/events".to_owned(),
+        format!("/v1/audit/clients/{client}"),
+        "/v1/audit/entries".to_owned(),
+        "/v1/audit/checkpoint".to_owned(),
+        "/v1/audit/break-glass".to_owned(),
+    ];
+    // (key, which of the reads above it may make)
+    let matrix = [
+        (
+            PRISON_WRITER,
+            [false, false, false, false, false, false, false],
+        ),
+        (AUDITOR, [true, true, true, true, true, true, true]),
+        (DPO, [true, true, false, true, true, true, true]),
+        (ADMIN, [false, false, true, false, false, false, false]),
+    ];
+    for (key, allowed) in matrix {
+        for (path, allowed) in reads.iter().zip(allowed) {
+            let status = app.get_for(path, key, "audit").await.status();
+            let expected = if allowed {
+                StatusCode::OK
+            } else {
+                StatusCode::FORBIDDEN
+            };
+            assert_eq!(status, expected, "{key} GET {path}");
+        }
+    }
+    // Only writers post.
+    for key in [AUDITOR, DPO, ADMIN, COORDINATOR] {
+        let response = app
+            .post_event(key, &sample_event(client, "contact.made", AT))
+            .await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{key}");
+    }
+}
