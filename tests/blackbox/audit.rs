@@ -189,6 +189,10 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
 }
 
 fn verify(data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
+    verify_with_key(data, checkpoint, None)
+}
+
+fn verify_with_key(data: &Path, checkpoint: Option<&Path>, key: Option<&str>) -> (bool, String) {
     let mut command = Command::new(BINARY);
     command
         .args(["audit", "verify", "--data-dir"])
@@ -197,6 +201,9 @@ fn verify(data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
         .env_remove("TRAVELMAP_STORE");
     if let Some(checkpoint) = checkpoint {
         command.arg("--checkpoint").arg(checkpoint);
+    }
+    if let Some(key) = key {
+        command.arg("--public-key").arg(key);
     }
     let output = command.output().unwrap();
     (
@@ -252,6 +259,34 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
     assert!(report.contains("5 entries"), "{report}");
     server.signal("TERM");
     assert!(server.wait().success());
+
+    // The checkpoint is signed by the service's key, which an auditor pins.
+    let output = Command::new(BINARY)
+        .args(["audit", "public-key", "--data-dir"])
+        .arg(&data)
+        .env_remove("TRAVELMAP_CONFIG")
+        .output()
+        .unwrap();
+    let public_key = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert_eq!(checkpoint["public_key"], json!(public_key));
+    let (intact, report) = verify_with_key(&data, Some(&checkpoint_file), Some(&public_key));
+    assert!(intact, "{report}");
+    let stranger = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+    let (intact, report) = verify_with_key(&data, Some(&checkpoint_file), Some(stranger));
+    assert!(
+        !intact && report.contains("signature does not match"),
+        "{report}"
+    );
+    // A forged checkpoint (another head, the old signature) is rejected.
+    let mut forged = checkpoint.clone();
+    forged["seq"] = json!(4);
+    let forged_file = dir.path().join("forged.json");
+    std::fs::write(&forged_file, forged.to_string()).unwrap();
+    let (intact, report) = verify_with_key(&data, Some(&forged_file), Some(&public_key));
+    assert!(
+        !intact && report.contains("signature does not match"),
+        "{report}"
+    );
 
     let cases = [
         (

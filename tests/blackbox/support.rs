@@ -155,6 +155,7 @@ pub async fn spawn_app_with(data_dir: TempDir, break_glass: std::time::Duration)
         store: travelmap_store::Location::Embedded(data_dir.path().to_owned()),
         authenticator,
         break_glass,
+        checkpoint_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
     })
     .await
     .expect("application builds");

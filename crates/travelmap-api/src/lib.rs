@@ -37,6 +37,8 @@ pub struct AppState {
     pub audit: Arc<dyn travelmap_store::AuditLog>,
     /// How long a break-glass grant lasts.
     pub break_glass: std::time::Duration,
+    /// Signs the audit trail's checkpoints.
+    pub checkpoint_key: Arc<ed25519_dalek::SigningKey>,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.

@@ -38,6 +38,7 @@ impl Server {
             store: store.clone(),
             authenticator,
             break_glass: travelmap_api::DEFAULT_BREAK_GLASS,
+            checkpoint_key: ed25519_dalek::SigningKey::from_bytes(&rand::random()),
         })
         .await?;
         let base = format!("http://127.0.0.1:{}", app.port());

@@ -243,6 +243,12 @@ pub fn verify(
     Ok(check.head())
 }
 
+/// What a checkpoint's signature signs: the trail's head, in a form that cannot be mistaken for
+/// anything else Travelmap might sign.
+pub fn checkpoint_message(seq: u64, hash_hex: &str) -> String {
+    format!("travelmap audit checkpoint v1\nseq={seq}\nhash={hash_hex}\n")
+}
+
 /// Hex of bytes, lower case.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()

@@ -22,6 +22,8 @@ pub struct ServeSettings {
     pub authenticator: Authenticator,
     /// How long a break-glass grant lasts.
     pub break_glass: std::time::Duration,
+    /// Signs audit checkpoints.
+    pub checkpoint_key: ed25519_dalek::SigningKey,
 }
 
 /// A built, bound, not yet serving application.
@@ -31,6 +33,7 @@ pub struct Application {
     journeys: Arc<Journeys>,
     authenticator: Arc<Authenticator>,
     break_glass: std::time::Duration,
+    checkpoint_key: Arc<ed25519_dalek::SigningKey>,
 }
 
 impl Application {
@@ -49,6 +52,7 @@ impl Application {
             journeys,
             authenticator: Arc::new(settings.authenticator),
             break_glass: settings.break_glass,
+            checkpoint_key: Arc::new(settings.checkpoint_key),
         })
     }
 
@@ -76,6 +80,7 @@ impl Application {
             authenticator: self.authenticator.clone(),
             audit: self.store.audit(),
             break_glass: self.break_glass,
+            checkpoint_key: self.checkpoint_key.clone(),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)

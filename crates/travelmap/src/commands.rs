@@ -326,6 +326,7 @@ pub enum Verified {
 pub async fn verify_audit(
     location: &Location,
     checkpoint: Option<&Path>,
+    public_key: Option<&str>,
 ) -> anyhow::Result<Verified> {
     use travelmap_domain::audit::{ChainCheck, ChainError, hex};
     let checkpoint: Option<(u64, String)> = match checkpoint {
@@ -336,11 +337,17 @@ pub async fn verify_audit(
                 .with_context(|| format!("{} is not a checkpoint (JSON)", path.display()))?;
             let seq = value["seq"].as_u64();
             let hash = value["hash"].as_str().map(str::to_owned);
-            match (seq, hash) {
-                (Some(seq), Some(hash)) => Some((seq, hash)),
+            let (seq, hash) = match (seq, hash) {
+                (Some(seq), Some(hash)) => (seq, hash),
                 _ => bail!("{} lacks `seq` and `hash`", path.display()),
+            };
+            if let Err(problem) = check_signature(&value, seq, &hash, public_key) {
+                println!("audit checkpoint rejected: {problem}");
+                return Ok(Verified::Broken);
             }
+            Some((seq, hash))
         }
+        None if public_key.is_some() => bail!("--public-key checks a --checkpoint; give one"),
         None => None,
     };
     let (audit, _store): (std::sync::Arc<dyn AuditLog>, Option<PgStore>) = match location {
@@ -405,4 +412,43 @@ pub async fn verify_audit(
             Verified::Broken
         }
     })
+}
+
+/// Checks a checkpoint's signature: against `pinned` (the service's published key) when given,
+/// which is what makes a checkpoint evidence; otherwise against the key the checkpoint names,
+/// which only shows it was not altered since it was signed.
+fn check_signature(
+    checkpoint: &serde_json::Value,
+    seq: u64,
+    hash: &str,
+    pinned: Option<&str>,
+) -> Result<(), String> {
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    let named = checkpoint["public_key"].as_str();
+    let Some(signature) = checkpoint["signature"].as_str() else {
+        return match pinned {
+            Some(_) => Err("it is not signed".into()),
+            None => Ok(()),
+        };
+    };
+    let key_hex = pinned
+        .or(named)
+        .ok_or("it names no public key; give --public-key")?;
+    let key: [u8; 32] = hex::decode(key_hex)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or("the public key is not 64 hex digits")?;
+    let key = VerifyingKey::from_bytes(&key).map_err(|_| "the public key is not an ed25519 key")?;
+    let signature: [u8; 64] = hex::decode(signature)
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or("the signature is not 128 hex digits")?;
+    let message = travelmap_domain::audit::checkpoint_message(seq, hash);
+    key.verify(message.as_bytes(), &Signature::from_bytes(&signature))
+        .map_err(|_| "its signature does not match its contents and the key".to_owned())
+}
+
+/// Prints the public key that signs audit checkpoints, for auditors to pin.
+pub fn print_checkpoint_public_key(key: &ed25519_dalek::SigningKey) {
+    println!("{}", hex::encode(key.verifying_key().as_bytes()));
 }

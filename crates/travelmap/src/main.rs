@@ -82,10 +82,16 @@ enum AuditCommand {
     /// extends a checkpoint kept earlier (`GET /v1/audit/checkpoint`). Reads beside a running
     /// server.
     Verify {
-        /// A checkpoint file: {"seq": N, "hash": "..."}.
+        /// A checkpoint file, as served by GET /v1/audit/checkpoint.
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
+        /// The service's checkpoint key (from `travelmap audit public-key`): the checkpoint's
+        /// signature must be by this key.
+        #[arg(long, value_name = "HEX")]
+        public_key: Option<String>,
     },
+    /// Print the public key that signs audit checkpoints, for auditors to keep.
+    PublicKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -180,6 +186,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_or(travelmap_api::DEFAULT_BREAK_GLASS, |minutes| {
                         std::time::Duration::from_secs(minutes * 60)
                     }),
+                checkpoint_key: settings::checkpoint_key(
+                    config
+                        .as_ref()
+                        .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
+                    &data_dir,
+                )?,
             })
             .await?;
             tracing::info!(
@@ -200,8 +212,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             as_of,
             json,
         } => commands::replay(&location, client, as_of, json).await,
-        Command::Audit(AuditCommand::Verify { checkpoint }) => {
-            match commands::verify_audit(&location, checkpoint.as_deref()).await? {
+        Command::Audit(AuditCommand::PublicKey) => {
+            let key = settings::checkpoint_key(
+                config
+                    .as_ref()
+                    .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
+                &data_dir,
+            )?;
+            commands::print_checkpoint_public_key(&key);
+            Ok(())
+        }
+        Command::Audit(AuditCommand::Verify {
+            checkpoint,
+            public_key,
+        }) => {
+            match commands::verify_audit(&location, checkpoint.as_deref(), public_key.as_deref())
+                .await?
+            {
                 commands::Verified::Intact => Ok(()),
                 commands::Verified::Broken => std::process::exit(2),
             }

@@ -27,6 +27,9 @@ pub struct ConfigFile {
     pub store: Option<String>,
     /// How long a break-glass grant lasts, in minutes (default 60).
     pub break_glass_minutes: Option<u64>,
+    /// A file holding the ed25519 key (64 hex digits: its 32-byte seed) that signs audit
+    /// checkpoints. Default: `audit-signing.key` in the data directory, generated on first use.
+    pub audit_signing_key_file: Option<PathBuf>,
     /// The agencies that take part, with their kinds.
     #[serde(default)]
     pub agencies: Vec<AgencyEntry>,
@@ -212,6 +215,42 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
+}
+
+/// The file in the data directory holding the generated checkpoint-signing key.
+pub const AUDIT_SIGNING_KEY_FILE: &str = "audit-signing.key";
+
+/// The key that signs audit checkpoints: from `configured` if given, else from the data
+/// directory (generated there, readable by the owner only, on first use).
+pub fn checkpoint_key(
+    configured: Option<&Path>,
+    data_dir: &Path,
+) -> Result<ed25519_dalek::SigningKey, Error> {
+    let path = configured.map_or_else(|| data_dir.join(AUDIT_SIGNING_KEY_FILE), Path::to_owned);
+    let error = |source| Error::LocalKey {
+        path: path.clone(),
+        source,
+    };
+    let invalid = |detail: &str| {
+        error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{detail} (expected 64 hex digits, the key's 32-byte seed)"),
+        ))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let seed = hex::decode(text.trim()).map_err(|_| invalid("not hex"))?;
+            let seed: [u8; 32] = seed.try_into().map_err(|_| invalid("not 32 bytes"))?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+        }
+        Err(read) if read.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
+            std::fs::create_dir_all(data_dir).map_err(error)?;
+            let seed: [u8; 32] = rand::random();
+            write_private(&path, &format!("{}\n", hex::encode(seed))).map_err(error)?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+        }
+        Err(read) => Err(error(read)),
+    }
 }
 
 /// Chooses the store: a `postgres://` URL if one is given, else the embedded store in `data_dir`.

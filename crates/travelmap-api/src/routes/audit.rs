@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 use travelmap_domain::ClientId;
 use travelmap_domain::audit::{AuditEntry, Operation, Outcome, hex};
@@ -75,13 +76,17 @@ pub struct AuditEntries {
     pub next_after: Option<u64>,
 }
 
-/// The head of the trail, to keep elsewhere and check later with `travelmap audit verify
-/// --checkpoint FILE`.
+/// The head of the trail, signed, to keep elsewhere and check later with `travelmap audit verify
+/// --checkpoint FILE --public-key KEY`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditCheckpoint {
     pub seq: u64,
     /// Hex SHA-256 of entry `seq`.
     pub hash: String,
+    /// The service's checkpoint key (hex ed25519 public key).
+    pub public_key: String,
+    /// Hex ed25519 signature over `travelmap audit checkpoint v1\nseq={seq}\nhash={hash}\n`.
+    pub signature: String,
 }
 
 const AUDITORS: &[Role] = &[Role::Auditor, Role::Dpo];
@@ -228,9 +233,14 @@ pub async fn checkpoint(
     )
     .await?;
     let (seq, hash) = state.audit.head().await.map_err(ApiError::internal)?;
+    let hash = hex(&hash);
+    let message = travelmap_domain::audit::checkpoint_message(seq, &hash);
+    let signature = state.checkpoint_key.sign(message.as_bytes());
     Ok(Json(AuditCheckpoint {
         seq,
-        hash: hex(&hash),
+        hash,
+        public_key: hex(state.checkpoint_key.verifying_key().as_bytes()),
+        signature: hex(&signature.to_bytes()),
     }))
 }
 
