@@ -156,6 +156,7 @@ pub async fn spawn_app_with(data_dir: TempDir, break_glass: std::time::Duration)
         authenticator,
         break_glass,
         checkpoint_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        audit_override: None,
     })
     .await
     .expect("application builds");

@@ -214,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
     let (embedded_figures, memory) =
         measure(&embedded, &args, &workload, &serial_events, Some(&second)).await?;
     let memory = memory.context("the embedded measurement includes memory")?;
+    let audit_cost = measure_audit_cost(&args, &workload).await?;
     let postgres = if args.embedded_only {
         None
     } else {
@@ -247,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
         serial_clients,
         embedded: embedded_figures,
         memory,
+        audit_cost,
         postgres,
         elapsed: run_started.elapsed(),
     };
@@ -302,6 +304,105 @@ impl Place {
         }
         Ok(())
     }
+}
+
+/// Ingest and reads on the embedded store with the audit trail and without it (alternating, to
+/// spread the machine's drift over both).
+struct AuditCost {
+    /// Single-event ingest at concurrency [`WRITERS`]: with, without.
+    ingest: [Ingest; 2],
+    /// Travel-map reads at concurrency [`READERS`]: with, without.
+    reads: [Reads; 2],
+}
+
+/// Events posted in each audit-cost ingest measurement.
+const AUDIT_COST_EVENTS: usize = 20_000;
+
+async fn measure_audit_cost(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<AuditCost> {
+    let events = &workload.order[..AUDIT_COST_EVENTS.min(workload.len())];
+    let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut ingest = Vec::new();
+    let mut reads = Vec::new();
+    for audited in [true, false] {
+        progress(format_args!(
+            "audit cost: {} events at concurrency {WRITERS}, then {} reads at concurrency {READERS}, {} the audit trail",
+            events.len(),
+            args.reads,
+            if audited { "with" } else { "without" }
+        ));
+        let dir = fresh_dir(&work_dir)?;
+        let server =
+            Server::start_with(&Location::Embedded(dir.path().to_owned()), audited).await?;
+        ingest.push(post_events(&server.api, workload, events, WRITERS).await?);
+        // Reads of the clients that were written (the first events' clients).
+        let written: Vec<u32> = {
+            let mut clients: Vec<u32> = events.iter().map(|event| event.client).collect();
+            clients.sort_unstable();
+            clients.dedup();
+            clients
+        };
+        reads.push(
+            read_some(
+                &server.api,
+                workload,
+                &written,
+                args.reads,
+                READERS,
+                args.seed,
+            )
+            .await?,
+        );
+        server.stop().await?;
+    }
+    let [with_ingest, without_ingest]: [Ingest; 2] = ingest
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two ingest runs"))?;
+    let [with_reads, without_reads]: [Reads; 2] = reads
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two read runs"))?;
+    Ok(AuditCost {
+        ingest: [with_ingest, without_ingest],
+        reads: [with_reads, without_reads],
+    })
+}
+
+/// Reads `reads` travel maps of random clients among `clients` from `concurrency` readers.
+async fn read_some(
+    api: &Api,
+    workload: &Arc<Workload>,
+    clients: &[u32],
+    reads: usize,
+    concurrency: usize,
+    seed: u64,
+) -> anyhow::Result<Reads> {
+    let mut rng = StdRng::seed_from_u64(seed ^ READ_CHOICE);
+    let chosen: Vec<u32> = (0..reads)
+        .map(|_| clients[rng.random_range(0..clients.len())])
+        .collect();
+    let started = Instant::now();
+    let mut readers = JoinSet::new();
+    for share in chosen.chunks(reads.div_ceil(concurrency)) {
+        let (api, workload, share) = (api.clone(), workload.clone(), share.to_vec());
+        readers.spawn(async move {
+            let mut latency = histogram()?;
+            for client in share {
+                let sent = Instant::now();
+                api.travel_map(workload.clients[client as usize].client_id)
+                    .await?;
+                latency.record(micros(sent.elapsed()))?;
+            }
+            anyhow::Ok(latency)
+        });
+    }
+    let mut latency = histogram()?;
+    while let Some(reader) = readers.join_next().await {
+        latency.add(reader??)?;
+    }
+    Ok(Reads {
+        concurrency,
+        elapsed: started.elapsed(),
+        latency,
+    })
 }
 
 /// What one backend reached in one run.
@@ -620,6 +721,7 @@ struct Report<'a> {
     serial_clients: usize,
     embedded: Figures,
     memory: Memory,
+    audit_cost: AuditCost,
     postgres: Option<PostgresFigures>,
     elapsed: Duration,
 }
@@ -753,9 +855,41 @@ impl Report<'_> {
             rate(memory.second_ingest.per_second()),
             self.elapsed.as_secs_f64(),
         );
+        out += &self.audit_cost();
         if let Some(postgres) = &self.postgres {
             out += &self.side_by_side(postgres);
         }
+        out
+    }
+
+    /// The cost of the audit trail: the same work with and without it.
+    fn audit_cost(&self) -> String {
+        let [with, without] = &self.audit_cost.ingest;
+        let [with_reads, without_reads] = &self.audit_cost.reads;
+        let mut out = String::from("\n## The audit trail's cost (embedded store)\n\n");
+        out += &format!(
+            "The same {} events at concurrency {WRITERS}, then {} travel-map reads at concurrency {READERS}, on a fresh store with the audit trail (every write and read logged, as in production) and with a trail that keeps nothing.\n\n",
+            thousands(with.events as u64),
+            thousands(with_reads.latency.len()),
+        );
+        out += "| Measurement | With the trail | Without | With / without | Target |\n|---|---|---|---|---|\n";
+        let ratio_ingest = with.per_second() / without.per_second();
+        out += &format!(
+            "| Single-event ingest | {} events/s | {} events/s | {:.2} | ≥ 0.5 (not halved): {} |\n",
+            rate(with.per_second()),
+            rate(without.per_second()),
+            ratio_ingest,
+            met(ratio_ingest >= 0.5),
+        );
+        let ratio_reads = with_reads.per_second() / without_reads.per_second();
+        out += &format!(
+            "| Travel-map reads | {} reads/s (p99 {}) | {} reads/s (p99 {}) | {:.2} | — |\n",
+            rate(with_reads.per_second()),
+            ms(with_reads.latency.value_at_quantile(0.99)),
+            rate(without_reads.per_second()),
+            ms(without_reads.latency.value_at_quantile(0.99)),
+            ratio_reads,
+        );
         out
     }
 

@@ -25,6 +25,12 @@ pub struct Server {
 
 impl Server {
     pub async fn start(store: &Location) -> anyhow::Result<Self> {
+        Self::start_with(store, true).await
+    }
+
+    /// Starts the service with its audit trail, or (`audited` false) with one that keeps
+    /// nothing, to measure what the trail costs.
+    pub async fn start_with(store: &Location, audited: bool) -> anyhow::Result<Self> {
         let credential = Credential {
             id: "bench".into(),
             agency: "bench-agency".into(),
@@ -39,6 +45,10 @@ impl Server {
             authenticator,
             break_glass: travelmap_api::DEFAULT_BREAK_GLASS,
             checkpoint_key: ed25519_dalek::SigningKey::from_bytes(&rand::random()),
+            audit_override: (!audited).then(|| {
+                std::sync::Arc::new(travelmap_store::DiscardedAudit)
+                    as std::sync::Arc<dyn travelmap_store::AuditLog>
+            }),
         })
         .await?;
         let base = format!("http://127.0.0.1:{}", app.port());

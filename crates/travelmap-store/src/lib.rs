@@ -239,6 +239,36 @@ pub trait AuditLog: Send + Sync {
     async fn read_action(&self, action: &str) -> Result<Vec<travelmap_domain::audit::AuditEntry>>;
 }
 
+/// An audit log that keeps nothing. It exists so that the benchmark can measure what the real
+/// trail costs; the service itself never runs without one.
+pub struct DiscardedAudit;
+
+#[async_trait]
+impl AuditLog for DiscardedAudit {
+    async fn append(&self, records: Vec<travelmap_domain::audit::AuditRecord>) -> Result<Vec<u64>> {
+        Ok(vec![0; records.len()])
+    }
+    async fn read_after(
+        &self,
+        _after: u64,
+        _limit: usize,
+    ) -> Result<Vec<travelmap_domain::audit::AuditEntry>> {
+        Ok(Vec::new())
+    }
+    async fn read_client(
+        &self,
+        _client: ClientId,
+    ) -> Result<Vec<travelmap_domain::audit::AuditEntry>> {
+        Ok(Vec::new())
+    }
+    async fn head(&self) -> Result<(u64, [u8; 32])> {
+        Ok((0, travelmap_domain::audit::GENESIS))
+    }
+    async fn read_action(&self, _action: &str) -> Result<Vec<travelmap_domain::audit::AuditEntry>> {
+        Ok(Vec::new())
+    }
+}
+
 /// Where a store lives, as chosen by configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {

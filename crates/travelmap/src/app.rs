@@ -24,6 +24,10 @@ pub struct ServeSettings {
     pub break_glass: std::time::Duration,
     /// Signs audit checkpoints.
     pub checkpoint_key: ed25519_dalek::SigningKey,
+    /// Replaces the store's audit trail. Only the benchmark sets it (to
+    /// [`travelmap_store::DiscardedAudit`], to measure what the trail costs); the binary never
+    /// does.
+    pub audit_override: Option<Arc<dyn travelmap_store::AuditLog>>,
 }
 
 /// A built, bound, not yet serving application.
@@ -34,6 +38,7 @@ pub struct Application {
     authenticator: Arc<Authenticator>,
     break_glass: std::time::Duration,
     checkpoint_key: Arc<ed25519_dalek::SigningKey>,
+    audit: Arc<dyn travelmap_store::AuditLog>,
 }
 
 impl Application {
@@ -46,6 +51,7 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        let audit = settings.audit_override.unwrap_or_else(|| store.audit());
         Ok(Self {
             listener,
             store,
@@ -53,6 +59,7 @@ impl Application {
             authenticator: Arc::new(settings.authenticator),
             break_glass: settings.break_glass,
             checkpoint_key: Arc::new(settings.checkpoint_key),
+            audit,
         })
     }
 
@@ -78,7 +85,7 @@ impl Application {
         let router = travelmap_api::router(AppState {
             journeys: self.journeys.clone(),
             authenticator: self.authenticator.clone(),
-            audit: self.store.audit(),
+            audit: self.audit.clone(),
             break_glass: self.break_glass,
             checkpoint_key: self.checkpoint_key.clone(),
         });

@@ -192,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
                     &data_dir,
                 )?,
+                audit_override: None,
             })
             .await?;
             tracing::info!(
