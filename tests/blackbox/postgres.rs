@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sqlx::Connection;
 use travelmap_store::postgres::{ScratchDatabase, server_from_env};
 use uuid::Uuid;
 
@@ -285,5 +286,44 @@ async fn two_processes_agree_on_retries_conflicts_and_travel_maps() {
         .unwrap();
     assert_eq!(map["steps"].as_array().unwrap().len(), 13, "{map}");
     cluster.servers.push(survivor);
+    cluster.stop().await;
+}
+
+/// On PostgreSQL too, the trail written by two processes is one chain, `audit verify` checks it
+/// beside the running servers, and an entry edited in the database is found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
+    let cluster = Cluster::start(2).await;
+    let http = reqwest::Client::new();
+    let client = Uuid::new_v4();
+    for index in 0..6 {
+        let (status, _) = post(&http, &cluster.address(index), &contact(client)).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let verify = |url: &str| {
+        let output = std::process::Command::new(crate::binary::BINARY)
+            .args(["--store", url, "audit", "verify"])
+            .env_remove("TRAVELMAP_CONFIG")
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let url = cluster.database.url().to_owned();
+    let (intact, report) = verify(&url);
+    assert!(intact && report.contains("6 entries"), "{report}");
+    let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE audit_entries SET agency = 'elsewhere' WHERE seq = 4")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let (intact, report) = verify(&url);
+    assert!(
+        !intact && report.contains("entry 4 does not match"),
+        "{report}"
+    );
+    connection.close().await.unwrap();
     cluster.stop().await;
 }
