@@ -7,6 +7,7 @@ mod audit;
 mod batch;
 mod binary;
 mod ingest;
+mod jwt;
 mod postgres;
 mod reads;
 mod samples;

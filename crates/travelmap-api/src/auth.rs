@@ -72,10 +72,20 @@ pub enum CredentialError {
     NoRoles(String),
 }
 
-/// Finds the credential for a bearer key.
-#[derive(Debug, Default, Clone)]
+/// Finds the credential for a bearer key, or verifies a bearer JWT when tokens are configured.
+#[derive(Default, Clone)]
 pub struct Authenticator {
     by_hash: HashMap<[u8; 32], Credential>,
+    jwt: Option<std::sync::Arc<crate::jwt::JwtVerifier>>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.by_hash.len())
+            .field("jwt", &self.jwt.is_some())
+            .finish()
+    }
 }
 
 impl Authenticator {
@@ -99,7 +109,28 @@ impl Authenticator {
             }
             by_hash.insert(hash, credential);
         }
-        Ok(Self { by_hash })
+        Ok(Self { by_hash, jwt: None })
+    }
+
+    /// Also accepts JWTs checked by `verifier`.
+    pub fn with_jwt(mut self, verifier: std::sync::Arc<crate::jwt::JwtVerifier>) -> Self {
+        self.jwt = Some(verifier);
+        self
+    }
+
+    /// The credential behind a bearer value: a configured key, or (if configured) a valid JWT.
+    pub fn authenticate(&self, bearer: &str) -> Result<Credential, ApiError> {
+        if let Some(verifier) = &self.jwt
+            && bearer.matches('.').count() == 2
+        {
+            return verifier.verify(bearer).map_err(|error| {
+                tracing::info!(%error, "bearer token refused");
+                ApiError::new(Code::Unauthorized, error.to_string())
+            });
+        }
+        self.find(bearer)
+            .cloned()
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, "the bearer key is not valid"))
     }
 
     /// The hex SHA-256 of a key, as written in the configuration.
@@ -188,11 +219,8 @@ impl FromRequestParts<AppState> for Caller {
                     "the Authorization header must be `Bearer <key>`",
                 )
             })?;
-        let credential = state
-            .authenticator
-            .find(key)
-            .ok_or_else(|| ApiError::new(Code::Unauthorized, "the bearer key is not valid"))?;
+        let credential = state.authenticator.authenticate(key)?;
         tracing::Span::current().record("credential", credential.id.as_str());
-        Ok(Caller(credential.clone()))
+        Ok(Caller(credential))
     }
 }

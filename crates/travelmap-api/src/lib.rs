@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod jwt;
 pub mod routes;
 pub mod wire;
 

@@ -173,7 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .expect("valid default address"),
             };
             let authenticator = match &config {
-                Some((path, file)) => file.authenticator(path)?,
+                Some((path, file)) => with_tokens(file.authenticator(path)?, path, file).await?,
                 None => local_authenticator(&data_dir, listen)?,
             };
             let application = Application::build(ServeSettings {
@@ -241,6 +241,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             roles,
         }) => commands::new_credential(&id, &agency, kind, &roles),
     }
+}
+
+/// Adds JWT verification to `authenticator` when the config file has a `[jwt]` table: the key set
+/// is read now (a start-up error if it cannot be) and again every `refresh_minutes`, keeping the
+/// last good set when a refresh fails.
+async fn with_tokens(
+    authenticator: Authenticator,
+    path: &Path,
+    file: &ConfigFile,
+) -> anyhow::Result<Authenticator> {
+    let Some((source, jwt_settings)) = file.jwt(path)? else {
+        return Ok(authenticator);
+    };
+    let verifier = std::sync::Arc::new(travelmap_api::jwt::JwtVerifier::new(jwt_settings));
+    let keys = verifier.set_keys(&source.read().await?)?;
+    tracing::info!(keys, "accepting OAuth2 tokens (JWT)");
+    let every = std::time::Duration::from_secs(
+        60 * file
+            .jwt
+            .as_ref()
+            .map_or(10, |jwt| jwt.refresh_minutes.max(1)),
+    );
+    let refreshed = verifier.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let outcome = match source.read().await {
+                Ok(jwks) => refreshed.set_keys(&jwks).map_err(anyhow::Error::from),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = outcome {
+                tracing::warn!(error = %format!("{error:#}"), "could not refresh the JWKS; keeping the previous keys");
+            }
+        }
+    });
+    Ok(authenticator.with_jwt(verifier))
 }
 
 /// The no-config start: one local admin credential whose key lives in the data directory.

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use travelmap_api::jwt::JwtSettings;
 use travelmap_api::{Authenticator, Credential, Role};
 use travelmap_domain::AgencyKind;
 
@@ -36,6 +37,43 @@ pub struct ConfigFile {
     /// The credentials that may call the API.
     #[serde(default)]
     pub credentials: Vec<CredentialEntry>,
+    /// OAuth2 client-credentials tokens (JWTs), besides API keys.
+    pub jwt: Option<JwtEntry>,
+}
+
+/// The `[jwt]` table: which identity provider's tokens are accepted, and how they are read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtEntry {
+    /// The provider's key set, as a file ...
+    pub jwks_file: Option<PathBuf>,
+    /// ... or at a URL (fetched on start and every `refresh_minutes`).
+    pub jwks_url: Option<String>,
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// The `aud` tokens must include.
+    pub audience: String,
+    /// The claim naming the agency (default `travelmap_agency`).
+    #[serde(default = "default_agency_claim")]
+    pub agency_claim: String,
+    /// The claim listing the roles (default `travelmap_roles`).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// How often the key set is read again, in minutes (default 10).
+    #[serde(default = "default_refresh_minutes")]
+    pub refresh_minutes: u64,
+}
+
+fn default_agency_claim() -> String {
+    "travelmap_agency".into()
+}
+
+fn default_roles_claim() -> String {
+    "travelmap_roles".into()
+}
+
+fn default_refresh_minutes() -> u64 {
+    10
 }
 
 /// One `[[agencies]]` entry.
@@ -95,6 +133,8 @@ pub enum Error {
     },
     #[error("config file {path}: agency `{agency}` is declared twice")]
     AgencyTwice { path: PathBuf, agency: String },
+    #[error("config file {path}: [jwt] needs exactly one of jwks_file and jwks_url")]
+    JwksSource { path: PathBuf },
     #[error("local admin key at {path}: {source}")]
     LocalKey {
         path: PathBuf,
@@ -150,6 +190,67 @@ impl ConfigFile {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// The JWT settings, if tokens are configured: the source of the key set and how to check
+    /// tokens.
+    pub fn jwt(&self, path: &Path) -> Result<Option<(JwksSource, JwtSettings)>, Error> {
+        let Some(jwt) = &self.jwt else {
+            return Ok(None);
+        };
+        let source = match (&jwt.jwks_file, &jwt.jwks_url) {
+            (Some(file), None) => JwksSource::File(file.clone()),
+            (None, Some(url)) => JwksSource::Url(url.clone()),
+            _ => {
+                return Err(Error::JwksSource {
+                    path: path.to_owned(),
+                });
+            }
+        };
+        let settings = JwtSettings {
+            issuer: jwt.issuer.clone(),
+            audience: jwt.audience.clone(),
+            agency_claim: jwt.agency_claim.clone(),
+            roles_claim: jwt.roles_claim.clone(),
+            agencies: self
+                .agencies
+                .iter()
+                .map(|agency| (agency.id.clone(), agency.kind))
+                .collect(),
+        };
+        Ok(Some((source, settings)))
+    }
+}
+
+/// Where the identity provider's key set is read from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+impl JwksSource {
+    /// Reads the key set's JSON.
+    pub async fn read(&self) -> anyhow::Result<String> {
+        use anyhow::Context;
+        match self {
+            JwksSource::File(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the JWKS {}", path.display())),
+            JwksSource::Url(url) => {
+                let response = reqwest::Client::new()
+                    .get(url)
+                    .timeout(std::time::Duration::from_secs(10))
+                    .send()
+                    .await
+                    .with_context(|| format!("fetching the JWKS {url}"))?
+                    .error_for_status()
+                    .with_context(|| format!("fetching the JWKS {url}"))?;
+                response
+                    .text()
+                    .await
+                    .with_context(|| format!("reading the JWKS {url}"))
+            }
+        }
     }
 }
 

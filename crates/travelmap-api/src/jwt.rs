@@ -1,0 +1,153 @@
+//! OAuth2 client-credentials tokens: JWTs signed with RS256 or ES256 by an identity provider,
+//! verified against its published keys (a JWKS). The issuer and audience must be the configured
+//! ones and the token unexpired; the agency and roles come from claims, and the agency must be
+//! one the configuration declares (its kind decides what it may post, as for API keys).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use travelmap_domain::AgencyKind;
+
+use crate::auth::{Credential, Role};
+
+/// How a JWT is checked and read.
+#[derive(Debug, Clone)]
+pub struct JwtSettings {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` every token must include.
+    pub audience: String,
+    /// The claim naming the agency the client acts for.
+    pub agency_claim: String,
+    /// The claim listing the roles (an array of strings, or one space-separated string).
+    pub roles_claim: String,
+    /// The declared agencies and their kinds.
+    pub agencies: HashMap<String, AgencyKind>,
+}
+
+/// Why a token is not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("the key set is not a JWKS: {0}")]
+    KeySet(String),
+    #[error("the key set holds no RS256 or ES256 key")]
+    NoKeys,
+    #[error("the token is not a valid JWT: {0}")]
+    Malformed(String),
+    #[error("the token is signed with {0:?}; RS256 or ES256 is required")]
+    Algorithm(Algorithm),
+    #[error("the token's key (kid {0:?}) is not in the identity provider's key set")]
+    UnknownKey(Option<String>),
+    #[error("the token is not accepted: {0}")]
+    Invalid(String),
+    #[error("the token lacks the `{0}` claim")]
+    MissingClaim(String),
+    #[error("agency `{0}` in the token is not declared in the configuration")]
+    UndeclaredAgency(String),
+    #[error("the token grants no Travelmap role")]
+    NoRoles,
+}
+
+/// Verifies tokens against the current key set (replaced whole when it is refreshed).
+pub struct JwtVerifier {
+    settings: JwtSettings,
+    keys: RwLock<HashMap<Option<String>, (DecodingKey, Algorithm)>>,
+}
+
+impl JwtVerifier {
+    pub fn new(settings: JwtSettings) -> Self {
+        Self {
+            settings,
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the key set with the RS256 and ES256 keys of `jwks` (JSON); returns how many.
+    pub fn set_keys(&self, jwks: &str) -> Result<usize, JwtError> {
+        let set: JwkSet =
+            serde_json::from_str(jwks).map_err(|error| JwtError::KeySet(error.to_string()))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let algorithm = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            };
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|error| JwtError::KeySet(error.to_string()))?;
+            keys.insert(jwk.common.key_id.clone(), (key, algorithm));
+        }
+        if keys.is_empty() {
+            return Err(JwtError::NoKeys);
+        }
+        let count = keys.len();
+        *self.keys.write().expect("key set lock") = keys;
+        Ok(count)
+    }
+
+    /// The credential a valid token stands for.
+    pub fn verify(&self, token: &str) -> Result<Credential, JwtError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|error| JwtError::Malformed(error.to_string()))?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err(JwtError::Algorithm(header.alg));
+        }
+        let keys = self.keys.read().expect("key set lock");
+        // A token without `kid` is accepted only while the set holds a single key.
+        let (key, algorithm) = match &header.kid {
+            Some(_) => keys.get(&header.kid),
+            None if keys.len() == 1 => keys.values().next(),
+            None => None,
+        }
+        .ok_or_else(|| JwtError::UnknownKey(header.kid.clone()))?;
+        if *algorithm != header.alg {
+            return Err(JwtError::Algorithm(header.alg));
+        }
+        let mut validation = Validation::new(*algorithm);
+        validation.set_issuer(&[&self.settings.issuer]);
+        validation.set_audience(&[&self.settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 30;
+        let claims = jsonwebtoken::decode::<Value>(token, key, &validation)
+            .map_err(|error| JwtError::Invalid(error.to_string()))?
+            .claims;
+        drop(keys);
+        self.credential(&claims)
+    }
+
+    fn credential(&self, claims: &Value) -> Result<Credential, JwtError> {
+        let subject = claims["sub"]
+            .as_str()
+            .ok_or_else(|| JwtError::MissingClaim("sub".into()))?;
+        let agency = claims[&self.settings.agency_claim]
+            .as_str()
+            .ok_or_else(|| JwtError::MissingClaim(self.settings.agency_claim.clone()))?;
+        let kind = *self
+            .settings
+            .agencies
+            .get(agency)
+            .ok_or_else(|| JwtError::UndeclaredAgency(agency.to_owned()))?;
+        let names: Vec<&str> = match &claims[&self.settings.roles_claim] {
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            Value::String(text) => text.split_whitespace().collect(),
+            _ => return Err(JwtError::MissingClaim(self.settings.roles_claim.clone())),
+        };
+        // Roles Travelmap does not know are left out: tokens often carry other services' scopes.
+        let roles: Vec<Role> = names
+            .iter()
+            .filter_map(|name| serde_json::from_value(Value::String((*name).to_owned())).ok())
+            .collect();
+        if roles.is_empty() {
+            return Err(JwtError::NoRoles);
+        }
+        Ok(Credential {
+            id: format!("jwt:{subject}"),
+            agency: agency.to_owned(),
+            agency_kind: Some(kind),
+            roles,
+        })
+    }
+}
