@@ -27,7 +27,8 @@ async fn get_with(app: &TestApp, path: &str, key: &str, purpose: &str) -> reqwes
 async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
     let app = spawn_app().await;
     let client = Uuid::new_v4();
-    let registered = sample_event(client, "client.registered", "2026-01-05T09:00:00+01:00");
+    let mut registered = sample_event(client, "client.registered", "2026-01-05T09:00:00+01:00");
+    registered["actor"] = json!("OP-REG-7");
     assert_eq!(
         app.post_event(PRISON_WRITER, &registered).await.status(),
         StatusCode::CREATED
@@ -126,6 +127,7 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
     assert_eq!(first["agency"], "prison-opava");
     assert_eq!(first["returned"], registered["id"]);
     assert_eq!(first["action"], "POST /v1/events");
+    assert_eq!(first["actor"], "OP-REG-7");
     assert!(
         first["request_id"]
             .as_str()

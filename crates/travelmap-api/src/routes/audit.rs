@@ -28,6 +28,8 @@ pub struct AuditEntryView {
     /// The credential that acted (for a disclosure, the recipient).
     pub credential: String,
     pub agency: String,
+    /// The sender's reference to the worker, for recorded events that name one.
+    pub actor: Option<String>,
     /// collection, alteration, consultation, disclosure, combination or erasure.
     pub operation: String,
     pub client_id: Option<uuid::Uuid>,
@@ -55,6 +57,7 @@ impl From<&AuditEntry> for AuditEntryView {
             at: record.at,
             credential: record.credential.clone(),
             agency: record.agency.clone(),
+            actor: record.actor.clone(),
             operation: record.operation.as_str().to_owned(),
             client_id: record.client_id.map(|id| id.0),
             purpose: record.purpose.clone(),

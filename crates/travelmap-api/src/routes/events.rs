@@ -55,12 +55,17 @@ pub async fn post_event(
     }
     let operation = operation_of(&submission);
     let id = submission.draft.id;
+    let actor = submission
+        .draft
+        .actor
+        .as_ref()
+        .map(|actor| actor.as_str().to_owned());
     let outcomes = state
         .journeys
         .record(&caller.provenance(), &[submission])
         .await
         .map_err(|error| ApiError::from(error).at_index(None))?;
-    let entry = context.record(
+    let mut entry = context.record(
         &caller,
         Outcome::Allowed,
         Logged {
@@ -70,6 +75,7 @@ pub async fn post_event(
             returned: Some(id.to_string()),
         },
     );
+    entry.actor = actor;
     audit::write(&state, vec![entry]).await?;
     let outcome = &outcomes[0];
     let status = if outcome.created {
