@@ -243,6 +243,7 @@ async fn each_role_reaches_only_its_endpoints() {
         "/v1/audit/entries".to_owned(),
         "/v1/audit/checkpoint".to_owned(),
         "/v1/audit/break-glass".to_owned(),
+        "/v1/clients?identifier=prison_number:OP-2026-0117".to_owned(),
     ];
     // (key, which of the reads above it may make)
     let matrix = [
