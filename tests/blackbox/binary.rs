@@ -672,3 +672,51 @@ async fn the_readme_examples_run_verbatim() {
     assert_eq!(answers[7]["code"], "validation_failed");
     assert_eq!(answers[7]["field"], "data.release_kind");
 }
+
+/// An import records as a configured credential, so its agency's kind limits what it may load,
+/// as for the API: a file with an event outside the remit is refused whole.
+#[tokio::test]
+async fn import_refuses_events_the_credentials_agency_may_not_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let client = Uuid::new_v4();
+    let file = dir.path().join("events.jsonl");
+    let lines: Vec<String> = ["contact.made", "client.released"]
+        .iter()
+        .map(|event_type| sample_event(client, event_type, "2026-01-01T00:00:00Z").to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let import = |credential: &str| {
+        Command::new(BINARY)
+            .args([
+                "import",
+                file.to_str().unwrap(),
+                "--credential",
+                credential,
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("TRAVELMAP_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let refused = import("probation-system");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("may not post `client.released`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
+    // The prison may post both.
+    let accepted = import("opava-prison-system");
+    assert!(
+        accepted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&accepted.stderr)
+    );
+    assert!(String::from_utf8_lossy(&accepted.stdout).contains("imported 2 events"));
+}
