@@ -140,6 +140,11 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("audit checkpoint signing key at {path}: {source}")]
+    SigningKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl ConfigFile {
@@ -328,7 +333,7 @@ pub fn checkpoint_key(
     data_dir: &Path,
 ) -> Result<ed25519_dalek::SigningKey, Error> {
     let path = configured.map_or_else(|| data_dir.join(AUDIT_SIGNING_KEY_FILE), Path::to_owned);
-    let error = |source| Error::LocalKey {
+    let error = |source| Error::SigningKey {
         path: path.clone(),
         source,
     };
