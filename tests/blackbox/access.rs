@@ -67,6 +67,24 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         .unwrap();
     let problem = expect_problem(unstated, StatusCode::BAD_REQUEST, "purpose_required").await;
     assert_eq!(problem["field"], "X-Purpose");
+    // Every read of personal data, the audit trail included.
+    for path in [
+        format!("/v1/clients/{client}/events"),
+        "/v1/clients?identifier=prison_number:OP-2026-0117".to_owned(),
+        "/v1/events".to_owned(),
+        format!("/v1/audit/clients/{client}"),
+        "/v1/audit/entries".to_owned(),
+        "/v1/audit/break-glass".to_owned(),
+    ] {
+        let unstated = app
+            .http
+            .get(app.url(&path))
+            .bearer_auth(AUDITOR)
+            .send()
+            .await
+            .unwrap();
+        expect_problem(unstated, StatusCode::BAD_REQUEST, "purpose_required").await;
+    }
     expect_problem(
         app.get_for(
             &format!("/v1/clients/{client}/events"),

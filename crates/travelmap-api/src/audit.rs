@@ -6,7 +6,8 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use travelmap_domain::ClientId;
-use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
+use travelmap_domain::RecordedEvent;
+use travelmap_domain::audit::{AuditRecord, Operation, Outcome, returned_ids};
 use travelmap_domain::payloads::Purpose;
 
 use crate::AppState;
@@ -45,6 +46,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
 }
 
 /// One entry's worth of facts about an operation.
+#[derive(Debug, Clone)]
 pub struct Logged<'a> {
     pub operation: Operation,
     pub client: Option<ClientId>,
@@ -86,6 +88,26 @@ pub async fn write(state: &AppState, records: Vec<AuditRecord>) -> Result<(), Ap
     Ok(())
 }
 
+/// Logs one operation, with its outcome.
+pub async fn log(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    outcome: Outcome,
+    logged: Logged<'_>,
+) -> Result<(), ApiError> {
+    write(state, vec![context.record(caller, outcome, logged)]).await
+}
+
+/// What a read returned, for its entry: the ids of `events`.
+pub fn returned_events(events: &[RecordedEvent]) -> Option<String> {
+    let ids: Vec<String> = events
+        .iter()
+        .map(|event| event.draft.id.to_string())
+        .collect();
+    returned_ids(ids.iter().map(String::as_str))
+}
+
 /// Checks the caller's roles; a refusal is logged as a denied `logged` operation.
 pub async fn require(
     state: &AppState,
@@ -95,7 +117,7 @@ pub async fn require(
     logged: Logged<'_>,
 ) -> Result<(), ApiError> {
     if let Err(refused) = caller.require(roles) {
-        write(state, vec![context.record(caller, Outcome::Denied, logged)]).await?;
+        log(state, caller, context, Outcome::Denied, logged).await?;
         return Err(refused);
     }
     Ok(())
@@ -167,27 +189,23 @@ pub async fn need_to_know(
     }
     if purpose == Purpose::Emergency {
         if context.justification.is_some() {
-            let grant = context.record(
-                caller,
-                Outcome::Allowed,
-                Logged {
-                    operation: Operation::Consultation,
-                    client: Some(client),
-                    action: BREAK_GLASS,
-                    returned: Some(format!(
-                        "access for {} minutes",
-                        state.break_glass.as_secs() / 60
-                    )),
-                },
-            );
-            write(state, vec![grant]).await?;
+            let grant = Logged {
+                operation: Operation::Consultation,
+                client: Some(client),
+                action: BREAK_GLASS,
+                returned: Some(format!(
+                    "access for {} minutes",
+                    state.break_glass.as_secs() / 60
+                )),
+            };
+            log(state, caller, context, Outcome::Allowed, grant).await?;
             return Ok(purpose);
         }
         if active_grant(state, caller, client).await? {
             return Ok(purpose);
         }
     }
-    write(state, vec![context.record(caller, Outcome::Denied, logged)]).await?;
+    log(state, caller, context, Outcome::Denied, logged).await?;
     let hint = if purpose == Purpose::Emergency {
         "break-glass access needs a written reason in X-Justification (an earlier grant has expired or there is none)"
     } else {

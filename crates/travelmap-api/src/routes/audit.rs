@@ -112,27 +112,26 @@ pub async fn client_entries(
     Path(client_id): Path<String>,
 ) -> Result<Json<AuditEntries>, ApiError> {
     let client = ClientId(extract::client_id(&client_id)?);
-    let logged = Logged {
+    let logged = |returned| Logged {
         operation: Operation::Consultation,
         client: Some(client),
         action: "GET /v1/audit/clients/{client_id}",
-        returned: None,
+        returned,
     };
-    audit::require(&state, &caller, &context, AUDITORS, logged).await?;
+    audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
+    context.purpose()?;
     let entries = state
         .audit
         .read_client(client)
         .await
         .map_err(ApiError::internal)?;
-    let logged = Logged {
-        operation: Operation::Consultation,
-        client: Some(client),
-        action: "GET /v1/audit/clients/{client_id}",
-        returned: Some(format!("{} audit entries", entries.len())),
-    };
-    audit::write(
+    let returned = Some(format!("{} audit entries", entries.len()));
+    audit::log(
         &state,
-        vec![context.record(&caller, Outcome::Allowed, logged)],
+        &caller,
+        &context,
+        Outcome::Allowed,
+        logged(returned),
     )
     .await?;
     Ok(Json(AuditEntries {
@@ -191,9 +190,12 @@ pub async fn entries(
         .map_err(ApiError::internal)?;
     let next_after = entries.last().map_or(query.after, |entry| entry.seq);
     let returned = Some(format!("audit entries {} to {next_after}", query.after + 1));
-    audit::write(
+    audit::log(
         &state,
-        vec![context.record(&caller, Outcome::Allowed, logged(returned))],
+        &caller,
+        &context,
+        Outcome::Allowed,
+        logged(returned),
     )
     .await?;
     Ok(Json(AuditEntries {
@@ -223,18 +225,8 @@ pub async fn checkpoint(
         action: "GET /v1/audit/checkpoint",
         returned: None,
     };
-    audit::require(&state, &caller, &context, AUDITORS, logged).await?;
-    let logged = Logged {
-        operation: Operation::Consultation,
-        client: None,
-        action: "GET /v1/audit/checkpoint",
-        returned: None,
-    };
-    audit::write(
-        &state,
-        vec![context.record(&caller, Outcome::Allowed, logged)],
-    )
-    .await?;
+    audit::require(&state, &caller, &context, AUDITORS, logged.clone()).await?;
+    audit::log(&state, &caller, &context, Outcome::Allowed, logged).await?;
     let (seq, hash) = state.audit.head().await.map_err(ApiError::internal)?;
     let hash = hex(&hash);
     let message = travelmap_domain::audit::checkpoint_message(seq, &hash);
@@ -292,13 +284,12 @@ pub async fn break_glass(
         .read_action(audit::BREAK_GLASS)
         .await
         .map_err(ApiError::internal)?;
-    audit::write(
+    audit::log(
         &state,
-        vec![context.record(
-            &caller,
-            Outcome::Allowed,
-            logged(Some(format!("{} grants", entries.len()))),
-        )],
+        &caller,
+        &context,
+        Outcome::Allowed,
+        logged(Some(format!("{} grants", entries.len()))),
     )
     .await?;
     let now = chrono::Utc::now();

@@ -5,7 +5,7 @@ use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use travelmap_domain::ClientId;
-use travelmap_domain::audit::{Operation, Outcome, returned_ids};
+use travelmap_domain::audit::{Operation, Outcome};
 use travelmap_projections::TravelMap;
 use utoipa::IntoParams;
 
@@ -80,11 +80,13 @@ pub async fn history(
     audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None)).await?;
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
     let events = state.journeys.history(ClientId(client_id), as_of).await?;
-    let ids: Vec<String> = events.iter().map(|e| e.draft.id.to_string()).collect();
-    let returned = returned_ids(ids.iter().map(String::as_str));
-    audit::write(
+    let returned = audit::returned_events(&events);
+    audit::log(
         &state,
-        vec![context.record(&caller, Outcome::Allowed, logged(returned))],
+        &caller,
+        &context,
+        Outcome::Allowed,
+        logged(returned),
     )
     .await?;
     Ok(Json(History {
@@ -146,9 +148,12 @@ pub async fn travel_map(
         .travel_map(ClientId(client_id), as_of, query.min_position)
         .await?;
     let returned = Some(format!("travel map at stream version {}", map.version));
-    audit::write(
+    audit::log(
         &state,
-        vec![context.record(&caller, Outcome::Allowed, logged(returned))],
+        &caller,
+        &context,
+        Outcome::Allowed,
+        logged(returned),
     )
     .await?;
     Ok(Json(map))

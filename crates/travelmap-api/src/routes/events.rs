@@ -49,8 +49,14 @@ pub async fn post_event(
     let submission = wire::parse_event(&body)?;
     let client = submission.draft.client_id;
     if let Err(refused) = caller.may_post(submission.draft.event.event_type()) {
-        let entry = context.record(&caller, Outcome::Denied, denied(Some(client)));
-        audit::write(&state, vec![entry]).await?;
+        audit::log(
+            &state,
+            &caller,
+            &context,
+            Outcome::Denied,
+            denied(Some(client)),
+        )
+        .await?;
         return Err(refused);
     }
     let operation = operation_of(&submission);
@@ -158,8 +164,14 @@ pub async fn post_batch(
     for (index, submission) in submissions.iter().enumerate() {
         if let Err(refused) = caller.may_post(submission.draft.event.event_type()) {
             let client = Some(submission.draft.client_id);
-            let entry = context.record(&caller, Outcome::Denied, logged(client, None));
-            audit::write(&state, vec![entry]).await?;
+            audit::log(
+                &state,
+                &caller,
+                &context,
+                Outcome::Denied,
+                logged(client, None),
+            )
+            .await?;
             return Err(refused.at_index(Some(index)));
         }
     }
@@ -268,11 +280,13 @@ pub async fn feed(
     let next_after = events
         .last()
         .map_or(query.after, |event| event.meta.position);
-    let ids: Vec<String> = events.iter().map(|e| e.draft.id.to_string()).collect();
-    let returned = returned_ids(ids.iter().map(String::as_str));
-    audit::write(
+    let returned = audit::returned_events(&events);
+    audit::log(
         &state,
-        vec![context.record(&caller, Outcome::Allowed, logged(returned))],
+        &caller,
+        &context,
+        Outcome::Allowed,
+        logged(returned),
     )
     .await?;
     Ok(Json(FeedPage {
