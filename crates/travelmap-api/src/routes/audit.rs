@@ -100,8 +100,9 @@ const AUDITORS: &[Role] = &[Role::Auditor, Role::Dpo];
     params(("client_id" = uuid::Uuid, Path, description = "The client")),
     responses(
         (status = 200, description = "The client's entries, in order", body = AuditEntries),
+        (status = 400, description = "No valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Needs the auditor role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -156,9 +157,9 @@ pub struct EntriesQuery {
     params(EntriesQuery),
     responses(
         (status = 200, description = "A page of entries", body = AuditEntries),
-        (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Needs the auditor role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -210,7 +211,7 @@ pub async fn entries(
     responses(
         (status = 200, description = "The head", body = AuditCheckpoint),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Needs the auditor role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -261,6 +262,7 @@ pub struct BreakGlassGrants {
     get, path = "/v1/audit/break-glass", tag = "audit",
     responses(
         (status = 200, description = "The grants", body = BreakGlassGrants),
+        (status = 400, description = "No valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),

@@ -48,9 +48,9 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
     params(("client_id" = uuid::Uuid, Path, description = "The client"), HistoryQuery),
     responses(
         (status = 200, description = "The history", body = History),
-        (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Needs the coordinator or auditor role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the coordinator, auditor or dpo role; a coordinator also needs a reason to know the client (an open involvement, a consent for the purpose, or break-glass)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such client", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -111,9 +111,9 @@ pub struct TravelMapQuery {
     params(("client_id" = uuid::Uuid, Path, description = "The client"), TravelMapQuery),
     responses(
         (status = 200, description = "The travel map", body = TravelMap),
-        (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Needs the coordinator or auditor role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the coordinator, auditor or dpo role; a coordinator also needs a reason to know the client (an open involvement, a consent for the purpose, or break-glass)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such client (or none yet at `as_of`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The projection did not reach `min_position` in time", body = Problem, content_type = "application/problem+json"),
     ),
@@ -172,9 +172,9 @@ pub struct SearchQuery {
     params(SearchQuery),
     responses(
         (status = 200, description = "The matching clients (possibly none)", body = ClientMatches),
-        (status = 400, description = "Missing or malformed `identifier`", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Missing or malformed `identifier`, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Needs the writer, coordinator or auditor role", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the writer, coordinator, auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

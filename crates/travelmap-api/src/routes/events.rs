@@ -232,7 +232,7 @@ pub struct FeedQuery {
     params(FeedQuery),
     responses(
         (status = 200, description = "A page of the feed", body = FeedPage),
-        (status = 400, description = "Malformed parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the auditor or admin role", body = Problem, content_type = "application/problem+json"),
     ),
