@@ -236,11 +236,7 @@ async fn write_groups(pool: PgPool, head: watch::Sender<u64>, mut queue: mpsc::R
         match committed {
             Ok((results, last_position)) => {
                 if let Some(position) = last_position {
-                    head.send_if_modified(|current| {
-                        let moved = position > *current;
-                        *current = (*current).max(position);
-                        moved
-                    });
+                    super::advance(&head, position);
                 }
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(result);

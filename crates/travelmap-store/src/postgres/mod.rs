@@ -153,20 +153,11 @@ async fn follow_notifications(
                 let Ok(position) = notification.payload().parse::<u64>() else {
                     continue;
                 };
-                let watch = if notification.channel() == LOG_CHANNEL {
-                    &head
+                // The head never goes back; the views' checkpoint can (to 0, on a rebuild).
+                if notification.channel() == LOG_CHANNEL {
+                    advance(&head, position);
                 } else {
-                    &saved
-                };
-                // The views' checkpoint can go back to 0 (a rebuild); the head never goes back.
-                if notification.channel() == VIEWS_CHANNEL {
-                    watch.send_replace(position);
-                } else {
-                    watch.send_if_modified(|current| {
-                        let moved = position > *current;
-                        *current = (*current).max(position);
-                        moved
-                    });
+                    saved.send_replace(position);
                 }
             }
             Ok(None) | Err(_) => {
@@ -174,14 +165,20 @@ async fn follow_notifications(
                 // may have been missed meanwhile, pausing so a down database is not hammered.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if let Ok((position, checkpoint)) = heads(&pool).await {
-                    head.send_if_modified(|current| {
-                        let moved = position > *current;
-                        *current = (*current).max(position);
-                        moved
-                    });
+                    advance(&head, position);
                     saved.send_replace(checkpoint);
                 }
             }
         }
     }
+}
+
+/// Moves the head watch forward to `position` (never back: announcements from several
+/// processes and connections can arrive out of order).
+pub(super) fn advance(head: &watch::Sender<u64>, position: u64) {
+    head.send_if_modified(|current| {
+        let moved = position > *current;
+        *current = (*current).max(position);
+        moved
+    });
 }
