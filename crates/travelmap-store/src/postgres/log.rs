@@ -316,14 +316,9 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
                 if !ids.insert(new.draft.id.0) {
                     return Ok(None);
                 }
-                let receipt = Receipt {
-                    id: new.draft.id,
-                    client_id: stream.client_id,
-                    version: stream.expected_version + offset as u64 + 1,
-                    position: 0,
-                    recorded_at: DateTime::<Utc>::MIN_UTC,
-                };
-                push_row(&mut rows, job, &receipt, new);
+                // Positions are given by the statement, from the locked head.
+                let version = stream.expected_version + offset as u64 + 1;
+                push_row(&mut rows, job, new, version, 0);
             }
         }
     }
@@ -463,7 +458,7 @@ async fn commit_job_by_job(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> 
             {
                 taken.insert(receipt.id.0);
                 versions.insert(receipt.client_id.0, receipt.version);
-                push_row(&mut rows, job, receipt, new);
+                push_row(&mut rows, job, new, receipt.version, receipt.position);
             }
             next_position += receipts.len() as u64;
         }
@@ -565,12 +560,12 @@ fn accept(
     Ok(receipts)
 }
 
-fn push_row(rows: &mut Rows, job: &Job, receipt: &Receipt, new: &crate::NewEvent) {
+fn push_row(rows: &mut Rows, job: &Job, new: &crate::NewEvent, version: u64, position: u64) {
     let draft = &new.draft;
-    rows.position.push(receipt.position as i64);
+    rows.position.push(position as i64);
     rows.event_id.push(draft.id.0);
     rows.client_id.push(draft.client_id.0);
-    rows.version.push(receipt.version as i64);
+    rows.version.push(version as i64);
     rows.event_type.push(draft.event.event_type());
     rows.schema_version
         .push(draft.event.schema_version() as i32);
