@@ -376,33 +376,10 @@ async fn read_some(
     seed: u64,
 ) -> anyhow::Result<Reads> {
     let mut rng = StdRng::seed_from_u64(seed ^ READ_CHOICE);
-    let chosen: Vec<u32> = (0..reads)
-        .map(|_| clients[rng.random_range(0..clients.len())])
+    let chosen: Vec<usize> = (0..reads)
+        .map(|_| clients[rng.random_range(0..clients.len())] as usize)
         .collect();
-    let started = Instant::now();
-    let mut readers = JoinSet::new();
-    for share in chosen.chunks(reads.div_ceil(concurrency)) {
-        let (api, workload, share) = (api.clone(), workload.clone(), share.to_vec());
-        readers.spawn(async move {
-            let mut latency = histogram()?;
-            for client in share {
-                let sent = Instant::now();
-                api.travel_map(workload.clients[client as usize].client_id)
-                    .await?;
-                latency.record(micros(sent.elapsed()))?;
-            }
-            anyhow::Ok(latency)
-        });
-    }
-    let mut latency = histogram()?;
-    while let Some(reader) = readers.join_next().await {
-        latency.add(reader??)?;
-    }
-    Ok(Reads {
-        concurrency,
-        elapsed: started.elapsed(),
-        latency,
-    })
+    time_reads(api, workload, &chosen, concurrency).await
 }
 
 /// What one backend reached in one run.
@@ -689,9 +666,20 @@ async fn read_travel_maps(
     seed: u64,
 ) -> anyhow::Result<Reads> {
     let clients = chosen_clients(workload, reads, seed.wrapping_add(concurrency as u64 + 1));
+    time_reads(api, workload, &clients, concurrency).await
+}
+
+/// Reads the travel maps of `clients` (workload indices) from `concurrency` readers, timing
+/// each request.
+async fn time_reads(
+    api: &Api,
+    workload: &Arc<Workload>,
+    clients: &[usize],
+    concurrency: usize,
+) -> anyhow::Result<Reads> {
     let started = Instant::now();
     let mut readers = JoinSet::new();
-    for share in clients.chunks(reads.div_ceil(concurrency)) {
+    for share in clients.chunks(clients.len().div_ceil(concurrency)) {
         let (api, workload, share) = (api.clone(), workload.clone(), share.to_vec());
         readers.spawn(async move {
             let mut latency = histogram()?;
