@@ -3,13 +3,12 @@
 //! any entry edited, removed or reordered in the store.
 
 use std::path::Path;
-use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::binary::{BINARY, Server, write_config};
+use crate::binary::{Server, write_config};
 use crate::samples::{sample_event, valid_data};
 use crate::support::*;
 
@@ -195,7 +194,7 @@ fn verify(data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
 }
 
 fn verify_with_key(data: &Path, checkpoint: Option<&Path>, key: Option<&str>) -> (bool, String) {
-    let mut command = Command::new(BINARY);
+    let mut command = travelmap_command();
     command
         .args(["audit", "verify", "--data-dir"])
         .arg(data)
@@ -263,7 +262,7 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
     assert!(server.wait().success());
 
     // The checkpoint is signed by the service's key, which an auditor pins.
-    let output = Command::new(BINARY)
+    let output = travelmap_command()
         .args(["audit", "public-key", "--data-dir"])
         .arg(&data)
         .env_remove("TRAVELMAP_CONFIG")

@@ -41,7 +41,7 @@ impl Server {
 
     async fn launch(data_dir: &Path, store: Option<&str>, config: Option<&Path>) -> Server {
         let port = free_port();
-        let mut command = Command::new(BINARY);
+        let mut command = travelmap_command();
         command
             .arg("serve")
             .arg("--listen")
@@ -319,7 +319,7 @@ async fn without_config_a_private_local_admin_key_is_generated_and_works() {
 async fn a_second_server_on_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Server::start(dir.path(), None).await;
-    let output = Command::new(BINARY)
+    let output = travelmap_command()
         .args([
             "serve",
             "--listen",
@@ -343,7 +343,7 @@ async fn a_broken_config_is_refused_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "[[agencies]]\nid = \"a\"\nkind = \"ngo\"\n[[credentials]]\nid = \"x\"\nagency = \"a\"\nroles = [\"writer\"]\nkey_sha256 = \"nothex\"\n").unwrap();
-    let output = Command::new(BINARY)
+    let output = travelmap_command()
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--data-dir")
@@ -358,7 +358,7 @@ async fn a_broken_config_is_refused_with_a_clear_message() {
         "[[credentials]]\nid = \"x\"\nagency = \"a\"\nroles = [\"janitor\"]\nkey_sha256 = \"00\"\n",
     )
     .unwrap();
-    let output = Command::new(BINARY)
+    let output = travelmap_command()
         .args(["serve", "--config"])
         .arg(&config)
         .output()
@@ -375,7 +375,7 @@ async fn a_broken_config_is_refused_with_a_clear_message() {
         ),
     )
     .unwrap();
-    let output = Command::new(BINARY)
+    let output = travelmap_command()
         .args(["serve", "--config"])
         .arg(&config)
         .output()
@@ -389,7 +389,7 @@ async fn a_broken_config_is_refused_with_a_clear_message() {
 }
 
 fn run(args: &[&str], data_dir: &Path) -> std::process::Output {
-    Command::new(BINARY)
+    travelmap_command()
         .args(args)
         .arg("--data-dir")
         .arg(data_dir)
@@ -517,12 +517,12 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
 
 #[tokio::test]
 async fn help_lists_every_command_and_credential_new_prints_a_working_entry() {
-    let output = Command::new(BINARY).arg("--help").output().unwrap();
+    let output = travelmap_command().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
     for command in ["serve", "import", "rebuild", "replay", "credential"] {
         assert!(help.contains(command), "--help lacks {command}: {help}");
     }
-    let output = Command::new(BINARY)
+    let output = travelmap_command()
         .args([
             "credential",
             "new",
@@ -594,7 +594,7 @@ async fn the_readme_examples_run_verbatim() {
     // Started as the README says: no config, default data directory, in the working directory.
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = Command::new(BINARY)
+    let mut child = travelmap_command()
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .current_dir(dir.path())
         .env_remove("TRAVELMAP_CONFIG")
@@ -688,7 +688,7 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         .collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
     let import = |credential: &str| {
-        Command::new(BINARY)
+        travelmap_command()
             .args([
                 "import",
                 file.to_str().unwrap(),

@@ -301,7 +301,7 @@ async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
         assert_eq!(status, StatusCode::CREATED);
     }
     let verify = |url: &str| {
-        let output = std::process::Command::new(crate::binary::BINARY)
+        let output = crate::support::travelmap_command()
             .args(["--store", url, "audit", "verify"])
             .env_remove("TRAVELMAP_CONFIG")
             .output()

@@ -570,7 +570,10 @@ async fn the_catalogue_publishes_a_schema_per_type() {
         .iter()
         .find(|t| t["type"] == "client.registered")
         .unwrap();
-    assert_eq!(registered["personal_fields"], json!(["personal"]));
+    assert_eq!(
+        registered["personal_fields"],
+        json!(["personal", "identifiers"])
+    );
 }
 
 #[tokio::test]

@@ -61,6 +61,10 @@ pub fn valid_data(event_type: &str, target: Uuid) -> Value {
             "data": {"release_kind": "conditional", "supervision": true, "municipality": "Ostrava"}
         }),
         "event.retracted" => json!({"event_id": target, "reason": "recorded for the wrong client"}),
+        "personal_data.erased" => json!({"reason": "client request"}),
+        "retention.applied" => json!({"categories": ["needs"], "due_since": "2026-01-01"}),
+        "processing.restricted" => json!({"reason": "accuracy contested"}),
+        "restriction.lifted" => json!({"reason": "data verified"}),
         other => panic!("no sample for {other}; add one"),
     }
 }

@@ -156,6 +156,11 @@ pub async fn spawn_app_with(data_dir: TempDir, break_glass: std::time::Duration)
         authenticator,
         break_glass,
         checkpoint_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+        master_keys: Some(travelmap_store::MasterKeys::new(
+            travelmap_store::MasterKey::new("test", [9; 32]),
+            Vec::new(),
+        )),
+        retention: Default::default(),
         audit_override: None,
     })
     .await
@@ -279,4 +284,16 @@ pub async fn expect_problem(response: Response, status: StatusCode, code: &str) 
     assert_eq!(body["type"], format!("/problems/{code}"));
     assert!(body["title"].is_string() && body["detail"].is_string());
     body
+}
+
+/// The master keys every spawned `travelmap` uses: processes sharing a database, and commands run
+/// on a server's data directory, must all unwrap the same data keys.
+pub const TEST_MASTER_KEYS: &str =
+    "test:0909090909090909090909090909090909090909090909090909090909090909";
+
+/// The real binary, with the test master keys.
+pub fn travelmap_command() -> std::process::Command {
+    let mut command = std::process::Command::new(crate::binary::BINARY);
+    command.env("TRAVELMAP_MASTER_KEYS", TEST_MASTER_KEYS);
+    command
 }

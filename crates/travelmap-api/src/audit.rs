@@ -176,11 +176,23 @@ pub async fn need_to_know(
         .roles
         .iter()
         .any(|role| matches!(role, Role::Auditor | Role::Dpo));
+    // A restriction binds everyone, reviewers included: only an audit or a subject access
+    // request may read restricted data, and only a reviewer makes those.
+    let access = state.journeys.access(client).await?;
+    if access.as_ref().is_some_and(|access| access.restricted)
+        && !(reviewer && matches!(purpose, Purpose::Audit | Purpose::SubjectAccess))
+    {
+        log(state, caller, context, Outcome::Denied, logged).await?;
+        return Err(ApiError::new(
+            Code::Restricted,
+            "processing of this client's data is restricted: it may be read only by an auditor or data-protection officer with X-Purpose audit or subject_access",
+        ));
+    }
     // The no-config local admin (no agency kind) is one local user trying the service out.
     if reviewer || caller.0.agency_kind.is_none() {
         return Ok(purpose);
     }
-    let Some(access) = state.journeys.access(client).await? else {
+    let Some(access) = access else {
         // Never recorded: the handler answers 404, which discloses nothing about anyone.
         return Ok(purpose);
     };

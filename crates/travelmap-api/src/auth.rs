@@ -152,6 +152,18 @@ pub struct Caller(pub Credential);
 impl Caller {
     /// Passes when the caller's agency may post events of `event_type`; otherwise 403.
     pub fn may_post(&self, event_type: &str) -> Result<(), ApiError> {
+        // Erasure, restriction and retention have their own endpoints, which also destroy keys
+        // and check the data-protection officer's role; posting their events would record a
+        // decision without carrying it out.
+        if travelmap_domain::personal::is_lifecycle(event_type) {
+            return Err(ApiError::new(
+                Code::Forbidden,
+                format!(
+                    "`{event_type}` is recorded by the service itself, through the data-protection endpoints (DELETE /v1/clients/{{id}}/personal-data, POST and DELETE /v1/clients/{{id}}/restriction) and the retention run"
+                ),
+            )
+            .with_field("type"));
+        }
         let Some(kind) = self.0.agency_kind else {
             return Ok(());
         };

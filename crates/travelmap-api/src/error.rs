@@ -31,6 +31,16 @@ pub enum Code {
     DuplicateConflict,
     /// 409: the client's stream is not at the `expected_version` the sender gave.
     VersionConflict,
+    /// 403: processing of the client's data is restricted: readable only with purpose `audit` or
+    /// `subject_access`.
+    Restricted,
+    /// 409: processing of the client's data is restricted: nothing but lifting the restriction
+    /// is recorded.
+    ClientRestricted,
+    /// 409: the client's personal data was erased and the record is closed.
+    ClientErased,
+    /// 409: lifting a restriction that was never made.
+    NotRestricted,
     /// 413: the request body is larger than 1 MiB.
     PayloadTooLarge,
     /// 415: the body is not declared as JSON.
@@ -61,6 +71,10 @@ impl Code {
             Code::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "Method not allowed"),
             Code::DuplicateConflict => (S::CONFLICT, "Event id already used for other content"),
             Code::VersionConflict => (S::CONFLICT, "Stream version conflict"),
+            Code::Restricted => (S::FORBIDDEN, "Processing restricted"),
+            Code::ClientRestricted => (S::CONFLICT, "Processing restricted"),
+            Code::ClientErased => (S::CONFLICT, "Client erased"),
+            Code::NotRestricted => (S::CONFLICT, "Not restricted"),
             Code::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "Payload too large"),
             Code::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
             Code::ValidationFailed => (S::UNPROCESSABLE_ENTITY, "Validation failed"),
@@ -91,6 +105,10 @@ pub const CODES: &[(Code, &str)] = &[
     (Code::MethodNotAllowed, "method_not_allowed"),
     (Code::DuplicateConflict, "duplicate_conflict"),
     (Code::VersionConflict, "version_conflict"),
+    (Code::Restricted, "restricted"),
+    (Code::ClientRestricted, "client_restricted"),
+    (Code::ClientErased, "client_erased"),
+    (Code::NotRestricted, "not_restricted"),
     (Code::PayloadTooLarge, "payload_too_large"),
     (Code::UnsupportedMediaType, "unsupported_media_type"),
     (Code::ValidationFailed, "validation_failed"),
@@ -246,7 +264,11 @@ impl From<travelmap_service::Error> for ApiError {
                 tracing::warn!(error = %busy, "store busy");
                 ApiError::new(Code::Unavailable, "the store is busy; retry shortly")
             }
-            E::Store(_) | E::Projection(_) => ApiError::internal(error),
+            E::NotRestricted(_) => ApiError::new(Code::NotRestricted, error.to_string()),
+            E::Store(travelmap_store::Error::ClientErased(_)) => {
+                ApiError::new(Code::ClientErased, error.to_string())
+            }
+            E::Store(_) | E::Projection(_) | E::NoKeyring => ApiError::internal(error),
         }
     }
 }
@@ -264,6 +286,8 @@ fn refusal(source: journey::Error) -> ApiError {
             api.current_version = Some(actual);
             api
         }
+        journey::Error::Restricted => ApiError::new(Code::ClientRestricted, detail),
+        journey::Error::Erased => ApiError::new(Code::ClientErased, detail),
         journey::Error::UnknownTarget(_)
         | journey::Error::TargetRetracted(_)
         | journey::Error::TargetNotCorrectable { .. } => {

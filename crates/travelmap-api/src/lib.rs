@@ -18,7 +18,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -40,6 +40,8 @@ pub struct AppState {
     pub break_glass: std::time::Duration,
     /// Signs the audit trail's checkpoints.
     pub checkpoint_key: Arc<ed25519_dalek::SigningKey>,
+    /// When each category of personal data is due for shredding (for subject access reports).
+    pub retention: travelmap_projections::retention::Schedule,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.
@@ -63,6 +65,11 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         routes::audit::entries,
         routes::audit::checkpoint,
         routes::audit::break_glass,
+        routes::protection::erase,
+        routes::protection::restrict,
+        routes::protection::lift_restriction,
+        routes::protection::subject_access,
+        routes::statistics::outcomes,
         routes::meta::event_types,
         routes::meta::health,
         routes::meta::openapi,
@@ -73,6 +80,8 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         (name = "events", description = "Recording journey events and reading the global feed"),
         (name = "clients", description = "Histories, travel maps and identifier look-up"),
         (name = "audit", description = "The audit trail of every operation on personal data"),
+        (name = "data protection", description = "Erasure, restriction of processing and subject access (the data-protection officer's)"),
+        (name = "statistics", description = "Aggregate outcome statistics, with small counts suppressed"),
         (name = "catalogue", description = "The event types and their schemas"),
         (name = "meta", description = "Health, this document, problem types"),
     )
@@ -140,6 +149,19 @@ pub fn router(state: AppState) -> Router {
             "/v1/audit/clients/{client_id}",
             get(routes::audit::client_entries),
         )
+        .route(
+            "/v1/clients/{client_id}/personal-data",
+            delete(routes::protection::erase),
+        )
+        .route(
+            "/v1/clients/{client_id}/restriction",
+            post(routes::protection::restrict).delete(routes::protection::lift_restriction),
+        )
+        .route(
+            "/v1/clients/{client_id}/subject-access",
+            get(routes::protection::subject_access),
+        )
+        .route("/v1/statistics/outcomes", get(routes::statistics::outcomes))
         .route("/v1/audit/entries", get(routes::audit::entries))
         .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
         .route("/v1/audit/break-glass", get(routes::audit::break_glass))

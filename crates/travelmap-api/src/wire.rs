@@ -115,6 +115,10 @@ pub struct Recorded {
     pub version: u64,
     /// Position in the global feed.
     pub position: u64,
+    /// `erased` when the event's personal fields were erased: they read as `[erased]` (text),
+    /// `[]` (identifiers) or `{}` (personal details). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personal_data: Option<String>,
 }
 
 impl From<&RecordedEvent> for Recorded {
@@ -133,6 +137,7 @@ impl From<&RecordedEvent> for Recorded {
             recorded_at: recorded.meta.recorded_at,
             version: recorded.meta.version,
             position: recorded.meta.position,
+            personal_data: recorded.personal.is_erased().then(|| "erased".to_owned()),
         }
     }
 }

@@ -215,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
         measure(&embedded, &args, &workload, &serial_events, Some(&second)).await?;
     let memory = memory.context("the embedded measurement includes memory")?;
     let audit_cost = measure_audit_cost(&args, &workload).await?;
+    let sealing_cost = measure_sealing_cost(&args, &workload).await?;
     let postgres = if args.embedded_only {
         None
     } else {
@@ -249,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
         embedded: embedded_figures,
         memory,
         audit_cost,
+        sealing_cost,
         postgres,
         elapsed: run_started.elapsed(),
     };
@@ -332,7 +334,7 @@ async fn measure_audit_cost(args: &Args, workload: &Arc<Workload>) -> anyhow::Re
         ));
         let dir = fresh_dir(&work_dir)?;
         let server =
-            Server::start_with(&Location::Embedded(dir.path().to_owned()), audited).await?;
+            Server::start_with(&Location::Embedded(dir.path().to_owned()), audited, true).await?;
         ingest.push(post_events(&server.api, workload, events, WRITERS).await?);
         // Reads of the clients that were written (the first events' clients).
         let written: Vec<u32> = {
@@ -363,6 +365,48 @@ async fn measure_audit_cost(args: &Args, workload: &Arc<Workload>) -> anyhow::Re
     Ok(AuditCost {
         ingest: [with_ingest, without_ingest],
         reads: [with_reads, without_reads],
+    })
+}
+
+/// Ingest and rebuild on the embedded store with personal fields sealed and without (alternating
+/// like the audit cost), from the same events.
+struct SealingCost {
+    /// Single-event ingest at concurrency [`WRITERS`]: sealed, unsealed.
+    ingest: [Ingest; 2],
+    /// Rebuild of the log just written: sealed, unsealed.
+    rebuild: [Rebuild; 2],
+}
+
+async fn measure_sealing_cost(
+    args: &Args,
+    workload: &Arc<Workload>,
+) -> anyhow::Result<SealingCost> {
+    let events = &workload.order[..AUDIT_COST_EVENTS.min(workload.len())];
+    let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut ingest = Vec::new();
+    let mut rebuilds = Vec::new();
+    for sealed in [true, false] {
+        progress(format_args!(
+            "encryption cost: {} events at concurrency {WRITERS}, then a rebuild, {} sealing",
+            events.len(),
+            if sealed { "with" } else { "without" }
+        ));
+        let dir = fresh_dir(&work_dir)?;
+        let location = Location::Embedded(dir.path().to_owned());
+        let server = Server::start_with(&location, true, sealed).await?;
+        ingest.push(post_events(&server.api, workload, events, WRITERS).await?);
+        server.stop().await?;
+        rebuilds.push(rebuild_with(&location, sealed).await?);
+    }
+    let [sealed_ingest, plain_ingest]: [Ingest; 2] = ingest
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two ingest runs"))?;
+    let [sealed_rebuild, plain_rebuild]: [Rebuild; 2] = rebuilds
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two rebuilds"))?;
+    Ok(SealingCost {
+        ingest: [sealed_ingest, plain_ingest],
+        rebuild: [sealed_rebuild, plain_rebuild],
     })
 }
 
@@ -618,8 +662,18 @@ async fn post_batches(api: &Api, workload: &Workload, posters: usize) -> anyhow:
 /// Rebuilds the travel maps from the whole log with the server stopped, as `travelmap rebuild`
 /// does.
 async fn rebuild(location: &Location) -> anyhow::Result<Rebuild> {
+    rebuild_with(location, true).await
+}
+
+/// A rebuild that opens sealed personal fields, or (`sealed` false) of a log stored unsealed.
+async fn rebuild_with(location: &Location, sealed: bool) -> anyhow::Result<Rebuild> {
     let store = Store::open(location).await?;
-    let journeys = Journeys::new(store.log(), store.views()).await?;
+    let keyring = if sealed {
+        Some(store.keyring(server::bench_master_keys()).await?)
+    } else {
+        None
+    };
+    let journeys = Journeys::new(store.log(), store.views(), keyring).await?;
     let report = journeys.projector().rebuild().await?;
     store.close().await;
     Ok(Rebuild {
@@ -710,6 +764,7 @@ struct Report<'a> {
     embedded: Figures,
     memory: Memory,
     audit_cost: AuditCost,
+    sealing_cost: SealingCost,
     postgres: Option<PostgresFigures>,
     elapsed: Duration,
 }
@@ -844,6 +899,7 @@ impl Report<'_> {
             self.elapsed.as_secs_f64(),
         );
         out += &self.audit_cost();
+        out += &self.sealing_cost();
         if let Some(postgres) = &self.postgres {
             out += &self.side_by_side(postgres);
         }
@@ -877,6 +933,36 @@ impl Report<'_> {
             rate(without_reads.per_second()),
             ms(without_reads.latency.value_at_quantile(0.99)),
             ratio_reads,
+        );
+        out
+    }
+
+    /// The cost of sealing personal fields: the same work with and without encryption.
+    fn sealing_cost(&self) -> String {
+        let [sealed, plain] = &self.sealing_cost.ingest;
+        let [sealed_rebuild, plain_rebuild] = &self.sealing_cost.rebuild;
+        let mut out =
+            String::from("\n## The cost of encrypting personal fields (embedded store)\n\n");
+        out += &format!(
+            "The same {} events at concurrency {WRITERS} on a fresh store, then a rebuild of that log with the server stopped: once with personal fields sealed (AES-256-GCM, a key per client and category, as in production) and once stored as they are.\n\n",
+            thousands(sealed.events as u64),
+        );
+        out += "| Measurement | Sealed | Unsealed | Sealed / unsealed | Target |\n|---|---|---|---|---|\n";
+        let ratio_ingest = sealed.per_second() / plain.per_second();
+        out += &format!(
+            "| Single-event ingest | {} events/s | {} events/s | {:.2} | ≥ 0.75: {} |\n",
+            rate(sealed.per_second()),
+            rate(plain.per_second()),
+            ratio_ingest,
+            met(ratio_ingest >= 0.75),
+        );
+        let ratio_rebuild = sealed_rebuild.per_second() / plain_rebuild.per_second();
+        out += &format!(
+            "| Rebuild | {} events/s | {} events/s | {:.2} | ≥ 0.75: {} |\n",
+            rate(sealed_rebuild.per_second()),
+            rate(plain_rebuild.per_second()),
+            ratio_rebuild,
+            met(ratio_rebuild >= 0.75),
         );
         out
     }

@@ -25,12 +25,13 @@ pub struct Server {
 
 impl Server {
     pub async fn start(store: &Location) -> anyhow::Result<Self> {
-        Self::start_with(store, true).await
+        Self::start_with(store, true, true).await
     }
 
     /// Starts the service with its audit trail, or (`audited` false) with one that keeps
-    /// nothing, to measure what the trail costs.
-    pub async fn start_with(store: &Location, audited: bool) -> anyhow::Result<Self> {
+    /// nothing, to measure what the trail costs; with personal fields sealed, or (`sealed`
+    /// false) stored as they are, to measure what encryption costs.
+    pub async fn start_with(store: &Location, audited: bool, sealed: bool) -> anyhow::Result<Self> {
         let credential = Credential {
             id: "bench".into(),
             agency: "bench-agency".into(),
@@ -45,6 +46,8 @@ impl Server {
             authenticator,
             break_glass: travelmap_api::DEFAULT_BREAK_GLASS,
             checkpoint_key: ed25519_dalek::SigningKey::from_bytes(&rand::random()),
+            master_keys: sealed.then(bench_master_keys),
+            retention: Default::default(),
             audit_override: (!audited).then(|| {
                 std::sync::Arc::new(travelmap_store::DiscardedAudit)
                     as std::sync::Arc<dyn travelmap_store::AuditLog>
@@ -189,4 +192,12 @@ pub fn resident_kib() -> anyhow::Result<u64> {
         .find_map(|line| line.strip_prefix("RssAnon:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no RssAnon in /proc/self/status")
+}
+
+/// The master key the benchmark seals with (fixed, so that a rebuild opens what was sealed).
+pub fn bench_master_keys() -> travelmap_store::MasterKeys {
+    travelmap_store::MasterKeys::new(
+        travelmap_store::MasterKey::new("bench", [5; 32]),
+        Vec::new(),
+    )
 }

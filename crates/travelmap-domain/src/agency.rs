@@ -105,6 +105,12 @@ pub fn posted_by(event_type: &str) -> Option<&'static [AgencyKind]> {
         // Rectification is open to every agency here; whose event may be corrected is the
         // journey's decision.
         "event.corrected" | "event.retracted" => ANY,
+        // Data-protection decisions are recorded by the service itself, through the
+        // data-protection officer's endpoints and the retention run: no agency posts them.
+        "personal_data.erased"
+        | "retention.applied"
+        | "processing.restricted"
+        | "restriction.lifted" => &[],
         _ => return None,
     })
 }
@@ -123,7 +129,12 @@ mod tests {
         for info in crate::catalogue::event_types() {
             let kinds = posted_by(info.event_type)
                 .unwrap_or_else(|| panic!("{} has no posting rule", info.event_type));
-            assert!(!kinds.is_empty(), "{}", info.event_type);
+            assert_eq!(
+                kinds.is_empty(),
+                crate::personal::is_lifecycle(info.event_type),
+                "{}",
+                info.event_type
+            );
         }
         assert_eq!(posted_by("no.such_type"), None);
     }

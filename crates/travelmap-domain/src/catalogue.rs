@@ -136,9 +136,9 @@ macro_rules! catalogue {
 }
 
 catalogue! {
-    ClientRegistered(ClientRegistered) = "client.registered" @ 1, personal: ["personal"],
+    ClientRegistered(ClientRegistered) = "client.registered" @ 1, personal: ["personal", "identifiers"],
         "The client becomes known, with agency identifiers and personal details.";
-    IdentifierAdded(IdentifierAdded) = "identifier.added" @ 1, personal: [],
+    IdentifierAdded(IdentifierAdded) = "identifier.added" @ 1, personal: ["identifier"],
         "Another agency identifier (prison number, probation case, ...) is linked to the client.";
     SentenceStarted(SentenceStarted) = "sentence.started" @ 1, personal: [],
         "The client starts serving a prison sentence.";
@@ -178,11 +178,11 @@ catalogue! {
         "The client registers with the employment bureau.";
     JobPlaced(JobPlaced) = "job.placed" @ 1, personal: [],
         "The client starts a job.";
-    JobLost(JobLost) = "job.lost" @ 1, personal: [],
+    JobLost(JobLost) = "job.lost" @ 1, personal: ["reason"],
         "The client loses or leaves a job.";
     HousingSecured(HousingSecured) = "housing.secured" @ 1, personal: [],
         "The client secures housing.";
-    HousingLost(HousingLost) = "housing.lost" @ 1, personal: [],
+    HousingLost(HousingLost) = "housing.lost" @ 1, personal: ["reason"],
         "The client loses housing.";
     DebtCaseOpened(DebtCaseOpened) = "debt_case.opened" @ 1, personal: [],
         "Debt counselling opens a case for the client.";
@@ -192,16 +192,24 @@ catalogue! {
         "Contact with the client's family is restored.";
     ProgrammeCompleted(ProgrammeCompleted) = "programme.completed" @ 1, personal: [],
         "The client completes a programme.";
-    ProgrammeDroppedOut(ProgrammeDroppedOut) = "programme.dropped_out" @ 1, personal: [],
+    ProgrammeDroppedOut(ProgrammeDroppedOut) = "programme.dropped_out" @ 1, personal: ["reason"],
         "The client drops out of a programme, with the reason.";
     ReoffenceRecorded(ReoffenceRecorded) = "reoffence.recorded" @ 1, personal: [],
         "A new offence by the client is recorded.";
-    ClientRecalled(ClientRecalled) = "client.recalled" @ 1, personal: [],
+    ClientRecalled(ClientRecalled) = "client.recalled" @ 1, personal: ["reason"],
         "A conditionally released client is recalled to prison.";
-    EventCorrected(EventCorrected) = "event.corrected" @ 1, personal: ["data"],
+    EventCorrected(EventCorrected) = "event.corrected" @ 1, personal: ["reason", "data"],
         "Rectification: an earlier event of the client is to be read with replacement data.";
-    EventRetracted(EventRetracted) = "event.retracted" @ 1, personal: [],
+    EventRetracted(EventRetracted) = "event.retracted" @ 1, personal: ["reason"],
         "An earlier event of the client is withdrawn as recorded in error.";
+    PersonalDataErased(PersonalDataErased) = "personal_data.erased" @ 1, personal: [],
+        "The client's personal data is erased by destroying its keys; the record is closed.";
+    RetentionApplied(RetentionApplied) = "retention.applied" @ 1, personal: [],
+        "Categories of the client's personal data reached the end of their retention and were shredded.";
+    ProcessingRestricted(ProcessingRestricted) = "processing.restricted" @ 1, personal: [],
+        "Processing of the client's data is restricted: stored, but readable only for audit or subject access.";
+    RestrictionLifted(RestrictionLifted) = "restriction.lifted" @ 1, personal: [],
+        "A restriction of processing ends.";
 }
 
 impl JourneyEvent {
@@ -278,7 +286,7 @@ mod tests {
     #[test]
     fn every_type_is_listed_once_with_an_object_schema() {
         let types = event_types();
-        assert_eq!(types.len(), 33);
+        assert_eq!(types.len(), 37);
         for (index, info) in types.iter().enumerate() {
             assert!(
                 types[..index]

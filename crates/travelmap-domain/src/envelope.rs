@@ -51,6 +51,40 @@ pub struct RecordedEvent {
     pub draft: EventDraft,
     pub provenance: Provenance,
     pub meta: RecordMeta,
+    /// Where the event's personal fields stand (see [`crate::personal`]).
+    #[serde(skip)]
+    pub personal: PersonalData,
+}
+
+/// Where a recorded event's personal fields stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PersonalData {
+    /// The event holds no personal field.
+    #[default]
+    None,
+    /// The personal fields were opened: `draft.event` holds them as recorded.
+    Clear,
+    /// Read from the log but not opened yet: `draft.event` holds erased placeholders until the
+    /// store's keyring opens it.
+    Sealed(Sealed),
+    /// The key is destroyed: `draft.event` holds erased placeholders, for good.
+    Erased,
+}
+
+impl PersonalData {
+    pub fn is_erased(&self) -> bool {
+        matches!(self, PersonalData::Erased)
+    }
+}
+
+/// Sealed personal fields as stored: the names of the fields (not personal themselves) and the
+/// ciphertext, which only the store's keyring can open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub fields: Vec<String>,
+    pub ciphertext: Vec<u8>,
+    /// The stored `data` without the personal fields, from which the event is joined again.
+    pub public: String,
 }
 
 /// The fingerprint of what a sender said, used to tell a retry (same id, same content) from a

@@ -27,6 +27,10 @@ struct Standing {
 pub struct ClientJourney {
     version: u64,
     events: HashMap<EventId, Standing>,
+    /// Processing is restricted: only lifting the restriction (or erasing) may be recorded.
+    restricted: bool,
+    /// The personal data was erased and the record closed: nothing more may be recorded.
+    erased: bool,
 }
 
 /// The commands the journey accepts.
@@ -59,12 +63,35 @@ pub enum Error {
     /// The replacement data of a correction is not valid for the corrected event's type.
     #[error("replacement data: {0}")]
     InvalidReplacement(ValidationError),
+    #[error(
+        "processing of this client's data is restricted; nothing but lifting the restriction can be recorded until it is lifted"
+    )]
+    Restricted,
+    #[error("this client's personal data has been erased and the record is closed")]
+    Erased,
 }
 
 impl ClientJourney {
     /// The stream version: how many events the client has.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Whether processing of the client's data is restricted.
+    pub fn is_restricted(&self) -> bool {
+        self.restricted
+    }
+
+    /// Whether the client's personal data has been erased (the record is closed).
+    pub fn is_erased(&self) -> bool {
+        self.erased
+    }
+
+    /// The type of one of the client's events, if it is theirs.
+    pub fn event_type(&self, event_id: EventId) -> Option<&str> {
+        self.events
+            .get(&event_id)
+            .map(|standing| standing.event_type.as_str())
     }
 
     fn standing_target(&self, event_id: EventId) -> Result<&Standing, Error> {
@@ -92,6 +119,12 @@ impl ClientJourney {
     /// journey from outlines of its recorded events, which needs no event data decoded.
     pub fn remember(&mut self, id: EventId, event_type: &str, retracts: Option<EventId>) {
         self.version += 1;
+        match event_type {
+            "processing.restricted" => self.restricted = true,
+            "restriction.lifted" => self.restricted = false,
+            "personal_data.erased" => self.erased = true,
+            _ => {}
+        }
         if let Some(target) = retracts.and_then(|target| self.events.get_mut(&target)) {
             target.retracted = true;
         }
@@ -113,6 +146,19 @@ impl ClientJourney {
                 expected,
                 actual: self.version,
             });
+        }
+        if self.erased {
+            return Err(Error::Erased);
+        }
+        if self.restricted
+            && !matches!(
+                draft.event,
+                JourneyEvent::RestrictionLifted(_)
+                    | JourneyEvent::PersonalDataErased(_)
+                    | JourneyEvent::RetentionApplied(_)
+            )
+        {
+            return Err(Error::Restricted);
         }
         match &draft.event {
             JourneyEvent::EventCorrected(correction) => {
@@ -273,6 +319,41 @@ mod tests {
             .given(vec![released(1)])
             .when(record(good.clone(), None))
             .then_expect_events(vec![good]);
+    }
+
+    #[test]
+    fn a_restricted_client_takes_only_the_lifting_of_its_restriction() {
+        let restricted = draft(
+            7,
+            "processing.restricted",
+            json!({"reason": "accuracy contested"}),
+        );
+        let lifted = draft(8, "restriction.lifted", json!({"reason": "data verified"}));
+        TestFramework::<ClientJourney>::with(())
+            .given(vec![released(1), restricted.clone()])
+            .when(record(released(2), None))
+            .then_expect_error(Error::Restricted);
+        TestFramework::<ClientJourney>::with(())
+            .given(vec![released(1), restricted.clone()])
+            .when(record(lifted.clone(), None))
+            .then_expect_events(vec![lifted.clone()]);
+        TestFramework::<ClientJourney>::with(())
+            .given(vec![released(1), restricted, lifted])
+            .when(record(released(2), None))
+            .then_expect_events(vec![released(2)]);
+    }
+
+    #[test]
+    fn an_erased_client_takes_nothing_more() {
+        let erased = draft(
+            7,
+            "personal_data.erased",
+            json!({"reason": "client request"}),
+        );
+        TestFramework::<ClientJourney>::with(())
+            .given(vec![released(1), erased])
+            .when(record(released(2), None))
+            .then_expect_error(Error::Erased);
     }
 
     #[test]

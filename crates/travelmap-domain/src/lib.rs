@@ -13,11 +13,14 @@ mod error;
 mod ids;
 pub mod journey;
 pub mod payloads;
+pub mod personal;
 mod text;
 
 pub use agency::AgencyKind;
 pub use catalogue::{EventTypeInfo, JourneyEvent};
-pub use envelope::{EventDraft, Provenance, RecordMeta, RecordedEvent, content_digest};
+pub use envelope::{
+    EventDraft, PersonalData, Provenance, RecordMeta, RecordedEvent, Sealed, content_digest,
+};
 pub use error::{DecodeError, ValidationError, field_path};
 pub use ids::{ClientId, EventId};
 pub use journey::ClientJourney;

@@ -674,6 +674,58 @@ pub struct EventRetracted {
     pub reason: Text,
 }
 
+// ----- data protection -----------------------------------------------------------------------
+// Recorded by the service itself through the data-protection endpoints and the retention run,
+// never posted by agency systems: they change what may be done with the client's data, not the
+// client's journey.
+
+/// `personal_data.erased`: the data-protection officer erased the client's personal data. The
+/// keys protecting it are destroyed: the journey facts (types, dates, agencies) stay, while names,
+/// identifiers, notes and reasons read as erased from then on, everywhere. The client's record is
+/// closed: no further events are accepted for them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PersonalDataErased {
+    /// Why, as recorded by the data-protection officer (must not itself hold personal data).
+    pub reason: Text,
+}
+
+/// `retention.applied`: the retention schedule found some categories of the client's personal
+/// data due, and their keys were destroyed. The record stays open; data recorded later in those
+/// categories gets a new key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionApplied {
+    /// The categories whose personal data was shredded.
+    #[schemars(length(min = 1))]
+    pub categories: Vec<crate::personal::Category>,
+    /// The day the retention period ended (the earliest of the categories' due dates).
+    pub due_since: NaiveDate,
+}
+
+impl Rules for RetentionApplied {
+    fn check(&self) -> Result<(), ValidationError> {
+        non_empty_list("categories", &self.categories)
+    }
+}
+
+/// `processing.restricted`: the client's data may be stored but not used (GDPR Art. 18,
+/// LED Art. 16(3)); it is readable only for audit or subject access until the restriction is lifted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessingRestricted {
+    /// Why (e.g. the client contests the accuracy of the data).
+    pub reason: Text,
+}
+
+/// `restriction.lifted`: a restriction of processing ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestrictionLifted {
+    /// Why it ends.
+    pub reason: Text,
+}
+
 no_extra_rules!(
     IdentifierAdded,
     ProgrammeEnrolled,
@@ -704,6 +756,9 @@ no_extra_rules!(
     ClientRecalled,
     EventCorrected,
     EventRetracted,
+    PersonalDataErased,
+    ProcessingRestricted,
+    RestrictionLifted,
 );
 
 fn non_empty_list<T>(field: &str, items: &[T]) -> Result<(), ValidationError> {

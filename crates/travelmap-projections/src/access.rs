@@ -18,6 +18,10 @@ pub struct Access {
     pub involved: BTreeSet<String>,
     /// Agencies covered by a consent or legal basis, with the purposes it covers.
     pub consented: BTreeMap<String, BTreeSet<Purpose>>,
+    /// Processing is restricted: the data may be read only for audit or subject access.
+    pub restricted: bool,
+    /// The client's personal data was erased.
+    pub erased: bool,
 }
 
 impl Access {
@@ -43,6 +47,8 @@ impl ClientState {
                 .map(|involvement| involvement.agency)
                 .collect(),
             consented: BTreeMap::new(),
+            restricted: false,
+            erased: false,
         };
         for fact in self.facts.iter().filter(|fact| fact.occurred_at <= now) {
             match &fact.event {
@@ -69,6 +75,28 @@ impl ClientState {
                     }
                 }
                 _ => {}
+            }
+        }
+        // Data-protection decisions take effect when they are recorded, whatever their
+        // `occurred_at`, so they are read in the order they were recorded.
+        let mut decisions: Vec<_> = self
+            .facts
+            .iter()
+            .filter(|fact| {
+                matches!(
+                    fact.event,
+                    JourneyEvent::ProcessingRestricted(_)
+                        | JourneyEvent::RestrictionLifted(_)
+                        | JourneyEvent::PersonalDataErased(_)
+                )
+            })
+            .collect();
+        decisions.sort_by_key(|fact| fact.position);
+        for fact in decisions {
+            match fact.event {
+                JourneyEvent::ProcessingRestricted(_) => access.restricted = true,
+                JourneyEvent::RestrictionLifted(_) => access.restricted = false,
+                _ => access.erased = true,
             }
         }
         access.consented.retain(|_, purposes| !purposes.is_empty());

@@ -7,11 +7,16 @@
 //! - [`projector`]: a catch-up consumer of [`travelmap_store::EventLog::read_all`] that stores
 //!   state and checkpoint together in a [`travelmap_store::ViewStore`], so it can stop anywhere
 //!   and resume, and can be rebuilt from zero.
+//! - [`statistics`]: outcome statistics per programme, prison, municipality or quarter, as
+//!   aggregates with small counts suppressed. Pure, like the travel map.
+//! - [`retention`]: the retention schedule and which categories of a client's data are due.
 //!
 //! Depends on the domain and the storage traits; knows nothing of HTTP.
 
 pub mod access;
 pub mod projector;
+pub mod retention;
+pub mod statistics;
 pub mod travel_map;
 
 pub use access::Access;

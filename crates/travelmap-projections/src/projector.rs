@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, watch};
 use travelmap_domain::{ClientId, RecordedEvent};
-use travelmap_store::{ClientView, EventLog, ViewStore};
+use travelmap_store::{ClientView, EventLog, Keyring, ViewStore};
 
 use crate::travel_map::ClientState;
 use crate::{Error, Result};
@@ -70,18 +70,28 @@ struct Cache {
     /// The checkpoint as last saved.
     saved_checkpoint: u64,
     pending_events: usize,
+    /// Views holding erased data were overwritten since the last flush: the store must not keep
+    /// old copies (see [`ViewStore::scrub`]).
+    scrub: bool,
 }
 
 /// Keeps the client views (travel maps, identifier index) up to date with the log.
 pub struct Projector {
     log: Arc<dyn EventLog>,
     views: Arc<dyn ViewStore>,
+    /// Hashes identifiers for the index, so that it holds none in plaintext. `None` only where
+    /// no keyring exists (the benchmark's unencrypted baseline).
+    keyring: Option<Arc<Keyring>>,
     progress: watch::Sender<u64>,
     cache: Mutex<Option<Cache>>,
 }
 
 impl Projector {
-    pub async fn new(log: Arc<dyn EventLog>, views: Arc<dyn ViewStore>) -> Result<Self> {
+    pub async fn new(
+        log: Arc<dyn EventLog>,
+        views: Arc<dyn ViewStore>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<Self> {
         let mut checkpoint = views.checkpoint().await?;
         let head = *log.head().borrow();
         if checkpoint > head {
@@ -99,6 +109,7 @@ impl Projector {
         Ok(Self {
             log,
             views,
+            keyring,
             progress: watch::channel(checkpoint).0,
             cache: Mutex::new(None),
         })
@@ -210,6 +221,7 @@ impl Projector {
                 checkpoint,
                 saved_checkpoint: checkpoint,
                 pending_events: 0,
+                scrub: false,
             });
         }
         let cache = guard.as_mut().expect("cache initialised above");
@@ -259,6 +271,31 @@ impl Projector {
                     cache.states.insert(client_id, state);
                 }
             }
+            // Erasure (or retention) destroyed keys: the views folded earlier still hold the
+            // client's personal data in plaintext. Such a client's state is folded again from
+            // the log, which now reads the erased fields as erased, and replaces the old one.
+            let mut purged = HashSet::new();
+            for event in &events {
+                if matches!(
+                    event.draft.event,
+                    travelmap_domain::JourneyEvent::PersonalDataErased(_)
+                        | travelmap_domain::JourneyEvent::RetentionApplied(_)
+                ) {
+                    purged.insert(event.draft.client_id);
+                }
+            }
+            for client_id in purged {
+                let history = self.log.read_stream(client_id, None).await?;
+                let state = ClientState::from_history(
+                    client_id,
+                    history
+                        .into_iter()
+                        .filter(|event| event.meta.position <= up_to),
+                );
+                cache.states.insert(client_id, state);
+                cache.dirty.insert(client_id);
+                cache.scrub = true;
+            }
             let count = events.len();
             for event in events {
                 let client_id = event.draft.client_id;
@@ -302,7 +339,10 @@ impl Projector {
         let chunks: Vec<&[&ClientState]> = dirty.chunks(SAVE_CHUNK).collect();
         let mut saving: Option<tokio::task::JoinHandle<travelmap_store::Result<()>>> = None;
         for (index, chunk) in chunks.iter().enumerate() {
-            let views: Vec<ClientView> = chunk.iter().map(|state| view(state)).collect();
+            let views: Vec<ClientView> = chunk
+                .iter()
+                .map(|state| view(state, self.keyring.as_deref()))
+                .collect();
             if let Some(previous) = saving.take() {
                 previous
                     .await
@@ -323,6 +363,10 @@ impl Projector {
             // Nothing dirty (every event was already folded): only the checkpoint moves.
             None => self.views.save(cache.checkpoint, Vec::new()).await?,
         }
+        if cache.scrub {
+            self.views.scrub().await?;
+            cache.scrub = false;
+        }
         cache.saved_checkpoint = cache.checkpoint;
         cache.dirty.clear();
         cache.pending_events = 0;
@@ -334,10 +378,20 @@ impl Projector {
     }
 }
 
-fn view(state: &ClientState) -> ClientView {
+fn view(state: &ClientState, keyring: Option<&Keyring>) -> ClientView {
+    let identifiers = state.identifiers();
     ClientView {
         client_id: state.client_id,
         state: serde_json::to_string(state).expect("client state serialises"),
-        identifiers: state.identifiers(),
+        identifiers: match keyring {
+            Some(keyring) => identifiers
+                .into_iter()
+                .map(|(kind, value)| {
+                    let hashed = keyring.lookup_hash(&kind, &value);
+                    (kind, hashed)
+                })
+                .collect(),
+            None => identifiers,
+        },
     }
 }

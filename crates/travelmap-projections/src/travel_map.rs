@@ -105,6 +105,7 @@ impl ClientState {
             draft,
             provenance,
             meta,
+            ..
         } = recorded;
         self.position = meta.position;
         self.version = meta.version;
@@ -281,7 +282,8 @@ pub struct Appointment {
 /// Something on the map that needs attention.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Flag {
-    /// What kind of attention: `no_first_day_contact`.
+    /// What kind of attention: `no_first_day_contact`, `processing_restricted`,
+    /// `personal_data_erased`.
     pub kind: String,
     /// Since when the flag holds.
     pub since: DateTime<Utc>,
@@ -455,6 +457,7 @@ fn derive(state: &ClientState, now: DateTime<Utc>) -> TravelMap {
             ),
         });
     }
+    flags.extend(data_protection_flags(state));
     for appointment in &mut appointments {
         appointment.overdue = appointment.at.with_timezone(&Utc) < now;
     }
@@ -473,6 +476,49 @@ fn derive(state: &ClientState, now: DateTime<Utc>) -> TravelMap {
         position: state.position,
         as_of: now,
     }
+}
+
+/// `processing_restricted` while a restriction stands, `personal_data_erased` once erased. These
+/// decisions take effect when recorded, so they are read in recording order.
+fn data_protection_flags(state: &ClientState) -> Vec<Flag> {
+    let mut decisions: Vec<&Fact> = state
+        .facts
+        .iter()
+        .filter(|fact| {
+            matches!(
+                fact.event,
+                JourneyEvent::ProcessingRestricted(_)
+                    | JourneyEvent::RestrictionLifted(_)
+                    | JourneyEvent::PersonalDataErased(_)
+            )
+        })
+        .collect();
+    decisions.sort_by_key(|fact| fact.position);
+    let mut restricted: Option<&Fact> = None;
+    let mut erased: Option<&Fact> = None;
+    for fact in decisions {
+        match fact.event {
+            JourneyEvent::ProcessingRestricted(_) => restricted = Some(fact),
+            JourneyEvent::RestrictionLifted(_) => restricted = None,
+            _ => erased = Some(fact),
+        }
+    }
+    let mut flags = Vec::new();
+    if let Some(fact) = restricted {
+        flags.push(Flag {
+            kind: "processing_restricted".into(),
+            since: fact.recorded_at,
+            detail: "processing is restricted: the data may be read only for audit or subject access, and nothing but lifting the restriction is recorded".into(),
+        });
+    }
+    if let Some(fact) = erased {
+        flags.push(Flag {
+            kind: "personal_data_erased".into(),
+            since: fact.recorded_at,
+            detail: "the client's personal data was erased; the journey facts remain".into(),
+        });
+    }
+    flags
 }
 
 fn step(fact: &Fact) -> Step {
@@ -552,6 +598,17 @@ pub fn summary(event: &JourneyEvent) -> String {
         E::ClientRecalled(_) => "Recalled to prison".into(),
         E::EventCorrected(_) => "Correction".into(),
         E::EventRetracted(_) => "Retraction".into(),
+        E::PersonalDataErased(_) => "Personal data erased".into(),
+        E::RetentionApplied(e) => format!(
+            "Retention period ended: {} data shredded",
+            e.categories
+                .iter()
+                .map(|category| category.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        E::ProcessingRestricted(_) => "Processing restricted".into(),
+        E::RestrictionLifted(_) => "Restriction lifted".into(),
     }
 }
 

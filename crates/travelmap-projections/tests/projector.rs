@@ -32,6 +32,13 @@ impl ViewStore for FlakyViews {
     async fn get(&self, client: ClientId) -> travelmap_store::Result<Option<String>> {
         self.inner.get(client).await
     }
+    async fn scan(
+        &self,
+        after: Option<ClientId>,
+        limit: usize,
+    ) -> travelmap_store::Result<Vec<(ClientId, String)>> {
+        self.inner.scan(after, limit).await
+    }
     async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> travelmap_store::Result<()> {
         if self.fail_next_save.swap(false, Ordering::SeqCst) {
             return Err(travelmap_store::Error::Io(std::io::Error::other(
@@ -69,7 +76,7 @@ async fn a_failed_save_is_retried_from_the_stored_checkpoint() {
         inner: store.views.clone(),
         fail_next_save: AtomicBool::new(false),
     });
-    let projector = Projector::new(store.log.clone(), views.clone())
+    let projector = Projector::new(store.log.clone(), views.clone(), None)
         .await
         .unwrap();
     let provenance = Provenance {
@@ -89,7 +96,11 @@ async fn a_failed_save_is_retried_from_the_stored_checkpoint() {
         StreamAppend {
             client_id: client,
             expected_version: version,
-            events: vec![NewEvent { draft, digest }],
+            events: vec![NewEvent {
+                draft,
+                digest,
+                sealed: None,
+            }],
         }
     };
 

@@ -156,7 +156,7 @@ async fn stored_states(views: &dyn ViewStore) -> HashMap<ClientId, Value> {
 async fn check(steps: Vec<Step>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
-    let projector = Projector::new(store.log.clone(), store.views.clone())
+    let projector = Projector::new(store.log.clone(), store.views.clone(), None)
         .await
         .unwrap();
     let provenance = Provenance {
@@ -173,11 +173,19 @@ async fn check(steps: Vec<Step>) {
             .iter_mut()
             .find(|stream| stream.client_id == client_id)
         {
-            Some(stream) => stream.events.push(NewEvent { draft, digest }),
+            Some(stream) => stream.events.push(NewEvent {
+                draft,
+                digest,
+                sealed: None,
+            }),
             None => pending.push(StreamAppend {
                 client_id,
                 expected_version: *versions.get(&client_id).unwrap_or(&0),
-                events: vec![NewEvent { draft, digest }],
+                events: vec![NewEvent {
+                    draft,
+                    digest,
+                    sealed: None,
+                }],
             }),
         }
         if commit {

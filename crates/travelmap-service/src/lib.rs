@@ -25,8 +25,10 @@ use travelmap_domain::{
     ClientId, ClientJourney, EventDraft, EventId, Provenance, RecordedEvent, content_digest,
 };
 use travelmap_projections::{Access, ClientState, Projector, TravelMap};
-use travelmap_store::{EventLog, NewEvent, Receipt, StreamAppend, ViewStore};
+use travelmap_store::{EventLog, Keyring, NewEvent, Receipt, SealedLog, StreamAppend, ViewStore};
 use uuid::Uuid;
+
+mod protection;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -78,6 +80,12 @@ pub enum Error {
     NotYetProjected(ClientId),
     #[error("too many concurrent writes to the same clients; retry shortly")]
     Contention,
+    #[error("processing of client {0} is not restricted")]
+    NotRestricted(ClientId),
+    /// Personal data cannot be erased where it was never sealed (only the benchmark's
+    /// unencrypted baseline runs without a keyring).
+    #[error("this service runs without a keyring, so personal data cannot be erased")]
+    NoKeyring,
     #[error(transparent)]
     Store(#[from] travelmap_store::Error),
     #[error(transparent)]
@@ -107,6 +115,7 @@ fn stripe_of(client_id: ClientId) -> usize {
 pub struct Journeys {
     log: Arc<dyn EventLog>,
     views: Arc<dyn ViewStore>,
+    keyring: Option<Arc<Keyring>>,
     projector: Arc<Projector>,
     client_turns: Vec<tokio::sync::Mutex<()>>,
     /// Journeys as of the last append this process made for them, read and written only while
@@ -117,11 +126,24 @@ pub struct Journeys {
 }
 
 impl Journeys {
-    pub async fn new(log: Arc<dyn EventLog>, views: Arc<dyn ViewStore>) -> Result<Self> {
-        let projector = Arc::new(Projector::new(log.clone(), views.clone()).await?);
+    /// The use cases over `log` and `views`. With a keyring (always, except in the benchmark's
+    /// unencrypted baseline), personal fields are sealed in the log and identifiers indexed by
+    /// keyed hash.
+    pub async fn new(
+        log: Arc<dyn EventLog>,
+        views: Arc<dyn ViewStore>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<Self> {
+        let log: Arc<dyn EventLog> = match &keyring {
+            Some(keyring) => Arc::new(SealedLog::new(log, keyring.clone())),
+            None => log,
+        };
+        let projector =
+            Arc::new(Projector::new(log.clone(), views.clone(), keyring.clone()).await?);
         Ok(Self {
             log,
             views,
+            keyring,
             projector,
             client_turns: (0..CLIENT_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -136,6 +158,10 @@ impl Journeys {
 
     pub fn log(&self) -> &Arc<dyn EventLog> {
         &self.log
+    }
+
+    pub fn views(&self) -> &Arc<dyn ViewStore> {
+        &self.views
     }
 
     /// Records submitted events all-or-nothing. Events already recorded with the same content
@@ -155,7 +181,10 @@ impl Journeys {
         }
         let digests: Vec<[u8; 32]> = submissions
             .iter()
-            .map(|submission| content_digest(&submission.draft, &provenance.agency))
+            .map(|submission| {
+                self.log
+                    .fingerprint(content_digest(&submission.draft, &provenance.agency))
+            })
             .collect();
 
         // Take the turns of every client in the submission, in stripe order so that two batches
@@ -292,6 +321,7 @@ impl Journeys {
                 events.extend(sink.collect().await.into_iter().map(|draft| NewEvent {
                     draft,
                     digest: digests[index],
+                    sealed: None,
                 }));
             }
             streams.push(StreamAppend {
@@ -450,7 +480,37 @@ impl Journeys {
 
     /// Clients known under an agency identifier.
     pub async fn find_by_identifier(&self, kind: &str, value: &str) -> Result<Vec<ClientId>> {
-        Ok(self.views.find_by_identifier(kind, value).await?)
+        let indexed = match &self.keyring {
+            Some(keyring) => keyring.lookup_hash(kind, value),
+            None => value.to_owned(),
+        };
+        Ok(self.views.find_by_identifier(kind, &indexed).await?)
+    }
+
+    /// Outcome statistics over every client's travel-map state, with small counts suppressed
+    /// (see `travelmap_projections::statistics`). Reads the stored views page by page.
+    pub async fn outcome_statistics(
+        &self,
+        query: &travelmap_projections::statistics::OutcomeQuery,
+    ) -> Result<travelmap_projections::statistics::OutcomeReport> {
+        const PAGE: usize = 1_000;
+        let mut states: Vec<ClientState> = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.views.scan(after, PAGE).await?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            after = Some(*last);
+            for (client_id, stored) in page {
+                states.push(
+                    serde_json::from_str(&stored).map_err(|source| {
+                        travelmap_projections::Error::View { client_id, source }
+                    })?,
+                );
+            }
+        }
+        Ok(travelmap_projections::statistics::outcomes(&states, query))
     }
 
     /// A page of the global feed after `after`.

@@ -71,6 +71,16 @@ impl Place {
     }
 }
 
+/// The keyring every check seals with: one fixed master key, so that a reopened store opens what
+/// it sealed before.
+async fn keyring(store: &Store) -> Arc<travelmap_store::Keyring> {
+    let masters = travelmap_store::MasterKeys::new(
+        travelmap_store::MasterKey::new("conformance", [42; 32]),
+        Vec::new(),
+    );
+    store.keyring(masters).await.unwrap()
+}
+
 fn provenance() -> Provenance {
     Provenance {
         agency: "prison-opava".into(),
@@ -128,7 +138,9 @@ fn journey(client: ClientId, number: usize) -> Vec<Submission> {
 
 async fn appends_get_versions_and_gap_free_positions(place: &Place) {
     let store = place.open().await;
-    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
     let (a, b) = (client(), client());
     let mut batch = journey(a, 1);
     batch.extend(journey(b, 2));
@@ -144,7 +156,9 @@ async fn appends_get_versions_and_gap_free_positions(place: &Place) {
 
 async fn a_retry_is_answered_with_the_original_receipt(place: &Place) {
     let store = place.open().await;
-    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
     let a = client();
     let submission = contact(a);
     let first = journeys
@@ -158,7 +172,9 @@ async fn a_retry_is_answered_with_the_original_receipt(place: &Place) {
     assert!(first[0].created && !again[0].created);
     assert_eq!(first[0].receipt, again[0].receipt);
     // A second process (no cache of its own) answers the same.
-    let other = Journeys::new(store.log(), store.views()).await.unwrap();
+    let other = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
     let from_other = other
         .record(&provenance(), std::slice::from_ref(&submission))
         .await
@@ -170,7 +186,9 @@ async fn a_retry_is_answered_with_the_original_receipt(place: &Place) {
 
 async fn a_reused_id_with_other_content_is_refused(place: &Place) {
     let store = place.open().await;
-    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
     let a = client();
     let submission = contact(a);
     journeys
@@ -191,7 +209,9 @@ async fn a_reused_id_with_other_content_is_refused(place: &Place) {
 
 async fn a_stale_expected_version_is_refused(place: &Place) {
     let store = place.open().await;
-    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
     let a = client();
     journeys.record(&provenance(), &[contact(a)]).await.unwrap();
     let mut stale = contact(a);
@@ -218,6 +238,7 @@ async fn a_stale_expected_version_is_refused(place: &Place) {
         client_id: client,
         expected_version,
         events: vec![travelmap_store::NewEvent {
+            sealed: None,
             draft: contact(client).draft,
             digest: [0; 32],
         }],
@@ -239,7 +260,9 @@ async fn a_stale_expected_version_is_refused(place: &Place) {
 
 async fn streams_read_in_order_and_as_of(place: &Place) {
     let store = place.open().await;
-    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
     let a = client();
     let first = journeys
         .record(&provenance(), &journey(a, 3))
@@ -279,7 +302,11 @@ async fn streams_read_in_order_and_as_of(place: &Place) {
 async fn concurrent_writers_make_one_gap_free_feed(place: &Place) {
     let store = place.open().await;
     let log = store.log();
-    let journeys = Arc::new(Journeys::new(log.clone(), store.views()).await.unwrap());
+    let journeys = Arc::new(
+        Journeys::new(log.clone(), store.views(), Some(keyring(&store).await))
+            .await
+            .unwrap(),
+    );
     let mut writers = Vec::new();
     for _ in 0..16 {
         let journeys = journeys.clone();
@@ -326,7 +353,9 @@ async fn the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views(plac
     let clients: Vec<ClientId> = (0..30).map(|_| client()).collect();
     {
         let store = place.open().await;
-        let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+        let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+            .await
+            .unwrap();
         for (number, &client) in clients.iter().enumerate() {
             journeys
                 .record(&provenance(), &journey(client, number))
@@ -340,7 +369,9 @@ async fn the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views(plac
     let store = place.open().await;
     let views = store.views();
     // Reopened: the checkpoint holds, so nothing is folded twice.
-    let journeys = Journeys::new(store.log(), views.clone()).await.unwrap();
+    let journeys = Journeys::new(store.log(), views.clone(), Some(keyring(&store).await))
+        .await
+        .unwrap();
     assert_eq!(journeys.projector().catch_up().await.unwrap(), 0);
     let live = all_views(views.as_ref(), &clients).await;
     assert_eq!(live.len(), clients.len());
@@ -366,7 +397,9 @@ async fn a_reopened_store_has_every_acknowledged_event(place: &Place) {
     let a = client();
     let acknowledged = {
         let store = place.open().await;
-        let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+        let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+            .await
+            .unwrap();
         let outcomes = journeys
             .record(&provenance(), &journey(a, 9))
             .await
@@ -380,7 +413,9 @@ async fn a_reopened_store_has_every_acknowledged_event(place: &Place) {
     let ids: Vec<EventId> = history.iter().map(|event| event.draft.id).collect();
     let expected: Vec<EventId> = acknowledged.iter().map(|o| o.receipt.id).collect();
     assert_eq!(ids, expected);
-    let journeys = Journeys::new(store.log(), store.views()).await.unwrap();
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
     let next = journeys.record(&provenance(), &[contact(a)]).await.unwrap();
     assert_eq!((next[0].receipt.version, next[0].receipt.position), (5, 5));
     store.close().await;
@@ -484,6 +519,189 @@ async fn the_audit_trail_is_one_chain(place: &Place) {
     store.close().await;
 }
 
+/// Every byte the store holds, as text: the files of the embedded store, or every row of every
+/// table of the database (as PostgreSQL prints it, bytea in hex); and, since views are stored
+/// LZ4-compressed, what every stored view says.
+async fn everything_stored(place: &Place, views: &dyn ViewStore) -> String {
+    let mut all = raw_store(place).await;
+    for (_, state) in views.scan(None, usize::MAX >> 1).await.unwrap() {
+        all.push_str(&state);
+    }
+    all
+}
+
+async fn raw_store(place: &Place) -> String {
+    match &place.location {
+        Location::Embedded(dir) => {
+            let mut all = String::new();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+                all.push_str(&String::from_utf8_lossy(&bytes));
+            }
+            all
+        }
+        Location::Postgres(url) => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            let mut all = String::new();
+            for table in tables {
+                let rows: Vec<String> =
+                    sqlx::query_scalar(&format!("SELECT t::text FROM \"{table}\" t"))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                all.push_str(&rows.join("\n"));
+            }
+            pool.close().await;
+            all
+        }
+    }
+}
+
+async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
+    // Erasure answers once the views are purged, so the projector must be running.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let projector = tokio::spawn(journeys.projector().clone().run(stopped));
+    let erased = client();
+    let kept = client();
+    let personal = |client, name: &str, number: &str, born: &str| Submission {
+        draft: draft(
+            client,
+            "client.registered",
+            json!({"identifiers": [{"type": "prison_number", "value": number}],
+                   "personal": {"given_name": name, "family_name": "Zapletalova", "birth_date": born}}),
+        ),
+        expected_version: None,
+    };
+    let note = |client| Submission {
+        draft: draft(
+            client,
+            "need.assessed",
+            json!({"area": "addiction", "status": "in_progress", "note": "methadone-programme-Vitkovice"}),
+        ),
+        expected_version: None,
+    };
+    let mut submissions = vec![
+        personal(erased, "Bozena", "OP-77123", "1987-06-05"),
+        note(erased),
+    ];
+    submissions.extend(journey(erased, 1).into_iter().skip(1));
+    submissions.push(personal(kept, "Ludmila", "OP-88456", "1990-01-02"));
+    let receipts = journeys.record(&provenance(), &submissions).await.unwrap();
+    journeys
+        .wait_for_projection(receipts.last().unwrap().receipt.position)
+        .await
+        .unwrap();
+    let before = everything_stored(place, store.views().as_ref()).await;
+    // The log and the key store hold no plaintext even before erasure; the views do (they are
+    // what travel maps are read from), which is why erasure must purge them.
+    assert_eq!(
+        journeys
+            .find_by_identifier("prison_number", "OP-77123")
+            .await
+            .unwrap(),
+        vec![erased]
+    );
+    assert!(
+        before.contains("Bozena"),
+        "the views hold the plaintext the maps show"
+    );
+
+    let dpo = Provenance {
+        agency: "dpo-office".into(),
+        credential: "dpo".into(),
+    };
+    let first = journeys
+        .erase(&dpo, erased, "client request".try_into().unwrap())
+        .await
+        .unwrap();
+    assert!(first.created);
+    let again = journeys
+        .erase(&dpo, erased, "client request".try_into().unwrap())
+        .await
+        .unwrap();
+    assert_eq!((again.created, again.receipt), (false, first.receipt));
+    assert!(matches!(
+        journeys
+            .erase(&dpo, client(), "client request".try_into().unwrap())
+            .await,
+        Err(Error::UnknownClient(_))
+    ));
+
+    let history = journeys.history(erased, None).await.unwrap();
+    let registered = history[0].draft.event.data();
+    assert_eq!(registered["personal"], json!({}));
+    assert_eq!(registered["identifiers"], json!([]));
+    assert!(history[0].personal.is_erased());
+    assert_eq!(history[1].draft.event.data()["note"], "[erased]");
+    assert_eq!(
+        history[1].draft.event.data()["area"],
+        "addiction",
+        "facts stay"
+    );
+    let kept_history = journeys.history(kept, None).await.unwrap();
+    assert_eq!(
+        kept_history[0].draft.event.data()["personal"]["given_name"],
+        "Ludmila"
+    );
+    assert!(
+        journeys
+            .find_by_identifier("prison_number", "OP-77123")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        journeys
+            .find_by_identifier("prison_number", "OP-88456")
+            .await
+            .unwrap(),
+        vec![kept]
+    );
+    let refused = journeys.record(&provenance(), &[contact(erased)]).await;
+    assert!(matches!(refused, Err(Error::Refused { .. })), "{refused:?}");
+
+    journeys.projector().rebuild().await.unwrap();
+    let after = everything_stored(place, store.views().as_ref()).await;
+    for secret in [
+        "Bozena",
+        "OP-77123",
+        "methadone-programme-Vitkovice",
+        "1987-06-05",
+    ] {
+        assert!(
+            !after.contains(secret),
+            "{secret} is still stored after erasure"
+        );
+    }
+    assert!(
+        after.contains("Ludmila"),
+        "another client's data is untouched"
+    );
+    let map = journeys.travel_map(erased, None, None).await.unwrap();
+    assert!(
+        map.flags
+            .iter()
+            .any(|flag| flag.kind == "personal_data_erased")
+    );
+    assert_eq!(
+        map.phase,
+        travelmap_projections::travel_map::Phase::Released
+    );
+    stop.send(true).unwrap();
+    projector.await.unwrap();
+    store.close().await;
+}
+
 macro_rules! conformance {
     ($backend:ident: $($check:ident),* $(,)?) => {
         #[allow(non_snake_case)]
@@ -510,6 +728,7 @@ conformance!(Embedded:
     the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views,
     a_reopened_store_has_every_acknowledged_event,
     the_audit_trail_is_one_chain,
+    erasure_leaves_no_plaintext_and_keeps_the_facts,
 );
 
 conformance!(Postgres:
@@ -522,4 +741,5 @@ conformance!(Postgres:
     the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views,
     a_reopened_store_has_every_acknowledged_event,
     the_audit_trail_is_one_chain,
+    erasure_leaves_no_plaintext_and_keeps_the_facts,
 );

@@ -11,7 +11,7 @@ async fn a_recorded_client_the_projection_has_not_reached_is_not_unknown() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
     // No projector is running: nothing is projected.
-    let journeys = Journeys::new(store.log.clone(), store.views.clone())
+    let journeys = Journeys::new(store.log.clone(), store.views.clone(), None)
         .await
         .unwrap();
     let client = ClientId(Uuid::new_v4());

@@ -25,10 +25,10 @@ fn submission(client: ClientId, expected_version: Option<u64>) -> Submission {
 async fn a_stale_cached_journey_never_decides_wrongly() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
-    let one = Journeys::new(store.log.clone(), store.views.clone())
+    let one = Journeys::new(store.log.clone(), store.views.clone(), None)
         .await
         .unwrap();
-    let two = Journeys::new(store.log.clone(), store.views.clone())
+    let two = Journeys::new(store.log.clone(), store.views.clone(), None)
         .await
         .unwrap();
     let provenance = Provenance {

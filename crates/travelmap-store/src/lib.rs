@@ -21,9 +21,14 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use travelmap_domain::{ClientId, DecodeError, EventDraft, EventId, Provenance, RecordedEvent};
 
+pub mod keys;
 mod packed;
 pub mod postgres;
+mod sealed;
 pub mod sqlite;
+
+pub use keys::{KeyStore, Keyring, MasterKey, MasterKeys};
+pub use sealed::SealedLog;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -70,6 +75,19 @@ pub enum Error {
     /// writing them and follow instead.
     #[error("another process now writes the views")]
     NotLeader,
+    /// A data key is wrapped under a master key that is not configured.
+    #[error(
+        "a data key is wrapped under master key `{0}`, which is not configured (add it back to the master keys, then run `travelmap keys rotate`)"
+    )]
+    MasterKeyMissing(String),
+    /// A wrapped key does not unwrap: the key store is damaged or the master key is wrong.
+    #[error(
+        "a stored data key does not unwrap under its master key (wrong master key, or a damaged key store)"
+    )]
+    KeyDamaged,
+    /// The client's personal data was erased; no new key is made for them.
+    #[error("the personal data of client {0} has been erased")]
+    ClientErased(ClientId),
     #[error("postgresql: {0}")]
     Postgres(#[from] sqlx::Error),
     #[error("sqlite: {0}")]
@@ -94,6 +112,9 @@ impl Error {
 pub struct NewEvent {
     pub draft: EventDraft,
     pub digest: [u8; 32],
+    /// The event's personal fields, sealed by [`SealedLog`]; backends store `public` as the
+    /// event's data and the ciphertext beside it. `None`: the data is stored as it is.
+    pub sealed: Option<travelmap_domain::Sealed>,
 }
 
 /// Events for one client's stream, decided against `expected_version`. The append fails with
@@ -170,6 +191,13 @@ pub trait EventLog: Send + Sync {
 
     /// The highest committed position, updated after every commit; projections wait on it.
     fn head(&self) -> watch::Receiver<u64>;
+
+    /// The stored form of a content digest (see [`NewEvent::digest`]): what `lookup` answers
+    /// with, and what a retry's digest must be turned into before comparing. A log that seals
+    /// personal data keys its digests (see [`Keyring::keyed_digest`]).
+    fn fingerprint(&self, digest: [u8; 32]) -> [u8; 32] {
+        digest
+    }
 }
 
 /// The stored form of one client's views, as written by the client-view projection.
@@ -194,6 +222,9 @@ pub trait ViewStore: Send + Sync {
     async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, String>>;
     /// One client's stored state.
     async fn get(&self, client: ClientId) -> Result<Option<String>>;
+    /// Up to `limit` stored states in client id order, after `after` (for reports that go
+    /// through every client: retention, statistics).
+    async fn scan(&self, after: Option<ClientId>, limit: usize) -> Result<Vec<(ClientId, String)>>;
     /// Writes views and moves the checkpoint to `checkpoint`, atomically.
     async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()>;
     /// How many clients have a view.
@@ -213,6 +244,13 @@ pub trait ViewStore: Send + Sync {
     /// The checkpoint as committed by whichever process writes the views, so that a process that
     /// does not lead still knows how far the stored views reach.
     fn saved(&self) -> watch::Receiver<u64>;
+
+    /// Makes sure views overwritten since (after an erasure) leave no copy behind in the store's
+    /// files where the engine keeps one (SQLite's write-ahead log). PostgreSQL keeps old row
+    /// versions until vacuum; see docs/data-protection.md.
+    async fn scrub(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The audit trail: an append-only, hash-chained log of operations on personal data, kept by
@@ -266,6 +304,42 @@ impl AuditLog for DiscardedAudit {
     }
     async fn read_action(&self, _action: &str) -> Result<Vec<travelmap_domain::audit::AuditEntry>> {
         Ok(Vec::new())
+    }
+}
+
+/// Decodes an event's stored data: as it is, or, when its personal fields are sealed, with erased
+/// placeholders and the sealed value kept for [`Keyring::open_events`]. Backends call this for every row.
+pub(crate) fn decode_data(
+    event_type: &str,
+    schema_version: u32,
+    data: String,
+    sealed: Option<Vec<u8>>,
+) -> std::result::Result<
+    (
+        travelmap_domain::JourneyEvent,
+        travelmap_domain::PersonalData,
+    ),
+    DecodeError,
+> {
+    use travelmap_domain::{JourneyEvent, PersonalData, Sealed, ValidationError, personal};
+    match sealed {
+        None => Ok((
+            JourneyEvent::decode_stored(event_type, schema_version, &data)?,
+            PersonalData::None,
+        )),
+        Some(ciphertext) => {
+            let fields = keys::sealed_fields(&ciphertext)
+                .map_err(|message| ValidationError::new("", message))?;
+            let event = personal::join(event_type, schema_version, &data, None, &fields)?;
+            Ok((
+                event,
+                PersonalData::Sealed(Sealed {
+                    fields,
+                    ciphertext,
+                    public: data,
+                }),
+            ))
+        }
     }
 }
 
@@ -327,11 +401,25 @@ impl Store {
         }
     }
 
+    pub fn keys(&self) -> std::sync::Arc<dyn KeyStore> {
+        match self {
+            Store::Embedded(store) => store.keys.clone(),
+            Store::Postgres(store) => store.keys.clone(),
+        }
+    }
+
     pub fn audit(&self) -> std::sync::Arc<dyn AuditLog> {
         match self {
             Store::Embedded(store) => store.audit.clone(),
             Store::Postgres(store) => store.audit.clone(),
         }
+    }
+
+    /// The keyring over this store's key store, under `masters`.
+    pub async fn keyring(&self, masters: MasterKeys) -> Result<std::sync::Arc<Keyring>> {
+        Ok(std::sync::Arc::new(
+            Keyring::open(self.keys(), masters).await?,
+        ))
     }
 
     /// Stops taking appends and waits for those queued to be answered.

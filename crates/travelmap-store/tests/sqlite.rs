@@ -24,7 +24,11 @@ fn new_event(client: ClientId) -> NewEvent {
         event: JourneyEvent::decode("contact.made", 1, &json!({"kind": "meeting"})).unwrap(),
     };
     let digest = content_digest(&draft, "prison-opava");
-    NewEvent { draft, digest }
+    NewEvent {
+        draft,
+        digest,
+        sealed: None,
+    }
 }
 
 fn stream(client: ClientId, expected_version: u64, count: usize) -> StreamAppend {

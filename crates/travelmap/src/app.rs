@@ -24,6 +24,11 @@ pub struct ServeSettings {
     pub break_glass: std::time::Duration,
     /// Signs audit checkpoints.
     pub checkpoint_key: ed25519_dalek::SigningKey,
+    /// Wrap the data keys that seal personal fields. `None` stores personal fields unsealed:
+    /// only the benchmark does that (to measure what sealing costs); the binary never does.
+    pub master_keys: Option<travelmap_store::MasterKeys>,
+    /// When each category of personal data is due for shredding; empty keeps everything.
+    pub retention: travelmap_projections::retention::Schedule,
     /// Replaces the store's audit trail. Only the benchmark sets it (to
     /// [`travelmap_store::DiscardedAudit`], to measure what the trail costs); the binary never
     /// does.
@@ -39,6 +44,7 @@ pub struct Application {
     break_glass: std::time::Duration,
     checkpoint_key: Arc<ed25519_dalek::SigningKey>,
     audit: Arc<dyn travelmap_store::AuditLog>,
+    retention: travelmap_projections::retention::Schedule,
 }
 
 impl Application {
@@ -47,7 +53,16 @@ impl Application {
         let store = Store::open(&settings.store)
             .await
             .with_context(|| format!("opening the {}", settings.store.describe()))?;
-        let journeys = Arc::new(Journeys::new(store.log(), store.views()).await?);
+        let keyring = match settings.master_keys {
+            Some(masters) => Some(
+                store
+                    .keyring(masters)
+                    .await
+                    .context("opening the key store")?,
+            ),
+            None => None,
+        };
+        let journeys = Arc::new(Journeys::new(store.log(), store.views(), keyring).await?);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -60,6 +75,7 @@ impl Application {
             break_glass: settings.break_glass,
             checkpoint_key: Arc::new(settings.checkpoint_key),
             audit,
+            retention: settings.retention,
         })
     }
 
@@ -81,19 +97,32 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_projector, projector_stopped) = watch::channel(false);
-        let projector = tokio::spawn(self.journeys.projector().clone().run(projector_stopped));
+        let projector = tokio::spawn(
+            self.journeys
+                .projector()
+                .clone()
+                .run(projector_stopped.clone()),
+        );
+        let retention = tokio::spawn(crate::retention::daily(
+            self.journeys.clone(),
+            self.audit.clone(),
+            self.retention.clone(),
+            projector_stopped,
+        ));
         let router = travelmap_api::router(AppState {
             journeys: self.journeys.clone(),
             authenticator: self.authenticator.clone(),
             audit: self.audit.clone(),
             break_glass: self.break_glass,
             checkpoint_key: self.checkpoint_key.clone(),
+            retention: self.retention.clone(),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
         let _ = stop_projector.send(true);
         let _ = projector.await;
+        let _ = retention.await;
         self.store.close().await;
         served.context("serving HTTP")
     }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
@@ -15,8 +16,8 @@ use travelmap_domain::{AgencyKind, ClientId, EventId, Provenance};
 use travelmap_projections::ClientState;
 use travelmap_service::{Journeys, Submission};
 use travelmap_store::postgres::{self, Migrations, PgStore};
-use travelmap_store::sqlite::{SqliteAuditLog, SqliteEventLog};
-use travelmap_store::{AuditLog, EventLog, Location, Store};
+use travelmap_store::sqlite::{SqliteAuditLog, SqliteEventLog, SqliteKeyStore};
+use travelmap_store::{AuditLog, EventLog, Keyring, Location, MasterKeys, SealedLog, Store};
 
 /// Events per transaction during an import.
 const IMPORT_BATCH: usize = 1000;
@@ -36,6 +37,7 @@ pub async fn import(
     file: &Path,
     provenance: Provenance,
     kind: Option<AgencyKind>,
+    masters: MasterKeys,
 ) -> anyhow::Result<()> {
     let open = || -> anyhow::Result<BufReader<std::fs::File>> {
         Ok(BufReader::new(
@@ -91,7 +93,8 @@ pub async fn import(
     let store = Store::open(location)
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
-    let journeys = Journeys::new(store.log(), store.views()).await?;
+    let keyring = store.keyring(masters).await?;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
     let progress = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} events ({per_sec}, {eta} left)")
             .expect("valid template"),
@@ -150,7 +153,7 @@ fn parse_line(line: &str) -> Result<Submission, String> {
 }
 
 /// Deletes every projection and folds the whole log again.
-pub async fn rebuild(location: &Location) -> anyhow::Result<()> {
+pub async fn rebuild(location: &Location, masters: MasterKeys) -> anyhow::Result<()> {
     let store = Store::open(location)
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
@@ -159,7 +162,8 @@ pub async fn rebuild(location: &Location) -> anyhow::Result<()> {
             "taking the view lease (if a server holds it, this waits until that server stops)"
         );
     }
-    let journeys = Journeys::new(store.log(), store.views()).await?;
+    let keyring = store.keyring(masters).await?;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
     let report = journeys.projector().rebuild().await?;
     store.close().await;
     let seconds = report.elapsed.as_secs_f64();
@@ -180,17 +184,26 @@ pub async fn replay(
     client: ClientId,
     as_of: Option<DateTime<Utc>>,
     json: bool,
+    masters: MasterKeys,
 ) -> anyhow::Result<()> {
     // Read-only: the embedded log is opened without the data directory's lock, and a database
-    // is not migrated (an auditor's replay changes nothing).
+    // is not migrated (an auditor's replay changes nothing). Personal fields are opened with
+    // the keys; where a key was destroyed they read as erased, exactly as the service shows them.
     let events = match location {
         Location::Embedded(data_dir) => {
             let log = SqliteEventLog::open_read_only(&data_dir.join("events.sqlite"))?;
-            log.read_stream(client, as_of).await?
+            let keys = SqliteKeyStore::open(&data_dir.join("keys.sqlite"))?;
+            let keyring = Arc::new(Keyring::open(Arc::new(keys), masters).await?);
+            SealedLog::new(Arc::new(log), keyring)
+                .read_stream(client, as_of)
+                .await?
         }
         Location::Postgres(url) => {
             let store = PgStore::connect(url, Migrations::Require).await?;
-            let events = store.log.read_stream(client, as_of).await?;
+            let keyring = Arc::new(Keyring::open(store.keys.clone(), masters).await?);
+            let events = SealedLog::new(store.log.clone(), keyring)
+                .read_stream(client, as_of)
+                .await?;
             store.close().await;
             events
         }
@@ -451,4 +464,47 @@ fn check_signature(
 /// Prints the public key that signs audit checkpoints, for auditors to pin.
 pub fn print_checkpoint_public_key(key: &ed25519_dalek::SigningKey) {
     println!("{}", hex::encode(key.verifying_key().as_bytes()));
+}
+
+/// Runs the retention schedule once and prints what was due and what was done.
+pub async fn retention_run(
+    location: &Location,
+    masters: MasterKeys,
+    schedule: &travelmap_projections::retention::Schedule,
+) -> anyhow::Result<()> {
+    if schedule.is_empty() {
+        println!(
+            "no retention schedule is configured ([retention] in the config file); nothing is due"
+        );
+        return Ok(());
+    }
+    let store = Store::open(location)
+        .await
+        .with_context(|| format!("opening the {}", location.describe()))?;
+    let keyring = store.keyring(masters).await?;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
+    let report =
+        crate::retention::run(&journeys, store.audit().as_ref(), schedule, Utc::now()).await?;
+    store.close().await;
+    serde_json::to_writer_pretty(std::io::stdout().lock(), &report)?;
+    println!();
+    if !report.failed.is_empty() {
+        bail!("{} client(s) could not be handled", report.failed.len());
+    }
+    Ok(())
+}
+
+/// Rewraps every data key under the current master key.
+pub async fn rotate_keys(location: &Location, masters: MasterKeys) -> anyhow::Result<()> {
+    let store = Store::open(location)
+        .await
+        .with_context(|| format!("opening the {}", location.describe()))?;
+    let current = masters.current().id.clone();
+    let keyring = store.keyring(masters).await?;
+    let count = keyring.rotate().await?;
+    store.close().await;
+    println!(
+        "rewrapped {count} data key(s) under master key `{current}`; older master keys can now be removed"
+    );
+    Ok(())
 }

@@ -73,6 +73,27 @@ enum Command {
     /// Check the audit trail.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Apply the retention schedule.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+    /// Manage the keys that seal personal data.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// Shred the personal data whose retention period has ended (per [retention] in the config
+    /// file), audit each shredding, and print what was due and what was done. The server also
+    /// runs this daily.
+    Run,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Rewrap every data key under the current (first) master key, so that older master keys
+    /// can be removed from the configuration.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,6 +183,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.as_ref().and_then(|(_, file)| file.store.clone()));
     let location = settings::store_location(store, &data_dir).map_err(anyhow::Error::msg)?;
+    let masters = || {
+        settings::master_keys(
+            config
+                .as_ref()
+                .and_then(|(_, file)| file.master_key_file.as_deref()),
+            &data_dir,
+        )
+    };
+    let retention = travelmap_projections::retention::Schedule::from_config(
+        &config
+            .as_ref()
+            .map(|(_, file)| file.retention.clone())
+            .unwrap_or_default(),
+    )
+    .map_err(anyhow::Error::msg)?;
 
     match cli.command {
         Command::Serve { listen } => {
@@ -192,6 +228,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
                     &data_dir,
                 )?,
+                master_keys: Some(masters()?),
+                retention,
                 audit_override: None,
             })
             .await?;
@@ -204,15 +242,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { file, credential } => {
             let (provenance, kind) = import_provenance(config.as_ref(), credential.as_deref())?;
-            commands::import(&location, &file, provenance, kind).await
+            commands::import(&location, &file, provenance, kind, masters()?).await
         }
-        Command::Rebuild => commands::rebuild(&location).await,
+        Command::Rebuild => commands::rebuild(&location, masters()?).await,
+        Command::Retention(RetentionCommand::Run) => {
+            commands::retention_run(&location, masters()?, &retention).await
+        }
+        Command::Keys(KeysCommand::Rotate) => commands::rotate_keys(&location, masters()?).await,
         Command::Migrate => commands::migrate(&location).await,
         Command::Replay {
             client,
             as_of,
             json,
-        } => commands::replay(&location, client, as_of, json).await,
+        } => commands::replay(&location, client, as_of, json, masters()?).await,
         Command::Audit(AuditCommand::PublicKey) => {
             let key = settings::checkpoint_key(
                 config

@@ -31,6 +31,16 @@ pub struct ConfigFile {
     /// A file holding the ed25519 key (64 hex digits: its 32-byte seed) that signs audit
     /// checkpoints. Default: `audit-signing.key` in the data directory, generated on first use.
     pub audit_signing_key_file: Option<PathBuf>,
+    /// A file of master keys (`id:64-hex-digits`, one per line, the current one first) that wrap
+    /// the data keys sealing personal fields. `TRAVELMAP_MASTER_KEYS` (same format, entries
+    /// separated by commas) takes precedence. Default: `master.key` in the data directory,
+    /// generated on first use.
+    pub master_key_file: Option<PathBuf>,
+    /// Retention periods in whole years after the end of the client's last involvement, per
+    /// category (`identity`, `justice`, `support`, `needs`, `consent`). Categories left out are
+    /// kept until erased.
+    #[serde(default)]
+    pub retention: std::collections::BTreeMap<String, u32>,
     /// The agencies that take part, with their kinds.
     #[serde(default)]
     pub agencies: Vec<AgencyEntry>,
@@ -145,6 +155,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("master keys from {from}: {detail}")]
+    MasterKeys { from: String, detail: String },
 }
 
 impl ConfigFile {
@@ -373,6 +385,52 @@ pub fn store_location(
             "--store takes a postgres:// URL (got `{}`); the embedded store is chosen with --data-dir",
             other.split(':').next().unwrap_or_default()
         )),
+    }
+}
+
+/// The file in the data directory holding the generated master key.
+pub const MASTER_KEY_FILE: &str = "master.key";
+/// The environment variable that gives the master keys directly.
+pub const MASTER_KEYS_ENV: &str = "TRAVELMAP_MASTER_KEYS";
+
+/// The master keys: from `TRAVELMAP_MASTER_KEYS`, else the configured file, else `master.key` in
+/// the data directory (generated there, readable by the owner only, on first use).
+pub fn master_keys(
+    configured: Option<&Path>,
+    data_dir: &Path,
+) -> Result<travelmap_store::MasterKeys, Error> {
+    if let Ok(text) = std::env::var(MASTER_KEYS_ENV) {
+        return travelmap_store::MasterKeys::parse(&text).map_err(|detail| Error::MasterKeys {
+            from: MASTER_KEYS_ENV.to_owned(),
+            detail,
+        });
+    }
+    let path = configured.map_or_else(|| data_dir.join(MASTER_KEY_FILE), Path::to_owned);
+    let failed = |detail: String| Error::MasterKeys {
+        from: path.display().to_string(),
+        detail,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => travelmap_store::MasterKeys::parse(&text).map_err(failed),
+        Err(read) if read.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
+            std::fs::create_dir_all(data_dir).map_err(|error| failed(error.to_string()))?;
+            let key = travelmap_store::MasterKey::generate(format!(
+                "k{}",
+                chrono::Utc::now().format("%Y%m%d")
+            ));
+            let text = format!(
+                "# Travelmap master key: wraps the keys that seal personal data. Keep a copy\n# apart from backups of the data; see docs/operations.md.\n{}:{}\n",
+                key.id,
+                key.to_hex()
+            );
+            write_private(&path, &text).map_err(|error| failed(error.to_string()))?;
+            tracing::warn!(
+                path = %path.display(),
+                "generated a master key in the data directory; for a real deployment keep it elsewhere (master_key_file or TRAVELMAP_MASTER_KEYS)"
+            );
+            Ok(travelmap_store::MasterKeys::new(key, Vec::new()))
+        }
+        Err(read) => Err(failed(read.to_string())),
     }
 }
 

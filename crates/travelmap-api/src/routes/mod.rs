@@ -4,3 +4,5 @@ pub mod audit;
 pub mod clients;
 pub mod events;
 pub mod meta;
+pub mod protection;
+pub mod statistics;

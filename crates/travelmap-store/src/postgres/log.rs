@@ -9,7 +9,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use travelmap_domain::{
-    ClientId, EventDraft, EventId, JourneyEvent, Provenance, RecordMeta, RecordedEvent, Text,
+    ClientId, EventDraft, EventId, Provenance, RecordMeta, RecordedEvent, Text,
 };
 use uuid::Uuid;
 
@@ -178,7 +178,7 @@ impl EventLog for PgEventLog {
 
 // `data` is read as text: the JSON exactly as stored, which the domain decodes itself.
 const COLUMNS: &str = "position, event_id, client_id, version, event_type, schema_version, \
-                       occurred_at, recorded_at, agency, credential, actor, data::text";
+                       occurred_at, recorded_at, agency, credential, actor, data::text, sealed";
 
 fn decode(row: &PgRow) -> Result<RecordedEvent> {
     let position = row.try_get::<i64, _>(0)? as u64;
@@ -190,9 +190,10 @@ fn decode(row: &PgRow) -> Result<RecordedEvent> {
     };
     let event_type: &str = row.try_get(4)?;
     let schema_version: i32 = row.try_get(5)?;
-    let data: &str = row.try_get(11)?;
-    let event =
-        JourneyEvent::decode_stored(event_type, schema_version as u32, data).map_err(corrupt)?;
+    let data: String = row.try_get(11)?;
+    let sealed: Option<Vec<u8>> = row.try_get(12)?;
+    let (event, personal) =
+        crate::decode_data(event_type, schema_version as u32, data, sealed).map_err(corrupt)?;
     let occurred_at: &str = row.try_get(6)?;
     let occurred_at = DateTime::parse_from_rfc3339(occurred_at)
         .map_err(|error| invalid(format!("occurred_at: {error}")))?;
@@ -218,6 +219,7 @@ fn decode(row: &PgRow) -> Result<RecordedEvent> {
             position,
             recorded_at: row.try_get(7)?,
         },
+        personal,
     })
 }
 
@@ -274,6 +276,7 @@ struct Rows {
     data: Vec<String>,
     retracts: Vec<Option<Uuid>>,
     digest: Vec<Vec<u8>>,
+    sealed: Vec<Option<Vec<u8>>>,
 }
 
 /// What committing a group gives back: each job's receipts or refusal, and the last position
@@ -334,10 +337,11 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
          new AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[],
                                   $5::integer[], $6::text[], $7::text[], $8::text[],
-                                  $9::text[], $10::text[], $11::uuid[], $12::bytea[])
+                                  $9::text[], $10::text[], $11::uuid[], $12::bytea[],
+                                  $18::bytea[])
                   WITH ORDINALITY AS n (event_id, client_id, version, event_type,
                                         schema_version, occurred_at, agency, credential,
-                                        actor, data, retracts, digest, ordinal)
+                                        actor, data, retracts, digest, sealed, ordinal)
          ),
          conflicts AS (
              SELECT 1 FROM new JOIN events taken ON taken.event_id = new.event_id
@@ -350,10 +354,11 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
          inserted AS (
              INSERT INTO events (position, event_id, client_id, version, event_type,
                  schema_version, occurred_at, recorded_at, agency, credential, actor, data,
-                 retracts, digest)
+                 retracts, digest, sealed)
              SELECT head.last + new.ordinal, new.event_id, new.client_id, new.version,
                     new.event_type, new.schema_version, new.occurred_at, head.at, new.agency,
-                    new.credential, new.actor, new.data::json, new.retracts, new.digest
+                    new.credential, new.actor, new.data::json, new.retracts, new.digest,
+                    new.sealed
              FROM new CROSS JOIN head
              WHERE NOT EXISTS (SELECT 1 FROM conflicts)
              RETURNING 1
@@ -385,6 +390,7 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
     .bind(expected)
     .bind(count)
     .bind(LOG_CHANNEL)
+    .bind(rows.sealed)
     .fetch_one(pool)
     .await;
     let (last, recorded_at, inserted) = match written {
@@ -574,7 +580,16 @@ fn push_row(rows: &mut Rows, job: &Job, new: &crate::NewEvent, version: u64, pos
     rows.credential.push(job.provenance.credential.clone());
     rows.actor
         .push(draft.actor.as_ref().map(|actor| actor.as_str().to_owned()));
-    rows.data.push(draft.event.data_json());
+    match &new.sealed {
+        Some(sealed) => {
+            rows.data.push(sealed.public.clone());
+            rows.sealed.push(Some(sealed.ciphertext.clone()));
+        }
+        None => {
+            rows.data.push(draft.event.data_json());
+            rows.sealed.push(None);
+        }
+    }
     rows.retracts.push(draft.event.retracts().map(|id| id.0));
     rows.digest.push(new.digest.to_vec());
 }
@@ -589,15 +604,15 @@ async fn insert(
     sqlx::query(
         "WITH inserted AS (
          INSERT INTO events (position, event_id, client_id, version, event_type, schema_version,
-             occurred_at, recorded_at, agency, credential, actor, data, retracts, digest)
+             occurred_at, recorded_at, agency, credential, actor, data, retracts, digest, sealed)
          SELECT position, event_id, client_id, version, event_type, schema_version, occurred_at,
                 $14, agency, credential, actor, data::json,
-                retracts, digest
+                retracts, digest, sealed
          FROM UNNEST($1::bigint[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[],
                      $6::integer[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
-                     $12::uuid[], $13::bytea[])
+                     $12::uuid[], $13::bytea[], $17::bytea[])
               AS new (position, event_id, client_id, version, event_type, schema_version,
-                      occurred_at, agency, credential, actor, data, retracts, digest)
+                      occurred_at, agency, credential, actor, data, retracts, digest, sealed)
          RETURNING 1)
          UPDATE log_head SET position = $15, recorded_at = $14
          WHERE (SELECT COUNT(*) FROM inserted) > 0
@@ -619,6 +634,7 @@ async fn insert(
     .bind(recorded_at)
     .bind(last_position as i64)
     .bind(LOG_CHANNEL)
+    .bind(rows.sealed)
     .execute(&mut **transaction)
     .await?;
     Ok(())

@@ -17,6 +17,7 @@
 //! every process learns of the others' appends and checkpoints without polling.
 
 mod audit;
+mod keys;
 mod log;
 mod schema;
 mod scratch;
@@ -30,6 +31,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::watch;
 
 pub use audit::PgAuditLog;
+pub use keys::PgKeyStore;
 pub use log::PgEventLog;
 pub use schema::MIGRATIONS;
 pub use scratch::{DEFAULT_SERVER, ScratchDatabase, server_from_env};
@@ -59,6 +61,7 @@ pub struct PgStore {
     pub log: Arc<PgEventLog>,
     pub views: Arc<PgViewStore>,
     pub audit: Arc<PgAuditLog>,
+    pub keys: Arc<PgKeyStore>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -89,11 +92,13 @@ impl PgStore {
         let log = Arc::new(PgEventLog::new(pool.clone(), head.clone(), head_receiver));
         let views = Arc::new(PgViewStore::new(pool.clone(), options, saved_receiver));
         let audit = Arc::new(PgAuditLog::new(pool.clone()));
+        let keys = Arc::new(PgKeyStore::new(pool.clone()));
         let listener = tokio::spawn(follow_notifications(listener, pool, head, saved));
         Ok(Self {
             log,
             views,
             audit,
+            keys,
             listener,
         })
     }

@@ -88,6 +88,32 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_entries_by_client ON audit_entries (client_id, seq);
     CREATE INDEX audit_entries_by_action ON audit_entries (action, seq);",
+    // 3: personal fields sealed apart from the journey facts (see crate::keys): `events.sealed`
+    //    holds the encrypted personal fields; `data_keys` the clients' data keys per category,
+    //    wrapped under a master key; `erased_clients` the clients no key is ever made for again;
+    //    `system_keys` the identifier look-up key. Identifiers are indexed by keyed hash from now
+    //    on, so the views are emptied for a rebuild.
+    "ALTER TABLE events ADD COLUMN sealed bytea;
+    CREATE TABLE data_keys (
+        client_id  uuid        NOT NULL,
+        category   text        NOT NULL,
+        key_id     uuid        NOT NULL UNIQUE,
+        master_id  text        NOT NULL,
+        wrapped    bytea       NOT NULL,
+        created_at timestamptz NOT NULL,
+        PRIMARY KEY (client_id, category)
+    );
+    CREATE TABLE erased_clients (
+        client_id uuid        PRIMARY KEY,
+        erased_at timestamptz NOT NULL
+    );
+    CREATE TABLE system_keys (
+        name      text  PRIMARY KEY,
+        master_id text  NOT NULL,
+        wrapped   bytea NOT NULL
+    );
+    TRUNCATE client_views, client_identifiers;
+    UPDATE projection_checkpoints SET position = 0;",
 ];
 
 /// Applies whatever migrations the database lacks.

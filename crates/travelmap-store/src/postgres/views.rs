@@ -194,6 +194,23 @@ impl ViewStore for PgViewStore {
         state.map(|state| unpack(client, &state)).transpose()
     }
 
+    async fn scan(&self, after: Option<ClientId>, limit: usize) -> Result<Vec<(ClientId, String)>> {
+        let rows: Vec<(uuid::Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT client_id, state FROM client_views WHERE client_id > $1
+             ORDER BY client_id LIMIT $2",
+        )
+        .bind(after.map_or(uuid::Uuid::nil(), |client| client.0))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(client, state)| {
+                let client = ClientId(client);
+                Ok((client, unpack(client, &state)?))
+            })
+            .collect()
+    }
+
     async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
         let saved = self.write_views(checkpoint, views).await;
         self.doubt(saved)

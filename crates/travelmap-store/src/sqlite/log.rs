@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use travelmap_domain::{
-    ClientId, EventDraft, EventId, JourneyEvent, Provenance, RecordMeta, RecordedEvent, Text,
+    ClientId, EventDraft, EventId, Provenance, RecordMeta, RecordedEvent, Text,
 };
 use uuid::Uuid;
 
@@ -245,7 +245,7 @@ impl EventLog for SqliteEventLog {
 }
 
 const COLUMNS: &str = "position, event_id, client_id, version, event_type, schema_version, \
-                       occurred_at, recorded_at, agency, credential, actor, data";
+                       occurred_at, recorded_at, agency, credential, actor, data, sealed";
 
 /// A row as stored, before its data is decoded.
 struct StoredRow {
@@ -261,6 +261,7 @@ struct StoredRow {
     credential: String,
     actor: Option<String>,
     data: String,
+    sealed: Option<Vec<u8>>,
 }
 
 fn read_row(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
@@ -277,6 +278,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
         credential: row.get(9)?,
         actor: row.get(10)?,
         data: row.get(11)?,
+        sealed: row.get(12)?,
     })
 }
 
@@ -291,8 +293,13 @@ impl StoredRow {
                 travelmap_domain::ValidationError::new("", message),
             ))
         };
-        let event = JourneyEvent::decode_stored(&self.event_type, self.schema_version, &self.data)
-            .map_err(corrupt)?;
+        let (event, personal) = crate::decode_data(
+            &self.event_type,
+            self.schema_version,
+            self.data,
+            self.sealed,
+        )
+        .map_err(corrupt)?;
         let occurred_at = DateTime::parse_from_rfc3339(&self.occurred_at)
             .map_err(|error| invalid(format!("occurred_at: {error}")))?;
         let actor = self
@@ -317,6 +324,7 @@ impl StoredRow {
                 position: self.position,
                 recorded_at: from_micros(self.recorded_at),
             },
+            personal,
         })
     }
 }
@@ -430,8 +438,9 @@ fn append_job(
         }
         let mut insert = savepoint.prepare_cached(
             "INSERT INTO events (position, event_id, client_id, version, event_type,
-                 schema_version, occurred_at, recorded_at, agency, credential, actor, data, digest)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 schema_version, occurred_at, recorded_at, agency, credential, actor, data, digest,
+                 sealed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         for (offset, new) in stream.events.iter().enumerate() {
             let draft = &new.draft;
@@ -448,8 +457,11 @@ fn append_job(
                 job.provenance.agency,
                 job.provenance.credential,
                 draft.actor.as_ref().map(Text::as_str),
-                draft.event.data_json(),
+                new.sealed
+                    .as_ref()
+                    .map_or_else(|| draft.event.data_json(), |sealed| sealed.public.clone()),
                 new.digest,
+                new.sealed.as_ref().map(|sealed| &sealed.ciphertext),
             ]);
             match inserted {
                 Ok(_) => {}

@@ -1,4 +1,4 @@
-//! The embedded backend: two SQLite files in the data directory.
+//! The embedded backend: SQLite files in the data directory.
 //!
 //! - `events.sqlite` is the log. One writer thread owns the only write connection and commits
 //!   appends in groups: while one transaction is being made durable, further appends queue up and
@@ -6,6 +6,8 @@
 //!   group rather than one per request. Because there is a single writer, positions are assigned
 //!   and committed in the same order, so the global feed never has a gap that fills in later.
 //! - `audit.sqlite` is the audit trail, with a writer of its own.
+//! - `keys.sqlite` holds the data keys that seal personal fields (see `crate::keys`), apart from
+//!   the log so that a copy of the log alone holds no key.
 //! - `projections.sqlite` holds the views and their checkpoints, apart from the log so that the
 //!   projector never competes with appends for SQLite's write lock, and so that deleting it is a
 //!   safe way to force a rebuild.
@@ -14,6 +16,7 @@
 //! but the single-writer design (and the position counter kept in the writer) would not hold.
 
 mod audit;
+mod keys;
 mod log;
 mod pool;
 mod schema;
@@ -24,6 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use audit::SqliteAuditLog;
+pub use keys::SqliteKeyStore;
 pub use log::SqliteEventLog;
 pub use views::SqliteViewStore;
 
@@ -34,6 +38,7 @@ pub struct SqliteStore {
     pub log: Arc<SqliteEventLog>,
     pub views: Arc<SqliteViewStore>,
     pub audit: Arc<SqliteAuditLog>,
+    pub keys: Arc<SqliteKeyStore>,
     // Held for the store's lifetime: the OS releases the lock when the file is closed.
     _lock: File,
 }
@@ -55,10 +60,12 @@ impl SqliteStore {
         let log = SqliteEventLog::open(&data_dir.join("events.sqlite"))?;
         let views = SqliteViewStore::open(&data_dir.join("projections.sqlite"))?;
         let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"))?;
+        let keys = SqliteKeyStore::open(&data_dir.join("keys.sqlite"))?;
         Ok(Self {
             log: Arc::new(log),
             views: Arc::new(views),
             audit: Arc::new(audit),
+            keys: Arc::new(keys),
             _lock: lock,
         })
     }

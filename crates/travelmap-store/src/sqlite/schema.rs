@@ -28,6 +28,9 @@ pub(crate) const EVENTS: &[&str] = &[
         digest         BLOB    NOT NULL,
         UNIQUE (client_id, version)
     );",
+    // 2: personal fields sealed apart from the journey facts (see crate::keys): `data` holds the
+    //    facts, `sealed` the encrypted personal fields (NULL when the event has none).
+    "ALTER TABLE events ADD COLUMN sealed BLOB;",
 ];
 
 pub(crate) const VIEWS: &[&str] = &[
@@ -47,6 +50,33 @@ pub(crate) const VIEWS: &[&str] = &[
         PRIMARY KEY (kind, value, client_id)
     );
     CREATE INDEX client_identifiers_by_client ON client_identifiers (client_id);",
+    // 2: identifiers are indexed by keyed hash instead of in plaintext; the views are rebuilt.
+    "DELETE FROM client_views;
+    DELETE FROM client_identifiers;
+    DELETE FROM checkpoints;",
+];
+
+pub(crate) const KEYS: &[&str] = &[
+    // 1: data keys per client and category (wrapped under a master key), the clients whose data
+    //    was erased (no key is ever made for them again), and system keys (identifier look-ups).
+    "CREATE TABLE data_keys (
+        client_id  BLOB    NOT NULL,
+        category   TEXT    NOT NULL,
+        key_id     BLOB    NOT NULL UNIQUE,
+        master_id  TEXT    NOT NULL,
+        wrapped    BLOB    NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (client_id, category)
+    );
+    CREATE TABLE erased_clients (
+        client_id BLOB PRIMARY KEY,
+        erased_at INTEGER NOT NULL
+    );
+    CREATE TABLE system_keys (
+        name      TEXT PRIMARY KEY,
+        master_id TEXT NOT NULL,
+        wrapped   BLOB NOT NULL
+    );",
 ];
 
 pub(crate) const AUDIT: &[&str] = &[

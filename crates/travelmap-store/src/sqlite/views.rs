@@ -33,6 +33,9 @@ impl SqliteViewStore {
         // together, so a power cut can at worst lose the last few commits of views, which the
         // projector then redoes from the older checkpoint. That does not need an fsync per commit.
         connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // Views hold personal data in plaintext; when a client's view is purged after erasure,
+        // SQLite must overwrite the old content rather than leave it in free pages.
+        connection.pragma_update(None, "secure_delete", "ON")?;
         schema::migrate(&mut connection, path, schema::VIEWS)?;
         let checkpoint: u64 = connection
             .query_row(
@@ -105,6 +108,26 @@ impl ViewStore for SqliteViewStore {
                     .query_row(params![client.0], |row| row.get(0))
                     .optional()?;
                 state.map(|state| unpack(client, &state)).transpose()
+            })
+            .await
+    }
+
+    async fn scan(&self, after: Option<ClientId>, limit: usize) -> Result<Vec<(ClientId, String)>> {
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection.prepare_cached(
+                    "SELECT client_id, state FROM client_views WHERE client_id > ?1
+                     ORDER BY client_id LIMIT ?2",
+                )?;
+                let after = after.map_or(uuid::Uuid::nil(), |client| client.0);
+                let rows = statement.query_map(params![after, limit as i64], |row| {
+                    Ok((ClientId(row.get(0)?), row.get::<_, Vec<u8>>(1)?))
+                })?;
+                rows.map(|row| {
+                    let (client, state) = row?;
+                    Ok((client, unpack(client, &state)?))
+                })
+                .collect()
             })
             .await
     }
@@ -193,5 +216,15 @@ impl ViewStore for SqliteViewStore {
 
     fn saved(&self) -> watch::Receiver<u64> {
         self.saved.subscribe()
+    }
+
+    async fn scrub(&self) -> Result<()> {
+        // `secure_delete` zeroed the old rows in the database file; the WAL still holds copies
+        // of those pages until it is checkpointed and truncated.
+        self.write(|connection| {
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -1,0 +1,77 @@
+//! Outcome statistics: aggregate counts only, with small cells suppressed, so that no individual
+//! can be recognised from them.
+
+use axum::Json;
+use axum::extract::State;
+use travelmap_domain::audit::{Operation, Outcome};
+use travelmap_domain::payloads::Purpose;
+use travelmap_projections::statistics::{OutcomeQuery, OutcomeReport};
+
+use crate::AppState;
+use crate::audit::{self, Logged, RequestContext};
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, Code, Problem};
+use crate::extract::Query;
+
+/// Outcome statistics per programme, prison, municipality or quarter of enrolment: entered,
+/// completed, dropped out, retraining courses completed, debt cases closed, job within 6 months
+/// of release, housing secured, re-offence within 12 months. Counts from 1 to 9 are shown as
+/// `"suppressed"`, and further cells are suppressed where a suppressed one could otherwise be
+/// worked out from the total (see docs/data-protection.md).
+#[utoipa::path(
+    get, path = "/v1/statistics/outcomes", tag = "statistics",
+    params(OutcomeQuery, ("X-Purpose" = String, Header, description = "Must be `statistics`")),
+    responses(
+        (status = 200, description = "The aggregate counts", body = OutcomeReport),
+        (status = 400, description = "Malformed parameter, `from` after `to`, or no `X-Purpose: statistics` (purpose_required)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the coordinator, auditor or dpo role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn outcomes(
+    State(state): State<AppState>,
+    caller: Caller,
+    context: RequestContext,
+    Query(query): Query<OutcomeQuery>,
+) -> Result<Json<OutcomeReport>, ApiError> {
+    let logged = |returned| Logged {
+        operation: Operation::Combination,
+        client: None,
+        action: "GET /v1/statistics/outcomes",
+        returned,
+    };
+    audit::require(
+        &state,
+        &caller,
+        &context,
+        &[Role::Coordinator, Role::Auditor, Role::Dpo],
+        logged(None),
+    )
+    .await?;
+    if context.purpose()? != Purpose::Statistics {
+        audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
+        return Err(ApiError::new(
+            Code::PurposeRequired,
+            "statistics are produced only with X-Purpose: statistics",
+        ));
+    }
+    if let (Some(from), Some(to)) = (query.from, query.to)
+        && from > to
+    {
+        return Err(ApiError::invalid_parameter(
+            "from",
+            "from must not be after to",
+        ));
+    }
+    let report = state.journeys.outcome_statistics(&query).await?;
+    audit::log(
+        &state,
+        &caller,
+        &context,
+        Outcome::Allowed,
+        logged(Some("aggregate counts".to_owned())),
+    )
+    .await?;
+    Ok(Json(report))
+}

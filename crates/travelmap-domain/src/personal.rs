@@ -1,0 +1,374 @@
+//! Personal data inside journey events: which fields hold it, which category each event belongs
+//! to, and how an event's `data` splits into the journey facts stored as they are and the
+//! personal fields stored encrypted.
+//!
+//! The split is what makes erasure possible in an append-only log. Personal fields (names, birth
+//! date, identifiers, free-text notes and reasons) are sealed with a key per client and category
+//! that lives outside the log; destroying the key erases them everywhere the log is read, while
+//! the facts the law lets us keep (types, dates, agencies, programmes) stay readable for
+//! statistics. This module only reshapes JSON: the encryption itself is the store's.
+//!
+//! An event whose keys are destroyed is read back with *erased placeholders*: each personal field
+//! that was sealed reads as [`ERASED`] (text), an empty list (identifiers) or an empty object
+//! (personal details), so every reader, projection and export keeps working on the same types and
+//! shows plainly that something was erased.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{DecodeError, JourneyEvent, ValidationError};
+
+/// What an erased text field reads as.
+pub const ERASED: &str = "[erased]";
+
+/// A category of journey events, with its own data key per client and its own retention period:
+/// `identity` (registration, identifiers, names, birth date), `justice` (sentence, release,
+/// recall, re-offence), `support` (involvements, programmes, contacts, appointments, employment,
+/// housing, debt, family), `needs` (needs assessments and plans, which can hold health and
+/// addiction details), `consent` (consents and other legal bases), `data_protection` (erasure,
+/// restriction, retention: holds no personal fields and is never shredded, being the proof that
+/// the law was followed).
+// Variants carry no doc comments of their own, for the reason given in `payloads`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Identity,
+    Justice,
+    Support,
+    Needs,
+    Consent,
+    DataProtection,
+}
+
+impl Category {
+    pub const ALL: [Category; 6] = [
+        Category::Identity,
+        Category::Justice,
+        Category::Support,
+        Category::Needs,
+        Category::Consent,
+        Category::DataProtection,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Identity => "identity",
+            Category::Justice => "justice",
+            Category::Support => "support",
+            Category::Needs => "needs",
+            Category::Consent => "consent",
+            Category::DataProtection => "data_protection",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|category| category.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Category {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The category of an event type. A correction or retraction belongs to the category of the
+/// event it rectifies (the store seals it under that category's key), so this answers `None` for
+/// them; `None` too for a type not in the catalogue.
+pub fn category(event_type: &str) -> Option<Category> {
+    Some(match event_type {
+        "client.registered" | "identifier.added" => Category::Identity,
+        "sentence.started" | "release.scheduled" | "client.released" | "client.recalled"
+        | "reoffence.recorded" => Category::Justice,
+        "need.assessed" | "plan.agreed" => Category::Needs,
+        "consent.recorded" | "consent.withdrawn" => Category::Consent,
+        "personal_data.erased"
+        | "retention.applied"
+        | "processing.restricted"
+        | "restriction.lifted" => Category::DataProtection,
+        "event.corrected" | "event.retracted" => return None,
+        other if crate::catalogue::event_type(other).is_some() => Category::Support,
+        _ => return None,
+    })
+}
+
+/// Whether the type is a data-protection decision recorded by the service itself rather than a
+/// fact posted by an agency.
+pub fn is_lifecycle(event_type: &str) -> bool {
+    category(event_type) == Some(Category::DataProtection)
+}
+
+/// The top-level `data` fields of a type that hold personal data.
+pub fn personal_fields(event_type: &str) -> &'static [&'static str] {
+    crate::catalogue::event_type(event_type).map_or(&[], |info| info.personal_fields)
+}
+
+/// Keys of a correction's replacement `data` that are sealed: every name that is personal in some
+/// type. A correction's data is a partial copy of another event's data, so the same names mean the
+/// same things (a `reason` that is an enum elsewhere is sealed too, which costs nothing).
+fn personal_in_corrections(key: &str) -> bool {
+    matches!(
+        key,
+        "personal" | "identifiers" | "identifier" | "note" | "reason"
+    )
+}
+
+/// An event's `data`, split for storage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    /// The journey facts, as JSON text: stored as they are.
+    pub public: String,
+    /// The personal fields, as a JSON object: stored sealed.
+    pub personal: Map<String, Value>,
+}
+
+impl Split {
+    /// The names of the sealed fields (not themselves personal: they say what was sealed).
+    pub fn fields(&self) -> Vec<String> {
+        self.personal.keys().cloned().collect()
+    }
+}
+
+/// Splits an event's `data` into journey facts and personal fields, or `None` when this event
+/// holds no personal field (optional ones may simply be absent).
+pub fn split(event: &JourneyEvent) -> Option<Split> {
+    let fields = personal_fields(event.event_type());
+    if fields.is_empty() {
+        return None;
+    }
+    let Value::Object(mut data) = event.data() else {
+        return None;
+    };
+    let mut personal = Map::new();
+    for &field in fields {
+        if field == "data" {
+            // A correction's replacement data: only its personal keys are sealed, so that a
+            // corrected release date stays as usable for statistics as the original.
+            if let Some(Value::Object(replacement)) = data.get_mut("data") {
+                let keys: Vec<String> = replacement
+                    .keys()
+                    .filter(|key| personal_in_corrections(key) && !is_empty(&replacement[*key]))
+                    .cloned()
+                    .collect();
+                let mut sealed = Map::new();
+                for key in keys {
+                    if let Some(value) = replacement.remove(&key) {
+                        sealed.insert(key, value);
+                    }
+                }
+                if !sealed.is_empty() {
+                    personal.insert("data".to_owned(), Value::Object(sealed));
+                }
+            }
+        } else if let Some(value) = data.remove(field) {
+            if is_empty(&value) {
+                // Nothing personal in an empty list or object: keep it in the facts so the
+                // event reads back exactly as it was posted.
+                data.insert(field.to_owned(), value);
+            } else {
+                personal.insert(field.to_owned(), value);
+            }
+        }
+    }
+    if personal.is_empty() {
+        return None;
+    }
+    Some(Split {
+        public: Value::Object(data).to_string(),
+        personal,
+    })
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.is_empty(),
+        _ => false,
+    }
+}
+
+/// Puts an event back together from its stored parts. With `personal`, the sealed fields (as
+/// opened by the store) are merged back; without it, they are erased and each of `sealed_fields`
+/// reads as its placeholder.
+pub fn join(
+    event_type: &str,
+    schema_version: u32,
+    public: &str,
+    personal: Option<&Map<String, Value>>,
+    sealed_fields: &[String],
+) -> Result<JourneyEvent, DecodeError> {
+    let mut data: Map<String, Value> = serde_json::from_str(public)
+        .map_err(|error| ValidationError::new("", error.to_string()))?;
+    match personal {
+        Some(personal) => {
+            for (key, value) in personal {
+                match (key.as_str(), value, data.get_mut(key)) {
+                    ("data", Value::Object(sealed), Some(Value::Object(replacement))) => {
+                        replacement.extend(sealed.clone());
+                    }
+                    _ => {
+                        data.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        None => {
+            for field in sealed_fields {
+                if let Some(placeholder) = erased_placeholder(event_type, field) {
+                    data.insert(field.clone(), placeholder);
+                }
+            }
+        }
+    }
+    JourneyEvent::decode_stored(event_type, schema_version, &Value::Object(data).to_string())
+}
+
+/// What an erased field reads as; `None` when the field is simply left out (a correction's sealed
+/// replacement keys: the correction then replaces only what is left).
+fn erased_placeholder(event_type: &str, field: &str) -> Option<Value> {
+    Some(match (event_type, field) {
+        (_, "personal") => Value::Object(Map::new()),
+        (_, "identifiers") => Value::Array(Vec::new()),
+        (_, "identifier") => serde_json::json!({"type": "erased", "value": ERASED}),
+        ("event.corrected", "data") => return None,
+        _ => Value::String(ERASED.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn event(event_type: &str, data: Value) -> JourneyEvent {
+        JourneyEvent::decode(event_type, 1, &data).unwrap()
+    }
+
+    fn round_trip(original: &JourneyEvent) -> (Split, JourneyEvent, JourneyEvent) {
+        let split = split(original).expect("has personal fields");
+        let opened = join(
+            original.event_type(),
+            1,
+            &split.public,
+            Some(&split.personal),
+            &split.fields(),
+        )
+        .unwrap();
+        let erased = join(
+            original.event_type(),
+            1,
+            &split.public,
+            None,
+            &split.fields(),
+        )
+        .unwrap();
+        (split, opened, erased)
+    }
+
+    #[test]
+    fn every_type_has_a_category_except_rectification() {
+        for info in crate::catalogue::event_types() {
+            let rectifies = matches!(info.event_type, "event.corrected" | "event.retracted");
+            assert_eq!(
+                category(info.event_type).is_none(),
+                rectifies,
+                "{}",
+                info.event_type
+            );
+        }
+        assert_eq!(category("no.such_type"), None);
+        for category in Category::ALL {
+            assert_eq!(Category::parse(category.as_str()), Some(category));
+        }
+    }
+
+    #[test]
+    fn a_registration_keeps_no_name_or_identifier_in_its_facts() {
+        let original = event(
+            "client.registered",
+            json!({"identifiers": [{"type": "prison_number", "value": "OP-7731"}],
+                   "personal": {"given_name": "Jan", "family_name": "Novak", "birth_date": "1990-04-01"}}),
+        );
+        let (split, opened, erased) = round_trip(&original);
+        for secret in ["OP-7731", "Jan", "Novak", "1990"] {
+            assert!(
+                !split.public.contains(secret),
+                "{secret} in {}",
+                split.public
+            );
+        }
+        assert_eq!(opened, original);
+        assert_eq!(erased.data(), json!({"identifiers": [], "personal": {}}));
+    }
+
+    #[test]
+    fn required_personal_fields_read_as_erased() {
+        let original = event(
+            "programme.dropped_out",
+            json!({"programme": "vol-mentoring", "reason": "relapse into addiction"}),
+        );
+        let (split, opened, erased) = round_trip(&original);
+        assert_eq!(
+            split.public,
+            json!({"programme": "vol-mentoring"}).to_string()
+        );
+        assert_eq!(opened, original);
+        assert_eq!(
+            erased.data(),
+            json!({"programme": "vol-mentoring", "reason": ERASED})
+        );
+    }
+
+    #[test]
+    fn optional_personal_fields_only_split_when_present() {
+        assert_eq!(split(&event("job.lost", json!({}))), None);
+        assert_eq!(
+            split(&event(
+                "client.released",
+                json!({"release_kind": "parole", "supervision": false})
+            )),
+            None
+        );
+        let with_note = event(
+            "need.assessed",
+            json!({"area": "health", "status": "in_progress", "note": "diabetes"}),
+        );
+        let (_, opened, erased) = round_trip(&with_note);
+        assert_eq!(opened, with_note);
+        assert_eq!(erased.data()["note"], ERASED);
+        assert_eq!(erased.data()["area"], "health");
+    }
+
+    #[test]
+    fn a_correction_seals_only_the_personal_part_of_its_replacement() {
+        let original = event(
+            "event.corrected",
+            json!({"event_id": uuid::Uuid::from_u128(7), "reason": "birth date mistyped",
+                   "data": {"personal": {"birth_date": "1990-04-02"}, "identifiers": []}}),
+        );
+        let (split, opened, erased) = round_trip(&original);
+        assert!(!split.public.contains("1990"));
+        assert!(!split.public.contains("mistyped"));
+        assert_eq!(opened, original);
+        assert_eq!(erased.data()["reason"], ERASED);
+        assert_eq!(erased.data()["data"], json!({"identifiers": []}));
+
+        let facts_only = event(
+            "event.corrected",
+            json!({"event_id": uuid::Uuid::from_u128(7), "reason": "typo",
+                   "data": {"release_kind": "parole", "supervision": true}}),
+        );
+        let (split, _, erased) = round_trip(&facts_only);
+        assert!(split.public.contains("parole"));
+        assert_eq!(
+            erased.data()["data"],
+            json!({"release_kind": "parole", "supervision": true})
+        );
+    }
+}

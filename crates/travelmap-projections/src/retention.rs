@@ -1,0 +1,234 @@
+//! The retention schedule: how long each category of a client's personal data is kept, counted
+//! from the end of the client's involvement with the agencies, and which categories are due.
+//!
+//! **The end of involvement** is when the last open involvement of the client closed. While any
+//! involvement is open, nothing is due. A client who never had an involvement is counted from
+//! their last recorded fact. A category is due on the anniversary, `years` later; its personal
+//! fields are then shredded (their keys destroyed) and `retention.applied` is recorded.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Months, NaiveDate, Utc};
+use serde::Serialize;
+use travelmap_domain::personal::Category;
+
+use crate::ClientState;
+
+/// Retention periods in whole years, per category. A category without a period is kept until
+/// erased.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Schedule {
+    pub years: BTreeMap<Category, u32>,
+}
+
+impl Schedule {
+    /// From `category = years` pairs, as in the configuration file.
+    pub fn from_config(entries: &BTreeMap<String, u32>) -> Result<Self, String> {
+        let mut years = BTreeMap::new();
+        for (name, &period) in entries {
+            let category = Category::parse(name).ok_or_else(|| {
+                format!(
+                    "retention: `{name}` is not a category (identity, justice, support, needs, consent)"
+                )
+            })?;
+            if category == Category::DataProtection {
+                return Err(
+                    "retention: the data_protection record holds no personal data and is kept"
+                        .to_owned(),
+                );
+            }
+            if period == 0 {
+                return Err(format!("retention: {name} must be kept at least one year"));
+            }
+            years.insert(category, period);
+        }
+        Ok(Self { years })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.years.is_empty()
+    }
+}
+
+/// One category's retention for a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    pub category: Category,
+    /// The period, in years.
+    pub years: u32,
+    /// The day it ends, or `None` while the client still has an open involvement.
+    pub due_on: Option<NaiveDate>,
+}
+
+impl ClientState {
+    /// When the client's involvement ended, or `None` while an involvement is still open.
+    pub fn involvement_ended(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let map = self.travel_map(now);
+        if map.involvements.is_empty() {
+            return self
+                .facts
+                .iter()
+                .filter(|fact| !travelmap_domain::personal::is_lifecycle(fact.event.event_type()))
+                .map(|fact| fact.occurred_at.with_timezone(&Utc))
+                .max();
+        }
+        if map
+            .involvements
+            .iter()
+            .any(|involvement| involvement.to.is_none())
+        {
+            return None;
+        }
+        map.involvements
+            .iter()
+            .filter_map(|involvement| involvement.to)
+            .map(|to| to.with_timezone(&Utc))
+            .max()
+    }
+
+    /// The retention of each scheduled category for this client, as it stands at `now`.
+    pub fn retention(&self, schedule: &Schedule, now: DateTime<Utc>) -> Vec<Retention> {
+        let ended = self.involvement_ended(now);
+        schedule
+            .years
+            .iter()
+            .map(|(&category, &years)| Retention {
+                category,
+                years,
+                due_on: ended.and_then(|ended| {
+                    ended
+                        .date_naive()
+                        .checked_add_months(Months::new(years * 12))
+                }),
+            })
+            .collect()
+    }
+
+    /// The categories due at `now`, with the earliest due day among them.
+    pub fn due(
+        &self,
+        schedule: &Schedule,
+        now: DateTime<Utc>,
+    ) -> Option<(Vec<Category>, NaiveDate)> {
+        let today = now.date_naive();
+        let due: Vec<Retention> = self
+            .retention(schedule, now)
+            .into_iter()
+            .filter(|retention| retention.due_on.is_some_and(|day| day <= today))
+            .collect();
+        let since = due.iter().filter_map(|retention| retention.due_on).min()?;
+        Some((
+            due.into_iter()
+                .map(|retention| retention.category)
+                .collect(),
+            since,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use travelmap_domain::{
+        ClientId, EventDraft, EventId, JourneyEvent, Provenance, RecordMeta, RecordedEvent,
+    };
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn fact(position: u64, at: &str, event_type: &str, data: serde_json::Value) -> RecordedEvent {
+        RecordedEvent {
+            draft: EventDraft {
+                id: EventId(Uuid::from_u128(position as u128)),
+                client_id: ClientId(Uuid::from_u128(1)),
+                occurred_at: at.parse().unwrap(),
+                actor: None,
+                event: JourneyEvent::decode(event_type, 1, &data).unwrap(),
+            },
+            provenance: Provenance {
+                agency: "ngo".into(),
+                credential: "ngo".into(),
+            },
+            meta: RecordMeta {
+                version: position,
+                position,
+                recorded_at: at.parse().unwrap(),
+            },
+            personal: Default::default(),
+        }
+    }
+
+    fn schedule() -> Schedule {
+        Schedule::from_config(&BTreeMap::from([
+            ("needs".to_owned(), 2),
+            ("identity".to_owned(), 5),
+        ]))
+        .unwrap()
+    }
+
+    #[test]
+    fn nothing_is_due_while_an_involvement_is_open() {
+        let state = ClientState::from_history(
+            ClientId(Uuid::from_u128(1)),
+            [fact(
+                1,
+                "2020-01-01T10:00:00Z",
+                "involvement.opened",
+                json!({"role": "mentor"}),
+            )],
+        );
+        let now = "2040-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(state.due(&schedule(), now), None);
+        assert!(
+            state
+                .retention(&schedule(), now)
+                .iter()
+                .all(|r| r.due_on.is_none())
+        );
+    }
+
+    #[test]
+    fn categories_fall_due_years_after_the_last_involvement_closed() {
+        let state = ClientState::from_history(
+            ClientId(Uuid::from_u128(1)),
+            [
+                fact(
+                    1,
+                    "2020-01-01T10:00:00Z",
+                    "involvement.opened",
+                    json!({"role": "mentor"}),
+                ),
+                fact(
+                    2,
+                    "2021-03-15T10:00:00Z",
+                    "involvement.closed",
+                    json!({"role": "mentor"}),
+                ),
+            ],
+        );
+        let before = "2023-03-14T12:00:00Z".parse().unwrap();
+        assert_eq!(state.due(&schedule(), before), None);
+        let needs_due = "2023-03-15T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), needs_due),
+            Some((
+                vec![Category::Needs],
+                NaiveDate::from_ymd_opt(2023, 3, 15).unwrap()
+            ))
+        );
+        let both_due = "2026-03-15T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), both_due).unwrap().0,
+            vec![Category::Identity, Category::Needs]
+        );
+    }
+
+    #[test]
+    fn the_schedule_names_real_categories_only() {
+        assert!(Schedule::from_config(&BTreeMap::from([("health".to_owned(), 2)])).is_err());
+        assert!(
+            Schedule::from_config(&BTreeMap::from([("data_protection".to_owned(), 2)])).is_err()
+        );
+        assert!(Schedule::from_config(&BTreeMap::from([("needs".to_owned(), 0)])).is_err());
+    }
+}

@@ -1,0 +1,205 @@
+//! Data-protection use cases: erasure (crypto-shredding), restriction of processing and the
+//! retention schedule. Each records its decision as an event in the client's stream, so the
+//! record shows what was decided, when and by whom, and projections react to it like to any
+//! other event.
+
+use chrono::{NaiveDate, Utc};
+use travelmap_domain::payloads::{
+    PersonalDataErased, ProcessingRestricted, RestrictionLifted, RetentionApplied,
+};
+use travelmap_domain::personal::Category;
+use travelmap_domain::{
+    ClientId, ClientJourney, EventDraft, EventId, JourneyEvent, Provenance, Text,
+};
+use uuid::Uuid;
+
+use crate::{Error, Journeys, Outcome, Result, Submission};
+
+impl Journeys {
+    /// Erases the client's personal data: destroys every data key of the client (so the sealed
+    /// fields can never be opened again, wherever the log was copied), records
+    /// `personal_data.erased`, and waits until the views have been folded again without the
+    /// plaintext. Erasing twice answers with the first erasure.
+    pub async fn erase(
+        &self,
+        provenance: &Provenance,
+        client_id: ClientId,
+        reason: Text,
+    ) -> Result<Outcome> {
+        let keyring = self.keyring.as_ref().ok_or(Error::NoKeyring)?;
+        if self.journey(client_id).await?.is_erased()
+            && let Some(done) = self.decided(client_id, "personal_data.erased").await?
+        {
+            // Finishes an erasure that was cut short between its event and its second sweep.
+            keyring.destroy(client_id, None).await?;
+            return Ok(done);
+        }
+        // Keys first: should the event fail to be recorded, the data is gone all the same and a
+        // retry records the event. Keys again afterwards: a request in another process that was
+        // sealing under a newly created key while this one ran is swept up, and after the event
+        // nothing more is accepted for the client.
+        keyring.destroy(client_id, None).await?;
+        let outcome = self
+            .record_decision(
+                provenance,
+                client_id,
+                JourneyEvent::PersonalDataErased(PersonalDataErased { reason }),
+            )
+            .await?;
+        keyring.destroy(client_id, None).await?;
+        self.wait_for_projection(outcome.receipt.position).await?;
+        Ok(outcome)
+    }
+
+    /// Restricts processing of the client's data. Restricting a restricted client answers with
+    /// the restriction in force.
+    pub async fn restrict(
+        &self,
+        provenance: &Provenance,
+        client_id: ClientId,
+        reason: Text,
+    ) -> Result<Outcome> {
+        let journey = self.journey(client_id).await?;
+        if journey.is_restricted() {
+            return self
+                .decided(client_id, "processing.restricted")
+                .await?
+                .ok_or(Error::UnknownClient(client_id));
+        }
+        self.record_decision(
+            provenance,
+            client_id,
+            JourneyEvent::ProcessingRestricted(ProcessingRestricted { reason }),
+        )
+        .await
+    }
+
+    /// Lifts a restriction. Lifting again answers with the last lifting; lifting where there
+    /// never was a restriction is refused.
+    pub async fn lift_restriction(
+        &self,
+        provenance: &Provenance,
+        client_id: ClientId,
+        reason: Text,
+    ) -> Result<Outcome> {
+        let journey = self.journey(client_id).await?;
+        if !journey.is_restricted() {
+            return self
+                .decided(client_id, "restriction.lifted")
+                .await?
+                .ok_or(Error::NotRestricted(client_id));
+        }
+        self.record_decision(
+            provenance,
+            client_id,
+            JourneyEvent::RestrictionLifted(RestrictionLifted { reason }),
+        )
+        .await
+    }
+
+    /// Shreds categories of a client's personal data whose retention period has ended: destroys
+    /// their keys and records `retention.applied`. Returns how many keys were destroyed and the
+    /// event recorded (none when no key of those categories existed any more).
+    pub async fn shred_due(
+        &self,
+        provenance: &Provenance,
+        client_id: ClientId,
+        categories: Vec<Category>,
+        due_since: NaiveDate,
+    ) -> Result<(usize, Option<Outcome>)> {
+        let keyring = self.keyring.as_ref().ok_or(Error::NoKeyring)?;
+        let destroyed = keyring.destroy(client_id, Some(categories.clone())).await?;
+        if destroyed == 0 {
+            return Ok((0, None));
+        }
+        let outcome = self
+            .record_decision(
+                provenance,
+                client_id,
+                JourneyEvent::RetentionApplied(RetentionApplied {
+                    categories,
+                    due_since,
+                }),
+            )
+            .await?;
+        Ok((destroyed, Some(outcome)))
+    }
+
+    /// The categories for which the client has live keys: what retention could still shred.
+    pub async fn live_categories(&self, client_id: ClientId) -> Result<Vec<Category>> {
+        let Some(keyring) = &self.keyring else {
+            return Ok(Vec::new());
+        };
+        let mut categories: Vec<Category> = keyring
+            .store()
+            .keys(vec![client_id])
+            .await?
+            .into_iter()
+            .map(|key| key.category)
+            .collect();
+        categories.sort_unstable();
+        Ok(categories)
+    }
+
+    /// The client's journey as recording decisions see it.
+    async fn journey(&self, client_id: ClientId) -> Result<ClientJourney> {
+        let outlines = self.log.outlines(vec![client_id]).await?;
+        let outlines = outlines
+            .get(&client_id)
+            .ok_or(Error::UnknownClient(client_id))?;
+        let mut journey = ClientJourney::default();
+        for outline in outlines {
+            let retracts = (outline.event_type == "event.retracted")
+                .then_some(outline.target)
+                .flatten();
+            journey.remember(outline.id, &outline.event_type, retracts);
+        }
+        Ok(journey)
+    }
+
+    /// The latest recorded decision of a type about the client, as an idempotent answer.
+    async fn decided(&self, client_id: ClientId, event_type: &str) -> Result<Option<Outcome>> {
+        let outlines = self.log.outlines(vec![client_id]).await?;
+        let Some(latest) = outlines
+            .get(&client_id)
+            .and_then(|outlines| outlines.iter().rev().find(|o| o.event_type == event_type))
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .log
+            .lookup(vec![latest.id])
+            .await?
+            .into_iter()
+            .next()
+            .map(|existing| Outcome {
+                receipt: existing.receipt,
+                created: false,
+            }))
+    }
+
+    async fn record_decision(
+        &self,
+        provenance: &Provenance,
+        client_id: ClientId,
+        event: JourneyEvent,
+    ) -> Result<Outcome> {
+        let draft = EventDraft {
+            id: EventId(Uuid::new_v4()),
+            client_id,
+            occurred_at: Utc::now().fixed_offset(),
+            actor: None,
+            event,
+        };
+        let mut outcomes = self
+            .record(
+                provenance,
+                &[Submission {
+                    draft,
+                    expected_version: None,
+                }],
+            )
+            .await?;
+        Ok(outcomes.remove(0))
+    }
+}

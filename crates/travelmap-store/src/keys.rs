@@ -1,0 +1,667 @@
+//! Keys for the personal data in the log: per-client data keys, the master keys that wrap them,
+//! and the sealing and opening of events' personal fields (crypto-shredding).
+//!
+//! - Each client has a **data key per category** (see [`travelmap_domain::personal::Category`]),
+//!   32 random bytes used with AES-256-GCM. Keys live in a [`KeyStore`] apart from the log (the
+//!   embedded store's `keys.sqlite`, PostgreSQL's `data_keys` table), so a copy of the log alone
+//!   holds ciphertext only. Destroying a key erases what it sealed, wherever the log was copied.
+//! - Data keys are stored **wrapped** (encrypted) under a **master key** from configuration,
+//!   named by an id so that keys can be rotated: new keys are wrapped under the current master,
+//!   older ones stay readable under any master still configured, and [`Keyring::rotate`] rewraps
+//!   them all under the current one.
+//! - Identifiers are found through a **keyed hash** ([`Keyring::lookup_hash`]) under a lookup key
+//!   kept (wrapped) in the key store, so the identifier index holds no identifier in plaintext.
+//!
+//! A sealed value is `[1][key id: 16][field count][len, name]...[nonce: 12][ciphertext + tag]`.
+//! The header (which key, which fields) is not secret and is authenticated as associated data,
+//! together with the event id, so sealed fields cannot be moved to another event unnoticed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aes_gcm::aead::{Aead, KeyInit, OsRng, Payload, rand_core::RngCore};
+use aes_gcm::{Aes256Gcm, Nonce};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use travelmap_domain::personal::{self, Category};
+use travelmap_domain::{ClientId, EventId, PersonalData, RecordedEvent};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+const FORMAT: u8 = 1;
+const NONCE_LEN: usize = 12;
+/// The system key behind identifier look-ups, stored like a data key under this name.
+const LOOKUP_KEY: &str = "identifier-lookup";
+
+/// A data key as stored: wrapped under the master key `master_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub client_id: ClientId,
+    pub category: Category,
+    /// Names this key for good: a key destroyed and later created anew has another id, so data
+    /// sealed under the old one never opens with the new one.
+    pub key_id: Uuid,
+    pub master_id: String,
+    pub wrapped: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where data keys live, apart from the log.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// The live keys of the given clients, every category.
+    async fn keys(&self, clients: Vec<ClientId>) -> Result<Vec<StoredKey>>;
+    /// Stores new keys. Where a client and category already has a key (another request created
+    /// it first), that one is kept and returned instead; for an erased client, fails with
+    /// [`Error::ClientErased`]. Returns the keys in force, one per requested key.
+    async fn create(&self, keys: Vec<StoredKey>) -> Result<Vec<StoredKey>>;
+    /// Destroys keys: the given categories of a client's, or with `None` all of them, marking the
+    /// client erased so that no key is ever created for them again. Returns how many were
+    /// destroyed. The bytes are overwritten where the engine allows (see docs/data-protection.md).
+    async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize>;
+    /// Whether the client was erased.
+    async fn is_erased(&self, client: ClientId) -> Result<bool>;
+    /// Every live data key (for rotation).
+    async fn all(&self) -> Result<Vec<StoredKey>>;
+    /// Replaces the wrapping of existing keys (same key ids), e.g. after a master key rotation.
+    async fn rewrap(&self, keys: Vec<StoredKey>) -> Result<()>;
+    /// A named system key, wrapped, with its master id.
+    async fn system_key(&self, name: &str) -> Result<Option<(String, Vec<u8>)>>;
+    /// Stores a system key unless one of that name exists; returns the one in force.
+    async fn create_system_key(
+        &self,
+        name: &str,
+        master_id: &str,
+        wrapped: Vec<u8>,
+    ) -> Result<(String, Vec<u8>)>;
+    /// Replaces a system key's wrapping (rotation).
+    async fn rewrap_system_key(&self, name: &str, master_id: &str, wrapped: Vec<u8>) -> Result<()>;
+}
+
+/// A master key: 32 bytes and the id under which wrapped keys name it.
+#[derive(Clone)]
+pub struct MasterKey {
+    pub id: String,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKey").field("id", &self.id).finish()
+    }
+}
+
+impl MasterKey {
+    pub fn new(id: impl Into<String>, key: [u8; 32]) -> Self {
+        Self {
+            id: id.into(),
+            key: Zeroizing::new(key),
+        }
+    }
+
+    /// A new random master key.
+    pub fn generate(id: impl Into<String>) -> Self {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        Self::new(id, key)
+    }
+
+    /// The key as 64 hex digits (for writing a new key file).
+    pub fn to_hex(&self) -> String {
+        hex_encode(&self.key[..])
+    }
+
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new_from_slice(&self.key[..]).expect("32-byte key")
+    }
+}
+
+/// The configured master keys: the first wraps new keys, all of them unwrap.
+#[derive(Debug, Clone)]
+pub struct MasterKeys {
+    keys: Vec<MasterKey>,
+}
+
+impl MasterKeys {
+    /// Parses `id:hex` entries, one per line or separated by commas; `#` starts a comment. The
+    /// first entry is the current key.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let mut keys = Vec::new();
+        for entry in text
+            .lines()
+            .map(|line| line.split('#').next().unwrap_or(""))
+            .flat_map(|line| line.split(','))
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+        {
+            let (id, hex) = entry
+                .split_once(':')
+                .ok_or_else(|| "each master key is written `id:64-hex-digits`".to_owned())?;
+            let id = id.trim();
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(format!(
+                    "master key id `{id}` must be letters, digits, `-`, `_` or `.`"
+                ));
+            }
+            let bytes = hex_decode(hex.trim())
+                .filter(|bytes| bytes.len() == 32)
+                .ok_or_else(|| format!("master key `{id}` must be 64 hex digits (32 bytes)"))?;
+            if keys.iter().any(|key: &MasterKey| key.id == id) {
+                return Err(format!("master key id `{id}` is listed twice"));
+            }
+            let mut key = [0u8; 32];
+            key.copy_from_slice(&bytes);
+            keys.push(MasterKey::new(id, key));
+        }
+        if keys.is_empty() {
+            return Err("no master key given".to_owned());
+        }
+        Ok(Self { keys })
+    }
+
+    pub fn new(current: MasterKey, older: Vec<MasterKey>) -> Self {
+        let mut keys = vec![current];
+        keys.extend(older);
+        Self { keys }
+    }
+
+    pub fn current(&self) -> &MasterKey {
+        &self.keys[0]
+    }
+
+    fn get(&self, id: &str) -> Option<&MasterKey> {
+        self.keys.iter().find(|key| key.id == id)
+    }
+}
+
+/// A data key, unwrapped, for one call's use.
+struct DataKey {
+    key_id: Uuid,
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl DataKey {
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new_from_slice(&self.key[..]).expect("32-byte key")
+    }
+}
+
+/// Seals and opens events' personal fields with the clients' data keys.
+pub struct Keyring {
+    store: Arc<dyn KeyStore>,
+    masters: MasterKeys,
+    lookup: Zeroizing<[u8; 32]>,
+}
+
+impl Keyring {
+    /// Opens the keyring over `store`, creating the identifier lookup key on first use.
+    pub async fn open(store: Arc<dyn KeyStore>, masters: MasterKeys) -> Result<Self> {
+        let (master_id, wrapped) = match store.system_key(LOOKUP_KEY).await? {
+            Some(found) => found,
+            None => {
+                let mut key = Zeroizing::new([0u8; 32]);
+                OsRng.fill_bytes(&mut key[..]);
+                let current = masters.current();
+                let wrapped = wrap(current, LOOKUP_KEY.as_bytes(), &key[..]);
+                store
+                    .create_system_key(LOOKUP_KEY, &current.id, wrapped)
+                    .await?
+            }
+        };
+        let lookup = unwrap(&masters, &master_id, LOOKUP_KEY.as_bytes(), &wrapped)?;
+        Ok(Self {
+            store,
+            masters,
+            lookup,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// The keyed hash under which an identifier is indexed: hex HMAC-SHA256 of kind and value.
+    /// Without the lookup key, the index reveals nothing about the identifiers in it.
+    pub fn lookup_hash(&self, kind: &str, value: &str) -> String {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.lookup[..]).expect("any key length");
+        mac.update(&(kind.len() as u64).to_be_bytes());
+        mac.update(kind.as_bytes());
+        mac.update(value.as_bytes());
+        hex_encode(&mac.finalize().into_bytes())
+    }
+
+    /// A content digest keyed like the look-ups, so that the stored fingerprint of an event with
+    /// personal fields cannot be tested against guesses (a birth date has only so many values)
+    /// by someone holding the log alone.
+    pub fn keyed_digest(&self, digest: &[u8; 32]) -> [u8; 32] {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.lookup[..]).expect("any key length");
+        mac.update(b"digest");
+        mac.update(digest);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The data keys in force for `(client, category)` pairs, creating those that do not exist
+    /// yet (durably, before any event sealed under them can be committed).
+    async fn keys_for(
+        &self,
+        wanted: &[(ClientId, Category)],
+    ) -> Result<HashMap<(ClientId, Category), DataKey>> {
+        let mut clients: Vec<ClientId> = wanted.iter().map(|(client, _)| *client).collect();
+        clients.sort_unstable_by_key(|client| client.0);
+        clients.dedup();
+        let mut found: HashMap<(ClientId, Category), StoredKey> = self
+            .store
+            .keys(clients)
+            .await?
+            .into_iter()
+            .map(|key| ((key.client_id, key.category), key))
+            .collect();
+        let missing: Vec<StoredKey> = {
+            let mut missing = Vec::new();
+            for &(client, category) in wanted {
+                if !found.contains_key(&(client, category))
+                    && !missing
+                        .iter()
+                        .any(|key: &StoredKey| key.client_id == client && key.category == category)
+                {
+                    missing.push(self.new_key(client, category));
+                }
+            }
+            missing
+        };
+        if !missing.is_empty() {
+            for key in self.store.create(missing).await? {
+                found.insert((key.client_id, key.category), key);
+            }
+        }
+        found
+            .into_iter()
+            .map(|(slot, stored)| Ok((slot, self.unwrap_key(&stored)?)))
+            .collect()
+    }
+
+    fn new_key(&self, client_id: ClientId, category: Category) -> StoredKey {
+        let mut key = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(&mut key[..]);
+        let key_id = Uuid::new_v4();
+        let current = self.masters.current();
+        StoredKey {
+            client_id,
+            category,
+            key_id,
+            master_id: current.id.clone(),
+            wrapped: wrap(
+                current,
+                &wrap_context(client_id, category, key_id),
+                &key[..],
+            ),
+            created_at: Utc::now(),
+        }
+    }
+
+    fn unwrap_key(&self, stored: &StoredKey) -> Result<DataKey> {
+        let key = unwrap(
+            &self.masters,
+            &stored.master_id,
+            &wrap_context(stored.client_id, stored.category, stored.key_id),
+            &stored.wrapped,
+        )?;
+        Ok(DataKey {
+            key_id: stored.key_id,
+            key,
+        })
+    }
+
+    /// Seals the personal fields of events about to be appended. `jobs` lists, per event, its
+    /// client, id, category and split; the answer is the sealed value of each, in order.
+    pub(crate) async fn seal(
+        &self,
+        jobs: Vec<(ClientId, EventId, Category, personal::Split)>,
+    ) -> Result<Vec<Vec<u8>>> {
+        let wanted: Vec<(ClientId, Category)> = jobs
+            .iter()
+            .map(|(client, _, category, _)| (*client, *category))
+            .collect();
+        let keys = self.keys_for(&wanted).await?;
+        jobs.into_iter()
+            .map(|(client, event_id, category, split)| {
+                let key = &keys[&(client, category)];
+                let fields = split.fields();
+                let plaintext = serde_json::Value::Object(split.personal).to_string();
+                Ok(seal_value(key, event_id, &fields, plaintext.as_bytes()))
+            })
+            .collect()
+    }
+
+    /// Opens the sealed events among `events` in place: their personal fields come back, or,
+    /// where the key is gone, they are marked erased for good.
+    pub async fn open_events(&self, events: &mut [RecordedEvent]) -> Result<()> {
+        let mut clients: Vec<ClientId> = events
+            .iter()
+            .filter(|event| matches!(event.personal, PersonalData::Sealed(_)))
+            .map(|event| event.draft.client_id)
+            .collect();
+        if clients.is_empty() {
+            return Ok(());
+        }
+        clients.sort_unstable_by_key(|client| client.0);
+        clients.dedup();
+        let stored = self.store.keys(clients).await?;
+        let mut keys: HashMap<Uuid, DataKey> = HashMap::with_capacity(stored.len());
+        for key in &stored {
+            keys.insert(key.key_id, self.unwrap_key(key)?);
+        }
+        for event in events.iter_mut() {
+            let PersonalData::Sealed(sealed) = std::mem::take(&mut event.personal) else {
+                continue;
+            };
+            let position = event.meta.position;
+            let corrupt = |message: String| Error::Corrupt {
+                position,
+                source: travelmap_domain::DecodeError::Invalid(
+                    travelmap_domain::ValidationError::new("", message),
+                ),
+            };
+            let header = Header::parse(&sealed.ciphertext).map_err(corrupt)?;
+            let Some(key) = keys.get(&header.key_id) else {
+                event.personal = PersonalData::Erased;
+                continue;
+            };
+            let plaintext = open_value(key, event.draft.id, &sealed.ciphertext, &header)
+                .map_err(|()| corrupt("sealed fields fail authentication".to_owned()))?;
+            let personal: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&plaintext)
+                    .map_err(|error| corrupt(format!("sealed fields: {error}")))?;
+            event.draft.event = personal::join(
+                event.draft.event.event_type(),
+                event.draft.event.schema_version(),
+                &sealed.public,
+                Some(&personal),
+                &sealed.fields,
+            )
+            .map_err(|source| Error::Corrupt { position, source })?;
+            event.personal = PersonalData::Clear;
+        }
+        Ok(())
+    }
+
+    /// Destroys a client's keys (all, or some categories). See [`KeyStore::destroy`].
+    pub async fn destroy(
+        &self,
+        client: ClientId,
+        categories: Option<Vec<Category>>,
+    ) -> Result<usize> {
+        self.store.destroy(client, categories).await
+    }
+
+    /// Rewraps every data key (and the lookup key) under the current master key; returns how
+    /// many keys were rewrapped. Afterwards, older master keys can be removed from the
+    /// configuration.
+    pub async fn rotate(&self) -> Result<usize> {
+        let current = self.masters.current();
+        let mut rewrapped = Vec::new();
+        for stored in self.store.all().await? {
+            if stored.master_id == current.id {
+                continue;
+            }
+            let key = self.unwrap_key(&stored)?;
+            let context = wrap_context(stored.client_id, stored.category, stored.key_id);
+            rewrapped.push(StoredKey {
+                master_id: current.id.clone(),
+                wrapped: wrap(current, &context, &key.key[..]),
+                ..stored
+            });
+        }
+        let count = rewrapped.len();
+        if count > 0 {
+            self.store.rewrap(rewrapped).await?;
+        }
+        if let Some((master_id, _)) = self.store.system_key(LOOKUP_KEY).await?
+            && master_id != current.id
+        {
+            let wrapped = wrap(current, LOOKUP_KEY.as_bytes(), &self.lookup[..]);
+            self.store
+                .rewrap_system_key(LOOKUP_KEY, &current.id, wrapped)
+                .await?;
+        }
+        Ok(count)
+    }
+}
+
+/// What a data key's wrapping is bound to: it unwraps only for its own client, category and id.
+fn wrap_context(client: ClientId, category: Category, key_id: Uuid) -> Vec<u8> {
+    let mut context = Vec::with_capacity(48);
+    context.extend_from_slice(client.0.as_bytes());
+    context.extend_from_slice(key_id.as_bytes());
+    context.extend_from_slice(category.as_str().as_bytes());
+    context
+}
+
+fn wrap(master: &MasterKey, context: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    let sealed = master
+        .cipher()
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: key,
+                aad: context,
+            },
+        )
+        .expect("AES-GCM encryption of a short message cannot fail");
+    let mut wrapped = nonce.to_vec();
+    wrapped.extend_from_slice(&sealed);
+    wrapped
+}
+
+fn unwrap(
+    masters: &MasterKeys,
+    master_id: &str,
+    context: &[u8],
+    wrapped: &[u8],
+) -> Result<Zeroizing<[u8; 32]>> {
+    let master = masters
+        .get(master_id)
+        .ok_or_else(|| Error::MasterKeyMissing(master_id.to_owned()))?;
+    if wrapped.len() < NONCE_LEN {
+        return Err(Error::KeyDamaged);
+    }
+    let (nonce, sealed) = wrapped.split_at(NONCE_LEN);
+    let key = Zeroizing::new(
+        master
+            .cipher()
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: context,
+                },
+            )
+            .map_err(|_| Error::KeyDamaged)?,
+    );
+    let mut out = Zeroizing::new([0u8; 32]);
+    if key.len() != 32 {
+        return Err(Error::KeyDamaged);
+    }
+    out.copy_from_slice(&key);
+    Ok(out)
+}
+
+/// The readable header of a sealed value.
+struct Header {
+    key_id: Uuid,
+    fields: Vec<String>,
+    /// Where the nonce starts.
+    body: usize,
+}
+
+impl Header {
+    fn parse(sealed: &[u8]) -> std::result::Result<Self, String> {
+        let damaged = || "sealed value is damaged".to_owned();
+        if sealed.first() != Some(&FORMAT) || sealed.len() < 18 {
+            return Err(damaged());
+        }
+        let key_id = Uuid::from_slice(&sealed[1..17]).map_err(|_| damaged())?;
+        let count = sealed[17] as usize;
+        let mut at = 18;
+        let mut fields = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = *sealed.get(at).ok_or_else(damaged)? as usize;
+            let name = sealed.get(at + 1..at + 1 + len).ok_or_else(damaged)?;
+            fields.push(String::from_utf8(name.to_vec()).map_err(|_| damaged())?);
+            at += 1 + len;
+        }
+        if sealed.len() < at + NONCE_LEN + 16 {
+            return Err(damaged());
+        }
+        Ok(Self {
+            key_id,
+            fields,
+            body: at,
+        })
+    }
+}
+
+/// The names of the fields a sealed value holds (readable without any key).
+pub(crate) fn sealed_fields(sealed: &[u8]) -> std::result::Result<Vec<String>, String> {
+    Header::parse(sealed).map(|header| header.fields)
+}
+
+fn seal_value(key: &DataKey, event_id: EventId, fields: &[String], plaintext: &[u8]) -> Vec<u8> {
+    let mut sealed = vec![FORMAT];
+    sealed.extend_from_slice(key.key_id.as_bytes());
+    sealed.push(fields.len() as u8);
+    for field in fields {
+        sealed.push(field.len() as u8);
+        sealed.extend_from_slice(field.as_bytes());
+    }
+    let mut aad = sealed.clone();
+    aad.extend_from_slice(event_id.0.as_bytes());
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    let ciphertext = key
+        .cipher()
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
+        .expect("AES-GCM encryption cannot fail for a message this size");
+    sealed.extend_from_slice(&nonce);
+    sealed.extend_from_slice(&ciphertext);
+    sealed
+}
+
+fn open_value(
+    key: &DataKey,
+    event_id: EventId,
+    sealed: &[u8],
+    header: &Header,
+) -> std::result::Result<Vec<u8>, ()> {
+    let mut aad = sealed[..header.body].to_vec();
+    aad.extend_from_slice(event_id.0.as_bytes());
+    let nonce = &sealed[header.body..header.body + NONCE_LEN];
+    key.cipher()
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: &sealed[header.body + NONCE_LEN..],
+                aad: &aad,
+            },
+        )
+        .map_err(|_| ())
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_key() -> DataKey {
+        DataKey {
+            key_id: Uuid::from_u128(5),
+            key: Zeroizing::new([7u8; 32]),
+        }
+    }
+
+    #[test]
+    fn a_sealed_value_opens_only_for_its_own_event_and_key() {
+        let key = data_key();
+        let event = EventId(Uuid::from_u128(1));
+        let fields = vec!["note".to_owned()];
+        let sealed = seal_value(&key, event, &fields, b"{\"note\":\"diabetes\"}");
+        assert!(!sealed.windows(8).any(|window| window == b"diabetes"));
+        let header = Header::parse(&sealed).unwrap();
+        assert_eq!(header.fields, fields);
+        assert_eq!(header.key_id, key.key_id);
+        assert_eq!(
+            open_value(&key, event, &sealed, &header).unwrap(),
+            b"{\"note\":\"diabetes\"}"
+        );
+        assert!(open_value(&key, EventId(Uuid::from_u128(2)), &sealed, &header).is_err());
+        let other = DataKey {
+            key_id: key.key_id,
+            key: Zeroizing::new([8u8; 32]),
+        };
+        assert!(open_value(&other, event, &sealed, &header).is_err());
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(open_value(&key, event, &tampered, &header).is_err());
+    }
+
+    #[test]
+    fn master_keys_parse_with_the_first_current() {
+        let first = "a".repeat(64);
+        let second = "b".repeat(64);
+        let keys = MasterKeys::parse(&format!("# keys\nk2:{first}\nk1:{second}\n")).unwrap();
+        assert_eq!(keys.current().id, "k2");
+        assert!(keys.get("k1").is_some());
+        assert!(MasterKeys::parse("k1:abcd").is_err());
+        assert!(MasterKeys::parse("").is_err());
+        assert!(MasterKeys::parse(&format!("k1:{first},k1:{second}")).is_err());
+    }
+
+    #[test]
+    fn wrapped_keys_unwrap_only_in_their_own_context() {
+        let masters = MasterKeys::new(MasterKey::new("m1", [3u8; 32]), Vec::new());
+        let wrapped = wrap(masters.current(), b"context", &[9u8; 32]);
+        assert_eq!(
+            *unwrap(&masters, "m1", b"context", &wrapped).unwrap(),
+            [9u8; 32]
+        );
+        assert!(matches!(
+            unwrap(&masters, "m1", b"other", &wrapped),
+            Err(Error::KeyDamaged)
+        ));
+        assert!(matches!(
+            unwrap(&masters, "m0", b"context", &wrapped),
+            Err(Error::MasterKeyMissing(_))
+        ));
+    }
+}

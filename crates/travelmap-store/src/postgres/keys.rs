@@ -1,0 +1,240 @@
+//! The PostgreSQL key store: the `data_keys`, `erased_clients` and `system_keys` tables, apart
+//! from `events` so that a dump of the log table alone holds ciphertext only.
+//!
+//! A destroyed key's row is deleted at once; PostgreSQL keeps the dead row version in the table
+//! file until vacuum reclaims it and in the write-ahead log until it is recycled, so erasure runs
+//! `VACUUM` on the table straight away (see docs/data-protection.md for what remains, and why
+//! rotating the master key is what makes old copies useless).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+use travelmap_domain::ClientId;
+use travelmap_domain::personal::Category;
+use uuid::Uuid;
+
+use crate::keys::{KeyStore, StoredKey};
+use crate::{Error, Result};
+
+pub struct PgKeyStore {
+    pool: PgPool,
+}
+
+impl PgKeyStore {
+    pub(crate) fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+const KEY_COLUMNS: &str = "client_id, category, key_id, master_id, wrapped, created_at";
+
+fn read_key(row: &PgRow) -> Result<StoredKey> {
+    let category: &str = row.try_get(1)?;
+    Ok(StoredKey {
+        client_id: ClientId(row.try_get(0)?),
+        category: Category::parse(category).unwrap_or(Category::Support),
+        key_id: row.try_get(2)?,
+        master_id: row.try_get(3)?,
+        wrapped: row.try_get(4)?,
+        created_at: row.try_get::<DateTime<Utc>, _>(5)?,
+    })
+}
+
+#[async_trait]
+impl KeyStore for PgKeyStore {
+    async fn keys(&self, clients: Vec<ClientId>) -> Result<Vec<StoredKey>> {
+        let ids: Vec<Uuid> = clients.iter().map(|client| client.0).collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM data_keys WHERE client_id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(read_key).collect()
+    }
+
+    async fn create(&self, keys: Vec<StoredKey>) -> Result<Vec<StoredKey>> {
+        let clients: Vec<Uuid> = keys.iter().map(|key| key.client_id.0).collect();
+        let mut transaction = self.pool.begin().await?;
+        // A key created while an erasure commits in another process gets past this check; the
+        // erasure therefore destroys keys again once its event is recorded (after which nothing
+        // more is accepted for the client), see `Journeys::erase`.
+        let erased: Option<Uuid> = sqlx::query_scalar(
+            "SELECT client_id FROM erased_clients WHERE client_id = ANY($1) LIMIT 1",
+        )
+        .bind(&clients)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(client) = erased {
+            return Err(Error::ClientErased(ClientId(client)));
+        }
+        sqlx::query(
+            "INSERT INTO data_keys (client_id, category, key_id, master_id, wrapped, created_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[],
+                                  $6::timestamptz[])
+             ON CONFLICT (client_id, category) DO NOTHING",
+        )
+        .bind(&clients)
+        .bind(
+            keys.iter()
+                .map(|key| key.category.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(keys.iter().map(|key| key.key_id).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|key| key.master_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|key| key.wrapped.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(keys.iter().map(|key| key.created_at).collect::<Vec<_>>())
+        .execute(&mut *transaction)
+        .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM data_keys WHERE client_id = ANY($1)"
+        ))
+        .bind(&clients)
+        .fetch_all(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        let in_force: Vec<StoredKey> = rows.iter().map(read_key).collect::<Result<_>>()?;
+        Ok(keys
+            .iter()
+            .filter_map(|wanted| {
+                in_force
+                    .iter()
+                    .find(|key| {
+                        key.client_id == wanted.client_id && key.category == wanted.category
+                    })
+                    .cloned()
+            })
+            .collect())
+    }
+
+    async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize> {
+        let mut transaction = self.pool.begin().await?;
+        let destroyed = match categories {
+            None => {
+                sqlx::query(
+                    "INSERT INTO erased_clients (client_id, erased_at) VALUES ($1, now())
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(client.0)
+                .execute(&mut *transaction)
+                .await?;
+                sqlx::query("DELETE FROM data_keys WHERE client_id = $1")
+                    .bind(client.0)
+                    .execute(&mut *transaction)
+                    .await?
+                    .rows_affected()
+            }
+            Some(categories) => {
+                let names: Vec<&str> = categories
+                    .iter()
+                    .map(|category| category.as_str())
+                    .collect();
+                sqlx::query("DELETE FROM data_keys WHERE client_id = $1 AND category = ANY($2)")
+                    .bind(client.0)
+                    .bind(names)
+                    .execute(&mut *transaction)
+                    .await?
+                    .rows_affected()
+            }
+        };
+        transaction.commit().await?;
+        // Reclaims the dead row versions so that the destroyed keys do not wait in the table
+        // file for the next autovacuum. (VACUUM cannot run inside a transaction.)
+        sqlx::raw_sql("VACUUM data_keys")
+            .execute(&self.pool)
+            .await?;
+        Ok(destroyed as usize)
+    }
+
+    async fn is_erased(&self, client: ClientId) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM erased_clients WHERE client_id = $1)",
+        )
+        .bind(client.0)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn all(&self) -> Result<Vec<StoredKey>> {
+        let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM data_keys"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(read_key).collect()
+    }
+
+    async fn rewrap(&self, keys: Vec<StoredKey>) -> Result<()> {
+        sqlx::query(
+            "UPDATE data_keys SET master_id = new.master_id, wrapped = new.wrapped
+             FROM UNNEST($1::uuid[], $2::text[], $3::bytea[]) AS new (key_id, master_id, wrapped)
+             WHERE data_keys.key_id = new.key_id",
+        )
+        .bind(keys.iter().map(|key| key.key_id).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|key| key.master_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            keys.iter()
+                .map(|key| key.wrapped.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&self.pool)
+        .await?;
+        sqlx::raw_sql("VACUUM data_keys")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn system_key(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
+        Ok(
+            sqlx::query_as("SELECT master_id, wrapped FROM system_keys WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn create_system_key(
+        &self,
+        name: &str,
+        master_id: &str,
+        wrapped: Vec<u8>,
+    ) -> Result<(String, Vec<u8>)> {
+        sqlx::query(
+            "INSERT INTO system_keys (name, master_id, wrapped) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(master_id)
+        .bind(wrapped)
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_as("SELECT master_id, wrapped FROM system_keys WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn rewrap_system_key(&self, name: &str, master_id: &str, wrapped: Vec<u8>) -> Result<()> {
+        sqlx::query("UPDATE system_keys SET master_id = $1, wrapped = $2 WHERE name = $3")
+            .bind(master_id)
+            .bind(wrapped)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,174 @@
+//! The event log with personal fields sealed: a decorator over any backend's [`EventLog`] that
+//! seals personal fields on the way in and opens them on the way out. Backends store and return
+//! sealed values without knowing a key; everything that reads the log through this wrapper
+//! (service, projections, replay, export, rebuild) sees the fields opened, or erased once their
+//! key is destroyed. Nothing else needs to know that encryption exists.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use travelmap_domain::personal::{self, Category};
+use travelmap_domain::{ClientId, EventId, Provenance, RecordedEvent, Sealed};
+
+use crate::keys::Keyring;
+use crate::{EventLog, Existing, Outline, Receipt, Result, StreamAppend};
+
+pub struct SealedLog {
+    inner: Arc<dyn EventLog>,
+    keyring: Arc<Keyring>,
+}
+
+impl SealedLog {
+    pub fn new(inner: Arc<dyn EventLog>, keyring: Arc<Keyring>) -> Self {
+        Self { inner, keyring }
+    }
+
+    pub fn keyring(&self) -> &Arc<Keyring> {
+        &self.keyring
+    }
+
+    /// The category whose key seals an event: its type's, or for a correction the corrected
+    /// event's (a corrected birth date is identity data and must go when identity data goes).
+    async fn categories(&self, streams: &[StreamAppend]) -> Result<HashMap<EventId, Category>> {
+        let mut categories = HashMap::new();
+        let mut rectifying = Vec::new();
+        for stream in streams {
+            for new in &stream.events {
+                match personal::category(new.draft.event.event_type()) {
+                    Some(category) => {
+                        categories.insert(new.draft.id, category);
+                    }
+                    None => rectifying.push(stream.client_id),
+                }
+            }
+        }
+        if rectifying.is_empty() {
+            return Ok(categories);
+        }
+        rectifying.sort_unstable_by_key(|client| client.0);
+        rectifying.dedup();
+        let outlines = self.inner.outlines(rectifying).await?;
+        let mut types: HashMap<EventId, String> = outlines
+            .into_values()
+            .flatten()
+            .map(|outline| (outline.id, outline.event_type))
+            .collect();
+        // A correction may target an event appended in the same request.
+        for stream in streams {
+            for new in &stream.events {
+                types.insert(new.draft.id, new.draft.event.event_type().to_owned());
+            }
+        }
+        for stream in streams {
+            for new in &stream.events {
+                let target = match &new.draft.event {
+                    travelmap_domain::JourneyEvent::EventCorrected(correction) => {
+                        correction.event_id
+                    }
+                    travelmap_domain::JourneyEvent::EventRetracted(retraction) => {
+                        retraction.event_id
+                    }
+                    _ => continue,
+                };
+                let category = types
+                    .get(&target)
+                    .and_then(|event_type| personal::category(event_type))
+                    .unwrap_or(Category::Support);
+                categories.insert(new.draft.id, category);
+            }
+        }
+        Ok(categories)
+    }
+}
+
+#[async_trait]
+impl EventLog for SealedLog {
+    async fn append(
+        &self,
+        provenance: &Provenance,
+        mut streams: Vec<StreamAppend>,
+    ) -> Result<Vec<Receipt>> {
+        let mut jobs = Vec::new();
+        let mut slots = Vec::new();
+        let mut splits_exist = false;
+        for stream in &streams {
+            for new in &stream.events {
+                if personal::personal_fields(new.draft.event.event_type()).is_empty() {
+                    continue;
+                }
+                splits_exist = true;
+            }
+        }
+        if splits_exist {
+            let categories = self.categories(&streams).await?;
+            for (stream_index, stream) in streams.iter().enumerate() {
+                for (event_index, new) in stream.events.iter().enumerate() {
+                    if let Some(split) = personal::split(&new.draft.event) {
+                        let category = categories[&new.draft.id];
+                        slots.push((
+                            stream_index,
+                            event_index,
+                            split.public.clone(),
+                            split.fields(),
+                        ));
+                        jobs.push((stream.client_id, new.draft.id, category, split));
+                    }
+                }
+            }
+        }
+        if !jobs.is_empty() {
+            let sealed = self.keyring.seal(jobs).await?;
+            for ((stream_index, event_index, public, fields), ciphertext) in
+                slots.into_iter().zip(sealed)
+            {
+                streams[stream_index].events[event_index].sealed = Some(Sealed {
+                    fields,
+                    ciphertext,
+                    public,
+                });
+            }
+        }
+        self.inner.append(provenance, streams).await
+    }
+
+    async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {
+        self.inner.lookup(ids).await
+    }
+
+    async fn outlines(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, Vec<Outline>>> {
+        self.inner.outlines(clients).await
+    }
+
+    async fn read_stream(
+        &self,
+        client_id: ClientId,
+        recorded_until: Option<DateTime<Utc>>,
+    ) -> Result<Vec<RecordedEvent>> {
+        let mut events = self.inner.read_stream(client_id, recorded_until).await?;
+        self.keyring.open_events(&mut events).await?;
+        Ok(events)
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
+        let mut events = self.inner.read_all(after, limit).await?;
+        self.keyring.open_events(&mut events).await?;
+        Ok(events)
+    }
+
+    async fn read_range(&self, after: u64, up_to: u64) -> Result<Vec<RecordedEvent>> {
+        let mut events = self.inner.read_range(after, up_to).await?;
+        self.keyring.open_events(&mut events).await?;
+        Ok(events)
+    }
+
+    fn head(&self) -> watch::Receiver<u64> {
+        self.inner.head()
+    }
+
+    fn fingerprint(&self, digest: [u8; 32]) -> [u8; 32] {
+        self.keyring.keyed_digest(&digest)
+    }
+}

@@ -1,0 +1,248 @@
+//! The embedded key store: `keys.sqlite` in the data directory, apart from the log so that a copy
+//! of `events.sqlite` holds ciphertext only.
+//!
+//! Keys are written with `synchronous = FULL` (a key must be durable before an event sealed under
+//! it is acknowledged) and `secure_delete` (SQLite overwrites deleted content with zeros), and
+//! the write-ahead log is truncated after keys are destroyed, so that a destroyed key does not
+//! linger in the file's free pages or in the WAL.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+use travelmap_domain::ClientId;
+use travelmap_domain::personal::Category;
+
+use super::{configure, schema};
+use crate::keys::{KeyStore, StoredKey};
+use crate::{Error, Result};
+
+pub struct SqliteKeyStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl SqliteKeyStore {
+    /// Opens (creating if needed) the key store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut connection = Connection::open(path)?;
+        configure(&connection)?;
+        connection.pragma_update(None, "secure_delete", "ON")?;
+        schema::migrate(&mut connection, path, schema::KEYS)?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    async fn with<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        tokio::task::spawn_blocking(move || work(&mut connection.lock().expect("key store lock")))
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+}
+
+const KEY_COLUMNS: &str = "client_id, category, key_id, master_id, wrapped, created_at";
+
+fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
+    let category: String = row.get(1)?;
+    Ok(StoredKey {
+        client_id: ClientId(row.get(0)?),
+        category: Category::parse(&category).unwrap_or(Category::Support),
+        key_id: row.get(2)?,
+        master_id: row.get(3)?,
+        wrapped: row.get(4)?,
+        created_at: DateTime::<Utc>::from_timestamp_micros(row.get(5)?).unwrap_or_default(),
+    })
+}
+
+#[async_trait]
+impl KeyStore for SqliteKeyStore {
+    async fn keys(&self, clients: Vec<ClientId>) -> Result<Vec<StoredKey>> {
+        self.with(move |connection| {
+            let mut keys = Vec::new();
+            for chunk in clients.chunks(500) {
+                let placeholders = vec!["?"; chunk.len()].join(", ");
+                let mut statement = connection.prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM data_keys WHERE client_id IN ({placeholders})"
+                ))?;
+                let rows = statement.query_map(
+                    rusqlite::params_from_iter(chunk.iter().map(|c| c.0)),
+                    read_key,
+                )?;
+                for row in rows {
+                    keys.push(row?);
+                }
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn create(&self, keys: Vec<StoredKey>) -> Result<Vec<StoredKey>> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let mut in_force = Vec::with_capacity(keys.len());
+            for key in keys {
+                let erased: Option<i64> = transaction
+                    .prepare_cached("SELECT 1 FROM erased_clients WHERE client_id = ?1")?
+                    .query_row(params![key.client_id.0], |row| row.get(0))
+                    .optional()?;
+                if erased.is_some() {
+                    return Err(Error::ClientErased(key.client_id));
+                }
+                transaction
+                    .prepare_cached(
+                        "INSERT INTO data_keys (client_id, category, key_id, master_id, wrapped, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (client_id, category) DO NOTHING",
+                    )?
+                    .execute(params![
+                        key.client_id.0,
+                        key.category.as_str(),
+                        key.key_id,
+                        key.master_id,
+                        key.wrapped,
+                        key.created_at.timestamp_micros(),
+                    ])?;
+                let stored = transaction
+                    .prepare_cached(&format!(
+                        "SELECT {KEY_COLUMNS} FROM data_keys WHERE client_id = ?1 AND category = ?2"
+                    ))?
+                    .query_row(params![key.client_id.0, key.category.as_str()], read_key)?;
+                in_force.push(stored);
+            }
+            transaction.commit()?;
+            Ok(in_force)
+        })
+        .await
+    }
+
+    async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            let destroyed = match &categories {
+                None => {
+                    transaction.execute(
+                        "INSERT INTO erased_clients (client_id, erased_at) VALUES (?1, ?2)
+                         ON CONFLICT DO NOTHING",
+                        params![client.0, Utc::now().timestamp_micros()],
+                    )?;
+                    transaction.execute(
+                        "DELETE FROM data_keys WHERE client_id = ?1",
+                        params![client.0],
+                    )?
+                }
+                Some(categories) => {
+                    let mut destroyed = 0;
+                    for category in categories {
+                        destroyed += transaction.execute(
+                            "DELETE FROM data_keys WHERE client_id = ?1 AND category = ?2",
+                            params![client.0, category.as_str()],
+                        )?;
+                    }
+                    destroyed
+                }
+            };
+            transaction.commit()?;
+            // The deleted rows were zeroed in the database pages (secure_delete), but the WAL
+            // still holds copies of those pages until it is checkpointed and truncated.
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(destroyed)
+        })
+        .await
+    }
+
+    async fn is_erased(&self, client: ClientId) -> Result<bool> {
+        self.with(move |connection| {
+            Ok(connection
+                .prepare_cached("SELECT 1 FROM erased_clients WHERE client_id = ?1")?
+                .query_row(params![client.0], |row| row.get::<_, i64>(0))
+                .optional()?
+                .is_some())
+        })
+        .await
+    }
+
+    async fn all(&self) -> Result<Vec<StoredKey>> {
+        self.with(|connection| {
+            let mut statement =
+                connection.prepare(&format!("SELECT {KEY_COLUMNS} FROM data_keys"))?;
+            let keys = statement
+                .query_map([], read_key)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(keys)
+        })
+        .await
+    }
+
+    async fn rewrap(&self, keys: Vec<StoredKey>) -> Result<()> {
+        self.with(move |connection| {
+            let transaction = connection.transaction()?;
+            for key in keys {
+                transaction
+                    .prepare_cached(
+                        "UPDATE data_keys SET master_id = ?1, wrapped = ?2 WHERE key_id = ?3",
+                    )?
+                    .execute(params![key.master_id, key.wrapped, key.key_id])?;
+            }
+            transaction.commit()?;
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn system_key(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
+        let name = name.to_owned();
+        self.with(move |connection| {
+            Ok(connection
+                .query_row(
+                    "SELECT master_id, wrapped FROM system_keys WHERE name = ?1",
+                    params![name],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn create_system_key(
+        &self,
+        name: &str,
+        master_id: &str,
+        wrapped: Vec<u8>,
+    ) -> Result<(String, Vec<u8>)> {
+        let (name, master_id) = (name.to_owned(), master_id.to_owned());
+        self.with(move |connection| {
+            connection.execute(
+                "INSERT INTO system_keys (name, master_id, wrapped) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, master_id, wrapped],
+            )?;
+            Ok(connection.query_row(
+                "SELECT master_id, wrapped FROM system_keys WHERE name = ?1",
+                params![name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?)
+        })
+        .await
+    }
+
+    async fn rewrap_system_key(&self, name: &str, master_id: &str, wrapped: Vec<u8>) -> Result<()> {
+        let (name, master_id) = (name.to_owned(), master_id.to_owned());
+        self.with(move |connection| {
+            connection.execute(
+                "UPDATE system_keys SET master_id = ?1, wrapped = ?2 WHERE name = ?3",
+                params![master_id, wrapped, name],
+            )?;
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,188 @@
+//! The retention run: goes through every client, shreds the categories of personal data whose
+//! retention period has ended (see `travelmap_projections::retention`), audits each shredding,
+//! and reports what was due and what was done. `travelmap retention run` runs it once; the server
+//! runs it daily.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
+use travelmap_domain::personal::Category;
+use travelmap_domain::{ClientId, Provenance};
+use travelmap_projections::ClientState;
+use travelmap_projections::retention::Schedule;
+use travelmap_service::Journeys;
+use travelmap_store::AuditLog;
+
+/// Who records retention decisions: the service itself, not a person.
+pub const RETENTION_CREDENTIAL: &str = "travelmap-retention";
+/// The agency retention decisions are recorded for.
+pub const RETENTION_AGENCY: &str = "travelmap";
+/// How many stored views a page of the run reads.
+const PAGE: usize = 500;
+/// How often the server runs the schedule.
+const EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What a run found and did.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub ran_at: DateTime<Utc>,
+    /// Clients looked at.
+    pub clients: usize,
+    /// Clients with categories due, and which.
+    pub due: Vec<Due>,
+    /// Shreddings done.
+    pub done: Vec<Done>,
+    /// Clients that could not be handled, and why (they are tried again next run).
+    pub failed: Vec<Failed>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Due {
+    pub client_id: ClientId,
+    pub categories: Vec<Category>,
+    pub due_since: NaiveDate,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Done {
+    pub client_id: ClientId,
+    pub categories: Vec<Category>,
+    pub keys_destroyed: usize,
+    pub position: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Failed {
+    pub client_id: ClientId,
+    pub error: String,
+}
+
+/// Runs the schedule once, at `now`.
+pub async fn run(
+    journeys: &Journeys,
+    audit: &dyn AuditLog,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Report> {
+    let mut report = Report {
+        ran_at: now,
+        ..Report::default()
+    };
+    if schedule.is_empty() {
+        return Ok(report);
+    }
+    journeys.projector().catch_up().await?;
+    let provenance = Provenance {
+        agency: RETENTION_AGENCY.to_owned(),
+        credential: RETENTION_CREDENTIAL.to_owned(),
+    };
+    let mut after = None;
+    loop {
+        let page = journeys.views().scan(after, PAGE).await?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(*last);
+        for (client_id, stored) in page {
+            report.clients += 1;
+            let state: ClientState = serde_json::from_str(&stored)?;
+            let Some((categories, due_since)) = state.due(schedule, now) else {
+                continue;
+            };
+            // Only categories that still hold a key: what was shredded before stays shredded.
+            let live = journeys.live_categories(client_id).await?;
+            let categories: Vec<Category> = categories
+                .into_iter()
+                .filter(|category| live.contains(category))
+                .collect();
+            if categories.is_empty() {
+                continue;
+            }
+            report.due.push(Due {
+                client_id,
+                categories: categories.clone(),
+                due_since,
+            });
+            match journeys
+                .shred_due(&provenance, client_id, categories.clone(), due_since)
+                .await
+            {
+                Ok((keys_destroyed, Some(outcome))) => {
+                    audit
+                        .append(vec![AuditRecord {
+                            at: Utc::now(),
+                            credential: RETENTION_CREDENTIAL.to_owned(),
+                            agency: RETENTION_AGENCY.to_owned(),
+                            actor: None,
+                            operation: Operation::Erasure,
+                            client_id: Some(client_id),
+                            purpose: None,
+                            justification: Some(format!(
+                                "retention period ended {due_since} for {}",
+                                names(&categories)
+                            )),
+                            request_id: None,
+                            outcome: Outcome::Allowed,
+                            action: "retention run".to_owned(),
+                            returned: Some(outcome.receipt.id.to_string()),
+                        }])
+                        .await?;
+                    report.done.push(Done {
+                        client_id,
+                        categories,
+                        keys_destroyed,
+                        position: outcome.receipt.position,
+                    });
+                }
+                Ok((_, None)) => {}
+                Err(error) => report.failed.push(Failed {
+                    client_id,
+                    error: error.to_string(),
+                }),
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn names(categories: &[Category]) -> String {
+    categories
+        .iter()
+        .map(|category| category.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs the schedule soon after start and then daily, until `stop`.
+pub async fn daily(
+    journeys: Arc<Journeys>,
+    audit: Arc<dyn AuditLog>,
+    schedule: Schedule,
+    mut stop: watch::Receiver<bool>,
+) {
+    if schedule.is_empty() {
+        return;
+    }
+    let mut wait = Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        wait = EVERY;
+        match run(&journeys, audit.as_ref(), &schedule, Utc::now()).await {
+            Ok(report) => tracing::info!(
+                clients = report.clients,
+                due = report.due.len(),
+                done = report.done.len(),
+                failed = report.failed.len(),
+                "retention run"
+            ),
+            Err(error) => tracing::error!(%error, "retention run failed; next run in a day"),
+        }
+    }
+}
