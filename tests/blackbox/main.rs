@@ -9,6 +9,7 @@ mod binary;
 mod ingest;
 mod jwt;
 mod postgres;
+mod protection;
 mod reads;
 mod samples;
 mod support;

@@ -142,8 +142,78 @@ pub async fn spawn_app_in(data_dir: TempDir) -> TestApp {
     spawn_app_with(data_dir, travelmap_api::DEFAULT_BREAK_GLASS).await
 }
 
+/// Where a test's store lives: the embedded store in the app's data directory, or a scratch
+/// PostgreSQL database (dropped by [`Backend::remove`]).
+pub enum Backend {
+    Embedded,
+    Postgres(travelmap_store::postgres::ScratchDatabase),
+}
+
+impl Backend {
+    pub async fn embedded() -> Self {
+        Backend::Embedded
+    }
+
+    pub async fn postgres() -> Self {
+        let server = travelmap_store::postgres::server_from_env();
+        let database =
+            travelmap_store::postgres::ScratchDatabase::create(&server, "travelmap_test")
+                .await
+                .unwrap_or_else(|error| {
+                    panic!(
+                        "these tests need PostgreSQL at {server} ({error}); see docs/operations.md"
+                    )
+                });
+        Backend::Postgres(database)
+    }
+
+    pub fn location(&self, data_dir: &std::path::Path) -> travelmap_store::Location {
+        match self {
+            Backend::Embedded => travelmap_store::Location::Embedded(data_dir.to_owned()),
+            Backend::Postgres(database) => {
+                travelmap_store::Location::Postgres(database.url().to_owned())
+            }
+        }
+    }
+
+    /// The arguments that point the binary at this store, given the app's data directory.
+    pub fn store_args(&self, data_dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--data-dir".into(), data_dir.as_os_str().to_owned()];
+        if let Backend::Postgres(database) = self {
+            args.extend(["--store".into(), database.url().into()]);
+        }
+        args
+    }
+
+    pub async fn remove(self) {
+        if let Backend::Postgres(database) = self {
+            database.drop_database().await.unwrap();
+        }
+    }
+}
+
+/// Starts the application on `backend` with a fresh data directory.
+pub async fn spawn_app_on(backend: &Backend) -> TestApp {
+    spawn_app_on_in(backend, tempfile::tempdir().expect("temp dir")).await
+}
+
+/// Starts the application on `backend` with `data_dir` (to restart on an embedded store).
+pub async fn spawn_app_on_in(backend: &Backend, data_dir: TempDir) -> TestApp {
+    let location = backend.location(data_dir.path());
+    spawn_app_at(data_dir, location, travelmap_api::DEFAULT_BREAK_GLASS).await
+}
+
 /// Starts the application with break-glass grants lasting `break_glass`.
 pub async fn spawn_app_with(data_dir: TempDir, break_glass: std::time::Duration) -> TestApp {
+    let location = travelmap_store::Location::Embedded(data_dir.path().to_owned());
+    spawn_app_at(data_dir, location, break_glass).await
+}
+
+async fn spawn_app_at(
+    data_dir: TempDir,
+    store: travelmap_store::Location,
+    break_glass: std::time::Duration,
+) -> TestApp {
     let authenticator = Authenticator::new(
         credentials()
             .into_iter()
@@ -152,7 +222,7 @@ pub async fn spawn_app_with(data_dir: TempDir, break_glass: std::time::Duration)
     .expect("valid test credentials");
     let application = Application::build(ServeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        store: travelmap_store::Location::Embedded(data_dir.path().to_owned()),
+        store,
         authenticator,
         break_glass,
         checkpoint_key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
@@ -194,6 +264,17 @@ impl TestApp {
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> Response {
         self.http
             .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// DELETE with a JSON body (the data-protection officer's decisions carry a reason).
+    pub async fn delete(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.http
+            .delete(self.url(path))
             .bearer_auth(key)
             .json(body)
             .send()

@@ -1,0 +1,776 @@
+//! The data-protection lifecycle through the HTTP API, on the embedded store and on PostgreSQL:
+//! erasure (crypto-shredding), restriction, rectification, retention, subject access and
+//! outcome statistics.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::*;
+
+const AT: &str = "2026-02-01T09:00:00+01:00";
+
+/// Secrets of the client whose data is erased; none may be found in the store afterwards.
+const NAME: &str = "Radoslava";
+const PRISON_NUMBER: &str = "OP-31337";
+const NOTE: &str = "opioid-substitution-at-Vitkovice";
+const DROPOUT_REASON: &str = "relapsed-after-eviction";
+
+async fn posted(app: &TestApp, key: &str, body: &Value) -> Value {
+    let response = app.post_event(key, body).await;
+    let status = response.status();
+    let receipt: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{receipt}");
+    receipt
+}
+
+/// A client with a name, a prison number, a health note and a drop-out reason, in the care of
+/// the NGO.
+async fn client_with_personal_data(app: &TestApp, client: Uuid) -> u64 {
+    let registered = event(
+        client,
+        "client.registered",
+        AT,
+        json!({"identifiers": [{"type": "prison_number", "value": PRISON_NUMBER}],
+               "personal": {"given_name": NAME, "family_name": "Kovarova", "birth_date": "1984-03-02"}}),
+    );
+    posted(app, PRISON_WRITER, &registered).await;
+    posted(
+        app,
+        NGO_WRITER,
+        &event(client, "involvement.opened", AT, json!({"role": "mentor"})),
+    )
+    .await;
+    posted(
+        app,
+        NGO_WRITER,
+        &event(
+            client,
+            "need.assessed",
+            AT,
+            json!({"area": "addiction", "status": "in_progress", "note": NOTE}),
+        ),
+    )
+    .await;
+    posted(
+        app,
+        NGO_WRITER,
+        &event(
+            client,
+            "programme.enrolled",
+            AT,
+            json!({"programme": "vol-mentoring"}),
+        ),
+    )
+    .await;
+    let last = posted(
+        app,
+        NGO_WRITER,
+        &event(
+            client,
+            "programme.dropped_out",
+            AT,
+            json!({"programme": "vol-mentoring", "reason": DROPOUT_REASON}),
+        ),
+    )
+    .await;
+    last["position"].as_u64().unwrap()
+}
+
+/// Every row of every table (PostgreSQL) or every byte of every file (embedded), as text; with
+/// `views` false, all but the travel-map views (which hold plaintext until erasure, by design).
+async fn raw_store(app: &TestApp, backend: &Backend, views: bool) -> String {
+    match backend {
+        Backend::Embedded => {
+            let mut all = String::new();
+            for entry in std::fs::read_dir(app.data_dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                let is_view = path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with("projections"));
+                if path.is_file() && (views || !is_view) {
+                    all.push_str(&String::from_utf8_lossy(&std::fs::read(path).unwrap()));
+                }
+            }
+            all
+        }
+        Backend::Postgres(database) => {
+            let pool = sqlx::PgPool::connect(database.url()).await.unwrap();
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            let mut all = String::new();
+            for table in tables {
+                if !views && table == "client_views" {
+                    continue;
+                }
+                let rows: Vec<String> =
+                    sqlx::query_scalar(&format!("SELECT t::text FROM \"{table}\" t"))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                all.push_str(&rows.join("\n"));
+            }
+            pool.close().await;
+            all
+        }
+    }
+}
+
+async fn erasure_removes_the_personal_data_everywhere_and_keeps_the_facts(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let client = Uuid::new_v4();
+    let other = Uuid::new_v4();
+    client_with_personal_data(&app, client).await;
+    posted(
+        &app,
+        PRISON_WRITER,
+        &event(
+            other,
+            "client.registered",
+            AT,
+            json!({"personal": {"given_name": "Vlasta"}}),
+        ),
+    )
+    .await;
+    let before = raw_store(&app, &backend, false).await;
+    for secret in [PRISON_NUMBER, NOTE, DROPOUT_REASON, "1984-03-02"] {
+        assert!(
+            !before.contains(secret),
+            "{secret} reached the log, the key store, the index or the audit trail in plaintext"
+        );
+    }
+    let found = app
+        .get_ok(
+            &format!("/v1/clients?identifier=prison_number:{PRISON_NUMBER}"),
+            AUDITOR,
+        )
+        .await;
+    assert_eq!(found["clients"][0]["client_id"], client.to_string());
+
+    let path = format!("/v1/clients/{client}/personal-data");
+    let reason = json!({"reason": "the client asked for erasure"});
+    expect_problem(
+        app.delete(&path, AUDITOR, &reason).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_problem(
+        app.delete(&path, DPO, &json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    expect_problem(
+        app.delete(
+            &format!("/v1/clients/{}/personal-data", Uuid::new_v4()),
+            DPO,
+            &reason,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let first = app.delete(&path, DPO, &reason).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    let again = app.delete(&path, DPO, &reason).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+
+    // Reads, the feed and the travel map show the personal fields as erased, the facts as they were.
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let events = history["events"].as_array().unwrap();
+    assert_eq!(events[0]["personal_data"], "erased");
+    assert_eq!(
+        events[0]["data"],
+        json!({"identifiers": [], "personal": {}})
+    );
+    assert_eq!(events[2]["data"]["note"], "[erased]");
+    assert_eq!(events[2]["data"]["area"], "addiction");
+    assert_eq!(events[4]["data"]["reason"], "[erased]");
+    assert_eq!(events[4]["data"]["programme"], "vol-mentoring");
+    assert_eq!(
+        events[1].get("personal_data"),
+        None,
+        "no personal field to erase"
+    );
+    assert_eq!(events.last().unwrap()["type"], "personal_data.erased");
+    let feed = serde_json::to_string(&app.feed().await).unwrap();
+    let map = app
+        .travel_map(client, first["position"].as_u64().unwrap())
+        .await;
+    assert_eq!(map["phase"], "dropped_out");
+    assert!(
+        map["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|flag| flag["kind"] == "personal_data_erased")
+    );
+    let as_of = app
+        .get_ok(
+            &format!("/v1/clients/{client}/travel-map?as_of=2099-01-01T00:00:00Z"),
+            AUDITOR,
+        )
+        .await;
+    let found = app
+        .get_ok(
+            &format!("/v1/clients?identifier=prison_number:{PRISON_NUMBER}"),
+            AUDITOR,
+        )
+        .await;
+    assert_eq!(found["clients"], json!([]));
+    let shown = format!("{history}{feed}{map}{as_of}");
+    for secret in [NAME, PRISON_NUMBER, NOTE, DROPOUT_REASON, "1984-03-02"] {
+        assert!(!shown.contains(secret), "{secret} is still shown");
+    }
+    let kept = app
+        .get_ok(&format!("/v1/clients/{other}/events"), AUDITOR)
+        .await;
+    assert_eq!(
+        kept["events"][0]["data"]["personal"]["given_name"],
+        "Vlasta"
+    );
+
+    // The record is closed.
+    expect_problem(
+        app.post_event(
+            NGO_WRITER,
+            &event(client, "contact.made", AT, json!({"kind": "meeting"})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "client_erased",
+    )
+    .await;
+    // The erasure itself is audited, with its reason.
+    let trail = app
+        .get_for(&format!("/v1/audit/clients/{client}"), AUDITOR, "audit")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(
+        trail["entries"].as_array().unwrap().iter().any(|entry| {
+            entry["operation"] == "erasure"
+                && entry["justification"] == "the client asked for erasure"
+        }),
+        "{trail}"
+    );
+
+    // Nothing of the erased client is left in plaintext anywhere in the store, views included.
+    let after = raw_store(&app, &backend, true).await;
+    for secret in [NAME, PRISON_NUMBER, NOTE, DROPOUT_REASON, "1984-03-02"] {
+        assert!(!after.contains(secret), "{secret} is still stored");
+    }
+    app.stop().await;
+    backend.remove().await;
+}
+
+async fn restriction_freezes_reads_and_writes_until_lifted(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let client = Uuid::new_v4();
+    let position = client_with_personal_data(&app, client).await;
+    app.travel_map(client, position).await;
+    let path = format!("/v1/clients/{client}/restriction");
+    let reason = json!({"reason": "the client contests the accuracy of the record"});
+    expect_problem(
+        app.delete(&path, DPO, &reason).await,
+        StatusCode::CONFLICT,
+        "not_restricted",
+    )
+    .await;
+    let restricted = app.post(&path, DPO, &reason).await;
+    assert_eq!(restricted.status(), StatusCode::CREATED);
+    let restricted: Value = restricted.json().await.unwrap();
+    let again = app.post(&path, DPO, &reason).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.unwrap(), restricted);
+
+    // Stored, but not to be used: the NGO's coordinator (open involvement) is refused, so is an
+    // auditor reading for case management; an audit or a subject access request may read.
+    let map_path = format!("/v1/clients/{client}/travel-map");
+    expect_problem(
+        app.get(&map_path, NGO_COORDINATOR).await,
+        StatusCode::FORBIDDEN,
+        "restricted",
+    )
+    .await;
+    expect_problem(
+        app.get(&format!("/v1/clients/{client}/events"), AUDITOR)
+            .await,
+        StatusCode::FORBIDDEN,
+        "restricted",
+    )
+    .await;
+    let audited = app.get_for(&map_path, AUDITOR, "audit").await;
+    assert_eq!(audited.status(), StatusCode::OK);
+    let audited: Value = audited.json().await.unwrap();
+    assert!(
+        audited["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|flag| flag["kind"] == "processing_restricted"),
+        "{audited}"
+    );
+    let report = app
+        .get_for(
+            &format!("/v1/clients/{client}/subject-access"),
+            DPO,
+            "subject_access",
+        )
+        .await;
+    assert_eq!(report.status(), StatusCode::OK);
+    assert_eq!(report.json::<Value>().await.unwrap()["restricted"], true);
+    expect_problem(
+        app.post_event(
+            NGO_WRITER,
+            &event(client, "contact.made", AT, json!({"kind": "meeting"})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "client_restricted",
+    )
+    .await;
+
+    let lifted = app
+        .delete(&path, DPO, &json!({"reason": "record verified"}))
+        .await;
+    assert_eq!(lifted.status(), StatusCode::CREATED);
+    let lifted: Value = lifted.json().await.unwrap();
+    let lifted_again = app
+        .delete(&path, DPO, &json!({"reason": "record verified"}))
+        .await;
+    assert_eq!(lifted_again.status(), StatusCode::OK);
+    assert_eq!(lifted_again.json::<Value>().await.unwrap(), lifted);
+    posted(
+        &app,
+        NGO_WRITER,
+        &event(client, "contact.made", AT, json!({"kind": "meeting"})),
+    )
+    .await;
+    let map = app
+        .get_ok(
+            &format!("{map_path}?min_position={}", lifted["position"]),
+            NGO_COORDINATOR,
+        )
+        .await;
+    assert!(
+        map["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|flag| flag["kind"] != "processing_restricted")
+    );
+    app.stop().await;
+    backend.remove().await;
+}
+
+async fn subject_access_tells_the_client_everything_held(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let client = Uuid::new_v4();
+    let position = client_with_personal_data(&app, client).await;
+    // A correction: the history keeps the original, the correction, who made it and why.
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let note_event = history["events"][2]["id"].as_str().unwrap().to_owned();
+    let correction = posted(
+        &app,
+        NGO_WRITER,
+        &event(
+            client,
+            "event.corrected",
+            AT,
+            json!({"event_id": note_event, "reason": "status misread",
+                   "data": {"area": "addiction", "status": "support_required", "note": NOTE}}),
+        ),
+    )
+    .await;
+    let map = app
+        .travel_map(client, correction["position"].as_u64().unwrap())
+        .await;
+    let corrected = map["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|step| step["event_id"] == note_event.as_str())
+        .unwrap();
+    assert_eq!(corrected["data"]["status"], "support_required");
+    assert_eq!(corrected["corrections"][0]["reason"], "status misread");
+    assert_eq!(corrected["corrections"][0]["agency"], "ngo-opava");
+    app.get(&format!("/v1/clients/{client}/travel-map"), NGO_COORDINATOR)
+        .await;
+    assert!(position > 0);
+
+    let path = format!("/v1/clients/{client}/subject-access");
+    expect_problem(
+        app.get_for(&path, DPO, "case_management").await,
+        StatusCode::BAD_REQUEST,
+        "purpose_required",
+    )
+    .await;
+    expect_problem(
+        app.get_for(&path, NGO_COORDINATOR, "subject_access").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let report: Value = app
+        .get_for(&path, DPO, "subject_access")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let events = report["events"].as_array().unwrap();
+    assert_eq!(events.len(), 6);
+    assert_eq!(events[0]["data"]["personal"]["given_name"], NAME);
+    assert_eq!(events[2]["data"]["note"], NOTE);
+    let recorded_by: Vec<&str> = report["recorded_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|agency| agency["agency"].as_str().unwrap())
+        .collect();
+    assert_eq!(recorded_by, ["ngo-opava", "prison-opava"]);
+    let processed = report["processed_by"].as_array().unwrap();
+    assert!(processed.iter().any(|entry| {
+        entry["agency"] == "ngo-opava"
+            && entry["operation"] == "consultation"
+            && entry["purpose"] == "case_management"
+    }));
+    assert!(
+        processed
+            .iter()
+            .any(|entry| entry["operation"] == "collection")
+    );
+
+    let html = app
+        .http
+        .get(app.url(&format!("{path}?format=html")))
+        .bearer_auth(DPO)
+        .header("x-purpose", "subject_access")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        html.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = html.text().await.unwrap();
+    assert!(html.contains("<h1>Subject access report</h1>"));
+    assert!(html.contains(NAME));
+    assert!(html.contains("ngo-opava"));
+    app.stop().await;
+    backend.remove().await;
+}
+
+/// The VOL Mentoring figures from the field (domain.md): 178 clients entered from 5 prisons,
+/// 134 completed, 44 dropped out, 64 retraining courses, 65 debt cases closed, over 100 jobs
+/// after release (here 101 within six months).
+async fn statistics_reproduce_the_vol_mentoring_figures(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let prisons = ["Opava", "Mirov", "Karvina", "Ostrava", "Vinarice"];
+    let mut custody = Vec::new();
+    let mut services = Vec::new();
+    let mut last_client = Uuid::nil();
+    for index in 0..178 {
+        let client = Uuid::new_v4();
+        last_client = client;
+        let prison = prisons[index % prisons.len()];
+        custody.push(event(
+            client,
+            "sentence.started",
+            "2024-01-10T09:00:00+01:00",
+            json!({"prison": prison, "start_date": "2024-01-10"}),
+        ));
+        services.push(event(
+            client,
+            "programme.enrolled",
+            "2024-06-01T09:00:00+02:00",
+            json!({"programme": "vol-mentoring"}),
+        ));
+        custody.push(event(
+            client,
+            "client.released",
+            "2024-12-01T09:00:00+01:00",
+            json!({"release_kind": "conditional", "supervision": index % 4 == 0, "municipality": "Opava"}),
+        ));
+        if index < 134 {
+            services.push(event(
+                client,
+                "programme.completed",
+                "2025-05-01T09:00:00+02:00",
+                json!({"programme": "vol-mentoring"}),
+            ));
+        } else {
+            services.push(event(
+                client,
+                "programme.dropped_out",
+                "2025-02-01T09:00:00+01:00",
+                json!({"programme": "vol-mentoring", "reason": "moved away"}),
+            ));
+        }
+        if index < 64 {
+            services.push(event(
+                client,
+                "retraining.completed",
+                "2024-10-01T09:00:00+02:00",
+                json!({"course": "welding"}),
+            ));
+        }
+        if (40..105).contains(&index) {
+            services.push(event(
+                client,
+                "debt_case.closed",
+                "2025-03-01T09:00:00+01:00",
+                json!({"case_ref": format!("D-{index}")}),
+            ));
+        }
+        if index < 101 {
+            services.push(event(
+                client,
+                "job.placed",
+                "2025-02-15T09:00:00+01:00",
+                json!({"sector": "construction"}),
+            ));
+        }
+    }
+    let mut position = 0;
+    for (key, events) in [(PRISON_WRITER, custody), (NGO_WRITER, services)] {
+        for chunk in events.chunks(1000) {
+            let response = app
+                .post("/v1/events/batch", key, &json!({"events": chunk}))
+                .await;
+            let body: Value = response.json().await.unwrap();
+            position = body["receipts"].as_array().unwrap().last().unwrap()["position"]
+                .as_u64()
+                .unwrap();
+        }
+    }
+    app.travel_map(last_client, position).await;
+
+    let path = "/v1/statistics/outcomes?programme=vol-mentoring";
+    expect_problem(
+        app.get(path, COORDINATOR).await,
+        StatusCode::BAD_REQUEST,
+        "purpose_required",
+    )
+    .await;
+    expect_problem(
+        app.get_for(path, NGO_WRITER, "statistics").await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let report: Value = app
+        .get_for(path, COORDINATOR, "statistics")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        report["total"]["cells"],
+        json!({"entered": 178, "completed": 134, "dropped_out": 44, "retraining_completed": 64,
+               "debt_cases_closed": 65, "job_within_6_months": 101, "housing_secured": 0,
+               "reoffence_within_12_months": 0}),
+    );
+
+    let by_prison: Value = app
+        .get_for(
+            &format!("{path}&group_by=prison"),
+            COORDINATOR,
+            "statistics",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let groups = by_prison["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 5);
+    let mut suppressed_dropouts = 0;
+    for group in groups {
+        for (measure, cell) in group["cells"].as_object().unwrap() {
+            if let Some(count) = cell.as_u64() {
+                assert!(
+                    count == 0 || count >= 10,
+                    "{measure} of {} shows a small count: {count}",
+                    group["key"]
+                );
+            } else {
+                assert_eq!(cell, "suppressed");
+                if measure == "dropped_out" {
+                    suppressed_dropouts += 1;
+                }
+            }
+        }
+    }
+    // 44 drop-outs over 5 prisons: 8 or 9 each, every one of them too small to show.
+    assert_eq!(suppressed_dropouts, 5);
+    let text = by_prison.to_string();
+    assert!(!text.contains("client_id"), "aggregates only");
+    app.stop().await;
+    backend.remove().await;
+}
+
+async fn retention_shreds_what_is_due_audits_it_and_reports_it(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let due = Uuid::new_v4();
+    let running = Uuid::new_v4();
+    for (client, closes) in [(due, true), (running, false)] {
+        posted(
+            &app,
+            PRISON_WRITER,
+            &event(
+                client,
+                "client.registered",
+                "2015-01-01T09:00:00+01:00",
+                json!({"personal": {"given_name": NAME}}),
+            ),
+        )
+        .await;
+        posted(
+            &app,
+            NGO_WRITER,
+            &event(
+                client,
+                "involvement.opened",
+                "2015-01-02T09:00:00+01:00",
+                json!({"role": "mentor"}),
+            ),
+        )
+        .await;
+        posted(
+            &app,
+            NGO_WRITER,
+            &event(
+                client,
+                "need.assessed",
+                "2015-02-01T09:00:00+01:00",
+                json!({"area": "health", "status": "in_progress", "note": NOTE}),
+            ),
+        )
+        .await;
+        if closes {
+            posted(
+                &app,
+                NGO_WRITER,
+                &event(
+                    client,
+                    "involvement.closed",
+                    "2016-01-02T09:00:00+01:00",
+                    json!({"role": "mentor"}),
+                ),
+            )
+            .await;
+        }
+    }
+    let data_dir = app.stop().await;
+    let config = crate::binary::write_config(data_dir.path());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    // Needs assessments five years after the last involvement ended; identity for fifty.
+    text.push_str("[retention]\nneeds = 5\nidentity = 50\n");
+    std::fs::write(&config, text).unwrap();
+    // The app ran on the data directory itself; the binary is pointed at the same place.
+    let run = || {
+        let output = travelmap_command()
+            .args(["retention", "run", "--config"])
+            .arg(&config)
+            .args(backend.store_args(data_dir.path()))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let report = run();
+    assert_eq!(report["clients"], 2, "{report}");
+    assert_eq!(
+        report["due"],
+        json!([{"client_id": due, "categories": ["needs"], "due_since": "2021-01-02"}])
+    );
+    assert_eq!(report["done"][0]["client_id"], due.to_string());
+    assert_eq!(report["done"][0]["keys_destroyed"], 1);
+    assert_eq!(report["failed"], json!([]));
+    let second = run();
+    assert_eq!(second["due"], json!([]), "what was shredded stays shredded");
+
+    let app = spawn_app_on_in(&backend, data_dir).await;
+    let history = app
+        .get_ok(&format!("/v1/clients/{due}/events"), AUDITOR)
+        .await;
+    let events = history["events"].as_array().unwrap();
+    assert_eq!(events[2]["data"]["note"], "[erased]");
+    assert_eq!(events[2]["data"]["area"], "health");
+    assert_eq!(
+        events[0]["data"]["personal"]["given_name"], NAME,
+        "identity is kept for longer"
+    );
+    assert_eq!(events.last().unwrap()["type"], "retention.applied");
+    let kept = app
+        .get_ok(&format!("/v1/clients/{running}/events"), AUDITOR)
+        .await;
+    assert_eq!(
+        kept["events"][2]["data"]["note"], NOTE,
+        "an open involvement keeps its data"
+    );
+    let trail = app
+        .get_for(&format!("/v1/audit/clients/{due}"), AUDITOR, "audit")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert!(
+        trail["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| { entry["operation"] == "erasure" && entry["action"] == "retention run" }),
+        "{trail}"
+    );
+    app.stop().await;
+    backend.remove().await;
+}
+
+macro_rules! on_both_backends {
+    ($($check:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(crate::support::Backend::embedded().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(crate::support::Backend::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    erasure_removes_the_personal_data_everywhere_and_keeps_the_facts,
+    restriction_freezes_reads_and_writes_until_lifted,
+    subject_access_tells_the_client_everything_held,
+    statistics_reproduce_the_vol_mentoring_figures,
+    retention_shreds_what_is_due_audits_it_and_reports_it,
+);
