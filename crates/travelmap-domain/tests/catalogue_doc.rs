@@ -42,8 +42,11 @@ Every journey event is posted as an envelope around a typed `data` object:
 
 The same schemas are served by `GET /v1/event-types` (JSON Schema 2020-12, generated from the
 types the server decodes into), and as one file per type in [schemas/](schemas/). Fields listed
-under *personal* hold personal data: they will be
-encrypted at rest with a per-client key and can be erased.
+under *personal* hold personal data: they are encrypted before they are stored, with a key per
+client and *category*, and are erased by destroying that key (see
+[data-protection.md](data-protection.md)). Data-protection decisions (`personal_data.erased`,
+`retention.applied`, `processing.restricted`, `restriction.lifted`) are recorded by the service
+itself through its own endpoints; posting them gets `403 forbidden`.
 
 ## Versions and upcasting
 
@@ -121,6 +124,9 @@ fn describe(property: &Value) -> String {
 
 /// The kinds of agency that may post a type, in words.
 fn posted_by(info: &travelmap_domain::EventTypeInfo) -> String {
+    if info.posted_by.is_empty() {
+        return "the service (data-protection endpoints, retention run)".into();
+    }
     if info.posted_by.len() == travelmap_domain::AgencyKind::ALL.len() {
         return "any agency".into();
     }
@@ -132,16 +138,26 @@ fn posted_by(info: &travelmap_domain::EventTypeInfo) -> String {
     kinds.join(", ")
 }
 
+fn category(event_type: &str) -> String {
+    travelmap_domain::personal::category(event_type).map_or_else(
+        || "that of the event rectified".to_owned(),
+        |category| format!("`{category}`"),
+    )
+}
+
 fn render() -> String {
     let mut out = String::from(PREAMBLE);
-    out.push_str("\n| type | version | description | posted by |\n| --- | --- | --- | --- |\n");
+    out.push_str(
+        "\n| type | version | category | description | posted by |\n| --- | --- | --- | --- | --- |\n",
+    );
     for info in event_types() {
         let anchor = info.event_type.replace('.', "");
         writeln!(
             out,
-            "| [`{}`](#{anchor}) | {} | {} | {} |",
+            "| [`{}`](#{anchor}) | {} | {} | {} | {} |",
             info.event_type,
             info.schema_version,
+            category(info.event_type),
             info.description,
             posted_by(info)
         )
