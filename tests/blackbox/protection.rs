@@ -341,6 +341,66 @@ async fn restriction_freezes_reads_and_writes_until_lifted(backend: Backend) {
         "client_restricted",
     )
     .await;
+    // Nor is a restricted client found by identifier, except in an audit.
+    let search = format!("/v1/clients?identifier=prison_number:{PRISON_NUMBER}");
+    assert_eq!(
+        app.get_ok(&search, PRISON_WRITER).await["clients"],
+        json!([])
+    );
+    let audit_search: Value = app
+        .get_for(&search, AUDITOR, "audit")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit_search["clients"][0]["client_id"], client.to_string());
+    // The feed keeps every position but withholds the personal fields, except in an audit.
+    let feed: Value = app
+        .get_for("/v1/events?after=0&limit=1000", ADMIN, "service_delivery")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let registered = feed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| {
+            event["client_id"] == client.to_string() && event["type"] == "client.registered"
+        })
+        .unwrap();
+    assert_eq!(registered["personal_data"], "withheld");
+    assert!(!registered.to_string().contains(NAME));
+    assert!(!registered.to_string().contains(PRISON_NUMBER));
+    let audited_feed = app
+        .get_for("/v1/events?after=0&limit=1000", AUDITOR, "audit")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(audited_feed.contains(NAME));
+    // A data-protection decision cannot be posted, nor retracted by an agency.
+    expect_problem(
+        app.post_event(
+            NGO_WRITER,
+            &event(client, "restriction.lifted", AT, json!({"reason": "done"})),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_problem(
+        app.post(
+            "/v1/events/batch",
+            NGO_WRITER,
+            &json!({"events": [event(client, "personal_data.erased", AT, json!({"reason": "x"}))]}),
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
 
     let lifted = app
         .delete(&path, DPO, &json!({"reason": "record verified"}))
@@ -356,6 +416,21 @@ async fn restriction_freezes_reads_and_writes_until_lifted(backend: Backend) {
         &app,
         NGO_WRITER,
         &event(client, "contact.made", AT, json!({"kind": "meeting"})),
+    )
+    .await;
+    expect_problem(
+        app.post_event(
+            NGO_WRITER,
+            &event(
+                client,
+                "event.retracted",
+                AT,
+                json!({"event_id": lifted["id"], "reason": "undo the lifting"}),
+            ),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
     )
     .await;
     let map = app

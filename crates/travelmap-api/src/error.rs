@@ -265,6 +265,9 @@ impl From<travelmap_service::Error> for ApiError {
                 ApiError::new(Code::Unavailable, "the store is busy; retry shortly")
             }
             E::NotRestricted(_) => ApiError::new(Code::NotRestricted, error.to_string()),
+            E::Reserved { index, .. } => ApiError::new(Code::Forbidden, error.to_string())
+                .with_field("type")
+                .at_index(Some(index)),
             E::Store(travelmap_store::Error::ClientErased(_)) => {
                 ApiError::new(Code::ClientErased, error.to_string())
             }

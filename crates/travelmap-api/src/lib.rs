@@ -196,7 +196,9 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!(
                     "request",
                     method = %request.method(),
-                    uri = %request.uri(),
+                    // The path only: a query may carry personal data (an identifier searched
+                    // for), which must not reach the logs.
+                    path = %request.uri().path(),
                     request_id,
                     credential = tracing::field::Empty
                 )

@@ -116,9 +116,23 @@ pub struct Recorded {
     /// Position in the global feed.
     pub position: u64,
     /// `erased` when the event's personal fields were erased: they read as `[erased]` (text),
-    /// `[]` (identifiers) or `{}` (personal details). Absent otherwise.
+    /// `[]` (identifiers) or `{}` (personal details). `withheld` in the global feed when the
+    /// client's processing is restricted: the personal fields are left out of `data`. Absent
+    /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub personal_data: Option<String>,
+}
+
+impl Recorded {
+    /// The event with its personal fields left out (a restricted client's, in the feed).
+    pub fn withheld(recorded: &RecordedEvent) -> Self {
+        let mut wire = Self::from(recorded);
+        if let Some(split) = travelmap_domain::personal::split(&recorded.draft.event) {
+            wire.data = serde_json::from_str(&split.public).unwrap_or(Value::Null);
+            wire.personal_data = Some("withheld".to_owned());
+        }
+        wire
+    }
 }
 
 impl From<&RecordedEvent> for Recorded {

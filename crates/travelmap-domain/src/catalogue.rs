@@ -170,7 +170,7 @@ catalogue! {
         "The client leaves prison (conditional release, parole, end of sentence, ...).";
     ContactMade(ContactMade) = "contact.made" @ 1, personal: [],
         "A worker has contact with the client (first-day contact, meeting, visit, crisis).";
-    AppointmentScheduled(AppointmentScheduled) = "appointment.scheduled" @ 1, personal: [],
+    AppointmentScheduled(AppointmentScheduled) = "appointment.scheduled" @ 1, personal: ["purpose"],
         "An appointment with the client is scheduled.";
     AppointmentMissed(AppointmentMissed) = "appointment.missed" @ 1, personal: [],
         "The client misses a scheduled appointment.";
@@ -184,9 +184,9 @@ catalogue! {
         "The client secures housing.";
     HousingLost(HousingLost) = "housing.lost" @ 1, personal: ["reason"],
         "The client loses housing.";
-    DebtCaseOpened(DebtCaseOpened) = "debt_case.opened" @ 1, personal: [],
+    DebtCaseOpened(DebtCaseOpened) = "debt_case.opened" @ 1, personal: ["case_ref"],
         "Debt counselling opens a case for the client.";
-    DebtCaseClosed(DebtCaseClosed) = "debt_case.closed" @ 1, personal: [],
+    DebtCaseClosed(DebtCaseClosed) = "debt_case.closed" @ 1, personal: ["case_ref"],
         "A debt case is closed.";
     FamilyContactRestored(FamilyContactRestored) = "family_contact.restored" @ 1, personal: ["note"],
         "Contact with the client's family is restored.";

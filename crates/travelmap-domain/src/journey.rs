@@ -54,7 +54,7 @@ pub enum Error {
     #[error("event {0} has been retracted and can no longer be corrected or retracted")]
     TargetRetracted(EventId),
     #[error(
-        "event {event_id} is a {event_type}; corrections and retractions cannot themselves be corrected or retracted, correct the original event instead"
+        "event {event_id} is a {event_type}; corrections, retractions and data-protection decisions cannot be corrected or retracted (to rectify a correction, correct the original event)"
     )]
     TargetNotCorrectable {
         event_id: EventId,
@@ -102,10 +102,13 @@ impl ClientJourney {
         if standing.retracted {
             return Err(Error::TargetRetracted(event_id));
         }
+        // Corrections are corrected by correcting the original; data-protection decisions are
+        // not facts an agency may rectify (retracting a restriction would lift it unrecorded).
         if matches!(
             standing.event_type.as_str(),
             "event.corrected" | "event.retracted"
-        ) {
+        ) || crate::personal::is_lifecycle(&standing.event_type)
+        {
             return Err(Error::TargetNotCorrectable {
                 event_id,
                 event_type: standing.event_type.clone(),

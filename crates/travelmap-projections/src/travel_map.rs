@@ -171,6 +171,10 @@ impl ClientState {
                 _ => continue,
             };
             for identifier in added {
+                // An erased identifier reads as a placeholder, which must not become findable.
+                if identifier.value.as_str() == travelmap_domain::personal::ERASED {
+                    continue;
+                }
                 let pair = (
                     identifier.kind.as_str().to_owned(),
                     identifier.value.to_string(),

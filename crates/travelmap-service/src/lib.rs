@@ -80,6 +80,14 @@ pub enum Error {
     NotYetProjected(ClientId),
     #[error("too many concurrent writes to the same clients; retry shortly")]
     Contention,
+    /// A data-protection decision submitted as an ordinary event.
+    #[error(
+        "`{event_type}` is recorded by the service itself, through the data-protection endpoints and the retention run"
+    )]
+    Reserved {
+        index: usize,
+        event_type: &'static str,
+    },
     #[error("processing of client {0} is not restricted")]
     NotRestricted(ClientId),
     /// Personal data cannot be erased where it was never sealed (only the benchmark's
@@ -166,7 +174,26 @@ impl Journeys {
 
     /// Records submitted events all-or-nothing. Events already recorded with the same content
     /// are answered with their original receipts (`created: false`) and not stored again.
+    /// Data-protection decisions are refused here: they are recorded by their own use cases
+    /// ([`Self::erase`] and the others), which also carry them out.
     pub async fn record(
+        &self,
+        provenance: &Provenance,
+        submissions: &[Submission],
+    ) -> Result<Vec<Outcome>> {
+        if let Some((index, submission)) = submissions.iter().enumerate().find(|(_, submission)| {
+            travelmap_domain::personal::is_lifecycle(submission.draft.event.event_type())
+        }) {
+            return Err(Error::Reserved {
+                index,
+                event_type: submission.draft.event.event_type(),
+            });
+        }
+        self.record_events(provenance, submissions).await
+    }
+
+    /// [`Self::record`] without the check for data-protection decisions.
+    async fn record_events(
         &self,
         provenance: &Provenance,
         submissions: &[Submission],
@@ -179,13 +206,18 @@ impl Journeys {
             }
             first_index.insert(id, index);
         }
-        let digests: Vec<[u8; 32]> = submissions
-            .iter()
-            .map(|submission| {
-                self.log
-                    .fingerprint(content_digest(&submission.draft, &provenance.agency))
-            })
-            .collect();
+        let digests: Vec<[u8; 32]> = self
+            .log
+            .fingerprints(
+                submissions
+                    .iter()
+                    .map(|submission| {
+                        let digest = content_digest(&submission.draft, &provenance.agency);
+                        (&submission.draft, digest)
+                    })
+                    .collect(),
+            )
+            .await?;
 
         // Take the turns of every client in the submission, in stripe order so that two batches
         // sharing clients cannot wait on each other.
@@ -468,6 +500,41 @@ impl Journeys {
         ))
     }
 
+    /// Which of `clients` are under a restriction of processing now: from the stored views
+    /// where they are current, from the history where the projection lags (as [`Self::access`]).
+    pub async fn restricted(
+        &self,
+        clients: Vec<ClientId>,
+    ) -> Result<std::collections::HashSet<ClientId>> {
+        let now = Utc::now();
+        let stored = self.views.load(clients.clone()).await?;
+        let recorded = self.log.outlines(clients.clone()).await?;
+        let mut restricted = std::collections::HashSet::new();
+        for client_id in clients {
+            let recorded = recorded.get(&client_id).map_or(0, Vec::len) as u64;
+            let state = match stored.get(&client_id) {
+                Some(json) => {
+                    let state: ClientState = serde_json::from_str(json).map_err(|source| {
+                        travelmap_projections::Error::View { client_id, source }
+                    })?;
+                    (state.version >= recorded).then_some(state)
+                }
+                None => None,
+            };
+            let state = match state {
+                Some(state) => state,
+                None => ClientState::from_history(
+                    client_id,
+                    self.log.read_stream(client_id, None).await?,
+                ),
+            };
+            if state.access(now).restricted {
+                restricted.insert(client_id);
+            }
+        }
+        Ok(restricted)
+    }
+
     /// Waits until the projection has folded `position`.
     pub async fn wait_for_projection(&self, position: u64) -> Result<()> {
         let mut progress = self.projector.progress();
@@ -502,12 +569,14 @@ impl Journeys {
                 break;
             };
             after = Some(*last);
+            let now = Utc::now();
             for (client_id, stored) in page {
-                states.push(
-                    serde_json::from_str(&stored).map_err(|source| {
-                        travelmap_projections::Error::View { client_id, source }
-                    })?,
-                );
+                let state: ClientState = serde_json::from_str(&stored)
+                    .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
+                // Restricted data may be stored, not processed: it stays out of statistics.
+                if !state.access(now).restricted {
+                    states.push(state);
+                }
             }
         }
         Ok(travelmap_projections::statistics::outcomes(&states, query))

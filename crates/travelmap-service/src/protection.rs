@@ -31,7 +31,9 @@ impl Journeys {
             && let Some(done) = self.decided(client_id, "personal_data.erased").await?
         {
             // Finishes an erasure that was cut short between its event and its second sweep.
+            // Like the first answer, this one waits until the views are purged.
             keyring.destroy(client_id, None).await?;
+            self.wait_for_projection(done.receipt.position).await?;
             return Ok(done);
         }
         // Keys first: should the event fail to be recorded, the data is gone all the same and a
@@ -98,20 +100,20 @@ impl Journeys {
     }
 
     /// Shreds categories of a client's personal data whose retention period has ended: destroys
-    /// their keys and records `retention.applied`. Returns how many keys were destroyed and the
-    /// event recorded (none when no key of those categories existed any more).
+    /// their keys and records `retention.applied`. Returns how many keys were destroyed (0 when
+    /// an earlier run destroyed them and could not record it) and the event recorded.
     pub async fn shred_due(
         &self,
         provenance: &Provenance,
         client_id: ClientId,
         categories: Vec<Category>,
         due_since: NaiveDate,
-    ) -> Result<(usize, Option<Outcome>)> {
+    ) -> Result<(usize, Outcome)> {
         let keyring = self.keyring.as_ref().ok_or(Error::NoKeyring)?;
+        // Keys first, then the record: if recording fails, the keys are gone all the same and
+        // the next run finds them destroyed but unrecorded (see `unrecorded_shredding`) and
+        // records them then, which is also what makes the projector purge its copy.
         let destroyed = keyring.destroy(client_id, Some(categories.clone())).await?;
-        if destroyed == 0 {
-            return Ok((0, None));
-        }
         let outcome = self
             .record_decision(
                 provenance,
@@ -122,7 +124,7 @@ impl Journeys {
                 }),
             )
             .await?;
-        Ok((destroyed, Some(outcome)))
+        Ok((destroyed, outcome))
     }
 
     /// The categories for which the client has live keys: what retention could still shred.
@@ -139,6 +141,36 @@ impl Journeys {
             .collect();
         categories.sort_unstable();
         Ok(categories)
+    }
+
+    /// Categories whose keys an earlier retention run destroyed without managing to record it:
+    /// destroyed after the last `retention.applied` naming them (or with none at all).
+    pub async fn unrecorded_shredding(
+        &self,
+        client_id: ClientId,
+        state: &travelmap_projections::ClientState,
+    ) -> Result<Vec<Category>> {
+        let Some(keyring) = &self.keyring else {
+            return Ok(Vec::new());
+        };
+        if keyring.store().is_erased(client_id).await? {
+            return Ok(Vec::new());
+        }
+        let mut pending: Vec<Category> = Vec::new();
+        for destroyed in keyring.store().destroyed(vec![client_id]).await? {
+            let recorded = state.facts.iter().any(|fact| match &fact.event {
+                JourneyEvent::RetentionApplied(applied) => {
+                    applied.categories.contains(&destroyed.category)
+                        && fact.recorded_at >= destroyed.destroyed_at
+                }
+                _ => false,
+            });
+            if !recorded && !pending.contains(&destroyed.category) {
+                pending.push(destroyed.category);
+            }
+        }
+        pending.sort_unstable();
+        Ok(pending)
     }
 
     /// The client's journey as recording decisions see it.
@@ -192,7 +224,7 @@ impl Journeys {
             event,
         };
         let mut outcomes = self
-            .record(
+            .record_events(
                 provenance,
                 &[Submission {
                     draft,

@@ -702,6 +702,53 @@ async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
     store.close().await;
 }
 
+/// A key store that lost keys (or is not the one of this log) must fail reads, not pass the
+/// client's data off as erased.
+async fn a_missing_key_is_an_error_not_an_erasure(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
+    let someone = client();
+    let registered = Submission {
+        draft: draft(
+            someone,
+            "client.registered",
+            json!({"personal": {"given_name": "Jarmila"}}),
+        ),
+        expected_version: None,
+    };
+    journeys.record(&provenance(), &[registered]).await.unwrap();
+    assert!(
+        !journeys.history(someone, None).await.unwrap()[0]
+            .personal
+            .is_erased()
+    );
+    match &place.location {
+        Location::Embedded(dir) => {
+            let keys = rusqlite::Connection::open(dir.join("keys.sqlite")).unwrap();
+            keys.execute("DELETE FROM data_keys", []).unwrap();
+        }
+        Location::Postgres(url) => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query("DELETE FROM data_keys")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+    }
+    let read = journeys.history(someone, None).await;
+    assert!(
+        matches!(
+            read,
+            Err(Error::Store(travelmap_store::Error::KeyMissing { .. }))
+        ),
+        "{read:?}"
+    );
+    store.close().await;
+}
+
 macro_rules! conformance {
     ($backend:ident: $($check:ident),* $(,)?) => {
         #[allow(non_snake_case)]
@@ -729,6 +776,7 @@ conformance!(Embedded:
     a_reopened_store_has_every_acknowledged_event,
     the_audit_trail_is_one_chain,
     erasure_leaves_no_plaintext_and_keeps_the_facts,
+    a_missing_key_is_an_error_not_an_erasure,
 );
 
 conformance!(Postgres:
@@ -742,4 +790,5 @@ conformance!(Postgres:
     a_reopened_store_has_every_acknowledged_event,
     the_audit_trail_is_one_chain,
     erasure_leaves_no_plaintext_and_keeps_the_facts,
+    a_missing_key_is_an_error_not_an_erasure,
 );

@@ -50,6 +50,15 @@ pub struct StoredKey {
     pub created_at: DateTime<Utc>,
 }
 
+/// The record that a data key was destroyed (the key itself is gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestroyedKey {
+    pub client_id: ClientId,
+    pub category: Category,
+    pub key_id: Uuid,
+    pub destroyed_at: DateTime<Utc>,
+}
+
 /// Where data keys live, apart from the log.
 #[async_trait]
 pub trait KeyStore: Send + Sync {
@@ -65,6 +74,10 @@ pub trait KeyStore: Send + Sync {
     async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize>;
     /// Whether the client was erased.
     async fn is_erased(&self, client: ClientId) -> Result<bool>;
+    /// The keys of the given clients that were destroyed, and when. A sealed value whose key is
+    /// neither live nor listed here is not erased but missing (a damaged or wrong key store),
+    /// and reading it fails instead of passing it off as erased.
+    async fn destroyed(&self, clients: Vec<ClientId>) -> Result<Vec<DestroyedKey>>;
     /// Every live data key (for rotation).
     async fn all(&self) -> Result<Vec<StoredKey>>;
     /// Replaces the wrapping of existing keys (same key ids), e.g. after a master key rotation.
@@ -239,15 +252,38 @@ impl Keyring {
         hex_encode(&mac.finalize().into_bytes())
     }
 
-    /// A content digest keyed like the look-ups, so that the stored fingerprint of an event with
-    /// personal fields cannot be tested against guesses (a birth date has only so many values)
-    /// by someone holding the log alone.
-    pub fn keyed_digest(&self, digest: &[u8; 32]) -> [u8; 32] {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.lookup[..]).expect("any key length");
-        mac.update(b"digest");
-        mac.update(digest);
-        mac.finalize().into_bytes().into()
+    /// Content digests as stored: for an event with personal fields, keyed (HMAC-SHA-256) with
+    /// the client's data-protection key, which erasure destroys, so that the stored fingerprint
+    /// can never be tested against guesses (a birth date has only so many values); other events'
+    /// digests cover journey facts only and are stored as they are.
+    pub(crate) async fn keyed_digests(
+        &self,
+        events: Vec<(&travelmap_domain::EventDraft, [u8; 32])>,
+    ) -> Result<Vec<[u8; 32]>> {
+        let holds_personal = |draft: &travelmap_domain::EventDraft| {
+            !personal::personal_fields(draft.event.event_type()).is_empty()
+        };
+        let wanted: Vec<(ClientId, Category)> = events
+            .iter()
+            .filter(|(draft, _)| holds_personal(draft))
+            .map(|(draft, _)| (draft.client_id, Category::DataProtection))
+            .collect();
+        let keys = self.keys_for(&wanted).await?;
+        Ok(events
+            .into_iter()
+            .map(
+                |(draft, digest)| match keys.get(&(draft.client_id, Category::DataProtection)) {
+                    Some(key) if holds_personal(draft) => {
+                        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.key[..])
+                            .expect("any key length");
+                        mac.update(b"digest");
+                        mac.update(&digest);
+                        mac.finalize().into_bytes().into()
+                    }
+                    _ => digest,
+                },
+            )
+            .collect())
     }
 
     /// The data keys in force for `(client, category)` pairs, creating those that do not exist
@@ -337,8 +373,15 @@ impl Keyring {
             .map(|(client, event_id, category, split)| {
                 let key = &keys[&(client, category)];
                 let fields = split.fields();
-                let plaintext = serde_json::Value::Object(split.personal).to_string();
-                Ok(seal_value(key, event_id, &fields, plaintext.as_bytes()))
+                let plaintext =
+                    Zeroizing::new(serde_json::Value::Object(split.personal).to_string());
+                Ok(seal_value(
+                    key,
+                    client,
+                    event_id,
+                    &fields,
+                    plaintext.as_bytes(),
+                ))
             })
             .collect()
     }
@@ -356,11 +399,13 @@ impl Keyring {
         }
         clients.sort_unstable_by_key(|client| client.0);
         clients.dedup();
-        let stored = self.store.keys(clients).await?;
-        let mut keys: HashMap<Uuid, DataKey> = HashMap::with_capacity(stored.len());
+        let stored = self.store.keys(clients.clone()).await?;
+        let mut keys: HashMap<Uuid, (ClientId, DataKey)> = HashMap::with_capacity(stored.len());
         for key in &stored {
-            keys.insert(key.key_id, self.unwrap_key(key)?);
+            keys.insert(key.key_id, (key.client_id, self.unwrap_key(key)?));
         }
+        // Fetched only when some key is not live: the usual read never needs it.
+        let mut destroyed: Option<std::collections::HashSet<(ClientId, Uuid)>> = None;
         for event in events.iter_mut() {
             let PersonalData::Sealed(sealed) = std::mem::take(&mut event.personal) else {
                 continue;
@@ -373,12 +418,39 @@ impl Keyring {
                 ),
             };
             let header = Header::parse(&sealed.ciphertext).map_err(corrupt)?;
-            let Some(key) = keys.get(&header.key_id) else {
-                event.personal = PersonalData::Erased;
-                continue;
+            let client = event.draft.client_id;
+            let key = match keys.get(&header.key_id) {
+                Some((owner, key)) if *owner == client => key,
+                Some(_) => {
+                    return Err(corrupt(
+                        "sealed fields name another client's key".to_owned(),
+                    ));
+                }
+                None => {
+                    if destroyed.is_none() {
+                        destroyed = Some(
+                            self.store
+                                .destroyed(clients.clone())
+                                .await?
+                                .into_iter()
+                                .map(|key| (key.client_id, key.key_id))
+                                .collect(),
+                        );
+                    }
+                    let erased = destroyed
+                        .as_ref()
+                        .is_some_and(|destroyed| destroyed.contains(&(client, header.key_id)));
+                    if !erased {
+                        return Err(Error::KeyMissing { position });
+                    }
+                    event.personal = PersonalData::Erased;
+                    continue;
+                }
             };
-            let plaintext = open_value(key, event.draft.id, &sealed.ciphertext, &header)
-                .map_err(|()| corrupt("sealed fields fail authentication".to_owned()))?;
+            let plaintext = Zeroizing::new(
+                open_value(key, client, event.draft.id, &sealed.ciphertext, &header)
+                    .map_err(|()| corrupt("sealed fields fail authentication".to_owned()))?,
+            );
             let personal: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_slice(&plaintext)
                     .map_err(|error| corrupt(format!("sealed fields: {error}")))?;
@@ -538,7 +610,13 @@ pub(crate) fn sealed_fields(sealed: &[u8]) -> std::result::Result<Vec<String>, S
     Header::parse(sealed).map(|header| header.fields)
 }
 
-fn seal_value(key: &DataKey, event_id: EventId, fields: &[String], plaintext: &[u8]) -> Vec<u8> {
+fn seal_value(
+    key: &DataKey,
+    client: ClientId,
+    event_id: EventId,
+    fields: &[String],
+    plaintext: &[u8],
+) -> Vec<u8> {
     let mut sealed = vec![FORMAT];
     sealed.extend_from_slice(key.key_id.as_bytes());
     sealed.push(fields.len() as u8);
@@ -546,8 +624,7 @@ fn seal_value(key: &DataKey, event_id: EventId, fields: &[String], plaintext: &[
         sealed.push(field.len() as u8);
         sealed.extend_from_slice(field.as_bytes());
     }
-    let mut aad = sealed.clone();
-    aad.extend_from_slice(event_id.0.as_bytes());
+    let aad = associated_data(&sealed, client, event_id);
     let mut nonce = [0u8; NONCE_LEN];
     OsRng.fill_bytes(&mut nonce);
     let ciphertext = key
@@ -565,14 +642,23 @@ fn seal_value(key: &DataKey, event_id: EventId, fields: &[String], plaintext: &[
     sealed
 }
 
+/// What a sealed value is bound to besides its key: its own header (which key, which fields),
+/// the client and the event.
+fn associated_data(header: &[u8], client: ClientId, event_id: EventId) -> Vec<u8> {
+    let mut aad = header.to_vec();
+    aad.extend_from_slice(client.0.as_bytes());
+    aad.extend_from_slice(event_id.0.as_bytes());
+    aad
+}
+
 fn open_value(
     key: &DataKey,
+    client: ClientId,
     event_id: EventId,
     sealed: &[u8],
     header: &Header,
 ) -> std::result::Result<Vec<u8>, ()> {
-    let mut aad = sealed[..header.body].to_vec();
-    aad.extend_from_slice(event_id.0.as_bytes());
+    let aad = associated_data(&sealed[..header.body], client, event_id);
     let nonce = &sealed[header.body..header.body + NONCE_LEN];
     key.cipher()
         .decrypt(
@@ -614,25 +700,27 @@ mod tests {
     fn a_sealed_value_opens_only_for_its_own_event_and_key() {
         let key = data_key();
         let event = EventId(Uuid::from_u128(1));
+        let client = ClientId(Uuid::from_u128(8));
         let fields = vec!["note".to_owned()];
-        let sealed = seal_value(&key, event, &fields, b"{\"note\":\"diabetes\"}");
+        let sealed = seal_value(&key, client, event, &fields, b"{\"note\":\"diabetes\"}");
         assert!(!sealed.windows(8).any(|window| window == b"diabetes"));
         let header = Header::parse(&sealed).unwrap();
         assert_eq!(header.fields, fields);
         assert_eq!(header.key_id, key.key_id);
         assert_eq!(
-            open_value(&key, event, &sealed, &header).unwrap(),
+            open_value(&key, client, event, &sealed, &header).unwrap(),
             b"{\"note\":\"diabetes\"}"
         );
-        assert!(open_value(&key, EventId(Uuid::from_u128(2)), &sealed, &header).is_err());
+        assert!(open_value(&key, client, EventId(Uuid::from_u128(2)), &sealed, &header).is_err());
+        assert!(open_value(&key, ClientId(Uuid::from_u128(9)), event, &sealed, &header).is_err());
         let other = DataKey {
             key_id: key.key_id,
             key: Zeroizing::new([8u8; 32]),
         };
-        assert!(open_value(&other, event, &sealed, &header).is_err());
+        assert!(open_value(&other, client, event, &sealed, &header).is_err());
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
-        assert!(open_value(&key, event, &tampered, &header).is_err());
+        assert!(open_value(&key, client, event, &tampered, &header).is_err());
     }
 
     #[test]

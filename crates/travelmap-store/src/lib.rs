@@ -27,7 +27,7 @@ pub mod postgres;
 mod sealed;
 pub mod sqlite;
 
-pub use keys::{KeyStore, Keyring, MasterKey, MasterKeys};
+pub use keys::{DestroyedKey, KeyStore, Keyring, MasterKey, MasterKeys};
 pub use sealed::SealedLog;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,6 +85,12 @@ pub enum Error {
         "a stored data key does not unwrap under its master key (wrong master key, or a damaged key store)"
     )]
     KeyDamaged,
+    /// A sealed event names a key that is neither in the key store nor recorded as destroyed:
+    /// the key store is missing, damaged or not the one that belongs to this log.
+    #[error(
+        "the key for the personal fields of the event at position {position} is missing from the key store (is it the key store that belongs to this log?)"
+    )]
+    KeyMissing { position: u64 },
     /// The client's personal data was erased; no new key is made for them.
     #[error("the personal data of client {0} has been erased")]
     ClientErased(ClientId),
@@ -192,11 +198,12 @@ pub trait EventLog: Send + Sync {
     /// The highest committed position, updated after every commit; projections wait on it.
     fn head(&self) -> watch::Receiver<u64>;
 
-    /// The stored form of a content digest (see [`NewEvent::digest`]): what `lookup` answers
-    /// with, and what a retry's digest must be turned into before comparing. A log that seals
-    /// personal data keys its digests (see [`Keyring::keyed_digest`]).
-    fn fingerprint(&self, digest: [u8; 32]) -> [u8; 32] {
-        digest
+    /// The stored form of events' content digests (see [`NewEvent::digest`]): what `lookup`
+    /// answers with, and what a retry's digest must be turned into before comparing. A log that
+    /// seals personal data keys the digests of events holding any with a key of the client's that
+    /// erasure destroys, so that a digest cannot confirm a guess about erased data.
+    async fn fingerprints(&self, events: Vec<(&EventDraft, [u8; 32])>) -> Result<Vec<[u8; 32]>> {
+        Ok(events.into_iter().map(|(_, digest)| digest).collect())
     }
 }
 

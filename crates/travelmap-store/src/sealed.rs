@@ -168,7 +168,18 @@ impl EventLog for SealedLog {
         self.inner.head()
     }
 
-    fn fingerprint(&self, digest: [u8; 32]) -> [u8; 32] {
-        self.keyring.keyed_digest(&digest)
+    async fn fingerprints(
+        &self,
+        events: Vec<(&travelmap_domain::EventDraft, [u8; 32])>,
+    ) -> Result<Vec<[u8; 32]>> {
+        let personal: Vec<ClientId> = events
+            .iter()
+            .filter(|(draft, _)| !personal::personal_fields(draft.event.event_type()).is_empty())
+            .map(|(draft, _)| draft.client_id)
+            .collect();
+        if personal.is_empty() {
+            return Ok(events.into_iter().map(|(_, digest)| digest).collect());
+        }
+        self.keyring.keyed_digests(events).await
     }
 }

@@ -192,7 +192,16 @@ pub async fn replay(
     let events = match location {
         Location::Embedded(data_dir) => {
             let log = SqliteEventLog::open_read_only(&data_dir.join("events.sqlite"))?;
-            let keys = SqliteKeyStore::open(&data_dir.join("keys.sqlite"))?;
+            let key_store = data_dir.join("keys.sqlite");
+            if !key_store.exists() {
+                // Opening would create an empty key store, and every sealed field would then
+                // read as missing: say what is wrong instead.
+                bail!(
+                    "{} holds no key store (keys.sqlite); the personal fields cannot be opened",
+                    data_dir.display()
+                );
+            }
+            let keys = SqliteKeyStore::open(&key_store)?;
             let keyring = Arc::new(Keyring::open(Arc::new(keys), masters).await?);
             SealedLog::new(Arc::new(log), keyring)
                 .read_stream(client, as_of)

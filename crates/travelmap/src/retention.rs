@@ -36,6 +36,8 @@ pub struct Report {
     pub due: Vec<Due>,
     /// Shreddings done.
     pub done: Vec<Done>,
+    /// Clients with data due who are under a restriction of processing: kept until it is lifted.
+    pub held: Vec<ClientId>,
     /// Clients that could not be handled, and why (they are tried again next run).
     pub failed: Vec<Failed>,
 }
@@ -90,14 +92,29 @@ pub async fn run(
         for (client_id, stored) in page {
             report.clients += 1;
             let state: ClientState = serde_json::from_str(&stored)?;
+            if state.due(schedule, now).is_none() {
+                continue;
+            }
+            // Decide on the history as it is now, not on a view that may lag behind it: an
+            // involvement opened a moment ago stops the clock.
+            let state =
+                ClientState::from_history(client_id, journeys.history(client_id, None).await?);
+            if state.access(now).restricted {
+                // Restricted data is kept as it is (GDPR Art. 18(1)(c): it may be needed for a
+                // legal claim) until the restriction is lifted.
+                report.held.push(client_id);
+                continue;
+            }
             let Some((categories, due_since)) = state.due(schedule, now) else {
                 continue;
             };
-            // Only categories that still hold a key: what was shredded before stays shredded.
+            // Categories that still hold a key, and those shredded by an earlier run that could
+            // not record it; what was shredded and recorded stays as it is.
             let live = journeys.live_categories(client_id).await?;
+            let unrecorded = journeys.unrecorded_shredding(client_id, &state).await?;
             let categories: Vec<Category> = categories
                 .into_iter()
-                .filter(|category| live.contains(category))
+                .filter(|category| live.contains(category) || unrecorded.contains(category))
                 .collect();
             if categories.is_empty() {
                 continue;
@@ -111,7 +128,7 @@ pub async fn run(
                 .shred_due(&provenance, client_id, categories.clone(), due_since)
                 .await
             {
-                Ok((keys_destroyed, Some(outcome))) => {
+                Ok((keys_destroyed, outcome)) => {
                     audit
                         .append(vec![AuditRecord {
                             at: Utc::now(),
@@ -138,7 +155,6 @@ pub async fn run(
                         position: outcome.receipt.position,
                     });
                 }
-                Ok((_, None)) => {}
                 Err(error) => report.failed.push(Failed {
                     client_id,
                     error: error.to_string(),

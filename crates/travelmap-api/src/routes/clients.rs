@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use travelmap_domain::ClientId;
 use travelmap_domain::audit::{Operation, Outcome};
+use travelmap_domain::payloads::Purpose;
 use travelmap_projections::TravelMap;
 use utoipa::IntoParams;
 
@@ -210,10 +211,31 @@ pub async fn search(
         .ok_or_else(|| {
             ApiError::invalid_parameter("identifier", "identifier must be `TYPE:VALUE`")
         })?;
+    // The kind goes into the audit entry: only a well-formed kind, never free text.
+    travelmap_domain::payloads::IdentifierKind::try_from(kind.to_owned()).map_err(|message| {
+        ApiError::invalid_parameter("identifier", format!("identifier type: {message}"))
+    })?;
     let mut clients = state
         .journeys
         .find_by_identifier(kind, value.trim())
         .await?;
+    // A restricted client is found only by an audit or a subject access request.
+    let reviewing = matches!(purpose, Purpose::Audit | Purpose::SubjectAccess)
+        && caller
+            .0
+            .roles
+            .iter()
+            .any(|role| matches!(role, Role::Auditor | Role::Dpo));
+    if !reviewing {
+        let mut usable = Vec::with_capacity(clients.len());
+        for client in clients {
+            let access = state.journeys.access(client).await?;
+            if !access.is_some_and(|access| access.restricted) {
+                usable.push(client);
+            }
+        }
+        clients = usable;
+    }
     // A coordinator finds only the clients it may see; writers find any (they need the id to
     // record what they know), reviewers any.
     let scoped = caller.0.agency_kind.is_some()

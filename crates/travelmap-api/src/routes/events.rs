@@ -258,7 +258,7 @@ pub async fn feed(
         logged(None),
     )
     .await?;
-    context.purpose()?;
+    let purpose = context.purpose()?;
     // Positions are stored as SQL integers; anything larger cannot exist.
     if query.after > i64::MAX as u64 {
         return Err(ApiError::invalid_parameter(
@@ -289,8 +289,32 @@ pub async fn feed(
         logged(returned),
     )
     .await?;
+    // Restricted clients' events stay in the feed (a reader must see every position), with
+    // their personal fields withheld unless this is an auditor's audit.
+    let auditing = matches!(
+        purpose,
+        travelmap_domain::payloads::Purpose::Audit
+            | travelmap_domain::payloads::Purpose::SubjectAccess
+    ) && caller.0.roles.contains(&Role::Auditor);
+    let restricted = if auditing {
+        std::collections::HashSet::new()
+    } else {
+        let mut clients: Vec<_> = events.iter().map(|event| event.draft.client_id).collect();
+        clients.sort_unstable_by_key(|client| client.0);
+        clients.dedup();
+        state.journeys.restricted(clients).await?
+    };
     Ok(Json(FeedPage {
-        events: events.iter().map(Recorded::from).collect(),
+        events: events
+            .iter()
+            .map(|event| {
+                if restricted.contains(&event.draft.client_id) {
+                    Recorded::withheld(event)
+                } else {
+                    Recorded::from(event)
+                }
+            })
+            .collect(),
         next_after,
     }))
 }

@@ -40,11 +40,13 @@ fn reason(body: &serde_json::Value) -> Result<Text, ApiError> {
 }
 
 /// Runs one data-protection decision: dpo only, audited with the reason as justification.
+#[allow(clippy::too_many_arguments)]
 async fn decide<F, Fut>(
     state: &AppState,
     caller: &Caller,
     context: &RequestContext,
     client_id: ClientId,
+    operation: Operation,
     action: &'static str,
     body: &serde_json::Value,
     run: F,
@@ -54,7 +56,7 @@ where
     Fut: std::future::Future<Output = Result<travelmap_service::Outcome, travelmap_service::Error>>,
 {
     let logged = |returned| Logged {
-        operation: Operation::Erasure,
+        operation,
         client: Some(client_id),
         action,
         returned,
@@ -125,6 +127,7 @@ pub async fn erase(
         &caller,
         &context,
         client_id,
+        Operation::Erasure,
         "DELETE /v1/clients/{client_id}/personal-data",
         &body,
         |provenance, reason| async move { journeys.erase(&provenance, client_id, reason).await },
@@ -164,6 +167,7 @@ pub async fn restrict(
         &caller,
         &context,
         client_id,
+        Operation::Alteration,
         "POST /v1/clients/{client_id}/restriction",
         &body,
         |provenance, reason| async move { journeys.restrict(&provenance, client_id, reason).await },
@@ -200,6 +204,7 @@ pub async fn lift_restriction(
         &caller,
         &context,
         client_id,
+        Operation::Alteration,
         "DELETE /v1/clients/{client_id}/restriction",
         &body,
         |provenance, reason| async move {

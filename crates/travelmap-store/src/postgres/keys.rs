@@ -14,7 +14,7 @@ use travelmap_domain::ClientId;
 use travelmap_domain::personal::Category;
 use uuid::Uuid;
 
-use crate::keys::{KeyStore, StoredKey};
+use crate::keys::{DestroyedKey, KeyStore, StoredKey};
 use crate::{Error, Result};
 
 pub struct PgKeyStore {
@@ -57,9 +57,17 @@ impl KeyStore for PgKeyStore {
     async fn create(&self, keys: Vec<StoredKey>) -> Result<Vec<StoredKey>> {
         let clients: Vec<Uuid> = keys.iter().map(|key| key.client_id.0).collect();
         let mut transaction = self.pool.begin().await?;
-        // A key created while an erasure commits in another process gets past this check; the
-        // erasure therefore destroys keys again once its event is recorded (after which nothing
-        // more is accepted for the client), see `Journeys::erase`.
+        // Creating takes each client's lock shared, erasing takes it exclusively, so that no key
+        // is created for a client between its erasure being checked here and committed there.
+        let mut locked = clients.clone();
+        locked.sort_unstable();
+        locked.dedup();
+        for client in &locked {
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+                .bind(client_lock(*client))
+                .execute(&mut *transaction)
+                .await?;
+        }
         let erased: Option<Uuid> = sqlx::query_scalar(
             "SELECT client_id FROM erased_clients WHERE client_id = ANY($1) LIMIT 1",
         )
@@ -118,6 +126,26 @@ impl KeyStore for PgKeyStore {
 
     async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize> {
         let mut transaction = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(client_lock(client.0))
+            .execute(&mut *transaction)
+            .await?;
+        let names: Option<Vec<&str>> = categories.as_ref().map(|categories| {
+            categories
+                .iter()
+                .map(|category| category.as_str())
+                .collect()
+        });
+        sqlx::query(
+            "INSERT INTO destroyed_keys (key_id, client_id, category, destroyed_at)
+             SELECT key_id, client_id, category, now() FROM data_keys
+             WHERE client_id = $1 AND ($2::text[] IS NULL OR category = ANY($2))
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(client.0)
+        .bind(&names)
+        .execute(&mut *transaction)
+        .await?;
         let destroyed = match categories {
             None => {
                 sqlx::query(
@@ -153,6 +181,26 @@ impl KeyStore for PgKeyStore {
             .execute(&self.pool)
             .await?;
         Ok(destroyed as usize)
+    }
+
+    async fn destroyed(&self, clients: Vec<ClientId>) -> Result<Vec<DestroyedKey>> {
+        let ids: Vec<Uuid> = clients.iter().map(|client| client.0).collect();
+        let rows: Vec<(Uuid, String, Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT client_id, category, key_id, destroyed_at FROM destroyed_keys
+             WHERE client_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(client, category, key_id, destroyed_at)| DestroyedKey {
+                client_id: ClientId(client),
+                category: Category::parse(&category).unwrap_or(Category::Support),
+                key_id,
+                destroyed_at,
+            })
+            .collect())
     }
 
     async fn is_erased(&self, client: ClientId) -> Result<bool> {
@@ -237,4 +285,11 @@ impl KeyStore for PgKeyStore {
             .await?;
         Ok(())
     }
+}
+
+/// The advisory lock key that serialises key creation with erasure for one client (the first
+/// eight bytes of its id, in a space of their own: the other advisory locks use small constants).
+fn client_lock(client: Uuid) -> i64 {
+    let bytes = client.as_bytes();
+    i64::from_be_bytes(bytes[..8].try_into().expect("eight bytes"))
 }

@@ -91,6 +91,7 @@ pub const MIGRATIONS: &[&str] = &[
     // 3: personal fields sealed apart from the journey facts (see crate::keys): `events.sealed`
     //    holds the encrypted personal fields; `data_keys` the clients' data keys per category,
     //    wrapped under a master key; `erased_clients` the clients no key is ever made for again;
+    //    `destroyed_keys` which keys were destroyed (a missing key is not an erased one);
     //    `system_keys` the identifier look-up key. Identifiers are indexed by keyed hash from now
     //    on, so the views are emptied for a rebuild.
     "ALTER TABLE events ADD COLUMN sealed bytea;
@@ -107,6 +108,13 @@ pub const MIGRATIONS: &[&str] = &[
         client_id uuid        PRIMARY KEY,
         erased_at timestamptz NOT NULL
     );
+    CREATE TABLE destroyed_keys (
+        key_id       uuid        PRIMARY KEY,
+        client_id    uuid        NOT NULL,
+        category     text        NOT NULL,
+        destroyed_at timestamptz NOT NULL
+    );
+    CREATE INDEX destroyed_keys_by_client ON destroyed_keys (client_id);
     CREATE TABLE system_keys (
         name      text  PRIMARY KEY,
         master_id text  NOT NULL,

@@ -211,6 +211,14 @@ impl ViewStore for PgViewStore {
             .collect()
     }
 
+    async fn scrub(&self) -> Result<()> {
+        // Overwritten views stay in the table file as dead row versions until vacuumed.
+        sqlx::raw_sql("VACUUM client_views, client_identifiers")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
         let saved = self.write_views(checkpoint, views).await;
         self.doubt(saved)

@@ -16,7 +16,7 @@ use travelmap_domain::ClientId;
 use travelmap_domain::personal::Category;
 
 use super::{configure, schema};
-use crate::keys::{KeyStore, StoredKey};
+use crate::keys::{DestroyedKey, KeyStore, StoredKey};
 use crate::{Error, Result};
 
 pub struct SqliteKeyStore {
@@ -125,6 +125,26 @@ impl KeyStore for SqliteKeyStore {
     async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize> {
         self.with(move |connection| {
             let transaction = connection.transaction()?;
+            let now = Utc::now().timestamp_micros();
+            match &categories {
+                None => transaction.execute(
+                    "INSERT OR IGNORE INTO destroyed_keys (key_id, client_id, category, destroyed_at)
+                     SELECT key_id, client_id, category, ?2 FROM data_keys WHERE client_id = ?1",
+                    params![client.0, now],
+                )?,
+                Some(categories) => {
+                    let mut recorded = 0;
+                    for category in categories {
+                        recorded += transaction.execute(
+                            "INSERT OR IGNORE INTO destroyed_keys (key_id, client_id, category, destroyed_at)
+                             SELECT key_id, client_id, category, ?3 FROM data_keys
+                             WHERE client_id = ?1 AND category = ?2",
+                            params![client.0, category.as_str(), now],
+                        )?;
+                    }
+                    recorded
+                }
+            };
             let destroyed = match &categories {
                 None => {
                     transaction.execute(
@@ -151,7 +171,7 @@ impl KeyStore for SqliteKeyStore {
             transaction.commit()?;
             // The deleted rows were zeroed in the database pages (secure_delete), but the WAL
             // still holds copies of those pages until it is checkpointed and truncated.
-            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            truncate_wal(connection)?;
             Ok(destroyed)
         })
         .await
@@ -191,7 +211,7 @@ impl KeyStore for SqliteKeyStore {
                     .execute(params![key.master_id, key.wrapped, key.key_id])?;
             }
             transaction.commit()?;
-            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            truncate_wal(connection)?;
             Ok(())
         })
         .await
@@ -240,9 +260,57 @@ impl KeyStore for SqliteKeyStore {
                 "UPDATE system_keys SET master_id = ?1, wrapped = ?2 WHERE name = ?3",
                 params![master_id, wrapped, name],
             )?;
-            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            truncate_wal(connection)?;
             Ok(())
         })
         .await
     }
+
+    async fn destroyed(&self, clients: Vec<ClientId>) -> Result<Vec<DestroyedKey>> {
+        self.with(move |connection| {
+            let mut destroyed = Vec::new();
+            for chunk in clients.chunks(500) {
+                let placeholders = vec!["?"; chunk.len()].join(", ");
+                let mut statement = connection.prepare_cached(&format!(
+                    "SELECT client_id, category, key_id, destroyed_at FROM destroyed_keys
+                     WHERE client_id IN ({placeholders})"
+                ))?;
+                let rows = statement.query_map(
+                    rusqlite::params_from_iter(chunk.iter().map(|client| client.0)),
+                    |row| {
+                        let category: String = row.get(1)?;
+                        Ok(DestroyedKey {
+                            client_id: ClientId(row.get(0)?),
+                            category: Category::parse(&category).unwrap_or(Category::Support),
+                            key_id: row.get(2)?,
+                            destroyed_at: DateTime::<Utc>::from_timestamp_micros(row.get(3)?)
+                                .unwrap_or_default(),
+                        })
+                    },
+                )?;
+                for row in rows {
+                    destroyed.push(row?);
+                }
+            }
+            Ok(destroyed)
+        })
+        .await
+    }
+}
+
+/// Checkpoints the WAL into the database and truncates it, so that no copy of a deleted page is
+/// left in it. A checkpoint cannot complete while a reader still uses an older snapshot; it is
+/// tried again for a while before the failure is reported.
+pub(crate) fn truncate_wal(connection: &Connection) -> Result<()> {
+    for attempt in 0..50u64 {
+        let busy: i64 =
+            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2 + attempt));
+    }
+    Err(Error::Io(std::io::Error::other(
+        "the write-ahead log could not be truncated: readers kept it busy",
+    )))
 }

@@ -58,7 +58,8 @@ pub(crate) const VIEWS: &[&str] = &[
 
 pub(crate) const KEYS: &[&str] = &[
     // 1: data keys per client and category (wrapped under a master key), the clients whose data
-    //    was erased (no key is ever made for them again), and system keys (identifier look-ups).
+    //    was erased (no key is ever made for them again), which keys were destroyed (so that a
+    //    missing key is told apart from an erased one), and system keys (identifier look-ups).
     "CREATE TABLE data_keys (
         client_id  BLOB    NOT NULL,
         category   TEXT    NOT NULL,
@@ -72,6 +73,13 @@ pub(crate) const KEYS: &[&str] = &[
         client_id BLOB PRIMARY KEY,
         erased_at INTEGER NOT NULL
     );
+    CREATE TABLE destroyed_keys (
+        key_id       BLOB    PRIMARY KEY,
+        client_id    BLOB    NOT NULL,
+        category     TEXT    NOT NULL,
+        destroyed_at INTEGER NOT NULL
+    );
+    CREATE INDEX destroyed_keys_by_client ON destroyed_keys (client_id);
     CREATE TABLE system_keys (
         name      TEXT PRIMARY KEY,
         master_id TEXT NOT NULL,

@@ -221,10 +221,7 @@ impl ViewStore for SqliteViewStore {
     async fn scrub(&self) -> Result<()> {
         // `secure_delete` zeroed the old rows in the database file; the WAL still holds copies
         // of those pages until it is checkpointed and truncated.
-        self.write(|connection| {
-            connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
+        self.write(|connection| super::keys::truncate_wal(connection))
+            .await
     }
 }
