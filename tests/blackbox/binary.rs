@@ -599,6 +599,8 @@ async fn the_readme_examples_run_verbatim() {
         .current_dir(dir.path())
         .env_remove("TRAVELMAP_CONFIG")
         .env_remove("TRAVELMAP_DATA_DIR")
+        // A newcomer has no master key: the first start generates one.
+        .env_remove("TRAVELMAP_MASTER_KEYS")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -637,7 +639,16 @@ async fn the_readme_examples_run_verbatim() {
         .into_iter::<Value>()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(answers.len(), 8, "{answers:?}");
+    assert_eq!(answers.len(), 9, "{answers:?}");
+    assert!(dir.path().join("travelmap-data/master.key").exists());
+    // The prison number reached the log sealed, and comes back opened.
+    for file in ["events.sqlite", "events.sqlite-wal"] {
+        let log = std::fs::read(dir.path().join("travelmap-data").join(file)).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&log).contains("OP-2026-0117"),
+            "{file}"
+        );
+    }
     assert_eq!(answers[0]["version"], 1);
     assert_eq!(answers[1]["version"], 2);
     assert_eq!(answers[2]["phase"], "released");
@@ -669,8 +680,14 @@ async fn the_readme_examples_run_verbatim() {
             ("consultation", "case_management"),
         ]
     );
-    assert_eq!(answers[7]["code"], "validation_failed");
-    assert_eq!(answers[7]["field"], "data.release_kind");
+    assert_eq!(answers[7]["events"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        answers[7]["events"][0]["data"]["identifiers"][0]["value"],
+        "OP-2026-0117"
+    );
+    assert_eq!(answers[7]["recorded_by"][0]["agency"], "local");
+    assert_eq!(answers[8]["code"], "validation_failed");
+    assert_eq!(answers[8]["field"], "data.release_kind");
 }
 
 /// An import records as a configured credential, so its agency's kind limits what it may load,
@@ -719,4 +736,65 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         String::from_utf8_lossy(&accepted.stderr)
     );
     assert!(String::from_utf8_lossy(&accepted.stdout).contains("imported 2 events"));
+}
+
+/// `keys rotate` rewraps every data key under the new master key: afterwards the old key can be
+/// dropped from the configuration and the personal data still opens; without the new key it
+/// does not, and the error names the key that is missing.
+#[tokio::test]
+async fn keys_rotate_moves_every_data_key_to_the_new_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let client = Uuid::new_v4();
+    let file = dir.path().join("events.jsonl");
+    let registered = json!({
+        "id": Uuid::new_v4(), "type": "client.registered", "schema_version": 1,
+        "client_id": client, "occurred_at": "2026-01-01T00:00:00Z",
+        "data": {"personal": {"given_name": "Blanka"}}
+    });
+    std::fs::write(&file, registered.to_string()).unwrap();
+    let imported = run(&["import", file.to_str().unwrap()], &data);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+
+    let new_key = format!("k2:{}", "0a".repeat(32));
+    let with_keys = |keys: &str, args: &[&str]| {
+        travelmap_command()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("TRAVELMAP_CONFIG")
+            .env("TRAVELMAP_MASTER_KEYS", keys)
+            .output()
+            .unwrap()
+    };
+    let rotated = with_keys(
+        &format!("{new_key},{TEST_MASTER_KEYS}"),
+        &["keys", "rotate"],
+    );
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let said = String::from_utf8_lossy(&rotated.stdout);
+    assert!(
+        said.contains("rewrapped") && said.contains("`k2`"),
+        "{said}"
+    );
+
+    let replay = ["replay", "--client", &client.to_string(), "--json"];
+    let opened = with_keys(&new_key, &replay);
+    assert!(
+        opened.status.success(),
+        "{}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+    assert!(String::from_utf8_lossy(&opened.stdout).contains("Blanka"));
+    let refused = with_keys(TEST_MASTER_KEYS, &replay);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("master key `k2`"));
 }

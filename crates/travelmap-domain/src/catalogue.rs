@@ -96,6 +96,17 @@ macro_rules! catalogue {
                 }
             }
 
+            /// Like [`Self::decode_stored`], from a JSON value already parsed (the store's
+            /// keyring builds one when it joins sealed personal fields back to the facts).
+            pub fn decode_stored_value(event_type: &str, schema_version: u32, data: Value) -> Result<Self, DecodeError> {
+                match event_type {
+                    $($name if schema_version == $version => serde_json::from_value::<$payload>(data)
+                        .map(Self::$variant)
+                        .map_err(|error| ValidationError::new("", error.to_string()).into()),)*
+                    _ => Self::decode(event_type, schema_version, &data),
+                }
+            }
+
             /// Decodes `data` read back from the store. It was validated when it was recorded, so
             /// data in the current version is parsed straight into its type (no intermediate JSON
             /// tree, no rule checks); older versions take the upcasting path of [`Self::decode`].

@@ -226,7 +226,7 @@ pub fn join(
             }
         }
     }
-    JourneyEvent::decode_stored(event_type, schema_version, &Value::Object(data).to_string())
+    JourneyEvent::decode_stored_value(event_type, schema_version, Value::Object(data))
 }
 
 /// What an erased field reads as; `None` when the field is simply left out (a correction's sealed

@@ -749,6 +749,68 @@ async fn a_missing_key_is_an_error_not_an_erasure(place: &Place) {
     store.close().await;
 }
 
+async fn master_keys_rotate_without_losing_data(place: &Place) {
+    let store = place.open().await;
+    let old = travelmap_store::MasterKey::new("old", [42; 32]);
+    let new = travelmap_store::MasterKey::new("new", [43; 32]);
+    let someone = client();
+    {
+        let keyring = keyring(&store).await;
+        let journeys = Journeys::new(store.log(), store.views(), Some(keyring))
+            .await
+            .unwrap();
+        let registered = Submission {
+            draft: draft(
+                someone,
+                "client.registered",
+                json!({"identifiers": [{"type": "prison_number", "value": "OP-5"}],
+                       "personal": {"given_name": "Vendula"}}),
+            ),
+            expected_version: None,
+        };
+        journeys.record(&provenance(), &[registered]).await.unwrap();
+    }
+    // The conformance keyring's key is named "conformance"; rotate from it to "new".
+    let conformance = travelmap_store::MasterKey::new("conformance", [42; 32]);
+    let both = travelmap_store::MasterKeys::new(new.clone(), vec![conformance, old]);
+    let rotated = store.keyring(both).await.unwrap().rotate().await.unwrap();
+    assert!(
+        rotated >= 2,
+        "a data key and the digest key, at least: {rotated}"
+    );
+
+    let only_new = travelmap_store::MasterKeys::new(new, Vec::new());
+    let journeys = Journeys::new(
+        store.log(),
+        store.views(),
+        Some(store.keyring(only_new).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    let history = journeys.history(someone, None).await.unwrap();
+    assert_eq!(
+        history[0].draft.event.data()["personal"]["given_name"],
+        "Vendula"
+    );
+    journeys.projector().catch_up().await.unwrap();
+    assert_eq!(
+        journeys
+            .find_by_identifier("prison_number", "OP-5")
+            .await
+            .unwrap(),
+        vec![someone]
+    );
+    let only_old = travelmap_store::MasterKeys::new(
+        travelmap_store::MasterKey::new("conformance", [42; 32]),
+        Vec::new(),
+    );
+    assert!(matches!(
+        store.keyring(only_old).await,
+        Err(travelmap_store::Error::MasterKeyMissing(_))
+    ));
+    store.close().await;
+}
+
 macro_rules! conformance {
     ($backend:ident: $($check:ident),* $(,)?) => {
         #[allow(non_snake_case)]
@@ -777,6 +839,7 @@ conformance!(Embedded:
     the_audit_trail_is_one_chain,
     erasure_leaves_no_plaintext_and_keeps_the_facts,
     a_missing_key_is_an_error_not_an_erasure,
+    master_keys_rotate_without_losing_data,
 );
 
 conformance!(Postgres:
@@ -791,4 +854,5 @@ conformance!(Postgres:
     the_audit_trail_is_one_chain,
     erasure_leaves_no_plaintext_and_keeps_the_facts,
     a_missing_key_is_an_error_not_an_erasure,
+    master_keys_rotate_without_losing_data,
 );

@@ -72,6 +72,10 @@ pub trait KeyStore: Send + Sync {
     /// client erased so that no key is ever created for them again. Returns how many were
     /// destroyed. The bytes are overwritten where the engine allows (see docs/data-protection.md).
     async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize>;
+    /// Whether this process is the only one using the store (so that it may cache keys).
+    fn exclusive(&self) -> bool {
+        false
+    }
     /// Whether the client was erased.
     async fn is_erased(&self, client: ClientId) -> Result<bool>;
     /// The keys of the given clients that were destroyed, and when. A sealed value whose key is
@@ -212,7 +216,15 @@ pub struct Keyring {
     store: Arc<dyn KeyStore>,
     masters: MasterKeys,
     lookup: Zeroizing<[u8; 32]>,
+    /// Unwrapped keys for sealing, kept only where this process is the key store's only user
+    /// (the embedded store): its own erasures drop them, and nobody else's can happen. With
+    /// several processes a key destroyed elsewhere could still be used to seal here, so there is
+    /// none. Opening never uses it: whether a key still exists is always asked of the store.
+    sealing_cache: Option<std::sync::Mutex<HashMap<(ClientId, Category), Arc<DataKey>>>>,
 }
+
+/// The most keys the sealing cache holds before it starts over.
+const SEALING_CACHE_KEYS: usize = 65_536;
 
 impl Keyring {
     /// Opens the keyring over `store`, creating the identifier lookup key on first use.
@@ -230,10 +242,14 @@ impl Keyring {
             }
         };
         let lookup = unwrap(&masters, &master_id, LOOKUP_KEY.as_bytes(), &wrapped)?;
+        let sealing_cache = store
+            .exclusive()
+            .then(|| std::sync::Mutex::new(HashMap::new()));
         Ok(Self {
             store,
             masters,
             lookup,
+            sealing_cache,
         })
     }
 
@@ -263,11 +279,23 @@ impl Keyring {
         let holds_personal = |draft: &travelmap_domain::EventDraft| {
             !personal::personal_fields(draft.event.event_type()).is_empty()
         };
-        let wanted: Vec<(ClientId, Category)> = events
-            .iter()
-            .filter(|(draft, _)| holds_personal(draft))
-            .map(|(draft, _)| (draft.client_id, Category::DataProtection))
-            .collect();
+        // The keys the events will be sealed under are made in the same go, so that a new
+        // client costs one write to the key store, not one per key.
+        let mut wanted: Vec<(ClientId, Category)> = Vec::new();
+        for (draft, _) in events.iter().filter(|(draft, _)| holds_personal(draft)) {
+            for slot in [
+                Some((draft.client_id, Category::DataProtection)),
+                personal::category(draft.event.event_type())
+                    .map(|category| (draft.client_id, category)),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !wanted.contains(&slot) {
+                    wanted.push(slot);
+                }
+            }
+        }
         let keys = self.keys_for(&wanted).await?;
         Ok(events
             .into_iter()
@@ -291,7 +319,17 @@ impl Keyring {
     async fn keys_for(
         &self,
         wanted: &[(ClientId, Category)],
-    ) -> Result<HashMap<(ClientId, Category), DataKey>> {
+    ) -> Result<HashMap<(ClientId, Category), Arc<DataKey>>> {
+        if let Some(cache) = &self.sealing_cache {
+            let cache = cache.lock().expect("key cache lock");
+            let cached: HashMap<(ClientId, Category), Arc<DataKey>> = wanted
+                .iter()
+                .filter_map(|slot| Some((*slot, cache.get(slot)?.clone())))
+                .collect();
+            if wanted.iter().all(|slot| cached.contains_key(slot)) {
+                return Ok(cached);
+            }
+        }
         let mut clients: Vec<ClientId> = wanted.iter().map(|(client, _)| *client).collect();
         clients.sort_unstable_by_key(|client| client.0);
         clients.dedup();
@@ -320,10 +358,18 @@ impl Keyring {
                 found.insert((key.client_id, key.category), key);
             }
         }
-        found
+        let keys: HashMap<(ClientId, Category), Arc<DataKey>> = found
             .into_iter()
-            .map(|(slot, stored)| Ok((slot, self.unwrap_key(&stored)?)))
-            .collect()
+            .map(|(slot, stored)| Ok((slot, Arc::new(self.unwrap_key(&stored)?))))
+            .collect::<Result<_>>()?;
+        if let Some(cache) = &self.sealing_cache {
+            let mut cache = cache.lock().expect("key cache lock");
+            if cache.len() + keys.len() > SEALING_CACHE_KEYS {
+                cache.clear();
+            }
+            cache.extend(keys.iter().map(|(slot, key)| (*slot, key.clone())));
+        }
+        Ok(keys)
     }
 
     fn new_key(&self, client_id: ClientId, category: Category) -> StoredKey {
@@ -473,6 +519,17 @@ impl Keyring {
         client: ClientId,
         categories: Option<Vec<Category>>,
     ) -> Result<usize> {
+        if let Some(cache) = &self.sealing_cache {
+            cache
+                .lock()
+                .expect("key cache lock")
+                .retain(|(owner, category), _| {
+                    *owner != client
+                        || categories
+                            .as_ref()
+                            .is_some_and(|destroyed| !destroyed.contains(category))
+                });
+        }
         self.store.destroy(client, categories).await
     }
 

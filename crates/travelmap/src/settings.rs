@@ -277,7 +277,13 @@ pub fn local_admin() -> Credential {
         id: "local-admin".into(),
         agency: "local".into(),
         agency_kind: None,
-        roles: vec![Role::Admin, Role::Writer, Role::Coordinator, Role::Auditor],
+        roles: vec![
+            Role::Admin,
+            Role::Writer,
+            Role::Coordinator,
+            Role::Auditor,
+            Role::Dpo,
+        ],
     }
 }
 

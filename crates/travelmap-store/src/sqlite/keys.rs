@@ -63,6 +63,12 @@ fn read_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
 
 #[async_trait]
 impl KeyStore for SqliteKeyStore {
+    /// The data directory's lock keeps every other server out. (Read-only commands such as
+    /// `replay` open it beside a server, but they only read.)
+    fn exclusive(&self) -> bool {
+        true
+    }
+
     async fn keys(&self, clients: Vec<ClientId>) -> Result<Vec<StoredKey>> {
         self.with(move |connection| {
             let mut keys = Vec::new();
