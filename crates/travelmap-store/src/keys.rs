@@ -220,8 +220,10 @@ pub struct Keyring {
     /// (the embedded store): its own erasures drop them, and nobody else's can happen. With
     /// several processes a key destroyed elsewhere could still be used to seal here, so there is
     /// none. Opening never uses it: whether a key still exists is always asked of the store.
-    sealing_cache: Option<std::sync::Mutex<HashMap<(ClientId, Category), Arc<DataKey>>>>,
+    sealing_cache: Option<KeyCache>,
 }
+
+type KeyCache = std::sync::Mutex<HashMap<(ClientId, Category), Arc<DataKey>>>;
 
 /// The most keys the sealing cache holds before it starts over.
 const SEALING_CACHE_KEYS: usize = 65_536;
