@@ -284,6 +284,54 @@ async fn each_role_reaches_only_its_endpoints() {
             assert_eq!(status, expected, "{key} GET {path}");
         }
     }
+    // Statistics: coordinators, auditors and the dpo; subject access and the data-protection
+    // decisions: the dpo alone.
+    for (key, statistics, dpo) in [
+        (PRISON_WRITER, false, false),
+        (COORDINATOR, true, false),
+        (AUDITOR, true, false),
+        (DPO, true, true),
+        (ADMIN, false, false),
+    ] {
+        let expect = |allowed: bool, when_allowed: StatusCode| {
+            if allowed {
+                when_allowed
+            } else {
+                StatusCode::FORBIDDEN
+            }
+        };
+        let status = app
+            .get_for("/v1/statistics/outcomes", key, "statistics")
+            .await
+            .status();
+        assert_eq!(
+            status,
+            expect(statistics, StatusCode::OK),
+            "{key} statistics"
+        );
+        let status = app
+            .get_for(
+                &format!("/v1/clients/{client}/subject-access"),
+                key,
+                "subject_access",
+            )
+            .await
+            .status();
+        assert_eq!(status, expect(dpo, StatusCode::OK), "{key} subject access");
+        if !dpo {
+            let reason = serde_json::json!({"reason": "test"});
+            for response in [
+                app.delete(&format!("/v1/clients/{client}/personal-data"), key, &reason)
+                    .await,
+                app.post(&format!("/v1/clients/{client}/restriction"), key, &reason)
+                    .await,
+                app.delete(&format!("/v1/clients/{client}/restriction"), key, &reason)
+                    .await,
+            ] {
+                assert_eq!(response.status(), StatusCode::FORBIDDEN, "{key}");
+            }
+        }
+    }
     // Only writers post.
     for key in [AUDITOR, DPO, ADMIN, COORDINATOR] {
         let response = app

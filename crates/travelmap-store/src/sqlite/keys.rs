@@ -21,6 +21,16 @@ use crate::{Error, Result};
 
 pub struct SqliteKeyStore {
     connection: Arc<Mutex<Connection>>,
+    /// Key creations go to one thread that commits all those waiting together: each commit
+    /// waits for the disk (a key must be durable before anything sealed under it is
+    /// acknowledged), and a burst of new clients would otherwise queue one flush each.
+    creations: std::sync::mpsc::Sender<Creation>,
+}
+
+/// Keys to create, and where to send the keys in force.
+struct Creation {
+    keys: Vec<StoredKey>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<StoredKey>>>,
 }
 
 impl SqliteKeyStore {
@@ -30,8 +40,37 @@ impl SqliteKeyStore {
         configure(&connection)?;
         connection.pragma_update(None, "secure_delete", "ON")?;
         schema::migrate(&mut connection, path, schema::KEYS)?;
+        let connection = Arc::new(Mutex::new(connection));
+        let (creations, queue) = std::sync::mpsc::channel::<Creation>();
+        let writer = connection.clone();
+        std::thread::Builder::new()
+            .name("travelmap-keys".into())
+            .spawn(move || {
+                // Ends when the store is dropped (the sender with it).
+                while let Ok(first) = queue.recv() {
+                    let mut group = vec![first];
+                    group.extend(queue.try_iter());
+                    let mut connection = writer.lock().expect("key store lock");
+                    match create_group(&mut connection, &group) {
+                        Ok(answers) => {
+                            for (creation, answer) in group.into_iter().zip(answers) {
+                                let _ = creation.reply.send(answer);
+                            }
+                        }
+                        Err(error) => {
+                            let message = error.to_string();
+                            for creation in group {
+                                let _ = creation
+                                    .reply
+                                    .send(Err(Error::Io(std::io::Error::other(message.clone()))));
+                            }
+                        }
+                    }
+                }
+            })?;
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
+            connection,
+            creations,
         })
     }
 
@@ -91,41 +130,11 @@ impl KeyStore for SqliteKeyStore {
     }
 
     async fn create(&self, keys: Vec<StoredKey>) -> Result<Vec<StoredKey>> {
-        self.with(move |connection| {
-            let transaction = connection.transaction()?;
-            let mut in_force = Vec::with_capacity(keys.len());
-            for key in keys {
-                let erased: Option<i64> = transaction
-                    .prepare_cached("SELECT 1 FROM erased_clients WHERE client_id = ?1")?
-                    .query_row(params![key.client_id.0], |row| row.get(0))
-                    .optional()?;
-                if erased.is_some() {
-                    return Err(Error::ClientErased(key.client_id));
-                }
-                transaction
-                    .prepare_cached(
-                        "INSERT INTO data_keys (client_id, category, key_id, master_id, wrapped, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (client_id, category) DO NOTHING",
-                    )?
-                    .execute(params![
-                        key.client_id.0,
-                        key.category.as_str(),
-                        key.key_id,
-                        key.master_id,
-                        key.wrapped,
-                        key.created_at.timestamp_micros(),
-                    ])?;
-                let stored = transaction
-                    .prepare_cached(&format!(
-                        "SELECT {KEY_COLUMNS} FROM data_keys WHERE client_id = ?1 AND category = ?2"
-                    ))?
-                    .query_row(params![key.client_id.0, key.category.as_str()], read_key)?;
-                in_force.push(stored);
-            }
-            transaction.commit()?;
-            Ok(in_force)
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.creations
+            .send(Creation { keys, reply })
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
     }
 
     async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize> {
@@ -302,6 +311,58 @@ impl KeyStore for SqliteKeyStore {
         })
         .await
     }
+}
+
+/// Creates the keys of every waiting request in one transaction. A request for an erased client
+/// is refused on its own; the others go ahead.
+fn create_group(
+    connection: &mut Connection,
+    group: &[Creation],
+) -> Result<Vec<Result<Vec<StoredKey>>>> {
+    let transaction = connection.transaction()?;
+    let mut answers = Vec::with_capacity(group.len());
+    for creation in group {
+        let mut erased = None;
+        for key in &creation.keys {
+            let found: Option<i64> = transaction
+                .prepare_cached("SELECT 1 FROM erased_clients WHERE client_id = ?1")?
+                .query_row(params![key.client_id.0], |row| row.get(0))
+                .optional()?;
+            if found.is_some() {
+                erased = Some(key.client_id);
+                break;
+            }
+        }
+        if let Some(client) = erased {
+            answers.push(Err(Error::ClientErased(client)));
+            continue;
+        }
+        let mut in_force = Vec::with_capacity(creation.keys.len());
+        for key in &creation.keys {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO data_keys (client_id, category, key_id, master_id, wrapped, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (client_id, category) DO NOTHING",
+                )?
+                .execute(params![
+                    key.client_id.0,
+                    key.category.as_str(),
+                    key.key_id,
+                    key.master_id,
+                    key.wrapped,
+                    key.created_at.timestamp_micros(),
+                ])?;
+            let stored = transaction
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM data_keys WHERE client_id = ?1 AND category = ?2"
+                ))?
+                .query_row(params![key.client_id.0, key.category.as_str()], read_key)?;
+            in_force.push(stored);
+        }
+        answers.push(Ok(in_force));
+    }
+    transaction.commit()?;
+    Ok(answers)
 }
 
 /// Checkpoints the WAL into the database and truncates it, so that no copy of a deleted page is
