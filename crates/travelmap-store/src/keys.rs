@@ -221,7 +221,12 @@ pub struct Keyring {
     /// several processes a key destroyed elsewhere could still be used to seal here, so there is
     /// none. Opening never uses it: whether a key still exists is always asked of the store.
     sealing_cache: Option<KeyCache>,
+    /// Unwrapped keys by key id, for opening (see [`Keyring::unwrapped`]).
+    unwrapped: std::sync::Mutex<HashMap<Uuid, Arc<DataKey>>>,
 }
+
+/// The most keys [`Keyring::unwrapped`] keeps before it starts over.
+const UNWRAPPED_KEYS: usize = 65_536;
 
 type KeyCache = std::sync::Mutex<HashMap<(ClientId, Category), Arc<DataKey>>>;
 
@@ -252,6 +257,7 @@ impl Keyring {
             masters,
             lookup,
             sealing_cache,
+            unwrapped: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -393,6 +399,27 @@ impl Keyring {
         }
     }
 
+    /// A live key, unwrapped: from the cache of unwrapped keys, or unwrapped now and kept. The
+    /// cache is keyed by key id, which names one key's bytes for good, and is consulted only for
+    /// keys the store has just said are live, so it never revives a destroyed key.
+    fn unwrapped(&self, stored: &StoredKey) -> Result<Arc<DataKey>> {
+        if let Some(key) = self
+            .unwrapped
+            .lock()
+            .expect("unwrapped key cache lock")
+            .get(&stored.key_id)
+        {
+            return Ok(key.clone());
+        }
+        let key = Arc::new(self.unwrap_key(stored)?);
+        let mut cache = self.unwrapped.lock().expect("unwrapped key cache lock");
+        if cache.len() >= UNWRAPPED_KEYS {
+            cache.clear();
+        }
+        cache.insert(stored.key_id, key.clone());
+        Ok(key)
+    }
+
     fn unwrap_key(&self, stored: &StoredKey) -> Result<DataKey> {
         let key = unwrap(
             &self.masters,
@@ -447,11 +474,11 @@ impl Keyring {
         }
         clients.sort_unstable_by_key(|client| client.0);
         clients.dedup();
+        // Which keys are live is always asked of the store; a live key is unwrapped once per
+        // read and only if some event needs it (a rebuild's page names thousands of clients).
         let stored = self.store.keys(clients.clone()).await?;
-        let mut keys: HashMap<Uuid, (ClientId, DataKey)> = HashMap::with_capacity(stored.len());
-        for key in &stored {
-            keys.insert(key.key_id, (key.client_id, self.unwrap_key(key)?));
-        }
+        let live: HashMap<Uuid, &StoredKey> = stored.iter().map(|key| (key.key_id, key)).collect();
+        let mut keys: HashMap<Uuid, (ClientId, Arc<DataKey>)> = HashMap::new();
         // Fetched only when some key is not live: the usual read never needs it.
         let mut destroyed: Option<std::collections::HashSet<(ClientId, Uuid)>> = None;
         for event in events.iter_mut() {
@@ -467,6 +494,11 @@ impl Keyring {
             };
             let header = Header::parse(&sealed.ciphertext).map_err(corrupt)?;
             let client = event.draft.client_id;
+            if !keys.contains_key(&header.key_id)
+                && let Some(stored) = live.get(&header.key_id)
+            {
+                keys.insert(header.key_id, (stored.client_id, self.unwrapped(stored)?));
+            }
             let key = match keys.get(&header.key_id) {
                 Some((owner, key)) if *owner == client => key,
                 Some(_) => {
@@ -532,7 +564,14 @@ impl Keyring {
                             .is_some_and(|destroyed| !destroyed.contains(category))
                 });
         }
-        self.store.destroy(client, categories).await
+        let destroyed = self.store.destroy(client, categories).await?;
+        // Not needed for correctness (see `unwrapped`), but a destroyed key's bytes should not
+        // linger in memory either.
+        self.unwrapped
+            .lock()
+            .expect("unwrapped key cache lock")
+            .clear();
+        Ok(destroyed)
     }
 
     /// Rewraps every data key (and the lookup key) under the current master key; returns how
