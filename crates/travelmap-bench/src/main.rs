@@ -368,6 +368,9 @@ async fn measure_audit_cost(args: &Args, workload: &Arc<Workload>) -> anyhow::Re
     })
 }
 
+/// How often each log is rebuilt in the encryption-cost measurement (the best run counts).
+const REBUILD_REPEATS: usize = 5;
+
 /// Ingest and rebuild on the embedded store with personal fields sealed and without (alternating
 /// like the audit cost), from the same events.
 struct SealingCost {
@@ -396,7 +399,16 @@ async fn measure_sealing_cost(
         let server = Server::start_with(&location, true, sealed).await?;
         ingest.push(post_events(&server.api, workload, events, WRITERS).await?);
         server.stop().await?;
-        rebuilds.push(rebuild_with(&location, sealed).await?);
+        // A rebuild of 20,000 events takes a fraction of a second, so one run says little:
+        // the best of five is what the machine can do.
+        let mut best: Option<Rebuild> = None;
+        for _ in 0..REBUILD_REPEATS {
+            let run = rebuild_with(&location, sealed).await?;
+            if best.as_ref().is_none_or(|best| run.elapsed < best.elapsed) {
+                best = Some(run);
+            }
+        }
+        rebuilds.push(best.expect("at least one rebuild"));
     }
     let [sealed_ingest, plain_ingest]: [Ingest; 2] = ingest
         .try_into()
@@ -944,7 +956,7 @@ impl Report<'_> {
         let mut out =
             String::from("\n## The cost of encrypting personal fields (embedded store)\n\n");
         out += &format!(
-            "The same {} events at concurrency {WRITERS} on a fresh store, then a rebuild of that log with the server stopped: once with personal fields sealed (AES-256-GCM, a key per client and category, as in production) and once stored as they are.\n\n",
+            "The same {} events at concurrency {WRITERS} on a fresh store, then rebuilds of that log with the server stopped (the best of {REBUILD_REPEATS}): once with personal fields sealed (AES-256-GCM, a key per client and category, as in production) and once stored as they are.\n\n",
             thousands(sealed.events as u64),
         );
         out += "| Measurement | Sealed | Unsealed | Sealed / unsealed | Target |\n|---|---|---|---|---|\n";

@@ -229,6 +229,62 @@ pub fn join(
     JourneyEvent::decode_stored_value(event_type, schema_version, Value::Object(data))
 }
 
+/// [`join`] for the common case, from the opened personal fields as JSON text (what the store
+/// decrypts): the facts and the personal fields are disjoint objects, so they are joined as text
+/// and decoded once, straight into the event's type. A correction, whose replacement `data` is
+/// split between the two, takes the general path.
+pub fn join_text(
+    event_type: &str,
+    schema_version: u32,
+    public: &str,
+    personal: &str,
+) -> Result<JourneyEvent, DecodeError> {
+    let invalid = |error: serde_json::Error| ValidationError::new("", error.to_string());
+    if event_type == "event.corrected" {
+        let personal: Map<String, Value> = serde_json::from_str(personal).map_err(invalid)?;
+        return join(event_type, schema_version, public, Some(&personal), &[]);
+    }
+    JourneyEvent::decode_stored(event_type, schema_version, &merge_objects(public, personal))
+}
+
+/// [`join`] of an erased event, as text like [`join_text`].
+pub fn join_erased(
+    event_type: &str,
+    schema_version: u32,
+    public: &str,
+    sealed_fields: &[String],
+) -> Result<JourneyEvent, DecodeError> {
+    if event_type == "event.corrected" {
+        return join(event_type, schema_version, public, None, sealed_fields);
+    }
+    let placeholders: Map<String, Value> = sealed_fields
+        .iter()
+        .filter_map(|field| Some((field.clone(), erased_placeholder(event_type, field)?)))
+        .collect();
+    JourneyEvent::decode_stored(
+        event_type,
+        schema_version,
+        &merge_objects(public, &Value::Object(placeholders).to_string()),
+    )
+}
+
+/// Two JSON objects with disjoint keys, as one: `{"a":1}` and `{"b":2}` give `{"a":1,"b":2}`.
+fn merge_objects(left: &str, right: &str) -> String {
+    let left = left.trim();
+    let right = right.trim();
+    let left_body = left[1..left.len() - 1].trim();
+    let right_body = right[1..right.len() - 1].trim();
+    let mut merged = String::with_capacity(left.len() + right.len());
+    merged.push('{');
+    merged.push_str(left_body);
+    if !left_body.is_empty() && !right_body.is_empty() {
+        merged.push(',');
+    }
+    merged.push_str(right_body);
+    merged.push('}');
+    merged
+}
+
 /// What an erased field reads as; `None` when the field is simply left out (a correction's sealed
 /// replacement keys: the correction then replaces only what is left).
 fn erased_placeholder(event_type: &str, field: &str) -> Option<Value> {
@@ -254,6 +310,22 @@ mod tests {
 
     fn round_trip(original: &JourneyEvent) -> (Split, JourneyEvent, JourneyEvent) {
         let split = split(original).expect("has personal fields");
+        let personal = Value::Object(split.personal.clone()).to_string();
+        assert_eq!(
+            join_text(original.event_type(), 1, &split.public, &personal).unwrap(),
+            *original
+        );
+        assert_eq!(
+            join_erased(original.event_type(), 1, &split.public, &split.fields()).unwrap(),
+            join(
+                original.event_type(),
+                1,
+                &split.public,
+                None,
+                &split.fields()
+            )
+            .unwrap()
+        );
         let opened = join(
             original.event_type(),
             1,

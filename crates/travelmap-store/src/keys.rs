@@ -203,11 +203,22 @@ impl MasterKeys {
 struct DataKey {
     key_id: Uuid,
     key: Zeroizing<[u8; 32]>,
+    /// The expanded key, made once rather than for every event it seals or opens.
+    cipher: Aes256Gcm,
 }
 
 impl DataKey {
-    fn cipher(&self) -> Aes256Gcm {
-        Aes256Gcm::new_from_slice(&self.key[..]).expect("32-byte key")
+    fn new(key_id: Uuid, key: Zeroizing<[u8; 32]>) -> Self {
+        let cipher = Aes256Gcm::new_from_slice(&key[..]).expect("32-byte key");
+        Self {
+            key_id,
+            key,
+            cipher,
+        }
+    }
+
+    fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
     }
 }
 
@@ -427,10 +438,7 @@ impl Keyring {
             &wrap_context(stored.client_id, stored.category, stored.key_id),
             &stored.wrapped,
         )?;
-        Ok(DataKey {
-            key_id: stored.key_id,
-            key,
-        })
+        Ok(DataKey::new(stored.key_id, key))
     }
 
     /// Seals the personal fields of events about to be appended. `jobs` lists, per event, its
@@ -531,15 +539,13 @@ impl Keyring {
                 open_value(key, client, event.draft.id, &sealed.ciphertext, &header)
                     .map_err(|()| corrupt("sealed fields fail authentication".to_owned()))?,
             );
-            let personal: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(&plaintext)
-                    .map_err(|error| corrupt(format!("sealed fields: {error}")))?;
-            event.draft.event = personal::join(
+            let personal = std::str::from_utf8(&plaintext)
+                .map_err(|error| corrupt(format!("sealed fields: {error}")))?;
+            event.draft.event = personal::join_text(
                 event.draft.event.event_type(),
                 event.draft.event.schema_version(),
                 &sealed.public,
-                Some(&personal),
-                &sealed.fields,
+                personal,
             )
             .map_err(|source| Error::Corrupt { position, source })?;
             event.personal = PersonalData::Clear;
@@ -788,10 +794,7 @@ mod tests {
     use super::*;
 
     fn data_key() -> DataKey {
-        DataKey {
-            key_id: Uuid::from_u128(5),
-            key: Zeroizing::new([7u8; 32]),
-        }
+        DataKey::new(Uuid::from_u128(5), Zeroizing::new([7u8; 32]))
     }
 
     #[test]
@@ -811,10 +814,7 @@ mod tests {
         );
         assert!(open_value(&key, client, EventId(Uuid::from_u128(2)), &sealed, &header).is_err());
         assert!(open_value(&key, ClientId(Uuid::from_u128(9)), event, &sealed, &header).is_err());
-        let other = DataKey {
-            key_id: key.key_id,
-            key: Zeroizing::new([8u8; 32]),
-        };
+        let other = DataKey::new(key.key_id, Zeroizing::new([8u8; 32]));
         assert!(open_value(&other, client, event, &sealed, &header).is_err());
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;

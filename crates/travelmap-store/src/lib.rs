@@ -337,7 +337,7 @@ pub(crate) fn decode_data(
         Some(ciphertext) => {
             let fields = keys::sealed_fields(&ciphertext)
                 .map_err(|message| ValidationError::new("", message))?;
-            let event = personal::join(event_type, schema_version, &data, None, &fields)?;
+            let event = personal::join_erased(event_type, schema_version, &data, &fields)?;
             Ok((
                 event,
                 PersonalData::Sealed(Sealed {
