@@ -134,6 +134,7 @@ impl Projector {
         self.views.reset().await?;
         self.progress.send_replace(0);
         drop(cache);
+        self.log.prepare_full_read().await?;
         let events = self.fold_until_head(REBUILD).await?;
         let clients = self.views.count().await?;
         // The rebuild's large cache is not needed for following the live feed.

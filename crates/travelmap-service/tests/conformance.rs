@@ -738,6 +738,14 @@ async fn a_missing_key_is_an_error_not_an_erasure(place: &Place) {
             pool.close().await;
         }
     }
+    // As after a restart with a key store that lost keys (or belongs to another log).
+    drop(journeys);
+    store.close().await;
+    drop(store);
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
     let read = journeys.history(someone, None).await;
     assert!(
         matches!(

@@ -234,7 +234,15 @@ pub struct Keyring {
     sealing_cache: Option<KeyCache>,
     /// Unwrapped keys by key id, for opening (see [`Keyring::unwrapped`]).
     unwrapped: std::sync::Mutex<HashMap<Uuid, Arc<DataKey>>>,
+    /// Each client's live keys, where this process is the store's only user (see
+    /// [`Keyring::live_keys`]).
+    live: Option<LiveKeys>,
 }
+
+type LiveKeys = std::sync::Mutex<HashMap<ClientId, Arc<[StoredKey]>>>;
+
+/// The most clients [`Keyring::live_keys`] remembers before it starts over.
+const LIVE_KEY_CLIENTS: usize = 100_000;
 
 /// The most keys [`Keyring::unwrapped`] keeps before it starts over.
 const UNWRAPPED_KEYS: usize = 65_536;
@@ -260,15 +268,15 @@ impl Keyring {
             }
         };
         let lookup = unwrap(&masters, &master_id, LOOKUP_KEY.as_bytes(), &wrapped)?;
-        let sealing_cache = store
-            .exclusive()
-            .then(|| std::sync::Mutex::new(HashMap::new()));
+        let exclusive = store.exclusive();
+        let sealing_cache = exclusive.then(|| std::sync::Mutex::new(HashMap::new()));
         Ok(Self {
             store,
             masters,
             lookup,
             sealing_cache,
             unwrapped: std::sync::Mutex::new(HashMap::new()),
+            live: exclusive.then(|| std::sync::Mutex::new(HashMap::new())),
         })
     }
 
@@ -373,6 +381,9 @@ impl Keyring {
             missing
         };
         if !missing.is_empty() {
+            for key in &missing {
+                self.forget_live(key.client_id);
+            }
             for key in self.store.create(missing).await? {
                 found.insert((key.client_id, key.category), key);
             }
@@ -407,6 +418,79 @@ impl Keyring {
                 &key[..],
             ),
             created_at: Utc::now(),
+        }
+    }
+
+    /// The live keys of `clients`, one list per client that has any. On a store only this
+    /// process uses, the lists are kept: every change to them goes through this keyring, which
+    /// drops a client's list when it creates or destroys one of its keys. (A rebuild reads every
+    /// client on every page; asking the store each time was most of what opening cost.)
+    async fn live_keys(&self, clients: Vec<ClientId>) -> Result<Vec<Arc<[StoredKey]>>> {
+        let Some(known) = &self.live else {
+            let mut by_client: HashMap<ClientId, Vec<StoredKey>> = HashMap::new();
+            for key in self.store.keys(clients).await? {
+                by_client.entry(key.client_id).or_default().push(key);
+            }
+            return Ok(by_client.into_values().map(Arc::from).collect());
+        };
+        let mut lists = Vec::with_capacity(clients.len());
+        let mut unknown = Vec::new();
+        {
+            let known = known.lock().expect("live key cache lock");
+            for client in clients {
+                match known.get(&client) {
+                    Some(list) => lists.push(list.clone()),
+                    None => unknown.push(client),
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(lists);
+        }
+        let mut fetched: HashMap<ClientId, Vec<StoredKey>> =
+            unknown.iter().map(|client| (*client, Vec::new())).collect();
+        for key in self.store.keys(unknown).await? {
+            fetched.entry(key.client_id).or_default().push(key);
+        }
+        let mut known = known.lock().expect("live key cache lock");
+        if known.len() + fetched.len() > LIVE_KEY_CLIENTS {
+            known.clear();
+        }
+        for (client, keys) in fetched {
+            let list: Arc<[StoredKey]> = Arc::from(keys);
+            known.insert(client, list.clone());
+            lists.push(list);
+        }
+        Ok(lists)
+    }
+
+    /// Loads every client's live keys at once, where [`Self::live_keys`] keeps them: a rebuild
+    /// reads every client, and one pass over the key store costs less than a query per page.
+    pub async fn load_live_keys(&self) -> Result<()> {
+        let Some(known) = &self.live else {
+            return Ok(());
+        };
+        let mut by_client: HashMap<ClientId, Vec<StoredKey>> = HashMap::new();
+        for key in self.store.all().await? {
+            by_client.entry(key.client_id).or_default().push(key);
+        }
+        if by_client.len() > LIVE_KEY_CLIENTS {
+            return Ok(());
+        }
+        let mut known = known.lock().expect("live key cache lock");
+        known.clear();
+        known.extend(
+            by_client
+                .into_iter()
+                .map(|(client, keys)| (client, Arc::from(keys))),
+        );
+        Ok(())
+    }
+
+    /// Forgets what [`Self::live_keys`] knows of a client whose keys change.
+    fn forget_live(&self, client: ClientId) {
+        if let Some(known) = &self.live {
+            known.lock().expect("live key cache lock").remove(&client);
         }
     }
 
@@ -484,8 +568,12 @@ impl Keyring {
         clients.dedup();
         // Which keys are live is always asked of the store; a live key is unwrapped once per
         // read and only if some event needs it (a rebuild's page names thousands of clients).
-        let stored = self.store.keys(clients.clone()).await?;
-        let live: HashMap<Uuid, &StoredKey> = stored.iter().map(|key| (key.key_id, key)).collect();
+        let stored = self.live_keys(clients.clone()).await?;
+        let live: HashMap<Uuid, &StoredKey> = stored
+            .iter()
+            .flat_map(|keys| keys.iter())
+            .map(|key| (key.key_id, key))
+            .collect();
         let mut keys: HashMap<Uuid, (ClientId, Arc<DataKey>)> = HashMap::new();
         // Fetched only when some key is not live: the usual read never needs it.
         let mut destroyed: Option<std::collections::HashSet<(ClientId, Uuid)>> = None;
@@ -500,7 +588,7 @@ impl Keyring {
                     travelmap_domain::ValidationError::new("", message),
                 ),
             };
-            let header = Header::parse(&sealed.ciphertext).map_err(corrupt)?;
+            let header = Header::locate(&sealed.ciphertext).map_err(corrupt)?;
             let client = event.draft.client_id;
             if !keys.contains_key(&header.key_id)
                 && let Some(stored) = live.get(&header.key_id)
@@ -531,6 +619,13 @@ impl Keyring {
                     if !erased {
                         return Err(Error::KeyMissing { position });
                     }
+                    event.draft.event = personal::join_erased(
+                        event.draft.event.event_type(),
+                        event.draft.event.schema_version(),
+                        &sealed.public,
+                        &sealed.fields,
+                    )
+                    .map_err(|source| Error::Corrupt { position, source })?;
                     event.personal = PersonalData::Erased;
                     continue;
                 }
@@ -570,7 +665,9 @@ impl Keyring {
                             .is_some_and(|destroyed| !destroyed.contains(category))
                 });
         }
+        self.forget_live(client);
         let destroyed = self.store.destroy(client, categories).await?;
+        self.forget_live(client);
         // Not needed for correctness (see `unwrapped`), but a destroyed key's bytes should not
         // linger in memory either.
         self.unwrapped
@@ -601,6 +698,9 @@ impl Keyring {
         let count = rewrapped.len();
         if count > 0 {
             self.store.rewrap(rewrapped).await?;
+        }
+        if let Some(known) = &self.live {
+            known.lock().expect("live key cache lock").clear();
         }
         if let Some((master_id, _)) = self.store.system_key(LOOKUP_KEY).await?
             && master_id != current.id
@@ -683,6 +783,27 @@ struct Header {
 }
 
 impl Header {
+    /// The key id and where the nonce starts, without collecting the field names.
+    fn locate(sealed: &[u8]) -> std::result::Result<Self, String> {
+        let damaged = || "sealed value is damaged".to_owned();
+        if sealed.first() != Some(&FORMAT) || sealed.len() < 18 {
+            return Err(damaged());
+        }
+        let key_id = Uuid::from_slice(&sealed[1..17]).map_err(|_| damaged())?;
+        let mut at = 18;
+        for _ in 0..sealed[17] {
+            at += 1 + *sealed.get(at).ok_or_else(damaged)? as usize;
+        }
+        if sealed.len() < at + NONCE_LEN + 16 {
+            return Err(damaged());
+        }
+        Ok(Self {
+            key_id,
+            fields: Vec::new(),
+            body: at,
+        })
+    }
+
     fn parse(sealed: &[u8]) -> std::result::Result<Self, String> {
         let damaged = || "sealed value is damaged".to_owned();
         if sealed.first() != Some(&FORMAT) || sealed.len() < 18 {

@@ -198,6 +198,12 @@ pub trait EventLog: Send + Sync {
     /// The highest committed position, updated after every commit; projections wait on it.
     fn head(&self) -> watch::Receiver<u64>;
 
+    /// Called before the whole log is read (a rebuild), so that a log that can make such a read
+    /// cheaper prepares for it (the sealed log loads every live key in one pass).
+    async fn prepare_full_read(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The stored form of events' content digests (see [`NewEvent::digest`]): what `lookup`
     /// answers with, and what a retry's digest must be turned into before comparing. A log that
     /// seals personal data keys the digests of events holding any with a key of the client's that
@@ -314,8 +320,9 @@ impl AuditLog for DiscardedAudit {
     }
 }
 
-/// Decodes an event's stored data: as it is, or, when its personal fields are sealed, with erased
-/// placeholders and the sealed value kept for [`Keyring::open_events`]. Backends call this for every row.
+/// Decodes an event's stored data: as it is, or, when its personal fields are sealed, from the
+/// facts alone, with the sealed value kept for [`Keyring::open_events`] (which puts the personal
+/// fields back, or the erased placeholders). Backends call this for every row.
 pub(crate) fn decode_data(
     event_type: &str,
     schema_version: u32,
@@ -337,7 +344,13 @@ pub(crate) fn decode_data(
         Some(ciphertext) => {
             let fields = keys::sealed_fields(&ciphertext)
                 .map_err(|message| ValidationError::new("", message))?;
-            let event = personal::join_erased(event_type, schema_version, &data, &fields)?;
+            // Until the keyring opens it, the event reads as its facts alone. Most types' personal
+            // fields are optional, so the facts decode as they are; a type that requires one
+            // reads with the erased placeholder in its place.
+            let event = match JourneyEvent::decode_stored(event_type, schema_version, &data) {
+                Ok(event) => event,
+                Err(_) => personal::join_erased(event_type, schema_version, &data, &fields)?,
+            };
             Ok((
                 event,
                 PersonalData::Sealed(Sealed {

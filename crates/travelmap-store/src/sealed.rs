@@ -168,6 +168,10 @@ impl EventLog for SealedLog {
         self.inner.head()
     }
 
+    async fn prepare_full_read(&self) -> Result<()> {
+        self.keyring.load_live_keys().await
+    }
+
     async fn fingerprints(
         &self,
         events: Vec<(&travelmap_domain::EventDraft, [u8; 32])>,
