@@ -239,7 +239,15 @@ pub struct Keyring {
     live: Option<LiveKeys>,
 }
 
-type LiveKeys = std::sync::Mutex<HashMap<ClientId, Arc<[StoredKey]>>>;
+type LiveKeys = std::sync::Mutex<LiveCache>;
+
+/// Each client's live keys, and a count of the changes made to any (see
+/// [`Keyring::live_keys`]).
+#[derive(Default)]
+struct LiveCache {
+    generation: u64,
+    lists: HashMap<ClientId, Arc<[StoredKey]>>,
+}
 
 /// The most clients [`Keyring::live_keys`] remembers before it starts over.
 const LIVE_KEY_CLIENTS: usize = 100_000;
@@ -276,7 +284,7 @@ impl Keyring {
             lookup,
             sealing_cache,
             unwrapped: std::sync::Mutex::new(HashMap::new()),
-            live: exclusive.then(|| std::sync::Mutex::new(HashMap::new())),
+            live: exclusive.then(|| std::sync::Mutex::new(LiveCache::default())),
         })
     }
 
@@ -384,7 +392,9 @@ impl Keyring {
             for key in &missing {
                 self.forget_live(key.client_id);
             }
-            for key in self.store.create(missing).await? {
+            let created = self.store.create(missing).await?;
+            for key in created {
+                self.forget_live(key.client_id);
                 found.insert((key.client_id, key.category), key);
             }
         }
@@ -435,15 +445,16 @@ impl Keyring {
         };
         let mut lists = Vec::with_capacity(clients.len());
         let mut unknown = Vec::new();
-        {
+        let generation = {
             let known = known.lock().expect("live key cache lock");
             for client in clients {
-                match known.get(&client) {
+                match known.lists.get(&client) {
                     Some(list) => lists.push(list.clone()),
                     None => unknown.push(client),
                 }
             }
-        }
+            known.generation
+        };
         if unknown.is_empty() {
             return Ok(lists);
         }
@@ -453,12 +464,17 @@ impl Keyring {
             fetched.entry(key.client_id).or_default().push(key);
         }
         let mut known = known.lock().expect("live key cache lock");
-        if known.len() + fetched.len() > LIVE_KEY_CLIENTS {
-            known.clear();
+        // Kept only if no key was created or destroyed meanwhile: what was read may be older
+        // than that change, and a kept list must never hold a destroyed key.
+        let keep = known.generation == generation;
+        if keep && known.lists.len() + fetched.len() > LIVE_KEY_CLIENTS {
+            known.lists.clear();
         }
         for (client, keys) in fetched {
             let list: Arc<[StoredKey]> = Arc::from(keys);
-            known.insert(client, list.clone());
+            if keep {
+                known.lists.insert(client, list.clone());
+            }
             lists.push(list);
         }
         Ok(lists)
@@ -470,16 +486,17 @@ impl Keyring {
         let Some(known) = &self.live else {
             return Ok(());
         };
+        let generation = known.lock().expect("live key cache lock").generation;
         let mut by_client: HashMap<ClientId, Vec<StoredKey>> = HashMap::new();
         for key in self.store.all().await? {
             by_client.entry(key.client_id).or_default().push(key);
         }
-        if by_client.len() > LIVE_KEY_CLIENTS {
+        let mut known = known.lock().expect("live key cache lock");
+        if by_client.len() > LIVE_KEY_CLIENTS || known.generation != generation {
             return Ok(());
         }
-        let mut known = known.lock().expect("live key cache lock");
-        known.clear();
-        known.extend(
+        known.lists.clear();
+        known.lists.extend(
             by_client
                 .into_iter()
                 .map(|(client, keys)| (client, Arc::from(keys))),
@@ -490,7 +507,9 @@ impl Keyring {
     /// Forgets what [`Self::live_keys`] knows of a client whose keys change.
     fn forget_live(&self, client: ClientId) {
         if let Some(known) = &self.live {
-            known.lock().expect("live key cache lock").remove(&client);
+            let mut known = known.lock().expect("live key cache lock");
+            known.generation += 1;
+            known.lists.remove(&client);
         }
     }
 
@@ -575,6 +594,7 @@ impl Keyring {
             .map(|key| (key.key_id, key))
             .collect();
         let mut keys: HashMap<Uuid, (ClientId, Arc<DataKey>)> = HashMap::new();
+        let mut refreshed: std::collections::HashSet<ClientId> = std::collections::HashSet::new();
         // Fetched only when some key is not live: the usual read never needs it.
         let mut destroyed: Option<std::collections::HashSet<(ClientId, Uuid)>> = None;
         for event in events.iter_mut() {
@@ -595,8 +615,18 @@ impl Keyring {
             {
                 keys.insert(header.key_id, (stored.client_id, self.unwrapped(stored)?));
             }
+            if !keys.contains_key(&header.key_id) && refreshed.insert(client) {
+                // Not among the keys known to be live: ask the store itself before concluding
+                // anything (a key may have been made since the list was read).
+                self.forget_live(client);
+                for stored in self.store.keys(vec![client]).await? {
+                    if stored.key_id == header.key_id {
+                        keys.insert(stored.key_id, (stored.client_id, self.unwrapped(&stored)?));
+                    }
+                }
+            }
             let key = match keys.get(&header.key_id) {
-                Some((owner, key)) if *owner == client => key,
+                Some((owner, key)) if *owner == client => key.clone(),
                 Some(_) => {
                     return Err(corrupt(
                         "sealed fields name another client's key".to_owned(),
@@ -631,7 +661,7 @@ impl Keyring {
                 }
             };
             let plaintext = Zeroizing::new(
-                open_value(key, client, event.draft.id, &sealed.ciphertext, &header)
+                open_value(&key, client, event.draft.id, &sealed.ciphertext, &header)
                     .map_err(|()| corrupt("sealed fields fail authentication".to_owned()))?,
             );
             let personal = std::str::from_utf8(&plaintext)
@@ -700,7 +730,9 @@ impl Keyring {
             self.store.rewrap(rewrapped).await?;
         }
         if let Some(known) = &self.live {
-            known.lock().expect("live key cache lock").clear();
+            let mut known = known.lock().expect("live key cache lock");
+            known.generation += 1;
+            known.lists.clear();
         }
         if let Some((master_id, _)) = self.store.system_key(LOOKUP_KEY).await?
             && master_id != current.id
