@@ -821,6 +821,54 @@ async fn retention_shreds_what_is_due_audits_it_and_reports_it(backend: Backend)
     backend.remove().await;
 }
 
+/// The server applies the schedule by itself (here every 100 ms instead of daily), with no new
+/// event arriving and no command run.
+async fn the_server_applies_the_retention_schedule_by_itself(backend: Backend) {
+    let schedule = travelmap_projections::retention::Schedule::from_config(
+        &std::collections::BTreeMap::from([("needs".to_owned(), 2)]),
+    )
+    .unwrap();
+    let app = spawn_app_with_retention(&backend, schedule).await;
+    let client = Uuid::new_v4();
+    for (key, event_type, at, data) in [
+        (
+            NGO_WRITER,
+            "involvement.opened",
+            "2019-01-02T09:00:00+01:00",
+            json!({"role": "mentor"}),
+        ),
+        (
+            NGO_WRITER,
+            "need.assessed",
+            "2019-02-01T09:00:00+01:00",
+            json!({"area": "addiction", "status": "in_progress", "note": NOTE}),
+        ),
+        (
+            NGO_WRITER,
+            "involvement.closed",
+            "2020-01-02T09:00:00+01:00",
+            json!({"role": "mentor"}),
+        ),
+    ] {
+        posted(&app, key, &event(client, event_type, at, data)).await;
+    }
+    let path = format!("/v1/clients/{client}/events");
+    let mut shredded = None;
+    for _ in 0..200 {
+        let history = app.get_ok(&path, AUDITOR).await;
+        if history["events"][1]["data"]["note"] == "[erased]" {
+            shredded = Some(history);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let history = shredded.expect("the schedule shredded the note within 10 s");
+    assert_eq!(history["events"][3]["type"], "retention.applied");
+    assert_eq!(history["events"][3]["data"]["due_since"], "2022-01-02");
+    app.stop().await;
+    backend.remove().await;
+}
+
 macro_rules! on_both_backends {
     ($($check:ident),* $(,)?) => {
         mod embedded {
@@ -848,4 +896,5 @@ on_both_backends!(
     subject_access_tells_the_client_everything_held,
     statistics_reproduce_the_vol_mentoring_figures,
     retention_shreds_what_is_due_audits_it_and_reports_it,
+    the_server_applies_the_retention_schedule_by_itself,
 );

@@ -214,6 +214,34 @@ async fn spawn_app_at(
     store: travelmap_store::Location,
     break_glass: std::time::Duration,
 ) -> TestApp {
+    spawn_app_full(data_dir, store, break_glass, Default::default()).await
+}
+
+/// Starts the application on `backend` applying `retention` every 100 ms.
+pub async fn spawn_app_with_retention(
+    backend: &Backend,
+    retention: travelmap_projections::retention::Schedule,
+) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let location = backend.location(data_dir.path());
+    spawn_app_full(
+        data_dir,
+        location,
+        travelmap_api::DEFAULT_BREAK_GLASS,
+        (retention, std::time::Duration::from_millis(100)),
+    )
+    .await
+}
+
+async fn spawn_app_full(
+    data_dir: TempDir,
+    store: travelmap_store::Location,
+    break_glass: std::time::Duration,
+    (retention, retention_every): (
+        travelmap_projections::retention::Schedule,
+        std::time::Duration,
+    ),
+) -> TestApp {
     let authenticator = Authenticator::new(
         credentials()
             .into_iter()
@@ -230,7 +258,12 @@ async fn spawn_app_at(
             travelmap_store::MasterKey::new("test", [9; 32]),
             Vec::new(),
         )),
-        retention: Default::default(),
+        retention,
+        retention_every: if retention_every.is_zero() {
+            travelmap::retention::DAILY
+        } else {
+            retention_every
+        },
         audit_override: None,
     })
     .await

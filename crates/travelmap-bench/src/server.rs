@@ -48,6 +48,7 @@ impl Server {
             checkpoint_key: ed25519_dalek::SigningKey::from_bytes(&rand::random()),
             master_keys: sealed.then(bench_master_keys),
             retention: Default::default(),
+            retention_every: travelmap::retention::DAILY,
             audit_override: (!audited).then(|| {
                 std::sync::Arc::new(travelmap_store::DiscardedAudit)
                     as std::sync::Arc<dyn travelmap_store::AuditLog>

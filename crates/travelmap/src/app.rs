@@ -29,6 +29,8 @@ pub struct ServeSettings {
     pub master_keys: Option<travelmap_store::MasterKeys>,
     /// When each category of personal data is due for shredding; empty keeps everything.
     pub retention: travelmap_projections::retention::Schedule,
+    /// How often the schedule is applied ([`crate::retention::DAILY`]; tests shorten it).
+    pub retention_every: std::time::Duration,
     /// Replaces the store's audit trail. Only the benchmark sets it (to
     /// [`travelmap_store::DiscardedAudit`], to measure what the trail costs); the binary never
     /// does.
@@ -45,6 +47,7 @@ pub struct Application {
     checkpoint_key: Arc<ed25519_dalek::SigningKey>,
     audit: Arc<dyn travelmap_store::AuditLog>,
     retention: travelmap_projections::retention::Schedule,
+    retention_every: std::time::Duration,
 }
 
 impl Application {
@@ -76,6 +79,7 @@ impl Application {
             checkpoint_key: Arc::new(settings.checkpoint_key),
             audit,
             retention: settings.retention,
+            retention_every: settings.retention_every,
         })
     }
 
@@ -107,6 +111,7 @@ impl Application {
             self.journeys.clone(),
             self.audit.clone(),
             self.retention.clone(),
+            self.retention_every,
             projector_stopped,
         ));
         let router = travelmap_api::router(AppState {

@@ -230,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )?,
                 master_keys: Some(masters()?),
                 retention,
+                retention_every: travelmap::retention::DAILY,
                 audit_override: None,
             })
             .await?;

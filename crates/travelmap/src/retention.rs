@@ -24,7 +24,9 @@ pub const RETENTION_AGENCY: &str = "travelmap";
 /// How many stored views a page of the run reads.
 const PAGE: usize = 500;
 /// How often the server runs the schedule.
-const EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+pub const DAILY: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long after start the server first runs it.
+const FIRST_RUN_AFTER: Duration = Duration::from_secs(60);
 
 /// What a run found and did.
 #[derive(Debug, Default, Serialize)]
@@ -173,23 +175,25 @@ fn names(categories: &[Category]) -> String {
         .join(", ")
 }
 
-/// Runs the schedule soon after start and then daily, until `stop`.
+/// Runs the schedule soon after start and then every `every` (daily in the binary), until `stop`.
 pub async fn daily(
     journeys: Arc<Journeys>,
     audit: Arc<dyn AuditLog>,
     schedule: Schedule,
+    every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     if schedule.is_empty() {
         return;
     }
-    let mut wait = Duration::from_secs(60);
+    // The first run waits a little, so that a restart loop does not shred on every start.
+    let mut wait = FIRST_RUN_AFTER.min(every);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
-        wait = EVERY;
+        wait = every;
         match run(&journeys, audit.as_ref(), &schedule, Utc::now()).await {
             Ok(report) => tracing::info!(
                 clients = report.clients,
