@@ -115,6 +115,18 @@ pub struct Outcome {
     pub created: bool,
 }
 
+/// A client's journey as deciding needs it, from the outlines of its recorded events.
+fn journey_from(outlines: &[travelmap_store::Outline]) -> ClientJourney {
+    let mut journey = ClientJourney::default();
+    for outline in outlines {
+        let retracts = (outline.event_type == "event.retracted")
+            .then_some(outline.target)
+            .flatten();
+        journey.remember(outline.id, &outline.event_type, retracts);
+    }
+    journey
+}
+
 fn stripe_of(client_id: ClientId) -> usize {
     (client_id.0.as_u128() % CLIENT_STRIPES as u128) as usize
 }
@@ -313,14 +325,7 @@ impl Journeys {
             .collect();
         if !uncached.is_empty() {
             for (client_id, outlines) in self.log.outlines(uncached).await? {
-                let mut journey = ClientJourney::default();
-                for outline in outlines {
-                    let retracts = (outline.event_type == "event.retracted")
-                        .then_some(outline.target)
-                        .flatten();
-                    journey.remember(outline.id, &outline.event_type, retracts);
-                }
-                journeys.insert(client_id, journey);
+                journeys.insert(client_id, journey_from(&outlines));
             }
         }
         let mut decided = Vec::with_capacity(by_client.len());
@@ -477,42 +482,49 @@ impl Journeys {
         Ok(state.travel_map(Utc::now()))
     }
 
-    /// Who may see the client now (`None` for a client never recorded). Read from the stored
-    /// view, or folded from the history when the projection has not reached the client yet, so
-    /// that access never depends on projection lag.
+    /// Who may see the client now (`None` for a client never recorded).
     pub async fn access(&self, client_id: ClientId) -> Result<Option<Access>> {
         let now = Utc::now();
-        if let Some(stored) = self.views.get(client_id).await? {
-            let state: ClientState = serde_json::from_str(&stored)
-                .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
-            let recorded = self.log.outlines(vec![client_id]).await?;
-            let recorded = recorded.get(&client_id).map_or(0, Vec::len) as u64;
-            if state.version >= recorded {
-                return Ok(Some(state.access(now)));
-            }
-        }
-        let events = self.log.read_stream(client_id, None).await?;
-        if events.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(
-            ClientState::from_history(client_id, events).access(now),
-        ))
+        Ok(self
+            .current_states(vec![client_id])
+            .await?
+            .remove(&client_id)
+            .map(|state| state.access(now)))
     }
 
-    /// Which of `clients` are under a restriction of processing now: from the stored views
-    /// where they are current, from the history where the projection lags (as [`Self::access`]).
+    /// Which of `clients` are under a restriction of processing now.
     pub async fn restricted(
         &self,
         clients: Vec<ClientId>,
     ) -> Result<std::collections::HashSet<ClientId>> {
         let now = Utc::now();
+        Ok(self
+            .current_states(clients)
+            .await?
+            .into_iter()
+            .filter(|(_, state)| state.access(now).restricted)
+            .map(|(client_id, _)| client_id)
+            .collect())
+    }
+
+    /// The clients' states as of every event recorded: the stored view where it is current,
+    /// folded from the history where the projection has not reached the client yet, so that
+    /// access decisions never depend on projection lag. Clients never recorded are left out.
+    async fn current_states(
+        &self,
+        clients: Vec<ClientId>,
+    ) -> Result<HashMap<ClientId, ClientState>> {
         let stored = self.views.load(clients.clone()).await?;
         let recorded = self.log.outlines(clients.clone()).await?;
-        let mut restricted = std::collections::HashSet::new();
+        let mut states = HashMap::with_capacity(clients.len());
         for client_id in clients {
-            let recorded = recorded.get(&client_id).map_or(0, Vec::len) as u64;
-            let state = match stored.get(&client_id) {
+            let Some(recorded) = recorded
+                .get(&client_id)
+                .map(|outlines| outlines.len() as u64)
+            else {
+                continue;
+            };
+            let current = match stored.get(&client_id) {
                 Some(json) => {
                     let state: ClientState = serde_json::from_str(json).map_err(|source| {
                         travelmap_projections::Error::View { client_id, source }
@@ -521,18 +533,16 @@ impl Journeys {
                 }
                 None => None,
             };
-            let state = match state {
+            let state = match current {
                 Some(state) => state,
                 None => ClientState::from_history(
                     client_id,
                     self.log.read_stream(client_id, None).await?,
                 ),
             };
-            if state.access(now).restricted {
-                restricted.insert(client_id);
-            }
+            states.insert(client_id, state);
         }
-        Ok(restricted)
+        Ok(states)
     }
 
     /// Waits until the projection has folded `position`.

@@ -8,10 +8,10 @@ use travelmap_domain::payloads::{
     PersonalDataErased, ProcessingRestricted, RestrictionLifted, RetentionApplied,
 };
 use travelmap_domain::personal::Category;
-use travelmap_domain::{
-    ClientId, ClientJourney, EventDraft, EventId, JourneyEvent, Provenance, Text,
-};
+use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance, Text};
 use uuid::Uuid;
+
+use travelmap_store::Outline;
 
 use crate::{Error, Journeys, Outcome, Result, Submission};
 
@@ -27,8 +27,9 @@ impl Journeys {
         reason: Text,
     ) -> Result<Outcome> {
         let keyring = self.keyring.as_ref().ok_or(Error::NoKeyring)?;
-        if self.journey(client_id).await?.is_erased()
-            && let Some(done) = self.decided(client_id, "personal_data.erased").await?
+        let recorded = self.recorded(client_id).await?;
+        if crate::journey_from(&recorded).is_erased()
+            && let Some(done) = self.decided(&recorded, "personal_data.erased").await?
         {
             // Finishes an erasure that was cut short between its event and its second sweep.
             // Like the first answer, this one waits until the views are purged.
@@ -61,10 +62,10 @@ impl Journeys {
         client_id: ClientId,
         reason: Text,
     ) -> Result<Outcome> {
-        let journey = self.journey(client_id).await?;
-        if journey.is_restricted() {
+        let recorded = self.recorded(client_id).await?;
+        if crate::journey_from(&recorded).is_restricted() {
             return self
-                .decided(client_id, "processing.restricted")
+                .decided(&recorded, "processing.restricted")
                 .await?
                 .ok_or(Error::UnknownClient(client_id));
         }
@@ -84,10 +85,10 @@ impl Journeys {
         client_id: ClientId,
         reason: Text,
     ) -> Result<Outcome> {
-        let journey = self.journey(client_id).await?;
-        if !journey.is_restricted() {
+        let recorded = self.recorded(client_id).await?;
+        if !crate::journey_from(&recorded).is_restricted() {
             return self
-                .decided(client_id, "restriction.lifted")
+                .decided(&recorded, "restriction.lifted")
                 .await?
                 .ok_or(Error::NotRestricted(client_id));
         }
@@ -173,29 +174,18 @@ impl Journeys {
         Ok(pending)
     }
 
-    /// The client's journey as recording decisions see it.
-    async fn journey(&self, client_id: ClientId) -> Result<ClientJourney> {
-        let outlines = self.log.outlines(vec![client_id]).await?;
-        let outlines = outlines
-            .get(&client_id)
-            .ok_or(Error::UnknownClient(client_id))?;
-        let mut journey = ClientJourney::default();
-        for outline in outlines {
-            let retracts = (outline.event_type == "event.retracted")
-                .then_some(outline.target)
-                .flatten();
-            journey.remember(outline.id, &outline.event_type, retracts);
-        }
-        Ok(journey)
+    /// The outlines of the client's recorded events; a client with none is unknown.
+    async fn recorded(&self, client_id: ClientId) -> Result<Vec<Outline>> {
+        self.log
+            .outlines(vec![client_id])
+            .await?
+            .remove(&client_id)
+            .ok_or(Error::UnknownClient(client_id))
     }
 
-    /// The latest recorded decision of a type about the client, as an idempotent answer.
-    async fn decided(&self, client_id: ClientId, event_type: &str) -> Result<Option<Outcome>> {
-        let outlines = self.log.outlines(vec![client_id]).await?;
-        let Some(latest) = outlines
-            .get(&client_id)
-            .and_then(|outlines| outlines.iter().rev().find(|o| o.event_type == event_type))
-        else {
+    /// The latest recorded decision of a type among `recorded`, as an idempotent answer.
+    async fn decided(&self, recorded: &[Outline], event_type: &str) -> Result<Option<Outcome>> {
+        let Some(latest) = recorded.iter().rev().find(|o| o.event_type == event_type) else {
             return Ok(None);
         };
         Ok(self

@@ -93,16 +93,11 @@ impl EventLog for SealedLog {
     ) -> Result<Vec<Receipt>> {
         let mut jobs = Vec::new();
         let mut slots = Vec::new();
-        let mut splits_exist = false;
-        for stream in &streams {
-            for new in &stream.events {
-                if personal::personal_fields(new.draft.event.event_type()).is_empty() {
-                    continue;
-                }
-                splits_exist = true;
-            }
-        }
-        if splits_exist {
+        let holds_personal = streams
+            .iter()
+            .flat_map(|stream| &stream.events)
+            .any(|new| !personal::personal_fields(new.draft.event.event_type()).is_empty());
+        if holds_personal {
             let categories = self.categories(&streams).await?;
             for (stream_index, stream) in streams.iter().enumerate() {
                 for (event_index, new) in stream.events.iter().enumerate() {
