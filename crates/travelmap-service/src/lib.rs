@@ -29,6 +29,7 @@ use travelmap_store::{EventLog, Keyring, NewEvent, Receipt, SealedLog, StreamApp
 use uuid::Uuid;
 
 mod protection;
+pub mod subscriptions;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
