@@ -9,11 +9,15 @@
 //!   and resume, and can be rebuilt from zero.
 //! - [`statistics`]: outcome statistics per programme, prison, municipality or quarter, as
 //!   aggregates with small counts suppressed. Pure, like the travel map.
+//! - [`coordination`]: each client's case file (who carries the client, the stage, the next
+//!   appointment, the alerts with their history) and the caseloads summed over them. Pure, like
+//!   the travel map; the service keeps them current and wakes for alerts that fall due.
 //! - [`retention`]: the retention schedule and which categories of a client's data are due.
 //!
 //! Depends on the domain and the storage traits; knows nothing of HTTP.
 
 pub mod access;
+pub mod coordination;
 pub mod projector;
 pub mod retention;
 pub mod statistics;
