@@ -6,6 +6,7 @@ mod access;
 mod audit;
 mod batch;
 mod binary;
+mod coordination;
 mod ingest;
 mod jwt;
 mod postgres;

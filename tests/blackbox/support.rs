@@ -214,7 +214,43 @@ async fn spawn_app_at(
     store: travelmap_store::Location,
     break_glass: std::time::Duration,
 ) -> TestApp {
-    spawn_app_full(data_dir, store, break_glass, Default::default()).await
+    spawn_app_full(
+        data_dir,
+        store,
+        break_glass,
+        Default::default(),
+        Coordination::default(),
+    )
+    .await
+}
+
+/// How the coordinators' views are set up: the thresholds and the clock alerts read.
+pub struct Coordination {
+    pub rules: travelmap_projections::coordination::Rules,
+    pub clock: std::sync::Arc<dyn travelmap_service::coordination::Clock>,
+}
+
+impl Default for Coordination {
+    fn default() -> Self {
+        Self {
+            rules: Default::default(),
+            clock: std::sync::Arc::new(travelmap_service::coordination::SystemClock),
+        }
+    }
+}
+
+/// Starts the application on `backend` with the given coordination rules and clock.
+pub async fn spawn_app_with_coordination(backend: &Backend, coordination: Coordination) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let location = backend.location(data_dir.path());
+    spawn_app_full(
+        data_dir,
+        location,
+        travelmap_api::DEFAULT_BREAK_GLASS,
+        Default::default(),
+        coordination,
+    )
+    .await
 }
 
 /// Starts the application on `backend` applying `retention` every 100 ms.
@@ -229,6 +265,7 @@ pub async fn spawn_app_with_retention(
         location,
         travelmap_api::DEFAULT_BREAK_GLASS,
         (retention, std::time::Duration::from_millis(100)),
+        Coordination::default(),
     )
     .await
 }
@@ -241,6 +278,7 @@ async fn spawn_app_full(
         travelmap_projections::retention::Schedule,
         std::time::Duration,
     ),
+    coordination: Coordination,
 ) -> TestApp {
     let authenticator = Authenticator::new(
         credentials()
@@ -264,6 +302,8 @@ async fn spawn_app_full(
         } else {
             retention_every
         },
+        coordination: coordination.rules,
+        clock: coordination.clock,
         audit_override: None,
     })
     .await

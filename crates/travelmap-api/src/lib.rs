@@ -42,6 +42,13 @@ pub struct AppState {
     pub checkpoint_key: Arc<ed25519_dalek::SigningKey>,
     /// When each category of personal data is due for shredding (for subject access reports).
     pub retention: travelmap_projections::retention::Schedule,
+    /// Case files, caseloads and alerts.
+    pub coordination: Arc<travelmap_service::coordination::Coordination>,
+    /// Reads the head of the feed once for every live subscriber.
+    pub hub: Arc<travelmap_service::subscriptions::FeedHub>,
+    /// Turns true when the server begins to shut down: live streams end then, or a graceful
+    /// shutdown would wait for them forever.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.
@@ -70,6 +77,10 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         routes::protection::lift_restriction,
         routes::protection::subject_access,
         routes::statistics::outcomes,
+        routes::coordination::caseloads,
+        routes::coordination::agency_caseload,
+        routes::coordination::alerts,
+        routes::subscriptions::feed,
         routes::meta::event_types,
         routes::meta::health,
         routes::meta::openapi,
@@ -82,6 +93,8 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         (name = "audit", description = "The audit trail of every operation on personal data"),
         (name = "data protection", description = "Erasure, restriction of processing and subject access (the data-protection officer's)"),
         (name = "statistics", description = "Aggregate outcome statistics, with small counts suppressed"),
+        (name = "coordination", description = "Caseloads, agencies' active clients and the alerts coordinators act on"),
+        (name = "subscriptions", description = "Live feeds for agency systems: server-sent events and webhooks"),
         (name = "catalogue", description = "The event types and their schemas"),
         (name = "meta", description = "Health, this document, problem types"),
     )
@@ -162,6 +175,13 @@ pub fn router(state: AppState) -> Router {
             get(routes::protection::subject_access),
         )
         .route("/v1/statistics/outcomes", get(routes::statistics::outcomes))
+        .route("/v1/caseloads", get(routes::coordination::caseloads))
+        .route(
+            "/v1/agencies/{agency}/caseload",
+            get(routes::coordination::agency_caseload),
+        )
+        .route("/v1/alerts", get(routes::coordination::alerts))
+        .route("/v1/subscriptions/feed", get(routes::subscriptions::feed))
         .route("/v1/audit/entries", get(routes::audit::entries))
         .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
         .route("/v1/audit/break-glass", get(routes::audit::break_glass))

@@ -49,6 +49,8 @@ impl Server {
             master_keys: sealed.then(bench_master_keys),
             retention: Default::default(),
             retention_every: travelmap::retention::DAILY,
+            coordination: Default::default(),
+            clock: std::sync::Arc::new(travelmap_service::coordination::SystemClock),
             audit_override: (!audited).then(|| {
                 std::sync::Arc::new(travelmap_store::DiscardedAudit)
                     as std::sync::Arc<dyn travelmap_store::AuditLog>

@@ -415,7 +415,7 @@ fn alerts(
             cleared,
         });
     }
-    alerts.sort_by(|a, b| (a.since, a.kind, a.id).cmp(&(b.since, b.kind, b.id)));
+    alerts.sort_by_key(|alert| (alert.since, alert.kind, alert.id));
     (alerts, next_change)
 }
 

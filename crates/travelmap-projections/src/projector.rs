@@ -54,6 +54,20 @@ const SAVE_CHUNK: usize = 1_000;
 /// How far the projection has got: the position of the last event folded into stored views.
 pub type Progress = watch::Receiver<u64>;
 
+/// Which clients' views a save changed: everything folded after `after` up to `up_to`. Followers
+/// of the views (the coordination index) reload just these clients instead of reading the feed
+/// again. Sent before the progress moves, so that a reader woken by the progress finds it.
+#[derive(Debug, Clone)]
+pub struct ChangeSet {
+    pub after: u64,
+    pub up_to: u64,
+    pub clients: Arc<[ClientId]>,
+}
+
+/// How many change sets wait for a slow follower before it is told it lagged (it then reads the
+/// feed's range itself).
+const CHANGE_BACKLOG: usize = 1_024;
+
 /// Figures from a rebuild.
 #[derive(Debug, Clone, Copy)]
 pub struct RebuildReport {
@@ -83,6 +97,7 @@ pub struct Projector {
     /// no keyring exists (the benchmark's unencrypted baseline).
     keyring: Option<Arc<Keyring>>,
     progress: watch::Sender<u64>,
+    changes: tokio::sync::broadcast::Sender<ChangeSet>,
     cache: Mutex<Option<Cache>>,
 }
 
@@ -111,6 +126,7 @@ impl Projector {
             views,
             keyring,
             progress: watch::channel(checkpoint).0,
+            changes: tokio::sync::broadcast::channel(CHANGE_BACKLOG).0,
             cache: Mutex::new(None),
         })
     }
@@ -118,6 +134,12 @@ impl Projector {
     /// Watches the projection's progress (the last position folded into stored views).
     pub fn progress(&self) -> Progress {
         self.progress.subscribe()
+    }
+
+    /// Hears which clients each save of this process changed (nothing is heard where another
+    /// process writes the views: follow [`Self::progress`] and the feed there).
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<ChangeSet> {
+        self.changes.subscribe()
     }
 
     /// Folds everything in the log past the checkpoint, saving after every page. Returns the
@@ -367,6 +389,13 @@ impl Projector {
         if cache.scrub {
             self.views.scrub().await?;
             cache.scrub = false;
+        }
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(ChangeSet {
+                after: cache.saved_checkpoint,
+                up_to: cache.checkpoint,
+                clients: cache.dirty.iter().copied().collect(),
+            });
         }
         cache.saved_checkpoint = cache.checkpoint;
         cache.dirty.clear();

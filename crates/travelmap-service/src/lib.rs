@@ -28,6 +28,7 @@ use travelmap_projections::{Access, ClientState, Projector, TravelMap};
 use travelmap_store::{EventLog, Keyring, NewEvent, Receipt, SealedLog, StreamAppend, ViewStore};
 use uuid::Uuid;
 
+pub mod coordination;
 mod protection;
 pub mod subscriptions;
 

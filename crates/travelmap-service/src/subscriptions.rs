@@ -6,10 +6,19 @@
 //! recorded so far (the same rule as every other read): an agency receives a client's events
 //! while it has an open involvement or a consent covering the subscription's purpose. Events of a
 //! client under a restriction of processing are never sent to a subscriber.
+//!
+//! Many subscribers follow the head of the feed at once. Rather than each reading the log and
+//! deciding access on its own, one [`FeedHub`] reads each new page once, decides access for its
+//! clients once, and broadcasts it; a [`Subscription`] takes pages from the hub while it keeps
+//! up, and reads the log itself (at its own pace) while it is behind: resuming from an old
+//! position, or after falling behind the hub's bounded backlog. A slow consumer therefore holds
+//! no memory beyond the hub's fixed ring of pages, and never makes the others wait.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::Utc;
+use tokio::sync::{broadcast, watch};
 use travelmap_domain::payloads::Purpose;
 use travelmap_domain::{ClientId, RecordedEvent};
 use travelmap_projections::Access;
@@ -110,6 +119,163 @@ impl Journeys {
             .filter(|event| scope.admits(event, access.get(&event.draft.client_id)))
             .collect();
         Ok(ScopedPage { events, next_after })
+    }
+}
+
+/// Pages the hub keeps for subscribers that are momentarily slower than the feed.
+const HUB_BACKLOG: usize = 256;
+/// Events per page, read by the hub or by a subscriber catching up.
+const PAGE: usize = 500;
+
+/// A page of the feed with the access of its clients, as the hub read it.
+#[derive(Debug)]
+pub struct HubPage {
+    pub after: u64,
+    pub up_to: u64,
+    pub events: Vec<RecordedEvent>,
+    pub access: HashMap<ClientId, Access>,
+}
+
+/// Reads the head of the feed once for every subscriber.
+pub struct FeedHub {
+    journeys: Arc<Journeys>,
+    pages: broadcast::Sender<Arc<HubPage>>,
+    /// The position up to which pages have been broadcast.
+    cursor: watch::Sender<u64>,
+}
+
+impl FeedHub {
+    /// A hub that starts at the log's current head.
+    pub fn new(journeys: Arc<Journeys>) -> Self {
+        let head = *journeys.log().head().borrow();
+        Self {
+            journeys,
+            pages: broadcast::channel(HUB_BACKLOG).0,
+            cursor: watch::channel(head).0,
+        }
+    }
+
+    /// Reads and broadcasts pages as the head moves, until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut head = self.journeys.log().head();
+        loop {
+            let after = *self.cursor.borrow();
+            let page = async {
+                let events = self.journeys.feed(after, PAGE).await?;
+                let access = self.journeys.feed_access(&events).await?;
+                Ok::<_, crate::Error>((events, access))
+            };
+            match page.await {
+                Ok((events, _)) if events.is_empty() => {
+                    tokio::select! {
+                        changed = head.changed() => if changed.is_err() { return },
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                Ok((events, access)) => {
+                    let up_to = events.last().map_or(after, |event| event.meta.position);
+                    // The cursor moves first: a subscriber that sees it and reads the range
+                    // itself, then also gets the page, drops what it already has.
+                    self.cursor.send_replace(up_to);
+                    let _ = self.pages.send(Arc::new(HubPage {
+                        after,
+                        up_to,
+                        events,
+                        access,
+                    }));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the feed hub could not read the feed; retrying in 1s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    /// Follows the feed for `scope` from just after `after`.
+    pub fn subscribe(self: &Arc<Self>, scope: Scope, after: u64) -> Subscription {
+        Subscription {
+            pages: self.pages.subscribe(),
+            hub: self.clone(),
+            scope,
+            cursor: after,
+        }
+    }
+}
+
+/// One subscriber's way along the feed.
+pub struct Subscription {
+    hub: Arc<FeedHub>,
+    pages: broadcast::Receiver<Arc<HubPage>>,
+    scope: Scope,
+    cursor: u64,
+}
+
+impl Subscription {
+    /// The position of the last event read (sent or left out).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Waits for the next events the scope admits, in position order. `None` once the service
+    /// shuts down.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<RecordedEvent>>> {
+        loop {
+            if self.cursor < *self.hub.cursor.borrow() {
+                // Behind the hub: read the log directly.
+                let page = self
+                    .hub
+                    .journeys
+                    .scoped_feed(&self.scope, self.cursor, PAGE)
+                    .await?;
+                if page.next_after == self.cursor {
+                    // Nothing readable yet (the hub is ahead of what this reader sees).
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                self.cursor = page.next_after;
+                if !page.events.is_empty() {
+                    return Ok(Some(page.events));
+                }
+                continue;
+            }
+            match self.pages.recv().await {
+                Ok(page) => {
+                    if page.up_to <= self.cursor {
+                        continue;
+                    }
+                    if page.after > self.cursor {
+                        // A page was missed; the hub's cursor is past it, so the next turn
+                        // reads the range from the log.
+                        continue;
+                    }
+                    let cursor = self.cursor;
+                    self.cursor = page.up_to;
+                    let events: Vec<RecordedEvent> = page
+                        .events
+                        .iter()
+                        .filter(|event| event.meta.position > cursor)
+                        .filter(|event| {
+                            self.scope
+                                .admits(event, page.access.get(&event.draft.client_id))
+                        })
+                        .cloned()
+                        .collect();
+                    if !events.is_empty() {
+                        return Ok(Some(events));
+                    }
+                }
+                // Fell behind the backlog: catch up from the log.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Ok(None),
+            }
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use travelmap_api::{AppState, Authenticator};
 use travelmap_service::Journeys;
+use travelmap_service::coordination::Coordination;
+use travelmap_service::subscriptions::FeedHub;
 use travelmap_store::{Location, Store};
 
 /// What [`Application::build`] needs.
@@ -31,6 +33,11 @@ pub struct ServeSettings {
     pub retention: travelmap_projections::retention::Schedule,
     /// How often the schedule is applied ([`crate::retention::DAILY`]; tests shorten it).
     pub retention_every: std::time::Duration,
+    /// The caseload threshold and the days a released client may go without a case manager.
+    pub coordination: travelmap_projections::coordination::Rules,
+    /// Where alerts read the time ([`travelmap_service::coordination::SystemClock`]; tests move
+    /// a manual one).
+    pub clock: Arc<dyn travelmap_service::coordination::Clock>,
     /// Replaces the store's audit trail. Only the benchmark sets it (to
     /// [`travelmap_store::DiscardedAudit`], to measure what the trail costs); the binary never
     /// does.
@@ -48,6 +55,8 @@ pub struct Application {
     audit: Arc<dyn travelmap_store::AuditLog>,
     retention: travelmap_projections::retention::Schedule,
     retention_every: std::time::Duration,
+    coordination: Arc<Coordination>,
+    hub: Arc<FeedHub>,
 }
 
 impl Application {
@@ -70,6 +79,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let audit = settings.audit_override.unwrap_or_else(|| store.audit());
+        let coordination = Arc::new(Coordination::new(
+            journeys.log().clone(),
+            journeys.views().clone(),
+            journeys.projector().clone(),
+            settings.clock,
+            settings.coordination,
+        ));
+        let hub = Arc::new(FeedHub::new(journeys.clone()));
         Ok(Self {
             listener,
             store,
@@ -80,6 +97,8 @@ impl Application {
             audit,
             retention: settings.retention,
             retention_every: settings.retention_every,
+            coordination,
+            hub,
         })
     }
 
@@ -112,8 +131,15 @@ impl Application {
             self.audit.clone(),
             self.retention.clone(),
             self.retention_every,
-            projector_stopped,
+            projector_stopped.clone(),
         ));
+        let coordination = tokio::spawn(self.coordination.clone().run(projector_stopped.clone()));
+        let hub = tokio::spawn(self.hub.clone().run(projector_stopped));
+        let (begin_stopping, stopping) = watch::channel(false);
+        let shutdown = async move {
+            shutdown.await;
+            let _ = begin_stopping.send(true);
+        };
         let router = travelmap_api::router(AppState {
             journeys: self.journeys.clone(),
             authenticator: self.authenticator.clone(),
@@ -121,6 +147,9 @@ impl Application {
             break_glass: self.break_glass,
             checkpoint_key: self.checkpoint_key.clone(),
             retention: self.retention.clone(),
+            coordination: self.coordination.clone(),
+            hub: self.hub.clone(),
+            stopping,
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
@@ -128,6 +157,8 @@ impl Application {
         let _ = stop_projector.send(true);
         let _ = projector.await;
         let _ = retention.await;
+        let _ = coordination.await;
+        let _ = hub.await;
         self.store.close().await;
         served.context("serving HTTP")
     }

@@ -231,6 +231,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 master_keys: Some(masters()?),
                 retention,
                 retention_every: travelmap::retention::DAILY,
+                coordination: config
+                    .as_ref()
+                    .map(|(_, file)| file.coordination.rules())
+                    .unwrap_or_default(),
+                clock: std::sync::Arc::new(travelmap_service::coordination::SystemClock),
                 audit_override: None,
             })
             .await?;

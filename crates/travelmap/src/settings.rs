@@ -41,6 +41,9 @@ pub struct ConfigFile {
     /// kept until erased.
     #[serde(default)]
     pub retention: std::collections::BTreeMap<String, u32>,
+    /// Caseload and alert thresholds.
+    #[serde(default)]
+    pub coordination: CoordinationEntry,
     /// The agencies that take part, with their kinds.
     #[serde(default)]
     pub agencies: Vec<AgencyEntry>,
@@ -49,6 +52,47 @@ pub struct ConfigFile {
     pub credentials: Vec<CredentialEntry>,
     /// OAuth2 client-credentials tokens (JWTs), besides API keys.
     pub jwt: Option<JwtEntry>,
+}
+
+/// The `[coordination]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinationEntry {
+    /// Workers with more active clients than this are flagged (default 50).
+    #[serde(default = "default_worker_threshold")]
+    pub worker_threshold: usize,
+    /// A released client without a case manager or probation officer for longer than this
+    /// many days raises an alert (default 7).
+    #[serde(default = "default_unassigned_after_days")]
+    pub unassigned_after_days: u32,
+}
+
+impl Default for CoordinationEntry {
+    fn default() -> Self {
+        Self {
+            worker_threshold: default_worker_threshold(),
+            unassigned_after_days: default_unassigned_after_days(),
+        }
+    }
+}
+
+fn default_worker_threshold() -> usize {
+    travelmap_projections::coordination::Rules::default().worker_threshold
+}
+
+fn default_unassigned_after_days() -> u32 {
+    travelmap_projections::coordination::Rules::default()
+        .unassigned_after
+        .num_days() as u32
+}
+
+impl CoordinationEntry {
+    pub fn rules(&self) -> travelmap_projections::coordination::Rules {
+        travelmap_projections::coordination::Rules {
+            worker_threshold: self.worker_threshold,
+            unassigned_after: chrono::Duration::days(i64::from(self.unassigned_after_days)),
+        }
+    }
 }
 
 /// The `[jwt]` table: which identity provider's tokens are accepted, and how they are read.

@@ -1,0 +1,384 @@
+//! The live feed for agency systems: server-sent events of journey events (or alert notices),
+//! scoped to what the subscriber's agency may know, resumable with `Last-Event-ID`.
+//!
+//! Journey events carry their global position as the event id, so a subscriber that reconnects
+//! with the last id it saw continues exactly after it: nothing is lost and nothing repeated.
+//! Alert notices carry `<epoch>-<seq>`; within one run of the service a reconnect resumes from
+//! the kept notices, and otherwise (a restart, or too long away) the stream starts with a
+//! snapshot of the open alerts (`change: "open"`), which subscribers de-duplicate by alert id.
+//!
+//! Every batch sent is logged as a disclosure before it leaves, like any other read.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::stream::{self, BoxStream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use travelmap_domain::audit::{Operation, Outcome, returned_ids};
+use travelmap_projections::coordination::Alert;
+use travelmap_service::coordination::{AlertFilter, AlertNotice};
+use travelmap_service::subscriptions::{Scope, is_known_type_pattern};
+use utoipa::{IntoParams, ToSchema};
+
+use super::coordination::{AlertQuery, alert_filter, reads_all_agencies};
+use crate::AppState;
+use crate::audit::{self, Logged, RequestContext};
+use crate::auth::{Caller, Role};
+use crate::error::{ApiError, Problem};
+use crate::extract::Query;
+use crate::wire::Recorded;
+
+/// How often an idle stream sends a heartbeat comment, so that proxies keep it open and the
+/// subscriber can tell a quiet feed from a dead connection.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+/// What to follow.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedQuery {
+    /// `events` (default): journey events; `alerts`: alert notices.
+    pub stream: Option<String>,
+    /// Journey events only: start after this position (default: the current head, i.e. only
+    /// new events). `Last-Event-ID` takes precedence.
+    pub after: Option<u64>,
+    /// Journey events only: comma-separated types or families (`client.released,job.*`);
+    /// default every type.
+    pub types: Option<String>,
+    /// Alerts only: the agency expected to act (a coordinator's own by default).
+    pub agency: Option<String>,
+    /// Alerts only: one alert kind.
+    pub kind: Option<String>,
+}
+
+/// An alert notice as sent on the stream (`event: alert`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertMessage {
+    /// `raised`, `cleared`, `withdrawn` (the event it arose from was retracted), or `open` in
+    /// the snapshot a stream starts with when it cannot resume.
+    pub change: &'static str,
+    pub alert: Alert,
+    pub noticed_at: chrono::DateTime<chrono::Utc>,
+}
+
+type Events = BoxStream<'static, Result<Event, Infallible>>;
+
+/// Server-sent events for agency systems. `stream=events` sends `event: journey_event` with the
+/// recorded event as data and its position as id; `stream=alerts` sends `event: alert` with an
+/// [`AlertMessage`]. Writers and coordinators receive only clients their agency may know about
+/// (an open involvement, or a consent covering the `X-Purpose`), and never clients under a
+/// restriction of processing; auditors and administrators receive every client. Reconnect with
+/// `Last-Event-ID` to resume. Idle streams get a `: heartbeat` comment every 15 seconds.
+#[utoipa::path(
+    get, path = "/v1/subscriptions/feed", tag = "subscriptions",
+    params(
+        FeedQuery,
+        ("X-Purpose" = String, Header, description = "Why you process the events: e.g. `case_management`"),
+        ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received, to resume after it"),
+    ),
+    responses(
+        (status = 200, description = "A stream of server-sent events", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Malformed parameter (an unknown type, a bad `Last-Event-ID`), or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A role that may not subscribe, or another agency's alerts", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn feed(
+    State(state): State<AppState>,
+    caller: Caller,
+    context: RequestContext,
+    headers: HeaderMap,
+    Query(query): Query<FeedQuery>,
+) -> Result<Sse<axum::response::sse::KeepAliveStream<Events>>, ApiError> {
+    let logged = |returned| Logged {
+        operation: Operation::Disclosure,
+        client: None,
+        action: "GET /v1/subscriptions/feed",
+        returned,
+    };
+    audit::require(
+        &state,
+        &caller,
+        &context,
+        &[
+            Role::Writer,
+            Role::Coordinator,
+            Role::Auditor,
+            Role::Dpo,
+            Role::Admin,
+        ],
+        logged(None),
+    )
+    .await?;
+    let purpose = context.purpose()?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|value| {
+            value
+                .to_str()
+                .map(str::trim)
+                .map_err(|_| ApiError::invalid_parameter("Last-Event-ID", "not readable text"))
+        })
+        .transpose()?
+        .filter(|value| !value.is_empty());
+    let events = match query.stream.as_deref() {
+        None | Some("events") => {
+            let scope = Scope {
+                agency: (!reads_all_agencies(&caller)).then(|| caller.0.agency.clone()),
+                purpose,
+                types: types(query.types.as_deref())?,
+            };
+            let after = match last_event_id {
+                Some(id) => id.parse::<u64>().map_err(|_| {
+                    ApiError::invalid_parameter(
+                        "Last-Event-ID",
+                        "a journey event stream's ids are positions (whole numbers)",
+                    )
+                })?,
+                None => query
+                    .after
+                    .unwrap_or_else(|| *state.journeys.log().head().borrow()),
+            };
+            if after > i64::MAX as u64 {
+                return Err(ApiError::invalid_parameter(
+                    "after",
+                    format!("after must be at most {}", i64::MAX),
+                ));
+            }
+            audit::log(&state, &caller, &context, Outcome::Allowed, logged(None)).await?;
+            journey_events(state.clone(), caller, context, scope, after)
+        }
+        Some("alerts") => {
+            let filter = alert_filter(
+                &caller,
+                &AlertQuery {
+                    agency: query.agency.clone(),
+                    kind: query.kind.clone(),
+                    client_id: None,
+                    status: None,
+                    min_position: None,
+                },
+            )?;
+            if !reads_all_agencies(&caller)
+                && filter.agency.as_deref() != Some(caller.0.agency.as_str())
+            {
+                audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
+                return Err(ApiError::new(
+                    crate::Code::Forbidden,
+                    format!(
+                        "agency `{}` may follow the alerts it is expected to act on, not those of another agency",
+                        caller.0.agency
+                    ),
+                ));
+            }
+            audit::log(&state, &caller, &context, Outcome::Allowed, logged(None)).await?;
+            alert_notices(state.clone(), caller, context, filter, last_event_id)
+        }
+        Some(other) => {
+            return Err(ApiError::invalid_parameter(
+                "stream",
+                format!("`{other}` is not a stream; `events` or `alerts`"),
+            ));
+        }
+    };
+    let mut stopping = state.stopping.clone();
+    let events = events
+        .take_until(async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        })
+        .boxed();
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}
+
+/// The type filter, each entry checked against the catalogue.
+fn types(list: Option<&str>) -> Result<std::collections::BTreeSet<String>, ApiError> {
+    let mut types = std::collections::BTreeSet::new();
+    for pattern in list
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|pattern| !pattern.is_empty())
+    {
+        if !is_known_type_pattern(pattern) {
+            return Err(ApiError::invalid_parameter(
+                "types",
+                format!(
+                    "`{pattern}` is not an event type in the catalogue, nor a family such as `job.*`"
+                ),
+            ));
+        }
+        types.insert(pattern.to_owned());
+    }
+    Ok(types)
+}
+
+/// Logs a batch about to be sent; false if it could not be logged (the stream then ends rather
+/// than disclose unlogged).
+async fn logged_batch(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    returned: Option<String>,
+) -> bool {
+    let logged = Logged {
+        operation: Operation::Disclosure,
+        client: None,
+        action: "GET /v1/subscriptions/feed",
+        returned,
+    };
+    audit::log(state, caller, context, Outcome::Allowed, logged)
+        .await
+        .is_ok()
+}
+
+fn journey_events(
+    state: AppState,
+    caller: Caller,
+    context: RequestContext,
+    scope: Scope,
+    after: u64,
+) -> Events {
+    let subscription = state.hub.subscribe(scope, after);
+    stream::unfold(
+        (subscription, state, caller, context),
+        |(mut subscription, state, caller, context)| async move {
+            let events = match subscription.next_batch().await {
+                Ok(Some(events)) => events,
+                Ok(None) => return None,
+                Err(error) => {
+                    tracing::error!(%error, "a feed subscription failed");
+                    return None;
+                }
+            };
+            if !logged_batch(&state, &caller, &context, audit::returned_events(&events)).await {
+                return None;
+            }
+            let sent: Vec<Result<Event, Infallible>> = events
+                .iter()
+                .map(|event| {
+                    Ok(Event::default()
+                        .event("journey_event")
+                        .id(event.meta.position.to_string())
+                        .json_data(Recorded::from(event))
+                        .expect("a recorded event serialises"))
+                })
+                .collect();
+            Some((stream::iter(sent), (subscription, state, caller, context)))
+        },
+    )
+    .flatten()
+    .boxed()
+}
+
+fn admits(filter: &AlertFilter, alert: &Alert) -> bool {
+    filter.kind.is_none_or(|kind| alert.kind == kind)
+        && filter
+            .agency
+            .as_deref()
+            .is_none_or(|agency| alert.agency == agency)
+}
+
+/// One notice to send: its stream id, the change, the alert and when it was noticed.
+type Outgoing = (String, &'static str, Alert, chrono::DateTime<chrono::Utc>);
+
+fn alert_event((id, change, alert, noticed_at): Outgoing) -> Result<Event, Infallible> {
+    Ok(Event::default()
+        .event("alert")
+        .id(id)
+        .json_data(AlertMessage {
+            change,
+            alert,
+            noticed_at,
+        })
+        .expect("an alert serialises"))
+}
+
+fn outgoing(epoch: &str, notice: AlertNotice) -> Outgoing {
+    (
+        format!("{epoch}-{}", notice.seq),
+        notice.change.as_str(),
+        notice.alert,
+        notice.noticed_at,
+    )
+}
+
+fn alert_notices(
+    state: AppState,
+    caller: Caller,
+    context: RequestContext,
+    filter: AlertFilter,
+    last_event_id: Option<&str>,
+) -> Events {
+    let coordination = state.coordination.clone();
+    let epoch = coordination.epoch().to_owned();
+    let resumed = last_event_id
+        .and_then(|id| id.split_once('-'))
+        .filter(|(their_epoch, _)| *their_epoch == epoch)
+        .and_then(|(_, seq)| seq.parse::<u64>().ok())
+        .and_then(|seq| coordination.notices_after(seq));
+    // Resuming within this run from kept notices, or else starting from the open alerts.
+    let (first, receiver): (Vec<Outgoing>, broadcast::Receiver<AlertNotice>) = match resumed {
+        Some((kept, receiver)) => (
+            kept.into_iter()
+                .filter(|notice| admits(&filter, &notice.alert))
+                .map(|notice| outgoing(&epoch, notice))
+                .collect(),
+            receiver,
+        ),
+        None => {
+            let seq = coordination.last_seq();
+            let (_, receiver) = coordination
+                .notices_after(seq)
+                .expect("the notices after the last one are all kept");
+            let now = coordination.now();
+            (
+                coordination
+                    .alerts(&filter)
+                    .into_iter()
+                    .map(|alert| (format!("{epoch}-{seq}"), "open", alert, now))
+                    .collect(),
+                receiver,
+            )
+        }
+    };
+    stream::unfold(
+        (Some(first), receiver, state, caller, context, filter, epoch),
+        |(mut first, mut receiver, state, caller, context, filter, epoch)| async move {
+            let batch: Vec<Outgoing> = match first.take() {
+                Some(first) => first,
+                None => loop {
+                    match receiver.recv().await {
+                        Ok(notice) if admits(&filter, &notice.alert) => {
+                            break vec![outgoing(&epoch, notice)];
+                        }
+                        Ok(_) => {}
+                        // Fell behind the kept backlog: end the stream; the subscriber
+                        // reconnects with its Last-Event-ID and resumes or gets a snapshot.
+                        Err(_) => return None,
+                    }
+                },
+            };
+            if !batch.is_empty() {
+                let clients: Vec<String> = batch
+                    .iter()
+                    .map(|(_, _, alert, _)| alert.client_id.to_string())
+                    .collect();
+                let returned = returned_ids(clients.iter().map(String::as_str))
+                    .map(|ids| format!("alerts of clients {ids}"));
+                if !logged_batch(&state, &caller, &context, returned).await {
+                    return None;
+                }
+            }
+            Some((
+                stream::iter(batch.into_iter().map(alert_event).collect::<Vec<_>>()),
+                (first, receiver, state, caller, context, filter, epoch),
+            ))
+        },
+    )
+    .flatten()
+    .boxed()
+}

@@ -1,0 +1,539 @@
+//! The coordinators' index: every client's case file kept in memory, current with the travel-map
+//! views and with the clock, and the alert notices subscribers receive as alerts are raised and
+//! cleared.
+//!
+//! The index is a projection of the travel-map views, which are a projection of the log: it is
+//! loaded from the views at start (so a restart, like a rebuild, starts from what the log says)
+//! and then refreshed for exactly the clients each projector save changed. Where another process
+//! writes the views, the clients are found by reading the feed's range instead.
+//!
+//! Time-based alerts (no contact 24 hours after release, a release 14 days away unprepared, a
+//! lost job expiring) must appear without a new event. Each case file says when it next changes
+//! on its own; the scheduler sleeps until the earliest of those moments on a [`Clock`], which
+//! tests replace with a [`ManualClock`] to move time by hand.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, broadcast, watch};
+use travelmap_domain::ClientId;
+use travelmap_projections::coordination::{
+    AgencyCaseload, Alert, AlertKind, CaseEntry, CaseFile, Rules, agency_caseload, caseloads,
+};
+use travelmap_projections::{ClientState, Projector};
+use travelmap_store::{EventLog, ViewStore};
+
+use crate::Result;
+
+/// Where the index reads the time. Everything time-based in coordination (alerts falling due,
+/// "released < 30 days") reads it here, so tests can move it.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+    /// Completes once this clock has reached `at`.
+    fn sleep_until(&self, at: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            // In short steps, re-reading the wall clock: a timer set for hours would not notice
+            // the clock being stepped (NTP, a suspended machine).
+            loop {
+                let left = at - Utc::now();
+                let Ok(left) = left.to_std() else { return };
+                if left.is_zero() {
+                    return;
+                }
+                tokio::time::sleep(left.min(std::time::Duration::from_secs(30))).await;
+            }
+        })
+    }
+}
+
+/// A clock moved by hand, for tests of time-based behaviour.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: watch::Sender<DateTime<Utc>>,
+}
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self {
+            now: watch::channel(start).0,
+        }
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        self.now.send_modify(|now| *now += by);
+    }
+
+    pub fn set(&self, at: DateTime<Utc>) {
+        self.now.send_replace(at);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.borrow()
+    }
+
+    fn sleep_until(&self, at: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let mut now = self.now.subscribe();
+        Box::pin(async move {
+            let _ = now.wait_for(|now| *now >= at).await;
+        })
+    }
+}
+
+/// What happened to an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Raised,
+    Cleared,
+    /// The event it arose from was retracted or corrected away.
+    Withdrawn,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Raised => "raised",
+            Change::Cleared => "cleared",
+            Change::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+/// An alert raised, cleared or withdrawn, as subscribers hear of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertNotice {
+    /// Increases by one per notice within a run of the service (see [`Coordination::epoch`]).
+    pub seq: u64,
+    pub change: Change,
+    pub alert: Alert,
+    /// When the service noticed it.
+    pub noticed_at: DateTime<Utc>,
+}
+
+/// Which alerts to list.
+#[derive(Debug, Clone, Default)]
+pub struct AlertFilter {
+    /// Only alerts this agency is expected to act on.
+    pub agency: Option<String>,
+    pub kind: Option<AlertKind>,
+    pub client: Option<ClientId>,
+    /// Include cleared alerts (the history), not only open ones.
+    pub include_cleared: bool,
+}
+
+/// How many notices are kept for subscribers resuming a stream.
+const JOURNAL: usize = 10_000;
+/// How many notices wait for a slow live subscriber before it is told it lagged.
+const NOTICE_BACKLOG: usize = 4_096;
+/// Clients reloaded per view read.
+const RELOAD_CHUNK: usize = 1_000;
+
+#[derive(Default)]
+struct Index {
+    files: HashMap<ClientId, CaseFile>,
+    /// When each client's file next changes on its own.
+    due: BTreeSet<(DateTime<Utc>, ClientId)>,
+}
+
+/// The case files of every client, the caseloads and alerts summed over them, and the alert
+/// notices.
+pub struct Coordination {
+    log: Arc<dyn EventLog>,
+    views: Arc<dyn ViewStore>,
+    projector: Arc<Projector>,
+    clock: Arc<dyn Clock>,
+    rules: Rules,
+    index: RwLock<Index>,
+    /// The position of the last event reflected in the case files.
+    progress: watch::Sender<u64>,
+    /// Whether the files have been loaded since start.
+    loaded: watch::Sender<bool>,
+    notices: broadcast::Sender<AlertNotice>,
+    journal: Mutex<VecDeque<AlertNotice>>,
+    next_seq: Mutex<u64>,
+    epoch: String,
+    /// Rings when a file's next change moved earlier than the scheduler's sleep.
+    rescheduled: Notify,
+}
+
+impl Coordination {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        views: Arc<dyn ViewStore>,
+        projector: Arc<Projector>,
+        clock: Arc<dyn Clock>,
+        rules: Rules,
+    ) -> Self {
+        Self {
+            log,
+            views,
+            projector,
+            clock,
+            rules,
+            index: RwLock::new(Index::default()),
+            progress: watch::channel(0).0,
+            loaded: watch::channel(false).0,
+            notices: broadcast::channel(NOTICE_BACKLOG).0,
+            journal: Mutex::new(VecDeque::new()),
+            next_seq: Mutex::new(1),
+            epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            rescheduled: Notify::new(),
+        }
+    }
+
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Names this run of the service: notice sequence numbers count from 1 in each epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Watches the position of the last event reflected in the case files.
+    pub fn progress(&self) -> watch::Receiver<u64> {
+        self.progress.subscribe()
+    }
+
+    /// Waits until the case files are loaded and reflect `position` (at most `limit`).
+    pub async fn wait_for(&self, position: u64, limit: std::time::Duration) -> bool {
+        let mut loaded = self.loaded.subscribe();
+        let mut progress = self.progress.subscribe();
+        tokio::time::timeout(limit, async {
+            let _ = loaded.wait_for(|loaded| *loaded).await;
+            let _ = progress.wait_for(|at| *at >= position).await;
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Every agency's caseload now.
+    pub fn caseloads(&self) -> Vec<AgencyCaseload> {
+        let index = self.index.read().expect("index lock");
+        caseloads(index.files.values(), self.clock.now(), &self.rules)
+    }
+
+    /// One agency's active clients now.
+    pub fn agency_caseload(&self, agency: &str) -> Vec<CaseEntry> {
+        let index = self.index.read().expect("index lock");
+        agency_caseload(index.files.values(), agency, self.clock.now())
+    }
+
+    /// Alerts, oldest first. Restricted clients' alerts are left out.
+    pub fn alerts(&self, filter: &AlertFilter) -> Vec<Alert> {
+        let index = self.index.read().expect("index lock");
+        let files: Box<dyn Iterator<Item = &CaseFile>> = match filter.client {
+            Some(client) => Box::new(index.files.get(&client).into_iter()),
+            None => Box::new(index.files.values()),
+        };
+        let mut alerts: Vec<Alert> = files
+            .filter(|file| !file.restricted)
+            .flat_map(|file| file.alerts.iter())
+            .filter(|alert| filter.include_cleared || alert.is_open())
+            .filter(|alert| filter.kind.is_none_or(|kind| alert.kind == kind))
+            .filter(|alert| {
+                filter
+                    .agency
+                    .as_deref()
+                    .is_none_or(|agency| alert.agency == agency)
+            })
+            .cloned()
+            .collect();
+        alerts.sort_by_key(|alert| (alert.since, alert.id));
+        alerts
+    }
+
+    /// The notices after `seq` still kept, and a receiver for those to come; `None` if some
+    /// notices after `seq` are no longer kept (the subscriber must start from the open alerts).
+    pub fn notices_after(
+        &self,
+        seq: u64,
+    ) -> Option<(Vec<AlertNotice>, broadcast::Receiver<AlertNotice>)> {
+        let journal = self.journal.lock().expect("journal lock");
+        // Subscribing under the journal's lock: no notice falls between the two.
+        let receiver = self.notices.subscribe();
+        let oldest = journal
+            .front()
+            .map_or(*self.next_seq.lock().expect("seq"), |n| n.seq);
+        if seq + 1 < oldest {
+            return None;
+        }
+        let kept = journal
+            .iter()
+            .filter(|notice| notice.seq > seq)
+            .cloned()
+            .collect();
+        Some((kept, receiver))
+    }
+
+    /// The last notice's sequence number (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        *self.next_seq.lock().expect("seq") - 1
+    }
+
+    /// Keeps the index current until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.projector.changes();
+        let mut progress = self.projector.progress();
+        let mut seen = loop {
+            let checkpoint = *progress.borrow_and_update();
+            match self.load_all(checkpoint).await {
+                Ok(seen) => break seen,
+                Err(error) => {
+                    tracing::error!(%error, "could not load the case files; retrying in 1s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        };
+        loop {
+            let next_due = self.next_due();
+            let sleep = async {
+                match next_due {
+                    Some(at) => self.clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                moved = progress.changed() => {
+                    if moved.is_err() {
+                        return;
+                    }
+                    let position = *progress.borrow_and_update();
+                    match self.follow(&mut changes, seen, position).await {
+                        Ok(now_seen) => seen = now_seen,
+                        Err(error) => {
+                            tracing::error!(%error, "could not refresh the case files; retrying in 1s");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            // Read the range again on the next turn.
+                            progress.mark_changed();
+                        }
+                    }
+                }
+                _ = sleep => {
+                    if let Err(error) = self.fire_due().await {
+                        tracing::error!(%error, "could not refresh due case files; retrying in 1s");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+                _ = self.rescheduled.notified() => {}
+            }
+        }
+    }
+
+    /// Loads every client's file from the views. Returns the position they reflect at least.
+    async fn load_all(&self, checkpoint: u64) -> Result<u64> {
+        let now = self.clock.now();
+        let mut index = Index::default();
+        let mut after = None;
+        loop {
+            let page = self.views.scan(after, RELOAD_CHUNK).await?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(*last);
+            for (client_id, json) in page {
+                let state = parse(client_id, &json)?;
+                let file = state.case_file(now, &self.rules);
+                if let Some(at) = file.next_change {
+                    index.due.insert((at, client_id));
+                }
+                index.files.insert(client_id, file);
+            }
+        }
+        *self.index.write().expect("index lock") = index;
+        self.progress.send_replace(checkpoint);
+        self.loaded.send_replace(true);
+        Ok(checkpoint)
+    }
+
+    /// Brings the files from `seen` up to `position`: from the projector's change sets where they
+    /// cover the range, from the feed where they do not.
+    async fn follow(
+        &self,
+        changes: &mut broadcast::Receiver<travelmap_projections::ChangeSet>,
+        mut seen: u64,
+        position: u64,
+    ) -> Result<u64> {
+        if position < seen {
+            // The views were rebuilt from zero: start again from them.
+            return self.load_all(position).await;
+        }
+        let mut clients: BTreeSet<ClientId> = BTreeSet::new();
+        loop {
+            match changes.try_recv() {
+                Ok(set) if set.up_to <= seen => {}
+                Ok(set) if set.after <= seen => {
+                    clients.extend(set.clients.iter().copied());
+                    seen = set.up_to;
+                }
+                Ok(set) => {
+                    // A gap: the sets in between were missed.
+                    clients.extend(self.clients_in(seen, set.after).await?);
+                    clients.extend(set.clients.iter().copied());
+                    seen = set.up_to;
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        if seen < position {
+            clients.extend(self.clients_in(seen, position).await?);
+            seen = position;
+        }
+        self.refresh(clients.into_iter().collect()).await?;
+        self.progress.send_if_modified(|at| {
+            let moved = seen > *at;
+            *at = (*at).max(seen);
+            moved
+        });
+        Ok(seen)
+    }
+
+    /// The clients with events in `(after, up_to]`.
+    async fn clients_in(&self, after: u64, up_to: u64) -> Result<BTreeSet<ClientId>> {
+        let mut clients = BTreeSet::new();
+        let mut from = after;
+        while from < up_to {
+            let until = (from + 10_000).min(up_to);
+            for event in self.log.read_range(from, until).await? {
+                clients.insert(event.draft.client_id);
+            }
+            from = until;
+        }
+        Ok(clients)
+    }
+
+    async fn fire_due(&self) -> Result<()> {
+        let now = self.clock.now();
+        let due: Vec<ClientId> = {
+            let index = self.index.read().expect("index lock");
+            index
+                .due
+                .iter()
+                .take_while(|(at, _)| *at <= now)
+                .map(|(_, client)| *client)
+                .collect()
+        };
+        self.refresh(due).await
+    }
+
+    fn next_due(&self) -> Option<DateTime<Utc>> {
+        let index = self.index.read().expect("index lock");
+        index.due.first().map(|(at, _)| *at)
+    }
+
+    /// Derives the clients' files afresh from their views, and tells subscribers what changed in
+    /// their alerts.
+    async fn refresh(&self, clients: Vec<ClientId>) -> Result<()> {
+        for chunk in clients.chunks(RELOAD_CHUNK) {
+            let stored = self.views.load(chunk.to_vec()).await?;
+            let now = self.clock.now();
+            let mut files = Vec::with_capacity(stored.len());
+            for (client_id, json) in stored {
+                files.push(parse(client_id, &json)?.case_file(now, &self.rules));
+            }
+            let mut notices = Vec::new();
+            let mut earlier_due = false;
+            {
+                let mut index = self.index.write().expect("index lock");
+                let first_due = index.due.first().map(|(at, _)| *at);
+                for file in files {
+                    let old = index.files.remove(&file.client_id);
+                    if let Some(at) = old.as_ref().and_then(|old| old.next_change) {
+                        index.due.remove(&(at, file.client_id));
+                    }
+                    if let Some(at) = file.next_change {
+                        index.due.insert((at, file.client_id));
+                        earlier_due |= first_due.is_none_or(|first| at < first);
+                    }
+                    notices.extend(changes(old.as_ref(), &file));
+                    index.files.insert(file.client_id, file);
+                }
+            }
+            self.publish(notices, now);
+            if earlier_due {
+                self.rescheduled.notify_one();
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self, changes: Vec<(Change, Alert)>, now: DateTime<Utc>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut journal = self.journal.lock().expect("journal lock");
+        let mut next_seq = self.next_seq.lock().expect("seq");
+        for (change, alert) in changes {
+            let notice = AlertNotice {
+                seq: *next_seq,
+                change,
+                alert,
+                noticed_at: now,
+            };
+            *next_seq += 1;
+            if journal.len() == JOURNAL {
+                journal.pop_front();
+            }
+            journal.push_back(notice.clone());
+            let _ = self.notices.send(notice);
+        }
+    }
+}
+
+fn parse(client_id: ClientId, json: &str) -> Result<ClientState> {
+    Ok(serde_json::from_str(json)
+        .map_err(|source| travelmap_projections::Error::View { client_id, source })?)
+}
+
+/// What subscribers must hear about a client's alerts going from `old` to `new`. A restricted
+/// client's alerts are not processed: nothing is said of them.
+fn changes(old: Option<&CaseFile>, new: &CaseFile) -> Vec<(Change, Alert)> {
+    if new.restricted {
+        return Vec::new();
+    }
+    let before: HashMap<uuid::Uuid, &Alert> = old
+        .filter(|old| !old.restricted)
+        .map(|old| old.alerts.iter().map(|alert| (alert.id, alert)).collect())
+        .unwrap_or_default();
+    let mut changes = Vec::new();
+    for alert in &new.alerts {
+        match before.get(&alert.id) {
+            None if alert.is_open() => changes.push((Change::Raised, alert.clone())),
+            Some(previous) if previous.is_open() && !alert.is_open() => {
+                changes.push((Change::Cleared, alert.clone()))
+            }
+            _ => {}
+        }
+    }
+    let now_known: BTreeSet<uuid::Uuid> = new.alerts.iter().map(|alert| alert.id).collect();
+    for (id, alert) in before {
+        if !now_known.contains(&id) && alert.is_open() {
+            changes.push((Change::Withdrawn, alert.clone()));
+        }
+    }
+    changes
+}
