@@ -42,6 +42,8 @@ pub struct AppState {
     pub checkpoint_key: Arc<ed25519_dalek::SigningKey>,
     /// When each category of personal data is due for shredding (for subject access reports).
     pub retention: travelmap_projections::retention::Schedule,
+    /// Webhook registrations and their delivery logs.
+    pub webhooks: Arc<dyn travelmap_store::WebhookStore>,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.
@@ -70,6 +72,12 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         routes::protection::lift_restriction,
         routes::protection::subject_access,
         routes::statistics::outcomes,
+        routes::webhooks::register,
+        routes::webhooks::list,
+        routes::webhooks::get,
+        routes::webhooks::delete,
+        routes::webhooks::resume,
+        routes::webhooks::deliveries,
         routes::meta::event_types,
         routes::meta::health,
         routes::meta::openapi,
@@ -82,6 +90,7 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         (name = "audit", description = "The audit trail of every operation on personal data"),
         (name = "data protection", description = "Erasure, restriction of processing and subject access (the data-protection officer's)"),
         (name = "statistics", description = "Aggregate outcome statistics, with small counts suppressed"),
+        (name = "webhooks", description = "Subscriptions that POST the events an agency may know of to its URL, signed, retried and logged"),
         (name = "catalogue", description = "The event types and their schemas"),
         (name = "meta", description = "Health, this document, problem types"),
     )
@@ -165,6 +174,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/entries", get(routes::audit::entries))
         .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
         .route("/v1/audit/break-glass", get(routes::audit::break_glass))
+        .route(
+            "/v1/subscriptions/webhooks",
+            post(routes::webhooks::register).get(routes::webhooks::list),
+        )
+        .route(
+            "/v1/subscriptions/webhooks/{id}",
+            get(routes::webhooks::get).delete(routes::webhooks::delete),
+        )
+        .route(
+            "/v1/subscriptions/webhooks/{id}/resume",
+            post(routes::webhooks::resume),
+        )
+        .route(
+            "/v1/subscriptions/webhooks/{id}/deliveries",
+            get(routes::webhooks::deliveries),
+        )
         .route("/v1/event-types", get(routes::meta::event_types))
         .route("/healthz", get(routes::meta::health))
         .route("/openapi.json", get(routes::meta::openapi))

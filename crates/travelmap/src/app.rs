@@ -35,6 +35,8 @@ pub struct ServeSettings {
     /// [`travelmap_store::DiscardedAudit`], to measure what the trail costs); the binary never
     /// does.
     pub audit_override: Option<Arc<dyn travelmap_store::AuditLog>>,
+    /// How webhook deliveries are timed out and retried.
+    pub webhooks: travelmap_webhooks::Policy,
 }
 
 /// A built, bound, not yet serving application.
@@ -48,6 +50,8 @@ pub struct Application {
     audit: Arc<dyn travelmap_store::AuditLog>,
     retention: travelmap_projections::retention::Schedule,
     retention_every: std::time::Duration,
+    webhooks: Arc<dyn travelmap_store::WebhookStore>,
+    webhook_policy: travelmap_webhooks::Policy,
 }
 
 impl Application {
@@ -72,7 +76,6 @@ impl Application {
         let audit = settings.audit_override.unwrap_or_else(|| store.audit());
         Ok(Self {
             listener,
-            store,
             journeys,
             authenticator: Arc::new(settings.authenticator),
             break_glass: settings.break_glass,
@@ -80,6 +83,9 @@ impl Application {
             audit,
             retention: settings.retention,
             retention_every: settings.retention_every,
+            webhooks: store.webhooks(),
+            webhook_policy: settings.webhooks,
+            store,
         })
     }
 
@@ -107,6 +113,17 @@ impl Application {
                 .clone()
                 .run(projector_stopped.clone()),
         );
+        // Webhook deliveries, stopped with the projector.
+        let webhooks = tokio::spawn(
+            travelmap_webhooks::Dispatcher::new(
+                self.journeys.clone(),
+                self.webhooks.clone(),
+                self.audit.clone(),
+                Arc::new(travelmap_api::routes::webhooks::delivery_body),
+                self.webhook_policy,
+            )
+            .run(projector_stopped.clone()),
+        );
         let retention = tokio::spawn(crate::retention::daily(
             self.journeys.clone(),
             self.audit.clone(),
@@ -121,6 +138,7 @@ impl Application {
             break_glass: self.break_glass,
             checkpoint_key: self.checkpoint_key.clone(),
             retention: self.retention.clone(),
+            webhooks: self.webhooks.clone(),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
@@ -128,6 +146,7 @@ impl Application {
         let _ = stop_projector.send(true);
         let _ = projector.await;
         let _ = retention.await;
+        let _ = webhooks.await;
         self.store.close().await;
         served.context("serving HTTP")
     }

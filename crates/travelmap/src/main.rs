@@ -232,6 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 retention,
                 retention_every: travelmap::retention::DAILY,
                 audit_override: None,
+                webhooks: travelmap_webhooks::Policy::default(),
             })
             .await?;
             tracing::info!(

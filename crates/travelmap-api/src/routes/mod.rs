@@ -6,3 +6,4 @@ pub mod events;
 pub mod meta;
 pub mod protection;
 pub mod statistics;
+pub mod webhooks;
