@@ -13,3 +13,4 @@ mod protection;
 mod reads;
 mod samples;
 mod support;
+mod webhooks;

@@ -265,6 +265,7 @@ async fn spawn_app_full(
             retention_every
         },
         audit_override: None,
+        webhooks: webhook_policy(),
     })
     .await
     .expect("application builds");
@@ -279,6 +280,20 @@ async fn spawn_app_full(
         data_dir,
         stop: Some(stop),
         server: Some(server),
+    }
+}
+
+/// Webhook retries in milliseconds rather than seconds, so that tests of a receiver that fails
+/// for a while take moments; the first pause is still long enough to see several attempts.
+pub fn webhook_policy() -> travelmap_webhooks::Policy {
+    travelmap_webhooks::Policy {
+        backoff: travelmap_webhooks::Backoff {
+            base: std::time::Duration::from_millis(20),
+            cap: std::time::Duration::from_millis(200),
+        },
+        timeout: std::time::Duration::from_secs(5),
+        max_attempts: 1000,
+        refresh: std::time::Duration::from_millis(200),
     }
 }
 
