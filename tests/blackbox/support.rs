@@ -214,7 +214,14 @@ async fn spawn_app_at(
     store: travelmap_store::Location,
     break_glass: std::time::Duration,
 ) -> TestApp {
-    spawn_app_full(data_dir, store, break_glass, Default::default()).await
+    spawn_app_full(
+        data_dir,
+        store,
+        break_glass,
+        Default::default(),
+        webhook_policy(),
+    )
+    .await
 }
 
 /// Starts the application on `backend` applying `retention` every 100 ms.
@@ -229,6 +236,7 @@ pub async fn spawn_app_with_retention(
         location,
         travelmap_api::DEFAULT_BREAK_GLASS,
         (retention, std::time::Duration::from_millis(100)),
+        webhook_policy(),
     )
     .await
 }
@@ -241,6 +249,7 @@ async fn spawn_app_full(
         travelmap_projections::retention::Schedule,
         std::time::Duration,
     ),
+    webhooks: travelmap_webhooks::Policy,
 ) -> TestApp {
     let authenticator = Authenticator::new(
         credentials()
@@ -265,7 +274,7 @@ async fn spawn_app_full(
             retention_every
         },
         audit_override: None,
-        webhooks: webhook_policy(),
+        webhooks,
     })
     .await
     .expect("application builds");
@@ -281,6 +290,23 @@ async fn spawn_app_full(
         stop: Some(stop),
         server: Some(server),
     }
+}
+
+/// Starts the application on `backend` delivering webhooks by `policy`.
+pub async fn spawn_app_with_webhooks(
+    backend: &Backend,
+    policy: travelmap_webhooks::Policy,
+) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let location = backend.location(data_dir.path());
+    spawn_app_full(
+        data_dir,
+        location,
+        travelmap_api::DEFAULT_BREAK_GLASS,
+        Default::default(),
+        policy,
+    )
+    .await
 }
 
 /// Webhook retries in milliseconds rather than seconds, so that tests of a receiver that fails

@@ -670,6 +670,109 @@ async fn registrations_are_checked_and_private_to_their_agency(backend: Backend)
     backend.remove().await;
 }
 
+async fn a_webhook_that_keeps_failing_is_paused_and_resumes_where_it_stopped(backend: Backend) {
+    let app = spawn_app_with_webhooks(
+        &backend,
+        travelmap_webhooks::Policy {
+            max_attempts: 3,
+            ..webhook_policy()
+        },
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.inbox.failing.store(true, Ordering::SeqCst);
+    let client = ngo_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/subscriptions/webhooks/{id}");
+    let expected = vec![
+        need(&app, NGO_WRITER, client, "first").await,
+        need(&app, NGO_WRITER, client, "second").await,
+    ];
+    eventually("the webhook is paused", || async {
+        app.get_ok(&path, NGO_COORDINATOR).await["state"] == "paused"
+    })
+    .await;
+    let mut story = deliveries(&app, &id).await;
+    story.reverse();
+    let outcomes: Vec<(&str, u64, &str)> = story
+        .iter()
+        .map(|a| {
+            (
+                a["event_id"].as_str().unwrap(),
+                a["attempt"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let first = expected[0].as_str();
+    assert_eq!(
+        outcomes,
+        [
+            (first, 1, "retrying"),
+            (first, 2, "retrying"),
+            (first, 3, "failed")
+        ]
+    );
+    assert!(receiver.inbox.received().is_empty());
+
+    // Resumed, it starts again at the event that failed, and skips nothing.
+    receiver.inbox.failing.store(false, Ordering::SeqCst);
+    let response = app
+        .post(&format!("{path}/resume"), NGO_WRITER, &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let resumed: Value = response.json().await.unwrap();
+    assert_eq!(resumed["state"], "active");
+    eventually("both events are delivered", || async {
+        receiver.inbox.first_receipts().len() >= 2
+    })
+    .await;
+    assert_eq!(receiver.inbox.first_receipts(), expected);
+    assert_eq!(receiver.inbox.refused.load(Ordering::SeqCst), 0);
+
+    app.stop().await;
+    backend.remove().await;
+}
+
+async fn delivery_continues_from_the_saved_cursor_after_a_restart(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let receiver = Receiver::start().await;
+    let client = ngo_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let path = format!(
+        "/v1/subscriptions/webhooks/{}",
+        webhook["id"].as_str().unwrap()
+    );
+    let before = need(&app, NGO_WRITER, client, "before the restart").await;
+    eventually("the event is acknowledged and the cursor saved", || async {
+        !receiver.inbox.received().is_empty()
+            && app.get_ok(&path, NGO_COORDINATOR).await["delivered_up_to"]
+                .as_u64()
+                .unwrap()
+                >= receiver.inbox.received()[0].position
+    })
+    .await;
+
+    let app = spawn_app_on_in(&backend, app.stop().await).await;
+    let after = need(&app, NGO_WRITER, client, "after the restart").await;
+    eventually("the new event is delivered", || async {
+        receiver.inbox.first_receipts().len() >= 2
+    })
+    .await;
+    // The acknowledged event is not sent again: its cursor outlived the process.
+    let ids: Vec<String> = receiver
+        .inbox
+        .received()
+        .into_iter()
+        .map(|received| received.event_id)
+        .collect();
+    assert_eq!(ids, [before, after]);
+
+    app.stop().await;
+    backend.remove().await;
+}
+
 macro_rules! on_both_backends {
     ($($check:ident),* $(,)?) => {
         mod embedded {
@@ -695,4 +798,6 @@ on_both_backends!(
     the_agency_receives_its_events_in_order_signed_and_nobody_elses,
     a_receiver_that_fails_or_is_down_gets_every_event_once_back,
     registrations_are_checked_and_private_to_their_agency,
+    a_webhook_that_keeps_failing_is_paused_and_resumes_where_it_stopped,
+    delivery_continues_from_the_saved_cursor_after_a_restart,
 );
