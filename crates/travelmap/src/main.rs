@@ -232,7 +232,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 retention,
                 retention_every: travelmap::retention::DAILY,
                 audit_override: None,
-                webhooks: travelmap_webhooks::Policy::default(),
+                webhooks: config
+                    .as_ref()
+                    .map(|(_, file)| file.webhooks.policy())
+                    .unwrap_or_default(),
             })
             .await?;
             tracing::info!(
