@@ -42,8 +42,8 @@ fn attempt(webhook: Uuid, number: u32) -> Attempt {
         position: 10,
         attempt: number,
         at: now(),
-        status: (number % 2 == 0).then_some(500),
-        error: (number % 2 == 1).then(|| "could not connect".to_owned()),
+        status: number.is_multiple_of(2).then_some(500),
+        error: (!number.is_multiple_of(2)).then(|| "could not connect".to_owned()),
         duration_ms: 12,
         outcome: AttemptOutcome::Retrying,
     }
