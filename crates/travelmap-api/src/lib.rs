@@ -238,6 +238,28 @@ mod tests {
     use utoipa::OpenApi;
 
     #[test]
+    fn the_webhook_routes_are_documented() {
+        let document = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let paths = &document["paths"];
+        for (path, method) in [
+            ("/v1/subscriptions/webhooks", "post"),
+            ("/v1/subscriptions/webhooks", "get"),
+            ("/v1/subscriptions/webhooks/{id}", "get"),
+            ("/v1/subscriptions/webhooks/{id}", "delete"),
+            ("/v1/subscriptions/webhooks/{id}/resume", "post"),
+            ("/v1/subscriptions/webhooks/{id}/deliveries", "get"),
+        ] {
+            assert!(paths[path][method].is_object(), "{method} {path}");
+        }
+        for schema in ["WebhookRequest", "Webhook", "WebhookList", "DeliveryLog"] {
+            assert!(
+                document["components"]["schemas"][schema].is_object(),
+                "{schema}"
+            );
+        }
+    }
+
+    #[test]
     fn every_event_data_schema_is_in_the_openapi_document_unchanged() {
         let document = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
         for info in travelmap_domain::catalogue::event_types() {

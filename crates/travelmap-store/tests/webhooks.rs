@@ -101,8 +101,11 @@ async fn behaves(store: Arc<dyn WebhookStore>) {
     assert!(!store.remove(registered.id).await.unwrap());
     assert_eq!(store.get(registered.id).await.unwrap(), None);
     assert!(store.attempts(registered.id, 10).await.unwrap().is_empty());
-    // A cursor move for a webhook deleted meanwhile is no error.
+    // A cursor move or an attempt for a webhook deleted meanwhile is no error, and leaves
+    // nothing behind.
     store.advance(registered.id, 30).await.unwrap();
+    store.log_attempt(attempt(registered.id, 1)).await.unwrap();
+    assert!(store.attempts(registered.id, 10).await.unwrap().is_empty());
     assert!(!store.set_state(registered.id, State::Active).await.unwrap());
 }
 

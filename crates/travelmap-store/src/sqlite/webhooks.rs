@@ -199,10 +199,13 @@ impl WebhookStore for SqliteWebhookStore {
     async fn log_attempt(&self, attempt: Attempt) -> Result<()> {
         self.with(move |connection| {
             let transaction = connection.transaction()?;
+            // An attempt that ends after its webhook was deleted is not logged: nothing would
+            // ever read or prune it.
             transaction.execute(
                 "INSERT INTO webhook_attempts
                     (id, webhook_id, event_id, position, attempt, at, status, error, duration_ms, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+                 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = ?2)",
                 params![
                     attempt.id,
                     attempt.webhook_id,
