@@ -14,3 +14,4 @@ mod protection;
 mod reads;
 mod samples;
 mod support;
+mod webhooks;

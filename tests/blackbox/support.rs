@@ -220,6 +220,7 @@ async fn spawn_app_at(
         break_glass,
         Default::default(),
         Coordination::default(),
+        webhook_policy(),
     )
     .await
 }
@@ -249,6 +250,7 @@ pub async fn spawn_app_with_coordination(backend: &Backend, coordination: Coordi
         travelmap_api::DEFAULT_BREAK_GLASS,
         Default::default(),
         coordination,
+        webhook_policy(),
     )
     .await
 }
@@ -266,6 +268,7 @@ pub async fn spawn_app_with_retention(
         travelmap_api::DEFAULT_BREAK_GLASS,
         (retention, std::time::Duration::from_millis(100)),
         Coordination::default(),
+        webhook_policy(),
     )
     .await
 }
@@ -279,6 +282,7 @@ async fn spawn_app_full(
         std::time::Duration,
     ),
     coordination: Coordination,
+    webhooks: travelmap_webhooks::Policy,
 ) -> TestApp {
     let authenticator = Authenticator::new(
         credentials()
@@ -305,6 +309,7 @@ async fn spawn_app_full(
         coordination: coordination.rules,
         clock: coordination.clock,
         audit_override: None,
+        webhooks,
     })
     .await
     .expect("application builds");
@@ -319,6 +324,38 @@ async fn spawn_app_full(
         data_dir,
         stop: Some(stop),
         server: Some(server),
+    }
+}
+
+/// Starts the application on `backend` delivering webhooks by `policy`.
+pub async fn spawn_app_with_webhooks(
+    backend: &Backend,
+    policy: travelmap_webhooks::Policy,
+) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let location = backend.location(data_dir.path());
+    spawn_app_full(
+        data_dir,
+        location,
+        travelmap_api::DEFAULT_BREAK_GLASS,
+        Default::default(),
+        Coordination::default(),
+        policy,
+    )
+    .await
+}
+
+/// Webhook retries in milliseconds rather than seconds, so that tests of a receiver that fails
+/// for a while take moments; the first pause is still long enough to see several attempts.
+pub fn webhook_policy() -> travelmap_webhooks::Policy {
+    travelmap_webhooks::Policy {
+        backoff: travelmap_webhooks::Backoff {
+            base: std::time::Duration::from_millis(20),
+            cap: std::time::Duration::from_millis(200),
+        },
+        timeout: std::time::Duration::from_secs(5),
+        max_attempts: 1000,
+        refresh: std::time::Duration::from_millis(200),
     }
 }
 

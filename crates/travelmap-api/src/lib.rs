@@ -49,6 +49,8 @@ pub struct AppState {
     /// Turns true when the server begins to shut down: live streams end then, or a graceful
     /// shutdown would wait for them forever.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Webhook registrations and their delivery logs.
+    pub webhooks: Arc<dyn travelmap_store::WebhookStore>,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.
@@ -81,6 +83,12 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         routes::coordination::agency_caseload,
         routes::coordination::alerts,
         routes::subscriptions::feed,
+        routes::webhooks::register,
+        routes::webhooks::list,
+        routes::webhooks::get,
+        routes::webhooks::delete,
+        routes::webhooks::resume,
+        routes::webhooks::deliveries,
         routes::meta::event_types,
         routes::meta::health,
         routes::meta::openapi,
@@ -94,7 +102,8 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         (name = "data protection", description = "Erasure, restriction of processing and subject access (the data-protection officer's)"),
         (name = "statistics", description = "Aggregate outcome statistics, with small counts suppressed"),
         (name = "coordination", description = "Caseloads, agencies' active clients and the alerts coordinators act on"),
-        (name = "subscriptions", description = "Live feeds for agency systems: server-sent events and webhooks"),
+        (name = "subscriptions", description = "The live feed for agency systems: server-sent events of journey events and alerts"),
+        (name = "webhooks", description = "Subscriptions that POST the events an agency may know of to its URL, signed, retried and logged"),
         (name = "catalogue", description = "The event types and their schemas"),
         (name = "meta", description = "Health, this document, problem types"),
     )
@@ -185,6 +194,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/entries", get(routes::audit::entries))
         .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
         .route("/v1/audit/break-glass", get(routes::audit::break_glass))
+        .route(
+            "/v1/subscriptions/webhooks",
+            post(routes::webhooks::register).get(routes::webhooks::list),
+        )
+        .route(
+            "/v1/subscriptions/webhooks/{id}",
+            get(routes::webhooks::get).delete(routes::webhooks::delete),
+        )
+        .route(
+            "/v1/subscriptions/webhooks/{id}/resume",
+            post(routes::webhooks::resume),
+        )
+        .route(
+            "/v1/subscriptions/webhooks/{id}/deliveries",
+            get(routes::webhooks::deliveries),
+        )
         .route("/v1/event-types", get(routes::meta::event_types))
         .route("/healthz", get(routes::meta::health))
         .route("/openapi.json", get(routes::meta::openapi))
@@ -231,6 +256,28 @@ pub fn router(state: AppState) -> Router {
 #[cfg(test)]
 mod tests {
     use utoipa::OpenApi;
+
+    #[test]
+    fn the_webhook_routes_are_documented() {
+        let document = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let paths = &document["paths"];
+        for (path, method) in [
+            ("/v1/subscriptions/webhooks", "post"),
+            ("/v1/subscriptions/webhooks", "get"),
+            ("/v1/subscriptions/webhooks/{id}", "get"),
+            ("/v1/subscriptions/webhooks/{id}", "delete"),
+            ("/v1/subscriptions/webhooks/{id}/resume", "post"),
+            ("/v1/subscriptions/webhooks/{id}/deliveries", "get"),
+        ] {
+            assert!(paths[path][method].is_object(), "{method} {path}");
+        }
+        for schema in ["WebhookRequest", "Webhook", "WebhookList", "DeliveryLog"] {
+            assert!(
+                document["components"]["schemas"][schema].is_object(),
+                "{schema}"
+            );
+        }
+    }
 
     #[test]
     fn every_event_data_schema_is_in_the_openapi_document_unchanged() {

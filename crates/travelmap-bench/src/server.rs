@@ -55,6 +55,7 @@ impl Server {
                 std::sync::Arc::new(travelmap_store::DiscardedAudit)
                     as std::sync::Arc<dyn travelmap_store::AuditLog>
             }),
+            webhooks: Default::default(),
         })
         .await?;
         let base = format!("http://127.0.0.1:{}", app.port());

@@ -26,9 +26,11 @@ mod packed;
 pub mod postgres;
 mod sealed;
 pub mod sqlite;
+pub mod webhooks;
 
 pub use keys::{DestroyedKey, KeyStore, Keyring, MasterKey, MasterKeys};
 pub use sealed::SealedLog;
+pub use webhooks::WebhookStore;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -425,6 +427,13 @@ impl Store {
         match self {
             Store::Embedded(store) => store.keys.clone(),
             Store::Postgres(store) => store.keys.clone(),
+        }
+    }
+
+    pub fn webhooks(&self) -> std::sync::Arc<dyn WebhookStore> {
+        match self {
+            Store::Embedded(store) => store.webhooks.clone(),
+            Store::Postgres(store) => store.webhooks.clone(),
         }
     }
 

@@ -42,6 +42,8 @@ pub struct ServeSettings {
     /// [`travelmap_store::DiscardedAudit`], to measure what the trail costs); the binary never
     /// does.
     pub audit_override: Option<Arc<dyn travelmap_store::AuditLog>>,
+    /// How webhook deliveries are timed out and retried.
+    pub webhooks: travelmap_webhooks::Policy,
 }
 
 /// A built, bound, not yet serving application.
@@ -57,6 +59,8 @@ pub struct Application {
     retention_every: std::time::Duration,
     coordination: Arc<Coordination>,
     hub: Arc<FeedHub>,
+    webhooks: Arc<dyn travelmap_store::WebhookStore>,
+    webhook_policy: travelmap_webhooks::Policy,
 }
 
 impl Application {
@@ -89,7 +93,6 @@ impl Application {
         let hub = Arc::new(FeedHub::new(journeys.clone()));
         Ok(Self {
             listener,
-            store,
             journeys,
             authenticator: Arc::new(settings.authenticator),
             break_glass: settings.break_glass,
@@ -99,6 +102,9 @@ impl Application {
             retention_every: settings.retention_every,
             coordination,
             hub,
+            webhooks: store.webhooks(),
+            webhook_policy: settings.webhooks,
+            store,
         })
     }
 
@@ -126,6 +132,17 @@ impl Application {
                 .clone()
                 .run(projector_stopped.clone()),
         );
+        // Webhook deliveries, stopped with the projector.
+        let webhooks = tokio::spawn(
+            travelmap_webhooks::Dispatcher::new(
+                self.journeys.clone(),
+                self.webhooks.clone(),
+                self.audit.clone(),
+                Arc::new(travelmap_api::routes::webhooks::delivery_body),
+                self.webhook_policy,
+            )
+            .run(projector_stopped.clone()),
+        );
         let retention = tokio::spawn(crate::retention::daily(
             self.journeys.clone(),
             self.audit.clone(),
@@ -150,6 +167,7 @@ impl Application {
             coordination: self.coordination.clone(),
             hub: self.hub.clone(),
             stopping,
+            webhooks: self.webhooks.clone(),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
@@ -159,6 +177,7 @@ impl Application {
         let _ = retention.await;
         let _ = coordination.await;
         let _ = hub.await;
+        let _ = webhooks.await;
         self.store.close().await;
         served.context("serving HTTP")
     }

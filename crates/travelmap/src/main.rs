@@ -237,6 +237,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_default(),
                 clock: std::sync::Arc::new(travelmap_service::coordination::SystemClock),
                 audit_override: None,
+                webhooks: config
+                    .as_ref()
+                    .map(|(_, file)| file.webhooks.policy())
+                    .unwrap_or_default(),
             })
             .await?;
             tracing::info!(

@@ -52,6 +52,48 @@ pub struct ConfigFile {
     pub credentials: Vec<CredentialEntry>,
     /// OAuth2 client-credentials tokens (JWTs), besides API keys.
     pub jwt: Option<JwtEntry>,
+    /// How webhook deliveries are timed out and retried.
+    #[serde(default)]
+    pub webhooks: WebhooksEntry,
+}
+
+/// The `[webhooks]` table; every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksEntry {
+    /// The pause after an event's first failed delivery, in milliseconds (default 1000); it
+    /// doubles with every further failure.
+    pub retry_base_ms: Option<u64>,
+    /// The longest pause between attempts, in seconds (default 900).
+    pub retry_cap_seconds: Option<u64>,
+    /// After this many failed attempts at one event the webhook is paused (default 300, about
+    /// three days with the default pauses).
+    pub max_attempts: Option<u32>,
+    /// How long a receiver has to answer, in seconds (default 10).
+    pub timeout_seconds: Option<u64>,
+}
+
+impl WebhooksEntry {
+    /// The delivery policy: the defaults, with what the table sets.
+    pub fn policy(&self) -> travelmap_webhooks::Policy {
+        use std::time::Duration;
+        let defaults = travelmap_webhooks::Policy::default();
+        travelmap_webhooks::Policy {
+            backoff: travelmap_webhooks::Backoff {
+                base: self
+                    .retry_base_ms
+                    .map_or(defaults.backoff.base, Duration::from_millis),
+                cap: self
+                    .retry_cap_seconds
+                    .map_or(defaults.backoff.cap, Duration::from_secs),
+            },
+            timeout: self
+                .timeout_seconds
+                .map_or(defaults.timeout, Duration::from_secs),
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts).max(1),
+            refresh: defaults.refresh,
+        }
+    }
 }
 
 /// The `[coordination]` table.
@@ -552,6 +594,24 @@ mod tests {
         .unwrap();
         let error = ConfigFile::load(&path).unwrap_err().to_string();
         assert!(error.contains("bakery"), "{error}");
+    }
+
+    #[test]
+    fn the_webhooks_table_overrides_the_delivery_defaults() {
+        let file: ConfigFile =
+            toml::from_str("[webhooks]\nretry_base_ms = 50\nmax_attempts = 4\n").unwrap();
+        let policy = file.webhooks.policy();
+        assert_eq!(policy.backoff.base, std::time::Duration::from_millis(50));
+        assert_eq!(policy.max_attempts, 4);
+        assert_eq!(
+            policy.timeout,
+            travelmap_webhooks::Policy::default().timeout
+        );
+        assert_eq!(
+            ConfigFile::default().webhooks.policy(),
+            travelmap_webhooks::Policy::default()
+        );
+        assert!(toml::from_str::<ConfigFile>("[webhooks]\nretries = 3\n").is_err());
     }
 
     #[test]

@@ -8,3 +8,4 @@ pub mod meta;
 pub mod protection;
 pub mod statistics;
 pub mod subscriptions;
+pub mod webhooks;

@@ -22,6 +22,7 @@ mod log;
 mod schema;
 mod scratch;
 mod views;
+mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub use log::PgEventLog;
 pub use schema::MIGRATIONS;
 pub use scratch::{DEFAULT_SERVER, ScratchDatabase, server_from_env};
 pub use views::PgViewStore;
+pub use webhooks::PgWebhookStore;
 
 use crate::Result;
 
@@ -62,6 +64,7 @@ pub struct PgStore {
     pub views: Arc<PgViewStore>,
     pub audit: Arc<PgAuditLog>,
     pub keys: Arc<PgKeyStore>,
+    pub webhooks: Arc<PgWebhookStore>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -90,7 +93,12 @@ impl PgStore {
         let (head, head_receiver) = watch::channel(head_position);
         let (saved, saved_receiver) = watch::channel(checkpoint);
         let log = Arc::new(PgEventLog::new(pool.clone(), head.clone(), head_receiver));
-        let views = Arc::new(PgViewStore::new(pool.clone(), options, saved_receiver));
+        let views = Arc::new(PgViewStore::new(
+            pool.clone(),
+            options.clone(),
+            saved_receiver,
+        ));
+        let webhooks = Arc::new(PgWebhookStore::new(pool.clone(), options));
         let audit = Arc::new(PgAuditLog::new(pool.clone()));
         let keys = Arc::new(PgKeyStore::new(pool.clone()));
         let listener = tokio::spawn(follow_notifications(listener, pool, head, saved));
@@ -99,6 +107,7 @@ impl PgStore {
             views,
             audit,
             keys,
+            webhooks,
             listener,
         })
     }

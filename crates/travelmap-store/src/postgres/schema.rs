@@ -122,6 +122,41 @@ pub const MIGRATIONS: &[&str] = &[
     );
     TRUNCATE client_views, client_identifiers;
     UPDATE projection_checkpoints SET position = 0;",
+    // 4: webhooks (see crate::webhooks): registrations with their cursors, the log of delivery
+    //    attempts (`seq` orders them; older ones are pruned), and `webhook_dispatch`, whose
+    //    `epoch` each process that takes over delivery bumps, fencing off the one before.
+    "CREATE TABLE webhooks (
+        id         uuid        PRIMARY KEY,
+        agency     text        NOT NULL,
+        credential text        NOT NULL,
+        url        text        NOT NULL,
+        types      text[]      NOT NULL,
+        purpose    text        NOT NULL,
+        secret     text        NOT NULL,
+        created_at timestamptz NOT NULL,
+        state      text        NOT NULL,
+        cursor     bigint      NOT NULL
+    );
+    CREATE INDEX webhooks_by_agency ON webhooks (agency, created_at);
+    CREATE TABLE webhook_attempts (
+        seq         bigserial   PRIMARY KEY,
+        id          uuid        NOT NULL,
+        webhook_id  uuid        NOT NULL REFERENCES webhooks (id) ON DELETE CASCADE,
+        event_id    uuid        NOT NULL,
+        position    bigint      NOT NULL,
+        attempt     integer     NOT NULL,
+        at          timestamptz NOT NULL,
+        status      integer,
+        error       text,
+        duration_ms bigint      NOT NULL,
+        outcome     text        NOT NULL
+    );
+    CREATE INDEX webhook_attempts_by_webhook ON webhook_attempts (webhook_id, seq);
+    CREATE TABLE webhook_dispatch (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        epoch     bigint  NOT NULL
+    );
+    INSERT INTO webhook_dispatch (epoch) VALUES (0);",
 ];
 
 /// Applies whatever migrations the database lacks.

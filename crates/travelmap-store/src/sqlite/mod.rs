@@ -8,6 +8,8 @@
 //! - `audit.sqlite` is the audit trail, with a writer of its own.
 //! - `keys.sqlite` holds the data keys that seal personal fields (see `crate::keys`), apart from
 //!   the log so that a copy of the log alone holds no key.
+//! - `webhooks.sqlite` holds webhook registrations, their delivery cursors and the delivery
+//!   attempts (see `crate::webhooks`).
 //! - `projections.sqlite` holds the views and their checkpoints, apart from the log so that the
 //!   projector never competes with appends for SQLite's write lock, and so that deleting it is a
 //!   safe way to force a rebuild.
@@ -21,6 +23,7 @@ mod log;
 mod pool;
 mod schema;
 mod views;
+mod webhooks;
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
@@ -30,6 +33,7 @@ pub use audit::SqliteAuditLog;
 pub use keys::SqliteKeyStore;
 pub use log::SqliteEventLog;
 pub use views::SqliteViewStore;
+pub use webhooks::SqliteWebhookStore;
 
 use crate::{Error, Result};
 
@@ -39,6 +43,7 @@ pub struct SqliteStore {
     pub views: Arc<SqliteViewStore>,
     pub audit: Arc<SqliteAuditLog>,
     pub keys: Arc<SqliteKeyStore>,
+    pub webhooks: Arc<SqliteWebhookStore>,
     // Held for the store's lifetime: the OS releases the lock when the file is closed.
     _lock: File,
 }
@@ -61,11 +66,13 @@ impl SqliteStore {
         let views = SqliteViewStore::open(&data_dir.join("projections.sqlite"))?;
         let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"))?;
         let keys = SqliteKeyStore::open(&data_dir.join("keys.sqlite"))?;
+        let webhooks = SqliteWebhookStore::open(&data_dir.join("webhooks.sqlite"))?;
         Ok(Self {
             log: Arc::new(log),
             views: Arc::new(views),
             audit: Arc::new(audit),
             keys: Arc::new(keys),
+            webhooks: Arc::new(webhooks),
             _lock: lock,
         })
     }

@@ -110,6 +110,39 @@ pub(crate) const AUDIT: &[&str] = &[
     CREATE INDEX audit_by_action ON audit (action, seq);",
 ];
 
+pub(crate) const WEBHOOKS: &[&str] = &[
+    // 1: webhook registrations with their cursors, and the log of delivery attempts. `types` is
+    //    a JSON array of type patterns; `created_at` and `at` are microseconds since the Unix
+    //    epoch (UTC); `seq` orders attempts (newest kept, older pruned).
+    "CREATE TABLE webhooks (
+        id         BLOB    PRIMARY KEY,
+        agency     TEXT    NOT NULL,
+        credential TEXT    NOT NULL,
+        url        TEXT    NOT NULL,
+        types      TEXT    NOT NULL,
+        purpose    TEXT    NOT NULL,
+        secret     TEXT    NOT NULL,
+        created_at INTEGER NOT NULL,
+        state      TEXT    NOT NULL,
+        cursor     INTEGER NOT NULL
+    );
+    CREATE INDEX webhooks_by_agency ON webhooks (agency, created_at);
+    CREATE TABLE webhook_attempts (
+        seq         INTEGER PRIMARY KEY,
+        id          BLOB    NOT NULL,
+        webhook_id  BLOB    NOT NULL,
+        event_id    BLOB    NOT NULL,
+        position    INTEGER NOT NULL,
+        attempt     INTEGER NOT NULL,
+        at          INTEGER NOT NULL,
+        status      INTEGER,
+        error       TEXT,
+        duration_ms INTEGER NOT NULL,
+        outcome     TEXT    NOT NULL
+    );
+    CREATE INDEX webhook_attempts_by_webhook ON webhook_attempts (webhook_id, seq);",
+];
+
 pub(crate) fn migrate(connection: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()> {
     let current: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let supported = migrations.len() as i64;

@@ -1,0 +1,453 @@
+//! The dispatcher: a task per active webhook, each following the feed from its webhook's cursor
+//! and delivering one event at a time.
+//!
+//! Per webhook the loop is: read a page of the scoped feed after the cursor; POST each admitted
+//! event; on a 2xx move the cursor to the event's position; on anything else pause (see
+//! [`Backoff`]) and read again from the cursor. Reading again, rather than holding on to the
+//! event, means every attempt is made with need-to-know decided afresh and with the personal
+//! fields as they are now: an event whose client withdrew consent, was restricted or erased
+//! meanwhile is sent as the feed now shows it, or not at all. When a page is all delivered (or
+//! all left out), the cursor moves past it, and at the head the task waits for the next commit.
+//!
+//! Only the process holding the store's delivery lease runs the tasks
+//! ([`WebhookStore::lead`]); the others wait for it. The task list is brought in line with the
+//! registrations whenever this process changes one, and every [`Policy::refresh`] for changes
+//! made through other processes.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use travelmap_domain::RecordedEvent;
+use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
+use travelmap_service::Journeys;
+use travelmap_service::subscriptions::Scope;
+use travelmap_store::webhooks::{Attempt, AttemptOutcome, State, Webhook};
+use travelmap_store::{AuditLog, WebhookStore};
+use uuid::Uuid;
+
+use crate::backoff::Backoff;
+use crate::signing;
+
+/// How many events of the feed one read takes. Memory per webhook is one page.
+const PAGE: usize = 100;
+/// The longest error text kept in the delivery log.
+const MAX_ERROR_TEXT: usize = 500;
+/// The pause after the store, the log or the audit trail failed (not the receiver's fault, so
+/// not counted as an attempt).
+const STORE_PAUSE: Duration = Duration::from_secs(1);
+
+/// Turns a recorded event into the body POSTed for it. The binary hands in the API's serialiser,
+/// so a delivery carries an event exactly as `GET /v1/events` shows it.
+pub type EventBody = Arc<dyn Fn(&RecordedEvent) -> Vec<u8> + Send + Sync>;
+
+/// How deliveries are made and retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The pauses between attempts at an event.
+    pub backoff: Backoff,
+    /// How long a receiver has to answer one delivery.
+    pub timeout: Duration,
+    /// After this many failed attempts at one event, the webhook is paused (its cursor stays
+    /// before the event, so resuming delivers it and everything after).
+    pub max_attempts: u32,
+    /// How often registrations are read again, to notice changes made through another process.
+    pub refresh: Duration,
+}
+
+impl Default for Policy {
+    /// Pauses of 1 s doubling to 15 minutes, 10 s to answer, and 300 attempts: about three days
+    /// of failures before a webhook is paused.
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            timeout: Duration::from_secs(10),
+            max_attempts: 300,
+            refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Delivers every active webhook of the store.
+pub struct Dispatcher {
+    journeys: Arc<Journeys>,
+    webhooks: Arc<dyn WebhookStore>,
+    audit: Arc<dyn AuditLog>,
+    body: EventBody,
+    policy: Policy,
+    http: reqwest::Client,
+}
+
+/// Why a webhook's task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Told to stop (shutdown, or the webhook was deleted or paused).
+    Stopped,
+    /// An event failed `max_attempts` times; the webhook is now paused.
+    Paused,
+    /// Another process took over delivery.
+    Deposed,
+}
+
+/// What one attempt came to.
+enum Sent {
+    Delivered,
+    Failed,
+}
+
+struct Task {
+    stop: watch::Sender<bool>,
+    handle: JoinHandle<Ended>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        journeys: Arc<Journeys>,
+        webhooks: Arc<dyn WebhookStore>,
+        audit: Arc<dyn AuditLog>,
+        body: EventBody,
+        policy: Policy,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            // A redirect would send personal data to a URL nobody registered.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(policy.timeout)
+            .user_agent(concat!("travelmap-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("the HTTP client's settings are valid");
+        Self {
+            journeys,
+            webhooks,
+            audit,
+            body,
+            policy,
+            http,
+        }
+    }
+
+    /// Delivers until `stop` turns true: waits for the delivery lease, runs a task per active
+    /// webhook, and waits for the lease again if another process takes it over.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let dispatcher = Arc::new(self);
+        loop {
+            tokio::select! {
+                led = dispatcher.webhooks.lead() => if let Err(error) = led {
+                    tracing::warn!(%error, "cannot take the webhook delivery lease; trying again");
+                    if pause(STORE_PAUSE, &mut stop).await {
+                        return;
+                    }
+                    continue;
+                },
+                _ = stopped(&mut stop) => return,
+            }
+            match dispatcher.clone().supervise(&mut stop).await {
+                Ended::Deposed => {
+                    tracing::warn!("another process took over webhook delivery");
+                }
+                Ended::Stopped | Ended::Paused => return,
+            }
+        }
+    }
+
+    /// Keeps one task per active webhook until told to stop or deposed.
+    async fn supervise(self: Arc<Self>, stop: &mut watch::Receiver<bool>) -> Ended {
+        let mut tasks: HashMap<Uuid, Task> = HashMap::new();
+        let mut changes = self.webhooks.changes();
+        let ended = loop {
+            let finished: Vec<Uuid> = tasks
+                .iter()
+                .filter(|(_, task)| task.handle.is_finished())
+                .map(|(id, _)| *id)
+                .collect();
+            let mut deposed = false;
+            for id in finished {
+                let task = tasks.remove(&id).expect("listed above");
+                deposed |= matches!(task.handle.await, Ok(Ended::Deposed));
+            }
+            if deposed {
+                break Ended::Deposed;
+            }
+            match self.webhooks.list(None).await {
+                Ok(webhooks) => {
+                    let active: HashMap<Uuid, Webhook> = webhooks
+                        .into_iter()
+                        .filter(|webhook| webhook.state == State::Active)
+                        .map(|webhook| (webhook.id, webhook))
+                        .collect();
+                    for (id, task) in &tasks {
+                        if !active.contains_key(id) {
+                            let _ = task.stop.send(true);
+                        }
+                    }
+                    for (id, webhook) in active {
+                        tasks.entry(id).or_insert_with(|| {
+                            let (stop, stopped) = watch::channel(false);
+                            let handle = tokio::spawn(self.clone().deliver(webhook, stopped));
+                            Task { stop, handle }
+                        });
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot read the webhook registrations"),
+            }
+            tokio::select! {
+                _ = stopped(stop) => break Ended::Stopped,
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(self.policy.refresh) => {}
+            }
+        };
+        for task in tasks.values() {
+            let _ = task.stop.send(true);
+        }
+        for (_, task) in tasks {
+            let _ = task.handle.await;
+        }
+        ended
+    }
+
+    /// Delivers one webhook until stopped, paused or deposed.
+    async fn deliver(self: Arc<Self>, webhook: Webhook, mut stop: watch::Receiver<bool>) -> Ended {
+        let scope = Scope {
+            agency: Some(webhook.agency.clone()),
+            purpose: webhook.purpose,
+            types: webhook.types.iter().cloned().collect::<BTreeSet<_>>(),
+        };
+        let mut head = self.journeys.log().head();
+        let mut cursor = webhook.cursor;
+        // The event that failed last, and how many attempts it has had.
+        let mut failing: Option<(travelmap_domain::EventId, u32)> = None;
+        'pages: loop {
+            if *stop.borrow() {
+                return Ended::Stopped;
+            }
+            let page = match self.journeys.scoped_feed(&scope, cursor, PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(webhook = %webhook.id, %error, "cannot read the feed for a webhook");
+                    if pause(STORE_PAUSE, &mut stop).await {
+                        return Ended::Stopped;
+                    }
+                    continue;
+                }
+            };
+            for event in &page.events {
+                let attempt = match failing {
+                    Some((id, attempts)) if id == event.draft.id => attempts + 1,
+                    _ => 1,
+                };
+                let sent = tokio::select! {
+                    sent = self.attempt(&webhook, event, attempt) => sent,
+                    _ = stopped(&mut stop) => return Ended::Stopped,
+                };
+                match sent {
+                    Ok(Sent::Delivered) => {
+                        failing = None;
+                        if let Some(ended) = self.advance(&webhook, event.meta.position).await {
+                            return ended;
+                        }
+                        cursor = event.meta.position;
+                    }
+                    Ok(Sent::Failed) if attempt >= self.policy.max_attempts => {
+                        tracing::warn!(
+                            webhook = %webhook.id, attempts = attempt,
+                            "a webhook's receiver kept failing; the webhook is paused"
+                        );
+                        return match self.webhooks.set_state(webhook.id, State::Paused).await {
+                            Ok(_) => Ended::Paused,
+                            // Not paused in the store: the next look at the registrations
+                            // starts the webhook again, from its cursor.
+                            Err(error) => {
+                                tracing::error!(webhook = %webhook.id, %error, "cannot pause a webhook");
+                                Ended::Stopped
+                            }
+                        };
+                    }
+                    Ok(Sent::Failed) => {
+                        failing = Some((event.draft.id, attempt));
+                        if pause(self.policy.backoff.delay(attempt), &mut stop).await {
+                            return Ended::Stopped;
+                        }
+                        continue 'pages;
+                    }
+                    Err(error) => {
+                        tracing::warn!(webhook = %webhook.id, %error, "a webhook delivery could not be made");
+                        if pause(STORE_PAUSE, &mut stop).await {
+                            return Ended::Stopped;
+                        }
+                        continue 'pages;
+                    }
+                }
+            }
+            if page.next_after > cursor {
+                // The rest of the page was not for this webhook.
+                if let Some(ended) = self.advance(&webhook, page.next_after).await {
+                    return ended;
+                }
+                cursor = page.next_after;
+                continue;
+            }
+            if page.events.is_empty() {
+                tokio::select! {
+                    moved = head.wait_for(|head| *head > cursor) => if moved.is_err() {
+                        // The log is closed: the process is shutting down.
+                        return Ended::Stopped;
+                    },
+                    _ = stopped(&mut stop) => return Ended::Stopped,
+                }
+            }
+        }
+    }
+
+    /// Saves the cursor; `Some` when the task must end.
+    async fn advance(&self, webhook: &Webhook, position: u64) -> Option<Ended> {
+        match self.webhooks.advance(webhook.id, position).await {
+            Ok(()) => None,
+            Err(travelmap_store::Error::NotLeader) => Some(Ended::Deposed),
+            // The event was acknowledged; if the cursor cannot be saved, a later start delivers
+            // it again, which receivers de-duplicate. Carry on.
+            Err(error) => {
+                tracing::warn!(webhook = %webhook.id, %error, "cannot save a webhook's cursor");
+                None
+            }
+        }
+    }
+
+    /// Makes one attempt at delivering `event`: audits the disclosure, POSTs, logs the attempt.
+    /// An error means the attempt was not made (the audit trail could not be written).
+    async fn attempt(
+        &self,
+        webhook: &Webhook,
+        event: &RecordedEvent,
+        attempt: u32,
+    ) -> Result<Sent, travelmap_store::Error> {
+        let delivery = Uuid::new_v4();
+        // Nothing leaves unlogged: the disclosure is in the trail before the request is sent.
+        self.audit
+            .append(vec![disclosure(webhook, event, delivery)])
+            .await?;
+        let body = (self.body)(event);
+        let timestamp = Utc::now().timestamp();
+        let started = Instant::now();
+        let answer = self
+            .http
+            .post(&webhook.url)
+            .timeout(self.policy.timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("Travelmap-Webhook-Id", webhook.id.to_string())
+            .header("Travelmap-Event-Id", event.draft.id.to_string())
+            .header("Travelmap-Event-Type", event.draft.event.event_type())
+            .header("Travelmap-Delivery-Id", delivery.to_string())
+            .header("Travelmap-Attempt", attempt.to_string())
+            .header("Travelmap-Timestamp", timestamp.to_string())
+            .header(
+                signing::SIGNATURE_HEADER,
+                signing::signature(&webhook.secret, timestamp, &body),
+            )
+            .body(body)
+            .send()
+            .await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (status, error) = match answer {
+            Ok(response) => (Some(response.status().as_u16()), None),
+            Err(error) => (None, Some(describe(&error, self.policy.timeout))),
+        };
+        let delivered = status.is_some_and(|status| (200..300).contains(&status));
+        let outcome = if delivered {
+            AttemptOutcome::Delivered
+        } else if attempt >= self.policy.max_attempts {
+            AttemptOutcome::Failed
+        } else {
+            AttemptOutcome::Retrying
+        };
+        let logged = self
+            .webhooks
+            .log_attempt(Attempt {
+                id: delivery,
+                webhook_id: webhook.id,
+                event_id: event.draft.id,
+                position: event.meta.position,
+                attempt,
+                at: Utc::now(),
+                status,
+                error,
+                duration_ms,
+                outcome,
+            })
+            .await;
+        if let Err(error) = logged {
+            // The attempt was made and its outcome stands; only its line in the log is missing.
+            tracing::warn!(webhook = %webhook.id, %error, "cannot log a webhook delivery attempt");
+        }
+        Ok(if delivered {
+            Sent::Delivered
+        } else {
+            Sent::Failed
+        })
+    }
+}
+
+/// The audit entry of one delivery attempt: a disclosure of the client's event to the webhook's
+/// agency, for the webhook's purpose, named by the credential that registered it.
+fn disclosure(webhook: &Webhook, event: &RecordedEvent, delivery: Uuid) -> AuditRecord {
+    AuditRecord {
+        at: Utc::now()
+            .duration_trunc(TimeDelta::microseconds(1))
+            .unwrap_or_else(|_| Utc::now()),
+        credential: webhook.credential.clone(),
+        agency: webhook.agency.clone(),
+        actor: None,
+        operation: Operation::Disclosure,
+        client_id: Some(event.draft.client_id),
+        purpose: serde_purpose(webhook.purpose),
+        justification: None,
+        request_id: Some(delivery.to_string()),
+        outcome: Outcome::Allowed,
+        action: format!("webhook {}", webhook.id),
+        returned: Some(event.draft.id.to_string()),
+    }
+}
+
+fn serde_purpose(purpose: travelmap_domain::payloads::Purpose) -> Option<String> {
+    serde_json::to_value(purpose)
+        .ok()
+        .and_then(|value| value.as_str().map(str::to_owned))
+}
+
+/// Why a request got no answer, for the delivery log: short, and without the URL (which the
+/// log's readers know, and which may carry a token in its path).
+fn describe(error: &reqwest::Error, timeout: Duration) -> String {
+    let text = if error.is_timeout() {
+        format!("no answer within {} ms", timeout.as_millis())
+    } else {
+        let mut text = if error.is_connect() {
+            "could not connect".to_owned()
+        } else if error.is_redirect() {
+            "redirects are not followed".to_owned()
+        } else {
+            "the request failed".to_owned()
+        };
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    };
+    text.chars().take(MAX_ERROR_TEXT).collect()
+}
+
+/// Completes when `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Sleeps for `duration`; true when `stop` turned true meanwhile.
+async fn pause(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => *stop.borrow(),
+        _ = stopped(stop) => true,
+    }
+}

@@ -1,0 +1,149 @@
+//! What a webhook registration must be for the dispatcher to deliver it: a URL it can POST to,
+//! event types from the catalogue, a purpose a standing subscription may have, and a secret.
+//! The API checks a request with these before storing it.
+
+use travelmap_domain::payloads::Purpose;
+
+/// The longest URL accepted.
+pub const MAX_URL_LENGTH: usize = 2048;
+/// The most type patterns one webhook may list.
+pub const MAX_TYPES: usize = 100;
+/// The purpose a webhook is registered for when it names none.
+pub const DEFAULT_PURPOSE: Purpose = Purpose::CaseManagement;
+
+/// Why a URL cannot be delivered to: `None` when it can. It must be absolute `http` or `https`
+/// with a host, without user name or password (the URL is listed to everyone of the agency, and
+/// the signature already authenticates the sender) and without a fragment (never sent).
+pub fn url_problem(url: &str) -> Option<String> {
+    if url.len() > MAX_URL_LENGTH {
+        return Some(format!("url must be at most {MAX_URL_LENGTH} characters"));
+    }
+    let parsed = match reqwest::Url::parse(url) {
+        Ok(parsed) => parsed,
+        Err(error) => return Some(format!("url is not an absolute URL: {error}")),
+    };
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Some(format!(
+            "url must be http or https, not `{}`",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Some("url must name a host".to_owned());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Some(
+            "url must not carry a user name or password; deliveries are authenticated by their signature"
+                .to_owned(),
+        );
+    }
+    if parsed.fragment().is_some() {
+        return Some("url must not have a fragment (#...); it is never sent".to_owned());
+    }
+    None
+}
+
+/// Why a list of type patterns cannot be subscribed to, with the index of the offending entry
+/// when one is to blame: `None` when it can.
+pub fn types_problem(types: &[String]) -> Option<(Option<usize>, String)> {
+    if types.is_empty() {
+        return Some((
+            None,
+            "types must name at least one event type or family (`job.*`); see GET /v1/event-types"
+                .to_owned(),
+        ));
+    }
+    if types.len() > MAX_TYPES {
+        return Some((None, format!("types may list at most {MAX_TYPES} entries")));
+    }
+    types.iter().enumerate().find_map(|(index, pattern)| {
+        (!travelmap_service::subscriptions::is_known_type_pattern(pattern)).then(|| {
+            (
+                Some(index),
+                format!(
+                    "`{pattern}` is neither an event type of the catalogue nor a family of them such as `job.*`; see GET /v1/event-types"
+                ),
+            )
+        })
+    })
+}
+
+/// Whether a standing subscription may be registered for `purpose`. Audit, subject access and
+/// emergency are purposes of a person's one-off, logged read (a review, a request, a
+/// break-glass), never of a feed that runs on its own.
+pub fn purpose_allowed(purpose: Purpose) -> bool {
+    matches!(
+        purpose,
+        Purpose::CaseManagement
+            | Purpose::Supervision
+            | Purpose::ServiceDelivery
+            | Purpose::Statistics
+    )
+}
+
+/// The purposes [`purpose_allowed`] accepts, for error messages.
+pub const ALLOWED_PURPOSES: &str = "case_management, supervision, service_delivery, statistics";
+
+/// A new signing secret: `whsec_` and 32 random bytes in hex. The prefix lets secret scanners
+/// recognise one that leaked.
+pub fn new_secret() -> String {
+    format!("whsec_{}", hex::encode(rand::random::<[u8; 32]>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_and_https_urls_with_a_host_are_accepted() {
+        assert_eq!(url_problem("https://agency.example/hooks/travelmap"), None);
+        assert_eq!(url_problem("http://127.0.0.1:8081/receive?x=1"), None);
+    }
+
+    #[test]
+    fn other_urls_are_refused() {
+        for url in [
+            "",
+            "agency.example/hooks",
+            "ftp://agency.example/hooks",
+            "file:///etc/passwd",
+            "https://user:password@agency.example/",
+            "https://agency.example/hooks#part",
+            "mailto:someone@agency.example",
+        ] {
+            assert!(url_problem(url).is_some(), "{url} was accepted");
+        }
+        assert!(
+            url_problem(&format!("https://a.example/{}", "x".repeat(MAX_URL_LENGTH))).is_some()
+        );
+    }
+
+    #[test]
+    fn types_must_be_known_and_the_culprit_is_named() {
+        assert_eq!(
+            types_problem(&["job.*".into(), "client.released".into()]),
+            None
+        );
+        assert_eq!(types_problem(&[]).map(|(index, _)| index), Some(None));
+        assert_eq!(
+            types_problem(&["job.*".into(), "job.stolen".into()]).map(|(index, _)| index),
+            Some(Some(1))
+        );
+    }
+
+    #[test]
+    fn secrets_are_fresh_and_recognisable() {
+        let (first, second) = (new_secret(), new_secret());
+        assert_ne!(first, second);
+        assert!(first.starts_with("whsec_"));
+        assert_eq!(first.len(), "whsec_".len() + 64);
+    }
+
+    #[test]
+    fn only_operational_purposes_may_subscribe() {
+        assert!(purpose_allowed(Purpose::CaseManagement));
+        assert!(!purpose_allowed(Purpose::Emergency));
+        assert!(!purpose_allowed(Purpose::Audit));
+        assert!(!purpose_allowed(Purpose::SubjectAccess));
+    }
+}

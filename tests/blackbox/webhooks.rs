@@ -1,0 +1,803 @@
+//! Webhooks end to end, on the embedded store and on PostgreSQL: an agency registers a receiver
+//! (an HTTP server in the test, on 127.0.0.1) that checks every signature the way docs/api.md
+//! tells receivers to; it gets its agency's events in feed order and nobody else's; a receiver
+//! that fails or is down gets every event once it is back, with the retries in the delivery log;
+//! registrations are validated and private to their agency.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode as AxumStatus};
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use crate::support::*;
+
+const AT: &str = "2026-02-01T09:00:00+01:00";
+/// How long any one wait for deliveries may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// One request the receiver accepted.
+#[derive(Debug, Clone)]
+struct Received {
+    event_id: String,
+    position: u64,
+    attempt: u32,
+    body: Value,
+}
+
+/// What the test's receiver knows and does.
+#[derive(Default)]
+struct Inbox {
+    /// The secret shown at registration; signatures are checked against it.
+    secret: Mutex<Option<String>>,
+    /// While true, every request is answered 500.
+    failing: AtomicBool,
+    /// Requests whose signature or headers did not check out.
+    refused: AtomicUsize,
+    /// Requests answered 500 on purpose.
+    failed: AtomicUsize,
+    received: Mutex<Vec<Received>>,
+}
+
+impl Inbox {
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// The event ids in the order they first arrived.
+    fn first_receipts(&self) -> Vec<String> {
+        let mut seen = HashSet::new();
+        self.received()
+            .into_iter()
+            .filter(|received| seen.insert(received.event_id.clone()))
+            .map(|received| received.event_id)
+            .collect()
+    }
+}
+
+/// The check docs/api.md describes: HMAC-SHA256 keyed with the secret as shown, over
+/// `<t>.<body>`, compared in constant time, with a timestamp close to now.
+fn signature_checks(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(header) = headers
+        .get("travelmap-signature")
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", value)) => timestamp = Some(value.to_owned()),
+            Some(("v1", value)) => signatures.push(value.to_owned()),
+            _ => {}
+        }
+    }
+    let Some(timestamp) = timestamp else {
+        return false;
+    };
+    let Ok(seconds) = timestamp.parse::<i64>() else {
+        return false;
+    };
+    if (chrono::Utc::now().timestamp() - seconds).abs() > 300 {
+        return false;
+    }
+    signatures.iter().any(|signature| {
+        let Ok(bytes) = hex::decode(signature) else {
+            return false;
+        };
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac.verify_slice(&bytes).is_ok()
+    })
+}
+
+async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Bytes) -> AxumStatus {
+    let secret = inbox.secret.lock().unwrap().clone().unwrap_or_default();
+    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let consistent = headers
+        .get("content-type")
+        .is_some_and(|value| value == "application/json")
+        && event["id"].as_str() == Some(header("travelmap-event-id").as_str())
+        && event["type"].as_str() == Some(header("travelmap-event-type").as_str())
+        && Uuid::parse_str(&header("travelmap-delivery-id")).is_ok();
+    if !consistent || !signature_checks(&secret, &headers, &body) {
+        inbox.refused.fetch_add(1, Ordering::SeqCst);
+        return AxumStatus::UNAUTHORIZED;
+    }
+    if inbox.failing.load(Ordering::SeqCst) {
+        inbox.failed.fetch_add(1, Ordering::SeqCst);
+        return AxumStatus::INTERNAL_SERVER_ERROR;
+    }
+    inbox.received.lock().unwrap().push(Received {
+        event_id: header("travelmap-event-id"),
+        position: event["position"].as_u64().unwrap_or_default(),
+        attempt: header("travelmap-attempt").parse().unwrap_or_default(),
+        body: event,
+    });
+    AxumStatus::OK
+}
+
+/// The receiver's HTTP server, which can be taken down and brought back on the same port.
+struct Receiver {
+    inbox: Arc<Inbox>,
+    port: u16,
+    server: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let mut receiver = Self {
+            inbox: Arc::new(Inbox::default()),
+            port: 0,
+            server: None,
+        };
+        receiver.up().await;
+        receiver
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/travelmap/events?source=test",
+            self.port
+        )
+    }
+
+    async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("receiver binds");
+        self.port = listener.local_addr().unwrap().port();
+        let router = axum::Router::new()
+            .route("/travelmap/events", axum::routing::post(receive))
+            .with_state(self.inbox.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        self.server = Some((stop, handle));
+    }
+
+    /// Stops listening: deliveries now find the port closed.
+    async fn down(&mut self) {
+        if let Some((stop, handle)) = self.server.take() {
+            let _ = stop.send(());
+            handle.await.unwrap();
+        }
+    }
+}
+
+/// Polls `check` until it holds, failing the test after [`PATIENCE`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn posted(app: &TestApp, key: &str, body: &Value) -> Value {
+    let response = app.post_event(key, body).await;
+    let status = response.status();
+    let receipt: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{receipt}");
+    receipt
+}
+
+/// A client the NGO (`ngo-opava`) works with.
+async fn ngo_client(app: &TestApp) -> Uuid {
+    let client = Uuid::new_v4();
+    posted(
+        app,
+        PRISON_WRITER,
+        &event(client, "client.registered", AT, json!({})),
+    )
+    .await;
+    posted(
+        app,
+        NGO_WRITER,
+        &event(client, "involvement.opened", AT, json!({"role": "mentor"})),
+    )
+    .await;
+    client
+}
+
+/// A client only the probation service works with.
+async fn probation_client(app: &TestApp) -> Uuid {
+    let client = Uuid::new_v4();
+    posted(
+        app,
+        PRISON_WRITER,
+        &event(client, "client.registered", AT, json!({})),
+    )
+    .await;
+    posted(
+        app,
+        PROBATION_WRITER,
+        &event(
+            client,
+            "involvement.opened",
+            AT,
+            json!({"role": "probation_officer"}),
+        ),
+    )
+    .await;
+    client
+}
+
+/// A `need.assessed` with a personal note, posted by `key`; returns its id.
+async fn need(app: &TestApp, key: &str, client: Uuid, note: &str) -> String {
+    let receipt = posted(
+        app,
+        key,
+        &event(
+            client,
+            "need.assessed",
+            AT,
+            json!({"area": "housing", "status": "in_progress", "note": note}),
+        ),
+    )
+    .await;
+    receipt["id"].as_str().unwrap().to_owned()
+}
+
+/// Registers a webhook to `receiver` for the NGO; returns the answer (with the secret) and
+/// hands the secret to the receiver.
+async fn register(app: &TestApp, receiver: &Receiver, types: Value) -> Value {
+    let response = app
+        .post(
+            "/v1/subscriptions/webhooks",
+            NGO_COORDINATOR,
+            &json!({"url": receiver.url(), "types": types}),
+        )
+        .await;
+    let status = response.status();
+    let location = response
+        .headers()
+        .get("location")
+        .map(|value| value.to_str().unwrap().to_owned());
+    let webhook: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{webhook}");
+    assert_eq!(
+        location,
+        Some(format!(
+            "/v1/subscriptions/webhooks/{}",
+            webhook["id"].as_str().unwrap()
+        ))
+    );
+    let secret = webhook["secret"]
+        .as_str()
+        .expect("the secret is shown once");
+    *receiver.inbox.secret.lock().unwrap() = Some(secret.to_owned());
+    webhook
+}
+
+async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
+    app.get_ok(
+        &format!("/v1/subscriptions/webhooks/{id}/deliveries?limit=1000"),
+        NGO_COORDINATOR,
+    )
+    .await["attempts"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+async fn the_agency_receives_its_events_in_order_signed_and_nobody_elses(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let receiver = Receiver::start().await;
+    let ours = ngo_client(&app).await;
+    let theirs = probation_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    assert_eq!(webhook["agency"], "ngo-opava");
+    assert_eq!(webhook["types"], json!(["need.*"]));
+    assert_eq!(webhook["purpose"], "case_management");
+    assert_eq!(webhook["state"], "active");
+
+    // Interleaved: the NGO's client's needs, another agency's client's needs, and a type the
+    // webhook did not ask for.
+    let mut expected = vec![need(&app, NGO_WRITER, ours, "first-note").await];
+    need(&app, PROBATION_WRITER, theirs, "not-for-the-ngo").await;
+    posted(
+        &app,
+        NGO_WRITER,
+        &event(
+            ours,
+            "programme.enrolled",
+            AT,
+            json!({"programme": "vol-mentoring"}),
+        ),
+    )
+    .await;
+    expected.push(need(&app, NGO_WRITER, ours, "second-note").await);
+    need(&app, PROBATION_WRITER, theirs, "not-for-the-ngo-either").await;
+    expected.push(need(&app, NGO_WRITER, ours, "third-note").await);
+
+    eventually("the three events are delivered", || async {
+        receiver.inbox.first_receipts().len() >= expected.len()
+    })
+    .await;
+    // The other client's events lie between ours in the feed; delivery is in feed order, so
+    // had they been sent they would have arrived by now.
+    assert_eq!(receiver.inbox.first_receipts(), expected);
+    assert_eq!(receiver.inbox.refused.load(Ordering::SeqCst), 0);
+    let received = receiver.inbox.received();
+    assert!(
+        received
+            .windows(2)
+            .all(|pair| pair[0].position < pair[1].position)
+    );
+    assert!(received.iter().all(|received| received.attempt == 1));
+
+    // A delivery carries the event exactly as the feed shows it, personal fields opened.
+    let feed = app.feed().await;
+    for delivered in &received {
+        let listed = feed
+            .iter()
+            .find(|event| event["id"] == delivered.body["id"])
+            .expect("delivered events are in the feed");
+        assert_eq!(&delivered.body, listed);
+        assert_eq!(delivered.body["client_id"], ours.to_string());
+    }
+    assert_eq!(received[1].body["data"]["note"], "second-note");
+
+    // Each delivery is in the log, newest first, and in the audit trail as a disclosure to
+    // the registering credential.
+    eventually("the cursor is saved", || async {
+        app.get_ok(&format!("/v1/subscriptions/webhooks/{id}"), NGO_COORDINATOR)
+            .await["delivered_up_to"]
+            .as_u64()
+            >= Some(received[2].position)
+    })
+    .await;
+    let log = deliveries(&app, &id).await;
+    let logged: Vec<&str> = log
+        .iter()
+        .map(|a| a["event_id"].as_str().unwrap())
+        .collect();
+    let newest_first: Vec<&str> = expected.iter().rev().map(String::as_str).collect();
+    assert_eq!(logged, newest_first);
+    assert!(log.iter().all(|attempt| attempt["outcome"] == "delivered"
+        && attempt["status"] == 200
+        && attempt["attempt"] == 1));
+    let trail = app
+        .get_ok("/v1/audit/entries?after=0&limit=1000", AUDITOR)
+        .await;
+    let disclosures: Vec<&Value> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["action"] == format!("webhook {id}"))
+        .collect();
+    assert_eq!(disclosures.len(), 3);
+    for (entry, event_id) in disclosures.iter().zip(&expected) {
+        assert_eq!(entry["operation"], "disclosure");
+        assert_eq!(entry["credential"], "ngo-desk");
+        assert_eq!(entry["agency"], "ngo-opava");
+        assert_eq!(entry["client_id"], ours.to_string());
+        assert_eq!(entry["purpose"], "case_management");
+        assert_eq!(entry["returned"], event_id.as_str());
+    }
+
+    app.stop().await;
+    backend.remove().await;
+}
+
+async fn a_receiver_that_fails_or_is_down_gets_every_event_once_back(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let mut receiver = Receiver::start().await;
+    let client = ngo_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.assessed"])).await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+
+    let mut expected = vec![need(&app, NGO_WRITER, client, "before").await];
+    eventually("the first event is delivered", || async {
+        receiver.inbox.first_receipts().len() == 1
+    })
+    .await;
+
+    // The receiver answers 500 for a while: the event is tried again, and the next ones wait
+    // behind it.
+    receiver.inbox.failing.store(true, Ordering::SeqCst);
+    for note in ["during-1", "during-2", "during-3"] {
+        expected.push(need(&app, NGO_WRITER, client, note).await);
+    }
+    let stuck = expected[1].clone();
+    eventually("the event has failed three times", || async {
+        let log = deliveries(&app, &id).await;
+        log.iter()
+            .filter(|a| a["event_id"] == stuck.as_str() && a["status"] == 500)
+            .count()
+            >= 3
+    })
+    .await;
+    let log = deliveries(&app, &id).await;
+    assert!(
+        log.iter()
+            .filter(|attempt| attempt["event_id"] != expected[0].as_str())
+            .all(|attempt| attempt["event_id"] == stuck.as_str()),
+        "an event was tried before the one before it was delivered: {log:?}"
+    );
+    assert!(
+        log.iter()
+            .filter(|attempt| attempt["status"] == 500)
+            .all(|attempt| attempt["outcome"] == "retrying")
+    );
+
+    // Then it is down altogether.
+    receiver.down().await;
+    eventually("an attempt found the receiver down", || async {
+        deliveries(&app, &id)
+            .await
+            .iter()
+            .any(|attempt| attempt["status"].is_null() && attempt["error"].is_string())
+    })
+    .await;
+
+    // Back: everything missed arrives, in order.
+    receiver.inbox.failing.store(false, Ordering::SeqCst);
+    receiver.up().await;
+    expected.push(need(&app, NGO_WRITER, client, "after").await);
+    eventually("every event is delivered", || async {
+        receiver.inbox.first_receipts().len() >= expected.len()
+    })
+    .await;
+    // At least once: duplicates are allowed, losses and reordering are not.
+    assert_eq!(receiver.inbox.first_receipts(), expected);
+    assert_eq!(receiver.inbox.refused.load(Ordering::SeqCst), 0);
+    assert!(receiver.inbox.failed.load(Ordering::SeqCst) >= 3);
+    let stuck_delivery = receiver
+        .inbox
+        .received()
+        .into_iter()
+        .find(|received| received.event_id == stuck)
+        .unwrap();
+    assert!(stuck_delivery.attempt > 3, "{stuck_delivery:?}");
+
+    // The log tells the story of the stuck event: attempts numbered from 1, failures first,
+    // then the delivery.
+    eventually("the last delivery is logged", || async {
+        deliveries(&app, &id)
+            .await
+            .iter()
+            .any(|a| a["event_id"] == expected[4].as_str() && a["outcome"] == "delivered")
+    })
+    .await;
+    let mut story: Vec<Value> = deliveries(&app, &id)
+        .await
+        .into_iter()
+        .filter(|attempt| attempt["event_id"] == stuck.as_str())
+        .collect();
+    story.reverse();
+    let numbers: Vec<u64> = story
+        .iter()
+        .map(|a| a["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    let (last, failures) = story.split_last().unwrap();
+    assert_eq!(last["outcome"], "delivered");
+    assert!(failures.iter().all(|a| a["outcome"] == "retrying"));
+
+    app.stop().await;
+    backend.remove().await;
+}
+
+async fn registrations_are_checked_and_private_to_their_agency(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let url = "https://case-system.ngo.example/travelmap";
+    let register = |body: Value, key: &'static str| {
+        let app = &app;
+        async move { app.post("/v1/subscriptions/webhooks", key, &body).await }
+    };
+    for (body, field) in [
+        (
+            json!({"url": "ftp://files.example/x", "types": ["need.*"]}),
+            "url",
+        ),
+        (json!({"url": "not a url", "types": ["need.*"]}), "url"),
+        (
+            json!({"url": "https://user:pw@ngo.example/", "types": ["need.*"]}),
+            "url",
+        ),
+        (
+            json!({"url": url, "types": ["need.*", "need.forgotten"]}),
+            "types[1]",
+        ),
+        (json!({"url": url, "types": ["ne*"]}), "types[0]"),
+        (json!({"url": url, "types": []}), "types"),
+        (
+            json!({"url": url, "types": ["need.*"], "purpose": "emergency"}),
+            "purpose",
+        ),
+        (
+            json!({"url": url, "types": ["need.*"], "agency": "someone-else"}),
+            "agency",
+        ),
+        (json!({"types": ["need.*"]}), "url"),
+    ] {
+        let problem = expect_problem(
+            register(body.clone(), NGO_COORDINATOR).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+    expect_problem(
+        register(json!({"url": url, "types": ["need.*"]}), AUDITOR).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let response = app
+        .http
+        .post(app.url("/v1/subscriptions/webhooks"))
+        .bearer_auth(NGO_COORDINATOR)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(response, StatusCode::BAD_REQUEST, "malformed_json").await;
+
+    let response = register(
+        json!({"url": url, "types": ["need.*", "job.*"]}),
+        NGO_WRITER,
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/subscriptions/webhooks/{id}");
+
+    // The whole agency sees it, never with its secret.
+    let listed = app
+        .get_ok("/v1/subscriptions/webhooks", NGO_COORDINATOR)
+        .await;
+    assert_eq!(listed["webhooks"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["webhooks"][0]["id"], id.as_str());
+    assert!(listed["webhooks"][0].get("secret").is_none());
+    let shown = app.get_ok(&path, NGO_WRITER).await;
+    assert!(shown.get("secret").is_none());
+    assert_eq!(shown["credential"], "ngo-system");
+
+    // Another agency is told it does not exist.
+    let empty = app
+        .get_ok("/v1/subscriptions/webhooks", PROBATION_WRITER)
+        .await;
+    assert_eq!(empty["webhooks"], json!([]));
+    for response in [
+        app.get(&path, PROBATION_WRITER).await,
+        app.get(&format!("{path}/deliveries"), PROBATION_WRITER)
+            .await,
+        app.delete(&path, PROBATION_WRITER, &json!({})).await,
+        app.post(&format!("{path}/resume"), PROBATION_WRITER, &json!({}))
+            .await,
+    ] {
+        expect_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    expect_problem(
+        app.get("/v1/subscriptions/webhooks/not-a-uuid", NGO_WRITER)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    expect_problem(
+        app.get(&format!("{path}/deliveries?limit=0"), NGO_WRITER)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+
+    // An administrator sees every agency's.
+    let all = app.get_ok("/v1/subscriptions/webhooks", ADMIN).await;
+    assert_eq!(all["webhooks"].as_array().unwrap().len(), 1);
+
+    // Registration and deletion are in the audit trail.
+    let response = app.delete(&path, NGO_COORDINATOR, &json!({})).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    expect_problem(
+        app.get(&path, NGO_COORDINATOR).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let trail = app
+        .get_ok("/v1/audit/entries?after=0&limit=1000", AUDITOR)
+        .await;
+    let actions: Vec<(&str, &str, &str)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| {
+            entry["action"]
+                .as_str()
+                .unwrap()
+                .contains("/v1/subscriptions/webhooks")
+        })
+        .map(|entry| {
+            (
+                entry["action"].as_str().unwrap(),
+                entry["outcome"].as_str().unwrap(),
+                entry["credential"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(actions.contains(&("POST /v1/subscriptions/webhooks", "denied", "dpo-office")));
+    assert!(actions.contains(&("POST /v1/subscriptions/webhooks", "allowed", "ngo-system")));
+    assert!(actions.contains(&(
+        "DELETE /v1/subscriptions/webhooks/{id}",
+        "allowed",
+        "ngo-desk"
+    )));
+
+    app.stop().await;
+    backend.remove().await;
+}
+
+async fn a_webhook_that_keeps_failing_is_paused_and_resumes_where_it_stopped(backend: Backend) {
+    let app = spawn_app_with_webhooks(
+        &backend,
+        travelmap_webhooks::Policy {
+            max_attempts: 3,
+            ..webhook_policy()
+        },
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.inbox.failing.store(true, Ordering::SeqCst);
+    let client = ngo_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/subscriptions/webhooks/{id}");
+    let expected = vec![
+        need(&app, NGO_WRITER, client, "first").await,
+        need(&app, NGO_WRITER, client, "second").await,
+    ];
+    eventually("the webhook is paused", || async {
+        app.get_ok(&path, NGO_COORDINATOR).await["state"] == "paused"
+    })
+    .await;
+    let mut story = deliveries(&app, &id).await;
+    story.reverse();
+    let outcomes: Vec<(&str, u64, &str)> = story
+        .iter()
+        .map(|a| {
+            (
+                a["event_id"].as_str().unwrap(),
+                a["attempt"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let first = expected[0].as_str();
+    assert_eq!(
+        outcomes,
+        [
+            (first, 1, "retrying"),
+            (first, 2, "retrying"),
+            (first, 3, "failed")
+        ]
+    );
+    assert!(receiver.inbox.received().is_empty());
+
+    // Resumed, it starts again at the event that failed, and skips nothing.
+    receiver.inbox.failing.store(false, Ordering::SeqCst);
+    let response = app
+        .post(&format!("{path}/resume"), NGO_WRITER, &json!({}))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let resumed: Value = response.json().await.unwrap();
+    assert_eq!(resumed["state"], "active");
+    eventually("both events are delivered", || async {
+        receiver.inbox.first_receipts().len() >= 2
+    })
+    .await;
+    assert_eq!(receiver.inbox.first_receipts(), expected);
+    assert_eq!(receiver.inbox.refused.load(Ordering::SeqCst), 0);
+
+    app.stop().await;
+    backend.remove().await;
+}
+
+async fn delivery_continues_from_the_saved_cursor_after_a_restart(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let receiver = Receiver::start().await;
+    let client = ngo_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let path = format!(
+        "/v1/subscriptions/webhooks/{}",
+        webhook["id"].as_str().unwrap()
+    );
+    let before = need(&app, NGO_WRITER, client, "before the restart").await;
+    eventually("the event is acknowledged and the cursor saved", || async {
+        !receiver.inbox.received().is_empty()
+            && app.get_ok(&path, NGO_COORDINATOR).await["delivered_up_to"]
+                .as_u64()
+                .unwrap()
+                >= receiver.inbox.received()[0].position
+    })
+    .await;
+
+    let app = spawn_app_on_in(&backend, app.stop().await).await;
+    let after = need(&app, NGO_WRITER, client, "after the restart").await;
+    eventually("the new event is delivered", || async {
+        receiver.inbox.first_receipts().len() >= 2
+    })
+    .await;
+    // The acknowledged event is not sent again: its cursor outlived the process.
+    let ids: Vec<String> = receiver
+        .inbox
+        .received()
+        .into_iter()
+        .map(|received| received.event_id)
+        .collect();
+    assert_eq!(ids, [before, after]);
+
+    app.stop().await;
+    backend.remove().await;
+}
+
+macro_rules! on_both_backends {
+    ($($check:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(crate::support::Backend::embedded().await).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    super::$check(crate::support::Backend::postgres().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    the_agency_receives_its_events_in_order_signed_and_nobody_elses,
+    a_receiver_that_fails_or_is_down_gets_every_event_once_back,
+    registrations_are_checked_and_private_to_their_agency,
+    a_webhook_that_keeps_failing_is_paused_and_resumes_where_it_stopped,
+    delivery_continues_from_the_saved_cursor_after_a_restart,
+);
