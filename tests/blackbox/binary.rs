@@ -639,7 +639,7 @@ async fn the_readme_examples_run_verbatim() {
         .into_iter::<Value>()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(answers.len(), 9, "{answers:?}");
+    assert_eq!(answers.len(), 10, "{answers:?}");
     assert!(dir.path().join("travelmap-data/master.key").exists());
     // The prison number reached the log sealed, and comes back opened.
     for file in ["events.sqlite", "events.sqlite-wal"] {
@@ -686,8 +686,15 @@ async fn the_readme_examples_run_verbatim() {
         "OP-2026-0117"
     );
     assert_eq!(answers[7]["recorded_by"][0]["agency"], "local");
-    assert_eq!(answers[8]["code"], "validation_failed");
-    assert_eq!(answers[8]["field"], "data.release_kind");
+    let kinds: Vec<&str> = answers[8]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|alert| alert["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["no_first_day_contact", "no_case_manager"]);
+    assert_eq!(answers[9]["code"], "validation_failed");
+    assert_eq!(answers[9]["field"], "data.release_kind");
 }
 
 /// An import records as a configured credential, so its agency's kind limits what it may load,

@@ -94,6 +94,9 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         routes::meta::openapi,
         routes::meta::problem_type,
     ),
+    // The live feed's alert messages travel inside `text/event-stream`, which no response body
+    // schema names; listed here so clients can still generate the type.
+    components(schemas(routes::subscriptions::AlertMessage)),
     modifiers(&BearerAuth, &EventDataSchemas),
     tags(
         (name = "events", description = "Recording journey events and reading the global feed"),
@@ -272,6 +275,32 @@ mod tests {
             assert!(paths[path][method].is_object(), "{method} {path}");
         }
         for schema in ["WebhookRequest", "Webhook", "WebhookList", "DeliveryLog"] {
+            assert!(
+                document["components"]["schemas"][schema].is_object(),
+                "{schema}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_coordination_routes_and_the_live_feed_are_documented() {
+        let document = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        for path in [
+            "/v1/caseloads",
+            "/v1/agencies/{agency}/caseload",
+            "/v1/alerts",
+            "/v1/subscriptions/feed",
+        ] {
+            assert!(document["paths"][path]["get"].is_object(), "{path}");
+        }
+        for schema in [
+            "Caseloads",
+            "AgencyCaseload",
+            "AgencyCaseloadPage",
+            "AlertList",
+            "Alert",
+            "AlertMessage",
+        ] {
             assert!(
                 document["components"]["schemas"][schema].is_object(),
                 "{schema}"

@@ -13,6 +13,7 @@
 //! figures are therefore a floor for a server with the machine to itself.
 
 mod baseline;
+mod live;
 mod server;
 mod workload;
 
@@ -102,6 +103,24 @@ struct Args {
     /// comparisons while working on it; the recorded figures come from a whole run).
     #[arg(long)]
     sealing_only: bool,
+    /// Measure only projection lag and server-sent event fan-out, and print that table.
+    #[arg(long)]
+    live_only: bool,
+    /// Events per second posted while measuring projection lag.
+    #[arg(long, default_value_t = 2000.0)]
+    lag_rate: f64,
+    /// Seconds the projection lag is measured for.
+    #[arg(long, default_value_t = 15)]
+    lag_seconds: u64,
+    /// Server-sent event subscribers following the feed in the fan-out measurement.
+    #[arg(long, default_value_t = 200)]
+    subscribers: usize,
+    /// Events per second posted while the subscribers follow.
+    #[arg(long, default_value_t = 500.0)]
+    fan_out_rate: f64,
+    /// Seconds the fan-out is measured for.
+    #[arg(long, default_value_t = 10)]
+    fan_out_seconds: u64,
     /// Events the cqrs-es + postgres-es baseline executes at concurrency 32 (at concurrency 1 it
     /// executes `--serial-events`).
     #[arg(long, default_value_t = 20_000)]
@@ -223,6 +242,11 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if args.live_only {
+        let live = measure_live(&args, &workload).await?;
+        print!("{}", live.markdown(&args));
+        return Ok(());
+    }
     let serial_events = workload.first_journeys(args.serial_events);
     let serial_clients = serial_events
         .iter()
@@ -262,6 +286,8 @@ async fn main() -> anyhow::Result<()> {
         })
     };
 
+    let live = measure_live(&args, &workload).await?;
+
     let report = Report {
         args: &args,
         workload: &workload,
@@ -274,7 +300,115 @@ async fn main() -> anyhow::Result<()> {
         elapsed: run_started.elapsed(),
     };
     print!("{}", report.markdown());
+    print!("{}", live.markdown(&args));
     Ok(())
+}
+
+/// The live side: projection lag and fan-out, each on a fresh embedded store.
+struct LiveFigures {
+    lag: live::Lag,
+    fan_out: live::FanOut,
+}
+
+/// Projection lag at `--lag-rate` must stay under this at the 99th percentile.
+const TARGET_LAG_P99_MS: f64 = 100.0;
+
+async fn measure_live(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<LiveFigures> {
+    let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let lag_events: Vec<EventRef> = workload
+        .order
+        .iter()
+        .take((args.lag_rate * args.lag_seconds as f64) as usize)
+        .copied()
+        .collect();
+    progress(format_args!(
+        "embedded: projection lag at {} events/s for {} s",
+        args.lag_rate, args.lag_seconds
+    ));
+    let dir = fresh_dir(&work_dir)?;
+    let server = Server::start(&Location::Embedded(dir.path().to_owned())).await?;
+    let lag = live::projection_lag(&server.api, workload, &lag_events, args.lag_rate).await?;
+    server.stop().await?;
+    drop(dir);
+
+    let fan_out_events: Vec<EventRef> = workload
+        .order
+        .iter()
+        .take((args.fan_out_rate * args.fan_out_seconds as f64) as usize)
+        .copied()
+        .collect();
+    progress(format_args!(
+        "embedded: {} subscribers following {} events/s for {} s",
+        args.subscribers, args.fan_out_rate, args.fan_out_seconds
+    ));
+    let dir = fresh_dir(&work_dir)?;
+    let server = Server::start(&Location::Embedded(dir.path().to_owned())).await?;
+    let fan_out = live::fan_out(
+        &server.api,
+        workload,
+        &fan_out_events,
+        args.fan_out_rate,
+        args.subscribers,
+    )
+    .await?;
+    server.stop().await?;
+    Ok(LiveFigures { lag, fan_out })
+}
+
+impl LiveFigures {
+    fn markdown(&self, args: &Args) -> String {
+        let percentile = |histogram: &Histogram<u64>, q: f64| histogram.value_at_quantile(q);
+        let lag = &self.lag;
+        let fan = &self.fan_out;
+        let mut out = String::new();
+        out += "\n### Live: projection lag and fan-out (embedded store)\n\n";
+        out += &format!(
+            "Command: `cargo run --release -p travelmap-bench -- --live-only --lag-rate {} --lag-seconds {} --subscribers {} --fan-out-rate {} --fan-out-seconds {}` (part of every full run).\n\n",
+            args.lag_rate,
+            args.lag_seconds,
+            args.subscribers,
+            args.fan_out_rate,
+            args.fan_out_seconds
+        );
+        out += "| Measurement | Result | Target | Met |\n|---|---|---|---|\n";
+        out += &format!(
+            "| Offered / achieved rate while measuring lag | {} / {} events/s ({} events) | 2,000 events/s sustained | {} |\n",
+            rate(lag.paced.offered_per_second),
+            rate(lag.paced.achieved_per_second()),
+            thousands(lag.paced.events as u64),
+            met(lag.paced.achieved_per_second() >= 0.98 * lag.paced.offered_per_second),
+        );
+        out += &format!(
+            "| Projection lag, acknowledged → visible in caseloads and alerts (p50 / p99 / max, {} samples) | {} / {} / {} ms | p99 ≤ {TARGET_LAG_P99_MS} ms | {} |\n",
+            thousands(lag.lag.len()),
+            ms(percentile(&lag.lag, 0.5)),
+            ms(percentile(&lag.lag, 0.99)),
+            ms(lag.lag.max()),
+            met(percentile(&lag.lag, 0.99) as f64 / 1000.0 <= TARGET_LAG_P99_MS),
+        );
+        out += &format!(
+            "| Fan-out: {} subscribers, {} events at {} events/s offered ({} achieved) | every subscriber got every event once and in order: {} | no loss, no duplicates | {} |\n",
+            fan.subscribers,
+            thousands(fan.paced.events as u64),
+            rate(fan.paced.offered_per_second),
+            rate(fan.paced.achieved_per_second()),
+            if fan.complete { "yes" } else { "no" },
+            met(fan.complete),
+        );
+        out += &format!(
+            "| Fan-out delivery, acknowledged → received by a subscriber (p50 / p99 / max) | {} / {} / {} ms | — | — |\n",
+            ms(percentile(&fan.delivery, 0.5)),
+            ms(percentile(&fan.delivery, 0.99)),
+            ms(fan.delivery.max()),
+        );
+        out += &format!(
+            "| Fan-out: the slowest subscriber had everything after the last receipt | {:.0} ms | not falling behind | {} |\n",
+            fan.drained_after.as_secs_f64() * 1000.0,
+            met(fan.complete && fan.drained_after < Duration::from_secs(1)),
+        );
+        out += "\nLag is measured with a read that waits for the event's position (`GET /v1/alerts?client_id=…&min_position=…`), so it includes that read's round trip; caseloads and alerts come from the same index and move together. Subscribers run in the benchmark's process, sharing its cores with the server and the load generator.\n";
+        out
+    }
 }
 
 /// The store a measurement runs on.

@@ -130,6 +130,65 @@ impl Api {
         Ok(())
     }
 
+    /// Posts one event and returns the position its receipt gives.
+    pub async fn post_event_at(&self, body: String) -> anyhow::Result<u64> {
+        let response = self
+            .http
+            .post(format!("{}/v1/events", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let answer = response.bytes().await?;
+        if status != StatusCode::CREATED {
+            bail!(
+                "POST /v1/events answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let receipt: serde_json::Value = serde_json::from_slice(&answer)?;
+        receipt["position"]
+            .as_u64()
+            .context("a receipt without a position")
+    }
+
+    /// GETs `path` (stating purpose `case_management`); anything but `200 OK` is an error.
+    pub async fn get(&self, path: &str) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .header("x-purpose", "case_management")
+            .send()
+            .await?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status != StatusCode::OK {
+            bail!(
+                "GET {path} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(())
+    }
+
+    /// Opens a server-sent event stream at `path`.
+    pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(AUTHORIZATION, self.auth.clone())
+            .header("x-purpose", "case_management")
+            .send()
+            .await?;
+        if response.status() != StatusCode::OK {
+            bail!("GET {path} answered {}", response.status());
+        }
+        Ok(response)
+    }
+
     /// Reads a travel map and returns its body.
     pub async fn travel_map(&self, client_id: Uuid) -> anyhow::Result<impl AsRef<[u8]>> {
         let response = self

@@ -49,6 +49,8 @@ pub struct Health {
     pub head: u64,
     /// The position the travel-map projection has reached.
     pub projection: u64,
+    /// The position the caseloads and alerts reflect.
+    pub coordination: u64,
 }
 
 /// Health check.
@@ -63,6 +65,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         status: "ok",
         head,
         projection,
+        coordination: *state.coordination.progress().borrow(),
     })
 }
 
