@@ -41,7 +41,8 @@ struct Message {
 /// Reads a `text/event-stream` response message by message.
 struct EventStream {
     response: reqwest::Response,
-    buffer: String,
+    /// Bytes, not text: a chunk can end inside a character.
+    buffer: Vec<u8>,
 }
 
 impl EventStream {
@@ -62,7 +63,7 @@ impl EventStream {
         );
         Self {
             response,
-            buffer: String::new(),
+            buffer: Vec::new(),
         }
     }
 
@@ -71,8 +72,9 @@ impl EventStream {
     async fn next(&mut self, wait: Duration) -> Option<Message> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
+            if let Some(end) = self.buffer.windows(2).position(|pair| pair == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let block = String::from_utf8(block).expect("the stream is UTF-8");
                 let mut message = Message {
                     id: None,
                     event: None,
@@ -98,7 +100,7 @@ impl EventStream {
                 .await
                 .ok()?
                 .expect("stream readable")?;
-            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            self.buffer.extend_from_slice(&chunk);
         }
     }
 

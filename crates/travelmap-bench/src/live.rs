@@ -207,7 +207,8 @@ async fn follow(
     after: u64,
     last: u64,
 ) -> anyhow::Result<Followed> {
-    let mut buffer = String::new();
+    // Bytes, not text: a chunk can end inside a character.
+    let mut buffer: Vec<u8> = Vec::new();
     let mut arrivals = Vec::with_capacity((last - after) as usize);
     let mut expected = after + 1;
     let mut in_order_once = true;
@@ -222,9 +223,10 @@ async fn follow(
             .context("no data for 60 s")??
             .context("the stream ended")?;
         let now = Instant::now();
-        buffer.push_str(std::str::from_utf8(&chunk)?);
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.windows(2).position(|pair| pair == b"\n\n") {
+            let block: Vec<u8> = buffer.drain(..end + 2).collect();
+            let block = String::from_utf8(block)?;
             let Some(id) = block.lines().find_map(|line| line.strip_prefix("id:")) else {
                 continue;
             };

@@ -275,7 +275,7 @@ impl Coordination {
         let oldest = journal
             .front()
             .map_or(*self.next_seq.lock().expect("seq"), |n| n.seq);
-        if seq + 1 < oldest {
+        if seq.saturating_add(1) < oldest {
             return None;
         }
         let kept = journal
@@ -284,6 +284,20 @@ impl Coordination {
             .cloned()
             .collect();
         Some((kept, receiver))
+    }
+
+    /// The last notice's sequence number, and a receiver for every notice after it: the point a
+    /// snapshot of the open alerts is taken at.
+    pub fn snapshot_point(&self) -> (u64, broadcast::Receiver<AlertNotice>) {
+        let _journal = self.journal.lock().expect("journal lock");
+        let receiver = self.notices.subscribe();
+        (self.last_seq(), receiver)
+    }
+
+    /// Whether processing of the client is restricted now (its notices are not sent).
+    pub fn is_restricted(&self, client: ClientId) -> bool {
+        let index = self.index.read().expect("index lock");
+        index.files.get(&client).is_some_and(|file| file.restricted)
     }
 
     /// The last notice's sequence number (0 before the first).
@@ -310,6 +324,15 @@ impl Coordination {
         };
         loop {
             let next_due = self.next_due();
+            // Followed events can keep the progress branch ready without pause; alerts that
+            // have fallen due are raised first, so that a busy feed never holds them back.
+            if next_due.is_some_and(|at| at <= self.clock.now()) {
+                if let Err(error) = self.fire_due().await {
+                    tracing::error!(%error, "could not refresh due case files; retrying in 1s");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                continue;
+            }
             let sleep = async {
                 match next_due {
                     Some(at) => self.clock.sleep_until(at).await,
@@ -452,13 +475,22 @@ impl Coordination {
             let stored = self.views.load(chunk.to_vec()).await?;
             let now = self.clock.now();
             let mut files = Vec::with_capacity(stored.len());
-            for (client_id, json) in stored {
-                files.push(parse(client_id, &json)?.case_file(now, &self.rules));
+            for (client_id, json) in &stored {
+                files.push(parse(*client_id, json)?.case_file(now, &self.rules));
             }
             let mut notices = Vec::new();
             let mut earlier_due = false;
             {
                 let mut index = self.index.write().expect("index lock");
+                // A client whose view is gone (the views are being rebuilt) leaves the index
+                // until its view is back, rather than be looked up again and again.
+                for client_id in chunk.iter().filter(|client| !stored.contains_key(client)) {
+                    if let Some(old) = index.files.remove(client_id)
+                        && let Some(at) = old.next_change
+                    {
+                        index.due.remove(&(at, *client_id));
+                    }
+                }
                 let first_due = index.due.first().map(|(at, _)| *at);
                 for file in files {
                     let old = index.files.remove(&file.client_id);
@@ -510,30 +542,153 @@ fn parse(client_id: ClientId, json: &str) -> Result<ClientState> {
 }
 
 /// What subscribers must hear about a client's alerts going from `old` to `new`. A restricted
-/// client's alerts are not processed: nothing is said of them.
+/// client's alerts are not processed: when a restriction begins its open alerts are withdrawn,
+/// and when it is lifted those still open are raised again.
 fn changes(old: Option<&CaseFile>, new: &CaseFile) -> Vec<(Change, Alert)> {
-    if new.restricted {
-        return Vec::new();
-    }
-    let before: HashMap<uuid::Uuid, &Alert> = old
-        .filter(|old| !old.restricted)
-        .map(|old| old.alerts.iter().map(|alert| (alert.id, alert)).collect())
-        .unwrap_or_default();
+    let visible = |file: &CaseFile| -> Vec<Alert> {
+        if file.restricted {
+            Vec::new()
+        } else {
+            file.alerts.clone()
+        }
+    };
+    let before: HashMap<uuid::Uuid, Alert> = old
+        .map(visible)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|alert| (alert.id, alert))
+        .collect();
+    let after = visible(new);
     let mut changes = Vec::new();
-    for alert in &new.alerts {
+    for alert in &after {
         match before.get(&alert.id) {
             None if alert.is_open() => changes.push((Change::Raised, alert.clone())),
+            // The agency expected to act changed (an involvement opened or closed): those who
+            // followed it under the old agency hear it withdrawn, the new agency hears it raised.
+            Some(previous) if previous.is_open() && previous.agency != alert.agency => {
+                changes.push((Change::Withdrawn, previous.clone()));
+                if alert.is_open() {
+                    changes.push((Change::Raised, alert.clone()));
+                }
+            }
             Some(previous) if previous.is_open() && !alert.is_open() => {
                 changes.push((Change::Cleared, alert.clone()))
+            }
+            // Open again: the event that cleared it was retracted.
+            Some(previous) if !previous.is_open() && alert.is_open() => {
+                changes.push((Change::Raised, alert.clone()))
             }
             _ => {}
         }
     }
-    let now_known: BTreeSet<uuid::Uuid> = new.alerts.iter().map(|alert| alert.id).collect();
+    let now_known: BTreeSet<uuid::Uuid> = after.iter().map(|alert| alert.id).collect();
     for (id, alert) in before {
         if !now_known.contains(&id) && alert.is_open() {
-            changes.push((Change::Withdrawn, alert.clone()));
+            changes.push((Change::Withdrawn, alert));
         }
     }
     changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use travelmap_domain::EventId;
+    use travelmap_projections::coordination::{Clearance, Resolution};
+    use travelmap_projections::travel_map::Phase;
+
+    fn alert(agency: &str, cleared: bool) -> Alert {
+        Alert {
+            id: uuid::Uuid::from_u128(1),
+            client_id: ClientId(uuid::Uuid::from_u128(2)),
+            kind: AlertKind::NoFirstDayContact,
+            since: DateTime::UNIX_EPOCH,
+            agency: agency.into(),
+            cause: EventId(uuid::Uuid::from_u128(3)),
+            detail: String::new(),
+            cleared: cleared.then_some(Clearance {
+                at: DateTime::UNIX_EPOCH,
+                resolution: Resolution::Resolved,
+                by: None,
+            }),
+        }
+    }
+
+    fn file(alerts: Vec<Alert>, restricted: bool) -> CaseFile {
+        CaseFile {
+            client_id: ClientId(uuid::Uuid::from_u128(2)),
+            phase: Phase::Released,
+            released_at: None,
+            involvements: Vec::new(),
+            appointments: Vec::new(),
+            alerts,
+            next_change: None,
+            restricted,
+            as_of: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn kinds(changes: Vec<(Change, Alert)>) -> Vec<(Change, String)> {
+        changes
+            .into_iter()
+            .map(|(change, alert)| (change, alert.agency))
+            .collect()
+    }
+
+    #[test]
+    fn raised_cleared_and_withdrawn() {
+        let open = file(vec![alert("probation", false)], false);
+        let cleared = file(vec![alert("probation", true)], false);
+        let none = file(Vec::new(), false);
+        assert_eq!(
+            kinds(changes(None, &open)),
+            [(Change::Raised, "probation".into())]
+        );
+        assert_eq!(
+            kinds(changes(Some(&open), &cleared)),
+            [(Change::Cleared, "probation".into())]
+        );
+        assert_eq!(
+            kinds(changes(Some(&open), &none)),
+            [(Change::Withdrawn, "probation".into())]
+        );
+        assert!(changes(Some(&open), &open).is_empty());
+    }
+
+    #[test]
+    fn an_alert_open_again_is_raised_again() {
+        let cleared = file(vec![alert("probation", true)], false);
+        let open = file(vec![alert("probation", false)], false);
+        assert_eq!(
+            kinds(changes(Some(&cleared), &open)),
+            [(Change::Raised, "probation".into())]
+        );
+    }
+
+    #[test]
+    fn a_new_agency_to_act_is_told_and_the_old_one_released() {
+        let before = file(vec![alert("prison", false)], false);
+        let after = file(vec![alert("mentoring", false)], false);
+        assert_eq!(
+            kinds(changes(Some(&before), &after)),
+            [
+                (Change::Withdrawn, "prison".into()),
+                (Change::Raised, "mentoring".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_restriction_withdraws_open_alerts_and_lifting_it_raises_them_again() {
+        let open = file(vec![alert("probation", false)], false);
+        let restricted = file(vec![alert("probation", false)], true);
+        assert_eq!(
+            kinds(changes(Some(&open), &restricted)),
+            [(Change::Withdrawn, "probation".into())]
+        );
+        assert_eq!(
+            kinds(changes(Some(&restricted), &open)),
+            [(Change::Raised, "probation".into())]
+        );
+    }
 }

@@ -126,10 +126,17 @@ impl Journeys {
 const HUB_BACKLOG: usize = 256;
 /// Events per page, read by the hub or by a subscriber catching up.
 const PAGE: usize = 500;
+/// A hub page older than this is not used: access (a restriction, an erasure) may have changed
+/// since it was read, so the subscriber reads the range afresh instead. Seconds, not less: a
+/// subscriber that is briefly slow (its audit entries queue behind everyone else's) must not be
+/// pushed into reading the log itself, which costs far more than using the hub's page.
+const PAGE_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A page of the feed with the access of its clients, as the hub read it.
 #[derive(Debug)]
 pub struct HubPage {
+    /// When the hub read it: access decided then goes stale.
+    pub read_at: std::time::Instant,
     pub after: u64,
     pub up_to: u64,
     pub events: Vec<RecordedEvent>,
@@ -178,6 +185,7 @@ impl FeedHub {
                     // itself, then also gets the page, drops what it already has.
                     self.cursor.send_replace(up_to);
                     let _ = self.pages.send(Arc::new(HubPage {
+                        read_at: std::time::Instant::now(),
                         after,
                         up_to,
                         events,
@@ -218,6 +226,55 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Takes the events of a hub page the scope admits, if the page follows on from the cursor
+    /// and is fresh; returns false (taking nothing) otherwise.
+    fn take(&mut self, page: &HubPage, into: &mut Vec<RecordedEvent>) -> bool {
+        if page.up_to <= self.cursor {
+            return true;
+        }
+        if page.after > self.cursor || page.read_at.elapsed() > PAGE_FRESH_FOR {
+            return false;
+        }
+        let cursor = self.cursor;
+        self.cursor = page.up_to;
+        into.extend(
+            page.events
+                .iter()
+                .filter(|event| event.meta.position > cursor)
+                .filter(|event| {
+                    self.scope
+                        .admits(event, page.access.get(&event.draft.client_id))
+                })
+                .cloned(),
+        );
+        true
+    }
+
+    /// Like [`Self::next_batch`], but once something has come, waits up to `linger` for more (up
+    /// to a page) and returns it all as one batch. Every batch sent is logged; with many
+    /// subscribers on a busy feed, one entry per subscriber per commit would be more audit
+    /// entries than events.
+    pub async fn next_batch_within(
+        &mut self,
+        linger: std::time::Duration,
+    ) -> Result<Option<Vec<RecordedEvent>>> {
+        let Some(mut events) = self.next_batch().await? else {
+            return Ok(None);
+        };
+        let until = tokio::time::Instant::now() + linger;
+        while events.len() < PAGE {
+            // Cancelling `next_batch` loses nothing: the cursor moves only together with the
+            // events it returns.
+            match tokio::time::timeout_at(until, self.next_batch()).await {
+                Ok(Ok(Some(more))) => events.extend(more),
+                // An error, or the end, is met again on the next call; what was taken so far
+                // must still be sent.
+                Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        Ok(Some(events))
+    }
+
     /// The position of the last event read (sent or left out).
     pub fn cursor(&self) -> u64 {
         self.cursor
@@ -247,26 +304,21 @@ impl Subscription {
             }
             match self.pages.recv().await {
                 Ok(page) => {
-                    if page.up_to <= self.cursor {
+                    let mut events = Vec::new();
+                    if !self.take(&page, &mut events) {
+                        // A page was missed, or this one is stale; the hub's cursor is past it,
+                        // so the next turn reads the range from the log.
                         continue;
                     }
-                    if page.after > self.cursor {
-                        // A page was missed; the hub's cursor is past it, so the next turn
-                        // reads the range from the log.
-                        continue;
+                    // Whatever else the hub has already sent goes in the same batch: a
+                    // subscriber that was busy sends (and logs) one batch, not one per page.
+                    while events.len() < PAGE {
+                        match self.pages.try_recv() {
+                            // A page it cannot use is covered by reading the log next time.
+                            Ok(page) if self.take(&page, &mut events) => {}
+                            _ => break,
+                        }
                     }
-                    let cursor = self.cursor;
-                    self.cursor = page.up_to;
-                    let events: Vec<RecordedEvent> = page
-                        .events
-                        .iter()
-                        .filter(|event| event.meta.position > cursor)
-                        .filter(|event| {
-                            self.scope
-                                .admits(event, page.access.get(&event.draft.client_id))
-                        })
-                        .cloned()
-                        .collect();
                     if !events.is_empty() {
                         return Ok(Some(events));
                     }

@@ -35,6 +35,10 @@ use crate::wire::Recorded;
 /// How often an idle stream sends a heartbeat comment, so that proxies keep it open and the
 /// subscriber can tell a quiet feed from a dead connection.
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long a stream gathers events after the first before sending (and logging) them together.
+const LINGER: Duration = Duration::from_millis(50);
+/// The longest a stream gathers while the audit trail is busy.
+const MAX_LINGER: Duration = Duration::from_millis(500);
 
 /// What to follow.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -153,6 +157,15 @@ pub async fn feed(
             journey_events(state.clone(), caller, context, scope, after)
         }
         Some("alerts") => {
+            // The same readers as `GET /v1/alerts`: coordinators, not agency systems.
+            audit::require(
+                &state,
+                &caller,
+                &context,
+                &[Role::Coordinator, Role::Auditor, Role::Dpo, Role::Admin],
+                logged(None),
+            )
+            .await?;
             let filter = alert_filter(
                 &caller,
                 &AlertQuery {
@@ -244,9 +257,9 @@ fn journey_events(
 ) -> Events {
     let subscription = state.hub.subscribe(scope, after);
     stream::unfold(
-        (subscription, state, caller, context),
-        |(mut subscription, state, caller, context)| async move {
-            let events = match subscription.next_batch().await {
+        (subscription, state, caller, context, LINGER),
+        |(mut subscription, state, caller, context, linger)| async move {
+            let events = match subscription.next_batch_within(linger).await {
                 Ok(Some(events)) => events,
                 Ok(None) => return None,
                 Err(error) => {
@@ -254,9 +267,13 @@ fn journey_events(
                     return None;
                 }
             };
+            let logging = std::time::Instant::now();
             if !logged_batch(&state, &caller, &context, audit::returned_events(&events)).await {
                 return None;
             }
+            // A busy audit trail (many subscribers on a busy feed) makes the stream gather for
+            // longer, so that it writes fewer, larger entries; an idle one keeps it prompt.
+            let linger = (logging.elapsed() * 4).clamp(LINGER, MAX_LINGER);
             let sent: Vec<Result<Event, Infallible>> = events
                 .iter()
                 .map(|event| {
@@ -267,7 +284,10 @@ fn journey_events(
                         .expect("a recorded event serialises"))
                 })
                 .collect();
-            Some((stream::iter(sent), (subscription, state, caller, context)))
+            Some((
+                stream::iter(sent),
+                (subscription, state, caller, context, linger),
+            ))
         },
     )
     .flatten()
@@ -286,9 +306,9 @@ fn admits(filter: &AlertFilter, alert: &Alert) -> bool {
 type Outgoing = (String, &'static str, Alert, chrono::DateTime<chrono::Utc>);
 
 fn alert_event((id, change, alert, noticed_at): Outgoing) -> Result<Event, Infallible> {
-    Ok(Event::default()
-        .event("alert")
-        .id(id)
+    let event = Event::default().event("alert");
+    let event = if id.is_empty() { event } else { event.id(id) };
+    Ok(event
         .json_data(AlertMessage {
             change,
             alert,
@@ -325,21 +345,30 @@ fn alert_notices(
         Some((kept, receiver)) => (
             kept.into_iter()
                 .filter(|notice| admits(&filter, &notice.alert))
+                // Kept from before a restriction began: no longer to be processed.
+                .filter(|notice| !coordination.is_restricted(notice.alert.client_id))
                 .map(|notice| outgoing(&epoch, notice))
                 .collect(),
             receiver,
         ),
         None => {
-            let seq = coordination.last_seq();
-            let (_, receiver) = coordination
-                .notices_after(seq)
-                .expect("the notices after the last one are all kept");
+            let (seq, receiver) = coordination.snapshot_point();
             let now = coordination.now();
+            let open = coordination.alerts(&filter);
+            let count = open.len();
+            // Only the last snapshot message carries the id: a subscriber cut off halfway
+            // through has no id to resume from, and gets the whole snapshot again.
             (
-                coordination
-                    .alerts(&filter)
-                    .into_iter()
-                    .map(|alert| (format!("{epoch}-{seq}"), "open", alert, now))
+                open.into_iter()
+                    .enumerate()
+                    .map(|(n, alert)| {
+                        let id = if n + 1 == count {
+                            format!("{epoch}-{seq}")
+                        } else {
+                            String::new()
+                        };
+                        (id, "open", alert, now)
+                    })
                     .collect(),
                 receiver,
             )
