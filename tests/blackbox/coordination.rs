@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use travelmap_service::coordination::ManualClock;
+use travelmap_service::coordination::{Clock, ManualClock};
 use uuid::Uuid;
 
 use crate::support::*;
@@ -360,7 +360,7 @@ async fn time_based_alerts_fire_on_time_without_a_new_event(backend: Backend) {
         },
     )
     .await;
-    let start = clock.now_for_test();
+    let start = clock.now();
     let client = Uuid::new_v4();
     let release = event(
         client,
@@ -561,38 +561,6 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
     assert!(disclosures >= 3, "{trail}");
     app.stop().await;
     backend.remove().await;
-}
-
-trait NowForTest {
-    fn now_for_test(&self) -> DateTime<Utc>;
-}
-
-impl NowForTest for ManualClock {
-    fn now_for_test(&self) -> DateTime<Utc> {
-        use travelmap_service::coordination::Clock;
-        self.now()
-    }
-}
-
-macro_rules! on_both_backends {
-    ($($check:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    super::$check(crate::support::Backend::embedded().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    super::$check(crate::support::Backend::postgres().await).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -773,27 +773,6 @@ async fn delivery_continues_from_the_saved_cursor_after_a_restart(backend: Backe
     backend.remove().await;
 }
 
-macro_rules! on_both_backends {
-    ($($check:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    super::$check(crate::support::Backend::embedded().await).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $check() {
-                    super::$check(crate::support::Backend::postgres().await).await;
-                }
-            )*
-        }
-    };
-}
-
 on_both_backends!(
     the_agency_receives_its_events_in_order_signed_and_nobody_elses,
     a_receiver_that_fails_or_is_down_gets_every_event_once_back,

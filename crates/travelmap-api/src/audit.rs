@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use travelmap_domain::ClientId;
 use travelmap_domain::RecordedEvent;
-use travelmap_domain::audit::{AuditRecord, Operation, Outcome, returned_ids};
+use travelmap_domain::audit::{AuditRecord, Operation, Outcome, returned_ids, returned_things};
 use travelmap_domain::payloads::Purpose;
 
 use crate::AppState;
@@ -106,6 +106,24 @@ pub fn returned_events(events: &[RecordedEvent]) -> Option<String> {
         .map(|event| event.draft.id.to_string())
         .collect();
     returned_ids(ids.iter().map(String::as_str))
+}
+
+/// What a read returned, for its entry: the clients it named, each once.
+pub fn returned_clients(clients: impl IntoIterator<Item = ClientId>) -> Option<String> {
+    let mut ids: Vec<String> = clients
+        .into_iter()
+        .map(|client| client.to_string())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let few = ids.len() <= 10;
+    returned_things("clients", ids.iter().map(String::as_str)).map(|named| {
+        if few {
+            format!("clients {named}")
+        } else {
+            named
+        }
+    })
 }
 
 /// Checks the caller's roles; a refusal is logged as a denied `logged` operation.

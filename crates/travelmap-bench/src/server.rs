@@ -103,14 +103,24 @@ impl Api {
     /// Posts one event; anything but `201 Created` means the workload or the service is wrong,
     /// and a benchmark of failing requests would measure nothing useful.
     pub async fn post_event(&self, body: String) -> anyhow::Result<()> {
-        self.post("/v1/events", body).await
+        self.post("/v1/events", body).await.map(drop)
     }
 
     pub async fn post_batch(&self, body: String) -> anyhow::Result<()> {
-        self.post("/v1/events/batch", body).await
+        self.post("/v1/events/batch", body).await.map(drop)
     }
 
-    async fn post(&self, path: &str, body: String) -> anyhow::Result<()> {
+    /// Posts one event and returns the position its receipt gives.
+    pub async fn post_event_at(&self, body: String) -> anyhow::Result<u64> {
+        let answer = self.post("/v1/events", body).await?;
+        let receipt: serde_json::Value = serde_json::from_slice(answer.as_ref())?;
+        receipt["position"]
+            .as_u64()
+            .context("a receipt without a position")
+    }
+
+    /// POSTs `body`; anything but `201 Created` is an error. Returns the answer's body.
+    async fn post(&self, path: &str, body: String) -> anyhow::Result<impl AsRef<[u8]>> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
@@ -127,35 +137,11 @@ impl Api {
                 String::from_utf8_lossy(&answer)
             );
         }
-        Ok(())
-    }
-
-    /// Posts one event and returns the position its receipt gives.
-    pub async fn post_event_at(&self, body: String) -> anyhow::Result<u64> {
-        let response = self
-            .http
-            .post(format!("{}/v1/events", self.base))
-            .header(AUTHORIZATION, self.auth.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
-        let status = response.status();
-        let answer = response.bytes().await?;
-        if status != StatusCode::CREATED {
-            bail!(
-                "POST /v1/events answered {status}: {}",
-                String::from_utf8_lossy(&answer)
-            );
-        }
-        let receipt: serde_json::Value = serde_json::from_slice(&answer)?;
-        receipt["position"]
-            .as_u64()
-            .context("a receipt without a position")
+        Ok(answer)
     }
 
     /// GETs `path` (stating purpose `case_management`); anything but `200 OK` is an error.
-    pub async fn get(&self, path: &str) -> anyhow::Result<()> {
+    pub async fn get(&self, path: &str) -> anyhow::Result<impl AsRef<[u8]> + use<>> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -171,7 +157,7 @@ impl Api {
                 String::from_utf8_lossy(&body)
             );
         }
-        Ok(())
+        Ok(body)
     }
 
     /// Opens a server-sent event stream at `path`.
@@ -190,23 +176,9 @@ impl Api {
     }
 
     /// Reads a travel map and returns its body.
-    pub async fn travel_map(&self, client_id: Uuid) -> anyhow::Result<impl AsRef<[u8]>> {
-        let response = self
-            .http
-            .get(format!("{}/v1/clients/{client_id}/travel-map", self.base))
-            .header(AUTHORIZATION, self.auth.clone())
-            .header("x-purpose", "case_management")
-            .send()
-            .await?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        if status != StatusCode::OK {
-            bail!(
-                "GET travel-map of {client_id} answered {status}: {}",
-                String::from_utf8_lossy(&body)
-            );
-        }
-        Ok(body)
+    pub async fn travel_map(&self, client_id: Uuid) -> anyhow::Result<impl AsRef<[u8]> + use<>> {
+        self.get(&format!("/v1/clients/{client_id}/travel-map"))
+            .await
     }
 
     /// The log's head and the projection's position, from `/healthz`.

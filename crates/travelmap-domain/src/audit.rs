@@ -165,6 +165,12 @@ pub fn text_digest(text: Option<&str>) -> String {
 
 /// Names what was returned: the ids themselves when few, else their count and digest.
 pub fn returned_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    returned_things("events", ids)
+}
+
+/// [`returned_ids`] for ids of `things` (`"events"`, `"clients"`): the ids when few, else
+/// `"<count> <things>, sha256:<digest>"`.
+pub fn returned_things<'a>(things: &str, ids: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let ids: Vec<&str> = ids.into_iter().collect();
     match ids.len() {
         0 => None,
@@ -176,7 +182,7 @@ pub fn returned_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Option<String
                 hasher.update(b"\n");
             }
             Some(format!(
-                "{count} events, sha256:{}",
+                "{count} {things}, sha256:{}",
                 hex(&hasher.finalize())
             ))
         }

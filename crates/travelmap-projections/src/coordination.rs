@@ -30,8 +30,8 @@ use travelmap_domain::{ClientId, EventId, JourneyEvent};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::ClientState;
 use crate::travel_map::{Appointment, FIRST_DAY_WINDOW, Fact, Involvement, Phase};
-use crate::{Access, ClientState};
 
 /// Released this recently counts as "released < 30 days" in caseloads.
 pub const RECENT_RELEASE: Duration = Duration::days(30);
@@ -221,6 +221,10 @@ impl ClientState {
             .then(|| map.phases.last().map(|span| span.from.with_timezone(&Utc)))
             .flatten();
         let (alerts, next_change) = alerts(self, &map.involvements, now, rules);
+        let restricted = map
+            .flags
+            .iter()
+            .any(|flag| flag.kind == "processing_restricted");
         CaseFile {
             client_id: self.client_id,
             phase: map.phase,
@@ -229,29 +233,9 @@ impl ClientState {
             appointments: map.next,
             alerts,
             next_change,
-            restricted: Access::restricted_in(self),
+            restricted,
             as_of: now,
         }
-    }
-}
-
-impl Access {
-    /// Whether a restriction of processing stands, from the decisions in recording order.
-    pub fn restricted_in(state: &ClientState) -> bool {
-        let mut decisions: Vec<&Fact> = state
-            .facts
-            .iter()
-            .filter(|fact| {
-                matches!(
-                    fact.event,
-                    JourneyEvent::ProcessingRestricted(_) | JourneyEvent::RestrictionLifted(_)
-                )
-            })
-            .collect();
-        decisions.sort_by_key(|fact| fact.position);
-        decisions
-            .last()
-            .is_some_and(|fact| matches!(fact.event, JourneyEvent::ProcessingRestricted(_)))
     }
 }
 

@@ -166,6 +166,18 @@ impl FeedHub {
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut head = self.journeys.log().head();
         loop {
+            if self.pages.receiver_count() == 0 {
+                // Nobody follows: skip to the head without reading or deciding anything, so the
+                // hub costs nothing on the write path. A subscriber that arrives reads the log
+                // up to the hub's cursor itself.
+                let now_at = *head.borrow_and_update();
+                self.cursor.send_replace(now_at);
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
             let after = *self.cursor.borrow();
             let page = async {
                 let events = self.journeys.feed(after, PAGE).await?;

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use travelmap_domain::ClientId;
-use travelmap_domain::audit::{Operation, Outcome, returned_ids};
+use travelmap_domain::audit::{Operation, Outcome};
 use travelmap_projections::coordination::{AgencyCaseload, Alert, AlertKind, CaseEntry};
 use travelmap_service::coordination::AlertFilter;
 use utoipa::{IntoParams, ToSchema};
@@ -179,16 +179,14 @@ pub async fn agency_caseload(
     }
     wait_for(&state, query.min_position).await?;
     let clients = state.coordination.agency_caseload(&agency);
-    let ids: Vec<String> = clients
-        .iter()
-        .map(|entry| entry.client_id.to_string())
-        .collect();
     audit::log(
         &state,
         &caller,
         &context,
         Outcome::Allowed,
-        logged(returned_ids(ids.iter().map(String::as_str)).map(|ids| format!("clients {ids}"))),
+        logged(audit::returned_clients(
+            clients.iter().map(|entry| entry.client_id),
+        )),
     )
     .await?;
     Ok(Json(AgencyCaseloadPage {
@@ -267,18 +265,14 @@ pub async fn alerts(
     }
     wait_for(&state, query.min_position).await?;
     let alerts = state.coordination.alerts(&filter);
-    let clients: Vec<String> = alerts
-        .iter()
-        .map(|alert| alert.client_id.to_string())
-        .collect();
     audit::log(
         &state,
         &caller,
         &context,
         Outcome::Allowed,
-        logged(
-            returned_ids(clients.iter().map(String::as_str)).map(|ids| format!("clients {ids}")),
-        ),
+        logged(audit::returned_clients(
+            alerts.iter().map(|alert| alert.client_id),
+        )),
     )
     .await?;
     Ok(Json(AlertList {

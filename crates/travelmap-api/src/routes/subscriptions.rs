@@ -18,7 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-use travelmap_domain::audit::{Operation, Outcome, returned_ids};
+use travelmap_domain::audit::{Operation, Outcome};
 use travelmap_projections::coordination::Alert;
 use travelmap_service::coordination::{AlertFilter, AlertNotice};
 use travelmap_service::subscriptions::{Scope, is_known_type_pattern};
@@ -392,12 +392,9 @@ fn alert_notices(
                 },
             };
             if !batch.is_empty() {
-                let clients: Vec<String> = batch
-                    .iter()
-                    .map(|(_, _, alert, _)| alert.client_id.to_string())
-                    .collect();
-                let returned = returned_ids(clients.iter().map(String::as_str))
-                    .map(|ids| format!("alerts of clients {ids}"));
+                let returned =
+                    audit::returned_clients(batch.iter().map(|(_, _, alert, _)| alert.client_id))
+                        .map(|clients| format!("alerts of {clients}"));
                 if !logged_batch(&state, &caller, &context, returned).await {
                     return None;
                 }
