@@ -12,6 +12,11 @@
 //! data. The load generator runs in the same process as the server and shares its cores; the
 //! figures are therefore a floor for a server with the machine to itself.
 
+/// The allocator of the `travelmap` binary, so that the service measured in-process here runs as
+/// it does in production (docs/adr/0009-allocator.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod baseline;
 mod live;
 mod server;
