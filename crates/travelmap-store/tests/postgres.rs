@@ -89,10 +89,12 @@ async fn a_lost_lease_fences_the_old_writer_off() {
     );
     // The first loses its lease connection (as when a network partition or a DBA ends it);
     // the second takes over, and the first's next save is refused.
+    // Only this test's database: tests running beside it hold advisory locks of their own.
     let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_locks
-         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .execute(&mut admin)
     .await
