@@ -32,10 +32,12 @@ struct Pace {
     read_ahead: usize,
 }
 
-/// Following the live feed: small pages, saved at once, a modest cache.
+/// Following the live feed: small pages, a modest cache, saved as soon as the head is reached.
+/// When the feed runs ahead (a burst of batches), a few pages are folded before saving, so that a
+/// client touched by each of them is serialised and written once instead of once per page.
 const LIVE: Pace = Pace {
     page: 1_000,
-    flush_after: 0,
+    flush_after: 4_000,
     cache_clients: 4_096,
     read_ahead: 1,
 };
@@ -54,19 +56,24 @@ const SAVE_CHUNK: usize = 1_000;
 /// How far the projection has got: the position of the last event folded into stored views.
 pub type Progress = watch::Receiver<u64>;
 
-/// Which clients' views a save changed: everything folded after `after` up to `up_to`. Followers
-/// of the views (the coordination index) reload just these clients instead of reading the feed
-/// again. Sent before the progress moves, so that a reader woken by the progress finds it.
+/// Which clients' views a save changed: everything folded after `after` up to `up_to`, with the
+/// states just saved. Followers of the views (the coordination index) take these states instead
+/// of reading and parsing the views again, which cost as much as the save itself. Sent before the
+/// progress moves, so that a reader woken by the progress finds it.
 #[derive(Debug, Clone)]
 pub struct ChangeSet {
     pub after: u64,
     pub up_to: u64,
     pub clients: Arc<[ClientId]>,
+    /// The saved state of each client in `clients`, in the same order. Shared with the
+    /// projector's cache: the projector copies a state only if it changes it while a follower
+    /// still holds it.
+    pub states: Arc<[Arc<ClientState>]>,
 }
 
 /// How many change sets wait for a slow follower before it is told it lagged (it then reads the
-/// feed's range itself).
-const CHANGE_BACKLOG: usize = 1_024;
+/// feed's range and the views itself). Small, because waiting sets keep their states alive.
+const CHANGE_BACKLOG: usize = 64;
 
 /// Figures from a rebuild.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +84,7 @@ pub struct RebuildReport {
 }
 
 struct Cache {
-    states: HashMap<ClientId, ClientState>,
+    states: HashMap<ClientId, Arc<ClientState>>,
     dirty: HashSet<ClientId>,
     /// The position of the last event folded into `states`.
     checkpoint: u64,
@@ -291,7 +298,7 @@ impl Projector {
                 for (client_id, json) in self.views.load(missing).await? {
                     let state: ClientState = serde_json::from_str(&json)
                         .map_err(|source| Error::View { client_id, source })?;
-                    cache.states.insert(client_id, state);
+                    cache.states.insert(client_id, Arc::new(state));
                 }
             }
             // Erasure (or retention) destroyed keys: the views folded earlier still hold the
@@ -315,7 +322,7 @@ impl Projector {
                         .into_iter()
                         .filter(|event| event.meta.position <= up_to),
                 );
-                cache.states.insert(client_id, state);
+                cache.states.insert(client_id, Arc::new(state));
                 cache.dirty.insert(client_id);
                 cache.scrub = true;
             }
@@ -325,8 +332,8 @@ impl Projector {
                 let state = cache
                     .states
                     .entry(client_id)
-                    .or_insert_with(|| ClientState::new(client_id));
-                if state.apply(event) {
+                    .or_insert_with(|| Arc::new(ClientState::new(client_id)));
+                if Arc::make_mut(state).apply(event) {
                     cache.dirty.insert(client_id);
                 }
             }
@@ -347,7 +354,7 @@ impl Projector {
     async fn flush(&self, cache: &mut Cache, pace: Pace) -> Result<()> {
         // In key order, so that the view table is written front to back rather than at random
         // places.
-        let mut dirty: Vec<&ClientState> = cache
+        let mut dirty: Vec<&Arc<ClientState>> = cache
             .dirty
             .iter()
             .filter_map(|client_id| cache.states.get(client_id))
@@ -359,7 +366,7 @@ impl Projector {
         // checkpoint; the others save under the previous one, which is safe because each view
         // remembers the last position folded into it, so refolding from the older checkpoint
         // after a crash skips what a saved view already holds.
-        let chunks: Vec<&[&ClientState]> = dirty.chunks(SAVE_CHUNK).collect();
+        let chunks: Vec<&[&Arc<ClientState>]> = dirty.chunks(SAVE_CHUNK).collect();
         let mut saving: Option<tokio::task::JoinHandle<travelmap_store::Result<()>>> = None;
         for (index, chunk) in chunks.iter().enumerate() {
             let views: Vec<ClientView> = chunk
@@ -391,10 +398,13 @@ impl Projector {
             cache.scrub = false;
         }
         if self.changes.receiver_count() > 0 {
+            let states: Arc<[Arc<ClientState>]> =
+                dirty.iter().map(|state| Arc::clone(state)).collect();
             let _ = self.changes.send(ChangeSet {
                 after: cache.saved_checkpoint,
                 up_to: cache.checkpoint,
-                clients: cache.dirty.iter().copied().collect(),
+                clients: states.iter().map(|state| state.client_id).collect(),
+                states,
             });
         }
         cache.saved_checkpoint = cache.checkpoint;

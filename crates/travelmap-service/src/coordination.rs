@@ -404,18 +404,32 @@ impl Coordination {
             // The views were rebuilt from zero: start again from them.
             return self.load_all(position).await;
         }
-        let mut clients: BTreeSet<ClientId> = BTreeSet::new();
+        // Clients whose views must be read, and clients whose latest state came with a set. A
+        // client moves from one to the other as later sets or ranges cover it.
+        let mut to_load: BTreeSet<ClientId> = BTreeSet::new();
+        let mut given: HashMap<ClientId, Arc<ClientState>> = HashMap::new();
+        let take = |set: &travelmap_projections::ChangeSet,
+                    to_load: &mut BTreeSet<ClientId>,
+                    given: &mut HashMap<ClientId, Arc<ClientState>>| {
+            for state in set.states.iter() {
+                to_load.remove(&state.client_id);
+                given.insert(state.client_id, Arc::clone(state));
+            }
+        };
         loop {
             match changes.try_recv() {
                 Ok(set) if set.up_to <= seen => {}
                 Ok(set) if set.after <= seen => {
-                    clients.extend(set.clients.iter().copied());
+                    take(&set, &mut to_load, &mut given);
                     seen = set.up_to;
                 }
                 Ok(set) => {
                     // A gap: the sets in between were missed.
-                    clients.extend(self.clients_in(seen, set.after).await?);
-                    clients.extend(set.clients.iter().copied());
+                    for client in self.clients_in(seen, set.after).await? {
+                        given.remove(&client);
+                        to_load.insert(client);
+                    }
+                    take(&set, &mut to_load, &mut given);
                     seen = set.up_to;
                 }
                 Err(broadcast::error::TryRecvError::Lagged(_)) => {}
@@ -423,10 +437,21 @@ impl Coordination {
             }
         }
         if seen < position {
-            clients.extend(self.clients_in(seen, position).await?);
+            for client in self.clients_in(seen, position).await? {
+                given.remove(&client);
+                to_load.insert(client);
+            }
             seen = position;
         }
-        self.refresh(clients.into_iter().collect()).await?;
+        if !given.is_empty() {
+            let now = self.clock.now();
+            let files = given
+                .values()
+                .map(|state| state.case_file(now, &self.rules))
+                .collect();
+            self.replace(&[], files, now);
+        }
+        self.refresh(to_load.into_iter().collect()).await?;
         self.progress.send_if_modified(|at| {
             let moved = seen > *at;
             *at = (*at).max(seen);
@@ -478,39 +503,50 @@ impl Coordination {
             for (client_id, json) in &stored {
                 files.push(parse(*client_id, json)?.case_file(now, &self.rules));
             }
-            let mut notices = Vec::new();
-            let mut earlier_due = false;
-            {
-                let mut index = self.index.write().expect("index lock");
-                // A client whose view is gone (the views are being rebuilt) leaves the index
-                // until its view is back, rather than be looked up again and again.
-                for client_id in chunk.iter().filter(|client| !stored.contains_key(client)) {
-                    if let Some(old) = index.files.remove(client_id)
-                        && let Some(at) = old.next_change
-                    {
-                        index.due.remove(&(at, *client_id));
-                    }
-                }
-                let first_due = index.due.first().map(|(at, _)| *at);
-                for file in files {
-                    let old = index.files.remove(&file.client_id);
-                    if let Some(at) = old.as_ref().and_then(|old| old.next_change) {
-                        index.due.remove(&(at, file.client_id));
-                    }
-                    if let Some(at) = file.next_change {
-                        index.due.insert((at, file.client_id));
-                        earlier_due |= first_due.is_none_or(|first| at < first);
-                    }
-                    notices.extend(changes(old.as_ref(), &file));
-                    index.files.insert(file.client_id, file);
-                }
-            }
-            self.publish(notices, now);
-            if earlier_due {
-                self.rescheduled.notify_one();
-            }
+            // A client whose view is gone (the views are being rebuilt) leaves the index until
+            // its view is back, rather than be looked up again and again.
+            let gone: Vec<ClientId> = chunk
+                .iter()
+                .filter(|client| !stored.contains_key(client))
+                .copied()
+                .collect();
+            self.replace(&gone, files, now);
         }
         Ok(())
+    }
+
+    /// Puts fresh case files in the index (and drops those of `gone` clients), and tells
+    /// subscribers what changed in their alerts.
+    fn replace(&self, gone: &[ClientId], files: Vec<CaseFile>, now: DateTime<Utc>) {
+        let mut notices = Vec::new();
+        let mut earlier_due = false;
+        {
+            let mut index = self.index.write().expect("index lock");
+            for client_id in gone {
+                if let Some(old) = index.files.remove(client_id)
+                    && let Some(at) = old.next_change
+                {
+                    index.due.remove(&(at, *client_id));
+                }
+            }
+            let first_due = index.due.first().map(|(at, _)| *at);
+            for file in files {
+                let old = index.files.remove(&file.client_id);
+                if let Some(at) = old.as_ref().and_then(|old| old.next_change) {
+                    index.due.remove(&(at, file.client_id));
+                }
+                if let Some(at) = file.next_change {
+                    index.due.insert((at, file.client_id));
+                    earlier_due |= first_due.is_none_or(|first| at < first);
+                }
+                notices.extend(changes(old.as_ref(), &file));
+                index.files.insert(file.client_id, file);
+            }
+        }
+        self.publish(notices, now);
+        if earlier_due {
+            self.rescheduled.notify_one();
+        }
     }
 
     fn publish(&self, changes: Vec<(Change, Alert)>, now: DateTime<Utc>) {
