@@ -9,6 +9,7 @@ use travelmap_domain::ClientId;
 use travelmap_domain::RecordedEvent;
 use travelmap_domain::audit::{AuditRecord, Operation, Outcome, returned_ids, returned_things};
 use travelmap_domain::payloads::Purpose;
+use travelmap_projections::Access;
 
 use crate::AppState;
 use crate::auth::{Caller, Role};
@@ -188,6 +189,21 @@ pub async fn need_to_know(
     client: ClientId,
     logged: Logged<'_>,
 ) -> Result<Purpose, ApiError> {
+    context.purpose()?;
+    let access = state.journeys.access(client).await?;
+    need_to_know_given(state, caller, context, client, access.as_ref(), logged).await
+}
+
+/// [`need_to_know`] with the client's access already decided (by a read that loaded the client
+/// anyway, see `Journeys::consult`).
+pub async fn need_to_know_given(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    client: ClientId,
+    access: Option<&Access>,
+    logged: Logged<'_>,
+) -> Result<Purpose, ApiError> {
     let purpose = context.purpose()?;
     let reviewer = caller
         .0
@@ -196,7 +212,6 @@ pub async fn need_to_know(
         .any(|role| matches!(role, Role::Auditor | Role::Dpo));
     // A restriction binds everyone, reviewers included: only an audit or a subject access
     // request may read restricted data, and only a reviewer makes those.
-    let access = state.journeys.access(client).await?;
     if access.as_ref().is_some_and(|access| access.restricted)
         && !(reviewer && matches!(purpose, Purpose::Audit | Purpose::SubjectAccess))
     {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use travelmap_domain::JourneyEvent;
 use travelmap_domain::payloads::Purpose;
 
-use crate::ClientState;
+use crate::{ClientState, TravelMap};
 
 /// The agencies that may see a client at a moment, and why.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,13 +38,18 @@ impl Access {
 impl ClientState {
     /// Who may see the client at `now` (facts that occurred later do not count yet).
     pub fn access(&self, now: DateTime<Utc>) -> Access {
+        self.access_with(&self.travel_map(now), now)
+    }
+
+    /// [`Self::access`] where the travel map at `now` is already at hand (a read that answers
+    /// with it), so that it is not derived twice.
+    pub fn access_with(&self, map: &TravelMap, now: DateTime<Utc>) -> Access {
         let mut access = Access {
-            involved: self
-                .travel_map(now)
+            involved: map
                 .involvements
-                .into_iter()
+                .iter()
                 .filter(|involvement| involvement.to.is_none())
-                .map(|involvement| involvement.agency)
+                .map(|involvement| involvement.agency.clone())
                 .collect(),
             consented: BTreeMap::new(),
             restricted: false,

@@ -133,6 +133,13 @@ fn stripe_of(client_id: ClientId) -> usize {
     (client_id.0.as_u128() % CLIENT_STRIPES as u128) as usize
 }
 
+/// A read of a client's current travel map: see [`Journeys::consult`].
+#[derive(Debug)]
+pub struct Consultation {
+    pub access: Option<Access>,
+    pub map: Result<TravelMap>,
+}
+
 /// The use cases, over any backend.
 pub struct Journeys {
     log: Arc<dyn EventLog>,
@@ -482,6 +489,53 @@ impl Journeys {
         let state: ClientState = serde_json::from_str(&stored)
             .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
         Ok(state.travel_map(Utc::now()))
+    }
+
+    /// What a read of the client's current travel map needs, from one read of its view: who may
+    /// see the client now (`None` for a client never recorded), decided as
+    /// [`Self::access`] does, and the map itself, answered as [`Self::travel_map`] does without
+    /// `as_of`. The access decision must be checked before the map is disclosed.
+    pub async fn consult(
+        &self,
+        client_id: ClientId,
+        min_position: Option<u64>,
+    ) -> Result<Consultation> {
+        if let Some(position) = min_position {
+            self.wait_for_projection(position).await?;
+        }
+        let now = Utc::now();
+        let (stored, recorded) = tokio::try_join!(
+            self.views.load(vec![client_id]),
+            self.log.outlines(vec![client_id]),
+        )?;
+        let Some(recorded) = recorded
+            .get(&client_id)
+            .map(|outlines| outlines.len() as u64)
+        else {
+            return Ok(Consultation {
+                access: None,
+                map: Err(Error::UnknownClient(client_id)),
+            });
+        };
+        let view = match stored.get(&client_id) {
+            Some(json) => Some(
+                serde_json::from_str::<ClientState>(json)
+                    .map_err(|source| travelmap_projections::Error::View { client_id, source })?,
+            ),
+            None => None,
+        };
+        let map = view.as_ref().map(|state| state.travel_map(now));
+        let access = match (&view, &map) {
+            // The usual case: the view has folded every recorded event.
+            (Some(state), Some(map)) if state.version >= recorded => state.access_with(map, now),
+            // The projection is behind for this client: access is decided on its whole history.
+            _ => ClientState::from_history(client_id, self.log.read_stream(client_id, None).await?)
+                .access(now),
+        };
+        Ok(Consultation {
+            access: Some(access),
+            map: map.ok_or(Error::NotYetProjected(client_id)),
+        })
     }
 
     /// Who may see the client now (`None` for a client never recorded).

@@ -142,12 +142,35 @@ pub async fn travel_map(
         logged(None),
     )
     .await?;
-    audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None)).await?;
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
-    let map = state
-        .journeys
-        .travel_map(ClientId(client_id), as_of, query.min_position)
-        .await?;
+    let map = match as_of {
+        Some(_) => {
+            audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None))
+                .await?;
+            state
+                .journeys
+                .travel_map(ClientId(client_id), as_of, query.min_position)
+                .await?
+        }
+        // The current map: the client is loaded once, for the access decision and the answer.
+        None => {
+            context.purpose()?;
+            let consultation = state
+                .journeys
+                .consult(ClientId(client_id), query.min_position)
+                .await?;
+            audit::need_to_know_given(
+                &state,
+                &caller,
+                &context,
+                ClientId(client_id),
+                consultation.access.as_ref(),
+                logged(None),
+            )
+            .await?;
+            consultation.map?
+        }
+    };
     let returned = Some(format!("travel map at stream version {}", map.version));
     audit::log(
         &state,
