@@ -24,7 +24,7 @@ pub mod statistics;
 pub mod travel_map;
 
 pub use access::Access;
-pub use projector::{ChangeSet, Progress, Projector};
+pub use projector::{ChangeSet, Handover, Progress, Projector};
 pub use travel_map::{ClientState, TravelMap};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

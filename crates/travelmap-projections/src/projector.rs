@@ -38,7 +38,7 @@ struct Pace {
 const LIVE: Pace = Pace {
     page: 1_000,
     flush_after: 4_000,
-    cache_clients: 4_096,
+    cache_clients: 2_048,
     read_ahead: 1,
 };
 /// A rebuild: large pages, saved rarely (a client touched by many pages is written once), a large
@@ -65,14 +65,31 @@ pub struct ChangeSet {
     pub after: u64,
     pub up_to: u64,
     pub clients: Arc<[ClientId]>,
-    /// The saved state of each client in `clients`, in the same order. Shared with the
-    /// projector's cache: the projector copies a state only if it changes it while a follower
-    /// still holds it.
-    pub states: Arc<[Arc<ClientState>]>,
+    /// The saved state of each client in `clients`, for the first follower that takes them.
+    pub states: Handover,
+}
+
+/// States handed from the projector to a follower, taken at most once: a broadcast channel keeps
+/// every value it sent until the slot is reused, and states left there would hold memory long
+/// after they were used. A follower that finds them taken (or is not the first) reads the views.
+/// The states are shared with the projector's cache, which copies a state only if it changes it
+/// while a follower still holds it.
+#[derive(Debug, Clone, Default)]
+pub struct Handover(Arc<std::sync::Mutex<Vec<Arc<ClientState>>>>);
+
+impl Handover {
+    pub fn new(states: Vec<Arc<ClientState>>) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(states)))
+    }
+
+    /// The states, or nothing if they were taken already.
+    pub fn take(&self) -> Vec<Arc<ClientState>> {
+        std::mem::take(&mut *self.0.lock().expect("handover lock"))
+    }
 }
 
 /// How many change sets wait for a slow follower before it is told it lagged (it then reads the
-/// feed's range and the views itself). Small, because waiting sets keep their states alive.
+/// feed's range and the views itself). Small, because sets not yet taken keep their states alive.
 const CHANGE_BACKLOG: usize = 64;
 
 /// Figures from a rebuild.
@@ -398,20 +415,25 @@ impl Projector {
             cache.scrub = false;
         }
         if self.changes.receiver_count() > 0 {
-            let states: Arc<[Arc<ClientState>]> =
-                dirty.iter().map(|state| Arc::clone(state)).collect();
             let _ = self.changes.send(ChangeSet {
                 after: cache.saved_checkpoint,
                 up_to: cache.checkpoint,
-                clients: states.iter().map(|state| state.client_id).collect(),
-                states,
+                clients: dirty.iter().map(|state| state.client_id).collect(),
+                states: Handover::new(dirty.iter().map(|state| Arc::clone(state)).collect()),
             });
         }
         cache.saved_checkpoint = cache.checkpoint;
         cache.dirty.clear();
         cache.pending_events = 0;
         if cache.states.len() > pace.cache_clients {
-            cache.states.clear();
+            // Evict just the excess (arbitrary clients: a miss costs one view read), so that the
+            // cache stays at its bound instead of swinging between empty and full, which made
+            // the process's memory depend on when it was looked at.
+            let excess = cache.states.len() - pace.cache_clients;
+            let evicted: Vec<ClientId> = cache.states.keys().take(excess).copied().collect();
+            for client_id in evicted {
+                cache.states.remove(&client_id);
+            }
         }
         self.progress.send_replace(cache.checkpoint);
         Ok(())

@@ -411,9 +411,14 @@ impl Coordination {
         let take = |set: &travelmap_projections::ChangeSet,
                     to_load: &mut BTreeSet<ClientId>,
                     given: &mut HashMap<ClientId, Arc<ClientState>>| {
-            for state in set.states.iter() {
+            let states = set.states.take();
+            for client in set.clients.iter() {
+                given.remove(client);
+                to_load.insert(*client);
+            }
+            for state in states {
                 to_load.remove(&state.client_id);
-                given.insert(state.client_id, Arc::clone(state));
+                given.insert(state.client_id, state);
             }
         };
         loop {
