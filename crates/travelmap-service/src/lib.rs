@@ -452,7 +452,7 @@ impl Journeys {
     }
 
     async fn client_exists(&self, client_id: ClientId) -> Result<bool> {
-        Ok(!self.log.outlines(vec![client_id]).await?.is_empty())
+        Ok(!self.log.stream_versions(vec![client_id]).await?.is_empty())
     }
 
     /// The client's travel map. Without `as_of` it is read from the projection (after waiting,
@@ -506,12 +506,9 @@ impl Journeys {
         let now = Utc::now();
         let (stored, recorded) = tokio::try_join!(
             self.views.load(vec![client_id]),
-            self.log.outlines(vec![client_id]),
+            self.log.stream_versions(vec![client_id]),
         )?;
-        let Some(recorded) = recorded
-            .get(&client_id)
-            .map(|outlines| outlines.len() as u64)
-        else {
+        let Some(&recorded) = recorded.get(&client_id) else {
             return Ok(Consultation {
                 access: None,
                 map: Err(Error::UnknownClient(client_id)),
@@ -570,14 +567,13 @@ impl Journeys {
         &self,
         clients: Vec<ClientId>,
     ) -> Result<HashMap<ClientId, ClientState>> {
-        let stored = self.views.load(clients.clone()).await?;
-        let recorded = self.log.outlines(clients.clone()).await?;
+        let (stored, recorded) = tokio::try_join!(
+            self.views.load(clients.clone()),
+            self.log.stream_versions(clients.clone()),
+        )?;
         let mut states = HashMap::with_capacity(clients.len());
         for client_id in clients {
-            let Some(recorded) = recorded
-                .get(&client_id)
-                .map(|outlines| outlines.len() as u64)
-            else {
+            let Some(&recorded) = recorded.get(&client_id) else {
                 continue;
             };
             let current = match stored.get(&client_id) {

@@ -285,6 +285,14 @@ async fn streams_read_in_order_and_as_of(place: &Place) {
         .await
         .unwrap();
     assert_eq!(then.len(), 4);
+    // Stream versions: the current version per client, clients without events left out.
+    let stranger = client();
+    let versions = store
+        .log()
+        .stream_versions(vec![a, stranger])
+        .await
+        .unwrap();
+    assert_eq!(versions, HashMap::from([(a, 5)]));
     let long_ago = Utc::now() - chrono::Duration::days(1);
     assert!(matches!(
         journeys.history(a, Some(long_ago)).await,

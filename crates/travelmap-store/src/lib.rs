@@ -181,6 +181,10 @@ pub trait EventLog: Send + Sync {
     /// events are left out.
     async fn outlines(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, Vec<Outline>>>;
 
+    /// The current version of each given client's stream (one index probe each, where
+    /// [`Self::outlines`] reads every event's row). Clients without events are left out.
+    async fn stream_versions(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, u64>>;
+
     /// A client's stream in version order; with `recorded_until`, only what had been recorded by
     /// then.
     async fn read_stream(

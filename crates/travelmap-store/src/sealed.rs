@@ -137,6 +137,10 @@ impl EventLog for SealedLog {
         self.inner.outlines(clients).await
     }
 
+    async fn stream_versions(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, u64>> {
+        self.inner.stream_versions(clients).await
+    }
+
     async fn read_stream(
         &self,
         client_id: ClientId,

@@ -131,6 +131,19 @@ impl EventLog for PgEventLog {
         Ok(outlines)
     }
 
+    async fn stream_versions(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, u64>> {
+        let clients: Vec<Uuid> = clients.into_iter().map(|client| client.0).collect();
+        let rows = sqlx::query(
+            "SELECT client_id, MAX(version) FROM events WHERE client_id = ANY($1) GROUP BY client_id",
+        )
+        .bind(&clients)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((ClientId(row.try_get(0)?), row.try_get::<i64, _>(1)? as u64)))
+            .collect()
+    }
+
     async fn read_stream(
         &self,
         client_id: ClientId,

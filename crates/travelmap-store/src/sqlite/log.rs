@@ -196,6 +196,24 @@ impl EventLog for SqliteEventLog {
             .await
     }
 
+    async fn stream_versions(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, u64>> {
+        self.readers
+            .read(move |connection| {
+                let mut statement = connection
+                    .prepare_cached("SELECT MAX(version) FROM events WHERE client_id = ?1")?;
+                let mut versions = HashMap::with_capacity(clients.len());
+                for client in &clients {
+                    let version: Option<u64> =
+                        statement.query_row(params![client.0], |row| row.get(0))?;
+                    if let Some(version) = version {
+                        versions.insert(*client, version);
+                    }
+                }
+                Ok(versions)
+            })
+            .await
+    }
+
     async fn read_stream(
         &self,
         client_id: ClientId,
