@@ -232,7 +232,7 @@ pub struct Keyring {
     /// several processes a key destroyed elsewhere could still be used to seal here, so there is
     /// none. Opening never uses it: whether a key still exists is always asked of the store.
     sealing_cache: Option<KeyCache>,
-    /// Unwrapped keys by key id, for opening (see [`Keyring::unwrapped`]).
+    /// Unwrapped keys by key id, for opening and sealing (see [`Keyring::unwrapped`]).
     unwrapped: std::sync::Mutex<HashMap<Uuid, Arc<DataKey>>>,
     /// Each client's live keys, where this process is the store's only user (see
     /// [`Keyring::live_keys`]).
@@ -252,13 +252,31 @@ struct LiveCache {
 /// The most clients [`Keyring::live_keys`] remembers before it starts over.
 const LIVE_KEY_CLIENTS: usize = 100_000;
 
-/// The most keys [`Keyring::unwrapped`] keeps before it starts over.
-const UNWRAPPED_KEYS: usize = 65_536;
+/// The most keys [`Keyring::unwrapped`] keeps. An unwrapped key with its expanded cipher takes
+/// about 2 KiB, so the caches are bounded by the clients being worked on, not by all clients
+/// ever seen; a miss costs one unwrap (microseconds) or one key-store read.
+const UNWRAPPED_KEYS: usize = 4_096;
 
 type KeyCache = std::sync::Mutex<HashMap<(ClientId, Category), Arc<DataKey>>>;
 
-/// The most keys the sealing cache holds before it starts over.
-const SEALING_CACHE_KEYS: usize = 65_536;
+/// The most keys the sealing cache holds (they are shared with [`Keyring::unwrapped`]'s).
+const SEALING_CACHE_KEYS: usize = 4_096;
+
+/// Makes room for `incoming` entries in a cache bounded at `bound`, evicting only the excess
+/// (arbitrary entries), so that the cache stays near its bound instead of starting over empty.
+fn make_room<K: Clone + Eq + std::hash::Hash, V>(
+    cache: &mut HashMap<K, V>,
+    incoming: usize,
+    bound: usize,
+) {
+    let excess = (cache.len() + incoming).saturating_sub(bound);
+    if excess > 0 {
+        let evicted: Vec<K> = cache.keys().take(excess).cloned().collect();
+        for key in evicted {
+            cache.remove(&key);
+        }
+    }
+}
 
 impl Keyring {
     /// Opens the keyring over `store`, creating the identifier lookup key on first use.
@@ -398,15 +416,15 @@ impl Keyring {
                 found.insert((key.client_id, key.category), key);
             }
         }
+        // Through the cache of unwrapped keys, so that a key used for sealing and opening is
+        // held once.
         let keys: HashMap<(ClientId, Category), Arc<DataKey>> = found
             .into_iter()
-            .map(|(slot, stored)| Ok((slot, Arc::new(self.unwrap_key(&stored)?))))
+            .map(|(slot, stored)| Ok((slot, self.unwrapped(&stored)?)))
             .collect::<Result<_>>()?;
         if let Some(cache) = &self.sealing_cache {
             let mut cache = cache.lock().expect("key cache lock");
-            if cache.len() + keys.len() > SEALING_CACHE_KEYS {
-                cache.clear();
-            }
+            make_room(&mut cache, keys.len(), SEALING_CACHE_KEYS);
             cache.extend(keys.iter().map(|(slot, key)| (*slot, key.clone())));
         }
         Ok(keys)
@@ -527,9 +545,7 @@ impl Keyring {
         }
         let key = Arc::new(self.unwrap_key(stored)?);
         let mut cache = self.unwrapped.lock().expect("unwrapped key cache lock");
-        if cache.len() >= UNWRAPPED_KEYS {
-            cache.clear();
-        }
+        make_room(&mut cache, 1, UNWRAPPED_KEYS);
         cache.insert(stored.key_id, key.clone());
         Ok(key)
     }
