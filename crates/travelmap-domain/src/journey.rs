@@ -7,7 +7,7 @@
 //! event of the same client that is still standing, and that a correction's replacement data is
 //! valid for the corrected event's type.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
@@ -18,7 +18,10 @@ use crate::{EventDraft, EventId, JourneyEvent, ValidationError};
 /// What the aggregate remembers about each event of the stream.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Standing {
-    event_type: String,
+    id: EventId,
+    /// Borrowed from the catalogue for every type it knows, so that remembering an event
+    /// allocates nothing of its own.
+    event_type: Cow<'static, str>,
     retracted: bool,
 }
 
@@ -26,7 +29,10 @@ struct Standing {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientJourney {
     version: u64,
-    events: HashMap<EventId, Standing>,
+    /// In stream order. A list rather than a map: looking an event up (for a correction or a
+    /// retraction) is rare, and journeys are cached for many clients at once, where a map's
+    /// buckets cost several times the entries.
+    events: Vec<Standing>,
     /// Processing is restricted: only lifting the restriction (or erasing) may be recorded.
     restricted: bool,
     /// The personal data was erased and the record closed: nothing more may be recorded.
@@ -89,15 +95,20 @@ impl ClientJourney {
 
     /// The type of one of the client's events, if it is theirs.
     pub fn event_type(&self, event_id: EventId) -> Option<&str> {
+        self.standing(event_id)
+            .map(|standing| standing.event_type.as_ref())
+    }
+
+    fn standing(&self, event_id: EventId) -> Option<&Standing> {
         self.events
-            .get(&event_id)
-            .map(|standing| standing.event_type.as_str())
+            .iter()
+            .rev()
+            .find(|standing| standing.id == event_id)
     }
 
     fn standing_target(&self, event_id: EventId) -> Result<&Standing, Error> {
         let standing = self
-            .events
-            .get(&event_id)
+            .standing(event_id)
             .ok_or(Error::UnknownTarget(event_id))?;
         if standing.retracted {
             return Err(Error::TargetRetracted(event_id));
@@ -105,13 +116,13 @@ impl ClientJourney {
         // Corrections are corrected by correcting the original; data-protection decisions are
         // not facts an agency may rectify (retracting a restriction would lift it unrecorded).
         if matches!(
-            standing.event_type.as_str(),
+            standing.event_type.as_ref(),
             "event.corrected" | "event.retracted"
         ) || crate::personal::is_lifecycle(&standing.event_type)
         {
             return Err(Error::TargetNotCorrectable {
                 event_id,
-                event_type: standing.event_type.clone(),
+                event_type: standing.event_type.to_string(),
             });
         }
         Ok(standing)
@@ -128,16 +139,23 @@ impl ClientJourney {
             "personal_data.erased" => self.erased = true,
             _ => {}
         }
-        if let Some(target) = retracts.and_then(|target| self.events.get_mut(&target)) {
+        if let Some(target) = retracts.and_then(|target| {
+            self.events
+                .iter_mut()
+                .rev()
+                .find(|standing| standing.id == target)
+        }) {
             target.retracted = true;
         }
-        self.events.insert(
+        let event_type = match crate::catalogue::event_type(event_type) {
+            Some(info) => Cow::Borrowed(info.event_type),
+            None => Cow::Owned(event_type.to_owned()),
+        };
+        self.events.push(Standing {
             id,
-            Standing {
-                event_type: event_type.to_owned(),
-                retracted: false,
-            },
-        );
+            event_type,
+            retracted: false,
+        });
     }
 
     /// Checks a command without changing anything.
