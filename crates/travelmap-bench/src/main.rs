@@ -36,7 +36,7 @@ use travelmap_service::Journeys;
 use travelmap_store::postgres::ScratchDatabase;
 use travelmap_store::{Location, Store};
 
-use crate::server::{Api, Server, resident_kib};
+use crate::server::{Api, Server, heap_kib, resident_kib};
 use crate::workload::{EventRef, Workload};
 
 /// Mixed into the seed for the second workload, so that it has the same shape but new clients.
@@ -194,11 +194,16 @@ struct Memory {
     before_kib: u64,
     first_kib: u64,
     second_kib: u64,
+    /// The live heap at the same three moments (see [`heap_kib`]).
+    before_heap_kib: u64,
+    first_heap_kib: u64,
+    second_heap_kib: u64,
     second_ingest: Ingest,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    travelmap::return_freed_memory_in_background();
     // Server logs help when a run fails; off unless asked for, so they do not cost time.
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("TRAVELMAP_LOG") {
         tracing_subscriber::fmt()
@@ -666,6 +671,7 @@ async fn measure(
 ) -> anyhow::Result<(Figures, Option<Memory>)> {
     let name = backend.name();
     let before_kib = resident_kib()?;
+    let before_heap_kib = heap_kib()?;
     progress(format_args!(
         "{name}: single-event ingest at concurrency 1: {} events",
         serial_events.len()
@@ -723,6 +729,7 @@ async fn measure(
     let memory = match second {
         Some(second) => {
             let first_kib = resident_kib()?;
+            let first_heap_kib = heap_kib()?;
             progress(format_args!(
                 "{name}: loading a second workload of {} events (new clients) into the same store",
                 second.len()
@@ -732,6 +739,9 @@ async fn measure(
                 before_kib,
                 first_kib,
                 second_kib: resident_kib()?,
+                before_heap_kib,
+                first_heap_kib,
+                second_heap_kib: heap_kib()?,
                 second_ingest,
             })
         }
@@ -1102,12 +1112,17 @@ impl Report<'_> {
              - The travel-map projection runs during ingest, as in production. After the last acknowledgement it needed {:.2} s to catch up at concurrency {WRITERS} and {:.2} s after the batch ingest; reads were measured only after it had.\n\
              - Reads: after {WARM_UP_READS} unmeasured reads that check each map shows all of its client's events. Latency is measured by the client, so it includes the HTTP round trip on 127.0.0.1.\n\
              - Memory: {} anonymous memory before any server was started (this includes both generated workloads, about {} of serialised events); measured with the server running, after the batch ingest and the reads, then after the batch ingest of the second workload ({} events/s).\n\
+             - Live heap (what the allocator has handed out and not had back, without the free memory it keeps for reuse): {} before any server was started, {} after the first workload, {} after the second ({:+.1} %).\n\
              - Whole run: {:.0} s.\n",
             concurrent.catch_up.as_secs_f64(),
             batch.catch_up.as_secs_f64(),
             mib(memory.before_kib),
             mib(self.workload_bytes() * 2 / 1024),
             rate(memory.second_ingest.per_second()),
+            mib(memory.before_heap_kib),
+            mib(memory.first_heap_kib),
+            mib(memory.second_heap_kib),
+            (memory.second_heap_kib as f64 / memory.first_heap_kib as f64 - 1.0) * 100.0,
             self.elapsed.as_secs_f64(),
         );
         out += &self.audit_cost();

@@ -229,6 +229,15 @@ pub fn resident_kib() -> anyhow::Result<u64> {
         .context("no RssAnon in /proc/self/status")
 }
 
+/// The live heap in KiB: bytes the allocator has handed out and not had back (jemalloc's
+/// `stats.allocated`), without the free memory it keeps for reuse, which the resident set counts.
+pub fn heap_kib() -> anyhow::Result<u64> {
+    tikv_jemalloc_ctl::epoch::advance().map_err(|error| anyhow::anyhow!("{error}"))?;
+    let allocated =
+        tikv_jemalloc_ctl::stats::allocated::read().map_err(|error| anyhow::anyhow!("{error}"))?;
+    Ok(allocated as u64 / 1024)
+}
+
 /// The master key the benchmark seals with (fixed, so that a rebuild opens what was sealed).
 pub fn bench_master_keys() -> travelmap_store::MasterKeys {
     travelmap_store::MasterKeys::new(

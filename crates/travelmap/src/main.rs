@@ -158,6 +158,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    travelmap::return_freed_memory_in_background();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TRAVELMAP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
