@@ -12,7 +12,7 @@
 //! on its own; the scheduler sleeps until the earliest of those moments on a [`Clock`], which
 //! tests replace with a [`ManualClock`] to move time by hand.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
@@ -405,12 +405,13 @@ impl Coordination {
             return self.load_all(position).await;
         }
         // Clients whose views must be read, and clients whose latest state came with a set. A
-        // client moves from one to the other as later sets or ranges cover it.
+        // client moves from one to the other as later sets or ranges cover it. Both in client
+        // order, so that notices come out in the same order however the states arrived.
         let mut to_load: BTreeSet<ClientId> = BTreeSet::new();
-        let mut given: HashMap<ClientId, Arc<ClientState>> = HashMap::new();
+        let mut given: BTreeMap<ClientId, Arc<ClientState>> = BTreeMap::new();
         let take = |set: &travelmap_projections::ChangeSet,
                     to_load: &mut BTreeSet<ClientId>,
-                    given: &mut HashMap<ClientId, Arc<ClientState>>| {
+                    given: &mut BTreeMap<ClientId, Arc<ClientState>>| {
             let states = set.states.take();
             for client in set.clients.iter() {
                 given.remove(client);
