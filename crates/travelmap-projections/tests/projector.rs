@@ -134,3 +134,63 @@ async fn a_failed_save_is_retried_from_the_stored_checkpoint() {
     let history = store.log.read_stream(client, None).await.unwrap();
     assert_eq!(stored, ClientState::from_history(client, history));
 }
+
+#[tokio::test]
+async fn a_change_set_hands_over_the_saved_states_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let projector = Projector::new(store.log.clone(), store.views.clone(), None)
+        .await
+        .unwrap();
+    let mut changes = projector.changes();
+    let provenance = Provenance {
+        agency: "probation-opava".into(),
+        credential: "test".into(),
+    };
+    let clients = [ClientId(Uuid::new_v4()), ClientId(Uuid::new_v4())];
+    let appends = clients
+        .iter()
+        .map(|&client| {
+            let draft = EventDraft {
+                id: EventId(Uuid::new_v4()),
+                client_id: client,
+                occurred_at: "2026-01-01T09:00:00Z".parse().unwrap(),
+                actor: None,
+                event: JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap(),
+            };
+            let digest = content_digest(&draft, &provenance.agency);
+            StreamAppend {
+                client_id: client,
+                expected_version: 0,
+                events: vec![NewEvent {
+                    draft,
+                    digest,
+                    sealed: None,
+                }],
+            }
+        })
+        .collect();
+    store.log.append(&provenance, appends).await.unwrap();
+    projector.catch_up().await.unwrap();
+
+    let set = changes.try_recv().expect("the save announced its changes");
+    assert_eq!((set.after, set.up_to), (0, 2));
+    let mut announced: Vec<ClientId> = set.clients.to_vec();
+    announced.sort();
+    let mut expected = clients.to_vec();
+    expected.sort();
+    assert_eq!(announced, expected);
+
+    let states = set.states.take();
+    assert_eq!(states.len(), 2);
+    for state in &states {
+        let saved: ClientState =
+            serde_json::from_str(&store.views.get(state.client_id).await.unwrap().unwrap())
+                .unwrap();
+        assert_eq!(**state, saved, "the handed-over state is the one saved");
+    }
+    assert!(
+        set.states.take().is_empty(),
+        "a second follower finds the states taken and reads the views"
+    );
+}
