@@ -133,6 +133,25 @@ fn stripe_of(client_id: ClientId) -> usize {
     (client_id.0.as_u128() % CLIENT_STRIPES as u128) as usize
 }
 
+/// A client's stored view, if any, and how many events its stream holds.
+struct Projected {
+    view: Option<ClientState>,
+    recorded: u64,
+}
+
+impl Projected {
+    /// The view, if it has folded every recorded event.
+    fn current(&self) -> Option<&ClientState> {
+        self.view
+            .as_ref()
+            .filter(|state| state.version >= self.recorded)
+    }
+
+    fn into_current(self) -> Option<ClientState> {
+        self.current().is_some().then_some(self.view).flatten()
+    }
+}
+
 /// A read of a client's current travel map: see [`Journeys::consult`].
 #[derive(Debug)]
 pub struct Consultation {
@@ -504,30 +523,18 @@ impl Journeys {
             self.wait_for_projection(position).await?;
         }
         let now = Utc::now();
-        let (stored, recorded) = tokio::try_join!(
-            self.views.load(vec![client_id]),
-            self.log.stream_versions(vec![client_id]),
-        )?;
-        let Some(&recorded) = recorded.get(&client_id) else {
+        let Some(projected) = self.projected(vec![client_id]).await?.remove(&client_id) else {
             return Ok(Consultation {
                 access: None,
                 map: Err(Error::UnknownClient(client_id)),
             });
         };
-        let view = match stored.get(&client_id) {
-            Some(json) => Some(
-                serde_json::from_str::<ClientState>(json)
-                    .map_err(|source| travelmap_projections::Error::View { client_id, source })?,
-            ),
-            None => None,
-        };
-        let map = view.as_ref().map(|state| state.travel_map(now));
-        let access = match (&view, &map) {
+        let map = projected.view.as_ref().map(|state| state.travel_map(now));
+        let access = match (projected.current(), &map) {
             // The usual case: the view has folded every recorded event.
-            (Some(state), Some(map)) if state.version >= recorded => state.access_with(map, now),
+            (Some(state), Some(map)) => state.access_with(map, now),
             // The projection is behind for this client: access is decided on its whole history.
-            _ => ClientState::from_history(client_id, self.log.read_stream(client_id, None).await?)
-                .access(now),
+            _ => self.history_state(client_id).await?.access(now),
         };
         Ok(Consultation {
             access: Some(access),
@@ -567,34 +574,44 @@ impl Journeys {
         &self,
         clients: Vec<ClientId>,
     ) -> Result<HashMap<ClientId, ClientState>> {
-        let (stored, recorded) = tokio::try_join!(
-            self.views.load(clients.clone()),
-            self.log.stream_versions(clients.clone()),
-        )?;
         let mut states = HashMap::with_capacity(clients.len());
-        for client_id in clients {
-            let Some(&recorded) = recorded.get(&client_id) else {
-                continue;
-            };
-            let current = match stored.get(&client_id) {
-                Some(json) => {
-                    let state: ClientState = serde_json::from_str(json).map_err(|source| {
-                        travelmap_projections::Error::View { client_id, source }
-                    })?;
-                    (state.version >= recorded).then_some(state)
-                }
-                None => None,
-            };
-            let state = match current {
+        for (client_id, projected) in self.projected(clients).await? {
+            let state = match projected.into_current() {
                 Some(state) => state,
-                None => ClientState::from_history(
-                    client_id,
-                    self.log.read_stream(client_id, None).await?,
-                ),
+                None => self.history_state(client_id).await?,
             };
             states.insert(client_id, state);
         }
         Ok(states)
+    }
+
+    /// The clients' stored views (parsed) beside their streams' versions, read together. Clients
+    /// never recorded are left out.
+    async fn projected(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, Projected>> {
+        let (mut stored, recorded) = tokio::try_join!(
+            self.views.load(clients.clone()),
+            self.log.stream_versions(clients),
+        )?;
+        recorded
+            .into_iter()
+            .map(|(client_id, recorded)| {
+                let view = match stored.remove(&client_id) {
+                    Some(json) => Some(serde_json::from_str(&json).map_err(|source| {
+                        travelmap_projections::Error::View { client_id, source }
+                    })?),
+                    None => None,
+                };
+                Ok((client_id, Projected { view, recorded }))
+            })
+            .collect()
+    }
+
+    /// The client's state folded from its whole history, for when its view is behind.
+    async fn history_state(&self, client_id: ClientId) -> Result<ClientState> {
+        Ok(ClientState::from_history(
+            client_id,
+            self.log.read_stream(client_id, None).await?,
+        ))
     }
 
     /// Waits until the projection has folded `position`.
