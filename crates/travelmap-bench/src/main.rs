@@ -327,12 +327,7 @@ const TARGET_LAG_P99_MS: f64 = 100.0;
 
 async fn measure_live(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<LiveFigures> {
     let work_dir = args.work_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let lag_events: Vec<EventRef> = workload
-        .order
-        .iter()
-        .take((args.lag_rate * args.lag_seconds as f64) as usize)
-        .copied()
-        .collect();
+    let lag_events = workload.first((args.lag_rate * args.lag_seconds as f64) as usize);
     progress(format_args!(
         "embedded: projection lag at {} events/s for {} s",
         args.lag_rate, args.lag_seconds
@@ -343,12 +338,7 @@ async fn measure_live(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<L
     server.stop().await?;
     drop(dir);
 
-    let fan_out_events: Vec<EventRef> = workload
-        .order
-        .iter()
-        .take((args.fan_out_rate * args.fan_out_seconds as f64) as usize)
-        .copied()
-        .collect();
+    let fan_out_events = workload.first((args.fan_out_rate * args.fan_out_seconds as f64) as usize);
     progress(format_args!(
         "embedded: {} subscribers following {} events/s for {} s",
         args.subscribers, args.fan_out_rate, args.fan_out_seconds

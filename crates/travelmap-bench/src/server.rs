@@ -140,15 +140,17 @@ impl Api {
         Ok(answer)
     }
 
-    /// GETs `path` (stating purpose `case_management`); anything but `200 OK` is an error.
-    pub async fn get(&self, path: &str) -> anyhow::Result<impl AsRef<[u8]> + use<>> {
-        let response = self
-            .http
+    /// A GET of `path` with the benchmark's key, stating purpose `case_management`.
+    fn reading(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http
             .get(format!("{}{path}", self.base))
             .header(AUTHORIZATION, self.auth.clone())
             .header("x-purpose", "case_management")
-            .send()
-            .await?;
+    }
+
+    /// GETs `path` (stating purpose `case_management`); anything but `200 OK` is an error.
+    pub async fn get(&self, path: &str) -> anyhow::Result<impl AsRef<[u8]> + use<>> {
+        let response = self.reading(path).send().await?;
         let status = response.status();
         let body = response.bytes().await?;
         if status != StatusCode::OK {
@@ -162,13 +164,7 @@ impl Api {
 
     /// Opens a server-sent event stream at `path`.
     pub async fn stream(&self, path: &str) -> anyhow::Result<reqwest::Response> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .header(AUTHORIZATION, self.auth.clone())
-            .header("x-purpose", "case_management")
-            .send()
-            .await?;
+        let response = self.reading(path).send().await?;
         if response.status() != StatusCode::OK {
             bail!("GET {path} answered {}", response.status());
         }

@@ -88,6 +88,11 @@ impl Workload {
         &self.clients[event.client as usize].events[event.index as usize]
     }
 
+    /// The first `count` events in posting order (journeys cut wherever the count ends).
+    pub fn first(&self, count: usize) -> Vec<EventRef> {
+        self.order.iter().take(count).copied().collect()
+    }
+
     /// The complete journeys of the first clients (in order of their first event) holding at most
     /// `limit` events, in posting order: a subset that is still a set of whole, valid journeys.
     pub fn first_journeys(&self, limit: usize) -> Vec<EventRef> {

@@ -68,6 +68,34 @@ impl ViewStore for FlakyViews {
     }
 }
 
+fn provenance() -> Provenance {
+    Provenance {
+        agency: "probation-opava".into(),
+        credential: "test".into(),
+    }
+}
+
+/// One `contact.made` appended to `client`'s stream at `expected_version`.
+fn contact(client: ClientId, expected_version: u64) -> StreamAppend {
+    let draft = EventDraft {
+        id: EventId(Uuid::new_v4()),
+        client_id: client,
+        occurred_at: "2026-01-01T09:00:00Z".parse().unwrap(),
+        actor: None,
+        event: JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap(),
+    };
+    let digest = content_digest(&draft, &provenance().agency);
+    StreamAppend {
+        client_id: client,
+        expected_version,
+        events: vec![NewEvent {
+            draft,
+            digest,
+            sealed: None,
+        }],
+    }
+}
+
 #[tokio::test]
 async fn a_failed_save_is_retried_from_the_stored_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,30 +107,9 @@ async fn a_failed_save_is_retried_from_the_stored_checkpoint() {
     let projector = Projector::new(store.log.clone(), views.clone(), None)
         .await
         .unwrap();
-    let provenance = Provenance {
-        agency: "probation-opava".into(),
-        credential: "test".into(),
-    };
+    let provenance = provenance();
     let client = ClientId(Uuid::new_v4());
-    let append = |version: u64| {
-        let draft = EventDraft {
-            id: EventId(Uuid::new_v4()),
-            client_id: client,
-            occurred_at: "2026-01-01T09:00:00Z".parse().unwrap(),
-            actor: None,
-            event: JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap(),
-        };
-        let digest = content_digest(&draft, &provenance.agency);
-        StreamAppend {
-            client_id: client,
-            expected_version: version,
-            events: vec![NewEvent {
-                draft,
-                digest,
-                sealed: None,
-            }],
-        }
-    };
+    let append = |version: u64| contact(client, version);
 
     store
         .log
@@ -143,34 +150,9 @@ async fn a_change_set_hands_over_the_saved_states_once() {
         .await
         .unwrap();
     let mut changes = projector.changes();
-    let provenance = Provenance {
-        agency: "probation-opava".into(),
-        credential: "test".into(),
-    };
     let clients = [ClientId(Uuid::new_v4()), ClientId(Uuid::new_v4())];
-    let appends = clients
-        .iter()
-        .map(|&client| {
-            let draft = EventDraft {
-                id: EventId(Uuid::new_v4()),
-                client_id: client,
-                occurred_at: "2026-01-01T09:00:00Z".parse().unwrap(),
-                actor: None,
-                event: JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap(),
-            };
-            let digest = content_digest(&draft, &provenance.agency);
-            StreamAppend {
-                client_id: client,
-                expected_version: 0,
-                events: vec![NewEvent {
-                    draft,
-                    digest,
-                    sealed: None,
-                }],
-            }
-        })
-        .collect();
-    store.log.append(&provenance, appends).await.unwrap();
+    let appends = clients.iter().map(|&client| contact(client, 0)).collect();
+    store.log.append(&provenance(), appends).await.unwrap();
     projector.catch_up().await.unwrap();
 
     let set = changes.try_recv().expect("the save announced its changes");

@@ -35,6 +35,18 @@ fn submission(
     }
 }
 
+/// A fresh embedded store (kept alive by its directory) and the use cases over it.
+async fn embedded() -> (tempfile::TempDir, SqliteStore, Arc<Journeys>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let journeys = Arc::new(
+        Journeys::new(store.log.clone(), store.views.clone(), None)
+            .await
+            .unwrap(),
+    );
+    (dir, store, journeys)
+}
+
 fn provenance() -> Provenance {
     Provenance {
         agency: "prison-opava".into(),
@@ -44,13 +56,7 @@ fn provenance() -> Provenance {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_stops_reading_catches_up_from_the_log_without_loss() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
-    let journeys = Arc::new(
-        Journeys::new(store.log.clone(), store.views.clone(), None)
-            .await
-            .unwrap(),
-    );
+    let (_dir, _store, journeys) = embedded().await;
     let hub = Arc::new(FeedHub::new(journeys.clone()));
     let (stop, stopped) = watch::channel(false);
     let running = tokio::spawn(hub.clone().run(stopped));
@@ -99,13 +105,7 @@ async fn a_subscriber_that_stops_reading_catches_up_from_the_log_without_loss() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_raises_a_due_alert_when_the_clock_reaches_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
-    let journeys = Arc::new(
-        Journeys::new(store.log.clone(), store.views.clone(), None)
-            .await
-            .unwrap(),
-    );
+    let (_dir, _store, journeys) = embedded().await;
     // Whole milliseconds: the store keeps times to the microsecond.
     let start = (Utc::now() - chrono::Duration::days(3)).trunc_subsecs(3);
     let clock = Arc::new(ManualClock::new(start));
