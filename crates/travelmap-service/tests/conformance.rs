@@ -401,6 +401,62 @@ async fn the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views(plac
     store.close().await;
 }
 
+/// The identifier index follows each client's identifiers as they change, whichever order the
+/// views are saved in: added ones are found, retracted ones no longer are, and the others stay.
+async fn identifier_lookups_follow_additions_and_retractions(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
+    let (client, other) = (client(), client());
+    let lookup = |kind: &'static str, value: &'static str| {
+        let journeys = &journeys;
+        async move { journeys.find_by_identifier(kind, value).await.unwrap() }
+    };
+    let added = draft(
+        client,
+        "identifier.added",
+        json!({"identifier": {"type": "probation_case", "value": "PC-41"}}),
+    );
+    let added_id = added.id;
+    let mut first = journey(client, 41);
+    first.push(Submission {
+        draft: added,
+        expected_version: None,
+    });
+    first.extend(journey(other, 42));
+    journeys.record(&provenance(), &first).await.unwrap();
+    journeys.projector().catch_up().await.unwrap();
+    assert_eq!(lookup("prison_number", "OP-41").await, [client]);
+    assert_eq!(lookup("probation_case", "PC-41").await, [client]);
+    assert_eq!(lookup("prison_number", "OP-42").await, [other]);
+
+    let retraction = draft(
+        client,
+        "event.retracted",
+        json!({"event_id": added_id.0, "reason": "another client's case"}),
+    );
+    let later = draft(
+        client,
+        "identifier.added",
+        json!({"identifier": {"type": "probation_case", "value": "PC-43"}}),
+    );
+    let second: Vec<Submission> = [retraction, later]
+        .into_iter()
+        .map(|draft| Submission {
+            draft,
+            expected_version: None,
+        })
+        .collect();
+    journeys.record(&provenance(), &second).await.unwrap();
+    journeys.projector().catch_up().await.unwrap();
+    assert!(lookup("probation_case", "PC-41").await.is_empty());
+    assert_eq!(lookup("probation_case", "PC-43").await, [client]);
+    assert_eq!(lookup("prison_number", "OP-41").await, [client]);
+    assert_eq!(lookup("prison_number", "OP-42").await, [other]);
+    store.close().await;
+}
+
 async fn a_reopened_store_has_every_acknowledged_event(place: &Place) {
     let a = client();
     let acknowledged = {
@@ -845,6 +901,7 @@ macro_rules! conformance {
 
 conformance!(Embedded:
     appends_get_versions_and_gap_free_positions,
+    identifier_lookups_follow_additions_and_retractions,
     a_retry_is_answered_with_the_original_receipt,
     a_reused_id_with_other_content_is_refused,
     a_stale_expected_version_is_refused,
@@ -860,6 +917,7 @@ conformance!(Embedded:
 
 conformance!(Postgres:
     appends_get_versions_and_gap_free_positions,
+    identifier_lookups_follow_additions_and_retractions,
     a_retry_is_answered_with_the_original_receipt,
     a_reused_id_with_other_content_is_refused,
     a_stale_expected_version_is_refused,

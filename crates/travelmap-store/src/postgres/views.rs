@@ -74,48 +74,55 @@ impl PgViewStore {
         let mut transaction = self.pool.begin().await?;
         // Views and their checkpoint commit together and can always be rebuilt from the log, so
         // a crash that loses the last few view commits only makes the projector redo them from
-        // the older checkpoint. Not waiting for the WAL flush keeps view writes from competing
-        // with appends (whose commits stay synchronous) for fsyncs.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *transaction)
-            .await?;
-        if !views.is_empty() {
-            let clients: Vec<Uuid> = views.iter().map(|view| view.client_id.0).collect();
-            let states: Vec<Vec<u8>> = views.iter().map(|view| pack(&view.state)).collect();
-            sqlx::query(
-                "INSERT INTO client_views (client_id, state)
-                 SELECT * FROM UNNEST($1::uuid[], $2::bytea[])
-                 ON CONFLICT (client_id) DO UPDATE SET state = excluded.state",
-            )
-            .bind(&clients)
-            .bind(&states)
-            .execute(&mut *transaction)
-            .await?;
-            sqlx::query("DELETE FROM client_identifiers WHERE client_id = ANY($1)")
-                .bind(&clients)
-                .execute(&mut *transaction)
-                .await?;
-            let (mut kinds, mut values, mut owners) = (Vec::new(), Vec::new(), Vec::new());
-            for view in &views {
-                for (kind, value) in &view.identifiers {
-                    kinds.push(kind.as_str());
-                    values.push(value.as_str());
-                    owners.push(view.client_id.0);
-                }
-            }
-            if !kinds.is_empty() {
-                sqlx::query(
-                    "INSERT INTO client_identifiers (kind, value, client_id)
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[])
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&kinds)
-                .bind(&values)
-                .bind(&owners)
-                .execute(&mut *transaction)
-                .await?;
+        // the older checkpoint. Not waiting for the WAL flush (`synchronous_commit` off for this
+        // transaction, set in the same statement) keeps view writes from competing with appends
+        // (whose commits stay synchronous) for fsyncs.
+        //
+        // A client's identifiers rarely change while its view is saved again and again, so only
+        // the difference is written: rewriting them all left a dead row and index entries per
+        // identifier per save.
+        let clients: Vec<Uuid> = views.iter().map(|view| view.client_id.0).collect();
+        let states: Vec<Vec<u8>> = views.iter().map(|view| pack(&view.state)).collect();
+        let (mut kinds, mut values, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+        for view in &views {
+            for (kind, value) in &view.identifiers {
+                kinds.push(kind.as_str());
+                values.push(value.as_str());
+                owners.push(view.client_id.0);
             }
         }
+        sqlx::query(
+            "WITH asynchronous AS (SELECT set_config('synchronous_commit', 'off', true)),
+             saved AS (
+                 INSERT INTO client_views (client_id, state)
+                 SELECT * FROM UNNEST($1::uuid[], $2::bytea[])
+                 ON CONFLICT (client_id) DO UPDATE SET state = excluded.state
+             ),
+             wanted AS (
+                 SELECT * FROM UNNEST($3::text[], $4::text[], $5::uuid[])
+                     AS wanted (kind, value, client_id)
+             ),
+             dropped AS (
+                 DELETE FROM client_identifiers held
+                 WHERE held.client_id = ANY($1)
+                   AND NOT EXISTS (SELECT 1 FROM wanted
+                                   WHERE wanted.kind = held.kind AND wanted.value = held.value
+                                     AND wanted.client_id = held.client_id)
+             ),
+             added AS (
+                 INSERT INTO client_identifiers (kind, value, client_id)
+                 SELECT * FROM wanted
+                 ON CONFLICT DO NOTHING
+             )
+             SELECT COUNT(*) FROM asynchronous",
+        )
+        .bind(&clients)
+        .bind(&states)
+        .bind(&kinds)
+        .bind(&values)
+        .bind(&owners)
+        .execute(&mut *transaction)
+        .await?;
         // Last, so that concurrent saves (the projector pipelines them) hold the checkpoint row
         // only briefly. GREATEST because pipelined saves may commit out of order.
         let moved = sqlx::query(
