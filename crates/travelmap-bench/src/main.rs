@@ -111,6 +111,10 @@ struct Args {
     /// Measure only projection lag and server-sent event fan-out, and print that table.
     #[arg(long)]
     live_only: bool,
+    /// Measure only PostgreSQL's single-event ingest at concurrency 32 and the baseline's, and
+    /// print their ratio (for quick comparisons while working on it).
+    #[arg(long)]
+    postgres_ingest_only: bool,
     /// Events per second posted while measuring projection lag.
     #[arg(long, default_value_t = 2000.0)]
     lag_rate: f64,
@@ -257,6 +261,9 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", live.markdown(&args));
         return Ok(());
     }
+    if args.postgres_ingest_only {
+        return measure_postgres_ingest(&args, &workload).await;
+    }
     let serial_events = workload.first_journeys(args.serial_events);
     let serial_clients = serial_events
         .iter()
@@ -311,6 +318,35 @@ async fn main() -> anyhow::Result<()> {
     };
     print!("{}", report.markdown());
     print!("{}", live.markdown(&args));
+    Ok(())
+}
+
+/// PostgreSQL's single-event ingest at concurrency [`WRITERS`] beside the baseline's, printed.
+async fn measure_postgres_ingest(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<()> {
+    let backend = Backend::Postgres(args.postgres.clone());
+    progress(format_args!(
+        "PostgreSQL: single-event ingest at concurrency {WRITERS}: {} events",
+        workload.len()
+    ));
+    let place = backend.fresh().await?;
+    let server = Server::start(&place.location()).await?;
+    let ingest = post_events(&server.api, workload, &workload.order, WRITERS).await?;
+    server.stop().await?;
+    place.remove().await?;
+    progress(format_args!(
+        "baseline: cqrs-es + postgres-es at concurrency {WRITERS}: {} events",
+        args.baseline_events.min(workload.len())
+    ));
+    let baseline = baseline::run(&args.postgres, workload, WRITERS, args.baseline_events).await?;
+    println!(
+        "PostgreSQL {:.0} events/s, baseline {:.0} events/s: {:.2}x (latency p50 {} p99 {}, catch-up {:.1} s)",
+        ingest.per_second(),
+        baseline.per_second(),
+        ingest.per_second() / baseline.per_second(),
+        ms(ingest.latency.value_at_quantile(0.5)),
+        ms(ingest.latency.value_at_quantile(0.99)),
+        ingest.catch_up.as_secs_f64()
+    );
     Ok(())
 }
 

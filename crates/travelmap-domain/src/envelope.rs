@@ -85,6 +85,10 @@ pub struct Sealed {
     pub ciphertext: Vec<u8>,
     /// The stored `data` without the personal fields, from which the event is joined again.
     pub public: String,
+    /// The data key that sealed them. A store shared by several processes checks, in the
+    /// transaction that stores the event, that this key is still in force: sealing under a key
+    /// destroyed meanwhile would make the new fields unreadable from the start.
+    pub key_id: uuid::Uuid,
 }
 
 /// The fingerprint of what a sender said, used to tell a retry (same id, same content) from a

@@ -284,6 +284,9 @@ impl Journeys {
                 Err(Error::Refused { .. } | Error::VersionConflict { .. }) if !look_up => {
                     look_up = true;
                 }
+                // Another process destroyed a key this one had cached for sealing; nothing was
+                // stored, and the next attempt seals under the key in force.
+                Err(Error::Store(travelmap_store::Error::KeyWithdrawn(_))) => {}
                 Err(Error::Store(
                     travelmap_store::Error::StreamConflict { .. }
                     | travelmap_store::Error::DuplicateEvent(_),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{Value, json};
+use travelmap_domain::personal::Category;
 use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
 use travelmap_service::{Error, Journeys, Submission};
 use travelmap_store::postgres::{ScratchDatabase, server_from_env};
@@ -768,6 +769,59 @@ async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
 
 /// A key store that lost keys (or is not the one of this log) must fail reads, not pass the
 /// client's data off as erased.
+/// Two processes on one store: one keeps a client's key for sealing while the other destroys it
+/// (as retention does for a category). What the first records next must be sealed under a key
+/// in force, so that it can be read, while what was sealed under the destroyed key stays erased.
+/// (Only PostgreSQL is shared by processes; the embedded store belongs to one.)
+async fn a_key_destroyed_by_another_process_is_not_sealed_under(place: &Place) {
+    let (first, second) = (place.open().await, place.open().await);
+    let recorder = Journeys::new(first.log(), first.views(), Some(keyring(&first).await))
+        .await
+        .unwrap();
+    let other_keyring = keyring(&second).await;
+    let reader = Journeys::new(second.log(), second.views(), Some(other_keyring.clone()))
+        .await
+        .unwrap();
+    let client = client();
+    let registered = Submission {
+        draft: draft(
+            client,
+            "client.registered",
+            json!({"identifiers": [{"type": "prison_number", "value": "OP-3131"}],
+                   "personal": {"given_name": "Radek", "family_name": "Kolar"}}),
+        ),
+        expected_version: None,
+    };
+    recorder.record(&provenance(), &[registered]).await.unwrap();
+    let destroyed = other_keyring
+        .destroy(client, Some(vec![Category::Identity]))
+        .await
+        .unwrap();
+    assert_eq!(destroyed, 1);
+
+    let added = Submission {
+        draft: draft(
+            client,
+            "identifier.added",
+            json!({"identifier": {"type": "probation_case", "value": "PC-3131"}}),
+        ),
+        expected_version: None,
+    };
+    let outcome = recorder.record(&provenance(), &[added]).await.unwrap();
+    assert!(outcome[0].created);
+
+    let history = reader.history(client, None).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert!(history[0].personal.is_erased(), "the destroyed key's data");
+    assert!(!history[1].personal.is_erased(), "sealed under a new key");
+    assert_eq!(
+        history[1].draft.event.data()["identifier"]["value"],
+        "PC-3131"
+    );
+    first.close().await;
+    second.close().await;
+}
+
 async fn a_missing_key_is_an_error_not_an_erasure(place: &Place) {
     let store = place.open().await;
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
@@ -929,4 +983,5 @@ conformance!(Postgres:
     erasure_leaves_no_plaintext_and_keeps_the_facts,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
+    a_key_destroyed_by_another_process_is_not_sealed_under,
 );

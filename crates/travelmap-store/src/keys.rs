@@ -227,11 +227,14 @@ pub struct Keyring {
     store: Arc<dyn KeyStore>,
     masters: MasterKeys,
     lookup: Zeroizing<[u8; 32]>,
-    /// Unwrapped keys for sealing, kept only where this process is the key store's only user
-    /// (the embedded store): its own erasures drop them, and nobody else's can happen. With
-    /// several processes a key destroyed elsewhere could still be used to seal here, so there is
-    /// none. Opening never uses it: whether a key still exists is always asked of the store.
-    sealing_cache: Option<KeyCache>,
+    /// Unwrapped keys for sealing (and for keying digests), by client and category. This
+    /// process's own erasures drop them. A key destroyed by another process sharing the store
+    /// may still be here: the log then refuses the append with [`Error::KeyWithdrawn`] (it
+    /// checks, in the transaction that stores the events, that each sealing key is still in
+    /// force), the sealed log forgets the client's keys, and the caller seals again under the
+    /// key now in force. Opening never uses this cache: whether a key still exists is always
+    /// asked of the store.
+    sealing_cache: KeyCache,
     /// Unwrapped keys by key id, for opening and sealing (see [`Keyring::unwrapped`]).
     unwrapped: std::sync::Mutex<HashMap<Uuid, Arc<DataKey>>>,
     /// Each client's live keys, where this process is the store's only user (see
@@ -295,12 +298,11 @@ impl Keyring {
         };
         let lookup = unwrap(&masters, &master_id, LOOKUP_KEY.as_bytes(), &wrapped)?;
         let exclusive = store.exclusive();
-        let sealing_cache = exclusive.then(|| std::sync::Mutex::new(HashMap::new()));
         Ok(Self {
             store,
             masters,
             lookup,
-            sealing_cache,
+            sealing_cache: std::sync::Mutex::new(HashMap::new()),
             unwrapped: std::sync::Mutex::new(HashMap::new()),
             live: exclusive.then(|| std::sync::Mutex::new(LiveCache::default())),
         })
@@ -373,8 +375,8 @@ impl Keyring {
         &self,
         wanted: &[(ClientId, Category)],
     ) -> Result<HashMap<(ClientId, Category), Arc<DataKey>>> {
-        if let Some(cache) = &self.sealing_cache {
-            let cache = cache.lock().expect("key cache lock");
+        {
+            let cache = self.sealing_cache.lock().expect("key cache lock");
             let cached: HashMap<(ClientId, Category), Arc<DataKey>> = wanted
                 .iter()
                 .filter_map(|slot| Some((*slot, cache.get(slot)?.clone())))
@@ -422,11 +424,9 @@ impl Keyring {
             .into_iter()
             .map(|(slot, stored)| Ok((slot, self.unwrapped(&stored)?)))
             .collect::<Result<_>>()?;
-        if let Some(cache) = &self.sealing_cache {
-            let mut cache = cache.lock().expect("key cache lock");
-            make_room(&mut cache, keys.len(), SEALING_CACHE_KEYS);
-            cache.extend(keys.iter().map(|(slot, key)| (*slot, key.clone())));
-        }
+        let mut cache = self.sealing_cache.lock().expect("key cache lock");
+        make_room(&mut cache, keys.len(), SEALING_CACHE_KEYS);
+        cache.extend(keys.iter().map(|(slot, key)| (*slot, key.clone())));
         Ok(keys)
     }
 
@@ -522,6 +522,15 @@ impl Keyring {
         Ok(())
     }
 
+    /// Forgets the sealing keys of clients for which the log refused a key as withdrawn, so that
+    /// the next append asks the store for the keys in force.
+    pub(crate) fn forget_sealing_keys(&self, clients: &[ClientId]) {
+        self.sealing_cache
+            .lock()
+            .expect("key cache lock")
+            .retain(|(owner, _), _| !clients.contains(owner));
+    }
+
     /// Forgets what [`Self::live_keys`] knows of a client whose keys change.
     fn forget_live(&self, client: ClientId) {
         if let Some(known) = &self.live {
@@ -561,11 +570,12 @@ impl Keyring {
     }
 
     /// Seals the personal fields of events about to be appended. `jobs` lists, per event, its
-    /// client, id, category and split; the answer is the sealed value of each, in order.
+    /// client, id, category and split; the answer is the sealed value of each, in order, with
+    /// the id of the key that sealed it.
     pub(crate) async fn seal(
         &self,
         jobs: Vec<(ClientId, EventId, Category, personal::Split)>,
-    ) -> Result<Vec<Vec<u8>>> {
+    ) -> Result<Vec<(Vec<u8>, Uuid)>> {
         let wanted: Vec<(ClientId, Category)> = jobs
             .iter()
             .map(|(client, _, category, _)| (*client, *category))
@@ -577,12 +587,9 @@ impl Keyring {
                 let fields = split.fields();
                 let plaintext =
                     Zeroizing::new(serde_json::Value::Object(split.personal).to_string());
-                Ok(seal_value(
-                    key,
-                    client,
-                    event_id,
-                    &fields,
-                    plaintext.as_bytes(),
+                Ok((
+                    seal_value(key, client, event_id, &fields, plaintext.as_bytes()),
+                    key.key_id,
                 ))
             })
             .collect()
@@ -700,17 +707,15 @@ impl Keyring {
         client: ClientId,
         categories: Option<Vec<Category>>,
     ) -> Result<usize> {
-        if let Some(cache) = &self.sealing_cache {
-            cache
-                .lock()
-                .expect("key cache lock")
-                .retain(|(owner, category), _| {
-                    *owner != client
-                        || categories
-                            .as_ref()
-                            .is_some_and(|destroyed| !destroyed.contains(category))
-                });
-        }
+        self.sealing_cache
+            .lock()
+            .expect("key cache lock")
+            .retain(|(owner, category), _| {
+                *owner != client
+                    || categories
+                        .as_ref()
+                        .is_some_and(|destroyed| !destroyed.contains(category))
+            });
         self.forget_live(client);
         let destroyed = self.store.destroy(client, categories).await?;
         self.forget_live(client);
@@ -878,9 +883,10 @@ impl Header {
     }
 }
 
-/// The names of the fields a sealed value holds (readable without any key).
-pub(crate) fn sealed_fields(sealed: &[u8]) -> std::result::Result<Vec<String>, String> {
-    Header::parse(sealed).map(|header| header.fields)
+/// The key a sealed value was sealed under and the names of the fields it holds (both readable
+/// without any key).
+pub(crate) fn sealed_outline(sealed: &[u8]) -> std::result::Result<(Uuid, Vec<String>), String> {
+    Header::parse(sealed).map(|header| (header.key_id, header.fields))
 }
 
 fn seal_value(

@@ -93,6 +93,10 @@ pub enum Error {
         "the key for the personal fields of the event at position {position} is missing from the key store (is it the key store that belongs to this log?)"
     )]
     KeyMissing { position: u64 },
+    /// A key the append's personal fields were sealed under was destroyed (by another process)
+    /// before the append committed; nothing was stored. Sealing again takes the key now in force.
+    #[error("a data key of client {0} was destroyed while its events were being stored")]
+    KeyWithdrawn(ClientId),
     /// The client's personal data was erased; no new key is made for them.
     #[error("the personal data of client {0} has been erased")]
     ClientErased(ClientId),
@@ -348,7 +352,7 @@ pub(crate) fn decode_data(
             PersonalData::None,
         )),
         Some(ciphertext) => {
-            let fields = keys::sealed_fields(&ciphertext)
+            let (key_id, fields) = keys::sealed_outline(&ciphertext)
                 .map_err(|message| ValidationError::new("", message))?;
             // Until the keyring opens it, the event reads as its facts alone. Most types' personal
             // fields are optional, so the facts decode as they are; a type that requires one
@@ -363,6 +367,7 @@ pub(crate) fn decode_data(
                     fields,
                     ciphertext,
                     public: data,
+                    key_id,
                 }),
             ))
         }

@@ -14,7 +14,7 @@ use travelmap_domain::personal::{self, Category};
 use travelmap_domain::{ClientId, EventId, Provenance, RecordedEvent, Sealed};
 
 use crate::keys::Keyring;
-use crate::{EventLog, Existing, Outline, Receipt, Result, StreamAppend};
+use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend};
 
 pub struct SealedLog {
     inner: Arc<dyn EventLog>,
@@ -116,17 +116,25 @@ impl EventLog for SealedLog {
         }
         if !jobs.is_empty() {
             let sealed = self.keyring.seal(jobs).await?;
-            for ((stream_index, event_index, public, fields), ciphertext) in
+            for ((stream_index, event_index, public, fields), (ciphertext, key_id)) in
                 slots.into_iter().zip(sealed)
             {
                 streams[stream_index].events[event_index].sealed = Some(Sealed {
                     fields,
                     ciphertext,
                     public,
+                    key_id,
                 });
             }
         }
-        self.inner.append(provenance, streams).await
+        let clients: Vec<ClientId> = streams.iter().map(|stream| stream.client_id).collect();
+        let appended = self.inner.append(provenance, streams).await;
+        if let Err(Error::KeyWithdrawn(_)) = &appended {
+            // Another process destroyed a key cached here; the caller tries again, and the keys
+            // are then read from the store.
+            self.keyring.forget_sealing_keys(&clients);
+        }
+        appended
     }
 
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {

@@ -290,6 +290,8 @@ struct Rows {
     retracts: Vec<Option<Uuid>>,
     digest: Vec<Vec<u8>>,
     sealed: Vec<Option<Vec<u8>>>,
+    /// The data keys the sealed rows were sealed under (see [`sealing_keys`]).
+    keys: Vec<Uuid>,
 }
 
 /// What committing a group gives back: each job's receipts or refusal, and the last position
@@ -314,7 +316,10 @@ async fn commit_group(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> {
 /// the previous holder committed meanwhile. That can only hide a conflict, never invent one, and
 /// a hidden conflict still ends at a unique constraint (the event id, or the client's version),
 /// which fails the statement before anything is committed. Positions are not at risk: they come
-/// from the locked head row, which PostgreSQL re-reads after the wait.
+/// from the locked head row, which PostgreSQL re-reads after the wait. Sealing keys are locked
+/// (`FOR KEY SHARE`), which also re-reads them after any wait: a key whose destruction committed
+/// meanwhile is found missing, and a destruction still to come waits for this commit (see
+/// [`sealing_keys`]).
 async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupOutcome>> {
     let mut ids = HashSet::new();
     let mut clients = HashSet::new();
@@ -363,6 +368,10 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
              WHERE stream.expected <> COALESCE((
                  SELECT version FROM events WHERE client_id = stream.client_id
                  ORDER BY version DESC LIMIT 1), 0)
+             UNION ALL
+             SELECT 1 FROM UNNEST($19::uuid[]) AS used (key_id)
+             WHERE NOT EXISTS (SELECT 1 FROM data_keys WHERE data_keys.key_id = used.key_id
+                               FOR KEY SHARE)
          ),
          inserted AS (
              INSERT INTO events (position, event_id, client_id, version, event_type,
@@ -404,6 +413,7 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
     .bind(count)
     .bind(LOG_CHANNEL)
     .bind(rows.sealed)
+    .bind(rows.keys)
     .fetch_one(pool)
     .await;
     let (last, recorded_at, inserted) = match written {
@@ -465,11 +475,15 @@ async fn commit_job_by_job(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> 
     let recorded_at = now_micros().max(last_recorded_at);
 
     let (mut taken, mut versions) = current_state(&mut transaction, jobs).await?;
+    let in_force = sealing_keys(&mut transaction, jobs).await?;
     let mut rows = Rows::default();
     let mut next_position = last_position as u64 + 1;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
-        let accepted = accept(job, &taken, &versions, next_position, recorded_at);
+        let accepted = match withdrawn_key(job, &in_force) {
+            Some(client) => Err(Error::KeyWithdrawn(client)),
+            None => accept(job, &taken, &versions, next_position, recorded_at),
+        };
         if let Ok(receipts) = &accepted {
             for (receipt, new) in receipts
                 .iter()
@@ -491,6 +505,51 @@ async fn commit_job_by_job(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> 
     insert(&mut transaction, rows, recorded_at, last).await?;
     transaction.commit().await?;
     Ok((results, Some(last)))
+}
+
+/// Which of the keys the group's events were sealed under are still in force, locked until the
+/// group commits.
+///
+/// The keyring keeps keys for sealing, and another process may destroy one (erasure, retention)
+/// after it was read: an event sealed under it would be unreadable from the moment it is stored.
+/// Locking the key rows settles the order: a destruction that committed first leaves its key
+/// missing here, and the append is refused with [`Error::KeyWithdrawn`] so that it is sealed
+/// again under the key in force; a destruction that comes later waits for this commit and then
+/// erases these events' fields like every other event's.
+async fn sealing_keys(
+    transaction: &mut Transaction<'_, Postgres>,
+    jobs: &[Job],
+) -> Result<HashSet<Uuid>> {
+    let keys: Vec<Uuid> = jobs.iter().flat_map(keys_used).collect();
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let in_force: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT key_id FROM data_keys WHERE key_id = ANY($1) ORDER BY key_id FOR KEY SHARE",
+    )
+    .bind(&keys)
+    .fetch_all(&mut **transaction)
+    .await?;
+    Ok(in_force.into_iter().collect())
+}
+
+fn keys_used(job: &Job) -> impl Iterator<Item = Uuid> + '_ {
+    job.streams
+        .iter()
+        .flat_map(|stream| &stream.events)
+        .filter_map(|new| new.sealed.as_ref().map(|sealed| sealed.key_id))
+}
+
+/// The client of the first event in `job` sealed under a key no longer in force.
+fn withdrawn_key(job: &Job, in_force: &HashSet<Uuid>) -> Option<ClientId> {
+    job.streams.iter().find_map(|stream| {
+        stream
+            .events
+            .iter()
+            .filter_map(|new| new.sealed.as_ref())
+            .any(|sealed| !in_force.contains(&sealed.key_id))
+            .then_some(stream.client_id)
+    })
 }
 
 /// Which of the group's event ids are already taken, and the current version of each stream the
@@ -597,6 +656,7 @@ fn push_row(rows: &mut Rows, job: &Job, new: &crate::NewEvent, version: u64, pos
         Some(sealed) => {
             rows.data.push(sealed.public.clone());
             rows.sealed.push(Some(sealed.ciphertext.clone()));
+            rows.keys.push(sealed.key_id);
         }
         None => {
             rows.data.push(draft.event.data_json());
