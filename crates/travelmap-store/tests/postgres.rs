@@ -1,5 +1,6 @@
 //! What only the PostgreSQL store has to show: migrations that are versioned and idempotent, and
-//! the view lease that keeps two processes from writing views at once. The behaviour every
+//! the view lease that keeps two processes from writing views at once, and key creation shared by
+//! processes. The behaviour every
 //! backend shares is checked by the conformance suite
 //! (`crates/travelmap-service/tests/conformance.rs`).
 
@@ -7,6 +8,9 @@ use std::time::Duration;
 
 use sqlx::Connection;
 use travelmap_domain::ClientId;
+use travelmap_domain::personal::Category;
+use travelmap_store::KeyStore;
+use travelmap_store::keys::StoredKey;
 use travelmap_store::postgres::{MIGRATIONS, Migrations, PgStore, ScratchDatabase, migrate};
 use travelmap_store::{ClientView, Error, ViewStore, postgres::server_from_env};
 use uuid::Uuid;
@@ -117,6 +121,71 @@ async fn a_lost_lease_fences_the_old_writer_off() {
         .unwrap();
     assert_eq!(first.views.checkpoint().await.unwrap(), 7);
     admin.close().await.unwrap();
+    first.close().await;
+    second.close().await;
+    database.drop_database().await.unwrap();
+}
+
+fn stored_key(client: ClientId, category: Category) -> StoredKey {
+    StoredKey {
+        client_id: client,
+        category,
+        key_id: Uuid::new_v4(),
+        master_id: "test".into(),
+        wrapped: vec![7; 60],
+        created_at: chrono::Utc::now(),
+    }
+}
+
+/// Two processes making the same client's key at once agree on one key, the one that was stored
+/// first; and no key is made for an erased client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_making_one_key_at_once_agree_on_it() {
+    let database = scratch().await;
+    let first = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    let second = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let client = ClientId(Uuid::new_v4());
+        let (one, two) = (
+            vec![
+                stored_key(client, Category::DataProtection),
+                stored_key(client, Category::Identity),
+            ],
+            vec![stored_key(client, Category::Identity)],
+        );
+        let (one, two) = tokio::join!(first.keys.create(one), second.keys.create(two));
+        let (one, two) = (one.unwrap(), two.unwrap());
+        let stored = first.keys.keys(vec![client]).await.unwrap();
+        assert_eq!(stored.len(), 2);
+        let identity = stored
+            .iter()
+            .find(|key| key.category == Category::Identity)
+            .unwrap();
+        assert_eq!(one[1].key_id, identity.key_id);
+        assert_eq!(two[0].key_id, identity.key_id);
+        assert_eq!(one[0].category, Category::DataProtection);
+    }
+
+    let erased = ClientId(Uuid::new_v4());
+    first
+        .keys
+        .create(vec![stored_key(erased, Category::Identity)])
+        .await
+        .unwrap();
+    second.keys.destroy(erased, None).await.unwrap();
+    let refused = first
+        .keys
+        .create(vec![stored_key(erased, Category::Identity)])
+        .await;
+    assert!(
+        matches!(refused, Err(Error::ClientErased(client)) if client == erased),
+        "{refused:?}"
+    );
+    assert!(first.keys.keys(vec![erased]).await.unwrap().is_empty());
     first.close().await;
     second.close().await;
     database.drop_database().await.unwrap();

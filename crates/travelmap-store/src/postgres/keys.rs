@@ -59,29 +59,38 @@ impl KeyStore for PgKeyStore {
         let mut transaction = self.pool.begin().await?;
         // Creating takes each client's lock shared, erasing takes it exclusively, so that no key
         // is created for a client between its erasure being checked here and committed there.
-        let mut locked = clients.clone();
-        locked.sort_unstable();
-        locked.dedup();
-        for client in &locked {
-            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-                .bind(client_lock(*client))
-                .execute(&mut *transaction)
-                .await?;
-        }
-        let erased: Option<Uuid> = sqlx::query_scalar(
-            "SELECT client_id FROM erased_clients WHERE client_id = ANY($1) LIMIT 1",
-        )
-        .bind(&clients)
-        .fetch_optional(&mut *transaction)
-        .await?;
-        if let Some(client) = erased {
-            return Err(Error::ClientErased(ClientId(client)));
-        }
+        // The erasure check is a statement of its own, after the locks, so that it reads what
+        // an erasure that held the lock committed.
+        let mut locks: Vec<i64> = clients.iter().map(|client| client_lock(*client)).collect();
+        locks.sort_unstable();
+        locks.dedup();
         sqlx::query(
-            "INSERT INTO data_keys (client_id, category, key_id, master_id, wrapped, created_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bytea[],
-                                  $6::timestamptz[])
-             ON CONFLICT (client_id, category) DO NOTHING",
+            "SELECT pg_advisory_xact_lock_shared(lock) FROM UNNEST($1::bigint[]) AS lock
+             ORDER BY lock",
+        )
+        .bind(&locks)
+        .execute(&mut *transaction)
+        .await?;
+        // The commit need not wait for its flush: a key matters only once an event sealed under
+        // it is committed, and that commit is synchronous and comes later in the write-ahead
+        // log, so flushing it flushes the key too. A crash before then loses only keys that
+        // nothing uses. The erased client, if any, is returned instead of inserting anything.
+        let (erased, inserted): (Option<Uuid>, i64) = sqlx::query_as(
+            "WITH asynchronous AS (SELECT set_config('synchronous_commit', 'off', true)),
+             erased AS (
+                 SELECT client_id FROM erased_clients WHERE client_id = ANY($1) LIMIT 1
+             ),
+             inserted AS (
+                 INSERT INTO data_keys (client_id, category, key_id, master_id, wrapped,
+                                        created_at)
+                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[],
+                                      $5::bytea[], $6::timestamptz[])
+                 WHERE NOT EXISTS (SELECT 1 FROM erased)
+                 ON CONFLICT (client_id, category) DO NOTHING
+                 RETURNING 1
+             )
+             SELECT (SELECT client_id FROM erased),
+                    (SELECT COUNT(*) FROM inserted) + (SELECT COUNT(*) FROM asynchronous) * 0",
         )
         .bind(&clients)
         .bind(
@@ -101,8 +110,17 @@ impl KeyStore for PgKeyStore {
                 .collect::<Vec<_>>(),
         )
         .bind(keys.iter().map(|key| key.created_at).collect::<Vec<_>>())
-        .execute(&mut *transaction)
+        .fetch_one(&mut *transaction)
         .await?;
+        if let Some(client) = erased {
+            return Err(Error::ClientErased(ClientId(client)));
+        }
+        if inserted == keys.len() as i64 {
+            transaction.commit().await?;
+            return Ok(keys);
+        }
+        // Another process made some of these keys first: those are the ones in force. (Read in
+        // a statement of its own, which sees what committed while the insert waited for it.)
         let rows = sqlx::query(&format!(
             "SELECT {KEY_COLUMNS} FROM data_keys WHERE client_id = ANY($1)"
         ))
