@@ -236,10 +236,39 @@ fn decode(row: &PgRow) -> Result<RecordedEvent> {
     })
 }
 
+/// The log sizes at which the writer has PostgreSQL analyse the tables while the log is young:
+/// each time it doubles from 1,024 events to about a million. Beyond that, autovacuum's own
+/// schedule (every 10 % of growth) is close enough.
+const YOUNG_LOG_ANALYSES: std::ops::RangeInclusive<u32> = 10..=20;
+
+/// The first size in [`YOUNG_LOG_ANALYSES`] past `position`, if any.
+fn next_analysis(position: u64) -> Option<u64> {
+    YOUNG_LOG_ANALYSES
+        .map(|power| 1u64 << power)
+        .find(|&size| size > position)
+}
+
+/// Refreshes the planner's statistics of the tables that start empty and grow with the log.
+///
+/// Connections keep their prepared statements, and PostgreSQL settles on one generic plan per
+/// statement after a few executions, made from the statistics it has then. Autovacuum analyses
+/// a table at most once a minute, so a young log can grow a hundredfold under a plan made for a
+/// few hundred rows: the group append's duplicate check scanned the whole events table until
+/// then. Analysing invalidates those plans, and they are made again for the tables as they are.
+async fn analyse(pool: PgPool) {
+    let analysed = sqlx::raw_sql("ANALYZE events, client_views, client_identifiers, data_keys")
+        .execute(&pool)
+        .await;
+    if let Err(error) = analysed {
+        tracing::warn!(%error, "analysing the young log's tables failed");
+    }
+}
+
 /// The writer task: takes queued appends in groups and commits each group. One writer per
 /// process keeps each group as large as the requests waiting for it (a second writer was
 /// measured: it split the same requests into smaller groups that queued for the same lock).
 async fn write_groups(pool: PgPool, head: watch::Sender<u64>, mut queue: mpsc::Receiver<Job>) {
+    let mut analysis_at = next_analysis(*head.borrow());
     loop {
         let mut jobs = Vec::with_capacity(MAX_GROUP);
         if queue.recv_many(&mut jobs, MAX_GROUP).await == 0 {
@@ -252,6 +281,10 @@ async fn write_groups(pool: PgPool, head: watch::Sender<u64>, mut queue: mpsc::R
             Ok((results, last_position)) => {
                 if let Some(position) = last_position {
                     super::advance(&head, position);
+                    if analysis_at.is_some_and(|size| position >= size) {
+                        analysis_at = next_analysis(position);
+                        tokio::spawn(analyse(pool.clone()));
+                    }
                 }
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(result);
@@ -711,4 +744,18 @@ async fn insert(
     .execute(&mut **transaction)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_analysis;
+
+    #[test]
+    fn a_young_log_is_analysed_each_time_it_doubles_up_to_a_million_events() {
+        assert_eq!(next_analysis(0), Some(1024));
+        assert_eq!(next_analysis(1023), Some(1024));
+        assert_eq!(next_analysis(1024), Some(2048));
+        assert_eq!(next_analysis(600_000), Some(1 << 20));
+        assert_eq!(next_analysis(1 << 20), None);
+    }
 }

@@ -133,20 +133,14 @@ pub async fn migrate(url: &str) -> Result<i64> {
     Ok(version)
 }
 
-/// Settings for every connection.
-///
-/// - JIT compilation is off: our statements are short, and the planner's guess for the one-row
-///   `log_head` (never analysed) is large enough to trigger a JIT compile that costs far more
-///   than the statement itself.
-/// - Every execution is planned for the tables as they are (`force_custom_plan`). Connections
-///   live long and the log starts empty: left to itself, PostgreSQL settles on a generic plan
-///   after five executions, and a plan made while `events` held a few hundred rows scanned the
-///   whole table for each group's duplicate check until autovacuum next analysed it, so commits
-///   slowed as the log grew. Planning is a small, constant cost beside that.
+/// Settings for every connection. JIT compilation is off: our statements are short, and the
+/// planner's guess for the one-row `log_head` (never analysed) is large enough to trigger a JIT
+/// compile that costs far more than the statement itself. (Plans are kept; see
+/// `log::analyse` for how they keep up with a growing log.)
 fn connect_options(url: &str) -> Result<PgConnectOptions> {
     Ok(PgConnectOptions::from_str(url)?
         .application_name("travelmap")
-        .options([("jit", "off"), ("plan_cache_mode", "force_custom_plan")]))
+        .options([("jit", "off")]))
 }
 
 async fn heads(pool: &PgPool) -> Result<(u64, u64)> {
