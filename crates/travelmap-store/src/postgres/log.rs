@@ -250,11 +250,11 @@ fn next_analysis(position: u64) -> Option<u64> {
 
 /// Refreshes the planner's statistics of the tables that start empty and grow with the log.
 ///
-/// Connections keep their prepared statements, and PostgreSQL settles on one generic plan per
-/// statement after a few executions, made from the statistics it has then. Autovacuum analyses
-/// a table at most once a minute, so a young log can grow a hundredfold under a plan made for a
-/// few hundred rows: the group append's duplicate check scanned the whole events table until
-/// then. Analysing invalidates those plans, and they are made again for the tables as they are.
+/// Connections keep their prepared statements with one plan each, made from the statistics
+/// PostgreSQL has then. Autovacuum analyses a table at most once a minute, so a young log can
+/// grow a hundredfold under a plan made for a few hundred rows: the group append's duplicate
+/// check scanned the whole events table until then. Analysing invalidates those plans, and they
+/// are made again for the tables as they are.
 async fn analyse(pool: PgPool) {
     let analysed = sqlx::raw_sql("ANALYZE events, client_views, client_identifiers, data_keys")
         .execute(&pool)
