@@ -111,10 +111,10 @@ struct Args {
     /// Measure only projection lag and server-sent event fan-out, and print that table.
     #[arg(long)]
     live_only: bool,
-    /// Measure only PostgreSQL's single-event ingest at concurrency 32 and the baseline's, and
-    /// print their ratio (for quick comparisons while working on it).
+    /// Measure only PostgreSQL's single-event ingest at concurrency 32 against the baseline's,
+    /// and its rebuild of that log, and print them (for quick comparisons while working on it).
     #[arg(long)]
-    postgres_ingest_only: bool,
+    postgres_only: bool,
     /// Events per second posted while measuring projection lag.
     #[arg(long, default_value_t = 2000.0)]
     lag_rate: f64,
@@ -261,8 +261,8 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", live.markdown(&args));
         return Ok(());
     }
-    if args.postgres_ingest_only {
-        return measure_postgres_ingest(&args, &workload).await;
+    if args.postgres_only {
+        return measure_postgres_only(&args, &workload).await;
     }
     let serial_events = workload.first_journeys(args.serial_events);
     let serial_clients = serial_events
@@ -321,8 +321,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// PostgreSQL's single-event ingest at concurrency [`WRITERS`] beside the baseline's, printed.
-async fn measure_postgres_ingest(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<()> {
+/// PostgreSQL's single-event ingest at concurrency [`WRITERS`] beside the baseline's, and the
+/// rebuild of that log, printed.
+async fn measure_postgres_only(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<()> {
     let backend = Backend::Postgres(args.postgres.clone());
     progress(format_args!(
         "PostgreSQL: single-event ingest at concurrency {WRITERS}: {} events",
@@ -332,7 +333,15 @@ async fn measure_postgres_ingest(args: &Args, workload: &Arc<Workload>) -> anyho
     let server = Server::start(&place.location()).await?;
     let ingest = post_events(&server.api, workload, &workload.order, WRITERS).await?;
     server.stop().await?;
+    progress(format_args!("PostgreSQL: rebuilding from zero"));
+    let rebuilt = rebuild(&place.location()).await?;
     place.remove().await?;
+    println!(
+        "PostgreSQL rebuild: {:.0} events/s ({} events, {:.2} s)",
+        rebuilt.per_second(),
+        rebuilt.events,
+        rebuilt.elapsed.as_secs_f64()
+    );
     progress(format_args!(
         "baseline: cqrs-es + postgres-es at concurrency {WRITERS}: {} events",
         args.baseline_events.min(workload.len())
