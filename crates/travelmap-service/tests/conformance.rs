@@ -99,6 +99,14 @@ fn draft(client: ClientId, event_type: &str, data: Value) -> EventDraft {
     }
 }
 
+/// A submission of `draft` with no expected version.
+fn unversioned(draft: EventDraft) -> Submission {
+    Submission {
+        draft,
+        expected_version: None,
+    }
+}
+
 fn contact(client: ClientId) -> Submission {
     Submission {
         draft: draft(client, "contact.made", json!({"kind": "meeting"})),
@@ -421,10 +429,7 @@ async fn identifier_lookups_follow_additions_and_retractions(place: &Place) {
     );
     let added_id = added.id;
     let mut first = journey(client, 41);
-    first.push(Submission {
-        draft: added,
-        expected_version: None,
-    });
+    first.push(unversioned(added));
     first.extend(journey(other, 42));
     journeys.record(&provenance(), &first).await.unwrap();
     journeys.projector().catch_up().await.unwrap();
@@ -442,13 +447,7 @@ async fn identifier_lookups_follow_additions_and_retractions(place: &Place) {
         "identifier.added",
         json!({"identifier": {"type": "probation_case", "value": "PC-43"}}),
     );
-    let second: Vec<Submission> = [retraction, later]
-        .into_iter()
-        .map(|draft| Submission {
-            draft,
-            expected_version: None,
-        })
-        .collect();
+    let second = [unversioned(retraction), unversioned(later)];
     journeys.record(&provenance(), &second).await.unwrap();
     journeys.projector().catch_up().await.unwrap();
     assert!(lookup("probation_case", "PC-41").await.is_empty());
@@ -783,15 +782,12 @@ async fn a_key_destroyed_by_another_process_is_not_sealed_under(place: &Place) {
         .await
         .unwrap();
     let client = client();
-    let registered = Submission {
-        draft: draft(
-            client,
-            "client.registered",
-            json!({"identifiers": [{"type": "prison_number", "value": "OP-3131"}],
-                   "personal": {"given_name": "Radek", "family_name": "Kolar"}}),
-        ),
-        expected_version: None,
-    };
+    let registered = unversioned(draft(
+        client,
+        "client.registered",
+        json!({"identifiers": [{"type": "prison_number", "value": "OP-3131"}],
+               "personal": {"given_name": "Radek", "family_name": "Kolar"}}),
+    ));
     recorder.record(&provenance(), &[registered]).await.unwrap();
     let destroyed = other_keyring
         .destroy(client, Some(vec![Category::Identity]))
@@ -799,14 +795,11 @@ async fn a_key_destroyed_by_another_process_is_not_sealed_under(place: &Place) {
         .unwrap();
     assert_eq!(destroyed, 1);
 
-    let added = Submission {
-        draft: draft(
-            client,
-            "identifier.added",
-            json!({"identifier": {"type": "probation_case", "value": "PC-3131"}}),
-        ),
-        expected_version: None,
-    };
+    let added = unversioned(draft(
+        client,
+        "identifier.added",
+        json!({"identifier": {"type": "probation_case", "value": "PC-3131"}}),
+    ));
     let outcome = recorder.record(&provenance(), &[added]).await.unwrap();
     assert!(outcome[0].created);
 

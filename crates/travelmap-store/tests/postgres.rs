@@ -27,6 +27,17 @@ async fn scratch() -> ScratchDatabase {
         })
 }
 
+/// Two stores on one database, as two processes of the service would have.
+async fn two_processes(database: &ScratchDatabase) -> (PgStore, PgStore) {
+    let first = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    let second = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    (first, second)
+}
+
 fn view(client: ClientId) -> ClientView {
     ClientView {
         client_id: client,
@@ -67,12 +78,7 @@ async fn migrations_apply_once_and_are_required_before_use() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_lease_fences_the_old_writer_off() {
     let database = scratch().await;
-    let first = PgStore::connect(database.url(), Migrations::Apply)
-        .await
-        .unwrap();
-    let second = PgStore::connect(database.url(), Migrations::Apply)
-        .await
-        .unwrap();
+    let (first, second) = two_processes(&database).await;
     first.views.lead().await.unwrap();
     first
         .views
@@ -142,12 +148,7 @@ fn stored_key(client: ClientId, category: Category) -> StoredKey {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_making_one_key_at_once_agree_on_it() {
     let database = scratch().await;
-    let first = PgStore::connect(database.url(), Migrations::Apply)
-        .await
-        .unwrap();
-    let second = PgStore::connect(database.url(), Migrations::Apply)
-        .await
-        .unwrap();
+    let (first, second) = two_processes(&database).await;
     for _ in 0..20 {
         let client = ClientId(Uuid::new_v4());
         let (one, two) = (

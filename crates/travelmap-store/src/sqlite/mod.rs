@@ -90,12 +90,20 @@ fn configure(connection: &rusqlite::Connection) -> Result<()> {
 }
 
 /// Reads through a memory map instead of read() calls: after every commit, other connections
-/// must re-read changed pages, and mapping saves a copy and a system call per page. Mapped pages
-/// need no copies in SQLite's page cache, so each connection's cache is kept small (256 KiB
-/// rather than the default 2 MiB): with a dozen connections, the default caches filled as the
-/// database grew and were most of how the service's memory grew with it (docs/adr/0009).
+/// must re-read changed pages, and mapping saves a copy and a system call per page.
 fn mapped(connection: &rusqlite::Connection) -> Result<()> {
     connection.pragma_update(None, "mmap_size", 1i64 << 30)?;
+    Ok(())
+}
+
+/// Settings of the pooled read-only connections. Mapped pages need no copies in SQLite's page
+/// cache, so a reader's cache is kept small (256 KiB rather than the default 2 MiB): five pools
+/// keep up to eight idle readers each, and their default caches filled as the database grew and
+/// were most of how the service's memory grew with it (docs/adr/0009). Writers keep the default: a group
+/// commit dirties index pages all over the file, and a cache too small to hold them spills to
+/// the write-ahead log before the commit.
+fn reader(connection: &rusqlite::Connection) -> Result<()> {
+    mapped(connection)?;
     connection.pragma_update(None, "cache_size", -256i64)?;
     Ok(())
 }

@@ -39,7 +39,7 @@ impl ReadPool {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         connection.busy_timeout(std::time::Duration::from_secs(10))?;
-        super::mapped(&connection)?;
+        super::reader(&connection)?;
         Ok(connection)
     }
 
