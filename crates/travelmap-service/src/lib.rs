@@ -246,18 +246,20 @@ impl Journeys {
             }
             first_index.insert(id, index);
         }
-        let digests: Vec<[u8; 32]> = self
-            .log
-            .fingerprints(
-                submissions
-                    .iter()
-                    .map(|submission| {
-                        let digest = content_digest(&submission.draft, &provenance.agency);
-                        (&submission.draft, digest)
-                    })
-                    .collect(),
-            )
-            .await?;
+        let fingerprints = || async {
+            self.log
+                .fingerprints(
+                    submissions
+                        .iter()
+                        .map(|submission| {
+                            let digest = content_digest(&submission.draft, &provenance.agency);
+                            (&submission.draft, digest)
+                        })
+                        .collect(),
+                )
+                .await
+        };
+        let mut digests: Vec<[u8; 32]> = fingerprints().await?;
 
         // Take the turns of every client in the submission, in stripe order so that two batches
         // sharing clients cannot wait on each other.
@@ -284,9 +286,13 @@ impl Journeys {
                 Err(Error::Refused { .. } | Error::VersionConflict { .. }) if !look_up => {
                     look_up = true;
                 }
-                // Another process destroyed a key this one had cached for sealing; nothing was
-                // stored, and the next attempt seals under the key in force.
-                Err(Error::Store(travelmap_store::Error::KeyWithdrawn(_))) => {}
+                // A key this process had cached for sealing is gone (destroyed by another
+                // process, or lost with an unflushed commit in a database crash); nothing was
+                // stored. The next attempt seals under the key in force, and the digests are
+                // keyed again, since the key they were keyed with may be gone too.
+                Err(Error::Store(travelmap_store::Error::KeyWithdrawn(_))) => {
+                    digests = fingerprints().await?;
+                }
                 Err(Error::Store(
                     travelmap_store::Error::StreamConflict { .. }
                     | travelmap_store::Error::DuplicateEvent(_),

@@ -768,9 +768,10 @@ async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
 
 /// A key store that lost keys (or is not the one of this log) must fail reads, not pass the
 /// client's data off as erased.
-/// Two processes on one store: one keeps a client's key for sealing while the other destroys it
-/// (as retention does for a category). What the first records next must be sealed under a key
-/// in force, so that it can be read, while what was sealed under the destroyed key stays erased.
+/// Two processes on one store: one keeps a client's keys for sealing while the other destroys
+/// them. What the first records next must be sealed under a key in force, so that it can be
+/// read, and keyed so that a retry is recognised; what was sealed under the destroyed key stays
+/// erased.
 /// (Only PostgreSQL is shared by processes; the embedded store belongs to one.)
 async fn a_key_destroyed_by_another_process_is_not_sealed_under(place: &Place) {
     let (first, second) = (place.open().await, place.open().await);
@@ -789,19 +790,30 @@ async fn a_key_destroyed_by_another_process_is_not_sealed_under(place: &Place) {
                "personal": {"given_name": "Radek", "family_name": "Kolar"}}),
     ));
     recorder.record(&provenance(), &[registered]).await.unwrap();
+    // The data-protection key too, which keys the digests that recognise a retried event.
     let destroyed = other_keyring
-        .destroy(client, Some(vec![Category::Identity]))
+        .destroy(
+            client,
+            Some(vec![Category::Identity, Category::DataProtection]),
+        )
         .await
         .unwrap();
-    assert_eq!(destroyed, 1);
+    assert_eq!(destroyed, 2);
 
     let added = unversioned(draft(
         client,
         "identifier.added",
         json!({"identifier": {"type": "probation_case", "value": "PC-3131"}}),
     ));
-    let outcome = recorder.record(&provenance(), &[added]).await.unwrap();
+    let outcome = recorder
+        .record(&provenance(), std::slice::from_ref(&added))
+        .await
+        .unwrap();
     assert!(outcome[0].created);
+    // The sender's retry is recognised: the stored digest was keyed with the key now in force.
+    let retried = recorder.record(&provenance(), &[added]).await.unwrap();
+    assert!(!retried[0].created);
+    assert_eq!(retried[0].receipt, outcome[0].receipt);
 
     let history = reader.history(client, None).await.unwrap();
     assert_eq!(history.len(), 2);

@@ -73,8 +73,10 @@ impl KeyStore for PgKeyStore {
         .await?;
         // The commit need not wait for its flush: a key matters only once an event sealed under
         // it is committed, and that commit is synchronous and comes later in the write-ahead
-        // log, so flushing it flushes the key too. A crash before then loses only keys that
-        // nothing uses. The erased client, if any, is returned instead of inserting anything.
+        // log, so flushing it flushes the key too. A crash before then loses only keys no stored
+        // event uses (a process that still has one cached is refused at its next append, which
+        // locks the key's row). The erased client, if any, is returned instead of inserting
+        // anything.
         let (erased, inserted): (Option<Uuid>, i64) = sqlx::query_as(
             "WITH asynchronous AS (SELECT set_config('synchronous_commit', 'off', true)),
              erased AS (
@@ -146,6 +148,13 @@ impl KeyStore for PgKeyStore {
         let mut transaction = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(client_lock(client.0))
+            .execute(&mut *transaction)
+            .await?;
+        // The rows are locked in key order first, as appends lock the keys they sealed under
+        // (see the event log): locked in whatever order the deletes meet them, an erasure and an
+        // append sealing under two of the client's keys could each wait for the other.
+        sqlx::query("SELECT key_id FROM data_keys WHERE client_id = $1 ORDER BY key_id FOR UPDATE")
+            .bind(client.0)
             .execute(&mut *transaction)
             .await?;
         let names: Option<Vec<&str>> = categories.as_ref().map(|categories| {

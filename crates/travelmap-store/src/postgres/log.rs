@@ -446,7 +446,7 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
     .bind(count)
     .bind(LOG_CHANNEL)
     .bind(rows.sealed)
-    .bind(rows.keys)
+    .bind(in_lock_order(rows.keys))
     .fetch_one(pool)
     .await;
     let (last, recorded_at, inserted) = match written {
@@ -564,6 +564,15 @@ async fn sealing_keys(
     .fetch_all(&mut **transaction)
     .await?;
     Ok(in_force.into_iter().collect())
+}
+
+/// Key ids sorted and without repeats: rows are locked in key order everywhere (here, in
+/// [`sealing_keys`], and by the key store's destruction), so that an append and an erasure of the
+/// same client can never each hold a key the other waits for.
+fn in_lock_order(mut keys: Vec<Uuid>) -> Vec<Uuid> {
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 fn keys_used(job: &Job) -> impl Iterator<Item = Uuid> + '_ {
