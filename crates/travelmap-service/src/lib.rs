@@ -148,7 +148,7 @@ impl Projected {
     }
 
     fn into_current(self) -> Option<ClientState> {
-        self.current().is_some().then_some(self.view).flatten()
+        self.view.filter(|state| state.version >= self.recorded)
     }
 }
 

@@ -323,8 +323,6 @@ struct Rows {
     retracts: Vec<Option<Uuid>>,
     digest: Vec<Vec<u8>>,
     sealed: Vec<Option<Vec<u8>>>,
-    /// The data keys the sealed rows were sealed under (see [`sealing_keys`]).
-    keys: Vec<Uuid>,
 }
 
 /// What committing a group gives back: each job's receipts or refusal, and the last position
@@ -446,7 +444,7 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
     .bind(count)
     .bind(LOG_CHANNEL)
     .bind(rows.sealed)
-    .bind(in_lock_order(rows.keys))
+    .bind(in_lock_order(jobs.iter().flat_map(keys_used).collect()))
     .fetch_one(pool)
     .await;
     let (last, recorded_at, inserted) = match written {
@@ -698,7 +696,6 @@ fn push_row(rows: &mut Rows, job: &Job, new: &crate::NewEvent, version: u64, pos
         Some(sealed) => {
             rows.data.push(sealed.public.clone());
             rows.sealed.push(Some(sealed.ciphertext.clone()));
-            rows.keys.push(sealed.key_id);
         }
         None => {
             rows.data.push(draft.event.data_json());
