@@ -115,6 +115,11 @@ struct Args {
     /// and its rebuild of that log, and print them (for quick comparisons while working on it).
     #[arg(long)]
     postgres_only: bool,
+    /// Measure only rebuilds: load the workload once (in batches) on each backend (the embedded
+    /// store only, with `--embedded-only`), then rebuild it several times and print each rebuild
+    /// (for quick comparisons while working on it).
+    #[arg(long)]
+    rebuild_only: bool,
     /// Events per second posted while measuring projection lag.
     #[arg(long, default_value_t = 2000.0)]
     lag_rate: f64,
@@ -264,6 +269,9 @@ async fn main() -> anyhow::Result<()> {
     if args.postgres_only {
         return measure_postgres_only(&args, &workload).await;
     }
+    if args.rebuild_only {
+        return measure_rebuilds_only(&args, &workload).await;
+    }
     let serial_events = workload.first_journeys(args.serial_events);
     let serial_clients = serial_events
         .iter()
@@ -318,6 +326,52 @@ async fn main() -> anyhow::Result<()> {
     };
     print!("{}", report.markdown());
     print!("{}", live.markdown(&args));
+    Ok(())
+}
+
+/// Rebuilds repeated on one loaded log per backend, printed one by one.
+async fn measure_rebuilds_only(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<()> {
+    const REPEATS: usize = 5;
+    let mut backends = vec![Backend::Embedded(
+        args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+    )];
+    if !args.embedded_only {
+        backends.push(Backend::Postgres(args.postgres.clone()));
+    }
+    for backend in &backends {
+        let name = backend.name();
+        let place = backend.fresh().await?;
+        let server = Server::start(&place.location()).await?;
+        progress(format_args!(
+            "{name}: loading {} events in batches",
+            workload.len()
+        ));
+        post_batches(&server.api, workload, 1).await?;
+        server.stop().await?;
+        let mut rates = Vec::with_capacity(REPEATS);
+        for repeat in 1..=REPEATS {
+            let rebuilt = rebuild(&place.location()).await?;
+            ensure!(
+                rebuilt.events == workload.len() as u64,
+                "the rebuild folded {} events, the log holds {}",
+                rebuilt.events,
+                workload.len()
+            );
+            println!(
+                "{name} rebuild {repeat} of {REPEATS}: {:.0} events/s ({:.3} s)",
+                rebuilt.per_second(),
+                rebuilt.elapsed.as_secs_f64()
+            );
+            rates.push(rebuilt.per_second());
+        }
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "{name} rebuild: median {:.0}, best {:.0} events/s",
+            rates[REPEATS / 2],
+            rates[REPEATS - 1]
+        );
+        place.remove().await?;
+    }
     Ok(())
 }
 
