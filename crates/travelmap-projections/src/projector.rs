@@ -30,6 +30,9 @@ struct Pace {
     cache_clients: usize,
     /// How many pages to read ahead of the one being folded.
     read_ahead: usize,
+    /// States are saved in chunks of this many clients, so that serialising some chunks
+    /// overlaps writing others.
+    save_chunk: usize,
 }
 
 /// Following the live feed: small pages, a modest cache, saved as soon as the head is reached.
@@ -40,6 +43,7 @@ const LIVE: Pace = Pace {
     flush_after: 4_000,
     cache_clients: 2_048,
     read_ahead: 1,
+    save_chunk: 1_000,
 };
 /// A rebuild: large pages, saved rarely (a client touched by many pages is written once), a large
 /// cache that is dropped when the rebuild ends.
@@ -48,10 +52,14 @@ const REBUILD: Pace = Pace {
     flush_after: 250_000,
     cache_clients: 50_000,
     read_ahead: 2,
+    save_chunk: 1_000,
 };
-/// States are saved in chunks of this many clients, so that serialising one chunk overlaps
-/// writing the one before.
-const SAVE_CHUNK: usize = 1_000;
+/// How many chunks of a large save are serialised at once (on the blocking pool), ahead of the
+/// one being written. Serialising and compressing took longer than writing, on one thread.
+const SERIALISING_AHEAD: usize = 2;
+/// How many chunks of a large save are written at once. PostgreSQL writes them on separate
+/// connections; the embedded store's single writer takes them in turn.
+const SAVING_AT_ONCE: usize = 2;
 
 /// How far the projection has got: the position of the last event folded into stored views.
 pub type Progress = watch::Receiver<u64>;
@@ -111,6 +119,35 @@ struct Cache {
     /// Views holding erased data were overwritten since the last flush: the store must not keep
     /// old copies (see [`ViewStore::scrub`]).
     scrub: bool,
+    /// Every stored view is also in `states` (as after a rebuild's reset, until the first
+    /// eviction): a client missing from `states` has no view, and none is looked up.
+    holds_every_view: bool,
+    /// A rebuild's deletion of the old views, under way while the log is read and folded; it
+    /// must be done before anything is saved.
+    reset: Option<tokio::task::JoinHandle<travelmap_store::Result<()>>>,
+}
+
+impl Cache {
+    fn new(checkpoint: u64) -> Self {
+        Self {
+            states: HashMap::new(),
+            dirty: HashSet::new(),
+            checkpoint,
+            saved_checkpoint: checkpoint,
+            pending_events: 0,
+            scrub: false,
+            holds_every_view: false,
+            reset: None,
+        }
+    }
+
+    /// Waits for a rebuild's deletion of the old views, if one is under way.
+    async fn reset_done(&mut self) -> Result<()> {
+        if let Some(reset) = self.reset.take() {
+            joined(reset).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Keeps the client views (travel maps, identifier index) up to date with the log.
@@ -174,17 +211,28 @@ impl Projector {
 
     /// Deletes every view and folds the whole log again from position 0.
     pub async fn rebuild(&self) -> Result<RebuildReport> {
+        self.rebuild_at(REBUILD).await
+    }
+
+    async fn rebuild_at(&self, pace: Pace) -> Result<RebuildReport> {
         let started = Instant::now();
-        let mut cache = self.cache.lock().await;
-        *cache = None;
-        self.views.reset().await?;
+        let mut guard = self.cache.lock().await;
+        *guard = None;
+        self.views.lead().await?;
+        // The old views are deleted while the log is read and folded, which needs no view: every
+        // client starts from nothing, and the first save waits for the deletion.
+        let views = self.views.clone();
+        let mut cache = Cache::new(0);
+        cache.holds_every_view = true;
+        cache.reset = Some(tokio::spawn(async move { views.reset().await }));
+        *guard = Some(cache);
         self.progress.send_replace(0);
-        drop(cache);
         self.log.prepare_full_read().await?;
-        let events = self.fold_until_head(REBUILD).await?;
-        let clients = self.views.count().await?;
+        let events = self.fold_locked(&mut guard, pace).await?;
         // The rebuild's large cache is not needed for following the live feed.
-        *self.cache.lock().await = None;
+        *guard = None;
+        drop(guard);
+        let clients = self.views.count().await?;
         Ok(RebuildReport {
             events,
             clients,
@@ -258,24 +306,23 @@ impl Projector {
     /// more than `flush_after` events are pending, and at the end.
     async fn fold_until_head(&self, pace: Pace) -> Result<u64> {
         let mut guard = self.cache.lock().await;
+        self.fold_locked(&mut guard, pace).await
+    }
+
+    async fn fold_locked(&self, guard: &mut Option<Cache>, pace: Pace) -> Result<u64> {
         if guard.is_none() {
             // Starting from the stored checkpoint: make sure no other process writes views.
             self.views.lead().await?;
             let checkpoint = self.views.checkpoint().await?;
-            *guard = Some(Cache {
-                states: HashMap::new(),
-                dirty: HashSet::new(),
-                checkpoint,
-                saved_checkpoint: checkpoint,
-                pending_events: 0,
-                scrub: false,
-            });
+            *guard = Some(Cache::new(checkpoint));
         }
         let cache = guard.as_mut().expect("cache initialised above");
         let folded = self.fold_pages(cache, pace).await;
         if folded.is_err() {
             // The cache may now be ahead of what was saved; drop it so that the next attempt
-            // starts again from the stored checkpoint instead of skipping unsaved events.
+            // starts again from the stored checkpoint instead of skipping unsaved events. A
+            // deletion under way must end first, or that checkpoint could be read before it.
+            let _ = cache.reset_done().await;
             *guard = None;
         }
         folded
@@ -304,13 +351,17 @@ impl Projector {
                 break;
             };
             let events = page.await.map_err(|_| travelmap_store::Error::Closed)??;
-            let missing: Vec<ClientId> = events
-                .iter()
-                .map(|event| event.draft.client_id)
-                .filter(|client| !cache.states.contains_key(client))
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
+            let missing: Vec<ClientId> = if cache.holds_every_view {
+                Vec::new()
+            } else {
+                events
+                    .iter()
+                    .map(|event| event.draft.client_id)
+                    .filter(|client| !cache.states.contains_key(client))
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect()
+            };
             if !missing.is_empty() {
                 for (client_id, json) in self.views.load(missing).await? {
                     let state: ClientState = serde_json::from_str(&json)
@@ -369,44 +420,67 @@ impl Projector {
     }
 
     async fn flush(&self, cache: &mut Cache, pace: Pace) -> Result<()> {
+        cache.reset_done().await?;
         // In key order, so that the view table is written front to back rather than at random
         // places.
-        let mut dirty: Vec<&Arc<ClientState>> = cache
+        let mut dirty: Vec<Arc<ClientState>> = cache
             .dirty
             .iter()
-            .filter_map(|client_id| cache.states.get(client_id))
+            .filter_map(|client_id| cache.states.get(client_id).cloned())
             .collect();
         dirty.sort_unstable_by_key(|state| state.client_id);
 
         // A large flush (a rebuild, a long catch-up) is saved in chunks: while the store writes
-        // one chunk on its thread, the next is serialised here. Only the last chunk moves the
-        // checkpoint; the others save under the previous one, which is safe because each view
-        // remembers the last position folded into it, so refolding from the older checkpoint
-        // after a crash skips what a saved view already holds.
-        let chunks: Vec<&[&Arc<ClientState>]> = dirty.chunks(SAVE_CHUNK).collect();
-        let mut saving: Option<tokio::task::JoinHandle<travelmap_store::Result<()>>> = None;
-        for (index, chunk) in chunks.iter().enumerate() {
-            let views: Vec<ClientView> = chunk
-                .iter()
-                .map(|state| view(state, self.keyring.as_deref()))
-                .collect();
-            if let Some(previous) = saving.take() {
-                previous
-                    .await
-                    .map_err(|_| travelmap_store::Error::Closed)??;
+        // some, the next ones are serialised on the blocking pool. Only the last chunk moves the
+        // checkpoint, once every other is saved; the others save under the previous one, in any
+        // order, which is safe because each view remembers the last position folded into it, so
+        // refolding from the older checkpoint after a crash skips what a saved view already holds.
+        let total = dirty.len().div_ceil(pace.save_chunk);
+        let mut chunks = dirty.chunks(pace.save_chunk);
+        let mut serialising: VecDeque<tokio::task::JoinHandle<Vec<ClientView>>> = VecDeque::new();
+        let mut saving: VecDeque<tokio::task::JoinHandle<travelmap_store::Result<()>>> =
+            VecDeque::new();
+        for index in 0..total {
+            let views = if total == 1 {
+                // A single chunk (following the live feed) is serialised here, without a hop.
+                views(&dirty, self.keyring.as_deref())
+            } else {
+                while serialising.len() < SERIALISING_AHEAD {
+                    let Some(chunk) = chunks.next() else { break };
+                    let (chunk, keyring) = (chunk.to_vec(), self.keyring.clone());
+                    serialising.push_back(tokio::task::spawn_blocking(move || {
+                        views(&chunk, keyring.as_deref())
+                    }));
+                }
+                let next = serialising.pop_front().expect("a chunk per index");
+                next.await.map_err(|_| travelmap_store::Error::Closed)?
+            };
+            let last = index + 1 == total;
+            // The last chunk moves the checkpoint, so everything before it must be saved first.
+            let at_once = if last { 1 } else { SAVING_AT_ONCE };
+            while saving.len() >= at_once {
+                let saved = saving.pop_front().expect("a save under way");
+                if let Err(error) = joined(saved).await {
+                    // Left running, an older save could commit after a later attempt's and
+                    // set the checkpoint back.
+                    for other in saving {
+                        let _ = joined(other).await;
+                    }
+                    return Err(error.into());
+                }
             }
-            let checkpoint = if index + 1 == chunks.len() {
+            let checkpoint = if last {
                 cache.checkpoint
             } else {
                 cache.saved_checkpoint
             };
             let store = self.views.clone();
-            saving = Some(tokio::spawn(
+            saving.push_back(tokio::spawn(
                 async move { store.save(checkpoint, views).await },
             ));
         }
-        match saving {
-            Some(last) => last.await.map_err(|_| travelmap_store::Error::Closed)??,
+        match saving.pop_front() {
+            Some(last) => joined(last).await?,
             // Nothing dirty (every event was already folded): only the checkpoint moves.
             None => self.views.save(cache.checkpoint, Vec::new()).await?,
         }
@@ -419,7 +493,7 @@ impl Projector {
                 after: cache.saved_checkpoint,
                 up_to: cache.checkpoint,
                 clients: dirty.iter().map(|state| state.client_id).collect(),
-                states: Handover::new(dirty.iter().map(|state| Arc::clone(state)).collect()),
+                states: Handover::new(dirty),
             });
         }
         cache.saved_checkpoint = cache.checkpoint;
@@ -434,18 +508,30 @@ impl Projector {
             for client_id in evicted {
                 cache.states.remove(&client_id);
             }
+            cache.holds_every_view = false;
         }
         self.progress.send_replace(cache.checkpoint);
         Ok(())
     }
 }
 
+/// The result of a store task; a task that panicked or was cancelled counts as a closed store.
+async fn joined<T>(
+    task: tokio::task::JoinHandle<travelmap_store::Result<T>>,
+) -> travelmap_store::Result<T> {
+    task.await.map_err(|_| travelmap_store::Error::Closed)?
+}
+
+fn views(states: &[Arc<ClientState>], keyring: Option<&Keyring>) -> Vec<ClientView> {
+    states.iter().map(|state| view(state, keyring)).collect()
+}
+
 fn view(state: &ClientState, keyring: Option<&Keyring>) -> ClientView {
     let identifiers = state.identifiers();
-    ClientView {
-        client_id: state.client_id,
-        state: serde_json::to_string(state).expect("client state serialises"),
-        identifiers: match keyring {
+    ClientView::new(
+        state.client_id,
+        &serde_json::to_string(state).expect("client state serialises"),
+        match keyring {
             Some(keyring) => identifiers
                 .into_iter()
                 .map(|(kind, value)| {
@@ -455,5 +541,121 @@ fn view(state: &ClientState, keyring: Option<&Keyring>) -> ClientView {
                 .collect(),
             None => identifiers,
         },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration as Days, FixedOffset};
+    use serde_json::json;
+    use travelmap_domain::{EventDraft, EventId, JourneyEvent, Provenance, content_digest};
+    use travelmap_store::sqlite::SqliteStore;
+    use travelmap_store::{NewEvent, StreamAppend};
+    use uuid::Uuid;
+
+    use super::*;
+
+    const CLIENTS: u128 = 7;
+    const EVENTS_PER_CLIENT: u64 = 5;
+
+    fn client(n: u128) -> ClientId {
+        ClientId(Uuid::from_u128(n + 1))
+    }
+
+    /// Appends the clients' journeys interleaved, one commit per round, so that every page of
+    /// the feed touches most clients.
+    async fn interleaved_journeys(store: &SqliteStore) {
+        let provenance = Provenance {
+            agency: "probation-opava".into(),
+            credential: "test".into(),
+        };
+        let base: DateTime<FixedOffset> = "2025-01-01T09:00:00+01:00".parse().unwrap();
+        for round in 0..EVENTS_PER_CLIENT {
+            let appends = (0..CLIENTS)
+                .map(|n| {
+                    let (event_type, data) = match round {
+                        0 => (
+                            "client.registered",
+                            json!({"identifiers": [{"type": "prison_number", "value": format!("P-{n}")}]}),
+                        ),
+                        1 => ("client.released", json!({"release_kind": "parole", "supervision": true})),
+                        _ => ("contact.made", json!({"kind": "meeting"})),
+                    };
+                    let draft = EventDraft {
+                        id: EventId(Uuid::from_u128(1_000 * (n + 1) + round as u128)),
+                        client_id: client(n),
+                        occurred_at: base + Days::days(round as i64),
+                        actor: None,
+                        event: JourneyEvent::decode(event_type, 1, &data).unwrap(),
+                    };
+                    StreamAppend {
+                        client_id: client(n),
+                        expected_version: round,
+                        events: vec![NewEvent {
+                            digest: content_digest(&draft, &provenance.agency),
+                            draft,
+                            sealed: None,
+                        }],
+                    }
+                })
+                .collect();
+            store.log.append(&provenance, appends).await.unwrap();
+        }
+    }
+
+    async fn stored(views: &dyn ViewStore) -> Vec<Option<String>> {
+        let mut stored = Vec::new();
+        for n in 0..CLIENTS {
+            stored.push(views.get(client(n)).await.unwrap());
+        }
+        stored
+    }
+
+    /// A rebuild that outgrows its cache: it saves every few events, in chunks of two clients
+    /// written two at a time, and keeps two clients after each save. An evicted client touched
+    /// again must be read back from the view this rebuild saved, not started afresh, and the
+    /// views that existed before (deleted while the log is read) must all be gone.
+    #[tokio::test]
+    async fn a_rebuild_that_outgrows_its_cache_equals_the_live_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        interleaved_journeys(&store).await;
+        let projector = Projector::new(store.log.clone(), store.views.clone(), None)
+            .await
+            .unwrap();
+        projector.catch_up().await.unwrap();
+        let live = stored(store.views.as_ref()).await;
+        assert!(live.iter().all(Option::is_some));
+
+        // A view of a client the log does not know: a rebuild must not keep it.
+        let stranger = ClientId(Uuid::from_u128(99));
+        let head = *store.log.head().borrow();
+        store
+            .views
+            .save(head, vec![ClientView::new(stranger, "{}", Vec::new())])
+            .await
+            .unwrap();
+
+        let tight = Pace {
+            page: 3,
+            flush_after: 4,
+            cache_clients: 2,
+            read_ahead: 1,
+            save_chunk: 2,
+        };
+        let report = projector.rebuild_at(tight).await.unwrap();
+        assert_eq!(report.events, (CLIENTS as u64) * EVENTS_PER_CLIENT);
+        assert_eq!(report.clients, CLIENTS as usize);
+        assert_eq!(stored(store.views.as_ref()).await, live);
+        assert_eq!(store.views.get(stranger).await.unwrap(), None);
+        assert_eq!(store.views.checkpoint().await.unwrap(), head);
+        for n in 0..CLIENTS {
+            let history = store.log.read_stream(client(n), None).await.unwrap();
+            let folded = ClientState::from_history(client(n), history);
+            let view: ClientState =
+                serde_json::from_str(live[n as usize].as_ref().unwrap()).unwrap();
+            assert_eq!(view, folded);
+        }
+        store.log.close();
     }
 }

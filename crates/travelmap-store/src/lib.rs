@@ -223,14 +223,39 @@ pub trait EventLog: Send + Sync {
     }
 }
 
+/// How many events a read of the positions after `after` up to `up_to` returns at most, bounded
+/// so that a read of a wide range does not reserve memory for events that may not exist.
+pub(crate) fn expected_events(after: u64, up_to: u64) -> usize {
+    const MOST: u64 = 16_384;
+    up_to.saturating_sub(after).min(MOST) as usize
+}
+
 /// The stored form of one client's views, as written by the client-view projection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientView {
     pub client_id: ClientId,
-    /// The projection's state for the client, serialised as JSON.
-    pub state: String,
+    /// The projection's state for the client: its JSON, compressed (see [`ClientView::new`]).
+    packed_state: Vec<u8>,
     /// `(type, value)` pairs under which the client can be found.
     pub identifiers: Vec<(String, String)>,
+}
+
+impl ClientView {
+    /// A view of the state serialised as `state_json`. The JSON is compressed here, by whoever
+    /// makes the view, rather than by the store: the projector makes views on several threads
+    /// while the store's single writer only writes.
+    pub fn new(client_id: ClientId, state_json: &str, identifiers: Vec<(String, String)>) -> Self {
+        Self {
+            client_id,
+            packed_state: packed::pack(state_json),
+            identifiers,
+        }
+    }
+
+    /// The state as stored; [`ViewStore::get`] and its kind unpack it.
+    pub(crate) fn packed_state(&self) -> &[u8] {
+        &self.packed_state
+    }
 }
 
 /// Storage for the client-view projection (travel maps and the identifier index) and its
@@ -466,6 +491,7 @@ impl Store {
             Store::Embedded(store) => {
                 store.log.close();
                 store.audit.close();
+                store.views.close();
             }
             Store::Postgres(store) => store.close().await,
         }

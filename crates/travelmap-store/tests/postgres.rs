@@ -39,11 +39,11 @@ async fn two_processes(database: &ScratchDatabase) -> (PgStore, PgStore) {
 }
 
 fn view(client: ClientId) -> ClientView {
-    ClientView {
-        client_id: client,
-        state: format!("{{\"client\":\"{client}\"}}"),
-        identifiers: vec![("prison_number".into(), format!("OP-{client}"))],
-    }
+    ClientView::new(
+        client,
+        &format!("{{\"client\":\"{client}\"}}"),
+        vec![("prison_number".into(), format!("OP-{client}"))],
+    )
 }
 
 #[tokio::test]

@@ -158,7 +158,12 @@ impl EventLog for PgEventLog {
         .bind(recorded_until)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(decode).collect()
+        // Sized up front, as on the embedded store (collecting `Result`s grows by doubling).
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            events.push(decode(row)?);
+        }
+        Ok(events)
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>> {
@@ -169,7 +174,12 @@ impl EventLog for PgEventLog {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(decode).collect()
+        // Sized up front, as on the embedded store (collecting `Result`s grows by doubling).
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            events.push(decode(row)?);
+        }
+        Ok(events)
     }
 
     async fn read_range(&self, after: u64, up_to: u64) -> Result<Vec<RecordedEvent>> {
@@ -181,7 +191,12 @@ impl EventLog for PgEventLog {
         .bind(up_to as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(decode).collect()
+        // Sized up front, as on the embedded store (collecting `Result`s grows by doubling).
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            events.push(decode(row)?);
+        }
+        Ok(events)
     }
 
     fn head(&self) -> watch::Receiver<u64> {

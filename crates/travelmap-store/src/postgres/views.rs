@@ -12,7 +12,7 @@ use travelmap_domain::ClientId;
 use uuid::Uuid;
 
 use super::VIEWS_CHANNEL;
-use crate::packed::{pack, unpack};
+use crate::packed::unpack;
 use crate::{ClientView, Error, Result, ViewStore};
 
 /// The name under which the client-view projection keeps its checkpoint.
@@ -82,7 +82,7 @@ impl PgViewStore {
         // the difference is written: rewriting them all left a dead row and index entries per
         // identifier per save.
         let clients: Vec<Uuid> = views.iter().map(|view| view.client_id.0).collect();
-        let states: Vec<Vec<u8>> = views.iter().map(|view| pack(&view.state)).collect();
+        let states: Vec<&[u8]> = views.iter().map(ClientView::packed_state).collect();
         let (mut kinds, mut values, mut owners) = (Vec::new(), Vec::new(), Vec::new());
         for view in &views {
             for (kind, value) in &view.identifiers {

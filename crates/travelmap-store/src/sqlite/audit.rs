@@ -16,7 +16,7 @@ use travelmap_domain::audit::{AuditEntry, AuditRecord, GENESIS, Operation, Outco
 use uuid::Uuid;
 
 use super::pool::ReadPool;
-use super::{configure, schema};
+use super::{Checkpointer, configure, schema};
 use crate::{AuditLog, Error, Result};
 
 const MAX_GROUP: usize = 512;
@@ -27,16 +27,12 @@ struct Job {
     reply: oneshot::Sender<Result<Vec<u64>>>,
 }
 
-/// How often the trail's write-ahead log is folded into its main file, away from the writer.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
 /// The embedded audit log.
 pub struct SqliteAuditLog {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// Dropped to stop the checkpointer.
-    checkpoints: Mutex<Option<std::sync::mpsc::Sender<()>>>,
-    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    /// `None` for a trail opened read-only.
+    checkpointer: Option<Checkpointer>,
     readers: Arc<ReadPool>,
 }
 
@@ -48,9 +44,7 @@ impl SqliteAuditLog {
         // a crash of the process; a power cut can lose the last moments' entries (see
         // docs/operations.md), which spares every logged read an fsync of its own.
         connection.pragma_update(None, "synchronous", "NORMAL")?;
-        // Checkpoints (which flush the main file to disk) run on a thread of their own: left to
-        // the writer, every entry queued behind one waits for that flush, and with many live
-        // subscribers logging every batch that stalled them all for seconds at a time.
+        // Checkpoints run on a thread of their own (see `Checkpointer`).
         connection.pragma_update(None, "wal_autocheckpoint", 0)?;
         schema::migrate(&mut connection, path, schema::AUDIT)?;
         let last: Option<(u64, Vec<u8>)> = connection
@@ -73,16 +67,11 @@ impl SqliteAuditLog {
         let handle = std::thread::Builder::new()
             .name("travelmap-audit-writer".into())
             .spawn(move || writer.run(queue))?;
-        let (checkpoints, stop) = std::sync::mpsc::channel::<()>();
-        let checkpoint_connection = Connection::open(path)?;
-        let checkpointer = std::thread::Builder::new()
-            .name("travelmap-audit-checkpointer".into())
-            .spawn(move || checkpoint_until(checkpoint_connection, stop))?;
+        let checkpointer = Checkpointer::start(path, "audit trail")?;
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(handle)),
-            checkpoints: Mutex::new(Some(checkpoints)),
-            checkpointer: Mutex::new(Some(checkpointer)),
+            checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool::new(path.to_owned())),
         })
     }
@@ -99,17 +88,15 @@ impl SqliteAuditLog {
         Ok(Self {
             jobs: Mutex::new(None),
             writer: Mutex::new(None),
-            checkpoints: Mutex::new(None),
-            checkpointer: Mutex::new(None),
+            checkpointer: None,
             readers: Arc::new(ReadPool::new(path.to_owned())),
         })
     }
 
     /// Stops accepting entries and waits until those queued are written.
     pub fn close(&self) {
-        self.checkpoints.lock().expect("checkpoints lock").take();
-        if let Some(handle) = self.checkpointer.lock().expect("checkpointer lock").take() {
-            let _ = handle.join();
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop();
         }
         self.jobs.lock().expect("jobs lock").take();
         if let Some(handle) = self.writer.lock().expect("writer lock").take() {
@@ -240,17 +227,6 @@ fn damaged(seq: u64, what: &str) -> Error {
         std::io::ErrorKind::InvalidData,
         format!("audit entry {seq} is damaged: {what}"),
     ))
-}
-
-/// Folds the write-ahead log into the main file every [`CHECKPOINT_EVERY`] until `stop` is
-/// dropped. Passive: it never blocks the writer, and copies what no reader still needs.
-fn checkpoint_until(connection: Connection, stop: std::sync::mpsc::Receiver<()>) {
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
-    {
-        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(%error, "could not checkpoint the audit trail");
-        }
-    }
 }
 
 struct Writer {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::pool::ReadPool;
 use super::{configure, schema};
-use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend};
+use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend, expected_events};
 
 /// How many clients one outline query covers (well under SQLite's limit on parameters).
 const OUTLINE_CHUNK: usize = 256;
@@ -252,7 +252,14 @@ impl EventLog for SqliteEventLog {
                      ORDER BY position"
                 ))?;
                 let rows = statement.query_map(params![after, up_to], read_row)?;
-                rows.map(|row| row?.decode()).collect()
+                // Sized up front: a rebuild's page holds 10,000 events of a few hundred bytes
+                // each, and growing the vector by doubling (copying it, and faulting in fresh
+                // pages each time) was a tenth of a rebuild's fold.
+                let mut events = Vec::with_capacity(expected_events(after, up_to));
+                for row in rows {
+                    events.push(row?.decode()?);
+                }
+                Ok(events)
             })
             .await
     }

@@ -27,7 +27,9 @@ mod webhooks;
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 pub use audit::SqliteAuditLog;
 pub use keys::SqliteKeyStore;
@@ -85,7 +87,7 @@ fn configure(connection: &rusqlite::Connection) -> Result<()> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
-    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    connection.busy_timeout(Duration::from_secs(10))?;
     mapped(connection)
 }
 
@@ -106,4 +108,59 @@ fn reader(connection: &rusqlite::Connection) -> Result<()> {
     mapped(connection)?;
     connection.pragma_update(None, "cache_size", -256i64)?;
     Ok(())
+}
+
+/// How often a [`Checkpointer`] folds the write-ahead log into the main file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Folds a database's write-ahead log into its main file every [`CHECKPOINT_EVERY`], on a
+/// thread and a connection of its own. Its writer turns SQLite's automatic checkpoints off:
+/// those run inside the commit that crosses the threshold, flush the main file to disk, and make
+/// everything queued behind that commit wait (seconds at a time for the audit trail under many
+/// subscribers; a third of each commit while a rebuild saves views). Checkpoints here are
+/// passive: they never block the writer, and copy what no reader still needs.
+pub(crate) struct Checkpointer {
+    /// Dropped to stop the thread.
+    stop: Mutex<Option<mpsc::Sender<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Checkpointer {
+    /// Starts checkpointing the database at `path`; `what` names it in the thread's name and
+    /// in warnings.
+    pub(crate) fn start(path: &Path, what: &'static str) -> Result<Self> {
+        let connection = rusqlite::Connection::open(path)?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("travelmap-{what}-checkpointer"))
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(error) =
+                        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(%error, "could not checkpoint the {what}");
+                    }
+                }
+            })?;
+        Ok(Self {
+            stop: Mutex::new(Some(stop)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops the thread and waits for it (a checkpoint under way finishes first).
+    pub(crate) fn stop(&self) {
+        self.stop.lock().expect("checkpointer lock").take();
+        if let Some(thread) = self.thread.lock().expect("checkpointer lock").take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
