@@ -435,55 +435,24 @@ impl Projector {
         // checkpoint, once every other is saved; the others save under the previous one, in any
         // order, which is safe because each view remembers the last position folded into it, so
         // refolding from the older checkpoint after a crash skips what a saved view already holds.
-        let total = dirty.len().div_ceil(pace.save_chunk);
-        let mut chunks = dirty.chunks(pace.save_chunk);
-        let mut serialising: VecDeque<tokio::task::JoinHandle<Vec<ClientView>>> = VecDeque::new();
-        let mut saving: VecDeque<tokio::task::JoinHandle<travelmap_store::Result<()>>> =
-            VecDeque::new();
-        for index in 0..total {
-            let views = if total == 1 {
-                // A single chunk (following the live feed) is serialised here, without a hop.
-                views(&dirty, self.keyring.as_deref())
-            } else {
-                while serialising.len() < SERIALISING_AHEAD {
-                    let Some(chunk) = chunks.next() else { break };
-                    let (chunk, keyring) = (chunk.to_vec(), self.keyring.clone());
-                    serialising.push_back(tokio::task::spawn_blocking(move || {
-                        views(&chunk, keyring.as_deref())
-                    }));
-                }
-                let next = serialising.pop_front().expect("a chunk per index");
-                next.await.map_err(|_| travelmap_store::Error::Closed)?
-            };
-            let last = index + 1 == total;
-            // The last chunk moves the checkpoint, so everything before it must be saved first.
-            let at_once = if last { 1 } else { SAVING_AT_ONCE };
-            while saving.len() >= at_once {
-                let saved = saving.pop_front().expect("a save under way");
-                if let Err(error) = joined(saved).await {
-                    // Left running, an older save could commit after a later attempt's and
-                    // set the checkpoint back.
-                    for other in saving {
-                        let _ = joined(other).await;
-                    }
-                    return Err(error.into());
-                }
+        let mut saving = VecDeque::new();
+        let saved = self
+            .save_in_chunks(
+                &dirty,
+                cache.saved_checkpoint,
+                cache.checkpoint,
+                pace,
+                &mut saving,
+            )
+            .await;
+        if saved.is_err() {
+            // Left running, an older save could commit after a later attempt's and set the
+            // checkpoint back.
+            for other in saving {
+                let _ = joined(other).await;
             }
-            let checkpoint = if last {
-                cache.checkpoint
-            } else {
-                cache.saved_checkpoint
-            };
-            let store = self.views.clone();
-            saving.push_back(tokio::spawn(
-                async move { store.save(checkpoint, views).await },
-            ));
         }
-        match saving.pop_front() {
-            Some(last) => joined(last).await?,
-            // Nothing dirty (every event was already folded): only the checkpoint moves.
-            None => self.views.save(cache.checkpoint, Vec::new()).await?,
-        }
+        saved?;
         if cache.scrub {
             self.views.scrub().await?;
             cache.scrub = false;
@@ -511,6 +480,55 @@ impl Projector {
             cache.holds_every_view = false;
         }
         self.progress.send_replace(cache.checkpoint);
+        Ok(())
+    }
+
+    /// Saves `dirty` in chunks (see [`Self::flush`]): every chunk but the last under `previous`,
+    /// the last under `checkpoint` once the others are saved. Saves still under way when it
+    /// fails are left in `saving` for the caller to wait for.
+    async fn save_in_chunks(
+        &self,
+        dirty: &[Arc<ClientState>],
+        previous: u64,
+        checkpoint: u64,
+        pace: Pace,
+        saving: &mut VecDeque<tokio::task::JoinHandle<travelmap_store::Result<()>>>,
+    ) -> Result<()> {
+        let total = dirty.len().div_ceil(pace.save_chunk);
+        let mut chunks = dirty.chunks(pace.save_chunk);
+        let mut serialising: VecDeque<tokio::task::JoinHandle<Vec<ClientView>>> = VecDeque::new();
+        for index in 0..total {
+            let views = if total == 1 {
+                // A single chunk (following the live feed) is serialised here, without a hop.
+                views(dirty, self.keyring.as_deref())
+            } else {
+                while serialising.len() < SERIALISING_AHEAD {
+                    let Some(chunk) = chunks.next() else { break };
+                    let (chunk, keyring) = (chunk.to_vec(), self.keyring.clone());
+                    serialising.push_back(tokio::task::spawn_blocking(move || {
+                        views(&chunk, keyring.as_deref())
+                    }));
+                }
+                let next = serialising.pop_front().expect("a chunk per index");
+                next.await.map_err(|_| travelmap_store::Error::Closed)?
+            };
+            let last = index + 1 == total;
+            // The last chunk moves the checkpoint, so everything before it must be saved first.
+            let at_once = if last { 1 } else { SAVING_AT_ONCE };
+            while saving.len() >= at_once {
+                joined(saving.pop_front().expect("a save under way")).await?;
+            }
+            let store = self.views.clone();
+            let saved_under = if last { checkpoint } else { previous };
+            saving.push_back(tokio::spawn(
+                async move { store.save(saved_under, views).await },
+            ));
+        }
+        match saving.pop_front() {
+            Some(last) => joined(last).await?,
+            // Nothing dirty (every event was already folded): only the checkpoint moves.
+            None => self.views.save(checkpoint, Vec::new()).await?,
+        }
         Ok(())
     }
 }
