@@ -45,7 +45,7 @@ impl SqliteAuditLog {
         // docs/operations.md), which spares every logged read an fsync of its own.
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         // Checkpoints run on a thread of their own (see `Checkpointer`).
-        connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        super::checkpointed_elsewhere(&connection)?;
         schema::migrate(&mut connection, path, schema::AUDIT)?;
         let last: Option<(u64, Vec<u8>)> = connection
             .query_row(

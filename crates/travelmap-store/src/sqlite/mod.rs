@@ -113,9 +113,28 @@ fn reader(connection: &rusqlite::Connection) -> Result<()> {
 /// How often a [`Checkpointer`] folds the write-ahead log into the main file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
+/// Pages a write-ahead log may reach before its writer checkpoints it itself, though a
+/// [`Checkpointer`] looks after it. SQLite starts a log over only after a checkpoint that caught
+/// up with every commit, which the checkpointer cannot do while commits follow each other without
+/// a pause (a rebuild's chunked save): this bounds the log then.
+const WRITER_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// Bytes a write-ahead log file is cut back to when it starts over, so that one long burst does
+/// not leave a large file behind.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
+/// Settings of the writer of a database that a [`Checkpointer`] looks after: its automatic
+/// checkpoints only as a backstop, and a bounded log file.
+fn checkpointed_elsewhere(connection: &rusqlite::Connection) -> Result<()> {
+    connection.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)?;
+    connection.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    Ok(())
+}
+
 /// Folds a database's write-ahead log into its main file every [`CHECKPOINT_EVERY`], on a
-/// thread and a connection of its own. Its writer turns SQLite's automatic checkpoints off:
-/// those run inside the commit that crosses the threshold, flush the main file to disk, and make
+/// thread and a connection of its own. Its writer keeps SQLite's automatic checkpoints only as
+/// a backstop (see [`checkpointed_elsewhere`]): those run inside the commit that crosses the
+/// threshold, flush the main file to disk, and make
 /// everything queued behind that commit wait (seconds at a time for the audit trail under many
 /// subscribers; a third of each commit while a rebuild saves views). Checkpoints here are
 /// passive: they never block the writer, and copy what no reader still needs.
@@ -123,6 +142,9 @@ pub(crate) struct Checkpointer {
     /// Dropped to stop the thread.
     stop: Mutex<Option<mpsc::Sender<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Held by the thread for each checkpoint, and by whoever must truncate the log (SQLite
+    /// runs one checkpoint at a time and answers a second one "busy" at once).
+    turn: Arc<Mutex<()>>,
 }
 
 impl Checkpointer {
@@ -131,12 +153,15 @@ impl Checkpointer {
     pub(crate) fn start(path: &Path, what: &'static str) -> Result<Self> {
         let connection = rusqlite::Connection::open(path)?;
         let (stop, stopped) = mpsc::channel::<()>();
+        let turn = Arc::new(Mutex::new(()));
+        let thread_turn = turn.clone();
         let thread = std::thread::Builder::new()
             .name(format!("travelmap-{what}-checkpointer"))
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
                     stopped.recv_timeout(CHECKPOINT_EVERY)
                 {
+                    let _turn = thread_turn.lock().expect("checkpoint turn lock");
                     if let Err(error) =
                         connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
@@ -147,7 +172,14 @@ impl Checkpointer {
         Ok(Self {
             stop: Mutex::new(Some(stop)),
             thread: Mutex::new(Some(thread)),
+            turn,
         })
+    }
+
+    /// The lock to hold while truncating the log, so that no checkpoint of this thread's
+    /// is under way meanwhile.
+    pub(crate) fn turn(&self) -> Arc<Mutex<()>> {
+        self.turn.clone()
     }
 
     /// Stops the thread and waits for it (a checkpoint under way finishes first).

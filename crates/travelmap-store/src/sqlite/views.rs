@@ -39,7 +39,7 @@ impl SqliteViewStore {
         connection.pragma_update(None, "secure_delete", "ON")?;
         // Checkpoints run on a thread of their own (see `Checkpointer`): run by the writer, they
         // were a third of the time a rebuild spent saving views.
-        connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        super::checkpointed_elsewhere(&connection)?;
         schema::migrate(&mut connection, path, schema::VIEWS)?;
         let checkpoint: u64 = connection
             .query_row(
@@ -62,8 +62,8 @@ impl SqliteViewStore {
     pub fn close(&self) {
         self.checkpointer.stop();
         let writer = self.writer.lock().expect("view writer lock");
-        if let Err(error) = writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
-            tracing::warn!(%error, "could not checkpoint the views on close");
+        if let Err(error) = super::keys::truncate_wal(&writer) {
+            tracing::warn!(%error, "could not fold the views' write-ahead log in on close");
         }
     }
 
@@ -236,7 +236,11 @@ impl ViewStore for SqliteViewStore {
     async fn scrub(&self) -> Result<()> {
         // `secure_delete` zeroed the old rows in the database file; the WAL still holds copies
         // of those pages until it is checkpointed and truncated.
-        self.write(|connection| super::keys::truncate_wal(connection))
-            .await
+        let turn = self.checkpointer.turn();
+        self.write(move |connection| {
+            let _turn = turn.lock().expect("checkpoint turn lock");
+            super::keys::truncate_wal(connection)
+        })
+        .await
     }
 }
