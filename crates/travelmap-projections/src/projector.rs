@@ -227,11 +227,21 @@ impl Projector {
         cache.reset = Some(tokio::spawn(async move { views.reset().await }));
         *guard = Some(cache);
         self.progress.send_replace(0);
-        self.log.prepare_full_read().await?;
-        let events = self.fold_locked(&mut guard, pace).await?;
+        let folded = match self.log.prepare_full_read().await {
+            Ok(()) => self.fold_locked(&mut guard, pace).await,
+            Err(error) => Err(error.into()),
+        };
+        // Nothing waited for the deletion if nothing was saved (an empty log, or a failure
+        // before the first save): a rebuild is done only once the old views are gone.
+        let deleted = match guard.as_mut() {
+            Some(cache) => cache.reset_done().await,
+            None => Ok(()),
+        };
         // The rebuild's large cache is not needed for following the live feed.
         *guard = None;
         drop(guard);
+        let events = folded?;
+        deleted?;
         let clients = self.views.count().await?;
         Ok(RebuildReport {
             events,
@@ -619,6 +629,100 @@ mod tests {
                 .collect();
             store.log.append(&provenance, appends).await.unwrap();
         }
+    }
+
+    /// A view store whose deletion of every view takes its time, as a large one does.
+    struct SlowToReset(Arc<dyn ViewStore>);
+
+    #[async_trait::async_trait]
+    impl ViewStore for SlowToReset {
+        async fn checkpoint(&self) -> travelmap_store::Result<u64> {
+            self.0.checkpoint().await
+        }
+        async fn load(
+            &self,
+            clients: Vec<ClientId>,
+        ) -> travelmap_store::Result<HashMap<ClientId, String>> {
+            self.0.load(clients).await
+        }
+        async fn get(&self, client: ClientId) -> travelmap_store::Result<Option<String>> {
+            self.0.get(client).await
+        }
+        async fn scan(
+            &self,
+            after: Option<ClientId>,
+            limit: usize,
+        ) -> travelmap_store::Result<Vec<(ClientId, String)>> {
+            self.0.scan(after, limit).await
+        }
+        async fn save(
+            &self,
+            checkpoint: u64,
+            views: Vec<ClientView>,
+        ) -> travelmap_store::Result<()> {
+            self.0.save(checkpoint, views).await
+        }
+        async fn count(&self) -> travelmap_store::Result<usize> {
+            self.0.count().await
+        }
+        async fn reset(&self) -> travelmap_store::Result<()> {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.0.reset().await
+        }
+        async fn find_by_identifier(
+            &self,
+            kind: &str,
+            value: &str,
+        ) -> travelmap_store::Result<Vec<ClientId>> {
+            self.0.find_by_identifier(kind, value).await
+        }
+        async fn lead(&self) -> travelmap_store::Result<()> {
+            self.0.lead().await
+        }
+        fn saved(&self) -> watch::Receiver<u64> {
+            self.0.saved()
+        }
+    }
+
+    /// The deletion of the old views runs while the log is read; the views saved must not be
+    /// deleted with them, however long the deletion takes.
+    #[tokio::test]
+    async fn a_rebuild_saves_nothing_until_the_old_views_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        interleaved_journeys(&store).await;
+        let views: Arc<dyn ViewStore> = Arc::new(SlowToReset(store.views.clone()));
+        let projector = Projector::new(store.log.clone(), views.clone(), None)
+            .await
+            .unwrap();
+        projector.catch_up().await.unwrap();
+        let live = stored(views.as_ref()).await;
+
+        let report = projector.rebuild().await.unwrap();
+        assert_eq!(report.clients, CLIENTS as usize);
+        assert_eq!(stored(views.as_ref()).await, live);
+        store.log.close();
+    }
+
+    /// With nothing to fold nothing is saved, and the rebuild must still end only once the old
+    /// views are gone.
+    #[tokio::test]
+    async fn a_rebuild_of_an_empty_log_leaves_no_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let views: Arc<dyn ViewStore> = Arc::new(SlowToReset(store.views.clone()));
+        views
+            .save(0, vec![ClientView::new(client(0), "{}", Vec::new())])
+            .await
+            .unwrap();
+        let projector = Projector::new(store.log.clone(), views.clone(), None)
+            .await
+            .unwrap();
+
+        let report = projector.rebuild().await.unwrap();
+        assert_eq!((report.events, report.clients), (0, 0));
+        assert_eq!(views.get(client(0)).await.unwrap(), None);
+        store.log.close();
     }
 
     async fn stored(views: &dyn ViewStore) -> Vec<Option<String>> {
