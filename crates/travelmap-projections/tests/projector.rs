@@ -1,8 +1,10 @@
-//! The projector after a failed save: nothing may be skipped on the next attempt.
+//! The projector when its view store fails or is slow: nothing may be skipped on the next
+//! attempt, and a rebuild must not save before the old views are gone.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -12,10 +14,29 @@ use travelmap_store::sqlite::{SqliteStore, SqliteViewStore};
 use travelmap_store::{ClientView, EventLog, NewEvent, StreamAppend, ViewStore};
 use uuid::Uuid;
 
-/// A view store whose next save fails when asked to, as a full disk would.
+/// A view store whose next save fails when asked to, as a full disk would, and whose deletion
+/// of every view takes `reset_delay`, as a large one does.
 struct FlakyViews {
     inner: Arc<SqliteViewStore>,
     fail_next_save: AtomicBool,
+    reset_delay: Duration,
+}
+
+impl FlakyViews {
+    fn over(inner: Arc<SqliteViewStore>) -> Self {
+        Self {
+            inner,
+            fail_next_save: AtomicBool::new(false),
+            reset_delay: Duration::ZERO,
+        }
+    }
+
+    fn slow_to_reset(inner: Arc<SqliteViewStore>) -> Self {
+        Self {
+            reset_delay: Duration::from_millis(200),
+            ..Self::over(inner)
+        }
+    }
 }
 
 #[async_trait]
@@ -51,6 +72,7 @@ impl ViewStore for FlakyViews {
         self.inner.count().await
     }
     async fn reset(&self) -> travelmap_store::Result<()> {
+        tokio::time::sleep(self.reset_delay).await;
         self.inner.reset().await
     }
     async fn find_by_identifier(
@@ -100,10 +122,7 @@ fn contact(client: ClientId, expected_version: u64) -> StreamAppend {
 async fn a_failed_save_is_retried_from_the_stored_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
-    let views = Arc::new(FlakyViews {
-        inner: store.views.clone(),
-        fail_next_save: AtomicBool::new(false),
-    });
+    let views = Arc::new(FlakyViews::over(store.views.clone()));
     let projector = Projector::new(store.log.clone(), views.clone(), None)
         .await
         .unwrap();
@@ -175,4 +194,61 @@ async fn a_change_set_hands_over_the_saved_states_once() {
         set.states.take().is_empty(),
         "a second follower finds the states taken and reads the views"
     );
+}
+
+/// The views of `clients`, as stored.
+async fn stored(views: &dyn ViewStore, clients: &[ClientId]) -> Vec<Option<String>> {
+    let mut stored = Vec::new();
+    for &client in clients {
+        stored.push(views.get(client).await.unwrap());
+    }
+    stored
+}
+
+/// The deletion of the old views runs while the log is read; the views a rebuild saves must
+/// not be deleted with them, however long the deletion takes.
+#[tokio::test]
+async fn a_rebuild_saves_nothing_until_the_old_views_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let clients: Vec<ClientId> = (0..5).map(|_| ClientId(Uuid::new_v4())).collect();
+    for version in 0..3 {
+        let appends = clients
+            .iter()
+            .map(|&client| contact(client, version))
+            .collect();
+        store.log.append(&provenance(), appends).await.unwrap();
+    }
+    let views = Arc::new(FlakyViews::slow_to_reset(store.views.clone()));
+    let projector = Projector::new(store.log.clone(), views.clone(), None)
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    let live = stored(views.as_ref(), &clients).await;
+    assert!(live.iter().all(Option::is_some));
+
+    let report = projector.rebuild().await.unwrap();
+    assert_eq!(report.clients, clients.len());
+    assert_eq!(stored(views.as_ref(), &clients).await, live);
+}
+
+/// With nothing to fold nothing is saved, and the rebuild must still end only once the old
+/// views are gone.
+#[tokio::test]
+async fn a_rebuild_of_an_empty_log_leaves_no_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let views = Arc::new(FlakyViews::slow_to_reset(store.views.clone()));
+    let stranger = ClientId(Uuid::new_v4());
+    views
+        .save(0, vec![ClientView::new(stranger, "{}", Vec::new())])
+        .await
+        .unwrap();
+    let projector = Projector::new(store.log.clone(), views.clone(), None)
+        .await
+        .unwrap();
+
+    let report = projector.rebuild().await.unwrap();
+    assert_eq!((report.events, report.clients), (0, 0));
+    assert_eq!(views.get(stranger).await.unwrap(), None);
 }
