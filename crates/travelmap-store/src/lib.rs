@@ -223,13 +223,6 @@ pub trait EventLog: Send + Sync {
     }
 }
 
-/// How many events a read of the positions after `after` up to `up_to` returns at most, bounded
-/// so that a read of a wide range does not reserve memory for events that may not exist.
-pub(crate) fn expected_events(after: u64, up_to: u64) -> usize {
-    const MOST: u64 = 16_384;
-    up_to.saturating_sub(after).min(MOST) as usize
-}
-
 /// The stored form of one client's views, as written by the client-view projection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientView {

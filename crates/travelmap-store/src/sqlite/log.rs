@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::pool::ReadPool;
 use super::{configure, schema};
-use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend, expected_events};
+use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend};
 
 /// How many clients one outline query covers (well under SQLite's limit on parameters).
 const OUTLINE_CHUNK: usize = 256;
@@ -267,6 +267,13 @@ impl EventLog for SqliteEventLog {
     fn head(&self) -> watch::Receiver<u64> {
         self.head.clone()
     }
+}
+
+/// How many events a read of the positions after `after` up to `up_to` returns at most, bounded
+/// so that a read of a wide range does not reserve memory for events that may not exist.
+fn expected_events(after: u64, up_to: u64) -> usize {
+    const MOST: u64 = 16_384;
+    up_to.saturating_sub(after).min(MOST) as usize
 }
 
 const COLUMNS: &str = "position, event_id, client_id, version, event_type, schema_version, \

@@ -135,10 +135,10 @@ fn checkpointed_elsewhere(connection: &rusqlite::Connection) -> Result<()> {
 /// Folds a database's write-ahead log into its main file every [`CHECKPOINT_EVERY`], on a
 /// thread and a connection of its own. Its writer keeps SQLite's automatic checkpoints only as
 /// a backstop (see [`checkpointed_elsewhere`]): those run inside the commit that crosses the
-/// threshold, flush the main file to disk, and make
-/// everything queued behind that commit wait (seconds at a time for the audit trail under many
-/// subscribers; a third of each commit while a rebuild saves views). Checkpoints here are
-/// passive: they never block the writer, and copy what no reader still needs.
+/// threshold, flush the main file to disk, and make everything queued behind that commit wait
+/// (seconds at a time for the audit trail under many subscribers; a third of each commit while
+/// a rebuild saves views). Checkpoints here are passive: they never block the writer, and copy
+/// what no reader still needs.
 pub(crate) struct Checkpointer {
     /// Dropped to stop the thread.
     stop: Mutex<Option<mpsc::Sender<()>>>,
