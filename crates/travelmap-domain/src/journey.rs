@@ -7,36 +7,98 @@
 //! event of the same client that is still standing, and that a correction's replacement data is
 //! valid for the corrected event's type.
 
-use std::borrow::Cow;
-
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::{EventDraft, EventId, JourneyEvent, ValidationError};
 
-/// What the aggregate remembers about each event of the stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What the aggregate remembers about each event of the stream. Journeys are cached for many
+/// clients at once and each remembers every event, so this is kept to 21 bytes with no
+/// allocation of its own (a borrowed type name with its enum tag made it 48).
+#[derive(Debug, Clone, Copy)]
 struct Standing {
     id: EventId,
-    /// Borrowed from the catalogue for every type it knows, so that remembering an event
-    /// allocates nothing of its own.
-    event_type: Cow<'static, str>,
+    /// The event's type: an index into the catalogue, or, past its end, into the journey's
+    /// `unknown_types`.
+    type_index: u32,
     retracted: bool,
 }
 
 /// One client's journey, as far as recording decisions need it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(into = "JourneyRecord", from = "JourneyRecord")]
 pub struct ClientJourney {
     version: u64,
     /// In stream order. A list rather than a map: looking an event up (for a correction or a
     /// retraction) is rare, and journeys are cached for many clients at once, where a map's
     /// buckets cost several times the entries.
     events: Vec<Standing>,
+    /// Types of the stream the catalogue does not know (written by a newer version), by name.
+    unknown_types: Vec<Box<str>>,
     /// Processing is restricted: only lifting the restriction (or erasing) may be recorded.
     restricted: bool,
     /// The personal data was erased and the record closed: nothing more may be recorded.
     erased: bool,
+}
+
+/// The serialised form of a journey (cqrs-es requires aggregates to be serialisable): types by
+/// name, so that it does not depend on the catalogue's order.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "ClientJourney")]
+struct JourneyRecord {
+    version: u64,
+    events: Vec<StandingRecord>,
+    restricted: bool,
+    erased: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Standing")]
+struct StandingRecord {
+    id: EventId,
+    event_type: String,
+    retracted: bool,
+}
+
+impl From<ClientJourney> for JourneyRecord {
+    fn from(journey: ClientJourney) -> Self {
+        Self {
+            version: journey.version,
+            events: journey
+                .events
+                .iter()
+                .map(|standing| StandingRecord {
+                    id: standing.id,
+                    event_type: journey.type_name(standing).to_owned(),
+                    retracted: standing.retracted,
+                })
+                .collect(),
+            restricted: journey.restricted,
+            erased: journey.erased,
+        }
+    }
+}
+
+impl From<JourneyRecord> for ClientJourney {
+    fn from(record: JourneyRecord) -> Self {
+        let mut journey = Self {
+            version: record.version,
+            events: Vec::with_capacity(record.events.len()),
+            unknown_types: Vec::new(),
+            restricted: record.restricted,
+            erased: record.erased,
+        };
+        for standing in record.events {
+            let type_index = journey.type_index(&standing.event_type);
+            journey.events.push(Standing {
+                id: standing.id,
+                type_index,
+                retracted: standing.retracted,
+            });
+        }
+        journey
+    }
 }
 
 /// The commands the journey accepts.
@@ -78,6 +140,14 @@ pub enum Error {
 }
 
 impl ClientJourney {
+    /// An empty journey with room for `events` events, for loading a stream of known length.
+    pub fn with_capacity(events: usize) -> Self {
+        Self {
+            events: Vec::with_capacity(events),
+            ..Self::default()
+        }
+    }
+
     /// The stream version: how many events the client has.
     pub fn version(&self) -> u64 {
         self.version
@@ -96,7 +166,40 @@ impl ClientJourney {
     /// The type of one of the client's events, if it is theirs.
     pub fn event_type(&self, event_id: EventId) -> Option<&str> {
         self.standing(event_id)
-            .map(|standing| standing.event_type.as_ref())
+            .map(|standing| self.type_name(standing))
+    }
+
+    fn type_name(&self, standing: &Standing) -> &str {
+        let known = crate::catalogue::event_types();
+        let index = standing.type_index as usize;
+        match known.get(index) {
+            Some(info) => info.event_type,
+            None => &self.unknown_types[index - known.len()],
+        }
+    }
+
+    /// The index [`Standing::type_index`] holds for `event_type`, remembering the name of a type
+    /// the catalogue does not know.
+    fn type_index(&mut self, event_type: &str) -> u32 {
+        let known = crate::catalogue::event_types();
+        let index = match known.iter().position(|info| info.event_type == event_type) {
+            Some(index) => index,
+            None => {
+                let unknown = match self
+                    .unknown_types
+                    .iter()
+                    .position(|name| **name == *event_type)
+                {
+                    Some(unknown) => unknown,
+                    None => {
+                        self.unknown_types.push(event_type.into());
+                        self.unknown_types.len() - 1
+                    }
+                };
+                known.len() + unknown
+            }
+        };
+        u32::try_from(index).expect("fewer than 2^32 distinct event types in one stream")
     }
 
     fn standing(&self, event_id: EventId) -> Option<&Standing> {
@@ -115,14 +218,13 @@ impl ClientJourney {
         }
         // Corrections are corrected by correcting the original; data-protection decisions are
         // not facts an agency may rectify (retracting a restriction would lift it unrecorded).
-        if matches!(
-            standing.event_type.as_ref(),
-            "event.corrected" | "event.retracted"
-        ) || crate::personal::is_lifecycle(&standing.event_type)
+        let event_type = self.type_name(standing);
+        if matches!(event_type, "event.corrected" | "event.retracted")
+            || crate::personal::is_lifecycle(event_type)
         {
             return Err(Error::TargetNotCorrectable {
                 event_id,
-                event_type: standing.event_type.to_string(),
+                event_type: event_type.to_owned(),
             });
         }
         Ok(standing)
@@ -147,13 +249,10 @@ impl ClientJourney {
         }) {
             target.retracted = true;
         }
-        let event_type = match crate::catalogue::event_type(event_type) {
-            Some(info) => Cow::Borrowed(info.event_type),
-            None => Cow::Owned(event_type.to_owned()),
-        };
+        let type_index = self.type_index(event_type);
         self.events.push(Standing {
             id,
-            event_type,
+            type_index,
             retracted: false,
         });
     }
@@ -183,11 +282,11 @@ impl ClientJourney {
         }
         match &draft.event {
             JourneyEvent::EventCorrected(correction) => {
-                let target = self.standing_target(correction.event_id)?;
+                let target = self.type_name(self.standing_target(correction.event_id)?);
                 let replacement = serde_json::Value::Object(correction.data.clone());
-                let current = crate::catalogue::event_type(&target.event_type)
-                    .map_or(1, |info| info.schema_version);
-                JourneyEvent::decode(&target.event_type, current, &replacement).map_err(
+                let current =
+                    crate::catalogue::event_type(target).map_or(1, |info| info.schema_version);
+                JourneyEvent::decode(target, current, &replacement).map_err(
                     |error| match error {
                         crate::DecodeError::Invalid(invalid) => Error::InvalidReplacement(invalid),
                         other => {
@@ -397,5 +496,41 @@ mod tests {
                 event_id: EventId(Uuid::from_u128(2)),
                 event_type: "event.retracted".into(),
             });
+    }
+
+    #[test]
+    fn a_journey_remembers_types_the_catalogue_does_not_know_and_serialises_them_by_name() {
+        let mut journey = ClientJourney::default();
+        let id = |n| EventId(Uuid::from_u128(n));
+        journey.remember(id(1), "client.released", None);
+        journey.remember(id(2), "future.thing", None);
+        journey.remember(id(3), "event.retracted", Some(id(1)));
+        journey.remember(id(4), "future.thing", None);
+        journey.remember(id(5), "future.other", None);
+        assert_eq!(journey.version(), 5);
+        assert_eq!(journey.event_type(id(2)), Some("future.thing"));
+        assert_eq!(journey.event_type(id(4)), Some("future.thing"));
+        assert_eq!(journey.event_type(id(5)), Some("future.other"));
+        assert_eq!(journey.event_type(id(1)), Some("client.released"));
+        assert_eq!(
+            journey.unknown_types.len(),
+            2,
+            "each unknown name is kept once"
+        );
+
+        let json = serde_json::to_value(&journey).unwrap();
+        assert_eq!(json["events"][1]["event_type"], "future.thing");
+        assert_eq!(json["events"][0]["retracted"], true);
+        let back: ClientJourney = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        assert_eq!(back.event_type(id(5)), Some("future.other"));
+        assert_eq!(
+            back.standing_target(id(1)).unwrap_err(),
+            Error::TargetRetracted(id(1))
+        );
+        assert!(
+            std::mem::size_of::<Standing>() <= 24,
+            "a remembered event stays small: journeys of many clients are cached"
+        );
     }
 }

@@ -119,7 +119,7 @@ pub struct Outcome {
 
 /// A client's journey as deciding needs it, from the outlines of its recorded events.
 fn journey_from(outlines: &[travelmap_store::Outline]) -> ClientJourney {
-    let mut journey = ClientJourney::default();
+    let mut journey = ClientJourney::with_capacity(outlines.len());
     for outline in outlines {
         let retracts = (outline.event_type == "event.retracted")
             .then_some(outline.target)
