@@ -15,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use travelmap_domain::ClientId;
 use travelmap_domain::personal::Category;
 
-use super::{configure, schema};
+use super::{configure, mapped, schema};
 use crate::keys::{DestroyedKey, KeyStore, StoredKey};
 use crate::{Error, Result};
 
@@ -38,6 +38,11 @@ impl SqliteKeyStore {
     pub fn open(path: &Path) -> Result<Self> {
         let mut connection = Connection::open(path)?;
         configure(&connection)?;
+        // One connection reads and writes keys. Its reads go through the memory map, and its
+        // cache is held to 1 MiB instead of the default 2 MiB: it filled as the store grew,
+        // a page copy for every key looked up, and that was memory growing with the clients.
+        mapped(&connection)?;
+        connection.pragma_update(None, "cache_size", -1024i64)?;
         connection.pragma_update(None, "secure_delete", "ON")?;
         schema::migrate(&mut connection, path, schema::KEYS)?;
         let connection = Arc::new(Mutex::new(connection));
