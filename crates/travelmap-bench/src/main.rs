@@ -120,6 +120,11 @@ struct Args {
     /// (for quick comparisons while working on it).
     #[arg(long)]
     rebuild_only: bool,
+    /// Measure only memory on the embedded store: load the workload in batches, read travel
+    /// maps, then load the second workload into the same store, and print the resident set and
+    /// the live heap at each step (for quick comparisons while working on it).
+    #[arg(long)]
+    memory_only: bool,
     /// Events per second posted while measuring projection lag.
     #[arg(long, default_value_t = 2000.0)]
     lag_rate: f64,
@@ -203,6 +208,9 @@ struct Memory {
     before_kib: u64,
     first_kib: u64,
     second_kib: u64,
+    /// After the second workload's ingest, before its reads: what the allocator still holds of
+    /// the ingest's short-lived memory shows here.
+    right_after_ingest_kib: u64,
     /// The live heap at the same three moments (see [`heap_kib`]).
     before_heap_kib: u64,
     first_heap_kib: u64,
@@ -271,6 +279,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.rebuild_only {
         return measure_rebuilds_only(&args, &workload).await;
+    }
+    if args.memory_only {
+        return measure_memory_only(&args, &workload, &second).await;
     }
     let serial_events = workload.first_journeys(args.serial_events);
     let serial_clients = serial_events
@@ -756,7 +767,7 @@ async fn measure(
     args: &Args,
     workload: &Arc<Workload>,
     serial_events: &[EventRef],
-    second: Option<&Workload>,
+    second: Option<&Arc<Workload>>,
 ) -> anyhow::Result<(Figures, Option<Memory>)> {
     let name = backend.name();
     let before_kib = resident_kib()?;
@@ -817,22 +828,7 @@ async fn measure(
 
     let memory = match second {
         Some(second) => {
-            let first_kib = resident_kib()?;
-            let first_heap_kib = heap_kib()?;
-            progress(format_args!(
-                "{name}: loading a second workload of {} events (new clients) into the same store",
-                second.len()
-            ));
-            let second_ingest = post_batches(&server.api, second, 1).await?;
-            Some(Memory {
-                before_kib,
-                first_kib,
-                second_kib: resident_kib()?,
-                before_heap_kib,
-                first_heap_kib,
-                second_heap_kib: heap_kib()?,
-                second_ingest,
-            })
+            Some(measure_second_workload(&server, args, second, before_kib, before_heap_kib).await?)
         }
         None => None,
     };
@@ -849,6 +845,84 @@ async fn measure(
         },
         memory,
     ))
+}
+
+/// Memory after the first workload, then after `second` is loaded into the same store and
+/// read as the first was (a check and the same number of reads at concurrency 1 and
+/// [`READERS`]), so that both are measured at the same point of the same work.
+async fn measure_second_workload(
+    server: &Server,
+    args: &Args,
+    second: &Arc<Workload>,
+    before_kib: u64,
+    before_heap_kib: u64,
+) -> anyhow::Result<Memory> {
+    let name = "embedded";
+    let first_kib = resident_kib()?;
+    let first_heap_kib = heap_kib()?;
+    progress(format_args!(
+        "{name}: loading a second workload of {} events (new clients) into the same store, then reading it",
+        second.len()
+    ));
+    let second_ingest = post_batches(&server.api, second, 1).await?;
+    let right_after_ingest_kib = resident_kib()?;
+    check_travel_maps(&server.api, second, args.seed).await?;
+    read_travel_maps(&server.api, second, args.reads, 1, args.seed).await?;
+    read_travel_maps(&server.api, second, args.reads, READERS, args.seed).await?;
+    Ok(Memory {
+        before_kib,
+        first_kib,
+        second_kib: resident_kib()?,
+        right_after_ingest_kib,
+        before_heap_kib,
+        first_heap_kib,
+        second_heap_kib: heap_kib()?,
+        second_ingest,
+    })
+}
+
+/// The memory measurement of a full run alone, on the embedded store: the workload loaded in
+/// batches and the reads, then the second workload, printed.
+async fn measure_memory_only(
+    args: &Args,
+    workload: &Arc<Workload>,
+    second: &Arc<Workload>,
+) -> anyhow::Result<()> {
+    let backend = Backend::Embedded(args.work_dir.clone().unwrap_or_else(std::env::temp_dir));
+    let name = backend.name();
+    let before_kib = resident_kib()?;
+    let before_heap_kib = heap_kib()?;
+    let place = backend.fresh().await?;
+    let server = Server::start(&place.location()).await?;
+    progress(format_args!(
+        "{name}: loading {} events in batches, then {} reads at concurrency 1 and {READERS}",
+        workload.len(),
+        args.reads
+    ));
+    post_batches(&server.api, workload, 1).await?;
+    check_travel_maps(&server.api, workload, args.seed).await?;
+    read_travel_maps(&server.api, workload, args.reads, 1, args.seed).await?;
+    read_travel_maps(&server.api, workload, args.reads, READERS, args.seed).await?;
+    let memory =
+        measure_second_workload(&server, args, second, before_kib, before_heap_kib).await?;
+    server.stop().await?;
+    place.remove().await?;
+    println!(
+        "resident anonymous memory: {} before, {} after the first workload, {} after the second ({:+.1} %; {} right after its ingest)",
+        mib(memory.before_kib),
+        mib(memory.first_kib),
+        mib(memory.second_kib),
+        (memory.second_kib as f64 / memory.first_kib as f64 - 1.0) * 100.0,
+        mib(memory.right_after_ingest_kib),
+    );
+    println!(
+        "live heap: {} before, {} after the first workload, {} after the second ({:+.1} %)",
+        mib(memory.before_heap_kib),
+        mib(memory.first_heap_kib),
+        mib(memory.second_heap_kib),
+        (memory.second_heap_kib as f64 / memory.first_heap_kib as f64 - 1.0) * 100.0
+    );
+    Ok(())
 }
 
 fn progress(message: std::fmt::Arguments<'_>) {
@@ -1184,7 +1258,7 @@ impl Report<'_> {
         let memory = &self.memory;
         let growth = memory.second_kib as f64 / memory.first_kib as f64;
         out += &format!(
-            "| 5 | Resident anonymous memory (RssAnon: heap and stacks, not the store's memory-mapped file pages) after loading the workload, then after a second workload of {} new events into the same store | {} → {} ({:+.1} %) | flat (≤ +{:.0} %) | {:.2} | {} |\n",
+            "| 5 | Resident anonymous memory (RssAnon: heap and stacks, not the store's memory-mapped file pages) after loading the workload, then after a second workload of {} new events into the same store (each measured after the workload's batch ingest and reads) | {} → {} ({:+.1} %) | flat (≤ +{:.0} %) | {:.2} | {} |\n",
             thousands(memory.second_ingest.events as u64),
             mib(memory.first_kib),
             mib(memory.second_kib),
@@ -1200,7 +1274,7 @@ impl Report<'_> {
              - Concurrency {WRITERS}: each writer owns a share of the clients and sends a client's next event only after the previous one was acknowledged.\n\
              - The travel-map projection runs during ingest, as in production. After the last acknowledgement it needed {:.2} s to catch up at concurrency {WRITERS} and {:.2} s after the batch ingest; reads were measured only after it had.\n\
              - Reads: after {WARM_UP_READS} unmeasured reads that check each map shows all of its client's events. Latency is measured by the client, so it includes the HTTP round trip on 127.0.0.1.\n\
-             - Memory: {} anonymous memory before any server was started (this includes both generated workloads, about {} of serialised events); measured with the server running, after the batch ingest and the reads, then after the batch ingest of the second workload ({} events/s).\n\
+             - Memory: {} anonymous memory before any server was started (this includes both generated workloads, about {} of serialised events); measured with the server running, after the batch ingest and the reads, then after the batch ingest of the second workload ({} events/s) and the same check and reads of its clients. Right after that ingest, before its reads, it was {}: memory the ingest had just freed and the allocator had not yet returned (it does so on a decay schedule).\n\
              - Live heap (what the allocator has handed out and not had back, without the free memory it keeps for reuse): {} before any server was started, {} after the first workload, {} after the second ({:+.1} %).\n\
              - Whole run: {:.0} s.\n",
             concurrent.catch_up.as_secs_f64(),
@@ -1208,6 +1282,7 @@ impl Report<'_> {
             mib(memory.before_kib),
             mib(self.workload_bytes() * 2 / 1024),
             rate(memory.second_ingest.per_second()),
+            mib(memory.right_after_ingest_kib),
             mib(memory.before_heap_kib),
             mib(memory.first_heap_kib),
             mib(memory.second_heap_kib),
