@@ -250,6 +250,9 @@ impl ClientJourney {
             target.retracted = true;
         }
         let type_index = self.type_index(event_type);
+        // Grown one at a time rather than doubled: journeys of many clients are cached, and
+        // the allocator's size classes mostly absorb the growth in place.
+        self.events.reserve_exact(1);
         self.events.push(Standing {
             id,
             type_index,

@@ -225,12 +225,20 @@ impl ClientState {
             .flags
             .iter()
             .any(|flag| flag.kind == "processing_restricted");
+        // The coordinators' index keeps a file for every client, so the lists are kept without
+        // the spare room they grew with.
+        let mut involvements = map.involvements;
+        involvements.shrink_to_fit();
+        let mut appointments = map.next;
+        appointments.shrink_to_fit();
+        let mut alerts = alerts;
+        alerts.shrink_to_fit();
         CaseFile {
             client_id: self.client_id,
             phase: map.phase,
             released_at,
-            involvements: map.involvements,
-            appointments: map.next,
+            involvements,
+            appointments,
             alerts,
             next_change,
             restricted,
