@@ -821,15 +821,13 @@ async fn measure(
         "{name}: checking {WARM_UP_READS} travel maps, then {} reads at concurrency 1 and {READERS}",
         args.reads
     ));
-    check_travel_maps(&server.api, workload, args.seed).await?;
-    let serial_reads = read_travel_maps(&server.api, workload, args.reads, 1, args.seed).await?;
-    let concurrent_reads =
-        read_travel_maps(&server.api, workload, args.reads, READERS, args.seed).await?;
+    let [serial_reads, concurrent_reads] = check_and_read(&server.api, workload, args).await?;
 
     let memory = match second {
-        Some(second) => {
-            Some(measure_second_workload(&server, args, second, before_kib, before_heap_kib).await?)
-        }
+        Some(second) => Some(
+            measure_second_workload(&server, name, args, second, before_kib, before_heap_kib)
+                .await?,
+        ),
         None => None,
     };
     server.stop().await?;
@@ -852,12 +850,12 @@ async fn measure(
 /// [`READERS`]), so that both are measured at the same point of the same work.
 async fn measure_second_workload(
     server: &Server,
+    name: &str,
     args: &Args,
     second: &Arc<Workload>,
     before_kib: u64,
     before_heap_kib: u64,
 ) -> anyhow::Result<Memory> {
-    let name = "embedded";
     let first_kib = resident_kib()?;
     let first_heap_kib = heap_kib()?;
     progress(format_args!(
@@ -866,9 +864,7 @@ async fn measure_second_workload(
     ));
     let second_ingest = post_batches(&server.api, second, 1).await?;
     let right_after_ingest_kib = resident_kib()?;
-    check_travel_maps(&server.api, second, args.seed).await?;
-    read_travel_maps(&server.api, second, args.reads, 1, args.seed).await?;
-    read_travel_maps(&server.api, second, args.reads, READERS, args.seed).await?;
+    check_and_read(&server.api, second, args).await?;
     Ok(Memory {
         before_kib,
         first_kib,
@@ -900,11 +896,9 @@ async fn measure_memory_only(
         args.reads
     ));
     post_batches(&server.api, workload, 1).await?;
-    check_travel_maps(&server.api, workload, args.seed).await?;
-    read_travel_maps(&server.api, workload, args.reads, 1, args.seed).await?;
-    read_travel_maps(&server.api, workload, args.reads, READERS, args.seed).await?;
+    check_and_read(&server.api, workload, args).await?;
     let memory =
-        measure_second_workload(&server, args, second, before_kib, before_heap_kib).await?;
+        measure_second_workload(&server, name, args, second, before_kib, before_heap_kib).await?;
     server.stop().await?;
     place.remove().await?;
     println!(
@@ -1094,6 +1088,19 @@ async fn check_travel_maps(api: &Api, workload: &Workload, seed: u64) -> anyhow:
         );
     }
     Ok(())
+}
+
+/// The reads every loaded workload gets: the check that each map shows all of its client's
+/// events, then `--reads` timed reads at concurrency 1 and [`READERS`].
+async fn check_and_read(
+    api: &Api,
+    workload: &Arc<Workload>,
+    args: &Args,
+) -> anyhow::Result<[Reads; 2]> {
+    check_travel_maps(api, workload, args.seed).await?;
+    let serial = read_travel_maps(api, workload, args.reads, 1, args.seed).await?;
+    let concurrent = read_travel_maps(api, workload, args.reads, READERS, args.seed).await?;
+    Ok([serial, concurrent])
 }
 
 /// Reads `reads` travel maps of random clients from `concurrency` readers, timing each request.

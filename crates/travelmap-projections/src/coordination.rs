@@ -220,7 +220,7 @@ impl ClientState {
         let released_at = (map.phase == Phase::Released)
             .then(|| map.phases.last().map(|span| span.from.with_timezone(&Utc)))
             .flatten();
-        let (alerts, next_change) = alerts(self, &map.involvements, now, rules);
+        let (mut alerts, next_change) = alerts(self, &map.involvements, now, rules);
         let restricted = map
             .flags
             .iter()
@@ -231,7 +231,6 @@ impl ClientState {
         involvements.shrink_to_fit();
         let mut appointments = map.next;
         appointments.shrink_to_fit();
-        let mut alerts = alerts;
         alerts.shrink_to_fit();
         CaseFile {
             client_id: self.client_id,
