@@ -125,6 +125,11 @@ struct Args {
     /// the live heap at each step (for quick comparisons while working on it).
     #[arg(long)]
     memory_only: bool,
+    /// Measure only travel-map reads on the embedded store: load the workload in batches (and
+    /// print that ingest's rate), then read it five times at concurrency 1 and 8 and print each round (for quick comparisons
+    /// while working on it).
+    #[arg(long)]
+    reads_only: bool,
     /// Events per second posted while measuring projection lag.
     #[arg(long, default_value_t = 2000.0)]
     lag_rate: f64,
@@ -282,6 +287,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.memory_only {
         return measure_memory_only(&args, &workload, &second).await;
+    }
+    if args.reads_only {
+        return measure_reads_only(&args, &workload).await;
     }
     let serial_events = workload.first_journeys(args.serial_events);
     let serial_clients = serial_events
@@ -916,6 +924,48 @@ async fn measure_memory_only(
         mib(memory.second_heap_kib),
         (memory.second_heap_kib as f64 / memory.first_heap_kib as f64 - 1.0) * 100.0
     );
+    Ok(())
+}
+
+/// How many rounds of reads `--reads-only` times.
+const READ_ROUNDS: u64 = 5;
+
+/// Travel-map reads alone, on the embedded store: the workload loaded in batches, then
+/// [`READ_ROUNDS`] rounds of `--reads` reads at concurrency 1 and [`READERS`], each printed.
+async fn measure_reads_only(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<()> {
+    let backend = Backend::Embedded(args.work_dir.clone().unwrap_or_else(std::env::temp_dir));
+    let name = backend.name();
+    let place = backend.fresh().await?;
+    let server = Server::start(&place.location()).await?;
+    progress(format_args!(
+        "{name}: loading {} events in batches, then {READ_ROUNDS} rounds of {} reads at concurrency 1 and {READERS}",
+        workload.len(),
+        args.reads
+    ));
+    let ingest = post_batches(&server.api, workload, 1).await?;
+    println!(
+        "batch ingest, one batch at a time: {:.0} events/s (catch-up {:.2} s)",
+        ingest.per_second(),
+        ingest.catch_up.as_secs_f64()
+    );
+    check_travel_maps(&server.api, workload, args.seed).await?;
+    for round in 0..READ_ROUNDS {
+        for concurrency in [1, READERS] {
+            let seed = args.seed.wrapping_add(round * 100 + concurrency as u64);
+            let clients = chosen_clients(workload, args.reads, seed);
+            let reads = time_reads(&server.api, workload, &clients, concurrency).await?;
+            println!(
+                "round {}, concurrency {concurrency}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {:.0} reads/s",
+                round + 1,
+                reads.latency.value_at_quantile(0.5) as f64 / 1000.0,
+                reads.latency.value_at_quantile(0.99) as f64 / 1000.0,
+                reads.latency.max() as f64 / 1000.0,
+                reads.per_second(),
+            );
+        }
+    }
+    server.stop().await?;
+    place.remove().await?;
     Ok(())
 }
 

@@ -198,7 +198,7 @@ impl EventLog for SqliteEventLog {
 
     async fn stream_versions(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, u64>> {
         self.readers
-            .read(move |connection| {
+            .read_points(clients.len(), move |connection| {
                 let mut statement = connection
                     .prepare_cached("SELECT MAX(version) FROM events WHERE client_id = ?1")?;
                 let mut versions = HashMap::with_capacity(clients.len());

@@ -1,4 +1,5 @@
-//! A small pool of read-only connections, used from async code through `spawn_blocking`.
+//! A small pool of read-only connections, used from async code through `spawn_blocking`, or
+//! directly for reads of a few rows.
 //! SQLite connections are cheap to keep and expensive enough to open that reusing them matters
 //! for read latency.
 
@@ -16,6 +17,10 @@ const BUSY_RETRIES: u64 = 5;
 /// pool serves every read), and each idle connection holds a page cache; extra connections are
 /// opened when needed and closed when returned.
 const MAX_IDLE: usize = 8;
+
+/// How many point look-ups a read may make on the calling thread. A travel-map read makes one
+/// in each of two databases; each takes a few tens of microseconds in mapped pages.
+const INLINE_POINTS: usize = 4;
 
 pub(crate) struct ReadPool {
     path: PathBuf,
@@ -47,6 +52,47 @@ impl ReadPool {
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() < MAX_IDLE {
             idle.push(connection);
+        }
+    }
+
+    /// Runs a short `read` on a pooled connection on the calling thread. Meant for point reads of
+    /// a few rows (a handful of B-tree probes in pages that are mapped or cached, tens of
+    /// microseconds): handing those to the blocking pool cost more than the read itself, in two
+    /// thread switches each way. A read that finds the database busy goes to the blocking pool,
+    /// where waiting for it harms nobody.
+    pub(crate) async fn read_now<T, F>(self: &std::sync::Arc<Self>, read: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Send + 'static,
+    {
+        let first = {
+            let connection = self.take()?;
+            let result = read(&connection);
+            self.give_back(connection);
+            result
+        };
+        match first {
+            Err(error) if error.is_busy() => self.read(read).await,
+            other => other,
+        }
+    }
+
+    /// Runs a read of `rows` point look-ups where it costs least: on the calling thread if they
+    /// are few (see [`Self::read_now`]), on the blocking pool otherwise, so that a large read
+    /// (a projector's page of clients) does not hold up the runtime's other tasks.
+    pub(crate) async fn read_points<T, F>(
+        self: &std::sync::Arc<Self>,
+        rows: usize,
+        read: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Send + 'static,
+    {
+        if rows <= INLINE_POINTS {
+            self.read_now(read).await
+        } else {
+            self.read(read).await
         }
     }
 

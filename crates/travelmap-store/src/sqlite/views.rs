@@ -98,7 +98,7 @@ impl ViewStore for SqliteViewStore {
 
     async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, String>> {
         self.readers
-            .read(move |connection| {
+            .read_points(clients.len(), move |connection| {
                 let mut statement = connection
                     .prepare_cached("SELECT state FROM client_views WHERE client_id = ?1")?;
                 let mut states = HashMap::with_capacity(clients.len());
@@ -117,7 +117,7 @@ impl ViewStore for SqliteViewStore {
 
     async fn get(&self, client: ClientId) -> Result<Option<String>> {
         self.readers
-            .read(move |connection| {
+            .read_now(move |connection| {
                 let state: Option<Vec<u8>> = connection
                     .prepare_cached("SELECT state FROM client_views WHERE client_id = ?1")?
                     .query_row(params![client.0], |row| row.get(0))
