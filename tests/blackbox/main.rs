@@ -29,6 +29,7 @@ mod access;
 mod audit;
 mod batch;
 mod binary;
+mod contract;
 mod coordination;
 mod ingest;
 mod jwt;

@@ -7,6 +7,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -79,6 +80,36 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
                 ApiError::invalid_parameter(&field, detail)
             })
     }
+}
+
+/// The largest log position or audit sequence number. Both are stored as signed 64-bit SQL
+/// integers, so nothing larger can exist, and a larger one must be refused here rather than
+/// reach a store where it does not fit.
+pub const MAX_POSITION: u64 = i64::MAX as u64;
+
+/// Checks a position (or audit sequence number) given by the caller under `name`.
+pub fn position(name: &str, value: u64) -> Result<u64, ApiError> {
+    if value > MAX_POSITION {
+        return Err(ApiError::invalid_parameter(
+            name,
+            format!("{name} must be at most {MAX_POSITION}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A position in a query (`after`, `min_position`): `#[serde(default, deserialize_with =
+/// "extract::query_position")]`. Refused past [`MAX_POSITION`] as a malformed parameter.
+pub fn query_position<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    let value = Option::<u64>::deserialize(deserializer)?;
+    if value.is_some_and(|value| value > MAX_POSITION) {
+        return Err(serde::de::Error::custom(format!(
+            "must be at most {MAX_POSITION}"
+        )));
+    }
+    Ok(value)
 }
 
 /// A client id from the path; anything but a UUID is a `400` naming `client_id`.

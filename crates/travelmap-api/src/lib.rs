@@ -97,7 +97,7 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
     // The live feed's alert messages travel inside `text/event-stream`, which no response body
     // schema names; listed here so clients can still generate the type.
     components(schemas(routes::subscriptions::AlertMessage)),
-    modifiers(&BearerAuth, &EventDataSchemas),
+    modifiers(&BearerAuth, &EventDataSchemas, &BodyRejections),
     tags(
         (name = "events", description = "Recording journey events and reading the global feed"),
         (name = "clients", description = "Histories, travel maps and identifier look-up"),
@@ -145,6 +145,128 @@ impl Modify for EventDataSchemas {
                 }
                 Err(error) => {
                     tracing::error!(event_type = info.event_type, %error, "event schema left out of OpenAPI")
+                }
+            }
+        }
+        // The names the server accepts, from the same catalogue: an event's `type` (the types
+        // some agency may post; the service records the others itself), and a webhook's types
+        // or families of them (`job.*`).
+        let catalogue = travelmap_domain::catalogue::event_types();
+        let posted: Vec<&str> = catalogue
+            .iter()
+            .filter(|info| !info.posted_by.is_empty())
+            .map(|info| info.event_type)
+            .collect();
+        let mut patterns: Vec<String> = catalogue
+            .iter()
+            .map(|info| info.event_type.to_owned())
+            .collect();
+        patterns.extend(
+            catalogue
+                .iter()
+                .filter_map(|info| info.event_type.split_once('.'))
+                .map(|(family, _)| format!("{family}.*")),
+        );
+        patterns.sort();
+        patterns.dedup();
+        set_enum(&mut components.schemas, "EventRequest", "type", &posted);
+        // Every schema version up to the newest of any type (older ones are upcast).
+        let newest = catalogue
+            .iter()
+            .map(|info| info.schema_version)
+            .max()
+            .unwrap_or(1);
+        let versions: Vec<serde_json::Value> = (1..=newest).map(serde_json::Value::from).collect();
+        set_enum(
+            &mut components.schemas,
+            "EventRequest",
+            "schema_version",
+            &versions,
+        );
+        set_enum(
+            &mut components.schemas,
+            "WebhookRequest",
+            "types",
+            &patterns,
+        );
+    }
+}
+
+/// Lists the values a string property (or the items of an array property) of a component may
+/// take.
+fn set_enum<V: Clone + Into<serde_json::Value>>(
+    schemas: &mut std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::Schema>,
+    >,
+    component: &str,
+    property: &str,
+    values: &[V],
+) {
+    use utoipa::openapi::schema::ArrayItems;
+    use utoipa::openapi::{RefOr, Schema};
+    let values = values.iter().cloned().map(Into::into).collect();
+    let Some(RefOr::T(Schema::Object(object))) = schemas.get_mut(component) else {
+        return;
+    };
+    match object.properties.get_mut(property) {
+        Some(RefOr::T(Schema::Object(string))) => string.enum_values = Some(values),
+        Some(RefOr::T(Schema::Array(array))) => {
+            if let ArrayItems::RefOrSchema(items) = &mut array.items
+                && let RefOr::T(Schema::Object(string)) = items.as_mut()
+            {
+                string.enum_values = Some(values);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Documents the answers of the JSON body extractor ([`extract::JsonBody`]) on every operation
+/// that takes a body. One mechanism gives them, so one mechanism documents them: an operation
+/// added later cannot leave them out, and one that describes them more closely keeps its words.
+struct BodyRejections;
+
+impl Modify for BodyRejections {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        const ANSWERS: [(&str, &str); 3] = [
+            ("400", "The body is not JSON (malformed_json)"),
+            ("413", "The body is over 1 MiB (payload_too_large)"),
+            (
+                "415",
+                "The body is not declared as JSON with `Content-Type: application/json` (unsupported_media_type)",
+            ),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.request_body.is_none() {
+                    continue;
+                }
+                for (status, description) in ANSWERS {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/problem+json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("Problem")))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
                 }
             }
         }

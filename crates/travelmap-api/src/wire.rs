@@ -56,7 +56,7 @@ pub struct EventRequest {
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// 1 to 1000 events.
-    #[schema(value_type = Vec<EventRequest>)]
+    #[schema(value_type = Vec<EventRequest>, min_items = 1, max_items = 1000)]
     pub events: Vec<Value>,
 }
 

@@ -145,9 +145,11 @@ pub async fn client_entries(
 #[into_params(parameter_in = Query)]
 pub struct EntriesQuery {
     /// Entries after this sequence number (default 0: from the start).
-    #[serde(default)]
-    pub after: u64,
+    #[serde(default, deserialize_with = "extract::query_position")]
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
+    pub after: Option<u64>,
     /// At most this many (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -184,13 +186,14 @@ pub async fn entries(
             format!("limit must be between 1 and {MAX_AUDIT_PAGE}"),
         ));
     }
+    let after = query.after.unwrap_or(0);
     let entries = state
         .audit
-        .read_after(query.after, limit)
+        .read_after(after, limit)
         .await
         .map_err(ApiError::internal)?;
-    let next_after = entries.last().map_or(query.after, |entry| entry.seq);
-    let returned = Some(format!("audit entries {} to {next_after}", query.after + 1));
+    let next_after = entries.last().map_or(after, |entry| entry.seq);
+    let returned = Some(format!("audit entries {} to {next_after}", after + 1));
     audit::log(
         &state,
         &caller,

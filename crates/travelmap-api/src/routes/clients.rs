@@ -22,6 +22,7 @@ use crate::wire::{ClientMatch, ClientMatches, History, Recorded};
 pub struct HistoryQuery {
     /// RFC 3339 time: only what had been recorded by then. URL-encode a `+` offset as `%2B`,
     /// or use `Z`.
+    #[param(format = DateTime)]
     pub as_of: Option<String>,
 }
 
@@ -100,9 +101,12 @@ pub async fn history(
 #[into_params(parameter_in = Query)]
 pub struct TravelMapQuery {
     /// RFC 3339 time: the map as it stood then (folded from what had been recorded by then).
+    #[param(format = DateTime)]
     pub as_of: Option<String>,
     /// Wait (up to 5 s) until the projection has reached this global position, e.g. the
     /// `position` of a receipt just received, to read your own writes.
+    #[serde(default, deserialize_with = "extract::query_position")]
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
     pub min_position: Option<u64>,
 }
 
@@ -187,6 +191,7 @@ pub async fn travel_map(
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// `TYPE:VALUE`, e.g. `prison_number:OP-2024-117`.
+    #[param(pattern = r"^[a-z][a-z0-9_]{0,63}:.*\S")]
     pub identifier: Option<String>,
 }
 

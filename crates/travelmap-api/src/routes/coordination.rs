@@ -19,7 +19,7 @@ use crate::AppState;
 use crate::audit::{self, Logged, RequestContext};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Code, Problem};
-use crate::extract::Query;
+use crate::extract::{self, Query};
 
 const READERS: [Role; 4] = [Role::Coordinator, Role::Auditor, Role::Dpo, Role::Admin];
 
@@ -59,6 +59,8 @@ async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<(), Api
 pub struct ConsistencyQuery {
     /// Wait (up to 5 s) until the view reflects the event at this position, e.g. the `position`
     /// of a receipt just received.
+    #[serde(default, deserialize_with = "extract::query_position")]
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
     pub min_position: Option<u64>,
 }
 
@@ -205,12 +207,16 @@ pub struct AlertQuery {
     pub agency: Option<String>,
     /// Only alerts of this kind: `no_first_day_contact`, `release_unprepared`,
     /// `appointments_missed`, `job_lost`, `housing_lost`, `dropped_out`, `no_case_manager`.
+    #[param(value_type = Option<AlertKind>)]
     pub kind: Option<String>,
     /// Only this client's alerts.
     pub client_id: Option<uuid::Uuid>,
     /// `open` (default) or `all`, which adds cleared alerts: the history.
+    #[param(pattern = "^(open|all)$")]
     pub status: Option<String>,
     /// Wait (up to 5 s) until the alerts reflect the event at this position.
+    #[serde(default, deserialize_with = "extract::query_position")]
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
     pub min_position: Option<u64>,
 }
 

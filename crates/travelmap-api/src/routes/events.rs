@@ -12,7 +12,7 @@ use crate::AppState;
 use crate::audit::{self, Logged, RequestContext};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Code, Problem};
-use crate::extract::{JsonBody, Query};
+use crate::extract::{self, JsonBody, Query};
 use crate::wire::{self, BatchReceipts, BatchRequest, EventRequest, FeedPage, Receipt, Recorded};
 
 /// Record one journey event.
@@ -220,9 +220,11 @@ pub async fn post_batch(
 #[into_params(parameter_in = Query)]
 pub struct FeedQuery {
     /// Return events with a position greater than this (default 0: from the start).
-    #[serde(default)]
-    pub after: u64,
+    #[serde(default, deserialize_with = "extract::query_position")]
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
+    pub after: Option<u64>,
     /// At most this many events (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
@@ -259,13 +261,6 @@ pub async fn feed(
     )
     .await?;
     let purpose = context.purpose()?;
-    // Positions are stored as SQL integers; anything larger cannot exist.
-    if query.after > i64::MAX as u64 {
-        return Err(ApiError::invalid_parameter(
-            "after",
-            format!("after must be at most {}", i64::MAX),
-        ));
-    }
     let limit = query.limit.unwrap_or(100);
     if !(1..=travelmap_service::MAX_FEED_PAGE).contains(&limit) {
         return Err(ApiError::invalid_parameter(
@@ -276,10 +271,9 @@ pub async fn feed(
             ),
         ));
     }
-    let events = state.journeys.feed(query.after, limit).await?;
-    let next_after = events
-        .last()
-        .map_or(query.after, |event| event.meta.position);
+    let after = query.after.unwrap_or(0);
+    let events = state.journeys.feed(after, limit).await?;
+    let next_after = events.last().map_or(after, |event| event.meta.position);
     let returned = audit::returned_events(&events);
     audit::log(
         &state,

@@ -27,6 +27,8 @@ use crate::wire::{Receipt, Recorded};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionRequest {
+    /// Not blank; at most 2,000 characters.
+    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
     pub reason: String,
 }
 
@@ -187,6 +189,7 @@ pub async fn restrict(
         (status = 403, description = "Needs the dpo role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such client", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "There never was a restriction (not_restricted)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "No reason given", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

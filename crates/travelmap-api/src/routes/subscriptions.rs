@@ -29,7 +29,7 @@ use crate::AppState;
 use crate::audit::{self, Logged, RequestContext};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Problem};
-use crate::extract::Query;
+use crate::extract::{self, Query};
 use crate::wire::Recorded;
 
 /// How often an idle stream sends a heartbeat comment, so that proxies keep it open and the
@@ -48,6 +48,8 @@ pub struct FeedQuery {
     pub stream: Option<String>,
     /// Journey events only: start after this position (default: the current head, i.e. only
     /// new events). `Last-Event-ID` takes precedence.
+    #[serde(default, deserialize_with = "extract::query_position")]
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
     pub after: Option<u64>,
     /// Journey events only: comma-separated types or families (`client.released,job.*`);
     /// default every type.
@@ -55,6 +57,7 @@ pub struct FeedQuery {
     /// Alerts only: the agency expected to act (a coordinator's own by default).
     pub agency: Option<String>,
     /// Alerts only: one alert kind.
+    #[param(value_type = Option<travelmap_projections::coordination::AlertKind>)]
     pub kind: Option<String>,
 }
 
@@ -137,22 +140,19 @@ pub async fn feed(
                 types: types(query.types.as_deref())?,
             };
             let after = match last_event_id {
-                Some(id) => id.parse::<u64>().map_err(|_| {
-                    ApiError::invalid_parameter(
-                        "Last-Event-ID",
-                        "a journey event stream's ids are positions (whole numbers)",
-                    )
-                })?,
+                Some(id) => extract::position(
+                    "Last-Event-ID",
+                    id.parse::<u64>().map_err(|_| {
+                        ApiError::invalid_parameter(
+                            "Last-Event-ID",
+                            "a journey event stream's ids are positions (whole numbers)",
+                        )
+                    })?,
+                )?,
                 None => query
                     .after
                     .unwrap_or_else(|| *state.journeys.log().head().borrow()),
             };
-            if after > i64::MAX as u64 {
-                return Err(ApiError::invalid_parameter(
-                    "after",
-                    format!("after must be at most {}", i64::MAX),
-                ));
-            }
             audit::log(&state, &caller, &context, Outcome::Allowed, logged(None)).await?;
             journey_events(state.clone(), caller, context, scope, after)
         }

@@ -40,11 +40,14 @@ const READERS: &[Role] = &[Role::Writer, Role::Coordinator, Role::Admin];
 pub struct WebhookRequest {
     /// Where events are POSTed: an absolute `http` or `https` URL, without user name, password
     /// or fragment.
-    #[schema(example = "https://case-system.probation.example/travelmap/events")]
+    #[schema(
+        example = "https://case-system.probation.example/travelmap/events",
+        format = "uri"
+    )]
     pub url: String,
     /// Event types (`client.released`) or families of them (`job.*`) to receive; at least one,
     /// each from the catalogue (`GET /v1/event-types`).
-    #[schema(example = json!(["client.released", "job.*"]))]
+    #[schema(example = json!(["client.released", "job.*"]), min_items = 1, max_items = 100)]
     pub types: Vec<String>,
     /// Why the agency processes what it receives (default `case_management`): consents name the
     /// purposes they cover. One of case_management, supervision, service_delivery, statistics.
@@ -132,9 +135,11 @@ pub struct DeliveryLog {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryQuery {
     /// How many attempts (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 

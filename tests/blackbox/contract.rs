@@ -1,0 +1,277 @@
+//! The OpenAPI document as a contract: every answer the server gives to a bad request is one the
+//! document lists for that operation, and the limits the server enforces are stated in it, so
+//! that a client generated from the document is not surprised.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::*;
+
+/// A concrete URL path for a documented path template.
+fn concrete(template: &str) -> String {
+    template
+        .replace("{client_id}", &Uuid::new_v4().to_string())
+        .replace("{id}", &Uuid::new_v4().to_string())
+        .replace("{agency}", "prison-opava")
+        .replace("{code}", "not_found")
+}
+
+fn documented(doc: &Value, template: &str, method: &str, status: StatusCode) -> bool {
+    doc["paths"][template][method]["responses"][status.as_str()].is_object()
+}
+
+/// Every documented operation, as (path template, method).
+fn operations(doc: &Value) -> Vec<(String, String)> {
+    let mut operations = Vec::new();
+    for (template, item) in doc["paths"].as_object().unwrap() {
+        for method in ["get", "post", "put", "patch", "delete"] {
+            if item[method].is_object() {
+                operations.push((template.clone(), method.to_owned()));
+            }
+        }
+    }
+    operations
+}
+
+/// Sends requests that every operation must refuse the same way (no key; a body that is not
+/// declared as JSON, is not JSON, or is too large) and checks each answer is a problem document
+/// whose status the document lists for that operation.
+#[tokio::test]
+async fn every_refusal_of_a_malformed_request_is_documented() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let operations = operations(&doc);
+    assert!(operations.len() > 20, "{} operations", operations.len());
+    let mut checked_bodies = 0;
+    for (template, method) in &operations {
+        let operation = &doc["paths"][template][method];
+        let url = app.url(&concrete(template));
+        let verb = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let request = || {
+            app.http
+                .request(verb.clone(), &url)
+                .header("x-purpose", "case_management")
+        };
+
+        if operation["security"].is_array() {
+            let response = request().send().await.unwrap();
+            assert!(
+                documented(&doc, template, method, response.status()),
+                "{method} {template} without a key answered {}, which is not documented",
+                response.status()
+            );
+            expect_problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+        }
+
+        if operation["requestBody"].is_object() {
+            checked_bodies += 1;
+            let oversize = format!("{{\"reason\": \"{}\"}}", "x".repeat(1024 * 1024));
+            for (content_type, body, status, code) in [
+                (
+                    "text/plain",
+                    "hello".to_owned(),
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                ),
+                (
+                    "application/json",
+                    "{\"reason\": ".to_owned(),
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                ),
+                (
+                    "application/json",
+                    oversize,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                ),
+            ] {
+                let response = request()
+                    .bearer_auth(ADMIN)
+                    .header("content-type", content_type)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    documented(&doc, template, method, response.status()),
+                    "{method} {template} answered {} to a {code} body, which is not documented",
+                    response.status()
+                );
+                expect_problem(response, status, code).await;
+            }
+        }
+    }
+    // Events, batches, the three data-protection decisions and webhook registration.
+    assert!(
+        checked_bodies >= 6,
+        "{checked_bodies} operations take a body"
+    );
+}
+
+/// Positions and audit sequence numbers are stored as signed 64-bit integers: a larger one is
+/// refused at once as a malformed parameter (it used to fail inside the store, or be waited for
+/// in vain), and the document says where the range ends.
+#[tokio::test]
+async fn positions_past_the_largest_are_refused_as_parameters() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let too_large = i64::MAX as u64 + 1;
+    for (path, key, purpose, field) in [
+        (
+            format!("/v1/events?after={too_large}"),
+            AUDITOR,
+            "audit",
+            "after",
+        ),
+        (
+            format!("/v1/audit/entries?after={too_large}"),
+            AUDITOR,
+            "audit",
+            "after",
+        ),
+        (
+            format!("/v1/clients/{client}/travel-map?min_position={too_large}"),
+            AUDITOR,
+            "audit",
+            "min_position",
+        ),
+        (
+            format!("/v1/caseloads?min_position={too_large}"),
+            COORDINATOR,
+            "case_management",
+            "min_position",
+        ),
+        (
+            format!("/v1/alerts?min_position={too_large}"),
+            COORDINATOR,
+            "case_management",
+            "min_position",
+        ),
+        (
+            format!("/v1/subscriptions/feed?after={too_large}"),
+            PRISON_WRITER,
+            "case_management",
+            "after",
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let response = app.get_for(&path, key, purpose).await;
+        let problem = expect_problem(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+        assert_eq!(problem["field"], field, "{path}: {problem}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{path} waited {:?} before refusing",
+            started.elapsed()
+        );
+    }
+    // The largest position itself is a valid (if unreached) place to read from.
+    let page = app
+        .get_ok(&format!("/v1/events?after={}", i64::MAX), AUDITOR)
+        .await;
+    assert_eq!(page["events"], json!([]));
+}
+
+/// The limits the server enforces on parameters and bodies are stated in the document.
+#[tokio::test]
+async fn the_document_states_the_limits_the_server_enforces() {
+    let app = spawn_app().await;
+    let doc = app.get_ok("/openapi.json", ADMIN).await;
+    let parameter = |template: &str, name: &str| -> Value {
+        doc["paths"][template]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|parameter| parameter["name"] == name)
+            .unwrap_or_else(|| panic!("{template} documents no {name}"))
+            .clone()
+    };
+    for template in [
+        "/v1/events",
+        "/v1/audit/entries",
+        "/v1/subscriptions/webhooks/{id}/deliveries",
+    ] {
+        let limit = parameter(template, "limit");
+        assert_eq!(limit["in"], "query", "{template}: {limit}");
+        assert_eq!(limit["schema"]["minimum"], 1, "{template}: {limit}");
+        assert_eq!(limit["schema"]["maximum"], 1000, "{template}: {limit}");
+    }
+    // Out of the stated range, the server refuses it.
+    for path in ["/v1/events?limit=0", "/v1/audit/entries?limit=1001"] {
+        let response = app.get_for(path, AUDITOR, "audit").await;
+        let problem = expect_problem(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+        assert_eq!(problem["field"], "limit", "{path}: {problem}");
+    }
+    for (template, name) in [
+        ("/v1/events", "after"),
+        ("/v1/clients/{client_id}/travel-map", "min_position"),
+        ("/v1/alerts", "min_position"),
+    ] {
+        let position = parameter(template, name);
+        assert_eq!(position["schema"]["maximum"], json!(i64::MAX), "{position}");
+    }
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["BatchRequest"]["properties"]["events"]["minItems"],
+        1
+    );
+    assert_eq!(
+        schemas["BatchRequest"]["properties"]["events"]["maxItems"],
+        1000
+    );
+    assert_eq!(
+        schemas["DecisionRequest"]["properties"]["reason"]["minLength"],
+        1
+    );
+    // An event's type is one of the catalogue's types that agencies post; the service records
+    // the data-protection decisions itself.
+    let types: Vec<&str> = schemas["EventRequest"]["properties"]["type"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    assert!(types.contains(&"client.released") && types.contains(&"job.placed"));
+    assert!(!types.contains(&"personal_data.erased"));
+    let catalogue = app.get_ok("/v1/event-types", ADMIN).await;
+    let posted = catalogue["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|info| {
+            info["posted_by"]
+                .as_array()
+                .is_some_and(|kinds| !kinds.is_empty())
+        })
+        .count();
+    assert_eq!(types.len(), posted);
+    let newest = catalogue["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|info| info["schema_version"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let versions: Vec<u64> = (1..=newest).collect();
+    assert_eq!(
+        schemas["EventRequest"]["properties"]["schema_version"]["enum"],
+        json!(versions)
+    );
+    let patterns = &schemas["WebhookRequest"]["properties"]["types"]["items"]["enum"];
+    assert!(
+        patterns
+            .as_array()
+            .is_some_and(|patterns| patterns.contains(&json!("job.*"))
+                && patterns.contains(&json!("personal_data.erased"))),
+        "{patterns}"
+    );
+}
