@@ -32,12 +32,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// What can go wrong while projecting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The store failed, or a stored view cannot be read back (the store's error says to run
+    /// `travelmap rebuild`).
     #[error(transparent)]
     Store(#[from] travelmap_store::Error),
-    /// A stored view cannot be read back: its format changed without a rebuild.
-    #[error("stored view of client {client_id} is unreadable (run `travelmap rebuild`): {source}")]
-    View {
-        client_id: travelmap_domain::ClientId,
-        source: serde_json::Error,
-    },
 }

@@ -16,8 +16,8 @@ use tokio::sync::{Mutex, watch};
 use travelmap_domain::{ClientId, RecordedEvent};
 use travelmap_store::{ClientView, EventLog, Keyring, ViewStore};
 
+use crate::Result;
 use crate::travel_map::ClientState;
-use crate::{Error, Result};
 
 /// How the projector pages through the feed and how much it keeps in memory.
 #[derive(Debug, Clone, Copy)]
@@ -373,9 +373,8 @@ impl Projector {
                     .collect()
             };
             if !missing.is_empty() {
-                for (client_id, json) in self.views.load(missing).await? {
-                    let state: ClientState = serde_json::from_str(&json)
-                        .map_err(|source| Error::View { client_id, source })?;
+                for (client_id, stored) in self.views.load(missing).await? {
+                    let state: ClientState = stored.decode()?;
                     cache.states.insert(client_id, Arc::new(state));
                 }
             }
@@ -558,7 +557,7 @@ fn view(state: &ClientState, keyring: Option<&Keyring>) -> ClientView {
     let identifiers = state.identifiers();
     ClientView::new(
         state.client_id,
-        &serde_json::to_string(state).expect("client state serialises"),
+        state,
         match keyring {
             Some(keyring) => identifiers
                 .into_iter()
@@ -578,7 +577,7 @@ mod tests {
     use serde_json::json;
     use travelmap_domain::{EventDraft, EventId, JourneyEvent, Provenance, content_digest};
     use travelmap_store::sqlite::SqliteStore;
-    use travelmap_store::{NewEvent, StreamAppend};
+    use travelmap_store::{NewEvent, StoredState, StreamAppend};
     use uuid::Uuid;
 
     use super::*;
@@ -631,7 +630,7 @@ mod tests {
         }
     }
 
-    async fn stored(views: &dyn ViewStore) -> Vec<Option<String>> {
+    async fn stored(views: &dyn ViewStore) -> Vec<Option<StoredState>> {
         let mut stored = Vec::new();
         for n in 0..CLIENTS {
             stored.push(views.get(client(n)).await.unwrap());
@@ -660,7 +659,14 @@ mod tests {
         let head = *store.log.head().borrow();
         store
             .views
-            .save(head, vec![ClientView::new(stranger, "{}", Vec::new())])
+            .save(
+                head,
+                vec![ClientView::new(
+                    stranger,
+                    &ClientState::new(stranger),
+                    Vec::new(),
+                )],
+            )
             .await
             .unwrap();
 
@@ -680,8 +686,7 @@ mod tests {
         for n in 0..CLIENTS {
             let history = store.log.read_stream(client(n), None).await.unwrap();
             let folded = ClientState::from_history(client(n), history);
-            let view: ClientState =
-                serde_json::from_str(live[n as usize].as_ref().unwrap()).unwrap();
+            let view: ClientState = live[n as usize].as_ref().unwrap().decode().unwrap();
             assert_eq!(view, folded);
         }
         store.log.close();

@@ -11,7 +11,7 @@ use serde_json::json;
 use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance, content_digest};
 use travelmap_projections::{ClientState, Projector};
 use travelmap_store::sqlite::{SqliteStore, SqliteViewStore};
-use travelmap_store::{ClientView, EventLog, NewEvent, StreamAppend, ViewStore};
+use travelmap_store::{ClientView, EventLog, NewEvent, StoredState, StreamAppend, ViewStore};
 use uuid::Uuid;
 
 /// A view store whose next save fails when asked to, as a full disk would, and whose deletion
@@ -47,17 +47,17 @@ impl ViewStore for FlakyViews {
     async fn load(
         &self,
         clients: Vec<ClientId>,
-    ) -> travelmap_store::Result<HashMap<ClientId, String>> {
+    ) -> travelmap_store::Result<HashMap<ClientId, StoredState>> {
         self.inner.load(clients).await
     }
-    async fn get(&self, client: ClientId) -> travelmap_store::Result<Option<String>> {
+    async fn get(&self, client: ClientId) -> travelmap_store::Result<Option<StoredState>> {
         self.inner.get(client).await
     }
     async fn scan(
         &self,
         after: Option<ClientId>,
         limit: usize,
-    ) -> travelmap_store::Result<Vec<(ClientId, String)>> {
+    ) -> travelmap_store::Result<Vec<(ClientId, StoredState)>> {
         self.inner.scan(after, limit).await
     }
     async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> travelmap_store::Result<()> {
@@ -150,8 +150,7 @@ async fn a_failed_save_is_retried_from_the_stored_checkpoint() {
     );
 
     projector.catch_up().await.unwrap();
-    let stored: ClientState =
-        serde_json::from_str(&views.get(client).await.unwrap().unwrap()).unwrap();
+    let stored: ClientState = views.get(client).await.unwrap().unwrap().decode().unwrap();
     assert_eq!(
         stored.version, 2,
         "the event whose save failed is folded on the next attempt"
@@ -185,9 +184,14 @@ async fn a_change_set_hands_over_the_saved_states_once() {
     let states = set.states.take();
     assert_eq!(states.len(), 2);
     for state in &states {
-        let saved: ClientState =
-            serde_json::from_str(&store.views.get(state.client_id).await.unwrap().unwrap())
-                .unwrap();
+        let saved: ClientState = store
+            .views
+            .get(state.client_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .decode()
+            .unwrap();
         assert_eq!(**state, saved, "the handed-over state is the one saved");
     }
     assert!(
@@ -197,7 +201,7 @@ async fn a_change_set_hands_over_the_saved_states_once() {
 }
 
 /// The views of `clients`, as stored.
-async fn stored(views: &dyn ViewStore, clients: &[ClientId]) -> Vec<Option<String>> {
+async fn stored(views: &dyn ViewStore, clients: &[ClientId]) -> Vec<Option<StoredState>> {
     let mut stored = Vec::new();
     for &client in clients {
         stored.push(views.get(client).await.unwrap());
@@ -241,7 +245,14 @@ async fn a_rebuild_of_an_empty_log_leaves_no_view() {
     let views = Arc::new(FlakyViews::slow_to_reset(store.views.clone()));
     let stranger = ClientId(Uuid::new_v4());
     views
-        .save(0, vec![ClientView::new(stranger, "{}", Vec::new())])
+        .save(
+            0,
+            vec![ClientView::new(
+                stranger,
+                &ClientState::new(stranger),
+                Vec::new(),
+            )],
+        )
         .await
         .unwrap();
     let projector = Projector::new(store.log.clone(), views.clone(), None)

@@ -142,12 +142,12 @@ fn data_for_type(event_type: &str, day: i64) -> (&'static str, Value) {
         .unwrap_or_else(|| data(13, day))
 }
 
-async fn stored_states(views: &dyn ViewStore) -> HashMap<ClientId, Value> {
+async fn stored_states(views: &dyn ViewStore) -> HashMap<ClientId, ClientState> {
     let mut states = HashMap::new();
     for n in 0..4u128 {
         let client = ClientId(Uuid::from_u128(n + 1));
-        if let Some(json) = views.get(client).await.unwrap() {
-            states.insert(client, serde_json::from_str(&json).unwrap());
+        if let Some(stored) = views.get(client).await.unwrap() {
+            states.insert(client, stored.decode().unwrap());
         }
     }
     states
@@ -218,7 +218,7 @@ async fn check(steps: Vec<Step>) {
 
     for (client, state) in &live {
         let history = store.log.read_stream(*client, None).await.unwrap();
-        let folded = serde_json::to_value(ClientState::from_history(*client, history)).unwrap();
+        let folded = ClientState::from_history(*client, history);
         assert_eq!(
             &folded, state,
             "the stored view must equal a pure fold of the history"

@@ -377,8 +377,8 @@ impl Coordination {
             let page = self.views.scan(after, RELOAD_CHUNK).await?;
             let Some((last, _)) = page.last() else { break };
             after = Some(*last);
-            for (client_id, json) in page {
-                let state = parse(client_id, &json)?;
+            for (client_id, stored) in page {
+                let state: ClientState = stored.decode()?;
                 let file = state.case_file(now, &self.rules);
                 if let Some(at) = file.next_change {
                     index.due.insert((at, client_id));
@@ -506,8 +506,9 @@ impl Coordination {
             let stored = self.views.load(chunk.to_vec()).await?;
             let now = self.clock.now();
             let mut files = Vec::with_capacity(stored.len());
-            for (client_id, json) in &stored {
-                files.push(parse(*client_id, json)?.case_file(now, &self.rules));
+            for stored in stored.values() {
+                let state: ClientState = stored.decode()?;
+                files.push(state.case_file(now, &self.rules));
             }
             // A client whose view is gone (the views are being rebuilt) leaves the index until
             // its view is back, rather than be looked up again and again.
@@ -576,11 +577,6 @@ impl Coordination {
             let _ = self.notices.send(notice);
         }
     }
-}
-
-fn parse(client_id: ClientId, json: &str) -> Result<ClientState> {
-    Ok(serde_json::from_str(json)
-        .map_err(|source| travelmap_projections::Error::View { client_id, source })?)
 }
 
 /// What subscribers must hear about a client's alerts going from `old` to `new`. A restricted

@@ -514,8 +514,7 @@ impl Journeys {
                 Error::UnknownClient(client_id)
             });
         };
-        let state: ClientState = serde_json::from_str(&stored)
-            .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
+        let state: ClientState = stored.decode()?;
         Ok(state.travel_map(Utc::now()))
     }
 
@@ -604,12 +603,10 @@ impl Journeys {
         recorded
             .into_iter()
             .map(|(client_id, recorded)| {
-                let view = match stored.remove(&client_id) {
-                    Some(json) => Some(serde_json::from_str(&json).map_err(|source| {
-                        travelmap_projections::Error::View { client_id, source }
-                    })?),
-                    None => None,
-                };
+                let view = stored
+                    .remove(&client_id)
+                    .map(|stored| stored.decode())
+                    .transpose()?;
                 Ok((client_id, Projected { view, recorded }))
             })
             .collect()
@@ -658,9 +655,8 @@ impl Journeys {
             };
             after = Some(*last);
             let now = Utc::now();
-            for (client_id, stored) in page {
-                let state: ClientState = serde_json::from_str(&stored)
-                    .map_err(|source| travelmap_projections::Error::View { client_id, source })?;
+            for (_, stored) in page {
+                let state: ClientState = stored.decode()?;
                 // Restricted data may be stored, not processed: it stays out of statistics.
                 if !state.access(now).restricted {
                     states.push(state);

@@ -16,7 +16,7 @@ use travelmap_domain::personal::Category;
 use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
 use travelmap_service::{Error, Journeys, Submission};
 use travelmap_store::postgres::{ScratchDatabase, server_from_env};
-use travelmap_store::{Location, Store, ViewStore};
+use travelmap_store::{Location, Store, StoredState, ViewStore};
 use uuid::Uuid;
 
 /// Where one test's store lives; removed at the end of the test.
@@ -362,7 +362,7 @@ async fn concurrent_writers_make_one_gap_free_feed(place: &Place) {
     store.close().await;
 }
 
-async fn all_views(views: &dyn ViewStore, clients: &[ClientId]) -> HashMap<ClientId, String> {
+async fn all_views(views: &dyn ViewStore, clients: &[ClientId]) -> HashMap<ClientId, StoredState> {
     views.load(clients.to_vec()).await.unwrap()
 }
 
@@ -585,11 +585,12 @@ async fn the_audit_trail_is_one_chain(place: &Place) {
 
 /// Every byte the store holds, as text: the files of the embedded store, or every row of every
 /// table of the database (as PostgreSQL prints it, bytea in hex); and, since views are stored
-/// LZ4-compressed, what every stored view says.
+/// encoded and compressed, what every stored view says (as JSON).
 async fn everything_stored(place: &Place, views: &dyn ViewStore) -> String {
     let mut all = raw_store(place).await;
-    for (_, state) in views.scan(None, usize::MAX >> 1).await.unwrap() {
-        all.push_str(&state);
+    for (_, stored) in views.scan(None, usize::MAX >> 1).await.unwrap() {
+        let state: travelmap_projections::ClientState = stored.decode().unwrap();
+        all.push_str(&serde_json::to_string(&state).unwrap());
     }
     all
 }

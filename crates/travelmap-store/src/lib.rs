@@ -29,6 +29,7 @@ pub mod sqlite;
 pub mod webhooks;
 
 pub use keys::{DestroyedKey, KeyStore, Keyring, MasterKey, MasterKeys};
+pub use packed::StoredState;
 pub use sealed::SealedLog;
 pub use webhooks::WebhookStore;
 
@@ -227,20 +228,24 @@ pub trait EventLog: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientView {
     pub client_id: ClientId,
-    /// The projection's state for the client: its JSON, compressed (see [`ClientView::new`]).
+    /// The projection's state for the client, encoded and compressed (see [`ClientView::new`]).
     packed_state: Vec<u8>,
     /// `(type, value)` pairs under which the client can be found.
     pub identifiers: Vec<(String, String)>,
 }
 
 impl ClientView {
-    /// A view of the state serialised as `state_json`. The JSON is compressed here, by whoever
-    /// makes the view, rather than by the store: the projector makes views on several threads
-    /// while the store's single writer only writes.
-    pub fn new(client_id: ClientId, state_json: &str, identifiers: Vec<(String, String)>) -> Self {
+    /// A view of `state`. The state is encoded and compressed here, by whoever makes the view,
+    /// rather than by the store: the projector makes views on several threads while the store's
+    /// single writer only writes.
+    pub fn new(
+        client_id: ClientId,
+        state: &impl serde::Serialize,
+        identifiers: Vec<(String, String)>,
+    ) -> Self {
         Self {
             client_id,
-            packed_state: packed::pack(state_json),
+            packed_state: packed::pack(state),
             identifiers,
         }
     }
@@ -260,12 +265,16 @@ pub trait ViewStore: Send + Sync {
     /// The position of the last event folded into the stored views (0 when empty).
     async fn checkpoint(&self) -> Result<u64>;
     /// The stored states of the given clients (clients without a view are left out).
-    async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, String>>;
+    async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, StoredState>>;
     /// One client's stored state.
-    async fn get(&self, client: ClientId) -> Result<Option<String>>;
+    async fn get(&self, client: ClientId) -> Result<Option<StoredState>>;
     /// Up to `limit` stored states in client id order, after `after` (for reports that go
     /// through every client: retention, statistics).
-    async fn scan(&self, after: Option<ClientId>, limit: usize) -> Result<Vec<(ClientId, String)>>;
+    async fn scan(
+        &self,
+        after: Option<ClientId>,
+        limit: usize,
+    ) -> Result<Vec<(ClientId, StoredState)>>;
     /// Writes views and moves the checkpoint to `checkpoint`, atomically.
     async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()>;
     /// How many clients have a view.

@@ -41,7 +41,7 @@ async fn two_processes(database: &ScratchDatabase) -> (PgStore, PgStore) {
 fn view(client: ClientId) -> ClientView {
     ClientView::new(
         client,
-        &format!("{{\"client\":\"{client}\"}}"),
+        &serde_json::json!({"client": client.to_string()}),
         vec![("prison_number".into(), format!("OP-{client}"))],
     )
 }

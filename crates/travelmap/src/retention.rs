@@ -93,7 +93,7 @@ pub async fn run(
         after = Some(*last);
         for (client_id, stored) in page {
             report.clients += 1;
-            let state: ClientState = serde_json::from_str(&stored)?;
+            let state: ClientState = stored.decode()?;
             if state.due(schedule, now).is_none() {
                 continue;
             }

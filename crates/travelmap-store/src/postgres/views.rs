@@ -12,6 +12,7 @@ use travelmap_domain::ClientId;
 use uuid::Uuid;
 
 use super::VIEWS_CHANNEL;
+use crate::StoredState;
 use crate::packed::unpack;
 use crate::{ClientView, Error, Result, ViewStore};
 
@@ -177,7 +178,7 @@ impl ViewStore for PgViewStore {
         Ok(position as u64)
     }
 
-    async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, String>> {
+    async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, StoredState>> {
         let clients: Vec<Uuid> = clients.into_iter().map(|client| client.0).collect();
         let rows: Vec<(Uuid, Vec<u8>)> =
             sqlx::query_as("SELECT client_id, state FROM client_views WHERE client_id = ANY($1)")
@@ -192,7 +193,7 @@ impl ViewStore for PgViewStore {
             .collect()
     }
 
-    async fn get(&self, client: ClientId) -> Result<Option<String>> {
+    async fn get(&self, client: ClientId) -> Result<Option<StoredState>> {
         let state: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT state FROM client_views WHERE client_id = $1")
                 .bind(client.0)
@@ -201,7 +202,11 @@ impl ViewStore for PgViewStore {
         state.map(|state| unpack(client, &state)).transpose()
     }
 
-    async fn scan(&self, after: Option<ClientId>, limit: usize) -> Result<Vec<(ClientId, String)>> {
+    async fn scan(
+        &self,
+        after: Option<ClientId>,
+        limit: usize,
+    ) -> Result<Vec<(ClientId, StoredState)>> {
         let rows: Vec<(uuid::Uuid, Vec<u8>)> = sqlx::query_as(
             "SELECT client_id, state FROM client_views WHERE client_id > $1
              ORDER BY client_id LIMIT $2",

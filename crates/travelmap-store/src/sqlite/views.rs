@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::pool::ReadPool;
 use super::{Checkpointer, configure, schema};
+use crate::StoredState;
 use crate::packed::unpack;
 use crate::{ClientView, Error, Result, ViewStore};
 
@@ -96,7 +97,7 @@ impl ViewStore for SqliteViewStore {
             .await
     }
 
-    async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, String>> {
+    async fn load(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, StoredState>> {
         self.readers
             .read_points(clients.len(), move |connection| {
                 let mut statement = connection
@@ -115,7 +116,7 @@ impl ViewStore for SqliteViewStore {
             .await
     }
 
-    async fn get(&self, client: ClientId) -> Result<Option<String>> {
+    async fn get(&self, client: ClientId) -> Result<Option<StoredState>> {
         self.readers
             .read_now(move |connection| {
                 let state: Option<Vec<u8>> = connection
@@ -127,7 +128,11 @@ impl ViewStore for SqliteViewStore {
             .await
     }
 
-    async fn scan(&self, after: Option<ClientId>, limit: usize) -> Result<Vec<(ClientId, String)>> {
+    async fn scan(
+        &self,
+        after: Option<ClientId>,
+        limit: usize,
+    ) -> Result<Vec<(ClientId, StoredState)>> {
         self.readers
             .read(move |connection| {
                 let mut statement = connection.prepare_cached(
