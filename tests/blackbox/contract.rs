@@ -213,7 +213,11 @@ async fn the_document_states_the_limits_the_server_enforces() {
     }
     for (template, name) in [
         ("/v1/events", "after"),
+        ("/v1/audit/entries", "after"),
+        ("/v1/subscriptions/feed", "after"),
         ("/v1/clients/{client_id}/travel-map", "min_position"),
+        ("/v1/caseloads", "min_position"),
+        ("/v1/agencies/{agency}/caseload", "min_position"),
         ("/v1/alerts", "min_position"),
     ] {
         let position = parameter(template, name);
