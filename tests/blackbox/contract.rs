@@ -40,15 +40,7 @@ fn operations(doc: &Value) -> Vec<(String, String)> {
 #[tokio::test]
 async fn every_refusal_of_a_malformed_request_is_documented() {
     let app = spawn_app().await;
-    let doc: Value = app
-        .http
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.get_ok("/openapi.json", ADMIN).await;
     let operations = operations(&doc);
     assert!(operations.len() > 20, "{} operations", operations.len());
     let mut checked_bodies = 0;
