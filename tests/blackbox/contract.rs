@@ -262,6 +262,17 @@ async fn the_document_states_the_limits_the_server_enforces() {
         schemas["EventRequest"]["properties"]["schema_version"]["enum"],
         json!(versions)
     );
+    assert_eq!(
+        schemas["WebhookRequest"]["properties"]["purpose"]["enum"],
+        json!([
+            "case_management",
+            "supervision",
+            "service_delivery",
+            "statistics",
+            null
+        ])
+    );
+    assert_eq!(parameter("/v1/clients", "identifier")["required"], true);
     let patterns = &schemas["WebhookRequest"]["properties"]["types"]["items"]["enum"];
     assert!(
         patterns

@@ -189,6 +189,19 @@ impl Modify for EventDataSchemas {
             "types",
             &patterns,
         );
+        // A webhook's purpose may be left out (or null) for `case_management`.
+        let mut purposes: Vec<serde_json::Value> =
+            travelmap_webhooks::registration::ALLOWED_PURPOSES
+                .split(", ")
+                .map(serde_json::Value::from)
+                .collect();
+        purposes.push(serde_json::Value::Null);
+        set_enum(
+            &mut components.schemas,
+            "WebhookRequest",
+            "purpose",
+            &purposes,
+        );
     }
 }
 

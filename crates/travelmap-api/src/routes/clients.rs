@@ -191,7 +191,7 @@ pub async fn travel_map(
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// `TYPE:VALUE`, e.g. `prison_number:OP-2024-117`.
-    #[param(pattern = r"^[a-z][a-z0-9_]{0,63}:.*\S")]
+    #[param(required = true, pattern = r"^[a-z][a-z0-9_]{0,63}:.*\S")]
     pub identifier: Option<String>,
 }
 
