@@ -97,7 +97,7 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
     // The live feed's alert messages travel inside `text/event-stream`, which no response body
     // schema names; listed here so clients can still generate the type.
     components(schemas(routes::subscriptions::AlertMessage)),
-    modifiers(&BearerAuth, &EventDataSchemas, &BodyRejections),
+    modifiers(&BearerAuth, &EventDataSchemas, &AcceptedValues, &BodyRejections),
     tags(
         (name = "events", description = "Recording journey events and reading the global feed"),
         (name = "clients", description = "Histories, travel maps and identifier look-up"),
@@ -148,9 +148,18 @@ impl Modify for EventDataSchemas {
                 }
             }
         }
-        // The names the server accepts, from the same catalogue: an event's `type` (the types
-        // some agency may post; the service records the others itself), and a webhook's types
-        // or families of them (`job.*`).
+    }
+}
+
+/// States the values the server accepts where the derived schemas say only "string": an event's
+/// `type` (the catalogue's types that some agency may post; the service records the others
+/// itself) and `schema_version`, and a webhook's types or families of them (`job.*`) and
+/// purpose. They come from the same lists the server checks against, so they cannot drift.
+struct AcceptedValues;
+
+impl Modify for AcceptedValues {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
         let catalogue = travelmap_domain::catalogue::event_types();
         let posted: Vec<&str> = catalogue
             .iter()
