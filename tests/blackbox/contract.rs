@@ -228,16 +228,14 @@ async fn the_document_states_the_limits_the_server_enforces() {
         schemas["DecisionRequest"]["properties"]["reason"]["minLength"],
         1
     );
-    // An event's type is one of the catalogue's types that agencies post; the service records
-    // the data-protection decisions itself.
-    let types: Vec<&str> = schemas["EventRequest"]["properties"]["type"]["enum"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|name| name.as_str().unwrap())
-        .collect();
-    assert!(types.contains(&"client.released") && types.contains(&"job.placed"));
-    assert!(!types.contains(&"personal_data.erased"));
+    // An event request is one of a schema per type that agencies post (the service records the
+    // data-protection decisions itself), chosen by `type`, whose `data` is that type's schema.
+    let request = &schemas["EventRequest"];
+    let mapping = request["discriminator"]["mapping"].as_object().unwrap();
+    assert_eq!(request["discriminator"]["propertyName"], "type");
+    assert_eq!(request["oneOf"].as_array().unwrap().len(), mapping.len());
+    assert!(mapping.contains_key("client.released") && mapping.contains_key("job.placed"));
+    assert!(!mapping.contains_key("personal_data.erased"));
     let catalogue = app.get_ok("/v1/event-types", ADMIN).await;
     let posted = catalogue["event_types"]
         .as_array()
@@ -249,7 +247,25 @@ async fn the_document_states_the_limits_the_server_enforces() {
                 .is_some_and(|kinds| !kinds.is_empty())
         })
         .count();
-    assert_eq!(types.len(), posted);
+    assert_eq!(mapping.len(), posted);
+    let released = &schemas["EventRequest.client.released"];
+    assert_eq!(
+        mapping["client.released"],
+        "#/components/schemas/EventRequest.client.released"
+    );
+    assert_eq!(
+        released["properties"]["type"]["enum"],
+        json!(["client.released"])
+    );
+    assert_eq!(
+        released["properties"]["data"]["$ref"],
+        "#/components/schemas/EventData.client.released"
+    );
+    assert!(
+        schemas["EventData.client.released"]["properties"]["release_kind"].is_object(),
+        "{}",
+        schemas["EventData.client.released"]
+    );
     let newest = catalogue["event_types"]
         .as_array()
         .unwrap()
@@ -259,7 +275,7 @@ async fn the_document_states_the_limits_the_server_enforces() {
         .unwrap();
     let versions: Vec<u64> = (1..=newest).collect();
     assert_eq!(
-        schemas["EventRequest"]["properties"]["schema_version"]["enum"],
+        released["properties"]["schema_version"]["enum"],
         json!(versions)
     );
     assert_eq!(

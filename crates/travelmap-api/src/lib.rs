@@ -151,10 +151,11 @@ impl Modify for EventDataSchemas {
     }
 }
 
-/// States the values the server accepts where the derived schemas say only "string": an event's
-/// `type` (the catalogue's types that some agency may post; the service records the others
-/// itself) and `schema_version`, and a webhook's types or families of them (`job.*`) and
-/// purpose. They come from the same lists the server checks against, so they cannot drift.
+/// States the values the server accepts where the derived schemas say only "string" or
+/// "object": an event's `type` (the catalogue's types that some agency may post; the service
+/// records the others itself) with the `data` that goes with it, and its `schema_version`, and a
+/// webhook's types or families of them (`job.*`) and purpose. They come from the same lists the
+/// server checks against, so they cannot drift.
 struct AcceptedValues;
 
 impl Modify for AcceptedValues {
@@ -178,7 +179,6 @@ impl Modify for AcceptedValues {
         );
         patterns.sort();
         patterns.dedup();
-        set_enum(&mut components.schemas, "EventRequest", "type", &posted);
         // Every schema version up to the newest of any type (older ones are upcast).
         let newest = catalogue
             .iter()
@@ -192,6 +192,7 @@ impl Modify for AcceptedValues {
             "schema_version",
             &versions,
         );
+        one_request_per_type(&mut components.schemas, &posted);
         set_enum(
             &mut components.schemas,
             "WebhookRequest",
@@ -212,6 +213,51 @@ impl Modify for AcceptedValues {
             &purposes,
         );
     }
+}
+
+/// Makes `EventRequest` the choice, by `type`, between one request schema per event type whose
+/// `data` is that type's `EventData.<type>` component, so that a client generated from the
+/// document knows which data goes with which type (the derived schema says only "object").
+fn one_request_per_type(
+    schemas: &mut std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::Schema>,
+    >,
+    types: &[&str],
+) {
+    use utoipa::openapi::schema::{Discriminator, OneOf};
+    use utoipa::openapi::{Ref, RefOr, Schema};
+    let Some(RefOr::T(Schema::Object(request))) = schemas.get("EventRequest").cloned() else {
+        return;
+    };
+    let mut choice = OneOf::new();
+    choice.description = request.description.clone();
+    let mut mapping = std::collections::BTreeMap::new();
+    for event_type in types {
+        let data = format!("EventData.{event_type}");
+        if !schemas.contains_key(&data) {
+            continue;
+        }
+        let mut variant = request.clone();
+        variant.title = Some(format!("`{event_type}` event"));
+        if let Some(RefOr::T(Schema::Object(name))) = variant.properties.get_mut("type") {
+            name.enum_values = Some(vec![serde_json::Value::from(*event_type)]);
+        }
+        variant
+            .properties
+            .insert("data".to_owned(), Ref::from_schema_name(data).into());
+        let component = format!("EventRequest.{event_type}");
+        schemas.insert(component.clone(), RefOr::T(Schema::Object(variant)));
+        choice
+            .items
+            .push(Ref::from_schema_name(component.clone()).into());
+        mapping.insert(
+            (*event_type).to_owned(),
+            format!("#/components/schemas/{component}"),
+        );
+    }
+    choice.discriminator = Some(Discriminator::with_mapping("type", mapping));
+    schemas.insert("EventRequest".to_owned(), RefOr::T(Schema::OneOf(choice)));
 }
 
 /// Lists the values a string property (or the items of an array property) of a component may

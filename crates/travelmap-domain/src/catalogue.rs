@@ -90,7 +90,7 @@ macro_rules! catalogue {
                 match event_type {
                     $($name => {
                         let data = upcast($name, schema_version, $version, data)?;
-                        decode_payload::<$payload>(&data).map(Self::$variant)
+                        decode_payload::<$payload>($name, &data).map(Self::$variant)
                     })*
                     other => Err(DecodeError::UnknownType(other.to_owned())),
                 }
@@ -258,14 +258,77 @@ fn upcast<'a>(
     })
 }
 
-/// Decodes one payload, reporting the first problem with the path of the offending field.
-fn decode_payload<P: DeserializeOwned + Rules>(data: &Value) -> Result<P, DecodeError> {
+/// Decodes one payload of `event_type` (in its current version), reporting the first problem
+/// with the path of the offending field.
+fn decode_payload<P: DeserializeOwned + Rules>(
+    event_type: &str,
+    data: &Value,
+) -> Result<P, DecodeError> {
     if !data.is_object() {
         return Err(ValidationError::new("", "must be a JSON object").into());
+    }
+    if let Some(info) = event_types()
+        .iter()
+        .find(|info| info.event_type == event_type)
+    {
+        no_array_for_an_object(data, &info.data, "")?;
     }
     let payload: P = deserialize_with_path(data)?;
     payload.check()?;
     Ok(payload)
+}
+
+/// Refuses a JSON array wherever the type's schema expects an object. serde reads a struct from
+/// an array too (its fields in order), so without this check `"personal": ["Jana", null]` would
+/// be recorded as if it named the fields; the published schema allows only an object.
+fn no_array_for_an_object(
+    value: &Value,
+    schema: &Value,
+    path: &str,
+) -> Result<(), ValidationError> {
+    match value {
+        Value::Array(items) => {
+            if allows(schema, "object") && !allows(schema, "array") {
+                return Err(ValidationError::new(path, "must be a JSON object"));
+            }
+            if let Some(item_schema) = alternatives(schema).find_map(|schema| schema.get("items")) {
+                for (index, item) in items.iter().enumerate() {
+                    no_array_for_an_object(item, item_schema, &format!("{path}[{index}]"))?;
+                }
+            }
+        }
+        Value::Object(fields) => {
+            if let Some(properties) = alternatives(schema)
+                .find_map(|schema| schema.get("properties").and_then(Value::as_object))
+            {
+                for (name, field) in fields {
+                    if let Some(field_schema) = properties.get(name) {
+                        no_array_for_an_object(field, field_schema, &field_path(path, name))?;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A schema and the alternatives it lists (`anyOf`, `oneOf`: how an optional field is written).
+fn alternatives(schema: &Value) -> impl Iterator<Item = &Value> {
+    let listed = ["anyOf", "oneOf"]
+        .into_iter()
+        .filter_map(|key| schema.get(key).and_then(Value::as_array))
+        .flatten();
+    std::iter::once(schema).chain(listed)
+}
+
+/// Whether the schema (or one of its alternatives) allows JSON values of `kind`.
+fn allows(schema: &Value, kind: &str) -> bool {
+    alternatives(schema).any(|schema| match schema.get("type") {
+        Some(Value::String(name)) => name == kind,
+        Some(Value::Array(names)) => names.iter().any(|name| name == kind),
+        _ => false,
+    })
 }
 
 /// Deserialises `value` into `T`; on failure reports the dotted path to the offending field and
@@ -293,6 +356,53 @@ fn named_field(message: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn refused_field(event_type: &str, data: Value) -> String {
+        match JourneyEvent::decode(event_type, 1, &data) {
+            Err(DecodeError::Invalid(invalid)) => invalid.field,
+            other => panic!("{event_type} {data} was not refused as invalid: {other:?}"),
+        }
+    }
+
+    /// serde would read these arrays as the objects' fields in order.
+    #[test]
+    fn an_array_in_place_of_an_object_is_refused_where_it_stands() {
+        assert_eq!(
+            refused_field(
+                "client.registered",
+                json!({"identifiers": [], "personal": ["Jana", "Nováková", null]})
+            ),
+            "personal"
+        );
+        assert_eq!(
+            refused_field(
+                "client.registered",
+                json!({"identifiers": [{"type": "prison_number", "value": "P-1"}, ["probation_case", "PMS-1"]]})
+            ),
+            "identifiers[1]"
+        );
+        assert_eq!(
+            refused_field(
+                "identifier.added",
+                json!({"identifier": ["prison_number", "P-1"]})
+            ),
+            "identifier"
+        );
+        // The same data as objects is accepted, and arrays where arrays belong stay accepted.
+        JourneyEvent::decode(
+            "client.registered",
+            1,
+            &json!({"identifiers": [{"type": "prison_number", "value": "P-1"}],
+                    "personal": {"given_name": "Jana", "family_name": "Nováková"}}),
+        )
+        .unwrap();
+        JourneyEvent::decode(
+            "plan.agreed",
+            1,
+            &json!({"areas": ["housing", "employment"]}),
+        )
+        .unwrap();
+    }
 
     #[test]
     fn every_type_is_listed_once_with_an_object_schema() {
