@@ -12,9 +12,8 @@ use uuid::Uuid;
 
 use super::pool::ReadPool;
 use super::{Checkpointer, configure, schema};
-use crate::StoredState;
 use crate::packed::unpack;
-use crate::{ClientView, Error, Result, ViewStore};
+use crate::{ClientView, Error, Result, StoredState, ViewStore};
 
 /// The name under which the client-view projection keeps its checkpoint.
 const CLIENT_VIEWS: &str = "client_views";
