@@ -38,7 +38,7 @@ impl Access {
 impl ClientState {
     /// Who may see the client at `now` (facts that occurred later do not count yet).
     pub fn access(&self, now: DateTime<Utc>) -> Access {
-        self.access_with(&self.travel_map(now), now)
+        self.access_with(&self.travel_map_without_steps(now), now)
     }
 
     /// [`Self::access`] where the travel map at `now` is already at hand (a read that answers

@@ -216,7 +216,7 @@ impl CaseFile {
 impl ClientState {
     /// The client's case file as it stands at `now`.
     pub fn case_file(&self, now: DateTime<Utc>, rules: &Rules) -> CaseFile {
-        let map = self.travel_map(now);
+        let map = self.travel_map_without_steps(now);
         let released_at = (map.phase == Phase::Released)
             .then(|| map.phases.last().map(|span| span.from.with_timezone(&Utc)))
             .flatten();

@@ -63,7 +63,7 @@ pub struct Retention {
 impl ClientState {
     /// When the client's involvement ended, or `None` while an involvement is still open.
     pub fn involvement_ended(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let map = self.travel_map(now);
+        let map = self.travel_map_without_steps(now);
         if map.involvements.is_empty() {
             return self
                 .facts

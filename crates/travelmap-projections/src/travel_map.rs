@@ -189,7 +189,14 @@ impl ClientState {
 
     /// The travel map as it stands at `now`.
     pub fn travel_map(&self, now: DateTime<Utc>) -> TravelMap {
-        derive(self, now)
+        derive(self, now, true)
+    }
+
+    /// The travel map at `now` with no steps: where the client stands (phases, involvements,
+    /// needs, appointments, flags). For access decisions, case files and retention, which never
+    /// show the steps; their summaries and data were most of what deriving a map cost.
+    pub fn travel_map_without_steps(&self, now: DateTime<Utc>) -> TravelMap {
+        derive(self, now, false)
     }
 }
 
@@ -328,7 +335,7 @@ fn phase_of(event: &JourneyEvent) -> Option<Phase> {
     })
 }
 
-fn derive(state: &ClientState, now: DateTime<Utc>) -> TravelMap {
+fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMap {
     let mut phases: Vec<PhaseSpan> = Vec::new();
     let mut involvements: Vec<Involvement> = Vec::new();
     let mut needs = BTreeMap::new();
@@ -472,7 +479,11 @@ fn derive(state: &ClientState, now: DateTime<Utc>) -> TravelMap {
         phase,
         phases,
         involvements,
-        steps: state.facts.iter().map(step).collect(),
+        steps: if with_steps {
+            state.facts.iter().map(step).collect()
+        } else {
+            Vec::new()
+        },
         needs,
         next: appointments,
         flags,
