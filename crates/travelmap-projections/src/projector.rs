@@ -231,6 +231,7 @@ impl Projector {
             Ok(()) => self.fold_locked(&mut guard, pace).await,
             Err(error) => Err(error.into()),
         };
+        self.log.end_full_read();
         // Nothing waited for the deletion if nothing was saved (an empty log, or a failure
         // before the first save): a rebuild is done only once the old views are gone.
         let deleted = match guard.as_mut() {

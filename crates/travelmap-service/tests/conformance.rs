@@ -767,6 +767,53 @@ async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
     store.close().await;
 }
 
+/// A full read of the log (a rebuild) reads every live key once when it begins. Its pages must
+/// still open what was sealed under a key made after that, and once it ends, reads must see the
+/// keys as they are again: a key destroyed since leaves its data erased.
+async fn a_full_read_opens_with_the_keys_in_force(place: &Place) {
+    let store = place.open().await;
+    let keyring = keyring(&store).await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring.clone()))
+        .await
+        .unwrap();
+    let log = journeys.log().clone();
+    let registered = |client: ClientId, name: &str| {
+        unversioned(draft(
+            client,
+            "client.registered",
+            json!({"identifiers": [{"type": "prison_number", "value": format!("OP-{name}")}],
+                   "personal": {"given_name": name, "family_name": "Novak"}}),
+        ))
+    };
+    let (before, after) = (client(), client());
+    journeys
+        .record(&provenance(), &[registered(before, "Alena")])
+        .await
+        .unwrap();
+    log.prepare_full_read().await.unwrap();
+    // Its key is made after the full read began.
+    journeys
+        .record(&provenance(), &[registered(after, "Bohdan")])
+        .await
+        .unwrap();
+    let head = *log.head().borrow();
+    let given_names = |events: &[travelmap_domain::RecordedEvent]| -> Vec<Value> {
+        events
+            .iter()
+            .map(|event| event.draft.event.data()["personal"]["given_name"].clone())
+            .collect()
+    };
+    let page = log.read_range(0, head).await.unwrap();
+    assert_eq!(given_names(&page), [json!("Alena"), json!("Bohdan")]);
+    log.end_full_read();
+
+    keyring.destroy(before, None).await.unwrap();
+    let page = log.read_range(0, head).await.unwrap();
+    assert!(page[0].personal.is_erased(), "the destroyed key's data");
+    assert_eq!(given_names(&page)[1], json!("Bohdan"));
+    store.close().await;
+}
+
 /// A key store that lost keys (or is not the one of this log) must fail reads, not pass the
 /// client's data off as erased.
 /// Two processes on one store: one keeps a client's keys for sealing while the other destroys
@@ -973,6 +1020,7 @@ conformance!(Embedded:
     erasure_leaves_no_plaintext_and_keeps_the_facts,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
+    a_full_read_opens_with_the_keys_in_force,
 );
 
 conformance!(Postgres:
@@ -989,5 +1037,6 @@ conformance!(Postgres:
     erasure_leaves_no_plaintext_and_keeps_the_facts,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
+    a_full_read_opens_with_the_keys_in_force,
     a_key_destroyed_by_another_process_is_not_sealed_under,
 );

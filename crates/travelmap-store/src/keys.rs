@@ -232,15 +232,22 @@ pub struct Keyring {
     /// may still be here: the log then refuses the append with [`Error::KeyWithdrawn`] (it
     /// checks, in the transaction that stores the events, that each sealing key is still in
     /// force), the sealed log forgets the client's keys, and the caller seals again under the
-    /// key now in force. Opening never uses this cache: whether a key still exists is always
-    /// asked of the store.
+    /// key now in force. Opening never uses this cache: whether a key still exists is asked of
+    /// the store (see [`Keyring::open_events_of_full_read`] for a rebuild's pages).
     sealing_cache: KeyCache,
     /// Unwrapped keys by key id, for opening and sealing (see [`Keyring::unwrapped`]).
     unwrapped: std::sync::Mutex<HashMap<Uuid, Arc<DataKey>>>,
     /// Each client's live keys, where this process is the store's only user (see
     /// [`Keyring::live_keys`]).
     live: Option<LiveKeys>,
+    /// Where other processes share the store: every client's live keys as read when a full read
+    /// of the log (a rebuild) began, for opening that read's pages (see
+    /// [`Keyring::open_events_of_full_read`]).
+    full_read: std::sync::Mutex<Option<Arc<KeysByClient>>>,
 }
+
+/// Each client's live keys.
+type KeysByClient = HashMap<ClientId, Arc<[StoredKey]>>;
 
 type LiveKeys = std::sync::Mutex<LiveCache>;
 
@@ -305,6 +312,7 @@ impl Keyring {
             sealing_cache: std::sync::Mutex::new(HashMap::new()),
             unwrapped: std::sync::Mutex::new(HashMap::new()),
             live: exclusive.then(|| std::sync::Mutex::new(LiveCache::default())),
+            full_read: std::sync::Mutex::new(None),
         })
     }
 
@@ -498,28 +506,43 @@ impl Keyring {
         Ok(lists)
     }
 
-    /// Loads every client's live keys at once, where [`Self::live_keys`] keeps them: a rebuild
-    /// reads every client, and one pass over the key store costs less than a query per page.
-    pub async fn load_live_keys(&self) -> Result<()> {
-        let Some(known) = &self.live else {
-            return Ok(());
-        };
-        let generation = known.lock().expect("live key cache lock").generation;
+    /// Prepares for a full read of the log (a rebuild), which opens the events of every client:
+    /// every live key is read in one pass over the key store, which costs less than a query per
+    /// page. Where this process is the store's only user, the keys go into [`Self::live_keys`]'s
+    /// lists. Where other processes share the store, they are kept apart, for the pages of the
+    /// full read alone ([`Self::open_events_of_full_read`]), until [`Self::end_full_read`].
+    pub async fn begin_full_read(&self) -> Result<()> {
+        let generation = self
+            .live
+            .as_ref()
+            .map(|known| known.lock().expect("live key cache lock").generation);
         let mut by_client: HashMap<ClientId, Vec<StoredKey>> = HashMap::new();
         for key in self.store.all().await? {
             by_client.entry(key.client_id).or_default().push(key);
         }
-        let mut known = known.lock().expect("live key cache lock");
-        if by_client.len() > LIVE_KEY_CLIENTS || known.generation != generation {
+        if by_client.len() > LIVE_KEY_CLIENTS {
+            // Too many to hold: the pages ask the store for their clients' keys instead.
             return Ok(());
         }
-        known.lists.clear();
-        known.lists.extend(
-            by_client
-                .into_iter()
-                .map(|(client, keys)| (client, Arc::from(keys))),
-        );
+        let lists = by_client
+            .into_iter()
+            .map(|(client, keys)| (client, Arc::from(keys)));
+        let Some(known) = &self.live else {
+            *self.full_read.lock().expect("full read keys lock") = Some(Arc::new(lists.collect()));
+            return Ok(());
+        };
+        let mut known = known.lock().expect("live key cache lock");
+        // A key made or destroyed meanwhile may be missing from what was read, or still in it.
+        if Some(known.generation) == generation {
+            known.lists.clear();
+            known.lists.extend(lists);
+        }
         Ok(())
+    }
+
+    /// Ends a full read of the log: the keys read for it are dropped.
+    pub fn end_full_read(&self) {
+        self.full_read.lock().expect("full read keys lock").take();
     }
 
     /// Forgets the sealing keys of clients for which the log refused a key as withdrawn, so that
@@ -598,6 +621,30 @@ impl Keyring {
     /// Opens the sealed events among `events` in place: their personal fields come back, or,
     /// where the key is gone, they are marked erased for good.
     pub async fn open_events(&self, events: &mut [RecordedEvent]) -> Result<()> {
+        self.open_with(events, None).await
+    }
+
+    /// [`Self::open_events`] for a page of a full read of the log, with the keys read when it
+    /// began where other processes share the store (see [`Self::begin_full_read`]).
+    ///
+    /// Such a page may then be opened with a key that another process has destroyed since, and
+    /// a rebuilt view may hold personal data erased meanwhile, but not for long: erasure and
+    /// retention destroy keys first and then record their event, and when the projector folds
+    /// that event it folds the client again from the log, opened with the keys then in force
+    /// (an erasure is answered only once that is done). A key made since is not among those
+    /// read, and is asked of the store as for any read.
+    pub async fn open_events_of_full_read(&self, events: &mut [RecordedEvent]) -> Result<()> {
+        let keys = self.full_read.lock().expect("full read keys lock").clone();
+        self.open_with(events, keys.as_deref()).await
+    }
+
+    /// Opens `events` with the live keys of `read_before` where given, else as the store has
+    /// them now.
+    async fn open_with(
+        &self,
+        events: &mut [RecordedEvent],
+        read_before: Option<&KeysByClient>,
+    ) -> Result<()> {
         let mut clients: Vec<ClientId> = events
             .iter()
             .filter(|event| matches!(event.personal, PersonalData::Sealed(_)))
@@ -608,9 +655,16 @@ impl Keyring {
         }
         clients.sort_unstable_by_key(|client| client.0);
         clients.dedup();
-        // Which keys are live is always asked of the store; a live key is unwrapped once per
-        // read and only if some event needs it (a rebuild's page names thousands of clients).
-        let stored = self.live_keys(clients.clone()).await?;
+        // Which keys are live is asked of the store (a full read of a shared store asked it once
+        // when it began); a live key is unwrapped once per read and only if some event needs it
+        // (a rebuild's page names thousands of clients).
+        let stored = match read_before {
+            Some(lists) => clients
+                .iter()
+                .filter_map(|client| lists.get(client).cloned())
+                .collect(),
+            None => self.live_keys(clients.clone()).await?,
+        };
         let live: HashMap<Uuid, &StoredKey> = stored
             .iter()
             .flat_map(|keys| keys.iter())

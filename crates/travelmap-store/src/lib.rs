@@ -210,10 +210,14 @@ pub trait EventLog: Send + Sync {
     fn head(&self) -> watch::Receiver<u64>;
 
     /// Called before the whole log is read (a rebuild), so that a log that can make such a read
-    /// cheaper prepares for it (the sealed log loads every live key in one pass).
+    /// cheaper prepares for it (the sealed log loads every live key in one pass). Its ranges
+    /// are read with what was prepared until [`Self::end_full_read`].
     async fn prepare_full_read(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Called when a full read ends (or fails), to drop what [`Self::prepare_full_read`] kept.
+    fn end_full_read(&self) {}
 
     /// The stored form of events' content digests (see [`NewEvent::digest`]): what `lookup`
     /// answers with, and what a retry's digest must be turned into before comparing. A log that

@@ -167,7 +167,7 @@ impl EventLog for SealedLog {
 
     async fn read_range(&self, after: u64, up_to: u64) -> Result<Vec<RecordedEvent>> {
         let mut events = self.inner.read_range(after, up_to).await?;
-        self.keyring.open_events(&mut events).await?;
+        self.keyring.open_events_of_full_read(&mut events).await?;
         Ok(events)
     }
 
@@ -176,7 +176,11 @@ impl EventLog for SealedLog {
     }
 
     async fn prepare_full_read(&self) -> Result<()> {
-        self.keyring.load_live_keys().await
+        self.keyring.begin_full_read().await
+    }
+
+    fn end_full_read(&self) {
+        self.keyring.end_full_read();
     }
 
     async fn fingerprints(
