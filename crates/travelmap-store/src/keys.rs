@@ -624,8 +624,9 @@ impl Keyring {
         self.open_with(events, None).await
     }
 
-    /// [`Self::open_events`] for a page of a full read of the log, with the keys read when it
-    /// began where other processes share the store (see [`Self::begin_full_read`]).
+    /// [`Self::open_events`] for a range of the log: while a full read is under way where other
+    /// processes share the store, with the keys read when it began (see
+    /// [`Self::begin_full_read`]).
     ///
     /// Such a page may then be opened with a key that another process has destroyed since, and
     /// a rebuilt view may hold personal data erased meanwhile, but not for long: erasure and
