@@ -267,10 +267,7 @@ fn decode_payload<P: DeserializeOwned + Rules>(
     if !data.is_object() {
         return Err(ValidationError::new("", "must be a JSON object").into());
     }
-    if let Some(info) = event_types()
-        .iter()
-        .find(|info| info.event_type == event_type)
-    {
+    if let Some(info) = self::event_type(event_type) {
         no_array_for_an_object(data, &info.data, "")?;
     }
     let payload: P = deserialize_with_path(data)?;
