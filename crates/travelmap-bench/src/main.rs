@@ -115,9 +115,10 @@ struct Args {
     /// and its rebuild of that log, and print them (for quick comparisons while working on it).
     #[arg(long)]
     postgres_only: bool,
-    /// Measure only rebuilds: load the workload once (in batches) on each backend (the embedded
-    /// store only, with `--embedded-only`), then rebuild it several times and print each rebuild
-    /// (for quick comparisons while working on it).
+    /// Measure only rebuilds: load the workload once (in batches, one at a time, whose rate is
+    /// printed too) on each backend (the embedded store only, with `--embedded-only`), then
+    /// rebuild it several times and print each rebuild (for quick comparisons while working on
+    /// it).
     #[arg(long)]
     rebuild_only: bool,
     /// Measure only memory on the embedded store: load the workload in batches, read travel
@@ -365,7 +366,11 @@ async fn measure_rebuilds_only(args: &Args, workload: &Arc<Workload>) -> anyhow:
             "{name}: loading {} events in batches",
             workload.len()
         ));
-        post_batches(&server.api, workload, 1).await?;
+        let loaded = post_batches(&server.api, workload, 1).await?;
+        println!(
+            "{name} load, one batch of {BATCH} at a time: {:.0} events/s",
+            loaded.per_second()
+        );
         server.stop().await?;
         let mut rates = Vec::with_capacity(REPEATS);
         for repeat in 1..=REPEATS {
