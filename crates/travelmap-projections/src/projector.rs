@@ -61,6 +61,9 @@ const SERIALISING_AHEAD: usize = 2;
 /// connections; the embedded store's single writer takes them in turn.
 const SAVING_AT_ONCE: usize = 2;
 
+/// The size of the first page read by a catch-up or rebuild (see [`Projector::fold_pages`]).
+const FIRST_PAGE: usize = 500;
+
 /// How far the projection has got: the position of the last event folded into stored views.
 pub type Progress = watch::Receiver<u64>;
 
@@ -238,9 +241,12 @@ impl Projector {
             Some(cache) => cache.reset_done().await,
             None => Ok(()),
         };
-        // The rebuild's large cache is not needed for following the live feed.
-        *guard = None;
+        // The rebuild's large cache is not needed for following the live feed. Freeing every
+        // client's state takes a while (milliseconds per thousand clients), which nothing needs
+        // to wait for.
+        let cache = guard.take();
         drop(guard);
+        tokio::task::spawn_blocking(move || drop(cache));
         let events = folded?;
         deleted?;
         let clients = self.views.count().await?;
@@ -346,10 +352,15 @@ impl Projector {
         let mut reading: VecDeque<(u64, PageRead)> = VecDeque::new();
         let mut next_after = cache.checkpoint;
         let mut folded = 0u64;
+        // The first pages are small and each one after is twice as large, up to the pace's page:
+        // nothing is folded until the first page is read, and a rebuild's first large page kept
+        // the folding thread waiting for a tenth of the whole rebuild.
+        let mut page_size = pace.page.min(FIRST_PAGE);
         loop {
             let head = *self.log.head().borrow();
             while reading.len() <= pace.read_ahead && next_after < head {
-                let up_to = (next_after + pace.page as u64).min(head);
+                let up_to = (next_after + page_size as u64).min(head);
+                page_size = (page_size * 2).min(pace.page);
                 let log = self.log.clone();
                 let after = next_after;
                 reading.push_back((
