@@ -15,7 +15,7 @@ use travelmap_domain::{
 use uuid::Uuid;
 
 use super::pool::ReadPool;
-use super::{Checkpointer, configure, schema};
+use super::{configure, schema};
 use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend};
 
 /// How many clients one outline query covers (well under SQLite's limit on parameters).
@@ -38,8 +38,6 @@ struct Job {
 pub struct SqliteEventLog {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    /// `None` for a log opened read-only.
-    checkpointer: Option<Checkpointer>,
     readers: Arc<ReadPool>,
     head: watch::Receiver<u64>,
 }
@@ -48,10 +46,6 @@ impl SqliteEventLog {
     pub(crate) fn open(path: &Path) -> Result<Self> {
         let mut connection = Connection::open(path)?;
         configure(&connection)?;
-        // Checkpoints run on a thread of their own (see `Checkpointer`): a batch of 1,000 events
-        // writes more pages than SQLite's automatic threshold, so every batch's commit also
-        // copied the pages into the main file and flushed it before it was acknowledged.
-        super::checkpointed_elsewhere(&connection)?;
         schema::migrate(&mut connection, path, schema::EVENTS)?;
         let (last_position, last_recorded_micros): (u64, i64) = connection.query_row(
             "SELECT COALESCE(MAX(position), 0), COALESCE(MAX(recorded_at), 0) FROM events",
@@ -72,7 +66,6 @@ impl SqliteEventLog {
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(handle)),
-            checkpointer: Some(Checkpointer::start(path, "event log")?),
             readers: Arc::new(ReadPool::new(path.to_owned())),
             head,
         })
@@ -97,7 +90,6 @@ impl SqliteEventLog {
         Ok(Self {
             jobs: Mutex::new(None),
             writer: Mutex::new(None),
-            checkpointer: None,
             readers,
             head: watch::channel(last_position).1,
         })
@@ -105,9 +97,6 @@ impl SqliteEventLog {
 
     /// Stops accepting appends, lets the writer finish what is queued, and waits for it.
     pub fn close(&self) {
-        if let Some(checkpointer) = &self.checkpointer {
-            checkpointer.stop();
-        }
         self.jobs.lock().expect("jobs lock").take();
         if let Some(handle) = self.writer.lock().expect("writer lock").take() {
             let _ = handle.join();
