@@ -33,6 +33,9 @@ struct Pace {
     /// States are saved in chunks of this many clients, so that serialising some chunks
     /// overlaps writing others.
     save_chunk: usize,
+    /// Pages are ranges of a full read of the log (a rebuild, between
+    /// [`EventLog::prepare_full_read`] and [`EventLog::end_full_read`]).
+    full_read: bool,
 }
 
 /// Following the live feed: small pages, a modest cache, saved as soon as the head is reached.
@@ -44,6 +47,7 @@ const LIVE: Pace = Pace {
     cache_clients: 2_048,
     read_ahead: 1,
     save_chunk: 1_000,
+    full_read: false,
 };
 /// A rebuild: large pages, saved rarely (a client touched by many pages is written once), a large
 /// cache that is dropped when the rebuild ends.
@@ -53,6 +57,7 @@ const REBUILD: Pace = Pace {
     cache_clients: 50_000,
     read_ahead: 2,
     save_chunk: 1_000,
+    full_read: true,
 };
 /// How many chunks of a large save are serialised at once (on the blocking pool), ahead of the
 /// one being written. Serialising and compressing took longer than writing, on one thread.
@@ -363,9 +368,16 @@ impl Projector {
                 page_size = (page_size * 2).min(pace.page);
                 let log = self.log.clone();
                 let after = next_after;
+                let full_read = pace.full_read;
                 reading.push_back((
                     up_to,
-                    tokio::spawn(async move { log.read_range(after, up_to).await }),
+                    tokio::spawn(async move {
+                        if full_read {
+                            log.read_range_of_full_read(after, up_to).await
+                        } else {
+                            log.read_range(after, up_to).await
+                        }
+                    }),
                 ));
                 next_after = up_to;
             }
@@ -688,6 +700,7 @@ mod tests {
             cache_clients: 2,
             read_ahead: 1,
             save_chunk: 2,
+            full_read: true,
         };
         let report = projector.rebuild_at(tight).await.unwrap();
         assert_eq!(report.events, (CLIENTS as u64) * EVENTS_PER_CLIENT);

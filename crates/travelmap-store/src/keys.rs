@@ -624,7 +624,8 @@ impl Keyring {
         self.open_with(events, None).await
     }
 
-    /// [`Self::open_events`] for a range of the log: while a full read is under way where other
+    /// [`Self::open_events`] for a range of the full read under way (a rebuild's page, and
+    /// nothing else: other readers open with the keys as the store has them): where other
     /// processes share the store, with the keys read when it began (see
     /// [`Self::begin_full_read`]).
     ///

@@ -210,10 +210,18 @@ pub trait EventLog: Send + Sync {
     fn head(&self) -> watch::Receiver<u64>;
 
     /// Called before the whole log is read (a rebuild), so that a log that can make such a read
-    /// cheaper prepares for it (the sealed log loads every live key in one pass). Its ranges
-    /// are read with what was prepared until [`Self::end_full_read`].
+    /// cheaper prepares for it (the sealed log loads every live key in one pass). The full
+    /// read's ranges are then read with [`Self::read_range_of_full_read`], until
+    /// [`Self::end_full_read`].
     async fn prepare_full_read(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// [`Self::read_range`] for a range of the full read under way, which may use what
+    /// [`Self::prepare_full_read`] kept. Only the full read's own ranges come through here:
+    /// other readers (the feed, subscribers) read as usual meanwhile.
+    async fn read_range_of_full_read(&self, after: u64, up_to: u64) -> Result<Vec<RecordedEvent>> {
+        self.read_range(after, up_to).await
     }
 
     /// Called when a full read ends (or fails), to drop what [`Self::prepare_full_read`] kept.

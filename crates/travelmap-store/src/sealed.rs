@@ -167,6 +167,12 @@ impl EventLog for SealedLog {
 
     async fn read_range(&self, after: u64, up_to: u64) -> Result<Vec<RecordedEvent>> {
         let mut events = self.inner.read_range(after, up_to).await?;
+        self.keyring.open_events(&mut events).await?;
+        Ok(events)
+    }
+
+    async fn read_range_of_full_read(&self, after: u64, up_to: u64) -> Result<Vec<RecordedEvent>> {
+        let mut events = self.inner.read_range(after, up_to).await?;
         self.keyring.open_events_of_full_read(&mut events).await?;
         Ok(events)
     }
