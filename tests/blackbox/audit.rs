@@ -189,6 +189,81 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
     assert_eq!(checkpoint["hash"], tail[2]["hash"]);
 }
 
+#[tokio::test]
+async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_none() {
+    let app = spawn_app().await;
+    let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
+    let registered = sample_event(first, "client.registered", "2026-01-05T09:00:00+01:00");
+    let sentenced = sample_event(first, "sentence.started", "2026-01-06T09:00:00+01:00");
+    let other = sample_event(second, "client.registered", "2026-01-05T10:00:00+01:00");
+    let retraction = event(
+        first,
+        "event.retracted",
+        "2026-01-07T09:00:00+01:00",
+        valid_data(
+            "event.retracted",
+            registered["id"].as_str().unwrap().parse().unwrap(),
+        ),
+    );
+    let batch = json!({"events": [registered, other, sentenced, retraction]});
+    let response = app.post("/v1/events/batch", PRISON_WRITER, &batch).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    // Sent again: answered with the original receipts, and logged again.
+    let response = app.post("/v1/events/batch", PRISON_WRITER, &batch).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // Refused by its checks (the stream has moved on): nothing is recorded, nothing logged.
+    let mut stale = sample_event(second, "sentence.started", "2026-01-06T10:00:00+01:00");
+    stale["expected_version"] = json!(0);
+    let refused = app
+        .post(
+            "/v1/events/batch",
+            PRISON_WRITER,
+            &json!({"events": [stale]}),
+        )
+        .await;
+    expect_problem(refused, StatusCode::CONFLICT, "version_conflict").await;
+
+    let logged = |client: Uuid| {
+        let app = &app;
+        async move {
+            let trail = app
+                .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
+                .await;
+            trail["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|entry| {
+                    (
+                        entry["operation"].as_str().unwrap().to_owned(),
+                        entry["outcome"].as_str().unwrap().to_owned(),
+                        entry["returned"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let id = |event: &Value| event["id"].as_str().unwrap().to_owned();
+    let first_entries = [
+        (
+            "collection",
+            "allowed",
+            format!("{},{}", id(&registered), id(&sentenced)),
+        ),
+        ("alteration", "allowed", id(&retraction)),
+    ];
+    let first_entries: Vec<_> = first_entries
+        .iter()
+        .chain(first_entries.iter())
+        .map(|(operation, outcome, returned)| {
+            (operation.to_string(), outcome.to_string(), returned.clone())
+        })
+        .collect();
+    assert_eq!(logged(first).await, first_entries);
+    let second_entries = vec![("collection".to_owned(), "allowed".to_owned(), id(&other)); 2];
+    assert_eq!(logged(second).await, second_entries);
+}
+
 fn verify(data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
     verify_with_key(data, checkpoint, None)
 }

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::ClientId;
 
 /// What was done with personal data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
     /// Events were recorded.

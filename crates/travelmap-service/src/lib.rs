@@ -14,6 +14,8 @@
 //! Knows the domain, the storage traits and the projections; knows nothing of HTTP or SQL.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,6 +48,43 @@ const CLIENT_STRIPES: usize = 1024;
 const MAX_PROJECTION_WAIT: Duration = Duration::from_secs(5);
 /// The largest page of the global feed.
 pub const MAX_FEED_PAGE: usize = 1000;
+
+/// Work that runs beside a commit, at most once: the operation's audit entry (see
+/// [`Journeys::record_logged`]).
+struct Alongside<'a, L: Future> {
+    pending: Option<Pin<&'a mut L>>,
+    done: Option<L::Output>,
+}
+
+impl<'a, L: Future> Alongside<'a, L> {
+    fn new(work: Pin<&'a mut L>) -> Self {
+        Self {
+            pending: Some(work),
+            done: None,
+        }
+    }
+
+    /// Awaits `commit`, with the work beside it if it has not run yet.
+    async fn beside<T>(&mut self, commit: impl Future<Output = T>) -> T {
+        match self.pending.take() {
+            Some(work) => {
+                let (committed, done) = tokio::join!(commit, work);
+                self.done = Some(done);
+                committed
+            }
+            None => commit.await,
+        }
+    }
+
+    /// The work's output, running it now if no commit ran it.
+    async fn finish(self) -> L::Output {
+        match (self.done, self.pending) {
+            (Some(done), _) => done,
+            (None, Some(work)) => work.await,
+            (None, None) => unreachable!("work is either pending or done"),
+        }
+    }
+}
 
 /// Why a use case failed. Variants carrying `index` refer to the position of the event in the
 /// submitted batch (0 for a single event).
@@ -221,6 +260,24 @@ impl Journeys {
         provenance: &Provenance,
         submissions: &[Submission],
     ) -> Result<Vec<Outcome>> {
+        let (outcomes, ()) = self
+            .record_logged(provenance, submissions, std::future::ready(()))
+            .await?;
+        Ok(outcomes)
+    }
+
+    /// [`Self::record`], with `log` (the operation's audit entry) written alongside the commit
+    /// instead of after it, so that the request waits for the slower of the two rather than
+    /// their sum. `log` runs once the events are decided: a submission refused by its checks
+    /// runs none, and an entry written beside a commit that then fails stays (the operation was
+    /// allowed and attempted). Retries of events already recorded run it as well. Its output
+    /// is returned beside the outcomes, for the caller to act on.
+    pub async fn record_logged<L: Future>(
+        &self,
+        provenance: &Provenance,
+        submissions: &[Submission],
+        log: L,
+    ) -> Result<(Vec<Outcome>, L::Output)> {
         if let Some((index, submission)) = submissions.iter().enumerate().find(|(_, submission)| {
             travelmap_domain::personal::is_lifecycle(submission.draft.event.event_type())
         }) {
@@ -229,14 +286,20 @@ impl Journeys {
                 event_type: submission.draft.event.event_type(),
             });
         }
-        self.record_events(provenance, submissions).await
+        let log = std::pin::pin!(log);
+        let mut alongside = Alongside::new(log);
+        let outcomes = self
+            .record_events(provenance, submissions, &mut alongside)
+            .await?;
+        Ok((outcomes, alongside.finish().await))
     }
 
-    /// [`Self::record`] without the check for data-protection decisions.
-    async fn record_events(
+    /// [`Self::record_logged`] without the check for data-protection decisions.
+    async fn record_events<L: Future>(
         &self,
         provenance: &Provenance,
         submissions: &[Submission],
+        alongside: &mut Alongside<'_, L>,
     ) -> Result<Vec<Outcome>> {
         let mut first_index: HashMap<EventId, usize> = HashMap::with_capacity(submissions.len());
         for (index, submission) in submissions.iter().enumerate() {
@@ -280,7 +343,7 @@ impl Journeys {
         let mut look_up = false;
         for attempt in 0..MAX_ATTEMPTS {
             match self
-                .try_record(provenance, submissions, &digests, look_up)
+                .try_record(provenance, submissions, &digests, look_up, alongside)
                 .await
             {
                 Err(Error::Refused { .. } | Error::VersionConflict { .. }) if !look_up => {
@@ -310,12 +373,13 @@ impl Journeys {
         Err(Error::Contention)
     }
 
-    async fn try_record(
+    async fn try_record<L: Future>(
         &self,
         provenance: &Provenance,
         submissions: &[Submission],
         digests: &[[u8; 32]],
         look_up: bool,
+        alongside: &mut Alongside<'_, L>,
     ) -> Result<Vec<Outcome>> {
         let existing: HashMap<EventId, _> = if look_up {
             let ids = submissions.iter().map(|s| s.draft.id).collect();
@@ -407,7 +471,7 @@ impl Journeys {
         }
 
         if !streams.is_empty() {
-            let appended = self.log.append(provenance, streams).await;
+            let appended = alongside.beside(self.log.append(provenance, streams)).await;
             self.remember_journeys(decided, appended.is_ok());
             let receipts = appended?;
             let order = by_client.iter().flat_map(|(_, indices)| indices.iter());

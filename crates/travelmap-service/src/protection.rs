@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use travelmap_store::Outline;
 
-use crate::{Error, Journeys, Outcome, Result, Submission};
+use crate::{Alongside, Error, Journeys, Outcome, Result, Submission};
 
 impl Journeys {
     /// Erases the client's personal data: destroys every data key of the client (so the sealed
@@ -220,6 +220,7 @@ impl Journeys {
                     draft,
                     expected_version: None,
                 }],
+                &mut Alongside::new(std::pin::pin!(std::future::ready(()))),
             )
             .await?;
         Ok(outcomes.remove(0))

@@ -1,5 +1,8 @@
 //! Writing events and reading the global feed.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -66,11 +69,6 @@ pub async fn post_event(
         .actor
         .as_ref()
         .map(|actor| actor.as_str().to_owned());
-    let outcomes = state
-        .journeys
-        .record(&caller.provenance(), &[submission])
-        .await
-        .map_err(|error| ApiError::from(error).at_index(None))?;
     let mut entry = context.record(
         &caller,
         Outcome::Allowed,
@@ -82,7 +80,17 @@ pub async fn post_event(
         },
     );
     entry.actor = actor;
-    audit::write(&state, vec![entry]).await?;
+    // The entry is written beside the commit (see `Journeys::record_logged`).
+    let (outcomes, logged) = state
+        .journeys
+        .record_logged(
+            &caller.provenance(),
+            &[submission],
+            audit::write(&state, vec![entry]),
+        )
+        .await
+        .map_err(|error| ApiError::from(error).at_index(None))?;
+    logged?;
     let outcome = &outcomes[0];
     let status = if outcome.created {
         StatusCode::CREATED
@@ -175,21 +183,19 @@ pub async fn post_batch(
             return Err(refused.at_index(Some(index)));
         }
     }
-    let outcomes = state
-        .journeys
-        .record(&caller.provenance(), &submissions)
-        .await?;
-    // One entry per client and operation, naming the events recorded for it.
+    // One entry per client and operation, naming the events recorded for it, in order of
+    // first appearance.
     let mut recorded: Vec<(ClientId, Operation, Vec<String>)> = Vec::new();
+    let mut entry_of: HashMap<(ClientId, Operation), usize> = HashMap::new();
     for submission in &submissions {
         let key = (submission.draft.client_id, operation_of(submission));
         let id = submission.draft.id.to_string();
-        match recorded
-            .iter_mut()
-            .find(|(client, operation, _)| (*client, *operation) == key)
-        {
-            Some((_, _, ids)) => ids.push(id),
-            None => recorded.push((key.0, key.1, vec![id])),
+        match entry_of.entry(key) {
+            Entry::Occupied(entry) => recorded[*entry.get()].2.push(id),
+            Entry::Vacant(entry) => {
+                entry.insert(recorded.len());
+                recorded.push((key.0, key.1, vec![id]));
+            }
         }
     }
     let entries = recorded
@@ -206,7 +212,16 @@ pub async fn post_batch(
             )
         })
         .collect();
-    audit::write(&state, entries).await?;
+    // The entries are written beside the commit (see `Journeys::record_logged`).
+    let (outcomes, logged) = state
+        .journeys
+        .record_logged(
+            &caller.provenance(),
+            &submissions,
+            audit::write(&state, entries),
+        )
+        .await?;
+    logged?;
     let status = if outcomes.iter().any(|outcome| outcome.created) {
         StatusCode::CREATED
     } else {
