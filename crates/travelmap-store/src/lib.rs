@@ -375,7 +375,7 @@ impl AuditLog for DiscardedAudit {
 pub(crate) fn decode_data(
     event_type: &str,
     schema_version: u32,
-    data: String,
+    data: &str,
     sealed: Option<Vec<u8>>,
 ) -> std::result::Result<
     (
@@ -387,7 +387,7 @@ pub(crate) fn decode_data(
     use travelmap_domain::{JourneyEvent, PersonalData, Sealed, ValidationError, personal};
     match sealed {
         None => Ok((
-            JourneyEvent::decode_stored(event_type, schema_version, &data)?,
+            JourneyEvent::decode_stored(event_type, schema_version, data)?,
             PersonalData::None,
         )),
         Some(ciphertext) => {
@@ -396,16 +396,16 @@ pub(crate) fn decode_data(
             // Until the keyring opens it, the event reads as its facts alone. Most types' personal
             // fields are optional, so the facts decode as they are; a type that requires one
             // reads with the erased placeholder in its place.
-            let event = match JourneyEvent::decode_stored(event_type, schema_version, &data) {
+            let event = match JourneyEvent::decode_stored(event_type, schema_version, data) {
                 Ok(event) => event,
-                Err(_) => personal::join_erased(event_type, schema_version, &data, &fields)?,
+                Err(_) => personal::join_erased(event_type, schema_version, data, &fields)?,
             };
             Ok((
                 event,
                 PersonalData::Sealed(Sealed {
                     fields,
                     ciphertext,
-                    public: data,
+                    public: data.to_owned(),
                     key_id,
                 }),
             ))

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rusqlite::types::Type;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use travelmap_domain::{
@@ -226,8 +227,7 @@ impl EventLog for SqliteEventLog {
                     "SELECT {COLUMNS} FROM events
                      WHERE client_id = ?1 AND recorded_at <= ?2 ORDER BY version"
                 ))?;
-                let rows = statement.query_map(params![client_id.0, until], read_row)?;
-                rows.map(|row| row?.decode()).collect()
+                decode_rows(statement.query(params![client_id.0, until])?, 0)
             })
             .await
     }
@@ -238,8 +238,10 @@ impl EventLog for SqliteEventLog {
                 let mut statement = connection.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
                 ))?;
-                let rows = statement.query_map(params![after, limit as i64], read_row)?;
-                rows.map(|row| row?.decode()).collect()
+                decode_rows(
+                    statement.query(params![after, limit as i64])?,
+                    limit.min(MOST_EXPECTED),
+                )
             })
             .await
     }
@@ -251,15 +253,13 @@ impl EventLog for SqliteEventLog {
                     "SELECT {COLUMNS} FROM events WHERE position > ?1 AND position <= ?2
                      ORDER BY position"
                 ))?;
-                let rows = statement.query_map(params![after, up_to], read_row)?;
                 // Sized up front: a rebuild's page holds 10,000 events of a few hundred bytes
                 // each, and growing the vector by doubling (copying it, and faulting in fresh
                 // pages each time) was a tenth of a rebuild's fold.
-                let mut events = Vec::with_capacity(expected_events(after, up_to));
-                for row in rows {
-                    events.push(row?.decode()?);
-                }
-                Ok(events)
+                decode_rows(
+                    statement.query(params![after, up_to])?,
+                    expected_events(after, up_to),
+                )
             })
             .await
     }
@@ -272,93 +272,71 @@ impl EventLog for SqliteEventLog {
 /// How many events a read of the positions after `after` up to `up_to` returns at most, bounded
 /// so that a read of a wide range does not reserve memory for events that may not exist.
 fn expected_events(after: u64, up_to: u64) -> usize {
-    const MOST: u64 = 16_384;
-    up_to.saturating_sub(after).min(MOST) as usize
+    up_to.saturating_sub(after).min(MOST_EXPECTED as u64) as usize
 }
+
+/// The most events room is made for before a read has returned them.
+const MOST_EXPECTED: usize = 16_384;
 
 const COLUMNS: &str = "position, event_id, client_id, version, event_type, schema_version, \
                        occurred_at, recorded_at, agency, credential, actor, data, sealed";
 
-/// A row as stored, before its data is decoded.
-struct StoredRow {
-    position: u64,
-    event_id: Uuid,
-    client_id: Uuid,
-    version: u64,
-    event_type: String,
-    schema_version: u32,
-    occurred_at: String,
-    recorded_at: i64,
-    agency: String,
-    credential: String,
-    actor: Option<String>,
-    data: String,
-    sealed: Option<Vec<u8>>,
+/// Decodes every row of a query of [`COLUMNS`], into a vector with room for `expected` events.
+fn decode_rows(mut rows: rusqlite::Rows<'_>, expected: usize) -> Result<Vec<RecordedEvent>> {
+    let mut events = Vec::with_capacity(expected);
+    while let Some(row) = rows.next()? {
+        events.push(decode_row(row)?);
+    }
+    Ok(events)
 }
 
-fn read_row(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
-    Ok(StoredRow {
-        position: row.get(0)?,
-        event_id: row.get(1)?,
-        client_id: row.get(2)?,
-        version: row.get(3)?,
-        event_type: row.get(4)?,
-        schema_version: row.get(5)?,
-        occurred_at: row.get(6)?,
-        recorded_at: row.get(7)?,
-        agency: row.get(8)?,
-        credential: row.get(9)?,
-        actor: row.get(10)?,
-        data: row.get(11)?,
-        sealed: row.get(12)?,
+/// Decodes one row of [`COLUMNS`]. The type, the time and the data are read in place, as
+/// SQLite holds them, rather than copied out first: they are decoded at once, and the data is
+/// kept only when the event is sealed (as its public part).
+fn decode_row(row: &Row<'_>) -> Result<RecordedEvent> {
+    let position: u64 = row.get(0)?;
+    let corrupt = |source| Error::Corrupt { position, source };
+    let invalid = |message: String| {
+        corrupt(travelmap_domain::DecodeError::Invalid(
+            travelmap_domain::ValidationError::new("", message),
+        ))
+    };
+    let (event, personal) =
+        crate::decode_data(text(row, 4)?, row.get(5)?, text(row, 11)?, row.get(12)?)
+            .map_err(corrupt)?;
+    let occurred_at = DateTime::parse_from_rfc3339(text(row, 6)?)
+        .map_err(|error| invalid(format!("occurred_at: {error}")))?;
+    let actor = row
+        .get::<_, Option<String>>(10)?
+        .map(Text::try_from)
+        .transpose()
+        .map_err(|error| invalid(format!("actor: {error}")))?;
+    Ok(RecordedEvent {
+        draft: EventDraft {
+            id: EventId(row.get(1)?),
+            client_id: ClientId(row.get(2)?),
+            occurred_at,
+            actor,
+            event,
+        },
+        provenance: Provenance {
+            agency: row.get(8)?,
+            credential: row.get(9)?,
+        },
+        meta: RecordMeta {
+            version: row.get(3)?,
+            position,
+            recorded_at: from_micros(row.get(7)?),
+        },
+        personal,
     })
 }
 
-impl StoredRow {
-    fn decode(self) -> Result<RecordedEvent> {
-        let corrupt = |source| Error::Corrupt {
-            position: self.position,
-            source,
-        };
-        let invalid = |message: String| {
-            corrupt(travelmap_domain::DecodeError::Invalid(
-                travelmap_domain::ValidationError::new("", message),
-            ))
-        };
-        let (event, personal) = crate::decode_data(
-            &self.event_type,
-            self.schema_version,
-            self.data,
-            self.sealed,
-        )
-        .map_err(corrupt)?;
-        let occurred_at = DateTime::parse_from_rfc3339(&self.occurred_at)
-            .map_err(|error| invalid(format!("occurred_at: {error}")))?;
-        let actor = self
-            .actor
-            .map(Text::try_from)
-            .transpose()
-            .map_err(|error| invalid(format!("actor: {error}")))?;
-        Ok(RecordedEvent {
-            draft: EventDraft {
-                id: EventId(self.event_id),
-                client_id: ClientId(self.client_id),
-                occurred_at,
-                actor,
-                event,
-            },
-            provenance: Provenance {
-                agency: self.agency,
-                credential: self.credential,
-            },
-            meta: RecordMeta {
-                version: self.version,
-                position: self.position,
-                recorded_at: from_micros(self.recorded_at),
-            },
-            personal,
-        })
-    }
+/// A text column, borrowed from the row.
+fn text<'row>(row: &'row Row<'_>, index: usize) -> Result<&'row str> {
+    row.get_ref(index)?.as_str().map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(index, Type::Text, Box::new(error)).into()
+    })
 }
 
 fn from_micros(micros: i64) -> DateTime<Utc> {
