@@ -36,10 +36,56 @@ impl StoredState {
     }
 }
 
-/// Encodes and compresses a state for storage.
+/// The buffers one thread packs states with, kept from one state to the next.
+struct Packer {
+    encoded: Vec<u8>,
+    compressed: Vec<u8>,
+    table: lz4_flex::block::CompressTable,
+}
+
+/// A buffer that has grown past this after packing an unusually large state is let go rather
+/// than kept for the thread's life.
+const KEPT_BUFFER: usize = 1 << 20;
+
+thread_local! {
+    static PACKER: std::cell::RefCell<Packer> = std::cell::RefCell::new(Packer {
+        encoded: Vec::new(),
+        compressed: Vec::new(),
+        table: lz4_flex::block::CompressTable::default(),
+    });
+}
+
+/// Encodes and compresses a state for storage, in the format of LZ4's `compress_prepend_size`
+/// (the encoded length as a little-endian `u32`, then the block).
+///
+/// The thread's buffers and LZ4's hash table are reused. Packing each state into fresh ones (an
+/// encoding buffer grown by doubling, a zeroed output of the worst-case size, then shrunk, and a
+/// zeroed table) took a fifth more instructions per view, and about 6 % more of a rebuild's CPU.
 pub(crate) fn pack<T: Serialize>(state: &T) -> Vec<u8> {
-    let encoded = rmp_serde::to_vec_named(state).expect("a projection state serialises");
-    lz4_flex::block::compress_prepend_size(&encoded)
+    PACKER.with_borrow_mut(|packer| {
+        let Packer {
+            encoded,
+            compressed,
+            table,
+        } = packer;
+        encoded.clear();
+        rmp_serde::encode::write_named(encoded, state).expect("a projection state serialises");
+        let length = u32::try_from(encoded.len()).expect("a projection state is under 4 GiB");
+        let bound = 4 + lz4_flex::block::get_maximum_output_size(encoded.len());
+        if compressed.len() < bound {
+            compressed.resize(bound, 0);
+        }
+        compressed[..4].copy_from_slice(&length.to_le_bytes());
+        let written =
+            lz4_flex::block::compress_into_with_table(encoded, &mut compressed[4..], table)
+                .expect("the output holds LZ4's worst case");
+        let packed = compressed[..4 + written].to_vec();
+        if encoded.capacity() > KEPT_BUFFER {
+            *encoded = Vec::new();
+            *compressed = Vec::new();
+        }
+        packed
+    })
 }
 
 /// Decompresses a stored state.
@@ -85,6 +131,33 @@ mod tests {
         let stored = unpack(client(), &pack(&state)).unwrap();
         assert_ne!(stored.encoded.first(), Some(&b'{'));
         assert_eq!(stored.decode::<State>().unwrap(), state);
+    }
+
+    #[test]
+    fn packing_matches_lz4s_size_prepended_format_whatever_came_before() {
+        let large = State {
+            version: 9,
+            note: Some("x".repeat(5_000)),
+            facts: (0..200)
+                .map(|n| serde_json::json!({"type": "contact.made", "n": n}))
+                .collect(),
+        };
+        let small = State {
+            version: 1,
+            note: None,
+            facts: Vec::new(),
+        };
+        // The thread's buffers are reused: a small state packed after a large one must not
+        // carry the large one's leftovers.
+        for state in [&small, &large, &small] {
+            let packed = pack(state);
+            assert_eq!(
+                lz4_flex::block::decompress_size_prepended(&packed).unwrap(),
+                rmp_serde::to_vec_named(state).unwrap()
+            );
+            let stored = unpack(client(), &packed).unwrap();
+            assert_eq!(stored.decode::<State>().unwrap(), *state);
+        }
     }
 
     #[test]
