@@ -369,10 +369,72 @@ impl AuditLog for DiscardedAudit {
     }
 }
 
+/// An event's columns as every backend stores them, read back but not yet decoded. Text is
+/// borrowed from the row where the backend allows: it is decoded at once, and the data is
+/// copied only when it is kept, as a sealed event's public part.
+pub(crate) struct StoredEvent<'row> {
+    pub position: u64,
+    pub event_id: uuid::Uuid,
+    pub client_id: uuid::Uuid,
+    pub version: u64,
+    pub event_type: &'row str,
+    pub schema_version: u32,
+    /// RFC 3339, with the sender's offset.
+    pub occurred_at: &'row str,
+    pub recorded_at: DateTime<Utc>,
+    pub agency: String,
+    pub credential: String,
+    pub actor: Option<String>,
+    pub data: &'row str,
+    pub sealed: Option<Vec<u8>>,
+}
+
+impl StoredEvent<'_> {
+    /// The recorded event, or [`Error::Corrupt`] naming its position.
+    pub(crate) fn decode(self) -> Result<RecordedEvent> {
+        let position = self.position;
+        let corrupt = |source| Error::Corrupt { position, source };
+        let invalid = |message: String| {
+            corrupt(DecodeError::Invalid(
+                travelmap_domain::ValidationError::new("", message),
+            ))
+        };
+        let (event, personal) =
+            decode_data(self.event_type, self.schema_version, self.data, self.sealed)
+                .map_err(corrupt)?;
+        let occurred_at = DateTime::parse_from_rfc3339(self.occurred_at)
+            .map_err(|error| invalid(format!("occurred_at: {error}")))?;
+        let actor = self
+            .actor
+            .map(travelmap_domain::Text::try_from)
+            .transpose()
+            .map_err(|error| invalid(format!("actor: {error}")))?;
+        Ok(RecordedEvent {
+            draft: EventDraft {
+                id: EventId(self.event_id),
+                client_id: ClientId(self.client_id),
+                occurred_at,
+                actor,
+                event,
+            },
+            provenance: Provenance {
+                agency: self.agency,
+                credential: self.credential,
+            },
+            meta: travelmap_domain::RecordMeta {
+                version: self.version,
+                position,
+                recorded_at: self.recorded_at,
+            },
+            personal,
+        })
+    }
+}
+
 /// Decodes an event's stored data: as it is, or, when its personal fields are sealed, from the
 /// facts alone, with the sealed value kept for [`Keyring::open_events`] (which puts the personal
 /// fields back, or the erased placeholders). Backends call this for every row.
-pub(crate) fn decode_data(
+fn decode_data(
     event_type: &str,
     schema_version: u32,
     data: &str,

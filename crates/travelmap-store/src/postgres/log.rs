@@ -8,13 +8,11 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
-use travelmap_domain::{
-    ClientId, EventDraft, EventId, Provenance, RecordMeta, RecordedEvent, Text,
-};
+use travelmap_domain::{ClientId, EventId, Provenance, RecordedEvent};
 use uuid::Uuid;
 
 use super::LOG_CHANNEL;
-use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend};
+use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend};
 
 /// How many queued appends may share one transaction.
 const MAX_GROUP: usize = 512;
@@ -211,46 +209,22 @@ fn decode_all(rows: &[PgRow]) -> Result<Vec<RecordedEvent>> {
 /// values) took about 6 % of the client's CPU in a rebuild. The data is borrowed from the row, not
 /// copied: it is decoded at once and kept only as a sealed event's public part.
 fn decode(row: &PgRow) -> Result<RecordedEvent> {
-    let position = row.try_get_unchecked::<i64, _>(0)? as u64;
-    let corrupt = |source| Error::Corrupt { position, source };
-    let invalid = |message: String| {
-        corrupt(travelmap_domain::DecodeError::Invalid(
-            travelmap_domain::ValidationError::new("", message),
-        ))
-    };
-    let event_type: &str = row.try_get_unchecked(4)?;
-    let schema_version: i32 = row.try_get_unchecked(5)?;
-    let data: &str = row.try_get_unchecked(11)?;
-    let sealed: Option<Vec<u8>> = row.try_get_unchecked(12)?;
-    let (event, personal) =
-        crate::decode_data(event_type, schema_version as u32, data, sealed).map_err(corrupt)?;
-    let occurred_at: &str = row.try_get_unchecked(6)?;
-    let occurred_at = DateTime::parse_from_rfc3339(occurred_at)
-        .map_err(|error| invalid(format!("occurred_at: {error}")))?;
-    let actor = row
-        .try_get::<Option<String>, _>(10)?
-        .map(Text::try_from)
-        .transpose()
-        .map_err(|error| invalid(format!("actor: {error}")))?;
-    Ok(RecordedEvent {
-        draft: EventDraft {
-            id: EventId(row.try_get_unchecked(1)?),
-            client_id: ClientId(row.try_get_unchecked(2)?),
-            occurred_at,
-            actor,
-            event,
-        },
-        provenance: Provenance {
-            agency: row.try_get_unchecked(8)?,
-            credential: row.try_get_unchecked(9)?,
-        },
-        meta: RecordMeta {
-            version: row.try_get_unchecked::<i64, _>(3)? as u64,
-            position,
-            recorded_at: row.try_get_unchecked(7)?,
-        },
-        personal,
-    })
+    StoredEvent {
+        position: row.try_get_unchecked::<i64, _>(0)? as u64,
+        event_id: row.try_get_unchecked(1)?,
+        client_id: row.try_get_unchecked(2)?,
+        version: row.try_get_unchecked::<i64, _>(3)? as u64,
+        event_type: row.try_get_unchecked(4)?,
+        schema_version: row.try_get_unchecked::<i32, _>(5)? as u32,
+        occurred_at: row.try_get_unchecked(6)?,
+        recorded_at: row.try_get_unchecked(7)?,
+        agency: row.try_get_unchecked(8)?,
+        credential: row.try_get_unchecked(9)?,
+        actor: row.try_get_unchecked(10)?,
+        data: row.try_get_unchecked(11)?,
+        sealed: row.try_get_unchecked(12)?,
+    }
+    .decode()
 }
 
 /// The log sizes at which the writer has PostgreSQL analyse the tables while the log is young:

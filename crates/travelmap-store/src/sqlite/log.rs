@@ -10,14 +10,12 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, Transaction, params};
 use tokio::sync::{mpsc, oneshot, watch};
-use travelmap_domain::{
-    ClientId, EventDraft, EventId, Provenance, RecordMeta, RecordedEvent, Text,
-};
+use travelmap_domain::{ClientId, EventId, Provenance, RecordedEvent, Text};
 use uuid::Uuid;
 
 use super::pool::ReadPool;
 use super::{configure, schema};
-use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend};
+use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend};
 
 /// How many clients one outline query covers (well under SQLite's limit on parameters).
 const OUTLINE_CHUNK: usize = 256;
@@ -291,45 +289,24 @@ fn decode_rows(mut rows: rusqlite::Rows<'_>, expected: usize) -> Result<Vec<Reco
 }
 
 /// Decodes one row of [`COLUMNS`]. The type, the time and the data are read in place, as
-/// SQLite holds them, rather than copied out first: they are decoded at once, and the data is
-/// kept only when the event is sealed (as its public part).
+/// SQLite holds them, rather than copied out first.
 fn decode_row(row: &Row<'_>) -> Result<RecordedEvent> {
-    let position: u64 = row.get(0)?;
-    let corrupt = |source| Error::Corrupt { position, source };
-    let invalid = |message: String| {
-        corrupt(travelmap_domain::DecodeError::Invalid(
-            travelmap_domain::ValidationError::new("", message),
-        ))
-    };
-    let (event, personal) =
-        crate::decode_data(text(row, 4)?, row.get(5)?, text(row, 11)?, row.get(12)?)
-            .map_err(corrupt)?;
-    let occurred_at = DateTime::parse_from_rfc3339(text(row, 6)?)
-        .map_err(|error| invalid(format!("occurred_at: {error}")))?;
-    let actor = row
-        .get::<_, Option<String>>(10)?
-        .map(Text::try_from)
-        .transpose()
-        .map_err(|error| invalid(format!("actor: {error}")))?;
-    Ok(RecordedEvent {
-        draft: EventDraft {
-            id: EventId(row.get(1)?),
-            client_id: ClientId(row.get(2)?),
-            occurred_at,
-            actor,
-            event,
-        },
-        provenance: Provenance {
-            agency: row.get(8)?,
-            credential: row.get(9)?,
-        },
-        meta: RecordMeta {
-            version: row.get(3)?,
-            position,
-            recorded_at: from_micros(row.get(7)?),
-        },
-        personal,
-    })
+    StoredEvent {
+        position: row.get(0)?,
+        event_id: row.get(1)?,
+        client_id: row.get(2)?,
+        version: row.get(3)?,
+        event_type: text(row, 4)?,
+        schema_version: row.get(5)?,
+        occurred_at: text(row, 6)?,
+        recorded_at: from_micros(row.get(7)?),
+        agency: row.get(8)?,
+        credential: row.get(9)?,
+        actor: row.get(10)?,
+        data: text(row, 11)?,
+        sealed: row.get(12)?,
+    }
+    .decode()
 }
 
 /// A text column, borrowed from the row.
