@@ -136,6 +136,9 @@ struct Cache {
     /// A rebuild's deletion of the old views, under way while the log is read and folded; it
     /// must be done before anything is saved.
     reset: Option<tokio::task::JoinHandle<travelmap_store::Result<()>>>,
+    /// Nothing has been saved since the views were deleted: the next flush writes only views
+    /// that the store does not hold (see [`ViewStore::save_new`]).
+    nothing_saved_since_reset: bool,
 }
 
 impl Cache {
@@ -149,6 +152,7 @@ impl Cache {
             scrub: false,
             holds_every_view: false,
             reset: None,
+            nothing_saved_since_reset: false,
         }
     }
 
@@ -236,6 +240,7 @@ impl Projector {
         let mut cache = Cache::new(0);
         cache.holds_every_view = true;
         cache.reset = Some(tokio::spawn(async move { views.reset().await }));
+        cache.nothing_saved_since_reset = true;
         *guard = Some(cache);
         self.progress.send_replace(0);
         let folded = match self.log.prepare_full_read().await {
@@ -477,6 +482,7 @@ impl Projector {
                 &dirty,
                 cache.saved_checkpoint,
                 cache.checkpoint,
+                cache.nothing_saved_since_reset,
                 pace,
                 &mut saving,
             )
@@ -489,6 +495,7 @@ impl Projector {
             }
         }
         saved?;
+        cache.nothing_saved_since_reset = false;
         if cache.scrub {
             self.views.scrub().await?;
             cache.scrub = false;
@@ -522,11 +529,14 @@ impl Projector {
     /// Saves `dirty` in chunks (see [`Self::flush`]): every chunk but the last under `previous`,
     /// the last under `checkpoint` once the others are saved. Saves still under way when it
     /// fails are left in `saving` for the caller to wait for.
+    /// Saves `dirty` in chunks of the pace's size; `all_new` says none of them has a stored
+    /// view (see [`ViewStore::save_new`]).
     async fn save_in_chunks(
         &self,
         dirty: &[Arc<ClientState>],
         previous: u64,
         checkpoint: u64,
+        all_new: bool,
         pace: Pace,
         saving: &mut VecDeque<tokio::task::JoinHandle<travelmap_store::Result<()>>>,
     ) -> Result<()> {
@@ -556,9 +566,13 @@ impl Projector {
             }
             let store = self.views.clone();
             let saved_under = if last { checkpoint } else { previous };
-            saving.push_back(tokio::spawn(
-                async move { store.save(saved_under, views).await },
-            ));
+            saving.push_back(tokio::spawn(async move {
+                if all_new {
+                    store.save_new(saved_under, views).await
+                } else {
+                    store.save(saved_under, views).await
+                }
+            }));
         }
         match saving.pop_front() {
             Some(last) => joined(last).await?,

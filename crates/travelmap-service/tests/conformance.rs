@@ -407,6 +407,30 @@ async fn the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views(plac
     assert_eq!((report.events, report.clients), (120, clients.len()));
     assert_eq!(all_views(views.as_ref(), &clients).await, live);
     assert_eq!(views.checkpoint().await.unwrap(), 120);
+    // A rebuild writes every view and identifier anew (a store may write them without looking
+    // for older ones); both must read back, and later saves must replace them.
+    assert_eq!(
+        journeys
+            .find_by_identifier("prison_number", "OP-7")
+            .await
+            .unwrap(),
+        [clients[7]]
+    );
+    let added = unversioned(draft(
+        clients[7],
+        "identifier.added",
+        json!({"identifier": {"type": "probation_case", "value": "PC-7"}}),
+    ));
+    journeys.record(&provenance(), &[added]).await.unwrap();
+    assert_eq!(journeys.projector().catch_up().await.unwrap(), 1);
+    assert_eq!(
+        journeys
+            .find_by_identifier("probation_case", "PC-7")
+            .await
+            .unwrap(),
+        [clients[7]]
+    );
+    assert_ne!(all_views(views.as_ref(), &clients).await, live);
     store.close().await;
 }
 

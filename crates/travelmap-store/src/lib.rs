@@ -289,6 +289,11 @@ pub trait ViewStore: Send + Sync {
     ) -> Result<Vec<(ClientId, StoredState)>>;
     /// Writes views and moves the checkpoint to `checkpoint`, atomically.
     async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()>;
+    /// As [`ViewStore::save`], for views of clients that have none stored yet (no save since
+    /// [`ViewStore::reset`]), which a store may write without looking for older ones.
+    async fn save_new(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
+        self.save(checkpoint, views).await
+    }
     /// How many clients have a view.
     async fn count(&self) -> Result<usize>;
     /// Deletes every view and resets the checkpoint to 0 (before a rebuild).
