@@ -18,6 +18,14 @@ use crate::{ClientView, Error, Result, StoredState, ViewStore};
 /// The name under which the client-view projection keeps its checkpoint.
 const CLIENT_VIEWS: &str = "client_views";
 
+/// Whether a save may replace stored views (and so must first forget their identifiers) or
+/// writes only views the store does not hold (see [`ViewStore::save_new`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Replacing,
+    New,
+}
+
 /// The embedded view store. Writes come from the projector alone, through one connection.
 pub struct SqliteViewStore {
     writer: Arc<Mutex<Connection>>,
@@ -65,6 +73,50 @@ impl SqliteViewStore {
         if let Err(error) = super::keys::truncate_wal(&writer) {
             tracing::warn!(%error, "could not fold the views' write-ahead log in on close");
         }
+    }
+
+    /// Writes views and their identifiers and moves the checkpoint, in one transaction.
+    async fn write_views(
+        &self,
+        checkpoint: u64,
+        views: Vec<ClientView>,
+        written: Written,
+    ) -> Result<()> {
+        self.write(move |connection| {
+            let transaction =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            {
+                let mut upsert = transaction.prepare_cached(
+                    "INSERT INTO client_views (client_id, state) VALUES (?1, ?2)
+                     ON CONFLICT (client_id) DO UPDATE SET state = excluded.state",
+                )?;
+                let mut forget = transaction
+                    .prepare_cached("DELETE FROM client_identifiers WHERE client_id = ?1")?;
+                let mut index = transaction.prepare_cached(
+                    "INSERT OR IGNORE INTO client_identifiers (kind, value, client_id)
+                     VALUES (?1, ?2, ?3)",
+                )?;
+                for view in &views {
+                    upsert.execute(params![view.client_id.0, view.packed_state()])?;
+                    if written == Written::Replacing {
+                        forget.execute(params![view.client_id.0])?;
+                    }
+                    for (kind, value) in &view.identifiers {
+                        index.execute(params![kind, value, view.client_id.0])?;
+                    }
+                }
+                transaction.execute(
+                    "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2)
+                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
+                    params![CLIENT_VIEWS, checkpoint],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await?;
+        self.saved.send_replace(checkpoint);
+        Ok(())
     }
 
     async fn write<T, F>(&self, write: F) -> Result<T>
@@ -152,39 +204,12 @@ impl ViewStore for SqliteViewStore {
     }
 
     async fn save(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
-        self.write(move |connection| {
-            let transaction =
-                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            {
-                let mut upsert = transaction.prepare_cached(
-                    "INSERT INTO client_views (client_id, state) VALUES (?1, ?2)
-                     ON CONFLICT (client_id) DO UPDATE SET state = excluded.state",
-                )?;
-                let mut forget = transaction
-                    .prepare_cached("DELETE FROM client_identifiers WHERE client_id = ?1")?;
-                let mut index = transaction.prepare_cached(
-                    "INSERT OR IGNORE INTO client_identifiers (kind, value, client_id)
-                     VALUES (?1, ?2, ?3)",
-                )?;
-                for view in &views {
-                    upsert.execute(params![view.client_id.0, view.packed_state()])?;
-                    forget.execute(params![view.client_id.0])?;
-                    for (kind, value) in &view.identifiers {
-                        index.execute(params![kind, value, view.client_id.0])?;
-                    }
-                }
-                transaction.execute(
-                    "INSERT INTO checkpoints (projection, position) VALUES (?1, ?2)
-                     ON CONFLICT (projection) DO UPDATE SET position = excluded.position",
-                    params![CLIENT_VIEWS, checkpoint],
-                )?;
-            }
-            transaction.commit()?;
-            Ok(())
-        })
-        .await?;
-        self.saved.send_replace(checkpoint);
-        Ok(())
+        self.write_views(checkpoint, views, Written::Replacing)
+            .await
+    }
+
+    async fn save_new(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
+        self.write_views(checkpoint, views, Written::New).await
     }
 
     async fn count(&self) -> Result<usize> {
