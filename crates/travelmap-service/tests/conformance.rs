@@ -390,18 +390,16 @@ async fn the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views(plac
         .await
         .unwrap();
     assert_eq!(journeys.projector().catch_up().await.unwrap(), 0);
+    let found = |kind: &'static str, value: &'static str| {
+        let journeys = &journeys;
+        async move { journeys.find_by_identifier(kind, value).await.unwrap() }
+    };
     let live = all_views(views.as_ref(), &clients).await;
     assert_eq!(live.len(), clients.len());
     let map = journeys.travel_map(clients[7], None, None).await.unwrap();
     let map = serde_json::to_value(map).unwrap();
     assert_eq!(map["client_id"], json!(clients[7].0));
-    assert_eq!(
-        journeys
-            .find_by_identifier("prison_number", "OP-7")
-            .await
-            .unwrap(),
-        [clients[7]]
-    );
+    assert_eq!(found("prison_number", "OP-7").await, [clients[7]]);
 
     let report = journeys.projector().rebuild().await.unwrap();
     assert_eq!((report.events, report.clients), (120, clients.len()));
@@ -409,13 +407,7 @@ async fn the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views(plac
     assert_eq!(views.checkpoint().await.unwrap(), 120);
     // A rebuild writes every view and identifier anew (a store may write them without looking
     // for older ones); both must read back, and later saves must replace them.
-    assert_eq!(
-        journeys
-            .find_by_identifier("prison_number", "OP-7")
-            .await
-            .unwrap(),
-        [clients[7]]
-    );
+    assert_eq!(found("prison_number", "OP-7").await, [clients[7]]);
     let added = unversioned(draft(
         clients[7],
         "identifier.added",
@@ -423,13 +415,7 @@ async fn the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views(plac
     ));
     journeys.record(&provenance(), &[added]).await.unwrap();
     assert_eq!(journeys.projector().catch_up().await.unwrap(), 1);
-    assert_eq!(
-        journeys
-            .find_by_identifier("probation_case", "PC-7")
-            .await
-            .unwrap(),
-        [clients[7]]
-    );
+    assert_eq!(found("probation_case", "PC-7").await, [clients[7]]);
     assert_ne!(all_views(views.as_ref(), &clients).await, live);
     store.close().await;
 }
