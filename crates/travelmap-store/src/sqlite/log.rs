@@ -236,10 +236,9 @@ impl EventLog for SqliteEventLog {
                 let mut statement = connection.prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
                 ))?;
-                decode_rows(
-                    statement.query(params![after, limit as i64])?,
-                    limit.min(MOST_EXPECTED),
-                )
+                // Grown as rows come: a feed read near the head, as followers make, returns few
+                // events or none, whatever its limit.
+                decode_rows(statement.query(params![after, limit as i64])?, 0)
             })
             .await
     }
@@ -270,11 +269,9 @@ impl EventLog for SqliteEventLog {
 /// How many events a read of the positions after `after` up to `up_to` returns at most, bounded
 /// so that a read of a wide range does not reserve memory for events that may not exist.
 fn expected_events(after: u64, up_to: u64) -> usize {
-    up_to.saturating_sub(after).min(MOST_EXPECTED as u64) as usize
+    const MOST: u64 = 16_384;
+    up_to.saturating_sub(after).min(MOST) as usize
 }
-
-/// The most events room is made for before a read has returned them.
-const MOST_EXPECTED: usize = 16_384;
 
 const COLUMNS: &str = "position, event_id, client_id, version, event_type, schema_version, \
                        occurred_at, recorded_at, agency, credential, actor, data, sealed";
