@@ -353,7 +353,6 @@ async fn main() -> anyhow::Result<()> {
 
 /// Rebuilds repeated on one loaded log per backend, printed one by one.
 async fn measure_rebuilds_only(args: &Args, workload: &Arc<Workload>) -> anyhow::Result<()> {
-    const REPEATS: usize = REBUILDS;
     let mut backends = vec![Backend::Embedded(
         args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
     )];
@@ -374,12 +373,12 @@ async fn measure_rebuilds_only(args: &Args, workload: &Arc<Workload>) -> anyhow:
             loaded.per_second()
         );
         server.stop().await?;
-        let mut rates = Vec::with_capacity(REPEATS);
+        let mut rates = Vec::with_capacity(REBUILDS);
         let mut cpu = Duration::ZERO;
-        for repeat in 1..=REPEATS {
+        for repeat in 1..=REBUILDS {
             let rebuilt = rebuild_all_of(&place.location(), workload).await?;
             println!(
-                "{name} rebuild {repeat} of {REPEATS}: {:.0} events/s ({:.3} s, {:.2} CPU-seconds in this process)",
+                "{name} rebuild {repeat} of {REBUILDS}: {:.0} events/s ({:.3} s, {:.2} CPU-seconds in this process)",
                 rebuilt.per_second(),
                 rebuilt.elapsed.as_secs_f64(),
                 rebuilt.cpu.as_secs_f64()
@@ -390,9 +389,9 @@ async fn measure_rebuilds_only(args: &Args, workload: &Arc<Workload>) -> anyhow:
         rates.sort_by(f64::total_cmp);
         println!(
             "{name} rebuild: median {:.0}, best {:.0} events/s; {:.3} CPU-seconds per rebuild in this process",
-            rates[REPEATS / 2],
-            rates[REPEATS - 1],
-            cpu.as_secs_f64() / REPEATS as f64
+            rates[REBUILDS / 2],
+            rates[REBUILDS - 1],
+            cpu.as_secs_f64() / REBUILDS as f64
         );
         place.remove().await?;
     }
