@@ -98,7 +98,11 @@ pub struct PersonalDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family_name: Option<Text>,
     /// Date of birth (YYYY-MM-DD).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::dates::option"
+    )]
     pub birth_date: Option<NaiveDate>,
 }
 
@@ -219,9 +223,14 @@ pub struct SentenceStarted {
     /// The prison where the sentence is served.
     pub prison: Text,
     /// The first day of the sentence (YYYY-MM-DD).
+    #[serde(serialize_with = "crate::dates::serialize")]
     pub start_date: NaiveDate,
     /// The expected release date (YYYY-MM-DD), if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::dates::option"
+    )]
     pub expected_release_date: Option<NaiveDate>,
 }
 
@@ -348,7 +357,11 @@ pub struct PlanAgreed {
     #[schemars(length(min = 1))]
     pub areas: Vec<NeedArea>,
     /// When the plan is to be reviewed (YYYY-MM-DD).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::dates::option"
+    )]
     pub review_date: Option<NaiveDate>,
 }
 
@@ -424,6 +437,7 @@ pub struct CounsellingAttended {
 #[serde(deny_unknown_fields)]
 pub struct ReleaseScheduled {
     /// The planned release date (YYYY-MM-DD).
+    #[serde(serialize_with = "crate::dates::serialize")]
     pub release_date: NaiveDate,
 }
 
@@ -633,7 +647,11 @@ pub struct ProgrammeDroppedOut {
 #[serde(deny_unknown_fields)]
 pub struct ReoffenceRecorded {
     /// When the offence was committed (YYYY-MM-DD), if known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::dates::option"
+    )]
     pub offence_date: Option<NaiveDate>,
 }
 
@@ -700,6 +718,7 @@ pub struct RetentionApplied {
     #[schemars(length(min = 1))]
     pub categories: Vec<crate::personal::Category>,
     /// The day the retention period ended (the earliest of the categories' due dates).
+    #[serde(serialize_with = "crate::dates::serialize")]
     pub due_since: NaiveDate,
 }
 
