@@ -630,3 +630,122 @@ async fn each_agency_kind_posts_only_the_event_types_in_its_remit() {
     assert_eq!(problem["index"], 1);
     assert_eq!(app.feed().await.len(), accepted);
 }
+
+#[tokio::test]
+async fn ambiguous_or_invisible_input_is_refused_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let send = |body: String| {
+        app.http
+            .post(app.url("/v1/events"))
+            .bearer_auth(PRISON_WRITER)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // A member named twice: serde_json keeps the last, another reader may keep the first.
+    let first = Uuid::new_v4();
+    let twice = format!(
+        r#"{{"id":"{first}","id":"{}","type":"job.placed","schema_version":1,"client_id":"{client}","occurred_at":"{AT}","data":{{}}}}"#,
+        Uuid::new_v4()
+    );
+    let problem = expect_problem(
+        send(twice).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`id` appears twice"),
+        "{problem}"
+    );
+    let nested = format!(
+        r#"{{"id":"{first}","type":"client.released","schema_version":1,"client_id":"{client}","occurred_at":"{AT}","data":{{"release_kind":"parole","supervision":true,"release_kind":"transfer"}}}}"#
+    );
+    expect_problem(
+        send(nested).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
+
+    // Control characters: invisible where the record is read, and refused by PostgreSQL.
+    let mut nul_actor = event(client, "job.placed", AT, json!({}));
+    nul_actor["actor"] = json!("PO\u{0}4");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &nul_actor).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "actor");
+    let hidden = event(
+        client,
+        "client.registered",
+        AT,
+        json!({"identifiers": [{"type": "prison_number", "value": "OP-\u{1b}[2J17"}]}),
+    );
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &hidden).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.identifiers[0].value");
+
+    // The nil UUID names no one.
+    let nobody = event(Uuid::nil(), "job.placed", AT, json!({}));
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &nobody).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "client_id");
+
+    // A batch sent as a bare array is told what shape a batch has.
+    let response = app
+        .post(
+            "/v1/events/batch",
+            PRISON_WRITER,
+            &json!([event(client, "job.placed", AT, json!({}))]),
+        )
+        .await;
+    let problem = expect_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("\"events\""),
+        "{problem}"
+    );
+
+    assert!(app.feed().await.is_empty());
+
+    // Line breaks and tabs are text, not control: a multi-line reason is accepted.
+    let mut noted = event(
+        client,
+        "programme.dropped_out",
+        AT,
+        valid_data("programme.dropped_out", client),
+    );
+    noted["actor"] = json!("PO-4");
+    if let Some(reason) = noted["data"].get_mut("reason") {
+        *reason = json!("moved away\n\tnew address unknown");
+    }
+    let response = app
+        .post_event(writer_for("programme.dropped_out"), &noted)
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{}",
+        response.text().await.unwrap()
+    );
+}

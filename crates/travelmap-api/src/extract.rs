@@ -52,14 +52,94 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                         ApiError::new(Code::MalformedJson, rejection.body_text())
                     }
                 })?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|error| {
-                ApiError::new(
-                    Code::MalformedJson,
-                    format!("the body is not valid JSON: {error}"),
-                )
-            })
+        parse_json(&bytes).map(JsonBody).map_err(|error| {
+            let detail = if error.classify() == serde_json::error::Category::Data {
+                format!("the body is ambiguous: {error}")
+            } else {
+                format!("the body is not valid JSON: {error}")
+            };
+            ApiError::new(Code::MalformedJson, detail)
+        })
+    }
+}
+
+/// Parses JSON as `serde_json` does, except that an object naming a member twice is refused.
+/// `serde_json` keeps the last value, while another reader of the same bytes (a gateway, an
+/// agency's own log) may keep the first: an event recorded for good must mean one thing.
+/// The refusal is a data error ([`serde_json::error::Category::Data`]); everything else is a
+/// syntax or end-of-input error as usual.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<Unambiguous>(bytes).map(|parsed| parsed.0)
+}
+
+/// A JSON value whose objects name each member once (see [`parse_json`]).
+struct Unambiguous(Value);
+
+impl<'de> Deserialize<'de> for Unambiguous {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UnambiguousVisitor)
+            .map(Unambiguous)
+    }
+}
+
+struct UnambiguousVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UnambiguousVisitor {
+    type Value = Value;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::from(value))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut values = Vec::new();
+        while let Some(Unambiguous(value)) = seq.next_element()? {
+            values.push(value);
+        }
+        Ok(Value::Array(values))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut members = serde_json::Map::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if members.contains_key(&name) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "the member `{name}` appears twice in one object"
+                )));
+            }
+            let Unambiguous(value) = map.next_value()?;
+            members.insert(name, value);
+        }
+        Ok(Value::Object(members))
     }
 }
 
@@ -75,11 +155,24 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
         serde_path_to_error::deserialize(pairs)
             .map(Query)
             .map_err(|error| {
-                let field = error.path().to_string();
-                let detail = format!("query parameter `{field}`: {}", error.inner());
+                let inner = error.inner().to_string();
+                // A parameter that is unknown or given twice fails at the level of the whole
+                // query, whose path is `.`; serde names the parameter in its message.
+                let field = match error.path().to_string() {
+                    root if root == "." => quoted_name(&inner).unwrap_or(root),
+                    field => field,
+                };
+                let detail = format!("query parameter `{field}`: {inner}");
                 ApiError::invalid_parameter(&field, detail)
             })
     }
+}
+
+/// The first name quoted in backticks in one of serde's messages (``unknown field `x`, ...``).
+fn quoted_name(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once('`')?;
+    let (name, _) = rest.split_once('`')?;
+    Some(name.to_owned())
 }
 
 /// The largest log position or audit sequence number. Both are stored as signed 64-bit SQL

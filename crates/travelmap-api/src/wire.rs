@@ -215,6 +215,13 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
             "an event must be a JSON object",
         ));
     }
+    if let Some(field) = control_character(value, String::new()) {
+        return Err(ApiError::new(
+            Code::ValidationFailed,
+            "must not contain control characters (tab, line feed and carriage return excepted)",
+        )
+        .with_field(field));
+    }
     let request: EventRequest = deserialize_with_path(value).map_err(|invalid| {
         let detail = if invalid.field == "agency" {
             "`agency` is taken from the credential and must not be sent".to_owned()
@@ -223,6 +230,13 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
         };
         ApiError::new(Code::ValidationFailed, detail).with_field(invalid.field)
     })?;
+    for (field, id) in [("id", request.id), ("client_id", request.client_id)] {
+        if id.is_nil() {
+            return Err(
+                ApiError::new(Code::ValidationFailed, "must not be the nil UUID").with_field(field),
+            );
+        }
+    }
     if request.occurred_at.with_timezone(&Utc) > Utc::now() + MAX_CLOCK_SKEW {
         return Err(ApiError::new(
             Code::ValidationFailed,
@@ -261,4 +275,34 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
         },
         expected_version: request.expected_version,
     })
+}
+
+/// The path (`data.identifiers[0].value`) of the first string or member name under `value` that
+/// holds a control character other than tab, line feed or carriage return. Such characters are
+/// invisible where the record is read, and PostgreSQL refuses NUL in text outright: an event
+/// accepted on one backend must be accepted on every other.
+fn control_character(value: &Value, path: String) -> Option<String> {
+    let forbidden = |text: &str| {
+        text.chars()
+            .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    };
+    match value {
+        Value::String(text) => forbidden(text).then_some(path),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| control_character(item, format!("{path}[{index}]"))),
+        Value::Object(members) => members.iter().find_map(|(name, member)| {
+            let path = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            if forbidden(name) {
+                return Some(path);
+            }
+            control_character(member, path)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
 }

@@ -100,6 +100,7 @@ pub const ALL_KEY: &str = "all";
 /// What to count and how to group it; the query string of the endpoint, echoed in the report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct OutcomeQuery {
     /// Count only enrolments in this programme (exact name, e.g. `vol-mentoring`); all when
     /// absent.

@@ -143,6 +143,7 @@ pub async fn client_entries(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct EntriesQuery {
     /// Entries after this sequence number (default 0: from the start).
     #[serde(default, deserialize_with = "extract::query_position")]

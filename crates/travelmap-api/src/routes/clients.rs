@@ -19,6 +19,7 @@ use crate::wire::{ClientMatch, ClientMatches, History, Recorded};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// RFC 3339 time: only what had been recorded by then. URL-encode a `+` offset as `%2B`,
     /// or use `Z`.
@@ -99,6 +100,7 @@ pub async fn history(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct TravelMapQuery {
     /// RFC 3339 time: the map as it stood then (folded from what had been recorded by then).
     #[param(format = DateTime)]
@@ -189,6 +191,7 @@ pub async fn travel_map(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct SearchQuery {
     /// `TYPE:VALUE`, e.g. `prison_number:OP-2024-117`.
     #[param(required = true, pattern = r"^[a-z][a-z0-9_]{0,63}:.*\S")]

@@ -56,6 +56,7 @@ async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<(), Api
 /// Read consistency for the coordinators' views.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
     /// Wait (up to 5 s) until the view reflects the event at this position, e.g. the `position`
     /// of a receipt just received.
@@ -201,6 +202,7 @@ pub async fn agency_caseload(
 /// Which alerts to list.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct AlertQuery {
     /// Only alerts this agency is expected to act on. A coordinator reads its own agency's
     /// (the default for one).

@@ -137,6 +137,14 @@ pub async fn post_batch(
         logged(None, None),
     )
     .await?;
+    if !body.is_object() {
+        // Read as a struct, an array would be taken for its fields in order, and refused with a
+        // message about the first element's type.
+        return Err(ApiError::new(
+            Code::ValidationFailed,
+            "a batch must be a JSON object: {\"events\": [...]}",
+        ));
+    }
     let batch: BatchRequest =
         travelmap_domain::catalogue::deserialize_with_path(&body).map_err(|invalid| {
             let error = ApiError::new(Code::ValidationFailed, invalid.message);
@@ -233,6 +241,7 @@ pub async fn post_batch(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// Return events with a position greater than this (default 0: from the start).
     #[serde(default, deserialize_with = "extract::query_position")]

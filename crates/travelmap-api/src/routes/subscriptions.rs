@@ -43,6 +43,7 @@ const MAX_LINGER: Duration = Duration::from_millis(500);
 /// What to follow.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// `events` (default): journey events; `alerts`: alert notices.
     pub stream: Option<String>,
