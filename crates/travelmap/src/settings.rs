@@ -397,7 +397,7 @@ pub fn local_admin_key(data_dir: &Path) -> Result<(String, LocalKey), Error> {
         Err(read) if read.kind() == std::io::ErrorKind::NotFound => {}
         Err(read) => return Err(error(read)),
     }
-    std::fs::create_dir_all(data_dir).map_err(error)?;
+    travelmap_store::sqlite::create_private_dir(data_dir).map_err(error)?;
     let key = new_key();
     write_private(&path, &format!("{key}\n")).map_err(error)?;
     Ok((key, LocalKey::Generated(path)))
@@ -454,7 +454,7 @@ pub fn checkpoint_key(
             Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
         }
         Err(read) if read.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
-            std::fs::create_dir_all(data_dir).map_err(error)?;
+            travelmap_store::sqlite::create_private_dir(data_dir).map_err(error)?;
             let seed: [u8; 32] = rand::random();
             write_private(&path, &format!("{}\n", hex::encode(seed))).map_err(error)?;
             Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
@@ -505,7 +505,8 @@ pub fn master_keys(
     match std::fs::read_to_string(&path) {
         Ok(text) => travelmap_store::MasterKeys::parse(&text).map_err(failed),
         Err(read) if read.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
-            std::fs::create_dir_all(data_dir).map_err(|error| failed(error.to_string()))?;
+            travelmap_store::sqlite::create_private_dir(data_dir)
+                .map_err(|error| failed(error.to_string()))?;
             let key = travelmap_store::MasterKey::generate(format!(
                 "k{}",
                 chrono::Utc::now().format("%Y%m%d")

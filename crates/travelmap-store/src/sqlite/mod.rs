@@ -16,6 +16,10 @@
 //!
 //! A lock file keeps a second process from opening the same directory: SQLite would allow it,
 //! but the single-writer design (and the position counter kept in the writer) would not hold.
+//!
+//! The files hold criminal-justice and health data, so a directory the store makes is open to
+//! its owner only, and so is every file it makes in it (SQLite gives a database's write-ahead
+//! and shared-memory files the database's permissions).
 
 mod audit;
 mod keys;
@@ -53,16 +57,16 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`, applying schema migrations.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(data_dir.join("travelmap.lock"))?;
+        create_private_dir(data_dir)?;
+        warn_if_shared(data_dir);
+        let lock = private_file(&data_dir.join("travelmap.lock"))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(Error::Locked(data_dir.to_owned())),
             Err(TryLockError::Error(error)) => return Err(error.into()),
+        }
+        for file in DATABASES {
+            private_file(&data_dir.join(file))?;
         }
         let log = SqliteEventLog::open(&data_dir.join("events.sqlite"))?;
         let views = SqliteViewStore::open(&data_dir.join("projections.sqlite"))?;
@@ -77,6 +81,61 @@ impl SqliteStore {
             webhooks: Arc::new(webhooks),
             _lock: lock,
         })
+    }
+}
+
+/// The database files of a data directory.
+const DATABASES: [&str; 5] = [
+    "events.sqlite",
+    "projections.sqlite",
+    "audit.sqlite",
+    "keys.sqlite",
+    "webhooks.sqlite",
+];
+
+/// Creates `dir` and any missing parents, open to the owner only (on Unix; elsewhere with the
+/// platform's defaults). A directory that exists is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Opens `path` for writing, creating it empty and open to the owner only if it does not exist
+/// (SQLite takes an empty file for a new database). An existing file keeps its permissions, but
+/// one that other users may read is reported: an operator may have chosen that, and changing it
+/// silently could break their backups.
+fn private_file(path: &Path) -> Result<File> {
+    let mut options = File::options();
+    options.create_new(true).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(file) => Ok(file),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            warn_if_shared(path);
+            Ok(File::options().write(true).open(path)?)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Logs a warning if users other than the owner may read or enter `path`.
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    if let Ok(metadata) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "other users of this machine may read this part of the store; restrict it to \
+                 the service's user (chmod 700 for the directory, 600 for its files)"
+            );
+        }
     }
 }
 
@@ -195,5 +254,43 @@ impl Checkpointer {
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_new_store_is_open_to_its_owner_only() {
+        let parent = tempfile::tempdir().unwrap();
+        let data_dir = parent.path().join("data");
+        let store = SqliteStore::open(&data_dir).unwrap();
+        assert_eq!(mode(&data_dir), 0o700);
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&data_dir).unwrap() {
+            let path = entry.unwrap().path();
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            checked += 1;
+        }
+        // The five databases, the lock, and the write-ahead files SQLite made beside them.
+        assert!(checked >= 6, "only {checked} files");
+        drop(store);
+    }
+
+    #[test]
+    fn an_existing_store_keeps_the_permissions_its_operator_chose() {
+        let data_dir = tempfile::tempdir().unwrap();
+        let events = data_dir.path().join("events.sqlite");
+        std::fs::write(&events, b"").unwrap();
+        std::fs::set_permissions(&events, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let _store = SqliteStore::open(data_dir.path()).unwrap();
+        assert_eq!(mode(&events), 0o640);
     }
 }
