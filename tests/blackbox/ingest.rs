@@ -245,6 +245,16 @@ async fn envelope_errors_are_precise() {
     .await;
     assert_eq!(problem["field"], "occurred_at");
 
+    let mut placeholder = valid();
+    placeholder["occurred_at"] = json!("0000-01-01T00:00:00Z");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &placeholder).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "occurred_at");
+
     let mut bad_id = valid();
     bad_id["id"] = json!("not-a-uuid");
     let problem = expect_problem(

@@ -2,7 +2,7 @@
 //! the domain's [`EventDraft`]. `travelmap import` parses its JSON lines with [`parse_event`], so
 //! a file and an HTTP request are validated identically.
 
-use chrono::{DateTime, Duration, FixedOffset, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, Duration, FixedOffset, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use travelmap_domain::catalogue::deserialize_with_path;
@@ -18,6 +18,8 @@ use crate::error::{ApiError, Code};
 /// How far in the future `occurred_at` may lie (clock skew between agencies). An event records
 /// something that happened; future plans have their own events (`appointment.scheduled`).
 const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
+/// The earliest year an event may have occurred in.
+const EARLIEST_YEAR: i32 = 1900;
 
 /// The most events one batch may hold.
 pub const MAX_BATCH: usize = 1000;
@@ -241,6 +243,15 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
         return Err(ApiError::new(
             Code::ValidationFailed,
             "occurred_at lies in the future; record plans with their own events (e.g. appointment.scheduled)",
+        )
+        .with_field("occurred_at"));
+    }
+    if request.occurred_at.year() < EARLIEST_YEAR {
+        // No journey Travelmap follows began that early: such a time is a sender's placeholder
+        // (a zero date), and would sort first in the travel map for good.
+        return Err(ApiError::new(
+            Code::ValidationFailed,
+            format!("occurred_at lies before {EARLIEST_YEAR}"),
         )
         .with_field("occurred_at"));
     }

@@ -26,8 +26,8 @@ Every journey event is posted as an envelope around a typed `data` object:
   answered with the original receipt; with other content, `409 duplicate_conflict`.
 - `occurred_at` is when it happened (agencies post late and out of order); the server adds
   `recorded_at`, when it learned it. Travel maps order by `occurred_at`; `as_of` reads and audit
-  replays use `recorded_at`. `occurred_at` may not lie more than 10 minutes in the future, and is
-  kept to the microsecond (finer digits are dropped).
+  replays use `recorded_at`. `occurred_at` may not lie more than 10 minutes in the future, nor
+  before 1900, and is kept to the microsecond (finer digits are dropped).
 - `actor` is optional: the sender's reference to the worker (not a name).
 - The recorded `agency` and `credential` come from the bearer key, never from the body; a body
   that sends `agency` is refused.
