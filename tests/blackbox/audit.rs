@@ -81,6 +81,23 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
     )
     .await;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    // Reads that state no purpose, or one not on the list, are refused and logged too.
+    let unstated = app
+        .http
+        .get(app.url(&format!("/v1/clients/{client}/travel-map")))
+        .bearer_auth(COORDINATOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unstated.status(), StatusCode::BAD_REQUEST);
+    let invented = get_with(
+        &app,
+        &format!("/v1/clients/{client}/events"),
+        COORDINATOR,
+        "curiosity",
+    )
+    .await;
+    assert_eq!(invented.status(), StatusCode::BAD_REQUEST);
     let released = sample_event(client, "client.released", "2026-01-07T09:00:00+01:00");
     assert_eq!(
         app.post_event(PROBATION_WRITER, &released).await.status(),
@@ -114,6 +131,8 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
         ),
         ("consultation", "coordinator-desk", "allowed", "supervision"),
         ("consultation", "probation-system", "denied", "curiosity"),
+        ("consultation", "coordinator-desk", "denied", ""),
+        ("consultation", "coordinator-desk", "denied", "curiosity"),
         ("collection", "probation-system", "denied", ""),
     ];
     let expected: Vec<(String, String, String, String)> = expected

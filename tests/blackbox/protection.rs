@@ -265,6 +265,15 @@ async fn erasure_removes_the_personal_data_everywhere_and_keeps_the_facts(backen
         }),
         "{trail}"
     );
+    // So is the attempt to write to the closed record.
+    assert!(
+        trail["entries"].as_array().unwrap().iter().any(|entry| {
+            entry["action"] == "POST /v1/events"
+                && entry["outcome"] == "denied"
+                && entry["operation"] == "collection"
+        }),
+        "{trail}"
+    );
 
     // Nothing of the erased client is left in plaintext anywhere in the store, views included.
     let after = raw_store(&app, &backend, true).await;
@@ -341,6 +350,19 @@ async fn restriction_freezes_reads_and_writes_until_lifted(backend: Backend) {
         "client_restricted",
     )
     .await;
+    // The attempt is logged for the data-protection officer's review.
+    let trail: Value = app
+        .get_for(&format!("/v1/audit/clients/{client}"), AUDITOR, "audit")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let last = trail["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["action"], &last["outcome"]),
+        (&json!("POST /v1/events"), &json!("denied")),
+        "{trail}"
+    );
     // Nor is a restricted client found by identifier, except in an audit.
     let search = format!("/v1/clients?identifier=prison_number:{PRISON_NUMBER}");
     assert_eq!(

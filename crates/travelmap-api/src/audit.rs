@@ -142,6 +142,23 @@ pub async fn require(
     Ok(())
 }
 
+/// The purpose the caller states (see [`RequestContext::purpose`]); a read without a valid one
+/// is refused, and the refusal logged as a denied `logged` operation, like every other refusal.
+pub async fn purpose(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    logged: Logged<'_>,
+) -> Result<Purpose, ApiError> {
+    match context.purpose() {
+        Ok(purpose) => Ok(purpose),
+        Err(refused) => {
+            log(state, caller, context, Outcome::Denied, logged).await?;
+            Err(refused)
+        }
+    }
+}
+
 /// The server's clock to the microsecond (what the stores keep).
 fn now() -> DateTime<Utc> {
     Utc::now()
@@ -189,7 +206,7 @@ pub async fn need_to_know(
     client: ClientId,
     logged: Logged<'_>,
 ) -> Result<Purpose, ApiError> {
-    context.purpose()?;
+    purpose(state, caller, context, logged.clone()).await?;
     let access = state.journeys.access(client).await?;
     need_to_know_given(state, caller, context, client, access.as_ref(), logged).await
 }
@@ -204,7 +221,7 @@ pub async fn need_to_know_given(
     access: Option<&Access>,
     logged: Logged<'_>,
 ) -> Result<Purpose, ApiError> {
-    let purpose = context.purpose()?;
+    let purpose = purpose(state, caller, context, logged.clone()).await?;
     let reviewer = caller
         .0
         .roles

@@ -120,7 +120,7 @@ pub async fn client_entries(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
-    context.purpose()?;
+    audit::purpose(&state, &caller, &context, logged(None)).await?;
     let entries = state
         .audit
         .read_client(client)
@@ -179,7 +179,7 @@ pub async fn entries(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
-    context.purpose()?;
+    audit::purpose(&state, &caller, &context, logged(None)).await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
         return Err(ApiError::invalid_parameter(
@@ -284,7 +284,7 @@ pub async fn break_glass(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
-    context.purpose()?;
+    audit::purpose(&state, &caller, &context, logged(None)).await?;
     let entries = state
         .audit
         .read_action(audit::BREAK_GLASS)

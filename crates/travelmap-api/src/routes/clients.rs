@@ -160,7 +160,7 @@ pub async fn travel_map(
         }
         // The current map: the client is loaded once, for the access decision and the answer.
         None => {
-            context.purpose()?;
+            audit::purpose(&state, &caller, &context, logged(None)).await?;
             let consultation = state
                 .journeys
                 .consult(ClientId(client_id), query.min_position)
@@ -232,7 +232,7 @@ pub async fn search(
         logged(None, None),
     )
     .await?;
-    let purpose = context.purpose()?;
+    let purpose = audit::purpose(&state, &caller, &context, logged(None, None)).await?;
     let identifier = query
         .identifier
         .ok_or_else(|| ApiError::invalid_parameter("identifier", "give `identifier=TYPE:VALUE`"))?;

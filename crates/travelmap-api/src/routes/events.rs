@@ -81,15 +81,22 @@ pub async fn post_event(
     );
     entry.actor = actor;
     // The entry is written beside the commit (see `Journeys::record_logged`).
-    let (outcomes, logged) = state
+    let submissions = [submission];
+    let recorded = state
         .journeys
         .record_logged(
             &caller.provenance(),
-            &[submission],
+            &submissions,
             audit::write(&state, vec![entry]),
         )
-        .await
-        .map_err(|error| ApiError::from(error).at_index(None))?;
+        .await;
+    let (outcomes, logged) = match recorded {
+        Ok(recorded) => recorded,
+        Err(error) => {
+            log_protection_refusal(&state, &caller, &context, ACTION, &error, &submissions).await?;
+            return Err(ApiError::from(error).at_index(None));
+        }
+    };
     logged?;
     let outcome = &outcomes[0];
     let status = if outcome.created {
@@ -221,14 +228,21 @@ pub async fn post_batch(
         })
         .collect();
     // The entries are written beside the commit (see `Journeys::record_logged`).
-    let (outcomes, logged) = state
+    let recorded = state
         .journeys
         .record_logged(
             &caller.provenance(),
             &submissions,
             audit::write(&state, entries),
         )
-        .await?;
+        .await;
+    let (outcomes, logged) = match recorded {
+        Ok(recorded) => recorded,
+        Err(error) => {
+            log_protection_refusal(&state, &caller, &context, ACTION, &error, &submissions).await?;
+            return Err(error.into());
+        }
+    };
     logged?;
     let status = if outcomes.iter().any(|outcome| outcome.created) {
         StatusCode::CREATED
@@ -284,7 +298,7 @@ pub async fn feed(
         logged(None),
     )
     .await?;
-    let purpose = context.purpose()?;
+    let purpose = audit::purpose(&state, &caller, &context, logged(None)).await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=travelmap_service::MAX_FEED_PAGE).contains(&limit) {
         return Err(ApiError::invalid_parameter(
@@ -338,6 +352,41 @@ pub async fn feed(
 }
 
 /// Corrections and retractions alter what was recorded; everything else is collected.
+/// Logs a write refused because its client's processing is restricted or its data erased. Such
+/// an attempt is what a data-protection officer reviews, unlike a write refused as invalid or
+/// conflicting, which logs nothing (nothing was recorded, and the sender is told why).
+async fn log_protection_refusal(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    action: &str,
+    error: &travelmap_service::Error,
+    submissions: &[travelmap_service::Submission],
+) -> Result<(), ApiError> {
+    use travelmap_domain::journey::Error as Refusal;
+    use travelmap_service::Error as E;
+    let refused = match error {
+        E::Refused {
+            index,
+            source: Refusal::Restricted | Refusal::Erased,
+        } => submissions.get(*index),
+        E::Store(travelmap_store::Error::ClientErased(client)) => submissions
+            .iter()
+            .find(|submission| submission.draft.client_id == *client),
+        _ => None,
+    };
+    let Some(submission) = refused else {
+        return Ok(());
+    };
+    let logged = Logged {
+        operation: operation_of(submission),
+        client: Some(submission.draft.client_id),
+        action,
+        returned: None,
+    };
+    audit::log(state, caller, context, Outcome::Denied, logged).await
+}
+
 fn operation_of(submission: &travelmap_service::Submission) -> Operation {
     match submission.draft.event.event_type() {
         "event.corrected" | "event.retracted" => Operation::Alteration,

@@ -301,7 +301,7 @@ pub async fn subject_access(
         returned,
     };
     audit::require(&state, &caller, &context, &[Role::Dpo], logged(None)).await?;
-    if context.purpose()? != Purpose::SubjectAccess {
+    if audit::purpose(&state, &caller, &context, logged(None)).await? != Purpose::SubjectAccess {
         audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
         return Err(ApiError::new(
             Code::PurposeRequired,

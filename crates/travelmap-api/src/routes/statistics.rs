@@ -49,7 +49,7 @@ pub async fn outcomes(
         logged(None),
     )
     .await?;
-    if context.purpose()? != Purpose::Statistics {
+    if audit::purpose(&state, &caller, &context, logged(None)).await? != Purpose::Statistics {
         audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
         return Err(ApiError::new(
             Code::PurposeRequired,

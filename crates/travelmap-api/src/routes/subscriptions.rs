@@ -122,7 +122,7 @@ pub async fn feed(
         logged(None),
     )
     .await?;
-    let purpose = context.purpose()?;
+    let purpose = audit::purpose(&state, &caller, &context, logged(None)).await?;
     let last_event_id = headers
         .get("last-event-id")
         .map(|value| {
