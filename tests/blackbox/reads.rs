@@ -698,36 +698,29 @@ async fn unknown_or_repeated_query_parameters_are_refused_by_name() {
     let client = Uuid::new_v4();
     // A misspelt parameter would otherwise be ignored: `as_of` on the feed (which has none)
     // would return the whole feed to a caller who believes it asked for a moment.
-    let problem = expect_problem(
-        app.get("/v1/events?after=0&as_of=2026-01-01T00:00:00Z", AUDITOR)
-            .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_parameter",
-    )
-    .await;
-    assert_eq!(problem["field"], "as_of");
-    let problem = expect_problem(
-        app.get(
-            &format!("/v1/clients/{client}/travel-map?asof=2026-01-01T00:00:00Z"),
-            AUDITOR,
-        )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_parameter",
-    )
-    .await;
-    assert_eq!(problem["field"], "asof");
-    let problem = expect_problem(
-        app.get(
-            &format!(
+    let refused = [
+        (
+            "/v1/events?after=0&as_of=2026-01-01T00:00:00Z".to_owned(),
+            "as_of",
+        ),
+        (
+            format!("/v1/clients/{client}/travel-map?asof=2026-01-01T00:00:00Z"),
+            "asof",
+        ),
+        (
+            format!(
                 "/v1/clients/{client}/events?as_of=2026-01-01T00:00:00Z&as_of=2027-01-01T00:00:00Z"
             ),
-            AUDITOR,
+            "as_of",
+        ),
+    ];
+    for (path, field) in refused {
+        let problem = expect_problem(
+            app.get(&path, AUDITOR).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
         )
-        .await,
-        StatusCode::BAD_REQUEST,
-        "invalid_parameter",
-    )
-    .await;
-    assert_eq!(problem["field"], "as_of");
+        .await;
+        assert_eq!(problem["field"], field, "{path}");
+    }
 }
