@@ -228,6 +228,12 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         })
         .collect();
     let expected = [
+        // The reads above without a purpose that name the client (its travel map, history and
+        // trail), and the one with a purpose not on the list: refusals are logged too.
+        ("dpo-office", ""),
+        ("dpo-office", ""),
+        ("dpo-office", ""),
+        ("dpo-office", "curiosity"),
         ("coordinator-desk", "case_management"),
         ("coordinator-desk", "case_management"),
         ("ngo-desk", "service_delivery"),
