@@ -745,6 +745,68 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
     assert!(String::from_utf8_lossy(&accepted.stdout).contains("imported 2 events"));
 }
 
+/// With a configuration, an involvement or consent may name only an agency it declares: such an
+/// event opens or ends that agency's access, so an invented or misspelt one is refused, by the
+/// server and by an import alike.
+#[tokio::test]
+async fn involvements_and_consents_name_only_declared_agencies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let client = Uuid::new_v4();
+    let consent = |agency: &str| {
+        json!({
+            "id": Uuid::new_v4(), "type": "consent.recorded", "schema_version": 1,
+            "client_id": client, "occurred_at": "2026-01-01T00:00:00Z",
+            "data": {"agency": agency, "purposes": ["service_delivery"], "legal_basis": "consent"}
+        })
+    };
+    let server = Server::start(&data, Some(&config)).await;
+    let post = |body: Value| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/events", server.address))
+            .bearer_auth(PRISON_WRITER)
+            .json(&body)
+            .send()
+    };
+    let problem = expect_problem(
+        post(consent("ngo-opavaa")).await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.agency");
+    assert_eq!(
+        post(consent("ngo-opava")).await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    server.signal("TERM");
+    assert!(server.wait().success());
+
+    let file = dir.path().join("events.jsonl");
+    std::fs::write(&file, consent("ngo-nowhere").to_string()).unwrap();
+    let output = travelmap_command()
+        .args([
+            "import",
+            file.to_str().unwrap(),
+            "--credential",
+            "opava-prison-system",
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("TRAVELMAP_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 1: data.agency") && stderr.contains("ngo-nowhere"),
+        "{stderr}"
+    );
+}
+
 /// `keys rotate` rewraps every data key under the new master key: afterwards the old key can be
 /// dropped from the configuration and the personal data still opens; without the new key it
 /// does not, and the error names the key that is missing.

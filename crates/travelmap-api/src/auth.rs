@@ -10,7 +10,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use travelmap_domain::{AgencyKind, Provenance};
+use travelmap_domain::{AgencyKind, JourneyEvent, Provenance};
 
 use crate::AppState;
 use crate::error::{ApiError, Code};
@@ -77,6 +77,9 @@ pub enum CredentialError {
 pub struct Authenticator {
     by_hash: HashMap<[u8; 32], Credential>,
     jwt: Option<std::sync::Arc<crate::jwt::JwtVerifier>>,
+    /// The agencies the configuration declares; `None` where it declares none (the no-config
+    /// local admin), and then any agency may be named.
+    agencies: Option<std::collections::HashSet<String>>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -109,7 +112,37 @@ impl Authenticator {
             }
             by_hash.insert(hash, credential);
         }
-        Ok(Self { by_hash, jwt: None })
+        Ok(Self {
+            by_hash,
+            jwt: None,
+            agencies: None,
+        })
+    }
+
+    /// Only `agencies` may be named by the involvements and consents recorded (see
+    /// [`Self::check_named_agency`]).
+    pub fn with_agencies(mut self, agencies: impl IntoIterator<Item = String>) -> Self {
+        self.agencies = Some(agencies.into_iter().collect());
+        self
+    }
+
+    /// Refuses an involvement or consent that names an agency the configuration does not
+    /// declare: it would open or end access for an agency that does not take part (a typo, or
+    /// an invented one), and need-to-know is decided from exactly these events.
+    pub fn check_named_agency(&self, event: &JourneyEvent) -> Result<(), ApiError> {
+        let (Some(agencies), Some(named)) = (&self.agencies, event.named_agency()) else {
+            return Ok(());
+        };
+        if agencies.contains(named) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            Code::ValidationFailed,
+            format!(
+                "no agency `{named}` takes part: the configuration's [[agencies]] do not declare it"
+            ),
+        )
+        .with_field("data.agency"))
     }
 
     /// Also accepts JWTs checked by `verifier`.

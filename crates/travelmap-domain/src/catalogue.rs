@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::error::field_path;
 use crate::payloads::*;
-use crate::{DecodeError, EventId, ValidationError};
+use crate::{DecodeError, EventId, Text, ValidationError};
 
 /// One entry of the catalogue, as published by `GET /v1/event-types` and docs/events.md.
 #[derive(Debug, Clone, Serialize)]
@@ -229,6 +229,18 @@ impl JourneyEvent {
     pub fn retracts(&self) -> Option<EventId> {
         match self {
             Self::EventRetracted(retraction) => Some(retraction.event_id),
+            _ => None,
+        }
+    }
+
+    /// The agency an involvement or consent names in its `data.agency`, if it names one:
+    /// such an event opens or ends that agency's access to the client.
+    pub fn named_agency(&self) -> Option<&str> {
+        match self {
+            Self::InvolvementOpened(opened) => opened.agency.as_ref().map(Text::as_str),
+            Self::InvolvementClosed(closed) => closed.agency.as_ref().map(Text::as_str),
+            Self::ConsentRecorded(consent) => Some(consent.agency.as_str()),
+            Self::ConsentWithdrawn(withdrawal) => Some(withdrawal.agency.as_str()),
             _ => None,
         }
     }

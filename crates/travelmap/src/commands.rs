@@ -37,6 +37,7 @@ pub async fn import(
     file: &Path,
     provenance: Provenance,
     kind: Option<AgencyKind>,
+    authenticator: Option<&Authenticator>,
     masters: MasterKeys,
 ) -> anyhow::Result<()> {
     let open = || -> anyhow::Result<BufReader<std::fs::File>> {
@@ -63,6 +64,17 @@ pub async fn import(
                     "agency `{}` may not post `{}` events",
                     provenance.agency,
                     submission.draft.event.event_type()
+                ))
+            }
+            Ok(submission)
+                if let Some(Err(invalid)) = authenticator.map(|authenticator| {
+                    authenticator.check_named_agency(&submission.draft.event)
+                }) =>
+            {
+                Some(format!(
+                    "{}: {}",
+                    invalid.field.as_deref().unwrap_or_default(),
+                    invalid.detail
                 ))
             }
             Ok(submission) => match first_line_of.insert(submission.draft.id, number + 1) {

@@ -258,8 +258,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             application.run_until(app::shutdown_signal()).await
         }
         Command::Import { file, credential } => {
-            let (provenance, kind) = import_provenance(config.as_ref(), credential.as_deref())?;
-            commands::import(&location, &file, provenance, kind, masters()?).await
+            let (provenance, kind, authenticator) =
+                import_provenance(config.as_ref(), credential.as_deref())?;
+            commands::import(
+                &location,
+                &file,
+                provenance,
+                kind,
+                authenticator.as_ref(),
+                masters()?,
+            )
+            .await
         }
         Command::Rebuild => commands::rebuild(&location, masters()?).await,
         Command::Retention(RetentionCommand::Run) => {
@@ -362,10 +371,12 @@ fn local_authenticator(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Au
 }
 
 /// Who an import records as, and the kind of its agency (which decides the types it may post).
+/// Who an import records as, the kind of its agency, and (with a configuration) the
+/// authenticator `serve` would build from it, whose checks the import applies too.
 fn import_provenance(
     config: Option<&(PathBuf, ConfigFile)>,
     credential: Option<&str>,
-) -> anyhow::Result<(Provenance, Option<AgencyKind>)> {
+) -> anyhow::Result<(Provenance, Option<AgencyKind>, Option<Authenticator>)> {
     let Some((path, file)) = config else {
         let local = settings::local_admin();
         return Ok((
@@ -374,10 +385,11 @@ fn import_provenance(
                 credential: local.id,
             },
             local.agency_kind,
+            None,
         ));
     };
     // The same checks as `serve`, so that an import cannot record what the API would refuse.
-    file.authenticator(path)?;
+    let authenticator = file.authenticator(path)?;
     let id =
         credential.context("with --config, name the credential to import as: --credential ID")?;
     let entry = file
@@ -399,5 +411,6 @@ fn import_provenance(
             credential: entry.id.clone(),
         },
         kind,
+        Some(authenticator),
     ))
 }

@@ -289,10 +289,14 @@ impl ConfigFile {
                 },
             ));
         }
-        Authenticator::new(entries).map_err(|source| Error::Credentials {
-            path: path.to_owned(),
-            source,
-        })
+        Authenticator::new(entries)
+            .map(|authenticator| {
+                authenticator.with_agencies(self.agencies.iter().map(|agency| agency.id.clone()))
+            })
+            .map_err(|source| Error::Credentials {
+                path: path.to_owned(),
+                source,
+            })
     }
 
     /// The JWT settings, if tokens are configured: the source of the key set and how to check

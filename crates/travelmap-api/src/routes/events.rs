@@ -62,6 +62,9 @@ pub async fn post_event(
         .await?;
         return Err(refused);
     }
+    state
+        .authenticator
+        .check_named_agency(&submission.draft.event)?;
     let operation = operation_of(&submission);
     let id = submission.draft.id;
     let actor = submission
@@ -197,6 +200,10 @@ pub async fn post_batch(
             .await?;
             return Err(refused.at_index(Some(index)));
         }
+        state
+            .authenticator
+            .check_named_agency(&submission.draft.event)
+            .map_err(|invalid| invalid.at_index(Some(index)))?;
     }
     // One entry per client and operation, naming the events recorded for it, in order of
     // first appearance.
