@@ -776,15 +776,41 @@ async fn involvements_and_consents_name_only_declared_agencies() {
     )
     .await;
     assert_eq!(problem["field"], "data.agency");
+    let recorded = consent("ngo-opava");
     assert_eq!(
-        post(consent("ngo-opava")).await.unwrap().status(),
+        post(recorded.clone()).await.unwrap().status(),
         StatusCode::CREATED
     );
+    // A correction replaces the consent's data, so the agency it names is checked too.
+    let correction = json!({
+        "id": Uuid::new_v4(), "type": "event.corrected", "schema_version": 1,
+        "client_id": client, "occurred_at": "2026-01-02T00:00:00Z",
+        "data": {"event_id": recorded["id"], "reason": "wrong agency",
+                 "data": {"agency": "ngo-invented", "purposes": ["service_delivery"], "legal_basis": "consent"}}
+    });
+    let problem = expect_problem(
+        post(correction).await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.data.agency");
     server.signal("TERM");
     assert!(server.wait().success());
 
+    // The import checks lines as the server checks bodies: a member named twice, a control
+    // character and an undeclared agency are each refused, and nothing is imported.
     let file = dir.path().join("events.jsonl");
-    std::fs::write(&file, consent("ngo-nowhere").to_string()).unwrap();
+    let mut twice = consent("ngo-opava").to_string();
+    twice.insert_str(1, "\"type\": \"job.placed\", ");
+    let mut hidden = consent("ngo-opava");
+    hidden["actor"] = json!("PO\u{7}4");
+    let lines = [
+        consent("ngo-nowhere").to_string(),
+        twice,
+        hidden.to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
     let output = travelmap_command()
         .args([
             "import",
@@ -805,6 +831,12 @@ async fn involvements_and_consents_name_only_declared_agencies() {
         stderr.contains("line 1: data.agency") && stderr.contains("ngo-nowhere"),
         "{stderr}"
     );
+    assert!(
+        stderr.contains("line 2: ambiguous") && stderr.contains("`type` appears twice"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 3: actor"), "{stderr}");
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
 }
 
 /// `keys rotate` rewraps every data key under the new master key: afterwards the old key can be

@@ -707,6 +707,20 @@ async fn ambiguous_or_invisible_input_is_refused_and_nothing_is_stored() {
     .await;
     assert_eq!(problem["field"], "data.identifiers[0].value");
 
+    // A data-protection decision's reason is stored and audited like an event's text.
+    let problem = expect_problem(
+        app.post(
+            &format!("/v1/clients/{client}/restriction"),
+            DPO,
+            &json!({"reason": "contested\u{0}"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "reason");
+
     // The nil UUID names no one.
     let nobody = event(Uuid::nil(), "job.placed", AT, json!({}));
     let problem = expect_problem(

@@ -217,7 +217,7 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
             "an event must be a JSON object",
         ));
     }
-    if let Some(field) = control_character(value, String::new()) {
+    if let Some(field) = control_character(value) {
         return Err(ApiError::new(
             Code::ValidationFailed,
             "must not contain control characters (tab, line feed and carriage return excepted)",
@@ -246,7 +246,7 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
         )
         .with_field("occurred_at"));
     }
-    if request.occurred_at.year() < EARLIEST_YEAR {
+    if request.occurred_at.with_timezone(&Utc).year() < EARLIEST_YEAR {
         // No journey Travelmap follows began that early: such a time is a sender's placeholder
         // (a zero date), and would sort first in the travel map for good.
         return Err(ApiError::new(
@@ -289,31 +289,54 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
 }
 
 /// The path (`data.identifiers[0].value`) of the first string or member name under `value` that
-/// holds a control character other than tab, line feed or carriage return. Such characters are
-/// invisible where the record is read, and PostgreSQL refuses NUL in text outright: an event
-/// accepted on one backend must be accepted on every other.
-fn control_character(value: &Value, path: String) -> Option<String> {
+/// holds a control character other than tab, line feed or carriage return, or `None`. Such
+/// characters are invisible where the record is read, and PostgreSQL refuses NUL in text
+/// outright: an input accepted on one backend must be accepted on every other. The path is made
+/// only for the branch that holds one, so that a large body with nothing wrong costs one scan.
+pub fn control_character(value: &Value) -> Option<String> {
+    let mut reversed = Vec::new();
+    if !find_control_character(value, &mut reversed) {
+        return None;
+    }
+    let mut path = String::new();
+    for segment in reversed.iter().rev() {
+        match segment {
+            Segment::Index(index) => path.push_str(&format!("[{index}]")),
+            Segment::Name(name) if path.is_empty() => path.push_str(name),
+            Segment::Name(name) => {
+                path.push('.');
+                path.push_str(name);
+            }
+        }
+    }
+    Some(path)
+}
+
+enum Segment<'a> {
+    Index(usize),
+    Name(&'a str),
+}
+
+/// Whether `value` holds a forbidden character; if so, pushes the path to it, innermost first.
+fn find_control_character<'a>(value: &'a Value, reversed: &mut Vec<Segment<'a>>) -> bool {
     let forbidden = |text: &str| {
         text.chars()
             .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
     };
     match value {
-        Value::String(text) => forbidden(text).then_some(path),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(index, item)| control_character(item, format!("{path}[{index}]"))),
-        Value::Object(members) => members.iter().find_map(|(name, member)| {
-            let path = if path.is_empty() {
-                name.clone()
-            } else {
-                format!("{path}.{name}")
-            };
-            if forbidden(name) {
-                return Some(path);
+        Value::String(text) => forbidden(text),
+        Value::Array(items) => items.iter().enumerate().any(|(index, item)| {
+            find_control_character(item, reversed) && {
+                reversed.push(Segment::Index(index));
+                true
             }
-            control_character(member, path)
         }),
-        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+        Value::Object(members) => members.iter().any(|(name, member)| {
+            (forbidden(name) || find_control_character(member, reversed)) && {
+                reversed.push(Segment::Name(name));
+                true
+            }
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }

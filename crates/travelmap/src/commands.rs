@@ -66,24 +66,23 @@ pub async fn import(
                     submission.draft.event.event_type()
                 ))
             }
-            Ok(submission)
-                if let Some(Err(invalid)) = authenticator.map(|authenticator| {
-                    authenticator.check_named_agency(&submission.draft.event)
-                }) =>
-            {
-                Some(format!(
-                    "{}: {}",
-                    invalid.field.as_deref().unwrap_or_default(),
-                    invalid.detail
-                ))
+            Ok(submission) => {
+                let named = authenticator
+                    .map(|authenticator| authenticator.check_named_agency(&submission.draft.event))
+                    .unwrap_or(Ok(()));
+                match (named, first_line_of.insert(submission.draft.id, number + 1)) {
+                    (Err(invalid), _) => Some(format!(
+                        "{}: {}",
+                        invalid.field.as_deref().unwrap_or_default(),
+                        invalid.detail
+                    )),
+                    (Ok(()), Some(first)) => Some(format!(
+                        "event id {} already appears on line {first}",
+                        submission.draft.id
+                    )),
+                    (Ok(()), None) => None,
+                }
             }
-            Ok(submission) => match first_line_of.insert(submission.draft.id, number + 1) {
-                Some(first) => Some(format!(
-                    "event id {} already appears on line {first}",
-                    submission.draft.id
-                )),
-                None => None,
-            },
             Err(problem) => Some(problem),
         };
         if let Some(problem) = problem {

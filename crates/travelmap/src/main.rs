@@ -370,7 +370,6 @@ fn local_authenticator(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Au
         .context("building the local admin credential")
 }
 
-/// Who an import records as, and the kind of its agency (which decides the types it may post).
 /// Who an import records as, the kind of its agency, and (with a configuration) the
 /// authenticator `serve` would build from it, whose checks the import applies too.
 fn import_provenance(

@@ -358,7 +358,6 @@ pub async fn feed(
     }))
 }
 
-/// Corrections and retractions alter what was recorded; everything else is collected.
 /// Logs a write refused because its client's processing is restricted or its data erased. Such
 /// an attempt is what a data-protection officer reviews, unlike a write refused as invalid or
 /// conflicting, which logs nothing (nothing was recorded, and the sender is told why).
@@ -394,6 +393,7 @@ async fn log_protection_refusal(
     audit::log(state, caller, context, Outcome::Denied, logged).await
 }
 
+/// Corrections and retractions alter what was recorded; everything else is collected.
 fn operation_of(submission: &travelmap_service::Submission) -> Operation {
     match submission.draft.event.event_type() {
         "event.corrected" | "event.retracted" => Operation::Alteration,
