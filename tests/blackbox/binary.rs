@@ -697,6 +697,24 @@ async fn the_readme_examples_run_verbatim() {
     assert_eq!(answers[9]["field"], "data.release_kind");
 }
 
+/// Runs `travelmap import FILE` as `credential` of `config`, into `data`.
+fn import_as(file: &Path, credential: &str, config: &Path, data: &Path) -> std::process::Output {
+    travelmap_command()
+        .args([
+            "import",
+            file.to_str().unwrap(),
+            "--credential",
+            credential,
+            "--config",
+        ])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .env_remove("TRAVELMAP_CONFIG")
+        .output()
+        .unwrap()
+}
+
 /// An import records as a configured credential, so its agency's kind limits what it may load,
 /// as for the API: a file with an event outside the remit is refused whole.
 #[tokio::test]
@@ -711,22 +729,7 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         .map(|event_type| sample_event(client, event_type, "2026-01-01T00:00:00Z").to_string())
         .collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let import = |credential: &str| {
-        travelmap_command()
-            .args([
-                "import",
-                file.to_str().unwrap(),
-                "--credential",
-                credential,
-                "--config",
-            ])
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .env_remove("TRAVELMAP_CONFIG")
-            .output()
-            .unwrap()
-    };
+    let import = |credential: &str| import_as(&file, credential, &config, &data);
     let refused = import("probation-system");
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -811,20 +814,7 @@ async fn involvements_and_consents_name_only_declared_agencies() {
         hidden.to_string(),
     ];
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let output = travelmap_command()
-        .args([
-            "import",
-            file.to_str().unwrap(),
-            "--credential",
-            "opava-prison-system",
-            "--config",
-        ])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .env_remove("TRAVELMAP_CONFIG")
-        .output()
-        .unwrap();
+    let output = import_as(&file, "opava-prison-system", &config, &data);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
