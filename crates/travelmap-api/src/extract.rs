@@ -52,24 +52,27 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                         ApiError::new(Code::MalformedJson, rejection.body_text())
                     }
                 })?;
-        parse_json(&bytes).map(JsonBody).map_err(|error| {
-            let detail = if error.classify() == serde_json::error::Category::Data {
-                format!("the body is ambiguous: {error}")
-            } else {
-                format!("the body is not valid JSON: {error}")
-            };
-            ApiError::new(Code::MalformedJson, detail)
-        })
+        parse_json(&bytes)
+            .map(JsonBody)
+            .map_err(|why| ApiError::new(Code::MalformedJson, format!("the body is {why}")))
     }
 }
 
 /// Parses JSON as `serde_json` does, except that an object naming a member twice is refused.
 /// `serde_json` keeps the last value, while another reader of the same bytes (a gateway, an
 /// agency's own log) may keep the first: an event recorded for good must mean one thing.
-/// The refusal is a data error ([`serde_json::error::Category::Data`]); everything else is a
-/// syntax or end-of-input error as usual.
-pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
-    serde_json::from_slice::<Unambiguous>(bytes).map(|parsed| parsed.0)
+/// A refusal says why, as `ambiguous: ...` or `not valid JSON: ...` (with line and column).
+pub fn parse_json(bytes: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice::<Unambiguous>(bytes)
+        .map(|parsed| parsed.0)
+        .map_err(|error| {
+            // The only data error a generic value can meet is the repeated member refused below.
+            if error.classify() == serde_json::error::Category::Data {
+                format!("ambiguous: {error}")
+            } else {
+                format!("not valid JSON: {error}")
+            }
+        })
 }
 
 /// A JSON value whose objects name each member once (see [`parse_json`]).

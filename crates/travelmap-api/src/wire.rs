@@ -217,13 +217,7 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
             "an event must be a JSON object",
         ));
     }
-    if let Some(field) = control_character(value) {
-        return Err(ApiError::new(
-            Code::ValidationFailed,
-            "must not contain control characters (tab, line feed and carriage return excepted)",
-        )
-        .with_field(field));
-    }
+    refuse_control_characters(value)?;
     let request: EventRequest = deserialize_with_path(value).map_err(|invalid| {
         let detail = if invalid.field == "agency" {
             "`agency` is taken from the credential and must not be sent".to_owned()
@@ -288,12 +282,26 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
     })
 }
 
+/// Refuses (`422`, naming the field) a body with a control character other than tab, line feed
+/// or carriage return in any string or member name. Such characters are invisible where the
+/// record is read, and PostgreSQL refuses NUL in text outright: an input accepted on one backend
+/// must be accepted on every other.
+pub fn refuse_control_characters(value: &Value) -> Result<(), ApiError> {
+    match control_character(value) {
+        None => Ok(()),
+        Some(field) => Err(ApiError::new(
+            Code::ValidationFailed,
+            "must not contain control characters (tab, line feed and carriage return excepted)",
+        )
+        .with_field(field)),
+    }
+}
+
 /// The path (`data.identifiers[0].value`) of the first string or member name under `value` that
-/// holds a control character other than tab, line feed or carriage return, or `None`. Such
-/// characters are invisible where the record is read, and PostgreSQL refuses NUL in text
-/// outright: an input accepted on one backend must be accepted on every other. The path is made
-/// only for the branch that holds one, so that a large body with nothing wrong costs one scan.
-pub fn control_character(value: &Value) -> Option<String> {
+/// holds a forbidden control character (see [`refuse_control_characters`]), or `None`. The path
+/// is made only for the branch that holds one, so that a large body with nothing wrong costs one
+/// scan.
+fn control_character(value: &Value) -> Option<String> {
     let mut reversed = Vec::new();
     if !find_control_character(value, &mut reversed) {
         return None;

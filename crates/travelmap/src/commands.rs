@@ -156,13 +156,7 @@ pub async fn import(
 
 fn parse_line(line: &str) -> Result<Submission, String> {
     // Parsed as the HTTP API parses bodies: a member named twice is refused there too.
-    let value = travelmap_api::extract::parse_json(line.as_bytes()).map_err(|error| {
-        if error.classify() == serde_json::error::Category::Data {
-            format!("ambiguous: {error}")
-        } else {
-            format!("not valid JSON: {error}")
-        }
-    })?;
+    let value = travelmap_api::extract::parse_json(line.as_bytes())?;
     wire::parse_event(&value).map_err(|error| match error.field {
         Some(field) => format!("{field}: {}", error.detail),
         None => error.detail,

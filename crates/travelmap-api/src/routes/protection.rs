@@ -35,13 +35,7 @@ pub struct DecisionRequest {
 fn reason(body: &serde_json::Value) -> Result<Text, ApiError> {
     // Checked as an event's strings are: the reason is stored with the decision and in the
     // audit trail, whose PostgreSQL columns refuse NUL.
-    if let Some(field) = crate::wire::control_character(body) {
-        return Err(ApiError::new(
-            Code::ValidationFailed,
-            "must not contain control characters (tab, line feed and carriage return excepted)",
-        )
-        .with_field(field));
-    }
+    crate::wire::refuse_control_characters(body)?;
     let request: DecisionRequest = travelmap_domain::catalogue::deserialize_with_path(body)
         .map_err(|invalid| {
             ApiError::new(Code::ValidationFailed, invalid.message).with_field(invalid.field)
