@@ -130,21 +130,7 @@ impl Authenticator {
     /// declare: it would open or end access for an agency that does not take part (a typo, or
     /// an invented one), and need-to-know is decided from exactly these events.
     pub fn check_named_agency(&self, event: &JourneyEvent) -> Result<(), ApiError> {
-        let Some(agencies) = &self.agencies else {
-            return Ok(());
-        };
-        // A correction replaces its target's data, and access is decided from the corrected
-        // facts: a replacement that names an agency counts as naming it. (Only involvements and
-        // consents have an `agency` field, so any replacement that has one corrects one of them.)
-        let named = match event {
-            JourneyEvent::EventCorrected(correction) => correction
-                .data
-                .get("agency")
-                .and_then(serde_json::Value::as_str)
-                .map(|agency| (agency, "data.data.agency")),
-            other => other.named_agency().map(|agency| (agency, "data.agency")),
-        };
-        let Some((named, field)) = named else {
+        let (Some(agencies), Some((named, field))) = (&self.agencies, event.named_agency()) else {
             return Ok(());
         };
         if agencies.contains(named) {

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::error::field_path;
 use crate::payloads::*;
-use crate::{DecodeError, EventId, Text, ValidationError};
+use crate::{DecodeError, EventId, ValidationError};
 
 /// One entry of the catalogue, as published by `GET /v1/event-types` and docs/events.md.
 #[derive(Debug, Clone, Serialize)]
@@ -233,16 +233,23 @@ impl JourneyEvent {
         }
     }
 
-    /// The agency an involvement or consent names in its `data.agency`, if it names one:
-    /// such an event opens or ends that agency's access to the client.
-    pub fn named_agency(&self) -> Option<&str> {
-        match self {
-            Self::InvolvementOpened(opened) => opened.agency.as_ref().map(Text::as_str),
-            Self::InvolvementClosed(closed) => closed.agency.as_ref().map(Text::as_str),
-            Self::ConsentRecorded(consent) => Some(consent.agency.as_str()),
-            Self::ConsentWithdrawn(withdrawal) => Some(withdrawal.agency.as_str()),
-            _ => None,
-        }
+    /// The agency an involvement or consent names, if it names one, with the field that names
+    /// it: such an event opens or ends that agency's access to the client. A correction replaces
+    /// its target's data, and access is decided from the corrected facts, so a replacement that
+    /// names an agency counts too (only involvements and consents have an `agency` field, so a
+    /// replacement that has one corrects one of them).
+    pub fn named_agency(&self) -> Option<(&str, &'static str)> {
+        let (agency, field) = match self {
+            Self::InvolvementOpened(opened) => (opened.agency.as_ref()?.as_str(), "data.agency"),
+            Self::InvolvementClosed(closed) => (closed.agency.as_ref()?.as_str(), "data.agency"),
+            Self::ConsentRecorded(consent) => (consent.agency.as_str(), "data.agency"),
+            Self::ConsentWithdrawn(withdrawal) => (withdrawal.agency.as_str(), "data.agency"),
+            Self::EventCorrected(correction) => {
+                (correction.data.get("agency")?.as_str()?, "data.data.agency")
+            }
+            _ => return None,
+        };
+        Some((agency, field))
     }
 }
 
