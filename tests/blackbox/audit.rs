@@ -283,6 +283,71 @@ async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_non
     assert_eq!(logged(second).await, second_entries);
 }
 
+#[tokio::test]
+async fn a_feed_page_shows_in_the_trail_of_every_client_it_disclosed() {
+    let app = spawn_app().await;
+    let (first, second, unread) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let events = [
+        sample_event(first, "client.registered", "2026-01-05T09:00:00+01:00"),
+        sample_event(second, "client.registered", "2026-01-05T10:00:00+01:00"),
+        sample_event(first, "sentence.started", "2026-01-06T09:00:00+01:00"),
+        sample_event(unread, "client.registered", "2026-01-05T11:00:00+01:00"),
+    ];
+    for event in &events {
+        assert_eq!(
+            app.post_event(PRISON_WRITER, event).await.status(),
+            StatusCode::CREATED
+        );
+    }
+    // A page of the first three events only.
+    let page = app.get_ok("/v1/events?after=0&limit=3", AUDITOR).await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 3);
+
+    let disclosures = |client: Uuid| {
+        let app = &app;
+        async move {
+            let trail = app
+                .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
+                .await;
+            trail["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|entry| entry["operation"] == "disclosure")
+                .map(|entry| {
+                    assert_eq!(entry["action"], "GET /v1/events", "{entry}");
+                    assert_eq!(entry["credential"], "dpo-office", "{entry}");
+                    assert_eq!(entry["purpose"], "case_management", "{entry}");
+                    entry["returned"].as_str().unwrap().to_owned()
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let id = |n: usize| events[n]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        disclosures(first).await,
+        vec![format!("{},{}", id(0), id(2))]
+    );
+    assert_eq!(disclosures(second).await, vec![id(1)]);
+    assert!(disclosures(unread).await.is_empty());
+
+    // The page's own entry names all it returned, and no client.
+    let trail = app
+        .get_ok("/v1/audit/entries?after=0&limit=1000", AUDITOR)
+        .await;
+    let pages: Vec<&Value> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["action"] == "GET /v1/events" && entry["client_id"].is_null())
+        .collect();
+    assert_eq!(pages.len(), 1, "{trail}");
+    assert_eq!(
+        pages[0]["returned"],
+        format!("{},{},{}", id(0), id(1), id(2))
+    );
+}
+
 fn verify(data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
     verify_with_key(data, checkpoint, None)
 }

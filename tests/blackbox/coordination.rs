@@ -298,6 +298,51 @@ async fn opava_caseloads_and_alerts_add_up(backend: Backend) {
     let unassigned = app.get_ok("/v1/alerts?kind=no_case_manager", ADMIN).await;
     assert_eq!(unassigned["alerts"].as_array().unwrap().len(), 2);
 
+    // Lists that span clients show in each listed client's own trail: client 3, who never met
+    // probation, in both alert lists (by their alerts' ids) and in no caseload; client 19 in
+    // probation's caseload and in no alert list.
+    let alert_ids = |list: &Value, client: Uuid| -> Vec<String> {
+        list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|alert| alert["client_id"] == client.to_string())
+            .map(|alert| alert["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let reads_of = |trail: &Value, action: &str| -> Vec<String> {
+        trail["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entry| entry["action"] == action && entry["outcome"] == "allowed")
+            .map(|entry| {
+                assert_eq!(entry["credential"], "ops", "{entry}");
+                entry["returned"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let trail = app
+        .get_ok(&format!("/v1/audit/clients/{}", clients[3]), AUDITOR)
+        .await;
+    let expected: Vec<String> = [
+        alert_ids(&alerts, clients[3]),
+        alert_ids(&unassigned, clients[3]),
+    ]
+    .into_iter()
+    .map(|ids| format!("alerts {}", ids.join(",")))
+    .collect();
+    assert_eq!(reads_of(&trail, "GET /v1/alerts"), expected, "{trail}");
+    assert!(reads_of(&trail, "GET /v1/agencies/{agency}/caseload").is_empty());
+    let trail = app
+        .get_ok(&format!("/v1/audit/clients/{}", clients[19]), AUDITOR)
+        .await;
+    assert_eq!(
+        reads_of(&trail, "GET /v1/agencies/{agency}/caseload"),
+        vec!["caseload entry of probation-opava"]
+    );
+    assert!(reads_of(&trail, "GET /v1/alerts").is_empty(), "{trail}");
+
     // Client 3 turns up: the alert clears, and stays in the history.
     let contact = event(
         clients[3],
@@ -543,6 +588,39 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
         .await
         .unwrap();
     expect_problem(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
+
+    // Each stream named our client in an entry of their own once, however many batches it
+    // sent: the trail of the other client, whose events were not sent, names no stream.
+    let streams_naming = |client: Uuid| {
+        let app = &app;
+        async move {
+            let trail = app
+                .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
+                .await;
+            trail["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|entry| entry["action"] == "GET /v1/subscriptions/feed")
+                .map(|entry| {
+                    assert_eq!(entry["operation"], "disclosure", "{entry}");
+                    assert_eq!(entry["credential"], "probation-system", "{entry}");
+                    entry["returned"].as_str().unwrap().to_owned()
+                })
+                .collect::<Vec<String>>()
+        }
+    };
+    let named = streams_naming(ours).await;
+    assert_eq!(named.len(), 2, "{named:?}");
+    assert!(
+        named[0].contains(first[0].data["id"].as_str().unwrap()),
+        "{named:?}"
+    );
+    assert!(
+        named[1].contains(rest[0].data["id"].as_str().unwrap()),
+        "{named:?}"
+    );
+    assert!(streams_naming(theirs).await.is_empty());
 
     // Every batch sent was logged as a disclosure.
     let trail = app

@@ -100,6 +100,73 @@ pub async fn log(
     write(state, vec![context.record(caller, outcome, logged)]).await
 }
 
+/// Logs a read that spans clients (a feed page, a caseload, alerts): one entry for the read as a
+/// whole, and one for each client it named, saying what of theirs it returned, so that each
+/// client's own trail and subject access report show who received their data. All are written
+/// in one commit, before the answer leaves.
+pub async fn log_spanning(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    whole: Logged<'_>,
+    per_client: Vec<(ClientId, Option<String>)>,
+) -> Result<(), ApiError> {
+    write(state, spanning_records(caller, context, whole, per_client)).await
+}
+
+/// The entries [`log_spanning`] writes: the whole read first, then each client's.
+pub fn spanning_records(
+    caller: &Caller,
+    context: &RequestContext,
+    whole: Logged<'_>,
+    per_client: Vec<(ClientId, Option<String>)>,
+) -> Vec<AuditRecord> {
+    let mut records = Vec::with_capacity(per_client.len() + 1);
+    records.push(context.record(caller, Outcome::Allowed, whole.clone()));
+    records.extend(per_client.into_iter().map(|(client, returned)| {
+        context.record(
+            caller,
+            Outcome::Allowed,
+            Logged {
+                client: Some(client),
+                returned,
+                ..whole.clone()
+            },
+        )
+    }));
+    records
+}
+
+/// Groups the ids of `things` a read returned by the client they belong to, in the order each
+/// client first appears, and names each client's share as [`returned_things`] does (events by
+/// their ids alone, as [`returned_ids`]; other things prefixed with their name when few).
+pub fn by_client(
+    things: &str,
+    items: impl IntoIterator<Item = (ClientId, String)>,
+) -> Vec<(ClientId, Option<String>)> {
+    let mut order: Vec<(ClientId, Vec<String>)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (client, id) in items {
+        let at = *index.entry(client).or_insert_with(|| {
+            order.push((client, Vec::new()));
+            order.len() - 1
+        });
+        order[at].1.push(id);
+    }
+    order
+        .into_iter()
+        .map(|(client, ids)| {
+            let few = ids.len() <= 10;
+            let named = returned_things(things, ids.iter().map(String::as_str));
+            let named = match named {
+                Some(named) if few && things != "events" => Some(format!("{things} {named}")),
+                named => named,
+            };
+            (client, named)
+        })
+        .collect()
+}
+
 /// What a read returned, for its entry: the ids of `events`.
 pub fn returned_events(events: &[RecordedEvent]) -> Option<String> {
     let ids: Vec<String> = events

@@ -182,14 +182,18 @@ pub async fn agency_caseload(
     }
     wait_for(&state, query.min_position).await?;
     let clients = state.coordination.agency_caseload(&agency);
-    audit::log(
+    let per_client = clients
+        .iter()
+        .map(|entry| (entry.client_id, Some(format!("caseload entry of {agency}"))))
+        .collect();
+    audit::log_spanning(
         &state,
         &caller,
         &context,
-        Outcome::Allowed,
         logged(audit::returned_clients(
             clients.iter().map(|entry| entry.client_id),
         )),
+        per_client,
     )
     .await?;
     Ok(Json(AgencyCaseloadPage {
@@ -273,16 +277,21 @@ pub async fn alerts(
     }
     wait_for(&state, query.min_position).await?;
     let alerts = state.coordination.alerts(&filter);
-    audit::log(
-        &state,
-        &caller,
-        &context,
-        Outcome::Allowed,
-        logged(audit::returned_clients(
-            alerts.iter().map(|alert| alert.client_id),
-        )),
-    )
-    .await?;
+    let whole = logged(audit::returned_clients(
+        alerts.iter().map(|alert| alert.client_id),
+    ));
+    if query.client_id.is_some() {
+        // One client's alerts: the read's own entry names them already.
+        audit::log(&state, &caller, &context, Outcome::Allowed, whole).await?;
+    } else {
+        let per_client = audit::by_client(
+            "alerts",
+            alerts
+                .iter()
+                .map(|alert| (alert.client_id, alert.id.to_string())),
+        );
+        audit::log_spanning(&state, &caller, &context, whole, per_client).await?;
+    }
     Ok(Json(AlertList {
         alerts,
         as_of: state.coordination.now(),

@@ -320,14 +320,13 @@ pub async fn feed(
     let events = state.journeys.feed(after, limit).await?;
     let next_after = events.last().map_or(after, |event| event.meta.position);
     let returned = audit::returned_events(&events);
-    audit::log(
-        &state,
-        &caller,
-        &context,
-        Outcome::Allowed,
-        logged(returned),
-    )
-    .await?;
+    let per_client = audit::by_client(
+        "events",
+        events
+            .iter()
+            .map(|event| (event.draft.client_id, event.draft.id.to_string())),
+    );
+    audit::log_spanning(&state, &caller, &context, logged(returned), per_client).await?;
     // Restricted clients' events stay in the feed (a reader must see every position), with
     // their personal fields withheld unless this is an auditor's audit.
     let auditing = matches!(

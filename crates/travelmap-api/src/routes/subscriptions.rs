@@ -7,10 +7,13 @@
 //! the kept notices, and otherwise (a restart, or too long away) the stream starts with a
 //! snapshot of the open alerts (`change: "open"`), which subscribers de-duplicate by alert id.
 //!
-//! Every batch sent is logged as a disclosure before it leaves, like any other read.
+//! Every batch sent is logged as a disclosure before it leaves, like any other read, and each
+//! client it sends is named in an entry of their own when the stream first sends their data
+//! and at least hourly after.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -18,6 +21,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::stream::{self, BoxStream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+use travelmap_domain::ClientId;
 use travelmap_domain::audit::{Operation, Outcome};
 use travelmap_projections::coordination::Alert;
 use travelmap_service::coordination::{AlertFilter, AlertNotice};
@@ -230,13 +234,15 @@ fn types(list: Option<&str>) -> Result<std::collections::BTreeSet<String>, ApiEr
     Ok(types)
 }
 
-/// Logs a batch about to be sent; false if it could not be logged (the stream then ends rather
-/// than disclose unlogged).
+/// Logs a batch about to be sent, with an entry for each client the stream names for the first
+/// time lately (see [`NamedClients`]); false if it could not be logged (the stream then ends
+/// rather than disclose unlogged).
 async fn logged_batch(
     state: &AppState,
     caller: &Caller,
     context: &RequestContext,
     returned: Option<String>,
+    per_client: Vec<(ClientId, Option<String>)>,
 ) -> bool {
     let logged = Logged {
         operation: Operation::Disclosure,
@@ -244,9 +250,56 @@ async fn logged_batch(
         action: "GET /v1/subscriptions/feed",
         returned,
     };
-    audit::log(state, caller, context, Outcome::Allowed, logged)
+    audit::log_spanning(state, caller, context, logged, per_client)
         .await
         .is_ok()
+}
+
+/// How long a stream goes before it names again, in an entry of their own, the clients it keeps
+/// sending.
+const RENAME_AFTER: Duration = Duration::from_secs(3600);
+/// The most clients a stream remembers having named; past it, it starts naming afresh.
+const MAX_NAMED: usize = 100_000;
+
+/// The clients a stream has named in the trail lately. Every batch has its entry; a client gets
+/// an entry of their own (so that their trail and subject access report show who follows their
+/// data) in the first batch that sends their data, and again at least once an hour while the
+/// stream goes on sending it. An entry per client and batch would be one per event and
+/// subscriber on a busy feed.
+struct NamedClients {
+    since: Instant,
+    clients: HashSet<ClientId>,
+}
+
+impl NamedClients {
+    fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            clients: HashSet::new(),
+        }
+    }
+
+    /// Of a batch's `items` (client and thing id), those of clients not named lately, grouped
+    /// per client (see [`audit::by_client`]); they count as named from `now` on.
+    fn fresh(
+        &mut self,
+        now: Instant,
+        things: &str,
+        items: impl IntoIterator<Item = (ClientId, String)>,
+    ) -> Vec<(ClientId, Option<String>)> {
+        if now.duration_since(self.since) >= RENAME_AFTER || self.clients.len() >= MAX_NAMED {
+            self.clients.clear();
+            self.since = now;
+        }
+        let fresh = audit::by_client(
+            things,
+            items
+                .into_iter()
+                .filter(|(client, _)| !self.clients.contains(client)),
+        );
+        self.clients.extend(fresh.iter().map(|(client, _)| *client));
+        fresh
+    }
 }
 
 fn journey_events(
@@ -258,8 +311,15 @@ fn journey_events(
 ) -> Events {
     let subscription = state.hub.subscribe(scope, after);
     stream::unfold(
-        (subscription, state, caller, context, LINGER),
-        |(mut subscription, state, caller, context, linger)| async move {
+        (
+            subscription,
+            state,
+            caller,
+            context,
+            LINGER,
+            NamedClients::new(Instant::now()),
+        ),
+        |(mut subscription, state, caller, context, linger, mut named)| async move {
             let events = match subscription.next_batch_within(linger).await {
                 Ok(Some(events)) => events,
                 Ok(None) => return None,
@@ -269,7 +329,15 @@ fn journey_events(
                 }
             };
             let logging = std::time::Instant::now();
-            if !logged_batch(&state, &caller, &context, audit::returned_events(&events)).await {
+            let per_client = named.fresh(
+                Instant::now(),
+                "events",
+                events
+                    .iter()
+                    .map(|event| (event.draft.client_id, event.draft.id.to_string())),
+            );
+            let returned = audit::returned_events(&events);
+            if !logged_batch(&state, &caller, &context, returned, per_client).await {
                 return None;
             }
             // A busy audit trail (many subscribers on a busy feed) makes the stream gather for
@@ -286,7 +354,7 @@ fn journey_events(
                 .collect();
             Some((
                 stream::iter(sent),
-                (subscription, state, caller, context, linger),
+                (subscription, state, caller, context, linger, named),
             ))
         },
     )
@@ -380,9 +448,19 @@ fn alert_notices(
             )
         }
     };
+    let named = NamedClients::new(Instant::now());
     stream::unfold(
-        (Some(first), receiver, state, caller, context, filter, epoch),
-        |(mut first, mut receiver, state, caller, context, filter, epoch)| async move {
+        (
+            Some(first),
+            receiver,
+            state,
+            caller,
+            context,
+            filter,
+            epoch,
+            named,
+        ),
+        |(mut first, mut receiver, state, caller, context, filter, epoch, mut named)| async move {
             let batch: Vec<Outgoing> = match first.take() {
                 Some(first) => first,
                 None => loop {
@@ -401,16 +479,63 @@ fn alert_notices(
                 let returned =
                     audit::returned_clients(batch.iter().map(|(_, _, alert, _)| alert.client_id))
                         .map(|clients| format!("alerts of {clients}"));
-                if !logged_batch(&state, &caller, &context, returned).await {
+                let per_client = named.fresh(
+                    Instant::now(),
+                    "alerts",
+                    batch
+                        .iter()
+                        .map(|(_, _, alert, _)| (alert.client_id, alert.id.to_string())),
+                );
+                if !logged_batch(&state, &caller, &context, returned, per_client).await {
                     return None;
                 }
             }
             Some((
                 stream::iter(batch.into_iter().map(alert_event).collect::<Vec<_>>()),
-                (first, receiver, state, caller, context, filter, epoch),
+                (
+                    first, receiver, state, caller, context, filter, epoch, named,
+                ),
             ))
         },
     )
     .flatten()
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(n: u128) -> ClientId {
+        ClientId(uuid::Uuid::from_u128(n))
+    }
+
+    fn items(pairs: &[(u128, &str)]) -> Vec<(ClientId, String)> {
+        pairs
+            .iter()
+            .map(|(n, id)| (client(*n), (*id).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_names_each_client_once_an_hour_with_all_it_sent_of_theirs() {
+        let start = Instant::now();
+        let mut named = NamedClients::new(start);
+        let first = named.fresh(start, "events", items(&[(1, "a"), (2, "b"), (1, "c")]));
+        assert_eq!(
+            first,
+            vec![
+                (client(1), Some("a,c".to_owned())),
+                (client(2), Some("b".to_owned()))
+            ]
+        );
+        // Later batches name only clients not named lately.
+        let later = start + RENAME_AFTER / 2;
+        let second = named.fresh(later, "events", items(&[(2, "d"), (3, "e")]));
+        assert_eq!(second, vec![(client(3), Some("e".to_owned()))]);
+        assert!(named.fresh(later, "events", items(&[(1, "f")])).is_empty());
+        // An hour on, the stream names them again.
+        let again = named.fresh(start + RENAME_AFTER, "alerts", items(&[(1, "g")]));
+        assert_eq!(again, vec![(client(1), Some("alerts g".to_owned()))]);
+    }
 }
