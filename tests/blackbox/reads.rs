@@ -724,3 +724,75 @@ async fn unknown_or_repeated_query_parameters_are_refused_by_name() {
         assert_eq!(problem["field"], field, "{path}");
     }
 }
+
+#[tokio::test]
+async fn endpoints_without_query_parameters_refuse_any() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let registered = sample_event(client, "client.registered", "2026-01-05T09:00:00+01:00");
+    // A sender that believes it asked for a dry run must not have its event stored.
+    let problem = expect_problem(
+        app.post("/v1/events?dry_run=true", PRISON_WRITER, &registered)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(problem["field"], "dry_run");
+    let batch = json!({"events": [registered]});
+    let problem = expect_problem(
+        app.post("/v1/events/batch?validate_only=1", PRISON_WRITER, &batch)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(problem["field"], "validate_only");
+    assert!(app.feed().await.is_empty(), "nothing was stored");
+    // Reads too; the endpoint's answer is otherwise unchanged.
+    for (path, field) in [
+        ("/v1/event-types?type=client.released", "type"),
+        ("/healthz?verbose", "verbose"),
+        ("/v1/audit/checkpoint?seq=3", "seq"),
+    ] {
+        let problem = expect_problem(
+            app.get(path, AUDITOR).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        )
+        .await;
+        assert_eq!(problem["field"], field, "{path}");
+    }
+    assert_eq!(app.get("/healthz", AUDITOR).await.status(), StatusCode::OK);
+    // An empty query is no parameter.
+    assert_eq!(app.get("/healthz?", AUDITOR).await.status(), StatusCode::OK);
+    // The subject access report takes `format`, and nothing else, and only a known format.
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &registered).await.status(),
+        StatusCode::CREATED
+    );
+    for (query, field) in [("format=htm", "format"), ("format=html&lang=cs", "lang")] {
+        let path = format!("/v1/clients/{client}/subject-access?{query}");
+        let problem = expect_problem(
+            app.get_for(&path, DPO, "subject_access").await,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        )
+        .await;
+        assert_eq!(problem["field"], field, "{path}");
+    }
+    let html = app
+        .get_for(
+            &format!("/v1/clients/{client}/subject-access?format=html"),
+            DPO,
+            "subject_access",
+        )
+        .await;
+    assert_eq!(html.status(), StatusCode::OK);
+    assert!(
+        html.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+}

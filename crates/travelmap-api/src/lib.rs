@@ -341,6 +341,66 @@ impl Modify for BodyRejections {
     }
 }
 
+/// The operations, as method and route, whose OpenAPI description names no query parameter.
+static TAKES_NO_QUERY: std::sync::LazyLock<std::collections::HashSet<(String, String)>> =
+    std::sync::LazyLock::new(|| {
+        use utoipa::openapi::path::{Operation, ParameterIn};
+        let takes_query = |operation: &Operation| {
+            operation
+                .parameters
+                .iter()
+                .flatten()
+                .any(|parameter| matches!(parameter.parameter_in, ParameterIn::Query))
+        };
+        let document = ApiDoc::openapi();
+        let mut none = std::collections::HashSet::new();
+        for (path, item) in &document.paths.paths {
+            for (method, operation) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PUT", &item.put),
+                ("PATCH", &item.patch),
+                ("DELETE", &item.delete),
+            ] {
+                if operation
+                    .as_ref()
+                    .is_some_and(|operation| !takes_query(operation))
+                {
+                    none.insert((method.to_owned(), path.clone()));
+                }
+            }
+        }
+        none
+    });
+
+/// Refuses a query string sent to an endpoint that takes no query parameters, naming the first
+/// parameter: ignoring it would answer something other than what was asked (a `dry_run` that
+/// stores, an `as_of` that is not applied). Endpoints that take parameters refuse unknown ones
+/// in their own extractor ([`extract::Query`]).
+async fn refuse_unexpected_query(
+    matched: axum::extract::MatchedPath,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let first = request
+        .uri()
+        .query()
+        .and_then(|query| form_urlencoded::parse(query.as_bytes()).next());
+    if let Some((name, _)) = first
+        && TAKES_NO_QUERY.contains(&(
+            request.method().as_str().to_owned(),
+            matched.as_str().to_owned(),
+        ))
+    {
+        return ApiError::invalid_parameter(
+            &name,
+            format!("`{name}`: this endpoint takes no query parameters"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// The application's router with its middleware: request ids, tracing, the body limit, and
 /// problem-format answers for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
@@ -407,6 +467,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(routes::meta::health))
         .route("/openapi.json", get(routes::meta::openapi))
         .route("/problems/{code}", get(routes::meta::problem_type))
+        // Before the handlers' own checks, so also before authentication: which parameters an
+        // endpoint takes is public (the OpenAPI document).
+        .route_layer(axum::middleware::from_fn(refuse_unexpected_query))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -269,6 +269,17 @@ pub struct RetentionDate {
     pub due_on: Option<chrono::NaiveDate>,
 }
 
+/// How to answer a subject access request.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectAccessQuery {
+    /// `html` for the readable document, `json` for JSON whatever `Accept` says; without it,
+    /// `Accept: text/html` asks for the document.
+    #[param(pattern = "^(json|html)$")]
+    pub format: Option<String>,
+}
+
 /// Subject access: everything held about the client — events with personal fields decrypted,
 /// which agencies recorded and which consulted or received the data, retention dates. JSON, or a
 /// readable HTML document when the request asks for `text/html` (or `?format=html`).
@@ -276,7 +287,7 @@ pub struct RetentionDate {
     get, path = "/v1/clients/{client_id}/subject-access", tag = "data protection",
     params(
         ("client_id" = uuid::Uuid, Path, description = "The client"),
-        ("format" = Option<String>, Query, description = "`html` for the readable document"),
+        SubjectAccessQuery,
         ("X-Purpose" = String, Header, description = "Must be `subject_access`"),
     ),
     responses(
@@ -294,9 +305,20 @@ pub async fn subject_access(
     context: RequestContext,
     headers: HeaderMap,
     Path(client_id): Path<String>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    extract::Query(query): extract::Query<SubjectAccessQuery>,
 ) -> Result<Response, ApiError> {
     let client_id = ClientId(extract::client_id(&client_id)?);
+    let html = match query.format.as_deref() {
+        None => None,
+        Some("html") => Some(true),
+        Some("json") => Some(false),
+        Some(other) => {
+            return Err(ApiError::invalid_parameter(
+                "format",
+                format!("`{other}` is not a format of the report; `json` or `html`"),
+            ));
+        }
+    };
     let logged = |returned| Logged {
         operation: Operation::Disclosure,
         client: Some(client_id),
@@ -374,13 +396,12 @@ pub async fn subject_access(
         logged(audit::returned_events(&events)),
     )
     .await?;
-    let wants_html = query
-        .as_deref()
-        .is_some_and(|query| query.split('&').any(|pair| pair == "format=html"))
-        || headers
+    let wants_html = html.unwrap_or_else(|| {
+        headers
             .get(header::ACCEPT)
             .and_then(|accept| accept.to_str().ok())
-            .is_some_and(|accept| accept.contains("text/html"));
+            .is_some_and(|accept| accept.contains("text/html"))
+    });
     if wants_html {
         Ok(Html(render_html(&report)).into_response())
     } else {
