@@ -47,11 +47,21 @@ struct EventStream {
 
 impl EventStream {
     async fn open(app: &TestApp, key: &str, query: &str, last_event_id: Option<&str>) -> Self {
+        Self::open_for(app, key, query, last_event_id, "case_management").await
+    }
+
+    async fn open_for(
+        app: &TestApp,
+        key: &str,
+        query: &str,
+        last_event_id: Option<&str>,
+        purpose: &str,
+    ) -> Self {
         let mut request = app
             .http
             .get(app.url(&format!("/v1/subscriptions/feed?{query}")))
             .bearer_auth(key)
-            .header("x-purpose", "case_management");
+            .header("x-purpose", purpose);
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
@@ -641,8 +651,75 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
     backend.remove().await;
 }
 
+/// A restricted client's events keep their place in the live feed of a reader of every client,
+/// personal fields withheld unless an auditor audits, and leave an agency's feed.
+async fn the_live_feed_withholds_a_restricted_clients_personal_data(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let client = Uuid::new_v4();
+    let now = Utc::now();
+    posted(
+        &app,
+        PROBATION_WRITER,
+        &event(
+            client,
+            "involvement.opened",
+            &at(now - chrono::Duration::days(2)),
+            json!({"role": "probation_officer", "worker": "novak"}),
+        ),
+    )
+    .await;
+    let registered = event(
+        client,
+        "client.registered",
+        &at(now - chrono::Duration::days(1)),
+        json!({
+            "identifiers": [{"type": "prison_number", "value": "OP-2026-0117"}],
+            "personal": {"given_name": "Jan", "family_name": "Novák", "birth_date": "1990-04-12"}
+        }),
+    );
+    let position = posted(&app, PRISON_WRITER, &registered).await;
+    let restricted = app
+        .post(
+            &format!("/v1/clients/{client}/restriction"),
+            DPO,
+            &json!({"reason": "the client contests the accuracy of the record"}),
+        )
+        .await;
+    assert_eq!(restricted.status(), StatusCode::CREATED);
+
+    let received = |mut stream: EventStream| async move {
+        let mut found = None;
+        while let Some(message) = stream.next(Duration::from_millis(500)).await {
+            if message.id.as_deref() == Some(position.to_string().as_str()) {
+                found = Some(message.data);
+            }
+        }
+        found
+    };
+    let admin = EventStream::open(&app, ADMIN, "after=0", None).await;
+    let seen = received(admin)
+        .await
+        .expect("the admin's feed keeps the event");
+    assert_eq!(seen["personal_data"], "withheld", "{seen}");
+    assert!(!seen.to_string().contains("Novák"), "{seen}");
+    let auditor = EventStream::open_for(&app, AUDITOR, "after=0", None, "audit").await;
+    let seen = received(auditor)
+        .await
+        .expect("the auditor's feed keeps it");
+    assert!(seen["personal_data"].is_null(), "{seen}");
+    assert_eq!(seen["data"]["personal"]["family_name"], "Novák", "{seen}");
+    let probation = EventStream::open(&app, PROBATION_WRITER, "after=0", None).await;
+    assert!(
+        received(probation).await.is_none(),
+        "an agency's feed leaves a restricted client out"
+    );
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
     opava_caseloads_and_alerts_add_up,
+    the_live_feed_withholds_a_restricted_clients_personal_data,
     time_based_alerts_fire_on_time_without_a_new_event,
     the_live_feed_resumes_without_loss_or_duplicates,
 );

@@ -257,6 +257,14 @@ impl RequestContext {
     }
 }
 
+/// Whether the caller reads as an auditor auditing (role `auditor`, purpose `audit` or
+/// `subject_access`): the one reader who sees a restricted client's personal fields in the
+/// feeds that span clients.
+pub fn audits(caller: &Caller, purpose: Purpose) -> bool {
+    matches!(purpose, Purpose::Audit | Purpose::SubjectAccess)
+        && caller.0.roles.contains(&Role::Auditor)
+}
+
 /// The action under which break-glass grants are logged.
 pub const BREAK_GLASS: &str = "break-glass";
 

@@ -5,7 +5,10 @@
 //! Need-to-know is decided per client when the page is read, from the client's journey as
 //! recorded so far (the same rule as every other read): an agency receives a client's events
 //! while it has an open involvement or a consent covering the subscription's purpose. Events of a
-//! client under a restriction of processing are never sent to a subscriber.
+//! client under a restriction of processing are never sent to an agency's subscriber; one that
+//! reads every client (an auditor's or administrator's) receives them marked as restricted, as
+//! the global feed keeps every position, and the caller withholds their personal fields unless
+//! the reader audits.
 //!
 //! Many subscribers follow the head of the feed at once. Rather than each reading the log and
 //! deciding access on its own, one [`FeedHub`] reads each new page once, decides access for its
@@ -14,7 +17,7 @@
 //! position, or after falling behind the hub's bounded backlog. A slow consumer therefore holds
 //! no memory beyond the hub's fixed ring of pages, and never makes the others wait.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -50,7 +53,8 @@ impl Scope {
                 })
     }
 
-    /// Whether the subscriber may receive `event`, given who may read its client now.
+    /// Whether the subscriber may receive `event`, given who may read its client now. A
+    /// restricted client's events reach only a subscriber that reads every client.
     pub fn admits(&self, event: &RecordedEvent, access: Option<&Access>) -> bool {
         if !self.wants_type(event.draft.event.event_type()) {
             return false;
@@ -58,12 +62,39 @@ impl Scope {
         let Some(access) = access else {
             return false;
         };
-        if access.restricted {
-            return false;
-        }
         match &self.agency {
             None => true,
+            Some(_) if access.restricted => false,
             Some(agency) => access.allows(agency, self.purpose),
+        }
+    }
+}
+
+/// Events a subscriber receives, in position order, with the clients among them whose
+/// processing is restricted (only ever for a subscriber that reads every client).
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub events: Vec<RecordedEvent>,
+    pub restricted: HashSet<ClientId>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn extend(&mut self, more: Batch) {
+        self.events.extend(more.events);
+        self.restricted.extend(more.restricted);
+    }
+
+    /// Adds `event` if `scope` admits it, given its client's `access`.
+    fn admit(&mut self, scope: &Scope, event: &RecordedEvent, access: Option<&Access>) {
+        if scope.admits(event, access) {
+            if access.is_some_and(|access| access.restricted) {
+                self.restricted.insert(event.draft.client_id);
+            }
+            self.events.push(event.clone());
         }
     }
 }
@@ -72,7 +103,7 @@ impl Scope {
 #[derive(Debug, Clone)]
 pub struct ScopedPage {
     /// The events the subscriber may receive, in position order.
-    pub events: Vec<RecordedEvent>,
+    pub batch: Batch,
     /// Where the next page starts: the position of the last event read, whether it was sent or
     /// left out. A subscriber that stores it never reads an event twice.
     pub next_after: u64,
@@ -114,11 +145,11 @@ impl Journeys {
             .filter(|event| scope.wants_type(event.draft.event.event_type()))
             .collect();
         let access = self.feed_access(&wanted).await?;
-        let events = wanted
-            .into_iter()
-            .filter(|event| scope.admits(event, access.get(&event.draft.client_id)))
-            .collect();
-        Ok(ScopedPage { events, next_after })
+        let mut batch = Batch::default();
+        for event in &wanted {
+            batch.admit(scope, event, access.get(&event.draft.client_id));
+        }
+        Ok(ScopedPage { batch, next_after })
     }
 }
 
@@ -240,7 +271,7 @@ pub struct Subscription {
 impl Subscription {
     /// Takes the events of a hub page the scope admits, if the page follows on from the cursor
     /// and is fresh; returns false (taking nothing) otherwise.
-    fn take(&mut self, page: &HubPage, into: &mut Vec<RecordedEvent>) -> bool {
+    fn take(&mut self, page: &HubPage, into: &mut Batch) -> bool {
         if page.up_to <= self.cursor {
             return true;
         }
@@ -249,16 +280,13 @@ impl Subscription {
         }
         let cursor = self.cursor;
         self.cursor = page.up_to;
-        into.extend(
-            page.events
-                .iter()
-                .filter(|event| event.meta.position > cursor)
-                .filter(|event| {
-                    self.scope
-                        .admits(event, page.access.get(&event.draft.client_id))
-                })
-                .cloned(),
-        );
+        for event in page
+            .events
+            .iter()
+            .filter(|event| event.meta.position > cursor)
+        {
+            into.admit(&self.scope, event, page.access.get(&event.draft.client_id));
+        }
         true
     }
 
@@ -269,7 +297,7 @@ impl Subscription {
     pub async fn next_batch_within(
         &mut self,
         linger: std::time::Duration,
-    ) -> Result<Option<Vec<RecordedEvent>>> {
+    ) -> Result<Option<Batch>> {
         let Some(mut events) = self.next_batch().await? else {
             return Ok(None);
         };
@@ -294,7 +322,7 @@ impl Subscription {
 
     /// Waits for the next events the scope admits, in position order. `None` once the service
     /// shuts down.
-    pub async fn next_batch(&mut self) -> Result<Option<Vec<RecordedEvent>>> {
+    pub async fn next_batch(&mut self) -> Result<Option<Batch>> {
         loop {
             if self.cursor < *self.hub.cursor.borrow() {
                 // Behind the hub: read the log directly.
@@ -309,14 +337,14 @@ impl Subscription {
                     continue;
                 }
                 self.cursor = page.next_after;
-                if !page.events.is_empty() {
-                    return Ok(Some(page.events));
+                if !page.batch.events.is_empty() {
+                    return Ok(Some(page.batch));
                 }
                 continue;
             }
             match self.pages.recv().await {
                 Ok(page) => {
-                    let mut events = Vec::new();
+                    let mut events = Batch::default();
                     if !self.take(&page, &mut events) {
                         // A page was missed, or this one is stale; the hub's cursor is past it,
                         // so the next turn reads the range from the log.
@@ -331,7 +359,7 @@ impl Subscription {
                             _ => break,
                         }
                     }
-                    if !events.is_empty() {
+                    if !events.events.is_empty() {
                         return Ok(Some(events));
                     }
                 }

@@ -91,7 +91,7 @@ async fn a_subscriber_that_stops_reading_catches_up_from_the_log_without_loss() 
             .expect("the subscriber catches up")
             .unwrap()
             .expect("the hub runs");
-        positions.extend(batch.iter().map(|event| event.meta.position));
+        positions.extend(batch.events.iter().map(|event| event.meta.position));
     }
     assert_eq!(
         positions,

@@ -232,7 +232,7 @@ impl Dispatcher {
                     continue;
                 }
             };
-            for event in &page.events {
+            for event in &page.batch.events {
                 let attempt = match failing {
                     Some((id, attempts)) if id == event.draft.id => attempts + 1,
                     _ => 1,
@@ -288,7 +288,7 @@ impl Dispatcher {
                 cursor = page.next_after;
                 continue;
             }
-            if page.events.is_empty() {
+            if page.batch.events.is_empty() {
                 tokio::select! {
                     moved = head.wait_for(|head| *head > cursor) => if moved.is_err() {
                         // The log is closed: the process is shutting down.

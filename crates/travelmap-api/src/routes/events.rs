@@ -329,12 +329,7 @@ pub async fn feed(
     audit::log_spanning(&state, &caller, &context, logged(returned), per_client).await?;
     // Restricted clients' events stay in the feed (a reader must see every position), with
     // their personal fields withheld unless this is an auditor's audit.
-    let auditing = matches!(
-        purpose,
-        travelmap_domain::payloads::Purpose::Audit
-            | travelmap_domain::payloads::Purpose::SubjectAccess
-    ) && caller.0.roles.contains(&Role::Auditor);
-    let restricted = if auditing {
+    let restricted = if audit::audits(&caller, purpose) {
         std::collections::HashSet::new()
     } else {
         let mut clients: Vec<_> = events.iter().map(|event| event.draft.client_id).collect();

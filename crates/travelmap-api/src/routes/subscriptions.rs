@@ -25,7 +25,7 @@ use travelmap_domain::ClientId;
 use travelmap_domain::audit::{Operation, Outcome};
 use travelmap_projections::coordination::Alert;
 use travelmap_service::coordination::{AlertFilter, AlertNotice};
-use travelmap_service::subscriptions::{Scope, is_known_type_pattern};
+use travelmap_service::subscriptions::{Batch, Scope, is_known_type_pattern};
 use utoipa::{IntoParams, ToSchema};
 
 use super::coordination::{AlertQuery, alert_filter, reads_all_agencies};
@@ -309,6 +309,7 @@ fn journey_events(
     scope: Scope,
     after: u64,
 ) -> Events {
+    let auditing = audit::audits(&caller, scope.purpose);
     let subscription = state.hub.subscribe(scope, after);
     stream::unfold(
         (
@@ -319,9 +320,9 @@ fn journey_events(
             LINGER,
             NamedClients::new(Instant::now()),
         ),
-        |(mut subscription, state, caller, context, linger, mut named)| async move {
-            let events = match subscription.next_batch_within(linger).await {
-                Ok(Some(events)) => events,
+        move |(mut subscription, state, caller, context, linger, mut named)| async move {
+            let Batch { events, restricted } = match subscription.next_batch_within(linger).await {
+                Ok(Some(batch)) => batch,
                 Ok(None) => return None,
                 Err(error) => {
                     tracing::error!(%error, "a feed subscription failed");
@@ -346,10 +347,17 @@ fn journey_events(
             let sent: Vec<Result<Event, Infallible>> = events
                 .iter()
                 .map(|event| {
+                    // As in the global feed: a restricted client's events keep their place, with
+                    // their personal fields withheld unless an auditor audits.
+                    let recorded = if restricted.contains(&event.draft.client_id) && !auditing {
+                        Recorded::withheld(event)
+                    } else {
+                        Recorded::from(event)
+                    };
                     Ok(Event::default()
                         .event("journey_event")
                         .id(event.meta.position.to_string())
-                        .data(sse_json(&Recorded::from(event))))
+                        .data(sse_json(&recorded)))
                 })
                 .collect();
             Some((
