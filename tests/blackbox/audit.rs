@@ -245,12 +245,8 @@ async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_non
     let logged = |client: Uuid| {
         let app = &app;
         async move {
-            let trail = app
-                .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
-                .await;
-            trail["entries"]
-                .as_array()
-                .unwrap()
+            app.trail_of(client)
+                .await
                 .iter()
                 .map(|entry| {
                     (
@@ -306,12 +302,8 @@ async fn a_feed_page_shows_in_the_trail_of_every_client_it_disclosed() {
     let disclosures = |client: Uuid| {
         let app = &app;
         async move {
-            let trail = app
-                .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
-                .await;
-            trail["entries"]
-                .as_array()
-                .unwrap()
+            app.trail_of(client)
+                .await
                 .iter()
                 .filter(|entry| entry["operation"] == "disclosure")
                 .map(|entry| {

@@ -320,10 +320,8 @@ async fn opava_caseloads_and_alerts_add_up(backend: Backend) {
             .map(|alert| alert["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let reads_of = |trail: &Value, action: &str| -> Vec<String> {
-        trail["entries"]
-            .as_array()
-            .unwrap()
+    let reads_of = |trail: &[Value], action: &str| -> Vec<String> {
+        trail
             .iter()
             .filter(|entry| entry["action"] == action && entry["outcome"] == "allowed")
             .map(|entry| {
@@ -332,9 +330,7 @@ async fn opava_caseloads_and_alerts_add_up(backend: Backend) {
             })
             .collect()
     };
-    let trail = app
-        .get_ok(&format!("/v1/audit/clients/{}", clients[3]), AUDITOR)
-        .await;
+    let trail = app.trail_of(clients[3]).await;
     let expected: Vec<String> = [
         alert_ids(&alerts, clients[3]),
         alert_ids(&unassigned, clients[3]),
@@ -342,16 +338,14 @@ async fn opava_caseloads_and_alerts_add_up(backend: Backend) {
     .into_iter()
     .map(|ids| format!("alerts {}", ids.join(",")))
     .collect();
-    assert_eq!(reads_of(&trail, "GET /v1/alerts"), expected, "{trail}");
+    assert_eq!(reads_of(&trail, "GET /v1/alerts"), expected, "{trail:?}");
     assert!(reads_of(&trail, "GET /v1/agencies/{agency}/caseload").is_empty());
-    let trail = app
-        .get_ok(&format!("/v1/audit/clients/{}", clients[19]), AUDITOR)
-        .await;
+    let trail = app.trail_of(clients[19]).await;
     assert_eq!(
         reads_of(&trail, "GET /v1/agencies/{agency}/caseload"),
         vec!["caseload entry of probation-opava"]
     );
-    assert!(reads_of(&trail, "GET /v1/alerts").is_empty(), "{trail}");
+    assert!(reads_of(&trail, "GET /v1/alerts").is_empty(), "{trail:?}");
 
     // Client 3 turns up: the alert clears, and stays in the history.
     let contact = event(
@@ -604,12 +598,8 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
     let streams_naming = |client: Uuid| {
         let app = &app;
         async move {
-            let trail = app
-                .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
-                .await;
-            trail["entries"]
-                .as_array()
-                .unwrap()
+            app.trail_of(client)
+                .await
                 .iter()
                 .filter(|entry| entry["action"] == "GET /v1/subscriptions/feed")
                 .map(|entry| {

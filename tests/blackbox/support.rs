@@ -421,6 +421,14 @@ impl TestApp {
         body
     }
 
+    /// The client's audit trail entries, in order, as an auditor reads them.
+    pub async fn trail_of(&self, client: Uuid) -> Vec<Value> {
+        let trail = self
+            .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
+            .await;
+        trail["entries"].as_array().expect("entries").clone()
+    }
+
     /// Every event in the global feed.
     pub async fn feed(&self) -> Vec<Value> {
         let mut events = Vec::new();
