@@ -364,14 +364,15 @@ fn verify_with_key(data: &Path, checkpoint: Option<&Path>, key: Option<&str>) ->
     )
 }
 
-/// Runs `change` on a copy of the data directory's audit trail and verifies the copy.
-fn tampered(data: &Path, checkpoint: Option<&Path>, change: &str) -> (bool, String) {
+/// Runs `change` on a copy of the data directory's audit trail and verifies the copy against
+/// the pinned `key`.
+fn tampered(data: &Path, checkpoint: Option<&Path>, key: &str, change: &str) -> (bool, String) {
     let copy = tempfile::tempdir().unwrap();
     std::fs::copy(data.join("audit.sqlite"), copy.path().join("audit.sqlite")).unwrap();
     let connection = rusqlite::Connection::open(copy.path().join("audit.sqlite")).unwrap();
     connection.execute_batch(change).unwrap();
     drop(connection);
-    verify(copy.path(), checkpoint)
+    verify_with_key(copy.path(), checkpoint, Some(key))
 }
 
 #[tokio::test]
@@ -439,6 +440,35 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
         !intact && report.contains("signature does not match"),
         "{report}"
     );
+    // So is one signed by a key of the forger's own that it names itself: without
+    // --public-key, the key the service keeps beside the store is used, not the named one.
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let message =
+        travelmap_domain::audit::checkpoint_message(5, checkpoint["hash"].as_str().unwrap());
+    let mut self_signed = checkpoint.clone();
+    self_signed["public_key"] = json!(hex::encode(forger.verifying_key().as_bytes()));
+    self_signed["signature"] = json!(hex::encode(
+        ed25519_dalek::Signer::sign(&forger, message.as_bytes()).to_bytes()
+    ));
+    let self_signed_file = dir.path().join("self-signed.json");
+    std::fs::write(&self_signed_file, self_signed.to_string()).unwrap();
+    let (intact, report) = verify(&data, Some(&self_signed_file));
+    assert!(
+        !intact && report.contains("signature does not match"),
+        "{report}"
+    );
+    // Where no service key is at hand, a checkpoint needs --public-key.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        data.join("audit.sqlite"),
+        elsewhere.path().join("audit.sqlite"),
+    )
+    .unwrap();
+    let (intact, _) = verify(elsewhere.path(), Some(&checkpoint_file));
+    assert!(!intact);
+    let (intact, report) =
+        verify_with_key(elsewhere.path(), Some(&checkpoint_file), Some(&public_key));
+    assert!(intact, "{report}");
 
     let cases = [
         (
@@ -461,7 +491,7 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
         ),
     ];
     for (change, expected) in cases {
-        let (intact, report) = tampered(&data, Some(&checkpoint_file), change);
+        let (intact, report) = tampered(&data, Some(&checkpoint_file), &public_key, change);
         assert!(!intact, "{change}: not caught ({report})");
         assert!(report.contains(expected), "{change}: {report}");
     }

@@ -746,6 +746,40 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         String::from_utf8_lossy(&accepted.stderr)
     );
     assert!(String::from_utf8_lossy(&accepted.stdout).contains("imported 2 events"));
+    // The import is in the client's audit trail, as a batch posted over HTTP would be; the
+    // refused attempt recorded nothing and logged nothing.
+    let server = Server::start(&data, Some(&config)).await;
+    let trail: Value = reqwest::Client::new()
+        .get(format!("{}/v1/audit/clients/{client}", server.address))
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let imported: Vec<&Value> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["action"] == "travelmap import")
+        .collect();
+    assert_eq!(imported.len(), 1, "{trail}");
+    assert_eq!(imported[0]["operation"], "collection");
+    assert_eq!(imported[0]["outcome"], "allowed");
+    assert_eq!(imported[0]["credential"], "opava-prison-system");
+    assert_eq!(imported[0]["agency"], "prison-opava");
+    let ids: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(imported[0]["returned"], ids.join(","));
 }
 
 /// With a configuration, an involvement or consent may name only an agency it declares: such an

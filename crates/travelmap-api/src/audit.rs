@@ -167,6 +167,61 @@ pub fn by_client(
         .collect()
 }
 
+/// Corrections and retractions alter what was recorded; everything else is collected.
+pub fn operation_of(submission: &travelmap_service::Submission) -> Operation {
+    match submission.draft.event.event_type() {
+        "event.corrected" | "event.retracted" => Operation::Alteration,
+        _ => Operation::Collection,
+    }
+}
+
+/// What a write records, for its entries: one per client and operation (see [`operation_of`]),
+/// naming the events, in order of first appearance.
+pub fn recorded_by_client(
+    submissions: &[travelmap_service::Submission],
+) -> Vec<(ClientId, Operation, Option<String>)> {
+    let mut recorded: Vec<(ClientId, Operation, Vec<String>)> = Vec::new();
+    let mut entry_of = std::collections::HashMap::new();
+    for submission in submissions {
+        let key = (submission.draft.client_id, operation_of(submission));
+        let at = *entry_of.entry(key).or_insert_with(|| {
+            recorded.push((key.0, key.1, Vec::new()));
+            recorded.len() - 1
+        });
+        recorded[at].2.push(submission.draft.id.to_string());
+    }
+    recorded
+        .into_iter()
+        .map(|(client, operation, ids)| {
+            (
+                client,
+                operation,
+                returned_ids(ids.iter().map(String::as_str)),
+            )
+        })
+        .collect()
+}
+
+/// The submission a write was refused for because its client's processing is restricted or
+/// their data erased, if that is why it failed: such an attempt is logged as denied.
+pub fn refused_for_protection<'a>(
+    error: &travelmap_service::Error,
+    submissions: &'a [travelmap_service::Submission],
+) -> Option<&'a travelmap_service::Submission> {
+    use travelmap_domain::journey::Error as Refusal;
+    use travelmap_service::Error as E;
+    match error {
+        E::Refused {
+            index,
+            source: Refusal::Restricted | Refusal::Erased,
+        } => submissions.get(*index),
+        E::Store(travelmap_store::Error::ClientErased(client)) => submissions
+            .iter()
+            .find(|submission| submission.draft.client_id == *client),
+        _ => None,
+    }
+}
+
 /// What a read returned, for its entry: the ids of `events`.
 pub fn returned_events(events: &[RecordedEvent]) -> Option<String> {
     let ids: Vec<String> = events

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use travelmap_api::wire::{self, Recorded};
 use travelmap_api::{Authenticator, Role};
+use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
 use travelmap_domain::{AgencyKind, ClientId, EventId, Provenance};
 use travelmap_projections::ClientState;
 use travelmap_service::{Journeys, Submission};
@@ -106,6 +107,7 @@ pub async fn import(
         .with_context(|| format!("opening the {}", location.describe()))?;
     let keyring = store.keyring(masters).await?;
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
+    let audit = store.audit();
     let progress = ProgressBar::new(total).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} events ({per_sec}, {eta} left)")
             .expect("valid template"),
@@ -121,15 +123,48 @@ pub async fn import(
             batch.push(parse_line(line).map_err(anyhow::Error::msg)?);
         }
         if batch.len() == IMPORT_BATCH || (line.is_none() && !batch.is_empty()) {
-            let outcomes = journeys
-                .record(&provenance, &batch)
-                .await
-                .map_err(|error| {
-                    anyhow::anyhow!(
-                        "{error}; the {created} events recorded before this batch stay recorded \
+            // Logged like a batch posted over HTTP: an entry per client and operation, written
+            // beside the commit; an attempt refused for a restricted or erased client as denied.
+            let entries = travelmap_api::audit::recorded_by_client(&batch)
+                .into_iter()
+                .map(|(client, operation, returned)| {
+                    import_record(&provenance, client, operation, Outcome::Allowed, returned)
+                })
+                .collect();
+            let recorded = journeys
+                .record_logged(&provenance, &batch, audit.append(entries))
+                .await;
+            let stopped = |error: &dyn std::fmt::Display| {
+                anyhow::anyhow!(
+                    "{error}; the {created} events recorded before this batch stay recorded \
                      (fix the file and run the import again: recorded events are skipped)"
-                    )
-                })?;
+                )
+            };
+            let outcomes = match recorded {
+                Ok((outcomes, Ok(_))) => outcomes,
+                Ok((_, Err(error))) => {
+                    return Err(anyhow::Error::new(error).context(format!(
+                        "the audit trail could not be written; the batch after the {created} \
+                         events before it may be recorded (run the import again: recorded \
+                         events are skipped, and logged again)"
+                    )));
+                }
+                Err(error) => {
+                    if let Some(refused) =
+                        travelmap_api::audit::refused_for_protection(&error, &batch)
+                    {
+                        let denied = import_record(
+                            &provenance,
+                            refused.draft.client_id,
+                            travelmap_api::audit::operation_of(refused),
+                            Outcome::Denied,
+                            None,
+                        );
+                        audit.append(vec![denied]).await?;
+                    }
+                    return Err(stopped(&error));
+                }
+            };
             let fresh = outcomes.iter().filter(|outcome| outcome.created).count() as u64;
             created += fresh;
             skipped += outcomes.len() as u64 - fresh;
@@ -152,6 +187,33 @@ pub async fn import(
         file.display()
     );
     Ok(())
+}
+
+/// The action under which imports are logged.
+pub const IMPORT_ACTION: &str = "travelmap import";
+
+/// An import's audit entry: the credential it runs as acts, with no request or stated purpose.
+fn import_record(
+    provenance: &Provenance,
+    client: ClientId,
+    operation: Operation,
+    outcome: Outcome,
+    returned: Option<String>,
+) -> AuditRecord {
+    AuditRecord {
+        at: Utc::now(),
+        credential: provenance.credential.clone(),
+        agency: provenance.agency.clone(),
+        actor: None,
+        operation,
+        client_id: Some(client),
+        purpose: None,
+        justification: None,
+        request_id: None,
+        outcome,
+        action: IMPORT_ACTION.to_owned(),
+        returned,
+    }
 }
 
 fn parse_line(line: &str) -> Result<Submission, String> {
@@ -197,6 +259,12 @@ pub async fn replay(
     json: bool,
     masters: MasterKeys,
 ) -> anyhow::Result<()> {
+    // The trail's single writer is the server's; a read-only replay beside it cannot add to the
+    // chain, so it says it is not logged rather than let the reader assume it is.
+    eprintln!(
+        "note: replay reads the store directly and is not recorded in the audit trail; \
+         reads through the API (GET /v1/clients/{{id}}/events?as_of=...) are"
+    );
     // Read-only: the embedded log is opened without the data directory's lock, and a database
     // is not migrated (an auditor's replay changes nothing). Personal fields are opened with
     // the keys; where a key was destroyed they read as erased, exactly as the service shows them.
@@ -447,9 +515,9 @@ pub async fn verify_audit(
     })
 }
 
-/// Checks a checkpoint's signature: against `pinned` (the service's published key) when given,
-/// which is what makes a checkpoint evidence; otherwise against the key the checkpoint names,
-/// which only shows it was not altered since it was signed.
+/// Checks a checkpoint's signature against `pinned`, the service's key: that is what makes a
+/// checkpoint evidence. The key a checkpoint names is not used, since anyone can sign with a key
+/// of their own.
 fn check_signature(
     checkpoint: &serde_json::Value,
     seq: u64,
@@ -457,16 +525,10 @@ fn check_signature(
     pinned: Option<&str>,
 ) -> Result<(), String> {
     use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-    let named = checkpoint["public_key"].as_str();
     let Some(signature) = checkpoint["signature"].as_str() else {
-        return match pinned {
-            Some(_) => Err("it is not signed".into()),
-            None => Ok(()),
-        };
+        return Err("it is not signed".into());
     };
-    let key_hex = pinned
-        .or(named)
-        .ok_or("it names no public key; give --public-key")?;
+    let key_hex = pinned.ok_or("give --public-key, the service's checkpoint key")?;
     let key: [u8; 32] = hex::decode(key_hex)
         .ok()
         .and_then(|bytes| bytes.try_into().ok())

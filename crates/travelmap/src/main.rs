@@ -107,7 +107,9 @@ enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
         /// The service's checkpoint key (from `travelmap audit public-key`): the checkpoint's
-        /// signature must be by this key.
+        /// signature must be by this key. Without it, the key the service keeps beside this
+        /// store (its data directory, or `audit_signing_key_file`) is used, never the key the
+        /// checkpoint itself names.
         #[arg(long, value_name = "HEX")]
         public_key: Option<String>,
     },
@@ -295,6 +297,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             checkpoint,
             public_key,
         }) => {
+            let configured = config
+                .as_ref()
+                .and_then(|(_, file)| file.audit_signing_key_file.as_deref());
+            let public_key = match (public_key, &checkpoint) {
+                (None, Some(_)) => Some(service_public_key(configured, &data_dir)?),
+                (public_key, _) => public_key,
+            };
             match commands::verify_audit(&location, checkpoint.as_deref(), public_key.as_deref())
                 .await?
             {
@@ -412,4 +421,28 @@ fn import_provenance(
         kind,
         Some(authenticator),
     ))
+}
+
+/// The public key of the service's checkpoint-signing key, for `audit verify --checkpoint`
+/// without `--public-key`: a checkpoint's own key would prove nothing (anyone can sign with a
+/// key of their own). The service's key is read where the service keeps it, never made here.
+fn service_public_key(configured: Option<&Path>, data_dir: &Path) -> anyhow::Result<String> {
+    let path = configured.map_or_else(
+        || data_dir.join(settings::AUDIT_SIGNING_KEY_FILE),
+        Path::to_owned,
+    );
+    if !path.exists() {
+        anyhow::bail!(
+            "no checkpoint-signing key at {}: give --public-key (as `travelmap audit public-key` \
+             prints it where the service runs); a checkpoint's own key proves nothing",
+            path.display()
+        );
+    }
+    let key = settings::checkpoint_key(configured, data_dir)?;
+    eprintln!(
+        "checking the checkpoint against this service's key ({}); to check against a key kept \
+         elsewhere, give --public-key",
+        path.display()
+    );
+    Ok(hex::encode(key.verifying_key().as_bytes()))
 }

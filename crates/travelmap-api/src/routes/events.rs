@@ -1,14 +1,10 @@
 //! Writing events and reading the global feed.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use travelmap_domain::ClientId;
-use travelmap_domain::audit::{Operation, Outcome, returned_ids};
+use travelmap_domain::audit::{Operation, Outcome};
 use utoipa::IntoParams;
 
 use crate::AppState;
@@ -65,7 +61,7 @@ pub async fn post_event(
     state
         .authenticator
         .check_named_agency(&submission.draft.event)?;
-    let operation = operation_of(&submission);
+    let operation = audit::operation_of(&submission);
     let id = submission.draft.id;
     let actor = submission
         .draft
@@ -205,25 +201,9 @@ pub async fn post_batch(
             .check_named_agency(&submission.draft.event)
             .map_err(|invalid| invalid.at_index(Some(index)))?;
     }
-    // One entry per client and operation, naming the events recorded for it, in order of
-    // first appearance.
-    let mut recorded: Vec<(ClientId, Operation, Vec<String>)> = Vec::new();
-    let mut entry_of: HashMap<(ClientId, Operation), usize> = HashMap::new();
-    for submission in &submissions {
-        let key = (submission.draft.client_id, operation_of(submission));
-        let id = submission.draft.id.to_string();
-        match entry_of.entry(key) {
-            Entry::Occupied(entry) => recorded[*entry.get()].2.push(id),
-            Entry::Vacant(entry) => {
-                entry.insert(recorded.len());
-                recorded.push((key.0, key.1, vec![id]));
-            }
-        }
-    }
-    let entries = recorded
+    let entries = audit::recorded_by_client(&submissions)
         .into_iter()
-        .map(|(client, operation, ids)| {
-            let returned = returned_ids(ids.iter().map(String::as_str));
+        .map(|(client, operation, returned)| {
             context.record(
                 &caller,
                 Outcome::Allowed,
@@ -363,34 +343,14 @@ async fn log_protection_refusal(
     error: &travelmap_service::Error,
     submissions: &[travelmap_service::Submission],
 ) -> Result<(), ApiError> {
-    use travelmap_domain::journey::Error as Refusal;
-    use travelmap_service::Error as E;
-    let refused = match error {
-        E::Refused {
-            index,
-            source: Refusal::Restricted | Refusal::Erased,
-        } => submissions.get(*index),
-        E::Store(travelmap_store::Error::ClientErased(client)) => submissions
-            .iter()
-            .find(|submission| submission.draft.client_id == *client),
-        _ => None,
-    };
-    let Some(submission) = refused else {
+    let Some(submission) = audit::refused_for_protection(error, submissions) else {
         return Ok(());
     };
     let logged = Logged {
-        operation: operation_of(submission),
+        operation: audit::operation_of(submission),
         client: Some(submission.draft.client_id),
         action,
         returned: None,
     };
     audit::log(state, caller, context, Outcome::Denied, logged).await
-}
-
-/// Corrections and retractions alter what was recorded; everything else is collected.
-fn operation_of(submission: &travelmap_service::Submission) -> Operation {
-    match submission.draft.event.event_type() {
-        "event.corrected" | "event.retracted" => Operation::Alteration,
-        _ => Operation::Collection,
-    }
 }
