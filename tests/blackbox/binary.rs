@@ -923,3 +923,42 @@ async fn keys_rotate_moves_every_data_key_to_the_new_master_key() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("master key `k2`"));
 }
+
+/// With a configuration that declares agencies, a caseload or alert query for an agency it does
+/// not declare is `404`, not an empty list that reads as "nothing to do".
+#[tokio::test]
+async fn an_undeclared_agency_is_not_an_agency_with_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(&config)).await;
+    let get = |path: String| {
+        reqwest::Client::new()
+            .get(format!("{}{path}", server.address))
+            .bearer_auth(ADMIN)
+            .header("x-purpose", "case_management")
+            .send()
+    };
+    for path in [
+        "/v1/agencies/probation-opavaa/caseload",
+        "/v1/alerts?agency=probation-opavaa",
+    ] {
+        let problem = expect_problem(
+            get(path.to_owned()).await.unwrap(),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+        assert_eq!(problem["field"], "agency", "{path}");
+    }
+    for path in [
+        "/v1/agencies/probation-opava/caseload",
+        "/v1/alerts?agency=probation-opava",
+    ] {
+        assert_eq!(
+            get(path.to_owned()).await.unwrap().status(),
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+}

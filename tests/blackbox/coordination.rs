@@ -273,6 +273,9 @@ async fn opava_caseloads_and_alerts_add_up(backend: Backend) {
     assert_eq!(entries.len(), 18);
     assert_eq!(entries[0]["days_since_release"], 45);
     assert_eq!(entries[17]["days_since_release"], 10);
+    // Each entry's stage is spelt as the caseload's counts are.
+    assert_eq!(entries[0]["stage"], "released_over_30_days");
+    assert_eq!(entries[17]["stage"], "released_under_30_days");
     let handed_over = entries
         .iter()
         .find(|entry| entry["client_id"] == clients[19].to_string())
@@ -707,8 +710,61 @@ async fn the_live_feed_withholds_a_restricted_clients_personal_data(backend: Bac
     backend.remove().await;
 }
 
+/// An agency's alert stream stops speaking of a client once their processing is restricted (not
+/// even to say the alert was withdrawn), and raises the alert again once it is lifted.
+async fn the_alert_stream_leaves_a_restricted_client_out(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let client = Uuid::new_v4();
+    let lost = event(
+        client,
+        "job.lost",
+        &at(Utc::now() - chrono::Duration::hours(1)),
+        json!({"reason": "contract ended"}),
+    );
+    let position = posted(&app, writer_for("job.lost"), &lost).await;
+    let alerts = app
+        .get_ok(
+            &format!("/v1/alerts?client_id={client}&min_position={position}"),
+            ADMIN,
+        )
+        .await;
+    let alert_id = alerts["alerts"][0]["id"].clone();
+    assert!(alert_id.is_string(), "{alerts}");
+
+    let mut stream = EventStream::open(&app, ADMIN, "stream=alerts", None).await;
+    let open = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the open alert");
+    assert_eq!(open.data["change"], "open");
+    assert_eq!(open.data["alert"]["id"], alert_id);
+    let path = format!("/v1/clients/{client}/restriction");
+    let reason = json!({"reason": "the client contests the record"});
+    assert_eq!(
+        app.post(&path, DPO, &reason).await.status(),
+        StatusCode::CREATED
+    );
+    assert!(
+        stream.next(Duration::from_millis(500)).await.is_none(),
+        "nothing of a restricted client"
+    );
+    assert_eq!(
+        app.delete(&path, DPO, &reason).await.status(),
+        StatusCode::CREATED
+    );
+    let raised = stream
+        .next(Duration::from_secs(10))
+        .await
+        .expect("raised again once lifted");
+    assert_eq!(raised.data["change"], "raised");
+    assert_eq!(raised.data["alert"]["id"], alert_id);
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
     opava_caseloads_and_alerts_add_up,
+    the_alert_stream_leaves_a_restricted_client_out,
     the_live_feed_withholds_a_restricted_clients_personal_data,
     time_based_alerts_fire_on_time_without_a_new_event,
     the_live_feed_resumes_without_loss_or_duplicates,

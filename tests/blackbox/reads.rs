@@ -796,3 +796,94 @@ async fn endpoints_without_query_parameters_refuse_any() {
             .starts_with("text/html")
     );
 }
+
+#[tokio::test]
+async fn ambiguous_or_unreadable_requests_are_refused_not_guessed_at() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let registered = sample_event(client, "client.registered", "2026-01-05T09:00:00+01:00");
+    // HEAD takes what GET takes.
+    let head = app
+        .http
+        .head(app.url("/v1/event-types?type=client.released"))
+        .bearer_auth(AUDITOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::BAD_REQUEST);
+    // Two keys, two purposes, or a justification too long to keep whole.
+    let twice = app
+        .http
+        .get(app.url("/v1/events"))
+        .header("authorization", format!("Bearer {AUDITOR}"))
+        .header("authorization", "Bearer not-a-key")
+        .header("x-purpose", "audit")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(twice, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let twice = app
+        .http
+        .get(app.url("/v1/events"))
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
+        .header("x-purpose", "statistics")
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(twice, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "X-Purpose");
+    let long = app
+        .http
+        .get(app.url(&format!("/v1/clients/{client}/events")))
+        .bearer_auth(COORDINATOR)
+        .header("x-purpose", "emergency")
+        .header("x-justification", "a".repeat(2001))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(long, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "X-Justification");
+    // A compressed body is not read as if it were plain; nothing is stored.
+    let encoded = app
+        .http
+        .post(app.url("/v1/events"))
+        .bearer_auth(PRISON_WRITER)
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body(registered.to_string())
+        .send()
+        .await
+        .unwrap();
+    expect_problem(
+        encoded,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    assert!(app.feed().await.is_empty(), "nothing was stored");
+    // A live feed filter of the other stream is refused, not ignored.
+    for (query, field) in [
+        ("stream=alerts&types=job.*", "types"),
+        ("stream=alerts&after=5", "after"),
+        ("stream=events&kind=job_lost", "kind"),
+        ("agency=probation-opava", "agency"),
+    ] {
+        let problem = expect_problem(
+            app.get(&format!("/v1/subscriptions/feed?{query}"), ADMIN)
+                .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        )
+        .await;
+        assert_eq!(problem["field"], field, "{query}");
+    }
+    // Statistics need their own purpose, and say which header is wrong.
+    let problem = expect_problem(
+        app.get("/v1/statistics/outcomes", AUDITOR).await,
+        StatusCode::BAD_REQUEST,
+        "purpose_required",
+    )
+    .await;
+    assert_eq!(problem["field"], "X-Purpose");
+}

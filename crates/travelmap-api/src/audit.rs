@@ -7,7 +7,9 @@ use axum::http::request::Parts;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use travelmap_domain::ClientId;
 use travelmap_domain::RecordedEvent;
-use travelmap_domain::audit::{AuditRecord, Operation, Outcome, returned_ids, returned_things};
+use travelmap_domain::audit::{
+    AuditRecord, Operation, Outcome, returned_ids, returned_things, text_digest,
+};
 use travelmap_domain::payloads::Purpose;
 use travelmap_projections::Access;
 
@@ -24,10 +26,21 @@ pub struct RequestContext {
     pub justification: Option<String>,
 }
 
+/// The longest justification kept; a longer one is refused rather than cut.
+pub const MAX_JUSTIFICATION_CHARS: usize = 2000;
+
 impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
-    type Rejection = std::convert::Infallible;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        for name in ["X-Purpose", "X-Justification"] {
+            if parts.headers.get_all(name).iter().nth(1).is_some() {
+                return Err(ApiError::invalid_parameter(
+                    name,
+                    format!("send one {name} header, not several"),
+                ));
+            }
+        }
         let header = |name: &str| {
             parts
                 .headers
@@ -35,13 +48,20 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
                 .and_then(|value| value.to_str().ok())
                 .map(str::trim)
                 .filter(|value| !value.is_empty())
-                // Bounded, so that a header cannot flood the log.
-                .map(|value| value.chars().take(500).collect::<String>())
         };
+        let justification = header("x-justification");
+        if justification.is_some_and(|text| text.chars().count() > MAX_JUSTIFICATION_CHARS) {
+            return Err(ApiError::invalid_parameter(
+                "X-Justification",
+                format!("a justification is at most {MAX_JUSTIFICATION_CHARS} characters"),
+            ));
+        }
         Ok(Self {
-            request_id: header("x-request-id"),
-            purpose: header("x-purpose"),
-            justification: header("x-justification"),
+            // Bounded, so that a header cannot flood the log. (A purpose not on the list is
+            // kept only as its digest, see `RequestContext::record`.)
+            request_id: header("x-request-id").map(|id| id.chars().take(200).collect()),
+            purpose: header("x-purpose").map(str::to_owned),
+            justification: justification.map(str::to_owned),
         })
     }
 }
@@ -56,6 +76,17 @@ pub struct Logged<'a> {
 }
 
 impl RequestContext {
+    /// The stated purpose as the trail keeps it: one from the list by its name; anything else,
+    /// which may be any text a caller typed (personal data included), only as its digest, since
+    /// the purpose enters the hash chain as it is and could not be blanked later.
+    fn recorded_purpose(&self) -> Option<String> {
+        let stated = self.purpose.as_deref()?;
+        Some(match self.purpose() {
+            Ok(_) => stated.to_owned(),
+            Err(_) => format!("unlisted, sha256:{}", text_digest(Some(stated))),
+        })
+    }
+
     pub fn record(&self, caller: &Caller, outcome: Outcome, logged: Logged<'_>) -> AuditRecord {
         AuditRecord {
             at: now(),
@@ -64,7 +95,7 @@ impl RequestContext {
             actor: None,
             operation: logged.operation,
             client_id: logged.client,
-            purpose: self.purpose.clone(),
+            purpose: self.recorded_purpose(),
             justification: self.justification.clone(),
             request_id: self.request_id.clone(),
             outcome,
@@ -155,16 +186,18 @@ pub fn by_client(
     }
     order
         .into_iter()
-        .map(|(client, ids)| {
-            let few = ids.len() <= 10;
-            let named = returned_things(things, ids.iter().map(String::as_str));
-            let named = match named {
-                Some(named) if few && things != "events" => Some(format!("{things} {named}")),
-                named => named,
-            };
-            (client, named)
-        })
+        .map(|(client, ids)| (client, returned_named(things, &ids)))
         .collect()
+}
+
+/// Names the ids of `things` a read returned: events by their ids alone (as [`returned_ids`]),
+/// other things (`alerts`) prefixed with their name when few, and many as their count and digest.
+pub fn returned_named(things: &str, ids: &[String]) -> Option<String> {
+    let named = returned_things(things, ids.iter().map(String::as_str));
+    match named {
+        Some(named) if ids.len() <= 10 && things != "events" => Some(format!("{things} {named}")),
+        named => named,
+    }
 }
 
 /// Corrections and retractions alter what was recorded; everything else is collected.

@@ -129,6 +129,22 @@ impl Authenticator {
     /// Refuses an involvement or consent that names an agency the configuration does not
     /// declare: it would open or end access for an agency that does not take part (a typo, or
     /// an invented one), and need-to-know is decided from exactly these events.
+    /// Whether `agency` may be asked about: one the configuration declares (any where it
+    /// declares none). A misspelt agency in a caseload or alert query would otherwise read as
+    /// an agency with nothing to do.
+    pub fn check_agency(&self, agency: &str, field: &str) -> Result<(), ApiError> {
+        match &self.agencies {
+            Some(agencies) if !agencies.contains(agency) => Err(ApiError::new(
+                Code::NotFound,
+                format!(
+                    "no agency `{agency}` takes part: the configuration's [[agencies]] do not declare it"
+                ),
+            )
+            .with_field(field)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn check_named_agency(&self, event: &JourneyEvent) -> Result<(), ApiError> {
         let (Some(agencies), Some((named, field))) = (&self.agencies, event.named_agency()) else {
             return Ok(());
@@ -247,6 +263,13 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Two keys are no identity: which one counts would depend on which the server read.
+        if parts.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+            return Err(ApiError::new(
+                Code::Unauthorized,
+                "send one `Authorization: Bearer <key>` header, not several",
+            ));
+        }
         let header = parts
             .headers
             .get(AUTHORIZATION)

@@ -39,6 +39,19 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 "send the body as JSON with `Content-Type: application/json`",
             ));
         }
+        // A compressed body would be read as if it were not (and refused as malformed JSON, or
+        // worse, taken as it stands under an encoding that claims otherwise).
+        if let Some(encoding) = request
+            .headers()
+            .get(axum::http::header::CONTENT_ENCODING)
+            .map(|value| value.to_str().unwrap_or("?").trim())
+            .filter(|encoding| !encoding.eq_ignore_ascii_case("identity"))
+        {
+            return Err(ApiError::new(
+                Code::UnsupportedMediaType,
+                format!("bodies are read as sent: `Content-Encoding: {encoding}` is not supported"),
+            ));
+        }
         let bytes =
             Bytes::from_request(request, state)
                 .await

@@ -161,7 +161,11 @@ impl Alert {
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     InCustody,
+    // Spelt as the caseload's `stages` counts are (`snake_case` alone would join the digits to
+    // the word before them).
+    #[serde(rename = "released_under_30_days", alias = "released_under30_days")]
     ReleasedUnder30Days,
+    #[serde(rename = "released_over_30_days", alias = "released_over30_days")]
     ReleasedOver30Days,
     /// Registered only, completed, dropped out or re-offended.
     Other,

@@ -170,6 +170,7 @@ pub async fn agency_caseload(
     };
     audit::require(&state, &caller, &context, &READERS, logged(None)).await?;
     audit::purpose(&state, &caller, &context, logged(None)).await?;
+    state.authenticator.check_agency(&agency, "agency")?;
     if !reads_all_agencies(&caller) && caller.0.agency != agency {
         audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
         return Err(ApiError::new(
@@ -265,6 +266,9 @@ pub async fn alerts(
     audit::require(&state, &caller, &context, &READERS, logged(None)).await?;
     audit::purpose(&state, &caller, &context, logged(None)).await?;
     let filter = alert_filter(&caller, &query)?;
+    if let Some(agency) = &query.agency {
+        state.authenticator.check_agency(agency, "agency")?;
+    }
     if !reads_all_agencies(&caller) && filter.agency.as_deref() != Some(caller.0.agency.as_str()) {
         audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
         return Err(ApiError::new(
@@ -277,11 +281,10 @@ pub async fn alerts(
     }
     wait_for(&state, query.min_position).await?;
     let alerts = state.coordination.alerts(&filter);
-    let whole = logged(audit::returned_clients(
-        alerts.iter().map(|alert| alert.client_id),
-    ));
     if query.client_id.is_some() {
-        // One client's alerts: the read's own entry names them already.
+        // One client's alerts: the read's own entry names them.
+        let ids: Vec<String> = alerts.iter().map(|alert| alert.id.to_string()).collect();
+        let whole = logged(audit::returned_named("alerts", &ids));
         audit::log(&state, &caller, &context, Outcome::Allowed, whole).await?;
     } else {
         let per_client = audit::by_client(
@@ -290,6 +293,9 @@ pub async fn alerts(
                 .iter()
                 .map(|alert| (alert.client_id, alert.id.to_string())),
         );
+        let whole = logged(audit::returned_clients(
+            alerts.iter().map(|alert| alert.client_id),
+        ));
         audit::log_spanning(&state, &caller, &context, whole, per_client).await?;
     }
     Ok(Json(AlertList {

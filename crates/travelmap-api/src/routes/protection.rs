@@ -96,7 +96,7 @@ where
         }
         Err(error) => {
             audit::write(state, vec![record_of(Outcome::Denied, None)]).await?;
-            Err(error.into())
+            Err(ApiError::from(error).at_index(None))
         }
     }
 }
@@ -331,7 +331,8 @@ pub async fn subject_access(
         return Err(ApiError::new(
             Code::PurposeRequired,
             "a subject access report is produced only with X-Purpose: subject_access",
-        ));
+        )
+        .with_field("X-Purpose"));
     }
     let events = state.journeys.history(client_id, None).await?;
     let now = Utc::now();

@@ -54,7 +54,8 @@ pub async fn outcomes(
         return Err(ApiError::new(
             Code::PurposeRequired,
             "statistics are produced only with X-Purpose: statistics",
-        ));
+        )
+        .with_field("X-Purpose"));
     }
     if let (Some(from), Some(to)) = (query.from, query.to)
         && from > to

@@ -137,6 +137,25 @@ pub async fn feed(
         })
         .transpose()?
         .filter(|value| !value.is_empty());
+    // A filter the chosen stream does not take would be dropped silently, sending more than
+    // was asked for: refused instead, like any parameter an endpoint does not take.
+    let not_taken = match query.stream.as_deref() {
+        None | Some("events") => [
+            ("agency", query.agency.is_some()),
+            ("kind", query.kind.is_some()),
+        ],
+        _ => [
+            ("types", query.types.is_some()),
+            ("after", query.after.is_some()),
+        ],
+    };
+    if let Some((name, _)) = not_taken.into_iter().find(|(_, given)| *given) {
+        let stream = query.stream.as_deref().unwrap_or("events");
+        return Err(ApiError::invalid_parameter(
+            name,
+            format!("`{name}` is not a filter of the `{stream}` stream"),
+        ));
+    }
     let events = match query.stream.as_deref() {
         None | Some("events") => {
             let scope = Scope {
@@ -171,6 +190,9 @@ pub async fn feed(
                 logged(None),
             )
             .await?;
+            if let Some(agency) = &query.agency {
+                state.authenticator.check_agency(agency, "agency")?;
+            }
             let filter = alert_filter(
                 &caller,
                 &AlertQuery {
@@ -473,7 +495,12 @@ fn alert_notices(
                 Some(first) => first,
                 None => loop {
                     match receiver.recv().await {
-                        Ok(notice) if admits(&filter, &notice.alert) => {
+                        // Not a restricted client's: their alerts are not to be processed
+                        // (the notice that withdraws them on restriction included).
+                        Ok(notice)
+                            if admits(&filter, &notice.alert)
+                                && !state.coordination.is_restricted(notice.alert.client_id) =>
+                        {
                             break vec![outgoing(&epoch, notice)];
                         }
                         Ok(_) => {}
@@ -484,9 +511,11 @@ fn alert_notices(
                 },
             };
             if !batch.is_empty() {
-                let returned =
-                    audit::returned_clients(batch.iter().map(|(_, _, alert, _)| alert.client_id))
-                        .map(|clients| format!("alerts of {clients}"));
+                let ids: Vec<String> = batch
+                    .iter()
+                    .map(|(_, _, alert, _)| alert.id.to_string())
+                    .collect();
+                let returned = audit::returned_named("alerts", &ids);
                 let per_client = named.fresh(
                     Instant::now(),
                     "alerts",
