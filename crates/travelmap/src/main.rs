@@ -18,7 +18,8 @@ use travelmap_domain::{AgencyKind, ClientId, Provenance};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// TOML file with [[credentials]] (and optionally listen and data_dir).
+    /// TOML file with the settings: [[credentials]], [[agencies]], listen, data_dir, store, master
+    /// keys, [retention], [jwt] and the rest (see docs/operations.md).
     #[arg(long, global = true, env = "TRAVELMAP_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where the embedded store keeps its files [default: ./travelmap-data].
@@ -42,7 +43,8 @@ enum Command {
         listen: Option<SocketAddr>,
     },
     /// Load events from a JSON-lines file (one event per line, as for POST /v1/events). The file
-    /// is validated whole before anything is stored. Run with the server stopped.
+    /// is validated whole before anything is stored, and logged in the audit trail. On the
+    /// embedded store, run with the server stopped; on PostgreSQL, beside running servers.
     Import {
         /// The file to load.
         file: PathBuf,
@@ -51,7 +53,8 @@ enum Command {
         #[arg(long, value_name = "ID")]
         credential: Option<String>,
     },
-    /// Delete every projection and fold the whole event log again. Run with the server stopped.
+    /// Delete every projection and fold the whole event log again. On the embedded store, run
+    /// with the server stopped; on PostgreSQL it waits for the view lease a running server holds.
     Rebuild,
     /// Apply missing schema migrations (serve applies them too, on start).
     Migrate,
@@ -171,10 +174,26 @@ async fn main() -> std::process::ExitCode {
     match run(Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", report(&error));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each cause left out where the message before it already says it
+/// (many errors name their source in their own message).
+fn report(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -445,4 +464,24 @@ fn service_public_key(configured: Option<&Path>, data_dir: &Path) -> anyhow::Res
         path.display()
     );
     Ok(hex::encode(key.verifying_key().as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report;
+
+    #[test]
+    fn a_cause_the_message_already_names_is_not_repeated() {
+        let named = anyhow::Error::new(std::io::Error::other("No such file"))
+            .context("cannot read config file a.toml: No such file");
+        assert_eq!(
+            report(&named),
+            "cannot read config file a.toml: No such file"
+        );
+        let unnamed = anyhow::anyhow!("the key is not hex").context("reading the master keys");
+        assert_eq!(
+            report(&unnamed),
+            "reading the master keys: the key is not hex"
+        );
+    }
 }
