@@ -51,6 +51,8 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Webhook registrations and their delivery logs.
     pub webhooks: Arc<dyn travelmap_store::WebhookStore>,
+    /// The clients each live-feed recipient has lately been named for in the audit trail.
+    pub named: Arc<routes::subscriptions::NamedRecipients>,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.

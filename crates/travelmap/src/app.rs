@@ -168,6 +168,7 @@ impl Application {
             hub: self.hub.clone(),
             stopping,
             webhooks: self.webhooks.clone(),
+            named: Default::default(),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)

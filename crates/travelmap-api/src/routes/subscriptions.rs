@@ -8,10 +8,10 @@
 //! snapshot of the open alerts (`change: "open"`), which subscribers de-duplicate by alert id.
 //!
 //! Every batch sent is logged as a disclosure before it leaves, like any other read, and each
-//! client it sends is named in an entry of their own when the stream first sends their data
-//! and at least hourly after.
+//! client it sends is named in an entry of their own when the recipient's streams first send
+//! their data and at least hourly after.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -277,17 +277,43 @@ async fn logged_batch(
         .is_ok()
 }
 
-/// How long a stream goes before it names again, in an entry of their own, the clients it keeps
-/// sending.
+/// How long a recipient's streams go before they name again, in an entry of their own, the
+/// clients they keep sending.
 const RENAME_AFTER: Duration = Duration::from_secs(3600);
-/// The most clients a stream remembers having named; past it, it starts naming afresh.
+/// The most clients remembered as named for one recipient and stream; past it, naming starts
+/// afresh.
 const MAX_NAMED: usize = 100_000;
 
-/// The clients a stream has named in the trail lately. Every batch has its entry; a client gets
-/// an entry of their own (so that their trail and subject access report show who follows their
-/// data) in the first batch that sends their data, and again at least once an hour while the
-/// stream goes on sending it. An entry per client and batch would be one per event and
-/// subscriber on a busy feed.
+/// The clients each recipient (a credential, for journey events or for alerts) has been named
+/// for lately, across all its streams. Every batch a stream sends has its entry; a client gets
+/// an entry of their own (so that their trail and subject access report show who receives
+/// their data) in the first batch that sends the recipient their data, and again at least once
+/// an hour while its streams go on sending it. An entry per client and batch, or per client and
+/// stream, would be one per event and subscriber on a busy feed.
+#[derive(Default)]
+pub struct NamedRecipients(std::sync::Mutex<HashMap<(String, &'static str), NamedClients>>);
+
+impl NamedRecipients {
+    /// [`NamedClients::fresh`] for `credential`'s streams of `things`.
+    fn fresh(
+        &self,
+        credential: &str,
+        things: &'static str,
+        items: impl IntoIterator<Item = (ClientId, String)>,
+    ) -> Vec<(ClientId, Option<String>)> {
+        let now = Instant::now();
+        let mut recipients = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        recipients
+            .entry((credential.to_owned(), things))
+            .or_insert_with(|| NamedClients::new(now))
+            .fresh(now, things, items)
+    }
+}
+
+/// The clients one recipient has been named for lately (see [`NamedRecipients`]).
 struct NamedClients {
     since: Instant,
     clients: HashSet<ClientId>,
@@ -334,15 +360,8 @@ fn journey_events(
     let auditing = audit::audits(&caller, scope.purpose);
     let subscription = state.hub.subscribe(scope, after);
     stream::unfold(
-        (
-            subscription,
-            state,
-            caller,
-            context,
-            LINGER,
-            NamedClients::new(Instant::now()),
-        ),
-        move |(mut subscription, state, caller, context, linger, mut named)| async move {
+        (subscription, state, caller, context, LINGER),
+        move |(mut subscription, state, caller, context, linger)| async move {
             let Batch { events, restricted } = match subscription.next_batch_within(linger).await {
                 Ok(Some(batch)) => batch,
                 Ok(None) => return None,
@@ -352,8 +371,8 @@ fn journey_events(
                 }
             };
             let logging = std::time::Instant::now();
-            let per_client = named.fresh(
-                Instant::now(),
+            let per_client = state.named.fresh(
+                &caller.0.id,
                 "events",
                 events
                     .iter()
@@ -384,7 +403,7 @@ fn journey_events(
                 .collect();
             Some((
                 stream::iter(sent),
-                (subscription, state, caller, context, linger, named),
+                (subscription, state, caller, context, linger),
             ))
         },
     )
@@ -478,19 +497,9 @@ fn alert_notices(
             )
         }
     };
-    let named = NamedClients::new(Instant::now());
     stream::unfold(
-        (
-            Some(first),
-            receiver,
-            state,
-            caller,
-            context,
-            filter,
-            epoch,
-            named,
-        ),
-        |(mut first, mut receiver, state, caller, context, filter, epoch, mut named)| async move {
+        (Some(first), receiver, state, caller, context, filter, epoch),
+        |(mut first, mut receiver, state, caller, context, filter, epoch)| async move {
             let batch: Vec<Outgoing> = match first.take() {
                 Some(first) => first,
                 None => loop {
@@ -516,8 +525,8 @@ fn alert_notices(
                     .map(|(_, _, alert, _)| alert.id.to_string())
                     .collect();
                 let returned = audit::returned_named("alerts", &ids);
-                let per_client = named.fresh(
-                    Instant::now(),
+                let per_client = state.named.fresh(
+                    &caller.0.id,
                     "alerts",
                     batch
                         .iter()
@@ -529,9 +538,7 @@ fn alert_notices(
             }
             Some((
                 stream::iter(batch.into_iter().map(alert_event).collect::<Vec<_>>()),
-                (
-                    first, receiver, state, caller, context, filter, epoch, named,
-                ),
+                (first, receiver, state, caller, context, filter, epoch),
             ))
         },
     )
