@@ -749,6 +749,28 @@ async fn ambiguous_or_invisible_input_is_refused_and_nothing_is_stored() {
         problem["detail"].as_str().unwrap().contains("\"events\""),
         "{problem}"
     );
+    // So is a webhook registration or a data-protection decision.
+    for (path, key, shape) in [
+        ("/v1/subscriptions/webhooks", PROBATION_WRITER, "\"url\""),
+        (
+            &*format!("/v1/clients/{client}/restriction"),
+            DPO,
+            "\"reason\"",
+        ),
+    ] {
+        let problem = expect_problem(
+            app.post(path, key, &json!(["https://example.org/hook"]))
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert!(problem["field"].is_null(), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(shape),
+            "{path}: {problem}"
+        );
+    }
 
     assert!(app.feed().await.is_empty());
 

@@ -159,6 +159,19 @@ impl<'de> serde::de::Visitor<'de> for UnambiguousVisitor {
     }
 }
 
+/// Refuses a body that is not a JSON object, saying what shape it must have. Read as a struct,
+/// an array would be taken for the struct's fields in order, and refused with a message about
+/// its first element's type.
+pub fn require_object(body: &serde_json::Value, shape: &str) -> Result<(), ApiError> {
+    if body.is_object() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        Code::ValidationFailed,
+        format!("the body must be a JSON object: {shape}"),
+    ))
+}
+
 /// Query parameters; a malformed one is a `400 invalid_parameter` naming the parameter.
 pub struct Query<T>(pub T);
 

@@ -143,14 +143,7 @@ pub async fn post_batch(
         logged(None, None),
     )
     .await?;
-    if !body.is_object() {
-        // Read as a struct, an array would be taken for its fields in order, and refused with a
-        // message about the first element's type.
-        return Err(ApiError::new(
-            Code::ValidationFailed,
-            "a batch must be a JSON object: {\"events\": [...]}",
-        ));
-    }
+    extract::require_object(&body, "{\"events\": [...]}")?;
     let batch: BatchRequest =
         travelmap_domain::catalogue::deserialize_with_path(&body).map_err(|invalid| {
             let error = ApiError::new(Code::ValidationFailed, invalid.message);

@@ -35,6 +35,7 @@ pub struct DecisionRequest {
 fn reason(body: &serde_json::Value) -> Result<Text, ApiError> {
     // Checked as an event's strings are: the reason is stored with the decision and in the
     // audit trail, whose PostgreSQL columns refuse NUL.
+    crate::extract::require_object(body, "{\"reason\": \"...\"}")?;
     crate::wire::refuse_control_characters(body)?;
     let request: DecisionRequest = travelmap_domain::catalogue::deserialize_with_path(body)
         .map_err(|invalid| {

@@ -162,6 +162,7 @@ fn invalid(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
 
 /// Checks a registration request; errors name the offending field.
 fn parse_request(body: &serde_json::Value) -> Result<(String, Vec<String>, Purpose), ApiError> {
+    crate::extract::require_object(body, "{\"url\": \"...\", \"types\": [...]}")?;
     let request: WebhookRequest = travelmap_domain::catalogue::deserialize_with_path(body)
         .map_err(|invalid| {
             let error = ApiError::new(Code::ValidationFailed, invalid.message);
