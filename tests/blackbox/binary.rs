@@ -962,3 +962,107 @@ async fn an_undeclared_agency_is_not_an_agency_with_nothing_to_do() {
         );
     }
 }
+
+/// `replay` beside a running server is logged under the credential that reads, in the same hash
+/// chain the server goes on writing; a credential that is not a reviewer may not replay.
+#[tokio::test]
+async fn replay_beside_a_running_server_is_logged_in_its_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(&config)).await;
+    let client = Uuid::new_v4();
+    let post = |event_type: &str, at: &str| {
+        let body = sample_event(client, event_type, at);
+        let address = server.address.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{address}/v1/events"))
+                .bearer_auth(PRISON_WRITER)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        post("client.registered", "2026-01-05T09:00:00Z").await,
+        StatusCode::CREATED
+    );
+    let replay = |credential: &str| {
+        travelmap_command()
+            .args(["replay", "--json", "--client", &client.to_string()])
+            .args(["--credential", credential, "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("TRAVELMAP_CONFIG")
+            .env_remove("TRAVELMAP_STORE")
+            .output()
+            .unwrap()
+    };
+    let refused = replay("opava-prison-system");
+    assert!(!refused.status.success());
+    assert!(refused.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("lacks the auditor or dpo role"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let replayed = replay("dpo-office");
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    // The server's own writer continues the chain after the replay's entry.
+    assert_eq!(
+        post("sentence.started", "2026-01-06T09:00:00Z").await,
+        StatusCode::CREATED
+    );
+    let trail: Value = reqwest::Client::new()
+        .get(format!("{}/v1/audit/clients/{client}", server.address))
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<(&str, &str)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["action"].as_str().unwrap(),
+                entry["credential"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("POST /v1/events", "opava-prison-system"),
+            ("travelmap replay", "dpo-office"),
+            ("POST /v1/events", "opava-prison-system"),
+        ]
+    );
+    assert_eq!(trail["entries"][1]["purpose"], "audit");
+    server.signal("TERM");
+    assert!(server.wait().success());
+    let verified = travelmap_command()
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE")
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+}

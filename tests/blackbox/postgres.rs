@@ -24,6 +24,7 @@ use crate::support::*;
 struct Cluster {
     servers: Vec<Server>,
     database: ScratchDatabase,
+    config: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -48,6 +49,7 @@ impl Cluster {
         Cluster {
             servers,
             database,
+            config,
             _dir: dir,
         }
     }
@@ -312,8 +314,42 @@ async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
         )
     };
     let url = cluster.database.url().to_owned();
+    // An auditor's replay is logged in the same chain, between the servers' entries.
+    let replayed = crate::support::travelmap_command()
+        .args([
+            "--store",
+            &url,
+            "replay",
+            "--json",
+            "--client",
+            &client.to_string(),
+        ])
+        .args(["--credential", "dpo-office", "--config"])
+        .arg(&cluster.config)
+        .env_remove("TRAVELMAP_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let (status, _) = post(&http, &cluster.address(1), &contact(client)).await;
+    assert_eq!(status, StatusCode::CREATED);
     let (intact, report) = verify(&url);
-    assert!(intact && report.contains("6 entries"), "{report}");
+    assert!(intact && report.contains("8 entries"), "{report}");
+    let trail: Value = http
+        .get(format!("{}/v1/audit/clients/{client}", cluster.address(0)))
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trail["entries"][6]["action"], "travelmap replay", "{trail}");
+    assert_eq!(trail["entries"][6]["credential"], "dpo-office");
     let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("UPDATE audit_entries SET agency = 'elsewhere' WHERE seq = 4")
         .execute(&mut connection)

@@ -189,6 +189,16 @@ pub async fn import(
     Ok(())
 }
 
+/// Who replays a client's history, and why: the read is logged under them.
+pub struct Reader {
+    pub provenance: Provenance,
+    /// `audit` or `subject_access`.
+    pub purpose: String,
+}
+
+/// The action under which replays are logged.
+pub const REPLAY_ACTION: &str = "travelmap replay";
+
 /// The action under which imports are logged.
 pub const IMPORT_ACTION: &str = "travelmap import";
 
@@ -257,18 +267,18 @@ pub async fn replay(
     client: ClientId,
     as_of: Option<DateTime<Utc>>,
     json: bool,
+    reader: &Reader,
     masters: MasterKeys,
 ) -> anyhow::Result<()> {
-    // The trail's single writer is the server's; a read-only replay beside it cannot add to the
-    // chain, so it says it is not logged rather than let the reader assume it is.
-    eprintln!(
-        "note: replay reads the store directly and is not recorded in the audit trail; \
-         reads through the API (GET /v1/clients/{{id}}/events?as_of=...) are"
-    );
-    // Read-only: the embedded log is opened without the data directory's lock, and a database
-    // is not migrated (an auditor's replay changes nothing). Personal fields are opened with
+    // Read-only but for the audit trail: the embedded log is opened without the data
+    // directory's lock, and a database is not migrated (a replay changes nothing else). Personal fields are opened with
     // the keys; where a key was destroyed they read as erased, exactly as the service shows them.
-    let events = match location {
+    // Where the read is logged: the embedded trail's file, or the database it was read from.
+    enum Trail {
+        File(std::path::PathBuf),
+        Database(PgStore),
+    }
+    let (events, trail) = match location {
         Location::Embedded(data_dir) => {
             let log = SqliteEventLog::open_read_only(&data_dir.join("events.sqlite"))?;
             let key_store = data_dir.join("keys.sqlite");
@@ -282,18 +292,24 @@ pub async fn replay(
             }
             let keys = SqliteKeyStore::open(&key_store)?;
             let keyring = Arc::new(Keyring::open(Arc::new(keys), masters).await?);
-            SealedLog::new(Arc::new(log), keyring)
+            let events = SealedLog::new(Arc::new(log), keyring)
                 .read_stream(client, as_of)
-                .await?
+                .await?;
+            (events, Trail::File(data_dir.join("audit.sqlite")))
         }
         Location::Postgres(url) => {
             let store = PgStore::connect(url, Migrations::Require).await?;
             let keyring = Arc::new(Keyring::open(store.keys.clone(), masters).await?);
             let events = SealedLog::new(store.log.clone(), keyring)
                 .read_stream(client, as_of)
-                .await?;
-            store.close().await;
-            events
+                .await;
+            match events {
+                Ok(events) => (events, Trail::Database(store)),
+                Err(error) => {
+                    store.close().await;
+                    return Err(error.into());
+                }
+            }
         }
     };
     if events.is_empty() {
@@ -305,6 +321,30 @@ pub async fn replay(
             }
         );
     }
+    // Logged before anything is printed, like a read through the API: no entry, no output.
+    let record = AuditRecord {
+        at: Utc::now(),
+        credential: reader.provenance.credential.clone(),
+        agency: reader.provenance.agency.clone(),
+        actor: None,
+        operation: Operation::Consultation,
+        client_id: Some(client),
+        purpose: Some(reader.purpose.clone()),
+        justification: None,
+        request_id: None,
+        outcome: Outcome::Allowed,
+        action: REPLAY_ACTION.to_owned(),
+        returned: travelmap_api::audit::returned_events(&events),
+    };
+    let logged = match trail {
+        Trail::Database(store) => {
+            let logged = store.audit.append(vec![record]).await.map(drop);
+            store.close().await;
+            logged
+        }
+        Trail::File(path) => SqliteAuditLog::append_beside(&path, &[record]).map(drop),
+    };
+    logged.context("logging the replay in the audit trail")?;
     let now = as_of.unwrap_or_else(Utc::now);
     let map = ClientState::from_history(client, events.iter().cloned()).travel_map(now);
     let mut out = std::io::stdout().lock();

@@ -69,6 +69,14 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The configured credential that reads (it needs the auditor or dpo role; the read is
+        /// logged under it). Without --config, the local admin credential is used.
+        #[arg(long, value_name = "ID")]
+        credential: Option<String>,
+        /// Why: `audit` or `subject_access` (logged with the read).
+        #[arg(long, value_name = "PURPOSE", default_value = "audit",
+              value_parser = ["audit", "subject_access"])]
+        purpose: String,
     },
     /// Manage credentials.
     #[command(subcommand)]
@@ -301,7 +309,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client,
             as_of,
             json,
-        } => commands::replay(&location, client, as_of, json, masters()?).await,
+            credential,
+            purpose,
+        } => {
+            let (reader, _) = configured_provenance(
+                config.as_ref(),
+                credential.as_deref(),
+                &[Role::Auditor, Role::Dpo],
+                "read as",
+            )?;
+            let reader = commands::Reader {
+                provenance: reader,
+                purpose,
+            };
+            commands::replay(&location, client, as_of, json, &reader, masters()?).await
+        }
         Command::Audit(AuditCommand::PublicKey) => {
             let key = settings::checkpoint_key(
                 config
@@ -404,6 +426,23 @@ fn import_provenance(
     config: Option<&(PathBuf, ConfigFile)>,
     credential: Option<&str>,
 ) -> anyhow::Result<(Provenance, Option<AgencyKind>, Option<Authenticator>)> {
+    let (provenance, kind) =
+        configured_provenance(config, credential, &[Role::Writer], "import as")?;
+    // The same checks as `serve`, so that an import cannot record what the API would refuse.
+    let authenticator = config
+        .map(|(path, file)| file.authenticator(path))
+        .transpose()?;
+    Ok((provenance, kind, authenticator))
+}
+
+/// Who an offline command acts as: the configured credential named `credential`, which must
+/// hold one of `roles`, with its agency's kind; without a configuration, the local admin.
+fn configured_provenance(
+    config: Option<&(PathBuf, ConfigFile)>,
+    credential: Option<&str>,
+    roles: &[Role],
+    acting: &str,
+) -> anyhow::Result<(Provenance, Option<AgencyKind>)> {
     let Some((path, file)) = config else {
         let local = settings::local_admin();
         return Ok((
@@ -412,20 +451,22 @@ fn import_provenance(
                 credential: local.id,
             },
             local.agency_kind,
-            None,
         ));
     };
-    // The same checks as `serve`, so that an import cannot record what the API would refuse.
-    let authenticator = file.authenticator(path)?;
-    let id =
-        credential.context("with --config, name the credential to import as: --credential ID")?;
+    let id = credential.with_context(|| {
+        format!("with --config, name the credential to {acting}: --credential ID")
+    })?;
     let entry = file
         .credentials
         .iter()
         .find(|entry| entry.id == id)
         .with_context(|| format!("no credential `{id}` in {}", path.display()))?;
-    if !entry.roles.contains(&Role::Writer) {
-        anyhow::bail!("credential `{id}` lacks the writer role");
+    if !roles.iter().any(|role| entry.roles.contains(role)) {
+        let names: Vec<String> = roles
+            .iter()
+            .map(|role| format!("{role:?}").to_lowercase())
+            .collect();
+        anyhow::bail!("credential `{id}` lacks the {} role", names.join(" or "));
     }
     let kind = file
         .agencies
@@ -438,7 +479,6 @@ fn import_provenance(
             credential: entry.id.clone(),
         },
         kind,
-        Some(authenticator),
     ))
 }
 

@@ -60,23 +60,8 @@ impl SqliteAuditLog {
         // Checkpoints run on a thread of their own (see `Checkpointer`).
         super::checkpointed_elsewhere(&connection)?;
         schema::migrate(&mut connection, path, schema::AUDIT)?;
-        let last: Option<(u64, Vec<u8>)> = connection
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .ok();
-        let (last_seq, last_hash) = match last {
-            Some((seq, hash)) => (seq, to_hash(seq, &hash)?),
-            None => (0, GENESIS),
-        };
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer {
-            connection,
-            last_seq,
-            last_hash,
-        };
+        let writer = Writer { connection };
         let handle = std::thread::Builder::new()
             .name("travelmap-audit-writer".into())
             .spawn(move || writer.run(queue))?;
@@ -104,6 +89,26 @@ impl SqliteAuditLog {
             checkpointer: None,
             readers: Arc::new(ReadPool::new(path.to_owned())),
         })
+    }
+
+    /// Appends `records` to an existing trail from outside the process that serves it (an
+    /// offline command beside a running server): SQLite's write lock orders the two writers,
+    /// and each continues the chain from the head it reads inside its own transaction.
+    pub fn append_beside(path: &Path, records: &[AuditRecord]) -> Result<Vec<u64>> {
+        if !path.exists() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no audit trail at {}", path.display()),
+            )));
+        }
+        let connection = Connection::open(path)?;
+        configure(&connection)?;
+        connection.pragma_update(None, "synchronous", "NORMAL")?;
+        let mut writer = Writer { connection };
+        writer
+            .write(std::slice::from_ref(&records))?
+            .pop()
+            .ok_or(Error::Closed)
     }
 
     /// Stops accepting entries and waits until those queued are written.
@@ -244,8 +249,6 @@ fn damaged(seq: u64, what: &str) -> Error {
 
 struct Writer {
     connection: Connection,
-    last_seq: u64,
-    last_hash: [u8; 32],
 }
 
 impl Writer {
@@ -275,53 +278,9 @@ impl Writer {
 
     /// Writes a group in one transaction; every job gets its sequence numbers, or the error.
     fn commit(&mut self, group: &[Job]) -> Vec<Result<Vec<u64>>> {
-        let (mut seq, mut hash) = (self.last_seq, self.last_hash);
-        let written = (|| -> Result<Vec<Vec<u64>>> {
-            let transaction = self
-                .connection
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut answers = Vec::with_capacity(group.len());
-            {
-                let mut insert = transaction.prepare_cached(
-                    "INSERT INTO audit (seq, at, credential, agency, actor, operation, client_id,
-                         purpose, justification, request_id, outcome, action, returned, hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                )?;
-                for job in group {
-                    let mut numbers = Vec::with_capacity(job.records.len());
-                    for record in &job.records {
-                        seq += 1;
-                        hash = chain_hash(&hash, seq, record);
-                        insert.execute(params![
-                            seq,
-                            record.at.timestamp_micros(),
-                            record.credential,
-                            record.agency,
-                            record.actor,
-                            record.operation.as_str(),
-                            record.client_id.map(|id| id.0),
-                            record.purpose,
-                            record.justification,
-                            record.request_id,
-                            record.outcome.as_str(),
-                            record.action,
-                            record.returned,
-                            hash.to_vec(),
-                        ])?;
-                        numbers.push(seq);
-                    }
-                    answers.push(numbers);
-                }
-            }
-            transaction.commit()?;
-            Ok(answers)
-        })();
-        match written {
-            Ok(answers) => {
-                self.last_seq = seq;
-                self.last_hash = hash;
-                answers.into_iter().map(Ok).collect()
-            }
+        let records: Vec<&[AuditRecord]> = group.iter().map(|job| job.records.as_slice()).collect();
+        match self.write(&records) {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
             Err(error) => {
                 tracing::error!(%error, "audit log commit failed");
                 let message = format!("writing the audit log: {error}");
@@ -331,5 +290,109 @@ impl Writer {
                     .collect()
             }
         }
+    }
+
+    /// Writes groups of records in one transaction, continuing the chain from the head as the
+    /// transaction finds it (read under the write lock, so an offline command's entries, see
+    /// [`SqliteAuditLog::append_beside`], are continued too). Returns each group's numbers.
+    fn write(&mut self, group: &[&[AuditRecord]]) -> Result<Vec<Vec<u64>>> {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let last: Option<(u64, Vec<u8>)> = transaction
+            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        let (mut seq, mut hash) = match last {
+            Some((seq, hash)) => (seq, to_hash(seq, &hash)?),
+            None => (0, GENESIS),
+        };
+        let mut answers = Vec::with_capacity(group.len());
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO audit (seq, at, credential, agency, actor, operation, client_id,
+                     purpose, justification, request_id, outcome, action, returned, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?;
+            for records in group {
+                let mut numbers = Vec::with_capacity(records.len());
+                for record in *records {
+                    seq += 1;
+                    hash = chain_hash(&hash, seq, record);
+                    insert.execute(params![
+                        seq,
+                        record.at.timestamp_micros(),
+                        record.credential,
+                        record.agency,
+                        record.actor,
+                        record.operation.as_str(),
+                        record.client_id.map(|id| id.0),
+                        record.purpose,
+                        record.justification,
+                        record.request_id,
+                        record.outcome.as_str(),
+                        record.action,
+                        record.returned,
+                        hash.to_vec(),
+                    ])?;
+                    numbers.push(seq);
+                }
+                answers.push(numbers);
+            }
+        }
+        transaction.commit()?;
+        Ok(answers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use travelmap_domain::audit::verify;
+
+    use super::*;
+
+    fn record(action: &str) -> AuditRecord {
+        AuditRecord {
+            at: Utc::now(),
+            credential: "dpo-office".into(),
+            agency: "audit-office".into(),
+            actor: None,
+            operation: Operation::Consultation,
+            client_id: Some(ClientId(Uuid::from_u128(7))),
+            purpose: Some("audit".into()),
+            justification: None,
+            request_id: None,
+            outcome: Outcome::Allowed,
+            action: action.into(),
+            returned: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_offline_append_beside_the_server_continues_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        let served = SqliteAuditLog::open(&path).unwrap();
+        assert_eq!(served.append(vec![record("served 1")]).await.unwrap(), [1]);
+        // Another process's entry, between two of the server's.
+        assert_eq!(
+            SqliteAuditLog::append_beside(&path, &[record("offline")]).unwrap(),
+            [2]
+        );
+        assert_eq!(
+            served
+                .append(vec![record("served 2"), record("served 3")])
+                .await
+                .unwrap(),
+            [3, 4]
+        );
+        let entries = served.read_after(0, 10).await.unwrap();
+        let actions: Vec<&str> = entries
+            .iter()
+            .map(|entry| entry.record.action.as_str())
+            .collect();
+        assert_eq!(actions, ["served 1", "offline", "served 2", "served 3"]);
+        assert_eq!(verify(entries).unwrap().0, 4);
     }
 }
