@@ -554,6 +554,16 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
     .await;
     let rest = resumed.take(2).await;
     assert_eq!(positions(&rest), expected[2..]);
+    // A client that cannot send the header (an EventSource polyfill) resumes from the query.
+    let mut from_query = EventStream::open(
+        &app,
+        PROBATION_WRITER,
+        &format!("types=client.released&lastEventId={last_seen}"),
+        None,
+    )
+    .await;
+    assert_eq!(positions(&from_query.take(2).await), expected[2..]);
+    drop(from_query);
     // And it stays live: a new event arrives without reconnecting.
     let live = posted(
         &app,

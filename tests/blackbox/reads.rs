@@ -878,6 +878,73 @@ async fn ambiguous_or_unreadable_requests_are_refused_not_guessed_at() {
         .await;
         assert_eq!(problem["field"], field, "{query}");
     }
+    // The scheme's name is case-insensitive; a justification may be any UTF-8 text, but bytes
+    // that are not UTF-8 are refused rather than taken for no justification.
+    let shouted = app
+        .http
+        .get(app.url("/v1/event-types"))
+        .header("authorization", format!("BEARER {AUDITOR}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shouted.status(), StatusCode::OK);
+    let latin1 = app
+        .http
+        .get(app.url(&format!("/v1/clients/{client}/events")))
+        .bearer_auth(COORDINATOR)
+        .header("x-purpose", "emergency")
+        .header(
+            "x-justification",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xe9 crisis").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(latin1, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "X-Justification");
+    // A parameter left empty, as a form sends a blank field, is one not given.
+    let blank = app
+        .get("/v1/alerts?agency=&kind=&client_id=&status=", ADMIN)
+        .await;
+    assert_eq!(blank.status(), StatusCode::OK);
+    // Two resume points are no resume point.
+    let twice = app
+        .http
+        .get(app.url("/v1/subscriptions/feed"))
+        .bearer_auth(ADMIN)
+        .header("x-purpose", "case_management")
+        .header("last-event-id", "8")
+        .header("last-event-id", "3")
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(twice, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "Last-Event-ID");
+    // A webhook's purpose is its body's; a header naming another is refused, not dropped.
+    let webhook = app
+        .http
+        .post(app.url("/v1/subscriptions/webhooks"))
+        .bearer_auth(PROBATION_WRITER)
+        .header("x-purpose", "supervision")
+        .json(&json!({"url": "https://example.org/hook", "types": ["job.*"]}))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(webhook, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "X-Purpose");
+    // `identity` in any form is no encoding.
+    let identity = app
+        .http
+        .post(app.url("/v1/events"))
+        .bearer_auth(PRISON_WRITER)
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity, Identity")
+        .body(registered.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(identity.status(), StatusCode::CREATED);
+
     // Statistics need their own purpose, and say which header is wrong.
     let problem = expect_problem(
         app.get("/v1/statistics/outcomes", AUDITOR).await,

@@ -7,9 +7,7 @@ use axum::http::request::Parts;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use travelmap_domain::ClientId;
 use travelmap_domain::RecordedEvent;
-use travelmap_domain::audit::{
-    AuditRecord, Operation, Outcome, returned_ids, returned_things, text_digest,
-};
+use travelmap_domain::audit::{AuditRecord, Operation, Outcome, returned_ids, returned_things};
 use travelmap_domain::payloads::Purpose;
 use travelmap_projections::Access;
 
@@ -26,6 +24,9 @@ pub struct RequestContext {
     pub justification: Option<String>,
 }
 
+/// How the trail records a stated purpose that is not on the list.
+pub const UNLISTED_PURPOSE: &str = "unlisted";
+
 /// The longest justification kept; a longer one is refused rather than cut.
 pub const MAX_JUSTIFICATION_CHARS: usize = 2000;
 
@@ -41,15 +42,18 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
                 ));
             }
         }
-        let header = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-                .map(str::trim)
-                .filter(|value| !value.is_empty())
+        // UTF-8, not only ASCII: a justification is written in the caseworker's language. Bytes
+        // that are not UTF-8 are refused rather than taken for no header at all.
+        let header = |name: &'static str| -> Result<Option<&str>, ApiError> {
+            let Some(value) = parts.headers.get(name) else {
+                return Ok(None);
+            };
+            let text = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+                ApiError::invalid_parameter(name, format!("{name} must be UTF-8 text"))
+            })?;
+            Ok(Some(text.trim()).filter(|text| !text.is_empty()))
         };
-        let justification = header("x-justification");
+        let justification = header("X-Justification")?;
         if justification.is_some_and(|text| text.chars().count() > MAX_JUSTIFICATION_CHARS) {
             return Err(ApiError::invalid_parameter(
                 "X-Justification",
@@ -59,8 +63,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
         Ok(Self {
             // Bounded, so that a header cannot flood the log. (A purpose not on the list is
             // kept only as its digest, see `RequestContext::record`.)
-            request_id: header("x-request-id").map(|id| id.chars().take(200).collect()),
-            purpose: header("x-purpose").map(str::to_owned),
+            request_id: header("X-Request-Id")?.map(|id| id.chars().take(200).collect()),
+            purpose: header("X-Purpose")?.map(str::to_owned),
             justification: justification.map(str::to_owned),
         })
     }
@@ -77,13 +81,14 @@ pub struct Logged<'a> {
 
 impl RequestContext {
     /// The stated purpose as the trail keeps it: one from the list by its name; anything else,
-    /// which may be any text a caller typed (personal data included), only as its digest, since
-    /// the purpose enters the hash chain as it is and could not be blanked later.
+    /// which may be any text a caller typed (personal data included), as [`UNLISTED_PURPOSE`],
+    /// since the purpose enters the hash chain as it is and could not be blanked later (and a
+    /// digest of short text can be confirmed by guessing).
     fn recorded_purpose(&self) -> Option<String> {
         let stated = self.purpose.as_deref()?;
         Some(match self.purpose() {
             Ok(_) => stated.to_owned(),
-            Err(_) => format!("unlisted, sha256:{}", text_digest(Some(stated))),
+            Err(_) => UNLISTED_PURPOSE.to_owned(),
         })
     }
 

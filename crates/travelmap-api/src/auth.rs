@@ -276,10 +276,11 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| ApiError::new(Code::Unauthorized, "send `Authorization: Bearer <key>`"))?
             .to_str()
             .unwrap_or_default();
+        // The scheme's name is case-insensitive (RFC 9110, section 11.1).
         let key = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
             .filter(|key| !key.is_empty())
             .ok_or_else(|| {
                 ApiError::new(

@@ -41,15 +41,18 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         // A compressed body would be read as if it were not (and refused as malformed JSON, or
         // worse, taken as it stands under an encoding that claims otherwise).
-        if let Some(encoding) = request
+        let encodings = request
             .headers()
-            .get(axum::http::header::CONTENT_ENCODING)
-            .map(|value| value.to_str().unwrap_or("?").trim())
-            .filter(|encoding| !encoding.eq_ignore_ascii_case("identity"))
-        {
+            .get_all(axum::http::header::CONTENT_ENCODING)
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+            .map(str::trim)
+            .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
+            .collect::<Vec<_>>();
+        if let Some(coding) = encodings.first() {
             return Err(ApiError::new(
                 Code::UnsupportedMediaType,
-                format!("bodies are read as sent: `Content-Encoding: {encoding}` is not supported"),
+                format!("bodies are read as sent: `Content-Encoding: {coding}` is not supported"),
             ));
         }
         let bytes =
@@ -179,7 +182,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let query = parts.uri.query().unwrap_or_default();
+        // A parameter with an empty value (`?agency=`, as a form sends a field left blank) is
+        // one not given, for every parameter alike.
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(
+                form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+                    .filter(|(_, value)| !value.is_empty()),
+            )
+            .finish();
         let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(pairs)
             .map(Query)

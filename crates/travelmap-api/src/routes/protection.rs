@@ -402,7 +402,7 @@ pub async fn subject_access(
         headers
             .get(header::ACCEPT)
             .and_then(|accept| accept.to_str().ok())
-            .is_some_and(|accept| accept.contains("text/html"))
+            .is_some_and(prefers_html)
     });
     if wants_html {
         Ok(Html(render_html(&report)).into_response())
@@ -503,4 +503,47 @@ fn escape(text: &str) -> String {
         }
     }
     escaped
+}
+
+/// Whether an `Accept` header asks for HTML rather than JSON: `text/html` acceptable (a quality
+/// above 0) and preferred over `application/json` (JSON on a tie, being the default). Media
+/// types are compared without regard to case.
+fn prefers_html(accept: &str) -> bool {
+    let (mut html, mut json) = (None, None);
+    for item in accept.split(',') {
+        let mut parameters = item.split(';');
+        let media = parameters.next().unwrap_or_default().trim();
+        let quality = parameters
+            .filter_map(|parameter| {
+                let (name, value) = parameter.split_once('=')?;
+                name.trim()
+                    .eq_ignore_ascii_case("q")
+                    .then(|| value.trim().parse::<f32>().ok())?
+            })
+            .next()
+            .unwrap_or(1.0);
+        if media.eq_ignore_ascii_case("text/html") {
+            html = Some(quality);
+        } else if media.eq_ignore_ascii_case("application/json") {
+            json = Some(quality);
+        }
+    }
+    html.is_some_and(|html| html > 0.0 && html > json.unwrap_or(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefers_html;
+
+    #[test]
+    fn html_is_chosen_only_when_acceptable_and_preferred() {
+        let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(prefers_html(browser));
+        assert!(prefers_html("TEXT/HTML"));
+        assert!(!prefers_html("application/json, text/html;q=0.1"));
+        assert!(!prefers_html("text/html;q=0, application/json"));
+        assert!(!prefers_html("text/html, application/json"));
+        assert!(!prefers_html("*/*"));
+        assert!(!prefers_html("application/json"));
+    }
 }

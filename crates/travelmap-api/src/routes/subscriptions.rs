@@ -64,6 +64,11 @@ pub struct FeedQuery {
     /// Alerts only: one alert kind.
     #[param(value_type = Option<travelmap_projections::coordination::AlertKind>)]
     pub kind: Option<String>,
+    /// Where to resume, for clients that cannot send the `Last-Event-ID` header (EventSource
+    /// polyfills reconnect with it in the query); the header takes precedence.
+    #[serde(rename = "lastEventId")]
+    #[param(rename = "lastEventId")]
+    pub last_event_id: Option<String>,
 }
 
 /// An alert notice as sent on the stream (`event: alert`).
@@ -127,6 +132,12 @@ pub async fn feed(
     )
     .await?;
     let purpose = audit::purpose(&state, &caller, &context, logged(None)).await?;
+    if headers.get_all("last-event-id").iter().nth(1).is_some() {
+        return Err(ApiError::invalid_parameter(
+            "Last-Event-ID",
+            "send one Last-Event-ID header, not several",
+        ));
+    }
     let last_event_id = headers
         .get("last-event-id")
         .map(|value| {
@@ -136,7 +147,8 @@ pub async fn feed(
                 .map_err(|_| ApiError::invalid_parameter("Last-Event-ID", "not readable text"))
         })
         .transpose()?
-        .filter(|value| !value.is_empty());
+        .filter(|value| !value.is_empty())
+        .or(query.last_event_id.as_deref().map(str::trim));
     // A filter the chosen stream does not take would be dropped silently, sending more than
     // was asked for: refused instead, like any parameter an endpoint does not take.
     let not_taken = match query.stream.as_deref() {
@@ -284,30 +296,41 @@ const RENAME_AFTER: Duration = Duration::from_secs(3600);
 /// afresh.
 const MAX_NAMED: usize = 100_000;
 
-/// The clients each recipient (a credential, for journey events or for alerts) has been named
-/// for lately, across all its streams. Every batch a stream sends has its entry; a client gets
-/// an entry of their own (so that their trail and subject access report show who receives
-/// their data) in the first batch that sends the recipient their data, and again at least once
-/// an hour while its streams go on sending it. An entry per client and batch, or per client and
+/// The clients each recipient (a credential with a stated purpose, for journey events or for
+/// alerts) has been named for lately, across all its streams. Every batch a stream sends has its
+/// entry; a client gets an entry of their own (so that their trail and subject access report
+/// show who receives their data, and why) in the first batch that sends the recipient their
+/// data, and again at least once an hour while its streams go on sending it. An entry per client and batch, or per client and
 /// stream, would be one per event and subscriber on a busy feed.
 #[derive(Default)]
-pub struct NamedRecipients(std::sync::Mutex<HashMap<(String, &'static str), NamedClients>>);
+pub struct NamedRecipients(std::sync::Mutex<HashMap<Recipient, NamedClients>>);
+
+/// Who receives a stream's data and why: its credential, the purpose it stated, and whether it
+/// follows journey events or alerts.
+type Recipient = (String, String, &'static str);
 
 impl NamedRecipients {
-    /// [`NamedClients::fresh`] for `credential`'s streams of `things`.
+    /// [`NamedClients::fresh`] for the streams of `things` that `caller` follows for the purpose
+    /// `context` states.
     fn fresh(
         &self,
-        credential: &str,
+        caller: &Caller,
+        context: &RequestContext,
         things: &'static str,
         items: impl IntoIterator<Item = (ClientId, String)>,
     ) -> Vec<(ClientId, Option<String>)> {
         let now = Instant::now();
+        let recipient = (
+            caller.0.id.clone(),
+            context.purpose.clone().unwrap_or_default(),
+            things,
+        );
         let mut recipients = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         recipients
-            .entry((credential.to_owned(), things))
+            .entry(recipient)
             .or_insert_with(|| NamedClients::new(now))
             .fresh(now, things, items)
     }
@@ -372,7 +395,8 @@ fn journey_events(
             };
             let logging = std::time::Instant::now();
             let per_client = state.named.fresh(
-                &caller.0.id,
+                &caller,
+                &context,
                 "events",
                 events
                     .iter()
@@ -526,7 +550,8 @@ fn alert_notices(
                     .collect();
                 let returned = audit::returned_named("alerts", &ids);
                 let per_client = state.named.fresh(
-                    &caller.0.id,
+                    &caller,
+                    &context,
                     "alerts",
                     batch
                         .iter()

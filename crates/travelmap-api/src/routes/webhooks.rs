@@ -260,6 +260,20 @@ pub async fn register(
     };
     audit::require(&state, &caller, &context, MANAGERS, logged(None)).await?;
     let (url, types, purpose) = parse_request(&body)?;
+    // The purpose deliveries are made for is the body's `purpose`; a header naming another would
+    // be dropped without a word, leaving the sender believing it had chosen.
+    if let Some(stated) = &context.purpose
+        && *stated != purpose_name(purpose)
+    {
+        return Err(ApiError::invalid_parameter(
+            "X-Purpose",
+            format!(
+                "a webhook's purpose is the body's `purpose` (here `{}`); X-Purpose `{stated}` \
+                 differs: send the purpose in the body",
+                purpose_name(purpose)
+            ),
+        ));
+    }
     let id = Uuid::new_v4();
     let mut entry = context.record(
         &caller,
