@@ -363,3 +363,94 @@ async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
     connection.close().await.unwrap();
     cluster.stop().await;
 }
+
+/// A write's audit entries follow its committed events even when the trail fails for a while:
+/// retried while the request waits, and, past that, answered `503` and written in the
+/// background once the trail is back; never a recorded event without its entry.
+#[tokio::test]
+async fn a_write_recorded_while_the_trail_fails_gets_its_entry_once_it_is_back() {
+    let cluster = Cluster::start(1).await;
+    let url = cluster.database.url().to_owned();
+    let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_entries() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'the trail is down'; END $$;
+         CREATE TRIGGER refuse_entries BEFORE INSERT ON audit_entries
+             FOR EACH ROW EXECUTE FUNCTION refuse_entries();",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let client = Uuid::new_v4();
+    let collections = |client: Uuid| {
+        let http = http.clone();
+        let address = cluster.address(0);
+        async move {
+            let trail: Value = http
+                .get(format!("{address}/v1/audit/clients/{client}"))
+                .bearer_auth(AUDITOR)
+                .header("x-purpose", "audit")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            trail["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|entry| entry["operation"] == "collection")
+                .map(|entry| entry["returned"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+
+    const DROP: &str = "DROP TRIGGER refuse_entries ON audit_entries";
+    // Back within the request's patience: the write succeeds, with its entry.
+    let first = contact(client);
+    let posting = {
+        let (http, address, first) = (http.clone(), cluster.address(0), first.clone());
+        tokio::spawn(async move { post(&http, &address, &first).await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    sqlx::raw_sql(DROP).execute(&mut connection).await.unwrap();
+    let (status, _) = posting.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(collections(client).await, [first["id"].as_str().unwrap()]);
+
+    // Down for longer: 503, though the event is recorded; its entry follows once the trail is.
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit_entries
+             FOR EACH ROW EXECUTE FUNCTION refuse_entries();",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let second = contact(client);
+    let (status, problem) = post(&http, &cluster.address(0), &second).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["code"], "unavailable");
+    sqlx::raw_sql(DROP).execute(&mut connection).await.unwrap();
+    let mut logged = Vec::new();
+    for _ in 0..100 {
+        logged = collections(client).await;
+        if logged.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        logged,
+        [
+            first["id"].as_str().unwrap(),
+            second["id"].as_str().unwrap()
+        ]
+    );
+    // The sender's retry is answered with the original receipt.
+    let (status, _) = post(&http, &cluster.address(0), &second).await;
+    assert_eq!(status, StatusCode::OK);
+    connection.close().await.unwrap();
+    cluster.stop().await;
+}

@@ -125,6 +125,56 @@ pub async fn write(state: &AppState, records: Vec<AuditRecord>) -> Result<(), Ap
     Ok(())
 }
 
+/// How long a write's entries are retried, beside or after its commit, before the request is
+/// answered `503`.
+pub const RECORDING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often entries that could not be written in time are tried again, in the background.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes a write's entries, which run beside its commit (see `Journeys::record_logged`): the
+/// events may be committed whatever the trail does, so their entries must follow them. Failed
+/// appends are retried for [`RECORDING_PATIENCE`]; after that the request is answered `503`
+/// and the entries go on being tried in the background until they are written (each failure
+/// logged with the events they name), so a trail that comes back gets them.
+pub async fn write_recorded(state: &AppState, records: Vec<AuditRecord>) -> Result<(), ApiError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let audit = state.audit.clone();
+    match travelmap_store::append_patiently(audit.as_ref(), records.clone(), RECORDING_PATIENCE)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            let named: Vec<String> = records
+                .iter()
+                .filter_map(|record| record.returned.clone())
+                .collect();
+            tracing::error!(%error, events = ?named, "a write's audit entries are not written yet; retrying in the background");
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    match audit.append(records.clone()).await {
+                        Ok(_) => {
+                            tracing::info!(events = ?named, "a write's delayed audit entries are written");
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, events = ?named, "a write's audit entries are still not written");
+                        }
+                    }
+                }
+            });
+            Err(ApiError::new(
+                Code::Unavailable,
+                "the audit trail cannot be written just now; the events may have been recorded, \
+                 and if so their entries are written as soon as the trail can be: retry the \
+                 request, which is answered with the original receipts once recorded",
+            ))
+        }
+    }
+}
+
 /// Logs one operation, with its outcome.
 pub async fn log(
     state: &AppState,

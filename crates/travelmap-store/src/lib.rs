@@ -344,6 +344,30 @@ pub trait AuditLog: Send + Sync {
     async fn read_action(&self, action: &str) -> Result<Vec<travelmap_domain::audit::AuditEntry>>;
 }
 
+/// Appends `records`, retrying a failed append with growing pauses for up to `patience`. For
+/// entries written beside a commit (a write's entries), a trail that is briefly locked or
+/// unreachable must not leave committed events without their entry. An append whose answer was
+/// lost may be written twice by the retry: twice is better than never.
+pub async fn append_patiently(
+    audit: &dyn AuditLog,
+    records: Vec<travelmap_domain::audit::AuditRecord>,
+    patience: std::time::Duration,
+) -> Result<Vec<u64>> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match audit.append(records.clone()).await {
+            Ok(numbers) => return Ok(numbers),
+            Err(error) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(%error, "could not write the audit trail; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 /// An audit log that keeps nothing. It exists so that the benchmark can measure what the real
 /// trail costs; the service itself never runs without one.
 pub struct DiscardedAudit;

@@ -132,7 +132,11 @@ pub async fn import(
                 })
                 .collect();
             let recorded = journeys
-                .record_logged(&provenance, &batch, audit.append(entries))
+                .record_logged(
+                    &provenance,
+                    &batch,
+                    travelmap_store::append_patiently(audit.as_ref(), entries, IMPORT_PATIENCE),
+                )
                 .await;
             let stopped = |error: &dyn std::fmt::Display| {
                 anyhow::anyhow!(
@@ -144,9 +148,10 @@ pub async fn import(
                 Ok((outcomes, Ok(_))) => outcomes,
                 Ok((_, Err(error))) => {
                     return Err(anyhow::Error::new(error).context(format!(
-                        "the audit trail could not be written; the batch after the {created} \
-                         events before it may be recorded (run the import again: recorded \
-                         events are skipped, and logged again)"
+                        "the audit trail could not be written: the batch after the {created} \
+                         events before it was recorded without its entries; run the import \
+                         again once the trail can be written (recorded events are skipped, and \
+                         their entries written then)"
                     )));
                 }
                 Err(error) => {
@@ -195,6 +200,10 @@ pub struct Reader {
     /// `audit` or `subject_access`.
     pub purpose: String,
 }
+
+/// How long an import retries a batch's entries before it stops (see
+/// `travelmap_store::append_patiently`).
+const IMPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The action under which replays are logged.
 pub const REPLAY_ACTION: &str = "travelmap replay";

@@ -86,7 +86,7 @@ pub async fn post_event(
         .record_logged(
             &caller.provenance(),
             &submissions,
-            audit::write(&state, vec![entry]),
+            audit::write_recorded(&state, vec![entry]),
         )
         .await;
     let (outcomes, logged) = match recorded {
@@ -213,7 +213,7 @@ pub async fn post_batch(
         .record_logged(
             &caller.provenance(),
             &submissions,
-            audit::write(&state, entries),
+            audit::write_recorded(&state, entries),
         )
         .await;
     let (outcomes, logged) = match recorded {
