@@ -1010,6 +1010,17 @@ async fn replay_beside_a_running_server_is_logged_in_its_trail() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    // A credential is one of a configuration: without --config it would mean nothing.
+    let unconfigured = travelmap_command()
+        .args(["replay", "--client", &client.to_string()])
+        .args(["--credential", "dpo-office", "--data-dir"])
+        .arg(&data)
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE")
+        .output()
+        .unwrap();
+    assert!(!unconfigured.status.success());
+    assert!(unconfigured.stdout.is_empty());
     let replayed = replay("dpo-office");
     assert!(
         replayed.status.success(),

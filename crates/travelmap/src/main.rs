@@ -444,6 +444,12 @@ fn configured_provenance(
     acting: &str,
 ) -> anyhow::Result<(Provenance, Option<AgencyKind>)> {
     let Some((path, file)) = config else {
+        if let Some(id) = credential {
+            anyhow::bail!(
+                "--credential {id} names a credential of a configuration: give --config too \
+                 (without it, the command acts as the local admin)"
+            );
+        }
         let local = settings::local_admin();
         return Ok((
             Provenance {
