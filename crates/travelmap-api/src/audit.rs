@@ -141,11 +141,9 @@ pub async fn write_recorded(state: &AppState, records: Vec<AuditRecord>) -> Resu
         return Ok(());
     }
     let audit = state.audit.clone();
-    match travelmap_store::append_patiently(audit.as_ref(), records.clone(), RECORDING_PATIENCE)
-        .await
-    {
+    match travelmap_store::append_patiently(audit.as_ref(), records, RECORDING_PATIENCE).await {
         Ok(_) => Ok(()),
-        Err(error) => {
+        Err((error, records)) => {
             let named: Vec<String> = records
                 .iter()
                 .filter_map(|record| record.returned.clone())

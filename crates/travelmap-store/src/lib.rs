@@ -347,12 +347,13 @@ pub trait AuditLog: Send + Sync {
 /// Appends `records`, retrying a failed append with growing pauses for up to `patience`. For
 /// entries written beside a commit (a write's entries), a trail that is briefly locked or
 /// unreachable must not leave committed events without their entry. An append whose answer was
-/// lost may be written twice by the retry: twice is better than never.
+/// lost may be written twice by the retry: twice is better than never. On failure, the records
+/// come back with the last error, for the caller to keep trying.
 pub async fn append_patiently(
     audit: &dyn AuditLog,
     records: Vec<travelmap_domain::audit::AuditRecord>,
     patience: std::time::Duration,
-) -> Result<Vec<u64>> {
+) -> std::result::Result<Vec<u64>, (Error, Vec<travelmap_domain::audit::AuditRecord>)> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut pause = std::time::Duration::from_millis(50);
     loop {
@@ -363,7 +364,7 @@ pub async fn append_patiently(
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(std::time::Duration::from_secs(2));
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err((error, records)),
         }
     }
 }

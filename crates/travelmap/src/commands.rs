@@ -132,11 +132,11 @@ pub async fn import(
                 })
                 .collect();
             let recorded = journeys
-                .record_logged(
-                    &provenance,
-                    &batch,
-                    travelmap_store::append_patiently(audit.as_ref(), entries, IMPORT_PATIENCE),
-                )
+                .record_logged(&provenance, &batch, async {
+                    travelmap_store::append_patiently(audit.as_ref(), entries, IMPORT_PATIENCE)
+                        .await
+                        .map_err(|(error, _)| error)
+                })
                 .await;
             let stopped = |error: &dyn std::fmt::Display| {
                 anyhow::anyhow!(
