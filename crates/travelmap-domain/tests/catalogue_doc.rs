@@ -37,8 +37,10 @@ Every journey event is posted as an envelope around a typed `data` object:
 - `expected_version` (optional) is the client's stream version the sender last saw; if the
   stream has moved on, the event is refused with `409 version_conflict`.
 - Every `data` object rejects unknown fields, so a misspelt optional field is an error rather
-  than a silently lost fact. Optional fields may be omitted or `null`. Text fields are trimmed,
-  must not be blank, and hold at most 2000 characters. Dates are `YYYY-MM-DD`; times RFC 3339.
+  than a silently lost fact. Optional fields may be omitted; `null` is accepted only where the
+  type's JSON Schema allows it (not, for example, for `attended` or `identifiers`, which have
+  defaults). Text fields are trimmed, must not be blank, and hold at most 2000 characters.
+  Dates are `YYYY-MM-DD`; times RFC 3339.
 
 The same schemas are served by `GET /v1/event-types` (JSON Schema 2020-12, generated from the
 types the server decodes into), and as one file per type in [schemas/](schemas/). Fields listed
