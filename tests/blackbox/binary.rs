@@ -749,23 +749,12 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
     // The import is in the client's audit trail, as a batch posted over HTTP would be; the
     // refused attempt recorded nothing and logged nothing.
     let server = Server::start(&data, Some(&config)).await;
-    let trail: Value = reqwest::Client::new()
-        .get(format!("{}/v1/audit/clients/{client}", server.address))
-        .bearer_auth(AUDITOR)
-        .header("x-purpose", "audit")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let imported: Vec<&Value> = trail["entries"]
-        .as_array()
-        .unwrap()
+    let trail = trail_at(&server.address, client).await;
+    let imported: Vec<&Value> = trail
         .iter()
         .filter(|entry| entry["action"] == "travelmap import")
         .collect();
-    assert_eq!(imported.len(), 1, "{trail}");
+    assert_eq!(imported.len(), 1, "{trail:?}");
     assert_eq!(imported[0]["operation"], "collection");
     assert_eq!(imported[0]["outcome"], "allowed");
     assert_eq!(imported[0]["credential"], "opava-prison-system");
@@ -1032,19 +1021,8 @@ async fn replay_beside_a_running_server_is_logged_in_its_trail() {
         post("sentence.started", "2026-01-06T09:00:00Z").await,
         StatusCode::CREATED
     );
-    let trail: Value = reqwest::Client::new()
-        .get(format!("{}/v1/audit/clients/{client}", server.address))
-        .bearer_auth(AUDITOR)
-        .header("x-purpose", "audit")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let actions: Vec<(&str, &str)> = trail["entries"]
-        .as_array()
-        .unwrap()
+    let trail = trail_at(&server.address, client).await;
+    let actions: Vec<(&str, &str)> = trail
         .iter()
         .map(|entry| {
             (
@@ -1061,7 +1039,7 @@ async fn replay_beside_a_running_server_is_logged_in_its_trail() {
             ("POST /v1/events", "opava-prison-system"),
         ]
     );
-    assert_eq!(trail["entries"][1]["purpose"], "audit");
+    assert_eq!(trail[1]["purpose"], "audit");
     server.signal("TERM");
     assert!(server.wait().success());
     let verified = travelmap_command()

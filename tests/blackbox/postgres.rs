@@ -338,18 +338,9 @@ async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
     assert_eq!(status, StatusCode::CREATED);
     let (intact, report) = verify(&url);
     assert!(intact && report.contains("8 entries"), "{report}");
-    let trail: Value = http
-        .get(format!("{}/v1/audit/clients/{client}", cluster.address(0)))
-        .bearer_auth(AUDITOR)
-        .header("x-purpose", "audit")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(trail["entries"][6]["action"], "travelmap replay", "{trail}");
-    assert_eq!(trail["entries"][6]["credential"], "dpo-office");
+    let trail = trail_at(&cluster.address(0), client).await;
+    assert_eq!(trail[6]["action"], "travelmap replay", "{trail:?}");
+    assert_eq!(trail[6]["credential"], "dpo-office");
     let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("UPDATE audit_entries SET agency = 'elsewhere' WHERE seq = 4")
         .execute(&mut connection)
@@ -384,22 +375,10 @@ async fn a_write_recorded_while_the_trail_fails_gets_its_entry_once_it_is_back()
     let http = reqwest::Client::new();
     let client = Uuid::new_v4();
     let collections = |client: Uuid| {
-        let http = http.clone();
         let address = cluster.address(0);
         async move {
-            let trail: Value = http
-                .get(format!("{address}/v1/audit/clients/{client}"))
-                .bearer_auth(AUDITOR)
-                .header("x-purpose", "audit")
-                .send()
+            trail_at(&address, client)
                 .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            trail["entries"]
-                .as_array()
-                .unwrap()
                 .iter()
                 .filter(|entry| entry["operation"] == "collection")
                 .map(|entry| entry["returned"].as_str().unwrap().to_owned())

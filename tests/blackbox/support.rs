@@ -423,10 +423,7 @@ impl TestApp {
 
     /// The client's audit trail entries, in order, as an auditor reads them.
     pub async fn trail_of(&self, client: Uuid) -> Vec<Value> {
-        let trail = self
-            .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
-            .await;
-        trail["entries"].as_array().expect("entries").clone()
+        trail_at(&self.address, client).await
     }
 
     /// Every event in the global feed.
@@ -495,4 +492,19 @@ pub fn travelmap_command() -> std::process::Command {
     let mut command = std::process::Command::new(crate::binary::BINARY);
     command.env("TRAVELMAP_MASTER_KEYS", TEST_MASTER_KEYS);
     command
+}
+
+/// The client's audit trail entries, in order, as an auditor reads them from the server at
+/// `address` (`http://host:port`).
+pub async fn trail_at(address: &str, client: Uuid) -> Vec<Value> {
+    let response = reqwest::Client::new()
+        .get(format!("{address}/v1/audit/clients/{client}"))
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), StatusCode::OK);
+    let trail: Value = response.json().await.expect("JSON body");
+    trail["entries"].as_array().expect("entries").clone()
 }
