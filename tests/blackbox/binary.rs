@@ -999,6 +999,26 @@ async fn replay_beside_a_running_server_is_logged_in_its_trail() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    // A replay of a directory that holds no master key (one named by mistake) makes none there.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let keyless = travelmap_command()
+        .args(["replay", "--client", &client.to_string(), "--data-dir"])
+        .arg(elsewhere.path())
+        .env_remove("TRAVELMAP_MASTER_KEYS")
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE")
+        .output()
+        .unwrap();
+    assert!(!keyless.status.success());
+    // Nor does asking it for the service's checkpoint key, which an auditor would then pin.
+    let no_signer = travelmap_command()
+        .args(["audit", "public-key", "--data-dir"])
+        .arg(elsewhere.path())
+        .env_remove("TRAVELMAP_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!no_signer.status.success());
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     // A credential is one of a configuration: without --config it would mean nothing.
     let unconfigured = travelmap_command()
         .args(["replay", "--client", &client.to_string()])

@@ -592,11 +592,6 @@ fn check_signature(
         .map_err(|_| "its signature does not match its contents and the key".to_owned())
 }
 
-/// Prints the public key that signs audit checkpoints, for auditors to pin.
-pub fn print_checkpoint_public_key(key: &ed25519_dalek::SigningKey) {
-    println!("{}", hex::encode(key.verifying_key().as_bytes()));
-}
-
 /// Runs the retention schedule once and prints what was due and what was done.
 pub async fn retention_run(
     location: &Location,

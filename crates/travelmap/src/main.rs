@@ -322,16 +322,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 provenance: reader,
                 purpose,
             };
+            // A replay only reads: a master key made here would open nothing, and would be left
+            // behind in whatever directory was named by mistake.
+            let configured = config
+                .as_ref()
+                .and_then(|(_, file)| file.master_key_file.as_deref());
+            if std::env::var_os(settings::MASTER_KEYS_ENV).is_none()
+                && configured.is_none()
+                && !data_dir.join(settings::MASTER_KEY_FILE).exists()
+            {
+                anyhow::bail!(
+                    "no master key in {}: replay opens personal data with the key the service \
+                     uses (its data directory, master_key_file or {})",
+                    data_dir.display(),
+                    settings::MASTER_KEYS_ENV
+                );
+            }
             commands::replay(&location, client, as_of, json, &reader, masters()?).await
         }
         Command::Audit(AuditCommand::PublicKey) => {
-            let key = settings::checkpoint_key(
-                config
-                    .as_ref()
-                    .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
-                &data_dir,
-            )?;
-            commands::print_checkpoint_public_key(&key);
+            let configured = config
+                .as_ref()
+                .and_then(|(_, file)| file.audit_signing_key_file.as_deref());
+            // The key the service signs with, never one made here: an auditor would pin a key
+            // no checkpoint is signed with.
+            println!("{}", service_public_key(configured, &data_dir)?);
             Ok(())
         }
         Command::Audit(AuditCommand::Verify {
@@ -342,7 +357,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_ref()
                 .and_then(|(_, file)| file.audit_signing_key_file.as_deref());
             let public_key = match (public_key, &checkpoint) {
-                (None, Some(_)) => Some(service_public_key(configured, &data_dir)?),
+                (None, Some(_)) => {
+                    let key = service_public_key(configured, &data_dir)?;
+                    eprintln!(
+                        "checking the checkpoint against this service's key ({key}); to check \
+                         against a key kept elsewhere, give --public-key"
+                    );
+                    Some(key)
+                }
                 (public_key, _) => public_key,
             };
             match commands::verify_audit(&location, checkpoint.as_deref(), public_key.as_deref())
@@ -488,9 +510,10 @@ fn configured_provenance(
     ))
 }
 
-/// The public key of the service's checkpoint-signing key, for `audit verify --checkpoint`
-/// without `--public-key`: a checkpoint's own key would prove nothing (anyone can sign with a
-/// key of their own). The service's key is read where the service keeps it, never made here.
+/// The public key of the service's checkpoint-signing key, for `audit public-key` and for
+/// `audit verify --checkpoint` without `--public-key` (a checkpoint's own key would prove
+/// nothing: anyone can sign with a key of their own). The service's key is read where the
+/// service keeps it, never made here.
 fn service_public_key(configured: Option<&Path>, data_dir: &Path) -> anyhow::Result<String> {
     let path = configured.map_or_else(
         || data_dir.join(settings::AUDIT_SIGNING_KEY_FILE),
@@ -498,17 +521,13 @@ fn service_public_key(configured: Option<&Path>, data_dir: &Path) -> anyhow::Res
     );
     if !path.exists() {
         anyhow::bail!(
-            "no checkpoint-signing key at {}: give --public-key (as `travelmap audit public-key` \
-             prints it where the service runs); a checkpoint's own key proves nothing",
+            "no checkpoint-signing key at {}: the service makes it on its first start, or reads \
+             it from audit_signing_key_file; to verify a checkpoint elsewhere, give --public-key \
+             as `travelmap audit public-key` prints it where the service runs",
             path.display()
         );
     }
     let key = settings::checkpoint_key(configured, data_dir)?;
-    eprintln!(
-        "checking the checkpoint against this service's key ({}); to check against a key kept \
-         elsewhere, give --public-key",
-        path.display()
-    );
     Ok(hex::encode(key.verifying_key().as_bytes()))
 }
 
