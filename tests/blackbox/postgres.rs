@@ -334,6 +334,15 @@ async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
         "{}",
         String::from_utf8_lossy(&replayed.stderr)
     );
+    // A database is a deployment: a replay without its configuration would be logged under a
+    // sandbox's local admin, so it is refused.
+    let unconfigured = crate::support::travelmap_command()
+        .args(["--store", &url, "replay", "--client", &client.to_string()])
+        .env_remove("TRAVELMAP_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!unconfigured.status.success());
+    assert!(unconfigured.stdout.is_empty());
     let (status, _) = post(&http, &cluster.address(1), &contact(client)).await;
     assert_eq!(status, StatusCode::CREATED);
     let (intact, report) = verify(&url);

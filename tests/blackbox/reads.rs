@@ -902,11 +902,28 @@ async fn ambiguous_or_unreadable_requests_are_refused_not_guessed_at() {
         .unwrap();
     let problem = expect_problem(latin1, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     assert_eq!(problem["field"], "X-Justification");
-    // A parameter left empty, as a form sends a blank field, is one not given.
+    // A parameter left empty, as a form sends a blank field, is one not given; an unknown one
+    // is refused even empty.
     let blank = app
         .get("/v1/alerts?agency=&kind=&client_id=&status=", ADMIN)
         .await;
     assert_eq!(blank.status(), StatusCode::OK);
+    let problem = expect_problem(
+        app.get("/v1/alerts?agency=&agnecy=", ADMIN).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(problem["field"], "agnecy");
+    // An unknown stream is named as such, whatever filters come with it.
+    let problem = expect_problem(
+        app.get("/v1/subscriptions/feed?stream=bogus&types=job.*", ADMIN)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(problem["field"], "stream");
     // Two resume points are no resume point.
     let twice = app
         .http

@@ -21,6 +21,11 @@ use crate::error::{ApiError, Code};
 pub struct RequestContext {
     pub request_id: Option<String>,
     pub purpose: Option<String>,
+    /// The stated purpose as the trail keeps it: one from the list by its name; anything else,
+    /// which may be any text a caller typed (personal data included), as [`UNLISTED_PURPOSE`],
+    /// since the purpose enters the hash chain as it is and could not be blanked later (and a
+    /// digest of short text can be confirmed by guessing).
+    pub recorded_purpose: Option<String>,
     pub justification: Option<String>,
 }
 
@@ -60,11 +65,21 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
                 format!("a justification is at most {MAX_JUSTIFICATION_CHARS} characters"),
             ));
         }
+        let purpose = header("X-Purpose")?.map(str::to_owned);
+        // A purpose not on the list is recorded as `unlisted` (see `recorded_purpose`); worked
+        // out once here, not for every entry a read writes.
+        let recorded_purpose = purpose.as_ref().map(|stated| {
+            if parse_purpose(stated).is_some() {
+                stated.clone()
+            } else {
+                UNLISTED_PURPOSE.to_owned()
+            }
+        });
         Ok(Self {
-            // Bounded, so that a header cannot flood the log. (A purpose not on the list is
-            // kept only as its digest, see `RequestContext::record`.)
+            // Bounded, so that a header cannot flood the log.
             request_id: header("X-Request-Id")?.map(|id| id.chars().take(200).collect()),
-            purpose: header("X-Purpose")?.map(str::to_owned),
+            purpose,
+            recorded_purpose,
             justification: justification.map(str::to_owned),
         })
     }
@@ -80,18 +95,6 @@ pub struct Logged<'a> {
 }
 
 impl RequestContext {
-    /// The stated purpose as the trail keeps it: one from the list by its name; anything else,
-    /// which may be any text a caller typed (personal data included), as [`UNLISTED_PURPOSE`],
-    /// since the purpose enters the hash chain as it is and could not be blanked later (and a
-    /// digest of short text can be confirmed by guessing).
-    fn recorded_purpose(&self) -> Option<String> {
-        let stated = self.purpose.as_deref()?;
-        Some(match self.purpose() {
-            Ok(_) => stated.to_owned(),
-            Err(_) => UNLISTED_PURPOSE.to_owned(),
-        })
-    }
-
     pub fn record(&self, caller: &Caller, outcome: Outcome, logged: Logged<'_>) -> AuditRecord {
         AuditRecord {
             at: now(),
@@ -100,7 +103,7 @@ impl RequestContext {
             actor: None,
             operation: logged.operation,
             client_id: logged.client,
-            purpose: self.recorded_purpose(),
+            purpose: self.recorded_purpose.clone(),
             justification: self.justification.clone(),
             request_id: self.request_id.clone(),
             outcome,
@@ -131,46 +134,72 @@ pub const RECORDING_PATIENCE: std::time::Duration = std::time::Duration::from_se
 /// How often entries that could not be written in time are tried again, in the background.
 const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Writes a write's entries, which run beside its commit (see `Journeys::record_logged`): the
-/// events may be committed whatever the trail does, so their entries must follow them. Failed
-/// appends are retried for [`RECORDING_PATIENCE`]; after that the request is answered `503`
-/// and the entries go on being tried in the background until they are written (each failure
-/// logged with the events they name), so a trail that comes back gets them.
-pub async fn write_recorded(state: &AppState, records: Vec<AuditRecord>) -> Result<(), ApiError> {
+/// Writes a write's entries beside its commit (see `Journeys::record_logged`): one attempt, while
+/// the client's turn is held; the entries come back if it fails, for [`settle_recorded`] to
+/// retry once the turn is given up, so that a trail in trouble does not hold up every write of
+/// the same clients.
+pub async fn try_recorded(
+    state: &AppState,
+    records: Vec<AuditRecord>,
+) -> Result<(), Vec<AuditRecord>> {
     if records.is_empty() {
         return Ok(());
     }
-    let audit = state.audit.clone();
-    match travelmap_store::append_patiently(audit.as_ref(), records, RECORDING_PATIENCE).await {
+    match state.audit.append(records.clone()).await {
         Ok(_) => Ok(()),
-        Err((error, records)) => {
-            let named: Vec<String> = records
-                .iter()
-                .filter_map(|record| record.returned.clone())
-                .collect();
-            tracing::error!(%error, events = ?named, "a write's audit entries are not written yet; retrying in the background");
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(RETRY_EVERY).await;
-                    match audit.append(records.clone()).await {
-                        Ok(_) => {
-                            tracing::info!(events = ?named, "a write's delayed audit entries are written");
-                            return;
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, events = ?named, "a write's audit entries are still not written");
-                        }
-                    }
-                }
-            });
-            Err(ApiError::new(
-                Code::Unavailable,
-                "the audit trail cannot be written just now; the events may have been recorded, \
-                 and if so their entries are written as soon as the trail can be: retry the \
-                 request, which is answered with the original receipts once recorded",
-            ))
+        Err(error) => {
+            tracing::warn!(%error, "could not write a write's audit entries; retrying");
+            Err(records)
         }
     }
+}
+
+/// Settles what [`try_recorded`] left: the events may be committed whatever the trail did, so
+/// their entries must follow them. They are retried for [`RECORDING_PATIENCE`]; past that the
+/// request is answered `503` and they go on being tried in the background until written or the
+/// service stops (each failure logged with the events they name).
+pub async fn settle_recorded(
+    state: &AppState,
+    tried: Result<(), Vec<AuditRecord>>,
+) -> Result<(), ApiError> {
+    let Err(records) = tried else {
+        return Ok(());
+    };
+    let audit = state.audit.clone();
+    let Err((error, records)) =
+        travelmap_store::append_patiently(audit.as_ref(), records, RECORDING_PATIENCE).await
+    else {
+        return Ok(());
+    };
+    let named: Vec<String> = records
+        .iter()
+        .filter_map(|record| record.returned.clone())
+        .collect();
+    tracing::error!(%error, events = ?named, "a write's audit entries are not written yet; retrying in the background");
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RETRY_EVERY).await;
+            match audit.append(records.clone()).await {
+                Ok(_) => {
+                    tracing::info!(events = ?named, "a write's delayed audit entries are written");
+                    return;
+                }
+                Err(travelmap_store::Error::Closed) => {
+                    tracing::error!(events = ?named, "the service stopped before a write's audit entries could be written");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, events = ?named, "a write's audit entries are still not written");
+                }
+            }
+        }
+    });
+    Err(ApiError::new(
+        Code::Unavailable,
+        "the audit trail cannot be written just now; the events may have been recorded, and if \
+         so their entries are written as soon as the trail can be: retry the request, which is \
+         answered with the original receipts once recorded",
+    ))
 }
 
 /// Logs one operation, with its outcome.
@@ -374,6 +403,11 @@ fn now() -> DateTime<Utc> {
         .unwrap_or_else(|_| Utc::now())
 }
 
+/// The purpose named `stated`, if it is one of the list.
+fn parse_purpose(stated: &str) -> Option<Purpose> {
+    serde_json::from_value(serde_json::Value::String(stated.to_owned())).ok()
+}
+
 /// The purposes a read may state in `X-Purpose`.
 pub const PURPOSES: &str =
     "case_management, supervision, service_delivery, audit, statistics, subject_access, emergency";
@@ -388,7 +422,7 @@ impl RequestContext {
             )
             .with_field("X-Purpose"));
         };
-        serde_json::from_value(serde_json::Value::String(stated.clone())).map_err(|_| {
+        parse_purpose(stated).ok_or_else(|| {
             ApiError::new(
                 Code::PurposeRequired,
                 format!("X-Purpose `{stated}` is not one of {PURPOSES}"),

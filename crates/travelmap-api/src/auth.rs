@@ -126,9 +126,6 @@ impl Authenticator {
         self
     }
 
-    /// Refuses an involvement or consent that names an agency the configuration does not
-    /// declare: it would open or end access for an agency that does not take part (a typo, or
-    /// an invented one), and need-to-know is decided from exactly these events.
     /// Whether `agency` may be asked about: one the configuration declares (any where it
     /// declares none). A misspelt agency in a caseload or alert query would otherwise read as
     /// an agency with nothing to do.
@@ -145,6 +142,9 @@ impl Authenticator {
         }
     }
 
+    /// Refuses an involvement or consent that names an agency the configuration does not
+    /// declare: it would open or end access for an agency that does not take part (a typo, or
+    /// an invented one), and need-to-know is decided from exactly these events.
     pub fn check_named_agency(&self, event: &JourneyEvent) -> Result<(), ApiError> {
         let (Some(agencies), Some((named, field))) = (&self.agencies, event.named_agency()) else {
             return Ok(());

@@ -182,29 +182,43 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let raw = parts.uri.query().unwrap_or_default();
         // A parameter with an empty value (`?agency=`, as a form sends a field left blank) is
-        // one not given, for every parameter alike.
+        // one not given, for every parameter alike; but an unknown one is refused even empty
+        // (`?afer=`), so the whole query is read once for its names first.
+        let blanks = form_urlencoded::parse(raw.as_bytes()).any(|(_, value)| value.is_empty());
+        if blanks
+            && let Err(error) = serde_path_to_error::deserialize::<_, T>(
+                serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes())),
+            )
+            && error.inner().to_string().starts_with("unknown field")
+        {
+            return Err(query_problem(&error));
+        }
         let query = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(
-                form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
-                    .filter(|(_, value)| !value.is_empty()),
+                form_urlencoded::parse(raw.as_bytes()).filter(|(_, value)| !value.is_empty()),
             )
             .finish();
         let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(pairs)
             .map(Query)
-            .map_err(|error| {
-                let inner = error.inner().to_string();
-                // A parameter that is unknown or given twice fails at the level of the whole
-                // query, whose path is `.`; serde names the parameter in its message.
-                let field = match error.path().to_string() {
-                    root if root == "." => quoted_name(&inner).unwrap_or(root),
-                    field => field,
-                };
-                let detail = format!("query parameter `{field}`: {inner}");
-                ApiError::invalid_parameter(&field, detail)
-            })
+            .map_err(|error| query_problem(&error))
     }
+}
+
+/// The answer to a query that does not deserialise: `400 invalid_parameter` naming the
+/// parameter.
+fn query_problem(error: &serde_path_to_error::Error<serde::de::value::Error>) -> ApiError {
+    let inner = error.inner().to_string();
+    // A parameter that is unknown or given twice fails at the level of the whole query, whose
+    // path is `.`; serde names the parameter in its message.
+    let field = match error.path().to_string() {
+        root if root == "." => quoted_name(&inner).unwrap_or(root),
+        field => field,
+    };
+    let detail = format!("query parameter `{field}`: {inner}");
+    ApiError::invalid_parameter(&field, detail)
 }
 
 /// The first name quoted in backticks in one of serde's messages (``unknown field `x`, ...``).

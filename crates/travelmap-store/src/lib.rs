@@ -359,6 +359,8 @@ pub async fn append_patiently(
     loop {
         match audit.append(records.clone()).await {
             Ok(numbers) => return Ok(numbers),
+            // A closed trail (the service is stopping) does not come back.
+            Err(error) if matches!(error, Error::Closed) => return Err((error, records)),
             Err(error) if tokio::time::Instant::now() + pause < deadline => {
                 tracing::warn!(%error, "could not write the audit trail; retrying");
                 tokio::time::sleep(pause).await;

@@ -288,7 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { file, credential } => {
             let (provenance, kind, authenticator) =
-                import_provenance(config.as_ref(), credential.as_deref())?;
+                import_provenance(config.as_ref(), credential.as_deref(), &location)?;
             commands::import(
                 &location,
                 &file,
@@ -317,6 +317,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 credential.as_deref(),
                 &[Role::Auditor, Role::Dpo],
                 "read as",
+                &location,
             )?;
             let reader = commands::Reader {
                 provenance: reader,
@@ -447,9 +448,10 @@ fn local_authenticator(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Au
 fn import_provenance(
     config: Option<&(PathBuf, ConfigFile)>,
     credential: Option<&str>,
+    location: &travelmap_store::Location,
 ) -> anyhow::Result<(Provenance, Option<AgencyKind>, Option<Authenticator>)> {
     let (provenance, kind) =
-        configured_provenance(config, credential, &[Role::Writer], "import as")?;
+        configured_provenance(config, credential, &[Role::Writer], "import as", location)?;
     // The same checks as `serve`, so that an import cannot record what the API would refuse.
     let authenticator = config
         .map(|(path, file)| file.authenticator(path))
@@ -464,8 +466,15 @@ fn configured_provenance(
     credential: Option<&str>,
     roles: &[Role],
     acting: &str,
+    location: &travelmap_store::Location,
 ) -> anyhow::Result<(Provenance, Option<AgencyKind>)> {
     let Some((path, file)) = config else {
+        // A database is a deployment, not a newcomer's sandbox: its trail must name who acted.
+        if matches!(location, travelmap_store::Location::Postgres(_)) {
+            anyhow::bail!(
+                "on PostgreSQL, give the deployment's --config and a --credential to {acting}"
+            );
+        }
         if let Some(id) = credential {
             anyhow::bail!(
                 "--credential {id} names a credential of a configuration: give --config too \

@@ -86,7 +86,7 @@ pub async fn post_event(
         .record_logged(
             &caller.provenance(),
             &submissions,
-            audit::write_recorded(&state, vec![entry]),
+            audit::try_recorded(&state, vec![entry]),
         )
         .await;
     let (outcomes, logged) = match recorded {
@@ -96,7 +96,7 @@ pub async fn post_event(
             return Err(ApiError::from(error).at_index(None));
         }
     };
-    logged?;
+    audit::settle_recorded(&state, logged).await?;
     let outcome = &outcomes[0];
     let status = if outcome.created {
         StatusCode::CREATED
@@ -213,7 +213,7 @@ pub async fn post_batch(
         .record_logged(
             &caller.provenance(),
             &submissions,
-            audit::write_recorded(&state, entries),
+            audit::try_recorded(&state, entries),
         )
         .await;
     let (outcomes, logged) = match recorded {
@@ -223,7 +223,7 @@ pub async fn post_batch(
             return Err(error.into());
         }
     };
-    logged?;
+    audit::settle_recorded(&state, logged).await?;
     let status = if outcomes.iter().any(|outcome| outcome.created) {
         StatusCode::CREATED
     } else {

@@ -156,10 +156,16 @@ pub async fn feed(
             ("agency", query.agency.is_some()),
             ("kind", query.kind.is_some()),
         ],
-        _ => [
+        Some("alerts") => [
             ("types", query.types.is_some()),
             ("after", query.after.is_some()),
         ],
+        Some(other) => {
+            return Err(ApiError::invalid_parameter(
+                "stream",
+                format!("`{other}` is not a stream; `events` or `alerts`"),
+            ));
+        }
     };
     if let Some((name, _)) = not_taken.into_iter().find(|(_, given)| *given) {
         let stream = query.stream.as_deref().unwrap_or("events");
@@ -325,14 +331,43 @@ impl NamedRecipients {
             context.purpose.clone().unwrap_or_default(),
             things,
         );
-        let mut recipients = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut recipients = self.lock();
+        if !recipients.contains_key(&recipient) {
+            // A new recipient: forget those that have had nothing sent within the hour, so
+            // that recipients that come and go (tokens, say) are not remembered for ever.
+            recipients.retain(|_, named| now.duration_since(named.since) < RENAME_AFTER);
+        }
         recipients
             .entry(recipient)
             .or_insert_with(|| NamedClients::new(now))
             .fresh(now, things, items)
+    }
+
+    /// Undoes [`Self::fresh`] for `named` when their entries could not be written: the next
+    /// batch that sends their data names them again.
+    fn forget(
+        &self,
+        caller: &Caller,
+        context: &RequestContext,
+        things: &'static str,
+        named: &[(ClientId, Option<String>)],
+    ) {
+        let recipient = (
+            caller.0.id.clone(),
+            context.purpose.clone().unwrap_or_default(),
+            things,
+        );
+        if let Some(clients) = self.lock().get_mut(&recipient) {
+            for (client, _) in named {
+                clients.clients.remove(client);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Recipient, NamedClients>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -403,7 +438,8 @@ fn journey_events(
                     .map(|event| (event.draft.client_id, event.draft.id.to_string())),
             );
             let returned = audit::returned_events(&events);
-            if !logged_batch(&state, &caller, &context, returned, per_client).await {
+            if !logged_batch(&state, &caller, &context, returned, per_client.clone()).await {
+                state.named.forget(&caller, &context, "events", &per_client);
                 return None;
             }
             // A busy audit trail (many subscribers on a busy feed) makes the stream gather for
@@ -557,7 +593,8 @@ fn alert_notices(
                         .iter()
                         .map(|(_, _, alert, _)| (alert.client_id, alert.id.to_string())),
                 );
-                if !logged_batch(&state, &caller, &context, returned, per_client).await {
+                if !logged_batch(&state, &caller, &context, returned, per_client.clone()).await {
+                    state.named.forget(&caller, &context, "alerts", &per_client);
                     return None;
                 }
             }
