@@ -1042,24 +1042,27 @@ async fn replay_beside_a_running_server_is_logged_in_its_trail() {
         StatusCode::CREATED
     );
     let trail = trail_at(&server.address, client).await;
-    let actions: Vec<(&str, &str)> = trail
+    let actions: Vec<(&str, &str, &str)> = trail
         .iter()
         .map(|entry| {
             (
                 entry["action"].as_str().unwrap(),
                 entry["credential"].as_str().unwrap(),
+                entry["outcome"].as_str().unwrap(),
             )
         })
         .collect();
+    // The writer's refused replay is logged as denied, as the same refusal over HTTP would be.
     assert_eq!(
         actions,
         [
-            ("POST /v1/events", "opava-prison-system"),
-            ("travelmap replay", "dpo-office"),
-            ("POST /v1/events", "opava-prison-system"),
+            ("POST /v1/events", "opava-prison-system", "allowed"),
+            ("travelmap replay", "opava-prison-system", "denied"),
+            ("travelmap replay", "dpo-office", "allowed"),
+            ("POST /v1/events", "opava-prison-system", "allowed"),
         ]
     );
-    assert_eq!(trail[1]["purpose"], "audit");
+    assert_eq!(trail[2]["purpose"], "audit");
     server.signal("TERM");
     assert!(server.wait().success());
     let verified = travelmap_command()

@@ -194,6 +194,27 @@ pub async fn import(
     Ok(())
 }
 
+/// Appends one entry from an offline command: beside a running server on the embedded store
+/// (see `SqliteAuditLog::append_beside`; nothing is written where there is no trail yet), or
+/// to the database's trail.
+pub async fn log_offline(location: &Location, record: AuditRecord) -> anyhow::Result<()> {
+    match location {
+        Location::Embedded(data_dir) => {
+            let path = data_dir.join("audit.sqlite");
+            if path.exists() {
+                SqliteAuditLog::append_beside(&path, &[record])?;
+            }
+        }
+        Location::Postgres(url) => {
+            let store = PgStore::connect(url, Migrations::Require).await?;
+            let logged = store.audit.append(vec![record]).await;
+            store.close().await;
+            logged?;
+        }
+    }
+    Ok(())
+}
+
 /// Who replays a client's history, and why: the read is logged under them.
 pub struct Reader {
     pub provenance: Provenance,

@@ -288,7 +288,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { file, credential } => {
             let (provenance, kind, authenticator) =
-                import_provenance(config.as_ref(), credential.as_deref(), &location)?;
+                match import_provenance(config.as_ref(), credential.as_deref(), &location) {
+                    Ok(acting) => acting,
+                    Err(error) => {
+                        return Err(refused(
+                            error,
+                            &location,
+                            travelmap_domain::audit::Operation::Collection,
+                            None,
+                            commands::IMPORT_ACTION,
+                        )
+                        .await);
+                    }
+                };
             commands::import(
                 &location,
                 &file,
@@ -312,13 +324,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             credential,
             purpose,
         } => {
-            let (reader, _) = configured_provenance(
+            let reader = match configured_provenance(
                 config.as_ref(),
                 credential.as_deref(),
                 &[Role::Auditor, Role::Dpo],
                 "read as",
                 &location,
-            )?;
+            ) {
+                Ok((reader, _)) => reader,
+                Err(error) => {
+                    return Err(refused(
+                        error,
+                        &location,
+                        travelmap_domain::audit::Operation::Consultation,
+                        Some(client),
+                        commands::REPLAY_ACTION,
+                    )
+                    .await);
+                }
+            };
             let reader = commands::Reader {
                 provenance: reader,
                 purpose,
@@ -459,6 +483,45 @@ fn import_provenance(
     Ok((provenance, kind, authenticator))
 }
 
+/// An offline command refused because its credential lacks the role: logged as denied, like
+/// the same refusal over HTTP.
+#[derive(Debug, thiserror::Error)]
+#[error("credential `{}` lacks the {roles} role", provenance.credential)]
+struct LacksRole {
+    provenance: Provenance,
+    roles: String,
+}
+
+/// Logs `error` as a denied `operation` if it is a [`LacksRole`] refusal, then returns it.
+async fn refused(
+    error: anyhow::Error,
+    location: &travelmap_store::Location,
+    operation: travelmap_domain::audit::Operation,
+    client: Option<ClientId>,
+    action: &str,
+) -> anyhow::Error {
+    if let Some(LacksRole { provenance, .. }) = error.downcast_ref::<LacksRole>() {
+        let record = travelmap_domain::audit::AuditRecord {
+            at: Utc::now(),
+            credential: provenance.credential.clone(),
+            agency: provenance.agency.clone(),
+            actor: None,
+            operation,
+            client_id: client,
+            purpose: None,
+            justification: None,
+            request_id: None,
+            outcome: travelmap_domain::audit::Outcome::Denied,
+            action: action.to_owned(),
+            returned: None,
+        };
+        if let Err(logging) = commands::log_offline(location, record).await {
+            return error.context(format!("and the refusal could not be logged: {logging:#}"));
+        }
+    }
+    error
+}
+
 /// Who an offline command acts as: the configured credential named `credential`, which must
 /// hold one of `roles`, with its agency's kind; without a configuration, the local admin.
 fn configured_provenance(
@@ -503,7 +566,13 @@ fn configured_provenance(
             .iter()
             .map(|role| format!("{role:?}").to_lowercase())
             .collect();
-        anyhow::bail!("credential `{id}` lacks the {} role", names.join(" or "));
+        return Err(anyhow::Error::new(LacksRole {
+            provenance: Provenance {
+                agency: entry.agency.clone(),
+                credential: entry.id.clone(),
+            },
+            roles: names.join(" or "),
+        }));
     }
     let kind = file
         .agencies
