@@ -257,19 +257,26 @@ pub fn by_client(
     things: &str,
     items: impl IntoIterator<Item = (ClientId, String)>,
 ) -> Vec<(ClientId, Option<String>)> {
-    let mut order: Vec<(ClientId, Vec<String>)> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    for (client, id) in items {
-        let at = *index.entry(client).or_insert_with(|| {
-            order.push((client, Vec::new()));
-            order.len() - 1
-        });
-        order[at].1.push(id);
-    }
-    order
+    grouped(items)
         .into_iter()
         .map(|(client, ids)| (client, returned_named(things, &ids)))
         .collect()
+}
+
+/// `items`' values grouped by key, each key once, in the order keys first appear.
+fn grouped<K: Copy + Eq + std::hash::Hash, V>(
+    items: impl IntoIterator<Item = (K, V)>,
+) -> Vec<(K, Vec<V>)> {
+    let mut groups: Vec<(K, Vec<V>)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (key, value) in items {
+        let at = *index.entry(key).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[at].1.push(value);
+    }
+    groups
 }
 
 /// Names the ids of `things` a read returned: events by their ids alone (as [`returned_ids`]),
@@ -295,26 +302,13 @@ pub fn operation_of(submission: &travelmap_service::Submission) -> Operation {
 pub fn recorded_by_client(
     submissions: &[travelmap_service::Submission],
 ) -> Vec<(ClientId, Operation, Option<String>)> {
-    let mut recorded: Vec<(ClientId, Operation, Vec<String>)> = Vec::new();
-    let mut entry_of = std::collections::HashMap::new();
-    for submission in submissions {
+    grouped(submissions.iter().map(|submission| {
         let key = (submission.draft.client_id, operation_of(submission));
-        let at = *entry_of.entry(key).or_insert_with(|| {
-            recorded.push((key.0, key.1, Vec::new()));
-            recorded.len() - 1
-        });
-        recorded[at].2.push(submission.draft.id.to_string());
-    }
-    recorded
-        .into_iter()
-        .map(|(client, operation, ids)| {
-            (
-                client,
-                operation,
-                returned_ids(ids.iter().map(String::as_str)),
-            )
-        })
-        .collect()
+        (key, submission.draft.id.to_string())
+    }))
+    .into_iter()
+    .map(|((client, operation), ids)| (client, operation, returned_named("events", &ids)))
+    .collect()
 }
 
 /// The submission a write was refused for because its client's processing is restricted or
@@ -354,14 +348,7 @@ pub fn returned_clients(clients: impl IntoIterator<Item = ClientId>) -> Option<S
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let few = ids.len() <= 10;
-    returned_things("clients", ids.iter().map(String::as_str)).map(|named| {
-        if few {
-            format!("clients {named}")
-        } else {
-            named
-        }
-    })
+    returned_named("clients", &ids)
 }
 
 /// Checks the caller's roles; a refusal is logged as a denied `logged` operation.

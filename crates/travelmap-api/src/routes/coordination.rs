@@ -265,10 +265,7 @@ pub async fn alerts(
     };
     audit::require(&state, &caller, &context, &READERS, logged(None)).await?;
     audit::purpose(&state, &caller, &context, logged(None)).await?;
-    let filter = alert_filter(&caller, &query)?;
-    if let Some(agency) = &query.agency {
-        state.authenticator.check_agency(agency, "agency")?;
-    }
+    let filter = alert_filter(&state, &caller, &query)?;
     if !reads_all_agencies(&caller) && filter.agency.as_deref() != Some(caller.0.agency.as_str()) {
         audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
         return Err(ApiError::new(
@@ -304,8 +301,13 @@ pub async fn alerts(
     }))
 }
 
-/// The filter a query asks for, with a coordinator's agency filled in.
-pub(crate) fn alert_filter(caller: &Caller, query: &AlertQuery) -> Result<AlertFilter, ApiError> {
+/// The filter a query asks for, with a coordinator's agency filled in (an agency the
+/// configuration does not declare is `404`).
+pub(crate) fn alert_filter(
+    state: &AppState,
+    caller: &Caller,
+    query: &AlertQuery,
+) -> Result<AlertFilter, ApiError> {
     let kind = query
         .kind
         .as_deref()
@@ -332,7 +334,10 @@ pub(crate) fn alert_filter(caller: &Caller, query: &AlertQuery) -> Result<AlertF
         }
     };
     let agency = match &query.agency {
-        Some(agency) => Some(agency.clone()),
+        Some(agency) => {
+            state.authenticator.check_agency(agency, "agency")?;
+            Some(agency.clone())
+        }
         None if !reads_all_agencies(caller) => Some(caller.0.agency.clone()),
         None => None,
     };

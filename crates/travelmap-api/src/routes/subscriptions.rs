@@ -151,15 +151,21 @@ pub async fn feed(
         .or(query.last_event_id.as_deref().map(str::trim));
     // A filter the chosen stream does not take would be dropped silently, sending more than
     // was asked for: refused instead, like any parameter an endpoint does not take.
-    let not_taken = match query.stream.as_deref() {
-        None | Some("events") => [
-            ("agency", query.agency.is_some()),
-            ("kind", query.kind.is_some()),
-        ],
-        Some("alerts") => [
-            ("types", query.types.is_some()),
-            ("after", query.after.is_some()),
-        ],
+    let (stream, not_taken) = match query.stream.as_deref() {
+        None | Some("events") => (
+            Stream::Events,
+            [
+                ("agency", query.agency.is_some()),
+                ("kind", query.kind.is_some()),
+            ],
+        ),
+        Some("alerts") => (
+            Stream::Alerts,
+            [
+                ("types", query.types.is_some()),
+                ("after", query.after.is_some()),
+            ],
+        ),
         Some(other) => {
             return Err(ApiError::invalid_parameter(
                 "stream",
@@ -174,8 +180,8 @@ pub async fn feed(
             format!("`{name}` is not a filter of the `{stream}` stream"),
         ));
     }
-    let events = match query.stream.as_deref() {
-        None | Some("events") => {
+    let events = match stream {
+        Stream::Events => {
             let scope = Scope {
                 agency: (!reads_all_agencies(&caller)).then(|| caller.0.agency.clone()),
                 purpose,
@@ -198,7 +204,7 @@ pub async fn feed(
             audit::log(&state, &caller, &context, Outcome::Allowed, logged(None)).await?;
             journey_events(state.clone(), caller, context, scope, after)
         }
-        Some("alerts") => {
+        Stream::Alerts => {
             // The same readers as `GET /v1/alerts`: coordinators, not agency systems.
             audit::require(
                 &state,
@@ -208,10 +214,8 @@ pub async fn feed(
                 logged(None),
             )
             .await?;
-            if let Some(agency) = &query.agency {
-                state.authenticator.check_agency(agency, "agency")?;
-            }
             let filter = alert_filter(
+                &state,
                 &caller,
                 &AlertQuery {
                     agency: query.agency.clone(),
@@ -235,12 +239,6 @@ pub async fn feed(
             }
             audit::log(&state, &caller, &context, Outcome::Allowed, logged(None)).await?;
             alert_notices(state.clone(), caller, context, filter, last_event_id)
-        }
-        Some(other) => {
-            return Err(ApiError::invalid_parameter(
-                "stream",
-                format!("`{other}` is not a stream; `events` or `alerts`"),
-            ));
         }
     };
     let mut stopping = state.stopping.clone();
@@ -315,6 +313,20 @@ pub struct NamedRecipients(std::sync::Mutex<HashMap<Recipient, NamedClients>>);
 /// follows journey events or alerts.
 type Recipient = (String, String, &'static str);
 
+fn recipient(caller: &Caller, context: &RequestContext, things: &'static str) -> Recipient {
+    (
+        caller.0.id.clone(),
+        context.purpose.clone().unwrap_or_default(),
+        things,
+    )
+}
+
+/// The two streams the live feed offers.
+enum Stream {
+    Events,
+    Alerts,
+}
+
 impl NamedRecipients {
     /// [`NamedClients::fresh`] for the streams of `things` that `caller` follows for the purpose
     /// `context` states.
@@ -326,11 +338,7 @@ impl NamedRecipients {
         items: impl IntoIterator<Item = (ClientId, String)>,
     ) -> Vec<(ClientId, Option<String>)> {
         let now = Instant::now();
-        let recipient = (
-            caller.0.id.clone(),
-            context.purpose.clone().unwrap_or_default(),
-            things,
-        );
+        let recipient = recipient(caller, context, things);
         let mut recipients = self.lock();
         if !recipients.contains_key(&recipient) {
             // A new recipient: forget those that have had nothing sent within the hour, so
@@ -352,11 +360,7 @@ impl NamedRecipients {
         things: &'static str,
         named: &[(ClientId, Option<String>)],
     ) {
-        let recipient = (
-            caller.0.id.clone(),
-            context.purpose.clone().unwrap_or_default(),
-            things,
-        );
+        let recipient = recipient(caller, context, things);
         if let Some(clients) = self.lock().get_mut(&recipient) {
             for (client, _) in named {
                 clients.clients.remove(client);
