@@ -128,7 +128,17 @@ pub async fn import(
             let entries = travelmap_api::audit::recorded_by_client(&batch)
                 .into_iter()
                 .map(|(client, operation, returned)| {
-                    import_record(&provenance, client, operation, Outcome::Allowed, returned)
+                    offline_record(
+                        &provenance,
+                        Outcome::Allowed,
+                        OfflineLogged {
+                            operation,
+                            client: Some(client),
+                            purpose: None,
+                            action: IMPORT_ACTION,
+                            returned,
+                        },
+                    )
                 })
                 .collect();
             let recorded = journeys
@@ -158,12 +168,16 @@ pub async fn import(
                     if let Some(refused) =
                         travelmap_api::audit::refused_for_protection(&error, &batch)
                     {
-                        let denied = import_record(
+                        let denied = offline_record(
                             &provenance,
-                            refused.draft.client_id,
-                            travelmap_api::audit::operation_of(refused),
                             Outcome::Denied,
-                            None,
+                            OfflineLogged {
+                                operation: travelmap_api::audit::operation_of(refused),
+                                client: Some(refused.draft.client_id),
+                                purpose: None,
+                                action: IMPORT_ACTION,
+                                returned: None,
+                            },
                         );
                         audit.append(vec![denied]).await?;
                     }
@@ -195,15 +209,11 @@ pub async fn import(
 }
 
 /// Appends one entry from an offline command: beside a running server on the embedded store
-/// (see `SqliteAuditLog::append_beside`; nothing is written where there is no trail yet), or
-/// to the database's trail.
+/// (see `SqliteAuditLog::append_beside`), or to the database's trail.
 pub async fn log_offline(location: &Location, record: AuditRecord) -> anyhow::Result<()> {
     match location {
         Location::Embedded(data_dir) => {
-            let path = data_dir.join("audit.sqlite");
-            if path.exists() {
-                SqliteAuditLog::append_beside(&path, &[record])?;
-            }
+            SqliteAuditLog::append_beside(&data_dir.join("audit.sqlite"), &[record])?;
         }
         Location::Postgres(url) => {
             let store = PgStore::connect(url, Migrations::Require).await?;
@@ -232,28 +242,36 @@ pub const REPLAY_ACTION: &str = "travelmap replay";
 /// The action under which imports are logged.
 pub const IMPORT_ACTION: &str = "travelmap import";
 
-/// An import's audit entry: the credential it runs as acts, with no request or stated purpose.
-fn import_record(
+/// What an offline command did, for the audit trail: `logged` as the credential it runs as,
+/// with no request id or justification.
+pub fn offline_record(
     provenance: &Provenance,
-    client: ClientId,
-    operation: Operation,
     outcome: Outcome,
-    returned: Option<String>,
+    logged: OfflineLogged<'_>,
 ) -> AuditRecord {
     AuditRecord {
         at: Utc::now(),
         credential: provenance.credential.clone(),
         agency: provenance.agency.clone(),
         actor: None,
-        operation,
-        client_id: Some(client),
-        purpose: None,
+        operation: logged.operation,
+        client_id: logged.client,
+        purpose: logged.purpose.map(str::to_owned),
         justification: None,
         request_id: None,
         outcome,
-        action: IMPORT_ACTION.to_owned(),
-        returned,
+        action: logged.action.to_owned(),
+        returned: logged.returned,
     }
+}
+
+/// One entry's worth of facts about an offline command (see [`offline_record`]).
+pub struct OfflineLogged<'a> {
+    pub operation: Operation,
+    pub client: Option<ClientId>,
+    pub purpose: Option<&'a str>,
+    pub action: &'a str,
+    pub returned: Option<String>,
 }
 
 fn parse_line(line: &str) -> Result<Submission, String> {
@@ -301,14 +319,10 @@ pub async fn replay(
     masters: MasterKeys,
 ) -> anyhow::Result<()> {
     // Read-only but for the audit trail: the embedded log is opened without the data
-    // directory's lock, and a database is not migrated (a replay changes nothing else). Personal fields are opened with
-    // the keys; where a key was destroyed they read as erased, exactly as the service shows them.
-    // Where the read is logged: the embedded trail's file, or the database it was read from.
-    enum Trail {
-        File(std::path::PathBuf),
-        Database(PgStore),
-    }
-    let (events, trail) = match location {
+    // directory's lock, and a database is not migrated (a replay changes nothing else).
+    // Personal fields are opened with the keys; where a key was destroyed they read as erased,
+    // exactly as the service shows them.
+    let events = match location {
         Location::Embedded(data_dir) => {
             let log = SqliteEventLog::open_read_only(&data_dir.join("events.sqlite"))?;
             let key_store = data_dir.join("keys.sqlite");
@@ -322,10 +336,9 @@ pub async fn replay(
             }
             let keys = SqliteKeyStore::open(&key_store)?;
             let keyring = Arc::new(Keyring::open(Arc::new(keys), masters).await?);
-            let events = SealedLog::new(Arc::new(log), keyring)
+            SealedLog::new(Arc::new(log), keyring)
                 .read_stream(client, as_of)
-                .await?;
-            (events, Trail::File(data_dir.join("audit.sqlite")))
+                .await?
         }
         Location::Postgres(url) => {
             let store = PgStore::connect(url, Migrations::Require).await?;
@@ -333,13 +346,8 @@ pub async fn replay(
             let events = SealedLog::new(store.log.clone(), keyring)
                 .read_stream(client, as_of)
                 .await;
-            match events {
-                Ok(events) => (events, Trail::Database(store)),
-                Err(error) => {
-                    store.close().await;
-                    return Err(error.into());
-                }
-            }
+            store.close().await;
+            events?
         }
     };
     if events.is_empty() {
@@ -352,29 +360,20 @@ pub async fn replay(
         );
     }
     // Logged before anything is printed, like a read through the API: no entry, no output.
-    let record = AuditRecord {
-        at: Utc::now(),
-        credential: reader.provenance.credential.clone(),
-        agency: reader.provenance.agency.clone(),
-        actor: None,
-        operation: Operation::Consultation,
-        client_id: Some(client),
-        purpose: Some(reader.purpose.clone()),
-        justification: None,
-        request_id: None,
-        outcome: Outcome::Allowed,
-        action: REPLAY_ACTION.to_owned(),
-        returned: travelmap_api::audit::returned_events(&events),
-    };
-    let logged = match trail {
-        Trail::Database(store) => {
-            let logged = store.audit.append(vec![record]).await.map(drop);
-            store.close().await;
-            logged
-        }
-        Trail::File(path) => SqliteAuditLog::append_beside(&path, &[record]).map(drop),
-    };
-    logged.context("logging the replay in the audit trail")?;
+    let record = offline_record(
+        &reader.provenance,
+        Outcome::Allowed,
+        OfflineLogged {
+            operation: Operation::Consultation,
+            client: Some(client),
+            purpose: Some(&reader.purpose),
+            action: REPLAY_ACTION,
+            returned: travelmap_api::audit::returned_events(&events),
+        },
+    );
+    log_offline(location, record)
+        .await
+        .context("logging the replay in the audit trail")?;
     let now = as_of.unwrap_or_else(Utc::now);
     let map = ClientState::from_history(client, events.iter().cloned()).travel_map(now);
     let mut out = std::io::stdout().lock();

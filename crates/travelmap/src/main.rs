@@ -501,20 +501,17 @@ async fn refused(
     action: &str,
 ) -> anyhow::Error {
     if let Some(LacksRole { provenance, .. }) = error.downcast_ref::<LacksRole>() {
-        let record = travelmap_domain::audit::AuditRecord {
-            at: Utc::now(),
-            credential: provenance.credential.clone(),
-            agency: provenance.agency.clone(),
-            actor: None,
-            operation,
-            client_id: client,
-            purpose: None,
-            justification: None,
-            request_id: None,
-            outcome: travelmap_domain::audit::Outcome::Denied,
-            action: action.to_owned(),
-            returned: None,
-        };
+        let record = commands::offline_record(
+            provenance,
+            travelmap_domain::audit::Outcome::Denied,
+            commands::OfflineLogged {
+                operation,
+                client,
+                purpose: None,
+                action,
+                returned: None,
+            },
+        );
         if let Err(logging) = commands::log_offline(location, record).await {
             return error.context(format!("and the refusal could not be logged: {logging:#}"));
         }
@@ -562,10 +559,7 @@ fn configured_provenance(
         .find(|entry| entry.id == id)
         .with_context(|| format!("no credential `{id}` in {}", path.display()))?;
     if !roles.iter().any(|role| entry.roles.contains(role)) {
-        let names: Vec<String> = roles
-            .iter()
-            .map(|role| format!("{role:?}").to_lowercase())
-            .collect();
+        let names: Vec<String> = roles.iter().map(Role::to_string).collect();
         return Err(anyhow::Error::new(LacksRole {
             provenance: Provenance {
                 agency: entry.agency.clone(),
