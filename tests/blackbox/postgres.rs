@@ -366,7 +366,8 @@ async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
 
 /// A write's audit entries follow its committed events even when the trail fails for a while:
 /// retried while the request waits, and, past that, answered `503` and written in the
-/// background once the trail is back; never a recorded event without its entry.
+/// background once the trail is back, or when the service stops; never a recorded event without
+/// its entry.
 #[tokio::test]
 async fn a_write_recorded_while_the_trail_fails_gets_its_entry_once_it_is_back() {
     let cluster = Cluster::start(1).await;
@@ -439,6 +440,32 @@ async fn a_write_recorded_while_the_trail_fails_gets_its_entry_once_it_is_back()
     // The sender's retry is answered with the original receipt.
     let (status, _) = post(&http, &cluster.address(0), &second).await;
     assert_eq!(status, StatusCode::OK);
+
+    // Down until the service is told to stop: the stop writes the deferred entries before the
+    // process exits, without waiting for the next background retry.
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit_entries
+             FOR EACH ROW EXECUTE FUNCTION refuse_entries();",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let third = contact(client);
+    let (status, _) = post(&http, &cluster.address(0), &third).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    sqlx::raw_sql(DROP).execute(&mut connection).await.unwrap();
+    let mut cluster = cluster;
+    let server = cluster.servers.pop().unwrap();
+    server.signal("TERM");
+    assert!(server.wait().success());
+    let (written,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM audit_entries WHERE operation = 'collection' AND returned = $1",
+    )
+    .bind(third["id"].as_str().unwrap())
+    .fetch_one(&mut connection)
+    .await
+    .unwrap();
+    assert_eq!(written, 1);
     connection.close().await.unwrap();
     cluster.stop().await;
 }

@@ -131,8 +131,6 @@ pub async fn write(state: &AppState, records: Vec<AuditRecord>) -> Result<(), Ap
 /// How long a write's entries are retried, beside or after its commit, before the request is
 /// answered `503`.
 pub const RECORDING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
-/// How often entries that could not be written in time are tried again, in the background.
-const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Writes a write's entries beside its commit (see `Journeys::record_logged`): one attempt, while
 /// the client's turn is held; the entries come back if it fails, for [`settle_recorded`] to
@@ -156,8 +154,7 @@ pub async fn try_recorded(
 
 /// Settles what [`try_recorded`] left: the events may be committed whatever the trail did, so
 /// their entries must follow them. They are retried for [`RECORDING_PATIENCE`]; past that the
-/// request is answered `503` and they go on being tried in the background until written or the
-/// service stops (each failure logged with the events they name).
+/// request is answered `503` and they are handed to [`Deferred`], which goes on trying.
 pub async fn settle_recorded(
     state: &AppState,
     tried: Result<(), Vec<AuditRecord>>,
@@ -165,41 +162,115 @@ pub async fn settle_recorded(
     let Err(records) = tried else {
         return Ok(());
     };
-    let audit = state.audit.clone();
     let Err((error, records)) =
-        travelmap_store::append_patiently(audit.as_ref(), records, RECORDING_PATIENCE).await
+        travelmap_store::append_patiently(state.audit.as_ref(), records, RECORDING_PATIENCE).await
     else {
         return Ok(());
     };
-    let named: Vec<String> = records
-        .iter()
-        .filter_map(|record| record.returned.clone())
-        .collect();
-    tracing::error!(%error, events = ?named, "a write's audit entries are not written yet; retrying in the background");
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(RETRY_EVERY).await;
-            match audit.append(records.clone()).await {
-                Ok(_) => {
-                    tracing::info!(events = ?named, "a write's delayed audit entries are written");
-                    return;
-                }
-                Err(travelmap_store::Error::Closed) => {
-                    tracing::error!(events = ?named, "the service stopped before a write's audit entries could be written");
-                    return;
-                }
-                Err(error) => {
-                    tracing::error!(%error, events = ?named, "a write's audit entries are still not written");
-                }
-            }
-        }
-    });
+    state
+        .deferred
+        .keep_trying(state.audit.clone(), records, &error);
     Err(ApiError::new(
         Code::Unavailable,
         "the audit trail cannot be written just now; the events may have been recorded, and if \
          so their entries are written as soon as the trail can be: retry the request, which is \
          answered with the original receipts once recorded",
     ))
+}
+
+/// How often deferred entries are tried again while the service runs.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often deferred entries are tried again once the service is stopping.
+const RETRY_WHILE_STOPPING: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Entries of committed writes that the trail refused for longer than a request waits. Each set
+/// is retried in the background until written. When the service stops, [`Deferred::drain`]
+/// tries them again at once and waits for them (up to a limit) before the store is closed:
+/// without that, a stop in the minutes after a trail failure would lose entries of events that
+/// are recorded.
+#[derive(Default)]
+pub struct Deferred {
+    retries: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// The events each set still waiting names, by set, for the log if they are given up.
+    waiting: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Vec<String>>>>,
+    next: std::sync::atomic::AtomicU64,
+    stopping: tokio::sync::watch::Sender<bool>,
+}
+
+impl Deferred {
+    /// Retries `records` in the background until the trail takes them.
+    pub fn keep_trying(
+        &self,
+        audit: std::sync::Arc<dyn travelmap_store::AuditLog>,
+        records: Vec<AuditRecord>,
+        error: &travelmap_store::Error,
+    ) {
+        let named: Vec<String> = records
+            .iter()
+            .filter_map(|record| record.returned.clone())
+            .collect();
+        tracing::error!(%error, events = ?named, "a write's audit entries are not written yet; retrying in the background");
+        let set = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.waiting
+            .lock()
+            .expect("deferred entries lock")
+            .insert(set, named.clone());
+        let waiting = self.waiting.clone();
+        let mut stopping = self.stopping.subscribe();
+        self.retries
+            .lock()
+            .expect("deferred retries lock")
+            .spawn(async move {
+                loop {
+                    let pause = if *stopping.borrow_and_update() {
+                        RETRY_WHILE_STOPPING
+                    } else {
+                        RETRY_EVERY
+                    };
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stopping.changed() => {}
+                    }
+                    match audit.append(records.clone()).await {
+                        Ok(_) => {
+                            tracing::info!(events = ?named, "a write's delayed audit entries are written");
+                            waiting.lock().expect("deferred entries lock").remove(&set);
+                            return;
+                        }
+                        // Given up in `drain`, which logs what is still waiting.
+                        Err(travelmap_store::Error::Closed) => return,
+                        Err(error) => {
+                            tracing::error!(%error, events = ?named, "a write's audit entries are still not written");
+                        }
+                    }
+                }
+            });
+    }
+
+    /// Tries every deferred set again at once and waits up to `patience` for them; logs the
+    /// events of any set still not written then. Called when the service stops, before its
+    /// store is closed.
+    pub async fn drain(&self, patience: std::time::Duration) {
+        let mut retries = std::mem::take(&mut *self.retries.lock().expect("deferred retries lock"));
+        if retries.is_empty() {
+            return;
+        }
+        let _ = self.stopping.send(true);
+        tracing::info!(
+            sets = retries.len(),
+            "writing the audit entries deferred by a trail failure before stopping"
+        );
+        let finished = tokio::time::timeout(patience, async {
+            while retries.join_next().await.is_some() {}
+        })
+        .await;
+        if finished.is_err() {
+            retries.abort_all();
+        }
+        for named in self.waiting.lock().expect("deferred entries lock").values() {
+            tracing::error!(events = ?named, "the service stopped before a write's audit entries could be written");
+        }
+    }
 }
 
 /// Logs one operation, with its outcome.

@@ -53,6 +53,9 @@ pub struct AppState {
     pub webhooks: Arc<dyn travelmap_store::WebhookStore>,
     /// The clients each live-feed recipient has lately been named for in the audit trail.
     pub named: Arc<routes::subscriptions::NamedRecipients>,
+    /// Audit entries of committed writes still waiting for the trail; drained when the service
+    /// stops.
+    pub deferred: Arc<audit::Deferred>,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.

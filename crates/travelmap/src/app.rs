@@ -119,8 +119,9 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes; then stops taking connections, finishes requests in
-    /// flight, stops the projector and closes the log (every acknowledged event is already
-    /// durable, since a receipt is only sent after its commit).
+    /// flight, writes the audit entries a trail failure deferred (see
+    /// [`travelmap_api::audit::Deferred`]), stops the projector and closes the log (every
+    /// acknowledged event is already durable, since a receipt is only sent after its commit).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -157,6 +158,7 @@ impl Application {
             shutdown.await;
             let _ = begin_stopping.send(true);
         };
+        let deferred = Arc::new(travelmap_api::audit::Deferred::default());
         let router = travelmap_api::router(AppState {
             journeys: self.journeys.clone(),
             authenticator: self.authenticator.clone(),
@@ -169,10 +171,14 @@ impl Application {
             stopping,
             webhooks: self.webhooks.clone(),
             named: Default::default(),
+            deferred: deferred.clone(),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
+        // No request is left to defer entries: write those deferred earlier while the store is
+        // still open.
+        deferred.drain(DRAIN_DEFERRED_ENTRIES).await;
         let _ = stop_projector.send(true);
         let _ = projector.await;
         let _ = retention.await;
@@ -183,6 +189,10 @@ impl Application {
         served.context("serving HTTP")
     }
 }
+
+/// How long a stopping server goes on trying to write audit entries that a trail failure
+/// deferred, before it gives them up (and logs the events they name).
+const DRAIN_DEFERRED_ENTRIES: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Completes on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
