@@ -394,8 +394,10 @@ impl Journeys {
         };
 
         let mut outcomes: Vec<Option<Outcome>> = vec![None; submissions.len()];
-        // New events grouped by client, clients in order of first appearance.
+        // New events grouped by client, clients in order of first appearance (found by index:
+        // a batch of 1,000 events may name as many clients).
         let mut by_client: Vec<(ClientId, Vec<usize>)> = Vec::new();
+        let mut group_of: HashMap<ClientId, usize> = HashMap::new();
         for (index, submission) in submissions.iter().enumerate() {
             let id = submission.draft.id;
             if let Some(existing) = existing.get(&id) {
@@ -409,12 +411,14 @@ impl Journeys {
                 continue;
             }
             let client_id = submission.draft.client_id;
-            match by_client
-                .iter_mut()
-                .find(|(client, _)| *client == client_id)
-            {
-                Some((_, indices)) => indices.push(index),
-                None => by_client.push((client_id, vec![index])),
+            match group_of.entry(client_id) {
+                std::collections::hash_map::Entry::Occupied(group) => {
+                    by_client[*group.get()].1.push(index)
+                }
+                std::collections::hash_map::Entry::Vacant(group) => {
+                    group.insert(by_client.len());
+                    by_client.push((client_id, vec![index]));
+                }
             }
         }
 
