@@ -1062,6 +1062,8 @@ async fn replay_beside_a_running_server_is_logged_in_its_trail() {
             ("POST /v1/events", "opava-prison-system", "allowed"),
         ]
     );
+    // Each with the purpose it stated, the refusal too.
+    assert_eq!(trail[1]["purpose"], "audit");
     assert_eq!(trail[2]["purpose"], "audit");
     server.signal("TERM");
     assert!(server.wait().success());

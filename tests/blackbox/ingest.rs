@@ -641,6 +641,58 @@ async fn each_agency_kind_posts_only_the_event_types_in_its_remit() {
     assert_eq!(app.feed().await.len(), accepted);
 }
 
+/// Corrections and retractions are open to every agency, but only for events of a type its
+/// kind may post: otherwise any agency could rewrite a prison's release.
+#[tokio::test]
+async fn only_an_agency_that_may_post_a_type_may_correct_or_retract_it() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let released = sample_event(client, "client.released", AT);
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &released).await.status(),
+        StatusCode::CREATED
+    );
+    let correction = event(
+        client,
+        "event.corrected",
+        AT,
+        json!({"event_id": released["id"], "reason": "wrong kind",
+               "data": {"release_kind": "other", "supervision": true}}),
+    );
+    let retraction = event(
+        client,
+        "event.retracted",
+        AT,
+        json!({"event_id": released["id"], "reason": "wrong client"}),
+    );
+    for rectification in [&correction, &retraction] {
+        let problem = expect_problem(
+            app.post_event(NGO_WRITER, rectification).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+        assert_eq!(problem["field"], "data.event_id");
+        let batch = json!({"events": [sample_event(client, "contact.made", AT), rectification]});
+        let problem = expect_problem(
+            app.post("/v1/events/batch", NGO_WRITER, &batch).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+        assert_eq!(problem["index"], 1);
+    }
+    assert_eq!(app.feed().await.len(), 1);
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &correction).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &retraction).await.status(),
+        StatusCode::CREATED
+    );
+}
+
 #[tokio::test]
 async fn ambiguous_or_invisible_input_is_refused_and_nothing_is_stored() {
     let app = spawn_app().await;

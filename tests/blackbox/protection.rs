@@ -895,6 +895,68 @@ async fn the_server_applies_the_retention_schedule_by_itself(backend: Backend) {
     backend.remove().await;
 }
 
+/// Erasure closes the record, but a restriction placed before it must not outlive it for good:
+/// kept, it would hold the client's remaining facts out of statistics, which erasure itself
+/// does not change. Its lifting is the one thing an erased record still takes.
+#[tokio::test]
+async fn a_restriction_that_outlived_an_erasure_can_still_be_lifted() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    client_with_personal_data(&app, client).await;
+    let restriction = format!("/v1/clients/{client}/restriction");
+    let reason = json!({"reason": "the client contests the accuracy of the record"});
+    assert_eq!(
+        app.post(&restriction, DPO, &reason).await.status(),
+        StatusCode::CREATED
+    );
+    let erasure = format!("/v1/clients/{client}/personal-data");
+    let erase = json!({"reason": "the client asked for erasure"});
+    assert_eq!(
+        app.delete(&erasure, DPO, &erase).await.status(),
+        StatusCode::CREATED
+    );
+    let lift = json!({"reason": "erased meanwhile"});
+    assert_eq!(
+        app.delete(&restriction, DPO, &lift).await.status(),
+        StatusCode::CREATED
+    );
+    // Closed again: no new restriction, no new events.
+    expect_problem(
+        app.post(&restriction, DPO, &reason).await,
+        StatusCode::CONFLICT,
+        "client_erased",
+    )
+    .await;
+    expect_problem(
+        app.post_event(
+            NGO_WRITER,
+            &event(client, "contact.made", AT, json!({"kind": "meeting"})),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "client_erased",
+    )
+    .await;
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let types: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types[types.len() - 3..],
+        [
+            "processing.restricted",
+            "personal_data.erased",
+            "restriction.lifted"
+        ]
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
     erasure_removes_the_personal_data_everywhere_and_keeps_the_facts,
     restriction_freezes_reads_and_writes_until_lifted,

@@ -291,6 +291,9 @@ fn refusal(source: journey::Error) -> ApiError {
         }
         journey::Error::Restricted => ApiError::new(Code::ClientRestricted, detail),
         journey::Error::Erased => ApiError::new(Code::ClientErased, detail),
+        journey::Error::NotPoster { .. } => {
+            ApiError::new(Code::Forbidden, detail).with_field("data.event_id")
+        }
         journey::Error::UnknownTarget(_)
         | journey::Error::TargetRetracted(_)
         | journey::Error::TargetNotCorrectable { .. } => {

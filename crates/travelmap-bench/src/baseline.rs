@@ -165,6 +165,7 @@ async fn measure(
         let command = Command::Record {
             draft: submission.draft,
             expected_version: submission.expected_version,
+            poster: None,
         };
         shares[event.client as usize % concurrency].push((aggregate_id, command));
         events += 1;

@@ -102,8 +102,8 @@ pub fn posted_by(event_type: &str) -> Option<&'static [AgencyKind]> {
         "programme.enrolled" | "programme.completed" | "programme.dropped_out" => SERVICES,
         // Offences and recalls come from the justice system.
         "reoffence.recorded" | "client.recalled" => JUSTICE,
-        // Rectification is open to every agency here; whose event may be corrected is the
-        // journey's decision.
+        // Rectification is open to every agency here; the journey then holds it to who may
+        // post the type of the event rectified, which only it knows.
         "event.corrected" | "event.retracted" => ANY,
         // Data-protection decisions are recorded by the service itself, through the
         // data-protection officer's endpoints and the retention run: no agency posts them.

@@ -11,6 +11,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
+use crate::agency::AgencyKind;
 use crate::{EventDraft, EventId, JourneyEvent, ValidationError};
 
 /// What the aggregate remembers about each event of the stream. Journeys are cached for many
@@ -109,6 +110,9 @@ pub enum Command {
     Record {
         draft: EventDraft,
         expected_version: Option<u64>,
+        /// The kind of agency posting it, when it has one: a correction or retraction is then
+        /// refused unless that kind may post the type of the event it rectifies.
+        poster: Option<AgencyKind>,
     },
 }
 
@@ -137,6 +141,16 @@ pub enum Error {
     Restricted,
     #[error("this client's personal data has been erased and the record is closed")]
     Erased,
+    /// A correction or retraction of an event of a type the posting agency may not post: it
+    /// would let any agency rewrite facts only certain kinds of agency may record.
+    #[error(
+        "event {event_id} is a {event_type}, which agencies of kind {kind} may not post, so they may not correct or retract it either"
+    )]
+    NotPoster {
+        event_id: EventId,
+        event_type: String,
+        kind: AgencyKind,
+    },
 }
 
 impl ClientJourney {
@@ -261,7 +275,12 @@ impl ClientJourney {
     }
 
     /// Checks a command without changing anything.
-    pub fn decide(&self, draft: &EventDraft, expected_version: Option<u64>) -> Result<(), Error> {
+    pub fn decide(
+        &self,
+        draft: &EventDraft,
+        expected_version: Option<u64>,
+        poster: Option<AgencyKind>,
+    ) -> Result<(), Error> {
         if let Some(expected) = expected_version
             && expected != self.version
         {
@@ -270,7 +289,12 @@ impl ClientJourney {
                 actual: self.version,
             });
         }
-        if self.erased {
+        // An erased record takes one thing more: the lifting of a restriction that outlived the
+        // erasure. Kept, the restriction would hold the client's remaining facts out of
+        // statistics for good, which erasure itself must not change.
+        if self.erased
+            && !(self.restricted && matches!(draft.event, JourneyEvent::RestrictionLifted(_)))
+        {
             return Err(Error::Erased);
         }
         if self.restricted
@@ -283,9 +307,21 @@ impl ClientJourney {
         {
             return Err(Error::Restricted);
         }
+        // The rule of who may post a type holds for rectifying it too.
+        let rectified = |event_id: EventId| -> Result<&str, Error> {
+            let target = self.type_name(self.standing_target(event_id)?);
+            match poster {
+                Some(kind) if !crate::agency::may_post(kind, target) => Err(Error::NotPoster {
+                    event_id,
+                    event_type: target.to_owned(),
+                    kind,
+                }),
+                _ => Ok(target),
+            }
+        };
         match &draft.event {
             JourneyEvent::EventCorrected(correction) => {
-                let target = self.type_name(self.standing_target(correction.event_id)?);
+                let target = rectified(correction.event_id)?;
                 let replacement = serde_json::Value::Object(correction.data.clone());
                 let current =
                     crate::catalogue::event_type(target).map_or(1, |info| info.schema_version);
@@ -299,9 +335,7 @@ impl ClientJourney {
                 )?;
                 Ok(())
             }
-            JourneyEvent::EventRetracted(retraction) => {
-                self.standing_target(retraction.event_id).map(|_| ())
-            }
+            JourneyEvent::EventRetracted(retraction) => rectified(retraction.event_id).map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -334,8 +368,9 @@ impl Aggregate for ClientJourney {
             Command::Record {
                 draft,
                 expected_version,
+                poster,
             } => {
-                self.decide(&draft, expected_version)?;
+                self.decide(&draft, expected_version, poster)?;
                 sink.write(draft, self).await;
                 Ok(())
             }
@@ -378,7 +413,46 @@ mod tests {
         Command::Record {
             draft,
             expected_version,
+            poster: None,
         }
+    }
+
+    #[test]
+    fn only_an_agency_that_may_post_a_type_may_rectify_it() {
+        let corrected = draft(
+            2,
+            "event.corrected",
+            json!({"event_id": Uuid::from_u128(1), "reason": "wrong kind",
+                   "data": {"release_kind": "parole", "supervision": true}}),
+        );
+        let retracted = draft(
+            3,
+            "event.retracted",
+            json!({"event_id": Uuid::from_u128(1), "reason": "wrong client"}),
+        );
+        let by = |draft: EventDraft, kind| Command::Record {
+            draft,
+            expected_version: None,
+            poster: Some(kind),
+        };
+        for rectification in [corrected.clone(), retracted.clone()] {
+            TestFramework::<ClientJourney>::with(())
+                .given(vec![released(1)])
+                .when(by(rectification, AgencyKind::Ngo))
+                .then_expect_error(Error::NotPoster {
+                    event_id: EventId(Uuid::from_u128(1)),
+                    event_type: "client.released".into(),
+                    kind: AgencyKind::Ngo,
+                });
+        }
+        TestFramework::<ClientJourney>::with(())
+            .given(vec![released(1)])
+            .when(by(corrected.clone(), AgencyKind::Prison))
+            .then_expect_events(vec![corrected]);
+        TestFramework::<ClientJourney>::with(())
+            .given(vec![released(1)])
+            .when(by(retracted.clone(), AgencyKind::Prison))
+            .then_expect_events(vec![retracted]);
     }
 
     #[test]
@@ -474,7 +548,32 @@ mod tests {
             json!({"reason": "client request"}),
         );
         TestFramework::<ClientJourney>::with(())
+            .given(vec![released(1), erased.clone()])
+            .when(record(released(2), None))
+            .then_expect_error(Error::Erased);
+        let lifted = draft(9, "restriction.lifted", json!({"reason": "erased meanwhile"}));
+        TestFramework::<ClientJourney>::with(())
             .given(vec![released(1), erased])
+            .when(record(lifted, None))
+            .then_expect_error(Error::Erased);
+    }
+
+    #[test]
+    fn a_restriction_that_outlived_an_erasure_can_still_be_lifted() {
+        let restricted = draft(
+            7,
+            "processing.restricted",
+            json!({"reason": "accuracy contested"}),
+        );
+        let erased = draft(8, "personal_data.erased", json!({"reason": "client request"}));
+        let lifted = draft(9, "restriction.lifted", json!({"reason": "erased meanwhile"}));
+        TestFramework::<ClientJourney>::with(())
+            .given(vec![released(1), restricted.clone(), erased.clone()])
+            .when(record(lifted.clone(), None))
+            .then_expect_events(vec![lifted.clone()]);
+        // Once lifted, the record is closed again.
+        TestFramework::<ClientJourney>::with(())
+            .given(vec![released(1), restricted, erased, lifted])
             .when(record(released(2), None))
             .then_expect_error(Error::Erased);
     }

@@ -66,7 +66,9 @@ compatible and does not need a new version.
 same client that name an earlier event. Projections read the corrected event with its replacement
 data (validated against the corrected type's schema) and drop retracted events; the history keeps
 all of them, with who corrected what and why. A retracted event, or a correction or retraction
-itself, cannot be corrected or retracted again.
+itself, cannot be corrected or retracted again. Any agency may post a rectification, but only of
+an event whose type its own kind may post (*Posted by* of the rectified type): an NGO cannot
+correct or retract a prison's release (`403 forbidden` naming `data.event_id`).
 
 ## Types
 "#;

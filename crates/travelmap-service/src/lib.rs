@@ -22,6 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
+use travelmap_domain::agency::AgencyKind;
 use travelmap_domain::journey::{self, Command};
 use travelmap_domain::{
     ClientId, ClientJourney, EventDraft, EventId, Provenance, RecordedEvent, content_digest,
@@ -261,7 +262,7 @@ impl Journeys {
         submissions: &[Submission],
     ) -> Result<Vec<Outcome>> {
         let (outcomes, ()) = self
-            .record_logged(provenance, submissions, std::future::ready(()))
+            .record_logged(provenance, None, submissions, std::future::ready(()))
             .await?;
         Ok(outcomes)
     }
@@ -271,10 +272,13 @@ impl Journeys {
     /// their sum. `log` runs once the events are decided: a submission refused by its checks
     /// runs none, and an entry written beside a commit that then fails stays (the operation was
     /// allowed and attempted). Retries of events already recorded run it as well. Its output
-    /// is returned beside the outcomes, for the caller to act on.
+    /// is returned beside the outcomes, for the caller to act on. `kind` is the posting agency's
+    /// kind, when it has one: corrections and retractions are then held to who may post the
+    /// type they rectify (the caller has already checked the submitted types themselves).
     pub async fn record_logged<L: Future>(
         &self,
         provenance: &Provenance,
+        kind: Option<AgencyKind>,
         submissions: &[Submission],
         log: L,
     ) -> Result<(Vec<Outcome>, L::Output)> {
@@ -289,7 +293,7 @@ impl Journeys {
         let log = std::pin::pin!(log);
         let mut alongside = Alongside::new(log);
         let outcomes = self
-            .record_events(provenance, submissions, &mut alongside)
+            .record_events(provenance, kind, submissions, &mut alongside)
             .await?;
         Ok((outcomes, alongside.finish().await))
     }
@@ -298,6 +302,7 @@ impl Journeys {
     async fn record_events<L: Future>(
         &self,
         provenance: &Provenance,
+        kind: Option<AgencyKind>,
         submissions: &[Submission],
         alongside: &mut Alongside<'_, L>,
     ) -> Result<Vec<Outcome>> {
@@ -343,7 +348,7 @@ impl Journeys {
         let mut look_up = false;
         for attempt in 0..MAX_ATTEMPTS {
             match self
-                .try_record(provenance, submissions, &digests, look_up, alongside)
+                .try_record(provenance, kind, submissions, &digests, look_up, alongside)
                 .await
             {
                 Err(Error::Refused { .. } | Error::VersionConflict { .. }) if !look_up => {
@@ -376,6 +381,7 @@ impl Journeys {
     async fn try_record<L: Future>(
         &self,
         provenance: &Provenance,
+        kind: Option<AgencyKind>,
         submissions: &[Submission],
         digests: &[[u8; 32]],
         look_up: bool,
@@ -445,6 +451,7 @@ impl Journeys {
                 let command = Command::Record {
                     draft: submission.draft.clone(),
                     expected_version: submission.expected_version,
+                    poster: kind,
                 };
                 journey
                     .handle(command, &(), &sink)

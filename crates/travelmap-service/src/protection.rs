@@ -216,6 +216,7 @@ impl Journeys {
         let mut outcomes = self
             .record_events(
                 provenance,
+                None,
                 &[Submission {
                     draft,
                     expected_version: None,

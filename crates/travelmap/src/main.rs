@@ -296,6 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             &location,
                             travelmap_domain::audit::Operation::Collection,
                             None,
+                            None,
                             commands::IMPORT_ACTION,
                         )
                         .await);
@@ -338,6 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         &location,
                         travelmap_domain::audit::Operation::Consultation,
                         Some(client),
+                        Some(&purpose),
                         commands::REPLAY_ACTION,
                     )
                     .await);
@@ -492,12 +494,14 @@ struct LacksRole {
     roles: String,
 }
 
-/// Logs `error` as a denied `operation` if it is a [`LacksRole`] refusal, then returns it.
+/// Logs `error` as a denied `operation` (with the purpose the command stated) if it is a
+/// [`LacksRole`] refusal, then returns it.
 async fn refused(
     error: anyhow::Error,
     location: &travelmap_store::Location,
     operation: travelmap_domain::audit::Operation,
     client: Option<ClientId>,
+    purpose: Option<&str>,
     action: &str,
 ) -> anyhow::Error {
     if let Some(LacksRole { provenance, .. }) = error.downcast_ref::<LacksRole>() {
@@ -507,7 +511,7 @@ async fn refused(
             commands::OfflineLogged {
                 operation,
                 client,
-                purpose: None,
+                purpose,
                 action,
                 returned: None,
             },

@@ -85,6 +85,7 @@ pub async fn post_event(
         .journeys
         .record_logged(
             &caller.provenance(),
+            caller.0.agency_kind,
             &submissions,
             audit::try_recorded(&state, vec![entry]),
         )
@@ -212,6 +213,7 @@ pub async fn post_batch(
         .journeys
         .record_logged(
             &caller.provenance(),
+            caller.0.agency_kind,
             &submissions,
             audit::try_recorded(&state, entries),
         )
