@@ -1080,3 +1080,77 @@ async fn replay_beside_a_running_server_is_logged_in_its_trail() {
         String::from_utf8_lossy(&verified.stdout)
     );
 }
+
+/// Commands that only make sense on an existing store refuse a directory without one (a
+/// mistyped `--data-dir`) instead of creating an empty store and a master key there and reporting
+/// success; an import of an invalid file leaves no generated key behind either.
+#[test]
+fn offline_commands_refuse_a_directory_without_a_store_and_leave_it_untouched() {
+    let parent = tempfile::tempdir().unwrap();
+    let missing = parent.path().join("mistyped");
+    for command in [
+        &["keys", "rotate"][..],
+        &["retention", "run"][..],
+        &["rebuild"][..],
+    ] {
+        let output = Command::new(BINARY)
+            .args(command)
+            .arg("--data-dir")
+            .arg(&missing)
+            .env_remove("TRAVELMAP_MASTER_KEYS")
+            .env_remove("TRAVELMAP_CONFIG")
+            .env_remove("TRAVELMAP_STORE")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{command:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("holds no store"),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!missing.exists(), "{command:?} created the directory");
+    }
+    let file = parent.path().join("bad.jsonl");
+    std::fs::write(&file, "{not json\n").unwrap();
+    let output = Command::new(BINARY)
+        .arg("import")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&missing)
+        .env_remove("TRAVELMAP_MASTER_KEYS")
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(!missing.join("master.key").exists());
+}
+
+/// `credential new` prints entries the configuration reads back as given, whatever the id holds,
+/// and refuses blank names.
+#[test]
+fn credential_new_prints_entries_that_read_back_as_given() {
+    let made = Command::new(BINARY)
+        .args([
+            "credential",
+            "new",
+            "--id",
+            r#"x"y\z"#,
+            "--agency",
+            "prison-a",
+        ])
+        .args(["--kind", "prison", "--role", "writer"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let entries: toml::Table = String::from_utf8(made.stdout).unwrap().parse().unwrap();
+    assert_eq!(entries["credentials"][0]["id"].as_str(), Some(r#"x"y\z"#));
+    assert_eq!(entries["agencies"][0]["id"].as_str(), Some("prison-a"));
+    let blank = Command::new(BINARY)
+        .args(["credential", "new", "--id", " ", "--agency", "prison-a"])
+        .args(["--role", "writer"])
+        .output()
+        .unwrap();
+    assert!(!blank.status.success());
+    assert!(blank.stdout.is_empty());
+}

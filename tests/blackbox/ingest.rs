@@ -427,6 +427,19 @@ async fn expected_version_guards_against_lost_updates() {
     let retried: Value = retried.json().await.unwrap();
     assert_eq!(retried["version"], 1);
     assert_eq!(app.feed().await.len(), 2);
+
+    // Beyond what a version can be (64-bit signed, as the OpenAPI document says): invalid, not
+    // a conflict.
+    let mut beyond = sample_event(client, "contact.made", AT);
+    beyond["expected_version"] = json!(u64::MAX);
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &beyond).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "expected_version");
+    assert_eq!(app.feed().await.len(), 2);
 }
 
 #[tokio::test]

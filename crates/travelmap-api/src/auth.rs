@@ -70,6 +70,10 @@ pub enum CredentialError {
     SameId(String),
     #[error("credential `{0}` has no roles")]
     NoRoles(String),
+    #[error("a credential has a blank id")]
+    BlankId,
+    #[error("credential `{0}` acts for a blank agency")]
+    BlankAgency(String),
 }
 
 /// Finds the credential for a bearer key, or verifies a bearer JWT when tokens are configured.
@@ -101,6 +105,13 @@ impl Authenticator {
             let mut hash = [0u8; 32];
             hex::decode_to_slice(hash_hex.trim().to_ascii_lowercase(), &mut hash)
                 .map_err(|_| CredentialError::BadHash(credential.id.clone()))?;
+            // Blank names would be recorded in events and the trail as if they named someone.
+            if credential.id.trim().is_empty() {
+                return Err(CredentialError::BlankId);
+            }
+            if credential.agency.trim().is_empty() {
+                return Err(CredentialError::BlankAgency(credential.id));
+            }
             if credential.roles.is_empty() {
                 return Err(CredentialError::NoRoles(credential.id));
             }

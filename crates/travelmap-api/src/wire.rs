@@ -40,8 +40,10 @@ pub struct EventRequest {
     pub client_id: Uuid,
     /// When it happened (RFC 3339, with offset). May be in the past; not in the future.
     pub occurred_at: DateTime<FixedOffset>,
-    /// The sender's reference to the worker involved.
+    /// The sender's reference to the worker involved (not a name): trimmed, not blank, at most
+    /// 2000 characters, no control characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 2000, pattern = "\\S")]
     pub actor: Option<String>,
     /// The event's data. Its schema depends on `type`: the `EventData.<type>` component of this
     /// document (also served by `GET /v1/event-types`).
@@ -50,6 +52,7 @@ pub struct EventRequest {
     /// The client's stream version the sender last saw; the event is refused with
     /// `409 version_conflict` if the stream has moved since.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub expected_version: Option<u64>,
 }
 
@@ -248,6 +251,18 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
             format!("occurred_at lies before {EARLIEST_YEAR}"),
         )
         .with_field("occurred_at"));
+    }
+    // Versions are 64-bit signed in the stores (and so in the OpenAPI document); a larger one
+    // could never match, and is refused as the document says rather than answered as a conflict.
+    if request
+        .expected_version
+        .is_some_and(|version| version > i64::MAX as u64)
+    {
+        return Err(ApiError::new(
+            Code::ValidationFailed,
+            format!("expected_version must be at most {}", i64::MAX),
+        )
+        .with_field("expected_version"));
     }
     let actor = request
         .actor

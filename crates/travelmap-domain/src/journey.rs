@@ -551,7 +551,11 @@ mod tests {
             .given(vec![released(1), erased.clone()])
             .when(record(released(2), None))
             .then_expect_error(Error::Erased);
-        let lifted = draft(9, "restriction.lifted", json!({"reason": "erased meanwhile"}));
+        let lifted = draft(
+            9,
+            "restriction.lifted",
+            json!({"reason": "erased meanwhile"}),
+        );
         TestFramework::<ClientJourney>::with(())
             .given(vec![released(1), erased])
             .when(record(lifted, None))
@@ -565,8 +569,16 @@ mod tests {
             "processing.restricted",
             json!({"reason": "accuracy contested"}),
         );
-        let erased = draft(8, "personal_data.erased", json!({"reason": "client request"}));
-        let lifted = draft(9, "restriction.lifted", json!({"reason": "erased meanwhile"}));
+        let erased = draft(
+            8,
+            "personal_data.erased",
+            json!({"reason": "client request"}),
+        );
+        let lifted = draft(
+            9,
+            "restriction.lifted",
+            json!({"reason": "erased meanwhile"}),
+        );
         TestFramework::<ClientJourney>::with(())
             .given(vec![released(1), restricted.clone(), erased.clone()])
             .when(record(lifted.clone(), None))

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance, content_digest};
-use travelmap_store::sqlite::{SqliteEventLog, SqliteStore};
+use travelmap_store::sqlite::{SqliteAuditLog, SqliteEventLog, SqliteStore};
 use travelmap_store::{Error, EventLog, NewEvent, StreamAppend};
 use uuid::Uuid;
 
@@ -61,6 +61,36 @@ async fn a_data_directory_is_held_by_one_store_at_a_time() {
     ));
     drop(store);
     SqliteStore::open(dir.path()).unwrap();
+}
+
+/// Readers and offline writers beside a server do not migrate, so they refuse a store whose
+/// schema they do not know rather than misread it (or extend a newer trail's chain).
+#[tokio::test]
+async fn readers_beside_a_server_refuse_a_schema_they_do_not_know() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    let events = dir.path().join("events.sqlite");
+    let audit = dir.path().join("audit.sqlite");
+    SqliteEventLog::open_read_only(&events).unwrap();
+    SqliteAuditLog::open_read_only(&audit).unwrap();
+    let set_version = |path: &std::path::Path, version: i64| {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .pragma_update(None, "user_version", version)
+            .unwrap();
+    };
+    for version in [9, 0] {
+        set_version(&events, version);
+        set_version(&audit, version);
+        let expected = |result: Result<(), Error>| match result {
+            Err(Error::SchemaTooNew { found, .. }) => assert_eq!((found, version), (9, 9)),
+            Err(Error::SchemaOutdated { found, .. }) => assert_eq!((found, version), (0, 0)),
+            other => panic!("schema version {version} was not refused: {other:?}"),
+        };
+        expected(SqliteEventLog::open_read_only(&events).map(drop));
+        expected(SqliteAuditLog::open_read_only(&audit).map(drop));
+        expected(SqliteAuditLog::append_beside(&audit, &[]).map(drop));
+    }
 }
 
 #[tokio::test]

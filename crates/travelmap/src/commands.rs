@@ -39,7 +39,8 @@ pub async fn import(
     provenance: Provenance,
     kind: Option<AgencyKind>,
     authenticator: Option<&Authenticator>,
-    masters: MasterKeys,
+    // Called only once the file is valid: a refused file leaves no generated key behind.
+    masters: impl FnOnce() -> Result<MasterKeys, crate::settings::Error>,
 ) -> anyhow::Result<()> {
     let open = || -> anyhow::Result<BufReader<std::fs::File>> {
         Ok(BufReader::new(
@@ -105,7 +106,7 @@ pub async fn import(
     let store = Store::open(location)
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
-    let keyring = store.keyring(masters).await?;
+    let keyring = store.keyring(masters()?).await?;
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
     let audit = store.audit();
     let progress = ProgressBar::new(total).with_style(
@@ -446,21 +447,29 @@ pub fn new_credential(
     kind: Option<AgencyKind>,
     roles: &[Role],
 ) -> anyhow::Result<()> {
+    if id.trim().is_empty() || agency.trim().is_empty() {
+        bail!("--id and --agency must not be blank");
+    }
+    // Quoted as TOML strings, so that an id with a quote or a backslash still makes an entry
+    // the configuration reads back as given.
+    let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
+    let (id_text, agency_text) = (id, agency);
+    let (id, agency) = (quoted(id), quoted(agency));
     let key = crate::settings::new_key();
     let roles: Vec<String> = roles.iter().map(|role| format!("\"{role}\"")).collect();
     eprintln!(
-        "Key for `{id}` (give it to the agency system; it is shown once and stored nowhere):"
+        "Key for `{id_text}` of `{agency_text}` (give it to the agency system; it is shown once and stored nowhere):"
     );
     eprintln!("{key}");
     if let Some(kind) = kind {
         println!("[[agencies]]");
-        println!("id = \"{agency}\"");
+        println!("id = {agency}");
         println!("kind = \"{kind}\"");
         println!();
     }
     println!("[[credentials]]");
-    println!("id = \"{id}\"");
-    println!("agency = \"{agency}\"");
+    println!("id = {id}");
+    println!("agency = {agency}");
     println!("roles = [{}]", roles.join(", "));
     println!("key_sha256 = \"{}\"", Authenticator::hash_key(&key));
     Ok(())

@@ -42,9 +42,13 @@ enum Command {
         #[arg(long, env = "TRAVELMAP_LISTEN", value_name = "ADDR")]
         listen: Option<SocketAddr>,
     },
-    /// Load events from a JSON-lines file (one event per line, as for POST /v1/events). The file
-    /// is validated whole before anything is stored, and logged in the audit trail. On the
-    /// embedded store, run with the server stopped; on PostgreSQL, beside running servers.
+    /// Load events from a JSON-lines file (one event per line, as for POST /v1/events). Every
+    /// line's shape is checked before anything is stored; then the events are recorded in batches
+    /// of 1000, each all or nothing, and logged in the audit trail. A clash with what is stored
+    /// (an id recorded with other content, a stale expected_version) stops the import at its
+    /// batch, with the batches before it recorded; run it again once fixed: recorded events are
+    /// skipped. On the embedded store, run with the server stopped; on PostgreSQL, beside
+    /// running servers.
     Import {
         /// The file to load.
         file: PathBuf,
@@ -308,15 +312,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 provenance,
                 kind,
                 authenticator.as_ref(),
-                masters()?,
+                masters,
             )
             .await
         }
-        Command::Rebuild => commands::rebuild(&location, masters()?).await,
+        Command::Rebuild => {
+            existing_store(&location)?;
+            commands::rebuild(&location, masters()?).await
+        }
         Command::Retention(RetentionCommand::Run) => {
+            existing_store(&location)?;
             commands::retention_run(&location, masters()?, &retention).await
         }
-        Command::Keys(KeysCommand::Rotate) => commands::rotate_keys(&location, masters()?).await,
+        Command::Keys(KeysCommand::Rotate) => {
+            existing_store(&location)?;
+            commands::rotate_keys(&location, masters()?).await
+        }
         Command::Migrate => commands::migrate(&location).await,
         Command::Replay {
             client,
@@ -483,6 +494,21 @@ fn import_provenance(
         .map(|(path, file)| file.authenticator(path))
         .transpose()?;
     Ok((provenance, kind, authenticator))
+}
+
+/// Refuses a data directory that holds no store, for commands that only make sense on one: run
+/// on a mistyped directory, they would create an empty store and a master key there, and report
+/// success (a key rotation would even say the old master key may now be removed).
+fn existing_store(location: &travelmap_store::Location) -> anyhow::Result<()> {
+    if let travelmap_store::Location::Embedded(data_dir) = location
+        && !data_dir.join("events.sqlite").exists()
+    {
+        anyhow::bail!(
+            "{} holds no store (no events.sqlite): give the --data-dir of an existing one",
+            data_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// An offline command refused because its credential lacks the role: logged as denied, like

@@ -229,6 +229,8 @@ pub enum Error {
     },
     #[error("config file {path}: agency `{agency}` is declared twice")]
     AgencyTwice { path: PathBuf, agency: String },
+    #[error("config file {0}: an [[agencies]] entry has a blank id")]
+    BlankAgency(PathBuf),
     #[error("config file {path}: [jwt] needs exactly one of jwks_file and jwks_url")]
     JwksSource { path: PathBuf },
     #[error("local admin key at {path}: {source}")]
@@ -263,6 +265,9 @@ impl ConfigFile {
         }
         let mut kinds = std::collections::HashMap::new();
         for agency in &self.agencies {
+            if agency.id.trim().is_empty() {
+                return Err(Error::BlankAgency(path.to_owned()));
+            }
             if kinds.insert(agency.id.as_str(), agency.kind).is_some() {
                 return Err(Error::AgencyTwice {
                     path: path.to_owned(),
@@ -599,6 +604,27 @@ mod tests {
         .unwrap();
         let error = ConfigFile::load(&path).unwrap_err().to_string();
         assert!(error.contains("bakery"), "{error}");
+        // Blank names would be recorded as if they named someone.
+        std::fs::write(
+            &path,
+            format!("[[agencies]]\nid = \" \"\nkind = \"prison\"\n{agency}{credential}"),
+        )
+        .unwrap();
+        let error = ConfigFile::load(&path)
+            .unwrap()
+            .authenticator(&path)
+            .unwrap_err();
+        assert!(matches!(error, Error::BlankAgency(_)), "{error}");
+        std::fs::write(
+            &path,
+            format!("{agency}{}", credential.replace("id = \"c\"", "id = \"\"")),
+        )
+        .unwrap();
+        let error = ConfigFile::load(&path)
+            .unwrap()
+            .authenticator(&path)
+            .unwrap_err();
+        assert!(error.to_string().contains("blank id"), "{error}");
     }
 
     #[test]

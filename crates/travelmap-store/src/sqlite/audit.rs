@@ -83,6 +83,11 @@ impl SqliteAuditLog {
                 format!("no audit trail at {}", path.display()),
             )));
         }
+        schema::require_current(
+            &Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?,
+            path,
+            schema::AUDIT,
+        )?;
         Ok(Self {
             jobs: Mutex::new(None),
             writer: Mutex::new(None),
@@ -104,6 +109,7 @@ impl SqliteAuditLog {
         let connection = Connection::open(path)?;
         configure(&connection)?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
+        schema::require_current(&connection, path, schema::AUDIT)?;
         let mut writer = Writer { connection };
         writer
             .write(std::slice::from_ref(&records))?

@@ -81,11 +81,13 @@ impl SqliteEventLog {
             )));
         }
         let readers = Arc::new(ReadPool::new(path.to_owned()));
+        let connection =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        schema::require_current(&connection, path, schema::EVENTS)?;
         let last_position: u64 =
-            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?
-                .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
-                    row.get(0)
-                })?;
+            connection.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
+                row.get(0)
+            })?;
         Ok(Self {
             jobs: Mutex::new(None),
             writer: Mutex::new(None),

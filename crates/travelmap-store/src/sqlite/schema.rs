@@ -162,3 +162,29 @@ pub(crate) fn migrate(connection: &mut Connection, path: &Path, migrations: &[&s
     }
     Ok(())
 }
+
+/// Refuses a store whose schema is not the one this binary works with: newer (written by a later
+/// version, which this one would misread) or older (not yet migrated). For connections that must
+/// not migrate: readers and offline writers beside a running server.
+pub(crate) fn require_current(
+    connection: &Connection,
+    path: &Path,
+    migrations: &[&str],
+) -> Result<()> {
+    let found: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let supported = migrations.len() as i64;
+    if found > supported {
+        return Err(Error::SchemaTooNew {
+            store: path.display().to_string(),
+            found,
+            supported,
+        });
+    }
+    if found < supported {
+        return Err(Error::SchemaOutdated {
+            found,
+            needed: supported,
+        });
+    }
+    Ok(())
+}
