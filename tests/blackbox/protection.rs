@@ -895,6 +895,59 @@ async fn the_server_applies_the_retention_schedule_by_itself(backend: Backend) {
     backend.remove().await;
 }
 
+/// A correction's personal replacement fields read as erased after an erasure, like the fields
+/// of the event it corrects, rather than vanish from the correction and the map.
+#[tokio::test]
+async fn a_corrections_personal_fields_read_as_erased_after_erasure() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    client_with_personal_data(&app, client).await;
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let assessed = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["type"] == "need.assessed")
+        .unwrap()["id"]
+        .clone();
+    posted(
+        &app,
+        NGO_WRITER,
+        &event(
+            client,
+            "event.corrected",
+            AT,
+            json!({"event_id": assessed, "reason": "status was wrong",
+                   "data": {"area": "addiction", "status": "done", "note": "a second note"}}),
+        ),
+    )
+    .await;
+    let erase = json!({"reason": "the client asked for erasure"});
+    assert_eq!(
+        app.delete(&format!("/v1/clients/{client}/personal-data"), DPO, &erase)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let correction = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["type"] == "event.corrected")
+        .unwrap();
+    assert_eq!(
+        correction["data"]["data"],
+        json!({"area": "addiction", "status": "done", "note": "[erased]"})
+    );
+    assert!(!history.to_string().contains("a second note"));
+    app.stop().await;
+}
+
 /// Erasure closes the record, but a restriction placed before it must not outlive it for good:
 /// kept, it would hold the client's remaining facts out of statistics, which erasure itself
 /// does not change. Its lifting is the one thing an erased record still takes.

@@ -389,9 +389,10 @@ async fn corrections_and_retractions_flow_into_the_map_and_the_history_keeps_the
         ),
     )
     .await;
+    // Retracted by an agency that may post placements (the prison may not).
     let last = post(
         &app,
-        PRISON_WRITER,
+        BUREAU_WRITER,
         &event(
             client,
             "event.retracted",

@@ -129,9 +129,21 @@ pub struct Split {
 }
 
 impl Split {
-    /// The names of the sealed fields (not themselves personal: they say what was sealed).
+    /// The names of the sealed fields (not themselves personal: they say what was sealed). A
+    /// correction's sealed replacement keys are named `data.KEY`, so that once erased each can
+    /// read as erased rather than vanish. (Corrections sealed before named only `data`; theirs
+    /// are left out when erased.)
     pub fn fields(&self) -> Vec<String> {
-        self.personal.keys().cloned().collect()
+        let mut names = Vec::with_capacity(self.personal.len());
+        for (key, value) in &self.personal {
+            match (key.as_str(), value) {
+                ("data", Value::Object(replacement)) => {
+                    names.extend(replacement.keys().map(|inner| format!("data.{inner}")));
+                }
+                _ => names.push(key.clone()),
+            }
+        }
+        names
     }
 }
 
@@ -220,8 +232,20 @@ pub fn join(
         }
         None => {
             for field in sealed_fields {
-                if let Some(placeholder) = erased_placeholder(event_type, field) {
-                    data.insert(field.clone(), placeholder);
+                match field.strip_prefix("data.") {
+                    // A correction's sealed replacement key: erased inside the replacement.
+                    Some(inner) if event_type == "event.corrected" => {
+                        if let (Some(Value::Object(replacement)), Some(placeholder)) =
+                            (data.get_mut("data"), erased_placeholder(event_type, inner))
+                        {
+                            replacement.insert(inner.to_owned(), placeholder);
+                        }
+                    }
+                    _ => {
+                        if let Some(placeholder) = erased_placeholder(event_type, field) {
+                            data.insert(field.clone(), placeholder);
+                        }
+                    }
                 }
             }
         }
@@ -470,7 +494,39 @@ mod tests {
         assert!(!split.public.contains("mistyped"));
         assert_eq!(opened, original);
         assert_eq!(erased.data()["reason"], ERASED);
-        assert_eq!(erased.data()["data"], json!({"identifiers": []}));
+        // Each sealed replacement key reads as erased, as in the event it corrects.
+        assert_eq!(
+            split.fields(),
+            ["data.personal".to_owned(), "reason".to_owned()]
+        );
+        assert_eq!(
+            erased.data()["data"],
+            json!({"identifiers": [], "personal": {}})
+        );
+        let noted = event(
+            "event.corrected",
+            json!({"event_id": uuid::Uuid::from_u128(7), "reason": "status wrong",
+                   "data": {"area": "health", "status": "in_progress", "note": "sees a GP"}}),
+        );
+        let (_, _, erased) = round_trip(&noted);
+        assert_eq!(
+            erased.data()["data"],
+            json!({"area": "health", "status": "in_progress", "note": ERASED})
+        );
+        // Sealed before keys were named one by one: the replacement's sealed part is left out.
+        let (split, _, _) = round_trip(&noted);
+        let old = join(
+            "event.corrected",
+            1,
+            &split.public,
+            None,
+            &["data".to_owned(), "reason".to_owned()],
+        )
+        .unwrap();
+        assert_eq!(
+            old.data()["data"],
+            json!({"area": "health", "status": "in_progress"})
+        );
 
         let facts_only = event(
             "event.corrected",
