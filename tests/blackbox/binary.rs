@@ -1154,3 +1154,24 @@ fn credential_new_prints_entries_that_read_back_as_given() {
     assert!(!blank.status.success());
     assert!(blank.stdout.is_empty());
 }
+
+/// A start that fails (its port is in use) does not first tell the newcomer how to call it.
+#[test]
+fn a_failed_start_prints_no_instructions_for_a_server_that_is_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = travelmap_command()
+        .arg("serve")
+        .arg("--listen")
+        .arg(taken.local_addr().unwrap().to_string())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("Use it like this"), "{stderr}");
+    assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+}

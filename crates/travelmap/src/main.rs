@@ -248,9 +248,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .parse()
                     .expect("valid default address"),
             };
-            let authenticator = match &config {
-                Some((path, file)) => with_tokens(file.authenticator(path)?, path, file).await?,
-                None => local_authenticator(&data_dir, listen)?,
+            // How to use a local admin key is told once the server is up, not before a start
+            // that then fails (a port in use, say).
+            let (authenticator, local_notice) = match &config {
+                Some((path, file)) => (
+                    with_tokens(file.authenticator(path)?, path, file).await?,
+                    None,
+                ),
+                None => {
+                    let (authenticator, notice) = local_authenticator(&data_dir, listen)?;
+                    (authenticator, Some(notice))
+                }
             };
             let application = Application::build(ServeSettings {
                 listen,
@@ -283,6 +291,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_default(),
             })
             .await?;
+            if let Some(notice) = local_notice {
+                eprintln!("{notice}");
+            }
             tracing::info!(
                 address = %application.local_addr(),
                 store = %location.describe(),
@@ -457,27 +468,33 @@ async fn with_tokens(
     Ok(authenticator.with_jwt(verifier))
 }
 
-/// The no-config start: one local admin credential whose key lives in the data directory.
-fn local_authenticator(data_dir: &Path, listen: SocketAddr) -> anyhow::Result<Authenticator> {
+/// The no-config start: one local admin credential whose key lives in the data directory, and
+/// what to tell its user once the server is up.
+fn local_authenticator(
+    data_dir: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<(Authenticator, String)> {
     let (key, origin) = settings::local_admin_key(data_dir)?;
     let key_file = match &origin {
         LocalKey::Generated(path) | LocalKey::Existing(path) => path.display().to_string(),
     };
-    match origin {
-        LocalKey::Generated(_) => eprintln!(
+    let notice = match origin {
+        LocalKey::Generated(_) => format!(
             "\nNo --config given: generated a local admin key into {key_file} (readable by you only).\n\
              Use it like this:\n\n  curl -H \"Authorization: Bearer $(cat {key_file})\" http://{listen}/v1/event-types\n\n\
              For agency systems, write a config file with [[credentials]] (see `travelmap credential new --help`).\n"
         ),
         LocalKey::Existing(_) => {
-            eprintln!("No --config given: using the local admin key in {key_file}.")
+            format!("No --config given: using the local admin key in {key_file}.")
         }
-    }
+    };
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "serving beyond loopback with the generated local admin key; configure credentials for real deployments");
     }
-    Authenticator::new([(Authenticator::hash_key(&key), settings::local_admin())])
-        .context("building the local admin credential")
+    let authenticator =
+        Authenticator::new([(Authenticator::hash_key(&key), settings::local_admin())])
+            .context("building the local admin credential")?;
+    Ok((authenticator, notice))
 }
 
 /// Who an import records as, the kind of its agency, and (with a configuration) the
