@@ -696,6 +696,20 @@ async fn only_an_agency_that_may_post_a_type_may_correct_or_retract_it() {
         assert_eq!(problem["index"], 1);
     }
     assert_eq!(app.feed().await.len(), 1);
+    // Each refused attempt is in the client's trail as a denied alteration.
+    let denied: Vec<Value> = app
+        .trail_of(client)
+        .await
+        .into_iter()
+        .filter(|entry| entry["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 4, "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|entry| entry["operation"] == "alteration" && entry["agency"] == "ngo-opava"),
+        "{denied:?}"
+    );
     assert_eq!(
         app.post_event(PRISON_WRITER, &correction).await.status(),
         StatusCode::CREATED

@@ -924,13 +924,28 @@ async fn a_corrections_personal_fields_read_as_erased_after_erasure() {
         ),
     )
     .await;
+    let listed = |caseload: &Value| {
+        caseload["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["client_id"] == client.to_string())
+    };
+    let caseload = "/v1/agencies/ngo-opava/caseload";
+    assert!(listed(&app.get_ok(caseload, ADMIN).await));
     let erase = json!({"reason": "the client asked for erasure"});
-    assert_eq!(
-        app.delete(&format!("/v1/clients/{client}/personal-data"), DPO, &erase)
-            .await
-            .status(),
-        StatusCode::CREATED
-    );
+    let erased = app
+        .delete(&format!("/v1/clients/{client}/personal-data"), DPO, &erase)
+        .await;
+    assert_eq!(erased.status(), StatusCode::CREATED);
+    // Nothing more can be recorded for the client, so no agency is left carrying them.
+    let position = erased.json::<Value>().await.unwrap()["position"]
+        .as_u64()
+        .unwrap();
+    let caseload_now = app
+        .get_ok(&format!("{caseload}?min_position={position}"), ADMIN)
+        .await;
+    assert!(!listed(&caseload_now), "{caseload_now}");
     let history = app
         .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
         .await;

@@ -217,10 +217,11 @@ impl Deferred {
             .insert(set, named.clone());
         let waiting = self.waiting.clone();
         let mut stopping = self.stopping.subscribe();
-        self.retries
-            .lock()
-            .expect("deferred retries lock")
-            .spawn(async move {
+        let mut retries = self.retries.lock().expect("deferred retries lock");
+        // Sets written since are let go of here, so the handles do not pile up while the
+        // service runs.
+        while retries.try_join_next().is_some() {}
+        retries.spawn(async move {
                 loop {
                     let pause = if *stopping.borrow_and_update() {
                         RETRY_WHILE_STOPPING
@@ -382,9 +383,10 @@ pub fn recorded_by_client(
     .collect()
 }
 
-/// The submission a write was refused for because its client's processing is restricted or
-/// their data erased, if that is why it failed: such an attempt is logged as denied.
-pub fn refused_for_protection<'a>(
+/// The submission a write was refused for because its client's processing is restricted,
+/// their data erased, or the agency may not rectify the event it names, if that is why it
+/// failed: such an attempt is logged as denied, like a type the agency may not post.
+pub fn denied_submission<'a>(
     error: &travelmap_service::Error,
     submissions: &'a [travelmap_service::Submission],
 ) -> Option<&'a travelmap_service::Submission> {
@@ -393,7 +395,7 @@ pub fn refused_for_protection<'a>(
     match error {
         E::Refused {
             index,
-            source: Refusal::Restricted | Refusal::Erased,
+            source: Refusal::Restricted | Refusal::Erased | Refusal::NotPoster { .. },
         } => submissions.get(*index),
         E::Store(travelmap_store::Error::ClientErased(client)) => submissions
             .iter()

@@ -292,6 +292,29 @@ pub fn join_erased(
     )
 }
 
+/// A correction's replacement `data`, decoded as the corrected type. Once erased, its sealed
+/// keys read as [`ERASED`]; where the corrected type holds a fixed set of values under such a
+/// key (an involvement's `reason`), the placeholder cannot decode, and the key is left out
+/// instead, so that the rest of the correction still holds.
+pub fn decode_replacement(
+    event_type: &str,
+    schema_version: u32,
+    replacement: Map<String, Value>,
+) -> Result<JourneyEvent, DecodeError> {
+    let erased = Value::String(ERASED.to_owned());
+    let had_placeholders = replacement.values().any(|value| *value == erased);
+    let mut replacement = Value::Object(replacement);
+    match JourneyEvent::decode(event_type, schema_version, &replacement) {
+        Err(_) if had_placeholders => {
+            if let Value::Object(fields) = &mut replacement {
+                fields.retain(|_, value| *value != erased);
+            }
+            JourneyEvent::decode(event_type, schema_version, &replacement)
+        }
+        decoded => decoded,
+    }
+}
+
 /// Two JSON objects with disjoint keys, as one: `{"a":1}` and `{"b":2}` give `{"a":1,"b":2}`.
 fn merge_objects(left: &str, right: &str) -> String {
     let left = left.trim();
@@ -480,6 +503,32 @@ mod tests {
         assert_eq!(opened, with_note);
         assert_eq!(erased.data()["note"], ERASED);
         assert_eq!(erased.data()["area"], "health");
+    }
+
+    #[test]
+    fn an_erased_replacement_key_that_the_corrected_type_holds_as_a_choice_is_left_out() {
+        let corrected = event(
+            "event.corrected",
+            json!({"event_id": uuid::Uuid::from_u128(7), "reason": "wrong agency",
+                   "data": {"agency": "ngo-b", "role": "mentor", "reason": "client_moved"}}),
+        );
+        let (_, _, erased) = round_trip(&corrected);
+        let replacement = erased.data()["data"].as_object().unwrap().clone();
+        assert_eq!(replacement["reason"], ERASED);
+        // `reason` of a closing is one of a list: the placeholder is left out, the rest holds.
+        let closed = decode_replacement("involvement.closed", 1, replacement).unwrap();
+        assert_eq!(closed.data(), json!({"agency": "ngo-b", "role": "mentor"}));
+        // Free text keeps its placeholder.
+        let noted = decode_replacement(
+            "need.assessed",
+            1,
+            json!({"area": "health", "status": "done", "note": ERASED})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        assert_eq!(noted.data()["note"], ERASED);
     }
 
     #[test]

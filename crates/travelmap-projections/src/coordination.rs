@@ -189,11 +189,20 @@ pub struct CaseFile {
     pub next_change: Option<DateTime<Utc>>,
     /// Processing is restricted: the client is left out of caseloads and alerts.
     pub restricted: bool,
+    /// The client's personal data was erased and the record closed: nothing more can be
+    /// recorded for them, so they are left out of caseloads and alerts too (their open alerts
+    /// could never be cleared).
+    pub erased: bool,
     /// The file was derived for this moment.
     pub as_of: DateTime<Utc>,
 }
 
 impl CaseFile {
+    /// Left out of caseloads and alerts: restricted, or erased.
+    pub fn withheld(&self) -> bool {
+        self.restricted || self.erased
+    }
+
     pub fn stage(&self, now: DateTime<Utc>) -> Stage {
         match (self.phase, self.released_at) {
             (Phase::InCustody, _) => Stage::InCustody,
@@ -225,10 +234,9 @@ impl ClientState {
             .then(|| map.phases.last().map(|span| span.from.with_timezone(&Utc)))
             .flatten();
         let (mut alerts, next_change) = alerts(self, &map.involvements, now, rules);
-        let restricted = map
-            .flags
-            .iter()
-            .any(|flag| flag.kind == "processing_restricted");
+        let flagged = |kind: &str| map.flags.iter().any(|flag| flag.kind == kind);
+        let restricted = flagged("processing_restricted");
+        let erased = flagged("personal_data_erased");
         // The coordinators' index keeps a file for every client, so the lists are kept without
         // the spare room they grew with.
         let mut involvements = map.involvements;
@@ -245,6 +253,7 @@ impl ClientState {
             alerts,
             next_change,
             restricted,
+            erased,
             as_of: now,
         }
     }
@@ -828,7 +837,7 @@ pub fn caseloads<'a>(
         })
     };
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
-    for file in files.into_iter().filter(|file| !file.restricted) {
+    for file in files.into_iter().filter(|file| !file.withheld()) {
         let stage = file.stage(now);
         for involvement in &file.involvements {
             let tally = tallies.entry(involvement.agency.clone()).or_default();
@@ -955,7 +964,7 @@ pub fn agency_caseload<'a>(
 ) -> Vec<CaseEntry> {
     let mut entries: Vec<CaseEntry> = files
         .into_iter()
-        .filter(|file| !file.restricted && file.carried_by(agency))
+        .filter(|file| !file.withheld() && file.carried_by(agency))
         .map(|file| {
             let mut flags: Vec<AlertKind> = file.open_alerts().map(|alert| alert.kind).collect();
             flags.sort();

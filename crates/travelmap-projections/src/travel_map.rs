@@ -112,14 +112,13 @@ impl ClientState {
         match draft.event {
             JourneyEvent::EventCorrected(correction) => {
                 if let Some(fact) = self.fact_mut(correction.event_id) {
-                    let data = serde_json::Value::Object(correction.data);
                     // The aggregate validated the replacement against this type when it was
                     // recorded; a failure here would mean a damaged log, and keeping the original
                     // reading is the safer answer than dropping the fact.
-                    if let Ok(event) = JourneyEvent::decode(
+                    if let Ok(event) = travelmap_domain::personal::decode_replacement(
                         fact.event.event_type(),
                         fact.event.schema_version(),
-                        &data,
+                        correction.data,
                     ) {
                         fact.event = event;
                     }

@@ -239,7 +239,7 @@ impl Coordination {
         agency_caseload(index.files.values(), agency, self.clock.now())
     }
 
-    /// Alerts, oldest first. Restricted clients' alerts are left out.
+    /// Alerts, oldest first. Restricted and erased clients' alerts are left out.
     pub fn alerts(&self, filter: &AlertFilter) -> Vec<Alert> {
         let index = self.index.read().expect("index lock");
         let files: Box<dyn Iterator<Item = &CaseFile>> = match filter.client {
@@ -247,7 +247,7 @@ impl Coordination {
             None => Box::new(index.files.values()),
         };
         let mut alerts: Vec<Alert> = files
-            .filter(|file| !file.restricted)
+            .filter(|file| !file.withheld())
             .flat_map(|file| file.alerts.iter())
             .filter(|alert| filter.include_cleared || alert.is_open())
             .filter(|alert| filter.kind.is_none_or(|kind| alert.kind == kind))
@@ -581,10 +581,10 @@ impl Coordination {
 
 /// What subscribers must hear about a client's alerts going from `old` to `new`. A restricted
 /// client's alerts are not processed: when a restriction begins its open alerts are withdrawn,
-/// and when it is lifted those still open are raised again.
+/// and when it is lifted those still open are raised again. An erasure withdraws them for good.
 fn changes(old: Option<&CaseFile>, new: &CaseFile) -> Vec<(Change, Alert)> {
     let visible = |file: &CaseFile| -> Vec<Alert> {
-        if file.restricted {
+        if file.withheld() {
             Vec::new()
         } else {
             file.alerts.clone()
@@ -662,6 +662,7 @@ mod tests {
             alerts,
             next_change: None,
             restricted,
+            erased: false,
             as_of: DateTime::UNIX_EPOCH,
         }
     }
@@ -728,5 +729,19 @@ mod tests {
             kinds(changes(Some(&restricted), &open)),
             [(Change::Raised, "probation".into())]
         );
+    }
+
+    #[test]
+    fn an_erasure_withdraws_open_alerts_for_good() {
+        let open = file(vec![alert("probation", false)], false);
+        let erased = CaseFile {
+            erased: true,
+            ..open.clone()
+        };
+        assert_eq!(
+            kinds(changes(Some(&open), &erased)),
+            [(Change::Withdrawn, "probation".into())]
+        );
+        assert!(changes(Some(&erased), &erased).is_empty());
     }
 }

@@ -30,7 +30,8 @@ const MAX_REPORTED_ERRORS: usize = 20;
 /// Every line is checked first (its shape, and that no event id appears twice in the file), so a
 /// malformed file changes nothing. Then the events are recorded in batches of 1000, each all or
 /// nothing. What can only be decided against the log (an id already recorded with other content, a
-/// stale `expected_version`, a correction of an unknown event) stops the import at the batch where
+/// stale `expected_version`, a correction of an unknown event or of one the agency may not
+/// rectify) stops the import at the batch where
 /// it occurs, with the batches before it recorded. Events already recorded with the same content
 /// are skipped, so after fixing the file the import can simply be run again.
 pub async fn import(
@@ -166,9 +167,7 @@ pub async fn import(
                     )));
                 }
                 Err(error) => {
-                    if let Some(refused) =
-                        travelmap_api::audit::refused_for_protection(&error, &batch)
-                    {
+                    if let Some(refused) = travelmap_api::audit::denied_submission(&error, &batch) {
                         let denied = offline_record(
                             &provenance,
                             Outcome::Denied,

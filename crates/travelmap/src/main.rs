@@ -45,8 +45,8 @@ enum Command {
     /// Load events from a JSON-lines file (one event per line, as for POST /v1/events). Every
     /// line's shape is checked before anything is stored; then the events are recorded in batches
     /// of 1000, each all or nothing, and logged in the audit trail. A clash with what is stored
-    /// (an id recorded with other content, a stale expected_version) stops the import at its
-    /// batch, with the batches before it recorded; run it again once fixed: recorded events are
+    /// (an id recorded with other content, a stale expected_version, a correction of an event its
+    /// agency may not rectify) stops the import at its batch, with the batches before it recorded; run it again once fixed: recorded events are
     /// skipped. On the embedded store, run with the server stopped; on PostgreSQL, beside
     /// running servers.
     Import {
@@ -478,16 +478,17 @@ fn local_authenticator(
     let key_file = match &origin {
         LocalKey::Generated(path) | LocalKey::Existing(path) => path.display().to_string(),
     };
-    let notice = match origin {
-        LocalKey::Generated(_) => format!(
-            "\nNo --config given: generated a local admin key into {key_file} (readable by you only).\n\
-             Use it like this:\n\n  curl -H \"Authorization: Bearer $(cat {key_file})\" http://{listen}/v1/event-types\n\n\
-             For agency systems, write a config file with [[credentials]] (see `travelmap credential new --help`).\n"
-        ),
-        LocalKey::Existing(_) => {
-            format!("No --config given: using the local admin key in {key_file}.")
-        }
+    // The how-to is told on every start, not only the one that made the key: that start may
+    // have failed before it could tell (a port in use).
+    let made = match origin {
+        LocalKey::Generated(_) => "generated a local admin key into",
+        LocalKey::Existing(_) => "using the local admin key in",
     };
+    let notice = format!(
+        "\nNo --config given: {made} {key_file} (readable by you only).\n\
+         Use it like this:\n\n  curl -H \"Authorization: Bearer $(cat {key_file})\" http://{listen}/v1/event-types\n\n\
+         For agency systems, write a config file with [[credentials]] (see `travelmap credential new --help`).\n"
+    );
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "serving beyond loopback with the generated local admin key; configure credentials for real deployments");
     }

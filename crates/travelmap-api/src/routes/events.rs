@@ -23,7 +23,7 @@ use crate::wire::{self, BatchReceipts, BatchRequest, EventRequest, FeedPage, Rec
         (status = 200, description = "Already recorded with the same content: the original receipt", body = Receipt),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The credential lacks the writer role, or its agency's kind may not post this event type", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential lacks the writer role, or its agency's kind may not post this event type (or, for a correction or retraction, the type of the event it names)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "duplicate_conflict or version_conflict", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not declared as JSON", body = Problem, content_type = "application/problem+json"),
@@ -93,7 +93,7 @@ pub async fn post_event(
     let (outcomes, logged) = match recorded {
         Ok(recorded) => recorded,
         Err(error) => {
-            log_protection_refusal(&state, &caller, &context, ACTION, &error, &submissions).await?;
+            log_denied_write(&state, &caller, &context, ACTION, &error, &submissions).await?;
             return Err(ApiError::from(error).at_index(None));
         }
     };
@@ -116,7 +116,7 @@ pub async fn post_event(
         (status = 200, description = "Every event was already recorded with the same content", body = BatchReceipts),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The credential lacks the writer role, or its agency's kind may not post this event type", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The credential lacks the writer role, or its agency's kind may not post this event type (or, for a correction or retraction, the type of the event it names)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "duplicate_conflict or version_conflict; `index` names the event", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "An event is invalid (`index` names it) or the batch is empty or too large", body = Problem, content_type = "application/problem+json"),
@@ -221,7 +221,7 @@ pub async fn post_batch(
     let (outcomes, logged) = match recorded {
         Ok(recorded) => recorded,
         Err(error) => {
-            log_protection_refusal(&state, &caller, &context, ACTION, &error, &submissions).await?;
+            log_denied_write(&state, &caller, &context, ACTION, &error, &submissions).await?;
             return Err(error.into());
         }
     };
@@ -327,10 +327,11 @@ pub async fn feed(
     }))
 }
 
-/// Logs a write refused because its client's processing is restricted or its data erased. Such
-/// an attempt is what a data-protection officer reviews, unlike a write refused as invalid or
-/// conflicting, which logs nothing (nothing was recorded, and the sender is told why).
-async fn log_protection_refusal(
+/// Logs a write refused because its client's processing is restricted, its data erased, or the
+/// agency may not rectify the event it names. Such an attempt is what a data-protection officer
+/// reviews, unlike a write refused as invalid or conflicting, which logs nothing (nothing was
+/// recorded, and the sender is told why).
+async fn log_denied_write(
     state: &AppState,
     caller: &Caller,
     context: &RequestContext,
@@ -338,7 +339,7 @@ async fn log_protection_refusal(
     error: &travelmap_service::Error,
     submissions: &[travelmap_service::Submission],
 ) -> Result<(), ApiError> {
-    let Some(submission) = audit::refused_for_protection(error, submissions) else {
+    let Some(submission) = audit::denied_submission(error, submissions) else {
         return Ok(());
     };
     let logged = Logged {
