@@ -895,8 +895,19 @@ async fn the_server_applies_the_retention_schedule_by_itself(backend: Backend) {
     backend.remove().await;
 }
 
+/// The first event of `event_type` in a history.
+fn first_of_type<'a>(history: &'a Value, event_type: &str) -> &'a Value {
+    history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["type"] == event_type)
+        .unwrap_or_else(|| panic!("no {event_type} in {history}"))
+}
+
 /// A correction's personal replacement fields read as erased after an erasure, like the fields
-/// of the event it corrects, rather than vanish from the correction and the map.
+/// of the event it corrects, rather than vanish from the correction and the map; and the closed
+/// record leaves the caseloads.
 #[tokio::test]
 async fn a_corrections_personal_fields_read_as_erased_after_erasure() {
     let app = spawn_app().await;
@@ -905,13 +916,7 @@ async fn a_corrections_personal_fields_read_as_erased_after_erasure() {
     let history = app
         .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
         .await;
-    let assessed = history["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|event| event["type"] == "need.assessed")
-        .unwrap()["id"]
-        .clone();
+    let assessed = first_of_type(&history, "need.assessed")["id"].clone();
     posted(
         &app,
         NGO_WRITER,
@@ -949,12 +954,7 @@ async fn a_corrections_personal_fields_read_as_erased_after_erasure() {
     let history = app
         .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
         .await;
-    let correction = history["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|event| event["type"] == "event.corrected")
-        .unwrap();
+    let correction = first_of_type(&history, "event.corrected");
     assert_eq!(
         correction["data"]["data"],
         json!({"area": "addiction", "status": "done", "note": "[erased]"})
