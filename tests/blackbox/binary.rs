@@ -1124,6 +1124,27 @@ fn offline_commands_refuse_a_directory_without_a_store_and_leave_it_untouched() 
         .unwrap();
     assert!(!output.status.success());
     assert!(!missing.join("master.key").exists());
+    // Refused for its credential's role: said plainly, with no trail made just to log it.
+    let config = write_config(parent.path());
+    let output = Command::new(BINARY)
+        .arg("import")
+        .arg(&file)
+        .args(["--credential", "dpo-office", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&missing)
+        .env_remove("TRAVELMAP_MASTER_KEYS")
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: credential `dpo-office` lacks the writer role"),
+        "{stderr}"
+    );
+    assert!(!missing.exists());
 }
 
 /// `credential new` prints entries the configuration reads back as given, whatever the id holds,
@@ -1146,13 +1167,22 @@ fn credential_new_prints_entries_that_read_back_as_given() {
     let entries: toml::Table = String::from_utf8(made.stdout).unwrap().parse().unwrap();
     assert_eq!(entries["credentials"][0]["id"].as_str(), Some(r#"x"y\z"#));
     assert_eq!(entries["agencies"][0]["id"].as_str(), Some("prison-a"));
-    let blank = Command::new(BINARY)
-        .args(["credential", "new", "--id", " ", "--agency", "prison-a"])
-        .args(["--role", "writer"])
-        .output()
-        .unwrap();
-    assert!(!blank.status.success());
-    assert!(blank.stdout.is_empty());
+    for unreadable in [" ", " padded", "two\nlines"] {
+        let refused = Command::new(BINARY)
+            .args([
+                "credential",
+                "new",
+                "--id",
+                unreadable,
+                "--agency",
+                "prison-a",
+            ])
+            .args(["--role", "writer"])
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "{unreadable:?}");
+        assert!(refused.stdout.is_empty());
+    }
 }
 
 /// A start that fails (its port is in use) does not first tell the newcomer how to call it.
@@ -1174,4 +1204,65 @@ fn a_failed_start_prints_no_instructions_for_a_server_that_is_not_there() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("Use it like this"), "{stderr}");
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+}
+
+/// A master key is generated for a new store only: beside a key store made under a key that has
+/// gone missing, a new key would open nothing and would have to be found and removed before the
+/// right one could be put back.
+#[test]
+fn a_missing_master_key_is_not_replaced_by_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("events.jsonl");
+    let client = Uuid::new_v4();
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n",
+            sample_event(client, "client.registered", "2026-01-05T09:00:00Z")
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(BINARY)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("TRAVELMAP_MASTER_KEYS")
+            .env_remove("TRAVELMAP_CONFIG")
+            .env_remove("TRAVELMAP_STORE")
+            .output()
+            .unwrap()
+    };
+    let imported = run(&["import", file.to_str().unwrap()]);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let master = data.join("master.key");
+    let generated = std::fs::read_to_string(&master).unwrap();
+    // Dated, with a suffix that keeps two keys made on one day apart.
+    let id = generated
+        .lines()
+        .find(|line| !line.starts_with('#'))
+        .and_then(|line| line.split_once(':'))
+        .unwrap()
+        .0;
+    assert!(
+        id.starts_with('k') && id.len() == "k20260105-abcdef".len(),
+        "{id}"
+    );
+
+    std::fs::remove_file(&master).unwrap();
+    let refused = run(&["rebuild"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("holds a key store"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(!master.exists());
+    std::fs::write(&master, generated).unwrap();
+    assert!(run(&["rebuild"]).status.success());
 }

@@ -74,6 +74,14 @@ pub enum CredentialError {
     BlankId,
     #[error("credential `{0}` acts for a blank agency")]
     BlankAgency(String),
+    #[error("credential id or agency {0:?} has surrounding spaces or control characters")]
+    Unreadable(String),
+}
+
+/// Whether an id reads as what it is wherever it is shown (logs, recorded events, the trail):
+/// no surrounding spaces and no control characters.
+pub fn plain_id(id: &str) -> bool {
+    id.trim() == id && !id.chars().any(char::is_control)
 }
 
 /// Finds the credential for a bearer key, or verifies a bearer JWT when tokens are configured.
@@ -111,6 +119,11 @@ impl Authenticator {
             }
             if credential.agency.trim().is_empty() {
                 return Err(CredentialError::BlankAgency(credential.id));
+            }
+            for id in [&credential.id, &credential.agency] {
+                if !plain_id(id) {
+                    return Err(CredentialError::Unreadable(id.clone()));
+                }
             }
             if credential.roles.is_empty() {
                 return Err(CredentialError::NoRoles(credential.id));

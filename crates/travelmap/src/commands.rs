@@ -104,10 +104,12 @@ pub async fn import(
         );
     }
 
+    // Before the store is opened: a key is made only for a directory with no key store yet.
+    let masters = masters()?;
     let store = Store::open(location)
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
-    let keyring = store.keyring(masters()?).await?;
+    let keyring = store.keyring(masters).await?;
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
     let audit = store.audit();
     let progress = ProgressBar::new(total).with_style(
@@ -446,8 +448,11 @@ pub fn new_credential(
     kind: Option<AgencyKind>,
     roles: &[Role],
 ) -> anyhow::Result<()> {
-    if id.trim().is_empty() || agency.trim().is_empty() {
-        bail!("--id and --agency must not be blank");
+    if [id, agency]
+        .iter()
+        .any(|name| name.trim().is_empty() || !travelmap_api::auth::plain_id(name))
+    {
+        bail!("--id and --agency must not be blank, padded with spaces or hold control characters");
     }
     // Quoted as TOML strings, so that an id with a quote or a backslash still makes an entry
     // the configuration reads back as given.

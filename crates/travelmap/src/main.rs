@@ -548,6 +548,10 @@ async fn refused(
     purpose: Option<&str>,
     action: &str,
 ) -> anyhow::Error {
+    // A directory with no store has no trail to log into, and none is made for a refusal.
+    if existing_store(location).is_err() {
+        return error;
+    }
     if let Some(LacksRole { provenance, .. }) = error.downcast_ref::<LacksRole>() {
         let record = commands::offline_record(
             provenance,
@@ -561,7 +565,7 @@ async fn refused(
             },
         );
         if let Err(logging) = commands::log_offline(location, record).await {
-            return error.context(format!("and the refusal could not be logged: {logging:#}"));
+            return anyhow::anyhow!("{error} (and the refusal could not be logged: {logging:#})");
         }
     }
     error

@@ -229,7 +229,9 @@ pub enum Error {
     },
     #[error("config file {path}: agency `{agency}` is declared twice")]
     AgencyTwice { path: PathBuf, agency: String },
-    #[error("config file {0}: an [[agencies]] entry has a blank id")]
+    #[error(
+        "config file {0}: an [[agencies]] entry has a blank id, or one with surrounding spaces or control characters"
+    )]
     BlankAgency(PathBuf),
     #[error("config file {path}: [jwt] needs exactly one of jwks_file and jwks_url")]
     JwksSource { path: PathBuf },
@@ -265,7 +267,7 @@ impl ConfigFile {
         }
         let mut kinds = std::collections::HashMap::new();
         for agency in &self.agencies {
-            if agency.id.trim().is_empty() {
+            if agency.id.trim().is_empty() || !travelmap_api::auth::plain_id(&agency.id) {
                 return Err(Error::BlankAgency(path.to_owned()));
             }
             if kinds.insert(agency.id.as_str(), agency.kind).is_some() {
@@ -514,10 +516,24 @@ pub fn master_keys(
     match std::fs::read_to_string(&path) {
         Ok(text) => travelmap_store::MasterKeys::parse(&text).map_err(failed),
         Err(read) if read.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
+            // A key is made for a new store only. Beside a key store made under another key, a
+            // new one would open nothing, and would have to be found and removed before the
+            // right one could be put back.
+            if data_dir.join("keys.sqlite").exists() {
+                return Err(failed(format!(
+                    "missing, but {} holds a key store made under a master key: put that key \
+                     back (or name it with master_key_file or TRAVELMAP_MASTER_KEYS); see \
+                     docs/operations.md",
+                    data_dir.display()
+                )));
+            }
             travelmap_store::sqlite::create_private_dir(data_dir)
                 .map_err(|error| failed(error.to_string()))?;
+            // The date says when it was made; the suffix keeps two keys made on one day apart,
+            // so that the wrong one is reported by its id rather than as a key that fails.
+            let suffix = format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff);
             let key = travelmap_store::MasterKey::generate(format!(
-                "k{}",
+                "k{}-{suffix}",
                 chrono::Utc::now().format("%Y%m%d")
             ));
             let text = format!(
@@ -625,6 +641,19 @@ mod tests {
             .authenticator(&path)
             .unwrap_err();
         assert!(error.to_string().contains("blank id"), "{error}");
+        std::fs::write(
+            &path,
+            format!(
+                "{agency}{}",
+                credential.replace("id = \"c\"", "id = \" c\"")
+            ),
+        )
+        .unwrap();
+        let error = ConfigFile::load(&path)
+            .unwrap()
+            .authenticator(&path)
+            .unwrap_err();
+        assert!(error.to_string().contains("surrounding spaces"), "{error}");
     }
 
     #[test]
