@@ -1065,6 +1065,23 @@ async fn replay_beside_a_running_server_is_logged_in_its_trail() {
     // Each with the purpose it stated, the refusal too.
     assert_eq!(trail[1]["purpose"], "audit");
     assert_eq!(trail[2]["purpose"], "audit");
+    // A replay that finds nothing fails, and is logged as the attempt it was.
+    let unknown = Uuid::new_v4();
+    let nothing = travelmap_command()
+        .args(["replay", "--client", &unknown.to_string()])
+        .args(["--credential", "dpo-office", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE")
+        .output()
+        .unwrap();
+    assert!(!nothing.status.success());
+    let attempt = trail_at(&server.address, unknown).await;
+    assert_eq!(attempt.len(), 1, "{attempt:?}");
+    assert_eq!(attempt[0]["action"], "travelmap replay");
+    assert!(attempt[0]["returned"].is_null(), "{attempt:?}");
     server.signal("TERM");
     assert!(server.wait().success());
     let verified = travelmap_command()

@@ -352,16 +352,9 @@ pub async fn replay(
             events?
         }
     };
-    if events.is_empty() {
-        bail!(
-            "no events recorded for client {client}{}",
-            match as_of {
-                Some(at) => format!(" as of {}", at.to_rfc3339()),
-                None => String::new(),
-            }
-        );
-    }
-    // Logged before anything is printed, like a read through the API: no entry, no output.
+    // Logged before anything is printed, like a read through the API: no entry, no output. A
+    // replay that finds nothing is logged too (with nothing returned), as the API logs a read of
+    // an unknown client: the attempt is what a review looks for.
     let record = offline_record(
         &reader.provenance,
         Outcome::Allowed,
@@ -376,6 +369,15 @@ pub async fn replay(
     log_offline(location, record)
         .await
         .context("logging the replay in the audit trail")?;
+    if events.is_empty() {
+        bail!(
+            "no events recorded for client {client}{}",
+            match as_of {
+                Some(at) => format!(" as of {}", at.to_rfc3339()),
+                None => String::new(),
+            }
+        );
+    }
     let now = as_of.unwrap_or_else(Utc::now);
     let map = ClientState::from_history(client, events.iter().cloned()).travel_map(now);
     let mut out = std::io::stdout().lock();
