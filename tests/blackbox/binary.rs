@@ -1275,11 +1275,24 @@ fn a_missing_master_key_is_not_replaced_by_a_new_one() {
     let refused = run(&["rebuild"]);
     assert!(!refused.status.success());
     assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("holds a key store"),
+        String::from_utf8_lossy(&refused.stderr).contains("holds keys wrapped"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
     assert!(!master.exists());
     std::fs::write(&master, generated).unwrap();
     assert!(run(&["rebuild"]).status.success());
+
+    // A key store that holds no key yet (`migrate` on a new directory makes one) still gets a
+    // master key made on first use.
+    std::fs::remove_dir_all(&data).unwrap();
+    assert!(run(&["migrate"]).status.success());
+    assert!(!master.exists());
+    let rebuilt = run(&["rebuild"]);
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert!(master.exists());
 }

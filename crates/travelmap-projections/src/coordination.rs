@@ -251,7 +251,13 @@ impl ClientState {
             involvements,
             appointments,
             alerts,
-            next_change,
+            // A withheld file changes only with a new event (a restriction lifted), which
+            // refreshes it: no timer is kept for it meanwhile.
+            next_change: if restricted || erased {
+                None
+            } else {
+                next_change
+            },
             restricted,
             erased,
             as_of: now,

@@ -516,13 +516,16 @@ pub fn master_keys(
     match std::fs::read_to_string(&path) {
         Ok(text) => travelmap_store::MasterKeys::parse(&text).map_err(failed),
         Err(read) if read.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
-            // A key is made for a new store only. Beside a key store made under another key, a
-            // new one would open nothing, and would have to be found and removed before the
-            // right one could be put back.
-            if data_dir.join("keys.sqlite").exists() {
+            // A key is made only while the key store holds none. Beside keys wrapped under
+            // another master key, a new one would open nothing, and would have to be found and
+            // removed before the right one could be put back.
+            let keys = data_dir.join("keys.sqlite");
+            if travelmap_store::sqlite::SqliteKeyStore::holds_wrapped_keys(&keys)
+                .map_err(|error| failed(format!("reading {}: {error}", keys.display())))?
+            {
                 return Err(failed(format!(
-                    "missing, but {} holds a key store made under a master key: put that key \
-                     back (or name it with master_key_file or TRAVELMAP_MASTER_KEYS); see \
+                    "missing, but {} holds keys wrapped under a master key: put that key back \
+                     (or name it with master_key_file or TRAVELMAP_MASTER_KEYS); see \
                      docs/operations.md",
                     data_dir.display()
                 )));

@@ -569,7 +569,9 @@ fn alert_notices(
                 None => loop {
                     match receiver.recv().await {
                         // Not a restricted client's: their alerts are not to be processed
-                        // (the notice that withdraws them on restriction included).
+                        // (the notice that withdraws them on restriction included). An erased
+                        // client's are sent: the `withdrawn` an erasure causes is the last word
+                        // on them, and subscribers must hear it.
                         Ok(notice)
                             if admits(&filter, &notice.alert)
                                 && !state.coordination.is_restricted(notice.alert.client_id) =>

@@ -34,6 +34,31 @@ struct Creation {
 }
 
 impl SqliteKeyStore {
+    /// Whether the key store at `path` holds any key wrapped under a master key (a data key or
+    /// the identifier look-up key). `false` for no file, or one created but never given a key
+    /// (`travelmap migrate` on a new directory makes such a file).
+    pub fn holds_wrapped_keys(path: &Path) -> Result<bool> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        let connection =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let tables: i64 = connection.query_row(
+            "SELECT COUNT(*) FROM sqlite_master
+             WHERE type = 'table' AND name IN ('data_keys', 'system_keys')",
+            [],
+            |row| row.get(0),
+        )?;
+        if tables < 2 {
+            return Ok(false);
+        }
+        Ok(connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM data_keys) OR EXISTS (SELECT 1 FROM system_keys)",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
     /// Opens (creating if needed) the key store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let mut connection = Connection::open(path)?;
