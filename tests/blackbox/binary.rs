@@ -1098,6 +1098,17 @@ async fn replay_beside_a_running_server_is_logged_in_its_trail() {
     );
 }
 
+/// The binary with none of the settings the suite's environment gives it: what an operator
+/// without a master key, configuration or store setting runs.
+fn unconfigured() -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .env_remove("TRAVELMAP_MASTER_KEYS")
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE");
+    command
+}
+
 /// Commands that only make sense on an existing store refuse a directory without one (a
 /// mistyped `--data-dir`) instead of creating an empty store and a master key there and reporting
 /// success; an import of an invalid file leaves no generated key behind either.
@@ -1110,13 +1121,10 @@ fn offline_commands_refuse_a_directory_without_a_store_and_leave_it_untouched() 
         &["retention", "run"][..],
         &["rebuild"][..],
     ] {
-        let output = Command::new(BINARY)
+        let output = unconfigured()
             .args(command)
             .arg("--data-dir")
             .arg(&missing)
-            .env_remove("TRAVELMAP_MASTER_KEYS")
-            .env_remove("TRAVELMAP_CONFIG")
-            .env_remove("TRAVELMAP_STORE")
             .output()
             .unwrap();
         assert!(!output.status.success(), "{command:?}");
@@ -1129,30 +1137,24 @@ fn offline_commands_refuse_a_directory_without_a_store_and_leave_it_untouched() 
     }
     let file = parent.path().join("bad.jsonl");
     std::fs::write(&file, "{not json\n").unwrap();
-    let output = Command::new(BINARY)
+    let output = unconfigured()
         .arg("import")
         .arg(&file)
         .arg("--data-dir")
         .arg(&missing)
-        .env_remove("TRAVELMAP_MASTER_KEYS")
-        .env_remove("TRAVELMAP_CONFIG")
-        .env_remove("TRAVELMAP_STORE")
         .output()
         .unwrap();
     assert!(!output.status.success());
     assert!(!missing.join("master.key").exists());
     // Refused for its credential's role: said plainly, with no trail made just to log it.
     let config = write_config(parent.path());
-    let output = Command::new(BINARY)
+    let output = unconfigured()
         .arg("import")
         .arg(&file)
         .args(["--credential", "dpo-office", "--config"])
         .arg(&config)
         .arg("--data-dir")
         .arg(&missing)
-        .env_remove("TRAVELMAP_MASTER_KEYS")
-        .env_remove("TRAVELMAP_CONFIG")
-        .env_remove("TRAVELMAP_STORE")
         .output()
         .unwrap();
     assert!(!output.status.success());
@@ -1241,13 +1243,10 @@ fn a_missing_master_key_is_not_replaced_by_a_new_one() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        Command::new(BINARY)
+        unconfigured()
             .args(args)
             .arg("--data-dir")
             .arg(&data)
-            .env_remove("TRAVELMAP_MASTER_KEYS")
-            .env_remove("TRAVELMAP_CONFIG")
-            .env_remove("TRAVELMAP_STORE")
             .output()
             .unwrap()
     };
