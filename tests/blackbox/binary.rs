@@ -1204,7 +1204,8 @@ fn credential_new_prints_entries_that_read_back_as_given() {
     }
 }
 
-/// A start that fails (its port is in use) does not first tell the newcomer how to call it.
+/// A start that fails (its port is in use) does not first tell the newcomer how to call it, nor
+/// keep a key whose how-to the next start would then not tell.
 #[test]
 fn a_failed_start_prints_no_instructions_for_a_server_that_is_not_there() {
     let dir = tempfile::tempdir().unwrap();
@@ -1223,6 +1224,8 @@ fn a_failed_start_prints_no_instructions_for_a_server_that_is_not_there() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("Use it like this"), "{stderr}");
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+    // Nor does it keep the key it made: the next start makes one and tells how to use it.
+    assert!(!dir.path().join("admin.key").exists());
 }
 
 /// A master key is generated for a new store only: beside a key store made under a key that has

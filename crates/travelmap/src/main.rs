@@ -250,49 +250,69 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             // How to use a local admin key is told once the server is up, not before a start
             // that then fails (a port in use, say).
-            let (authenticator, local_notice) = match &config {
+            let (authenticator, local) = match &config {
                 Some((path, file)) => (
                     with_tokens(file.authenticator(path)?, path, file).await?,
                     None,
                 ),
                 None => {
-                    let (authenticator, notice) = local_authenticator(&data_dir, listen)?;
-                    (authenticator, Some(notice))
+                    let (authenticator, local) = local_authenticator(&data_dir, listen)?;
+                    (authenticator, Some(local))
                 }
             };
-            let application = Application::build(ServeSettings {
-                listen,
-                store: location.clone(),
-                authenticator,
-                break_glass: config
-                    .as_ref()
-                    .and_then(|(_, file)| file.break_glass_minutes)
-                    .map_or(travelmap_api::DEFAULT_BREAK_GLASS, |minutes| {
-                        std::time::Duration::from_secs(minutes * 60)
-                    }),
-                checkpoint_key: settings::checkpoint_key(
-                    config
-                        .as_ref()
-                        .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
-                    &data_dir,
-                )?,
-                master_keys: Some(masters()?),
-                retention,
-                retention_every: travelmap::retention::DAILY,
-                coordination: config
-                    .as_ref()
-                    .map(|(_, file)| file.coordination.rules())
-                    .unwrap_or_default(),
-                clock: std::sync::Arc::new(travelmap_service::coordination::SystemClock),
-                audit_override: None,
-                webhooks: config
-                    .as_ref()
-                    .map(|(_, file)| file.webhooks.policy())
-                    .unwrap_or_default(),
-            })
-            .await?;
-            if let Some(notice) = local_notice {
-                eprintln!("{notice}");
+            let built = async {
+                anyhow::Ok(
+                    Application::build(ServeSettings {
+                        listen,
+                        store: location.clone(),
+                        authenticator,
+                        break_glass: config
+                            .as_ref()
+                            .and_then(|(_, file)| file.break_glass_minutes)
+                            .map_or(travelmap_api::DEFAULT_BREAK_GLASS, |minutes| {
+                                std::time::Duration::from_secs(minutes * 60)
+                            }),
+                        checkpoint_key: settings::checkpoint_key(
+                            config
+                                .as_ref()
+                                .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
+                            &data_dir,
+                        )?,
+                        master_keys: Some(masters()?),
+                        retention,
+                        retention_every: travelmap::retention::DAILY,
+                        coordination: config
+                            .as_ref()
+                            .map(|(_, file)| file.coordination.rules())
+                            .unwrap_or_default(),
+                        clock: std::sync::Arc::new(travelmap_service::coordination::SystemClock),
+                        audit_override: None,
+                        webhooks: config
+                            .as_ref()
+                            .map(|(_, file)| file.webhooks.policy())
+                            .unwrap_or_default(),
+                    })
+                    .await?,
+                )
+            }
+            .await;
+            let application = match built {
+                Ok(application) => application,
+                Err(error) => {
+                    // A key made by a start that then failed would be found by the next start,
+                    // which would not tell how to use it: it is made, and told, then.
+                    if let Some(LocalAdmin {
+                        generated: Some(path),
+                        ..
+                    }) = &local
+                    {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(error);
+                }
+            };
+            if let Some(local) = local {
+                eprintln!("{}", local.notice);
             }
             tracing::info!(
                 address = %application.local_addr(),
@@ -468,34 +488,43 @@ async fn with_tokens(
     Ok(authenticator.with_jwt(verifier))
 }
 
-/// The no-config start: one local admin credential whose key lives in the data directory, and
-/// what to tell its user once the server is up.
+/// The no-config start's local admin key: what to tell its user once the server is up, and the
+/// key file if this start made it.
+struct LocalAdmin {
+    notice: String,
+    generated: Option<PathBuf>,
+}
+
+/// The no-config start: one local admin credential whose key lives in the data directory.
 fn local_authenticator(
     data_dir: &Path,
     listen: SocketAddr,
-) -> anyhow::Result<(Authenticator, String)> {
+) -> anyhow::Result<(Authenticator, LocalAdmin)> {
     let (key, origin) = settings::local_admin_key(data_dir)?;
     let key_file = match &origin {
         LocalKey::Generated(path) | LocalKey::Existing(path) => path.display().to_string(),
     };
-    // The how-to is told on every start, not only the one that made the key: that start may
-    // have failed before it could tell (a port in use).
-    let made = match origin {
-        LocalKey::Generated(_) => "generated a local admin key into",
-        LocalKey::Existing(_) => "using the local admin key in",
+    let local = match origin {
+        LocalKey::Generated(path) => LocalAdmin {
+            notice: format!(
+                "\nNo --config given: generated a local admin key into {key_file} (readable by you only).\n\
+                 Use it like this:\n\n  curl -H \"Authorization: Bearer $(cat {key_file})\" http://{listen}/v1/event-types\n\n\
+                 For agency systems, write a config file with [[credentials]] (see `travelmap credential new --help`).\n"
+            ),
+            generated: Some(path),
+        },
+        LocalKey::Existing(_) => LocalAdmin {
+            notice: format!("No --config given: using the local admin key in {key_file}."),
+            generated: None,
+        },
     };
-    let notice = format!(
-        "\nNo --config given: {made} {key_file} (readable by you only).\n\
-         Use it like this:\n\n  curl -H \"Authorization: Bearer $(cat {key_file})\" http://{listen}/v1/event-types\n\n\
-         For agency systems, write a config file with [[credentials]] (see `travelmap credential new --help`).\n"
-    );
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "serving beyond loopback with the generated local admin key; configure credentials for real deployments");
     }
     let authenticator =
         Authenticator::new([(Authenticator::hash_key(&key), settings::local_admin())])
             .context("building the local admin credential")?;
-    Ok((authenticator, notice))
+    Ok((authenticator, local))
 }
 
 /// Who an import records as, the kind of its agency, and (with a configuration) the
