@@ -46,9 +46,9 @@ enum Command {
     /// line's shape is checked before anything is stored; then the events are recorded in batches
     /// of 1000, each all or nothing, and logged in the audit trail. A clash with what is stored
     /// (an id recorded with other content, a stale expected_version, a correction of an event its
-    /// agency may not rectify) stops the import at its batch, with the batches before it recorded; run it again once fixed: recorded events are
-    /// skipped. On the embedded store, run with the server stopped; on PostgreSQL, beside
-    /// running servers.
+    /// agency may not rectify) stops the import at its batch, with the batches before it
+    /// recorded; run it again once fixed: recorded events are skipped. On the embedded store, run
+    /// with the server stopped; on PostgreSQL, beside running servers.
     Import {
         /// The file to load.
         file: PathBuf,
@@ -260,42 +260,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     (authenticator, Some(local))
                 }
             };
-            let built = async {
-                anyhow::Ok(
-                    Application::build(ServeSettings {
-                        listen,
-                        store: location.clone(),
-                        authenticator,
-                        break_glass: config
+            let serve_settings = || -> anyhow::Result<ServeSettings> {
+                Ok(ServeSettings {
+                    listen,
+                    store: location.clone(),
+                    authenticator,
+                    break_glass: config
+                        .as_ref()
+                        .and_then(|(_, file)| file.break_glass_minutes)
+                        .map_or(travelmap_api::DEFAULT_BREAK_GLASS, |minutes| {
+                            std::time::Duration::from_secs(minutes * 60)
+                        }),
+                    checkpoint_key: settings::checkpoint_key(
+                        config
                             .as_ref()
-                            .and_then(|(_, file)| file.break_glass_minutes)
-                            .map_or(travelmap_api::DEFAULT_BREAK_GLASS, |minutes| {
-                                std::time::Duration::from_secs(minutes * 60)
-                            }),
-                        checkpoint_key: settings::checkpoint_key(
-                            config
-                                .as_ref()
-                                .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
-                            &data_dir,
-                        )?,
-                        master_keys: Some(masters()?),
-                        retention,
-                        retention_every: travelmap::retention::DAILY,
-                        coordination: config
-                            .as_ref()
-                            .map(|(_, file)| file.coordination.rules())
-                            .unwrap_or_default(),
-                        clock: std::sync::Arc::new(travelmap_service::coordination::SystemClock),
-                        audit_override: None,
-                        webhooks: config
-                            .as_ref()
-                            .map(|(_, file)| file.webhooks.policy())
-                            .unwrap_or_default(),
-                    })
-                    .await?,
-                )
-            }
-            .await;
+                            .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
+                        &data_dir,
+                    )?,
+                    master_keys: Some(masters()?),
+                    retention,
+                    retention_every: travelmap::retention::DAILY,
+                    coordination: config
+                        .as_ref()
+                        .map(|(_, file)| file.coordination.rules())
+                        .unwrap_or_default(),
+                    clock: std::sync::Arc::new(travelmap_service::coordination::SystemClock),
+                    audit_override: None,
+                    webhooks: config
+                        .as_ref()
+                        .map(|(_, file)| file.webhooks.policy())
+                        .unwrap_or_default(),
+                })
+            };
+            let built = match serve_settings() {
+                Ok(settings) => Application::build(settings).await,
+                Err(error) => Err(error),
+            };
             let application = match built {
                 Ok(application) => application,
                 Err(error) => {

@@ -43,13 +43,9 @@ impl SqliteKeyStore {
         }
         let connection =
             Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let tables: i64 = connection.query_row(
-            "SELECT COUNT(*) FROM sqlite_master
-             WHERE type = 'table' AND name IN ('data_keys', 'system_keys')",
-            [],
-            |row| row.get(0),
-        )?;
-        if tables < 2 {
+        // Both tables come with the first migration; before it the file holds nothing.
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version == 0 {
             return Ok(false);
         }
         Ok(connection.query_row(

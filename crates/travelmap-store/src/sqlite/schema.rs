@@ -144,15 +144,7 @@ pub(crate) const WEBHOOKS: &[&str] = &[
 ];
 
 pub(crate) fn migrate(connection: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()> {
-    let current: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    let supported = migrations.len() as i64;
-    if current > supported {
-        return Err(Error::SchemaTooNew {
-            store: path.display().to_string(),
-            found: current,
-            supported,
-        });
-    }
+    let current = known_version(connection, path, migrations)?;
     for (index, migration) in migrations.iter().enumerate().skip(current as usize) {
         let transaction = connection.transaction()?;
         transaction.execute_batch(migration)?;
@@ -171,6 +163,16 @@ pub(crate) fn require_current(
     path: &Path,
     migrations: &[&str],
 ) -> Result<()> {
+    let found = known_version(connection, path, migrations)?;
+    let needed = migrations.len() as i64;
+    if found < needed {
+        return Err(Error::SchemaOutdated { found, needed });
+    }
+    Ok(())
+}
+
+/// The store's schema version, refused if it is newer than `migrations` know of.
+fn known_version(connection: &Connection, path: &Path, migrations: &[&str]) -> Result<i64> {
     let found: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let supported = migrations.len() as i64;
     if found > supported {
@@ -180,11 +182,5 @@ pub(crate) fn require_current(
             supported,
         });
     }
-    if found < supported {
-        return Err(Error::SchemaOutdated {
-            found,
-            needed: supported,
-        });
-    }
-    Ok(())
+    Ok(found)
 }
