@@ -294,25 +294,36 @@ pub fn join_erased(
 
 /// A correction's replacement `data`, decoded as the corrected type. Once erased, its sealed
 /// keys read as [`ERASED`]; where the corrected type holds a fixed set of values under such a
-/// key (an involvement's `reason`), the placeholder cannot decode, and the key is left out
-/// instead, so that the rest of the correction still holds.
+/// key (an involvement's `reason`), the placeholder cannot decode, and that key alone is left
+/// out, so that the rest of the correction still holds, other placeholders included.
 pub fn decode_replacement(
     event_type: &str,
     schema_version: u32,
     replacement: Map<String, Value>,
 ) -> Result<JourneyEvent, DecodeError> {
     let erased = Value::String(ERASED.to_owned());
-    let had_placeholders = replacement.values().any(|value| *value == erased);
     let mut replacement = Value::Object(replacement);
-    match JourneyEvent::decode(event_type, schema_version, &replacement) {
-        Err(_) if had_placeholders => {
-            if let Value::Object(fields) = &mut replacement {
-                fields.retain(|_, value| *value != erased);
+    loop {
+        match JourneyEvent::decode(event_type, schema_version, &replacement) {
+            Err(DecodeError::Invalid(invalid)) => {
+                // Each round leaves out one placeholder, the one the refusal names, so this
+                // ends; a refusal of anything else is the caller's to see.
+                let key = top_level_key(&invalid.field);
+                let fields = replacement.as_object_mut().expect("built as an object");
+                if fields.get(key) != Some(&erased) {
+                    return Err(DecodeError::Invalid(invalid));
+                }
+                fields.remove(key);
             }
-            JourneyEvent::decode(event_type, schema_version, &replacement)
+            decoded => return decoded,
         }
-        decoded => decoded,
     }
+}
+
+/// The top-level key a validation error's path starts with: `reason` of `reason`,
+/// `identifiers` of `identifiers[1].value`.
+fn top_level_key(field: &str) -> &str {
+    field.split(['.', '[']).next().unwrap_or_default()
 }
 
 /// Two JSON objects with disjoint keys, as one: `{"a":1}` and `{"b":2}` give `{"a":1,"b":2}`.
@@ -529,6 +540,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(noted.data()["note"], ERASED);
+        // Only the placeholder that cannot decode is left out; free text beside it keeps its own.
+        let both = decode_replacement(
+            "involvement.closed",
+            1,
+            json!({"role": "mentor", "worker": ERASED, "reason": ERASED})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        assert_eq!(both.data(), json!({"role": "mentor", "worker": ERASED}));
+        // A refusal of anything but a placeholder still refuses.
+        let wrong = json!({"role": "astronaut", "reason": ERASED});
+        assert!(
+            decode_replacement("involvement.closed", 1, wrong.as_object().unwrap().clone())
+                .is_err()
+        );
     }
 
     #[test]
