@@ -243,6 +243,19 @@ async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_non
         )
         .await;
     expect_problem(refused, StatusCode::CONFLICT, "version_conflict").await;
+    // An id already recorded, sent with other content, alone or in a batch: refused, not logged.
+    let mut conflicting = sentenced.clone();
+    conflicting["occurred_at"] = json!("2026-01-08T09:00:00+01:00");
+    let refused = app.post_event(PRISON_WRITER, &conflicting).await;
+    expect_problem(refused, StatusCode::CONFLICT, "duplicate_conflict").await;
+    let refused = app
+        .post(
+            "/v1/events/batch",
+            PRISON_WRITER,
+            &json!({"events": [conflicting]}),
+        )
+        .await;
+    expect_problem(refused, StatusCode::CONFLICT, "duplicate_conflict").await;
 
     let logged = |client: Uuid| {
         let app = &app;

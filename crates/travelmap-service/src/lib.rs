@@ -342,17 +342,19 @@ impl Journeys {
             turns.push(self.client_turns[stripe].lock().await);
         }
 
-        // The first attempt assumes every event is new and skips looking the ids up: the store's
-        // unique index on event ids still catches any that is not. A refusal or a taken id may
-        // mean the request was a retry, so every later attempt looks the ids up first.
-        let mut look_up = false;
+        // Every attempt looks the ids up before anything is written, so that a retry or a
+        // conflicting duplicate is answered before the write's audit entries are (they are
+        // written beside the commit, and a refused duplicate must leave none). The first attempt
+        // trusts the cached journeys; a refusal or a conflict may come from a stale one (another
+        // process moved the stream), so every later attempt reads them from the store.
+        let mut retry = false;
         for attempt in 0..MAX_ATTEMPTS {
             match self
-                .try_record(provenance, kind, submissions, &digests, look_up, alongside)
+                .try_record(provenance, kind, submissions, &digests, retry, alongside)
                 .await
             {
-                Err(Error::Refused { .. } | Error::VersionConflict { .. }) if !look_up => {
-                    look_up = true;
+                Err(Error::Refused { .. } | Error::VersionConflict { .. }) if !retry => {
+                    retry = true;
                 }
                 // A key this process had cached for sealing is gone (destroyed by another
                 // process, or lost with an unflushed commit in a database crash); nothing was
@@ -365,7 +367,7 @@ impl Journeys {
                     travelmap_store::Error::StreamConflict { .. }
                     | travelmap_store::Error::DuplicateEvent(_),
                 )) => {
-                    look_up = true;
+                    retry = true;
                     // Another writer moved the stream or took an id: back off a little, more each
                     // time, with jitter so that competing processes do not retry in lockstep.
                     let jitter = u64::from(Uuid::new_v4().as_bytes()[0]) % 5;
@@ -384,20 +386,17 @@ impl Journeys {
         kind: Option<AgencyKind>,
         submissions: &[Submission],
         digests: &[[u8; 32]],
-        look_up: bool,
+        retry: bool,
         alongside: &mut Alongside<'_, L>,
     ) -> Result<Vec<Outcome>> {
-        let existing: HashMap<EventId, _> = if look_up {
-            let ids = submissions.iter().map(|s| s.draft.id).collect();
-            self.log
-                .lookup(ids)
-                .await?
-                .into_iter()
-                .map(|existing| (existing.receipt.id, existing))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let ids = submissions.iter().map(|s| s.draft.id).collect();
+        let existing: HashMap<EventId, _> = self
+            .log
+            .lookup(ids)
+            .await?
+            .into_iter()
+            .map(|existing| (existing.receipt.id, existing))
+            .collect();
 
         let mut outcomes: Vec<Option<Outcome>> = vec![None; submissions.len()];
         // New events grouped by client, clients in order of first appearance (found by index:
@@ -428,7 +427,7 @@ impl Journeys {
             }
         }
 
-        let mut journeys = self.cached_journeys(&by_client, look_up);
+        let mut journeys = self.cached_journeys(&by_client, retry);
         let uncached: Vec<ClientId> = by_client
             .iter()
             .map(|(client, _)| *client)
@@ -499,15 +498,15 @@ impl Journeys {
             .collect())
     }
 
-    /// Cached journeys of the given clients. On a retry (`look_up`) the cache is not trusted:
-    /// the first attempt failed, possibly because another process moved a stream.
+    /// Cached journeys of the given clients. On a retry the cache is not trusted: the first
+    /// attempt failed, possibly because another process moved a stream.
     fn cached_journeys(
         &self,
         by_client: &[(ClientId, Vec<usize>)],
-        look_up: bool,
+        retry: bool,
     ) -> HashMap<ClientId, ClientJourney> {
         let mut cache = self.journeys.lock().expect("journey cache lock");
-        if look_up {
+        if retry {
             for (client, _) in by_client {
                 cache.remove(client);
             }
