@@ -255,6 +255,39 @@ async fn envelope_errors_are_precise() {
     .await;
     assert_eq!(problem["field"], "occurred_at");
 
+    // Dates and times in their strict forms only: chrono alone takes these, and a release in the
+    // year -262143 once overflowed the alerts' date arithmetic for every client.
+    for loose in [
+        "+2026-01-01T00:00:00Z",
+        " 2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:60Z",
+    ] {
+        let mut event = valid();
+        event["occurred_at"] = json!(loose);
+        let problem = expect_problem(
+            app.post_event(PRISON_WRITER, &event).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], "occurred_at", "{loose}");
+    }
+    for loose in ["-262143-01-01", "+2026-05-01", "2026-5-1"] {
+        let event = event(
+            Uuid::new_v4(),
+            "release.scheduled",
+            "2026-01-01T00:00:00Z",
+            json!({"release_date": loose}),
+        );
+        let problem = expect_problem(
+            app.post_event(PRISON_WRITER, &event).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], "data.release_date", "{loose}");
+    }
+
     let mut bad_id = valid();
     bad_id["id"] = json!("not-a-uuid");
     let problem = expect_problem(

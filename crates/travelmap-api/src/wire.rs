@@ -2,7 +2,7 @@
 //! the domain's [`EventDraft`]. `travelmap import` parses its JSON lines with [`parse_event`], so
 //! a file and an HTTP request are validated identically.
 
-use chrono::{DateTime, Datelike, Duration, FixedOffset, SubsecRound, Utc};
+use chrono::{DateTime, Duration, FixedOffset, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use travelmap_domain::catalogue::deserialize_with_path;
@@ -18,8 +18,16 @@ use crate::error::{ApiError, Code};
 /// How far in the future `occurred_at` may lie (clock skew between agencies). An event records
 /// something that happened; future plans have their own events (`appointment.scheduled`).
 const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
-/// The earliest year an event may have occurred in.
-const EARLIEST_YEAR: i32 = 1900;
+
+/// `occurred_at` in RFC 3339's own form only, within the years a journey can fall in (see
+/// [`travelmap_domain::dates::check_date_time`]): a time before 1900 is a sender's placeholder (a
+/// zero date), which would sort first in the travel map for good.
+fn strict_date_time<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<DateTime<FixedOffset>, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+    travelmap_domain::dates::check_date_time(&text).map_err(serde::de::Error::custom)
+}
 
 /// The most events one batch may hold.
 pub const MAX_BATCH: usize = 1000;
@@ -38,7 +46,9 @@ pub struct EventRequest {
     pub schema_version: u32,
     /// The client the event is about.
     pub client_id: Uuid,
-    /// When it happened (RFC 3339, with offset). May be in the past; not in the future.
+    /// When it happened (RFC 3339, with offset, from 1900 on). May be in the past; not in the
+    /// future.
+    #[serde(deserialize_with = "strict_date_time")]
     pub occurred_at: DateTime<FixedOffset>,
     /// The sender's reference to the worker involved (not a name): trimmed, not blank, at most
     /// 2000 characters, no control characters.
@@ -240,15 +250,6 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
         return Err(ApiError::new(
             Code::ValidationFailed,
             "occurred_at lies in the future; record plans with their own events (e.g. appointment.scheduled)",
-        )
-        .with_field("occurred_at"));
-    }
-    if request.occurred_at.with_timezone(&Utc).year() < EARLIEST_YEAR {
-        // No journey Travelmap follows began that early: such a time is a sender's placeholder
-        // (a zero date), and would sort first in the travel map for good.
-        return Err(ApiError::new(
-            Code::ValidationFailed,
-            format!("occurred_at lies before {EARLIEST_YEAR}"),
         )
         .with_field("occurred_at"));
     }

@@ -288,6 +288,7 @@ fn decode_payload<P: DeserializeOwned + Rules>(
     }
     if let Some(info) = self::event_type(event_type) {
         no_array_for_an_object(data, &info.data, "")?;
+        strict_dates(data, &info.data, "")?;
     }
     let payload: P = deserialize_with_path(data)?;
     payload.check()?;
@@ -320,6 +321,43 @@ fn no_array_for_an_object(
                 for (name, field) in fields {
                     if let Some(field_schema) = properties.get(name) {
                         no_array_for_an_object(field, field_schema, &field_path(path, name))?;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Refuses a date or a date and time in any but its strict form, wherever the type's schema
+/// says `format: date` or `format: date-time` (see [`crate::dates`]): serde, through chrono,
+/// takes looser forms and years far outside any journey.
+fn strict_dates(value: &Value, schema: &Value, path: &str) -> Result<(), ValidationError> {
+    match value {
+        Value::String(text) => {
+            let format = alternatives(schema).find_map(|schema| schema.get("format"));
+            let checked = match format.and_then(Value::as_str) {
+                Some("date") => crate::dates::check_date(text).map(drop),
+                Some("date-time") => crate::dates::check_date_time(text).map(drop),
+                _ => Ok(()),
+            };
+            checked.map_err(|message| ValidationError::new(path, message))?;
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = alternatives(schema).find_map(|schema| schema.get("items")) {
+                for (index, item) in items.iter().enumerate() {
+                    strict_dates(item, item_schema, &format!("{path}[{index}]"))?;
+                }
+            }
+        }
+        Value::Object(fields) => {
+            if let Some(properties) = alternatives(schema)
+                .find_map(|schema| schema.get("properties").and_then(Value::as_object))
+            {
+                for (name, field) in fields {
+                    if let Some(field_schema) = properties.get(name) {
+                        strict_dates(field, field_schema, &field_path(path, name))?;
                     }
                 }
             }
@@ -378,6 +416,39 @@ mod tests {
             Err(DecodeError::Invalid(invalid)) => invalid.field,
             other => panic!("{event_type} {data} was not refused as invalid: {other:?}"),
         }
+    }
+
+    #[test]
+    fn loose_dates_and_times_are_refused_where_they_stand() {
+        assert_eq!(
+            refused_field(
+                "release.scheduled",
+                json!({"release_date": "-262143-01-01"})
+            ),
+            "release_date"
+        );
+        assert_eq!(
+            refused_field(
+                "client.registered",
+                json!({"identifiers": [], "personal": {"birth_date": "1990-1-5"}})
+            ),
+            "personal.birth_date"
+        );
+        assert_eq!(
+            refused_field(
+                "appointment.scheduled",
+                json!({"appointment_id": "A-1", "at": "2026-06-01T12:34:60+02:00"})
+            ),
+            "at"
+        );
+        assert!(
+            JourneyEvent::decode(
+                "appointment.scheduled",
+                1,
+                &json!({"appointment_id": "A-1", "at": "2026-06-01T12:34:59.5+02:00"})
+            )
+            .is_ok()
+        );
     }
 
     /// serde would read these arrays as the objects' fields in order.

@@ -1,12 +1,12 @@
 //! Calendar dates written as `YYYY-MM-DD`, the text chrono writes for them, without going
-//! through its formatter.
+//! through its formatter; and the strict forms in which dates and times are accepted.
 //!
 //! Every stored view holds its client's events with their dates, so a rebuild writes tens of
 //! thousands of them. chrono formats a date through `Debug` into a fresh string, a character at
 //! a time, which was a few percent of a rebuild's instructions; these write the ten bytes
 //! directly. Years outside 0 to 9999 (which chrono writes with a sign) are left to chrono.
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
 use serde::{Serialize, Serializer};
 
 /// For `#[serde(serialize_with = "crate::dates::serialize")]`.
@@ -41,6 +41,89 @@ pub(crate) fn option<S: Serializer>(
     }
 }
 
+/// The years a recorded date or time may fall in. Nothing in a reintegration journey lies
+/// outside them, and the bound keeps date arithmetic (deadlines, windows) far from chrono's
+/// limits: a release dated in the year -262143 once overflowed the alerts' arithmetic.
+pub const EARLIEST_YEAR: i32 = 1900;
+pub const LATEST_YEAR: i32 = 2199;
+
+/// Checks a date as posted: exactly `YYYY-MM-DD`, a real day, in the years above. chrono alone
+/// also takes `+2026-01-05`, `2026-1-5` and years of six digits with a sign.
+pub fn check_date(text: &str) -> Result<NaiveDate, String> {
+    let bytes = text.as_bytes();
+    let shaped = bytes.len() == 10
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && [0, 1, 2, 3, 5, 6, 8, 9]
+            .iter()
+            .all(|&index| bytes[index].is_ascii_digit());
+    if !shaped {
+        return Err(format!("`{text}` is not a date in the form YYYY-MM-DD"));
+    }
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("`{text}` is not a day of the calendar"))?;
+    in_range(date.year(), text)?;
+    Ok(date)
+}
+
+/// Checks a date and time as posted: RFC 3339 exactly (`2026-03-01T09:00:00+01:00`, with an
+/// optional fraction of a second and `Z` for UTC), in the years above, without a leap second
+/// (which chrono would keep as `:60` in one place and roll into the next minute in another).
+pub fn check_date_time(text: &str) -> Result<DateTime<FixedOffset>, String> {
+    let refused =
+        || format!("`{text}` is not an RFC 3339 date and time, e.g. 2026-03-01T09:00:00+01:00");
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || !matches!(bytes[10], b'T' | b't') {
+        return Err(refused());
+    }
+    check_date(&text[..10]).map_err(|_| refused())?;
+    let time = &bytes[11..];
+    let digits =
+        |range: std::ops::Range<usize>| range.into_iter().all(|i| time[i].is_ascii_digit());
+    if !(digits(0..2) && time[2] == b':' && digits(3..5) && time[5] == b':' && digits(6..8)) {
+        return Err(refused());
+    }
+    if time[6] >= b'6' {
+        return Err(format!(
+            "`{text}` has no such second (leap seconds are not taken)"
+        ));
+    }
+    let mut rest = &time[8..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let count = fraction
+            .iter()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count();
+        if count == 0 {
+            return Err(refused());
+        }
+        rest = &fraction[count..];
+    }
+    let zone_shaped = match rest {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            [h1, h2, m1, m2].iter().all(|byte| byte.is_ascii_digit())
+        }
+        _ => false,
+    };
+    if !zone_shaped {
+        return Err(refused());
+    }
+    let at = DateTime::parse_from_rfc3339(text).map_err(|_| refused())?;
+    in_range(at.with_timezone(&chrono::Utc).year(), text)?;
+    Ok(at)
+}
+
+fn in_range(year: i32, text: &str) -> Result<(), String> {
+    if (EARLIEST_YEAR..=LATEST_YEAR).contains(&year) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{text}` lies outside the years {EARLIEST_YEAR} to {LATEST_YEAR}"
+        ))
+    }
+}
+
 /// Writes `value` in decimal into `into`, right-aligned and padded with zeros.
 fn write_digits(into: &mut [u8], mut value: u32) {
     for digit in into.iter_mut().rev() {
@@ -65,6 +148,45 @@ mod tests {
 
     fn date(year: i32, month: u32, day: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(year, month, day).expect("a valid date")
+    }
+
+    #[test]
+    fn dates_and_times_are_taken_only_in_their_strict_forms() {
+        assert_eq!(check_date("2026-01-05"), Ok(date(2026, 1, 5)));
+        for loose in [
+            "+2026-01-05",
+            "2026-1-5",
+            " 2026-01-05",
+            "-0001-01-01",
+            "-262143-01-01",
+            "2026-02-30",
+            "1899-12-31",
+            "2200-01-01",
+        ] {
+            assert!(check_date(loose).is_err(), "{loose} was taken");
+        }
+        for strict in [
+            "2026-03-01T09:00:00+01:00",
+            "2026-03-01T08:00:00Z",
+            "2026-03-01t08:00:00.250z",
+            "2026-03-01T09:00:00.123456-05:30",
+        ] {
+            assert!(check_date_time(strict).is_ok(), "{strict} was refused");
+        }
+        for loose in [
+            "+2026-01-01T00:00:00Z",
+            " 2026-01-01T00:00:00Z",
+            "2026-01-01T00:00:00 Z",
+            "2026-06-01T12:34:60+02:00",
+            "2026-01-01 00:00:00Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00+0100",
+            "-262143-01-01T00:00:00Z",
+            "1899-12-31T23:00:00Z",
+        ] {
+            assert!(check_date_time(loose).is_err(), "{loose} was taken");
+        }
     }
 
     #[test]

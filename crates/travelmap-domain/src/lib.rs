@@ -8,7 +8,7 @@
 pub mod agency;
 pub mod audit;
 pub mod catalogue;
-mod dates;
+pub mod dates;
 mod envelope;
 mod error;
 mod ids;

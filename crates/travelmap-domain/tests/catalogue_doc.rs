@@ -40,7 +40,8 @@ Every journey event is posted as an envelope around a typed `data` object:
   than a silently lost fact. Optional fields may be omitted; `null` is accepted only where the
   type's JSON Schema allows it (not, for example, for `attended` or `identifiers`, which have
   defaults). Text fields are trimmed, must not be blank, and hold at most 2000 characters.
-  Dates are `YYYY-MM-DD`; times RFC 3339.
+  Dates are `YYYY-MM-DD` exactly; times RFC 3339 exactly (`2026-03-01T09:00:00+01:00`, a
+  fraction of a second and `Z` allowed, no leap second); both within the years 1900 to 2199.
 
 The same schemas are served by `GET /v1/event-types` (JSON Schema 2020-12, generated from the
 types the server decodes into), and as one file per type in [schemas/](schemas/). Fields listed
