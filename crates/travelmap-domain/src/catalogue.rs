@@ -419,6 +419,19 @@ mod tests {
     }
 
     #[test]
+    fn a_withdrawal_of_no_purposes_is_refused() {
+        assert_eq!(
+            refused_field(
+                "consent.withdrawn",
+                json!({"agency": "ngo-a", "purposes": []})
+            ),
+            "purposes"
+        );
+        // Left out, it withdraws every purpose.
+        assert!(JourneyEvent::decode("consent.withdrawn", 1, &json!({"agency": "ngo-a"})).is_ok());
+    }
+
+    #[test]
     fn loose_dates_and_times_are_refused_where_they_stand() {
         assert_eq!(
             refused_field(

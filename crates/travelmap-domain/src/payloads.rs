@@ -344,9 +344,19 @@ impl Rules for ConsentRecorded {
 pub struct ConsentWithdrawn {
     /// The agency that loses the consent.
     pub agency: Text,
-    /// The purposes withdrawn; when absent, all of them.
+    /// The purposes withdrawn; when absent, all of them. When given, at least one: an empty
+    /// list would read as a withdrawal and withdraw nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub purposes: Option<Vec<Purpose>>,
+}
+
+impl Rules for ConsentWithdrawn {
+    fn check(&self) -> Result<(), ValidationError> {
+        self.purposes
+            .as_deref()
+            .map_or(Ok(()), |purposes| non_empty_list("purposes", purposes))
+    }
 }
 
 /// `plan.agreed`: an individual plan covering some needs areas is agreed with the client.
@@ -750,7 +760,6 @@ no_extra_rules!(
     ProgrammeEnrolled,
     InvolvementOpened,
     InvolvementClosed,
-    ConsentWithdrawn,
     NeedAssessed,
     PrereleaseLectureAttended,
     RetrainingStarted,
