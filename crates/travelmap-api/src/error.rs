@@ -242,7 +242,7 @@ impl From<travelmap_service::Error> for ApiError {
                     .with_field("id")
                     .at_index(Some(index))
             }
-            E::DuplicateConflict { index, .. } => {
+            E::DuplicateConflict { index, .. } | E::Unmatchable { index, .. } => {
                 ApiError::new(Code::DuplicateConflict, error.to_string()).at_index(Some(index))
             }
             E::VersionConflict { index, actual, .. } => {

@@ -99,6 +99,11 @@ pub enum Error {
     },
     #[error("event {id} was already recorded with different content")]
     DuplicateConflict { index: usize, id: EventId },
+    #[error(
+        "event {id} was already recorded, and its personal fields were destroyed since (retention \
+         schedule): a retry can no longer be matched against it"
+    )]
+    Unmatchable { index: usize, id: EventId },
     #[error("the stream of client {client_id} is at version {actual}, not the expected {expected}")]
     VersionConflict {
         index: usize,
@@ -406,6 +411,11 @@ impl Journeys {
         for (index, submission) in submissions.iter().enumerate() {
             let id = submission.draft.id;
             if let Some(existing) = existing.get(&id) {
+                if existing.shredded {
+                    // Answered the same whatever was sent: a match would confirm a guess of the
+                    // fields the retention schedule destroyed.
+                    return Err(Error::Unmatchable { index, id });
+                }
                 if existing.digest != digests[index] {
                     return Err(Error::DuplicateConflict { index, id });
                 }

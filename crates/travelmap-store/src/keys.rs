@@ -329,10 +329,28 @@ impl Keyring {
         lookup_hash(&self.lookup, kind, value)
     }
 
+    /// Which keys of the given clients were destroyed, as `(client, key id)`.
+    pub(crate) async fn destroyed_keys(
+        &self,
+        mut clients: Vec<ClientId>,
+    ) -> Result<HashSet<(ClientId, Uuid)>> {
+        clients.sort_unstable();
+        clients.dedup();
+        Ok(self
+            .store
+            .destroyed(clients)
+            .await?
+            .into_iter()
+            .map(|key| (key.client_id, key.key_id))
+            .collect())
+    }
+
     /// Content digests as stored: for an event with personal fields, keyed (HMAC-SHA-256) with
     /// the client's data-protection key, which erasure destroys, so that the stored fingerprint
-    /// can never be tested against guesses (a birth date has only so many values); other events'
-    /// digests cover journey facts only and are stored as they are.
+    /// can never be tested against guesses after an erasure (a birth date has only so many
+    /// values); other events' digests cover journey facts only and are stored as they are. The
+    /// retention schedule destroys only some categories' keys; a fingerprint of fields it
+    /// destroyed is then left uncompared (see [`crate::Existing::shredded`]).
     pub(crate) async fn keyed_digests(
         &self,
         events: Vec<(&travelmap_domain::EventDraft, [u8; 32])>,

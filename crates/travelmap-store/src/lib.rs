@@ -154,6 +154,18 @@ pub struct Receipt {
 pub struct Existing {
     pub receipt: Receipt,
     pub digest: [u8; 32],
+    /// The key the event's personal fields were sealed under, if it has any.
+    pub sealed_key: Option<uuid::Uuid>,
+    /// That key was destroyed (by erasure or the retention schedule): the fingerprint was keyed
+    /// with a key that outlives it, and must not be compared with a retry's, which would confirm
+    /// or deny a guess of the destroyed fields. Set by [`sealed::SealedLog`].
+    pub shredded: bool,
+}
+
+/// The key id in a sealed value's header, as the stores select it (the 16 bytes after the
+/// format byte; see [`keys`]).
+pub(crate) fn sealed_key(header: Option<Vec<u8>>) -> Option<uuid::Uuid> {
+    uuid::Uuid::from_slice(&header?).ok()
 }
 
 /// What deciding about a client needs from one of its recorded events: not the data, only the

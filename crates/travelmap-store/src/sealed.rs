@@ -138,7 +138,22 @@ impl EventLog for SealedLog {
     }
 
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {
-        self.inner.lookup(ids).await
+        let mut found = self.inner.lookup(ids).await?;
+        let sealed: Vec<ClientId> = found
+            .iter()
+            .filter(|existing| existing.sealed_key.is_some())
+            .map(|existing| existing.receipt.client_id)
+            .collect();
+        if sealed.is_empty() {
+            return Ok(found);
+        }
+        let destroyed = self.keyring.destroyed_keys(sealed).await?;
+        for existing in &mut found {
+            if let Some(key) = existing.sealed_key {
+                existing.shredded = destroyed.contains(&(existing.receipt.client_id, key));
+            }
+        }
+        Ok(found)
     }
 
     async fn outlines(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, Vec<Outline>>> {

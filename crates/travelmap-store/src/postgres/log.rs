@@ -12,7 +12,9 @@ use travelmap_domain::{ClientId, EventId, Provenance, RecordedEvent};
 use uuid::Uuid;
 
 use super::LOG_CHANNEL;
-use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend};
+use crate::{
+    Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend, sealed_key,
+};
 
 /// How many queued appends may share one transaction.
 const MAX_GROUP: usize = 512;
@@ -81,7 +83,8 @@ impl EventLog for PgEventLog {
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {
         let ids: Vec<Uuid> = ids.into_iter().map(|id| id.0).collect();
         let rows = sqlx::query(
-            "SELECT event_id, client_id, version, position, recorded_at, digest
+            "SELECT event_id, client_id, version, position, recorded_at, digest,
+                    substring(sealed from 2 for 16)
              FROM events WHERE event_id = ANY($1)",
         )
         .bind(&ids)
@@ -101,6 +104,8 @@ impl EventLog for PgEventLog {
                     digest: digest.try_into().map_err(|_| {
                         Error::Io(std::io::Error::other("a stored digest is not 32 bytes"))
                     })?,
+                    sealed_key: sealed_key(row.try_get::<Option<Vec<u8>>, _>(6)?),
+                    shredded: false,
                 })
             })
             .collect()

@@ -134,7 +134,8 @@ impl EventLog for SqliteEventLog {
         self.readers
             .read(move |connection| {
                 let mut statement = connection.prepare_cached(
-                    "SELECT event_id, client_id, version, position, recorded_at, digest
+                    "SELECT event_id, client_id, version, position, recorded_at, digest,
+                            substr(sealed, 2, 16)
                      FROM events WHERE event_id = ?1",
                 )?;
                 let mut found = Vec::new();
@@ -150,6 +151,8 @@ impl EventLog for SqliteEventLog {
                                     recorded_at: from_micros(row.get(4)?),
                                 },
                                 digest: row.get(5)?,
+                                sealed_key: crate::sealed_key(row.get(6)?),
+                                shredded: false,
                             })
                         })
                         .optional()?;
