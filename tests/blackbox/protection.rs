@@ -320,6 +320,16 @@ async fn restriction_freezes_reads_and_writes_until_lifted(backend: Backend) {
         "restricted",
     )
     .await;
+    // An agency that does not work with the client is refused as for any client: that this one
+    // contests their data is not for it to learn.
+    for purpose in ["case_management", "emergency"] {
+        expect_problem(
+            app.get_for(&map_path, COORDINATOR, purpose).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+    }
     let audited = app.get_for(&map_path, AUDITOR, "audit").await;
     assert_eq!(audited.status(), StatusCode::OK);
     let audited: Value = audited.json().await.unwrap();

@@ -538,18 +538,22 @@ pub async fn need_to_know_given(
         .iter()
         .any(|role| matches!(role, Role::Auditor | Role::Dpo));
     // A restriction binds everyone, reviewers included: only an audit or a subject access
-    // request may read restricted data, and only a reviewer makes those.
-    if access.as_ref().is_some_and(|access| access.restricted)
-        && !(reviewer && matches!(purpose, Purpose::Audit | Purpose::SubjectAccess))
-    {
-        log(state, caller, context, Outcome::Denied, logged).await?;
-        return Err(ApiError::new(
+    // request may read restricted data, and only a reviewer makes those. It is told only to
+    // those who could read the client otherwise: that a client contests their data or has a
+    // legal claim is itself something an agency without need-to-know must not learn.
+    let restricted = access.as_ref().is_some_and(|access| access.restricted);
+    let refuse_restricted = || async {
+        log(state, caller, context, Outcome::Denied, logged.clone()).await?;
+        Err(ApiError::new(
             Code::Restricted,
             "processing of this client's data is restricted: it may be read only by an auditor or data-protection officer with X-Purpose audit or subject_access",
-        ));
-    }
+        ))
+    };
     // The no-config local admin (no agency kind) is one local user trying the service out.
     if reviewer || caller.0.agency_kind.is_none() {
+        if restricted && !(reviewer && matches!(purpose, Purpose::Audit | Purpose::SubjectAccess)) {
+            return refuse_restricted().await;
+        }
         return Ok(purpose);
     }
     let Some(access) = access else {
@@ -557,10 +561,16 @@ pub async fn need_to_know_given(
         return Ok(purpose);
     };
     if access.allows(&caller.0.agency, purpose) {
+        if restricted {
+            return refuse_restricted().await;
+        }
         return Ok(purpose);
     }
     if purpose == Purpose::Emergency {
         if context.justification.is_some() {
+            if restricted {
+                return refuse_restricted().await;
+            }
             let grant = Logged {
                 operation: Operation::Consultation,
                 client: Some(client),
@@ -574,6 +584,9 @@ pub async fn need_to_know_given(
             return Ok(purpose);
         }
         if active_grant(state, caller, client).await? {
+            if restricted {
+                return refuse_restricted().await;
+            }
             return Ok(purpose);
         }
     }
