@@ -164,6 +164,12 @@ pub async fn run(
             }
         }
     }
+    if !report.done.is_empty() {
+        // The views still hold what was shredded, in plaintext, until the projection folds the
+        // `retention.applied` events; run offline, nothing else would fold them before the next
+        // start, and a copy of the data directory taken meanwhile would keep the data.
+        journeys.projector().catch_up().await?;
+    }
     Ok(report)
 }
 
