@@ -446,6 +446,20 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
         "{stderr}"
     );
 
+    // So does a decision the service records itself, whatever credential imports it.
+    let reserved = dir.path().join("reserved.jsonl");
+    let mut erasure = sample_event(client, "personal_data.erased", "2025-06-01T09:00:00Z");
+    erasure["data"] = json!({"reason": "the client asked"});
+    std::fs::write(&reserved, format!("{}\n{erasure}\n", events[0])).unwrap();
+    let output = run(&["import", reserved.to_str().unwrap()], &data);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nothing was imported")
+            && stderr.contains("line 2: `personal_data.erased` is recorded by the service itself"),
+        "{stderr}"
+    );
+
     let good = dir.path().join("good.jsonl");
     let mut file = std::fs::File::create(&good).unwrap();
     for event in &events {
@@ -463,6 +477,19 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     let output = run(&["import", good.to_str().unwrap()], &data);
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("imported 0 events (4 already recorded)")
+    );
+    // A clash with what is stored stops the import at its batch, naming the line.
+    let clashing = dir.path().join("clashing.jsonl");
+    let mut moved = events[1].clone();
+    moved["occurred_at"] = json!("2025-02-02T09:00:00Z");
+    std::fs::write(&clashing, format!("{}\n{moved}\n", events[0])).unwrap();
+    let output = run(&["import", clashing.to_str().unwrap()], &data);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 2: event")
+            && stderr.contains("already recorded with different content"),
+        "{stderr}"
     );
 
     let replay = |data: &Path| {

@@ -147,6 +147,21 @@ pub enum Error {
     Projection(#[from] travelmap_projections::Error),
 }
 
+impl Error {
+    /// The position in the submission of the event this error is about, if it is about one.
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            Self::RepeatedInBatch { index, .. }
+            | Self::DuplicateConflict { index, .. }
+            | Self::Unmatchable { index, .. }
+            | Self::VersionConflict { index, .. }
+            | Self::Refused { index, .. }
+            | Self::Reserved { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+}
+
 /// One submitted event and the stream version its sender last saw (if it cares).
 #[derive(Debug, Clone)]
 pub struct Submission {

@@ -59,6 +59,17 @@ pub async fn import(
         total += 1;
         let problem = match parse_line(&line) {
             Ok(submission)
+                if travelmap_domain::personal::is_lifecycle(
+                    submission.draft.event.event_type(),
+                ) =>
+            {
+                Some(format!(
+                    "`{}` is recorded by the service itself (through its data-protection \
+                     endpoints and commands), not imported",
+                    submission.draft.event.event_type()
+                ))
+            }
+            Ok(submission)
                 if kind.is_some_and(|kind| {
                     !travelmap_domain::agency::may_post(kind, submission.draft.event.event_type())
                 }) =>
@@ -118,13 +129,20 @@ pub async fn import(
     );
     let (mut created, mut skipped) = (0u64, 0u64);
     let mut batch: Vec<Submission> = Vec::with_capacity(IMPORT_BATCH);
-    let mut lines = open()?.lines();
+    // The file's line number of each event in the batch, to name the one a refusal is about.
+    let mut batch_lines: Vec<usize> = Vec::with_capacity(IMPORT_BATCH);
+    let mut lines = open()?.lines().enumerate();
     loop {
-        let line = lines.next().transpose()?;
-        if let Some(line) = &line
+        let next = lines.next();
+        let line = match next {
+            Some((number, line)) => Some((number + 1, line?)),
+            None => None,
+        };
+        if let Some((number, line)) = &line
             && !line.trim().is_empty()
         {
             batch.push(parse_line(line).map_err(anyhow::Error::msg)?);
+            batch_lines.push(*number);
         }
         if batch.len() == IMPORT_BATCH || (line.is_none() && !batch.is_empty()) {
             // Logged like a batch posted over HTTP: an entry per client and operation, written
@@ -152,10 +170,16 @@ pub async fn import(
                         .map_err(|(error, _)| error)
                 })
                 .await;
-            let stopped = |error: &dyn std::fmt::Display| {
+            let stopped = |error: &travelmap_service::Error| {
+                let line = error
+                    .index()
+                    .and_then(|index| batch_lines.get(index))
+                    .map(|line| format!("line {line}: "))
+                    .unwrap_or_default();
                 anyhow::anyhow!(
-                    "{error}; the {created} events recorded before this batch stay recorded \
-                     (fix the file and run the import again: recorded events are skipped)"
+                    "{line}{error}; the {created} events recorded before this batch stay \
+                     recorded (fix the file and run the import again: recorded events are \
+                     skipped)"
                 )
             };
             let outcomes = match recorded {
@@ -191,6 +215,7 @@ pub async fn import(
             skipped += outcomes.len() as u64 - fresh;
             progress.inc(batch.len() as u64);
             batch.clear();
+            batch_lines.clear();
         }
         if line.is_none() {
             break;
