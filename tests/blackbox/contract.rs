@@ -110,6 +110,66 @@ async fn every_refusal_of_a_malformed_request_is_documented() {
     );
 }
 
+/// Whether the operation declares a header parameter of that name.
+fn declares_header(operation: &Value, name: &str) -> bool {
+    operation["parameters"]
+        .as_array()
+        .is_some_and(|parameters| {
+            parameters.iter().any(|parameter| {
+                parameter["in"] == "header"
+                    && parameter["name"]
+                        .as_str()
+                        .is_some_and(|declared| declared.eq_ignore_ascii_case(name))
+            })
+        })
+}
+
+/// Reads send what the document asks of them: every read that refuses a missing `X-Purpose`
+/// declares the header, and an unknown query parameter is answered as the document says.
+#[tokio::test]
+async fn every_read_declares_the_headers_and_answers_it_needs() {
+    let app = spawn_app().await;
+    let doc = app.get_ok("/openapi.json", ADMIN).await;
+    let mut needing_purpose = 0;
+    for (template, method) in operations(&doc) {
+        if method != "get" {
+            continue;
+        }
+        let operation = &doc["paths"][&template]["get"];
+        let url = app.url(&concrete(&template));
+        for key in [ADMIN, AUDITOR, COORDINATOR] {
+            let response = app.http.get(&url).bearer_auth(key).send().await.unwrap();
+            if response.status() == StatusCode::BAD_REQUEST {
+                let problem: Value = response.json().await.unwrap();
+                if problem["code"] == "purpose_required" {
+                    needing_purpose += 1;
+                    assert!(
+                        declares_header(operation, "X-Purpose"),
+                        "GET {template} requires X-Purpose but does not declare it"
+                    );
+                }
+            }
+        }
+        let response = app
+            .http
+            .get(format!("{url}?no_such_parameter=1"))
+            .bearer_auth(ADMIN)
+            .header("x-purpose", "case_management")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            documented(&doc, &template, "get", response.status()),
+            "GET {template} answered {} to an unknown parameter, which is not documented",
+            response.status()
+        );
+    }
+    assert!(
+        needing_purpose >= 8,
+        "{needing_purpose} reads need a purpose"
+    );
+}
+
 /// Positions and audit sequence numbers are stored as signed 64-bit integers: a larger one is
 /// refused at once as a malformed parameter (it used to fail inside the store, or be waited for
 /// in vain), and the document says where the range ends.

@@ -97,7 +97,7 @@ const AUDITORS: &[Role] = &[Role::Auditor, Role::Dpo];
 /// Who did what to a client's data, when and why.
 #[utoipa::path(
     get, path = "/v1/audit/clients/{client_id}", tag = "audit",
-    params(("client_id" = uuid::Uuid, Path, description = "The client")),
+    params(("client_id" = uuid::Uuid, Path, description = "The client"), ("X-Purpose" = String, Header, description = "Why you read: `audit` (or `subject_access`)")),
     responses(
         (status = 200, description = "The client's entries, in order", body = AuditEntries),
         (status = 400, description = "No valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
@@ -157,7 +157,7 @@ pub struct EntriesQuery {
 /// The whole trail, in order, page by page.
 #[utoipa::path(
     get, path = "/v1/audit/entries", tag = "audit",
-    params(EntriesQuery),
+    params(EntriesQuery, ("X-Purpose" = String, Header, description = "Why you read: `audit` (or `subject_access`)")),
     responses(
         (status = 200, description = "A page of entries", body = AuditEntries),
         (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
@@ -214,6 +214,7 @@ pub async fn entries(
     get, path = "/v1/audit/checkpoint", tag = "audit",
     responses(
         (status = 200, description = "The head", body = AuditCheckpoint),
+        (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),
@@ -264,6 +265,7 @@ pub struct BreakGlassGrants {
 /// Every break-glass grant, oldest first, for review.
 #[utoipa::path(
     get, path = "/v1/audit/break-glass", tag = "audit",
+    params(("X-Purpose" = String, Header, description = "Why you read: `audit` (or `subject_access`)")),
     responses(
         (status = 200, description = "The grants", body = BreakGlassGrants),
         (status = 400, description = "No valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),

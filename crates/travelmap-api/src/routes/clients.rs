@@ -48,7 +48,7 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
 /// A client's history as recorded, in stream order.
 #[utoipa::path(
     get, path = "/v1/clients/{client_id}/events", tag = "clients",
-    params(("client_id" = uuid::Uuid, Path, description = "The client"), HistoryQuery),
+    params(("client_id" = uuid::Uuid, Path, description = "The client"), HistoryQuery, ("X-Purpose" = String, Header, description = "Why you read: e.g. `case_management`, `supervision`, `service_delivery`; `emergency` with `X-Justification` for break-glass access"), ("X-Justification" = Option<String>, Header, description = "A written reason: required with `X-Purpose: emergency` (break-glass), logged with the read")),
     responses(
         (status = 200, description = "The history", body = History),
         (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
@@ -115,7 +115,7 @@ pub struct TravelMapQuery {
 /// A client's travel map.
 #[utoipa::path(
     get, path = "/v1/clients/{client_id}/travel-map", tag = "clients",
-    params(("client_id" = uuid::Uuid, Path, description = "The client"), TravelMapQuery),
+    params(("client_id" = uuid::Uuid, Path, description = "The client"), TravelMapQuery, ("X-Purpose" = String, Header, description = "Why you read: e.g. `case_management`, `supervision`, `service_delivery`; `emergency` with `X-Justification` for break-glass access"), ("X-Justification" = Option<String>, Header, description = "A written reason: required with `X-Purpose: emergency` (break-glass), logged with the read")),
     responses(
         (status = 200, description = "The travel map", body = TravelMap),
         (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
@@ -201,7 +201,7 @@ pub struct SearchQuery {
 /// Find clients by an agency identifier.
 #[utoipa::path(
     get, path = "/v1/clients", tag = "clients",
-    params(SearchQuery),
+    params(SearchQuery, ("X-Purpose" = String, Header, description = "Why you read: e.g. `case_management`")),
     responses(
         (status = 200, description = "The matching clients (possibly none)", body = ClientMatches),
         (status = 400, description = "Missing or malformed `identifier`, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),

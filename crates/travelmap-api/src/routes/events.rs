@@ -251,7 +251,7 @@ pub struct FeedQuery {
 /// The global feed, in commit order.
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
-    params(FeedQuery),
+    params(FeedQuery, ("X-Purpose" = String, Header, description = "Why you read: e.g. `case_management`")),
     responses(
         (status = 200, description = "A page of the feed", body = FeedPage),
         (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),

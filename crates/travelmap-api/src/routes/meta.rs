@@ -15,7 +15,10 @@ use crate::wire::{Catalogue, CatalogueEntry};
 /// The event catalogue: every type with its schema version, description and `data` schema.
 #[utoipa::path(
     get, path = "/v1/event-types", tag = "catalogue",
-    responses((status = 200, description = "The catalogue", body = Catalogue))
+    responses(
+        (status = 200, description = "The catalogue", body = Catalogue),
+        (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn event_types() -> Json<Catalogue> {
     let event_types = travelmap_domain::catalogue::event_types()
@@ -56,7 +59,10 @@ pub struct Health {
 /// Health check.
 #[utoipa::path(
     get, path = "/healthz", tag = "meta",
-    responses((status = 200, description = "The service is up", body = Health))
+    responses(
+        (status = 200, description = "The service is up", body = Health),
+        (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn health(State(state): State<AppState>) -> Json<Health> {
     let head = *state.journeys.log().head().borrow();
@@ -72,7 +78,10 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 /// The OpenAPI 3.1 document of this API.
 #[utoipa::path(
     get, path = "/openapi.json", tag = "meta",
-    responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json"))
+    responses(
+        (status = 200, description = "OpenAPI 3.1 document", content_type = "application/json"),
+        (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
+    )
 )]
 pub async fn openapi() -> impl IntoResponse {
     (
@@ -89,6 +98,7 @@ pub async fn openapi() -> impl IntoResponse {
     params(("code" = String, Path, description = "A problem code, e.g. validation_failed")),
     responses(
         (status = 200, description = "The problem type", body = Problem),
+        (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such problem type", body = Problem, content_type = "application/problem+json"),
     )
 )]

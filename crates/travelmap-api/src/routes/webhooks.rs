@@ -316,6 +316,7 @@ pub async fn register(
     get, path = "/v1/subscriptions/webhooks", tag = "webhooks",
     responses(
         (status = 200, description = "The webhooks, oldest first", body = WebhookList),
+        (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the writer, coordinator or admin role", body = Problem, content_type = "application/problem+json"),
     ),
