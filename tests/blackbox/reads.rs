@@ -295,13 +295,19 @@ async fn the_travel_map_shows_who_works_with_the_client_and_what_is_next() {
     let involvements = map["involvements"].as_array().unwrap();
     assert_eq!(involvements.len(), 3);
     assert_eq!(involvements[0]["agency"], "ngo-rubikon");
+    assert_eq!(
+        involvements[0]["recorded_by"], "probation-opava",
+        "recorded by another agency, which opened the NGO's access"
+    );
     assert!(involvements[0]["to"].is_null());
+    assert!(involvements[0]["closed_by"].is_null());
     assert_eq!(
         involvements[1]["agency"], "probation-opava",
         "defaults to the recording agency"
     );
     assert_eq!(involvements[1]["worker"], "PO-1");
     assert_eq!(involvements[1]["to"], "2025-10-01T09:00:00+01:00");
+    assert_eq!(involvements[1]["closed_by"], "probation-opava");
     assert_eq!(involvements[2]["handover"], true);
     assert!(involvements[2]["to"].is_null());
 

@@ -258,6 +258,12 @@ pub struct Involvement {
     pub to: Option<DateTime<FixedOffset>>,
     /// True when it was opened as a hand-over (`reason: transfer`).
     pub handover: bool,
+    /// The agency that recorded its opening (or, if only its end was recorded, its end): any
+    /// agency may record another's involvement, which opens that agency's access.
+    pub recorded_by: String,
+    /// The agency that recorded its end; absent while open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
 }
 
 /// One event on the map.
@@ -389,6 +395,8 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                 to: None,
                 handover: opened.reason
                     == Some(travelmap_domain::payloads::OpeningReason::Transfer),
+                recorded_by: fact.agency.clone(),
+                closed_by: None,
             }),
             JourneyEvent::InvolvementClosed(closed) => {
                 let agency = closed
@@ -403,7 +411,10 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                         && (worker.is_none() || involvement.worker == worker)
                 });
                 match open {
-                    Some(involvement) => involvement.to = Some(at),
+                    Some(involvement) => {
+                        involvement.to = Some(at);
+                        involvement.closed_by = Some(fact.agency.clone());
+                    }
                     None => involvements.push(Involvement {
                         agency,
                         role: closed.role,
@@ -411,6 +422,8 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                         from: None,
                         to: Some(at),
                         handover: false,
+                        recorded_by: fact.agency.clone(),
+                        closed_by: Some(fact.agency.clone()),
                     }),
                 }
             }
