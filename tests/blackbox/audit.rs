@@ -294,6 +294,57 @@ async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_non
     assert_eq!(logged(second).await, second_entries);
 }
 
+/// Reads of a client id nobody recorded answer 404 and are logged all the same: someone probing
+/// which ids exist is what a review looks for.
+#[tokio::test]
+async fn reads_of_an_unknown_client_are_logged() {
+    let app = spawn_app().await;
+    let unknown = Uuid::new_v4();
+    for path in [
+        format!("/v1/clients/{unknown}/events"),
+        format!("/v1/clients/{unknown}/travel-map"),
+        format!("/v1/clients/{unknown}/travel-map?as_of=2026-01-01T00:00:00Z"),
+    ] {
+        expect_problem(
+            get_with(&app, &path, COORDINATOR, "case_management").await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    }
+    let trail = app.trail_of(unknown).await;
+    let logged: Vec<(&str, &str, &str)> = trail
+        .iter()
+        .map(|entry| {
+            (
+                entry["credential"].as_str().unwrap(),
+                entry["operation"].as_str().unwrap(),
+                entry["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        logged,
+        [
+            (
+                "coordinator-desk",
+                "consultation",
+                "GET /v1/clients/{client_id}/events"
+            ),
+            (
+                "coordinator-desk",
+                "consultation",
+                "GET /v1/clients/{client_id}/travel-map"
+            ),
+            (
+                "coordinator-desk",
+                "consultation",
+                "GET /v1/clients/{client_id}/travel-map"
+            ),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_feed_page_shows_in_the_trail_of_every_client_it_disclosed() {
     let app = spawn_app().await;

@@ -500,6 +500,25 @@ pub fn audits(caller: &Caller, purpose: Purpose) -> bool {
         && caller.0.roles.contains(&Role::Auditor)
 }
 
+/// Passes a client read's result on, logging it first if it found no such client: the attempt
+/// is what a review looks for (someone probing which client ids exist), though nothing was
+/// returned.
+pub async fn found<T>(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    read: Result<T, travelmap_service::Error>,
+    logged: Logged<'_>,
+) -> Result<T, ApiError> {
+    if let Err(
+        travelmap_service::Error::UnknownClient(_) | travelmap_service::Error::NotYetRecorded(_),
+    ) = &read
+    {
+        log(state, caller, context, Outcome::Allowed, logged).await?;
+    }
+    Ok(read?)
+}
+
 /// The action under which break-glass grants are logged.
 pub const BREAK_GLASS: &str = "break-glass";
 

@@ -82,7 +82,8 @@ pub async fn history(
     .await?;
     audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None)).await?;
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
-    let events = state.journeys.history(ClientId(client_id), as_of).await?;
+    let events = state.journeys.history(ClientId(client_id), as_of).await;
+    let events = audit::found(&state, &caller, &context, events, logged(None)).await?;
     let returned = audit::returned_events(&events);
     audit::log(
         &state,
@@ -153,10 +154,11 @@ pub async fn travel_map(
         Some(_) => {
             audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None))
                 .await?;
-            state
+            let map = state
                 .journeys
                 .travel_map(ClientId(client_id), as_of, query.min_position)
-                .await?
+                .await;
+            audit::found(&state, &caller, &context, map, logged(None)).await?
         }
         // The current map: the client is loaded once, for the access decision and the answer.
         None => {
@@ -174,7 +176,7 @@ pub async fn travel_map(
                 logged(None),
             )
             .await?;
-            consultation.map?
+            audit::found(&state, &caller, &context, consultation.map, logged(None)).await?
         }
     };
     let returned = Some(format!("travel map at stream version {}", map.version));
