@@ -77,6 +77,33 @@ impl<'a, L: Future> Alongside<'a, L> {
         }
     }
 
+    /// Awaits `commit`, starting the work beside it (if it has not run yet) only once `accepted`
+    /// says the store took the events: a refused append leaves the work pending, as if no
+    /// commit had been tried.
+    async fn beside_accepted<T>(
+        &mut self,
+        commit: impl Future<Output = T>,
+        accepted: tokio::sync::oneshot::Receiver<()>,
+    ) -> T {
+        match self.pending.take() {
+            Some(work) => {
+                let after = async move {
+                    match accepted.await {
+                        Ok(()) => Ok(work.await),
+                        Err(_) => Err(work),
+                    }
+                };
+                let (committed, done) = tokio::join!(commit, after);
+                match done {
+                    Ok(done) => self.done = Some(done),
+                    Err(work) => self.pending = Some(work),
+                }
+                committed
+            }
+            None => commit.await,
+        }
+    }
+
     /// The work's output, running it now if no commit ran it.
     async fn finish(self) -> L::Output {
         match (self.done, self.pending) {
@@ -362,11 +389,14 @@ impl Journeys {
             turns.push(self.client_turns[stripe].lock().await);
         }
 
-        // Every attempt looks the ids up before anything is written, so that a retry or a
-        // conflicting duplicate is answered before the write's audit entries are (they are
-        // written beside the commit, and a refused duplicate must leave none). The first attempt
-        // trusts the cached journeys; a refusal or a conflict may come from a stale one (another
-        // process moved the stream), so every later attempt reads them from the store.
+        // A refused duplicate must leave no audit entry, and the entries are written beside the
+        // commit. A log that announces acceptance starts them only once the events passed its
+        // checks, so the first attempt can assume every event is new and skip looking the ids
+        // up (a taken id is caught by the log's unique index, before any entry); with any other
+        // log, every attempt looks them up first. The first attempt also trusts the cached
+        // journeys; a refusal or a conflict may come from a stale one (another process moved
+        // the stream), or mean the request was a retry, so every later attempt looks the ids up
+        // and reads the journeys from the store.
         let mut retry = false;
         for attempt in 0..MAX_ATTEMPTS {
             match self
@@ -409,14 +439,18 @@ impl Journeys {
         retry: bool,
         alongside: &mut Alongside<'_, L>,
     ) -> Result<Vec<Outcome>> {
-        let ids = submissions.iter().map(|s| s.draft.id).collect();
-        let existing: HashMap<EventId, _> = self
-            .log
-            .lookup(ids)
-            .await?
-            .into_iter()
-            .map(|existing| (existing.receipt.id, existing))
-            .collect();
+        let announced = self.log.announces_acceptance();
+        let existing: HashMap<EventId, _> = if retry || !announced {
+            let ids = submissions.iter().map(|s| s.draft.id).collect();
+            self.log
+                .lookup(ids)
+                .await?
+                .into_iter()
+                .map(|existing| (existing.receipt.id, existing))
+                .collect()
+        } else {
+            HashMap::new()
+        };
 
         let mut outcomes: Vec<Option<Outcome>> = vec![None; submissions.len()];
         // New events grouped by client, clients in order of first appearance (found by index:
@@ -506,7 +540,13 @@ impl Journeys {
         }
 
         if !streams.is_empty() {
-            let appended = alongside.beside(self.log.append(provenance, streams)).await;
+            let appended = if announced {
+                let (accepted, acceptance) = tokio::sync::oneshot::channel();
+                let append = self.log.append_announced(provenance, streams, accepted);
+                alongside.beside_accepted(append, acceptance).await
+            } else {
+                alongside.beside(self.log.append(provenance, streams)).await
+            };
             self.remember_journeys(decided, appended.is_ok());
             let receipts = appended?;
             let order = by_client.iter().flat_map(|(_, indices)| indices.iter());

@@ -207,12 +207,54 @@ async fn a_reused_id_with_other_content_is_refused(place: &Place) {
     let mut altered = submission.clone();
     altered.draft.event =
         JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap();
-    let refused = journeys.record(&provenance(), &[altered]).await;
+    // What is done beside the commit (the audit entries) is not done for a refused duplicate,
+    // whichever way the log finds the id taken.
+    let beside = std::sync::atomic::AtomicBool::new(false);
+    let refused = journeys
+        .record_logged(&provenance(), None, &[altered.clone()], async {
+            beside.store(true, std::sync::atomic::Ordering::SeqCst)
+        })
+        .await;
     assert!(
         matches!(refused, Err(Error::DuplicateConflict { .. })),
         "{refused:?}"
     );
+    assert!(!beside.load(std::sync::atomic::Ordering::SeqCst));
     assert_eq!(store.log().read_stream(a, None).await.unwrap().len(), 1);
+    // Straight at the log: acceptance is announced for an append that commits, never for one
+    // refused for a taken id.
+    let append = |submission: &travelmap_service::Submission, expected_version: u64| {
+        vec![travelmap_store::StreamAppend {
+            client_id: submission.draft.client_id,
+            expected_version,
+            events: vec![travelmap_store::NewEvent {
+                sealed: None,
+                draft: submission.draft.clone(),
+                digest: [0; 32],
+            }],
+        }]
+    };
+    let (accepted, acceptance) = tokio::sync::oneshot::channel();
+    let taken = store
+        .log()
+        .append_announced(&provenance(), append(&altered, 1), accepted)
+        .await;
+    assert!(
+        matches!(taken, Err(travelmap_store::Error::DuplicateEvent(_))),
+        "{taken:?}"
+    );
+    assert!(acceptance.await.is_err(), "a refused append was announced");
+    let (accepted, acceptance) = tokio::sync::oneshot::channel();
+    let fresh = contact(a);
+    store
+        .log()
+        .append_announced(&provenance(), append(&fresh, 1), accepted)
+        .await
+        .unwrap();
+    assert!(
+        acceptance.await.is_ok(),
+        "a committed append was not announced"
+    );
     store.close().await;
 }
 

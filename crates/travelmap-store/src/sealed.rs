@@ -84,13 +84,9 @@ impl SealedLog {
     }
 }
 
-#[async_trait]
-impl EventLog for SealedLog {
-    async fn append(
-        &self,
-        provenance: &Provenance,
-        mut streams: Vec<StreamAppend>,
-    ) -> Result<Vec<Receipt>> {
+impl SealedLog {
+    /// Seals the personal fields of the events in `streams`, in place.
+    async fn seal_streams(&self, streams: &mut [StreamAppend]) -> Result<()> {
         let mut jobs = Vec::new();
         let mut slots = Vec::new();
         let holds_personal = streams
@@ -98,7 +94,7 @@ impl EventLog for SealedLog {
             .flat_map(|stream| &stream.events)
             .any(|new| !personal::personal_fields(new.draft.event.event_type()).is_empty());
         if holds_personal {
-            let categories = self.categories(&streams).await?;
+            let categories = self.categories(streams).await?;
             for (stream_index, stream) in streams.iter().enumerate() {
                 for (event_index, new) in stream.events.iter().enumerate() {
                     if let Some(split) = personal::split(&new.draft.event) {
@@ -127,14 +123,59 @@ impl EventLog for SealedLog {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Appends through `append` (with or without announcing acceptance), after sealing.
+    async fn sealed_append<F>(
+        &self,
+        mut streams: Vec<StreamAppend>,
+        append: F,
+    ) -> Result<Vec<Receipt>>
+    where
+        F: AsyncFnOnce(Vec<StreamAppend>) -> Result<Vec<Receipt>>,
+    {
+        self.seal_streams(&mut streams).await?;
         let clients: Vec<ClientId> = streams.iter().map(|stream| stream.client_id).collect();
-        let appended = self.inner.append(provenance, streams).await;
+        let appended = append(streams).await;
         if let Err(Error::KeyWithdrawn(_)) = &appended {
             // Another process destroyed a key cached here; the caller tries again, and the keys
             // are then read from the store.
             self.keyring.forget_sealing_keys(&clients);
         }
         appended
+    }
+}
+
+#[async_trait]
+impl EventLog for SealedLog {
+    async fn append(
+        &self,
+        provenance: &Provenance,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Vec<Receipt>> {
+        self.sealed_append(streams, async |streams| {
+            self.inner.append(provenance, streams).await
+        })
+        .await
+    }
+
+    fn announces_acceptance(&self) -> bool {
+        self.inner.announces_acceptance()
+    }
+
+    async fn append_announced(
+        &self,
+        provenance: &Provenance,
+        streams: Vec<StreamAppend>,
+        accepted: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<Vec<Receipt>> {
+        self.sealed_append(streams, async |streams| {
+            self.inner
+                .append_announced(provenance, streams, accepted)
+                .await
+        })
+        .await
     }
 
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {

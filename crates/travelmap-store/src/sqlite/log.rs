@@ -30,6 +30,9 @@ const QUEUE_DEPTH: usize = 4096;
 struct Job {
     provenance: Provenance,
     streams: Vec<StreamAppend>,
+    /// Told once the append has passed its checks, before the commit (see
+    /// [`EventLog::append_announced`]).
+    accepted: Option<oneshot::Sender<()>>,
     reply: oneshot::Sender<Result<Vec<Receipt>>>,
 }
 
@@ -111,12 +114,12 @@ impl Drop for SqliteEventLog {
     }
 }
 
-#[async_trait]
-impl EventLog for SqliteEventLog {
-    async fn append(
+impl SqliteEventLog {
+    async fn submit(
         &self,
         provenance: &Provenance,
         streams: Vec<StreamAppend>,
+        accepted: Option<oneshot::Sender<()>>,
     ) -> Result<Vec<Receipt>> {
         let jobs = self.jobs.lock().expect("jobs lock").clone();
         let jobs = jobs.ok_or(Error::Closed)?;
@@ -124,10 +127,35 @@ impl EventLog for SqliteEventLog {
         let job = Job {
             provenance: provenance.clone(),
             streams,
+            accepted,
             reply,
         };
         jobs.send(job).await.map_err(|_| Error::Closed)?;
         receipts.await.map_err(|_| Error::Closed)?
+    }
+}
+
+#[async_trait]
+impl EventLog for SqliteEventLog {
+    async fn append(
+        &self,
+        provenance: &Provenance,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Vec<Receipt>> {
+        self.submit(provenance, streams, None).await
+    }
+
+    fn announces_acceptance(&self) -> bool {
+        true
+    }
+
+    async fn append_announced(
+        &self,
+        provenance: &Provenance,
+        streams: Vec<StreamAppend>,
+        accepted: oneshot::Sender<()>,
+    ) -> Result<Vec<Receipt>> {
+        self.submit(provenance, streams, Some(accepted)).await
     }
 
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {
@@ -356,7 +384,7 @@ impl Writer {
     /// Commits a group of appends in one transaction. Each append runs in its own savepoint, so a
     /// conflict in one rolls back only that append; the transaction then commits once, and only
     /// after the commit is durable are the senders answered.
-    fn commit_group(&mut self, group: Vec<Job>) {
+    fn commit_group(&mut self, mut group: Vec<Job>) {
         // recorded_at never goes backwards, even if the wall clock does, so that "recorded by
         // time T" is always a prefix of the global feed.
         let recorded_micros = Utc::now().timestamp_micros().max(self.last_recorded_micros);
@@ -369,13 +397,15 @@ impl Writer {
                 .connection
                 .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut results = Vec::with_capacity(group.len());
-            for job in &group {
-                results.push(append_job(
-                    &mut transaction,
-                    job,
-                    &mut next_position,
-                    recorded_micros,
-                ));
+            for job in &mut group {
+                let appended =
+                    append_job(&mut transaction, job, &mut next_position, recorded_micros);
+                if appended.is_ok()
+                    && let Some(accepted) = job.accepted.take()
+                {
+                    let _ = accepted.send(());
+                }
+                results.push(appended);
             }
             transaction.commit()?;
             Ok(results)
