@@ -312,6 +312,18 @@ async fn reads_of_an_unknown_client_are_logged() {
         )
         .await;
     }
+    expect_problem(
+        get_with(
+            &app,
+            &format!("/v1/clients/{unknown}/subject-access"),
+            DPO,
+            "subject_access",
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
     let trail = app.trail_of(unknown).await;
     let logged: Vec<(&str, &str, &str)> = trail
         .iter()
@@ -340,6 +352,11 @@ async fn reads_of_an_unknown_client_are_logged() {
                 "coordinator-desk",
                 "consultation",
                 "GET /v1/clients/{client_id}/travel-map"
+            ),
+            (
+                "dpo",
+                "disclosure",
+                "GET /v1/clients/{client_id}/subject-access"
             ),
         ]
     );

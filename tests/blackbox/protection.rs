@@ -728,7 +728,16 @@ async fn statistics_reproduce_the_vol_mentoring_figures(backend: Backend) {
     let text = by_prison.to_string();
     assert!(!text.contains("client_id"), "aggregates only");
     // Each request is in the trail with its query, so that reviewers can tell two near-identical
-    // ones apart (the difference of two tables may show what suppression hid in each).
+    // ones apart (the difference of two tables may show what suppression hid in each); typed
+    // text that matched no programme is not kept.
+    let typed = app
+        .get_for(
+            "/v1/statistics/outcomes?programme=Jana%20Kovarova",
+            COORDINATOR,
+            "statistics",
+        )
+        .await;
+    assert_eq!(typed.status(), StatusCode::OK);
     let mut trail = Vec::new();
     loop {
         let after = trail
@@ -768,6 +777,7 @@ async fn statistics_reproduce_the_vol_mentoring_figures(backend: Backend) {
                 "allowed",
                 "aggregate counts for programme=vol-mentoring&group_by=prison"
             ),
+            ("allowed", "aggregate counts for programme=unlisted"),
         ]
     );
     app.stop().await;

@@ -96,6 +96,21 @@ macro_rules! catalogue {
                 }
             }
 
+            /// Decodes `data` recorded earlier inside another event (a correction's
+            /// replacement), which was valid by the rules in force when it was recorded: shaped
+            /// and typed as [`Self::decode`] requires, with refusals naming the field, but without
+            /// the checks added since (stricter dates, say), which would otherwise undo a
+            /// correction that stood when it was made.
+            pub fn decode_recorded(event_type: &str, schema_version: u32, data: &Value) -> Result<Self, DecodeError> {
+                match event_type {
+                    $($name => {
+                        let data = upcast($name, schema_version, $version, data)?;
+                        Ok(Self::$variant(deserialize_with_path::<$payload>(&data)?))
+                    })*
+                    other => Err(DecodeError::UnknownType(other.to_owned())),
+                }
+            }
+
             /// Like [`Self::decode_stored`], from a JSON value already parsed (the store's
             /// keyring builds one when it joins sealed personal fields back to the facts).
             pub fn decode_stored_value(event_type: &str, schema_version: u32, data: Value) -> Result<Self, DecodeError> {

@@ -304,7 +304,7 @@ pub fn decode_replacement(
     let erased = Value::String(ERASED.to_owned());
     let mut replacement = Value::Object(replacement);
     loop {
-        match JourneyEvent::decode(event_type, schema_version, &replacement) {
+        match JourneyEvent::decode_recorded(event_type, schema_version, &replacement) {
             Err(DecodeError::Invalid(invalid)) => {
                 // Each round leaves out one placeholder, the one the refusal names, so this
                 // ends; a refusal of anything else is the caller's to see.
@@ -551,6 +551,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(both.data(), json!({"role": "mentor", "worker": ERASED}));
+        // A replacement recorded before dates were checked strictly still holds when read back.
+        let rescheduled = decode_replacement(
+            "release.scheduled",
+            1,
+            json!({"release_date": "2026-5-1"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+        assert_eq!(rescheduled.data(), json!({"release_date": "2026-05-01"}));
         // A refusal of anything but a placeholder still refuses.
         let wrong = json!({"role": "astronaut", "reason": ERASED});
         assert!(

@@ -41,7 +41,8 @@ Every journey event is posted as an envelope around a typed `data` object:
   type's JSON Schema allows it (not, for example, for `attended` or `identifiers`, which have
   defaults). Text fields are trimmed, must not be blank, and hold at most 2000 characters.
   Dates are `YYYY-MM-DD` exactly; times RFC 3339 exactly (`2026-03-01T09:00:00+01:00`, a
-  fraction of a second and `Z` allowed, no leap second); both within the years 1900 to 2199.
+  fraction of a second and `Z` allowed, no leap second); both within the years 1900 to 2199
+  (a time's year counted in UTC).
 
 The same schemas are served by `GET /v1/event-types` (JSON Schema 2020-12, generated from the
 types the server decodes into), and as one file per type in [schemas/](schemas/). Fields listed

@@ -80,6 +80,26 @@ pub async fn run(
         return Ok(report);
     }
     journeys.projector().catch_up().await?;
+    let shredded = shred_what_is_due(journeys, audit, schedule, now, &mut report).await;
+    if !report.done.is_empty() {
+        // The views still hold what was shredded, in plaintext, until the projection folds the
+        // `retention.applied` events; run offline, nothing else would fold them before the next
+        // start, and a copy of the data directory taken meanwhile would keep the data. Also
+        // when the run stopped early: what it did shred before is folded all the same.
+        journeys.projector().catch_up().await?;
+    }
+    shredded?;
+    Ok(report)
+}
+
+/// Shreds what is due for each client, recording each shredding in `report` as it goes.
+async fn shred_what_is_due(
+    journeys: &Journeys,
+    audit: &dyn AuditLog,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let provenance = Provenance {
         agency: RETENTION_AGENCY.to_owned(),
         credential: RETENTION_CREDENTIAL.to_owned(),
@@ -164,13 +184,7 @@ pub async fn run(
             }
         }
     }
-    if !report.done.is_empty() {
-        // The views still hold what was shredded, in plaintext, until the projection folds the
-        // `retention.applied` events; run offline, nothing else would fold them before the next
-        // start, and a copy of the data directory taken meanwhile would keep the data.
-        journeys.projector().catch_up().await?;
-    }
-    Ok(report)
+    Ok(())
 }
 
 fn names(categories: &[Category]) -> String {

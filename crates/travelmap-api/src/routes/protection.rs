@@ -335,7 +335,8 @@ pub async fn subject_access(
         )
         .with_field("X-Purpose"));
     }
-    let events = state.journeys.history(client_id, None).await?;
+    let events = state.journeys.history(client_id, None).await;
+    let events = audit::found(&state, &caller, &context, events, logged(None)).await?;
     let now = Utc::now();
     let mut recorded_by: BTreeMap<String, RecordedBy> = BTreeMap::new();
     for event in &events {

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use travelmap_domain::audit::{Operation, Outcome};
 use travelmap_domain::payloads::Purpose;
-use travelmap_projections::statistics::{OutcomeQuery, OutcomeReport};
+use travelmap_projections::statistics::{Cell, OutcomeQuery, OutcomeReport};
 
 use crate::AppState;
 use crate::audit::{self, Logged, RequestContext};
@@ -71,7 +71,7 @@ pub async fn outcomes(
         &caller,
         &context,
         Outcome::Allowed,
-        logged(Some(counts_for(&query))),
+        logged(Some(counts_for(&query, &report))),
     )
     .await?;
     Ok(Json(report))
@@ -80,18 +80,18 @@ pub async fn outcomes(
 /// What a statistics entry says was returned: the counts and the query they answered. Suppression
 /// protects each table on its own; telling two near-identical queries apart (a date range moved
 /// by a day around one person's enrolment) is left to the trail's reviewers, who need the query
-/// for it.
-fn counts_for(query: &OutcomeQuery) -> String {
-    /// The programme is typed by the caller: a long one is cut rather than kept whole.
-    const MOST: usize = 300;
-    let filter = serde_urlencoded::to_string(query).unwrap_or_default();
+/// for it. The programme is text the caller typed, and the trail could not blank it later: it
+/// is kept only when it matched someone (it then names a programme in the data), as `unlisted`
+/// otherwise (such a query returned nothing but zeros).
+fn counts_for(query: &OutcomeQuery, report: &OutcomeReport) -> String {
+    let mut logged = query.clone();
+    if logged.programme.is_some() && report.total.cells.entered == Cell::Count(0) {
+        logged.programme = Some("unlisted".to_owned());
+    }
+    let filter = serde_urlencoded::to_string(&logged).unwrap_or_default();
     if filter.is_empty() {
-        return "aggregate counts, no filter".to_owned();
+        "aggregate counts, no filter".to_owned()
+    } else {
+        format!("aggregate counts for {filter}")
     }
-    let mut cut = filter.len().min(MOST);
-    while !filter.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let ellipsis = if cut < filter.len() { "…" } else { "" };
-    format!("aggregate counts for {}{ellipsis}", &filter[..cut])
 }
