@@ -25,7 +25,22 @@ const QUEUE_DEPTH: usize = 4096;
 struct Job {
     provenance: Provenance,
     streams: Vec<StreamAppend>,
+    /// Told once the append is accepted, before the commit (see
+    /// [`EventLog::append_announced`]).
+    accepted: Option<oneshot::Sender<()>>,
     reply: oneshot::Sender<Result<Vec<Receipt>>>,
+}
+
+/// The acceptance senders of a group's jobs, by job.
+type Announcements = Vec<Option<oneshot::Sender<()>>>;
+
+/// Tells the jobs at `accepted` that their appends passed the checks (and are about to commit).
+fn announce(announcements: &mut Announcements, accepted: impl IntoIterator<Item = usize>) {
+    for index in accepted {
+        if let Some(sender) = announcements.get_mut(index).and_then(Option::take) {
+            let _ = sender.send(());
+        }
+    }
 }
 
 /// The PostgreSQL event log.
@@ -61,12 +76,12 @@ impl PgEventLog {
     }
 }
 
-#[async_trait]
-impl EventLog for PgEventLog {
-    async fn append(
+impl PgEventLog {
+    async fn submit(
         &self,
         provenance: &Provenance,
         streams: Vec<StreamAppend>,
+        accepted: Option<oneshot::Sender<()>>,
     ) -> Result<Vec<Receipt>> {
         let jobs = self.jobs.lock().expect("jobs lock").clone();
         let jobs = jobs.ok_or(Error::Closed)?;
@@ -74,10 +89,35 @@ impl EventLog for PgEventLog {
         let job = Job {
             provenance: provenance.clone(),
             streams,
+            accepted,
             reply,
         };
         jobs.send(job).await.map_err(|_| Error::Closed)?;
         receipts.await.map_err(|_| Error::Closed)?
+    }
+}
+
+#[async_trait]
+impl EventLog for PgEventLog {
+    async fn append(
+        &self,
+        provenance: &Provenance,
+        streams: Vec<StreamAppend>,
+    ) -> Result<Vec<Receipt>> {
+        self.submit(provenance, streams, None).await
+    }
+
+    fn announces_acceptance(&self) -> bool {
+        true
+    }
+
+    async fn append_announced(
+        &self,
+        provenance: &Provenance,
+        streams: Vec<StreamAppend>,
+        accepted: oneshot::Sender<()>,
+    ) -> Result<Vec<Receipt>> {
+        self.submit(provenance, streams, Some(accepted)).await
     }
 
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {
@@ -271,7 +311,9 @@ async fn write_groups(pool: PgPool, head: watch::Sender<u64>, mut queue: mpsc::R
             return;
         }
         let started = std::time::Instant::now();
-        let committed = commit_group(&pool, &jobs).await;
+        let mut announcements: Announcements =
+            jobs.iter_mut().map(|job| job.accepted.take()).collect();
+        let committed = commit_group(&pool, &jobs, &mut announcements).await;
         tracing::trace!(jobs = jobs.len(), elapsed = ?started.elapsed(), "committed a group");
         match committed {
             Ok((results, last_position)) => {
@@ -327,16 +369,20 @@ type GroupOutcome = (Vec<Result<Vec<Receipt>>>, Option<u64>);
 
 /// Commits one group: in one statement if every append in it is accepted (the usual case),
 /// otherwise append by append.
-async fn commit_group(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> {
-    if let Some(outcome) = commit_whole_group(pool, jobs).await? {
+async fn commit_group(
+    pool: &PgPool,
+    jobs: &[Job],
+    announcements: &mut Announcements,
+) -> Result<GroupOutcome> {
+    if let Some(outcome) = commit_whole_group(pool, jobs, announcements).await? {
         return Ok(outcome);
     }
-    commit_job_by_job(pool, jobs).await
+    commit_job_by_job(pool, jobs, announcements).await
 }
 
 /// The fast path: one statement, in a transaction of its own, that locks the log head, checks
-/// every id and stream version of the group, and inserts all of it or nothing; one round trip to
-/// the database per group. Returns `None` when some append must be refused, or the statement
+/// every id and stream version of the group, and inserts all of it or nothing; the jobs are told
+/// they are accepted between that statement and the commit. Returns `None` when some append must be refused, or the statement
 /// lost a race it cannot see (below), and the group is committed job by job instead.
 ///
 /// The statement's snapshot is taken before it waits for the lock, so its checks may miss what
@@ -347,7 +393,11 @@ async fn commit_group(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> {
 /// (`FOR KEY SHARE`), which also re-reads them after any wait: a key whose destruction committed
 /// meanwhile is found missing, and a destruction still to come waits for this commit (see
 /// [`sealing_keys`]).
-async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupOutcome>> {
+async fn commit_whole_group(
+    pool: &PgPool,
+    jobs: &[Job],
+    announcements: &mut Announcements,
+) -> Result<Option<GroupOutcome>> {
     let mut ids = HashSet::new();
     let mut clients = HashSet::new();
     let mut rows = Rows::default();
@@ -374,6 +424,7 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
     if count == 0 {
         return Ok(None);
     }
+    let mut transaction = pool.begin().await?;
     let written: std::result::Result<(i64, DateTime<Utc>, i64), sqlx::Error> = sqlx::query_as(
         "WITH head AS (
              SELECT position AS last, GREATEST($13, recorded_at) AS at
@@ -441,16 +492,22 @@ async fn commit_whole_group(pool: &PgPool, jobs: &[Job]) -> Result<Option<GroupO
     .bind(LOG_CHANNEL)
     .bind(rows.sealed)
     .bind(in_lock_order(jobs.iter().flat_map(keys_used).collect()))
-    .fetch_one(pool)
+    .fetch_one(&mut *transaction)
     .await;
     let (last, recorded_at, inserted) = match written {
         Ok(written) => written,
-        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => return Ok(None),
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            transaction.rollback().await?;
+            return Ok(None);
+        }
         Err(error) => return Err(error.into()),
     };
     if inserted != count {
+        transaction.rollback().await?;
         return Ok(None);
     }
+    announce(announcements, 0..jobs.len());
+    transaction.commit().await?;
     let mut position = last as u64;
     let results = jobs
         .iter()
@@ -491,7 +548,11 @@ fn now_micros() -> DateTime<Utc> {
 /// The careful path. Under the `log_head` lock nothing else can append, so the checks for taken
 /// ids and stream versions made here still hold at commit: each append is accepted or refused
 /// on its own, and only the accepted ones are written, with no savepoints needed.
-async fn commit_job_by_job(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> {
+async fn commit_job_by_job(
+    pool: &PgPool,
+    jobs: &[Job],
+    announcements: &mut Announcements,
+) -> Result<GroupOutcome> {
     let mut transaction = pool.begin().await?;
     let (last_position, last_recorded_at): (i64, DateTime<Utc>) =
         sqlx::query_as("SELECT position, recorded_at FROM log_head FOR UPDATE")
@@ -530,6 +591,11 @@ async fn commit_job_by_job(pool: &PgPool, jobs: &[Job]) -> Result<GroupOutcome> 
     }
     let last = next_position - 1;
     insert(&mut transaction, rows, recorded_at, last).await?;
+    let accepted = results
+        .iter()
+        .enumerate()
+        .filter(|(_, result)| result.is_ok());
+    announce(announcements, accepted.map(|(index, _)| index));
     transaction.commit().await?;
     Ok((results, Some(last)))
 }
