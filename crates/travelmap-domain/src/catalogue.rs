@@ -302,53 +302,23 @@ fn decode_payload<P: DeserializeOwned + Rules>(
         return Err(ValidationError::new("", "must be a JSON object").into());
     }
     if let Some(info) = self::event_type(event_type) {
-        no_array_for_an_object(data, &info.data, "")?;
-        strict_dates(data, &info.data, "")?;
+        schema_checks(data, &info.data, "")?;
     }
     let payload: P = deserialize_with_path(data)?;
     payload.check()?;
     Ok(payload)
 }
 
-/// Refuses a JSON array wherever the type's schema expects an object. serde reads a struct from
-/// an array too (its fields in order), so without this check `"personal": ["Jana", null]` would
-/// be recorded as if it named the fields; the published schema allows only an object.
-fn no_array_for_an_object(
-    value: &Value,
-    schema: &Value,
-    path: &str,
-) -> Result<(), ValidationError> {
-    match value {
-        Value::Array(items) => {
-            if allows(schema, "object") && !allows(schema, "array") {
-                return Err(ValidationError::new(path, "must be a JSON object"));
-            }
-            if let Some(item_schema) = alternatives(schema).find_map(|schema| schema.get("items")) {
-                for (index, item) in items.iter().enumerate() {
-                    no_array_for_an_object(item, item_schema, &format!("{path}[{index}]"))?;
-                }
-            }
-        }
-        Value::Object(fields) => {
-            if let Some(properties) = alternatives(schema)
-                .find_map(|schema| schema.get("properties").and_then(Value::as_object))
-            {
-                for (name, field) in fields {
-                    if let Some(field_schema) = properties.get(name) {
-                        no_array_for_an_object(field, field_schema, &field_path(path, name))?;
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Refuses a date or a date and time in any but its strict form, wherever the type's schema
-/// says `format: date` or `format: date-time` (see [`crate::dates`]): serde, through chrono,
-/// takes looser forms and years far outside any journey.
-fn strict_dates(value: &Value, schema: &Value, path: &str) -> Result<(), ValidationError> {
+/// Checks `value` where serde, reading it into the type, would take more than the type's
+/// published schema allows:
+///
+/// - a JSON array wherever the schema expects an object: serde reads a struct from an array too
+///   (its fields in order), so without this check `"personal": ["Jana", null]` would be recorded
+///   as if it named the fields;
+/// - a date or a date and time in any but its strict form, wherever the schema says
+///   `format: date` or `format: date-time` (see [`crate::dates`]): chrono takes looser forms
+///   and years far outside any journey.
+fn schema_checks(value: &Value, schema: &Value, path: &str) -> Result<(), ValidationError> {
     match value {
         Value::String(text) => {
             let format = alternatives(schema).find_map(|schema| schema.get("format"));
@@ -360,9 +330,12 @@ fn strict_dates(value: &Value, schema: &Value, path: &str) -> Result<(), Validat
             checked.map_err(|message| ValidationError::new(path, message))?;
         }
         Value::Array(items) => {
+            if allows(schema, "object") && !allows(schema, "array") {
+                return Err(ValidationError::new(path, "must be a JSON object"));
+            }
             if let Some(item_schema) = alternatives(schema).find_map(|schema| schema.get("items")) {
                 for (index, item) in items.iter().enumerate() {
-                    strict_dates(item, item_schema, &format!("{path}[{index}]"))?;
+                    schema_checks(item, item_schema, &format!("{path}[{index}]"))?;
                 }
             }
         }
@@ -372,7 +345,7 @@ fn strict_dates(value: &Value, schema: &Value, path: &str) -> Result<(), Validat
             {
                 for (name, field) in fields {
                     if let Some(field_schema) = properties.get(name) {
-                        strict_dates(field, field_schema, &field_path(path, name))?;
+                        schema_checks(field, field_schema, &field_path(path, name))?;
                     }
                 }
             }

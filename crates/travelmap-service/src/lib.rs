@@ -65,18 +65,6 @@ impl<'a, L: Future> Alongside<'a, L> {
         }
     }
 
-    /// Awaits `commit`, with the work beside it if it has not run yet.
-    async fn beside<T>(&mut self, commit: impl Future<Output = T>) -> T {
-        match self.pending.take() {
-            Some(work) => {
-                let (committed, done) = tokio::join!(commit, work);
-                self.done = Some(done);
-                committed
-            }
-            None => commit.await,
-        }
-    }
-
     /// Awaits `commit`, starting the work beside it (if it has not run yet) only once `accepted`
     /// says the store took the events: a refused append leaves the work pending, as if no
     /// commit had been tried.
@@ -390,11 +378,10 @@ impl Journeys {
         }
 
         // A refused duplicate must leave no audit entry, and the entries are written beside the
-        // commit. A log that announces acceptance starts them only once the events passed its
-        // checks, so the first attempt can assume every event is new and skip looking the ids
-        // up (a taken id is caught by the log's unique index, before any entry); with any other
-        // log, every attempt looks them up first. The first attempt also trusts the cached
-        // journeys; a refusal or a conflict may come from a stale one (another process moved
+        // commit: they start only once the log has announced that the events passed its checks.
+        // So the first attempt can assume every event is new and skip looking the ids up (a
+        // taken id is caught by the log's unique index, before any entry), and trust the cached
+        // journeys. A refusal or a conflict may come from a stale journey (another process moved
         // the stream), or mean the request was a retry, so every later attempt looks the ids up
         // and reads the journeys from the store.
         let mut retry = false;
@@ -439,8 +426,7 @@ impl Journeys {
         retry: bool,
         alongside: &mut Alongside<'_, L>,
     ) -> Result<Vec<Outcome>> {
-        let announced = self.log.announces_acceptance();
-        let existing: HashMap<EventId, _> = if retry || !announced {
+        let existing: HashMap<EventId, _> = if retry {
             let ids = submissions.iter().map(|s| s.draft.id).collect();
             self.log
                 .lookup(ids)
@@ -540,13 +526,9 @@ impl Journeys {
         }
 
         if !streams.is_empty() {
-            let appended = if announced {
-                let (accepted, acceptance) = tokio::sync::oneshot::channel();
-                let append = self.log.append_announced(provenance, streams, accepted);
-                alongside.beside_accepted(append, acceptance).await
-            } else {
-                alongside.beside(self.log.append(provenance, streams)).await
-            };
+            let (accepted, acceptance) = tokio::sync::oneshot::channel();
+            let append = self.log.append_announced(provenance, streams, accepted);
+            let appended = alongside.beside_accepted(append, acceptance).await;
             self.remember_journeys(decided, appended.is_ok());
             let receipts = appended?;
             let order = by_client.iter().flat_map(|(_, indices)| indices.iter());

@@ -189,32 +189,22 @@ pub trait EventLog: Send + Sync {
         &self,
         provenance: &Provenance,
         streams: Vec<StreamAppend>,
-    ) -> Result<Vec<Receipt>>;
-
-    /// Whether [`Self::append_announced`] tells acceptance apart from the commit. A log that
-    /// does not makes its callers look ids up before appending, so that a refusal for a taken id
-    /// comes before anything they do beside the commit.
-    fn announces_acceptance(&self) -> bool {
-        false
+    ) -> Result<Vec<Receipt>> {
+        let (accepted, _) = tokio::sync::oneshot::channel();
+        self.append_announced(provenance, streams, accepted).await
     }
 
     /// [`Self::append`], sending on `accepted` once the events have passed the log's checks
     /// (their ids free, their streams at the expected versions) and before their commit is
     /// durable: what a caller does beside the commit (the audit entries) starts only for
     /// appends that will not be refused, and still overlaps the commit. Nothing is sent for a
-    /// refused append. Without a distinct moment (the default), it is sent after the commit.
+    /// refused append.
     async fn append_announced(
         &self,
         provenance: &Provenance,
         streams: Vec<StreamAppend>,
         accepted: tokio::sync::oneshot::Sender<()>,
-    ) -> Result<Vec<Receipt>> {
-        let appended = self.append(provenance, streams).await;
-        if appended.is_ok() {
-            let _ = accepted.send(());
-        }
-        appended
-    }
+    ) -> Result<Vec<Receipt>>;
 
     /// Looks up events by id (for idempotent retries); ids not in the log are left out.
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>>;

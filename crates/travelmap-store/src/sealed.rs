@@ -125,57 +125,28 @@ impl SealedLog {
         }
         Ok(())
     }
+}
 
-    /// Appends through `append` (with or without announcing acceptance), after sealing.
-    async fn sealed_append<F>(
+#[async_trait]
+impl EventLog for SealedLog {
+    async fn append_announced(
         &self,
+        provenance: &Provenance,
         mut streams: Vec<StreamAppend>,
-        append: F,
-    ) -> Result<Vec<Receipt>>
-    where
-        F: AsyncFnOnce(Vec<StreamAppend>) -> Result<Vec<Receipt>>,
-    {
+        accepted: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<Vec<Receipt>> {
         self.seal_streams(&mut streams).await?;
         let clients: Vec<ClientId> = streams.iter().map(|stream| stream.client_id).collect();
-        let appended = append(streams).await;
+        let appended = self
+            .inner
+            .append_announced(provenance, streams, accepted)
+            .await;
         if let Err(Error::KeyWithdrawn(_)) = &appended {
             // Another process destroyed a key cached here; the caller tries again, and the keys
             // are then read from the store.
             self.keyring.forget_sealing_keys(&clients);
         }
         appended
-    }
-}
-
-#[async_trait]
-impl EventLog for SealedLog {
-    async fn append(
-        &self,
-        provenance: &Provenance,
-        streams: Vec<StreamAppend>,
-    ) -> Result<Vec<Receipt>> {
-        self.sealed_append(streams, async |streams| {
-            self.inner.append(provenance, streams).await
-        })
-        .await
-    }
-
-    fn announces_acceptance(&self) -> bool {
-        self.inner.announces_acceptance()
-    }
-
-    async fn append_announced(
-        &self,
-        provenance: &Provenance,
-        streams: Vec<StreamAppend>,
-        accepted: tokio::sync::oneshot::Sender<()>,
-    ) -> Result<Vec<Receipt>> {
-        self.sealed_append(streams, async |streams| {
-            self.inner
-                .append_announced(provenance, streams, accepted)
-                .await
-        })
-        .await
     }
 
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {

@@ -114,12 +114,13 @@ impl Drop for SqliteEventLog {
     }
 }
 
-impl SqliteEventLog {
-    async fn submit(
+#[async_trait]
+impl EventLog for SqliteEventLog {
+    async fn append_announced(
         &self,
         provenance: &Provenance,
         streams: Vec<StreamAppend>,
-        accepted: Option<oneshot::Sender<()>>,
+        accepted: oneshot::Sender<()>,
     ) -> Result<Vec<Receipt>> {
         let jobs = self.jobs.lock().expect("jobs lock").clone();
         let jobs = jobs.ok_or(Error::Closed)?;
@@ -127,35 +128,11 @@ impl SqliteEventLog {
         let job = Job {
             provenance: provenance.clone(),
             streams,
-            accepted,
+            accepted: Some(accepted),
             reply,
         };
         jobs.send(job).await.map_err(|_| Error::Closed)?;
         receipts.await.map_err(|_| Error::Closed)?
-    }
-}
-
-#[async_trait]
-impl EventLog for SqliteEventLog {
-    async fn append(
-        &self,
-        provenance: &Provenance,
-        streams: Vec<StreamAppend>,
-    ) -> Result<Vec<Receipt>> {
-        self.submit(provenance, streams, None).await
-    }
-
-    fn announces_acceptance(&self) -> bool {
-        true
-    }
-
-    async fn append_announced(
-        &self,
-        provenance: &Provenance,
-        streams: Vec<StreamAppend>,
-        accepted: oneshot::Sender<()>,
-    ) -> Result<Vec<Receipt>> {
-        self.submit(provenance, streams, Some(accepted)).await
     }
 
     async fn lookup(&self, ids: Vec<EventId>) -> Result<Vec<Existing>> {
