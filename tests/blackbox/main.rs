@@ -35,6 +35,7 @@ mod ingest;
 mod jwt;
 mod postgres;
 mod protection;
+mod readiness;
 mod reads;
 mod samples;
 mod support;

@@ -56,6 +56,8 @@ pub struct AppState {
     /// Audit entries of committed writes still waiting for the trail; drained when the service
     /// stops.
     pub deferred: Arc<audit::Deferred>,
+    /// The background tasks, as `GET /readyz` reports them.
+    pub tasks: Arc<Vec<travelmap_service::health::Watched>>,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.
@@ -96,6 +98,7 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         routes::webhooks::deliveries,
         routes::meta::event_types,
         routes::meta::health,
+        routes::meta::readiness,
         routes::meta::openapi,
         routes::meta::problem_type,
     ),
@@ -113,7 +116,7 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         (name = "subscriptions", description = "The live feed for agency systems: server-sent events of journey events and alerts"),
         (name = "webhooks", description = "Subscriptions that POST the events an agency may know of to its URL, signed, retried and logged"),
         (name = "catalogue", description = "The event types and their schemas"),
-        (name = "meta", description = "Health, this document, problem types"),
+        (name = "meta", description = "Health, readiness, this document, problem types"),
     )
 )]
 pub struct ApiDoc;
@@ -472,6 +475,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/event-types", get(routes::meta::event_types))
         .route("/healthz", get(routes::meta::health))
+        .route("/readyz", get(routes::meta::readiness))
         .route("/openapi.json", get(routes::meta::openapi))
         .route("/problems/{code}", get(routes::meta::problem_type))
         // Before the handlers' own checks, so also before authentication: which parameters an

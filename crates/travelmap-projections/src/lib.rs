@@ -13,11 +13,13 @@
 //!   appointment, the alerts with their history) and the caseloads summed over them. Pure, like
 //!   the travel map; the service keeps them current and wakes for alerts that fall due.
 //! - [`retention`]: the retention schedule and which categories of a client's data are due.
+//! - [`health`]: how the background tasks that keep these current are doing, for readiness.
 //!
 //! Depends on the domain and the storage traits; knows nothing of HTTP.
 
 pub mod access;
 pub mod coordination;
+pub mod health;
 pub mod projector;
 pub mod retention;
 pub mod statistics;

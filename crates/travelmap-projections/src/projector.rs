@@ -17,6 +17,7 @@ use travelmap_domain::{ClientId, RecordedEvent};
 use travelmap_store::{ClientView, EventLog, Keyring, ViewStore};
 
 use crate::Result;
+use crate::health::Reporter;
 use crate::travel_map::ClientState;
 
 /// How the projector pages through the feed and how much it keeps in memory.
@@ -278,12 +279,17 @@ impl Projector {
     /// [`ViewStore::lead`]); the others wait for the lease and meanwhile report the leader's
     /// saved checkpoint as their progress, so that reads in any process can wait for their
     /// writes to be projected.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    ///
+    /// `health` hears whether each attempt worked (following another process's saves counts
+    /// as working).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, health: Reporter) {
         let mut head = self.log.head();
+        health.running();
         loop {
             tokio::select! {
                 biased;
                 led = self.views.lead() => if let Err(error) = led {
+                    health.failing();
                     tracing::error!(%error, "could not take the view lease; retrying in 1s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -294,12 +300,14 @@ impl Projector {
                 _ = shutdown.changed() => return,
             }
             if let Err(error) = self.catch_up().await {
+                health.failing();
                 tracing::error!(%error, "projection failed; retrying in 1s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     _ = shutdown.changed() => return,
                 }
             }
+            health.running();
             if *shutdown.borrow() {
                 return;
             }

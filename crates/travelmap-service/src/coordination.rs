@@ -23,6 +23,7 @@ use travelmap_domain::ClientId;
 use travelmap_projections::coordination::{
     AgencyCaseload, Alert, AlertKind, CaseEntry, CaseFile, Rules, agency_caseload, caseloads,
 };
+use travelmap_projections::health::Reporter;
 use travelmap_projections::{ClientState, Projector};
 use travelmap_store::{EventLog, ViewStore};
 
@@ -305,8 +306,9 @@ impl Coordination {
         *self.next_seq.lock().expect("seq") - 1
     }
 
-    /// Keeps the index current until `shutdown` turns true.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Keeps the index current until `shutdown` turns true, telling `health` whether each
+    /// attempt worked (it is starting until every case file is loaded).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, health: Reporter) {
         let mut changes = self.projector.changes();
         let mut progress = self.projector.progress();
         let mut seen = loop {
@@ -314,6 +316,7 @@ impl Coordination {
             match self.load_all(checkpoint).await {
                 Ok(seen) => break seen,
                 Err(error) => {
+                    health.failing();
                     tracing::error!(%error, "could not load the case files; retrying in 1s");
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
@@ -322,14 +325,19 @@ impl Coordination {
                 }
             }
         };
+        health.running();
         loop {
             let next_due = self.next_due();
             // Followed events can keep the progress branch ready without pause; alerts that
             // have fallen due are raised first, so that a busy feed never holds them back.
             if next_due.is_some_and(|at| at <= self.clock.now()) {
-                if let Err(error) = self.fire_due().await {
-                    tracing::error!(%error, "could not refresh due case files; retrying in 1s");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                match self.fire_due().await {
+                    Ok(()) => health.running(),
+                    Err(error) => {
+                        health.failing();
+                        tracing::error!(%error, "could not refresh due case files; retrying in 1s");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
                 }
                 continue;
             }
@@ -348,8 +356,12 @@ impl Coordination {
                     }
                     let position = *progress.borrow_and_update();
                     match self.follow(&mut changes, seen, position).await {
-                        Ok(now_seen) => seen = now_seen,
+                        Ok(now_seen) => {
+                            seen = now_seen;
+                            health.running();
+                        }
                         Err(error) => {
+                            health.failing();
                             tracing::error!(%error, "could not refresh the case files; retrying in 1s");
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                             // Read the range again on the next turn.
@@ -357,12 +369,14 @@ impl Coordination {
                         }
                     }
                 }
-                _ = sleep => {
-                    if let Err(error) = self.fire_due().await {
+                _ = sleep => match self.fire_due().await {
+                    Ok(()) => health.running(),
+                    Err(error) => {
+                        health.failing();
                         tracing::error!(%error, "could not refresh due case files; retrying in 1s");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
-                }
+                },
                 _ = self.rescheduled.notified() => {}
             }
         }

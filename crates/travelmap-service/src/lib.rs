@@ -35,6 +35,9 @@ pub mod coordination;
 mod protection;
 pub mod subscriptions;
 
+/// How the background tasks are doing; the webhook dispatcher reports here too.
+pub use travelmap_projections::health;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How often a decision is retried when concurrent writers keep moving the same streams.

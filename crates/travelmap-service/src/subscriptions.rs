@@ -25,6 +25,7 @@ use tokio::sync::{broadcast, watch};
 use travelmap_domain::payloads::Purpose;
 use travelmap_domain::{ClientId, RecordedEvent};
 use travelmap_projections::Access;
+use travelmap_projections::health::Reporter;
 
 use crate::{Journeys, MAX_FEED_PAGE, Result};
 
@@ -193,9 +194,11 @@ impl FeedHub {
         }
     }
 
-    /// Reads and broadcasts pages as the head moves, until `shutdown` turns true.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Reads and broadcasts pages as the head moves, until `shutdown` turns true, telling
+    /// `health` whether each read worked.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, health: Reporter) {
         let mut head = self.journeys.log().head();
+        health.running();
         loop {
             if self.pages.receiver_count() == 0 {
                 // Nobody follows: skip to the head without reading or deciding anything, so the
@@ -217,12 +220,14 @@ impl FeedHub {
             };
             match page.await {
                 Ok((events, _)) if events.is_empty() => {
+                    health.running();
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },
                         _ = shutdown.changed() => return,
                     }
                 }
                 Ok((events, access)) => {
+                    health.running();
                     let up_to = events.last().map_or(after, |event| event.meta.position);
                     // The cursor moves first: a subscriber that sees it and reads the range
                     // itself, then also gets the page, drops what it already has.
@@ -236,6 +241,7 @@ impl FeedHub {
                     }));
                 }
                 Err(error) => {
+                    health.failing();
                     tracing::error!(%error, "the feed hub could not read the feed; retrying in 1s");
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}

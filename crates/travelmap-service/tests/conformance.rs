@@ -14,7 +14,7 @@ use chrono::Utc;
 use serde_json::{Value, json};
 use travelmap_domain::personal::Category;
 use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
-use travelmap_service::{Error, Journeys, Submission};
+use travelmap_service::{Error, Journeys, Submission, health};
 use travelmap_store::postgres::{ScratchDatabase, server_from_env};
 use travelmap_store::{Location, Store, StoredState, ViewStore};
 use uuid::Uuid;
@@ -687,7 +687,12 @@ async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
         .unwrap();
     // Erasure answers once the views are purged, so the projector must be running.
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let projector = tokio::spawn(journeys.projector().clone().run(stopped));
+    let projector = tokio::spawn(
+        journeys
+            .projector()
+            .clone()
+            .run(stopped, health::task("projection", true).0),
+    );
     let erased = client();
     let kept = client();
     let personal = |client, name: &str, number: &str, born: &str| Submission {

@@ -13,7 +13,7 @@ use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
 use travelmap_projections::coordination::{AlertKind, Rules};
 use travelmap_service::coordination::{AlertFilter, Change, Coordination, ManualClock};
 use travelmap_service::subscriptions::{FeedHub, Scope};
-use travelmap_service::{Journeys, Submission};
+use travelmap_service::{Journeys, Submission, health};
 use travelmap_store::sqlite::SqliteStore;
 use uuid::Uuid;
 
@@ -59,7 +59,7 @@ async fn a_subscriber_that_stops_reading_catches_up_from_the_log_without_loss() 
     let (_dir, _store, journeys) = embedded().await;
     let hub = Arc::new(FeedHub::new(journeys.clone()));
     let (stop, stopped) = watch::channel(false);
-    let running = tokio::spawn(hub.clone().run(stopped));
+    let running = tokio::spawn(hub.clone().run(stopped, health::task("live_feed", false).0));
     let scope = Scope {
         agency: None,
         purpose: Purpose::CaseManagement,
@@ -117,8 +117,17 @@ async fn the_index_raises_a_due_alert_when_the_clock_reaches_it() {
         Rules::default(),
     ));
     let (stop, stopped) = watch::channel(false);
-    let projector = tokio::spawn(journeys.projector().clone().run(stopped.clone()));
-    let index = tokio::spawn(coordination.clone().run(stopped));
+    let projector = tokio::spawn(
+        journeys
+            .projector()
+            .clone()
+            .run(stopped.clone(), health::task("projection", true).0),
+    );
+    let index = tokio::spawn(
+        coordination
+            .clone()
+            .run(stopped, health::task("coordination", true).0),
+    );
     let (_, mut notices) = coordination.notices_after(0).unwrap();
 
     let client = ClientId(Uuid::new_v4());

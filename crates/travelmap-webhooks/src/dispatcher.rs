@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use travelmap_domain::RecordedEvent;
 use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
 use travelmap_service::Journeys;
+use travelmap_service::health::Reporter;
 use travelmap_service::subscriptions::Scope;
 use travelmap_store::webhooks::{Attempt, AttemptOutcome, State, Webhook};
 use travelmap_store::{AuditLog, WebhookStore};
@@ -129,12 +130,16 @@ impl Dispatcher {
     }
 
     /// Delivers until `stop` turns true: waits for the delivery lease, runs a task per active
-    /// webhook, and waits for the lease again if another process takes it over.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    /// webhook, and waits for the lease again if another process takes it over. `health` hears
+    /// whether the registrations and the lease could be read (not whether receivers answer:
+    /// that is theirs, and each delivery log shows it).
+    pub async fn run(self, mut stop: watch::Receiver<bool>, health: Reporter) {
         let dispatcher = Arc::new(self);
+        health.running();
         loop {
             tokio::select! {
                 led = dispatcher.webhooks.lead() => if let Err(error) = led {
+                    health.failing();
                     tracing::warn!(%error, "cannot take the webhook delivery lease; trying again");
                     if pause(STORE_PAUSE, &mut stop).await {
                         return;
@@ -143,7 +148,7 @@ impl Dispatcher {
                 },
                 _ = stopped(&mut stop) => return,
             }
-            match dispatcher.clone().supervise(&mut stop).await {
+            match dispatcher.clone().supervise(&mut stop, &health).await {
                 Ended::Deposed => {
                     tracing::warn!("another process took over webhook delivery");
                 }
@@ -153,7 +158,11 @@ impl Dispatcher {
     }
 
     /// Keeps one task per active webhook until told to stop or deposed.
-    async fn supervise(self: Arc<Self>, stop: &mut watch::Receiver<bool>) -> Ended {
+    async fn supervise(
+        self: Arc<Self>,
+        stop: &mut watch::Receiver<bool>,
+        health: &Reporter,
+    ) -> Ended {
         let mut tasks: HashMap<Uuid, Task> = HashMap::new();
         let mut changes = self.webhooks.changes();
         let ended = loop {
@@ -172,6 +181,7 @@ impl Dispatcher {
             }
             match self.webhooks.list(None).await {
                 Ok(webhooks) => {
+                    health.running();
                     let active: HashMap<Uuid, Webhook> = webhooks
                         .into_iter()
                         .filter(|webhook| webhook.state == State::Active)
@@ -190,7 +200,10 @@ impl Dispatcher {
                         });
                     }
                 }
-                Err(error) => tracing::warn!(%error, "cannot read the webhook registrations"),
+                Err(error) => {
+                    health.failing();
+                    tracing::warn!(%error, "cannot read the webhook registrations");
+                }
             }
             tokio::select! {
                 _ = stopped(stop) => break Ended::Stopped,

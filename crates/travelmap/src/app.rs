@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use travelmap_api::{AppState, Authenticator};
 use travelmap_service::Journeys;
 use travelmap_service::coordination::Coordination;
+use travelmap_service::health;
 use travelmap_service::subscriptions::FeedHub;
 use travelmap_store::{Location, Store};
 
@@ -127,11 +128,18 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_projector, projector_stopped) = watch::channel(false);
+        // Every background task reports how it is doing, for `GET /readyz`.
+        let mut watched = Vec::new();
+        let mut watch = |name, essential| {
+            let (reporter, seen) = health::task(name, essential);
+            watched.push(seen);
+            reporter
+        };
         let projector = tokio::spawn(
             self.journeys
                 .projector()
                 .clone()
-                .run(projector_stopped.clone()),
+                .run(projector_stopped.clone(), watch("projection", true)),
         );
         // Webhook deliveries, stopped with the projector.
         let webhooks = tokio::spawn(
@@ -142,17 +150,29 @@ impl Application {
                 Arc::new(travelmap_api::routes::webhooks::delivery_body),
                 self.webhook_policy,
             )
-            .run(projector_stopped.clone()),
+            .run(projector_stopped.clone(), watch("webhooks", false)),
         );
-        let retention = tokio::spawn(crate::retention::daily(
-            self.journeys.clone(),
-            self.audit.clone(),
-            self.retention.clone(),
-            self.retention_every,
-            projector_stopped.clone(),
-        ));
-        let coordination = tokio::spawn(self.coordination.clone().run(projector_stopped.clone()));
-        let hub = tokio::spawn(self.hub.clone().run(projector_stopped));
+        // Without a schedule there is nothing to run, and nothing to watch.
+        let retention = (!self.retention.is_empty()).then(|| {
+            tokio::spawn(crate::retention::daily(
+                self.journeys.clone(),
+                self.audit.clone(),
+                self.retention.clone(),
+                self.retention_every,
+                projector_stopped.clone(),
+                watch("retention", false),
+            ))
+        });
+        let coordination = tokio::spawn(
+            self.coordination
+                .clone()
+                .run(projector_stopped.clone(), watch("coordination", true)),
+        );
+        let hub = tokio::spawn(
+            self.hub
+                .clone()
+                .run(projector_stopped, watch("live_feed", false)),
+        );
         let (begin_stopping, stopping) = watch::channel(false);
         let shutdown = async move {
             shutdown.await;
@@ -172,6 +192,7 @@ impl Application {
             webhooks: self.webhooks.clone(),
             named: Default::default(),
             deferred: deferred.clone(),
+            tasks: Arc::new(watched),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
@@ -181,7 +202,9 @@ impl Application {
         deferred.drain(DRAIN_DEFERRED_ENTRIES).await;
         let _ = stop_projector.send(true);
         let _ = projector.await;
-        let _ = retention.await;
+        if let Some(retention) = retention {
+            let _ = retention.await;
+        }
         let _ = coordination.await;
         let _ = hub.await;
         let _ = webhooks.await;

@@ -15,6 +15,7 @@ use travelmap_domain::{ClientId, Provenance};
 use travelmap_projections::ClientState;
 use travelmap_projections::retention::Schedule;
 use travelmap_service::Journeys;
+use travelmap_service::health::Reporter;
 use travelmap_store::AuditLog;
 
 /// Who records retention decisions: the service itself, not a person.
@@ -202,10 +203,12 @@ pub async fn daily(
     schedule: Schedule,
     every: Duration,
     mut stop: watch::Receiver<bool>,
+    health: Reporter,
 ) {
     if schedule.is_empty() {
         return;
     }
+    health.running();
     // The first run waits a little, so that a restart loop does not shred on every start.
     let mut wait = FIRST_RUN_AFTER.min(every);
     loop {
@@ -215,14 +218,26 @@ pub async fn daily(
         }
         wait = every;
         match run(&journeys, audit.as_ref(), &schedule, Utc::now()).await {
-            Ok(report) => tracing::info!(
-                clients = report.clients,
-                due = report.due.len(),
-                done = report.done.len(),
-                failed = report.failed.len(),
-                "retention run"
-            ),
-            Err(error) => tracing::error!(%error, "retention run failed; next run in a day"),
+            Ok(report) => {
+                // Clients that could not be handled keep data past its time until a run
+                // handles them: that is a failure to report, though the run went on.
+                if report.failed.is_empty() {
+                    health.running();
+                } else {
+                    health.failing();
+                }
+                tracing::info!(
+                    clients = report.clients,
+                    due = report.due.len(),
+                    done = report.done.len(),
+                    failed = report.failed.len(),
+                    "retention run"
+                );
+            }
+            Err(error) => {
+                health.failing();
+                tracing::error!(%error, "retention run failed; next run in a day");
+            }
         }
     }
 }

@@ -2,10 +2,13 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
+
+use travelmap_service::health::{Condition, Seen};
 
 use crate::AppState;
 use crate::error::{ApiError, CODES, Problem};
@@ -73,6 +76,119 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
         projection,
         coordination: *state.coordination.progress().borrow(),
     })
+}
+
+/// Whether this process can do its work: every background task that keeps the travel maps,
+/// caseloads and alerts current is running, and how far each has got.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`; `degraded` when a task the service can do without for a while (webhook
+    /// delivery, the live feed, the retention schedule) is failing or has stopped; `starting`
+    /// while the caseloads and alerts are first loaded; `failing` when the travel-map projection
+    /// or the coordination index is failing or has stopped; `stopping` once the server has been
+    /// told to stop. `starting`, `failing` and `stopping` answer `503`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// The highest committed global position.
+    pub head: u64,
+    /// Each background task.
+    pub tasks: Vec<TaskReadiness>,
+}
+
+/// One background task in the readiness report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskReadiness {
+    /// `projection`, `coordination`, `live_feed`, `webhooks` or `retention` (only with a
+    /// retention schedule).
+    pub name: &'static str,
+    /// Whether the service is failing while this task is.
+    pub essential: bool,
+    /// `starting`, `running` (its last attempt worked), `failing` (its attempts fail; it retries,
+    /// and the server's log says why) or `stopped` (it has ended: the server is stopping, or the
+    /// task met a bug).
+    pub state: &'static str,
+    /// When its attempts began to fail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// The position its work reflects (projection and coordination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// How many positions it is behind the head (projection and coordination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behind: Option<u64>,
+}
+
+/// Readiness check, for load balancers and orchestrators: `200` while this process can do its
+/// work, `503` while it cannot. Unlike `/healthz` (the process answers), it says whether what
+/// it answers is kept current. Why a task fails is in the server's log, not here: this endpoint
+/// is public.
+#[utoipa::path(
+    get, path = "/readyz", tag = "meta",
+    responses(
+        (status = 200, description = "Ready, or degraded: the service does its work, though a task it can do without for a while fails", body = Readiness),
+        (status = 503, description = "Starting, failing or stopping: the travel maps, caseloads or alerts are not being kept current", body = Readiness),
+        (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let head = *state.journeys.log().head().borrow();
+    let position_of = |name: &str| match name {
+        "projection" => Some(*state.journeys.projector().progress().borrow()),
+        "coordination" => Some(*state.coordination.progress().borrow()),
+        _ => None,
+    };
+    let tasks: Vec<TaskReadiness> = state
+        .tasks
+        .iter()
+        .map(|task| {
+            let (label, failing_since) = match task.seen() {
+                Seen::Reported(Condition::Starting) => ("starting", None),
+                Seen::Reported(Condition::Running) => ("running", None),
+                Seen::Reported(Condition::Failing { since }) => ("failing", Some(since)),
+                Seen::Stopped => ("stopped", None),
+            };
+            let position = position_of(task.name);
+            TaskReadiness {
+                name: task.name,
+                essential: task.essential,
+                state: label,
+                failing_since,
+                position,
+                behind: position.map(|position| head.saturating_sub(position)),
+            }
+        })
+        .collect();
+    let broken = |task: &&TaskReadiness| matches!(task.state, "failing" | "stopped");
+    let status = if *state.stopping.borrow() {
+        "stopping"
+    } else if tasks
+        .iter()
+        .filter(|task| task.essential)
+        .any(|task| broken(&task))
+    {
+        "failing"
+    } else if tasks
+        .iter()
+        .any(|task| task.essential && task.state == "starting")
+    {
+        "starting"
+    } else if tasks.iter().any(|task| broken(&task)) {
+        "degraded"
+    } else {
+        "ready"
+    };
+    let code = match status {
+        "ready" | "degraded" => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (
+        code,
+        Json(Readiness {
+            status,
+            head,
+            tasks,
+        }),
+    )
 }
 
 /// The OpenAPI 3.1 document of this API.

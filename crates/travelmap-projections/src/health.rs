@@ -1,0 +1,134 @@
+//! How the service's background tasks are doing, for the readiness check.
+//!
+//! Each long-running task (the projector, the coordination index, the feed hub, webhook
+//! delivery, the retention schedule) retries on its own when something fails, and logs each
+//! failure. A log line is easy to miss, though, and a task that keeps failing leaves the service
+//! answering from views that no longer move. So each task also holds a [`Reporter`] and says
+//! whether its last attempt worked; the readiness check reads the matching [`Watched`].
+//!
+//! The reporter lives inside the task's future. A task that ends, by shutting down or by
+//! panicking, drops it, and the check then sees the task as stopped: a panic is never mistaken
+//! for health.
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+/// What a task last reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Not yet through its first attempt (the coordination index loads every case file first).
+    Starting,
+    /// Its last attempt worked.
+    Running,
+    /// Its attempts have failed since `since`; it goes on retrying.
+    Failing { since: DateTime<Utc> },
+}
+
+/// A task's condition as the readiness check sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// As the task last reported it.
+    Reported(Condition),
+    /// The task has ended: the service is stopping, or the task panicked.
+    Stopped,
+}
+
+/// Held by a task to report its condition.
+#[derive(Debug)]
+pub struct Reporter(watch::Sender<Condition>);
+
+impl Reporter {
+    /// The last attempt worked.
+    pub fn running(&self) {
+        self.0.send_if_modified(|condition| {
+            let changed = *condition != Condition::Running;
+            *condition = Condition::Running;
+            changed
+        });
+    }
+
+    /// The last attempt failed. A task already failing keeps the time its failures began.
+    pub fn failing(&self) {
+        self.0.send_if_modified(|condition| {
+            if matches!(condition, Condition::Failing { .. }) {
+                return false;
+            }
+            *condition = Condition::Failing { since: Utc::now() };
+            true
+        });
+    }
+}
+
+/// What the readiness check holds of one task.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// The task's name in the readiness report.
+    pub name: &'static str,
+    /// Whether the service can do its work while this task fails: reads of travel maps and
+    /// caseloads cannot, while late webhook deliveries or a retention run retried tomorrow leave
+    /// it degraded but serving.
+    pub essential: bool,
+    condition: watch::Receiver<Condition>,
+}
+
+impl Watched {
+    /// The task's condition now.
+    pub fn seen(&self) -> Seen {
+        if self.condition.has_changed().is_err() {
+            return Seen::Stopped;
+        }
+        Seen::Reported(*self.condition.borrow())
+    }
+}
+
+/// A reporter for a task, and what the readiness check watches of it. Starts as
+/// [`Condition::Starting`].
+pub fn task(name: &'static str, essential: bool) -> (Reporter, Watched) {
+    let (sender, receiver) = watch::channel(Condition::Starting);
+    (
+        Reporter(sender),
+        Watched {
+            name,
+            essential,
+            condition: receiver,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_is_starting_then_running_then_failing_since_its_first_failure() {
+        let (reporter, watched) = task("projection", true);
+        assert_eq!(watched.seen(), Seen::Reported(Condition::Starting));
+        reporter.running();
+        assert_eq!(watched.seen(), Seen::Reported(Condition::Running));
+        reporter.failing();
+        let Seen::Reported(Condition::Failing { since }) = watched.seen() else {
+            panic!("expected failing, saw {:?}", watched.seen());
+        };
+        reporter.failing();
+        assert_eq!(
+            watched.seen(),
+            Seen::Reported(Condition::Failing { since }),
+            "a second failure keeps the time the failures began"
+        );
+        reporter.running();
+        assert_eq!(watched.seen(), Seen::Reported(Condition::Running));
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_seen_as_stopped() {
+        let (reporter, watched) = task("coordination", true);
+        reporter.running();
+        let ended = tokio::spawn(async move {
+            reporter.running();
+            panic!("a bug in the task");
+        })
+        .await;
+        assert!(ended.is_err());
+        assert_eq!(watched.seen(), Seen::Stopped);
+    }
+}
