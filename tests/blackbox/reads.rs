@@ -138,6 +138,24 @@ async fn as_of_shows_what_had_been_recorded_by_then() {
         .await;
     let problem = expect_problem(malformed, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     assert_eq!(problem["field"], "as_of");
+
+    // A moment still to come has no record: its map would show what has not happened.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for read in ["events", "travel-map"] {
+        let future = app
+            .get(
+                &format!("/v1/clients/{client}/{read}?as_of={tomorrow}"),
+                AUDITOR,
+            )
+            .await;
+        let problem = expect_problem(future, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+        assert_eq!(problem["field"], "as_of");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("future"),
+            "{problem}"
+        );
+    }
 }
 
 #[tokio::test]

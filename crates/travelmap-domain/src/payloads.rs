@@ -300,8 +300,9 @@ pub struct InvolvementOpened {
     pub reason: Option<OpeningReason>,
 }
 
-/// `involvement.closed`: an agency stops working with the client in a role. It closes the open
-/// involvement with the same agency and role (and worker, when given).
+/// `involvement.closed`: an agency stops working with the client in a role. With a worker, it
+/// closes that worker's open involvement with the same agency and role; without one, every open
+/// involvement with the same agency and role.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InvolvementClosed {

@@ -14,12 +14,12 @@
 //!
 //! | kind | raised | cleared |
 //! | --- | --- | --- |
-//! | `no_first_day_contact` | 24 h after a release with no attended contact since | by the first attended contact (resolved), or a return to custody (superseded) |
+//! | `no_first_day_contact` | 24 h after a release with no attended contact since (a contact at the release's moment counts) | by the first attended contact (resolved), or a return to custody or a later release (superseded) |
 //! | `release_unprepared` | 14 days before a scheduled release (or when the release is scheduled, if later) while no plan is agreed or a planned needs area is unassessed | when the plan is agreed and every planned area assessed (resolved), or at release or a new schedule (superseded) |
 //! | `appointments_missed` | at the second missed appointment in a row | by the next attended contact (resolved) |
 //! | `job_lost` / `housing_lost` | when the job or housing is lost | by a job placed / housing secured (resolved), or 7 days later (expired) |
 //! | `dropped_out` | when the client drops out of the programme | by enrolling again (resolved) |
-//! | `no_case_manager` | when a released client has had no open case manager or probation officer involvement for longer than the configured days | when one is opened (resolved), or a return to custody (superseded) |
+//! | `no_case_manager` | when a released client has had no open case manager or probation officer involvement for longer than the configured days (a second release without custody in between continues the first's gap) | when one is opened (resolved), or a return to custody (superseded) |
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -325,12 +325,33 @@ fn alerts(
 ) -> (Vec<Alert>, Option<DateTime<Utc>>) {
     let facts = &state.facts;
     let mut candidates = Vec::new();
+    // Whether the client was released and has not returned to custody since.
+    let mut at_liberty = false;
     for (index, fact) in facts.iter().enumerate() {
         let later = &facts[index + 1..];
+        if returns_to_custody(&fact.event) {
+            at_liberty = false;
+        }
         match &fact.event {
             JourneyEvent::ClientReleased(_) => {
-                candidates.extend(no_first_day_contact(fact, later, involvements));
-                candidates.extend(no_case_manager(fact, later, involvements, rules));
+                // Facts of the same moment sort by when they were recorded; a contact recorded
+                // before the release but made at its very moment is within its first day.
+                let same_moment = facts[..index]
+                    .iter()
+                    .rposition(|earlier| at(earlier) != at(fact))
+                    .map_or(0, |before| before + 1);
+                candidates.extend(no_first_day_contact(
+                    fact,
+                    &facts[same_moment..index],
+                    later,
+                    involvements,
+                ));
+                // A second release with no custody in between (a record of the same release,
+                // or a transfer recorded as one) does not start a second gap: the first goes on.
+                if !at_liberty {
+                    candidates.extend(no_case_manager(fact, later, involvements, rules));
+                }
+                at_liberty = true;
             }
             JourneyEvent::ReleaseScheduled(scheduled) => {
                 let release = scheduled.release_date.and_time(NaiveTime::MIN).and_utc();
@@ -451,14 +472,22 @@ fn at_liberty(later: &[Fact]) -> (&[Fact], Option<&Fact>) {
     }
 }
 
+/// The first day after `release`: the alert is due unless an attended contact was made by its
+/// end (at the release's very moment counts, `same_moment` being the facts of that moment
+/// recorded before it), and is superseded by a return to custody or by a later release, whose
+/// own first day then counts.
 fn no_first_day_contact(
     release: &Fact,
+    same_moment: &[Fact],
     later: &[Fact],
     involvements: &[Involvement],
 ) -> Option<Candidate> {
     let due = at(release) + FIRST_DAY_WINDOW;
-    let (free, custody) = at_liberty(later);
-    let contact = free.iter().find(|fact| attended_contact(&fact.event));
+    let (free, custody) = until_next_release_or_custody(later);
+    let contact = same_moment
+        .iter()
+        .chain(free)
+        .find(|fact| attended_contact(&fact.event));
     if contact.is_some_and(|contact| at(contact) <= due)
         || custody.is_some_and(|custody| at(custody) <= due)
     {
@@ -488,6 +517,16 @@ fn no_first_day_contact(
         ),
         cleared,
     })
+}
+
+/// Like [`at_liberty`], but a later release also ends the stretch.
+fn until_next_release_or_custody(later: &[Fact]) -> (&[Fact], Option<&Fact>) {
+    match later.iter().position(|fact| {
+        returns_to_custody(&fact.event) || matches!(fact.event, JourneyEvent::ClientReleased(_))
+    }) {
+        Some(end) => (&later[..end], Some(&later[end])),
+        None => (later, None),
+    }
 }
 
 fn no_case_manager(

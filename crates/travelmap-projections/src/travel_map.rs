@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, FixedOffset, Utc};
+use chrono::{DateTime, Duration, FixedOffset, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use travelmap_domain::payloads::{NeedArea, NeedStatus, Role};
 use travelmap_domain::{ClientId, EventId, JourneyEvent, RecordedEvent};
@@ -138,7 +138,9 @@ impl ClientState {
                 let fact = Fact {
                     event_id: draft.id,
                     position: meta.position,
-                    occurred_at: draft.occurred_at,
+                    // Stored views keep microseconds; a fold from the history (`as_of`) must see
+                    // the same time as the live view, also for events recorded with finer ones.
+                    occurred_at: draft.occurred_at.trunc_subsecs(6),
                     recorded_at: meta.recorded_at,
                     agency: provenance.agency,
                     actor: draft.actor.map(String::from),
@@ -362,6 +364,9 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
     let mut appointments: Vec<Appointment> = Vec::new();
     let mut last_release: Option<DateTime<Utc>> = None;
     let mut first_day_contact_after_release = false;
+    // The moment of the last attended contact: facts of one moment sort by when they were
+    // recorded, and a contact recorded before the release but made at its very moment counts.
+    let mut last_attended_contact: Option<DateTime<Utc>> = None;
 
     for fact in &state.facts {
         let at = fact.occurred_at;
@@ -404,18 +409,26 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                     .as_ref()
                     .map_or_else(|| fact.agency.clone(), ToString::to_string);
                 let worker = closed.worker.as_ref().map(ToString::to_string);
-                let open = involvements.iter_mut().rev().find(|involvement| {
+                let matches = |involvement: &Involvement| {
                     involvement.to.is_none()
                         && involvement.agency == agency
                         && involvement.role == closed.role
                         && (worker.is_none() || involvement.worker == worker)
-                });
-                match open {
-                    Some(involvement) => {
-                        involvement.to = Some(at);
-                        involvement.closed_by = Some(fact.agency.clone());
-                    }
-                    None => involvements.push(Involvement {
+                };
+                // A close naming a worker ends that worker's latest involvement; one naming no
+                // worker ends the agency's role with the client, whoever carried it.
+                let closing: Vec<usize> = match worker {
+                    Some(_) => involvements.iter().rposition(matches).into_iter().collect(),
+                    None => (0..involvements.len())
+                        .filter(|index| matches(&involvements[*index]))
+                        .collect(),
+                };
+                for index in &closing {
+                    involvements[*index].to = Some(at);
+                    involvements[*index].closed_by = Some(fact.agency.clone());
+                }
+                if closing.is_empty() {
+                    involvements.push(Involvement {
                         agency,
                         role: closed.role,
                         worker,
@@ -424,7 +437,7 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                         handover: false,
                         recorded_by: fact.agency.clone(),
                         closed_by: Some(fact.agency.clone()),
-                    }),
+                    });
                 }
             }
             JourneyEvent::PlanAgreed(plan) => {
@@ -464,6 +477,9 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                 if let Some(appointment_id) = &contact.appointment_id {
                     appointments.retain(|other| other.appointment_id != appointment_id.as_str());
                 }
+                if contact.attended {
+                    last_attended_contact = Some(at.with_timezone(&Utc));
+                }
                 if let Some(released) = last_release
                     && contact.attended
                     && at.with_timezone(&Utc) <= released + FIRST_DAY_WINDOW
@@ -472,8 +488,9 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                 }
             }
             JourneyEvent::ClientReleased(_) => {
-                last_release = Some(at.with_timezone(&Utc));
-                first_day_contact_after_release = false;
+                let released = at.with_timezone(&Utc);
+                last_release = Some(released);
+                first_day_contact_after_release = last_attended_contact == Some(released);
             }
             _ => {}
         }

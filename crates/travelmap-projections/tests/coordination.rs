@@ -545,3 +545,140 @@ fn restricted_clients_stay_out_of_caseloads() {
     );
     assert!(agency_caseload([&file], "probation-opava", t0() + days(2)).is_empty());
 }
+
+#[test]
+fn a_contact_made_at_the_moment_of_release_counts_whichever_was_recorded_first() {
+    let mut journey = Journey::new(20);
+    // Recorded before the release, made at the same moment.
+    journey.add(
+        hours(0),
+        "ngo-rubikon",
+        "contact.made",
+        json!({"kind": "first_day"}),
+    );
+    journey.add(hours(0), "prison-opava", "client.released", released());
+    let file = journey.file(days(2));
+    assert!(
+        file.alerts
+            .iter()
+            .all(|alert| alert.kind != AlertKind::NoFirstDayContact),
+        "{:?}",
+        file.alerts
+    );
+    let map = ClientState::from_history(journey.client_id, journey.events.clone())
+        .travel_map(t0() + days(2));
+    assert!(map.flags.is_empty(), "{:?}", map.flags);
+}
+
+#[test]
+fn a_second_release_without_custody_between_raises_each_alert_once() {
+    let mut journey = Journey::new(21);
+    let first = journey.add(hours(0), "prison-opava", "client.released", released());
+    let second = journey.add(days(31), "prison-opava", "client.released", released());
+    let file = journey.file(days(40));
+    let open: Vec<_> = file.open_alerts().collect();
+    let first_day: Vec<_> = open
+        .iter()
+        .filter(|alert| alert.kind == AlertKind::NoFirstDayContact)
+        .collect();
+    assert_eq!(first_day.len(), 1, "{open:?}");
+    assert_eq!(
+        first_day[0].cause, second,
+        "the later release's first day counts"
+    );
+    let superseded = file
+        .alerts
+        .iter()
+        .find(|alert| alert.kind == AlertKind::NoFirstDayContact && alert.cause == first)
+        .expect("the first release's alert stays in the history");
+    assert_eq!(
+        superseded
+            .cleared
+            .as_ref()
+            .map(|clearance| clearance.resolution),
+        Some(Resolution::Superseded)
+    );
+    let gaps: Vec<_> = open
+        .iter()
+        .filter(|alert| alert.kind == AlertKind::NoCaseManager)
+        .collect();
+    assert_eq!(gaps.len(), 1, "one continuous gap: {open:?}");
+    assert_eq!(gaps[0].cause, first, "the gap began at the first release");
+}
+
+#[test]
+fn closing_an_involvement_without_a_worker_ends_every_one_of_that_agency_in_that_role() {
+    let mut journey = Journey::new(22);
+    journey.add(
+        hours(0),
+        "ngo-rubikon",
+        "involvement.opened",
+        json!({"role": "mentor"}),
+    );
+    journey.add(
+        hours(1),
+        "ngo-rubikon",
+        "involvement.opened",
+        json!({"role": "mentor", "worker": "M-2"}),
+    );
+    journey.add(
+        hours(2),
+        "ngo-rubikon",
+        "involvement.opened",
+        json!({"role": "case_manager", "worker": "C-1"}),
+    );
+    let map = |journey: &Journey| {
+        ClientState::from_history(journey.client_id, journey.events.clone())
+            .travel_map(t0() + days(1))
+    };
+    journey.add(
+        hours(3),
+        "ngo-rubikon",
+        "involvement.closed",
+        json!({"role": "mentor", "worker": "M-2"}),
+    );
+    let open_workers = |journey: &Journey| -> Vec<Option<String>> {
+        map(journey)
+            .involvements
+            .iter()
+            .filter(|involvement| involvement.to.is_none())
+            .map(|involvement| involvement.worker.clone())
+            .collect()
+    };
+    assert_eq!(
+        open_workers(&journey),
+        vec![None, Some("C-1".to_owned())],
+        "a close naming a worker ends only that worker's"
+    );
+    journey.add(
+        hours(4),
+        "ngo-rubikon",
+        "involvement.opened",
+        json!({"role": "mentor", "worker": "M-3"}),
+    );
+    journey.add(
+        hours(5),
+        "ngo-rubikon",
+        "involvement.closed",
+        json!({"role": "mentor"}),
+    );
+    assert_eq!(
+        open_workers(&journey),
+        vec![Some("C-1".to_owned())],
+        "a close naming no worker ends every mentor involvement of the agency"
+    );
+}
+
+#[test]
+fn facts_keep_microseconds_whatever_the_history_holds() {
+    let mut journey = Journey::new(23);
+    journey.add(hours(0), "prison-opava", "client.released", released());
+    journey.events[0].draft.occurred_at = "2026-03-01T09:00:00.123456789Z".parse().unwrap();
+    let map = ClientState::from_history(journey.client_id, journey.events.clone())
+        .travel_map(t0() + days(2));
+    assert_eq!(
+        map.steps[0].occurred_at.to_rfc3339(),
+        "2026-03-01T09:00:00.123456+00:00",
+        "as the stored view keeps it, so that an as_of read equals the live one"
+    );
+}

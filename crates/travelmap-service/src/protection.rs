@@ -3,7 +3,7 @@
 //! record shows what was decided, when and by whom, and projections react to it like to any
 //! other event.
 
-use chrono::{NaiveDate, Utc};
+use chrono::{NaiveDate, SubsecRound, Utc};
 use travelmap_domain::payloads::{
     PersonalDataErased, ProcessingRestricted, RestrictionLifted, RetentionApplied,
 };
@@ -209,7 +209,8 @@ impl Journeys {
         let draft = EventDraft {
             id: EventId(Uuid::new_v4()),
             client_id,
-            occurred_at: Utc::now().fixed_offset(),
+            // Kept to the microsecond, as posted events are.
+            occurred_at: Utc::now().trunc_subsecs(6).fixed_offset(),
             actor: None,
             event,
         };

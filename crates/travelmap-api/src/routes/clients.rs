@@ -39,9 +39,23 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
                 Err(error)
             }
         })
-        .map(|at| Some(at.with_timezone(&Utc)))
         .map_err(|error| {
             ApiError::invalid_parameter(name, format!("{name} must be an RFC 3339 time: {error}"))
+        })
+        .and_then(|at| {
+            let at = at.with_timezone(&Utc);
+            // A moment still to come has no record yet: its map would show flags and overdue
+            // appointments that have not happened, and change as later events arrive.
+            if at > Utc::now() {
+                return Err(ApiError::invalid_parameter(
+                    name,
+                    format!(
+                        "{name} is in the future ({}): leave it out to read the current state",
+                        at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                    ),
+                ));
+            }
+            Ok(Some(at))
         })
 }
 
