@@ -1325,3 +1325,24 @@ fn a_missing_master_key_is_not_replaced_by_a_new_one() {
     );
     assert!(master.exists());
 }
+
+#[test]
+fn retention_run_without_a_schedule_still_prints_a_json_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let migrated = run(&["migrate"], dir.path());
+    assert!(migrated.status.success(), "{migrated:?}");
+    let output = run(&["retention", "run"], dir.path());
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("{error}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(report["clients"], 0);
+    assert_eq!(report["due"], serde_json::json!([]));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no retention schedule"),
+        "the reason is told on standard error"
+    );
+}

@@ -837,8 +837,9 @@ async fn retention_shreds_what_is_due_audits_it_and_reports_it(backend: Backend)
     let data_dir = app.stop().await;
     let config = crate::binary::write_config(data_dir.path());
     let mut text = std::fs::read_to_string(&config).unwrap();
-    // Needs assessments five years after the last involvement ended; identity for fifty.
-    text.push_str("[retention]\nneeds = 5\nidentity = 50\n");
+    // Needs assessments five years after the last involvement ended; identity for fifty; justice
+    // data for two, of which these clients hold none (so it must not date the shredding).
+    text.push_str("[retention]\nneeds = 5\nidentity = 50\njustice = 2\n");
     std::fs::write(&config, text).unwrap();
     // The app ran on the data directory itself; the binary is pointed at the same place.
     let run = || {

@@ -659,9 +659,17 @@ pub async fn retention_run(
     schedule: &travelmap_projections::retention::Schedule,
 ) -> anyhow::Result<()> {
     if schedule.is_empty() {
-        println!(
+        // The report is still printed (an empty one), so that a script reading it as JSON
+        // works whether a schedule is configured or not; the reason goes to standard error.
+        eprintln!(
             "no retention schedule is configured ([retention] in the config file); nothing is due"
         );
+        let report = crate::retention::Report {
+            ran_at: Utc::now(),
+            ..Default::default()
+        };
+        serde_json::to_writer_pretty(std::io::stdout().lock(), &report)?;
+        println!();
         return Ok(());
     }
     let store = Store::open(location)

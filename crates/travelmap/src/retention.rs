@@ -128,7 +128,7 @@ async fn shred_what_is_due(
                 report.held.push(client_id);
                 continue;
             }
-            let Some((categories, due_since)) = state.due(schedule, now) else {
+            let Some((categories, _)) = state.due(schedule, now) else {
                 continue;
             };
             // Categories that still hold a key, and those shredded by an earlier run that could
@@ -139,9 +139,18 @@ async fn shred_what_is_due(
                 .into_iter()
                 .filter(|category| live.contains(category) || unrecorded.contains(category))
                 .collect();
-            if categories.is_empty() {
+            // Since when is recorded for good (in the event and the audit trail): the earliest
+            // due day of the categories shredded, not of every category due, some of which
+            // the client may hold no data of.
+            let Some(due_since) = state
+                .retention(schedule, now)
+                .into_iter()
+                .filter(|retention| categories.contains(&retention.category))
+                .filter_map(|retention| retention.due_on)
+                .min()
+            else {
                 continue;
-            }
+            };
             report.due.push(Due {
                 client_id,
                 categories: categories.clone(),
