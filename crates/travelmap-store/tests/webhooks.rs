@@ -116,6 +116,31 @@ async fn the_embedded_webhook_store_behaves() {
     behaves(store.webhooks.clone()).await;
 }
 
+#[tokio::test]
+async fn cursors_past_the_head_of_a_restored_log_move_back_to_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(directory.path()).unwrap();
+    // Registered at position 7 of a log that was then replaced by an empty backup.
+    let registered = store
+        .webhooks
+        .register(new_webhook("ngo-opava"))
+        .await
+        .unwrap();
+    drop(store);
+    let store = SqliteStore::open(directory.path()).unwrap();
+    assert_eq!(
+        store
+            .webhooks
+            .get(registered.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .cursor,
+        0,
+        "the next event the log records (position 1) must be delivered"
+    );
+}
+
 async fn scratch() -> ScratchDatabase {
     let server = server_from_env();
     ScratchDatabase::create(&server, "travelmap_test")

@@ -73,6 +73,16 @@ impl SqliteStore {
         let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"))?;
         let keys = SqliteKeyStore::open(&data_dir.join("keys.sqlite"))?;
         let webhooks = SqliteWebhookStore::open(&data_dir.join("webhooks.sqlite"))?;
+        let head = *crate::EventLog::head(&log).borrow();
+        let rewound = webhooks.rewind_past(head)?;
+        if rewound > 0 {
+            tracing::warn!(
+                webhooks = rewound,
+                head,
+                "webhook cursors were ahead of the event log (an older log restored?); \
+                 moved back to its head, so that no new event is skipped"
+            );
+        }
         Ok(Self {
             log: Arc::new(log),
             views: Arc::new(views),

@@ -44,6 +44,19 @@ impl SqliteWebhookStore {
         })
     }
 
+    /// Moves back every delivery cursor that is past `head`, the log's last position, and
+    /// says how many. A cursor can only be there when an older log was restored beside newer
+    /// webhook registrations; the log then gives the positions after `head` to new events,
+    /// which a cursor left ahead would skip without a word.
+    pub(crate) fn rewind_past(&self, head: u64) -> Result<usize> {
+        let connection = self.connection.lock().expect("webhook store lock");
+        let head = i64::try_from(head).map_err(|_| crate::webhooks::corrupt("head"))?;
+        Ok(connection.execute(
+            "UPDATE webhooks SET cursor = ?1 WHERE cursor > ?1",
+            rusqlite::params![head],
+        )?)
+    }
+
     async fn with<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
