@@ -501,7 +501,8 @@ pub struct ContactMade {
     /// Whether the client attended; defaults to true.
     #[serde(default = "default_true")]
     pub attended: bool,
-    /// The appointment this contact fulfils, if it was scheduled.
+    /// The appointment this contact fulfils, if it was scheduled: the recording agency's own
+    /// with this id, else the latest scheduled with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appointment_id: Option<Text>,
 }
@@ -510,7 +511,8 @@ pub struct ContactMade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppointmentScheduled {
-    /// The sender's reference for the appointment, used by `appointment.missed` and `contact.made`.
+    /// The sender's reference for the appointment, used by `appointment.missed` and
+    /// `contact.made`. Scheduling an id again replaces the sender's own appointment only.
     pub appointment_id: Text,
     /// When the appointment is (RFC 3339).
     pub at: DateTime<FixedOffset>,
@@ -523,7 +525,8 @@ pub struct AppointmentScheduled {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppointmentMissed {
-    /// The appointment that was missed.
+    /// The appointment that was missed: the recording agency's own with this id, else the
+    /// latest scheduled with it.
     pub appointment_id: Text,
 }
 

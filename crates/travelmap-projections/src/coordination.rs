@@ -761,15 +761,25 @@ fn appointments_missed(facts: &[Fact], involvements: &[Involvement]) -> Vec<Cand
             JourneyEvent::AppointmentMissed(missed) => {
                 streak += 1;
                 if streak == 2 && open.is_none() {
-                    // The agency that scheduled the appointment is the one to follow it up.
-                    let scheduler = facts.iter().find_map(|other| match &other.event {
-                        JourneyEvent::AppointmentScheduled(scheduled)
-                            if scheduled.appointment_id == missed.appointment_id =>
-                        {
-                            Some(other.agency.clone())
-                        }
-                        _ => None,
-                    });
+                    // The agency that scheduled the appointment is the one to follow it up:
+                    // the one reporting the miss when the id is one of its own appointments (an
+                    // id is its sender's reference), else whoever scheduled one with that id.
+                    let schedulers: Vec<&str> = facts
+                        .iter()
+                        .filter_map(|other| match &other.event {
+                            JourneyEvent::AppointmentScheduled(scheduled)
+                                if scheduled.appointment_id == missed.appointment_id =>
+                            {
+                                Some(other.agency.as_str())
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    let scheduler = schedulers
+                        .iter()
+                        .find(|agency| **agency == fact.agency)
+                        .or(schedulers.first())
+                        .map(|agency| (*agency).to_owned());
                     open = Some(candidates.len());
                     candidates.push(Candidate {
                         kind: AlertKind::AppointmentsMissed,
@@ -1038,7 +1048,9 @@ pub fn agency_caseload<'a>(
                         appointment_id: appointment.appointment_id.clone(),
                         at: appointment.at,
                         agency: appointment.agency.clone(),
-                        overdue: appointment.overdue,
+                        // Derived when read, like the map's: the case file was made when
+                        // the client last changed, and an appointment passes without an event.
+                        overdue: appointment.at.with_timezone(&Utc) < now,
                     }),
                 flags,
             }

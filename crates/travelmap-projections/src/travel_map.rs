@@ -357,6 +357,21 @@ fn phase_of(event: &JourneyEvent) -> Option<Phase> {
     })
 }
 
+/// Settles the appointment that a miss or contact recorded by `agency` names: the agency's own
+/// appointment with that id, or else the latest scheduled with it by another agency (a prison
+/// may set up the first meeting with probation, which then records it). Only one is settled, so
+/// an agency's ids never settle another's appointments that happen to share them.
+fn settle(appointments: &mut Vec<Appointment>, appointment_id: &str, agency: &str) {
+    let named = |appointment: &Appointment| appointment.appointment_id == appointment_id;
+    let settled = appointments
+        .iter()
+        .position(|appointment| named(appointment) && appointment.agency == agency)
+        .or_else(|| appointments.iter().rposition(named));
+    if let Some(index) = settled {
+        appointments.remove(index);
+    }
+}
+
 fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMap {
     let mut phases: Vec<PhaseSpan> = Vec::new();
     let mut involvements: Vec<Involvement> = Vec::new();
@@ -459,9 +474,13 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                     },
                 );
             }
+            // An appointment id is its sender's reference: agencies number their appointments
+            // each their own way, so scheduling an id again replaces only the sender's own.
             JourneyEvent::AppointmentScheduled(scheduled) => {
                 let appointment_id = scheduled.appointment_id.to_string();
-                appointments.retain(|other| other.appointment_id != appointment_id);
+                appointments.retain(|other| {
+                    other.appointment_id != appointment_id || other.agency != fact.agency
+                });
                 appointments.push(Appointment {
                     appointment_id,
                     at: scheduled.at,
@@ -471,11 +490,15 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                 });
             }
             JourneyEvent::AppointmentMissed(missed) => {
-                appointments.retain(|other| other.appointment_id != missed.appointment_id.as_str());
+                settle(
+                    &mut appointments,
+                    missed.appointment_id.as_str(),
+                    &fact.agency,
+                );
             }
             JourneyEvent::ContactMade(contact) => {
                 if let Some(appointment_id) = &contact.appointment_id {
-                    appointments.retain(|other| other.appointment_id != appointment_id.as_str());
+                    settle(&mut appointments, appointment_id.as_str(), &fact.agency);
                 }
                 if contact.attended {
                     last_attended_contact = Some(at.with_timezone(&Utc));

@@ -682,3 +682,89 @@ fn facts_keep_microseconds_whatever_the_history_holds() {
         "as the stored view keeps it, so that an as_of read equals the live one"
     );
 }
+
+#[test]
+fn a_caseload_shows_an_appointment_overdue_once_its_time_has_passed_without_a_new_event() {
+    let mut journey = Journey::new(24);
+    journey.add(
+        hours(0),
+        "probation-opava",
+        "involvement.opened",
+        open("probation-opava", "probation_officer", "novak"),
+    );
+    journey.add(
+        hours(1),
+        "probation-opava",
+        "appointment.scheduled",
+        json!({"appointment_id": "A-1", "at": "2026-03-01T12:00:00Z"}),
+    );
+    // The file is made before the appointment and not again: nothing happened since.
+    let file = journey.file(hours(2));
+    let entry = |now| {
+        agency_caseload([&file], "probation-opava", t0() + now)[0]
+            .next_appointment
+            .clone()
+            .expect("the appointment")
+    };
+    assert!(!entry(hours(2)).overdue);
+    assert!(entry(hours(4)).overdue);
+}
+
+#[test]
+fn appointment_ids_are_each_agencys_own() {
+    let mut journey = Journey::new(25);
+    for (offset, agency) in [(1, "ngo-rubikon"), (2, "probation-opava")] {
+        for id in ["1", "2"] {
+            journey.add(
+                hours(offset),
+                agency,
+                "appointment.scheduled",
+                json!({"appointment_id": id, "at": "2026-03-05T09:00:00Z"}),
+            );
+        }
+    }
+    let next = |journey: &Journey| -> Vec<(String, String)> {
+        ClientState::from_history(journey.client_id, journey.events.clone())
+            .travel_map(t0() + hours(3))
+            .next
+            .iter()
+            .map(|appointment| {
+                (
+                    appointment.agency.clone(),
+                    appointment.appointment_id.clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        next(&journey).len(),
+        4,
+        "probation's ids replace none of the NGO's"
+    );
+    for id in ["1", "2"] {
+        journey.add(
+            hours(3),
+            "probation-opava",
+            "appointment.missed",
+            json!({"appointment_id": id}),
+        );
+    }
+    assert_eq!(
+        next(&journey),
+        vec![
+            ("ngo-rubikon".to_owned(), "1".to_owned()),
+            ("ngo-rubikon".to_owned(), "2".to_owned())
+        ],
+        "probation's misses settle probation's appointments"
+    );
+    let file = journey.file(hours(4));
+    let missed: Vec<_> = file
+        .open_alerts()
+        .filter(|alert| alert.kind == AlertKind::AppointmentsMissed)
+        .collect();
+    assert_eq!(missed.len(), 1);
+    assert_eq!(
+        missed[0].agency, "probation-opava",
+        "the agency whose appointments were missed follows them up"
+    );
+}
