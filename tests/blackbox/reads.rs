@@ -995,4 +995,28 @@ async fn ambiguous_or_unreadable_requests_are_refused_not_guessed_at() {
     )
     .await;
     assert_eq!(problem["field"], "X-Purpose");
+
+    // Dates are read one way everywhere: as events write them.
+    for (query, field) in [("from=2026-1-1", "from"), ("to=+2026-01-01", "to")] {
+        let problem = expect_problem(
+            app.get_for(
+                &format!("/v1/statistics/outcomes?{query}"),
+                AUDITOR,
+                "statistics",
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+        )
+        .await;
+        assert_eq!(problem["field"], field, "{query}: {problem}");
+    }
+    let fine = app
+        .get_for(
+            "/v1/statistics/outcomes?from=2026-01-01&to=2026-12-31",
+            AUDITOR,
+            "statistics",
+        )
+        .await;
+    assert_eq!(fine.status(), StatusCode::OK);
 }

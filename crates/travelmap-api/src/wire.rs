@@ -211,7 +211,9 @@ pub struct CatalogueEntry {
     pub event_type: String,
     pub schema_version: u32,
     pub description: String,
-    /// Top-level `data` fields holding personal data.
+    /// Top-level `data` fields holding personal data. For `event.corrected`, `data` stands for
+    /// the personal fields of the corrected event's type within the replacement `data`; the
+    /// rest of the replacement is not personal.
     pub personal_fields: Vec<String>,
     /// The kinds of agency (`prison`, `probation`, `employment_bureau`, `ngo`, `municipality`,
     /// `housing`, `health`, `court`, `other`) whose credentials may post this type.

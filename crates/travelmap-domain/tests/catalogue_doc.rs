@@ -173,10 +173,17 @@ fn render() -> String {
         writeln!(out, "\n### `{}`\n\n{}\n", info.event_type, info.description).unwrap();
         writeln!(out, "Posted by: {}.\n", posted_by(info)).unwrap();
         if !info.personal_fields.is_empty() {
+            // A correction's `data` is the replacement data of the corrected event: what is
+            // personal in it is what the corrected event's type lists, not all of it.
             let personal: Vec<String> = info
                 .personal_fields
                 .iter()
-                .map(|f| format!("`{f}`"))
+                .map(|f| match (info.event_type, *f) {
+                    ("event.corrected", "data") => {
+                        "the personal fields of the corrected event's type within `data`".to_owned()
+                    }
+                    _ => format!("`{f}`"),
+                })
                 .collect();
             writeln!(out, "Personal: {}.\n", personal.join(", ")).unwrap();
         }

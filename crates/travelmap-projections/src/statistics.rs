@@ -106,11 +106,24 @@ pub struct OutcomeQuery {
     /// absent.
     pub programme: Option<String>,
     /// Count only enrolments on or after this date (YYYY-MM-DD).
+    #[serde(default, deserialize_with = "strict_date")]
     pub from: Option<NaiveDate>,
     /// Count only enrolments on or before this date (YYYY-MM-DD).
+    #[serde(default, deserialize_with = "strict_date")]
     pub to: Option<NaiveDate>,
     /// How to split the participations into groups; one group `all` when absent.
     pub group_by: Option<GroupBy>,
+}
+
+/// A date in exactly the form events' dates take (`2026-01-05`, not `2026-1-5`), so that the
+/// API reads dates one way wherever they appear.
+fn strict_date<'de, D>(deserializer: D) -> std::result::Result<Option<NaiveDate>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = Option::<String>::deserialize(deserializer)?;
+    text.map(|text| travelmap_domain::dates::check_date(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// How participations are split into groups.
