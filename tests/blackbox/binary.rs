@@ -534,6 +534,21 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
         &data,
     );
     assert!(!output.status.success());
+    let output = run(
+        &[
+            "replay",
+            "--client",
+            &client.to_string(),
+            "--as-of",
+            "2999-01-01T00:00:00Z",
+        ],
+        &data,
+    );
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("in the future"),
+        "{output:?}"
+    );
     let output = run(&["replay", "--client", &client.to_string()], &data);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(

@@ -407,6 +407,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     settings::MASTER_KEYS_ENV
                 );
             }
+            // As the API does: a moment still to come has no record yet, and its map would
+            // show what has not happened.
+            if let Some(as_of) = as_of
+                && as_of > Utc::now()
+            {
+                anyhow::bail!(
+                    "--as-of {} is in the future: leave it out to replay the current state",
+                    as_of.to_rfc3339()
+                );
+            }
             commands::replay(&location, client, as_of, json, &reader, masters()?).await
         }
         Command::Audit(AuditCommand::PublicKey) => {
