@@ -1,6 +1,6 @@
 //! `GET /readyz`: whether the background tasks that keep the travel maps, caseloads and alerts
-//! current are running, so that a load balancer stops sending traffic to a process that answers
-//! from views that no longer move.
+//! current are running, so that monitoring sees a process that answers from views that no
+//! longer move.
 
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ async fn a_running_service_is_ready_and_shows_how_far_each_task_has_got() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damaged_views_make_the_service_unready_until_they_are_rebuilt() {
+async fn damaged_views_leave_the_service_degraded_until_they_are_rebuilt() {
     let app = spawn_app().await;
     let client = Uuid::new_v4();
     let posted = app
@@ -119,8 +119,10 @@ async fn damaged_views_make_the_service_unready_until_they_are_rebuilt() {
         task(report, "coordination")["state"] == "failing"
     })
     .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{report}");
-    assert_eq!(report["status"], "failing");
+    // Degraded, not out of rotation: the process still takes events, and every process
+    // reading the same views would otherwise be taken out with it.
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "degraded");
     let coordination = task(&report, "coordination");
     assert!(coordination["failing_since"].as_str().is_some(), "{report}");
     // Why is in the server's log; the public report does not say.

@@ -17,7 +17,7 @@ use crate::error::{ApiError, Code};
 
 /// How far in the future `occurred_at` may lie (clock skew between agencies). An event records
 /// something that happened; future plans have their own events (`appointment.scheduled`).
-const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
+pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
 
 /// `occurred_at` in RFC 3339's own form only, within the years a journey can fall in (see
 /// [`travelmap_domain::dates::check_date_time`]): a time before 1900 is a sender's placeholder (a

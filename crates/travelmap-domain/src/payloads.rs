@@ -502,7 +502,7 @@ pub struct ContactMade {
     #[serde(default = "default_true")]
     pub attended: bool,
     /// The appointment this contact fulfils, if it was scheduled: the recording agency's own
-    /// with this id, else the latest scheduled with it.
+    /// with this id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub appointment_id: Option<Text>,
 }
@@ -525,8 +525,7 @@ pub struct AppointmentScheduled {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppointmentMissed {
-    /// The appointment that was missed: the recording agency's own with this id, else the
-    /// latest scheduled with it.
+    /// The appointment that was missed: the recording agency's own with this id.
     pub appointment_id: Text,
 }
 

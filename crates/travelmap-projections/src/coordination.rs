@@ -761,25 +761,18 @@ fn appointments_missed(facts: &[Fact], involvements: &[Involvement]) -> Vec<Cand
             JourneyEvent::AppointmentMissed(missed) => {
                 streak += 1;
                 if streak == 2 && open.is_none() {
-                    // The agency that scheduled the appointment is the one to follow it up:
-                    // the one reporting the miss when the id is one of its own appointments (an
-                    // id is its sender's reference), else whoever scheduled one with that id.
-                    let schedulers: Vec<&str> = facts
+                    // The agency that scheduled the appointment is the one to follow it up; an
+                    // id is its sender's reference, so a miss names the recorder's own.
+                    let scheduler = facts
                         .iter()
-                        .filter_map(|other| match &other.event {
-                            JourneyEvent::AppointmentScheduled(scheduled)
-                                if scheduled.appointment_id == missed.appointment_id =>
-                            {
-                                Some(other.agency.as_str())
+                        .any(|other| match &other.event {
+                            JourneyEvent::AppointmentScheduled(scheduled) => {
+                                scheduled.appointment_id == missed.appointment_id
+                                    && other.agency == fact.agency
                             }
-                            _ => None,
+                            _ => false,
                         })
-                        .collect();
-                    let scheduler = schedulers
-                        .iter()
-                        .find(|agency| **agency == fact.agency)
-                        .or(schedulers.first())
-                        .map(|agency| (*agency).to_owned());
+                        .then(|| fact.agency.clone());
                     open = Some(candidates.len());
                     candidates.push(Candidate {
                         kind: AlertKind::AppointmentsMissed,

@@ -59,6 +59,24 @@ impl Reporter {
     }
 }
 
+/// How long a wait for a lease must have gone on without an error to count as working.
+pub const WAITING_IS_WORKING_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Awaits `lease`, a wait for a lease that another process may hold for as long as it lives.
+/// Waiting is what a standby does, not a failure: once it has gone on for
+/// [`WAITING_IS_WORKING_AFTER`] without an error, `health` hears that the task works (an
+/// earlier failure, such as a lost connection or a lease taken over, is over).
+pub async fn waiting_for_lease<F: std::future::Future>(lease: F, health: &Reporter) -> F::Output {
+    tokio::pin!(lease);
+    tokio::select! {
+        outcome = &mut lease => outcome,
+        () = tokio::time::sleep(WAITING_IS_WORKING_AFTER) => {
+            health.running();
+            lease.await
+        }
+    }
+}
+
 /// What the readiness check holds of one task.
 #[derive(Debug, Clone)]
 pub struct Watched {
@@ -117,6 +135,26 @@ mod tests {
         );
         reporter.running();
         assert_eq!(watched.seen(), Seen::Reported(Condition::Running));
+    }
+
+    #[tokio::test]
+    async fn a_standby_waiting_for_a_lease_is_working_after_a_while() {
+        let (reporter, watched) = task("projection", true);
+        reporter.failing();
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let waiting = tokio::spawn(async move {
+            waiting_for_lease(held, &reporter).await.unwrap();
+            reporter
+        });
+        tokio::time::sleep(WAITING_IS_WORKING_AFTER / 2).await;
+        assert!(matches!(
+            watched.seen(),
+            Seen::Reported(Condition::Failing { .. })
+        ));
+        tokio::time::sleep(WAITING_IS_WORKING_AFTER).await;
+        assert_eq!(watched.seen(), Seen::Reported(Condition::Running));
+        release.send(()).unwrap();
+        let _reporter = waiting.await.unwrap();
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use travelmap_domain::{ClientId, RecordedEvent};
 use travelmap_store::{ClientView, EventLog, Keyring, ViewStore};
 
 use crate::Result;
-use crate::health::Reporter;
+use crate::health::{Reporter, waiting_for_lease};
 use crate::travel_map::ClientState;
 
 /// How the projector pages through the feed and how much it keeps in memory.
@@ -280,15 +280,15 @@ impl Projector {
     /// saved checkpoint as their progress, so that reads in any process can wait for their
     /// writes to be projected.
     ///
-    /// `health` hears whether each attempt worked (following another process's saves counts
-    /// as working).
+    /// `health` hears whether each attempt worked: it is starting until the first catch-up
+    /// (after a restore, a whole log's worth) is done, and a process that follows another's
+    /// saves while it waits for the lease is working.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, health: Reporter) {
         let mut head = self.log.head();
-        health.running();
         loop {
             tokio::select! {
                 biased;
-                led = self.views.lead() => if let Err(error) = led {
+                led = waiting_for_lease(self.views.lead(), &health) => if let Err(error) = led {
                     health.failing();
                     tracing::error!(%error, "could not take the view lease; retrying in 1s");
                     tokio::select! {

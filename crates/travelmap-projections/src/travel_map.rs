@@ -358,18 +358,13 @@ fn phase_of(event: &JourneyEvent) -> Option<Phase> {
 }
 
 /// Settles the appointment that a miss or contact recorded by `agency` names: the agency's own
-/// appointment with that id, or else the latest scheduled with it by another agency (a prison
-/// may set up the first meeting with probation, which then records it). Only one is settled, so
-/// an agency's ids never settle another's appointments that happen to share them.
+/// with that id. An id is its sender's reference, and agencies number their appointments each
+/// their own way, so one agency's miss or contact never settles another's appointment that
+/// happens to share its id; the agency that schedules an appointment records how it went.
 fn settle(appointments: &mut Vec<Appointment>, appointment_id: &str, agency: &str) {
-    let named = |appointment: &Appointment| appointment.appointment_id == appointment_id;
-    let settled = appointments
-        .iter()
-        .position(|appointment| named(appointment) && appointment.agency == agency)
-        .or_else(|| appointments.iter().rposition(named));
-    if let Some(index) = settled {
-        appointments.remove(index);
-    }
+    appointments.retain(|appointment| {
+        appointment.appointment_id != appointment_id || appointment.agency != agency
+    });
 }
 
 fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMap {

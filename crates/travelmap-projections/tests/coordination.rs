@@ -757,7 +757,16 @@ fn appointment_ids_are_each_agencys_own() {
         ],
         "probation's misses settle probation's appointments"
     );
-    let file = journey.file(hours(4));
+    // The client came later that day after all: probation's contact names its own settled "1",
+    // and still leaves the NGO's "1" alone.
+    journey.add(
+        hours(3) + Duration::minutes(30),
+        "probation-opava",
+        "contact.made",
+        json!({"kind": "meeting", "appointment_id": "1", "attended": true}),
+    );
+    assert_eq!(next(&journey).len(), 2, "the NGO's appointments stay");
+    let file = journey.file(hours(3) + Duration::minutes(20));
     let missed: Vec<_> = file
         .open_alerts()
         .filter(|alert| alert.kind == AlertKind::AppointmentsMissed)

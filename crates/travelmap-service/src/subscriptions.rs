@@ -206,6 +206,8 @@ impl FeedHub {
                 // up to the hub's cursor itself.
                 let now_at = *head.borrow_and_update();
                 self.cursor.send_replace(now_at);
+                // Nothing to read is nothing to fail: an earlier failure is over.
+                health.running();
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return },
                     _ = shutdown.changed() => return,

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use travelmap_domain::RecordedEvent;
 use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
 use travelmap_service::Journeys;
-use travelmap_service::health::Reporter;
+use travelmap_service::health::{Reporter, waiting_for_lease};
 use travelmap_service::subscriptions::Scope;
 use travelmap_store::webhooks::{Attempt, AttemptOutcome, State, Webhook};
 use travelmap_store::{AuditLog, WebhookStore};
@@ -138,7 +138,7 @@ impl Dispatcher {
         health.running();
         loop {
             tokio::select! {
-                led = dispatcher.webhooks.lead() => if let Err(error) = led {
+                led = waiting_for_lease(dispatcher.webhooks.lead(), &health) => if let Err(error) = led {
                     health.failing();
                     tracing::warn!(%error, "cannot take the webhook delivery lease; trying again");
                     if pause(STORE_PAUSE, &mut stop).await {

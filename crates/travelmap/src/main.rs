@@ -408,9 +408,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             // As the API does: a moment still to come has no record yet, and its map would
-            // show what has not happened.
+            // show what has not happened (allowing, as it does, 10 minutes of clock skew).
             if let Some(as_of) = as_of
-                && as_of > Utc::now()
+                && as_of > Utc::now() + chrono::Duration::minutes(10)
             {
                 anyhow::bail!(
                     "--as-of {} is in the future: leave it out to replay the current state",

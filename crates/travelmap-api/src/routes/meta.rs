@@ -82,11 +82,13 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 /// caseloads and alerts current is running, and how far each has got.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready`; `degraded` when a task the service can do without for a while (webhook
-    /// delivery, the live feed, the retention schedule) is failing or has stopped; `starting`
-    /// while the caseloads and alerts are first loaded; `failing` when the travel-map projection
-    /// or the coordination index is failing or has stopped; `stopping` once the server has been
-    /// told to stop. `starting`, `failing` and `stopping` answer `503`.
+    /// `ready`; `degraded` when a task is failing (it retries; the service still takes events
+    /// and answers, though what the task keeps current may lag) or a task the service can do
+    /// without (webhook delivery, the live feed, the retention schedule) has stopped;
+    /// `starting` while the travel-map projection first catches up or the caseloads and alerts
+    /// are first loaded; `failing` when the projection or the coordination index has stopped
+    /// (a bug: it will not recover without a restart); `stopping` once the server has been told
+    /// to stop. `starting`, `failing` and `stopping` answer `503`.
     #[schema(example = "ready")]
     pub status: &'static str,
     /// The highest committed global position.
@@ -125,8 +127,8 @@ pub struct TaskReadiness {
 #[utoipa::path(
     get, path = "/readyz", tag = "meta",
     responses(
-        (status = 200, description = "Ready, or degraded: the service does its work, though a task it can do without for a while fails", body = Readiness),
-        (status = 503, description = "Starting, failing or stopping: the travel maps, caseloads or alerts are not being kept current", body = Readiness),
+        (status = 200, description = "Ready, or degraded: the service takes events and answers, though a task fails and retries (what it keeps current may lag), or one it can do without has stopped", body = Readiness),
+        (status = 503, description = "Starting, failing or stopping: the travel maps, caseloads or alerts are not loaded yet, or will not be kept current without a restart, or the server is stopping", body = Readiness),
         (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -158,25 +160,7 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
             }
         })
         .collect();
-    let broken = |task: &&TaskReadiness| matches!(task.state, "failing" | "stopped");
-    let status = if *state.stopping.borrow() {
-        "stopping"
-    } else if tasks
-        .iter()
-        .filter(|task| task.essential)
-        .any(|task| broken(&task))
-    {
-        "failing"
-    } else if tasks
-        .iter()
-        .any(|task| task.essential && task.state == "starting")
-    {
-        "starting"
-    } else if tasks.iter().any(|task| broken(&task)) {
-        "degraded"
-    } else {
-        "ready"
-    };
+    let status = status_of(*state.stopping.borrow(), &tasks);
     let code = match status {
         "ready" | "degraded" => StatusCode::OK,
         _ => StatusCode::SERVICE_UNAVAILABLE,
@@ -189,6 +173,34 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
             tasks,
         }),
     )
+}
+
+/// The readiness status of a process with these tasks.
+///
+/// Only what will not get better by itself, or has not begun, takes the process out of
+/// rotation. A task that fails and retries (a damaged view, a database that went away) leaves it
+/// serving: writes still work, and sending every request elsewhere, or nowhere when every
+/// process reads the same damaged view, would be worse than views that lag.
+fn status_of(stopping: bool, tasks: &[TaskReadiness]) -> &'static str {
+    let essential_is = |state: &str| {
+        tasks
+            .iter()
+            .any(|task| task.essential && task.state == state)
+    };
+    if stopping {
+        "stopping"
+    } else if essential_is("stopped") {
+        "failing"
+    } else if essential_is("starting") {
+        "starting"
+    } else if tasks
+        .iter()
+        .any(|task| matches!(task.state, "failing" | "stopped"))
+    {
+        "degraded"
+    } else {
+        "ready"
+    }
 }
 
 /// The OpenAPI 3.1 document of this API.
@@ -228,4 +240,38 @@ pub async fn problem_type(Path(code): Path<String>) -> Result<Json<Problem>, Api
         "this is the description of a problem type, not an occurrence",
     );
     Ok(Json(example.problem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(name: &'static str, essential: bool, state: &'static str) -> TaskReadiness {
+        TaskReadiness {
+            name,
+            essential,
+            state,
+            failing_since: None,
+            position: None,
+            behind: None,
+        }
+    }
+
+    #[test]
+    fn only_what_has_not_begun_or_will_not_mend_takes_a_process_out_of_rotation() {
+        let with = |projection, webhooks| {
+            vec![
+                task("projection", true, projection),
+                task("coordination", true, "running"),
+                task("webhooks", false, webhooks),
+            ]
+        };
+        assert_eq!(status_of(false, &with("running", "running")), "ready");
+        assert_eq!(status_of(false, &with("failing", "running")), "degraded");
+        assert_eq!(status_of(false, &with("running", "failing")), "degraded");
+        assert_eq!(status_of(false, &with("running", "stopped")), "degraded");
+        assert_eq!(status_of(false, &with("starting", "running")), "starting");
+        assert_eq!(status_of(false, &with("stopped", "running")), "failing");
+        assert_eq!(status_of(true, &with("running", "running")), "stopping");
+    }
 }
