@@ -27,6 +27,15 @@ async fn readiness_once(
     }
 }
 
+fn sentence_started(client: Uuid) -> Value {
+    event(
+        client,
+        "sentence.started",
+        "2026-01-05T09:00:00Z",
+        json!({"prison": "Opava", "start_date": "2026-01-05", "expected_release_date": "2027-01-05"}),
+    )
+}
+
 fn task<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["tasks"]
         .as_array()
@@ -41,15 +50,7 @@ async fn a_running_service_is_ready_and_shows_how_far_each_task_has_got() {
     let app = spawn_app().await;
     let client = Uuid::new_v4();
     let receipt: Value = app
-        .post_event(
-            PRISON_WRITER,
-            &event(
-                client,
-                "sentence.started",
-                "2026-01-05T09:00:00Z",
-                json!({"prison": "Opava", "start_date": "2026-01-05", "expected_release_date": "2027-01-05"}),
-            ),
-        )
+        .post_event(PRISON_WRITER, &sentence_started(client))
         .await
         .json()
         .await
@@ -88,15 +89,7 @@ async fn damaged_views_leave_the_service_degraded_until_they_are_rebuilt() {
     let app = spawn_app().await;
     let client = Uuid::new_v4();
     let posted = app
-        .post_event(
-            PRISON_WRITER,
-            &event(
-                client,
-                "sentence.started",
-                "2026-01-05T09:00:00Z",
-                json!({"prison": "Opava", "start_date": "2026-01-05", "expected_release_date": "2027-01-05"}),
-            ),
-        )
+        .post_event(PRISON_WRITER, &sentence_started(client))
         .await;
     assert_eq!(posted.status(), StatusCode::CREATED);
     let position = posted.json::<Value>().await.unwrap()["position"]
