@@ -414,8 +414,31 @@ impl Projector {
             };
             if !missing.is_empty() {
                 for (client_id, stored) in self.views.load(missing).await? {
-                    let state: ClientState = stored.decode()?;
-                    cache.states.insert(client_id, Arc::new(state));
+                    match stored.decode::<ClientState>() {
+                        Ok(state) => {
+                            cache.states.insert(client_id, Arc::new(state));
+                        }
+                        Err(error) => {
+                            // A view that cannot be read back (a disk fault, a hand edit) is
+                            // folded again from the log, which holds everything it did, and
+                            // saved with this page: one damaged view must not stop the
+                            // projection of every client.
+                            tracing::warn!(
+                                %client_id,
+                                %error,
+                                "a stored view cannot be read back; folding the client again"
+                            );
+                            let history = self.log.read_stream(client_id, None).await?;
+                            let state = ClientState::from_history(
+                                client_id,
+                                history
+                                    .into_iter()
+                                    .filter(|event| event.meta.position <= up_to),
+                            );
+                            cache.states.insert(client_id, Arc::new(state));
+                            cache.dirty.insert(client_id);
+                        }
+                    }
                 }
             }
             // Erasure (or retention) destroyed keys: the views folded earlier still hold the

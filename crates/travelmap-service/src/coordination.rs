@@ -392,7 +392,7 @@ impl Coordination {
             let Some((last, _)) = page.last() else { break };
             after = Some(*last);
             for (client_id, stored) in page {
-                let state: ClientState = stored.decode()?;
+                let state = self.state_of(client_id, &stored).await?;
                 let file = state.case_file(now, &self.rules);
                 if let Some(at) = file.next_change {
                     index.due.insert((at, client_id));
@@ -404,6 +404,22 @@ impl Coordination {
         self.progress.send_replace(checkpoint);
         self.loaded.send_replace(true);
         Ok(checkpoint)
+    }
+
+    /// The client's state from its view, or from its history where the view cannot be read
+    /// back (see [`crate::readable`]): one damaged view must not keep every case file out.
+    async fn state_of(
+        &self,
+        client_id: ClientId,
+        stored: &travelmap_store::StoredState,
+    ) -> Result<ClientState> {
+        match crate::readable(client_id, stored) {
+            Some(state) => Ok(state),
+            None => Ok(ClientState::from_history(
+                client_id,
+                self.log.read_stream(client_id, None).await?,
+            )),
+        }
     }
 
     /// Brings the files from `seen` up to `position`: from the projector's change sets where they
@@ -520,8 +536,8 @@ impl Coordination {
             let stored = self.views.load(chunk.to_vec()).await?;
             let now = self.clock.now();
             let mut files = Vec::with_capacity(stored.len());
-            for stored in stored.values() {
-                let state: ClientState = stored.decode()?;
+            for (client_id, stored) in &stored {
+                let state = self.state_of(*client_id, stored).await?;
                 files.push(state.case_file(now, &self.rules));
             }
             // A client whose view is gone (the views are being rebuilt) leaves the index until

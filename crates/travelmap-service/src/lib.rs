@@ -638,7 +638,10 @@ impl Journeys {
                 Error::UnknownClient(client_id)
             });
         };
-        let state: ClientState = stored.decode()?;
+        let state = match readable(client_id, &stored) {
+            Some(state) => state,
+            None => self.history_state(client_id).await?,
+        };
         Ok(state.travel_map(Utc::now()))
     }
 
@@ -724,19 +727,24 @@ impl Journeys {
             self.views.load(clients.clone()),
             self.log.stream_versions(clients),
         )?;
-        recorded
-            .into_iter()
-            .map(|(client_id, recorded)| {
-                let view = stored
-                    .remove(&client_id)
-                    .map(|stored| stored.decode())
-                    .transpose()?;
-                Ok((client_id, Projected { view, recorded }))
-            })
-            .collect()
+        let mut projected = HashMap::with_capacity(recorded.len());
+        for (client_id, recorded) in recorded {
+            let view = match stored.remove(&client_id) {
+                // A view that cannot be read back is stood in for by the client's history,
+                // which holds everything the view did.
+                Some(stored) => match readable(client_id, &stored) {
+                    Some(state) => Some(state),
+                    None => Some(self.history_state(client_id).await?),
+                },
+                None => None,
+            };
+            projected.insert(client_id, Projected { view, recorded });
+        }
+        Ok(projected)
     }
 
-    /// The client's state folded from its whole history, for when its view is behind.
+    /// The client's state folded from its whole history, for when its view is behind or cannot
+    /// be read back.
     async fn history_state(&self, client_id: ClientId) -> Result<ClientState> {
         Ok(ClientState::from_history(
             client_id,
@@ -779,8 +787,11 @@ impl Journeys {
             };
             after = Some(*last);
             let now = Utc::now();
-            for (_, stored) in page {
-                let state: ClientState = stored.decode()?;
+            for (client_id, stored) in page {
+                let state = match readable(client_id, &stored) {
+                    Some(state) => state,
+                    None => self.history_state(client_id).await?,
+                };
                 // Restricted data may be stored, not processed: it stays out of statistics.
                 if !state.access(now).restricted {
                     states.push(state);
@@ -796,5 +807,23 @@ impl Journeys {
             .log
             .read_all(after, limit.clamp(1, MAX_FEED_PAGE))
             .await?)
+    }
+}
+
+/// A stored view parsed, or `None` when it cannot be read back (a disk fault, a hand edit), with
+/// a warning: the caller folds the client from the log instead, which holds everything a view
+/// does. The projector saves the view again at the client's next event (or `travelmap rebuild`
+/// makes every view again), so one damaged view never stops reads, statistics or the index.
+pub fn readable(client_id: ClientId, stored: &travelmap_store::StoredState) -> Option<ClientState> {
+    match stored.decode() {
+        Ok(state) => Some(state),
+        Err(error) => {
+            tracing::warn!(
+                %client_id,
+                %error,
+                "a stored view cannot be read back; using the client's history instead"
+            );
+            None
+        }
     }
 }

@@ -83,7 +83,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready`; `degraded` when a task is failing (it retries; the service still takes events
-    /// and answers, though what the task keeps current may lag) or a task the service can do
+    /// and answers, though what the task keeps current stops moving) or a task the service can do
     /// without (webhook delivery, the live feed, the retention schedule) has stopped;
     /// `starting` while the travel-map projection first catches up or the caseloads and alerts
     /// are first loaded; `failing` when the projection or the coordination index has stopped
@@ -127,7 +127,7 @@ pub struct TaskReadiness {
 #[utoipa::path(
     get, path = "/readyz", tag = "meta",
     responses(
-        (status = 200, description = "Ready, or degraded: the service takes events and answers, though a task fails and retries (what it keeps current may lag), or one it can do without has stopped", body = Readiness),
+        (status = 200, description = "Ready, or degraded: the service takes events and answers, though a task fails and retries (what it keeps current stops moving until it recovers), or one it can do without has stopped", body = Readiness),
         (status = 503, description = "Starting, failing or stopping: the travel maps, caseloads or alerts are not loaded yet, or will not be kept current without a restart, or the server is stopping", body = Readiness),
         (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
     )

@@ -239,7 +239,7 @@ impl ViewStore for PgViewStore {
         rows.into_iter()
             .map(|(client, state)| {
                 let client = ClientId(client);
-                Ok((client, unpack(client, &state)?))
+                Ok((client, unpack(client, &state)))
             })
             .collect()
     }
@@ -250,7 +250,7 @@ impl ViewStore for PgViewStore {
                 .bind(client.0)
                 .fetch_optional(&self.pool)
                 .await?;
-        state.map(|state| unpack(client, &state)).transpose()
+        Ok(state.map(|state| unpack(client, &state)))
     }
 
     async fn scan(
@@ -269,7 +269,7 @@ impl ViewStore for PgViewStore {
         rows.into_iter()
             .map(|(client, state)| {
                 let client = ClientId(client);
-                Ok((client, unpack(client, &state)?))
+                Ok((client, unpack(client, &state)))
             })
             .collect()
     }

@@ -159,7 +159,7 @@ impl ViewStore for SqliteViewStore {
                         .query_row(params![client.0], |row| row.get(0))
                         .optional()?;
                     if let Some(state) = state {
-                        states.insert(client, unpack(client, &state)?);
+                        states.insert(client, unpack(client, &state));
                     }
                 }
                 Ok(states)
@@ -174,7 +174,7 @@ impl ViewStore for SqliteViewStore {
                     .prepare_cached("SELECT state FROM client_views WHERE client_id = ?1")?
                     .query_row(params![client.0], |row| row.get(0))
                     .optional()?;
-                state.map(|state| unpack(client, &state)).transpose()
+                Ok(state.map(|state| unpack(client, &state)))
             })
             .await
     }
@@ -196,7 +196,7 @@ impl ViewStore for SqliteViewStore {
                 })?;
                 rows.map(|row| {
                     let (client, state) = row?;
-                    Ok((client, unpack(client, &state)?))
+                    Ok((client, unpack(client, &state)))
                 })
                 .collect()
             })
