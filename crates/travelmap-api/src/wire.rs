@@ -2,7 +2,7 @@
 //! the domain's [`EventDraft`]. `travelmap import` parses its JSON lines with [`parse_event`], so
 //! a file and an HTTP request are validated identically.
 
-use chrono::{DateTime, Duration, FixedOffset, SubsecRound, Utc};
+use chrono::{DateTime, FixedOffset, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use travelmap_domain::catalogue::deserialize_with_path;
@@ -14,10 +14,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{ApiError, Code};
-
-/// How far in the future `occurred_at` may lie (clock skew between agencies). An event records
-/// something that happened; future plans have their own events (`appointment.scheduled`).
-pub(crate) const MAX_CLOCK_SKEW: Duration = Duration::minutes(10);
 
 /// `occurred_at` in RFC 3339's own form only, within the years a journey can fall in (see
 /// [`travelmap_domain::dates::check_date_time`]): a time before 1900 is a sender's placeholder (a
@@ -248,7 +244,9 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
             );
         }
     }
-    if request.occurred_at.with_timezone(&Utc) > Utc::now() + MAX_CLOCK_SKEW {
+    if request.occurred_at.with_timezone(&Utc)
+        > Utc::now() + travelmap_domain::dates::MAX_CLOCK_SKEW
+    {
         return Err(ApiError::new(
             Code::ValidationFailed,
             "occurred_at lies in the future; record plans with their own events (e.g. appointment.scheduled)",

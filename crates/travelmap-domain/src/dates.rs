@@ -47,6 +47,12 @@ pub(crate) fn option<S: Serializer>(
 pub const EARLIEST_YEAR: i32 = 1900;
 pub const LATEST_YEAR: i32 = 2199;
 
+/// How far ahead of this machine's clock a time may lie and still count as past or present:
+/// the clocks of agencies and of the service's own processes differ a little. An `occurred_at`
+/// further ahead is refused (future plans have their own events, such as
+/// `appointment.scheduled`), and so is an `as_of` (a moment still to come has no record yet).
+pub const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
 /// Checks a date as posted: exactly `YYYY-MM-DD`, a real day, in the years above. chrono alone
 /// also takes `+2026-01-05`, `2026-1-5` and years of six digits with a sign.
 pub fn check_date(text: &str) -> Result<NaiveDate, String> {

@@ -16,7 +16,8 @@ use tokio::sync::watch;
 /// What a task last reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition {
-    /// Not yet through its first attempt (the coordination index loads every case file first).
+    /// Not yet through its first attempt (the projector's first catch-up, the coordination
+    /// index's load of every case file).
     Starting,
     /// Its last attempt worked.
     Running,
@@ -82,9 +83,10 @@ pub async fn waiting_for_lease<F: std::future::Future>(lease: F, health: &Report
 pub struct Watched {
     /// The task's name in the readiness report.
     pub name: &'static str,
-    /// Whether the service can do its work while this task fails: reads of travel maps and
-    /// caseloads cannot, while late webhook deliveries or a retention run retried tomorrow leave
-    /// it degraded but serving.
+    /// Whether the process is out of rotation while this task is starting or has stopped: it
+    /// cannot answer travel maps and caseloads without the projection and the coordination
+    /// index, while late webhook deliveries or a retention run retried tomorrow leave it
+    /// degraded but serving. A task that fails and retries leaves any process degraded.
     pub essential: bool,
     condition: watch::Receiver<Condition>,
 }

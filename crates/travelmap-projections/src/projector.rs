@@ -428,13 +428,7 @@ impl Projector {
                                 %error,
                                 "a stored view cannot be read back; folding the client again"
                             );
-                            let history = self.log.read_stream(client_id, None).await?;
-                            let state = ClientState::from_history(
-                                client_id,
-                                history
-                                    .into_iter()
-                                    .filter(|event| event.meta.position <= up_to),
-                            );
+                            let state = self.folded_from_log(client_id, up_to).await?;
                             cache.states.insert(client_id, Arc::new(state));
                             cache.dirty.insert(client_id);
                         }
@@ -455,13 +449,7 @@ impl Projector {
                 }
             }
             for client_id in purged {
-                let history = self.log.read_stream(client_id, None).await?;
-                let state = ClientState::from_history(
-                    client_id,
-                    history
-                        .into_iter()
-                        .filter(|event| event.meta.position <= up_to),
-                );
+                let state = self.folded_from_log(client_id, up_to).await?;
                 cache.states.insert(client_id, Arc::new(state));
                 cache.dirty.insert(client_id);
                 cache.scrub = true;
@@ -489,6 +477,18 @@ impl Projector {
             self.flush(cache, pace).await?;
         }
         Ok(folded)
+    }
+
+    /// The client's state folded from its history in the log, up to `up_to`: for a view that
+    /// must be replaced (after erasure) or cannot be read back.
+    async fn folded_from_log(&self, client_id: ClientId, up_to: u64) -> Result<ClientState> {
+        let history = self.log.read_stream(client_id, None).await?;
+        Ok(ClientState::from_history(
+            client_id,
+            history
+                .into_iter()
+                .filter(|event| event.meta.position <= up_to),
+        ))
     }
 
     async fn flush(&self, cache: &mut Cache, pace: Pace) -> Result<()> {

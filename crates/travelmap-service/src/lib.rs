@@ -638,10 +638,7 @@ impl Journeys {
                 Error::UnknownClient(client_id)
             });
         };
-        let state = match readable(client_id, &stored) {
-            Some(state) => state,
-            None => self.history_state(client_id).await?,
-        };
+        let state = self.state_of(client_id, &stored).await?;
         Ok(state.travel_map(Utc::now()))
     }
 
@@ -730,17 +727,25 @@ impl Journeys {
         let mut projected = HashMap::with_capacity(recorded.len());
         for (client_id, recorded) in recorded {
             let view = match stored.remove(&client_id) {
-                // A view that cannot be read back is stood in for by the client's history,
-                // which holds everything the view did.
-                Some(stored) => match readable(client_id, &stored) {
-                    Some(state) => Some(state),
-                    None => Some(self.history_state(client_id).await?),
-                },
+                Some(stored) => Some(self.state_of(client_id, &stored).await?),
                 None => None,
             };
             projected.insert(client_id, Projected { view, recorded });
         }
         Ok(projected)
+    }
+
+    /// The client's state from its stored view, or, where the view cannot be read back (see
+    /// [`readable`]), from its history, which holds everything the view did.
+    pub async fn state_of(
+        &self,
+        client_id: ClientId,
+        stored: &travelmap_store::StoredState,
+    ) -> Result<ClientState> {
+        match readable(client_id, stored) {
+            Some(state) => Ok(state),
+            None => self.history_state(client_id).await,
+        }
     }
 
     /// The client's state folded from its whole history, for when its view is behind or cannot
@@ -788,10 +793,7 @@ impl Journeys {
             after = Some(*last);
             let now = Utc::now();
             for (client_id, stored) in page {
-                let state = match readable(client_id, &stored) {
-                    Some(state) => state,
-                    None => self.history_state(client_id).await?,
-                };
+                let state = self.state_of(client_id, &stored).await?;
                 // Restricted data may be stored, not processed: it stays out of statistics.
                 if !state.access(now).restricted {
                     states.push(state);

@@ -408,9 +408,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             // As the API does: a moment still to come has no record yet, and its map would
-            // show what has not happened (allowing, as it does, 10 minutes of clock skew).
+            // show what has not happened (allowing, as it does, for clock skew).
             if let Some(as_of) = as_of
-                && as_of > Utc::now() + chrono::Duration::minutes(10)
+                && as_of > Utc::now() + travelmap_domain::dates::MAX_CLOCK_SKEW
             {
                 anyhow::bail!(
                     "--as-of {} is in the future: leave it out to replay the current state",

@@ -114,12 +114,7 @@ async fn shred_what_is_due(
         after = Some(*last);
         for (client_id, stored) in page {
             report.clients += 1;
-            let state = match travelmap_service::readable(client_id, &stored) {
-                Some(state) => state,
-                None => {
-                    ClientState::from_history(client_id, journeys.history(client_id, None).await?)
-                }
-            };
+            let state = journeys.state_of(client_id, &stored).await?;
             if state.due(schedule, now).is_none() {
                 continue;
             }

@@ -45,11 +45,10 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
         .and_then(|at| {
             let at = at.with_timezone(&Utc);
             // A moment still to come has no record yet: its map would show flags and overdue
-            // appointments that have not happened, and change as later events arrive. Clocks
-            // differ a little, though (a receipt's `recorded_at` may come from a process whose
-            // clock runs ahead of this one's), so a moment within the skew allowed for
-            // `occurred_at` is taken as it is.
-            if at > Utc::now() + crate::wire::MAX_CLOCK_SKEW {
+            // appointments that have not happened, and change as later events arrive. Within
+            // the clock skew allowed (a receipt's `recorded_at` may come from a process whose
+            // clock runs ahead of this one's), a moment is taken as it is.
+            if at > Utc::now() + travelmap_domain::dates::MAX_CLOCK_SKEW {
                 return Err(ApiError::invalid_parameter(
                     name,
                     format!(

@@ -103,7 +103,8 @@ pub struct TaskReadiness {
     /// `projection`, `coordination`, `live_feed`, `webhooks` or `retention` (only with a
     /// retention schedule).
     pub name: &'static str,
-    /// Whether the service is failing while this task is.
+    /// Whether the process is out of rotation (`503`) while this task is starting or has
+    /// stopped.
     pub essential: bool,
     /// `starting`, `running` (its last attempt worked), `failing` (its attempts fail; it retries,
     /// and the server's log says why) or `stopped` (it has ended: the server is stopping, or the
@@ -178,9 +179,9 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
 /// The readiness status of a process with these tasks.
 ///
 /// Only what will not get better by itself, or has not begun, takes the process out of
-/// rotation. A task that fails and retries (a damaged view, a database that went away) leaves it
-/// serving: writes still work, and sending every request elsewhere, or nowhere when every
-/// process reads the same damaged view, would be worse than views that lag.
+/// rotation. A task that fails and retries (a database that went away) leaves it serving: writes
+/// still work, and sending every request elsewhere, or nowhere when every process meets the same
+/// failure, would be worse than views that stop moving for a while.
 fn status_of(stopping: bool, tasks: &[TaskReadiness]) -> &'static str {
     let essential_is = |state: &str| {
         tasks
