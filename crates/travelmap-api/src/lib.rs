@@ -58,6 +58,8 @@ pub struct AppState {
     pub deferred: Arc<audit::Deferred>,
     /// The background tasks, as `GET /readyz` reports them.
     pub tasks: Arc<Vec<travelmap_service::health::Watched>>,
+    /// Since when the readiness check has seen each task behind without moving.
+    pub stalls: Arc<travelmap_service::health::Stalls>,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.

@@ -10,6 +10,8 @@
 //! panicking, drops it, and the check then sees the task as stopped: a panic is never mistaken
 //! for health.
 
+use std::time::Instant;
+
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
@@ -115,6 +117,48 @@ pub fn task(name: &'static str, essential: bool) -> (Reporter, Watched) {
     )
 }
 
+/// How long a task may stay behind the head without moving before the readiness check calls it
+/// stalled. Long enough for a slow page of a catch-up, short enough that monitoring hears of a
+/// task that hangs without an error (a read that never returns) within minutes.
+pub const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Remembers, for each task that follows the log, since when the readiness check has seen it
+/// behind the head at the same position.
+///
+/// A failing task says so itself; one that hangs (a read that never returns, a lock never
+/// released) does not, and its `behind` only grows. Its position not moving is not enough to
+/// tell: a quiet log leaves every task at the head, and the first event after an hour of quiet
+/// puts them behind at a position an hour old. So the clock starts when a task is first seen
+/// behind at a position, and stops as soon as it moves or catches up.
+#[derive(Debug, Default)]
+pub struct Stalls(std::sync::Mutex<std::collections::HashMap<&'static str, (u64, Instant)>>);
+
+impl Stalls {
+    /// Since when `task`, now at `position` and `behind` the head, has been seen behind at this
+    /// position; `None` when it is not behind.
+    pub fn behind_since(
+        &self,
+        task: &'static str,
+        position: u64,
+        behind: u64,
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if behind == 0 {
+            seen.remove(task);
+            return None;
+        }
+        let (at, since) = seen.entry(task).or_insert((position, now));
+        if *at != position {
+            (*at, *since) = (position, now);
+        }
+        Some(*since)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +214,39 @@ mod tests {
         .await;
         assert!(ended.is_err());
         assert_eq!(watched.seen(), Seen::Stopped);
+    }
+
+    #[test]
+    fn a_task_is_behind_since_first_seen_behind_at_its_position() {
+        let stalls = Stalls::default();
+        let start = Instant::now();
+        let later = |seconds| start + std::time::Duration::from_secs(seconds);
+        assert_eq!(stalls.behind_since("projection", 10, 0, start), None);
+        // Quiet for an hour, then an event: behind from now, not from when it reached 10.
+        assert_eq!(
+            stalls.behind_since("projection", 10, 1, later(3600)),
+            Some(later(3600))
+        );
+        assert_eq!(
+            stalls.behind_since("projection", 10, 5, later(3700)),
+            Some(later(3600)),
+            "still at 10: the clock runs on"
+        );
+        assert_eq!(
+            stalls.behind_since("projection", 12, 3, later(3701)),
+            Some(later(3701)),
+            "it moved: the clock starts again"
+        );
+        assert_eq!(
+            stalls.behind_since("coordination", 12, 3, later(3702)),
+            Some(later(3702)),
+            "each task has its own clock"
+        );
+        assert_eq!(stalls.behind_since("projection", 15, 0, later(3702)), None);
+        assert_eq!(
+            stalls.behind_since("projection", 15, 1, later(3800)),
+            Some(later(3800)),
+            "caught up in between: the clock starts again"
+        );
     }
 }

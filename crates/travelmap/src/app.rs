@@ -193,6 +193,7 @@ impl Application {
             named: Default::default(),
             deferred: deferred.clone(),
             tasks: Arc::new(watched),
+            stalls: Default::default(),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)

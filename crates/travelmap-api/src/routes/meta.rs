@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use travelmap_service::health::{Condition, Seen};
+use travelmap_service::health::{Condition, STALLED_AFTER, Seen};
 
 use crate::AppState;
 use crate::error::{ApiError, CODES, Problem};
@@ -82,7 +82,7 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 /// caseloads and alerts current is running, and how far each has got.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready`; `degraded` when a task is failing (it retries; the service still takes events
+    /// `ready`; `degraded` when a task is failing or stalled (it retries or hangs; the service still takes events
     /// and answers, though what the task keeps current stops moving) or a task the service can do
     /// without (webhook delivery, the live feed, the retention schedule) has stopped;
     /// `starting` while the travel-map projection first catches up or the caseloads and alerts
@@ -107,12 +107,17 @@ pub struct TaskReadiness {
     /// stopped.
     pub essential: bool,
     /// `starting`, `running` (its last attempt worked), `failing` (its attempts fail; it retries,
-    /// and the server's log says why) or `stopped` (it has ended: the server is stopping, or the
-    /// task met a bug).
+    /// and the server's log says why), `stalled` (it reports no failure, yet has stayed behind the
+    /// head without moving for a minute or more: it hangs) or `stopped` (it has ended: the server
+    /// is stopping, or the task met a bug).
     pub state: &'static str,
     /// When its attempts began to fail.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Since when it has been behind the head without moving, as far as this endpoint has seen
+    /// (state `stalled`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<chrono::DateTime<chrono::Utc>>,
     /// The position its work reflects (projection and coordination).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
@@ -140,6 +145,7 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
         "coordination" => Some(*state.coordination.progress().borrow()),
         _ => None,
     };
+    let (now, wall_now) = (std::time::Instant::now(), chrono::Utc::now());
     let tasks: Vec<TaskReadiness> = state
         .tasks
         .iter()
@@ -151,13 +157,28 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
                 Seen::Stopped => ("stopped", None),
             };
             let position = position_of(task.name);
+            let behind = position.map(|position| head.saturating_sub(position));
+            // A task that hangs reports nothing; its position not moving while behind says it.
+            let behind_since = position.zip(behind).and_then(|(position, behind)| {
+                state.stalls.behind_since(task.name, position, behind, now)
+            });
+            let (label, stalled_since) = match stalled_for(label, behind_since, now) {
+                Some(stalled_for) => (
+                    "stalled",
+                    chrono::Duration::from_std(stalled_for)
+                        .ok()
+                        .map(|stalled_for| wall_now - stalled_for),
+                ),
+                None => (label, None),
+            };
             TaskReadiness {
                 name: task.name,
                 essential: task.essential,
                 state: label,
                 failing_since,
+                stalled_since,
                 position,
-                behind: position.map(|position| head.saturating_sub(position)),
+                behind,
             }
         })
         .collect();
@@ -174,6 +195,19 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
             tasks,
         }),
     )
+}
+
+/// How long a task in `state`, behind the head at one position since `behind_since`, has
+/// stalled: `None` unless it reports running and has not moved for [`STALLED_AFTER`] (one that
+/// reports a failure or has not begun says so already).
+fn stalled_for(
+    state: &str,
+    behind_since: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> Option<std::time::Duration> {
+    behind_since
+        .map(|since| now.saturating_duration_since(since))
+        .filter(|behind_for| state == "running" && *behind_for >= STALLED_AFTER)
 }
 
 /// The readiness status of a process with these tasks.
@@ -196,7 +230,7 @@ fn status_of(stopping: bool, tasks: &[TaskReadiness]) -> &'static str {
         "starting"
     } else if tasks
         .iter()
-        .any(|task| matches!(task.state, "failing" | "stopped"))
+        .any(|task| matches!(task.state, "failing" | "stalled" | "stopped"))
     {
         "degraded"
     } else {
@@ -253,6 +287,7 @@ mod tests {
             essential,
             state,
             failing_since: None,
+            stalled_since: None,
             position: None,
             behind: None,
         }
@@ -271,8 +306,27 @@ mod tests {
         assert_eq!(status_of(false, &with("failing", "running")), "degraded");
         assert_eq!(status_of(false, &with("running", "failing")), "degraded");
         assert_eq!(status_of(false, &with("running", "stopped")), "degraded");
+        assert_eq!(status_of(false, &with("stalled", "running")), "degraded");
         assert_eq!(status_of(false, &with("starting", "running")), "starting");
         assert_eq!(status_of(false, &with("stopped", "running")), "failing");
         assert_eq!(status_of(true, &with("running", "running")), "stopping");
+    }
+
+    #[test]
+    fn a_running_task_behind_without_moving_for_a_minute_has_stalled() {
+        let now = std::time::Instant::now();
+        let ago = |seconds| now - std::time::Duration::from_secs(seconds);
+        assert_eq!(stalled_for("running", None, now), None, "not behind");
+        assert_eq!(stalled_for("running", Some(ago(59)), now), None);
+        assert_eq!(
+            stalled_for("running", Some(ago(61)), now),
+            Some(std::time::Duration::from_secs(61))
+        );
+        assert_eq!(
+            stalled_for("failing", Some(ago(61)), now),
+            None,
+            "a failing task is reported as failing"
+        );
+        assert_eq!(stalled_for("starting", Some(ago(600)), now), None);
     }
 }
