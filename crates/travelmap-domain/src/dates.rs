@@ -56,6 +56,13 @@ pub const MAX_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// Checks a date as posted: exactly `YYYY-MM-DD`, a real day, in the years above. chrono alone
 /// also takes `+2026-01-05`, `2026-1-5` and years of six digits with a sign.
 pub fn check_date(text: &str) -> Result<NaiveDate, String> {
+    let date = calendar_day(text)?;
+    in_range(date.year(), text)?;
+    Ok(date)
+}
+
+/// A day written exactly `YYYY-MM-DD`, in any year of four digits.
+fn calendar_day(text: &str) -> Result<NaiveDate, String> {
     let bytes = text.as_bytes();
     let shaped = bytes.len() == 10
         && bytes[4] == b'-'
@@ -66,10 +73,8 @@ pub fn check_date(text: &str) -> Result<NaiveDate, String> {
     if !shaped {
         return Err(format!("`{text}` is not a date in the form YYYY-MM-DD"));
     }
-    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| format!("`{text}` is not a day of the calendar"))?;
-    in_range(date.year(), text)?;
-    Ok(date)
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("`{text}` is not a day of the calendar"))
 }
 
 /// Checks a date and time as posted: RFC 3339 exactly (`2026-03-01T09:00:00+01:00`, with an
@@ -82,7 +87,8 @@ pub fn check_date_time(text: &str) -> Result<DateTime<FixedOffset>, String> {
     if bytes.len() < 20 || !matches!(bytes[10], b'T' | b't') {
         return Err(refused());
     }
-    check_date(&text[..10]).map_err(|_| refused())?;
+    // The years are counted in UTC (below): the local day may lie just outside them.
+    calendar_day(&text[..10]).map_err(|_| refused())?;
     let time = &bytes[11..];
     let digits =
         |range: std::ops::Range<usize>| range.into_iter().all(|i| time[i].is_ascii_digit());
@@ -192,6 +198,20 @@ mod tests {
             "1899-12-31T23:00:00Z",
         ] {
             assert!(check_date_time(loose).is_err(), "{loose} was taken");
+        }
+    }
+
+    #[test]
+    fn a_time_is_kept_to_the_years_in_utc_and_told_so() {
+        // Local days outside the years, UTC moments inside them.
+        assert!(check_date_time("2200-01-01T00:30:00+01:00").is_ok());
+        assert!(check_date_time("1899-12-31T23:30:00-01:00").is_ok());
+        for outside in ["2200-01-01T00:00:00Z", "1899-12-31T23:30:00+01:00"] {
+            let refusal = check_date_time(outside).unwrap_err();
+            assert!(
+                refusal.contains("outside the years 1900 to 2199"),
+                "{outside}: {refusal}"
+            );
         }
     }
 
