@@ -607,6 +607,38 @@ fn a_second_release_without_custody_between_raises_each_alert_once() {
 }
 
 #[test]
+fn a_gap_is_the_agency_s_whose_involvement_ended_whoever_recorded_the_end() {
+    let rules = Rules {
+        unassigned_after: days(3),
+        ..Rules::default()
+    };
+    let mut journey = Journey::new(24);
+    journey.add(days(0), "prison-opava", "client.released", released());
+    journey.add(
+        hours(1),
+        "probation-opava",
+        "involvement.opened",
+        open("probation-opava", "probation_officer", "novak"),
+    );
+    let closed = journey.add(
+        days(2),
+        "ngo-rubikon",
+        "involvement.closed",
+        json!({"agency": "probation-opava", "role": "probation_officer"}),
+    );
+    let file = journey.file_with(days(9), &rules);
+    let gap = file
+        .alerts
+        .iter()
+        .find(|alert| alert.kind == AlertKind::NoCaseManager && alert.cause == closed)
+        .unwrap_or_else(|| panic!("no gap named by the closing: {:?}", file.alerts));
+    assert_eq!(
+        gap.agency, "probation-opava",
+        "probation must arrange the hand-over, not the NGO that recorded the end"
+    );
+}
+
+#[test]
 fn closing_an_involvement_without_a_worker_ends_every_one_of_that_agency_in_that_role() {
     let mut journey = Journey::new(22);
     journey.add(
