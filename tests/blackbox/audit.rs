@@ -98,9 +98,32 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
     )
     .await;
     assert_eq!(invented.status(), StatusCode::BAD_REQUEST);
+    let two_purposes = app
+        .http
+        .get(app.url(&format!("/v1/clients/{client}/events")))
+        .bearer_auth(COORDINATOR)
+        .header("X-Purpose", "case_management")
+        .header("X-Purpose", "supervision")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(two_purposes, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     let released = sample_event(client, "client.released", "2026-01-07T09:00:00+01:00");
     assert_eq!(
         app.post_event(PROBATION_WRITER, &released).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // A write refused for want of the writer role is logged under the client(s) it names.
+    assert_eq!(
+        app.post_event(AUDITOR, &released).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let batch = json!({"events": [
+        released,
+        sample_event(client, "contact.made", "2026-01-07T10:00:00+01:00"),
+    ]});
+    assert_eq!(
+        app.post("/v1/events/batch", AUDITOR, &batch).await.status(),
         StatusCode::FORBIDDEN
     );
 
@@ -135,7 +158,10 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
         ("consultation", "probation-system", "denied", unlisted),
         ("consultation", "coordinator-desk", "denied", ""),
         ("consultation", "coordinator-desk", "denied", unlisted),
+        ("consultation", "coordinator-desk", "denied", unlisted),
         ("collection", "probation-system", "denied", ""),
+        ("collection", "dpo-office", "denied", ""),
+        ("collection", "dpo-office", "denied", ""),
     ];
     let expected: Vec<(String, String, String, String)> = expected
         .iter()
@@ -294,8 +320,8 @@ async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_non
     assert_eq!(logged(second).await, second_entries);
 }
 
-/// Reads of a client id nobody recorded answer 404 and are logged all the same: someone probing
-/// which ids exist is what a review looks for.
+/// Reads of a client id nobody recorded answer 404 and are logged all the same, as refused for
+/// a reader scoped by need-to-know: someone probing which ids exist is what a review looks for.
 #[tokio::test]
 async fn reads_of_an_unknown_client_are_logged() {
     let app = spawn_app().await;
@@ -360,6 +386,13 @@ async fn reads_of_an_unknown_client_are_logged() {
             ),
         ]
     );
+    // No agency has need-to-know of a client nobody recorded: the coordinator's probes are
+    // refusals, while a reviewer, who may read any client, was allowed to look.
+    let outcomes: Vec<&str> = trail
+        .iter()
+        .map(|entry| entry["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["denied", "denied", "denied", "allowed"]);
 }
 
 #[tokio::test]

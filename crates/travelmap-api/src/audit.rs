@@ -27,6 +27,9 @@ pub struct RequestContext {
     /// digest of short text can be confirmed by guessing).
     pub recorded_purpose: Option<String>,
     pub justification: Option<String>,
+    /// The header sent more than once on a read: the read is refused when it asks for its
+    /// purpose, so that the refusal is logged like any other (see [`Self::purpose`]).
+    pub repeated: Option<&'static str>,
 }
 
 /// How the trail records a stated purpose that is not on the list.
@@ -39,14 +42,6 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        for name in ["X-Purpose", "X-Justification"] {
-            if parts.headers.get_all(name).iter().nth(1).is_some() {
-                return Err(ApiError::invalid_parameter(
-                    name,
-                    format!("send one {name} header, not several"),
-                ));
-            }
-        }
         // UTF-8, not only ASCII: a justification is written in the caseworker's language. Bytes
         // that are not UTF-8 are refused rather than taken for no header at all.
         let header = |name: &'static str| -> Result<Option<&str>, ApiError> {
@@ -58,6 +53,24 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             })?;
             Ok(Some(text.trim()).filter(|text| !text.is_empty()))
         };
+        // Bounded, so that a header cannot flood the log.
+        let request_id = header("X-Request-Id")?.map(|id| id.chars().take(200).collect());
+        let repeated = ["X-Purpose", "X-Justification"]
+            .into_iter()
+            .find(|name| parts.headers.get_all(*name).iter().nth(1).is_some());
+        if let Some(name) = repeated {
+            // A read states its purpose, and a refused read is logged by the handler, which
+            // knows the caller and the client; a write states none, so it is refused here.
+            if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
+                return Ok(Self {
+                    request_id,
+                    repeated,
+                    recorded_purpose: Some(UNLISTED_PURPOSE.to_owned()),
+                    ..Self::default()
+                });
+            }
+            return Err(repeated_header(name));
+        }
         let justification = header("X-Justification")?;
         if justification.is_some_and(|text| text.chars().count() > MAX_JUSTIFICATION_CHARS) {
             return Err(ApiError::invalid_parameter(
@@ -76,13 +89,17 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             }
         });
         Ok(Self {
-            // Bounded, so that a header cannot flood the log.
-            request_id: header("X-Request-Id")?.map(|id| id.chars().take(200).collect()),
+            request_id,
             purpose,
             recorded_purpose,
             justification: justification.map(str::to_owned),
+            repeated: None,
         })
     }
+}
+
+fn repeated_header(name: &'static str) -> ApiError {
+    ApiError::invalid_parameter(name, format!("send one {name} header, not several"))
 }
 
 /// One entry's worth of facts about an operation.
@@ -475,6 +492,9 @@ pub const PURPOSES: &str =
 impl RequestContext {
     /// The stated purpose: every read of personal data must give one from the fixed list.
     pub fn purpose(&self) -> Result<Purpose, ApiError> {
+        if let Some(name) = self.repeated {
+            return Err(repeated_header(name));
+        }
         let Some(stated) = &self.purpose else {
             return Err(ApiError::new(
                 Code::PurposeRequired,
@@ -510,13 +530,38 @@ pub async fn found<T>(
     read: Result<T, travelmap_service::Error>,
     logged: Logged<'_>,
 ) -> Result<T, ApiError> {
-    if let Err(
-        travelmap_service::Error::UnknownClient(_) | travelmap_service::Error::NotYetRecorded(_),
-    ) = &read
-    {
-        log(state, caller, context, Outcome::Allowed, logged).await?;
+    match &read {
+        // No agency has need-to-know of a client never recorded, so a scoped reader asking for
+        // one is logged as refused: a reviewer looking for id probing filters on `denied`.
+        Err(travelmap_service::Error::UnknownClient(_)) => {
+            let outcome = if unscoped(caller) {
+                Outcome::Allowed
+            } else {
+                Outcome::Denied
+            };
+            log(state, caller, context, outcome, logged).await?;
+        }
+        Err(travelmap_service::Error::NotYetRecorded(_)) => {
+            log(state, caller, context, Outcome::Allowed, logged).await?;
+        }
+        _ => {}
     }
     Ok(read?)
+}
+
+/// Auditors and data-protection officers read for review, across clients.
+fn is_reviewer(caller: &Caller) -> bool {
+    caller
+        .0
+        .roles
+        .iter()
+        .any(|role| matches!(role, Role::Auditor | Role::Dpo))
+}
+
+/// Whether need-to-know does not scope the caller: a reviewer, or the no-config local admin
+/// (no agency kind), one local user trying the service out.
+fn unscoped(caller: &Caller) -> bool {
+    is_reviewer(caller) || caller.0.agency_kind.is_none()
 }
 
 /// The action under which break-glass grants are logged.
@@ -551,11 +596,7 @@ pub async fn need_to_know_given(
     logged: Logged<'_>,
 ) -> Result<Purpose, ApiError> {
     let purpose = purpose(state, caller, context, logged.clone()).await?;
-    let reviewer = caller
-        .0
-        .roles
-        .iter()
-        .any(|role| matches!(role, Role::Auditor | Role::Dpo));
+    let reviewer = is_reviewer(caller);
     // A restriction binds everyone, reviewers included: only an audit or a subject access
     // request may read restricted data, and only a reviewer makes those. It is told only to
     // those who could read the client otherwise: that a client contests their data or has a
@@ -568,8 +609,7 @@ pub async fn need_to_know_given(
             "processing of this client's data is restricted: it may be read only by an auditor or data-protection officer with X-Purpose audit or subject_access",
         ))
     };
-    // The no-config local admin (no agency kind) is one local user trying the service out.
-    if reviewer || caller.0.agency_kind.is_none() {
+    if unscoped(caller) {
         if restricted && !(reviewer && matches!(purpose, Purpose::Audit | Purpose::SubjectAccess)) {
             return refuse_restricted().await;
         }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use travelmap_domain::ClientId;
 use travelmap_domain::audit::{Operation, Outcome};
 use utoipa::IntoParams;
 
@@ -44,7 +45,12 @@ pub async fn post_event(
         action: ACTION,
         returned: None,
     };
-    audit::require(&state, &caller, &context, &[Role::Writer], denied(None)).await?;
+    // A refused write is logged under the client it names, so that the client's own trail
+    // shows the attempt; the body is not checked first, since the caller may not write at all.
+    let named = named_clients(std::slice::from_ref(&body))
+        .into_iter()
+        .next();
+    audit::require(&state, &caller, &context, &[Role::Writer], denied(named)).await?;
     let submission = wire::parse_event(&body)?;
     let client = submission.draft.client_id;
     if let Err(refused) = caller.may_post(submission.draft.event.event_type()) {
@@ -136,14 +142,16 @@ pub async fn post_batch(
         action: ACTION,
         returned,
     };
-    audit::require(
-        &state,
-        &caller,
-        &context,
-        &[Role::Writer],
-        logged(None, None),
-    )
-    .await?;
+    if let Err(refused) = caller.require(&[Role::Writer]) {
+        // One entry for the attempt, and one for each client it named (see `post_event`).
+        let events = body["events"].as_array().map_or(&[][..], Vec::as_slice);
+        let records = std::iter::once(None)
+            .chain(named_clients(events).into_iter().map(Some))
+            .map(|client| context.record(&caller, Outcome::Denied, logged(client, None)))
+            .collect();
+        audit::write(&state, records).await?;
+        return Err(refused);
+    }
     extract::require_object(&body, "{\"events\": [...]}")?;
     let batch: BatchRequest =
         travelmap_domain::catalogue::deserialize_with_path(&body).map_err(|invalid| {
@@ -349,4 +357,17 @@ async fn log_denied_write(
         returned: None,
     };
     audit::log(state, caller, context, Outcome::Denied, logged).await
+}
+
+/// The distinct clients named by these events as posted, as far as their `client_id` can be
+/// read without checking the rest: for logging a refusal that comes before any check.
+fn named_clients(events: &[serde_json::Value]) -> Vec<ClientId> {
+    let mut named: Vec<ClientId> = events
+        .iter()
+        .filter_map(|event| event.get("client_id")?.as_str()?.parse().ok())
+        .map(ClientId)
+        .collect();
+    named.sort_unstable_by_key(|client| client.0);
+    named.dedup();
+    named
 }
