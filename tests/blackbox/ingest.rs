@@ -351,6 +351,35 @@ async fn malformed_bodies_are_400_415_and_413() {
     )
     .await;
 
+    // Two media types: whichever comes first, the body is not taken.
+    let valid = serde_json::to_vec(&sample_event(
+        Uuid::new_v4(),
+        "client.registered",
+        "2026-01-05T09:00:00+01:00",
+    ))
+    .unwrap();
+    for (first, second) in [
+        ("application/json", "text/plain"),
+        ("text/plain", "application/json"),
+    ] {
+        let response = app
+            .http
+            .post(app.url("/v1/events"))
+            .bearer_auth(PRISON_WRITER)
+            .header("content-type", first)
+            .header("content-type", second)
+            .body(valid.clone())
+            .send()
+            .await
+            .unwrap();
+        expect_problem(
+            response,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
+    }
+
     assert!(app.feed().await.is_empty());
 }
 

@@ -25,6 +25,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        // Readers of the same request (a gateway, this server) could each take another one.
+        if request.headers().get_all(CONTENT_TYPE).iter().nth(1).is_some() {
+            return Err(ApiError::new(
+                Code::UnsupportedMediaType,
+                "send one `Content-Type` header, not several",
+            ));
+        }
         let content_type = request
             .headers()
             .get(CONTENT_TYPE)
@@ -65,7 +72,12 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                             format!("the body exceeds {MAX_BODY_BYTES} bytes"),
                         )
                     } else {
-                        ApiError::new(Code::MalformedJson, rejection.body_text())
+                        // The framework's wording names its own internals; say what happened.
+                        ApiError::new(
+                            Code::MalformedJson,
+                            "the body could not be read in full: the connection ended before it \
+                             did, or its chunked framing is invalid",
+                        )
                     }
                 })?;
         parse_json(&bytes)
