@@ -184,8 +184,10 @@ pub enum LegalBasis {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClientRegistered {
-    /// The agencies' own identifiers for this client. Used by `GET /v1/clients?identifier=`.
+    /// The agencies' own identifiers for this client, each listed once. Used by
+    /// `GET /v1/clients?identifier=`.
     #[serde(default)]
+    #[schemars(extend("uniqueItems" = true))]
     pub identifiers: Vec<Identifier>,
     /// Personal details (names, birth date): personal data, kept apart from the journey facts.
     #[serde(default)]
