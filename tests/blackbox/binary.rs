@@ -51,7 +51,12 @@ impl Server {
             .env_remove("TRAVELMAP_CONFIG")
             .env_remove("TRAVELMAP_STORE")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            // `TRAVELMAP_TEST_SERVER_LOG=1` shows the servers' logs, to see why a test failed.
+            .stderr(if std::env::var_os("TRAVELMAP_TEST_SERVER_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         if let Some(url) = store {
             command.arg("--store").arg(url);
         }

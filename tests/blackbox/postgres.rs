@@ -469,3 +469,72 @@ async fn a_write_recorded_while_the_trail_fails_gets_its_entry_once_it_is_back()
     connection.close().await.unwrap();
     cluster.stop().await;
 }
+
+/// A database that goes away is a moment to retry, not a bug: requests are answered
+/// `503 unavailable` while it refuses connections, and once it is back the service carries on
+/// with everything acknowledged before.
+#[tokio::test]
+async fn a_database_that_goes_away_is_answered_503_and_the_service_recovers() {
+    let cluster = Cluster::start(1).await;
+    let http = reqwest::Client::new();
+    let address = cluster.address(0);
+    let client = Uuid::new_v4();
+    let before = contact(client);
+    assert_eq!(post(&http, &address, &before).await.0, StatusCode::CREATED);
+
+    let mut admin = sqlx::PgConnection::connect(&server_from_env())
+        .await
+        .unwrap();
+    let name = cluster.database.name().to_owned();
+    let allow = |allowed: bool| format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS {allowed}");
+    sqlx::raw_sql(&allow(false))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&name)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+
+    let during = contact(client);
+    let (status, problem) = post(&http, &address, &during).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
+    assert_eq!(problem["code"], "unavailable");
+    let read = http
+        .get(format!("{address}/v1/events?after=0"))
+        .bearer_auth(AUDITOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(read.headers().contains_key("retry-after"));
+
+    sqlx::raw_sql(&allow(true))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..50 {
+        status = post(&http, &address, &during).await.0;
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the retry is recorded once back"
+    );
+    assert_eq!(
+        post(&http, &address, &before).await.0,
+        StatusCode::OK,
+        "what was acknowledged before is still there"
+    );
+    admin.close().await.unwrap();
+    cluster.stop().await;
+}

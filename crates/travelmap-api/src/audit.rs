@@ -679,7 +679,7 @@ async fn active_grant(
         .audit
         .read_client(client)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(entries.iter().any(|entry| {
         entry.record.action == BREAK_GLASS
             && entry.record.credential == caller.0.id

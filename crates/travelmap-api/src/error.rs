@@ -182,6 +182,22 @@ impl ApiError {
         Self::new(Code::InvalidParameter, detail).with_field(name)
     }
 
+    /// A store's failure: `503` when the database is busy or unreachable for a moment (the
+    /// client retries, as for any `unavailable`), `500` otherwise.
+    pub fn store(error: travelmap_store::Error) -> Self {
+        if matches!(error, travelmap_store::Error::Closed) {
+            return Self::new(Code::Unavailable, "the service is shutting down");
+        }
+        if error.is_transient() {
+            tracing::warn!(%error, "store unavailable");
+            return Self::new(
+                Code::Unavailable,
+                "the store is busy or unreachable just now; retry shortly",
+            );
+        }
+        Self::internal(error)
+    }
+
     /// A failure whose details must not reach the client: logged here, answered as 500.
     pub fn internal(error: impl std::fmt::Display) -> Self {
         tracing::error!(%error, "internal error");
@@ -257,13 +273,6 @@ impl From<travelmap_service::Error> for ApiError {
             E::ProjectionBehind(_) | E::NotYetProjected(_) | E::Contention => {
                 ApiError::new(Code::Unavailable, error.to_string())
             }
-            E::Store(travelmap_store::Error::Closed) => {
-                ApiError::new(Code::Unavailable, "the service is shutting down")
-            }
-            E::Store(busy) if busy.is_busy() => {
-                tracing::warn!(error = %busy, "store busy");
-                ApiError::new(Code::Unavailable, "the store is busy; retry shortly")
-            }
             E::NotRestricted(_) => ApiError::new(Code::NotRestricted, error.to_string()),
             E::Reserved { index, .. } => ApiError::new(Code::Forbidden, error.to_string())
                 .with_field("type")
@@ -271,7 +280,10 @@ impl From<travelmap_service::Error> for ApiError {
             E::Store(travelmap_store::Error::ClientErased(_)) => {
                 ApiError::new(Code::ClientErased, error.to_string())
             }
-            E::Store(_) | E::Projection(_) | E::NoKeyring => ApiError::internal(error),
+            E::Store(store) | E::Projection(travelmap_projections::Error::Store(store)) => {
+                ApiError::store(store)
+            }
+            E::NoKeyring => ApiError::internal(error),
         }
     }
 }

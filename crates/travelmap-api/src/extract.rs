@@ -26,7 +26,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
         // Readers of the same request (a gateway, this server) could each take another one.
-        if request.headers().get_all(CONTENT_TYPE).iter().nth(1).is_some() {
+        if request
+            .headers()
+            .get_all(CONTENT_TYPE)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
             return Err(ApiError::new(
                 Code::UnsupportedMediaType,
                 "send one `Content-Type` header, not several",

@@ -101,6 +101,11 @@ pub enum Error {
     /// The client's personal data was erased; no new key is made for them.
     #[error("the personal data of client {0} has been erased")]
     ClientErased(ClientId),
+    /// The database could not be reached or refused for a moment (see [`Error::is_transient`]);
+    /// what a group's several waiters each receive, since the database's own error is not
+    /// `Clone`.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("postgresql: {0}")]
     Postgres(#[from] sqlx::Error),
     #[error("sqlite: {0}")]
@@ -117,6 +122,55 @@ impl Error {
             Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _))
                 if matches!(failure.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         )
+    }
+
+    /// Whether the failure lies in the database's state rather than in the request or the
+    /// code: busy, restarting, unreachable, out of connections, or a transaction it chose to
+    /// abort. Nothing was done, and trying again shortly may work.
+    pub fn is_transient(&self) -> bool {
+        if matches!(self, Error::Unavailable(_)) {
+            return true;
+        }
+        let Error::Postgres(error) = self else {
+            return self.is_busy();
+        };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+                // SQLSTATE classes 08 (connection exception) and 53 (insufficient resources),
+                // a server shutting down or starting up (57P01 to 57P03), a database not taking
+                // connections for maintenance (55000, which no statement of the store's answers
+                // otherwise), and the transactions PostgreSQL aborts to keep others consistent
+                // (40001, 40P01).
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || matches!(
+                        &*code,
+                        "57P01" | "57P02" | "57P03" | "55000" | "40001" | "40P01"
+                    )
+            }),
+            _ => false,
+        }
+    }
+}
+
+impl Error {
+    /// What each of the several waiters on one failed group commit is told: `context` and this
+    /// error, keeping whether it is transient.
+    pub fn for_each_waiter(&self, context: &str) -> impl Fn() -> Error + use<> {
+        let message = format!("{context}: {self}");
+        let transient = self.is_transient();
+        move || {
+            if transient {
+                Error::Unavailable(message.clone())
+            } else {
+                Error::Io(std::io::Error::other(message.clone()))
+            }
+        }
     }
 }
 
@@ -548,8 +602,8 @@ impl Location {
     pub fn describe(&self) -> String {
         match self {
             Location::Embedded(dir) => format!("embedded store in {}", dir.display()),
-            Location::Postgres(url) => match url.parse::<sqlx::postgres::PgConnectOptions>() {
-                Ok(options) => format!(
+            Location::Postgres(url) => match postgres::connect_options(url) {
+                Ok((options, _)) => format!(
                     "PostgreSQL database {} on {}:{}",
                     options.get_database().unwrap_or("(default)"),
                     options.get_host(),

@@ -125,7 +125,7 @@ pub async fn client_entries(
         .audit
         .read_client(client)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     let returned = Some(format!("{} audit entries", entries.len()));
     audit::log(
         &state,
@@ -192,7 +192,7 @@ pub async fn entries(
         .audit
         .read_after(after, limit)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     let next_after = entries.last().map_or(after, |entry| entry.seq);
     let returned = Some(format!("audit entries {} to {next_after}", after + 1));
     audit::log(
@@ -233,7 +233,7 @@ pub async fn checkpoint(
     };
     audit::require(&state, &caller, &context, AUDITORS, logged.clone()).await?;
     audit::log(&state, &caller, &context, Outcome::Allowed, logged).await?;
-    let (seq, hash) = state.audit.head().await.map_err(ApiError::internal)?;
+    let (seq, hash) = state.audit.head().await.map_err(ApiError::store)?;
     let hash = hex(&hash);
     let message = travelmap_domain::audit::checkpoint_message(seq, &hash);
     let signature = state.checkpoint_key.sign(message.as_bytes());
@@ -291,7 +291,7 @@ pub async fn break_glass(
         .audit
         .read_action(audit::BREAK_GLASS)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     audit::log(
         &state,
         &caller,

@@ -359,7 +359,7 @@ pub async fn subject_access(
         .audit
         .read_client(client_id)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
         .into_iter()
         .map(|entry| Processing {
             at: entry.record.at,

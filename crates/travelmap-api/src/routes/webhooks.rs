@@ -222,7 +222,7 @@ async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<stored::
         .webhooks
         .get(id)
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
         .filter(|webhook| {
             webhook.agency == caller.0.agency || caller.0.roles.contains(&Role::Admin)
         })
@@ -301,7 +301,7 @@ pub async fn register(
             cursor: head,
         })
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/subscriptions/webhooks/{id}")) {
         headers.insert(header::LOCATION, location);
@@ -328,11 +328,7 @@ pub async fn list(
 ) -> Result<Json<WebhookList>, ApiError> {
     caller.require(READERS)?;
     let agency = (!caller.0.roles.contains(&Role::Admin)).then(|| caller.0.agency.clone());
-    let webhooks = state
-        .webhooks
-        .list(agency)
-        .await
-        .map_err(ApiError::internal)?;
+    let webhooks = state.webhooks.list(agency).await.map_err(ApiError::store)?;
     Ok(Json(WebhookList {
         webhooks: webhooks.iter().map(Webhook::without_secret).collect(),
     }))
@@ -393,7 +389,7 @@ pub async fn delete(
         .webhooks
         .remove(webhook.id)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     audit::log(
         &state,
         &caller,
@@ -446,7 +442,7 @@ pub async fn resume(
             .webhooks
             .set_state(webhook.id, stored::State::Active)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(ApiError::store)?;
     }
     let webhook = visible(&state, &caller, &id).await?;
     Ok(Json(Webhook::without_secret(&webhook)))
@@ -484,7 +480,7 @@ pub async fn deliveries(
         .webhooks
         .attempts(webhook.id, limit)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(Json(DeliveryLog {
         webhook_id: webhook.id,
         attempts: attempts

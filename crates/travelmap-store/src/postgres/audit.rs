@@ -151,11 +151,9 @@ async fn write_groups(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
             }
             Err(error) => {
                 tracing::error!(%error, "audit log commit failed");
-                let message = format!("writing the audit log: {error}");
+                let failure = error.for_each_waiter("writing the audit log");
                 for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(Error::Io(std::io::Error::other(message.clone()))));
+                    let _ = job.reply.send(Err(failure()));
                 }
             }
         }

@@ -310,11 +310,9 @@ async fn write_groups(pool: PgPool, head: watch::Sender<u64>, mut queue: mpsc::R
                 // the outcome is unknown): every sender learns so and may retry, and a retry is
                 // answered from the log if the commit did happen.
                 tracing::error!(%error, "event log commit failed");
-                let message = format!("committing to the event log: {error}");
+                let failure = error.for_each_waiter("committing to the event log");
                 for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(Error::Io(std::io::Error::other(message.clone()))));
+                    let _ = job.reply.send(Err(failure()));
                 }
             }
         }

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::watch;
 
 pub use audit::PgAuditLog;
@@ -39,7 +40,7 @@ pub use scratch::{DEFAULT_SERVER, ScratchDatabase, server_from_env};
 pub use views::PgViewStore;
 pub use webhooks::PgWebhookStore;
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// How many connections one process keeps to the database.
 const POOL_SIZE: u32 = 16;
@@ -71,10 +72,11 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to the database at `url` (a `postgres://` URL), checking or applying migrations.
     pub async fn connect(url: &str, migrations: Migrations) -> Result<Self> {
-        let options = connect_options(url)?;
+        let (options, connect_timeout) = connect_options(url)?;
+        first_connection(&options, connect_timeout).await?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(connect_timeout)
             // No ping before every checkout: it would add a round trip to every query, and a
             // broken connection fails the query anyway (appends are then retried by the sender
             // and answered idempotently).
@@ -122,9 +124,11 @@ impl PgStore {
 
 /// Applies missing migrations to the database at `url` and returns the schema version it is at.
 pub async fn migrate(url: &str) -> Result<i64> {
-    let options = connect_options(url)?;
+    let (options, connect_timeout) = connect_options(url)?;
+    first_connection(&options, connect_timeout).await?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
+        .acquire_timeout(connect_timeout)
         .connect_with(options)
         .await?;
     schema::migrate(&pool).await?;
@@ -143,10 +147,64 @@ pub async fn migrate(url: &str) -> Result<i64> {
 ///   prices a plan for known array lengths below the generic one), and planning was a fifth of
 ///   its CPU in single-event ingest. Kept plans are made again whenever the tables' statistics
 ///   change, which the log writer sees to while the log is young (see `log::analyse`).
-fn connect_options(url: &str) -> Result<PgConnectOptions> {
-    Ok(PgConnectOptions::from_str(url)?
+///
+/// `connect_timeout` (libpq's, in seconds), which sqlx does not take, is read here: it bounds
+/// each wait for a connection (10 s when not given).
+pub(crate) fn connect_options(url: &str) -> Result<(PgConnectOptions, Duration)> {
+    let (url, connect_timeout) = take_connect_timeout(url)?;
+    let options = PgConnectOptions::from_str(&url)?
         .application_name("travelmap")
-        .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]))
+        .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]);
+    Ok((options, connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)))
+}
+
+/// How long a wait for a connection lasts unless the URL's `connect_timeout` says otherwise.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `url` without its `connect_timeout` parameter, and that parameter's value.
+fn take_connect_timeout(url: &str) -> Result<(String, Option<Duration>)> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), None));
+    };
+    let mut timeout = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.strip_prefix("connect_timeout=") {
+            Some(seconds) => {
+                let seconds: u64 = seconds.parse().map_err(|_| {
+                    Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("connect_timeout `{seconds}` is not a whole number of seconds"),
+                    ))
+                })?;
+                // libpq reads 0 as "wait for ever"; a wait that never ends helps nobody here.
+                timeout = Some(Duration::from_secs(seconds.max(1)));
+            }
+            None => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, timeout))
+}
+
+/// Makes one connection directly, before any pool: a pool that cannot connect reports only that
+/// it timed out, after its whole timeout, while this says why (refused, no such database,
+/// authentication) at once.
+async fn first_connection(options: &PgConnectOptions, timeout: Duration) -> Result<()> {
+    let connection = tokio::time::timeout(timeout, options.connect())
+        .await
+        .map_err(|_| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection to PostgreSQL within {} s", timeout.as_secs()),
+            ))
+        })??;
+    connection.close().await?;
+    Ok(())
 }
 
 async fn heads(pool: &PgPool) -> Result<(u64, u64)> {
@@ -202,4 +260,30 @@ pub(super) fn advance(head: &watch::Sender<u64>, position: u64) {
         *current = (*current).max(position);
         moved
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_timeout_is_taken_from_the_url_and_the_rest_left_alone() {
+        let take = |url: &str| take_connect_timeout(url).unwrap();
+        assert_eq!(
+            take("postgres://h/db"),
+            ("postgres://h/db".to_owned(), None)
+        );
+        assert_eq!(
+            take("postgres://h/db?connect_timeout=2"),
+            ("postgres://h/db".to_owned(), Some(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            take("postgres://h/db?sslmode=disable&connect_timeout=0&application_name=x"),
+            (
+                "postgres://h/db?sslmode=disable&application_name=x".to_owned(),
+                Some(Duration::from_secs(1))
+            )
+        );
+        assert!(take_connect_timeout("postgres://h/db?connect_timeout=soon").is_err());
+    }
 }

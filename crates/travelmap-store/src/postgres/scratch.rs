@@ -45,6 +45,11 @@ impl ScratchDatabase {
         })
     }
 
+    /// The new database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The URL of the new database.
     pub fn url(&self) -> &str {
         &self.url
