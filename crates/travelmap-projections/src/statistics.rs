@@ -47,14 +47,20 @@
 //!
 //!    While they are not safe, the smallest published non-zero cell of the column is suppressed
 //!    too (on a tie, the first group by key); when none is left, the total is suppressed.
+//! 3. **Across the measures of a group.** The measures of one group (and the totals) bound each
+//!    other: entered ≥ completed + dropped out, and entered ≥ each count of participations with
+//!    a job, housing or a re-offence. A suppressed cell's range above is cut by what its group
+//!    publishes beside it; a cell suppressed to protect another has what bounds it in its group
+//!    suppressed too; and a suppressed cell its group alone would pin to one value has what
+//!    bounds it suppressed. Rules 2 and 3 repeat until neither suppresses more.
 //!
 //! For example, dropouts of 12, 11, 7, 14 and 0 in five prisons, total 44: the 7 is suppressed,
 //! and alone it would be 44 − 12 − 14 − 0. So the 11 is suppressed with it. Together they hold
 //! 18; the small one is 7 or 8 and the other 10 or 11, as far as anyone can tell.
 //!
 //! So in every column with a published total, no suppressed cell can be worked out exactly by
-//! subtraction, not even with the knowledge above; it can at most be narrowed to a range, as in
-//! the example. A suppressed cell is never 0. A property test checks all this on random tables,
+//! subtraction, not even with the knowledge above and its group's published measures; it can at
+//! most be narrowed to a range, as in the example. A suppressed cell is never 0. A property test checks all this on random tables,
 //! counting the possible values by trial rather than by the arithmetic used here.
 //!
 //! What the rule does *not* cover, and access control and the audit log of the endpoint must:
@@ -67,10 +73,13 @@
 //!   Closing that needs another method, such as rounding or perturbing counts.
 //! - **Which groups exist.** A group is listed only when someone in it took part, so the list of
 //!   keys says that a prison or municipality had at least one participant.
-//! - Between measures there are only inequalities (completed + dropped out ≤ entered), never an
-//!   equation from which one measure could be computed from the others.
+//! - **Bounds solved across several groups and columns at once.** Each suppressed cell is checked
+//!   against its column and its own group's published measures (rule 3), not against every
+//!   combination of the inequalities between measures. Between measures there are only such
+//!   inequalities, never an equation from which one measure could be computed from the others.
 
 use std::collections::BTreeMap;
+use std::iter::once;
 use std::ops::RangeInclusive;
 
 use chrono::{Datelike, NaiveDate};
@@ -552,14 +561,54 @@ struct SuppressedColumn {
 
 /// Suppresses one measure given its group counts; the total is their sum (the groups share out
 /// the participations). Primary and secondary suppression as in the module doc.
+#[cfg(test)]
 fn suppress_column(values: &[u64]) -> SuppressedColumn {
+    let hidden = vec![false; values.len()];
+    let unbounded = vec![Bound::NONE; values.len()];
+    suppress_column_with(values, &hidden, &hidden, &unbounded, false)
+}
+
+/// What the published measures beside a hidden cell, in its group, tell of it (see
+/// [`row_bounds`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bound {
+    least: u64,
+    most: u64,
+}
+
+impl Bound {
+    const NONE: Bound = Bound {
+        least: 0,
+        most: u64::MAX,
+    };
+
+    fn cut(self, range: RangeInclusive<u64>) -> RangeInclusive<u64> {
+        (*range.start()).max(self.least)..=(*range.end()).min(self.most)
+    }
+}
+
+/// [`suppress_column`], with the cells `hidden` already hidden (by earlier rounds of
+/// [`suppress_table`]; `for_row` those hidden because they pinned a measure of their row, not to
+/// protect a small cell of this column), each cell's [`Bound`] from its group, and the total
+/// hidden too if `total_hidden`.
+fn suppress_column_with(
+    values: &[u64],
+    hidden: &[bool],
+    for_row: &[bool],
+    bounds: &[Bound],
+    total_hidden: bool,
+) -> SuppressedColumn {
     let total: u64 = values.iter().sum();
-    let mut hidden: Vec<bool> = values.iter().map(|&value| is_small(value)).collect();
-    let mut total_hidden = is_small(total);
+    let mut hidden: Vec<bool> = values
+        .iter()
+        .zip(hidden)
+        .map(|(&value, &hidden)| is_small(value) || hidden)
+        .collect();
+    let mut total_hidden = total_hidden || is_small(total);
     // With the total published, the hidden cells' sum is public. Hide more until no hidden cell
     // can be narrowed down to one value and the sum is no small count itself. Each pass hides one
     // more cell or the total, so this ends.
-    while !total_hidden && !hidden_cells_are_safe(values, &hidden) {
+    while !total_hidden && !hidden_cells_are_safe(values, &hidden, for_row, bounds) {
         // Zeros stay published: hiding one adds nothing to the hidden sum, so protects nothing.
         let smallest_published = values
             .iter()
@@ -594,13 +643,18 @@ fn suppress_column(values: &[u64]) -> SuppressedColumn {
 /// Whether the hidden cells of a column with a published total are safe: none hidden, or
 /// together at least the threshold with none narrowed to a single value by
 /// [`attacker_ranges`]. (A single hidden cell always is: it is the total minus the rest.)
-fn hidden_cells_are_safe(values: &[u64], hidden: &[bool]) -> bool {
+fn hidden_cells_are_safe(
+    values: &[u64],
+    hidden: &[bool],
+    for_row: &[bool],
+    bounds: &[Bound],
+) -> bool {
     let hidden_sum: u64 = values
         .iter()
         .zip(hidden)
         .filter_map(|(&value, &is_hidden)| is_hidden.then_some(value))
         .sum();
-    let ranges = attacker_ranges(values, hidden);
+    let ranges = attacker_ranges(values, hidden, for_row, bounds);
     ranges.is_empty()
         || (hidden_sum >= SUPPRESSION_THRESHOLD
             && ranges.iter().all(|(_, range)| range.start() < range.end()))
@@ -609,10 +663,16 @@ fn hidden_cells_are_safe(values: &[u64], hidden: &[bool]) -> bool {
 /// What someone could narrow each hidden cell down to (index, inclusive range), knowing the
 /// total, the published cells and this rule. To err on the safe side they are assumed to know
 /// even which hidden cells are small (so from 1 to 9) and which were hidden to protect others
-/// (so at least 10, and no more than any cell still published, since the smallest was taken).
-/// Every hidden cell's range is then cut down by the sum of the hidden cells (the total minus
-/// the published cells) and the ranges of the others.
-fn attacker_ranges(values: &[u64], hidden: &[bool]) -> Vec<(usize, RangeInclusive<u64>)> {
+/// (so at least 10, and no more than any cell still published, since the smallest was taken),
+/// or for their row (`for_row`: at least 10). Each range is cut by what the cell's group
+/// publishes beside it (`bounds`), then by the sum of the hidden cells (the total minus the
+/// published cells) and the ranges of the others.
+fn attacker_ranges(
+    values: &[u64],
+    hidden: &[bool],
+    for_row: &[bool],
+    bounds: &[Bound],
+) -> Vec<(usize, RangeInclusive<u64>)> {
     let total: u64 = values.iter().sum();
     let published_nonzero: Vec<(usize, u64)> = values
         .iter()
@@ -622,8 +682,12 @@ fn attacker_ranges(values: &[u64], hidden: &[bool]) -> Vec<(usize, RangeInclusiv
         .collect();
     let own_range = |index: usize| {
         if is_small(values[index]) {
-            return 1..=SUPPRESSION_THRESHOLD - 1;
+            return bounds[index].cut(1..=SUPPRESSION_THRESHOLD - 1);
         }
+        if for_row[index] {
+            return bounds[index].cut(SUPPRESSION_THRESHOLD..=total);
+        }
+        // A protecting cell's row bounds it no more: `suppress_table` hides what bounds it.
         // Taken as the smallest by (value, index): no larger than a later published cell,
         // smaller than an earlier one.
         let most = published_nonzero
@@ -644,25 +708,186 @@ fn attacker_ranges(values: &[u64], hidden: &[bool]) -> Vec<(usize, RangeInclusiv
             let least_of_others = least_of_all - range.start();
             let most_of_others = most_of_all - range.end();
             let least = (*range.start()).max(hidden_sum.saturating_sub(most_of_others));
-            let most = (*range.end()).min(hidden_sum - least_of_others);
+            let most = (*range.end()).min(hidden_sum.saturating_sub(least_of_others));
             (*index, least..=most)
         })
         .collect()
 }
 
-/// Suppresses every measure (column) of a table of group rows; returns the rows and the total.
-fn suppress_table(rows: &[[u64; MEASURES]]) -> (Vec<[Cell; MEASURES]>, [Cell; MEASURES]) {
-    let mut group_cells = vec![[Cell::Suppressed; MEASURES]; rows.len()];
-    let mut total_cells = [Cell::Suppressed; MEASURES];
-    for (measure, total_cell) in total_cells.iter_mut().enumerate() {
-        let values: Vec<u64> = rows.iter().map(|row| row[measure]).collect();
-        let column = suppress_column(&values);
-        for (row, cell) in group_cells.iter_mut().zip(column.groups) {
-            row[measure] = cell;
+/// Where the measures of a group sit in its row.
+const ENTERED: usize = 0;
+const COMPLETED: usize = 1;
+const DROPPED_OUT: usize = 2;
+/// The measures that count participations with some property, so each is at most `entered` of
+/// its group: jobs within 6 months, housing secured, re-offences within 12 months. (`completed`
+/// and `dropped_out` are too, and together, since a participation ends one way; the courses and
+/// debt cases are counted as such and bound nothing.)
+const AT_MOST_ENTERED: [usize; 3] = [5, 6, 7];
+
+/// What the published measures of a row tell of its hidden measure `measure`: `entered` is at
+/// least the published `completed` plus `dropped_out`, and at least each published count of
+/// participations; those are at most the published `entered` (less the other way of ending, for
+/// `completed` and `dropped_out`).
+fn row_bound(row: &[u64; MEASURES], published: impl Fn(usize) -> bool, measure: usize) -> Bound {
+    let shown = |measure: usize| published(measure).then_some(row[measure]);
+    let mut bound = Bound::NONE;
+    match measure {
+        ENTERED => {
+            let ended = shown(COMPLETED).unwrap_or(0) + shown(DROPPED_OUT).unwrap_or(0);
+            bound.least = AT_MOST_ENTERED
+                .iter()
+                .filter_map(|&measure| shown(measure))
+                .fold(ended, u64::max);
         }
-        *total_cell = column.total;
+        COMPLETED | DROPPED_OUT => {
+            let other = if measure == COMPLETED {
+                DROPPED_OUT
+            } else {
+                COMPLETED
+            };
+            if let Some(entered) = shown(ENTERED) {
+                bound.most = entered.saturating_sub(shown(other).unwrap_or(0));
+            }
+        }
+        _ if AT_MOST_ENTERED.contains(&measure) => {
+            if let Some(entered) = shown(ENTERED) {
+                bound.most = entered;
+            }
+        }
+        _ => {}
     }
+    bound
+}
+
+/// The published measures that give a hidden `measure` its [`row_bound`]: hiding them lifts it.
+fn bounding(measure: usize) -> &'static [usize] {
+    match measure {
+        ENTERED => &[COMPLETED, DROPPED_OUT, 5, 6, 7],
+        COMPLETED => &[ENTERED, DROPPED_OUT],
+        DROPPED_OUT => &[ENTERED, COMPLETED],
+        5..=7 => &[ENTERED],
+        _ => &[],
+    }
+}
+
+/// Suppresses every measure (column) of a table of group rows; returns the rows and the total.
+///
+/// Each column is suppressed as in [`suppress_column`], but the measures of a group bound each
+/// other ([`row_bound`]): a hidden `entered` of 44 beside a published 24 completed and 20
+/// dropped out is known to be 44, and a small cell it protects with it. So a column's check
+/// cuts each hidden cell's range by its row's bound, and a hidden cell that its row alone pins
+/// to one value (the column total hidden or not) has the published measures that bound it
+/// hidden as well. Rounds repeat until nothing changes: each hides at least one more cell.
+fn suppress_table(rows: &[[u64; MEASURES]]) -> (Vec<[Cell; MEASURES]>, [Cell; MEASURES]) {
+    let (group_cells, total_cells, _) = suppress_table_explained(rows);
     (group_cells, total_cells)
+}
+
+/// [`suppress_table`], and which group cells were hidden for their row (see
+/// [`hide_what_pins`]) rather than to protect a small cell of their column.
+#[allow(clippy::type_complexity)]
+fn suppress_table_explained(
+    rows: &[[u64; MEASURES]],
+) -> (
+    Vec<[Cell; MEASURES]>,
+    [Cell; MEASURES],
+    Vec<[bool; MEASURES]>,
+) {
+    let mut for_row = vec![[false; MEASURES]; rows.len()];
+    let mut total_for_row = [false; MEASURES];
+    let mut hidden: Vec<[bool; MEASURES]> = rows.iter().map(|row| row.map(is_small)).collect();
+    let totals: [u64; MEASURES] =
+        std::array::from_fn(|measure| rows.iter().map(|row| row[measure]).sum());
+    let mut total_hidden = totals.map(is_small);
+    loop {
+        let before = (hidden.clone(), total_hidden);
+        for measure in 0..MEASURES {
+            let values: Vec<u64> = rows.iter().map(|row| row[measure]).collect();
+            let column_hidden: Vec<bool> = hidden.iter().map(|row| row[measure]).collect();
+            let column_for_row: Vec<bool> = for_row.iter().map(|row| row[measure]).collect();
+            let bounds: Vec<Bound> = rows
+                .iter()
+                .zip(&hidden)
+                .map(|(row, hidden)| row_bound(row, |other| !hidden[other], measure))
+                .collect();
+            let column = suppress_column_with(
+                &values,
+                &column_hidden,
+                &column_for_row,
+                &bounds,
+                total_hidden[measure],
+            );
+            for (row, cell) in hidden.iter_mut().zip(&column.groups) {
+                row[measure] = *cell == Cell::Suppressed;
+            }
+            total_hidden[measure] = column.total == Cell::Suppressed;
+            // A protecting cell must not be read off the published measures beside it.
+            for ((values, hidden), for_row) in rows.iter().zip(&mut hidden).zip(&mut for_row) {
+                let protecting = hidden[measure] && !is_small(values[measure]) && !for_row[measure];
+                if protecting {
+                    for &other in bounding(measure) {
+                        if values[other] > 0 && !hidden[other] {
+                            hidden[other] = true;
+                            for_row[other] = true;
+                        }
+                    }
+                }
+            }
+        }
+        let rows_hidden = rows
+            .iter()
+            .zip(hidden.iter_mut().zip(for_row.iter_mut()))
+            .chain(once((&totals, (&mut total_hidden, &mut total_for_row))));
+        for (row, (hidden, for_row)) in rows_hidden {
+            hide_what_pins(row, hidden, for_row);
+        }
+
+        if (hidden.clone(), total_hidden) == before {
+            break;
+        }
+    }
+    let cell = |value: u64, hidden: bool| {
+        if hidden {
+            Cell::Suppressed
+        } else {
+            Cell::Count(value)
+        }
+    };
+    let group_cells = rows
+        .iter()
+        .zip(&hidden)
+        .map(|(row, hidden)| std::array::from_fn(|measure| cell(row[measure], hidden[measure])))
+        .collect();
+    let total_cells = std::array::from_fn(|measure| cell(totals[measure], total_hidden[measure]));
+    (group_cells, total_cells, for_row)
+}
+
+/// Hides, in one row (a group's or the totals), the published measures that pin a hidden one
+/// to a single value by [`row_bound`] alone, whatever its column shows.
+fn hide_what_pins(
+    row: &[u64; MEASURES],
+    hidden: &mut [bool; MEASURES],
+    for_row: &mut [bool; MEASURES],
+) {
+    for measure in 0..MEASURES {
+        if !hidden[measure] {
+            continue;
+        }
+        let own = if is_small(row[measure]) {
+            1..=SUPPRESSION_THRESHOLD - 1
+        } else {
+            SUPPRESSION_THRESHOLD..=u64::MAX
+        };
+        let range = row_bound(row, |other| !hidden[other], measure).cut(own);
+        if range.start() >= range.end() {
+            for &other in bounding(measure) {
+                if row[other] > 0 && !hidden[other] {
+                    hidden[other] = true;
+                    for_row[other] = true;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1128,7 +1353,8 @@ mod tests {
         }
 
         // Dropouts: one prison has a small count. Hiding it alone would be pointless (total
-        // minus the other prisons gives it back), so the next smallest count is hidden too.
+        // minus the other prisons gives it back), so the next smallest count is hidden too, and
+        // what would bound that one in its own prison's row.
         let dropouts: Vec<u64> = expected.values().map(|counts| counts.dropped_out).collect();
         let dropout_cells: Vec<Cell> = published.iter().map(|row| row[2]).collect();
         let small: Vec<usize> = (0..dropouts.len())
@@ -1141,9 +1367,28 @@ mod tests {
             .min_by_key(|&index| dropouts[index])
             .unwrap();
         assert!(dropouts[partner] >= SUPPRESSION_THRESHOLD);
-        for (index, cell) in dropout_cells.iter().enumerate() {
-            let hidden = index == small[0] || index == partner;
-            assert_eq!(*cell == Cell::Suppressed, hidden, "prison {}", keys[index]);
+        for index in [small[0], partner] {
+            assert_eq!(
+                dropout_cells[index],
+                Cell::Suppressed,
+                "prison {}",
+                keys[index]
+            );
+        }
+        let hidden_dropouts: u64 = (0..dropouts.len())
+            .filter(|&index| dropout_cells[index] == Cell::Suppressed)
+            .map(|index| dropouts[index])
+            .sum();
+        assert!(hidden_dropouts >= SUPPRESSION_THRESHOLD);
+        // The partner's own group does not give it away: whatever bounds it beside it (its
+        // prison's entered and completed) is hidden too.
+        for measure in bounding(DROPPED_OUT) {
+            let value = expected.values().nth(partner).unwrap().as_columns()[*measure];
+            assert!(
+                value == 0 || published[partner][*measure] == Cell::Suppressed,
+                "measure {measure} of prison {}",
+                keys[partner]
+            );
         }
         assert_eq!(
             report.total.cells.dropped_out,
@@ -1632,7 +1877,12 @@ mod tests {
     /// others are at least 10 and were each the smallest published cell, by value and then key,
     /// when taken. Found by trying values, independently of the interval arithmetic of
     /// [`attacker_ranges`].
-    fn possible_values(values: &[u64], published: &SuppressedColumn) -> Vec<(usize, Vec<u64>)> {
+    fn possible_values(
+        values: &[u64],
+        for_row: &[bool],
+        bounds: &[Bound],
+        published: &SuppressedColumn,
+    ) -> Vec<(usize, Vec<u64>)> {
         let Cell::Count(total) = published.total else {
             return Vec::new();
         };
@@ -1650,10 +1900,18 @@ mod tests {
             .filter(|&index| published.groups[index] == Cell::Suppressed)
             .collect();
         let could_be = |index: usize| -> Vec<u64> {
+            let bound = bounds[index];
+            let within = move |value: &u64| (bound.least..=bound.most).contains(value);
             if is_small(values[index]) {
-                return (1..SUPPRESSION_THRESHOLD).collect();
+                return (1..SUPPRESSION_THRESHOLD).filter(within).collect();
+            }
+            if for_row[index] {
+                return (SUPPRESSION_THRESHOLD..=hidden_sum)
+                    .filter(within)
+                    .collect();
             }
             (SUPPRESSION_THRESHOLD..=hidden_sum)
+                .filter(within)
                 .filter(|&value| {
                     published_counts
                         .iter()
@@ -1684,7 +1942,12 @@ mod tests {
             .collect()
     }
 
-    fn check_column(values: &[u64], published: &SuppressedColumn) -> Result<(), TestCaseError> {
+    fn check_column(
+        values: &[u64],
+        for_row: &[bool],
+        bounds: &[Bound],
+        published: &SuppressedColumn,
+    ) -> Result<(), TestCaseError> {
         let total: u64 = values.iter().sum();
         let cells = values
             .iter()
@@ -1716,7 +1979,7 @@ mod tests {
             values
         );
         // And the stronger one: not even the attacker of the module doc pins a hidden cell.
-        for (index, possible) in possible_values(values, published) {
+        for (index, possible) in possible_values(values, for_row, bounds, published) {
             prop_assert!(possible.contains(&values[index]), "the truth is possible");
             prop_assert!(
                 possible.len() >= 2,
@@ -1730,24 +1993,99 @@ mod tests {
         Ok(())
     }
 
+    fn totals_of(rows: &[[u64; MEASURES]]) -> [u64; MEASURES] {
+        std::array::from_fn(|measure| rows.iter().map(|row| row[measure]).sum())
+    }
+
+    #[test]
+    fn a_hidden_entered_cannot_be_read_off_the_published_outcomes_beside_it() {
+        // 44 participations in one programme (24 completed, 20 dropped out), one in another.
+        let mut busy = [0; MEASURES];
+        (busy[0], busy[1], busy[2]) = (44, 24, 20);
+        let mut lone = [0; MEASURES];
+        lone[0] = 1;
+        let (groups, total) = suppress_table(&[busy, lone]);
+        assert_eq!(total[0], Cell::Count(45));
+        assert_eq!(groups[0][0], Cell::Suppressed, "protects the lone 1");
+        // Were 24 and 20 published, the busy programme would hold at least 44 and the lone one
+        // at most 1: exactly the count the suppression hides.
+        assert_eq!(groups[0][1], Cell::Suppressed);
+        assert_eq!(groups[0][2], Cell::Suppressed);
+    }
+
     /// Counts as they come: many zeros and small ones, some publishable.
     fn count() -> impl Strategy<Value = u64> {
         prop_oneof![Just(0u64), 1u64..10, 10u64..30]
     }
 
+    /// A group's measures as participations make them: `entered` at least the participations
+    /// that ended either way, and at least each count of participations with a property.
+    fn group_row() -> impl Strategy<Value = [u64; MEASURES]> {
+        (prop::array::uniform8(count()), 0u64..10).prop_map(|(mut row, in_progress)| {
+            let ended = row[COMPLETED] + row[DROPPED_OUT] + in_progress;
+            row[ENTERED] = AT_MOST_ENTERED
+                .iter()
+                .map(|&measure| row[measure])
+                .fold(ended.max(row[ENTERED]), u64::max);
+            row
+        })
+    }
+
     proptest! {
         #[test]
         fn no_suppressed_cell_can_be_recovered_from_its_column(
-            rows in prop::collection::vec(prop::array::uniform8(count()), 1..13)
+            rows in prop::collection::vec(group_row(), 1..13)
         ) {
-            let (group_cells, total_cells) = suppress_table(&rows);
+            let (group_cells, total_cells, for_row) = suppress_table_explained(&rows);
+            // What the published measures of each row tell of its hidden ones.
+            let bounds_of = |cells: &[Cell; MEASURES], values: &[u64; MEASURES]| {
+                let published = |measure: usize| cells[measure] != Cell::Suppressed;
+                std::array::from_fn::<Bound, MEASURES, _>(|measure| {
+                    row_bound(values, published, measure)
+                })
+            };
+            let bounds: Vec<[Bound; MEASURES]> = group_cells
+                .iter()
+                .zip(&rows)
+                .map(|(cells, values)| bounds_of(cells, values))
+                .collect();
             for (measure, &total) in total_cells.iter().enumerate() {
                 let values: Vec<u64> = rows.iter().map(|row| row[measure]).collect();
+                let column_bounds: Vec<Bound> = bounds.iter().map(|row| row[measure]).collect();
+                let column_for_row: Vec<bool> = for_row.iter().map(|row| row[measure]).collect();
                 let published = SuppressedColumn {
                     groups: group_cells.iter().map(|row| row[measure]).collect(),
                     total,
                 };
-                check_column(&values, &published)?;
+                check_column(&values, &column_for_row, &column_bounds, &published)?;
+            }
+            // A row alone (a group's or the totals) pins none of its hidden measures.
+            let totals = totals_of(&rows);
+            let rows_of_cells = group_cells
+                .iter()
+                .zip(&rows)
+                .chain(once((&total_cells, &totals)));
+            for (cells, values) in rows_of_cells {
+                let bounds = bounds_of(cells, values);
+                for measure in 0..MEASURES {
+                    if cells[measure] != Cell::Suppressed {
+                        continue;
+                    }
+                    let own = if is_small(values[measure]) {
+                        1..=SUPPRESSION_THRESHOLD - 1
+                    } else {
+                        SUPPRESSION_THRESHOLD..=u64::MAX
+                    };
+                    let range = bounds[measure].cut(own);
+                    prop_assert!(range.contains(&values[measure]), "the truth is possible");
+                    prop_assert!(
+                        range.start() < range.end(),
+                        "measure {} of {:?} pinned by its row: {:?}",
+                        measure,
+                        values,
+                        cells
+                    );
+                }
             }
         }
     }
