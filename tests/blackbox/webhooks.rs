@@ -773,7 +773,70 @@ async fn delivery_continues_from_the_saved_cursor_after_a_restart(backend: Backe
     backend.remove().await;
 }
 
+/// The close of an agency's own involvement takes the client out of its scope, yet its
+/// systems must hear that the case ended: the closing event is delivered, and nothing after it.
+/// An agency that never worked with the client is not told of a close that names it.
+async fn the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let receiver = Receiver::start().await;
+    let webhook = register(&app, &receiver, json!(["involvement.*", "need.*"])).await;
+    let ours = ngo_client(&app).await;
+    let strangers = probation_client(&app).await;
+    let close = |client| {
+        event(
+            client,
+            "involvement.closed",
+            AT,
+            json!({"agency": "ngo-opava", "role": "mentor"}),
+        )
+    };
+    let told = posted(&app, PRISON_WRITER, &close(strangers)).await;
+    let closed = posted(&app, PRISON_WRITER, &close(ours)).await;
+    need(&app, PROBATION_WRITER, ours, "after the close").await;
+    let last = need(&app, NGO_WRITER, ours, "also after").await;
+    eventually("the webhook has read past the last event", || async {
+        let state = app
+            .get_ok(
+                &format!(
+                    "/v1/subscriptions/webhooks/{}",
+                    webhook["id"].as_str().unwrap()
+                ),
+                NGO_COORDINATOR,
+            )
+            .await;
+        state["delivered_up_to"].as_u64() >= app.feed().await.last().unwrap()["position"].as_u64()
+    })
+    .await;
+    let types: Vec<(String, String)> = receiver
+        .inbox
+        .received()
+        .iter()
+        .map(|received| {
+            (
+                received.body["type"].as_str().unwrap().to_owned(),
+                received.event_id.clone(),
+            )
+        })
+        .collect();
+    let opened = types[0].1.clone();
+    assert_eq!(
+        types,
+        [
+            ("involvement.opened".to_owned(), opened),
+            (
+                "involvement.closed".to_owned(),
+                closed["id"].as_str().unwrap().to_owned()
+            ),
+        ],
+        "the stranger's close ({}) and the needs after the close ({last}) stay out",
+        told["id"]
+    );
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
+    the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after,
     the_agency_receives_its_events_in_order_signed_and_nobody_elses,
     a_receiver_that_fails_or_is_down_gets_every_event_once_back,
     registrations_are_checked_and_private_to_their_agency,

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use travelmap_domain::JourneyEvent;
 use travelmap_domain::payloads::Purpose;
+use travelmap_domain::{JourneyEvent, RecordedEvent};
 
 use crate::{ClientState, TravelMap};
 
@@ -18,6 +18,11 @@ pub struct Access {
     pub involved: BTreeSet<String>,
     /// Agencies covered by a consent or legal basis, with the purposes it covers.
     pub consented: BTreeMap<String, BTreeSet<Purpose>>,
+    /// Agencies that have had an involvement (its opening recorded) or a consent at any time,
+    /// ended or not: an agency
+    /// is told when its own involvement closes or its consent is withdrawn (see
+    /// [`Access::told_of_its_end`]), and only an agency that had one.
+    pub formerly: BTreeSet<String>,
     /// Processing is restricted: the data may be read only for audit or subject access.
     pub restricted: bool,
     /// The client's personal data was erased.
@@ -32,6 +37,21 @@ impl Access {
                 .consented
                 .get(agency)
                 .is_some_and(|purposes| purposes.contains(&purpose))
+    }
+
+    /// Whether `event` ends `agency`'s own involvement or consent with the client, so that the
+    /// agency's systems hear its case ended although the event leaves it out of scope. Only an
+    /// agency that had one is told: naming another agency in a close tells it nothing new.
+    pub fn told_of_its_end(&self, agency: &str, event: &RecordedEvent) -> bool {
+        let ended = match &event.draft.event {
+            JourneyEvent::InvolvementClosed(closed) => closed
+                .agency
+                .as_ref()
+                .map_or(event.provenance.agency.as_str(), |named| named.as_str()),
+            JourneyEvent::ConsentWithdrawn(withdrawal) => withdrawal.agency.as_str(),
+            _ => return false,
+        };
+        ended == agency && self.formerly.contains(agency)
     }
 }
 
@@ -52,12 +72,21 @@ impl ClientState {
                 .map(|involvement| involvement.agency.clone())
                 .collect(),
             consented: BTreeMap::new(),
+            // An involvement whose only record is its end (it began before the records) gave
+            // no access here: any agency can record such an end naming any other.
+            formerly: map
+                .involvements
+                .iter()
+                .filter(|involvement| involvement.from.is_some())
+                .map(|involvement| involvement.agency.clone())
+                .collect(),
             restricted: false,
             erased: false,
         };
         for fact in self.facts.iter().filter(|fact| fact.occurred_at <= now) {
             match &fact.event {
                 JourneyEvent::ConsentRecorded(consent) => {
+                    access.formerly.insert(consent.agency.as_str().to_owned());
                     access
                         .consented
                         .entry(consent.agency.as_str().to_owned())

@@ -66,7 +66,9 @@ impl Scope {
         match &self.agency {
             None => true,
             Some(_) if access.restricted => false,
-            Some(agency) => access.allows(agency, self.purpose),
+            Some(agency) => {
+                access.allows(agency, self.purpose) || access.told_of_its_end(agency, event)
+            }
         }
     }
 }
