@@ -765,6 +765,15 @@ async fn the_alert_stream_leaves_a_restricted_client_out(backend: Backend) {
         .expect("raised again once lifted");
     assert_eq!(raised.data["change"], "raised");
     assert_eq!(raised.data["alert"]["id"], alert_id);
+    // A subscriber that resumes from before the restriction hears no more of it than a live
+    // one did: the `withdrawn` the restriction caused is not replayed.
+    let mut resumed = EventStream::open(&app, ADMIN, "stream=alerts", open.id.as_deref()).await;
+    let replayed = resumed
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the raise after the lift");
+    assert_eq!(replayed.data["change"], "raised", "{:?}", replayed.data);
+    assert_eq!(replayed.id, raised.id);
     app.stop().await;
     backend.remove().await;
 }

@@ -125,6 +125,10 @@ pub struct AlertNotice {
     pub alert: Alert,
     /// When the service noticed it.
     pub noticed_at: DateTime<Utc>,
+    /// The client's processing was restricted when it was noticed (the `withdrawn` that a
+    /// restriction causes included): such a notice is never sent, even to a subscriber that
+    /// resumes after the restriction was lifted.
+    pub while_restricted: bool,
 }
 
 /// Which alerts to list.
@@ -576,7 +580,11 @@ impl Coordination {
                     index.due.insert((at, file.client_id));
                     earlier_due |= first_due.is_none_or(|first| at < first);
                 }
-                notices.extend(changes(old.as_ref(), &file));
+                notices.extend(
+                    changes(old.as_ref(), &file)
+                        .into_iter()
+                        .map(|(change, alert)| (change, alert, file.restricted)),
+                );
                 index.files.insert(file.client_id, file);
             }
         }
@@ -586,18 +594,19 @@ impl Coordination {
         }
     }
 
-    fn publish(&self, changes: Vec<(Change, Alert)>, now: DateTime<Utc>) {
+    fn publish(&self, changes: Vec<(Change, Alert, bool)>, now: DateTime<Utc>) {
         if changes.is_empty() {
             return;
         }
         let mut journal = self.journal.lock().expect("journal lock");
         let mut next_seq = self.next_seq.lock().expect("seq");
-        for (change, alert) in changes {
+        for (change, alert, while_restricted) in changes {
             let notice = AlertNotice {
                 seq: *next_seq,
                 change,
                 alert,
                 noticed_at: now,
+                while_restricted,
             };
             *next_seq += 1;
             if journal.len() == JOURNAL {

@@ -532,8 +532,11 @@ fn alert_notices(
         Some((kept, receiver)) => (
             kept.into_iter()
                 .filter(|notice| admits(&filter, &notice.alert))
-                // Kept from before a restriction began: no longer to be processed.
-                .filter(|notice| !coordination.is_restricted(notice.alert.client_id))
+                // Noticed while the client was restricted, or kept from before a restriction
+                // that is in force: not to be processed.
+                .filter(|notice| {
+                    !notice.while_restricted && !coordination.is_restricted(notice.alert.client_id)
+                })
                 .map(|notice| outgoing(&epoch, notice))
                 .collect(),
             receiver,
@@ -574,6 +577,7 @@ fn alert_notices(
                         // on them, and subscribers must hear it.
                         Ok(notice)
                             if admits(&filter, &notice.alert)
+                                && !notice.while_restricted
                                 && !state.coordination.is_restricted(notice.alert.client_id) =>
                         {
                             break vec![outgoing(&epoch, notice)];
