@@ -332,7 +332,15 @@ pub async fn spawn_app_with_webhooks(
     backend: &Backend,
     policy: travelmap_webhooks::Policy,
 ) -> TestApp {
-    let data_dir = tempfile::tempdir().expect("temp dir");
+    spawn_app_with_webhooks_in(backend, tempfile::tempdir().expect("temp dir"), policy).await
+}
+
+/// [`spawn_app_with_webhooks`] with `data_dir` (to restart on an embedded store).
+pub async fn spawn_app_with_webhooks_in(
+    backend: &Backend,
+    data_dir: TempDir,
+    policy: travelmap_webhooks::Policy,
+) -> TestApp {
     let location = backend.location(data_dir.path());
     spawn_app_full(
         data_dir,

@@ -730,7 +730,57 @@ async fn a_webhook_that_keeps_failing_is_paused_and_resumes_where_it_stopped(bac
     .await;
     assert_eq!(receiver.inbox.first_receipts(), expected);
     assert_eq!(receiver.inbox.refused.load(Ordering::SeqCst), 0);
+    // The count the receiver sees goes on; the resumed webhook had its attempts afresh.
+    assert_eq!(receiver.inbox.received()[0].attempt, 4);
 
+    app.stop().await;
+    backend.remove().await;
+}
+
+/// A restart does not give a failing receiver a fresh count of attempts: the webhook pauses
+/// after the configured number at one event, however many restarts fall in between.
+async fn attempts_are_counted_across_a_restart(backend: Backend) {
+    let policy = || travelmap_webhooks::Policy {
+        max_attempts: 4,
+        ..webhook_policy()
+    };
+    let app = spawn_app_with_webhooks(&backend, policy()).await;
+    let receiver = Receiver::start().await;
+    receiver.inbox.failing.store(true, Ordering::SeqCst);
+    let client = ngo_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/subscriptions/webhooks/{id}");
+    need(&app, NGO_WRITER, client, "never taken").await;
+    eventually("two attempts are made", || async {
+        deliveries(&app, &id).await.len() >= 2
+    })
+    .await;
+    let app = spawn_app_with_webhooks_in(&backend, app.stop().await, policy()).await;
+    eventually("the webhook is paused", || async {
+        app.get_ok(&path, NGO_COORDINATOR).await["state"] == "paused"
+    })
+    .await;
+    let mut story = deliveries(&app, &id).await;
+    story.reverse();
+    let counted: Vec<(u64, &str)> = story
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            (1, "retrying"),
+            (2, "retrying"),
+            (3, "retrying"),
+            (4, "failed")
+        ]
+    );
     app.stop().await;
     backend.remove().await;
 }
@@ -836,6 +886,7 @@ async fn the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after(b
 }
 
 on_both_backends!(
+    attempts_are_counted_across_a_restart,
     the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after,
     the_agency_receives_its_events_in_order_signed_and_nobody_elses,
     a_receiver_that_fails_or_is_down_gets_every_event_once_back,

@@ -93,6 +93,16 @@ enum Ended {
     Deposed,
 }
 
+/// An event whose delivery has failed so far.
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    event_id: travelmap_domain::EventId,
+    /// Attempts made at it, all told.
+    attempts: u32,
+    /// Of those, the ones made before the webhook was last resumed.
+    before_resume: u32,
+}
+
 /// What one attempt came to.
 enum Sent {
     Delivered,
@@ -229,8 +239,10 @@ impl Dispatcher {
         };
         let mut head = self.journeys.log().head();
         let mut cursor = webhook.cursor;
-        // The event that failed last, and how many attempts it has had.
-        let mut failing: Option<(travelmap_domain::EventId, u32)> = None;
+        // The event that failed last, how many attempts it has had, and how many of those came
+        // before the webhook was last resumed (a resumed webhook has its full number of attempts
+        // again, while the count the receiver sees goes on).
+        let mut failing = self.failing_before(&webhook).await;
         'pages: loop {
             if *stop.borrow() {
                 return Ended::Stopped;
@@ -246,12 +258,17 @@ impl Dispatcher {
                 }
             };
             for event in &page.batch.events {
-                let attempt = match failing {
-                    Some((id, attempts)) if id == event.draft.id => attempts + 1,
-                    _ => 1,
+                let (attempt, before_resume) = match failing {
+                    Some(Failing {
+                        event_id,
+                        attempts,
+                        before_resume,
+                    }) if event_id == event.draft.id => (attempts + 1, before_resume),
+                    _ => (1, 0),
                 };
+                let since_resume = attempt - before_resume;
                 let sent = tokio::select! {
-                    sent = self.attempt(&webhook, event, attempt) => sent,
+                    sent = self.attempt(&webhook, event, attempt, since_resume) => sent,
                     _ = stopped(&mut stop) => return Ended::Stopped,
                 };
                 match sent {
@@ -262,7 +279,7 @@ impl Dispatcher {
                         }
                         cursor = event.meta.position;
                     }
-                    Ok(Sent::Failed) if attempt >= self.policy.max_attempts => {
+                    Ok(Sent::Failed) if since_resume >= self.policy.max_attempts => {
                         tracing::warn!(
                             webhook = %webhook.id, attempts = attempt,
                             "a webhook's receiver kept failing; the webhook is paused"
@@ -278,8 +295,12 @@ impl Dispatcher {
                         };
                     }
                     Ok(Sent::Failed) => {
-                        failing = Some((event.draft.id, attempt));
-                        if pause(self.policy.backoff.delay(attempt), &mut stop).await {
+                        failing = Some(Failing {
+                            event_id: event.draft.id,
+                            attempts: attempt,
+                            before_resume,
+                        });
+                        if pause(self.policy.backoff.delay(since_resume), &mut stop).await {
                             return Ended::Stopped;
                         }
                         continue 'pages;
@@ -327,13 +348,49 @@ impl Dispatcher {
         }
     }
 
+    /// Where delivery of `webhook` stood when this process last stopped it or it was paused,
+    /// from its attempt log: the attempts already made at the event after its cursor, so that
+    /// a restart does not give a failing receiver a fresh count. A webhook resumed after its
+    /// last attempt failed for good has its full number of attempts again.
+    async fn failing_before(&self, webhook: &Webhook) -> Option<Failing> {
+        let log = match self
+            .webhooks
+            .attempts(webhook.id, travelmap_store::webhooks::ATTEMPTS_KEPT)
+            .await
+        {
+            Ok(log) => log,
+            Err(error) => {
+                tracing::warn!(webhook = %webhook.id, %error, "cannot read a webhook's attempt log; counting attempts afresh");
+                return None;
+            }
+        };
+        let last = log.first()?;
+        if last.position <= webhook.cursor || last.outcome == AttemptOutcome::Delivered {
+            return None;
+        }
+        // The last attempt that gave up on this event (newest first), which a resume followed.
+        let before_resume = log
+            .iter()
+            .take_while(|attempt| attempt.event_id == last.event_id)
+            .find(|attempt| attempt.outcome == AttemptOutcome::Failed)
+            .map_or(0, |failed| failed.attempt);
+        Some(Failing {
+            event_id: last.event_id,
+            attempts: last.attempt,
+            before_resume,
+        })
+    }
+
     /// Makes one attempt at delivering `event`: audits the disclosure, POSTs, logs the attempt.
-    /// An error means the attempt was not made (the audit trail could not be written).
+    /// `attempt` counts every attempt at the event, `since_resume` those since the webhook was
+    /// last resumed (which decide when it gives up). An error means the attempt was not made
+    /// (the audit trail could not be written).
     async fn attempt(
         &self,
         webhook: &Webhook,
         event: &RecordedEvent,
         attempt: u32,
+        since_resume: u32,
     ) -> Result<Sent, travelmap_store::Error> {
         let delivery = Uuid::new_v4();
         // Nothing leaves unlogged: the disclosure is in the trail before the request is sent.
@@ -369,7 +426,7 @@ impl Dispatcher {
         let delivered = status.is_some_and(|status| (200..300).contains(&status));
         let outcome = if delivered {
             AttemptOutcome::Delivered
-        } else if attempt >= self.policy.max_attempts {
+        } else if since_resume >= self.policy.max_attempts {
             AttemptOutcome::Failed
         } else {
             AttemptOutcome::Retrying
