@@ -18,6 +18,17 @@ pub fn url_problem(url: &str) -> Option<String> {
     if url.len() > MAX_URL_LENGTH {
         return Some(format!("url must be at most {MAX_URL_LENGTH} characters"));
     }
+    // The URL parser forgives what a careful reader would not (`http:///host` read as
+    // `http://host/`, spaces turned into `%20`): the URL shown must be the one called.
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("url must not contain spaces or control characters".to_owned());
+    }
+    if url
+        .split_once("://")
+        .is_none_or(|(_, rest)| rest.is_empty() || rest.starts_with(['/', '\\']))
+    {
+        return Some("url must be absolute, `http://host/...` or `https://host/...`".to_owned());
+    }
     let parsed = match reqwest::Url::parse(url) {
         Ok(parsed) => parsed,
         Err(error) => return Some(format!("url is not an absolute URL: {error}")),
@@ -41,6 +52,12 @@ pub fn url_problem(url: &str) -> Option<String> {
         return Some("url must not have a fragment (#...); it is never sent".to_owned());
     }
     None
+}
+
+/// The URL as it is stored, shown and called: in its normal form (`HTTPS://A.example` is
+/// `https://a.example/`). Only for a URL [`url_problem`] accepts.
+pub fn normal_url(url: &str) -> String {
+    reqwest::Url::parse(url).map_or_else(|_| url.to_owned(), |parsed| parsed.to_string())
 }
 
 /// Why a list of type patterns cannot be subscribed to, with the index of the offending entry
@@ -98,6 +115,12 @@ mod tests {
     fn http_and_https_urls_with_a_host_are_accepted() {
         assert_eq!(url_problem("https://agency.example/hooks/travelmap"), None);
         assert_eq!(url_problem("http://127.0.0.1:8081/receive?x=1"), None);
+        assert_eq!(url_problem("HTTPS://Agency.example"), None);
+        assert_eq!(
+            normal_url("HTTPS://Agency.example"),
+            "https://agency.example/",
+            "stored as it will be called"
+        );
     }
 
     #[test]
@@ -110,6 +133,14 @@ mod tests {
             "https://user:password@agency.example/",
             "https://agency.example/hooks#part",
             "mailto:someone@agency.example",
+        ] {
+            assert!(url_problem(url).is_some(), "{url} was accepted");
+        }
+        for url in [
+            "http:///ok",
+            "http://a.example/x y",
+            "https:/a.example/",
+            "https://",
         ] {
             assert!(url_problem(url).is_some(), "{url} was accepted");
         }

@@ -197,7 +197,7 @@ fn parse_request(body: &serde_json::Value) -> Result<(String, Vec<String>, Purpo
                 )
             })?,
     };
-    Ok((request.url, types, purpose))
+    Ok((registration::normal_url(&request.url), types, purpose))
 }
 
 /// The scheme, host and port of a URL: enough to tell receivers apart in the audit trail,
