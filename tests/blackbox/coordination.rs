@@ -578,6 +578,20 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
         "nothing else: no duplicates, nothing of other clients"
     );
 
+    // A position past the end of the feed was never sent: resuming from it would skip what
+    // is recorded up to it without a word.
+    let beyond = app
+        .http
+        .get(app.url("/v1/subscriptions/feed"))
+        .bearer_auth(PROBATION_WRITER)
+        .header("x-purpose", "case_management")
+        .header("last-event-id", (live + 1000).to_string())
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(beyond, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "Last-Event-ID");
+
     // Bad subscriptions are refused in the problem format.
     let bad = app
         .http

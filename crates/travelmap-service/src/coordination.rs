@@ -269,7 +269,8 @@ impl Coordination {
     }
 
     /// The notices after `seq` still kept, and a receiver for those to come; `None` if some
-    /// notices after `seq` are no longer kept (the subscriber must start from the open alerts).
+    /// notices after `seq` are no longer kept, or `seq` was never sent in this run (the
+    /// subscriber must start from the open alerts).
     pub fn notices_after(
         &self,
         seq: u64,
@@ -280,7 +281,10 @@ impl Coordination {
         let oldest = journal
             .front()
             .map_or(*self.next_seq.lock().expect("seq"), |n| n.seq);
-        if seq.saturating_add(1) < oldest {
+        // Too old to resume from, or never sent in this run (a made-up id): a snapshot, rather
+        // than notices the subscriber would take for ones it already had.
+        let next = *self.next_seq.lock().expect("seq");
+        if seq.saturating_add(1) < oldest || seq >= next {
             return None;
         }
         let kept = journal
