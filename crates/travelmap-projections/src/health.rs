@@ -70,10 +70,25 @@ pub const WAITING_IS_WORKING_AFTER: std::time::Duration = std::time::Duration::f
 /// [`WAITING_IS_WORKING_AFTER`] without an error, `health` hears that the task works (an
 /// earlier failure, such as a lost connection or a lease taken over, is over).
 pub async fn waiting_for_lease<F: std::future::Future>(lease: F, health: &Reporter) -> F::Output {
+    waiting_for_lease_once(lease, async {}, health).await
+}
+
+/// [`waiting_for_lease`], where the wait counts as working only once `ready` has also completed:
+/// a process that follows the projection another one writes is not ready before that
+/// projection has caught up with the log (it may be a rebuild from zero).
+pub async fn waiting_for_lease_once<F: std::future::Future>(
+    lease: F,
+    ready: impl std::future::Future<Output = ()>,
+    health: &Reporter,
+) -> F::Output {
     tokio::pin!(lease);
+    let working = async {
+        tokio::time::sleep(WAITING_IS_WORKING_AFTER).await;
+        ready.await;
+    };
     tokio::select! {
         outcome = &mut lease => outcome,
-        () = tokio::time::sleep(WAITING_IS_WORKING_AFTER) => {
+        () = working => {
             health.running();
             lease.await
         }
@@ -201,6 +216,29 @@ mod tests {
         assert_eq!(watched.seen(), Seen::Reported(Condition::Running));
         release.send(()).unwrap();
         let _reporter = waiting.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_standby_is_working_only_once_what_it_follows_is_ready() {
+        let (reporter, watched) = task("projection", true);
+        let (_release, held) = tokio::sync::oneshot::channel::<()>();
+        let (caught_up, ready) = tokio::sync::oneshot::channel::<()>();
+        let waiting = tokio::spawn(async move {
+            let ready = async {
+                let _ = ready.await;
+            };
+            let _ = waiting_for_lease_once(held, ready, &reporter).await;
+        });
+        tokio::time::sleep(WAITING_IS_WORKING_AFTER * 2).await;
+        assert_eq!(
+            watched.seen(),
+            Seen::Reported(Condition::Starting),
+            "the leader is still rebuilding"
+        );
+        caught_up.send(()).unwrap();
+        tokio::time::sleep(WAITING_IS_WORKING_AFTER / 4).await;
+        assert_eq!(watched.seen(), Seen::Reported(Condition::Running));
+        waiting.abort();
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ use travelmap_domain::{ClientId, RecordedEvent};
 use travelmap_store::{ClientView, EventLog, Keyring, ViewStore};
 
 use crate::Result;
-use crate::health::{Reporter, waiting_for_lease};
+use crate::health::{Reporter, waiting_for_lease_once};
 use crate::travel_map::ClientState;
 
 /// How the projector pages through the feed and how much it keeps in memory.
@@ -282,13 +282,14 @@ impl Projector {
     ///
     /// `health` hears whether each attempt worked: it is starting until the first catch-up
     /// (after a restore, a whole log's worth) is done, and a process that follows another's
-    /// saves while it waits for the lease is working.
+    /// saves while it waits for the lease is working once those have reached the log's head
+    /// (another process may be rebuilding the views from zero).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, health: Reporter) {
         let mut head = self.log.head();
         loop {
             tokio::select! {
                 biased;
-                led = waiting_for_lease(self.views.lead(), &health) => if let Err(error) = led {
+                led = waiting_for_lease_once(self.views.lead(), self.reached(*head.borrow()), &health) => if let Err(error) = led {
                     health.failing();
                     tracing::error!(%error, "could not take the view lease; retrying in 1s");
                     tokio::select! {
@@ -320,6 +321,15 @@ impl Projector {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+
+    /// Completes once the projection has reached `position`, whichever process folds it.
+    async fn reached(&self, position: u64) {
+        let _ = self
+            .progress
+            .subscribe()
+            .wait_for(|progress| *progress >= position)
+            .await;
     }
 
     /// Reports the checkpoint saved by whichever process leads as this one's progress, for as
