@@ -231,10 +231,11 @@ impl Projector {
     }
 
     async fn rebuild_at(&self, pace: Pace) -> Result<RebuildReport> {
-        let started = Instant::now();
         let mut guard = self.cache.lock().await;
         *guard = None;
         self.views.lead().await?;
+        // Timed from here: the wait for the lease (a server still running) is not the rebuild.
+        let started = Instant::now();
         // The old views are deleted while the log is read and folded, which needs no view: every
         // client starts from nothing, and the first save waits for the deletion.
         let views = self.views.clone();

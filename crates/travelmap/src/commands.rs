@@ -316,9 +316,7 @@ pub async fn rebuild(location: &Location, masters: MasterKeys) -> anyhow::Result
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
     if matches!(store, Store::Postgres(_)) {
-        eprintln!(
-            "taking the view lease (if a server holds it, this waits until that server stops)"
-        );
+        eprintln!("taking the view lease (while any server runs, this waits: stop them all first)");
     }
     let keyring = store.keyring(masters).await?;
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
