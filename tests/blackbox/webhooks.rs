@@ -842,6 +842,18 @@ async fn the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after(b
     };
     let told = posted(&app, PRISON_WRITER, &close(strangers)).await;
     let closed = posted(&app, PRISON_WRITER, &close(ours)).await;
+    // A close naming the NGO in a role it never held ends nothing of its own.
+    posted(
+        &app,
+        PRISON_WRITER,
+        &event(
+            ours,
+            "involvement.closed",
+            AT,
+            json!({"agency": "ngo-opava", "role": "case_manager"}),
+        ),
+    )
+    .await;
     need(&app, PROBATION_WRITER, ours, "after the close").await;
     let last = need(&app, NGO_WRITER, ours, "also after").await;
     eventually("the webhook has read past the last event", || async {

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
-use travelmap_domain::payloads::Purpose;
+use travelmap_domain::payloads::{Purpose, Role};
 use travelmap_domain::{JourneyEvent, RecordedEvent};
 
 use crate::{ClientState, TravelMap};
@@ -18,11 +18,11 @@ pub struct Access {
     pub involved: BTreeSet<String>,
     /// Agencies covered by a consent or legal basis, with the purposes it covers.
     pub consented: BTreeMap<String, BTreeSet<Purpose>>,
-    /// Agencies that have had an involvement (its opening recorded) or a consent at any time,
-    /// ended or not: an agency
-    /// is told when its own involvement closes or its consent is withdrawn (see
-    /// [`Access::told_of_its_end`]), and only an agency that had one.
-    pub formerly: BTreeSet<String>,
+    /// Involvements that were opened and have ended: agency, role, and when (to the
+    /// microsecond). See [`Access::told_of_its_end`].
+    pub ended: BTreeSet<(String, Role, i64)>,
+    /// Every purpose each agency's consents have covered, withdrawn or not.
+    pub ever_consented: BTreeMap<String, BTreeSet<Purpose>>,
     /// Processing is restricted: the data may be read only for audit or subject access.
     pub restricted: bool,
     /// The client's personal data was erased.
@@ -39,19 +39,34 @@ impl Access {
                 .is_some_and(|purposes| purposes.contains(&purpose))
     }
 
-    /// Whether `event` ends `agency`'s own involvement or consent with the client, so that the
-    /// agency's systems hear its case ended although the event leaves it out of scope. Only an
-    /// agency that had one is told: naming another agency in a close tells it nothing new.
-    pub fn told_of_its_end(&self, agency: &str, event: &RecordedEvent) -> bool {
-        let ended = match &event.draft.event {
-            JourneyEvent::InvolvementClosed(closed) => closed
-                .agency
-                .as_ref()
-                .map_or(event.provenance.agency.as_str(), |named| named.as_str()),
-            JourneyEvent::ConsentWithdrawn(withdrawal) => withdrawal.agency.as_str(),
-            _ => return false,
-        };
-        ended == agency && self.formerly.contains(agency)
+    /// Whether `event` ended `agency`'s own standing with the client, so that the agency's
+    /// systems, subscribed for `purpose`, hear its case ended although the event leaves it out
+    /// of scope: a close that ended an involvement of the agency's that had been opened, or the
+    /// withdrawal of a consent that covered `purpose`. A close or withdrawal that ended nothing
+    /// of the agency's (any agency may record one naming any other) tells it nothing.
+    pub fn told_of_its_end(&self, agency: &str, purpose: Purpose, event: &RecordedEvent) -> bool {
+        match &event.draft.event {
+            JourneyEvent::InvolvementClosed(closed) => {
+                let named = closed
+                    .agency
+                    .as_ref()
+                    .map_or(event.provenance.agency.as_str(), |named| named.as_str());
+                let at = event.draft.occurred_at.timestamp_micros();
+                named == agency && self.ended.contains(&(agency.to_owned(), closed.role, at))
+            }
+            JourneyEvent::ConsentWithdrawn(withdrawal) => {
+                withdrawal.agency.as_str() == agency
+                    && withdrawal
+                        .purposes
+                        .as_ref()
+                        .is_none_or(|purposes| purposes.contains(&purpose))
+                    && self
+                        .ever_consented
+                        .get(agency)
+                        .is_some_and(|covered| covered.contains(&purpose))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -74,19 +89,27 @@ impl ClientState {
             consented: BTreeMap::new(),
             // An involvement whose only record is its end (it began before the records) gave
             // no access here: any agency can record such an end naming any other.
-            formerly: map
+            ended: map
                 .involvements
                 .iter()
                 .filter(|involvement| involvement.from.is_some())
-                .map(|involvement| involvement.agency.clone())
+                .filter_map(|involvement| {
+                    let to = involvement.to?.timestamp_micros();
+                    Some((involvement.agency.clone(), involvement.role, to))
+                })
                 .collect(),
+            ever_consented: BTreeMap::new(),
             restricted: false,
             erased: false,
         };
         for fact in self.facts.iter().filter(|fact| fact.occurred_at <= now) {
             match &fact.event {
                 JourneyEvent::ConsentRecorded(consent) => {
-                    access.formerly.insert(consent.agency.as_str().to_owned());
+                    access
+                        .ever_consented
+                        .entry(consent.agency.as_str().to_owned())
+                        .or_default()
+                        .extend(consent.purposes.iter().copied());
                     access
                         .consented
                         .entry(consent.agency.as_str().to_owned())

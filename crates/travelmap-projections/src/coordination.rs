@@ -605,16 +605,16 @@ fn no_case_manager(
             since,
             // The agency whose involvement ended must arrange the hand-over, whoever recorded
             // the end (any agency may record another's).
-            agency: closing
-                .and_then(|_| {
-                    supervising
-                        .iter()
-                        .find(|involvement| {
-                            involvement.to.map(|to| to.with_timezone(&Utc)) == Some(start)
-                        })
-                        .map(|involvement| involvement.agency.clone())
-                })
-                .unwrap_or_else(|| release.agency.clone()),
+            agency: closing.map_or_else(
+                || release.agency.clone(),
+                |fact| match &fact.event {
+                    JourneyEvent::InvolvementClosed(closed) => closed
+                        .agency
+                        .as_ref()
+                        .map_or_else(|| fact.agency.clone(), ToString::to_string),
+                    _ => fact.agency.clone(),
+                },
+            ),
             // Each gap is its own alert: the first is named by the release, later ones by the
             // closing that opened them.
             cause: closing.map_or(release.event_id, |fact| fact.event_id),

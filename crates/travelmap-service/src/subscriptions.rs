@@ -67,7 +67,8 @@ impl Scope {
             None => true,
             Some(_) if access.restricted => false,
             Some(agency) => {
-                access.allows(agency, self.purpose) || access.told_of_its_end(agency, event)
+                access.allows(agency, self.purpose)
+                    || access.told_of_its_end(agency, self.purpose, event)
             }
         }
     }

@@ -143,8 +143,12 @@ pub async fn post_batch(
         returned,
     };
     if let Err(refused) = caller.require(&[Role::Writer]) {
-        // One entry for the attempt, and one for each client it named (see `post_event`).
-        let events = body["events"].as_array().map_or(&[][..], Vec::as_slice);
+        // One entry for the attempt, and one for each client it named (see `post_event`): no
+        // more than a batch may hold, or one refused request could write any number.
+        let events = body["events"]
+            .as_array()
+            .filter(|events| events.len() <= wire::MAX_BATCH)
+            .map_or(&[][..], Vec::as_slice);
         let records = std::iter::once(None)
             .chain(named_clients(events).into_iter().map(Some))
             .map(|client| context.record(&caller, Outcome::Denied, logged(client, None)))
