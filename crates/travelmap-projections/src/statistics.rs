@@ -50,9 +50,11 @@
 //! 3. **Across the measures of a group.** The measures of one group (and the totals) bound each
 //!    other: entered ≥ completed + dropped out, and entered ≥ each count of participations with
 //!    a job, housing or a re-offence. A suppressed cell's range above is cut by what its group
-//!    publishes beside it; a cell suppressed to protect another has what bounds it in its group
-//!    suppressed too; and a suppressed cell its group alone would pin to one value has what
-//!    bounds it suppressed. Rules 2 and 3 repeat until neither suppresses more.
+//!    publishes beside it; where that pins a cell of the column, what bounds the cells
+//!    suppressed to protect others is suppressed too (or, with nothing left, the total); and a
+//!    suppressed cell that its group alone would pin to one value (for a total: with what its
+//!    column tells of it) has what bounds it suppressed. Rules 2 and 3 repeat until neither
+//!    suppresses more.
 //!
 //! For example, dropouts of 12, 11, 7, 14 and 0 in five prisons, total 44: the 7 is suppressed,
 //! and alone it would be 44 − 12 − 14 − 0. So the 11 is suppressed with it. Together they hold
@@ -79,7 +81,6 @@
 //!   inequalities, never an equation from which one measure could be computed from the others.
 
 use std::collections::BTreeMap;
-use std::iter::once;
 use std::ops::RangeInclusive;
 
 use chrono::{Datelike, NaiveDate};
@@ -186,7 +187,7 @@ impl PartialSchema for Cell {
                     .enum_values(Some(["suppressed"]))
                     .description(Some(
                         "The count is hidden: it is from 1 to 9, or hiding it protects another \
-                         hidden count of the same measure.",
+                         hidden count (of the same measure, or of its group beside it).",
                     )),
             )
             .description(Some(
@@ -569,7 +570,7 @@ fn suppress_column(values: &[u64]) -> SuppressedColumn {
 }
 
 /// What the published measures beside a hidden cell, in its group, tell of it (see
-/// [`row_bounds`]).
+/// [`row_bound`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Bound {
     least: u64,
@@ -608,7 +609,7 @@ fn suppress_column_with(
     // With the total published, the hidden cells' sum is public. Hide more until no hidden cell
     // can be narrowed down to one value and the sum is no small count itself. Each pass hides one
     // more cell or the total, so this ends.
-    while !total_hidden && !hidden_cells_are_safe(values, &hidden, for_row, bounds) {
+    while !total_hidden && !hidden_cells_are_safe(values, &hidden, for_row, bounds, false) {
         // Zeros stay published: hiding one adds nothing to the hidden sum, so protects nothing.
         let smallest_published = values
             .iter()
@@ -648,13 +649,14 @@ fn hidden_cells_are_safe(
     hidden: &[bool],
     for_row: &[bool],
     bounds: &[Bound],
+    bound_protectors: bool,
 ) -> bool {
     let hidden_sum: u64 = values
         .iter()
         .zip(hidden)
         .filter_map(|(&value, &is_hidden)| is_hidden.then_some(value))
         .sum();
-    let ranges = attacker_ranges(values, hidden, for_row, bounds);
+    let ranges = attacker_ranges(values, hidden, for_row, bounds, bound_protectors);
     ranges.is_empty()
         || (hidden_sum >= SUPPRESSION_THRESHOLD
             && ranges.iter().all(|(_, range)| range.start() < range.end()))
@@ -672,6 +674,7 @@ fn attacker_ranges(
     hidden: &[bool],
     for_row: &[bool],
     bounds: &[Bound],
+    bound_protectors: bool,
 ) -> Vec<(usize, RangeInclusive<u64>)> {
     let total: u64 = values.iter().sum();
     let published_nonzero: Vec<(usize, u64)> = values
@@ -687,14 +690,19 @@ fn attacker_ranges(
         if for_row[index] {
             return bounds[index].cut(SUPPRESSION_THRESHOLD..=total);
         }
-        // A protecting cell's row bounds it no more: `suppress_table` hides what bounds it.
         // Taken as the smallest by (value, index): no larger than a later published cell,
-        // smaller than an earlier one.
+        // smaller than an earlier one. Its row's bound is left out while the column picks its
+        // protecting cells, and then applied (see `suppress_table`).
         let most = published_nonzero
             .iter()
             .map(|&(other, value)| if index < other { value } else { value - 1 })
             .fold(total, u64::min);
-        SUPPRESSION_THRESHOLD..=most
+        let range = SUPPRESSION_THRESHOLD..=most;
+        if bound_protectors {
+            bounds[index].cut(range)
+        } else {
+            range
+        }
     };
     let own: Vec<(usize, RangeInclusive<u64>)> = (0..values.len())
         .filter(|&index| hidden[index])
@@ -821,26 +829,66 @@ fn suppress_table_explained(
                 row[measure] = *cell == Cell::Suppressed;
             }
             total_hidden[measure] = column.total == Cell::Suppressed;
-            // A protecting cell must not be read off the published measures beside it.
-            for ((values, hidden), for_row) in rows.iter().zip(&mut hidden).zip(&mut for_row) {
-                let protecting = hidden[measure] && !is_small(values[measure]) && !for_row[measure];
-                if protecting {
-                    for &other in bounding(measure) {
-                        if values[other] > 0 && !hidden[other] {
-                            hidden[other] = true;
-                            for_row[other] = true;
+            // A protecting cell must not be read off the published measures beside it either:
+            // if its row's bound pins a hidden cell of the column, what bounds the protecting
+            // cells is hidden too (or, with nothing left to hide, the total).
+            if !total_hidden[measure] {
+                let hidden_now: Vec<bool> = hidden.iter().map(|row| row[measure]).collect();
+                let for_row_now: Vec<bool> = for_row.iter().map(|row| row[measure]).collect();
+                if !hidden_cells_are_safe(&values, &hidden_now, &for_row_now, &bounds, true) {
+                    let mut freed = false;
+                    for ((row, hidden), for_row) in rows.iter().zip(&mut hidden).zip(&mut for_row) {
+                        let protecting =
+                            hidden[measure] && !is_small(row[measure]) && !for_row[measure];
+                        if !protecting {
+                            continue;
                         }
+                        for &other in bounding(measure) {
+                            if row[other] > 0 && !hidden[other] {
+                                hidden[other] = true;
+                                for_row[other] = true;
+                                freed = true;
+                            }
+                        }
+                    }
+                    if !freed {
+                        total_hidden[measure] = true;
                     }
                 }
             }
         }
-        let rows_hidden = rows
-            .iter()
-            .zip(hidden.iter_mut().zip(for_row.iter_mut()))
-            .chain(once((&totals, (&mut total_hidden, &mut total_for_row))));
-        for (row, (hidden, for_row)) in rows_hidden {
-            hide_what_pins(row, hidden, for_row);
+        let anything = |_: usize| 0..=u64::MAX;
+        for (row, (hidden, for_row)) in rows.iter().zip(hidden.iter_mut().zip(for_row.iter_mut())) {
+            hide_what_pins(row, hidden, for_row, &anything);
         }
+        // A hidden total is at least the published cells plus one per small hidden cell and ten
+        // per other, and at most nine per small one if none is large.
+        let column_knows = |measure: usize| {
+            let (mut least, mut most) = (0u64, 0u64);
+            for (row, hidden) in rows.iter().zip(&hidden) {
+                match (hidden[measure], is_small(row[measure])) {
+                    (false, _) => {
+                        least += row[measure];
+                        most = most.saturating_add(row[measure]);
+                    }
+                    (true, true) => {
+                        least += 1;
+                        most = most.saturating_add(SUPPRESSION_THRESHOLD - 1);
+                    }
+                    (true, false) => {
+                        least += SUPPRESSION_THRESHOLD;
+                        most = u64::MAX;
+                    }
+                }
+            }
+            least..=most
+        };
+        hide_what_pins(
+            &totals,
+            &mut total_hidden,
+            &mut total_for_row,
+            &column_knows,
+        );
 
         if (hidden.clone(), total_hidden) == before {
             break;
@@ -864,20 +912,26 @@ fn suppress_table_explained(
 
 /// Hides, in one row (a group's or the totals), the published measures that pin a hidden one
 /// to a single value by [`row_bound`] alone, whatever its column shows.
+///
+/// `known` is what the column alone tells of each measure: for a group's cell nothing (the
+/// whole range), for a total the published cells plus what the hidden ones can hold.
 fn hide_what_pins(
     row: &[u64; MEASURES],
     hidden: &mut [bool; MEASURES],
     for_row: &mut [bool; MEASURES],
+    known: &dyn Fn(usize) -> RangeInclusive<u64>,
 ) {
     for measure in 0..MEASURES {
         if !hidden[measure] {
             continue;
         }
-        let own = if is_small(row[measure]) {
+        let small = if is_small(row[measure]) {
             1..=SUPPRESSION_THRESHOLD - 1
         } else {
             SUPPRESSION_THRESHOLD..=u64::MAX
         };
+        let known = known(measure);
+        let own = (*small.start()).max(*known.start())..=(*small.end()).min(*known.end());
         let range = row_bound(row, |other| !hidden[other], measure).cut(own);
         if range.start() >= range.end() {
             for &other in bounding(measure) {
@@ -2013,6 +2067,35 @@ mod tests {
         assert_eq!(groups[0][2], Cell::Suppressed);
     }
 
+    #[test]
+    fn measures_beside_a_protecting_cell_stay_published_when_they_pin_nothing() {
+        let mut busy = [0; MEASURES];
+        (busy[0], busy[1], busy[2]) = (30, 12, 10);
+        let mut small = [0; MEASURES];
+        small[0] = 5;
+        let (groups, total) = suppress_table(&[busy, small]);
+        assert_eq!(groups[0][0], Cell::Suppressed, "protects the 5");
+        // 30 entered beside 12 completed and 10 dropped out: at least 22, nowhere near pinned.
+        assert_eq!(groups[0][1], Cell::Count(12));
+        assert_eq!(groups[0][2], Cell::Count(10));
+        assert_eq!((total[1], total[2]), (Cell::Count(12), Cell::Count(10)));
+    }
+
+    #[test]
+    fn a_hidden_total_is_not_read_off_the_totals_beside_it() {
+        // Three groups of 9 entered, 5 completed and 4 dropped out: every entered is small, so
+        // the total is hidden; published totals of 15 and 12 would say it is at least 27, and
+        // three small cells hold at most 27.
+        let mut row = [0; MEASURES];
+        (row[0], row[1], row[2]) = (9, 5, 4);
+        let (_, total) = suppress_table(&[row, row, row]);
+        assert_eq!(total[0], Cell::Suppressed);
+        assert!(
+            total[1] == Cell::Suppressed || total[2] == Cell::Suppressed,
+            "{total:?}"
+        );
+    }
+
     /// Counts as they come: many zeros and small ones, some publishable.
     fn count() -> impl Strategy<Value = u64> {
         prop_oneof![Just(0u64), 1u64..10, 10u64..30]
@@ -2065,17 +2148,48 @@ mod tests {
                 .iter()
                 .zip(&rows)
                 .chain(once((&total_cells, &totals)));
-            for (cells, values) in rows_of_cells {
+            // What the columns tell of the hidden totals: the published cells, plus at least one
+            // per small hidden cell and ten per other, and (if all hidden ones are small) at
+            // most nine each.
+            let column_knows = |measure: usize| {
+                let (mut least, mut most) = (0u64, 0u64);
+                for (cells, values) in group_cells.iter().zip(&rows) {
+                    match (cells[measure], is_small(values[measure])) {
+                        (Cell::Count(count), _) => {
+                            least += count;
+                            most = most.saturating_add(count);
+                        }
+                        (Cell::Suppressed, true) => {
+                            least += 1;
+                            most = most.saturating_add(SUPPRESSION_THRESHOLD - 1);
+                        }
+                        (Cell::Suppressed, false) => {
+                            least += SUPPRESSION_THRESHOLD;
+                            most = u64::MAX;
+                        }
+                    }
+                }
+                least..=most
+            };
+            let last = rows.len();
+            for (row_index, (cells, values)) in rows_of_cells.enumerate() {
                 let bounds = bounds_of(cells, values);
                 for measure in 0..MEASURES {
                     if cells[measure] != Cell::Suppressed {
                         continue;
                     }
-                    let own = if is_small(values[measure]) {
+                    let small = if is_small(values[measure]) {
                         1..=SUPPRESSION_THRESHOLD - 1
                     } else {
                         SUPPRESSION_THRESHOLD..=u64::MAX
                     };
+                    let known = if row_index == last {
+                        column_knows(measure)
+                    } else {
+                        0..=u64::MAX
+                    };
+                    let own = (*small.start()).max(*known.start())
+                        ..=(*small.end()).min(*known.end());
                     let range = bounds[measure].cut(own);
                     prop_assert!(range.contains(&values[measure]), "the truth is possible");
                     prop_assert!(
