@@ -507,6 +507,7 @@ async fn a_database_that_goes_away_is_answered_503_and_the_service_recovers() {
     let read = http
         .get(format!("{address}/v1/events?after=0"))
         .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
         .send()
         .await
         .unwrap();

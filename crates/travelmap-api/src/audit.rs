@@ -62,11 +62,17 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             // A read states its purpose, and a refused read is logged by the handler, which
             // knows the caller and the client; a write states none, so it is refused here.
             if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
+                // The purpose, when it was sent once, is kept for the entry of the refusal.
+                let purpose = match name {
+                    "X-Purpose" => None,
+                    _ => header("X-Purpose")?.map(str::to_owned),
+                };
                 return Ok(Self {
                     request_id,
                     repeated,
-                    recorded_purpose: Some(UNLISTED_PURPOSE.to_owned()),
-                    ..Self::default()
+                    recorded_purpose: Some(recorded(purpose.as_deref())),
+                    purpose,
+                    justification: None,
                 });
             }
             return Err(repeated_header(name));
@@ -81,13 +87,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
         let purpose = header("X-Purpose")?.map(str::to_owned);
         // A purpose not on the list is recorded as `unlisted` (see `recorded_purpose`); worked
         // out once here, not for every entry a read writes.
-        let recorded_purpose = purpose.as_ref().map(|stated| {
-            if parse_purpose(stated).is_some() {
-                stated.clone()
-            } else {
-                UNLISTED_PURPOSE.to_owned()
-            }
-        });
+        let recorded_purpose = purpose.as_deref().map(|stated| recorded(Some(stated)));
         Ok(Self {
             request_id,
             purpose,
@@ -95,6 +95,14 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             justification: justification.map(str::to_owned),
             repeated: None,
         })
+    }
+}
+
+/// A stated purpose as the trail keeps it (see [`RequestContext::recorded_purpose`]).
+fn recorded(stated: Option<&str>) -> String {
+    match stated {
+        Some(stated) if parse_purpose(stated).is_some() => stated.to_owned(),
+        _ => UNLISTED_PURPOSE.to_owned(),
     }
 }
 

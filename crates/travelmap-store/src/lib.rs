@@ -135,8 +135,8 @@ impl Error {
             return self.is_busy();
         };
         match error {
+            // Not TLS: a certificate or configuration that fails stays failing.
             sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,

@@ -101,6 +101,8 @@ struct Failing {
     attempts: u32,
     /// Of those, the ones made before the webhook was last resumed.
     before_resume: u32,
+    /// When the last of them ended.
+    at: chrono::DateTime<Utc>,
 }
 
 /// What one attempt came to.
@@ -243,6 +245,17 @@ impl Dispatcher {
         // before the webhook was last resumed (a resumed webhook has its full number of attempts
         // again, while the count the receiver sees goes on).
         let mut failing = self.failing_before(&webhook).await;
+        // The pause that was due after the last failed attempt, before this process stopped:
+        // a service restarted often must not spend a receiver's attempts in a hurry.
+        if let Some(failed) = &failing {
+            let since_resume = failed.attempts - failed.before_resume;
+            let due = failed.at + self.policy.backoff.delay(since_resume);
+            if let Ok(left) = (due - Utc::now()).to_std()
+                && pause(left, &mut stop).await
+            {
+                return Ended::Stopped;
+            }
+        }
         'pages: loop {
             if *stop.borrow() {
                 return Ended::Stopped;
@@ -263,6 +276,7 @@ impl Dispatcher {
                         event_id,
                         attempts,
                         before_resume,
+                        ..
                     }) if event_id == event.draft.id => (attempts + 1, before_resume),
                     _ => (1, 0),
                 };
@@ -299,6 +313,7 @@ impl Dispatcher {
                             event_id: event.draft.id,
                             attempts: attempt,
                             before_resume,
+                            at: Utc::now(),
                         });
                         if pause(self.policy.backoff.delay(since_resume), &mut stop).await {
                             return Ended::Stopped;
@@ -378,6 +393,7 @@ impl Dispatcher {
             event_id: last.event_id,
             attempts: last.attempt,
             before_resume,
+            at: last.at,
         })
     }
 

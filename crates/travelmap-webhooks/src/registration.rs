@@ -51,6 +51,12 @@ pub fn url_problem(url: &str) -> Option<String> {
     if parsed.fragment().is_some() {
         return Some("url must not have a fragment (#...); it is never sent".to_owned());
     }
+    // What is stored is the normal form, which percent-encoding can make longer.
+    if parsed.as_str().len() > MAX_URL_LENGTH {
+        return Some(format!(
+            "url must be at most {MAX_URL_LENGTH} characters once percent-encoded"
+        ));
+    }
     None
 }
 

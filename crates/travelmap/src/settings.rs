@@ -227,6 +227,8 @@ pub enum Error {
         credential: String,
         agency: String,
     },
+    #[error("config file {path}: [webhooks] max_attempts may be at most {most}")]
+    TooManyAttempts { path: PathBuf, most: u32 },
     #[error("config file {path}: agency `{agency}` is declared twice")]
     AgencyTwice { path: PathBuf, agency: String },
     #[error(
@@ -255,10 +257,19 @@ impl ConfigFile {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| Error::Parse {
+        let config: Self = toml::from_str(&text).map_err(|source| Error::Parse {
             path: path.to_owned(),
             source: Box::new(source),
-        })
+        })?;
+        // The count of attempts is read back from the delivery log, which keeps this many.
+        let most = travelmap_store::webhooks::ATTEMPTS_KEPT as u32;
+        if config.webhooks.max_attempts.is_some_and(|max| max > most) {
+            return Err(Error::TooManyAttempts {
+                path: path.to_owned(),
+                most,
+            });
+        }
+        Ok(config)
     }
 
     pub fn authenticator(&self, path: &Path) -> Result<Authenticator, Error> {
@@ -675,6 +686,23 @@ mod tests {
             travelmap_webhooks::Policy::default()
         );
         assert!(toml::from_str::<ConfigFile>("[webhooks]\nretries = 3\n").is_err());
+    }
+
+    #[test]
+    fn more_attempts_than_the_delivery_log_keeps_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("travelmap.toml");
+        std::fs::write(&path, "[webhooks]\nmax_attempts = 1001\n").unwrap();
+        let error = ConfigFile::load(&path).unwrap_err();
+        assert!(
+            matches!(error, Error::TooManyAttempts { most: 1000, .. }),
+            "{error}"
+        );
+        std::fs::write(&path, "[webhooks]\nmax_attempts = 1000\n").unwrap();
+        assert_eq!(
+            ConfigFile::load(&path).unwrap().webhooks.max_attempts,
+            Some(1000)
+        );
     }
 
     #[test]

@@ -95,12 +95,16 @@ impl PgStore {
         let (head, head_receiver) = watch::channel(head_position);
         let (saved, saved_receiver) = watch::channel(checkpoint);
         let log = Arc::new(PgEventLog::new(pool.clone(), head.clone(), head_receiver));
+        let connector = Connector {
+            options,
+            timeout: connect_timeout,
+        };
         let views = Arc::new(PgViewStore::new(
             pool.clone(),
-            options.clone(),
+            connector.clone(),
             saved_receiver,
         ));
-        let webhooks = Arc::new(PgWebhookStore::new(pool.clone(), options));
+        let webhooks = Arc::new(PgWebhookStore::new(pool.clone(), connector));
         let audit = Arc::new(PgAuditLog::new(pool.clone()));
         let keys = Arc::new(PgKeyStore::new(pool.clone()));
         let listener = tokio::spawn(follow_notifications(listener, pool, head, saved));
@@ -152,9 +156,11 @@ pub async fn migrate(url: &str) -> Result<i64> {
 /// each wait for a connection (10 s when not given).
 pub(crate) fn connect_options(url: &str) -> Result<(PgConnectOptions, Duration)> {
     let (url, connect_timeout) = take_connect_timeout(url)?;
-    let options = PgConnectOptions::from_str(&url)?
-        .application_name("travelmap")
+    let mut options = PgConnectOptions::from_str(&url)?
         .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]);
+    if options.get_application_name().is_none() {
+        options = options.application_name("travelmap");
+    }
     Ok((options, connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)))
 }
 
@@ -189,6 +195,28 @@ fn take_connect_timeout(url: &str) -> Result<(String, Option<Duration>)> {
         format!("{base}?{}", kept.join("&"))
     };
     Ok((url, timeout))
+}
+
+/// Makes connections outside the pool (for the leases, held for as long as a process leads),
+/// each within the URL's `connect_timeout`.
+#[derive(Debug, Clone)]
+pub(crate) struct Connector {
+    options: PgConnectOptions,
+    timeout: Duration,
+}
+
+impl Connector {
+    pub(crate) async fn connect(&self) -> Result<sqlx::PgConnection> {
+        tokio::time::timeout(self.timeout, self.options.connect())
+            .await
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "no connection to PostgreSQL within {} s",
+                    self.timeout.as_secs()
+                ))
+            })?
+            .map_err(Error::from)
+    }
 }
 
 /// Makes one connection directly, before any pool: a pool that cannot connect reports only that

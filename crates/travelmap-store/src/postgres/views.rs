@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::PgConnectOptions;
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Mutex, watch};
 use travelmap_domain::ClientId;
 use uuid::Uuid;
@@ -34,7 +33,7 @@ const LEASE_RETRY: Duration = Duration::from_millis(500);
 /// after its successor has started.
 pub struct PgViewStore {
     pool: PgPool,
-    options: PgConnectOptions,
+    connector: super::Connector,
     saved: watch::Receiver<u64>,
     lease: Mutex<Option<PgConnection>>,
     leading: AtomicBool,
@@ -44,12 +43,12 @@ pub struct PgViewStore {
 impl PgViewStore {
     pub(super) fn new(
         pool: PgPool,
-        options: PgConnectOptions,
+        connector: super::Connector,
         saved: watch::Receiver<u64>,
     ) -> Self {
         Self {
             pool,
-            options,
+            connector,
             saved,
             lease: Mutex::new(None),
             leading: AtomicBool::new(false),
@@ -336,7 +335,7 @@ impl ViewStore for PgViewStore {
         }
         let mut waiting_logged = false;
         loop {
-            let mut connection = self.options.connect().await?;
+            let mut connection = self.connector.connect().await?;
             let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(VIEW_LEASE)
                 .fetch_one(&mut connection)

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::{Mutex, watch};
 use travelmap_domain::EventId;
 use uuid::Uuid;
@@ -35,7 +35,7 @@ const COLUMNS: &str =
 
 pub struct PgWebhookStore {
     pool: PgPool,
-    options: PgConnectOptions,
+    connector: super::Connector,
     lease: Mutex<Option<PgConnection>>,
     leading: AtomicBool,
     epoch: AtomicI64,
@@ -43,10 +43,10 @@ pub struct PgWebhookStore {
 }
 
 impl PgWebhookStore {
-    pub(super) fn new(pool: PgPool, options: PgConnectOptions) -> Self {
+    pub(super) fn new(pool: PgPool, connector: super::Connector) -> Self {
         Self {
             pool,
-            options,
+            connector,
             lease: Mutex::new(None),
             leading: AtomicBool::new(false),
             epoch: AtomicI64::new(-1),
@@ -253,7 +253,7 @@ impl WebhookStore for PgWebhookStore {
         }
         let mut waiting_logged = false;
         loop {
-            let mut connection = self.options.connect().await?;
+            let mut connection = self.connector.connect().await?;
             let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(DISPATCH_LEASE)
                 .fetch_one(&mut connection)

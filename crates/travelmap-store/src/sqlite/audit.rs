@@ -289,11 +289,8 @@ impl Writer {
             Ok(answers) => answers.into_iter().map(Ok).collect(),
             Err(error) => {
                 tracing::error!(%error, "audit log commit failed");
-                let message = format!("writing the audit log: {error}");
-                group
-                    .iter()
-                    .map(|_| Err(Error::Io(std::io::Error::other(message.clone()))))
-                    .collect()
+                let failure = error.for_each_waiter("writing the audit log");
+                group.iter().map(|_| Err(failure())).collect()
             }
         }
     }

@@ -84,11 +84,9 @@ impl SqliteKeyStore {
                             }
                         }
                         Err(error) => {
-                            let message = error.to_string();
+                            let failure = error.for_each_waiter("making data keys");
                             for creation in group {
-                                let _ = creation
-                                    .reply
-                                    .send(Err(Error::Io(std::io::Error::other(message.clone()))));
+                                let _ = creation.reply.send(Err(failure()));
                             }
                         }
                     }

@@ -401,11 +401,9 @@ impl Writer {
             Err(error) => {
                 // Nothing of the group was committed; every sender learns so and may retry.
                 tracing::error!(%error, "event log commit failed");
-                let message = format!("committing to the event log: {error}");
+                let failure = error.for_each_waiter("committing to the event log");
                 for job in group {
-                    let _ = job
-                        .reply
-                        .send(Err(Error::Io(std::io::Error::other(message.clone()))));
+                    let _ = job.reply.send(Err(failure()));
                 }
             }
         }
