@@ -169,7 +169,7 @@ async fn the_index_raises_a_due_alert_when_the_clock_reaches_it() {
     // A subscriber resumes after a notice it was sent, not after one never sent (a made-up or
     // mistyped id), which would have it take later notices for ones it already had.
     let (kept, _) = coordination.notices_after(notice.seq - 1).unwrap();
-    assert_eq!(kept, [notice.clone()]);
+    assert_eq!(kept, std::slice::from_ref(&notice));
     assert!(coordination.notices_after(notice.seq).unwrap().0.is_empty());
     assert!(coordination.notices_after(notice.seq + 1).is_none());
 
