@@ -840,6 +840,11 @@ async fn the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after(b
             json!({"agency": "ngo-opava", "role": "mentor"}),
         )
     };
+    // Scope is decided as each page is read: the opening must be read while it holds.
+    eventually("the opening is delivered", || async {
+        !receiver.inbox.received().is_empty()
+    })
+    .await;
     let told = posted(&app, PRISON_WRITER, &close(strangers)).await;
     let closed = posted(&app, PRISON_WRITER, &close(ours)).await;
     // A close naming the NGO in a role it never held ends nothing of its own.
@@ -897,7 +902,70 @@ async fn the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after(b
     backend.remove().await;
 }
 
+/// The same for a consent: the withdrawal that ended the cover of the webhook's purpose reaches
+/// the agency; a later withdrawal, which ends nothing, does not.
+async fn the_withdrawal_of_its_own_consent_reaches_the_agency_once(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let receiver = Receiver::start().await;
+    register(&app, &receiver, json!(["consent.*", "need.*"])).await;
+    let client = Uuid::new_v4();
+    let consent = |kind: &str, data: Value| event(client, kind, AT, data);
+    let recorded = posted(
+        &app,
+        PRISON_WRITER,
+        &consent(
+            "consent.recorded",
+            json!({"agency": "ngo-opava", "purposes": ["case_management"], "legal_basis": "consent"}),
+        ),
+    )
+    .await;
+    // Scope is decided as each page is read: the consent must be read while it holds.
+    eventually("the consent is delivered", || async {
+        !receiver.inbox.received().is_empty()
+    })
+    .await;
+    let withdrawn = posted(
+        &app,
+        PRISON_WRITER,
+        &consent("consent.withdrawn", json!({"agency": "ngo-opava"})),
+    )
+    .await;
+    posted(
+        &app,
+        PRISON_WRITER,
+        &consent("consent.withdrawn", json!({"agency": "ngo-opava"})),
+    )
+    .await;
+    let last = need(&app, PROBATION_WRITER, client, "after the withdrawal").await;
+    eventually("the webhook has read past the last event", || async {
+        let feed = app.feed().await;
+        let last_position = feed.last().unwrap()["position"].as_u64();
+        let webhooks = app
+            .get_ok("/v1/subscriptions/webhooks", NGO_COORDINATOR)
+            .await;
+        webhooks["webhooks"][0]["delivered_up_to"].as_u64() >= last_position
+    })
+    .await;
+    let ids: Vec<String> = receiver
+        .inbox
+        .received()
+        .into_iter()
+        .map(|received| received.event_id)
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            recorded["id"].as_str().unwrap(),
+            withdrawn["id"].as_str().unwrap()
+        ],
+        "the second withdrawal and the need after it ({last}) stay out"
+    );
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
+    the_withdrawal_of_its_own_consent_reaches_the_agency_once,
     attempts_are_counted_across_a_restart,
     the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after,
     the_agency_receives_its_events_in_order_signed_and_nobody_elses,

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use travelmap_domain::payloads::{Purpose, Role};
-use travelmap_domain::{JourneyEvent, RecordedEvent};
+use travelmap_domain::{EventId, JourneyEvent, RecordedEvent};
 
 use crate::{ClientState, TravelMap};
 
@@ -21,8 +21,9 @@ pub struct Access {
     /// Involvements that were opened and have ended: agency, role, and when (to the
     /// microsecond). See [`Access::told_of_its_end`].
     pub ended: BTreeSet<(String, Role, i64)>,
-    /// Every purpose each agency's consents have covered, withdrawn or not.
-    pub ever_consented: BTreeMap<String, BTreeSet<Purpose>>,
+    /// Withdrawals that ended a consent's cover: agency, purpose, and the withdrawal. See
+    /// [`Access::told_of_its_end`].
+    pub withdrawn: BTreeSet<(String, Purpose, EventId)>,
     /// Processing is restricted: the data may be read only for audit or subject access.
     pub restricted: bool,
     /// The client's personal data was erased.
@@ -56,14 +57,9 @@ impl Access {
             }
             JourneyEvent::ConsentWithdrawn(withdrawal) => {
                 withdrawal.agency.as_str() == agency
-                    && withdrawal
-                        .purposes
-                        .as_ref()
-                        .is_none_or(|purposes| purposes.contains(&purpose))
                     && self
-                        .ever_consented
-                        .get(agency)
-                        .is_some_and(|covered| covered.contains(&purpose))
+                        .withdrawn
+                        .contains(&(agency.to_owned(), purpose, event.draft.id))
             }
             _ => false,
         }
@@ -98,18 +94,13 @@ impl ClientState {
                     Some((involvement.agency.clone(), involvement.role, to))
                 })
                 .collect(),
-            ever_consented: BTreeMap::new(),
+            withdrawn: BTreeSet::new(),
             restricted: false,
             erased: false,
         };
         for fact in self.facts.iter().filter(|fact| fact.occurred_at <= now) {
             match &fact.event {
                 JourneyEvent::ConsentRecorded(consent) => {
-                    access
-                        .ever_consented
-                        .entry(consent.agency.as_str().to_owned())
-                        .or_default()
-                        .extend(consent.purposes.iter().copied());
                     access
                         .consented
                         .entry(consent.agency.as_str().to_owned())
@@ -118,18 +109,26 @@ impl ClientState {
                 }
                 JourneyEvent::ConsentWithdrawn(withdrawal) => {
                     let agency = withdrawal.agency.as_str();
-                    match &withdrawal.purposes {
-                        None => {
-                            access.consented.remove(agency);
-                        }
-                        Some(purposes) => {
-                            if let Some(covered) = access.consented.get_mut(agency) {
-                                for purpose in purposes {
-                                    covered.remove(purpose);
-                                }
-                            }
-                        }
-                    }
+                    let ended: Vec<Purpose> = match &withdrawal.purposes {
+                        None => access
+                            .consented
+                            .remove(agency)
+                            .map(|covered| covered.into_iter().collect())
+                            .unwrap_or_default(),
+                        Some(purposes) => match access.consented.get_mut(agency) {
+                            Some(covered) => purposes
+                                .iter()
+                                .filter(|purpose| covered.remove(purpose))
+                                .copied()
+                                .collect(),
+                            None => Vec::new(),
+                        },
+                    };
+                    access.withdrawn.extend(
+                        ended
+                            .into_iter()
+                            .map(|purpose| (agency.to_owned(), purpose, fact.event_id)),
+                    );
                 }
                 _ => {}
             }

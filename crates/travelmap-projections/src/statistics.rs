@@ -736,15 +736,22 @@ const AT_MOST_ENTERED: [usize; 3] = [5, 6, 7];
 /// least the published `completed` plus `dropped_out`, and at least each published count of
 /// participations; those are at most the published `entered` (less the other way of ending, for
 /// `completed` and `dropped_out`).
-fn row_bound(row: &[u64; MEASURES], published: impl Fn(usize) -> bool, measure: usize) -> Bound {
+fn row_bound(
+    row: &[u64; MEASURES],
+    published: impl Fn(usize) -> bool,
+    known: impl Fn(usize) -> RangeInclusive<u64>,
+    measure: usize,
+) -> Bound {
     let shown = |measure: usize| published(measure).then_some(row[measure]);
+    // What is known of a measure at the least: its count, or, hidden, what its column tells.
+    let least = |measure: usize| shown(measure).unwrap_or_else(|| *known(measure).start());
     let mut bound = Bound::NONE;
     match measure {
         ENTERED => {
-            let ended = shown(COMPLETED).unwrap_or(0) + shown(DROPPED_OUT).unwrap_or(0);
+            let ended = least(COMPLETED) + least(DROPPED_OUT);
             bound.least = AT_MOST_ENTERED
                 .iter()
-                .filter_map(|&measure| shown(measure))
+                .map(|&measure| least(measure))
                 .fold(ended, u64::max);
         }
         COMPLETED | DROPPED_OUT => {
@@ -754,7 +761,7 @@ fn row_bound(row: &[u64; MEASURES], published: impl Fn(usize) -> bool, measure: 
                 COMPLETED
             };
             if let Some(entered) = shown(ENTERED) {
-                bound.most = entered.saturating_sub(shown(other).unwrap_or(0));
+                bound.most = entered.saturating_sub(least(other));
             }
         }
         _ if AT_MOST_ENTERED.contains(&measure) => {
@@ -765,6 +772,36 @@ fn row_bound(row: &[u64; MEASURES], published: impl Fn(usize) -> bool, measure: 
         _ => {}
     }
     bound
+}
+
+/// What anyone knows of a group's hidden cell of `count` from the rule alone: zeros are never
+/// hidden, a small count is 1 to 9, any other 10 or more.
+fn known_of_group_cell(count: u64) -> RangeInclusive<u64> {
+    if count == 0 {
+        0..=0
+    } else if is_small(count) {
+        1..=SUPPRESSION_THRESHOLD - 1
+    } else {
+        SUPPRESSION_THRESHOLD..=u64::MAX
+    }
+}
+
+/// What anyone knows of the hidden total of a column from its published cells and the rule:
+/// the published cells plus at least one per small hidden cell and ten per other, and at most
+/// nine per small one if none is large; cut by what the total's own size says.
+fn known_of_total(column: impl Iterator<Item = (u64, bool)>, total: u64) -> RangeInclusive<u64> {
+    let (mut least, mut most) = (0u64, 0u64);
+    for (count, hidden) in column {
+        let known = if hidden {
+            known_of_group_cell(count)
+        } else {
+            count..=count
+        };
+        least += known.start();
+        most = most.saturating_add(*known.end());
+    }
+    let own = known_of_group_cell(total);
+    least.max(*own.start())..=most.min(*own.end())
 }
 
 /// The published measures that give a hidden `measure` its [`row_bound`]: hiding them lifts it.
@@ -816,7 +853,14 @@ fn suppress_table_explained(
             let bounds: Vec<Bound> = rows
                 .iter()
                 .zip(&hidden)
-                .map(|(row, hidden)| row_bound(row, |other| !hidden[other], measure))
+                .map(|(row, hidden)| {
+                    row_bound(
+                        row,
+                        |other| !hidden[other],
+                        |other| known_of_group_cell(row[other]),
+                        measure,
+                    )
+                })
                 .collect();
             let column = suppress_column_with(
                 &values,
@@ -857,39 +901,43 @@ fn suppress_table_explained(
                 }
             }
         }
-        let anything = |_: usize| 0..=u64::MAX;
         for (row, (hidden, for_row)) in rows.iter().zip(hidden.iter_mut().zip(for_row.iter_mut())) {
-            hide_what_pins(row, hidden, for_row, &anything);
-        }
-        // A hidden total is at least the published cells plus one per small hidden cell and ten
-        // per other, and at most nine per small one if none is large.
-        let column_knows = |measure: usize| {
-            let (mut least, mut most) = (0u64, 0u64);
-            for (row, hidden) in rows.iter().zip(&hidden) {
-                match (hidden[measure], is_small(row[measure])) {
-                    (false, _) => {
-                        least += row[measure];
-                        most = most.saturating_add(row[measure]);
-                    }
-                    (true, true) => {
-                        least += 1;
-                        most = most.saturating_add(SUPPRESSION_THRESHOLD - 1);
-                    }
-                    (true, false) => {
-                        least += SUPPRESSION_THRESHOLD;
-                        most = u64::MAX;
-                    }
-                }
+            let known = |measure: usize| known_of_group_cell(row[measure]);
+            for pinning in pinning_measures(row, hidden, &known) {
+                hidden[pinning] = true;
+                for_row[pinning] = true;
             }
-            least..=most
+        }
+        // A hidden total that its published cells add up to hides nothing: it counts as shown.
+        for (measure, total_hidden) in total_hidden.iter_mut().enumerate() {
+            if *total_hidden && hidden.iter().all(|row| !row[measure]) {
+                *total_hidden = false;
+            }
+        }
+        let known_total = |measure: usize| {
+            known_of_total(
+                rows.iter()
+                    .zip(&hidden)
+                    .map(|(row, hidden)| (row[measure], hidden[measure])),
+                totals[measure],
+            )
         };
-        hide_what_pins(
-            &totals,
-            &mut total_hidden,
-            &mut total_for_row,
-            &column_knows,
-        );
-
+        for pinning in pinning_measures(&totals, &total_hidden, &known_total) {
+            if hidden.iter().all(|row| !row[pinning]) {
+                // Its cells would give it away: hide the smallest of them instead (the column's
+                // own rule then protects it).
+                if let Some(row) = (0..rows.len())
+                    .filter(|&row| rows[row][pinning] > 0)
+                    .min_by_key(|&row| (rows[row][pinning], row))
+                {
+                    hidden[row][pinning] = true;
+                    for_row[row][pinning] = true;
+                }
+            } else {
+                total_hidden[pinning] = true;
+                total_for_row[pinning] = true;
+            }
+        }
         if (hidden.clone(), total_hidden) == before {
             break;
         }
@@ -910,38 +958,28 @@ fn suppress_table_explained(
     (group_cells, total_cells, for_row)
 }
 
-/// Hides, in one row (a group's or the totals), the published measures that pin a hidden one
-/// to a single value by [`row_bound`] alone, whatever its column shows.
-///
-/// `known` is what the column alone tells of each measure: for a group's cell nothing (the
-/// whole range), for a total the published cells plus what the hidden ones can hold.
-fn hide_what_pins(
+/// The published measures of one row (a group's or the totals) that pin one of its hidden
+/// measures to a single value by [`row_bound`], given what the columns tell of each (`known`).
+fn pinning_measures(
     row: &[u64; MEASURES],
-    hidden: &mut [bool; MEASURES],
-    for_row: &mut [bool; MEASURES],
+    hidden: &[bool; MEASURES],
     known: &dyn Fn(usize) -> RangeInclusive<u64>,
-) {
-    for measure in 0..MEASURES {
-        if !hidden[measure] {
-            continue;
-        }
-        let small = if is_small(row[measure]) {
-            1..=SUPPRESSION_THRESHOLD - 1
-        } else {
-            SUPPRESSION_THRESHOLD..=u64::MAX
-        };
-        let known = known(measure);
-        let own = (*small.start()).max(*known.start())..=(*small.end()).min(*known.end());
-        let range = row_bound(row, |other| !hidden[other], measure).cut(own);
+) -> Vec<usize> {
+    let mut pinning = Vec::new();
+    for measure in (0..MEASURES).filter(|&measure| hidden[measure]) {
+        let bound = row_bound(row, |other| !hidden[other], known, measure);
+        let range = bound.cut(known(measure));
         if range.start() >= range.end() {
-            for &other in bounding(measure) {
-                if row[other] > 0 && !hidden[other] {
-                    hidden[other] = true;
-                    for_row[other] = true;
-                }
-            }
+            pinning.extend(
+                bounding(measure)
+                    .iter()
+                    .filter(|&&other| row[other] > 0 && !hidden[other]),
+            );
         }
     }
+    pinning.sort_unstable();
+    pinning.dedup();
+    pinning
 }
 
 #[cfg(test)]
@@ -2119,38 +2157,57 @@ mod tests {
         fn no_suppressed_cell_can_be_recovered_from_its_column(
             rows in prop::collection::vec(group_row(), 1..13)
         ) {
+            check_table(&rows)?;
+        }
+    }
+
+    #[test]
+    fn tables_that_once_gave_a_count_away() {
+        let row = |entered, completed, dropped_out| {
+            let mut row = [0; MEASURES];
+            (row[ENTERED], row[COMPLETED], row[DROPPED_OUT]) = (entered, completed, dropped_out);
+            row
+        };
+        // One participant in a prison beside 19 in another, 18 of whom completed and one
+        // dropped out: a hidden drop-out is at least 1, so 19 was at least 19, and the lone
+        // participant exactly 1.
+        let tables = [
+            vec![row(1, 0, 0), row(19, 18, 1)],
+            vec![[16, 8, 8, 3, 27, 16, 0, 3], [2, 1, 1, 0, 0, 0, 0, 0]],
+            vec![[1, 0, 1, 0, 0, 0, 0, 1], row(18, 17, 1)],
+            vec![row(9, 5, 4), row(9, 5, 4), row(9, 5, 4)],
+            vec![row(44, 24, 20), row(1, 0, 0)],
+        ];
+        for rows in tables {
+            check_table(&rows).unwrap_or_else(|error| panic!("{rows:?}: {error}"));
+        }
+    }
+
+    /// Checks the suppression of one table against the attacker of the module doc, column by
+    /// column and row by row.
+    fn check_table(rows: &[[u64; MEASURES]]) -> Result<(), TestCaseError> {
+        let rows = rows.to_vec();
+        {
             let (group_cells, total_cells, for_row) = suppress_table_explained(&rows);
-            // What the published measures of each row tell of its hidden ones.
-            let bounds_of = |cells: &[Cell; MEASURES], values: &[u64; MEASURES]| {
-                let published = |measure: usize| cells[measure] != Cell::Suppressed;
-                std::array::from_fn::<Bound, MEASURES, _>(|measure| {
-                    row_bound(values, published, measure)
-                })
-            };
-            let bounds: Vec<[Bound; MEASURES]> = group_cells
-                .iter()
-                .zip(&rows)
-                .map(|(cells, values)| bounds_of(cells, values))
-                .collect();
-            for (measure, &total) in total_cells.iter().enumerate() {
-                let values: Vec<u64> = rows.iter().map(|row| row[measure]).collect();
-                let column_bounds: Vec<Bound> = bounds.iter().map(|row| row[measure]).collect();
-                let column_for_row: Vec<bool> = for_row.iter().map(|row| row[measure]).collect();
-                let published = SuppressedColumn {
-                    groups: group_cells.iter().map(|row| row[measure]).collect(),
-                    total,
-                };
-                check_column(&values, &column_for_row, &column_bounds, &published)?;
+            // A total that its published cells add up to is shown: hiding it protects nothing.
+            for (measure, total) in total_cells.iter().enumerate() {
+                if group_cells
+                    .iter()
+                    .all(|cells| cells[measure] != Cell::Suppressed)
+                {
+                    prop_assert_ne!(
+                        *total,
+                        Cell::Suppressed,
+                        "measure {} of {:?}",
+                        measure,
+                        rows
+                    );
+                }
             }
-            // A row alone (a group's or the totals) pins none of its hidden measures.
-            let totals = totals_of(&rows);
-            let rows_of_cells = group_cells
-                .iter()
-                .zip(&rows)
-                .chain(once((&total_cells, &totals)));
+            // What the published measures of each row tell of its hidden ones.
             // What the columns tell of the hidden totals: the published cells, plus at least one
             // per small hidden cell and ten per other, and (if all hidden ones are small) at
-            // most nine each.
+            // most nine each; and of a hidden group cell, whether it is small.
             let column_knows = |measure: usize| {
                 let (mut least, mut most) = (0u64, 0u64);
                 for (cells, values) in group_cells.iter().zip(&rows) {
@@ -2171,26 +2228,63 @@ mod tests {
                 }
                 least..=most
             };
+            let size_of = |count: u64| {
+                if is_small(count) {
+                    1..=SUPPRESSION_THRESHOLD - 1
+                } else {
+                    SUPPRESSION_THRESHOLD..=u64::MAX
+                }
+            };
+            let known_of = |is_total: bool, values: &[u64; MEASURES], measure: usize| {
+                let size = size_of(values[measure]);
+                let column = if is_total {
+                    column_knows(measure)
+                } else {
+                    0..=u64::MAX
+                };
+                (*size.start()).max(*column.start())..=(*size.end()).min(*column.end())
+            };
+            let bounds_of = |is_total: bool, cells: &[Cell; MEASURES], values: &[u64; MEASURES]| {
+                let published = |measure: usize| cells[measure] != Cell::Suppressed;
+                std::array::from_fn::<Bound, MEASURES, _>(|measure| {
+                    row_bound(
+                        values,
+                        published,
+                        |other| known_of(is_total, values, other),
+                        measure,
+                    )
+                })
+            };
+            let bounds: Vec<[Bound; MEASURES]> = group_cells
+                .iter()
+                .zip(&rows)
+                .map(|(cells, values)| bounds_of(false, cells, values))
+                .collect();
+            for (measure, &total) in total_cells.iter().enumerate() {
+                let values: Vec<u64> = rows.iter().map(|row| row[measure]).collect();
+                let column_bounds: Vec<Bound> = bounds.iter().map(|row| row[measure]).collect();
+                let column_for_row: Vec<bool> = for_row.iter().map(|row| row[measure]).collect();
+                let published = SuppressedColumn {
+                    groups: group_cells.iter().map(|row| row[measure]).collect(),
+                    total,
+                };
+                check_column(&values, &column_for_row, &column_bounds, &published)?;
+            }
+            // A row alone (a group's or the totals) pins none of its hidden measures.
+            let totals = totals_of(&rows);
+            let rows_of_cells = group_cells
+                .iter()
+                .zip(&rows)
+                .chain(once((&total_cells, &totals)));
             let last = rows.len();
             for (row_index, (cells, values)) in rows_of_cells.enumerate() {
-                let bounds = bounds_of(cells, values);
+                let is_total = row_index == last;
+                let bounds = bounds_of(is_total, cells, values);
                 for measure in 0..MEASURES {
                     if cells[measure] != Cell::Suppressed {
                         continue;
                     }
-                    let small = if is_small(values[measure]) {
-                        1..=SUPPRESSION_THRESHOLD - 1
-                    } else {
-                        SUPPRESSION_THRESHOLD..=u64::MAX
-                    };
-                    let known = if row_index == last {
-                        column_knows(measure)
-                    } else {
-                        0..=u64::MAX
-                    };
-                    let own = (*small.start()).max(*known.start())
-                        ..=(*small.end()).min(*known.end());
-                    let range = bounds[measure].cut(own);
+                    let range = bounds[measure].cut(known_of(is_total, values, measure));
                     prop_assert!(range.contains(&values[measure]), "the truth is possible");
                     prop_assert!(
                         range.start() < range.end(),
@@ -2202,5 +2296,6 @@ mod tests {
                 }
             }
         }
+        Ok(())
     }
 }

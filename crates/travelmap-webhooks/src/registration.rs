@@ -23,9 +23,21 @@ pub fn url_problem(url: &str) -> Option<String> {
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Some("url must not contain spaces or control characters".to_owned());
     }
+    if url.contains('\\') {
+        return Some("url must not contain a backslash".to_owned());
+    }
+    let authority = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or_default());
+    if authority.is_some_and(|authority| authority.contains('@')) {
+        return Some(
+            "url must not carry a user name or password; deliveries are authenticated by their signature"
+                .to_owned(),
+        );
+    }
     if url
         .split_once("://")
-        .is_none_or(|(_, rest)| rest.is_empty() || rest.starts_with(['/', '\\']))
+        .is_none_or(|(_, rest)| rest.is_empty() || rest.starts_with('/'))
     {
         return Some("url must be absolute, `http://host/...` or `https://host/...`".to_owned());
     }
@@ -147,6 +159,8 @@ mod tests {
             "http://a.example/x y",
             "https:/a.example/",
             "https://",
+            "http://:@a.example/",
+            "http://a.example\\x",
         ] {
             assert!(url_problem(url).is_some(), "{url} was accepted");
         }

@@ -138,6 +138,12 @@ pub async fn feed(
             "send one Last-Event-ID header, not several",
         ));
     }
+    // Named as sent, for the answers that refuse it.
+    let resume_from = if headers.contains_key("last-event-id") {
+        "Last-Event-ID"
+    } else {
+        "lastEventId"
+    };
     let last_event_id = headers
         .get("last-event-id")
         .map(|value| {
@@ -213,7 +219,7 @@ pub async fn feed(
             .unwrap_or(false);
             if !reached {
                 let name = if last_event_id.is_some() {
-                    "Last-Event-ID"
+                    resume_from
                 } else {
                     "after"
                 };
