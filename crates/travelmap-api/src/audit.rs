@@ -65,7 +65,8 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
                 // The purpose, when it was sent once, is kept for the entry of the refusal.
                 let purpose = match name {
                     "X-Purpose" => None,
-                    _ => header("X-Purpose")?.map(str::to_owned),
+                    // Unreadable, it is recorded as `unlisted`: the read is refused either way.
+                    _ => header("X-Purpose").ok().flatten().map(str::to_owned),
                 };
                 return Ok(Self {
                     request_id,

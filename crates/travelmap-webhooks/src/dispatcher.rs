@@ -248,7 +248,7 @@ impl Dispatcher {
         // The pause that was due after the last failed attempt, before this process stopped:
         // a service restarted often must not spend a receiver's attempts in a hurry.
         if let Some(failed) = &failing {
-            let since_resume = failed.attempts - failed.before_resume;
+            let since_resume = failed.attempts.saturating_sub(failed.before_resume);
             let due = failed.at + self.policy.backoff.delay(since_resume);
             if let Ok(left) = (due - Utc::now()).to_std()
                 && pause(left, &mut stop).await
@@ -280,7 +280,7 @@ impl Dispatcher {
                     }) if event_id == event.draft.id => (attempts + 1, before_resume),
                     _ => (1, 0),
                 };
-                let since_resume = attempt - before_resume;
+                let since_resume = attempt.saturating_sub(before_resume);
                 let sent = tokio::select! {
                     sent = self.attempt(&webhook, event, attempt, since_resume) => sent,
                     _ = stopped(&mut stop) => return Ended::Stopped,
@@ -386,7 +386,10 @@ impl Dispatcher {
         // The last attempt that gave up on this event (newest first), which a resume followed.
         let before_resume = log
             .iter()
-            .take_while(|attempt| attempt.event_id == last.event_id)
+            // Back to an earlier delivery of the same event at most (its cursor was not saved).
+            .take_while(|attempt| {
+                attempt.event_id == last.event_id && attempt.outcome != AttemptOutcome::Delivered
+            })
             .find(|attempt| attempt.outcome == AttemptOutcome::Failed)
             .map_or(0, |failed| failed.attempt);
         Some(Failing {
