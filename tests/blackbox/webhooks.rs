@@ -304,6 +304,19 @@ async fn register(app: &TestApp, receiver: &Receiver, types: Value) -> Value {
     webhook
 }
 
+/// Waits until `webhook` has been read up to the feed's last event, sent or left out.
+async fn read_through_head(app: &TestApp, webhook: &Value) {
+    let path = format!(
+        "/v1/subscriptions/webhooks/{}",
+        webhook["id"].as_str().unwrap()
+    );
+    eventually("the webhook has read past the last event", || async {
+        let head = app.feed().await.last().unwrap()["position"].as_u64();
+        app.get_ok(&path, NGO_COORDINATOR).await["delivered_up_to"].as_u64() >= head
+    })
+    .await;
+}
+
 async fn deliveries(app: &TestApp, id: &str) -> Vec<Value> {
     app.get_ok(
         &format!("/v1/subscriptions/webhooks/{id}/deliveries?limit=1000"),
@@ -861,19 +874,7 @@ async fn the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after(b
     .await;
     need(&app, PROBATION_WRITER, ours, "after the close").await;
     let last = need(&app, NGO_WRITER, ours, "also after").await;
-    eventually("the webhook has read past the last event", || async {
-        let state = app
-            .get_ok(
-                &format!(
-                    "/v1/subscriptions/webhooks/{}",
-                    webhook["id"].as_str().unwrap()
-                ),
-                NGO_COORDINATOR,
-            )
-            .await;
-        state["delivered_up_to"].as_u64() >= app.feed().await.last().unwrap()["position"].as_u64()
-    })
-    .await;
+    read_through_head(&app, &webhook).await;
     let types: Vec<(String, String)> = receiver
         .inbox
         .received()
@@ -907,7 +908,7 @@ async fn the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after(b
 async fn the_withdrawal_of_its_own_consent_reaches_the_agency_once(backend: Backend) {
     let app = spawn_app_on(&backend).await;
     let receiver = Receiver::start().await;
-    register(&app, &receiver, json!(["consent.*", "need.*"])).await;
+    let webhook = register(&app, &receiver, json!(["consent.*", "need.*"])).await;
     let client = Uuid::new_v4();
     let consent = |kind: &str, data: Value| event(client, kind, AT, data);
     let recorded = posted(
@@ -937,15 +938,7 @@ async fn the_withdrawal_of_its_own_consent_reaches_the_agency_once(backend: Back
     )
     .await;
     let last = need(&app, PROBATION_WRITER, client, "after the withdrawal").await;
-    eventually("the webhook has read past the last event", || async {
-        let feed = app.feed().await;
-        let last_position = feed.last().unwrap()["position"].as_u64();
-        let webhooks = app
-            .get_ok("/v1/subscriptions/webhooks", NGO_COORDINATOR)
-            .await;
-        webhooks["webhooks"][0]["delivered_up_to"].as_u64() >= last_position
-    })
-    .await;
+    read_through_head(&app, &webhook).await;
     let ids: Vec<String> = receiver
         .inbox
         .received()
