@@ -800,7 +800,15 @@ impl Journeys {
                 }
             }
         }
-        Ok(travelmap_projections::statistics::outcomes(&states, query))
+        // Suppression solves linear programs, tens of milliseconds for a hundred groups and
+        // more for larger tables: off the runtime's threads.
+        let query = query.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            travelmap_projections::statistics::outcomes(&states, &query)
+        })
+        .await
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+        Ok(report)
     }
 
     /// A page of the global feed after `after`.
