@@ -219,6 +219,14 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
         "forbidden",
     )
     .await;
+    // The trail is read to audit (or for a subject access request), and for nothing else.
+    let statistics = expect_problem(
+        get_with(&app, "/v1/audit/entries", AUDITOR, "statistics").await,
+        StatusCode::BAD_REQUEST,
+        "purpose_required",
+    )
+    .await;
+    assert_eq!(statistics["field"], "X-Purpose");
     let checkpoint = app.get_ok("/v1/audit/checkpoint", AUDITOR).await;
     let tail = app
         .get_ok(
@@ -227,13 +235,15 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
         )
         .await;
     let tail = tail["entries"].as_array().unwrap();
-    // The page read above, the refused read, the checkpoint, and this read.
+    // The page read above, the two refused reads, the checkpoint, and this read.
     assert_eq!(tail[0]["action"], "GET /v1/audit/entries");
     assert_eq!(tail[1]["outcome"], "denied");
     assert_eq!(tail[1]["credential"], "coordinator-desk");
-    assert_eq!(tail[2]["action"], "GET /v1/audit/checkpoint");
-    assert_eq!(checkpoint["seq"], tail[2]["seq"]);
-    assert_eq!(checkpoint["hash"], tail[2]["hash"]);
+    assert_eq!(tail[2]["outcome"], "denied");
+    assert_eq!(tail[2]["purpose"], "statistics");
+    assert_eq!(tail[3]["action"], "GET /v1/audit/checkpoint");
+    assert_eq!(checkpoint["seq"], tail[3]["seq"]);
+    assert_eq!(checkpoint["hash"], tail[3]["hash"]);
 }
 
 #[tokio::test]

@@ -646,6 +646,35 @@ async fn openapi_covers_every_endpoint() {
         );
     }
     assert!(doc["paths"]["/v1/events"]["post"]["responses"]["409"].is_object());
+    // Every operation: a unique id (generators key on it), the answers any of them may give,
+    // and `X-Justification` wherever `X-Purpose` is read.
+    let mut operation_ids = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap();
+            assert!(operation_ids.insert(id), "operationId {id} twice");
+            let responses = &operation["responses"];
+            assert!(responses["500"].is_object(), "{method} {path}: no 500");
+            if path.starts_with("/v1/") && path != "/v1/event-types" {
+                assert!(responses["503"].is_object(), "{method} {path}: no 503");
+            }
+            let headers: Vec<&str> = operation["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|parameter| parameter["in"] == "header")
+                .map(|parameter| parameter["name"].as_str().unwrap())
+                .collect();
+            if headers.contains(&"X-Purpose") && method == "get" {
+                assert!(
+                    headers.contains(&"X-Justification"),
+                    "{method} {path}: X-Justification"
+                );
+            }
+        }
+    }
+    let report = &doc["paths"]["/v1/clients/{client_id}/subject-access"]["get"]["responses"]["200"];
+    assert!(report["content"]["text/html"].is_object(), "{report}");
     let health = app.get_ok("/healthz", ADMIN).await;
     assert_eq!(health["status"], "ok");
 }

@@ -404,9 +404,15 @@ impl TestApp {
         self.post("/v1/events", key, event).await
     }
 
-    /// GET stating the purpose `case_management`, as every read of personal data must.
+    /// GET stating a purpose, as every read of personal data must: `audit` for the audit
+    /// trail, `case_management` for the rest.
     pub async fn get(&self, path: &str, key: &str) -> Response {
-        self.get_for(path, key, "case_management").await
+        let purpose = if path.starts_with("/v1/audit/") {
+            "audit"
+        } else {
+            "case_management"
+        };
+        self.get_for(path, key, purpose).await
     }
 
     /// GET stating `purpose`.

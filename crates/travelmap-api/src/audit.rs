@@ -482,6 +482,32 @@ pub async fn purpose(
     }
 }
 
+/// [`purpose`], refusing (and logging as denied) any purpose but `allowed`, which `what`
+/// names in the answer ("an audit trail read").
+pub async fn purpose_among(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    allowed: &[Purpose],
+    what: &str,
+    logged: Logged<'_>,
+) -> Result<Purpose, ApiError> {
+    let purpose = purpose(state, caller, context, logged.clone()).await?;
+    if allowed.contains(&purpose) {
+        return Ok(purpose);
+    }
+    log(state, caller, context, Outcome::Denied, logged).await?;
+    let names: Vec<String> = allowed
+        .iter()
+        .map(|purpose| format!("X-Purpose: {}", purpose.as_str()))
+        .collect();
+    Err(ApiError::new(
+        Code::PurposeRequired,
+        format!("{what} is made only with {}", names.join(" or ")),
+    )
+    .with_field("X-Purpose"))
+}
+
 /// The server's clock to the microsecond (what the stores keep).
 fn now() -> DateTime<Utc> {
     Utc::now()

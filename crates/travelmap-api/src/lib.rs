@@ -107,7 +107,13 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
     // The live feed's alert messages travel inside `text/event-stream`, which no response body
     // schema names; listed here so clients can still generate the type.
     components(schemas(routes::subscriptions::AlertMessage)),
-    modifiers(&BearerAuth, &EventDataSchemas, &AcceptedValues, &BodyRejections),
+    modifiers(
+        &BearerAuth,
+        &EventDataSchemas,
+        &AcceptedValues,
+        &BodyRejections,
+        &CommonAnswers
+    ),
     tags(
         (name = "events", description = "Recording journey events and reading the global feed"),
         (name = "clients", description = "Histories, travel maps and identifier look-up"),
@@ -345,6 +351,79 @@ impl Modify for BodyRejections {
                                 .build()
                                 .into()
                         });
+                }
+            }
+        }
+    }
+}
+
+/// Documents what every operation may answer whatever it does: `500 internal` for a fault of
+/// the service, and, on those that use the store, `503 unavailable` with `Retry-After` while
+/// the store cannot be reached. And where an operation reads `X-Purpose`, it reads
+/// `X-Justification` too (logged with the request; required for `emergency`): one extractor
+/// handles both for every operation, so one place documents them.
+struct CommonAnswers;
+
+impl Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, Type, schema::ObjectBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        // The catalogue and the service's own descriptions are served from memory.
+        let uses_store = |path: &str| path.starts_with("/v1/") && path != "/v1/event-types";
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                responses.entry("500".to_owned()).or_insert_with(|| {
+                    problem("A fault of the service, logged with the request id (internal)").into()
+                });
+                if uses_store(path) {
+                    responses.entry("503".to_owned()).or_insert_with(|| {
+                        problem(
+                            "The store cannot be reached or is restarting; retry after \
+                             `Retry-After` seconds (unavailable)",
+                        )
+                        .into()
+                    });
+                }
+                let Some(parameters) = operation.parameters.as_mut() else {
+                    continue;
+                };
+                let is_header = |parameter: &utoipa::openapi::path::Parameter, name: &str| {
+                    matches!(parameter.parameter_in, ParameterIn::Header)
+                        && parameter.name.eq_ignore_ascii_case(name)
+                };
+                let reads_purpose = parameters.iter().any(|p| is_header(p, "X-Purpose"));
+                let has_justification = parameters.iter().any(|p| is_header(p, "X-Justification"));
+                if reads_purpose && !has_justification {
+                    parameters.push(
+                        ParameterBuilder::new()
+                            .name("X-Justification")
+                            .parameter_in(ParameterIn::Header)
+                            .description(Some(
+                                "A written reason, logged with the request (at most 2,000 \
+                                 characters, sent once); required with `X-Purpose: emergency`",
+                            ))
+                            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                            .build(),
+                    );
                 }
             }
         }

@@ -166,6 +166,21 @@ pub enum Purpose {
     Emergency,
 }
 
+impl Purpose {
+    /// The name on the wire (`X-Purpose`, consents, webhooks).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::CaseManagement => "case_management",
+            Purpose::Supervision => "supervision",
+            Purpose::ServiceDelivery => "service_delivery",
+            Purpose::Audit => "audit",
+            Purpose::Statistics => "statistics",
+            Purpose::SubjectAccess => "subject_access",
+            Purpose::Emergency => "emergency",
+        }
+    }
+}
+
 /// The legal basis on which an agency processes the client's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -715,7 +730,8 @@ pub struct EventRetracted {
 /// `personal_data.erased`: the data-protection officer erased the client's personal data. The
 /// keys protecting it are destroyed: the journey facts (types, dates, agencies) stay, while names,
 /// identifiers, notes and reasons read as erased from then on, everywhere. The client's record is
-/// closed: no further events are accepted for them.
+/// closed: no further events are accepted for them, but for the lifting of a restriction in force
+/// at the erasure (kept, it would hold the remaining facts out of statistics for good).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PersonalDataErased {

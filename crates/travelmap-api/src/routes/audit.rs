@@ -7,6 +7,7 @@ use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 use travelmap_domain::ClientId;
 use travelmap_domain::audit::{AuditEntry, Operation, Outcome, hex};
+use travelmap_domain::payloads::Purpose;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
@@ -100,7 +101,7 @@ const AUDITORS: &[Role] = &[Role::Auditor, Role::Dpo];
     params(("client_id" = uuid::Uuid, Path, description = "The client"), ("X-Purpose" = String, Header, description = "Why you read: `audit` (or `subject_access`)")),
     responses(
         (status = 200, description = "The client's entries, in order", body = AuditEntries),
-        (status = 400, description = "No valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `X-Purpose` of `audit` or `subject_access` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),
@@ -120,7 +121,15 @@ pub async fn client_entries(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
-    audit::purpose(&state, &caller, &context, logged(None)).await?;
+    audit::purpose_among(
+        &state,
+        &caller,
+        &context,
+        &[Purpose::Audit, Purpose::SubjectAccess],
+        "an audit trail read",
+        logged(None),
+    )
+    .await?;
     let entries = state
         .audit
         .read_client(client)
@@ -160,7 +169,7 @@ pub struct EntriesQuery {
     params(EntriesQuery, ("X-Purpose" = String, Header, description = "Why you read: `audit` (or `subject_access`)")),
     responses(
         (status = 200, description = "A page of entries", body = AuditEntries),
-        (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed parameter, or no `X-Purpose` of `audit` or `subject_access` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),
@@ -179,7 +188,15 @@ pub async fn entries(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
-    audit::purpose(&state, &caller, &context, logged(None)).await?;
+    audit::purpose_among(
+        &state,
+        &caller,
+        &context,
+        &[Purpose::Audit, Purpose::SubjectAccess],
+        "an audit trail read",
+        logged(None),
+    )
+    .await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
         return Err(ApiError::invalid_parameter(
@@ -268,7 +285,7 @@ pub struct BreakGlassGrants {
     params(("X-Purpose" = String, Header, description = "Why you read: `audit` (or `subject_access`)")),
     responses(
         (status = 200, description = "The grants", body = BreakGlassGrants),
-        (status = 400, description = "No valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "No `X-Purpose` of `audit` or `subject_access` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),
@@ -286,7 +303,15 @@ pub async fn break_glass(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
-    audit::purpose(&state, &caller, &context, logged(None)).await?;
+    audit::purpose_among(
+        &state,
+        &caller,
+        &context,
+        &[Purpose::Audit, Purpose::SubjectAccess],
+        "an audit trail read",
+        logged(None),
+    )
+    .await?;
     let entries = state
         .audit
         .read_action(audit::BREAK_GLASS)

@@ -151,6 +151,7 @@ pub struct AgencyCaseloadPage {
         (status = 400, description = "Malformed parameter, or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another agency's caseload, or a role that may not read caseloads", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "An agency no `[[agencies]]` entry declares (not_found, `field`: `agency`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The case files did not reach `min_position` in time", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -247,6 +248,7 @@ pub struct AlertList {
         (status = 400, description = "Malformed parameter (e.g. an unknown `kind`), or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Another agency's alerts, or a role that may not read alerts", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "An agency no `[[agencies]]` entry declares (not_found, `field`: `agency`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The alerts did not reach `min_position` in time", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

@@ -292,7 +292,10 @@ pub struct SubjectAccessQuery {
         ("X-Purpose" = String, Header, description = "Must be `subject_access`"),
     ),
     responses(
-        (status = 200, description = "The report (as JSON; as a readable `text/html` page with `?format=html` or `Accept: text/html`)", body = SubjectAccess),
+        (status = 200, description = "The report (as JSON; as a readable `text/html` page with `?format=html` or `Accept: text/html`)", content(
+            (SubjectAccess = "application/json"),
+            (String = "text/html"),
+        )),
         (status = 400, description = "No `X-Purpose: subject_access` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the dpo role", body = Problem, content_type = "application/problem+json"),
@@ -327,14 +330,15 @@ pub async fn subject_access(
         returned,
     };
     audit::require(&state, &caller, &context, &[Role::Dpo], logged(None)).await?;
-    if audit::purpose(&state, &caller, &context, logged(None)).await? != Purpose::SubjectAccess {
-        audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
-        return Err(ApiError::new(
-            Code::PurposeRequired,
-            "a subject access report is produced only with X-Purpose: subject_access",
-        )
-        .with_field("X-Purpose"));
-    }
+    audit::purpose_among(
+        &state,
+        &caller,
+        &context,
+        &[Purpose::SubjectAccess],
+        "a subject access report",
+        logged(None),
+    )
+    .await?;
     let events = state.journeys.history(client_id, None).await;
     let events = audit::found(&state, &caller, &context, events, logged(None)).await?;
     let now = Utc::now();

@@ -10,7 +10,7 @@ use travelmap_projections::statistics::{Cell, OutcomeQuery, OutcomeReport};
 use crate::AppState;
 use crate::audit::{self, Logged, RequestContext};
 use crate::auth::{Caller, Role};
-use crate::error::{ApiError, Code, Problem};
+use crate::error::{ApiError, Problem};
 use crate::extract::Query;
 
 /// Outcome statistics per programme, prison, municipality or quarter of enrolment: entered,
@@ -49,14 +49,15 @@ pub async fn outcomes(
         logged(None),
     )
     .await?;
-    if audit::purpose(&state, &caller, &context, logged(None)).await? != Purpose::Statistics {
-        audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
-        return Err(ApiError::new(
-            Code::PurposeRequired,
-            "statistics are produced only with X-Purpose: statistics",
-        )
-        .with_field("X-Purpose"));
-    }
+    audit::purpose_among(
+        &state,
+        &caller,
+        &context,
+        &[Purpose::Statistics],
+        "a statistics report",
+        logged(None),
+    )
+    .await?;
     if let (Some(from), Some(to)) = (query.from, query.to)
         && from > to
     {

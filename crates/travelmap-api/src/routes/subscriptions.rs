@@ -90,7 +90,7 @@ type Events = BoxStream<'static, Result<Event, Infallible>>;
 /// restriction of processing; auditors and administrators receive every client. Reconnect with
 /// `Last-Event-ID` to resume. Idle streams get a `: heartbeat` comment every 15 seconds.
 #[utoipa::path(
-    get, path = "/v1/subscriptions/feed", tag = "subscriptions",
+    get, path = "/v1/subscriptions/feed", tag = "subscriptions", operation_id = "subscription_feed",
     params(
         FeedQuery,
         ("X-Purpose" = String, Header, description = "Why you process the events: e.g. `case_management`"),
@@ -101,6 +101,7 @@ type Events = BoxStream<'static, Result<Event, Infallible>>;
         (status = 400, description = "Malformed parameter (an unknown type, a bad `Last-Event-ID`), or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "A role that may not subscribe, or another agency's alerts", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "An agency no `[[agencies]]` entry declares (not_found, `field`: `agency`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -234,10 +234,11 @@ async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<stored::
 #[utoipa::path(
     post, path = "/v1/subscriptions/webhooks", tag = "webhooks",
     request_body = WebhookRequest,
+    params(("X-Purpose" = Option<String>, Header, description = "Optional; if sent, it must name the body's `purpose` (the purpose deliveries are made for), or the request is refused (invalid_parameter)")),
     responses(
         (status = 201, description = "Registered; the answer holds the signing secret, shown only this once. Delivery starts with the next event recorded.", body = Webhook,
          headers(("Location" = String, description = "The webhook's URL"))),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, or an `X-Purpose` other than the body's `purpose` (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the writer or coordinator role", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not declared as JSON", body = Problem, content_type = "application/problem+json"),
