@@ -844,22 +844,38 @@ async fn retention_shreds_what_is_due_audits_it_and_reports_it(backend: Backend)
     // data for two, of which these clients hold none (so it must not date the shredding).
     text.push_str("[retention]\nneeds = 5\nidentity = 50\njustice = 2\n");
     std::fs::write(&config, text).unwrap();
-    // The app ran on the data directory itself; the binary is pointed at the same place.
-    let run = || {
-        let output = travelmap_command()
-            .args(["retention", "run", "--config"])
-            .arg(&config)
-            .args(backend.store_args(data_dir.path()))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    // The app ran on the data directory itself; the binary is pointed at the same place. On
+    // PostgreSQL the command runs beside a server, which writes the views: it must neither wait
+    // for the server's lease (it did, for ever) nor end before the server has folded what it
+    // shredded. The embedded store takes one process at a time.
+    let path = data_dir.path().to_owned();
+    let store_args = backend.store_args(&path);
+    let (beside, data_dir) = match backend {
+        Backend::Postgres(_) => (Some(spawn_app_on_in(&backend, data_dir).await), None),
+        Backend::Embedded => (None, Some(data_dir)),
     };
-    let report = run();
+    let run = || {
+        let (config, store_args) = (config.clone(), store_args.clone());
+        async move {
+            let mut command = tokio::process::Command::from(travelmap_command());
+            command
+                .kill_on_drop(true)
+                .args(["retention", "run", "--config"])
+                .arg(&config)
+                .args(store_args);
+            let output = tokio::time::timeout(std::time::Duration::from_secs(60), command.output())
+                .await
+                .expect("the run ends")
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            serde_json::from_slice::<Value>(&output.stdout).unwrap()
+        }
+    };
+    let report = run().await;
     assert_eq!(report["clients"], 2, "{report}");
     assert_eq!(
         report["due"],
@@ -870,7 +886,7 @@ async fn retention_shreds_what_is_due_audits_it_and_reports_it(backend: Backend)
     assert_eq!(report["failed"], json!([]));
     if matches!(backend, Backend::Embedded) {
         // Gone from the views too, without waiting for the next start.
-        for entry in std::fs::read_dir(data_dir.path()).unwrap() {
+        for entry in std::fs::read_dir(&path).unwrap() {
             let path = entry.unwrap().path();
             if path.is_file() {
                 let bytes = std::fs::read(&path).unwrap();
@@ -882,10 +898,14 @@ async fn retention_shreds_what_is_due_audits_it_and_reports_it(backend: Backend)
             }
         }
     }
-    let second = run();
+    let second = run().await;
     assert_eq!(second["due"], json!([]), "what was shredded stays shredded");
 
-    let app = spawn_app_on_in(&backend, data_dir).await;
+    let app = match (beside, data_dir) {
+        (Some(app), _) => app,
+        (None, Some(data_dir)) => spawn_app_on_in(&backend, data_dir).await,
+        (None, None) => unreachable!("the app or its data directory"),
+    };
     let history = app
         .get_ok(&format!("/v1/clients/{due}/events"), AUDITOR)
         .await;

@@ -654,6 +654,16 @@ mod tests {
     }
 
     #[test]
+    fn the_actor_has_the_pattern_of_every_text() {
+        let document = serde_json::to_value(crate::ApiDoc::openapi()).unwrap();
+        let request = &document["components"]["schemas"]["EventRequest.client.released"];
+        assert_eq!(
+            request["properties"]["actor"]["pattern"],
+            travelmap_domain::TEXT_PATTERN
+        );
+    }
+
+    #[test]
     fn every_event_data_schema_is_in_the_openapi_document_unchanged() {
         let document = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
         for info in travelmap_domain::catalogue::event_types() {

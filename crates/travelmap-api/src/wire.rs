@@ -33,30 +33,39 @@ pub const MAX_BATCH: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct EventRequest {
     /// Chosen by the sender; the idempotency key. Posting the same id again with the same
-    /// content is answered with the original receipt.
+    /// content is answered with the original receipt. Not the nil UUID. Other spellings the
+    /// UUID parser reads (no hyphens, braces, `urn:uuid:`) are taken as the same id and answered
+    /// in the hyphenated form.
     pub id: Uuid,
     /// The event type, from the catalogue (`GET /v1/event-types`).
     #[serde(rename = "type")]
     pub event_type: String,
-    /// The schema version of `data` (currently 1 for every type).
+    /// The schema version of `data` (currently 1 for every type), written as a whole number
+    /// (`1`, not `1.0`).
     pub schema_version: u32,
-    /// The client the event is about.
+    /// The client the event is about (not the nil UUID; spelled as `id` may be).
     pub client_id: Uuid,
-    /// When it happened (RFC 3339, with offset, from 1900 on). May be in the past; not in the
-    /// future.
+    /// When it happened (RFC 3339, with offset; its UTC time in the years 1900 to 2199, without
+    /// a leap second). May be in the past; not in the future.
     #[serde(deserialize_with = "strict_date_time")]
     pub occurred_at: DateTime<FixedOffset>,
     /// The sender's reference to the worker involved (not a name): trimmed, not blank, at most
-    /// 2000 characters, no control characters.
+    /// 2000 characters, no control characters (tab, line feed and carriage return excepted).
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 2000, pattern = "\\S")]
+    // The pattern is `travelmap_domain::TEXT_PATTERN` (the attribute takes only a literal; a
+    // test checks they agree).
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub actor: Option<String>,
     /// The event's data. Its schema depends on `type`: the `EventData.<type>` component of this
     /// document (also served by `GET /v1/event-types`).
     #[schema(value_type = Object)]
     pub data: Value,
-    /// The client's stream version the sender last saw; the event is refused with
-    /// `409 version_conflict` if the stream has moved since.
+    /// The client's stream version the sender last saw, as a whole number; the event is refused
+    /// with `409 version_conflict` if the stream has moved since.
     #[serde(default)]
     #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub expected_version: Option<u64>,

@@ -154,7 +154,9 @@ macro_rules! catalogue {
                     description: $description,
                     personal_fields: &[$($personal),*],
                     posted_by: crate::agency::posted_by($name).unwrap_or_default(),
-                    data: generator.clone().into_root_schema_for::<$payload>().to_value(),
+                    data: with_date_patterns(
+                        generator.clone().into_root_schema_for::<$payload>().to_value(),
+                    ),
                 },)*]
             })
         }
@@ -307,6 +309,30 @@ fn decode_payload<P: DeserializeOwned + Rules>(
     let payload: P = deserialize_with_path(data)?;
     payload.check()?;
     Ok(payload)
+}
+
+/// The published pattern of a date (`format: date`): the strict form, in the years
+/// [`crate::dates::EARLIEST_YEAR`] to [`crate::dates::LATEST_YEAR`], which is what
+/// [`crate::dates::check_date`] accepts (a day the month lacks, such as 2026-02-30, aside).
+const DATE_PATTERN: &str = "^(19|20|21)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$";
+
+/// Adds [`DATE_PATTERN`] wherever a schema says `format: date`, so that the published schemas
+/// refuse the years the server refuses.
+fn with_date_patterns(mut schema: Value) -> Value {
+    fn visit(value: &mut Value) {
+        match value {
+            Value::Object(members) => {
+                if members.get("format").and_then(Value::as_str) == Some("date") {
+                    members.insert("pattern".to_owned(), Value::from(DATE_PATTERN));
+                }
+                members.values_mut().for_each(visit);
+            }
+            Value::Array(items) => items.iter_mut().for_each(visit),
+            _ => {}
+        }
+    }
+    visit(&mut schema);
+    schema
 }
 
 /// Checks `value` where serde, reading it into the type, would take more than the type's

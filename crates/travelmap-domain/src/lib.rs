@@ -25,4 +25,4 @@ pub use envelope::{
 pub use error::{DecodeError, ValidationError, field_path};
 pub use ids::{ClientId, EventId};
 pub use journey::ClientJourney;
-pub use text::Text;
+pub use text::{PATTERN as TEXT_PATTERN, Text};

@@ -242,7 +242,7 @@ pub struct SentenceStarted {
     /// The first day of the sentence (YYYY-MM-DD).
     #[serde(serialize_with = "crate::dates::serialize")]
     pub start_date: NaiveDate,
-    /// The expected release date (YYYY-MM-DD), if known.
+    /// The expected release date (YYYY-MM-DD), if known; not before `start_date`.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

@@ -10,6 +10,15 @@ use serde::{Deserialize, Serialize, Serializer};
 /// careless sender from filling the log.
 pub const MAX_TEXT_LEN: usize = 2000;
 
+/// The published pattern of a text: something besides white space, and no control character
+/// but tab, line feed and carriage return (which the HTTP layer refuses in every string). An
+/// ECMA-262 regular expression, as JSON Schema takes.
+pub const PATTERN: &str = concat!(
+    "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*",
+    "[^\\s\\u0000-\\u001F\\u007F-\\u009F]",
+    "[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+);
+
 /// A non-empty, trimmed string of at most [`MAX_TEXT_LEN`] characters. Parsing rejects anything
 /// else, so code holding a `Text` never re-checks it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -84,7 +93,7 @@ impl JsonSchema for Text {
             "type": "string",
             "minLength": 1,
             "maxLength": MAX_TEXT_LEN,
-            "pattern": "\\S"
+            "pattern": PATTERN
         })
     }
 }

@@ -23,7 +23,11 @@ Every journey event is posted as an envelope around a typed `data` object:
 ```
 
 - `id` is chosen by the sender and is the idempotency key: the same id with the same content is
-  answered with the original receipt; with other content, `409 duplicate_conflict`.
+  answered with the original receipt; with other content, `409 duplicate_conflict`. `id` and
+  `client_id` are UUIDs, not the nil UUID; other spellings the UUID parser reads (no hyphens,
+  braces, `urn:uuid:`) are taken as the same id and answered in the hyphenated form.
+  `schema_version` and `expected_version` are whole numbers written without a fraction (`1`,
+  not `1.0`).
 - `occurred_at` is when it happened (agencies post late and out of order); the server adds
   `recorded_at`, when it learned it. Travel maps order by `occurred_at`; `as_of` reads and audit
   replays use `recorded_at`. `occurred_at` may not lie more than 10 minutes in the future, nor
@@ -39,7 +43,12 @@ Every journey event is posted as an envelope around a typed `data` object:
 - Every `data` object rejects unknown fields, so a misspelt optional field is an error rather
   than a silently lost fact. Optional fields may be omitted; `null` is accepted only where the
   type's JSON Schema allows it (not, for example, for `attended` or `identifiers`, which have
-  defaults). Text fields are trimmed, must not be blank, and hold at most 2000 characters.
+  defaults). Text fields are trimmed, must not be blank, and hold at most 2000 characters once
+  trimmed (the published `maxLength` counts the text as sent, so a padded text the schema
+  refuses may still be taken); no string may hold a control character other than tab, line
+  feed and carriage return. Identifiers are compared once trimmed, so `"x"` and `" x"` are the
+  same identifier listed twice. A sentence's `expected_release_date` is not before its
+  `start_date`.
   Dates are `YYYY-MM-DD` exactly; times RFC 3339 exactly (`2026-03-01T09:00:00+01:00`, a
   fraction of a second and `Z` allowed, no leap second); both within the years 1900 to 2199
   (a time's year counted in UTC).

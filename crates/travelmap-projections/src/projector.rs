@@ -225,6 +225,30 @@ impl Projector {
         self.fold_until_head(LIVE).await
     }
 
+    /// Brings the views to the log's head as this process knows it: folds them here if this
+    /// process may write them (it takes the lease at once: the embedded store, or no other
+    /// process leads), or else waits for the process that writes them to save past it. A
+    /// command run beside servers on PostgreSQL thus neither waits for their lease nor competes
+    /// for it.
+    pub async fn bring_to_head(&self) -> Result<()> {
+        let head = *self.log.head().borrow();
+        let followed = async {
+            tokio::select! {
+                _ = self.follow_saved() => {}
+                _ = self.reached(head) => {}
+            }
+        };
+        tokio::select! {
+            biased;
+            led = self.views.lead() => {
+                led?;
+                self.catch_up().await?;
+            }
+            () = followed => {}
+        }
+        Ok(())
+    }
+
     /// Deletes every view and folds the whole log again from position 0.
     pub async fn rebuild(&self) -> Result<RebuildReport> {
         self.rebuild_at(REBUILD).await

@@ -80,14 +80,15 @@ pub async fn run(
     if schedule.is_empty() {
         return Ok(report);
     }
-    journeys.projector().catch_up().await?;
+    journeys.projector().bring_to_head().await?;
     let shredded = shred_what_is_due(journeys, audit, schedule, now, &mut report).await;
     if !report.done.is_empty() {
         // The views still hold what was shredded, in plaintext, until the projection folds the
         // `retention.applied` events; run offline, nothing else would fold them before the next
         // start, and a copy of the data directory taken meanwhile would keep the data. Also
-        // when the run stopped early: what it did shred before is folded all the same.
-        journeys.projector().catch_up().await?;
+        // when the run stopped early: what it did shred before is folded all the same. Beside
+        // a server on PostgreSQL, the server folds them, and the run waits until it has.
+        journeys.projector().bring_to_head().await?;
     }
     shredded?;
     Ok(report)
@@ -226,6 +227,16 @@ pub async fn daily(
             _ = stop.changed() => return,
         }
         wait = every;
+        // Of servers beside each other on PostgreSQL, the one that writes the views runs the
+        // schedule (the others would shred the same clients again): wait to be that one.
+        tokio::select! {
+            led = journeys.views().lead() => if let Err(error) = led {
+                health.failing();
+                tracing::error!(%error, "retention run waits for the view lease; next try in a day");
+                continue;
+            },
+            _ = stop.changed() => return,
+        }
         match run(&journeys, audit.as_ref(), &schedule, Utc::now()).await {
             Ok(report) => {
                 // Clients that could not be handled keep data past its time until a run

@@ -39,10 +39,11 @@ const READERS: &[Role] = &[Role::Writer, Role::Coordinator, Role::Admin];
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
     /// Where events are POSTed: an absolute `http` or `https` URL, without user name, password
-    /// or fragment.
+    /// or fragment; at most 2,048 characters.
     #[schema(
         example = "https://case-system.probation.example/travelmap/events",
-        format = "uri"
+        format = "uri",
+        max_length = 2048
     )]
     pub url: String,
     /// Event types (`client.released`) or families of them (`job.*`) to receive; at least one,
