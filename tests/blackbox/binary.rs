@@ -465,6 +465,28 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
         "{stderr}"
     );
 
+    // A line longer than a body POSTed over HTTP may be is refused without being held whole,
+    // and a file with many problems names the first twenty and counts the rest.
+    let long = dir.path().join("long.jsonl");
+    let mut file = std::fs::File::create(&long).unwrap();
+    let mut padded = events[0].to_string();
+    padded.insert_str(1, &" ".repeat(1024 * 1024));
+    writeln!(file, "{padded}").unwrap();
+    for _ in 0..25 {
+        writeln!(file, "{{").unwrap();
+    }
+    drop(file);
+    let output = run(&["import", long.to_str().unwrap()], &data);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 1: longer than 1048576 bytes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("line 20:"), "{stderr}");
+    assert!(!stderr.contains("line 21:"), "{stderr}");
+    assert!(stderr.contains("... and 6 more"), "{stderr}");
+
     let good = dir.path().join("good.jsonl");
     let mut file = std::fs::File::create(&good).unwrap();
     for event in &events {
@@ -777,14 +799,6 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         .collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
     let import = |credential: &str| import_as(&file, credential, &config, &data);
-    let refused = import("probation-system");
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        stderr.contains("line 2") && stderr.contains("may not post `client.released`"),
-        "{stderr}"
-    );
-    assert!(stderr.contains("nothing was imported"), "{stderr}");
     // The prison may post both.
     let accepted = import("opava-prison-system");
     assert!(
@@ -793,15 +807,30 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         String::from_utf8_lossy(&accepted.stderr)
     );
     assert!(String::from_utf8_lossy(&accepted.stdout).contains("imported 2 events"));
-    // The import is in the client's audit trail, as a batch posted over HTTP would be; the
-    // refused attempt recorded nothing and logged nothing.
+    let refused = import("probation-system");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("may not post `client.released`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
+    // A credential without the writer role is refused before any line is read for its content.
+    let unauthorised = import("coordinator-desk");
+    assert!(!unauthorised.status.success());
+    // Both are in the client's audit trail, as a batch posted over HTTP would be: the import,
+    // and each refused attempt as denied under the client it named.
     let server = Server::start(&data, Some(&config)).await;
     let trail = trail_at(&server.address, client).await;
     let imported: Vec<&Value> = trail
         .iter()
         .filter(|entry| entry["action"] == "travelmap import")
         .collect();
-    assert_eq!(imported.len(), 1, "{trail:?}");
+    assert_eq!(imported.len(), 3, "{trail:?}");
+    assert_eq!(imported[1]["outcome"], "denied");
+    assert_eq!(imported[1]["credential"], "probation-system");
+    assert_eq!(imported[2]["outcome"], "denied");
+    assert_eq!(imported[2]["credential"], "coordinator-desk");
     assert_eq!(imported[0]["operation"], "collection");
     assert_eq!(imported[0]["outcome"], "allowed");
     assert_eq!(imported[0]["credential"], "opava-prison-system");

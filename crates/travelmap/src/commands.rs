@@ -49,13 +49,30 @@ pub async fn import(
         ))
     };
     let mut errors = Vec::new();
+    let mut more_errors = 0usize;
+    // Clients named by lines the credential may not post, as a refusal over HTTP names them.
+    let mut denied: Vec<ClientId> = Vec::new();
     let mut total = 0u64;
     let mut first_line_of: HashMap<EventId, usize> = HashMap::new();
-    for (number, line) in open()?.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", file.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for read in ImportLines::new(open()?) {
+        let (number, line) = read.with_context(|| format!("reading {}", file.display()))?;
+        let line = match line {
+            ImportLine::Text(line) if line.trim().is_empty() => continue,
+            ImportLine::Text(line) => line,
+            ImportLine::TooLong => {
+                total += 1;
+                push_error(
+                    &mut errors,
+                    &mut more_errors,
+                    format!(
+                        "line {number}: longer than {} bytes, the most a POST /v1/events body \
+                         may hold",
+                        travelmap_api::extract::MAX_BODY_BYTES
+                    ),
+                );
+                continue;
+            }
+        };
         total += 1;
         let problem = match parse_line(&line) {
             Ok(submission)
@@ -63,6 +80,7 @@ pub async fn import(
                     submission.draft.event.event_type(),
                 ) =>
             {
+                note_denied(&mut denied, submission.draft.client_id);
                 Some(format!(
                     "`{}` is recorded by the service itself (through its data-protection \
                      endpoints and commands), not imported",
@@ -74,6 +92,7 @@ pub async fn import(
                     !travelmap_domain::agency::may_post(kind, submission.draft.event.event_type())
                 }) =>
             {
+                note_denied(&mut denied, submission.draft.client_id);
                 Some(format!(
                     "agency `{}` may not post `{}` events",
                     provenance.agency,
@@ -84,7 +103,7 @@ pub async fn import(
                 let named = authenticator
                     .map(|authenticator| authenticator.check_named_agency(&submission.draft.event))
                     .unwrap_or(Ok(()));
-                match (named, first_line_of.insert(submission.draft.id, number + 1)) {
+                match (named, first_line_of.insert(submission.draft.id, number)) {
                     (Err(invalid), _) => Some(format!(
                         "{}: {}",
                         invalid.field.as_deref().unwrap_or_default(),
@@ -100,19 +119,25 @@ pub async fn import(
             Err(problem) => Some(problem),
         };
         if let Some(problem) = problem {
-            errors.push(format!("line {}: {problem}", number + 1));
-            if errors.len() >= MAX_REPORTED_ERRORS {
-                break;
-            }
+            push_error(
+                &mut errors,
+                &mut more_errors,
+                format!("line {number}: {problem}"),
+            );
         }
     }
     drop(first_line_of);
     if !errors.is_empty() {
-        bail!(
-            "{} is not valid; nothing was imported:\n  {}",
+        let more = match more_errors {
+            0 => String::new(),
+            more => format!("\n  ... and {more} more"),
+        };
+        let refusal = anyhow::anyhow!(
+            "{} is not valid; nothing was imported:\n  {}{more}",
             file.display(),
             errors.join("\n  ")
         );
+        return Err(log_denied_import(location, &provenance, &denied, refusal).await);
     }
 
     // Before the store is opened: a key is made only for a directory with no key store yet.
@@ -131,11 +156,11 @@ pub async fn import(
     let mut batch: Vec<Submission> = Vec::with_capacity(IMPORT_BATCH);
     // The file's line number of each event in the batch, to name the one a refusal is about.
     let mut batch_lines: Vec<usize> = Vec::with_capacity(IMPORT_BATCH);
-    let mut lines = open()?.lines().enumerate();
+    let mut lines = ImportLines::new(open()?);
     loop {
-        let next = lines.next();
-        let line = match next {
-            Some((number, line)) => Some((number + 1, line?)),
+        let line = match lines.next().transpose()? {
+            Some((number, ImportLine::Text(line))) => Some((number, line)),
+            Some((number, ImportLine::TooLong)) => bail!("line {number} grew while importing"),
             None => None,
         };
         if let Some((number, line)) = &line
@@ -238,13 +263,18 @@ pub async fn import(
 /// Appends one entry from an offline command: beside a running server on the embedded store
 /// (see `SqliteAuditLog::append_beside`), or to the database's trail.
 pub async fn log_offline(location: &Location, record: AuditRecord) -> anyhow::Result<()> {
+    log_offline_all(location, vec![record]).await
+}
+
+/// [`log_offline`], for several entries at once.
+pub async fn log_offline_all(location: &Location, records: Vec<AuditRecord>) -> anyhow::Result<()> {
     match location {
         Location::Embedded(data_dir) => {
-            SqliteAuditLog::append_beside(&data_dir.join("audit.sqlite"), &[record])?;
+            SqliteAuditLog::append_beside(&data_dir.join("audit.sqlite"), &records)?;
         }
         Location::Postgres(url) => {
             let store = PgStore::connect(url, Migrations::Require).await?;
-            let logged = store.audit.append(vec![record]).await;
+            let logged = store.audit.append(records).await;
             store.close().await;
             logged?;
         }
@@ -299,6 +329,158 @@ pub struct OfflineLogged<'a> {
     pub purpose: Option<&'a str>,
     pub action: &'a str,
     pub returned: Option<String>,
+}
+
+/// Keeps the first [`MAX_REPORTED_ERRORS`] problems of a file and counts the rest.
+fn push_error(errors: &mut Vec<String>, more: &mut usize, problem: String) {
+    if errors.len() < MAX_REPORTED_ERRORS {
+        errors.push(problem);
+    } else {
+        *more += 1;
+    }
+}
+
+/// Notes a client named by a line the credential may not post, up to a batch's worth (as a
+/// refused batch over HTTP names at most that many).
+fn note_denied(denied: &mut Vec<ClientId>, client: ClientId) {
+    if denied.len() < wire::MAX_BATCH && !denied.contains(&client) {
+        denied.push(client);
+    }
+}
+
+/// The clients the lines of an import file name, as far as they can be read (up to a batch's
+/// worth): for the audit entry of an import refused before its lines are checked.
+pub fn clients_named_in(file: &Path) -> Vec<ClientId> {
+    let Ok(opened) = std::fs::File::open(file) else {
+        return Vec::new();
+    };
+    let mut clients = Vec::new();
+    for read in ImportLines::new(BufReader::new(opened)) {
+        let Ok((_, ImportLine::Text(line))) = read else {
+            continue;
+        };
+        let named = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|value| value.get("client_id")?.as_str()?.parse().ok());
+        if let Some(client) = named {
+            note_denied(&mut clients, ClientId(client));
+        }
+        if clients.len() == wire::MAX_BATCH {
+            break;
+        }
+    }
+    clients
+}
+
+/// Logs an import refused for lines its credential may not post, as `denied` under each client
+/// they name, as the same refusal over HTTP is; returns `refusal`, with a note if the entries
+/// could not be written. A directory with no store has no trail, and none is made for this.
+async fn log_denied_import(
+    location: &Location,
+    provenance: &Provenance,
+    denied: &[ClientId],
+    refusal: anyhow::Error,
+) -> anyhow::Error {
+    let has_store = match location {
+        Location::Embedded(data_dir) => data_dir.join("audit.sqlite").exists(),
+        Location::Postgres(_) => true,
+    };
+    if denied.is_empty() || !has_store {
+        return refusal;
+    }
+    let records: Vec<AuditRecord> = denied
+        .iter()
+        .map(|client| {
+            offline_record(
+                provenance,
+                Outcome::Denied,
+                OfflineLogged {
+                    operation: Operation::Collection,
+                    client: Some(*client),
+                    purpose: None,
+                    action: IMPORT_ACTION,
+                    returned: None,
+                },
+            )
+        })
+        .collect();
+    match log_offline_all(location, records).await {
+        Ok(()) => refusal,
+        Err(logging) => {
+            anyhow::anyhow!("{refusal:#}\n(and the refusal could not be logged: {logging:#})")
+        }
+    }
+}
+
+/// The lines of an import file, numbered from 1. A line may hold at most
+/// [`travelmap_api::extract::MAX_BODY_BYTES`], as a body POSTed over HTTP: a longer one is read
+/// through to its end without being kept, and reported as [`ImportLine::TooLong`].
+struct ImportLines<R> {
+    reader: R,
+    number: usize,
+}
+
+enum ImportLine {
+    Text(String),
+    TooLong,
+}
+
+impl<R: BufRead> ImportLines<R> {
+    fn new(reader: R) -> Self {
+        Self { reader, number: 0 }
+    }
+}
+
+impl<R: BufRead> Iterator for ImportLines<R> {
+    type Item = std::io::Result<(usize, ImportLine)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let limit = travelmap_api::extract::MAX_BODY_BYTES;
+        let mut line = Vec::new();
+        let (mut too_long, mut read_any) = (false, false);
+        loop {
+            let available = match self.reader.fill_buf() {
+                Ok(available) => available,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Some(Err(error)),
+            };
+            if available.is_empty() {
+                if !read_any {
+                    return None;
+                }
+                break;
+            }
+            read_any = true;
+            let newline = available.iter().position(|&byte| byte == b'\n');
+            let taken = newline.map_or(available.len(), |at| at + 1);
+            if !too_long {
+                line.extend_from_slice(&available[..newline.unwrap_or(taken)]);
+                if line.len() > limit + 1 {
+                    // One byte over is a CR before the newline, which the end trims.
+                    too_long = true;
+                    line = Vec::new();
+                }
+            }
+            self.reader.consume(taken);
+            if newline.is_some() {
+                break;
+            }
+        }
+        self.number += 1;
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if too_long || line.len() > limit {
+            return Some(Ok((self.number, ImportLine::TooLong)));
+        }
+        Some(match String::from_utf8(line) {
+            Ok(text) => Ok((self.number, ImportLine::Text(text))),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {} is not valid UTF-8", self.number),
+            )),
+        })
+    }
 }
 
 fn parse_line(line: &str) -> Result<Submission, String> {

@@ -42,8 +42,8 @@ enum Command {
         #[arg(long, env = "TRAVELMAP_LISTEN", value_name = "ADDR")]
         listen: Option<SocketAddr>,
     },
-    /// Load events from a JSON-lines file (one event per line, as for POST /v1/events). Every
-    /// line's shape is checked before anything is stored; then the events are recorded in batches
+    /// Load events from a JSON-lines file (one event per line, as for POST /v1/events, so at
+    /// most 1 MiB each). Every line's shape is checked before anything is stored; then the events are recorded in batches
     /// of 1000, each all or nothing, and logged in the audit trail. A clash with what is stored
     /// (an id recorded with other content, a stale expected_version, a correction of an event its
     /// agency may not rectify) stops the import at its batch, with the batches before it
@@ -326,11 +326,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 match import_provenance(config.as_ref(), credential.as_deref(), &location) {
                     Ok(acting) => acting,
                     Err(error) => {
+                        // Named as a refused batch over HTTP names them.
+                        let clients = commands::clients_named_in(&file);
                         return Err(refused(
                             error,
                             &location,
                             travelmap_domain::audit::Operation::Collection,
-                            None,
+                            &clients,
                             None,
                             commands::IMPORT_ACTION,
                         )
@@ -380,7 +382,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         error,
                         &location,
                         travelmap_domain::audit::Operation::Consultation,
-                        Some(client),
+                        &[client],
                         Some(&purpose),
                         commands::REPLAY_ACTION,
                     )
@@ -583,7 +585,7 @@ async fn refused(
     error: anyhow::Error,
     location: &travelmap_store::Location,
     operation: travelmap_domain::audit::Operation,
-    client: Option<ClientId>,
+    clients: &[ClientId],
     purpose: Option<&str>,
     action: &str,
 ) -> anyhow::Error {
@@ -592,18 +594,28 @@ async fn refused(
         return error;
     }
     if let Some(LacksRole { provenance, .. }) = error.downcast_ref::<LacksRole>() {
-        let record = commands::offline_record(
-            provenance,
-            travelmap_domain::audit::Outcome::Denied,
-            commands::OfflineLogged {
-                operation,
-                client,
-                purpose,
-                action,
-                returned: None,
-            },
-        );
-        if let Err(logging) = commands::log_offline(location, record).await {
+        // One entry per client named, or one naming none.
+        let clients: Vec<Option<ClientId>> = match clients {
+            [] => vec![None],
+            named => named.iter().copied().map(Some).collect(),
+        };
+        let records = clients
+            .into_iter()
+            .map(|client| {
+                commands::offline_record(
+                    provenance,
+                    travelmap_domain::audit::Outcome::Denied,
+                    commands::OfflineLogged {
+                        operation,
+                        client,
+                        purpose,
+                        action,
+                        returned: None,
+                    },
+                )
+            })
+            .collect();
+        if let Err(logging) = commands::log_offline_all(location, records).await {
             return anyhow::anyhow!("{error} (and the refusal could not be logged: {logging:#})");
         }
     }
