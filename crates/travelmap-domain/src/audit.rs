@@ -200,6 +200,11 @@ pub enum ChainError {
     ShorterThanCheckpoint { last: u64, checkpoint: u64 },
     #[error("entry {0} differs from the checkpoint taken at it")]
     CheckpointMismatch(u64),
+    #[error(
+        "the entries end at entry {last}, but the store records its head at entry {head} \
+         (with another hash, if the same entry): entries were removed or replaced at the end"
+    )]
+    HeadMismatch { last: u64, head: u64 },
 }
 
 /// Checks a log entry by entry, from the first, in order (so that a long log need not be held in

@@ -773,6 +773,17 @@ pub async fn verify_audit(
             }
         }
     }
+    // Where the store keeps the head apart from the entries (PostgreSQL's `audit_head`), a
+    // trail cut short at its end still says how far it went.
+    if broken.is_none() {
+        let (head, head_hash) = audit.head().await?;
+        if (head, head_hash) != check.head() {
+            broken = Some(ChainError::HeadMismatch {
+                last: check.head().0,
+                head,
+            });
+        }
+    }
     if broken.is_none()
         && let Some((seq, hash)) = &checkpoint
     {
