@@ -229,6 +229,11 @@ pub enum Error {
     },
     #[error("config file {path}: [webhooks] max_attempts may be at most {most}")]
     TooManyAttempts { path: PathBuf, most: u32 },
+    #[error("config file {path}: {setting} must be at least 1")]
+    Zero {
+        path: PathBuf,
+        setting: &'static str,
+    },
     #[error("config file {path}: agency `{agency}` is declared twice")]
     AgencyTwice { path: PathBuf, agency: String },
     #[error(
@@ -267,6 +272,31 @@ impl ConfigFile {
             return Err(Error::TooManyAttempts {
                 path: path.to_owned(),
                 most,
+            });
+        }
+        // A zero would make grants expire as they are given, a receiver time out at once, or
+        // deliveries retry without pause: no setting anyone means.
+        let webhooks = &config.webhooks;
+        let zero = [
+            ("break_glass_minutes", config.break_glass_minutes == Some(0)),
+            ("[webhooks] max_attempts", webhooks.max_attempts == Some(0)),
+            (
+                "[webhooks] timeout_seconds",
+                webhooks.timeout_seconds == Some(0),
+            ),
+            (
+                "[webhooks] retry_base_ms",
+                webhooks.retry_base_ms == Some(0),
+            ),
+            (
+                "[webhooks] retry_cap_seconds",
+                webhooks.retry_cap_seconds == Some(0),
+            ),
+        ];
+        if let Some((setting, _)) = zero.into_iter().find(|(_, is_zero)| *is_zero) {
+            return Err(Error::Zero {
+                path: path.to_owned(),
+                setting,
             });
         }
         Ok(config)
@@ -703,6 +733,33 @@ mod tests {
             ConfigFile::load(&path).unwrap().webhooks.max_attempts,
             Some(1000)
         );
+    }
+
+    #[test]
+    fn settings_of_zero_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("travelmap.toml");
+        for (text, setting) in [
+            ("break_glass_minutes = 0\n", "break_glass_minutes"),
+            ("[webhooks]\nmax_attempts = 0\n", "[webhooks] max_attempts"),
+            (
+                "[webhooks]\ntimeout_seconds = 0\n",
+                "[webhooks] timeout_seconds",
+            ),
+            (
+                "[webhooks]\nretry_base_ms = 0\n",
+                "[webhooks] retry_base_ms",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = ConfigFile::load(&path).unwrap_err();
+            assert!(
+                matches!(error, Error::Zero { setting: named, .. } if named == setting),
+                "{error}"
+            );
+        }
+        std::fs::write(&path, "break_glass_minutes = 1\n").unwrap();
+        assert!(ConfigFile::load(&path).is_ok());
     }
 
     #[test]
