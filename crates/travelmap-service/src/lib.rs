@@ -115,7 +115,7 @@ pub enum Error {
         first: usize,
         id: EventId,
     },
-    #[error("event {id} was already recorded with different content")]
+    #[error("event {id} was already recorded with different content, or by another agency")]
     DuplicateConflict { index: usize, id: EventId },
     #[error(
         "event {id} was already recorded, and its personal fields were destroyed since (retention \
