@@ -752,6 +752,11 @@ pub async fn verify_audit(
             (store.audit.clone(), Some(store))
         }
     };
+    // Where the store keeps the head apart from the entries (PostgreSQL's `audit_head`), a
+    // trail cut short at its end still says how far it went. Read first: servers may append
+    // while this runs, and the entries read after it reach at least this far.
+    let (stored_head, stored_hash) = audit.head().await?;
+    let mut at_stored_head: Option<[u8; 32]> = (stored_head == 0).then_some(stored_hash);
     let mut check = ChainCheck::default();
     let mut at_checkpoint: Option<String> = None;
     let mut broken: Option<ChainError> = None;
@@ -771,18 +776,16 @@ pub async fn verify_audit(
             {
                 at_checkpoint = Some(hex(&entry.hash));
             }
+            if entry.seq == stored_head {
+                at_stored_head = Some(entry.hash);
+            }
         }
     }
-    // Where the store keeps the head apart from the entries (PostgreSQL's `audit_head`), a
-    // trail cut short at its end still says how far it went.
-    if broken.is_none() {
-        let (head, head_hash) = audit.head().await?;
-        if (head, head_hash) != check.head() {
-            broken = Some(ChainError::HeadMismatch {
-                last: check.head().0,
-                head,
-            });
-        }
+    if broken.is_none() && at_stored_head != Some(stored_hash) {
+        broken = Some(ChainError::HeadMismatch {
+            last: check.head().0,
+            head: stored_head,
+        });
     }
     if broken.is_none()
         && let Some((seq, hash)) = &checkpoint
