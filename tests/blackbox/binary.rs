@@ -403,6 +403,41 @@ fn run(args: &[&str], data_dir: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// Every recorded event was logged, so an event log beside a missing audit trail is said out
+/// loud when the store is opened: the trail was removed, or not restored with the log.
+#[test]
+fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("events.jsonl");
+    let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-01T00:00:00Z");
+    std::fs::write(&file, format!("{event}\n")).unwrap();
+    assert!(
+        run(&["import", file.to_str().unwrap()], &data)
+            .status
+            .success()
+    );
+    let warning = "the audit trail (audit.sqlite) was missing";
+    let opened = run(&["rebuild"], &data);
+    assert!(opened.status.success());
+    assert!(!String::from_utf8_lossy(&opened.stderr).contains(warning));
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("audit.sqlite")
+        {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let reopened = run(&["rebuild"], &data);
+    assert!(reopened.status.success());
+    let stderr = String::from_utf8_lossy(&reopened.stderr);
+    assert!(stderr.contains(warning), "{stderr}");
+}
+
 #[tokio::test]
 async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_and_replay_agree() {
     let dir = tempfile::tempdir().unwrap();

@@ -65,6 +65,8 @@ impl SqliteStore {
             Err(TryLockError::WouldBlock) => return Err(Error::Locked(data_dir.to_owned())),
             Err(TryLockError::Error(error)) => return Err(error.into()),
         }
+        let trail_missing =
+            std::fs::metadata(data_dir.join("audit.sqlite")).map_or(true, |trail| trail.len() == 0);
         for file in DATABASES {
             private_file(&data_dir.join(file))?;
         }
@@ -74,6 +76,17 @@ impl SqliteStore {
         let keys = SqliteKeyStore::open(&data_dir.join("keys.sqlite"))?;
         let webhooks = SqliteWebhookStore::open(&data_dir.join("webhooks.sqlite"))?;
         let head = *crate::EventLog::head(&log).borrow();
+        // Every recorded event was logged, so a log with events beside an empty trail means the
+        // trail was removed or replaced (or not restored with the log): say so, loudly, since
+        // nothing else would.
+        if head > 0 && trail_missing {
+            tracing::error!(
+                events = head,
+                "the audit trail (audit.sqlite) was missing while the event log holds events: \
+                 it was removed, or not restored with the log; an empty one was started. \
+                 Restore it from the backup taken with the log"
+            );
+        }
         let rewound = webhooks.rewind_past(head)?;
         if rewound > 0 {
             tracing::warn!(
