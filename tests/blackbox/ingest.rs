@@ -343,6 +343,29 @@ async fn malformed_bodies_are_400_415_and_413() {
     let response = send(huge, "application/json").await.unwrap();
     expect_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
 
+    // A sender that asks before sending (`Expect: 100-continue`) is refused on the declared
+    // length, not invited to send a body that would be refused.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let host = app.address.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {PRISON_WRITER}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\n\r\n",
+            2 * 1024 * 1024
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 512];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+                .await
+                .expect("an answer without the body")
+                .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+
     let response = send(b"[1, 2]".to_vec(), "application/json").await.unwrap();
     expect_problem(
         response,

@@ -68,6 +68,19 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 format!("bodies are read as sent: `Content-Encoding: {coding}` is not supported"),
             ));
         }
+        // Refused on its declared length before the body is read: a client that sent
+        // `Expect: 100-continue` is then told at once, rather than invited to send a body that
+        // would be refused.
+        let declared = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+            return Err(ApiError::new(
+                Code::PayloadTooLarge,
+                format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+            ));
+        }
         let bytes =
             Bytes::from_request(request, state)
                 .await
