@@ -615,6 +615,11 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
             "DELETE FROM audit WHERE seq >= 4",
             "before the checkpoint at entry 5",
         ),
+        // A row that no longer reads as an entry is a break too, not a failure to run.
+        (
+            "UPDATE audit SET at = 'hello' WHERE seq = 3",
+            "the entries after entry 2 cannot be read",
+        ),
     ];
     for (change, expected) in cases {
         let (intact, report) = tampered(&data, Some(&checkpoint_file), &public_key, change);

@@ -205,6 +205,8 @@ pub enum ChainError {
          (with another hash, if the same entry): entries were removed or replaced at the end"
     )]
     HeadMismatch { last: u64, head: u64 },
+    #[error("the entries after entry {after} cannot be read (altered or damaged): {reason}")]
+    Unreadable { after: u64, reason: String },
 }
 
 /// Checks a log entry by entry, from the first, in order (so that a long log need not be held in

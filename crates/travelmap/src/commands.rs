@@ -760,8 +760,28 @@ pub async fn verify_audit(
     let mut check = ChainCheck::default();
     let mut at_checkpoint: Option<String> = None;
     let mut broken: Option<ChainError> = None;
+    let mut page_size = 1000;
     'pages: loop {
-        let page = audit.read_after(check.head().0, 1000).await?;
+        // A row that cannot be read back (a column of the wrong type, a hash of the wrong
+        // length) was altered or damaged: reported as a break, like an entry that does not
+        // match its hash, rather than as a failure to run. A page that fails is read again an
+        // entry at a time, to name the entry.
+        let page = match audit.read_after(check.head().0, page_size).await {
+            Ok(page) => page,
+            // A database that cannot be reached says nothing of the trail.
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(_) if page_size > 1 => {
+                page_size = 1;
+                continue;
+            }
+            Err(error) => {
+                broken = Some(ChainError::Unreadable {
+                    after: check.head().0,
+                    reason: error.to_string(),
+                });
+                break;
+            }
+        };
         if page.is_empty() {
             break;
         }

@@ -57,7 +57,12 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir`, applying schema migrations.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        create_private_dir(data_dir)?;
+        create_private_dir(data_dir).map_err(|error| {
+            std::io::Error::new(
+                error.kind(),
+                format!("data directory {}: {error}", data_dir.display()),
+            )
+        })?;
         warn_if_shared(data_dir);
         let lock = private_file(&data_dir.join("travelmap.lock"))?;
         match lock.try_lock() {
