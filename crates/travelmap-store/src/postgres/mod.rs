@@ -167,6 +167,30 @@ pub(crate) fn connect_options(url: &str) -> Result<(PgConnectOptions, Duration)>
 /// How long a wait for a connection lasts unless the URL's `connect_timeout` says otherwise.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The parameters a store URL may carry: those of libpq's that the driver reads (with its
+/// spellings), and `connect_timeout`, which is read here.
+const URL_PARAMETERS: [&str; 19] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+    "connect_timeout",
+];
+
 /// `url` without its `connect_timeout` parameter, and that parameter's value.
 fn take_connect_timeout(url: &str) -> Result<(String, Option<Duration>)> {
     let Some((base, query)) = url.split_once('?') else {
@@ -175,6 +199,18 @@ fn take_connect_timeout(url: &str) -> Result<(String, Option<Duration>)> {
     let mut timeout = None;
     let mut kept = Vec::new();
     for pair in query.split('&') {
+        // The driver would only warn of a parameter it does not know and go on without it; a
+        // misspelt `sslmode` would then connect without the TLS it asked for.
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        if !URL_PARAMETERS.contains(&name) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "the store URL's parameter `{name}` is not one of {}",
+                    URL_PARAMETERS.join(", ")
+                ),
+            )));
+        }
         match pair.strip_prefix("connect_timeout=") {
             Some(seconds) => {
                 let seconds: u64 = seconds.parse().map_err(|_| {
@@ -313,5 +349,13 @@ mod tests {
             )
         );
         assert!(take_connect_timeout("postgres://h/db?connect_timeout=soon").is_err());
+    }
+
+    #[test]
+    fn a_parameter_the_driver_would_ignore_is_refused() {
+        let error = take_connect_timeout("postgres://h/db?sslmod=require").unwrap_err();
+        assert!(error.to_string().contains("`sslmod`"), "{error}");
+        assert!(take_connect_timeout("postgres://h/db?bogus").is_err());
+        assert!(take_connect_timeout("postgres://h/db?sslmode=require&user=x").is_ok());
     }
 }
