@@ -521,6 +521,12 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     assert!(stderr.contains("line 20:"), "{stderr}");
     assert!(!stderr.contains("line 21:"), "{stderr}");
     assert!(stderr.contains("... and 6 more"), "{stderr}");
+    let marked = dir.path().join("marked.jsonl");
+    std::fs::write(&marked, format!("\u{feff}{}\n", events[0])).unwrap();
+    let output = run(&["import", marked.to_str().unwrap()], &data);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("line 1: starts with a byte-order mark")
+    );
 
     let good = dir.path().join("good.jsonl");
     let mut file = std::fs::File::create(&good).unwrap();

@@ -484,6 +484,11 @@ impl<R: BufRead> Iterator for ImportLines<R> {
 }
 
 fn parse_line(line: &str) -> Result<Submission, String> {
+    // As over HTTP, where a body that starts with one is not JSON either; said plainly, since
+    // editors add it unseen.
+    if line.starts_with('\u{feff}') {
+        return Err("starts with a byte-order mark: save the file as UTF-8 without one".to_owned());
+    }
     // Parsed as the HTTP API parses bodies: a member named twice is refused there too.
     let value = travelmap_api::extract::parse_json(line.as_bytes())?;
     wire::parse_event(&value).map_err(|error| match error.field {
