@@ -313,7 +313,6 @@ struct BodyRejections;
 
 impl Modify for BodyRejections {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
         const ANSWERS: [(&str, &str); 3] = [
             ("400", "The body is not JSON (malformed_json)"),
             ("413", "The body is over 1 MiB (payload_too_large)"),
@@ -339,22 +338,25 @@ impl Modify for BodyRejections {
                         .responses
                         .responses
                         .entry(status.to_owned())
-                        .or_insert_with(|| {
-                            ResponseBuilder::new()
-                                .description(description)
-                                .content(
-                                    "application/problem+json",
-                                    ContentBuilder::new()
-                                        .schema(Some(Ref::from_schema_name("Problem")))
-                                        .build(),
-                                )
-                                .build()
-                                .into()
-                        });
+                        .or_insert_with(|| problem_response(description).into());
                 }
             }
         }
     }
+}
+
+/// A response whose body is a problem document.
+fn problem_response(description: &str) -> utoipa::openapi::Response {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/problem+json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build()
 }
 
 /// Documents what every operation may answer whatever it does: `500 internal` for a fault of
@@ -367,18 +369,8 @@ struct CommonAnswers;
 impl Modify for CommonAnswers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, Type, schema::ObjectBuilder};
-        let problem = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("Problem")))
-                        .build(),
-                )
-                .build()
-        };
+        use utoipa::openapi::{Type, schema::ObjectBuilder};
+        let problem = problem_response;
         // The catalogue and the service's own descriptions are served from memory.
         let uses_store = |path: &str| path.starts_with("/v1/") && path != "/v1/event-types";
         for (path, item) in openapi.paths.paths.iter_mut() {

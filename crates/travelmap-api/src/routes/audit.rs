@@ -121,15 +121,7 @@ pub async fn client_entries(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
-    audit::purpose_among(
-        &state,
-        &caller,
-        &context,
-        &[Purpose::Audit, Purpose::SubjectAccess],
-        "an audit trail read",
-        logged(None),
-    )
-    .await?;
+    trail_purpose(&state, &caller, &context, logged(None)).await?;
     let entries = state
         .audit
         .read_client(client)
@@ -188,15 +180,7 @@ pub async fn entries(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
-    audit::purpose_among(
-        &state,
-        &caller,
-        &context,
-        &[Purpose::Audit, Purpose::SubjectAccess],
-        "an audit trail read",
-        logged(None),
-    )
-    .await?;
+    trail_purpose(&state, &caller, &context, logged(None)).await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
         return Err(ApiError::invalid_parameter(
@@ -303,15 +287,7 @@ pub async fn break_glass(
         returned,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
-    audit::purpose_among(
-        &state,
-        &caller,
-        &context,
-        &[Purpose::Audit, Purpose::SubjectAccess],
-        "an audit trail read",
-        logged(None),
-    )
-    .await?;
+    trail_purpose(&state, &caller, &context, logged(None)).await?;
     let entries = state
         .audit
         .read_action(audit::BREAK_GLASS)
@@ -338,4 +314,22 @@ pub async fn break_glass(
         })
         .collect();
     Ok(Json(BreakGlassGrants { grants }))
+}
+
+/// The trail is read to audit, or for a subject access request, and for nothing else.
+async fn trail_purpose(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    logged: Logged<'_>,
+) -> Result<Purpose, ApiError> {
+    audit::purpose_among(
+        state,
+        caller,
+        context,
+        &[Purpose::Audit, Purpose::SubjectAccess],
+        "an audit trail read",
+        logged,
+    )
+    .await
 }
