@@ -12,7 +12,11 @@
 //! - in each group and in the totals, `entered` is at least `completed` plus `dropped_out` and
 //!   at least each count of participations with a job, housing or a re-offence;
 //! - a hidden count is 1 to 9 if small and at least 10 if not (the attacker is assumed to know
-//!   which, as in rule 2), and no more than the whole table holds.
+//!   which, as in rule 2), and no more than the whole table holds;
+//! - a cell hidden to protect a small one of its column (rule 2 takes the smallest published
+//!   first) is no larger than any cell of its column still published, and smaller than those
+//!   before it (the attacker is assumed to know which cells these are, as in rule 2); cells
+//!   hidden for their row or by this check are not bounded so.
 //!
 //! A hidden small count is *pinned* when its least and greatest possible values, rounded inward
 //! to whole numbers, meet. The bounds are those of the linear relaxation: it allows fractions,
@@ -36,12 +40,14 @@ pub(super) enum Place {
     Total(usize),
 }
 
-/// The table as published: every true count, and which are hidden.
+/// The table as published: every true count, which are hidden, and which of the hidden group
+/// cells were hidden for a reason other than protecting a small cell of their column.
 pub(super) struct Published<'a> {
     pub rows: &'a [[u64; MEASURES]],
     pub totals: &'a [u64; MEASURES],
     pub hidden: &'a [[bool; MEASURES]],
     pub total_hidden: &'a [bool; MEASURES],
+    pub for_row: &'a [[bool; MEASURES]],
 }
 
 impl Published<'_> {
@@ -95,15 +101,47 @@ impl Published<'_> {
         None
     }
 
-    /// Whether `place` (hidden) can be worked out exactly from what is published.
+    /// Whether `place` (hidden) can be worked out exactly from what is published. Its true
+    /// value is always possible, so a greatest value at least one above it (or a least one
+    /// below) frees it: the second solve is needed only when the first does not.
     pub fn is_pinned(&self, place: Place, whole_numbers: bool) -> bool {
-        let least = self.extreme(place, OptimizationDirection::Minimize, whole_numbers);
-        let most = self.extreme(place, OptimizationDirection::Maximize, whole_numbers);
-        match (least, most) {
-            // Inward to whole numbers, with room for the solver's tolerance.
-            (Some(least), Some(most)) => (least - 1e-6).ceil() >= (most + 1e-6).floor(),
-            _ => true,
+        let value = self.value(place) as f64;
+        // With room for the solver's tolerance.
+        let Some(most) = self.extreme(place, OptimizationDirection::Maximize, whole_numbers) else {
+            return true;
+        };
+        if most >= value + 1.0 - 1e-6 {
+            return false;
         }
+        match self.extreme(place, OptimizationDirection::Minimize, whole_numbers) {
+            Some(least) => least > value - 1.0 + 1e-6,
+            None => true,
+        }
+    }
+
+    /// The most a hidden large group cell that protects a small one of its column may hold, as
+    /// rule 2 chose it: the smallest published non-zero cell of the column when it was taken
+    /// (on a tie, the first group), so no larger than any published now, and smaller than one
+    /// before it. `None` for other cells.
+    fn protector_bound(&self, place: Place) -> Option<u64> {
+        let Place::Group(row, measure) = place else {
+            return None;
+        };
+        if !is_small(self.rows[row][measure]) && !self.for_row[row][measure] {
+            let bound = (0..self.rows.len())
+                .filter(|&other| !self.hidden[other][measure] && self.rows[other][measure] > 0)
+                .map(|other| {
+                    let published = self.rows[other][measure];
+                    if row < other {
+                        published
+                    } else {
+                        published - 1
+                    }
+                })
+                .min();
+            return bound;
+        }
+        None
     }
 
     /// The least or greatest value of `target` over everything the report allows, or `None`
@@ -128,7 +166,8 @@ impl Published<'_> {
             } else if is_small(value) {
                 (1, SUPPRESSION_THRESHOLD - 1)
             } else {
-                (SUPPRESSION_THRESHOLD, cap)
+                let most = self.protector_bound(place).unwrap_or(cap).min(cap);
+                (SUPPRESSION_THRESHOLD, most.max(SUPPRESSION_THRESHOLD))
             };
             let objective = if place == target { 1.0 } else { 0.0 };
             let variable = if whole_numbers {
@@ -224,9 +263,15 @@ pub(super) fn what_to_hide(published: &Published<'_>, pinned: Place) -> Option<P
             Place::Group(row, measure) => hidden[row][measure] = true,
             Place::Total(measure) => total_hidden[measure] = true,
         }
+        // Hidden here, it is known only to be at least 10 (see `for_row`).
+        let mut for_row = published.for_row.to_vec();
+        if let Place::Group(row, measure) = candidate {
+            for_row[row][measure] = true;
+        }
         let tried = Published {
             hidden: &hidden,
             total_hidden: &total_hidden,
+            for_row: &for_row,
             ..*published
         };
         !tried.is_pinned(pinned, false)
