@@ -356,8 +356,11 @@ pub fn clients_named_in(file: &Path) -> Vec<ClientId> {
     };
     let mut clients = Vec::new();
     for read in ImportLines::new(BufReader::new(opened)) {
-        let Ok((_, ImportLine::Text(line))) = read else {
-            continue;
+        let line = match read {
+            Ok((_, ImportLine::Text(line))) => line,
+            Ok((_, ImportLine::TooLong)) => continue,
+            // A read that fails (a directory, a failing disk) fails again: stop here.
+            Err(_) => break,
         };
         let named = serde_json::from_str::<serde_json::Value>(&line)
             .ok()

@@ -326,8 +326,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 match import_provenance(config.as_ref(), credential.as_deref(), &location) {
                     Ok(acting) => acting,
                     Err(error) => {
-                        // Named as a refused batch over HTTP names them.
-                        let clients = commands::clients_named_in(&file);
+                        // Named as a refused batch over HTTP names them, where the refusal is
+                        // logged at all (see `refused`).
+                        let logged = error.downcast_ref::<LacksRole>().is_some()
+                            && existing_store(&location).is_ok();
+                        let clients = if logged {
+                            commands::clients_named_in(&file)
+                        } else {
+                            Vec::new()
+                        };
                         return Err(refused(
                             error,
                             &location,
