@@ -232,11 +232,17 @@ impl Projector {
     /// for it.
     pub async fn bring_to_head(&self) -> Result<()> {
         let head = *self.log.head().borrow();
+        // The leader's saved checkpoint itself, not this process's progress, which only moves
+        // forward: a leader that began a rebuild meanwhile has saved less than it once had.
+        let mut saved = self.views.saved();
         let followed = async {
-            tokio::select! {
-                _ = self.follow_saved() => {}
-                _ = self.reached(head) => {}
+            if *saved.borrow() < head {
+                tracing::info!(
+                    head,
+                    "another process writes the views; waiting for it to fold the log up to here"
+                );
             }
+            let _ = saved.wait_for(|checkpoint| *checkpoint >= head).await;
         };
         tokio::select! {
             biased;
