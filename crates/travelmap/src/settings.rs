@@ -234,6 +234,17 @@ pub enum Error {
         path: PathBuf,
         setting: &'static str,
     },
+    #[error("config file {path}: {setting} may be at most {most}")]
+    TooLarge {
+        path: PathBuf,
+        setting: &'static str,
+        most: u64,
+    },
+    #[error(
+        "config file {path}: [webhooks] retry_base_ms (the first pause) is longer than \
+         retry_cap_seconds (the longest)"
+    )]
+    BaseOverCap { path: PathBuf },
     #[error("config file {path}: agency `{agency}` is declared twice")]
     AgencyTwice { path: PathBuf, agency: String },
     #[error(
@@ -255,6 +266,9 @@ pub enum Error {
     #[error("master keys from {from}: {detail}")]
     MasterKeys { from: String, detail: String },
 }
+
+/// The longest a break-glass grant may be configured to last: a week.
+pub const MAX_BREAK_GLASS_MINUTES: u64 = 7 * 24 * 60;
 
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, Error> {
@@ -297,6 +311,24 @@ impl ConfigFile {
             return Err(Error::Zero {
                 path: path.to_owned(),
                 setting,
+            });
+        }
+        // Break-glass access is for an emergency, not a standing grant (and minutes beyond
+        // this would overflow the clock's arithmetic).
+        if config
+            .break_glass_minutes
+            .is_some_and(|minutes| minutes > MAX_BREAK_GLASS_MINUTES)
+        {
+            return Err(Error::TooLarge {
+                path: path.to_owned(),
+                setting: "break_glass_minutes",
+                most: MAX_BREAK_GLASS_MINUTES,
+            });
+        }
+        let policy = webhooks.policy();
+        if policy.backoff.base > policy.backoff.cap {
+            return Err(Error::BaseOverCap {
+                path: path.to_owned(),
             });
         }
         Ok(config)
@@ -760,6 +792,20 @@ mod tests {
         }
         std::fs::write(&path, "break_glass_minutes = 1\n").unwrap();
         assert!(ConfigFile::load(&path).is_ok());
+        std::fs::write(&path, "break_glass_minutes = 10081\n").unwrap();
+        assert!(matches!(
+            ConfigFile::load(&path).unwrap_err(),
+            Error::TooLarge { most: 10080, .. }
+        ));
+        std::fs::write(
+            &path,
+            "[webhooks]\nretry_base_ms = 5000\nretry_cap_seconds = 2\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            ConfigFile::load(&path).unwrap_err(),
+            Error::BaseOverCap { .. }
+        ));
     }
 
     #[test]
