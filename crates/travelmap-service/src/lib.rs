@@ -800,8 +800,8 @@ impl Journeys {
                 }
             }
         }
-        // Suppression solves linear programs: about 0.15 s for 120 groups and 1.6 s for 400 on
-        // the development machine. Off the runtime's threads, and one report at a time, so that
+        // Suppression solves linear programs: tens of milliseconds for hundreds of groups, more
+        // where cells are pinned. Off the runtime's threads, and one report at a time, so that
         // a burst of large reports queues instead of taking every core; a request dropped while
         // it waits costs nothing.
         static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
