@@ -620,6 +620,10 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
             "UPDATE audit SET at = 'hello' WHERE seq = 3",
             "the entries after entry 2 cannot be read",
         ),
+        (
+            "UPDATE audit SET hash = x'00' WHERE seq = (SELECT max(seq) FROM audit)",
+            "cannot be read",
+        ),
     ];
     for (change, expected) in cases {
         let (intact, report) = tampered(&data, Some(&checkpoint_file), &public_key, change);

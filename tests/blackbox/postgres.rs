@@ -362,6 +362,12 @@ async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
         !intact && report.contains("but the store records its head at entry"),
         "{report}"
     );
+    sqlx::query("DELETE FROM audit_head")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let (intact, report) = verify(&url);
+    assert!(!intact && report.contains("the stored head"), "{report}");
     sqlx::query("UPDATE audit_entries SET agency = 'elsewhere' WHERE seq = 4")
         .execute(&mut connection)
         .await

@@ -763,7 +763,17 @@ pub async fn verify_audit(
     // Where the store keeps the head apart from the entries (PostgreSQL's `audit_head`), a
     // trail cut short at its end still says how far it went. Read first: servers may append
     // while this runs, and the entries read after it reach at least this far.
-    let (stored_head, stored_hash) = audit.head().await?;
+    // A head that cannot be read (its row removed or altered, or, on the embedded store, the
+    // last entry damaged) is a break too; an unreachable database is not.
+    let mut head_unreadable: Option<String> = None;
+    let (stored_head, stored_hash) = match audit.head().await {
+        Ok(head) => head,
+        Err(error) if error.is_transient() => return Err(error.into()),
+        Err(error) => {
+            head_unreadable = Some(error.to_string());
+            (0, travelmap_domain::audit::GENESIS)
+        }
+    };
     let mut at_stored_head: Option<[u8; 32]> = (stored_head == 0).then_some(stored_hash);
     let mut check = ChainCheck::default();
     let mut at_checkpoint: Option<String> = None;
@@ -808,6 +818,14 @@ pub async fn verify_audit(
                 at_stored_head = Some(entry.hash);
             }
         }
+    }
+    if broken.is_none()
+        && let Some(reason) = head_unreadable
+    {
+        broken = Some(ChainError::Unreadable {
+            after: check.head().0,
+            reason: format!("the stored head: {reason}"),
+        });
     }
     if broken.is_none() && at_stored_head != Some(stored_hash) {
         broken = Some(ChainError::HeadMismatch {

@@ -306,6 +306,13 @@ impl ConfigFile {
                 "[webhooks] retry_cap_seconds",
                 webhooks.retry_cap_seconds == Some(0),
             ),
+            (
+                "[jwt] refresh_minutes",
+                config
+                    .jwt
+                    .as_ref()
+                    .is_some_and(|jwt| jwt.refresh_minutes == 0),
+            ),
         ];
         if let Some((setting, _)) = zero.into_iter().find(|(_, is_zero)| *is_zero) {
             return Err(Error::Zero {

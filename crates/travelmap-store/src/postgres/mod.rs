@@ -167,19 +167,14 @@ pub(crate) fn connect_options(url: &str) -> Result<(PgConnectOptions, Duration)>
 /// How long a wait for a connection lasts unless the URL's `connect_timeout` says otherwise.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The parameters a store URL may carry: those of libpq's that the driver reads (with its
-/// spellings), and `connect_timeout`, which is read here.
-const URL_PARAMETERS: [&str; 19] = [
+/// The parameters a store URL may carry: those of libpq's that the driver reads, and
+/// `connect_timeout`, which is read here. (The driver's own spellings, such as `ssl-mode`, are
+/// left out: with them a URL could name one setting twice.)
+const URL_PARAMETERS: [&str; 14] = [
     "sslmode",
-    "ssl-mode",
     "sslrootcert",
-    "ssl-root-cert",
-    "ssl-ca",
     "sslcert",
-    "ssl-cert",
     "sslkey",
-    "ssl-key",
-    "statement-cache-capacity",
     "host",
     "hostaddr",
     "port",
@@ -189,6 +184,8 @@ const URL_PARAMETERS: [&str; 19] = [
     "application_name",
     "options",
     "connect_timeout",
+    // The driver writes it into the URLs it makes.
+    "statement-cache-capacity",
 ];
 
 /// `url` without its `connect_timeout` parameter, and that parameter's value.
@@ -198,6 +195,7 @@ fn take_connect_timeout(url: &str) -> Result<(String, Option<Duration>)> {
     };
     let mut timeout = None;
     let mut kept = Vec::new();
+    let mut named: Vec<&str> = Vec::new();
     for pair in query.split('&') {
         // The driver would only warn of a parameter it does not know and go on without it; a
         // misspelt `sslmode` would then connect without the TLS it asked for.
@@ -211,6 +209,15 @@ fn take_connect_timeout(url: &str) -> Result<(String, Option<Duration>)> {
                 ),
             )));
         }
+        // Which of two would count is the driver's business; that is not good enough for
+        // `sslmode`.
+        if named.contains(&name) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("the store URL gives its parameter `{name}` twice"),
+            )));
+        }
+        named.push(name);
         match pair.strip_prefix("connect_timeout=") {
             Some(seconds) => {
                 let seconds: u64 = seconds.parse().map_err(|_| {
@@ -357,5 +364,7 @@ mod tests {
         assert!(error.to_string().contains("`sslmod`"), "{error}");
         assert!(take_connect_timeout("postgres://h/db?bogus").is_err());
         assert!(take_connect_timeout("postgres://h/db?sslmode=require&user=x").is_ok());
+        let twice = take_connect_timeout("postgres://h/db?sslmode=disable&sslmode=require");
+        assert!(twice.unwrap_err().to_string().contains("twice"));
     }
 }
