@@ -403,6 +403,26 @@ fn run(args: &[&str], data_dir: &Path) -> std::process::Output {
         .unwrap()
 }
 
+/// A setting's variable that is set but empty (an empty line in an environment file) counts as
+/// not set, rather than stopping the service.
+#[test]
+fn empty_environment_variables_count_as_unset() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = travelmap_command()
+        .args(["migrate", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("TRAVELMAP_CONFIG", "")
+        .env("TRAVELMAP_STORE", "")
+        .env("TRAVELMAP_MASTER_KEYS", "")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Every recorded event was logged, so an event log beside a missing audit trail is said out
 /// loud when the store is opened: the trail was removed, or not restored with the log.
 #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use travelmap::settings::{self, ConfigFile, LocalKey};
 use travelmap::{Application, ServeSettings, app, commands};
@@ -183,13 +183,37 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
+    match run(parse_arguments()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", report(&error));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, with every `TRAVELMAP_*` variable that is set but empty taken as not set:
+/// an empty line in an environment file should not stop the service with "a value is required
+/// for --config".
+fn parse_arguments() -> Cli {
+    fn forget_empty(command: clap::Command) -> clap::Command {
+        let command = command.mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|value| value.is_empty());
+            if empty { arg.env(None) } else { arg }
+        });
+        let names: Vec<String> = command
+            .get_subcommands()
+            .map(|subcommand| subcommand.get_name().to_owned())
+            .collect();
+        names.into_iter().fold(command, |command, name| {
+            command.mut_subcommand(name, forget_empty)
+        })
+    }
+    let matches = forget_empty(Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 
 /// The error and its causes, each cause left out where the message before it already says it

@@ -582,7 +582,11 @@ pub fn master_keys(
     configured: Option<&Path>,
     data_dir: &Path,
 ) -> Result<travelmap_store::MasterKeys, Error> {
-    if let Ok(text) = std::env::var(MASTER_KEYS_ENV) {
+    // Set but empty counts as not set, as for every other setting (an empty line in an
+    // environment file).
+    if let Ok(text) = std::env::var(MASTER_KEYS_ENV)
+        && !text.trim().is_empty()
+    {
         return travelmap_store::MasterKeys::parse(&text).map_err(|detail| Error::MasterKeys {
             from: MASTER_KEYS_ENV.to_owned(),
             detail,
