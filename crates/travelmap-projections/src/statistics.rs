@@ -714,10 +714,8 @@ fn attacker_ranges(
         // Taken as the smallest by (value, index): no larger than a later published cell,
         // smaller than an earlier one. Its row's bound is left out while the column picks its
         // protecting cells, and then applied (see `suppress_table`).
-        let most = published_nonzero
-            .iter()
-            .map(|&(other, value)| if index < other { value } else { value - 1 })
-            .fold(total, u64::min);
+        let most = protector_most(index, published_nonzero.iter().copied())
+            .map_or(total, |most| most.min(total));
         let range = SUPPRESSION_THRESHOLD..=most;
         if bound_protectors {
             bounds[index].cut(range)
@@ -741,6 +739,19 @@ fn attacker_ranges(
             (*index, least..=most)
         })
         .collect()
+}
+
+/// The most a cell rule 2 took to protect a small one may hold, from the published non-zero
+/// cells of its column (group index, count): the smallest was taken first, and on a tie the
+/// first group, so it is no larger than any cell of a later group and smaller than any of an
+/// earlier one. `None` with nothing published.
+fn protector_most(
+    index: usize,
+    published_nonzero: impl Iterator<Item = (usize, u64)>,
+) -> Option<u64> {
+    published_nonzero
+        .map(|(other, value)| if index < other { value } else { value - 1 })
+        .min()
 }
 
 /// Where the measures of a group sit in its row.

@@ -31,6 +31,7 @@ use microlp::{ComparisonOp, OptimizationDirection, Problem, Variable};
 
 use super::{
     AT_MOST_ENTERED, COMPLETED, DROPPED_OUT, ENTERED, MEASURES, SUPPRESSION_THRESHOLD, is_small,
+    protector_most,
 };
 
 /// A cell of the table: a group's measure, or a total.
@@ -162,21 +163,13 @@ impl Published<'_> {
         let Place::Group(row, measure) = place else {
             return None;
         };
-        if !is_small(self.rows[row][measure]) && !self.for_row[row][measure] {
-            let bound = (0..self.rows.len())
-                .filter(|&other| !self.hidden[other][measure] && self.rows[other][measure] > 0)
-                .map(|other| {
-                    let published = self.rows[other][measure];
-                    if row < other {
-                        published
-                    } else {
-                        published - 1
-                    }
-                })
-                .min();
-            return bound;
+        if is_small(self.rows[row][measure]) || self.for_row[row][measure] {
+            return None;
         }
-        None
+        let published = (0..self.rows.len())
+            .filter(|&other| !self.hidden[other][measure] && self.rows[other][measure] > 0)
+            .map(|other| (other, self.rows[other][measure]));
+        protector_most(row, published)
     }
 
     /// The least or greatest value of `target` over everything the report allows, or `None`
@@ -305,24 +298,20 @@ pub(super) fn what_to_hide(published: &Published<'_>, pinned: Place) -> Option<P
     candidates.extend(by_value((0..MEASURES).map(Place::Total).collect()));
     let everything = (0..rows).flat_map(|row| (0..MEASURES).map(move |m| Place::Group(row, m)));
     candidates.extend(by_value(everything.collect()));
-    let mut seen = Vec::with_capacity(candidates.len());
-    candidates.retain(|place| {
-        let new = !seen.contains(place);
-        seen.push(*place);
-        new
-    });
+    let mut seen = BTreeSet::new();
+    candidates.retain(|place| seen.insert(*place));
     let first = *candidates.first()?;
     let unpins = |candidate: Place| {
         let mut hidden = published.hidden.to_vec();
         let mut total_hidden = *published.total_hidden;
-        match candidate {
-            Place::Group(row, measure) => hidden[row][measure] = true,
-            Place::Total(measure) => total_hidden[measure] = true,
-        }
-        // Hidden here, it is known only to be at least 10 (see `for_row`).
         let mut for_row = published.for_row.to_vec();
-        if let Place::Group(row, measure) = candidate {
-            for_row[row][measure] = true;
+        match candidate {
+            // Hidden here, it is known only to be at least 10 (see `for_row`).
+            Place::Group(row, measure) => {
+                hidden[row][measure] = true;
+                for_row[row][measure] = true;
+            }
+            Place::Total(measure) => total_hidden[measure] = true,
         }
         let tried = Published {
             hidden: &hidden,
