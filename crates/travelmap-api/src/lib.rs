@@ -322,14 +322,7 @@ impl Modify for BodyRejections {
             ),
         ];
         for item in openapi.paths.paths.values_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for operation in operations_mut(item) {
                 if operation.request_body.is_none() {
                     continue;
                 }
@@ -343,6 +336,21 @@ impl Modify for BodyRejections {
             }
         }
     }
+}
+
+/// The operations of a path, whatever their method.
+fn operations_mut(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// A response whose body is a problem document.
@@ -374,14 +382,7 @@ impl Modify for CommonAnswers {
         // The catalogue and the service's own descriptions are served from memory.
         let uses_store = |path: &str| path.starts_with("/v1/") && path != "/v1/event-types";
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
+            for operation in operations_mut(item) {
                 let responses = &mut operation.responses.responses;
                 responses.entry("500".to_owned()).or_insert_with(|| {
                     problem("A fault of the service, logged with the request id (internal)").into()
