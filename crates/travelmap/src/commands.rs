@@ -260,6 +260,22 @@ pub async fn import(
     Ok(())
 }
 
+/// Refuses a data directory that holds no store, for commands that only make sense on one: run
+/// on a mistyped directory, they would create an empty store and a master key there, and report
+/// success (a key rotation would even say the old master key may now be removed). Refusals are
+/// logged only into a store that exists, never into one made for them.
+pub fn existing_store(location: &Location) -> anyhow::Result<()> {
+    if let Location::Embedded(data_dir) = location
+        && !data_dir.join("events.sqlite").exists()
+    {
+        bail!(
+            "{} holds no store (no events.sqlite): give the --data-dir of an existing one",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// Appends one entry from an offline command: beside a running server on the embedded store
 /// (see `SqliteAuditLog::append_beside`), or to the database's trail.
 pub async fn log_offline(location: &Location, record: AuditRecord) -> anyhow::Result<()> {
@@ -384,11 +400,7 @@ async fn log_denied_import(
     denied: &[ClientId],
     refusal: anyhow::Error,
 ) -> anyhow::Error {
-    let has_store = match location {
-        Location::Embedded(data_dir) => data_dir.join("audit.sqlite").exists(),
-        Location::Postgres(_) => true,
-    };
-    if denied.is_empty() || !has_store {
+    if denied.is_empty() || existing_store(location).is_err() {
         return refusal;
     }
     let records: Vec<AuditRecord> = denied

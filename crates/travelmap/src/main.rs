@@ -350,20 +350,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 match import_provenance(config.as_ref(), credential.as_deref(), &location) {
                     Ok(acting) => acting,
                     Err(error) => {
-                        // Named as a refused batch over HTTP names them, where the refusal is
-                        // logged at all (see `refused`).
-                        let logged = error.downcast_ref::<LacksRole>().is_some()
-                            && existing_store(&location).is_ok();
-                        let clients = if logged {
-                            commands::clients_named_in(&file)
-                        } else {
-                            Vec::new()
-                        };
+                        // Named as a refused batch over HTTP names them.
                         return Err(refused(
                             error,
                             &location,
                             travelmap_domain::audit::Operation::Collection,
-                            &clients,
+                            &|| commands::clients_named_in(&file),
                             None,
                             commands::IMPORT_ACTION,
                         )
@@ -381,15 +373,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Rebuild => {
-            existing_store(&location)?;
+            commands::existing_store(&location)?;
             commands::rebuild(&location, masters()?).await
         }
         Command::Retention(RetentionCommand::Run) => {
-            existing_store(&location)?;
+            commands::existing_store(&location)?;
             commands::retention_run(&location, masters()?, &retention).await
         }
         Command::Keys(KeysCommand::Rotate) => {
-            existing_store(&location)?;
+            commands::existing_store(&location)?;
             commands::rotate_keys(&location, masters()?).await
         }
         Command::Migrate => commands::migrate(&location).await,
@@ -413,7 +405,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         error,
                         &location,
                         travelmap_domain::audit::Operation::Consultation,
-                        &[client],
+                        &|| vec![client],
                         Some(&purpose),
                         commands::REPLAY_ACTION,
                     )
@@ -586,21 +578,6 @@ fn import_provenance(
     Ok((provenance, kind, authenticator))
 }
 
-/// Refuses a data directory that holds no store, for commands that only make sense on one: run
-/// on a mistyped directory, they would create an empty store and a master key there, and report
-/// success (a key rotation would even say the old master key may now be removed).
-fn existing_store(location: &travelmap_store::Location) -> anyhow::Result<()> {
-    if let travelmap_store::Location::Embedded(data_dir) = location
-        && !data_dir.join("events.sqlite").exists()
-    {
-        anyhow::bail!(
-            "{} holds no store (no events.sqlite): give the --data-dir of an existing one",
-            data_dir.display()
-        );
-    }
-    Ok(())
-}
-
 /// An offline command refused because its credential lacks the role: logged as denied, like
 /// the same refusal over HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -616,17 +593,18 @@ async fn refused(
     error: anyhow::Error,
     location: &travelmap_store::Location,
     operation: travelmap_domain::audit::Operation,
-    clients: &[ClientId],
+    // Read only where the refusal is logged (an import's reads its file).
+    clients: &dyn Fn() -> Vec<ClientId>,
     purpose: Option<&str>,
     action: &str,
 ) -> anyhow::Error {
     // A directory with no store has no trail to log into, and none is made for a refusal.
-    if existing_store(location).is_err() {
+    if commands::existing_store(location).is_err() {
         return error;
     }
     if let Some(LacksRole { provenance, .. }) = error.downcast_ref::<LacksRole>() {
         // One entry per client named, or one naming none.
-        let clients: Vec<Option<ClientId>> = match clients {
+        let clients: Vec<Option<ClientId>> = match clients().as_slice() {
             [] => vec![None],
             named => named.iter().copied().map(Some).collect(),
         };
