@@ -145,12 +145,16 @@ impl Error {
                 // a server shutting down or starting up (57P01 to 57P03), a database not taking
                 // connections for maintenance (55000, which no statement of the store's answers
                 // otherwise), and the transactions PostgreSQL aborts to keep others consistent
-                // (40001, 40P01).
+                // (40001, 40P01). Also a database that is gone (3D000, as while it is restored
+                // from a backup: dropped, then created again) and a login the server refuses
+                // (class 28): the store cannot be reached until an operator acts, which is what
+                // callers are told (503), not a fault in the request or the code (500).
                 code.starts_with("08")
                     || code.starts_with("53")
+                    || code.starts_with("28")
                     || matches!(
                         &*code,
-                        "57P01" | "57P02" | "57P03" | "55000" | "40001" | "40P01"
+                        "57P01" | "57P02" | "57P03" | "55000" | "40001" | "40P01" | "3D000"
                     )
             }),
             _ => false,

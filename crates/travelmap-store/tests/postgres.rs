@@ -191,3 +191,23 @@ async fn processes_making_one_key_at_once_agree_on_it() {
     second.close().await;
     database.drop_database().await.unwrap();
 }
+
+/// A database dropped under a running store (as when it is restored from a backup) makes the
+/// store unreachable, not broken: every part answers with a transient error, which the service
+/// turns into `503` and a retry, and nothing tells the caller it sent something wrong.
+#[tokio::test]
+async fn a_database_dropped_under_the_store_is_unavailable_not_broken() {
+    use travelmap_store::{AuditLog, EventLog};
+    let database = scratch().await;
+    let store = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    database.drop_database().await.unwrap();
+    let feed = store.log.read_all(0, 10).await.unwrap_err();
+    assert!(feed.is_transient(), "the feed's read: {feed}");
+    let views = store.views.checkpoint().await.unwrap_err();
+    assert!(views.is_transient(), "the views' checkpoint: {views}");
+    let audit = store.audit.head().await.unwrap_err();
+    assert!(audit.is_transient(), "the audit trail's head: {audit}");
+    store.close().await;
+}
