@@ -556,3 +556,62 @@ async fn a_database_that_goes_away_is_answered_503_and_the_service_recovers() {
     admin.close().await.unwrap();
     cluster.stop().await;
 }
+
+/// `retention run` beside servers waits for the one that writes the views to fold the log; a
+/// writer that is stuck (here: one that holds the lease and folds nothing, its views left
+/// behind the log) makes the run fail after `--wait` seconds, saying what it waited for, instead
+/// of waiting for ever.
+#[tokio::test]
+async fn a_retention_run_beside_a_stuck_view_writer_gives_up_after_its_wait() {
+    use travelmap_store::ViewStore;
+    use travelmap_store::postgres::{Migrations, PgStore};
+    let cluster = Cluster::start(1).await;
+    let http = reqwest::Client::new();
+    let client = Uuid::new_v4();
+    assert_eq!(
+        post(&http, &cluster.address(0), &contact(client)).await.0,
+        StatusCode::CREATED
+    );
+    let Cluster {
+        servers,
+        database,
+        config,
+        _dir,
+    } = cluster;
+    drop(servers);
+    let stuck = PgStore::connect(database.url(), Migrations::Require)
+        .await
+        .unwrap();
+    stuck.views.lead().await.unwrap();
+    let mut connection = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    sqlx::query("UPDATE projection_checkpoints SET position = 0")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[retention]\nneeds = 5\n");
+    std::fs::write(&config, text).unwrap();
+
+    let started = std::time::Instant::now();
+    let mut command = tokio::process::Command::from(travelmap_command());
+    command
+        .kill_on_drop(true)
+        .args(["--store", database.url(), "retention", "run", "--wait", "1"])
+        .arg("--config")
+        .arg(&config)
+        .env_remove("TRAVELMAP_CONFIG");
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output())
+        .await
+        .expect("the run gives up instead of waiting for ever")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("has not folded the log up to position 1 within 1 s"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    stuck.close().await;
+    database.drop_database().await.unwrap();
+}

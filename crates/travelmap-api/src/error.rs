@@ -283,6 +283,10 @@ impl From<travelmap_service::Error> for ApiError {
             E::Store(store) | E::Projection(travelmap_projections::Error::Store(store)) => {
                 ApiError::store(store)
             }
+            E::Projection(travelmap_projections::Error::Behind { .. }) => ApiError::new(
+                Code::Unavailable,
+                "the views are behind the log just now; retry shortly",
+            ),
             E::NoKeyring => ApiError::internal(error),
         }
     }

@@ -38,4 +38,15 @@ pub enum Error {
     /// `travelmap rebuild`).
     #[error(transparent)]
     Store(#[from] travelmap_store::Error),
+    /// The process that writes the views did not fold the log up to `head` in time (see
+    /// [`Projector::bring_to_head`]).
+    #[error(
+        "the process that writes the views (a running server) has not folded the log up to position {head} within {} s; it has saved up to {saved}. Check that server's log and readiness, then run again",
+        waited.as_secs()
+    )]
+    Behind {
+        head: u64,
+        saved: u64,
+        waited: std::time::Duration,
+    },
 }

@@ -229,8 +229,9 @@ impl Projector {
     /// process may write them (it takes the lease at once: the embedded store, or no other
     /// process leads), or else waits for the process that writes them to save past it. A
     /// command run beside servers on PostgreSQL thus neither waits for their lease nor competes
-    /// for it.
-    pub async fn bring_to_head(&self) -> Result<()> {
+    /// for it. It waits for that process at most `patience` ([`Error::Behind`] after that): a
+    /// leader that is stuck, or far behind, must not keep a command waiting without end.
+    pub async fn bring_to_head(&self, patience: Duration) -> Result<()> {
         let head = *self.log.head().borrow();
         // The leader's saved checkpoint itself, not this process's progress, which only moves
         // forward: a leader that began a rebuild meanwhile has saved less than it once had.
@@ -239,10 +240,22 @@ impl Projector {
             if *saved.borrow() < head {
                 tracing::info!(
                     head,
+                    waiting_at_most_seconds = patience.as_secs(),
                     "another process writes the views; waiting for it to fold the log up to here"
                 );
             }
-            let _ = saved.wait_for(|checkpoint| *checkpoint >= head).await;
+            let waited =
+                tokio::time::timeout(patience, saved.wait_for(|checkpoint| *checkpoint >= head))
+                    .await
+                    .is_ok();
+            if waited {
+                return Ok(());
+            }
+            Err(crate::Error::Behind {
+                head,
+                saved: *saved.borrow(),
+                waited: patience,
+            })
         };
         tokio::select! {
             biased;
@@ -250,7 +263,7 @@ impl Projector {
                 led?;
                 self.catch_up().await?;
             }
-            () = followed => {}
+            followed = followed => followed?,
         }
         Ok(())
     }

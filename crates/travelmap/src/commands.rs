@@ -909,6 +909,7 @@ pub async fn retention_run(
     location: &Location,
     masters: MasterKeys,
     schedule: &travelmap_projections::retention::Schedule,
+    patience: std::time::Duration,
 ) -> anyhow::Result<()> {
     if schedule.is_empty() {
         // The report is still printed (an empty one), so that a script reading it as JSON
@@ -929,8 +930,14 @@ pub async fn retention_run(
         .with_context(|| format!("opening the {}", location.describe()))?;
     let keyring = store.keyring(masters).await?;
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
-    let report =
-        crate::retention::run(&journeys, store.audit().as_ref(), schedule, Utc::now()).await?;
+    let report = crate::retention::run(
+        &journeys,
+        store.audit().as_ref(),
+        schedule,
+        Utc::now(),
+        patience,
+    )
+    .await?;
     store.close().await;
     serde_json::to_writer_pretty(std::io::stdout().lock(), &report)?;
     println!();

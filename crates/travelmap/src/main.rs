@@ -101,7 +101,12 @@ enum RetentionCommand {
     /// Shred the personal data whose retention period has ended (per [retention] in the config
     /// file), audit each shredding, and print what was due and what was done. The server also
     /// runs this daily.
-    Run,
+    Run {
+        /// Beside running servers on PostgreSQL, the server that writes the views folds what
+        /// the run shredded; wait at most this many seconds for it before failing.
+        #[arg(long, value_name = "SECONDS", default_value_t = travelmap::retention::VIEWS_PATIENCE.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -376,9 +381,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::existing_store(&location)?;
             commands::rebuild(&location, masters()?).await
         }
-        Command::Retention(RetentionCommand::Run) => {
+        Command::Retention(RetentionCommand::Run { wait }) => {
             commands::existing_store(&location)?;
-            commands::retention_run(&location, masters()?, &retention).await
+            commands::retention_run(
+                &location,
+                masters()?,
+                &retention,
+                std::time::Duration::from_secs(wait),
+            )
+            .await
         }
         Command::Keys(KeysCommand::Rotate) => {
             commands::existing_store(&location)?;

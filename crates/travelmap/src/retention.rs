@@ -66,12 +66,20 @@ pub struct Failed {
     pub error: String,
 }
 
-/// Runs the schedule once, at `now`.
+/// How long a run waits, by default, for the server that writes the views to fold the log (a
+/// run beside servers on PostgreSQL; see [`Projector::bring_to_head`]).
+///
+/// [`Projector::bring_to_head`]: travelmap_projections::Projector::bring_to_head
+pub const VIEWS_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Runs the schedule once, at `now`, waiting at most `patience` each time the views must catch
+/// up with the log.
 pub async fn run(
     journeys: &Journeys,
     audit: &dyn AuditLog,
     schedule: &Schedule,
     now: DateTime<Utc>,
+    patience: Duration,
 ) -> anyhow::Result<Report> {
     let mut report = Report {
         ran_at: now,
@@ -80,7 +88,7 @@ pub async fn run(
     if schedule.is_empty() {
         return Ok(report);
     }
-    journeys.projector().bring_to_head().await?;
+    journeys.projector().bring_to_head(patience).await?;
     let shredded = shred_what_is_due(journeys, audit, schedule, now, &mut report).await;
     if !report.done.is_empty() {
         // The views still hold what was shredded, in plaintext, until the projection folds the
@@ -88,7 +96,7 @@ pub async fn run(
         // start, and a copy of the data directory taken meanwhile would keep the data. Also
         // when the run stopped early: what it did shred before is folded all the same. Beside
         // a server on PostgreSQL, the server folds them, and the run waits until it has.
-        journeys.projector().bring_to_head().await?;
+        journeys.projector().bring_to_head(patience).await?;
     }
     shredded?;
     Ok(report)
@@ -237,7 +245,16 @@ pub async fn daily(
             },
             _ = stop.changed() => return,
         }
-        match run(&journeys, audit.as_ref(), &schedule, Utc::now()).await {
+        // Having the lease, this process folds the views itself: nothing to wait for.
+        match run(
+            &journeys,
+            audit.as_ref(),
+            &schedule,
+            Utc::now(),
+            VIEWS_PATIENCE,
+        )
+        .await
+        {
             Ok(report) => {
                 // Clients that could not be handled keep data past its time until a run
                 // handles them: that is a failure to report, though the run went on.
