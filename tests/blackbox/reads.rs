@@ -68,6 +68,151 @@ async fn out_of_order_events_are_mapped_by_when_they_happened() {
     assert_eq!(map["phases"][0]["to"], "2026-02-01T09:00:00+01:00");
 }
 
+/// Only a release ends custody: a programme dropped or completed, or an offence recorded, while
+/// the client is in prison is a step, not the end of the stay. Out of custody, they begin their
+/// phase, and the first-day flag stays up with them, as its alert does, until a return to
+/// custody.
+#[tokio::test]
+async fn programme_ends_in_custody_keep_the_client_in_custody_and_the_first_day_flag_stands() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let programme = |event_type: &str, at: &str| {
+        let data = match event_type {
+            "programme.dropped_out" => json!({"programme": "vol-mentoring", "reason": "moved"}),
+            _ => json!({"programme": "vol-mentoring"}),
+        };
+        event(client, event_type, at, data)
+    };
+    post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "sentence.started",
+            "2025-02-01T10:00:00Z",
+            json!({"prison": "Opava", "start_date": "2025-02-01"}),
+        ),
+    )
+    .await;
+    for (key, body) in [
+        (
+            NGO_WRITER,
+            programme("programme.completed", "2025-06-01T10:00:00Z"),
+        ),
+        (
+            NGO_WRITER,
+            programme("programme.dropped_out", "2025-09-01T10:00:00Z"),
+        ),
+        (
+            COURT_WRITER,
+            event(
+                client,
+                "reoffence.recorded",
+                "2025-10-01T10:00:00Z",
+                json!({}),
+            ),
+        ),
+    ] {
+        post(&app, key, &body).await;
+    }
+    let released = post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "client.released",
+            "2026-03-01T08:00:00Z",
+            json!({"release_kind": "conditional", "supervision": true}),
+        ),
+    )
+    .await;
+    let map = app
+        .travel_map(client, released["position"].as_u64().unwrap())
+        .await;
+    assert_eq!(map["phases"].as_array().unwrap().len(), 2, "{map}");
+    assert_eq!(map["phases"][0]["phase"], "in_custody");
+    assert_eq!(map["phases"][0]["to"], "2026-03-01T08:00:00Z");
+    assert_eq!(map["phase"], "released");
+    assert_eq!(map["flags"][0]["kind"], "no_first_day_contact");
+
+    // Out of custody, dropping out begins its phase; nobody has met the client yet, so the
+    // flag stays, and the alert of the same name too.
+    let dropped = post(
+        &app,
+        NGO_WRITER,
+        &programme("programme.dropped_out", "2026-03-05T10:00:00Z"),
+    )
+    .await;
+    let map = app
+        .travel_map(client, dropped["position"].as_u64().unwrap())
+        .await;
+    assert_eq!(map["phase"], "dropped_out");
+    assert_eq!(map["flags"][0]["kind"], "no_first_day_contact", "{map}");
+    assert_eq!(map["flags"][0]["since"], "2026-03-02T08:00:00Z");
+    let alerts = app
+        .get_ok(
+            &format!(
+                "/v1/alerts?kind=no_first_day_contact&client_id={client}&min_position={}",
+                dropped["position"]
+            ),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 1, "{alerts}");
+
+    // A recall takes the client back into custody: no flag.
+    let recalled = post(
+        &app,
+        PROBATION_WRITER,
+        &event(client, "client.recalled", "2026-04-01T10:00:00Z", json!({})),
+    )
+    .await;
+    let map = app
+        .travel_map(client, recalled["position"].as_u64().unwrap())
+        .await;
+    assert_eq!(map["phase"], "in_custody");
+    assert_eq!(map["flags"], json!([]));
+}
+
+/// The first-day flag is up from the very moment the day ends (its `since`), as the alert is.
+#[tokio::test]
+async fn the_first_day_flag_is_up_at_its_since() {
+    use chrono::SubsecRound;
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    // Released a day ago, less a few seconds: the window closes just ahead, within the ten
+    // minutes an `as_of` may lie in the future.
+    let released_at =
+        chrono::Utc::now() - chrono::Duration::hours(24) + chrono::Duration::seconds(5);
+    let released_at = released_at.trunc_subsecs(0);
+    post(
+        &app,
+        PRISON_WRITER,
+        &event(
+            client,
+            "client.released",
+            &released_at.to_rfc3339(),
+            json!({"release_kind": "end_of_sentence", "supervision": false}),
+        ),
+    )
+    .await;
+    let closes = released_at + chrono::Duration::hours(24);
+    let at = |moment: chrono::DateTime<chrono::Utc>| {
+        let moment = moment.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        format!("/v1/clients/{client}/travel-map?as_of={moment}")
+    };
+    let before = app
+        .get_ok(&at(closes - chrono::Duration::microseconds(1)), AUDITOR)
+        .await;
+    assert_eq!(before["flags"], json!([]), "{before}");
+    let then = app.get_ok(&at(closes), AUDITOR).await;
+    assert_eq!(then["flags"][0]["kind"], "no_first_day_contact", "{then}");
+    assert_eq!(
+        then["flags"][0]["since"],
+        closes.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    );
+}
+
 #[tokio::test]
 async fn as_of_shows_what_had_been_recorded_by_then() {
     let app = spawn_app().await;

@@ -380,7 +380,16 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
 
     for fact in &state.facts {
         let at = fact.occurred_at;
-        if let Some(phase) = phase_of(&fact.event) {
+        // Only a release ends custody: a programme completed or dropped, or an offence
+        // recorded, while the client is in prison is a step of the journey, and the phase it
+        // names begins only out of custody (mentoring starts months before release).
+        let custody_holds = |phase: Phase| {
+            phases
+                .last()
+                .is_some_and(|span| span.phase == Phase::InCustody)
+                && !matches!(phase, Phase::InCustody | Phase::Released)
+        };
+        if let Some(phase) = phase_of(&fact.event).filter(|phase| !custody_holds(*phase)) {
             match phases.last_mut() {
                 Some(current) if current.phase == phase => {}
                 Some(current) => {
@@ -516,10 +525,13 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
 
     let phase = phases.last().map_or(Phase::Registered, |span| span.phase);
     let mut flags = Vec::new();
-    if phase == Phase::Released
+    // Out since the last release (released, or completed, dropped out or reoffended since):
+    // a programme's end does not make up for the first day, as the alert of the same name
+    // agrees. A return to custody ends it.
+    if phase != Phase::InCustody
         && let Some(released) = last_release
         && !first_day_contact_after_release
-        && now > released + FIRST_DAY_WINDOW
+        && now >= released + FIRST_DAY_WINDOW
     {
         flags.push(Flag {
             kind: "no_first_day_contact".into(),
