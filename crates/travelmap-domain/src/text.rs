@@ -10,12 +10,24 @@ use serde::{Deserialize, Serialize, Serializer};
 /// careless sender from filling the log.
 pub const MAX_TEXT_LEN: usize = 2000;
 
+/// The characters a text is trimmed of, as the body of an ECMA-262 character class: Unicode's
+/// white space, which is what `str::trim` takes away. Spelt out rather than written `\s`, which
+/// in ECMA-262 also takes U+FEFF (the byte-order mark) that Rust keeps: a published schema that
+/// refused a text the server takes, or the other way round, would mislead validating senders.
+macro_rules! white_space {
+    () => {
+        "\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000"
+    };
+}
+
 /// The published pattern of a text: something besides white space, and no control character
 /// but tab, line feed and carriage return (which the HTTP layer refuses in every string). An
 /// ECMA-262 regular expression, as JSON Schema takes.
 pub const PATTERN: &str = concat!(
     "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*",
-    "[^\\s\\u0000-\\u001F\\u007F-\\u009F]",
+    "[^",
+    white_space!(),
+    "\\u0000-\\u001F\\u007F-\\u009F]",
     "[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
 );
 
@@ -118,6 +130,57 @@ mod tests {
         assert!(Text::try_from("a".repeat(MAX_TEXT_LEN + 1)).is_err());
         let padded = format!("  {}  ", "a".repeat(MAX_TEXT_LEN));
         assert_eq!(Text::try_from(padded).unwrap().as_str().len(), MAX_TEXT_LEN);
+    }
+
+    /// The characters of an ECMA-262 class body made of `\t`, `\n`, `\r`, `\uXXXX`, literal
+    /// characters and ranges between them.
+    fn class_members(body: &str) -> std::collections::BTreeSet<char> {
+        let mut chars = body.chars().peekable();
+        let mut single = Vec::new();
+        while let Some(c) = chars.next() {
+            let member = match c {
+                '\\' => match chars.next().unwrap() {
+                    't' => '\t',
+                    'n' => '\n',
+                    'r' => '\r',
+                    'u' => {
+                        let hex: String = chars.by_ref().take(4).collect();
+                        char::from_u32(u32::from_str_radix(&hex, 16).unwrap()).unwrap()
+                    }
+                    other => panic!("unexpected escape \\{other}"),
+                },
+                '-' => {
+                    single.push('-');
+                    continue;
+                }
+                other => other,
+            };
+            single.push(member);
+        }
+        let mut members = std::collections::BTreeSet::new();
+        let mut index = 0;
+        while index < single.len() {
+            if single.get(index + 1) == Some(&'-') {
+                members.extend(single[index]..=single[index + 2]);
+                index += 3;
+            } else {
+                members.insert(single[index]);
+                index += 1;
+            }
+        }
+        members
+    }
+
+    #[test]
+    fn the_published_white_space_is_what_text_is_trimmed_of() {
+        let published = class_members(white_space!());
+        let trimmed: std::collections::BTreeSet<char> =
+            ('\0'..=char::MAX).filter(|c| c.is_whitespace()).collect();
+        assert_eq!(published, trimmed);
+        // The byte-order mark is not white space: a text of it alone says something, in the
+        // schema as on the server.
+        assert!(!published.contains(&'\u{FEFF}'));
+        assert!(Text::try_from("\u{FEFF}").is_ok());
     }
 
     #[test]
