@@ -654,6 +654,10 @@ mod tests {
             request["properties"]["actor"]["pattern"],
             travelmap_domain::TEXT_PATTERN
         );
+        assert_eq!(
+            request["properties"]["occurred_at"]["pattern"],
+            travelmap_domain::dates::DATE_TIME_PATTERN
+        );
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct EventRequest {
     /// When it happened (RFC 3339, with offset; its UTC time in the years 1900 to 2199, without
     /// a leap second). May be in the past; not in the future.
     #[serde(deserialize_with = "strict_date_time")]
+    // The pattern is `travelmap_domain::dates::DATE_TIME_PATTERN` (a test checks they agree).
+    #[schema(
+        pattern = "^(19|20|21)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+    )]
     pub occurred_at: DateTime<FixedOffset>,
     /// The sender's reference to the worker involved (not a name): trimmed, not blank, at most
     /// 2000 characters, no control characters (tab, line feed and carriage return excepted).
@@ -57,7 +61,7 @@ pub struct EventRequest {
     #[schema(
         min_length = 1,
         max_length = 2000,
-        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*[^\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
     )]
     pub actor: Option<String>,
     /// The event's data. Its schema depends on `type`: the `EventData.<type>` component of this

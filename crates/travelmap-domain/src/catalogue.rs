@@ -316,14 +316,21 @@ fn decode_payload<P: DeserializeOwned + Rules>(
 /// [`crate::dates::check_date`] accepts (a day the month lacks, such as 2026-02-30, aside).
 const DATE_PATTERN: &str = "^(19|20|21)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$";
 
-/// Adds [`DATE_PATTERN`] wherever a schema says `format: date`, so that the published schemas
-/// refuse the years the server refuses.
+/// Adds [`DATE_PATTERN`] wherever a schema says `format: date`, and
+/// [`crate::dates::DATE_TIME_PATTERN`] wherever it says `format: date-time`, so that the published
+/// schemas refuse the years the server refuses, also to a validator that takes `format` as a
+/// mere annotation (JSON Schema 2020-12's default).
 fn with_date_patterns(mut schema: Value) -> Value {
     fn visit(value: &mut Value) {
         match value {
             Value::Object(members) => {
-                if members.get("format").and_then(Value::as_str) == Some("date") {
-                    members.insert("pattern".to_owned(), Value::from(DATE_PATTERN));
+                let pattern = match members.get("format").and_then(Value::as_str) {
+                    Some("date") => Some(DATE_PATTERN),
+                    Some("date-time") => Some(crate::dates::DATE_TIME_PATTERN),
+                    _ => None,
+                };
+                if let Some(pattern) = pattern {
+                    members.insert("pattern".to_owned(), Value::from(pattern));
                 }
                 members.values_mut().for_each(visit);
             }

@@ -47,6 +47,13 @@ pub(crate) fn option<S: Serializer>(
 pub const EARLIEST_YEAR: i32 = 1900;
 pub const LATEST_YEAR: i32 = 2199;
 
+/// The published pattern of a date and time (`format: date-time`): the strict RFC 3339 form
+/// [`check_date_time`] takes, in the years [`EARLIEST_YEAR`] to [`LATEST_YEAR`] as written. The
+/// server counts those years in UTC and knows how many days each month has, which a pattern does
+/// not: it still refuses a day the month lacks, and a time within a day of the range's ends
+/// whose UTC year falls outside it.
+pub const DATE_TIME_PATTERN: &str = "^(19|20|21)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+
 /// How far ahead of this machine's clock a time may lie and still count as past or present:
 /// the clocks of agencies and of the service's own processes differ a little. An `occurred_at`
 /// further ahead is refused (future plans have their own events, such as
