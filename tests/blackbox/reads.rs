@@ -679,6 +679,22 @@ async fn the_global_feed_pages_in_commit_order() {
         .await;
         assert_eq!(problem["field"], field, "{query}");
     }
+    // A cursor past the end was never sent (a typo, or a log restored from an older backup):
+    // an empty page would hand it back and skip, unsaid, whatever comes up to it.
+    let head = seen.len();
+    let at_head = app
+        .get_ok(&format!("/v1/events?after={head}"), AUDITOR)
+        .await;
+    assert_eq!(at_head["events"], json!([]));
+    assert_eq!(at_head["next_after"], head);
+    let problem = expect_problem(
+        app.get(&format!("/v1/events?after={}", head + 1), AUDITOR)
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(problem["field"], "after");
 }
 
 #[tokio::test]

@@ -305,6 +305,9 @@ pub async fn feed(
     }
     let after = query.after.unwrap_or(0);
     let events = state.journeys.feed(after, limit).await?;
+    if events.is_empty() {
+        within_feed(&state, after, "after").await?;
+    }
     let next_after = events.last().map_or(after, |event| event.meta.position);
     let returned = audit::returned_events(&events);
     let per_client = audit::by_client(
@@ -337,6 +340,34 @@ pub async fn feed(
             .collect(),
         next_after,
     }))
+}
+
+/// How long a reader's position may wait for the log's head to reach it (another process's
+/// commits are heard of within moments).
+const HEAD_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Refuses a position past the log's end, as the parameter `name`. Such a position was never
+/// sent: following the feed from it would skip, with no word, whatever is recorded up to it
+/// (after a restore that shortened the log, or from a mistyped cursor). Another process's newest
+/// position may take a moment to be heard of here, so the head is given that moment.
+pub(crate) async fn within_feed(state: &AppState, after: u64, name: &str) -> Result<(), ApiError> {
+    let mut head = state.journeys.log().head();
+    let reached = tokio::time::timeout(HEAD_CATCH_UP, async {
+        head.wait_for(|head| *head >= after).await.is_ok()
+    })
+    .await
+    .unwrap_or(false);
+    if reached {
+        return Ok(());
+    }
+    Err(ApiError::invalid_parameter(
+        name,
+        format!(
+            "position {after} is past the end of the feed ({}); resume from a position you \
+             were sent",
+            *head.borrow()
+        ),
+    ))
 }
 
 /// Logs a write refused because its client's processing is restricted, its data erased, or the

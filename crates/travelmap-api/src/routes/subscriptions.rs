@@ -29,6 +29,7 @@ use travelmap_service::subscriptions::{Batch, Scope, is_known_type_pattern};
 use utoipa::{IntoParams, ToSchema};
 
 use super::coordination::{AlertQuery, alert_filter, reads_all_agencies};
+use super::events::within_feed;
 use crate::AppState;
 use crate::audit::{self, Logged, RequestContext};
 use crate::auth::{Caller, Role};
@@ -208,31 +209,12 @@ pub async fn feed(
                     .after
                     .unwrap_or_else(|| *state.journeys.log().head().borrow()),
             };
-            // A position past the log's end was never sent: following from it would skip, with
-            // no word, whatever is recorded up to it (after a restore that shortened the log, or
-            // from a mistyped id). Another process's newest position may take a moment to be
-            // heard of here, so the head is given that moment.
-            let mut head = state.journeys.log().head();
-            let reached = tokio::time::timeout(HEAD_CATCH_UP, async {
-                head.wait_for(|head| *head >= after).await.is_ok()
-            })
-            .await
-            .unwrap_or(false);
-            if !reached {
-                let name = if last_event_id.is_some() {
-                    resume_from
-                } else {
-                    "after"
-                };
-                return Err(ApiError::invalid_parameter(
-                    name,
-                    format!(
-                        "position {after} is past the end of the feed ({}); resume from a \
-                         position you were sent, or without one to start at the end",
-                        *head.borrow()
-                    ),
-                ));
-            }
+            let name = if last_event_id.is_some() {
+                resume_from
+            } else {
+                "after"
+            };
+            within_feed(&state, after, name).await?;
             audit::log(&state, &caller, &context, Outcome::Allowed, logged(None)).await?;
             journey_events(state.clone(), caller, context, scope, after)
         }
@@ -544,10 +526,6 @@ fn outgoing(epoch: &str, notice: AlertNotice) -> Outgoing {
         notice.noticed_at,
     )
 }
-
-/// How long a stream waits for the log's head to reach the position it resumes from (another
-/// process's commits are heard of within moments).
-const HEAD_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn alert_notices(
     state: AppState,
