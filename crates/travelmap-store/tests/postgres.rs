@@ -211,3 +211,148 @@ async fn a_database_dropped_under_the_store_is_unavailable_not_broken() {
     assert!(audit.is_transient(), "the audit trail's head: {audit}");
     store.close().await;
 }
+
+/// A TCP relay to the PostgreSQL server that can be frozen: it then keeps every connection open
+/// and passes nothing either way, as a network partition or a stopped proxy does (no error, no
+/// answer).
+struct FreezableRelay {
+    address: std::net::SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+}
+
+impl FreezableRelay {
+    async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let watcher = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((incoming, _)) = listener.accept().await {
+                let Ok(outgoing) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (from_client, to_client) = incoming.into_split();
+                let (from_server, to_server) = outgoing.into_split();
+                tokio::spawn(Self::pass(from_client, to_server, watcher.subscribe()));
+                tokio::spawn(Self::pass(from_server, to_client, watcher.subscribe()));
+            }
+        });
+        Self { address, frozen }
+    }
+
+    async fn pass(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut frozen: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let Ok(read) = from.read(&mut buffer).await else {
+                return;
+            };
+            if read == 0 || *frozen.borrow_and_update() {
+                // Frozen: hold both ends open and pass nothing, for good.
+                let _ = frozen.wait_for(|frozen| !*frozen).await;
+                return std::future::pending().await;
+            }
+            if to.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+}
+
+/// A database that stops answering without an error gives the writers an answer all the same:
+/// an append waits for its commit at most a bounded time and is then told the database is
+/// unavailable (its outcome unknown, which a retry settles), closing the store does not hang,
+/// and another process, connected directly, goes on appending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_through_a_connection_that_stops_answering_give_up_in_bounded_time() {
+    use std::str::FromStr;
+    use travelmap_store::EventLog;
+    let database = scratch().await;
+    let direct = sqlx::postgres::PgConnectOptions::from_str(database.url()).unwrap();
+    let target = format!("{}:{}", direct.get_host(), direct.get_port());
+    let relay = FreezableRelay::start(target.clone()).await;
+    let relayed_url = database
+        .url()
+        .replacen(&target, &relay.address.to_string(), 1);
+    assert_ne!(relayed_url, database.url(), "the URL names {target}");
+    let relayed = PgStore::connect(&relayed_url, Migrations::Apply)
+        .await
+        .unwrap();
+    let client = ClientId(Uuid::new_v4());
+    relayed
+        .log
+        .append(&provenance(), vec![stream(client, 0)])
+        .await
+        .unwrap();
+
+    relay.freeze();
+    let started = std::time::Instant::now();
+    let hung = tokio::time::timeout(
+        Duration::from_secs(90),
+        relayed.log.append(&provenance(), vec![stream(client, 1)]),
+    )
+    .await
+    .expect("the append is answered")
+    .unwrap_err();
+    assert!(hung.is_transient(), "{hung}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    tokio::time::timeout(Duration::from_secs(10), relayed.close())
+        .await
+        .expect("closing does not wait for the dead connection");
+
+    // Whatever the frozen transaction held, the server ends it and another process writes.
+    let other = PgStore::connect(database.url(), Migrations::Require)
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        other
+            .log
+            .append(&provenance(), vec![stream(ClientId(Uuid::new_v4()), 0)]),
+    )
+    .await
+    .expect("the other process is not held up for good")
+    .unwrap();
+    other.close().await;
+    database.drop_database().await.unwrap();
+}
+
+fn provenance() -> travelmap_domain::Provenance {
+    travelmap_domain::Provenance {
+        agency: "prison-opava".into(),
+        credential: "test".into(),
+    }
+}
+
+fn stream(client: ClientId, expected_version: u64) -> travelmap_store::StreamAppend {
+    let draft = travelmap_domain::EventDraft {
+        id: travelmap_domain::EventId(Uuid::new_v4()),
+        client_id: client,
+        occurred_at: "2026-01-01T09:00:00+01:00".parse().unwrap(),
+        actor: None,
+        event: travelmap_domain::JourneyEvent::decode(
+            "contact.made",
+            1,
+            &serde_json::json!({"kind": "meeting"}),
+        )
+        .unwrap(),
+    };
+    let digest = travelmap_domain::content_digest(&draft, "prison-opava");
+    travelmap_store::StreamAppend {
+        client_id: client,
+        expected_version,
+        events: vec![travelmap_store::NewEvent {
+            draft,
+            digest,
+            sealed: None,
+        }],
+    }
+}

@@ -143,7 +143,7 @@ async fn write_groups(pool: PgPool, mut queue: mpsc::Receiver<Job>) {
         if queue.recv_many(&mut jobs, MAX_GROUP).await == 0 {
             return;
         }
-        match commit_group(&pool, &jobs).await {
+        match super::within_patience("writing the audit log", commit_group(&pool, &jobs)).await {
             Ok(answers) => {
                 for (job, answer) in jobs.into_iter().zip(answers) {
                     let _ = job.reply.send(Ok(answer));

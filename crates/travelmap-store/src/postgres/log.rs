@@ -290,7 +290,11 @@ async fn write_groups(pool: PgPool, head: watch::Sender<u64>, mut queue: mpsc::R
         let started = std::time::Instant::now();
         let mut announcements: Announcements =
             jobs.iter_mut().map(|job| job.accepted.take()).collect();
-        let committed = commit_group(&pool, &jobs, &mut announcements).await;
+        let committed = super::within_patience(
+            "committing to the event log",
+            commit_group(&pool, &jobs, &mut announcements),
+        )
+        .await;
         tracing::trace!(jobs = jobs.len(), elapsed = ?started.elapsed(), "committed a group");
         match committed {
             Ok((results, last_position)) => {

@@ -152,12 +152,17 @@ pub async fn migrate(url: &str) -> Result<i64> {
 ///   its CPU in single-event ingest. Kept plans are made again whenever the tables' statistics
 ///   change, which the log writer sees to while the log is young (see `log::analyse`).
 ///
+/// - A session idle inside a transaction for [`IDLE_IN_TRANSACTION`] is ended by the server.
+///
 /// `connect_timeout` (libpq's, in seconds), which sqlx does not take, is read here: it bounds
 /// each wait for a connection (10 s when not given).
 pub(crate) fn connect_options(url: &str) -> Result<(PgConnectOptions, Duration)> {
     let (url, connect_timeout) = take_connect_timeout(url)?;
-    let mut options = PgConnectOptions::from_str(&url)?
-        .options([("jit", "off"), ("plan_cache_mode", "force_generic_plan")]);
+    let mut options = PgConnectOptions::from_str(&url)?.options([
+        ("jit", "off"),
+        ("plan_cache_mode", "force_generic_plan"),
+        ("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION),
+    ]);
     if options.get_application_name().is_none() {
         options = options.application_name("travelmap");
     }
@@ -166,6 +171,37 @@ pub(crate) fn connect_options(url: &str) -> Result<(PgConnectOptions, Duration)>
 
 /// How long a wait for a connection lasts unless the URL's `connect_timeout` says otherwise.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a group commit (of events or audit entries) may go without its answer before it is
+/// given up: a connection whose peer stopped answering (a network partition, a frozen proxy)
+/// gives no error, so without a bound every append, and then the shutdown that waits for them,
+/// would hang for as long as the kernel keeps the connection (minutes to hours). Far above any
+/// commit's normal time (milliseconds), so that a slow disk is not taken for a dead peer.
+pub(crate) const COMMIT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long PostgreSQL lets a session sit idle inside a transaction before it ends the session
+/// (`idle_in_transaction_session_timeout`): the server's half of [`COMMIT_PATIENCE`]. When this
+/// process gives up on a transaction that holds the log head's lock and the server never hears
+/// of it (the connection is dead, not closed), the server ends the session and frees the lock
+/// for the other processes. Twice the patience: a live transaction never idles that long.
+const IDLE_IN_TRANSACTION: &str = "60s";
+
+/// Runs `commit`, a group commit, for at most [`COMMIT_PATIENCE`]. Past that it is dropped (its
+/// connection with it) and the answer is [`Error::Unavailable`]: the commit may or may not have
+/// happened, which the senders' retries settle (they are answered from the log if it did).
+pub(crate) async fn within_patience<T>(
+    what: &str,
+    commit: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(COMMIT_PATIENCE, commit)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Unavailable(format!(
+                "{what}: no answer from PostgreSQL within {} s; the outcome is unknown",
+                COMMIT_PATIENCE.as_secs()
+            )))
+        })
+}
 
 /// The parameters a store URL may carry: those of libpq's that the driver reads, and
 /// `connect_timeout`, which is read here. (The driver's own spellings, such as `ssl-mode`, are
