@@ -615,3 +615,55 @@ async fn a_retention_run_beside_a_stuck_view_writer_gives_up_after_its_wait() {
     stuck.close().await;
     database.drop_database().await.unwrap();
 }
+
+/// A database restored from the documented dump, which leaves the views out but keeps their
+/// checkpoint, has its views folded again when a server starts on it, even if the restore's
+/// `rebuild` step was skipped: no travel map stays unanswered and no identifier search comes
+/// back empty for clients the log holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_missing_beside_their_checkpoint_are_folded_again_at_start() {
+    let mut cluster = Cluster::start(1).await;
+    let http = reqwest::Client::new();
+    let client = Uuid::new_v4();
+    let mut position = 0;
+    for _ in 0..3 {
+        let (status, receipt) = post(&http, &cluster.address(0), &contact(client)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        position = receipt["position"].as_u64().unwrap();
+    }
+    let read_map = |address: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!(
+                "{address}/v1/clients/{client}/travel-map?min_position={position}"
+            ))
+            .bearer_auth(AUDITOR)
+            .header("x-purpose", "case_management")
+            .send()
+            .await
+            .unwrap()
+        }
+    };
+    let before: Value = read_map(cluster.address(0)).await.json().await.unwrap();
+    assert_eq!(before["steps"].as_array().unwrap().len(), 3, "{before}");
+    cluster.servers.clear();
+
+    let mut connection = sqlx::PgConnection::connect(cluster.database.url())
+        .await
+        .unwrap();
+    sqlx::raw_sql("TRUNCATE client_views, client_identifiers")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+
+    let data_dir = cluster._dir.path().join("restored");
+    cluster
+        .servers
+        .push(Server::start_on(cluster.database.url(), &data_dir, &cluster.config).await);
+    let response = read_map(cluster.address(0)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let after: Value = response.json().await.unwrap();
+    assert_eq!(after["steps"], before["steps"]);
+    cluster.stop().await;
+}

@@ -186,16 +186,26 @@ impl Projector {
     ) -> Result<Self> {
         let mut checkpoint = views.checkpoint().await?;
         let head = *log.head().borrow();
-        if checkpoint > head {
-            // The views were built from a longer log than this one (an older log was restored
-            // beside newer views). They cannot be trusted, and events at positions the views
-            // claim to have seen would never be folded: start the views again from zero.
+        // Every folded event leaves its client a view, so views that are gone while their
+        // checkpoint says they are current were left out of a restored backup (as the
+        // documented PostgreSQL dump does) or deleted by hand.
+        let views_missing = checkpoint > 0 && views.scan(None, 1).await?.is_empty();
+        if checkpoint > head || views_missing {
+            // Views built from a longer log than this one (an older log was restored beside
+            // newer views) cannot be trusted, and events at positions the views claim to have
+            // seen would never be folded: start the views again from zero.
             tracing::warn!(
                 checkpoint,
                 head,
-                "views are ahead of the event log; rebuilding them"
+                views_missing,
+                "the views do not match the event log (restored from a backup?); folding them again from the log"
             );
-            views.reset().await?;
+            let mut saved = views.saved();
+            tokio::select! {
+                reset = views.reset() => reset?,
+                // A process starting beside this one reset them first, and leads.
+                _ = saved.wait_for(|saved| *saved == 0) => {}
+            }
             checkpoint = 0;
         }
         Ok(Self {
