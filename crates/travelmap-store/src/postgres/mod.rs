@@ -166,6 +166,15 @@ pub(crate) fn connect_options(url: &str) -> Result<(PgConnectOptions, Duration)>
     if options.get_application_name().is_none() {
         options = options.application_name("travelmap");
     }
+    // Left out, the driver takes the user's name for the database's, as libpq does: `migrate`
+    // would then create the store's tables wherever that leads (often the `postgres`
+    // database).
+    if options.get_database().is_none() {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the store URL names no database: write it as postgres://USER@HOST/DATABASE",
+        )));
+    }
     Ok((options, connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)))
 }
 
@@ -402,5 +411,18 @@ mod tests {
         assert!(take_connect_timeout("postgres://h/db?sslmode=require&user=x").is_ok());
         let twice = take_connect_timeout("postgres://h/db?sslmode=disable&sslmode=require");
         assert!(twice.unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn a_url_must_name_its_database() {
+        for url in ["postgres://u@h:5432", "postgres://u@h:5432/"] {
+            let error = connect_options(url).unwrap_err();
+            assert!(
+                error.to_string().contains("names no database"),
+                "{url}: {error}"
+            );
+        }
+        assert!(connect_options("postgres://u@h:5432/travelmap").is_ok());
+        assert!(connect_options("postgres://u@h:5432?dbname=travelmap").is_ok());
     }
 }
