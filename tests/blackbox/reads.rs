@@ -283,6 +283,18 @@ async fn as_of_shows_what_had_been_recorded_by_then() {
         .await;
     let problem = expect_problem(malformed, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     assert_eq!(problem["field"], "as_of");
+    // A leap second is no moment an answer could name back.
+    let leap = app
+        .get(
+            &format!("/v1/clients/{client}/travel-map?as_of=2026-06-30T23:59:60Z"),
+            AUDITOR,
+        )
+        .await;
+    let problem = expect_problem(leap, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("leap"),
+        "{problem}"
+    );
 
     // A moment still to come has no record: its map would show what has not happened.
     let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))

@@ -39,10 +39,21 @@ fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, Ap
                 Err(error)
             }
         })
-        .map_err(|error| {
-            ApiError::invalid_parameter(name, format!("{name} must be an RFC 3339 time: {error}"))
+        .map_err(|_| {
+            ApiError::invalid_parameter(
+                name,
+                format!("{name} must be an RFC 3339 time, e.g. 2026-03-01T09:00:00+01:00"),
+            )
         })
         .and_then(|at| {
+            // chrono keeps a leap second (`:60`) as a time no other reader takes, and would echo
+            // it back in the answer; an event's time refuses it too.
+            if chrono::Timelike::nanosecond(&at) >= 1_000_000_000 {
+                return Err(ApiError::invalid_parameter(
+                    name,
+                    format!("{name} has no such second (leap seconds are not taken)"),
+                ));
+            }
             let at = at.with_timezone(&Utc);
             // A moment still to come has no record yet: its map would show flags and overdue
             // appointments that have not happened, and change as later events arrive. Within
