@@ -226,11 +226,20 @@ async fn positions_past_the_largest_are_refused_as_parameters() {
             started.elapsed()
         );
     }
-    // The largest position itself is a valid (if unreached) place to read from.
-    let page = app
-        .get_ok(&format!("/v1/events?after={}", i64::MAX), AUDITOR)
+    // The largest position itself is read as a position, and refused as one past the end of
+    // the feed, which no reader was ever sent.
+    let response = app
+        .get(&format!("/v1/events?after={}", i64::MAX), AUDITOR)
         .await;
-    assert_eq!(page["events"], json!([]));
+    let problem = expect_problem(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "after");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("past the end of the feed"),
+        "{problem}"
+    );
 }
 
 /// The limits the server enforces on parameters and bodies are stated in the document.
