@@ -325,6 +325,63 @@ async fn appends_through_a_connection_that_stops_answering_give_up_in_bounded_ti
     database.drop_database().await.unwrap();
 }
 
+/// A process whose lease connections stall (no error, no answer) does not keep the views and
+/// webhook delivery from every other process for good: once its sessions have been silent long
+/// enough, another process ends them and takes both leases over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_lease_holder_is_ended_and_its_leases_taken_over() {
+    use std::str::FromStr;
+    use travelmap_store::WebhookStore;
+    let database = scratch().await;
+    let direct = sqlx::postgres::PgConnectOptions::from_str(database.url()).unwrap();
+    let target = format!("{}:{}", direct.get_host(), direct.get_port());
+    let relay = FreezableRelay::start(target.clone()).await;
+    let relayed_url = database
+        .url()
+        .replacen(&target, &relay.address.to_string(), 1);
+    let relayed = PgStore::connect(&relayed_url, Migrations::Apply)
+        .await
+        .unwrap();
+    relayed.views.lead().await.unwrap();
+    relayed.webhooks.lead().await.unwrap();
+    let other = PgStore::connect(database.url(), Migrations::Require)
+        .await
+        .unwrap();
+    // While the holder answers, its leases stay its own, heartbeats and all.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(8), other.views.lead())
+            .await
+            .is_err(),
+        "a live holder keeps the view lease"
+    );
+
+    relay.freeze();
+    let started = std::time::Instant::now();
+    let (views, webhooks) = tokio::time::timeout(Duration::from_secs(90), async {
+        tokio::join!(other.views.lead(), other.webhooks.lead())
+    })
+    .await
+    .expect("a silent holder's leases are taken over");
+    views.unwrap();
+    webhooks.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(25),
+        "taken over after {:?}, before the holder had been silent long",
+        started.elapsed()
+    );
+    other
+        .views
+        .save(3, vec![view(ClientId(Uuid::new_v4()))])
+        .await
+        .unwrap();
+    assert_eq!(other.views.checkpoint().await.unwrap(), 3);
+    tokio::time::timeout(Duration::from_secs(10), relayed.close())
+        .await
+        .expect("closing does not wait for the stalled connections");
+    other.close().await;
+    database.drop_database().await.unwrap();
+}
+
 fn provenance() -> travelmap_domain::Provenance {
     travelmap_domain::Provenance {
         agency: "prison-opava".into(),

@@ -18,6 +18,7 @@
 
 mod audit;
 mod keys;
+mod lease;
 mod log;
 mod schema;
 mod scratch;

@@ -1,16 +1,15 @@
 //! The PostgreSQL view store, with the lease that lets one process at a time write views.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::{Mutex, watch};
+use sqlx::PgPool;
+use tokio::sync::watch;
 use travelmap_domain::ClientId;
 use uuid::Uuid;
 
 use super::VIEWS_CHANNEL;
+use super::lease::Lease;
 use crate::packed::unpack;
 use crate::{ClientView, Error, Result, StoredState, ViewStore};
 
@@ -20,24 +19,15 @@ const CLIENT_VIEWS: &str = "client_views";
 /// The advisory lock whose holder writes the views (an arbitrary constant: "travelview").
 const VIEW_LEASE: i64 = 0x7472_6176_7669_6577;
 
-/// How often a process that does not lead asks whether the lease has become free.
-const LEASE_RETRY: Duration = Duration::from_millis(500);
-
 /// The PostgreSQL view store.
 ///
-/// Leading is two things. A session-level advisory lock, held on a connection of its own, says
-/// who may write; it is released by PostgreSQL when that connection ends, however the process
-/// died. And an epoch, bumped by each new leader in the checkpoint row, fences off the previous
-/// one: every save checks the epoch in the same transaction that moves the checkpoint, so a
-/// leader that lost its connection (and so its lock) without noticing cannot overwrite views
-/// after its successor has started.
+/// Writing is leased (see `lease.rs`): the epoch, bumped by each new leader in the checkpoint
+/// row, is checked by every save in the same transaction that moves the checkpoint, so a leader
+/// that lost its lease without noticing cannot overwrite views after its successor has started.
 pub struct PgViewStore {
     pool: PgPool,
-    connector: super::Connector,
     saved: watch::Receiver<u64>,
-    lease: Mutex<Option<PgConnection>>,
-    leading: AtomicBool,
-    epoch: AtomicI64,
+    lease: Lease,
 }
 
 impl PgViewStore {
@@ -47,24 +37,23 @@ impl PgViewStore {
         saved: watch::Receiver<u64>,
     ) -> Self {
         Self {
+            lease: Lease::new(
+                "write the views",
+                VIEW_LEASE,
+                "UPDATE projection_checkpoints SET epoch = epoch + 1 WHERE projection = 'client_views'
+                 RETURNING epoch",
+                connector,
+                pool.clone(),
+            ),
             pool,
-            connector,
             saved,
-            lease: Mutex::new(None),
-            leading: AtomicBool::new(false),
-            epoch: AtomicI64::new(-1),
         }
-    }
-
-    /// Whether a connection still holds the lease's lock (a dead connection has lost it).
-    async fn still_holds(connection: &mut PgConnection) -> bool {
-        connection.ping().await.is_ok()
     }
 
     /// Marks the lease as doubtful after a failed write, so the next `lead` checks it again.
     fn doubt<T>(&self, result: Result<T>) -> Result<T> {
         if result.is_err() {
-            self.leading.store(false, Ordering::SeqCst);
+            self.lease.doubt();
         }
         result
     }
@@ -184,7 +173,7 @@ impl PgViewStore {
         )
         .bind(CLIENT_VIEWS)
         .bind(checkpoint as i64)
-        .bind(self.epoch.load(Ordering::SeqCst))
+        .bind(self.lease.epoch())
         .bind(VIEWS_CHANNEL)
         .execute(&mut **transaction)
         .await?;
@@ -202,7 +191,7 @@ impl PgViewStore {
              RETURNING pg_notify($3, '0')",
         )
         .bind(CLIENT_VIEWS)
-        .bind(self.epoch.load(Ordering::SeqCst))
+        .bind(self.lease.epoch())
         .bind(VIEWS_CHANNEL)
         .execute(&mut *transaction)
         .await?;
@@ -321,46 +310,7 @@ impl ViewStore for PgViewStore {
     }
 
     async fn lead(&self) -> Result<()> {
-        if self.leading.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let mut lease = self.lease.lock().await;
-        if let Some(connection) = lease.as_mut() {
-            if Self::still_holds(connection).await {
-                self.leading.store(true, Ordering::SeqCst);
-                return Ok(());
-            }
-            tracing::warn!("lost the connection that held the view lease; taking it again");
-            *lease = None;
-        }
-        let mut waiting_logged = false;
-        loop {
-            let mut connection = self.connector.connect().await?;
-            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(VIEW_LEASE)
-                .fetch_one(&mut connection)
-                .await?;
-            if acquired {
-                let epoch: i64 = sqlx::query_scalar(
-                    "UPDATE projection_checkpoints SET epoch = epoch + 1 WHERE projection = $1
-                     RETURNING epoch",
-                )
-                .bind(CLIENT_VIEWS)
-                .fetch_one(&self.pool)
-                .await?;
-                self.epoch.store(epoch, Ordering::SeqCst);
-                self.leading.store(true, Ordering::SeqCst);
-                *lease = Some(connection);
-                tracing::info!(epoch, "this process now writes the views");
-                return Ok(());
-            }
-            if !waiting_logged {
-                tracing::info!("another process writes the views; following its checkpoint");
-                waiting_logged = true;
-            }
-            let _ = connection.close().await;
-            tokio::time::sleep(LEASE_RETRY).await;
-        }
+        self.lease.lead().await
     }
 
     fn saved(&self) -> watch::Receiver<u64> {

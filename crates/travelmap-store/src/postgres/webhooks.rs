@@ -1,23 +1,20 @@
 //! The PostgreSQL webhook store, with the lease that lets one process at a time deliver.
 //!
-//! Delivering is leased the way writing views is (see `views.rs`): a session-level advisory lock
-//! on a connection of its own says which process delivers, and PostgreSQL releases it when that
-//! connection ends, however the process died; an epoch in `webhook_dispatch`, bumped by each new
-//! holder, fences off the previous one, whose cursor moves then fail. Two processes delivering the
+//! Delivering is leased the way writing views is (see `lease.rs`): the epoch in
+//! `webhook_dispatch`, bumped by each new holder, fences off the previous one, whose cursor
+//! moves then fail. Two processes delivering the
 //! same webhook would not lose events (cursors only move forward, after an acknowledgement) but
 //! would send each one twice and out of order; the lease keeps that to the moment of a hand-over.
-
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::{Connection, PgConnection, PgPool, Row};
-use tokio::sync::{Mutex, watch};
+use sqlx::{PgPool, Row};
+use tokio::sync::watch;
 use travelmap_domain::EventId;
 use uuid::Uuid;
 
+use super::lease::Lease;
 use crate::webhooks::{
     ATTEMPTS_KEPT, Attempt, AttemptOutcome, NewWebhook, State, Webhook, WebhookStore, corrupt,
     parse_purpose, purpose_name,
@@ -27,29 +24,26 @@ use crate::{Error, Result};
 /// The advisory lock whose holder delivers webhooks (an arbitrary constant: "travhook").
 const DISPATCH_LEASE: i64 = 0x7472_6176_686f_6f6b;
 
-/// How often a process that does not deliver asks whether the lease has become free.
-const LEASE_RETRY: Duration = Duration::from_millis(500);
-
 const COLUMNS: &str =
     "id, agency, credential, url, types, purpose, secret, created_at, state, cursor";
 
 pub struct PgWebhookStore {
     pool: PgPool,
-    connector: super::Connector,
-    lease: Mutex<Option<PgConnection>>,
-    leading: AtomicBool,
-    epoch: AtomicI64,
+    lease: Lease,
     changes: watch::Sender<u64>,
 }
 
 impl PgWebhookStore {
     pub(super) fn new(pool: PgPool, connector: super::Connector) -> Self {
         Self {
+            lease: Lease::new(
+                "deliver webhooks",
+                DISPATCH_LEASE,
+                "UPDATE webhook_dispatch SET epoch = epoch + 1 RETURNING epoch",
+                connector,
+                pool.clone(),
+            ),
             pool,
-            connector,
-            lease: Mutex::new(None),
-            leading: AtomicBool::new(false),
-            epoch: AtomicI64::new(-1),
             changes: watch::channel(0).0,
         }
     }
@@ -168,7 +162,7 @@ impl WebhookStore for PgWebhookStore {
     }
 
     async fn advance(&self, id: Uuid, position: u64) -> Result<()> {
-        let epoch = self.epoch.load(Ordering::SeqCst);
+        let epoch = self.lease.epoch();
         // The epoch is checked in the same statement that moves the cursor, so a process that
         // lost the lease without noticing cannot move it after its successor started.
         let fenced: Option<bool> = sqlx::query_scalar(
@@ -183,7 +177,7 @@ impl WebhookStore for PgWebhookStore {
         .fetch_optional(&self.pool)
         .await?;
         if fenced.unwrap_or(true) {
-            self.leading.store(false, Ordering::SeqCst);
+            self.lease.doubt();
             return Err(Error::NotLeader);
         }
         Ok(())
@@ -237,46 +231,7 @@ impl WebhookStore for PgWebhookStore {
     }
 
     async fn lead(&self) -> Result<()> {
-        if self.leading.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let mut lease = self.lease.lock().await;
-        if let Some(connection) = lease.as_mut() {
-            // While the connection lives, so does its lock, and nobody else can have moved the
-            // epoch on.
-            if connection.ping().await.is_ok() {
-                self.leading.store(true, Ordering::SeqCst);
-                return Ok(());
-            }
-            tracing::warn!("lost the connection that held the webhook lease; taking it again");
-            *lease = None;
-        }
-        let mut waiting_logged = false;
-        loop {
-            let mut connection = self.connector.connect().await?;
-            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(DISPATCH_LEASE)
-                .fetch_one(&mut connection)
-                .await?;
-            if acquired {
-                let epoch: i64 = sqlx::query_scalar(
-                    "UPDATE webhook_dispatch SET epoch = epoch + 1 RETURNING epoch",
-                )
-                .fetch_one(&self.pool)
-                .await?;
-                self.epoch.store(epoch, Ordering::SeqCst);
-                self.leading.store(true, Ordering::SeqCst);
-                *lease = Some(connection);
-                tracing::info!(epoch, "this process now delivers webhooks");
-                return Ok(());
-            }
-            if !waiting_logged {
-                tracing::info!("another process delivers webhooks; standing by");
-                waiting_logged = true;
-            }
-            let _ = connection.close().await;
-            tokio::time::sleep(LEASE_RETRY).await;
-        }
+        self.lease.lead().await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
