@@ -207,8 +207,17 @@ async fn tokens_from_the_identity_provider_are_checked_and_carry_agency_and_role
     other_audience["aud"] = json!("another-service");
     let mut other_issuer = claims("prison-opava", json!(["writer"]));
     other_issuer["iss"] = json!("https://idp.elsewhere/");
+    let mut not_yet_valid = claims("prison-opava", json!(["writer"]));
+    not_yet_valid["nbf"] = json!(now() + 3000);
+    let mut blank_subject = claims("prison-opava", json!(["writer"]));
+    blank_subject["sub"] = json!("");
+    let mut disguised_subject = claims("prison-opava", json!(["writer"]));
+    disguised_subject["sub"] = json!(" opava-writer\u{7}\nforged");
     let refused = [
         (token(&key, "k1", expired), "Expired"),
+        (token(&key, "k1", not_yet_valid), "ImmatureSignature"),
+        (token(&key, "k1", blank_subject), "`sub` is blank"),
+        (token(&key, "k1", disguised_subject), "`sub` is blank"),
         (token(&key, "k1", other_audience), "Audience"),
         (token(&key, "k1", other_issuer), "Issuer"),
         (
@@ -217,7 +226,7 @@ async fn tokens_from_the_identity_provider_are_checked_and_carry_agency_and_role
         ),
         (
             token(&key, "k9", claims("prison-opava", json!(["writer"]))),
-            "not in the identity provider's key set",
+            "(kid `k9`) is not in the identity provider's key set",
         ),
         (
             token(&key, "k1", claims("prison-brno", json!(["writer"]))),
@@ -268,6 +277,43 @@ async fn tokens_from_the_identity_provider_are_checked_and_carry_agency_and_role
 }
 
 /// A one-route HTTP server on 127.0.0.1 that answers every request with `body` (the key set).
+/// A break-glass grant is for the credential and the agency that justified it: a token subject
+/// that acts for another agency in its next token does not carry the grant along.
+#[tokio::test]
+async fn a_break_glass_grant_stays_with_the_agency_that_justified_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, jwk) = es256_key(1, "k1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [jwk]}).to_string()).unwrap();
+    let config = config_with_jwt(dir.path(), &format!("jwks_file = \"{}\"", jwks.display()));
+    let server = Server::start(&dir.path().join("data"), Some(&config)).await;
+    let client = Uuid::new_v4();
+    let (status, receipt) = post_with(
+        &server,
+        PRISON_WRITER,
+        &sample_event(client, "client.released", "2026-01-05T09:00:00Z"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{receipt}");
+    let read = |agency: &str, why: Option<&str>| {
+        let mut request = reqwest::Client::new()
+            .get(format!("{}/v1/clients/{client}/events", server.address))
+            .bearer_auth(token(&key, "k1", claims(agency, json!(["coordinator"]))))
+            .header("x-purpose", "emergency");
+        if let Some(why) = why {
+            request = request.header("x-justification", why);
+        }
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(read("ngo-opava", None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        read("probation-opava", Some("client missing after release")).await,
+        StatusCode::OK
+    );
+    assert_eq!(read("probation-opava", None).await, StatusCode::OK);
+    assert_eq!(read("ngo-opava", None).await, StatusCode::FORBIDDEN);
+}
+
 async fn serve_jwks(body: String) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();

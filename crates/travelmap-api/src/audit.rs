@@ -718,6 +718,9 @@ async fn active_grant(
     Ok(entries.iter().any(|entry| {
         entry.record.action == BREAK_GLASS
             && entry.record.credential == caller.0.id
+            // A token's subject may act for another agency in its next token: the grant was
+            // for the agency that justified it.
+            && entry.record.agency == caller.0.agency
             && entry.record.outcome == Outcome::Allowed
             && entry.record.at >= since
     }))

@@ -39,12 +39,20 @@ pub enum JwtError {
     Malformed(String),
     #[error("the token is signed with {0:?}; RS256 or ES256 is required")]
     Algorithm(Algorithm),
-    #[error("the token's key (kid {0:?}) is not in the identity provider's key set")]
+    #[error(
+        "the token's key ({}) is not in the identity provider's key set",
+        .0.as_deref().map_or_else(|| "no kid".to_owned(), |kid| format!("kid `{kid}`"))
+    )]
     UnknownKey(Option<String>),
     #[error("the token is not accepted: {0}")]
     Invalid(String),
     #[error("the token lacks the `{0}` claim")]
     MissingClaim(String),
+    #[error(
+        "the token's `sub` is blank, or has surrounding spaces or control characters: it would \
+         not read as who acted in the log and the audit trail"
+    )]
+    UnreadableSubject,
     #[error("agency `{0}` in the token is not declared in the configuration")]
     UndeclaredAgency(String),
     #[error("the token grants no Travelmap role")]
@@ -110,6 +118,9 @@ impl JwtVerifier {
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&[&self.settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // A token not yet valid is refused like an expired one (the library checks `nbf` only
+        // when asked to).
+        validation.validate_nbf = true;
         validation.leeway = 30;
         let claims = jsonwebtoken::decode::<Value>(token, key, &validation)
             .map_err(|error| JwtError::Invalid(error.to_string()))?
@@ -122,6 +133,11 @@ impl JwtVerifier {
         let subject = claims["sub"]
             .as_str()
             .ok_or_else(|| JwtError::MissingClaim("sub".into()))?;
+        // The subject becomes the credential id recorded with every event and audit entry, so it
+        // is held to what a configured credential id must be.
+        if subject.is_empty() || !crate::auth::plain_id(subject) {
+            return Err(JwtError::UnreadableSubject);
+        }
         let agency = claims[&self.settings.agency_claim]
             .as_str()
             .ok_or_else(|| JwtError::MissingClaim(self.settings.agency_claim.clone()))?;

@@ -14,6 +14,10 @@ use travelmap_domain::personal::Category;
 
 use crate::ClientState;
 
+/// The longest retention period, in years. Longer ones mean nothing for people, and far longer
+/// ones would overflow the calendar's arithmetic.
+pub const MAX_YEARS: u32 = 200;
+
 /// Retention periods in whole years, per category. A category without a period is kept until
 /// erased.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,6 +43,12 @@ impl Schedule {
             }
             if period == 0 {
                 return Err(format!("retention: {name} must be kept at least one year"));
+            }
+            if period > MAX_YEARS {
+                return Err(format!(
+                    "retention: {name} may be kept at most {MAX_YEARS} years (leave it out to \
+                     keep it until erasure)"
+                ));
             }
             years.insert(category, period);
         }
@@ -98,7 +108,7 @@ impl ClientState {
                 due_on: ended.and_then(|ended| {
                     ended
                         .date_naive()
-                        .checked_add_months(Months::new(years * 12))
+                        .checked_add_months(Months::new(years.checked_mul(12)?))
                 }),
             })
             .collect()
@@ -230,5 +240,13 @@ mod tests {
             Schedule::from_config(&BTreeMap::from([("data_protection".to_owned(), 2)])).is_err()
         );
         assert!(Schedule::from_config(&BTreeMap::from([("needs".to_owned(), 0)])).is_err());
+        // A period that would wrap round in months (357,913,942 years is 8 months modulo 2^32)
+        // is refused, not turned into a short one.
+        for years in [MAX_YEARS + 1, 357_913_942] {
+            assert!(
+                Schedule::from_config(&BTreeMap::from([("needs".to_owned(), years)])).is_err()
+            );
+        }
+        assert!(Schedule::from_config(&BTreeMap::from([("needs".to_owned(), MAX_YEARS)])).is_ok());
     }
 }

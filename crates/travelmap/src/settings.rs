@@ -270,6 +270,11 @@ pub enum Error {
 /// The longest a break-glass grant may be configured to last: a week.
 pub const MAX_BREAK_GLASS_MINUTES: u64 = 7 * 24 * 60;
 
+/// The longest a released client may go without a case manager before the alert: ten years.
+/// Beyond that the alert means nothing, and far beyond it the alert's due date overflows the
+/// calendar.
+pub const MAX_UNASSIGNED_AFTER_DAYS: u32 = 3650;
+
 impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
@@ -330,6 +335,13 @@ impl ConfigFile {
                 path: path.to_owned(),
                 setting: "break_glass_minutes",
                 most: MAX_BREAK_GLASS_MINUTES,
+            });
+        }
+        if config.coordination.unassigned_after_days > MAX_UNASSIGNED_AFTER_DAYS {
+            return Err(Error::TooLarge {
+                path: path.to_owned(),
+                setting: "[coordination] unassigned_after_days",
+                most: u64::from(MAX_UNASSIGNED_AFTER_DAYS),
             });
         }
         let policy = webhooks.policy();
@@ -801,6 +813,13 @@ mod tests {
                 "{error}"
             );
         }
+        std::fs::write(&path, "[coordination]\nunassigned_after_days = 3651\n").unwrap();
+        assert!(matches!(
+            ConfigFile::load(&path).unwrap_err(),
+            Error::TooLarge { most: 3650, .. }
+        ));
+        std::fs::write(&path, "[coordination]\nunassigned_after_days = 3650\n").unwrap();
+        assert!(ConfigFile::load(&path).is_ok());
         std::fs::write(&path, "break_glass_minutes = 1\n").unwrap();
         assert!(ConfigFile::load(&path).is_ok());
         std::fs::write(&path, "break_glass_minutes = 10081\n").unwrap();
