@@ -611,7 +611,19 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
         .send()
         .await
         .unwrap();
-    expect_problem(bad, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    let problem = expect_problem(bad, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "Last-Event-ID");
+    // The same in the query string is named as sent there.
+    let bad = app
+        .http
+        .get(app.url("/v1/subscriptions/feed?lastEventId=yesterday"))
+        .bearer_auth(PROBATION_WRITER)
+        .header("x-purpose", "case_management")
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(bad, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "lastEventId");
     let anonymous = app
         .http
         .get(app.url("/v1/subscriptions/feed"))

@@ -221,6 +221,7 @@ async fn spawn_app_at(
         Default::default(),
         Coordination::default(),
         webhook_policy(),
+        None,
     )
     .await
 }
@@ -251,6 +252,7 @@ pub async fn spawn_app_with_coordination(backend: &Backend, coordination: Coordi
         Default::default(),
         coordination,
         webhook_policy(),
+        None,
     )
     .await
 }
@@ -269,6 +271,7 @@ pub async fn spawn_app_with_retention(
         (retention, std::time::Duration::from_millis(100)),
         Coordination::default(),
         webhook_policy(),
+        None,
     )
     .await
 }
@@ -283,13 +286,18 @@ async fn spawn_app_full(
     ),
     coordination: Coordination,
     webhooks: travelmap_webhooks::Policy,
+    declared: Option<&[&str]>,
 ) -> TestApp {
-    let authenticator = Authenticator::new(
+    let mut authenticator = Authenticator::new(
         credentials()
             .into_iter()
             .map(|(key, credential)| (Authenticator::hash_key(key), credential)),
     )
     .expect("valid test credentials");
+    if let Some(declared) = declared {
+        authenticator =
+            authenticator.with_agencies(declared.iter().map(|agency| (*agency).to_owned()));
+    }
     let application = Application::build(ServeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         store,
@@ -349,6 +357,27 @@ pub async fn spawn_app_with_webhooks_in(
         Default::default(),
         Coordination::default(),
         policy,
+        None,
+    )
+    .await
+}
+
+/// [`spawn_app_with_webhooks_in`] with a configuration that declares only `agencies`.
+pub async fn spawn_app_declaring(
+    backend: &Backend,
+    data_dir: TempDir,
+    policy: travelmap_webhooks::Policy,
+    agencies: &[&str],
+) -> TestApp {
+    let location = backend.location(data_dir.path());
+    spawn_app_full(
+        data_dir,
+        location,
+        travelmap_api::DEFAULT_BREAK_GLASS,
+        Default::default(),
+        Coordination::default(),
+        policy,
+        Some(agencies),
     )
     .await
 }

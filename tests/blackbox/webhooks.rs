@@ -957,7 +957,81 @@ async fn the_withdrawal_of_its_own_consent_reaches_the_agency_once(backend: Back
     backend.remove().await;
 }
 
+/// An agency taken out of the configuration receives nothing more: its webhooks stay
+/// registered, but nothing is delivered to them, while other agencies' go on.
+async fn an_agency_taken_out_of_the_configuration_receives_nothing_more(backend: Backend) {
+    let app = spawn_app_with_webhooks(&backend, webhook_policy()).await;
+    let ngo_receiver = Receiver::start().await;
+    let ngo = ngo_client(&app).await;
+    register(&app, &ngo_receiver, json!(["need.*"])).await;
+    let before = need(&app, NGO_WRITER, ngo, "while the NGO takes part").await;
+    eventually("the NGO hears of it", || async {
+        !ngo_receiver.inbox.received().is_empty()
+    })
+    .await;
+    // The municipality's webhook shows when delivery has gone on past the NGO's event.
+    let municipal_receiver = Receiver::start().await;
+    let municipal = Uuid::new_v4();
+    posted(
+        &app,
+        PRISON_WRITER,
+        &event(municipal, "client.registered", AT, json!({})),
+    )
+    .await;
+    posted(
+        &app,
+        MUNICIPALITY_WRITER,
+        &event(
+            municipal,
+            "involvement.opened",
+            AT,
+            json!({"role": "social_worker"}),
+        ),
+    )
+    .await;
+    let response = app
+        .post(
+            "/v1/subscriptions/webhooks",
+            COORDINATOR,
+            &json!({"url": municipal_receiver.url(), "types": ["need.*"]}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let registered: Value = response.json().await.unwrap();
+    *municipal_receiver.inbox.secret.lock().unwrap() =
+        Some(registered["secret"].as_str().unwrap().to_owned());
+
+    let credentials = credentials();
+    let others: Vec<&str> = credentials
+        .iter()
+        .map(|(_, credential)| credential.agency.as_str())
+        .filter(|agency| *agency != "ngo-opava")
+        .collect();
+    let app = spawn_app_declaring(&backend, app.stop().await, webhook_policy(), &others).await;
+    need(&app, PRISON_WRITER, ngo, "after the NGO left").await;
+    let shown = need(&app, MUNICIPALITY_WRITER, municipal, "the municipality's").await;
+    eventually("the municipality hears of its event", || async {
+        municipal_receiver
+            .inbox
+            .received()
+            .iter()
+            .any(|received| received.event_id == shown)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ids: Vec<String> = ngo_receiver
+        .inbox
+        .received()
+        .into_iter()
+        .map(|received| received.event_id)
+        .collect();
+    assert_eq!(ids, [before]);
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
+    an_agency_taken_out_of_the_configuration_receives_nothing_more,
     the_withdrawal_of_its_own_consent_reaches_the_agency_once,
     attempts_are_counted_across_a_restart,
     the_close_of_its_own_involvement_reaches_the_agency_and_nothing_after,

@@ -150,6 +150,13 @@ impl Authenticator {
         self
     }
 
+    /// Whether the configuration declares `agency` (every agency does where it declares none).
+    pub fn declares(&self, agency: &str) -> bool {
+        self.agencies
+            .as_ref()
+            .is_none_or(|agencies| agencies.contains(agency))
+    }
+
     /// Whether `agency` may be asked about: one the configuration declares (any where it
     /// declares none). A misspelt agency in a caseload or alert query would otherwise read as
     /// an agency with nothing to do.

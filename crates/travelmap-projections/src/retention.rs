@@ -243,9 +243,7 @@ mod tests {
         // A period that would wrap round in months (357,913,942 years is 8 months modulo 2^32)
         // is refused, not turned into a short one.
         for years in [MAX_YEARS + 1, 357_913_942] {
-            assert!(
-                Schedule::from_config(&BTreeMap::from([("needs".to_owned(), years)])).is_err()
-            );
+            assert!(Schedule::from_config(&BTreeMap::from([("needs".to_owned(), years)])).is_err());
         }
         assert!(Schedule::from_config(&BTreeMap::from([("needs".to_owned(), MAX_YEARS)])).is_ok());
     }

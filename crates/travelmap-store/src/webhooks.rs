@@ -138,6 +138,17 @@ pub struct Attempt {
     pub outcome: AttemptOutcome,
 }
 
+/// Whether a webhook's delivery goes on in this process (see [`WebhookStore::standing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Active, and this process delivers.
+    Deliver,
+    /// Deleted or paused.
+    Stopped,
+    /// Another process has taken over delivery.
+    Deposed,
+}
+
 /// Storage for webhooks. Registrations are made through the API; cursors and attempts are
 /// written by the process that delivers (see [`WebhookStore::lead`]).
 #[async_trait]
@@ -160,6 +171,10 @@ pub trait WebhookStore: Send + Sync {
     async fn log_attempt(&self, attempt: Attempt) -> Result<()>;
     /// Up to `limit` of the webhook's most recent attempts, newest first.
     async fn attempts(&self, id: Uuid, limit: usize) -> Result<Vec<Attempt>>;
+    /// Whether this process is still to deliver `id`, asked before each attempt: a webhook
+    /// deleted or paused through another process, or a lease lost to another process, must not
+    /// get one more request (its URL or secret may have leaked; the new holder delivers now).
+    async fn standing(&self, id: Uuid) -> Result<Standing>;
     /// Waits until this process may deliver webhooks, and fences off any process that did
     /// before (its [`WebhookStore::advance`] fails from then on). Only one process delivers, so
     /// that each webhook receives its events once and in order. Returns at once when this

@@ -26,7 +26,7 @@ use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
 use travelmap_service::Journeys;
 use travelmap_service::health::{Reporter, waiting_for_lease};
 use travelmap_service::subscriptions::Scope;
-use travelmap_store::webhooks::{Attempt, AttemptOutcome, State, Webhook};
+use travelmap_store::webhooks::{Attempt, AttemptOutcome, Standing, State, Webhook};
 use travelmap_store::{AuditLog, WebhookStore};
 use uuid::Uuid;
 
@@ -80,7 +80,13 @@ pub struct Dispatcher {
     body: EventBody,
     policy: Policy,
     http: reqwest::Client,
+    /// Whether an agency still takes part (is declared in the configuration): the webhooks of
+    /// one taken out are not delivered, and stay registered should it come back.
+    takes_part: AgencyCheck,
 }
+
+/// Whether an agency takes part; see [`Dispatcher::delivering_to`].
+pub type AgencyCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Why a webhook's task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +144,16 @@ impl Dispatcher {
             body,
             policy,
             http,
+            takes_part: Arc::new(|_| true),
         }
+    }
+
+    /// Delivers only the webhooks of agencies for which `takes_part` holds (all by default).
+    /// An agency taken out of the configuration must receive nothing more, though the
+    /// webhooks it registered are still stored.
+    pub fn delivering_to(mut self, takes_part: AgencyCheck) -> Self {
+        self.takes_part = takes_part;
+        self
     }
 
     /// Delivers until `stop` turns true: waits for the delivery lease, runs a task per active
@@ -176,6 +191,8 @@ impl Dispatcher {
         health: &Reporter,
     ) -> Ended {
         let mut tasks: HashMap<Uuid, Task> = HashMap::new();
+        // Webhooks left out for their agency, warned about once.
+        let mut warned: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
         let mut changes = self.webhooks.changes();
         let ended = loop {
             let finished: Vec<Uuid> = tasks
@@ -194,9 +211,21 @@ impl Dispatcher {
             match self.webhooks.list(None).await {
                 Ok(webhooks) => {
                     health.running();
-                    let active: HashMap<Uuid, Webhook> = webhooks
+                    let (active, left_out): (Vec<Webhook>, Vec<Webhook>) = webhooks
                         .into_iter()
                         .filter(|webhook| webhook.state == State::Active)
+                        .partition(|webhook| (self.takes_part)(&webhook.agency));
+                    for webhook in left_out {
+                        if warned.insert(webhook.id) {
+                            tracing::warn!(
+                                webhook = %webhook.id, agency = %webhook.agency,
+                                "a webhook's agency is not declared in the configuration; \
+                                 nothing is delivered to it"
+                            );
+                        }
+                    }
+                    let active: HashMap<Uuid, Webhook> = active
+                        .into_iter()
                         .map(|webhook| (webhook.id, webhook))
                         .collect();
                     for (id, task) in &tasks {
@@ -281,6 +310,21 @@ impl Dispatcher {
                     _ => (1, 0),
                 };
                 let since_resume = attempt.saturating_sub(before_resume);
+                // Deleted, paused or taken over through another process since this task last
+                // looked: not one more request (the registrations are read again only now and
+                // then, and a retrying task may never reach a cursor save, which would tell).
+                match self.webhooks.standing(webhook.id).await {
+                    Ok(Standing::Deliver) => {}
+                    Ok(Standing::Stopped) => return Ended::Stopped,
+                    Ok(Standing::Deposed) => return Ended::Deposed,
+                    Err(error) => {
+                        tracing::warn!(webhook = %webhook.id, %error, "cannot check a webhook before delivering");
+                        if pause(STORE_PAUSE, &mut stop).await {
+                            return Ended::Stopped;
+                        }
+                        continue 'pages;
+                    }
+                }
                 let sent = tokio::select! {
                     sent = self.attempt(&webhook, event, attempt, since_resume) => sent,
                     _ = stopped(&mut stop) => return Ended::Stopped,

@@ -21,4 +21,4 @@ pub mod registration;
 pub mod signing;
 
 pub use backoff::Backoff;
-pub use dispatcher::{Dispatcher, EventBody, Policy};
+pub use dispatcher::{AgencyCheck, Dispatcher, EventBody, Policy};

@@ -150,6 +150,10 @@ impl Application {
                 Arc::new(travelmap_api::routes::webhooks::delivery_body),
                 self.webhook_policy,
             )
+            .delivering_to({
+                let authenticator = self.authenticator.clone();
+                Arc::new(move |agency| authenticator.declares(agency))
+            })
             .run(projector_stopped.clone(), watch("webhooks", false)),
         );
         // Without a schedule there is nothing to run, and nothing to watch.

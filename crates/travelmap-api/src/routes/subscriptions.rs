@@ -140,13 +140,7 @@ pub async fn feed(
             "send one Last-Event-ID header, not several",
         ));
     }
-    // Named as sent, for the answers that refuse it.
-    let resume_from = if headers.contains_key("last-event-id") {
-        "Last-Event-ID"
-    } else {
-        "lastEventId"
-    };
-    let last_event_id = headers
+    let from_header = headers
         .get("last-event-id")
         .map(|value| {
             value
@@ -155,8 +149,12 @@ pub async fn feed(
                 .map_err(|_| ApiError::invalid_parameter("Last-Event-ID", "not readable text"))
         })
         .transpose()?
-        .filter(|value| !value.is_empty())
-        .or(query.last_event_id.as_deref().map(str::trim));
+        .filter(|value| !value.is_empty());
+    // Named as sent, for the answers that refuse it.
+    let (last_event_id, resume_from) = match from_header {
+        Some(value) => (Some(value), "Last-Event-ID"),
+        None => (query.last_event_id.as_deref().map(str::trim), "lastEventId"),
+    };
     // A filter the chosen stream does not take would be dropped silently, sending more than
     // was asked for: refused instead, like any parameter an endpoint does not take.
     let (stream, not_taken) = match query.stream.as_deref() {
@@ -197,10 +195,10 @@ pub async fn feed(
             };
             let after = match last_event_id {
                 Some(id) => extract::position(
-                    "Last-Event-ID",
+                    resume_from,
                     id.parse::<u64>().map_err(|_| {
                         ApiError::invalid_parameter(
-                            "Last-Event-ID",
+                            resume_from,
                             "a journey event stream's ids are positions (whole numbers)",
                         )
                     })?,

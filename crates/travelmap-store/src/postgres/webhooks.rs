@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::lease::Lease;
 use crate::webhooks::{
-    ATTEMPTS_KEPT, Attempt, AttemptOutcome, NewWebhook, State, Webhook, WebhookStore, corrupt,
-    parse_purpose, purpose_name,
+    ATTEMPTS_KEPT, Attempt, AttemptOutcome, NewWebhook, Standing, State, Webhook, WebhookStore,
+    corrupt, parse_purpose, purpose_name,
 };
 use crate::{Error, Result};
 
@@ -159,6 +159,24 @@ impl WebhookStore for PgWebhookStore {
             self.changed();
         }
         Ok(found)
+    }
+
+    async fn standing(&self, id: Uuid) -> Result<Standing> {
+        let (state, current): (Option<String>, bool) = sqlx::query_as(
+            "SELECT (SELECT state FROM webhooks WHERE id = $1), epoch = $2 FROM webhook_dispatch",
+        )
+        .bind(id)
+        .bind(self.lease.epoch())
+        .fetch_one(&self.pool)
+        .await?;
+        if !current {
+            self.lease.doubt();
+            return Ok(Standing::Deposed);
+        }
+        Ok(match state.as_deref().and_then(State::parse) {
+            Some(State::Active) => Standing::Deliver,
+            _ => Standing::Stopped,
+        })
     }
 
     async fn advance(&self, id: Uuid, position: u64) -> Result<()> {

@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use super::{configure, schema};
 use crate::webhooks::{
-    ATTEMPTS_KEPT, Attempt, AttemptOutcome, NewWebhook, State, Webhook, WebhookStore, corrupt,
-    parse_purpose, purpose_name,
+    ATTEMPTS_KEPT, Attempt, AttemptOutcome, NewWebhook, Standing, State, Webhook, WebhookStore,
+    corrupt, parse_purpose, purpose_name,
 };
 use crate::{Error, Result};
 
@@ -196,6 +196,25 @@ impl WebhookStore for SqliteWebhookStore {
             self.changed();
         }
         Ok(found)
+    }
+
+    async fn standing(&self, id: Uuid) -> Result<Standing> {
+        let state: Option<String> = self
+            .with(move |connection| {
+                Ok(connection
+                    .query_row(
+                        "SELECT state FROM webhooks WHERE id = ?1",
+                        params![id],
+                        |row| row.get(0),
+                    )
+                    .optional()?)
+            })
+            .await?;
+        // One process opens the store, so nobody else can have taken delivery over.
+        Ok(match state.as_deref().and_then(State::parse) {
+            Some(State::Active) => Standing::Deliver,
+            _ => Standing::Stopped,
+        })
     }
 
     async fn advance(&self, id: Uuid, position: u64) -> Result<()> {
