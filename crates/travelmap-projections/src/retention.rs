@@ -3,14 +3,17 @@
 //!
 //! **The end of involvement** is when the last open involvement of the client closed. While any
 //! involvement is open, nothing is due. A client who never had an involvement is counted from
-//! their last recorded fact. A category is due on the anniversary, `years` later; its personal
-//! fields are then shredded (their keys destroyed) and `retention.applied` is recorded.
+//! their last recorded fact. A category is counted from the later of that end and the last
+//! fact of the category (a client who comes back without an involvement keeps what was
+//! recorded of them then for the full period). It is due on the anniversary, `years` later;
+//! its personal fields are then shredded (their keys destroyed) and `retention.applied` is
+//! recorded.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Months, NaiveDate, Utc};
 use serde::Serialize;
-use travelmap_domain::personal::Category;
+use travelmap_domain::personal::{self, Category};
 
 use crate::ClientState;
 
@@ -106,12 +109,28 @@ impl ClientState {
                 category,
                 years,
                 due_on: ended.and_then(|ended| {
-                    ended
-                        .date_naive()
+                    // A client who comes back (a new prison number, a needs assessment) without
+                    // an involvement being opened: what was recorded of the category then is
+                    // kept its full period too, not shredded at the next run for a period that
+                    // ran out before it was recorded.
+                    let from = self
+                        .last_fact_of(category, now)
+                        .map_or(ended, |last| last.max(ended));
+                    from.date_naive()
                         .checked_add_months(Months::new(years.checked_mul(12)?))
                 }),
             })
             .collect()
+    }
+
+    /// When the last fact of `category` occurred, of those recorded by `now`.
+    fn last_fact_of(&self, category: Category, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.facts
+            .iter()
+            .filter(|fact| fact.recorded_at <= now)
+            .filter(|fact| personal::category(fact.event.event_type()) == Some(category))
+            .map(|fact| fact.occurred_at.with_timezone(&Utc))
+            .max()
     }
 
     /// The categories due at `now`, with the earliest due day among them.
@@ -229,6 +248,48 @@ mod tests {
         let both_due = "2026-03-15T12:00:00Z".parse().unwrap();
         assert_eq!(
             state.due(&schedule(), both_due).unwrap().0,
+            vec![Category::Identity, Category::Needs]
+        );
+    }
+
+    #[test]
+    fn a_category_recorded_after_the_involvement_ended_is_counted_from_then() {
+        let state = ClientState::from_history(
+            ClientId(Uuid::from_u128(1)),
+            [
+                fact(
+                    1,
+                    "2010-01-02T10:00:00Z",
+                    "involvement.opened",
+                    json!({"role": "mentor"}),
+                ),
+                fact(
+                    2,
+                    "2012-01-02T10:00:00Z",
+                    "involvement.closed",
+                    json!({"role": "mentor"}),
+                ),
+                fact(
+                    3,
+                    "2026-11-01T10:00:00Z",
+                    "need.assessed",
+                    json!({"area": "housing", "status": "in_progress"}),
+                ),
+            ],
+        );
+        // Needs are kept two years from the assessment, not from 2012; identity, of which
+        // nothing new was recorded, is due five years after the involvement ended.
+        let now = "2026-12-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), now),
+            Some((
+                vec![Category::Identity],
+                NaiveDate::from_ymd_opt(2017, 1, 2).unwrap()
+            ))
+        );
+        let later = "2028-11-01T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), later).unwrap().0,
             vec![Category::Identity, Category::Needs]
         );
     }
