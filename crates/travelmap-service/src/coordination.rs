@@ -647,9 +647,18 @@ fn changes(old: Option<&CaseFile>, new: &CaseFile) -> Vec<(Change, Alert)> {
             // The agency expected to act changed (an involvement opened or closed): those who
             // followed it under the old agency hear it withdrawn, the new agency hears it raised.
             Some(previous) if previous.is_open() && previous.agency != alert.agency => {
-                changes.push((Change::Withdrawn, previous.clone()));
                 if alert.is_open() {
+                    changes.push((Change::Withdrawn, previous.clone()));
                     changes.push((Change::Raised, alert.clone()));
+                } else {
+                    // Cleared by the same change that moved it (a mentor's involvement opened
+                    // and its contact made, in one batch): those who followed it hear how it
+                    // ended, not that its cause went away.
+                    let ended = Alert {
+                        agency: previous.agency.clone(),
+                        ..alert.clone()
+                    };
+                    changes.push((Change::Cleared, ended));
                 }
             }
             Some(previous) if previous.is_open() && !alert.is_open() => {
@@ -757,6 +766,16 @@ mod tests {
                 (Change::Withdrawn, "prison".into()),
                 (Change::Raised, "mentoring".into())
             ]
+        );
+    }
+
+    #[test]
+    fn an_alert_cleared_as_it_moves_is_told_cleared_to_whoever_followed_it() {
+        let before = file(vec![alert("prison", false)], false);
+        let after = file(vec![alert("mentoring", true)], false);
+        assert_eq!(
+            kinds(changes(Some(&before), &after)),
+            [(Change::Cleared, "prison".into())]
         );
     }
 
