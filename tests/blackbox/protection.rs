@@ -159,6 +159,15 @@ async fn erasure_removes_the_personal_data_everywhere_and_keeps_the_facts(backen
         "forbidden",
     )
     .await;
+    // Refused for the role whatever the body (none here), and logged all the same.
+    let bodiless = app
+        .http
+        .delete(app.url(&path))
+        .bearer_auth(COORDINATOR)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(bodiless, StatusCode::FORBIDDEN, "forbidden").await;
     expect_problem(
         app.delete(&path, DPO, &json!({})).await,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -268,6 +277,17 @@ async fn erasure_removes_the_personal_data_everywhere_and_keeps_the_facts(backen
         }),
         "{trail}"
     );
+    // And so are the refused attempts, the one without a body too.
+    for refused in ["dpo-office", "coordinator-desk"] {
+        assert!(
+            trail["entries"].as_array().unwrap().iter().any(|entry| {
+                entry["operation"] == "erasure"
+                    && entry["outcome"] == "denied"
+                    && entry["credential"] == refused
+            }),
+            "{refused}: {trail}"
+        );
+    }
     // So is the attempt to write to the closed record.
     assert!(
         trail["entries"].as_array().unwrap().iter().any(|entry| {

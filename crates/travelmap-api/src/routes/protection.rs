@@ -54,7 +54,7 @@ async fn decide<F, Fut>(
     client_id: ClientId,
     operation: Operation,
     action: &'static str,
-    body: &serde_json::Value,
+    body: Result<JsonBody, ApiError>,
     run: F,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError>
 where
@@ -67,8 +67,10 @@ where
         action,
         returned,
     };
+    // The role first: a refused caller is logged whatever body it sent (none, not JSON).
     audit::require(state, caller, context, &[Role::Dpo], logged(None)).await?;
-    let reason = reason(body)?;
+    let JsonBody(body) = body?;
+    let reason = reason(&body)?;
     let provenance = Provenance {
         agency: caller.0.agency.clone(),
         credential: caller.0.id.clone(),
@@ -124,7 +126,7 @@ pub async fn erase(
     caller: Caller,
     context: RequestContext,
     Path(client_id): Path<String>,
-    JsonBody(body): JsonBody,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     let client_id = ClientId(extract::client_id(&client_id)?);
     let journeys = state.journeys.clone();
@@ -135,7 +137,7 @@ pub async fn erase(
         client_id,
         Operation::Erasure,
         "DELETE /v1/clients/{client_id}/personal-data",
-        &body,
+        body,
         |provenance, reason| async move { journeys.erase(&provenance, client_id, reason).await },
     )
     .await
@@ -164,7 +166,7 @@ pub async fn restrict(
     caller: Caller,
     context: RequestContext,
     Path(client_id): Path<String>,
-    JsonBody(body): JsonBody,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     let client_id = ClientId(extract::client_id(&client_id)?);
     let journeys = state.journeys.clone();
@@ -175,7 +177,7 @@ pub async fn restrict(
         client_id,
         Operation::Alteration,
         "POST /v1/clients/{client_id}/restriction",
-        &body,
+        body,
         |provenance, reason| async move { journeys.restrict(&provenance, client_id, reason).await },
     )
     .await
@@ -202,7 +204,7 @@ pub async fn lift_restriction(
     caller: Caller,
     context: RequestContext,
     Path(client_id): Path<String>,
-    JsonBody(body): JsonBody,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
     let client_id = ClientId(extract::client_id(&client_id)?);
     let journeys = state.journeys.clone();
@@ -213,7 +215,7 @@ pub async fn lift_restriction(
         client_id,
         Operation::Alteration,
         "DELETE /v1/clients/{client_id}/restriction",
-        &body,
+        body,
         |provenance, reason| async move {
             journeys
                 .lift_restriction(&provenance, client_id, reason)
