@@ -40,6 +40,10 @@ struct Inbox {
     secret: Mutex<Option<String>>,
     /// While true, every request is answered 500.
     failing: AtomicBool,
+    /// While true, every request is held open and never answered.
+    hanging: AtomicBool,
+    /// Requests held open.
+    hung: AtomicUsize,
     /// Requests whose signature or headers did not check out.
     refused: AtomicUsize,
     /// Requests answered 500 on purpose.
@@ -121,6 +125,10 @@ async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Byte
     if !consistent || !signature_checks(&secret, &headers, &body) {
         inbox.refused.fetch_add(1, Ordering::SeqCst);
         return AxumStatus::UNAUTHORIZED;
+    }
+    if inbox.hanging.load(Ordering::SeqCst) {
+        inbox.hung.fetch_add(1, Ordering::SeqCst);
+        return std::future::pending().await;
     }
     if inbox.failing.load(Ordering::SeqCst) {
         inbox.failed.fetch_add(1, Ordering::SeqCst);
@@ -1030,7 +1038,51 @@ async fn an_agency_taken_out_of_the_configuration_receives_nothing_more(backend:
     backend.remove().await;
 }
 
+/// A delivery cut short by a shutdown counts as an attempt: the request may have reached the
+/// receiver, so the attempt number the receiver sees goes on after the restart.
+async fn an_attempt_cut_short_by_a_shutdown_still_counts(backend: Backend) {
+    let app = spawn_app_with_webhooks(&backend, webhook_policy()).await;
+    let receiver = Receiver::start().await;
+    receiver.inbox.hanging.store(true, Ordering::SeqCst);
+    let client = ngo_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    let cut_short = need(&app, NGO_WRITER, client, "cut short").await;
+    eventually("the request is under way", || async {
+        receiver.inbox.hung.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let data_dir = app.stop().await;
+    receiver.inbox.hanging.store(false, Ordering::SeqCst);
+    let app = spawn_app_with_webhooks_in(&backend, data_dir, webhook_policy()).await;
+    eventually("the event is delivered", || async {
+        !receiver.inbox.received().is_empty()
+    })
+    .await;
+    let received = receiver.inbox.received();
+    assert_eq!(received[0].event_id, cut_short);
+    assert_eq!(received[0].attempt, 2);
+    let story: Vec<(u64, String)> = deliveries(&app, &id)
+        .await
+        .iter()
+        .rev()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap(),
+                a["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        story,
+        [(1, "retrying".to_owned()), (2, "delivered".to_owned())]
+    );
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
+    an_attempt_cut_short_by_a_shutdown_still_counts,
     an_agency_taken_out_of_the_configuration_receives_nothing_more,
     the_withdrawal_of_its_own_consent_reaches_the_agency_once,
     attempts_are_counted_across_a_restart,

@@ -115,6 +115,8 @@ struct Failing {
 enum Sent {
     Delivered,
     Failed,
+    /// Delivery was stopped while the request was under way.
+    Interrupted,
 }
 
 struct Task {
@@ -325,11 +327,11 @@ impl Dispatcher {
                         continue 'pages;
                     }
                 }
-                let sent = tokio::select! {
-                    sent = self.attempt(&webhook, event, attempt, since_resume) => sent,
-                    _ = stopped(&mut stop) => return Ended::Stopped,
-                };
+                let sent = self
+                    .attempt(&webhook, event, attempt, since_resume, &mut stop)
+                    .await;
                 match sent {
+                    Ok(Sent::Interrupted) => return Ended::Stopped,
                     Ok(Sent::Delivered) => {
                         failing = None;
                         if let Some(ended) = self.advance(&webhook, event.meta.position).await {
@@ -454,6 +456,7 @@ impl Dispatcher {
         event: &RecordedEvent,
         attempt: u32,
         since_resume: u32,
+        stop: &mut watch::Receiver<bool>,
     ) -> Result<Sent, travelmap_store::Error> {
         let delivery = Uuid::new_v4();
         // Nothing leaves unlogged: the disclosure is in the trail before the request is sent.
@@ -463,7 +466,7 @@ impl Dispatcher {
         let body = (self.body)(event);
         let timestamp = Utc::now().timestamp();
         let started = Instant::now();
-        let answer = self
+        let request = self
             .http
             .post(&webhook.url)
             .timeout(self.policy.timeout)
@@ -479,17 +482,24 @@ impl Dispatcher {
                 signing::signature(&webhook.secret, timestamp, &body),
             )
             .body(body)
-            .send()
-            .await;
+            .send();
+        // Stopping (a shutdown, the webhook deleted) cuts the request short, but the request
+        // may already have reached the receiver: the attempt is logged all the same, so that
+        // the count the receiver sees goes on after a restart instead of starting again at 1.
+        let (answer, interrupted) = tokio::select! {
+            answer = request => (Some(answer), false),
+            _ = stopped(stop) => (None, true),
+        };
         let duration_ms = started.elapsed().as_millis() as u64;
         let (status, error) = match answer {
-            Ok(response) => (Some(response.status().as_u16()), None),
-            Err(error) => (None, Some(describe(&error, self.policy.timeout))),
+            Some(Ok(response)) => (Some(response.status().as_u16()), None),
+            Some(Err(error)) => (None, Some(describe(&error, self.policy.timeout))),
+            None => (None, Some("cut short: delivery stopped".to_owned())),
         };
         let delivered = status.is_some_and(|status| (200..300).contains(&status));
         let outcome = if delivered {
             AttemptOutcome::Delivered
-        } else if since_resume >= self.policy.max_attempts {
+        } else if since_resume >= self.policy.max_attempts && !interrupted {
             AttemptOutcome::Failed
         } else {
             AttemptOutcome::Retrying
@@ -513,7 +523,9 @@ impl Dispatcher {
             // The attempt was made and its outcome stands; only its line in the log is missing.
             tracing::warn!(webhook = %webhook.id, %error, "cannot log a webhook delivery attempt");
         }
-        Ok(if delivered {
+        Ok(if interrupted {
+            Sent::Interrupted
+        } else if delivered {
             Sent::Delivered
         } else {
             Sent::Failed
