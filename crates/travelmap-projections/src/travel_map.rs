@@ -434,10 +434,24 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                         && involvement.role == closed.role
                         && (worker.is_none() || involvement.worker == worker)
                 };
-                // A close naming a worker ends that worker's latest involvement; one naming no
-                // worker ends the agency's role with the client, whoever carried it.
+                // A close naming a worker ends that worker's latest involvement, or, if that
+                // worker has none open, the latest opened without a worker (whose worker was
+                // not known then); one naming no worker ends the agency's role with the client,
+                // whoever carried it.
                 let closing: Vec<usize> = match worker {
-                    Some(_) => involvements.iter().rposition(matches).into_iter().collect(),
+                    Some(_) => involvements
+                        .iter()
+                        .rposition(matches)
+                        .or_else(|| {
+                            involvements.iter().rposition(|involvement| {
+                                involvement.to.is_none()
+                                    && involvement.agency == agency
+                                    && involvement.role == closed.role
+                                    && involvement.worker.is_none()
+                            })
+                        })
+                        .into_iter()
+                        .collect(),
                     None => (0..involvements.len())
                         .filter(|index| matches(&involvements[*index]))
                         .collect(),

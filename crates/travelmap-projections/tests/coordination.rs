@@ -702,6 +702,43 @@ fn closing_an_involvement_without_a_worker_ends_every_one_of_that_agency_in_that
 }
 
 #[test]
+fn a_close_naming_a_worker_ends_an_involvement_opened_before_the_worker_was_known() {
+    let mut journey = Journey::new(25);
+    journey.add(
+        hours(0),
+        "ngo-rubikon",
+        "involvement.opened",
+        json!({"role": "mentor"}),
+    );
+    journey.add(
+        hours(1),
+        "ngo-rubikon",
+        "involvement.opened",
+        json!({"role": "case_manager"}),
+    );
+    journey.add(
+        hours(2),
+        "ngo-rubikon",
+        "involvement.closed",
+        json!({"role": "mentor", "worker": "M-1"}),
+    );
+    let map = ClientState::from_history(journey.client_id, journey.events.clone())
+        .travel_map(t0() + days(1));
+    let open: Vec<Value> = map
+        .involvements
+        .iter()
+        .filter(|involvement| involvement.to.is_none())
+        .map(|involvement| json!(involvement.role))
+        .collect();
+    assert_eq!(open, [json!("case_manager")]);
+    assert_eq!(
+        map.involvements.len(),
+        2,
+        "the close ended the mentor involvement rather than standing apart"
+    );
+}
+
+#[test]
 fn facts_keep_microseconds_whatever_the_history_holds() {
     let mut journey = Journey::new(23);
     journey.add(hours(0), "prison-opava", "client.released", released());
