@@ -246,6 +246,38 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
     assert_eq!(checkpoint["hash"], tail[3]["hash"]);
 }
 
+/// The request id in the trail is the server's: a caller cannot reuse another request's id (or
+/// put any text of its own there) by sending `x-request-id`.
+#[tokio::test]
+async fn the_trail_names_requests_by_ids_the_server_assigned() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let forged = "c18b954d-4a6f-4d0e-8a70-2f6b3c1d4418";
+    let response = app
+        .http
+        .post(app.url("/v1/events"))
+        .bearer_auth(PRISON_WRITER)
+        .header("x-request-id", forged)
+        .json(&sample_event(
+            client,
+            "client.released",
+            "2026-01-05T09:00:00Z",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let assigned = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(assigned, forged);
+    let trail = app
+        .get_ok(&format!("/v1/audit/clients/{client}"), AUDITOR)
+        .await;
+    assert_eq!(trail["entries"][0]["request_id"], assigned.as_str());
+}
+
 #[tokio::test]
 async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_none() {
     let app = spawn_app().await;

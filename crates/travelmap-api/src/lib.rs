@@ -591,6 +591,15 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        // The id is the server's own, never the caller's: it names the request in the audit
+        // trail, where a caller could otherwise forge one or reuse another request's (and a
+        // header value may carry anything into the logs).
+        .layer(axum::middleware::map_request(
+            |mut request: axum::extract::Request| async move {
+                request.headers_mut().remove("x-request-id");
+                request
+            },
+        ))
         .with_state(state)
 }
 
