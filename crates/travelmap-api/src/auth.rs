@@ -76,6 +76,10 @@ pub enum CredentialError {
     BlankAgency(String),
     #[error("credential id or agency {0:?} has surrounding spaces or control characters")]
     Unreadable(String),
+    #[error(
+        "credential id `{0}` starts with `jwt:`, which names identity-provider tokens (`jwt:<sub>`)"
+    )]
+    TokenNamespace(String),
 }
 
 /// Whether an id reads as what it is wherever it is shown (logs, recorded events, the trail):
@@ -124,6 +128,11 @@ impl Authenticator {
                 if !plain_id(id) {
                     return Err(CredentialError::Unreadable(id.clone()));
                 }
+            }
+            // Tokens act as `jwt:<sub>`: a configured id of that form would be taken for the
+            // token's subject in the log, the trail and break-glass grants.
+            if credential.id.starts_with("jwt:") {
+                return Err(CredentialError::TokenNamespace(credential.id));
             }
             if credential.roles.is_empty() {
                 return Err(CredentialError::NoRoles(credential.id));

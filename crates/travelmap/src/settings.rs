@@ -753,6 +753,19 @@ mod tests {
             .authenticator(&path)
             .unwrap_err();
         assert!(error.to_string().contains("surrounding spaces"), "{error}");
+        std::fs::write(
+            &path,
+            format!(
+                "{agency}{}",
+                credential.replace("id = \"c\"", "id = \"jwt:c\"")
+            ),
+        )
+        .unwrap();
+        let error = ConfigFile::load(&path)
+            .unwrap()
+            .authenticator(&path)
+            .unwrap_err();
+        assert!(error.to_string().contains("starts with `jwt:`"), "{error}");
     }
 
     #[test]
