@@ -86,7 +86,18 @@ impl JwtVerifier {
             };
             let key =
                 DecodingKey::from_jwk(jwk).map_err(|error| JwtError::KeySet(error.to_string()))?;
-            keys.insert(jwk.common.key_id.clone(), (key, algorithm));
+            // Two keys under one `kid` (or two without one) cannot be told apart: keeping the
+            // last would refuse tokens of the other, and, without a `kid`, let the set pass for
+            // a single key.
+            if keys
+                .insert(jwk.common.key_id.clone(), (key, algorithm))
+                .is_some()
+            {
+                return Err(JwtError::KeySet(match &jwk.common.key_id {
+                    Some(kid) => format!("two keys have the kid `{kid}`"),
+                    None => "two keys have no kid; each key needs its own".to_owned(),
+                }));
+            }
         }
         if keys.is_empty() {
             return Err(JwtError::NoKeys);
@@ -165,5 +176,44 @@ impl JwtVerifier {
             agency_kind: Some(kind),
             roles,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST: &str = r#"{"kty":"EC","crv":"P-256","x":"7DOaSUK28lCEfsiXf75SeiuX49M0jb7IBjjrmt23TxM","y":"Wcg9ru28mzCffVHhJVLMU8JwlB7jqdVs9Uu6NPMzQj8""#;
+    const SECOND: &str = r#"{"kty":"EC","crv":"P-256","x":"TFsL7U0bX4lKz2_7u0bvT0hlyAvbIBKZDMTqH4X6NsM","y":"xirYPZKJQAzx5MJqufElhTCAU7qI9QmnXMtu2lR79nI""#;
+
+    fn verifier() -> JwtVerifier {
+        JwtVerifier::new(JwtSettings {
+            issuer: "https://idp.test".into(),
+            audience: "travelmap".into(),
+            agency_claim: "agency".into(),
+            roles_claim: "roles".into(),
+            agencies: HashMap::new(),
+        })
+    }
+
+    /// Keys are told apart by `kid`: a set where two share one (or both lack one) is refused,
+    /// rather than keeping one of them and refusing the other's tokens.
+    #[test]
+    fn a_key_set_whose_keys_cannot_be_told_apart_is_refused() {
+        let set = |first: &str, second: &str| {
+            format!(r#"{{"keys": [{FIRST}{first}}}, {SECOND}{second}}}]}}"#)
+        };
+        let verifier = verifier();
+        assert_eq!(
+            verifier
+                .set_keys(&set(r#","kid":"a""#, r#","kid":"b""#))
+                .unwrap(),
+            2
+        );
+        for (first, second) in [("", ""), (r#","kid":"a""#, r#","kid":"a""#)] {
+            let refused = verifier.set_keys(&set(first, second)).unwrap_err();
+            assert!(matches!(refused, JwtError::KeySet(_)), "{refused}");
+        }
+        assert_eq!(verifier.set_keys(&set("", r#","kid":"b""#)).unwrap(), 2);
     }
 }
