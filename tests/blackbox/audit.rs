@@ -647,6 +647,13 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
             "DELETE FROM audit WHERE seq >= 4",
             "before the checkpoint at entry 5",
         ),
+        // An entry added before the first: the chain from 1 on still checks, so it is counted.
+        (
+            "INSERT INTO audit SELECT 0, at, 'coordinator-x', agency, actor, operation, \
+             client_id, purpose, justification, request_id, outcome, action, returned, hash \
+             FROM audit WHERE seq = 1",
+            "1 entries are numbered 0 or below",
+        ),
         // A row that no longer reads as an entry is a break too, not a failure to run.
         (
             "UPDATE audit SET at = 'hello' WHERE seq = 3",

@@ -351,6 +351,32 @@ async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
     assert_eq!(trail[6]["action"], "travelmap replay", "{trail:?}");
     assert_eq!(trail[6]["credential"], "dpo-office");
     let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+    // Entries slipped in before the first are found by verification, and shown and trusted
+    // by no read (here one that would grant break-glass access).
+    sqlx::query(
+        "INSERT INTO audit_entries
+         SELECT -5, at, 'coordinator-x', agency, actor, operation, client_id, purpose,
+                'forged', request_id, outcome, 'break-glass', returned, hash
+         FROM audit_entries WHERE seq = 1",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let (intact, report) = verify(&url);
+    assert!(
+        !intact && report.contains("1 entries are numbered 0 or below"),
+        "{report}"
+    );
+    assert!(
+        trail_at(&cluster.address(0), client)
+            .await
+            .iter()
+            .all(|entry| entry["credential"] != "coordinator-x")
+    );
+    sqlx::query("DELETE FROM audit_entries WHERE seq <= 0")
+        .execute(&mut connection)
+        .await
+        .unwrap();
     // Entries removed at the end leave a chain that checks, but the head the database keeps
     // apart from them says how far it went.
     sqlx::query("DELETE FROM audit_entries WHERE seq = (SELECT max(seq) FROM audit_entries)")

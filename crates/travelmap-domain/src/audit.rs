@@ -207,6 +207,11 @@ pub enum ChainError {
     HeadMismatch { last: u64, head: u64 },
     #[error("the entries after entry {after} cannot be read (altered or damaged): {reason}")]
     Unreadable { after: u64, reason: String },
+    #[error(
+        "{0} entries are numbered 0 or below, before the first entry: they were added outside \
+         the service"
+    )]
+    BeforeTheFirst(u64),
 }
 
 /// Checks a log entry by entry, from the first, in order (so that a long log need not be held in

@@ -427,6 +427,10 @@ pub trait AuditLog: Send + Sync {
     async fn head(&self) -> Result<(u64, [u8; 32])>;
     /// Every entry of one action (e.g. the break-glass grants), in sequence order.
     async fn read_action(&self, action: &str) -> Result<Vec<travelmap_domain::audit::AuditEntry>>;
+    /// How many stored rows are numbered 0 or below. The chain starts at 1 and no reader sees
+    /// such rows (every read asks for entries from 1 on), so only a hand outside the service
+    /// can have put them there; verification counts them as a break.
+    async fn before_the_first(&self) -> Result<u64>;
 }
 
 /// Appends `records`, retrying a failed append with growing pauses for up to `patience`. For
@@ -483,6 +487,9 @@ impl AuditLog for DiscardedAudit {
     }
     async fn read_action(&self, _action: &str) -> Result<Vec<travelmap_domain::audit::AuditEntry>> {
         Ok(Vec::new())
+    }
+    async fn before_the_first(&self) -> Result<u64> {
+        Ok(0)
     }
 }
 

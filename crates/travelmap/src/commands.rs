@@ -831,6 +831,19 @@ pub async fn verify_audit(
             }
         }
     }
+    if broken.is_none() {
+        match audit.before_the_first().await {
+            Ok(0) => {}
+            Ok(count) => broken = Some(ChainError::BeforeTheFirst(count)),
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                broken = Some(ChainError::Unreadable {
+                    after: 0,
+                    reason: error.to_string(),
+                })
+            }
+        }
+    }
     if broken.is_none()
         && let Some(reason) = head_unreadable
     {

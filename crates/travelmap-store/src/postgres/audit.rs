@@ -82,7 +82,7 @@ impl AuditLog for PgAuditLog {
 
     async fn read_action(&self, action: &str) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM audit_entries WHERE action = $1 ORDER BY seq"
+            "SELECT {COLUMNS} FROM audit_entries WHERE action = $1 AND seq > 0 ORDER BY seq"
         ))
         .bind(action)
         .fetch_all(&self.pool)
@@ -90,9 +90,16 @@ impl AuditLog for PgAuditLog {
         rows.iter().map(decode).collect()
     }
 
+    async fn before_the_first(&self) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries WHERE seq <= 0")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count as u64)
+    }
+
     async fn read_client(&self, client: ClientId) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM audit_entries WHERE client_id = $1 ORDER BY seq"
+            "SELECT {COLUMNS} FROM audit_entries WHERE client_id = $1 AND seq > 0 ORDER BY seq"
         ))
         .bind(client.0)
         .fetch_all(&self.pool)

@@ -168,10 +168,22 @@ impl AuditLog for SqliteAuditLog {
         self.readers
             .read(move |connection| {
                 let mut statement = connection.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM audit WHERE action = ?1 ORDER BY seq"
+                    "SELECT {COLUMNS} FROM audit WHERE action = ?1 AND seq > 0 ORDER BY seq"
                 ))?;
                 let rows = statement.query_map(params![action], read_entry)?;
                 rows.map(|row| row?).collect()
+            })
+            .await
+    }
+
+    async fn before_the_first(&self) -> Result<u64> {
+        self.readers
+            .read(|connection| {
+                Ok(connection.query_row(
+                    "SELECT COUNT(*) FROM audit WHERE seq <= 0",
+                    [],
+                    |row| row.get(0),
+                )?)
             })
             .await
     }
@@ -180,7 +192,7 @@ impl AuditLog for SqliteAuditLog {
         self.readers
             .read(move |connection| {
                 let mut statement = connection.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM audit WHERE client_id = ?1 ORDER BY seq"
+                    "SELECT {COLUMNS} FROM audit WHERE client_id = ?1 AND seq > 0 ORDER BY seq"
                 ))?;
                 let rows = statement.query_map(params![client.0], read_entry)?;
                 rows.map(|row| row?).collect()
