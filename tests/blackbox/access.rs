@@ -251,6 +251,45 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
     assert_eq!(denied, expected);
 }
 
+/// A grant lasts what it was given for: lengthening `break_glass_minutes` afterwards neither
+/// revives an expired grant nor extends a running one, and shortening it ends running ones.
+#[tokio::test]
+async fn a_grant_lasts_what_it_was_given_for_whatever_the_setting_becomes() {
+    let app = spawn_app_with(tempfile::tempdir().unwrap(), Duration::from_secs(2)).await;
+    let client = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        sample_event(client, "client.registered", AT),
+    )
+    .await;
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, Some("client missing")).await,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let app = spawn_app_with(app.stop().await, Duration::from_secs(3600)).await;
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
+        StatusCode::FORBIDDEN,
+        "an expired grant stays expired"
+    );
+    let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
+    assert_eq!(grants["grants"][0]["active"], false);
+
+    // Given for an hour, then the setting is shortened: the shorter length holds.
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, Some("client missing again")).await,
+        StatusCode::OK
+    );
+    let app = spawn_app_with(app.stop().await, Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
+        StatusCode::FORBIDDEN
+    );
+}
+
 #[tokio::test]
 async fn each_role_reaches_only_its_endpoints() {
     let app = spawn_app().await;

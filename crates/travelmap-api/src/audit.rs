@@ -7,7 +7,9 @@ use axum::http::request::Parts;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use travelmap_domain::ClientId;
 use travelmap_domain::RecordedEvent;
-use travelmap_domain::audit::{AuditRecord, Operation, Outcome, returned_ids, returned_things};
+use travelmap_domain::audit::{
+    AuditEntry, AuditRecord, Operation, Outcome, returned_ids, returned_things,
+};
 use travelmap_domain::payloads::Purpose;
 use travelmap_projections::Access;
 
@@ -669,10 +671,7 @@ pub async fn need_to_know_given(
                 operation: Operation::Consultation,
                 client: Some(client),
                 action: BREAK_GLASS,
-                returned: Some(format!(
-                    "access for {} minutes",
-                    state.break_glass.as_secs() / 60
-                )),
+                returned: Some(grant_text(state.break_glass)),
             };
             log(state, caller, context, Outcome::Allowed, grant).await?;
             return Ok(purpose);
@@ -709,19 +708,53 @@ async fn active_grant(
     caller: &Caller,
     client: ClientId,
 ) -> Result<bool, ApiError> {
-    let since = Utc::now() - state.break_glass;
     let entries = state
         .audit
         .read_client(client)
         .await
         .map_err(ApiError::store)?;
+    let now = Utc::now();
     Ok(entries.iter().any(|entry| {
         entry.record.action == BREAK_GLASS
+            && grant_until(entry, state.break_glass) > now
             && entry.record.credential == caller.0.id
             // A token's subject may act for another agency in its next token: the grant was
             // for the agency that justified it.
             && entry.record.agency == caller.0.agency
             && entry.record.outcome == Outcome::Allowed
-            && entry.record.at >= since
     }))
+}
+
+/// How a break-glass grant's entry states its length (`returned`), which is what the grant was
+/// given for.
+fn grant_text(length: std::time::Duration) -> String {
+    let seconds = length.as_secs();
+    if seconds.is_multiple_of(60) {
+        format!("access for {} minutes", seconds / 60)
+    } else {
+        format!("access for {seconds} seconds")
+    }
+}
+
+/// When a break-glass grant ends: the length its entry states, or the configured one if that is
+/// shorter now (a shortened setting ends running grants early; a lengthened one never revives
+/// or extends a grant already given).
+pub fn grant_until(entry: &AuditEntry, configured: std::time::Duration) -> DateTime<Utc> {
+    let stated = entry
+        .record
+        .returned
+        .as_deref()
+        .and_then(|text| text.strip_prefix("access for "))
+        .and_then(|text| {
+            let (count, unit) = text.split_once(' ')?;
+            let count: u64 = count.parse().ok()?;
+            match unit {
+                "minutes" => count.checked_mul(60),
+                "seconds" => Some(count),
+                _ => None,
+            }
+        })
+        .map(std::time::Duration::from_secs);
+    let length = stated.map_or(configured, |stated| stated.min(configured));
+    entry.record.at + TimeDelta::from_std(length).unwrap_or(TimeDelta::MAX)
 }

@@ -305,7 +305,7 @@ pub async fn break_glass(
     let grants = entries
         .iter()
         .map(|entry| {
-            let until = entry.record.at + state.break_glass;
+            let until = audit::grant_until(entry, state.break_glass);
             BreakGlassGrant {
                 entry: AuditEntryView::from(entry),
                 until,
