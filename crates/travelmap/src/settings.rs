@@ -494,6 +494,7 @@ pub fn local_admin_key(data_dir: &Path) -> Result<(String, LocalKey), Error> {
     };
     match std::fs::read_to_string(&path) {
         Ok(key) if !key.trim().is_empty() => {
+            warn_if_readable_by_others(&path, "the local admin key");
             return Ok((key.trim().to_owned(), LocalKey::Existing(path)));
         }
         Ok(_) => {}
@@ -504,6 +505,25 @@ pub fn local_admin_key(data_dir: &Path) -> Result<(String, LocalKey), Error> {
     let key = new_key();
     write_private(&path, &format!("{key}\n")).map_err(error)?;
     Ok((key, LocalKey::Generated(path)))
+}
+
+/// Logs a warning if users other than the owner may read the key file at `path`: whoever reads
+/// the master keys opens every sealed field, and whoever reads the signing key can sign
+/// checkpoints of a rewritten trail.
+fn warn_if_readable_by_others(path: &Path, what: &str) {
+    #[cfg(unix)]
+    if let Ok(metadata) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{mode:o}"),
+                "other users of this machine may read {what}; restrict the file to the \
+                 service's user (chmod 600)"
+            );
+        }
+    }
 }
 
 /// A fresh random bearer key: 32 bytes from the operating system's generator, hex-encoded.
@@ -552,6 +572,7 @@ pub fn checkpoint_key(
     };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
+            warn_if_readable_by_others(&path, "the audit checkpoint signing key");
             let seed = hex::decode(text.trim()).map_err(|_| invalid("not hex"))?;
             let seed: [u8; 32] = seed.try_into().map_err(|_| invalid("not 32 bytes"))?;
             Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
@@ -610,7 +631,10 @@ pub fn master_keys(
         detail,
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => travelmap_store::MasterKeys::parse(&text).map_err(failed),
+        Ok(text) => {
+            warn_if_readable_by_others(&path, "the master keys");
+            travelmap_store::MasterKeys::parse(&text).map_err(failed)
+        }
         Err(read) if read.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
             // A key is made only while the key store holds none. Beside keys wrapped under
             // another master key, a new one would open nothing, and would have to be found and
