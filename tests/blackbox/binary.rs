@@ -423,6 +423,45 @@ fn empty_environment_variables_count_as_unset() {
     );
 }
 
+/// Whoever reads the master keys opens every sealed field: a key file other users may read is
+/// warned about, naming the file.
+#[cfg(unix)]
+#[test]
+fn a_master_key_file_other_users_may_read_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let warning = "other users of this machine may read the master keys";
+    // The master keys from the data directory's own file, made on first use.
+    let run = |args: &[&str]| {
+        travelmap_command()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("TRAVELMAP_CONFIG")
+            .env_remove("TRAVELMAP_MASTER_KEYS")
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["migrate"]).status.success());
+    let first = run(&["rebuild"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&first.stderr).contains(warning));
+    let key = data.join("master.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let second = run(&["rebuild"]);
+    assert!(second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(warning) && stderr.contains("master.key"),
+        "{stderr}"
+    );
+}
+
 /// Every recorded event was logged, so an event log beside a missing audit trail is said out
 /// loud when the store is opened: the trail was removed, or not restored with the log.
 #[test]

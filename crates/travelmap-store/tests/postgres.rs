@@ -38,6 +38,21 @@ async fn two_processes(database: &ScratchDatabase) -> (PgStore, PgStore) {
     (first, second)
 }
 
+/// Ends the sessions holding advisory locks (the leases) in this test's database, as a network
+/// partition or a DBA would. Only this database: tests running beside it hold locks of their own.
+async fn end_lease_holders(database: &ScratchDatabase) {
+    let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.unwrap();
+}
+
 fn view(client: ClientId) -> ClientView {
     ClientView::new(
         client,
@@ -99,16 +114,7 @@ async fn a_lost_lease_fences_the_old_writer_off() {
     );
     // The first loses its lease connection (as when a network partition or a DBA ends it);
     // the second takes over, and the first's next save is refused.
-    // Only this test's database: tests running beside it hold advisory locks of their own.
-    let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks
-         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    end_lease_holders(&database).await;
     tokio::time::timeout(Duration::from_secs(5), second.views.lead())
         .await
         .expect("the lease is taken over")
@@ -126,7 +132,6 @@ async fn a_lost_lease_fences_the_old_writer_off() {
         .await
         .unwrap();
     assert_eq!(first.views.checkpoint().await.unwrap(), 7);
-    admin.close().await.unwrap();
     first.close().await;
     second.close().await;
     database.drop_database().await.unwrap();
@@ -166,15 +171,7 @@ async fn the_deliverer_learns_of_deletion_and_deposition_before_each_attempt() {
         Standing::Stopped
     );
 
-    let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks
-         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    end_lease_holders(&database).await;
     tokio::time::timeout(Duration::from_secs(5), second.webhooks.lead())
         .await
         .expect("the lease is taken over")
@@ -187,7 +184,6 @@ async fn the_deliverer_learns_of_deletion_and_deposition_before_each_attempt() {
         second.webhooks.standing(kept).await.unwrap(),
         Standing::Deliver
     );
-    admin.close().await.unwrap();
     first.close().await;
     second.close().await;
     database.drop_database().await.unwrap();

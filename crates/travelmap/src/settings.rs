@@ -511,18 +511,13 @@ pub fn local_admin_key(data_dir: &Path) -> Result<(String, LocalKey), Error> {
 /// the master keys opens every sealed field, and whoever reads the signing key can sign
 /// checkpoints of a rewritten trail.
 fn warn_if_readable_by_others(path: &Path, what: &str) {
-    #[cfg(unix)]
-    if let Ok(metadata) = std::fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format!("{mode:o}"),
-                "other users of this machine may read {what}; restrict the file to the \
-                 service's user (chmod 600)"
-            );
-        }
+    if let Some(mode) = travelmap_store::sqlite::shared_mode(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "other users of this machine may read {what}; restrict the file to the service's \
+             user (chmod 600)"
+        );
     }
 }
 

@@ -150,20 +150,30 @@ fn private_file(path: &Path) -> Result<File> {
     }
 }
 
+/// The permission bits of `path` if users other than its owner may read, write or enter it.
+pub fn shared_mode(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o077 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Logs a warning if users other than the owner may read or enter `path`.
 fn warn_if_shared(path: &Path) {
-    #[cfg(unix)]
-    if let Ok(metadata) = std::fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format!("{mode:o}"),
-                "other users of this machine may read this part of the store; restrict it to \
-                 the service's user (chmod 700 for the directory, 600 for its files)"
-            );
-        }
+    if let Some(mode) = shared_mode(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "other users of this machine may read this part of the store; restrict it to \
+             the service's user (chmod 700 for the directory, 600 for its files)"
+        );
     }
 }
 
