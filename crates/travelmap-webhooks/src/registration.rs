@@ -54,6 +54,9 @@ pub fn url_problem(url: &str) -> Option<String> {
     if parsed.host_str().is_none_or(str::is_empty) {
         return Some("url must name a host".to_owned());
     }
+    if parsed.port() == Some(0) {
+        return Some("url must not name port 0: nothing can be delivered there".to_owned());
+    }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Some(
             "url must not carry a user name or password; deliveries are authenticated by their signature"
@@ -161,6 +164,7 @@ mod tests {
             "https://",
             "http://:@a.example/",
             "http://a.example\\x",
+            "http://127.0.0.1:0/x",
         ] {
             assert!(url_problem(url).is_some(), "{url} was accepted");
         }
