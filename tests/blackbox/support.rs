@@ -349,17 +349,7 @@ pub async fn spawn_app_with_webhooks_in(
     data_dir: TempDir,
     policy: travelmap_webhooks::Policy,
 ) -> TestApp {
-    let location = backend.location(data_dir.path());
-    spawn_app_full(
-        data_dir,
-        location,
-        travelmap_api::DEFAULT_BREAK_GLASS,
-        Default::default(),
-        Coordination::default(),
-        policy,
-        None,
-    )
-    .await
+    spawn_app_delivering(backend, data_dir, policy, None).await
 }
 
 /// [`spawn_app_with_webhooks_in`] with a configuration that declares only `agencies`.
@@ -369,6 +359,15 @@ pub async fn spawn_app_declaring(
     policy: travelmap_webhooks::Policy,
     agencies: &[&str],
 ) -> TestApp {
+    spawn_app_delivering(backend, data_dir, policy, Some(agencies)).await
+}
+
+async fn spawn_app_delivering(
+    backend: &Backend,
+    data_dir: TempDir,
+    policy: travelmap_webhooks::Policy,
+    declared: Option<&[&str]>,
+) -> TestApp {
     let location = backend.location(data_dir.path());
     spawn_app_full(
         data_dir,
@@ -377,7 +376,7 @@ pub async fn spawn_app_declaring(
         Default::default(),
         Coordination::default(),
         policy,
-        Some(agencies),
+        declared,
     )
     .await
 }

@@ -756,5 +756,8 @@ pub fn grant_until(entry: &AuditEntry, configured: std::time::Duration) -> DateT
         })
         .map(std::time::Duration::from_secs);
     let length = stated.map_or(configured, |stated| stated.min(configured));
-    entry.record.at + TimeDelta::from_std(length).unwrap_or(TimeDelta::MAX)
+    TimeDelta::from_std(length)
+        .ok()
+        .and_then(|length| entry.record.at.checked_add_signed(length))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }

@@ -170,26 +170,26 @@ impl Authenticator {
     /// declares none). A misspelt agency in a caseload or alert query would otherwise read as
     /// an agency with nothing to do.
     pub fn check_agency(&self, agency: &str, field: &str) -> Result<(), ApiError> {
-        match &self.agencies {
-            Some(agencies) if !agencies.contains(agency) => Err(ApiError::new(
-                Code::NotFound,
-                format!(
-                    "no agency `{agency}` takes part: the configuration's [[agencies]] do not declare it"
-                ),
-            )
-            .with_field(field)),
-            _ => Ok(()),
+        if self.declares(agency) {
+            return Ok(());
         }
+        Err(ApiError::new(
+            Code::NotFound,
+            format!(
+                "no agency `{agency}` takes part: the configuration's [[agencies]] do not declare it"
+            ),
+        )
+        .with_field(field))
     }
 
     /// Refuses an involvement or consent that names an agency the configuration does not
     /// declare: it would open or end access for an agency that does not take part (a typo, or
     /// an invented one), and need-to-know is decided from exactly these events.
     pub fn check_named_agency(&self, event: &JourneyEvent) -> Result<(), ApiError> {
-        let (Some(agencies), Some((named, field))) = (&self.agencies, event.named_agency()) else {
+        let Some((named, field)) = event.named_agency() else {
             return Ok(());
         };
-        if agencies.contains(named) {
+        if self.declares(named) {
             return Ok(());
         }
         Err(ApiError::new(

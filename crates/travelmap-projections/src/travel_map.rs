@@ -428,11 +428,13 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                     .as_ref()
                     .map_or_else(|| fact.agency.clone(), ToString::to_string);
                 let worker = closed.worker.as_ref().map(ToString::to_string);
-                let matches = |involvement: &Involvement| {
+                let open_here = |involvement: &Involvement| {
                     involvement.to.is_none()
                         && involvement.agency == agency
                         && involvement.role == closed.role
-                        && (worker.is_none() || involvement.worker == worker)
+                };
+                let matches = |involvement: &Involvement| {
+                    open_here(involvement) && (worker.is_none() || involvement.worker == worker)
                 };
                 // A close naming a worker ends that worker's latest involvement, or, if that
                 // worker has none open, the latest opened without a worker (whose worker was
@@ -444,10 +446,7 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
                         .rposition(matches)
                         .or_else(|| {
                             involvements.iter().rposition(|involvement| {
-                                involvement.to.is_none()
-                                    && involvement.agency == agency
-                                    && involvement.role == closed.role
-                                    && involvement.worker.is_none()
+                                open_here(involvement) && involvement.worker.is_none()
                             })
                         })
                         .into_iter()

@@ -38,21 +38,6 @@ async fn two_processes(database: &ScratchDatabase) -> (PgStore, PgStore) {
     (first, second)
 }
 
-/// Ends the sessions holding advisory locks (the leases) in this test's database, as a network
-/// partition or a DBA would. Only this database: tests running beside it hold locks of their own.
-async fn end_lease_holders(database: &ScratchDatabase) {
-    let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks
-         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    admin.close().await.unwrap();
-}
-
 fn view(client: ClientId) -> ClientView {
     ClientView::new(
         client,
@@ -114,7 +99,16 @@ async fn a_lost_lease_fences_the_old_writer_off() {
     );
     // The first loses its lease connection (as when a network partition or a DBA ends it);
     // the second takes over, and the first's next save is refused.
-    end_lease_holders(&database).await;
+    // Only this test's database: tests running beside it hold advisory locks of their own.
+    let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(5), second.views.lead())
         .await
         .expect("the lease is taken over")
@@ -132,58 +126,7 @@ async fn a_lost_lease_fences_the_old_writer_off() {
         .await
         .unwrap();
     assert_eq!(first.views.checkpoint().await.unwrap(), 7);
-    first.close().await;
-    second.close().await;
-    database.drop_database().await.unwrap();
-}
-
-/// Before each delivery the deliverer asks whether the webhook is still its to deliver: a
-/// webhook deleted through another process, or a lease another process has taken over, stops
-/// delivery at the next attempt rather than at the next look at the registrations.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_deliverer_learns_of_deletion_and_deposition_before_each_attempt() {
-    use travelmap_store::WebhookStore;
-    use travelmap_store::webhooks::{NewWebhook, Standing};
-    let database = scratch().await;
-    let (first, second) = two_processes(&database).await;
-    first.webhooks.lead().await.unwrap();
-    let webhook = |id| NewWebhook {
-        id,
-        agency: "ngo-opava".into(),
-        credential: "ngo-desk".into(),
-        url: "http://127.0.0.1:9/hook".into(),
-        types: vec!["need.*".into()],
-        purpose: travelmap_domain::payloads::Purpose::CaseManagement,
-        secret: "secret".into(),
-        created_at: chrono::Utc::now(),
-        cursor: 0,
-    };
-    let (kept, deleted) = (Uuid::new_v4(), Uuid::new_v4());
-    first.webhooks.register(webhook(kept)).await.unwrap();
-    first.webhooks.register(webhook(deleted)).await.unwrap();
-    assert_eq!(
-        first.webhooks.standing(deleted).await.unwrap(),
-        Standing::Deliver
-    );
-    assert!(second.webhooks.remove(deleted).await.unwrap());
-    assert_eq!(
-        first.webhooks.standing(deleted).await.unwrap(),
-        Standing::Stopped
-    );
-
-    end_lease_holders(&database).await;
-    tokio::time::timeout(Duration::from_secs(5), second.webhooks.lead())
-        .await
-        .expect("the lease is taken over")
-        .unwrap();
-    assert_eq!(
-        first.webhooks.standing(kept).await.unwrap(),
-        Standing::Deposed
-    );
-    assert_eq!(
-        second.webhooks.standing(kept).await.unwrap(),
-        Standing::Deliver
-    );
+    admin.close().await.unwrap();
     first.close().await;
     second.close().await;
     database.drop_database().await.unwrap();

@@ -1,6 +1,7 @@
 //! The webhook store on both backends: registrations round-trip, cursors never move back, the
-//! attempt log keeps the newest attempts only, and (PostgreSQL) a process that lost the delivery
-//! lease can no longer move cursors.
+//! attempt log keeps the newest attempts only, the deliverer learns before each attempt that a
+//! webhook was deleted or paused, and (PostgreSQL) a process that lost the delivery lease can no
+//! longer move cursors and learns it was deposed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,9 @@ use travelmap_domain::EventId;
 use travelmap_domain::payloads::Purpose;
 use travelmap_store::postgres::{Migrations, PgStore, ScratchDatabase, server_from_env};
 use travelmap_store::sqlite::SqliteStore;
-use travelmap_store::webhooks::{ATTEMPTS_KEPT, Attempt, AttemptOutcome, NewWebhook, State};
+use travelmap_store::webhooks::{
+    ATTEMPTS_KEPT, Attempt, AttemptOutcome, NewWebhook, Standing, State,
+};
 use travelmap_store::{Error, WebhookStore};
 use uuid::Uuid;
 
@@ -72,6 +75,10 @@ async fn behaves(store: Arc<dyn WebhookStore>) {
     assert_eq!(store.list(None).await.unwrap().len(), 2);
 
     store.lead().await.unwrap();
+    assert_eq!(
+        store.standing(registered.id).await.unwrap(),
+        Standing::Deliver
+    );
     store.advance(registered.id, 20).await.unwrap();
     store.advance(registered.id, 15).await.unwrap();
     assert_eq!(store.get(registered.id).await.unwrap().unwrap().cursor, 20);
@@ -81,6 +88,10 @@ async fn behaves(store: Arc<dyn WebhookStore>) {
     assert_eq!(
         store.get(registered.id).await.unwrap().unwrap().state,
         State::Paused
+    );
+    assert_eq!(
+        store.standing(registered.id).await.unwrap(),
+        Standing::Stopped
     );
 
     let attempts: Vec<Attempt> = (1..=ATTEMPTS_KEPT as u32 + 5)
@@ -107,6 +118,10 @@ async fn behaves(store: Arc<dyn WebhookStore>) {
     store.log_attempt(attempt(registered.id, 1)).await.unwrap();
     assert!(store.attempts(registered.id, 10).await.unwrap().is_empty());
     assert!(!store.set_state(registered.id, State::Active).await.unwrap());
+    assert_eq!(
+        store.standing(registered.id).await.unwrap(),
+        Standing::Stopped
+    );
 }
 
 #[tokio::test]
@@ -175,8 +190,20 @@ async fn one_process_delivers_and_a_deposed_one_cannot_move_cursors() {
         .register(new_webhook("ngo-opava"))
         .await
         .unwrap();
+    let deleted = first
+        .webhooks
+        .register(new_webhook("ngo-opava"))
+        .await
+        .unwrap();
     first.webhooks.lead().await.unwrap();
     first.webhooks.advance(webhook.id, 10).await.unwrap();
+    // A webhook deleted through another process is not delivered once more: the deliverer
+    // asks before each attempt, rather than waiting for its next look at the registrations.
+    assert!(second.webhooks.remove(deleted.id).await.unwrap());
+    assert_eq!(
+        first.webhooks.standing(deleted.id).await.unwrap(),
+        Standing::Stopped
+    );
 
     // While the first holds the lease, the second waits.
     let waiting = tokio::time::timeout(Duration::from_secs(1), second.webhooks.lead()).await;
@@ -198,6 +225,16 @@ async fn one_process_delivers_and_a_deposed_one_cannot_move_cursors() {
         .await
         .expect("the second process takes over")
         .unwrap();
+    // The deposed process learns so before its next attempt, even at an event it keeps
+    // retrying (which never reaches a cursor move).
+    assert_eq!(
+        first.webhooks.standing(webhook.id).await.unwrap(),
+        Standing::Deposed
+    );
+    assert_eq!(
+        second.webhooks.standing(webhook.id).await.unwrap(),
+        Standing::Deliver
+    );
     assert!(matches!(
         first.webhooks.advance(webhook.id, 20).await,
         Err(Error::NotLeader)

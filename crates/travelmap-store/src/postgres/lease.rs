@@ -24,14 +24,14 @@ use tokio::sync::Mutex;
 use crate::Result;
 
 /// How often a holder shows its lease's session is alive.
-pub(super) const HEARTBEAT: Duration = Duration::from_secs(5);
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// How long a holder waits for a heartbeat's answer before it gives the lease up.
-pub(super) const BEAT_PATIENCE: Duration = Duration::from_secs(10);
+const BEAT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long a holder's session may stay silent before a waiting process ends it. Several
 /// heartbeats, so that a holder that is only slow (a busy machine) keeps its lease.
-pub(super) const SILENCE: Duration = Duration::from_secs(30);
+const SILENCE: Duration = Duration::from_secs(30);
 
 /// How often a process that does not hold the lease asks whether it has become free.
 const RETRY: Duration = Duration::from_millis(500);
