@@ -485,6 +485,29 @@ async fn refuse_unexpected_query(
     next.run(request).await
 }
 
+/// Runs a request that may write to its end even when its caller hangs up. Hyper drops a
+/// request's handler when the connection closes, and a write dropped after the log accepted its
+/// events but before its audit entries were handed to the trail would leave events recorded with
+/// no trace of who wrote them. The caller's retry is answered with the original receipt either
+/// way. Reads are left to be dropped: one cut short has returned nothing.
+async fn finish_writes(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let span = tracing::Span::current();
+    match tokio::spawn(tracing::Instrument::instrument(next.run(request), span)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::internal("a request handler panicked").into_response(),
+    }
+}
+
 /// The application's router with its middleware: request ids, tracing, the body limit, and
 /// problem-format answers for unknown routes and methods.
 pub fn router(state: AppState) -> Router {
@@ -563,6 +586,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(finish_writes))
         // A panic in a handler is a bug; the client still gets a problem document, not a
         // dropped connection.
         .layer(CatchPanicLayer::custom(
@@ -605,7 +629,55 @@ pub fn router(state: AppState) -> Router {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::Request;
+    use axum::routing::post;
+    use tower::ServiceExt;
     use utoipa::OpenApi;
+
+    /// A router whose one route sets `done` after a pause, for every method.
+    fn slow_route(done: Arc<AtomicBool>) -> Router {
+        let handler = move || {
+            let done = done.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                done.store(true, Ordering::SeqCst);
+            }
+        };
+        Router::new()
+            .route("/slow", post(handler.clone()).get(handler))
+            .layer(axum::middleware::from_fn(super::finish_writes))
+    }
+
+    async fn hang_up(router: Router, method: &str) {
+        let request = Request::builder()
+            .method(method)
+            .uri("/slow")
+            .body(Body::empty())
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_millis(5), router.oneshot(request)).await;
+        assert!(answer.is_err(), "the caller hangs up before the answer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    #[tokio::test]
+    async fn a_write_runs_to_its_end_when_the_caller_hangs_up() {
+        let done = Arc::new(AtomicBool::new(false));
+        hang_up(slow_route(done.clone()), "POST").await;
+        assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_read_is_dropped_with_its_caller() {
+        let done = Arc::new(AtomicBool::new(false));
+        hang_up(slow_route(done.clone()), "GET").await;
+        assert!(!done.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn the_webhook_routes_are_documented() {
