@@ -1161,6 +1161,74 @@ async fn a_restriction_that_outlived_an_erasure_can_still_be_lifted() {
     app.stop().await;
 }
 
+/// Decisions sent several times at once, as a tool that retries after a timeout or a double
+/// submission sends them: each is recorded once, and every other request is answered as a
+/// retry, with the receipt of the decision that was recorded.
+async fn simultaneous_decisions_are_recorded_once(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let client = Uuid::new_v4();
+    client_with_personal_data(&app, client).await;
+    let restriction = format!("/v1/clients/{client}/restriction");
+    let erasure = format!("/v1/clients/{client}/personal-data");
+    let reason = json!({"reason": "the client contests the accuracy of the record"});
+    let decisions: [(&str, &str); 3] = [
+        ("POST", &restriction),
+        ("DELETE", &restriction),
+        ("DELETE", &erasure),
+    ];
+    for (method, path) in decisions {
+        let send = || async {
+            let response = match method {
+                "POST" => app.post(path, DPO, &reason).await,
+                _ => app.delete(path, DPO, &reason).await,
+            };
+            let status = response.status();
+            let receipt: Value = response.json().await.unwrap();
+            (status, receipt)
+        };
+        let (a, b, c, d) = tokio::join!(send(), send(), send(), send());
+        let answers = [a, b, c, d];
+        let created = answers
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::CREATED)
+            .count();
+        assert_eq!(created, 1, "{method} {path}: {answers:?}");
+        for (status, receipt) in &answers {
+            assert!(
+                [StatusCode::CREATED, StatusCode::OK].contains(status),
+                "{method} {path}: {status} {receipt}"
+            );
+            assert_eq!(receipt["id"], answers[0].1["id"], "{method} {path}");
+        }
+    }
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let decisions: Vec<&str> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["type"].as_str().unwrap())
+        .filter(|event_type| {
+            [
+                "processing.restricted",
+                "restriction.lifted",
+                "personal_data.erased",
+            ]
+            .contains(event_type)
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            "processing.restricted",
+            "restriction.lifted",
+            "personal_data.erased"
+        ]
+    );
+    app.stop().await;
+}
+
 on_both_backends!(
     erasure_removes_the_personal_data_everywhere_and_keeps_the_facts,
     restriction_freezes_reads_and_writes_until_lifted,
@@ -1168,4 +1236,5 @@ on_both_backends!(
     statistics_reproduce_the_vol_mentoring_figures,
     retention_shreds_what_is_due_audits_it_and_reports_it,
     the_server_applies_the_retention_schedule_by_itself,
+    simultaneous_decisions_are_recorded_once,
 );

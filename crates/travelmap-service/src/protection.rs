@@ -15,6 +15,10 @@ use travelmap_store::Outline;
 
 use crate::{Alongside, Error, Journeys, Outcome, Result, Submission};
 
+/// How often a decision is made again when other requests keep changing the client's stream
+/// between its reading and its recording.
+const DECISION_ATTEMPTS: usize = 8;
+
 impl Journeys {
     /// Erases the client's personal data: destroys every data key of the client (so the sealed
     /// fields can never be opened again, wherever the log was copied), records
@@ -27,31 +31,41 @@ impl Journeys {
         reason: Text,
     ) -> Result<Outcome> {
         let keyring = self.keyring.as_ref().ok_or(Error::NoKeyring)?;
-        let recorded = self.recorded(client_id).await?;
-        if crate::journey_from(&recorded).is_erased()
-            && let Some(done) = self.decided(&recorded, "personal_data.erased").await?
-        {
-            // Finishes an erasure that was cut short between its event and its second sweep.
-            // Like the first answer, this one waits until the views are purged.
+        for _ in 0..DECISION_ATTEMPTS {
+            let recorded = self.recorded(client_id).await?;
+            if crate::journey_from(&recorded).is_erased()
+                && let Some(done) = self.decided(&recorded, "personal_data.erased").await?
+            {
+                // Finishes an erasure that was cut short between its event and its second
+                // sweep, or that another request made meanwhile. Like the first answer, this
+                // one waits until the views are purged.
+                keyring.destroy(client_id, None).await?;
+                self.wait_for_projection(done.receipt.position).await?;
+                return Ok(done);
+            }
+            // Keys first: should the event fail to be recorded, the data is gone all the same
+            // and a retry records the event. Keys again afterwards: a request in another process
+            // that was sealing under a newly created key while this one ran is swept up, and
+            // after the event nothing more is accepted for the client.
             keyring.destroy(client_id, None).await?;
-            self.wait_for_projection(done.receipt.position).await?;
-            return Ok(done);
+            let Some(outcome) = self
+                .record_decision(
+                    provenance,
+                    client_id,
+                    JourneyEvent::PersonalDataErased(PersonalDataErased {
+                        reason: reason.clone(),
+                    }),
+                    Some(&recorded),
+                )
+                .await?
+            else {
+                continue;
+            };
+            keyring.destroy(client_id, None).await?;
+            self.wait_for_projection(outcome.receipt.position).await?;
+            return Ok(outcome);
         }
-        // Keys first: should the event fail to be recorded, the data is gone all the same and a
-        // retry records the event. Keys again afterwards: a request in another process that was
-        // sealing under a newly created key while this one ran is swept up, and after the event
-        // nothing more is accepted for the client.
-        keyring.destroy(client_id, None).await?;
-        let outcome = self
-            .record_decision(
-                provenance,
-                client_id,
-                JourneyEvent::PersonalDataErased(PersonalDataErased { reason }),
-            )
-            .await?;
-        keyring.destroy(client_id, None).await?;
-        self.wait_for_projection(outcome.receipt.position).await?;
-        Ok(outcome)
+        Err(Error::Contention)
     }
 
     /// Restricts processing of the client's data. Restricting a restricted client answers with
@@ -62,19 +76,25 @@ impl Journeys {
         client_id: ClientId,
         reason: Text,
     ) -> Result<Outcome> {
-        let recorded = self.recorded(client_id).await?;
-        if crate::journey_from(&recorded).is_restricted() {
-            return self
-                .decided(&recorded, "processing.restricted")
+        for _ in 0..DECISION_ATTEMPTS {
+            let recorded = self.recorded(client_id).await?;
+            if crate::journey_from(&recorded).is_restricted() {
+                return self
+                    .decided(&recorded, "processing.restricted")
+                    .await?
+                    .ok_or(Error::UnknownClient(client_id));
+            }
+            let event = JourneyEvent::ProcessingRestricted(ProcessingRestricted {
+                reason: reason.clone(),
+            });
+            if let Some(outcome) = self
+                .record_decision(provenance, client_id, event, Some(&recorded))
                 .await?
-                .ok_or(Error::UnknownClient(client_id));
+            {
+                return Ok(outcome);
+            }
         }
-        self.record_decision(
-            provenance,
-            client_id,
-            JourneyEvent::ProcessingRestricted(ProcessingRestricted { reason }),
-        )
-        .await
+        Err(Error::Contention)
     }
 
     /// Lifts a restriction. Lifting again answers with the last lifting; lifting where there
@@ -85,19 +105,25 @@ impl Journeys {
         client_id: ClientId,
         reason: Text,
     ) -> Result<Outcome> {
-        let recorded = self.recorded(client_id).await?;
-        if !crate::journey_from(&recorded).is_restricted() {
-            return self
-                .decided(&recorded, "restriction.lifted")
+        for _ in 0..DECISION_ATTEMPTS {
+            let recorded = self.recorded(client_id).await?;
+            if !crate::journey_from(&recorded).is_restricted() {
+                return self
+                    .decided(&recorded, "restriction.lifted")
+                    .await?
+                    .ok_or(Error::NotRestricted(client_id));
+            }
+            let event = JourneyEvent::RestrictionLifted(RestrictionLifted {
+                reason: reason.clone(),
+            });
+            if let Some(outcome) = self
+                .record_decision(provenance, client_id, event, Some(&recorded))
                 .await?
-                .ok_or(Error::NotRestricted(client_id));
+            {
+                return Ok(outcome);
+            }
         }
-        self.record_decision(
-            provenance,
-            client_id,
-            JourneyEvent::RestrictionLifted(RestrictionLifted { reason }),
-        )
-        .await
+        Err(Error::Contention)
     }
 
     /// Shreds categories of a client's personal data whose retention period has ended: destroys
@@ -123,8 +149,10 @@ impl Journeys {
                     categories,
                     due_since,
                 }),
+                None,
             )
-            .await?;
+            .await?
+            .expect("a decision made on no particular version is never outdated");
         Ok((destroyed, outcome))
     }
 
@@ -200,12 +228,16 @@ impl Journeys {
             }))
     }
 
+    /// Records a decision made on `made_on`, the client's stream as read: `None` when another
+    /// request changed the stream since, so that the decision must be made again (two lifts of
+    /// one restriction sent at once would otherwise both be recorded).
     async fn record_decision(
         &self,
         provenance: &Provenance,
         client_id: ClientId,
         event: JourneyEvent,
-    ) -> Result<Outcome> {
+        made_on: Option<&[Outline]>,
+    ) -> Result<Option<Outcome>> {
         let draft = EventDraft {
             id: EventId(Uuid::new_v4()),
             client_id,
@@ -214,17 +246,21 @@ impl Journeys {
             actor: None,
             event,
         };
-        let mut outcomes = self
+        let outcomes = self
             .record_events(
                 provenance,
                 None,
                 &[Submission {
                     draft,
-                    expected_version: None,
+                    expected_version: made_on.map(|recorded| recorded.len() as u64),
                 }],
                 &mut Alongside::new(std::pin::pin!(std::future::ready(()))),
             )
-            .await?;
-        Ok(outcomes.remove(0))
+            .await;
+        match outcomes {
+            Ok(mut outcomes) => Ok(Some(outcomes.remove(0))),
+            Err(Error::VersionConflict { .. }) if made_on.is_some() => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 }
