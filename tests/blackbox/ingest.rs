@@ -439,6 +439,67 @@ async fn retry_with_the_same_content_returns_the_original_receipt() {
     }
 }
 
+/// A retry is compared as its data is read. A correction's replacement and a time inside an
+/// event's data are stored in the form their type reads them (texts trimmed, defaults filled
+/// in, times to the microsecond), like the rest of an event: another spelling of the same
+/// content is a retry, not a conflict, and the history shows what the travel map applies.
+#[tokio::test]
+async fn a_retry_spelled_differently_is_still_a_retry() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let contact = event(client, "contact.made", AT, json!({"kind": "meeting"}));
+    assert_eq!(
+        app.post_event(NGO_WRITER, &contact).await.status(),
+        StatusCode::CREATED
+    );
+    let mut correction = event(
+        client,
+        "event.corrected",
+        AT,
+        json!({"event_id": contact["id"], "reason": "it was a call",
+               "data": {"kind": "phone", "appointment_id": " A-7 "}}),
+    );
+    assert_eq!(
+        app.post_event(NGO_WRITER, &correction).await.status(),
+        StatusCode::CREATED
+    );
+    correction["data"]["data"] =
+        json!({"kind": "phone", "attended": true, "appointment_id": "A-7"});
+    assert_eq!(
+        app.post_event(NGO_WRITER, &correction).await.status(),
+        StatusCode::OK
+    );
+
+    let scheduled = |at: &str| {
+        json!({"id": "8f1f5d7e-2b61-4bd4-9a7e-3c5a4f7e9b21", "type": "appointment.scheduled",
+               "schema_version": 1, "client_id": client, "occurred_at": AT,
+               "data": {"appointment_id": "A-8", "at": at}})
+    };
+    assert_eq!(
+        app.post_event(NGO_WRITER, &scheduled("2026-03-05T10:00:00.000001Z"))
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.post_event(NGO_WRITER, &scheduled("2026-03-05T10:00:00.0000019+00:00"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+
+    let history = app
+        .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
+        .await;
+    let events = history["events"].as_array().unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(
+        events[1]["data"]["data"],
+        json!({"kind": "phone", "attended": true, "appointment_id": "A-7"})
+    );
+    assert_eq!(events[2]["data"]["at"], "2026-03-05T10:00:00.000001Z");
+}
+
 #[tokio::test]
 async fn the_same_id_with_other_content_is_a_conflict() {
     let app = spawn_app().await;

@@ -6,8 +6,8 @@
 //! a time, which was a few percent of a rebuild's instructions; these write the ten bytes
 //! directly. Years outside 0 to 9999 (which chrono writes with a sign) are left to chrono.
 
-use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
-use serde::{Serialize, Serializer};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, SubsecRound};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// For `#[serde(serialize_with = "crate::dates::serialize")]`.
 pub(crate) fn serialize<S: Serializer>(date: &NaiveDate, serializer: S) -> Result<S::Ok, S::Error> {
@@ -39,6 +39,15 @@ pub(crate) fn option<S: Serializer>(
         Some(date) => serializer.serialize_some(&Date(date)),
         None => serializer.serialize_none(),
     }
+}
+
+/// For `#[serde(deserialize_with = "crate::dates::to_the_microsecond")]`: a time inside an
+/// event's data, kept to the microsecond as `occurred_at` is, so that a retry written with finer
+/// digits compares equal to what was stored.
+pub(crate) fn to_the_microsecond<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<DateTime<FixedOffset>, D::Error> {
+    DateTime::<FixedOffset>::deserialize(deserializer).map(|time| time.trunc_subsecs(6))
 }
 
 /// The years a recorded date or time may fall in. Nothing in a reintegration journey lies

@@ -532,6 +532,7 @@ pub struct AppointmentScheduled {
     /// `contact.made`. Scheduling an id again replaces the sender's own appointment only.
     pub appointment_id: Text,
     /// When the appointment is (RFC 3339).
+    #[serde(deserialize_with = "crate::dates::to_the_microsecond")]
     pub at: DateTime<FixedOffset>,
     /// What the appointment is for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -710,6 +711,26 @@ pub struct EventCorrected {
     pub reason: Text,
     /// The replacement `data`, valid under the corrected event's own schema.
     pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+impl EventCorrected {
+    /// The replacement data as the corrected event's type reads it: texts trimmed, defaults
+    /// filled in, times to the microsecond, as every other event's data is stored. `None` where
+    /// it is not valid for that type (the journey then refuses the correction, naming why).
+    pub fn normalised_data(
+        &self,
+        target_type: &str,
+    ) -> Option<serde_json::Map<String, serde_json::Value>> {
+        let current = crate::catalogue::event_type(target_type)?.schema_version;
+        let replacement = serde_json::Value::Object(self.data.clone());
+        match crate::JourneyEvent::decode(target_type, current, &replacement)
+            .ok()?
+            .data()
+        {
+            serde_json::Value::Object(data) => Some(data),
+            _ => None,
+        }
+    }
 }
 
 /// `event.retracted`: an event should never have been recorded (wrong client, never happened).

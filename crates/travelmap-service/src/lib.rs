@@ -25,7 +25,8 @@ use cqrs_es::event_sink::EventSink;
 use travelmap_domain::agency::AgencyKind;
 use travelmap_domain::journey::{self, Command};
 use travelmap_domain::{
-    ClientId, ClientJourney, EventDraft, EventId, Provenance, RecordedEvent, content_digest,
+    ClientId, ClientJourney, EventDraft, EventId, JourneyEvent, Provenance, RecordedEvent,
+    content_digest,
 };
 use travelmap_projections::{Access, ClientState, Projector, TravelMap};
 use travelmap_store::{EventLog, Keyring, NewEvent, Receipt, SealedLog, StreamAppend, ViewStore};
@@ -344,6 +345,14 @@ impl Journeys {
         submissions: &[Submission],
         alongside: &mut Alongside<'_, L>,
     ) -> Result<Vec<Outcome>> {
+        let normalised;
+        let submissions = match self.normalise_corrections(submissions).await? {
+            Some(copy) => {
+                normalised = copy;
+                &normalised[..]
+            }
+            None => submissions,
+        };
         let mut first_index: HashMap<EventId, usize> = HashMap::with_capacity(submissions.len());
         for (index, submission) in submissions.iter().enumerate() {
             let id = submission.draft.id;
@@ -418,6 +427,52 @@ impl Journeys {
             }
         }
         Err(Error::Contention)
+    }
+
+    /// The submissions with each correction's replacement data in the form its target's type
+    /// reads it (see [`travelmap_domain::payloads::EventCorrected::normalised_data`]), so that
+    /// a retry spelled differently compares equal and the history shows what the travel map
+    /// applies; `None` where there is no correction. The target is looked for among the
+    /// client's recorded events and the submission's earlier ones, as the journey looks for it.
+    async fn normalise_corrections(
+        &self,
+        submissions: &[Submission],
+    ) -> Result<Option<Vec<Submission>>> {
+        let is_correction = |submission: &Submission| {
+            matches!(submission.draft.event, JourneyEvent::EventCorrected(_))
+        };
+        let mut clients: Vec<ClientId> = submissions
+            .iter()
+            .filter(|submission| is_correction(submission))
+            .map(|submission| submission.draft.client_id)
+            .collect();
+        if clients.is_empty() {
+            return Ok(None);
+        }
+        clients.sort_unstable_by_key(|client| client.0);
+        clients.dedup();
+        let mut types: HashMap<(ClientId, EventId), String> = HashMap::new();
+        for (client, outlines) in self.log.outlines(clients).await? {
+            types.extend(
+                outlines
+                    .into_iter()
+                    .map(|outline| ((client, outline.id), outline.event_type)),
+            );
+        }
+        let mut normalised = submissions.to_vec();
+        for submission in &mut normalised {
+            let client = submission.draft.client_id;
+            if let JourneyEvent::EventCorrected(correction) = &mut submission.draft.event
+                && let Some(target_type) = types.get(&(client, correction.event_id))
+                && let Some(data) = correction.normalised_data(target_type)
+            {
+                correction.data = data;
+            }
+            types
+                .entry((client, submission.draft.id))
+                .or_insert_with(|| submission.draft.event.event_type().to_owned());
+        }
+        Ok(Some(normalised))
     }
 
     async fn try_record<L: Future>(
