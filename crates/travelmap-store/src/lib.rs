@@ -148,13 +148,22 @@ impl Error {
                 // (40001, 40P01). Also a database that is gone (3D000, as while it is restored
                 // from a backup: dropped, then created again) and a login the server refuses
                 // (class 28): the store cannot be reached until an operator acts, which is what
-                // callers are told (503), not a fault in the request or the code (500).
+                // callers are told (503), not a fault in the request or the code (500). And a
+                // table that is missing (42P01), as in a database created again for a restore
+                // whose tables are not restored yet: every table was made at start.
                 code.starts_with("08")
                     || code.starts_with("53")
                     || code.starts_with("28")
                     || matches!(
                         &*code,
-                        "57P01" | "57P02" | "57P03" | "55000" | "40001" | "40P01" | "3D000"
+                        "57P01"
+                            | "57P02"
+                            | "57P03"
+                            | "55000"
+                            | "40001"
+                            | "40P01"
+                            | "3D000"
+                            | "42P01"
                     )
             }),
             _ => false,

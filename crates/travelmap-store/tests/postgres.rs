@@ -202,6 +202,7 @@ async fn a_database_dropped_under_the_store_is_unavailable_not_broken() {
     let store = PgStore::connect(database.url(), Migrations::Apply)
         .await
         .unwrap();
+    let name = database.name().to_owned();
     database.drop_database().await.unwrap();
     let feed = store.log.read_all(0, 10).await.unwrap_err();
     assert!(feed.is_transient(), "the feed's read: {feed}");
@@ -209,7 +210,30 @@ async fn a_database_dropped_under_the_store_is_unavailable_not_broken() {
     assert!(views.is_transient(), "the views' checkpoint: {views}");
     let audit = store.audit.head().await.unwrap_err();
     assert!(audit.is_transient(), "the audit trail's head: {audit}");
+
+    // Created again, empty, before the backup's tables are restored into it: still unavailable.
+    let admin = ScratchDatabase::create(&server_from_env(), "travelmap_test_admin")
+        .await
+        .unwrap();
+    let mut connection = sqlx::postgres::PgConnection::connect(admin.url())
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let feed = store.log.read_all(0, 10).await.unwrap_err();
+    assert!(
+        feed.is_transient(),
+        "the feed's read, before the restore: {feed}"
+    );
     store.close().await;
+    sqlx::raw_sql(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    drop(connection);
+    admin.drop_database().await.unwrap();
 }
 
 /// A TCP relay to the PostgreSQL server that can be frozen: it then keeps every connection open
@@ -308,12 +332,13 @@ async fn appends_through_a_connection_that_stops_answering_give_up_in_bounded_ti
         .await
         .expect("closing does not wait for the dead connection");
 
-    // Whatever the frozen transaction held, the server ends it and another process writes.
+    // Whatever the frozen transaction held, the server ended it before the append gave up, so
+    // another process writes at once rather than after the writers' patience.
     let other = PgStore::connect(database.url(), Migrations::Require)
         .await
         .unwrap();
     tokio::time::timeout(
-        Duration::from_secs(120),
+        Duration::from_secs(10),
         other
             .log
             .append(&provenance(), vec![stream(ClientId(Uuid::new_v4()), 0)]),
@@ -322,6 +347,61 @@ async fn appends_through_a_connection_that_stops_answering_give_up_in_bounded_ti
     .expect("the other process is not held up for good")
     .unwrap();
     other.close().await;
+    database.drop_database().await.unwrap();
+}
+
+/// Reads through a connection that stops answering are given up in bounded time too, and
+/// answered as the database being unavailable: a request waiting on one would otherwise hold
+/// its client's turn, and the shutdown waiting for it, for as long as the kernel keeps the
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_through_a_connection_that_stops_answering_give_up_in_bounded_time() {
+    use std::str::FromStr;
+    use travelmap_store::EventLog;
+    let database = scratch().await;
+    let direct = sqlx::postgres::PgConnectOptions::from_str(database.url()).unwrap();
+    let target = format!("{}:{}", direct.get_host(), direct.get_port());
+    let relay = FreezableRelay::start(target.clone()).await;
+    let relayed_url = database
+        .url()
+        .replacen(&target, &relay.address.to_string(), 1);
+    let relayed = PgStore::connect(&relayed_url, Migrations::Apply)
+        .await
+        .unwrap();
+    let client = ClientId(Uuid::new_v4());
+    relayed
+        .log
+        .append(&provenance(), vec![stream(client, 0)])
+        .await
+        .unwrap();
+
+    relay.freeze();
+    let started = std::time::Instant::now();
+    let (outlines, history, feed, views, keys) =
+        tokio::time::timeout(Duration::from_secs(90), async {
+            tokio::join!(
+                relayed.log.outlines(vec![client]),
+                relayed.log.read_stream(client, None),
+                relayed.log.read_all(0, 10),
+                relayed.views.checkpoint(),
+                relayed.keys.keys(vec![client]),
+            )
+        })
+        .await
+        .expect("every read is answered");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    for error in [
+        outlines.map(drop).unwrap_err(),
+        history.map(drop).unwrap_err(),
+        feed.map(drop).unwrap_err(),
+        views.map(drop).unwrap_err(),
+        keys.map(drop).unwrap_err(),
+    ] {
+        assert!(error.is_transient(), "{error}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), relayed.close())
+        .await
+        .expect("closing does not wait for the dead connection");
     database.drop_database().await.unwrap();
 }
 

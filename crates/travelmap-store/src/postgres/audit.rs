@@ -10,6 +10,7 @@ use travelmap_domain::ClientId;
 use travelmap_domain::audit::{AuditEntry, AuditRecord, Operation, Outcome, chain_hash};
 use uuid::Uuid;
 
+use super::Patiently;
 use crate::{AuditLog, Error, Result};
 
 const MAX_GROUP: usize = 512;
@@ -66,6 +67,7 @@ impl AuditLog for PgAuditLog {
         .bind(after as i64)
         .bind(limit as i64)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -73,6 +75,7 @@ impl AuditLog for PgAuditLog {
     async fn head(&self) -> Result<(u64, [u8; 32])> {
         let (seq, hash): (i64, Vec<u8>) = sqlx::query_as("SELECT seq, hash FROM audit_head")
             .fetch_one(&self.pool)
+            .patiently()
             .await?;
         let hash = hash
             .try_into()
@@ -86,6 +89,7 @@ impl AuditLog for PgAuditLog {
         ))
         .bind(action)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -93,6 +97,7 @@ impl AuditLog for PgAuditLog {
     async fn before_the_first(&self) -> Result<u64> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries WHERE seq <= 0")
             .fetch_one(&self.pool)
+            .patiently()
             .await?;
         Ok(count as u64)
     }
@@ -103,6 +108,7 @@ impl AuditLog for PgAuditLog {
         ))
         .bind(client.0)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         rows.iter().map(decode).collect()
     }

@@ -14,6 +14,7 @@ use travelmap_domain::ClientId;
 use travelmap_domain::personal::Category;
 use uuid::Uuid;
 
+use super::Patiently;
 use crate::keys::{DestroyedKey, KeyStore, StoredKey};
 use crate::{Error, Result};
 
@@ -50,164 +51,174 @@ impl KeyStore for PgKeyStore {
         ))
         .bind(ids)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         rows.iter().map(read_key).collect()
     }
 
     async fn create(&self, keys: Vec<StoredKey>) -> Result<Vec<StoredKey>> {
-        let clients: Vec<Uuid> = keys.iter().map(|key| key.client_id.0).collect();
-        let mut transaction = self.pool.begin().await?;
-        // Creating takes each client's lock shared, erasing takes it exclusively, so that no key
-        // is created for a client between its erasure being checked here and committed there.
-        // The erasure check is a statement of its own, after the locks, so that it reads what
-        // an erasure that held the lock committed.
-        let mut locks: Vec<i64> = clients.iter().map(|client| client_lock(*client)).collect();
-        locks.sort_unstable();
-        locks.dedup();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock_shared(lock) FROM UNNEST($1::bigint[]) AS lock
-             ORDER BY lock",
-        )
-        .bind(&locks)
-        .execute(&mut *transaction)
-        .await?;
-        // The commit need not wait for its flush: a key matters only once an event sealed under
-        // it is committed, and that commit is synchronous and comes later in the write-ahead
-        // log, so flushing it flushes the key too. A crash before then loses only keys no stored
-        // event uses (a process that still has one cached is refused at its next append, which
-        // locks the key's row). The erased client, if any, is returned instead of inserting
-        // anything.
-        let (erased, inserted): (Option<Uuid>, i64) = sqlx::query_as(
-            "WITH asynchronous AS (SELECT set_config('synchronous_commit', 'off', true)),
-             erased AS (
-                 SELECT client_id FROM erased_clients WHERE client_id = ANY($1) LIMIT 1
-             ),
-             inserted AS (
-                 INSERT INTO data_keys (client_id, category, key_id, master_id, wrapped,
-                                        created_at)
-                 SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[],
-                                      $5::bytea[], $6::timestamptz[])
-                 WHERE NOT EXISTS (SELECT 1 FROM erased)
-                 ON CONFLICT (client_id, category) DO NOTHING
-                 RETURNING 1
-             )
-             SELECT (SELECT client_id FROM erased),
-                    (SELECT COUNT(*) FROM inserted) + (SELECT COUNT(*) FROM asynchronous) * 0",
-        )
-        .bind(&clients)
-        .bind(
-            keys.iter()
-                .map(|key| key.category.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(keys.iter().map(|key| key.key_id).collect::<Vec<_>>())
-        .bind(
-            keys.iter()
-                .map(|key| key.master_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            keys.iter()
-                .map(|key| key.wrapped.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(keys.iter().map(|key| key.created_at).collect::<Vec<_>>())
-        .fetch_one(&mut *transaction)
-        .await?;
-        if let Some(client) = erased {
-            return Err(Error::ClientErased(ClientId(client)));
-        }
-        if inserted == keys.len() as i64 {
+        super::within_patience("creating data keys", async move {
+            let clients: Vec<Uuid> = keys.iter().map(|key| key.client_id.0).collect();
+            let mut transaction = self.pool.begin().await?;
+            // Creating takes each client's lock shared, erasing takes it exclusively, so that no key
+            // is created for a client between its erasure being checked here and committed there.
+            // The erasure check is a statement of its own, after the locks, so that it reads what
+            // an erasure that held the lock committed.
+            let mut locks: Vec<i64> = clients.iter().map(|client| client_lock(*client)).collect();
+            locks.sort_unstable();
+            locks.dedup();
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock_shared(lock) FROM UNNEST($1::bigint[]) AS lock
+                 ORDER BY lock",
+            )
+            .bind(&locks)
+            .execute(&mut *transaction)
+            .await?;
+            // The commit need not wait for its flush: a key matters only once an event sealed under
+            // it is committed, and that commit is synchronous and comes later in the write-ahead
+            // log, so flushing it flushes the key too. A crash before then loses only keys no stored
+            // event uses (a process that still has one cached is refused at its next append, which
+            // locks the key's row). The erased client, if any, is returned instead of inserting
+            // anything.
+            let (erased, inserted): (Option<Uuid>, i64) = sqlx::query_as(
+                "WITH asynchronous AS (SELECT set_config('synchronous_commit', 'off', true)),
+                 erased AS (
+                     SELECT client_id FROM erased_clients WHERE client_id = ANY($1) LIMIT 1
+                 ),
+                 inserted AS (
+                     INSERT INTO data_keys (client_id, category, key_id, master_id, wrapped,
+                                            created_at)
+                     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[],
+                                          $5::bytea[], $6::timestamptz[])
+                     WHERE NOT EXISTS (SELECT 1 FROM erased)
+                     ON CONFLICT (client_id, category) DO NOTHING
+                     RETURNING 1
+                 )
+                 SELECT (SELECT client_id FROM erased),
+                        (SELECT COUNT(*) FROM inserted) + (SELECT COUNT(*) FROM asynchronous) * 0",
+            )
+            .bind(&clients)
+            .bind(
+                keys.iter()
+                    .map(|key| key.category.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(keys.iter().map(|key| key.key_id).collect::<Vec<_>>())
+            .bind(
+                keys.iter()
+                    .map(|key| key.master_id.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                keys.iter()
+                    .map(|key| key.wrapped.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(keys.iter().map(|key| key.created_at).collect::<Vec<_>>())
+            .fetch_one(&mut *transaction)
+            .await?;
+            if let Some(client) = erased {
+                return Err(Error::ClientErased(ClientId(client)));
+            }
+            if inserted == keys.len() as i64 {
+                transaction.commit().await?;
+                return Ok(keys);
+            }
+            // Another process made some of these keys first: those are the ones in force. (Read in
+            // a statement of its own, which sees what committed while the insert waited for it.)
+            let rows = sqlx::query(&format!(
+                "SELECT {KEY_COLUMNS} FROM data_keys WHERE client_id = ANY($1)"
+            ))
+            .bind(&clients)
+            .fetch_all(&mut *transaction)
+            .await?;
             transaction.commit().await?;
-            return Ok(keys);
-        }
-        // Another process made some of these keys first: those are the ones in force. (Read in
-        // a statement of its own, which sees what committed while the insert waited for it.)
-        let rows = sqlx::query(&format!(
-            "SELECT {KEY_COLUMNS} FROM data_keys WHERE client_id = ANY($1)"
-        ))
-        .bind(&clients)
-        .fetch_all(&mut *transaction)
-        .await?;
-        transaction.commit().await?;
-        let in_force: Vec<StoredKey> = rows.iter().map(read_key).collect::<Result<_>>()?;
-        Ok(keys
-            .iter()
-            .filter_map(|wanted| {
-                in_force
-                    .iter()
-                    .find(|key| {
-                        key.client_id == wanted.client_id && key.category == wanted.category
-                    })
-                    .cloned()
-            })
-            .collect())
+            let in_force: Vec<StoredKey> = rows.iter().map(read_key).collect::<Result<_>>()?;
+            Ok(keys
+                .iter()
+                .filter_map(|wanted| {
+                    in_force
+                        .iter()
+                        .find(|key| {
+                            key.client_id == wanted.client_id && key.category == wanted.category
+                        })
+                        .cloned()
+                })
+                .collect())
+        })
+        .await
     }
 
     async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize> {
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(client_lock(client.0))
-            .execute(&mut *transaction)
-            .await?;
-        // The rows are locked in key order first, as appends lock the keys they sealed under
-        // (see the event log): locked in whatever order the deletes meet them, an erasure and an
-        // append sealing under two of the client's keys could each wait for the other.
-        sqlx::query("SELECT key_id FROM data_keys WHERE client_id = $1 ORDER BY key_id FOR UPDATE")
+        super::within_patience("destroying data keys", async move {
+            let mut transaction = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(client_lock(client.0))
+                .execute(&mut *transaction)
+                .await?;
+            // The rows are locked in key order first, as appends lock the keys they sealed under
+            // (see the event log): locked in whatever order the deletes meet them, an erasure and an
+            // append sealing under two of the client's keys could each wait for the other.
+            sqlx::query(
+                "SELECT key_id FROM data_keys WHERE client_id = $1 ORDER BY key_id FOR UPDATE",
+            )
             .bind(client.0)
             .execute(&mut *transaction)
             .await?;
-        let names: Option<Vec<&str>> = categories.as_ref().map(|categories| {
-            categories
-                .iter()
-                .map(|category| category.as_str())
-                .collect()
-        });
-        sqlx::query(
-            "INSERT INTO destroyed_keys (key_id, client_id, category, destroyed_at)
-             SELECT key_id, client_id, category, now() FROM data_keys
-             WHERE client_id = $1 AND ($2::text[] IS NULL OR category = ANY($2))
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(client.0)
-        .bind(&names)
-        .execute(&mut *transaction)
-        .await?;
-        let destroyed = match categories {
-            None => {
-                sqlx::query(
-                    "INSERT INTO erased_clients (client_id, erased_at) VALUES ($1, now())
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(client.0)
-                .execute(&mut *transaction)
-                .await?;
-                sqlx::query("DELETE FROM data_keys WHERE client_id = $1")
-                    .bind(client.0)
-                    .execute(&mut *transaction)
-                    .await?
-                    .rows_affected()
-            }
-            Some(categories) => {
-                let names: Vec<&str> = categories
+            let names: Option<Vec<&str>> = categories.as_ref().map(|categories| {
+                categories
                     .iter()
                     .map(|category| category.as_str())
-                    .collect();
-                sqlx::query("DELETE FROM data_keys WHERE client_id = $1 AND category = ANY($2)")
-                    .bind(client.0)
-                    .bind(names)
-                    .execute(&mut *transaction)
-                    .await?
-                    .rows_affected()
-            }
-        };
-        transaction.commit().await?;
-        // Reclaims the dead row versions so that the destroyed keys do not wait in the table
-        // file for the next autovacuum. (VACUUM cannot run inside a transaction.)
-        sqlx::raw_sql("VACUUM data_keys")
-            .execute(&self.pool)
+                    .collect()
+            });
+            sqlx::query(
+                "INSERT INTO destroyed_keys (key_id, client_id, category, destroyed_at)
+                 SELECT key_id, client_id, category, now() FROM data_keys
+                 WHERE client_id = $1 AND ($2::text[] IS NULL OR category = ANY($2))
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(client.0)
+            .bind(&names)
+            .execute(&mut *transaction)
             .await?;
-        Ok(destroyed as usize)
+            let destroyed = match categories {
+                None => {
+                    sqlx::query(
+                        "INSERT INTO erased_clients (client_id, erased_at) VALUES ($1, now())
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(client.0)
+                    .execute(&mut *transaction)
+                    .await?;
+                    sqlx::query("DELETE FROM data_keys WHERE client_id = $1")
+                        .bind(client.0)
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected()
+                }
+                Some(categories) => {
+                    let names: Vec<&str> = categories
+                        .iter()
+                        .map(|category| category.as_str())
+                        .collect();
+                    sqlx::query("DELETE FROM data_keys WHERE client_id = $1 AND category = ANY($2)")
+                        .bind(client.0)
+                        .bind(names)
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected()
+                }
+            };
+            transaction.commit().await?;
+            // Reclaims the dead row versions so that the destroyed keys do not wait in the table
+            // file for the next autovacuum. (VACUUM cannot run inside a transaction.)
+            sqlx::raw_sql("VACUUM data_keys")
+                .execute(&self.pool)
+                .patiently()
+                .await?;
+            Ok(destroyed as usize)
+        })
+        .await
     }
 
     async fn destroyed(&self, clients: Vec<ClientId>) -> Result<Vec<DestroyedKey>> {
@@ -218,6 +229,7 @@ impl KeyStore for PgKeyStore {
         )
         .bind(ids)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         Ok(rows
             .into_iter()
@@ -236,12 +248,14 @@ impl KeyStore for PgKeyStore {
         )
         .bind(client.0)
         .fetch_one(&self.pool)
+        .patiently()
         .await?)
     }
 
     async fn all(&self) -> Result<Vec<StoredKey>> {
         let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM data_keys"))
             .fetch_all(&self.pool)
+            .patiently()
             .await?;
         rows.iter().map(read_key).collect()
     }
@@ -264,9 +278,11 @@ impl KeyStore for PgKeyStore {
                 .collect::<Vec<_>>(),
         )
         .execute(&self.pool)
+        .patiently()
         .await?;
         sqlx::raw_sql("VACUUM data_keys")
             .execute(&self.pool)
+            .patiently()
             .await?;
         Ok(())
     }
@@ -276,6 +292,7 @@ impl KeyStore for PgKeyStore {
             sqlx::query_as("SELECT master_id, wrapped FROM system_keys WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
+                .patiently()
                 .await?,
         )
     }
@@ -294,11 +311,13 @@ impl KeyStore for PgKeyStore {
         .bind(master_id)
         .bind(wrapped)
         .execute(&self.pool)
+        .patiently()
         .await?;
         Ok(
             sqlx::query_as("SELECT master_id, wrapped FROM system_keys WHERE name = $1")
                 .bind(name)
                 .fetch_one(&self.pool)
+                .patiently()
                 .await?,
         )
     }
@@ -309,6 +328,7 @@ impl KeyStore for PgKeyStore {
             .bind(wrapped)
             .bind(name)
             .execute(&self.pool)
+            .patiently()
             .await?;
         Ok(())
     }

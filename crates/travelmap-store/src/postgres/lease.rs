@@ -21,6 +21,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Mutex;
 
+use super::Patiently;
 use crate::Result;
 
 /// How often a holder shows its lease's session is alive.
@@ -131,6 +132,7 @@ impl Lease {
             if acquired {
                 let epoch: i64 = sqlx::query_scalar(self.bump_epoch)
                     .fetch_one(&self.pool)
+                    .patiently()
                     .await?;
                 self.epoch.store(epoch, Ordering::SeqCst);
                 self.leading.store(true, Ordering::SeqCst);

@@ -12,6 +12,7 @@ use travelmap_domain::{ClientId, EventId, Provenance, RecordedEvent};
 use uuid::Uuid;
 
 use super::LOG_CHANNEL;
+use super::Patiently;
 use crate::{
     Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend, sealed_key,
 };
@@ -106,6 +107,7 @@ impl EventLog for PgEventLog {
         )
         .bind(&ids)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         rows.iter()
             .map(|row| {
@@ -136,6 +138,7 @@ impl EventLog for PgEventLog {
         )
         .bind(&clients)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         let mut outlines: HashMap<ClientId, Vec<Outline>> = HashMap::with_capacity(clients.len());
         for row in rows {
@@ -158,6 +161,7 @@ impl EventLog for PgEventLog {
         )
         .bind(&clients)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         rows.iter()
             .map(|row| Ok((ClientId(row.try_get(0)?), row.try_get::<i64, _>(1)? as u64)))
@@ -177,6 +181,7 @@ impl EventLog for PgEventLog {
         .bind(client_id.0)
         .bind(recorded_until)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         decode_all(&rows)
     }
@@ -188,6 +193,7 @@ impl EventLog for PgEventLog {
         .bind(after as i64)
         .bind(limit as i64)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         decode_all(&rows)
     }
@@ -200,6 +206,7 @@ impl EventLog for PgEventLog {
         .bind(after as i64)
         .bind(up_to as i64)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         decode_all(&rows)
     }

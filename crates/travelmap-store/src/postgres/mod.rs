@@ -193,8 +193,37 @@ pub(crate) const COMMIT_PATIENCE: Duration = Duration::from_secs(30);
 /// (`idle_in_transaction_session_timeout`): the server's half of [`COMMIT_PATIENCE`]. When this
 /// process gives up on a transaction that holds the log head's lock and the server never hears
 /// of it (the connection is dead, not closed), the server ends the session and frees the lock
-/// for the other processes. Twice the patience: a live transaction never idles that long.
-const IDLE_IN_TRANSACTION: &str = "60s";
+/// for the other processes. Shorter than the patience, so that the other processes' appends
+/// waiting on that lock are answered within theirs; still far above how long a live
+/// transaction idles between its statements (milliseconds).
+const IDLE_IN_TRANSACTION: &str = "20s";
+
+/// Statements run straight on the pool, given up after [`COMMIT_PATIENCE`] like group commits:
+/// on a connection whose peer stopped answering, a read (or a write of a single statement)
+/// would otherwise wait as long as the kernel keeps the connection, holding the request, the
+/// client's turn and the shutdown that waits for both. Past the patience the statement is
+/// dropped with its connection and the answer is [`Error::Unavailable`] (a 503).
+pub(crate) trait Patiently<T>:
+    std::future::Future<Output = sqlx::Result<T>> + Sized
+{
+    fn patiently(self) -> impl std::future::Future<Output = Result<T>> + Send
+    where
+        Self: Send,
+        T: Send,
+    {
+        async move {
+            match tokio::time::timeout(COMMIT_PATIENCE, self).await {
+                Ok(answer) => Ok(answer?),
+                Err(_) => Err(Error::Unavailable(format!(
+                    "no answer from PostgreSQL within {} s",
+                    COMMIT_PATIENCE.as_secs()
+                ))),
+            }
+        }
+    }
+}
+
+impl<T, F: std::future::Future<Output = sqlx::Result<T>>> Patiently<T> for F {}
 
 /// Runs `commit`, a group commit, for at most [`COMMIT_PATIENCE`]. Past that it is dropped (its
 /// connection with it) and the answer is [`Error::Unavailable`]: the commit may or may not have

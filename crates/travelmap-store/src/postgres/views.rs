@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use travelmap_domain::ClientId;
 use uuid::Uuid;
 
+use super::Patiently;
 use super::VIEWS_CHANNEL;
 use super::lease::Lease;
 use crate::packed::unpack;
@@ -59,102 +60,108 @@ impl PgViewStore {
     }
 
     async fn write_views(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
-        let mut transaction = self.pool.begin().await?;
-        // Views and their checkpoint commit together and can always be rebuilt from the log, so
-        // a crash that loses the last few view commits only makes the projector redo them from
-        // the older checkpoint. Not waiting for the WAL flush (`synchronous_commit` off for this
-        // transaction, set in the same statement) keeps view writes from competing with appends
-        // (whose commits stay synchronous) for fsyncs.
-        //
-        // A client's identifiers rarely change while its view is saved again and again, so only
-        // the difference is written: rewriting them all left a dead row and index entries per
-        // identifier per save.
-        let clients: Vec<Uuid> = views.iter().map(|view| view.client_id.0).collect();
-        let states: Vec<&[u8]> = views.iter().map(ClientView::packed_state).collect();
-        let (mut kinds, mut values, mut owners) = (Vec::new(), Vec::new(), Vec::new());
-        for view in &views {
-            for (kind, value) in &view.identifiers {
-                kinds.push(kind.as_str());
-                values.push(value.as_str());
-                owners.push(view.client_id.0);
+        super::within_patience("saving views", async move {
+            let mut transaction = self.pool.begin().await?;
+            // Views and their checkpoint commit together and can always be rebuilt from the log, so
+            // a crash that loses the last few view commits only makes the projector redo them from
+            // the older checkpoint. Not waiting for the WAL flush (`synchronous_commit` off for this
+            // transaction, set in the same statement) keeps view writes from competing with appends
+            // (whose commits stay synchronous) for fsyncs.
+            //
+            // A client's identifiers rarely change while its view is saved again and again, so only
+            // the difference is written: rewriting them all left a dead row and index entries per
+            // identifier per save.
+            let clients: Vec<Uuid> = views.iter().map(|view| view.client_id.0).collect();
+            let states: Vec<&[u8]> = views.iter().map(ClientView::packed_state).collect();
+            let (mut kinds, mut values, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+            for view in &views {
+                for (kind, value) in &view.identifiers {
+                    kinds.push(kind.as_str());
+                    values.push(value.as_str());
+                    owners.push(view.client_id.0);
+                }
             }
-        }
-        sqlx::query(
-            "WITH asynchronous AS (SELECT set_config('synchronous_commit', 'off', true)),
-             saved AS (
-                 INSERT INTO client_views (client_id, state)
-                 SELECT * FROM UNNEST($1::uuid[], $2::bytea[])
-                 ON CONFLICT (client_id) DO UPDATE SET state = excluded.state
-             ),
-             wanted AS (
-                 SELECT * FROM UNNEST($3::text[], $4::text[], $5::uuid[])
-                     AS wanted (kind, value, client_id)
-             ),
-             dropped AS (
-                 DELETE FROM client_identifiers held
-                 WHERE held.client_id = ANY($1)
-                   AND NOT EXISTS (SELECT 1 FROM wanted
-                                   WHERE wanted.kind = held.kind AND wanted.value = held.value
-                                     AND wanted.client_id = held.client_id)
-             ),
-             added AS (
-                 INSERT INTO client_identifiers (kind, value, client_id)
-                 SELECT * FROM wanted
-                 ON CONFLICT DO NOTHING
-             )
-             SELECT COUNT(*) FROM asynchronous",
-        )
-        .bind(&clients)
-        .bind(&states)
-        .bind(&kinds)
-        .bind(&values)
-        .bind(&owners)
-        .execute(&mut *transaction)
-        .await?;
-        self.move_checkpoint(&mut transaction, checkpoint).await?;
-        transaction.commit().await?;
-        Ok(())
+            sqlx::query(
+                "WITH asynchronous AS (SELECT set_config('synchronous_commit', 'off', true)),
+                 saved AS (
+                     INSERT INTO client_views (client_id, state)
+                     SELECT * FROM UNNEST($1::uuid[], $2::bytea[])
+                     ON CONFLICT (client_id) DO UPDATE SET state = excluded.state
+                 ),
+                 wanted AS (
+                     SELECT * FROM UNNEST($3::text[], $4::text[], $5::uuid[])
+                         AS wanted (kind, value, client_id)
+                 ),
+                 dropped AS (
+                     DELETE FROM client_identifiers held
+                     WHERE held.client_id = ANY($1)
+                       AND NOT EXISTS (SELECT 1 FROM wanted
+                                       WHERE wanted.kind = held.kind AND wanted.value = held.value
+                                         AND wanted.client_id = held.client_id)
+                 ),
+                 added AS (
+                     INSERT INTO client_identifiers (kind, value, client_id)
+                     SELECT * FROM wanted
+                     ON CONFLICT DO NOTHING
+                 )
+                 SELECT COUNT(*) FROM asynchronous",
+            )
+            .bind(&clients)
+            .bind(&states)
+            .bind(&kinds)
+            .bind(&values)
+            .bind(&owners)
+            .execute(&mut *transaction)
+            .await?;
+            self.move_checkpoint(&mut transaction, checkpoint).await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Writes views of clients that have none stored (the first save after a reset) with `COPY`,
     /// which has no conflicts to look for and no arrays to build: a third less of the server's
     /// time than the statement of [`Self::write_views`] for the same rows.
     async fn write_new_views(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
-        let mut transaction = self.pool.begin().await?;
-        // As in `write_views`: views can always be rebuilt, so their commit need not wait for
-        // the WAL flush.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *transaction)
-            .await?;
-        let mut rows = CopyRows::new();
-        for view in &views {
-            rows.row(&[view.client_id.0.as_bytes(), view.packed_state()]);
-        }
-        let mut copy = transaction
-            .copy_in_raw("COPY client_views (client_id, state) FROM STDIN (FORMAT binary)")
-            .await?;
-        copy.send(rows.finish()).await?;
-        copy.finish().await?;
-        let mut rows = CopyRows::new();
-        for view in &views {
-            for (kind, value) in &view.identifiers {
-                rows.row(&[
-                    kind.as_bytes(),
-                    value.as_bytes(),
-                    view.client_id.0.as_bytes(),
-                ]);
+        super::within_patience("saving views", async move {
+            let mut transaction = self.pool.begin().await?;
+            // As in `write_views`: views can always be rebuilt, so their commit need not wait for
+            // the WAL flush.
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *transaction)
+                .await?;
+            let mut rows = CopyRows::new();
+            for view in &views {
+                rows.row(&[view.client_id.0.as_bytes(), view.packed_state()]);
             }
-        }
-        let mut copy = transaction
-            .copy_in_raw(
-                "COPY client_identifiers (kind, value, client_id) FROM STDIN (FORMAT binary)",
-            )
-            .await?;
-        copy.send(rows.finish()).await?;
-        copy.finish().await?;
-        self.move_checkpoint(&mut transaction, checkpoint).await?;
-        transaction.commit().await?;
-        Ok(())
+            let mut copy = transaction
+                .copy_in_raw("COPY client_views (client_id, state) FROM STDIN (FORMAT binary)")
+                .await?;
+            copy.send(rows.finish()).await?;
+            copy.finish().await?;
+            let mut rows = CopyRows::new();
+            for view in &views {
+                for (kind, value) in &view.identifiers {
+                    rows.row(&[
+                        kind.as_bytes(),
+                        value.as_bytes(),
+                        view.client_id.0.as_bytes(),
+                    ]);
+                }
+            }
+            let mut copy = transaction
+                .copy_in_raw(
+                    "COPY client_identifiers (kind, value, client_id) FROM STDIN (FORMAT binary)",
+                )
+                .await?;
+            copy.send(rows.finish()).await?;
+            copy.finish().await?;
+            self.move_checkpoint(&mut transaction, checkpoint).await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Moves the checkpoint within a save's transaction, if this process still leads.
@@ -184,25 +191,28 @@ impl PgViewStore {
     }
 
     async fn reset_views(&self) -> Result<()> {
-        let mut transaction = self.pool.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE projection_checkpoints SET position = 0
-             WHERE projection = $1 AND epoch = $2
-             RETURNING pg_notify($3, '0')",
-        )
-        .bind(CLIENT_VIEWS)
-        .bind(self.lease.epoch())
-        .bind(VIEWS_CHANNEL)
-        .execute(&mut *transaction)
-        .await?;
-        if moved.rows_affected() == 0 {
-            return Err(Error::NotLeader);
-        }
-        sqlx::query("TRUNCATE client_views, client_identifiers")
+        super::within_patience("resetting the views", async move {
+            let mut transaction = self.pool.begin().await?;
+            let moved = sqlx::query(
+                "UPDATE projection_checkpoints SET position = 0
+                 WHERE projection = $1 AND epoch = $2
+                 RETURNING pg_notify($3, '0')",
+            )
+            .bind(CLIENT_VIEWS)
+            .bind(self.lease.epoch())
+            .bind(VIEWS_CHANNEL)
             .execute(&mut *transaction)
             .await?;
-        transaction.commit().await?;
-        Ok(())
+            if moved.rows_affected() == 0 {
+                return Err(Error::NotLeader);
+            }
+            sqlx::query("TRUNCATE client_views, client_identifiers")
+                .execute(&mut *transaction)
+                .await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -213,6 +223,7 @@ impl ViewStore for PgViewStore {
             sqlx::query_scalar("SELECT position FROM projection_checkpoints WHERE projection = $1")
                 .bind(CLIENT_VIEWS)
                 .fetch_one(&self.pool)
+                .patiently()
                 .await?;
         Ok(position as u64)
     }
@@ -223,6 +234,7 @@ impl ViewStore for PgViewStore {
             sqlx::query_as("SELECT client_id, state FROM client_views WHERE client_id = ANY($1)")
                 .bind(&clients)
                 .fetch_all(&self.pool)
+                .patiently()
                 .await?;
         rows.into_iter()
             .map(|(client, state)| {
@@ -237,6 +249,7 @@ impl ViewStore for PgViewStore {
             sqlx::query_scalar("SELECT state FROM client_views WHERE client_id = $1")
                 .bind(client.0)
                 .fetch_optional(&self.pool)
+                .patiently()
                 .await?;
         Ok(state.map(|state| unpack(client, &state)))
     }
@@ -253,6 +266,7 @@ impl ViewStore for PgViewStore {
         .bind(after.map_or(uuid::Uuid::nil(), |client| client.0))
         .bind(limit as i64)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         rows.into_iter()
             .map(|(client, state)| {
@@ -266,6 +280,7 @@ impl ViewStore for PgViewStore {
         // Overwritten views stay in the table file as dead row versions until vacuumed.
         sqlx::raw_sql("VACUUM client_views, client_identifiers")
             .execute(&self.pool)
+            .patiently()
             .await?;
         Ok(())
     }
@@ -287,6 +302,7 @@ impl ViewStore for PgViewStore {
     async fn count(&self) -> Result<usize> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM client_views")
             .fetch_one(&self.pool)
+            .patiently()
             .await?;
         Ok(count as usize)
     }
@@ -305,6 +321,7 @@ impl ViewStore for PgViewStore {
         .bind(kind)
         .bind(value)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         Ok(clients.into_iter().map(ClientId).collect())
     }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use travelmap_domain::EventId;
 use uuid::Uuid;
 
+use super::Patiently;
 use super::lease::Lease;
 use crate::webhooks::{
     ATTEMPTS_KEPT, Attempt, AttemptOutcome, NewWebhook, Standing, State, Webhook, WebhookStore,
@@ -109,6 +110,7 @@ impl WebhookStore for PgWebhookStore {
         .bind(State::Active.as_str())
         .bind(webhook.cursor as i64)
         .fetch_one(&self.pool)
+        .patiently()
         .await?;
         self.changed();
         decode(&row)
@@ -118,6 +120,7 @@ impl WebhookStore for PgWebhookStore {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM webhooks WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
+            .patiently()
             .await?;
         row.as_ref().map(decode).transpose()
     }
@@ -129,6 +132,7 @@ impl WebhookStore for PgWebhookStore {
         ))
         .bind(agency)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         rows.iter().map(decode).collect()
     }
@@ -138,6 +142,7 @@ impl WebhookStore for PgWebhookStore {
         let removed = sqlx::query("DELETE FROM webhooks WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
+            .patiently()
             .await?
             .rows_affected()
             > 0;
@@ -152,6 +157,7 @@ impl WebhookStore for PgWebhookStore {
             .bind(id)
             .bind(state.as_str())
             .execute(&self.pool)
+            .patiently()
             .await?
             .rows_affected()
             > 0;
@@ -168,6 +174,7 @@ impl WebhookStore for PgWebhookStore {
         .bind(id)
         .bind(self.lease.epoch())
         .fetch_one(&self.pool)
+        .patiently()
         .await?;
         if !current {
             self.lease.doubt();
@@ -193,6 +200,7 @@ impl WebhookStore for PgWebhookStore {
         .bind(position as i64)
         .bind(epoch)
         .fetch_optional(&self.pool)
+        .patiently()
         .await?;
         if fenced.unwrap_or(true) {
             self.lease.doubt();
@@ -202,37 +210,40 @@ impl WebhookStore for PgWebhookStore {
     }
 
     async fn log_attempt(&self, attempt: Attempt) -> Result<()> {
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO webhook_attempts
-                (id, webhook_id, event_id, position, attempt, at, status, error, duration_ms, outcome)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
-             WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = $2)",
-        )
-        .bind(attempt.id)
-        .bind(attempt.webhook_id)
-        .bind(attempt.event_id.0)
-        .bind(attempt.position as i64)
-        .bind(attempt.attempt as i32)
-        .bind(attempt.at)
-        .bind(attempt.status.map(i32::from))
-        .bind(&attempt.error)
-        .bind(attempt.duration_ms as i64)
-        .bind(attempt.outcome.as_str())
-        .execute(&mut *transaction)
-        .await?;
-        // Only the webhook's newest attempts are kept.
-        sqlx::query(
-            "DELETE FROM webhook_attempts WHERE webhook_id = $1 AND seq <= (
-                SELECT seq FROM webhook_attempts WHERE webhook_id = $1
-                ORDER BY seq DESC LIMIT 1 OFFSET $2)",
-        )
-        .bind(attempt.webhook_id)
-        .bind(ATTEMPTS_KEPT as i64)
-        .execute(&mut *transaction)
-        .await?;
-        transaction.commit().await?;
-        Ok(())
+        super::within_patience("logging a delivery attempt", async move {
+            let mut transaction = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO webhook_attempts
+                    (id, webhook_id, event_id, position, attempt, at, status, error, duration_ms, outcome)
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10
+                 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = $2)",
+            )
+            .bind(attempt.id)
+            .bind(attempt.webhook_id)
+            .bind(attempt.event_id.0)
+            .bind(attempt.position as i64)
+            .bind(attempt.attempt as i32)
+            .bind(attempt.at)
+            .bind(attempt.status.map(i32::from))
+            .bind(&attempt.error)
+            .bind(attempt.duration_ms as i64)
+            .bind(attempt.outcome.as_str())
+            .execute(&mut *transaction)
+            .await?;
+            // Only the webhook's newest attempts are kept.
+            sqlx::query(
+                "DELETE FROM webhook_attempts WHERE webhook_id = $1 AND seq <= (
+                    SELECT seq FROM webhook_attempts WHERE webhook_id = $1
+                    ORDER BY seq DESC LIMIT 1 OFFSET $2)",
+            )
+            .bind(attempt.webhook_id)
+            .bind(ATTEMPTS_KEPT as i64)
+            .execute(&mut *transaction)
+            .await?;
+            transaction.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn attempts(&self, id: Uuid, limit: usize) -> Result<Vec<Attempt>> {
@@ -244,6 +255,7 @@ impl WebhookStore for PgWebhookStore {
         .bind(id)
         .bind(limit as i64)
         .fetch_all(&self.pool)
+        .patiently()
         .await?;
         rows.iter().map(decode_attempt).collect()
     }
