@@ -143,6 +143,38 @@ pub struct Problem {
     pub current_version: Option<u64>,
 }
 
+/// The most characters of a quoted value a problem's `detail` repeats.
+const QUOTED_CHARS: usize = 80;
+
+/// `detail` with each value it quotes between backticks (as the refusals of the parsers and the
+/// validators do) cut to [`QUOTED_CHARS`] characters: a refusal of a value of almost a mebibyte
+/// would otherwise repeat it whole, into the answer and the server log.
+fn shorten_quoted(detail: String) -> String {
+    let quoted_too_long = detail
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .any(|quoted| quoted.chars().count() > QUOTED_CHARS);
+    if !quoted_too_long {
+        return detail;
+    }
+    let mut shortened = String::with_capacity(QUOTED_CHARS * 4);
+    for (index, part) in detail.split('`').enumerate() {
+        if index > 0 {
+            shortened.push('`');
+        }
+        let quoted = index % 2 == 1;
+        match part.char_indices().nth(QUOTED_CHARS) {
+            Some((cut, _)) if quoted => {
+                shortened.push_str(&part[..cut]);
+                shortened.push('…');
+            }
+            _ => shortened.push_str(part),
+        }
+    }
+    shortened
+}
+
 /// An error answered to the client.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -157,7 +189,7 @@ impl ApiError {
     pub fn new(code: Code, detail: impl Into<String>) -> Self {
         Self {
             code,
-            detail: detail.into(),
+            detail: shorten_quoted(detail.into()),
             field: None,
             index: None,
             current_version: None,
@@ -320,6 +352,23 @@ fn refusal(source: journey::Error) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_long_quoted_value_is_cut_in_the_detail() {
+        let value = "é".repeat(10_000);
+        let error = ApiError::new(
+            Code::ValidationFailed,
+            format!("unknown variant `{value}`, expected `conditional` or `parole`"),
+        );
+        let kept = format!("`{}…`", "é".repeat(QUOTED_CHARS));
+        assert_eq!(
+            error.detail,
+            format!("unknown variant {kept}, expected `conditional` or `parole`")
+        );
+        let short = "unknown variant `escaped`, expected `conditional`";
+        assert_eq!(ApiError::new(Code::ValidationFailed, short).detail, short);
+    }
+
     use super::*;
 
     #[test]
