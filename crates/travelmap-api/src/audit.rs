@@ -522,6 +522,14 @@ fn parse_purpose(stated: &str) -> Option<Purpose> {
     serde_json::from_value(serde_json::Value::String(stated.to_owned())).ok()
 }
 
+/// The purposes an audit trail read may state: it is made to audit, or for a subject access
+/// request, and for nothing else.
+pub const TRAIL_PURPOSES: &[Purpose] = &[Purpose::Audit, Purpose::SubjectAccess];
+/// The one purpose of a subject access report.
+pub const SUBJECT_ACCESS_PURPOSES: &[Purpose] = &[Purpose::SubjectAccess];
+/// The one purpose of a statistics report.
+pub const STATISTICS_PURPOSES: &[Purpose] = &[Purpose::Statistics];
+
 /// The purposes a read may state in `X-Purpose`.
 pub const PURPOSES: &str =
     "case_management, supervision, service_delivery, audit, statistics, subject_access, emergency";

@@ -228,6 +228,58 @@ impl Modify for AcceptedValues {
             "purpose",
             &purposes,
         );
+        stated_purposes(openapi);
+    }
+}
+
+/// Lists in each operation's `X-Purpose` header the purposes it takes: the audit trail's, the
+/// subject access report's and the statistics report's own (the lists their handlers check),
+/// a webhook's purposes on its registration, and every purpose elsewhere.
+fn stated_purposes(openapi: &mut utoipa::openapi::OpenApi) {
+    use travelmap_domain::payloads::Purpose;
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    let names = |purposes: &[Purpose]| -> Vec<serde_json::Value> {
+        purposes
+            .iter()
+            .map(|purpose| purpose.as_str().into())
+            .collect()
+    };
+    let listed = |list: &str| -> Vec<serde_json::Value> {
+        list.split(", ").map(serde_json::Value::from).collect()
+    };
+    let every = listed(audit::PURPOSES);
+    let webhook = listed(travelmap_webhooks::registration::ALLOWED_PURPOSES);
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let taken = if path.starts_with("/v1/audit/") {
+            names(audit::TRAIL_PURPOSES)
+        } else if path.ends_with("/subject-access") {
+            names(audit::SUBJECT_ACCESS_PURPOSES)
+        } else if path.starts_with("/v1/statistics/") {
+            names(audit::STATISTICS_PURPOSES)
+        } else if path.starts_with("/v1/subscriptions/webhooks") {
+            webhook.clone()
+        } else {
+            every.clone()
+        };
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if parameter.name == "X-Purpose" {
+                    parameter.schema = Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(taken.clone()))
+                            .into(),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -728,6 +780,32 @@ mod tests {
     }
 
     #[test]
+    fn each_read_lists_the_purposes_it_takes() {
+        let document = serde_json::to_value(crate::ApiDoc::openapi()).unwrap();
+        let taken = |path: &str, method: &str| -> Vec<String> {
+            let parameters = document["paths"][path][method]["parameters"]
+                .as_array()
+                .unwrap();
+            let purpose = parameters
+                .iter()
+                .find(|parameter| parameter["name"] == "X-Purpose")
+                .unwrap_or_else(|| panic!("{method} {path} takes no X-Purpose"));
+            serde_json::from_value(purpose["schema"]["enum"].clone()).unwrap()
+        };
+        assert_eq!(taken("/v1/statistics/outcomes", "get"), ["statistics"]);
+        assert_eq!(
+            taken("/v1/audit/entries", "get"),
+            ["audit", "subject_access"]
+        );
+        assert_eq!(
+            taken("/v1/clients/{client_id}/subject-access", "get"),
+            ["subject_access"]
+        );
+        assert_eq!(taken("/v1/clients/{client_id}/travel-map", "get").len(), 7);
+        assert!(!taken("/v1/subscriptions/webhooks", "post").contains(&"emergency".to_owned()));
+    }
+
+    #[test]
     fn the_actor_has_the_pattern_of_every_text() {
         let document = serde_json::to_value(crate::ApiDoc::openapi()).unwrap();
         let request = &document["components"]["schemas"]["EventRequest.client.released"];
@@ -738,6 +816,10 @@ mod tests {
         assert_eq!(
             request["properties"]["occurred_at"]["pattern"],
             travelmap_domain::dates::DATE_TIME_PATTERN
+        );
+        assert_eq!(
+            document["components"]["schemas"]["DecisionRequest"]["properties"]["reason"]["pattern"],
+            travelmap_domain::TEXT_PATTERN
         );
     }
 

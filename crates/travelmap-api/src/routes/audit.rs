@@ -327,7 +327,7 @@ async fn trail_purpose(
         state,
         caller,
         context,
-        &[Purpose::Audit, Purpose::SubjectAccess],
+        audit::TRAIL_PURPOSES,
         "an audit trail read",
         logged,
     )

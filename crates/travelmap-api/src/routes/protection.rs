@@ -10,7 +10,6 @@ use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use travelmap_domain::audit::{Operation, Outcome};
-use travelmap_domain::payloads::Purpose;
 use travelmap_domain::{ClientId, Provenance, Text};
 use travelmap_projections::ClientState;
 use utoipa::ToSchema;
@@ -27,8 +26,15 @@ use crate::wire::{Receipt, Recorded};
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DecisionRequest {
-    /// Not blank; at most 2,000 characters.
-    #[schema(min_length = 1, max_length = 2000, pattern = r"\S")]
+    /// Not blank; at most 2,000 characters; no control characters (tab, line feed and carriage
+    /// return excepted).
+    // The pattern is `travelmap_domain::TEXT_PATTERN` (the attribute takes only a literal; a
+    // test checks they agree).
+    #[schema(
+        min_length = 1,
+        max_length = 2000,
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*[^\\t\\n\\u000B\\u000C\\r \\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$"
+    )]
     pub reason: String,
 }
 
@@ -336,7 +342,7 @@ pub async fn subject_access(
         &state,
         &caller,
         &context,
-        &[Purpose::SubjectAccess],
+        audit::SUBJECT_ACCESS_PURPOSES,
         "a subject access report",
         logged(None),
     )

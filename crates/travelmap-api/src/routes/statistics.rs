@@ -4,7 +4,6 @@
 use axum::Json;
 use axum::extract::State;
 use travelmap_domain::audit::{Operation, Outcome};
-use travelmap_domain::payloads::Purpose;
 use travelmap_projections::statistics::{Cell, OutcomeQuery, OutcomeReport};
 
 use crate::AppState;
@@ -53,7 +52,7 @@ pub async fn outcomes(
         &state,
         &caller,
         &context,
-        &[Purpose::Statistics],
+        audit::STATISTICS_PURPOSES,
         "a statistics report",
         logged(None),
     )
