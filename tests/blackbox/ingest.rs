@@ -327,13 +327,27 @@ async fn malformed_bodies_are_400_415_and_413() {
         .unwrap();
     expect_problem(response, StatusCode::BAD_REQUEST, "malformed_json").await;
 
-    let response = send(b"id=1".to_vec(), "application/x-www-form-urlencoded")
+    // JSON's suffix counts only after a name: `application/+json` names no type.
+    for content_type in [
+        "application/x-www-form-urlencoded",
+        "application/+json",
+        "text/plain+json",
+    ] {
+        let response = send(b"{}".to_vec(), content_type).await.unwrap();
+        expect_problem(
+            response,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
+    }
+    let response = send(b"{}".to_vec(), "application/vnd.travelmap+json")
         .await
         .unwrap();
     expect_problem(
         response,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
     )
     .await;
 

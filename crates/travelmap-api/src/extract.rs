@@ -44,8 +44,14 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
         let essence = content_type.split(';').next().unwrap_or_default().trim();
-        let is_json = essence.eq_ignore_ascii_case("application/json")
-            || essence.to_ascii_lowercase().ends_with("+json");
+        // `application/json`, or a type with JSON's suffix (`application/problem+json`), which
+        // names something before the suffix.
+        let essence = essence.to_ascii_lowercase();
+        let is_json = essence == "application/json"
+            || essence
+                .strip_prefix("application/")
+                .and_then(|subtype| subtype.strip_suffix("+json"))
+                .is_some_and(|name| !name.is_empty() && !name.contains('/'));
         if !is_json {
             return Err(ApiError::new(
                 Code::UnsupportedMediaType,

@@ -57,7 +57,7 @@ pub async fn import(
     for read in ImportLines::new(open()?) {
         let (number, line) = read.with_context(|| format!("reading {}", file.display()))?;
         let line = match line {
-            ImportLine::Text(line) if line.trim().is_empty() => continue,
+            ImportLine::Text(line) if blank(&line) => continue,
             ImportLine::Text(line) => line,
             ImportLine::TooLong => {
                 total += 1;
@@ -164,7 +164,7 @@ pub async fn import(
             None => None,
         };
         if let Some((number, line)) = &line
-            && !line.trim().is_empty()
+            && !blank(line)
         {
             batch.push(parse_line(line).map_err(anyhow::Error::msg)?);
             batch_lines.push(*number);
@@ -496,6 +496,12 @@ impl<R: BufRead> Iterator for ImportLines<R> {
             )),
         })
     }
+}
+
+/// Whether an import line holds nothing but JSON's white space (a form feed, which JSON does not
+/// count as such, makes the line a malformed event rather than one to skip).
+fn blank(line: &str) -> bool {
+    line.trim_matches([' ', '\t', '\r', '\n']).is_empty()
 }
 
 fn parse_line(line: &str) -> Result<Submission, String> {
@@ -973,4 +979,17 @@ pub async fn rotate_keys(location: &Location, masters: MasterKeys) -> anyhow::Re
         "rewrapped {count} data key(s) under master key `{current}`; older master keys can now be removed"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_jsons_white_space_makes_an_import_line_blank() {
+        for blank in ["", " \t", "\r", "  \r\n"] {
+            assert!(super::blank(blank), "{blank:?}");
+        }
+        for not_blank in ["\u{c}", " \u{a0} ", "{}"] {
+            assert!(!super::blank(not_blank), "{not_blank:?}");
+        }
+    }
 }
