@@ -513,6 +513,38 @@ async fn a_write_recorded_while_the_trail_fails_gets_its_entry_once_it_is_back()
     cluster.stop().await;
 }
 
+/// The readiness report's `store` task once it is in `state` (waiting up to 15 s for it), and
+/// the report saying `degraded` while it fails.
+async fn store_readiness(http: &reqwest::Client, address: &str, state: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..75 {
+        let report: Value = http
+            .get(format!("{address}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let store = report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|task| task["name"] == "store")
+            .cloned()
+            .unwrap_or_else(|| panic!("no store task in {report}"));
+        if store["state"] == state {
+            if state == "failing" {
+                assert_eq!(report["status"], "degraded", "{report}");
+            }
+            return store;
+        }
+        last = report;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the store never reported {state}: {last}");
+}
+
 /// A database that goes away is a moment to retry, not a bug: requests are answered
 /// `503 unavailable` while it refuses connections, and once it is back the service carries on
 /// with everything acknowledged before.
@@ -556,6 +588,13 @@ async fn a_database_that_goes_away_is_answered_503_and_the_service_recovers() {
         .unwrap();
     assert_eq!(read.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(read.headers().contains_key("retry-after"));
+    // Readiness says so steadily, whatever the other tasks are doing meanwhile.
+    let store = store_readiness(&http, &address, "failing").await;
+    let since = store["failing_since"].clone();
+    assert!(since.is_string(), "{store}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = store_readiness(&http, &address, "failing").await;
+    assert_eq!(again["failing_since"], since, "{again}");
 
     sqlx::raw_sql(&allow(true))
         .execute(&mut admin)
@@ -579,6 +618,7 @@ async fn a_database_that_goes_away_is_answered_503_and_the_service_recovers() {
         StatusCode::OK,
         "what was acknowledged before is still there"
     );
+    store_readiness(&http, &address, "running").await;
     admin.close().await.unwrap();
     cluster.stop().await;
 }

@@ -65,7 +65,13 @@ async fn a_running_service_is_ready_and_shows_how_far_each_task_has_got() {
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["status"], "ready");
     assert_eq!(report["head"], position);
-    for name in ["projection", "coordination", "live_feed", "webhooks"] {
+    for name in [
+        "projection",
+        "coordination",
+        "live_feed",
+        "webhooks",
+        "store",
+    ] {
         assert_eq!(task(&report, name)["state"], "running", "{report}");
     }
     assert_eq!(task(&report, "projection")["position"], position);

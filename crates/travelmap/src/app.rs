@@ -177,6 +177,11 @@ impl Application {
                 .clone()
                 .run(projector_stopped, watch("live_feed", false)),
         );
+        let store_probe = tokio::spawn(probe_store(
+            self.journeys.log().clone(),
+            stop_projector.subscribe(),
+            watch("store", false),
+        ));
         let (begin_stopping, stopping) = watch::channel(false);
         let shutdown = async move {
             shutdown.await;
@@ -213,8 +218,55 @@ impl Application {
         let _ = coordination.await;
         let _ = hub.await;
         let _ = webhooks.await;
+        let _ = store_probe.await;
         self.store.close().await;
         served.context("serving HTTP")
+    }
+}
+
+/// How often [`probe_store`] asks the event log for an answer, and how long it waits for one.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Reports whether the event log answers a small read, until `stopped`. The other tasks tell
+/// only of their own work: a process that waits for another's lease reports it running while
+/// its own connections hang, and one with nothing to fold never touches the store. Requests
+/// are answered `503` while the log cannot be reached, and readiness says so here, steadily,
+/// from the first probe that failed.
+async fn probe_store(
+    log: Arc<dyn travelmap_store::EventLog>,
+    mut stopped: watch::Receiver<bool>,
+    health: travelmap_service::health::Reporter,
+) {
+    let mut failing = false;
+    loop {
+        let head = *log.head().borrow();
+        let failure = match tokio::time::timeout(PROBE_PATIENCE, log.read_all(head, 1)).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => Some(error.to_string()),
+            Err(_) => Some(format!("no answer within {} s", PROBE_PATIENCE.as_secs())),
+        };
+        // Logged when it changes, not every probe.
+        let failed = failure.is_some();
+        match failure {
+            None => {
+                if failing {
+                    tracing::info!("the event log answers again");
+                }
+                health.running();
+            }
+            Some(error) => {
+                if !failing {
+                    tracing::warn!(%error, "the event log does not answer");
+                }
+                health.failing();
+            }
+        }
+        failing = failed;
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = stopped.wait_for(|stopped| *stopped) => return,
+        }
     }
 }
 
