@@ -631,6 +631,32 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
         .await
         .unwrap();
     expect_problem(anonymous, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    // A stream runs for the purposes of a standing subscription: break-glass is a read of one
+    // client, and audits are an auditor's.
+    for (key, purpose, allowed) in [
+        (PROBATION_WRITER, "emergency", false),
+        (PROBATION_WRITER, "audit", false),
+        (PROBATION_WRITER, "subject_access", false),
+        (AUDITOR, "emergency", false),
+        (PROBATION_WRITER, "statistics", true),
+        (AUDITOR, "audit", true),
+    ] {
+        let answer = app
+            .http
+            .get(app.url("/v1/subscriptions/feed"))
+            .bearer_auth(key)
+            .header("x-purpose", purpose)
+            .header("x-justification", "the client is missing")
+            .send()
+            .await
+            .unwrap();
+        if allowed {
+            assert_eq!(answer.status(), StatusCode::OK, "{purpose}");
+        } else {
+            let problem = expect_problem(answer, StatusCode::BAD_REQUEST, "purpose_required").await;
+            assert_eq!(problem["field"], "X-Purpose", "{purpose}");
+        }
+    }
 
     // The recipient's streams named our client in an entry of their own once, in the first
     // batch, however many batches and streams followed within the hour: the trail of the other

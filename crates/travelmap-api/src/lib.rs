@@ -258,6 +258,14 @@ fn stated_purposes(openapi: &mut utoipa::openapi::OpenApi) {
             names(audit::STATISTICS_PURPOSES)
         } else if path.starts_with("/v1/subscriptions/webhooks") {
             webhook.clone()
+        } else if path == "/v1/subscriptions/feed" {
+            // By role (`routes::subscriptions::feed_purposes`): every purpose but `emergency`.
+            names(
+                &Purpose::ALL
+                    .into_iter()
+                    .filter(|purpose| *purpose != Purpose::Emergency)
+                    .collect::<Vec<_>>(),
+            )
         } else {
             every.clone()
         };
@@ -802,7 +810,12 @@ mod tests {
             ["subject_access"]
         );
         assert_eq!(taken("/v1/clients/{client_id}/travel-map", "get").len(), 7);
-        assert!(!taken("/v1/subscriptions/webhooks", "post").contains(&"emergency".to_owned()));
+        for (standing, method) in [
+            ("/v1/subscriptions/webhooks", "post"),
+            ("/v1/subscriptions/feed", "get"),
+        ] {
+            assert!(!taken(standing, method).contains(&"emergency".to_owned()));
+        }
     }
 
     #[test]

@@ -167,6 +167,17 @@ pub enum Purpose {
 }
 
 impl Purpose {
+    /// Every purpose, in the order they are listed.
+    pub const ALL: [Purpose; 7] = [
+        Purpose::CaseManagement,
+        Purpose::Supervision,
+        Purpose::ServiceDelivery,
+        Purpose::Audit,
+        Purpose::Statistics,
+        Purpose::SubjectAccess,
+        Purpose::Emergency,
+    ];
+
     /// The name on the wire (`X-Purpose`, consents, webhooks).
     pub fn as_str(self) -> &'static str {
         match self {

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use travelmap_domain::ClientId;
 use travelmap_domain::audit::{Operation, Outcome};
+use travelmap_domain::payloads::Purpose;
 use travelmap_projections::coordination::Alert;
 use travelmap_service::coordination::{AlertFilter, AlertNotice};
 use travelmap_service::subscriptions::{Batch, Scope, is_known_type_pattern};
@@ -95,7 +96,7 @@ type Events = BoxStream<'static, Result<Event, Infallible>>;
     get, path = "/v1/subscriptions/feed", tag = "subscriptions", operation_id = "subscription_feed",
     params(
         FeedQuery,
-        ("X-Purpose" = String, Header, description = "Why you process the events: e.g. `case_management`"),
+        ("X-Purpose" = String, Header, description = "Why you process the events: `case_management`, `supervision`, `service_delivery` or `statistics`, as for a webhook; also `audit` or `subject_access` for auditors, data-protection officers and administrators. Never `emergency`: break-glass is a read of one client"),
         ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event received, to resume after it"),
     ),
     responses(
@@ -134,7 +135,15 @@ pub async fn feed(
         logged(None),
     )
     .await?;
-    let purpose = audit::purpose(&state, &caller, &context, logged(None)).await?;
+    let purpose = audit::purpose_among(
+        &state,
+        &caller,
+        &context,
+        &feed_purposes(&caller),
+        "a live feed",
+        logged(None),
+    )
+    .await?;
     if headers.get_all("last-event-id").iter().nth(1).is_some() {
         return Err(ApiError::invalid_parameter(
             "Last-Event-ID",
@@ -423,6 +432,24 @@ impl NamedClients {
         self.clients.extend(fresh.iter().map(|(client, _)| *client));
         fresh
     }
+}
+
+/// The purposes a caller may follow the live feed for: those of a standing subscription (as a
+/// webhook's), and `audit` or `subject_access` for a reader of every client (an auditor, a
+/// data-protection officer, an administrator). `emergency` is a break-glass read of one client,
+/// never a stream.
+pub fn feed_purposes(caller: &Caller) -> Vec<Purpose> {
+    let reads_every_client = [Role::Auditor, Role::Dpo, Role::Admin]
+        .iter()
+        .any(|role| caller.0.roles.contains(role));
+    Purpose::ALL
+        .into_iter()
+        .filter(|purpose| {
+            travelmap_webhooks::registration::purpose_allowed(*purpose)
+                || (reads_every_client
+                    && matches!(purpose, Purpose::Audit | Purpose::SubjectAccess))
+        })
+        .collect()
 }
 
 fn journey_events(
