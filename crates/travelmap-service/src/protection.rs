@@ -76,25 +76,12 @@ impl Journeys {
         client_id: ClientId,
         reason: Text,
     ) -> Result<Outcome> {
-        for _ in 0..DECISION_ATTEMPTS {
-            let recorded = self.recorded(client_id).await?;
-            if crate::journey_from(&recorded).is_restricted() {
-                return self
-                    .decided(&recorded, "processing.restricted")
-                    .await?
-                    .ok_or(Error::UnknownClient(client_id));
-            }
-            let event = JourneyEvent::ProcessingRestricted(ProcessingRestricted {
+        self.set_restriction(provenance, client_id, true, || {
+            JourneyEvent::ProcessingRestricted(ProcessingRestricted {
                 reason: reason.clone(),
-            });
-            if let Some(outcome) = self
-                .record_decision(provenance, client_id, event, Some(&recorded))
-                .await?
-            {
-                return Ok(outcome);
-            }
-        }
-        Err(Error::Contention)
+            })
+        })
+        .await
     }
 
     /// Lifts a restriction. Lifting again answers with the last lifting; lifting where there
@@ -105,19 +92,36 @@ impl Journeys {
         client_id: ClientId,
         reason: Text,
     ) -> Result<Outcome> {
+        self.set_restriction(provenance, client_id, false, || {
+            JourneyEvent::RestrictionLifted(RestrictionLifted {
+                reason: reason.clone(),
+            })
+        })
+        .await
+    }
+
+    /// Records `decision` (a restriction when `restricted`, its lifting otherwise) unless the
+    /// client's processing is already so, in which case the decision that made it so answers;
+    /// made again on the new stream when another request changed it meanwhile.
+    async fn set_restriction(
+        &self,
+        provenance: &Provenance,
+        client_id: ClientId,
+        restricted: bool,
+        decision: impl Fn() -> JourneyEvent,
+    ) -> Result<Outcome> {
         for _ in 0..DECISION_ATTEMPTS {
             let recorded = self.recorded(client_id).await?;
-            if !crate::journey_from(&recorded).is_restricted() {
-                return self
-                    .decided(&recorded, "restriction.lifted")
-                    .await?
-                    .ok_or(Error::NotRestricted(client_id));
+            if crate::journey_from(&recorded).is_restricted() == restricted {
+                let (made_so, never) = if restricted {
+                    ("processing.restricted", Error::UnknownClient(client_id))
+                } else {
+                    ("restriction.lifted", Error::NotRestricted(client_id))
+                };
+                return self.decided(&recorded, made_so).await?.ok_or(never);
             }
-            let event = JourneyEvent::RestrictionLifted(RestrictionLifted {
-                reason: reason.clone(),
-            });
             if let Some(outcome) = self
-                .record_decision(provenance, client_id, event, Some(&recorded))
+                .record_decision(provenance, client_id, decision(), Some(&recorded))
                 .await?
             {
                 return Ok(outcome);

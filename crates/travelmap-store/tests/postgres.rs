@@ -291,15 +291,9 @@ impl FreezableRelay {
     }
 }
 
-/// A database that stops answering without an error gives the writers an answer all the same:
-/// an append waits for its commit at most a bounded time and is then told the database is
-/// unavailable (its outcome unknown, which a retry settles), closing the store does not hang,
-/// and another process, connected directly, goes on appending.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appends_through_a_connection_that_stops_answering_give_up_in_bounded_time() {
+/// A store connected to `database` through a [`FreezableRelay`], and the relay.
+async fn relayed_store(database: &ScratchDatabase) -> (FreezableRelay, PgStore) {
     use std::str::FromStr;
-    use travelmap_store::EventLog;
-    let database = scratch().await;
     let direct = sqlx::postgres::PgConnectOptions::from_str(database.url()).unwrap();
     let target = format!("{}:{}", direct.get_host(), direct.get_port());
     let relay = FreezableRelay::start(target.clone()).await;
@@ -310,6 +304,18 @@ async fn appends_through_a_connection_that_stops_answering_give_up_in_bounded_ti
     let relayed = PgStore::connect(&relayed_url, Migrations::Apply)
         .await
         .unwrap();
+    (relay, relayed)
+}
+
+/// A database that stops answering without an error gives the writers an answer all the same:
+/// an append waits for its commit at most a bounded time and is then told the database is
+/// unavailable (its outcome unknown, which a retry settles), closing the store does not hang,
+/// and another process, connected directly, goes on appending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_through_a_connection_that_stops_answering_give_up_in_bounded_time() {
+    use travelmap_store::EventLog;
+    let database = scratch().await;
+    let (relay, relayed) = relayed_store(&database).await;
     let client = ClientId(Uuid::new_v4());
     relayed
         .log
@@ -356,18 +362,9 @@ async fn appends_through_a_connection_that_stops_answering_give_up_in_bounded_ti
 /// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_through_a_connection_that_stops_answering_give_up_in_bounded_time() {
-    use std::str::FromStr;
     use travelmap_store::EventLog;
     let database = scratch().await;
-    let direct = sqlx::postgres::PgConnectOptions::from_str(database.url()).unwrap();
-    let target = format!("{}:{}", direct.get_host(), direct.get_port());
-    let relay = FreezableRelay::start(target.clone()).await;
-    let relayed_url = database
-        .url()
-        .replacen(&target, &relay.address.to_string(), 1);
-    let relayed = PgStore::connect(&relayed_url, Migrations::Apply)
-        .await
-        .unwrap();
+    let (relay, relayed) = relayed_store(&database).await;
     let client = ClientId(Uuid::new_v4());
     relayed
         .log
@@ -410,18 +407,9 @@ async fn reads_through_a_connection_that_stops_answering_give_up_in_bounded_time
 /// enough, another process ends them and takes both leases over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_lease_holder_is_ended_and_its_leases_taken_over() {
-    use std::str::FromStr;
     use travelmap_store::WebhookStore;
     let database = scratch().await;
-    let direct = sqlx::postgres::PgConnectOptions::from_str(database.url()).unwrap();
-    let target = format!("{}:{}", direct.get_host(), direct.get_port());
-    let relay = FreezableRelay::start(target.clone()).await;
-    let relayed_url = database
-        .url()
-        .replacen(&target, &relay.address.to_string(), 1);
-    let relayed = PgStore::connect(&relayed_url, Migrations::Apply)
-        .await
-        .unwrap();
+    let (relay, relayed) = relayed_store(&database).await;
     relayed.views.lead().await.unwrap();
     relayed.webhooks.lead().await.unwrap();
     let other = PgStore::connect(database.url(), Migrations::Require)
