@@ -399,18 +399,30 @@ impl Keyring {
         &self,
         wanted: &[(ClientId, Category)],
     ) -> Result<HashMap<(ClientId, Category), Arc<DataKey>>> {
+        let mut keys: HashMap<(ClientId, Category), Arc<DataKey>> =
+            HashMap::with_capacity(wanted.len());
+        let mut uncached: Vec<(ClientId, Category)> = Vec::new();
         {
             let cache = self.sealing_cache.lock().expect("key cache lock");
-            let cached: HashMap<(ClientId, Category), Arc<DataKey>> = wanted
-                .iter()
-                .filter_map(|slot| Some((*slot, cache.get(slot)?.clone())))
-                .collect();
-            if wanted.iter().all(|slot| cached.contains_key(slot)) {
-                return Ok(cached);
+            for slot in wanted {
+                match cache.get(slot) {
+                    Some(key) => {
+                        keys.insert(*slot, key.clone());
+                    }
+                    None => uncached.push(*slot),
+                }
             }
         }
-        let mut clients: Vec<ClientId> = wanted.iter().map(|(client, _)| *client).collect();
-        clients.sort_unstable_by_key(|client| client.0);
+        if uncached.is_empty() {
+            return Ok(keys);
+        }
+        uncached.sort_unstable_by_key(|(client, category)| (client.0, *category));
+        uncached.dedup();
+        // Only the clients with a slot not cached are asked for, and only the wanted keys among
+        // theirs are unwrapped and cached: unwrapping every category of every client of a batch
+        // of 1,000 events was most of what keying its digests cost, and crowded the bounded
+        // cache with keys no event asked for.
+        let mut clients: Vec<ClientId> = uncached.iter().map(|(client, _)| *client).collect();
         clients.dedup();
         let mut found: HashMap<(ClientId, Category), StoredKey> = self
             .store
@@ -419,19 +431,11 @@ impl Keyring {
             .into_iter()
             .map(|key| ((key.client_id, key.category), key))
             .collect();
-        let missing: Vec<StoredKey> = {
-            let mut missing = Vec::new();
-            for &(client, category) in wanted {
-                if !found.contains_key(&(client, category))
-                    && !missing
-                        .iter()
-                        .any(|key: &StoredKey| key.client_id == client && key.category == category)
-                {
-                    missing.push(self.new_key(client, category));
-                }
-            }
-            missing
-        };
+        let missing: Vec<StoredKey> = uncached
+            .iter()
+            .filter(|slot| !found.contains_key(slot))
+            .map(|&(client, category)| self.new_key(client, category))
+            .collect();
         if !missing.is_empty() {
             for key in &missing {
                 self.forget_live(key.client_id);
@@ -444,13 +448,17 @@ impl Keyring {
         }
         // Through the cache of unwrapped keys, so that a key used for sealing and opening is
         // held once.
-        let keys: HashMap<(ClientId, Category), Arc<DataKey>> = found
-            .into_iter()
-            .map(|(slot, stored)| Ok((slot, self.unwrapped(&stored)?)))
-            .collect::<Result<_>>()?;
+        let mut fetched = Vec::with_capacity(uncached.len());
+        for slot in &uncached {
+            let stored = found.get(slot).ok_or_else(|| Error::KeyWithdrawn(slot.0))?;
+            fetched.push((*slot, self.unwrapped(stored)?));
+        }
         let mut cache = self.sealing_cache.lock().expect("key cache lock");
-        make_room(&mut cache, keys.len(), SEALING_CACHE_KEYS);
-        cache.extend(keys.iter().map(|(slot, key)| (*slot, key.clone())));
+        make_room(&mut cache, fetched.len(), SEALING_CACHE_KEYS);
+        for (slot, key) in fetched {
+            cache.insert(slot, key.clone());
+            keys.insert(slot, key);
+        }
         Ok(keys)
     }
 
