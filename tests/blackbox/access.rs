@@ -161,7 +161,8 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         StatusCode::FORBIDDEN
     );
 
-    // An out-of-scope coordinator does not even find the client by identifier.
+    // An out-of-scope coordinator does not even find the client by identifier; the client's
+    // trail names the look-up as refused.
     let found = app
         .get_ok(
             "/v1/clients?identifier=prison_number:OP-2026-0117",
@@ -241,6 +242,8 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         ("ngo-desk", "service_delivery"),
         ("ngo-desk", "case_management"),
         ("ngo-desk", "service_delivery"),
+        // The identifier search that withheld the client.
+        ("ngo-desk", "case_management"),
         ("ngo-desk", "emergency"),
         ("ngo-desk", "emergency"),
     ];

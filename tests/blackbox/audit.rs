@@ -279,7 +279,7 @@ async fn the_trail_names_requests_by_ids_the_server_assigned() {
 }
 
 #[tokio::test]
-async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_none() {
+async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refusal_as_denied() {
     let app = spawn_app().await;
     let (first, second) = (Uuid::new_v4(), Uuid::new_v4());
     let registered = sample_event(first, "client.registered", "2026-01-05T09:00:00+01:00");
@@ -300,7 +300,9 @@ async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_non
     // Sent again: answered with the original receipts, and logged again.
     let response = app.post("/v1/events/batch", PRISON_WRITER, &batch).await;
     assert_eq!(response.status(), StatusCode::OK);
-    // Refused by its checks (the stream has moved on): nothing is recorded, nothing logged.
+    // Refused by what is stored (the stream has moved on, an id is taken): nothing is
+    // recorded, and the refusal is logged as denied under the client, since each tells the
+    // sender something of the stream (probing is what a review looks for).
     let mut stale = sample_event(second, "sentence.started", "2026-01-06T10:00:00+01:00");
     stale["expected_version"] = json!(0);
     let refused = app
@@ -311,7 +313,7 @@ async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_non
         )
         .await;
     expect_problem(refused, StatusCode::CONFLICT, "version_conflict").await;
-    // An id already recorded, sent with other content, alone or in a batch: refused, not logged.
+    // An id already recorded, sent with other content, alone or in a batch: refused, logged.
     let mut conflicting = sentenced.clone();
     conflicting["occurred_at"] = json!("2026-01-08T09:00:00+01:00");
     let refused = app.post_event(PRISON_WRITER, &conflicting).await;
@@ -335,7 +337,7 @@ async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_non
                     (
                         entry["operation"].as_str().unwrap().to_owned(),
                         entry["outcome"].as_str().unwrap().to_owned(),
-                        entry["returned"].as_str().unwrap().to_owned(),
+                        entry["returned"].as_str().unwrap_or_default().to_owned(),
                     )
                 })
                 .collect::<Vec<_>>()
@@ -350,16 +352,43 @@ async fn a_batch_logs_one_entry_per_client_and_operation_and_a_refused_batch_non
         ),
         ("alteration", "allowed", id(&retraction)),
     ];
+    let denied = ("collection", "denied", String::new());
     let first_entries: Vec<_> = first_entries
         .iter()
         .chain(first_entries.iter())
+        .chain([&denied, &denied])
         .map(|(operation, outcome, returned)| {
             (operation.to_string(), outcome.to_string(), returned.clone())
         })
         .collect();
     assert_eq!(logged(first).await, first_entries);
-    let second_entries = vec![("collection".to_owned(), "allowed".to_owned(), id(&other)); 2];
+    let mut second_entries = vec![("collection".to_owned(), "allowed".to_owned(), id(&other)); 2];
+    second_entries.push(("collection".to_owned(), "denied".to_owned(), String::new()));
     assert_eq!(logged(second).await, second_entries);
+}
+
+/// A batch refused for a type its agency may not post is logged as a batch refused for want of
+/// the role is, and as an import is: one entry for the attempt and one under each client named.
+#[tokio::test]
+async fn a_batch_refused_for_a_type_names_every_client_in_the_trail() {
+    let app = spawn_app().await;
+    let (allowed, forbidden) = (Uuid::new_v4(), Uuid::new_v4());
+    let batch = json!({"events": [
+        event(allowed, "contact.made", "2026-01-05T09:00:00+01:00", json!({"kind": "phone"})),
+        sample_event(forbidden, "client.released", "2026-01-05T10:00:00+01:00"),
+    ]});
+    let problem = expect_problem(
+        app.post("/v1/events/batch", NGO_WRITER, &batch).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(problem["index"], 1);
+    for client in [allowed, forbidden] {
+        let trail = app.trail_of(client).await;
+        assert_eq!(trail.len(), 1, "{client}: {trail:?}");
+        assert_eq!(trail[0]["outcome"], "denied");
+    }
 }
 
 /// Reads of a client id nobody recorded answer 404 and are logged all the same, as refused for

@@ -1229,6 +1229,51 @@ async fn simultaneous_decisions_are_recorded_once(backend: Backend) {
     app.stop().await;
 }
 
+/// A closed record says nothing of how it moves: a write to a restricted client with a wrong
+/// `expected_version` is refused as restricted and logged, never answered with the stream's
+/// version; a version conflict on an open record is logged as denied too.
+#[tokio::test]
+async fn a_closed_record_does_not_tell_its_version() {
+    let app = spawn_app().await;
+    let (client, open) = (Uuid::new_v4(), Uuid::new_v4());
+    client_with_personal_data(&app, client).await;
+    client_with_personal_data(&app, open).await;
+    let restriction = format!("/v1/clients/{client}/restriction");
+    let reason = json!({"reason": "the client contests the accuracy of the record"});
+    assert_eq!(
+        app.post(&restriction, DPO, &reason).await.status(),
+        StatusCode::CREATED
+    );
+    let probing = |client: Uuid| {
+        let mut probe = event(client, "contact.made", AT, json!({"kind": "phone"}));
+        probe["expected_version"] = json!(999);
+        probe
+    };
+    let problem = expect_problem(
+        app.post_event(NGO_WRITER, &probing(client)).await,
+        StatusCode::CONFLICT,
+        "client_restricted",
+    )
+    .await;
+    assert!(problem["current_version"].is_null(), "{problem}");
+    expect_problem(
+        app.post_event(NGO_WRITER, &probing(open)).await,
+        StatusCode::CONFLICT,
+        "version_conflict",
+    )
+    .await;
+    for probed in [client, open] {
+        let denied = app
+            .trail_of(probed)
+            .await
+            .into_iter()
+            .filter(|entry| entry["outcome"] == "denied" && entry["action"] == "POST /v1/events")
+            .count();
+        assert_eq!(denied, 1, "{probed}");
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
     erasure_removes_the_personal_data_everywhere_and_keeps_the_facts,
     restriction_freezes_reads_and_writes_until_lifted,

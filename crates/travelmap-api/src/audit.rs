@@ -411,20 +411,22 @@ pub fn recorded_by_client(
     .collect()
 }
 
-/// The submission a write was refused for because its client's processing is restricted,
-/// their data erased, or the agency may not rectify the event it names, if that is why it
-/// failed: such an attempt is logged as denied, like a type the agency may not post.
+/// The submission a refused write was about, when the refusal is logged: every refusal that
+/// depends on what is stored (a closed record, a type the agency may not post or rectify, an
+/// event a correction names that the client lacks, a version conflict, a taken id). Each tells
+/// the sender something about the stream, so a run of them is what a review looks for: logged
+/// as denied under the client, like a refused read. Refusals of the submission's own shape
+/// (invalid data, an id repeated in the batch) say nothing about the store and are not logged.
 pub fn denied_submission<'a>(
     error: &travelmap_service::Error,
     submissions: &'a [travelmap_service::Submission],
 ) -> Option<&'a travelmap_service::Submission> {
-    use travelmap_domain::journey::Error as Refusal;
     use travelmap_service::Error as E;
     match error {
-        E::Refused {
-            index,
-            source: Refusal::Restricted | Refusal::Erased | Refusal::NotPoster { .. },
-        } => submissions.get(*index),
+        E::Refused { index, .. }
+        | E::VersionConflict { index, .. }
+        | E::DuplicateConflict { index, .. }
+        | E::Unmatchable { index, .. } => submissions.get(*index),
         E::Store(travelmap_store::Error::ClientErased(client)) => submissions
             .iter()
             .find(|submission| submission.draft.client_id == *client),

@@ -142,9 +142,11 @@ pub enum Error {
     #[error("this client's personal data has been erased and the record is closed")]
     Erased,
     /// A correction or retraction of an event of a type the posting agency may not post: it
-    /// would let any agency rewrite facts only certain kinds of agency may record.
+    /// would let any agency rewrite facts only certain kinds of agency may record. The answer
+    /// does not name the type (kept for the server's own use): the event may be another
+    /// agency's, of a client the sender has no need to know.
     #[error(
-        "event {event_id} is a {event_type}, which agencies of kind {kind} may not post, so they may not correct or retract it either"
+        "agencies of kind {kind} may not correct or retract event {event_id}: it is of a type they may not post"
     )]
     NotPoster {
         event_id: EventId,
@@ -281,14 +283,6 @@ impl ClientJourney {
         expected_version: Option<u64>,
         poster: Option<AgencyKind>,
     ) -> Result<(), Error> {
-        if let Some(expected) = expected_version
-            && expected != self.version
-        {
-            return Err(Error::VersionConflict {
-                expected,
-                actual: self.version,
-            });
-        }
         // An erased record takes one thing more: the lifting of a restriction that outlived the
         // erasure. Kept, the restriction would hold the client's remaining facts out of
         // statistics for good, which erasure itself must not change.
@@ -306,6 +300,16 @@ impl ClientJourney {
             )
         {
             return Err(Error::Restricted);
+        }
+        // After erasure and restriction: a version conflict answers with the stream's version,
+        // which must not tell anyone how a closed record moves.
+        if let Some(expected) = expected_version
+            && expected != self.version
+        {
+            return Err(Error::VersionConflict {
+                expected,
+                actual: self.version,
+            });
         }
         // The rule of who may post a type holds for rectifying it too.
         let rectified = |event_id: EventId| -> Result<&str, Error> {

@@ -261,10 +261,19 @@ impl Journeys {
                 &mut Alongside::new(std::pin::pin!(std::future::ready(()))),
             )
             .await;
-        match outcomes {
-            Ok(mut outcomes) => Ok(Some(outcomes.remove(0))),
-            Err(Error::VersionConflict { .. }) if made_on.is_some() => Ok(None),
-            Err(error) => Err(error),
+        match (outcomes, made_on) {
+            (Ok(mut outcomes), _) => Ok(Some(outcomes.remove(0))),
+            (Err(Error::VersionConflict { .. }), Some(_)) => Ok(None),
+            // A closed record is refused before its version is compared: a refusal on a stream
+            // that moved since may come from what moved it (a restriction made meanwhile).
+            (Err(error @ Error::Refused { .. }), Some(made_on)) => {
+                if self.recorded(client_id).await?.len() == made_on.len() {
+                    Err(error)
+                } else {
+                    Ok(None)
+                }
+            }
+            (Err(error), _) => Err(error),
         }
     }
 }

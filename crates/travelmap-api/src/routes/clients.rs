@@ -286,11 +286,16 @@ pub async fn search(
             .roles
             .iter()
             .any(|role| matches!(role, Role::Auditor | Role::Dpo));
+    // Withheld clients are named in denied entries of their own, so that their trails show
+    // who looked them up by an identifier, as a refused read of theirs would.
+    let mut withheld = Vec::new();
     if !reviewing {
         let mut usable = Vec::with_capacity(clients.len());
         for client in clients {
             let access = state.journeys.access(client).await?;
-            if !access.is_some_and(|access| access.restricted) {
+            if access.is_some_and(|access| access.restricted) {
+                withheld.push(client);
+            } else {
                 usable.push(client);
             }
         }
@@ -310,15 +315,17 @@ pub async fn search(
             let access = state.journeys.access(client).await?;
             if access.is_some_and(|access| access.allows(&caller.0.agency, purpose)) {
                 visible.push(client);
+            } else {
+                withheld.push(client);
             }
         }
         clients = visible;
     }
-    let entries = if clients.is_empty() {
+    let mut entries: Vec<_> = if clients.is_empty() {
         vec![context.record(
             &caller,
             Outcome::Allowed,
-            logged(None, Some(format!("no client found by {kind}"))),
+            logged(None, Some(format!("no client returned by {kind}"))),
         )]
     } else {
         clients
@@ -329,6 +336,11 @@ pub async fn search(
             })
             .collect()
     };
+    entries.extend(
+        withheld
+            .into_iter()
+            .map(|client| context.record(&caller, Outcome::Denied, logged(Some(client), None))),
+    );
     audit::write(&state, entries).await?;
     Ok(Json(ClientMatches {
         clients: clients

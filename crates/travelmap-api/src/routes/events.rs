@@ -191,15 +191,19 @@ pub async fn post_batch(
         .collect::<Result<Vec<_>, _>>()?;
     for (index, submission) in submissions.iter().enumerate() {
         if let Err(refused) = caller.may_post(submission.draft.event.event_type()) {
-            let client = Some(submission.draft.client_id);
-            audit::log(
-                &state,
-                &caller,
-                &context,
-                Outcome::Denied,
-                logged(client, None),
-            )
-            .await?;
+            // As for a caller without the role: one entry for the attempt, and one for each
+            // client the batch named, as an import logs a refused type.
+            let mut clients: Vec<ClientId> = submissions
+                .iter()
+                .map(|submission| submission.draft.client_id)
+                .collect();
+            clients.sort_unstable_by_key(|client| client.0);
+            clients.dedup();
+            let records = std::iter::once(None)
+                .chain(clients.into_iter().map(Some))
+                .map(|client| context.record(&caller, Outcome::Denied, logged(client, None)))
+                .collect();
+            audit::write(&state, records).await?;
             return Err(refused.at_index(Some(index)));
         }
         state
