@@ -46,6 +46,9 @@ const MAX_ATTEMPTS: usize = 8;
 /// How many clients' journey aggregates to keep in memory between decisions.
 const JOURNEY_CACHE_CLIENTS: usize = 16_384;
 
+/// The longest a write waits for its clients' earlier writes (their turns) before it is
+/// answered that the clients are busy (`503`, to be retried).
+const TURN_PATIENCE: Duration = Duration::from_secs(10);
 /// Number of lock stripes for per-client turn-taking. Two clients share a stripe with
 /// probability 1/1024, which only means they take turns.
 const CLIENT_STRIPES: usize = 1024;
@@ -384,10 +387,19 @@ impl Journeys {
             .collect();
         stripes.sort_unstable();
         stripes.dedup();
-        let mut turns = Vec::with_capacity(stripes.len());
-        for stripe in stripes {
-            turns.push(self.client_turns[stripe].lock().await);
-        }
+        let take_turns = async {
+            let mut turns = Vec::with_capacity(stripes.len());
+            for stripe in stripes {
+                turns.push(self.client_turns[stripe].lock().await);
+            }
+            turns
+        };
+        // Bounded, so that writes queued behind one that waits on an unanswering store are told
+        // so in turn rather than each waiting out the ones before it. Nothing is sent before
+        // the turns are taken, so giving up here leaves nothing half done.
+        let Ok(_turns) = tokio::time::timeout(TURN_PATIENCE, take_turns).await else {
+            return Err(Error::Contention);
+        };
 
         // A refused duplicate must leave no audit entry, and the entries are written beside the
         // commit: they start only once the log has announced that the events passed its checks.
