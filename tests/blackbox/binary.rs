@@ -891,13 +891,14 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let data = dir.path().join("data");
-    let client = Uuid::new_v4();
+    let (client, other) = (Uuid::new_v4(), Uuid::new_v4());
     let file = dir.path().join("events.jsonl");
+    let other_line = sample_event(other, "contact.made", "2026-01-01T00:00:00Z").to_string();
     let lines: Vec<String> = ["contact.made", "client.released"]
         .iter()
         .map(|event_type| sample_event(client, event_type, "2026-01-01T00:00:00Z").to_string())
         .collect();
-    std::fs::write(&file, lines.join("\n")).unwrap();
+    std::fs::write(&file, format!("{other_line}\n{}", lines.join("\n"))).unwrap();
     let import = |credential: &str| import_as(&file, credential, &config, &data);
     // The prison may post both.
     let accepted = import("opava-prison-system");
@@ -906,12 +907,12 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         "{}",
         String::from_utf8_lossy(&accepted.stderr)
     );
-    assert!(String::from_utf8_lossy(&accepted.stdout).contains("imported 2 events"));
+    assert!(String::from_utf8_lossy(&accepted.stdout).contains("imported 3 events"));
     let refused = import("probation-system");
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("line 2") && stderr.contains("may not post `client.released`"),
+        stderr.contains("line 3") && stderr.contains("may not post `client.released`"),
         "{stderr}"
     );
     assert!(stderr.contains("nothing was imported"), "{stderr}");
@@ -945,6 +946,14 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         })
         .collect();
     assert_eq!(imported[0]["returned"], ids.join(","));
+    // The client of the file's allowed line is named in both refusals too, as a refused batch
+    // names every client it holds.
+    let denied = trail_at(&server.address, other)
+        .await
+        .into_iter()
+        .filter(|entry| entry["action"] == "travelmap import" && entry["outcome"] == "denied")
+        .count();
+    assert_eq!(denied, 2);
 }
 
 /// With a configuration, an involvement or consent may name only an agency it declares: such an

@@ -331,6 +331,8 @@ async fn malformed_bodies_are_400_415_and_413() {
     for content_type in [
         "application/x-www-form-urlencoded",
         "application/+json",
+        "application/ +json",
+        "application/*+json",
         "text/plain+json",
     ] {
         let response = send(b"{}".to_vec(), content_type).await.unwrap();

@@ -143,6 +143,9 @@ pub struct Problem {
     pub current_version: Option<u64>,
 }
 
+/// The most characters of a problem's `field`.
+const MAX_FIELD_CHARS: usize = 200;
+
 /// The most characters of a quoted value a problem's `detail` repeats.
 const QUOTED_CHARS: usize = 80;
 
@@ -197,7 +200,13 @@ impl ApiError {
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        let field: String = field.into();
+        // A field named by the sender (an unknown member, an unknown parameter) is cut like a
+        // quoted value: it is repeated into the answer and the log.
+        self.field = Some(match field.char_indices().nth(MAX_FIELD_CHARS) {
+            Some((cut, _)) => format!("{}…", &field[..cut]),
+            None => field,
+        });
         self
     }
 
@@ -367,6 +376,9 @@ mod tests {
         );
         let short = "unknown variant `escaped`, expected `conditional`";
         assert_eq!(ApiError::new(Code::ValidationFailed, short).detail, short);
+        let named = ApiError::new(Code::ValidationFailed, "unknown field")
+            .with_field(format!("data.{}", "x".repeat(5_000)));
+        assert_eq!(named.field.unwrap().chars().count(), MAX_FIELD_CHARS + 1);
     }
 
     use super::*;

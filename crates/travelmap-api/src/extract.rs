@@ -51,7 +51,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             || essence
                 .strip_prefix("application/")
                 .and_then(|subtype| subtype.strip_suffix("+json"))
-                .is_some_and(|name| !name.is_empty() && !name.contains('/'));
+                .is_some_and(|name| {
+                    // A media type's name is a token (RFC 6838): no space, slash or wildcard.
+                    !name.is_empty()
+                        && name.bytes().all(|byte| {
+                            byte.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&byte)
+                        })
+                });
         if !is_json {
             return Err(ApiError::new(
                 Code::UnsupportedMediaType,

@@ -122,8 +122,8 @@ pub enum Error {
     #[error("event {id} was already recorded with different content, or by another agency")]
     DuplicateConflict { index: usize, id: EventId },
     #[error(
-        "event {id} was already recorded, and its personal fields were destroyed since (retention \
-         schedule): a retry can no longer be matched against it"
+        "event {id} was already recorded, and its personal fields were destroyed since (an \
+         erasure or the retention schedule): a retry can no longer be matched against it"
     )]
     Unmatchable { index: usize, id: EventId },
     #[error("the stream of client {client_id} is at version {actual}, not the expected {expected}")]

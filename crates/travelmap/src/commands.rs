@@ -137,7 +137,7 @@ pub async fn import(
             file.display(),
             errors.join("\n  ")
         );
-        return Err(log_denied_import(location, &provenance, &denied, refusal).await);
+        return Err(log_denied_import(location, &provenance, file, &denied, refusal).await);
     }
 
     // Before the store is opened: a key is made only for a directory with no key store yet.
@@ -397,13 +397,25 @@ pub fn clients_named_in(file: &Path) -> Vec<ClientId> {
 async fn log_denied_import(
     location: &Location,
     provenance: &Provenance,
+    file: &Path,
     denied: &[ClientId],
     refusal: anyhow::Error,
 ) -> anyhow::Error {
     if denied.is_empty() || existing_store(location).is_err() {
         return refusal;
     }
-    let records: Vec<AuditRecord> = denied
+    // One entry for the attempt, and one under each client the file names (up to a batch's
+    // worth, and every client of a refused line), as a batch refused over HTTP is logged.
+    let mut named = clients_named_in(file);
+    for client in denied {
+        if !named.contains(client) {
+            named.push(*client);
+        }
+    }
+    let clients: Vec<Option<ClientId>> = std::iter::once(None)
+        .chain(named.into_iter().map(Some))
+        .collect();
+    let records: Vec<AuditRecord> = clients
         .iter()
         .map(|client| {
             offline_record(
@@ -411,7 +423,7 @@ async fn log_denied_import(
                 Outcome::Denied,
                 OfflineLogged {
                     operation: Operation::Collection,
-                    client: Some(*client),
+                    client: *client,
                     purpose: None,
                     action: IMPORT_ACTION,
                     returned: None,

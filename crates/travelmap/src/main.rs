@@ -614,11 +614,10 @@ async fn refused(
         return error;
     }
     if let Some(LacksRole { provenance, .. }) = error.downcast_ref::<LacksRole>() {
-        // One entry per client named, or one naming none.
-        let clients: Vec<Option<ClientId>> = match clients().as_slice() {
-            [] => vec![None],
-            named => named.iter().copied().map(Some).collect(),
-        };
+        // One entry for the attempt and one per client named, as a refused batch over HTTP.
+        let clients: Vec<Option<ClientId>> = std::iter::once(None)
+            .chain(clients().into_iter().map(Some))
+            .collect();
         let records = clients
             .into_iter()
             .map(|client| {

@@ -220,7 +220,7 @@ pub struct AlertQuery {
     /// Only this client's alerts.
     pub client_id: Option<uuid::Uuid>,
     /// `open` (default) or `all`, which adds cleared alerts: the history.
-    #[param(pattern = "^(open|all)$")]
+    #[param(pattern = "^(open|all)?$")]
     pub status: Option<String>,
     /// Wait (up to 5 s) until the alerts reflect the event at this position.
     #[serde(default, deserialize_with = "extract::query_position")]

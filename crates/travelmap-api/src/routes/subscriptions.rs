@@ -52,7 +52,7 @@ const MAX_LINGER: Duration = Duration::from_millis(500);
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
     /// `events` (default): journey events; `alerts`: alert notices.
-    #[param(pattern = "^(events|alerts)$")]
+    #[param(pattern = "^(events|alerts)?$")]
     pub stream: Option<String>,
     /// Journey events only: start after this position (default: the current head, i.e. only
     /// new events). `Last-Event-ID` takes precedence.
