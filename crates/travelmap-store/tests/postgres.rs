@@ -192,6 +192,41 @@ async fn processes_making_one_key_at_once_agree_on_it() {
     database.drop_database().await.unwrap();
 }
 
+/// Destroying keys does not wait for the `VACUUM` that reclaims their rows: one held up by
+/// others' locks on the table (as many erasures at once hold each other up) would otherwise
+/// give the erasure up after its keys were gone, and each waiting one holds a connection.
+#[tokio::test]
+async fn destroying_keys_does_not_wait_for_their_vacuum() {
+    let database = scratch().await;
+    let store = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    let client = ClientId(Uuid::new_v4());
+    store
+        .keys
+        .create(vec![stored_key(client, Category::Identity)])
+        .await
+        .unwrap();
+    // A lock VACUUM waits for, held meanwhile by another session.
+    let mut blocker = sqlx::postgres::PgConnection::connect(database.url())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE data_keys IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    let destroyed = tokio::time::timeout(Duration::from_secs(10), store.keys.destroy(client, None))
+        .await
+        .expect("the keys are destroyed without waiting for the vacuum")
+        .unwrap();
+    assert_eq!(destroyed, 1);
+    assert!(store.keys.keys(vec![client]).await.unwrap().is_empty());
+    sqlx::raw_sql("COMMIT").execute(&mut blocker).await.unwrap();
+    blocker.close().await.unwrap();
+    store.close().await;
+    database.drop_database().await.unwrap();
+}
+
 /// A database dropped under a running store (as when it is restored from a backup) makes the
 /// store unreachable, not broken: every part answers with a transient error, which the service
 /// turns into `503` and a retry, and nothing tells the caller it sent something wrong.

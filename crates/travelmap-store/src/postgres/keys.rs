@@ -2,9 +2,15 @@
 //! from `events` so that a dump of the log table alone holds ciphertext only.
 //!
 //! A destroyed key's row is deleted at once; PostgreSQL keeps the dead row version in the table
-//! file until vacuum reclaims it and in the write-ahead log until it is recycled, so erasure runs
-//! `VACUUM` on the table straight away (see docs/data-protection.md for what remains, and why
-//! rotating the master key is what makes old copies useless).
+//! file until vacuum reclaims it and in the write-ahead log until it is recycled, so a `VACUUM`
+//! of the table follows each destruction straight away (see docs/data-protection.md for what
+//! remains, and why rotating the master key is what makes old copies useless). It runs beside
+//! the erasure rather than in it, one at a time: a `VACUUM` can wait minutes on others' locks
+//! and on truncating the table, and an erasure that waited for it was given up after its keys
+//! were gone but before its event was recorded and the travel maps purged; many erasures at
+//! once queued as many `VACUUM`s, each holding a pooled connection, until the pool ran dry.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -20,11 +26,45 @@ use crate::{Error, Result};
 
 pub struct PgKeyStore {
     pool: PgPool,
+    /// Asks the vacuumer (see [`vacuum_when_asked`]) for a `VACUUM` of `data_keys`.
+    vacuum: Arc<tokio::sync::Notify>,
 }
 
 impl PgKeyStore {
     pub(crate) fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let vacuum = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(vacuum_when_asked(pool.clone(), Arc::downgrade(&vacuum)));
+        Self { pool, vacuum }
+    }
+
+    /// Asks for a `VACUUM` of `data_keys` soon; requests made while one runs are served by one
+    /// more run after it.
+    fn vacuum_soon(&self) {
+        self.vacuum.notify_one();
+    }
+}
+
+/// Runs `VACUUM data_keys` each time it is asked, one at a time, until the store is dropped or
+/// its pool closed. Failures are logged: the dead rows then wait for the next run or the
+/// table's autovacuum.
+async fn vacuum_when_asked(pool: PgPool, asked: std::sync::Weak<tokio::sync::Notify>) {
+    loop {
+        let Some(notify) = asked.upgrade() else {
+            return;
+        };
+        // Woken at least once a minute to notice a store dropped meanwhile.
+        let asked_for =
+            tokio::time::timeout(std::time::Duration::from_secs(60), notify.notified()).await;
+        drop(notify);
+        if asked_for.is_err() {
+            continue;
+        }
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(error) = sqlx::raw_sql("VACUUM data_keys").execute(&pool).await {
+            tracing::warn!(%error, "could not vacuum the destroyed data keys' rows");
+        }
     }
 }
 
@@ -212,10 +252,7 @@ impl KeyStore for PgKeyStore {
             transaction.commit().await?;
             // Reclaims the dead row versions so that the destroyed keys do not wait in the table
             // file for the next autovacuum. (VACUUM cannot run inside a transaction.)
-            sqlx::raw_sql("VACUUM data_keys")
-                .execute(&self.pool)
-                .patiently()
-                .await?;
+            self.vacuum_soon();
             Ok(destroyed as usize)
         })
         .await
@@ -280,10 +317,7 @@ impl KeyStore for PgKeyStore {
         .execute(&self.pool)
         .patiently()
         .await?;
-        sqlx::raw_sql("VACUUM data_keys")
-            .execute(&self.pool)
-            .patiently()
-            .await?;
+        self.vacuum_soon();
         Ok(())
     }
 
