@@ -1062,21 +1062,27 @@ async fn an_attempt_cut_short_by_a_shutdown_still_counts(backend: Backend) {
     let received = receiver.inbox.received();
     assert_eq!(received[0].event_id, cut_short);
     assert_eq!(received[0].attempt, 2);
-    let story: Vec<(u64, String)> = deliveries(&app, &id)
-        .await
-        .iter()
-        .rev()
-        .map(|a| {
-            (
-                a["attempt"].as_u64().unwrap(),
-                a["outcome"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        story,
-        [(1, "retrying".to_owned()), (2, "delivered".to_owned())]
-    );
+    // The attempt is logged once the receiver has answered, which may be a moment after it
+    // has the delivery.
+    let story = || async {
+        deliveries(&app, &id)
+            .await
+            .iter()
+            .rev()
+            .map(|a| {
+                (
+                    a["attempt"].as_u64().unwrap(),
+                    a["outcome"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect::<Vec<(u64, String)>>()
+    };
+    let expected = [(1, "retrying".to_owned()), (2, "delivered".to_owned())];
+    eventually("the delivery is logged", || async {
+        story().await.len() >= 2
+    })
+    .await;
+    assert_eq!(story().await, expected);
     app.stop().await;
     backend.remove().await;
 }
