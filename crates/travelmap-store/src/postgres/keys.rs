@@ -11,6 +11,7 @@
 //! once queued as many `VACUUM`s, each holding a pooled connection, until the pool ran dry.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -28,26 +29,56 @@ pub struct PgKeyStore {
     pool: PgPool,
     /// Asks the vacuumer (see [`vacuum_when_asked`]) for a `VACUUM` of `data_keys`.
     vacuum: Arc<tokio::sync::Notify>,
+    /// Whether keys were destroyed or rewrapped since the last `VACUUM` began.
+    unvacuumed: Arc<AtomicBool>,
 }
 
 impl PgKeyStore {
     pub(crate) fn new(pool: PgPool) -> Self {
         let vacuum = Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(vacuum_when_asked(pool.clone(), Arc::downgrade(&vacuum)));
-        Self { pool, vacuum }
+        let unvacuumed = Arc::new(AtomicBool::new(false));
+        tokio::spawn(vacuum_when_asked(
+            pool.clone(),
+            Arc::downgrade(&vacuum),
+            unvacuumed.clone(),
+        ));
+        Self {
+            pool,
+            vacuum,
+            unvacuumed,
+        }
     }
 
     /// Asks for a `VACUUM` of `data_keys` soon; requests made while one runs are served by one
     /// more run after it.
     fn vacuum_soon(&self) {
+        self.unvacuumed.store(true, Ordering::SeqCst);
         self.vacuum.notify_one();
+    }
+
+    /// Runs the `VACUUM` still owed, before the pool closes: an offline command (a retention
+    /// run, a key rotation) ends right after destroying or rewrapping keys, before the
+    /// vacuumer's turn would come.
+    pub(crate) async fn close(&self) {
+        if self.unvacuumed.swap(false, Ordering::SeqCst)
+            && let Err(error) = sqlx::raw_sql("VACUUM data_keys")
+                .execute(&self.pool)
+                .patiently()
+                .await
+        {
+            tracing::warn!(%error, "could not vacuum the destroyed data keys' rows");
+        }
     }
 }
 
 /// Runs `VACUUM data_keys` each time it is asked, one at a time, until the store is dropped or
 /// its pool closed. Failures are logged: the dead rows then wait for the next run or the
 /// table's autovacuum.
-async fn vacuum_when_asked(pool: PgPool, asked: std::sync::Weak<tokio::sync::Notify>) {
+async fn vacuum_when_asked(
+    pool: PgPool,
+    asked: std::sync::Weak<tokio::sync::Notify>,
+    unvacuumed: Arc<AtomicBool>,
+) {
     loop {
         let Some(notify) = asked.upgrade() else {
             return;
@@ -61,6 +92,10 @@ async fn vacuum_when_asked(pool: PgPool, asked: std::sync::Weak<tokio::sync::Not
         }
         if pool.is_closed() {
             return;
+        }
+        // Owed no more when `close` ran it meanwhile.
+        if !unvacuumed.swap(false, Ordering::SeqCst) {
+            continue;
         }
         if let Err(error) = sqlx::raw_sql("VACUUM data_keys").execute(&pool).await {
             tracing::warn!(%error, "could not vacuum the destroyed data keys' rows");

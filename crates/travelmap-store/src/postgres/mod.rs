@@ -123,6 +123,7 @@ impl PgStore {
     pub async fn close(&self) {
         self.log.close().await;
         self.audit.close().await;
+        self.keys.close().await;
         self.listener.abort();
     }
 }
