@@ -238,36 +238,28 @@ impl Modify for AcceptedValues {
 fn stated_purposes(openapi: &mut utoipa::openapi::OpenApi) {
     use travelmap_domain::payloads::Purpose;
     use utoipa::openapi::schema::{ObjectBuilder, Type};
-    let names = |purposes: &[Purpose]| -> Vec<serde_json::Value> {
-        purposes
-            .iter()
+    // The purposes, in the catalogue's order, that `takes` accepts.
+    let taking = |takes: &dyn Fn(Purpose) -> bool| -> Vec<serde_json::Value> {
+        Purpose::ALL
+            .into_iter()
+            .filter(|purpose| takes(*purpose))
             .map(|purpose| purpose.as_str().into())
             .collect()
     };
-    let listed = |list: &str| -> Vec<serde_json::Value> {
-        list.split(", ").map(serde_json::Value::from).collect()
-    };
-    let every = listed(audit::PURPOSES);
-    let webhook = listed(travelmap_webhooks::registration::ALLOWED_PURPOSES);
     for (path, item) in openapi.paths.paths.iter_mut() {
         let taken = if path.starts_with("/v1/audit/") {
-            names(audit::TRAIL_PURPOSES)
+            taking(&|purpose| audit::TRAIL_PURPOSES.contains(&purpose))
         } else if path.ends_with("/subject-access") {
-            names(audit::SUBJECT_ACCESS_PURPOSES)
+            taking(&|purpose| audit::SUBJECT_ACCESS_PURPOSES.contains(&purpose))
         } else if path.starts_with("/v1/statistics/") {
-            names(audit::STATISTICS_PURPOSES)
+            taking(&|purpose| audit::STATISTICS_PURPOSES.contains(&purpose))
         } else if path.starts_with("/v1/subscriptions/webhooks") {
-            webhook.clone()
+            taking(&travelmap_webhooks::registration::purpose_allowed)
         } else if path == "/v1/subscriptions/feed" {
             // By role (`routes::subscriptions::feed_purposes`): every purpose but `emergency`.
-            names(
-                &Purpose::ALL
-                    .into_iter()
-                    .filter(|purpose| *purpose != Purpose::Emergency)
-                    .collect::<Vec<_>>(),
-            )
+            taking(&|purpose| purpose != Purpose::Emergency)
         } else {
-            every.clone()
+            taking(&|_| true)
         };
         let operations = [
             &mut item.get,
