@@ -1274,7 +1274,99 @@ async fn a_closed_record_does_not_tell_its_version() {
     app.stop().await;
 }
 
+/// An erasure cut short after it destroyed the client's keys, before its decision was recorded,
+/// leaves the travel map showing the plaintext. Here the keys are destroyed while the server is
+/// stopped, as a crash between the two steps would leave them; the server finishes the erasure
+/// once it starts again: the decision is recorded, the map and the identifier index no longer
+/// show the data, and the trail says who finished it.
+async fn a_restart_finishes_an_erasure_cut_short(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let client = Uuid::new_v4();
+    let position = client_with_personal_data(&app, client).await;
+    let map = app.travel_map(client, position).await;
+    assert!(map.to_string().contains(NAME), "{map}");
+    let data_dir = app.stop().await;
+
+    let store = travelmap_store::Store::open(&backend.location(data_dir.path()))
+        .await
+        .unwrap();
+    let keyring = store
+        .keyring(travelmap_store::MasterKeys::new(
+            travelmap_store::MasterKey::new("test", [9; 32]),
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    let destroyed = keyring
+        .destroy(travelmap_domain::ClientId(client), None)
+        .await
+        .unwrap();
+    assert!(destroyed > 0);
+    drop(keyring);
+    store.close().await;
+    drop(store);
+
+    let app = spawn_app_on_in(&backend, data_dir).await;
+    let history = format!("/v1/clients/{client}/events");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let decision = loop {
+        let events = app.get_ok(&history, AUDITOR).await["events"].clone();
+        let last = events.as_array().unwrap().last().unwrap().clone();
+        if last["type"] == "personal_data.erased" {
+            break last;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the erasure was not finished: {events}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(decision["agency"], "travelmap");
+    assert_eq!(decision["credential"], "travelmap-recovery");
+    let map = app
+        .travel_map(client, decision["position"].as_u64().unwrap())
+        .await;
+    assert!(!map.to_string().contains(NAME), "{map}");
+    assert!(
+        map["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|flag| flag["kind"] == "personal_data_erased"),
+        "{map}"
+    );
+    let found = app
+        .get_ok(
+            &format!("/v1/clients?identifier=prison_number:{PRISON_NUMBER}"),
+            AUDITOR,
+        )
+        .await;
+    assert_eq!(found["clients"], json!([]), "{found}");
+    let trail = app.trail_of(client).await;
+    assert!(
+        trail.iter().any(|entry| entry["operation"] == "erasure"
+            && entry["action"] == "erasure finished"
+            && entry["credential"] == "travelmap-recovery"),
+        "{trail:?}"
+    );
+    // Once finished, it is finished: a later start records nothing more.
+    let data_dir = app.stop().await;
+    let app = spawn_app_on_in(&backend, data_dir).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let events = app.get_ok(&history, AUDITOR).await["events"].clone();
+    let decisions = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "personal_data.erased")
+        .count();
+    assert_eq!(decisions, 1, "{events}");
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
+    a_restart_finishes_an_erasure_cut_short,
     erasure_removes_the_personal_data_everywhere_and_keeps_the_facts,
     restriction_freezes_reads_and_writes_until_lifted,
     subject_access_tells_the_client_everything_held,

@@ -70,6 +70,7 @@ async fn a_running_service_is_ready_and_shows_how_far_each_task_has_got() {
         "coordination",
         "live_feed",
         "webhooks",
+        "erasures",
         "store",
     ] {
         assert_eq!(task(&report, name)["state"], "running", "{report}");

@@ -68,6 +68,53 @@ impl Journeys {
         Err(Error::Contention)
     }
 
+    /// Clients whose keys an erasure destroyed without its `personal_data.erased` being
+    /// recorded: the request was cut short between the two (a database failure, a crash). Their
+    /// sealed fields are gone, but the views go on showing the plaintext (names, identifiers,
+    /// notes) until the decision is recorded and folded, which [`Self::finish_erasures`] does.
+    pub async fn unfinished_erasures(&self) -> Result<Vec<ClientId>> {
+        let Some(keyring) = &self.keyring else {
+            return Ok(Vec::new());
+        };
+        let erased = keyring.store().erased().await?;
+        if erased.is_empty() {
+            return Ok(erased);
+        }
+        let recorded = self.log.outlines(erased.clone()).await?;
+        let mut unfinished: Vec<ClientId> = erased
+            .into_iter()
+            // A client with no events in this log (a log restored from an older backup than
+            // its key store) has nothing to fold and nothing to record a decision in.
+            .filter(|client| {
+                recorded
+                    .get(client)
+                    .is_some_and(|outlines| !crate::journey_from(outlines).is_erased())
+            })
+            .collect();
+        unfinished.sort_unstable_by_key(|client| client.0);
+        Ok(unfinished)
+    }
+
+    /// Finishes every erasure cut short (see [`Self::unfinished_erasures`]): records its
+    /// decision, on behalf of `provenance` (the service itself: whoever asked first got an
+    /// error and may never ask again), and waits until the views are purged. Returns each
+    /// client's outcome; one another process finished meanwhile answers as not created.
+    pub async fn finish_erasures(
+        &self,
+        provenance: &Provenance,
+    ) -> Result<Vec<(ClientId, Outcome)>> {
+        let reason = Text::try_from(
+            "finishing an erasure that destroyed the keys but was cut short before its record",
+        )
+        .expect("a valid reason");
+        let mut finished = Vec::new();
+        for client_id in self.unfinished_erasures().await? {
+            let outcome = self.erase(provenance, client_id, reason.clone()).await?;
+            finished.push((client_id, outcome));
+        }
+        Ok(finished)
+    }
+
     /// Restricts processing of the client's data. Restricting a restricted client answers with
     /// the restriction in force.
     pub async fn restrict(

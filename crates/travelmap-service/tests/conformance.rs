@@ -824,6 +824,103 @@ async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
     store.close().await;
 }
 
+/// An erasure cut short after it destroyed the keys, before its decision was recorded, leaves
+/// the views showing the plaintext. It is found from the key store and finished: the decision
+/// is recorded and the views are purged, once, however often the finishing runs.
+async fn an_erasure_cut_short_is_finished(place: &Place) {
+    let store = place.open().await;
+    let keyring = keyring(&store).await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring.clone()))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let projector = tokio::spawn(
+        journeys
+            .projector()
+            .clone()
+            .run(stopped, health::task("projection", true).0),
+    );
+    let cut_short = client();
+    let kept = client();
+    let registered = |client, number: &str| Submission {
+        draft: draft(
+            client,
+            "client.registered",
+            json!({"identifiers": [{"type": "prison_number", "value": number}],
+                   "personal": {"given_name": "Jarmila", "family_name": "Novotna"}}),
+        ),
+        expected_version: None,
+    };
+    let receipts = journeys
+        .record(
+            &provenance(),
+            &[
+                registered(cut_short, "OP-31337"),
+                registered(kept, "OP-31338"),
+            ],
+        )
+        .await
+        .unwrap();
+    journeys
+        .wait_for_projection(receipts[1].receipt.position)
+        .await
+        .unwrap();
+    assert!(journeys.unfinished_erasures().await.unwrap().is_empty());
+
+    // What an erasure does first; the request then failed before recording its decision.
+    keyring.destroy(cut_short, None).await.unwrap();
+    assert_eq!(
+        journeys.unfinished_erasures().await.unwrap(),
+        vec![cut_short]
+    );
+    let before = journeys.travel_map(cut_short, None, None).await.unwrap();
+    assert!(
+        serde_json::to_string(&before).unwrap().contains("Jarmila"),
+        "until the decision is folded, the view still shows the name"
+    );
+
+    let service = Provenance {
+        agency: "travelmap".into(),
+        credential: "travelmap-recovery".into(),
+    };
+    let finished = journeys.finish_erasures(&service).await.unwrap();
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].0, cut_short);
+    assert!(finished[0].1.created);
+    assert!(journeys.unfinished_erasures().await.unwrap().is_empty());
+    assert!(journeys.finish_erasures(&service).await.unwrap().is_empty());
+
+    let history = journeys.history(cut_short, None).await.unwrap();
+    let decision = history.last().unwrap();
+    assert_eq!(decision.draft.event.event_type(), "personal_data.erased");
+    assert_eq!(decision.provenance.credential, "travelmap-recovery");
+    let after = journeys.travel_map(cut_short, None, None).await.unwrap();
+    assert!(!serde_json::to_string(&after).unwrap().contains("Jarmila"));
+    assert!(
+        after
+            .flags
+            .iter()
+            .any(|flag| flag.kind == "personal_data_erased")
+    );
+    assert!(
+        journeys
+            .find_by_identifier("prison_number", "OP-31337")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        journeys
+            .find_by_identifier("prison_number", "OP-31338")
+            .await
+            .unwrap(),
+        vec![kept]
+    );
+    stop.send(true).unwrap();
+    projector.await.unwrap();
+    store.close().await;
+}
+
 /// A full read of the log (a rebuild) reads every live key once when it begins. Its pages must
 /// still open what was sealed under a key made after that. Other reads meanwhile, and every read
 /// once it ends, see the keys as they are: a key destroyed since leaves its data erased.
@@ -1082,6 +1179,7 @@ conformance!(Embedded:
     a_reopened_store_has_every_acknowledged_event,
     the_audit_trail_is_one_chain,
     erasure_leaves_no_plaintext_and_keeps_the_facts,
+    an_erasure_cut_short_is_finished,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
     a_full_read_opens_with_the_keys_in_force,
@@ -1099,6 +1197,7 @@ conformance!(Postgres:
     a_reopened_store_has_every_acknowledged_event,
     the_audit_trail_is_one_chain,
     erasure_leaves_no_plaintext_and_keeps_the_facts,
+    an_erasure_cut_short_is_finished,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
     a_full_read_opens_with_the_keys_in_force,

@@ -80,6 +80,9 @@ pub trait KeyStore: Send + Sync {
     }
     /// Whether the client was erased.
     async fn is_erased(&self, client: ClientId) -> Result<bool>;
+    /// Every client marked erased, in no particular order (erasures are rare: a list of them is
+    /// small next to the log).
+    async fn erased(&self) -> Result<Vec<ClientId>>;
     /// The keys of the given clients that were destroyed, and when. A sealed value whose key is
     /// neither live nor listed here is not erased but missing (a damaged or wrong key store),
     /// and reading it fails instead of passing it off as erased.

@@ -167,6 +167,14 @@ impl Application {
                 watch("retention", false),
             ))
         });
+        // Erasures cut short between destroying the keys and recording the decision.
+        let erasures = tokio::spawn(crate::erasures::periodically(
+            self.journeys.clone(),
+            self.audit.clone(),
+            crate::erasures::HOURLY,
+            projector_stopped.clone(),
+            watch("erasures", false),
+        ));
         let coordination = tokio::spawn(
             self.coordination
                 .clone()
@@ -215,6 +223,7 @@ impl Application {
         if let Some(retention) = retention {
             let _ = retention.await;
         }
+        let _ = erasures.await;
         let _ = coordination.await;
         let _ = hub.await;
         let _ = webhooks.await;

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod commands;
+pub mod erasures;
 pub mod retention;
 pub mod settings;
 

@@ -100,8 +100,8 @@ pub struct Readiness {
 /// One background task in the readiness report.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskReadiness {
-    /// `projection`, `coordination`, `live_feed`, `webhooks` or `retention` (only with a
-    /// retention schedule).
+    /// `projection`, `coordination`, `live_feed`, `webhooks`, `erasures`, `store` (a probe of
+    /// the event log) or `retention` (only with a retention schedule).
     pub name: &'static str,
     /// Whether the process is out of rotation (`503`) while this task is starting or has
     /// stopped.

@@ -324,6 +324,14 @@ impl KeyStore for PgKeyStore {
         .await?)
     }
 
+    async fn erased(&self) -> Result<Vec<ClientId>> {
+        let clients = sqlx::query_scalar::<_, Uuid>("SELECT client_id FROM erased_clients")
+            .fetch_all(&self.pool)
+            .patiently()
+            .await?;
+        Ok(clients.into_iter().map(ClientId).collect())
+    }
+
     async fn all(&self) -> Result<Vec<StoredKey>> {
         let rows = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM data_keys"))
             .fetch_all(&self.pool)

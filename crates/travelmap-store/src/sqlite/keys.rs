@@ -227,6 +227,17 @@ impl KeyStore for SqliteKeyStore {
         .await
     }
 
+    async fn erased(&self) -> Result<Vec<ClientId>> {
+        self.with(|connection| {
+            let mut statement = connection.prepare("SELECT client_id FROM erased_clients")?;
+            let clients = statement
+                .query_map([], |row| Ok(ClientId(row.get(0)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(clients)
+        })
+        .await
+    }
+
     async fn all(&self) -> Result<Vec<StoredKey>> {
         self.with(|connection| {
             let mut statement =

@@ -1,0 +1,96 @@
+//! Finishing erasures cut short. An erasure destroys the client's keys first and records
+//! `personal_data.erased` after (so that a failure in between leaves the data gone, not kept).
+//! When the request is cut short between the two, by a database failure or a crash, the sealed
+//! fields are unreadable but the views go on showing the plaintext until the decision is
+//! recorded and folded. The data-protection officer was told to retry and may never do so; the
+//! server finishes such erasures itself, soon after it starts and then every hour, on behalf of
+//! the service, and audits each one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::watch;
+use travelmap_domain::Provenance;
+use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
+use travelmap_service::Journeys;
+use travelmap_service::health::Reporter;
+use travelmap_store::AuditLog;
+
+/// Who records an erasure the server finishes: the service itself, not a person.
+pub const RECOVERY_CREDENTIAL: &str = "travelmap-recovery";
+/// How often the server looks for erasures cut short, after its first look.
+pub const HOURLY: Duration = Duration::from_secs(60 * 60);
+/// How long after start the server first looks: long enough for the projector to have started
+/// (the finishing waits until the views are purged), short enough that a restart after the
+/// failure is what finishes it.
+const FIRST_LOOK_AFTER: Duration = Duration::from_secs(1);
+
+/// Finishes the erasures cut short, auditing each one this process recorded. Returns how many.
+pub async fn finish(journeys: &Journeys, audit: &dyn AuditLog) -> anyhow::Result<usize> {
+    let provenance = Provenance {
+        agency: crate::retention::RETENTION_AGENCY.to_owned(),
+        credential: RECOVERY_CREDENTIAL.to_owned(),
+    };
+    let finished = journeys.finish_erasures(&provenance).await?;
+    let mut recorded = 0;
+    for (client_id, outcome) in finished {
+        // Another process finished this one meanwhile, and audited it.
+        if !outcome.created {
+            continue;
+        }
+        recorded += 1;
+        audit
+            .append(vec![AuditRecord {
+                at: Utc::now(),
+                credential: RECOVERY_CREDENTIAL.to_owned(),
+                agency: crate::retention::RETENTION_AGENCY.to_owned(),
+                actor: None,
+                operation: Operation::Erasure,
+                client_id: Some(client_id),
+                purpose: None,
+                justification: Some(
+                    "the client's keys were destroyed by an erasure cut short before its record"
+                        .to_owned(),
+                ),
+                request_id: None,
+                outcome: Outcome::Allowed,
+                action: "erasure finished".to_owned(),
+                returned: Some(outcome.receipt.id.to_string()),
+            }])
+            .await?;
+    }
+    Ok(recorded)
+}
+
+/// Runs [`finish`] soon after start and then every `every`, until `stop`.
+pub async fn periodically(
+    journeys: Arc<Journeys>,
+    audit: Arc<dyn AuditLog>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+    health: Reporter,
+) {
+    health.running();
+    let mut wait = FIRST_LOOK_AFTER.min(every);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+        wait = every;
+        match finish(&journeys, audit.as_ref()).await {
+            Ok(0) => health.running(),
+            Ok(finished) => {
+                health.running();
+                tracing::warn!(finished, "finished erasures that were cut short");
+            }
+            Err(error) => {
+                // The views may still show data whose keys are gone: a failure to report.
+                health.failing();
+                tracing::error!(%error, "could not finish erasures cut short; trying again");
+                wait = every.min(Duration::from_secs(60));
+            }
+        }
+    }
+}
