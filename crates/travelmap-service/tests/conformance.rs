@@ -82,6 +82,31 @@ async fn keyring(store: &Store) -> Arc<travelmap_store::Keyring> {
     store.keyring(masters).await.unwrap()
 }
 
+/// The projector running in the background, as erasure needs: it answers once the views are
+/// purged.
+struct RunningProjector {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningProjector {
+    fn start(journeys: &Journeys) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(
+            journeys
+                .projector()
+                .clone()
+                .run(stopped, health::task("projection", true).0),
+        );
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
 fn provenance() -> Provenance {
     Provenance {
         agency: "prison-opava".into(),
@@ -686,13 +711,7 @@ async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
         .await
         .unwrap();
     // Erasure answers once the views are purged, so the projector must be running.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let projector = tokio::spawn(
-        journeys
-            .projector()
-            .clone()
-            .run(stopped, health::task("projection", true).0),
-    );
+    let projector = RunningProjector::start(&journeys);
     let erased = client();
     let kept = client();
     let personal = |client, name: &str, number: &str, born: &str| Submission {
@@ -819,8 +838,7 @@ async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
         map.phase,
         travelmap_projections::travel_map::Phase::Released
     );
-    stop.send(true).unwrap();
-    projector.await.unwrap();
+    projector.stop().await;
     store.close().await;
 }
 
@@ -833,13 +851,7 @@ async fn an_erasure_cut_short_is_finished(place: &Place) {
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring.clone()))
         .await
         .unwrap();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let projector = tokio::spawn(
-        journeys
-            .projector()
-            .clone()
-            .run(stopped, health::task("projection", true).0),
-    );
+    let projector = RunningProjector::start(&journeys);
     let cut_short = client();
     let kept = client();
     let registered = |client, number: &str| Submission {
@@ -916,8 +928,7 @@ async fn an_erasure_cut_short_is_finished(place: &Place) {
             .unwrap(),
         vec![kept]
     );
-    stop.send(true).unwrap();
-    projector.await.unwrap();
+    projector.stop().await;
     store.close().await;
 }
 
