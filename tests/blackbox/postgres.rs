@@ -388,6 +388,20 @@ async fn the_audit_trail_of_two_processes_verifies_and_tampering_is_found() {
         !intact && report.contains("but the store records its head at entry"),
         "{report}"
     );
+    // A head set back to an earlier entry, hash and all (what a restore that failed part way
+    // leaves) is found as well.
+    sqlx::query(
+        "UPDATE audit_head SET seq = entry.seq, hash = entry.hash
+         FROM audit_entries entry WHERE entry.seq = 2",
+    )
+    .execute(&mut connection)
+    .await
+    .unwrap();
+    let (intact, report) = verify(&url);
+    assert!(
+        !intact && report.contains("but the store records its head at entry 2"),
+        "{report}"
+    );
     sqlx::query("DELETE FROM audit_head")
         .execute(&mut connection)
         .await
@@ -732,4 +746,78 @@ async fn views_missing_beside_their_checkpoint_are_folded_again_at_start() {
     let after: Value = response.json().await.unwrap();
     assert_eq!(after["steps"], before["steps"]);
     cluster.stop().await;
+}
+
+/// Runs the binary on `database` with the cluster's configuration; returns whether it
+/// succeeded, and what it printed on stderr.
+fn run_on(database: &str, config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = travelmap_command()
+        .args(["--store", database, "--config"])
+        .arg(config)
+        .args(args)
+        .env_remove("TRAVELMAP_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Commands that only make sense on an existing store refuse an empty database rather than make
+/// a store there (a restore into it would then collide with what they made), and a database
+/// whose log head is behind its events, which such a collision leaves, is refused instead of
+/// served: every append would fail on it while the service looked healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_inconsistent_database_is_refused() {
+    let cluster = Cluster::start(1).await;
+    let http = reqwest::Client::new();
+    let (status, _) = post(&http, &cluster.address(0), &contact(Uuid::new_v4())).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let empty = ScratchDatabase::create(&server_from_env(), "travelmap_test")
+        .await
+        .unwrap();
+    for command in [&["rebuild"][..], &["keys", "rotate"]] {
+        let (succeeded, stderr) = run_on(empty.url(), &cluster.config, command);
+        assert!(!succeeded, "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("holds no Travelmap store"),
+            "{command:?}: {stderr}"
+        );
+    }
+    let mut connection = sqlx::PgConnection::connect(empty.url()).await.unwrap();
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+    assert_eq!(tables, 0, "a refused command made tables");
+    connection.close().await.unwrap();
+    empty.drop_database().await.unwrap();
+
+    let Cluster {
+        servers,
+        database,
+        config,
+        _dir,
+    } = cluster;
+    drop(servers);
+    let (succeeded, stderr) = run_on(database.url(), &config, &["rebuild"]);
+    assert!(succeeded, "an existing store is rebuilt: {stderr}");
+    let mut connection = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    sqlx::query("UPDATE log_head SET position = 0")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    for command in [&["rebuild"][..], &["keys", "rotate"]] {
+        let (succeeded, stderr) = run_on(database.url(), &config, command);
+        assert!(!succeeded, "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("its events end at position 1, but its log head is at 0"),
+            "{command:?}: {stderr}"
+        );
+    }
+    database.drop_database().await.unwrap();
 }

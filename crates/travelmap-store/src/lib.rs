@@ -74,6 +74,19 @@ pub enum Error {
         "the database has schema version {found}; this binary needs {needed} (run `travelmap migrate`)"
     )]
     SchemaOutdated { found: i64, needed: i64 },
+    /// The database holds no Travelmap store (its schema was never made), and this connection
+    /// was not allowed to make one: a command that only makes sense on an existing store.
+    #[error(
+        "the database holds no Travelmap store: give the URL of an existing one, or make one with `travelmap migrate` (or `serve`)"
+    )]
+    NoStore,
+    /// The database's heads disagree with what its tables hold: what a restore that failed part
+    /// way, or one into a database that already held a store, leaves behind. Appends would fail
+    /// on every attempt, so the store is refused rather than served.
+    #[error(
+        "the database is inconsistent: {0} (a restore that failed part way, or one into a database that was not empty? see docs/operations.md, \"Restore\")"
+    )]
+    Inconsistent(String),
     /// Another process took over writing the views (see [`ViewStore::lead`]); this one must stop
     /// writing them and follow instead.
     #[error("another process now writes the views")]
@@ -649,6 +662,31 @@ impl Store {
             Location::Postgres(url) => {
                 Store::Postgres(postgres::PgStore::connect(url, postgres::Migrations::Apply).await?)
             }
+        })
+    }
+
+    /// Opens an existing store, applying whatever migrations it lacks, and refuses to make one:
+    /// for commands that only make sense on a store (a rebuild, a retention run, a key
+    /// rotation). Pointed at a mistyped directory or an empty database, they would otherwise
+    /// make a store there, report success, and leave behind a schema a later restore collides
+    /// with.
+    pub async fn open_existing(location: &Location) -> Result<Self> {
+        Ok(match location {
+            Location::Embedded(dir) => {
+                if !dir.join("events.sqlite").exists() {
+                    return Err(Error::Io(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!(
+                            "{} holds no store (no events.sqlite): give the --data-dir of an existing one",
+                            dir.display()
+                        ),
+                    )));
+                }
+                Store::Embedded(sqlite::SqliteStore::open(dir)?)
+            }
+            Location::Postgres(url) => Store::Postgres(
+                postgres::PgStore::connect(url, postgres::Migrations::ApplyToExisting).await?,
+            ),
         })
     }
 

@@ -532,7 +532,7 @@ fn parse_line(line: &str) -> Result<Submission, String> {
 
 /// Deletes every projection and folds the whole log again.
 pub async fn rebuild(location: &Location, masters: MasterKeys) -> anyhow::Result<()> {
-    let store = Store::open(location)
+    let store = Store::open_existing(location)
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
     if matches!(store, Store::Postgres(_)) {
@@ -870,7 +870,9 @@ pub async fn verify_audit(
             reason: format!("the stored head: {reason}"),
         });
     }
-    if broken.is_none() && at_stored_head != Some(stored_hash) {
+    // A head behind the last entry is as wrong as one past it: what a restore that failed
+    // part way leaves, and what appends then collide with.
+    if broken.is_none() && (check.head().0 != stored_head || at_stored_head != Some(stored_hash)) {
         broken = Some(ChainError::HeadMismatch {
             last: check.head().0,
             head: stored_head,
@@ -956,7 +958,7 @@ pub async fn retention_run(
         println!();
         return Ok(());
     }
-    let store = Store::open(location)
+    let store = Store::open_existing(location)
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
     let keyring = store.keyring(masters).await?;
@@ -980,7 +982,7 @@ pub async fn retention_run(
 
 /// Rewraps every data key under the current master key.
 pub async fn rotate_keys(location: &Location, masters: MasterKeys) -> anyhow::Result<()> {
-    let store = Store::open(location)
+    let store = Store::open_existing(location)
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
     let current = masters.current().id.clone();

@@ -58,6 +58,9 @@ pub enum Migrations {
     Apply,
     /// Refuse a database whose schema is not current (for read-only tools such as `replay`).
     Require,
+    /// Apply missing migrations to a database that holds a store, and refuse one that holds
+    /// none ([`crate::Error::NoStore`]).
+    ApplyToExisting,
 }
 
 /// The PostgreSQL store: event log and view store over one database.
@@ -86,7 +89,18 @@ impl PgStore {
             .await?;
         match migrations {
             Migrations::Apply => schema::migrate(&pool).await?,
+            // Read-only tools (`replay`, `audit verify`) run on a damaged store too: reporting
+            // what is wrong with it is what they are for.
             Migrations::Require => schema::require_current(&pool).await?,
+            Migrations::ApplyToExisting => {
+                if schema::version(&pool).await? == 0 {
+                    return Err(crate::Error::NoStore);
+                }
+                schema::migrate(&pool).await?
+            }
+        }
+        if !matches!(migrations, Migrations::Require) {
+            consistent(&pool).await?;
         }
         // Listen before reading the current head and checkpoint, so that nothing committed in
         // between goes unannounced.
@@ -351,6 +365,36 @@ async fn first_connection(options: &PgConnectOptions, timeout: Duration) -> Resu
             ))
         })??;
     connection.close().await?;
+    Ok(())
+}
+
+/// Fails unless the heads every append locks are at least where the tables they guard end:
+/// a head behind them (a restore that failed part way, or one into a database that already
+/// held a store, restores rows but not the head) makes every append collide with a stored row,
+/// and every audited request with a stored entry, while the service would look healthy.
+async fn consistent(pool: &PgPool) -> Result<()> {
+    let (head, last, audit_head, last_entry): (Option<i64>, Option<i64>, Option<i64>, Option<i64>) =
+        sqlx::query_as(
+            "SELECT (SELECT position FROM log_head), (SELECT MAX(position) FROM events),
+                    (SELECT seq FROM audit_head), (SELECT MAX(seq) FROM audit_entries)",
+        )
+        .fetch_one(pool)
+        .await?;
+    let (head, audit_head) = (head.unwrap_or(-1), audit_head.unwrap_or(-1));
+    if let Some(last) = last
+        && last > head
+    {
+        return Err(crate::Error::Inconsistent(format!(
+            "its events end at position {last}, but its log head is at {head}"
+        )));
+    }
+    if let Some(last_entry) = last_entry
+        && last_entry > audit_head
+    {
+        return Err(crate::Error::Inconsistent(format!(
+            "its audit trail ends at entry {last_entry}, but its head is at entry {audit_head}"
+        )));
+    }
     Ok(())
 }
 
