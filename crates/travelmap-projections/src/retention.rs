@@ -123,13 +123,23 @@ impl ClientState {
             .collect()
     }
 
-    /// When the last fact of `category` occurred, of those recorded by `now`.
+    /// When the last fact of `category` occurred, of those recorded by `now`. A correction of a
+    /// fact counts as a fact of its category when it was recorded: its replacement fields are
+    /// sealed under that category's key, and a clock that ignored it would shred a correction
+    /// posted yesterday of a fact that is years old.
     fn last_fact_of(&self, category: Category, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.facts
             .iter()
             .filter(|fact| fact.recorded_at <= now)
             .filter(|fact| personal::category(fact.event.event_type()) == Some(category))
-            .map(|fact| fact.occurred_at.with_timezone(&Utc))
+            .flat_map(|fact| {
+                let corrected = fact
+                    .corrections
+                    .iter()
+                    .map(|correction| correction.recorded_at)
+                    .filter(|at| *at <= now);
+                std::iter::once(fact.occurred_at.with_timezone(&Utc)).chain(corrected)
+            })
             .max()
     }
 
@@ -248,6 +258,55 @@ mod tests {
         let both_due = "2026-03-15T12:00:00Z".parse().unwrap();
         assert_eq!(
             state.due(&schedule(), both_due).unwrap().0,
+            vec![Category::Identity, Category::Needs]
+        );
+    }
+
+    #[test]
+    fn a_correction_restarts_the_clock_of_the_category_it_corrects() {
+        let assessed = fact(
+            3,
+            "2012-01-01T10:00:00Z",
+            "need.assessed",
+            json!({"area": "housing", "status": "in_progress", "note": "old"}),
+        );
+        let mut corrected = fact(
+            4,
+            "2026-11-01T10:00:00Z",
+            "event.corrected",
+            json!({"event_id": assessed.draft.id.0, "reason": "typo",
+                   "data": {"area": "housing", "status": "in_progress", "note": "new"}}),
+        );
+        corrected.draft.occurred_at = "2012-01-01T10:00:00Z".parse().unwrap();
+        let state = ClientState::from_history(
+            ClientId(Uuid::from_u128(1)),
+            [
+                fact(
+                    1,
+                    "2010-01-02T10:00:00Z",
+                    "involvement.opened",
+                    json!({"role": "mentor"}),
+                ),
+                fact(
+                    2,
+                    "2012-01-02T10:00:00Z",
+                    "involvement.closed",
+                    json!({"role": "mentor"}),
+                ),
+                assessed,
+                corrected,
+            ],
+        );
+        // The correction's fields are sealed under the needs key: needs are kept two years from
+        // when it was recorded, though it is dated (and corrects a fact) years before.
+        let now = "2026-12-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), now).unwrap().0,
+            vec![Category::Identity]
+        );
+        let later = "2028-11-02T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), later).unwrap().0,
             vec![Category::Identity, Category::Needs]
         );
     }

@@ -48,7 +48,7 @@ const JOURNEY_CACHE_CLIENTS: usize = 16_384;
 
 /// The longest a write waits for its clients' earlier writes (their turns) before it is
 /// answered that the clients are busy (`503`, to be retried).
-const TURN_PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const TURN_PATIENCE: Duration = Duration::from_secs(10);
 /// Number of lock stripes for per-client turn-taking. Two clients share a stripe with
 /// probability 1/1024, which only means they take turns.
 const CLIENT_STRIPES: usize = 1024;
@@ -211,7 +211,7 @@ fn journey_from(outlines: &[travelmap_store::Outline]) -> ClientJourney {
     journey
 }
 
-fn stripe_of(client_id: ClientId) -> usize {
+pub(crate) fn stripe_of(client_id: ClientId) -> usize {
     (client_id.0.as_u128() % CLIENT_STRIPES as u128) as usize
 }
 

@@ -55,7 +55,7 @@ impl Journeys {
                     JourneyEvent::PersonalDataErased(PersonalDataErased {
                         reason: reason.clone(),
                     }),
-                    Some(&recorded),
+                    Some(recorded.len() as u64),
                 )
                 .await?
             else {
@@ -168,7 +168,12 @@ impl Journeys {
                 return self.decided(&recorded, made_so).await?.ok_or(never);
             }
             if let Some(outcome) = self
-                .record_decision(provenance, client_id, decision(), Some(&recorded))
+                .record_decision(
+                    provenance,
+                    client_id,
+                    decision(),
+                    Some(recorded.len() as u64),
+                )
                 .await?
             {
                 return Ok(outcome);
@@ -177,34 +182,68 @@ impl Journeys {
         Err(Error::Contention)
     }
 
-    /// Shreds categories of a client's personal data whose retention period has ended: destroys
-    /// their keys and records `retention.applied`. Returns how many keys were destroyed (0 when
-    /// an earlier run destroyed them and could not record it) and the event recorded.
+    /// Shreds categories of a client's personal data whose retention period has ended, as
+    /// decided on the client's stream at version `decided_on`: destroys their keys and records
+    /// `retention.applied`. Returns how many keys were destroyed (0 when an earlier run destroyed
+    /// them and could not record it) and the event recorded; `None`, with nothing done, when
+    /// the stream moved since the decision, which must then be made again on what was added:
+    /// an event recorded meanwhile may restart a category's clock, and was sealed under a key
+    /// this would destroy.
     pub async fn shred_due(
         &self,
         provenance: &Provenance,
         client_id: ClientId,
         categories: Vec<Category>,
         due_since: NaiveDate,
-    ) -> Result<(usize, Outcome)> {
+        decided_on: u64,
+    ) -> Result<Option<(usize, Outcome)>> {
         let keyring = self.keyring.as_ref().ok_or(Error::NoKeyring)?;
-        // Keys first, then the record: if recording fails, the keys are gone all the same and
-        // the next run finds them destroyed but unrecorded (see `unrecorded_shredding`) and
-        // records them then, which is also what makes the projector purge its copy.
-        let destroyed = keyring.destroy(client_id, Some(categories.clone())).await?;
+        let destroyed = {
+            // With the client's turn held, no write of this process is between sealing under
+            // a key and committing; writes of other processes are waited for by the key store.
+            let turn = self.client_turns[crate::stripe_of(client_id)].lock();
+            let Ok(_turn) = tokio::time::timeout(crate::TURN_PATIENCE, turn).await else {
+                return Err(Error::Contention);
+            };
+            let current = self.log.stream_versions(vec![client_id]).await?;
+            if current.get(&client_id).copied().unwrap_or(0) != decided_on {
+                return Ok(None);
+            }
+            // Keys first, then the record: if recording fails, the keys are gone all the same
+            // and the next run finds them destroyed but unrecorded (see `unrecorded_shredding`)
+            // and records them then, which is also what makes the projector purge its copy.
+            match keyring
+                .destroy_at(client_id, categories.clone(), decided_on)
+                .await?
+            {
+                Some(destroyed) => destroyed,
+                None => return Ok(None),
+            }
+        };
+        let decision = || {
+            JourneyEvent::RetentionApplied(RetentionApplied {
+                categories: categories.clone(),
+                due_since,
+            })
+        };
+        // Recorded on the version decided on, so that of two runs that decided alike (processes
+        // beside each other), one records it.
+        if let Some(outcome) = self
+            .record_decision(provenance, client_id, decision(), Some(decided_on))
+            .await?
+        {
+            return Ok(Some((destroyed, outcome)));
+        }
+        if destroyed == 0 {
+            // Another run recorded first, or something else moved the stream: decide again.
+            return Ok(None);
+        }
+        // This run destroyed keys, and only its record makes the projector purge their data.
         let outcome = self
-            .record_decision(
-                provenance,
-                client_id,
-                JourneyEvent::RetentionApplied(RetentionApplied {
-                    categories,
-                    due_since,
-                }),
-                None,
-            )
+            .record_decision(provenance, client_id, decision(), None)
             .await?
             .expect("a decision made on no particular version is never outdated");
-        Ok((destroyed, outcome))
+        Ok(Some((destroyed, outcome)))
     }
 
     /// The categories for which the client has live keys: what retention could still shred.
@@ -279,7 +318,7 @@ impl Journeys {
             }))
     }
 
-    /// Records a decision made on `made_on`, the client's stream as read: `None` when another
+    /// Records a decision made on `made_on`, the client's stream version as read: `None` when another
     /// request changed the stream since, so that the decision must be made again (two lifts of
     /// one restriction sent at once would otherwise both be recorded).
     async fn record_decision(
@@ -287,7 +326,7 @@ impl Journeys {
         provenance: &Provenance,
         client_id: ClientId,
         event: JourneyEvent,
-        made_on: Option<&[Outline]>,
+        made_on: Option<u64>,
     ) -> Result<Option<Outcome>> {
         let draft = EventDraft {
             id: EventId(Uuid::new_v4()),
@@ -303,7 +342,7 @@ impl Journeys {
                 None,
                 &[Submission {
                     draft,
-                    expected_version: made_on.map(|recorded| recorded.len() as u64),
+                    expected_version: made_on,
                 }],
                 &mut Alongside::new(std::pin::pin!(std::future::ready(()))),
             )
@@ -314,7 +353,7 @@ impl Journeys {
             // A closed record is refused before its version is compared: a refusal on a stream
             // that moved since may come from what moved it (a restriction made meanwhile).
             (Err(error @ Error::Refused { .. }), Some(made_on)) => {
-                if self.recorded(client_id).await?.len() == made_on.len() {
+                if self.recorded(client_id).await?.len() as u64 == made_on {
                     Err(error)
                 } else {
                     Ok(None)

@@ -932,6 +932,83 @@ async fn an_erasure_cut_short_is_finished(place: &Place) {
     store.close().await;
 }
 
+/// A retention decision holds only for the stream it was made on: an event recorded after it
+/// (sealed under a key the decision would destroy, and perhaps restarting a category's clock)
+/// makes the shredding refuse, with nothing destroyed, until it is decided again; and of two
+/// runs that decided alike, one records the shredding.
+async fn a_retention_decision_holds_only_for_the_stream_it_was_made_on(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
+    let retention = Provenance {
+        agency: "travelmap".into(),
+        credential: "travelmap-retention".into(),
+    };
+    let client = client();
+    let assessed = |note: &str| Submission {
+        draft: draft(
+            client,
+            "need.assessed",
+            json!({"area": "housing", "status": "in_progress", "note": note}),
+        ),
+        expected_version: None,
+    };
+    journeys
+        .record(&provenance(), &[assessed("first-note")])
+        .await
+        .unwrap();
+    let decided_on = 1;
+    journeys
+        .record(&provenance(), &[assessed("recorded-after-the-decision")])
+        .await
+        .unwrap();
+
+    let due_since = chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap();
+    let moved = journeys
+        .shred_due(
+            &retention,
+            client,
+            vec![Category::Needs],
+            due_since,
+            decided_on,
+        )
+        .await
+        .unwrap();
+    assert!(moved.is_none(), "decided on a stream that moved since");
+    assert!(
+        journeys
+            .live_categories(client)
+            .await
+            .unwrap()
+            .contains(&Category::Needs)
+    );
+    let history = journeys.history(client, None).await.unwrap();
+    assert_eq!(
+        history[1].draft.event.data()["note"],
+        "recorded-after-the-decision"
+    );
+
+    let (destroyed, outcome) = journeys
+        .shred_due(&retention, client, vec![Category::Needs], due_since, 2)
+        .await
+        .unwrap()
+        .expect("decided on the stream as it is");
+    assert_eq!((destroyed, outcome.receipt.version), (1, 3));
+    assert!(
+        journeys
+            .shred_due(&retention, client, vec![Category::Needs], due_since, 2)
+            .await
+            .unwrap()
+            .is_none(),
+        "a second run that decided alike records nothing"
+    );
+    let history = journeys.history(client, None).await.unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(history[1].draft.event.data()["note"], "[erased]");
+    store.close().await;
+}
+
 /// A full read of the log (a rebuild) reads every live key once when it begins. Its pages must
 /// still open what was sealed under a key made after that. Other reads meanwhile, and every read
 /// once it ends, see the keys as they are: a key destroyed since leaves its data erased.
@@ -1191,6 +1268,7 @@ conformance!(Embedded:
     the_audit_trail_is_one_chain,
     erasure_leaves_no_plaintext_and_keeps_the_facts,
     an_erasure_cut_short_is_finished,
+    a_retention_decision_holds_only_for_the_stream_it_was_made_on,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
     a_full_read_opens_with_the_keys_in_force,
@@ -1209,6 +1287,7 @@ conformance!(Postgres:
     the_audit_trail_is_one_chain,
     erasure_leaves_no_plaintext_and_keeps_the_facts,
     an_erasure_cut_short_is_finished,
+    a_retention_decision_holds_only_for_the_stream_it_was_made_on,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
     a_full_read_opens_with_the_keys_in_force,

@@ -74,6 +74,22 @@ pub trait KeyStore: Send + Sync {
     /// client erased so that no key is ever created for them again. Returns how many were
     /// destroyed. The bytes are overwritten where the engine allows (see docs/data-protection.md).
     async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize>;
+    /// [`Self::destroy`], only while the client's stream is still at `version` (no event
+    /// recorded since): `None`, with nothing destroyed, when it moved. For decisions made on a
+    /// history as read (retention): an event recorded meanwhile, sealed under a key about to
+    /// be destroyed, would be lost with it. Appends lock the keys they seal under until they
+    /// commit, so a destruction that waits for them sees their events. This default suits a
+    /// store only one process uses, whose caller checked the version while holding the
+    /// client's turn; a store shared by several processes checks it in the destruction itself.
+    async fn destroy_at(
+        &self,
+        client: ClientId,
+        categories: Vec<Category>,
+        version: u64,
+    ) -> Result<Option<usize>> {
+        let _ = version;
+        Ok(Some(self.destroy(client, Some(categories)).await?))
+    }
     /// Whether this process is the only one using the store (so that it may cache keys).
     fn exclusive(&self) -> bool {
         false
@@ -790,17 +806,38 @@ impl Keyring {
         client: ClientId,
         categories: Option<Vec<Category>>,
     ) -> Result<usize> {
+        self.forget_keys(client, categories.as_deref());
+        let destroyed = self.store.destroy(client, categories.clone()).await?;
+        self.forget_keys(client, categories.as_deref());
+        Ok(destroyed)
+    }
+
+    /// Destroys some categories of a client's keys while the stream is still at `version`.
+    /// See [`KeyStore::destroy_at`].
+    pub async fn destroy_at(
+        &self,
+        client: ClientId,
+        categories: Vec<Category>,
+        version: u64,
+    ) -> Result<Option<usize>> {
+        self.forget_keys(client, Some(&categories));
+        let destroyed = self
+            .store
+            .destroy_at(client, categories.clone(), version)
+            .await?;
+        self.forget_keys(client, Some(&categories));
+        Ok(destroyed)
+    }
+
+    /// Drops what is cached of a client's keys (all, or some categories).
+    fn forget_keys(&self, client: ClientId, categories: Option<&[Category]>) {
         self.sealing_cache
             .lock()
             .expect("key cache lock")
             .retain(|(owner, category), _| {
                 *owner != client
-                    || categories
-                        .as_ref()
-                        .is_some_and(|destroyed| !destroyed.contains(category))
+                    || categories.is_some_and(|destroyed| !destroyed.contains(category))
             });
-        self.forget_live(client);
-        let destroyed = self.store.destroy(client, categories).await?;
         self.forget_live(client);
         // Not needed for correctness (see `unwrapped`), but a destroyed key's bytes should not
         // linger in memory either.
@@ -808,7 +845,6 @@ impl Keyring {
             .lock()
             .expect("unwrapped key cache lock")
             .clear();
-        Ok(destroyed)
     }
 
     /// Rewraps every data key (and the lookup key) under the current master key; returns how

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
 use travelmap_domain::personal::Category;
-use travelmap_domain::{ClientId, Provenance};
+use travelmap_domain::{ClientId, EventId, Provenance};
 use travelmap_projections::ClientState;
 use travelmap_projections::retention::Schedule;
 use travelmap_service::Journeys;
@@ -57,6 +57,10 @@ pub struct Done {
     pub client_id: ClientId,
     pub categories: Vec<Category>,
     pub keys_destroyed: usize,
+    #[serde(skip)]
+    due_since: NaiveDate,
+    #[serde(skip)]
+    event_id: EventId,
     pub position: u64,
 }
 
@@ -127,75 +131,24 @@ async fn shred_what_is_due(
             if state.due(schedule, now).is_none() {
                 continue;
             }
-            // Decide on the history as it is now, not on a view that may lag behind it: an
-            // involvement opened a moment ago stops the clock.
-            let state =
-                ClientState::from_history(client_id, journeys.history(client_id, None).await?);
-            if state.access(now).restricted {
-                // Restricted data is kept as it is (GDPR Art. 18(1)(c): it may be needed for a
-                // legal claim) until the restriction is lifted.
-                report.held.push(client_id);
-                continue;
-            }
-            let Some((categories, _)) = state.due(schedule, now) else {
-                continue;
-            };
-            // Categories that still hold a key, and those shredded by an earlier run that could
-            // not record it; what was shredded and recorded stays as it is.
-            let live = journeys.live_categories(client_id).await?;
-            let unrecorded = journeys.unrecorded_shredding(client_id, &state).await?;
-            let categories: Vec<Category> = categories
-                .into_iter()
-                .filter(|category| live.contains(category) || unrecorded.contains(category))
-                .collect();
-            // Since when is recorded for good (in the event and the audit trail): the earliest
-            // due day of the categories shredded, not of every category due, some of which
-            // the client may hold no data of.
-            let Some(due_since) = state
-                .retention(schedule, now)
-                .into_iter()
-                .filter(|retention| categories.contains(&retention.category))
-                .filter_map(|retention| retention.due_on)
-                .min()
-            else {
-                continue;
-            };
-            report.due.push(Due {
-                client_id,
-                categories: categories.clone(),
-                due_since,
-            });
-            match journeys
-                .shred_due(&provenance, client_id, categories.clone(), due_since)
-                .await
-            {
-                Ok((keys_destroyed, outcome)) => {
-                    audit
-                        .append(vec![AuditRecord {
-                            at: Utc::now(),
-                            credential: RETENTION_CREDENTIAL.to_owned(),
-                            agency: RETENTION_AGENCY.to_owned(),
-                            actor: None,
-                            operation: Operation::Erasure,
-                            client_id: Some(client_id),
-                            purpose: None,
-                            justification: Some(format!(
-                                "retention period ended {due_since} for {}",
-                                names(&categories)
-                            )),
-                            request_id: None,
-                            outcome: Outcome::Allowed,
-                            action: "retention run".to_owned(),
-                            returned: Some(outcome.receipt.id.to_string()),
-                        }])
-                        .await?;
-                    report.done.push(Done {
+            match shred_client(journeys, schedule, now, &provenance, client_id).await {
+                Ok(Shredding::Done(due, done)) => {
+                    report.due.push(due);
+                    // A shredding the trail does not show must not be followed by more.
+                    audit.append(vec![audited(&done)]).await?;
+                    report.done.push(done);
+                }
+                Ok(Shredding::Moving(due)) => {
+                    report.due.push(due);
+                    report.failed.push(Failed {
                         client_id,
-                        categories,
-                        keys_destroyed,
-                        position: outcome.receipt.position,
+                        error: "the client's record kept changing while its shredding was \
+                                decided; it is decided again next run"
+                            .to_owned(),
                     });
                 }
+                Ok(Shredding::Held) => report.held.push(client_id),
+                Ok(Shredding::Nothing) => {}
                 Err(error) => report.failed.push(Failed {
                     client_id,
                     error: error.to_string(),
@@ -204,6 +157,121 @@ async fn shred_what_is_due(
         }
     }
     Ok(())
+}
+
+/// What became of one client in a run.
+enum Shredding {
+    /// Nothing was due (any more).
+    Nothing,
+    /// Data is due, but the client is under a restriction of processing.
+    Held,
+    /// Data is due, but the decision could not be carried out: the stream kept moving.
+    Moving(Due),
+    /// Data was due and shredded.
+    Done(Due, Done),
+}
+
+/// How often a client's shredding is decided again when the stream moved meanwhile.
+const DECISION_ATTEMPTS: usize = 8;
+
+/// Decides what of the client's data is due and shreds it, deciding again whenever the stream
+/// moved between the decision and the shredding (an event recorded meanwhile may restart a
+/// category's clock, and would be lost with the key it was sealed under).
+async fn shred_client(
+    journeys: &Journeys,
+    schedule: &Schedule,
+    now: DateTime<Utc>,
+    provenance: &Provenance,
+    client_id: ClientId,
+) -> anyhow::Result<Shredding> {
+    let mut last_due = None;
+    for _ in 0..DECISION_ATTEMPTS {
+        // Decide on the history as it is now, not on a view that may lag behind it: an
+        // involvement opened a moment ago stops the clock.
+        let history = journeys.history(client_id, None).await?;
+        let decided_on = history.len() as u64;
+        let state = ClientState::from_history(client_id, history);
+        if state.access(now).restricted {
+            // Restricted data is kept as it is (GDPR Art. 18(1)(c): it may be needed for a
+            // legal claim) until the restriction is lifted.
+            return Ok(Shredding::Held);
+        }
+        let Some((categories, _)) = state.due(schedule, now) else {
+            return Ok(Shredding::Nothing);
+        };
+        // Categories that still hold a key, and those shredded by an earlier run that could
+        // not record it; what was shredded and recorded stays as it is.
+        let live = journeys.live_categories(client_id).await?;
+        let unrecorded = journeys.unrecorded_shredding(client_id, &state).await?;
+        let categories: Vec<Category> = categories
+            .into_iter()
+            .filter(|category| live.contains(category) || unrecorded.contains(category))
+            .collect();
+        // Since when is recorded for good (in the event and the audit trail): the earliest
+        // due day of the categories shredded, not of every category due, some of which
+        // the client may hold no data of.
+        let Some(due_since) = state
+            .retention(schedule, now)
+            .into_iter()
+            .filter(|retention| categories.contains(&retention.category))
+            .filter_map(|retention| retention.due_on)
+            .min()
+        else {
+            return Ok(Shredding::Nothing);
+        };
+        let due = Due {
+            client_id,
+            categories: categories.clone(),
+            due_since,
+        };
+        let Some((keys_destroyed, outcome)) = journeys
+            .shred_due(
+                provenance,
+                client_id,
+                categories.clone(),
+                due_since,
+                decided_on,
+            )
+            .await?
+        else {
+            last_due = Some(due);
+            continue;
+        };
+        return Ok(Shredding::Done(
+            due,
+            Done {
+                client_id,
+                categories,
+                keys_destroyed,
+                due_since,
+                event_id: outcome.receipt.id,
+                position: outcome.receipt.position,
+            },
+        ));
+    }
+    Ok(last_due.map_or(Shredding::Nothing, Shredding::Moving))
+}
+
+/// The audit entry of a shredding.
+fn audited(done: &Done) -> AuditRecord {
+    AuditRecord {
+        at: Utc::now(),
+        credential: RETENTION_CREDENTIAL.to_owned(),
+        agency: RETENTION_AGENCY.to_owned(),
+        actor: None,
+        operation: Operation::Erasure,
+        client_id: Some(done.client_id),
+        purpose: None,
+        justification: Some(format!(
+            "retention period ended {} for {}",
+            done.due_since,
+            names(&done.categories)
+        )),
+        request_id: None,
+        outcome: Outcome::Allowed,
+        action: "retention run".to_owned(),
+        returned: Some(done.event_id.to_string()),
+    }
 }
 
 fn names(categories: &[Category]) -> String {

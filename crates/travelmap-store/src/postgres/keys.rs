@@ -34,6 +34,96 @@ pub struct PgKeyStore {
 }
 
 impl PgKeyStore {
+    /// Destroys keys (see [`KeyStore::destroy`]); with `unless_moved_past`, only while the
+    /// client's stream is still at that version (see [`KeyStore::destroy_at`]), `None` otherwise.
+    async fn destroy_unless_moved(
+        &self,
+        client: ClientId,
+        categories: Option<Vec<Category>>,
+        unless_moved_past: Option<u64>,
+    ) -> Result<Option<usize>> {
+        super::within_patience("destroying data keys", async move {
+            let mut transaction = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(client_lock(client.0))
+                .execute(&mut *transaction)
+                .await?;
+            // The rows are locked in key order first, as appends lock the keys they sealed under
+            // (see the event log): locked in whatever order the deletes meet them, an erasure and an
+            // append sealing under two of the client's keys could each wait for the other.
+            sqlx::query(
+                "SELECT key_id FROM data_keys WHERE client_id = $1 ORDER BY key_id FOR UPDATE",
+            )
+            .bind(client.0)
+            .execute(&mut *transaction)
+            .await?;
+            let names: Option<Vec<&str>> = categories.as_ref().map(|categories| {
+                categories
+                    .iter()
+                    .map(|category| category.as_str())
+                    .collect()
+            });
+            sqlx::query(
+                "INSERT INTO destroyed_keys (key_id, client_id, category, destroyed_at)
+                 SELECT key_id, client_id, category, now() FROM data_keys
+                 WHERE client_id = $1 AND ($2::text[] IS NULL OR category = ANY($2))
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(client.0)
+            .bind(&names)
+            .execute(&mut *transaction)
+            .await?;
+            if let Some(version) = unless_moved_past {
+                // Read after the key rows were locked, which waited for every append sealing
+                // under them: what they committed is seen here.
+                let current: i64 = sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(version), 0)::bigint FROM events WHERE client_id = $1",
+                )
+                .bind(client.0)
+                .fetch_one(&mut *transaction)
+                .await?;
+                if current as u64 != version {
+                    transaction.rollback().await?;
+                    return Ok(None);
+                }
+            }
+            let destroyed = match categories {
+                None => {
+                    sqlx::query(
+                        "INSERT INTO erased_clients (client_id, erased_at) VALUES ($1, now())
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(client.0)
+                    .execute(&mut *transaction)
+                    .await?;
+                    sqlx::query("DELETE FROM data_keys WHERE client_id = $1")
+                        .bind(client.0)
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected()
+                }
+                Some(categories) => {
+                    let names: Vec<&str> = categories
+                        .iter()
+                        .map(|category| category.as_str())
+                        .collect();
+                    sqlx::query("DELETE FROM data_keys WHERE client_id = $1 AND category = ANY($2)")
+                        .bind(client.0)
+                        .bind(names)
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected()
+                }
+            };
+            transaction.commit().await?;
+            // Reclaims the dead row versions so that the destroyed keys do not wait in the table
+            // file for the next autovacuum. (VACUUM cannot run inside a transaction.)
+            self.vacuum_soon();
+            Ok(Some(destroyed as usize))
+        })
+        .await
+    }
+
     pub(crate) fn new(pool: PgPool) -> Self {
         let vacuum = Arc::new(tokio::sync::Notify::new());
         let unvacuumed = Arc::new(AtomicBool::new(false));
@@ -225,72 +315,20 @@ impl KeyStore for PgKeyStore {
     }
 
     async fn destroy(&self, client: ClientId, categories: Option<Vec<Category>>) -> Result<usize> {
-        super::within_patience("destroying data keys", async move {
-            let mut transaction = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(client_lock(client.0))
-                .execute(&mut *transaction)
-                .await?;
-            // The rows are locked in key order first, as appends lock the keys they sealed under
-            // (see the event log): locked in whatever order the deletes meet them, an erasure and an
-            // append sealing under two of the client's keys could each wait for the other.
-            sqlx::query(
-                "SELECT key_id FROM data_keys WHERE client_id = $1 ORDER BY key_id FOR UPDATE",
-            )
-            .bind(client.0)
-            .execute(&mut *transaction)
-            .await?;
-            let names: Option<Vec<&str>> = categories.as_ref().map(|categories| {
-                categories
-                    .iter()
-                    .map(|category| category.as_str())
-                    .collect()
-            });
-            sqlx::query(
-                "INSERT INTO destroyed_keys (key_id, client_id, category, destroyed_at)
-                 SELECT key_id, client_id, category, now() FROM data_keys
-                 WHERE client_id = $1 AND ($2::text[] IS NULL OR category = ANY($2))
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(client.0)
-            .bind(&names)
-            .execute(&mut *transaction)
-            .await?;
-            let destroyed = match categories {
-                None => {
-                    sqlx::query(
-                        "INSERT INTO erased_clients (client_id, erased_at) VALUES ($1, now())
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(client.0)
-                    .execute(&mut *transaction)
-                    .await?;
-                    sqlx::query("DELETE FROM data_keys WHERE client_id = $1")
-                        .bind(client.0)
-                        .execute(&mut *transaction)
-                        .await?
-                        .rows_affected()
-                }
-                Some(categories) => {
-                    let names: Vec<&str> = categories
-                        .iter()
-                        .map(|category| category.as_str())
-                        .collect();
-                    sqlx::query("DELETE FROM data_keys WHERE client_id = $1 AND category = ANY($2)")
-                        .bind(client.0)
-                        .bind(names)
-                        .execute(&mut *transaction)
-                        .await?
-                        .rows_affected()
-                }
-            };
-            transaction.commit().await?;
-            // Reclaims the dead row versions so that the destroyed keys do not wait in the table
-            // file for the next autovacuum. (VACUUM cannot run inside a transaction.)
-            self.vacuum_soon();
-            Ok(destroyed as usize)
-        })
-        .await
+        Ok(self
+            .destroy_unless_moved(client, categories, None)
+            .await?
+            .expect("a destruction bound to no version always happens"))
+    }
+
+    async fn destroy_at(
+        &self,
+        client: ClientId,
+        categories: Vec<Category>,
+        version: u64,
+    ) -> Result<Option<usize>> {
+        self.destroy_unless_moved(client, Some(categories), Some(version))
+            .await
     }
 
     async fn destroyed(&self, clients: Vec<ClientId>) -> Result<Vec<DestroyedKey>> {
