@@ -123,10 +123,10 @@ impl ClientState {
             .collect()
     }
 
-    /// When the last fact of `category` occurred, of those recorded by `now`. A correction of a
-    /// fact counts as a fact of its category when it was recorded: its replacement fields are
-    /// sealed under that category's key, and a clock that ignored it would shred a correction
-    /// posted yesterday of a fact that is years old.
+    /// When the last fact of `category` occurred, of those recorded by `now`. A correction or a
+    /// retraction of a fact counts as a fact of its category when it was recorded: its fields
+    /// (a replacement, a reason) are sealed under that category's key, and a clock that
+    /// ignored it would shred a rectification posted yesterday of a fact years old.
     fn last_fact_of(&self, category: Category, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.facts
             .iter()
@@ -140,6 +140,15 @@ impl ClientState {
                     .filter(|at| *at <= now);
                 std::iter::once(fact.occurred_at.with_timezone(&Utc)).chain(corrected)
             })
+            .chain(
+                self.retractions
+                    .iter()
+                    .filter(|retraction| retraction.recorded_at <= now)
+                    .filter(|retraction| {
+                        personal::category(&retraction.event_type) == Some(category)
+                    })
+                    .map(|retraction| retraction.recorded_at),
+            )
             .max()
     }
 
@@ -299,6 +308,52 @@ mod tests {
         );
         // The correction's fields are sealed under the needs key: needs are kept two years from
         // when it was recorded, though it is dated (and corrects a fact) years before.
+        let now = "2026-12-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), now).unwrap().0,
+            vec![Category::Identity]
+        );
+        let later = "2028-11-02T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), later).unwrap().0,
+            vec![Category::Identity, Category::Needs]
+        );
+    }
+
+    #[test]
+    fn a_retraction_restarts_the_clock_of_the_category_it_retracts() {
+        let assessed = fact(
+            3,
+            "2012-01-01T10:00:00Z",
+            "need.assessed",
+            json!({"area": "housing", "status": "in_progress"}),
+        );
+        let retracted = fact(
+            4,
+            "2026-11-01T10:00:00Z",
+            "event.retracted",
+            json!({"event_id": assessed.draft.id.0, "reason": "wrong client"}),
+        );
+        let state = ClientState::from_history(
+            ClientId(Uuid::from_u128(1)),
+            [
+                fact(
+                    1,
+                    "2010-01-02T10:00:00Z",
+                    "involvement.opened",
+                    json!({"role": "mentor"}),
+                ),
+                fact(
+                    2,
+                    "2012-01-02T10:00:00Z",
+                    "involvement.closed",
+                    json!({"role": "mentor"}),
+                ),
+                assessed,
+                retracted,
+            ],
+        );
+        // The retraction's reason is sealed under the needs key; the fact it retracts is gone.
         let now = "2026-12-01T00:00:00Z".parse().unwrap();
         assert_eq!(
             state.due(&schedule(), now).unwrap().0,

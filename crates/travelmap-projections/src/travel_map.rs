@@ -70,6 +70,21 @@ pub struct ClientState {
     pub position: u64,
     /// Standing facts in `occurred_at` order (ties by position).
     pub facts: Vec<Fact>,
+    /// Facts retracted, gone from `facts`: only what retention needs of them (a retraction's
+    /// reason is sealed under the category of the fact it retracts, whose clock it restarts).
+    /// Absent from views stored before it was kept, which read as having none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retractions: Vec<Retraction>,
+}
+
+/// A retracted fact, as retention counts it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retraction {
+    /// The type of the fact retracted (its category is that of the retraction).
+    pub event_type: String,
+    /// When the retraction was recorded.
+    #[serde(with = "chrono::serde::ts_microseconds")]
+    pub recorded_at: DateTime<Utc>,
 }
 
 impl ClientState {
@@ -79,6 +94,7 @@ impl ClientState {
             version: 0,
             position: 0,
             facts: Vec::new(),
+            retractions: Vec::new(),
         }
     }
 
@@ -131,8 +147,17 @@ impl ClientState {
                 }
             }
             JourneyEvent::EventRetracted(retraction) => {
-                self.facts
-                    .retain(|fact| fact.event_id != retraction.event_id);
+                if let Some(at) = self
+                    .facts
+                    .iter()
+                    .position(|fact| fact.event_id == retraction.event_id)
+                {
+                    let retracted = self.facts.remove(at);
+                    self.retractions.push(Retraction {
+                        event_type: retracted.event.event_type().to_owned(),
+                        recorded_at: meta.recorded_at,
+                    });
+                }
             }
             event => {
                 let fact = Fact {
