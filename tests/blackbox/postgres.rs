@@ -691,6 +691,10 @@ async fn a_retention_run_beside_a_stuck_view_writer_gives_up_after_its_wait() {
         stderr.contains("has not folded the log up to position 1 within 1 s"),
         "{stderr}"
     );
+    // The report is printed all the same: a run that fails after shredding must still say what
+    // it shredded.
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["done"], json!([]), "{report}");
     assert!(started.elapsed() >= Duration::from_secs(1));
     stuck.close().await;
     database.drop_database().await.unwrap();

@@ -963,17 +963,19 @@ pub async fn retention_run(
         .with_context(|| format!("opening the {}", location.describe()))?;
     let keyring = store.keyring(masters).await?;
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
-    let report = crate::retention::run(
+    let (report, ran) = crate::retention::run(
         &journeys,
         store.audit().as_ref(),
         schedule,
         Utc::now(),
         patience,
     )
-    .await?;
+    .await;
     store.close().await;
+    // Printed also when the run failed part way: what it shredded before is done for good.
     serde_json::to_writer_pretty(std::io::stdout().lock(), &report)?;
     println!();
+    ran?;
     if !report.failed.is_empty() {
         bail!("{} client(s) could not be handled", report.failed.len());
     }

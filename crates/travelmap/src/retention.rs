@@ -77,22 +77,26 @@ pub struct Failed {
 pub const VIEWS_PATIENCE: Duration = Duration::from_secs(600);
 
 /// Runs the schedule once, at `now`, waiting at most `patience` each time the views must catch
-/// up with the log.
+/// up with the log. Returns the report of what was found and done, also when the run failed
+/// part way (beside the error): a shredding done before the failure is irreversible, and the
+/// operator must learn of it from the report, not only from the log.
 pub async fn run(
     journeys: &Journeys,
     audit: &dyn AuditLog,
     schedule: &Schedule,
     now: DateTime<Utc>,
     patience: Duration,
-) -> anyhow::Result<Report> {
+) -> (Report, anyhow::Result<()>) {
     let mut report = Report {
         ran_at: now,
         ..Report::default()
     };
     if schedule.is_empty() {
-        return Ok(report);
+        return (report, Ok(()));
     }
-    journeys.projector().bring_to_head(patience).await?;
+    if let Err(error) = journeys.projector().bring_to_head(patience).await {
+        return (report, Err(error.into()));
+    }
     let shredded = shred_what_is_due(journeys, audit, schedule, now, &mut report).await;
     if !report.done.is_empty() {
         // The views still hold what was shredded, in plaintext, until the projection folds the
@@ -100,10 +104,11 @@ pub async fn run(
         // start, and a copy of the data directory taken meanwhile would keep the data. Also
         // when the run stopped early: what it did shred before is folded all the same. Beside
         // a server on PostgreSQL, the server folds them, and the run waits until it has.
-        journeys.projector().bring_to_head(patience).await?;
+        if let Err(error) = journeys.projector().bring_to_head(patience).await {
+            return (report, Err(error.into()));
+        }
     }
-    shredded?;
-    Ok(report)
+    (report, shredded)
 }
 
 /// Shreds what is due for each client, recording each shredding in `report` as it goes.
@@ -323,7 +328,7 @@ pub async fn daily(
         )
         .await
         {
-            Ok(report) => {
+            (report, Ok(())) => {
                 // Clients that could not be handled keep data past its time until a run
                 // handles them: that is a failure to report, though the run went on.
                 if report.failed.is_empty() {
@@ -339,9 +344,13 @@ pub async fn daily(
                     "retention run"
                 );
             }
-            Err(error) => {
+            (report, Err(error)) => {
                 health.failing();
-                tracing::error!(%error, "retention run failed; next run in a day");
+                tracing::error!(
+                    %error,
+                    done = report.done.len(),
+                    "retention run failed; next run in a day"
+                );
             }
         }
     }
