@@ -965,6 +965,94 @@ async fn the_withdrawal_of_its_own_consent_reaches_the_agency_once(backend: Back
     backend.remove().await;
 }
 
+/// A correction or retraction that takes back the involvement or consent an agency had (it was
+/// recorded for the wrong agency) reaches that agency, so that its systems learn that what they
+/// were sent was rectified; nothing after it does.
+async fn a_rectification_that_takes_back_its_access_reaches_the_agency(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let receiver = Receiver::start().await;
+    let webhook = register(
+        &app,
+        &receiver,
+        json!(["involvement.*", "consent.*", "event.*"]),
+    )
+    .await;
+    let involved = Uuid::new_v4();
+    let consented = Uuid::new_v4();
+    let opened = posted(
+        &app,
+        PRISON_WRITER,
+        &event(
+            involved,
+            "involvement.opened",
+            AT,
+            json!({"agency": "ngo-opava", "role": "mentor"}),
+        ),
+    )
+    .await;
+    let consent = posted(
+        &app,
+        PRISON_WRITER,
+        &event(
+            consented,
+            "consent.recorded",
+            AT,
+            json!({"agency": "ngo-opava", "purposes": ["case_management"], "legal_basis": "consent"}),
+        ),
+    )
+    .await;
+    // Scope is decided as each page is read: both must be read while they hold.
+    eventually("the involvement and the consent are delivered", || async {
+        receiver.inbox.received().len() >= 2
+    })
+    .await;
+    let retracted = posted(
+        &app,
+        PRISON_WRITER,
+        &event(
+            involved,
+            "event.retracted",
+            AT,
+            json!({"event_id": opened["id"], "reason": "recorded for the wrong agency"}),
+        ),
+    )
+    .await;
+    let corrected = posted(
+        &app,
+        PRISON_WRITER,
+        &event(
+            consented,
+            "event.corrected",
+            AT,
+            json!({"event_id": consent["id"], "reason": "recorded for the wrong agency",
+                   "data": {"agency": "probation-opava", "purposes": ["case_management"],
+                            "legal_basis": "consent"}}),
+        ),
+    )
+    .await;
+    let after = need(&app, PROBATION_WRITER, involved, "after the retraction").await;
+    read_through_head(&app, &webhook).await;
+    let ids: Vec<String> = receiver
+        .inbox
+        .received()
+        .into_iter()
+        .map(|received| received.event_id)
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            &opened["id"],
+            &consent["id"],
+            &retracted["id"],
+            &corrected["id"]
+        ]
+        .map(|id| id.as_str().unwrap().to_owned()),
+        "the need after the retraction ({after}) stays out"
+    );
+    app.stop().await;
+    backend.remove().await;
+}
+
 /// An agency taken out of the configuration receives nothing more: its webhooks stay
 /// registered, but nothing is delivered to them, while other agencies' go on.
 async fn an_agency_taken_out_of_the_configuration_receives_nothing_more(backend: Backend) {
@@ -1088,6 +1176,7 @@ async fn an_attempt_cut_short_by_a_shutdown_still_counts(backend: Backend) {
 }
 
 on_both_backends!(
+    a_rectification_that_takes_back_its_access_reaches_the_agency,
     an_attempt_cut_short_by_a_shutdown_still_counts,
     an_agency_taken_out_of_the_configuration_receives_nothing_more,
     the_withdrawal_of_its_own_consent_reaches_the_agency_once,

@@ -24,6 +24,9 @@ pub struct Access {
     /// Withdrawals that ended a consent's cover: agency, purpose, and the withdrawal. See
     /// [`Access::told_of_its_end`].
     pub withdrawn: BTreeSet<(String, Purpose, EventId)>,
+    /// Corrections and retractions that took back an involvement or consent an agency had:
+    /// the agency and the rectification. See [`Access::told_of_its_end`].
+    pub taken_back: BTreeSet<(String, EventId)>,
     /// Processing is restricted: the data may be read only for audit or subject access.
     pub restricted: bool,
     /// The client's personal data was erased.
@@ -43,8 +46,11 @@ impl Access {
     /// Whether `event` ended `agency`'s own standing with the client, so that the agency's
     /// systems, subscribed for `purpose`, hear its case ended although the event leaves it out
     /// of scope: a close that ended an involvement of the agency's that had been opened, or the
-    /// withdrawal of a consent that covered `purpose`. A close or withdrawal that ended nothing
-    /// of the agency's (any agency may record one naming any other) tells it nothing.
+    /// withdrawal of a consent that covered `purpose`, or the correction or retraction of the
+    /// involvement or consent that had given the agency access (recorded for the wrong agency,
+    /// say: the agency learns that what it was sent was rectified, GDPR Art. 19). A close or
+    /// withdrawal that ended nothing of the agency's (any agency may record one naming any
+    /// other) tells it nothing.
     pub fn told_of_its_end(&self, agency: &str, purpose: Purpose, event: &RecordedEvent) -> bool {
         match &event.draft.event {
             JourneyEvent::InvolvementClosed(closed) => {
@@ -61,6 +67,9 @@ impl Access {
                         .withdrawn
                         .contains(&(agency.to_owned(), purpose, event.draft.id))
             }
+            JourneyEvent::EventCorrected(_) | JourneyEvent::EventRetracted(_) => self
+                .taken_back
+                .contains(&(agency.to_owned(), event.draft.id)),
             _ => false,
         }
     }
@@ -95,6 +104,7 @@ impl ClientState {
                 })
                 .collect(),
             withdrawn: BTreeSet::new(),
+            taken_back: self.grants_taken_back.iter().cloned().collect(),
             restricted: false,
             erased: false,
         };

@@ -75,6 +75,26 @@ pub struct ClientState {
     /// Absent from views stored before it was kept, which read as having none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retractions: Vec<Retraction>,
+    /// Access that a rectification took back: an agency, and the correction or retraction of
+    /// the involvement or consent that had given it access (see
+    /// [`crate::Access::told_of_its_end`]). Absent from views stored before it was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants_taken_back: Vec<(String, EventId)>,
+}
+
+/// The agency a fact gives access to the client: the one an involvement is opened for (the
+/// recording agency, unless it names another) or a consent covers.
+fn granted_to<'fact>(event: &'fact JourneyEvent, recorder: &'fact str) -> Option<&'fact str> {
+    match event {
+        JourneyEvent::InvolvementOpened(opened) => Some(
+            opened
+                .agency
+                .as_ref()
+                .map_or(recorder, |named| named.as_str()),
+        ),
+        JourneyEvent::ConsentRecorded(consent) => Some(consent.agency.as_str()),
+        _ => None,
+    }
 }
 
 /// A retracted fact, as retention counts it.
@@ -95,6 +115,7 @@ impl ClientState {
             position: 0,
             facts: Vec::new(),
             retractions: Vec::new(),
+            grants_taken_back: Vec::new(),
         }
     }
 
@@ -127,7 +148,12 @@ impl ClientState {
         self.version = meta.version;
         match draft.event {
             JourneyEvent::EventCorrected(correction) => {
-                if let Some(fact) = self.fact_mut(correction.event_id) {
+                if let Some(fact) = self
+                    .facts
+                    .iter_mut()
+                    .find(|fact| fact.event_id == correction.event_id)
+                {
+                    let granted_before = granted_to(&fact.event, &fact.agency).map(str::to_owned);
                     // The aggregate validated the replacement against this type when it was
                     // recorded; a failure here would mean a damaged log, and keeping the original
                     // reading is the safer answer than dropping the fact.
@@ -137,6 +163,11 @@ impl ClientState {
                         correction.data,
                     ) {
                         fact.event = event;
+                    }
+                    if let Some(before) = granted_before
+                        && granted_to(&fact.event, &fact.agency) != Some(before.as_str())
+                    {
+                        self.grants_taken_back.push((before, draft.id));
                     }
                     fact.corrections.push(CorrectionNote {
                         event_id: draft.id,
@@ -153,6 +184,9 @@ impl ClientState {
                     .position(|fact| fact.event_id == retraction.event_id)
                 {
                     let retracted = self.facts.remove(at);
+                    if let Some(agency) = granted_to(&retracted.event, &retracted.agency) {
+                        self.grants_taken_back.push((agency.to_owned(), draft.id));
+                    }
                     self.retractions.push(Retraction {
                         event_type: retracted.event.event_type().to_owned(),
                         recorded_at: meta.recorded_at,
@@ -191,10 +225,6 @@ impl ClientState {
             }
         }
         true
-    }
-
-    fn fact_mut(&mut self, event_id: EventId) -> Option<&mut Fact> {
-        self.facts.iter_mut().find(|fact| fact.event_id == event_id)
     }
 
     /// The identifiers under which the client can be found.
