@@ -251,6 +251,22 @@ async fn positions_past_the_largest_are_refused_as_parameters() {
     );
 }
 
+/// A path segment that is not UTF-8 once decoded is refused in the one error format, on every
+/// route that takes one.
+#[tokio::test]
+async fn a_path_segment_that_is_not_text_is_a_problem() {
+    let app = spawn_app().await;
+    for (path, key) in [
+        ("/v1/agencies/%FF/caseload", COORDINATOR),
+        ("/v1/clients/%FF/travel-map", AUDITOR),
+        ("/problems/%FF", AUDITOR),
+    ] {
+        let response = app.get(path, key).await;
+        expect_problem(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    }
+    app.stop().await;
+}
+
 /// The limits the server enforces on parameters and bodies are stated in the document.
 #[tokio::test]
 async fn the_document_states_the_limits_the_server_enforces() {

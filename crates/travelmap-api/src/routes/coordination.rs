@@ -7,7 +7,7 @@
 //! data-protection officers and administrators see all. Every read is logged.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use travelmap_domain::ClientId;
 use travelmap_domain::audit::{Operation, Outcome};
@@ -19,7 +19,7 @@ use crate::AppState;
 use crate::audit::{self, Logged, RequestContext};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, Code, Problem};
-use crate::extract::{self, Query};
+use crate::extract::{self, Path, Query};
 
 const READERS: [Role; 4] = [Role::Coordinator, Role::Auditor, Role::Dpo, Role::Admin];
 
