@@ -1504,3 +1504,29 @@ fn retention_run_without_a_schedule_still_prints_a_json_report() {
         "the reason is told on standard error"
     );
 }
+
+/// A command whose standard output is closed early (`travelmap migrate | true`) reports it and
+/// fails; it does not panic with a backtrace.
+#[test]
+fn a_closed_standard_output_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["migrate"][..], &["audit", "verify"]] {
+        let mut child = travelmap_command()
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env_remove("TRAVELMAP_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        if !output.status.success() {
+            assert!(stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        }
+    }
+}

@@ -253,7 +253,7 @@ pub async fn import(
         journeys.projector().catch_up().await?;
     }
     store.close().await;
-    println!(
+    out!(
         "imported {created} events ({skipped} already recorded) from {}",
         file.display()
     );
@@ -543,7 +543,7 @@ pub async fn rebuild(location: &Location, masters: MasterKeys) -> anyhow::Result
     let report = journeys.projector().rebuild().await?;
     store.close().await;
     let seconds = report.elapsed.as_secs_f64();
-    println!(
+    out!(
         "rebuilt {} client views from {} events in {:.2}s ({:.0} events/s)",
         report.clients,
         report.events,
@@ -711,16 +711,16 @@ pub fn new_credential(
     );
     eprintln!("{key}");
     if let Some(kind) = kind {
-        println!("[[agencies]]");
-        println!("id = {agency}");
-        println!("kind = \"{kind}\"");
-        println!();
+        out!("[[agencies]]");
+        out!("id = {agency}");
+        out!("kind = \"{kind}\"");
+        out!();
     }
-    println!("[[credentials]]");
-    println!("id = {id}");
-    println!("agency = {agency}");
-    println!("roles = [{}]", roles.join(", "));
-    println!("key_sha256 = \"{}\"", Authenticator::hash_key(&key));
+    out!("[[credentials]]");
+    out!("id = {id}");
+    out!("agency = {agency}");
+    out!("roles = [{}]", roles.join(", "));
+    out!("key_sha256 = \"{}\"", Authenticator::hash_key(&key));
     Ok(())
 }
 
@@ -731,13 +731,13 @@ pub async fn migrate(location: &Location) -> anyhow::Result<()> {
             let version = postgres::migrate(url)
                 .await
                 .with_context(|| format!("migrating the {}", location.describe()))?;
-            println!("{} is at schema version {version}", location.describe());
+            out!("{} is at schema version {version}", location.describe());
         }
         Location::Embedded(_) => {
             // Opening the embedded store applies its migrations.
             let store = Store::open(location).await?;
             store.close().await;
-            println!("{} is up to date", location.describe());
+            out!("{} is up to date", location.describe());
         }
     }
     Ok(())
@@ -770,7 +770,7 @@ pub async fn verify_audit(
                 _ => bail!("{} lacks `seq` and `hash`", path.display()),
             };
             if let Err(problem) = check_signature(&value, seq, &hash, public_key) {
-                println!("audit checkpoint rejected: {problem}");
+                out!("audit checkpoint rejected: {problem}");
                 return Ok(Verified::Broken);
             }
             Some((seq, hash))
@@ -893,7 +893,7 @@ pub async fn verify_audit(
     let (seq, hash) = check.head();
     Ok(match broken {
         None => {
-            println!(
+            out!(
                 "audit trail intact: {seq} entries, head hash {}{}",
                 hex(&hash),
                 checkpoint.map_or(String::new(), |(seq, _)| format!(
@@ -903,7 +903,7 @@ pub async fn verify_audit(
             Verified::Intact
         }
         Some(error) => {
-            println!("audit trail broken: {error}");
+            out!("audit trail broken: {error}");
             Verified::Broken
         }
     })
@@ -955,7 +955,7 @@ pub async fn retention_run(
             ..Default::default()
         };
         serde_json::to_writer_pretty(std::io::stdout().lock(), &report)?;
-        println!();
+        out!();
         return Ok(());
     }
     let store = Store::open_existing(location)
@@ -974,7 +974,7 @@ pub async fn retention_run(
     store.close().await;
     // Printed also when the run failed part way: what it shredded before is done for good.
     serde_json::to_writer_pretty(std::io::stdout().lock(), &report)?;
-    println!();
+    out!();
     ran?;
     if !report.failed.is_empty() {
         bail!("{} client(s) could not be handled", report.failed.len());
@@ -991,7 +991,7 @@ pub async fn rotate_keys(location: &Location, masters: MasterKeys) -> anyhow::Re
     let keyring = store.keyring(masters).await?;
     let count = keyring.rotate().await?;
     store.close().await;
-    println!(
+    out!(
         "rewrapped {count} data key(s) under master key `{current}`; older master keys can now be removed"
     );
     Ok(())

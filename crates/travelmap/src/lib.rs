@@ -2,6 +2,20 @@
 //! command line. `main.rs` only parses arguments and calls in here, so tests and the benchmark
 //! build the very same application.
 
+/// `println!` for commands: a closed standard output (`travelmap migrate | true`) is an error
+/// the command returns, not a panic with a backtrace.
+macro_rules! out {
+    () => {
+        std::io::Write::write_all(&mut std::io::stdout().lock(), b"\n")?
+    };
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(
+            &mut std::io::stdout().lock(),
+            format_args!("{}\n", format_args!($($arg)*)),
+        )?
+    };
+}
+
 pub mod app;
 pub mod commands;
 pub mod erasures;

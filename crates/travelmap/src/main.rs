@@ -461,7 +461,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .and_then(|(_, file)| file.audit_signing_key_file.as_deref());
             // The key the service signs with, never one made here: an auditor would pin a key
             // no checkpoint is signed with.
-            println!("{}", service_public_key(configured, &data_dir)?);
+            let key = service_public_key(configured, &data_dir)?;
+            // A closed standard output is an error to report, not a panic.
+            std::io::Write::write_all(
+                &mut std::io::stdout().lock(),
+                format!("{key}\n").as_bytes(),
+            )?;
             Ok(())
         }
         Command::Audit(AuditCommand::Verify {
