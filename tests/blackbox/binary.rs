@@ -1352,7 +1352,7 @@ fn offline_commands_refuse_a_directory_without_a_store_and_leave_it_untouched() 
 }
 
 /// `credential new` prints entries the configuration reads back as given, whatever the id holds,
-/// and refuses blank names.
+/// and refuses what the server would refuse: blank names, ids in the tokens' `jwt:` namespace.
 #[test]
 fn credential_new_prints_entries_that_read_back_as_given() {
     let made = Command::new(BINARY)
@@ -1371,7 +1371,7 @@ fn credential_new_prints_entries_that_read_back_as_given() {
     let entries: toml::Table = String::from_utf8(made.stdout).unwrap().parse().unwrap();
     assert_eq!(entries["credentials"][0]["id"].as_str(), Some(r#"x"y\z"#));
     assert_eq!(entries["agencies"][0]["id"].as_str(), Some("prison-a"));
-    for unreadable in [" ", " padded", "two\nlines"] {
+    for unreadable in [" ", " padded", "two\nlines", "jwt:subject"] {
         let refused = Command::new(BINARY)
             .args([
                 "credential",

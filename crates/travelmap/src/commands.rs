@@ -693,18 +693,23 @@ pub fn new_credential(
     kind: Option<AgencyKind>,
     roles: &[Role],
 ) -> anyhow::Result<()> {
-    if [id, agency]
-        .iter()
-        .any(|name| name.trim().is_empty() || !travelmap_api::auth::plain_id(name))
-    {
-        bail!("--id and --agency must not be blank, padded with spaces or hold control characters");
-    }
+    let key = crate::settings::new_key();
+    // Checked as the server checks its configuration, so that no entry printed here is refused
+    // when the server reads it (a blank or padded name, an id in the tokens' `jwt:` namespace).
+    Authenticator::new([(
+        Authenticator::hash_key(&key),
+        travelmap_api::auth::Credential {
+            id: id.to_owned(),
+            agency: agency.to_owned(),
+            agency_kind: kind,
+            roles: roles.to_vec(),
+        },
+    )])?;
     // Quoted as TOML strings, so that an id with a quote or a backslash still makes an entry
     // the configuration reads back as given.
     let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
     let (id_text, agency_text) = (id, agency);
     let (id, agency) = (quoted(id), quoted(agency));
-    let key = crate::settings::new_key();
     let roles: Vec<String> = roles.iter().map(|role| format!("\"{role}\"")).collect();
     eprintln!(
         "Key for `{id_text}` of `{agency_text}` (give it to the agency system; it is shown once and stored nowhere):"
