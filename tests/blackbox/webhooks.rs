@@ -686,6 +686,17 @@ async fn registrations_are_checked_and_private_to_their_agency(backend: Backend)
         "allowed",
         "ngo-desk"
     )));
+    // Another agency's attempts to change it, answered as if it did not exist, are denied
+    // entries all the same.
+    for action in [
+        "DELETE /v1/subscriptions/webhooks/{id}",
+        "POST /v1/subscriptions/webhooks/{id}/resume",
+    ] {
+        assert!(
+            actions.contains(&(action, "denied", "probation-system")),
+            "{action}: {actions:?}"
+        );
+    }
 
     app.stop().await;
     backend.remove().await;

@@ -231,6 +231,25 @@ async fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<stored::
     Ok(webhook)
 }
 
+/// [`visible`], for a change (a resume, a deletion): one refused because the webhook is not
+/// the caller's agency's, or does not exist (the two are answered alike), is logged as denied,
+/// like a refusal for the caller's role.
+async fn changeable(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    id: &str,
+    logged: Logged<'_>,
+) -> Result<stored::Webhook, ApiError> {
+    match visible(state, caller, id).await {
+        Err(error) if error.code == Code::NotFound => {
+            audit::log(state, caller, context, Outcome::Denied, logged).await?;
+            Err(error)
+        }
+        other => other,
+    }
+}
+
 /// Register a webhook for the caller's agency.
 #[utoipa::path(
     post, path = "/v1/subscriptions/webhooks", tag = "webhooks",
@@ -386,7 +405,14 @@ pub async fn delete(
         returned,
     };
     audit::require(&state, &caller, &context, READERS, logged(None)).await?;
-    let webhook = visible(&state, &caller, &id).await?;
+    let webhook = changeable(
+        &state,
+        &caller,
+        &context,
+        &id,
+        logged(Some(format!("no webhook {id} of the caller's agency"))),
+    )
+    .await?;
     state
         .webhooks
         .remove(webhook.id)
@@ -431,7 +457,14 @@ pub async fn resume(
         returned,
     };
     audit::require(&state, &caller, &context, MANAGERS, logged(None)).await?;
-    let webhook = visible(&state, &caller, &id).await?;
+    let webhook = changeable(
+        &state,
+        &caller,
+        &context,
+        &id,
+        logged(Some(format!("no webhook {id} of the caller's agency"))),
+    )
+    .await?;
     if webhook.state != stored::State::Active {
         let mut entry = context.record(
             &caller,
