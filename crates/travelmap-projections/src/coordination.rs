@@ -176,7 +176,8 @@ pub enum Stage {
 pub struct CaseFile {
     pub client_id: ClientId,
     pub phase: Phase,
-    /// The release that began the current `released` phase.
+    /// The client's latest release, unless they are in custody again: the one that began the
+    /// current `released` phase, or the one before a completion, a drop-out or a re-offence.
     pub released_at: Option<DateTime<Utc>>,
     /// Every involvement, open and closed.
     pub involvements: Vec<Involvement>,
@@ -230,8 +231,16 @@ impl ClientState {
     /// The client's case file as it stands at `now`.
     pub fn case_file(&self, now: DateTime<Utc>, rules: &Rules) -> CaseFile {
         let map = self.travel_map_without_steps(now);
-        let released_at = (map.phase == Phase::Released)
-            .then(|| map.phases.last().map(|span| span.from.with_timezone(&Utc)))
+        // The latest release, also once the client completed or dropped out after it (how long
+        // ago the client left prison still orders a caseload); none while in custody again.
+        let released_at = (map.phase != Phase::InCustody)
+            .then(|| {
+                map.phases
+                    .iter()
+                    .rev()
+                    .find(|span| span.phase == Phase::Released)
+                    .map(|span| span.from.with_timezone(&Utc))
+            })
             .flatten();
         let (mut alerts, next_change) = alerts(self, &map.involvements, now, rules);
         let flagged = |kind: &str| map.flags.iter().any(|flag| flag.kind == kind);

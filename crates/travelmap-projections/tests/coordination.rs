@@ -846,3 +846,33 @@ fn appointment_ids_are_each_agencys_own() {
         "the agency whose appointments were missed follows them up"
     );
 }
+
+#[test]
+fn a_client_who_completed_after_release_keeps_the_release_date() {
+    let mut journey = Journey::new(90);
+    journey.add(
+        hours(0),
+        "prison-opava",
+        "sentence.started",
+        json!({"prison": "Opava", "start_date": "2025-01-01"}),
+    );
+    journey.add(days(1), "prison-opava", "client.released", released());
+    journey.add(
+        days(200),
+        "ngo-rubikon",
+        "programme.completed",
+        json!({"programme": "vol-mentoring"}),
+    );
+    let file = journey.file(days(210));
+    assert_eq!(
+        file.phase,
+        travelmap_projections::travel_map::Phase::Completed
+    );
+    assert_eq!(file.released_at, Some(t0() + days(1)));
+    assert_eq!(file.stage(t0() + days(210)), Stage::Other);
+
+    // In custody again, the old release no longer counts.
+    journey.add(days(220), "prison-opava", "client.recalled", json!({}));
+    let file = journey.file(days(230));
+    assert_eq!(file.released_at, None, "{:?}", file.phase);
+}
