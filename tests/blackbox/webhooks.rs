@@ -1064,6 +1064,45 @@ async fn a_rectification_that_takes_back_its_access_reaches_the_agency(backend: 
     backend.remove().await;
 }
 
+/// A restriction and its lifting are the data-protection officer's decisions, with the
+/// officer's reasons: an agency's webhook receives neither, and after the lifting it receives
+/// the client's events again.
+async fn restriction_decisions_do_not_reach_the_agency(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let receiver = Receiver::start().await;
+    let webhook = register(
+        &app,
+        &receiver,
+        json!(["processing.*", "restriction.*", "need.*"]),
+    )
+    .await;
+    let client = ngo_client(&app).await;
+    let before = need(&app, NGO_WRITER, client, "before the restriction").await;
+    // Scope is decided as each page is read: the need must be read before the restriction.
+    eventually("the need is delivered", || async {
+        !receiver.inbox.received().is_empty()
+    })
+    .await;
+    let path = format!("/v1/clients/{client}/restriction");
+    let restricted = app
+        .post(&path, DPO, &json!({"reason": "contested by the client"}))
+        .await;
+    assert_eq!(restricted.status(), StatusCode::CREATED);
+    let lifted = app.delete(&path, DPO, &json!({"reason": "resolved"})).await;
+    assert_eq!(lifted.status(), StatusCode::CREATED);
+    let after = need(&app, NGO_WRITER, client, "after the lifting").await;
+    read_through_head(&app, &webhook).await;
+    let ids: Vec<String> = receiver
+        .inbox
+        .received()
+        .into_iter()
+        .map(|received| received.event_id)
+        .collect();
+    assert_eq!(ids, [before, after]);
+    app.stop().await;
+    backend.remove().await;
+}
+
 /// An agency taken out of the configuration receives nothing more: its webhooks stay
 /// registered, but nothing is delivered to them, while other agencies' go on.
 async fn an_agency_taken_out_of_the_configuration_receives_nothing_more(backend: Backend) {
@@ -1188,6 +1227,7 @@ async fn an_attempt_cut_short_by_a_shutdown_still_counts(backend: Backend) {
 
 on_both_backends!(
     a_rectification_that_takes_back_its_access_reaches_the_agency,
+    restriction_decisions_do_not_reach_the_agency,
     an_attempt_cut_short_by_a_shutdown_still_counts,
     an_agency_taken_out_of_the_configuration_receives_nothing_more,
     the_withdrawal_of_its_own_consent_reaches_the_agency_once,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::{broadcast, watch};
 use travelmap_domain::payloads::Purpose;
-use travelmap_domain::{ClientId, RecordedEvent};
+use travelmap_domain::{ClientId, JourneyEvent, RecordedEvent};
 use travelmap_projections::Access;
 use travelmap_projections::health::Reporter;
 
@@ -66,6 +66,18 @@ impl Scope {
         match &self.agency {
             None => true,
             Some(_) if access.restricted => false,
+            // A restriction and its lifting are the data-protection officer's decisions about
+            // the record, with the officer's reasons: an agency learns of a restriction from
+            // the `403 restricted` its reads get, not from its feed, which would also send it
+            // a restriction that ended before it read that far.
+            Some(_)
+                if matches!(
+                    event.draft.event,
+                    JourneyEvent::ProcessingRestricted(_) | JourneyEvent::RestrictionLifted(_)
+                ) =>
+            {
+                false
+            }
             Some(agency) => {
                 access.allows(agency, self.purpose)
                     || access.told_of_its_end(agency, self.purpose, event)
