@@ -74,6 +74,10 @@ pub enum Error {
         "the database has schema version {found}; this binary needs {needed} (run `travelmap migrate`)"
     )]
     SchemaOutdated { found: i64, needed: i64 },
+    /// The store's location is unusable as given (a store URL's parameter it does not know,
+    /// a directory that holds no store where one is needed).
+    #[error("{0}")]
+    BadLocation(String),
     /// The database holds no Travelmap store (its schema was never made), and this connection
     /// was not allowed to make one: a command that only makes sense on an existing store.
     #[error(
@@ -674,12 +678,9 @@ impl Store {
         Ok(match location {
             Location::Embedded(dir) => {
                 if !dir.join("events.sqlite").exists() {
-                    return Err(Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!(
-                            "{} holds no store (no events.sqlite): give the --data-dir of an existing one",
-                            dir.display()
-                        ),
+                    return Err(Error::BadLocation(format!(
+                        "{} holds no store (no events.sqlite): give the --data-dir of an existing one",
+                        dir.display()
                     )));
                 }
                 Store::Embedded(sqlite::SqliteStore::open(dir)?)

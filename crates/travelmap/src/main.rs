@@ -53,7 +53,8 @@ enum Command {
         /// The file to load.
         file: PathBuf,
         /// The configured credential the events are recorded under (its agency is recorded).
-        /// Without --config, the local admin credential is used.
+        /// Without --config, on the embedded store only, the local admin credential is used;
+        /// on PostgreSQL give the deployment's --config and a credential.
         #[arg(long, value_name = "ID")]
         credential: Option<String>,
     },
@@ -74,7 +75,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// The configured credential that reads (it needs the auditor or dpo role; the read is
-        /// logged under it). Without --config, the local admin credential is used.
+        /// logged under it). Without --config, on the embedded store only, the local admin
+        /// credential is used; on PostgreSQL give the deployment's --config and a credential.
         #[arg(long, value_name = "ID")]
         credential: Option<String>,
         /// Why: `audit` or `subject_access` (logged with the read).

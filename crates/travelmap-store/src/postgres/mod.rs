@@ -186,10 +186,9 @@ pub(crate) fn connect_options(url: &str) -> Result<(PgConnectOptions, Duration)>
     // would then create the store's tables wherever that leads (often the `postgres`
     // database).
     if options.get_database().is_none() {
-        return Err(Error::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the store URL names no database: write it as postgres://USER@HOST/DATABASE",
-        )));
+        return Err(Error::BadLocation(
+            "the store URL names no database: write it as postgres://USER@HOST/DATABASE".to_owned(),
+        ));
     }
     Ok((options, connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)))
 }
@@ -291,29 +290,24 @@ fn take_connect_timeout(url: &str) -> Result<(String, Option<Duration>)> {
         // misspelt `sslmode` would then connect without the TLS it asked for.
         let name = pair.split_once('=').map_or(pair, |(name, _)| name);
         if !URL_PARAMETERS.contains(&name) {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "the store URL's parameter `{name}` is not one of {}",
-                    URL_PARAMETERS.join(", ")
-                ),
+            return Err(Error::BadLocation(format!(
+                "the store URL's parameter `{name}` is not one of {}",
+                URL_PARAMETERS.join(", ")
             )));
         }
         // Which of two would count is the driver's business; that is not good enough for
         // `sslmode`.
         if named.contains(&name) {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("the store URL gives its parameter `{name}` twice"),
+            return Err(Error::BadLocation(format!(
+                "the store URL gives its parameter `{name}` twice"
             )));
         }
         named.push(name);
         match pair.strip_prefix("connect_timeout=") {
             Some(seconds) => {
                 let seconds: u64 = seconds.parse().map_err(|_| {
-                    Error::Io(std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("connect_timeout `{seconds}` is not a whole number of seconds"),
+                    Error::BadLocation(format!(
+                        "connect_timeout `{seconds}` is not a whole number of seconds"
                     ))
                 })?;
                 // libpq reads 0 as "wait for ever"; a wait that never ends helps nobody here.
