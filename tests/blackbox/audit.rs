@@ -545,10 +545,18 @@ fn verify_with_key(data: &Path, checkpoint: Option<&Path>, key: Option<&str>) ->
         command.arg("--public-key").arg(key);
     }
     let output = command.output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-    )
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    // 0 intact, 3 broken, 1 could not check: never a usage error's status (2).
+    assert!(
+        matches!(output.status.code(), Some(0 | 1 | 3)),
+        "{:?}: {stdout} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if stdout.contains("audit trail broken") {
+        assert_eq!(output.status.code(), Some(3), "{stdout}");
+    }
+    (output.status.success(), stdout)
 }
 
 /// Runs `change` on a copy of the data directory's audit trail and verifies the copy against

@@ -199,6 +199,9 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// The exit status of `audit verify` when the trail does not verify.
+const BROKEN_TRAIL: i32 = 3;
+
 /// The command line, with every `TRAVELMAP_*` variable that is set but empty taken as not set:
 /// an empty line in an environment file should not stop the service with "a value is required
 /// for --config".
@@ -493,7 +496,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
             {
                 commands::Verified::Intact => Ok(()),
-                commands::Verified::Broken => std::process::exit(2),
+                // Not 1 (the command failed to run) nor 2 (its arguments were wrong): a script
+                // must tell a broken trail from a failure to check it.
+                commands::Verified::Broken => std::process::exit(BROKEN_TRAIL),
             }
         }
         Command::Credential(CredentialCommand::New {
