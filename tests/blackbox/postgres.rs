@@ -825,3 +825,46 @@ async fn an_empty_or_inconsistent_database_is_refused() {
     }
     database.drop_database().await.unwrap();
 }
+
+/// A start on a database whose keys are wrapped under a master key it was not given generates
+/// one in its data directory (as for any first start), finds it opens nothing, and removes it
+/// again: left there, it would be read on every later start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_key_generated_for_a_store_it_cannot_open_is_removed() {
+    let cluster = Cluster::start(1).await;
+    let http = reqwest::Client::new();
+    let registered = event(
+        Uuid::new_v4(),
+        "client.registered",
+        "2026-01-05T10:00:00+01:00",
+        json!({"personal": {"given_name": "Dagmar"}}),
+    );
+    let (status, _) = post(&http, &cluster.address(0), &registered).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let Cluster {
+        servers,
+        database,
+        config,
+        _dir,
+    } = cluster;
+    drop(servers);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let data_dir = elsewhere.path().join("data");
+    let output = travelmap_command()
+        .env_remove("TRAVELMAP_MASTER_KEYS")
+        .env_remove("TRAVELMAP_CONFIG")
+        .args(["--store", database.url(), "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("rebuild")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("which is not configured"), "{stderr}");
+    assert!(stderr.contains("was removed again"), "{stderr}");
+    assert!(!data_dir.join("master.key").exists(), "{stderr}");
+    database.drop_database().await.unwrap();
+}

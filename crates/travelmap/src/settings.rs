@@ -604,6 +604,20 @@ pub const MASTER_KEY_FILE: &str = "master.key";
 /// The environment variable that gives the master keys directly.
 pub const MASTER_KEYS_ENV: &str = "TRAVELMAP_MASTER_KEYS";
 
+/// The master key file this process generated, if it did (see [`discard_generated_master_key`]).
+static GENERATED_MASTER_KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Removes the master key file this process generated, if it did: for a command that then
+/// found the store's keys wrapped under another master key (a PostgreSQL database whose key
+/// store the data directory cannot show). Left there, the new key would be read on the next
+/// start and the right one, once put back, would have to be told apart from it. Returns its
+/// path.
+pub fn discard_generated_master_key() -> Option<PathBuf> {
+    let path = GENERATED_MASTER_KEY.get()?;
+    std::fs::remove_file(path).ok()?;
+    Some(path.clone())
+}
+
 /// The master keys: from `TRAVELMAP_MASTER_KEYS`, else the configured file, else `master.key` in
 /// the data directory (generated there, readable by the owner only, on first use).
 pub fn master_keys(
@@ -660,6 +674,7 @@ pub fn master_keys(
                 key.to_hex()
             );
             write_private(&path, &text).map_err(|error| failed(error.to_string()))?;
+            let _ = GENERATED_MASTER_KEY.set(path.clone());
             tracing::warn!(
                 path = %path.display(),
                 "generated a master key in the data directory; for a real deployment keep it elsewhere (master_key_file or TRAVELMAP_MASTER_KEYS)"
