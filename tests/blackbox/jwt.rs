@@ -354,3 +354,33 @@ async fn the_key_set_can_come_from_the_identity_providers_url() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{receipt}");
 }
+
+/// A live feed opened with a token ends when the token expires: what it may receive was decided
+/// by an authentication that no longer holds. (Its system reconnects with a fresh token.)
+#[tokio::test]
+async fn a_live_feed_opened_with_a_token_ends_when_the_token_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, jwk) = es256_key(1, "k1");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({"keys": [jwk]}).to_string()).unwrap();
+    let config = config_with_jwt(dir.path(), &format!("jwks_file = \"{}\"", jwks.display()));
+    let server = Server::start(&dir.path().join("data"), Some(&config)).await;
+    let mut short = claims("probation-opava", json!(["auditor"]));
+    short["exp"] = json!(now() + 3);
+    let mut response = reqwest::Client::new()
+        .get(format!("{}/v1/subscriptions/feed", server.address))
+        .bearer_auth(token(&key, "k1", short))
+        .header("x-purpose", "audit")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = std::time::Instant::now();
+    // Heartbeats come every 15 s: a stream still open after 12 s outlived its token.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(12), async {
+        while response.chunk().await.unwrap().is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its token");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+}

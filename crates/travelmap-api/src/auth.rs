@@ -207,18 +207,23 @@ impl Authenticator {
         self
     }
 
-    /// The credential behind a bearer value: a configured key, or (if configured) a valid JWT.
-    pub fn authenticate(&self, bearer: &str) -> Result<Credential, ApiError> {
+    /// The caller behind a bearer value: a configured key, or (if configured) a valid JWT,
+    /// which is valid until it expires.
+    pub fn authenticate(&self, bearer: &str) -> Result<Caller, ApiError> {
         if let Some(verifier) = &self.jwt
             && bearer.matches('.').count() == 2
         {
-            return verifier.verify(bearer).map_err(|error| {
-                tracing::info!(%error, "bearer token refused");
-                ApiError::new(Code::Unauthorized, error.to_string())
-            });
+            return verifier
+                .verify(bearer)
+                .map(|(credential, expires)| Caller(credential, Some(expires)))
+                .map_err(|error| {
+                    tracing::info!(%error, "bearer token refused");
+                    ApiError::new(Code::Unauthorized, error.to_string())
+                });
         }
         self.find(bearer)
             .cloned()
+            .map(|credential| Caller(credential, None))
             .ok_or_else(|| ApiError::new(Code::Unauthorized, "the bearer key is not valid"))
     }
 
@@ -233,10 +238,10 @@ impl Authenticator {
     }
 }
 
-/// The authenticated caller of a request. Extracting it answers 401 when the key is missing or
-/// unknown.
+/// The authenticated caller of a request, and when its authentication ends (a token's expiry;
+/// none for a configured key). Extracting it answers 401 when the key is missing or unknown.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Credential);
+pub struct Caller(pub Credential, pub Option<chrono::DateTime<chrono::Utc>>);
 
 impl Caller {
     /// Passes when the caller's agency may post events of `event_type`; otherwise 403.
@@ -328,8 +333,8 @@ impl FromRequestParts<AppState> for Caller {
                     "the Authorization header must be `Bearer <key>`",
                 )
             })?;
-        let credential = state.authenticator.authenticate(key)?;
-        tracing::Span::current().record("credential", credential.id.as_str());
-        Ok(Caller(credential))
+        let caller = state.authenticator.authenticate(key)?;
+        tracing::Span::current().record("credential", caller.0.id.as_str());
+        Ok(caller)
     }
 }

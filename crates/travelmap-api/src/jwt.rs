@@ -3,6 +3,7 @@
 //! ones and the token unexpired; the agency and roles come from claims, and the agency must be
 //! one the configuration declares (its kind decides what it may post, as for API keys).
 
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -107,8 +108,8 @@ impl JwtVerifier {
         Ok(count)
     }
 
-    /// The credential a valid token stands for.
-    pub fn verify(&self, token: &str) -> Result<Credential, JwtError> {
+    /// The credential a valid token stands for, and when the token expires.
+    pub fn verify(&self, token: &str) -> Result<(Credential, DateTime<Utc>), JwtError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|error| JwtError::Malformed(error.to_string()))?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
@@ -137,7 +138,11 @@ impl JwtVerifier {
             .map_err(|error| JwtError::Invalid(error.to_string()))?
             .claims;
         drop(keys);
-        self.credential(&claims)
+        let expires = claims["exp"]
+            .as_i64()
+            .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
+            .ok_or_else(|| JwtError::MissingClaim("exp".into()))?;
+        Ok((self.credential(&claims)?, expires))
     }
 
     fn credential(&self, claims: &Value) -> Result<Credential, JwtError> {

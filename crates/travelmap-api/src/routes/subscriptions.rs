@@ -121,6 +121,7 @@ pub async fn feed(
         action: "GET /v1/subscriptions/feed",
         returned,
     };
+    let caller_expiry = caller.1;
     audit::require(
         &state,
         &caller,
@@ -264,9 +265,25 @@ pub async fn feed(
         }
     };
     let mut stopping = state.stopping.clone();
+    // A token's stream ends when the token expires: what the caller may receive was decided by
+    // an authentication that no longer holds. Its system reconnects with a fresh token, from
+    // the last event it received.
+    let expires = caller_expiry;
     let events = events
         .take_until(async move {
-            let _ = stopping.wait_for(|stopping| *stopping).await;
+            let expired = async {
+                match expires {
+                    Some(at) => {
+                        let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                        tokio::time::sleep(left).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stopping.wait_for(|stopping| *stopping) => {}
+                () = expired => {}
+            }
         })
         .boxed();
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
