@@ -390,3 +390,73 @@ async fn each_role_reaches_only_its_endpoints() {
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{key}");
     }
 }
+
+/// A read refused for its headers (a justification too long, a purpose that is not UTF-8) is
+/// logged as denied under the client like any other refusal: a break-glass attempt leaves its
+/// trace. And a read refused for its parameters opens no break-glass grant.
+#[tokio::test]
+async fn a_read_refused_for_its_headers_or_parameters_leaves_a_trace_and_no_grant() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        sample_event(client, "client.registered", AT),
+    )
+    .await;
+    let events = app.url(&format!("/v1/clients/{client}/events"));
+    let too_long = "x".repeat(2001);
+    let refused = app
+        .http
+        .get(&events)
+        .bearer_auth(NGO_COORDINATOR)
+        .header("x-purpose", "emergency")
+        .header("x-justification", too_long.as_str())
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(refused, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "X-Justification");
+    let not_text = app
+        .http
+        .get(&events)
+        .bearer_auth(NGO_COORDINATOR)
+        .header(
+            "x-purpose",
+            reqwest::header::HeaderValue::from_bytes(b"case_management\xe9").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_problem(not_text, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    let future = app
+        .http
+        .get(format!("{events}?as_of=2099-01-01T00:00:00Z"))
+        .bearer_auth(NGO_COORDINATOR)
+        .header("x-purpose", "emergency")
+        .header("x-justification", "client in crisis")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(future, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+
+    let denied: Vec<Value> = app
+        .trail_of(client)
+        .await
+        .into_iter()
+        .filter(|entry| entry["outcome"] == "denied" && entry["credential"] == "ngo-desk")
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(
+        denied
+            .iter()
+            .all(|entry| entry["purpose"] != "emergency" || entry["justification"].is_null())
+    );
+    let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
+    assert_eq!(grants["grants"], json!([]), "{grants}");
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
+        StatusCode::FORBIDDEN
+    );
+    app.stop().await;
+}

@@ -29,9 +29,11 @@ pub struct RequestContext {
     /// digest of short text can be confirmed by guessing).
     pub recorded_purpose: Option<String>,
     pub justification: Option<String>,
-    /// The header sent more than once on a read: the read is refused when it asks for its
-    /// purpose, so that the refusal is logged like any other (see [`Self::purpose`]).
-    pub repeated: Option<&'static str>,
+    /// What is wrong with a read's purpose or justification headers (sent twice, not UTF-8, a
+    /// justification too long): the read is refused when it asks for its purpose, so that the
+    /// refusal is logged like any other, under the caller and the client (see
+    /// [`Self::purpose`]). A break-glass attempt with a reason too long leaves its trace too.
+    pub refused: Option<ApiError>,
 }
 
 /// How the trail records a stated purpose that is not on the list.
@@ -60,33 +62,45 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
         let repeated = ["X-Purpose", "X-Justification"]
             .into_iter()
             .find(|name| parts.headers.get_all(*name).iter().nth(1).is_some());
-        if let Some(name) = repeated {
+        let refused = match repeated {
+            Some(name) => Some(repeated_header(name)),
+            None => header("X-Justification").err().or_else(|| {
+                header("X-Justification")
+                    .ok()
+                    .flatten()
+                    .filter(|text| text.chars().count() > MAX_JUSTIFICATION_CHARS)
+                    .map(|_| {
+                        ApiError::invalid_parameter(
+                            "X-Justification",
+                            format!(
+                                "a justification is at most {MAX_JUSTIFICATION_CHARS} characters"
+                            ),
+                        )
+                    })
+            }),
+        }
+        .or_else(|| header("X-Purpose").err());
+        if let Some(refusal) = refused {
             // A read states its purpose, and a refused read is logged by the handler, which
             // knows the caller and the client; a write states none, so it is refused here.
             if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
-                // The purpose, when it was sent once, is kept for the entry of the refusal.
-                let purpose = match name {
-                    "X-Purpose" => None,
-                    // Unreadable, it is recorded as `unlisted`: the read is refused either way.
+                // The purpose, when it was sent once and readable, is kept for the entry of the
+                // refusal; otherwise it is recorded as `unlisted`.
+                let purpose = match repeated {
+                    Some("X-Purpose") => None,
                     _ => header("X-Purpose").ok().flatten().map(str::to_owned),
                 };
                 return Ok(Self {
                     request_id,
-                    repeated,
                     recorded_purpose: Some(recorded(purpose.as_deref())),
                     purpose,
                     justification: None,
+                    refused: Some(refusal),
                 });
             }
-            return Err(repeated_header(name));
+            return Err(refusal);
         }
         let justification = header("X-Justification")?;
-        if justification.is_some_and(|text| text.chars().count() > MAX_JUSTIFICATION_CHARS) {
-            return Err(ApiError::invalid_parameter(
-                "X-Justification",
-                format!("a justification is at most {MAX_JUSTIFICATION_CHARS} characters"),
-            ));
-        }
         let purpose = header("X-Purpose")?.map(str::to_owned);
         // A purpose not on the list is recorded as `unlisted` (see `recorded_purpose`); worked
         // out once here, not for every entry a read writes.
@@ -96,7 +110,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             purpose,
             recorded_purpose,
             justification: justification.map(str::to_owned),
-            repeated: None,
+            refused: None,
         })
     }
 }
@@ -539,8 +553,8 @@ pub const PURPOSES: &str =
 impl RequestContext {
     /// The stated purpose: every read of personal data must give one from the fixed list.
     pub fn purpose(&self) -> Result<Purpose, ApiError> {
-        if let Some(name) = self.repeated {
-            return Err(repeated_header(name));
+        if let Some(refusal) = &self.refused {
+            return Err(refusal.clone());
         }
         let Some(stated) = &self.purpose else {
             return Err(ApiError::new(

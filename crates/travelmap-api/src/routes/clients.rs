@@ -107,8 +107,10 @@ pub async fn history(
         logged(None),
     )
     .await?;
-    audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None)).await?;
+    // Checked before need-to-know, which may open a break-glass grant: a request refused for
+    // its parameters must leave nothing behind.
     let as_of = parse_time("as_of", query.as_of.as_deref())?;
+    audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None)).await?;
     let events = state.journeys.history(ClientId(client_id), as_of).await;
     let events = audit::found(&state, &caller, &context, events, logged(None)).await?;
     let returned = audit::returned_events(&events);
