@@ -163,6 +163,18 @@ async fn wrong_types_and_enum_values_name_the_field() {
             json!({"programme": "x", "reason": "   "}),
             "data.reason",
         ),
+        // Break-glass and oversight are not for a consent to grant.
+        (
+            "consent.recorded",
+            json!({"agency": "health-opava", "legal_basis": "vital_interests",
+                   "purposes": ["case_management", "emergency"]}),
+            "data.purposes[1]",
+        ),
+        (
+            "consent.recorded",
+            json!({"agency": "health-opava", "legal_basis": "consent", "purposes": ["audit"]}),
+            "data.purposes[0]",
+        ),
     ];
     for (event_type, data, field) in cases {
         let response = app

@@ -363,7 +363,27 @@ pub struct ConsentRecorded {
 
 impl Rules for ConsentRecorded {
     fn check(&self) -> Result<(), ValidationError> {
-        non_empty_list("purposes", &self.purposes)
+        non_empty_list("purposes", &self.purposes)?;
+        // Purposes no consent can stand for: break-glass is a read of one client with a written
+        // justification, listed for review; audit and subject access are the oversight of the
+        // roles that hold them. A consent naming them would open all of that to an agency
+        // without any of it.
+        if let Some((index, purpose)) = self.purposes.iter().enumerate().find(|(_, purpose)| {
+            matches!(
+                purpose,
+                Purpose::Emergency | Purpose::Audit | Purpose::SubjectAccess
+            )
+        }) {
+            return Err(ValidationError::new(
+                &format!("purposes[{index}]"),
+                format!(
+                    "`{}` is not a purpose a consent covers (emergency access is break-glass, \
+                     audit and subject access belong to roles)",
+                    purpose.as_str()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

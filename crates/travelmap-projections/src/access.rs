@@ -111,11 +111,18 @@ impl ClientState {
         for fact in self.facts.iter().filter(|fact| fact.occurred_at <= now) {
             match &fact.event {
                 JourneyEvent::ConsentRecorded(consent) => {
+                    // Purposes a consent cannot stand for (refused when recorded since; a
+                    // consent stored before that counts for the others only).
                     access
                         .consented
                         .entry(consent.agency.as_str().to_owned())
                         .or_default()
-                        .extend(consent.purposes.iter().copied());
+                        .extend(consent.purposes.iter().copied().filter(|purpose| {
+                            !matches!(
+                                purpose,
+                                Purpose::Emergency | Purpose::Audit | Purpose::SubjectAccess
+                            )
+                        }));
                 }
                 JourneyEvent::ConsentWithdrawn(withdrawal) => {
                     let agency = withdrawal.agency.as_str();
