@@ -375,7 +375,7 @@ impl Rules for ConsentRecorded {
             )
         }) {
             return Err(ValidationError::new(
-                &format!("purposes[{index}]"),
+                format!("purposes[{index}]"),
                 format!(
                     "`{}` is not a purpose a consent covers (emergency access is break-glass, \
                      audit and subject access belong to roles)",
