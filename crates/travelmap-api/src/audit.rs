@@ -500,6 +500,50 @@ pub async fn purpose(
     }
 }
 
+/// Whether the caller may state an oversight purpose (`audit`, `subject_access`): an auditor,
+/// the data-protection officer or an administrator, or the no-config local admin.
+fn oversees(caller: &Caller) -> bool {
+    caller.0.agency_kind.is_none()
+        || caller
+            .0
+            .roles
+            .iter()
+            .any(|role| matches!(role, Role::Auditor | Role::Dpo | Role::Admin))
+}
+
+/// Why `purpose` is not one the caller may state for this read, if it is not: the oversight
+/// purposes belong to the roles that oversee, and break-glass is a read of one client.
+fn unfit(caller: &Caller, purpose: Purpose, spanning: bool) -> Option<String> {
+    match purpose {
+        Purpose::Emergency if spanning => Some(
+            "break-glass (X-Purpose: emergency, with X-Justification) is a read of one client"
+                .to_owned(),
+        ),
+        Purpose::Audit | Purpose::SubjectAccess if !oversees(caller) => Some(format!(
+            "X-Purpose: {} is stated by auditors, the data-protection officer and administrators",
+            purpose.as_str()
+        )),
+        _ => None,
+    }
+}
+
+/// [`purpose`] for a read that spans clients (the global feed, caseloads, alerts, identifier
+/// searches): refuses, and logs as denied, `emergency` and a purpose the caller's roles may
+/// not state (see [`unfit`]).
+pub async fn spanning_purpose(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    logged: Logged<'_>,
+) -> Result<Purpose, ApiError> {
+    let purpose = purpose(state, caller, context, logged.clone()).await?;
+    if let Some(why) = unfit(caller, purpose, true) {
+        log(state, caller, context, Outcome::Denied, logged).await?;
+        return Err(ApiError::new(Code::PurposeRequired, why).with_field("X-Purpose"));
+    }
+    Ok(purpose)
+}
+
 /// [`purpose`], refusing (and logging as denied) any purpose but `allowed`, which `what`
 /// names in the answer ("an audit trail read").
 pub async fn purpose_among(
@@ -657,6 +701,10 @@ pub async fn need_to_know_given(
     logged: Logged<'_>,
 ) -> Result<Purpose, ApiError> {
     let purpose = purpose(state, caller, context, logged.clone()).await?;
+    if let Some(why) = unfit(caller, purpose, false) {
+        log(state, caller, context, Outcome::Denied, logged).await?;
+        return Err(ApiError::new(Code::PurposeRequired, why).with_field("X-Purpose"));
+    }
     let reviewer = is_reviewer(caller);
     // A restriction binds everyone, reviewers included: only an audit or a subject access
     // request may read restricted data, and only a reviewer makes those. It is told only to

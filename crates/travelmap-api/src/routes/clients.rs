@@ -263,7 +263,7 @@ pub async fn search(
         logged(None, None),
     )
     .await?;
-    let purpose = audit::purpose(&state, &caller, &context, logged(None, None)).await?;
+    let purpose = audit::spanning_purpose(&state, &caller, &context, logged(None, None)).await?;
     let identifier = query
         .identifier
         .ok_or_else(|| ApiError::invalid_parameter("identifier", "give `identifier=TYPE:VALUE`"))?;
