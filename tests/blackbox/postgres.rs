@@ -868,3 +868,43 @@ async fn a_master_key_generated_for_a_store_it_cannot_open_is_removed() {
     assert!(!data_dir.join("master.key").exists(), "{stderr}");
     database.drop_database().await.unwrap();
 }
+
+/// A trail being appended to while it is checked verifies intact: the entries read reach past
+/// the head read before them, never the head (read again after them) behind the entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trail_verified_while_servers_append_to_it_is_intact() {
+    let cluster = Cluster::start(2).await;
+    let http = reqwest::Client::new();
+    let writing = Arc::new(AtomicBool::new(true));
+    let writers: Vec<_> = (0..2)
+        .map(|index| {
+            let (http, address, writing) = (http.clone(), cluster.address(index), writing.clone());
+            tokio::spawn(async move {
+                while writing.load(Ordering::Relaxed) {
+                    let (status, _) = post(&http, &address, &contact(Uuid::new_v4())).await;
+                    assert_eq!(status, StatusCode::CREATED);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let url = cluster.database.url().to_owned();
+        let output = tokio::task::spawn_blocking(move || {
+            crate::support::travelmap_command()
+                .args(["--store", &url, "audit", "verify"])
+                .env_remove("TRAVELMAP_CONFIG")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let report = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{report}");
+    }
+    writing.store(false, Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    cluster.stop().await;
+}

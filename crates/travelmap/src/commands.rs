@@ -876,8 +876,22 @@ pub async fn verify_audit(
         });
     }
     // A head behind the last entry is as wrong as one past it: what a restore that failed
-    // part way leaves, and what appends then collide with.
-    if broken.is_none() && (check.head().0 != stored_head || at_stored_head != Some(stored_hash)) {
+    // part way leaves, and what appends then collide with. Read again after the entries: an
+    // append moves the head in the transaction that adds its entry, so by now the head is at
+    // least at every entry read, however many servers appended meanwhile.
+    if broken.is_none() {
+        match audit.head().await {
+            Ok((head, _)) if head < check.head().0 => {
+                broken = Some(ChainError::HeadMismatch {
+                    last: check.head().0,
+                    head,
+                });
+            }
+            Err(error) if error.is_transient() => return Err(error.into()),
+            _ => {}
+        }
+    }
+    if broken.is_none() && at_stored_head != Some(stored_hash) {
         broken = Some(ChainError::HeadMismatch {
             last: check.head().0,
             head: stored_head,
