@@ -1375,3 +1375,98 @@ on_both_backends!(
     the_server_applies_the_retention_schedule_by_itself,
     simultaneous_decisions_are_recorded_once,
 );
+
+/// A retention run decides each client as of the moment it decides, not as of its start: a fact
+/// recorded after the run began (here, before it reaches the client) restarts its category's
+/// clock, and what it holds is not shredded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_run_counts_what_was_recorded_after_it_began() {
+    use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        travelmap_store::Store::open(&travelmap_store::Location::Embedded(dir.path().to_owned()))
+            .await
+            .unwrap();
+    let keyring = store
+        .keyring(travelmap_store::MasterKeys::new(
+            travelmap_store::MasterKey::new("test", [9; 32]),
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    let journeys = travelmap_service::Journeys::new(store.log(), store.views(), Some(keyring))
+        .await
+        .unwrap();
+    let client = ClientId(Uuid::new_v4());
+    let prison = Provenance {
+        agency: "prison-opava".into(),
+        credential: "prison-system".into(),
+    };
+    let submission =
+        |event_type: &str, occurred_at: &str, data: Value| travelmap_service::Submission {
+            draft: EventDraft {
+                id: EventId(Uuid::new_v4()),
+                client_id: client,
+                occurred_at: occurred_at.parse().unwrap(),
+                actor: None,
+                event: JourneyEvent::decode(event_type, 1, &data).unwrap(),
+            },
+            expected_version: None,
+        };
+    journeys
+        .record(
+            &prison,
+            &[
+                submission(
+                    "client.registered",
+                    "2001-01-01T09:00:00Z",
+                    json!({"identifiers": [{"type": "prison_number", "value": "OP-2001-7"}]}),
+                ),
+                submission(
+                    "involvement.opened",
+                    "2001-01-02T09:00:00Z",
+                    json!({"role": "case_manager"}),
+                ),
+                submission(
+                    "involvement.closed",
+                    "2001-02-01T09:00:00Z",
+                    json!({"role": "case_manager"}),
+                ),
+            ],
+        )
+        .await
+        .unwrap();
+    let began = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    journeys
+        .record(
+            &prison,
+            &[submission(
+                "identifier.added",
+                &chrono::Utc::now().to_rfc3339(),
+                json!({"identifier": {"type": "probation_case", "value": "PR-99"}}),
+            )],
+        )
+        .await
+        .unwrap();
+    let schedule = travelmap_projections::retention::Schedule::from_config(
+        &std::collections::BTreeMap::from([("identity".to_owned(), 1)]),
+    )
+    .unwrap();
+    let (report, ran) = travelmap::retention::run(
+        &journeys,
+        store.audit().as_ref(),
+        &schedule,
+        began,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    ran.unwrap();
+    assert!(report.done.is_empty(), "{report:?}");
+    let history = journeys.history(client, None).await.unwrap();
+    assert!(
+        history.iter().all(|event| !event.personal.is_erased()),
+        "{history:?}"
+    );
+    store.close().await;
+}

@@ -191,6 +191,10 @@ async fn shred_client(
 ) -> anyhow::Result<Shredding> {
     let mut last_due = None;
     for _ in 0..DECISION_ATTEMPTS {
+        // Decided as of this moment (or the run's, if that is later): facts count only once
+        // recorded by the moment a decision is made for, and the run's start would leave out
+        // whatever was recorded since, though the decision is bound to the stream with it.
+        let now = now.max(Utc::now());
         // Decide on the history as it is now, not on a view that may lag behind it: an
         // involvement opened a moment ago stops the clock.
         let history = journeys.history(client_id, None).await?;
