@@ -977,8 +977,10 @@ async fn the_withdrawal_of_its_own_consent_reaches_the_agency_once(backend: Back
 }
 
 /// A correction or retraction that takes back the involvement or consent an agency had (it was
-/// recorded for the wrong agency) reaches that agency, so that its systems learn that what they
-/// were sent was rectified; nothing after it does.
+/// recorded for the wrong agency, or a consent's purposes were narrowed) reaches that agency,
+/// without its personal fields, so that its systems learn that what they were sent was
+/// rectified; nothing after it does. One that took back nothing the webhook's purpose had
+/// stays out.
 async fn a_rectification_that_takes_back_its_access_reaches_the_agency(backend: Backend) {
     let app = spawn_app_on(&backend).await;
     let receiver = Receiver::start().await;
@@ -990,6 +992,16 @@ async fn a_rectification_that_takes_back_its_access_reaches_the_agency(backend: 
     .await;
     let involved = Uuid::new_v4();
     let consented = Uuid::new_v4();
+    let narrowed = Uuid::new_v4();
+    let elsewhere = Uuid::new_v4();
+    let consent_for = |client, purposes: Value| {
+        event(
+            client,
+            "consent.recorded",
+            AT,
+            json!({"agency": "ngo-opava", "purposes": purposes, "legal_basis": "consent"}),
+        )
+    };
     let opened = posted(
         &app,
         PRISON_WRITER,
@@ -1004,30 +1016,36 @@ async fn a_rectification_that_takes_back_its_access_reaches_the_agency(backend: 
     let consent = posted(
         &app,
         PRISON_WRITER,
-        &event(
-            consented,
-            "consent.recorded",
-            AT,
-            json!({"agency": "ngo-opava", "purposes": ["case_management"], "legal_basis": "consent"}),
-        ),
+        &consent_for(consented, json!(["case_management"])),
     )
     .await;
-    // Scope is decided as each page is read: both must be read while they hold.
-    eventually("the involvement and the consent are delivered", || async {
-        receiver.inbox.received().len() >= 2
-    })
-    .await;
-    let retracted = posted(
+    let wide = posted(
         &app,
         PRISON_WRITER,
-        &event(
-            involved,
-            "event.retracted",
-            AT,
-            json!({"event_id": opened["id"], "reason": "recorded for the wrong agency"}),
-        ),
+        &consent_for(narrowed, json!(["case_management", "service_delivery"])),
     )
     .await;
+    // Never covered the webhook's purpose: neither it nor its retraction is sent.
+    let other_purpose = posted(
+        &app,
+        PRISON_WRITER,
+        &consent_for(elsewhere, json!(["service_delivery"])),
+    )
+    .await;
+    // Scope is decided as each page is read: the grants must be read while they hold.
+    eventually("the involvement and the consents are delivered", || async {
+        receiver.inbox.received().len() >= 3
+    })
+    .await;
+    let retract = |client, target: &Value| {
+        event(
+            client,
+            "event.retracted",
+            AT,
+            json!({"event_id": target["id"], "reason": "recorded for the wrong agency"}),
+        )
+    };
+    let retracted = posted(&app, PRISON_WRITER, &retract(involved, &opened)).await;
     let corrected = posted(
         &app,
         PRISON_WRITER,
@@ -1041,25 +1059,51 @@ async fn a_rectification_that_takes_back_its_access_reaches_the_agency(backend: 
         ),
     )
     .await;
+    let narrowing = posted(
+        &app,
+        PRISON_WRITER,
+        &event(
+            narrowed,
+            "event.corrected",
+            AT,
+            json!({"event_id": wide["id"], "reason": "the client narrowed the consent",
+                   "data": {"agency": "ngo-opava", "purposes": ["service_delivery"],
+                            "legal_basis": "consent"}}),
+        ),
+    )
+    .await;
+    let unrelated = posted(&app, PRISON_WRITER, &retract(elsewhere, &other_purpose)).await;
     let after = need(&app, PROBATION_WRITER, involved, "after the retraction").await;
     read_through_head(&app, &webhook).await;
-    let ids: Vec<String> = receiver
-        .inbox
-        .received()
-        .into_iter()
-        .map(|received| received.event_id)
+    let received = receiver.inbox.received();
+    let ids: Vec<String> = received
+        .iter()
+        .map(|received| received.event_id.clone())
         .collect();
     assert_eq!(
         ids,
         [
             &opened["id"],
             &consent["id"],
+            &wide["id"],
             &retracted["id"],
-            &corrected["id"]
+            &corrected["id"],
+            &narrowing["id"]
         ]
         .map(|id| id.as_str().unwrap().to_owned()),
-        "the need after the retraction ({after}) stays out"
+        "the need after the retraction ({after}) and the retraction of a consent for another \
+         purpose ({}) stay out",
+        unrelated["id"]
     );
+    // The notices come without their personal fields: the reason, the replacement's.
+    for notice in &received[3..] {
+        assert_eq!(notice.body["personal_data"], "withheld", "{}", notice.body);
+        assert!(
+            notice.body["data"].get("reason").is_none(),
+            "{}",
+            notice.body
+        );
+    }
     app.stop().await;
     backend.remove().await;
 }

@@ -150,7 +150,7 @@ pub struct Recorded {
 impl Recorded {
     /// The event with its personal fields left out (a restricted client's, in the feed).
     pub fn withheld(recorded: &RecordedEvent) -> Self {
-        let mut wire = Self::from(recorded);
+        let mut wire = Self::shown(recorded);
         if let Some(split) = travelmap_domain::personal::split(&recorded.draft.event) {
             wire.data = serde_json::from_str(&split.public).unwrap_or(Value::Null);
             wire.personal_data = Some("withheld".to_owned());
@@ -160,7 +160,22 @@ impl Recorded {
 }
 
 impl From<&RecordedEvent> for Recorded {
+    /// The event as its reader may see it: without its personal fields where they are withheld
+    /// from that reader ([`PersonalData::Withheld`]).
+    ///
+    /// [`PersonalData::Withheld`]: travelmap_domain::PersonalData::Withheld
     fn from(recorded: &RecordedEvent) -> Self {
+        if recorded.personal == travelmap_domain::PersonalData::Withheld {
+            Self::withheld(recorded)
+        } else {
+            Self::shown(recorded)
+        }
+    }
+}
+
+impl Recorded {
+    /// The event with every field it holds.
+    fn shown(recorded: &RecordedEvent) -> Self {
         let draft = &recorded.draft;
         Self {
             id: draft.id.0,

@@ -69,6 +69,11 @@ pub enum PersonalData {
     Sealed(Sealed),
     /// The key is destroyed: `draft.event` holds erased placeholders, for good.
     Erased,
+    /// Opened, but not for this reader: an agency told of the event that ended its access
+    /// (see `Access::told_of_its_end`) receives it without its personal fields (a retraction's
+    /// reason, a correction's replacement worker), since it no longer has a need to know them.
+    /// `draft.event` still holds them; whoever shows the event leaves them out.
+    Withheld,
 }
 
 impl PersonalData {

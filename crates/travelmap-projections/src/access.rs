@@ -24,9 +24,9 @@ pub struct Access {
     /// Withdrawals that ended a consent's cover: agency, purpose, and the withdrawal. See
     /// [`Access::told_of_its_end`].
     pub withdrawn: BTreeSet<(String, Purpose, EventId)>,
-    /// Corrections and retractions that took back an involvement or consent an agency had:
-    /// the agency and the rectification. See [`Access::told_of_its_end`].
-    pub taken_back: BTreeSet<(String, EventId)>,
+    /// Corrections and retractions that took back an involvement or consent an agency had.
+    /// See [`Access::told_of_its_end`].
+    pub taken_back: Vec<crate::travel_map::TakenBack>,
     /// Processing is restricted: the data may be read only for audit or subject access.
     pub restricted: bool,
     /// The client's personal data was erased.
@@ -67,9 +67,16 @@ impl Access {
                         .withdrawn
                         .contains(&(agency.to_owned(), purpose, event.draft.id))
             }
-            JourneyEvent::EventCorrected(_) | JourneyEvent::EventRetracted(_) => self
-                .taken_back
-                .contains(&(agency.to_owned(), event.draft.id)),
+            JourneyEvent::EventCorrected(_) | JourneyEvent::EventRetracted(_) => {
+                self.taken_back.iter().any(|lost| {
+                    lost.rectification == event.draft.id
+                        && lost.agency == agency
+                        && lost
+                            .purposes
+                            .as_ref()
+                            .is_none_or(|purposes| purposes.contains(&purpose))
+                })
+            }
             _ => false,
         }
     }
@@ -104,7 +111,7 @@ impl ClientState {
                 })
                 .collect(),
             withdrawn: BTreeSet::new(),
-            taken_back: self.grants_taken_back.iter().cloned().collect(),
+            taken_back: self.grants_taken_back.clone(),
             restricted: false,
             erased: false,
         };

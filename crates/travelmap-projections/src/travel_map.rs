@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, FixedOffset, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
-use travelmap_domain::payloads::{NeedArea, NeedStatus, Role};
+use travelmap_domain::payloads::{NeedArea, NeedStatus, Purpose, Role};
 use travelmap_domain::{ClientId, EventId, JourneyEvent, RecordedEvent};
 use utoipa::ToSchema;
 
@@ -75,26 +75,74 @@ pub struct ClientState {
     /// Absent from views stored before it was kept, which read as having none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retractions: Vec<Retraction>,
-    /// Access that a rectification took back: an agency, and the correction or retraction of
-    /// the involvement or consent that had given it access (see
-    /// [`crate::Access::told_of_its_end`]). Absent from views stored before it was kept.
+    /// Access that a rectification took back (see [`crate::Access::told_of_its_end`]). Absent
+    /// from views stored before it was kept.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub grants_taken_back: Vec<(String, EventId)>,
+    pub grants_taken_back: Vec<TakenBack>,
 }
 
-/// The agency a fact gives access to the client: the one an involvement is opened for (the
-/// recording agency, unless it names another) or a consent covers.
-fn granted_to<'fact>(event: &'fact JourneyEvent, recorder: &'fact str) -> Option<&'fact str> {
+/// Access a correction or retraction took back from an agency: of an involvement (every
+/// purpose), or of a consent (the purposes it no longer covers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenBack {
+    pub agency: String,
+    /// The correction or retraction.
+    pub rectification: EventId,
+    /// The purposes taken back; absent for an involvement's, which covered every purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purposes: Option<Vec<Purpose>>,
+}
+
+/// The access a fact gives an agency: an involvement (for every purpose) opened for it (the
+/// recording agency, unless it names another), or a consent for some purposes.
+fn granted_by(event: &JourneyEvent, recorder: &str) -> Option<(String, Option<Vec<Purpose>>)> {
     match event {
-        JourneyEvent::InvolvementOpened(opened) => Some(
+        JourneyEvent::InvolvementOpened(opened) => Some((
             opened
                 .agency
                 .as_ref()
-                .map_or(recorder, |named| named.as_str()),
-        ),
-        JourneyEvent::ConsentRecorded(consent) => Some(consent.agency.as_str()),
+                .map_or(recorder, |named| named.as_str())
+                .to_owned(),
+            None,
+        )),
+        JourneyEvent::ConsentRecorded(consent) => Some((
+            consent.agency.as_str().to_owned(),
+            Some(consent.purposes.clone()),
+        )),
         _ => None,
     }
+}
+
+/// What of `before`'s access `after` (the fact as corrected; `None` once retracted) no longer
+/// gives, taken back by `rectification`.
+fn taken_back(
+    before: (String, Option<Vec<Purpose>>),
+    after: Option<(String, Option<Vec<Purpose>>)>,
+    rectification: EventId,
+) -> Option<TakenBack> {
+    let (agency, covered) = before;
+    let purposes = match after {
+        Some((still, _)) if still != agency => covered,
+        Some((_, still)) => match (covered, still) {
+            (Some(covered), Some(still)) => {
+                let lost: Vec<Purpose> = covered
+                    .into_iter()
+                    .filter(|purpose| !still.contains(purpose))
+                    .collect();
+                if lost.is_empty() {
+                    return None;
+                }
+                Some(lost)
+            }
+            _ => return None,
+        },
+        None => covered,
+    };
+    Some(TakenBack {
+        agency,
+        rectification,
+        purposes,
+    })
 }
 
 /// A retracted fact, as retention counts it.
@@ -153,7 +201,7 @@ impl ClientState {
                     .iter_mut()
                     .find(|fact| fact.event_id == correction.event_id)
                 {
-                    let granted_before = granted_to(&fact.event, &fact.agency).map(str::to_owned);
+                    let granted_before = granted_by(&fact.event, &fact.agency);
                     // The aggregate validated the replacement against this type when it was
                     // recorded; a failure here would mean a damaged log, and keeping the original
                     // reading is the safer answer than dropping the fact.
@@ -165,9 +213,10 @@ impl ClientState {
                         fact.event = event;
                     }
                     if let Some(before) = granted_before
-                        && granted_to(&fact.event, &fact.agency) != Some(before.as_str())
+                        && let Some(lost) =
+                            taken_back(before, granted_by(&fact.event, &fact.agency), draft.id)
                     {
-                        self.grants_taken_back.push((before, draft.id));
+                        self.grants_taken_back.push(lost);
                     }
                     fact.corrections.push(CorrectionNote {
                         event_id: draft.id,
@@ -184,8 +233,10 @@ impl ClientState {
                     .position(|fact| fact.event_id == retraction.event_id)
                 {
                     let retracted = self.facts.remove(at);
-                    if let Some(agency) = granted_to(&retracted.event, &retracted.agency) {
-                        self.grants_taken_back.push((agency.to_owned(), draft.id));
+                    if let Some(before) = granted_by(&retracted.event, &retracted.agency)
+                        && let Some(lost) = taken_back(before, None, draft.id)
+                    {
+                        self.grants_taken_back.push(lost);
                     }
                     self.retractions.push(Retraction {
                         event_type: retracted.event.event_type().to_owned(),

@@ -110,7 +110,14 @@ impl Batch {
             if access.is_some_and(|access| access.restricted) {
                 self.restricted.insert(event.draft.client_id);
             }
-            self.events.push(event.clone());
+            let mut event = event.clone();
+            // Sent only to tell the agency its access ended: not its personal fields.
+            if let (Some(agency), Some(access)) = (&scope.agency, access)
+                && !access.allows(agency, scope.purpose)
+            {
+                event.personal = travelmap_domain::PersonalData::Withheld;
+            }
+            self.events.push(event);
         }
     }
 }
