@@ -213,7 +213,31 @@ async fn tokens_from_the_identity_provider_are_checked_and_carry_agency_and_role
     blank_subject["sub"] = json!("");
     let mut disguised_subject = claims("prison-opava", json!(["writer"]));
     disguised_subject["sub"] = json!(" opava-writer\u{7}\nforged");
+    // Shown right to left from the override on, it would read as another name.
+    let mut reversed_subject = claims("prison-opava", json!(["writer"]));
+    reversed_subject["sub"] = json!("\u{202e}retirw-avapo");
+    let mut long_subject = claims("prison-opava", json!(["writer"]));
+    long_subject["sub"] = json!("s".repeat(257));
+    let mut listed_issuers = claims("prison-opava", json!(["writer"]));
+    listed_issuers["iss"] = json!(["https://idp.elsewhere/", ISSUER]);
+    let mut text_nbf = claims("prison-opava", json!(["writer"]));
+    text_nbf["nbf"] = json!("9999999999");
+    // A header naming an extension that must be understood.
+    let critical = {
+        let header =
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"k1","crit":["exp2"],"exp2":1}"#);
+        let payload = URL_SAFE_NO_PAD.encode(claims("prison-opava", json!(["writer"])).to_string());
+        let message = format!("{header}.{payload}");
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::ES256).unwrap();
+        format!("{message}.{signature}")
+    };
     let refused = [
+        (token(&key, "k1", reversed_subject), "`sub` is blank"),
+        (token(&key, "k1", long_subject), "`sub` is blank"),
+        (token(&key, "k1", listed_issuers), "`iss` must be a string"),
+        (token(&key, "k1", text_nbf), "`nbf` must be a number"),
+        (critical, "critical extensions"),
         (token(&key, "k1", expired), "Expired"),
         (token(&key, "k1", not_yet_valid), "ImmatureSignature"),
         (token(&key, "k1", blank_subject), "`sub` is blank"),
@@ -259,13 +283,20 @@ async fn tokens_from_the_identity_provider_are_checked_and_carry_agency_and_role
         URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#),
         URL_SAFE_NO_PAD.encode(claims("prison-opava", json!(["writer"])).to_string())
     );
-    let (status, _) = post_with(
+    let (status, problem) = post_with(
         &server,
         &unsigned,
         &sample_event(client, "contact.made", "2026-01-06T09:00:00Z"),
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("signed with `none`; RS256 or ES256 is required"),
+        "{problem}"
+    );
     // API keys keep working beside tokens.
     let (status, _) = post_with(
         &server,

@@ -85,7 +85,24 @@ pub enum CredentialError {
 /// Whether an id reads as what it is wherever it is shown (logs, recorded events, the trail):
 /// no surrounding spaces and no control characters.
 pub fn plain_id(id: &str) -> bool {
-    id.trim() == id && !id.chars().any(char::is_control)
+    id.trim() == id && !id.chars().any(|c| c.is_control() || is_invisible_format(c))
+}
+
+/// Unicode format characters that change how text around them is shown without showing
+/// themselves: bidirectional overrides and isolates (which can make `jwt:\u{202e}mda` read as
+/// `jwt:adm`), zero-width spaces and joiners, the soft hyphen and the byte order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 /// Finds the credential for a bearer key, or verifies a bearer JWT when tokens are configured.

@@ -40,6 +40,8 @@ pub enum JwtError {
     Malformed(String),
     #[error("the token is signed with {0:?}; RS256 or ES256 is required")]
     Algorithm(Algorithm),
+    #[error("the token is signed with {token:?}, but the key it names is an {key:?} key")]
+    KeyAlgorithm { token: Algorithm, key: Algorithm },
     #[error(
         "the token's key ({}) is not in the identity provider's key set",
         .0.as_deref().map_or_else(|| "no kid".to_owned(), |kid| format!("kid `{kid}`"))
@@ -50,8 +52,9 @@ pub enum JwtError {
     #[error("the token lacks the `{0}` claim")]
     MissingClaim(String),
     #[error(
-        "the token's `sub` is blank, or has surrounding spaces or control characters: it would \
-         not read as who acted in the log and the audit trail"
+        "the token's `sub` is blank, longer than 256 characters, or has surrounding spaces, \
+         control or invisible formatting characters: it would not read as who acted in the log \
+         and the audit trail"
     )]
     UnreadableSubject,
     #[error("agency `{0}` in the token is not declared in the configuration")]
@@ -110,8 +113,29 @@ impl JwtVerifier {
 
     /// The credential a valid token stands for, and when the token expires.
     pub fn verify(&self, token: &str) -> Result<(Credential, DateTime<Utc>), JwtError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|error| JwtError::Malformed(error.to_string()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|error| {
+            // The library knows no `none` and answers with the algorithms it does know, HMAC
+            // ones included, which are no more accepted here.
+            if raw_header(token).is_some_and(|raw| {
+                raw["alg"].as_str() != Some("RS256") && raw["alg"].as_str() != Some("ES256")
+            }) {
+                let named = raw_header(token)
+                    .and_then(|raw| raw["alg"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                return JwtError::Malformed(format!(
+                    "the token is signed with `{named}`; RS256 or ES256 is required"
+                ));
+            }
+            JwtError::Malformed(error.to_string())
+        })?;
+        // An extension the token says must be understood is not (RFC 7515, section 4.1.11);
+        // the library's header type drops `crit`, so it is looked for in the raw header.
+        if raw_header(token).is_some_and(|raw| raw.get("crit").is_some()) {
+            return Err(JwtError::Malformed(
+                "the token's header lists critical extensions (`crit`), which are not supported"
+                    .into(),
+            ));
+        }
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(JwtError::Algorithm(header.alg));
         }
@@ -124,7 +148,10 @@ impl JwtVerifier {
         }
         .ok_or_else(|| JwtError::UnknownKey(header.kid.clone()))?;
         if *algorithm != header.alg {
-            return Err(JwtError::Algorithm(header.alg));
+            return Err(JwtError::KeyAlgorithm {
+                token: header.alg,
+                key: *algorithm,
+            });
         }
         let mut validation = Validation::new(*algorithm);
         validation.set_issuer(&[&self.settings.issuer]);
@@ -138,6 +165,18 @@ impl JwtVerifier {
             .map_err(|error| JwtError::Invalid(error.to_string()))?
             .claims;
         drop(keys);
+        // The library compares `iss` with the configured issuer also when the token gives a
+        // list, and checks `nbf` only when it is a number: a claim of another type is refused.
+        if !claims["iss"].is_string() {
+            return Err(JwtError::Invalid(
+                "the token's `iss` must be a string".into(),
+            ));
+        }
+        if claims.get("nbf").is_some_and(|nbf| !nbf.is_number()) {
+            return Err(JwtError::Invalid(
+                "the token's `nbf` must be a number".into(),
+            ));
+        }
         let expires = claims["exp"]
             .as_i64()
             .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
@@ -150,8 +189,11 @@ impl JwtVerifier {
             .as_str()
             .ok_or_else(|| JwtError::MissingClaim("sub".into()))?;
         // The subject becomes the credential id recorded with every event and audit entry, so it
-        // is held to what a configured credential id must be.
-        if subject.is_empty() || !crate::auth::plain_id(subject) {
+        // is held to what a configured credential id must be, and kept short.
+        if subject.is_empty()
+            || !crate::auth::plain_id(subject)
+            || subject.chars().count() > MAX_SUBJECT_CHARS
+        {
             return Err(JwtError::UnreadableSubject);
         }
         let agency = claims[&self.settings.agency_claim]
@@ -182,6 +224,19 @@ impl JwtVerifier {
             roles,
         })
     }
+}
+
+/// The longest token subject taken: it is written into every event and audit entry.
+const MAX_SUBJECT_CHARS: usize = 256;
+
+/// The token's header as JSON, if it reads as such.
+fn raw_header(token: &str) -> Option<Value> {
+    use base64::Engine;
+    let encoded = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 #[cfg(test)]

@@ -253,6 +253,8 @@ pub enum Error {
     BlankAgency(PathBuf),
     #[error("config file {path}: [jwt] needs exactly one of jwks_file and jwks_url")]
     JwksSource { path: PathBuf },
+    #[error("config file {path}: [jwt] {detail}")]
+    JwtSetting { path: PathBuf, detail: String },
     #[error("local admin key at {path}: {source}")]
     LocalKey {
         path: PathBuf,
@@ -404,9 +406,37 @@ impl ConfigFile {
         let Some(jwt) = &self.jwt else {
             return Ok(None);
         };
+        let invalid = |detail: &str| Error::JwtSetting {
+            path: path.to_owned(),
+            detail: detail.to_owned(),
+        };
+        // Blank, either would let a token through that names no issuer or no audience.
+        if jwt.issuer.trim().is_empty() {
+            return Err(invalid("issuer must name the identity provider"));
+        }
+        if jwt.audience.trim().is_empty() {
+            return Err(invalid(
+                "audience must name this service, as tokens for it do",
+            ));
+        }
         let source = match (&jwt.jwks_file, &jwt.jwks_url) {
             (Some(file), None) => JwksSource::File(file.clone()),
-            (None, Some(url)) => JwksSource::Url(url.clone()),
+            (None, Some(url)) => {
+                // The key set decides whose tokens are believed: fetched in the clear, anyone
+                // on the way could hand in their own keys. Plain HTTP only to this machine.
+                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                    .iter()
+                    .any(|prefix| {
+                        url.strip_prefix(prefix)
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+                    });
+                if !url.starts_with("https://") && !loopback {
+                    return Err(invalid(
+                        "jwks_url must be an https:// URL (plain http:// only to this machine)",
+                    ));
+                }
+                JwksSource::Url(url.clone())
+            }
             _ => {
                 return Err(Error::JwksSource {
                     path: path.to_owned(),
@@ -715,6 +745,52 @@ mod tests {
             file.authenticator(&path),
             Err(Error::NoCredentials(_))
         ));
+    }
+
+    #[test]
+    fn identity_provider_settings_that_would_let_any_token_through_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("travelmap.toml");
+        let jwt = |lines: &str| {
+            std::fs::write(&path, format!("[jwt]\n{lines}\n")).unwrap();
+            ConfigFile::load(&path)
+                .unwrap()
+                .jwt(&path)
+                .map(|settings| settings.is_some())
+        };
+        let refused = [
+            (
+                "jwks_file = \"k.json\"\nissuer = \"https://idp\"\naudience = \"\"",
+                "audience",
+            ),
+            (
+                "jwks_file = \"k.json\"\nissuer = \" \"\naudience = \"tm\"",
+                "issuer",
+            ),
+            (
+                "jwks_url = \"http://idp.example/keys\"\nissuer = \"https://idp\"\naudience = \"tm\"",
+                "https://",
+            ),
+        ];
+        for (lines, named) in refused {
+            let error = jwt(lines).unwrap_err().to_string();
+            assert!(error.contains(named), "{lines}: {error}");
+        }
+        for url in [
+            "https://idp.example/keys",
+            "http://127.0.0.1:8081/keys",
+            "http://localhost/k",
+        ] {
+            let lines =
+                format!("jwks_url = \"{url}\"\nissuer = \"https://idp\"\naudience = \"tm\"");
+            assert!(jwt(&lines).unwrap(), "{url}");
+        }
+        assert!(
+            jwt(
+                "jwks_url = \"http://localhost.evil.example/k\"\nissuer = \"i\"\naudience = \"tm\""
+            )
+            .is_err()
+        );
     }
 
     #[test]
