@@ -542,6 +542,18 @@ async fn subject_access_tells_the_client_everything_held(backend: Backend) {
         .await;
     assert!(position > 0);
 
+    // A break-glass read: the client learns who read, and the reason they gave.
+    let emergency = app
+        .http
+        .get(app.url(&format!("/v1/clients/{client}/travel-map")))
+        .bearer_auth(COORDINATOR)
+        .header("x-purpose", "emergency")
+        .header("x-justification", "client missing after release")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(emergency.status(), StatusCode::OK);
+
     let path = format!("/v1/clients/{client}/subject-access");
     expect_problem(
         app.get_for(&path, DPO, "case_management").await,
@@ -583,6 +595,13 @@ async fn subject_access_tells_the_client_everything_held(backend: Backend) {
             .iter()
             .any(|entry| entry["operation"] == "collection")
     );
+    assert!(
+        processed
+            .iter()
+            .any(|entry| entry["action"] == "break-glass"
+                && entry["justification"] == "client missing after release"),
+        "{processed:?}"
+    );
 
     let html = app
         .http
@@ -598,8 +617,19 @@ async fn subject_access_tells_the_client_everything_held(backend: Backend) {
             .unwrap()
             .starts_with("text/html")
     );
+    // Kept by no cache, its type not guessed, and as a page it runs nothing and loads nothing.
+    assert_eq!(html.headers()["cache-control"], "no-store");
+    assert_eq!(html.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        html.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'")
+    );
     let html = html.text().await.unwrap();
     assert!(html.contains("<h1>Subject access report</h1>"));
+    assert!(html.contains("client missing after release"));
+    assert!(html.contains("break-glass"));
     assert!(html.contains(NAME));
     assert!(html.contains("ngo-opava"));
     app.stop().await;

@@ -639,6 +639,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(finish_writes))
+        .layer(axum::middleware::map_response(guarded_response))
         // A panic in a handler is a bug; the client still gets a problem document, not a
         // dropped connection.
         .layer(CatchPanicLayer::custom(
@@ -677,6 +678,32 @@ pub fn router(state: AppState) -> Router {
             },
         ))
         .with_state(state)
+}
+
+/// Headers every answer carries: nothing the service answers is to be kept by a cache (it is
+/// personal data, or about it), no browser is to guess a type other than the one given, and a
+/// page (the subject access report) runs no script and loads nothing, whatever text it shows.
+async fn guarded_response(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::header::{
+        CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS,
+    };
+    let is_page = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/html"));
+    let headers = response.headers_mut();
+    headers
+        .entry(CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if is_page {
+        headers.insert(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        );
+    }
+    response
 }
 
 #[cfg(test)]

@@ -265,6 +265,10 @@ pub struct Processing {
     /// collection, alteration, consultation, disclosure, combination, erasure.
     pub operation: String,
     pub purpose: Option<String>,
+    /// The written reason given, where one was (a break-glass read's justification, the
+    /// reason of a data-protection decision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub justification: Option<String>,
     pub action: String,
     /// allowed or denied.
     pub outcome: String,
@@ -378,6 +382,7 @@ pub async fn subject_access(
             agency: entry.record.agency,
             operation: entry.record.operation.as_str().to_owned(),
             purpose: entry.record.purpose,
+            justification: entry.record.justification,
             action: entry.record.action,
             outcome: entry.record.outcome.as_str().to_owned(),
         })
@@ -468,14 +473,16 @@ fn render_html(report: &SubjectAccess) -> String {
             e(&details)
         ));
     }
-    page.push_str("</table><h2>Who used the data, and why</h2><table><tr><th>When</th><th>Agency</th><th>Operation</th><th>Purpose</th><th>Outcome</th></tr>");
+    page.push_str("</table><h2>Who used the data, and why</h2><table><tr><th>When</th><th>Agency</th><th>Operation</th><th>What</th><th>Purpose</th><th>Reason given</th><th>Outcome</th></tr>");
     for processing in &report.processed_by {
         page.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             processing.at.to_rfc3339(),
             e(&processing.agency),
             e(&processing.operation),
+            e(&processing.action),
             e(processing.purpose.as_deref().unwrap_or("")),
+            e(processing.justification.as_deref().unwrap_or("")),
             e(&processing.outcome)
         ));
     }
