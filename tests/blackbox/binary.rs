@@ -1530,3 +1530,65 @@ fn a_closed_standard_output_is_an_error_not_a_panic() {
         }
     }
 }
+
+/// `credential new --config FILE` checks the new entry against the file it is to be appended
+/// to: an id already there, an agency declared twice or not at all, are refused before a key is
+/// made, so that the server does not then refuse the file.
+#[test]
+fn credential_new_checks_the_entry_against_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let new = |args: &[&str]| {
+        travelmap_command()
+            .args(["credential", "new", "--role", "writer", "--config"])
+            .arg(&config)
+            .args(args)
+            .env_remove("TRAVELMAP_CONFIG")
+            .output()
+            .unwrap()
+    };
+    for (args, refusal) in [
+        (
+            &["--id", "opava-prison-system", "--agency", "prison-opava"][..],
+            "already in",
+        ),
+        (
+            &[
+                "--id",
+                "new-desk",
+                "--agency",
+                "prison-opava",
+                "--kind",
+                "prison",
+            ],
+            "already declared",
+        ),
+        (
+            &["--id", "new-desk", "--agency", "prison-brno"],
+            "not declared",
+        ),
+    ] {
+        let output = new(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains(refusal), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty());
+    }
+    let made = new(&["--id", "new-desk", "--agency", "prison-opava"]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&String::from_utf8(made.stdout).unwrap());
+    std::fs::write(&config, text).unwrap();
+    let entries: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
+    assert!(
+        entries["credentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|entry| entry["id"].as_str() == Some("new-desk"))
+    );
+}

@@ -521,7 +521,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             agency,
             kind,
             roles,
-        }) => commands::new_credential(&id, &agency, kind, &roles),
+        }) => {
+            // Printed to be appended to the configuration: checked against it, when given, so
+            // that the server does not then refuse the file.
+            if let Some((path, file)) = &config {
+                if file.credentials.iter().any(|entry| entry.id == id) {
+                    anyhow::bail!("credential id `{id}` is already in {}", path.display());
+                }
+                let declared = file.agencies.iter().any(|entry| entry.id == agency);
+                if declared && kind.is_some() {
+                    anyhow::bail!(
+                        "agency `{agency}` is already declared in {}: leave out --kind",
+                        path.display()
+                    );
+                }
+                if !declared && kind.is_none() {
+                    anyhow::bail!(
+                        "agency `{agency}` is not declared in {}: give its --kind to declare it",
+                        path.display()
+                    );
+                }
+            }
+            commands::new_credential(&id, &agency, kind, &roles)
+        }
     }
 }
 
