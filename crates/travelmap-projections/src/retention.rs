@@ -271,6 +271,41 @@ mod tests {
         );
     }
 
+    /// A client whose involvement ended in 2012, with a needs assessment of then and a
+    /// rectification of it recorded in November 2026: needs are not yet due in December 2026,
+    /// only two years after the rectification; identity long since.
+    fn needs_kept_from_november_2026(assessed: RecordedEvent, rectification: RecordedEvent) {
+        let state = ClientState::from_history(
+            ClientId(Uuid::from_u128(1)),
+            [
+                fact(
+                    1,
+                    "2010-01-02T10:00:00Z",
+                    "involvement.opened",
+                    json!({"role": "mentor"}),
+                ),
+                fact(
+                    2,
+                    "2012-01-02T10:00:00Z",
+                    "involvement.closed",
+                    json!({"role": "mentor"}),
+                ),
+                assessed,
+                rectification,
+            ],
+        );
+        let now = "2026-12-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), now).unwrap().0,
+            vec![Category::Identity]
+        );
+        let later = "2028-11-02T12:00:00Z".parse().unwrap();
+        assert_eq!(
+            state.due(&schedule(), later).unwrap().0,
+            vec![Category::Identity, Category::Needs]
+        );
+    }
+
     #[test]
     fn a_correction_restarts_the_clock_of_the_category_it_corrects() {
         let assessed = fact(
@@ -287,37 +322,9 @@ mod tests {
                    "data": {"area": "housing", "status": "in_progress", "note": "new"}}),
         );
         corrected.draft.occurred_at = "2012-01-01T10:00:00Z".parse().unwrap();
-        let state = ClientState::from_history(
-            ClientId(Uuid::from_u128(1)),
-            [
-                fact(
-                    1,
-                    "2010-01-02T10:00:00Z",
-                    "involvement.opened",
-                    json!({"role": "mentor"}),
-                ),
-                fact(
-                    2,
-                    "2012-01-02T10:00:00Z",
-                    "involvement.closed",
-                    json!({"role": "mentor"}),
-                ),
-                assessed,
-                corrected,
-            ],
-        );
         // The correction's fields are sealed under the needs key: needs are kept two years from
         // when it was recorded, though it is dated (and corrects a fact) years before.
-        let now = "2026-12-01T00:00:00Z".parse().unwrap();
-        assert_eq!(
-            state.due(&schedule(), now).unwrap().0,
-            vec![Category::Identity]
-        );
-        let later = "2028-11-02T12:00:00Z".parse().unwrap();
-        assert_eq!(
-            state.due(&schedule(), later).unwrap().0,
-            vec![Category::Identity, Category::Needs]
-        );
+        needs_kept_from_november_2026(assessed, corrected);
     }
 
     #[test]
@@ -334,36 +341,8 @@ mod tests {
             "event.retracted",
             json!({"event_id": assessed.draft.id.0, "reason": "wrong client"}),
         );
-        let state = ClientState::from_history(
-            ClientId(Uuid::from_u128(1)),
-            [
-                fact(
-                    1,
-                    "2010-01-02T10:00:00Z",
-                    "involvement.opened",
-                    json!({"role": "mentor"}),
-                ),
-                fact(
-                    2,
-                    "2012-01-02T10:00:00Z",
-                    "involvement.closed",
-                    json!({"role": "mentor"}),
-                ),
-                assessed,
-                retracted,
-            ],
-        );
         // The retraction's reason is sealed under the needs key; the fact it retracts is gone.
-        let now = "2026-12-01T00:00:00Z".parse().unwrap();
-        assert_eq!(
-            state.due(&schedule(), now).unwrap().0,
-            vec![Category::Identity]
-        );
-        let later = "2028-11-02T12:00:00Z".parse().unwrap();
-        assert_eq!(
-            state.due(&schedule(), later).unwrap().0,
-            vec![Category::Identity, Category::Needs]
-        );
+        needs_kept_from_november_2026(assessed, retracted);
     }
 
     #[test]
