@@ -1103,6 +1103,13 @@ async fn a_rectification_that_takes_back_its_access_reaches_the_agency(backend: 
             "{}",
             notice.body
         );
+        // Which event was rectified, not what it says now (who holds the case instead).
+        assert!(notice.body["data"].get("data").is_none(), "{}", notice.body);
+        assert!(
+            notice.body["data"]["event_id"].is_string(),
+            "{}",
+            notice.body
+        );
     }
     app.stop().await;
     backend.remove().await;

@@ -165,11 +165,18 @@ impl From<&RecordedEvent> for Recorded {
     ///
     /// [`PersonalData::Withheld`]: travelmap_domain::PersonalData::Withheld
     fn from(recorded: &RecordedEvent) -> Self {
-        if recorded.personal == travelmap_domain::PersonalData::Withheld {
-            Self::withheld(recorded)
-        } else {
-            Self::shown(recorded)
+        if recorded.personal != travelmap_domain::PersonalData::Withheld {
+            return Self::shown(recorded);
         }
+        let mut wire = Self::withheld(recorded);
+        // A notice that a correction took the reader's access away says which event was
+        // corrected, not what it now says: the replacement (who holds the case now, the new
+        // worker) is about a client the reader no longer has a need to know.
+        if let Value::Object(data) = &mut wire.data {
+            data.remove("data");
+        }
+        wire.personal_data = Some("withheld".to_owned());
+        wire
     }
 }
 
