@@ -1173,6 +1173,17 @@ async fn ambiguous_or_unreadable_requests_are_refused_not_guessed_at() {
         .unwrap();
     let problem = expect_problem(twice, StatusCode::BAD_REQUEST, "invalid_parameter").await;
     assert_eq!(problem["field"], "Last-Event-ID");
+    let trail = app
+        .get_ok("/v1/audit/entries?after=0&limit=1000", AUDITOR)
+        .await;
+    assert!(
+        trail["entries"].as_array().unwrap().iter().any(|entry| {
+            entry["action"] == "GET /v1/subscriptions/feed"
+                && entry["outcome"] == "denied"
+                && entry["credential"] == "ops"
+        }),
+        "the refusal of two resume points is logged: {trail}"
+    );
     // A webhook's purpose is its body's; a header naming another is refused, not dropped.
     let webhook = app
         .http

@@ -146,6 +146,9 @@ pub async fn feed(
     )
     .await?;
     if headers.get_all("last-event-id").iter().nth(1).is_some() {
+        // Logged, as a repeated purpose is: which of two resume points counts is no answer
+        // the trail should have to guess.
+        audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
         return Err(ApiError::invalid_parameter(
             "Last-Event-ID",
             "send one Last-Event-ID header, not several",
