@@ -828,7 +828,8 @@ async fn an_empty_or_inconsistent_database_is_refused() {
 
 /// A start on a database whose keys are wrapped under a master key it was not given generates
 /// one in its data directory (as for any first start), finds it opens nothing, and removes it
-/// again: left there, it would be read on every later start.
+/// again: left there, it would be read on every later start. So does a start that cannot reach
+/// its database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_key_generated_for_a_store_it_cannot_open_is_removed() {
     let cluster = Cluster::start(1).await;
@@ -865,6 +866,21 @@ async fn a_master_key_generated_for_a_store_it_cannot_open_is_removed() {
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("which is not configured"), "{stderr}");
     assert!(stderr.contains("was removed again"), "{stderr}");
+    assert!(!data_dir.join("master.key").exists(), "{stderr}");
+    // Nor is one kept from a start that could not reach the database at all.
+    let unreachable = "postgres://postgres@127.0.0.1:1/travelmap?connect_timeout=1";
+    let output = travelmap_command()
+        .env_remove("TRAVELMAP_MASTER_KEYS")
+        .env_remove("TRAVELMAP_CONFIG")
+        .args(["--store", unreachable, "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("rebuild")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
     assert!(!data_dir.join("master.key").exists(), "{stderr}");
     database.drop_database().await.unwrap();
 }

@@ -71,12 +71,14 @@ impl Application {
             .await
             .with_context(|| format!("opening the {}", settings.store.describe()))?;
         let keyring = match settings.master_keys {
-            Some(masters) => Some(
-                store
+            Some(masters) => {
+                let keyring = store
                     .keyring(masters)
                     .await
-                    .context("opening the key store")?,
-            ),
+                    .context("opening the key store")?;
+                crate::settings::master_key_used();
+                Some(keyring)
+            }
             None => None,
         };
         let journeys = Arc::new(Journeys::new(store.log(), store.views(), keyring).await?);

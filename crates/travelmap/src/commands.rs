@@ -146,6 +146,7 @@ pub async fn import(
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
     let keyring = store.keyring(masters).await?;
+    crate::settings::master_key_used();
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
     let audit = store.audit();
     let progress = ProgressBar::new(total).with_style(
@@ -539,6 +540,7 @@ pub async fn rebuild(location: &Location, masters: MasterKeys) -> anyhow::Result
         eprintln!("taking the view lease (while any server runs, this waits: stop them all first)");
     }
     let keyring = store.keyring(masters).await?;
+    crate::settings::master_key_used();
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
     let report = journeys.projector().rebuild().await?;
     store.close().await;
@@ -981,6 +983,7 @@ pub async fn retention_run(
         .await
         .with_context(|| format!("opening the {}", location.describe()))?;
     let keyring = store.keyring(masters).await?;
+    crate::settings::master_key_used();
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
     let (report, ran) = crate::retention::run(
         &journeys,
@@ -1008,6 +1011,7 @@ pub async fn rotate_keys(location: &Location, masters: MasterKeys) -> anyhow::Re
         .with_context(|| format!("opening the {}", location.describe()))?;
     let current = masters.current().id.clone();
     let keyring = store.keyring(masters).await?;
+    crate::settings::master_key_used();
     let count = keyring.rotate().await?;
     store.close().await;
     out!(

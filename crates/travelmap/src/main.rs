@@ -194,18 +194,10 @@ async fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", report(&error));
-            let wrong_master_key = error.chain().any(|cause| {
-                matches!(
-                    cause.downcast_ref::<travelmap_store::Error>(),
-                    Some(travelmap_store::Error::MasterKeyMissing(_))
-                )
-            });
-            if wrong_master_key
-                && let Some(path) = travelmap::settings::discard_generated_master_key()
-            {
+            if let Some(path) = travelmap::settings::discard_generated_master_key() {
                 eprintln!(
-                    "the master key this start generated at {} opens none of the store's keys \
-                     and was removed again",
+                    "the master key this start generated at {} was never used and was removed \
+                     again",
                     path.display()
                 );
             }

@@ -637,12 +637,25 @@ pub const MASTER_KEYS_ENV: &str = "TRAVELMAP_MASTER_KEYS";
 /// The master key file this process generated, if it did (see [`discard_generated_master_key`]).
 static GENERATED_MASTER_KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
-/// Removes the master key file this process generated, if it did: for a command that then
-/// found the store's keys wrapped under another master key (a PostgreSQL database whose key
-/// store the data directory cannot show). Left there, the new key would be read on the next
-/// start and the right one, once put back, would have to be told apart from it. Returns its
-/// path.
+/// Whether a key store was opened with this process's master keys, after which a key this
+/// process generated may wrap keys (the store's lookup key, at least) and must stay.
+static MASTER_KEY_USED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records that a key store was opened with the master keys (see
+/// [`discard_generated_master_key`]).
+pub fn master_key_used() {
+    MASTER_KEY_USED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Removes the master key file this process generated, if it did and no key store was opened
+/// with it: for a command that failed before (a PostgreSQL database that could not be reached,
+/// or whose keys are wrapped under another master key, which the data directory cannot show).
+/// Left there, the new key would be read on the next start as if it were the deployment's, and
+/// the right one, once put back, would have to be told apart from it. Returns its path.
 pub fn discard_generated_master_key() -> Option<PathBuf> {
+    if MASTER_KEY_USED.load(std::sync::atomic::Ordering::SeqCst) {
+        return None;
+    }
     let path = GENERATED_MASTER_KEY.get()?;
     std::fs::remove_file(path).ok()?;
     Some(path.clone())
