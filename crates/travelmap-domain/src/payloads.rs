@@ -354,11 +354,24 @@ pub struct InvolvementClosed {
 pub struct ConsentRecorded {
     /// The agency the consent or legal basis covers.
     pub agency: Text,
-    /// The purposes covered; at least one.
-    #[schemars(length(min = 1))]
+    /// The purposes covered; at least one. Not `emergency`, `audit` or `subject_access`:
+    /// break-glass and oversight are not an agency's to be granted.
+    #[schemars(with = "Vec<ConsentedPurpose>", length(min = 1))]
     pub purposes: Vec<Purpose>,
     /// The legal basis.
     pub legal_basis: LegalBasis,
+}
+
+/// The purposes a consent may cover, as the published schema states them (the payload keeps
+/// [`Purpose`], which consents stored before the rule may hold).
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum ConsentedPurpose {
+    CaseManagement,
+    Supervision,
+    ServiceDelivery,
+    Statistics,
 }
 
 impl Rules for ConsentRecorded {
