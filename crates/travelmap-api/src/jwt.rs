@@ -177,8 +177,10 @@ impl JwtVerifier {
                 "the token's `nbf` must be a number".into(),
             ));
         }
+        // A NumericDate may have a fraction (RFC 7519, section 2); whole seconds are enough.
         let expires = claims["exp"]
             .as_i64()
+            .or_else(|| claims["exp"].as_f64().map(|seconds| seconds.floor() as i64))
             .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
             .ok_or_else(|| JwtError::MissingClaim("exp".into()))?;
         Ok((self.credential(&claims)?, expires))
