@@ -54,36 +54,46 @@ impl Scope {
                 })
     }
 
-    /// Whether the subscriber may receive `event`, given who may read its client now. A
-    /// restricted client's events reach only a subscriber that reads every client.
-    pub fn admits(&self, event: &RecordedEvent, access: Option<&Access>) -> bool {
+    /// Whether and how the subscriber may receive `event`, given who may read its client now.
+    /// A restricted client's events reach only a subscriber that reads every client.
+    pub fn admission(&self, event: &RecordedEvent, access: Option<&Access>) -> Option<Admission> {
         if !self.wants_type(event.draft.event.event_type()) {
-            return false;
+            return None;
         }
-        let Some(access) = access else {
-            return false;
+        let access = access?;
+        let Some(agency) = &self.agency else {
+            return Some(Admission::Whole);
         };
-        match &self.agency {
-            None => true,
-            Some(_) if access.restricted => false,
+        if access.restricted
             // A restriction and its lifting are the data-protection officer's decisions about
             // the record, with the officer's reasons: an agency learns of a restriction from
             // the `403 restricted` its reads get, not from its feed, which would also send it
             // a restriction that ended before it read that far.
-            Some(_)
-                if matches!(
-                    event.draft.event,
-                    JourneyEvent::ProcessingRestricted(_) | JourneyEvent::RestrictionLifted(_)
-                ) =>
-            {
-                false
-            }
-            Some(agency) => {
-                access.allows(agency, self.purpose)
-                    || access.told_of_its_end(agency, self.purpose, event)
-            }
+            || matches!(
+                event.draft.event,
+                JourneyEvent::ProcessingRestricted(_) | JourneyEvent::RestrictionLifted(_)
+            )
+        {
+            return None;
+        }
+        if access.allows(agency, self.purpose) {
+            Some(Admission::Whole)
+        } else if access.told_of_its_end(agency, self.purpose, event) {
+            Some(Admission::Notice)
+        } else {
+            None
         }
     }
+}
+
+/// How an event reaches a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// As the subscriber may read it.
+    Whole,
+    /// Only to tell the agency that its access ended, so without the personal fields it no
+    /// longer has a need to know.
+    Notice,
 }
 
 /// Events a subscriber receives, in position order, with the clients among them whose
@@ -106,19 +116,17 @@ impl Batch {
 
     /// Adds `event` if `scope` admits it, given its client's `access`.
     fn admit(&mut self, scope: &Scope, event: &RecordedEvent, access: Option<&Access>) {
-        if scope.admits(event, access) {
-            if access.is_some_and(|access| access.restricted) {
-                self.restricted.insert(event.draft.client_id);
-            }
-            let mut event = event.clone();
-            // Sent only to tell the agency its access ended: not its personal fields.
-            if let (Some(agency), Some(access)) = (&scope.agency, access)
-                && !access.allows(agency, scope.purpose)
-            {
-                event.personal = travelmap_domain::PersonalData::Withheld;
-            }
-            self.events.push(event);
+        let Some(admission) = scope.admission(event, access) else {
+            return;
+        };
+        if access.is_some_and(|access| access.restricted) {
+            self.restricted.insert(event.draft.client_id);
         }
+        let mut event = event.clone();
+        if admission == Admission::Notice {
+            event.personal = travelmap_domain::PersonalData::Withheld;
+        }
+        self.events.push(event);
     }
 }
 
