@@ -62,24 +62,19 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
         let repeated = ["X-Purpose", "X-Justification"]
             .into_iter()
             .find(|name| parts.headers.get_all(*name).iter().nth(1).is_some());
-        let refused = match repeated {
-            Some(name) => Some(repeated_header(name)),
-            None => header("X-Justification").err().or_else(|| {
-                header("X-Justification")
-                    .ok()
-                    .flatten()
-                    .filter(|text| text.chars().count() > MAX_JUSTIFICATION_CHARS)
-                    .map(|_| {
-                        ApiError::invalid_parameter(
-                            "X-Justification",
-                            format!(
-                                "a justification is at most {MAX_JUSTIFICATION_CHARS} characters"
-                            ),
-                        )
-                    })
-            }),
-        }
-        .or_else(|| header("X-Purpose").err());
+        let justification = header("X-Justification").and_then(|text| match text {
+            Some(text) if text.chars().count() > MAX_JUSTIFICATION_CHARS => {
+                Err(ApiError::invalid_parameter(
+                    "X-Justification",
+                    format!("a justification is at most {MAX_JUSTIFICATION_CHARS} characters"),
+                ))
+            }
+            text => Ok(text),
+        });
+        let refused = repeated
+            .map(repeated_header)
+            .or_else(|| justification.clone().err())
+            .or_else(|| header("X-Purpose").err());
         if let Some(refusal) = refused {
             // A read states its purpose, and a refused read is logged by the handler, which
             // knows the caller and the client; a write states none, so it is refused here.
@@ -100,7 +95,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             }
             return Err(refusal);
         }
-        let justification = header("X-Justification")?;
+        let justification = justification?;
         let purpose = header("X-Purpose")?.map(str::to_owned);
         // A purpose not on the list is recorded as `unlisted` (see `recorded_purpose`); worked
         // out once here, not for every entry a read writes.
