@@ -291,6 +291,53 @@ async fn a_grant_lasts_what_it_was_given_for_whatever_the_setting_becomes() {
         read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
         StatusCode::FORBIDDEN
     );
+
+    // Given for an hour, cut short by a shorter setting, then the setting is raised again: the
+    // grant stays ended (the restart with the shorter setting recorded its end), with or without
+    // a read while the shorter setting was in force.
+    let app = spawn_app_with(app.stop().await, Duration::from_secs(3600)).await;
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, Some("a third time")).await,
+        StatusCode::OK
+    );
+    let app = spawn_app_with(app.stop().await, Duration::from_secs(3600)).await;
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
+        StatusCode::OK,
+        "a grant given for an hour runs on after a restart"
+    );
+    let app = spawn_app_with(app.stop().await, Duration::from_secs(1)).await;
+    let app = spawn_app_with(app.stop().await, Duration::from_secs(3600)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
+        StatusCode::FORBIDDEN,
+        "raising the setting again does not revive a grant it cut short"
+    );
+    let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
+    let grants = grants["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 3, "{grants:?}");
+    assert!(grants.iter().all(|grant| grant["active"] == false));
+    let ended: Vec<Value> = app
+        .trail_of(client)
+        .await
+        .into_iter()
+        .filter(|entry| entry["action"] == "break-glass" && entry["outcome"] == "denied")
+        .collect();
+    assert_eq!(
+        ended.len(),
+        2,
+        "one end per restart that shortened: {ended:?}"
+    );
+    assert!(
+        ended.iter().all(|entry| entry["credential"] == "ngo-desk"
+            && entry["returned"]
+                .as_str()
+                .unwrap()
+                .contains("ended early: break-glass grants now last 1 seconds")),
+        "{ended:?}"
+    );
+    app.stop().await;
 }
 
 #[tokio::test]
@@ -457,6 +504,60 @@ async fn a_read_refused_for_its_headers_or_parameters_leaves_a_trace_and_no_gran
     assert_eq!(
         read_in_emergency(&app, client, NGO_COORDINATOR, None).await,
         StatusCode::FORBIDDEN
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_emergency_read_by_a_reviewer_still_needs_a_reason() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        sample_event(client, "client.registered", AT),
+    )
+    .await;
+    for reviewer in [AUDITOR, DPO] {
+        let refused = app
+            .http
+            .get(app.url(&format!("/v1/clients/{client}/events")))
+            .bearer_auth(reviewer)
+            .header("x-purpose", "emergency")
+            .send()
+            .await
+            .unwrap();
+        let problem = expect_problem(refused, StatusCode::BAD_REQUEST, "purpose_required").await;
+        assert_eq!(problem["field"], "X-Justification");
+        assert_eq!(
+            read_in_emergency(&app, client, reviewer, Some("checking a reported crisis")).await,
+            StatusCode::OK
+        );
+    }
+    let emergency: Vec<Value> = app
+        .trail_of(client)
+        .await
+        .into_iter()
+        .filter(|entry| entry["purpose"] == "emergency")
+        .collect();
+    let outcomes: Vec<(&str, bool)> = emergency
+        .iter()
+        .map(|entry| {
+            (
+                entry["outcome"].as_str().unwrap(),
+                entry["justification"].is_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("denied", false),
+            ("allowed", true),
+            ("denied", false),
+            ("allowed", true)
+        ],
+        "{emergency:?}"
     );
     app.stop().await;
 }

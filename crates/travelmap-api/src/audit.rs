@@ -717,6 +717,17 @@ pub async fn need_to_know_given(
         if restricted && !(reviewer && matches!(purpose, Purpose::Audit | Purpose::SubjectAccess)) {
             return refuse_restricted().await;
         }
+        // Need-to-know does not scope this caller, so `emergency` grants nothing here; but a
+        // read logged under it must still say why, as break-glass reads do, or the review of
+        // emergency reads would list one with no reason.
+        if purpose == Purpose::Emergency && context.justification.is_none() {
+            log(state, caller, context, Outcome::Denied, logged).await?;
+            return Err(ApiError::new(
+                Code::PurposeRequired,
+                "X-Purpose: emergency needs a written reason in X-Justification",
+            )
+            .with_field("X-Justification"));
+        }
         return Ok(purpose);
     }
     let Some(access) = access else {
@@ -781,15 +792,102 @@ async fn active_grant(
         .await
         .map_err(ApiError::store)?;
     let now = Utc::now();
-    Ok(entries.iter().any(|entry| {
-        entry.record.action == BREAK_GLASS
-            && grant_until(entry, state.break_glass) > now
-            && entry.record.credential == caller.0.id
-            // A token's subject may act for another agency in its next token: the grant was
-            // for the agency that justified it.
-            && entry.record.agency == caller.0.agency
-            && entry.record.outcome == Outcome::Allowed
-    }))
+    Ok(grants(&entries, state.break_glass)
+        .into_iter()
+        .any(|(grant, until)| {
+            until > now
+                && grant.record.credential == caller.0.id
+                // A token's subject may act for another agency in its next token: the grant was
+                // for the agency that justified it.
+                && grant.record.agency == caller.0.agency
+        }))
+}
+
+/// The break-glass grants among `entries` (a client's trail, or every break-glass entry), each
+/// with when it ends: the length its entry states, the configured one if that is shorter now,
+/// and the end a shorter setting gave it earlier (see [`end_grants_a_setting_shortens`]), so
+/// that raising the setting again neither revives nor lengthens a grant.
+pub fn grants(
+    entries: &[AuditEntry],
+    configured: std::time::Duration,
+) -> Vec<(&AuditEntry, DateTime<Utc>)> {
+    let (given, ended): (Vec<&AuditEntry>, Vec<&AuditEntry>) = entries
+        .iter()
+        .filter(|entry| entry.record.action == BREAK_GLASS)
+        .partition(|entry| entry.record.outcome == Outcome::Allowed);
+    given
+        .into_iter()
+        .map(|grant| {
+            let ended_early = ended
+                .iter()
+                .filter(|end| {
+                    end.seq > grant.seq
+                        && end.record.credential == grant.record.credential
+                        && end.record.agency == grant.record.agency
+                        && end.record.client_id == grant.record.client_id
+                })
+                .filter_map(|end| ended_at(end));
+            let until = ended_early.fold(grant_until(grant, configured), DateTime::min);
+            (grant, until)
+        })
+        .collect()
+}
+
+/// How an entry ending a grant early states the end (`returned`).
+fn ended_at(entry: &AuditEntry) -> Option<DateTime<Utc>> {
+    let text = entry
+        .record
+        .returned
+        .as_deref()?
+        .strip_prefix("access until ")?;
+    let (at, _why) = text.split_once(' ').unwrap_or((text, ""));
+    DateTime::parse_from_rfc3339(at)
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
+}
+
+/// Records, for each break-glass grant still running that `configured` ends sooner than it was
+/// given for, when it now ends: a denied `break-glass` entry for the grant's credential, agency
+/// and client. Run when a server starts, so that a setting lowered to cut grants short keeps
+/// them cut after it is raised again (the setting alone is read afresh by each process). Returns
+/// how many grants it ended early.
+pub async fn end_grants_a_setting_shortens(
+    audit: &dyn travelmap_store::AuditLog,
+    configured: std::time::Duration,
+) -> travelmap_store::Result<usize> {
+    let entries = audit.read_action(BREAK_GLASS).await?;
+    let now = now();
+    let ends: Vec<AuditRecord> = grants(&entries, std::time::Duration::MAX)
+        .into_iter()
+        .filter_map(|(grant, until)| {
+            let cut = grant_until(grant, configured).max(now);
+            (until > now && cut < until).then(|| AuditRecord {
+                at: now,
+                credential: grant.record.credential.clone(),
+                agency: grant.record.agency.clone(),
+                actor: None,
+                operation: grant.record.operation,
+                client_id: grant.record.client_id,
+                purpose: grant.record.purpose.clone(),
+                justification: None,
+                request_id: None,
+                outcome: Outcome::Denied,
+                action: BREAK_GLASS.to_owned(),
+                returned: Some(format!(
+                    "access until {} (ended early: break-glass grants now last {})",
+                    cut.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    grant_text(configured)
+                        .strip_prefix("access for ")
+                        .unwrap_or_default()
+                )),
+            })
+        })
+        .collect();
+    let count = ends.len();
+    if count > 0 {
+        audit.append(ends).await?;
+    }
+    Ok(count)
 }
 
 /// How a break-glass grant's entry states its length (`returned`), which is what the grant was

@@ -86,6 +86,9 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let audit = settings.audit_override.unwrap_or_else(|| store.audit());
+        travelmap_api::audit::end_grants_a_setting_shortens(audit.as_ref(), settings.break_glass)
+            .await
+            .context("ending the break-glass grants a shorter setting ends")?;
         let coordination = Arc::new(Coordination::new(
             journeys.log().clone(),
             journeys.views().clone(),

@@ -293,24 +293,22 @@ pub async fn break_glass(
         .read_action(audit::BREAK_GLASS)
         .await
         .map_err(ApiError::store)?;
+    let grants = audit::grants(&entries, state.break_glass);
     audit::log(
         &state,
         &caller,
         &context,
         Outcome::Allowed,
-        logged(Some(format!("{} grants", entries.len()))),
+        logged(Some(format!("{} grants", grants.len()))),
     )
     .await?;
     let now = chrono::Utc::now();
-    let grants = entries
-        .iter()
-        .map(|entry| {
-            let until = audit::grant_until(entry, state.break_glass);
-            BreakGlassGrant {
-                entry: AuditEntryView::from(entry),
-                until,
-                active: until > now,
-            }
+    let grants = grants
+        .into_iter()
+        .map(|(entry, until)| BreakGlassGrant {
+            entry: AuditEntryView::from(entry),
+            until,
+            active: until > now,
         })
         .collect();
     Ok(Json(BreakGlassGrants { grants }))
