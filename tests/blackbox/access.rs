@@ -486,18 +486,37 @@ async fn a_read_refused_for_its_headers_or_parameters_leaves_a_trace_and_no_gran
         .await
         .unwrap();
     expect_problem(future, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    let unknown = app
+        .http
+        .get(app.url(&format!("/v1/clients/{client}/travel-map?bogus=1")))
+        .bearer_auth(NGO_COORDINATOR)
+        .header("x-purpose", "case_management")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(unknown, StatusCode::BAD_REQUEST, "invalid_parameter").await;
 
+    // Each refusal is an attempt on the client's data, in the client's trail; none opened a
+    // grant.
     let denied: Vec<Value> = app
         .trail_of(client)
         .await
         .into_iter()
         .filter(|entry| entry["outcome"] == "denied" && entry["credential"] == "ngo-desk")
         .collect();
-    assert_eq!(denied.len(), 2, "{denied:?}");
-    assert!(
-        denied
-            .iter()
-            .all(|entry| entry["purpose"] != "emergency" || entry["justification"].is_null())
+    let actions: Vec<&str> = denied
+        .iter()
+        .map(|entry| entry["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "GET /v1/clients/{client_id}/events",
+            "GET /v1/clients/{client_id}/events",
+            "GET /v1/clients/{client_id}/events",
+            "GET /v1/clients/{client_id}/travel-map"
+        ],
+        "{denied:?}"
     );
     let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
     assert_eq!(grants["grants"], json!([]), "{grants}");

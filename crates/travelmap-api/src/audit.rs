@@ -522,6 +522,22 @@ fn unfit(caller: &Caller, purpose: Purpose, spanning: bool) -> Option<String> {
     }
 }
 
+/// Passes a read's parsed parameters on, logging the read as denied first if they were refused:
+/// a read of a client refused for its parameters (an `as_of` in the future, an unknown
+/// parameter) is still an attempt on that client's data, which the client's trail shows.
+pub async fn parameters<T>(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    parsed: Result<T, ApiError>,
+    logged: Logged<'_>,
+) -> Result<T, ApiError> {
+    if parsed.is_err() {
+        log(state, caller, context, Outcome::Denied, logged).await?;
+    }
+    parsed
+}
+
 /// [`purpose`] for a read that spans clients (the global feed, caseloads, alerts, identifier
 /// searches): refuses, and logs as denied, `emergency` and a purpose the caller's roles may
 /// not state (see [`unfit`]).

@@ -90,7 +90,7 @@ pub async fn history(
     caller: Caller,
     context: RequestContext,
     Path(client_id): Path<String>,
-    Query(query): Query<HistoryQuery>,
+    query: Result<Query<HistoryQuery>, ApiError>,
 ) -> Result<Json<History>, ApiError> {
     let client_id = extract::client_id(&client_id)?;
     let logged = |returned| Logged {
@@ -108,8 +108,9 @@ pub async fn history(
     )
     .await?;
     // Checked before need-to-know, which may open a break-glass grant: a request refused for
-    // its parameters must leave nothing behind.
-    let as_of = parse_time("as_of", query.as_of.as_deref())?;
+    // its parameters must leave nothing behind but its denied entry.
+    let parsed = query.and_then(|Query(query)| parse_time("as_of", query.as_of.as_deref()));
+    let as_of = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
     audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None)).await?;
     let events = state.journeys.history(ClientId(client_id), as_of).await;
     let events = audit::found(&state, &caller, &context, events, logged(None)).await?;
@@ -161,7 +162,7 @@ pub async fn travel_map(
     caller: Caller,
     context: RequestContext,
     Path(client_id): Path<String>,
-    Query(query): Query<TravelMapQuery>,
+    query: Result<Query<TravelMapQuery>, ApiError>,
 ) -> Result<Json<TravelMap>, ApiError> {
     let client_id = extract::client_id(&client_id)?;
     let logged = |returned| Logged {
@@ -178,14 +179,19 @@ pub async fn travel_map(
         logged(None),
     )
     .await?;
-    let as_of = parse_time("as_of", query.as_of.as_deref())?;
+    let parsed = query.and_then(|Query(query)| {
+        let as_of = parse_time("as_of", query.as_of.as_deref())?;
+        Ok((as_of, query.min_position))
+    });
+    let (as_of, min_position) =
+        audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
     let map = match as_of {
         Some(_) => {
             audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None))
                 .await?;
             let map = state
                 .journeys
-                .travel_map(ClientId(client_id), as_of, query.min_position)
+                .travel_map(ClientId(client_id), as_of, min_position)
                 .await;
             audit::found(&state, &caller, &context, map, logged(None)).await?
         }
@@ -194,7 +200,7 @@ pub async fn travel_map(
             audit::purpose(&state, &caller, &context, logged(None)).await?;
             let consultation = state
                 .journeys
-                .consult(ClientId(client_id), query.min_position)
+                .consult(ClientId(client_id), min_position)
                 .await?;
             audit::need_to_know_given(
                 &state,
