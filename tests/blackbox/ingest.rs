@@ -1048,3 +1048,62 @@ async fn ambiguous_or_invisible_input_is_refused_and_nothing_is_stored() {
         response.text().await.unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_fact_dated_after_the_event_that_reports_it_is_refused() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let born_later = event(
+        client,
+        "client.registered",
+        AT,
+        json!({"personal": {"given_name": "Jan", "birth_date": "2026-03-02"}}),
+    );
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &born_later).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.personal.birth_date");
+    // The day itself is not after it, in the event's own offset.
+    let registered = event(
+        client,
+        "client.registered",
+        AT,
+        json!({"personal": {"given_name": "Jan", "birth_date": "2026-03-01"}}),
+    );
+    let response = app.post_event(PRISON_WRITER, &registered).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let offence_later = event(
+        client,
+        "reoffence.recorded",
+        AT,
+        json!({"offence_date": "2026-04-01"}),
+    );
+    let problem = expect_problem(
+        app.post_event(PROBATION_WRITER, &offence_later).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.offence_date");
+
+    // A correction states facts known when it is made.
+    let correction = event(
+        client,
+        "event.corrected",
+        AT,
+        json!({"event_id": registered["id"], "reason": "birth date mistyped",
+               "data": {"personal": {"given_name": "Jan", "birth_date": "2027-01-01"}}}),
+    );
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &correction).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.data.personal.birth_date");
+    assert_eq!(app.feed().await.len(), 1);
+    app.stop().await;
+}

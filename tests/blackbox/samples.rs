@@ -53,7 +53,7 @@ pub fn valid_data(event_type: &str, target: Uuid) -> Value {
         "family_contact.restored" => json!({}),
         "programme.completed" => json!({"programme": "vol-mentoring"}),
         "programme.dropped_out" => json!({"programme": "vol-mentoring", "reason": "moved away"}),
-        "reoffence.recorded" => json!({"offence_date": "2026-05-01"}),
+        "reoffence.recorded" => json!({"offence_date": "2025-11-20"}),
         "client.recalled" => json!({"prison": "Opava", "reason": "breach of conditions"}),
         "event.corrected" => json!({
             "event_id": target,

@@ -11,6 +11,7 @@
 //! entry's version becomes 2, and `upcast` gains an arm that rewrites v1 `data` into v2 shape
 //! before the typed decode. The log itself is never rewritten.
 
+use chrono::NaiveDate;
 use std::sync::OnceLock;
 
 use schemars::generate::SchemaSettings;
@@ -241,6 +242,27 @@ catalogue! {
 }
 
 impl JourneyEvent {
+    /// Refuses a date of a fact the event reports as past (a birth, an offence) that falls after
+    /// `occurred_on`, the day the event says it happened: an event from the future is refused,
+    /// and so is a fact from the future inside one. Planned dates (a release, a review) and
+    /// dates of a stay that is still to begin are not checked. Fields are named within `data`.
+    pub fn check_past_dates(&self, occurred_on: NaiveDate) -> Result<(), ValidationError> {
+        let (field, date) = match self {
+            Self::ClientRegistered(registered) => {
+                ("personal.birth_date", registered.personal.birth_date)
+            }
+            Self::ReoffenceRecorded(reoffence) => ("offence_date", reoffence.offence_date),
+            _ => return Ok(()),
+        };
+        match date {
+            Some(date) if date > occurred_on => Err(ValidationError::new(
+                field,
+                format!("{date} is after the day the event occurred ({occurred_on})"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// For an `event.retracted`, the event it withdraws. Stores keep it beside the event so that
     /// deciding about a client never has to decode event data.
     pub fn retracts(&self) -> Option<EventId> {

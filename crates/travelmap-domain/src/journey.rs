@@ -329,7 +329,7 @@ impl ClientJourney {
                 let replacement = serde_json::Value::Object(correction.data.clone());
                 let current =
                     crate::catalogue::event_type(target).map_or(1, |info| info.schema_version);
-                JourneyEvent::decode(target, current, &replacement).map_err(
+                let replaced = JourneyEvent::decode(target, current, &replacement).map_err(
                     |error| match error {
                         crate::DecodeError::Invalid(invalid) => Error::InvalidReplacement(invalid),
                         other => {
@@ -337,7 +337,10 @@ impl ClientJourney {
                         }
                     },
                 )?;
-                Ok(())
+                // What a correction states as fact was known when it was made.
+                replaced
+                    .check_past_dates(draft.occurred_at.date_naive())
+                    .map_err(Error::InvalidReplacement)
             }
             JourneyEvent::EventRetracted(retraction) => rectified(retraction.event_id).map(|_| ()),
             _ => Ok(()),

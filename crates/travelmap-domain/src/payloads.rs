@@ -97,7 +97,7 @@ pub struct PersonalDetails {
     /// Family name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family_name: Option<Text>,
-    /// Date of birth (YYYY-MM-DD).
+    /// Date of birth (YYYY-MM-DD); not after the day the event occurred.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -721,7 +721,8 @@ pub struct ProgrammeDroppedOut {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReoffenceRecorded {
-    /// When the offence was committed (YYYY-MM-DD), if known.
+    /// When the offence was committed (YYYY-MM-DD), if known; not after the day the event
+    /// occurred.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
