@@ -1411,6 +1411,40 @@ fn a_failed_start_prints_no_instructions_for_a_server_that_is_not_there() {
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
     // Nor does it keep the key it made: the next start makes one and tells how to use it.
     assert!(!dir.path().join("admin.key").exists());
+
+    // The address is taken before anything is written: no store, no keys, no directory.
+    let fresh = dir.path().join("new-data");
+    let output = unconfigured()
+        .arg("serve")
+        .arg("--listen")
+        .arg(taken.local_addr().unwrap().to_string())
+        .arg("--data-dir")
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(!fresh.exists(), "{:?}", std::fs::read_dir(&fresh).ok());
+
+    // A database out of reach: the keys made for it are removed again, and the directory made
+    // to hold them.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = format!(
+        "postgres://postgres@{}/nothing",
+        closed.local_addr().unwrap()
+    );
+    drop(closed);
+    let output = unconfigured()
+        .arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--store")
+        .arg(&unreachable)
+        .arg("--data-dir")
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(!fresh.exists(), "{:?}", std::fs::read_dir(&fresh).ok());
 }
 
 /// A master key is generated for a new store only: beside a key store made under a key that has

@@ -300,6 +300,7 @@ async fn spawn_app_full(
     }
     let application = Application::build(ServeSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
+        listener: None,
         store,
         authenticator,
         break_glass,

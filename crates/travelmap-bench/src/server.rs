@@ -42,6 +42,7 @@ impl Server {
         let authenticator = Authenticator::new([(Authenticator::hash_key(KEY), credential)])?;
         let app = Application::build(ServeSettings {
             listen: "127.0.0.1:0".parse()?,
+            listener: None,
             store: store.clone(),
             authenticator,
             break_glass: travelmap_api::DEFAULT_BREAK_GLASS,

@@ -19,6 +19,9 @@ use travelmap_store::{Location, Store};
 pub struct ServeSettings {
     /// Address to bind; port 0 picks a free port (tests).
     pub listen: SocketAddr,
+    /// A listener already bound to `listen`, if the caller bound it first: `travelmap serve`
+    /// does, so that an address in use fails the start before anything is written to disk.
+    pub listener: Option<TcpListener>,
     /// Where events and views are stored.
     pub store: Location,
     /// Who may call the API.
@@ -67,6 +70,13 @@ pub struct Application {
 impl Application {
     /// Opens the store and binds the listener. The projector starts with [`Self::run_until`].
     pub async fn build(settings: ServeSettings) -> anyhow::Result<Self> {
+        // First: an address in use fails the start before the store is opened (or made).
+        let listener = match settings.listener {
+            Some(bound) => bound,
+            None => TcpListener::bind(settings.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.listen))?,
+        };
         let store = Store::open(&settings.store)
             .await
             .with_context(|| format!("opening the {}", settings.store.describe()))?;
@@ -82,9 +92,6 @@ impl Application {
             None => None,
         };
         let journeys = Arc::new(Journeys::new(store.log(), store.views(), keyring).await?);
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding {}", settings.listen))?;
         let audit = settings.audit_override.unwrap_or_else(|| store.audit());
         travelmap_api::audit::end_grants_a_setting_shortens(audit.as_ref(), settings.break_glass)
             .await

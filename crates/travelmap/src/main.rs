@@ -201,6 +201,7 @@ async fn main() -> std::process::ExitCode {
                     path.display()
                 );
             }
+            travelmap::settings::remove_created_data_dir();
             std::process::ExitCode::FAILURE
         }
     }
@@ -289,8 +290,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .parse()
                     .expect("valid default address"),
             };
+            // Bound before anything is written: a start that fails for an address in use leaves
+            // no data directory, store or keys behind.
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
             // How to use a local admin key is told once the server is up, not before a start
-            // that then fails (a port in use, say).
+            // that then fails (PostgreSQL out of reach, say).
             let (authenticator, local) = match &config {
                 Some((path, file)) => (
                     with_tokens(file.authenticator(path)?, path, file).await?,
@@ -304,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let serve_settings = || -> anyhow::Result<ServeSettings> {
                 Ok(ServeSettings {
                     listen,
+                    listener: Some(listener),
                     store: location.clone(),
                     authenticator,
                     break_glass: config
@@ -349,6 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     {
                         let _ = std::fs::remove_file(path);
                     }
+                    settings::discard_generated_signing_key();
                     return Err(error);
                 }
             };

@@ -531,7 +531,7 @@ pub fn local_admin_key(data_dir: &Path) -> Result<(String, LocalKey), Error> {
         Err(read) if read.kind() == std::io::ErrorKind::NotFound => {}
         Err(read) => return Err(error(read)),
     }
-    travelmap_store::sqlite::create_private_dir(data_dir).map_err(error)?;
+    create_data_dir(data_dir).map_err(error)?;
     let key = new_key();
     write_private(&path, &format!("{key}\n")).map_err(error)?;
     Ok((key, LocalKey::Generated(path)))
@@ -575,6 +575,40 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
+/// The data directory, if this process created it (see [`remove_created_data_dir`]).
+static CREATED_DATA_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// The checkpoint-signing key file this process generated, if it did (see
+/// [`discard_generated_signing_key`]).
+static GENERATED_SIGNING_KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Creates the data directory (readable by the owner only) if it is missing, remembering that
+/// this process made it.
+fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
+    let existed = data_dir.exists();
+    travelmap_store::sqlite::create_private_dir(data_dir)?;
+    if !existed {
+        let _ = CREATED_DATA_DIR.set(data_dir.to_owned());
+    }
+    Ok(())
+}
+
+/// Removes the checkpoint-signing key this process generated, for a start that failed before
+/// serving (so before signing anything): kept, it would pass for the deployment's key on the
+/// next start. Returns its path.
+pub fn discard_generated_signing_key() -> Option<PathBuf> {
+    let path = GENERATED_SIGNING_KEY.get()?;
+    std::fs::remove_file(path).ok()?;
+    Some(path.clone())
+}
+
+/// Removes the data directory this process created, if it is empty again (a failed start whose
+/// generated keys were removed). Returns its path.
+pub fn remove_created_data_dir() -> Option<PathBuf> {
+    let path = CREATED_DATA_DIR.get()?;
+    std::fs::remove_dir(path).ok()?;
+    Some(path.clone())
+}
+
 /// The file in the data directory holding the generated checkpoint-signing key.
 pub const AUDIT_SIGNING_KEY_FILE: &str = "audit-signing.key";
 
@@ -603,9 +637,10 @@ pub fn checkpoint_key(
             Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
         }
         Err(read) if read.kind() == std::io::ErrorKind::NotFound && configured.is_none() => {
-            travelmap_store::sqlite::create_private_dir(data_dir).map_err(error)?;
+            create_data_dir(data_dir).map_err(error)?;
             let seed: [u8; 32] = rand::random();
             write_private(&path, &format!("{}\n", hex::encode(seed))).map_err(error)?;
+            let _ = GENERATED_SIGNING_KEY.set(path.clone());
             Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
         }
         Err(read) => Err(error(read)),
@@ -702,8 +737,7 @@ pub fn master_keys(
                     data_dir.display()
                 )));
             }
-            travelmap_store::sqlite::create_private_dir(data_dir)
-                .map_err(|error| failed(error.to_string()))?;
+            create_data_dir(data_dir).map_err(|error| failed(error.to_string()))?;
             // The date says when it was made; the suffix keeps two keys made on one day apart,
             // so that the wrong one is reported by its id rather than as a key that fails.
             let suffix = format!("{:06x}", rand::random::<u32>() & 0x00ff_ffff);
