@@ -160,3 +160,41 @@ async fn a_view_that_cannot_be_read_back_is_folded_again_from_the_log() {
         .unwrap();
     assert_ne!(state, vec![0, 1, 2, 3], "the view was saved again");
 }
+
+/// A store that still answers reads but refuses every write (here a trigger, standing in for a
+/// full disk or a file made read-only: each insert fails on a table that is not there) shows as a failing `store` until a write succeeds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_writes_shows_in_readiness_until_one_succeeds() {
+    let app = spawn_app().await;
+    let log = rusqlite::Connection::open(app.data_dir.path().join("events.sqlite")).unwrap();
+    log.execute_batch(
+        "CREATE TRIGGER refuse_writes BEFORE INSERT ON events BEGIN INSERT INTO gone VALUES (1); END;",
+    )
+    .unwrap();
+    let refused = app
+        .post_event(PRISON_WRITER, &sentence_started(Uuid::new_v4()))
+        .await;
+    let status = refused.status();
+    let body = refused.text().await.unwrap();
+    assert!(status.is_server_error(), "{status} {body}");
+    let (status, report) = readiness_once(&app, |_, report| {
+        task(report, "store")["state"] == "failing"
+    })
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["status"], "degraded", "{report}");
+    assert_eq!(task(&report, "store")["state"], "failing", "{report}");
+
+    log.execute_batch("DROP TRIGGER refuse_writes;").unwrap();
+    let accepted = app
+        .post_event(PRISON_WRITER, &sentence_started(Uuid::new_v4()))
+        .await;
+    assert_eq!(accepted.status(), StatusCode::CREATED);
+    let (_, report) = readiness_once(&app, |_, report| {
+        task(report, "store")["state"] == "running"
+    })
+    .await;
+    assert_eq!(task(&report, "store")["state"], "running", "{report}");
+    drop(log);
+    app.stop().await;
+}

@@ -253,6 +253,10 @@ pub struct Journeys {
     /// or a request was abandoned after its append was queued); the store's version check then
     /// refuses the append, the entry is dropped and the journey loaded afresh.
     journeys: std::sync::Mutex<HashMap<ClientId, ClientJourney>>,
+    /// Why the last attempt to record events failed in the store, if it did and none has
+    /// succeeded since: a store that still answers reads may refuse every write (a full disk, a
+    /// file made read-only), which the readiness check must show.
+    failing_writes: std::sync::Mutex<Option<String>>,
 }
 
 impl Journeys {
@@ -279,6 +283,7 @@ impl Journeys {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             journeys: std::sync::Mutex::new(HashMap::new()),
+            failing_writes: std::sync::Mutex::new(None),
         })
     }
 
@@ -334,10 +339,25 @@ impl Journeys {
         }
         let log = std::pin::pin!(log);
         let mut alongside = Alongside::new(log);
-        let outcomes = self
+        let recorded = self
             .record_events(provenance, kind, submissions, &mut alongside)
-            .await?;
-        Ok((outcomes, alongside.finish().await))
+            .await;
+        match &recorded {
+            Ok(_) => *self.failing_writes.lock().expect("write failure lock") = None,
+            Err(Error::Store(error)) => {
+                *self.failing_writes.lock().expect("write failure lock") = Some(error.to_string())
+            }
+            Err(_) => {}
+        }
+        Ok((recorded?, alongside.finish().await))
+    }
+
+    /// Why the last attempt to record events failed in the store, if none has succeeded since.
+    pub fn failing_writes(&self) -> Option<String> {
+        self.failing_writes
+            .lock()
+            .expect("write failure lock")
+            .clone()
     }
 
     /// [`Self::record_logged`] without the check for data-protection decisions.

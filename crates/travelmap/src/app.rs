@@ -198,7 +198,7 @@ impl Application {
                 .run(projector_stopped, watch("live_feed", false)),
         );
         let store_probe = tokio::spawn(probe_store(
-            self.journeys.log().clone(),
+            self.journeys.clone(),
             stop_projector.subscribe(),
             watch("store", false),
         ));
@@ -249,21 +249,26 @@ impl Application {
 const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 const PROBE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Reports whether the event log answers a small read, until `stopped`. The other tasks tell
+/// Reports whether the event log answers a small read and the last attempt to record events
+/// did not fail in the store (or one has succeeded since), until `stopped`. The other tasks tell
 /// only of their own work: a process that waits for another's lease reports it running while
 /// its own connections hang, and one with nothing to fold never touches the store. Requests
 /// are answered `503` while the log cannot be reached, and readiness says so here, steadily,
 /// from the first probe that failed.
 async fn probe_store(
-    log: Arc<dyn travelmap_store::EventLog>,
+    journeys: Arc<Journeys>,
     mut stopped: watch::Receiver<bool>,
     health: travelmap_service::health::Reporter,
 ) {
+    let log = journeys.log().clone();
     let mut failing = false;
     loop {
         let head = *log.head().borrow();
         let failure = match tokio::time::timeout(PROBE_PATIENCE, log.read_all(head, 1)).await {
-            Ok(Ok(_)) => None,
+            // A store that answers reads may still refuse every write.
+            Ok(Ok(_)) => journeys
+                .failing_writes()
+                .map(|error| format!("the last write failed: {error}")),
             Ok(Err(error)) => Some(error.to_string()),
             Err(_) => Some(format!("no answer within {} s", PROBE_PATIENCE.as_secs())),
         };
