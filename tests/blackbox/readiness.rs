@@ -162,7 +162,8 @@ async fn a_view_that_cannot_be_read_back_is_folded_again_from_the_log() {
 }
 
 /// A store that still answers reads but refuses every write (here a trigger, standing in for a
-/// full disk or a file made read-only: each insert fails on a table that is not there) shows as a failing `store` until a write succeeds again.
+/// full disk or a file made read-only: each insert fails on a table that is not there) shows as
+/// a failing `store` until a write succeeds again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_refuses_writes_shows_in_readiness_until_one_succeeds() {
     let app = spawn_app().await;
