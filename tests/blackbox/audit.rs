@@ -709,3 +709,55 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
     let (intact, report) = verify(&data, Some(&checkpoint_file));
     assert!(intact, "{report}");
 }
+
+/// A commit whose audit entries the trail refuses is answered `503` once the request has waited
+/// its patience, and the entries are written in the background as soon as the trail takes them
+/// again: a recorded event is never left out of its client's trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_the_trail_refused_are_written_once_it_takes_them_again() {
+    let app = spawn_app().await;
+    let trail = rusqlite::Connection::open(app.data_dir.path().join("audit.sqlite")).unwrap();
+    trail
+        .execute_batch(
+            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit BEGIN INSERT INTO gone VALUES (1); END;",
+        )
+        .unwrap();
+    let client = Uuid::new_v4();
+    let event = sample_event(client, "client.registered", "2026-01-05T09:00:00+01:00");
+    let started = std::time::Instant::now();
+    let refused = app.post_event(PRISON_WRITER, &event).await;
+    expect_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    // Retried while the request waited (backing off, within its 5 s).
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+    trail.execute_batch("DROP TRIGGER refuse_entries;").unwrap();
+    drop(trail);
+
+    // The event was recorded: a retry is answered with its receipt.
+    let retried = app.post_event(PRISON_WRITER, &event).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    let id = event["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let collected: Vec<Value> = app
+            .trail_of(client)
+            .await
+            .into_iter()
+            .filter(|entry| {
+                entry["operation"] == "collection"
+                    && entry["returned"]
+                        .as_str()
+                        .is_some_and(|returned| returned.contains(&id))
+            })
+            .collect();
+        // The retry's own entry and the deferred one of the first request.
+        if collected.len() >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deferred entry never came: {collected:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    app.stop().await;
+}

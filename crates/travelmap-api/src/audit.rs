@@ -173,35 +173,56 @@ pub const RECORDING_PATIENCE: std::time::Duration = std::time::Duration::from_se
 /// the client's turn is held; the entries come back if it fails, for [`settle_recorded`] to
 /// retry once the turn is given up, so that a trail in trouble does not hold up every write of
 /// the same clients.
-pub async fn try_recorded(
-    state: &AppState,
-    records: Vec<AuditRecord>,
-) -> Result<(), Vec<AuditRecord>> {
+pub async fn try_recorded(state: &AppState, records: Vec<AuditRecord>) -> Result<(), Unrecorded> {
     if records.is_empty() {
         return Ok(());
     }
+    let since = tokio::time::Instant::now();
     match state.audit.append(records.clone()).await {
         Ok(_) => Ok(()),
         Err(error) => {
             tracing::warn!(%error, "could not write a write's audit entries; retrying");
-            Err(records)
+            Err(Unrecorded {
+                records,
+                since,
+                error,
+            })
         }
     }
 }
 
+/// A write's entries [`try_recorded`] could not write: when it began trying, and why it failed.
+pub struct Unrecorded {
+    records: Vec<AuditRecord>,
+    since: tokio::time::Instant,
+    error: travelmap_store::Error,
+}
+
 /// Settles what [`try_recorded`] left: the events may be committed whatever the trail did, so
-/// their entries must follow them. They are retried for [`RECORDING_PATIENCE`]; past that the
-/// request is answered `503` and they are handed to [`Deferred`], which goes on trying.
+/// their entries must follow them. They are retried until [`RECORDING_PATIENCE`] has passed
+/// since the first attempt began; past that the request is answered `503` and they are handed
+/// to [`Deferred`], which goes on trying. (A first attempt that a store which stopped answering
+/// gave up on after its own timeout has used the patience up: the request is not kept waiting
+/// for another such attempt, nor is a server told to stop.)
 pub async fn settle_recorded(
     state: &AppState,
-    tried: Result<(), Vec<AuditRecord>>,
+    tried: Result<(), Unrecorded>,
 ) -> Result<(), ApiError> {
-    let Err(records) = tried else {
+    let Err(Unrecorded {
+        records,
+        since,
+        error,
+    }) = tried
+    else {
         return Ok(());
     };
-    let Err((error, records)) =
-        travelmap_store::append_patiently(state.audit.as_ref(), records, RECORDING_PATIENCE).await
-    else {
+    let patience = RECORDING_PATIENCE.saturating_sub(since.elapsed());
+    let attempt = if patience.is_zero() {
+        Err((error, records))
+    } else {
+        travelmap_store::append_patiently(state.audit.as_ref(), records, patience).await
+    };
+    let Err((error, records)) = attempt else {
         return Ok(());
     };
     state
