@@ -111,7 +111,8 @@ impl JwtVerifier {
         Ok(count)
     }
 
-    /// The credential a valid token stands for, and when the token expires.
+    /// The credential a valid token stands for, and until when it is taken (its `exp`, plus the
+    /// clock skew allowed).
     pub fn verify(&self, token: &str) -> Result<(Credential, DateTime<Utc>), JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|error| {
             // The library knows no `none` and answers with the algorithms it does know, HMAC
@@ -160,7 +161,7 @@ impl JwtVerifier {
         // A token not yet valid is refused like an expired one (the library checks `nbf` only
         // when asked to).
         validation.validate_nbf = true;
-        validation.leeway = 30;
+        validation.leeway = CLOCK_SKEW_SECONDS;
         let claims = jsonwebtoken::decode::<Value>(token, key, &validation)
             .map_err(|error| JwtError::Invalid(error.to_string()))?
             .claims;
@@ -178,9 +179,12 @@ impl JwtVerifier {
             ));
         }
         // A NumericDate may have a fraction (RFC 7519, section 2); whole seconds are enough.
+        // The token is taken until `exp` plus the skew allowed for the issuer's clock, as it was
+        // just now: a stream opened with it runs that long too, rather than closing at once.
         let expires = claims["exp"]
             .as_i64()
             .or_else(|| claims["exp"].as_f64().map(|seconds| seconds.floor() as i64))
+            .and_then(|seconds| seconds.checked_add(CLOCK_SKEW_SECONDS as i64))
             .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
             .ok_or_else(|| JwtError::MissingClaim("exp".into()))?;
         Ok((self.credential(&claims)?, expires))
@@ -230,6 +234,10 @@ impl JwtVerifier {
 
 /// The longest token subject taken: it is written into every event and audit entry.
 const MAX_SUBJECT_CHARS: usize = 256;
+
+/// How far the issuer's clock may be from this server's, in seconds: a token is taken until its
+/// `exp` plus this, and from its `nbf` minus this.
+const CLOCK_SKEW_SECONDS: u64 = 30;
 
 /// The token's header as JSON, if it reads as such.
 fn raw_header(token: &str) -> Option<Value> {
