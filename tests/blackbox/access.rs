@@ -113,10 +113,27 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         read(&app, client, COORDINATOR, "case_management").await,
         StatusCode::OK
     );
+    // Statistics are given as aggregates only: a client's own data is not read for them.
     assert_eq!(
         read(&app, client, COORDINATOR, "statistics").await,
-        StatusCode::OK
+        StatusCode::BAD_REQUEST
     );
+    for path in [
+        format!("/v1/clients/{client}/events"),
+        "/v1/clients?identifier=prison_number:OP-1".to_owned(),
+        "/v1/agencies/municipality-opava/caseload".to_owned(),
+        "/v1/alerts".to_owned(),
+    ] {
+        let problem = expect_problem(
+            app.get_for(&path, COORDINATOR, "statistics").await,
+            StatusCode::BAD_REQUEST,
+            "purpose_required",
+        )
+        .await;
+        assert_eq!(problem["field"], "X-Purpose", "{path}");
+    }
+    let counts = app.get_for("/v1/caseloads", COORDINATOR, "statistics").await;
+    assert_eq!(counts.status(), StatusCode::OK);
     let closed = event(
         client,
         "involvement.closed",
@@ -238,6 +255,9 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         ("dpo-office", ""),
         ("dpo-office", unlisted),
         ("coordinator-desk", "case_management"),
+        // The travel map and the history asked for statistics.
+        ("coordinator-desk", "statistics"),
+        ("coordinator-desk", "statistics"),
         ("coordinator-desk", "case_management"),
         ("ngo-desk", "service_delivery"),
         ("ngo-desk", "case_management"),

@@ -527,12 +527,31 @@ fn oversees(caller: &Caller) -> bool {
             .any(|role| matches!(role, Role::Auditor | Role::Dpo | Role::Admin))
 }
 
+/// What a read returns, which decides the purposes it may be made for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// One client's data (history, travel map).
+    OneClient,
+    /// Data of several clients, each named (the global feed, a caseload's clients, alerts,
+    /// identifier searches).
+    Clients,
+    /// Counts that name no client (the caseload counts).
+    Counts,
+}
+
 /// Why `purpose` is not one the caller may state for this read, if it is not: the oversight
-/// purposes belong to the roles that oversee, and break-glass is a read of one client.
-fn unfit(caller: &Caller, purpose: Purpose, spanning: bool) -> Option<String> {
+/// purposes belong to the roles that oversee, break-glass is a read of one client, and
+/// statistics are made of aggregates only (`GET /v1/statistics/outcomes`, the caseload counts),
+/// never of a client's own data.
+fn unfit(caller: &Caller, purpose: Purpose, reach: Reach) -> Option<String> {
     match purpose {
-        Purpose::Emergency if spanning => Some(
+        Purpose::Emergency if reach != Reach::OneClient => Some(
             "break-glass (X-Purpose: emergency, with X-Justification) is a read of one client"
+                .to_owned(),
+        ),
+        Purpose::Statistics if reach != Reach::Counts => Some(
+            "statistics are given as aggregates only (GET /v1/statistics/outcomes); data that \
+             names clients is not read for statistics"
                 .to_owned(),
         ),
         Purpose::Audit | Purpose::SubjectAccess if !oversees(caller) => Some(format!(
@@ -560,16 +579,17 @@ pub async fn parameters<T>(
 }
 
 /// [`purpose`] for a read that spans clients (the global feed, caseloads, alerts, identifier
-/// searches): refuses, and logs as denied, `emergency` and a purpose the caller's roles may
-/// not state (see [`unfit`]).
+/// searches; `reach` says whether it names them): refuses, and logs as denied, a purpose unfit
+/// for it (see [`unfit`]).
 pub async fn spanning_purpose(
     state: &AppState,
     caller: &Caller,
     context: &RequestContext,
+    reach: Reach,
     logged: Logged<'_>,
 ) -> Result<Purpose, ApiError> {
     let purpose = purpose(state, caller, context, logged.clone()).await?;
-    if let Some(why) = unfit(caller, purpose, true) {
+    if let Some(why) = unfit(caller, purpose, reach) {
         log(state, caller, context, Outcome::Denied, logged).await?;
         return Err(ApiError::new(Code::PurposeRequired, why).with_field("X-Purpose"));
     }
@@ -733,7 +753,7 @@ pub async fn need_to_know_given(
     logged: Logged<'_>,
 ) -> Result<Purpose, ApiError> {
     let purpose = purpose(state, caller, context, logged.clone()).await?;
-    if let Some(why) = unfit(caller, purpose, false) {
+    if let Some(why) = unfit(caller, purpose, Reach::OneClient) {
         log(state, caller, context, Outcome::Denied, logged).await?;
         return Err(ApiError::new(Code::PurposeRequired, why).with_field("X-Purpose"));
     }

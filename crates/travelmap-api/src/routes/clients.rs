@@ -269,7 +269,14 @@ pub async fn search(
         logged(None, None),
     )
     .await?;
-    let purpose = audit::spanning_purpose(&state, &caller, &context, logged(None, None)).await?;
+    let purpose = audit::spanning_purpose(
+        &state,
+        &caller,
+        &context,
+        audit::Reach::Clients,
+        logged(None, None),
+    )
+    .await?;
     let identifier = query
         .identifier
         .ok_or_else(|| ApiError::invalid_parameter("identifier", "give `identifier=TYPE:VALUE`"))?;

@@ -107,7 +107,14 @@ pub async fn caseloads(
         returned,
     };
     audit::require(&state, &caller, &context, &READERS, logged(None)).await?;
-    audit::spanning_purpose(&state, &caller, &context, logged(None)).await?;
+    audit::spanning_purpose(
+        &state,
+        &caller,
+        &context,
+        audit::Reach::Counts,
+        logged(None),
+    )
+    .await?;
     wait_for(&state, query.min_position).await?;
     let agencies = state.coordination.caseloads();
     audit::log(
@@ -170,7 +177,14 @@ pub async fn agency_caseload(
         returned,
     };
     audit::require(&state, &caller, &context, &READERS, logged(None)).await?;
-    audit::spanning_purpose(&state, &caller, &context, logged(None)).await?;
+    audit::spanning_purpose(
+        &state,
+        &caller,
+        &context,
+        audit::Reach::Clients,
+        logged(None),
+    )
+    .await?;
     state.authenticator.check_agency(&agency, "agency")?;
     if !reads_all_agencies(&caller) && caller.0.agency != agency {
         audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
@@ -266,7 +280,14 @@ pub async fn alerts(
         returned,
     };
     audit::require(&state, &caller, &context, &READERS, logged(None)).await?;
-    audit::spanning_purpose(&state, &caller, &context, logged(None)).await?;
+    audit::spanning_purpose(
+        &state,
+        &caller,
+        &context,
+        audit::Reach::Clients,
+        logged(None),
+    )
+    .await?;
     let filter = alert_filter(&state, &caller, &query)?;
     if !reads_all_agencies(&caller) && filter.agency.as_deref() != Some(caller.0.agency.as_str()) {
         audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;

@@ -296,7 +296,14 @@ pub async fn feed(
         logged(None),
     )
     .await?;
-    let purpose = audit::spanning_purpose(&state, &caller, &context, logged(None)).await?;
+    let purpose = audit::spanning_purpose(
+        &state,
+        &caller,
+        &context,
+        audit::Reach::Clients,
+        logged(None),
+    )
+    .await?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=travelmap_service::MAX_FEED_PAGE).contains(&limit) {
         return Err(ApiError::invalid_parameter(
