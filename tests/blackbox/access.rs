@@ -132,7 +132,9 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         .await;
         assert_eq!(problem["field"], "X-Purpose", "{path}");
     }
-    let counts = app.get_for("/v1/caseloads", COORDINATOR, "statistics").await;
+    let counts = app
+        .get_for("/v1/caseloads", COORDINATOR, "statistics")
+        .await;
     assert_eq!(counts.status(), StatusCode::OK);
     let closed = event(
         client,

@@ -15,7 +15,7 @@
 //! | kind | raised | cleared |
 //! | --- | --- | --- |
 //! | `no_first_day_contact` | 24 h after a release with no attended contact since (a contact at the release's moment counts) | by the first attended contact (resolved), or a return to custody or a later release (superseded) |
-//! | `release_unprepared` | 14 days before a scheduled release (or when the release is scheduled, if later) while no plan is agreed or a planned needs area is unassessed | when the plan is agreed and every planned area assessed (resolved), or at release or a new schedule (superseded) |
+//! | `release_unprepared` | 14 days before a scheduled release (or when the release is scheduled, if later) while no plan is agreed or a planned needs area is unassessed; again at an assessment that undoes the preparation before the release | when the plan is agreed and every planned area assessed (resolved), or at release or a new schedule (superseded) |
 //! | `appointments_missed` | at the second missed appointment in a row | by the next attended contact (resolved) |
 //! | `job_lost` / `housing_lost` | when the job or housing is lost | by a job placed / housing secured (resolved), or 7 days later (expired) |
 //! | `dropped_out` | when the client drops out of the programme | by enrolling again (resolved) |
@@ -654,7 +654,7 @@ fn release_unprepared(
     later: &[Fact],
     release: DateTime<Utc>,
     involvements: &[Involvement],
-) -> Option<Candidate> {
+) -> Vec<Candidate> {
     let since = (release - RELEASE_PREPARATION).max(at(schedule));
     // The schedule stands until the release, or until it is rescheduled.
     let end = later.iter().find(|fact| {
@@ -664,7 +664,7 @@ fn release_unprepared(
         )
     });
     if end.is_some_and(|end| at(end) <= since) {
-        return None;
+        return Vec::new();
     }
     // Preparation as it stands after each fact, in order.
     let mut plan: Option<BTreeSet<travelmap_domain::payloads::NeedArea>> = None;
@@ -700,42 +700,58 @@ fn release_unprepared(
     {
         ready = prepared(fact);
     }
-    if ready {
-        return None;
-    }
+    // From `since` until the release or a new schedule, an alert runs while preparation falls
+    // short: the first from `since` (unless ready by then), and a new one from each fact that
+    // undoes it again (a planned area set back to `not_started`, say), caused by that fact.
     let end_at = end.map(at);
-    let resolved = later
-        .iter()
-        .filter(|fact| at(fact) > since && end_at.is_none_or(|end| at(fact) < end))
-        .find(|fact| prepared(fact));
-    let cleared = match (resolved, end) {
-        (Some(fact), _) => Some(Clearance {
-            at: at(fact),
-            resolution: Resolution::Resolved,
-            by: Some(fact.event_id),
-        }),
-        (None, Some(end)) => Some(Clearance {
-            at: at(end),
-            resolution: Resolution::Superseded,
-            by: Some(end.event_id),
-        }),
-        (None, None) => None,
-    };
-    Some(Candidate {
+    let agency = expected_agency(
+        involvements,
+        &[Role::CaseManager, Role::ProbationOfficer, Role::Mentor],
+        &schedule.agency,
+    );
+    let candidate = |since, cause, cleared| Candidate {
         kind: AlertKind::ReleaseUnprepared,
         since,
-        agency: expected_agency(
-            involvements,
-            &[Role::CaseManager, Role::ProbationOfficer, Role::Mentor],
-            &schedule.agency,
-        ),
-        cause: schedule.event_id,
+        agency: agency.clone(),
+        cause,
         detail: format!(
             "release scheduled for {}; no plan agreed or a planned needs area not assessed",
             release.format("%Y-%m-%d")
         ),
         cleared,
-    })
+    };
+    let mut candidates = Vec::new();
+    let mut running = (!ready).then_some((since, schedule.event_id));
+    for fact in later
+        .iter()
+        .filter(|fact| at(fact) > since && end_at.is_none_or(|end| at(fact) < end))
+    {
+        match (running, prepared(fact)) {
+            (Some((from, cause)), true) => {
+                candidates.push(candidate(
+                    from,
+                    cause,
+                    Some(Clearance {
+                        at: at(fact),
+                        resolution: Resolution::Resolved,
+                        by: Some(fact.event_id),
+                    }),
+                ));
+                running = None;
+            }
+            (None, false) => running = Some((at(fact), fact.event_id)),
+            _ => {}
+        }
+    }
+    if let Some((from, cause)) = running {
+        let superseded = end.map(|end| Clearance {
+            at: at(end),
+            resolution: Resolution::Superseded,
+            by: Some(end.event_id),
+        });
+        candidates.push(candidate(from, cause, superseded));
+    }
+    candidates
 }
 
 fn loss(

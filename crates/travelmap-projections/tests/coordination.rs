@@ -209,6 +209,36 @@ fn a_scheduled_release_without_plan_raises_an_alert_14_days_before_that_the_plan
         .clone()
         .expect("prepared");
     assert_eq!(cleared.by, Some(last));
+
+    // A planned area set back to `not_started` before the release undoes the preparation: a new
+    // alert, caused by that assessment, until it is assessed again.
+    let undone = journey.add(
+        days(23),
+        "probation-opava",
+        "need.assessed",
+        json!({"area": "employment", "status": "not_started"}),
+    );
+    let file = journey.file(days(24));
+    assert_eq!(file.alerts.len(), 2);
+    let again = file.open_alerts().next().expect("raised again");
+    assert_eq!(again.kind, AlertKind::ReleaseUnprepared);
+    assert_eq!(again.cause, undone);
+    assert_eq!(again.since, t0() + days(23));
+    let redone = journey.add(
+        days(25),
+        "probation-opava",
+        "need.assessed",
+        json!({"area": "employment", "status": "in_progress"}),
+    );
+    let file = journey.file(days(26));
+    assert_eq!(file.open_alerts().count(), 0);
+    assert_eq!(
+        file.alerts[1]
+            .cleared
+            .as_ref()
+            .and_then(|cleared| cleared.by),
+        Some(redone)
+    );
 }
 
 #[test]
