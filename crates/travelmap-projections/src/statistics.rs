@@ -233,9 +233,12 @@ pub struct OutcomeCells {
     /// Participations ended by a `programme.dropped_out` of the same programme (decided as for
     /// `completed`).
     pub dropped_out: Cell,
-    /// `retraining.completed` facts in the spans: courses, not people.
+    /// `retraining.completed` facts in the spans: courses, not people. A course completed while
+    /// the client takes part in two programmes is in both spans and counts for each
+    /// participation, so a total over programmes counts it twice.
     pub retraining_completed: Cell,
-    /// `debt_case.closed` facts in the spans: cases, not people.
+    /// `debt_case.closed` facts in the spans: cases, not people (and, as for courses, once per
+    /// participation whose span holds the closing).
     pub debt_cases_closed: Cell,
     /// Participations with a `job.placed` in the span dated 0 to 183 days after the release
     /// date. No release, no job counted.
