@@ -162,14 +162,17 @@ async fn a_view_that_cannot_be_read_back_is_folded_again_from_the_log() {
 }
 
 /// A store that still answers reads but refuses every write (here a trigger, standing in for a
-/// full disk or a file made read-only: each insert fails on a table that is not there) shows as
+/// full disk or a file made read-only: each new row fails with an error of its own) shows as
 /// a failing `store` until a write succeeds again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_refuses_writes_shows_in_readiness_until_one_succeeds() {
     let app = spawn_app().await;
+    let stored = sentence_started(Uuid::new_v4());
+    let first = app.post_event(PRISON_WRITER, &stored).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
     let log = rusqlite::Connection::open(app.data_dir.path().join("events.sqlite")).unwrap();
     log.execute_batch(
-        "CREATE TRIGGER refuse_writes BEFORE INSERT ON events BEGIN INSERT INTO gone VALUES (1); END;",
+        "CREATE TRIGGER refuse_writes AFTER INSERT ON events BEGIN SELECT abs(-9223372036854775808); END;",
     )
     .unwrap();
     let refused = app
@@ -184,6 +187,18 @@ async fn a_store_that_refuses_writes_shows_in_readiness_until_one_succeeds() {
     .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["status"], "degraded", "{report}");
+    assert_eq!(task(&report, "store")["state"], "failing", "{report}");
+    // A retry answered with its receipt wrote nothing: writes are still failing, past the next
+    // probe (every 2 s).
+    let retried = app.post_event(PRISON_WRITER, &stored).await;
+    assert_eq!(
+        retried.status(),
+        StatusCode::OK,
+        "{}",
+        retried.text().await.unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, report) = readiness_once(&app, |_, _| true).await;
     assert_eq!(task(&report, "store")["state"], "failing", "{report}");
 
     log.execute_batch("DROP TRIGGER refuse_writes;").unwrap();

@@ -342,14 +342,32 @@ impl Journeys {
         let recorded = self
             .record_events(provenance, kind, submissions, &mut alongside)
             .await;
-        match &recorded {
-            Ok(_) => *self.failing_writes.lock().expect("write failure lock") = None,
-            Err(Error::Store(error)) => {
-                *self.failing_writes.lock().expect("write failure lock") = Some(error.to_string())
-            }
-            Err(_) => {}
-        }
+        self.note_write(&recorded);
         Ok((recorded?, alongside.finish().await))
+    }
+
+    /// Keeps [`Self::failing_writes`] up to date with an attempt to record events: a fault of
+    /// the store marks writes failing, and only an append that stored something clears that (a
+    /// retry answered with its receipt wrote nothing). Refusals the store makes for what is
+    /// stored (a version moved on, a duplicate, an erased client) are answers, not faults.
+    pub(crate) fn note_write(&self, recorded: &Result<Vec<Outcome>>) {
+        let mut failing = self.failing_writes.lock().expect("write failure lock");
+        match recorded {
+            Ok(outcomes) if outcomes.iter().any(|outcome| outcome.created) => *failing = None,
+            Err(Error::Store(error))
+                if !matches!(
+                    error,
+                    travelmap_store::Error::StreamConflict { .. }
+                        | travelmap_store::Error::DuplicateEvent(_)
+                        | travelmap_store::Error::KeyWithdrawn(_)
+                        | travelmap_store::Error::ClientErased(_)
+                        | travelmap_store::Error::NotLeader
+                ) =>
+            {
+                *failing = Some(error.to_string());
+            }
+            _ => {}
+        }
     }
 
     /// Why the last attempt to record events failed in the store, if none has succeeded since.

@@ -347,6 +347,7 @@ impl Journeys {
                 &mut Alongside::new(std::pin::pin!(std::future::ready(()))),
             )
             .await;
+        self.note_write(&outcomes);
         match (outcomes, made_on) {
             (Ok(mut outcomes), _) => Ok(Some(outcomes.remove(0))),
             (Err(Error::VersionConflict { .. }), Some(_)) => Ok(None),
