@@ -575,8 +575,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
-/// The data directory, if this process created it (see [`remove_created_data_dir`]).
-static CREATED_DATA_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// The data directory and the parents of it this process created, the data directory first
+/// (see [`remove_created_data_dir`]).
+static CREATED_DATA_DIR: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
 /// The checkpoint-signing key file this process generated, if it did (see
 /// [`discard_generated_signing_key`]).
 static GENERATED_SIGNING_KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -584,10 +585,14 @@ static GENERATED_SIGNING_KEY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock
 /// Creates the data directory (readable by the owner only) if it is missing, remembering that
 /// this process made it.
 fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
-    let existed = data_dir.exists();
+    let missing: Vec<PathBuf> = data_dir
+        .ancestors()
+        .take_while(|dir| !dir.as_os_str().is_empty() && !dir.exists())
+        .map(Path::to_owned)
+        .collect();
     travelmap_store::sqlite::create_private_dir(data_dir)?;
-    if !existed {
-        let _ = CREATED_DATA_DIR.set(data_dir.to_owned());
+    if !missing.is_empty() {
+        let _ = CREATED_DATA_DIR.set(missing);
     }
     Ok(())
 }
@@ -602,11 +607,17 @@ pub fn discard_generated_signing_key() -> Option<PathBuf> {
 }
 
 /// Removes the data directory this process created, if it is empty again (a failed start whose
-/// generated keys were removed). Returns its path.
+/// generated keys were removed), and the parents of it this process created, while they are
+/// empty. Returns the data directory's path if it was removed.
 pub fn remove_created_data_dir() -> Option<PathBuf> {
-    let path = CREATED_DATA_DIR.get()?;
-    std::fs::remove_dir(path).ok()?;
-    Some(path.clone())
+    let created = CREATED_DATA_DIR.get()?;
+    for dir in created {
+        if std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+    }
+    let data_dir = created.first()?;
+    (!data_dir.exists()).then(|| data_dir.clone())
 }
 
 /// The file in the data directory holding the generated checkpoint-signing key.
