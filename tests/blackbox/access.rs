@@ -353,6 +353,7 @@ async fn a_grant_lasts_what_it_was_given_for_whatever_the_setting_becomes() {
     );
     assert!(
         ended.iter().all(|entry| entry["credential"] == "ngo-desk"
+            && entry["actor"] == "travelmap (break_glass_minutes)"
             && entry["returned"]
                 .as_str()
                 .unwrap()

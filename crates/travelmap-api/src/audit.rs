@@ -916,13 +916,18 @@ pub async fn end_grants_a_setting_shortens(
     let now = now();
     let ends: Vec<AuditRecord> = grants(&entries, std::time::Duration::MAX)
         .into_iter()
+        // A grant whose entry states no length (logged before grants stated theirs) has always
+        // ended where the setting in force puts it: there is nothing to keep.
+        .filter(|(grant, _)| stated_length(grant).is_some())
         .filter_map(|(grant, until)| {
             let cut = grant_until(grant, configured).max(now);
             (until > now && cut < until).then(|| AuditRecord {
                 at: now,
                 credential: grant.record.credential.clone(),
                 agency: grant.record.agency.clone(),
-                actor: None,
+                // The service ends it, not the grant's holder, whose credential and agency the
+                // entry names as those of the grant.
+                actor: Some(GRANT_ENDER.to_owned()),
                 operation: grant.record.operation,
                 client_id: grant.record.client_id,
                 purpose: grant.record.purpose.clone(),
@@ -958,26 +963,31 @@ fn grant_text(length: std::time::Duration) -> String {
     }
 }
 
+/// The length a break-glass grant's entry states it was given for (`access for 60 minutes`).
+fn stated_length(entry: &AuditEntry) -> Option<std::time::Duration> {
+    let text = entry
+        .record
+        .returned
+        .as_deref()?
+        .strip_prefix("access for ")?;
+    let (count, unit) = text.split_once(' ')?;
+    let count: u64 = count.parse().ok()?;
+    let seconds = match unit {
+        "minutes" => count.checked_mul(60)?,
+        "seconds" => count,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(seconds))
+}
+
+/// The `actor` of the entries by which the service ends break-glass grants early.
+pub const GRANT_ENDER: &str = "travelmap (break_glass_minutes)";
+
 /// When a break-glass grant ends: the length its entry states, or the configured one if that is
 /// shorter now (a shortened setting ends running grants early; a lengthened one never revives
 /// or extends a grant already given).
 pub fn grant_until(entry: &AuditEntry, configured: std::time::Duration) -> DateTime<Utc> {
-    let stated = entry
-        .record
-        .returned
-        .as_deref()
-        .and_then(|text| text.strip_prefix("access for "))
-        .and_then(|text| {
-            let (count, unit) = text.split_once(' ')?;
-            let count: u64 = count.parse().ok()?;
-            match unit {
-                "minutes" => count.checked_mul(60),
-                "seconds" => Some(count),
-                _ => None,
-            }
-        })
-        .map(std::time::Duration::from_secs);
-    let length = stated.map_or(configured, |stated| stated.min(configured));
+    let length = stated_length(entry).map_or(configured, |stated| stated.min(configured));
     TimeDelta::from_std(length)
         .ok()
         .and_then(|length| entry.record.at.checked_add_signed(length))
