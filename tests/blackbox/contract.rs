@@ -392,3 +392,82 @@ async fn the_document_states_the_limits_the_server_enforces() {
         "{patterns}"
     );
 }
+
+/// Each read's `X-Purpose` lists exactly the purposes it takes: one outside the list is refused
+/// whoever states it (as a purpose, to those whose roles reach the read), and one inside it is
+/// taken from someone.
+#[tokio::test]
+async fn each_read_lists_the_purposes_it_takes() {
+    let app = spawn_app().await;
+    let doc = app.get_ok("/openapi.json", ADMIN).await;
+    let every: Vec<String> = [
+        "case_management",
+        "supervision",
+        "service_delivery",
+        "audit",
+        "statistics",
+        "subject_access",
+        "emergency",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut checked = 0;
+    for (template, method) in operations(&doc) {
+        let operation = &doc["paths"][&template][&method];
+        let Some(listed) = operation["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|parameter| parameter["in"] == "header" && parameter["name"] == "X-Purpose")
+            .and_then(|parameter| parameter["schema"]["enum"].as_array())
+        else {
+            continue;
+        };
+        if method != "get" || template == "/v1/subscriptions/feed" {
+            continue;
+        }
+        checked += 1;
+        let url = app.url(&concrete(&template));
+        for purpose in &every {
+            let mut refusals = Vec::new();
+            for key in [ADMIN, AUDITOR, DPO, COORDINATOR] {
+                let response = app
+                    .http
+                    .get(&url)
+                    .bearer_auth(key)
+                    .header("x-purpose", purpose)
+                    .header("x-justification", "checking the contract")
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or_default();
+                refusals.push(
+                    status == StatusCode::BAD_REQUEST
+                        && body["code"] == "purpose_required"
+                        && body["field"] == "X-Purpose",
+                );
+                if !listed.contains(&Value::from(purpose.as_str())) {
+                    assert!(
+                        !status.is_success(),
+                        "GET {template} took `{purpose}`, which it does not list"
+                    );
+                }
+            }
+            if listed.contains(&Value::from(purpose.as_str())) {
+                assert!(
+                    refusals.iter().any(|refused| !refused),
+                    "GET {template} lists `{purpose}` but refuses it from everyone"
+                );
+            } else {
+                // Those without the role are refused for it first.
+                assert!(
+                    refusals.iter().any(|refused| *refused),
+                    "GET {template} does not list `{purpose}` but does not refuse it as a purpose"
+                );
+            }
+        }
+    }
+    assert!(checked >= 10, "{checked} reads list their purposes");
+    app.stop().await;
+}

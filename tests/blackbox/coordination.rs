@@ -652,6 +652,8 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
             .unwrap();
         if allowed {
             assert_eq!(answer.status(), StatusCode::OK, "{purpose}");
+            // A stream of personal data is no more to be kept by a cache than any answer.
+            assert_eq!(answer.headers()["cache-control"], "no-store");
         } else {
             let problem = expect_problem(answer, StatusCode::BAD_REQUEST, "purpose_required").await;
             assert_eq!(problem["field"], "X-Purpose", "{purpose}");

@@ -544,20 +544,46 @@ pub enum Reach {
 /// statistics are made of aggregates only (`GET /v1/statistics/outcomes`, the caseload counts),
 /// never of a client's own data.
 fn unfit(caller: &Caller, purpose: Purpose, reach: Reach) -> Option<String> {
+    if !fits(purpose, reach) {
+        return Some(match purpose {
+            Purpose::Emergency => {
+                "break-glass (X-Purpose: emergency, with X-Justification) is a read of one client"
+                    .to_owned()
+            }
+            _ => "statistics are given as aggregates only (GET /v1/statistics/outcomes); data \
+                  that names clients is not read for statistics"
+                .to_owned(),
+        });
+    }
     match purpose {
-        Purpose::Emergency if reach != Reach::OneClient => Some(
-            "break-glass (X-Purpose: emergency, with X-Justification) is a read of one client"
-                .to_owned(),
-        ),
-        Purpose::Statistics if reach != Reach::Counts => Some(
-            "statistics are given as aggregates only (GET /v1/statistics/outcomes); data that \
-             names clients is not read for statistics"
-                .to_owned(),
-        ),
         Purpose::Audit | Purpose::SubjectAccess if !oversees(caller) => Some(format!(
             "X-Purpose: {} is stated by auditors, the data-protection officer and administrators",
             purpose.as_str()
         )),
+        _ => None,
+    }
+}
+
+/// Whether `purpose` may be stated for a read of this reach by someone (whose roles may still
+/// rule it out): break-glass is a read of one client, and statistics are made of counts only.
+pub fn fits(purpose: Purpose, reach: Reach) -> bool {
+    match purpose {
+        Purpose::Emergency => reach == Reach::OneClient,
+        Purpose::Statistics => reach == Reach::Counts,
+        _ => true,
+    }
+}
+
+/// How far the read of `path` reaches, for the reads that check their purpose against it.
+pub fn reach_of(path: &str) -> Option<Reach> {
+    match path {
+        "/v1/clients/{client_id}/events" | "/v1/clients/{client_id}/travel-map" => {
+            Some(Reach::OneClient)
+        }
+        "/v1/caseloads" => Some(Reach::Counts),
+        "/v1/clients" | "/v1/alerts" | "/v1/agencies/{agency}/caseload" | "/v1/events" => {
+            Some(Reach::Clients)
+        }
         _ => None,
     }
 }

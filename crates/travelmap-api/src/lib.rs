@@ -258,6 +258,8 @@ fn stated_purposes(openapi: &mut utoipa::openapi::OpenApi) {
         } else if path == "/v1/subscriptions/feed" {
             // By role (`routes::subscriptions::feed_purposes`): every purpose but `emergency`.
             taking(&|purpose| purpose != Purpose::Emergency)
+        } else if let Some(reach) = audit::reach_of(path) {
+            taking(&|purpose| audit::fits(purpose, reach))
         } else {
             taking(&|_| true)
         };
@@ -693,9 +695,9 @@ async fn guarded_response(mut response: axum::response::Response) -> axum::respo
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("text/html"));
     let headers = response.headers_mut();
-    headers
-        .entry(CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+    // Replaced, not only added where missing: the live feed's stream comes with `no-cache`,
+    // which lets a cache keep a copy.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if is_page {
         headers.insert(
