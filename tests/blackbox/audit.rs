@@ -625,6 +625,32 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
         !intact && report.contains("signature does not match"),
         "{report}"
     );
+    // A mistyped key, or a key without a checkpoint to check, is a wrong argument (2), not a
+    // broken trail (3) that would raise a tamper alarm.
+    for args in [
+        vec![
+            "--checkpoint",
+            checkpoint_file.to_str().unwrap(),
+            "--public-key",
+            "abc",
+        ],
+        vec!["--public-key", public_key.as_str()],
+    ] {
+        let output = travelmap_command()
+            .args(["audit", "verify", "--data-dir"])
+            .arg(&data)
+            .args(&args)
+            .env_remove("TRAVELMAP_CONFIG")
+            .env_remove("TRAVELMAP_STORE")
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     // A forged checkpoint (another head, the old signature) is rejected.
     let mut forged = checkpoint.clone();
     forged["seq"] = json!(4);

@@ -132,7 +132,7 @@ enum AuditCommand {
         /// signature must be by this key. Without it, the key the service keeps beside this
         /// store (its data directory, or `audit_signing_key_file`) is used, never the key the
         /// checkpoint itself names.
-        #[arg(long, value_name = "HEX")]
+        #[arg(long, value_name = "HEX", requires = "checkpoint", value_parser = checkpoint_key_hex)]
         public_key: Option<String>,
     },
     /// Print the public key that signs audit checkpoints, for auditors to keep.
@@ -754,6 +754,18 @@ fn configured_provenance(
 }
 
 /// The public key of the service's checkpoint-signing key, for `audit public-key` and for
+/// A checkpoint key as `--public-key` takes it: 64 hex digits of an ed25519 public key. A
+/// mistyped key is a wrong argument (exit 2), not a broken trail (exit 3).
+fn checkpoint_key_hex(text: &str) -> Result<String, String> {
+    let bytes: [u8; 32] = hex::decode(text.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or("not 64 hex digits (as `travelmap audit public-key` prints the key)")?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| "not an ed25519 public key".to_owned())?;
+    Ok(text.trim().to_owned())
+}
+
 /// `audit verify --checkpoint` without `--public-key` (a checkpoint's own key would prove
 /// nothing: anyone can sign with a key of their own). The service's key is read where the
 /// service keeps it, never made here.
