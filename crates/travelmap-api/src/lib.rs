@@ -436,7 +436,38 @@ impl Modify for CommonAnswers {
         // The catalogue and the service's own descriptions are served from memory.
         let uses_store = |path: &str| path.starts_with("/v1/") && path != "/v1/event-types";
         for (path, item) in openapi.paths.paths.iter_mut() {
+            // Every operation but these reads the two headers (one extractor, `RequestContext`),
+            // logs them with the request and refuses one sent twice or too long: the catalogue
+            // and the webhook reads, which name events by id only, do not.
+            let takes_no_context = |operation: &utoipa::openapi::path::Operation| {
+                path == "/v1/event-types"
+                    || (path.starts_with("/v1/subscriptions/webhooks")
+                        && operation
+                            .operation_id
+                            .as_deref()
+                            .is_some_and(|id| matches!(id, "list" | "get" | "deliveries")))
+            };
             for operation in operations_mut(item) {
+                if path.starts_with("/v1/") && !takes_no_context(operation) {
+                    let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                    if !parameters.iter().any(|p| {
+                        matches!(p.parameter_in, ParameterIn::Header)
+                            && p.name.eq_ignore_ascii_case("X-Purpose")
+                    }) {
+                        parameters.push(
+                            ParameterBuilder::new()
+                                .name("X-Purpose")
+                                .parameter_in(ParameterIn::Header)
+                                .description(Some(
+                                    "Optional here: why you act, logged with the request (a \
+                                     value not among the read purposes is logged as `unlisted`; \
+                                     sent once)",
+                                ))
+                                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                                .build(),
+                        );
+                    }
+                }
                 let responses = &mut operation.responses.responses;
                 responses.entry("500".to_owned()).or_insert_with(|| {
                     problem("A fault of the service, logged with the request id (internal)").into()
@@ -459,6 +490,17 @@ impl Modify for CommonAnswers {
                 };
                 let reads_purpose = parameters.iter().any(|p| is_header(p, "X-Purpose"));
                 let has_justification = parameters.iter().any(|p| is_header(p, "X-Justification"));
+                // Declared by hand on some reads: the limit is stated on every one.
+                for parameter in parameters.iter_mut() {
+                    if is_header(parameter, "X-Justification") {
+                        parameter.schema = Some(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .max_length(Some(audit::MAX_JUSTIFICATION_CHARS))
+                                .into(),
+                        );
+                    }
+                }
                 if reads_purpose && !has_justification {
                     parameters.push(
                         ParameterBuilder::new()
@@ -468,7 +510,11 @@ impl Modify for CommonAnswers {
                                 "A written reason, logged with the request (at most 2,000 \
                                  characters, sent once); required with `X-Purpose: emergency`",
                             ))
-                            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                            .schema(Some(
+                                ObjectBuilder::new()
+                                    .schema_type(Type::String)
+                                    .max_length(Some(audit::MAX_JUSTIFICATION_CHARS)),
+                            ))
                             .build(),
                     );
                 }
@@ -830,7 +876,7 @@ mod tests {
             taken("/v1/clients/{client_id}/subject-access", "get"),
             ["subject_access"]
         );
-        assert_eq!(taken("/v1/clients/{client_id}/travel-map", "get").len(), 7);
+        assert_eq!(taken("/v1/clients/{client_id}/travel-map", "get").len(), 6);
         for (standing, method) in [
             ("/v1/subscriptions/webhooks", "post"),
             ("/v1/subscriptions/feed", "get"),
