@@ -244,6 +244,19 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
     assert_eq!(tail[3]["action"], "GET /v1/audit/checkpoint");
     assert_eq!(checkpoint["seq"], tail[3]["seq"]);
     assert_eq!(checkpoint["hash"], tail[3]["hash"]);
+    // Caught up, a page is empty; a cursor past the last entry is a mistake, not an empty page.
+    let last = tail.last().unwrap()["seq"].as_u64().unwrap();
+    let caught_up = app
+        .get_ok(&format!("/v1/audit/entries?after={last}"), AUDITOR)
+        .await;
+    assert!(caught_up["entries"].as_array().unwrap().len() <= 1);
+    let problem = expect_problem(
+        get_with(&app, "/v1/audit/entries?after=999999", AUDITOR, "audit").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(problem["field"], "after");
 }
 
 /// The request id in the trail is the server's: a caller cannot reuse another request's id (or

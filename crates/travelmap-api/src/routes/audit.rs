@@ -194,6 +194,17 @@ pub async fn entries(
         .read_after(after, limit)
         .await
         .map_err(ApiError::store)?;
+    // A cursor past the last entry (mistyped, or kept from a trail since restored from an older
+    // backup) would be answered with empty pages for good, skipping what comes next.
+    if entries.is_empty() {
+        let (last, _) = state.audit.head().await.map_err(ApiError::store)?;
+        if after > last {
+            return Err(ApiError::invalid_parameter(
+                "after",
+                format!("after is past the trail's last entry ({last})"),
+            ));
+        }
+    }
     let next_after = entries.last().map_or(after, |entry| entry.seq);
     let returned = Some(format!("audit entries {} to {next_after}", after + 1));
     audit::log(
