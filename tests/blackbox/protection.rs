@@ -1395,6 +1395,81 @@ async fn a_restart_finishes_an_erasure_cut_short(backend: Backend) {
     backend.remove().await;
 }
 
+/// A data-protection decision goes through while the client's record takes other writes (the
+/// decision is not bound to a stream version that those writes keep moving): an erasure that
+/// has destroyed the keys is recorded, rather than answered 503 with the views still showing
+/// the plaintext.
+async fn decisions_go_through_while_the_record_takes_writes(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app_on(&backend).await);
+    let client = Uuid::new_v4();
+    let position = client_with_personal_data(&app, client).await;
+    app.travel_map(client, position).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (app, stop) = (app.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut accepted = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let contact = event(
+                        client,
+                        "contact.made",
+                        AT,
+                        json!({"kind": "phone", "attended": true}),
+                    );
+                    if app.post_event(NGO_WRITER, &contact).await.status() == StatusCode::CREATED {
+                        accepted += 1;
+                    }
+                }
+                accepted
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let reason = json!({"reason": "the client contests the accuracy of the record"});
+    let restriction = format!("/v1/clients/{client}/restriction");
+    let erasure = format!("/v1/clients/{client}/personal-data");
+    for (method, path) in [
+        ("POST", &restriction),
+        ("DELETE", &restriction),
+        ("DELETE", &erasure),
+    ] {
+        let response = match method {
+            "POST" => app.post(path, DPO, &reason).await,
+            _ => app.delete(path, DPO, &reason).await,
+        };
+        let status = response.status();
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{method} {path}: {}",
+            response.text().await.unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut accepted = 0;
+    for writer in writers {
+        accepted += writer.await.unwrap();
+    }
+    assert!(accepted > 0, "the writers never got a write in");
+    let map = app
+        .get_ok(&format!("/v1/clients/{client}/travel-map"), AUDITOR)
+        .await
+        .to_string();
+    assert!(!map.contains(NAME), "{map}");
+    let found = app
+        .get_ok(
+            &format!("/v1/clients?identifier=prison_number:{PRISON_NUMBER}"),
+            AUDITOR,
+        )
+        .await;
+    assert_eq!(found["clients"], json!([]));
+    let app = std::sync::Arc::into_inner(app).unwrap();
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
     a_restart_finishes_an_erasure_cut_short,
     erasure_removes_the_personal_data_everywhere_and_keeps_the_facts,
@@ -1404,6 +1479,7 @@ on_both_backends!(
     retention_shreds_what_is_due_audits_it_and_reports_it,
     the_server_applies_the_retention_schedule_by_itself,
     simultaneous_decisions_are_recorded_once,
+    decisions_go_through_while_the_record_takes_writes,
 );
 
 /// A retention run decides each client as of the moment it decides, not as of its start: a fact

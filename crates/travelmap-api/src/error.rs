@@ -348,6 +348,7 @@ fn refusal(source: journey::Error) -> ApiError {
         }
         journey::Error::Restricted => ApiError::new(Code::ClientRestricted, detail),
         journey::Error::Erased => ApiError::new(Code::ClientErased, detail),
+        journey::Error::NotRestricted => ApiError::new(Code::NotRestricted, detail),
         journey::Error::NotPoster { .. } => {
             ApiError::new(Code::Forbidden, detail).with_field("data.event_id")
         }

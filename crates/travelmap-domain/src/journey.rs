@@ -141,6 +141,10 @@ pub enum Error {
     Restricted,
     #[error("this client's personal data has been erased and the record is closed")]
     Erased,
+    /// A lifting of a restriction where processing is not restricted: two liftings made at once
+    /// must not both be recorded.
+    #[error("processing of this client's data is not restricted")]
+    NotRestricted,
     /// A correction or retraction of an event of a type the posting agency may not post: it
     /// would let any agency rewrite facts only certain kinds of agency may record. The answer
     /// does not name the type (kept for the server's own use): the event may be another
@@ -300,6 +304,9 @@ impl ClientJourney {
             )
         {
             return Err(Error::Restricted);
+        }
+        if !self.restricted && matches!(draft.event, JourneyEvent::RestrictionLifted(_)) {
+            return Err(Error::NotRestricted);
         }
         // After erasure and restriction: a version conflict answers with the stream's version,
         // which must not tell anyone how a closed record moves.

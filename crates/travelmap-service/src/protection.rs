@@ -48,18 +48,29 @@ impl Journeys {
             // that was sealing under a newly created key while this one ran is swept up, and
             // after the event nothing more is accepted for the client.
             keyring.destroy(client_id, None).await?;
-            let Some(outcome) = self
+            // Recorded on whatever the stream holds by then: with the keys destroyed there is no
+            // going back, so writes the client's record takes meanwhile (events without personal
+            // fields need no key) must not make the decision wait for a quiet moment. Two
+            // erasures at once are told apart by the journey, which refuses a second.
+            let outcome = match self
                 .record_decision(
                     provenance,
                     client_id,
                     JourneyEvent::PersonalDataErased(PersonalDataErased {
                         reason: reason.clone(),
                     }),
-                    Some(recorded.len() as u64),
+                    None,
                 )
-                .await?
-            else {
-                continue;
+                .await
+            {
+                Ok(Some(outcome)) => outcome,
+                // Another request recorded the erasure meanwhile: its record answers.
+                Err(Error::Refused {
+                    source: travelmap_domain::journey::Error::Erased,
+                    ..
+                }) => continue,
+                Ok(None) => unreachable!("a decision made on no particular version is current"),
+                Err(error) => return Err(error),
             };
             keyring.destroy(client_id, None).await?;
             self.wait_for_projection(outcome.receipt.position).await?;
@@ -167,16 +178,22 @@ impl Journeys {
                 };
                 return self.decided(&recorded, made_so).await?.ok_or(never);
             }
-            if let Some(outcome) = self
-                .record_decision(
-                    provenance,
-                    client_id,
-                    decision(),
-                    Some(recorded.len() as u64),
-                )
-                .await?
+            // Recorded on whatever the stream holds by then, so that writes the client's record
+            // takes meanwhile do not starve the decision; the journey refuses it if another
+            // request made processing so meanwhile, and that request's record then answers.
+            match self
+                .record_decision(provenance, client_id, decision(), None)
+                .await
             {
-                return Ok(outcome);
+                Ok(Some(outcome)) => return Ok(outcome),
+                Err(Error::Refused {
+                    source:
+                        travelmap_domain::journey::Error::Restricted
+                        | travelmap_domain::journey::Error::NotRestricted,
+                    ..
+                }) => continue,
+                Ok(None) => unreachable!("a decision made on no particular version is current"),
+                Err(error) => return Err(error),
             }
         }
         Err(Error::Contention)
