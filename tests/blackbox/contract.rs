@@ -256,13 +256,23 @@ async fn positions_past_the_largest_are_refused_as_parameters() {
 #[tokio::test]
 async fn a_path_segment_that_is_not_text_is_a_problem() {
     let app = spawn_app().await;
-    for (path, key) in [
-        ("/v1/agencies/%FF/caseload", COORDINATOR),
-        ("/v1/clients/%FF/travel-map", AUDITOR),
-        ("/problems/%FF", AUDITOR),
+    for (path, key, field) in [
+        ("/v1/agencies/%FF/caseload", COORDINATOR, "agency"),
+        ("/v1/clients/%FF/travel-map", AUDITOR, "client_id"),
+        ("/problems/%FF", AUDITOR, "code"),
     ] {
         let response = app.get(path, key).await;
-        expect_problem(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+        let problem = expect_problem(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+        assert_eq!(problem["field"], field, "{path}");
+    }
+    // Nor is a query value: decoded as it is, `%ff` and `%fe` would both read as U+FFFD.
+    for query in [
+        "identifier=prison_number:%FF",
+        "identifier=prison_number:%FE",
+    ] {
+        let response = app.get(&format!("/v1/clients?{query}"), AUDITOR).await;
+        let problem = expect_problem(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+        assert_eq!(problem["field"], "identifier", "{query}");
     }
     app.stop().await;
 }

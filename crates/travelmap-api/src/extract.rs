@@ -226,6 +226,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
         let raw = parts.uri.query().unwrap_or_default();
+        refuse_bytes_that_are_not_text(raw)?;
         // A parameter with an empty value (`?agency=`, as a form sends a field left blank) is
         // one not given, for every parameter alike; but an unknown one is refused even empty
         // (`?afer=`), so the whole query is read once for its names first.
@@ -248,6 +249,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             .map(Query)
             .map_err(|error| query_problem(&error))
     }
+}
+
+/// Refuses a query whose names or values, once percent-decoded, are not UTF-8: decoded as they
+/// are, each such byte would become U+FFFD, and two different values (`%ff`, `%fe`) would be
+/// taken for the same text.
+fn refuse_bytes_that_are_not_text(raw: &str) -> Result<(), ApiError> {
+    for pair in raw.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decoded = |text: &str| {
+            let spaced = text.replace('+', " ");
+            percent_encoding::percent_decode_str(&spaced)
+                .decode_utf8()
+                .map(|text| text.into_owned())
+        };
+        let Ok(name) = decoded(name) else {
+            return Err(ApiError::invalid_parameter(
+                "",
+                "a query parameter's name is not UTF-8 text",
+            ));
+        };
+        if decoded(value).is_err() {
+            return Err(ApiError::invalid_parameter(
+                &name,
+                format!("query parameter `{name}` is not UTF-8 text"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The answer to a query that does not deserialise: `400 invalid_parameter` naming the
@@ -315,9 +344,26 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Path(value))
-            .map_err(|rejection| ApiError::new(Code::InvalidParameter, rejection.body_text()))
+            .map_err(|rejection| {
+                let field = match &rejection {
+                    PathRejection::FailedToDeserializePathParams(failed) => match failed.kind() {
+                        ErrorKind::InvalidUtf8InPathParam { key }
+                        | ErrorKind::ParseErrorAtKey { key, .. }
+                        | ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let problem = ApiError::new(Code::InvalidParameter, rejection.body_text());
+                match field {
+                    Some(field) => problem.with_field(field),
+                    None => problem,
+                }
+            })
     }
 }
