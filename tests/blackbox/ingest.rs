@@ -767,6 +767,15 @@ async fn unknown_routes_and_methods_answer_in_the_problem_format() {
     assert_eq!(problem["field"], "client_id");
     let problem_page = app.get_ok("/problems/version_conflict", ADMIN).await;
     assert_eq!(problem_page["status"], 409);
+    // Each type is described for what it is.
+    let other_page = app.get_ok("/problems/duplicate_conflict", ADMIN).await;
+    assert!(
+        problem_page["detail"]
+            .as_str()
+            .unwrap()
+            .contains("expected_version")
+    );
+    assert_ne!(problem_page["detail"], other_page["detail"]);
 }
 
 /// Every event type from every kind of agency: accepted exactly where the catalogue's

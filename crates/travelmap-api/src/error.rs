@@ -85,6 +85,66 @@ impl Code {
         }
     }
 
+    /// What the code means and what to do about it, for `GET /problems/{code}`.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Code::MalformedJson => {
+                "The body is not JSON (or is cut short). Nothing was stored; fix the body and send it again."
+            }
+            Code::InvalidParameter => {
+                "A query, path or header parameter is malformed, unknown, repeated or out of range; `field` names it."
+            }
+            Code::PurposeRequired => {
+                "The read states no purpose in X-Purpose, or one this read (or the caller's role) does not take; `field` names the header."
+            }
+            Code::Unauthorized => "No key or token was given, or it is not valid.",
+            Code::Forbidden => {
+                "The credential may not do this: its role, its agency's kind, or need-to-know (no open involvement, consent or break-glass grant for the client)."
+            }
+            Code::NotFound => "No such route, client or resource.",
+            Code::MethodNotAllowed => {
+                "The route does not take this method; `Allow` lists those it takes."
+            }
+            Code::DuplicateConflict => {
+                "The event id was already used, for other content or by another agency. Nothing was stored; choose a new id for new content."
+            }
+            Code::VersionConflict => {
+                "expected_version is not the client's stream version (`current_version`). Nothing was stored; read the history and decide again."
+            }
+            Code::Restricted => {
+                "Processing of the client's data is restricted: only an auditor or data-protection officer reading with X-Purpose audit or subject_access may read it."
+            }
+            Code::ClientRestricted => {
+                "Processing of the client's data is restricted: nothing but lifting the restriction (or erasing) can be recorded."
+            }
+            Code::ClientErased => {
+                "The client's personal data has been erased and the record is closed: nothing more can be recorded."
+            }
+            Code::NotRestricted => {
+                "Processing of the client's data is not restricted: there is nothing to lift."
+            }
+            Code::PayloadTooLarge => {
+                "The body is larger than 1 MiB. Nothing was stored; split a batch."
+            }
+            Code::UnsupportedMediaType => {
+                "The body is not declared as application/json (or is compressed). Nothing was stored."
+            }
+            Code::ValidationFailed => {
+                "The request is well-formed JSON but breaks a rule of the catalogue or the journey; `field` (and, in a batch, `index`) names it. Nothing was stored."
+            }
+            Code::UnknownEventType => {
+                "The event type is not in the catalogue (GET /v1/event-types). Nothing was stored."
+            }
+            Code::BatchTooLarge => {
+                "A batch holds more than 1000 events. Nothing was stored; split it."
+            }
+            Code::Unavailable => {
+                "The store cannot be reached, or the service is busy or behind; retry after `Retry-After` seconds. A write's outcome may be unknown: retry it with the same id."
+            }
+            Code::Internal => "A fault of the service, logged with the request id.",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         CODES
             .iter()

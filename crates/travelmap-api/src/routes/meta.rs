@@ -270,11 +270,10 @@ pub async fn problem_type(Path(code): Path<String>) -> Result<Json<Problem>, Api
         .iter()
         .find(|(_, name)| *name == code)
         .ok_or_else(|| ApiError::not_found(format!("no problem type `{code}`")))?;
-    let example = ApiError::new(
-        *code,
-        "this is the description of a problem type, not an occurrence",
-    );
-    Ok(Json(example.problem()))
+    // The problem a code stands for, its `detail` saying what it means: a description of the
+    // type, not an occurrence (this answer itself is a 200).
+    let described = ApiError::new(*code, code.meaning());
+    Ok(Json(described.problem()))
 }
 
 #[cfg(test)]
