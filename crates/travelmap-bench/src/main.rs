@@ -982,6 +982,9 @@ fn progress(message: std::fmt::Arguments<'_>) {
 }
 
 fn fresh_dir(parent: &Path) -> anyhow::Result<tempfile::TempDir> {
+    // `--work-dir` may name a directory not made yet.
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("making the work directory {}", parent.display()))?;
     tempfile::Builder::new()
         .prefix("travelmap-bench-")
         .tempdir_in(parent)
