@@ -1256,6 +1256,40 @@ async fn simultaneous_decisions_are_recorded_once(backend: Backend) {
             "personal_data.erased"
         ]
     );
+
+    // A restriction that outlived an erasure is lifted once, however many ask at once: the
+    // erased record refuses the liftings that come after the first, which then answers them.
+    let other = Uuid::new_v4();
+    client_with_personal_data(&app, other).await;
+    let restriction = format!("/v1/clients/{other}/restriction");
+    let erasure = format!("/v1/clients/{other}/personal-data");
+    assert_eq!(
+        app.post(&restriction, DPO, &reason).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        app.delete(&erasure, DPO, &reason).await.status(),
+        StatusCode::CREATED
+    );
+    let lift = || async {
+        let response = app.delete(&restriction, DPO, &reason).await;
+        let status = response.status();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    let (a, b, c, d) = tokio::join!(lift(), lift(), lift(), lift());
+    let answers = [a, b, c, d];
+    let created = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    for (status, receipt) in &answers {
+        assert!(
+            [StatusCode::CREATED, StatusCode::OK].contains(status),
+            "{status} {receipt}"
+        );
+        assert_eq!(receipt["id"], answers[0].1["id"]);
+    }
     app.stop().await;
 }
 

@@ -264,8 +264,9 @@ fn refuse_bytes_that_are_not_text(raw: &str) -> Result<(), ApiError> {
                 .map(|text| text.into_owned())
         };
         let Ok(name) = decoded(name) else {
-            return Err(ApiError::invalid_parameter(
-                "",
+            // No `field`: the name itself is what cannot be given back.
+            return Err(ApiError::new(
+                Code::InvalidParameter,
                 "a query parameter's name is not UTF-8 text",
             ));
         };

@@ -192,6 +192,12 @@ impl Journeys {
                         | travelmap_domain::journey::Error::NotRestricted,
                     ..
                 }) => continue,
+                // An erased record takes a lifting only while it is restricted: refused as
+                // erased, a lifting lost to one made meanwhile, which answers.
+                Err(Error::Refused {
+                    source: travelmap_domain::journey::Error::Erased,
+                    ..
+                }) if !restricted => continue,
                 Ok(None) => unreachable!("a decision made on no particular version is current"),
                 Err(error) => return Err(error),
             }

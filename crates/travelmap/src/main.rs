@@ -753,7 +753,6 @@ fn configured_provenance(
     ))
 }
 
-/// The public key of the service's checkpoint-signing key, for `audit public-key` and for
 /// A checkpoint key as `--public-key` takes it: 64 hex digits of an ed25519 public key. A
 /// mistyped key is a wrong argument (exit 2), not a broken trail (exit 3).
 fn checkpoint_key_hex(text: &str) -> Result<String, String> {
@@ -766,6 +765,7 @@ fn checkpoint_key_hex(text: &str) -> Result<String, String> {
     Ok(text.trim().to_owned())
 }
 
+/// The public key of the service's checkpoint-signing key, for `audit public-key` and for
 /// `audit verify --checkpoint` without `--public-key` (a checkpoint's own key would prove
 /// nothing: anyone can sign with a key of their own). The service's key is read where the
 /// service keeps it, never made here.
