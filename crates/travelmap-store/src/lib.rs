@@ -148,6 +148,18 @@ impl Error {
         if matches!(self, Error::Unavailable(_)) {
             return true;
         }
+        // A full disk, a file made read-only or an I/O fault: SQLite's counterparts of
+        // PostgreSQL's "insufficient resources", which an operator mends (503, as there).
+        if let Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) = self
+            && matches!(
+                failure.code,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::SystemIoFailure
+            )
+        {
+            return true;
+        }
         let Error::Postgres(error) = self else {
             return self.is_busy();
         };
@@ -742,6 +754,36 @@ impl Store {
                 store.views.close();
             }
             Store::Postgres(store) => store.close().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    fn sqlite(code: i32) -> Error {
+        Error::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    }
+
+    #[test]
+    fn a_full_disk_or_a_read_only_file_is_worth_retrying_later_and_a_constraint_is_not() {
+        for code in [
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_READONLY,
+            rusqlite::ffi::SQLITE_IOERR,
+            rusqlite::ffi::SQLITE_BUSY,
+        ] {
+            assert!(sqlite(code).is_transient(), "{code}");
+        }
+        for code in [
+            rusqlite::ffi::SQLITE_CONSTRAINT,
+            rusqlite::ffi::SQLITE_CORRUPT,
+        ] {
+            assert!(!sqlite(code).is_transient(), "{code}");
         }
     }
 }
