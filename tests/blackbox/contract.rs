@@ -384,13 +384,7 @@ async fn the_document_states_the_limits_the_server_enforces() {
     );
     assert_eq!(
         schemas["WebhookRequest"]["properties"]["purpose"]["enum"],
-        json!([
-            "case_management",
-            "supervision",
-            "service_delivery",
-            "statistics",
-            null
-        ])
+        json!(["case_management", "supervision", "service_delivery", null])
     );
     assert_eq!(parameter("/v1/clients", "identifier")["required"], true);
     let patterns = &schemas["WebhookRequest"]["properties"]["types"]["items"]["enum"];

@@ -638,7 +638,8 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
         (PROBATION_WRITER, "audit", false),
         (PROBATION_WRITER, "subject_access", false),
         (AUDITOR, "emergency", false),
-        (PROBATION_WRITER, "statistics", true),
+        (PROBATION_WRITER, "statistics", false),
+        (PROBATION_WRITER, "service_delivery", true),
         (AUDITOR, "audit", true),
     ] {
         let answer = app

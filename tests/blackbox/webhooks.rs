@@ -563,6 +563,11 @@ async fn registrations_are_checked_and_private_to_their_agency(backend: Backend)
             json!({"url": url, "types": ["need.*"], "purpose": "emergency"}),
             "purpose",
         ),
+        // Statistics are given as aggregates only, never as a feed of clients' events.
+        (
+            json!({"url": url, "types": ["need.*"], "purpose": "statistics"}),
+            "purpose",
+        ),
         (
             json!({"url": url, "types": ["need.*"], "agency": "someone-else"}),
             "agency",

@@ -57,7 +57,11 @@ impl Scope {
     /// Whether and how the subscriber may receive `event`, given who may read its client now.
     /// A restricted client's events reach only a subscriber that reads every client.
     pub fn admission(&self, event: &RecordedEvent, access: Option<&Access>) -> Option<Admission> {
-        if !self.wants_type(event.draft.event.event_type()) {
+        // Statistics are given as aggregates only: a webhook registered for them before that
+        // was so delivers nothing more (new ones, and streams, are refused that purpose).
+        if !self.wants_type(event.draft.event.event_type())
+            || self.purpose == travelmap_domain::payloads::Purpose::Statistics
+        {
             return None;
         }
         let access = access?;
@@ -434,6 +438,47 @@ mod tests {
         assert!(scope.wants_type("job.placed"));
         assert!(!scope.wants_type("client.registered"));
         assert!(!scope.wants_type("housing.lost"));
+    }
+
+    #[test]
+    fn a_feed_for_statistics_admits_nothing_whatever_the_access() {
+        use travelmap_domain::{ClientId, EventDraft, EventId, Provenance, RecordMeta};
+        let at = "2026-01-05T09:00:00+01:00";
+        let event = RecordedEvent {
+            draft: EventDraft {
+                id: EventId(uuid::Uuid::from_u128(1)),
+                client_id: ClientId(uuid::Uuid::from_u128(2)),
+                occurred_at: at.parse().unwrap(),
+                actor: None,
+                event: JourneyEvent::decode(
+                    "job.placed",
+                    1,
+                    &serde_json::json!({"kind": "full_time", "sector": "construction"}),
+                )
+                .unwrap(),
+            },
+            provenance: Provenance {
+                agency: "bureau-opava".into(),
+                credential: "bureau".into(),
+            },
+            meta: RecordMeta {
+                version: 1,
+                position: 1,
+                recorded_at: at.parse().unwrap(),
+            },
+            personal: Default::default(),
+        };
+        let access = Access {
+            involved: ["probation-opava".to_owned()].into(),
+            ..Access::default()
+        };
+        let mut feed = scope(&[]);
+        assert_eq!(
+            feed.admission(&event, Some(&access)),
+            Some(Admission::Whole)
+        );
+        feed.purpose = Purpose::Statistics;
+        assert_eq!(feed.admission(&event, Some(&access)), None);
     }
 
     #[test]

@@ -103,19 +103,17 @@ pub fn types_problem(types: &[String]) -> Option<(Option<usize>, String)> {
 
 /// Whether a standing subscription may be registered for `purpose`. Audit, subject access and
 /// emergency are purposes of a person's one-off, logged read (a review, a request, a
-/// break-glass), never of a feed that runs on its own.
+/// break-glass), never of a feed that runs on its own; and statistics are given as aggregates
+/// only (`GET /v1/statistics/outcomes`), never as a feed of clients' events.
 pub fn purpose_allowed(purpose: Purpose) -> bool {
     matches!(
         purpose,
-        Purpose::CaseManagement
-            | Purpose::Supervision
-            | Purpose::ServiceDelivery
-            | Purpose::Statistics
+        Purpose::CaseManagement | Purpose::Supervision | Purpose::ServiceDelivery
     )
 }
 
 /// The purposes [`purpose_allowed`] accepts, for error messages.
-pub const ALLOWED_PURPOSES: &str = "case_management, supervision, service_delivery, statistics";
+pub const ALLOWED_PURPOSES: &str = "case_management, supervision, service_delivery";
 
 /// A new signing secret: `whsec_` and 32 random bytes in hex. The prefix lets secret scanners
 /// recognise one that leaked.
