@@ -296,6 +296,14 @@ impl ApiError {
                 "the store is busy or unreachable just now; retry shortly",
             );
         }
+        if error.is_out_of_service() {
+            tracing::error!(%error, "the store cannot take writes");
+            return Self::new(
+                Code::Unavailable,
+                "the store cannot take writes just now (its disk is full, or it was made \
+                 read-only); retry later",
+            );
+        }
         Self::internal(error)
     }
 

@@ -123,6 +123,10 @@ pub enum Error {
     /// `Clone`.
     #[error("{0}")]
     Unavailable(String),
+    /// A failure [`Error::is_out_of_service`] names, passed on to each waiter of a group
+    /// commit.
+    #[error("{0}")]
+    OutOfService(String),
     #[error("postgresql: {0}")]
     Postgres(#[from] sqlx::Error),
     #[error("sqlite: {0}")]
@@ -146,18 +150,6 @@ impl Error {
     /// abort. Nothing was done, and trying again shortly may work.
     pub fn is_transient(&self) -> bool {
         if matches!(self, Error::Unavailable(_)) {
-            return true;
-        }
-        // A full disk, a file made read-only or an I/O fault: SQLite's counterparts of
-        // PostgreSQL's "insufficient resources", which an operator mends (503, as there).
-        if let Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) = self
-            && matches!(
-                failure.code,
-                rusqlite::ErrorCode::DiskFull
-                    | rusqlite::ErrorCode::ReadOnly
-                    | rusqlite::ErrorCode::SystemIoFailure
-            )
-        {
             return true;
         }
         let Error::Postgres(error) = self else {
@@ -201,14 +193,39 @@ impl Error {
 }
 
 impl Error {
+    /// Whether the store cannot take writes until an operator acts, though nothing is wrong
+    /// with the request or the code: a full disk, a file or database made read-only (a
+    /// PostgreSQL standby after a failover), an I/O fault. Answered `503`, as PostgreSQL's
+    /// "insufficient resources" (among [`Self::is_transient`]'s) already are; unlike those, not
+    /// worth retrying at once, and not taken for "unreachable" where that matters (`audit
+    /// verify` reports a trail it cannot read as broken, not as out of reach).
+    pub fn is_out_of_service(&self) -> bool {
+        match self {
+            Error::OutOfService(_) => true,
+            Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+                failure.code,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::SystemIoFailure
+            ),
+            Error::Postgres(sqlx::Error::Database(database)) => database
+                .code()
+                .is_some_and(|code| matches!(&*code, "25006" | "58030")),
+            _ => false,
+        }
+    }
+
     /// What each of the several waiters on one failed group commit is told: `context` and this
     /// error, keeping whether it is transient.
     pub fn for_each_waiter(&self, context: &str) -> impl Fn() -> Error + use<> {
         let message = format!("{context}: {self}");
         let transient = self.is_transient();
+        let out_of_service = self.is_out_of_service();
         move || {
             if transient {
                 Error::Unavailable(message.clone())
+            } else if out_of_service {
+                Error::OutOfService(message.clone())
             } else {
                 Error::Io(std::io::Error::other(message.clone()))
             }
@@ -770,19 +787,23 @@ mod tests {
     }
 
     #[test]
-    fn a_full_disk_or_a_read_only_file_is_worth_retrying_later_and_a_constraint_is_not() {
+    fn a_full_disk_or_a_read_only_file_is_out_of_service_and_a_constraint_is_not() {
         for code in [
             rusqlite::ffi::SQLITE_FULL,
             rusqlite::ffi::SQLITE_READONLY,
             rusqlite::ffi::SQLITE_IOERR,
-            rusqlite::ffi::SQLITE_BUSY,
         ] {
-            assert!(sqlite(code).is_transient(), "{code}");
+            assert!(sqlite(code).is_out_of_service(), "{code}");
+            assert!(!sqlite(code).is_transient(), "{code}");
+            // As each waiter of a failed group commit is told it.
+            assert!(sqlite(code).for_each_waiter("committing")().is_out_of_service());
         }
+        assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_transient());
         for code in [
             rusqlite::ffi::SQLITE_CONSTRAINT,
             rusqlite::ffi::SQLITE_CORRUPT,
         ] {
+            assert!(!sqlite(code).is_out_of_service(), "{code}");
             assert!(!sqlite(code).is_transient(), "{code}");
         }
     }
