@@ -904,29 +904,46 @@ pub fn grants(
             let ended_early = ended
                 .iter()
                 .filter(|end| {
-                    end.seq > grant.seq
-                        && end.record.credential == grant.record.credential
+                    end.record.credential == grant.record.credential
                         && end.record.agency == grant.record.agency
                         && end.record.client_id == grant.record.client_id
                 })
-                .filter_map(|end| ended_at(end));
+                .filter_map(|end| ended_at(end))
+                .filter(|(_, ended)| *ended == grant.seq)
+                .map(|(until, _)| until);
             let until = ended_early.fold(grant_until(grant, configured), DateTime::min);
             (grant, until)
         })
         .collect()
 }
 
-/// How an entry ending a grant early states the end (`returned`).
-fn ended_at(entry: &AuditEntry) -> Option<DateTime<Utc>> {
+/// How an entry ending a grant early states the end and the grant it ends (`returned`,
+/// written by [`ending_text`]): `access until 2026-12-06T12:00:00.000000Z (grant 42 ended
+/// early: break-glass grants now last 5 minutes)`.
+fn ended_at(entry: &AuditEntry) -> Option<(DateTime<Utc>, u64)> {
     let text = entry
         .record
         .returned
         .as_deref()?
-        .strip_prefix("access until ")?;
-    let (at, _why) = text.split_once(' ').unwrap_or((text, ""));
-    DateTime::parse_from_rfc3339(at)
-        .ok()
-        .map(|at| at.with_timezone(&Utc))
+        .strip_prefix(ENDING_PREFIX)?;
+    let (at, why) = text.split_once(" (grant ")?;
+    let (grant, _) = why.split_once(' ')?;
+    let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+    Some((at, grant.parse().ok()?))
+}
+
+/// How an entry ending a grant early begins.
+const ENDING_PREFIX: &str = "access until ";
+
+/// The `returned` of an entry ending the grant logged as entry `grant` at `until`, because
+/// grants now last `configured`.
+fn ending_text(until: DateTime<Utc>, grant: u64, configured: std::time::Duration) -> String {
+    let length = grant_text(configured);
+    let length = length.strip_prefix(GRANT_PREFIX).unwrap_or(&length);
+    format!(
+        "{ENDING_PREFIX}{} (grant {grant} ended early: break-glass grants now last {length})",
+        until.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
 }
 
 /// Records, for each break-glass grant still running that `configured` ends sooner than it was
@@ -961,13 +978,7 @@ pub async fn end_grants_a_setting_shortens(
                 request_id: None,
                 outcome: Outcome::Denied,
                 action: BREAK_GLASS.to_owned(),
-                returned: Some(format!(
-                    "access until {} (ended early: break-glass grants now last {})",
-                    cut.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-                    grant_text(configured)
-                        .strip_prefix("access for ")
-                        .unwrap_or_default()
-                )),
+                returned: Some(ending_text(cut, grant.seq, configured)),
             })
         })
         .collect();
@@ -983,11 +994,14 @@ pub async fn end_grants_a_setting_shortens(
 fn grant_text(length: std::time::Duration) -> String {
     let seconds = length.as_secs();
     if seconds.is_multiple_of(60) {
-        format!("access for {} minutes", seconds / 60)
+        format!("{GRANT_PREFIX}{} minutes", seconds / 60)
     } else {
-        format!("access for {seconds} seconds")
+        format!("{GRANT_PREFIX}{seconds} seconds")
     }
 }
+
+/// How a grant's entry states its length (`returned`), before the length.
+const GRANT_PREFIX: &str = "access for ";
 
 /// The length a break-glass grant's entry states it was given for (`access for 60 minutes`).
 fn stated_length(entry: &AuditEntry) -> Option<std::time::Duration> {
@@ -995,7 +1009,7 @@ fn stated_length(entry: &AuditEntry) -> Option<std::time::Duration> {
         .record
         .returned
         .as_deref()?
-        .strip_prefix("access for ")?;
+        .strip_prefix(GRANT_PREFIX)?;
     let (count, unit) = text.split_once(' ')?;
     let count: u64 = count.parse().ok()?;
     let seconds = match unit {
@@ -1018,4 +1032,59 @@ pub fn grant_until(entry: &AuditEntry, configured: std::time::Duration) -> DateT
         .ok()
         .and_then(|length| entry.record.at.checked_add_signed(length))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64, minute: i64, outcome: Outcome, returned: String) -> AuditEntry {
+        AuditEntry {
+            seq,
+            record: AuditRecord {
+                at: "2026-12-06T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+                    + TimeDelta::minutes(minute),
+                credential: "ngo-desk".into(),
+                agency: "ngo-opava".into(),
+                actor: None,
+                operation: Operation::Consultation,
+                client_id: Some(ClientId(uuid::Uuid::from_u128(7))),
+                purpose: Some("emergency".into()),
+                justification: None,
+                request_id: None,
+                outcome,
+                action: BREAK_GLASS.into(),
+                returned: Some(returned),
+            },
+            hash: [0; 32],
+        }
+    }
+
+    /// An entry ending a grant early ends that grant only: another grant of the same credential
+    /// for the same client keeps its own end.
+    #[test]
+    fn an_early_end_ends_only_its_own_grant() {
+        let hour = std::time::Duration::from_secs(3600);
+        let five = std::time::Duration::from_secs(300);
+        let first = entry(1, 0, Outcome::Allowed, grant_text(hour));
+        let second = entry(2, 30, Outcome::Allowed, grant_text(hour));
+        let ends_first = entry(
+            3,
+            31,
+            Outcome::Denied,
+            ending_text(first.record.at + TimeDelta::minutes(31), 1, five),
+        );
+        let entries = [first.clone(), second.clone(), ends_first];
+        let ends: Vec<DateTime<Utc>> = grants(&entries, hour)
+            .into_iter()
+            .map(|(_, until)| until)
+            .collect();
+        assert_eq!(
+            ends,
+            [
+                first.record.at + TimeDelta::minutes(31),
+                second.record.at + TimeDelta::minutes(60)
+            ]
+        );
+    }
 }

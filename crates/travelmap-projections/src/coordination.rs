@@ -15,7 +15,7 @@
 //! | kind | raised | cleared |
 //! | --- | --- | --- |
 //! | `no_first_day_contact` | 24 h after a release with no attended contact since (a contact at the release's moment counts) | by the first attended contact (resolved), or a return to custody or a later release (superseded) |
-//! | `release_unprepared` | 14 days before a scheduled release (or when the release is scheduled, if later) while no plan is agreed or a planned needs area is unassessed; again at an assessment that undoes the preparation before the release | when the plan is agreed and every planned area assessed (resolved), or at release or a new schedule (superseded) |
+//! | `release_unprepared` | 14 days before a scheduled release (or when the release is scheduled, if later) while no plan is agreed or a planned needs area is unassessed; again at a fact that undoes the preparation before the release (an area set back to `not_started`, a plan naming an unassessed area) | when the plan is agreed and every planned area assessed (resolved), or at release or a new schedule (superseded) |
 //! | `appointments_missed` | at the second missed appointment in a row | by the next attended contact (resolved) |
 //! | `job_lost` / `housing_lost` | when the job or housing is lost | by a job placed / housing secured (resolved), or 7 days later (expired) |
 //! | `dropped_out` | when the client drops out of the programme | by enrolling again (resolved) |

@@ -349,20 +349,22 @@ impl Journeys {
     /// Keeps [`Self::failing_writes`] up to date with an attempt to record events: a fault of
     /// the store marks writes failing, and only an append that stored something clears that (a
     /// retry answered with its receipt wrote nothing). Refusals the store makes for what is
-    /// stored (a version moved on, a duplicate, an erased client) are answers, not faults.
+    /// stored (a version moved on, a duplicate, an erased client) are answers, not faults; and
+    /// a moment's contention (busy, a transaction the database aborted) or a database out of
+    /// reach (which the store probe's read reports itself) is no refusal of writes.
     pub(crate) fn note_write(&self, recorded: &Result<Vec<Outcome>>) {
         let mut failing = self.failing_writes.lock().expect("write failure lock");
         match recorded {
             Ok(outcomes) if outcomes.iter().any(|outcome| outcome.created) => *failing = None,
             Err(Error::Store(error))
-                if !matches!(
-                    error,
-                    travelmap_store::Error::StreamConflict { .. }
-                        | travelmap_store::Error::DuplicateEvent(_)
-                        | travelmap_store::Error::KeyWithdrawn(_)
-                        | travelmap_store::Error::ClientErased(_)
-                        | travelmap_store::Error::NotLeader
-                ) =>
+                if !error.is_transient()
+                    && !matches!(
+                        error,
+                        travelmap_store::Error::StreamConflict { .. }
+                            | travelmap_store::Error::DuplicateEvent(_)
+                            | travelmap_store::Error::KeyWithdrawn(_)
+                            | travelmap_store::Error::ClientErased(_)
+                    ) =>
             {
                 *failing = Some(error.to_string());
             }

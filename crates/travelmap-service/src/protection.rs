@@ -15,8 +15,8 @@ use travelmap_store::Outline;
 
 use crate::{Alongside, Error, Journeys, Outcome, Result, Submission};
 
-/// How often a decision is made again when other requests keep changing the client's stream
-/// between its reading and its recording.
+/// How often a decision is made again when another request made it (or undid it) between its
+/// reading and its recording.
 const DECISION_ATTEMPTS: usize = 8;
 
 impl Journeys {
@@ -159,8 +159,8 @@ impl Journeys {
     }
 
     /// Records `decision` (a restriction when `restricted`, its lifting otherwise) unless the
-    /// client's processing is already so, in which case the decision that made it so answers;
-    /// made again on the new stream when another request changed it meanwhile.
+    /// client's processing is already so, in which case the decision that made it so answers
+    /// (also when another request made it so between the reading and the recording).
     async fn set_restriction(
         &self,
         provenance: &Provenance,
@@ -341,9 +341,11 @@ impl Journeys {
             }))
     }
 
-    /// Records a decision made on `made_on`, the client's stream version as read: `None` when another
-    /// request changed the stream since, so that the decision must be made again (two lifts of
-    /// one restriction sent at once would otherwise both be recorded).
+    /// Records a decision: on `made_on`, the client's stream version as read, answering `None`
+    /// when another request changed the stream since, so that the decision must be made again
+    /// (retention, whose decision depends on what the stream holds); or, with `None`, on the
+    /// stream as it stands (erasure and restriction, which the journey's own refusals keep
+    /// from being recorded twice), always answering `Some`.
     async fn record_decision(
         &self,
         provenance: &Provenance,

@@ -283,7 +283,7 @@ async fn probe_store(
             }
             Some(error) => {
                 if !failing {
-                    tracing::warn!(%error, "the event log does not answer");
+                    tracing::warn!(%error, "the event log does not answer or refuses writes");
                 }
                 health.failing();
             }
