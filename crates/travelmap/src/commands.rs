@@ -717,6 +717,8 @@ pub fn new_credential(
         "Key for `{id_text}` of `{agency_text}` (give it to the agency system; it is shown once and stored nowhere):"
     );
     eprintln!("{key}");
+    // A blank line first: entries appended one after another (`>> travelmap.toml`) stay apart.
+    out!();
     if let Some(kind) = kind {
         out!("[[agencies]]");
         out!("id = {agency}");
