@@ -544,16 +544,8 @@ pub enum Reach {
 /// statistics are made of aggregates only (`GET /v1/statistics/outcomes`, the caseload counts),
 /// never of a client's own data.
 fn unfit(caller: &Caller, purpose: Purpose, reach: Reach) -> Option<String> {
-    if !fits(purpose, reach) {
-        return Some(match purpose {
-            Purpose::Emergency => {
-                "break-glass (X-Purpose: emergency, with X-Justification) is a read of one client"
-                    .to_owned()
-            }
-            _ => "statistics are given as aggregates only (GET /v1/statistics/outcomes); data \
-                  that names clients is not read for statistics"
-                .to_owned(),
-        });
+    if let Some(why) = misfit(purpose, reach) {
+        return Some(why.to_owned());
     }
     match purpose {
         Purpose::Audit | Purpose::SubjectAccess if !oversees(caller) => Some(format!(
@@ -564,14 +556,25 @@ fn unfit(caller: &Caller, purpose: Purpose, reach: Reach) -> Option<String> {
     }
 }
 
-/// Whether `purpose` may be stated for a read of this reach by someone (whose roles may still
-/// rule it out): break-glass is a read of one client, and statistics are made of counts only.
-pub fn fits(purpose: Purpose, reach: Reach) -> bool {
+/// Why `purpose` is stated for a read of this reach by no one, whatever their roles, if it is:
+/// break-glass is a read of one client, and statistics are made of counts only.
+fn misfit(purpose: Purpose, reach: Reach) -> Option<&'static str> {
     match purpose {
-        Purpose::Emergency => reach == Reach::OneClient,
-        Purpose::Statistics => reach == Reach::Counts,
-        _ => true,
+        Purpose::Emergency if reach != Reach::OneClient => {
+            Some("break-glass (X-Purpose: emergency, with X-Justification) is a read of one client")
+        }
+        Purpose::Statistics if reach != Reach::Counts => Some(
+            "statistics are given as aggregates only (GET /v1/statistics/outcomes); data that \
+             names clients is not read for statistics",
+        ),
+        _ => None,
     }
+}
+
+/// Whether `purpose` may be stated for a read of this reach by someone (whose roles may still
+/// rule it out); see [`misfit`].
+pub fn fits(purpose: Purpose, reach: Reach) -> bool {
+    misfit(purpose, reach).is_none()
 }
 
 /// How far the read of `path` reaches, for the reads that check their purpose against it.
@@ -898,20 +901,21 @@ pub fn grants(
         .iter()
         .filter(|entry| entry.record.action == BREAK_GLASS)
         .partition(|entry| entry.record.outcome == Outcome::Allowed);
+    // The earliest end each grant was given early, by the grant's `seq`.
+    let mut ended_early: std::collections::HashMap<u64, DateTime<Utc>> = Default::default();
+    for (until, grant) in ended.into_iter().filter_map(ended_at) {
+        ended_early
+            .entry(grant)
+            .and_modify(|earliest| *earliest = (*earliest).min(until))
+            .or_insert(until);
+    }
     given
         .into_iter()
         .map(|grant| {
-            let ended_early = ended
-                .iter()
-                .filter(|end| {
-                    end.record.credential == grant.record.credential
-                        && end.record.agency == grant.record.agency
-                        && end.record.client_id == grant.record.client_id
-                })
-                .filter_map(|end| ended_at(end))
-                .filter(|(_, ended)| *ended == grant.seq)
-                .map(|(until, _)| until);
-            let until = ended_early.fold(grant_until(grant, configured), DateTime::min);
+            let until = grant_until(grant, configured);
+            let until = ended_early
+                .get(&grant.seq)
+                .map_or(until, |early| until.min(*early));
             (grant, until)
         })
         .collect()
