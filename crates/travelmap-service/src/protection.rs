@@ -59,17 +59,15 @@ impl Journeys {
                     JourneyEvent::PersonalDataErased(PersonalDataErased {
                         reason: reason.clone(),
                     }),
-                    None,
                 )
                 .await
             {
-                Ok(Some(outcome)) => outcome,
+                Ok(outcome) => outcome,
                 // Another request recorded the erasure meanwhile: its record answers.
                 Err(Error::Refused {
                     source: travelmap_domain::journey::Error::Erased,
                     ..
                 }) => continue,
-                Ok(None) => unreachable!("a decision made on no particular version is current"),
                 Err(error) => return Err(error),
             };
             keyring.destroy(client_id, None).await?;
@@ -182,10 +180,10 @@ impl Journeys {
             // takes meanwhile do not starve the decision; the journey refuses it if another
             // request made processing so meanwhile, and that request's record then answers.
             match self
-                .record_decision(provenance, client_id, decision(), None)
+                .record_decision(provenance, client_id, decision())
                 .await
             {
-                Ok(Some(outcome)) => return Ok(outcome),
+                Ok(outcome) => return Ok(outcome),
                 Err(Error::Refused {
                     source:
                         travelmap_domain::journey::Error::Restricted
@@ -198,7 +196,6 @@ impl Journeys {
                     source: travelmap_domain::journey::Error::Erased,
                     ..
                 }) if !restricted => continue,
-                Ok(None) => unreachable!("a decision made on no particular version is current"),
                 Err(error) => return Err(error),
             }
         }
@@ -252,7 +249,7 @@ impl Journeys {
         // Recorded on the version decided on, so that of two runs that decided alike (processes
         // beside each other), one records it.
         if let Some(outcome) = self
-            .record_decision(provenance, client_id, decision(), Some(decided_on))
+            .record_decision_on(provenance, client_id, decision(), decided_on)
             .await?
         {
             return Ok(Some((destroyed, outcome)));
@@ -263,9 +260,8 @@ impl Journeys {
         }
         // This run destroyed keys, and only its record makes the projector purge their data.
         let outcome = self
-            .record_decision(provenance, client_id, decision(), None)
-            .await?
-            .expect("a decision made on no particular version is never outdated");
+            .record_decision(provenance, client_id, decision())
+            .await?;
         Ok(Some((destroyed, outcome)))
     }
 
@@ -341,18 +337,55 @@ impl Journeys {
             }))
     }
 
-    /// Records a decision: on `made_on`, the client's stream version as read, answering `None`
-    /// when another request changed the stream since, so that the decision must be made again
-    /// (retention, whose decision depends on what the stream holds); or, with `None`, on the
-    /// stream as it stands (erasure and restriction, which the journey's own refusals keep
-    /// from being recorded twice), always answering `Some`.
+    /// Records a decision on the client's stream as it stands (erasure, restriction: the
+    /// journey's own refusals keep them from being recorded twice).
     async fn record_decision(
         &self,
         provenance: &Provenance,
         client_id: ClientId,
         event: JourneyEvent,
-        made_on: Option<u64>,
+    ) -> Result<Outcome> {
+        self.append_decision(provenance, client_id, event, None)
+            .await
+    }
+
+    /// Records a decision made on `made_on`, the client's stream version as read (retention,
+    /// whose decision depends on what the stream holds): `None` when another request changed
+    /// the stream since, so that the decision must be made again.
+    async fn record_decision_on(
+        &self,
+        provenance: &Provenance,
+        client_id: ClientId,
+        event: JourneyEvent,
+        made_on: u64,
     ) -> Result<Option<Outcome>> {
+        match self
+            .append_decision(provenance, client_id, event, Some(made_on))
+            .await
+        {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(Error::VersionConflict { .. }) => Ok(None),
+            // A closed record is refused before its version is compared: a refusal on a stream
+            // that moved since may come from what moved it (a restriction made meanwhile).
+            Err(error @ Error::Refused { .. }) => {
+                if self.recorded(client_id).await?.len() as u64 == made_on {
+                    Err(error)
+                } else {
+                    Ok(None)
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Appends one decision, at `expected_version` if given, noting a store failure.
+    async fn append_decision(
+        &self,
+        provenance: &Provenance,
+        client_id: ClientId,
+        event: JourneyEvent,
+        expected_version: Option<u64>,
+    ) -> Result<Outcome> {
         let draft = EventDraft {
             id: EventId(Uuid::new_v4()),
             client_id,
@@ -367,25 +400,12 @@ impl Journeys {
                 None,
                 &[Submission {
                     draft,
-                    expected_version: made_on,
+                    expected_version,
                 }],
                 &mut Alongside::new(std::pin::pin!(std::future::ready(()))),
             )
             .await;
         self.note_write(&outcomes);
-        match (outcomes, made_on) {
-            (Ok(mut outcomes), _) => Ok(Some(outcomes.remove(0))),
-            (Err(Error::VersionConflict { .. }), Some(_)) => Ok(None),
-            // A closed record is refused before its version is compared: a refusal on a stream
-            // that moved since may come from what moved it (a restriction made meanwhile).
-            (Err(error @ Error::Refused { .. }), Some(made_on)) => {
-                if self.recorded(client_id).await?.len() as u64 == made_on {
-                    Err(error)
-                } else {
-                    Ok(None)
-                }
-            }
-            (Err(error), _) => Err(error),
-        }
+        Ok(outcomes?.remove(0))
     }
 }
