@@ -75,6 +75,7 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         format!("/v1/audit/clients/{client}"),
         "/v1/audit/entries".to_owned(),
         "/v1/audit/break-glass".to_owned(),
+        "/v1/audit/access-changes".to_owned(),
     ] {
         let unstated = app
             .http
@@ -382,17 +383,21 @@ async fn each_role_reaches_only_its_endpoints() {
         "/v1/audit/entries".to_owned(),
         "/v1/audit/checkpoint".to_owned(),
         "/v1/audit/break-glass".to_owned(),
-        "/v1/clients?identifier=prison_number:OP-2026-0117".to_owned(),
+        "/v1/audit/access-changes".to_owned(),
     ];
-    // (key, which of the reads above it may make)
+    // (key, which of the reads above it may make, stating `audit`; writers search for clients
+    // with purposes of their own, tested with the search)
     let matrix = [
         (
             PRISON_WRITER,
-            [false, false, false, false, false, false, false],
+            [false, false, false, false, false, false, false, false],
         ),
-        (AUDITOR, [true, true, true, true, true, true, true]),
-        (DPO, [true, true, false, true, true, true, true]),
-        (ADMIN, [false, false, true, false, false, false, false]),
+        (AUDITOR, [true, true, true, true, true, true, true, true]),
+        (DPO, [true, true, false, true, true, true, true, true]),
+        (
+            ADMIN,
+            [false, false, true, false, false, false, false, false],
+        ),
     ];
     for (key, allowed) in matrix {
         for (path, allowed) in reads.iter().zip(allowed) {
@@ -604,3 +609,258 @@ async fn an_emergency_read_by_a_reviewer_still_needs_a_reason() {
     );
     app.stop().await;
 }
+
+/// The data-protection officer's review of access that agencies gave themselves or each other:
+/// every involvement and consent recorded, ended, corrected or retracted, with who recorded it
+/// for whom, and nothing else.
+async fn access_changes_show_who_vouched_for_whose_access(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let client = Uuid::new_v4();
+    let other = Uuid::new_v4();
+    let at = |day: u32| format!("2026-01-{day:02}T09:00:00+01:00");
+    let record = async |key: &str, body: Value| {
+        let id = body["id"].as_str().unwrap().to_owned();
+        post(&app, key, body).await;
+        id
+    };
+    record(
+        PRISON_WRITER,
+        sample_event(client, "client.registered", &at(2)),
+    )
+    .await;
+    // The municipality vouches for itself; the prison records a consent for an NGO.
+    let own = record(
+        MUNICIPALITY_WRITER,
+        event(
+            client,
+            "involvement.opened",
+            &at(3),
+            json!({"role": "social_worker"}),
+        ),
+    )
+    .await;
+    let consent = record(
+        PRISON_WRITER,
+        event(
+            client,
+            "consent.recorded",
+            &at(4),
+            json!({"agency": "ngo-opava", "purposes": ["service_delivery"], "legal_basis": "consent"}),
+        ),
+    )
+    .await;
+    // Not about access: left out.
+    record(
+        PRISON_WRITER,
+        event(
+            client,
+            "contact.made",
+            &at(5),
+            json!({"kind": "meeting", "attended": true}),
+        ),
+    )
+    .await;
+    // Probation ends the municipality's involvement; the municipality takes back its opening.
+    let ended = record(
+        PROBATION_WRITER,
+        event(
+            client,
+            "involvement.closed",
+            &at(6),
+            json!({"agency": "municipality-opava", "role": "social_worker"}),
+        ),
+    )
+    .await;
+    let retraction = record(
+        MUNICIPALITY_WRITER,
+        event(
+            client,
+            "event.retracted",
+            &at(7),
+            json!({"event_id": own, "reason": "recorded for the wrong client"}),
+        ),
+    )
+    .await;
+    let elsewhere = record(
+        NGO_WRITER,
+        event(
+            other,
+            "involvement.opened",
+            &at(8),
+            json!({"agency": "ngo-opava", "role": "mentor"}),
+        ),
+    )
+    .await;
+    // The NGO corrects its own opening: access is decided again, still by the NGO for itself.
+    let correction = record(
+        NGO_WRITER,
+        event(
+            other,
+            "event.corrected",
+            &at(9),
+            json!({"event_id": elsewhere, "reason": "wrong role",
+                   "data": {"agency": "ngo-opava", "role": "case_manager"}}),
+        ),
+    )
+    .await;
+
+    let page = app.get_ok("/v1/audit/access-changes", DPO).await;
+    let changes = page["changes"].as_array().unwrap();
+    let summary: Vec<(&str, &str, &str, Value, &str, bool)> = changes
+        .iter()
+        .map(|change| {
+            (
+                change["event_id"].as_str().unwrap(),
+                change["type"].as_str().unwrap(),
+                change["effect"].as_str().unwrap(),
+                change["agency"].clone(),
+                change["recorded_by"].as_str().unwrap(),
+                change["own_access"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                own.as_str(),
+                "involvement.opened",
+                "opens",
+                json!("municipality-opava"),
+                "municipality-opava",
+                true
+            ),
+            (
+                consent.as_str(),
+                "consent.recorded",
+                "opens",
+                json!("ngo-opava"),
+                "prison-opava",
+                false
+            ),
+            (
+                ended.as_str(),
+                "involvement.closed",
+                "ends",
+                json!("municipality-opava"),
+                "probation-opava",
+                false
+            ),
+            (
+                retraction.as_str(),
+                "event.retracted",
+                "changes",
+                Value::Null,
+                "municipality-opava",
+                false
+            ),
+            (
+                elsewhere.as_str(),
+                "involvement.opened",
+                "opens",
+                json!("ngo-opava"),
+                "ngo-opava",
+                true
+            ),
+            (
+                correction.as_str(),
+                "event.corrected",
+                "changes",
+                json!("ngo-opava"),
+                "ngo-opava",
+                true
+            ),
+        ]
+    );
+    assert_eq!(changes[5]["target_event_id"], elsewhere.as_str());
+    assert_eq!(changes[5]["target_type"], "involvement.opened");
+    assert_eq!(changes[3]["target_event_id"], own.as_str());
+    assert_eq!(changes[3]["target_type"], "involvement.opened");
+    assert_eq!(changes[0]["target_event_id"], Value::Null);
+    assert_eq!(changes[1]["credential"], "opava-prison-system");
+    assert_eq!(page["examined"], 8);
+    let last = page["next_after"].as_u64().unwrap();
+    assert_eq!(changes[5]["position"].as_u64().unwrap(), last);
+
+    // Page by page: two events examined at a time, every change once.
+    let mut after = 0;
+    let mut paged = Vec::new();
+    loop {
+        let page = app
+            .get_ok(
+                &format!("/v1/audit/access-changes?after={after}&limit=2"),
+                AUDITOR,
+            )
+            .await;
+        assert!(page["examined"].as_u64().unwrap() <= 2);
+        paged.extend(
+            page["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|change| change["event_id"].clone()),
+        );
+        if page["next_after"] == after {
+            break;
+        }
+        after = page["next_after"].as_u64().unwrap();
+    }
+    let listed: Vec<Value> = changes
+        .iter()
+        .map(|change| change["event_id"].clone())
+        .collect();
+    assert_eq!(paged, listed);
+
+    // Reviewers only, for an audit; a cursor past the end is refused.
+    expect_problem(
+        app.get_for("/v1/audit/access-changes", COORDINATOR, "audit")
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_problem(
+        app.get_for("/v1/audit/access-changes", DPO, "case_management")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "purpose_required",
+    )
+    .await;
+    let past = expect_problem(
+        app.get_for(
+            &format!("/v1/audit/access-changes?after={}", last + 100),
+            DPO,
+            "audit",
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+    assert_eq!(past["field"], "after");
+    expect_problem(
+        app.get_for("/v1/audit/access-changes?limit=10001", DPO, "audit")
+            .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_parameter",
+    )
+    .await;
+
+    // The review is itself in each named client's trail, with the events it listed.
+    let trail = app.trail_of(client).await;
+    let reviewed: Vec<&Value> = trail
+        .iter()
+        .filter(|entry| entry["action"] == "GET /v1/audit/access-changes")
+        .collect();
+    assert!(!reviewed.is_empty());
+    assert_eq!(reviewed[0]["credential"], "dpo");
+    assert_eq!(reviewed[0]["operation"], "consultation");
+    let returned = reviewed[0]["returned"].as_str().unwrap();
+    for id in [&own, &consent, &ended, &retraction] {
+        assert!(returned.contains(id.as_str()), "{returned}");
+    }
+    assert!(!returned.contains(elsewhere.as_str()));
+    app.stop().await;
+}
+
+on_both_backends!(access_changes_show_who_vouched_for_whose_access);

@@ -83,6 +83,7 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
         routes::audit::entries,
         routes::audit::checkpoint,
         routes::audit::break_glass,
+        routes::audit::access_changes,
         routes::protection::erase,
         routes::protection::restrict,
         routes::protection::lift_restriction,
@@ -654,6 +655,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/entries", get(routes::audit::entries))
         .route("/v1/audit/checkpoint", get(routes::audit::checkpoint))
         .route("/v1/audit/break-glass", get(routes::audit::break_glass))
+        .route(
+            "/v1/audit/access-changes",
+            get(routes::audit::access_changes),
+        )
         .route(
             "/v1/subscriptions/webhooks",
             post(routes::webhooks::register).get(routes::webhooks::list),

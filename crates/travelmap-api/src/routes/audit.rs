@@ -342,3 +342,237 @@ async fn trail_purpose(
     )
     .await
 }
+
+/// The most events of the log one page of `GET /v1/audit/access-changes` examines.
+pub const MAX_ACCESS_SCAN: usize = 10_000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AccessChangesQuery {
+    /// Examine the log's events with a position greater than this (default 0: from the start).
+    #[serde(default, deserialize_with = "extract::query_position")]
+    #[param(maximum = 9_223_372_036_854_775_807_i64)]
+    pub after: Option<u64>,
+    /// Examine at most this many events of the log (1 to 10000, default 10000); the page lists
+    /// those among them that change an agency's access.
+    #[param(minimum = 1, maximum = 10000)]
+    pub limit: Option<usize>,
+}
+
+/// What a recorded event does to an agency's access to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessEffect {
+    /// An involvement opened or a consent recorded: the agency may read the client from then on.
+    Opens,
+    /// An involvement closed or a consent withdrawn: the agency's access ends.
+    Ends,
+    /// A correction or retraction of one of those: access is decided again from the corrected
+    /// facts (it may open, end or move between agencies).
+    Changes,
+}
+
+/// One event that opened, ended or changed an agency's access to a client.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessChange {
+    /// The event's position in the global feed.
+    pub position: u64,
+    pub event_id: uuid::Uuid,
+    pub client_id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub effect: AccessEffect,
+    /// The agency whose access it concerns: the one the event names, or the recording agency for
+    /// an involvement that names none. For a correction, the agency its replacement data names
+    /// (none when it leaves the agency as it was); for a retraction, none.
+    pub agency: Option<String>,
+    /// The agency that recorded the event (from its credential).
+    pub recorded_by: String,
+    /// The credential that recorded it.
+    pub credential: String,
+    /// Whether the recording agency opened (or changed) access for itself: an agency vouching
+    /// for its own need to know, which nobody else confirmed.
+    pub own_access: bool,
+    /// For a correction or retraction, the event it corrects or retracts.
+    pub target_event_id: Option<uuid::Uuid>,
+    /// For a correction or retraction, the type of that event.
+    pub target_type: Option<String>,
+    pub occurred_at: chrono::DateTime<chrono::FixedOffset>,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A page of access changes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessChanges {
+    pub changes: Vec<AccessChange>,
+    /// The position of the last event examined: pass it as `after` for the next page. Equal to
+    /// `after` once the end of the log is reached.
+    pub next_after: u64,
+    /// How many events of the log this page examined.
+    pub examined: usize,
+}
+
+/// The types whose events open or end an agency's access, with their effect.
+fn direct_effect(event_type: &str) -> Option<AccessEffect> {
+    match event_type {
+        "involvement.opened" | "consent.recorded" => Some(AccessEffect::Opens),
+        "involvement.closed" | "consent.withdrawn" => Some(AccessEffect::Ends),
+        _ => None,
+    }
+}
+
+/// The event's access change, if it makes one. `target_type` is the type of the event a
+/// correction or retraction names, where the client's stream holds it.
+fn access_change(
+    event: &travelmap_domain::RecordedEvent,
+    target_type: impl Fn(travelmap_domain::EventId) -> Option<String>,
+) -> Option<AccessChange> {
+    let kind = event.draft.event.event_type();
+    let recorded_by = &event.provenance.agency;
+    let (effect, target) = match direct_effect(kind) {
+        Some(effect) => (effect, None),
+        None => {
+            let target = match &event.draft.event {
+                travelmap_domain::JourneyEvent::EventCorrected(correction) => correction.event_id,
+                travelmap_domain::JourneyEvent::EventRetracted(retraction) => retraction.event_id,
+                _ => return None,
+            };
+            let target_type = target_type(target)?;
+            direct_effect(&target_type)?;
+            (AccessEffect::Changes, Some((target, target_type)))
+        }
+    };
+    let agency = match (&event.draft.event, effect) {
+        (travelmap_domain::JourneyEvent::EventRetracted(_), _) => None,
+        (_, AccessEffect::Changes) => event.draft.event.named_agency().map(|(agency, _)| agency),
+        // An involvement that names no agency is the recording agency's own.
+        _ => Some(
+            event
+                .draft
+                .event
+                .named_agency()
+                .map_or(recorded_by.as_str(), |(agency, _)| agency),
+        ),
+    };
+    let own_access = effect != AccessEffect::Ends && agency == Some(recorded_by.as_str());
+    Some(AccessChange {
+        position: event.meta.position,
+        event_id: event.draft.id.0,
+        client_id: event.draft.client_id.0,
+        event_type: kind.to_owned(),
+        effect,
+        agency: agency.map(str::to_owned),
+        recorded_by: recorded_by.clone(),
+        credential: event.provenance.credential.clone(),
+        own_access,
+        target_event_id: target.as_ref().map(|(id, _)| id.0),
+        target_type: target.map(|(_, target_type)| target_type),
+        occurred_at: event.draft.occurred_at,
+        recorded_at: event.meta.recorded_at,
+    })
+}
+
+/// Every recorded event that opened, ended or changed an agency's access to a client, in the
+/// log's order, page by page: for the data-protection officer's review of who vouched for whose
+/// need to know.
+#[utoipa::path(
+    get, path = "/v1/audit/access-changes", tag = "audit",
+    params(AccessChangesQuery, ("X-Purpose" = String, Header, description = "Why you read: `audit` (or `subject_access`)")),
+    responses(
+        (status = 200, description = "The access changes among the events examined", body = AccessChanges),
+        (status = 400, description = "Malformed parameter, a position past the end of the log, or no `X-Purpose` of `audit` or `subject_access` (purpose_required)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn access_changes(
+    State(state): State<AppState>,
+    caller: Caller,
+    context: RequestContext,
+    Query(query): Query<AccessChangesQuery>,
+) -> Result<Json<AccessChanges>, ApiError> {
+    const ACTION: &str = "GET /v1/audit/access-changes";
+    let logged = |returned| Logged {
+        operation: Operation::Consultation,
+        client: None,
+        action: ACTION,
+        returned,
+    };
+    audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
+    trail_purpose(&state, &caller, &context, logged(None)).await?;
+    let limit = query.limit.unwrap_or(MAX_ACCESS_SCAN);
+    if !(1..=MAX_ACCESS_SCAN).contains(&limit) {
+        return Err(ApiError::invalid_parameter(
+            "limit",
+            format!("limit must be between 1 and {MAX_ACCESS_SCAN}"),
+        ));
+    }
+    let after = query.after.unwrap_or(0);
+    let mut events = Vec::new();
+    let mut next_after = after;
+    while events.len() < limit {
+        let want = (limit - events.len()).min(travelmap_service::MAX_FEED_PAGE);
+        let page = state.journeys.feed(next_after, want).await?;
+        let Some(last) = page.last() else { break };
+        next_after = last.meta.position;
+        let full = page.len() == want;
+        events.extend(page);
+        if !full {
+            break;
+        }
+    }
+    if events.is_empty() {
+        super::events::within_feed(&state, after, "after").await?;
+    }
+    let examined = events.len();
+
+    // The types of the events corrections and retractions name, from their clients' streams.
+    let mut naming: Vec<ClientId> = events
+        .iter()
+        .filter(|event| {
+            matches!(
+                event.draft.event.event_type(),
+                "event.corrected" | "event.retracted"
+            )
+        })
+        .map(|event| event.draft.client_id)
+        .collect();
+    naming.sort_unstable_by_key(|client| client.0);
+    naming.dedup();
+    let mut types = std::collections::HashMap::new();
+    if !naming.is_empty() {
+        let outlines = state
+            .journeys
+            .log()
+            .outlines(naming)
+            .await
+            .map_err(ApiError::store)?;
+        for outline in outlines.into_values().flatten() {
+            types.insert(outline.id, outline.event_type);
+        }
+    }
+    let changes: Vec<AccessChange> = events
+        .iter()
+        .filter_map(|event| access_change(event, |target| types.get(&target).cloned()))
+        .collect();
+
+    let ids: Vec<String> = changes
+        .iter()
+        .map(|change| change.event_id.to_string())
+        .collect();
+    let returned = travelmap_domain::audit::returned_ids(ids.iter().map(String::as_str));
+    let per_client = audit::by_client(
+        "events",
+        changes
+            .iter()
+            .map(|change| (ClientId(change.client_id), change.event_id.to_string())),
+    );
+    audit::log_spanning(&state, &caller, &context, logged(returned), per_client).await?;
+    Ok(Json(AccessChanges {
+        changes,
+        next_after,
+        examined,
+    }))
+}
