@@ -534,6 +534,20 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 3: data.release_kind"), "{stderr}");
 
+    // So does a fact dated after the event that reports it (checked by the server only when
+    // deciding, after the file was read).
+    let offence = dir.path().join("offence.jsonl");
+    let mut reoffence = sample_event(client, "reoffence.recorded", "2025-06-01T09:00:00Z");
+    reoffence["data"] = json!({"offence_date": "2025-06-02"});
+    std::fs::write(&offence, format!("{}\n{reoffence}\n", events[0])).unwrap();
+    let output = run(&["import", offence.to_str().unwrap()], &data);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nothing was imported") && stderr.contains("line 2: data.offence_date"),
+        "{stderr}"
+    );
+
     // So does a file that repeats an event id.
     let repeated = dir.path().join("repeated.jsonl");
     std::fs::write(&repeated, format!("{}\n{}\n", events[0], events[0])).unwrap();

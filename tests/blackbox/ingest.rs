@@ -1116,3 +1116,72 @@ async fn a_fact_dated_after_the_event_that_reports_it_is_refused() {
     assert_eq!(app.feed().await.len(), 1);
     app.stop().await;
 }
+
+/// A sender retrying an event the store took before dated facts were checked gets its receipt,
+/// not a refusal of content that was accepted once: the check is made only for new events.
+#[tokio::test]
+async fn a_retry_of_an_event_stored_before_dates_were_checked_keeps_its_receipt() {
+    let app = spawn_app().await;
+    let data_dir = app.stop().await;
+    let client = Uuid::new_v4();
+    let body = event(
+        client,
+        "reoffence.recorded",
+        AT,
+        json!({"offence_date": "2026-04-01"}),
+    );
+    // Stored as the probation service's system would have stored it then.
+    let submission = travelmap_api::wire::parse_event(&body).unwrap();
+    let store = travelmap_store::Store::open(&travelmap_store::Location::Embedded(
+        data_dir.path().to_owned(),
+    ))
+    .await
+    .unwrap();
+    let digest = travelmap_domain::content_digest(&submission.draft, "probation-opava");
+    let digest = store
+        .log()
+        .fingerprints(vec![(&submission.draft, digest)])
+        .await
+        .unwrap()[0];
+    let provenance = travelmap_domain::Provenance {
+        agency: "probation-opava".into(),
+        credential: "probation-system".into(),
+    };
+    let receipts = store
+        .log()
+        .append(
+            &provenance,
+            vec![travelmap_store::StreamAppend {
+                client_id: submission.draft.client_id,
+                expected_version: 0,
+                events: vec![travelmap_store::NewEvent {
+                    sealed: None,
+                    draft: submission.draft.clone(),
+                    digest,
+                }],
+            }],
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+
+    let app = spawn_app_in(data_dir).await;
+    let response = app.post_event(PROBATION_WRITER, &body).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let receipt: Value = response.json().await.unwrap();
+    assert_eq!(receipt["position"], receipts[0].position);
+    assert_eq!(receipt["id"], body["id"]);
+    // The same content under a new id is a new event, and refused.
+    let mut fresh = body.clone();
+    fresh["id"] = json!(Uuid::new_v4());
+    let problem = expect_problem(
+        app.post_event(PROBATION_WRITER, &fresh).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.offence_date");
+    assert_eq!(app.feed().await.len(), 1);
+    app.stop().await;
+}

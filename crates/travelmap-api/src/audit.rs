@@ -453,6 +453,11 @@ pub fn denied_submission<'a>(
 ) -> Option<&'a travelmap_service::Submission> {
     use travelmap_service::Error as E;
     match error {
+        // Dated facts are checked when deciding, but against the event's own date alone.
+        E::Refused {
+            source: travelmap_domain::journey::Error::FactAfterEvent(_),
+            ..
+        } => None,
         E::Refused { index, .. }
         | E::VersionConflict { index, .. }
         | E::DuplicateConflict { index, .. }

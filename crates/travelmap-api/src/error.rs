@@ -409,6 +409,10 @@ fn refusal(source: journey::Error) -> ApiError {
             format!("replacement data: {}", invalid.message),
         )
         .with_field(field_path("data.data", &invalid.field)),
+        journey::Error::FactAfterEvent(invalid) => {
+            ApiError::new(Code::ValidationFailed, invalid.message)
+                .with_field(field_path("data", &invalid.field))
+        }
         journey::Error::VersionConflict { actual, .. } => {
             let mut api = ApiError::new(Code::VersionConflict, detail);
             api.current_version = Some(actual);

@@ -319,12 +319,6 @@ pub fn parse_event(value: &Value) -> Result<Submission, ApiError> {
             DecodeError::Invalid(invalid) => ApiError::new(Code::ValidationFailed, invalid.message)
                 .with_field(field_path("data", &invalid.field)),
         })?;
-    event
-        .check_past_dates(request.occurred_at.date_naive())
-        .map_err(|invalid| {
-            ApiError::new(Code::ValidationFailed, invalid.message)
-                .with_field(field_path("data", &invalid.field))
-        })?;
     Ok(Submission {
         draft: EventDraft {
             id: EventId(request.id),

@@ -135,6 +135,12 @@ pub enum Error {
     /// The replacement data of a correction is not valid for the corrected event's type.
     #[error("replacement data: {0}")]
     InvalidReplacement(ValidationError),
+    /// A fact the event reports as past (a birth, an offence) is dated after the event (see
+    /// [`JourneyEvent::check_past_dates`]). Decided here rather than when the request is read,
+    /// so that a retry of an event stored before the rule existed is still answered with its
+    /// receipt: the decision is only made for events not yet recorded.
+    #[error("{0}")]
+    FactAfterEvent(ValidationError),
     #[error(
         "processing of this client's data is restricted; nothing but lifting the restriction can be recorded until it is lifted"
     )]
@@ -287,6 +293,11 @@ impl ClientJourney {
         expected_version: Option<u64>,
         poster: Option<AgencyKind>,
     ) -> Result<(), Error> {
+        // The event's own data first: an invalid event is told so whatever the record's state.
+        draft
+            .event
+            .check_past_dates(draft.occurred_at.date_naive())
+            .map_err(Error::FactAfterEvent)?;
         // An erased record takes one thing more: the lifting of a restriction that outlived the
         // erasure. Kept, the restriction would hold the client's remaining facts out of
         // statistics for good, which erasure itself must not change.

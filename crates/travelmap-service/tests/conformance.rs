@@ -1239,6 +1239,59 @@ async fn master_keys_rotate_without_losing_data(place: &Place) {
     store.close().await;
 }
 
+/// An event stored before a validation rule existed is still answered with its receipt when its
+/// sender retries it, though the rule refuses the same content as a new event.
+async fn a_retry_of_an_event_stored_before_a_rule_keeps_its_receipt(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
+    let a = client();
+    // An offence dated after the event that reports it, stored straight at the log as it was
+    // before such dates were refused.
+    let later = json!({"offence_date": "2026-02-01"});
+    let stored = unversioned(draft(a, "reoffence.recorded", later.clone()));
+    let digest = travelmap_domain::content_digest(&stored.draft, &provenance().agency);
+    let digest = store
+        .log()
+        .fingerprints(vec![(&stored.draft, digest)])
+        .await
+        .unwrap()[0];
+    let receipts = store
+        .log()
+        .append(
+            &provenance(),
+            vec![travelmap_store::StreamAppend {
+                client_id: a,
+                expected_version: 0,
+                events: vec![travelmap_store::NewEvent {
+                    sealed: None,
+                    draft: stored.draft.clone(),
+                    digest,
+                }],
+            }],
+        )
+        .await
+        .unwrap();
+    let retried = journeys.record(&provenance(), &[stored]).await.unwrap();
+    assert!(!retried[0].created);
+    assert_eq!(retried[0].receipt, receipts[0]);
+    let fresh = unversioned(draft(a, "reoffence.recorded", later));
+    let refused = journeys.record(&provenance(), &[fresh]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Refused {
+                source: travelmap_domain::journey::Error::FactAfterEvent(_),
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(store.log().read_stream(a, None).await.unwrap().len(), 1);
+    store.close().await;
+}
+
 macro_rules! conformance {
     ($backend:ident: $($check:ident),* $(,)?) => {
         #[allow(non_snake_case)]
@@ -1261,6 +1314,7 @@ conformance!(Embedded:
     a_retry_is_answered_with_the_original_receipt,
     a_reused_id_with_other_content_is_refused,
     a_stale_expected_version_is_refused,
+    a_retry_of_an_event_stored_before_a_rule_keeps_its_receipt,
     streams_read_in_order_and_as_of,
     concurrent_writers_make_one_gap_free_feed,
     the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views,
@@ -1280,6 +1334,7 @@ conformance!(Postgres:
     a_retry_is_answered_with_the_original_receipt,
     a_reused_id_with_other_content_is_refused,
     a_stale_expected_version_is_refused,
+    a_retry_of_an_event_stored_before_a_rule_keeps_its_receipt,
     streams_read_in_order_and_as_of,
     concurrent_writers_make_one_gap_free_feed,
     the_projection_keeps_its_checkpoint_and_rebuilds_to_the_same_views,

@@ -525,10 +525,24 @@ fn parse_line(line: &str) -> Result<Submission, String> {
     }
     // Parsed as the HTTP API parses bodies: a member named twice is refused there too.
     let value = travelmap_api::extract::parse_json(line.as_bytes())?;
-    wire::parse_event(&value).map_err(|error| match error.field {
+    let submission = wire::parse_event(&value).map_err(|error| match error.field {
         Some(field) => format!("{field}: {}", error.detail),
         None => error.detail,
-    })
+    })?;
+    // The server checks dated facts when deciding, where a retry of a stored event is told
+    // apart; an import is refused whole before anything is recorded, so it checks them here.
+    let draft = &submission.draft;
+    draft
+        .event
+        .check_past_dates(draft.occurred_at.date_naive())
+        .map_err(|invalid| {
+            format!(
+                "{}: {}",
+                travelmap_domain::field_path("data", &invalid.field),
+                invalid.message
+            )
+        })?;
+    Ok(submission)
 }
 
 /// Deletes every projection and folds the whole log again.
