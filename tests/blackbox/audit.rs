@@ -404,23 +404,38 @@ async fn a_batch_refused_for_a_type_names_every_client_in_the_trail() {
     }
 }
 
-/// Reads of a client id nobody recorded answer 404 and are logged all the same, as refused for
-/// a reader scoped by need-to-know: someone probing which ids exist is what a review looks for.
+/// Reads of a client id nobody recorded are logged all the same, as refused for a reader scoped
+/// by need-to-know: someone probing which ids exist is what a review looks for. Such a reader is
+/// answered as for a client out of scope, so that probing does not tell which ids exist.
 #[tokio::test]
 async fn reads_of_an_unknown_client_are_logged() {
     let app = spawn_app().await;
     let unknown = Uuid::new_v4();
-    for path in [
-        format!("/v1/clients/{unknown}/events"),
-        format!("/v1/clients/{unknown}/travel-map"),
-        format!("/v1/clients/{unknown}/travel-map?as_of=2026-01-01T00:00:00Z"),
-    ] {
-        expect_problem(
-            get_with(&app, &path, COORDINATOR, "case_management").await,
-            StatusCode::NOT_FOUND,
-            "not_found",
+    let known = Uuid::new_v4();
+    let registered = app
+        .post_event(
+            PRISON_WRITER,
+            &crate::samples::sample_event(known, "client.registered", "2026-01-05T09:00:00Z"),
         )
         .await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    for path in [
+        "/v1/clients/{id}/events",
+        "/v1/clients/{id}/travel-map",
+        "/v1/clients/{id}/travel-map?as_of=2026-01-01T00:00:00Z",
+    ] {
+        let answer = async |client: Uuid| {
+            let path = path.replace("{id}", &client.to_string());
+            let response = get_with(&app, &path, COORDINATOR, "case_management").await;
+            let status = response.status();
+            let mut problem: Value = response.json().await.unwrap();
+            problem.as_object_mut().unwrap().remove("instance");
+            (status, problem)
+        };
+        let (status, problem) = answer(unknown).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(problem["code"], "forbidden");
+        assert_eq!((status, problem), answer(known).await, "{path}");
     }
     expect_problem(
         get_with(
