@@ -1185,3 +1185,58 @@ async fn a_retry_of_an_event_stored_before_dates_were_checked_keeps_its_receipt(
     assert_eq!(app.feed().await.len(), 1);
     app.stop().await;
 }
+
+/// A correction replaces the data of the event it names, so a birth date in it may not fall after
+/// the day of that event, though it falls before the day the correction was made; checked as
+/// well after a restart, when the client's journey is read back from the store.
+async fn a_correction_is_checked_against_the_day_of_the_event_it_corrects(backend: Backend) {
+    let app = spawn_app_on(&backend).await;
+    let client = Uuid::new_v4();
+    let registered = event(
+        client,
+        "client.registered",
+        AT,
+        json!({"personal": {"given_name": "Jan", "birth_date": "1990-04-12"}}),
+    );
+    let response = app.post_event(PRISON_WRITER, &registered).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let correction = |birth_date: &str| {
+        event(
+            client,
+            "event.corrected",
+            "2026-05-04T09:00:00+02:00",
+            json!({"event_id": registered["id"], "reason": "birth date mistyped",
+                   "data": {"personal": {"given_name": "Jan", "birth_date": birth_date}}}),
+        )
+    };
+    let born_after_registration = correction("2026-04-01");
+    let problem = expect_problem(
+        app.post_event(PRISON_WRITER, &born_after_registration)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["field"], "data.data.personal.birth_date");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("2026-03-01"),
+        "{problem}"
+    );
+
+    let data_dir = app.stop().await;
+    let app = spawn_app_on_in(&backend, data_dir).await;
+    expect_problem(
+        app.post_event(PRISON_WRITER, &correction("2026-03-02"))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    let on_the_day = correction("2026-03-01");
+    let response = app.post_event(PRISON_WRITER, &on_the_day).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(app.feed().await.len(), 2);
+    app.stop().await;
+}
+
+on_both_backends!(a_correction_is_checked_against_the_day_of_the_event_it_corrects);

@@ -15,15 +15,44 @@ use crate::agency::AgencyKind;
 use crate::{EventDraft, EventId, JourneyEvent, ValidationError};
 
 /// What the aggregate remembers about each event of the stream. Journeys are cached for many
-/// clients at once and each remembers every event, so this is kept to 24 bytes (21 of them
-/// data) with no allocation of its own (a borrowed type name with its enum tag made it 48).
+/// clients at once and each remembers every event, so this is kept to 24 bytes with no
+/// allocation of its own (a borrowed type name with its enum tag made it 48).
 #[derive(Debug, Clone, Copy)]
 struct Standing {
     id: EventId,
     /// The event's type: an index into the catalogue, or, past its end, into the journey's
-    /// `unknown_types`.
-    type_index: u32,
-    retracted: bool,
+    /// `unknown_types`; the top bit says whether the event was retracted.
+    kind: u32,
+    /// The day the event occurred, in its own offset (days from the Common Era), against which
+    /// a correction's dated facts are checked; [`UNKNOWN_DAY`] where it was not given.
+    occurred_on: i32,
+}
+
+/// The [`Standing::occurred_on`] of a day, if known.
+fn day_number(day: Option<chrono::NaiveDate>) -> i32 {
+    use chrono::Datelike;
+    day.map_or(UNKNOWN_DAY, |day| day.num_days_from_ce())
+}
+
+/// [`Standing::kind`]'s bit for a retracted event.
+const RETRACTED: u32 = 1 << 31;
+/// [`Standing::occurred_on`] of an event whose day is not known.
+const UNKNOWN_DAY: i32 = i32::MIN;
+
+impl Standing {
+    fn type_index(&self) -> u32 {
+        self.kind & !RETRACTED
+    }
+
+    fn retracted(&self) -> bool {
+        self.kind & RETRACTED != 0
+    }
+
+    fn occurred_on(&self) -> Option<chrono::NaiveDate> {
+        (self.occurred_on != UNKNOWN_DAY)
+            .then(|| chrono::NaiveDate::from_num_days_from_ce_opt(self.occurred_on))
+            .flatten()
+    }
 }
 
 /// One client's journey, as far as recording decisions need it.
@@ -60,6 +89,8 @@ struct StandingRecord {
     id: EventId,
     event_type: String,
     retracted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    occurred_on: Option<chrono::NaiveDate>,
 }
 
 impl From<ClientJourney> for JourneyRecord {
@@ -72,7 +103,8 @@ impl From<ClientJourney> for JourneyRecord {
                 .map(|standing| StandingRecord {
                     id: standing.id,
                     event_type: journey.type_name(standing).to_owned(),
-                    retracted: standing.retracted,
+                    retracted: standing.retracted(),
+                    occurred_on: standing.occurred_on(),
                 })
                 .collect(),
             restricted: journey.restricted,
@@ -94,8 +126,8 @@ impl From<JourneyRecord> for ClientJourney {
             let type_index = journey.type_index(&standing.event_type);
             journey.events.push(Standing {
                 id: standing.id,
-                type_index,
-                retracted: standing.retracted,
+                kind: type_index | if standing.retracted { RETRACTED } else { 0 },
+                occurred_on: day_number(standing.occurred_on),
             });
         }
         journey
@@ -197,7 +229,7 @@ impl ClientJourney {
 
     fn type_name(&self, standing: &Standing) -> &str {
         let known = crate::catalogue::event_types();
-        let index = standing.type_index as usize;
+        let index = standing.type_index() as usize;
         match known.get(index) {
             Some(info) => info.event_type,
             None => &self.unknown_types[index - known.len()],
@@ -225,7 +257,10 @@ impl ClientJourney {
                 known.len() + unknown
             }
         };
-        u32::try_from(index).expect("fewer than 2^32 distinct event types in one stream")
+        u32::try_from(index)
+            .ok()
+            .filter(|index| index & RETRACTED == 0)
+            .expect("fewer than 2^31 distinct event types in one stream")
     }
 
     fn standing(&self, event_id: EventId) -> Option<&Standing> {
@@ -239,7 +274,7 @@ impl ClientJourney {
         let standing = self
             .standing(event_id)
             .ok_or(Error::UnknownTarget(event_id))?;
-        if standing.retracted {
+        if standing.retracted() {
             return Err(Error::TargetRetracted(event_id));
         }
         // Corrections are corrected by correcting the original; data-protection decisions are
@@ -256,10 +291,16 @@ impl ClientJourney {
         Ok(standing)
     }
 
-    /// Folds what deciding needs from one recorded event: its id and type, and for a retraction
-    /// the event it retracts. [`Aggregate::apply`] goes through here, and so does loading a
-    /// journey from outlines of its recorded events, which needs no event data decoded.
-    pub fn remember(&mut self, id: EventId, event_type: &str, retracts: Option<EventId>) {
+    /// Folds what deciding needs from one recorded event: its id, type and day, and for a
+    /// retraction the event it retracts. [`Aggregate::apply`] goes through here, and so does
+    /// loading a journey from outlines of its recorded events, which needs no event data decoded.
+    pub fn remember(
+        &mut self,
+        id: EventId,
+        event_type: &str,
+        retracts: Option<EventId>,
+        occurred_on: Option<chrono::NaiveDate>,
+    ) {
         self.version += 1;
         match event_type {
             "processing.restricted" => self.restricted = true,
@@ -273,7 +314,7 @@ impl ClientJourney {
                 .rev()
                 .find(|standing| standing.id == target)
         }) {
-            target.retracted = true;
+            target.kind |= RETRACTED;
         }
         let type_index = self.type_index(event_type);
         // Grown one at a time rather than doubled: journeys of many clients are cached, and
@@ -281,8 +322,8 @@ impl ClientJourney {
         self.events.reserve_exact(1);
         self.events.push(Standing {
             id,
-            type_index,
-            retracted: false,
+            kind: type_index,
+            occurred_on: day_number(occurred_on),
         });
     }
 
@@ -355,9 +396,15 @@ impl ClientJourney {
                         }
                     },
                 )?;
-                // What a correction states as fact was known when it was made.
+                // The replacement is the corrected event's data, so its dated facts hold against
+                // that event's day; and what a correction states was known when it was made.
+                let made_on = draft.occurred_at.date_naive();
+                let reported_on = self
+                    .standing(correction.event_id)
+                    .and_then(Standing::occurred_on)
+                    .map_or(made_on, |day| day.min(made_on));
                 replaced
-                    .check_past_dates(draft.occurred_at.date_naive())
+                    .check_past_dates(reported_on)
                     .map_err(Error::InvalidReplacement)
             }
             JourneyEvent::EventRetracted(retraction) => rectified(retraction.event_id).map(|_| ()),
@@ -403,7 +450,12 @@ impl Aggregate for ClientJourney {
     }
 
     fn apply(&mut self, draft: Self::Event) {
-        self.remember(draft.id, draft.event.event_type(), draft.event.retracts());
+        self.remember(
+            draft.id,
+            draft.event.event_type(),
+            draft.event.retracts(),
+            Some(draft.occurred_at.date_naive()),
+        );
     }
 }
 
@@ -638,14 +690,59 @@ mod tests {
     }
 
     #[test]
+    fn a_corrections_dated_facts_hold_against_the_day_of_the_event_it_corrects() {
+        let registered = |id: u128, day: &str, birth: &str| {
+            let mut registered = draft(
+                id,
+                "client.registered",
+                json!({"personal": {"given_name": "Jan", "birth_date": birth}}),
+            );
+            registered.occurred_at = format!("{day}T09:00:00+01:00").parse().unwrap();
+            registered
+        };
+        let correct = |id: u128, day: &str, birth: &str| {
+            let mut correction = draft(
+                id,
+                "event.corrected",
+                json!({"event_id": Uuid::from_u128(1), "reason": "mistyped",
+                       "data": {"personal": {"given_name": "Jan", "birth_date": birth}}}),
+            );
+            correction.occurred_at = format!("{day}T09:00:00+01:00").parse().unwrap();
+            correction
+        };
+        let given = || vec![registered(1, "2026-01-05", "1990-04-12")];
+        // Born after the registration it corrects, though before the correction was made.
+        TestFramework::<ClientJourney>::with(())
+            .given(given())
+            .when(record(correct(2, "2026-03-01", "2026-02-01"), None))
+            .then_expect_error(Error::InvalidReplacement(ValidationError::new(
+                "personal.birth_date",
+                "2026-02-01 is after the day the event occurred (2026-01-05)",
+            )));
+        TestFramework::<ClientJourney>::with(())
+            .given(given())
+            .when(record(correct(2, "2026-03-01", "2026-01-05"), None))
+            .then_expect_events(vec![correct(2, "2026-03-01", "2026-01-05")]);
+        // And not after the day the correction was made, were it dated earlier.
+        TestFramework::<ClientJourney>::with(())
+            .given(given())
+            .when(record(correct(2, "2026-01-03", "2026-01-04"), None))
+            .then_expect_error(Error::InvalidReplacement(ValidationError::new(
+                "personal.birth_date",
+                "2026-01-04 is after the day the event occurred (2026-01-03)",
+            )));
+    }
+
+    #[test]
     fn a_journey_remembers_types_the_catalogue_does_not_know_and_serialises_them_by_name() {
         let mut journey = ClientJourney::default();
         let id = |n| EventId(Uuid::from_u128(n));
-        journey.remember(id(1), "client.released", None);
-        journey.remember(id(2), "future.thing", None);
-        journey.remember(id(3), "event.retracted", Some(id(1)));
-        journey.remember(id(4), "future.thing", None);
-        journey.remember(id(5), "future.other", None);
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 3, 1);
+        journey.remember(id(1), "client.released", None, day);
+        journey.remember(id(2), "future.thing", None, None);
+        journey.remember(id(3), "event.retracted", Some(id(1)), day);
+        journey.remember(id(4), "future.thing", None, day);
+        journey.remember(id(5), "future.other", None, day);
         assert_eq!(journey.version(), 5);
         assert_eq!(journey.event_type(id(2)), Some("future.thing"));
         assert_eq!(journey.event_type(id(4)), Some("future.thing"));
@@ -660,6 +757,9 @@ mod tests {
         let json = serde_json::to_value(&journey).unwrap();
         assert_eq!(json["events"][1]["event_type"], "future.thing");
         assert_eq!(json["events"][0]["retracted"], true);
+        assert_eq!(json["events"][0]["occurred_on"], "2026-03-01");
+        assert_eq!(json["events"][1].get("occurred_on"), None);
+        assert_eq!(json["events"][3]["retracted"], false);
         let back: ClientJourney = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), json);
         assert_eq!(back.event_type(id(5)), Some("future.other"));

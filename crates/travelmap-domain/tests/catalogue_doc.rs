@@ -78,8 +78,9 @@ compatible and does not need a new version.
 
 `event.corrected` and `event.retracted` never change the original: they are new events of the
 same client that name an earlier event. Projections read the corrected event with its replacement
-data (validated against the corrected type's schema, and stored as that type reads it: texts
-trimmed, defaults filled in, times to the microsecond) and drop retracted events; the history keeps
+data (validated against the corrected type's schema, its dated facts such as a birth date not
+after the day of the event corrected nor the correction's own, and stored as that type reads it:
+texts trimmed, defaults filled in, times to the microsecond) and drop retracted events; the history keeps
 all of them, with who corrected what and why. A retracted event, or a correction or retraction
 itself, cannot be corrected or retracted again. Any agency may post a rectification, but only of
 an event whose type its own kind may post (*Posted by* of the rectified type): an NGO cannot

@@ -206,7 +206,12 @@ fn journey_from(outlines: &[travelmap_store::Outline]) -> ClientJourney {
         let retracts = (outline.event_type == "event.retracted")
             .then_some(outline.target)
             .flatten();
-        journey.remember(outline.id, &outline.event_type, retracts);
+        journey.remember(
+            outline.id,
+            &outline.event_type,
+            retracts,
+            outline.occurred_on,
+        );
     }
     journey
 }

@@ -291,6 +291,16 @@ pub struct Outline {
     pub event_type: String,
     /// For an `event.retracted`, the event it retracts.
     pub target: Option<EventId>,
+    /// The day the event occurred, in the offset it was sent with (the date `occurred_at`
+    /// begins with): a correction's dated facts are checked against its target's.
+    pub occurred_on: Option<chrono::NaiveDate>,
+}
+
+/// The day an `occurred_at` as stored (RFC 3339, with the sender's offset) falls on there.
+pub(crate) fn day_of(occurred_at: &str) -> Option<chrono::NaiveDate> {
+    occurred_at
+        .get(..10)
+        .and_then(|day| chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").ok())
 }
 
 /// The append-only journey event log.

@@ -133,7 +133,7 @@ impl EventLog for PgEventLog {
     async fn outlines(&self, clients: Vec<ClientId>) -> Result<HashMap<ClientId, Vec<Outline>>> {
         let clients: Vec<Uuid> = clients.into_iter().map(|client| client.0).collect();
         let rows = sqlx::query(
-            "SELECT client_id, event_id, event_type, retracts FROM events
+            "SELECT client_id, event_id, event_type, retracts, left(occurred_at, 10) FROM events
              WHERE client_id = ANY($1) ORDER BY client_id, version",
         )
         .bind(&clients)
@@ -149,6 +149,7 @@ impl EventLog for PgEventLog {
                     id: EventId(row.try_get(1)?),
                     event_type: row.try_get(2)?,
                     target: row.try_get::<Option<Uuid>, _>(3)?.map(EventId),
+                    occurred_on: crate::day_of(row.try_get(4)?),
                 });
         }
         Ok(outlines)

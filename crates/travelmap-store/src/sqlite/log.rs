@@ -180,7 +180,8 @@ impl EventLog for SqliteEventLog {
                     let mut statement = connection.prepare_cached(&format!(
                         "SELECT client_id, event_id, event_type,
                                         CASE WHEN event_type = 'event.retracted'
-                                     THEN json_extract(data, '$.event_id') END
+                                     THEN json_extract(data, '$.event_id') END,
+                                substr(occurred_at, 1, 10)
                          FROM events WHERE client_id IN ({placeholders})
                          ORDER BY client_id, version"
                     ))?;
@@ -197,6 +198,7 @@ impl EventLog for SqliteEventLog {
                                 target: target
                                     .and_then(|text| Uuid::parse_str(&text).ok())
                                     .map(EventId),
+                                occurred_on: row.get_ref(4)?.as_str().ok().and_then(crate::day_of),
                             });
                     }
                 }
