@@ -220,6 +220,8 @@ async fn tokens_from_the_identity_provider_are_checked_and_carry_agency_and_role
     long_subject["sub"] = json!("s".repeat(257));
     let mut listed_issuers = claims("prison-opava", json!(["writer"]));
     listed_issuers["iss"] = json!(["https://idp.elsewhere/", ISSUER]);
+    let mut numeric_issuer = claims("prison-opava", json!(["writer"]));
+    numeric_issuer["iss"] = json!(42);
     let mut text_nbf = claims("prison-opava", json!(["writer"]));
     text_nbf["nbf"] = json!("9999999999");
     // A header naming an extension that must be understood.
@@ -237,6 +239,10 @@ async fn tokens_from_the_identity_provider_are_checked_and_carry_agency_and_role
         (token(&key, "k1", long_subject), "`sub` is blank"),
         (token(&key, "k1", listed_issuers), "`iss` must be a string"),
         (token(&key, "k1", text_nbf), "`nbf` must be a number"),
+        (
+            token(&key, "k1", numeric_issuer),
+            "`iss` claim, or it is not of the type",
+        ),
         (critical, "critical extensions"),
         (token(&key, "k1", expired), "Expired"),
         (token(&key, "k1", not_yet_valid), "ImmatureSignature"),

@@ -163,7 +163,15 @@ impl JwtVerifier {
         validation.validate_nbf = true;
         validation.leeway = CLOCK_SKEW_SECONDS;
         let claims = jsonwebtoken::decode::<Value>(token, key, &validation)
-            .map_err(|error| JwtError::Invalid(error.to_string()))?
+            .map_err(|error| match error.kind() {
+                // The library reads a registered claim of the wrong type as missing.
+                jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim) => {
+                    JwtError::Invalid(format!(
+                        "the token lacks the `{claim}` claim, or it is not of the type the                          claim takes (`iss` and `sub` are strings, `exp` is a number)"
+                    ))
+                }
+                _ => JwtError::Invalid(error.to_string()),
+            })?
             .claims;
         drop(keys);
         // The library compares `iss` with the configured issuer also when the token gives a
