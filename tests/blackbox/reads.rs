@@ -1098,6 +1098,21 @@ async fn ambiguous_or_unreadable_requests_are_refused_not_guessed_at() {
     )
     .await;
     assert!(app.feed().await.is_empty(), "nothing was stored");
+    // So is a body in a transfer coding other than chunked, whose chunks would otherwise be read
+    // as the body itself.
+    let body = registered.to_string();
+    let request = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {PRISON_WRITER}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\
+         Connection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let answer = raw_exchange(&app.address, &request).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 415") && answer.contains("`Transfer-Encoding: gzip`"),
+        "{answer}"
+    );
+    assert!(app.feed().await.is_empty(), "nothing was stored");
     // A live feed filter of the other stream is refused, not ignored.
     for (query, field) in [
         ("stream=alerts&types=job.*", "types"),
@@ -1241,4 +1256,21 @@ async fn ambiguous_or_unreadable_requests_are_refused_not_guessed_at() {
         )
         .await;
     assert_eq!(fine.status(), StatusCode::OK);
+}
+
+/// Sends `request` as it stands over a new connection to the app and returns all it answers.
+async fn raw_exchange(address: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the answer, and the connection closed")
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
 }

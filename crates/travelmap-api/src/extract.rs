@@ -80,6 +80,26 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 format!("bodies are read as sent: `Content-Encoding: {coding}` is not supported"),
             ));
         }
+        // The same holds for transfer codings: the server takes `chunked` (it refuses a message
+        // that does not end with it before any handler runs), and would otherwise read, say,
+        // `gzip, chunked` as if the chunks held the body as it stands.
+        let transfer_codings = request
+            .headers()
+            .get_all(axum::http::header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+            .map(str::trim)
+            .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
+            .collect::<Vec<_>>();
+        if let Some(coding) = transfer_codings.first() {
+            return Err(ApiError::new(
+                Code::UnsupportedMediaType,
+                format!(
+                    "bodies are read as sent: `Transfer-Encoding: {coding}` is not supported \
+                     (send the body with `Content-Length`, or chunked alone)"
+                ),
+            ));
+        }
         // Refused on its declared length before the body is read: a client that sent
         // `Expect: 100-continue` is then told at once, rather than invited to send a body that
         // would be refused.
