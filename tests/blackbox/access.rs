@@ -649,8 +649,8 @@ async fn access_changes_show_who_vouched_for_whose_access(backend: Backend) {
         ),
     )
     .await;
-    // Not about access: left out.
-    record(
+    // Not about access: left out, and so is its retraction.
+    let contact = record(
         PRISON_WRITER,
         event(
             client,
@@ -660,7 +660,18 @@ async fn access_changes_show_who_vouched_for_whose_access(backend: Backend) {
         ),
     )
     .await;
-    // Probation ends the municipality's involvement; the municipality takes back its opening.
+    record(
+        PRISON_WRITER,
+        event(
+            client,
+            "event.retracted",
+            &at(5),
+            json!({"event_id": contact, "reason": "recorded twice"}),
+        ),
+    )
+    .await;
+    // Probation ends the municipality's involvement; the municipality takes the closing back,
+    // which gives it its access again: vouched for by itself alone.
     let ended = record(
         PROBATION_WRITER,
         event(
@@ -677,108 +688,123 @@ async fn access_changes_show_who_vouched_for_whose_access(backend: Backend) {
             client,
             "event.retracted",
             &at(7),
-            json!({"event_id": own, "reason": "recorded for the wrong client"}),
+            json!({"event_id": ended, "reason": "closed by mistake"}),
         ),
     )
     .await;
+    // The NGO refers another client to probation, then corrects the referral leaving the agency
+    // out, which makes the involvement its own.
     let elsewhere = record(
         NGO_WRITER,
         event(
             other,
             "involvement.opened",
             &at(8),
-            json!({"agency": "ngo-opava", "role": "mentor"}),
+            json!({"agency": "probation-opava", "role": "mentor"}),
         ),
     )
     .await;
-    // The NGO corrects its own opening: access is decided again, still by the NGO for itself.
     let correction = record(
         NGO_WRITER,
         event(
             other,
             "event.corrected",
             &at(9),
-            json!({"event_id": elsewhere, "reason": "wrong role",
-                   "data": {"agency": "ngo-opava", "role": "case_manager"}}),
+            json!({"event_id": elsewhere, "reason": "wrong agency",
+                   "data": {"role": "mentor"}}),
         ),
     )
     .await;
+    // The map agrees: probation lost the client, the municipality has it again.
+    let position = app.feed().await.last().unwrap()["position"]
+        .as_u64()
+        .unwrap();
+    app.travel_map(other, position).await;
+    assert_eq!(
+        read(&app, client, COORDINATOR, "case_management").await,
+        StatusCode::OK
+    );
 
     let page = app.get_ok("/v1/audit/access-changes", DPO).await;
     let changes = page["changes"].as_array().unwrap();
-    let summary: Vec<(&str, &str, &str, Value, &str, bool)> = changes
+    let summary: Vec<Value> = changes
         .iter()
         .map(|change| {
-            (
-                change["event_id"].as_str().unwrap(),
-                change["type"].as_str().unwrap(),
-                change["effect"].as_str().unwrap(),
-                change["agency"].clone(),
-                change["recorded_by"].as_str().unwrap(),
-                change["own_access"].as_bool().unwrap(),
-            )
+            json!([
+                change["event_id"],
+                change["type"],
+                change["effect"],
+                change["opens_for"],
+                change["ends_for"],
+                change["recorded_by"],
+                change["own_access"],
+            ])
         })
         .collect();
-    assert_eq!(
-        summary,
-        [
-            (
-                own.as_str(),
-                "involvement.opened",
-                "opens",
-                json!("municipality-opava"),
-                "municipality-opava",
-                true
-            ),
-            (
-                consent.as_str(),
-                "consent.recorded",
-                "opens",
-                json!("ngo-opava"),
-                "prison-opava",
-                false
-            ),
-            (
-                ended.as_str(),
-                "involvement.closed",
-                "ends",
-                json!("municipality-opava"),
-                "probation-opava",
-                false
-            ),
-            (
-                retraction.as_str(),
-                "event.retracted",
-                "changes",
-                Value::Null,
-                "municipality-opava",
-                false
-            ),
-            (
-                elsewhere.as_str(),
-                "involvement.opened",
-                "opens",
-                json!("ngo-opava"),
-                "ngo-opava",
-                true
-            ),
-            (
-                correction.as_str(),
-                "event.corrected",
-                "changes",
-                json!("ngo-opava"),
-                "ngo-opava",
-                true
-            ),
-        ]
-    );
+    let expected = [
+        json!([
+            own,
+            "involvement.opened",
+            "opens",
+            "municipality-opava",
+            null,
+            "municipality-opava",
+            true
+        ]),
+        json!([
+            consent,
+            "consent.recorded",
+            "opens",
+            "ngo-opava",
+            null,
+            "prison-opava",
+            false
+        ]),
+        json!([
+            ended,
+            "involvement.closed",
+            "ends",
+            null,
+            "municipality-opava",
+            "probation-opava",
+            false
+        ]),
+        json!([
+            retraction,
+            "event.retracted",
+            "changes",
+            "municipality-opava",
+            null,
+            "municipality-opava",
+            true
+        ]),
+        json!([
+            elsewhere,
+            "involvement.opened",
+            "opens",
+            "probation-opava",
+            null,
+            "ngo-opava",
+            false
+        ]),
+        json!([
+            correction,
+            "event.corrected",
+            "changes",
+            "ngo-opava",
+            "probation-opava",
+            "ngo-opava",
+            true
+        ]),
+    ];
+    assert_eq!(summary, expected);
+    assert_eq!(changes[3]["target_event_id"], ended.as_str());
+    assert_eq!(changes[3]["target_type"], "involvement.closed");
     assert_eq!(changes[5]["target_event_id"], elsewhere.as_str());
     assert_eq!(changes[5]["target_type"], "involvement.opened");
-    assert_eq!(changes[3]["target_event_id"], own.as_str());
-    assert_eq!(changes[3]["target_type"], "involvement.opened");
     assert_eq!(changes[0]["target_event_id"], Value::Null);
     assert_eq!(changes[1]["credential"], "opava-prison-system");
-    assert_eq!(page["examined"], 8);
+    assert_eq!(page["examined"], 9);
     let last = page["next_after"].as_u64().unwrap();
     assert_eq!(changes[5]["position"].as_u64().unwrap(), last);
 
@@ -810,6 +836,29 @@ async fn access_changes_show_who_vouched_for_whose_access(backend: Backend) {
         .map(|change| change["event_id"].clone())
         .collect();
     assert_eq!(paged, listed);
+    // A page larger than the feed's pages reads on through them.
+    let contacts: Vec<Value> = (0..1_000)
+        .map(|_| {
+            event(
+                Uuid::new_v4(),
+                "contact.made",
+                &at(10),
+                json!({"kind": "phone", "attended": true}),
+            )
+        })
+        .collect();
+    let response = app
+        .post(
+            "/v1/events/batch",
+            PRISON_WRITER,
+            &json!({"events": contacts}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let page = app.get_ok("/v1/audit/access-changes?limit=1005", DPO).await;
+    assert_eq!(page["examined"], 1005);
+    assert_eq!(page["changes"].as_array().unwrap().len(), 6);
+    assert_eq!(page["next_after"].as_u64().unwrap(), last + 996);
 
     // Reviewers only, for an audit; a cursor past the end is refused.
     expect_problem(
@@ -828,7 +877,7 @@ async fn access_changes_show_who_vouched_for_whose_access(backend: Backend) {
     .await;
     let past = expect_problem(
         app.get_for(
-            &format!("/v1/audit/access-changes?after={}", last + 100),
+            &format!("/v1/audit/access-changes?after={}", last + 10_000),
             DPO,
             "audit",
         )
@@ -860,6 +909,7 @@ async fn access_changes_show_who_vouched_for_whose_access(backend: Backend) {
         assert!(returned.contains(id.as_str()), "{returned}");
     }
     assert!(!returned.contains(elsewhere.as_str()));
+    assert!(!returned.contains(contact.as_str()));
     app.stop().await;
 }
 

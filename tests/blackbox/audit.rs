@@ -492,6 +492,42 @@ async fn reads_of_an_unknown_client_are_logged() {
         .map(|entry| entry["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["denied", "denied", "denied", "allowed"]);
+
+    // An emergency read of an id nobody recorded finds nothing and grants nothing: once the
+    // person is recorded, reading them needs a reason of its own.
+    let later = Uuid::new_v4();
+    let emergency = |why: Option<&'static str>| {
+        let mut request = app
+            .http
+            .get(app.url(&format!("/v1/clients/{later}/events")))
+            .bearer_auth(COORDINATOR)
+            .header("x-purpose", "emergency");
+        if let Some(why) = why {
+            request = request.header("x-justification", why);
+        }
+        request.send()
+    };
+    let looked = emergency(Some("found unconscious, no id")).await.unwrap();
+    expect_problem(looked, StatusCode::NOT_FOUND, "not_found").await;
+    let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
+    assert_eq!(grants["grants"].as_array().unwrap().len(), 0, "{grants}");
+    let registered = app
+        .post_event(
+            PRISON_WRITER,
+            &crate::samples::sample_event(later, "client.registered", "2026-01-05T09:00:00Z"),
+        )
+        .await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    expect_problem(
+        emergency(None).await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let trail = app.trail_of(later).await;
+    assert_eq!(trail[0]["outcome"], "denied");
+    assert_eq!(trail[0]["purpose"], "emergency");
+    assert_eq!(trail[0]["justification"], "found unconscious, no id");
 }
 
 #[tokio::test]

@@ -823,9 +823,16 @@ pub async fn need_to_know_given(
     }
     // A client id never recorded is refused like any client out of scope: that an id is known
     // here says its person has been in prison, which an agency without need-to-know must not
-    // learn by trying ids. Break-glass, logged and reviewed, still looks, and finds nothing.
-    let never_recorded = Access::default();
-    let access = access.unwrap_or(&never_recorded);
+    // learn by trying ids. An emergency read with its reason still looks (the handler answers
+    // 404 and logs the read, with the reason, as denied), but grants nothing: a grant taken
+    // for an id before anyone recorded it would open the person's record once someone did,
+    // without a reason given for them.
+    let Some(access) = access else {
+        if purpose == Purpose::Emergency && context.justification.is_some() {
+            return Ok(purpose);
+        }
+        return refuse_out_of_scope(state, caller, context, purpose, logged).await;
+    };
     if access.allows(&caller.0.agency, purpose) {
         if restricted {
             return refuse_restricted().await;
@@ -853,6 +860,17 @@ pub async fn need_to_know_given(
             return Ok(purpose);
         }
     }
+    refuse_out_of_scope(state, caller, context, purpose, logged).await
+}
+
+/// Logs a read of a client outside the caller's scope as denied, and says why.
+async fn refuse_out_of_scope(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    purpose: Purpose,
+    logged: Logged<'_>,
+) -> Result<Purpose, ApiError> {
     log(state, caller, context, Outcome::Denied, logged).await?;
     let hint = if purpose == Purpose::Emergency {
         "break-glass access needs a written reason in X-Justification (an earlier grant has expired or there is none)"

@@ -18,6 +18,7 @@
 //! Depends on the domain and the storage traits; knows nothing of HTTP.
 
 pub mod access;
+pub mod access_changes;
 pub mod coordination;
 pub mod health;
 pub mod projector;

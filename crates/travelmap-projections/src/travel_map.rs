@@ -95,7 +95,10 @@ pub struct TakenBack {
 
 /// The access a fact gives an agency: an involvement (for every purpose) opened for it (the
 /// recording agency, unless it names another), or a consent for some purposes.
-fn granted_by(event: &JourneyEvent, recorder: &str) -> Option<(String, Option<Vec<Purpose>>)> {
+pub(crate) fn granted_by(
+    event: &JourneyEvent,
+    recorder: &str,
+) -> Option<(String, Option<Vec<Purpose>>)> {
     match event {
         JourneyEvent::InvolvementOpened(opened) => Some((
             opened

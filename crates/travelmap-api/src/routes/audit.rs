@@ -360,7 +360,7 @@ pub struct AccessChangesQuery {
     pub limit: Option<usize>,
 }
 
-/// What a recorded event does to an agency's access to the client.
+/// What a recorded event does to agencies' access to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessEffect {
@@ -368,12 +368,12 @@ pub enum AccessEffect {
     Opens,
     /// An involvement closed or a consent withdrawn: the agency's access ends.
     Ends,
-    /// A correction or retraction of one of those: access is decided again from the corrected
-    /// facts (it may open, end or move between agencies).
+    /// A correction or retraction of one of those, which gave access (back) to one agency, took
+    /// it from another, or both.
     Changes,
 }
 
-/// One event that opened, ended or changed an agency's access to a client.
+/// One event that opened, ended or moved an agency's access to a client.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccessChange {
     /// The event's position in the global feed.
@@ -381,25 +381,52 @@ pub struct AccessChange {
     pub event_id: uuid::Uuid,
     pub client_id: uuid::Uuid,
     #[serde(rename = "type")]
-    pub event_type: String,
+    pub event_type: &'static str,
     pub effect: AccessEffect,
-    /// The agency whose access it concerns: the one the event names, or the recording agency for
-    /// an involvement that names none. For a correction, the agency its replacement data names
-    /// (none when it leaves the agency as it was); for a retraction, none.
-    pub agency: Option<String>,
+    /// The agency the event gave access to, or gave it back to (a retraction of a closing).
+    pub opens_for: Option<String>,
+    /// The agency whose access the event ended or took back.
+    pub ends_for: Option<String>,
     /// The agency that recorded the event (from its credential).
     pub recorded_by: String,
     /// The credential that recorded it.
     pub credential: String,
-    /// Whether the recording agency opened (or changed) access for itself: an agency vouching
-    /// for its own need to know, which nobody else confirmed.
+    /// The recording agency gave access to itself: it vouched for its own need to know, which
+    /// nobody else confirmed.
     pub own_access: bool,
     /// For a correction or retraction, the event it corrects or retracts.
     pub target_event_id: Option<uuid::Uuid>,
     /// For a correction or retraction, the type of that event.
-    pub target_type: Option<String>,
+    pub target_type: Option<&'static str>,
     pub occurred_at: chrono::DateTime<chrono::FixedOffset>,
     pub recorded_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl AccessChange {
+    fn new(
+        event: &travelmap_domain::RecordedEvent,
+        effect: AccessEffect,
+        shift: travelmap_projections::access_changes::AccessShift,
+        target: Option<(travelmap_domain::EventId, &'static str)>,
+    ) -> Self {
+        let recorded_by = event.provenance.agency.clone();
+        Self {
+            position: event.meta.position,
+            event_id: event.draft.id.0,
+            client_id: event.draft.client_id.0,
+            event_type: event.draft.event.event_type(),
+            effect,
+            own_access: shift.opens_for.as_ref() == Some(&recorded_by),
+            opens_for: shift.opens_for,
+            ends_for: shift.ends_for,
+            recorded_by,
+            credential: event.provenance.credential.clone(),
+            target_event_id: target.map(|(id, _)| id.0),
+            target_type: target.map(|(_, event_type)| event_type),
+            occurred_at: event.draft.occurred_at,
+            recorded_at: event.meta.recorded_at,
+        }
+    }
 }
 
 /// A page of access changes.
@@ -413,69 +440,9 @@ pub struct AccessChanges {
     pub examined: usize,
 }
 
-/// The types whose events open or end an agency's access, with their effect.
-fn direct_effect(event_type: &str) -> Option<AccessEffect> {
-    match event_type {
-        "involvement.opened" | "consent.recorded" => Some(AccessEffect::Opens),
-        "involvement.closed" | "consent.withdrawn" => Some(AccessEffect::Ends),
-        _ => None,
-    }
-}
-
-/// The event's access change, if it makes one. `target_type` is the type of the event a
-/// correction or retraction names, where the client's stream holds it.
-fn access_change(
-    event: &travelmap_domain::RecordedEvent,
-    target_type: impl Fn(travelmap_domain::EventId) -> Option<String>,
-) -> Option<AccessChange> {
-    let kind = event.draft.event.event_type();
-    let recorded_by = &event.provenance.agency;
-    let (effect, target) = match direct_effect(kind) {
-        Some(effect) => (effect, None),
-        None => {
-            let target = match &event.draft.event {
-                travelmap_domain::JourneyEvent::EventCorrected(correction) => correction.event_id,
-                travelmap_domain::JourneyEvent::EventRetracted(retraction) => retraction.event_id,
-                _ => return None,
-            };
-            let target_type = target_type(target)?;
-            direct_effect(&target_type)?;
-            (AccessEffect::Changes, Some((target, target_type)))
-        }
-    };
-    let agency = match (&event.draft.event, effect) {
-        (travelmap_domain::JourneyEvent::EventRetracted(_), _) => None,
-        (_, AccessEffect::Changes) => event.draft.event.named_agency().map(|(agency, _)| agency),
-        // An involvement that names no agency is the recording agency's own.
-        _ => Some(
-            event
-                .draft
-                .event
-                .named_agency()
-                .map_or(recorded_by.as_str(), |(agency, _)| agency),
-        ),
-    };
-    let own_access = effect != AccessEffect::Ends && agency == Some(recorded_by.as_str());
-    Some(AccessChange {
-        position: event.meta.position,
-        event_id: event.draft.id.0,
-        client_id: event.draft.client_id.0,
-        event_type: kind.to_owned(),
-        effect,
-        agency: agency.map(str::to_owned),
-        recorded_by: recorded_by.clone(),
-        credential: event.provenance.credential.clone(),
-        own_access,
-        target_event_id: target.as_ref().map(|(id, _)| id.0),
-        target_type: target.map(|(_, target_type)| target_type),
-        occurred_at: event.draft.occurred_at,
-        recorded_at: event.meta.recorded_at,
-    })
-}
-
-/// Every recorded event that opened, ended or changed an agency's access to a client, in the
-/// log's order, page by page: for the data-protection officer's review of who vouched for whose
-/// need to know.
+/// Every recorded event that opened, ended or moved an agency's access to a client, in the log's
+/// order, page by page: for the data-protection officer's review of who vouched for whose need
+/// to know.
 #[utoipa::path(
     get, path = "/v1/audit/access-changes", tag = "audit",
     params(AccessChangesQuery, ("X-Purpose" = String, Header, description = "Why you read: `audit` (or `subject_access`)")),
@@ -493,6 +460,8 @@ pub async fn access_changes(
     context: RequestContext,
     Query(query): Query<AccessChangesQuery>,
 ) -> Result<Json<AccessChanges>, ApiError> {
+    use travelmap_domain::JourneyEvent;
+    use travelmap_projections::access_changes::{direct_shift, rectifications};
     const ACTION: &str = "GET /v1/audit/access-changes";
     let logged = |returned| Logged {
         operation: Operation::Consultation,
@@ -510,53 +479,65 @@ pub async fn access_changes(
         ));
     }
     let after = query.after.unwrap_or(0);
-    let mut events = Vec::new();
+
+    // Page by page, keeping only what may be a change: involvements and consents are told from
+    // the event alone; a correction or retraction is told from its client's stream, read once
+    // the pages are in.
+    let mut changes: Vec<Option<AccessChange>> = Vec::new();
+    let mut rectifying: Vec<(usize, travelmap_domain::RecordedEvent)> = Vec::new();
+    let mut examined = 0;
     let mut next_after = after;
-    while events.len() < limit {
-        let want = (limit - events.len()).min(travelmap_service::MAX_FEED_PAGE);
+    while examined < limit {
+        let want = (limit - examined).min(travelmap_service::MAX_FEED_PAGE);
         let page = state.journeys.feed(next_after, want).await?;
         let Some(last) = page.last() else { break };
         next_after = last.meta.position;
+        examined += page.len();
         let full = page.len() == want;
-        events.extend(page);
+        for event in page {
+            if matches!(
+                event.draft.event,
+                JourneyEvent::EventCorrected(_) | JourneyEvent::EventRetracted(_)
+            ) {
+                rectifying.push((changes.len(), event));
+                changes.push(None);
+            } else if let Some(shift) = direct_shift(&event.draft.event, &event.provenance.agency) {
+                let effect = if shift.opens_for.is_some() {
+                    AccessEffect::Opens
+                } else {
+                    AccessEffect::Ends
+                };
+                changes.push(Some(AccessChange::new(&event, effect, shift, None)));
+            }
+        }
         if !full {
             break;
         }
     }
-    if events.is_empty() {
+    if examined == 0 {
         super::events::within_feed(&state, after, "after").await?;
     }
-    let examined = events.len();
-
-    // The types of the events corrections and retractions name, from their clients' streams.
-    let mut naming: Vec<ClientId> = events
+    let mut clients: Vec<ClientId> = rectifying
         .iter()
-        .filter(|event| {
-            matches!(
-                event.draft.event.event_type(),
-                "event.corrected" | "event.retracted"
-            )
-        })
-        .map(|event| event.draft.client_id)
+        .map(|(_, event)| event.draft.client_id)
         .collect();
-    naming.sort_unstable_by_key(|client| client.0);
-    naming.dedup();
-    let mut types = std::collections::HashMap::new();
-    if !naming.is_empty() {
-        let outlines = state
-            .journeys
-            .log()
-            .outlines(naming)
-            .await
-            .map_err(ApiError::store)?;
-        for outline in outlines.into_values().flatten() {
-            types.insert(outline.id, outline.event_type);
+    clients.sort_unstable_by_key(|client| client.0);
+    clients.dedup();
+    let mut found = std::collections::HashMap::new();
+    for client in clients {
+        found.extend(rectifications(&state.journeys.history(client, None).await?));
+    }
+    for (slot, event) in rectifying {
+        if let Some(rectified) = found.remove(&event.draft.id) {
+            changes[slot] = Some(AccessChange::new(
+                &event,
+                AccessEffect::Changes,
+                rectified.shift,
+                Some((rectified.target, rectified.target_type)),
+            ));
         }
     }
-    let changes: Vec<AccessChange> = events
-        .iter()
-        .filter_map(|event| access_change(event, |target| types.get(&target).cloned()))
-        .collect();
+    let changes: Vec<AccessChange> = changes.into_iter().flatten().collect();
 
     let ids: Vec<String> = changes
         .iter()
