@@ -548,6 +548,22 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
         "{stderr}"
     );
 
+    // And a correction of an event earlier in the file that dates a birth after that event,
+    // though before the correction.
+    let corrected = dir.path().join("corrected.jsonl");
+    let mut correction = sample_event(client, "event.corrected", "2025-06-01T09:00:00Z");
+    correction["data"] = json!({"event_id": events[0]["id"], "reason": "mistyped",
+                                "data": {"personal": {"given_name": "Jan", "birth_date": "2025-03-01"}}});
+    std::fs::write(&corrected, format!("{}\n{correction}\n", events[0])).unwrap();
+    let output = run(&["import", corrected.to_str().unwrap()], &data);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nothing was imported")
+            && stderr.contains("line 2: data.data.personal.birth_date: replacement data:"),
+        "{stderr}"
+    );
+
     // So does a file that repeats an event id.
     let repeated = dir.path().join("repeated.jsonl");
     std::fs::write(&repeated, format!("{}\n{}\n", events[0], events[0])).unwrap();

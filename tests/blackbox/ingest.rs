@@ -1192,10 +1192,12 @@ async fn a_retry_of_an_event_stored_before_dates_were_checked_keeps_its_receipt(
 async fn a_correction_is_checked_against_the_day_of_the_event_it_corrects(backend: Backend) {
     let app = spawn_app_on(&backend).await;
     let client = Uuid::new_v4();
+    // Just after midnight where it was sent: the day is the 1st there, the 28th of February in
+    // UTC.
     let registered = event(
         client,
         "client.registered",
-        AT,
+        "2026-03-01T00:30:00+02:00",
         json!({"personal": {"given_name": "Jan", "birth_date": "1990-04-12"}}),
     );
     let response = app.post_event(PRISON_WRITER, &registered).await;

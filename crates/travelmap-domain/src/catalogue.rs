@@ -247,6 +247,16 @@ impl JourneyEvent {
     /// and so is a fact from the future inside one. Planned dates (a release, a review) and
     /// dates of a stay that is still to begin are not checked. Fields are named within `data`.
     pub fn check_past_dates(&self, occurred_on: NaiveDate) -> Result<(), ValidationError> {
+        self.check_past_dates_against(occurred_on, "the day the event occurred")
+    }
+
+    /// [`Self::check_past_dates`] against `day`, named in a refusal as `what`.
+    pub fn check_past_dates_against(
+        &self,
+        day: NaiveDate,
+        what: &str,
+    ) -> Result<(), ValidationError> {
+        let occurred_on = day;
         let (field, date) = match self {
             Self::ClientRegistered(registered) => {
                 ("personal.birth_date", registered.personal.birth_date)
@@ -257,7 +267,7 @@ impl JourneyEvent {
         match date {
             Some(date) if date > occurred_on => Err(ValidationError::new(
                 field,
-                format!("{date} is after the day the event occurred ({occurred_on})"),
+                format!("{date} is after {what} ({occurred_on})"),
             )),
             _ => Ok(()),
         }

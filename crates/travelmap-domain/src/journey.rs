@@ -28,6 +28,35 @@ struct Standing {
     occurred_on: i32,
 }
 
+/// Checks a correction's replacement data as the type of the event it corrects reads it: valid
+/// under that type's schema, and its dated facts (see [`JourneyEvent::check_past_dates`]) after
+/// neither the corrected event's day (the replacement is that event's data) nor the
+/// correction's own (what it states was known when it was made). `target_day` is the corrected
+/// event's day, where known. Fields are named within the replacement.
+pub fn check_replacement(
+    target_type: &str,
+    target_day: Option<chrono::NaiveDate>,
+    correction: &EventDraft,
+) -> Result<(), ValidationError> {
+    let JourneyEvent::EventCorrected(corrected) = &correction.event else {
+        return Ok(());
+    };
+    let replacement = serde_json::Value::Object(corrected.data.clone());
+    let current = crate::catalogue::event_type(target_type).map_or(1, |info| info.schema_version);
+    let replaced =
+        JourneyEvent::decode(target_type, current, &replacement).map_err(|error| match error {
+            crate::DecodeError::Invalid(invalid) => invalid,
+            other => ValidationError::new("", other.to_string()),
+        })?;
+    let made_on = correction.occurred_at.date_naive();
+    match target_day {
+        Some(day) if day <= made_on => {
+            replaced.check_past_dates_against(day, "the day the corrected event occurred")
+        }
+        _ => replaced.check_past_dates_against(made_on, "the day the correction was made"),
+    }
+}
+
 /// The [`Standing::occurred_on`] of a day, if known.
 fn day_number(day: Option<chrono::NaiveDate>) -> i32 {
     use chrono::Datelike;
@@ -385,27 +414,10 @@ impl ClientJourney {
         match &draft.event {
             JourneyEvent::EventCorrected(correction) => {
                 let target = rectified(correction.event_id)?;
-                let replacement = serde_json::Value::Object(correction.data.clone());
-                let current =
-                    crate::catalogue::event_type(target).map_or(1, |info| info.schema_version);
-                let replaced = JourneyEvent::decode(target, current, &replacement).map_err(
-                    |error| match error {
-                        crate::DecodeError::Invalid(invalid) => Error::InvalidReplacement(invalid),
-                        other => {
-                            Error::InvalidReplacement(ValidationError::new("", other.to_string()))
-                        }
-                    },
-                )?;
-                // The replacement is the corrected event's data, so its dated facts hold against
-                // that event's day; and what a correction states was known when it was made.
-                let made_on = draft.occurred_at.date_naive();
-                let reported_on = self
+                let target_day = self
                     .standing(correction.event_id)
-                    .and_then(Standing::occurred_on)
-                    .map_or(made_on, |day| day.min(made_on));
-                replaced
-                    .check_past_dates(reported_on)
-                    .map_err(Error::InvalidReplacement)
+                    .and_then(Standing::occurred_on);
+                check_replacement(target, target_day, draft).map_err(Error::InvalidReplacement)
             }
             JourneyEvent::EventRetracted(retraction) => rectified(retraction.event_id).map(|_| ()),
             _ => Ok(()),
@@ -717,7 +729,7 @@ mod tests {
             .when(record(correct(2, "2026-03-01", "2026-02-01"), None))
             .then_expect_error(Error::InvalidReplacement(ValidationError::new(
                 "personal.birth_date",
-                "2026-02-01 is after the day the event occurred (2026-01-05)",
+                "2026-02-01 is after the day the corrected event occurred (2026-01-05)",
             )));
         TestFramework::<ClientJourney>::with(())
             .given(given())
@@ -729,7 +741,7 @@ mod tests {
             .when(record(correct(2, "2026-01-03", "2026-01-04"), None))
             .then_expect_error(Error::InvalidReplacement(ValidationError::new(
                 "personal.birth_date",
-                "2026-01-04 is after the day the event occurred (2026-01-03)",
+                "2026-01-04 is after the day the correction was made (2026-01-03)",
             )));
     }
 

@@ -459,6 +459,25 @@ impl Journeys {
                 .try_record(provenance, kind, submissions, &digests, retry, alongside)
                 .await
             {
+                // A dated fact refused on its own: a retry of a stored event is the one thing
+                // that makes it acceptable, so only that id is looked up, rather than retrying
+                // the whole submission against the store (and dropping its cached journeys).
+                Err(
+                    refused @ Error::Refused {
+                        index,
+                        source: journey::Error::FactAfterEvent(_),
+                    },
+                ) if !retry => {
+                    if self
+                        .log
+                        .lookup(vec![submissions[index].draft.id])
+                        .await?
+                        .is_empty()
+                    {
+                        return Err(refused);
+                    }
+                    retry = true;
+                }
                 Err(Error::Refused { .. } | Error::VersionConflict { .. }) if !retry => {
                     retry = true;
                 }

@@ -54,6 +54,9 @@ pub async fn import(
     let mut denied: Vec<ClientId> = Vec::new();
     let mut total = 0u64;
     let mut first_line_of: HashMap<EventId, usize> = HashMap::new();
+    // Each line's event type and day, so that a correction of an event in the same file is
+    // checked before anything is recorded, as the server would check it.
+    let mut line_events: HashMap<EventId, (&'static str, chrono::NaiveDate)> = HashMap::new();
     for read in ImportLines::new(open()?) {
         let (number, line) = read.with_context(|| format!("reading {}", file.display()))?;
         let line = match line {
@@ -103,7 +106,12 @@ pub async fn import(
                 let named = authenticator
                     .map(|authenticator| authenticator.check_named_agency(&submission.draft.event))
                     .unwrap_or(Ok(()));
-                match (named, first_line_of.insert(submission.draft.id, number)) {
+                let draft = &submission.draft;
+                line_events.insert(
+                    draft.id,
+                    (draft.event.event_type(), draft.occurred_at.date_naive()),
+                );
+                match (named, first_line_of.insert(draft.id, number)) {
                     (Err(invalid), _) => Some(format!(
                         "{}: {}",
                         invalid.field.as_deref().unwrap_or_default(),
@@ -111,9 +119,9 @@ pub async fn import(
                     )),
                     (Ok(()), Some(first)) => Some(format!(
                         "event id {} already appears on line {first}",
-                        submission.draft.id
+                        draft.id
                     )),
-                    (Ok(()), None) => None,
+                    (Ok(()), None) => dated_facts(draft, &line_events),
                 }
             }
             Err(problem) => Some(problem),
@@ -127,6 +135,7 @@ pub async fn import(
         }
     }
     drop(first_line_of);
+    drop(line_events);
     if !errors.is_empty() {
         let more = match more_errors {
             0 => String::new(),
@@ -525,24 +534,39 @@ fn parse_line(line: &str) -> Result<Submission, String> {
     }
     // Parsed as the HTTP API parses bodies: a member named twice is refused there too.
     let value = travelmap_api::extract::parse_json(line.as_bytes())?;
-    let submission = wire::parse_event(&value).map_err(|error| match error.field {
+    wire::parse_event(&value).map_err(|error| match error.field {
         Some(field) => format!("{field}: {}", error.detail),
         None => error.detail,
-    })?;
-    // The server checks dated facts when deciding, where a retry of a stored event is told
-    // apart; an import is refused whole before anything is recorded, so it checks them here.
-    let draft = &submission.draft;
-    draft
-        .event
-        .check_past_dates(draft.occurred_at.date_naive())
-        .map_err(|invalid| {
-            format!(
-                "{}: {}",
-                travelmap_domain::field_path("data", &invalid.field),
-                invalid.message
-            )
-        })?;
-    Ok(submission)
+    })
+}
+
+/// What the server checks of an event's dated facts when it decides (see
+/// [`travelmap_domain::journey::check_replacement`]), checked by the import's first pass so
+/// that a file is refused whole: the event's own, and for a correction of an event earlier in
+/// the file, its replacement's. `line_events` holds the type and day of each earlier line's
+/// event.
+fn dated_facts(
+    draft: &travelmap_domain::EventDraft,
+    line_events: &HashMap<EventId, (&'static str, chrono::NaiveDate)>,
+) -> Option<String> {
+    if let Err(invalid) = draft.event.check_past_dates(draft.occurred_at.date_naive()) {
+        return Some(format!(
+            "{}: {}",
+            travelmap_domain::field_path("data", &invalid.field),
+            invalid.message
+        ));
+    }
+    let travelmap_domain::JourneyEvent::EventCorrected(correction) = &draft.event else {
+        return None;
+    };
+    let &(target_type, target_day) = line_events.get(&correction.event_id)?;
+    let invalid =
+        travelmap_domain::journey::check_replacement(target_type, Some(target_day), draft).err()?;
+    Some(format!(
+        "{}: replacement data: {}",
+        travelmap_domain::field_path("data.data", &invalid.field),
+        invalid.message
+    ))
 }
 
 /// Deletes every projection and folds the whole log again.
