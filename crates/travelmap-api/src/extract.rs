@@ -66,15 +66,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         // A compressed body would be read as if it were not (and refused as malformed JSON, or
         // worse, taken as it stands under an encoding that claims otherwise).
-        let encodings = request
-            .headers()
-            .get_all(axum::http::header::CONTENT_ENCODING)
-            .iter()
-            .flat_map(|value| value.to_str().unwrap_or("?").split(','))
-            .map(str::trim)
-            .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"))
-            .collect::<Vec<_>>();
-        if let Some(coding) = encodings.first() {
+        if let Some(coding) =
+            coding_other_than(&request, axum::http::header::CONTENT_ENCODING, "identity")
+        {
             return Err(ApiError::new(
                 Code::UnsupportedMediaType,
                 format!("bodies are read as sent: `Content-Encoding: {coding}` is not supported"),
@@ -83,15 +77,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         // The same holds for transfer codings: the server takes `chunked` (it refuses a message
         // that does not end with it before any handler runs), and would otherwise read, say,
         // `gzip, chunked` as if the chunks held the body as it stands.
-        let transfer_codings = request
-            .headers()
-            .get_all(axum::http::header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|value| value.to_str().unwrap_or("?").split(','))
-            .map(str::trim)
-            .filter(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"))
-            .collect::<Vec<_>>();
-        if let Some(coding) = transfer_codings.first() {
+        if let Some(coding) =
+            coding_other_than(&request, axum::http::header::TRANSFER_ENCODING, "chunked")
+        {
             return Err(ApiError::new(
                 Code::UnsupportedMediaType,
                 format!(
@@ -387,4 +375,22 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
                 }
             })
     }
+}
+
+/// The first coding a request's `header` (a comma-separated list of codings, as
+/// `Content-Encoding` and `Transfer-Encoding` are) names other than `allowed`; a value that is
+/// not text counts as one.
+fn coding_other_than(
+    request: &Request,
+    header: axum::http::HeaderName,
+    allowed: &str,
+) -> Option<String> {
+    request
+        .headers()
+        .get_all(header)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(allowed))
+        .map(str::to_owned)
 }
