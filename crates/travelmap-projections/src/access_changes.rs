@@ -1,190 +1,138 @@
-//! Which recorded events changed which agency's access to a client, for the data-protection
-//! officer's review of who vouched for whose need to know. An involvement or consent opens
-//! access, a closing or withdrawal ends it, and a correction or retraction of one of them moves
-//! it: taking back an opening ends the access it gave, taking back an ending gives the access
-//! back, and a correction naming another agency moves it from one to the other. The rules are
-//! those [`crate::access`] decides access by; this module only says who gained and who lost.
+//! Which recorded events changed which agencies may read a client, for the data-protection
+//! officer's review of who vouched for whose need to know. Rather than restating the rules of
+//! [`crate::access`] per event type (a closing ends an involvement only of its role, a correction
+//! of a role can make a closing match or stop matching, a withdrawal ends only the purposes it
+//! names), each involvement, consent, correction and retraction is judged by what it did: the
+//! client's access is decided by those very rules just before the event was folded and just
+//! after, and the agencies that gained or lost a purpose are what the event opened and ended.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use chrono::{DateTime, Utc};
 use travelmap_domain::payloads::Purpose;
-use travelmap_domain::{EventId, JourneyEvent, RecordedEvent};
+use travelmap_domain::{ClientId, EventId, JourneyEvent, RecordedEvent};
 
-use crate::travel_map::granted_by;
+use crate::ClientState;
 
 /// Whose access an event opened and whose it ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AccessShift {
-    /// The agency the event gave access to (or gave it back to).
-    pub opens_for: Option<String>,
-    /// The agency whose access the event ended (or took back).
-    pub ends_for: Option<String>,
+pub struct AccessMove {
+    /// The agencies that may read the client for a purpose they could not before.
+    pub opens_for: Vec<String>,
+    /// The agencies that may no longer read the client for a purpose they could before.
+    pub ends_for: Vec<String>,
+    /// For a correction or retraction, the event it rectified and that event's type.
+    pub target: Option<(EventId, &'static str)>,
 }
 
-impl AccessShift {
-    fn is_empty(&self) -> bool {
-        self.opens_for.is_none() && self.ends_for.is_none()
-    }
+/// Whether an event of this type can change who may read the client: the rest cannot, so they
+/// are not judged.
+pub fn may_move_access(event: &JourneyEvent) -> bool {
+    matches!(
+        event,
+        JourneyEvent::InvolvementOpened(_)
+            | JourneyEvent::InvolvementClosed(_)
+            | JourneyEvent::ConsentRecorded(_)
+            | JourneyEvent::ConsentWithdrawn(_)
+            | JourneyEvent::EventCorrected(_)
+            | JourneyEvent::EventRetracted(_)
+    )
 }
 
-/// The agency whose access an involvement's closing or a consent's withdrawal ends (the
-/// recording agency for a closing that names none).
-fn ended_by(event: &JourneyEvent, recorder: &str) -> Option<String> {
-    match event {
-        JourneyEvent::InvolvementClosed(closed) => Some(
-            closed
-                .agency
-                .as_ref()
-                .map_or(recorder, |named| named.as_str())
-                .to_owned(),
-        ),
-        JourneyEvent::ConsentWithdrawn(withdrawal) => Some(withdrawal.agency.as_str().to_owned()),
-        _ => None,
-    }
+/// The purposes an agency may be given access for (break-glass and oversight are not an
+/// agency's to be given).
+const GRANTABLE: [Purpose; 4] = [
+    Purpose::CaseManagement,
+    Purpose::Supervision,
+    Purpose::ServiceDelivery,
+    Purpose::Statistics,
+];
+
+/// Each agency that may read the client, with the purposes it may read for.
+fn readers(state: &ClientState, now: DateTime<Utc>) -> BTreeMap<String, BTreeSet<Purpose>> {
+    let access = state.access(now);
+    access
+        .involved
+        .iter()
+        .chain(access.consented.keys())
+        .map(|agency| {
+            let purposes = GRANTABLE
+                .into_iter()
+                .filter(|purpose| access.allows(agency, *purpose))
+                .collect();
+            (agency.clone(), purposes)
+        })
+        .collect()
 }
 
-/// What an involvement or consent event itself does to access; `None` for any other event.
-pub fn direct_shift(event: &JourneyEvent, recorder: &str) -> Option<AccessShift> {
-    if let Some((agency, _)) = granted_by(event, recorder) {
-        return Some(AccessShift {
-            opens_for: Some(agency),
-            ends_for: None,
-        });
-    }
-    ended_by(event, recorder).map(|agency| AccessShift {
-        opens_for: None,
-        ends_for: Some(agency),
-    })
-}
-
-/// What rectifying `before` (recorded by `recorder`) into `after` (`None` for a retraction) does
-/// to access; `None` when `before` is not an involvement or consent event.
-fn rectification_shift(
-    before: &JourneyEvent,
-    after: Option<&JourneyEvent>,
-    recorder: &str,
-) -> Option<AccessShift> {
-    if let Some((agency, purposes)) = granted_by(before, recorder) {
-        let now = after.and_then(|after| granted_by(after, recorder));
-        let still_covers = |now_purposes: &Option<Vec<Purpose>>| match (&purposes, now_purposes) {
-            (Some(covered), Some(now)) => covered.iter().all(|purpose| now.contains(purpose)),
-            _ => true,
-        };
-        let adds = |now_purposes: &Option<Vec<Purpose>>| match (&purposes, now_purposes) {
-            (Some(covered), Some(now)) => now.iter().any(|purpose| !covered.contains(purpose)),
-            _ => false,
-        };
-        return Some(match now {
-            Some((moved, _)) if moved != agency => AccessShift {
-                opens_for: Some(moved),
-                ends_for: Some(agency),
-            },
-            Some((same, now_purposes)) => AccessShift {
-                opens_for: adds(&now_purposes).then(|| same.clone()),
-                ends_for: (!still_covers(&now_purposes)).then_some(same),
-            },
-            None => AccessShift {
-                opens_for: None,
-                ends_for: Some(agency),
-            },
-        });
-    }
-    let ended = ended_by(before, recorder)?;
-    let now = after.and_then(|after| ended_by(after, recorder));
-    Some(match now {
-        Some(same) if same == ended => AccessShift::default(),
-        Some(moved) => AccessShift {
-            opens_for: Some(ended),
-            ends_for: Some(moved),
-        },
-        None => AccessShift {
-            opens_for: Some(ended),
-            ends_for: None,
-        },
-    })
-}
-
-/// A correction or retraction that touched an involvement or consent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rectified {
-    pub shift: AccessShift,
-    /// The event corrected or retracted.
-    pub target: EventId,
-    /// Its type.
-    pub target_type: &'static str,
-}
-
-/// The corrections and retractions in one client's stream (in version order) that touched an
-/// involvement or consent, by their event id, folded as the travel map folds them: each against
-/// the event as the corrections before it left it.
-pub fn rectifications(stream: &[RecordedEvent]) -> HashMap<EventId, Rectified> {
-    // The involvement and consent events standing, as corrected so far, with who recorded them.
-    let mut standing: HashMap<EventId, (JourneyEvent, &str)> = HashMap::new();
-    let mut found = HashMap::new();
+/// What each event of one client's stream (in version order) did to who may read the client,
+/// for the events that changed it, by id. Access is decided as at `now`.
+pub fn access_moves(
+    client_id: ClientId,
+    stream: &[RecordedEvent],
+    now: DateTime<Utc>,
+) -> HashMap<EventId, AccessMove> {
+    let mut state = ClientState::new(client_id);
+    let mut moves = HashMap::new();
     for recorded in stream {
-        let event = &recorded.draft.event;
-        let (target, after) = match event {
-            JourneyEvent::EventCorrected(correction) => {
-                let Some((before, _)) = standing.get(&correction.event_id) else {
-                    continue;
-                };
-                // As the travel map reads it: a replacement that no longer decodes (a damaged
-                // log) leaves the original reading.
-                let after = travelmap_domain::personal::decode_replacement(
-                    before.event_type(),
-                    before.schema_version(),
-                    correction.data.clone(),
-                )
-                .unwrap_or_else(|_| before.clone());
-                (correction.event_id, Some(after))
-            }
-            JourneyEvent::EventRetracted(retraction) => (retraction.event_id, None),
-            other => {
-                if direct_shift(other, &recorded.provenance.agency).is_some() {
-                    standing.insert(
-                        recorded.draft.id,
-                        (other.clone(), recorded.provenance.agency.as_str()),
-                    );
-                }
-                continue;
-            }
-        };
-        let Some((before, recorder)) = standing.remove(&target) else {
+        if !may_move_access(&recorded.draft.event) {
+            state.apply(recorded.clone());
             continue;
-        };
-        if let Some(shift) = rectification_shift(&before, after.as_ref(), recorder)
-            && !shift.is_empty()
-        {
-            found.insert(
-                recorded.draft.id,
-                Rectified {
-                    shift,
-                    target,
-                    target_type: before.event_type(),
-                },
-            );
         }
-        if let Some(after) = after {
-            standing.insert(target, (after, recorder));
+        let target = match &recorded.draft.event {
+            JourneyEvent::EventCorrected(correction) => Some(correction.event_id),
+            JourneyEvent::EventRetracted(retraction) => Some(retraction.event_id),
+            _ => None,
+        }
+        .and_then(|target| {
+            let fact = state.facts.iter().find(|fact| fact.event_id == target)?;
+            Some((target, fact.event.event_type()))
+        });
+        let before = readers(&state, now);
+        state.apply(recorded.clone());
+        let after = readers(&state, now);
+        let gained = |from: &BTreeMap<String, BTreeSet<Purpose>>,
+                      to: &BTreeMap<String, BTreeSet<Purpose>>| {
+            to.iter()
+                .filter(|(agency, purposes)| {
+                    from.get(*agency)
+                        .is_none_or(|had| purposes.iter().any(|purpose| !had.contains(purpose)))
+                })
+                .map(|(agency, _)| agency.clone())
+                .collect::<Vec<_>>()
+        };
+        let moved = AccessMove {
+            opens_for: gained(&before, &after),
+            ends_for: gained(&after, &before),
+            target,
+        };
+        if !moved.opens_for.is_empty() || !moved.ends_for.is_empty() {
+            moves.insert(recorded.draft.id, moved);
         }
     }
-    found
+    moves
 }
 
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
-    use travelmap_domain::{ClientId, EventDraft, Provenance, RecordMeta};
+    use travelmap_domain::{EventDraft, Provenance, RecordMeta};
     use uuid::Uuid;
 
     use super::*;
 
-    fn recorded(id: u128, agency: &str, event_type: &str, data: Value) -> RecordedEvent {
+    fn id(n: u128) -> EventId {
+        EventId(Uuid::from_u128(n))
+    }
+
+    fn recorded(n: u128, agency: &str, event_type: &str, data: Value) -> RecordedEvent {
         RecordedEvent {
             draft: EventDraft {
-                id: EventId(Uuid::from_u128(id)),
+                id: id(n),
                 client_id: ClientId(Uuid::from_u128(99)),
-                occurred_at: "2026-01-05T09:00:00+01:00".parse().unwrap(),
+                occurred_at: format!("2026-01-{:02}T09:00:00+01:00", n % 28 + 1)
+                    .parse()
+                    .unwrap(),
                 actor: None,
                 event: JourneyEvent::decode(event_type, 1, &data).unwrap(),
             },
@@ -193,54 +141,103 @@ mod tests {
                 credential: format!("{agency}-system"),
             },
             meta: RecordMeta {
-                version: id as u64,
-                position: id as u64,
-                recorded_at: chrono::Utc::now(),
+                version: n as u64,
+                position: n as u64,
+                recorded_at: Utc::now(),
             },
             personal: Default::default(),
         }
     }
 
-    fn shift(opens_for: Option<&str>, ends_for: Option<&str>) -> AccessShift {
-        AccessShift {
-            opens_for: opens_for.map(str::to_owned),
-            ends_for: ends_for.map(str::to_owned),
-        }
+    fn moved(opens_for: &[&str], ends_for: &[&str]) -> (Vec<String>, Vec<String>) {
+        (
+            opens_for.iter().map(|agency| agency.to_string()).collect(),
+            ends_for.iter().map(|agency| agency.to_string()).collect(),
+        )
     }
 
     #[test]
-    fn involvements_and_consents_open_and_end_access_for_the_agency_they_name() {
-        let opened = recorded(1, "ngo", "involvement.opened", json!({"role": "mentor"}));
-        let referred = recorded(
-            2,
-            "prison",
-            "involvement.opened",
-            json!({"agency": "ngo", "role": "mentor"}),
+    fn each_event_is_judged_by_the_access_it_changed() {
+        let correct = |n, agency: &str, target: u128, data: Value| {
+            recorded(
+                n,
+                agency,
+                "event.corrected",
+                json!({"event_id": id(target), "reason": "x", "data": data}),
+            )
+        };
+        let stream = vec![
+            recorded(1, "ngo", "involvement.opened", json!({"role": "mentor"})),
+            recorded(2, "ngo", "involvement.closed", json!({"role": "mentor"})),
+            // A closing of another role ends nothing.
+            recorded(3, "ngo", "involvement.opened", json!({"role": "other"})),
+            recorded(
+                4,
+                "prison",
+                "involvement.closed",
+                json!({"agency": "ngo", "role": "mentor"}),
+            ),
+            // Correcting the first closing's role makes it match nothing: the mentor
+            // involvement is open again.
+            correct(5, "prison", 2, json!({"role": "case_manager"})),
+            recorded(
+                6,
+                "prison",
+                "consent.recorded",
+                json!({"agency": "muni", "purposes": ["case_management", "service_delivery"], "legal_basis": "consent"}),
+            ),
+            recorded(
+                7,
+                "prison",
+                "consent.withdrawn",
+                json!({"agency": "muni", "purposes": ["service_delivery"]}),
+            ),
+            // Swapping the purposes withdrawn gives one back and takes the other.
+            correct(
+                8,
+                "prison",
+                7,
+                json!({"agency": "muni", "purposes": ["case_management"]}),
+            ),
+            // An agency taking back a withdrawal of its own consent vouches for itself.
+            recorded(
+                9,
+                "muni",
+                "event.retracted",
+                json!({"event_id": id(7), "reason": "x"}),
+            ),
+            recorded(
+                10,
+                "muni",
+                "contact.made",
+                json!({"kind": "meeting", "attended": true}),
+            ),
+        ];
+        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream, Utc::now());
+        let at = |n| {
+            moves
+                .get(&id(n))
+                .map(|found| (found.opens_for.clone(), found.ends_for.clone()))
+        };
+        assert_eq!(at(1), Some(moved(&["ngo"], &[])));
+        assert_eq!(at(2), Some(moved(&[], &["ngo"])));
+        assert_eq!(at(3), Some(moved(&["ngo"], &[])));
+        assert_eq!(at(4), None);
+        assert_eq!(
+            at(5),
+            None,
+            "ngo could read already, through its other involvement"
         );
-        let closed = recorded(
-            3,
-            "probation",
-            "involvement.closed",
-            json!({"role": "mentor"}),
-        );
-        let withdrawn = recorded(4, "prison", "consent.withdrawn", json!({"agency": "ngo"}));
-        let contact = recorded(
-            5,
-            "ngo",
-            "contact.made",
-            json!({"kind": "meeting", "attended": true}),
-        );
-        let of = |event: &RecordedEvent| direct_shift(&event.draft.event, &event.provenance.agency);
-        assert_eq!(of(&opened), Some(shift(Some("ngo"), None)));
-        assert_eq!(of(&referred), Some(shift(Some("ngo"), None)));
-        assert_eq!(of(&closed), Some(shift(None, Some("probation"))));
-        assert_eq!(of(&withdrawn), Some(shift(None, Some("ngo"))));
-        assert_eq!(of(&contact), None);
+        assert_eq!(at(6), Some(moved(&["muni"], &[])));
+        assert_eq!(at(7), Some(moved(&[], &["muni"])));
+        assert_eq!(at(8), Some(moved(&["muni"], &["muni"])));
+        assert_eq!(at(9), Some(moved(&["muni"], &[])));
+        assert_eq!(at(10), None);
+        assert_eq!(moves[&id(9)].target, Some((id(7), "consent.withdrawn")));
     }
 
     #[test]
-    fn rectifications_move_access_as_the_travel_map_reads_them() {
-        let id = |n| EventId(Uuid::from_u128(n));
+    fn a_rectification_names_what_it_rectified() {
         let stream = vec![
             recorded(
                 1,
@@ -254,76 +251,35 @@ mod tests {
                 "involvement.closed",
                 json!({"agency": "probation", "role": "probation_officer"}),
             ),
-            // Taking back the closing gives probation its access again.
             recorded(
                 3,
-                "prison",
+                "probation",
                 "event.retracted",
-                json!({"event_id": id(2), "reason": "wrong client"}),
+                json!({"event_id": id(2), "reason": "x"}),
             ),
-            // A correction leaving the agency out gives the involvement to its recorder.
             recorded(
                 4,
-                "prison",
+                "ngo",
                 "event.corrected",
                 json!({"event_id": id(1), "reason": "x", "data": {"agency": "ngo", "role": "mentor"}}),
             ),
-            recorded(
-                5,
-                "ngo",
-                "event.corrected",
-                json!({"event_id": id(1), "reason": "x", "data": {"role": "mentor"}}),
-            ),
-            recorded(
-                6,
-                "prison",
-                "consent.recorded",
-                json!({"agency": "ngo", "purposes": ["service_delivery"], "legal_basis": "consent"}),
-            ),
-            recorded(
-                7,
-                "prison",
-                "event.corrected",
-                json!({"event_id": id(6), "reason": "x",
-                       "data": {"agency": "ngo", "purposes": ["service_delivery", "case_management"], "legal_basis": "consent"}}),
-            ),
-            // A correction that changes nothing about access is left out.
-            recorded(
-                8,
-                "probation",
-                "event.corrected",
-                json!({"event_id": id(1), "reason": "x", "data": {"role": "case_manager"}}),
-            ),
-            recorded(
-                9,
-                "ngo",
-                "contact.made",
-                json!({"kind": "meeting", "attended": true}),
-            ),
-            recorded(
-                10,
-                "ngo",
-                "event.retracted",
-                json!({"event_id": id(9), "reason": "x"}),
-            ),
-            recorded(
-                11,
-                "prison",
-                "event.retracted",
-                json!({"event_id": id(6), "reason": "x"}),
-            ),
         ];
-        let found = rectifications(&stream);
-        let at = |n| found.get(&id(n)).map(|rectified| rectified.shift.clone());
-        assert_eq!(at(3), Some(shift(Some("probation"), None)));
-        assert_eq!(at(4), Some(shift(Some("ngo"), Some("probation"))));
-        assert_eq!(at(5), Some(shift(Some("probation"), Some("ngo"))));
-        assert_eq!(at(7), Some(shift(Some("ngo"), None)));
-        assert_eq!(at(8), None);
-        assert_eq!(at(10), None);
-        assert_eq!(at(11), Some(shift(None, Some("ngo"))));
-        assert_eq!(found[&id(3)].target, id(2));
-        assert_eq!(found[&id(3)].target_type, "involvement.closed");
-        assert_eq!(found.len(), 5);
+        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream, Utc::now());
+        assert_eq!(
+            (
+                moves[&id(3)].opens_for.clone(),
+                moves[&id(3)].ends_for.clone()
+            ),
+            moved(&["probation"], &[])
+        );
+        assert_eq!(moves[&id(3)].target, Some((id(2), "involvement.closed")));
+        assert_eq!(
+            (
+                moves[&id(4)].opens_for.clone(),
+                moves[&id(4)].ends_for.clone()
+            ),
+            moved(&["ngo"], &["probation"])
+        );
+        assert_eq!(moves[&id(4)].target, Some((id(1), "involvement.opened")));
     }
 }

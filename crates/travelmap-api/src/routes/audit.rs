@@ -343,8 +343,9 @@ async fn trail_purpose(
     .await
 }
 
-/// The most events of the log one page of `GET /v1/audit/access-changes` examines.
-pub const MAX_ACCESS_SCAN: usize = 10_000;
+/// The most events of the log one page of `GET /v1/audit/access-changes` examines: each client
+/// with an involvement, consent or rectification among them is folded from its stream.
+pub const MAX_ACCESS_SCAN: usize = 1000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -354,26 +355,25 @@ pub struct AccessChangesQuery {
     #[serde(default, deserialize_with = "extract::query_position")]
     #[param(maximum = 9_223_372_036_854_775_807_i64)]
     pub after: Option<u64>,
-    /// Examine at most this many events of the log (1 to 10000, default 10000); the page lists
-    /// those among them that change an agency's access.
-    #[param(minimum = 1, maximum = 10000)]
+    /// Examine at most this many events of the log (1 to 1000, default 1000); the page lists
+    /// those among them that changed which agencies may read a client.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
-/// What a recorded event does to agencies' access to the client.
+/// What a recorded event did to agencies' access to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AccessEffect {
-    /// An involvement opened or a consent recorded: the agency may read the client from then on.
+    /// An involvement or consent that gave access.
     Opens,
-    /// An involvement closed or a consent withdrawn: the agency's access ends.
+    /// An involvement's closing or a consent's withdrawal that ended access.
     Ends,
-    /// A correction or retraction of one of those, which gave access (back) to one agency, took
-    /// it from another, or both.
+    /// A correction or retraction that gave or took access, or an event that did both.
     Changes,
 }
 
-/// One event that opened, ended or moved an agency's access to a client.
+/// One event that changed which agencies may read a client.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccessChange {
     /// The event's position in the global feed.
@@ -383,10 +383,10 @@ pub struct AccessChange {
     #[serde(rename = "type")]
     pub event_type: &'static str,
     pub effect: AccessEffect,
-    /// The agency the event gave access to, or gave it back to (a retraction of a closing).
-    pub opens_for: Option<String>,
-    /// The agency whose access the event ended or took back.
-    pub ends_for: Option<String>,
+    /// The agencies that could read the client for a purpose they could not before.
+    pub opens_for: Vec<String>,
+    /// The agencies that could no longer read the client for a purpose they could before.
+    pub ends_for: Vec<String>,
     /// The agency that recorded the event (from its credential).
     pub recorded_by: String,
     /// The credential that recorded it.
@@ -405,10 +405,17 @@ pub struct AccessChange {
 impl AccessChange {
     fn new(
         event: &travelmap_domain::RecordedEvent,
-        effect: AccessEffect,
-        shift: travelmap_projections::access_changes::AccessShift,
-        target: Option<(travelmap_domain::EventId, &'static str)>,
+        moved: travelmap_projections::access_changes::AccessMove,
     ) -> Self {
+        let effect = match (
+            &moved.target,
+            moved.opens_for.is_empty(),
+            moved.ends_for.is_empty(),
+        ) {
+            (None, false, true) => AccessEffect::Opens,
+            (None, true, false) => AccessEffect::Ends,
+            _ => AccessEffect::Changes,
+        };
         let recorded_by = event.provenance.agency.clone();
         Self {
             position: event.meta.position,
@@ -416,13 +423,13 @@ impl AccessChange {
             client_id: event.draft.client_id.0,
             event_type: event.draft.event.event_type(),
             effect,
-            own_access: shift.opens_for.as_ref() == Some(&recorded_by),
-            opens_for: shift.opens_for,
-            ends_for: shift.ends_for,
+            own_access: moved.opens_for.contains(&recorded_by),
+            opens_for: moved.opens_for,
+            ends_for: moved.ends_for,
             recorded_by,
             credential: event.provenance.credential.clone(),
-            target_event_id: target.map(|(id, _)| id.0),
-            target_type: target.map(|(_, event_type)| event_type),
+            target_event_id: moved.target.map(|(id, _)| id.0),
+            target_type: moved.target.map(|(_, event_type)| event_type),
             occurred_at: event.draft.occurred_at,
             recorded_at: event.meta.recorded_at,
         }
@@ -440,9 +447,8 @@ pub struct AccessChanges {
     pub examined: usize,
 }
 
-/// Every recorded event that opened, ended or moved an agency's access to a client, in the log's
-/// order, page by page: for the data-protection officer's review of who vouched for whose need
-/// to know.
+/// Every recorded event that changed which agencies may read a client, in the log's order, page
+/// by page: for the data-protection officer's review of who vouched for whose need to know.
 #[utoipa::path(
     get, path = "/v1/audit/access-changes", tag = "audit",
     params(AccessChangesQuery, ("X-Purpose" = String, Header, description = "Why you read: `audit` (or `subject_access`)")),
@@ -460,8 +466,7 @@ pub async fn access_changes(
     context: RequestContext,
     Query(query): Query<AccessChangesQuery>,
 ) -> Result<Json<AccessChanges>, ApiError> {
-    use travelmap_domain::JourneyEvent;
-    use travelmap_projections::access_changes::{direct_shift, rectifications};
+    use travelmap_projections::access_changes::{access_moves, may_move_access};
     const ACTION: &str = "GET /v1/audit/access-changes";
     let logged = |returned| Logged {
         operation: Operation::Consultation,
@@ -479,65 +484,35 @@ pub async fn access_changes(
         ));
     }
     let after = query.after.unwrap_or(0);
-
-    // Page by page, keeping only what may be a change: involvements and consents are told from
-    // the event alone; a correction or retraction is told from its client's stream, read once
-    // the pages are in.
-    let mut changes: Vec<Option<AccessChange>> = Vec::new();
-    let mut rectifying: Vec<(usize, travelmap_domain::RecordedEvent)> = Vec::new();
-    let mut examined = 0;
-    let mut next_after = after;
-    while examined < limit {
-        let want = (limit - examined).min(travelmap_service::MAX_FEED_PAGE);
-        let page = state.journeys.feed(next_after, want).await?;
-        let Some(last) = page.last() else { break };
-        next_after = last.meta.position;
-        examined += page.len();
-        let full = page.len() == want;
-        for event in page {
-            if matches!(
-                event.draft.event,
-                JourneyEvent::EventCorrected(_) | JourneyEvent::EventRetracted(_)
-            ) {
-                rectifying.push((changes.len(), event));
-                changes.push(None);
-            } else if let Some(shift) = direct_shift(&event.draft.event, &event.provenance.agency) {
-                let effect = if shift.opens_for.is_some() {
-                    AccessEffect::Opens
-                } else {
-                    AccessEffect::Ends
-                };
-                changes.push(Some(AccessChange::new(&event, effect, shift, None)));
-            }
-        }
-        if !full {
-            break;
-        }
-    }
-    if examined == 0 {
+    let page = state.journeys.feed(after, limit).await?;
+    if page.is_empty() {
         super::events::within_feed(&state, after, "after").await?;
     }
-    let mut clients: Vec<ClientId> = rectifying
+    let examined = page.len();
+    let next_after = page.last().map_or(after, |event| event.meta.position);
+    // Only events that may move access are judged, each from its client's whole stream: what an
+    // event did depends on what came before it (the involvement a closing ends, the event a
+    // correction replaces).
+    let candidates: Vec<_> = page
+        .into_iter()
+        .filter(|event| may_move_access(&event.draft.event))
+        .collect();
+    let mut clients: Vec<ClientId> = candidates
         .iter()
-        .map(|(_, event)| event.draft.client_id)
+        .map(|event| event.draft.client_id)
         .collect();
     clients.sort_unstable_by_key(|client| client.0);
     clients.dedup();
-    let mut found = std::collections::HashMap::new();
+    let now = chrono::Utc::now();
+    let mut moves = std::collections::HashMap::new();
     for client in clients {
-        found.extend(rectifications(&state.journeys.history(client, None).await?));
+        let stream = state.journeys.history(client, None).await?;
+        moves.extend(access_moves(client, &stream, now));
     }
-    for (slot, event) in rectifying {
-        if let Some(rectified) = found.remove(&event.draft.id) {
-            changes[slot] = Some(AccessChange::new(
-                &event,
-                AccessEffect::Changes,
-                rectified.shift,
-                Some((rectified.target, rectified.target_type)),
-            ));
-        }
-    }
-    let changes: Vec<AccessChange> = changes.into_iter().flatten().collect();
+    let changes: Vec<AccessChange> = candidates
+        .iter()
+        .filter_map(|event| Some(AccessChange::new(event, moves.remove(&event.draft.id)?)))
+        .collect();
 
     let ids: Vec<String> = changes
         .iter()
