@@ -39,13 +39,13 @@ pub fn may_move_access(event: &JourneyEvent) -> bool {
     )
 }
 
-/// The purposes an agency may be given access for (break-glass and oversight are not an
-/// agency's to be given).
-const GRANTABLE: [Purpose; 4] = [
+/// The purposes a coordinator reads a client's record for. Statistics are not among them: they
+/// are read as aggregates only, so a consent covering them opens no record; break-glass and
+/// oversight are not an agency's to be given.
+const READ_FOR: [Purpose; 3] = [
     Purpose::CaseManagement,
     Purpose::Supervision,
     Purpose::ServiceDelivery,
-    Purpose::Statistics,
 ];
 
 /// Each agency that may read the client, with the purposes it may read for.
@@ -55,23 +55,32 @@ fn readers(state: &ClientState, now: DateTime<Utc>) -> BTreeMap<String, BTreeSet
         .involved
         .iter()
         .chain(access.consented.keys())
-        .map(|agency| {
-            let purposes = GRANTABLE
+        .filter_map(|agency| {
+            let purposes: BTreeSet<Purpose> = READ_FOR
                 .into_iter()
                 .filter(|purpose| access.allows(agency, *purpose))
                 .collect();
-            (agency.clone(), purposes)
+            (!purposes.is_empty()).then(|| (agency.clone(), purposes))
         })
         .collect()
 }
 
+/// A moment at which every fact of `stream` has occurred.
+fn counting_every_fact(stream: &[RecordedEvent]) -> DateTime<Utc> {
+    stream
+        .iter()
+        .map(|recorded| recorded.draft.occurred_at.with_timezone(&Utc))
+        .chain(std::iter::once(Utc::now()))
+        .max()
+        .unwrap_or_else(Utc::now)
+}
+
 /// What each event of one client's stream (in version order) did to who may read the client,
-/// for the events that changed it, by id. Access is decided as at `now`.
-pub fn access_moves(
-    client_id: ClientId,
-    stream: &[RecordedEvent],
-    now: DateTime<Utc>,
-) -> HashMap<EventId, AccessMove> {
+/// for the events that changed it, by id. Access is decided with every recorded fact counted,
+/// however it is dated (a fact may be recorded a few minutes ahead of its time, within the
+/// clock skew allowed), so that the answer does not change with the moment it is asked.
+pub fn access_moves(client_id: ClientId, stream: &[RecordedEvent]) -> HashMap<EventId, AccessMove> {
+    let now = counting_every_fact(stream);
     let mut state = ClientState::new(client_id);
     let mut moves = HashMap::new();
     for recorded in stream {
@@ -213,7 +222,7 @@ mod tests {
                 json!({"kind": "meeting", "attended": true}),
             ),
         ];
-        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream, Utc::now());
+        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream);
         let at = |n| {
             moves
                 .get(&id(n))
@@ -234,6 +243,36 @@ mod tests {
         assert_eq!(at(9), Some(moved(&["muni"], &[])));
         assert_eq!(at(10), None);
         assert_eq!(moves[&id(9)].target, Some((id(7), "consent.withdrawn")));
+    }
+
+    #[test]
+    fn statistics_open_no_record_and_a_fact_counts_however_it_is_dated() {
+        let consent = |n, agency: &str, purposes: Value| {
+            recorded(
+                n,
+                "prison",
+                "consent.recorded",
+                json!({"agency": agency, "purposes": purposes, "legal_basis": "consent"}),
+            )
+        };
+        let mut ahead = consent(4, "muni", json!(["case_management"]));
+        ahead.draft.occurred_at = (Utc::now() + chrono::Duration::minutes(5)).fixed_offset();
+        let stream = vec![
+            consent(1, "ngo", json!(["statistics"])),
+            consent(
+                2,
+                "pri",
+                json!(["case_management", "supervision", "service_delivery"]),
+            ),
+            // Nothing more to open for an agency whose consent covers every purpose.
+            recorded(3, "pri", "involvement.opened", json!({"role": "other"})),
+            ahead,
+        ];
+        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream);
+        assert!(!moves.contains_key(&id(1)), "{moves:?}");
+        assert!(moves.contains_key(&id(2)));
+        assert!(!moves.contains_key(&id(3)), "{moves:?}");
+        assert_eq!(moves[&id(4)].opens_for, ["muni"]);
     }
 
     #[test]
@@ -264,7 +303,7 @@ mod tests {
                 json!({"event_id": id(1), "reason": "x", "data": {"agency": "ngo", "role": "mentor"}}),
             ),
         ];
-        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream, Utc::now());
+        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream);
         assert_eq!(
             (
                 moves[&id(3)].opens_for.clone(),

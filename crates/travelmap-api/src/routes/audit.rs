@@ -503,11 +503,10 @@ pub async fn access_changes(
         .collect();
     clients.sort_unstable_by_key(|client| client.0);
     clients.dedup();
-    let now = chrono::Utc::now();
     let mut moves = std::collections::HashMap::new();
     for client in clients {
         let stream = state.journeys.history(client, None).await?;
-        moves.extend(access_moves(client, &stream, now));
+        moves.extend(access_moves(client, &stream));
     }
     let changes: Vec<AccessChange> = candidates
         .iter()
