@@ -400,6 +400,7 @@ async fn each_role_reaches_only_its_endpoints() {
         ),
     ];
     for (key, allowed) in matrix {
+        assert_eq!(allowed.len(), reads.len(), "{key}: one answer per read");
         for (path, allowed) in reads.iter().zip(allowed) {
             let status = app.get_for(path, key, "audit").await.status();
             let expected = if allowed {

@@ -453,7 +453,8 @@ pub fn denied_submission<'a>(
 ) -> Option<&'a travelmap_service::Submission> {
     use travelmap_service::Error as E;
     match error {
-        // Dated facts are checked when deciding, but against the event's own date alone.
+        // A dated fact is checked when deciding (so that a retry of a stored event is told
+        // apart), but the refusal is of the submission's own content and tells nothing stored.
         E::Refused {
             source: travelmap_domain::journey::Error::FactAfterEvent(_),
             ..

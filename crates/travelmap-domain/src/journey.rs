@@ -400,24 +400,23 @@ impl ClientJourney {
             });
         }
         // The rule of who may post a type holds for rectifying it too.
-        let rectified = |event_id: EventId| -> Result<&str, Error> {
-            let target = self.type_name(self.standing_target(event_id)?);
+        let rectified = |event_id: EventId| -> Result<&Standing, Error> {
+            let standing = self.standing_target(event_id)?;
+            let target = self.type_name(standing);
             match poster {
                 Some(kind) if !crate::agency::may_post(kind, target) => Err(Error::NotPoster {
                     event_id,
                     event_type: target.to_owned(),
                     kind,
                 }),
-                _ => Ok(target),
+                _ => Ok(standing),
             }
         };
         match &draft.event {
             JourneyEvent::EventCorrected(correction) => {
                 let target = rectified(correction.event_id)?;
-                let target_day = self
-                    .standing(correction.event_id)
-                    .and_then(Standing::occurred_on);
-                check_replacement(target, target_day, draft).map_err(Error::InvalidReplacement)
+                check_replacement(self.type_name(target), target.occurred_on(), draft)
+                    .map_err(Error::InvalidReplacement)
             }
             JourneyEvent::EventRetracted(retraction) => rectified(retraction.event_id).map(|_| ()),
             _ => Ok(()),
