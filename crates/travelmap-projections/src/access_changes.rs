@@ -276,6 +276,46 @@ mod tests {
     }
 
     #[test]
+    fn involvements_and_consents_dated_ahead_count_from_their_time() {
+        let now = Utc::now();
+        let at = |minutes: i64| (now + chrono::Duration::minutes(minutes)).fixed_offset();
+        let mut opened = recorded(1, "ngo", "involvement.opened", json!({"role": "mentor"}));
+        opened.draft.occurred_at = at(-60);
+        let mut closed = recorded(2, "ngo", "involvement.closed", json!({"role": "mentor"}));
+        closed.draft.occurred_at = at(5);
+        let mut muni = recorded(
+            3,
+            "muni",
+            "involvement.opened",
+            json!({"role": "social_worker"}),
+        );
+        muni.draft.occurred_at = at(5);
+        let mut consent = recorded(
+            4,
+            "prison",
+            "consent.recorded",
+            json!({"agency": "pri", "purposes": ["case_management"], "legal_basis": "consent"}),
+        );
+        consent.draft.occurred_at = at(5);
+        let state = ClientState::from_history(
+            ClientId(Uuid::from_u128(99)),
+            vec![opened, closed, muni, consent],
+        );
+        let readers_at = |moment| {
+            let access = state.access(moment);
+            ["ngo", "muni", "pri"]
+                .into_iter()
+                .filter(|agency| access.allows(agency, Purpose::CaseManagement))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(readers_at(now), ["ngo"]);
+        assert_eq!(
+            readers_at(now + chrono::Duration::minutes(6)),
+            ["muni", "pri"]
+        );
+    }
+
+    #[test]
     fn a_rectification_names_what_it_rectified() {
         let stream = vec![
             recorded(
