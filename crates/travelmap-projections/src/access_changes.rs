@@ -70,22 +70,26 @@ fn counting_every_fact(stream: &[RecordedEvent]) -> DateTime<Utc> {
     stream
         .iter()
         .map(|recorded| recorded.draft.occurred_at.with_timezone(&Utc))
-        .chain(std::iter::once(Utc::now()))
-        .max()
-        .unwrap_or_else(Utc::now)
+        .fold(Utc::now(), DateTime::max)
 }
 
 /// What each event of one client's stream (in version order) did to who may read the client,
 /// for the events that changed it, by id. Access is decided with every recorded fact counted,
 /// however it is dated (a fact may be recorded a few minutes ahead of its time, within the
 /// clock skew allowed), so that the answer does not change with the moment it is asked.
-pub fn access_moves(client_id: ClientId, stream: &[RecordedEvent]) -> HashMap<EventId, AccessMove> {
-    let now = counting_every_fact(stream);
+pub fn access_moves(
+    client_id: ClientId,
+    stream: Vec<RecordedEvent>,
+) -> HashMap<EventId, AccessMove> {
+    let now = counting_every_fact(&stream);
     let mut state = ClientState::new(client_id);
     let mut moves = HashMap::new();
+    // Who may read the client after the last event judged: events of other types leave it as
+    // it is (see [`may_move_access`]), so it need not be decided again before the next one.
+    let mut current = None;
     for recorded in stream {
         if !may_move_access(&recorded.draft.event) {
-            state.apply(recorded.clone());
+            state.apply(recorded);
             continue;
         }
         let target = match &recorded.draft.event {
@@ -97,8 +101,9 @@ pub fn access_moves(client_id: ClientId, stream: &[RecordedEvent]) -> HashMap<Ev
             let fact = state.facts.iter().find(|fact| fact.event_id == target)?;
             Some((target, fact.event.event_type()))
         });
-        let before = readers(&state, now);
-        state.apply(recorded.clone());
+        let id = recorded.draft.id;
+        let before = current.take().unwrap_or_else(|| readers(&state, now));
+        state.apply(recorded);
         let after = readers(&state, now);
         let gained = |from: &BTreeMap<String, BTreeSet<Purpose>>,
                       to: &BTreeMap<String, BTreeSet<Purpose>>| {
@@ -116,8 +121,9 @@ pub fn access_moves(client_id: ClientId, stream: &[RecordedEvent]) -> HashMap<Ev
             target,
         };
         if !moved.opens_for.is_empty() || !moved.ends_for.is_empty() {
-            moves.insert(recorded.draft.id, moved);
+            moves.insert(id, moved);
         }
+        current = Some(after);
     }
     moves
 }
@@ -222,7 +228,7 @@ mod tests {
                 json!({"kind": "meeting", "attended": true}),
             ),
         ];
-        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream);
+        let moves = access_moves(ClientId(Uuid::from_u128(99)), stream);
         let at = |n| {
             moves
                 .get(&id(n))
@@ -268,7 +274,7 @@ mod tests {
             recorded(3, "pri", "involvement.opened", json!({"role": "other"})),
             ahead,
         ];
-        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream);
+        let moves = access_moves(ClientId(Uuid::from_u128(99)), stream);
         assert!(!moves.contains_key(&id(1)), "{moves:?}");
         assert!(moves.contains_key(&id(2)));
         assert!(!moves.contains_key(&id(3)), "{moves:?}");
@@ -343,7 +349,7 @@ mod tests {
                 json!({"event_id": id(1), "reason": "x", "data": {"agency": "ngo", "role": "mentor"}}),
             ),
         ];
-        let moves = access_moves(ClientId(Uuid::from_u128(99)), &stream);
+        let moves = access_moves(ClientId(Uuid::from_u128(99)), stream);
         assert_eq!(
             (
                 moves[&id(3)].opens_for.clone(),

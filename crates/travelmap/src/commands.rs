@@ -53,10 +53,10 @@ pub async fn import(
     // Clients named by lines the credential may not post, as a refusal over HTTP names them.
     let mut denied: Vec<ClientId> = Vec::new();
     let mut total = 0u64;
-    let mut first_line_of: HashMap<EventId, usize> = HashMap::new();
-    // Each line's event type and day, so that a correction of an event in the same file is
-    // checked before anything is recorded, as the server would check it.
-    let mut line_events: HashMap<EventId, (&'static str, chrono::NaiveDate)> = HashMap::new();
+    // Each event's line, type and day: for ids repeated in the file, and so that a correction
+    // of an event earlier in the file is checked before anything is recorded, as the server
+    // would check it.
+    let mut lines_of: HashMap<EventId, LineEvent> = HashMap::new();
     for read in ImportLines::new(open()?) {
         let (number, line) = read.with_context(|| format!("reading {}", file.display()))?;
         let line = match line {
@@ -107,21 +107,22 @@ pub async fn import(
                     .map(|authenticator| authenticator.check_named_agency(&submission.draft.event))
                     .unwrap_or(Ok(()));
                 let draft = &submission.draft;
-                line_events.insert(
-                    draft.id,
-                    (draft.event.event_type(), draft.occurred_at.date_naive()),
-                );
-                match (named, first_line_of.insert(draft.id, number)) {
+                let line = LineEvent {
+                    number,
+                    event_type: draft.event.event_type(),
+                    occurred_on: draft.occurred_at.date_naive(),
+                };
+                match (named, lines_of.insert(draft.id, line)) {
                     (Err(invalid), _) => Some(format!(
                         "{}: {}",
                         invalid.field.as_deref().unwrap_or_default(),
                         invalid.detail
                     )),
                     (Ok(()), Some(first)) => Some(format!(
-                        "event id {} already appears on line {first}",
-                        draft.id
+                        "event id {} already appears on line {}",
+                        draft.id, first.number
                     )),
-                    (Ok(()), None) => dated_facts(draft, &line_events),
+                    (Ok(()), None) => dated_facts(draft, &lines_of),
                 }
             }
             Err(problem) => Some(problem),
@@ -134,8 +135,7 @@ pub async fn import(
             );
         }
     }
-    drop(first_line_of);
-    drop(line_events);
+    drop(lines_of);
     if !errors.is_empty() {
         let more = match more_errors {
             0 => String::new(),
@@ -540,14 +540,20 @@ fn parse_line(line: &str) -> Result<Submission, String> {
     })
 }
 
+/// What the import's first pass keeps of each line's event.
+struct LineEvent {
+    number: usize,
+    event_type: &'static str,
+    occurred_on: chrono::NaiveDate,
+}
+
 /// What the server checks of an event's dated facts when it decides (see
 /// [`travelmap_domain::journey::check_replacement`]), checked by the import's first pass so
 /// that a file is refused whole: the event's own, and for a correction of an event earlier in
-/// the file, its replacement's. `line_events` holds the type and day of each earlier line's
-/// event.
+/// the file, its replacement's. `lines_of` holds each earlier line's event.
 fn dated_facts(
     draft: &travelmap_domain::EventDraft,
-    line_events: &HashMap<EventId, (&'static str, chrono::NaiveDate)>,
+    lines_of: &HashMap<EventId, LineEvent>,
 ) -> Option<String> {
     if let Err(invalid) = draft.event.check_past_dates(draft.occurred_at.date_naive()) {
         return Some(format!(
@@ -559,9 +565,13 @@ fn dated_facts(
     let travelmap_domain::JourneyEvent::EventCorrected(correction) = &draft.event else {
         return None;
     };
-    let &(target_type, target_day) = line_events.get(&correction.event_id)?;
-    let invalid =
-        travelmap_domain::journey::check_replacement(target_type, Some(target_day), draft).err()?;
+    let target = lines_of.get(&correction.event_id)?;
+    let invalid = travelmap_domain::journey::check_replacement(
+        target.event_type,
+        Some(target.occurred_on),
+        draft,
+    )
+    .err()?;
     Some(format!(
         "{}: replacement data: {}",
         travelmap_domain::field_path("data.data", &invalid.field),

@@ -505,8 +505,10 @@ pub async fn access_changes(
     clients.dedup();
     let mut moves = std::collections::HashMap::new();
     for client in clients {
-        let stream = state.journeys.history(client, None).await?;
-        moves.extend(access_moves(client, &stream));
+        moves.extend(access_moves(
+            client,
+            state.journeys.history(client, None).await?,
+        ));
     }
     let changes: Vec<AccessChange> = candidates
         .iter()
