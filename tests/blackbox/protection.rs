@@ -1217,19 +1217,7 @@ async fn simultaneous_decisions_are_recorded_once(backend: Backend) {
             (status, receipt)
         };
         let (a, b, c, d) = tokio::join!(send(), send(), send(), send());
-        let answers = [a, b, c, d];
-        let created = answers
-            .iter()
-            .filter(|(status, _)| *status == StatusCode::CREATED)
-            .count();
-        assert_eq!(created, 1, "{method} {path}: {answers:?}");
-        for (status, receipt) in &answers {
-            assert!(
-                [StatusCode::CREATED, StatusCode::OK].contains(status),
-                "{method} {path}: {status} {receipt}"
-            );
-            assert_eq!(receipt["id"], answers[0].1["id"], "{method} {path}");
-        }
+        recorded_once(&[a, b, c, d], &format!("{method} {path}"));
     }
     let history = app
         .get_ok(&format!("/v1/clients/{client}/events"), AUDITOR)
@@ -1277,20 +1265,25 @@ async fn simultaneous_decisions_are_recorded_once(backend: Backend) {
         (status, response.json::<Value>().await.unwrap())
     };
     let (a, b, c, d) = tokio::join!(lift(), lift(), lift(), lift());
-    let answers = [a, b, c, d];
+    recorded_once(&[a, b, c, d], "lifting after erasure");
+    app.stop().await;
+}
+
+/// Asserts that of decisions asked for at once, one was recorded (`201`) and every other was
+/// answered with its receipt (`200`).
+fn recorded_once(answers: &[(StatusCode, Value)], what: &str) {
     let created = answers
         .iter()
         .filter(|(status, _)| *status == StatusCode::CREATED)
         .count();
-    assert_eq!(created, 1, "{answers:?}");
-    for (status, receipt) in &answers {
+    assert_eq!(created, 1, "{what}: {answers:?}");
+    for (status, receipt) in answers {
         assert!(
             [StatusCode::CREATED, StatusCode::OK].contains(status),
-            "{status} {receipt}"
+            "{what}: {status} {receipt}"
         );
-        assert_eq!(receipt["id"], answers[0].1["id"]);
+        assert_eq!(receipt["id"], answers[0].1["id"], "{what}");
     }
-    app.stop().await;
 }
 
 /// A closed record says nothing of how it moves: a write to a restricted client with a wrong
