@@ -835,6 +835,54 @@ async fn each_agency_kind_posts_only_the_event_types_in_its_remit() {
     .await;
     assert_eq!(problem["index"], 1);
     assert_eq!(app.feed().await.len(), accepted);
+
+    // The remit is judged before the data: an agency that may not post a type is told so, not
+    // what the event's data lacks, alone or in a batch whose other events are invalid too.
+    let mut incomplete = sample_event(client, "client.released", AT);
+    incomplete["data"] = json!({});
+    let problem = expect_problem(
+        app.post_event(PROBATION_WRITER, &incomplete).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(problem["field"], "type");
+    let mut invalid = sample_event(client, "contact.made", AT);
+    invalid["data"] = json!({"kind": "telepathy"});
+    let batch = json!({"events": [invalid, incomplete]});
+    let problem = expect_problem(
+        app.post("/v1/events/batch", PROBATION_WRITER, &batch).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(problem["index"], 1);
+    // The service's own data-protection events, whatever their data.
+    for lifecycle in [
+        "personal_data.erased",
+        "processing.restricted",
+        "retention.applied",
+    ] {
+        let mut event = sample_event(client, "client.registered", AT);
+        event["type"] = json!(lifecycle);
+        event["data"] = json!({});
+        expect_problem(
+            app.post_event(PROBATION_WRITER, &event).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+    }
+    // A type outside the catalogue is still a validation matter.
+    let mut unknown = sample_event(client, "contact.made", AT);
+    unknown["type"] = json!("client.teleported");
+    expect_problem(
+        app.post_event(PROBATION_WRITER, &unknown).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_event_type",
+    )
+    .await;
+    assert_eq!(app.feed().await.len(), accepted);
 }
 
 /// Corrections and retractions are open to every agency, but only for events of a type its

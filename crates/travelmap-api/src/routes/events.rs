@@ -51,19 +51,12 @@ pub async fn post_event(
         .into_iter()
         .next();
     audit::require(&state, &caller, &context, &[Role::Writer], denied(named)).await?;
-    let submission = wire::parse_event(&body)?;
-    let client = submission.draft.client_id;
-    if let Err(refused) = caller.may_post(submission.draft.event.event_type()) {
-        audit::log(
-            &state,
-            &caller,
-            &context,
-            Outcome::Denied,
-            denied(Some(client)),
-        )
-        .await?;
+    if let Some(refused) = refused_type(&caller, &body) {
+        audit::log(&state, &caller, &context, Outcome::Denied, denied(named)).await?;
         return Err(refused);
     }
+    let submission = wire::parse_event(&body)?;
+    let client = submission.draft.client_id;
     state
         .authenticator
         .check_named_agency(&submission.draft.event)?;
@@ -183,6 +176,21 @@ pub async fn post_batch(
         )
         .with_field("events"));
     }
+    let refused = batch
+        .events
+        .iter()
+        .enumerate()
+        .find_map(|(index, event)| Some((index, refused_type(&caller, event)?)));
+    if let Some((index, refused)) = refused {
+        // As for a caller without the role: one entry for the attempt, and one for each
+        // client the batch named, as an import logs a refused type.
+        let records = std::iter::once(None)
+            .chain(named_clients(&batch.events).into_iter().map(Some))
+            .map(|client| context.record(&caller, Outcome::Denied, logged(client, None)))
+            .collect();
+        audit::write(&state, records).await?;
+        return Err(refused.at_index(Some(index)));
+    }
     let submissions = batch
         .events
         .iter()
@@ -190,22 +198,6 @@ pub async fn post_batch(
         .map(|(index, event)| wire::parse_event(event).map_err(|error| error.at_index(Some(index))))
         .collect::<Result<Vec<_>, _>>()?;
     for (index, submission) in submissions.iter().enumerate() {
-        if let Err(refused) = caller.may_post(submission.draft.event.event_type()) {
-            // As for a caller without the role: one entry for the attempt, and one for each
-            // client the batch named, as an import logs a refused type.
-            let mut clients: Vec<ClientId> = submissions
-                .iter()
-                .map(|submission| submission.draft.client_id)
-                .collect();
-            clients.sort_unstable_by_key(|client| client.0);
-            clients.dedup();
-            let records = std::iter::once(None)
-                .chain(clients.into_iter().map(Some))
-                .map(|client| context.record(&caller, Outcome::Denied, logged(client, None)))
-                .collect();
-            audit::write(&state, records).await?;
-            return Err(refused.at_index(Some(index)));
-        }
         state
             .authenticator
             .check_named_agency(&submission.draft.event)
@@ -407,6 +399,15 @@ async fn log_denied_write(
 
 /// The distinct clients named by these events as posted, as far as their `client_id` can be
 /// read without checking the rest: for logging a refusal that comes before any check.
+/// Why the caller may not post the event's type, judged on the type as sent, before its data
+/// is: an agency that may not post a type at all is told so (403), not what its data lacks. A
+/// type outside the catalogue is left to validation, which names it unknown.
+fn refused_type(caller: &Caller, event: &serde_json::Value) -> Option<ApiError> {
+    let event_type = event.get("type")?.as_str()?;
+    travelmap_domain::agency::posted_by(event_type)?;
+    caller.may_post(event_type).err()
+}
+
 fn named_clients(events: &[serde_json::Value]) -> Vec<ClientId> {
     let mut named: Vec<ClientId> = events
         .iter()
