@@ -362,6 +362,18 @@ async fn a_grant_lasts_what_it_was_given_for_whatever_the_setting_becomes() {
             && entry["returned"].as_str().unwrap().contains("(grant ")),
         "{ended:?}"
     );
+    // The review shows the end each grant had, whatever the setting now: the first, given for
+    // two seconds, ended two seconds after it was given though grants now last one.
+    let app = spawn_app_with(app.stop().await, Duration::from_secs(1)).await;
+    let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
+    let first = &grants["grants"][0];
+    let time =
+        |field: &str| chrono::DateTime::parse_from_rfc3339(first[field].as_str().unwrap()).unwrap();
+    assert_eq!(
+        time("until") - time("at"),
+        chrono::TimeDelta::seconds(2),
+        "{first}"
+    );
     app.stop().await;
 }
 

@@ -922,6 +922,33 @@ pub fn grants(
     entries: &[AuditEntry],
     configured: std::time::Duration,
 ) -> Vec<(&AuditEntry, DateTime<Utc>)> {
+    grants_ending(entries, |grant| grant_until(grant, configured))
+}
+
+/// The break-glass grants among `entries`, each with when it ended (or will end) as the trail
+/// records it, for review: the length its entry states, or the end a server started with a
+/// shorter setting recorded for it. Unlike [`grants`], a setting shortened since then does not
+/// move the end of a grant that already ran its course: a reviewer must see the access it gave,
+/// and reads within it were allowed. A grant whose entry states no length (logged before grants
+/// stated theirs) ends where `configured` puts it, as for access.
+pub fn grants_as_recorded(
+    entries: &[AuditEntry],
+    configured: std::time::Duration,
+) -> Vec<(&AuditEntry, DateTime<Utc>)> {
+    grants_ending(entries, |grant| {
+        grant_until(
+            grant,
+            stated_length(grant).map_or(configured, |_| std::time::Duration::MAX),
+        )
+    })
+}
+
+/// The grants among `entries` with their ends: `end` of each grant's entry, or the earliest
+/// end recorded for it early, whichever comes first.
+fn grants_ending(
+    entries: &[AuditEntry],
+    end: impl Fn(&AuditEntry) -> DateTime<Utc>,
+) -> Vec<(&AuditEntry, DateTime<Utc>)> {
     let (given, ended): (Vec<&AuditEntry>, Vec<&AuditEntry>) = entries
         .iter()
         .filter(|entry| entry.record.action == BREAK_GLASS)
@@ -937,7 +964,7 @@ pub fn grants(
     given
         .into_iter()
         .map(|grant| {
-            let until = grant_until(grant, configured);
+            let until = end(grant);
             let until = ended_early
                 .get(&grant.seq)
                 .map_or(until, |early| until.min(*early));
@@ -1113,6 +1140,42 @@ mod tests {
             [
                 first.record.at + TimeDelta::minutes(31),
                 second.record.at + TimeDelta::minutes(60)
+            ]
+        );
+    }
+
+    /// A setting shortened after a grant was cut short, or after it ran its course, ends it
+    /// sooner for access from then on, but the review shows the end the grant had.
+    #[test]
+    fn the_review_shows_the_end_a_grant_had_whatever_the_setting_now() {
+        let hour = std::time::Duration::from_secs(3600);
+        let minute = std::time::Duration::from_secs(60);
+        let cut = entry(1, 0, Outcome::Allowed, grant_text(hour));
+        let ran = entry(2, 0, Outcome::Allowed, grant_text(hour));
+        // A server started five minutes into the grants, with grants of one minute, ended the
+        // first then (the second had already been cut by another means in this example).
+        let ends_cut = entry(
+            3,
+            5,
+            Outcome::Denied,
+            ending_text(cut.record.at + TimeDelta::minutes(5), 1, minute),
+        );
+        let entries = [cut.clone(), ran.clone(), ends_cut];
+        let ends = |listed: Vec<(&AuditEntry, DateTime<Utc>)>| -> Vec<DateTime<Utc>> {
+            listed.into_iter().map(|(_, until)| until).collect()
+        };
+        assert_eq!(
+            ends(grants_as_recorded(&entries, minute)),
+            [
+                cut.record.at + TimeDelta::minutes(5),
+                ran.record.at + TimeDelta::minutes(60)
+            ]
+        );
+        assert_eq!(
+            ends(grants(&entries, minute)),
+            [
+                cut.record.at + TimeDelta::minutes(1),
+                ran.record.at + TimeDelta::minutes(1)
             ]
         );
     }
