@@ -712,6 +712,19 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
         text.contains("History of client") && text.contains("phase: released"),
         "{text}"
     );
+    // The text form holds what the JSON form holds: each event's id and data as recorded, and
+    // the map's phases besides its steps.
+    let release = events[2]["id"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("client.released {release}"))
+            && text.contains(r#""release_kind":"conditional""#)
+            && text.contains(r#""municipality":"Opava""#)
+            && text.contains(
+                "    in_custody from 2025-02-01T09:00:00+00:00 to 2025-03-01T09:00:00+00:00"
+            )
+            && text.contains("  steps:"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

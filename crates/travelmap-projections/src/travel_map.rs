@@ -658,9 +658,10 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
         flags.push(Flag {
             kind: "no_first_day_contact".into(),
             since: released + FIRST_DAY_WINDOW,
+            // Worded as the alert of the same name words it.
             detail: format!(
-                "released {} and no contact was recorded within 24 hours",
-                released.to_rfc3339()
+                "released {}; no contact was recorded within 24 hours",
+                released.format("%Y-%m-%d %H:%M UTC")
             ),
         });
     }

@@ -13,8 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use travelmap_api::wire::{self, Recorded};
 use travelmap_api::{Authenticator, Role};
 use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
-use travelmap_domain::{AgencyKind, ClientId, EventId, Provenance};
-use travelmap_projections::ClientState;
+use travelmap_domain::{AgencyKind, ClientId, EventId, Provenance, RecordedEvent};
+use travelmap_projections::{ClientState, TravelMap};
 use travelmap_service::{Journeys, Submission};
 use travelmap_store::postgres::{self, Migrations, PgStore};
 use travelmap_store::sqlite::{SqliteAuditLog, SqliteEventLog, SqliteKeyStore};
@@ -683,56 +683,143 @@ pub async fn replay(
         writeln!(out)?;
         return Ok(());
     }
+    write_replay(&mut out, client, as_of, now, &events, &map)?;
+    Ok(())
+}
+
+/// The text form of a replay: every event as recorded (its id, who recorded it, when it
+/// happened and when it was learned, and its data exactly as stored), then the whole travel map
+/// folded from them, so that the default output holds what `--json` holds.
+fn write_replay(
+    out: &mut impl Write,
+    client: ClientId,
+    as_of: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    events: &[RecordedEvent],
+    map: &TravelMap,
+) -> anyhow::Result<()> {
     writeln!(
         out,
         "History of client {client} ({} events, as recorded{})",
         events.len(),
         as_of.map_or(String::new(), |at| format!(" by {}", at.to_rfc3339()))
     )?;
-    for event in &events {
+    for event in events {
+        let recorded = Recorded::from(event);
         writeln!(
             out,
-            "  v{:<4} #{:<8} recorded {}  occurred {}  {:<30} by {} ({})",
-            event.meta.version,
-            event.meta.position,
-            event.meta.recorded_at.to_rfc3339(),
-            event.draft.occurred_at.to_rfc3339(),
-            event.draft.event.event_type(),
-            event.provenance.agency,
-            event.provenance.credential,
+            "  v{:<4} #{:<8} {} {}",
+            recorded.version, recorded.position, recorded.event_type, recorded.id,
         )?;
+        writeln!(
+            out,
+            "        occurred {}  recorded {}  by {} ({}){}",
+            recorded.occurred_at.to_rfc3339(),
+            recorded.recorded_at.to_rfc3339(),
+            recorded.agency,
+            recorded.credential,
+            recorded
+                .actor
+                .as_ref()
+                .map_or(String::new(), |actor| format!(", actor {actor}")),
+        )?;
+        writeln!(out, "        data {}", recorded.data)?;
+        if let Some(personal_data) = &recorded.personal_data {
+            writeln!(out, "        personal data {personal_data}")?;
+        }
     }
     writeln!(out, "\nTravel map as of {}", now.to_rfc3339())?;
-    writeln!(
-        out,
-        "  phase: {}",
-        serde_json::to_value(map.phase)?.as_str().unwrap_or("?")
-    )?;
+    writeln!(out, "  phase: {}", snake(&map.phase)?)?;
+    for span in &map.phases {
+        writeln!(
+            out,
+            "    {} from {}{}",
+            snake(&span.phase)?,
+            span.from.to_rfc3339(),
+            span.to
+                .map_or(String::new(), |to| format!(" to {}", to.to_rfc3339())),
+        )?;
+    }
     for involvement in &map.involvements {
         writeln!(
             out,
-            "  involvement: {} as {} from {} to {}",
+            "  involvement: {} as {}{} from {} to {}{} (recorded by {}{})",
             involvement.agency,
-            serde_json::to_value(involvement.role)?
-                .as_str()
-                .unwrap_or("?"),
+            snake(&involvement.role)?,
+            involvement
+                .worker
+                .as_ref()
+                .map_or(String::new(), |worker| format!(", worker {worker}")),
             involvement.from.map_or("?".into(), |at| at.to_rfc3339()),
             involvement.to.map_or("open".into(), |at| at.to_rfc3339()),
+            if involvement.handover {
+                ", a hand-over"
+            } else {
+                ""
+            },
+            involvement.recorded_by,
+            involvement
+                .closed_by
+                .as_ref()
+                .map_or(String::new(), |agency| format!(", closed by {agency}")),
         )?;
     }
+    writeln!(out, "  steps:")?;
     for step in &map.steps {
         writeln!(
             out,
-            "  {}  {}  ({})",
+            "    {}  {}  ({})",
             step.occurred_at.to_rfc3339(),
             step.summary,
             step.agency
+        )?;
+        for correction in &step.corrections {
+            writeln!(
+                out,
+                "      corrected by {} ({}, recorded {}): {}",
+                correction.event_id,
+                correction.agency,
+                correction.recorded_at.to_rfc3339(),
+                correction.reason
+            )?;
+        }
+    }
+    for (area, need) in &map.needs {
+        writeln!(
+            out,
+            "  need: {} {} since {} ({})",
+            snake(area)?,
+            snake(&need.status)?,
+            need.since.to_rfc3339(),
+            need.agency
+        )?;
+    }
+    for appointment in &map.next {
+        writeln!(
+            out,
+            "  next: {} at {} ({}){}{}",
+            appointment.appointment_id,
+            appointment.at.to_rfc3339(),
+            appointment.agency,
+            appointment
+                .purpose
+                .as_ref()
+                .map_or(String::new(), |purpose| format!(": {purpose}")),
+            if appointment.overdue { ", overdue" } else { "" },
         )?;
     }
     for flag in &map.flags {
         writeln!(out, "  FLAG {}: {}", flag.kind, flag.detail)?;
     }
     Ok(())
+}
+
+/// A unit enum's wire name (`in_custody`, `probation_officer`, ...).
+fn snake(value: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_value(value)?
+        .as_str()
+        .unwrap_or("?")
+        .to_owned())
 }
 
 /// Prints a new key (on stderr, for the person setting it up) and the `[[credentials]]` entry
