@@ -395,6 +395,32 @@ async fn the_document_states_the_limits_the_server_enforces() {
                 && patterns.contains(&json!("personal_data.erased"))),
         "{patterns}"
     );
+    // Every listed pattern is taken, and those a webhook would never deliver are neither
+    // listed nor taken.
+    let url = "https://case-system.example/hooks";
+    for pattern in patterns.as_array().unwrap() {
+        let body = json!({"url": url, "types": [pattern]});
+        let response = app
+            .post("/v1/subscriptions/webhooks", PROBATION_WRITER, &body)
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{pattern}");
+    }
+    for never in [
+        "processing.restricted",
+        "restriction.lifted",
+        "processing.*",
+    ] {
+        assert!(!patterns.as_array().unwrap().contains(&json!(never)));
+        let body = json!({"url": url, "types": [never]});
+        let problem = expect_problem(
+            app.post("/v1/subscriptions/webhooks", PROBATION_WRITER, &body)
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], "types[0]");
+    }
 }
 
 /// Each read's `X-Purpose` lists exactly the purposes it takes: one outside the list is refused

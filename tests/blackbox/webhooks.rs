@@ -1121,17 +1121,34 @@ async fn a_rectification_that_takes_back_its_access_reaches_the_agency(backend: 
 }
 
 /// A restriction and its lifting are the data-protection officer's decisions, with the
-/// officer's reasons: an agency's webhook receives neither, and after the lifting it receives
-/// the client's events again.
+/// officer's reasons: an agency's webhook may not ask for them, receives nothing of the client
+/// while the restriction lasts, and after the lifting it receives the client's events again.
 async fn restriction_decisions_do_not_reach_the_agency(backend: Backend) {
     let app = spawn_app_on(&backend).await;
     let receiver = Receiver::start().await;
-    let webhook = register(
-        &app,
-        &receiver,
-        json!(["processing.*", "restriction.*", "need.*"]),
-    )
-    .await;
+    for types in [
+        json!(["need.*", "processing.*"]),
+        json!(["restriction.lifted"]),
+    ] {
+        let response = app
+            .post(
+                "/v1/subscriptions/webhooks",
+                NGO_COORDINATOR,
+                &json!({"url": receiver.url(), "types": types}),
+            )
+            .await;
+        let problem = expect_problem(
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert!(
+            problem["field"] == "types[1]" || problem["field"] == "types[0]",
+            "{problem}"
+        );
+    }
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
     let client = ngo_client(&app).await;
     let before = need(&app, NGO_WRITER, client, "before the restriction").await;
     // Scope is decided as each page is read: the need must be read before the restriction.

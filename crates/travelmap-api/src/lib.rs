@@ -194,6 +194,8 @@ impl Modify for AcceptedValues {
                 .filter_map(|info| info.event_type.split_once('.'))
                 .map(|(family, _)| format!("{family}.*")),
         );
+        patterns
+            .retain(|pattern| travelmap_service::subscriptions::reaches_agencies_pattern(pattern));
         patterns.sort();
         patterns.dedup();
         // Every schema version up to the newest of any type (older ones are upcast).

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::{broadcast, watch};
 use travelmap_domain::payloads::Purpose;
-use travelmap_domain::{ClientId, JourneyEvent, RecordedEvent};
+use travelmap_domain::{ClientId, RecordedEvent};
 use travelmap_projections::Access;
 use travelmap_projections::health::Reporter;
 
@@ -68,16 +68,7 @@ impl Scope {
         let Some(agency) = &self.agency else {
             return Some(Admission::Whole);
         };
-        if access.restricted
-            // A restriction and its lifting are the data-protection officer's decisions about
-            // the record, with the officer's reasons: an agency learns of a restriction from
-            // the `403 restricted` its reads get, not from its feed, which would also send it
-            // a restriction that ended before it read that far.
-            || matches!(
-                event.draft.event,
-                JourneyEvent::ProcessingRestricted(_) | JourneyEvent::RestrictionLifted(_)
-            )
-        {
+        if access.restricted || !reaches_agencies(event.draft.event.event_type()) {
             return None;
         }
         if access.allows(agency, self.purpose) {
@@ -145,6 +136,27 @@ pub struct ScopedPage {
 }
 
 /// Whether `pattern` names an event type in the catalogue, or a family of them (`job.*`).
+/// Whether events of `event_type` are ever sent to an agency's subscriber. A restriction and
+/// its lifting are not: they are the data-protection officer's decisions about the record, with
+/// the officer's reasons, and an agency learns of a restriction from the `403 restricted` its
+/// reads get, not from its feed, which would also send it a restriction that ended before it
+/// read that far.
+pub fn reaches_agencies(event_type: &str) -> bool {
+    !matches!(event_type, "processing.restricted" | "restriction.lifted")
+}
+
+/// Whether `pattern` (a type or a family such as `job.*`) names a type an agency's subscriber
+/// can receive: a webhook, always an agency's, asking only for others would never deliver.
+pub fn reaches_agencies_pattern(pattern: &str) -> bool {
+    travelmap_domain::catalogue::event_types()
+        .iter()
+        .filter(|info| reaches_agencies(info.event_type))
+        .any(|info| match pattern.strip_suffix('*') {
+            Some(prefix) => prefix.ends_with('.') && info.event_type.starts_with(prefix),
+            None => info.event_type == pattern,
+        })
+}
+
 pub fn is_known_type_pattern(pattern: &str) -> bool {
     let types = travelmap_domain::catalogue::event_types();
     match pattern.strip_suffix('*') {
@@ -440,22 +452,16 @@ mod tests {
         assert!(!scope.wants_type("housing.lost"));
     }
 
-    #[test]
-    fn a_feed_for_statistics_admits_nothing_whatever_the_access() {
-        use travelmap_domain::{ClientId, EventDraft, EventId, Provenance, RecordMeta};
+    fn recorded(event_type: &str, data: serde_json::Value) -> RecordedEvent {
+        use travelmap_domain::{EventDraft, EventId, JourneyEvent, Provenance, RecordMeta};
         let at = "2026-01-05T09:00:00+01:00";
-        let event = RecordedEvent {
+        RecordedEvent {
             draft: EventDraft {
                 id: EventId(uuid::Uuid::from_u128(1)),
                 client_id: ClientId(uuid::Uuid::from_u128(2)),
                 occurred_at: at.parse().unwrap(),
                 actor: None,
-                event: JourneyEvent::decode(
-                    "job.placed",
-                    1,
-                    &serde_json::json!({"kind": "full_time", "sector": "construction"}),
-                )
-                .unwrap(),
+                event: JourneyEvent::decode(event_type, 1, &data).unwrap(),
             },
             provenance: Provenance {
                 agency: "bureau-opava".into(),
@@ -467,7 +473,15 @@ mod tests {
                 recorded_at: at.parse().unwrap(),
             },
             personal: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_feed_for_statistics_admits_nothing_whatever_the_access() {
+        let event = recorded(
+            "job.placed",
+            serde_json::json!({"kind": "full_time", "sector": "construction"}),
+        );
         let access = Access {
             involved: ["probation-opava".to_owned()].into(),
             ..Access::default()
@@ -479,6 +493,35 @@ mod tests {
         );
         feed.purpose = Purpose::Statistics;
         assert_eq!(feed.admission(&event, Some(&access)), None);
+    }
+
+    /// A restriction and its lifting reach readers of every client, never an agency, which
+    /// no type pattern can ask for.
+    #[test]
+    fn restriction_decisions_never_reach_an_agency() {
+        let access = Access {
+            involved: ["probation-opava".to_owned()].into(),
+            ..Access::default()
+        };
+        let every_client = Scope {
+            agency: None,
+            ..scope(&[])
+        };
+        for event_type in ["processing.restricted", "restriction.lifted"] {
+            let event = recorded(event_type, serde_json::json!({"reason": "contested"}));
+            assert_eq!(scope(&[]).admission(&event, Some(&access)), None);
+            assert_eq!(
+                every_client.admission(&event, Some(&access)),
+                Some(Admission::Whole)
+            );
+        }
+        for pattern in ["processing.restricted", "processing.*", "restriction.*"] {
+            assert!(is_known_type_pattern(pattern));
+            assert!(!reaches_agencies_pattern(pattern), "{pattern}");
+        }
+        assert!(reaches_agencies_pattern("personal_data.*"));
+        assert!(reaches_agencies_pattern("client.released"));
+        assert!(!reaches_agencies_pattern("job.stolen"));
     }
 
     #[test]

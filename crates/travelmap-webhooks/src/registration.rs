@@ -58,6 +58,14 @@ pub fn url_problem(url: &str) -> Option<String> {
     if parsed.port() == Some(0) {
         return Some("url must not name port 0: nothing can be delivered there".to_owned());
     }
+    // Deliveries carry criminal-justice and health data: sent in the clear, anyone on the way
+    // could read them. Plain HTTP only to this machine (a local relay, a test receiver).
+    if parsed.scheme() == "http" && !on_this_machine(&parsed) {
+        return Some(
+            "url must be https://: deliveries carry personal data (plain http:// only to this machine: localhost, 127.0.0.1, [::1])"
+                .to_owned(),
+        );
+    }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Some(
             "url must not carry a user name or password; deliveries are authenticated by their signature"
@@ -68,6 +76,18 @@ pub fn url_problem(url: &str) -> Option<String> {
         return Some("url must not have a fragment (#...); it is never sent".to_owned());
     }
     None
+}
+
+/// Whether the URL's host is this machine's loopback interface.
+fn on_this_machine(url: &reqwest::Url) -> bool {
+    url.host_str().is_some_and(|host| {
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|address| address.is_loopback())
+    })
 }
 
 /// The URL as it is stored, shown and called: in its normal form (`HTTPS://A.example` is
@@ -89,15 +109,20 @@ pub fn types_problem(types: &[String]) -> Option<(Option<usize>, String)> {
     if types.len() > MAX_TYPES {
         return Some((None, format!("types may list at most {MAX_TYPES} entries")));
     }
+    use travelmap_service::subscriptions::{is_known_type_pattern, reaches_agencies_pattern};
     types.iter().enumerate().find_map(|(index, pattern)| {
-        (!travelmap_service::subscriptions::is_known_type_pattern(pattern)).then(|| {
-            (
-                Some(index),
-                format!(
-                    "`{pattern}` is neither an event type of the catalogue nor a family of them such as `job.*`; see GET /v1/event-types"
-                ),
+        let problem = if !is_known_type_pattern(pattern) {
+            format!(
+                "`{pattern}` is neither an event type of the catalogue nor a family of them such as `job.*`; see GET /v1/event-types"
             )
-        })
+        } else if !reaches_agencies_pattern(pattern) {
+            format!(
+                "`{pattern}` is never sent to an agency's webhook: a restriction and its lifting are the data-protection officer's decisions, and an agency learns of a restriction from the `403 restricted` its reads get"
+            )
+        } else {
+            return None;
+        };
+        Some((Some(index), problem))
     })
 }
 
@@ -129,6 +154,8 @@ mod tests {
     fn http_and_https_urls_with_a_host_are_accepted() {
         assert_eq!(url_problem("https://agency.example/hooks/travelmap"), None);
         assert_eq!(url_problem("http://127.0.0.1:8081/receive?x=1"), None);
+        assert_eq!(url_problem("http://localhost/receive"), None);
+        assert_eq!(url_problem("http://[::1]:9000/"), None);
         assert_eq!(url_problem("HTTPS://Agency.example"), None);
         assert_eq!(
             normal_url("HTTPS://Agency.example"),
@@ -147,6 +174,10 @@ mod tests {
             "https://user:password@agency.example/",
             "https://agency.example/hooks#part",
             "mailto:someone@agency.example",
+            // Personal data in the clear, beyond this machine.
+            "http://agency.example/hooks",
+            "http://10.0.0.7:8080/hooks",
+            "http://localhost.agency.example/",
         ] {
             assert!(url_problem(url).is_some(), "{url} was accepted");
         }

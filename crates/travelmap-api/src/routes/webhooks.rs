@@ -38,8 +38,8 @@ const READERS: &[Role] = &[Role::Writer, Role::Coordinator, Role::Admin];
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
-    /// Where events are POSTed: an absolute `http` or `https` URL, without user name, password
-    /// or fragment; at most 2,048 characters.
+    /// Where events are POSTed: an absolute `https` URL (plain `http` only to this machine),
+    /// without user name, password or fragment; at most 2,048 characters.
     #[schema(
         example = "https://case-system.probation.example/travelmap/events",
         format = "uri",
@@ -47,11 +47,12 @@ pub struct WebhookRequest {
     )]
     pub url: String,
     /// Event types (`client.released`) or families of them (`job.*`) to receive; at least one,
-    /// each from the catalogue (`GET /v1/event-types`).
+    /// each from the catalogue (`GET /v1/event-types`), and none that is never sent to an
+    /// agency (`processing.restricted`, `restriction.lifted`).
     #[schema(example = json!(["client.released", "job.*"]), min_items = 1, max_items = 100)]
     pub types: Vec<String>,
     /// Why the agency processes what it receives (default `case_management`): consents name the
-    /// purposes they cover. One of case_management, supervision, service_delivery, statistics.
+    /// purposes they cover. One of case_management, supervision, service_delivery.
     #[serde(default)]
     #[schema(example = "case_management")]
     pub purpose: Option<String>,
@@ -560,6 +561,14 @@ mod tests {
             field(serde_json::json!({"url": url, "types": ["job.*", "job.stolen"]})).as_deref(),
             Some("types[1]")
         );
+        // Types a webhook, always an agency's, would never deliver.
+        for never in ["processing.restricted", "restriction.*"] {
+            assert_eq!(
+                field(serde_json::json!({"url": url, "types": ["job.*", never]})).as_deref(),
+                Some("types[1]"),
+                "{never}"
+            );
+        }
         assert_eq!(
             field(serde_json::json!({"url": url, "types": ["job.*"], "purpose": "emergency"}))
                 .as_deref(),
