@@ -224,6 +224,9 @@ async fn erasure_removes_the_personal_data_everywhere_and_keeps_the_facts(backen
             .iter()
             .any(|flag| flag["kind"] == "personal_data_erased")
     );
+    // The registration's summary no longer counts identifiers it cannot see: "with 0" would
+    // state that the client had none.
+    assert_eq!(map["steps"][0]["summary"], "Registered", "{map}");
     let as_of = app
         .get_ok(
             &format!(

@@ -752,7 +752,14 @@ fn step(fact: &Fact) -> Step {
 pub fn summary(event: &JourneyEvent) -> String {
     use JourneyEvent as E;
     match event {
+        // Erased identifiers read as none: the count would then state that there were none.
+        E::ClientRegistered(e) if e.identifiers.is_empty() => "Registered".into(),
         E::ClientRegistered(e) => format!("Registered with {} identifier(s)", e.identifiers.len()),
+        E::IdentifierAdded(e)
+            if e.identifier.value.as_str() == travelmap_domain::personal::ERASED =>
+        {
+            "Identifier added (erased)".into()
+        }
         E::IdentifierAdded(e) => format!("Identifier {} added", e.identifier.kind.as_str()),
         E::SentenceStarted(e) => match e.expected_release_date {
             Some(release) => format!(
@@ -933,5 +940,26 @@ mod tests {
             back.occurred_at.to_rfc3339(),
             "2026-03-01T09:00:00.123456+01:00"
         );
+    }
+
+    /// An erased identifier reads as a placeholder; its summary says it was erased rather than
+    /// naming the placeholder's type, and a registration without identifiers counts none.
+    #[test]
+    fn summaries_do_not_state_what_erasure_took() {
+        let decode = |event_type: &str, data: serde_json::Value| {
+            JourneyEvent::decode(event_type, 1, &data).unwrap()
+        };
+        let erased = decode(
+            "identifier.added",
+            serde_json::json!({"identifier": {"type": "erased", "value": "[erased]"}}),
+        );
+        assert_eq!(summary(&erased), "Identifier added (erased)");
+        let added = decode(
+            "identifier.added",
+            serde_json::json!({"identifier": {"type": "probation_case", "value": "PC-1"}}),
+        );
+        assert_eq!(summary(&added), "Identifier probation_case added");
+        let registered = decode("client.registered", serde_json::json!({"identifiers": []}));
+        assert_eq!(summary(&registered), "Registered");
     }
 }
