@@ -70,7 +70,7 @@ pub const DEFAULT_BREAK_GLASS: std::time::Duration = std::time::Duration::from_s
 #[openapi(
     info(
         title = "Travelmap API",
-        description = "Journey events of people leaving prison, recorded by the agencies that work with them, and the travel maps projected from them. Errors are RFC 9457 problem details with a stable `code`.",
+        description = "Journey events of people leaving prison, recorded by the agencies that work with them, and the travel maps projected from them. Errors are RFC 9457 problem details with a stable `code`. Besides the answers each operation lists: a path that is not listed is answered `404 not_found`, and a method a listed path does not take `405 method_not_allowed` with `Allow` naming those it does.",
     ),
     paths(
         routes::events::post_event,
