@@ -31,18 +31,34 @@ pub(crate) struct Server {
 impl Server {
     /// Starts `travelmap serve` on `data_dir` and waits until it answers.
     pub(crate) async fn start(data_dir: &Path, config: Option<&Path>) -> Server {
-        Self::launch(data_dir, None, config).await
+        Self::launch(data_dir, None, config, TEST_MASTER_KEYS).await
     }
 
     /// Starts `travelmap serve` storing in the PostgreSQL database at `url`.
     pub(crate) async fn start_on(url: &str, data_dir: &Path, config: &Path) -> Server {
-        Self::launch(data_dir, Some(url), Some(config)).await
+        Self::launch(data_dir, Some(url), Some(config), TEST_MASTER_KEYS).await
     }
 
-    async fn launch(data_dir: &Path, store: Option<&str>, config: Option<&Path>) -> Server {
+    /// [`Self::start_on`] with other master keys (`id:hex`, comma-separated, current first).
+    pub(crate) async fn start_on_with_keys(
+        url: &str,
+        data_dir: &Path,
+        config: &Path,
+        master_keys: &str,
+    ) -> Server {
+        Self::launch(data_dir, Some(url), Some(config), master_keys).await
+    }
+
+    async fn launch(
+        data_dir: &Path,
+        store: Option<&str>,
+        config: Option<&Path>,
+        master_keys: &str,
+    ) -> Server {
         let port = free_port();
         let mut command = travelmap_command();
         command
+            .env("TRAVELMAP_MASTER_KEYS", master_keys)
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))

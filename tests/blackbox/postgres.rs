@@ -826,6 +826,68 @@ async fn an_empty_or_inconsistent_database_is_refused() {
     database.drop_database().await.unwrap();
 }
 
+/// A process started with a new master key first, beside one that lacks it (a rotation rolled
+/// out in one round instead of two), wraps new data keys under it. The process without it
+/// answers what needs such a key with `503` and reports itself `misconfigured`, out of rotation,
+/// rather than failing with `500` while it looks ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_without_the_current_master_key_is_taken_out_of_rotation() {
+    let cluster = Cluster::start(1).await;
+    let newer = format!("newer:{},{TEST_MASTER_KEYS}", "0a".repeat(32));
+    let dir = tempfile::tempdir().unwrap();
+    let rotated = crate::binary::Server::start_on_with_keys(
+        cluster.database.url(),
+        &dir.path().join("rotated"),
+        &cluster.config,
+        &newer,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let client = Uuid::new_v4();
+    let (status, receipt) = post(
+        &http,
+        &rotated.address,
+        &crate::samples::sample_event(client, "client.registered", "2026-01-05T09:00:00Z"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{receipt}");
+
+    // The first process, which writes the views, cannot open the new client's data.
+    let history = http
+        .get(format!("{}/v1/clients/{client}/events", cluster.address(0)))
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(history, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    let mut readiness = Value::Null;
+    for _ in 0..100 {
+        let response = http
+            .get(format!("{}/readyz", cluster.address(0)))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        readiness = response.json().await.unwrap();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(readiness["status"], "misconfigured", "{readiness}");
+    let projection = readiness["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|task| task["name"] == "projection")
+        .unwrap();
+    assert_eq!(projection["state"], "misconfigured", "{readiness}");
+    assert!(projection["failing_since"].is_string(), "{readiness}");
+    drop(rotated);
+    cluster.stop().await;
+}
+
 /// A start on a database whose keys are wrapped under a master key it was not given generates
 /// one in its data directory (as for any first start), finds it opens nothing, and removes it
 /// again: left there, it would be read on every later start. So does a start that cannot reach

@@ -296,6 +296,14 @@ impl ApiError {
                 "the store is busy or unreachable just now; retry shortly",
             );
         }
+        if error.is_misconfiguration() {
+            tracing::error!(%error, "this server is not configured for the stored data");
+            return Self::new(
+                Code::Unavailable,
+                "this server lacks a master key the stored data needs (a configuration fault, \
+                 logged); another server of the deployment may answer: retry later",
+            );
+        }
         if error.is_out_of_service() {
             tracing::error!(%error, "the store cannot take writes");
             return Self::new(

@@ -25,6 +25,10 @@ pub enum Condition {
     Running,
     /// Its attempts have failed since `since`; it goes on retrying.
     Failing { since: DateTime<Utc> },
+    /// Its attempts have failed since `since` for a fault of this process's configuration (a
+    /// master key it lacks), which retrying cannot mend: a restart with the right settings
+    /// does. It goes on retrying all the same, in case the fault was another's.
+    Misconfigured { since: DateTime<Utc> },
 }
 
 /// A task's condition as the readiness check sees it.
@@ -59,6 +63,30 @@ impl Reporter {
             *condition = Condition::Failing { since: Utc::now() };
             true
         });
+    }
+
+    /// The last attempt failed for a fault of this process's configuration. Failures that
+    /// began earlier keep their time.
+    pub fn misconfigured(&self) {
+        self.0.send_if_modified(|condition| {
+            let since = match condition {
+                Condition::Misconfigured { .. } => return false,
+                Condition::Failing { since } => *since,
+                _ => Utc::now(),
+            };
+            *condition = Condition::Misconfigured { since };
+            true
+        });
+    }
+
+    /// The last attempt failed with `error`: [`Self::misconfigured`] for a fault of this
+    /// process's configuration, [`Self::failing`] for any other.
+    pub fn failed_with(&self, error: &crate::Error) {
+        if error.is_misconfiguration() {
+            self.misconfigured();
+        } else {
+            self.failing();
+        }
     }
 }
 

@@ -51,3 +51,11 @@ pub enum Error {
         waited: std::time::Duration,
     },
 }
+
+impl Error {
+    /// Whether this process's configuration is at fault (see
+    /// [`travelmap_store::Error::is_misconfiguration`]).
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(self, Error::Store(error) if error.is_misconfiguration())
+    }
+}

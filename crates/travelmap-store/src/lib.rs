@@ -199,6 +199,13 @@ impl Error {
     /// "insufficient resources" (among [`Self::is_transient`]'s) already are; unlike those, not
     /// worth retrying at once, and not taken for "unreachable" where that matters (`audit
     /// verify` reports a trail it cannot read as broken, not as out of reach).
+    /// Whether the fault is this process's configuration, which a retry cannot mend: a data
+    /// key wrapped under a master key this process was not given (another process, started
+    /// with a newer key first, wrapped it).
+    pub fn is_misconfiguration(&self) -> bool {
+        matches!(self, Error::MasterKeyMissing(_))
+    }
+
     pub fn is_out_of_service(&self) -> bool {
         match self {
             Error::OutOfService(_) => true,

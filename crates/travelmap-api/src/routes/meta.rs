@@ -88,7 +88,9 @@ pub struct Readiness {
     /// `starting` while the travel-map projection first catches up or the caseloads and alerts
     /// are first loaded; `failing` when the projection or the coordination index has stopped
     /// (a bug: it will not recover without a restart); `stopping` once the server has been told
-    /// to stop. `starting`, `failing` and `stopping` answer `503`.
+    /// to stop; `misconfigured` when the projection fails for a fault of this process's
+    /// configuration (a master key it lacks: restart it with the right settings). `starting`,
+    /// `failing`, `misconfigured` and `stopping` answer `503`.
     #[schema(example = "ready")]
     pub status: &'static str,
     /// The highest committed global position.
@@ -107,7 +109,8 @@ pub struct TaskReadiness {
     /// stopped.
     pub essential: bool,
     /// `starting`, `running` (its last attempt worked), `failing` (its attempts fail; it retries,
-    /// and the server's log says why), `stalled` (it reports no failure, yet has stayed behind the
+    /// and the server's log says why), `misconfigured` (its attempts fail for a fault of this
+    /// process's configuration, such as a master key it lacks), `stalled` (it reports no failure, yet has stayed behind the
     /// head without moving for a minute or more: it hangs) or `stopped` (it has ended: the server
     /// is stopping, or the task met a bug).
     pub state: &'static str,
@@ -134,7 +137,7 @@ pub struct TaskReadiness {
     get, path = "/readyz", tag = "meta",
     responses(
         (status = 200, description = "Ready, or degraded: the service takes events and answers, though a task fails and retries (what it keeps current stops moving until it recovers), or one it can do without has stopped", body = Readiness),
-        (status = 503, description = "Starting, failing or stopping: the travel maps, caseloads or alerts are not loaded yet, or will not be kept current without a restart, or the server is stopping", body = Readiness),
+        (status = 503, description = "Starting, failing, misconfigured or stopping: the travel maps, caseloads or alerts are not loaded yet, or will not be kept current without a restart (with the right settings, when misconfigured), or the server is stopping", body = Readiness),
         (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -154,6 +157,9 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
                 Seen::Reported(Condition::Starting) => ("starting", None),
                 Seen::Reported(Condition::Running) => ("running", None),
                 Seen::Reported(Condition::Failing { since }) => ("failing", Some(since)),
+                Seen::Reported(Condition::Misconfigured { since }) => {
+                    ("misconfigured", Some(since))
+                }
                 Seen::Stopped => ("stopped", None),
             };
             let position = position_of(task.name);
@@ -226,12 +232,18 @@ fn status_of(stopping: bool, tasks: &[TaskReadiness]) -> &'static str {
         "stopping"
     } else if essential_is("stopped") {
         "failing"
+    } else if essential_is("misconfigured") {
+        // This process cannot do its part until it is restarted with the right settings;
+        // another process on the same store may: take this one out of rotation.
+        "misconfigured"
     } else if essential_is("starting") {
         "starting"
-    } else if tasks
-        .iter()
-        .any(|task| matches!(task.state, "failing" | "stalled" | "stopped"))
-    {
+    } else if tasks.iter().any(|task| {
+        matches!(
+            task.state,
+            "failing" | "stalled" | "stopped" | "misconfigured"
+        )
+    }) {
         "degraded"
     } else {
         "ready"
