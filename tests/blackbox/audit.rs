@@ -715,6 +715,31 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // A checkpoint that is not there, or not one, is named for what is wrong with it, before
+    // any key is looked for (in a directory holding none).
+    let empty = tempfile::tempdir().unwrap();
+    let not_a_checkpoint = dir.path().join("partial.json");
+    std::fs::write(&not_a_checkpoint, r#"{"seq": 1}"#).unwrap();
+    for (file, expected) in [
+        (dir.path().join("missing.json"), "reading the checkpoint"),
+        (not_a_checkpoint, "it lacks `hash`"),
+    ] {
+        let output = travelmap_command()
+            .args(["audit", "verify", "--data-dir"])
+            .arg(empty.path())
+            .arg("--checkpoint")
+            .arg(&file)
+            .env_remove("TRAVELMAP_CONFIG")
+            .env_remove("TRAVELMAP_STORE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "{}: {stderr}",
+            file.display()
+        );
+    }
     // A forged checkpoint (another head, the old signature) is rejected.
     let mut forged = checkpoint.clone();
     forged["seq"] = json!(4);

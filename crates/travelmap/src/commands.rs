@@ -299,7 +299,9 @@ pub async fn log_offline_all(location: &Location, records: Vec<AuditRecord>) -> 
             SqliteAuditLog::append_beside(&data_dir.join("audit.sqlite"), &records)?;
         }
         Location::Postgres(url) => {
-            let store = PgStore::connect(url, Migrations::Require).await?;
+            let store = PgStore::connect(url, Migrations::Require)
+                .await
+                .with_context(|| format!("opening the {}", location.describe()))?;
             let logged = store.audit.append(records).await;
             store.close().await;
             logged?;
@@ -636,7 +638,9 @@ pub async fn replay(
                 .await?
         }
         Location::Postgres(url) => {
-            let store = PgStore::connect(url, Migrations::Require).await?;
+            let store = PgStore::connect(url, Migrations::Require)
+                .await
+                .with_context(|| format!("opening the {}", location.describe()))?;
             let keyring = Arc::new(Keyring::open(store.keys.clone(), masters).await?);
             let events = SealedLog::new(store.log.clone(), keyring)
                 .read_stream(client, as_of)
@@ -887,6 +891,31 @@ pub async fn migrate(location: &Location) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A checkpoint file as served by `GET /v1/audit/checkpoint`: the whole document, with its
+/// `seq` and `hash`.
+pub fn read_checkpoint(path: &Path) -> anyhow::Result<(serde_json::Value, u64, String)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the checkpoint {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a checkpoint (JSON)", path.display()))?;
+    let seq = value["seq"].as_u64();
+    let hash = value["hash"].as_str().map(str::to_owned);
+    match (seq, hash) {
+        (Some(seq), Some(hash)) => Ok((value, seq, hash)),
+        (seq, hash) => {
+            let missing: Vec<&str> = [("`seq`", seq.is_none()), ("`hash`", hash.is_none())]
+                .into_iter()
+                .filter_map(|(field, missing)| missing.then_some(field))
+                .collect();
+            bail!(
+                "{} is not a checkpoint: it lacks {} (as served by GET /v1/audit/checkpoint)",
+                path.display(),
+                missing.join(" and ")
+            )
+        }
+    }
+}
+
 /// What `audit verify` concluded.
 pub enum Verified {
     Intact,
@@ -903,16 +932,7 @@ pub async fn verify_audit(
     use travelmap_domain::audit::{ChainCheck, ChainError, hex};
     let checkpoint: Option<(u64, String)> = match checkpoint {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading the checkpoint {}", path.display()))?;
-            let value: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a checkpoint (JSON)", path.display()))?;
-            let seq = value["seq"].as_u64();
-            let hash = value["hash"].as_str().map(str::to_owned);
-            let (seq, hash) = match (seq, hash) {
-                (Some(seq), Some(hash)) => (seq, hash),
-                _ => bail!("{} lacks `seq` and `hash`", path.display()),
-            };
+            let (value, seq, hash) = read_checkpoint(path)?;
             if let Err(problem) = check_signature(&value, seq, &hash, public_key) {
                 out!("audit checkpoint rejected: {problem}");
                 return Ok(Verified::Broken);
@@ -930,7 +950,9 @@ pub async fn verify_audit(
             None,
         ),
         Location::Postgres(url) => {
-            let store = PgStore::connect(url, Migrations::Require).await?;
+            let store = PgStore::connect(url, Migrations::Require)
+                .await
+                .with_context(|| format!("opening the {}", location.describe()))?;
             (store.audit.clone(), Some(store))
         }
     };
@@ -1154,6 +1176,12 @@ pub async fn rotate_keys(location: &Location, masters: MasterKeys) -> anyhow::Re
     out!(
         "rewrapped {count} data key(s) under master key `{current}`; older master keys can now be removed"
     );
+    if matches!(location, Location::Postgres(_)) {
+        // The servers read the keys afresh: one started without the new key cannot open them.
+        eprintln!(
+            "every server on this database must hold master key `{current}`: one that does not reports `misconfigured` on /readyz until it is restarted with it (docs/operations.md, \"Rotation\")"
+        );
+    }
     Ok(())
 }
 

@@ -496,6 +496,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let configured = config
                 .as_ref()
                 .and_then(|(_, file)| file.audit_signing_key_file.as_deref());
+            // The checkpoint first: a missing file is the mistake to name, not a key that
+            // would only have checked it.
+            if let Some(path) = &checkpoint {
+                commands::read_checkpoint(path)?;
+            }
             let public_key = match (public_key, &checkpoint) {
                 (None, Some(_)) => {
                     let key = service_public_key(configured, &data_dir)?;
