@@ -358,7 +358,7 @@ async fn a_grant_lasts_what_it_was_given_for_whatever_the_setting_becomes() {
             && entry["returned"]
                 .as_str()
                 .unwrap()
-                .contains("ended early: break-glass grants now last 1 seconds")
+                .contains("ended early: break-glass grants now last 1 second)")
             && entry["returned"].as_str().unwrap().contains("(grant ")),
         "{ended:?}"
     );

@@ -915,23 +915,14 @@ async fn active_grant(
 }
 
 /// The break-glass grants among `entries` (a client's trail, or every break-glass entry), each
-/// with when it ends: the length its entry states, the configured one if that is shorter now,
-/// and the end a shorter setting gave it earlier (see [`end_grants_a_setting_shortens`]), so
-/// that raising the setting again neither revives nor lengthens a grant.
+/// with when it ends as the trail records it: the length its entry states, or the end a server
+/// started with a shorter setting recorded for it (see [`end_grants_a_setting_shortens`]), so
+/// that raising the setting again neither revives nor lengthens a grant. Access and the review
+/// both follow this: every process on one store agrees whatever its own setting, which decides
+/// only how long the grants it gives last, and a reviewer sees the access a grant gave. A grant
+/// whose entry states no length (logged before grants stated theirs) ends where `configured`
+/// puts it.
 pub fn grants(
-    entries: &[AuditEntry],
-    configured: std::time::Duration,
-) -> Vec<(&AuditEntry, DateTime<Utc>)> {
-    grants_ending(entries, |grant| grant_until(grant, configured))
-}
-
-/// The break-glass grants among `entries`, each with when it ended (or will end) as the trail
-/// records it, for review: the length its entry states, or the end a server started with a
-/// shorter setting recorded for it. Unlike [`grants`], a setting shortened since then does not
-/// move the end of a grant that already ran its course: a reviewer must see the access it gave,
-/// and reads within it were allowed. A grant whose entry states no length (logged before grants
-/// stated theirs) ends where `configured` puts it, as for access.
-pub fn grants_as_recorded(
     entries: &[AuditEntry],
     configured: std::time::Duration,
 ) -> Vec<(&AuditEntry, DateTime<Utc>)> {
@@ -1049,11 +1040,13 @@ pub async fn end_grants_a_setting_shortens(
 /// given for.
 fn grant_text(length: std::time::Duration) -> String {
     let seconds = length.as_secs();
-    if seconds.is_multiple_of(60) {
-        format!("{GRANT_PREFIX}{} minutes", seconds / 60)
+    let (count, unit) = if seconds.is_multiple_of(60) {
+        (seconds / 60, "minute")
     } else {
-        format!("{GRANT_PREFIX}{seconds} seconds")
-    }
+        (seconds, "second")
+    };
+    let plural = if count == 1 { "" } else { "s" };
+    format!("{GRANT_PREFIX}{count} {unit}{plural}")
 }
 
 /// How a grant's entry states its length (`returned`), before the length.
@@ -1069,8 +1062,8 @@ fn stated_length(entry: &AuditEntry) -> Option<std::time::Duration> {
     let (count, unit) = text.split_once(' ')?;
     let count: u64 = count.parse().ok()?;
     let seconds = match unit {
-        "minutes" => count.checked_mul(60)?,
-        "seconds" => count,
+        "minutes" | "minute" => count.checked_mul(60)?,
+        "seconds" | "second" => count,
         _ => return None,
     };
     Some(std::time::Duration::from_secs(seconds))
@@ -1116,6 +1109,26 @@ mod tests {
         }
     }
 
+    /// A grant's length is written as read (one minute, not "1 minutes"), and read back
+    /// whichever way an entry wrote it.
+    #[test]
+    fn a_grant_length_reads_back_as_written() {
+        for seconds in [1, 2, 60, 90, 3600] {
+            let length = std::time::Duration::from_secs(seconds);
+            let written = entry(1, 0, Outcome::Allowed, grant_text(length));
+            assert_eq!(stated_length(&written), Some(length), "{seconds}");
+        }
+        assert_eq!(
+            grant_text(std::time::Duration::from_secs(60)),
+            "access for 1 minute"
+        );
+        let older = entry(1, 0, Outcome::Allowed, "access for 1 minutes".into());
+        assert_eq!(
+            stated_length(&older),
+            Some(std::time::Duration::from_secs(60))
+        );
+    }
+
     /// An entry ending a grant early ends that grant only: another grant of the same credential
     /// for the same client keeps its own end.
     #[test]
@@ -1144,10 +1157,11 @@ mod tests {
         );
     }
 
-    /// A setting shortened after a grant was cut short, or after it ran its course, ends it
-    /// sooner for access from then on, but the review shows the end the grant had.
+    /// A setting shorter than a grant's length, in a process that did not cut the grant short
+    /// when it started (it started before the grant, or after the grant ran its course), moves
+    /// no grant's end: access and the review follow the trail.
     #[test]
-    fn the_review_shows_the_end_a_grant_had_whatever_the_setting_now() {
+    fn a_grant_ends_where_the_trail_says_whatever_the_setting_now() {
         let hour = std::time::Duration::from_secs(3600);
         let minute = std::time::Duration::from_secs(60);
         let cut = entry(1, 0, Outcome::Allowed, grant_text(hour));
@@ -1165,17 +1179,10 @@ mod tests {
             listed.into_iter().map(|(_, until)| until).collect()
         };
         assert_eq!(
-            ends(grants_as_recorded(&entries, minute)),
+            ends(grants(&entries, minute)),
             [
                 cut.record.at + TimeDelta::minutes(5),
                 ran.record.at + TimeDelta::minutes(60)
-            ]
-        );
-        assert_eq!(
-            ends(grants(&entries, minute)),
-            [
-                cut.record.at + TimeDelta::minutes(1),
-                ran.record.at + TimeDelta::minutes(1)
             ]
         );
     }

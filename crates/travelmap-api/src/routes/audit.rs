@@ -304,7 +304,7 @@ pub async fn break_glass(
         .read_action(audit::BREAK_GLASS)
         .await
         .map_err(ApiError::store)?;
-    let grants = audit::grants_as_recorded(&entries, state.break_glass);
+    let grants = audit::grants(&entries, state.break_glass);
     audit::log(
         &state,
         &caller,
