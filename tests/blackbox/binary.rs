@@ -975,6 +975,21 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         "{stderr}"
     );
     assert!(stderr.contains("nothing was imported"), "{stderr}");
+    // As over HTTP, the remit is judged before the data: a line of a type outside it is refused
+    // as such (and logged as denied under its client) whatever its data.
+    let third = Uuid::new_v4();
+    let mut invalid = sample_event(third, "client.released", "2026-01-01T00:00:00Z");
+    invalid["data"] = json!({"bogus": 1});
+    let invalid_file = dir.path().join("invalid.jsonl");
+    std::fs::write(&invalid_file, format!("{invalid}\n")).unwrap();
+    let refused = import_as(&invalid_file, "probation-system", &config, &data);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains("line 1: agency `probation-opava` may not post `client.released`")
+            && !stderr.contains("bogus"),
+        "{stderr}"
+    );
     // A credential without the writer role is refused before any line is read for its content.
     let unauthorised = import("coordinator-desk");
     assert!(!unauthorised.status.success());
@@ -1005,6 +1020,15 @@ async fn import_refuses_events_the_credentials_agency_may_not_post() {
         })
         .collect();
     assert_eq!(imported[0]["returned"], ids.join(","));
+    let third_trail = trail_at(&server.address, third).await;
+    assert!(
+        third_trail
+            .iter()
+            .any(|entry| entry["action"] == "travelmap import"
+                && entry["outcome"] == "denied"
+                && entry["credential"] == "probation-system"),
+        "{third_trail:?}"
+    );
     // The client of the file's allowed line is named in both refusals too, as a refused batch
     // names every client it holds.
     let denied = trail_at(&server.address, other)

@@ -77,31 +77,38 @@ pub async fn import(
             }
         };
         total += 1;
+        let outside_remit = |event_type: &str| -> Option<String> {
+            if travelmap_domain::personal::is_lifecycle(event_type) {
+                Some(format!(
+                    "`{event_type}` is recorded by the service itself (through its \
+                     data-protection endpoints and commands), not imported"
+                ))
+            } else if kind.is_some_and(|kind| !travelmap_domain::agency::may_post(kind, event_type))
+            {
+                Some(format!(
+                    "agency `{}` may not post `{event_type}` events",
+                    provenance.agency
+                ))
+            } else {
+                None
+            }
+        };
         let problem = match parse_line(&line) {
-            Ok(submission)
-                if travelmap_domain::personal::is_lifecycle(
-                    submission.draft.event.event_type(),
-                ) =>
-            {
+            Ok(submission) if outside_remit(submission.draft.event.event_type()).is_some() => {
                 note_denied(&mut denied, submission.draft.client_id);
-                Some(format!(
-                    "`{}` is recorded by the service itself (through its data-protection \
-                     endpoints and commands), not imported",
-                    submission.draft.event.event_type()
-                ))
+                outside_remit(submission.draft.event.event_type())
             }
-            Ok(submission)
-                if kind.is_some_and(|kind| {
-                    !travelmap_domain::agency::may_post(kind, submission.draft.event.event_type())
-                }) =>
-            {
-                note_denied(&mut denied, submission.draft.client_id);
-                Some(format!(
-                    "agency `{}` may not post `{}` events",
-                    provenance.agency,
-                    submission.draft.event.event_type()
-                ))
-            }
+            // As over HTTP, a type outside the agency's remit is refused as such, whatever its
+            // data: read the line's type and client again (only for lines that fail).
+            Err(problem) => match line_remit(&line, &outside_remit) {
+                Some((refused, client)) => {
+                    if let Some(client) = client {
+                        note_denied(&mut denied, client);
+                    }
+                    Some(refused)
+                }
+                None => Some(problem),
+            },
             Ok(submission) => {
                 let named = authenticator
                     .map(|authenticator| authenticator.check_named_agency(&submission.draft.event))
@@ -125,7 +132,6 @@ pub async fn import(
                     (Ok(()), None) => dated_facts(draft, &lines_of),
                 }
             }
-            Err(problem) => Some(problem),
         };
         if let Some(problem) = problem {
             push_error(
@@ -366,6 +372,25 @@ fn push_error(errors: &mut Vec<String>, more: &mut usize, problem: String) {
     } else {
         *more += 1;
     }
+}
+
+/// Why a line that did not parse is outside the credential's remit, judged on its type as
+/// written (a type of the catalogue only: an unknown one is the line's own problem), with the
+/// client it names when that can be read.
+fn line_remit(
+    line: &str,
+    outside_remit: &dyn Fn(&str) -> Option<String>,
+) -> Option<(String, Option<ClientId>)> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let event_type = value.get("type")?.as_str()?;
+    travelmap_domain::agency::posted_by(event_type)?;
+    let refused = outside_remit(event_type)?;
+    let client = value
+        .get("client_id")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|client| client.parse().ok())
+        .map(ClientId);
+    Some((refused, client))
 }
 
 /// Notes a client named by a line the credential may not post, up to a batch's worth (as a
