@@ -62,7 +62,7 @@ pub fn url_problem(url: &str) -> Option<String> {
     // could read them. Plain HTTP only to this machine (a local relay, a test receiver).
     if parsed.scheme() == "http" && !on_this_machine(&parsed) {
         return Some(
-            "url must be https://: deliveries carry personal data (plain http:// only to this machine: localhost, 127.0.0.1, [::1])"
+            "url must be https://: deliveries carry personal data (plain http:// only to this machine: localhost or a loopback address, 127.0.0.0/8 or [::1])"
                 .to_owned(),
         );
     }
@@ -78,10 +78,12 @@ pub fn url_problem(url: &str) -> Option<String> {
     None
 }
 
-/// Whether the URL's host is this machine's loopback interface.
-fn on_this_machine(url: &reqwest::Url) -> bool {
+/// Whether the URL's host is this machine's loopback interface: `localhost` or a loopback
+/// address (127.0.0.0/8, `[::1]`), in any form the URL parser reads as one (`127.1`). The one
+/// rule for every URL the service calls in the clear (webhooks, the identity provider's keys).
+pub fn on_this_machine(url: &reqwest::Url) -> bool {
     url.host_str().is_some_and(|host| {
-        host.eq_ignore_ascii_case("localhost")
+        host.trim_end_matches('.').eq_ignore_ascii_case("localhost")
             || host
                 .trim_start_matches('[')
                 .trim_end_matches(']')
@@ -156,6 +158,14 @@ mod tests {
         assert_eq!(url_problem("http://127.0.0.1:8081/receive?x=1"), None);
         assert_eq!(url_problem("http://localhost/receive"), None);
         assert_eq!(url_problem("http://[::1]:9000/"), None);
+        for loopback in [
+            "http://127.1/",
+            "http://0x7f000001/",
+            "http://localhost./",
+            "HTTP://LOCALHOST",
+        ] {
+            assert_eq!(url_problem(loopback), None, "{loopback}");
+        }
         assert_eq!(url_problem("HTTPS://Agency.example"), None);
         assert_eq!(
             normal_url("HTTPS://Agency.example"),

@@ -423,14 +423,15 @@ impl ConfigFile {
             (Some(file), None) => JwksSource::File(file.clone()),
             (None, Some(url)) => {
                 // The key set decides whose tokens are believed: fetched in the clear, anyone
-                // on the way could hand in their own keys. Plain HTTP only to this machine.
-                let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-                    .iter()
-                    .any(|prefix| {
-                        url.strip_prefix(prefix)
-                            .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
-                    });
-                if !url.starts_with("https://") && !loopback {
+                // on the way could hand in their own keys. Plain HTTP only to this machine, by
+                // the rule webhooks follow.
+                let parsed = reqwest::Url::parse(url).ok();
+                let secure = parsed.as_ref().is_some_and(|parsed| {
+                    parsed.scheme() == "https"
+                        || (parsed.scheme() == "http"
+                            && travelmap_webhooks::registration::on_this_machine(parsed))
+                });
+                if !secure {
                     return Err(invalid(
                         "jwks_url must be an https:// URL (plain http:// only to this machine)",
                     ));
@@ -838,6 +839,9 @@ mod tests {
             "https://idp.example/keys",
             "http://127.0.0.1:8081/keys",
             "http://localhost/k",
+            // The loopback rule webhooks follow, so the two agree on what is this machine.
+            "http://127.1/k",
+            "http://[::1]:9000/k",
         ] {
             let lines =
                 format!("jwks_url = \"{url}\"\nissuer = \"https://idp\"\naudience = \"tm\"");
