@@ -602,6 +602,32 @@ async fn the_live_feed_resumes_without_loss_or_duplicates(backend: Backend) {
         .await
         .unwrap();
     expect_problem(bad, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    // So is a filter an agency's stream could never match: a restriction and its lifting go
+    // to readers of every client only, who may ask for them.
+    let never = app
+        .http
+        .get(app.url("/v1/subscriptions/feed?types=need.*,processing.*"))
+        .bearer_auth(PROBATION_WRITER)
+        .header("x-purpose", "case_management")
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(never, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "types");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("processing.*"),
+        "{problem}"
+    );
+    let auditor = app
+        .http
+        .get(app.url("/v1/subscriptions/feed?types=processing.*"))
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(auditor.status(), StatusCode::OK);
+    drop(auditor);
     let bad = app
         .http
         .get(app.url("/v1/subscriptions/feed"))

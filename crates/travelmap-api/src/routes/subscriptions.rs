@@ -26,7 +26,9 @@ use travelmap_domain::audit::{Operation, Outcome};
 use travelmap_domain::payloads::Purpose;
 use travelmap_projections::coordination::Alert;
 use travelmap_service::coordination::{AlertFilter, AlertNotice};
-use travelmap_service::subscriptions::{Batch, Scope, is_known_type_pattern};
+use travelmap_service::subscriptions::{
+    Batch, Scope, is_known_type_pattern, reaches_agencies_pattern,
+};
 use utoipa::{IntoParams, ToSchema};
 
 use super::coordination::{AlertQuery, alert_filter, reads_all_agencies};
@@ -202,10 +204,11 @@ pub async fn feed(
     }
     let events = match stream {
         Stream::Events => {
+            let agency = (!reads_all_agencies(&caller)).then(|| caller.0.agency.clone());
             let scope = Scope {
-                agency: (!reads_all_agencies(&caller)).then(|| caller.0.agency.clone()),
+                types: types(query.types.as_deref(), agency.is_some())?,
+                agency,
                 purpose,
-                types: types(query.types.as_deref())?,
             };
             let after = match last_event_id {
                 Some(id) => extract::position(
@@ -292,8 +295,12 @@ pub async fn feed(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
 }
 
-/// The type filter, each entry checked against the catalogue.
-fn types(list: Option<&str>) -> Result<std::collections::BTreeSet<String>, ApiError> {
+/// The type filter, each entry checked against the catalogue, and, for an agency's stream,
+/// against what an agency is ever sent (as a webhook's types are).
+fn types(
+    list: Option<&str>,
+    for_agency: bool,
+) -> Result<std::collections::BTreeSet<String>, ApiError> {
     let mut types = std::collections::BTreeSet::new();
     for pattern in list
         .unwrap_or_default()
@@ -306,6 +313,16 @@ fn types(list: Option<&str>) -> Result<std::collections::BTreeSet<String>, ApiEr
                 "types",
                 format!(
                     "`{pattern}` is not an event type in the catalogue, nor a family such as `job.*`"
+                ),
+            ));
+        }
+        if for_agency && !reaches_agencies_pattern(pattern) {
+            return Err(ApiError::invalid_parameter(
+                "types",
+                format!(
+                    "`{pattern}` is never sent to an agency's stream: a restriction and its \
+                     lifting are the data-protection officer's decisions, and an agency learns of \
+                     a restriction from the `403 restricted` its reads get"
                 ),
             ));
         }
