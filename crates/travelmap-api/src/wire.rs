@@ -140,7 +140,8 @@ pub struct Recorded {
     /// Position in the global feed.
     pub position: u64,
     /// `erased` when the event's personal fields were erased: they read as `[erased]` (text),
-    /// `[]` (identifiers) or `{}` (personal details). `withheld` in the global feed when the
+    /// `[]` (a registration's identifiers), `{"type": "erased", "value": "[erased]"}` (an added
+    /// identifier) or `{}` (personal details). `withheld` in the global feed when the
     /// client's processing is restricted: the personal fields are left out of `data`. Absent
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]

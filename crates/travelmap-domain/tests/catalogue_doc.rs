@@ -82,9 +82,12 @@ data (validated against the corrected type's schema, its dated facts such as a b
 after the day of the event corrected nor the correction's own, and stored as that type reads it:
 texts trimmed, defaults filled in, times to the microsecond) and drop retracted events; the history keeps
 all of them, with who corrected what and why. A retracted event, or a correction or retraction
-itself, cannot be corrected or retracted again. Any agency may post a rectification, but only of
-an event whose type its own kind may post (*Posted by* of the rectified type): an NGO cannot
-correct or retract a prison's release (`403 forbidden` naming `data.event_id`).
+itself, cannot be corrected or retracted again, nor can the data-protection officer's decisions
+(`personal_data.erased`, `processing.restricted`, `restriction.lifted`, `retention.applied`),
+which only the officer's further decisions change: all of these are `422 validation_failed` on
+`data.event_id`. Any agency may post a rectification, but only of an event whose type its own
+kind may post (*Posted by* of the rectified type): an NGO cannot correct or retract a prison's
+release (`403 forbidden` naming `data.event_id`).
 
 ## Types
 "#;

@@ -521,7 +521,7 @@ fn no_first_day_contact(
         agency: expected_agency(involvements, &ACCOMPANYING, &release.agency),
         cause: release.event_id,
         detail: format!(
-            "released {}; no contact was recorded within 24 hours",
+            "released {}; no attended contact was recorded within 24 hours",
             at(release).format("%Y-%m-%d %H:%M UTC")
         ),
         cleared,

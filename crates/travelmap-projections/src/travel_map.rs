@@ -660,7 +660,7 @@ fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMa
             since: released + FIRST_DAY_WINDOW,
             // Worded as the alert of the same name words it.
             detail: format!(
-                "released {}; no contact was recorded within 24 hours",
+                "released {}; no attended contact was recorded within 24 hours",
                 released.format("%Y-%m-%d %H:%M UTC")
             ),
         });
