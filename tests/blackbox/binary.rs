@@ -732,13 +732,15 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     // the map's phases besides its steps.
     let release = events[2]["id"].as_str().unwrap();
     assert!(
-        text.contains(&format!("client.released {release}"))
+        text.contains(&format!("client.released (schema 1) {release}"))
             && text.contains(r#""release_kind":"conditional""#)
             && text.contains(r#""municipality":"Opava""#)
             && text.contains(
                 "    in_custody from 2025-02-01T09:00:00+00:00 to 2025-03-01T09:00:00+00:00"
             )
-            && text.contains("  steps:"),
+            && text.contains("  steps:")
+            && text.contains("(version 4, position 4)")
+            && text.contains("FLAG no_first_day_contact since 2025-03-02T09:00:00+00:00"),
         "{text}"
     );
 }

@@ -737,8 +737,12 @@ fn write_replay(
         let recorded = Recorded::from(event);
         writeln!(
             out,
-            "  v{:<4} #{:<8} {} {}",
-            recorded.version, recorded.position, recorded.event_type, recorded.id,
+            "  v{:<4} #{:<8} {} (schema {}) {}",
+            recorded.version,
+            recorded.position,
+            recorded.event_type,
+            recorded.schema_version,
+            recorded.id,
         )?;
         writeln!(
             out,
@@ -757,7 +761,13 @@ fn write_replay(
             writeln!(out, "        personal data {personal_data}")?;
         }
     }
-    writeln!(out, "\nTravel map as of {}", now.to_rfc3339())?;
+    writeln!(
+        out,
+        "\nTravel map as of {} (version {}, position {})",
+        now.to_rfc3339(),
+        map.version,
+        map.position
+    )?;
     writeln!(out, "  phase: {}", snake(&map.phase)?)?;
     for span in &map.phases {
         writeln!(
@@ -797,10 +807,13 @@ fn write_replay(
     for step in &map.steps {
         writeln!(
             out,
-            "    {}  {}  ({})",
+            "    {}  {}  ({}{})",
             step.occurred_at.to_rfc3339(),
             step.summary,
-            step.agency
+            step.agency,
+            step.actor
+                .as_ref()
+                .map_or(String::new(), |actor| format!(", actor {actor}")),
         )?;
         for correction in &step.corrections {
             writeln!(
@@ -838,7 +851,13 @@ fn write_replay(
         )?;
     }
     for flag in &map.flags {
-        writeln!(out, "  FLAG {}: {}", flag.kind, flag.detail)?;
+        writeln!(
+            out,
+            "  FLAG {} since {}: {}",
+            flag.kind,
+            flag.since.to_rfc3339(),
+            flag.detail
+        )?;
     }
     Ok(())
 }
