@@ -751,10 +751,7 @@ fn write_replay(
             recorded.recorded_at.to_rfc3339(),
             recorded.agency,
             recorded.credential,
-            recorded
-                .actor
-                .as_ref()
-                .map_or(String::new(), |actor| format!(", actor {actor}")),
+            labelled(", actor ", recorded.actor.as_ref()),
         )?;
         writeln!(out, "        data {}", recorded.data)?;
         if let Some(personal_data) = &recorded.personal_data {
@@ -785,10 +782,7 @@ fn write_replay(
             "  involvement: {} as {}{} from {} to {}{} (recorded by {}{})",
             involvement.agency,
             snake(&involvement.role)?,
-            involvement
-                .worker
-                .as_ref()
-                .map_or(String::new(), |worker| format!(", worker {worker}")),
+            labelled(", worker ", involvement.worker.as_ref()),
             involvement.from.map_or("?".into(), |at| at.to_rfc3339()),
             involvement.to.map_or("open".into(), |at| at.to_rfc3339()),
             if involvement.handover {
@@ -797,10 +791,7 @@ fn write_replay(
                 ""
             },
             involvement.recorded_by,
-            involvement
-                .closed_by
-                .as_ref()
-                .map_or(String::new(), |agency| format!(", closed by {agency}")),
+            labelled(", closed by ", involvement.closed_by.as_ref()),
         )?;
     }
     writeln!(out, "  steps:")?;
@@ -811,9 +802,7 @@ fn write_replay(
             step.occurred_at.to_rfc3339(),
             step.summary,
             step.agency,
-            step.actor
-                .as_ref()
-                .map_or(String::new(), |actor| format!(", actor {actor}")),
+            labelled(", actor ", step.actor.as_ref()),
         )?;
         for correction in &step.corrections {
             writeln!(
@@ -843,10 +832,7 @@ fn write_replay(
             appointment.appointment_id,
             appointment.at.to_rfc3339(),
             appointment.agency,
-            appointment
-                .purpose
-                .as_ref()
-                .map_or(String::new(), |purpose| format!(": {purpose}")),
+            labelled(": ", appointment.purpose.as_ref()),
             if appointment.overdue { ", overdue" } else { "" },
         )?;
     }
@@ -860,6 +846,11 @@ fn write_replay(
         )?;
     }
     Ok(())
+}
+
+/// `label` and `value` when there is a value (`, worker W`), else nothing.
+fn labelled(label: &str, value: Option<&impl std::fmt::Display>) -> String {
+    value.map_or(String::new(), |value| format!("{label}{value}"))
 }
 
 /// A unit enum's wire name (`in_custody`, `probation_officer`, ...).
