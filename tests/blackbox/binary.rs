@@ -117,6 +117,23 @@ impl Server {
     }
 }
 
+impl Server {
+    /// How the process ended, if it ends within `patience`.
+    pub(crate) async fn ends_within(
+        &mut self,
+        patience: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + patience;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -137,6 +137,19 @@ pub struct Watched {
 }
 
 impl Watched {
+    /// Completes once the task reports a fault of this process's configuration; never if the
+    /// task ends first.
+    pub async fn misconfigured(&self) {
+        let mut condition = self.condition.clone();
+        if condition
+            .wait_for(|condition| matches!(condition, Condition::Misconfigured { .. }))
+            .await
+            .is_err()
+        {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// The task's condition now.
     pub fn seen(&self) -> Seen {
         if self.condition.has_changed().is_err() {

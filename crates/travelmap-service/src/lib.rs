@@ -170,6 +170,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this process's configuration is at fault (a master key it lacks; see
+    /// [`travelmap_store::Error::is_misconfiguration`]).
+    pub fn is_misconfiguration(&self) -> bool {
+        match self {
+            Error::Store(error) => error.is_misconfiguration(),
+            Error::Projection(error) => error.is_misconfiguration(),
+            _ => false,
+        }
+    }
+
     /// The position in the submission of the event this error is about, if it is about one.
     pub fn index(&self) -> Option<usize> {
         match self {

@@ -97,7 +97,7 @@ pub enum Error {
     NotLeader,
     /// A data key is wrapped under a master key that is not configured.
     #[error(
-        "a data key is wrapped under master key `{0}`, which is not configured (add it back to the master keys, then run `travelmap keys rotate`)"
+        "a data key is wrapped under master key `{0}`, which this process was not given (give it the master keys the store's keys are wrapped under, as every process on the store has them; see docs/operations.md, \"Master keys and rotation\")"
     )]
     MasterKeyMissing(String),
     /// A wrapped key does not unwrap: the key store is damaged or the master key is wrong.

@@ -203,8 +203,31 @@ impl Application {
             watch("store", false),
         ));
         let (begin_stopping, stopping) = watch::channel(false);
+        // A process that lacks a master key the store's data keys are wrapped under cannot do
+        // its part, and holding the projection's and the webhooks' leases it would keep every
+        // other process on the store from doing it: it stops, and says why.
+        let mut misconfigured = tokio::task::JoinSet::new();
+        for task in watched.iter().filter(|task| task.essential).cloned() {
+            misconfigured.spawn(async move {
+                task.misconfigured().await;
+                task.name
+            });
+        }
+        let (fault, faulted) = tokio::sync::oneshot::channel::<&'static str>();
         let shutdown = async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                Some(Ok(task)) = misconfigured.join_next() => {
+                    tracing::error!(
+                        task,
+                        "this process lacks a master key that the store's data keys are wrapped \
+                         under; stopping, so that a process that has it takes over its work. \
+                         Restart it with the master keys the other processes have (see \
+                         docs/operations.md, \"Rotation\")"
+                    );
+                    let _ = fault.send(task);
+                }
+            }
             let _ = begin_stopping.send(true);
         };
         let deferred = Arc::new(travelmap_api::audit::Deferred::default());
@@ -241,7 +264,14 @@ impl Application {
         let _ = webhooks.await;
         let _ = store_probe.await;
         self.store.close().await;
-        served.context("serving HTTP")
+        served.context("serving HTTP")?;
+        if let Ok(task) = faulted.await {
+            anyhow::bail!(
+                "stopped: the {task} met a data key wrapped under a master key this process was \
+                 not given; restart it with the master keys the other processes have"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -943,7 +943,8 @@ pub fn read_checkpoint(path: &Path) -> anyhow::Result<(serde_json::Value, u64, S
                 .filter_map(|(field, missing)| missing.then_some(field))
                 .collect();
             bail!(
-                "{} is not a checkpoint: it lacks {} (as served by GET /v1/audit/checkpoint)",
+                "{} is not a checkpoint: it lacks {} (`seq` a whole number, `hash` a string, as \
+                 served by GET /v1/audit/checkpoint)",
                 path.display(),
                 missing.join(" and ")
             )
@@ -1214,7 +1215,7 @@ pub async fn rotate_keys(location: &Location, masters: MasterKeys) -> anyhow::Re
     if matches!(location, Location::Postgres(_)) {
         // The servers read the keys afresh: one started without the new key cannot open them.
         eprintln!(
-            "every server on this database must hold master key `{current}`: one that does not reports `misconfigured` on /readyz until it is restarted with it (docs/operations.md, \"Rotation\")"
+            "every server on this database must hold master key `{current}`: one that does not stops when it meets a key wrapped under it (docs/operations.md, \"Rotation\")"
         );
     }
     Ok(())

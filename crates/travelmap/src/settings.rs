@@ -436,6 +436,17 @@ impl ConfigFile {
                         "jwks_url must be an https:// URL (plain http:// only to this machine)",
                     ));
                 }
+                // A password in it would be printed with every error that names the URL, and
+                // a fragment is never sent.
+                if parsed.as_ref().is_some_and(|parsed| {
+                    !parsed.username().is_empty()
+                        || parsed.password().is_some()
+                        || parsed.fragment().is_some()
+                }) {
+                    return Err(invalid(
+                        "jwks_url must not carry a user name, password or fragment",
+                    ));
+                }
                 JwksSource::Url(url.clone())
             }
             _ => {
@@ -847,12 +858,15 @@ mod tests {
                 format!("jwks_url = \"{url}\"\nissuer = \"https://idp\"\naudience = \"tm\"");
             assert!(jwt(&lines).unwrap(), "{url}");
         }
-        assert!(
-            jwt(
-                "jwks_url = \"http://localhost.evil.example/k\"\nissuer = \"i\"\naudience = \"tm\""
-            )
-            .is_err()
-        );
+        for url in [
+            "http://localhost.evil.example/k",
+            "https://user:secret@idp.example/k",
+            "https://idp.example/k#keys",
+        ] {
+            let lines = format!("jwks_url = \"{url}\"\nissuer = \"i\"\naudience = \"tm\"");
+            let error = jwt(&lines).unwrap_err().to_string();
+            assert!(!error.contains("secret"), "{error}");
+        }
     }
 
     #[test]

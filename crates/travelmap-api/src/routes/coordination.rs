@@ -249,7 +249,7 @@ pub struct AlertList {
     pub as_of: chrono::DateTime<chrono::Utc>,
 }
 
-/// What coordinators must act on: released without a contact within 24 hours, release in 14 days
+/// What coordinators must act on: released without an attended contact within 24 hours, release in 14 days
 /// unprepared, two appointments missed in a row, job or housing lost in the last 7 days, dropped
 /// out, released without a case manager. Each names the client, since when, and the agency
 /// expected to act; cleared alerts keep when and by which event. Time-based alerts appear when

@@ -84,13 +84,15 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 pub struct Readiness {
     /// `ready`; `degraded` when a task is failing or stalled (it retries or hangs; the service still takes events
     /// and answers, though what the task keeps current stops moving) or a task the service can do
-    /// without (webhook delivery, the live feed, the retention schedule) has stopped;
+    /// without (webhook delivery, the live feed, the retention schedule, the finishing of
+    /// erasures) has stopped;
     /// `starting` while the travel-map projection first catches up or the caseloads and alerts
     /// are first loaded; `failing` when the projection or the coordination index has stopped
     /// (a bug: it will not recover without a restart); `stopping` once the server has been told
-    /// to stop; `misconfigured` when the projection fails for a fault of this process's
-    /// configuration (a master key it lacks: restart it with the right settings). `starting`,
-    /// `failing`, `misconfigured` and `stopping` answer `503`.
+    /// to stop; `misconfigured` when the projection or the coordination index fails for a
+    /// fault of this process's configuration (a master key it lacks; the process then stops,
+    /// so that one with the key takes over). `starting`, `failing`, `misconfigured` and
+    /// `stopping` answer `503`.
     #[schema(example = "ready")]
     pub status: &'static str,
     /// The highest committed global position.

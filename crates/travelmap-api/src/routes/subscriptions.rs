@@ -62,7 +62,8 @@ pub struct FeedQuery {
     #[param(maximum = 9_223_372_036_854_775_807_i64)]
     pub after: Option<u64>,
     /// Journey events only: comma-separated types or families (`client.released,job.*`);
-    /// default every type.
+    /// default every type. On an agency's stream (writer, coordinator), none that an agency is
+    /// never sent (`processing.restricted`, `restriction.lifted`, their families).
     pub types: Option<String>,
     /// Alerts only: the agency expected to act (a coordinator's own by default).
     pub agency: Option<String>,
