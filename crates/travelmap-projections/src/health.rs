@@ -79,10 +79,10 @@ impl Reporter {
         });
     }
 
-    /// The last attempt failed with `error`: [`Self::misconfigured`] for a fault of this
-    /// process's configuration, [`Self::failing`] for any other.
-    pub fn failed_with(&self, error: &crate::Error) {
-        if error.is_misconfiguration() {
+    /// The last attempt failed: [`Self::misconfigured`] when `misconfiguration` (the error's
+    /// `is_misconfiguration`), else [`Self::failing`].
+    pub fn failed(&self, misconfiguration: bool) {
+        if misconfiguration {
             self.misconfigured();
         } else {
             self.failing();

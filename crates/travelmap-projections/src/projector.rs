@@ -355,7 +355,7 @@ impl Projector {
                 _ = shutdown.changed() => return,
             }
             if let Err(error) = self.catch_up().await {
-                health.failed_with(&error);
+                health.failed(error.is_misconfiguration());
                 tracing::error!(%error, "projection failed; retrying in 1s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,

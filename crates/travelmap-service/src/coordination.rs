@@ -37,16 +37,6 @@ pub trait Clock: Send + Sync + 'static {
     fn sleep_until(&self, at: DateTime<Utc>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
-/// Tells `health` that an attempt failed with `error`: for a fault of this process's
-/// configuration, that it is misconfigured.
-fn failed(health: &Reporter, error: &crate::Error) {
-    if error.is_misconfiguration() {
-        health.misconfigured();
-    } else {
-        health.failing();
-    }
-}
-
 /// The system's clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
@@ -334,7 +324,7 @@ impl Coordination {
             match self.load_all(checkpoint).await {
                 Ok(seen) => break seen,
                 Err(error) => {
-                    failed(&health, &error);
+                    health.failed(error.is_misconfiguration());
                     tracing::error!(%error, "could not load the case files; retrying in 1s");
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
@@ -352,7 +342,7 @@ impl Coordination {
                 match self.fire_due().await {
                     Ok(()) => health.running(),
                     Err(error) => {
-                        failed(&health, &error);
+                        health.failed(error.is_misconfiguration());
                         tracing::error!(%error, "could not refresh due case files; retrying in 1s");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }
@@ -379,7 +369,7 @@ impl Coordination {
                             health.running();
                         }
                         Err(error) => {
-                            failed(&health, &error);
+                            health.failed(error.is_misconfiguration());
                             tracing::error!(%error, "could not refresh the case files; retrying in 1s");
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                             // Read the range again on the next turn.
@@ -390,7 +380,7 @@ impl Coordination {
                 _ = sleep => match self.fire_due().await {
                     Ok(()) => health.running(),
                     Err(error) => {
-                        failed(&health, &error);
+                        health.failed(error.is_misconfiguration());
                         tracing::error!(%error, "could not refresh due case files; retrying in 1s");
                         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                     }

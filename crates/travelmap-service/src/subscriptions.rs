@@ -48,10 +48,7 @@ impl Scope {
             || self
                 .types
                 .iter()
-                .any(|wanted| match wanted.strip_suffix('*') {
-                    Some(prefix) => event_type.starts_with(prefix),
-                    None => wanted == event_type,
-                })
+                .any(|wanted| pattern_matches(wanted, event_type))
     }
 
     /// Whether and how the subscriber may receive `event`, given who may read its client now.
@@ -135,7 +132,6 @@ pub struct ScopedPage {
     pub next_after: u64,
 }
 
-/// Whether `pattern` names an event type in the catalogue, or a family of them (`job.*`).
 /// Whether events of `event_type` are ever sent to an agency's subscriber. A restriction and
 /// its lifting are not: they are the data-protection officer's decisions about the record, with
 /// the officer's reasons, and an agency learns of a restriction from the `403 restricted` its
@@ -151,19 +147,21 @@ pub fn reaches_agencies_pattern(pattern: &str) -> bool {
     travelmap_domain::catalogue::event_types()
         .iter()
         .filter(|info| reaches_agencies(info.event_type))
-        .any(|info| match pattern.strip_suffix('*') {
-            Some(prefix) => prefix.ends_with('.') && info.event_type.starts_with(prefix),
-            None => info.event_type == pattern,
-        })
+        .any(|info| pattern_matches(pattern, info.event_type))
 }
 
+/// Whether `pattern` names an event type in the catalogue, or a family of them (`job.*`).
 pub fn is_known_type_pattern(pattern: &str) -> bool {
-    let types = travelmap_domain::catalogue::event_types();
+    travelmap_domain::catalogue::event_types()
+        .iter()
+        .any(|info| pattern_matches(pattern, info.event_type))
+}
+
+/// Whether `pattern`, a type (`job.lost`) or a family of them (`job.*`), names `event_type`.
+fn pattern_matches(pattern: &str, event_type: &str) -> bool {
     match pattern.strip_suffix('*') {
-        Some(prefix) => {
-            prefix.ends_with('.') && types.iter().any(|info| info.event_type.starts_with(prefix))
-        }
-        None => types.iter().any(|info| info.event_type == pattern),
+        Some(prefix) => prefix.ends_with('.') && event_type.starts_with(prefix),
+        None => pattern == event_type,
     }
 }
 

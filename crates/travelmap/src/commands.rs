@@ -57,6 +57,22 @@ pub async fn import(
     // of an event earlier in the file is checked before anything is recorded, as the server
     // would check it.
     let mut lines_of: HashMap<EventId, LineEvent> = HashMap::new();
+    // Why a line's type is outside what the credential may import, if it is.
+    let outside_remit = |event_type: &str| -> Option<String> {
+        if travelmap_domain::personal::is_lifecycle(event_type) {
+            Some(format!(
+                "`{event_type}` is recorded by the service itself (through its \
+                 data-protection endpoints and commands), not imported"
+            ))
+        } else if kind.is_some_and(|kind| !travelmap_domain::agency::may_post(kind, event_type)) {
+            Some(format!(
+                "agency `{}` may not post `{event_type}` events",
+                provenance.agency
+            ))
+        } else {
+            None
+        }
+    };
     for read in ImportLines::new(open()?) {
         let (number, line) = read.with_context(|| format!("reading {}", file.display()))?;
         let line = match line {
@@ -77,22 +93,6 @@ pub async fn import(
             }
         };
         total += 1;
-        let outside_remit = |event_type: &str| -> Option<String> {
-            if travelmap_domain::personal::is_lifecycle(event_type) {
-                Some(format!(
-                    "`{event_type}` is recorded by the service itself (through its \
-                     data-protection endpoints and commands), not imported"
-                ))
-            } else if kind.is_some_and(|kind| !travelmap_domain::agency::may_post(kind, event_type))
-            {
-                Some(format!(
-                    "agency `{}` may not post `{event_type}` events",
-                    provenance.agency
-                ))
-            } else {
-                None
-            }
-        };
         let problem = match parse_line(&line) {
             Ok(submission) if outside_remit(submission.draft.event.event_type()).is_some() => {
                 note_denied(&mut denied, submission.draft.client_id);
