@@ -869,6 +869,35 @@ async fn a_process_without_the_current_master_key_stops_and_another_takes_over()
         .await
         .unwrap();
     assert_eq!(map.status(), StatusCode::OK, "the other process took over");
+
+    // Started again without the key, it refuses at once, naming the key, instead of taking
+    // work it would fail at.
+    let mut again = travelmap_command()
+        .args(["--store", cluster.database.url(), "--config"])
+        .arg(&cluster.config)
+        .arg("--data-dir")
+        .arg(dir.path().join("again"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("TRAVELMAP_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = again.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            again.kill().unwrap();
+            panic!("a process without the key started");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut again.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("master key `newer`"), "{stderr}");
     drop(rotated);
     cluster.stop().await;
 }

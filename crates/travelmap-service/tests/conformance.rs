@@ -1239,6 +1239,41 @@ async fn master_keys_rotate_without_losing_data(place: &Place) {
     store.close().await;
 }
 
+/// A keyring opens only with every master key the store's keys are wrapped under, not only the
+/// one that wraps the lookup key: a process without a newer key must not start and take work.
+async fn a_key_under_a_missing_master_key_stops_the_opening(place: &Place) {
+    let store = place.open().await;
+    let first = travelmap_store::MasterKey::new("conformance", [42; 32]);
+    let newer = travelmap_store::MasterKey::new("newer", [43; 32]);
+    // The lookup key is made under the first key; the newer one, current afterwards, wraps the
+    // client's data key.
+    drop(keyring(&store).await);
+    let both = travelmap_store::MasterKeys::new(newer, vec![first.clone()]);
+    let journeys = Journeys::new(
+        store.log(),
+        store.views(),
+        Some(store.keyring(both).await.unwrap()),
+    )
+    .await
+    .unwrap();
+    let registered = unversioned(draft(
+        client(),
+        "client.registered",
+        json!({"identifiers": [{"type": "prison_number", "value": "OP-6"}],
+               "personal": {"given_name": "Vendula"}}),
+    ));
+    journeys.record(&provenance(), &[registered]).await.unwrap();
+    drop(journeys);
+
+    let only_first = travelmap_store::MasterKeys::new(first, Vec::new());
+    match store.keyring(only_first).await {
+        Err(travelmap_store::Error::MasterKeyMissing(id)) => assert_eq!(id, "newer"),
+        Err(other) => panic!("failed otherwise: {other:?}"),
+        Ok(_) => panic!("opened without the key that wraps a data key"),
+    }
+    store.close().await;
+}
+
 /// An event stored before a validation rule existed is still answered with its receipt when its
 /// sender retries it, though the rule refuses the same content as a new event.
 async fn a_retry_of_an_event_stored_before_a_rule_keeps_its_receipt(place: &Place) {
@@ -1325,6 +1360,7 @@ conformance!(Embedded:
     a_retention_decision_holds_only_for_the_stream_it_was_made_on,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
+    a_key_under_a_missing_master_key_stops_the_opening,
     a_full_read_opens_with_the_keys_in_force,
 );
 
@@ -1345,6 +1381,7 @@ conformance!(Postgres:
     a_retention_decision_holds_only_for_the_stream_it_was_made_on,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
+    a_key_under_a_missing_master_key_stops_the_opening,
     a_full_read_opens_with_the_keys_in_force,
     a_key_destroyed_by_another_process_is_not_sealed_under,
 );

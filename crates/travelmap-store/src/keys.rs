@@ -105,6 +105,8 @@ pub trait KeyStore: Send + Sync {
     async fn destroyed(&self, clients: Vec<ClientId>) -> Result<Vec<DestroyedKey>>;
     /// Every live data key (for rotation).
     async fn all(&self) -> Result<Vec<StoredKey>>;
+    /// The ids of the master keys that wrap any live data key or system key, each once.
+    async fn masters_in_use(&self) -> Result<Vec<String>>;
     /// Replaces the wrapping of existing keys (same key ids), e.g. after a master key rotation.
     async fn rewrap(&self, keys: Vec<StoredKey>) -> Result<()>;
     /// A named system key, wrapped, with its master id.
@@ -326,6 +328,14 @@ impl Keyring {
             }
         };
         let lookup = unwrap(&masters, &master_id, LOOKUP_KEY.as_bytes(), &wrapped)?;
+        // Every key the store holds must be openable, not only the lookup key: a process that
+        // lacks a master key others wrap under would otherwise start, hold the views' lease and
+        // fail only on meeting such a key. Refusing here names the missing key before any work.
+        let mut in_use = store.masters_in_use().await?;
+        in_use.sort_unstable();
+        if let Some(missing) = in_use.into_iter().find(|id| masters.get(id).is_none()) {
+            return Err(Error::MasterKeyMissing(missing));
+        }
         let exclusive = store.exclusive();
         Ok(Self {
             store,

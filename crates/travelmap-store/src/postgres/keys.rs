@@ -378,6 +378,15 @@ impl KeyStore for PgKeyStore {
         rows.iter().map(read_key).collect()
     }
 
+    async fn masters_in_use(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar::<_, String>(
+            "SELECT master_id FROM data_keys UNION SELECT master_id FROM system_keys",
+        )
+        .fetch_all(&self.pool)
+        .patiently()
+        .await?)
+    }
+
     async fn rewrap(&self, keys: Vec<StoredKey>) -> Result<()> {
         sqlx::query(
             "UPDATE data_keys SET master_id = new.master_id, wrapped = new.wrapped

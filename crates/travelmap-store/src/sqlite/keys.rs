@@ -250,6 +250,19 @@ impl KeyStore for SqliteKeyStore {
         .await
     }
 
+    async fn masters_in_use(&self) -> Result<Vec<String>> {
+        self.with(|connection| {
+            let mut statement = connection.prepare(
+                "SELECT master_id FROM data_keys UNION SELECT master_id FROM system_keys",
+            )?;
+            let ids = statement
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     async fn rewrap(&self, keys: Vec<StoredKey>) -> Result<()> {
         self.with(move |connection| {
             let transaction = connection.transaction()?;
