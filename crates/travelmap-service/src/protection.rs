@@ -20,11 +20,25 @@ use crate::{Alongside, Error, Journeys, Outcome, Result, Submission};
 const DECISION_ATTEMPTS: usize = 8;
 
 impl Journeys {
-    /// Erases the client's personal data: destroys every data key of the client (so the sealed
-    /// fields can never be opened again, wherever the log was copied), records
-    /// `personal_data.erased`, and waits until the views have been folded again without the
-    /// plaintext. Erasing twice answers with the first erasure.
+    /// Erases the client's personal data: [`Self::record_erasure`], then waits until the views
+    /// have been folded again without the plaintext.
     pub async fn erase(
+        &self,
+        provenance: &Provenance,
+        client_id: ClientId,
+        reason: Text,
+    ) -> Result<Outcome> {
+        let outcome = self.record_erasure(provenance, client_id, reason).await?;
+        self.wait_for_projection(outcome.receipt.position).await?;
+        Ok(outcome)
+    }
+
+    /// Destroys every data key of the client (so the sealed fields can never be opened again,
+    /// wherever the log was copied) and records `personal_data.erased`. Erasing twice answers
+    /// with the first erasure. The views still hold the plaintext until the projector folds the
+    /// receipt's position ([`Self::wait_for_projection`]): a caller that audits the erasure
+    /// does so in between, so that the trail names it as soon as it is in the log.
+    pub async fn record_erasure(
         &self,
         provenance: &Provenance,
         client_id: ClientId,
@@ -37,10 +51,8 @@ impl Journeys {
                 && let Some(done) = self.decided(&recorded, "personal_data.erased").await?
             {
                 // Finishes an erasure that was cut short between its event and its second
-                // sweep, or that another request made meanwhile. Like the first answer, this
-                // one waits until the views are purged.
+                // sweep, or that another request made meanwhile.
                 keyring.destroy(client_id, None).await?;
-                self.wait_for_projection(done.receipt.position).await?;
                 return Ok(done);
             }
             // Keys first: should the event fail to be recorded, the data is gone all the same
@@ -71,7 +83,6 @@ impl Journeys {
                 Err(error) => return Err(error),
             };
             keyring.destroy(client_id, None).await?;
-            self.wait_for_projection(outcome.receipt.position).await?;
             return Ok(outcome);
         }
         Err(Error::Contention)
@@ -104,24 +115,21 @@ impl Journeys {
         Ok(unfinished)
     }
 
-    /// Finishes every erasure cut short (see [`Self::unfinished_erasures`]): records its
-    /// decision, on behalf of `provenance` (the service itself: whoever asked first got an
-    /// error and may never ask again), and waits until the views are purged. Returns each
-    /// client's outcome; one another process finished meanwhile answers as not created.
-    pub async fn finish_erasures(
+    /// Finishes an erasure cut short (see [`Self::unfinished_erasures`]): records its decision,
+    /// on behalf of `provenance` (the service itself: whoever asked first got an error and may
+    /// never ask again). Like [`Self::record_erasure`] it does not wait for the views' purge:
+    /// the caller audits the decision first. One another process finished meanwhile answers as
+    /// not created.
+    pub async fn finish_erasure(
         &self,
         provenance: &Provenance,
-    ) -> Result<Vec<(ClientId, Outcome)>> {
+        client_id: ClientId,
+    ) -> Result<Outcome> {
         let reason = Text::try_from(
             "finishing an erasure that destroyed the keys but was cut short before its record",
         )
         .expect("a valid reason");
-        let mut finished = Vec::new();
-        for client_id in self.unfinished_erasures().await? {
-            let outcome = self.erase(provenance, client_id, reason.clone()).await?;
-            finished.push((client_id, outcome));
-        }
-        Ok(finished)
+        self.record_erasure(provenance, client_id, reason).await
     }
 
     /// Restricts processing of the client's data. Restricting a restricted client answers with

@@ -32,32 +32,36 @@ pub async fn finish(journeys: &Journeys, audit: &dyn AuditLog) -> anyhow::Result
         agency: crate::retention::RETENTION_AGENCY.to_owned(),
         credential: RECOVERY_CREDENTIAL.to_owned(),
     };
-    let finished = journeys.finish_erasures(&provenance).await?;
     let mut recorded = 0;
-    for (client_id, outcome) in finished {
+    for client_id in journeys.unfinished_erasures().await? {
+        let outcome = journeys.finish_erasure(&provenance, client_id).await?;
         // Another process finished this one meanwhile, and audited it.
-        if !outcome.created {
-            continue;
+        if outcome.created {
+            recorded += 1;
+            // Audited as soon as it is in the log, before the wait for the views' purge.
+            audit
+                .append(vec![AuditRecord {
+                    at: Utc::now(),
+                    credential: RECOVERY_CREDENTIAL.to_owned(),
+                    agency: crate::retention::RETENTION_AGENCY.to_owned(),
+                    actor: None,
+                    operation: Operation::Erasure,
+                    client_id: Some(client_id),
+                    purpose: None,
+                    justification: Some(
+                        "the client's keys were destroyed by an erasure cut short before its \
+                         record"
+                            .to_owned(),
+                    ),
+                    request_id: None,
+                    outcome: Outcome::Allowed,
+                    action: "erasure finished".to_owned(),
+                    returned: Some(outcome.receipt.id.to_string()),
+                }])
+                .await?;
         }
-        recorded += 1;
-        audit
-            .append(vec![AuditRecord {
-                at: Utc::now(),
-                credential: RECOVERY_CREDENTIAL.to_owned(),
-                agency: crate::retention::RETENTION_AGENCY.to_owned(),
-                actor: None,
-                operation: Operation::Erasure,
-                client_id: Some(client_id),
-                purpose: None,
-                justification: Some(
-                    "the client's keys were destroyed by an erasure cut short before its record"
-                        .to_owned(),
-                ),
-                request_id: None,
-                outcome: Outcome::Allowed,
-                action: "erasure finished".to_owned(),
-                returned: Some(outcome.receipt.id.to_string()),
-            }])
+        journeys
+            .wait_for_projection(outcome.receipt.position)
             .await?;
     }
     Ok(recorded)

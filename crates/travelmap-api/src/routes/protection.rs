@@ -96,6 +96,16 @@ where
                 )],
             )
             .await?;
+            // An erasure is answered once the views no longer hold the data; it is audited
+            // before that wait, as soon as it is in the log, so that a process stopped during
+            // the wait leaves no erasure the trail does not name.
+            if operation == Operation::Erasure {
+                state
+                    .journeys
+                    .wait_for_projection(outcome.receipt.position)
+                    .await
+                    .map_err(|error| ApiError::from(error).at_index(None))?;
+            }
             let status = if outcome.created {
                 StatusCode::CREATED
             } else {
@@ -144,7 +154,11 @@ pub async fn erase(
         Operation::Erasure,
         "DELETE /v1/clients/{client_id}/personal-data",
         body,
-        |provenance, reason| async move { journeys.erase(&provenance, client_id, reason).await },
+        |provenance, reason| async move {
+            journeys
+                .record_erasure(&provenance, client_id, reason)
+                .await
+        },
     )
     .await
 }
