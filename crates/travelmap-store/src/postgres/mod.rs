@@ -101,6 +101,7 @@ impl PgStore {
         }
         if !matches!(migrations, Migrations::Require) {
             consistent(&pool).await?;
+            restore_bookkeeping(&pool).await?;
         }
         // Listen before reading the current head and checkpoint, so that nothing committed in
         // between goes unannounced.
@@ -389,6 +390,48 @@ async fn consistent(pool: &PgPool) -> Result<()> {
             "its audit trail ends at entry {last_entry}, but its head is at entry {audit_head}"
         )));
     }
+    Ok(())
+}
+
+/// Puts back the rows that only keep the views' checkpoint and the leases' epochs, where a
+/// restore left them out (a dump taken without those tables' data): they say where work stands,
+/// not what was recorded, so without them the views are folded again from the start and the
+/// leases count their epochs from zero, instead of every start failing on the missing row.
+async fn restore_bookkeeping(pool: &PgPool) -> Result<()> {
+    let (checkpoint, dispatch): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM projection_checkpoints WHERE projection = 'client_views'),
+                EXISTS (SELECT 1 FROM webhook_dispatch)",
+    )
+    .fetch_one(pool)
+    .await?;
+    if checkpoint && dispatch {
+        return Ok(());
+    }
+    let mut transaction = pool.begin().await?;
+    // Two processes starting at once must not both add the webhooks' single row.
+    sqlx::query("LOCK TABLE webhook_dispatch IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (projection, position, epoch)
+         VALUES ('client_views', 0, 0) ON CONFLICT DO NOTHING",
+    )
+    .execute(&mut *transaction)
+    .await?;
+    sqlx::query(
+        "INSERT INTO webhook_dispatch (epoch)
+         SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM webhook_dispatch)",
+    )
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    tracing::warn!(
+        views_checkpoint_missing = !checkpoint,
+        webhook_lease_missing = !dispatch,
+        "the store lacked the rows that keep the views' checkpoint or the webhooks' lease \
+         (restored from a dump without them?); made them again: the views are folded again \
+         from the log"
+    );
     Ok(())
 }
 

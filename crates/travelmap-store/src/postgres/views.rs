@@ -189,31 +189,32 @@ impl PgViewStore {
         }
         Ok(())
     }
+}
 
-    async fn reset_views(&self) -> Result<()> {
-        super::within_patience("resetting the views", async move {
-            let mut transaction = self.pool.begin().await?;
-            let moved = sqlx::query(
-                "UPDATE projection_checkpoints SET position = 0
-                 WHERE projection = $1 AND epoch = $2
-                 RETURNING pg_notify($3, '0')",
-            )
-            .bind(CLIENT_VIEWS)
-            .bind(self.lease.epoch())
-            .bind(VIEWS_CHANNEL)
+/// Deletes every view and sets the checkpoint to zero, if the lease's `epoch` is still current.
+async fn reset_views(pool: PgPool, epoch: i64) -> Result<()> {
+    super::within_patience("resetting the views", async move {
+        let mut transaction = pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE projection_checkpoints SET position = 0
+             WHERE projection = $1 AND epoch = $2
+             RETURNING pg_notify($3, '0')",
+        )
+        .bind(CLIENT_VIEWS)
+        .bind(epoch)
+        .bind(VIEWS_CHANNEL)
+        .execute(&mut *transaction)
+        .await?;
+        if moved.rows_affected() == 0 {
+            return Err(Error::NotLeader);
+        }
+        sqlx::query("TRUNCATE client_views, client_identifiers")
             .execute(&mut *transaction)
             .await?;
-            if moved.rows_affected() == 0 {
-                return Err(Error::NotLeader);
-            }
-            sqlx::query("TRUNCATE client_views, client_identifiers")
-                .execute(&mut *transaction)
-                .await?;
-            transaction.commit().await?;
-            Ok(())
-        })
-        .await
-    }
+        transaction.commit().await?;
+        Ok(())
+    })
+    .await
 }
 
 #[async_trait]
@@ -309,7 +310,17 @@ impl ViewStore for PgViewStore {
 
     async fn reset(&self) -> Result<()> {
         self.lead().await?;
-        let reset = self.reset_views().await;
+        // Once begun, the reset runs to its end even when the caller stops waiting for it. Its
+        // own notification may wake a caller that also waits for another process's reset (the
+        // projector's start), and a transaction cut off during its COMMIT leaves the driver to
+        // roll back, after the fact, what the server already committed.
+        let reset = tokio::spawn(reset_views(self.pool.clone(), self.lease.epoch()))
+            .await
+            .unwrap_or_else(|stopped| {
+                Err(Error::Unavailable(format!(
+                    "resetting the views stopped: {stopped}"
+                )))
+            });
         self.doubt(reset)
     }
 
