@@ -114,6 +114,23 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         read(&app, client, COORDINATOR, "case_management").await,
         StatusCode::OK
     );
+    // In scope, a read stated as an emergency needs no grant, but says why all the same.
+    let unexplained = expect_problem(
+        app.get_for(
+            &format!("/v1/clients/{client}/travel-map"),
+            COORDINATOR,
+            "emergency",
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "purpose_required",
+    )
+    .await;
+    assert_eq!(unexplained["field"], "X-Justification");
+    assert_eq!(
+        read_in_emergency(&app, client, COORDINATOR, Some("client in crisis")).await,
+        StatusCode::OK
+    );
     // Statistics are given as aggregates only: a client's own data is not read for them.
     assert_eq!(
         read(&app, client, COORDINATOR, "statistics").await,
@@ -258,6 +275,8 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
         ("dpo-office", ""),
         ("dpo-office", unlisted),
         ("coordinator-desk", "case_management"),
+        // The emergency read in scope without a reason.
+        ("coordinator-desk", "emergency"),
         // The travel map and the history asked for statistics.
         ("coordinator-desk", "statistics"),
         ("coordinator-desk", "statistics"),
@@ -537,6 +556,29 @@ async fn a_read_refused_for_its_headers_or_parameters_leaves_a_trace_and_no_gran
         .await
         .unwrap();
     expect_problem(unknown, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    // Waiting for a position the projection has not reached does not put off the decision: a
+    // refusal is answered (and logged) at once, not after the wait times out.
+    let ahead = app.url(&format!(
+        "/v1/clients/{client}/travel-map?min_position=1000000"
+    ));
+    let out_of_scope = app
+        .http
+        .get(&ahead)
+        .bearer_auth(NGO_COORDINATOR)
+        .header("x-purpose", "case_management")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(out_of_scope, StatusCode::FORBIDDEN, "forbidden").await;
+    let aggregate_only = app
+        .http
+        .get(&ahead)
+        .bearer_auth(NGO_COORDINATOR)
+        .header("x-purpose", "statistics")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(aggregate_only, StatusCode::BAD_REQUEST, "purpose_required").await;
 
     // Each refusal is an attempt on the client's data, in the client's trail; none opened a
     // grant.
@@ -556,6 +598,8 @@ async fn a_read_refused_for_its_headers_or_parameters_leaves_a_trace_and_no_gran
             "GET /v1/clients/{client_id}/events",
             "GET /v1/clients/{client_id}/events",
             "GET /v1/clients/{client_id}/events",
+            "GET /v1/clients/{client_id}/travel-map",
+            "GET /v1/clients/{client_id}/travel-map",
             "GET /v1/clients/{client_id}/travel-map"
         ],
         "{denied:?}"

@@ -257,6 +257,45 @@ async fn every_operation_on_a_client_is_logged_with_who_why_and_the_outcome() {
     )
     .await;
     assert_eq!(problem["field"], "after");
+
+    // A read that states no purpose still refuses headers it cannot keep (a reason too long
+    // for the trail, a purpose sent twice) rather than log something it was not given.
+    let too_long = app
+        .http
+        .get(app.url("/v1/audit/checkpoint"))
+        .bearer_auth(AUDITOR)
+        .header("x-justification", "j".repeat(2001))
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(too_long, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    assert_eq!(problem["field"], "X-Justification");
+    let twice = app
+        .http
+        .get(app.url("/v1/audit/checkpoint"))
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "audit")
+        .header("x-purpose", "audit")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(twice, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    let entries = app
+        .get_ok("/v1/audit/entries?after=0&limit=1000", AUDITOR)
+        .await;
+    let refused: Vec<(&str, &Value)> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| {
+            entry["action"] == "GET /v1/audit/checkpoint" && entry["outcome"] == "denied"
+        })
+        .map(|entry| (entry["outcome"].as_str().unwrap(), &entry["purpose"]))
+        .collect();
+    assert_eq!(
+        refused,
+        [("denied", &Value::Null), ("denied", &json!("unlisted"))]
+    );
 }
 
 /// The request id in the trail is the server's: a caller cannot reuse another request's id (or

@@ -30,9 +30,10 @@ pub struct RequestContext {
     pub recorded_purpose: Option<String>,
     pub justification: Option<String>,
     /// What is wrong with a read's purpose or justification headers (sent twice, not UTF-8, a
-    /// justification too long): the read is refused when it asks for its purpose, so that the
-    /// refusal is logged like any other, under the caller and the client (see
-    /// [`Self::purpose`]). A break-glass attempt with a reason too long leaves its trace too.
+    /// justification too long): the read is refused when it asks for its purpose, or for the
+    /// caller's role where it states none, so that the refusal is logged like any other, under
+    /// the caller and the client (see [`Self::purpose`] and [`require`]). A break-glass attempt
+    /// with a reason too long leaves its trace too.
     pub refused: Option<ApiError>,
 }
 
@@ -81,13 +82,18 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
                 // The purpose, when it was sent once and readable, is kept for the entry of the
                 // refusal; otherwise it is recorded as `unlisted`.
-                let purpose = match repeated {
-                    Some("X-Purpose") => None,
-                    _ => header("X-Purpose").ok().flatten().map(str::to_owned),
+                let (purpose, recorded_purpose) = match repeated {
+                    Some("X-Purpose") => (None, Some(UNLISTED_PURPOSE.to_owned())),
+                    _ => {
+                        let purpose = header("X-Purpose").ok().flatten().map(str::to_owned);
+                        let recorded_purpose =
+                            purpose.as_deref().map(|stated| recorded(Some(stated)));
+                        (purpose, recorded_purpose)
+                    }
                 };
                 return Ok(Self {
                     request_id,
-                    recorded_purpose: Some(recorded(purpose.as_deref())),
+                    recorded_purpose,
                     purpose,
                     justification: None,
                     refused: Some(refusal),
@@ -502,6 +508,13 @@ pub async fn require(
         log(state, caller, context, Outcome::Denied, logged).await?;
         return Err(refused);
     }
+    // Headers refused when the request was read (a repeated purpose, a justification too long)
+    // are refused here too, for reads that state no purpose: otherwise such a read would be
+    // answered, and logged with a purpose or reason it was not given.
+    if let Some(refused) = &context.refused {
+        log(state, caller, context, Outcome::Denied, logged).await?;
+        return Err(refused.clone());
+    }
     Ok(())
 }
 
@@ -813,12 +826,7 @@ pub async fn need_to_know_given(
         // read logged under it must still say why, as break-glass reads do, or the review of
         // emergency reads would list one with no reason.
         if purpose == Purpose::Emergency && context.justification.is_none() {
-            log(state, caller, context, Outcome::Denied, logged).await?;
-            return Err(ApiError::new(
-                Code::PurposeRequired,
-                "X-Purpose: emergency needs a written reason in X-Justification",
-            )
-            .with_field("X-Justification"));
+            return refuse_unexplained_emergency(state, caller, context, logged).await;
         }
         return Ok(purpose);
     }
@@ -837,6 +845,14 @@ pub async fn need_to_know_given(
     if access.allows(&caller.0.agency, purpose) {
         if restricted {
             return refuse_restricted().await;
+        }
+        // An agency in scope needs no grant, but a read it states as an emergency says why, as
+        // everyone's do (within a grant, the reason given for the grant counts).
+        if purpose == Purpose::Emergency
+            && context.justification.is_none()
+            && !active_grant(state, caller, client).await?
+        {
+            return refuse_unexplained_emergency(state, caller, context, logged).await;
         }
         return Ok(purpose);
     }
@@ -862,6 +878,21 @@ pub async fn need_to_know_given(
         }
     }
     refuse_out_of_scope(state, caller, context, purpose, logged).await
+}
+
+/// Logs a read stated as an emergency without a written reason as denied, and says why.
+async fn refuse_unexplained_emergency(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    logged: Logged<'_>,
+) -> Result<Purpose, ApiError> {
+    log(state, caller, context, Outcome::Denied, logged).await?;
+    Err(ApiError::new(
+        Code::PurposeRequired,
+        "X-Purpose: emergency needs a written reason in X-Justification",
+    )
+    .with_field("X-Justification"))
 }
 
 /// Logs a read of a client outside the caller's scope as denied, and says why.
