@@ -280,7 +280,7 @@ impl ClientState {
 struct Candidate {
     kind: AlertKind,
     since: DateTime<Utc>,
-    agency: String,
+    agency: Expected,
     cause: EventId,
     detail: String,
     cleared: Option<Clearance>,
@@ -302,19 +302,59 @@ fn attended_contact(event: &JourneyEvent) -> bool {
     matches!(event, JourneyEvent::ContactMade(contact) if contact.attended)
 }
 
-/// The agency expected to act: the first role in `roles` with an open involvement, else the
-/// agency that recorded the cause.
-fn expected_agency(involvements: &[Involvement], roles: &[Role], fallback: &str) -> String {
-    roles
-        .iter()
-        .find_map(|role| {
-            involvements
+/// Who is expected to act on an alert.
+#[derive(Clone)]
+enum Expected {
+    /// A given agency: the one that scheduled the missed appointments, or whose involvement
+    /// closed.
+    Agency(String),
+    /// The agency of the first of `roles` with an involvement open while the alert stands, else
+    /// `fallback` (the agency that recorded the cause).
+    FirstOpen {
+        roles: &'static [Role],
+        fallback: String,
+    },
+}
+
+impl Expected {
+    fn first_open(roles: &'static [Role], fallback: &str) -> Self {
+        Self::FirstOpen {
+            roles,
+            fallback: fallback.to_owned(),
+        }
+    }
+
+    /// The agency, with the involvements open at `moment`: now for an open alert, just before
+    /// its clearing for a cleared one. A cleared alert stays with the agency that was to act on
+    /// it, not one that began working with the client afterwards.
+    fn at(self, involvements: &[Involvement], moment: DateTime<Utc>) -> String {
+        match self {
+            Self::Agency(agency) => agency,
+            Self::FirstOpen { roles, fallback } => roles
                 .iter()
-                .rev()
-                .find(|involvement| involvement.to.is_none() && involvement.role == *role)
-                .map(|involvement| involvement.agency.clone())
-        })
-        .unwrap_or_else(|| fallback.to_owned())
+                .find_map(|role| {
+                    involvements
+                        .iter()
+                        .rev()
+                        .find(|involvement| {
+                            involvement.role == *role && open_at(involvement, moment)
+                        })
+                        .map(|involvement| involvement.agency.clone())
+                })
+                .unwrap_or(fallback),
+        }
+    }
+}
+
+/// Whether the involvement had begun by `moment` and not yet ended (one whose opening was never
+/// recorded counts as not open, as for access).
+fn open_at(involvement: &Involvement, moment: DateTime<Utc>) -> bool {
+    involvement
+        .from
+        .is_some_and(|from| from.with_timezone(&Utc) <= moment)
+        && involvement
+            .to
+            .is_none_or(|to| to.with_timezone(&Utc) > moment)
 }
 
 const SUPERVISING: [Role; 2] = [Role::ProbationOfficer, Role::CaseManager];
@@ -353,7 +393,6 @@ fn alerts(
                     fact,
                     &facts[same_moment..index],
                     later,
-                    involvements,
                 ));
                 // A second release with no custody in between (a record of the same release,
                 // or a transfer recorded as one) does not start a second gap: the first goes on.
@@ -364,21 +403,14 @@ fn alerts(
             }
             JourneyEvent::ReleaseScheduled(scheduled) => {
                 let release = scheduled.release_date.and_time(NaiveTime::MIN).and_utc();
-                candidates.extend(release_unprepared(
-                    fact,
-                    &facts[..index],
-                    later,
-                    release,
-                    involvements,
-                ));
+                candidates.extend(release_unprepared(fact, &facts[..index], later, release));
             }
             JourneyEvent::JobLost(_) => candidates.push(loss(
                 fact,
                 later,
                 AlertKind::JobLost,
                 |event| matches!(event, JourneyEvent::JobPlaced(_)),
-                expected_agency(
-                    involvements,
+                Expected::first_open(
                     &[
                         Role::EmploymentAdvisor,
                         Role::CaseManager,
@@ -393,8 +425,7 @@ fn alerts(
                 later,
                 AlertKind::HousingLost,
                 |event| matches!(event, JourneyEvent::HousingSecured(_)),
-                expected_agency(
-                    involvements,
+                Expected::first_open(
                     &[Role::HousingWorker, Role::SocialWorker, Role::CaseManager],
                     &fact.agency,
                 ),
@@ -407,8 +438,7 @@ fn alerts(
                 candidates.push(Candidate {
                     kind: AlertKind::DroppedOut,
                     since: at(fact),
-                    agency: expected_agency(
-                        involvements,
+                    agency: Expected::first_open(
                         &[Role::CaseManager, Role::Mentor, Role::ProbationOfficer],
                         &fact.agency,
                     ),
@@ -424,7 +454,7 @@ fn alerts(
             _ => {}
         }
     }
-    candidates.extend(appointments_missed(facts, involvements));
+    candidates.extend(appointments_missed(facts));
 
     // What of each candidate has happened by `now`; the earliest of what has not yet is when the
     // file next changes.
@@ -444,12 +474,15 @@ fn alerts(
             note(clearance.at);
             clearance.at <= now
         });
+        let standing = cleared.as_ref().map_or(now, |clearance| {
+            clearance.at - chrono::TimeDelta::microseconds(1)
+        });
         alerts.push(Alert {
             id: alert_id(state.client_id, candidate.kind, candidate.cause),
             client_id: state.client_id,
             kind: candidate.kind,
             since: candidate.since,
-            agency: candidate.agency,
+            agency: candidate.agency.at(involvements, standing),
             cause: candidate.cause,
             detail: candidate.detail,
             cleared,
@@ -485,12 +518,7 @@ fn at_liberty(later: &[Fact]) -> (&[Fact], Option<&Fact>) {
 /// end (at the release's very moment counts, `same_moment` being the facts of that moment
 /// recorded before it), and is superseded by a return to custody or by a later release, whose
 /// own first day then counts.
-fn no_first_day_contact(
-    release: &Fact,
-    same_moment: &[Fact],
-    later: &[Fact],
-    involvements: &[Involvement],
-) -> Option<Candidate> {
+fn no_first_day_contact(release: &Fact, same_moment: &[Fact], later: &[Fact]) -> Option<Candidate> {
     let due = at(release) + FIRST_DAY_WINDOW;
     let (free, custody) = until_next_release_or_custody(later);
     let contact = same_moment
@@ -518,7 +546,7 @@ fn no_first_day_contact(
     Some(Candidate {
         kind: AlertKind::NoFirstDayContact,
         since: due,
-        agency: expected_agency(involvements, &ACCOMPANYING, &release.agency),
+        agency: Expected::first_open(&ACCOMPANYING, &release.agency),
         cause: release.event_id,
         detail: format!(
             "released {}; no attended contact was recorded within 24 hours",
@@ -614,16 +642,18 @@ fn no_case_manager(
             since,
             // The agency whose involvement ended must arrange the hand-over, whoever recorded
             // the end (any agency may record another's).
-            agency: closing.map_or_else(
+            agency: Expected::Agency(closing.map_or_else(
                 || release.agency.clone(),
-                |fact| match &fact.event {
-                    JourneyEvent::InvolvementClosed(closed) => closed
-                        .agency
-                        .as_ref()
-                        .map_or_else(|| fact.agency.clone(), ToString::to_string),
-                    _ => fact.agency.clone(),
+                |fact| {
+                    match &fact.event {
+                        JourneyEvent::InvolvementClosed(closed) => closed
+                            .agency
+                            .as_ref()
+                            .map_or_else(|| fact.agency.clone(), ToString::to_string),
+                        _ => fact.agency.clone(),
+                    }
                 },
-            ),
+            )),
             // Each gap is its own alert: the first is named by the release, later ones by the
             // closing that opened them.
             cause: closing.map_or(release.event_id, |fact| fact.event_id),
@@ -653,7 +683,6 @@ fn release_unprepared(
     earlier: &[Fact],
     later: &[Fact],
     release: DateTime<Utc>,
-    involvements: &[Involvement],
 ) -> Vec<Candidate> {
     let since = (release - RELEASE_PREPARATION).max(at(schedule));
     // The schedule stands until the release, or until it is rescheduled.
@@ -704,8 +733,7 @@ fn release_unprepared(
     // short: the first from `since` (unless ready by then), and a new one from each fact that
     // undoes it again (a planned area set back to `not_started`, say), caused by that fact.
     let end_at = end.map(at);
-    let agency = expected_agency(
-        involvements,
+    let agency = Expected::first_open(
         &[Role::CaseManager, Role::ProbationOfficer, Role::Mentor],
         &schedule.agency,
     );
@@ -759,7 +787,7 @@ fn loss(
     later: &[Fact],
     kind: AlertKind,
     remedies: impl Fn(&JourneyEvent) -> bool,
-    agency: String,
+    agency: Expected,
     what: &str,
 ) -> Candidate {
     let since = at(fact);
@@ -788,7 +816,7 @@ fn loss(
     }
 }
 
-fn appointments_missed(facts: &[Fact], involvements: &[Involvement]) -> Vec<Candidate> {
+fn appointments_missed(facts: &[Fact]) -> Vec<Candidate> {
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut streak = 0;
     let mut open: Option<usize> = None;
@@ -813,9 +841,10 @@ fn appointments_missed(facts: &[Fact], involvements: &[Involvement]) -> Vec<Cand
                     candidates.push(Candidate {
                         kind: AlertKind::AppointmentsMissed,
                         since: at(fact),
-                        agency: scheduler.unwrap_or_else(|| {
-                            expected_agency(involvements, &ACCOMPANYING, &fact.agency)
-                        }),
+                        agency: scheduler.map_or_else(
+                            || Expected::first_open(&ACCOMPANYING, &fact.agency),
+                            Expected::Agency,
+                        ),
                         cause: fact.event_id,
                         detail: "two appointments missed in a row".into(),
                         cleared: None,

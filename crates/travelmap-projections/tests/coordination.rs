@@ -906,3 +906,52 @@ fn a_client_who_completed_after_release_keeps_the_release_date() {
     let file = journey.file(days(230));
     assert_eq!(file.released_at, None, "{:?}", file.phase);
 }
+
+#[test]
+fn an_alert_is_for_the_agency_working_with_the_client_while_it_stands() {
+    let mut journey = Journey::new(40);
+    journey.add(
+        -days(1),
+        "probation-opava",
+        "involvement.opened",
+        open("probation-opava", "probation_officer", "novak"),
+    );
+    journey.add(hours(0), "prison-opava", "client.released", released());
+    // Probation hands over to the mentor while the first-day alert is open.
+    journey.add(
+        days(3),
+        "probation-opava",
+        "involvement.closed",
+        json!({"agency": "probation-opava", "role": "probation_officer", "worker": "novak"}),
+    );
+    journey.add(
+        days(3),
+        "ngo-vol",
+        "involvement.opened",
+        open("ngo-vol", "mentor", "dvorak"),
+    );
+    let open_alert = &journey.file(days(4)).alerts[0];
+    assert!(open_alert.is_open());
+    assert_eq!(
+        open_alert.agency, "ngo-vol",
+        "an open alert goes to whoever works now"
+    );
+
+    journey.add(
+        days(5),
+        "ngo-vol",
+        "contact.made",
+        json!({"kind": "meeting"}),
+    );
+    // Once cleared, it stays the mentor's, though a case manager began afterwards.
+    journey.add(
+        days(60),
+        "municipality-opava",
+        "involvement.opened",
+        open("municipality-opava", "case_manager", "svoboda"),
+    );
+    let cleared = &journey.file(days(61)).alerts[0];
+    assert_eq!(cleared.kind, AlertKind::NoFirstDayContact);
+    assert!(!cleared.is_open());
+    assert_eq!(cleared.agency, "ngo-vol");
+}
