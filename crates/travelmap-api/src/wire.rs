@@ -45,8 +45,8 @@ pub struct EventRequest {
     pub schema_version: u32,
     /// The client the event is about (not the nil UUID; spelled as `id` may be).
     pub client_id: Uuid,
-    /// When it happened (RFC 3339, with offset; its UTC time in the years 1900 to 2199, without
-    /// a leap second). May be in the past; not in the future.
+    /// When it happened (RFC 3339, with offset; in the years 1900 to 2199 both as written and
+    /// in UTC, without a leap second). May be in the past; not in the future.
     #[serde(deserialize_with = "strict_date_time")]
     // The pattern is `travelmap_domain::dates::DATE_TIME_PATTERN` (a test checks they agree).
     #[schema(

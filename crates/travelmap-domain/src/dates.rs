@@ -58,9 +58,9 @@ pub const LATEST_YEAR: i32 = 2199;
 
 /// The published pattern of a date and time (`format: date-time`): the strict RFC 3339 form
 /// [`check_date_time`] takes, in the years [`EARLIEST_YEAR`] to [`LATEST_YEAR`] as written. The
-/// server counts those years in UTC and knows how many days each month has, which a pattern does
-/// not: it still refuses a day the month lacks, and a time within a day of the range's ends
-/// whose UTC year falls outside it.
+/// server also counts those years in UTC and knows how many days each month has, which a
+/// pattern does not: it still refuses a day the month lacks, and a time within a day of the
+/// range's ends whose UTC year falls outside it.
 pub const DATE_TIME_PATTERN: &str = "^(19|20|21)[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
 
 /// How far ahead of this machine's clock a time may lie and still count as past or present:
@@ -103,8 +103,10 @@ pub fn check_date_time(text: &str) -> Result<DateTime<FixedOffset>, String> {
     if bytes.len() < 20 || !matches!(bytes[10], b'T' | b't') {
         return Err(refused());
     }
-    // The years are counted in UTC (below): the local day may lie just outside them.
-    calendar_day(&text[..10]).map_err(|_| refused())?;
+    // The years are counted both as written (as the published pattern counts them) and in UTC
+    // (below), so that neither the local day nor the moment lies outside them.
+    let local_day = calendar_day(&text[..10]).map_err(|_| refused())?;
+    in_range(local_day.year(), text)?;
     let time = &bytes[11..];
     let digits =
         |range: std::ops::Range<usize>| range.into_iter().all(|i| time[i].is_ascii_digit());
@@ -218,11 +220,20 @@ mod tests {
     }
 
     #[test]
-    fn a_time_is_kept_to_the_years_in_utc_and_told_so() {
-        // Local days outside the years, UTC moments inside them.
-        assert!(check_date_time("2200-01-01T00:30:00+01:00").is_ok());
-        assert!(check_date_time("1899-12-31T23:30:00-01:00").is_ok());
-        for outside in ["2200-01-01T00:00:00Z", "1899-12-31T23:30:00+01:00"] {
+    fn a_time_is_kept_to_the_years_as_written_and_in_utc_and_told_so() {
+        assert!(check_date_time("2199-12-31T23:30:00+00:30").is_ok());
+        assert!(check_date_time("1900-01-01T00:30:00+00:30").is_ok());
+        for outside in [
+            "2200-01-01T00:00:00Z",
+            "1899-12-31T23:30:00+01:00",
+            // Local days outside the years, UTC moments inside them: refused as the published
+            // pattern refuses them.
+            "2200-01-01T00:30:00+01:00",
+            "1899-12-31T23:30:00-01:00",
+            // And the other way round.
+            "2199-12-31T23:30:00-01:00",
+            "1900-01-01T00:30:00+01:00",
+        ] {
             let refusal = check_date_time(outside).unwrap_err();
             assert!(
                 refusal.contains("outside the years 1900 to 2199"),

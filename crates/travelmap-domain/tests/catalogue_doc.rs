@@ -51,7 +51,7 @@ Every journey event is posted as an envelope around a typed `data` object:
   `start_date`.
   Dates are `YYYY-MM-DD` exactly; times RFC 3339 exactly (`2026-03-01T09:00:00+01:00`, a
   fraction of a second and `Z` allowed, no leap second); both within the years 1900 to 2199
-  (a time's year counted in UTC). The schemas say so with a `pattern` beside each `format`, so
+  (a time's year counted as written and in UTC). The schemas say so with a `pattern` beside each `format`, so
   that a validator taking `format` as a mere annotation refuses them too; a pattern cannot
   know that a month lacks a day (2026-02-30), nor a time's year in UTC within a day of 1900
   or 2199, which the server refuses all the same.
