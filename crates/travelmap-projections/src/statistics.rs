@@ -136,10 +136,10 @@ pub struct OutcomeQuery {
     /// Count only enrolments in this programme (exact name, e.g. `vol-mentoring`); all when
     /// absent.
     pub programme: Option<String>,
-    /// Count only enrolments on or after this date (YYYY-MM-DD).
+    /// Count only enrolments on or after this date (YYYY-MM-DD, in the years 1900 to 2199).
     #[serde(default, deserialize_with = "strict_date")]
     pub from: Option<NaiveDate>,
-    /// Count only enrolments on or before this date (YYYY-MM-DD).
+    /// Count only enrolments on or before this date (YYYY-MM-DD, in the years 1900 to 2199).
     #[serde(default, deserialize_with = "strict_date")]
     pub to: Option<NaiveDate>,
     /// How to split the participations into groups; one group `all` when absent.
