@@ -1312,3 +1312,40 @@ on_both_backends!(
     a_webhook_that_keeps_failing_is_paused_and_resumes_where_it_stopped,
     delivery_continues_from_the_saved_cursor_after_a_restart,
 );
+
+/// A webhook whose events cannot be read (here a data key lost from the key store) shows in
+/// readiness as failing, not as deliveries running while nothing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_whose_events_cannot_be_read_shows_in_readiness() {
+    let app = spawn_app().await;
+    let mut receiver = Receiver::start().await;
+    let client = ngo_client(&app).await;
+    register(&app, &receiver, json!(["need.*"])).await;
+    // The receiver is away, so the webhook's cursor stays before the event.
+    receiver.down().await;
+    need(&app, NGO_WRITER, client, "sealed under the client's key").await;
+    let data_dir = app.stop().await;
+    let keys = rusqlite::Connection::open(data_dir.path().join("keys.sqlite")).unwrap();
+    assert!(keys.execute("DELETE FROM data_keys", []).unwrap() > 0);
+    drop(keys);
+
+    let app = spawn_app_in(data_dir).await;
+    eventually("readiness shows the webhooks failing", || async {
+        let report: Value = app
+            .http
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        report["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|task| task["name"] == "webhooks" && task["state"] == "failing")
+    })
+    .await;
+    app.stop().await;
+}

@@ -83,6 +83,12 @@ pub struct Dispatcher {
     /// Whether an agency still takes part (is declared in the configuration): the webhooks of
     /// one taken out are not delivered, and stay registered should it come back.
     takes_part: AgencyCheck,
+    /// The webhooks whose events cannot be read just now, each with whether the cause is this
+    /// process's configuration (a master key it lacks): readiness shows them, since a webhook
+    /// that never gets its events is as broken as registrations that cannot be read.
+    unreadable: std::sync::Mutex<HashMap<Uuid, bool>>,
+    /// Wakes the supervisor when [`Self::unreadable`] changes, to report it at once.
+    unreadable_changed: tokio::sync::Notify,
 }
 
 /// Whether an agency takes part; see [`Dispatcher::delivering_to`].
@@ -147,6 +153,37 @@ impl Dispatcher {
             policy,
             http,
             takes_part: Arc::new(|_| true),
+            unreadable: std::sync::Mutex::new(HashMap::new()),
+            unreadable_changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Notes whether `webhook`'s events could be read (`None`) or not (with whether the cause
+    /// is a misconfiguration).
+    fn note_readable(&self, webhook: Uuid, fault: Option<bool>) {
+        let mut unreadable = self.unreadable.lock().expect("unreadable webhooks lock");
+        let changed = match fault {
+            Some(misconfiguration) => {
+                unreadable.insert(webhook, misconfiguration) != Some(misconfiguration)
+            }
+            None => unreadable.remove(&webhook).is_some(),
+        };
+        if changed {
+            self.unreadable_changed.notify_one();
+        }
+    }
+
+    /// Reports the deliveries as working, unless some webhook's events cannot be read.
+    fn report_readable(&self, health: &Reporter) {
+        let unreadable = self.unreadable.lock().expect("unreadable webhooks lock");
+        if unreadable.is_empty() {
+            health.running();
+        } else {
+            health.failed(
+                unreadable
+                    .values()
+                    .any(|misconfiguration| *misconfiguration),
+            );
         }
     }
 
@@ -160,8 +197,8 @@ impl Dispatcher {
 
     /// Delivers until `stop` turns true: waits for the delivery lease, runs a task per active
     /// webhook, and waits for the lease again if another process takes it over. `health` hears
-    /// whether the registrations and the lease could be read (not whether receivers answer:
-    /// that is theirs, and each delivery log shows it).
+    /// whether the registrations, the lease and each webhook's events could be read (not
+    /// whether receivers answer: that is theirs, and each delivery log shows it).
     pub async fn run(self, mut stop: watch::Receiver<bool>, health: Reporter) {
         let dispatcher = Arc::new(self);
         health.running();
@@ -206,13 +243,14 @@ impl Dispatcher {
             for id in finished {
                 let task = tasks.remove(&id).expect("listed above");
                 deposed |= matches!(task.handle.await, Ok(Ended::Deposed));
+                self.note_readable(id, None);
             }
             if deposed {
                 break Ended::Deposed;
             }
             match self.webhooks.list(None).await {
                 Ok(webhooks) => {
-                    health.running();
+                    self.report_readable(health);
                     let (active, left_out): (Vec<Webhook>, Vec<Webhook>) = webhooks
                         .into_iter()
                         .filter(|webhook| webhook.state == State::Active)
@@ -251,6 +289,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = stopped(stop) => break Ended::Stopped,
                 _ = changes.changed() => {}
+                _ = self.unreadable_changed.notified() => {}
                 _ = tokio::time::sleep(self.policy.refresh) => {}
             }
         };
@@ -292,8 +331,12 @@ impl Dispatcher {
                 return Ended::Stopped;
             }
             let page = match self.journeys.scoped_feed(&scope, cursor, PAGE).await {
-                Ok(page) => page,
+                Ok(page) => {
+                    self.note_readable(webhook.id, None);
+                    page
+                }
                 Err(error) => {
+                    self.note_readable(webhook.id, Some(error.is_misconfiguration()));
                     tracing::warn!(webhook = %webhook.id, %error, "cannot read the feed for a webhook");
                     if pause(STORE_PAUSE, &mut stop).await {
                         return Ended::Stopped;
