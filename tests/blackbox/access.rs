@@ -971,3 +971,41 @@ async fn access_changes_show_who_vouched_for_whose_access(backend: Backend) {
 }
 
 on_both_backends!(access_changes_show_who_vouched_for_whose_access);
+
+/// A break-glass read that waits for the projection (`min_position`) is decided before the wait
+/// and again when it reads, but grants once, and only if it reads.
+#[tokio::test]
+async fn a_break_glass_read_that_waits_grants_once() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        sample_event(client, "client.registered", AT),
+    )
+    .await;
+    let emergency = |min_position: u64| {
+        app.http
+            .get(app.url(&format!(
+                "/v1/clients/{client}/travel-map?min_position={min_position}"
+            )))
+            .bearer_auth(NGO_COORDINATOR)
+            .header("x-purpose", "emergency")
+            .header("x-justification", "client in crisis at the shelter")
+            .send()
+    };
+    // The projection never gets there: nothing was read, so nothing was granted.
+    let unreached = emergency(1_000_000).await.unwrap();
+    assert_eq!(unreached.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
+    assert_eq!(grants["grants"], json!([]), "{grants}");
+
+    let head = app.feed().await.last().unwrap()["position"]
+        .as_u64()
+        .unwrap();
+    let read = emergency(head).await.unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
+    assert_eq!(grants["grants"].as_array().unwrap().len(), 1, "{grants}");
+    app.stop().await;
+}

@@ -790,6 +790,39 @@ pub async fn need_to_know(
     need_to_know_given(state, caller, context, client, access.as_ref(), logged).await
 }
 
+/// [`need_to_know`] before a read waits for the projection (`min_position`): a caller who would
+/// be refused is refused (and logged) at once, rather than after the wait, while one who would
+/// be let in is decided on again, and any break-glass grant logged, when the read is made.
+pub async fn need_to_know_before_waiting(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    client: ClientId,
+    logged: Logged<'_>,
+) -> Result<(), ApiError> {
+    purpose(state, caller, context, logged.clone()).await?;
+    let access = state.journeys.access(client).await?;
+    decide(
+        state,
+        caller,
+        context,
+        client,
+        access.as_ref(),
+        logged,
+        Grant::Later,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether a decision that lets a caller in under break-glass logs the grant now, or leaves that
+/// to the decision made when the read is made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    Now,
+    Later,
+}
+
 /// [`need_to_know`] with the client's access already decided (by a read that loaded the client
 /// anyway, see `Journeys::consult`).
 pub async fn need_to_know_given(
@@ -799,6 +832,18 @@ pub async fn need_to_know_given(
     client: ClientId,
     access: Option<&Access>,
     logged: Logged<'_>,
+) -> Result<Purpose, ApiError> {
+    decide(state, caller, context, client, access, logged, Grant::Now).await
+}
+
+async fn decide(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    client: ClientId,
+    access: Option<&Access>,
+    logged: Logged<'_>,
+    grant: Grant,
 ) -> Result<Purpose, ApiError> {
     let purpose = purpose(state, caller, context, logged.clone()).await?;
     if let Some(why) = unfit(caller, purpose, Reach::OneClient) {
@@ -860,6 +905,9 @@ pub async fn need_to_know_given(
         if context.justification.is_some() {
             if restricted {
                 return refuse_restricted().await;
+            }
+            if grant == Grant::Later {
+                return Ok(purpose);
             }
             let grant = Logged {
                 operation: Operation::Consultation,

@@ -197,12 +197,19 @@ pub async fn travel_map(
         }
         // The current map: the client is loaded once, for the access decision and the answer.
         None => {
-            if min_position.is_some() {
+            let projected = *state.journeys.projector().progress().borrow();
+            if min_position.is_some_and(|position| position > projected) {
                 // Decided on the recorded history before waiting for the projection, so that a
                 // refused caller is answered, and logged, at once rather than timing out
                 // unlogged; the decision is made again on the map that is then read.
-                audit::need_to_know(&state, &caller, &context, ClientId(client_id), logged(None))
-                    .await?;
+                audit::need_to_know_before_waiting(
+                    &state,
+                    &caller,
+                    &context,
+                    ClientId(client_id),
+                    logged(None),
+                )
+                .await?;
             } else {
                 audit::purpose(&state, &caller, &context, logged(None)).await?;
             }
