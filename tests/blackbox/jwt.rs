@@ -234,7 +234,18 @@ async fn tokens_from_the_identity_provider_are_checked_and_carry_agency_and_role
             jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::ES256).unwrap();
         format!("{message}.{signature}")
     };
+    // A claim named twice, which readers may take as its first value or its last.
+    let agency_twice = {
+        let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256","kid":"k1"}"#);
+        let claims = claims("prison-opava", json!(["writer"])).to_string();
+        let twice = claims.replacen('{', r#"{"travelmap_agency":"probation-opava","#, 1);
+        let message = format!("{header}.{}", URL_SAFE_NO_PAD.encode(twice));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::ES256).unwrap();
+        format!("{message}.{signature}")
+    };
     let refused = [
+        (agency_twice, "appears twice"),
         (token(&key, "k1", reversed_subject), "`sub` is blank"),
         (token(&key, "k1", long_subject), "`sub` is blank"),
         (token(&key, "k1", listed_issuers), "`iss` must be a string"),

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use travelmap_domain::AgencyKind;
@@ -79,15 +79,44 @@ impl JwtVerifier {
 
     /// Replaces the key set with the RS256 and ES256 keys of `jwks` (JSON); returns how many.
     pub fn set_keys(&self, jwks: &str) -> Result<usize, JwtError> {
-        let set: JwkSet =
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            keys: Vec<Value>,
+        }
+        let listed: Listed =
             serde_json::from_str(jwks).map_err(|error| JwtError::KeySet(error.to_string()))?;
+        // Each key is read on its own: a set also holds keys of kinds this library does not
+        // know (an `ECDH-ES` encryption key, say), which are left out rather than failing the
+        // whole set.
+        let set = JwkSet {
+            keys: listed
+                .keys
+                .into_iter()
+                .filter_map(|key| serde_json::from_value(key).ok())
+                .collect(),
+        };
         let mut keys = HashMap::new();
         for jwk in &set.keys {
-            let algorithm = match &jwk.algorithm {
-                AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+            let (algorithm, named) = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => (Algorithm::RS256, KeyAlgorithm::RS256),
+                AlgorithmParameters::EllipticCurve(_) => (Algorithm::ES256, KeyAlgorithm::ES256),
                 _ => continue,
             };
+            // Identity providers publish their encryption keys in the same set: a key marked for
+            // another use, other operations or another algorithm must not check a signature.
+            let common = &jwk.common;
+            if common
+                .public_key_use
+                .as_ref()
+                .is_some_and(|usage| *usage != PublicKeyUse::Signature)
+                || common
+                    .key_operations
+                    .as_ref()
+                    .is_some_and(|operations| !operations.contains(&KeyOperations::Verify))
+                || common.key_algorithm.is_some_and(|stated| stated != named)
+            {
+                continue;
+            }
             let key =
                 DecodingKey::from_jwk(jwk).map_err(|error| JwtError::KeySet(error.to_string()))?;
             // Two keys under one `kid` (or two without one) cannot be told apart: keeping the
@@ -167,13 +196,20 @@ impl JwtVerifier {
                 // The library reads a registered claim of the wrong type as missing.
                 jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(claim) => {
                     JwtError::Invalid(format!(
-                        "the token lacks the `{claim}` claim, or it is not of the type the                          claim takes (`iss` and `sub` are strings, `exp` is a number)"
+                        "the token lacks the `{claim}` claim, or it is not of the type the \
+                         claim takes (`iss` and `sub` are strings, `exp` is a number that a \
+                         date can be)"
                     ))
                 }
                 _ => JwtError::Invalid(error.to_string()),
             })?
             .claims;
         drop(keys);
+        // A claim named twice is read as its last value here and perhaps as its first by
+        // another reader of the same token: refused, as a request body naming a member twice is.
+        if let Err(why) = raw_claims(token) {
+            return Err(JwtError::Malformed(format!("the token's claims are {why}")));
+        }
         // The library compares `iss` with the configured issuer also when the token gives a
         // list, and checks `nbf` only when it is a number: a claim of another type is refused.
         if !claims["iss"].is_string() {
@@ -247,6 +283,16 @@ const MAX_SUBJECT_CHARS: usize = 256;
 /// `exp` plus this, and from its `nbf` minus this.
 const CLOCK_SKEW_SECONDS: u64 = 30;
 
+/// The token's claims (its payload), parsed refusing a claim named twice.
+fn raw_claims(token: &str) -> Result<Value, String> {
+    use base64::Engine;
+    let encoded = token.split('.').nth(1).unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .map_err(|error| format!("not base64url: {error}"))?;
+    crate::extract::parse_json(&bytes)
+}
+
 /// The token's header as JSON, if it reads as such.
 fn raw_header(token: &str) -> Option<Value> {
     use base64::Engine;
@@ -293,5 +339,43 @@ mod tests {
             assert!(matches!(refused, JwtError::KeySet(_)), "{refused}");
         }
         assert_eq!(verifier.set_keys(&set("", r#","kid":"b""#)).unwrap(), 2);
+    }
+
+    /// A key the set marks for encryption, for operations other than verifying, or for another
+    /// algorithm checks no signature.
+    #[test]
+    fn only_keys_for_verifying_signatures_are_taken() {
+        let verifier = verifier();
+        let set = |second: &str| {
+            format!(
+                r#"{{"keys": [{FIRST},"kid":"a","use":"sig"}}, {SECOND},"kid":"b"{second}}}]}}"#
+            )
+        };
+        for other in [
+            r#","use":"enc""#,
+            r#","key_ops":["encrypt"]"#,
+            r#","alg":"ECDH-ES""#,
+            r#","alg":"ES384""#,
+        ] {
+            assert_eq!(verifier.set_keys(&set(other)).unwrap(), 1, "{other}");
+            assert!(
+                verifier
+                    .keys
+                    .read()
+                    .unwrap()
+                    .contains_key(&Some("a".into()))
+            );
+        }
+        assert_eq!(
+            verifier
+                .set_keys(&set(r#","use":"sig","key_ops":["verify"],"alg":"ES256""#))
+                .unwrap(),
+            2
+        );
+        let encryption_only = format!(r#"{{"keys": [{SECOND},"use":"enc"}}]}}"#);
+        assert!(matches!(
+            verifier.set_keys(&encryption_only),
+            Err(JwtError::NoKeys)
+        ));
     }
 }
