@@ -201,10 +201,19 @@ impl Projector {
                 "the views do not match the event log (restored from a backup?); folding them again from the log"
             );
             let mut saved = views.saved();
-            tokio::select! {
-                reset = views.reset() => reset?,
+            // Only the wait for the lease is raced, never the reset itself: a reset given up on
+            // part way (its own notification can arrive first) would be rolled back after its
+            // commit, or, left to run, would empty the views under this projector's first saves.
+            let leads = tokio::select! {
+                led = views.lead() => {
+                    led?;
+                    true
+                }
                 // A process starting beside this one reset them first, and leads.
-                _ = saved.wait_for(|saved| *saved == 0) => {}
+                _ = saved.wait_for(|saved| *saved == 0) => false,
+            };
+            if leads {
+                views.reset().await?;
             }
             checkpoint = 0;
         }

@@ -192,7 +192,7 @@ impl PgViewStore {
 }
 
 /// Deletes every view and sets the checkpoint to zero, if the lease's `epoch` is still current.
-async fn reset_views(pool: PgPool, epoch: i64) -> Result<()> {
+async fn reset_views(pool: &PgPool, epoch: i64) -> Result<()> {
     super::within_patience("resetting the views", async move {
         let mut transaction = pool.begin().await?;
         let moved = sqlx::query(
@@ -310,17 +310,7 @@ impl ViewStore for PgViewStore {
 
     async fn reset(&self) -> Result<()> {
         self.lead().await?;
-        // Once begun, the reset runs to its end even when the caller stops waiting for it. Its
-        // own notification may wake a caller that also waits for another process's reset (the
-        // projector's start), and a transaction cut off during its COMMIT leaves the driver to
-        // roll back, after the fact, what the server already committed.
-        let reset = tokio::spawn(reset_views(self.pool.clone(), self.lease.epoch()))
-            .await
-            .unwrap_or_else(|stopped| {
-                Err(Error::Unavailable(format!(
-                    "resetting the views stopped: {stopped}"
-                )))
-            });
+        let reset = reset_views(&self.pool, self.lease.epoch()).await;
         self.doubt(reset)
     }
 
