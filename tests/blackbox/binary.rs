@@ -530,6 +530,44 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
     assert!(stderr.contains(warning), "{stderr}");
 }
 
+/// A copy of the data files taken after an import (the server stopped) holds everything: the
+/// keys the import made are in `keys.sqlite` itself, not left behind in its write-ahead log,
+/// which a copy of the file alone would miss.
+#[test]
+fn an_import_leaves_its_keys_in_the_key_store_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("events.jsonl");
+    let clients = 2_000;
+    let lines: String = (0..clients)
+        .map(|n| {
+            let mut registered =
+                sample_event(Uuid::new_v4(), "client.registered", "2026-01-01T00:00:00Z");
+            registered["data"] = json!({
+                "identifiers": [{"type": "prison_number", "value": format!("OP-{n}")}],
+                "personal": {"given_name": "Jana"},
+            });
+            format!("{registered}\n")
+        })
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let output = run(&["import", file.to_str().unwrap()], &data);
+    assert!(output.status.success(), "{output:?}");
+
+    let wal = data.join("keys.sqlite-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |wal| wal.len() == 0),
+        "the key store's write-ahead log still holds keys"
+    );
+    let copy = dir.path().join("keys-copy.sqlite");
+    std::fs::copy(data.join("keys.sqlite"), &copy).unwrap();
+    let keys: i64 = rusqlite::Connection::open(&copy)
+        .unwrap()
+        .query_row("SELECT count(*) FROM data_keys", [], |row| row.get(0))
+        .unwrap();
+    assert!(keys >= clients, "{keys} keys in the copy");
+}
+
 #[tokio::test]
 async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_and_replay_agree() {
     let dir = tempfile::tempdir().unwrap();

@@ -786,6 +786,7 @@ impl Store {
                 store.log.close();
                 store.audit.close();
                 store.views.close();
+                store.keys.close();
             }
             Store::Postgres(store) => store.close().await,
         }

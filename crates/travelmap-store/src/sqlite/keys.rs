@@ -98,6 +98,17 @@ impl SqliteKeyStore {
         })
     }
 
+    /// Folds the write-ahead log back into the key store's file, so that the file alone holds
+    /// every key: a process may end before its last connection is dropped (the key writer's
+    /// thread holds one), which would leave the keys of a whole import in `keys.sqlite-wal`
+    /// only, and a copy of the file taken as a backup without them.
+    pub fn close(&self) {
+        let connection = self.connection.lock().expect("key store lock");
+        if let Err(error) = truncate_wal(&connection) {
+            tracing::warn!(%error, "could not fold the key store's write-ahead log into its file");
+        }
+    }
+
     async fn with<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
