@@ -91,7 +91,7 @@ impl Journeys {
     /// Clients whose keys an erasure destroyed without its `personal_data.erased` being
     /// recorded: the request was cut short between the two (a database failure, a crash). Their
     /// sealed fields are gone, but the views go on showing the plaintext (names, identifiers,
-    /// notes) until the decision is recorded and folded, which [`Self::finish_erasures`] does.
+    /// notes) until the decision is recorded and folded, which [`Self::finish_erasure`] does.
     pub async fn unfinished_erasures(&self) -> Result<Vec<ClientId>> {
         let Some(keyring) = &self.keyring else {
             return Ok(Vec::new());

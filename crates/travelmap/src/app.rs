@@ -179,10 +179,13 @@ impl Application {
                 watch("retention", false),
             ))
         });
+        // Entries of writes (and decisions) the trail refused for longer than a request waits.
+        let deferred = Arc::new(travelmap_api::audit::Deferred::default());
         // Erasures cut short between destroying the keys and recording the decision.
         let erasures = tokio::spawn(crate::erasures::periodically(
             self.journeys.clone(),
             self.audit.clone(),
+            deferred.clone(),
             crate::erasures::HOURLY,
             projector_stopped.clone(),
             watch("erasures", false),
@@ -230,7 +233,6 @@ impl Application {
             }
             let _ = begin_stopping.send(true);
         };
-        let deferred = Arc::new(travelmap_api::audit::Deferred::default());
         let router = travelmap_api::router(AppState {
             journeys: self.journeys.clone(),
             authenticator: self.authenticator.clone(),

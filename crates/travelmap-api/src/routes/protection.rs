@@ -88,14 +88,11 @@ where
     };
     match run(provenance, reason.clone()).await {
         Ok(outcome) => {
-            audit::write(
-                state,
-                vec![record_of(
-                    Outcome::Allowed,
-                    Some(outcome.receipt.id.to_string()),
-                )],
-            )
-            .await?;
+            // The decision is recorded whatever the trail does now: its entry is retried, and
+            // handed on to be written later, as a write's entries are.
+            let entry = record_of(Outcome::Allowed, Some(outcome.receipt.id.to_string()));
+            let tried = audit::try_recorded(state, vec![entry]).await;
+            audit::settle_recorded(state, tried).await?;
             // An erasure is answered once the views no longer hold the data; it is audited
             // before that wait, as soon as it is in the log, so that a process stopped during
             // the wait leaves no erasure the trail does not name.
