@@ -82,14 +82,15 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestContext {
             if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
                 // The purpose, when it was sent once and readable, is kept for the entry of the
                 // refusal; otherwise it is recorded as `unlisted`.
-                let (purpose, recorded_purpose) = match repeated {
-                    Some("X-Purpose") => (None, Some(UNLISTED_PURPOSE.to_owned())),
-                    _ => {
-                        let purpose = header("X-Purpose").ok().flatten().map(str::to_owned);
-                        let recorded_purpose =
-                            purpose.as_deref().map(|stated| recorded(Some(stated)));
-                        (purpose, recorded_purpose)
+                let (purpose, recorded_purpose) = match (repeated, header("X-Purpose")) {
+                    // Sent, but not once or not as text: stated, though not as one of the list.
+                    (Some("X-Purpose"), _) | (_, Err(_)) => {
+                        (None, Some(UNLISTED_PURPOSE.to_owned()))
                     }
+                    (_, Ok(purpose)) => (
+                        purpose.map(str::to_owned),
+                        purpose.map(|stated| recorded(Some(stated))),
+                    ),
                 };
                 return Ok(Self {
                     request_id,

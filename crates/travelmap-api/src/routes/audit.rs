@@ -226,7 +226,7 @@ pub async fn entries(
     get, path = "/v1/audit/checkpoint", tag = "audit",
     responses(
         (status = 200, description = "The head", body = AuditCheckpoint),
-        (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A query parameter, which this endpoint takes none of, or an `X-Purpose` or `X-Justification` sent twice, not UTF-8, or (a justification) over 2,000 characters (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the auditor or dpo role", body = Problem, content_type = "application/problem+json"),
     ),
