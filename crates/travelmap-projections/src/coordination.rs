@@ -324,10 +324,10 @@ impl Expected {
         }
     }
 
-    /// The agency, with the involvements open at `moment`: now for an open alert, just before
-    /// its clearing for a cleared one. A cleared alert stays with the agency that was to act on
-    /// it, not one that began working with the client afterwards.
-    fn at(self, involvements: &[Involvement], moment: DateTime<Utc>) -> String {
+    /// The agency, with the involvements open while the alert `stands`. A cleared alert stays
+    /// with the agency that was to act on it, not one that began working with the client
+    /// afterwards.
+    fn at(self, involvements: &[Involvement], stands: Standing) -> String {
         match self {
             Self::Agency(agency) => agency,
             Self::FirstOpen { roles, fallback } => roles
@@ -337,7 +337,7 @@ impl Expected {
                         .iter()
                         .rev()
                         .find(|involvement| {
-                            involvement.role == *role && open_at(involvement, moment)
+                            involvement.role == *role && open_while(involvement, stands)
                         })
                         .map(|involvement| involvement.agency.clone())
                 })
@@ -346,15 +346,29 @@ impl Expected {
     }
 }
 
-/// Whether the involvement had begun by `moment` and not yet ended (one whose opening was never
-/// recorded counts as not open, as for access).
-fn open_at(involvement: &Involvement, moment: DateTime<Utc>) -> bool {
-    involvement
-        .from
-        .is_some_and(|from| from.with_timezone(&Utc) <= moment)
-        && involvement
-            .to
-            .is_none_or(|to| to.with_timezone(&Utc) > moment)
+/// Until when an alert is looked at for the agency expected to act.
+#[derive(Clone, Copy)]
+enum Standing {
+    /// It is open now.
+    Open { now: DateTime<Utc> },
+    /// It stood until it was cleared at this moment.
+    ClearedAt(DateTime<Utc>),
+}
+
+/// Whether the involvement was open while the alert stood: at `now` for an open alert, up to
+/// the clearing for a cleared one (one whose opening was never recorded counts as not open, as
+/// for access).
+fn open_while(involvement: &Involvement, stands: Standing) -> bool {
+    let from = involvement.from.map(|from| from.with_timezone(&Utc));
+    let to = involvement.to.map(|to| to.with_timezone(&Utc));
+    match stands {
+        Standing::Open { now } => {
+            from.is_some_and(|from| from <= now) && to.is_none_or(|to| to > now)
+        }
+        Standing::ClearedAt(cleared) => {
+            from.is_some_and(|from| from < cleared) && to.is_none_or(|to| to >= cleared)
+        }
+    }
 }
 
 const SUPERVISING: [Role; 2] = [Role::ProbationOfficer, Role::CaseManager];
@@ -474,9 +488,11 @@ fn alerts(
             note(clearance.at);
             clearance.at <= now
         });
-        let standing = cleared.as_ref().map_or(now, |clearance| {
-            clearance.at - chrono::TimeDelta::microseconds(1)
-        });
+        let standing = cleared
+            .as_ref()
+            .map_or(Standing::Open { now }, |clearance| {
+                Standing::ClearedAt(clearance.at)
+            });
         alerts.push(Alert {
             id: alert_id(state.client_id, candidate.kind, candidate.cause),
             client_id: state.client_id,
