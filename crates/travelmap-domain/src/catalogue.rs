@@ -119,13 +119,14 @@ macro_rules! catalogue {
                     $($name if schema_version == $version => serde_json::from_value::<$payload>(data)
                         .map(Self::$variant)
                         .map_err(|error| ValidationError::new("", error.to_string()).into()),)*
-                    _ => Self::decode(event_type, schema_version, &data),
+                    _ => Self::decode_recorded(event_type, schema_version, &data),
                 }
             }
 
             /// Decodes `data` read back from the store. It was validated when it was recorded, so
             /// data in the current version is parsed straight into its type (no intermediate JSON
-            /// tree, no rule checks); older versions take the upcasting path of [`Self::decode`].
+            /// tree, no rule checks); older versions are upcast as [`Self::decode_recorded`] does,
+            /// also without the rules added since they were recorded.
             pub fn decode_stored(event_type: &str, schema_version: u32, data: &str) -> Result<Self, DecodeError> {
                 match event_type {
                     $($name if schema_version == $version => serde_json::from_str::<$payload>(data)
@@ -134,7 +135,7 @@ macro_rules! catalogue {
                     _ => {
                         let value: Value = serde_json::from_str(data)
                             .map_err(|error| ValidationError::new("", error.to_string()))?;
-                        Self::decode(event_type, schema_version, &value)
+                        Self::decode_recorded(event_type, schema_version, &value)
                     }
                 }
             }
