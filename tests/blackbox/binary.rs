@@ -509,7 +509,7 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
             .status
             .success()
     );
-    let warning = "the audit trail (audit.sqlite) was missing";
+    let warning = "the audit trail (audit.sqlite) holds no entries";
     let opened = run(&["rebuild"], &data);
     assert!(opened.status.success());
     assert!(!String::from_utf8_lossy(&opened.stderr).contains(warning));
@@ -528,6 +528,66 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
     assert!(reopened.status.success());
     let stderr = String::from_utf8_lossy(&reopened.stderr);
     assert!(stderr.contains(warning), "{stderr}");
+    // Said again on every open while the trail stays empty, not only when the file was made.
+    let again = run(&["rebuild"], &data);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains(warning), "{stderr}");
+}
+
+/// A checkpoint-signing key made again for a trail that already holds entries (its file lost,
+/// or not restored with the data) is said out loud: checkpoints signed before would no longer
+/// verify, which looks like tampering.
+#[tokio::test]
+async fn a_signing_key_made_again_for_a_trail_with_entries_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(&config)).await;
+    assert_eq!(post_many(&server.address, Uuid::new_v4(), 1).await.len(), 1);
+    server.signal("TERM");
+    assert!(server.wait().success());
+    std::fs::remove_file(data.join("audit-signing.key")).unwrap();
+
+    let log = dir.path().join("serve.log");
+    let port = free_port();
+    let mut again = travelmap_command()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("TRAVELMAP_CONFIG")
+        .env_remove("TRAVELMAP_STORE")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut up = false;
+    for _ in 0..200 {
+        if let Ok(response) = http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .send()
+            .await
+            && response.status() == StatusCode::OK
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = again.kill();
+    let _ = again.wait();
+    assert!(up, "the server started");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("generated a new checkpoint-signing key"),
+        "{logged}"
+    );
 }
 
 /// A copy of the data files taken after an import (the server stopped) holds everything: the

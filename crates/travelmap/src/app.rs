@@ -93,6 +93,25 @@ impl Application {
         };
         let journeys = Arc::new(Journeys::new(store.log(), store.views(), keyring).await?);
         let audit = settings.audit_override.unwrap_or_else(|| store.audit());
+        // A key made now for a trail that already holds entries is not the key earlier
+        // checkpoints were signed with (its file was lost, or not restored with the data): they
+        // would no longer verify against `audit public-key`, as if the trail had been altered.
+        if let Some(generated) = crate::settings::generated_signing_key() {
+            let (entries, _) = audit
+                .head()
+                .await
+                .context("reading the audit trail's head")?;
+            if entries > 0 {
+                tracing::error!(
+                    key = %generated.display(),
+                    entries,
+                    "generated a new checkpoint-signing key for an audit trail that already holds \
+                     entries: checkpoints signed before with the earlier key will not verify \
+                     against this one. If that key's file was lost or not restored, stop the \
+                     service and put it back (see docs/operations.md)"
+                );
+            }
+        }
         travelmap_api::audit::end_grants_a_setting_shortens(audit.as_ref(), settings.break_glass)
             .await
             .context("ending the break-glass grants a shorter setting ends")?;

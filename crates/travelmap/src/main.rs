@@ -36,7 +36,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP service. Without --config, a local admin key is generated into the data
-    /// directory and the service listens on loopback only.
+    /// directory and the service listens on loopback by default (another address is warned
+    /// about).
     Serve {
         /// Address to listen on [default: 127.0.0.1:8080].
         #[arg(long, env = "TRAVELMAP_LISTEN", value_name = "ADDR")]

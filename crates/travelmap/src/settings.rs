@@ -609,6 +609,11 @@ fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The checkpoint-signing key file this process generated, if it did.
+pub fn generated_signing_key() -> Option<&'static Path> {
+    GENERATED_SIGNING_KEY.get().map(PathBuf::as_path)
+}
+
 /// Removes the checkpoint-signing key this process generated, for a start that failed before
 /// serving (so before signing anything): kept, it would pass for the deployment's key on the
 /// next start. Returns its path.

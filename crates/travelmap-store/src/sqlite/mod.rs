@@ -70,8 +70,6 @@ impl SqliteStore {
             Err(TryLockError::WouldBlock) => return Err(Error::Locked(data_dir.to_owned())),
             Err(TryLockError::Error(error)) => return Err(error.into()),
         }
-        let trail_missing =
-            std::fs::metadata(data_dir.join("audit.sqlite")).map_or(true, |trail| trail.len() == 0);
         for file in DATABASES {
             private_file(&data_dir.join(file))?;
         }
@@ -82,14 +80,14 @@ impl SqliteStore {
         let webhooks = SqliteWebhookStore::open(&data_dir.join("webhooks.sqlite"))?;
         let head = *crate::EventLog::head(&log).borrow();
         // Every recorded event was logged, so a log with events beside an empty trail means the
-        // trail was removed or replaced (or not restored with the log): say so, loudly, since
-        // nothing else would.
-        if head > 0 && trail_missing {
+        // trail was removed or replaced (or not restored with the log): say so, loudly, on every
+        // open while it stays empty, since nothing else would.
+        if head > 0 && !trail_has_entries(&data_dir.join("audit.sqlite"))? {
             tracing::error!(
                 events = head,
-                "the audit trail (audit.sqlite) was missing while the event log holds events: \
-                 it was removed, or not restored with the log; an empty one was started. \
-                 Restore it from the backup taken with the log"
+                "the audit trail (audit.sqlite) holds no entries while the event log holds \
+                 events: it was removed, emptied, or not restored with the log. Restore it from \
+                 the backup taken with the log"
             );
         }
         let rewound = webhooks.rewind_past(head)?;
@@ -287,6 +285,17 @@ impl Checkpointer {
             let _ = thread.join();
         }
     }
+}
+
+/// Whether the trail at `path` holds any entry.
+fn trail_has_entries(path: &Path) -> Result<bool> {
+    let connection =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    Ok(connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM audit WHERE seq > 0)",
+        [],
+        |row| row.get(0),
+    )?)
 }
 
 impl Drop for Checkpointer {
