@@ -534,6 +534,30 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
     assert!(stderr.contains(warning), "{stderr}");
 }
 
+/// A file of the store that cannot be opened is named, so that the operator knows which one:
+/// the views' file, say, can be removed and rebuilt.
+#[test]
+fn a_damaged_store_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("events.jsonl");
+    let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-01T00:00:00Z");
+    std::fs::write(&file, format!("{event}\n")).unwrap();
+    assert!(
+        run(&["import", file.to_str().unwrap()], &data)
+            .status
+            .success()
+    );
+    for leftover in ["projections.sqlite-wal", "projections.sqlite-shm"] {
+        let _ = std::fs::remove_file(data.join(leftover));
+    }
+    std::fs::write(data.join("projections.sqlite"), vec![0x5a; 8192]).unwrap();
+    let output = run(&["rebuild"], &data);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("projections.sqlite: "), "{stderr}");
+}
+
 /// A checkpoint-signing key made again for a trail that already holds entries (its file lost,
 /// or not restored with the data) is said out loud: checkpoints signed before would no longer
 /// verify, which looks like tampering.

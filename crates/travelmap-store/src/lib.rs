@@ -91,6 +91,14 @@ pub enum Error {
         "the database is inconsistent: {0} (a restore that failed part way, or one into a database that was not empty? see docs/operations.md, \"Restore\")"
     )]
     Inconsistent(String),
+    /// One file of the embedded store could not be opened: which one, and why. (Told apart so
+    /// that an operator knows which file a permission or a damage is about: the views' file,
+    /// say, can simply be removed and rebuilt.)
+    #[error("{file}: {source}")]
+    Opening {
+        file: &'static str,
+        source: Box<Error>,
+    },
     /// Another process took over writing the views (see [`ViewStore::lead`]); this one must stop
     /// writing them and follow instead.
     #[error("another process now writes the views")]
@@ -152,6 +160,9 @@ impl Error {
         if matches!(self, Error::Unavailable(_)) {
             return true;
         }
+        if let Error::Opening { source, .. } = self {
+            return source.is_transient();
+        }
         let Error::Postgres(error) = self else {
             return self.is_busy();
         };
@@ -203,12 +214,17 @@ impl Error {
     /// key wrapped under a master key this process was not given (another process, started
     /// with a newer key first, wrapped it).
     pub fn is_misconfiguration(&self) -> bool {
-        matches!(self, Error::MasterKeyMissing(_))
+        match self {
+            Error::MasterKeyMissing(_) => true,
+            Error::Opening { source, .. } => source.is_misconfiguration(),
+            _ => false,
+        }
     }
 
     pub fn is_out_of_service(&self) -> bool {
         match self {
             Error::OutOfService(_) => true,
+            Error::Opening { source, .. } => source.is_out_of_service(),
             Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
                 failure.code,
                 rusqlite::ErrorCode::DiskFull

@@ -71,18 +71,26 @@ impl SqliteStore {
             Err(TryLockError::Error(error)) => return Err(error.into()),
         }
         for file in DATABASES {
-            private_file(&data_dir.join(file))?;
+            private_file(&data_dir.join(file)).map_err(opening(file))?;
         }
-        let log = SqliteEventLog::open(&data_dir.join("events.sqlite"))?;
-        let views = SqliteViewStore::open(&data_dir.join("projections.sqlite"))?;
-        let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"))?;
-        let keys = SqliteKeyStore::open(&data_dir.join("keys.sqlite"))?;
-        let webhooks = SqliteWebhookStore::open(&data_dir.join("webhooks.sqlite"))?;
+        let log = SqliteEventLog::open(&data_dir.join("events.sqlite"))
+            .map_err(opening("events.sqlite"))?;
+        let views = SqliteViewStore::open(&data_dir.join("projections.sqlite"))
+            .map_err(opening("projections.sqlite"))?;
+        let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"))
+            .map_err(opening("audit.sqlite"))?;
+        let keys =
+            SqliteKeyStore::open(&data_dir.join("keys.sqlite")).map_err(opening("keys.sqlite"))?;
+        let webhooks = SqliteWebhookStore::open(&data_dir.join("webhooks.sqlite"))
+            .map_err(opening("webhooks.sqlite"))?;
         let head = *crate::EventLog::head(&log).borrow();
         // Every recorded event was logged, so a log with events beside an empty trail means the
         // trail was removed or replaced (or not restored with the log): say so, loudly, on every
         // open while it stays empty, since nothing else would.
-        if head > 0 && !trail_has_entries(&data_dir.join("audit.sqlite"))? {
+        if head > 0
+            && !trail_has_entries(&data_dir.join("audit.sqlite"))
+                .map_err(opening("audit.sqlite"))?
+        {
             tracing::error!(
                 events = head,
                 "the audit trail (audit.sqlite) holds no entries while the event log holds \
@@ -284,6 +292,14 @@ impl Checkpointer {
         if let Some(thread) = self.thread.lock().expect("checkpointer lock").take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Names the file an error opening the store is about.
+fn opening(file: &'static str) -> impl Fn(Error) -> Error {
+    move |source| Error::Opening {
+        file,
+        source: Box::new(source),
     }
 }
 
