@@ -604,6 +604,9 @@ async fn a_read_refused_for_its_headers_or_parameters_leaves_a_trace_and_no_gran
         ],
         "{denied:?}"
     );
+    // A purpose sent as bytes that are not text was stated, though not as one of the list.
+    assert_eq!(denied[0]["purpose"], "emergency");
+    assert_eq!(denied[1]["purpose"], travelmap_api::audit::UNLISTED_PURPOSE);
     let grants = app.get_ok("/v1/audit/break-glass", DPO).await;
     assert_eq!(grants["grants"], json!([]), "{grants}");
     assert_eq!(

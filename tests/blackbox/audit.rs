@@ -915,3 +915,70 @@ async fn entries_the_trail_refused_are_written_once_it_takes_them_again() {
     }
     app.stop().await;
 }
+
+/// An erasure whose entry the trail refuses is recorded all the same (the keys are gone): the
+/// officer is told `503`, the entry is written in the background once the trail takes it again,
+/// and a retry is answered with the erasure's receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_the_trail_refused_is_audited_once_it_takes_entries_again() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    let mut registered = sample_event(client, "client.registered", "2026-01-05T09:00:00+01:00");
+    registered["data"] = json!({"personal": {"given_name": "Jarmila"}});
+    assert_eq!(
+        app.post_event(PRISON_WRITER, &registered).await.status(),
+        StatusCode::CREATED
+    );
+    let trail = rusqlite::Connection::open(app.data_dir.path().join("audit.sqlite")).unwrap();
+    trail
+        .execute_batch(
+            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit BEGIN INSERT INTO gone VALUES (1); END;",
+        )
+        .unwrap();
+    let erase = || {
+        app.http
+            .delete(app.url(&format!("/v1/clients/{client}/personal-data")))
+            .bearer_auth(DPO)
+            .json(&json!({"reason": "the client asked"}))
+            .send()
+    };
+    let refused = erase().await.unwrap();
+    let problem = expect_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("may have been recorded"),
+        "{problem}"
+    );
+    trail.execute_batch("DROP TRIGGER refuse_entries;").unwrap();
+    drop(trail);
+
+    let retried = erase().await.unwrap();
+    assert_eq!(retried.status(), StatusCode::OK);
+    let receipt: Value = retried.json().await.unwrap();
+    let id = receipt["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let erasures: Vec<Value> = app
+            .trail_of(client)
+            .await
+            .into_iter()
+            .filter(|entry| {
+                entry["operation"] == "erasure"
+                    && entry["outcome"] == "allowed"
+                    && entry["returned"] == json!(id)
+            })
+            .collect();
+        // The retry's own entry and the deferred one of the first request.
+        if erasures.len() >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deferred entry never came: {erasures:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    app.stop().await;
+}

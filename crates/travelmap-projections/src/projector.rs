@@ -210,7 +210,7 @@ impl Projector {
                     true
                 }
                 // A process starting beside this one reset them first, and leads.
-                _ = saved.wait_for(|saved| *saved == 0) => false,
+                Ok(_) = saved.wait_for(|saved| *saved == 0) => false,
             };
             if leads {
                 views.reset().await?;

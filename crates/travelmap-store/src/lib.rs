@@ -469,7 +469,9 @@ pub trait ViewStore: Send + Sync {
     }
     /// How many clients have a view.
     async fn count(&self) -> Result<usize>;
-    /// Deletes every view and resets the checkpoint to 0 (before a rebuild).
+    /// Deletes every view and resets the checkpoint to 0 (before a rebuild). Await it to its
+    /// end: dropped during its commit, a reset may be committed all the same (see
+    /// `Projector::new`, which races only the wait for [`Self::lead`], never this).
     async fn reset(&self) -> Result<()>;
     /// Clients known under an identifier.
     async fn find_by_identifier(&self, kind: &str, value: &str) -> Result<Vec<ClientId>>;

@@ -118,3 +118,41 @@ async fn closing_the_log_leaves_every_commit_in_the_main_file() {
     let restored = SqliteStore::open(copy.path()).unwrap();
     assert_eq!(restored.log.read_stream(a, None).await.unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn closing_the_key_store_leaves_every_key_in_the_main_file() {
+    use travelmap_store::KeyStore;
+    use travelmap_store::keys::StoredKey;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let keys: Vec<StoredKey> = (0..50)
+        .map(|_| StoredKey {
+            client_id: client(),
+            category: travelmap_domain::personal::Category::Identity,
+            key_id: Uuid::new_v4(),
+            master_id: "test".into(),
+            wrapped: vec![7; 60],
+            created_at: chrono::Utc::now(),
+        })
+        .collect();
+    store.keys.create(keys).await.unwrap();
+    // Closed while the store (and the key writer's connection) is still alive, as a process
+    // that ends before dropping it does.
+    store.keys.close();
+    let wal = std::fs::metadata(dir.path().join("keys.sqlite-wal")).map_or(0, |wal| wal.len());
+    assert_eq!(wal, 0, "the write-ahead log still holds keys");
+
+    // A copy of the main file alone holds every key.
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("keys.sqlite"),
+        copy.path().join("keys.sqlite"),
+    )
+    .unwrap();
+    drop(store);
+    let count: i64 = rusqlite::Connection::open(copy.path().join("keys.sqlite"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM data_keys", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(count, 50);
+}

@@ -299,6 +299,13 @@ impl Dispatcher {
         for (_, task) in tasks {
             let _ = task.handle.await;
         }
+        // Delivery stops here (stopped, or taken over by another process): what was noted of
+        // these tasks' webhooks no longer holds, and would otherwise be reported when this
+        // process delivers again.
+        self.unreadable
+            .lock()
+            .expect("unreadable webhooks lock")
+            .clear();
         ended
     }
 

@@ -271,9 +271,6 @@ impl Application {
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
-        // No request is left to defer entries: write those deferred earlier while the store is
-        // still open.
-        deferred.drain(DRAIN_DEFERRED_ENTRIES).await;
         let _ = stop_projector.send(true);
         let _ = projector.await;
         if let Some(retention) = retention {
@@ -284,6 +281,10 @@ impl Application {
         let _ = hub.await;
         let _ = webhooks.await;
         let _ = store_probe.await;
+        // No request, nor the erasures task (which hands on an erasure's entry the trail
+        // refused), is left to defer entries: write those deferred while the store is still
+        // open.
+        deferred.drain(DRAIN_DEFERRED_ENTRIES).await;
         self.store.close().await;
         served.context("serving HTTP")?;
         if let Ok(task) = faulted.await {
