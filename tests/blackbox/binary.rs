@@ -532,6 +532,14 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
     let again = run(&["rebuild"], &data);
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains(warning), "{stderr}");
+    // And an auditor's check does not pass the empty trail as intact.
+    let verified = run(&["audit", "verify"], &data);
+    assert_eq!(verified.status.code(), Some(3), "{verified:?}");
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        stdout.contains("the trail holds no entries while the event log holds 1 events"),
+        "{stdout}"
+    );
 }
 
 /// A file of the store that cannot be opened is named, so that the operator knows which one:

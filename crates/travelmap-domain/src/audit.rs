@@ -212,6 +212,11 @@ pub enum ChainError {
          the service"
     )]
     BeforeTheFirst(u64),
+    #[error(
+        "the trail holds no entries while the event log holds {0} events, each of which was \
+         logged: the trail was removed or emptied, or not restored with the log"
+    )]
+    EmptyBesideEvents(u64),
 }
 
 /// Checks a log entry by entry, from the first, in order (so that a long log need not be held in

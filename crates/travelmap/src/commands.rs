@@ -980,9 +980,10 @@ pub async fn verify_audit(
     };
     let (audit, _store): (std::sync::Arc<dyn AuditLog>, Option<PgStore>) = match location {
         Location::Embedded(data_dir) => (
-            std::sync::Arc::new(SqliteAuditLog::open_read_only(
-                &data_dir.join("audit.sqlite"),
-            )?),
+            std::sync::Arc::new(
+                SqliteAuditLog::open_read_only(&data_dir.join("audit.sqlite"))
+                    .context("audit.sqlite")?,
+            ),
             None,
         ),
         Location::Postgres(url) => {
@@ -1086,6 +1087,26 @@ pub async fn verify_audit(
             }
             Err(error) if error.is_transient() => return Err(error.into()),
             _ => {}
+        }
+    }
+    // Every recorded event was logged, so an empty trail beside a log with events was removed
+    // or emptied: the chain alone, with nothing in it, cannot show that.
+    if broken.is_none() && check.head().0 == 0 {
+        let events = match (location, &_store) {
+            (Location::Embedded(data_dir), _) => {
+                let events = data_dir.join("events.sqlite");
+                if events.exists() {
+                    let log = SqliteEventLog::open_read_only(&events).context("events.sqlite")?;
+                    *travelmap_store::EventLog::head(&log).borrow()
+                } else {
+                    0
+                }
+            }
+            (Location::Postgres(_), Some(store)) => *store.log.head().borrow(),
+            (Location::Postgres(_), None) => 0,
+        };
+        if events > 0 {
+            broken = Some(ChainError::EmptyBesideEvents(events));
         }
     }
     if broken.is_none() && at_stored_head != Some(stored_hash) {
