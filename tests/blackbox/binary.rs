@@ -495,13 +495,10 @@ fn a_master_key_file_other_users_may_read_is_warned_about() {
     );
 }
 
-/// Every recorded event was logged, so an event log beside a missing audit trail is said out
-/// loud when the store is opened: the trail was removed, or not restored with the log.
-#[test]
-fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let file = dir.path().join("events.jsonl");
+/// An embedded store in `dir`/data holding one imported event; returns its data directory.
+fn store_with_one_event(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let file = dir.join("events.jsonl");
     let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-01T00:00:00Z");
     std::fs::write(&file, format!("{event}\n")).unwrap();
     assert!(
@@ -509,6 +506,15 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
             .status
             .success()
     );
+    data
+}
+
+/// Every recorded event was logged, so an event log beside a missing audit trail is said out
+/// loud when the store is opened: the trail was removed, or not restored with the log.
+#[test]
+fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = store_with_one_event(dir.path());
     let warning = "the audit trail (audit.sqlite) holds no entries";
     let opened = run(&["rebuild"], &data);
     assert!(opened.status.success());
@@ -547,15 +553,7 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
 #[test]
 fn a_damaged_store_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let file = dir.path().join("events.jsonl");
-    let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-01T00:00:00Z");
-    std::fs::write(&file, format!("{event}\n")).unwrap();
-    assert!(
-        run(&["import", file.to_str().unwrap()], &data)
-            .status
-            .success()
-    );
+    let data = store_with_one_event(dir.path());
     for leftover in ["projections.sqlite-wal", "projections.sqlite-shm"] {
         let _ = std::fs::remove_file(data.join(leftover));
     }
