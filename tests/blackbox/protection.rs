@@ -1591,7 +1591,8 @@ async fn a_retention_run_counts_what_was_recorded_after_it_began() {
     .unwrap();
     let (report, ran) = travelmap::retention::run(
         &journeys,
-        store.audit().as_ref(),
+        &store.audit(),
+        None,
         &schedule,
         began,
         std::time::Duration::from_secs(10),
@@ -1605,4 +1606,86 @@ async fn a_retention_run_counts_what_was_recorded_after_it_began() {
         "{history:?}"
     );
     store.close().await;
+}
+
+/// A shredding whose entry the trail refuses is done all the same (the keys are gone) and no
+/// later run finds the client due again: the entry is written once the trail takes entries
+/// again, rather than lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shredding_the_trail_refused_is_audited_once_it_takes_entries_again() {
+    let schedule = travelmap_projections::retention::Schedule::from_config(
+        &std::collections::BTreeMap::from([("needs".to_owned(), 2)]),
+    )
+    .unwrap();
+    let app = spawn_app_with_retention(&Backend::Embedded, schedule).await;
+    let trail = rusqlite::Connection::open(app.data_dir.path().join("audit.sqlite")).unwrap();
+    trail
+        .execute_batch(
+            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit BEGIN INSERT INTO gone VALUES (1); END;",
+        )
+        .unwrap();
+    // Recorded while the trail refuses entries (each answered 503, its entries deferred), so
+    // that the schedule's runs, every 100 ms here, shred the note while the trail still does.
+    let client = Uuid::new_v4();
+    for (event_type, at, data) in [
+        (
+            "involvement.opened",
+            "2019-01-02T09:00:00+01:00",
+            json!({"role": "mentor"}),
+        ),
+        (
+            "need.assessed",
+            "2019-02-01T09:00:00+01:00",
+            json!({"area": "addiction", "status": "in_progress", "note": NOTE}),
+        ),
+        (
+            "involvement.closed",
+            "2020-01-02T09:00:00+01:00",
+            json!({"role": "mentor"}),
+        ),
+    ] {
+        let answer = app
+            .post_event(NGO_WRITER, &event(client, event_type, at, data))
+            .await;
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // Read from the log's file: a read through the service needs the trail too.
+    let log = rusqlite::Connection::open(app.data_dir.path().join("events.sqlite")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let shredded: i64 = log
+            .query_row(
+                "SELECT count(*) FROM events WHERE event_type = 'retention.applied'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        if shredded > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never shredded");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(log);
+    // Longer than the run retries the entry itself: from then on it is the deferred entries'.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    trail.execute_batch("DROP TRIGGER refuse_entries;").unwrap();
+    drop(trail);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let audited = app
+            .trail_of(client)
+            .await
+            .into_iter()
+            .any(|entry| entry["operation"] == "erasure" && entry["action"] == "retention run");
+        if audited {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shredding's deferred entry never came"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    app.stop().await;
 }

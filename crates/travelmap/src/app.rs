@@ -187,19 +187,20 @@ impl Application {
             })
             .run(projector_stopped.clone(), watch("webhooks", false)),
         );
+        // Entries of writes (and decisions) the trail refused for longer than a request waits.
+        let deferred = Arc::new(travelmap_api::audit::Deferred::default());
         // Without a schedule there is nothing to run, and nothing to watch.
         let retention = (!self.retention.is_empty()).then(|| {
             tokio::spawn(crate::retention::daily(
                 self.journeys.clone(),
                 self.audit.clone(),
+                deferred.clone(),
                 self.retention.clone(),
                 self.retention_every,
                 projector_stopped.clone(),
                 watch("retention", false),
             ))
         });
-        // Entries of writes (and decisions) the trail refused for longer than a request waits.
-        let deferred = Arc::new(travelmap_api::audit::Deferred::default());
         // Erasures cut short between destroying the keys and recording the decision.
         let erasures = tokio::spawn(crate::erasures::periodically(
             self.journeys.clone(),

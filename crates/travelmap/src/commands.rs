@@ -1203,7 +1203,8 @@ pub async fn retention_run(
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring)).await?;
     let (report, ran) = crate::retention::run(
         &journeys,
-        store.audit().as_ref(),
+        &store.audit(),
+        None,
         schedule,
         Utc::now(),
         patience,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 use tokio::sync::watch;
+use travelmap_api::audit::Deferred;
 use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
 use travelmap_domain::personal::Category;
 use travelmap_domain::{ClientId, EventId, Provenance};
@@ -26,6 +27,9 @@ pub const RETENTION_AGENCY: &str = "travelmap";
 const PAGE: usize = 500;
 /// How often the server runs the schedule.
 pub const DAILY: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a shredding's entry is retried before the run stops (and, in a server, hands it to
+/// [`Deferred`]).
+const ENTRY_PATIENCE: Duration = Duration::from_secs(5);
 /// How long after start the server first runs it.
 const FIRST_RUN_AFTER: Duration = Duration::from_secs(60);
 
@@ -82,7 +86,8 @@ pub const VIEWS_PATIENCE: Duration = Duration::from_secs(600);
 /// operator must learn of it from the report, not only from the log.
 pub async fn run(
     journeys: &Journeys,
-    audit: &dyn AuditLog,
+    audit: &Arc<dyn AuditLog>,
+    deferred: Option<&Deferred>,
     schedule: &Schedule,
     now: DateTime<Utc>,
     patience: Duration,
@@ -97,7 +102,7 @@ pub async fn run(
     if let Err(error) = journeys.projector().bring_to_head(patience).await {
         return (report, Err(error.into()));
     }
-    let shredded = shred_what_is_due(journeys, audit, schedule, now, &mut report).await;
+    let shredded = shred_what_is_due(journeys, audit, deferred, schedule, now, &mut report).await;
     if !report.done.is_empty() {
         // The views still hold what was shredded, in plaintext, until the projection folds the
         // `retention.applied` events; run offline, nothing else would fold them before the next
@@ -114,7 +119,8 @@ pub async fn run(
 /// Shreds what is due for each client, recording each shredding in `report` as it goes.
 async fn shred_what_is_due(
     journeys: &Journeys,
-    audit: &dyn AuditLog,
+    audit: &Arc<dyn AuditLog>,
+    deferred: Option<&Deferred>,
     schedule: &Schedule,
     now: DateTime<Utc>,
     report: &mut Report,
@@ -139,8 +145,21 @@ async fn shred_what_is_due(
             match shred_client(journeys, schedule, now, &provenance, client_id).await {
                 Ok(Shredding::Done(due, done)) => {
                     report.due.push(due);
-                    // A shredding the trail does not show must not be followed by more.
-                    audit.append(vec![audited(&done)]).await?;
+                    // A shredding the trail does not show must not be followed by more. Its
+                    // entry is retried, and in a server handed on to be written once the trail
+                    // takes entries again: the shredding is done, and no later run would find
+                    // the client due.
+                    let entry = vec![audited(&done)];
+                    if let Err((error, entry)) =
+                        travelmap_store::append_patiently(audit.as_ref(), entry, ENTRY_PATIENCE)
+                            .await
+                    {
+                        if let Some(deferred) = deferred {
+                            deferred.keep_trying(audit.clone(), entry, &error);
+                        }
+                        report.done.push(done);
+                        return Err(error.into());
+                    }
                     report.done.push(done);
                 }
                 Ok(Shredding::Moving(due)) => {
@@ -295,6 +314,7 @@ fn names(categories: &[Category]) -> String {
 pub async fn daily(
     journeys: Arc<Journeys>,
     audit: Arc<dyn AuditLog>,
+    deferred: Arc<Deferred>,
     schedule: Schedule,
     every: Duration,
     mut stop: watch::Receiver<bool>,
@@ -325,7 +345,8 @@ pub async fn daily(
         // Having the lease, this process folds the views itself: nothing to wait for.
         match run(
             &journeys,
-            audit.as_ref(),
+            &audit,
+            Some(&deferred),
             &schedule,
             Utc::now(),
             VIEWS_PATIENCE,
