@@ -94,10 +94,13 @@ pub async fn import(
         };
         total += 1;
         let problem = match parse_line(&line) {
-            Ok(submission) if outside_remit(submission.draft.event.event_type()).is_some() => {
-                note_denied(&mut denied, submission.draft.client_id);
-                outside_remit(submission.draft.event.event_type())
-            }
+            Ok(submission) => match outside_remit(submission.draft.event.event_type()) {
+                Some(refused) => {
+                    note_denied(&mut denied, submission.draft.client_id);
+                    Some(refused)
+                }
+                None => within_remit(&submission, number, authenticator, &mut lines_of),
+            },
             // As over HTTP, a type outside the agency's remit is refused as such, whatever its
             // data: read the line's type and client again (only for lines that fail).
             Err(problem) => match line_remit(&line, &outside_remit) {
@@ -109,29 +112,6 @@ pub async fn import(
                 }
                 None => Some(problem),
             },
-            Ok(submission) => {
-                let named = authenticator
-                    .map(|authenticator| authenticator.check_named_agency(&submission.draft.event))
-                    .unwrap_or(Ok(()));
-                let draft = &submission.draft;
-                let line = LineEvent {
-                    number,
-                    event_type: draft.event.event_type(),
-                    occurred_on: draft.occurred_at.date_naive(),
-                };
-                match (named, lines_of.insert(draft.id, line)) {
-                    (Err(invalid), _) => Some(format!(
-                        "{}: {}",
-                        invalid.field.as_deref().unwrap_or_default(),
-                        invalid.detail
-                    )),
-                    (Ok(()), Some(first)) => Some(format!(
-                        "event id {} already appears on line {}",
-                        draft.id, first.number
-                    )),
-                    (Ok(()), None) => dated_facts(draft, &lines_of),
-                }
-            }
         };
         if let Some(problem) = problem {
             push_error(
@@ -572,6 +552,38 @@ struct LineEvent {
     number: usize,
     event_type: &'static str,
     occurred_on: chrono::NaiveDate,
+}
+
+/// What the import's first pass finds wrong with a line's event within its agency's remit: a
+/// named agency the configuration does not declare, an id an earlier line has, or its dated
+/// facts. Notes the line's event in `lines_of`.
+fn within_remit(
+    submission: &Submission,
+    number: usize,
+    authenticator: Option<&Authenticator>,
+    lines_of: &mut HashMap<EventId, LineEvent>,
+) -> Option<String> {
+    let named = authenticator
+        .map(|authenticator| authenticator.check_named_agency(&submission.draft.event))
+        .unwrap_or(Ok(()));
+    let draft = &submission.draft;
+    let line = LineEvent {
+        number,
+        event_type: draft.event.event_type(),
+        occurred_on: draft.occurred_at.date_naive(),
+    };
+    match (named, lines_of.insert(draft.id, line)) {
+        (Err(invalid), _) => Some(format!(
+            "{}: {}",
+            invalid.field.as_deref().unwrap_or_default(),
+            invalid.detail
+        )),
+        (Ok(()), Some(first)) => Some(format!(
+            "event id {} already appears on line {}",
+            draft.id, first.number
+        )),
+        (Ok(()), None) => dated_facts(draft, lines_of),
+    }
 }
 
 /// What the server checks of an event's dated facts when it decides (see
