@@ -263,6 +263,24 @@ pub struct Deferred {
 }
 
 impl Deferred {
+    /// Appends `records` for a decision already carried out (keys destroyed, a shredding or an
+    /// erasure recorded), retrying for up to [`RECORDING_PATIENCE`]; if the trail still refuses
+    /// them, hands them on to [`Self::keep_trying`] and returns the error, for the caller to
+    /// report: no later run would find the decision to be made again.
+    pub async fn append_or_keep_trying(
+        &self,
+        audit: &std::sync::Arc<dyn travelmap_store::AuditLog>,
+        records: Vec<AuditRecord>,
+    ) -> Result<(), travelmap_store::Error> {
+        match travelmap_store::append_patiently(audit.as_ref(), records, RECORDING_PATIENCE).await {
+            Ok(_) => Ok(()),
+            Err((error, records)) => {
+                self.keep_trying(audit.clone(), records, &error);
+                Err(error)
+            }
+        }
+    }
+
     /// Retries `records` in the background until the trail takes them.
     pub fn keep_trying(
         &self,

@@ -55,8 +55,7 @@ pub async fn finish(
                 client_id: Some(client_id),
                 purpose: None,
                 justification: Some(
-                    "the client's keys were destroyed by an erasure cut short before its \
-                         record"
+                    "the client's keys were destroyed by an erasure cut short before its record"
                         .to_owned(),
                 ),
                 request_id: None,
@@ -64,11 +63,9 @@ pub async fn finish(
                 action: "erasure finished".to_owned(),
                 returned: Some(outcome.receipt.id.to_string()),
             }];
-            if let Err((error, entry)) =
-                travelmap_store::append_patiently(audit.as_ref(), entry, ENTRY_PATIENCE).await
-            {
-                deferred.keep_trying(audit.clone(), entry, &error);
-            }
+            // A refused entry is kept trying in the background (and logged there): the erasure
+            // is recorded, and the finishing goes on to purge the views.
+            let _ = deferred.append_or_keep_trying(audit, entry).await;
         }
         journeys
             .wait_for_projection(outcome.receipt.position)
@@ -76,9 +73,6 @@ pub async fn finish(
     }
     Ok(recorded)
 }
-
-/// How long a finished erasure's entry is retried before it is handed to [`Deferred`].
-const ENTRY_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Runs [`finish`] soon after start and then every `every`, until `stop`.
 pub async fn periodically(

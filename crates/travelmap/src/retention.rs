@@ -27,9 +27,6 @@ pub const RETENTION_AGENCY: &str = "travelmap";
 const PAGE: usize = 500;
 /// How often the server runs the schedule.
 pub const DAILY: Duration = Duration::from_secs(24 * 60 * 60);
-/// How long a shredding's entry is retried before the run stops (and, in a server, hands it to
-/// [`Deferred`]).
-const ENTRY_PATIENCE: Duration = Duration::from_secs(5);
 /// How long after start the server first runs it.
 const FIRST_RUN_AFTER: Duration = Duration::from_secs(60);
 
@@ -150,17 +147,19 @@ async fn shred_what_is_due(
                     // takes entries again: the shredding is done, and no later run would find
                     // the client due.
                     let entry = vec![audited(&done)];
-                    if let Err((error, entry)) =
-                        travelmap_store::append_patiently(audit.as_ref(), entry, ENTRY_PATIENCE)
-                            .await
-                    {
-                        if let Some(deferred) = deferred {
-                            deferred.keep_trying(audit.clone(), entry, &error);
-                        }
-                        report.done.push(done);
-                        return Err(error.into());
-                    }
+                    let audited = match deferred {
+                        Some(deferred) => deferred.append_or_keep_trying(audit, entry).await,
+                        None => travelmap_store::append_patiently(
+                            audit.as_ref(),
+                            entry,
+                            travelmap_api::audit::RECORDING_PATIENCE,
+                        )
+                        .await
+                        .map(drop)
+                        .map_err(|(error, _)| error),
+                    };
                     report.done.push(done);
+                    audited?;
                 }
                 Ok(Shredding::Moving(due)) => {
                     report.due.push(due);
