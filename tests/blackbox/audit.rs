@@ -870,12 +870,7 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_the_trail_refused_are_written_once_it_takes_them_again() {
     let app = spawn_app().await;
-    let trail = rusqlite::Connection::open(app.data_dir.path().join("audit.sqlite")).unwrap();
-    trail
-        .execute_batch(
-            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit BEGIN INSERT INTO gone VALUES (1); END;",
-        )
-        .unwrap();
+    let trail = RefusingTrail::start(&app);
     let client = Uuid::new_v4();
     let event = sample_event(client, "client.registered", "2026-01-05T09:00:00+01:00");
     let started = std::time::Instant::now();
@@ -883,8 +878,7 @@ async fn entries_the_trail_refused_are_written_once_it_takes_them_again() {
     expect_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     // Retried while the request waited (backing off, within its 5 s).
     assert!(started.elapsed() >= std::time::Duration::from_secs(2));
-    trail.execute_batch("DROP TRIGGER refuse_entries;").unwrap();
-    drop(trail);
+    trail.takes_entries_again();
 
     // The event was recorded: a retry is answered with its receipt.
     let retried = app.post_event(PRISON_WRITER, &event).await;
@@ -929,12 +923,7 @@ async fn an_erasure_the_trail_refused_is_audited_once_it_takes_entries_again() {
         app.post_event(PRISON_WRITER, &registered).await.status(),
         StatusCode::CREATED
     );
-    let trail = rusqlite::Connection::open(app.data_dir.path().join("audit.sqlite")).unwrap();
-    trail
-        .execute_batch(
-            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit BEGIN INSERT INTO gone VALUES (1); END;",
-        )
-        .unwrap();
+    let trail = RefusingTrail::start(&app);
     let erase = || {
         app.http
             .delete(app.url(&format!("/v1/clients/{client}/personal-data")))
@@ -951,8 +940,7 @@ async fn an_erasure_the_trail_refused_is_audited_once_it_takes_entries_again() {
             .contains("may have been recorded"),
         "{problem}"
     );
-    trail.execute_batch("DROP TRIGGER refuse_entries;").unwrap();
-    drop(trail);
+    trail.takes_entries_again();
 
     let retried = erase().await.unwrap();
     assert_eq!(retried.status(), StatusCode::OK);

@@ -1618,12 +1618,7 @@ async fn a_shredding_the_trail_refused_is_audited_once_it_takes_entries_again() 
     )
     .unwrap();
     let app = spawn_app_with_retention(&Backend::Embedded, schedule).await;
-    let trail = rusqlite::Connection::open(app.data_dir.path().join("audit.sqlite")).unwrap();
-    trail
-        .execute_batch(
-            "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit BEGIN INSERT INTO gone VALUES (1); END;",
-        )
-        .unwrap();
+    let trail = RefusingTrail::start(&app);
     // Recorded while the trail refuses entries (each answered 503, its entries deferred), so
     // that the schedule's runs, every 100 ms here, shred the note while the trail still does.
     let client = Uuid::new_v4();
@@ -1669,8 +1664,7 @@ async fn a_shredding_the_trail_refused_is_audited_once_it_takes_entries_again() 
     drop(log);
     // Longer than the run retries the entry itself: from then on it is the deferred entries'.
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
-    trail.execute_batch("DROP TRIGGER refuse_entries;").unwrap();
-    drop(trail);
+    trail.takes_entries_again();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let audited = app

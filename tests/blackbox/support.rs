@@ -551,3 +551,27 @@ pub async fn trail_at(address: &str, client: Uuid) -> Vec<Value> {
     let trail: Value = response.json().await.expect("JSON body");
     trail["entries"].as_array().expect("entries").clone()
 }
+
+/// An embedded store's audit trail made to refuse every new entry, as a trail that fails does,
+/// until [`RefusingTrail::takes_entries_again`].
+pub struct RefusingTrail(rusqlite::Connection);
+
+impl RefusingTrail {
+    pub fn start(app: &TestApp) -> Self {
+        let trail = rusqlite::Connection::open(app.data_dir.path().join("audit.sqlite")).unwrap();
+        // An insert into a table that does not exist fails every entry, and so its commit.
+        trail
+            .execute_batch(
+                "CREATE TRIGGER refuse_entries BEFORE INSERT ON audit \
+                 BEGIN INSERT INTO gone VALUES (1); END;",
+            )
+            .unwrap();
+        Self(trail)
+    }
+
+    pub fn takes_entries_again(self) {
+        self.0
+            .execute_batch("DROP TRIGGER refuse_entries;")
+            .unwrap();
+    }
+}
