@@ -317,7 +317,7 @@ impl Journeys {
     /// Records submitted events all-or-nothing. Events already recorded with the same content
     /// are answered with their original receipts (`created: false`) and not stored again.
     /// Data-protection decisions are refused here: they are recorded by their own use cases
-    /// ([`Self::erase`] and the others), which also carry them out.
+    /// ([`Self::record_erasure`] and the others), which also carry them out.
     pub async fn record(
         &self,
         provenance: &Provenance,

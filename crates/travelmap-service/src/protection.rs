@@ -20,19 +20,6 @@ use crate::{Alongside, Error, Journeys, Outcome, Result, Submission};
 const DECISION_ATTEMPTS: usize = 8;
 
 impl Journeys {
-    /// Erases the client's personal data: [`Self::record_erasure`], then waits until the views
-    /// have been folded again without the plaintext.
-    pub async fn erase(
-        &self,
-        provenance: &Provenance,
-        client_id: ClientId,
-        reason: Text,
-    ) -> Result<Outcome> {
-        let outcome = self.record_erasure(provenance, client_id, reason).await?;
-        self.wait_for_projection(outcome.receipt.position).await?;
-        Ok(outcome)
-    }
-
     /// Destroys every data key of the client (so the sealed fields can never be opened again,
     /// wherever the log was copied) and records `personal_data.erased`. Erasing twice answers
     /// with the first erasure. The views still hold the plaintext until the projector folds the

@@ -762,18 +762,22 @@ async fn erasure_leaves_no_plaintext_and_keeps_the_facts(place: &Place) {
         credential: "dpo".into(),
     };
     let first = journeys
-        .erase(&dpo, erased, "client request".try_into().unwrap())
+        .record_erasure(&dpo, erased, "client request".try_into().unwrap())
         .await
         .unwrap();
     assert!(first.created);
+    journeys
+        .wait_for_projection(first.receipt.position)
+        .await
+        .unwrap();
     let again = journeys
-        .erase(&dpo, erased, "client request".try_into().unwrap())
+        .record_erasure(&dpo, erased, "client request".try_into().unwrap())
         .await
         .unwrap();
     assert_eq!((again.created, again.receipt), (false, first.receipt));
     assert!(matches!(
         journeys
-            .erase(&dpo, client(), "client request".try_into().unwrap())
+            .record_erasure(&dpo, client(), "client request".try_into().unwrap())
             .await,
         Err(Error::UnknownClient(_))
     ));
