@@ -530,6 +530,14 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
             std::fs::remove_file(path).unwrap();
         }
     }
+    // A trail that is missing altogether is as broken as an emptied one, not "cannot check".
+    let missing = run(&["audit", "verify"], &data);
+    assert_eq!(missing.status.code(), Some(3), "{missing:?}");
+    assert!(
+        String::from_utf8_lossy(&missing.stdout).contains("audit.sqlite is missing"),
+        "{missing:?}"
+    );
+    assert!(!data.join("audit.sqlite").exists());
     let reopened = run(&["rebuild"], &data);
     assert!(reopened.status.success());
     let stderr = String::from_utf8_lossy(&reopened.stderr);
@@ -546,6 +554,74 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
         stdout.contains("the trail holds no entries while the event log holds 1 events"),
         "{stdout}"
     );
+}
+
+/// An auditor checks a copy of the store on read-only media, or in a directory they may not
+/// write: `audit verify` reads it without writing a byte, while `replay`, which must log what it
+/// shows, refuses to show anything.
+#[cfg(unix)]
+#[test]
+fn a_read_only_copy_of_the_store_is_verified_without_writing_to_it() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let data = store_with_one_event(dir.path());
+    // A stopped server's files hold every commit on their own (docs/operations.md).
+    let copy = dir.path().join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for file in ["events.sqlite", "audit.sqlite", "keys.sqlite"] {
+        std::fs::copy(data.join(file), copy.join(file)).unwrap();
+        std::fs::set_permissions(copy.join(file), std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Permissions do not hold back a superuser, unless it gives up overriding them.
+    let as_a_reader = |args: &[&str]| {
+        let mut command = if std::fs::metadata(dir.path()).unwrap().uid() == 0 {
+            let mut command = Command::new("setpriv");
+            command.args(["--bounding-set", "-dac_override,-dac_read_search", "--"]);
+            command.arg(crate::binary::BINARY);
+            command
+        } else {
+            Command::new(crate::binary::BINARY)
+        };
+        command
+            .env("TRAVELMAP_MASTER_KEYS", TEST_MASTER_KEYS)
+            .env_remove("TRAVELMAP_CONFIG")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&copy)
+            .output()
+            .expect("setpriv (util-linux) runs the binary without overriding permissions")
+    };
+    let files_in_copy = || {
+        let mut names: Vec<String> = std::fs::read_dir(&copy)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = files_in_copy();
+    let verified = as_a_reader(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        verified.status.success() && stdout.contains("audit trail intact: 1 entries"),
+        "{verified:?}"
+    );
+    let replayed = as_a_reader(&[
+        "replay",
+        "--client",
+        "00000000-0000-0000-0000-000000000001",
+        "--purpose",
+        "audit",
+    ]);
+    assert!(!replayed.status.success(), "{replayed:?}");
+    assert!(replayed.stdout.is_empty(), "{replayed:?}");
+    assert!(
+        String::from_utf8_lossy(&replayed.stderr).contains("logging the replay in the audit trail"),
+        "{replayed:?}"
+    );
+    assert_eq!(files_in_copy(), before);
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// A file of the store that cannot be opened is named, so that the operator knows which one:

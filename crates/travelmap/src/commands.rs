@@ -668,7 +668,15 @@ pub async fn replay(
                     data_dir.display()
                 );
             }
-            let keys = SqliteKeyStore::open(&key_store)?;
+            // Read only, so that a copy the auditor may not write can be replayed up to the
+            // audit entry; a store never given a key (made by `migrate`, with nothing in it)
+            // is opened as the service opens it, which makes the identifiers' look-up key.
+            let keys = if SqliteKeyStore::holds_wrapped_keys(&key_store).context("keys.sqlite")? {
+                SqliteKeyStore::open_read_only(&key_store)
+            } else {
+                SqliteKeyStore::open(&key_store)
+            }
+            .context("keys.sqlite")?;
             let keyring = Arc::new(Keyring::open(Arc::new(keys), masters).await?);
             SealedLog::new(Arc::new(log), keyring)
                 .read_stream(client, as_of)
@@ -990,6 +998,23 @@ pub async fn verify_audit(
         None if public_key.is_some() => bail!("--public-key checks a --checkpoint; give one"),
         None => None,
     };
+    if let Location::Embedded(data_dir) = location {
+        // A trail removed from beside a log with events is broken as an emptied one is (every
+        // recorded event was logged), not a store that cannot be checked: a monitor that
+        // alerts on "broken" must hear of it.
+        let events = data_dir.join("events.sqlite");
+        if !data_dir.join("audit.sqlite").exists() && events.exists() {
+            let log = SqliteEventLog::open_read_only(&events).context("events.sqlite")?;
+            let recorded = *travelmap_store::EventLog::head(&log).borrow();
+            if recorded > 0 {
+                out!(
+                    "audit trail broken: {} (audit.sqlite is missing)",
+                    ChainError::EmptyBesideEvents(recorded)
+                );
+                return Ok(Verified::Broken);
+            }
+        }
+    }
     let (audit, _store): (std::sync::Arc<dyn AuditLog>, Option<PgStore>) = match location {
         Location::Embedded(data_dir) => (
             std::sync::Arc::new(

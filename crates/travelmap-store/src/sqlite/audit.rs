@@ -83,16 +83,12 @@ impl SqliteAuditLog {
                 format!("no audit trail at {}", path.display()),
             )));
         }
-        schema::require_current(
-            &Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?,
-            path,
-            schema::AUDIT,
-        )?;
+        schema::require_current(&super::open_copy_read_only(path)?, path, schema::AUDIT)?;
         Ok(Self {
             jobs: Mutex::new(None),
             writer: Mutex::new(None),
             checkpointer: None,
-            readers: Arc::new(ReadPool::new(path.to_owned())),
+            readers: Arc::new(ReadPool::for_copy(path.to_owned())),
         })
     }
 

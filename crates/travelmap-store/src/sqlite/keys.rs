@@ -41,8 +41,7 @@ impl SqliteKeyStore {
         if !path.exists() {
             return Ok(false);
         }
-        let connection =
-            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let connection = super::open_copy_read_only(path)?;
         // Both tables come with the first migration; before it the file holds nothing.
         let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
         if version == 0 {
@@ -94,6 +93,26 @@ impl SqliteKeyStore {
             })?;
         Ok(Self {
             connection,
+            creations,
+        })
+    }
+
+    /// Opens an existing key store for reading only, for a command that only opens sealed
+    /// fields (`replay`), beside a running server or on a copy it may not write. Making keys
+    /// fails with [`Error::Closed`].
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no key store at {}", path.display()),
+            )));
+        }
+        let connection = super::open_copy_read_only(path)?;
+        schema::require_current(&connection, path, schema::KEYS)?;
+        // No writer: a creation finds its queue closed.
+        let (creations, _) = std::sync::mpsc::channel::<Creation>();
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
             creations,
         })
     }

@@ -83,9 +83,8 @@ impl SqliteEventLog {
                 format!("no event log at {}", path.display()),
             )));
         }
-        let readers = Arc::new(ReadPool::new(path.to_owned()));
-        let connection =
-            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let readers = Arc::new(ReadPool::for_copy(path.to_owned()));
+        let connection = super::open_copy_read_only(path)?;
         schema::require_current(&connection, path, schema::EVENTS)?;
         let last_position: u64 =
             connection.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {

@@ -295,6 +295,81 @@ impl Checkpointer {
     }
 }
 
+/// Opens the database at `path` for reading only.
+fn open_read_only(path: &Path) -> Result<rusqlite::Connection> {
+    let connection = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(Duration::from_secs(10))?;
+    Ok(connection)
+}
+
+/// [`open_read_only`] for a command that only reads, and may be reading a copy of the store it
+/// cannot write (an auditor checking a backup on read-only media). SQLite reads a database in
+/// write-ahead-log mode through a shared-memory file beside it, which it makes on first read;
+/// in a directory the reader may not write it cannot. Where there is no shared-memory file
+/// (no process has the database open) and no log beside the file holds anything, the file alone
+/// is the whole database and nothing is changing it: it is opened as immutable instead, which
+/// needs no shared memory. Anything else is refused as SQLite refuses it.
+fn open_copy_read_only(path: &Path) -> Result<rusqlite::Connection> {
+    use rusqlite::{ErrorCode, OpenFlags};
+    let connection = open_read_only(path)?;
+    // The shared memory is opened by the first read, not by the open.
+    match connection.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+        Ok(()) => Ok(connection),
+        Err(rusqlite::Error::SqliteFailure(error, _))
+            if matches!(error.code, ErrorCode::ReadOnly | ErrorCode::CannotOpen)
+                && !beside(path, "-shm").exists()
+                && nothing_in_the_log_beside(path) =>
+        {
+            drop(connection);
+            Ok(rusqlite::Connection::open_with_flags(
+                immutable_uri(path)?,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )?)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The file named as `path` with `suffix` appended (SQLite's `-wal` and `-shm`).
+fn beside(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// Whether the write-ahead log beside `path` is missing or empty, so that the file alone holds
+/// every commit.
+fn nothing_in_the_log_beside(path: &Path) -> bool {
+    std::fs::metadata(beside(path, "-wal")).map_or(true, |metadata| metadata.len() == 0)
+}
+
+/// `path` as an SQLite URI that opens it as immutable (no locks, no shared memory).
+fn immutable_uri(path: &Path) -> Result<String> {
+    let Some(text) = path.to_str() else {
+        return Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} is not a UTF-8 path", path.display()),
+        )));
+    };
+    // A URI's path ends at `?` or `#`, and `%` starts an escape: those three are escaped.
+    let mut uri = String::from("file:");
+    for character in text.chars() {
+        match character {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            other => uri.push(other),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Ok(uri)
+}
+
 /// Names the file an error opening the store is about.
 fn opening(file: &'static str) -> impl Fn(Error) -> Error {
     move |source| Error::Opening {
@@ -305,8 +380,7 @@ fn opening(file: &'static str) -> impl Fn(Error) -> Error {
 
 /// Whether the trail at `path` holds any entry.
 fn trail_has_entries(path: &Path) -> Result<bool> {
-    let connection =
-        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let connection = open_copy_read_only(path)?;
     Ok(connection.query_row(
         "SELECT EXISTS (SELECT 1 FROM audit WHERE seq > 0)",
         [],

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use crate::{Error, Result};
 
@@ -25,6 +25,9 @@ const INLINE_POINTS: usize = 4;
 pub(crate) struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Opened by a read-only command, which may be looking at a copy it cannot write (see
+    /// [`super::open_copy_read_only`]); a server's own pools never are.
+    copy: bool,
 }
 
 impl ReadPool {
@@ -32,6 +35,15 @@ impl ReadPool {
         Self {
             path,
             idle: Mutex::new(Vec::new()),
+            copy: false,
+        }
+    }
+
+    /// A pool for a read-only command's store, which may be a copy it cannot write.
+    pub(crate) fn for_copy(path: PathBuf) -> Self {
+        Self {
+            copy: true,
+            ..Self::new(path)
         }
     }
 
@@ -39,11 +51,11 @@ impl ReadPool {
         if let Some(connection) = self.idle.lock().expect("pool lock").pop() {
             return Ok(connection);
         }
-        let connection = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        connection.busy_timeout(std::time::Duration::from_secs(10))?;
+        let connection = if self.copy {
+            super::open_copy_read_only(&self.path)?
+        } else {
+            super::open_read_only(&self.path)?
+        };
         super::reader(&connection)?;
         Ok(connection)
     }
