@@ -92,15 +92,11 @@ impl ClientState {
     /// with it), so that it is not derived twice.
     pub fn access_with(&self, map: &TravelMap, now: DateTime<Utc>) -> Access {
         let mut access = Access {
-            // Open at `now`, as consents are read below: an opening or a closing recorded a few
-            // minutes ahead of its time (within the clock skew allowed) counts from that time.
+            // Open at `now`, as consents are read below.
             involved: map
                 .involvements
                 .iter()
-                .filter(|involvement| {
-                    involvement.from.is_some_and(|from| from <= now)
-                        && involvement.to.is_none_or(|to| to > now)
-                })
+                .filter(|involvement| involvement.open_at(now))
                 .map(|involvement| involvement.agency.clone())
                 .collect(),
             consented: BTreeMap::new(),

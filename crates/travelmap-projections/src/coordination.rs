@@ -215,11 +215,12 @@ impl CaseFile {
         }
     }
 
-    /// Whether the agency has an open involvement with the client.
-    pub fn carried_by(&self, agency: &str) -> bool {
+    /// Whether the agency has an involvement with the client open at `now` (as its access to
+    /// the client is decided, see [`Involvement::open_at`]).
+    pub fn carried_by(&self, agency: &str, now: DateTime<Utc>) -> bool {
         self.involvements
             .iter()
-            .any(|involvement| involvement.to.is_none() && involvement.agency == agency)
+            .any(|involvement| involvement.agency == agency && involvement.open_at(now))
     }
 
     pub fn open_alerts(&self) -> impl Iterator<Item = &Alert> {
@@ -231,8 +232,11 @@ impl ClientState {
     /// The client's case file as it stands at `now`.
     pub fn case_file(&self, now: DateTime<Utc>, rules: &Rules) -> CaseFile {
         let map = self.travel_map_without_steps(now);
-        // The latest release, also once the client completed or dropped out after it (how long
-        // ago the client left prison still orders a caseload); none while in custody again.
+        // When the client last left prison, also once they completed or dropped out after it
+        // (how long ago still orders a caseload); none while in custody again. A release
+        // recorded again with no custody between (a second agency's record of the same
+        // release) does not move it: the stretch out of custody began with the first, as the
+        // map's phases and the `no_case_manager` alert count it.
         let released_at = (map.phase != Phase::InCustody)
             .then(|| {
                 map.phases
@@ -979,7 +983,7 @@ pub fn caseloads<'a>(
             if recent(involvement.to) {
                 tally.closed += 1;
             }
-            if involvement.to.is_some() {
+            if !involvement.open_at(now) {
                 continue;
             }
             if tally.clients.insert(file.client_id) {
@@ -1093,7 +1097,7 @@ pub fn agency_caseload<'a>(
 ) -> Vec<CaseEntry> {
     let mut entries: Vec<CaseEntry> = files
         .into_iter()
-        .filter(|file| !file.withheld() && file.carried_by(agency))
+        .filter(|file| !file.withheld() && file.carried_by(agency, now))
         .map(|file| {
             let mut flags: Vec<AlertKind> = file.open_alerts().map(|alert| alert.kind).collect();
             flags.sort();
@@ -1107,7 +1111,7 @@ pub fn agency_caseload<'a>(
                 assignments: file
                     .involvements
                     .iter()
-                    .filter(|involvement| involvement.to.is_none() && involvement.agency == agency)
+                    .filter(|involvement| involvement.agency == agency && involvement.open_at(now))
                     .map(|involvement| Assignment {
                         role: involvement.role,
                         worker: involvement.worker.clone(),

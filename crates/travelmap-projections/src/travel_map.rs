@@ -377,6 +377,15 @@ pub struct Involvement {
     pub closed_by: Option<String>,
 }
 
+impl Involvement {
+    /// Whether it is open at `now`: begun by then and not yet ended. An opening or closing
+    /// recorded a few minutes ahead of its time (within the clock skew allowed) counts from that
+    /// time, and one with only its end recorded was never seen open.
+    pub fn open_at(&self, now: DateTime<Utc>) -> bool {
+        self.from.is_some_and(|from| from <= now) && self.to.is_none_or(|to| to > now)
+    }
+}
+
 /// One event on the map.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Step {

@@ -576,6 +576,67 @@ fn restricted_clients_stay_out_of_caseloads() {
     assert!(agency_caseload([&file], "probation-opava", t0() + days(2)).is_empty());
 }
 
+/// A release recorded again with no custody between (a second agency's record of the same
+/// release) does not move when the client left prison: the caseload counts from the first.
+#[test]
+fn a_caseload_counts_from_when_the_client_left_prison() {
+    let mut journey = Journey::new(302);
+    journey.add(
+        -days(60),
+        "probation-opava",
+        "involvement.opened",
+        open("probation-opava", "probation_officer", "novak"),
+    );
+    journey.add(-days(40), "prison-opava", "client.released", released());
+    journey.add(-days(10), "probation-opava", "client.released", released());
+    let file = journey.file(Duration::zero());
+    assert_eq!(file.released_at, Some(t0() - days(40)));
+    let listed = agency_caseload([&file], "probation-opava", t0());
+    assert_eq!(listed[0].days_since_release, Some(40));
+    assert_eq!(listed[0].stage, Stage::ReleasedOver30Days);
+}
+
+/// An involvement recorded ahead of its time puts the client on the agency's caseload when it
+/// begins, and one whose end is recorded ahead keeps the client there until it ends: the
+/// caseload follows the agency's access to the client, which counts each from its time.
+#[test]
+fn involvements_recorded_ahead_of_their_time_count_from_that_time() {
+    let mut journey = Journey::new(301);
+    journey.add(
+        hours(1),
+        "probation-opava",
+        "involvement.opened",
+        open("probation-opava", "probation_officer", "novak"),
+    );
+    let before = journey.file(Duration::zero());
+    assert!(agency_caseload([&before], "probation-opava", t0()).is_empty());
+    assert!(
+        caseloads([&before], t0(), &Rules::default())
+            .iter()
+            .all(|load| load.active_clients == 0)
+    );
+    let begun = journey.file(hours(2));
+    let listed = agency_caseload([&begun], "probation-opava", t0() + hours(2));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].assignments.len(), 1);
+
+    journey.add(
+        hours(3),
+        "probation-opava",
+        "involvement.closed",
+        json!({"agency": "probation-opava", "role": "probation_officer", "worker": "novak"}),
+    );
+    let closing = journey.file(hours(2));
+    assert_eq!(
+        agency_caseload([&closing], "probation-opava", t0() + hours(2)).len(),
+        1
+    );
+    let load = caseloads([&closing], t0() + hours(2), &Rules::default());
+    assert_eq!(load[0].active_clients, 1);
+    let ended = journey.file(hours(4));
+    assert!(agency_caseload([&ended], "probation-opava", t0() + hours(4)).is_empty());
+}
+
 #[test]
 fn a_contact_made_at_the_moment_of_release_counts_whichever_was_recorded_first() {
     let mut journey = Journey::new(20);
