@@ -1012,3 +1012,142 @@ async fn a_break_glass_read_that_waits_grants_once() {
     assert_eq!(grants["grants"].as_array().unwrap().len(), 1, "{grants}");
     app.stop().await;
 }
+
+/// Every operation is logged, allowed or denied: a read across clients refused for its
+/// parameters leaves its denied entry, as a read of one client refused for them does.
+#[tokio::test]
+async fn reads_across_clients_refused_for_their_parameters_are_logged() {
+    let app = spawn_app().await;
+    let refused = [
+        (
+            "/v1/statistics/outcomes?from=2026-05-01&to=2026-01-01",
+            COORDINATOR,
+            "statistics",
+            "GET /v1/statistics/outcomes",
+        ),
+        (
+            "/v1/statistics/outcomes?group_by=name",
+            COORDINATOR,
+            "statistics",
+            "GET /v1/statistics/outcomes",
+        ),
+        (
+            "/v1/alerts?kind=nope",
+            COORDINATOR,
+            "case_management",
+            "GET /v1/alerts",
+        ),
+        (
+            "/v1/caseloads?x=1",
+            COORDINATOR,
+            "case_management",
+            "GET /v1/caseloads",
+        ),
+        (
+            "/v1/agencies/municipality-opava/caseload?min_position=x",
+            COORDINATOR,
+            "case_management",
+            "GET /v1/agencies/{agency}/caseload",
+        ),
+        (
+            "/v1/clients?identifier=no-colon",
+            COORDINATOR,
+            "case_management",
+            "GET /v1/clients?identifier=",
+        ),
+        (
+            "/v1/subscriptions/feed?stream=nope",
+            COORDINATOR,
+            "case_management",
+            "GET /v1/subscriptions/feed",
+        ),
+        ("/v1/events?limit=0", AUDITOR, "audit", "GET /v1/events"),
+        ("/v1/events?after=99999", AUDITOR, "audit", "GET /v1/events"),
+        (
+            "/v1/audit/entries?limit=0",
+            AUDITOR,
+            "audit",
+            "GET /v1/audit/entries",
+        ),
+        (
+            "/v1/audit/access-changes?after=99999",
+            AUDITOR,
+            "audit",
+            "GET /v1/audit/access-changes",
+        ),
+    ];
+    for (path, key, purpose, _) in refused {
+        let response = app.get_for(path, key, purpose).await;
+        expect_problem(response, StatusCode::BAD_REQUEST, "invalid_parameter").await;
+    }
+    let trail = app.get_ok("/v1/audit/entries?limit=1000", AUDITOR).await;
+    let mut denied: Vec<&str> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["outcome"] == "denied")
+        .map(|entry| entry["action"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = refused.iter().map(|(.., action)| *action).collect();
+    denied.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(denied, expected, "{trail}");
+    app.stop().await;
+}
+
+/// Alerts filtered by one client answer a coordinator what its agency is to act on. Asked of a
+/// client the agency has no reason to know and no alert of (or of an id never recorded), they
+/// are refused as a read of the client would be, and logged as denied under the client: an
+/// empty answer logged as allowed would name the agency among those that consulted them.
+#[tokio::test]
+async fn alerts_of_a_client_out_of_scope_are_refused_and_logged() {
+    let app = spawn_app().await;
+    let known = Uuid::new_v4();
+    let never_recorded = Uuid::new_v4();
+    let in_scope = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        sample_event(known, "client.registered", AT),
+    )
+    .await;
+    post(
+        &app,
+        PRISON_WRITER,
+        sample_event(in_scope, "client.registered", AT),
+    )
+    .await;
+    post(
+        &app,
+        NGO_WRITER,
+        sample_event(in_scope, "involvement.opened", AT),
+    )
+    .await;
+    for client in [known, never_recorded] {
+        let response = app
+            .get(&format!("/v1/alerts?client_id={client}"), NGO_COORDINATOR)
+            .await;
+        expect_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+        let denied: Vec<Value> = app
+            .trail_of(client)
+            .await
+            .into_iter()
+            .filter(|entry| entry["action"] == "GET /v1/alerts")
+            .collect();
+        assert_eq!(denied.len(), 1, "{denied:?}");
+        assert_eq!(denied[0]["outcome"], "denied");
+    }
+    let answered = app
+        .get_ok(&format!("/v1/alerts?client_id={in_scope}"), NGO_COORDINATOR)
+        .await;
+    assert_eq!(answered["alerts"], json!([]));
+    let logged: Vec<Value> = app
+        .trail_of(in_scope)
+        .await
+        .into_iter()
+        .filter(|entry| entry["action"] == "GET /v1/alerts")
+        .collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0]["outcome"], "allowed");
+    app.stop().await;
+}

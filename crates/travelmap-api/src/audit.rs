@@ -947,6 +947,34 @@ async fn decide(
     refuse_out_of_scope(state, caller, context, purpose, logged).await
 }
 
+/// For alerts asked of one client by an agency's coordinator when the agency has no alert of
+/// the client, at all: refuses a caller whose agency has no reason to know the client, and
+/// logs the attempt as denied under the client. An empty answer logged as allowed would put the
+/// agency in the client's trail (and in a subject access answer) as having consulted them, and
+/// an answer that differed for ids never recorded would tell which ids are known.
+pub async fn alerts_of_client_in_scope(
+    state: &AppState,
+    caller: &Caller,
+    context: &RequestContext,
+    client: ClientId,
+    purpose: Purpose,
+    logged: Logged<'_>,
+) -> Result<(), ApiError> {
+    let access = state.journeys.access(client).await?;
+    if access.is_some_and(|access| access.allows(&caller.0.agency, purpose)) {
+        return Ok(());
+    }
+    log(state, caller, context, Outcome::Denied, logged).await?;
+    Err(ApiError::new(
+        Code::Forbidden,
+        format!(
+            "agency `{}` has no alert of this client to act on, and no open involvement with \
+             the client or consent covering the purpose",
+            caller.0.agency
+        ),
+    ))
+}
+
 /// Logs a read stated as an emergency without a written reason as denied, and says why.
 async fn refuse_unexplained_emergency(
     state: &AppState,

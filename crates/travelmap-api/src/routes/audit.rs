@@ -171,7 +171,7 @@ pub async fn entries(
     State(state): State<AppState>,
     caller: Caller,
     context: RequestContext,
-    Query(query): Query<EntriesQuery>,
+    query: Result<Query<EntriesQuery>, ApiError>,
 ) -> Result<Json<AuditEntries>, ApiError> {
     let logged = |returned| Logged {
         operation: Operation::Consultation,
@@ -181,14 +181,17 @@ pub async fn entries(
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
     trail_purpose(&state, &caller, &context, logged(None)).await?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
-        return Err(ApiError::invalid_parameter(
-            "limit",
-            format!("limit must be between 1 and {MAX_AUDIT_PAGE}"),
-        ));
-    }
-    let after = query.after.unwrap_or(0);
+    let parsed = query.and_then(|Query(query)| {
+        let limit = query.limit.unwrap_or(100);
+        if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
+            return Err(ApiError::invalid_parameter(
+                "limit",
+                format!("limit must be between 1 and {MAX_AUDIT_PAGE}"),
+            ));
+        }
+        Ok((query.after.unwrap_or(0), limit))
+    });
+    let (after, limit) = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
     let entries = state
         .audit
         .read_after(after, limit)
@@ -199,10 +202,11 @@ pub async fn entries(
     if entries.is_empty() {
         let (last, _) = state.audit.head().await.map_err(ApiError::store)?;
         if after > last {
-            return Err(ApiError::invalid_parameter(
+            let past = Err(ApiError::invalid_parameter(
                 "after",
                 format!("after is past the trail's last entry ({last})"),
             ));
+            return audit::parameters(&state, &caller, &context, past, logged(None)).await;
         }
     }
     let next_after = entries.last().map_or(after, |entry| entry.seq);
@@ -464,7 +468,7 @@ pub async fn access_changes(
     State(state): State<AppState>,
     caller: Caller,
     context: RequestContext,
-    Query(query): Query<AccessChangesQuery>,
+    query: Result<Query<AccessChangesQuery>, ApiError>,
 ) -> Result<Json<AccessChanges>, ApiError> {
     use travelmap_projections::access_changes::{access_moves, may_move_access};
     const ACTION: &str = "GET /v1/audit/access-changes";
@@ -476,17 +480,21 @@ pub async fn access_changes(
     };
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
     trail_purpose(&state, &caller, &context, logged(None)).await?;
-    let limit = query.limit.unwrap_or(MAX_ACCESS_SCAN);
-    if !(1..=MAX_ACCESS_SCAN).contains(&limit) {
-        return Err(ApiError::invalid_parameter(
-            "limit",
-            format!("limit must be between 1 and {MAX_ACCESS_SCAN}"),
-        ));
-    }
-    let after = query.after.unwrap_or(0);
+    let parsed = query.and_then(|Query(query)| {
+        let limit = query.limit.unwrap_or(MAX_ACCESS_SCAN);
+        if !(1..=MAX_ACCESS_SCAN).contains(&limit) {
+            return Err(ApiError::invalid_parameter(
+                "limit",
+                format!("limit must be between 1 and {MAX_ACCESS_SCAN}"),
+            ));
+        }
+        Ok((query.after.unwrap_or(0), limit))
+    });
+    let (after, limit) = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
     let page = state.journeys.feed(after, limit).await?;
     if page.is_empty() {
-        super::events::within_feed(&state, after, "after").await?;
+        let within = super::events::within_feed(&state, after, "after").await;
+        audit::parameters(&state, &caller, &context, within, logged(None)).await?;
     }
     let examined = page.len();
     let next_after = page.last().map_or(after, |event| event.meta.position);

@@ -266,7 +266,7 @@ pub async fn search(
     State(state): State<AppState>,
     caller: Caller,
     context: RequestContext,
-    Query(query): Query<SearchQuery>,
+    query: Result<Query<SearchQuery>, ApiError>,
 ) -> Result<Json<ClientMatches>, ApiError> {
     // The identifier's value is itself personal data: the entry names only its type.
     const ACTION: &str = "GET /v1/clients?identifier=";
@@ -292,23 +292,27 @@ pub async fn search(
         logged(None, None),
     )
     .await?;
-    let identifier = query
-        .identifier
-        .ok_or_else(|| ApiError::invalid_parameter("identifier", "give `identifier=TYPE:VALUE`"))?;
-    let (kind, value) = identifier
-        .split_once(':')
-        .filter(|(kind, value)| !kind.is_empty() && !value.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::invalid_parameter("identifier", "identifier must be `TYPE:VALUE`")
+    let parsed = query.and_then(|Query(query)| {
+        let identifier = query.identifier.ok_or_else(|| {
+            ApiError::invalid_parameter("identifier", "give `identifier=TYPE:VALUE`")
         })?;
-    // The kind goes into the audit entry: only a well-formed kind, never free text.
-    travelmap_domain::payloads::IdentifierKind::try_from(kind.to_owned()).map_err(|message| {
-        ApiError::invalid_parameter("identifier", format!("identifier type: {message}"))
-    })?;
-    let mut clients = state
-        .journeys
-        .find_by_identifier(kind, value.trim())
-        .await?;
+        let (kind, value) = identifier
+            .split_once(':')
+            .filter(|(kind, value)| !kind.is_empty() && !value.trim().is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid_parameter("identifier", "identifier must be `TYPE:VALUE`")
+            })?;
+        // The kind goes into the audit entry: only a well-formed kind, never free text.
+        travelmap_domain::payloads::IdentifierKind::try_from(kind.to_owned()).map_err(
+            |message| {
+                ApiError::invalid_parameter("identifier", format!("identifier type: {message}"))
+            },
+        )?;
+        Ok((kind.to_owned(), value.trim().to_owned()))
+    });
+    let (kind, value) =
+        audit::parameters(&state, &caller, &context, parsed, logged(None, None)).await?;
+    let mut clients = state.journeys.find_by_identifier(&kind, &value).await?;
     // A restricted client is found only by an audit or a subject access request.
     let reviewing = matches!(purpose, Purpose::Audit | Purpose::SubjectAccess)
         && caller

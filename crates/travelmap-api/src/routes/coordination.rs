@@ -98,7 +98,7 @@ pub async fn caseloads(
     State(state): State<AppState>,
     caller: Caller,
     context: RequestContext,
-    Query(query): Query<ConsistencyQuery>,
+    query: Result<Query<ConsistencyQuery>, ApiError>,
 ) -> Result<Json<Caseloads>, ApiError> {
     let logged = |returned| Logged {
         operation: Operation::Combination,
@@ -115,6 +115,7 @@ pub async fn caseloads(
         logged(None),
     )
     .await?;
+    let Query(query) = audit::parameters(&state, &caller, &context, query, logged(None)).await?;
     wait_for(&state, query.min_position).await?;
     let agencies = state.coordination.caseloads();
     audit::log(
@@ -168,7 +169,7 @@ pub async fn agency_caseload(
     caller: Caller,
     context: RequestContext,
     Path(agency): Path<String>,
-    Query(query): Query<ConsistencyQuery>,
+    query: Result<Query<ConsistencyQuery>, ApiError>,
 ) -> Result<Json<AgencyCaseloadPage>, ApiError> {
     let logged = |returned| Logged {
         operation: Operation::Consultation,
@@ -185,7 +186,11 @@ pub async fn agency_caseload(
         logged(None),
     )
     .await?;
-    state.authenticator.check_agency(&agency, "agency")?;
+    let parsed = query.and_then(|Query(query)| {
+        state.authenticator.check_agency(&agency, "agency")?;
+        Ok(query)
+    });
+    let query = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
     if !reads_all_agencies(&caller) && caller.0.agency != agency {
         audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
         return Err(ApiError::new(
@@ -261,7 +266,7 @@ pub struct AlertList {
         (status = 200, description = "The alerts", body = AlertList),
         (status = 400, description = "Malformed parameter (e.g. an unknown `kind`), or no valid `X-Purpose` (purpose_required)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Another agency's alerts, or a role that may not read alerts", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another agency's alerts, a role that may not read alerts, or, for a coordinator, a `client_id` its agency has no alert of and no reason to know", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "An agency no `[[agencies]]` entry declares (not_found, `field`: `agency`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The alerts did not reach `min_position` in time", body = Problem, content_type = "application/problem+json"),
     ),
@@ -271,16 +276,21 @@ pub async fn alerts(
     State(state): State<AppState>,
     caller: Caller,
     context: RequestContext,
-    Query(query): Query<AlertQuery>,
+    query: Result<Query<AlertQuery>, ApiError>,
 ) -> Result<Json<AlertList>, ApiError> {
+    // The client a well-formed query names: its entry goes to that client's trail.
+    let named_client = query
+        .as_ref()
+        .ok()
+        .and_then(|Query(query)| query.client_id.map(ClientId));
     let logged = |returned| Logged {
         operation: Operation::Consultation,
-        client: query.client_id.map(ClientId),
+        client: named_client,
         action: "GET /v1/alerts",
         returned,
     };
     audit::require(&state, &caller, &context, &READERS, logged(None)).await?;
-    audit::spanning_purpose(
+    let purpose = audit::spanning_purpose(
         &state,
         &caller,
         &context,
@@ -288,7 +298,12 @@ pub async fn alerts(
         logged(None),
     )
     .await?;
-    let filter = alert_filter(&state, &caller, &query)?;
+    let parsed = query.and_then(|Query(query)| {
+        let filter = alert_filter(&state, &caller, &query)?;
+        Ok((query, filter))
+    });
+    let (query, filter) =
+        audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
     if !reads_all_agencies(&caller) && filter.agency.as_deref() != Some(caller.0.agency.as_str()) {
         audit::log(&state, &caller, &context, Outcome::Denied, logged(None)).await?;
         return Err(ApiError::new(
@@ -301,7 +316,28 @@ pub async fn alerts(
     }
     wait_for(&state, query.min_position).await?;
     let alerts = state.coordination.alerts(&filter);
-    if query.client_id.is_some() {
+    if let Some(client) = filter.client {
+        // Alerts addressed to the caller's agency are its to read, whoever they are about; the
+        // agency's alerts of the client in any kind or status, not only those asked for, so
+        // that the answer does not turn on the filter.
+        if alerts.is_empty() && !reads_all_agencies(&caller) {
+            let any = state.coordination.alerts(&AlertFilter {
+                kind: None,
+                include_cleared: true,
+                ..filter.clone()
+            });
+            if any.is_empty() {
+                audit::alerts_of_client_in_scope(
+                    &state,
+                    &caller,
+                    &context,
+                    client,
+                    purpose,
+                    logged(None),
+                )
+                .await?;
+            }
+        }
         // One client's alerts: the read's own entry names them.
         let ids: Vec<String> = alerts.iter().map(|alert| alert.id.to_string()).collect();
         let whole = logged(audit::returned_named("alerts", &ids));

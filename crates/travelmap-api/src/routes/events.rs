@@ -272,7 +272,7 @@ pub async fn feed(
     State(state): State<AppState>,
     caller: Caller,
     context: RequestContext,
-    Query(query): Query<FeedQuery>,
+    query: Result<Query<FeedQuery>, ApiError>,
 ) -> Result<Json<FeedPage>, ApiError> {
     let logged = |returned| Logged {
         operation: Operation::Disclosure,
@@ -296,20 +296,24 @@ pub async fn feed(
         logged(None),
     )
     .await?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=travelmap_service::MAX_FEED_PAGE).contains(&limit) {
-        return Err(ApiError::invalid_parameter(
-            "limit",
-            format!(
-                "limit must be between 1 and {}",
-                travelmap_service::MAX_FEED_PAGE
-            ),
-        ));
-    }
-    let after = query.after.unwrap_or(0);
+    let parsed = query.and_then(|Query(query)| {
+        let limit = query.limit.unwrap_or(100);
+        if !(1..=travelmap_service::MAX_FEED_PAGE).contains(&limit) {
+            return Err(ApiError::invalid_parameter(
+                "limit",
+                format!(
+                    "limit must be between 1 and {}",
+                    travelmap_service::MAX_FEED_PAGE
+                ),
+            ));
+        }
+        Ok((query.after.unwrap_or(0), limit))
+    });
+    let (after, limit) = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
     let events = state.journeys.feed(after, limit).await?;
     if events.is_empty() {
-        within_feed(&state, after, "after").await?;
+        let within = within_feed(&state, after, "after").await;
+        audit::parameters(&state, &caller, &context, within, logged(None)).await?;
     }
     let next_after = events.last().map_or(after, |event| event.meta.position);
     let returned = audit::returned_events(&events);

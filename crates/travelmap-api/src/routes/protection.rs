@@ -332,20 +332,9 @@ pub async fn subject_access(
     context: RequestContext,
     headers: HeaderMap,
     Path(client_id): Path<String>,
-    extract::Query(query): extract::Query<SubjectAccessQuery>,
+    query: Result<extract::Query<SubjectAccessQuery>, ApiError>,
 ) -> Result<Response, ApiError> {
     let client_id = ClientId(extract::client_id(&client_id)?);
-    let html = match query.format.as_deref() {
-        None => None,
-        Some("html") => Some(true),
-        Some("json") => Some(false),
-        Some(other) => {
-            return Err(ApiError::invalid_parameter(
-                "format",
-                format!("`{other}` is not a format of the report; `json` or `html`"),
-            ));
-        }
-    };
     let logged = |returned| Logged {
         operation: Operation::Disclosure,
         client: Some(client_id),
@@ -362,6 +351,16 @@ pub async fn subject_access(
         logged(None),
     )
     .await?;
+    let parsed = query.and_then(|extract::Query(query)| match query.format.as_deref() {
+        None => Ok(None),
+        Some("html") => Ok(Some(true)),
+        Some("json") => Ok(Some(false)),
+        Some(other) => Err(ApiError::invalid_parameter(
+            "format",
+            format!("`{other}` is not a format of the report; `json` or `html`"),
+        )),
+    });
+    let html = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
     let events = state.journeys.history(client_id, None).await;
     let events = audit::found(&state, &caller, &context, events, logged(None)).await?;
     let now = Utc::now();

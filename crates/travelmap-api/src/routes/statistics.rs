@@ -32,7 +32,7 @@ pub async fn outcomes(
     State(state): State<AppState>,
     caller: Caller,
     context: RequestContext,
-    Query(query): Query<OutcomeQuery>,
+    query: Result<Query<OutcomeQuery>, ApiError>,
 ) -> Result<Json<OutcomeReport>, ApiError> {
     let logged = |returned| Logged {
         operation: Operation::Combination,
@@ -57,14 +57,14 @@ pub async fn outcomes(
         logged(None),
     )
     .await?;
-    if let (Some(from), Some(to)) = (query.from, query.to)
-        && from > to
-    {
-        return Err(ApiError::invalid_parameter(
+    let parsed = query.and_then(|Query(query)| match (query.from, query.to) {
+        (Some(from), Some(to)) if from > to => Err(ApiError::invalid_parameter(
             "from",
             "from must not be after to",
-        ));
-    }
+        )),
+        _ => Ok(query),
+    });
+    let query = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
     let report = state.journeys.outcome_statistics(&query).await?;
     audit::log(
         &state,

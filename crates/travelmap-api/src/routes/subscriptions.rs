@@ -116,7 +116,7 @@ pub async fn feed(
     caller: Caller,
     context: RequestContext,
     headers: HeaderMap,
-    Query(query): Query<FeedQuery>,
+    query: Result<Query<FeedQuery>, ApiError>,
 ) -> Result<Sse<axum::response::sse::KeepAliveStream<Events>>, ApiError> {
     let logged = |returned| Logged {
         operation: Operation::Disclosure,
@@ -157,6 +157,8 @@ pub async fn feed(
             "send one Last-Event-ID header, not several",
         ));
     }
+    // A parameter refused from here on is logged as a denied attempt, like a refused purpose.
+    let Query(query) = audit::parameters(&state, &caller, &context, query, logged(None)).await?;
     let from_header = headers
         .get("last-event-id")
         .map(|value| {
@@ -165,7 +167,9 @@ pub async fn feed(
                 .map(str::trim)
                 .map_err(|_| ApiError::invalid_parameter("Last-Event-ID", "not readable text"))
         })
-        .transpose()?
+        .transpose();
+    let from_header = audit::parameters(&state, &caller, &context, from_header, logged(None))
+        .await?
         .filter(|value| !value.is_empty());
     // Named as sent, for the answers that refuse it.
     let (last_event_id, resume_from) = match from_header {
@@ -174,63 +178,73 @@ pub async fn feed(
     };
     // A filter the chosen stream does not take would be dropped silently, sending more than
     // was asked for: refused instead, like any parameter an endpoint does not take.
-    let (stream, not_taken) = match query.stream.as_deref() {
-        None | Some("events") => (
+    let chosen = match query.stream.as_deref() {
+        None | Some("events") => Ok((
             Stream::Events,
             [
                 ("agency", query.agency.is_some()),
                 ("kind", query.kind.is_some()),
             ],
-        ),
-        Some("alerts") => (
+        )),
+        Some("alerts") => Ok((
             Stream::Alerts,
             [
                 ("types", query.types.is_some()),
                 ("after", query.after.is_some()),
             ],
-        ),
-        Some(other) => {
-            return Err(ApiError::invalid_parameter(
-                "stream",
-                format!("`{other}` is not a stream; `events` or `alerts`"),
-            ));
-        }
-    };
-    if let Some((name, _)) = not_taken.into_iter().find(|(_, given)| *given) {
-        let stream = query.stream.as_deref().unwrap_or("events");
-        return Err(ApiError::invalid_parameter(
-            name,
-            format!("`{name}` is not a filter of the `{stream}` stream"),
-        ));
+        )),
+        Some(other) => Err(ApiError::invalid_parameter(
+            "stream",
+            format!("`{other}` is not a stream; `events` or `alerts`"),
+        )),
     }
+    .and_then(
+        |(stream, not_taken)| match not_taken.into_iter().find(|(_, given)| *given) {
+            Some((name, _)) => Err(ApiError::invalid_parameter(
+                name,
+                format!(
+                    "`{name}` is not a filter of the `{}` stream",
+                    query.stream.as_deref().unwrap_or("events")
+                ),
+            )),
+            None => Ok(stream),
+        },
+    );
+    let stream = audit::parameters(&state, &caller, &context, chosen, logged(None)).await?;
     let events = match stream {
         Stream::Events => {
             let agency = (!reads_all_agencies(&caller)).then(|| caller.0.agency.clone());
+            let parsed = types(query.types.as_deref(), agency.is_some()).and_then(|chosen| {
+                let after = match last_event_id {
+                    Some(id) => extract::position(
+                        resume_from,
+                        id.parse::<u64>().map_err(|_| {
+                            ApiError::invalid_parameter(
+                                resume_from,
+                                "a journey event stream's ids are positions (whole numbers)",
+                            )
+                        })?,
+                    )?,
+                    None => query
+                        .after
+                        .unwrap_or_else(|| *state.journeys.log().head().borrow()),
+                };
+                Ok((chosen, after))
+            });
+            let (types, after) =
+                audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
             let scope = Scope {
-                types: types(query.types.as_deref(), agency.is_some())?,
+                types,
                 agency,
                 purpose,
-            };
-            let after = match last_event_id {
-                Some(id) => extract::position(
-                    resume_from,
-                    id.parse::<u64>().map_err(|_| {
-                        ApiError::invalid_parameter(
-                            resume_from,
-                            "a journey event stream's ids are positions (whole numbers)",
-                        )
-                    })?,
-                )?,
-                None => query
-                    .after
-                    .unwrap_or_else(|| *state.journeys.log().head().borrow()),
             };
             let name = if last_event_id.is_some() {
                 resume_from
             } else {
                 "after"
             };
-            within_feed(&state, after, name).await?;
+            let within = within_feed(&state, after, name).await;
+            audit::parameters(&state, &caller, &context, within, logged(None)).await?;
             audit::log(&state, &caller, &context, Outcome::Allowed, logged(None)).await?;
             journey_events(state.clone(), caller, context, scope, after)
         }
@@ -254,7 +268,8 @@ pub async fn feed(
                     status: None,
                     min_position: None,
                 },
-            )?;
+            );
+            let filter = audit::parameters(&state, &caller, &context, filter, logged(None)).await?;
             if !reads_all_agencies(&caller)
                 && filter.agency.as_deref() != Some(caller.0.agency.as_str())
             {
