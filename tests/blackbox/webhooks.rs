@@ -44,6 +44,10 @@ struct Inbox {
     hanging: AtomicBool,
     /// Requests held open.
     hung: AtomicUsize,
+    /// While true, every request waits, and is answered (and accepted) once it is false again.
+    slow: AtomicBool,
+    /// Requests that waited.
+    slowed: AtomicUsize,
     /// Requests whose signature or headers did not check out.
     refused: AtomicUsize,
     /// Requests answered 500 on purpose.
@@ -129,6 +133,12 @@ async fn receive(State(inbox): State<Arc<Inbox>>, headers: HeaderMap, body: Byte
     if inbox.hanging.load(Ordering::SeqCst) {
         inbox.hung.fetch_add(1, Ordering::SeqCst);
         return std::future::pending().await;
+    }
+    if inbox.slow.load(Ordering::SeqCst) {
+        inbox.slowed.fetch_add(1, Ordering::SeqCst);
+        while inbox.slow.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
     if inbox.failing.load(Ordering::SeqCst) {
         inbox.failed.fetch_add(1, Ordering::SeqCst);
@@ -1176,6 +1186,66 @@ async fn restriction_decisions_do_not_reach_the_agency(backend: Backend) {
     backend.remove().await;
 }
 
+/// A receiver slow to answer does not stretch the decisions made when a page was read: an event
+/// read with its predecessor, before the client's processing was restricted, is not sent once
+/// the receiver has answered for the predecessor after the restriction.
+async fn a_slow_receiver_gets_nothing_of_a_client_restricted_meanwhile(backend: Backend) {
+    // Patient enough to wait out the receiver's delay, which is longer than a page is used for.
+    let policy = travelmap_webhooks::Policy {
+        timeout: Duration::from_secs(20),
+        ..webhook_policy()
+    };
+    let app = spawn_app_with_webhooks(&backend, policy).await;
+    let receiver = Receiver::start().await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let client = ngo_client(&app).await;
+    receiver.inbox.slow.store(true, Ordering::SeqCst);
+    // Committed together, so that one page of the feed holds both.
+    let assessed = |note: &str| {
+        event(
+            client,
+            "need.assessed",
+            AT,
+            json!({"area": "housing", "status": "in_progress", "note": note}),
+        )
+    };
+    let batch = app
+        .post(
+            "/v1/events/batch",
+            NGO_WRITER,
+            &json!({"events": [assessed("first"), assessed("second")]}),
+        )
+        .await;
+    assert_eq!(batch.status(), StatusCode::CREATED);
+    let first: Value = batch.json().await.unwrap();
+    let first = first["receipts"][0]["id"].as_str().unwrap().to_owned();
+    eventually("the first event's delivery is waiting", || async {
+        receiver.inbox.slowed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let restricted = app
+        .post(
+            &format!("/v1/clients/{client}/restriction"),
+            DPO,
+            &json!({"reason": "contested by the client"}),
+        )
+        .await;
+    assert_eq!(restricted.status(), StatusCode::CREATED);
+    // Longer than a page is delivered from.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    receiver.inbox.slow.store(false, Ordering::SeqCst);
+    read_through_head(&app, &webhook).await;
+    let ids: Vec<String> = receiver
+        .inbox
+        .received()
+        .into_iter()
+        .map(|received| received.event_id)
+        .collect();
+    assert_eq!(ids, [first]);
+    app.stop().await;
+    backend.remove().await;
+}
+
 /// An agency taken out of the configuration receives nothing more: its webhooks stay
 /// registered, but nothing is delivered to them, while other agencies' go on.
 async fn an_agency_taken_out_of_the_configuration_receives_nothing_more(backend: Backend) {
@@ -1299,6 +1369,7 @@ async fn an_attempt_cut_short_by_a_shutdown_still_counts(backend: Backend) {
 }
 
 on_both_backends!(
+    a_slow_receiver_gets_nothing_of_a_client_restricted_meanwhile,
     a_rectification_that_takes_back_its_access_reaches_the_agency,
     restriction_decisions_do_not_reach_the_agency,
     an_attempt_cut_short_by_a_shutdown_still_counts,

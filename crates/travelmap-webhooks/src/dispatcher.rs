@@ -6,7 +6,9 @@
 //! [`Backoff`]) and read again from the cursor. Reading again, rather than holding on to the
 //! event, means every attempt is made with need-to-know decided afresh and with the personal
 //! fields as they are now: an event whose client withdrew consent, was restricted or erased
-//! meanwhile is sent as the feed now shows it, or not at all. When a page is all delivered (or
+//! meanwhile is sent as the feed now shows it, or not at all. A page is delivered from for a
+//! few seconds at most ([`PAGE_FRESH_FOR`]), so a slow receiver does not stretch those
+//! decisions either. When a page is all delivered (or
 //! all left out), the cursor moves past it, and at the head the task waits for the next commit.
 //!
 //! Only the process holding the store's delivery lease runs the tasks
@@ -37,6 +39,12 @@ use crate::signing;
 const PAGE: usize = 100;
 /// The longest error text kept in the delivery log.
 const MAX_ERROR_TEXT: usize = 500;
+/// How long a page of the feed may be delivered from after it was read. Need-to-know and the
+/// personal fields are decided when a page is read; a receiver slow to answer (up to its
+/// timeout per event) would otherwise be sent, minutes later, events of a client whose access
+/// ended meanwhile (a restriction, an erasure, a closed involvement). Older, the rest of the
+/// page is read again from the cursor, as the live feed does with the pages it shares.
+const PAGE_FRESH_FOR: Duration = Duration::from_secs(5);
 /// The pause after the store, the log or the audit trail failed (not the receiver's fault, so
 /// not counted as an attempt).
 const STORE_PAUSE: Duration = Duration::from_secs(1);
@@ -60,8 +68,9 @@ pub struct Policy {
 }
 
 impl Default for Policy {
-    /// Pauses of 1 s doubling to 15 minutes, 10 s to answer, and 300 attempts: about three days
-    /// of failures before a webhook is paused.
+    /// Pauses of 1 s doubling to 15 minutes, 10 s to answer, and 300 attempts: a day and a half
+    /// to three days of failures before a webhook is paused (each pause is drawn from the upper
+    /// half of its nominal length).
     fn default() -> Self {
         Self {
             backoff: Backoff::default(),
@@ -337,6 +346,7 @@ impl Dispatcher {
             if *stop.borrow() {
                 return Ended::Stopped;
             }
+            let read_at = Instant::now();
             let page = match self.journeys.scoped_feed(&scope, cursor, PAGE).await {
                 Ok(page) => {
                     self.note_readable(webhook.id, None);
@@ -352,6 +362,9 @@ impl Dispatcher {
                 }
             };
             for event in &page.batch.events {
+                if read_at.elapsed() > PAGE_FRESH_FOR {
+                    continue 'pages;
+                }
                 let (attempt, before_resume) = match failing {
                     Some(Failing {
                         event_id,
