@@ -63,7 +63,8 @@ pub fn verify(
     if candidates.is_empty() {
         return Err(Refusal::Malformed);
     }
-    if (now - timestamp).abs() > tolerance {
+    // Without overflow whatever the header says (`t=-9223372036854775808`, say).
+    if now.abs_diff(timestamp) > tolerance.unsigned_abs() {
         return Err(Refusal::Stale(tolerance));
     }
     for candidate in candidates {
@@ -130,6 +131,13 @@ mod tests {
             verify(SECRET, "t=1000", body, 1_000, 300),
             Err(Refusal::Malformed)
         );
+        // Timestamps at the ends of the range are refused as stale, not a panic.
+        for extreme in [i64::MIN, i64::MAX] {
+            assert_eq!(
+                verify(SECRET, &format!("t={extreme},v1=00"), body, 1_000, 300),
+                Err(Refusal::Stale(300))
+            );
+        }
     }
 
     #[test]
