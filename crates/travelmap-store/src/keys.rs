@@ -77,8 +77,10 @@ pub trait KeyStore: Send + Sync {
     /// [`Self::destroy`], only while the client's stream is still at `version` (no event
     /// recorded since): `None`, with nothing destroyed, when it moved. For decisions made on a
     /// history as read (retention): an event recorded meanwhile, sealed under a key about to
-    /// be destroyed, would be lost with it. Appends lock the keys they seal under until they
-    /// commit, so a destruction that waits for them sees their events. This default suits a
+    /// be destroyed, would be lost with it, and an event of any kind recorded meanwhile (a
+    /// restriction, say) would be left out of the decision. A destruction that checks it
+    /// therefore waits for every append under way, and holds off others until it is done. This
+    /// default suits a
     /// store only one process uses, whose caller checked the version while holding the
     /// client's turn; a store shared by several processes checks it in the destruction itself.
     async fn destroy_at(

@@ -448,7 +448,8 @@ async fn heads(pool: &PgPool) -> Result<(u64, u64)> {
 
 /// Moves the head and checkpoint watches as other processes (and this one) announce commits.
 /// Notifications sent while the listening connection was down are lost, so after every
-/// reconnection both are read from the tables again.
+/// reconnection, once listening again, both are read from the tables again. The task runs until
+/// the store is closed (which aborts it).
 async fn follow_notifications(
     mut listener: PgListener,
     pool: PgPool,
@@ -469,12 +470,27 @@ async fn follow_notifications(
                 }
             }
             Ok(None) | Err(_) => {
-                // The connection was lost (recv reconnects on the next call); catch up on what
-                // may have been missed meanwhile, pausing so a down database is not hammered.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                if let Ok((position, checkpoint)) = heads(&pool).await {
-                    advance(&head, position);
-                    saved.send_replace(checkpoint);
+                // The connection was lost. Listen again first (which reconnects), pausing so a
+                // down database is not hammered, and only then catch up on what may have been
+                // missed: heads read before the listening resumed would miss what was announced
+                // in between, for good if nothing is committed after it.
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if listener
+                        .listen_all([LOG_CHANNEL, VIEWS_CHANNEL])
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+                loop {
+                    if let Ok((position, checkpoint)) = heads(&pool).await {
+                        advance(&head, position);
+                        saved.send_replace(checkpoint);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
         }
