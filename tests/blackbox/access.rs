@@ -1038,6 +1038,12 @@ async fn reads_across_clients_refused_for_their_parameters_are_logged() {
             "GET /v1/alerts",
         ),
         (
+            "/v1/alerts?client_id=00000000-0000-0000-0000-000000000000",
+            COORDINATOR,
+            "case_management",
+            "GET /v1/alerts",
+        ),
+        (
             "/v1/caseloads?x=1",
             COORDINATOR,
             "case_management",

@@ -282,7 +282,7 @@ pub async fn alerts(
     let named_client = query
         .as_ref()
         .ok()
-        .and_then(|Query(query)| query.client_id.map(ClientId));
+        .and_then(|Query(query)| query.client_id.filter(|id| !id.is_nil()).map(ClientId));
     let logged = |returned| Logged {
         operation: Operation::Consultation,
         client: named_client,
@@ -382,6 +382,14 @@ pub(crate) fn alert_filter(
             })
         })
         .transpose()?;
+    // No client has the nil UUID (events naming it are refused), so a filter naming it is a
+    // mistake, not a client with no alerts.
+    if query.client_id.is_some_and(|client| client.is_nil()) {
+        return Err(ApiError::invalid_parameter(
+            "client_id",
+            "must not be the nil UUID",
+        ));
+    }
     let include_cleared = match query.status.as_deref() {
         None | Some("open") => false,
         Some("all") => true,
