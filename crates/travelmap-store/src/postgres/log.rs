@@ -412,9 +412,13 @@ async fn commit_whole_group(
         return Ok(None);
     }
     let mut transaction = pool.begin().await?;
+    // The time recorded is read once the head's lock is held (the database's clock, or this
+    // process's or the head's if later: it never goes back): taken before the wait for the lock,
+    // an event could commit seconds after the moment it claims, and a replay "as of" a moment
+    // just past would not show what a later replay of the same moment shows.
     let written: std::result::Result<(i64, DateTime<Utc>, i64), sqlx::Error> = sqlx::query_as(
         "WITH head AS (
-             SELECT position AS last, GREATEST($13, recorded_at) AS at
+             SELECT position AS last, GREATEST($13, recorded_at, clock_timestamp()) AS at
              FROM log_head FOR UPDATE
          ),
          new AS (
