@@ -407,15 +407,20 @@ impl Dispatcher {
                             webhook = %webhook.id, attempts = attempt,
                             "a webhook's receiver kept failing; the webhook is paused"
                         );
-                        return match self.webhooks.set_state(webhook.id, State::Paused).await {
-                            Ok(_) => Ended::Paused,
-                            // Not paused in the store: the next look at the registrations
-                            // starts the webhook again, from its cursor.
-                            Err(error) => {
-                                tracing::error!(webhook = %webhook.id, %error, "cannot pause a webhook");
-                                Ended::Stopped
+                        // Kept trying: the last attempt is logged as the one given up on, and
+                        // a webhook started again over it would read that as a resume, with a
+                        // whole number of attempts again that nobody granted.
+                        loop {
+                            match self.webhooks.set_state(webhook.id, State::Paused).await {
+                                Ok(_) => return Ended::Paused,
+                                Err(error) => {
+                                    tracing::error!(webhook = %webhook.id, %error, "cannot pause a webhook; trying again");
+                                    if pause(STORE_PAUSE, &mut stop).await {
+                                        return Ended::Stopped;
+                                    }
+                                }
                             }
-                        };
+                        }
                     }
                     Ok(Sent::Failed) => {
                         failing = Some(Failing {
