@@ -39,11 +39,12 @@ use crate::signing;
 const PAGE: usize = 100;
 /// The longest error text kept in the delivery log.
 const MAX_ERROR_TEXT: usize = 500;
-/// How long a page of the feed may be delivered from after it was read. Need-to-know and the
-/// personal fields are decided when a page is read; a receiver slow to answer (up to its
-/// timeout per event) would otherwise be sent, minutes later, events of a client whose access
-/// ended meanwhile (a restriction, an erasure, a closed involvement). Older, the rest of the
-/// page is read again from the cursor, as the live feed does with the pages it shares.
+/// How long after a page of the feed was read its next event may still be taken from it.
+/// Need-to-know and the personal fields are decided when a page is read; a receiver slow to
+/// answer (up to its timeout per event) would otherwise be sent, minutes later, events of a
+/// client whose access ended meanwhile (a restriction, an erasure, a closed involvement).
+/// Older, the rest of the page is read again from the cursor, as the live feed does with the
+/// pages it shares. (An event taken in time is then audited and sent, which may itself wait.)
 const PAGE_FRESH_FOR: Duration = Duration::from_secs(5);
 /// The pause after the store, the log or the audit trail failed (not the receiver's fault, so
 /// not counted as an attempt).
@@ -346,7 +347,6 @@ impl Dispatcher {
             if *stop.borrow() {
                 return Ended::Stopped;
             }
-            let read_at = Instant::now();
             let page = match self.journeys.scoped_feed(&scope, cursor, PAGE).await {
                 Ok(page) => {
                     self.note_readable(webhook.id, None);
@@ -361,8 +361,12 @@ impl Dispatcher {
                     continue;
                 }
             };
-            for event in &page.batch.events {
-                if read_at.elapsed() > PAGE_FRESH_FOR {
+            // From the end of the read, and never before the page's first event: a read slower
+            // than the freshness allowed would otherwise be made again and again, sending
+            // nothing.
+            let read_at = Instant::now();
+            for (index, event) in page.batch.events.iter().enumerate() {
+                if index > 0 && read_at.elapsed() > PAGE_FRESH_FOR {
                     continue 'pages;
                 }
                 let (attempt, before_resume) = match failing {

@@ -44,18 +44,18 @@ impl PgKeyStore {
     ) -> Result<Option<usize>> {
         super::within_patience("destroying data keys", async move {
             let mut transaction = self.pool.begin().await?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                .bind(CLIENT_LOCKS)
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(client_lock(client.0))
                 .execute(&mut *transaction)
                 .await?;
             if unless_moved_past.is_some() {
                 // Every append takes the log's head row before the keys it seals under, and
-                // events without personal fields take no key at all: sharing the head row waits
-                // for the appends under way (whatever they hold) and keeps new ones out until
-                // this commits, so the version read below is the stream's last. Taken before the
-                // key rows, in the order appends take them.
-                sqlx::query("SELECT 1 FROM log_head FOR SHARE")
+                // events without personal fields take no key at all: taking the head row as an
+                // append does waits for the appends under way and keeps new ones out until this
+                // commits, so the version read below is the stream's last. Taken before the key
+                // rows, in the order appends take them; exclusively, so that destructions queue
+                // with appends instead of sharing the row among themselves while appends wait.
+                sqlx::query("SELECT 1 FROM log_head FOR UPDATE")
                     .execute(&mut *transaction)
                     .await?;
             }
@@ -85,7 +85,7 @@ impl PgKeyStore {
             .execute(&mut *transaction)
             .await?;
             if let Some(version) = unless_moved_past {
-                // Read after the head row was shared, which waited for every append under way:
+                // Read after the head row was taken, which waited for every append under way:
                 // what they committed is seen here, and nothing is appended until this commits.
                 let current: i64 = sqlx::query_scalar(
                     "SELECT COALESCE(MAX(version), 0)::bigint FROM events WHERE client_id = $1",
@@ -240,14 +240,13 @@ impl KeyStore for PgKeyStore {
             // is created for a client between its erasure being checked here and committed there.
             // The erasure check is a statement of its own, after the locks, so that it reads what
             // an erasure that held the lock committed.
-            let mut locks: Vec<i32> = clients.iter().map(|client| client_lock(*client)).collect();
+            let mut locks: Vec<i64> = clients.iter().map(|client| client_lock(*client)).collect();
             locks.sort_unstable();
             locks.dedup();
             sqlx::query(
-                "SELECT pg_advisory_xact_lock_shared($1, lock) FROM UNNEST($2::int[]) AS lock
+                "SELECT pg_advisory_xact_lock_shared(lock) FROM UNNEST($1::bigint[]) AS lock
                  ORDER BY lock",
             )
-            .bind(CLIENT_LOCKS)
             .bind(&locks)
             .execute(&mut *transaction)
             .await?;
@@ -470,15 +469,13 @@ impl KeyStore for PgKeyStore {
     }
 }
 
-/// The class of the advisory locks that serialise key creation with erasure, one per client.
-/// They take PostgreSQL's two-key form, whose key space is apart from the single-key form of
-/// the leases and the migration lock: client ids are chosen by senders, and one whose first
-/// bytes spelled a lease's key would otherwise wait on the lease's holder for good.
-const CLIENT_LOCKS: i32 = 0x746b_6579; // "tkey"
-
-/// The second key of a client's lock (see [`CLIENT_LOCKS`]): the first four bytes of its id.
-/// Two clients that share them only wait for each other now and then.
-fn client_lock(client: Uuid) -> i32 {
+/// The advisory lock key that serialises key creation with erasure for one client: the first
+/// eight bytes of its id. It shares PostgreSQL's single-key space with the leases and the
+/// migration lock (small constants spelling words); a client id chosen to spell one would wait
+/// on that lock's holder. Moving to the two-key space would need every process upgraded at
+/// once (an older one's lock would not exclude a newer one's), so it is left for a release
+/// that says so.
+fn client_lock(client: Uuid) -> i64 {
     let bytes = client.as_bytes();
-    i32::from_be_bytes(bytes[..4].try_into().expect("four bytes"))
+    i64::from_be_bytes(bytes[..8].try_into().expect("eight bytes"))
 }

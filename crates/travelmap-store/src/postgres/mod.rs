@@ -476,6 +476,9 @@ async fn follow_notifications(
                 // in between, for good if nothing is committed after it.
                 loop {
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    // The listener keeps the channels it was asked for, and adds them again on
+                    // every call, failed or not: cleared first, so that the list stays two.
+                    let _ = listener.unlisten_all().await;
                     if listener
                         .listen_all([LOG_CHANNEL, VIEWS_CHANNEL])
                         .await
