@@ -1333,6 +1333,17 @@ async fn an_attempt_cut_short_by_a_shutdown_still_counts(backend: Backend) {
         receiver.inbox.hung.load(Ordering::SeqCst) >= 1
     })
     .await;
+    // Logged before it left, so that a process killed now (no clean stop) leaves it counted.
+    let under_way = deliveries(&app, &id).await;
+    assert_eq!(under_way.len(), 1, "{under_way:?}");
+    assert_eq!(under_way[0]["attempt"], 1);
+    assert_eq!(under_way[0]["status"], Value::Null);
+    assert!(
+        under_way[0]["error"]
+            .as_str()
+            .is_some_and(|error| error.starts_with("no answer recorded")),
+        "{under_way:?}"
+    );
     let data_dir = app.stop().await;
     receiver.inbox.hanging.store(false, Ordering::SeqCst);
     let app = spawn_app_with_webhooks_in(&backend, data_dir, webhook_policy()).await;

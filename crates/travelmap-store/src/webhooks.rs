@@ -167,7 +167,10 @@ pub trait WebhookStore: Send + Sync {
     /// [`crate::Error::NotLeader`] when another process has taken over delivery since this one
     /// called [`WebhookStore::lead`]. A webhook deleted meanwhile is not an error.
     async fn advance(&self, id: Uuid, position: u64) -> Result<()>;
-    /// Logs an attempt, dropping the webhook's oldest beyond [`ATTEMPTS_KEPT`].
+    /// Logs an attempt, dropping the webhook's oldest beyond [`ATTEMPTS_KEPT`]. An attempt
+    /// logged again with the same id while it is still the webhook's newest replaces its entry:
+    /// an attempt is logged before its request leaves (so that a process that dies meanwhile
+    /// leaves it counted) and again with its answer.
     async fn log_attempt(&self, attempt: Attempt) -> Result<()>;
     /// Up to `limit` of the webhook's most recent attempts, newest first.
     async fn attempts(&self, id: Uuid, limit: usize) -> Result<Vec<Attempt>>;

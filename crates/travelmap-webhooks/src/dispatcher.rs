@@ -46,6 +46,10 @@ const MAX_ERROR_TEXT: usize = 500;
 /// Older, the rest of the page is read again from the cursor, as the live feed does with the
 /// pages it shares. (An event taken in time is then audited and sent, which may itself wait.)
 const PAGE_FRESH_FOR: Duration = Duration::from_secs(5);
+/// What the delivery log says of an attempt until its answer is logged: if it stays so, the
+/// process delivering it stopped without recording one.
+const IN_FLIGHT: &str =
+    "no answer recorded: delivery stopped while the request was under way (it may have arrived)";
 /// The pause after the store, the log or the audit trail failed (not the receiver's fault, so
 /// not counted as an attempt).
 const STORE_PAUSE: Duration = Duration::from_secs(1);
@@ -535,6 +539,31 @@ impl Dispatcher {
         self.audit
             .append(vec![disclosure(webhook, event, delivery)])
             .await?;
+        // Logged before the request leaves, and replaced once it has its answer: a process that
+        // dies meanwhile (a crash, `kill -9`) leaves the attempt counted, so the next one the
+        // receiver sees is numbered on, and the log shows every request the trail shows.
+        let entry = |at, status, error, duration_ms, outcome| Attempt {
+            id: delivery,
+            webhook_id: webhook.id,
+            event_id: event.draft.id,
+            position: event.meta.position,
+            attempt,
+            at,
+            status,
+            error,
+            duration_ms,
+            outcome,
+        };
+        let begun = entry(
+            Utc::now(),
+            None,
+            Some(IN_FLIGHT.to_owned()),
+            0,
+            AttemptOutcome::Retrying,
+        );
+        if let Err(error) = self.webhooks.log_attempt(begun).await {
+            tracing::warn!(webhook = %webhook.id, %error, "cannot log a webhook delivery attempt");
+        }
         let body = (self.body)(event);
         let timestamp = Utc::now().timestamp();
         let started = Instant::now();
@@ -578,18 +607,7 @@ impl Dispatcher {
         };
         let logged = self
             .webhooks
-            .log_attempt(Attempt {
-                id: delivery,
-                webhook_id: webhook.id,
-                event_id: event.draft.id,
-                position: event.meta.position,
-                attempt,
-                at: Utc::now(),
-                status,
-                error,
-                duration_ms,
-                outcome,
-            })
+            .log_attempt(entry(Utc::now(), status, error, duration_ms, outcome))
             .await;
         if let Err(error) = logged {
             // The attempt was made and its outcome stands; only its line in the log is missing.

@@ -212,6 +212,15 @@ impl WebhookStore for PgWebhookStore {
     async fn log_attempt(&self, attempt: Attempt) -> Result<()> {
         super::within_patience("logging a delivery attempt", async move {
             let mut transaction = self.pool.begin().await?;
+            // The entry logged when the attempt began, replaced by this one.
+            sqlx::query(
+                "DELETE FROM webhook_attempts WHERE id = $2 AND seq = (
+                    SELECT MAX(seq) FROM webhook_attempts WHERE webhook_id = $1)",
+            )
+            .bind(attempt.webhook_id)
+            .bind(attempt.id)
+            .execute(&mut *transaction)
+            .await?;
             sqlx::query(
                 "INSERT INTO webhook_attempts
                     (id, webhook_id, event_id, position, attempt, at, status, error, duration_ms, outcome)

@@ -231,6 +231,12 @@ impl WebhookStore for SqliteWebhookStore {
     async fn log_attempt(&self, attempt: Attempt) -> Result<()> {
         self.with(move |connection| {
             let transaction = connection.transaction()?;
+            // The entry logged when the attempt began, replaced by this one.
+            transaction.execute(
+                "DELETE FROM webhook_attempts WHERE id = ?2 AND seq = (
+                    SELECT MAX(seq) FROM webhook_attempts WHERE webhook_id = ?1)",
+                params![attempt.webhook_id, attempt.id],
+            )?;
             // An attempt that ends after its webhook was deleted is not logged: nothing would
             // ever read or prune it.
             transaction.execute(
