@@ -1379,7 +1379,42 @@ async fn an_attempt_cut_short_by_a_shutdown_still_counts(backend: Backend) {
     backend.remove().await;
 }
 
+/// An attempt under way when delivery stopped counts: if it was the last one allowed, the
+/// webhook started again is paused without one more request.
+async fn a_last_attempt_cut_short_pauses_the_webhook_without_another(backend: Backend) {
+    let policy = travelmap_webhooks::Policy {
+        max_attempts: 1,
+        ..webhook_policy()
+    };
+    let app = spawn_app_with_webhooks(&backend, policy.clone()).await;
+    let receiver = Receiver::start().await;
+    receiver.inbox.hanging.store(true, Ordering::SeqCst);
+    let client = ngo_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let path = format!(
+        "/v1/subscriptions/webhooks/{}",
+        webhook["id"].as_str().unwrap()
+    );
+    need(&app, NGO_WRITER, client, "cut short").await;
+    eventually("the request is under way", || async {
+        receiver.inbox.hung.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let data_dir = app.stop().await;
+    receiver.inbox.hanging.store(false, Ordering::SeqCst);
+    let app = spawn_app_with_webhooks_in(&backend, data_dir, policy).await;
+    eventually("the webhook is paused", || async {
+        app.get_ok(&path, NGO_COORDINATOR).await["state"] == "paused"
+    })
+    .await;
+    assert!(receiver.inbox.received().is_empty());
+    assert_eq!(receiver.inbox.hung.load(Ordering::SeqCst), 1);
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
+    a_last_attempt_cut_short_pauses_the_webhook_without_another,
     a_slow_receiver_gets_nothing_of_a_client_restricted_meanwhile,
     a_rectification_that_takes_back_its_access_reaches_the_agency,
     restriction_decisions_do_not_reach_the_agency,

@@ -168,7 +168,7 @@ pub trait WebhookStore: Send + Sync {
     /// called [`WebhookStore::lead`]. A webhook deleted meanwhile is not an error.
     async fn advance(&self, id: Uuid, position: u64) -> Result<()>;
     /// Logs an attempt, dropping the webhook's oldest beyond [`ATTEMPTS_KEPT`]. An attempt
-    /// logged again with the same id while it is still the webhook's newest replaces its entry:
+    /// logged again with the same id replaces its entry (as the webhook's newest):
     /// an attempt is logged before its request leaves (so that a process that dies meanwhile
     /// leaves it counted) and again with its answer.
     async fn log_attempt(&self, attempt: Attempt) -> Result<()>;

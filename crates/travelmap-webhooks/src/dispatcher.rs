@@ -398,6 +398,15 @@ impl Dispatcher {
                         continue 'pages;
                     }
                 }
+                // Used up already: the last attempt was under way when its process stopped or
+                // died, and its answer was never logged.
+                if since_resume > self.policy.max_attempts {
+                    tracing::warn!(
+                        webhook = %webhook.id, attempts = attempt - 1,
+                        "a webhook's receiver used up its attempts; the webhook is paused"
+                    );
+                    return self.give_up(&webhook, &mut stop).await;
+                }
                 let sent = self
                     .attempt(&webhook, event, attempt, since_resume, &mut stop)
                     .await;
@@ -415,20 +424,7 @@ impl Dispatcher {
                             webhook = %webhook.id, attempts = attempt,
                             "a webhook's receiver kept failing; the webhook is paused"
                         );
-                        // Kept trying: the last attempt is logged as the one given up on, and
-                        // a webhook started again over it would read that as a resume, with a
-                        // whole number of attempts again that nobody granted.
-                        loop {
-                            match self.webhooks.set_state(webhook.id, State::Paused).await {
-                                Ok(_) => return Ended::Paused,
-                                Err(error) => {
-                                    tracing::error!(webhook = %webhook.id, %error, "cannot pause a webhook; trying again");
-                                    if pause(STORE_PAUSE, &mut stop).await {
-                                        return Ended::Stopped;
-                                    }
-                                }
-                            }
-                        }
+                        return self.give_up(&webhook, &mut stop).await;
                     }
                     Ok(Sent::Failed) => {
                         failing = Some(Failing {
@@ -520,6 +516,28 @@ impl Dispatcher {
             before_resume,
             at: last.at,
         })
+    }
+
+    /// Pauses a webhook whose receiver used up its attempts. Kept trying while the store
+    /// refuses: the last attempt is logged as the one given up on, and a webhook started again
+    /// over it would read that as a resume, with a whole number of attempts again that nobody
+    /// granted. Ends without pausing only on a stop, or once another process has taken over
+    /// delivery (whose own task decides then).
+    async fn give_up(&self, webhook: &Webhook, stop: &mut watch::Receiver<bool>) -> Ended {
+        loop {
+            match self.webhooks.set_state(webhook.id, State::Paused).await {
+                Ok(_) => return Ended::Paused,
+                Err(error) => {
+                    tracing::error!(webhook = %webhook.id, %error, "cannot pause a webhook; trying again");
+                    if let Ok(Standing::Deposed) = self.webhooks.standing(webhook.id).await {
+                        return Ended::Deposed;
+                    }
+                    if pause(STORE_PAUSE, stop).await {
+                        return Ended::Stopped;
+                    }
+                }
+            }
+        }
     }
 
     /// Makes one attempt at delivering `event`: audits the disclosure, POSTs, logs the attempt.

@@ -415,11 +415,16 @@ async fn commit_whole_group(
     // The time recorded is read once the head's lock is held (the database's clock, or this
     // process's or the head's if later: it never goes back): taken before the wait for the lock,
     // an event could commit seconds after the moment it claims, and a replay "as of" a moment
-    // just past would not show what a later replay of the same moment shows.
+    // just past would not show what a later replay of the same moment shows. It is read in a
+    // CTE of its own over the locked row: in the locking one, PostgreSQL computes its columns
+    // before the wait, and again after it only if the row was changed meanwhile.
     let written: std::result::Result<(i64, DateTime<Utc>, i64), sqlx::Error> = sqlx::query_as(
-        "WITH head AS (
-             SELECT position AS last, GREATEST($13, recorded_at, clock_timestamp()) AS at
+        "WITH locked AS (
+             SELECT position AS last, GREATEST($13, recorded_at) AS at
              FROM log_head FOR UPDATE
+         ),
+         head AS MATERIALIZED (
+             SELECT last, GREATEST(at, clock_timestamp()) AS at FROM locked
          ),
          new AS (
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::text[],

@@ -470,23 +470,20 @@ async fn follow_notifications(
                 }
             }
             Ok(None) | Err(_) => {
-                // The connection was lost. Listen again first (which reconnects), pausing so a
-                // down database is not hammered, and only then catch up on what may have been
-                // missed: heads read before the listening resumed would miss what was announced
-                // in between, for good if nothing is committed after it.
-                loop {
+                // The connection was lost. Listen again first, pausing so a down database is
+                // not hammered, and only then catch up on what may have been missed: heads read
+                // before the listening resumed would miss what was announced in between, for
+                // good if nothing is committed after it.
+                // On a new listener: after some errors the old one keeps its dead connection.
+                listener = loop {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    // The listener keeps the channels it was asked for, and adds them again on
-                    // every call, failed or not: cleared first, so that the list stays two.
-                    let _ = listener.unlisten_all().await;
-                    if listener
-                        .listen_all([LOG_CHANNEL, VIEWS_CHANNEL])
-                        .await
-                        .is_ok()
-                    {
-                        break;
+                    let Ok(mut fresh) = PgListener::connect_with(&pool).await else {
+                        continue;
+                    };
+                    if fresh.listen_all([LOG_CHANNEL, VIEWS_CHANNEL]).await.is_ok() {
+                        break fresh;
                     }
-                }
+                };
                 loop {
                     if let Ok((position, checkpoint)) = heads(&pool).await {
                         advance(&head, position);

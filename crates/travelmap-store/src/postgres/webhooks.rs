@@ -214,8 +214,7 @@ impl WebhookStore for PgWebhookStore {
             let mut transaction = self.pool.begin().await?;
             // The entry logged when the attempt began, replaced by this one.
             sqlx::query(
-                "DELETE FROM webhook_attempts WHERE id = $2 AND seq = (
-                    SELECT MAX(seq) FROM webhook_attempts WHERE webhook_id = $1)",
+                "DELETE FROM webhook_attempts WHERE webhook_id = $1 AND id = $2",
             )
             .bind(attempt.webhook_id)
             .bind(attempt.id)

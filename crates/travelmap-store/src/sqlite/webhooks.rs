@@ -233,8 +233,7 @@ impl WebhookStore for SqliteWebhookStore {
             let transaction = connection.transaction()?;
             // The entry logged when the attempt began, replaced by this one.
             transaction.execute(
-                "DELETE FROM webhook_attempts WHERE id = ?2 AND seq = (
-                    SELECT MAX(seq) FROM webhook_attempts WHERE webhook_id = ?1)",
+                "DELETE FROM webhook_attempts WHERE webhook_id = ?1 AND id = ?2",
                 params![attempt.webhook_id, attempt.id],
             )?;
             // An attempt that ends after its webhook was deleted is not logged: nothing would
