@@ -1386,7 +1386,7 @@ async fn a_last_attempt_cut_short_pauses_the_webhook_without_another(backend: Ba
         max_attempts: 1,
         ..webhook_policy()
     };
-    let app = spawn_app_with_webhooks(&backend, policy.clone()).await;
+    let app = spawn_app_with_webhooks(&backend, policy).await;
     let receiver = Receiver::start().await;
     receiver.inbox.hanging.store(true, Ordering::SeqCst);
     let client = ngo_client(&app).await;
