@@ -60,6 +60,14 @@ impl Inbox {
         self.received.lock().unwrap().clone()
     }
 
+    /// The event ids of every request accepted, in order.
+    fn event_ids(&self) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .map(|received| received.event_id)
+            .collect()
+    }
+
     /// The event ids in the order they first arrived.
     fn first_receipts(&self) -> Vec<String> {
         let mut seen = HashSet::new();
@@ -858,12 +866,7 @@ async fn delivery_continues_from_the_saved_cursor_after_a_restart(backend: Backe
     })
     .await;
     // The acknowledged event is not sent again: its cursor outlived the process.
-    let ids: Vec<String> = receiver
-        .inbox
-        .received()
-        .into_iter()
-        .map(|received| received.event_id)
-        .collect();
+    let ids = receiver.inbox.event_ids();
     assert_eq!(ids, [before, after]);
 
     app.stop().await;
@@ -973,12 +976,7 @@ async fn the_withdrawal_of_its_own_consent_reaches_the_agency_once(backend: Back
     .await;
     let last = need(&app, PROBATION_WRITER, client, "after the withdrawal").await;
     read_through_head(&app, &webhook).await;
-    let ids: Vec<String> = receiver
-        .inbox
-        .received()
-        .into_iter()
-        .map(|received| received.event_id)
-        .collect();
+    let ids = receiver.inbox.event_ids();
     assert_eq!(
         ids,
         [
@@ -1175,12 +1173,7 @@ async fn restriction_decisions_do_not_reach_the_agency(backend: Backend) {
     assert_eq!(lifted.status(), StatusCode::CREATED);
     let after = need(&app, NGO_WRITER, client, "after the lifting").await;
     read_through_head(&app, &webhook).await;
-    let ids: Vec<String> = receiver
-        .inbox
-        .received()
-        .into_iter()
-        .map(|received| received.event_id)
-        .collect();
+    let ids = receiver.inbox.event_ids();
     assert_eq!(ids, [before, after]);
     app.stop().await;
     backend.remove().await;
@@ -1235,12 +1228,7 @@ async fn a_slow_receiver_gets_nothing_of_a_client_restricted_meanwhile(backend: 
     tokio::time::sleep(Duration::from_secs(6)).await;
     receiver.inbox.slow.store(false, Ordering::SeqCst);
     read_through_head(&app, &webhook).await;
-    let ids: Vec<String> = receiver
-        .inbox
-        .received()
-        .into_iter()
-        .map(|received| received.event_id)
-        .collect();
+    let ids = receiver.inbox.event_ids();
     assert_eq!(ids, [first]);
     app.stop().await;
     backend.remove().await;
@@ -1308,12 +1296,7 @@ async fn an_agency_taken_out_of_the_configuration_receives_nothing_more(backend:
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ids: Vec<String> = ngo_receiver
-        .inbox
-        .received()
-        .into_iter()
-        .map(|received| received.event_id)
-        .collect();
+    let ids = ngo_receiver.inbox.event_ids();
     assert_eq!(ids, [before]);
     app.stop().await;
     backend.remove().await;
