@@ -404,6 +404,14 @@ async fn the_document_states_the_limits_the_server_enforces() {
             .post("/v1/subscriptions/webhooks", PROBATION_WRITER, &body)
             .await;
         assert_eq!(response.status(), StatusCode::CREATED, "{pattern}");
+        // Deleted again: an agency may have only so many.
+        let webhook: Value = response.json().await.unwrap();
+        let path = format!(
+            "/v1/subscriptions/webhooks/{}",
+            webhook["id"].as_str().unwrap()
+        );
+        let deleted = app.delete(&path, PROBATION_WRITER, &json!({})).await;
+        assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     }
     for never in [
         "processing.restricted",

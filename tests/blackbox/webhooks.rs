@@ -1396,6 +1396,56 @@ async fn a_last_attempt_cut_short_pauses_the_webhook_without_another(backend: Ba
     backend.remove().await;
 }
 
+/// An agency may have a bounded number of webhooks (each one follows the feed and sends every
+/// event): one more is refused, and a deletion makes room again.
+#[tokio::test]
+async fn an_agency_has_at_most_twenty_webhooks() {
+    let app = spawn_app().await;
+    let receiver = Receiver::start().await;
+    let mut ids = Vec::new();
+    for _ in 0..travelmap_api::routes::webhooks::MAX_WEBHOOKS_PER_AGENCY {
+        let webhook = register(&app, &receiver, json!(["need.*"])).await;
+        ids.push(webhook["id"].as_str().unwrap().to_owned());
+    }
+    let request = json!({"url": receiver.url(), "types": ["need.*"]});
+    let refused = app
+        .post("/v1/subscriptions/webhooks", NGO_COORDINATOR, &request)
+        .await;
+    let problem = expect_problem(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert!(problem.get("field").is_none(), "{problem}");
+    assert_eq!(
+        app.get_ok("/v1/subscriptions/webhooks", NGO_COORDINATOR)
+            .await["webhooks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        ids.len()
+    );
+    // Another agency's are its own.
+    let other = app
+        .post("/v1/subscriptions/webhooks", PROBATION_WRITER, &request)
+        .await;
+    assert_eq!(other.status(), StatusCode::CREATED);
+    let deleted = app
+        .delete(
+            &format!("/v1/subscriptions/webhooks/{}", ids[0]),
+            NGO_COORDINATOR,
+            &json!({}),
+        )
+        .await;
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let again = app
+        .post("/v1/subscriptions/webhooks", NGO_COORDINATOR, &request)
+        .await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    app.stop().await;
+}
+
 on_both_backends!(
     a_last_attempt_cut_short_pauses_the_webhook_without_another,
     a_slow_receiver_gets_nothing_of_a_client_restricted_meanwhile,

@@ -251,6 +251,9 @@ async fn changeable(
     }
 }
 
+/// How many webhooks one agency may have registered.
+pub const MAX_WEBHOOKS_PER_AGENCY: usize = 20;
+
 /// Register a webhook for the caller's agency.
 #[utoipa::path(
     post, path = "/v1/subscriptions/webhooks", tag = "webhooks",
@@ -263,7 +266,7 @@ async fn changeable(
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the writer or coordinator role", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not declared as JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "validation_failed: `field` names the offending field (`url`, `types[1]`, `purpose`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "validation_failed: `field` names the offending field (`url`, `types[1]`, `purpose`); without `field`, the agency already has the most webhooks it may have (20)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -293,6 +296,25 @@ pub async fn register(
                 "a webhook's purpose is the body's `purpose` (here `{}`); X-Purpose `{stated}` \
                  differs: send the purpose in the body",
                 purpose_name(purpose)
+            ),
+        ));
+    }
+    // Each webhook is a task following the feed, an audit entry and a request per event: one
+    // agency's credential must not multiply that without bound. (Two registrations at the same
+    // moment may pass together: the bound is on the load, not a count to the unit.)
+    let registered = state
+        .webhooks
+        .list(Some(caller.0.agency.clone()))
+        .await
+        .map_err(ApiError::store)?
+        .len();
+    if registered >= MAX_WEBHOOKS_PER_AGENCY {
+        return Err(ApiError::new(
+            Code::ValidationFailed,
+            format!(
+                "agency `{}` has {registered} webhooks, the most an agency may have; delete one it \
+                 no longer needs first",
+                caller.0.agency
             ),
         ));
     }
