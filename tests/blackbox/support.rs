@@ -220,7 +220,7 @@ async fn spawn_app_at(
         break_glass,
         Default::default(),
         Coordination::default(),
-        webhook_policy(),
+        (webhook_policy(), receivers_here()),
         None,
     )
     .await
@@ -251,7 +251,7 @@ pub async fn spawn_app_with_coordination(backend: &Backend, coordination: Coordi
         travelmap_api::DEFAULT_BREAK_GLASS,
         Default::default(),
         coordination,
-        webhook_policy(),
+        (webhook_policy(), receivers_here()),
         None,
     )
     .await
@@ -270,7 +270,7 @@ pub async fn spawn_app_with_retention(
         travelmap_api::DEFAULT_BREAK_GLASS,
         (retention, std::time::Duration::from_millis(100)),
         Coordination::default(),
-        webhook_policy(),
+        (webhook_policy(), receivers_here()),
         None,
     )
     .await
@@ -285,7 +285,10 @@ async fn spawn_app_full(
         std::time::Duration,
     ),
     coordination: Coordination,
-    webhooks: travelmap_webhooks::Policy,
+    (webhooks, webhook_destinations): (
+        travelmap_webhooks::Policy,
+        travelmap_webhooks::Destinations,
+    ),
     declared: Option<&[&str]>,
 ) -> TestApp {
     let mut authenticator = Authenticator::new(
@@ -319,6 +322,7 @@ async fn spawn_app_full(
         clock: coordination.clock,
         audit_override: None,
         webhooks,
+        webhook_destinations,
     })
     .await
     .expect("application builds");
@@ -376,10 +380,36 @@ async fn spawn_app_delivering(
         travelmap_api::DEFAULT_BREAK_GLASS,
         Default::default(),
         Coordination::default(),
-        policy,
+        (policy, receivers_here()),
         declared,
     )
     .await
+}
+
+/// Starts the application on `backend` with webhook receivers allowed only at `destinations`.
+pub async fn spawn_app_receiving_at(
+    backend: &Backend,
+    data_dir: TempDir,
+    policy: travelmap_webhooks::Policy,
+    destinations: travelmap_webhooks::Destinations,
+) -> TestApp {
+    let location = backend.location(data_dir.path());
+    spawn_app_full(
+        data_dir,
+        location,
+        travelmap_api::DEFAULT_BREAK_GLASS,
+        Default::default(),
+        Coordination::default(),
+        (policy, destinations),
+        None,
+    )
+    .await
+}
+
+/// The test receivers listen on this machine: loopback is allowed besides the public internet,
+/// as in a service started without a configuration.
+fn receivers_here() -> travelmap_webhooks::Destinations {
+    travelmap_webhooks::Destinations::public_and_loopback()
 }
 
 /// Webhook retries in milliseconds rather than seconds, so that tests of a receiver that fails

@@ -1446,7 +1446,126 @@ async fn an_agency_has_at_most_twenty_webhooks() {
     app.stop().await;
 }
 
+/// Receivers must be on the public internet unless the operator allows their network: a URL
+/// naming an internal address is refused at registration, and a webhook registered while its
+/// network was allowed gets no request once it is not (nor an audit entry of a disclosure),
+/// only refusals in its delivery log until it is paused, and cannot be resumed until the
+/// network is allowed again.
+async fn receivers_outside_the_allowed_networks_get_nothing(backend: Backend) {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let public_only = travelmap_webhooks::Destinations::public_only();
+    let loopback = travelmap_webhooks::Destinations::public_and_loopback();
+    // Three attempts, then the webhook is paused.
+    let policy = travelmap_webhooks::Policy {
+        max_attempts: 3,
+        ..webhook_policy()
+    };
+    let app = spawn_app_receiving_at(&backend, data_dir, policy, public_only.clone()).await;
+    let receiver = Receiver::start().await;
+    let port = receiver.port;
+    for (url, kind) in [
+        (receiver.url(), "loopback"),
+        (format!("http://localhost:{port}/"), "loopback"),
+        (format!("http://[::1]:{port}/"), "loopback"),
+        ("https://10.1.2.3/hooks".to_owned(), "private"),
+        ("https://169.254.169.254/latest".to_owned(), "link-local"),
+        ("https://[::ffff:192.168.0.1]/".to_owned(), "private"),
+        ("https://[2002:a00:1::1]/".to_owned(), "private"),
+        ("https://0.0.0.0/".to_owned(), "unspecified"),
+    ] {
+        let refused = app
+            .post(
+                "/v1/subscriptions/webhooks",
+                NGO_COORDINATOR,
+                &json!({"url": url, "types": ["need.*"]}),
+            )
+            .await;
+        let problem = expect_problem(
+            refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["field"], "url", "{url}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(kind), "{url}: {detail}");
+        assert!(detail.contains("allow_networks"), "{url}: {detail}");
+    }
+    let listed = app
+        .get_ok("/v1/subscriptions/webhooks", NGO_COORDINATOR)
+        .await;
+    assert_eq!(listed["webhooks"], json!([]), "nothing refused was stored");
+
+    // Registered while loopback is allowed, then the operator narrows the configuration.
+    let app = spawn_app_receiving_at(&backend, app.stop().await, policy, loopback.clone()).await;
+    let client = ngo_client(&app).await;
+    let webhook = register(&app, &receiver, json!(["need.*"])).await;
+    let id = webhook["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/subscriptions/webhooks/{id}");
+    let app = spawn_app_receiving_at(&backend, app.stop().await, policy, public_only).await;
+    let held_back = need(&app, NGO_WRITER, client, "while loopback is not allowed").await;
+    eventually("the refused webhook is paused", || async {
+        app.get_ok(&path, NGO_COORDINATOR).await["state"] == "paused"
+    })
+    .await;
+    let log = deliveries(&app, &id).await;
+    let outcomes: Vec<&str> = log
+        .iter()
+        .map(|attempt| attempt["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failed", "retrying", "retrying"], "{log:?}");
+    for attempt in &log {
+        assert_eq!(attempt["event_id"], held_back.as_str(), "{attempt}");
+        assert_eq!(attempt["status"], Value::Null, "{attempt}");
+        let error = attempt["error"].as_str().unwrap();
+        assert!(error.starts_with("refused: "), "{error}");
+        assert!(error.contains("loopback"), "{error}");
+    }
+    assert!(receiver.inbox.received().is_empty());
+    assert_eq!(receiver.inbox.refused.load(Ordering::SeqCst), 0);
+    let trail = app
+        .get_ok("/v1/audit/entries?after=0&limit=1000", AUDITOR)
+        .await;
+    let disclosed = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["action"] == format!("webhook {id}"))
+        .count();
+    assert_eq!(disclosed, 0, "nothing was sent, so nothing was disclosed");
+    // Resuming would only be refused again.
+    let resumed = app
+        .post(&format!("{path}/resume"), NGO_COORDINATOR, &json!({}))
+        .await;
+    let problem = expect_problem(
+        resumed,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("loopback"),
+        "{problem}"
+    );
+    assert_eq!(app.get_ok(&path, NGO_COORDINATOR).await["state"], "paused");
+
+    // Allowed again and resumed: the held-back event goes out, once.
+    let app = spawn_app_receiving_at(&backend, app.stop().await, policy, loopback).await;
+    let resumed = app
+        .post(&format!("{path}/resume"), NGO_COORDINATOR, &json!({}))
+        .await;
+    assert_eq!(resumed.status(), StatusCode::OK);
+    eventually("the held-back event arrives", || async {
+        !receiver.inbox.received().is_empty()
+    })
+    .await;
+    assert_eq!(receiver.inbox.event_ids(), [held_back]);
+    app.stop().await;
+    backend.remove().await;
+}
+
 on_both_backends!(
+    receivers_outside_the_allowed_networks_get_nothing,
     a_last_attempt_cut_short_pauses_the_webhook_without_another,
     a_slow_receiver_gets_nothing_of_a_client_restricted_meanwhile,
     a_rectification_that_takes_back_its_access_reaches_the_agency,

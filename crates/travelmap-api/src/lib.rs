@@ -51,6 +51,8 @@ pub struct AppState {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// Webhook registrations and their delivery logs.
     pub webhooks: Arc<dyn travelmap_store::WebhookStore>,
+    /// The addresses webhook receivers may be at; registrations naming another are refused.
+    pub webhook_destinations: travelmap_webhooks::Destinations,
     /// The clients each live-feed recipient has lately been named for in the audit trail.
     pub named: Arc<routes::subscriptions::NamedRecipients>,
     /// Audit entries of committed writes still waiting for the trail; drained when the service

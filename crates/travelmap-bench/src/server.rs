@@ -57,6 +57,8 @@ impl Server {
                     as std::sync::Arc<dyn travelmap_store::AuditLog>
             }),
             webhooks: Default::default(),
+            // Receivers on the public internet only, the default (the benchmark registers none).
+            webhook_destinations: Default::default(),
         })
         .await?;
         let base = format!("http://127.0.0.1:{}", app.port());

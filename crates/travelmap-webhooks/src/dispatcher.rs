@@ -33,6 +33,7 @@ use travelmap_store::{AuditLog, WebhookStore};
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
+use crate::destinations::Destinations;
 use crate::signing;
 
 /// How many events of the feed one read takes. Memory per webhook is one page.
@@ -93,6 +94,8 @@ pub struct Dispatcher {
     audit: Arc<dyn AuditLog>,
     body: EventBody,
     policy: Policy,
+    /// The addresses receivers may be at; the HTTP client's resolver applies them to names.
+    destinations: Destinations,
     http: reqwest::Client,
     /// Whether an agency still takes part (is declared in the configuration): the webhooks of
     /// one taken out are not delivered, and stay registered should it come back.
@@ -152,24 +155,26 @@ impl Dispatcher {
         body: EventBody,
         policy: Policy,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            // A redirect would send personal data to a URL nobody registered.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(policy.timeout)
-            .user_agent(concat!("travelmap-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client's settings are valid");
+        let destinations = Destinations::public_only();
         Self {
             journeys,
             webhooks,
             audit,
             body,
             policy,
-            http,
+            http: http_client(&policy, &destinations),
+            destinations,
             takes_part: Arc::new(|_| true),
             unreadable: std::sync::Mutex::new(HashMap::new()),
             unreadable_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Lets receivers be at the addresses `destinations` permits (by default: public ones only).
+    pub fn receiving_at(mut self, destinations: Destinations) -> Self {
+        self.http = http_client(&self.policy, &destinations);
+        self.destinations = destinations;
+        self
     }
 
     /// Notes whether `webhook`'s events could be read (`None`) or not (with whether the cause
@@ -553,6 +558,38 @@ impl Dispatcher {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Sent, travelmap_store::Error> {
         let delivery = Uuid::new_v4();
+        // A receiver at an address the configuration does not (or no longer) permit, or whose
+        // name cannot be resolved, gets no request, so no disclosure either: only the refusal
+        // is logged, as a failed attempt. (The client's resolver judges a name again as it
+        // connects.)
+        let judged = tokio::select! {
+            judged = self.destinations.delivery_problem(&webhook.url, self.policy.timeout) => judged,
+            // Nothing was sent: a stop while a name resolves is no attempt.
+            _ = stopped(stop) => return Ok(Sent::Interrupted),
+        };
+        if let Some(refusal) = judged {
+            let outcome = if since_resume >= self.policy.max_attempts {
+                AttemptOutcome::Failed
+            } else {
+                AttemptOutcome::Retrying
+            };
+            let refusal = Attempt {
+                id: delivery,
+                webhook_id: webhook.id,
+                event_id: event.draft.id,
+                position: event.meta.position,
+                attempt,
+                at: Utc::now(),
+                status: None,
+                error: Some(refusal.to_string().chars().take(MAX_ERROR_TEXT).collect()),
+                duration_ms: 0,
+                outcome,
+            };
+            if let Err(error) = self.webhooks.log_attempt(refusal).await {
+                tracing::warn!(webhook = %webhook.id, %error, "cannot log a webhook delivery attempt");
+            }
+            return Ok(Sent::Failed);
+        }
         // Nothing leaves unlogged: the disclosure is in the trail before the request is sent.
         self.audit
             .append(vec![disclosure(webhook, event, delivery)])
@@ -641,6 +678,22 @@ impl Dispatcher {
     }
 }
 
+/// The client deliveries are made with.
+fn http_client(policy: &Policy, destinations: &Destinations) -> reqwest::Client {
+    reqwest::Client::builder()
+        // A redirect would send personal data to a URL nobody registered.
+        .redirect(reqwest::redirect::Policy::none())
+        // Straight to the receiver: a proxy from the environment would resolve the receiver's
+        // name itself, out of the resolver's reach, and would carry plain-HTTP deliveries
+        // (allowed only to this machine) across the network.
+        .no_proxy()
+        .dns_resolver(destinations.resolver())
+        .connect_timeout(policy.timeout)
+        .user_agent(concat!("travelmap-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("the HTTP client's settings are valid")
+}
+
 /// The audit entry of one delivery attempt: a disclosure of the client's event to the webhook's
 /// agency, for the webhook's purpose, named by the credential that registered it.
 fn disclosure(webhook: &Webhook, event: &RecordedEvent, delivery: Uuid) -> AuditRecord {
@@ -702,5 +755,55 @@ async fn pause(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(duration) => *stop.borrow(),
         _ = stopped(stop) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A receiver on this machine that answers every request 200.
+    async fn local_receiver() -> u16 {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut connection, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0; 4096];
+                    let _ = connection.read(&mut request).await;
+                    let _ = connection
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        port
+    }
+
+    /// The delivery client resolves names through the destinations: `localhost` is not reached
+    /// while loopback is not allowed, and is once it is.
+    #[tokio::test]
+    async fn the_delivery_client_connects_only_to_permitted_addresses() {
+        let port = local_receiver().await;
+        let url = format!("http://localhost:{port}/");
+        let policy = Policy::default();
+        let refused = http_client(&policy, &Destinations::public_only())
+            .post(&url)
+            .send()
+            .await
+            .expect_err("loopback is not allowed");
+        let described = describe(&refused, policy.timeout);
+        assert!(described.contains("refused: localhost"), "{described}");
+        let answer = http_client(&policy, &Destinations::public_and_loopback())
+            .post(&url)
+            .send()
+            .await
+            .expect("loopback is allowed");
+        assert_eq!(answer.status(), reqwest::StatusCode::OK);
     }
 }

@@ -10,15 +10,18 @@
 //! audit trail before the request leaves.
 //!
 //! Also here: what makes a registration acceptable ([`registration`]), so that the API checks
-//! what the dispatcher relies on.
+//! what the dispatcher relies on, and which addresses receivers may be at ([`destinations`]:
+//! the public internet, and the networks the operator allows).
 //!
 //! Knows the service, the storage traits and an HTTP client; knows nothing of the HTTP server
 //! or of the wire format, whose serialiser the binary hands in ([`EventBody`]).
 
 mod backoff;
+pub mod destinations;
 mod dispatcher;
 pub mod registration;
 pub mod signing;
 
 pub use backoff::Backoff;
+pub use destinations::Destinations;
 pub use dispatcher::{AgencyCheck, Dispatcher, EventBody, Policy};

@@ -48,6 +48,8 @@ pub struct ServeSettings {
     pub audit_override: Option<Arc<dyn travelmap_store::AuditLog>>,
     /// How webhook deliveries are timed out and retried.
     pub webhooks: travelmap_webhooks::Policy,
+    /// The addresses webhook receivers may be at.
+    pub webhook_destinations: travelmap_webhooks::Destinations,
 }
 
 /// A built, bound, not yet serving application.
@@ -65,6 +67,7 @@ pub struct Application {
     hub: Arc<FeedHub>,
     webhooks: Arc<dyn travelmap_store::WebhookStore>,
     webhook_policy: travelmap_webhooks::Policy,
+    webhook_destinations: travelmap_webhooks::Destinations,
 }
 
 impl Application {
@@ -136,6 +139,7 @@ impl Application {
             hub,
             webhooks: store.webhooks(),
             webhook_policy: settings.webhooks,
+            webhook_destinations: settings.webhook_destinations,
             store,
         })
     }
@@ -181,6 +185,7 @@ impl Application {
                 Arc::new(travelmap_api::routes::webhooks::delivery_body),
                 self.webhook_policy,
             )
+            .receiving_at(self.webhook_destinations.clone())
             .delivering_to({
                 let authenticator = self.authenticator.clone();
                 Arc::new(move |agency| authenticator.declares(agency))
@@ -264,6 +269,7 @@ impl Application {
             hub: self.hub.clone(),
             stopping,
             webhooks: self.webhooks.clone(),
+            webhook_destinations: self.webhook_destinations.clone(),
             named: Default::default(),
             deferred: deferred.clone(),
             tasks: Arc::new(watched),

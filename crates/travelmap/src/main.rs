@@ -339,6 +339,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .as_ref()
                         .map(|(_, file)| file.webhooks.policy())
                         .unwrap_or_default(),
+                    // Without a configuration only the person at this machine holds a key, and
+                    // a receiver to try webhooks with is most likely on it too.
+                    webhook_destinations: match &config {
+                        Some((_, file)) => file
+                            .webhooks
+                            .destinations()
+                            .expect("checked when the configuration was loaded"),
+                        None => travelmap_webhooks::Destinations::public_and_loopback(),
+                    },
                 })
             };
             let built = match serve_settings() {

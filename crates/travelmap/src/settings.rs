@@ -71,6 +71,11 @@ pub struct WebhooksEntry {
     pub max_attempts: Option<u32>,
     /// How long a receiver has to answer, in seconds (default 10).
     pub timeout_seconds: Option<u64>,
+    /// Networks receivers may be in besides the public internet, as `10.20.0.0/16` or a single
+    /// address; loopback, private, link-local and other internal addresses are refused unless
+    /// listed here (default: none).
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
 }
 
 impl WebhooksEntry {
@@ -93,6 +98,21 @@ impl WebhooksEntry {
             max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts).max(1),
             refresh: defaults.refresh,
         }
+    }
+
+    /// The addresses receivers may be at: the public internet and `allow_networks`. Each entry
+    /// is a network in CIDR form or a single address; the first that is not is returned, with
+    /// why.
+    pub fn destinations(&self) -> Result<travelmap_webhooks::Destinations, (String, String)> {
+        let networks = self
+            .allow_networks
+            .iter()
+            .map(|entry| {
+                travelmap_webhooks::Destinations::network(entry)
+                    .map_err(|reason| (entry.clone(), reason))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(travelmap_webhooks::Destinations::allowing(networks))
     }
 }
 
@@ -227,6 +247,12 @@ pub enum Error {
         credential: String,
         agency: String,
     },
+    #[error("config file {path}: [webhooks] allow_networks: `{entry}` {reason}")]
+    Network {
+        path: PathBuf,
+        entry: String,
+        reason: String,
+    },
     #[error("config file {path}: [webhooks] max_attempts may be at most {most}")]
     TooManyAttempts { path: PathBuf, most: u32 },
     #[error("config file {path}: {setting} must be at least 1")]
@@ -287,6 +313,13 @@ impl ConfigFile {
             path: path.to_owned(),
             source: Box::new(source),
         })?;
+        if let Err((entry, reason)) = config.webhooks.destinations() {
+            return Err(Error::Network {
+                path: path.to_owned(),
+                entry,
+                reason,
+            });
+        }
         // The count of attempts is read back from the delivery log, which keeps this many.
         let most = travelmap_store::webhooks::ATTEMPTS_KEPT as u32;
         if config.webhooks.max_attempts.is_some_and(|max| max > most) {
@@ -975,6 +1008,78 @@ mod tests {
             travelmap_webhooks::Policy::default()
         );
         assert!(toml::from_str::<ConfigFile>("[webhooks]\nretries = 3\n").is_err());
+    }
+
+    #[test]
+    fn allowed_networks_are_read_and_anything_else_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("travelmap.toml");
+        std::fs::write(
+            &path,
+            "[webhooks]\nallow_networks = [\"10.20.0.0/16\", \"127.0.0.1\", \"fd00::/8\"]\n",
+        )
+        .unwrap();
+        let destinations = ConfigFile::load(&path)
+            .unwrap()
+            .webhooks
+            .destinations()
+            .unwrap();
+        let permits = |address: &str| destinations.permits(address.parse().unwrap());
+        assert!(permits("10.20.1.2"));
+        assert!(permits("127.0.0.1"));
+        assert!(permits("fd00::5"));
+        assert!(!permits("127.0.0.2"));
+        assert!(!permits("10.21.0.1"));
+        assert!(!permits("192.168.0.1"));
+        assert_eq!(
+            ConfigFile::default().webhooks.destinations().unwrap(),
+            travelmap_webhooks::Destinations::public_only()
+        );
+        // Everything, if the operator says so.
+        std::fs::write(
+            &path,
+            "[webhooks]\nallow_networks = [\"0.0.0.0/0\", \"::/0\"]\n",
+        )
+        .unwrap();
+        let everything = ConfigFile::load(&path)
+            .unwrap()
+            .webhooks
+            .destinations()
+            .unwrap();
+        for address in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(everything.permits(address.parse().unwrap()), "{address}");
+        }
+        for (wrong, why) in [
+            ("10.0.0.0/33", "neither a network"),
+            ("intranet", "neither a network"),
+            ("10.0.0.0/8/1", "neither a network"),
+            ("", "neither a network"),
+            (" 127.0.0.1", "neither a network"),
+            ("10.20.0.1/16", "`10.20.0.0/16`"),
+            ("::ffff:127.0.0.1", "write the IPv4 network"),
+            ("::ffff:10.0.0.0/104", "write the IPv4 network"),
+            ("64:ff9b::/96", "write the IPv4 network"),
+            ("2002::/16", "write the IPv4 network"),
+        ] {
+            std::fs::write(
+                &path,
+                format!("[webhooks]\nallow_networks = [\"{wrong}\"]\n"),
+            )
+            .unwrap();
+            let error = ConfigFile::load(&path).unwrap_err();
+            assert!(
+                matches!(&error, Error::Network { entry, .. } if entry == wrong),
+                "{error}"
+            );
+            assert!(error.to_string().contains("allow_networks"), "{error}");
+            assert!(error.to_string().contains(why), "{wrong}: {error}");
+        }
     }
 
     #[test]

@@ -39,7 +39,8 @@ const READERS: &[Role] = &[Role::Writer, Role::Coordinator, Role::Admin];
 #[serde(deny_unknown_fields)]
 pub struct WebhookRequest {
     /// Where events are POSTed: an absolute `https` URL (plain `http` only to this machine),
-    /// without user name, password or fragment; at most 2,048 characters.
+    /// without user name, password or fragment; at most 2,048 characters. Its address must be
+    /// on the public internet or in a network the operator allows.
     #[schema(
         example = "https://case-system.probation.example/travelmap/events",
         format = "uri",
@@ -266,7 +267,7 @@ pub const MAX_WEBHOOKS_PER_AGENCY: usize = 20;
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the writer or coordinator role", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body not declared as JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "validation_failed: `field` names the offending field (`url`, `types[1]`, `purpose`); without `field`, the agency already has the most webhooks it may have (20)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "validation_failed: `field` names the offending field (`url`, among others for an address outside the allowed networks; `types[1]`, `purpose`); without `field`, the agency already has the most webhooks it may have (20)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -285,6 +286,11 @@ pub async fn register(
     };
     audit::require(&state, &caller, &context, MANAGERS, logged(None)).await?;
     let (url, types, purpose) = parse_request(&body)?;
+    // An address outside the allowed networks is refused now; a name is judged when deliveries
+    // resolve it (see `travelmap_webhooks::destinations`).
+    if let Some(problem) = state.webhook_destinations.url_problem(&url) {
+        return Err(invalid("url", problem));
+    }
     // The purpose deliveries are made for is the body's `purpose`; a header naming another would
     // be dropped without a word, leaving the sender believing it had chosen.
     if let Some(stated) = &context.purpose
@@ -463,6 +469,7 @@ pub async fn delete(
         (status = 401, description = "Missing or wrong key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Needs the writer or coordinator role", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such webhook of the caller's agency", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "validation_failed: the webhook's URL names an address outside the networks receivers may be in", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -489,6 +496,13 @@ pub async fn resume(
     )
     .await?;
     if webhook.state != stored::State::Active {
+        // Resumed, it would only be refused again at every attempt until it is paused anew.
+        if let Some(problem) = state.webhook_destinations.url_problem(&webhook.url) {
+            return Err(ApiError::new(
+                Code::ValidationFailed,
+                format!("the webhook cannot be resumed: its {problem}"),
+            ));
+        }
         let mut entry = context.record(
             &caller,
             Outcome::Allowed,
