@@ -4,25 +4,51 @@
 //! to it from inside the deployment's network. Left open, that lets a credential make the service
 //! call its own machine or the internal network (a database port, a cloud metadata endpoint, an
 //! admin page), and the delivery log's errors would tell it which ports answer. So receivers must
-//! be on the public internet unless the operator names further networks (`[webhooks]
-//! allow_networks`), for agencies whose systems are reached over a private network.
+//! have public addresses unless the operator names further networks (`[webhooks]
+//! allow_networks`), for agencies whose systems are reached over a private network. What is
+//! public is judged by the address alone: the deployment's own public addresses are not known
+//! here, and are for an outbound firewall to close.
 //!
 //! The rule is applied where the address is known: a URL naming an address is judged at
-//! registration and again before every attempt (the configuration may have changed since); a
-//! host name is judged at every connection, by the resolver the HTTP client uses, which drops
-//! the addresses that are not allowed, so a name that later resolves elsewhere gains nothing.
+//! registration and again before every attempt (the configuration may have changed since). A
+//! host name is judged before every attempt by what it then resolves to, so that a refused
+//! attempt sends nothing and discloses nothing, and again at every connection by the resolver
+//! the HTTP client uses, which drops the addresses that are not allowed: a name that changes in
+//! between still reaches no refused address.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-/// The networks receivers may be in besides the public internet. Cheap to clone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How long a name found to have a permitted address is taken to still have one, by the check
+/// before each attempt: a webhook sends an event at a time, and a lookup per event would cost
+/// each one a round trip to the resolver. Every new connection is still judged by the resolver.
+const NAME_VERDICT_KEPT: Duration = Duration::from_secs(60);
+/// The most names whose verdicts are kept; beyond it, expired ones are dropped.
+const NAME_VERDICTS_KEPT: usize = 1024;
+
+/// The networks receivers may be in besides the public internet. Cheap to clone; clones share
+/// what they learnt of names.
+#[derive(Debug, Clone, Default)]
 pub struct Destinations {
     allowed: Arc<Vec<IpNet>>,
+    /// Names lately found to resolve to a permitted address, with when.
+    permitted_names: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Answers the tests give in place of the system's resolver.
+    #[cfg(test)]
+    hosts: Option<Arc<HashMap<String, Vec<IpAddr>>>>,
 }
+
+impl PartialEq for Destinations {
+    fn eq(&self, other: &Self) -> bool {
+        self.allowed == other.allowed
+    }
+}
+
+impl Eq for Destinations {}
 
 impl Destinations {
     /// Public addresses only.
@@ -34,6 +60,7 @@ impl Destinations {
     pub fn allowing(networks: impl IntoIterator<Item = IpNet>) -> Self {
         Self {
             allowed: Arc::new(networks.into_iter().collect()),
+            ..Self::default()
         }
     }
 
@@ -48,10 +75,11 @@ impl Destinations {
     }
 
     /// Reads one entry of `allow_networks`: a network (`10.20.0.0/16`, `fd00::/8`) or a single
-    /// address. Refused, with the reason: anything else, a network written with host bits (a
-    /// typo here would widen or narrow the operator's intent unseen), and IPv6 forms that carry
-    /// an IPv4 address, since addresses are judged as the IPv4 address they carry (the entry
-    /// would never match; the IPv4 network is what to write).
+    /// address. Refused, with the reason: anything else; a network written with host bits (a
+    /// typo here would widen or narrow the operator's intent unseen); and a network inside an
+    /// IPv6 form that carries IPv4 addresses (`::ffff:0:0/96`, `::/96`, `64:ff9b::/96`,
+    /// `2002::/16`), whose addresses are judged as the IPv4 addresses they carry, so that the
+    /// entry would never match: the IPv4 network is what to write.
     pub fn network(entry: &str) -> Result<IpNet, String> {
         let network = match entry.parse::<IpNet>() {
             Ok(network) => network,
@@ -59,7 +87,8 @@ impl Destinations {
                 Ok(address) => IpNet::from(address),
                 Err(_) => {
                     return Err(
-                        "neither a network (`10.20.0.0/16`, `fd00::/8`) nor an address".to_owned(),
+                        "is neither a network (`10.20.0.0/16`, `fd00::/8`) nor an address"
+                            .to_owned(),
                     );
                 }
             },
@@ -70,10 +99,14 @@ impl Destinations {
                 network.trunc()
             ));
         }
-        if let IpNet::V6(v6) = network
-            && (canonical(IpAddr::V6(v6.network())) != IpAddr::V6(v6.network())
-                || canonical(IpAddr::V6(v6.broadcast())) != IpAddr::V6(v6.broadcast()))
-        {
+        let this_machine = ["::/128", "::1/128"]
+            .map(|net| net.parse::<IpNet>().expect("a valid network"))
+            .contains(&network);
+        let carries_ipv4 = ["::ffff:0:0/96", "::/96", "64:ff9b::/96", "2002::/16"]
+            .map(|net| net.parse::<IpNet>().expect("a valid network"))
+            .iter()
+            .any(|form| form.contains(&network));
+        if carries_ipv4 && !this_machine {
             return Err(
                 "carries IPv4 addresses, which are judged as IPv4: write the IPv4 network"
                     .to_owned(),
@@ -107,35 +140,96 @@ impl Destinations {
         if self.permits(address) {
             return None;
         }
-        let kind = restricted(canonical(address)).unwrap_or("restricted");
+        let kind = restricted(canonical(address)).unwrap_or("a restricted address");
         Some(format!(
-            "url's host {shown} is a {kind} address; receivers must be on the public internet \
-             unless the operator allows their network (`[webhooks] allow_networks`)"
+            "url's host {shown} is {kind}; receivers must be on the public internet unless the \
+             operator allows their network (`[webhooks] allow_networks`)"
         ))
     }
 
     /// Why a delivery to `url` may not be made now, judging a host name by what it resolves to
-    /// at this moment: `None` when it may. Asked before each attempt, so that a refused one
-    /// sends nothing and discloses nothing; the client's resolver judges the name again when it
-    /// connects, so a name that changes in between still reaches no refused address.
-    pub async fn delivery_problem(&self, url: &str, patience: Duration) -> Option<Refusal> {
+    /// at this moment (or did lately, see [`NAME_VERDICT_KEPT`]): `None` when it may. Asked
+    /// before each attempt, so that a refused one sends nothing and discloses nothing.
+    pub async fn delivery_problem(&self, url: &str, patience: Duration) -> Option<Undeliverable> {
         if let Some(problem) = self.url_problem(url) {
-            return Some(Refusal::NotPermitted(problem));
+            return Some(Undeliverable::Address(problem));
         }
         let parsed = reqwest::Url::parse(url).ok()?;
-        let name = parsed.host_str()?.to_owned();
+        let name = parsed.host_str()?.to_ascii_lowercase();
         if literal(&name).is_some() {
             // An address, judged above, and never resolved.
             return None;
         }
-        match tokio::time::timeout(patience, permitted_addresses(self, &name)).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(refusal)) => Some(refusal),
-            Err(_) => Some(Refusal::Unresolved(format!(
-                "could not resolve {name}: no answer within {} ms",
-                patience.as_millis()
-            ))),
+        if self.permitted_lately(&name) {
+            return None;
         }
+        let found = match tokio::time::timeout(patience, self.lookup(&name)).await {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                tracing::info!(host = %name, %error, "a webhook receiver's name does not resolve");
+                return Some(Undeliverable::Name(name));
+            }
+            Err(_) => {
+                tracing::info!(host = %name, "a webhook receiver's name did not resolve in time");
+                return Some(Undeliverable::Name(name));
+            }
+        };
+        if found.iter().any(|address| self.permits(*address)) {
+            self.note_permitted(name);
+            return None;
+        }
+        tracing::info!(
+            host = %name, addresses = ?found,
+            "a webhook receiver's name resolves only to addresses outside the allowed networks"
+        );
+        Some(Undeliverable::Name(name))
+    }
+
+    fn permitted_lately(&self, name: &str) -> bool {
+        let names = self
+            .permitted_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        names
+            .get(name)
+            .is_some_and(|at| at.elapsed() < NAME_VERDICT_KEPT)
+    }
+
+    fn note_permitted(&self, name: String) {
+        let mut names = self
+            .permitted_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if names.len() >= NAME_VERDICTS_KEPT {
+            names.retain(|_, at| at.elapsed() < NAME_VERDICT_KEPT);
+        }
+        if names.len() < NAME_VERDICTS_KEPT {
+            names.insert(name, Instant::now());
+        }
+    }
+
+    /// These destinations, resolving names from `hosts` instead of the system's resolver.
+    #[cfg(test)]
+    pub(crate) fn resolving_from(self, hosts: HashMap<String, Vec<IpAddr>>) -> Self {
+        Self {
+            hosts: Some(Arc::new(hosts)),
+            ..self
+        }
+    }
+
+    /// The addresses `name` resolves to, by the system's resolver.
+    async fn lookup(&self, name: &str) -> std::io::Result<Vec<IpAddr>> {
+        #[cfg(test)]
+        if let Some(hosts) = &self.hosts {
+            return hosts
+                .get(name)
+                .cloned()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such host"));
+        }
+        Ok(tokio::net::lookup_host((name, 0))
+            .await?
+            .map(|address| address.ip())
+            .collect())
     }
 
     /// The resolver the HTTP client should use: the system's, keeping only permitted addresses.
@@ -146,6 +240,22 @@ impl Destinations {
     }
 }
 
+/// Why a delivery is not made; the text is what the delivery log shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Undeliverable {
+    /// The URL names an address outside the permitted networks.
+    #[error("refused: {0}")]
+    Address(String),
+    /// The name has no permitted address: it does not resolve, or only to refused addresses.
+    /// One text for both, so that an agency cannot learn from the log which names the
+    /// service's own resolver knows (the operator's log says which).
+    #[error(
+        "refused: {0} has no address receivers may be at (it does not resolve, or only to \
+         addresses outside the allowed networks)"
+    )]
+    Name(String),
+}
+
 /// The address a URL's host names, when it is one (IPv6 in its brackets).
 fn literal(host: &str) -> Option<IpAddr> {
     host.trim_start_matches('[')
@@ -154,61 +264,74 @@ fn literal(host: &str) -> Option<IpAddr> {
         .ok()
 }
 
-/// What kind of address outside the public internet `address` is, or `None` for a public one.
-/// Loopback, private, shared (carrier-grade NAT), link-local (which holds cloud metadata
+/// What kind of address outside the public internet `address` is, or `None` for a public one:
+/// loopback, private, shared (carrier-grade NAT), link-local (which holds cloud metadata
 /// endpoints), unspecified (which reaches this machine), multicast, broadcast, the blocks
-/// reserved for documentation, benchmarking and future use, and IPv6 outside global unicast.
+/// reserved for documentation, benchmarking, protocols and future use, and IPv6 outside global
+/// unicast (the same blocks as the standard library's unstable `is_global`).
 fn restricted(address: IpAddr) -> Option<&'static str> {
     match address {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
             if v4.is_loopback() {
-                Some("loopback")
+                Some("a loopback address")
             } else if v4.is_unspecified() || a == 0 {
-                Some("unspecified (this machine)")
+                Some("an unspecified address (this machine)")
             } else if v4.is_private() {
-                Some("private")
+                Some("a private address")
             } else if a == 100 && (64..128).contains(&b) {
-                Some("shared (carrier-grade NAT)")
+                Some("a shared address (carrier-grade NAT)")
             } else if v4.is_link_local() {
-                Some("link-local")
+                Some("a link-local address")
             } else if v4.is_multicast() {
-                Some("multicast")
+                Some("a multicast address")
             } else if a >= 240 {
-                Some("reserved")
+                Some("a reserved address")
             } else if v4.is_documentation() {
-                Some("documentation")
+                Some("a documentation address")
             } else if a == 198 && (b == 18 || b == 19) {
-                Some("benchmarking")
+                Some("a benchmarking address")
             } else if a == 192 && b == 0 && c == 0 {
-                Some("protocol-assignment")
+                Some("a protocol-assignment address")
             } else {
                 None
             }
         }
         IpAddr::V6(v6) => {
             let segments = v6.segments();
+            let bits = u128::from(v6);
             if v6.is_loopback() {
-                Some("loopback")
+                Some("a loopback address")
             } else if v6.is_unspecified() {
-                Some("unspecified (this machine)")
+                Some("an unspecified address (this machine)")
             } else if segments[0] & 0xfe00 == 0xfc00 || segments[0] & 0xffc0 == 0xfec0 {
-                Some("private")
+                Some("a private address")
             } else if segments[0] & 0xffc0 == 0xfe80 {
-                Some("link-local")
+                Some("a link-local address")
             } else if v6.is_multicast() {
-                Some("multicast")
+                Some("a multicast address")
             } else if segments[0] & 0xe000 != 0x2000 {
                 // Outside 2000::/3, the only block handed out for the internet: what else is
                 // reachable there (local NAT64 prefixes, SIIT, discard) is the network's own.
-                Some("reserved")
-            } else if segments[0] == 0x2001 && segments[1] == 0x0db8 {
-                Some("documentation")
+                Some("a reserved address")
+            } else if (segments[0] == 0x2001 && segments[1] == 0x0db8)
+                || (segments[0] == 0x3fff && segments[1] < 0x1000)
+            {
+                Some("a documentation address")
             } else if segments[0] == 0x2001 && segments[1] == 0 {
                 // Teredo: the client's IPv4 address is in it, obscured.
-                Some("tunnelled (Teredo)")
-            } else if segments[0] == 0x2001 && (segments[1] == 2 || segments[1] & 0xfff0 == 0x10) {
-                Some("reserved")
+                Some("a Teredo address")
+            } else if segments[0] == 0x2001
+                && segments[1] < 0x200
+                // The IETF protocol block, but for its anycast services and global blocks.
+                && !(bits == 0x2001_0001_0000_0000_0000_0000_0000_0001
+                    || bits == 0x2001_0001_0000_0000_0000_0000_0000_0002
+                    || segments[1] == 3
+                    || (segments[1] == 4 && segments[2] == 0x112)
+                    || (0x20..=0x3f).contains(&segments[1]))
+                || segments[0] == 0x5f00
+            {
+                Some("a reserved address")
             } else {
                 None
             }
@@ -216,9 +339,10 @@ fn restricted(address: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// An IPv6 address that carries an IPv4 one is judged as that IPv4 address, which is where it
-/// leads: mapped (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`, deprecated), translated by NAT64
-/// (`64:ff9b::a.b.c.d`) or 6to4 (`2002:aabb:ccdd::`).
+/// An IPv6 address that carries an IPv4 one in these forms is judged as that IPv4 address,
+/// which is where it leads: mapped (`::ffff:a.b.c.d`), compatible (`::a.b.c.d`, deprecated),
+/// translated by the well-known NAT64 prefix (`64:ff9b::a.b.c.d`), or 6to4 (`2002:aabb:ccdd::`).
+/// (A network's own NAT64 prefix is not known here; see docs/operations.md.)
 fn canonical(address: IpAddr) -> IpAddr {
     let IpAddr::V6(v6) = address else {
         return address;
@@ -239,56 +363,6 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
-/// Why a delivery is not made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// The receiver's address, or every address its name resolves to, is outside the permitted.
-    NotPermitted(String),
-    /// The name could not be resolved.
-    Unresolved(String),
-}
-
-impl std::fmt::Display for Refusal {
-    /// As the delivery log shows it: a refusal starts with `refused: `.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NotPermitted(problem) => write!(f, "refused: {problem}"),
-            Self::Unresolved(problem) => f.write_str(problem),
-        }
-    }
-}
-
-/// The addresses `name` resolves to that a receiver may be at; an error when there are none.
-async fn permitted_addresses(
-    destinations: &Destinations,
-    name: &str,
-) -> Result<Vec<SocketAddr>, Refusal> {
-    let found: Vec<SocketAddr> = tokio::net::lookup_host((name, 0))
-        .await
-        .map_err(|error| Refusal::Unresolved(format!("could not resolve {name}: {error}")))?
-        .collect();
-    let permitted: Vec<SocketAddr> = found
-        .iter()
-        .copied()
-        .filter(|address| destinations.permits(address.ip()))
-        .collect();
-    if permitted.is_empty() {
-        let Some(kind) = found
-            .iter()
-            .find_map(|address| restricted(canonical(address.ip())))
-        else {
-            return Err(Refusal::Unresolved(format!(
-                "could not resolve {name}: no address"
-            )));
-        };
-        return Err(Refusal::NotPermitted(format!(
-            "{name} resolves only to addresses receivers may not be at ({kind}); the operator \
-             may allow the network with `[webhooks] allow_networks`"
-        )));
-    }
-    Ok(permitted)
-}
-
 /// Resolves host names with the system's resolver and drops the addresses receivers may not be
 /// at; a name left with none fails the connection before anything is sent.
 pub(crate) struct Resolver {
@@ -299,9 +373,17 @@ impl reqwest::dns::Resolve for Resolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let destinations = self.destinations.clone();
         Box::pin(async move {
-            let permitted = permitted_addresses(&destinations, name.as_str())
-                .await
-                .map_err(|refusal| refusal.to_string())?;
+            let name = name.as_str().to_owned();
+            let refused = || Undeliverable::Name(name.clone()).to_string();
+            let found = destinations.lookup(&name).await.map_err(|_| refused())?;
+            let permitted: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|address| destinations.permits(*address))
+                .map(|address| SocketAddr::new(address, 0))
+                .collect();
+            if permitted.is_empty() {
+                return Err(refused().into());
+            }
             let addresses: reqwest::dns::Addrs = Box::new(permitted.into_iter());
             Ok(addresses)
         })
@@ -326,6 +408,11 @@ mod tests {
             "100.128.0.1",
             "2002:5db8:d822::1",
             "::ffff:8.8.8.8",
+            "2001:3::1",
+            "2001:4:112::1",
+            "2001:20::1",
+            "2001:1::1",
+            "2001:200::1",
         ] {
             assert!(destinations.permits(address(public)), "{public}");
         }
@@ -368,6 +455,10 @@ mod tests {
             "2001:2::1",
             "2001:10::1",
             "::2",
+            "2001:100::1",
+            "2001:1::3",
+            "3fff::1",
+            "5f00::1",
         ] {
             assert!(!destinations.permits(address(inside)), "{inside}");
         }
@@ -413,64 +504,154 @@ mod tests {
         assert!(local.url_problem("https://10.0.0.1/").is_some());
     }
 
+    /// Destinations that resolve names from `hosts` instead of the system's resolver.
+    fn resolving(destinations: Destinations, hosts: &[(&str, &[&str])]) -> Destinations {
+        destinations.resolving_from(
+            hosts
+                .iter()
+                .map(|(name, found)| {
+                    let found = found.iter().map(|text| address(text)).collect();
+                    ((*name).to_owned(), found)
+                })
+                .collect(),
+        )
+    }
+
+    const HOSTS: &[(&str, &[&str])] = &[
+        ("inside.example", &["127.0.0.1", "::1"]),
+        ("private.example", &["10.1.2.3"]),
+        ("mixed.example", &["10.1.2.3", "93.184.216.34"]),
+        ("public.example", &["93.184.216.34"]),
+    ];
+
     #[tokio::test]
     async fn deliveries_are_judged_by_what_names_resolve_to() {
-        let public = Destinations::public_only();
+        let public = resolving(Destinations::public_only(), HOSTS);
         let patience = Duration::from_secs(5);
         let refusal = public
             .delivery_problem("http://127.0.0.1:9/", patience)
-            .await;
+            .await
+            .unwrap();
         assert!(
-            matches!(&refusal, Some(Refusal::NotPermitted(problem)) if problem.contains("loopback")),
+            matches!(&refusal, Undeliverable::Address(problem) if problem.contains("loopback")),
             "{refusal:?}"
         );
-        assert!(refusal.unwrap().to_string().starts_with("refused: "));
+        assert!(refusal.to_string().starts_with("refused: url's host"));
+        for allowed in [
+            "https://93.184.216.34/",
+            "https://public.example/hooks",
+            "https://MIXED.example/",
+        ] {
+            assert_eq!(
+                public.delivery_problem(allowed, patience).await,
+                None,
+                "{allowed}"
+            );
+        }
+        // A name resolving only inside, and one that does not resolve, read alike: the log
+        // must not tell an agency which names the service's resolver knows.
+        let inside = public
+            .delivery_problem("https://inside.example/", patience)
+            .await
+            .unwrap();
+        let private = public
+            .delivery_problem("https://private.example/", patience)
+            .await
+            .unwrap();
+        let unknown = public
+            .delivery_problem("https://unknown.example/", patience)
+            .await
+            .unwrap();
+        assert_eq!(inside, Undeliverable::Name("inside.example".to_owned()));
+        assert_eq!(private, Undeliverable::Name("private.example".to_owned()));
+        assert_eq!(unknown, Undeliverable::Name("unknown.example".to_owned()));
+        assert!(
+            inside
+                .to_string()
+                .starts_with("refused: inside.example has no address")
+        );
         assert_eq!(
-            public
-                .delivery_problem("https://93.184.216.34/", patience)
+            private.to_string().replace("private", "unknown"),
+            unknown.to_string()
+        );
+        let here = resolving(Destinations::public_and_loopback(), HOSTS);
+        assert_eq!(
+            here.delivery_problem("https://inside.example/", patience)
                 .await,
             None
         );
-        let refusal = permitted_addresses(&public, "localhost").await.unwrap_err();
         assert!(
-            matches!(&refusal, Refusal::NotPermitted(problem) if problem.contains("loopback")),
-            "{refusal:?}"
-        );
-        assert!(
-            permitted_addresses(&Destinations::public_and_loopback(), "localhost")
+            here.delivery_problem("https://private.example/", patience)
                 .await
-                .is_ok()
+                .is_some()
         );
-        // A name that resolves to nothing is no refusal, and no delivery either.
-        let unresolved = public
-            .delivery_problem("https://receiver.invalid/", Duration::from_secs(2))
-            .await;
+    }
+
+    #[tokio::test]
+    async fn a_name_found_permitted_is_not_looked_up_again_for_a_while() {
+        let public = resolving(Destinations::public_only(), HOSTS);
+        let patience = Duration::from_secs(5);
+        assert_eq!(
+            public
+                .delivery_problem("https://public.example/", patience)
+                .await,
+            None
+        );
+        // The name now points inside: the check before the attempt goes by what it found a
+        // moment ago (the resolver judges the connection itself), until that expires.
+        let moved = public.clone().resolving_from(HashMap::from([(
+            "public.example".to_owned(),
+            vec![address("10.0.0.1")],
+        )]));
+        assert_eq!(
+            moved
+                .delivery_problem("https://public.example/", patience)
+                .await,
+            None
+        );
+        moved.permitted_names.lock().unwrap().insert(
+            "public.example".to_owned(),
+            Instant::now() - NAME_VERDICT_KEPT,
+        );
         assert!(
-            matches!(&unresolved, Some(Refusal::Unresolved(problem)) if problem.contains("receiver.invalid")),
-            "{unresolved:?}"
+            moved
+                .delivery_problem("https://public.example/", patience)
+                .await
+                .is_some()
         );
-        assert!(!unresolved.unwrap().to_string().starts_with("refused"));
     }
 
     #[tokio::test]
     async fn the_resolver_drops_addresses_receivers_may_not_be_at() {
         use reqwest::dns::Resolve;
         use std::str::FromStr;
-        let name = || reqwest::dns::Name::from_str("localhost").unwrap();
-        let refused = match Destinations::public_only().resolver().resolve(name()).await {
-            Ok(_) => panic!("localhost resolved while loopback is not allowed"),
+        let resolve = |destinations: &Destinations, name: &str| {
+            destinations
+                .resolver()
+                .resolve(reqwest::dns::Name::from_str(name).unwrap())
+        };
+        let public = resolving(Destinations::public_only(), HOSTS);
+        let refused = match resolve(&public, "inside.example").await {
+            Ok(_) => panic!("a name resolving only to loopback was resolved"),
             Err(error) => error.to_string(),
         };
-        assert!(refused.contains("refused: localhost"), "{refused}");
-        assert!(refused.contains("loopback"), "{refused}");
-        let found: Vec<SocketAddr> = Destinations::public_and_loopback()
-            .resolver()
-            .resolve(name())
+        assert!(
+            refused.starts_with("refused: inside.example has no address"),
+            "{refused}"
+        );
+        let found: Vec<SocketAddr> = resolve(&public, "mixed.example")
             .await
             .map_err(|error| error.to_string())
             .unwrap()
             .collect();
-        assert!(!found.is_empty());
+        assert_eq!(found, ["93.184.216.34:0".parse::<SocketAddr>().unwrap()]);
+        let here = resolving(Destinations::public_and_loopback(), HOSTS);
+        let found: Vec<SocketAddr> = resolve(&here, "inside.example")
+            .await
+            .map_err(|error| error.to_string())
+            .unwrap()
+            .collect();
+        assert_eq!(found.len(), 2);
         assert!(found.iter().all(|address| address.ip().is_loopback()));
     }
 }

@@ -154,8 +154,8 @@ impl Dispatcher {
         audit: Arc<dyn AuditLog>,
         body: EventBody,
         policy: Policy,
+        destinations: Destinations,
     ) -> Self {
-        let destinations = Destinations::public_only();
         Self {
             journeys,
             webhooks,
@@ -168,13 +168,6 @@ impl Dispatcher {
             unreadable: std::sync::Mutex::new(HashMap::new()),
             unreadable_changed: tokio::sync::Notify::new(),
         }
-    }
-
-    /// Lets receivers be at the addresses `destinations` permits (by default: public ones only).
-    pub fn receiving_at(mut self, destinations: Destinations) -> Self {
-        self.http = http_client(&self.policy, &destinations);
-        self.destinations = destinations;
-        self
     }
 
     /// Notes whether `webhook`'s events could be read (`None`) or not (with whether the cause
@@ -562,18 +555,19 @@ impl Dispatcher {
         // name cannot be resolved, gets no request, so no disclosure either: only the refusal
         // is logged, as a failed attempt. (The client's resolver judges a name again as it
         // connects.)
+        let judging = Instant::now();
         let judged = tokio::select! {
             judged = self.destinations.delivery_problem(&webhook.url, self.policy.timeout) => judged,
             // Nothing was sent: a stop while a name resolves is no attempt.
             _ = stopped(stop) => return Ok(Sent::Interrupted),
         };
-        if let Some(refusal) = judged {
+        if let Some(undeliverable) = judged {
             let outcome = if since_resume >= self.policy.max_attempts {
                 AttemptOutcome::Failed
             } else {
                 AttemptOutcome::Retrying
             };
-            let refusal = Attempt {
+            let refused = Attempt {
                 id: delivery,
                 webhook_id: webhook.id,
                 event_id: event.draft.id,
@@ -581,11 +575,17 @@ impl Dispatcher {
                 attempt,
                 at: Utc::now(),
                 status: None,
-                error: Some(refusal.to_string().chars().take(MAX_ERROR_TEXT).collect()),
-                duration_ms: 0,
+                error: Some(
+                    undeliverable
+                        .to_string()
+                        .chars()
+                        .take(MAX_ERROR_TEXT)
+                        .collect(),
+                ),
+                duration_ms: judging.elapsed().as_millis() as u64,
                 outcome,
             };
-            if let Err(error) = self.webhooks.log_attempt(refusal).await {
+            if let Err(error) = self.webhooks.log_attempt(refused).await {
                 tracing::warn!(webhook = %webhook.id, %error, "cannot log a webhook delivery attempt");
             }
             return Ok(Sent::Failed);
@@ -785,25 +785,40 @@ mod tests {
         port
     }
 
-    /// The delivery client resolves names through the destinations: `localhost` is not reached
-    /// while loopback is not allowed, and is once it is.
+    /// The delivery client resolves names through the destinations: a name of this machine is
+    /// not reached while loopback is not allowed, and is once it is.
     #[tokio::test]
     async fn the_delivery_client_connects_only_to_permitted_addresses() {
         let port = local_receiver().await;
-        let url = format!("http://localhost:{port}/");
+        let url = format!("http://receiver.example:{port}/");
+        let hosts = || {
+            HashMap::from([(
+                "receiver.example".to_owned(),
+                vec![std::net::IpAddr::from([127, 0, 0, 1])],
+            )])
+        };
         let policy = Policy::default();
-        let refused = http_client(&policy, &Destinations::public_only())
-            .post(&url)
-            .send()
-            .await
-            .expect_err("loopback is not allowed");
+        let refused = http_client(
+            &policy,
+            &Destinations::public_only().resolving_from(hosts()),
+        )
+        .post(&url)
+        .send()
+        .await
+        .expect_err("loopback is not allowed");
         let described = describe(&refused, policy.timeout);
-        assert!(described.contains("refused: localhost"), "{described}");
-        let answer = http_client(&policy, &Destinations::public_and_loopback())
-            .post(&url)
-            .send()
-            .await
-            .expect("loopback is allowed");
+        assert!(
+            described.contains("refused: receiver.example has no address"),
+            "{described}"
+        );
+        let answer = http_client(
+            &policy,
+            &Destinations::public_and_loopback().resolving_from(hosts()),
+        )
+        .post(&url)
+        .send()
+        .await
+        .expect("loopback is allowed");
         assert_eq!(answer.status(), reqwest::StatusCode::OK);
     }
 }

@@ -184,8 +184,8 @@ impl Application {
                 self.audit.clone(),
                 Arc::new(travelmap_api::routes::webhooks::delivery_body),
                 self.webhook_policy,
+                self.webhook_destinations.clone(),
             )
-            .receiving_at(self.webhook_destinations.clone())
             .delivering_to({
                 let authenticator = self.authenticator.clone();
                 Arc::new(move |agency| authenticator.declares(agency))

@@ -495,14 +495,14 @@ pub async fn resume(
         logged(Some(format!("no webhook {id} of the caller's agency"))),
     )
     .await?;
+    // Resumed, it would only be refused again at every attempt until it is paused anew.
+    if let Some(problem) = state.webhook_destinations.url_problem(&webhook.url) {
+        return Err(ApiError::new(
+            Code::ValidationFailed,
+            format!("the webhook cannot be resumed: its {problem}"),
+        ));
+    }
     if webhook.state != stored::State::Active {
-        // Resumed, it would only be refused again at every attempt until it is paused anew.
-        if let Some(problem) = state.webhook_destinations.url_problem(&webhook.url) {
-            return Err(ApiError::new(
-                Code::ValidationFailed,
-                format!("the webhook cannot be resumed: its {problem}"),
-            ));
-        }
         let mut entry = context.record(
             &caller,
             Outcome::Allowed,
