@@ -868,6 +868,9 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("imported 4 events (0 already recorded)")
     );
+    // The import was the first thing written here, audit entries included: the key that signs
+    // the trail's checkpoints was made with them, so a first start does not take it for lost.
+    assert!(data.join("audit-signing.key").is_file());
     let output = run(&["import", good.to_str().unwrap()], &data);
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("imported 0 events (4 already recorded)")
@@ -899,6 +902,31 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     };
     let before = replay(&data);
     assert_eq!(before["events"].as_array().unwrap().len(), 4);
+    // A reader that stops early (`| head`) ends a replay quietly.
+    for format in [&[][..], &["--json"][..]] {
+        let mut replaying = travelmap_command()
+            .args(["replay", "--client", &client.to_string()])
+            .args(format)
+            .arg("--data-dir")
+            .arg(&data)
+            .env_remove("TRAVELMAP_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(replaying.stdout.take());
+        let output = replaying.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     assert_eq!(
         before["events"][0]["agency"], "local",
         "imported without config: the local credential"

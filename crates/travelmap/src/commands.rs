@@ -723,17 +723,36 @@ pub async fn replay(
     let now = as_of.unwrap_or_else(Utc::now);
     let map = ClientState::from_history(client, events.iter().cloned()).travel_map(now);
     let mut out = std::io::stdout().lock();
-    if json {
+    let written = if json {
         let history: Vec<Recorded> = events.iter().map(Recorded::from).collect();
         serde_json::to_writer_pretty(
             &mut out,
             &serde_json::json!({"client_id": client, "events": history, "travel_map": map}),
-        )?;
-        writeln!(out)?;
-        return Ok(());
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(writeln!(out)?))
+    } else {
+        write_replay(&mut out, client, as_of, now, &events, &map)
+    };
+    // A reader that had enough (`| head`, a pager quit early) is no failure: the replay was
+    // made and logged; what it did not read is simply not shown.
+    match written {
+        Err(error) if closed_output(&error) => Ok(()),
+        written => written,
     }
-    write_replay(&mut out, client, as_of, now, &events, &map)?;
-    Ok(())
+}
+
+/// Whether `error` is a write to an output whose reader has gone.
+fn closed_output(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == Some(std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The text form of a replay: every event as recorded (its id, who recorded it, when it

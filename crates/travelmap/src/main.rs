@@ -381,6 +381,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             application.run_until(app::shutdown_signal()).await
         }
         Command::Import { file, credential } => {
+            // An import may be the first thing written to a new data directory, entries in the
+            // audit trail included: its checkpoint key is made now, as a first start makes it,
+            // or the first start after would take the key as lost beside a trail with entries.
+            if matches!(location, travelmap_store::Location::Embedded(_)) {
+                settings::checkpoint_key(
+                    config
+                        .as_ref()
+                        .and_then(|(_, file)| file.audit_signing_key_file.as_deref()),
+                    &data_dir,
+                )?;
+            }
             let (provenance, kind, authenticator) =
                 match import_provenance(config.as_ref(), credential.as_deref(), &location) {
                     Ok(acting) => acting,
