@@ -373,17 +373,7 @@ async fn spawn_app_delivering(
     policy: travelmap_webhooks::Policy,
     declared: Option<&[&str]>,
 ) -> TestApp {
-    let location = backend.location(data_dir.path());
-    spawn_app_full(
-        data_dir,
-        location,
-        travelmap_api::DEFAULT_BREAK_GLASS,
-        Default::default(),
-        Coordination::default(),
-        (policy, receivers_here()),
-        declared,
-    )
-    .await
+    spawn_app_receiving(backend, data_dir, (policy, receivers_here()), declared).await
 }
 
 /// Starts the application on `backend` with webhook receivers allowed only at `destinations`.
@@ -393,6 +383,15 @@ pub async fn spawn_app_receiving_at(
     policy: travelmap_webhooks::Policy,
     destinations: travelmap_webhooks::Destinations,
 ) -> TestApp {
+    spawn_app_receiving(backend, data_dir, (policy, destinations), None).await
+}
+
+async fn spawn_app_receiving(
+    backend: &Backend,
+    data_dir: TempDir,
+    webhooks: (travelmap_webhooks::Policy, travelmap_webhooks::Destinations),
+    declared: Option<&[&str]>,
+) -> TestApp {
     let location = backend.location(data_dir.path());
     spawn_app_full(
         data_dir,
@@ -400,8 +399,8 @@ pub async fn spawn_app_receiving_at(
         travelmap_api::DEFAULT_BREAK_GLASS,
         Default::default(),
         Coordination::default(),
-        (policy, destinations),
-        None,
+        webhooks,
+        declared,
     )
     .await
 }
