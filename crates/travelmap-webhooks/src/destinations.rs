@@ -35,7 +35,8 @@ const NAME_VERDICTS_KEPT: usize = 1024;
 #[derive(Debug, Clone, Default)]
 pub struct Destinations {
     allowed: Arc<Vec<IpNet>>,
-    /// Names lately found to resolve to a permitted address, with when.
+    /// Names lately found to resolve to a permitted address, with until when that is taken to
+    /// hold.
     permitted_names: Arc<Mutex<HashMap<String, Instant>>>,
     /// Answers the tests give in place of the system's resolver.
     #[cfg(test)]
@@ -190,9 +191,7 @@ impl Destinations {
             .permitted_names
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        names
-            .get(name)
-            .is_some_and(|at| at.elapsed() < NAME_VERDICT_KEPT)
+        names.get(name).is_some_and(|until| *until > Instant::now())
     }
 
     fn note_permitted(&self, name: String) {
@@ -200,12 +199,22 @@ impl Destinations {
             .permitted_names
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
         if names.len() >= NAME_VERDICTS_KEPT {
-            names.retain(|_, at| at.elapsed() < NAME_VERDICT_KEPT);
+            names.retain(|_, until| *until > now);
         }
         if names.len() < NAME_VERDICTS_KEPT {
-            names.insert(name, Instant::now());
+            names.insert(name, now + NAME_VERDICT_KEPT);
         }
+    }
+
+    /// Drops what was noted of `name`: the resolver found it has no permitted address now, and
+    /// the check before the next attempt must not go by the earlier verdict.
+    fn forget_permitted(&self, name: &str) {
+        self.permitted_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(name);
     }
 
     /// These destinations, resolving names from `hosts` instead of the system's resolver.
@@ -268,7 +277,7 @@ fn literal(host: &str) -> Option<IpAddr> {
 /// loopback, private, shared (carrier-grade NAT), link-local (which holds cloud metadata
 /// endpoints), unspecified (which reaches this machine), multicast, broadcast, the blocks
 /// reserved for documentation, benchmarking, protocols and future use, and IPv6 outside global
-/// unicast (the same blocks as the standard library's unstable `is_global`).
+/// unicast (`2000::/3`), with the exceptions inside it that IANA lists as not global.
 fn restricted(address: IpAddr) -> Option<&'static str> {
     match address {
         IpAddr::V4(v4) => {
@@ -324,12 +333,12 @@ fn restricted(address: IpAddr) -> Option<&'static str> {
             } else if segments[0] == 0x2001
                 && segments[1] < 0x200
                 // The IETF protocol block, but for its anycast services and global blocks.
-                && !(bits == 0x2001_0001_0000_0000_0000_0000_0000_0001
-                    || bits == 0x2001_0001_0000_0000_0000_0000_0000_0002
+                && !((0x2001_0001_0000_0000_0000_0000_0000_0001
+                    ..=0x2001_0001_0000_0000_0000_0000_0000_0003)
+                    .contains(&bits)
                     || segments[1] == 3
                     || (segments[1] == 4 && segments[2] == 0x112)
                     || (0x20..=0x3f).contains(&segments[1]))
-                || segments[0] == 0x5f00
             {
                 Some("a reserved address")
             } else {
@@ -375,13 +384,15 @@ impl reqwest::dns::Resolve for Resolver {
         Box::pin(async move {
             let name = name.as_str().to_owned();
             let refused = || Undeliverable::Name(name.clone()).to_string();
-            let found = destinations.lookup(&name).await.map_err(|_| refused())?;
+            let found = destinations.lookup(&name).await.unwrap_or_default();
             let permitted: Vec<SocketAddr> = found
                 .into_iter()
                 .filter(|address| destinations.permits(*address))
                 .map(|address| SocketAddr::new(address, 0))
                 .collect();
             if permitted.is_empty() {
+                // The name changed since the check before this attempt went by it.
+                destinations.forget_permitted(&name);
                 return Err(refused().into());
             }
             let addresses: reqwest::dns::Addrs = Box::new(permitted.into_iter());
@@ -412,6 +423,7 @@ mod tests {
             "2001:4:112::1",
             "2001:20::1",
             "2001:1::1",
+            "2001:1::3",
             "2001:200::1",
         ] {
             assert!(destinations.permits(address(public)), "{public}");
@@ -456,7 +468,7 @@ mod tests {
             "2001:10::1",
             "::2",
             "2001:100::1",
-            "2001:1::3",
+            "2001:1::4",
             "3fff::1",
             "5f00::1",
         ] {
@@ -589,36 +601,66 @@ mod tests {
 
     #[tokio::test]
     async fn a_name_found_permitted_is_not_looked_up_again_for_a_while() {
+        use reqwest::dns::Resolve;
+        use std::str::FromStr;
         let public = resolving(Destinations::public_only(), HOSTS);
         let patience = Duration::from_secs(5);
-        assert_eq!(
-            public
-                .delivery_problem("https://public.example/", patience)
-                .await,
-            None
-        );
+        let url = "https://public.example/";
+        assert_eq!(public.delivery_problem(url, patience).await, None);
         // The name now points inside: the check before the attempt goes by what it found a
-        // moment ago (the resolver judges the connection itself), until that expires.
+        // moment ago, and the resolver judges the connection itself...
         let moved = public.clone().resolving_from(HashMap::from([(
             "public.example".to_owned(),
             vec![address("10.0.0.1")],
         )]));
-        assert_eq!(
-            moved
-                .delivery_problem("https://public.example/", patience)
-                .await,
-            None
-        );
-        moved.permitted_names.lock().unwrap().insert(
-            "public.example".to_owned(),
-            Instant::now() - NAME_VERDICT_KEPT,
-        );
+        assert_eq!(moved.delivery_problem(url, patience).await, None);
+        let name = reqwest::dns::Name::from_str("public.example").unwrap();
+        assert!(moved.resolver().resolve(name).await.is_err());
+        // ...and, refusing it, makes the next check look again.
+        assert!(moved.delivery_problem(url, patience).await.is_some());
+
+        // A verdict counts until its time is up, and not after.
+        let noted = |until: Instant| {
+            public
+                .permitted_names
+                .lock()
+                .unwrap()
+                .insert("private.example".to_owned(), until);
+        };
+        noted(Instant::now() + Duration::from_secs(30));
+        let private = "https://private.example/";
+        assert_eq!(public.delivery_problem(private, patience).await, None);
+        noted(Instant::now());
+        assert!(public.delivery_problem(private, patience).await.is_some());
+    }
+
+    /// The system's resolver is what names are asked of outside these tests.
+    #[tokio::test]
+    async fn names_are_asked_of_the_system_resolver() {
+        use reqwest::dns::Resolve;
+        use std::str::FromStr;
+        let localhost = || reqwest::dns::Name::from_str("localhost").unwrap();
+        let refused = match Destinations::public_only()
+            .resolver()
+            .resolve(localhost())
+            .await
+        {
+            Ok(_) => panic!("localhost resolved while loopback is not allowed"),
+            Err(error) => error.to_string(),
+        };
         assert!(
-            moved
-                .delivery_problem("https://public.example/", patience)
-                .await
-                .is_some()
+            refused.starts_with("refused: localhost has no address"),
+            "{refused}"
         );
+        let found: Vec<SocketAddr> = Destinations::public_and_loopback()
+            .resolver()
+            .resolve(localhost())
+            .await
+            .map_err(|error| error.to_string())
+            .unwrap()
+            .collect();
+        assert!(!found.is_empty());
+        assert!(found.iter().all(|address| address.ip().is_loopback()));
     }
 
     #[tokio::test]

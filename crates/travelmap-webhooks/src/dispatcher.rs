@@ -555,7 +555,6 @@ impl Dispatcher {
         // name cannot be resolved, gets no request, so no disclosure either: only the refusal
         // is logged, as a failed attempt. (The client's resolver judges a name again as it
         // connects.)
-        let judging = Instant::now();
         let judged = tokio::select! {
             judged = self.destinations.delivery_problem(&webhook.url, self.policy.timeout) => judged,
             // Nothing was sent: a stop while a name resolves is no attempt.
@@ -582,7 +581,9 @@ impl Dispatcher {
                         .take(MAX_ERROR_TEXT)
                         .collect(),
                 ),
-                duration_ms: judging.elapsed().as_millis() as u64,
+                // No request was made. The time spent judging is not shown: it would tell an
+                // agency how the service's resolver answered, which the text does not.
+                duration_ms: 0,
                 outcome,
             };
             if let Err(error) = self.webhooks.log_attempt(refused).await {
