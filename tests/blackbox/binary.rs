@@ -868,9 +868,17 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("imported 4 events (0 already recorded)")
     );
-    // The import was the first thing written here, audit entries included: the key that signs
-    // the trail's checkpoints was made with them, so a first start does not take it for lost.
-    assert!(data.join("audit-signing.key").is_file());
+    // Imports made the store here, audit entries included: the key that signs the trail's
+    // checkpoints was made with it, so a first start does not take it for lost. A key missing beside an existing store is
+    // not made again by an import: that is for a start to report.
+    let signing_key = data.join("audit-signing.key");
+    assert!(signing_key.is_file());
+    let kept = std::fs::read(&signing_key).unwrap();
+    std::fs::remove_file(&signing_key).unwrap();
+    let output = run(&["import", good.to_str().unwrap()], &data);
+    assert!(output.status.success());
+    assert!(!signing_key.exists());
+    std::fs::write(&signing_key, kept).unwrap();
     let output = run(&["import", good.to_str().unwrap()], &data);
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("imported 0 events (4 already recorded)")

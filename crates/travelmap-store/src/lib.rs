@@ -88,7 +88,7 @@ pub enum Error {
     /// way, or one into a database that already held a store, leaves behind. Appends would fail
     /// on every attempt, so the store is refused rather than served.
     #[error(
-        "the database is inconsistent: {0} (a restore that failed part way, or one into a database that was not empty? see docs/operations.md, \"PostgreSQL\" or \"Backup and restore (embedded store)\")"
+        "the database is inconsistent: {0} (a restore that failed part way, or one into a database that was not empty? see docs/operations.md, \"PostgreSQL\")"
     )]
     Inconsistent(String),
     /// One file of the embedded store could not be opened: which one, and why. (Told apart so

@@ -40,7 +40,8 @@ pub async fn import(
     provenance: Provenance,
     kind: Option<AgencyKind>,
     authenticator: Option<&Authenticator>,
-    // Called only once the file is valid: a refused file leaves no generated key behind.
+    // Called only once the file is valid, before the store is opened: a refused file leaves no
+    // generated key behind (the master key, and for a new store the checkpoint key).
     masters: impl FnOnce() -> Result<MasterKeys, crate::settings::Error>,
 ) -> anyhow::Result<()> {
     let open = || -> anyhow::Result<BufReader<std::fs::File>> {
