@@ -640,11 +640,12 @@ fn a_damaged_store_file_is_named() {
     assert!(stderr.contains("projections.sqlite: "), "{stderr}");
 }
 
-/// A checkpoint-signing key made again for a trail that already holds entries (its file lost,
-/// or not restored with the data) is said out loud: checkpoints signed before would no longer
-/// verify, which looks like tampering.
+/// A checkpoint-signing key made again for a trail whose checkpoints were handed out (its file
+/// lost, or not restored with the data) is said out loud: those checkpoints would no longer
+/// verify, which looks like tampering. A trail that never gave one (written by an import, or a
+/// server nobody asked for a checkpoint) loses nothing, and no alarm is raised.
 #[tokio::test]
-async fn a_signing_key_made_again_for_a_trail_with_entries_is_reported() {
+async fn a_signing_key_made_again_for_a_trail_with_checkpoints_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let data = dir.path().join("data");
@@ -652,44 +653,77 @@ async fn a_signing_key_made_again_for_a_trail_with_entries_is_reported() {
     assert_eq!(post_many(&server.address, Uuid::new_v4(), 1).await.len(), 1);
     server.signal("TERM");
     assert!(server.wait().success());
-    std::fs::remove_file(data.join("audit-signing.key")).unwrap();
+    let signing_key = data.join("audit-signing.key");
+    std::fs::remove_file(&signing_key).unwrap();
 
-    let log = dir.path().join("serve.log");
-    let port = free_port();
-    let mut again = travelmap_command()
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(&data)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("TRAVELMAP_CONFIG")
-        .env_remove("TRAVELMAP_STORE")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let http = reqwest::Client::new();
-    let mut up = false;
-    for _ in 0..200 {
-        if let Ok(response) = http
-            .get(format!("http://127.0.0.1:{port}/healthz"))
-            .send()
-            .await
-            && response.status() == StatusCode::OK
-        {
-            up = true;
-            break;
+    // Serves until `then` is done with its address; returns what it logged.
+    async fn serve_logged<F: std::future::Future<Output = ()>>(
+        data: &Path,
+        config: &Path,
+        log: &Path,
+        then: impl FnOnce(String) -> F,
+    ) -> String {
+        let port = free_port();
+        let mut serving = travelmap_command()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data)
+            .arg("--config")
+            .arg(config)
+            .env_remove("TRAVELMAP_CONFIG")
+            .env_remove("TRAVELMAP_STORE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        let address = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let mut up = false;
+        for _ in 0..200 {
+            if let Ok(response) = http.get(format!("{address}/healthz")).send().await
+                && response.status() == StatusCode::OK
+            {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        if up {
+            then(address).await;
+        }
+        let _ = serving.kill();
+        let _ = serving.wait();
+        assert!(up, "the server started");
+        std::fs::read_to_string(log).unwrap()
     }
-    let _ = again.kill();
-    let _ = again.wait();
-    assert!(up, "the server started");
-    let logged = std::fs::read_to_string(&log).unwrap();
+
+    // No checkpoint was ever handed out: nothing signed with the lost key exists.
+    let logged = serve_logged(
+        &data,
+        &config,
+        &dir.path().join("first.log"),
+        |address| async move {
+            let checkpoint = reqwest::Client::new()
+                .get(format!("{address}/v1/audit/checkpoint"))
+                .bearer_auth(AUDITOR)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(checkpoint.status(), StatusCode::OK);
+        },
+    )
+    .await;
+    assert!(
+        !logged.contains("generated a new checkpoint-signing key"),
+        "{logged}"
+    );
+    // One was handed out then, signed with the key now lost too.
+    std::fs::remove_file(&signing_key).unwrap();
+    let logged = serve_logged(&data, &config, &dir.path().join("second.log"), |_| async {}).await;
     assert!(
         logged.contains("generated a new checkpoint-signing key"),
         "{logged}"
@@ -868,17 +902,6 @@ async fn import_validates_the_whole_file_then_loads_it_idempotently_and_rebuild_
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("imported 4 events (0 already recorded)")
     );
-    // Imports made the store here, audit entries included: the key that signs the trail's
-    // checkpoints was made with it, so a first start does not take it for lost. A key missing beside an existing store is
-    // not made again by an import: that is for a start to report.
-    let signing_key = data.join("audit-signing.key");
-    assert!(signing_key.is_file());
-    let kept = std::fs::read(&signing_key).unwrap();
-    std::fs::remove_file(&signing_key).unwrap();
-    let output = run(&["import", good.to_str().unwrap()], &data);
-    assert!(output.status.success());
-    assert!(!signing_key.exists());
-    std::fs::write(&signing_key, kept).unwrap();
     let output = run(&["import", good.to_str().unwrap()], &data);
     assert!(
         String::from_utf8_lossy(&output.stdout).contains("imported 0 events (4 already recorded)")

@@ -96,20 +96,36 @@ impl Application {
         };
         let journeys = Arc::new(Journeys::new(store.log(), store.views(), keyring).await?);
         let audit = settings.audit_override.unwrap_or_else(|| store.audit());
-        // A key made now for a trail that already holds entries is not the key earlier
-        // checkpoints were signed with (its file was lost, or not restored with the data): they
-        // would no longer verify against `audit public-key`, as if the trail had been altered.
+        // A key made now for a trail whose checkpoints were handed out before is not the key they
+        // were signed with (its file was lost, or not restored with the data): they would no
+        // longer verify against `audit public-key`, as if the trail had been altered. Only the
+        // checkpoint endpoint signs, and every checkpoint it gives is in the trail; a trail
+        // written without ever giving one (by `import`, before a first start) lost nothing.
         if let Some(generated) = crate::settings::generated_signing_key() {
             let (entries, _) = audit
                 .head()
                 .await
                 .context("reading the audit trail's head")?;
-            if entries > 0 {
+            let signed = if entries > 0 {
+                audit
+                    .read_action(travelmap_api::routes::audit::CHECKPOINT_ACTION)
+                    .await
+                    .context("reading the audit trail's checkpoints")?
+                    .iter()
+                    .filter(|entry| {
+                        entry.record.outcome == travelmap_domain::audit::Outcome::Allowed
+                    })
+                    .count()
+            } else {
+                0
+            };
+            if signed > 0 {
                 tracing::error!(
                     key = %generated.display(),
                     entries,
-                    "generated a new checkpoint-signing key for an audit trail that already holds \
-                     entries: checkpoints signed before with the earlier key will not verify \
+                    checkpoints = signed,
+                    "generated a new checkpoint-signing key for an audit trail whose checkpoints \
+                     were handed out before: those signed with the earlier key will not verify \
                      against this one. If that key's file was lost or not restored, stop the \
                      service and put it back (see docs/operations.md)"
                 );

@@ -40,8 +40,7 @@ pub async fn import(
     provenance: Provenance,
     kind: Option<AgencyKind>,
     authenticator: Option<&Authenticator>,
-    // Called only once the file is valid, before the store is opened: a refused file leaves no
-    // generated key behind (the master key, and for a new store the checkpoint key).
+    // Called only once the file is valid: a refused file leaves no generated key behind.
     masters: impl FnOnce() -> Result<MasterKeys, crate::settings::Error>,
 ) -> anyhow::Result<()> {
     let open = || -> anyhow::Result<BufReader<std::fs::File>> {

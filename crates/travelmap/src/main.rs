@@ -381,23 +381,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             application.run_until(app::shutdown_signal()).await
         }
         Command::Import { file, credential } => {
-            // An import may be the first thing written to a new data directory, entries in the
-            // audit trail included: its checkpoint key is made with the store, as a first start
-            // makes it, or the first start after would take the key as lost beside a trail with
-            // entries. Only for a new store (a key missing beside an existing one is for `serve`
-            // to report) and only where no key file is configured (nothing to make then).
-            let new_store = matches!(location, travelmap_store::Location::Embedded(_))
-                && commands::existing_store(&location).is_err();
-            let key_configured = config
-                .as_ref()
-                .is_some_and(|(_, file)| file.audit_signing_key_file.is_some());
-            let keys = || {
-                let masters = masters()?;
-                if new_store && !key_configured {
-                    settings::checkpoint_key(None, &data_dir)?;
-                }
-                Ok(masters)
-            };
             let (provenance, kind, authenticator) =
                 match import_provenance(config.as_ref(), credential.as_deref(), &location) {
                     Ok(acting) => acting,
@@ -420,7 +403,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 provenance,
                 kind,
                 authenticator.as_ref(),
-                keys,
+                masters,
             )
             .await
         }
