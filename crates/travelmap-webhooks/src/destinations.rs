@@ -393,6 +393,10 @@ impl reqwest::dns::Resolve for Resolver {
             if permitted.is_empty() {
                 // The name changed since the check before this attempt went by it.
                 destinations.forget_permitted(&name);
+                tracing::info!(
+                    host = %name,
+                    "a webhook receiver's name resolves to no allowed address now; refused as it connects"
+                );
                 return Err(refused().into());
             }
             let addresses: reqwest::dns::Addrs = Box::new(permitted.into_iter());

@@ -555,6 +555,8 @@ impl Dispatcher {
         // name cannot be resolved, gets no request, so no disclosure either: only the refusal
         // is logged, as a failed attempt. (The client's resolver judges a name again as it
         // connects.)
+        // Taken before judging: the log must not tell how long the service's resolver took.
+        let at = Utc::now();
         let judged = tokio::select! {
             judged = self.destinations.delivery_problem(&webhook.url, self.policy.timeout) => judged,
             // Nothing was sent: a stop while a name resolves is no attempt.
@@ -572,7 +574,7 @@ impl Dispatcher {
                 event_id: event.draft.id,
                 position: event.meta.position,
                 attempt,
-                at: Utc::now(),
+                at,
                 status: None,
                 error: Some(
                     undeliverable
