@@ -640,21 +640,26 @@ fn a_damaged_store_file_is_named() {
     assert!(stderr.contains("projections.sqlite: "), "{stderr}");
 }
 
-/// A checkpoint-signing key made again for a trail whose checkpoints were handed out (its file
-/// lost, or not restored with the data) is said out loud: those checkpoints would no longer
-/// verify, which looks like tampering. A trail that never gave one (written by an import, or a
-/// server nobody asked for a checkpoint) loses nothing, and no alarm is raised.
+/// A checkpoint-signing key made again for a trail a server wrote to (its file lost, or not
+/// restored with the data) is said out loud: the checkpoints it signed, and the public key
+/// auditors took, would no longer verify, which looks like tampering. A trail written only by
+/// an import before the first start had no key to lose, and no alarm is raised.
 #[tokio::test]
-async fn a_signing_key_made_again_for_a_trail_with_checkpoints_is_reported() {
+async fn a_signing_key_made_again_for_a_trail_a_server_wrote_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
     let data = dir.path().join("data");
-    let server = Server::start(&data, Some(&config)).await;
-    assert_eq!(post_many(&server.address, Uuid::new_v4(), 1).await.len(), 1);
-    server.signal("TERM");
-    assert!(server.wait().success());
-    let signing_key = data.join("audit-signing.key");
-    std::fs::remove_file(&signing_key).unwrap();
+    let file = dir.path().join("events.jsonl");
+    let client = Uuid::new_v4();
+    let registered = sample_event(client, "client.registered", "2025-01-01T09:00:00Z");
+    std::fs::write(&file, format!("{registered}\n")).unwrap();
+    let output = import_as(&file, "opava-prison-system", &config, &data);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!data.join("audit-signing.key").exists());
 
     // Serves until `then` is done with its address; returns what it logged.
     async fn serve_logged<F: std::future::Future<Output = ()>>(
@@ -664,7 +669,7 @@ async fn a_signing_key_made_again_for_a_trail_with_checkpoints_is_reported() {
         then: impl FnOnce(String) -> F,
     ) -> String {
         let port = free_port();
-        let mut serving = travelmap_command()
+        let child = travelmap_command()
             .args([
                 "serve",
                 "--listen",
@@ -680,11 +685,18 @@ async fn a_signing_key_made_again_for_a_trail_with_checkpoints_is_reported() {
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
-        let address = format!("http://127.0.0.1:{port}");
+        // Killed when dropped, a failed assertion in `then` included.
+        let mut serving = Server {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        };
         let http = reqwest::Client::new();
         let mut up = false;
         for _ in 0..200 {
-            if let Ok(response) = http.get(format!("{address}/healthz")).send().await
+            if let Ok(response) = http
+                .get(format!("{}/healthz", serving.address))
+                .send()
+                .await
                 && response.status() == StatusCode::OK
             {
                 up = true;
@@ -692,16 +704,17 @@ async fn a_signing_key_made_again_for_a_trail_with_checkpoints_is_reported() {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        if up {
-            then(address).await;
-        }
-        let _ = serving.kill();
-        let _ = serving.wait();
         assert!(up, "the server started");
+        assert!(
+            serving.child.try_wait().unwrap().is_none(),
+            "our server answered"
+        );
+        then(serving.address.clone()).await;
+        drop(serving);
         std::fs::read_to_string(log).unwrap()
     }
 
-    // No checkpoint was ever handed out: nothing signed with the lost key exists.
+    // The first start after the import: no key was ever made, none is lost.
     let logged = serve_logged(
         &data,
         &config,
@@ -721,8 +734,8 @@ async fn a_signing_key_made_again_for_a_trail_with_checkpoints_is_reported() {
         !logged.contains("generated a new checkpoint-signing key"),
         "{logged}"
     );
-    // One was handed out then, signed with the key now lost too.
-    std::fs::remove_file(&signing_key).unwrap();
+    // That server wrote to the trail, and signed a checkpoint, with the key now lost.
+    std::fs::remove_file(data.join("audit-signing.key")).unwrap();
     let logged = serve_logged(&data, &config, &dir.path().join("second.log"), |_| async {}).await;
     assert!(
         logged.contains("generated a new checkpoint-signing key"),

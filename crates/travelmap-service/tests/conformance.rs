@@ -605,6 +605,7 @@ async fn the_audit_trail_is_one_chain(place: &Place) {
     {
         let store = place.open().await;
         let audit = store.audit();
+        assert!(!audit.any_action_outside("travelmap ").await.unwrap());
         let mut writers = Vec::new();
         for writer in 0..16 {
             let (audit, clients) = (audit.clone(), clients.clone());
@@ -649,6 +650,23 @@ async fn the_audit_trail_is_one_chain(place: &Place) {
             .unwrap()
             .0,
         162
+    );
+    // Whether any entry's action falls outside a prefix (the start-up check of a server that
+    // had to make a new checkpoint key asks it of the offline commands' `travelmap `).
+    assert!(
+        store
+            .audit()
+            .any_action_outside("travelmap ")
+            .await
+            .unwrap()
+    );
+    assert!(!store.audit().any_action_outside("GET /v1/").await.unwrap());
+    assert!(
+        store
+            .audit()
+            .any_action_outside("GET /v1/events")
+            .await
+            .unwrap()
     );
     let of_one = store.audit().read_client(clients[0]).await.unwrap();
     assert_eq!(of_one.len(), 41);

@@ -521,6 +521,9 @@ pub trait AuditLog: Send + Sync {
     /// such rows (every read asks for entries from 1 on), so only a hand outside the service
     /// can have put them there; verification counts them as a break.
     async fn before_the_first(&self) -> Result<u64>;
+    /// Whether any entry's action does not start with `prefix` (the offline commands' actions
+    /// all start with `travelmap `: whether a serving process wrote to the trail).
+    async fn any_action_outside(&self, prefix: &str) -> Result<bool>;
 }
 
 /// Appends `records`, retrying a failed append with growing pauses for up to `patience`. For
@@ -580,6 +583,10 @@ impl AuditLog for DiscardedAudit {
     }
     async fn before_the_first(&self) -> Result<u64> {
         Ok(0)
+    }
+
+    async fn any_action_outside(&self, _prefix: &str) -> Result<bool> {
+        Ok(false)
     }
 }
 

@@ -96,39 +96,29 @@ impl Application {
         };
         let journeys = Arc::new(Journeys::new(store.log(), store.views(), keyring).await?);
         let audit = settings.audit_override.unwrap_or_else(|| store.audit());
-        // A key made now for a trail whose checkpoints were handed out before is not the key they
-        // were signed with (its file was lost, or not restored with the data): they would no
-        // longer verify against `audit public-key`, as if the trail had been altered. Only the
-        // checkpoint endpoint signs, and every checkpoint it gives is in the trail; a trail
-        // written without ever giving one (by `import`, before a first start) lost nothing.
+        // A key made now for a trail a server wrote to before is not the key that server had
+        // (its file was lost, or not restored with the data): the checkpoints it signed, and
+        // the public key auditors took from it, would no longer verify, as if the trail had been
+        // altered. A trail written only by offline commands (an `import` before a first start;
+        // their actions start with `travelmap `) had no key to lose. A check that cannot be made
+        // is said, and does not stop the start.
         if let Some(generated) = crate::settings::generated_signing_key() {
-            let (entries, _) = audit
-                .head()
-                .await
-                .context("reading the audit trail's head")?;
-            let signed = if entries > 0 {
-                audit
-                    .read_action(travelmap_api::routes::audit::CHECKPOINT_ACTION)
-                    .await
-                    .context("reading the audit trail's checkpoints")?
-                    .iter()
-                    .filter(|entry| {
-                        entry.record.outcome == travelmap_domain::audit::Outcome::Allowed
-                    })
-                    .count()
-            } else {
-                0
-            };
-            if signed > 0 {
-                tracing::error!(
+            match audit.any_action_outside("travelmap ").await {
+                Ok(false) => {}
+                Ok(true) => tracing::error!(
                     key = %generated.display(),
-                    entries,
-                    checkpoints = signed,
-                    "generated a new checkpoint-signing key for an audit trail whose checkpoints \
-                     were handed out before: those signed with the earlier key will not verify \
-                     against this one. If that key's file was lost or not restored, stop the \
-                     service and put it back (see docs/operations.md)"
-                );
+                    "generated a new checkpoint-signing key for an audit trail a server wrote to \
+                     before: checkpoints signed with the earlier key, and its public key as \
+                     auditors took it, will not verify against this one. If that key's file was \
+                     lost or not restored, stop the service and put it back (see \
+                     docs/operations.md)"
+                ),
+                Err(error) => tracing::error!(
+                    key = %generated.display(), %error,
+                    "generated a new checkpoint-signing key, and cannot tell whether a server \
+                     wrote to the audit trail before with another: if so, its checkpoints will \
+                     not verify against this key"
+                ),
             }
         }
         travelmap_api::audit::end_grants_a_setting_shortens(audit.as_ref(), settings.break_glass)

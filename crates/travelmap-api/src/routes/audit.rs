@@ -225,9 +225,6 @@ pub async fn entries(
     }))
 }
 
-/// The audit action of a checkpoint handed out: every signature the service makes is logged so.
-pub const CHECKPOINT_ACTION: &str = "GET /v1/audit/checkpoint";
-
 /// The trail's current head (including the entry logging this request).
 #[utoipa::path(
     get, path = "/v1/audit/checkpoint", tag = "audit",
@@ -247,7 +244,7 @@ pub async fn checkpoint(
     let logged = Logged {
         operation: Operation::Consultation,
         client: None,
-        action: CHECKPOINT_ACTION,
+        action: "GET /v1/audit/checkpoint",
         returned: None,
     };
     audit::require(&state, &caller, &context, AUDITORS, logged.clone()).await?;

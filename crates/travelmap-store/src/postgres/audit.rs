@@ -94,6 +94,17 @@ impl AuditLog for PgAuditLog {
         rows.iter().map(decode).collect()
     }
 
+    async fn any_action_outside(&self, prefix: &str) -> Result<bool> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM audit_entries WHERE seq > 0 AND left(action, $2) <> $1)",
+        )
+        .bind(prefix)
+        .bind(prefix.chars().count() as i32)
+        .fetch_one(&self.pool)
+        .patiently()
+        .await?)
+    }
+
     async fn before_the_first(&self) -> Result<u64> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries WHERE seq <= 0")
             .fetch_one(&self.pool)

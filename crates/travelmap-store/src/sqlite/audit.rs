@@ -172,6 +172,19 @@ impl AuditLog for SqliteAuditLog {
             .await
     }
 
+    async fn any_action_outside(&self, prefix: &str) -> Result<bool> {
+        let prefix = prefix.to_owned();
+        self.readers
+            .read(move |connection| {
+                Ok(connection.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM audit WHERE seq > 0 AND substr(action, 1, ?2) <> ?1)",
+                    params![prefix, prefix.chars().count() as i64],
+                    |row| row.get(0),
+                )?)
+            })
+            .await
+    }
+
     async fn before_the_first(&self) -> Result<u64> {
         self.readers
             .read(|connection| {
