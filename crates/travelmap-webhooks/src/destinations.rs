@@ -384,18 +384,27 @@ impl reqwest::dns::Resolve for Resolver {
         Box::pin(async move {
             let name = name.as_str().to_owned();
             let refused = || Undeliverable::Name(name.clone()).to_string();
-            let found = destinations.lookup(&name).await.unwrap_or_default();
+            // The name changed since the check before this attempt went by it: said in the
+            // server's log as that check says it, and looked up again before the next attempt.
+            let found = match destinations.lookup(&name).await {
+                Ok(found) => found,
+                Err(error) => {
+                    destinations.forget_permitted(&name);
+                    tracing::info!(host = %name, %error, "a webhook receiver's name does not resolve");
+                    return Err(refused().into());
+                }
+            };
             let permitted: Vec<SocketAddr> = found
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|address| destinations.permits(*address))
                 .map(|address| SocketAddr::new(address, 0))
                 .collect();
             if permitted.is_empty() {
-                // The name changed since the check before this attempt went by it.
                 destinations.forget_permitted(&name);
                 tracing::info!(
-                    host = %name,
-                    "a webhook receiver's name resolves to no allowed address now; refused as it connects"
+                    host = %name, addresses = ?found,
+                    "a webhook receiver's name resolves only to addresses outside the allowed networks"
                 );
                 return Err(refused().into());
             }
