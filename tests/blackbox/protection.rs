@@ -1001,11 +1001,9 @@ async fn retention_shreds_what_is_due_audits_it_and_reports_it(backend: Backend)
         .await
         .unwrap();
     assert!(
-        trail["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|entry| { entry["operation"] == "erasure" && entry["action"] == "retention run" }),
+        trail["entries"].as_array().unwrap().iter().any(|entry| {
+            entry["operation"] == "erasure" && entry["action"] == "travelmap retention run"
+        }),
         "{trail}"
     );
     app.stop().await;
@@ -1596,6 +1594,7 @@ async fn a_retention_run_counts_what_was_recorded_after_it_began() {
         &schedule,
         began,
         std::time::Duration::from_secs(10),
+        travelmap::commands::RETENTION_ACTION,
     )
     .await;
     ran.unwrap();

@@ -165,7 +165,11 @@ impl Destinations {
             return None;
         }
         let found = match tokio::time::timeout(patience, self.lookup(&name)).await {
-            Ok(Ok(found)) => found,
+            Ok(Ok(found)) if !found.is_empty() => found,
+            Ok(Ok(_)) => {
+                tracing::info!(host = %name, "a webhook receiver's name has no address");
+                return Some(Undeliverable::Name(name));
+            }
             Ok(Err(error)) => {
                 tracing::info!(host = %name, %error, "a webhook receiver's name does not resolve");
                 return Some(Undeliverable::Name(name));
@@ -384,10 +388,16 @@ impl reqwest::dns::Resolve for Resolver {
         Box::pin(async move {
             let name = name.as_str().to_owned();
             let refused = || Undeliverable::Name(name.clone()).to_string();
-            // The name changed since the check before this attempt went by it: said in the
-            // server's log as that check says it, and looked up again before the next attempt.
+            // The name changed since the check before this attempt went by it (or the resolver
+            // failed just now): said in the server's log as that check says it, and looked up
+            // again before the next attempt.
             let found = match destinations.lookup(&name).await {
-                Ok(found) => found,
+                Ok(found) if !found.is_empty() => found,
+                Ok(_) => {
+                    destinations.forget_permitted(&name);
+                    tracing::info!(host = %name, "a webhook receiver's name has no address");
+                    return Err(refused().into());
+                }
                 Err(error) => {
                     destinations.forget_permitted(&name);
                     tracing::info!(host = %name, %error, "a webhook receiver's name does not resolve");

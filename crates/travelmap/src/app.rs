@@ -103,14 +103,18 @@ impl Application {
         // their actions start with `travelmap `) had no key to lose. A check that cannot be made
         // is said, and does not stop the start.
         if let Some(generated) = crate::settings::generated_signing_key() {
-            match audit.any_action_outside("travelmap ").await {
+            match audit
+                .any_action_outside(crate::commands::OFFLINE_ACTION_PREFIX)
+                .await
+            {
                 Ok(false) => {}
                 Ok(true) => tracing::error!(
                     key = %generated.display(),
                     "generated a new checkpoint-signing key for an audit trail a server wrote to \
                      before: checkpoints signed with the earlier key, and its public key as \
                      auditors took it, will not verify against this one. If that key's file was \
-                     lost or not restored, stop the service and put it back (see \
+                     lost or not restored, stop the service and put it back; with several \
+                     processes on one database, give each the same audit_signing_key_file (see \
                      docs/operations.md)"
                 ),
                 Err(error) => tracing::error!(

@@ -307,11 +307,18 @@ pub struct Reader {
 /// `travelmap_store::append_patiently`).
 const IMPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How the actions of offline commands in the audit trail begin, and nothing a server logs:
+/// a trail with only such entries was never written by a server (see `Application::build`).
+pub const OFFLINE_ACTION_PREFIX: &str = "travelmap ";
+
 /// The action under which replays are logged.
 pub const REPLAY_ACTION: &str = "travelmap replay";
 
 /// The action under which imports are logged.
 pub const IMPORT_ACTION: &str = "travelmap import";
+
+/// The action under which `travelmap retention run` logs its shreddings.
+pub const RETENTION_ACTION: &str = "travelmap retention run";
 
 /// What an offline command did, for the audit trail: `logged` as the credential it runs as,
 /// with no request id or justification.
@@ -1264,6 +1271,7 @@ pub async fn retention_run(
         schedule,
         Utc::now(),
         patience,
+        RETENTION_ACTION,
     )
     .await;
     store.close().await;

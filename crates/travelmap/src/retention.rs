@@ -88,6 +88,7 @@ pub async fn run(
     schedule: &Schedule,
     now: DateTime<Utc>,
     patience: Duration,
+    action: &str,
 ) -> (Report, anyhow::Result<()>) {
     let mut report = Report {
         ran_at: now,
@@ -99,7 +100,16 @@ pub async fn run(
     if let Err(error) = journeys.projector().bring_to_head(patience).await {
         return (report, Err(error.into()));
     }
-    let shredded = shred_what_is_due(journeys, audit, deferred, schedule, now, &mut report).await;
+    let shredded = shred_what_is_due(
+        journeys,
+        audit,
+        deferred,
+        schedule,
+        now,
+        &mut report,
+        action,
+    )
+    .await;
     if !report.done.is_empty() {
         // The views still hold what was shredded, in plaintext, until the projection folds the
         // `retention.applied` events; run offline, nothing else would fold them before the next
@@ -121,6 +131,7 @@ async fn shred_what_is_due(
     schedule: &Schedule,
     now: DateTime<Utc>,
     report: &mut Report,
+    action: &str,
 ) -> anyhow::Result<()> {
     let provenance = Provenance {
         agency: RETENTION_AGENCY.to_owned(),
@@ -146,7 +157,7 @@ async fn shred_what_is_due(
                     // entry is retried, and in a server handed on to be written once the trail
                     // takes entries again: the shredding is done, and no later run would find
                     // the client due.
-                    let entry = vec![audited(&done)];
+                    let entry = vec![audited(&done, action)];
                     let audited = match deferred {
                         Some(deferred) => deferred.append_or_keep_trying(audit, entry).await,
                         None => travelmap_store::append_patiently(
@@ -279,8 +290,12 @@ async fn shred_client(
     Ok(last_due.map_or(Shredding::Nothing, Shredding::Moving))
 }
 
+/// The action of a server's shredding in the audit trail (`travelmap retention run` logs
+/// [`crate::commands::RETENTION_ACTION`]).
+pub const SERVER_ACTION: &str = "retention run";
+
 /// The audit entry of a shredding.
-fn audited(done: &Done) -> AuditRecord {
+fn audited(done: &Done, action: &str) -> AuditRecord {
     AuditRecord {
         at: Utc::now(),
         credential: RETENTION_CREDENTIAL.to_owned(),
@@ -296,7 +311,7 @@ fn audited(done: &Done) -> AuditRecord {
         )),
         request_id: None,
         outcome: Outcome::Allowed,
-        action: "retention run".to_owned(),
+        action: action.to_owned(),
         returned: Some(done.event_id.to_string()),
     }
 }
@@ -349,6 +364,7 @@ pub async fn daily(
             &schedule,
             Utc::now(),
             VIEWS_PATIENCE,
+            SERVER_ACTION,
         )
         .await
         {
