@@ -325,6 +325,18 @@ pub fn position(name: &str, value: u64) -> Result<u64, ApiError> {
     Ok(value)
 }
 
+/// The page size a caller asked for in `limit`, or `default`: refused outside 1 to `most`.
+pub fn limit(asked: Option<usize>, default: usize, most: usize) -> Result<usize, ApiError> {
+    let limit = asked.unwrap_or(default);
+    if !(1..=most).contains(&limit) {
+        return Err(ApiError::invalid_parameter(
+            "limit",
+            format!("limit must be between 1 and {most}"),
+        ));
+    }
+    Ok(limit)
+}
+
 /// A position in a query (`after`, `min_position`): `#[serde(default, deserialize_with =
 /// "extract::query_position")]`. Refused past [`MAX_POSITION`] as a malformed parameter.
 pub fn query_position<'de, D: serde::Deserializer<'de>>(

@@ -182,13 +182,7 @@ pub async fn entries(
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
     trail_purpose(&state, &caller, &context, logged(None)).await?;
     let parsed = query.and_then(|Query(query)| {
-        let limit = query.limit.unwrap_or(100);
-        if !(1..=MAX_AUDIT_PAGE).contains(&limit) {
-            return Err(ApiError::invalid_parameter(
-                "limit",
-                format!("limit must be between 1 and {MAX_AUDIT_PAGE}"),
-            ));
-        }
+        let limit = crate::extract::limit(query.limit, 100, MAX_AUDIT_PAGE)?;
         Ok((query.after.unwrap_or(0), limit))
     });
     let (after, limit) = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;
@@ -481,13 +475,7 @@ pub async fn access_changes(
     audit::require(&state, &caller, &context, AUDITORS, logged(None)).await?;
     trail_purpose(&state, &caller, &context, logged(None)).await?;
     let parsed = query.and_then(|Query(query)| {
-        let limit = query.limit.unwrap_or(MAX_ACCESS_SCAN);
-        if !(1..=MAX_ACCESS_SCAN).contains(&limit) {
-            return Err(ApiError::invalid_parameter(
-                "limit",
-                format!("limit must be between 1 and {MAX_ACCESS_SCAN}"),
-            ));
-        }
+        let limit = crate::extract::limit(query.limit, MAX_ACCESS_SCAN, MAX_ACCESS_SCAN)?;
         Ok((query.after.unwrap_or(0), limit))
     });
     let (after, limit) = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;

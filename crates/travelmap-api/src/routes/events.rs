@@ -297,16 +297,7 @@ pub async fn feed(
     )
     .await?;
     let parsed = query.and_then(|Query(query)| {
-        let limit = query.limit.unwrap_or(100);
-        if !(1..=travelmap_service::MAX_FEED_PAGE).contains(&limit) {
-            return Err(ApiError::invalid_parameter(
-                "limit",
-                format!(
-                    "limit must be between 1 and {}",
-                    travelmap_service::MAX_FEED_PAGE
-                ),
-            ));
-        }
+        let limit = crate::extract::limit(query.limit, 100, travelmap_service::MAX_FEED_PAGE)?;
         Ok((query.after.unwrap_or(0), limit))
     });
     let (after, limit) = audit::parameters(&state, &caller, &context, parsed, logged(None)).await?;

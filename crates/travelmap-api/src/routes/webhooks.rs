@@ -540,13 +540,7 @@ pub async fn deliveries(
     Query(query): Query<DeliveryQuery>,
 ) -> Result<Json<DeliveryLog>, ApiError> {
     caller.require(READERS)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=stored::ATTEMPTS_KEPT).contains(&limit) {
-        return Err(ApiError::invalid_parameter(
-            "limit",
-            format!("limit must be between 1 and {}", stored::ATTEMPTS_KEPT),
-        ));
-    }
+    let limit = crate::extract::limit(query.limit, 100, stored::ATTEMPTS_KEPT)?;
     let webhook = visible(&state, &caller, &id).await?;
     let attempts = state
         .webhooks
