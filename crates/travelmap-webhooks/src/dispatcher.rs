@@ -551,55 +551,6 @@ impl Dispatcher {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Sent, travelmap_store::Error> {
         let delivery = Uuid::new_v4();
-        // A receiver at an address the configuration does not (or no longer) permit, or whose
-        // name cannot be resolved, gets no request, so no disclosure either: only the refusal
-        // is logged, as a failed attempt. (The client's resolver judges a name again as it
-        // connects.)
-        // Taken before judging: the log must not tell how long the service's resolver took.
-        let at = Utc::now();
-        let judged = tokio::select! {
-            judged = self.destinations.delivery_problem(&webhook.url, self.policy.timeout) => judged,
-            // Nothing was sent: a stop while a name resolves is no attempt.
-            _ = stopped(stop) => return Ok(Sent::Interrupted),
-        };
-        if let Some(undeliverable) = judged {
-            let outcome = if since_resume >= self.policy.max_attempts {
-                AttemptOutcome::Failed
-            } else {
-                AttemptOutcome::Retrying
-            };
-            let refused = Attempt {
-                id: delivery,
-                webhook_id: webhook.id,
-                event_id: event.draft.id,
-                position: event.meta.position,
-                attempt,
-                at,
-                status: None,
-                error: Some(
-                    undeliverable
-                        .to_string()
-                        .chars()
-                        .take(MAX_ERROR_TEXT)
-                        .collect(),
-                ),
-                // No request was made. The time spent judging is not shown: it would tell an
-                // agency how the service's resolver answered, which the text does not.
-                duration_ms: 0,
-                outcome,
-            };
-            if let Err(error) = self.webhooks.log_attempt(refused).await {
-                tracing::warn!(webhook = %webhook.id, %error, "cannot log a webhook delivery attempt");
-            }
-            return Ok(Sent::Failed);
-        }
-        // Nothing leaves unlogged: the disclosure is in the trail before the request is sent.
-        self.audit
-            .append(vec![disclosure(webhook, event, delivery)])
-            .await?;
-        // Logged before the request leaves, and replaced once it has its answer: a process that
-        // dies meanwhile (a crash, `kill -9`) leaves the attempt counted, so the next one the
-        // receiver sees is numbered on, and the log shows every request the trail shows.
         let entry = |at, status, error, duration_ms, outcome| Attempt {
             id: delivery,
             webhook_id: webhook.id,
@@ -612,6 +563,35 @@ impl Dispatcher {
             duration_ms,
             outcome,
         };
+        // A receiver at an address the configuration does not (or no longer) permit, or whose
+        // name cannot be resolved, gets no request, so no disclosure either: only the refusal
+        // is logged, as a failed attempt. (The client's resolver judges a name again as it
+        // connects.) Dated before judging, and with no duration: the log must not tell how
+        // long the service's resolver took, which the text does not tell either.
+        let at = Utc::now();
+        let judged = tokio::select! {
+            judged = self.destinations.delivery_problem(&webhook.url, self.policy.timeout) => judged,
+            // Nothing was sent: a stop while a name resolves is no attempt.
+            _ = stopped(stop) => return Ok(Sent::Interrupted),
+        };
+        if let Some(undeliverable) = judged {
+            let error = undeliverable
+                .to_string()
+                .chars()
+                .take(MAX_ERROR_TEXT)
+                .collect();
+            let outcome = self.unless_delivered(since_resume);
+            self.log(webhook, entry(at, None, Some(error), 0, outcome))
+                .await;
+            return Ok(Sent::Failed);
+        }
+        // Nothing leaves unlogged: the disclosure is in the trail before the request is sent.
+        self.audit
+            .append(vec![disclosure(webhook, event, delivery)])
+            .await?;
+        // Logged before the request leaves, and replaced once it has its answer: a process that
+        // dies meanwhile (a crash, `kill -9`) leaves the attempt counted, so the next one the
+        // receiver sees is numbered on, and the log shows every request the trail shows.
         let begun = entry(
             Utc::now(),
             None,
@@ -619,9 +599,7 @@ impl Dispatcher {
             0,
             AttemptOutcome::Retrying,
         );
-        if let Err(error) = self.webhooks.log_attempt(begun).await {
-            tracing::warn!(webhook = %webhook.id, %error, "cannot log a webhook delivery attempt");
-        }
+        self.log(webhook, begun).await;
         let body = (self.body)(event);
         let timestamp = Utc::now().timestamp();
         let started = Instant::now();
@@ -658,19 +636,16 @@ impl Dispatcher {
         let delivered = status.is_some_and(|status| (200..300).contains(&status));
         let outcome = if delivered {
             AttemptOutcome::Delivered
-        } else if since_resume >= self.policy.max_attempts && !interrupted {
-            AttemptOutcome::Failed
-        } else {
+        } else if interrupted {
             AttemptOutcome::Retrying
+        } else {
+            self.unless_delivered(since_resume)
         };
-        let logged = self
-            .webhooks
-            .log_attempt(entry(Utc::now(), status, error, duration_ms, outcome))
-            .await;
-        if let Err(error) = logged {
-            // The attempt was made and its outcome stands; only its line in the log is missing.
-            tracing::warn!(webhook = %webhook.id, %error, "cannot log a webhook delivery attempt");
-        }
+        self.log(
+            webhook,
+            entry(Utc::now(), status, error, duration_ms, outcome),
+        )
+        .await;
         Ok(if interrupted {
             Sent::Interrupted
         } else if delivered {
@@ -678,6 +653,24 @@ impl Dispatcher {
         } else {
             Sent::Failed
         })
+    }
+
+    /// The outcome of an attempt that was not delivered: the last one allowed since the
+    /// webhook was last resumed gives up, any other is tried again.
+    fn unless_delivered(&self, since_resume: u32) -> AttemptOutcome {
+        if since_resume >= self.policy.max_attempts {
+            AttemptOutcome::Failed
+        } else {
+            AttemptOutcome::Retrying
+        }
+    }
+
+    /// Logs an attempt. A failure is only warned of: the attempt was made (or refused) and its
+    /// outcome stands; only its line in the log is missing.
+    async fn log(&self, webhook: &Webhook, attempt: Attempt) {
+        if let Err(error) = self.webhooks.log_attempt(attempt).await {
+            tracing::warn!(webhook = %webhook.id, %error, "cannot log a webhook delivery attempt");
+        }
     }
 }
 
