@@ -1564,6 +1564,128 @@ async fn receivers_outside_the_allowed_networks_get_nothing(backend: Backend) {
     backend.remove().await;
 }
 
+/// A stand-in for an egress proxy: it keeps the head of every request it gets and refuses
+/// each, as such a proxy refuses what its rules do not allow.
+struct ForwardProxy {
+    port: u16,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl ForwardProxy {
+    async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("the proxy binds");
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let kept = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut connection, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !head.windows(4).any(|end| end == b"\r\n\r\n") && head.len() < 16_384 {
+                        match connection.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => head.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    kept.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let _ = connection
+                        .write_all(
+                            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                    let _ = connection.shutdown().await;
+                });
+            }
+        });
+        Self { port, heads }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// Behind an egress proxy (`[webhooks] proxy`), a delivery to a host name goes through it, with
+/// its credentials, even where this machine cannot resolve the name; a receiver in an allowed
+/// network (here this machine's loopback) is still called directly; and the proxy's password
+/// shows nowhere in the delivery log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_to_names_go_through_the_configured_proxy() {
+    let proxy = ForwardProxy::start().await;
+    let destinations = travelmap_webhooks::Destinations::public_and_loopback().via_proxy(
+        travelmap_webhooks::ForwardProxy::parse(&format!(
+            "http://deliveries:s3cret@127.0.0.1:{}",
+            proxy.port
+        ))
+        .unwrap(),
+    );
+    let policy = travelmap_webhooks::Policy {
+        max_attempts: 2,
+        ..webhook_policy()
+    };
+    let backend = Backend::embedded().await;
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let app = spawn_app_receiving_at(&backend, data_dir, policy, destinations).await;
+    let receiver = Receiver::start().await;
+    register(&app, &receiver, json!(["need.*"])).await;
+    // `.invalid` never resolves (RFC 6761): only the proxy can take it further.
+    let registered = app
+        .post(
+            "/v1/subscriptions/webhooks",
+            NGO_COORDINATOR,
+            &json!({"url": "https://receiver.invalid/travelmap/events", "types": ["need.*"]}),
+        )
+        .await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let proxied: Value = registered.json().await.unwrap();
+    let proxied = proxied["id"].as_str().unwrap().to_owned();
+
+    let client = ngo_client(&app).await;
+    let sent = need(&app, NGO_WRITER, client, "behind the proxy").await;
+    eventually("the receiver on this machine has the event", || async {
+        receiver.inbox.event_ids() == [sent.clone()]
+    })
+    .await;
+    eventually("the proxied webhook has used its attempts", || async {
+        app.get_ok(
+            &format!("/v1/subscriptions/webhooks/{proxied}"),
+            NGO_COORDINATOR,
+        )
+        .await["state"]
+            == "paused"
+    })
+    .await;
+    let heads = proxy.heads();
+    assert_eq!(heads.len(), 2, "one request per attempt: {heads:?}");
+    for head in &heads {
+        assert!(
+            head.starts_with("CONNECT receiver.invalid:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("proxy-authorization: basic zgvsaxzlcmllczpzm2nyzxq="),
+            "the proxy's credentials are sent: {head}"
+        );
+    }
+    let log = deliveries(&app, &proxied).await;
+    assert_eq!(log.len(), 2, "{log:?}");
+    for attempt in &log {
+        assert_eq!(attempt["event_id"], sent.as_str(), "{attempt}");
+        let error = attempt["error"].as_str().unwrap();
+        assert!(!error.starts_with("refused"), "not judged here: {error}");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+    app.stop().await;
+}
+
 on_both_backends!(
     receivers_outside_the_allowed_networks_get_nothing,
     a_last_attempt_cut_short_pauses_the_webhook_without_another,

@@ -15,8 +15,15 @@
 //! attempt sends nothing and discloses nothing, and again at every connection by the resolver
 //! the HTTP client uses, which drops the addresses that are not allowed: a name that changes in
 //! between still reaches no refused address.
+//!
+//! Where the only way out is a forward proxy (`[webhooks] proxy`), deliveries to host names go
+//! through it and the proxy resolves the names: it is then the proxy that must refuse internal
+//! destinations, as an egress proxy does. URLs naming an address in an allowed network (or
+//! `localhost`, when loopback is allowed) are still connected to directly, since the proxy
+//! would reach another machine's loopback or another network, not the one allowed here.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +36,9 @@ use ipnet::IpNet;
 const NAME_VERDICT_KEPT: Duration = Duration::from_secs(60);
 /// The most names whose verdicts are kept; beyond it, expired ones are dropped.
 const NAME_VERDICTS_KEPT: usize = 1024;
+/// A name whose lookup never ends, in the tests' resolver.
+#[cfg(test)]
+const HANGING_NAME: &str = "hanging.example";
 
 /// The networks receivers may be in besides the public internet. Cheap to clone; clones share
 /// what they learnt of names.
@@ -38,6 +48,8 @@ pub struct Destinations {
     /// Names lately found to resolve to a permitted address, with until when that is taken to
     /// hold.
     permitted_names: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The forward proxy deliveries to host names go through, if the operator names one.
+    proxy: Option<ForwardProxy>,
     /// Answers the tests give in place of the system's resolver.
     #[cfg(test)]
     hosts: Option<Arc<HashMap<String, Vec<IpAddr>>>>,
@@ -45,7 +57,7 @@ pub struct Destinations {
 
 impl PartialEq for Destinations {
     fn eq(&self, other: &Self) -> bool {
-        self.allowed == other.allowed
+        self.allowed == other.allowed && self.proxy == other.proxy
     }
 }
 
@@ -73,6 +85,42 @@ impl Destinations {
                 .expect("8 is a valid IPv4 prefix"),
             IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST)),
         ])
+    }
+
+    /// These destinations, reaching host names through `proxy` (see the module's notes).
+    pub fn via_proxy(self, proxy: ForwardProxy) -> Self {
+        Self {
+            proxy: Some(proxy),
+            ..self
+        }
+    }
+
+    /// The forward proxy deliveries to host names go through, if any.
+    pub fn proxy(&self) -> Option<&ForwardProxy> {
+        self.proxy.as_ref()
+    }
+
+    /// Whether a delivery to `url` goes through the forward proxy: with one configured, every
+    /// delivery but those to `localhost` and to an address in an allowed network (loopback
+    /// included, when allowed), which are this machine's or the operator's own networks.
+    pub fn through_proxy(&self, url: &reqwest::Url) -> bool {
+        if self.proxy.is_none() {
+            return false;
+        }
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        if host.eq_ignore_ascii_case("localhost") {
+            return false;
+        }
+        literal(host).is_none_or(|address| !self.allowed_network(address))
+    }
+
+    /// Whether `address` is in one of the networks the operator allows (as opposed to the
+    /// public internet, which [`Self::permits`] also takes).
+    fn allowed_network(&self, address: IpAddr) -> bool {
+        let address = canonical(address);
+        self.allowed.iter().any(|net| net.contains(&address))
     }
 
     /// Reads one entry of `allow_networks`: a network (`10.20.0.0/16`, `fd00::/8`) or a single
@@ -134,6 +182,11 @@ impl Destinations {
         let url = reqwest::Url::parse(url).ok()?;
         let host = url.host_str()?;
         let (address, shown) = if host.eq_ignore_ascii_case("localhost") {
+            // It resolves to either loopback address, or to both: allowing one allows it (the
+            // resolver then connects only to that one).
+            if self.permits(IpAddr::V6(Ipv6Addr::LOCALHOST)) {
+                return None;
+            }
             (IpAddr::V4(Ipv4Addr::LOCALHOST), "localhost")
         } else {
             (literal(host)?, host)
@@ -159,6 +212,11 @@ impl Destinations {
         let name = parsed.host_str()?.to_ascii_lowercase();
         if literal(&name).is_some() {
             // An address, judged above, and never resolved.
+            return None;
+        }
+        if self.through_proxy(&parsed) {
+            // The proxy resolves the name, and judges where it leads; this machine may not
+            // even be able to resolve names outside.
             return None;
         }
         if self.permitted_lately(&name) {
@@ -234,6 +292,9 @@ impl Destinations {
     async fn lookup(&self, name: &str) -> std::io::Result<Vec<IpAddr>> {
         #[cfg(test)]
         if let Some(hosts) = &self.hosts {
+            if name == HANGING_NAME {
+                std::future::pending::<()>().await;
+            }
             return hosts
                 .get(name)
                 .cloned()
@@ -267,6 +328,65 @@ pub enum Undeliverable {
          addresses outside the allowed networks)"
     )]
     Name(String),
+}
+
+/// A forward proxy deliveries go through (`[webhooks] proxy`), for deployments whose only way
+/// out is one. A user name and password in its URL authenticate to the proxy (`Basic`); they are
+/// never shown: its `Debug` and [`ForwardProxy::shown`] leave them out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ForwardProxy {
+    url: reqwest::Url,
+    /// The URL's host, in lower case, as the resolver is asked for it.
+    host: String,
+}
+
+impl ForwardProxy {
+    /// Reads `[webhooks] proxy`: `http://host:port` (or `https://`), with an optional
+    /// `user:password@`. Refused, with why (never repeating the URL, which may hold a password):
+    /// anything else.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const EXAMPLE: &str = "`http://proxy.example:3128`";
+        let url = reqwest::Url::parse(text)
+            .map_err(|_| format!("is not an absolute URL such as {EXAMPLE}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "must be an http:// or https:// proxy, such as {EXAMPLE}"
+            ));
+        }
+        let host = match url.host_str() {
+            Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']'),
+            _ => return Err(format!("must name a host, as {EXAMPLE}")),
+        };
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "must be the proxy's address alone, as {EXAMPLE}, without a path"
+            ));
+        }
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            url,
+        })
+    }
+
+    /// The URL deliveries are sent through, with its user name and password.
+    pub(crate) fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    /// The proxy's URL without its user name and password.
+    pub fn shown(&self) -> String {
+        let mut shown = self.url.clone();
+        // Setting these can fail only for URLs without a host, which `parse` refuses.
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.to_string()
+    }
+}
+
+impl fmt::Debug for ForwardProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ForwardProxy").field(&self.shown()).finish()
+    }
 }
 
 /// The address a URL's host names, when it is one (IPv6 in its brackets).
@@ -387,19 +507,37 @@ impl reqwest::dns::Resolve for Resolver {
         let destinations = self.destinations.clone();
         Box::pin(async move {
             let name = name.as_str().to_owned();
+            if destinations
+                .proxy
+                .as_ref()
+                .is_some_and(|proxy| proxy.host.eq_ignore_ascii_case(&name))
+            {
+                // The operator's own proxy, most likely on an internal address: connected to
+                // whatever the rule for receivers says.
+                let found = destinations.lookup(&name).await?;
+                let addresses: reqwest::dns::Addrs = Box::new(
+                    found
+                        .into_iter()
+                        .map(|address| SocketAddr::new(address, 0))
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                );
+                return Ok(addresses);
+            }
             let refused = || Undeliverable::Name(name.clone()).to_string();
-            // The name changed since the check before this attempt went by it (or the resolver
-            // failed just now): said in the server's log as that check says it, and looked up
-            // again before the next attempt.
+            // What the check before attempts noted of the name holds again only if this lookup
+            // finds a permitted address. Forgotten first, so that a lookup the connection's
+            // timeout cuts short leaves the next check to look again. If the name changed since
+            // that check went by it (or the resolver fails just now), it is said in the
+            // server's log as that check says it.
+            destinations.forget_permitted(&name);
             let found = match destinations.lookup(&name).await {
                 Ok(found) if !found.is_empty() => found,
                 Ok(_) => {
-                    destinations.forget_permitted(&name);
                     tracing::info!(host = %name, "a webhook receiver's name has no address");
                     return Err(refused().into());
                 }
                 Err(error) => {
-                    destinations.forget_permitted(&name);
                     tracing::info!(host = %name, %error, "a webhook receiver's name does not resolve");
                     return Err(refused().into());
                 }
@@ -411,13 +549,13 @@ impl reqwest::dns::Resolve for Resolver {
                 .map(|address| SocketAddr::new(address, 0))
                 .collect();
             if permitted.is_empty() {
-                destinations.forget_permitted(&name);
                 tracing::info!(
                     host = %name, addresses = ?found,
                     "a webhook receiver's name resolves only to addresses outside the allowed networks"
                 );
                 return Err(refused().into());
             }
+            destinations.note_permitted(name);
             let addresses: reqwest::dns::Addrs = Box::new(permitted.into_iter());
             Ok(addresses)
         })
@@ -655,6 +793,33 @@ mod tests {
         assert_eq!(public.delivery_problem(private, patience).await, None);
         noted(Instant::now());
         assert!(public.delivery_problem(private, patience).await.is_some());
+
+        // A connection's lookup cut short by its timeout leaves the next check to look again.
+        public.note_permitted(HANGING_NAME.to_owned());
+        assert!(public.permitted_lately(HANGING_NAME));
+        let hanging = reqwest::dns::Name::from_str(HANGING_NAME).unwrap();
+        let cut_short = tokio::time::timeout(
+            Duration::from_millis(20),
+            public.resolver().resolve(hanging),
+        );
+        assert!(cut_short.await.is_err());
+        assert!(!public.permitted_lately(HANGING_NAME));
+    }
+
+    #[test]
+    fn localhost_is_allowed_with_either_loopback_address() {
+        let url = "http://localhost:8080/";
+        for allowed in ["127.0.0.1", "::1", "127.0.0.0/8"] {
+            let destinations = Destinations::allowing([Destinations::network(allowed).unwrap()]);
+            assert_eq!(destinations.url_problem(url), None, "{allowed}");
+        }
+        let refused = Destinations::public_only().url_problem(url).unwrap();
+        assert!(
+            refused.contains("localhost is a loopback address"),
+            "{refused}"
+        );
+        let elsewhere = Destinations::allowing([Destinations::network("10.0.0.0/8").unwrap()]);
+        assert!(elsewhere.url_problem(url).is_some());
     }
 
     /// The system's resolver is what names are asked of outside these tests.
@@ -718,5 +883,106 @@ mod tests {
             .collect();
         assert_eq!(found.len(), 2);
         assert!(found.iter().all(|address| address.ip().is_loopback()));
+    }
+
+    #[test]
+    fn a_proxy_is_an_address_alone_and_never_shows_its_password() {
+        let proxy = ForwardProxy::parse("http://deliveries:s3cret@Proxy.Internal:3128").unwrap();
+        assert_eq!(proxy.shown(), "http://proxy.internal:3128/");
+        assert!(!format!("{proxy:?}").contains("s3cret"));
+        assert_eq!(proxy.url().password(), Some("s3cret"));
+        assert_eq!(proxy.host, "proxy.internal");
+        let v6 = ForwardProxy::parse("https://[fd00::3]:8443/").unwrap();
+        assert_eq!(v6.host, "fd00::3");
+        for (wrong, why) in [
+            ("proxy.internal:3128", "http:// or https://"),
+            ("socks5://proxy.internal:1080", "http:// or https://"),
+            (
+                "http://user:s3cret@proxy.internal:3128/squid",
+                "without a path",
+            ),
+            ("http://proxy.internal:3128/?a=b", "without a path"),
+            ("http://", "absolute URL"),
+            ("not a url", "absolute URL"),
+        ] {
+            let refused = ForwardProxy::parse(wrong).unwrap_err();
+            assert!(refused.contains(why), "{wrong}: {refused}");
+            assert!(!refused.contains("s3cret"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn through_a_proxy_go_names_and_addresses_outside_the_allowed_networks() {
+        let url = |text: &str| reqwest::Url::parse(text).unwrap();
+        let direct = Destinations::public_and_loopback();
+        assert!(!direct.through_proxy(&url("https://receiver.example/")));
+        let proxied = Destinations::allowing([Destinations::network("10.20.0.0/16").unwrap()])
+            .via_proxy(ForwardProxy::parse("http://proxy.internal:3128").unwrap());
+        for through in [
+            "https://receiver.example/hooks",
+            "https://93.184.216.34/",
+            "https://[2a00:1450:4001:80b::200e]/",
+            "https://10.21.0.1/",
+        ] {
+            assert!(proxied.through_proxy(&url(through)), "{through}");
+        }
+        for straight in [
+            "http://localhost:8080/",
+            "http://LOCALHOST:8080/",
+            "https://10.20.3.4/",
+            "https://[::ffff:10.20.3.4]/",
+        ] {
+            assert!(!proxied.through_proxy(&url(straight)), "{straight}");
+        }
+    }
+
+    #[tokio::test]
+    async fn behind_a_proxy_names_are_left_to_it_and_addresses_are_still_judged() {
+        use reqwest::dns::Resolve;
+        use std::str::FromStr;
+        let patience = Duration::from_secs(5);
+        let proxied = resolving(
+            Destinations::public_only()
+                .via_proxy(ForwardProxy::parse("http://proxy.internal:3128").unwrap()),
+            &[
+                ("proxy.internal", &["10.0.0.9"]),
+                ("inside.example", &["127.0.0.1"]),
+            ],
+        );
+        // A name this machine cannot resolve goes to the proxy, which resolves it.
+        assert_eq!(
+            proxied
+                .delivery_problem("https://unknown.example/", patience)
+                .await,
+            None
+        );
+        // Addresses, and this machine, are refused as without a proxy.
+        for refused in [
+            "https://10.1.2.3/",
+            "http://localhost:8080/",
+            "https://169.254.169.254/",
+        ] {
+            assert!(
+                matches!(
+                    proxied.delivery_problem(refused, patience).await,
+                    Some(Undeliverable::Address(_))
+                ),
+                "{refused}"
+            );
+        }
+        // The proxy itself is connected to, though its address is private; other names still
+        // get only permitted addresses.
+        let resolve = |name: &str| {
+            proxied
+                .resolver()
+                .resolve(reqwest::dns::Name::from_str(name).unwrap())
+        };
+        let found: Vec<SocketAddr> = resolve("proxy.internal")
+            .await
+            .map_err(|error| error.to_string())
+            .unwrap()
+            .collect();
+        assert_eq!(found, ["10.0.0.9:0".parse::<SocketAddr>().unwrap()]);
+        assert!(resolve("inside.example").await.is_err());
     }
 }

@@ -156,6 +156,12 @@ impl Dispatcher {
         policy: Policy,
         destinations: Destinations,
     ) -> Self {
+        if let Some(proxy) = destinations.proxy() {
+            tracing::info!(
+                proxy = %proxy.shown(),
+                "webhook deliveries to host names go through the configured proxy"
+            );
+        }
         Self {
             journeys,
             webhooks,
@@ -676,13 +682,25 @@ impl Dispatcher {
 
 /// The client deliveries are made with.
 fn http_client(policy: &Policy, destinations: &Destinations) -> reqwest::Client {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         // A redirect would send personal data to a URL nobody registered.
-        .redirect(reqwest::redirect::Policy::none())
-        // Straight to the receiver: a proxy from the environment would resolve the receiver's
-        // name itself, out of the resolver's reach, and would carry plain-HTTP deliveries
-        // (allowed only to this machine) across the network.
-        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none());
+    // Straight to the receiver unless the operator names a proxy: one from the environment
+    // would resolve the receiver's name itself, out of the resolver's reach, and would carry
+    // plain-HTTP deliveries (allowed only to this machine) across the network. The operator's
+    // proxy is used as `Destinations::through_proxy` says, which keeps this machine's and the
+    // allowed networks' addresses off it.
+    let builder = match destinations.proxy() {
+        None => builder.no_proxy(),
+        Some(proxy) => {
+            let through = proxy.url().clone();
+            let destinations = destinations.clone();
+            builder.proxy(reqwest::Proxy::custom(move |url| {
+                destinations.through_proxy(url).then(|| through.clone())
+            }))
+        }
+    };
+    builder
         .dns_resolver(destinations.resolver())
         .connect_timeout(policy.timeout)
         .user_agent(concat!("travelmap-webhooks/", env!("CARGO_PKG_VERSION")))

@@ -23,5 +23,5 @@ pub mod registration;
 pub mod signing;
 
 pub use backoff::Backoff;
-pub use destinations::Destinations;
+pub use destinations::{Destinations, ForwardProxy};
 pub use dispatcher::{AgencyCheck, Dispatcher, EventBody, Policy};

@@ -76,6 +76,21 @@ pub struct WebhooksEntry {
     /// listed here (default: none).
     #[serde(default)]
     pub allow_networks: Vec<String>,
+    /// A forward proxy deliveries go through, as `http://proxy.example:3128`, with an optional
+    /// `user:password@` (default: none, deliveries connect straight to receivers).
+    pub proxy: Option<Concealed>,
+}
+
+/// A setting whose text may hold a password (`[webhooks] proxy`): read as written, and left
+/// out of `Debug`, so that no log or panic message shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Concealed(pub String);
+
+impl std::fmt::Debug for Concealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Concealed(..)")
+    }
 }
 
 impl WebhooksEntry {
@@ -100,20 +115,41 @@ impl WebhooksEntry {
         }
     }
 
-    /// The addresses receivers may be at: the public internet and `allow_networks`. Each entry
-    /// is a network in CIDR form or a single address; the first that is not is returned, with
-    /// why.
-    pub fn destinations(&self) -> Result<travelmap_webhooks::Destinations, (String, String)> {
+    /// The addresses receivers may be at: the public internet and `allow_networks`, reached
+    /// through `proxy` if it names one. Each entry of `allow_networks` is a network in CIDR
+    /// form or a single address; the first that is not is the problem returned, as is a proxy
+    /// that is not an `http://` or `https://` address.
+    pub fn destinations(&self) -> Result<travelmap_webhooks::Destinations, DestinationsProblem> {
         let networks = self
             .allow_networks
             .iter()
             .map(|entry| {
-                travelmap_webhooks::Destinations::network(entry)
-                    .map_err(|reason| (entry.clone(), reason))
+                travelmap_webhooks::Destinations::network(entry).map_err(|reason| {
+                    DestinationsProblem::Network {
+                        entry: entry.clone(),
+                        reason,
+                    }
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(travelmap_webhooks::Destinations::allowing(networks))
+        let destinations = travelmap_webhooks::Destinations::allowing(networks);
+        Ok(match &self.proxy {
+            None => destinations,
+            Some(proxy) => destinations.via_proxy(
+                travelmap_webhooks::ForwardProxy::parse(&proxy.0)
+                    .map_err(DestinationsProblem::Proxy)?,
+            ),
+        })
     }
+}
+
+/// What is wrong with the `[webhooks]` settings that say where receivers may be.
+#[derive(Debug)]
+pub enum DestinationsProblem {
+    /// An entry of `allow_networks`, and why it is refused.
+    Network { entry: String, reason: String },
+    /// Why `proxy` is refused (the text never repeats the URL, which may hold a password).
+    Proxy(String),
 }
 
 /// The `[coordination]` table.
@@ -253,6 +289,8 @@ pub enum Error {
         entry: String,
         reason: String,
     },
+    #[error("config file {path}: [webhooks] proxy {reason}")]
+    Proxy { path: PathBuf, reason: String },
     #[error("config file {path}: [webhooks] max_attempts may be at most {most}")]
     TooManyAttempts { path: PathBuf, most: u32 },
     #[error("config file {path}: {setting} must be at least 1")]
@@ -313,12 +351,21 @@ impl ConfigFile {
             path: path.to_owned(),
             source: Box::new(source),
         })?;
-        if let Err((entry, reason)) = config.webhooks.destinations() {
-            return Err(Error::Network {
-                path: path.to_owned(),
-                entry,
-                reason,
-            });
+        match config.webhooks.destinations() {
+            Ok(_) => {}
+            Err(DestinationsProblem::Network { entry, reason }) => {
+                return Err(Error::Network {
+                    path: path.to_owned(),
+                    entry,
+                    reason,
+                });
+            }
+            Err(DestinationsProblem::Proxy(reason)) => {
+                return Err(Error::Proxy {
+                    path: path.to_owned(),
+                    reason,
+                });
+            }
         }
         // The count of attempts is read back from the delivery log, which keeps this many.
         let most = travelmap_store::webhooks::ATTEMPTS_KEPT as u32;
@@ -1080,6 +1127,36 @@ mod tests {
             assert!(error.to_string().contains("allow_networks"), "{error}");
             assert!(error.to_string().contains(why), "{wrong}: {error}");
         }
+    }
+
+    #[test]
+    fn a_webhook_proxy_is_read_and_its_password_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("travelmap.toml");
+        std::fs::write(
+            &path,
+            "[webhooks]\nproxy = \"http://deliveries:s3cret@proxy.internal:3128\"\n",
+        )
+        .unwrap();
+        let config = ConfigFile::load(&path).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let destinations = config.webhooks.destinations().unwrap();
+        let proxy = destinations.proxy().expect("the proxy is configured");
+        assert_eq!(proxy.shown(), "http://proxy.internal:3128/");
+        assert_ne!(
+            destinations,
+            travelmap_webhooks::Destinations::public_only()
+        );
+        std::fs::write(
+            &path,
+            "[webhooks]\nproxy = \"http://deliveries:s3cret@proxy.internal:3128/squid\"\n",
+        )
+        .unwrap();
+        let error = ConfigFile::load(&path).unwrap_err();
+        assert!(matches!(error, Error::Proxy { .. }), "{error}");
+        let shown = error.to_string();
+        assert!(shown.contains("[webhooks] proxy must be"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]
