@@ -16,11 +16,13 @@
 //! the HTTP client uses, which drops the addresses that are not allowed: a name that changes in
 //! between still reaches no refused address.
 //!
-//! Where the only way out is a forward proxy (`[webhooks] proxy`), deliveries to host names go
-//! through it and the proxy resolves the names: it is then the proxy that must refuse internal
+//! Where the only way out is a forward proxy (`[webhooks] proxy`), deliveries go through it,
+//! and the proxy resolves host names: it is then the proxy that must refuse internal
 //! destinations, as an egress proxy does. URLs naming an address in an allowed network (or
-//! `localhost`, when loopback is allowed) are still connected to directly, since the proxy
-//! would reach another machine's loopback or another network, not the one allowed here.
+//! this machine by name, `localhost`, when loopback is allowed) are still connected to
+//! directly, since the proxy would reach its own loopback or another network, not the one
+//! allowed here; a name that resolves into an allowed network goes through the proxy like any
+//! other.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -110,7 +112,7 @@ impl Destinations {
         let Some(host) = url.host_str() else {
             return false;
         };
-        if host.eq_ignore_ascii_case("localhost") {
+        if names_this_machine(host) {
             return false;
         }
         literal(host).is_none_or(|address| !self.allowed_network(address))
@@ -181,13 +183,21 @@ impl Destinations {
     pub fn url_problem(&self, url: &str) -> Option<String> {
         let url = reqwest::Url::parse(url).ok()?;
         let host = url.host_str()?;
-        let (address, shown) = if host.eq_ignore_ascii_case("localhost") {
+        if let Some(proxy) = &self.proxy
+            && proxy.host == host.trim_end_matches('.').to_ascii_lowercase()
+        {
+            // Through the proxy it would be the proxy calling itself, at any port.
+            return Some(format!(
+                "url's host {host} is the proxy webhook deliveries go through"
+            ));
+        }
+        let (address, shown) = if names_this_machine(host) {
             // It resolves to either loopback address, or to both: allowing one allows it (the
             // resolver then connects only to that one).
             if self.permits(IpAddr::V6(Ipv6Addr::LOCALHOST)) {
                 return None;
             }
-            (IpAddr::V4(Ipv4Addr::LOCALHOST), "localhost")
+            (IpAddr::V4(Ipv4Addr::LOCALHOST), host)
         } else {
             (literal(host)?, host)
         };
@@ -357,6 +367,16 @@ impl ForwardProxy {
             Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']'),
             _ => return Err(format!("must name a host, as {EXAMPLE}")),
         };
+        if names_this_machine(host) {
+            // Receivers may be at `localhost` too, and the resolver passes the proxy's name
+            // unfiltered: the two must not share a name.
+            return Err(
+                "must name this machine by its address (`http://127.0.0.1:3128` or \
+                 `http://[::1]:3128`), not as localhost"
+                    .to_owned(),
+            );
+        }
+        let host = host.trim_end_matches('.');
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
             return Err(format!(
                 "must be the proxy's address alone, as {EXAMPLE}, without a path"
@@ -387,6 +407,13 @@ impl fmt::Debug for ForwardProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("ForwardProxy").field(&self.shown()).finish()
     }
+}
+
+/// Whether `host` is a name of this machine: `localhost`, or a name under it (RFC 6761), with
+/// or without the root's dot.
+fn names_this_machine(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
 }
 
 /// The address a URL's host names, when it is one (IPv6 in its brackets).
@@ -510,10 +537,10 @@ impl reqwest::dns::Resolve for Resolver {
             if destinations
                 .proxy
                 .as_ref()
-                .is_some_and(|proxy| proxy.host.eq_ignore_ascii_case(&name))
+                .is_some_and(|proxy| proxy.host == name.trim_end_matches('.').to_ascii_lowercase())
             {
                 // The operator's own proxy, most likely on an internal address: connected to
-                // whatever the rule for receivers says.
+                // whatever the rule for receivers would say of its addresses.
                 let found = destinations.lookup(&name).await?;
                 let addresses: reqwest::dns::Addrs = Box::new(
                     found
@@ -533,11 +560,15 @@ impl reqwest::dns::Resolve for Resolver {
             destinations.forget_permitted(&name);
             let found = match destinations.lookup(&name).await {
                 Ok(found) if !found.is_empty() => found,
+                // Forgotten again: the check before another webhook's attempt may have noted
+                // the name while this lookup ran.
                 Ok(_) => {
+                    destinations.forget_permitted(&name);
                     tracing::info!(host = %name, "a webhook receiver's name has no address");
                     return Err(refused().into());
                 }
                 Err(error) => {
+                    destinations.forget_permitted(&name);
                     tracing::info!(host = %name, %error, "a webhook receiver's name does not resolve");
                     return Err(refused().into());
                 }
@@ -549,6 +580,7 @@ impl reqwest::dns::Resolve for Resolver {
                 .map(|address| SocketAddr::new(address, 0))
                 .collect();
             if permitted.is_empty() {
+                destinations.forget_permitted(&name);
                 tracing::info!(
                     host = %name, addresses = ?found,
                     "a webhook receiver's name resolves only to addresses outside the allowed networks"
@@ -904,6 +936,8 @@ mod tests {
             ("http://proxy.internal:3128/?a=b", "without a path"),
             ("http://", "absolute URL"),
             ("not a url", "absolute URL"),
+            ("http://localhost:3128", "by its address"),
+            ("http://proxy.localhost.:3128", "by its address"),
         ] {
             let refused = ForwardProxy::parse(wrong).unwrap_err();
             assert!(refused.contains(why), "{wrong}: {refused}");
@@ -956,11 +990,15 @@ mod tests {
                 .await,
             None
         );
-        // Addresses, and this machine, are refused as without a proxy.
+        // Addresses, this machine by any of its names, and the proxy itself are refused.
         for refused in [
             "https://10.1.2.3/",
             "http://localhost:8080/",
+            "https://localhost.:6379/",
+            "https://cache.localhost/",
             "https://169.254.169.254/",
+            "https://proxy.internal:22/",
+            "https://PROXY.internal./",
         ] {
             assert!(
                 matches!(

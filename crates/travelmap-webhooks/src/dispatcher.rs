@@ -159,7 +159,7 @@ impl Dispatcher {
         if let Some(proxy) = destinations.proxy() {
             tracing::info!(
                 proxy = %proxy.shown(),
-                "webhook deliveries to host names go through the configured proxy"
+                "webhook deliveries go through the configured proxy, except to this machine and to addresses in allowed networks"
             );
         }
         Self {
@@ -688,8 +688,8 @@ fn http_client(policy: &Policy, destinations: &Destinations) -> reqwest::Client 
     // Straight to the receiver unless the operator names a proxy: one from the environment
     // would resolve the receiver's name itself, out of the resolver's reach, and would carry
     // plain-HTTP deliveries (allowed only to this machine) across the network. The operator's
-    // proxy is used as `Destinations::through_proxy` says, which keeps this machine's and the
-    // allowed networks' addresses off it.
+    // proxy is used as `Destinations::through_proxy` says, which keeps URLs naming this
+    // machine or an address in an allowed network off it.
     let builder = match destinations.proxy() {
         None => builder.no_proxy(),
         Some(proxy) => {
@@ -834,5 +834,64 @@ mod tests {
         .await
         .expect("loopback is allowed");
         assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    }
+
+    /// Behind a proxy named by a host name on an internal address, the delivery client reaches
+    /// the proxy (its name is not filtered as a receiver's would be), asks it for a tunnel to the
+    /// receiver's name, which this machine need not resolve, and authenticates with the
+    /// percent-decoded user name and password of the proxy's URL.
+    #[tokio::test]
+    async fn behind_a_proxy_the_client_tunnels_through_it_with_its_credentials() {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let head = tokio::spawn(async move {
+            let (mut connection, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buffer = [0; 1024];
+            while !head.windows(4).any(|end| end == b"\r\n\r\n") {
+                let read = connection.read(&mut buffer).await.unwrap();
+                assert!(read > 0, "the request ended early");
+                head.extend_from_slice(&buffer[..read]);
+            }
+            let _ = connection
+                .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                .await;
+            String::from_utf8(head).unwrap()
+        });
+        let proxy = crate::destinations::ForwardProxy::parse(&format!(
+            "http://deliveries:p%40ss@Proxy.Internal.:{port}"
+        ))
+        .unwrap();
+        // The proxy's name resolves to loopback, which receivers may not be at here.
+        let destinations =
+            Destinations::public_only()
+                .via_proxy(proxy)
+                .resolving_from(HashMap::from([(
+                    "proxy.internal.".to_owned(),
+                    vec![std::net::IpAddr::from([127, 0, 0, 1])],
+                )]));
+        let failed = http_client(&Policy::default(), &destinations)
+            .post("https://receiver.invalid/hooks")
+            .send()
+            .await
+            .expect_err("the proxy refuses the tunnel");
+        let head = head.await.unwrap();
+        assert!(
+            head.starts_with("CONNECT receiver.invalid:443 HTTP/1.1\r\n"),
+            "{head}"
+        );
+        // base64 of `deliveries:p@ss`.
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("proxy-authorization: basic zgvsaxzlcmllczpwqhnz\r\n"),
+            "{head}"
+        );
+        let described = describe(&failed, Policy::default().timeout);
+        assert!(
+            !described.contains("p%40ss") && !described.contains("p@ss"),
+            "{described}"
+        );
     }
 }

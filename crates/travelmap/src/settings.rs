@@ -263,10 +263,14 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is invalid: {source}")]
+    /// Said without the offending line, which TOML's own message quotes: it may hold a
+    /// password (`[webhooks] proxy`).
+    #[error("config file {path} is invalid{at}: {message}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        /// ` at line L, column C`, where the parser knows.
+        at: String,
+        message: String,
     },
     #[error("config file {path}: {source}")]
     Credentials {
@@ -347,9 +351,18 @@ impl ConfigFile {
             path: path.to_owned(),
             source,
         })?;
-        let config: Self = toml::from_str(&text).map_err(|source| Error::Parse {
+        let config: Self = toml::from_str(&text).map_err(|error| Error::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            at: error
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!(" at line {line}, column {column}")
+                })
+                .unwrap_or_default(),
+            message: error.message().trim_end().to_owned(),
         })?;
         match config.webhooks.destinations() {
             Ok(_) => {}
@@ -1157,6 +1170,19 @@ mod tests {
         let shown = error.to_string();
         assert!(shown.contains("[webhooks] proxy must be"), "{shown}");
         assert!(!shown.contains("s3cret"), "{shown}");
+        // Nor does TOML's own error quote it.
+        for wrong in [
+            "proxy_url = \"http://deliveries:s3cret@proxy.internal:3128\"",
+            "proxy = \"http://deliveries:s3\\cret@proxy.internal:3128\"",
+        ] {
+            std::fs::write(&path, format!("[webhooks]\n{wrong}\n")).unwrap();
+            let shown = ConfigFile::load(&path).unwrap_err().to_string();
+            assert!(shown.contains("is invalid at line 2, column "), "{shown}");
+            assert!(!shown.contains("s3"), "{shown}");
+        }
+        std::fs::write(&path, "[webhooks]\nproxy = \"http://localhost:3128\"\n").unwrap();
+        let shown = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(shown.contains("by its address"), "{shown}");
     }
 
     #[test]
