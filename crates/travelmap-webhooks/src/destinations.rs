@@ -184,9 +184,15 @@ impl Destinations {
         let url = reqwest::Url::parse(url).ok()?;
         let host = url.host_str()?;
         if let Some(proxy) = &self.proxy
-            && proxy.host == host.trim_end_matches('.').to_ascii_lowercase()
+            && proxy.host
+                == host
+                    .trim_start_matches('[')
+                    .trim_end_matches([']', '.'])
+                    .to_ascii_lowercase()
+            && self.through_proxy(&url)
         {
-            // Through the proxy it would be the proxy calling itself, at any port.
+            // Through the proxy it would be the proxy calling itself, at any port. (Named by
+            // an address in an allowed network, it is connected to directly, as a receiver.)
             return Some(format!(
                 "url's host {host} is the proxy webhook deliveries go through"
             ));
@@ -298,8 +304,16 @@ impl Destinations {
         }
     }
 
-    /// The addresses `name` resolves to, by the system's resolver.
+    /// The addresses `name` resolves to, by the system's resolver; a name of this machine, as
+    /// RFC 6761 has it, to both loopback addresses, whatever the hosts file says (the rule
+    /// judged `localhost` by them at registration).
     async fn lookup(&self, name: &str) -> std::io::Result<Vec<IpAddr>> {
+        if names_this_machine(name) {
+            return Ok(vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ]);
+        }
         #[cfg(test)]
         if let Some(hosts) = &self.hosts {
             if name == HANGING_NAME {
@@ -356,8 +370,9 @@ impl ForwardProxy {
     /// anything else.
     pub fn parse(text: &str) -> Result<Self, String> {
         const EXAMPLE: &str = "`http://proxy.example:3128`";
+        // The parser's reason never quotes the text.
         let url = reqwest::Url::parse(text)
-            .map_err(|_| format!("is not an absolute URL such as {EXAMPLE}"))?;
+            .map_err(|error| format!("is not an absolute URL such as {EXAMPLE} ({error})"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
                 "must be an http:// or https:// proxy, such as {EXAMPLE}"
@@ -377,6 +392,26 @@ impl ForwardProxy {
             );
         }
         let host = host.trim_end_matches('.');
+        if url.port() == Some(0) {
+            return Err("must not name port 0: nothing can be reached there".to_owned());
+        }
+        for (part, encoded) in [
+            ("user name", url.username()),
+            ("password", url.password().unwrap_or("")),
+        ] {
+            if !decodes_to_text(encoded) {
+                return Err(format!(
+                    "has a {part} that is not percent-encoded text: write `%` as `%25`, and \
+                     other characters as their UTF-8 bytes, `%XX` each"
+                ));
+            }
+        }
+        // Basic authentication separates the two at the first colon.
+        if url.username().to_ascii_lowercase().contains("%3a") {
+            return Err(
+                "has a user name holding `:`, which Basic authentication cannot carry".to_owned(),
+            );
+        }
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
             return Err(format!(
                 "must be the proxy's address alone, as {EXAMPLE}, without a path"
@@ -407,6 +442,31 @@ impl fmt::Debug for ForwardProxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("ForwardProxy").field(&self.shown()).finish()
     }
+}
+
+/// Whether `encoded`, percent-encoded, decodes to UTF-8 text: every `%` followed by two hex
+/// digits. (The URL parser leaves a stray `%` as it is, and the proxy client would send it so,
+/// or replace bytes that are not UTF-8.)
+fn decodes_to_text(encoded: &str) -> bool {
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut rest = encoded.as_bytes();
+    while let Some((&byte, after)) = rest.split_first() {
+        if byte == b'%' {
+            let Some(hex) = after.get(..2) else {
+                return false;
+            };
+            let Ok(decoded) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("x"), 16)
+            else {
+                return false;
+            };
+            bytes.push(decoded);
+            rest = &after[2..];
+        } else {
+            bytes.push(byte);
+            rest = after;
+        }
+    }
+    String::from_utf8(bytes).is_ok()
 }
 
 /// Whether `host` is a name of this machine: `localhost`, or a name under it (RFC 6761), with
@@ -854,33 +914,46 @@ mod tests {
         assert!(elsewhere.url_problem(url).is_some());
     }
 
-    /// The system's resolver is what names are asked of outside these tests.
+    /// The system's resolver is what names are asked of outside these tests, but for names of
+    /// this machine, which are its loopback addresses whatever the hosts file says.
     #[tokio::test]
-    async fn names_are_asked_of_the_system_resolver() {
+    async fn names_are_asked_of_the_system_resolver_but_localhost_is_loopback() {
         use reqwest::dns::Resolve;
         use std::str::FromStr;
-        let localhost = || reqwest::dns::Name::from_str("localhost").unwrap();
-        let refused = match Destinations::public_only()
-            .resolver()
-            .resolve(localhost())
-            .await
-        {
-            Ok(_) => panic!("localhost resolved while loopback is not allowed"),
-            Err(error) => error.to_string(),
+        let system = Destinations::public_only();
+        assert_eq!(
+            system.lookup("127.0.0.2").await.unwrap(),
+            [address("127.0.0.2")]
+        );
+        let resolve = |destinations: Destinations, name: &'static str| async move {
+            destinations
+                .resolver()
+                .resolve(reqwest::dns::Name::from_str(name).unwrap())
+                .await
+                .map(|found| found.collect::<Vec<SocketAddr>>())
+                .map_err(|error| error.to_string())
         };
+        let refused = resolve(Destinations::public_only(), "localhost")
+            .await
+            .unwrap_err();
         assert!(
             refused.starts_with("refused: localhost has no address"),
             "{refused}"
         );
-        let found: Vec<SocketAddr> = Destinations::public_and_loopback()
-            .resolver()
-            .resolve(localhost())
-            .await
-            .map_err(|error| error.to_string())
-            .unwrap()
+        let both: Vec<SocketAddr> = ["127.0.0.1:0", "[::1]:0"]
+            .iter()
+            .map(|text| text.parse().unwrap())
             .collect();
-        assert!(!found.is_empty());
-        assert!(found.iter().all(|address| address.ip().is_loopback()));
+        assert_eq!(
+            resolve(Destinations::public_and_loopback(), "localhost").await,
+            Ok(both.clone())
+        );
+        assert_eq!(
+            resolve(Destinations::public_and_loopback(), "Receiver.localhost.").await,
+            Ok(both.clone())
+        );
+        let only_v6 = Destinations::allowing([Destinations::network("::1").unwrap()]);
+        assert_eq!(resolve(only_v6, "localhost").await, Ok(vec![both[1]]));
     }
 
     #[tokio::test]
@@ -937,6 +1010,21 @@ mod tests {
             ("http://", "absolute URL"),
             ("not a url", "absolute URL"),
             ("http://localhost:3128", "by its address"),
+            ("http://proxy.internal:0", "port 0"),
+            ("http://proxy.internal:99999", "invalid port"),
+            (
+                "http://user:s3cret%zz@proxy.internal:3128",
+                "percent-encoded text",
+            ),
+            (
+                "http://user:s3cret%FF@proxy.internal:3128",
+                "percent-encoded text",
+            ),
+            (
+                "http://user:s3cret%4@proxy.internal:3128",
+                "percent-encoded text",
+            ),
+            ("http://us%3Aer:s3cret@proxy.internal:3128", "`:`"),
             ("http://proxy.localhost.:3128", "by its address"),
         ] {
             let refused = ForwardProxy::parse(wrong).unwrap_err();
@@ -1008,6 +1096,12 @@ mod tests {
                 "{refused}"
             );
         }
+        // A proxy named by an address in an allowed network shares it with receivers there,
+        // which are connected to directly.
+        let beside = Destinations::allowing([Destinations::network("10.0.0.0/8").unwrap()])
+            .via_proxy(ForwardProxy::parse("http://10.0.0.9:3128").unwrap());
+        assert_eq!(beside.url_problem("https://10.0.0.9:8443/hooks"), None);
+
         // The proxy itself is connected to, though its address is private; other names still
         // get only permitted addresses.
         let resolve = |name: &str| {
