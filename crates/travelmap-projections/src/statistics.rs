@@ -233,12 +233,13 @@ pub struct OutcomeCells {
     /// Participations ended by a `programme.dropped_out` of the same programme (decided as for
     /// `completed`).
     pub dropped_out: Cell,
-    /// `retraining.completed` facts in the spans: courses, not people. A course completed while
-    /// the client takes part in two programmes is in both spans and counts for each
-    /// participation, so a total over programmes counts it twice.
+    /// `retraining.completed` facts during the participation: in the span, and no later than
+    /// the completion or dropout that ended it, if one did. Courses, not people. A course
+    /// completed while the client takes part in two programmes counts for each participation,
+    /// so a total over programmes counts it twice.
     pub retraining_completed: Cell,
-    /// `debt_case.closed` facts in the spans: cases, not people (and, as for courses, once per
-    /// participation whose span holds the closing).
+    /// `debt_case.closed` facts during the participation, as for courses: cases, not people
+    /// (once per participation the closing falls in).
     pub debt_cases_closed: Cell,
     /// Participations with a `job.placed` in the span dated 0 to 183 days after the release
     /// date. No release, no job counted.
@@ -534,6 +535,11 @@ impl<'s> Participation<'s> {
             ..Counts::default()
         };
         let mut ending = None;
+        // When the participation ended; courses and debt cases after it are not its doing (the
+        // job, housing and re-offence measures look past it, from the release).
+        let mut ended_at = None;
+        let during =
+            |fact: &Fact, ended_at: Option<_>| ended_at.is_none_or(|end| fact.occurred_at <= end);
         let mut job = false;
         let mut housing = false;
         let mut reoffence = false;
@@ -544,14 +550,20 @@ impl<'s> Participation<'s> {
                     if ending.is_none() && completed.programme.as_str() == self.programme =>
                 {
                     ending = Some(Ending::Completed);
+                    ended_at = Some(fact.occurred_at);
                 }
                 JourneyEvent::ProgrammeDroppedOut(dropped)
                     if ending.is_none() && dropped.programme.as_str() == self.programme =>
                 {
                     ending = Some(Ending::DroppedOut);
+                    ended_at = Some(fact.occurred_at);
                 }
-                JourneyEvent::RetrainingCompleted(_) => counts.retraining_completed += 1,
-                JourneyEvent::DebtCaseClosed(_) => counts.debt_cases_closed += 1,
+                JourneyEvent::RetrainingCompleted(_) if during(fact, ended_at) => {
+                    counts.retraining_completed += 1;
+                }
+                JourneyEvent::DebtCaseClosed(_) if during(fact, ended_at) => {
+                    counts.debt_cases_closed += 1;
+                }
                 JourneyEvent::JobPlaced(_) => job |= within_days_of_release(on, JOB_WINDOW_DAYS),
                 JourneyEvent::HousingSecured(_) => housing = true,
                 JourneyEvent::ReoffenceRecorded(reoffence_recorded) => {
@@ -1801,11 +1813,11 @@ mod tests {
             job_within_6_months: 1,
             ..Counts::default()
         };
-        // RUBIKON ends with its own completion; VOL's dropout before it is not its outcome.
+        // RUBIKON ends with its own completion; VOL's dropout before it is not its outcome, nor
+        // is the course completed the day after it ended (the job after release is).
         let rubikon = Counts {
             entered: 1,
             completed: 1,
-            retraining_completed: 1,
             job_within_6_months: 1,
             ..Counts::default()
         };
