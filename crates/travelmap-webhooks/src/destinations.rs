@@ -49,8 +49,8 @@ pub struct Destinations {
     allowed: Arc<Vec<IpNet>>,
     /// Names lately found to resolve to a permitted address, with until when that is taken to
     /// hold.
-    permitted_names: Arc<Mutex<HashMap<String, Instant>>>,
-    /// The forward proxy deliveries to host names go through, if the operator names one.
+    permitted_names: Arc<Mutex<HashMap<String, Verdict>>>,
+    /// The forward proxy deliveries go through, if the operator names one.
     proxy: Option<ForwardProxy>,
     /// Answers the tests give in place of the system's resolver.
     #[cfg(test)]
@@ -89,7 +89,8 @@ impl Destinations {
         ])
     }
 
-    /// These destinations, reaching host names through `proxy` (see the module's notes).
+    /// These destinations, reached through `proxy` but for this machine and the allowed
+    /// networks' addresses (see the module's notes).
     pub fn via_proxy(self, proxy: ForwardProxy) -> Self {
         Self {
             proxy: Some(proxy),
@@ -97,7 +98,7 @@ impl Destinations {
         }
     }
 
-    /// The forward proxy deliveries to host names go through, if any.
+    /// The forward proxy deliveries go through, if any.
     pub fn proxy(&self) -> Option<&ForwardProxy> {
         self.proxy.as_ref()
     }
@@ -178,7 +179,7 @@ impl Destinations {
     }
 
     /// Why a receiver may not be at the host `url` names: `None` when it may, when the host is
-    /// a name other than `localhost` (names are judged when they are resolved, at each delivery),
+    /// a name other than this machine's (names are judged when they are resolved, at each delivery),
     /// or when `url` is not one [`crate::registration::url_problem`] accepts.
     pub fn url_problem(&self, url: &str) -> Option<String> {
         let url = reqwest::Url::parse(url).ok()?;
@@ -238,6 +239,7 @@ impl Destinations {
         if self.permitted_lately(&name) {
             return None;
         }
+        let looked_up_at = Instant::now();
         let found = match tokio::time::timeout(patience, self.lookup(&name)).await {
             Ok(Ok(found)) if !found.is_empty() => found,
             Ok(Ok(_)) => {
@@ -254,7 +256,7 @@ impl Destinations {
             }
         };
         if found.iter().any(|address| self.permits(*address)) {
-            self.note_permitted(name);
+            self.note_permitted(name, looked_up_at);
             return None;
         }
         tracing::info!(
@@ -269,30 +271,58 @@ impl Destinations {
             .permitted_names
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        names.get(name).is_some_and(|until| *until > Instant::now())
+        matches!(names.get(name), Some(Verdict::Permitted { until }) if *until > Instant::now())
     }
 
-    fn note_permitted(&self, name: String) {
+    /// Notes that `name` was found, by a lookup begun at `looked_up_at`, to have a permitted
+    /// address; unless it was forgotten since that lookup began, whose answer is then older
+    /// than what made it be forgotten.
+    fn note_permitted(&self, name: String, looked_up_at: Instant) {
+        let mut names = self
+            .permitted_names
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if matches!(names.get(&name), Some(Verdict::Forgotten { at }) if *at > looked_up_at) {
+            return;
+        }
+        let now = Instant::now();
+        Self::make_room(&mut names, now);
+        if names.len() < NAME_VERDICTS_KEPT {
+            names.insert(
+                name,
+                Verdict::Permitted {
+                    until: now + NAME_VERDICT_KEPT,
+                },
+            );
+        }
+    }
+
+    /// Drops what was noted of `name`: the resolver found it has no permitted address now (or
+    /// is looking again), and the check before the next attempt must not go by the earlier
+    /// verdict, nor by one a lookup begun earlier is about to note.
+    fn forget_permitted(&self, name: &str) {
         let mut names = self
             .permitted_names
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();
-        if names.len() >= NAME_VERDICTS_KEPT {
-            names.retain(|_, until| *until > now);
-        }
+        names.remove(name);
+        Self::make_room(&mut names, now);
         if names.len() < NAME_VERDICTS_KEPT {
-            names.insert(name, now + NAME_VERDICT_KEPT);
+            names.insert(name.to_owned(), Verdict::Forgotten { at: now });
         }
     }
 
-    /// Drops what was noted of `name`: the resolver found it has no permitted address now, and
-    /// the check before the next attempt must not go by the earlier verdict.
-    fn forget_permitted(&self, name: &str) {
-        self.permitted_names
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(name);
+    /// Drops the verdicts that no longer count, when there are too many: permissions past their
+    /// time, and forgettings older than any lookup still running could be (lookups before
+    /// attempts give up after the receiver's timeout, which is far shorter in practice).
+    fn make_room(names: &mut HashMap<String, Verdict>, now: Instant) {
+        if names.len() >= NAME_VERDICTS_KEPT {
+            names.retain(|_, verdict| match verdict {
+                Verdict::Permitted { until } => *until > now,
+                Verdict::Forgotten { at } => now.duration_since(*at) < NAME_VERDICT_KEPT,
+            });
+        }
     }
 
     /// These destinations, resolving names from `hosts` instead of the system's resolver.
@@ -336,6 +366,15 @@ impl Destinations {
             destinations: self.clone(),
         })
     }
+}
+
+/// What the check before attempts last learnt of a name.
+#[derive(Debug, Clone, Copy)]
+enum Verdict {
+    /// It had a permitted address, taken to hold until then.
+    Permitted { until: Instant },
+    /// What was noted was dropped then (see [`Destinations::forget_permitted`]).
+    Forgotten { at: Instant },
 }
 
 /// Why a delivery is not made; the text is what the delivery log shows.
@@ -452,7 +491,10 @@ fn decodes_to_text(encoded: &str) -> bool {
     let mut rest = encoded.as_bytes();
     while let Some((&byte, after)) = rest.split_first() {
         if byte == b'%' {
-            let Some(hex) = after.get(..2) else {
+            let Some(hex) = after
+                .get(..2)
+                .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+            else {
                 return false;
             };
             let Ok(decoded) = u8::from_str_radix(std::str::from_utf8(hex).unwrap_or("x"), 16)
@@ -600,7 +642,7 @@ impl reqwest::dns::Resolve for Resolver {
                 .is_some_and(|proxy| proxy.host == name.trim_end_matches('.').to_ascii_lowercase())
             {
                 // The operator's own proxy, most likely on an internal address: connected to
-                // whatever the rule for receivers would say of its addresses.
+                // whatever its addresses, which the rule for receivers does not apply to.
                 let found = destinations.lookup(&name).await?;
                 let addresses: reqwest::dns::Addrs = Box::new(
                     found
@@ -618,6 +660,7 @@ impl reqwest::dns::Resolve for Resolver {
             // that check went by it (or the resolver fails just now), it is said in the
             // server's log as that check says it.
             destinations.forget_permitted(&name);
+            let looked_up_at = Instant::now();
             let found = match destinations.lookup(&name).await {
                 Ok(found) if !found.is_empty() => found,
                 // Forgotten again: the check before another webhook's attempt may have noted
@@ -647,7 +690,7 @@ impl reqwest::dns::Resolve for Resolver {
                 );
                 return Err(refused().into());
             }
-            destinations.note_permitted(name);
+            destinations.note_permitted(name, looked_up_at);
             let addresses: reqwest::dns::Addrs = Box::new(permitted.into_iter());
             Ok(addresses)
         })
@@ -878,7 +921,7 @@ mod tests {
                 .permitted_names
                 .lock()
                 .unwrap()
-                .insert("private.example".to_owned(), until);
+                .insert("private.example".to_owned(), Verdict::Permitted { until });
         };
         noted(Instant::now() + Duration::from_secs(30));
         let private = "https://private.example/";
@@ -887,7 +930,7 @@ mod tests {
         assert!(public.delivery_problem(private, patience).await.is_some());
 
         // A connection's lookup cut short by its timeout leaves the next check to look again.
-        public.note_permitted(HANGING_NAME.to_owned());
+        public.note_permitted(HANGING_NAME.to_owned(), Instant::now());
         assert!(public.permitted_lately(HANGING_NAME));
         let hanging = reqwest::dns::Name::from_str(HANGING_NAME).unwrap();
         let cut_short = tokio::time::timeout(
@@ -896,6 +939,16 @@ mod tests {
         );
         assert!(cut_short.await.is_err());
         assert!(!public.permitted_lately(HANGING_NAME));
+
+        // A lookup begun before the name was forgotten does not note it again with its older
+        // answer; one begun after does.
+        let begun = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        public.forget_permitted("race.example");
+        public.note_permitted("race.example".to_owned(), begun);
+        assert!(!public.permitted_lately("race.example"));
+        public.note_permitted("race.example".to_owned(), Instant::now());
+        assert!(public.permitted_lately("race.example"));
     }
 
     #[test]
@@ -914,17 +967,12 @@ mod tests {
         assert!(elsewhere.url_problem(url).is_some());
     }
 
-    /// The system's resolver is what names are asked of outside these tests, but for names of
-    /// this machine, which are its loopback addresses whatever the hosts file says.
+    /// Names of this machine are its loopback addresses whatever the hosts file says, and the
+    /// resolver keeps the allowed ones.
     #[tokio::test]
-    async fn names_are_asked_of_the_system_resolver_but_localhost_is_loopback() {
+    async fn localhost_is_both_loopback_addresses() {
         use reqwest::dns::Resolve;
         use std::str::FromStr;
-        let system = Destinations::public_only();
-        assert_eq!(
-            system.lookup("127.0.0.2").await.unwrap(),
-            [address("127.0.0.2")]
-        );
         let resolve = |destinations: Destinations, name: &'static str| async move {
             destinations
                 .resolver()
@@ -954,6 +1002,8 @@ mod tests {
         );
         let only_v6 = Destinations::allowing([Destinations::network("::1").unwrap()]);
         assert_eq!(resolve(only_v6, "localhost").await, Ok(vec![both[1]]));
+        let only_v4 = Destinations::allowing([Destinations::network("127.0.0.1").unwrap()]);
+        assert_eq!(resolve(only_v4, "localhost.").await, Ok(vec![both[0]]));
     }
 
     #[tokio::test]
@@ -1022,6 +1072,10 @@ mod tests {
             ),
             (
                 "http://user:s3cret%4@proxy.internal:3128",
+                "percent-encoded text",
+            ),
+            (
+                "http://user:s3cret%+1@proxy.internal:3128",
                 "percent-encoded text",
             ),
             ("http://us%3Aer:s3cret@proxy.internal:3128", "`:`"),

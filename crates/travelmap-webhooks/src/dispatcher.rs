@@ -877,7 +877,11 @@ mod tests {
             .send()
             .await
             .expect_err("the proxy refuses the tunnel");
-        let head = head.await.unwrap();
+        // Were the proxy not reached, nothing would be accepted: fail rather than wait.
+        let head = tokio::time::timeout(std::time::Duration::from_secs(10), head)
+            .await
+            .expect("the proxy was asked")
+            .unwrap();
         assert!(
             head.starts_with("CONNECT receiver.invalid:443 HTTP/1.1\r\n"),
             "{head}"

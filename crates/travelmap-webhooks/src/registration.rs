@@ -83,8 +83,8 @@ pub fn url_problem(url: &str) -> Option<String> {
 /// rule for every URL the service calls in the clear (webhooks, the identity provider's keys).
 pub fn on_this_machine(url: &reqwest::Url) -> bool {
     url.host_str().is_some_and(|host| {
-        // `localhost.` is not taken: written with its dot it goes to the resolver, which may
-        // answer with any address.
+        // `localhost.` and names under it are not taken, to keep plain HTTP to the one name
+        // everybody writes (deliveries resolve them all to loopback, see `destinations`).
         host.eq_ignore_ascii_case("localhost")
             || host
                 .trim_start_matches('[')

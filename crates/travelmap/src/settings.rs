@@ -81,6 +81,30 @@ pub struct WebhooksEntry {
     pub proxy: Option<Concealed>,
 }
 
+/// `message` with the text of every string value it quotes left out: serde's type errors quote
+/// the value (`invalid type: string "http://user:password@..."`), which may be a password put in
+/// the wrong place.
+fn without_quoted_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut shown = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(found) = rest.find(QUOTED) {
+        shown.push_str(&rest[..found]);
+        shown.push_str("string (not shown)");
+        // The value is quoted as Rust's `Debug` writes strings: a quote inside is escaped.
+        let mut escaped = false;
+        let after = &rest[found + QUOTED.len()..];
+        let end = after.char_indices().find_map(|(index, c)| {
+            let closes = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes.then_some(index + 1)
+        });
+        rest = &after[end.unwrap_or(after.len())..];
+    }
+    shown.push_str(rest);
+    shown
+}
+
 /// A setting whose text may hold a password (`[webhooks] proxy`): read as written, and left
 /// out of `Debug`, so that no log or panic message shows it.
 #[derive(Clone, Deserialize)]
@@ -356,13 +380,17 @@ impl ConfigFile {
             at: error
                 .span()
                 .map(|span| {
-                    let before = &text[..span.start.min(text.len())];
+                    let mut start = span.start.min(text.len());
+                    while !text.is_char_boundary(start) {
+                        start -= 1;
+                    }
+                    let before = &text[..start];
                     let line = before.matches('\n').count() + 1;
                     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
                     format!(" at line {line}, column {column}")
                 })
                 .unwrap_or_default(),
-            message: error.message().trim_end().to_owned(),
+            message: without_quoted_strings(error.message().trim_end()),
         })?;
         match config.webhooks.destinations() {
             Ok(_) => {}
@@ -1180,6 +1208,18 @@ mod tests {
             assert!(shown.contains("is invalid at line 2, column "), "{shown}");
             assert!(!shown.contains("s3"), "{shown}");
         }
+        // Nor serde's, where the value is of the wrong type for its key.
+        std::fs::write(
+            &path,
+            "[webhooks]\ntimeout_seconds = \"http://u:s3\\\"cret@proxy:3128\"\n",
+        )
+        .unwrap();
+        let shown = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(
+            shown.contains("invalid type: string (not shown), expected"),
+            "{shown}"
+        );
+        assert!(!shown.contains("s3") && !shown.contains("cret"), "{shown}");
         std::fs::write(&path, "[webhooks]\nproxy = \"http://localhost:3128\"\n").unwrap();
         let shown = ConfigFile::load(&path).unwrap_err().to_string();
         assert!(shown.contains("by its address"), "{shown}");
