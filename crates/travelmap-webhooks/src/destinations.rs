@@ -185,11 +185,7 @@ impl Destinations {
         let url = reqwest::Url::parse(url).ok()?;
         let host = url.host_str()?;
         if let Some(proxy) = &self.proxy
-            && proxy.host
-                == host
-                    .trim_start_matches('[')
-                    .trim_end_matches([']', '.'])
-                    .to_ascii_lowercase()
+            && proxy.is_host(host)
             && self.through_proxy(&url)
         {
             // Through the proxy it would be the proxy calling itself, at any port. (Named by
@@ -462,6 +458,17 @@ impl ForwardProxy {
         })
     }
 
+    /// Whether `host`, as a URL has it, is the proxy's: the same name (in any case, with or
+    /// without the final dot), or the same address in any of the forms judged as it (an IPv4
+    /// address mapped into IPv6, say).
+    fn is_host(&self, host: &str) -> bool {
+        match (literal(&self.host), literal(host)) {
+            (Some(proxy), Some(other)) => canonical(proxy) == canonical(other),
+            (None, None) => self.host == host.trim_end_matches('.').to_ascii_lowercase(),
+            _ => false,
+        }
+    }
+
     /// The URL deliveries are sent through, with its user name and password.
     pub(crate) fn url(&self) -> &reqwest::Url {
         &self.url
@@ -639,7 +646,7 @@ impl reqwest::dns::Resolve for Resolver {
             if destinations
                 .proxy
                 .as_ref()
-                .is_some_and(|proxy| proxy.host == name.trim_end_matches('.').to_ascii_lowercase())
+                .is_some_and(|proxy| proxy.is_host(&name))
             {
                 // The operator's own proxy, most likely on an internal address: connected to
                 // whatever its addresses, which the rule for receivers does not apply to.
@@ -1155,6 +1162,19 @@ mod tests {
         let beside = Destinations::allowing([Destinations::network("10.0.0.0/8").unwrap()])
             .via_proxy(ForwardProxy::parse("http://10.0.0.9:3128").unwrap());
         assert_eq!(beside.url_problem("https://10.0.0.9:8443/hooks"), None);
+        // A proxy at a public address is that address in every form judged as it.
+        let public = Destinations::public_only()
+            .via_proxy(ForwardProxy::parse("http://8.8.8.8:3128").unwrap());
+        for same in [
+            "https://8.8.8.8/",
+            "https://[::ffff:8.8.8.8]/",
+            "https://[64:ff9b::808:808]/",
+            "https://[2002:808:808::1]/",
+        ] {
+            let refused = public.url_problem(same).expect(same);
+            assert!(refused.contains("is the proxy"), "{same}: {refused}");
+        }
+        assert_eq!(public.url_problem("https://8.8.4.4/"), None);
 
         // The proxy itself is connected to, though its address is private; other names still
         // get only permitted addresses.

@@ -150,7 +150,12 @@ impl WebhooksEntry {
             .map(|entry| {
                 travelmap_webhooks::Destinations::network(entry).map_err(|reason| {
                     DestinationsProblem::Network {
-                        entry: entry.clone(),
+                        // A URL with a password put here by mistake is not repeated.
+                        entry: if entry.contains('@') {
+                            "(an entry holding @, not shown)".to_owned()
+                        } else {
+                            entry.clone()
+                        },
                         reason,
                     }
                 })
@@ -1220,6 +1225,14 @@ mod tests {
             "{shown}"
         );
         assert!(!shown.contains("s3") && !shown.contains("cret"), "{shown}");
+        std::fs::write(
+            &path,
+            "[webhooks]\nallow_networks = [\"http://u:s3cret@proxy:3128\"]\n",
+        )
+        .unwrap();
+        let shown = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(shown.contains("an entry holding @, not shown"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
         std::fs::write(&path, "[webhooks]\nproxy = \"http://localhost:3128\"\n").unwrap();
         let shown = ConfigFile::load(&path).unwrap_err().to_string();
         assert!(shown.contains("by its address"), "{shown}");
