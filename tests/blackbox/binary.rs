@@ -542,17 +542,59 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
     assert!(reopened.status.success());
     let stderr = String::from_utf8_lossy(&reopened.stderr);
     assert!(stderr.contains(warning), "{stderr}");
-    // Said again on every open while the trail stays empty, not only when the file was made.
+    // That open began the trail anew with an entry saying so, and every open after says it
+    // again until the trail is restored, whatever is written meanwhile.
     let again = run(&["rebuild"], &data);
     let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(stderr.contains(warning), "{stderr}");
-    // And an auditor's check does not pass the empty trail as intact.
+    assert!(
+        stderr.contains("the audit trail (audit.sqlite) was begun anew"),
+        "{stderr}"
+    );
+    let file = dir.path().join("more.jsonl");
+    let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-02T00:00:00Z");
+    std::fs::write(&file, format!("{event}\n")).unwrap();
+    let imported = run(&["import", file.to_str().unwrap()], &data);
+    assert!(imported.status.success(), "{imported:?}");
+    // And an auditor's check does not pass the new chain as intact: its first entry is the
+    // loss.
     let verified = run(&["audit", "verify"], &data);
     assert_eq!(verified.status.code(), Some(3), "{verified:?}");
     let stdout = String::from_utf8_lossy(&verified.stdout);
     assert!(
-        stdout.contains("the trail holds no entries while the event log holds 1 events"),
+        stdout.contains("entry 1 begins the trail anew beside 1 events recorded before it"),
         "{stdout}"
+    );
+}
+
+/// An emptied trail (its rows deleted, the file kept) beside a log with events is reported as
+/// one that is missing is, and stays broken once a server writes to it again.
+#[test]
+fn an_emptied_audit_trail_stays_broken_after_new_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = store_with_one_event(dir.path());
+    let emptied = rusqlite::Connection::open(data.join("audit.sqlite")).unwrap();
+    emptied.execute("DELETE FROM audit", []).unwrap();
+    drop(emptied);
+    let empty = run(&["audit", "verify"], &data);
+    assert_eq!(empty.status.code(), Some(3), "{empty:?}");
+    assert!(
+        String::from_utf8_lossy(&empty.stdout).contains("the trail holds no entries"),
+        "{empty:?}"
+    );
+    let file = dir.path().join("more.jsonl");
+    let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-02T00:00:00Z");
+    std::fs::write(&file, format!("{event}\n")).unwrap();
+    let imported = run(&["import", file.to_str().unwrap()], &data);
+    assert!(imported.status.success(), "{imported:?}");
+    assert!(
+        String::from_utf8_lossy(&imported.stderr).contains("holds no entries"),
+        "{imported:?}"
+    );
+    let verified = run(&["audit", "verify"], &data);
+    assert_eq!(verified.status.code(), Some(3), "{verified:?}");
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains("begins the trail anew"),
+        "{verified:?}"
     );
 }
 

@@ -124,6 +124,30 @@ pub struct AuditEntry {
 /// The hash the first entry chains to.
 pub const GENESIS: [u8; 32] = [0; 32];
 
+/// The action of the entry a store writes first into a trail it finds empty beside a log with
+/// events (every recorded event was logged, so the trail was removed or emptied). New entries
+/// would otherwise begin a chain that verifies, and the loss would show no more; this entry
+/// keeps it in the chain, and [`ChainError::BegunAnew`] reports it for as long as it is there.
+pub const TRAIL_BEGUN_ANEW: &str = "audit trail begun anew";
+
+/// The entry [`TRAIL_BEGUN_ANEW`] names, written `at`, for a log of `events` events.
+pub fn begun_anew(events: u64, at: DateTime<Utc>) -> AuditRecord {
+    AuditRecord {
+        at,
+        credential: "travelmap".to_owned(),
+        agency: "travelmap".to_owned(),
+        actor: None,
+        operation: Operation::Alteration,
+        client_id: None,
+        purpose: None,
+        justification: None,
+        request_id: None,
+        outcome: Outcome::Allowed,
+        action: TRAIL_BEGUN_ANEW.to_owned(),
+        returned: Some(format!("{events} events recorded before it")),
+    }
+}
+
 /// The hash of an entry: it commits to the previous entry's hash, the entry's sequence number
 /// and every field (free text only as its digest).
 pub fn chain_hash(previous: &[u8; 32], seq: u64, record: &AuditRecord) -> [u8; 32] {
@@ -217,6 +241,11 @@ pub enum ChainError {
          logged: the trail was removed or emptied, or not restored with the log"
     )]
     EmptyBesideEvents(u64),
+    #[error(
+        "entry 1 begins the trail anew beside {0}: the entries before it were removed or \
+         emptied, or not restored with the log"
+    )]
+    BegunAnew(String),
 }
 
 /// Checks a log entry by entry, from the first, in order (so that a long log need not be held in

@@ -1074,6 +1074,7 @@ pub async fn verify_audit(
     let mut check = ChainCheck::default();
     let mut at_checkpoint: Option<String> = None;
     let mut broken: Option<ChainError> = None;
+    let mut begun_anew: Option<String> = None;
     let mut page_size = 1000;
     'pages: loop {
         // A row that cannot be read back (a column of the wrong type, a hash of the wrong
@@ -1103,6 +1104,9 @@ pub async fn verify_audit(
             if let Err(error) = check.next(entry) {
                 broken = Some(error);
                 break 'pages;
+            }
+            if entry.seq == 1 && entry.record.action == travelmap_domain::audit::TRAIL_BEGUN_ANEW {
+                begun_anew = Some(entry.record.returned.clone().unwrap_or_default());
             }
             if checkpoint
                 .as_ref()
@@ -1151,6 +1155,12 @@ pub async fn verify_audit(
             Err(error) if error.is_transient() => return Err(error.into()),
             _ => {}
         }
+    }
+    // A trail the store found empty beside events, and began anew saying so.
+    if broken.is_none()
+        && let Some(before) = begun_anew
+    {
+        broken = Some(ChainError::BegunAnew(before));
     }
     // Every recorded event was logged, so an empty trail beside a log with events was removed
     // or emptied: the chain alone, with nothing in it, cannot show that.

@@ -86,17 +86,38 @@ impl SqliteStore {
         let head = *crate::EventLog::head(&log).borrow();
         // Every recorded event was logged, so a log with events beside an empty trail means the
         // trail was removed or replaced (or not restored with the log): say so, loudly, on every
-        // open while it stays empty, since nothing else would.
-        if head > 0
-            && !trail_has_entries(&data_dir.join("audit.sqlite"))
-                .map_err(opening("audit.sqlite"))?
-        {
-            tracing::error!(
-                events = head,
-                "the audit trail (audit.sqlite) holds no entries while the event log holds \
-                 events: it was removed, emptied, or not restored with the log. Restore it from \
-                 the backup taken with the log"
-            );
+        // open until the trail is restored, since nothing else would. The first entry written
+        // then says so in the chain (see `TRAIL_BEGUN_ANEW`), so that `audit verify` keeps
+        // reporting it once new entries follow.
+        let trail = data_dir.join("audit.sqlite");
+        if head > 0 {
+            match first_action(&trail).map_err(opening("audit.sqlite"))? {
+                None => {
+                    tracing::error!(
+                        events = head,
+                        "the audit trail (audit.sqlite) holds no entries while the event log \
+                         holds events: it was removed, emptied, or not restored with the log. \
+                         Restore it from the backup taken with the log; the trail now begins \
+                         with an entry saying so"
+                    );
+                    SqliteAuditLog::append_beside(
+                        &trail,
+                        &[travelmap_domain::audit::begun_anew(
+                            head,
+                            chrono::Utc::now(),
+                        )],
+                    )
+                    .map_err(opening("audit.sqlite"))?;
+                }
+                Some(action) if action == travelmap_domain::audit::TRAIL_BEGUN_ANEW => {
+                    tracing::error!(
+                        "the audit trail (audit.sqlite) was begun anew beside an event log that \
+                         held events: its entries before were removed or emptied. Restore it \
+                         from the backup taken with the log"
+                    );
+                }
+                Some(_) => {}
+            }
         }
         let rewound = webhooks.rewind_past(head)?;
         if rewound > 0 {
@@ -379,13 +400,17 @@ fn opening(file: &'static str) -> impl Fn(Error) -> Error {
 }
 
 /// Whether the trail at `path` holds any entry.
-fn trail_has_entries(path: &Path) -> Result<bool> {
+/// The action of the trail's first entry, if it has one.
+fn first_action(path: &Path) -> Result<Option<String>> {
+    use rusqlite::OptionalExtension;
     let connection = open_copy_read_only(path)?;
-    Ok(connection.query_row(
-        "SELECT EXISTS (SELECT 1 FROM audit WHERE seq > 0)",
-        [],
-        |row| row.get(0),
-    )?)
+    Ok(connection
+        .query_row(
+            "SELECT action FROM audit WHERE seq > 0 ORDER BY seq LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?)
 }
 
 impl Drop for Checkpointer {
