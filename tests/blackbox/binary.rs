@@ -561,13 +561,14 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
     assert_eq!(verified.status.code(), Some(3), "{verified:?}");
     let stdout = String::from_utf8_lossy(&verified.stdout);
     assert!(
-        stdout.contains("entry 1 begins the trail anew beside 1 events recorded before it"),
+        stdout.contains("entry 1 begins the trail anew beside an event log of 1 recorded events"),
         "{stdout}"
     );
 }
 
 /// An emptied trail (its rows deleted, the file kept) beside a log with events is reported as
-/// one that is missing is, and stays broken once a server writes to it again.
+/// one that is missing is, and stays broken once entries are written to it again, whichever
+/// command writes the first: here a replay, which logs beside the store without opening it.
 #[test]
 fn an_emptied_audit_trail_stays_broken_after_new_entries() {
     let dir = tempfile::tempdir().unwrap();
@@ -581,13 +582,24 @@ fn an_emptied_audit_trail_stays_broken_after_new_entries() {
         String::from_utf8_lossy(&empty.stdout).contains("the trail holds no entries"),
         "{empty:?}"
     );
+    let replayed = run(&["replay", "--client", &Uuid::new_v4().to_string()], &data);
+    assert!(
+        String::from_utf8_lossy(&replayed.stderr).contains("holds no entries"),
+        "{replayed:?}"
+    );
+    let begun = run(&["audit", "verify"], &data);
+    assert_eq!(begun.status.code(), Some(3), "{begun:?}");
+    assert!(
+        String::from_utf8_lossy(&begun.stdout).contains("begins the trail anew"),
+        "{begun:?}"
+    );
     let file = dir.path().join("more.jsonl");
     let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-02T00:00:00Z");
     std::fs::write(&file, format!("{event}\n")).unwrap();
     let imported = run(&["import", file.to_str().unwrap()], &data);
     assert!(imported.status.success(), "{imported:?}");
     assert!(
-        String::from_utf8_lossy(&imported.stderr).contains("holds no entries"),
+        String::from_utf8_lossy(&imported.stderr).contains("was begun anew"),
         "{imported:?}"
     );
     let verified = run(&["audit", "verify"], &data);

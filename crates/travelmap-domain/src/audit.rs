@@ -128,13 +128,13 @@ pub const GENESIS: [u8; 32] = [0; 32];
 /// events (every recorded event was logged, so the trail was removed or emptied). New entries
 /// would otherwise begin a chain that verifies, and the loss would show no more; this entry
 /// keeps it in the chain, and [`ChainError::BegunAnew`] reports it for as long as it is there.
-pub const TRAIL_BEGUN_ANEW: &str = "audit trail begun anew";
+pub const TRAIL_BEGUN_ANEW: &str = "travelmap audit trail begun anew";
 
 /// The entry [`TRAIL_BEGUN_ANEW`] names, written `at`, for a log of `events` events.
 pub fn begun_anew(events: u64, at: DateTime<Utc>) -> AuditRecord {
     AuditRecord {
         at,
-        credential: "travelmap".to_owned(),
+        credential: "travelmap-store".to_owned(),
         agency: "travelmap".to_owned(),
         actor: None,
         operation: Operation::Alteration,
@@ -144,7 +144,7 @@ pub fn begun_anew(events: u64, at: DateTime<Utc>) -> AuditRecord {
         request_id: None,
         outcome: Outcome::Allowed,
         action: TRAIL_BEGUN_ANEW.to_owned(),
-        returned: Some(format!("{events} events recorded before it")),
+        returned: Some(format!("an event log of {events} recorded events")),
     }
 }
 

@@ -1156,12 +1156,6 @@ pub async fn verify_audit(
             _ => {}
         }
     }
-    // A trail the store found empty beside events, and began anew saying so.
-    if broken.is_none()
-        && let Some(before) = begun_anew
-    {
-        broken = Some(ChainError::BegunAnew(before));
-    }
     // Every recorded event was logged, so an empty trail beside a log with events was removed
     // or emptied: the chain alone, with nothing in it, cannot show that.
     if broken.is_none() && check.head().0 == 0 {
@@ -1199,6 +1193,13 @@ pub async fn verify_audit(
             Some(found) if found != hash => Some(ChainError::CheckpointMismatch(*seq)),
             _ => None,
         };
+    }
+    // A trail the store found empty beside events, and began anew saying so: reported last, so
+    // that what the head and a checkpoint say of the new chain is reported first.
+    if broken.is_none()
+        && let Some(before) = begun_anew
+    {
+        broken = Some(ChainError::BegunAnew(before));
     }
     let (seq, hash) = check.head();
     Ok(match broken {

@@ -108,7 +108,10 @@ impl SqliteAuditLog {
         schema::require_current(&connection, path, schema::AUDIT)?;
         let mut writer = Writer { connection };
         writer
-            .write(std::slice::from_ref(&records))?
+            .write(
+                std::slice::from_ref(&records),
+                Some(&path.with_file_name("events.sqlite")),
+            )?
             .pop()
             .ok_or(Error::Closed)
     }
@@ -306,7 +309,7 @@ impl Writer {
     /// Writes a group in one transaction; every job gets its sequence numbers, or the error.
     fn commit(&mut self, group: &[Job]) -> Vec<Result<Vec<u64>>> {
         let records: Vec<&[AuditRecord]> = group.iter().map(|job| job.records.as_slice()).collect();
-        match self.write(&records) {
+        match self.write(&records, None) {
             Ok(answers) => answers.into_iter().map(Ok).collect(),
             Err(error) => {
                 tracing::error!(%error, "audit log commit failed");
@@ -319,7 +322,17 @@ impl Writer {
     /// Writes groups of records in one transaction, continuing the chain from the head as the
     /// transaction finds it (read under the write lock, so an offline command's entries, see
     /// [`SqliteAuditLog::append_beside`], are continued too). Returns each group's numbers.
-    fn write(&mut self, group: &[&[AuditRecord]]) -> Result<Vec<Vec<u64>>> {
+    ///
+    /// Given the event log beside the trail, a trail found empty while that log holds events
+    /// is begun with an entry saying so (see [`travelmap_domain::audit::TRAIL_BEGUN_ANEW`]),
+    /// decided under the same write lock. The serving process's own writer is not given it: a
+    /// new store's first events commit beside their entries, not after them, so it would take
+    /// a new trail for an emptied one; the store is checked when it is opened instead.
+    fn write(
+        &mut self,
+        group: &[&[AuditRecord]],
+        beside_events: Option<&Path>,
+    ) -> Result<Vec<Vec<u64>>> {
         let transaction = self
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -327,10 +340,28 @@ impl Writer {
             .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
             .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
+        let empty = last.is_none();
         let (mut seq, mut hash) = match last {
             Some((seq, hash)) => (seq, to_hash(seq, &hash)?),
             None => (0, GENESIS),
         };
+        let begun_anew = match (empty, beside_events) {
+            (true, Some(events)) if events.exists() => {
+                let recorded = super::events_recorded(events)?;
+                (recorded > 0).then(|| {
+                    tracing::error!(
+                        events = recorded,
+                        "the audit trail (audit.sqlite) holds no entries while the event log \
+                         holds events: it was removed, emptied, or not restored with the log. \
+                         Restore it from the backup taken with the log; the trail now begins \
+                         with an entry saying so"
+                    );
+                    travelmap_domain::audit::begun_anew(recorded, chrono::Utc::now())
+                })
+            }
+            _ => None,
+        };
+        let begun_anew = begun_anew.as_slice();
         let mut answers = Vec::with_capacity(group.len());
         {
             let mut insert = transaction.prepare_cached(
@@ -338,9 +369,14 @@ impl Writer {
                      purpose, justification, request_id, outcome, action, returned, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
-            for records in group {
+            for (index, records) in group.iter().enumerate() {
                 let mut numbers = Vec::with_capacity(records.len());
-                for record in *records {
+                let marker = if index == 0 { begun_anew } else { &[] };
+                for (record, numbered) in marker
+                    .iter()
+                    .map(|record| (record, false))
+                    .chain(records.iter().map(|record| (record, true)))
+                {
                     seq += 1;
                     hash = chain_hash(&hash, seq, record);
                     insert.execute(params![
@@ -359,7 +395,9 @@ impl Writer {
                         record.returned,
                         hash.to_vec(),
                     ])?;
-                    numbers.push(seq);
+                    if numbered {
+                        numbers.push(seq);
+                    }
                 }
                 answers.push(numbers);
             }

@@ -92,22 +92,10 @@ impl SqliteStore {
         let trail = data_dir.join("audit.sqlite");
         if head > 0 {
             match first_action(&trail).map_err(opening("audit.sqlite"))? {
+                // Appending nothing beside the log begins an empty trail with the entry that
+                // says so (and logs the error), decided under the trail's write lock.
                 None => {
-                    tracing::error!(
-                        events = head,
-                        "the audit trail (audit.sqlite) holds no entries while the event log \
-                         holds events: it was removed, emptied, or not restored with the log. \
-                         Restore it from the backup taken with the log; the trail now begins \
-                         with an entry saying so"
-                    );
-                    SqliteAuditLog::append_beside(
-                        &trail,
-                        &[travelmap_domain::audit::begun_anew(
-                            head,
-                            chrono::Utc::now(),
-                        )],
-                    )
-                    .map_err(opening("audit.sqlite"))?;
+                    SqliteAuditLog::append_beside(&trail, &[]).map_err(opening("audit.sqlite"))?;
                 }
                 Some(action) if action == travelmap_domain::audit::TRAIL_BEGUN_ANEW => {
                     tracing::error!(
@@ -399,7 +387,16 @@ fn opening(file: &'static str) -> impl Fn(Error) -> Error {
     }
 }
 
-/// Whether the trail at `path` holds any entry.
+/// How many events the event log at `path` holds (its head position).
+fn events_recorded(path: &Path) -> Result<u64> {
+    let connection = open_copy_read_only(path)?;
+    Ok(
+        connection.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
+            row.get::<_, i64>(0)
+        })? as u64,
+    )
+}
+
 /// The action of the trail's first entry, if it has one.
 fn first_action(path: &Path) -> Result<Option<String>> {
     use rusqlite::OptionalExtension;
