@@ -95,7 +95,24 @@ impl SqliteAuditLog {
     /// Appends `records` to an existing trail from outside the process that serves it (an
     /// offline command beside a running server): SQLite's write lock orders the two writers,
     /// and each continues the chain from the head it reads inside its own transaction.
+    ///
+    /// With no process holding the data directory, a trail found empty beside a log with
+    /// events is begun with the entry that says so (see [`Writer::write`]). A process that
+    /// holds it checked the trail when it opened the store, and its first events may be
+    /// committed before their entries: judged from here, a new store would look emptied.
     pub fn append_beside(path: &Path, records: &[AuditRecord]) -> Result<Vec<u64>> {
+        let lock = std::fs::File::open(path.with_file_name("travelmap.lock")).ok();
+        let unheld = lock.as_ref().is_some_and(|lock| lock.try_lock().is_ok());
+        Self::append_beside_judging(path, records, unheld)
+    }
+
+    /// [`Self::append_beside`], judging an empty trail against the event log if `judge` (the
+    /// store's own open, which holds the data directory, says so).
+    pub(crate) fn append_beside_judging(
+        path: &Path,
+        records: &[AuditRecord],
+        judge: bool,
+    ) -> Result<Vec<u64>> {
         if !path.exists() {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -110,7 +127,9 @@ impl SqliteAuditLog {
         writer
             .write(
                 std::slice::from_ref(&records),
-                Some(&path.with_file_name("events.sqlite")),
+                judge
+                    .then(|| path.with_file_name("events.sqlite"))
+                    .as_deref(),
             )?
             .pop()
             .ok_or(Error::Closed)
@@ -456,5 +475,71 @@ mod tests {
             .collect();
         assert_eq!(actions, ["served 1", "offline", "served 2", "served 3"]);
         assert_eq!(verify(entries).unwrap().0, 4);
+    }
+
+    /// A trail found empty beside a log with events is begun with the entry that says so, once,
+    /// and the numbers handed back are those of the records given; not where the log is empty,
+    /// nor while another process holds the data directory (it checked the trail at its open).
+    #[tokio::test]
+    async fn an_offline_append_to_an_emptied_trail_begins_it_anew_once() {
+        use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
+        let trail_beside = |events: u64| {
+            let dir = tempfile::tempdir().unwrap();
+            let log = Connection::open(dir.path().join("events.sqlite")).unwrap();
+            log.execute("CREATE TABLE events (position INTEGER PRIMARY KEY)", [])
+                .unwrap();
+            for position in 1..=events {
+                log.execute("INSERT INTO events (position) VALUES (?1)", [position])
+                    .unwrap();
+            }
+            let path = dir.path().join("audit.sqlite");
+            SqliteAuditLog::open(&path).unwrap().close();
+            std::fs::write(dir.path().join("travelmap.lock"), "").unwrap();
+            (dir, path)
+        };
+        let (dir, path) = trail_beside(3);
+        assert_eq!(
+            SqliteAuditLog::append_beside(&path, &[record("offline")]).unwrap(),
+            [2]
+        );
+        assert_eq!(
+            SqliteAuditLog::append_beside(&path, &[record("again")]).unwrap(),
+            [3]
+        );
+        assert!(
+            SqliteAuditLog::append_beside(&path, &[])
+                .unwrap()
+                .is_empty()
+        );
+        let entries = SqliteAuditLog::open_read_only(&path)
+            .unwrap()
+            .read_after(0, 10)
+            .await
+            .unwrap();
+        let actions: Vec<&str> = entries
+            .iter()
+            .map(|entry| entry.record.action.as_str())
+            .collect();
+        assert_eq!(actions, [TRAIL_BEGUN_ANEW, "offline", "again"]);
+        assert_eq!(
+            entries[0].record.returned.as_deref(),
+            Some("an event log of 3 recorded events")
+        );
+        assert_eq!(verify(entries).unwrap().0, 3);
+        drop(dir);
+
+        let (_empty_log, path) = trail_beside(0);
+        assert_eq!(
+            SqliteAuditLog::append_beside(&path, &[record("first")]).unwrap(),
+            [1]
+        );
+
+        let (held, path) = trail_beside(3);
+        let lock = std::fs::File::open(held.path().join("travelmap.lock")).unwrap();
+        lock.try_lock().unwrap();
+        assert_eq!(
+            SqliteAuditLog::append_beside(&path, &[record("beside a server")]).unwrap(),
+            [1]
+        );
     }
 }

@@ -93,9 +93,23 @@ impl SqliteStore {
         if head > 0 {
             match first_action(&trail).map_err(opening("audit.sqlite"))? {
                 // Appending nothing beside the log begins an empty trail with the entry that
-                // says so (and logs the error), decided under the trail's write lock.
+                // says so (and logs the error), decided under the trail's write lock; a trail
+                // that it leaves without that entry (rows numbered 0 or below, added by hand)
+                // is said to be empty here.
                 None => {
-                    SqliteAuditLog::append_beside(&trail, &[]).map_err(opening("audit.sqlite"))?;
+                    SqliteAuditLog::append_beside_judging(&trail, &[], true)
+                        .map_err(opening("audit.sqlite"))?;
+                    if first_action(&trail)
+                        .map_err(opening("audit.sqlite"))?
+                        .is_none()
+                    {
+                        tracing::error!(
+                            events = head,
+                            "the audit trail (audit.sqlite) holds no entries while the event \
+                             log holds events: it was removed, emptied, or not restored with \
+                             the log. Restore it from the backup taken with the log"
+                        );
+                    }
                 }
                 Some(action) if action == travelmap_domain::audit::TRAIL_BEGUN_ANEW => {
                     tracing::error!(
@@ -389,7 +403,20 @@ fn opening(file: &'static str) -> impl Fn(Error) -> Error {
 
 /// How many events the event log at `path` holds (its head position).
 fn events_recorded(path: &Path) -> Result<u64> {
+    use rusqlite::OptionalExtension;
     let connection = open_copy_read_only(path)?;
+    // A file made by hand, or emptied, holds no log at all.
+    let has_log = connection
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'events'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !has_log {
+        return Ok(0);
+    }
     Ok(
         connection.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
             row.get::<_, i64>(0)
