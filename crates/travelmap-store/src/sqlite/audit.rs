@@ -101,17 +101,20 @@ impl SqliteAuditLog {
     /// holds it checked the trail when it opened the store, and its first events may be
     /// committed before their entries: judged from here, a new store would look emptied.
     pub fn append_beside(path: &Path, records: &[AuditRecord]) -> Result<Vec<u64>> {
-        let lock = std::fs::File::open(path.with_file_name("travelmap.lock")).ok();
-        let unheld = lock.as_ref().is_some_and(|lock| lock.try_lock().is_ok());
-        Self::append_beside_judging(path, records, unheld)
+        let events = path.with_file_name("events.sqlite");
+        Self::append_with(path, records, EmptyTrail::JudgeIfUnheld(&events))
     }
 
-    /// [`Self::append_beside`], judging an empty trail against the event log if `judge` (the
-    /// store's own open, which holds the data directory, says so).
-    pub(crate) fn append_beside_judging(
+    /// [`Self::append_beside`] for the store's own open, which holds the data directory: an
+    /// empty trail is judged against the event log at `events`.
+    pub(crate) fn append_at_open(path: &Path, events: &Path) -> Result<Vec<u64>> {
+        Self::append_with(path, &[], EmptyTrail::Judge(events))
+    }
+
+    fn append_with(
         path: &Path,
         records: &[AuditRecord],
-        judge: bool,
+        on_empty: EmptyTrail<'_>,
     ) -> Result<Vec<u64>> {
         if !path.exists() {
             return Err(Error::Io(std::io::Error::new(
@@ -125,12 +128,7 @@ impl SqliteAuditLog {
         schema::require_current(&connection, path, schema::AUDIT)?;
         let mut writer = Writer { connection };
         writer
-            .write(
-                std::slice::from_ref(&records),
-                judge
-                    .then(|| path.with_file_name("events.sqlite"))
-                    .as_deref(),
-            )?
+            .write(std::slice::from_ref(&records), on_empty)?
             .pop()
             .ok_or(Error::Closed)
     }
@@ -300,6 +298,17 @@ struct Writer {
     connection: Connection,
 }
 
+/// How a write treats a trail it finds with no entries.
+#[derive(Debug, Clone, Copy)]
+enum EmptyTrail<'a> {
+    /// Continued from entry 1: the serving process's writer (the store was checked at open).
+    Continue,
+    /// Judged against the event log at the path: the store's open, holding the directory.
+    Judge(&'a Path),
+    /// Judged so if no process holds the data directory: an offline command.
+    JudgeIfUnheld(&'a Path),
+}
+
 impl Writer {
     fn run(mut self, mut queue: mpsc::Receiver<Job>) {
         while let Some(first) = queue.blocking_recv() {
@@ -328,7 +337,7 @@ impl Writer {
     /// Writes a group in one transaction; every job gets its sequence numbers, or the error.
     fn commit(&mut self, group: &[Job]) -> Vec<Result<Vec<u64>>> {
         let records: Vec<&[AuditRecord]> = group.iter().map(|job| job.records.as_slice()).collect();
-        match self.write(&records, None) {
+        match self.write(&records, EmptyTrail::Continue) {
             Ok(answers) => answers.into_iter().map(Ok).collect(),
             Err(error) => {
                 tracing::error!(%error, "audit log commit failed");
@@ -350,7 +359,7 @@ impl Writer {
     fn write(
         &mut self,
         group: &[&[AuditRecord]],
-        beside_events: Option<&Path>,
+        on_empty: EmptyTrail<'_>,
     ) -> Result<Vec<Vec<u64>>> {
         let transaction = self
             .connection
@@ -364,8 +373,19 @@ impl Writer {
             Some((seq, hash)) => (seq, to_hash(seq, &hash)?),
             None => (0, GENESIS),
         };
-        let begun_anew = match (empty, beside_events) {
-            (true, Some(events)) if events.exists() => {
+        // Held until the transaction ends, so that no process opens the store meanwhile and
+        // records events whose entries this write would take for lost ones.
+        let mut _directory = None;
+        let judged = match (empty, on_empty) {
+            (true, EmptyTrail::Judge(events)) => Some(events),
+            (true, EmptyTrail::JudgeIfUnheld(events)) => {
+                _directory = super::unheld_lock(&events.with_file_name("travelmap.lock"));
+                _directory.is_some().then_some(events)
+            }
+            _ => None,
+        };
+        let begun_anew = match judged {
+            Some(events) if events.exists() => {
                 let recorded = super::events_recorded(events)?;
                 (recorded > 0).then(|| {
                     tracing::error!(
@@ -532,6 +552,14 @@ mod tests {
         assert_eq!(
             SqliteAuditLog::append_beside(&path, &[record("first")]).unwrap(),
             [1]
+        );
+
+        // A restored directory comes without its lock file: made, and taken.
+        let (restored, path) = trail_beside(3);
+        std::fs::remove_file(restored.path().join("travelmap.lock")).unwrap();
+        assert_eq!(
+            SqliteAuditLog::append_beside(&path, &[record("restored")]).unwrap(),
+            [2]
         );
 
         let (held, path) = trail_beside(3);

@@ -94,10 +94,10 @@ impl SqliteStore {
             match first_action(&trail).map_err(opening("audit.sqlite"))? {
                 // Appending nothing beside the log begins an empty trail with the entry that
                 // says so (and logs the error), decided under the trail's write lock; a trail
-                // that it leaves without that entry (rows numbered 0 or below, added by hand)
-                // is said to be empty here.
+                // that it leaves without that entry (a row numbered 0, added by hand) is said
+                // to be empty here.
                 None => {
-                    SqliteAuditLog::append_beside_judging(&trail, &[], true)
+                    SqliteAuditLog::append_at_open(&trail, &data_dir.join("events.sqlite"))
                         .map_err(opening("audit.sqlite"))?;
                     if first_action(&trail)
                         .map_err(opening("audit.sqlite"))?
@@ -399,6 +399,14 @@ fn opening(file: &'static str) -> impl Fn(Error) -> Error {
         file,
         source: Box::new(source),
     }
+}
+
+/// The data directory's lock at `path`, taken, if no process holds it: opened as the store
+/// opens it (made if missing: a restored directory comes without one).
+fn unheld_lock(path: &Path) -> Option<File> {
+    let lock = private_file(path).ok()?;
+    lock.try_lock().ok()?;
+    Some(lock)
 }
 
 /// How many events the event log at `path` holds (its head position).
