@@ -509,6 +509,17 @@ fn store_with_one_event(dir: &Path) -> std::path::PathBuf {
     data
 }
 
+/// Imports one more event into the store at `data` (from a file made in `dir`), and checks it
+/// was recorded; returns the command's output.
+fn import_another_event(dir: &Path, data: &Path) -> std::process::Output {
+    let file = dir.join("more.jsonl");
+    let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-02T00:00:00Z");
+    std::fs::write(&file, format!("{event}\n")).unwrap();
+    let imported = run(&["import", file.to_str().unwrap()], data);
+    assert!(imported.status.success(), "{imported:?}");
+    imported
+}
+
 /// Every recorded event was logged, so an event log beside a missing audit trail is said out
 /// loud when the store is opened: the trail was removed, or not restored with the log.
 #[test]
@@ -550,11 +561,7 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
         stderr.contains("the audit trail (audit.sqlite) was begun anew"),
         "{stderr}"
     );
-    let file = dir.path().join("more.jsonl");
-    let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-02T00:00:00Z");
-    std::fs::write(&file, format!("{event}\n")).unwrap();
-    let imported = run(&["import", file.to_str().unwrap()], &data);
-    assert!(imported.status.success(), "{imported:?}");
+    import_another_event(dir.path(), &data);
     // And an auditor's check does not pass the new chain as intact: its first entry is the
     // loss.
     let verified = run(&["audit", "verify"], &data);
@@ -593,11 +600,7 @@ fn an_emptied_audit_trail_stays_broken_after_new_entries() {
         String::from_utf8_lossy(&begun.stdout).contains("begins the trail anew"),
         "{begun:?}"
     );
-    let file = dir.path().join("more.jsonl");
-    let event = sample_event(Uuid::new_v4(), "contact.made", "2026-01-02T00:00:00Z");
-    std::fs::write(&file, format!("{event}\n")).unwrap();
-    let imported = run(&["import", file.to_str().unwrap()], &data);
-    assert!(imported.status.success(), "{imported:?}");
+    let imported = import_another_event(dir.path(), &data);
     assert!(
         String::from_utf8_lossy(&imported.stderr).contains("was begun anew"),
         "{imported:?}"

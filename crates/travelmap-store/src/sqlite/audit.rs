@@ -105,10 +105,10 @@ impl SqliteAuditLog {
         Self::append_with(path, records, EmptyTrail::JudgeIfUnheld(&events))
     }
 
-    /// [`Self::append_beside`] for the store's own open, which holds the data directory: an
-    /// empty trail is judged against the event log at `events`.
-    pub(crate) fn append_at_open(path: &Path, events: &Path) -> Result<Vec<u64>> {
-        Self::append_with(path, &[], EmptyTrail::Judge(events))
+    /// [`Self::append_beside`] for the store's own open, which holds the data directory and
+    /// knows the event log's head: an empty trail beside `events` events is begun anew.
+    pub(crate) fn append_at_open(path: &Path, events: u64) -> Result<Vec<u64>> {
+        Self::append_with(path, &[], EmptyTrail::BesideEvents(events))
     }
 
     fn append_with(
@@ -303,8 +303,8 @@ struct Writer {
 enum EmptyTrail<'a> {
     /// Continued from entry 1: the serving process's writer (the store was checked at open).
     Continue,
-    /// Judged against the event log at the path: the store's open, holding the directory.
-    Judge(&'a Path),
+    /// Judged against this many events: the store's open, holding the directory.
+    BesideEvents(u64),
     /// Judged so if no process holds the data directory: an offline command.
     JudgeIfUnheld(&'a Path),
 }
@@ -376,30 +376,22 @@ impl Writer {
         // Held until the transaction ends, so that no process opens the store meanwhile and
         // records events whose entries this write would take for lost ones.
         let mut _directory = None;
-        let judged = match (empty, on_empty) {
-            (true, EmptyTrail::Judge(events)) => Some(events),
+        let recorded = match (empty, on_empty) {
+            (true, EmptyTrail::BesideEvents(events)) => events,
             (true, EmptyTrail::JudgeIfUnheld(events)) => {
                 _directory = super::unheld_lock(&events.with_file_name("travelmap.lock"));
-                _directory.is_some().then_some(events)
+                if _directory.is_some() && events.exists() {
+                    super::events_recorded(events)?
+                } else {
+                    0
+                }
             }
-            _ => None,
+            _ => 0,
         };
-        let begun_anew = match judged {
-            Some(events) if events.exists() => {
-                let recorded = super::events_recorded(events)?;
-                (recorded > 0).then(|| {
-                    tracing::error!(
-                        events = recorded,
-                        "the audit trail (audit.sqlite) holds no entries while the event log \
-                         holds events: it was removed, emptied, or not restored with the log. \
-                         Restore it from the backup taken with the log; the trail now begins \
-                         with an entry saying so"
-                    );
-                    travelmap_domain::audit::begun_anew(recorded, chrono::Utc::now())
-                })
-            }
-            _ => None,
-        };
+        let begun_anew = (recorded > 0).then(|| {
+            super::report_empty_trail(recorded, true);
+            travelmap_domain::audit::begun_anew(recorded, chrono::Utc::now())
+        });
         let begun_anew = begun_anew.as_slice();
         let mut answers = Vec::with_capacity(group.len());
         {

@@ -97,18 +97,13 @@ impl SqliteStore {
                 // that it leaves without that entry (a row numbered 0, added by hand) is said
                 // to be empty here.
                 None => {
-                    SqliteAuditLog::append_at_open(&trail, &data_dir.join("events.sqlite"))
+                    SqliteAuditLog::append_at_open(&trail, head)
                         .map_err(opening("audit.sqlite"))?;
                     if first_action(&trail)
                         .map_err(opening("audit.sqlite"))?
                         .is_none()
                     {
-                        tracing::error!(
-                            events = head,
-                            "the audit trail (audit.sqlite) holds no entries while the event \
-                             log holds events: it was removed, emptied, or not restored with \
-                             the log. Restore it from the backup taken with the log"
-                        );
+                        report_empty_trail(head, false);
                     }
                 }
                 Some(action) if action == travelmap_domain::audit::TRAIL_BEGUN_ANEW => {
@@ -399,6 +394,22 @@ fn opening(file: &'static str) -> impl Fn(Error) -> Error {
         file,
         source: Box::new(source),
     }
+}
+
+/// Logs that the trail holds no entries beside a log of `events` events; `begun_anew` when the
+/// entry saying so is being written.
+fn report_empty_trail(events: u64, begun_anew: bool) {
+    tracing::error!(
+        events,
+        "the audit trail (audit.sqlite) holds no entries while the event log holds events: it \
+         was removed, emptied, or not restored with the log. Restore it from the backup taken \
+         with the log{}",
+        if begun_anew {
+            "; the trail now begins with an entry saying so"
+        } else {
+            ""
+        }
+    );
 }
 
 /// The data directory's lock at `path`, taken, if no process holds it: opened as the store
