@@ -613,6 +613,112 @@ fn an_emptied_audit_trail_stays_broken_after_new_entries() {
     );
 }
 
+/// An offline command that finds the trail emptied while another process holds the data
+/// directory (a server opening the store, which begins the trail anew itself) writes nothing
+/// first: its entry would begin a chain that verifies. It waits for the holder, then refuses;
+/// and a trail emptied to a file of no bytes is reported as broken as a missing one is.
+#[test]
+fn an_offline_command_leaves_an_emptied_trail_to_the_process_holding_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = store_with_one_event(dir.path());
+    let emptied = rusqlite::Connection::open(data.join("audit.sqlite")).unwrap();
+    emptied.execute("DELETE FROM audit", []).unwrap();
+    drop(emptied);
+    let holder = std::fs::File::options()
+        .write(true)
+        .open(data.join("travelmap.lock"))
+        .unwrap();
+    holder.try_lock().unwrap();
+    let replayed = run(&["replay", "--client", &Uuid::new_v4().to_string()], &data);
+    assert!(!replayed.status.success(), "{replayed:?}");
+    assert!(replayed.stdout.is_empty(), "{replayed:?}");
+    assert!(
+        String::from_utf8_lossy(&replayed.stderr).contains("has not marked it as begun anew"),
+        "{replayed:?}"
+    );
+    let untouched = run(&["audit", "verify"], &data);
+    assert_eq!(untouched.status.code(), Some(3), "{untouched:?}");
+    assert!(
+        String::from_utf8_lossy(&untouched.stdout).contains("the trail holds no entries"),
+        "{untouched:?}"
+    );
+    drop(holder);
+
+    for leftover in ["audit.sqlite-wal", "audit.sqlite-shm"] {
+        let _ = std::fs::remove_file(data.join(leftover));
+    }
+    std::fs::write(data.join("audit.sqlite"), b"").unwrap();
+    let verified = run(&["audit", "verify"], &data);
+    assert_eq!(verified.status.code(), Some(3), "{verified:?}");
+    assert!(
+        String::from_utf8_lossy(&verified.stdout).contains("audit.sqlite is an empty file"),
+        "{verified:?}"
+    );
+}
+
+/// Entries removed from the trail while the server runs are found by its next write, which
+/// says so in the chain; a trail file removed under it takes no more entries, and what they
+/// would log is refused rather than logged into a file no one will see.
+#[tokio::test]
+async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let data = dir.path().join("data");
+    let server = Server::start(&data, Some(&config)).await;
+    let client = Uuid::new_v4();
+    let http = reqwest::Client::new();
+    let post = |event_type: &str, at: &str| {
+        http.post(format!("{}/v1/events", server.address))
+            .bearer_auth(PRISON_WRITER)
+            .json(&sample_event(client, event_type, at))
+            .send()
+    };
+    let read = || {
+        http.get(format!(
+            "{}/v1/clients/{client}/travel-map?min_position=1",
+            server.address
+        ))
+        .bearer_auth(AUDITOR)
+        .header("x-purpose", "case_management")
+        .send()
+    };
+    assert_eq!(
+        post("client.registered", "2026-01-05T09:00:00Z")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(read().await.unwrap().status(), StatusCode::OK);
+    let trail = rusqlite::Connection::open(data.join("audit.sqlite")).unwrap();
+    trail.execute("DELETE FROM audit", []).unwrap();
+    drop(trail);
+    assert_eq!(read().await.unwrap().status(), StatusCode::OK);
+
+    std::fs::rename(data.join("audit.sqlite"), dir.path().join("aside.sqlite")).unwrap();
+    let refused = read().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "unavailable", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the audit trail cannot be written"),
+        "{problem}"
+    );
+    std::fs::rename(dir.path().join("aside.sqlite"), data.join("audit.sqlite")).unwrap();
+    server.signal("TERM");
+    server.wait();
+    let verified = run(&["audit", "verify"], &data);
+    assert_eq!(verified.status.code(), Some(3), "{verified:?}");
+    assert!(
+        String::from_utf8_lossy(&verified.stdout)
+            .contains("entry 1 begins the trail anew beside an event log of 1 recorded events"),
+        "{verified:?}"
+    );
+}
+
 /// An auditor checks a copy of the store on read-only media, or in a directory they may not
 /// write: `audit verify` reads it without writing a byte, while `replay`, which must log what it
 /// shows, refuses to show anything.

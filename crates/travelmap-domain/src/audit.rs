@@ -242,10 +242,10 @@ pub enum ChainError {
     )]
     EmptyBesideEvents(u64),
     #[error(
-        "entry 1 begins the trail anew beside {0}: the entries before it were removed or \
+        "entry {seq} begins the trail anew beside {beside}: entries before it were removed or \
          emptied, or not restored with the log"
     )]
-    BegunAnew(String),
+    BegunAnew { seq: u64, beside: String },
 }
 
 /// Checks a log entry by entry, from the first, in order (so that a long log need not be held in

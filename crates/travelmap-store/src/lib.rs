@@ -103,6 +103,21 @@ pub enum Error {
     /// writing them and follow instead.
     #[error("another process now writes the views")]
     NotLeader,
+    /// An offline command found the embedded audit trail empty beside an event log of this many
+    /// events, while the process holding the data directory had not yet begun it anew (its open
+    /// does, and a new store's first entries follow its first events within moments). Nothing
+    /// was logged, so the command was not carried out.
+    #[error(
+        "the audit trail (audit.sqlite) holds no entries beside an event log of {0} events, and the travelmap process holding the data directory has not marked it as begun anew; nothing was done. Try again once that process has started (if the trail was emptied under it, once it has answered a request); see docs/data-protection.md, \"Tamper evidence\""
+    )]
+    TrailUnjudged(u64),
+    /// The embedded audit trail's file was removed or replaced while the serving process had it
+    /// open: entries written to the file it holds would be lost with the process, so none is
+    /// written, and what they log is refused.
+    #[error(
+        "the audit trail's file (audit.sqlite) was removed or replaced while this process had it open, so nothing can be logged: stop the service and restore the trail from the backup taken with the log (started without it, the service begins the trail anew, saying so)"
+    )]
+    TrailReplaced,
     /// A data key is wrapped under a master key that is not configured.
     #[error(
         "a data key is wrapped under master key `{0}`, which this process was not given (give it the master keys the store's keys are wrapped under, as every process on the store has them; see docs/operations.md, \"Master keys and rotation\")"
@@ -223,7 +238,7 @@ impl Error {
 
     pub fn is_out_of_service(&self) -> bool {
         match self {
-            Error::OutOfService(_) => true,
+            Error::OutOfService(_) | Error::TrailReplaced => true,
             Error::Opening { source, .. } => source.is_out_of_service(),
             Error::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
                 failure.code,

@@ -1028,13 +1028,21 @@ pub async fn verify_audit(
         // A trail removed from beside a log with events is broken as an emptied one is (every
         // recorded event was logged), not a store that cannot be checked: a monitor that
         // alerts on "broken" must hear of it.
+        // So is a file emptied to nothing, which holds no trail at all (not even its schema).
         let events = data_dir.join("events.sqlite");
-        if !data_dir.join("audit.sqlite").exists() && events.exists() {
+        let trail = match std::fs::metadata(data_dir.join("audit.sqlite")) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Some("missing"),
+            Ok(metadata) if metadata.len() == 0 => Some("an empty file"),
+            _ => None,
+        };
+        if let Some(trail) = trail
+            && events.exists()
+        {
             let log = SqliteEventLog::open_read_only(&events).context("events.sqlite")?;
             let recorded = *travelmap_store::EventLog::head(&log).borrow();
             if recorded > 0 {
                 out!(
-                    "audit trail broken: {} (audit.sqlite is missing)",
+                    "audit trail broken: {} (audit.sqlite is {trail})",
                     ChainError::EmptyBesideEvents(recorded)
                 );
                 return Ok(Verified::Broken);
@@ -1074,7 +1082,7 @@ pub async fn verify_audit(
     let mut check = ChainCheck::default();
     let mut at_checkpoint: Option<String> = None;
     let mut broken: Option<ChainError> = None;
-    let mut begun_anew: Option<String> = None;
+    let mut begun_anew: Option<(u64, String)> = None;
     let mut page_size = 1000;
     'pages: loop {
         // A row that cannot be read back (a column of the wrong type, a hash of the wrong
@@ -1105,8 +1113,11 @@ pub async fn verify_audit(
                 broken = Some(error);
                 break 'pages;
             }
-            if entry.seq == 1 && entry.record.action == travelmap_domain::audit::TRAIL_BEGUN_ANEW {
-                begun_anew = Some(entry.record.returned.clone().unwrap_or_default());
+            // The first such entry: a process writes one wherever it finds entries missing.
+            if begun_anew.is_none()
+                && entry.record.action == travelmap_domain::audit::TRAIL_BEGUN_ANEW
+            {
+                begun_anew = Some((entry.seq, entry.record.returned.clone().unwrap_or_default()));
             }
             if checkpoint
                 .as_ref()
@@ -1196,10 +1207,9 @@ pub async fn verify_audit(
     }
     // A trail the store found empty beside events, and began anew saying so: reported last, so
     // that what the head and a checkpoint say of the new chain is reported first.
-    if broken.is_none()
-        && let Some(before) = begun_anew
-    {
-        broken = Some(ChainError::BegunAnew(before));
+    let begun_anew = begun_anew.map(|(seq, beside)| ChainError::BegunAnew { seq, beside });
+    if broken.is_none() {
+        broken = begun_anew.clone();
     }
     let (seq, hash) = check.head();
     Ok(match broken {
@@ -1214,7 +1224,13 @@ pub async fn verify_audit(
             Verified::Intact
         }
         Some(error) => {
-            out!("audit trail broken: {error}");
+            // A trail begun anew also explains what the head or a checkpoint found: said too.
+            match begun_anew {
+                Some(begun_anew) if begun_anew != error => {
+                    out!("audit trail broken: {error}; and {begun_anew}")
+                }
+                _ => out!("audit trail broken: {error}"),
+            }
             Verified::Broken
         }
     })

@@ -3,9 +3,10 @@
 //! appends for SQLite's single write lock; in the same directory, so that it is backed up and
 //! moved with the log.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::DateTime;
@@ -23,6 +24,12 @@ const MAX_GROUP: usize = 512;
 /// Bytes per page of a new trail's file.
 const AUDIT_PAGE_SIZE: i64 = 2048;
 const QUEUE_DEPTH: usize = 4096;
+/// How long an offline command waits for the process holding the data directory to begin an
+/// emptied trail anew (see [`SqliteAuditLog::append_beside`]).
+const PATIENCE_WITH_THE_HOLDER: Duration = Duration::from_secs(3);
+/// The head of the trail: its last entry numbered as the service numbers them (rows numbered 0
+/// or below were added by hand; `audit verify` reports them).
+const HEAD: &str = "SELECT seq, hash FROM audit WHERE seq > 0 ORDER BY seq DESC LIMIT 1";
 
 struct Job {
     records: Vec<AuditRecord>,
@@ -61,7 +68,13 @@ impl SqliteAuditLog {
         super::checkpointed_elsewhere(&connection)?;
         schema::migrate(&mut connection, path, schema::AUDIT)?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        let writer = Writer { connection };
+        let seen = head(&connection)?;
+        let writer = Writer {
+            connection,
+            trail: path.to_owned(),
+            seen,
+            file: file_identity(path)?,
+        };
         let handle = std::thread::Builder::new()
             .name("travelmap-audit-writer".into())
             .spawn(move || writer.run(queue))?;
@@ -98,11 +111,32 @@ impl SqliteAuditLog {
     ///
     /// With no process holding the data directory, a trail found empty beside a log with
     /// events is begun with the entry that says so (see [`Writer::write`]). A process that
-    /// holds it checked the trail when it opened the store, and its first events may be
-    /// committed before their entries: judged from here, a new store would look emptied.
+    /// holds it judges the trail itself: when it opens the store, and its first events may be
+    /// committed before their entries, so that judged from here a new store would look
+    /// emptied. So an empty trail beside events and a holder is waited on, for a few seconds,
+    /// until the holder has written to it (its open begins an emptied trail anew; a new
+    /// store's first entries follow its first events within moments); then the append fails
+    /// with [`Error::TrailUnjudged`], and nothing is written. Writing first would begin the
+    /// trail without the entry that says it was emptied, and it would verify as intact.
     pub fn append_beside(path: &Path, records: &[AuditRecord]) -> Result<Vec<u64>> {
+        Self::append_waiting(path, records, PATIENCE_WITH_THE_HOLDER)
+    }
+
+    fn append_waiting(
+        path: &Path,
+        records: &[AuditRecord],
+        patience: Duration,
+    ) -> Result<Vec<u64>> {
         let events = path.with_file_name("events.sqlite");
-        Self::append_with(path, records, EmptyTrail::JudgeIfUnheld(&events))
+        let until = Instant::now() + patience;
+        loop {
+            match Self::append_with(path, records, EmptyTrail::JudgeIfUnheld(&events)) {
+                Err(Error::TrailUnjudged(_)) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// [`Self::append_beside`] for the store's own open, which holds the data directory and
@@ -126,7 +160,13 @@ impl SqliteAuditLog {
         configure(&connection)?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         schema::require_current(&connection, path, schema::AUDIT)?;
-        let mut writer = Writer { connection };
+        let mut writer = Writer {
+            connection,
+            trail: path.to_owned(),
+            // Judged by `on_empty`, not by what this writer saw before.
+            seen: None,
+            file: None,
+        };
         writer
             .write(std::slice::from_ref(&records), on_empty)?
             .pop()
@@ -235,11 +275,7 @@ impl SqliteAuditLog {
         self.readers
             .read(|connection| {
                 let last: Option<(u64, Vec<u8>)> = connection
-                    .query_row(
-                        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                        [],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
-                    )
+                    .query_row(HEAD, [], |row| Ok((row.get(0)?, row.get(1)?)))
                     .optional()?;
                 match last {
                     Some((seq, hash)) => Ok((seq, to_hash(seq, &hash)?)),
@@ -296,6 +332,39 @@ fn damaged(seq: u64, what: &str) -> Error {
 
 struct Writer {
     connection: Connection,
+    trail: PathBuf,
+    /// The last entry this writer found or wrote, number and hash: if the trail no longer
+    /// holds it, entries were removed or replaced under the process.
+    seen: Option<(u64, [u8; 32])>,
+    /// The serving writer's file as it opened it: entries written to a file removed or replaced
+    /// since would be lost with the process.
+    file: Option<FileIdentity>,
+}
+
+/// Which file a path names (device and inode), where the platform tells.
+type FileIdentity = (u64, u64);
+
+fn file_identity(path: &Path) -> Result<Option<FileIdentity>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path)?;
+        Ok(Some((metadata.dev(), metadata.ino())))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        Ok(None)
+    }
+}
+
+/// The trail's last entry, number and hash, if it has one.
+fn head(connection: &Connection) -> Result<Option<(u64, [u8; 32])>> {
+    let last: Option<(u64, Vec<u8>)> = connection
+        .query_row(HEAD, [], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    last.map(|(seq, hash)| Ok((seq, to_hash(seq, &hash)?)))
+        .transpose()
 }
 
 /// How a write treats a trail it finds with no entries.
@@ -355,17 +424,29 @@ impl Writer {
     /// is begun with an entry saying so (see [`travelmap_domain::audit::TRAIL_BEGUN_ANEW`]),
     /// decided under the same write lock. The serving process's own writer is not given it: a
     /// new store's first events commit beside their entries, not after them, so it would take
-    /// a new trail for an emptied one; the store is checked when it is opened instead.
+    /// a new trail for an emptied one; the store is checked when it is opened instead. What
+    /// that writer judges is its own memory: if the trail no longer holds the last entry it
+    /// found or wrote (as it was), entries were removed or replaced under it, and the same
+    /// entry is written then.
     fn write(
         &mut self,
         group: &[&[AuditRecord]],
         on_empty: EmptyTrail<'_>,
     ) -> Result<Vec<Vec<u64>>> {
+        if let Some(opened) = self.file {
+            match file_identity(&self.trail) {
+                Ok(Some(now)) if now == opened => {}
+                Err(Error::Io(error)) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::Io(error));
+                }
+                _ => return Err(Error::TrailReplaced),
+            }
+        }
         let transaction = self
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let last: Option<(u64, Vec<u8>)> = transaction
-            .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+            .prepare_cached(HEAD)?
             .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
         let empty = last.is_none();
@@ -378,20 +459,39 @@ impl Writer {
         let mut _directory = None;
         let recorded = match (empty, on_empty) {
             (true, EmptyTrail::BesideEvents(events)) => events,
-            (true, EmptyTrail::JudgeIfUnheld(events)) => {
+            (true, EmptyTrail::JudgeIfUnheld(events)) if events.exists() => {
                 _directory = super::unheld_lock(&events.with_file_name("travelmap.lock"));
-                if _directory.is_some() && events.exists() {
-                    super::events_recorded(events)?
-                } else {
-                    0
+                let recorded = super::events_recorded(events)?;
+                if _directory.is_none() && recorded > 0 {
+                    // The holder judges it (see `SqliteAuditLog::append_beside`).
+                    return Err(Error::TrailUnjudged(recorded));
                 }
+                recorded
             }
             _ => 0,
         };
-        let begun_anew = (recorded > 0).then(|| {
+        let begun_anew = if recorded > 0 {
             super::report_empty_trail(recorded, true);
-            travelmap_domain::audit::begun_anew(recorded, chrono::Utc::now())
-        });
+            Some(travelmap_domain::audit::begun_anew(
+                recorded,
+                chrono::Utc::now(),
+            ))
+        } else if lost_since(self.seen, &transaction, (seq, hash))? {
+            let seen = self.seen.map_or(0, |(seq, _)| seq);
+            let events = self.trail.with_file_name("events.sqlite");
+            let recorded = if events.exists() {
+                super::events_recorded(&events)?
+            } else {
+                0
+            };
+            super::report_lost_entries(seen, seq);
+            Some(travelmap_domain::audit::begun_anew(
+                recorded,
+                chrono::Utc::now(),
+            ))
+        } else {
+            None
+        };
         let begun_anew = begun_anew.as_slice();
         let mut answers = Vec::with_capacity(group.len());
         {
@@ -434,8 +534,31 @@ impl Writer {
             }
         }
         transaction.commit()?;
+        if seq > 0 {
+            self.seen = Some((seq, hash));
+        }
         Ok(answers)
     }
+}
+
+/// Whether the trail, whose head is now `head`, no longer holds the entry `seen` (the last one
+/// a writer found or wrote) as it was. Looked up only when another process wrote after it.
+fn lost_since(
+    seen: Option<(u64, [u8; 32])>,
+    transaction: &rusqlite::Transaction<'_>,
+    head: (u64, [u8; 32]),
+) -> Result<bool> {
+    let Some((seen, seen_hash)) = seen else {
+        return Ok(false);
+    };
+    if head.0 <= seen {
+        return Ok(head != (seen, seen_hash));
+    }
+    let found: Option<Vec<u8>> = transaction
+        .prepare_cached("SELECT hash FROM audit WHERE seq = ?1")?
+        .query_row([seen], |row| row.get(0))
+        .optional()?;
+    Ok(found.as_deref() != Some(seen_hash.as_slice()))
 }
 
 #[cfg(test)]
@@ -554,12 +677,139 @@ mod tests {
             [2]
         );
 
+        // Beside a process holding the directory that never begins the trail: nothing written.
         let (held, path) = trail_beside(3);
         let lock = std::fs::File::open(held.path().join("travelmap.lock")).unwrap();
         lock.try_lock().unwrap();
+        let refused = SqliteAuditLog::append_waiting(
+            &path,
+            &[record("beside a server")],
+            Duration::from_millis(200),
+        );
+        assert!(
+            matches!(refused, Err(Error::TrailUnjudged(3))),
+            "{refused:?}"
+        );
+        assert!(
+            SqliteAuditLog::open_read_only(&path)
+                .unwrap()
+                .read_after(0, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // Beside one that begins it while the command waits (as a server's open does): the
+        // command's entry follows the one saying so.
+        let opening = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(150));
+                SqliteAuditLog::append_at_open(&path, 3).unwrap()
+            })
+        };
         assert_eq!(
             SqliteAuditLog::append_beside(&path, &[record("beside a server")]).unwrap(),
-            [1]
+            [2]
         );
+        opening.join().unwrap();
+        drop(lock);
+        let entries = SqliteAuditLog::open_read_only(&path)
+            .unwrap()
+            .read_after(0, 10)
+            .await
+            .unwrap();
+        let actions: Vec<&str> = entries
+            .iter()
+            .map(|entry| entry.record.action.as_str())
+            .collect();
+        assert_eq!(actions, [TRAIL_BEGUN_ANEW, "beside a server"]);
+        drop(held);
+    }
+
+    /// Entries removed under the serving writer, whole or at the end, are followed by the entry
+    /// saying the trail was begun anew, whatever an offline command wrote meanwhile.
+    #[tokio::test]
+    async fn entries_removed_under_the_server_are_marked_where_it_goes_on() {
+        use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        let served = SqliteAuditLog::open(&path).unwrap();
+        served
+            .append(vec![record("1"), record("2"), record("3")])
+            .await
+            .unwrap();
+        let outside = Connection::open(&path).unwrap();
+        outside.execute("DELETE FROM audit", []).unwrap();
+        assert_eq!(served.append(vec![record("4")]).await.unwrap(), [2]);
+        // Cut short at the end, then continued by an offline command first.
+        outside
+            .execute("DELETE FROM audit WHERE seq > 1", [])
+            .unwrap();
+        assert_eq!(
+            SqliteAuditLog::append_beside(&path, &[record("offline")]).unwrap(),
+            [2]
+        );
+        assert_eq!(served.append(vec![record("5")]).await.unwrap(), [4]);
+        // Nothing removed: no entry of the kind.
+        assert_eq!(served.append(vec![record("6")]).await.unwrap(), [5]);
+        let entries = served.read_after(0, 10).await.unwrap();
+        let actions: Vec<&str> = entries
+            .iter()
+            .map(|entry| entry.record.action.as_str())
+            .collect();
+        assert_eq!(
+            actions,
+            [TRAIL_BEGUN_ANEW, "offline", TRAIL_BEGUN_ANEW, "5", "6"]
+        );
+        assert_eq!(verify(entries).unwrap().0, 5);
+    }
+
+    /// A trail file removed, or replaced by another, under the serving writer takes no more
+    /// entries: they would go to the file the process holds, and be lost with it.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_trail_file_removed_under_the_server_takes_no_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        let served = SqliteAuditLog::open(&path).unwrap();
+        assert_eq!(served.append(vec![record("1")]).await.unwrap(), [1]);
+        let aside = dir.path().join("aside.sqlite");
+        std::fs::rename(&path, &aside).unwrap();
+        let refused = served.append(vec![record("2")]).await;
+        assert!(
+            matches!(&refused, Err(error) if error.is_out_of_service()),
+            "{refused:?}"
+        );
+        // Another file put in its place is not the one the process holds either.
+        std::fs::copy(&aside, &path).unwrap();
+        assert!(served.append(vec![record("3")]).await.is_err());
+        // What was written before is all there is.
+        drop(served);
+        let entries = SqliteAuditLog::open_read_only(&aside)
+            .unwrap()
+            .read_after(0, 10)
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), 1);
+    }
+
+    /// A row numbered below 1, which no service writes, is not taken for the head.
+    #[tokio::test]
+    async fn a_row_numbered_below_the_first_is_not_the_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        SqliteAuditLog::open(&path).unwrap().close();
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO audit (seq, at, credential, agency, operation, outcome, action, hash)
+                 VALUES (-5, 0, 'x', 'x', 'consultation', 'allowed', 'x', zeroblob(32))",
+                [],
+            )
+            .unwrap();
+        let served = SqliteAuditLog::open(&path).unwrap();
+        assert_eq!(served.head().await.unwrap(), (0, GENESIS));
+        assert_eq!(served.append(vec![record("first")]).await.unwrap(), [1]);
+        assert_eq!(served.before_the_first().await.unwrap(), 1);
     }
 }

@@ -412,6 +412,18 @@ fn report_empty_trail(events: u64, begun_anew: bool) {
     );
 }
 
+/// Logs that entries were removed from the trail while this process held it: it had seen entry
+/// `seen`, and found the trail ending at entry `found`.
+fn report_lost_entries(seen: u64, found: u64) {
+    tracing::error!(
+        seen,
+        found,
+        "entries were removed from the audit trail (audit.sqlite) while this process held it: \
+         it had reached entry {seen}, and now ends at entry {found}. Restore it from the \
+         backup taken with the log; the trail goes on with an entry saying it was begun anew"
+    );
+}
+
 /// The data directory's lock at `path`, taken, if no process holds it: opened as the store
 /// opens it (made if missing: a restored directory comes without one).
 fn unheld_lock(path: &Path) -> Option<File> {
