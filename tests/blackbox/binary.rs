@@ -648,10 +648,29 @@ fn an_offline_command_leaves_an_emptied_trail_to_the_process_holding_the_store()
         let _ = std::fs::remove_file(data.join(leftover));
     }
     std::fs::write(data.join("audit.sqlite"), b"").unwrap();
+    // An offline command finds no trail in it, and leaves it as it is.
+    let replayed = run(&["replay", "--client", &Uuid::new_v4().to_string()], &data);
+    assert!(!replayed.status.success(), "{replayed:?}");
+    assert!(
+        String::from_utf8_lossy(&replayed.stderr).contains("the file is missing or empty"),
+        "{replayed:?}"
+    );
     let verified = run(&["audit", "verify"], &data);
     assert_eq!(verified.status.code(), Some(3), "{verified:?}");
     assert!(
         String::from_utf8_lossy(&verified.stdout).contains("audit.sqlite is an empty file"),
+        "{verified:?}"
+    );
+    // As is one that holds no trail's tables.
+    rusqlite::Connection::open(data.join("audit.sqlite"))
+        .unwrap()
+        .pragma_update(None, "journal_mode", "WAL")
+        .unwrap();
+    let verified = run(&["audit", "verify"], &data);
+    assert_eq!(verified.status.code(), Some(3), "{verified:?}");
+    assert!(
+        String::from_utf8_lossy(&verified.stdout)
+            .contains("audit.sqlite is a database without the trail's tables"),
         "{verified:?}"
     );
 }
@@ -690,8 +709,11 @@ async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact
         StatusCode::CREATED
     );
     assert_eq!(read().await.unwrap().status(), StatusCode::OK);
+    // Cut short at its end: the entry saying so follows what is left.
     let trail = rusqlite::Connection::open(data.join("audit.sqlite")).unwrap();
-    trail.execute("DELETE FROM audit", []).unwrap();
+    trail
+        .execute("DELETE FROM audit WHERE seq > 1", [])
+        .unwrap();
     drop(trail);
     assert_eq!(read().await.unwrap().status(), StatusCode::OK);
 
@@ -707,15 +729,45 @@ async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact
             .contains("the audit trail cannot be written"),
         "{problem}"
     );
+    // Nor is anything recorded whose entries could not be written, and the process is out of
+    // rotation until it is restarted.
+    let write = post("sentence.started", "2026-01-06T09:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(write.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = http
+        .get(format!("{}/readyz", server.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "failing");
     std::fs::rename(dir.path().join("aside.sqlite"), data.join("audit.sqlite")).unwrap();
     server.signal("TERM");
     server.wait();
     let verified = run(&["audit", "verify"], &data);
     assert_eq!(verified.status.code(), Some(3), "{verified:?}");
     assert!(
-        String::from_utf8_lossy(&verified.stdout)
-            .contains("entry 1 begins the trail anew beside an event log of 1 recorded events"),
+        String::from_utf8_lossy(&verified.stdout).contains(
+            "entry 2 begins the trail anew beside an event log of 1 recorded events; the \
+             serving process had written up to entry 2"
+        ),
         "{verified:?}"
+    );
+    let imported = import_another_event(dir.path(), &data);
+    assert!(
+        String::from_utf8_lossy(&imported.stderr).contains("was begun anew"),
+        "{imported:?}"
+    );
+    let replayed = run(&["replay", "--client", &client.to_string()], &data);
+    assert!(replayed.status.success(), "{replayed:?}");
+    // One event before the file was removed, one imported: the refused write is not there.
+    assert_eq!(
+        String::from_utf8_lossy(&replayed.stdout)
+            .matches("sentence.started")
+            .count(),
+        0,
+        "{replayed:?}"
     );
 }
 

@@ -539,6 +539,11 @@ pub trait AuditLog: Send + Sync {
     /// Whether any entry's action does not start with `prefix` (the offline commands' actions
     /// all start with `travelmap `: whether a serving process wrote to the trail).
     async fn any_action_outside(&self, prefix: &str) -> Result<bool>;
+    /// Whether the trail can take no more entries until the process is restarted (see
+    /// [`Error::TrailReplaced`]).
+    fn out_of_service(&self) -> bool {
+        false
+    }
 }
 
 /// Appends `records`, retrying a failed append with growing pauses for up to `patience`. For
@@ -556,8 +561,11 @@ pub async fn append_patiently(
     loop {
         match audit.append(records.clone()).await {
             Ok(numbers) => return Ok(numbers),
-            // A closed trail (the service is stopping) does not come back.
-            Err(error) if matches!(error, Error::Closed) => return Err((error, records)),
+            // A closed trail (the service is stopping), or one whose file is gone, does not
+            // come back.
+            Err(error) if matches!(error, Error::Closed | Error::TrailReplaced) => {
+                return Err((error, records));
+            }
             Err(error) if tokio::time::Instant::now() + pause < deadline => {
                 tracing::warn!(%error, "could not write the audit trail; retrying");
                 tokio::time::sleep(pause).await;

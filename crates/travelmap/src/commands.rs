@@ -1028,12 +1028,18 @@ pub async fn verify_audit(
         // A trail removed from beside a log with events is broken as an emptied one is (every
         // recorded event was logged), not a store that cannot be checked: a monitor that
         // alerts on "broken" must hear of it.
-        // So is a file emptied to nothing, which holds no trail at all (not even its schema).
+        // So is a file emptied to nothing, or one that holds no trail's tables at all.
         let events = data_dir.join("events.sqlite");
-        let trail = match std::fs::metadata(data_dir.join("audit.sqlite")) {
+        let path = data_dir.join("audit.sqlite");
+        let trail = match std::fs::metadata(&path) {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Some("missing"),
             Ok(metadata) if metadata.len() == 0 => Some("an empty file"),
-            _ => None,
+            _ => match SqliteAuditLog::open_read_only(&path) {
+                Err(travelmap_store::Error::SchemaOutdated { found: 0, .. }) => {
+                    Some("a database without the trail's tables")
+                }
+                _ => None,
+            },
         };
         if let Some(trail) = trail
             && events.exists()

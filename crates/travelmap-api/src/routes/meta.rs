@@ -190,7 +190,13 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
             }
         })
         .collect();
-    let status = status_of(*state.stopping.borrow(), &tasks);
+    // A trail that can take no entries until a restart (its file removed under the process)
+    // leaves this process unable to answer or record anything: out of rotation.
+    let status = match status_of(*state.stopping.borrow(), &tasks) {
+        "stopping" => "stopping",
+        _ if state.audit.out_of_service() => "failing",
+        status => status,
+    };
     let code = match status {
         "ready" | "degraded" => StatusCode::OK,
         _ => StatusCode::SERVICE_UNAVAILABLE,

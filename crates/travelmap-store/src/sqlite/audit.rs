@@ -4,6 +4,7 @@
 //! moved with the log.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -43,10 +44,17 @@ pub struct SqliteAuditLog {
     /// `None` for a trail opened read-only.
     checkpointer: Option<Checkpointer>,
     readers: Arc<ReadPool>,
+    /// Set once the trail's file was found removed or replaced (see [`Error::TrailReplaced`]).
+    lost: Arc<AtomicBool>,
 }
 
 impl SqliteAuditLog {
-    pub(crate) fn open(path: &Path) -> Result<Self> {
+    /// Opens (creating if needed) the trail beside an event log of `events` events, for the
+    /// process that holds the data directory; sets `lost` if its file is later removed or
+    /// replaced. A trail found empty beside events is begun anew, saying so (see
+    /// [`Writer::write`]), by the writer that goes on writing it, so that the entry saying so
+    /// is what it remembers as written.
+    pub(crate) fn open(path: &Path, events: u64, lost: Arc<AtomicBool>) -> Result<Self> {
         let mut connection = Connection::open(path)?;
         // Entries are small and each lands on a page of its client in `audit_by_client`, which a
         // commit writes whole to the write-ahead log, so smaller pages write less: while serving
@@ -68,13 +76,28 @@ impl SqliteAuditLog {
         super::checkpointed_elsewhere(&connection)?;
         schema::migrate(&mut connection, path, schema::AUDIT)?;
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
+        // A trail already begun anew is said to be so at every open, until it is restored.
+        let marked: bool = connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM audit WHERE action = ?1 AND seq > 0)",
+            [travelmap_domain::audit::TRAIL_BEGUN_ANEW],
+            |row| row.get(0),
+        )?;
+        if marked {
+            tracing::error!(
+                "the audit trail (audit.sqlite) was begun anew beside an event log that held \
+                 events: entries before it were removed or emptied. Restore it from the backup \
+                 taken with the log"
+            );
+        }
         let seen = head(&connection)?;
-        let writer = Writer {
+        let mut writer = Writer {
             connection,
             trail: path.to_owned(),
             seen,
             file: file_identity(path)?,
+            lost: lost.clone(),
         };
+        writer.write(&[&[]], EmptyTrail::BesideEvents(events))?;
         let handle = std::thread::Builder::new()
             .name("travelmap-audit-writer".into())
             .spawn(move || writer.run(queue))?;
@@ -84,6 +107,7 @@ impl SqliteAuditLog {
             writer: Mutex::new(Some(handle)),
             checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool::new(path.to_owned())),
+            lost,
         })
     }
 
@@ -102,6 +126,7 @@ impl SqliteAuditLog {
             writer: Mutex::new(None),
             checkpointer: None,
             readers: Arc::new(ReadPool::for_copy(path.to_owned())),
+            lost: Arc::default(),
         })
     }
 
@@ -139,21 +164,27 @@ impl SqliteAuditLog {
         }
     }
 
-    /// [`Self::append_beside`] for the store's own open, which holds the data directory and
-    /// knows the event log's head: an empty trail beside `events` events is begun anew.
-    pub(crate) fn append_at_open(path: &Path, events: u64) -> Result<Vec<u64>> {
-        Self::append_with(path, &[], EmptyTrail::BesideEvents(events))
-    }
-
     fn append_with(
         path: &Path,
         records: &[AuditRecord],
         on_empty: EmptyTrail<'_>,
     ) -> Result<Vec<u64>> {
-        if !path.exists() {
+        // A file of no bytes is no trail yet: what a process opening the store makes before it
+        // makes the trail's tables. Opened here, it would be given a header without them.
+        let made = std::fs::metadata(path).is_ok_and(|metadata| metadata.len() > 0);
+        if !made {
+            if let EmptyTrail::JudgeIfUnheld(events) = on_empty
+                && path.exists()
+                && super::unheld_lock(&events.with_file_name("travelmap.lock"))?.is_none()
+            {
+                return Err(Error::TrailUnjudged(super::events_recorded(events)?));
+            }
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!("no audit trail at {}", path.display()),
+                format!(
+                    "no audit trail at {} (the file is missing or empty)",
+                    path.display()
+                ),
             )));
         }
         let connection = Connection::open(path)?;
@@ -166,6 +197,7 @@ impl SqliteAuditLog {
             // Judged by `on_empty`, not by what this writer saw before.
             seen: None,
             file: None,
+            lost: Arc::default(),
         };
         writer
             .write(std::slice::from_ref(&records), on_empty)?
@@ -243,6 +275,10 @@ impl AuditLog for SqliteAuditLog {
                 )?)
             })
             .await
+    }
+
+    fn out_of_service(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
     }
 
     async fn before_the_first(&self) -> Result<u64> {
@@ -339,6 +375,8 @@ struct Writer {
     /// The serving writer's file as it opened it: entries written to a file removed or replaced
     /// since would be lost with the process.
     file: Option<FileIdentity>,
+    /// Set when that file is found removed or replaced.
+    lost: Arc<AtomicBool>,
 }
 
 /// Which file a path names (device and inode), where the platform tells.
@@ -439,7 +477,10 @@ impl Writer {
                 Err(Error::Io(error)) if error.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::Io(error));
                 }
-                _ => return Err(Error::TrailReplaced),
+                _ => {
+                    self.lost.store(true, Ordering::Relaxed);
+                    return Err(Error::TrailReplaced);
+                }
             }
         }
         let transaction = self
@@ -460,7 +501,7 @@ impl Writer {
         let recorded = match (empty, on_empty) {
             (true, EmptyTrail::BesideEvents(events)) => events,
             (true, EmptyTrail::JudgeIfUnheld(events)) if events.exists() => {
-                _directory = super::unheld_lock(&events.with_file_name("travelmap.lock"));
+                _directory = super::unheld_lock(&events.with_file_name("travelmap.lock"))?;
                 let recorded = super::events_recorded(events)?;
                 if _directory.is_none() && recorded > 0 {
                     // The holder judges it (see `SqliteAuditLog::append_beside`).
@@ -471,7 +512,7 @@ impl Writer {
             _ => 0,
         };
         let begun_anew = if recorded > 0 {
-            super::report_empty_trail(recorded, true);
+            super::report_empty_trail(recorded);
             Some(travelmap_domain::audit::begun_anew(
                 recorded,
                 chrono::Utc::now(),
@@ -485,10 +526,13 @@ impl Writer {
                 0
             };
             super::report_lost_entries(seen, seq);
-            Some(travelmap_domain::audit::begun_anew(
-                recorded,
-                chrono::Utc::now(),
-            ))
+            let mut entry = travelmap_domain::audit::begun_anew(recorded, chrono::Utc::now());
+            // Entries after the one it remembers may be another process's, and genuine.
+            entry.returned = Some(format!(
+                "an event log of {recorded} recorded events; the serving process had written \
+                 up to entry {seen}, and found the trail without it, ending at entry {seq}"
+            ));
+            Some(entry)
         } else {
             None
         };
@@ -589,7 +633,7 @@ mod tests {
     async fn an_offline_append_beside_the_server_continues_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        let served = SqliteAuditLog::open(&path).unwrap();
+        let served = SqliteAuditLog::open(&path, 0, Arc::default()).unwrap();
         assert_eq!(served.append(vec![record("served 1")]).await.unwrap(), [1]);
         // Another process's entry, between two of the server's.
         assert_eq!(
@@ -628,7 +672,9 @@ mod tests {
                     .unwrap();
             }
             let path = dir.path().join("audit.sqlite");
-            SqliteAuditLog::open(&path).unwrap().close();
+            SqliteAuditLog::open(&path, 0, Arc::default())
+                .unwrap()
+                .close();
             std::fs::write(dir.path().join("travelmap.lock"), "").unwrap();
             (dir, path)
         };
@@ -704,7 +750,9 @@ mod tests {
             let path = path.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(150));
-                SqliteAuditLog::append_at_open(&path, 3).unwrap()
+                SqliteAuditLog::open(&path, 3, Arc::default())
+                    .unwrap()
+                    .close();
             })
         };
         assert_eq!(
@@ -733,7 +781,7 @@ mod tests {
         use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        let served = SqliteAuditLog::open(&path).unwrap();
+        let served = SqliteAuditLog::open(&path, 0, Arc::default()).unwrap();
         served
             .append(vec![record("1"), record("2"), record("3")])
             .await
@@ -771,8 +819,10 @@ mod tests {
     async fn a_trail_file_removed_under_the_server_takes_no_entries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        let served = SqliteAuditLog::open(&path).unwrap();
+        let lost = Arc::new(AtomicBool::new(false));
+        let served = SqliteAuditLog::open(&path, 0, lost.clone()).unwrap();
         assert_eq!(served.append(vec![record("1")]).await.unwrap(), [1]);
+        assert!(!lost.load(Ordering::Relaxed));
         let aside = dir.path().join("aside.sqlite");
         std::fs::rename(&path, &aside).unwrap();
         let refused = served.append(vec![record("2")]).await;
@@ -780,6 +830,7 @@ mod tests {
             matches!(&refused, Err(error) if error.is_out_of_service()),
             "{refused:?}"
         );
+        assert!(lost.load(Ordering::Relaxed));
         // Another file put in its place is not the one the process holds either.
         std::fs::copy(&aside, &path).unwrap();
         assert!(served.append(vec![record("3")]).await.is_err());
@@ -793,12 +844,46 @@ mod tests {
         assert_eq!(entries.len(), 1);
     }
 
+    /// A trail the server's open began anew, whose entry saying so is removed before the server
+    /// writes again, is begun anew again: the open's entry is what its writer remembers.
+    #[tokio::test]
+    async fn the_entry_of_a_trail_begun_anew_at_open_is_not_lost_quietly() {
+        use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        let served = SqliteAuditLog::open(&path, 5, Arc::default()).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM audit", [])
+            .unwrap();
+        assert_eq!(served.append(vec![record("read")]).await.unwrap(), [2]);
+        let entries = served.read_after(0, 10).await.unwrap();
+        assert_eq!(entries[0].record.action, TRAIL_BEGUN_ANEW);
+        assert!(
+            entries[0]
+                .record
+                .returned
+                .as_deref()
+                .unwrap()
+                .contains("had written up to entry 1"),
+            "{:?}",
+            entries[0].record.returned
+        );
+        // Opened again beside the same log: not begun anew a second time.
+        served.close();
+        drop(served);
+        let again = SqliteAuditLog::open(&path, 5, Arc::default()).unwrap();
+        assert_eq!(again.head().await.unwrap().0, 2);
+    }
+
     /// A row numbered below 1, which no service writes, is not taken for the head.
     #[tokio::test]
     async fn a_row_numbered_below_the_first_is_not_the_head() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        SqliteAuditLog::open(&path).unwrap().close();
+        SqliteAuditLog::open(&path, 0, Arc::default())
+            .unwrap()
+            .close();
         Connection::open(&path)
             .unwrap()
             .execute(
@@ -807,7 +892,7 @@ mod tests {
                 [],
             )
             .unwrap();
-        let served = SqliteAuditLog::open(&path).unwrap();
+        let served = SqliteAuditLog::open(&path, 0, Arc::default()).unwrap();
         assert_eq!(served.head().await.unwrap(), (0, GENESIS));
         assert_eq!(served.append(vec![record("first")]).await.unwrap(), [1]);
         assert_eq!(served.before_the_first().await.unwrap(), 1);

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -45,7 +46,9 @@ pub struct SqliteEventLog {
 }
 
 impl SqliteEventLog {
-    pub(crate) fn open(path: &Path) -> Result<Self> {
+    /// Opens (creating if needed) the log; it takes no appends once `trail_lost` is set (see
+    /// [`Error::TrailReplaced`]).
+    pub(crate) fn open(path: &Path, trail_lost: Arc<AtomicBool>) -> Result<Self> {
         let mut connection = Connection::open(path)?;
         configure(&connection)?;
         schema::migrate(&mut connection, path, schema::EVENTS)?;
@@ -61,6 +64,7 @@ impl SqliteEventLog {
             next_position: last_position + 1,
             last_recorded_micros,
             head: head_sender,
+            trail_lost,
         };
         let handle = std::thread::Builder::new()
             .name("travelmap-log-writer".into())
@@ -334,6 +338,9 @@ struct Writer {
     next_position: u64,
     last_recorded_micros: i64,
     head: watch::Sender<u64>,
+    /// Set when the audit trail's file was removed or replaced: events recorded now could not
+    /// be logged.
+    trail_lost: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -368,6 +375,9 @@ impl Writer {
         let recorded_micros = Utc::now().timestamp_micros().max(self.last_recorded_micros);
         let mut next_position = self.next_position;
         let outcome = (|| -> Result<Vec<Result<Vec<Receipt>>>> {
+            if self.trail_lost.load(Ordering::Relaxed) {
+                return Err(Error::TrailReplaced);
+            }
             // IMMEDIATE takes the write lock up front. A deferred transaction would start as a
             // read and upgrade at its first insert, and SQLite refuses such an upgrade at once
             // (without waiting) if the file changed under it.

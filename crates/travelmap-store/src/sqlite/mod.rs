@@ -31,6 +31,7 @@ mod webhooks;
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -73,49 +74,25 @@ impl SqliteStore {
         for file in DATABASES {
             private_file(&data_dir.join(file)).map_err(opening(file))?;
         }
-        let log = SqliteEventLog::open(&data_dir.join("events.sqlite"))
+        // Set by the trail's writer if its file is removed or replaced under the process; the
+        // log then takes no more events, whose entries could not be written.
+        let trail_lost = Arc::new(AtomicBool::new(false));
+        let log = SqliteEventLog::open(&data_dir.join("events.sqlite"), trail_lost.clone())
             .map_err(opening("events.sqlite"))?;
         let views = SqliteViewStore::open(&data_dir.join("projections.sqlite"))
             .map_err(opening("projections.sqlite"))?;
-        let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"))
+        let head = *crate::EventLog::head(&log).borrow();
+        // Every recorded event was logged, so a log with events beside an empty trail means the
+        // trail was removed or replaced (or not restored with the log): the trail's open says
+        // so, loudly, on this and every later open until the trail is restored, since nothing
+        // else would, and begins it with an entry saying so (see `TRAIL_BEGUN_ANEW`), so that
+        // `audit verify` keeps reporting it once new entries follow.
+        let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"), head, trail_lost)
             .map_err(opening("audit.sqlite"))?;
         let keys =
             SqliteKeyStore::open(&data_dir.join("keys.sqlite")).map_err(opening("keys.sqlite"))?;
         let webhooks = SqliteWebhookStore::open(&data_dir.join("webhooks.sqlite"))
             .map_err(opening("webhooks.sqlite"))?;
-        let head = *crate::EventLog::head(&log).borrow();
-        // Every recorded event was logged, so a log with events beside an empty trail means the
-        // trail was removed or replaced (or not restored with the log): say so, loudly, on every
-        // open until the trail is restored, since nothing else would. The first entry written
-        // then says so in the chain (see `TRAIL_BEGUN_ANEW`), so that `audit verify` keeps
-        // reporting it once new entries follow.
-        let trail = data_dir.join("audit.sqlite");
-        if head > 0 {
-            match first_action(&trail).map_err(opening("audit.sqlite"))? {
-                // Appending nothing beside the log begins an empty trail with the entry that
-                // says so (and logs the error), decided under the trail's write lock; a trail
-                // that it leaves without that entry (a row numbered 0, added by hand) is said
-                // to be empty here.
-                None => {
-                    SqliteAuditLog::append_at_open(&trail, head)
-                        .map_err(opening("audit.sqlite"))?;
-                    if first_action(&trail)
-                        .map_err(opening("audit.sqlite"))?
-                        .is_none()
-                    {
-                        report_empty_trail(head, false);
-                    }
-                }
-                Some(action) if action == travelmap_domain::audit::TRAIL_BEGUN_ANEW => {
-                    tracing::error!(
-                        "the audit trail (audit.sqlite) was begun anew beside an event log that \
-                         held events: its entries before were removed or emptied. Restore it \
-                         from the backup taken with the log"
-                    );
-                }
-                Some(_) => {}
-            }
-        }
         let rewound = webhooks.rewind_past(head)?;
         if rewound > 0 {
             tracing::warn!(
@@ -396,19 +373,14 @@ fn opening(file: &'static str) -> impl Fn(Error) -> Error {
     }
 }
 
-/// Logs that the trail holds no entries beside a log of `events` events; `begun_anew` when the
-/// entry saying so is being written.
-fn report_empty_trail(events: u64, begun_anew: bool) {
+/// Logs that the trail holds no entries beside a log of `events` events, as the entry saying so
+/// is written.
+fn report_empty_trail(events: u64) {
     tracing::error!(
         events,
         "the audit trail (audit.sqlite) holds no entries while the event log holds events: it \
          was removed, emptied, or not restored with the log. Restore it from the backup taken \
-         with the log{}",
-        if begun_anew {
-            "; the trail now begins with an entry saying so"
-        } else {
-            ""
-        }
+         with the log; the trail now begins with an entry saying so"
     );
 }
 
@@ -418,18 +390,23 @@ fn report_lost_entries(seen: u64, found: u64) {
     tracing::error!(
         seen,
         found,
-        "entries were removed from the audit trail (audit.sqlite) while this process held it: \
-         it had reached entry {seen}, and now ends at entry {found}. Restore it from the \
-         backup taken with the log; the trail goes on with an entry saying it was begun anew"
+        "entries were removed from the audit trail (audit.sqlite), or replaced, while this \
+         process held it: it no longer holds entry {seen} as this process wrote it, and now \
+         ends at entry {found}. Restore it from the backup taken with the log; the trail goes \
+         on with an entry saying it was begun anew"
     );
 }
 
 /// The data directory's lock at `path`, taken, if no process holds it: opened as the store
-/// opens it (made if missing: a restored directory comes without one).
-fn unheld_lock(path: &Path) -> Option<File> {
-    let lock = private_file(path).ok()?;
-    lock.try_lock().ok()?;
-    Some(lock)
+/// opens it (made if missing: a restored directory comes without one). An error is one of the
+/// file, not a holder (a lock file this user may not open, a file system without locks).
+fn unheld_lock(path: &Path) -> Result<Option<File>> {
+    let lock = private_file(path)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(error)) => Err(error.into()),
+    }
 }
 
 /// How many events the event log at `path` holds (its head position).
@@ -453,19 +430,6 @@ fn events_recorded(path: &Path) -> Result<u64> {
             row.get::<_, i64>(0)
         })? as u64,
     )
-}
-
-/// The action of the trail's first entry, if it has one.
-fn first_action(path: &Path) -> Result<Option<String>> {
-    use rusqlite::OptionalExtension;
-    let connection = open_copy_read_only(path)?;
-    Ok(connection
-        .query_row(
-            "SELECT action FROM audit WHERE seq > 0 ORDER BY seq LIMIT 1",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?)
 }
 
 impl Drop for Checkpointer {
