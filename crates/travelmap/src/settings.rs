@@ -83,8 +83,37 @@ pub struct WebhooksEntry {
 
 /// `message` with the text of every string value it quotes left out: serde's type errors quote
 /// the value (`invalid type: string "http://user:password@..."`), which may be a password put in
-/// the wrong place.
+/// the wrong place; so do its errors for a value that is none of a setting's choices
+/// (``unknown variant `...`, expected one of``), left out where it holds `@` or `:` (a
+/// mistyped choice, `prisn`, is shown: it is what the operator must find).
 fn without_quoted_strings(message: &str) -> String {
+    without_unknown_variants(&without_quoted_string_values(message))
+}
+
+/// [`without_quoted_strings`] for serde's ``unknown variant `VALUE`, expected ...``: the value
+/// is written as it is, so it ends at the backtick before what serde says last.
+fn without_unknown_variants(message: &str) -> String {
+    const QUOTED: &str = "unknown variant `";
+    let Some(found) = message.find(QUOTED) else {
+        return message.to_owned();
+    };
+    let after = &message[found + QUOTED.len()..];
+    let end = ["`, expected", "`, there are no variants"]
+        .iter()
+        .find_map(|next| after.rfind(next))
+        .or_else(|| after.rfind('`'))
+        .unwrap_or(after.len());
+    if !after[..end].contains(['@', ':']) {
+        return message.to_owned();
+    }
+    format!(
+        "{}unknown variant (not shown){}",
+        &message[..found],
+        &after[(end + 1).min(after.len())..]
+    )
+}
+
+fn without_quoted_string_values(message: &str) -> String {
     const QUOTED: &str = "string \"";
     let mut shown = String::with_capacity(message.len());
     let mut rest = message;
@@ -1232,6 +1261,18 @@ mod tests {
         .unwrap();
         let shown = ConfigFile::load(&path).unwrap_err().to_string();
         assert!(shown.contains("an entry holding @, not shown"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        // Nor serde's, where the value is none of a setting's choices.
+        std::fs::write(
+            &path,
+            "[[credentials]]\nid = \"x\"\nagency = \"a\"\nroles = [\"u:s3cret`, expected\"]\nkey_sha256 = \"00\"\n",
+        )
+        .unwrap();
+        let shown = ConfigFile::load(&path).unwrap_err().to_string();
+        assert!(
+            shown.contains("unknown variant (not shown), expected one of `writer`"),
+            "{shown}"
+        );
         assert!(!shown.contains("s3cret"), "{shown}");
         std::fs::write(&path, "[webhooks]\nproxy = \"http://localhost:3128\"\n").unwrap();
         let shown = ConfigFile::load(&path).unwrap_err().to_string();
