@@ -718,6 +718,16 @@ async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact
     assert_eq!(read().await.unwrap().status(), StatusCode::OK);
 
     std::fs::rename(data.join("audit.sqlite"), dir.path().join("aside.sqlite")).unwrap();
+    // The process is out of rotation at once, before anything tries to write the trail.
+    let ready = http
+        .get(format!("{}/readyz", server.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let readiness: Value = ready.json().await.unwrap();
+    assert_eq!(readiness["status"], "failing", "{readiness}");
+    assert_eq!(readiness["audit_trail"], "lost", "{readiness}");
     let refused = read().await.unwrap();
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     let problem: Value = refused.json().await.unwrap();
@@ -726,22 +736,24 @@ async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact
         problem["detail"]
             .as_str()
             .unwrap()
-            .contains("the audit trail cannot be written"),
+            .contains("cannot be written until the service is restarted"),
         "{problem}"
     );
-    // Nor is anything recorded whose entries could not be written, and the process is out of
-    // rotation until it is restarted.
+    // Nor is anything recorded whose entries could not be written, and no retry is offered.
+    let started = std::time::Instant::now();
     let write = post("sentence.started", "2026-01-06T09:00:00Z")
         .await
         .unwrap();
     assert_eq!(write.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let ready = http
-        .get(format!("{}/readyz", server.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(ready.json::<Value>().await.unwrap()["status"], "failing");
+    let problem: Value = write.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("until the service is restarted"),
+        "{problem}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4), "{problem}");
     std::fs::rename(dir.path().join("aside.sqlite"), data.join("audit.sqlite")).unwrap();
     server.signal("TERM");
     server.wait();
@@ -750,7 +762,7 @@ async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact
     assert!(
         String::from_utf8_lossy(&verified.stdout).contains(
             "entry 2 begins the trail anew beside an event log of 1 recorded events; the \
-             serving process had written up to entry 2"
+             process writing it had last found or written entry 2"
         ),
         "{verified:?}"
     );
@@ -761,7 +773,7 @@ async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact
     );
     let replayed = run(&["replay", "--client", &client.to_string()], &data);
     assert!(replayed.status.success(), "{replayed:?}");
-    // One event before the file was removed, one imported: the refused write is not there.
+    // The client's one event from before the file was removed, and not the refused write.
     assert_eq!(
         String::from_utf8_lossy(&replayed.stdout)
             .matches("sentence.started")

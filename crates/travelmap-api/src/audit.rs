@@ -164,6 +164,13 @@ pub async fn write(state: &AppState, records: Vec<AuditRecord>) -> Result<(), Ap
     }
     state.audit.append(records).await.map_err(|error| {
         tracing::error!(%error, "could not write the audit trail");
+        if matches!(error, travelmap_store::Error::TrailReplaced) {
+            return ApiError::new(
+                Code::Unavailable,
+                "the audit trail cannot be written until the service is restarted (logged for \
+                 the operator), so nothing is done",
+            );
+        }
         ApiError::new(
             Code::Unavailable,
             "the audit trail cannot be written just now, so nothing is done; retry shortly",
@@ -321,8 +328,13 @@ impl Deferred {
                             waiting.lock().expect("deferred entries lock").remove(&set);
                             return;
                         }
-                        // Given up in `drain`, which logs what is still waiting.
+                        // Given up in `drain`, which logs what is still waiting; as is a trail
+                        // whose file is gone, which takes nothing until a restart.
                         Err(travelmap_store::Error::Closed) => return,
+                        Err(error @ travelmap_store::Error::TrailReplaced) => {
+                            tracing::error!(%error, events = ?named, "a write's audit entries cannot be written until the service is restarted");
+                            return;
+                        }
                         Err(error) => {
                             tracing::error!(%error, events = ?named, "a write's audit entries are still not written");
                         }

@@ -304,6 +304,14 @@ impl ApiError {
                  logged); another server of the deployment may answer: retry later",
             );
         }
+        if matches!(error, travelmap_store::Error::TrailReplaced) {
+            tracing::error!(%error, "the audit trail's file is gone");
+            return Self::new(
+                Code::Unavailable,
+                "the audit trail cannot be written until the service is restarted (logged for \
+                 the operator), so nothing is recorded",
+            );
+        }
         if error.is_out_of_service() {
             tracing::error!(%error, "the store cannot take writes");
             return Self::new(

@@ -115,7 +115,7 @@ pub enum Error {
     /// open: entries written to the file it holds would be lost with the process, so none is
     /// written, and what they log is refused.
     #[error(
-        "the audit trail's file (audit.sqlite) was removed or replaced while this process had it open, so nothing can be logged: stop the service and restore the trail from the backup taken with the log (started without it, the service begins the trail anew, saying so)"
+        "the audit trail's file (audit.sqlite) was removed or replaced while this process had it open, so nothing can be logged or recorded: stop the process and restore the trail from the backup taken with the log (opened without it, the store begins the trail anew, saying so)"
     )]
     TrailReplaced,
     /// A data key is wrapped under a master key that is not configured.
@@ -259,8 +259,12 @@ impl Error {
         let message = format!("{context}: {self}");
         let transient = self.is_transient();
         let out_of_service = self.is_out_of_service();
+        // Told apart by callers: retrying does not help until a restart.
+        let trail_replaced = matches!(self, Error::TrailReplaced);
         move || {
-            if transient {
+            if trail_replaced {
+                Error::TrailReplaced
+            } else if transient {
                 Error::Unavailable(message.clone())
             } else if out_of_service {
                 Error::OutOfService(message.clone())

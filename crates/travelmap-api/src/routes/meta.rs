@@ -91,7 +91,8 @@ pub struct Readiness {
     /// (a bug: it will not recover without a restart); `stopping` once the server has been told
     /// to stop; `misconfigured` when the projection or the coordination index fails for a
     /// fault of this process's configuration (a master key it lacks; the process then stops,
-    /// so that one with the key takes over). `starting`, `failing`, `misconfigured` and
+    /// so that one with the key takes over); also `failing` when the audit trail cannot be
+    /// written until a restart (see `audit_trail`). `starting`, `failing`, `misconfigured` and
     /// `stopping` answer `503`.
     #[schema(example = "ready")]
     pub status: &'static str,
@@ -99,6 +100,11 @@ pub struct Readiness {
     pub head: u64,
     /// Each background task.
     pub tasks: Vec<TaskReadiness>,
+    /// `lost` when the embedded store's audit trail file was removed or replaced under the
+    /// process: it records and answers nothing until it is restarted. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!(null))]
+    pub audit_trail: Option<&'static str>,
 }
 
 /// One background task in the readiness report.
@@ -192,9 +198,9 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
         .collect();
     // A trail that can take no entries until a restart (its file removed under the process)
     // leaves this process unable to answer or record anything: out of rotation.
+    let audit_trail = state.audit.out_of_service().then_some("lost");
     let status = match status_of(*state.stopping.borrow(), &tasks) {
-        "stopping" => "stopping",
-        _ if state.audit.out_of_service() => "failing",
+        "ready" | "degraded" if audit_trail.is_some() => "failing",
         status => status,
     };
     let code = match status {
@@ -207,6 +213,7 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
             status,
             head,
             tasks,
+            audit_trail,
         }),
     )
 }

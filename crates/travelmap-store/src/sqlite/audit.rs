@@ -46,6 +46,8 @@ pub struct SqliteAuditLog {
     readers: Arc<ReadPool>,
     /// Set once the trail's file was found removed or replaced (see [`Error::TrailReplaced`]).
     lost: Arc<AtomicBool>,
+    /// The file as the writer opened it, and where: `None` for a trail opened read-only.
+    opened: Option<(PathBuf, FileIdentity)>,
 }
 
 impl SqliteAuditLog {
@@ -90,14 +92,17 @@ impl SqliteAuditLog {
             );
         }
         let seen = head(&connection)?;
+        let file = file_identity(path)?;
         let mut writer = Writer {
             connection,
             trail: path.to_owned(),
             seen,
-            file: file_identity(path)?,
+            file,
             lost: lost.clone(),
         };
-        writer.write(&[&[]], EmptyTrail::BesideEvents(events))?;
+        if writer.seen.is_none() && events > 0 {
+            writer.write(&[&[]], EmptyTrail::BesideEvents(events))?;
+        }
         let handle = std::thread::Builder::new()
             .name("travelmap-audit-writer".into())
             .spawn(move || writer.run(queue))?;
@@ -108,6 +113,7 @@ impl SqliteAuditLog {
             checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool::new(path.to_owned())),
             lost,
+            opened: file.map(|file| (path.to_owned(), file)),
         })
     }
 
@@ -127,6 +133,7 @@ impl SqliteAuditLog {
             checkpointer: None,
             readers: Arc::new(ReadPool::for_copy(path.to_owned())),
             lost: Arc::default(),
+            opened: None,
         })
     }
 
@@ -177,7 +184,12 @@ impl SqliteAuditLog {
                 && path.exists()
                 && super::unheld_lock(&events.with_file_name("travelmap.lock"))?.is_none()
             {
-                return Err(Error::TrailUnjudged(super::events_recorded(events)?));
+                let recorded = if events.exists() {
+                    super::events_recorded(events)?
+                } else {
+                    0
+                };
+                return Err(Error::TrailUnjudged(recorded));
             }
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -278,6 +290,17 @@ impl AuditLog for SqliteAuditLog {
     }
 
     fn out_of_service(&self) -> bool {
+        // Looked at here too, so that a readiness probe sees the loss before a write would.
+        if let Some((path, opened)) = &self.opened {
+            let gone = match file_identity(path) {
+                Ok(now) => now != Some(*opened),
+                Err(Error::Io(error)) => error.kind() == std::io::ErrorKind::NotFound,
+                Err(_) => false,
+            };
+            if gone {
+                self.lost.store(true, Ordering::Relaxed);
+            }
+        }
         self.lost.load(Ordering::Relaxed)
     }
 
@@ -529,8 +552,9 @@ impl Writer {
             let mut entry = travelmap_domain::audit::begun_anew(recorded, chrono::Utc::now());
             // Entries after the one it remembers may be another process's, and genuine.
             entry.returned = Some(format!(
-                "an event log of {recorded} recorded events; the serving process had written \
-                 up to entry {seen}, and found the trail without it, ending at entry {seq}"
+                "an event log of {recorded} recorded events; the process writing it had last \
+                 found or written entry {seen}, and found the trail without it, ending at entry \
+                 {seq}"
             ));
             Some(entry)
         } else {
@@ -831,6 +855,15 @@ mod tests {
             "{refused:?}"
         );
         assert!(lost.load(Ordering::Relaxed));
+        // Told apart from a trail that may come back: not retried.
+        let started = Instant::now();
+        let given_up =
+            crate::append_patiently(&served, vec![record("2")], Duration::from_secs(5)).await;
+        assert!(
+            matches!(given_up, Err((Error::TrailReplaced, _))),
+            "{given_up:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
         // Another file put in its place is not the one the process holds either.
         std::fs::copy(&aside, &path).unwrap();
         assert!(served.append(vec![record("3")]).await.is_err());
@@ -865,7 +898,7 @@ mod tests {
                 .returned
                 .as_deref()
                 .unwrap()
-                .contains("had written up to entry 1"),
+                .contains("had last found or written entry 1"),
             "{:?}",
             entries[0].record.returned
         );

@@ -66,10 +66,19 @@ impl SqliteStore {
         })?;
         warn_if_shared(data_dir);
         let lock = private_file(&data_dir.join("travelmap.lock"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(Error::Locked(data_dir.to_owned())),
-            Err(TryLockError::Error(error)) => return Err(error.into()),
+        // An offline command holds the lock for a moment while it judges an emptied trail (see
+        // `SqliteAuditLog::append_beside`): waited for, briefly; another server holds it for
+        // good.
+        let until = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(TryLockError::WouldBlock) => return Err(Error::Locked(data_dir.to_owned())),
+                Err(TryLockError::Error(error)) => return Err(error.into()),
+            }
         }
         for file in DATABASES {
             private_file(&data_dir.join(file)).map_err(opening(file))?;
@@ -112,6 +121,9 @@ impl SqliteStore {
         })
     }
 }
+
+/// How long opening the store waits for the data directory's lock.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The database files of a data directory.
 const DATABASES: [&str; 5] = [
@@ -401,11 +413,20 @@ fn report_lost_entries(seen: u64, found: u64) {
 /// opens it (made if missing: a restored directory comes without one). An error is one of the
 /// file, not a holder (a lock file this user may not open, a file system without locks).
 fn unheld_lock(path: &Path) -> Result<Option<File>> {
-    let lock = private_file(path)?;
+    let named = |error: std::io::Error| {
+        Error::Io(std::io::Error::new(
+            error.kind(),
+            format!("the data directory's lock {}: {error}", path.display()),
+        ))
+    };
+    let lock = private_file(path).map_err(|error| match error {
+        Error::Io(error) => named(error),
+        other => other,
+    })?;
     match lock.try_lock() {
         Ok(()) => Ok(Some(lock)),
         Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(error)) => Err(error.into()),
+        Err(TryLockError::Error(error)) => Err(named(error)),
     }
 }
 
