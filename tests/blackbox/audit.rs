@@ -836,6 +836,12 @@ async fn audit_verify_finds_every_edited_removed_or_reordered_entry() {
         ),
         (
             "DELETE FROM audit WHERE seq >= 4",
+            "the entries end at entry 3, but the store records its head at entry 5",
+        ),
+        // Cut short at the end, with the head moved back too: the checkpoint still tells.
+        (
+            "DELETE FROM audit WHERE seq >= 4; \
+             UPDATE audit_head SET seq = 3, hash = (SELECT hash FROM audit WHERE seq = 3)",
             "before the checkpoint at entry 5",
         ),
         // An entry added before the first: the chain from 1 on still checks, so it is counted.

@@ -652,7 +652,7 @@ fn an_offline_command_leaves_an_emptied_trail_to_the_process_holding_the_store()
     let replayed = run(&["replay", "--client", &Uuid::new_v4().to_string()], &data);
     assert!(!replayed.status.success(), "{replayed:?}");
     assert!(
-        String::from_utf8_lossy(&replayed.stderr).contains("the file is missing or empty"),
+        String::from_utf8_lossy(&replayed.stderr).contains("(the file is empty)"),
         "{replayed:?}"
     );
     let verified = run(&["audit", "verify"], &data);
@@ -672,6 +672,11 @@ fn an_offline_command_leaves_an_emptied_trail_to_the_process_holding_the_store()
         String::from_utf8_lossy(&verified.stdout)
             .contains("audit.sqlite is a database without the trail's tables"),
         "{verified:?}"
+    );
+    let replayed = run(&["replay", "--client", &Uuid::new_v4().to_string()], &data);
+    assert!(
+        String::from_utf8_lossy(&replayed.stderr).contains("holds no trail's tables"),
+        "{replayed:?}"
     );
 }
 
@@ -761,8 +766,8 @@ async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact
     assert_eq!(verified.status.code(), Some(3), "{verified:?}");
     assert!(
         String::from_utf8_lossy(&verified.stdout).contains(
-            "entry 2 begins the trail anew beside an event log of 1 recorded events; the \
-             process writing it had last found or written entry 2"
+            "entry 2 begins the trail anew beside an event log of 1 recorded events; its \
+             recorded head named entry 2, and the trail ends at entry 1"
         ),
         "{verified:?}"
     );

@@ -31,6 +31,8 @@ const PATIENCE_WITH_THE_HOLDER: Duration = Duration::from_secs(3);
 /// The head of the trail: its last entry numbered as the service numbers them (rows numbered 0
 /// or below were added by hand; `audit verify` reports them).
 const HEAD: &str = "SELECT seq, hash FROM audit WHERE seq > 0 ORDER BY seq DESC LIMIT 1";
+/// The head as the trail records it apart from its entries (see `schema::AUDIT`).
+const STORED_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 
 struct Job {
     records: Vec<AuditRecord>,
@@ -46,8 +48,8 @@ pub struct SqliteAuditLog {
     readers: Arc<ReadPool>,
     /// Set once the trail's file was found removed or replaced (see [`Error::TrailReplaced`]).
     lost: Arc<AtomicBool>,
-    /// The file as the writer opened it, and where: `None` for a trail opened read-only.
-    opened: Option<(PathBuf, FileIdentity)>,
+    /// The files as the writer opened them: `None` for a trail opened read-only.
+    opened: Option<OpenedFiles>,
 }
 
 impl SqliteAuditLog {
@@ -92,15 +94,20 @@ impl SqliteAuditLog {
             );
         }
         let seen = head(&connection)?;
-        let file = file_identity(path)?;
+        // The write-ahead log exists from the connection's first read (above).
+        let files = OpenedFiles::now(path)?;
         let mut writer = Writer {
             connection,
             trail: path.to_owned(),
             seen,
-            file,
+            files: files.clone(),
             lost: lost.clone(),
         };
-        if writer.seen.is_none() && events > 0 {
+        // Judged now, not at the first write, so that the entry saying what was lost comes
+        // before anything this process logs: a trail empty beside events, or one whose entries
+        // end before (or elsewhere than) its stored head.
+        if (writer.seen.is_none() && events > 0) || stored_head(&writer.connection)? != writer.seen
+        {
             writer.write(&[&[]], EmptyTrail::BesideEvents(events))?;
         }
         let handle = std::thread::Builder::new()
@@ -113,7 +120,7 @@ impl SqliteAuditLog {
             checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool::new(path.to_owned())),
             lost,
-            opened: file.map(|file| (path.to_owned(), file)),
+            opened: files,
         })
     }
 
@@ -176,12 +183,11 @@ impl SqliteAuditLog {
         records: &[AuditRecord],
         on_empty: EmptyTrail<'_>,
     ) -> Result<Vec<u64>> {
-        // A file of no bytes is no trail yet: what a process opening the store makes before it
-        // makes the trail's tables. Opened here, it would be given a header without them.
-        let made = std::fs::metadata(path).is_ok_and(|metadata| metadata.len() > 0);
-        if !made {
+        // A file of no bytes, or one without the trail's tables, is no trail yet: what a
+        // process opening the store makes before it makes the tables. Written to here, it would
+        // be given a header without them; told to migrate, the operator would be misled.
+        let no_trail = |what: &str| -> Result<Vec<u64>> {
             if let EmptyTrail::JudgeIfUnheld(events) = on_empty
-                && path.exists()
                 && super::unheld_lock(&events.with_file_name("travelmap.lock"))?.is_none()
             {
                 let recorded = if events.exists() {
@@ -191,15 +197,26 @@ impl SqliteAuditLog {
                 };
                 return Err(Error::TrailUnjudged(recorded));
             }
-            return Err(Error::Io(std::io::Error::new(
+            Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                format!(
-                    "no audit trail at {} (the file is missing or empty)",
-                    path.display()
-                ),
-            )));
+                format!("no audit trail at {} ({what})", path.display()),
+            )))
+        };
+        match std::fs::metadata(path) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no audit trail at {} (the file is missing)", path.display()),
+                )));
+            }
+            Ok(metadata) if metadata.len() == 0 => return no_trail("the file is empty"),
+            _ => {}
         }
         let connection = Connection::open(path)?;
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        if version == 0 {
+            return no_trail("the file holds no trail's tables");
+        }
         configure(&connection)?;
         connection.pragma_update(None, "synchronous", "NORMAL")?;
         schema::require_current(&connection, path, schema::AUDIT)?;
@@ -208,7 +225,7 @@ impl SqliteAuditLog {
             trail: path.to_owned(),
             // Judged by `on_empty`, not by what this writer saw before.
             seen: None,
-            file: None,
+            files: None,
             lost: Arc::default(),
         };
         writer
@@ -291,15 +308,10 @@ impl AuditLog for SqliteAuditLog {
 
     fn out_of_service(&self) -> bool {
         // Looked at here too, so that a readiness probe sees the loss before a write would.
-        if let Some((path, opened)) = &self.opened {
-            let gone = match file_identity(path) {
-                Ok(now) => now != Some(*opened),
-                Err(Error::Io(error)) => error.kind() == std::io::ErrorKind::NotFound,
-                Err(_) => false,
-            };
-            if gone {
-                self.lost.store(true, Ordering::Relaxed);
-            }
+        if let Some(opened) = &self.opened
+            && let Ok(false) = opened.still_there()
+        {
+            self.lost.store(true, Ordering::Relaxed);
         }
         self.lost.load(Ordering::Relaxed)
     }
@@ -330,17 +342,10 @@ impl AuditLog for SqliteAuditLog {
 }
 
 impl SqliteAuditLog {
+    /// The stored head (see `schema::AUDIT`), which `audit verify` compares with the entries.
     async fn last(&self) -> Result<(u64, [u8; 32])> {
         self.readers
-            .read(|connection| {
-                let last: Option<(u64, Vec<u8>)> = connection
-                    .query_row(HEAD, [], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()?;
-                match last {
-                    Some((seq, hash)) => Ok((seq, to_hash(seq, &hash)?)),
-                    None => Ok((0, GENESIS)),
-                }
-            })
+            .read(|connection| Ok(stored_head(connection)?.unwrap_or((0, GENESIS))))
             .await
     }
 }
@@ -395,15 +400,60 @@ struct Writer {
     /// The last entry this writer found or wrote, number and hash: if the trail no longer
     /// holds it, entries were removed or replaced under the process.
     seen: Option<(u64, [u8; 32])>,
-    /// The serving writer's file as it opened it: entries written to a file removed or replaced
-    /// since would be lost with the process.
-    file: Option<FileIdentity>,
-    /// Set when that file is found removed or replaced.
+    /// The serving writer's files as it opened them: entries written to a file removed or
+    /// replaced since would be lost with the process.
+    files: Option<OpenedFiles>,
+    /// Set when one of them is found removed or replaced.
     lost: Arc<AtomicBool>,
 }
 
 /// Which file a path names (device and inode), where the platform tells.
 type FileIdentity = (u64, u64);
+
+/// The trail's file and its write-ahead log as a process opened them. SQLite goes on writing
+/// to the files it opened whatever their names come to mean: entries written to a removed
+/// `audit.sqlite`, or committed into a removed `-wal` and not yet folded back, would be lost with
+/// the process (a crash loses the second kind).
+#[derive(Debug, Clone)]
+struct OpenedFiles {
+    trail: PathBuf,
+    main: FileIdentity,
+    wal: Option<FileIdentity>,
+}
+
+impl OpenedFiles {
+    /// The files `trail` names now: `None` where the platform does not tell.
+    fn now(trail: &Path) -> Result<Option<Self>> {
+        let Some(main) = file_identity(trail)? else {
+            return Ok(None);
+        };
+        let wal = match file_identity(&super::beside(trail, "-wal")) {
+            Ok(wal) => wal,
+            Err(Error::Io(error)) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(error),
+        };
+        Ok(Some(Self {
+            trail: trail.to_owned(),
+            main,
+            wal,
+        }))
+    }
+
+    /// Whether the names still name the files opened; an error is one of looking (not a file
+    /// gone).
+    fn still_there(&self) -> Result<bool> {
+        let same = |path: &Path, opened: FileIdentity| match file_identity(path) {
+            Ok(now) => Ok(now == Some(opened)),
+            Err(Error::Io(error)) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error),
+        };
+        Ok(same(&self.trail, self.main)?
+            && match self.wal {
+                Some(wal) => same(&super::beside(&self.trail, "-wal"), wal)?,
+                None => true,
+            })
+    }
+}
 
 fn file_identity(path: &Path) -> Result<Option<FileIdentity>> {
     #[cfg(unix)]
@@ -421,8 +471,18 @@ fn file_identity(path: &Path) -> Result<Option<FileIdentity>> {
 
 /// The trail's last entry, number and hash, if it has one.
 fn head(connection: &Connection) -> Result<Option<(u64, [u8; 32])>> {
+    read_head(connection, HEAD)
+}
+
+/// The head the trail records apart from its entries, if it records one.
+fn stored_head(connection: &Connection) -> Result<Option<(u64, [u8; 32])>> {
+    read_head(connection, STORED_HEAD)
+}
+
+fn read_head(connection: &Connection, query: &str) -> Result<Option<(u64, [u8; 32])>> {
     let last: Option<(u64, Vec<u8>)> = connection
-        .query_row(HEAD, [], |row| Ok((row.get(0)?, row.get(1)?)))
+        .prepare_cached(query)?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     last.map(|(seq, hash)| Ok((seq, to_hash(seq, &hash)?)))
         .transpose()
@@ -494,30 +554,19 @@ impl Writer {
         group: &[&[AuditRecord]],
         on_empty: EmptyTrail<'_>,
     ) -> Result<Vec<Vec<u64>>> {
-        if let Some(opened) = self.file {
-            match file_identity(&self.trail) {
-                Ok(Some(now)) if now == opened => {}
-                Err(Error::Io(error)) if error.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(Error::Io(error));
-                }
-                _ => {
-                    self.lost.store(true, Ordering::Relaxed);
-                    return Err(Error::TrailReplaced);
-                }
-            }
+        if let Some(files) = &self.files
+            && !files.still_there()?
+        {
+            self.lost.store(true, Ordering::Relaxed);
+            return Err(Error::TrailReplaced);
         }
         let transaction = self
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let last: Option<(u64, Vec<u8>)> = transaction
-            .prepare_cached(HEAD)?
-            .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?;
+        let last = head(&transaction)?;
+        let recorded_head = stored_head(&transaction)?;
         let empty = last.is_none();
-        let (mut seq, mut hash) = match last {
-            Some((seq, hash)) => (seq, to_hash(seq, &hash)?),
-            None => (0, GENESIS),
-        };
+        let (mut seq, mut hash) = last.unwrap_or((0, GENESIS));
         // Held until the transaction ends, so that no process opens the store meanwhile and
         // records events whose entries this write would take for lost ones.
         let mut _directory = None;
@@ -540,21 +589,31 @@ impl Writer {
                 recorded,
                 chrono::Utc::now(),
             ))
+        } else if let Some(what) = if recorded_head != last {
+            Some(format!(
+                "its recorded head named entry {}, and the trail ends at entry {seq}",
+                recorded_head.map_or(0, |(seq, _)| seq)
+            ))
         } else if lost_since(self.seen, &transaction, (seq, hash))? {
-            let seen = self.seen.map_or(0, |(seq, _)| seq);
+            // Entries after the one it remembers may be another process's, and genuine.
+            Some(format!(
+                "the process writing it had last found or written entry {}, and found the \
+                 trail without it, ending at entry {seq}",
+                self.seen.map_or(0, |(seq, _)| seq)
+            ))
+        } else {
+            None
+        } {
             let events = self.trail.with_file_name("events.sqlite");
             let recorded = if events.exists() {
                 super::events_recorded(&events)?
             } else {
                 0
             };
-            super::report_lost_entries(seen, seq);
+            super::report_lost_entries(&what);
             let mut entry = travelmap_domain::audit::begun_anew(recorded, chrono::Utc::now());
-            // Entries after the one it remembers may be another process's, and genuine.
             entry.returned = Some(format!(
-                "an event log of {recorded} recorded events; the process writing it had last \
-                 found or written entry {seen}, and found the trail without it, ending at entry \
-                 {seq}"
+                "an event log of {recorded} recorded events; {what}"
             ));
             Some(entry)
         } else {
@@ -600,6 +659,14 @@ impl Writer {
                 }
                 answers.push(numbers);
             }
+        }
+        if seq > 0 && last != Some((seq, hash)) {
+            transaction
+                .prepare_cached(
+                    "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                )?
+                .execute(params![seq, hash.to_vec()])?;
         }
         transaction.commit()?;
         if seq > 0 {
@@ -799,7 +866,9 @@ mod tests {
     }
 
     /// Entries removed under the serving writer, whole or at the end, are followed by the entry
-    /// saying the trail was begun anew, whatever an offline command wrote meanwhile.
+    /// saying the trail was begun anew, whichever process writes next: found by the head the
+    /// trail records apart from its entries, and where that was moved back too, by what the
+    /// serving writer remembers.
     #[tokio::test]
     async fn entries_removed_under_the_server_are_marked_where_it_goes_on() {
         use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
@@ -813,17 +882,27 @@ mod tests {
         let outside = Connection::open(&path).unwrap();
         outside.execute("DELETE FROM audit", []).unwrap();
         assert_eq!(served.append(vec![record("4")]).await.unwrap(), [2]);
-        // Cut short at the end, then continued by an offline command first.
+        // Cut short at the end, then continued by an offline command first: it finds the
+        // recorded head past the last entry.
         outside
             .execute("DELETE FROM audit WHERE seq > 1", [])
             .unwrap();
         assert_eq!(
             SqliteAuditLog::append_beside(&path, &[record("offline")]).unwrap(),
-            [2]
+            [3]
         );
-        assert_eq!(served.append(vec![record("5")]).await.unwrap(), [4]);
+        // The server no longer finds its own last entry (2 is now the offline marker).
+        assert_eq!(served.append(vec![record("5")]).await.unwrap(), [5]);
         // Nothing removed: no entry of the kind.
-        assert_eq!(served.append(vec![record("6")]).await.unwrap(), [5]);
+        assert_eq!(served.append(vec![record("6")]).await.unwrap(), [6]);
+        // Cut short with the recorded head moved back to match: the server remembers.
+        outside
+            .execute_batch(
+                "DELETE FROM audit WHERE seq > 5;
+                 UPDATE audit_head SET seq = 5, hash = (SELECT hash FROM audit WHERE seq = 5);",
+            )
+            .unwrap();
+        assert_eq!(served.append(vec![record("7")]).await.unwrap(), [7]);
         let entries = served.read_after(0, 10).await.unwrap();
         let actions: Vec<&str> = entries
             .iter()
@@ -831,9 +910,39 @@ mod tests {
             .collect();
         assert_eq!(
             actions,
-            [TRAIL_BEGUN_ANEW, "offline", TRAIL_BEGUN_ANEW, "5", "6"]
+            [
+                TRAIL_BEGUN_ANEW,
+                TRAIL_BEGUN_ANEW,
+                "offline",
+                TRAIL_BEGUN_ANEW,
+                "5",
+                TRAIL_BEGUN_ANEW,
+                "7"
+            ]
         );
-        assert_eq!(verify(entries).unwrap().0, 5);
+        let said = |seq: usize| entries[seq - 1].record.returned.clone().unwrap();
+        assert!(
+            said(1).contains("recorded head named entry 3"),
+            "{}",
+            said(1)
+        );
+        assert!(
+            said(2).contains("recorded head named entry 2"),
+            "{}",
+            said(2)
+        );
+        assert!(
+            said(4).contains("last found or written entry 2"),
+            "{}",
+            said(4)
+        );
+        assert!(
+            said(6).contains("last found or written entry 6"),
+            "{}",
+            said(6)
+        );
+        assert_eq!(verify(entries).unwrap().0, 7);
+        assert_eq!(served.head().await.unwrap().0, 7);
     }
 
     /// A trail file removed, or replaced by another, under the serving writer takes no more
@@ -877,6 +986,24 @@ mod tests {
         assert_eq!(entries.len(), 1);
     }
 
+    /// So does one whose write-ahead log was removed: what it commits there would be lost on a
+    /// crash, and never folded back into the file.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_write_ahead_log_removed_under_the_server_takes_no_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        let lost = Arc::new(AtomicBool::new(false));
+        let served = SqliteAuditLog::open(&path, 0, lost.clone()).unwrap();
+        assert_eq!(served.append(vec![record("1")]).await.unwrap(), [1]);
+        assert!(!served.out_of_service());
+        std::fs::remove_file(dir.path().join("audit.sqlite-wal")).unwrap();
+        // Seen by a readiness probe before any write.
+        assert!(served.out_of_service());
+        let refused = served.append(vec![record("2")]).await;
+        assert!(matches!(refused, Err(Error::TrailReplaced)), "{refused:?}");
+    }
+
     /// A trail the server's open began anew, whose entry saying so is removed before the server
     /// writes again, is begun anew again: the open's entry is what its writer remembers.
     #[tokio::test]
@@ -887,7 +1014,8 @@ mod tests {
         let served = SqliteAuditLog::open(&path, 5, Arc::default()).unwrap();
         Connection::open(&path)
             .unwrap()
-            .execute("DELETE FROM audit", [])
+            // With the recorded head too: what the writer remembers tells.
+            .execute_batch("DELETE FROM audit; DELETE FROM audit_head;")
             .unwrap();
         assert_eq!(served.append(vec![record("read")]).await.unwrap(), [2]);
         let entries = served.read_after(0, 10).await.unwrap();

@@ -396,16 +396,12 @@ fn report_empty_trail(events: u64) {
     );
 }
 
-/// Logs that entries were removed from the trail while this process held it: it had seen entry
-/// `seen`, and found the trail ending at entry `found`.
-fn report_lost_entries(seen: u64, found: u64) {
+/// Logs that entries were removed from the trail, or replaced, as `what` tells.
+fn report_lost_entries(what: &str) {
     tracing::error!(
-        seen,
-        found,
-        "entries were removed from the audit trail (audit.sqlite), or replaced, while this \
-         process held it: it no longer holds entry {seen} as this process wrote it, and now \
-         ends at entry {found}. Restore it from the backup taken with the log; the trail goes \
-         on with an entry saying it was begun anew"
+        "entries were removed from the audit trail (audit.sqlite), or replaced: {what}. Restore \
+         it from the backup taken with the log; the trail goes on with an entry saying it was \
+         begun anew"
     );
 }
 

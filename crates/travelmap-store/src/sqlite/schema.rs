@@ -108,6 +108,16 @@ pub(crate) const AUDIT: &[&str] = &[
     );
     CREATE INDEX audit_by_client ON audit (client_id, seq);
     CREATE INDEX audit_by_action ON audit (action, seq);",
+    // 2: the head, kept apart from the entries and moved in the transaction that adds them (as
+    //    PostgreSQL's `audit_head`): entries removed at the end, which leave a chain that checks,
+    //    leave a head that names an entry no longer there.
+    "CREATE TABLE audit_head (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL,
+        hash BLOB    NOT NULL
+    );
+    INSERT INTO audit_head (id, seq, hash)
+        SELECT 1, seq, hash FROM audit WHERE seq > 0 ORDER BY seq DESC LIMIT 1;",
 ];
 
 pub(crate) const WEBHOOKS: &[&str] = &[
