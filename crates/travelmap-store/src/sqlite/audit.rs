@@ -213,8 +213,15 @@ impl SqliteAuditLog {
             _ => {}
         }
         let connection = Connection::open(path)?;
-        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
-        if version == 0 {
+        let has_trail = connection
+            .query_row(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'audit'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !has_trail {
             return no_trail("the file holds no trail's tables");
         }
         configure(&connection)?;
