@@ -239,9 +239,17 @@ pub async fn settle_recorded(
     let Err((error, records)) = attempt else {
         return Ok(());
     };
+    let lost = matches!(error, travelmap_store::Error::TrailReplaced);
     state
         .deferred
         .keep_trying(state.audit.clone(), records, &error);
+    if lost {
+        return Err(ApiError::new(
+            Code::Unavailable,
+            "the audit trail cannot be written until the service is restarted (logged for the \
+             operator); the events may have been recorded without their entries",
+        ));
+    }
     Err(ApiError::new(
         Code::Unavailable,
         "the audit trail cannot be written just now; the events may have been recorded, and if \
@@ -299,6 +307,11 @@ impl Deferred {
             .iter()
             .filter_map(|record| record.returned.clone())
             .collect();
+        // A trail whose file is gone takes nothing until a restart: no use retrying.
+        if matches!(error, travelmap_store::Error::TrailReplaced) {
+            tracing::error!(%error, events = ?named, "a write's audit entries cannot be written: the events are recorded without them");
+            return;
+        }
         tracing::error!(%error, events = ?named, "a write's audit entries are not written yet; retrying in the background");
         let set = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.waiting
@@ -328,11 +341,12 @@ impl Deferred {
                             waiting.lock().expect("deferred entries lock").remove(&set);
                             return;
                         }
-                        // Given up in `drain`, which logs what is still waiting; as is a trail
-                        // whose file is gone, which takes nothing until a restart.
+                        // Given up in `drain`, which logs what is still waiting.
                         Err(travelmap_store::Error::Closed) => return,
+                        // A trail whose file is gone takes nothing until a restart.
                         Err(error @ travelmap_store::Error::TrailReplaced) => {
-                            tracing::error!(%error, events = ?named, "a write's audit entries cannot be written until the service is restarted");
+                            tracing::error!(%error, events = ?named, "a write's audit entries cannot be written: the events are recorded without them");
+                            waiting.lock().expect("deferred entries lock").remove(&set);
                             return;
                         }
                         Err(error) => {

@@ -100,10 +100,11 @@ pub struct Readiness {
     pub head: u64,
     /// Each background task.
     pub tasks: Vec<TaskReadiness>,
-    /// `lost` when the embedded store's audit trail file was removed or replaced under the
-    /// process: it records and answers nothing until it is restarted. Absent otherwise.
+    /// `lost` when the embedded store's audit trail file (or its write-ahead log) was removed
+    /// or replaced under the process: it records no events and answers no request that must be
+    /// logged until it is restarted. Absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(example = json!(null))]
+    #[schema(example = "lost")]
     pub audit_trail: Option<&'static str>,
 }
 
@@ -145,7 +146,7 @@ pub struct TaskReadiness {
     get, path = "/readyz", tag = "meta",
     responses(
         (status = 200, description = "Ready, or degraded: the service takes events and answers, though a task fails and retries (what it keeps current stops moving until it recovers), or one it can do without has stopped", body = Readiness),
-        (status = 503, description = "Starting, failing, misconfigured or stopping: the travel maps, caseloads or alerts are not loaded yet, or will not be kept current without a restart (with the right settings, when misconfigured), or the server is stopping", body = Readiness),
+        (status = 503, description = "Starting, failing, misconfigured or stopping: the travel maps, caseloads or alerts are not loaded yet, or will not be kept current without a restart (with the right settings, when misconfigured), or the audit trail cannot be written until a restart (`audit_trail`), or the server is stopping", body = Readiness),
         (status = 400, description = "A query parameter, which this endpoint takes none of (invalid_parameter)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -200,7 +201,8 @@ pub async fn readiness(State(state): State<AppState>) -> (StatusCode, Json<Readi
     // leaves this process unable to answer or record anything: out of rotation.
     let audit_trail = state.audit.out_of_service().then_some("lost");
     let status = match status_of(*state.stopping.borrow(), &tasks) {
-        "ready" | "degraded" if audit_trail.is_some() => "failing",
+        "stopping" => "stopping",
+        _ if audit_trail.is_some() => "failing",
         status => status,
     };
     let code = match status {

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -46,19 +46,45 @@ pub struct SqliteAuditLog {
     /// `None` for a trail opened read-only.
     checkpointer: Option<Checkpointer>,
     readers: Arc<ReadPool>,
-    /// Set once the trail's file was found removed or replaced (see [`Error::TrailReplaced`]).
-    lost: Arc<AtomicBool>,
-    /// The files as the writer opened them: `None` for a trail opened read-only.
-    opened: Option<OpenedFiles>,
+    /// Whether the trail's files were found removed or replaced (see [`Error::TrailReplaced`]).
+    watch: Arc<TrailWatch>,
+}
+
+/// Whether the serving process's trail can take entries: once its file or write-ahead log is
+/// found removed or replaced, it cannot until the process is restarted. Shared with the event
+/// log, which then records nothing whose entries could not be written.
+#[derive(Debug, Default)]
+pub(crate) struct TrailWatch {
+    lost: AtomicBool,
+    /// The files as the trail's writer opened them: unset for a trail opened read-only, or
+    /// before the trail is opened.
+    files: OnceLock<OpenedFiles>,
+}
+
+impl TrailWatch {
+    /// Whether the trail is lost; looks at its files (two `stat`s) until it is.
+    pub(crate) fn is_lost(&self) -> bool {
+        if !self.lost.load(Ordering::Relaxed)
+            && let Some(files) = self.files.get()
+            && let Ok(false) = files.still_there()
+        {
+            self.mark_lost();
+        }
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+    }
 }
 
 impl SqliteAuditLog {
     /// Opens (creating if needed) the trail beside an event log of `events` events, for the
-    /// process that holds the data directory; sets `lost` if its file is later removed or
+    /// process that holds the data directory; `watch` tells if its file is later removed or
     /// replaced. A trail found empty beside events is begun anew, saying so (see
     /// [`Writer::write`]), by the writer that goes on writing it, so that the entry saying so
     /// is what it remembers as written.
-    pub(crate) fn open(path: &Path, events: u64, lost: Arc<AtomicBool>) -> Result<Self> {
+    pub(crate) fn open(path: &Path, events: u64, watch: Arc<TrailWatch>) -> Result<Self> {
         let mut connection = Connection::open(path)?;
         // Entries are small and each lands on a page of its client in `audit_by_client`, which a
         // commit writes whole to the write-ahead log, so smaller pages write less: while serving
@@ -101,7 +127,7 @@ impl SqliteAuditLog {
             trail: path.to_owned(),
             seen,
             files: files.clone(),
-            lost: lost.clone(),
+            watch: watch.clone(),
         };
         // Judged now, not at the first write, so that the entry saying what was lost comes
         // before anything this process logs: a trail empty beside events, or one whose entries
@@ -119,8 +145,13 @@ impl SqliteAuditLog {
             writer: Mutex::new(Some(handle)),
             checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool::new(path.to_owned())),
-            lost,
-            opened: files,
+            watch: {
+                if let Some(files) = files {
+                    // Set once: the store opens its trail once.
+                    let _ = watch.files.set(files);
+                }
+                watch
+            },
         })
     }
 
@@ -139,8 +170,7 @@ impl SqliteAuditLog {
             writer: Mutex::new(None),
             checkpointer: None,
             readers: Arc::new(ReadPool::for_copy(path.to_owned())),
-            lost: Arc::default(),
-            opened: None,
+            watch: Arc::default(),
         })
     }
 
@@ -188,14 +218,10 @@ impl SqliteAuditLog {
         // be given a header without them; told to migrate, the operator would be misled.
         let no_trail = |what: &str| -> Result<Vec<u64>> {
             if let EmptyTrail::JudgeIfUnheld(events) = on_empty
+                && events.exists()
                 && super::unheld_lock(&events.with_file_name("travelmap.lock"))?.is_none()
             {
-                let recorded = if events.exists() {
-                    super::events_recorded(events)?
-                } else {
-                    0
-                };
-                return Err(Error::TrailUnjudged(recorded));
+                return Err(Error::TrailUnjudged(super::events_recorded(events)?));
             }
             Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -233,7 +259,7 @@ impl SqliteAuditLog {
             // Judged by `on_empty`, not by what this writer saw before.
             seen: None,
             files: None,
-            lost: Arc::default(),
+            watch: Arc::default(),
         };
         writer
             .write(std::slice::from_ref(&records), on_empty)?
@@ -315,12 +341,7 @@ impl AuditLog for SqliteAuditLog {
 
     fn out_of_service(&self) -> bool {
         // Looked at here too, so that a readiness probe sees the loss before a write would.
-        if let Some(opened) = &self.opened
-            && let Ok(false) = opened.still_there()
-        {
-            self.lost.store(true, Ordering::Relaxed);
-        }
-        self.lost.load(Ordering::Relaxed)
+        self.watch.is_lost()
     }
 
     async fn before_the_first(&self) -> Result<u64> {
@@ -410,8 +431,8 @@ struct Writer {
     /// The serving writer's files as it opened them: entries written to a file removed or
     /// replaced since would be lost with the process.
     files: Option<OpenedFiles>,
-    /// Set when one of them is found removed or replaced.
-    lost: Arc<AtomicBool>,
+    /// Told when one of them is found removed or replaced.
+    watch: Arc<TrailWatch>,
 }
 
 /// Which file a path names (device and inode), where the platform tells.
@@ -422,7 +443,7 @@ type FileIdentity = (u64, u64);
 /// `audit.sqlite`, or committed into a removed `-wal` and not yet folded back, would be lost with
 /// the process (a crash loses the second kind).
 #[derive(Debug, Clone)]
-struct OpenedFiles {
+pub(crate) struct OpenedFiles {
     trail: PathBuf,
     main: FileIdentity,
     wal: Option<FileIdentity>,
@@ -564,7 +585,7 @@ impl Writer {
         if let Some(files) = &self.files
             && !files.still_there()?
         {
-            self.lost.store(true, Ordering::Relaxed);
+            self.watch.mark_lost();
             return Err(Error::TrailReplaced);
         }
         let transaction = self
@@ -959,10 +980,10 @@ mod tests {
     async fn a_trail_file_removed_under_the_server_takes_no_entries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        let lost = Arc::new(AtomicBool::new(false));
-        let served = SqliteAuditLog::open(&path, 0, lost.clone()).unwrap();
+        let watch = Arc::new(TrailWatch::default());
+        let served = SqliteAuditLog::open(&path, 0, watch.clone()).unwrap();
         assert_eq!(served.append(vec![record("1")]).await.unwrap(), [1]);
-        assert!(!lost.load(Ordering::Relaxed));
+        assert!(!watch.is_lost());
         let aside = dir.path().join("aside.sqlite");
         std::fs::rename(&path, &aside).unwrap();
         let refused = served.append(vec![record("2")]).await;
@@ -970,7 +991,7 @@ mod tests {
             matches!(&refused, Err(error) if error.is_out_of_service()),
             "{refused:?}"
         );
-        assert!(lost.load(Ordering::Relaxed));
+        assert!(watch.is_lost());
         // Told apart from a trail that may come back: not retried.
         let started = Instant::now();
         let given_up =
@@ -1000,8 +1021,8 @@ mod tests {
     async fn a_write_ahead_log_removed_under_the_server_takes_no_entries() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        let lost = Arc::new(AtomicBool::new(false));
-        let served = SqliteAuditLog::open(&path, 0, lost.clone()).unwrap();
+        let watch = Arc::new(TrailWatch::default());
+        let served = SqliteAuditLog::open(&path, 0, watch.clone()).unwrap();
         assert_eq!(served.append(vec![record("1")]).await.unwrap(), [1]);
         assert!(!served.out_of_service());
         std::fs::remove_file(dir.path().join("audit.sqlite-wal")).unwrap();

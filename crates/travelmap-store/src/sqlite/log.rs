@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -14,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use travelmap_domain::{ClientId, EventId, Provenance, RecordedEvent, Text};
 use uuid::Uuid;
 
+use super::audit::TrailWatch;
 use super::pool::ReadPool;
 use super::{configure, schema};
 use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend};
@@ -46,9 +46,9 @@ pub struct SqliteEventLog {
 }
 
 impl SqliteEventLog {
-    /// Opens (creating if needed) the log; it takes no appends once `trail_lost` is set (see
+    /// Opens (creating if needed) the log; it takes no appends once `trail` is lost (see
     /// [`Error::TrailReplaced`]).
-    pub(crate) fn open(path: &Path, trail_lost: Arc<AtomicBool>) -> Result<Self> {
+    pub(crate) fn open(path: &Path, trail: Arc<TrailWatch>) -> Result<Self> {
         let mut connection = Connection::open(path)?;
         configure(&connection)?;
         schema::migrate(&mut connection, path, schema::EVENTS)?;
@@ -64,7 +64,7 @@ impl SqliteEventLog {
             next_position: last_position + 1,
             last_recorded_micros,
             head: head_sender,
-            trail_lost,
+            trail,
         };
         let handle = std::thread::Builder::new()
             .name("travelmap-log-writer".into())
@@ -340,7 +340,7 @@ struct Writer {
     head: watch::Sender<u64>,
     /// Set when the audit trail's file was removed or replaced: events recorded now could not
     /// be logged.
-    trail_lost: Arc<AtomicBool>,
+    trail: Arc<TrailWatch>,
 }
 
 impl Writer {
@@ -375,7 +375,9 @@ impl Writer {
         let recorded_micros = Utc::now().timestamp_micros().max(self.last_recorded_micros);
         let mut next_position = self.next_position;
         let outcome = (|| -> Result<Vec<Result<Vec<Receipt>>>> {
-            if self.trail_lost.load(Ordering::Relaxed) {
+            // Looked at before each commit, not only as the trail's writer finds it: a write's
+            // events commit before their entries are written.
+            if self.trail.is_lost() {
                 return Err(Error::TrailReplaced);
             }
             // IMMEDIATE takes the write lock up front. A deferred transaction would start as a

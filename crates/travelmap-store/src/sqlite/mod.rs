@@ -31,7 +31,6 @@ mod webhooks;
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -65,7 +64,8 @@ impl SqliteStore {
             )
         })?;
         warn_if_shared(data_dir);
-        let lock = private_file(&data_dir.join("travelmap.lock"))?;
+        let lock_path = data_dir.join("travelmap.lock");
+        let lock = private_file(&lock_path).map_err(|error| lock_error(&lock_path, error))?;
         // An offline command holds the lock for a moment while it judges an emptied trail (see
         // `SqliteAuditLog::append_beside`): waited for, briefly; another server holds it for
         // good.
@@ -77,7 +77,9 @@ impl SqliteStore {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 Err(TryLockError::WouldBlock) => return Err(Error::Locked(data_dir.to_owned())),
-                Err(TryLockError::Error(error)) => return Err(error.into()),
+                Err(TryLockError::Error(error)) => {
+                    return Err(lock_error(&lock_path, error.into()));
+                }
             }
         }
         for file in DATABASES {
@@ -85,8 +87,8 @@ impl SqliteStore {
         }
         // Set by the trail's writer if its file is removed or replaced under the process; the
         // log then takes no more events, whose entries could not be written.
-        let trail_lost = Arc::new(AtomicBool::new(false));
-        let log = SqliteEventLog::open(&data_dir.join("events.sqlite"), trail_lost.clone())
+        let trail_watch = Arc::new(audit::TrailWatch::default());
+        let log = SqliteEventLog::open(&data_dir.join("events.sqlite"), trail_watch.clone())
             .map_err(opening("events.sqlite"))?;
         let views = SqliteViewStore::open(&data_dir.join("projections.sqlite"))
             .map_err(opening("projections.sqlite"))?;
@@ -96,7 +98,7 @@ impl SqliteStore {
         // so, loudly, on this and every later open until the trail is restored, since nothing
         // else would, and begins it with an entry saying so (see `TRAIL_BEGUN_ANEW`), so that
         // `audit verify` keeps reporting it once new entries follow.
-        let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"), head, trail_lost)
+        let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"), head, trail_watch)
             .map_err(opening("audit.sqlite"))?;
         let keys =
             SqliteKeyStore::open(&data_dir.join("keys.sqlite")).map_err(opening("keys.sqlite"))?;
@@ -409,20 +411,22 @@ fn report_lost_entries(what: &str) {
 /// opens it (made if missing: a restored directory comes without one). An error is one of the
 /// file, not a holder (a lock file this user may not open, a file system without locks).
 fn unheld_lock(path: &Path) -> Result<Option<File>> {
-    let named = |error: std::io::Error| {
-        Error::Io(std::io::Error::new(
-            error.kind(),
-            format!("the data directory's lock {}: {error}", path.display()),
-        ))
-    };
-    let lock = private_file(path).map_err(|error| match error {
-        Error::Io(error) => named(error),
-        other => other,
-    })?;
+    let lock = private_file(path).map_err(|error| lock_error(path, error))?;
     match lock.try_lock() {
         Ok(()) => Ok(Some(lock)),
         Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(error)) => Err(named(error)),
+        Err(TryLockError::Error(error)) => Err(lock_error(path, error.into())),
+    }
+}
+
+/// `error`, met opening or taking the data directory's lock at `path`, naming the file.
+fn lock_error(path: &Path, error: Error) -> Error {
+    match error {
+        Error::Io(error) => Error::Io(std::io::Error::new(
+            error.kind(),
+            format!("the data directory's lock {}: {error}", path.display()),
+        )),
+        other => other,
     }
 }
 
