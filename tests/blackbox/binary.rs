@@ -731,10 +731,9 @@ async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact
     assert_eq!(write.status(), StatusCode::SERVICE_UNAVAILABLE);
     let problem: Value = write.json().await.unwrap();
     assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("until the service is restarted"),
+        problem["detail"].as_str().unwrap().contains(
+            "until the service is restarted (logged for the operator), so nothing is recorded"
+        ),
         "{problem}"
     );
     // The process is out of rotation.
@@ -765,8 +764,8 @@ async fn a_trail_tampered_with_under_a_running_server_is_not_continued_as_intact
     assert_eq!(verified.status.code(), Some(3), "{verified:?}");
     assert!(
         String::from_utf8_lossy(&verified.stdout).contains(
-            "entry 2 begins the trail anew beside an event log of 1 recorded events; its \
-             recorded head named entry 2, and the trail ends at entry 1"
+            "entry 2 begins the trail anew beside an event log of 1 recorded events; the \
+             trail's recorded head (audit_head) named entry 2, but its entries end at entry 1"
         ),
         "{verified:?}"
     );

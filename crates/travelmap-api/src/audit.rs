@@ -309,7 +309,7 @@ impl Deferred {
             .collect();
         // A trail whose file is gone takes nothing until a restart: no use retrying.
         if matches!(error, travelmap_store::Error::TrailReplaced) {
-            tracing::error!(%error, events = ?named, "a write's audit entries cannot be written: the events are recorded without them");
+            tracing::error!(%error, events = ?named, "audit entries cannot be written until the service is restarted (the trail's file is gone): what they log was done without them");
             return;
         }
         tracing::error!(%error, events = ?named, "a write's audit entries are not written yet; retrying in the background");
@@ -345,7 +345,7 @@ impl Deferred {
                         Err(travelmap_store::Error::Closed) => return,
                         // A trail whose file is gone takes nothing until a restart.
                         Err(error @ travelmap_store::Error::TrailReplaced) => {
-                            tracing::error!(%error, events = ?named, "a write's audit entries cannot be written: the events are recorded without them");
+                            tracing::error!(%error, events = ?named, "audit entries cannot be written until the service is restarted (the trail's file is gone): what they log was done without them");
                             waiting.lock().expect("deferred entries lock").remove(&set);
                             return;
                         }

@@ -115,7 +115,7 @@ pub enum Error {
     /// open: entries written to the file it holds would be lost with the process, so none is
     /// written, and what they log is refused.
     #[error(
-        "the audit trail's file (audit.sqlite) was removed or replaced while this process had it open, so nothing can be logged or recorded: stop the process, and put the file back (with its -wal) if it was moved aside, or restore the trail from the backup taken with the log (opened without it, the store begins the trail anew, saying so)"
+        "the audit trail's file (audit.sqlite) or its write-ahead log (audit.sqlite-wal) was removed or replaced while this process had it open, so nothing can be logged or recorded: stop the process with SIGTERM (its close folds what it still holds into the file it opened), put moved files back, or restore the trail from the backup taken with the log (opened without it, the store begins the trail anew, saying so)"
     )]
     TrailReplaced,
     /// A data key is wrapped under a master key that is not configured.

@@ -156,3 +156,24 @@ async fn closing_the_key_store_leaves_every_key_in_the_main_file() {
         .unwrap();
     assert_eq!(count, 50);
 }
+
+/// Once the audit trail's write-ahead log (or file) is gone from under the store, the event log
+/// records nothing more: those events' entries could not be written. It looks for itself, before
+/// the trail's writer has had to.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_log_takes_no_events_once_the_trail_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let a = client();
+    store
+        .log
+        .append(&provenance(), vec![stream(a, 0, 1)])
+        .await
+        .unwrap();
+    std::fs::remove_file(dir.path().join("audit.sqlite-wal")).unwrap();
+    let refused = store.log.append(&provenance(), vec![stream(a, 1, 1)]).await;
+    assert!(matches!(refused, Err(Error::TrailReplaced)), "{refused:?}");
+    assert_eq!(*store.log.head().borrow(), 1);
+    assert_eq!(store.log.read_all(0, 10).await.unwrap().len(), 1);
+}

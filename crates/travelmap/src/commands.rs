@@ -1034,10 +1034,8 @@ pub async fn verify_audit(
         let trail = match std::fs::metadata(&path) {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Some("missing"),
             Ok(metadata) if metadata.len() == 0 => Some("an empty file"),
-            _ => match SqliteAuditLog::open_read_only(&path) {
-                Err(travelmap_store::Error::SchemaOutdated { found: 0, .. }) => {
-                    Some("a database without the trail's tables")
-                }
+            _ => match SqliteAuditLog::holds_trail(&path) {
+                Ok(false) => Some("a database without the trail's tables"),
                 _ => None,
             },
         };

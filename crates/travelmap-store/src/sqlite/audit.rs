@@ -174,6 +174,13 @@ impl SqliteAuditLog {
         })
     }
 
+    /// Whether the file at `path` holds the trail's tables, read without writing to it: a file
+    /// without them (emptied to nothing, or made anew) holds no trail, whatever its schema
+    /// version says.
+    pub fn holds_trail(path: &Path) -> Result<bool> {
+        has_trail_tables(&super::open_copy_read_only(path)?)
+    }
+
     /// Appends `records` to an existing trail from outside the process that serves it (an
     /// offline command beside a running server): SQLite's write lock orders the two writers,
     /// and each continues the chain from the head it reads inside its own transaction.
@@ -239,15 +246,8 @@ impl SqliteAuditLog {
             _ => {}
         }
         let connection = Connection::open(path)?;
-        let has_trail = connection
-            .query_row(
-                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'audit'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if !has_trail {
+        connection.busy_timeout(Duration::from_secs(10))?;
+        if !has_trail_tables(&connection)? {
             return no_trail("the file holds no trail's tables");
         }
         configure(&connection)?;
@@ -497,6 +497,17 @@ fn file_identity(path: &Path) -> Result<Option<FileIdentity>> {
     }
 }
 
+fn has_trail_tables(connection: &Connection) -> Result<bool> {
+    Ok(connection
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'audit'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// The trail's last entry, number and hash, if it has one.
 fn head(connection: &Connection) -> Result<Option<(u64, [u8; 32])>> {
     read_head(connection, HEAD)
@@ -591,6 +602,11 @@ impl Writer {
         let transaction = self
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // An offline writer checked the schema before it waited for the write lock: a newer
+        // binary may have migrated the trail meanwhile.
+        if self.files.is_none() {
+            schema::require_current(&transaction, &self.trail, schema::AUDIT)?;
+        }
         let last = head(&transaction)?;
         let recorded_head = stored_head(&transaction)?;
         let empty = last.is_none();
@@ -617,11 +633,18 @@ impl Writer {
                 recorded,
                 chrono::Utc::now(),
             ))
-        } else if let Some(what) = if recorded_head != last {
-            Some(format!(
-                "its recorded head named entry {}, and the trail ends at entry {seq}",
-                recorded_head.map_or(0, |(seq, _)| seq)
-            ))
+        } else if let Some(what) = if head_disagrees(&transaction, recorded_head, last)? {
+            Some(match recorded_head {
+                Some((named, _)) if named == seq => format!(
+                    "the trail's recorded head (audit_head) named entry {named} with another \
+                     hash than the entry has"
+                ),
+                recorded_head => format!(
+                    "the trail's recorded head (audit_head) named entry {}, but its entries \
+                     end at entry {seq}",
+                    recorded_head.map_or(0, |(seq, _)| seq)
+                ),
+            })
         } else if lost_since(self.seen, &transaction, (seq, hash))? {
             // Entries after the one it remembers may be another process's, and genuine.
             Some(format!(
@@ -688,7 +711,7 @@ impl Writer {
                 answers.push(numbers);
             }
         }
-        if seq > 0 && last != Some((seq, hash)) {
+        if seq > 0 && recorded_head != Some((seq, hash)) {
             transaction
                 .prepare_cached(
                     "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?1, ?2)
@@ -701,6 +724,37 @@ impl Writer {
             self.seen = Some((seq, hash));
         }
         Ok(answers)
+    }
+}
+
+/// Whether the head the trail records apart from its entries disagrees with its `last` entry as
+/// only a removal or replacement of entries makes it: a head behind the entries whose own entry
+/// is still there as it was is what a writer that did not move it leaves (an earlier version's
+/// offline command, beside an upgrade), and is moved on by this write.
+fn head_disagrees(
+    transaction: &rusqlite::Transaction<'_>,
+    recorded: Option<(u64, [u8; 32])>,
+    last: Option<(u64, [u8; 32])>,
+) -> Result<bool> {
+    match (recorded, last) {
+        (recorded, last) if recorded == last => Ok(false),
+        (Some((named, named_hash)), Some((seq, _))) if named < seq => {
+            let found: Option<Vec<u8>> = transaction
+                .prepare_cached("SELECT hash FROM audit WHERE seq = ?1")?
+                .query_row([named], |row| row.get(0))
+                .optional()?;
+            let appended = found.as_deref() == Some(named_hash.as_slice());
+            if appended {
+                tracing::warn!(
+                    recorded = named,
+                    last = seq,
+                    "the audit trail's entries go on past its recorded head (written by an \
+                     earlier version's command?); the head is moved on"
+                );
+            }
+            Ok(!appended)
+        }
+        _ => Ok(true),
     }
 }
 
@@ -950,12 +1004,12 @@ mod tests {
         );
         let said = |seq: usize| entries[seq - 1].record.returned.clone().unwrap();
         assert!(
-            said(1).contains("recorded head named entry 3"),
+            said(1).contains("(audit_head) named entry 3, but its entries end at entry 0"),
             "{}",
             said(1)
         );
         assert!(
-            said(2).contains("recorded head named entry 2"),
+            said(2).contains("(audit_head) named entry 2, but its entries end at entry 1"),
             "{}",
             said(2)
         );
@@ -1063,6 +1117,62 @@ mod tests {
         drop(served);
         let again = SqliteAuditLog::open(&path, 5, Arc::default()).unwrap();
         assert_eq!(again.head().await.unwrap().0, 2);
+    }
+
+    /// A trail of the version before the recorded head is given one from its last entry, with
+    /// nothing taken for lost; and entries appended past the head by a writer that does not
+    /// move it (that version's offline command) are not taken for a removal either.
+    #[tokio::test]
+    async fn a_trail_from_before_the_recorded_head_is_not_taken_for_a_damaged_one() {
+        use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        let served = SqliteAuditLog::open(&path, 3, Arc::default()).unwrap();
+        served.append(vec![record("1"), record("2")]).await.unwrap();
+        served.close();
+        drop(served);
+        let older = Connection::open(&path).unwrap();
+        older
+            .execute_batch(
+                "DROP TABLE audit_head; PRAGMA user_version = 1;
+                 INSERT INTO audit (seq, at, credential, agency, operation, outcome, action, hash)
+                 VALUES (-1, 0, 'x', 'x', 'consultation', 'allowed', 'x', zeroblob(32));",
+            )
+            .unwrap();
+        drop(older);
+        let served = SqliteAuditLog::open(&path, 3, Arc::default()).unwrap();
+        let (head, _) = served.head().await.unwrap();
+        assert_eq!(head, 3);
+        // An entry appended as that version's command would: the head is left behind.
+        let chained = served.read_after(0, 10).await.unwrap();
+        let last = chained.last().unwrap();
+        let appended = record("older replay");
+        let hash = chain_hash(&last.hash, 4, &appended);
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO audit (seq, at, credential, agency, operation, outcome, action, hash)
+                 VALUES (4, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    appended.at.timestamp_micros(),
+                    appended.credential,
+                    appended.agency,
+                    appended.operation.as_str(),
+                    appended.outcome.as_str(),
+                    appended.action,
+                    hash.to_vec()
+                ],
+            )
+            .unwrap();
+        assert_eq!(served.append(vec![record("3")]).await.unwrap(), [5]);
+        let entries = served.read_after(0, 10).await.unwrap();
+        assert!(
+            entries
+                .iter()
+                .all(|entry| entry.record.action != TRAIL_BEGUN_ANEW || entry.seq == 1),
+            "{entries:?}"
+        );
+        assert_eq!(served.head().await.unwrap().0, 5);
     }
 
     /// A row numbered below 1, which no service writes, is not taken for the head.
