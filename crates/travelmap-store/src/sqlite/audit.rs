@@ -121,12 +121,14 @@ impl SqliteAuditLog {
         }
         let seen = head(&connection)?;
         // The write-ahead log exists from the connection's first read (above).
-        let files = OpenedFiles::now(path)?;
+        if let Some(files) = OpenedFiles::now(path)? {
+            // Set once: the store opens its trail once.
+            let _ = watch.files.set(files);
+        }
         let mut writer = Writer {
             connection,
             trail: path.to_owned(),
             seen,
-            files: files.clone(),
             watch: watch.clone(),
         };
         // Judged now, not at the first write, so that the entry saying what was lost comes
@@ -145,13 +147,7 @@ impl SqliteAuditLog {
             writer: Mutex::new(Some(handle)),
             checkpointer: Some(checkpointer),
             readers: Arc::new(ReadPool::new(path.to_owned())),
-            watch: {
-                if let Some(files) = files {
-                    // Set once: the store opens its trail once.
-                    let _ = watch.files.set(files);
-                }
-                watch
-            },
+            watch,
         })
     }
 
@@ -258,7 +254,7 @@ impl SqliteAuditLog {
             trail: path.to_owned(),
             // Judged by `on_empty`, not by what this writer saw before.
             seen: None,
-            files: None,
+            // No files to watch: a command's connection lives for this one append.
             watch: Arc::default(),
         };
         writer
@@ -430,8 +426,6 @@ struct Writer {
     seen: Option<(u64, [u8; 32])>,
     /// The serving writer's files as it opened them: entries written to a file removed or
     /// replaced since would be lost with the process.
-    files: Option<OpenedFiles>,
-    /// Told when one of them is found removed or replaced.
     watch: Arc<TrailWatch>,
 }
 
@@ -593,10 +587,7 @@ impl Writer {
         group: &[&[AuditRecord]],
         on_empty: EmptyTrail<'_>,
     ) -> Result<Vec<Vec<u64>>> {
-        if let Some(files) = &self.files
-            && !files.still_there()?
-        {
-            self.watch.mark_lost();
+        if self.watch.is_lost() {
             return Err(Error::TrailReplaced);
         }
         let transaction = self
@@ -604,7 +595,7 @@ impl Writer {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // An offline writer checked the schema before it waited for the write lock: a newer
         // binary may have migrated the trail meanwhile.
-        if self.files.is_none() {
+        if matches!(on_empty, EmptyTrail::JudgeIfUnheld(_)) {
             schema::require_current(&transaction, &self.trail, schema::AUDIT)?;
         }
         let last = head(&transaction)?;
@@ -655,12 +646,7 @@ impl Writer {
         } else {
             None
         } {
-            let events = self.trail.with_file_name("events.sqlite");
-            let recorded = if events.exists() {
-                super::events_recorded(&events)?
-            } else {
-                0
-            };
+            let recorded = super::events_recorded(&self.trail.with_file_name("events.sqlite"))?;
             super::report_lost_entries(&what);
             let mut entry = travelmap_domain::audit::begun_anew(recorded, chrono::Utc::now());
             entry.returned = Some(format!(
@@ -739,11 +725,7 @@ fn head_disagrees(
     match (recorded, last) {
         (recorded, last) if recorded == last => Ok(false),
         (Some((named, named_hash)), Some((seq, _))) if named < seq => {
-            let found: Option<Vec<u8>> = transaction
-                .prepare_cached("SELECT hash FROM audit WHERE seq = ?1")?
-                .query_row([named], |row| row.get(0))
-                .optional()?;
-            let appended = found.as_deref() == Some(named_hash.as_slice());
+            let appended = holds_entry(transaction, (named, named_hash))?;
             if appended {
                 tracing::warn!(
                     recorded = named,
@@ -771,11 +753,19 @@ fn lost_since(
     if head.0 <= seen {
         return Ok(head != (seen, seen_hash));
     }
+    Ok(!holds_entry(transaction, (seen, seen_hash))?)
+}
+
+/// Whether the trail holds entry `seq` with this `hash`.
+fn holds_entry(
+    transaction: &rusqlite::Transaction<'_>,
+    (seq, hash): (u64, [u8; 32]),
+) -> Result<bool> {
     let found: Option<Vec<u8>> = transaction
         .prepare_cached("SELECT hash FROM audit WHERE seq = ?1")?
-        .query_row([seen], |row| row.get(0))
+        .query_row([seq], |row| row.get(0))
         .optional()?;
-    Ok(found.as_deref() != Some(seen_hash.as_slice()))
+    Ok(found.as_deref() == Some(hash.as_slice()))
 }
 
 #[cfg(test)]
@@ -784,6 +774,13 @@ mod tests {
     use travelmap_domain::audit::verify;
 
     use super::*;
+
+    fn actions_of(entries: &[AuditEntry]) -> Vec<&str> {
+        entries
+            .iter()
+            .map(|entry| entry.record.action.as_str())
+            .collect()
+    }
 
     fn record(action: &str) -> AuditRecord {
         AuditRecord {
@@ -821,10 +818,7 @@ mod tests {
             [3, 4]
         );
         let entries = served.read_after(0, 10).await.unwrap();
-        let actions: Vec<&str> = entries
-            .iter()
-            .map(|entry| entry.record.action.as_str())
-            .collect();
+        let actions = actions_of(&entries);
         assert_eq!(actions, ["served 1", "offline", "served 2", "served 3"]);
         assert_eq!(verify(entries).unwrap().0, 4);
     }
@@ -870,10 +864,7 @@ mod tests {
             .read_after(0, 10)
             .await
             .unwrap();
-        let actions: Vec<&str> = entries
-            .iter()
-            .map(|entry| entry.record.action.as_str())
-            .collect();
+        let actions = actions_of(&entries);
         assert_eq!(actions, [TRAIL_BEGUN_ANEW, "offline", "again"]);
         assert_eq!(
             entries[0].record.returned.as_deref(),
@@ -939,10 +930,7 @@ mod tests {
             .read_after(0, 10)
             .await
             .unwrap();
-        let actions: Vec<&str> = entries
-            .iter()
-            .map(|entry| entry.record.action.as_str())
-            .collect();
+        let actions = actions_of(&entries);
         assert_eq!(actions, [TRAIL_BEGUN_ANEW, "beside a server"]);
         drop(held);
     }
@@ -986,10 +974,7 @@ mod tests {
             .unwrap();
         assert_eq!(served.append(vec![record("7")]).await.unwrap(), [7]);
         let entries = served.read_after(0, 10).await.unwrap();
-        let actions: Vec<&str> = entries
-            .iter()
-            .map(|entry| entry.record.action.as_str())
-            .collect();
+        let actions = actions_of(&entries);
         assert_eq!(
             actions,
             [

@@ -338,8 +338,8 @@ struct Writer {
     next_position: u64,
     last_recorded_micros: i64,
     head: watch::Sender<u64>,
-    /// Set when the audit trail's file was removed or replaced: events recorded now could not
-    /// be logged.
+    /// Whether the audit trail's files were removed or replaced: events recorded then could
+    /// not be logged.
     trail: Arc<TrailWatch>,
 }
 

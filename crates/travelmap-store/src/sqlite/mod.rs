@@ -85,8 +85,9 @@ impl SqliteStore {
         for file in DATABASES {
             private_file(&data_dir.join(file)).map_err(opening(file))?;
         }
-        // Set by the trail's writer if its file is removed or replaced under the process; the
-        // log then takes no more events, whose entries could not be written.
+        // Whether the trail's files were removed or replaced under the process (looked at by the
+        // trail's writer, by the log before each commit, and by readiness probes): the log then
+        // takes no more events, whose entries could not be written.
         let trail_watch = Arc::new(audit::TrailWatch::default());
         let log = SqliteEventLog::open(&data_dir.join("events.sqlite"), trail_watch.clone())
             .map_err(opening("events.sqlite"))?;
@@ -430,8 +431,11 @@ fn lock_error(path: &Path, error: Error) -> Error {
     }
 }
 
-/// How many events the event log at `path` holds (its head position).
+/// How many events the event log at `path` holds (its head position); none if it is missing.
 fn events_recorded(path: &Path) -> Result<u64> {
+    if !path.exists() {
+        return Ok(0);
+    }
     use rusqlite::OptionalExtension;
     let connection = open_copy_read_only(path)?;
     // A file made by hand, or emptied, holds no log at all.
