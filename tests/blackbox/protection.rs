@@ -1616,10 +1616,8 @@ async fn a_shredding_the_trail_refused_is_audited_once_it_takes_entries_again() 
         &std::collections::BTreeMap::from([("needs".to_owned(), 2)]),
     )
     .unwrap();
-    let app = spawn_app_with_retention(&Backend::Embedded, schedule).await;
-    let trail = RefusingTrail::start(&app);
-    // Recorded while the trail refuses entries (each answered 503, its entries deferred), so
-    // that the schedule's runs, every 100 ms here, shred the note while the trail still does.
+    // Recorded before the schedule runs, and the trail made to refuse entries before it does.
+    let app = spawn_app().await;
     let client = Uuid::new_v4();
     for (event_type, at, data) in [
         (
@@ -1641,8 +1639,11 @@ async fn a_shredding_the_trail_refused_is_audited_once_it_takes_entries_again() 
         let answer = app
             .post_event(NGO_WRITER, &event(client, event_type, at, data))
             .await;
-        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.status(), StatusCode::CREATED);
     }
+    let data_dir = app.stop().await;
+    let trail = RefusingTrail::start_in(data_dir.path());
+    let app = spawn_app_with_retention_in(&Backend::Embedded, data_dir, schedule).await;
     // Read from the log's file: a read through the service needs the trail too.
     let log = rusqlite::Connection::open(app.data_dir.path().join("events.sqlite")).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -262,7 +262,15 @@ pub async fn spawn_app_with_retention(
     backend: &Backend,
     retention: travelmap_projections::retention::Schedule,
 ) -> TestApp {
-    let data_dir = tempfile::tempdir().expect("temp dir");
+    spawn_app_with_retention_in(backend, tempfile::tempdir().expect("temp dir"), retention).await
+}
+
+/// [`spawn_app_with_retention`] with `data_dir` (to restart on an embedded store).
+pub async fn spawn_app_with_retention_in(
+    backend: &Backend,
+    data_dir: TempDir,
+    retention: travelmap_projections::retention::Schedule,
+) -> TestApp {
     let location = backend.location(data_dir.path());
     spawn_app_full(
         data_dir,
@@ -587,7 +595,12 @@ pub struct RefusingTrail(rusqlite::Connection);
 
 impl RefusingTrail {
     pub fn start(app: &TestApp) -> Self {
-        let trail = rusqlite::Connection::open(app.data_dir.path().join("audit.sqlite")).unwrap();
+        Self::start_in(app.data_dir.path())
+    }
+
+    /// [`Self::start`] on the trail of the store in `data_dir`, running or not.
+    pub fn start_in(data_dir: &std::path::Path) -> Self {
+        let trail = rusqlite::Connection::open(data_dir.join("audit.sqlite")).unwrap();
         // An insert into a table that does not exist fails every entry, and so its commit.
         trail
             .execute_batch(

@@ -183,10 +183,11 @@ pub async fn write(state: &AppState, records: Vec<AuditRecord>) -> Result<(), Ap
 /// answered `503`.
 pub const RECORDING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Writes a write's entries beside its commit (see `Journeys::record_logged`): one attempt, while
-/// the client's turn is held; the entries come back if it fails, for [`settle_recorded`] to
-/// retry once the turn is given up, so that a trail in trouble does not hold up every write of
-/// the same clients.
+/// Writes an operation's entries in one attempt: a write's beside its commit, which the log
+/// makes only if they are written (see `Journeys::record_logged`), or a decision's once it is
+/// carried out. The entries come back if it fails, for [`settle_recorded`] to retry once the
+/// client's turn is given up, so that a trail in trouble does not hold up every write of the
+/// same clients (nor, for a write, the log's other commits).
 pub async fn try_recorded(state: &AppState, records: Vec<AuditRecord>) -> Result<(), Unrecorded> {
     if records.is_empty() {
         return Ok(());
@@ -212,10 +213,11 @@ pub struct Unrecorded {
     error: travelmap_store::Error,
 }
 
-/// Settles what [`try_recorded`] left: the events may be committed whatever the trail did, so
-/// their entries must follow them. They are retried until [`RECORDING_PATIENCE`] has passed
-/// since the first attempt began; past that the request is answered `503` and they are handed
-/// to [`Deferred`], which goes on trying. (A first attempt that a store which stopped answering
+/// Settles what [`try_recorded`] left where what the entries log happened whatever the trail
+/// did (a decision carried out; a write all of whose events were recorded before, answered
+/// with their receipts), so the entries must follow it. They are retried until
+/// [`RECORDING_PATIENCE`] has passed since the first attempt began; past that the request is
+/// answered `503` and they are handed to [`Deferred`], which goes on trying. (A first attempt that a store which stopped answering
 /// gave up on after its own timeout has used the patience up: the request is not kept waiting
 /// for another such attempt, nor is a server told to stop.)
 pub async fn settle_recorded(

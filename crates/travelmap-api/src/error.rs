@@ -304,6 +304,14 @@ impl ApiError {
                  logged); another server of the deployment may answer: retry later",
             );
         }
+        if matches!(error, travelmap_store::Error::Unlogged) {
+            tracing::warn!(%error, "a write's audit entries were not written");
+            return Self::new(
+                Code::Unavailable,
+                "the audit trail could not take this write's entries just now, so nothing was \
+                 recorded; retry shortly",
+            );
+        }
         if matches!(error, travelmap_store::Error::TrailReplaced) {
             tracing::error!(%error, "the audit trail's file is gone");
             return Self::new(

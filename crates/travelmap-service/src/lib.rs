@@ -57,14 +57,15 @@ const MAX_PROJECTION_WAIT: Duration = Duration::from_secs(5);
 /// The largest page of the global feed.
 pub const MAX_FEED_PAGE: usize = 1000;
 
-/// Work that runs beside a commit, at most once: the operation's audit entry (see
-/// [`Journeys::record_logged`]).
+/// Work that runs beside a commit, at most once: the operation's audit entries (see
+/// [`Journeys::record_logged`]). The commit waits for them: the log stores the events only once
+/// told that the work succeeded (see [`travelmap_store::handshake`]).
 struct Alongside<'a, L: Future> {
     pending: Option<Pin<&'a mut L>>,
     done: Option<L::Output>,
 }
 
-impl<'a, L: Future> Alongside<'a, L> {
+impl<'a, T, E, L: Future<Output = std::result::Result<T, E>>> Alongside<'a, L> {
     fn new(work: Pin<&'a mut L>) -> Self {
         Self {
             pending: Some(work),
@@ -72,30 +73,45 @@ impl<'a, L: Future> Alongside<'a, L> {
         }
     }
 
-    /// Awaits `commit`, starting the work beside it (if it has not run yet) only once `accepted`
-    /// says the store took the events: a refused append leaves the work pending, as if no
-    /// commit had been tried.
-    async fn beside_accepted<T>(
+    /// Awaits the append that `append` makes of the announcement it is given, starting the work
+    /// beside it (if it has not run yet) only once the log says it accepted the events: a
+    /// refused append leaves the work pending, as if no commit had been tried. The log commits
+    /// only once the work has succeeded.
+    async fn beside_accepted<C: Future>(
         &mut self,
-        commit: impl Future<Output = T>,
-        accepted: tokio::sync::oneshot::Receiver<()>,
-    ) -> T {
+        append: impl FnOnce(travelmap_store::Announcement) -> C,
+    ) -> C::Output {
+        let (accepted, acceptance) = tokio::sync::oneshot::channel();
+        let (report, entries) = travelmap_store::entries_handshake();
+        let announcement = travelmap_store::Announcement {
+            accepted,
+            entries: Some(entries),
+        };
         match self.pending.take() {
             Some(work) => {
                 let after = async move {
-                    match accepted.await {
-                        Ok(()) => Ok(work.await),
+                    match acceptance.await {
+                        Ok(()) => {
+                            let done = work.await;
+                            report.report(done.is_ok());
+                            Ok(done)
+                        }
                         Err(_) => Err(work),
                     }
                 };
-                let (committed, done) = tokio::join!(commit, after);
+                let (committed, done) = tokio::join!(append(announcement), after);
                 match done {
                     Ok(done) => self.done = Some(done),
                     Err(work) => self.pending = Some(work),
                 }
                 committed
             }
-            None => commit.await,
+            None => {
+                // The work ran beside an earlier attempt, whose commit then failed: what it
+                // did stands for this one.
+                report.report(self.done.as_ref().is_some_and(|done| done.is_ok()));
+                append(announcement).await
+            }
         }
     }
 
@@ -323,21 +339,29 @@ impl Journeys {
         provenance: &Provenance,
         submissions: &[Submission],
     ) -> Result<Vec<Outcome>> {
-        let (outcomes, ()) = self
-            .record_logged(provenance, None, submissions, std::future::ready(()))
+        let (outcomes, _) = self
+            .record_logged(
+                provenance,
+                None,
+                submissions,
+                std::future::ready(Ok::<(), std::convert::Infallible>(())),
+            )
             .await?;
         Ok(outcomes)
     }
 
-    /// [`Self::record`], with `log` (the operation's audit entry) written alongside the commit
-    /// instead of after it, so that the request waits for the slower of the two rather than
+    /// [`Self::record`], with `log` (the operation's audit entries) written alongside the commit
+    /// instead of before it, so that the request waits for the slower of the two rather than
     /// their sum. `log` runs once the events are decided: a submission refused by its checks
-    /// runs none, and an entry written beside a commit that then fails stays (the operation was
-    /// allowed and attempted). Retries of events already recorded run it as well. Its output
+    /// runs none. The events are committed only once `log` has succeeded: if it fails, nothing
+    /// is stored and the answer is [`travelmap_store::Error::Unlogged`], so that no event is
+    /// ever stored without its entries, even if the process dies between the two. An entry
+    /// written beside a commit that then fails stays (the operation was allowed and attempted).
+    /// Retries of events already recorded run it as well, with nothing to commit; its output
     /// is returned beside the outcomes, for the caller to act on. `kind` is the posting agency's
     /// kind, when it has one: corrections and retractions are then held to who may post the
     /// type they rectify (the caller has already checked the submitted types themselves).
-    pub async fn record_logged<L: Future>(
+    pub async fn record_logged<T, E, L: Future<Output = std::result::Result<T, E>>>(
         &self,
         provenance: &Provenance,
         kind: Option<AgencyKind>,
@@ -379,6 +403,8 @@ impl Journeys {
                             | travelmap_store::Error::DuplicateEvent(_)
                             | travelmap_store::Error::KeyWithdrawn(_)
                             | travelmap_store::Error::ClientErased(_)
+                            // The trail refused the entries: its own health says so.
+                            | travelmap_store::Error::Unlogged
                     ) =>
             {
                 *failing = Some(error.to_string());
@@ -396,7 +422,7 @@ impl Journeys {
     }
 
     /// [`Self::record_logged`] without the check for data-protection decisions.
-    async fn record_events<L: Future>(
+    async fn record_events<T, E, L: Future<Output = std::result::Result<T, E>>>(
         &self,
         provenance: &Provenance,
         kind: Option<AgencyKind>,
@@ -561,7 +587,7 @@ impl Journeys {
         Ok(Some(normalised))
     }
 
-    async fn try_record<L: Future>(
+    async fn try_record<T, E, L: Future<Output = std::result::Result<T, E>>>(
         &self,
         provenance: &Provenance,
         kind: Option<AgencyKind>,
@@ -670,9 +696,11 @@ impl Journeys {
         }
 
         if !streams.is_empty() {
-            let (accepted, acceptance) = tokio::sync::oneshot::channel();
-            let append = self.log.append_announced(provenance, streams, accepted);
-            let appended = alongside.beside_accepted(append, acceptance).await;
+            let appended = alongside
+                .beside_accepted(|announcement| {
+                    self.log.append_announced(provenance, streams, announcement)
+                })
+                .await;
             self.remember_journeys(decided, appended.is_ok());
             let receipts = appended?;
             let order = by_client.iter().flat_map(|(_, indices)| indices.iter());

@@ -397,7 +397,11 @@ impl Journeys {
                     draft,
                     expected_version,
                 }],
-                &mut Alongside::new(std::pin::pin!(std::future::ready(()))),
+                // The decision's entry is written after it, by the caller.
+                &mut Alongside::new(std::pin::pin!(std::future::ready(Ok::<
+                    (),
+                    std::convert::Infallible,
+                >(())))),
             )
             .await;
         self.note_write(&outcomes);

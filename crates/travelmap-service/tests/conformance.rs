@@ -237,7 +237,8 @@ async fn a_reused_id_with_other_content_is_refused(place: &Place) {
     let beside = std::sync::atomic::AtomicBool::new(false);
     let refused = journeys
         .record_logged(&provenance(), None, &[altered.clone()], async {
-            beside.store(true, std::sync::atomic::Ordering::SeqCst)
+            beside.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<(), ()>(())
         })
         .await;
     assert!(
@@ -260,9 +261,13 @@ async fn a_reused_id_with_other_content_is_refused(place: &Place) {
         }]
     };
     let (accepted, acceptance) = tokio::sync::oneshot::channel();
+    let announcement = travelmap_store::Announcement {
+        accepted,
+        entries: None,
+    };
     let taken = store
         .log()
-        .append_announced(&provenance(), append(&altered, 1), accepted)
+        .append_announced(&provenance(), append(&altered, 1), announcement)
         .await;
     assert!(
         matches!(taken, Err(travelmap_store::Error::DuplicateEvent(_))),
@@ -270,16 +275,125 @@ async fn a_reused_id_with_other_content_is_refused(place: &Place) {
     );
     assert!(acceptance.await.is_err(), "a refused append was announced");
     let (accepted, acceptance) = tokio::sync::oneshot::channel();
+    let announcement = travelmap_store::Announcement {
+        accepted,
+        entries: None,
+    };
     let fresh = contact(a);
     store
         .log()
-        .append_announced(&provenance(), append(&fresh, 1), accepted)
+        .append_announced(&provenance(), append(&fresh, 1), announcement)
         .await
         .unwrap();
     assert!(
         acceptance.await.is_ok(),
         "a committed append was not announced"
     );
+    store.close().await;
+}
+
+/// An append as the log gets it: `submission`'s event as the first of its stream.
+fn first_append(submission: &Submission) -> Vec<travelmap_store::StreamAppend> {
+    vec![travelmap_store::StreamAppend {
+        client_id: submission.draft.client_id,
+        expected_version: 0,
+        events: vec![travelmap_store::NewEvent {
+            sealed: None,
+            draft: submission.draft.clone(),
+            digest: [0; 32],
+        }],
+    }]
+}
+
+/// The entries written beside a commit come first: events whose entries were not written are
+/// not stored, so that no event is ever without its entries (not even after a crash between
+/// the two), and the appends beside them commit as usual, gap-free.
+async fn events_whose_entries_were_not_written_are_not_stored(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
+    let a = client();
+    let submission = contact(a);
+    let refused = journeys
+        .record_logged(
+            &provenance(),
+            None,
+            std::slice::from_ref(&submission),
+            async { Err::<(), _>("the trail refused the entries") },
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::Store(travelmap_store::Error::Unlogged))),
+        "{refused:?}"
+    );
+    assert!(store.log().read_stream(a, None).await.unwrap().is_empty());
+    assert_eq!(*store.log().head().borrow(), 0);
+    // Sent again once the trail takes entries, it is recorded as new.
+    let (outcomes, logged) = journeys
+        .record_logged(
+            &provenance(),
+            None,
+            std::slice::from_ref(&submission),
+            async { Ok::<(), ()>(()) },
+        )
+        .await
+        .unwrap();
+    assert!(outcomes[0].created && logged.is_ok());
+    assert_eq!(outcomes[0].receipt.position, 1);
+
+    // Straight at the log, two appends side by side (in one group where they meet there):
+    // one told its entries were written, one told they were not.
+    let log = store.log();
+    let (b, c) = (contact(client()), contact(client()));
+    let handshake = || {
+        let (accepted, acceptance) = tokio::sync::oneshot::channel();
+        let (report, entries) = travelmap_store::entries_handshake();
+        let announcement = travelmap_store::Announcement {
+            accepted,
+            entries: Some(entries),
+        };
+        (announcement, acceptance, report)
+    };
+    let (announce_b, accepted_b, report_b) = handshake();
+    let (announce_c, accepted_c, report_c) = handshake();
+    let tell = |acceptance: tokio::sync::oneshot::Receiver<()>,
+                report: travelmap_store::EntriesReport,
+                written: bool| async move {
+        acceptance.await.expect("the append was accepted");
+        report.report(written);
+    };
+    let poster = provenance();
+    let (logged_b, unlogged_c, (), ()) = tokio::join!(
+        log.append_announced(&poster, first_append(&b), announce_b),
+        log.append_announced(&poster, first_append(&c), announce_c),
+        tell(accepted_b, report_b, true),
+        tell(accepted_c, report_c, false),
+    );
+    assert!(
+        matches!(unlogged_c, Err(travelmap_store::Error::Unlogged)),
+        "{unlogged_c:?}"
+    );
+    assert_eq!(logged_b.unwrap()[0].position, 2);
+    let feed = log.read_all(1, 10).await.unwrap();
+    assert_eq!(feed.len(), 1);
+    assert_eq!(feed[0].draft.id, b.draft.id);
+    assert!(
+        log.lookup(vec![c.draft.id]).await.unwrap().is_empty(),
+        "an append without its entries was stored"
+    );
+    // A report never made (its writer gone) counts as entries not written.
+    let (announce_d, _accepted_d, report_d) = handshake();
+    drop(report_d);
+    let d = contact(client());
+    let abandoned = log
+        .append_announced(&provenance(), first_append(&d), announce_d)
+        .await;
+    assert!(
+        matches!(abandoned, Err(travelmap_store::Error::Unlogged)),
+        "{abandoned:?}"
+    );
+    assert_eq!(*log.head().borrow(), 2);
     store.close().await;
 }
 
@@ -1374,6 +1488,7 @@ macro_rules! conformance {
 
 conformance!(Embedded:
     appends_get_versions_and_gap_free_positions,
+    events_whose_entries_were_not_written_are_not_stored,
     identifier_lookups_follow_additions_and_retractions,
     a_retry_is_answered_with_the_original_receipt,
     a_reused_id_with_other_content_is_refused,
@@ -1395,6 +1510,7 @@ conformance!(Embedded:
 
 conformance!(Postgres:
     appends_get_versions_and_gap_free_positions,
+    events_whose_entries_were_not_written_are_not_stored,
     identifier_lookups_follow_additions_and_retractions,
     a_retry_is_answered_with_the_original_receipt,
     a_reused_id_with_other_content_is_refused,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance, RecordedEvent};
 use travelmap_service::{Error, Journeys, Submission};
 use travelmap_store::sqlite::SqliteStore;
@@ -24,7 +24,7 @@ impl EventLog for StalledAppends {
         &self,
         _provenance: &Provenance,
         _streams: Vec<StreamAppend>,
-        _accepted: oneshot::Sender<()>,
+        _announcement: travelmap_store::Announcement,
     ) -> Result<Vec<Receipt>> {
         std::future::pending().await
     }

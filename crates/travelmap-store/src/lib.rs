@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use travelmap_domain::{ClientId, DecodeError, EventDraft, EventId, Provenance, RecordedEvent};
 
+pub mod handshake;
 pub mod keys;
 mod packed;
 pub mod postgres;
@@ -28,6 +29,7 @@ mod sealed;
 pub mod sqlite;
 pub mod webhooks;
 
+pub use handshake::{Announcement, EntriesReport, EntriesWritten, entries_handshake};
 pub use keys::{DestroyedKey, KeyStore, Keyring, MasterKey, MasterKeys};
 pub use packed::StoredState;
 pub use sealed::SealedLog;
@@ -118,6 +120,10 @@ pub enum Error {
         "the audit trail's file (audit.sqlite) or its write-ahead log (audit.sqlite-wal) was removed or replaced while this process had it open, so nothing can be logged or recorded: stop the process with SIGTERM (its close folds what it still holds into the file it opened), put moved files back, or restore the trail from the backup taken with the log (opened without it, the store begins the trail anew, saying so)"
     )]
     TrailReplaced,
+    /// The audit entries written beside an append were not written, so its events were not
+    /// stored either (see [`handshake`]).
+    #[error("the audit trail could not take this write's entries, so its events were not recorded")]
+    Unlogged,
     /// A data key is wrapped under a master key that is not configured.
     #[error(
         "a data key is wrapped under master key `{0}`, which this process was not given (give it the master keys the store's keys are wrapped under, as every process on the store has them; see docs/operations.md, \"Master keys and rotation\")"
@@ -219,12 +225,6 @@ impl Error {
 }
 
 impl Error {
-    /// Whether the store cannot take writes until an operator acts, though nothing is wrong
-    /// with the request or the code: a full disk, a file or database made read-only (a
-    /// PostgreSQL standby after a failover), an I/O fault. Answered `503`, as PostgreSQL's
-    /// "insufficient resources" (among [`Self::is_transient`]'s) already are; unlike those, not
-    /// worth retrying at once, and not taken for "unreachable" where that matters (`audit
-    /// verify` reports a trail it cannot read as broken, not as out of reach).
     /// Whether the fault is this process's configuration, which a retry cannot mend: a data
     /// key wrapped under a master key this process was not given (another process, started
     /// with a newer key first, wrapped it).
@@ -236,6 +236,12 @@ impl Error {
         }
     }
 
+    /// Whether the store cannot take writes until an operator acts, though nothing is wrong
+    /// with the request or the code: a full disk, a file or database made read-only (a
+    /// PostgreSQL standby after a failover), an I/O fault. Answered `503`, as PostgreSQL's
+    /// "insufficient resources" (among [`Self::is_transient`]'s) already are; unlike those, not
+    /// worth retrying at once, and not taken for "unreachable" where that matters (`audit
+    /// verify` reports a trail it cannot read as broken, not as out of reach).
     pub fn is_out_of_service(&self) -> bool {
         match self {
             Error::OutOfService(_) | Error::TrailReplaced => true,
@@ -355,20 +361,23 @@ pub trait EventLog: Send + Sync {
         provenance: &Provenance,
         streams: Vec<StreamAppend>,
     ) -> Result<Vec<Receipt>> {
-        let (accepted, _) = tokio::sync::oneshot::channel();
-        self.append_announced(provenance, streams, accepted).await
+        self.append_announced(provenance, streams, Announcement::unheard())
+            .await
     }
 
-    /// [`Self::append`], sending on `accepted` once the events have passed the log's checks
-    /// (their ids free, their streams at the expected versions) and before their commit is
-    /// durable: what a caller does beside the commit (the audit entries) starts only for
-    /// appends that will not be refused, and still overlaps the commit. Nothing is sent for a
-    /// refused append.
+    /// [`Self::append`], sending on `announcement.accepted` once the events have passed the
+    /// log's checks (their ids free, their streams at the expected versions) and before their
+    /// commit: what a caller does beside the commit (the audit entries) starts only for appends
+    /// that will not be refused, and still overlaps the commit. Nothing is sent for a refused
+    /// append. With `announcement.entries`, the events are committed only once the caller
+    /// reports its entries written; reported not written (or not reported within
+    /// [`handshake::ENTRIES_PATIENCE`]), the append stores nothing and fails with
+    /// [`Error::Unlogged`], while the other appends of its group commit as usual.
     async fn append_announced(
         &self,
         provenance: &Provenance,
         streams: Vec<StreamAppend>,
-        accepted: tokio::sync::oneshot::Sender<()>,
+        announcement: Announcement,
     ) -> Result<Vec<Receipt>>;
 
     /// Looks up events by id (for idempotent retries); ids not in the log are left out.

@@ -133,13 +133,13 @@ impl EventLog for SealedLog {
         &self,
         provenance: &Provenance,
         mut streams: Vec<StreamAppend>,
-        accepted: tokio::sync::oneshot::Sender<()>,
+        announcement: crate::Announcement,
     ) -> Result<Vec<Receipt>> {
         self.seal_streams(&mut streams).await?;
         let clients: Vec<ClientId> = streams.iter().map(|stream| stream.client_id).collect();
         let appended = self
             .inner
-            .append_announced(provenance, streams, accepted)
+            .append_announced(provenance, streams, announcement)
             .await;
         if let Err(Error::KeyWithdrawn(_)) = &appended {
             // Another process destroyed a key cached here; the caller tries again, and the keys

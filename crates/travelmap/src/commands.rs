@@ -205,13 +205,22 @@ pub async fn import(
             };
             let outcomes = match recorded {
                 Ok((outcomes, Ok(_))) => outcomes,
+                // Every event of the batch was recorded before (a re-run), and its entries
+                // for this run could not be written.
                 Ok((_, Err(error))) => {
                     return Err(anyhow::Error::new(error).context(format!(
-                        "the audit trail could not be written: the batch after the {created} \
-                         events before it was recorded without its entries; run the import \
-                         again once the trail can be written (recorded events are skipped, and \
-                         their entries written then)"
+                        "the audit trail could not be written, so the import stopped after the \
+                         {created} events before this batch; run it again once the trail can \
+                         be written (recorded events are skipped)"
                     )));
+                }
+                Err(travelmap_service::Error::Store(travelmap_store::Error::Unlogged)) => {
+                    return Err(anyhow::anyhow!(
+                        "the audit trail could not take this batch's entries, so the batch was \
+                         not recorded; the {created} events recorded before it stay recorded \
+                         (run the import again once the trail can be written: recorded events \
+                         are skipped)"
+                    ));
                 }
                 Err(error) => {
                     if let Some(refused) = travelmap_api::audit::denied_submission(&error, &batch) {
@@ -304,8 +313,10 @@ pub struct Reader {
 }
 
 /// How long an import retries a batch's entries before it stops (see
-/// `travelmap_store::append_patiently`).
-const IMPORT_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+/// `travelmap_store::append_patiently`): less than the log waits for them, so that the batch's
+/// events are not given up on while its entries may still be written.
+const IMPORT_PATIENCE: std::time::Duration =
+    travelmap_store::handshake::ENTRIES_PATIENCE.saturating_sub(std::time::Duration::from_secs(2));
 
 /// How the actions of offline commands in the audit trail begin, and nothing a server logs:
 /// a trail with only such entries was never written by a server (see `Application::build`).

@@ -2,6 +2,7 @@
 //! `log_head` row lock that orders appends across processes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
@@ -13,8 +14,10 @@ use uuid::Uuid;
 
 use super::LOG_CHANNEL;
 use super::Patiently;
+use crate::handshake::{ENTRIES_PATIENCE, EntriesWritten};
 use crate::{
-    Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend, sealed_key,
+    Announcement, Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend,
+    sealed_key,
 };
 
 /// How many queued appends may share one transaction.
@@ -29,7 +32,37 @@ struct Job {
     /// Told once the append is accepted, before the commit (see
     /// [`EventLog::append_announced`]).
     accepted: Option<oneshot::Sender<()>>,
+    /// Whether the entries written beside the commit were written (see
+    /// [`crate::handshake`]).
+    entries: Option<EntriesWritten>,
+    /// Set once the entries are known not to have been written: the job is then left out of
+    /// the group's commit.
+    unlogged: AtomicBool,
     reply: oneshot::Sender<Result<Vec<Receipt>>>,
+}
+
+impl Job {
+    fn unlogged(&self) -> bool {
+        self.unlogged.load(Ordering::Relaxed)
+    }
+}
+
+/// Waits, before a group's commit, for the entries of its accepted appends (at `accepted`),
+/// and marks those whose entries were not written. Returns whether there were any: the group
+/// must then be rolled back and committed again without them.
+async fn any_unlogged(jobs: &[Job], accepted: impl IntoIterator<Item = usize>) -> bool {
+    let deadline = tokio::time::Instant::now() + ENTRIES_PATIENCE;
+    let mut any = false;
+    for index in accepted {
+        let job = &jobs[index];
+        if let Some(entries) = &job.entries
+            && !entries.wait(deadline).await
+        {
+            job.unlogged.store(true, Ordering::Relaxed);
+            any = true;
+        }
+    }
+    any
 }
 
 /// The acceptance senders of a group's jobs, by job.
@@ -83,7 +116,7 @@ impl EventLog for PgEventLog {
         &self,
         provenance: &Provenance,
         streams: Vec<StreamAppend>,
-        accepted: oneshot::Sender<()>,
+        announcement: Announcement,
     ) -> Result<Vec<Receipt>> {
         let jobs = self.jobs.lock().expect("jobs lock").clone();
         let jobs = jobs.ok_or(Error::Closed)?;
@@ -91,7 +124,9 @@ impl EventLog for PgEventLog {
         let job = Job {
             provenance: provenance.clone(),
             streams,
-            accepted: Some(accepted),
+            accepted: Some(announcement.accepted),
+            entries: announcement.entries,
+            unlogged: AtomicBool::new(false),
             reply,
         };
         jobs.send(job).await.map_err(|_| Error::Closed)?;
@@ -355,16 +390,24 @@ struct Rows {
 type GroupOutcome = (Vec<Result<Vec<Receipt>>>, Option<u64>);
 
 /// Commits one group: in one statement if every append in it is accepted (the usual case),
-/// otherwise append by append.
+/// otherwise append by append. An append whose entries were not written is left out: the
+/// group is rolled back and committed again without it.
 async fn commit_group(
     pool: &PgPool,
     jobs: &[Job],
     announcements: &mut Announcements,
 ) -> Result<GroupOutcome> {
-    if let Some(outcome) = commit_whole_group(pool, jobs, announcements).await? {
-        return Ok(outcome);
+    loop {
+        let outcome = match commit_whole_group(pool, jobs, announcements).await {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => commit_job_by_job(pool, jobs, announcements).await,
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Err(Error::Unlogged) => continue,
+            outcome => return outcome,
+        }
     }
-    commit_job_by_job(pool, jobs, announcements).await
 }
 
 /// The fast path: one statement, in a transaction of its own, that locks the log head, checks
@@ -390,6 +433,9 @@ async fn commit_whole_group(
     let mut rows = Rows::default();
     let (mut stream_clients, mut expected) = (Vec::new(), Vec::new());
     for job in jobs {
+        if job.unlogged() {
+            return Ok(None);
+        }
         for stream in &job.streams {
             if !clients.insert(stream.client_id.0) {
                 // Two appends to one stream in a group: the second depends on the first.
@@ -503,6 +549,10 @@ async fn commit_whole_group(
         return Ok(None);
     }
     announce(announcements, 0..jobs.len());
+    if any_unlogged(jobs, 0..jobs.len()).await {
+        transaction.rollback().await?;
+        return Err(Error::Unlogged);
+    }
     transaction.commit().await?;
     let mut position = last as u64;
     let results = jobs
@@ -564,6 +614,10 @@ async fn commit_job_by_job(
     let mut next_position = last_position as u64 + 1;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
+        if job.unlogged() {
+            results.push(Err(Error::Unlogged));
+            continue;
+        }
         let accepted = match withdrawn_key(job, &in_force) {
             Some(client) => Err(Error::KeyWithdrawn(client)),
             None => accept(job, &taken, &versions, next_position, recorded_at),
@@ -587,11 +641,17 @@ async fn commit_job_by_job(
     }
     let last = next_position - 1;
     insert(&mut transaction, rows, recorded_at, last).await?;
-    let accepted = results
+    let accepted: Vec<usize> = results
         .iter()
         .enumerate()
-        .filter(|(_, result)| result.is_ok());
-    announce(announcements, accepted.map(|(index, _)| index));
+        .filter(|(_, result)| result.is_ok())
+        .map(|(index, _)| index)
+        .collect();
+    announce(announcements, accepted.iter().copied());
+    if any_unlogged(jobs, accepted).await {
+        transaction.rollback().await?;
+        return Err(Error::Unlogged);
+    }
     transaction.commit().await?;
     Ok((results, Some(last)))
 }

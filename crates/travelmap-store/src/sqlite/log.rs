@@ -16,7 +16,10 @@ use uuid::Uuid;
 use super::audit::TrailWatch;
 use super::pool::ReadPool;
 use super::{configure, schema};
-use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend};
+use crate::handshake::{ENTRIES_PATIENCE, EntriesWritten};
+use crate::{
+    Announcement, Error, EventLog, Existing, Outline, Receipt, Result, StoredEvent, StreamAppend,
+};
 
 /// How many clients one outline query covers (well under SQLite's limit on parameters).
 const OUTLINE_CHUNK: usize = 256;
@@ -34,6 +37,12 @@ struct Job {
     /// Told once the append has passed its checks, before the commit (see
     /// [`EventLog::append_announced`]).
     accepted: Option<oneshot::Sender<()>>,
+    /// Whether the entries written beside the commit were written (see
+    /// [`crate::handshake`]).
+    entries: Option<EntriesWritten>,
+    /// Set once the entries are known not to have been written: the job is then left out of
+    /// the group's commit.
+    unlogged: bool,
     reply: oneshot::Sender<Result<Vec<Receipt>>>,
 }
 
@@ -123,7 +132,7 @@ impl EventLog for SqliteEventLog {
         &self,
         provenance: &Provenance,
         streams: Vec<StreamAppend>,
-        accepted: oneshot::Sender<()>,
+        announcement: Announcement,
     ) -> Result<Vec<Receipt>> {
         let jobs = self.jobs.lock().expect("jobs lock").clone();
         let jobs = jobs.ok_or(Error::Closed)?;
@@ -131,7 +140,9 @@ impl EventLog for SqliteEventLog {
         let job = Job {
             provenance: provenance.clone(),
             streams,
-            accepted: Some(accepted),
+            accepted: Some(announcement.accepted),
+            entries: announcement.entries,
+            unlogged: false,
             reply,
         };
         jobs.send(job).await.map_err(|_| Error::Closed)?;
@@ -368,38 +379,20 @@ impl Writer {
 
     /// Commits a group of appends in one transaction. Each append runs in its own savepoint, so a
     /// conflict in one rolls back only that append; the transaction then commits once, and only
-    /// after the commit is durable are the senders answered.
+    /// after the commit is durable are the senders answered. An append whose entries were not
+    /// written is left out: the group is rolled back and done again without it.
     fn commit_group(&mut self, mut group: Vec<Job>) {
         // recorded_at never goes backwards, even if the wall clock does, so that "recorded by
         // time T" is always a prefix of the global feed.
         let recorded_micros = Utc::now().timestamp_micros().max(self.last_recorded_micros);
-        let mut next_position = self.next_position;
-        let outcome = (|| -> Result<Vec<Result<Vec<Receipt>>>> {
-            // Looked at before each commit, not only as the trail's writer finds it: a write's
-            // events commit before their entries are written.
-            if self.trail.is_lost() {
-                return Err(Error::TrailReplaced);
+        let mut next_position;
+        let outcome = loop {
+            next_position = self.next_position;
+            match self.try_group(&mut group, &mut next_position, recorded_micros) {
+                Err(Error::Unlogged) => continue,
+                outcome => break outcome,
             }
-            // IMMEDIATE takes the write lock up front. A deferred transaction would start as a
-            // read and upgrade at its first insert, and SQLite refuses such an upgrade at once
-            // (without waiting) if the file changed under it.
-            let mut transaction = self
-                .connection
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut results = Vec::with_capacity(group.len());
-            for job in &mut group {
-                let appended =
-                    append_job(&mut transaction, job, &mut next_position, recorded_micros);
-                if appended.is_ok()
-                    && let Some(accepted) = job.accepted.take()
-                {
-                    let _ = accepted.send(());
-                }
-                results.push(appended);
-            }
-            transaction.commit()?;
-            Ok(results)
-        })();
+        };
         match outcome {
             Ok(results) => {
                 if next_position != self.next_position {
@@ -423,15 +416,71 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// One attempt at a group: [`Error::Unlogged`] if some append's entries turned out not to
+    /// be written, after marking it so and rolling everything back.
+    fn try_group(
+        &mut self,
+        group: &mut [Job],
+        next_position: &mut u64,
+        recorded_micros: i64,
+    ) -> Result<Vec<Result<Vec<Receipt>>>> {
+        // Looked at before each commit, not only as the trail's writer finds it: an append
+        // without entries beside it (a decision's own records) commits before its entry.
+        if self.trail.is_lost() {
+            return Err(Error::TrailReplaced);
+        }
+        // IMMEDIATE takes the write lock up front. A deferred transaction would start as a
+        // read and upgrade at its first insert, and SQLite refuses such an upgrade at once
+        // (without waiting) if the file changed under it.
+        let mut transaction = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(group.len());
+        for job in group.iter_mut() {
+            if job.unlogged {
+                results.push(Err(Error::Unlogged));
+                continue;
+            }
+            results.push(append_job(
+                &mut transaction,
+                job,
+                next_position,
+                recorded_micros,
+            ));
+        }
+        // The entries of the accepted appends are being written meanwhile; none commits before
+        // its own are durable.
+        let deadline = std::time::Instant::now() + ENTRIES_PATIENCE;
+        let mut unlogged = false;
+        for (job, appended) in group.iter_mut().zip(&results) {
+            if appended.is_ok()
+                && let Some(entries) = &job.entries
+                && !entries.wait_blocking(deadline)
+            {
+                job.unlogged = true;
+                unlogged = true;
+            }
+        }
+        if unlogged {
+            // Dropping the transaction rolls it back.
+            return Err(Error::Unlogged);
+        }
+        transaction.commit()?;
+        Ok(results)
+    }
+}
+
+/// Appends one job in a savepoint of its own. Its checks (stream versions, ids not taken) come
+/// first, and the job is announced accepted as soon as they pass, so that its entries are
+/// written while its rows are inserted (the commit waits for both).
 fn append_job(
     transaction: &mut Transaction<'_>,
-    job: &Job,
+    job: &mut Job,
     next_position: &mut u64,
     recorded_micros: i64,
 ) -> Result<Vec<Receipt>> {
     let savepoint = transaction.savepoint()?;
-    let mut position = *next_position;
-    let mut receipts = Vec::new();
     for stream in &job.streams {
         let actual: u64 = savepoint
             .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE client_id = ?1")?
@@ -443,6 +492,20 @@ fn append_job(
                 actual,
             });
         }
+        let mut taken = savepoint.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?;
+        for new in &stream.events {
+            // The probe reads the index page the insert then writes to.
+            if taken.exists(params![new.draft.id.0])? {
+                return Err(Error::DuplicateEvent(new.draft.id));
+            }
+        }
+    }
+    if let Some(accepted) = job.accepted.take() {
+        let _ = accepted.send(());
+    }
+    let mut position = *next_position;
+    let mut receipts = Vec::new();
+    for stream in &job.streams {
         let mut insert = savepoint.prepare_cached(
             "INSERT INTO events (position, event_id, client_id, version, event_type,
                  schema_version, occurred_at, recorded_at, agency, credential, actor, data, digest,
