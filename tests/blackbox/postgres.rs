@@ -444,6 +444,13 @@ async fn a_write_the_trail_refused_is_not_recorded() {
     let (status, problem) = post(&http, &cluster.address(0), &event).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{problem}");
     assert_eq!(problem["code"], "unavailable");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was recorded"),
+        "{problem}"
+    );
     let (stored,): (i64,) = sqlx::query_as("SELECT count(*) FROM events")
         .fetch_one(&mut connection)
         .await

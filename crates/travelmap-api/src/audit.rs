@@ -179,8 +179,8 @@ pub async fn write(state: &AppState, records: Vec<AuditRecord>) -> Result<(), Ap
     Ok(())
 }
 
-/// How long a write's entries are retried, beside or after its commit, before the request is
-/// answered `503`.
+/// How long the entries of what happened whatever the trail did (a decision carried out, a
+/// resent write answered with its receipts) are retried before the request is answered `503`.
 pub const RECORDING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Writes an operation's entries in one attempt: a write's beside its commit, which the log
@@ -193,7 +193,18 @@ pub async fn try_recorded(state: &AppState, records: Vec<AuditRecord>) -> Result
         return Ok(());
     }
     let since = tokio::time::Instant::now();
-    match state.audit.append(records.clone()).await {
+    // No longer than the log waits for it: past that the write is refused anyway.
+    let attempt = tokio::time::timeout(
+        travelmap_store::handshake::ENTRIES_PATIENCE,
+        state.audit.append(records.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(travelmap_store::Error::Unavailable(
+            "the audit trail did not answer in time".to_owned(),
+        ))
+    });
+    match attempt {
         Ok(_) => Ok(()),
         Err(error) => {
             tracing::warn!(%error, "could not write a write's audit entries; retrying");
@@ -265,8 +276,9 @@ const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often deferred entries are tried again once the service is stopping.
 const RETRY_WHILE_STOPPING: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Entries of committed writes that the trail refused for longer than a request waits. Each set
-/// is retried in the background until written. When the service stops, [`Deferred::drain`]
+/// Entries of decisions carried out (and of resent writes answered with their receipts) that
+/// the trail refused for longer than a request waits. Each set is retried in the background
+/// until written. When the service stops, [`Deferred::drain`]
 /// tries them again at once and waits for them (up to a limit) before the store is closed:
 /// without that, a stop in the minutes after a trail failure would lose entries of events that
 /// are recorded.

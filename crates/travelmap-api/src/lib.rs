@@ -591,10 +591,11 @@ async fn refuse_unexpected_query(
 }
 
 /// Runs a request that may write to its end even when its caller hangs up. Hyper drops a
-/// request's handler when the connection closes, and a write dropped after the log accepted its
-/// events but before its audit entries were handed to the trail would leave events recorded with
-/// no trace of who wrote them. The caller's retry is answered with the original receipt either
-/// way. Reads are left to be dropped: one cut short has returned nothing.
+/// request's handler when the connection closes: a write dropped while its entries were being
+/// written would be refused by the log (its events are committed only once they are), and a
+/// decision dropped after it was carried out would be left without its entry. Either way the
+/// caller's retry is answered as it would have been. Reads are left to be dropped: one cut
+/// short has returned nothing.
 async fn finish_writes(
     request: axum::extract::Request,
     next: axum::middleware::Next,

@@ -77,7 +77,7 @@ impl<'a, T, E, L: Future<Output = std::result::Result<T, E>>> Alongside<'a, L> {
     /// beside it (if it has not run yet) only once the log says it accepted the events: a
     /// refused append leaves the work pending, as if no commit had been tried. The log commits
     /// only once the work has succeeded.
-    async fn beside_accepted<C: Future>(
+    async fn beside_accepted<R, C: Future<Output = travelmap_store::Result<R>>>(
         &mut self,
         append: impl FnOnce(travelmap_store::Announcement) -> C,
     ) -> C::Output {
@@ -109,7 +109,10 @@ impl<'a, T, E, L: Future<Output = std::result::Result<T, E>>> Alongside<'a, L> {
             None => {
                 // The work ran beside an earlier attempt, whose commit then failed: what it
                 // did stands for this one.
-                report.report(self.done.as_ref().is_some_and(|done| done.is_ok()));
+                if !self.done.as_ref().is_some_and(|done| done.is_ok()) {
+                    return Err(travelmap_store::Error::Unlogged);
+                }
+                report.report(true);
                 append(announcement).await
             }
         }
@@ -350,9 +353,9 @@ impl Journeys {
         Ok(outcomes)
     }
 
-    /// [`Self::record`], with `log` (the operation's audit entries) written alongside the commit
-    /// instead of before it, so that the request waits for the slower of the two rather than
-    /// their sum. `log` runs once the events are decided: a submission refused by its checks
+    /// [`Self::record`], with `log` (the operation's audit entries) written while the events
+    /// are inserted rather than before, so that the request waits for the slower of the two and
+    /// then the commit, not for all three in turn. `log` runs once the events are decided: a submission refused by its checks
     /// runs none. The events are committed only once `log` has succeeded: if it fails, nothing
     /// is stored and the answer is [`travelmap_store::Error::Unlogged`], so that no event is
     /// ever stored without its entries, even if the process dies between the two. An entry

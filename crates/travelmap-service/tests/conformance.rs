@@ -342,10 +342,10 @@ async fn events_whose_entries_were_not_written_are_not_stored(place: &Place) {
     assert!(outcomes[0].created && logged.is_ok());
     assert_eq!(outcomes[0].receipt.position, 1);
 
-    // Straight at the log, two appends side by side (in one group where they meet there):
-    // one told its entries were written, one told they were not.
+    // Straight at the log, two appends in one group: one told its entries were written, one
+    // told they were not. The group is made by holding the writer on a first append's entries
+    // while the two are queued behind it.
     let log = store.log();
-    let (b, c) = (contact(client()), contact(client()));
     let handshake = || {
         let (accepted, acceptance) = tokio::sync::oneshot::channel();
         let (report, entries) = travelmap_store::entries_handshake();
@@ -355,27 +355,35 @@ async fn events_whose_entries_were_not_written_are_not_stored(place: &Place) {
         };
         (announcement, acceptance, report)
     };
+    let append = |submission: Submission, announcement| {
+        let log = log.clone();
+        tokio::spawn(async move {
+            log.append_announced(&provenance(), first_append(&submission), announcement)
+                .await
+        })
+    };
+    let (announce_a, accepted_a, report_a) = handshake();
+    let held = append(contact(client()), announce_a);
+    accepted_a.await.expect("the first append was accepted");
+    let (b, c) = (contact(client()), contact(client()));
     let (announce_b, accepted_b, report_b) = handshake();
     let (announce_c, accepted_c, report_c) = handshake();
-    let tell = |acceptance: tokio::sync::oneshot::Receiver<()>,
-                report: travelmap_store::EntriesReport,
-                written: bool| async move {
-        acceptance.await.expect("the append was accepted");
-        report.report(written);
-    };
-    let poster = provenance();
-    let (logged_b, unlogged_c, (), ()) = tokio::join!(
-        log.append_announced(&poster, first_append(&b), announce_b),
-        log.append_announced(&poster, first_append(&c), announce_c),
-        tell(accepted_b, report_b, true),
-        tell(accepted_c, report_c, false),
-    );
+    let logged_b = append(b.clone(), announce_b);
+    let unlogged_c = append(c.clone(), announce_c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    report_a.report(true);
+    assert_eq!(held.await.unwrap().unwrap()[0].position, 2);
+    accepted_b.await.expect("b was accepted");
+    accepted_c.await.expect("c was accepted");
+    report_c.report(false);
+    report_b.report(true);
+    let unlogged_c = unlogged_c.await.unwrap();
     assert!(
         matches!(unlogged_c, Err(travelmap_store::Error::Unlogged)),
         "{unlogged_c:?}"
     );
-    assert_eq!(logged_b.unwrap()[0].position, 2);
-    let feed = log.read_all(1, 10).await.unwrap();
+    assert_eq!(logged_b.await.unwrap().unwrap()[0].position, 3);
+    let feed = log.read_all(2, 10).await.unwrap();
     assert_eq!(feed.len(), 1);
     assert_eq!(feed[0].draft.id, b.draft.id);
     assert!(
@@ -393,7 +401,7 @@ async fn events_whose_entries_were_not_written_are_not_stored(place: &Place) {
         matches!(abandoned, Err(travelmap_store::Error::Unlogged)),
         "{abandoned:?}"
     );
-    assert_eq!(*log.head().borrow(), 2);
+    assert_eq!(*log.head().borrow(), 3);
     store.close().await;
 }
 

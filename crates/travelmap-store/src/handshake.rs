@@ -4,20 +4,24 @@
 //! for the slower of the two rather than their sum. The log announces when the events have
 //! passed its checks ([`Announcement::accepted`]), the caller then writes the entries, and the
 //! log commits the events only once it is told that the entries are durable
-//! ([`EntriesWritten`]). So no event is ever stored without its entries, even when the process
-//! is killed between the two or the trail refuses the entries: the worst a failure leaves is an
-//! entry naming events that were then not stored, an attempt logged like any other.
+//! ([`EntriesWritten`]). So no event posted or imported is ever stored without its entries, even
+//! when the process is killed between the two or the trail refuses the entries: the worst a
+//! failure leaves is an entry naming events that were then not stored, an attempt logged like
+//! any other. (A data-protection decision is carried out first and logged after it: its append
+//! comes without entries to wait for.)
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// The longest an append waits to hear whether its entries were written; past it the entries
 /// count as not written and the append is refused ([`crate::Error::Unlogged`]). Writing them
-/// usually ends far sooner (a request makes a single attempt, and a dropped request reports at
-/// once), so this bounds how long a trail that stopped answering holds up the log, whose
-/// writer waits meanwhile (on PostgreSQL holding the log head's lock: well under the 20 s after
-/// which the server ends a session idle in its transaction).
-pub const ENTRIES_PATIENCE: Duration = Duration::from_secs(10);
+/// usually ends far sooner (a request makes a single attempt, given up after this long too, and
+/// a dropped request reports at once), so this bounds how long a trail that stopped answering
+/// holds up the log, whose writer waits meanwhile with the rest of the group (on PostgreSQL
+/// holding the log head's lock, which every process's appends wait for: well under the 20 s
+/// after which the server ends a session idle in its transaction, and under the 30 s a group
+/// commit is given).
+pub const ENTRIES_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What an append tells its caller and waits for (see [`crate::EventLog::append_announced`]).
 pub struct Announcement {

@@ -559,9 +559,10 @@ pub trait AuditLog: Send + Sync {
     }
 }
 
-/// Appends `records`, retrying a failed append with growing pauses for up to `patience`. For
-/// entries written beside a commit (a write's entries), a trail that is briefly locked or
-/// unreachable must not leave committed events without their entry. An append whose answer was
+/// Appends `records`, retrying a failed append with growing pauses for up to `patience` (the
+/// last attempt begins before it ends, and may take longer). For entries of what has happened
+/// whatever the trail does (a decision carried out), a trail that is briefly locked or
+/// unreachable must not leave it without its entry. An append whose answer was
 /// lost may be written twice by the retry: twice is better than never. On failure, the records
 /// come back with the last error, for the caller to keep trying.
 pub async fn append_patiently(

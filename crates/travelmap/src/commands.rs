@@ -313,8 +313,9 @@ pub struct Reader {
 }
 
 /// How long an import retries a batch's entries before it stops (see
-/// `travelmap_store::append_patiently`): less than the log waits for them, so that the batch's
-/// events are not given up on while its entries may still be written.
+/// `travelmap_store::append_patiently`): less than the log waits for them. An attempt begun
+/// just before may outlast the log's wait: the batch is then not recorded, and the import
+/// stops saying so.
 const IMPORT_PATIENCE: std::time::Duration =
     travelmap_store::handshake::ENTRIES_PATIENCE.saturating_sub(std::time::Duration::from_secs(2));
 

@@ -183,11 +183,9 @@ impl SqliteAuditLog {
     ///
     /// With no process holding the data directory, a trail found empty beside a log with
     /// events is begun with the entry that says so (see [`Writer::write`]). A process that
-    /// holds it judges the trail itself: when it opens the store, and its first events may be
-    /// committed before their entries, so that judged from here a new store would look
-    /// emptied. So an empty trail beside events and a holder is waited on, for a few seconds,
-    /// until the holder has written to it (its open begins an emptied trail anew; a new
-    /// store's first entries follow its first events within moments); then the append fails
+    /// holds it judges the trail itself, when it opens the store. So an empty trail beside
+    /// events and a holder is waited on, for a few seconds, until the holder has written to it
+    /// (its open begins an emptied trail anew); then the append fails
     /// with [`Error::TrailUnjudged`], and nothing is written. Writing first would begin the
     /// trail without the entry that says it was emptied, and it would verify as intact.
     pub fn append_beside(path: &Path, records: &[AuditRecord]) -> Result<Vec<u64>> {
@@ -576,9 +574,9 @@ impl Writer {
     ///
     /// Given the event log beside the trail, a trail found empty while that log holds events
     /// is begun with an entry saying so (see [`travelmap_domain::audit::TRAIL_BEGUN_ANEW`]),
-    /// decided under the same write lock. The serving process's own writer is not given it: a
-    /// new store's first events commit beside their entries, not after them, so it would take
-    /// a new trail for an emptied one; the store is checked when it is opened instead. What
+    /// decided under the same write lock. The serving process's own writer is not given it: it
+    /// judged the trail when the store was opened, and a decision's events (logged after them)
+    /// could make a new store look emptied. What
     /// that writer judges is its own memory: if the trail no longer holds the last entry it
     /// found or wrote (as it was), entries were removed or replaced under it, and the same
     /// entry is written then.

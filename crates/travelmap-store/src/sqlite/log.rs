@@ -382,11 +382,13 @@ impl Writer {
     /// after the commit is durable are the senders answered. An append whose entries were not
     /// written is left out: the group is rolled back and done again without it.
     fn commit_group(&mut self, mut group: Vec<Job>) {
-        // recorded_at never goes backwards, even if the wall clock does, so that "recorded by
-        // time T" is always a prefix of the global feed.
-        let recorded_micros = Utc::now().timestamp_micros().max(self.last_recorded_micros);
         let mut next_position;
+        let mut recorded_micros;
         let outcome = loop {
+            // recorded_at never goes backwards, even if the wall clock does, so that "recorded
+            // by time T" is always a prefix of the global feed. Stamped again for an attempt
+            // made after waiting for entries.
+            recorded_micros = Utc::now().timestamp_micros().max(self.last_recorded_micros);
             next_position = self.next_position;
             match self.try_group(&mut group, &mut next_position, recorded_micros) {
                 Err(Error::Unlogged) => continue,
@@ -436,18 +438,27 @@ impl Writer {
         let mut transaction = self
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut results = Vec::with_capacity(group.len());
+        // Every job's checks first, each job announced as soon as its own pass, so that the
+        // entries of the whole group are written while its rows are inserted.
+        let mut claimed = Claimed::default();
+        let mut results: Vec<Result<Vec<Receipt>>> = Vec::with_capacity(group.len());
         for job in group.iter_mut() {
-            if job.unlogged {
-                results.push(Err(Error::Unlogged));
-                continue;
+            let checked = if job.unlogged {
+                Err(Error::Unlogged)
+            } else {
+                check_job(&transaction, job, &mut claimed)
+            };
+            if checked.is_ok()
+                && let Some(accepted) = job.accepted.take()
+            {
+                let _ = accepted.send(());
             }
-            results.push(append_job(
-                &mut transaction,
-                job,
-                next_position,
-                recorded_micros,
-            ));
+            results.push(checked.map(|()| Vec::new()));
+        }
+        for (job, result) in group.iter().zip(results.iter_mut()) {
+            if result.is_ok() {
+                *result = append_job(&mut transaction, job, next_position, recorded_micros);
+            }
         }
         // The entries of the accepted appends are being written meanwhile; none commits before
         // its own are durable.
@@ -471,20 +482,26 @@ impl Writer {
     }
 }
 
-/// Appends one job in a savepoint of its own. Its checks (stream versions, ids not taken) come
-/// first, and the job is announced accepted as soon as they pass, so that its entries are
-/// written while its rows are inserted (the commit waits for both).
-fn append_job(
-    transaction: &mut Transaction<'_>,
-    job: &mut Job,
-    next_position: &mut u64,
-    recorded_micros: i64,
-) -> Result<Vec<Receipt>> {
-    let savepoint = transaction.savepoint()?;
+/// What the jobs checked so far in a group will have written: their ids and their streams'
+/// versions after them.
+#[derive(Default)]
+struct Claimed {
+    ids: std::collections::HashSet<EventId>,
+    versions: HashMap<ClientId, u64>,
+}
+
+/// Checks one job against the log and the jobs before it in its group: each stream at its
+/// expected version, no id taken. Nothing is written.
+fn check_job(transaction: &Transaction<'_>, job: &Job, claimed: &mut Claimed) -> Result<()> {
     for stream in &job.streams {
-        let actual: u64 = savepoint
-            .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM events WHERE client_id = ?1")?
-            .query_row(params![stream.client_id.0], |row| row.get(0))?;
+        let actual = match claimed.versions.get(&stream.client_id) {
+            Some(&version) => version,
+            None => transaction
+                .prepare_cached(
+                    "SELECT COALESCE(MAX(version), 0) FROM events WHERE client_id = ?1",
+                )?
+                .query_row(params![stream.client_id.0], |row| row.get(0))?,
+        };
         if actual != stream.expected_version {
             return Err(Error::StreamConflict {
                 client_id: stream.client_id,
@@ -492,17 +509,34 @@ fn append_job(
                 actual,
             });
         }
-        let mut taken = savepoint.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?;
+        let mut taken = transaction.prepare_cached("SELECT 1 FROM events WHERE event_id = ?1")?;
         for new in &stream.events {
             // The probe reads the index page the insert then writes to.
-            if taken.exists(params![new.draft.id.0])? {
+            if claimed.ids.contains(&new.draft.id) || taken.exists(params![new.draft.id.0])? {
                 return Err(Error::DuplicateEvent(new.draft.id));
             }
         }
     }
-    if let Some(accepted) = job.accepted.take() {
-        let _ = accepted.send(());
+    for stream in &job.streams {
+        claimed
+            .ids
+            .extend(stream.events.iter().map(|new| new.draft.id));
+        claimed.versions.insert(
+            stream.client_id,
+            stream.expected_version + stream.events.len() as u64,
+        );
     }
+    Ok(())
+}
+
+/// Inserts one job, checked by [`check_job`], in a savepoint of its own.
+fn append_job(
+    transaction: &mut Transaction<'_>,
+    job: &Job,
+    next_position: &mut u64,
+    recorded_micros: i64,
+) -> Result<Vec<Receipt>> {
+    let savepoint = transaction.savepoint()?;
     let mut position = *next_position;
     let mut receipts = Vec::new();
     for stream in &job.streams {
