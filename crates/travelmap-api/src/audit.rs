@@ -188,24 +188,43 @@ pub const RECORDING_PATIENCE: std::time::Duration = std::time::Duration::from_se
 /// carried out. The entries come back if it fails, for [`settle_recorded`] to retry once the
 /// client's turn is given up, so that a trail in trouble does not hold up every write of the
 /// same clients (nor, for a write, the log's other commits).
-pub async fn try_recorded(state: &AppState, records: Vec<AuditRecord>) -> Result<(), Unrecorded> {
+pub async fn try_recorded(
+    state: &AppState,
+    records: Vec<AuditRecord>,
+    written: Option<travelmap_store::EntriesSignal>,
+) -> Result<(), Unrecorded> {
     if records.is_empty() {
+        if let Some(written) = written {
+            written.written();
+        }
         return Ok(());
     }
     let since = tokio::time::Instant::now();
     // No longer than the log waits for it: past that the write is refused anyway.
-    let attempt = tokio::time::timeout(
-        travelmap_store::handshake::ENTRIES_PATIENCE,
-        state.audit.append(records.clone()),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(travelmap_store::Error::Unavailable(
-            "the audit trail did not answer in time".to_owned(),
-        ))
-    });
+    let attempt = match &written {
+        // Told by the trail's writer itself, as soon as they are committed; given up no later
+        // than the log gives up waiting for them, since the write is refused then anyway.
+        Some(signal) => tokio::time::timeout(
+            travelmap_store::handshake::ENTRIES_PATIENCE,
+            state
+                .audit
+                .append_signalling(records.clone(), signal.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(travelmap_store::Error::Unavailable(
+                "the audit trail did not answer in time".to_owned(),
+            ))
+        }),
+        // What these entries log happened whatever the trail does: the attempt is waited for,
+        // since an entry still queued when given up would be written again by the retries.
+        None => state.audit.append(records.clone()).await,
+    };
     match attempt {
         Ok(_) => Ok(()),
+        // The trail's writer told them written just before the attempt was given up: they
+        // are, and the log commits the events.
+        Err(_) if written.as_ref().is_some_and(|signal| signal.give_up()) => Ok(()),
         Err(error) => {
             tracing::warn!(%error, "could not write a write's audit entries; retrying");
             Err(Unrecorded {

@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +28,9 @@ use travelmap_domain::{
     content_digest,
 };
 use travelmap_projections::{Access, ClientState, Projector, TravelMap};
-use travelmap_store::{EventLog, Keyring, NewEvent, Receipt, SealedLog, StreamAppend, ViewStore};
+use travelmap_store::{
+    EntriesSignal, EventLog, Keyring, NewEvent, Receipt, SealedLog, StreamAppend, ViewStore,
+};
 use uuid::Uuid;
 
 pub mod coordination;
@@ -59,14 +60,20 @@ pub const MAX_FEED_PAGE: usize = 1000;
 
 /// Work that runs beside a commit, at most once: the operation's audit entries (see
 /// [`Journeys::record_logged`]). The commit waits for them: the log stores the events only once
-/// told that the work succeeded (see [`travelmap_store::handshake`]).
-struct Alongside<'a, L: Future> {
-    pending: Option<Pin<&'a mut L>>,
+/// told that the work succeeded (see [`travelmap_store::handshake`]). The work is made when it
+/// starts, given the signal its trail's writer may tell as soon as the entries are committed
+/// (`None` where no commit waits for it).
+struct Alongside<F, L: Future> {
+    pending: Option<F>,
     done: Option<L::Output>,
 }
 
-impl<'a, T, E, L: Future<Output = std::result::Result<T, E>>> Alongside<'a, L> {
-    fn new(work: Pin<&'a mut L>) -> Self {
+impl<T, E, F, L> Alongside<F, L>
+where
+    F: FnOnce(Option<EntriesSignal>) -> L,
+    L: Future<Output = std::result::Result<T, E>>,
+{
+    fn new(work: F) -> Self {
         Self {
             pending: Some(work),
             done: None,
@@ -92,7 +99,7 @@ impl<'a, T, E, L: Future<Output = std::result::Result<T, E>>> Alongside<'a, L> {
                 let after = async move {
                     match acceptance.await {
                         Ok(()) => {
-                            let done = work.await;
+                            let done = work(report.signal()).await;
                             report.report(done.is_ok());
                             Ok(done)
                         }
@@ -122,7 +129,7 @@ impl<'a, T, E, L: Future<Output = std::result::Result<T, E>>> Alongside<'a, L> {
     async fn finish(self) -> L::Output {
         match (self.done, self.pending) {
             (Some(done), _) => done,
-            (None, Some(work)) => work.await,
+            (None, Some(work)) => work(None).await,
             (None, None) => unreachable!("work is either pending or done"),
         }
     }
@@ -343,12 +350,9 @@ impl Journeys {
         submissions: &[Submission],
     ) -> Result<Vec<Outcome>> {
         let (outcomes, _) = self
-            .record_logged(
-                provenance,
-                None,
-                submissions,
-                std::future::ready(Ok::<(), std::convert::Infallible>(())),
-            )
+            .record_logged(provenance, None, submissions, |_| {
+                std::future::ready(Ok::<(), std::convert::Infallible>(()))
+            })
             .await?;
         Ok(outcomes)
     }
@@ -364,13 +368,17 @@ impl Journeys {
     /// is returned beside the outcomes, for the caller to act on. `kind` is the posting agency's
     /// kind, when it has one: corrections and retractions are then held to who may post the
     /// type they rectify (the caller has already checked the submitted types themselves).
-    pub async fn record_logged<T, E, L: Future<Output = std::result::Result<T, E>>>(
+    pub async fn record_logged<T, E, F, L>(
         &self,
         provenance: &Provenance,
         kind: Option<AgencyKind>,
         submissions: &[Submission],
-        log: L,
-    ) -> Result<(Vec<Outcome>, L::Output)> {
+        log: F,
+    ) -> Result<(Vec<Outcome>, L::Output)>
+    where
+        F: FnOnce(Option<EntriesSignal>) -> L,
+        L: Future<Output = std::result::Result<T, E>>,
+    {
         if let Some((index, submission)) = submissions.iter().enumerate().find(|(_, submission)| {
             travelmap_domain::personal::is_lifecycle(submission.draft.event.event_type())
         }) {
@@ -379,7 +387,6 @@ impl Journeys {
                 event_type: submission.draft.event.event_type(),
             });
         }
-        let log = std::pin::pin!(log);
         let mut alongside = Alongside::new(log);
         let recorded = self
             .record_events(provenance, kind, submissions, &mut alongside)
@@ -425,13 +432,17 @@ impl Journeys {
     }
 
     /// [`Self::record_logged`] without the check for data-protection decisions.
-    async fn record_events<T, E, L: Future<Output = std::result::Result<T, E>>>(
+    async fn record_events<T, E, F, L>(
         &self,
         provenance: &Provenance,
         kind: Option<AgencyKind>,
         submissions: &[Submission],
-        alongside: &mut Alongside<'_, L>,
-    ) -> Result<Vec<Outcome>> {
+        alongside: &mut Alongside<F, L>,
+    ) -> Result<Vec<Outcome>>
+    where
+        F: FnOnce(Option<EntriesSignal>) -> L,
+        L: Future<Output = std::result::Result<T, E>>,
+    {
         let normalised;
         let submissions = match self.normalise_corrections(submissions).await? {
             Some(copy) => {
@@ -590,15 +601,19 @@ impl Journeys {
         Ok(Some(normalised))
     }
 
-    async fn try_record<T, E, L: Future<Output = std::result::Result<T, E>>>(
+    async fn try_record<T, E, F, L>(
         &self,
         provenance: &Provenance,
         kind: Option<AgencyKind>,
         submissions: &[Submission],
         digests: &[[u8; 32]],
         retry: bool,
-        alongside: &mut Alongside<'_, L>,
-    ) -> Result<Vec<Outcome>> {
+        alongside: &mut Alongside<F, L>,
+    ) -> Result<Vec<Outcome>>
+    where
+        F: FnOnce(Option<EntriesSignal>) -> L,
+        L: Future<Output = std::result::Result<T, E>>,
+    {
         let existing: HashMap<EventId, _> = if retry {
             let ids = submissions.iter().map(|s| s.draft.id).collect();
             self.log

@@ -398,10 +398,7 @@ impl Journeys {
                     expected_version,
                 }],
                 // The decision's entry is written after it, by the caller.
-                &mut Alongside::new(std::pin::pin!(std::future::ready(Ok::<
-                    (),
-                    std::convert::Infallible,
-                >(())))),
+                &mut Alongside::new(|_| std::future::ready(Ok::<(), std::convert::Infallible>(()))),
             )
             .await;
         self.note_write(&outcomes);

@@ -236,7 +236,7 @@ async fn a_reused_id_with_other_content_is_refused(place: &Place) {
     // whichever way the log finds the id taken.
     let beside = std::sync::atomic::AtomicBool::new(false);
     let refused = journeys
-        .record_logged(&provenance(), None, &[altered.clone()], async {
+        .record_logged(&provenance(), None, &[altered.clone()], |_| async {
             beside.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok::<(), ()>(())
         })
@@ -320,7 +320,7 @@ async fn events_whose_entries_were_not_written_are_not_stored(place: &Place) {
             &provenance(),
             None,
             std::slice::from_ref(&submission),
-            async { Err::<(), _>("the trail refused the entries") },
+            |_| async { Err::<(), _>("the trail refused the entries") },
         )
         .await;
     assert!(
@@ -335,7 +335,7 @@ async fn events_whose_entries_were_not_written_are_not_stored(place: &Place) {
             &provenance(),
             None,
             std::slice::from_ref(&submission),
-            async { Ok::<(), ()>(()) },
+            |_| async { Ok::<(), ()>(()) },
         )
         .await
         .unwrap();
@@ -370,13 +370,22 @@ async fn events_whose_entries_were_not_written_are_not_stored(place: &Place) {
     let (announce_c, accepted_c, report_c) = handshake();
     let logged_b = append(b.clone(), announce_b);
     let unlogged_c = append(c.clone(), announce_c);
+    // Each told as soon as it is accepted, whichever group it ends up in.
+    let tell = |acceptance: tokio::sync::oneshot::Receiver<()>,
+                report: travelmap_store::EntriesReport,
+                written: bool| {
+        tokio::spawn(async move {
+            acceptance.await.expect("the append was accepted");
+            report.report(written);
+        })
+    };
+    let told_b = tell(accepted_b, report_b, true);
+    let told_c = tell(accepted_c, report_c, false);
     tokio::time::sleep(Duration::from_millis(100)).await;
     report_a.report(true);
     assert_eq!(held.await.unwrap().unwrap()[0].position, 2);
-    accepted_b.await.expect("b was accepted");
-    accepted_c.await.expect("c was accepted");
-    report_c.report(false);
-    report_b.report(true);
+    told_b.await.unwrap();
+    told_c.await.unwrap();
     let unlogged_c = unlogged_c.await.unwrap();
     assert!(
         matches!(unlogged_c, Err(travelmap_store::Error::Unlogged)),

@@ -78,6 +78,14 @@ impl Told {
 pub struct EntriesReport(Option<Arc<Told>>);
 
 impl EntriesReport {
+    /// A handle the trail's writer can tell at once that the entries are written, as soon as
+    /// they are committed, rather than through the request that asked for them (one wake-up
+    /// fewer on the way to the log's commit; see [`crate::AuditLog::append_signalling`]).
+    /// What it tells stands: a later report cannot take it back.
+    pub fn signal(&self) -> Option<EntriesSignal> {
+        self.0.clone().map(EntriesSignal)
+    }
+
     pub fn report(mut self, written: bool) {
         if let Some(told) = self.0.take() {
             told.tell(written);
@@ -90,6 +98,24 @@ impl Drop for EntriesReport {
         if let Some(told) = self.0.take() {
             told.tell(false);
         }
+    }
+}
+
+/// Tells that entries were written (see [`EntriesReport::signal`]).
+#[derive(Clone)]
+pub struct EntriesSignal(Arc<Told>);
+
+impl EntriesSignal {
+    pub fn written(&self) {
+        self.0.tell(true);
+    }
+
+    /// Tells that the entries were not written, unless told otherwise already, and returns
+    /// what stands: a caller that gave up on its entries learns whether the trail's writer had
+    /// told them written meanwhile (and the log commits the events).
+    pub fn give_up(&self) -> bool {
+        self.0.tell(false);
+        self.0.told().unwrap_or(false)
     }
 }
 
@@ -143,6 +169,26 @@ mod tests {
         let (report, written) = entries_handshake();
         report.report(true);
         assert!(written.wait_blocking(std::time::Instant::now()));
+    }
+
+    #[test]
+    fn a_signal_stands_against_a_later_report() {
+        let (report, written) = entries_handshake();
+        report.signal().unwrap().written();
+        report.report(false);
+        assert!(written.wait_blocking(std::time::Instant::now()));
+    }
+
+    #[test]
+    fn giving_up_tells_what_stands() {
+        let (report, written) = entries_handshake();
+        let signal = report.signal().unwrap();
+        signal.written();
+        assert!(signal.give_up());
+        let (report, written_too) = entries_handshake();
+        assert!(!report.signal().unwrap().give_up());
+        assert!(written.wait_blocking(std::time::Instant::now()));
+        assert!(!written_too.wait_blocking(std::time::Instant::now()));
     }
 
     #[test]

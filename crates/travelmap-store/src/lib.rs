@@ -29,7 +29,9 @@ mod sealed;
 pub mod sqlite;
 pub mod webhooks;
 
-pub use handshake::{Announcement, EntriesReport, EntriesWritten, entries_handshake};
+pub use handshake::{
+    Announcement, EntriesReport, EntriesSignal, EntriesWritten, entries_handshake,
+};
 pub use keys::{DestroyedKey, KeyStore, Keyring, MasterKey, MasterKeys};
 pub use packed::StoredState;
 pub use sealed::SealedLog;
@@ -530,6 +532,17 @@ pub trait ViewStore: Send + Sync {
 pub trait AuditLog: Send + Sync {
     /// Appends records in order, chaining each to the one before; returns their sequence numbers.
     async fn append(&self, records: Vec<travelmap_domain::audit::AuditRecord>) -> Result<Vec<u64>>;
+    /// [`Self::append`], telling `written` as soon as the entries are committed: a write's
+    /// entries, whose events the log commits only then (see [`handshake`]).
+    async fn append_signalling(
+        &self,
+        records: Vec<travelmap_domain::audit::AuditRecord>,
+        written: EntriesSignal,
+    ) -> Result<Vec<u64>> {
+        let numbers = self.append(records).await?;
+        written.written();
+        Ok(numbers)
+    }
     /// Up to `limit` entries after `after`, in sequence order.
     async fn read_after(
         &self,

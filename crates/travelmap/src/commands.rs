@@ -185,7 +185,7 @@ pub async fn import(
                 })
                 .collect();
             let recorded = journeys
-                .record_logged(&provenance, kind, &batch, async {
+                .record_logged(&provenance, kind, &batch, |_| async {
                     travelmap_store::append_patiently(audit.as_ref(), entries, IMPORT_PATIENCE)
                         .await
                         .map_err(|(error, _)| error)

@@ -86,7 +86,7 @@ pub async fn post_event(
             &caller.provenance(),
             caller.0.agency_kind,
             &submissions,
-            audit::try_recorded(&state, vec![entry]),
+            |written| audit::try_recorded(&state, vec![entry], written),
         )
         .await;
     let (outcomes, logged) = match recorded {
@@ -223,7 +223,7 @@ pub async fn post_batch(
             &caller.provenance(),
             caller.0.agency_kind,
             &submissions,
-            audit::try_recorded(&state, entries),
+            |written| audit::try_recorded(&state, entries, written),
         )
         .await;
     let (outcomes, logged) = match recorded {

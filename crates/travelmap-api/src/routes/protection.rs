@@ -91,7 +91,7 @@ where
             // The decision is recorded whatever the trail does now: its entry is retried, and
             // handed on to be written later, as a write's entries are.
             let entry = record_of(Outcome::Allowed, Some(outcome.receipt.id.to_string()));
-            let tried = audit::try_recorded(state, vec![entry]).await;
+            let tried = audit::try_recorded(state, vec![entry], None).await;
             audit::settle_recorded(state, tried).await?;
             // An erasure is answered once the views no longer hold the data; it is audited
             // before that wait, as soon as it is in the log, so that a process stopped during

@@ -36,6 +36,8 @@ const STORED_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 
 struct Job {
     records: Vec<AuditRecord>,
+    /// Told as soon as the records are committed (see [`AuditLog::append_signalling`]).
+    written: Option<crate::EntriesSignal>,
     reply: oneshot::Sender<Result<Vec<u64>>>,
 }
 
@@ -279,16 +281,38 @@ impl Drop for SqliteAuditLog {
     }
 }
 
-#[async_trait]
-impl AuditLog for SqliteAuditLog {
-    async fn append(&self, records: Vec<AuditRecord>) -> Result<Vec<u64>> {
+impl SqliteAuditLog {
+    async fn send(
+        &self,
+        records: Vec<AuditRecord>,
+        written: Option<crate::EntriesSignal>,
+    ) -> Result<Vec<u64>> {
         let jobs = self.jobs.lock().expect("jobs lock").clone();
         let jobs = jobs.ok_or(Error::Closed)?;
         let (reply, answer) = oneshot::channel();
-        jobs.send(Job { records, reply })
-            .await
-            .map_err(|_| Error::Closed)?;
+        jobs.send(Job {
+            records,
+            written,
+            reply,
+        })
+        .await
+        .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
+    }
+}
+
+#[async_trait]
+impl AuditLog for SqliteAuditLog {
+    async fn append(&self, records: Vec<AuditRecord>) -> Result<Vec<u64>> {
+        self.send(records, None).await
+    }
+
+    async fn append_signalling(
+        &self,
+        records: Vec<AuditRecord>,
+        written: crate::EntriesSignal,
+    ) -> Result<Vec<u64>> {
+        self.send(records, Some(written)).await
     }
 
     async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>> {
@@ -542,6 +566,11 @@ impl Writer {
             }
             let outcome = self.commit(&group);
             for (job, result) in group.into_iter().zip(outcome) {
+                if result.is_ok()
+                    && let Some(written) = &job.written
+                {
+                    written.written();
+                }
                 let _ = job.reply.send(result);
             }
         }
@@ -559,6 +588,12 @@ impl Writer {
     fn commit(&mut self, group: &[Job]) -> Vec<Result<Vec<u64>>> {
         let records: Vec<&[AuditRecord]> = group.iter().map(|job| job.records.as_slice()).collect();
         match self.write(&records, EmptyTrail::Continue) {
+            // Committed into a file removed or replaced meanwhile: lost with the process, so
+            // not to be told written.
+            Ok(_) if self.watch.is_lost() => {
+                tracing::error!("the audit trail's file was removed or replaced under its writer");
+                group.iter().map(|_| Err(Error::TrailReplaced)).collect()
+            }
             Ok(answers) => answers.into_iter().map(Ok).collect(),
             Err(error) => {
                 tracing::error!(%error, "audit log commit failed");

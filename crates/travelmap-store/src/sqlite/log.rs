@@ -457,6 +457,9 @@ impl Writer {
         }
         for (job, result) in group.iter().zip(results.iter_mut()) {
             if result.is_ok() {
+                // A job that fails here after its checks passed (which the service's own checks
+                // rule out: one append per client at a time, no id twice in a batch) keeps its
+                // claims, so later jobs were checked against rows that are not written.
                 *result = append_job(&mut transaction, job, next_position, recorded_micros);
             }
         }
@@ -476,6 +479,10 @@ impl Writer {
         if unlogged {
             // Dropping the transaction rolls it back.
             return Err(Error::Unlogged);
+        }
+        // Entries told written may have gone into a trail file removed meanwhile.
+        if self.trail.is_lost() {
+            return Err(Error::TrailReplaced);
         }
         transaction.commit()?;
         Ok(results)
