@@ -226,7 +226,7 @@ pub async fn try_recorded(
         // are, and the log commits the events.
         Err(_) if written.as_ref().is_some_and(|signal| signal.give_up()) => Ok(()),
         Err(error) => {
-            tracing::warn!(%error, "could not write a write's audit entries; retrying");
+            tracing::warn!(%error, "could not write an operation's audit entries");
             Err(Unrecorded {
                 records,
                 since,
