@@ -200,7 +200,6 @@ pub async fn try_recorded(
         return Ok(());
     }
     let since = tokio::time::Instant::now();
-    // No longer than the log waits for it: past that the write is refused anyway.
     let attempt = match &written {
         // Told by the trail's writer itself, as soon as they are committed; given up no later
         // than the log gives up waiting for them, since the write is refused then anyway.
@@ -247,9 +246,10 @@ pub struct Unrecorded {
 /// did (a decision carried out; a write all of whose events were recorded before, answered
 /// with their receipts), so the entries must follow it. They are retried until
 /// [`RECORDING_PATIENCE`] has passed since the first attempt began; past that the request is
-/// answered `503` and they are handed to [`Deferred`], which goes on trying. (A first attempt that a store which stopped answering
-/// gave up on after its own timeout has used the patience up: the request is not kept waiting
-/// for another such attempt, nor is a server told to stop.)
+/// answered `503` and they are handed to [`Deferred`], which goes on trying. (A first attempt
+/// that a store which stopped answering gave up on after its own timeout has used the patience
+/// up: the request is not kept waiting for another such attempt, nor is a server told to
+/// stop.)
 pub async fn settle_recorded(
     state: &AppState,
     tried: Result<(), Unrecorded>,

@@ -359,8 +359,8 @@ impl Journeys {
 
     /// [`Self::record`], with `log` (the operation's audit entries) written while the events
     /// are inserted rather than before, so that the request waits for the slower of the two and
-    /// then the commit, not for all three in turn. `log` runs once the events are decided: a submission refused by its checks
-    /// runs none. The events are committed only once `log` has succeeded: if it fails, nothing
+    /// then the commit, not for all three in turn. `log` runs once the events are decided: a
+    /// submission refused by its checks runs none. The events are committed only once `log` has succeeded: if it fails, nothing
     /// is stored and the answer is [`travelmap_store::Error::Unlogged`], so that no event is
     /// ever stored without its entries, even if the process dies between the two. An entry
     /// written beside a commit that then fails stays (the operation was allowed and attempted).
@@ -413,7 +413,7 @@ impl Journeys {
                             | travelmap_store::Error::DuplicateEvent(_)
                             | travelmap_store::Error::KeyWithdrawn(_)
                             | travelmap_store::Error::ClientErased(_)
-                            // The trail refused the entries: its own health says so.
+                            // The trail refused the entries, not the store the events.
                             | travelmap_store::Error::Unlogged
                     ) =>
             {

@@ -1,6 +1,6 @@
 //! The SQLite event log: a single writer thread with group commit, and pooled readers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -416,9 +416,7 @@ impl Writer {
             }
         }
     }
-}
 
-impl Writer {
     /// One attempt at a group: [`Error::Unlogged`] if some append's entries turned out not to
     /// be written, after marking it so and rolling everything back.
     fn try_group(
@@ -493,7 +491,7 @@ impl Writer {
 /// versions after them.
 #[derive(Default)]
 struct Claimed {
-    ids: std::collections::HashSet<EventId>,
+    ids: HashSet<EventId>,
     versions: HashMap<ClientId, u64>,
 }
 
