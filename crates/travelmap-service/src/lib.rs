@@ -36,6 +36,7 @@ use uuid::Uuid;
 pub mod coordination;
 mod protection;
 pub mod subscriptions;
+pub mod trail;
 
 /// How the background tasks are doing; the webhook dispatcher reports here too.
 pub use travelmap_projections::health;

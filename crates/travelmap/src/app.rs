@@ -61,6 +61,8 @@ pub struct Application {
     break_glass: std::time::Duration,
     checkpoint_key: Arc<ed25519_dalek::SigningKey>,
     audit: Arc<dyn travelmap_store::AuditLog>,
+    /// Whether the trail takes entries, for `GET /readyz`.
+    trail_health: travelmap_service::trail::TrailHealth,
     retention: travelmap_projections::retention::Schedule,
     retention_every: std::time::Duration,
     coordination: Arc<Coordination>,
@@ -95,7 +97,10 @@ impl Application {
             None => None,
         };
         let journeys = Arc::new(Journeys::new(store.log(), store.views(), keyring).await?);
-        let audit = settings.audit_override.unwrap_or_else(|| store.audit());
+        let (audit, trail_health) = travelmap_service::trail::WatchedTrail::new(
+            settings.audit_override.unwrap_or_else(|| store.audit()),
+        );
+        let audit: Arc<dyn travelmap_store::AuditLog> = audit;
         // A key made now for a trail a server wrote to before is not the key that server had
         // (its file was lost, or not restored with the data): the checkpoints it signed, and
         // the public key auditors took from it, would no longer verify, as if the trail had been
@@ -143,6 +148,7 @@ impl Application {
             break_glass: settings.break_glass,
             checkpoint_key: Arc::new(settings.checkpoint_key),
             audit,
+            trail_health,
             retention: settings.retention,
             retention_every: settings.retention_every,
             coordination,
@@ -240,6 +246,10 @@ impl Application {
             stop_projector.subscribe(),
             watch("store", false),
         ));
+        let trail_probe = tokio::spawn(
+            self.trail_health
+                .report(stop_projector.subscribe(), watch("audit_trail", false)),
+        );
         let (begin_stopping, stopping) = watch::channel(false);
         // A process that lacks a master key the store's data keys are wrapped under cannot do
         // its part, and holding the projection's and the webhooks' leases it would keep every
@@ -298,6 +308,7 @@ impl Application {
         let _ = hub.await;
         let _ = webhooks.await;
         let _ = store_probe.await;
+        let _ = trail_probe.await;
         // No request, nor the erasures task (which hands on an erasure's entry the trail
         // refused), is left to defer entries: write those deferred while the store is still
         // open.

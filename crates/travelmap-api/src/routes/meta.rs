@@ -112,7 +112,8 @@ pub struct Readiness {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskReadiness {
     /// `projection`, `coordination`, `live_feed`, `webhooks`, `erasures`, `store` (a probe of
-    /// the event log) or `retention` (only with a retention schedule).
+    /// the event log), `audit_trail` (whether the last attempt to write audit entries was
+    /// written) or `retention` (only with a retention schedule).
     pub name: &'static str,
     /// Whether the process is out of rotation (`503`) while this task is starting or has
     /// stopped.
