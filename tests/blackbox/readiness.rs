@@ -72,7 +72,7 @@ async fn a_running_service_is_ready_and_shows_how_far_each_task_has_got() {
         "webhooks",
         "erasures",
         "store",
-        "audit_trail",
+        "audit_writes",
     ] {
         assert_eq!(task(&report, name)["state"], "running", "{report}");
     }
@@ -218,13 +218,17 @@ async fn a_store_that_refuses_writes_shows_in_readiness_until_one_succeeds() {
 
 /// A trail that refuses entries (here a trigger, standing in for a full disk or a file made
 /// read-only) refuses every write and every logged read with it, while the event log is fine:
-/// it shows as a failing `audit_trail`, with since when, until an attempt is written again.
+/// it shows as a failing `audit_writes`, with since when, until an attempt is written again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trail_that_refuses_entries_shows_in_readiness_until_one_is_written() {
     let app = spawn_app().await;
     let (_, report) = readiness_once(&app, |status, _| status == StatusCode::OK).await;
-    assert_eq!(task(&report, "audit_trail")["state"], "running", "{report}");
-    assert_eq!(task(&report, "audit_trail")["essential"], false);
+    assert_eq!(
+        task(&report, "audit_writes")["state"],
+        "running",
+        "{report}"
+    );
+    assert_eq!(task(&report, "audit_writes")["essential"], false);
 
     let trail = RefusingTrail::start(&app);
     let refused = app
@@ -232,14 +236,18 @@ async fn a_trail_that_refuses_entries_shows_in_readiness_until_one_is_written() 
         .await;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     let (status, report) = readiness_once(&app, |_, report| {
-        task(report, "audit_trail")["state"] == "failing"
+        task(report, "audit_writes")["state"] == "failing"
     })
     .await;
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["status"], "degraded", "{report}");
-    assert_eq!(task(&report, "audit_trail")["state"], "failing", "{report}");
+    assert_eq!(
+        task(&report, "audit_writes")["state"],
+        "failing",
+        "{report}"
+    );
     assert!(
-        task(&report, "audit_trail")["failing_since"].is_string(),
+        task(&report, "audit_writes")["failing_since"].is_string(),
         "{report}"
     );
     // The event log was not at fault.
@@ -251,10 +259,14 @@ async fn a_trail_that_refuses_entries_shows_in_readiness_until_one_is_written() 
         .await;
     assert_eq!(accepted.status(), StatusCode::CREATED);
     let (status, report) = readiness_once(&app, |_, report| {
-        task(report, "audit_trail")["state"] == "running"
+        task(report, "audit_writes")["state"] == "running"
     })
     .await;
-    assert_eq!(task(&report, "audit_trail")["state"], "running", "{report}");
+    assert_eq!(
+        task(&report, "audit_writes")["state"],
+        "running",
+        "{report}"
+    );
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["status"], "ready", "{report}");
     app.stop().await;

@@ -414,8 +414,10 @@ impl Journeys {
                             | travelmap_store::Error::DuplicateEvent(_)
                             | travelmap_store::Error::KeyWithdrawn(_)
                             | travelmap_store::Error::ClientErased(_)
-                            // The trail refused the entries, not the store the events.
+                            // The trail refused the entries, or its file is gone: not the
+                            // store's fault (readiness reports the trail apart).
                             | travelmap_store::Error::Unlogged
+                            | travelmap_store::Error::TrailReplaced
                     ) =>
             {
                 *failing = Some(error.to_string());

@@ -248,7 +248,7 @@ impl Application {
         ));
         let trail_probe = tokio::spawn(
             self.trail_health
-                .report(stop_projector.subscribe(), watch("audit_trail", false)),
+                .report(stop_projector.subscribe(), watch("audit_writes", false)),
         );
         let (begin_stopping, stopping) = watch::channel(false);
         // A process that lacks a master key the store's data keys are wrapped under cannot do

@@ -83,7 +83,8 @@ pub async fn health(State(state): State<AppState>) -> Json<Health> {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready`; `degraded` when a task is failing or stalled (it retries or hangs; the service still takes events
-    /// and answers, though what the task keeps current stops moving) or a task the service can do
+    /// and answers, though what the task keeps current stops moving; while `audit_writes` fails,
+    /// though, so do requests that must be logged) or a task the service can do
     /// without (webhook delivery, the live feed, the retention schedule, the finishing of
     /// erasures) has stopped;
     /// `starting` while the travel-map projection first catches up or the caseloads and alerts
@@ -112,7 +113,7 @@ pub struct Readiness {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskReadiness {
     /// `projection`, `coordination`, `live_feed`, `webhooks`, `erasures`, `store` (a probe of
-    /// the event log), `audit_trail` (whether the last attempt to write audit entries was
+    /// the event log), `audit_writes` (whether the last attempt to write audit entries was
     /// written) or `retention` (only with a retention schedule).
     pub name: &'static str,
     /// Whether the process is out of rotation (`503`) while this task is starting or has
