@@ -573,6 +573,48 @@ fn a_missing_audit_trail_beside_a_log_with_events_is_reported() {
     );
 }
 
+/// An older copy of the whole trail put back in its place after a stop is a chain that checks,
+/// and its own recorded head agrees with it. The event log records the trail's last entry
+/// beside its events, and tells: `audit verify` reports the trail broken, and the next open of
+/// the store logs the loss and goes on with an entry saying so.
+#[test]
+fn an_older_copy_of_the_trail_put_back_after_a_stop_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = store_with_one_event(dir.path());
+    let older = dir.path().join("older-audit.sqlite");
+    std::fs::copy(data.join("audit.sqlite"), &older).unwrap();
+    import_another_event(dir.path(), &data);
+    let intact = run(&["audit", "verify"], &data);
+    assert_eq!(intact.status.code(), Some(0), "{intact:?}");
+
+    for stale in ["audit.sqlite-wal", "audit.sqlite-shm"] {
+        let _ = std::fs::remove_file(data.join(stale));
+    }
+    std::fs::copy(&older, data.join("audit.sqlite")).unwrap();
+    let verified = run(&["audit", "verify"], &data);
+    assert_eq!(verified.status.code(), Some(3), "{verified:?}");
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert!(
+        stdout.contains("the event log records that the trail held entry"),
+        "{stdout}"
+    );
+    let reopened = run(&["rebuild"], &data);
+    assert!(reopened.status.success(), "{reopened:?}");
+    let stderr = String::from_utf8_lossy(&reopened.stderr);
+    assert!(
+        stderr.contains("entries were removed from the audit trail"),
+        "{stderr}"
+    );
+    let marked = run(&["audit", "verify"], &data);
+    assert_eq!(marked.status.code(), Some(3), "{marked:?}");
+    let stdout = String::from_utf8_lossy(&marked.stdout);
+    assert!(
+        stdout.contains("begins the trail anew")
+            && stdout.contains("the event log recorded that the trail held entry"),
+        "{stdout}"
+    );
+}
+
 /// An emptied trail (its rows deleted, the file kept) beside a log with events is reported as
 /// one that is missing is, and stays broken once entries are written to it again, whichever
 /// command writes the first: here a replay, which logs beside the store without opening it.

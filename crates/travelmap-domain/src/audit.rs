@@ -242,6 +242,13 @@ pub enum ChainError {
     )]
     EmptyBesideEvents(u64),
     #[error(
+        "the event log records that the trail held entry {recorded} when it last recorded \
+         events, but {found}: entries were lost (removed, an older copy put in the trail's \
+         place, or the last moments' entries lost in a power cut), or the trail was not \
+         restored with the log"
+    )]
+    NotAsRecorded { recorded: u64, found: String },
+    #[error(
         "entry {seq} begins the trail anew beside {beside}: entries before it were removed or \
          emptied, or not restored with the log"
     )]

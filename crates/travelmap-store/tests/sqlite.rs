@@ -177,3 +177,89 @@ async fn the_log_takes_no_events_once_the_trail_is_gone() {
     assert_eq!(*store.log.head().borrow(), 1);
     assert_eq!(store.log.read_all(0, 10).await.unwrap().len(), 1);
 }
+
+fn entry(action: &str) -> travelmap_domain::audit::AuditRecord {
+    travelmap_domain::audit::AuditRecord {
+        at: chrono::Utc::now(),
+        credential: "reader".to_owned(),
+        agency: "probation-opava".to_owned(),
+        actor: None,
+        operation: travelmap_domain::audit::Operation::Consultation,
+        client_id: None,
+        purpose: None,
+        justification: None,
+        request_id: None,
+        outcome: travelmap_domain::audit::Outcome::Allowed,
+        action: action.to_owned(),
+        returned: None,
+    }
+}
+
+/// The trail's last entry as the log recorded it beside its events.
+fn recorded_in(events: &std::path::Path) -> Option<(u64, Vec<u8>)> {
+    use rusqlite::OptionalExtension;
+    rusqlite::Connection::open(events)
+        .unwrap()
+        .query_row(
+            "SELECT seq, hash FROM trail_recorded WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()
+        .unwrap()
+}
+
+/// The log records the trail's last entry beside its events in a group's commit, and, while
+/// only reads are logged, on its own within about a second; so a later open finds the trail as
+/// recorded and has nothing to say of it.
+#[tokio::test]
+async fn the_log_records_the_trails_last_entry_even_while_no_events_come() {
+    use travelmap_store::AuditLog;
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.sqlite");
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.audit.append(vec![entry("write")]).await.unwrap();
+    store
+        .log
+        .append(&provenance(), vec![stream(client(), 0, 1)])
+        .await
+        .unwrap();
+    let (seq, hash) = store.audit.head().await.unwrap();
+    assert_eq!(recorded_in(&events), Some((seq, hash.to_vec())));
+
+    store.audit.append(vec![entry("read 1")]).await.unwrap();
+    store.audit.append(vec![entry("read 2")]).await.unwrap();
+    let (seq, hash) = store.audit.head().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while recorded_in(&events) != Some((seq, hash.to_vec())) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entry {seq} was not recorded: {:?}",
+            recorded_in(&events)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(store);
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened.audit.head().await.unwrap(),
+        (seq, hash),
+        "no entry added"
+    );
+    assert_eq!(reopened.log.trail_recorded(), Some((seq, hash)));
+}
+
+/// A log from before it recorded the trail's last entry is still read as it is by readers
+/// that do not migrate (a backup kept unmigrated), with nothing recorded.
+#[test]
+fn readers_take_a_log_from_before_the_trail_was_recorded_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    let events = dir.path().join("events.sqlite");
+    rusqlite::Connection::open(&events)
+        .unwrap()
+        .execute_batch("DROP TABLE trail_recorded; PRAGMA user_version = 2;")
+        .unwrap();
+    let log = SqliteEventLog::open_read_only(&events).unwrap();
+    assert_eq!(log.trail_recorded(), None);
+}

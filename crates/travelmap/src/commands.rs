@@ -1095,6 +1095,27 @@ pub async fn verify_audit(
         }
     };
     let mut at_stored_head: Option<[u8; 32]> = (stored_head == 0).then_some(stored_hash);
+    // The embedded log records the trail's last entry beside its events, as the trail had it
+    // when events were last recorded: the trail must hold it. Read before the entries, for the
+    // same reason as the head.
+    let recorded_by_log = match location {
+        // A log this cannot read (not yet migrated, damaged) leaves the trail to be checked
+        // on its own, saying so.
+        Location::Embedded(data_dir) if data_dir.join("events.sqlite").exists() => {
+            match SqliteEventLog::open_read_only(&data_dir.join("events.sqlite")) {
+                Ok(log) => log.trail_recorded(),
+                Err(error) => {
+                    eprintln!(
+                        "could not read which entry the event log recorded the trail held \
+                         (events.sqlite: {error}); checking the trail without it"
+                    );
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut at_recorded_by_log: Option<[u8; 32]> = None;
     let mut check = ChainCheck::default();
     let mut at_checkpoint: Option<String> = None;
     let mut broken: Option<ChainError> = None;
@@ -1143,6 +1164,9 @@ pub async fn verify_audit(
             }
             if entry.seq == stored_head {
                 at_stored_head = Some(entry.hash);
+            }
+            if recorded_by_log.is_some_and(|(seq, _)| seq == entry.seq) {
+                at_recorded_by_log = Some(entry.hash);
             }
         }
     }
@@ -1207,6 +1231,18 @@ pub async fn verify_audit(
         broken = Some(ChainError::HeadMismatch {
             last: check.head().0,
             head: stored_head,
+        });
+    }
+    if broken.is_none()
+        && let Some((recorded, hash)) = recorded_by_log
+        && at_recorded_by_log != Some(hash)
+    {
+        broken = Some(ChainError::NotAsRecorded {
+            recorded,
+            found: match at_recorded_by_log {
+                Some(_) => format!("its entry {recorded} has another hash"),
+                None => format!("the trail ends at entry {}", check.head().0),
+            },
         });
     }
     if broken.is_none()

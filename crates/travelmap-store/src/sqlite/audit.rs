@@ -58,6 +58,10 @@ pub struct SqliteAuditLog {
 #[derive(Debug, Default)]
 pub(crate) struct TrailWatch {
     lost: AtomicBool,
+    /// The last entry the serving writer committed into the file it opened (or found there at
+    /// open), number and hash: the event log keeps it beside its events, for the next open to
+    /// check the trail against. Committed, not yet flushed: a power cut can lose it.
+    written: Mutex<Option<(u64, [u8; 32])>>,
     /// The files as the trail's writer opened them: unset for a trail opened read-only, or
     /// before the trail is opened.
     files: OnceLock<OpenedFiles>,
@@ -78,15 +82,30 @@ impl TrailWatch {
     fn mark_lost(&self) {
         self.lost.store(true, Ordering::Relaxed);
     }
+
+    /// The last entry the serving writer committed, or found at open.
+    pub(crate) fn written(&self) -> Option<(u64, [u8; 32])> {
+        *self.written.lock().expect("trail head lock")
+    }
+
+    fn wrote(&self, head: (u64, [u8; 32])) {
+        *self.written.lock().expect("trail head lock") = Some(head);
+    }
 }
 
 impl SqliteAuditLog {
-    /// Opens (creating if needed) the trail beside an event log of `events` events, for the
+    /// Opens (creating if needed) the trail beside an event log of `events` events, which
+    /// recorded that the trail held entry `recorded` when it last recorded events, for the
     /// process that holds the data directory; `watch` tells if its file is later removed or
-    /// replaced. A trail found empty beside events is begun anew, saying so (see
-    /// [`Writer::write`]), by the writer that goes on writing it, so that the entry saying so
-    /// is what it remembers as written.
-    pub(crate) fn open(path: &Path, events: u64, watch: Arc<TrailWatch>) -> Result<Self> {
+    /// replaced. A trail found empty beside events, or without that entry, is begun anew,
+    /// saying so (see [`Writer::write`]), by the writer that goes on writing it, so that the
+    /// entry saying so is what it remembers as written.
+    pub(crate) fn open(
+        path: &Path,
+        events: u64,
+        recorded: Option<(u64, [u8; 32])>,
+        watch: Arc<TrailWatch>,
+    ) -> Result<Self> {
         let mut connection = Connection::open(path)?;
         // Entries are small and each lands on a page of its client in `audit_by_client`, which a
         // commit writes whole to the write-ahead log, so smaller pages write less: while serving
@@ -131,14 +150,31 @@ impl SqliteAuditLog {
             connection,
             trail: path.to_owned(),
             seen,
+            seen_by: Memory::Writer,
             watch: watch.clone(),
         };
         // Judged now, not at the first write, so that the entry saying what was lost comes
         // before anything this process logs: a trail empty beside events, or one whose entries
-        // end before (or elsewhere than) its stored head.
+        // end before (or elsewhere than) its stored head; or one without the entry the event
+        // log recorded it had, which its own file cannot show: an older copy of the whole file
+        // put in its place after a stop, or entries a power cut lost after their events were
+        // recorded.
+        let found = writer.seen;
         if (writer.seen.is_none() && events > 0) || stored_head(&writer.connection)? != writer.seen
         {
             writer.write(&[&[]], EmptyTrail::BesideEvents(events))?;
+        }
+        // Unless that wrote an entry saying entries were lost already.
+        if writer.seen == found
+            && let Some(recorded) = recorded
+            && !holds_entry(&writer.connection, recorded)?
+        {
+            writer.seen = Some(recorded);
+            writer.seen_by = Memory::EventLog;
+            writer.write(&[&[]], EmptyTrail::Continue)?;
+        }
+        if let Some(head) = writer.seen {
+            watch.wrote(head);
         }
         let handle = std::thread::Builder::new()
             .name("travelmap-audit-writer".into())
@@ -254,6 +290,7 @@ impl SqliteAuditLog {
             trail: path.to_owned(),
             // Judged by `on_empty`, not by what this writer saw before.
             seen: None,
+            seen_by: Memory::Writer,
             // No files to watch: a command's connection lives for this one append.
             watch: Arc::default(),
         };
@@ -440,12 +477,23 @@ fn damaged(seq: u64, what: &str) -> Error {
     ))
 }
 
+/// Who remembered the entry a trail must still hold.
+#[derive(Debug, Clone, Copy)]
+enum Memory {
+    /// The writer, which found or wrote it.
+    Writer,
+    /// The event log, which recorded it beside its events (see [`SqliteAuditLog::open`]).
+    EventLog,
+}
+
 struct Writer {
     connection: Connection,
     trail: PathBuf,
     /// The last entry this writer found or wrote, number and hash: if the trail no longer
     /// holds it, entries were removed or replaced under the process.
     seen: Option<(u64, [u8; 32])>,
+    /// Who remembered `seen`, for the entry that says it is missing.
+    seen_by: Memory,
     /// The serving writer's files as it opened them: entries written to a file removed or
     /// replaced since would be lost with the process.
     watch: Arc<TrailWatch>,
@@ -594,7 +642,14 @@ impl Writer {
                 tracing::error!("the audit trail's file was removed or replaced under its writer");
                 group.iter().map(|_| Err(Error::TrailReplaced)).collect()
             }
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Ok(answers) => {
+                // Told only once the file is known to be the one opened: the log records it
+                // as what the trail holds.
+                if let Some(head) = self.seen {
+                    self.watch.wrote(head);
+                }
+                answers.into_iter().map(Ok).collect()
+            }
             Err(error) => {
                 tracing::error!(%error, "audit log commit failed");
                 let failure = error.for_each_waiter("writing the audit log");
@@ -671,11 +726,17 @@ impl Writer {
             })
         } else if lost_since(self.seen, &transaction, (seq, hash))? {
             // Entries after the one it remembers may be another process's, and genuine.
-            Some(format!(
-                "the process writing it had last found or written entry {}, and found the \
-                 trail without it, ending at entry {seq}",
-                self.seen.map_or(0, |(seq, _)| seq)
-            ))
+            let remembered = self.seen.map_or(0, |(seq, _)| seq);
+            Some(match self.seen_by {
+                Memory::Writer => format!(
+                    "the process writing it had last found or written entry {remembered}, and \
+                     found the trail without it, ending at entry {seq}"
+                ),
+                Memory::EventLog => format!(
+                    "the event log recorded that the trail held entry {remembered} when it last \
+                     recorded events, and the trail was found without it, ending at entry {seq}"
+                ),
+            })
         } else {
             None
         } {
@@ -741,6 +802,7 @@ impl Writer {
         transaction.commit()?;
         if seq > 0 {
             self.seen = Some((seq, hash));
+            self.seen_by = Memory::Writer;
         }
         Ok(answers)
     }
@@ -790,11 +852,8 @@ fn lost_since(
 }
 
 /// Whether the trail holds entry `seq` with this `hash`.
-fn holds_entry(
-    transaction: &rusqlite::Transaction<'_>,
-    (seq, hash): (u64, [u8; 32]),
-) -> Result<bool> {
-    let found: Option<Vec<u8>> = transaction
+fn holds_entry(connection: &Connection, (seq, hash): (u64, [u8; 32])) -> Result<bool> {
+    let found: Option<Vec<u8>> = connection
         .prepare_cached("SELECT hash FROM audit WHERE seq = ?1")?
         .query_row([seq], |row| row.get(0))
         .optional()?;
@@ -836,7 +895,7 @@ mod tests {
     async fn an_offline_append_beside_the_server_continues_one_chain() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        let served = SqliteAuditLog::open(&path, 0, Arc::default()).unwrap();
+        let served = SqliteAuditLog::open(&path, 0, None, Arc::default()).unwrap();
         assert_eq!(served.append(vec![record("served 1")]).await.unwrap(), [1]);
         // Another process's entry, between two of the server's.
         assert_eq!(
@@ -872,7 +931,7 @@ mod tests {
                     .unwrap();
             }
             let path = dir.path().join("audit.sqlite");
-            SqliteAuditLog::open(&path, 0, Arc::default())
+            SqliteAuditLog::open(&path, 0, None, Arc::default())
                 .unwrap()
                 .close();
             std::fs::write(dir.path().join("travelmap.lock"), "").unwrap();
@@ -947,7 +1006,7 @@ mod tests {
             let path = path.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(150));
-                SqliteAuditLog::open(&path, 3, Arc::default())
+                SqliteAuditLog::open(&path, 3, None, Arc::default())
                     .unwrap()
                     .close();
             })
@@ -977,7 +1036,7 @@ mod tests {
         use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        let served = SqliteAuditLog::open(&path, 0, Arc::default()).unwrap();
+        let served = SqliteAuditLog::open(&path, 0, None, Arc::default()).unwrap();
         served
             .append(vec![record("1"), record("2"), record("3")])
             .await
@@ -1053,7 +1112,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
         let watch = Arc::new(TrailWatch::default());
-        let served = SqliteAuditLog::open(&path, 0, watch.clone()).unwrap();
+        let served = SqliteAuditLog::open(&path, 0, None, watch.clone()).unwrap();
         assert_eq!(served.append(vec![record("1")]).await.unwrap(), [1]);
         assert!(!watch.is_lost());
         let aside = dir.path().join("aside.sqlite");
@@ -1094,7 +1153,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
         let watch = Arc::new(TrailWatch::default());
-        let served = SqliteAuditLog::open(&path, 0, watch.clone()).unwrap();
+        let served = SqliteAuditLog::open(&path, 0, None, watch.clone()).unwrap();
         assert_eq!(served.append(vec![record("1")]).await.unwrap(), [1]);
         assert!(!served.out_of_service());
         std::fs::remove_file(dir.path().join("audit.sqlite-wal")).unwrap();
@@ -1111,7 +1170,7 @@ mod tests {
         use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        let served = SqliteAuditLog::open(&path, 5, Arc::default()).unwrap();
+        let served = SqliteAuditLog::open(&path, 5, None, Arc::default()).unwrap();
         Connection::open(&path)
             .unwrap()
             // With the recorded head too: what the writer remembers tells.
@@ -1133,8 +1192,64 @@ mod tests {
         // Opened again beside the same log: not begun anew a second time.
         served.close();
         drop(served);
-        let again = SqliteAuditLog::open(&path, 5, Arc::default()).unwrap();
+        let again = SqliteAuditLog::open(&path, 5, None, Arc::default()).unwrap();
         assert_eq!(again.head().await.unwrap().0, 2);
+    }
+
+    /// A trail without the entry the event log recorded it held (here an older copy of the
+    /// whole file put back after a stop: its own recorded head agrees with its entries) is
+    /// begun anew at open, saying what the log recorded; one that holds it is left as it is.
+    #[tokio::test]
+    async fn a_trail_without_the_entry_the_log_recorded_is_begun_anew() {
+        use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.sqlite");
+        let served = SqliteAuditLog::open(&path, 0, None, Arc::default()).unwrap();
+        served.append(vec![record("1"), record("2")]).await.unwrap();
+        served.close();
+        drop(served);
+        let older = dir.path().join("older.sqlite");
+        std::fs::copy(&path, &older).unwrap();
+        let watch = Arc::new(TrailWatch::default());
+        let served = SqliteAuditLog::open(&path, 2, None, watch.clone()).unwrap();
+        assert_eq!(
+            watch.written().map(|(seq, _)| seq),
+            Some(2),
+            "found at open"
+        );
+        served.append(vec![record("3")]).await.unwrap();
+        let recorded = watch.written().unwrap();
+        assert_eq!(recorded.0, 3, "told once written");
+        served.close();
+        drop(served);
+
+        let holding = SqliteAuditLog::open(&path, 3, Some(recorded), Arc::default()).unwrap();
+        assert_eq!(holding.head().await.unwrap().0, 3, "nothing to say");
+        holding.close();
+        drop(holding);
+        for stale in ["audit.sqlite-wal", "audit.sqlite-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(stale));
+        }
+        std::fs::copy(&older, &path).unwrap();
+        let restored = SqliteAuditLog::open(&path, 3, Some(recorded), Arc::default()).unwrap();
+        let entries = restored.read_after(0, 10).await.unwrap();
+        assert_eq!(entries.len(), 3, "{entries:?}");
+        assert_eq!(entries[2].record.action, TRAIL_BEGUN_ANEW);
+        let said = entries[2].record.returned.as_deref().unwrap();
+        assert!(
+            said.contains("the event log recorded that the trail held entry 3")
+                && said.contains("ending at entry 2"),
+            "{said}"
+        );
+        assert!(verify(entries.clone()).is_ok(), "the chain itself is whole");
+        // Its writer goes on from the entry saying so; an open beside a log that recorded the
+        // new chain is content.
+        restored.append(vec![record("4")]).await.unwrap();
+        let now_recorded = restored.head().await.unwrap();
+        restored.close();
+        drop(restored);
+        let head = SqliteAuditLog::open(&path, 3, Some(now_recorded), Arc::default()).unwrap();
+        assert_eq!(head.head().await.unwrap().0, 4);
     }
 
     /// A trail of the version before the recorded head is given one from its last entry, with
@@ -1145,7 +1260,7 @@ mod tests {
         use travelmap_domain::audit::TRAIL_BEGUN_ANEW;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        let served = SqliteAuditLog::open(&path, 3, Arc::default()).unwrap();
+        let served = SqliteAuditLog::open(&path, 3, None, Arc::default()).unwrap();
         served.append(vec![record("1"), record("2")]).await.unwrap();
         served.close();
         drop(served);
@@ -1158,7 +1273,7 @@ mod tests {
             )
             .unwrap();
         drop(older);
-        let served = SqliteAuditLog::open(&path, 3, Arc::default()).unwrap();
+        let served = SqliteAuditLog::open(&path, 3, None, Arc::default()).unwrap();
         let (head, _) = served.head().await.unwrap();
         assert_eq!(head, 3);
         // An entry appended as that version's command would: the head is left behind.
@@ -1198,7 +1313,7 @@ mod tests {
     async fn a_row_numbered_below_the_first_is_not_the_head() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.sqlite");
-        SqliteAuditLog::open(&path, 0, Arc::default())
+        SqliteAuditLog::open(&path, 0, None, Arc::default())
             .unwrap()
             .close();
         Connection::open(&path)
@@ -1209,7 +1324,7 @@ mod tests {
                 [],
             )
             .unwrap();
-        let served = SqliteAuditLog::open(&path, 0, Arc::default()).unwrap();
+        let served = SqliteAuditLog::open(&path, 0, None, Arc::default()).unwrap();
         assert_eq!(served.head().await.unwrap(), (0, GENESIS));
         assert_eq!(served.append(vec![record("first")]).await.unwrap(), [1]);
         assert_eq!(served.before_the_first().await.unwrap(), 1);

@@ -31,6 +31,21 @@ const MAX_GROUP: usize = 512;
 /// How many appends may wait for the writer before senders are made to wait (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
 
+/// How often, at most, the log records the audit trail's last entry (see [`record_trail`]), in
+/// a group's commit or, while no events come, in a commit of its own: once a second costs a
+/// commit one more page now and then, and leaves the record about a second behind the trail.
+const RECORD_TRAIL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the log's writer is given to do.
+enum Work {
+    /// An append, committed with the others queued beside it.
+    Append(Job),
+    /// Record the audit trail's last entry if it moved and is due (see [`record_trail`]): sent
+    /// every [`RECORD_TRAIL_EVERY`], so that the record follows entries of reads too, and once
+    /// when the store is opened.
+    RecordTrail,
+}
+
 struct Job {
     provenance: Provenance,
     streams: Vec<StreamAppend>,
@@ -48,10 +63,12 @@ struct Job {
 
 /// The embedded event log.
 pub struct SqliteEventLog {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<mpsc::Sender<Work>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<ReadPool>,
     head: watch::Receiver<u64>,
+    /// The audit trail's last entry as recorded beside the events when the log was opened.
+    trail_recorded: Option<(u64, [u8; 32])>,
 }
 
 impl SqliteEventLog {
@@ -66,6 +83,7 @@ impl SqliteEventLog {
             [],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
+        let trail_recorded = read_trail_recorded(&connection)?;
         let (head_sender, head) = watch::channel(last_position);
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
@@ -74,15 +92,33 @@ impl SqliteEventLog {
             last_recorded_micros,
             head: head_sender,
             trail,
+            trail_recorded,
+            trail_recorded_at: None,
         };
         let handle = std::thread::Builder::new()
             .name("travelmap-log-writer".into())
             .spawn(move || writer.run(queue))?;
+        // Asks the writer to record the trail's last entry now and then. It holds the queue only
+        // weakly, so that closing the log ends the writer, and then itself at its next tick.
+        let recorder = jobs.downgrade();
+        std::thread::Builder::new()
+            .name("travelmap-trail-recorder".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(RECORD_TRAIL_EVERY);
+                    let Some(jobs) = recorder.upgrade() else {
+                        return;
+                    };
+                    // A full queue will commit soon, recording it then.
+                    let _ = jobs.try_send(Work::RecordTrail);
+                }
+            })?;
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(handle)),
             readers: Arc::new(ReadPool::new(path.to_owned())),
             head,
+            trail_recorded,
         })
     }
 
@@ -98,7 +134,12 @@ impl SqliteEventLog {
         }
         let readers = Arc::new(ReadPool::for_copy(path.to_owned()));
         let connection = super::open_copy_read_only(path)?;
-        schema::require_current(&connection, path, schema::EVENTS)?;
+        schema::require_at_least(
+            &connection,
+            path,
+            schema::EVENTS,
+            schema::EVENTS_READABLE_FROM,
+        )?;
         let last_position: u64 =
             connection.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
                 row.get(0)
@@ -108,7 +149,23 @@ impl SqliteEventLog {
             writer: Mutex::new(None),
             readers,
             head: watch::channel(last_position).1,
+            trail_recorded: read_trail_recorded(&connection)?,
         })
+    }
+
+    /// The audit trail's last entry (number and hash) as the log last recorded it beside its
+    /// events, read when the log was opened: the trail must still hold it.
+    pub fn trail_recorded(&self) -> Option<(u64, [u8; 32])> {
+        self.trail_recorded
+    }
+
+    /// Asks the writer to record the trail's last entry (see [`record_trail`]) once it can:
+    /// the store's open does, so that a trail begun anew there is not found so again at the
+    /// next open for want of a record.
+    pub(crate) fn record_trail_soon(&self) {
+        if let Some(jobs) = self.jobs.lock().expect("jobs lock").as_ref() {
+            let _ = jobs.try_send(Work::RecordTrail);
+        }
     }
 
     /// Stops accepting appends, lets the writer finish what is queued, and waits for it.
@@ -145,7 +202,9 @@ impl EventLog for SqliteEventLog {
             unlogged: false,
             reply,
         };
-        jobs.send(job).await.map_err(|_| Error::Closed)?;
+        jobs.send(Work::Append(job))
+            .await
+            .map_err(|_| Error::Closed)?;
         receipts.await.map_err(|_| Error::Closed)?
     }
 
@@ -352,19 +411,37 @@ struct Writer {
     /// Whether the audit trail's files were removed or replaced: events recorded then could
     /// not be logged.
     trail: Arc<TrailWatch>,
+    /// The trail's last entry as last recorded beside the events, and when.
+    trail_recorded: Option<(u64, [u8; 32])>,
+    trail_recorded_at: Option<std::time::Instant>,
 }
 
 impl Writer {
-    fn run(mut self, mut queue: mpsc::Receiver<Job>) {
+    fn run(mut self, mut queue: mpsc::Receiver<Work>) {
         while let Some(first) = queue.blocking_recv() {
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match queue.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
+            let mut group = Vec::new();
+            let mut record_trail = false;
+            let mut work = Some(first);
+            while let Some(next) = work.take() {
+                match next {
+                    Work::Append(job) => group.push(job),
+                    Work::RecordTrail => record_trail = true,
+                }
+                if group.len() < MAX_GROUP {
+                    work = queue.try_recv().ok();
                 }
             }
-            self.commit_group(group);
+            if !group.is_empty() {
+                self.commit_group(group);
+            }
+            if record_trail && let Err(error) = self.record_trail_alone(false) {
+                tracing::warn!(%error, "could not record the audit trail's last entry");
+            }
+        }
+        // The trail's last entry, once no more events come: what a later open checks the trail
+        // against, whatever the last group left behind.
+        if let Err(error) = self.record_trail_alone(true) {
+            tracing::warn!(%error, "could not record the audit trail's last entry on close");
         }
         // Fold the WAL back into the main file before closing. SQLite does that only when the
         // last connection closes, and pooled readers may outlive this one, which would leave
@@ -482,9 +559,94 @@ impl Writer {
         if self.trail.is_lost() {
             return Err(Error::TrailReplaced);
         }
+        let recorded = record_trail(
+            &self.trail,
+            self.trail_recorded,
+            self.trail_recorded_at,
+            &transaction,
+            false,
+        )?;
         transaction.commit()?;
+        if let Some(recorded) = recorded {
+            self.trail_recorded = Some(recorded);
+            self.trail_recorded_at = Some(std::time::Instant::now());
+        }
         Ok(results)
     }
+
+    /// [`record_trail`] in a transaction of its own: while no events come, and (`now`, due or
+    /// not) when the log closes.
+    fn record_trail_alone(&mut self, now: bool) -> Result<()> {
+        if self.trail.is_lost() {
+            return Ok(());
+        }
+        let transaction = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(recorded) = record_trail(
+            &self.trail,
+            self.trail_recorded,
+            self.trail_recorded_at,
+            &transaction,
+            now,
+        )? {
+            transaction.commit()?;
+            self.trail_recorded = Some(recorded);
+            self.trail_recorded_at = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// Records in `transaction` the audit trail's last entry, as its writer last told it, if it
+/// moved since it was `last_recorded`, and that was [`RECORD_TRAIL_EVERY`] ago or more (or `now`
+/// is asked for). The trail's writer tells only what it has committed, and a group's entries
+/// are committed before the group, so the trail holds what is recorded here; a trail found
+/// without it at a later open has lost entries (see `SqliteAuditLog::open`). Returns what was
+/// recorded, if anything.
+fn record_trail(
+    trail: &TrailWatch,
+    last_recorded: Option<(u64, [u8; 32])>,
+    last_recorded_at: Option<std::time::Instant>,
+    transaction: &Transaction<'_>,
+    now: bool,
+) -> Result<Option<(u64, [u8; 32])>> {
+    let Some((seq, hash)) = trail.written() else {
+        return Ok(None);
+    };
+    let due = now || last_recorded_at.is_none_or(|at| at.elapsed() >= RECORD_TRAIL_EVERY);
+    if !due || last_recorded == Some((seq, hash)) {
+        return Ok(None);
+    }
+    transaction
+        .prepare_cached(
+            "INSERT INTO trail_recorded (id, seq, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )?
+        .execute(params![seq, hash.to_vec()])?;
+    Ok(Some((seq, hash)))
+}
+
+/// The audit trail's last entry as recorded beside the events, if ever.
+fn read_trail_recorded(connection: &Connection) -> Result<Option<(u64, [u8; 32])>> {
+    // A log read as it is, from before it kept the record (see `schema::EVENTS_READABLE_FROM`).
+    let kept: bool = connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'trail_recorded')",
+        [],
+        |row| row.get(0),
+    )?;
+    if !kept {
+        return Ok(None);
+    }
+    let recorded: Option<(u64, Vec<u8>)> = connection
+        .query_row(
+            "SELECT seq, hash FROM trail_recorded WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    // A hash of another length than the trail's was not written here: as if none were.
+    Ok(recorded.and_then(|(seq, hash)| Some((seq, hash.try_into().ok()?))))
 }
 
 /// What the jobs checked so far in a group will have written: their ids and their streams'

@@ -99,8 +99,16 @@ impl SqliteStore {
         // so, loudly, on this and every later open until the trail is restored, since nothing
         // else would, and begins it with an entry saying so (see `TRAIL_BEGUN_ANEW`), so that
         // `audit verify` keeps reporting it once new entries follow.
-        let audit = SqliteAuditLog::open(&data_dir.join("audit.sqlite"), head, trail_watch)
-            .map_err(opening("audit.sqlite"))?;
+        // So does a trail without the entry the log recorded it held (see
+        // `SqliteEventLog::trail_recorded`).
+        let audit = SqliteAuditLog::open(
+            &data_dir.join("audit.sqlite"),
+            head,
+            log.trail_recorded(),
+            trail_watch,
+        )
+        .map_err(opening("audit.sqlite"))?;
+        log.record_trail_soon();
         let keys =
             SqliteKeyStore::open(&data_dir.join("keys.sqlite")).map_err(opening("keys.sqlite"))?;
         let webhooks = SqliteWebhookStore::open(&data_dir.join("webhooks.sqlite"))

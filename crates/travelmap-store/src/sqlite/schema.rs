@@ -31,6 +31,15 @@ pub(crate) const EVENTS: &[&str] = &[
     // 2: personal fields sealed apart from the journey facts (see crate::keys): `data` holds the
     //    facts, `sealed` the encrypted personal fields (NULL when the event has none).
     "ALTER TABLE events ADD COLUMN sealed BLOB;",
+    // 3: the last audit entry the trail beside it had written (number and hash) when events were
+    //    last recorded, a record kept outside the trail's own file: a trail found without that
+    //    entry at the next open was replaced by an older copy, cut short, or lost its last
+    //    entries in a power cut (see `SqliteAuditLog::open`).
+    "CREATE TABLE trail_recorded (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        seq  INTEGER NOT NULL,
+        hash BLOB    NOT NULL
+    );",
 ];
 
 pub(crate) const VIEWS: &[&str] = &[
@@ -180,6 +189,29 @@ pub(crate) fn require_current(
     }
     Ok(())
 }
+
+/// [`require_current`], content with a store at `oldest` or later: for readers that read such a
+/// store as it is (the event log before it recorded the audit trail's last entry).
+pub(crate) fn require_at_least(
+    connection: &Connection,
+    path: &Path,
+    migrations: &[&str],
+    oldest: i64,
+) -> Result<()> {
+    let found = known_version(connection, path, migrations)?;
+    if found < oldest {
+        return Err(Error::SchemaOutdated {
+            found,
+            needed: oldest,
+        });
+    }
+    Ok(())
+}
+
+/// The event log's schema version before it recorded the audit trail's last entry: read-only
+/// commands (`replay`, `audit verify`) still read such a log, so that a backup kept unmigrated
+/// (on read-only media, say) stays readable.
+pub(crate) const EVENTS_READABLE_FROM: i64 = 2;
 
 /// The store's schema version, refused if it is newer than `migrations` know of.
 fn known_version(connection: &Connection, path: &Path, migrations: &[&str]) -> Result<i64> {
