@@ -242,10 +242,9 @@ pub enum ChainError {
     )]
     EmptyBesideEvents(u64),
     #[error(
-        "the event log records that the trail held entry {recorded} when it last recorded \
-         events, but {found}: entries were lost (removed, an older copy put in the trail's \
-         place, or the last moments' entries lost in a power cut), or the trail was not \
-         restored with the log"
+        "the event log records that the trail held entry {recorded} on disk, but {found}: \
+         entries were removed, or an older copy was put in the trail's place, or the trail was \
+         not restored with the log"
     )]
     NotAsRecorded { recorded: u64, found: String },
     #[error(

@@ -858,8 +858,11 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Embedded(store) => {
-                store.log.close();
+                // The trail first: its writer's last checkpoint tells which entry is on disk,
+                // and the log's close records that beside the events (see
+                // `sqlite::SqliteEventLog::trail_recorded`). Nothing is appended by then.
                 store.audit.close();
+                store.log.close();
                 store.views.close();
                 store.keys.close();
             }

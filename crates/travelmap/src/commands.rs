@@ -1095,22 +1095,23 @@ pub async fn verify_audit(
         }
     };
     let mut at_stored_head: Option<[u8; 32]> = (stored_head == 0).then_some(stored_hash);
-    // The embedded log records the trail's last entry beside its events, as the trail had it
-    // when events were last recorded: the trail must hold it. Read before the entries, for the
+    // The embedded log records beside its events the trail's last entry known to be on disk:
+    // the trail must hold it. Read before the entries, for the
     // same reason as the head.
     let recorded_by_log = match location {
-        // A log this cannot read (not yet migrated, damaged) leaves the trail to be checked
-        // on its own, saying so.
+        // A log too old to hold the record (or emptied to nothing) leaves the trail to be
+        // checked on its own, saying so; any other failure to read it is an error.
         Location::Embedded(data_dir) if data_dir.join("events.sqlite").exists() => {
             match SqliteEventLog::open_read_only(&data_dir.join("events.sqlite")) {
                 Ok(log) => log.trail_recorded(),
-                Err(error) => {
+                Err(error @ travelmap_store::Error::SchemaOutdated { .. }) => {
                     eprintln!(
                         "could not read which entry the event log recorded the trail held \
                          (events.sqlite: {error}); checking the trail without it"
                     );
                     None
                 }
+                Err(error) => return Err(anyhow::Error::new(error).context("events.sqlite")),
             }
         }
         _ => None,

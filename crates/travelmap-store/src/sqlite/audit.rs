@@ -59,9 +59,14 @@ pub struct SqliteAuditLog {
 pub(crate) struct TrailWatch {
     lost: AtomicBool,
     /// The last entry the serving writer committed into the file it opened (or found there at
-    /// open), number and hash: the event log keeps it beside its events, for the next open to
-    /// check the trail against. Committed, not yet flushed: a power cut can lose it.
-    written: Mutex<Option<(u64, [u8; 32])>>,
+    /// open), number and hash. Committed, not yet on disk: the trail's commits do not wait for
+    /// a flush, so a power cut can lose it.
+    committed: Mutex<Option<(u64, [u8; 32])>>,
+    /// The last entry known to be on disk: committed before a checkpoint that then folded the
+    /// whole write-ahead log into the main file and flushed it (or the writer's last one, at
+    /// close). The event log keeps it beside its events, for the next open to check the trail
+    /// against: one that lacks it lost entries a power cut could not have taken.
+    durable: Mutex<Option<(u64, [u8; 32])>>,
     /// The files as the trail's writer opened them: unset for a trail opened read-only, or
     /// before the trail is opened.
     files: OnceLock<OpenedFiles>,
@@ -84,18 +89,33 @@ impl TrailWatch {
     }
 
     /// The last entry the serving writer committed, or found at open.
-    pub(crate) fn written(&self) -> Option<(u64, [u8; 32])> {
-        *self.written.lock().expect("trail head lock")
+    pub(crate) fn committed(&self) -> Option<(u64, [u8; 32])> {
+        *self.committed.lock().expect("trail head lock")
     }
 
     fn wrote(&self, head: (u64, [u8; 32])) {
-        *self.written.lock().expect("trail head lock") = Some(head);
+        *self.committed.lock().expect("trail head lock") = Some(head);
+    }
+
+    /// The last entry known to be on disk (see the field).
+    pub(crate) fn durable(&self) -> Option<(u64, [u8; 32])> {
+        *self.durable.lock().expect("trail head lock")
+    }
+
+    /// `head`, committed before a checkpoint that folded every commit into the main file and
+    /// flushed it, is on disk; unless the file is no longer the one the writer opened.
+    pub(crate) fn made_durable(&self, head: Option<(u64, [u8; 32])>) {
+        if let Some(head) = head
+            && !self.is_lost()
+        {
+            *self.durable.lock().expect("trail head lock") = Some(head);
+        }
     }
 }
 
 impl SqliteAuditLog {
     /// Opens (creating if needed) the trail beside an event log of `events` events, which
-    /// recorded that the trail held entry `recorded` when it last recorded events, for the
+    /// recorded that the trail held entry `recorded` on disk, for the
     /// process that holds the data directory; `watch` tells if its file is later removed or
     /// replaced. A trail found empty beside events, or without that entry, is begun anew,
     /// saying so (see [`Writer::write`]), by the writer that goes on writing it, so that the
@@ -179,7 +199,7 @@ impl SqliteAuditLog {
         let handle = std::thread::Builder::new()
             .name("travelmap-audit-writer".into())
             .spawn(move || writer.run(queue))?;
-        let checkpointer = Checkpointer::start(path, "audit trail")?;
+        let checkpointer = Checkpointer::start(path, "audit trail", Some(watch.clone()))?;
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(handle)),
@@ -624,11 +644,14 @@ impl Writer {
         }
         // Fold the WAL back into the main file, so that a copy of `audit.sqlite` alone holds
         // every entry (as for the event log).
-        if let Err(error) = self
+        match self
             .connection
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            tracing::warn!(%error, "could not checkpoint the audit trail on close");
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                Ok(row.get::<_, i64>(0)? == 0)
+            }) {
+            Ok(true) => self.watch.made_durable(self.seen),
+            Ok(false) => tracing::warn!("could not checkpoint the audit trail on close: busy"),
+            Err(error) => tracing::warn!(%error, "could not checkpoint the audit trail on close"),
         }
     }
 
@@ -733,8 +756,8 @@ impl Writer {
                      found the trail without it, ending at entry {seq}"
                 ),
                 Memory::EventLog => format!(
-                    "the event log recorded that the trail held entry {remembered} when it last \
-                     recorded events, and the trail was found without it, ending at entry {seq}"
+                    "the event log recorded that the trail held entry {remembered} on disk, and \
+                     the trail was found without it, ending at entry {seq}"
                 ),
             })
         } else {
@@ -1212,16 +1235,17 @@ mod tests {
         std::fs::copy(&path, &older).unwrap();
         let watch = Arc::new(TrailWatch::default());
         let served = SqliteAuditLog::open(&path, 2, None, watch.clone()).unwrap();
-        assert_eq!(
-            watch.written().map(|(seq, _)| seq),
-            Some(2),
-            "found at open"
-        );
         served.append(vec![record("3")]).await.unwrap();
-        let recorded = watch.written().unwrap();
-        assert_eq!(recorded.0, 3, "told once written");
+        assert_eq!(
+            watch.committed().map(|(seq, _)| seq),
+            Some(3),
+            "told once committed"
+        );
         served.close();
         drop(served);
+        // On disk once the close's checkpoint folded everything into the main file.
+        let recorded = watch.durable().unwrap();
+        assert_eq!(recorded.0, 3);
 
         let holding = SqliteAuditLog::open(&path, 3, Some(recorded), Arc::default()).unwrap();
         assert_eq!(holding.head().await.unwrap().0, 3, "nothing to say");

@@ -434,7 +434,8 @@ impl Writer {
             if !group.is_empty() {
                 self.commit_group(group);
             }
-            if record_trail && let Err(error) = self.record_trail_alone(false) {
+            // The recorder's tick is the pace: due now.
+            if record_trail && let Err(error) = self.record_trail_alone(true) {
                 tracing::warn!(%error, "could not record the audit trail's last entry");
             }
         }
@@ -577,7 +578,17 @@ impl Writer {
     /// [`record_trail`] in a transaction of its own: while no events come, and (`now`, due or
     /// not) when the log closes.
     fn record_trail_alone(&mut self, now: bool) -> Result<()> {
-        if self.trail.is_lost() {
+        // Nothing to record, most ticks: no transaction then. (No look at the trail's files:
+        // what it tells as on disk was told before any loss was found, and once its writer has
+        // closed, its write-ahead log is gone as it should be.)
+        if trail_to_record(
+            &self.trail,
+            self.trail_recorded,
+            self.trail_recorded_at,
+            now,
+        )
+        .is_none()
+        {
             return Ok(());
         }
         let transaction = self
@@ -611,13 +622,9 @@ fn record_trail(
     transaction: &Transaction<'_>,
     now: bool,
 ) -> Result<Option<(u64, [u8; 32])>> {
-    let Some((seq, hash)) = trail.written() else {
+    let Some((seq, hash)) = trail_to_record(trail, last_recorded, last_recorded_at, now) else {
         return Ok(None);
     };
-    let due = now || last_recorded_at.is_none_or(|at| at.elapsed() >= RECORD_TRAIL_EVERY);
-    if !due || last_recorded == Some((seq, hash)) {
-        return Ok(None);
-    }
     transaction
         .prepare_cached(
             "INSERT INTO trail_recorded (id, seq, hash) VALUES (1, ?1, ?2)
@@ -625,6 +632,18 @@ fn record_trail(
         )?
         .execute(params![seq, hash.to_vec()])?;
     Ok(Some((seq, hash)))
+}
+
+/// The trail's last entry on disk, if it moved since `last_recorded` and a record is due.
+fn trail_to_record(
+    trail: &TrailWatch,
+    last_recorded: Option<(u64, [u8; 32])>,
+    last_recorded_at: Option<std::time::Instant>,
+    now: bool,
+) -> Option<(u64, [u8; 32])> {
+    let durable = trail.durable()?;
+    let due = now || last_recorded_at.is_none_or(|at| at.elapsed() >= RECORD_TRAIL_EVERY);
+    (due && last_recorded != Some(durable)).then_some(durable)
 }
 
 /// The audit trail's last entry as recorded beside the events, if ever.

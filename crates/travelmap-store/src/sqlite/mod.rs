@@ -271,8 +271,13 @@ pub(crate) struct Checkpointer {
 
 impl Checkpointer {
     /// Starts checkpointing the database at `path`; `what` names it in the thread's name and
-    /// in warnings.
-    pub(crate) fn start(path: &Path, what: &'static str) -> Result<Self> {
+    /// in warnings. For the audit trail, `trail` hears which entry each checkpoint that folds
+    /// the whole write-ahead log (and so flushes the main file) has put on disk.
+    pub(crate) fn start(
+        path: &Path,
+        what: &'static str,
+        trail: Option<Arc<audit::TrailWatch>>,
+    ) -> Result<Self> {
         let connection = rusqlite::Connection::open(path)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let turn = Arc::new(Mutex::new(()));
@@ -284,10 +289,20 @@ impl Checkpointer {
                     stopped.recv_timeout(CHECKPOINT_EVERY)
                 {
                     let _turn = thread_turn.lock().expect("checkpoint turn lock");
-                    if let Err(error) =
-                        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::warn!(%error, "could not checkpoint the {what}");
+                    // Read before the checkpoint: committed, so in the log it folds.
+                    let committed = trail.as_ref().and_then(|trail| trail.committed());
+                    match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        // Not busy, and every frame of the log folded.
+                        Ok(row.get::<_, i64>(0)? == 0
+                            && row.get::<_, i64>(1)? == row.get::<_, i64>(2)?)
+                    }) {
+                        Ok(true) => {
+                            if let Some(trail) = &trail {
+                                trail.made_durable(committed);
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(error) => tracing::warn!(%error, "could not checkpoint the {what}"),
                     }
                 }
             })?;

@@ -61,7 +61,7 @@ impl SqliteViewStore {
             writer: Arc::new(Mutex::new(connection)),
             readers: Arc::new(ReadPool::new(path.to_owned())),
             saved: watch::channel(checkpoint).0,
-            checkpointer: Checkpointer::start(path, "views")?,
+            checkpointer: Checkpointer::start(path, "views", None)?,
         })
     }
 
