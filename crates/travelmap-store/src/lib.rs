@@ -858,11 +858,14 @@ impl Store {
     pub async fn close(&self) {
         match self {
             Store::Embedded(store) => {
-                // The trail first: its writer's last checkpoint tells which entry is on disk,
-                // and the log's close records that beside the events (see
-                // `sqlite::SqliteEventLog::trail_recorded`). Nothing is appended by then.
-                store.audit.close();
+                // The log first, so that nothing it takes goes unlogged; then the trail, whose
+                // writer's last checkpoint tells which entry is on disk, for the log to record
+                // beside its events (see `sqlite::SqliteEventLog::trail_recorded`).
                 store.log.close();
+                store.audit.close();
+                if let Err(error) = store.log.record_trail_after_close() {
+                    tracing::warn!(%error, "could not record the audit trail's last entry on close");
+                }
                 store.views.close();
                 store.keys.close();
             }

@@ -63,8 +63,8 @@ pub(crate) struct TrailWatch {
     /// a flush, so a power cut can lose it.
     committed: Mutex<Option<(u64, [u8; 32])>>,
     /// The last entry known to be on disk: committed before a checkpoint that then folded the
-    /// whole write-ahead log into the main file and flushed it (or the writer's last one, at
-    /// close). The event log keeps it beside its events, for the next open to check the trail
+    /// whole write-ahead log into the main file (SQLite flushes the log before it folds it), at
+    /// open, by the checkpointer, or by the writer's last one at close. The event log keeps it beside its events, for the next open to check the trail
     /// against: one that lacks it lost entries a power cut could not have taken.
     durable: Mutex<Option<(u64, [u8; 32])>>,
     /// The files as the trail's writer opened them: unset for a trail opened read-only, or
@@ -195,6 +195,19 @@ impl SqliteAuditLog {
         }
         if let Some(head) = writer.seen {
             watch.wrote(head);
+        }
+        // Folded and flushed now, what the trail holds is on disk, for the log to record at once
+        // (see `SqliteEventLog::record_trail_soon`): an entry this open wrote saying the trail
+        // was begun anew would otherwise be missed again by an open after a crash.
+        let folded = writer
+            .connection
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                let (busy, frames, folded): (i64, i64, i64) =
+                    (row.get(0)?, row.get(1)?, row.get(2)?);
+                Ok(busy == 0 && frames >= 0 && frames == folded)
+            })?;
+        if folded {
+            watch.made_durable(writer.seen);
         }
         let handle = std::thread::Builder::new()
             .name("travelmap-audit-writer".into())
@@ -1235,6 +1248,11 @@ mod tests {
         std::fs::copy(&path, &older).unwrap();
         let watch = Arc::new(TrailWatch::default());
         let served = SqliteAuditLog::open(&path, 2, None, watch.clone()).unwrap();
+        assert_eq!(
+            watch.durable().map(|(seq, _)| seq),
+            Some(2),
+            "on disk at open"
+        );
         served.append(vec![record("3")]).await.unwrap();
         assert_eq!(
             watch.committed().map(|(seq, _)| seq),

@@ -69,6 +69,9 @@ pub struct SqliteEventLog {
     head: watch::Receiver<u64>,
     /// The audit trail's last entry as recorded beside the events when the log was opened.
     trail_recorded: Option<(u64, [u8; 32])>,
+    /// The log's file and the trail it records, for [`Self::record_trail_after_close`]; `None`
+    /// for a log opened read-only.
+    recording: Option<(std::path::PathBuf, Arc<TrailWatch>)>,
 }
 
 impl SqliteEventLog {
@@ -84,6 +87,7 @@ impl SqliteEventLog {
             |row| Ok((row.get(0)?, row.get(1)?)),
         )?;
         let trail_recorded = read_trail_recorded(&connection)?;
+        let recording = Some((path.to_owned(), trail.clone()));
         let (head_sender, head) = watch::channel(last_position);
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let writer = Writer {
@@ -119,6 +123,7 @@ impl SqliteEventLog {
             readers: Arc::new(ReadPool::new(path.to_owned())),
             head,
             trail_recorded,
+            recording,
         })
     }
 
@@ -150,6 +155,7 @@ impl SqliteEventLog {
             readers,
             head: watch::channel(last_position).1,
             trail_recorded: read_trail_recorded(&connection)?,
+            recording: None,
         })
     }
 
@@ -174,6 +180,37 @@ impl SqliteEventLog {
         if let Some(handle) = self.writer.lock().expect("writer lock").take() {
             let _ = handle.join();
         }
+    }
+
+    /// Records the trail's last entry on disk once the trail, closed after the log, has told
+    /// its last one (its writer's closing checkpoint): the log closes first, so that nothing is
+    /// appended while the trail can no longer log it, and its writer has ended, so this takes
+    /// a connection of its own.
+    pub(crate) fn record_trail_after_close(&self) -> Result<()> {
+        let Some((path, trail)) = &self.recording else {
+            return Ok(());
+        };
+        let Some((seq, hash)) = trail.durable() else {
+            return Ok(());
+        };
+        let mut connection = Connection::open(path)?;
+        configure(&connection)?;
+        {
+            let transaction =
+                connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if read_trail_recorded(&transaction)? != Some((seq, hash)) {
+                transaction.execute(
+                    "INSERT INTO trail_recorded (id, seq, hash) VALUES (1, ?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    params![seq, hash.to_vec()],
+                )?;
+                transaction.commit()?;
+            }
+        }
+        // Folded into the main file, as the writer's own close does, so that a copy of
+        // `events.sqlite` alone holds it.
+        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 }
 

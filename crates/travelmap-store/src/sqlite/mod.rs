@@ -292,9 +292,10 @@ impl Checkpointer {
                     // Read before the checkpoint: committed, so in the log it folds.
                     let committed = trail.as_ref().and_then(|trail| trail.committed());
                     match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                        // Not busy, and every frame of the log folded.
-                        Ok(row.get::<_, i64>(0)? == 0
-                            && row.get::<_, i64>(1)? == row.get::<_, i64>(2)?)
+                        // Not busy, and every frame of the log folded (-1: not a log at all).
+                        let (busy, frames, folded): (i64, i64, i64) =
+                            (row.get(0)?, row.get(1)?, row.get(2)?);
+                        Ok(busy == 0 && frames >= 0 && frames == folded)
                     }) {
                         Ok(true) => {
                             if let Some(trail) = &trail {
