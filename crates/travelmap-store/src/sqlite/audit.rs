@@ -199,14 +199,7 @@ impl SqliteAuditLog {
         // Folded and flushed now, what the trail holds is on disk, for the log to record at once
         // (see `SqliteEventLog::record_trail_soon`): an entry this open wrote saying the trail
         // was begun anew would otherwise be missed again by an open after a crash.
-        let folded = writer
-            .connection
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                let (busy, frames, folded): (i64, i64, i64) =
-                    (row.get(0)?, row.get(1)?, row.get(2)?);
-                Ok(busy == 0 && frames >= 0 && frames == folded)
-            })?;
-        if folded {
+        if super::fold_whole_log(&writer.connection)? {
             watch.made_durable(writer.seen);
         }
         let handle = std::thread::Builder::new()

@@ -31,7 +31,7 @@ const MAX_GROUP: usize = 512;
 /// How many appends may wait for the writer before senders are made to wait (back-pressure).
 const QUEUE_DEPTH: usize = 4096;
 
-/// How often, at most, the log records the audit trail's last entry (see [`record_trail`]), in
+/// How often, at most, the log records the audit trail's last entry (see [`TrailRecord`]), in
 /// a group's commit or, while no events come, in a commit of its own: once a second costs a
 /// commit one more page now and then, and leaves the record about a second behind the trail.
 const RECORD_TRAIL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -40,7 +40,7 @@ const RECORD_TRAIL_EVERY: std::time::Duration = std::time::Duration::from_secs(1
 enum Work {
     /// An append, committed with the others queued beside it.
     Append(Job),
-    /// Record the audit trail's last entry if it moved and is due (see [`record_trail`]): sent
+    /// Record the audit trail's last entry if it moved (see [`TrailRecord`]): sent
     /// every [`RECORD_TRAIL_EVERY`], so that the record follows entries of reads too, and once
     /// when the store is opened.
     RecordTrail,
@@ -96,8 +96,10 @@ impl SqliteEventLog {
             last_recorded_micros,
             head: head_sender,
             trail,
-            trail_recorded,
-            trail_recorded_at: None,
+            record: TrailRecord {
+                recorded: trail_recorded,
+                at: None,
+            },
         };
         let handle = std::thread::Builder::new()
             .name("travelmap-log-writer".into())
@@ -165,7 +167,7 @@ impl SqliteEventLog {
         self.trail_recorded
     }
 
-    /// Asks the writer to record the trail's last entry (see [`record_trail`]) once it can:
+    /// Asks the writer to record the trail's last entry (see [`TrailRecord`]) once it can:
     /// the store's open does, so that a trail begun anew there is not found so again at the
     /// next open for want of a record.
     pub(crate) fn record_trail_soon(&self) {
@@ -199,11 +201,7 @@ impl SqliteEventLog {
             let transaction =
                 connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             if read_trail_recorded(&transaction)? != Some((seq, hash)) {
-                transaction.execute(
-                    "INSERT INTO trail_recorded (id, seq, hash) VALUES (1, ?1, ?2)
-                     ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                    params![seq, hash.to_vec()],
-                )?;
+                write_trail_recorded(&transaction, (seq, hash))?;
                 transaction.commit()?;
             }
         }
@@ -449,8 +447,7 @@ struct Writer {
     /// not be logged.
     trail: Arc<TrailWatch>,
     /// The trail's last entry as last recorded beside the events, and when.
-    trail_recorded: Option<(u64, [u8; 32])>,
-    trail_recorded_at: Option<std::time::Instant>,
+    record: TrailRecord,
 }
 
 impl Writer {
@@ -472,13 +469,13 @@ impl Writer {
                 self.commit_group(group);
             }
             // The recorder's tick is the pace: due now.
-            if record_trail && let Err(error) = self.record_trail_alone(true) {
+            if record_trail && let Err(error) = self.record_trail_alone() {
                 tracing::warn!(%error, "could not record the audit trail's last entry");
             }
         }
         // The trail's last entry, once no more events come: what a later open checks the trail
         // against, whatever the last group left behind.
-        if let Err(error) = self.record_trail_alone(true) {
+        if let Err(error) = self.record_trail_alone() {
             tracing::warn!(%error, "could not record the audit trail's last entry on close");
         }
         // Fold the WAL back into the main file before closing. SQLite does that only when the
@@ -597,90 +594,70 @@ impl Writer {
         if self.trail.is_lost() {
             return Err(Error::TrailReplaced);
         }
-        let recorded = record_trail(
-            &self.trail,
-            self.trail_recorded,
-            self.trail_recorded_at,
-            &transaction,
-            false,
-        )?;
+        let recorded = self.record.due(&self.trail, false);
+        if let Some(head) = recorded {
+            write_trail_recorded(&transaction, head)?;
+        }
         transaction.commit()?;
-        if let Some(recorded) = recorded {
-            self.trail_recorded = Some(recorded);
-            self.trail_recorded_at = Some(std::time::Instant::now());
+        if let Some(head) = recorded {
+            self.record.made(head);
         }
         Ok(results)
     }
 
-    /// [`record_trail`] in a transaction of its own: while no events come, and (`now`, due or
-    /// not) when the log closes.
-    fn record_trail_alone(&mut self, now: bool) -> Result<()> {
+    /// Records the trail's last entry (see [`TrailRecord`]) in a transaction of its own, if
+    /// it moved: on the recorder's tick while no events come, and when the log closes.
+    fn record_trail_alone(&mut self) -> Result<()> {
         // Nothing to record, most ticks: no transaction then. (No look at the trail's files:
         // what it tells as on disk was told before any loss was found, and once its writer has
         // closed, its write-ahead log is gone as it should be.)
-        if trail_to_record(
-            &self.trail,
-            self.trail_recorded,
-            self.trail_recorded_at,
-            now,
-        )
-        .is_none()
-        {
+        let Some(head) = self.record.due(&self.trail, true) else {
             return Ok(());
-        }
+        };
         let transaction = self
             .connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        if let Some(recorded) = record_trail(
-            &self.trail,
-            self.trail_recorded,
-            self.trail_recorded_at,
-            &transaction,
-            now,
-        )? {
-            transaction.commit()?;
-            self.trail_recorded = Some(recorded);
-            self.trail_recorded_at = Some(std::time::Instant::now());
-        }
+        write_trail_recorded(&transaction, head)?;
+        transaction.commit()?;
+        self.record.made(head);
         Ok(())
     }
 }
 
-/// Records in `transaction` the audit trail's last entry, as its writer last told it, if it
-/// moved since it was `last_recorded`, and that was [`RECORD_TRAIL_EVERY`] ago or more (or `now`
-/// is asked for). The trail's writer tells only what it has committed, and a group's entries
-/// are committed before the group, so the trail holds what is recorded here; a trail found
-/// without it at a later open has lost entries (see `SqliteAuditLog::open`). Returns what was
-/// recorded, if anything.
-fn record_trail(
-    trail: &TrailWatch,
-    last_recorded: Option<(u64, [u8; 32])>,
-    last_recorded_at: Option<std::time::Instant>,
-    transaction: &Transaction<'_>,
-    now: bool,
-) -> Result<Option<(u64, [u8; 32])>> {
-    let Some((seq, hash)) = trail_to_record(trail, last_recorded, last_recorded_at, now) else {
-        return Ok(None);
-    };
-    transaction
+/// The audit trail's last entry on disk as the log's writer last recorded it beside the events,
+/// and when. The trail tells only entries on disk, and a group's entries are committed before
+/// the group, so the trail holds what is recorded; a trail found without it at a later open has
+/// lost entries (see `SqliteAuditLog::open`).
+struct TrailRecord {
+    recorded: Option<(u64, [u8; 32])>,
+    at: Option<std::time::Instant>,
+}
+
+impl TrailRecord {
+    /// The trail's last entry on disk, if it moved since it was recorded and a record is due:
+    /// [`RECORD_TRAIL_EVERY`] after the last one, or `now`.
+    fn due(&self, trail: &TrailWatch, now: bool) -> Option<(u64, [u8; 32])> {
+        let durable = trail.durable()?;
+        let due = now || self.at.is_none_or(|at| at.elapsed() >= RECORD_TRAIL_EVERY);
+        (due && self.recorded != Some(durable)).then_some(durable)
+    }
+
+    /// `head` was recorded, now.
+    fn made(&mut self, head: (u64, [u8; 32])) {
+        self.recorded = Some(head);
+        self.at = Some(std::time::Instant::now());
+    }
+}
+
+/// Writes `head` as the trail's last entry recorded beside the events.
+fn write_trail_recorded(connection: &Connection, (seq, hash): (u64, [u8; 32])) -> Result<()> {
+    connection
         .prepare_cached(
             "INSERT INTO trail_recorded (id, seq, hash) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
         )?
         .execute(params![seq, hash.to_vec()])?;
-    Ok(Some((seq, hash)))
-}
-
-/// The trail's last entry on disk, if it moved since `last_recorded` and a record is due.
-fn trail_to_record(
-    trail: &TrailWatch,
-    last_recorded: Option<(u64, [u8; 32])>,
-    last_recorded_at: Option<std::time::Instant>,
-    now: bool,
-) -> Option<(u64, [u8; 32])> {
-    let durable = trail.durable()?;
-    let due = now || last_recorded_at.is_none_or(|at| at.elapsed() >= RECORD_TRAIL_EVERY);
-    (due && last_recorded != Some(durable)).then_some(durable)
+    Ok(())
 }
 
 /// The audit trail's last entry as recorded beside the events, if ever.

@@ -291,12 +291,7 @@ impl Checkpointer {
                     let _turn = thread_turn.lock().expect("checkpoint turn lock");
                     // Read before the checkpoint: committed, so in the log it folds.
                     let committed = trail.as_ref().and_then(|trail| trail.committed());
-                    match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                        // Not busy, and every frame of the log folded (-1: not a log at all).
-                        let (busy, frames, folded): (i64, i64, i64) =
-                            (row.get(0)?, row.get(1)?, row.get(2)?);
-                        Ok(busy == 0 && frames >= 0 && frames == folded)
-                    }) {
+                    match fold_whole_log(&connection) {
                         Ok(true) => {
                             if let Some(trail) = &trail {
                                 trail.made_durable(committed);
@@ -327,6 +322,19 @@ impl Checkpointer {
             let _ = thread.join();
         }
     }
+}
+
+/// Runs a passive checkpoint of `connection`'s database: whether it folded every frame of the
+/// write-ahead log into the main file (not busy; -1 frames: not in write-ahead mode at all).
+/// SQLite flushes the log before it folds it, so every commit made before such a checkpoint
+/// began is on disk.
+pub(crate) fn fold_whole_log(connection: &rusqlite::Connection) -> Result<bool> {
+    Ok(
+        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            let (busy, frames, folded): (i64, i64, i64) = (row.get(0)?, row.get(1)?, row.get(2)?);
+            Ok(busy == 0 && frames >= 0 && frames == folded)
+        })?,
+    )
 }
 
 /// Opens the database at `path` for reading only.
