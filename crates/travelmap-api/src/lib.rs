@@ -62,6 +62,10 @@ pub struct AppState {
     pub tasks: Arc<Vec<travelmap_service::health::Watched>>,
     /// Since when the readiness check has seen each task behind without moving.
     pub stalls: Arc<travelmap_service::health::Stalls>,
+    /// Writes that run on after their caller hung up (see [`finish_writes`]): a stopping
+    /// server waits for them before it closes the store, or a write could have its events
+    /// committed and its audit entries refused by a trail already closed.
+    pub writes: tokio_util::task::TaskTracker,
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.
@@ -595,8 +599,10 @@ async fn refuse_unexpected_query(
 /// written would be refused by the log (its events are committed only once they are), and a
 /// decision dropped after it was carried out would be left without its entry. Either way the
 /// caller's retry is answered as it would have been. Reads are left to be dropped: one cut
-/// short has returned nothing.
+/// short has returned nothing. Each write is spawned on `writes`, which a stopping server
+/// waits on: the connection it came on may be long gone by then.
 async fn finish_writes(
+    axum::extract::State(writes): axum::extract::State<tokio_util::task::TaskTracker>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -608,7 +614,10 @@ async fn finish_writes(
         return next.run(request).await;
     }
     let span = tracing::Span::current();
-    match tokio::spawn(tracing::Instrument::instrument(next.run(request), span)).await {
+    match writes
+        .spawn(tracing::Instrument::instrument(next.run(request), span))
+        .await
+    {
         Ok(response) => response,
         Err(_) => ApiError::internal("a request handler panicked").into_response(),
     }
@@ -696,7 +705,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(finish_writes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.writes.clone(),
+            finish_writes,
+        ))
         .layer(axum::middleware::map_response(guarded_response))
         // A panic in a handler is a bug; the client still gets a problem document, not a
         // dropped connection.
@@ -779,6 +791,10 @@ mod tests {
 
     /// A router whose one route sets `done` after a pause, for every method.
     fn slow_route(done: Arc<AtomicBool>) -> Router {
+        slow_route_tracked(done, tokio_util::task::TaskTracker::new())
+    }
+
+    fn slow_route_tracked(done: Arc<AtomicBool>, writes: tokio_util::task::TaskTracker) -> Router {
         let handler = move || {
             let done = done.clone();
             async move {
@@ -788,7 +804,10 @@ mod tests {
         };
         Router::new()
             .route("/slow", post(handler.clone()).get(handler))
-            .layer(axum::middleware::from_fn(super::finish_writes))
+            .layer(axum::middleware::from_fn_with_state(
+                writes,
+                super::finish_writes,
+            ))
     }
 
     async fn hang_up(router: Router, method: &str) {
@@ -807,6 +826,24 @@ mod tests {
         let done = Arc::new(AtomicBool::new(false));
         hang_up(slow_route(done.clone()), "POST").await;
         assert!(done.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn a_stopping_server_can_wait_for_a_write_whose_caller_hung_up() {
+        let done = Arc::new(AtomicBool::new(false));
+        let writes = tokio_util::task::TaskTracker::new();
+        let request = Request::builder()
+            .method("POST")
+            .uri("/slow")
+            .body(Body::empty())
+            .unwrap();
+        let router = slow_route_tracked(done.clone(), writes.clone());
+        let answer = tokio::time::timeout(Duration::from_millis(5), router.oneshot(request)).await;
+        assert!(answer.is_err(), "the caller hangs up before the answer");
+        assert!(!done.load(Ordering::SeqCst), "the write is still running");
+        writes.close();
+        writes.wait().await;
+        assert!(done.load(Ordering::SeqCst), "waited for until it ended");
     }
 
     #[tokio::test]

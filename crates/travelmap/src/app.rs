@@ -278,6 +278,8 @@ impl Application {
             }
             let _ = begin_stopping.send(true);
         };
+        // Writes whose callers hung up run on (see `travelmap_api::AppState::writes`).
+        let writes = tokio_util::task::TaskTracker::new();
         let router = travelmap_api::router(AppState {
             journeys: self.journeys.clone(),
             authenticator: self.authenticator.clone(),
@@ -294,10 +296,25 @@ impl Application {
             deferred: deferred.clone(),
             tasks: Arc::new(watched),
             stalls: Default::default(),
+            writes: writes.clone(),
         });
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
+        // Before the projector stops: a write may be waiting for it (an erasure is answered
+        // once the projector has folded it).
+        writes.close();
+        if tokio::time::timeout(FINISH_WRITES, writes.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = writes.len(),
+                "writes whose callers hung up had not ended {} s after the last connection \
+                 closed; stopping without them",
+                FINISH_WRITES.as_secs()
+            );
+        }
         let _ = stop_projector.send(true);
         let _ = projector.await;
         if let Some(retention) = retention {
@@ -375,6 +392,11 @@ async fn probe_store(
         }
     }
 }
+
+/// How long a stopping server waits for writes whose callers hung up, once the last
+/// connection has closed. A write gives up on a store that does not answer after 30 s, and
+/// those still connected have been waited for already, so this is rarely reached.
+const FINISH_WRITES: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a stopping server goes on trying to write audit entries that a trail failure
 /// deferred, before it gives them up (and logs the events they name).
