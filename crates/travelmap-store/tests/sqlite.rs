@@ -224,28 +224,13 @@ async fn the_log_records_the_trails_last_entry_even_while_no_events_come() {
         .append(&provenance(), vec![stream(client(), 0, 1)])
         .await
         .unwrap();
-    let recorded_within = |seq: u64, hash: [u8; 32]| {
-        let events = events.clone();
-        async move {
-            // Once a checkpoint has put it on disk, and the log's next record is due.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-            while recorded_in(&events) != Some((seq, hash.to_vec())) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "entry {seq} was not recorded: {:?}",
-                    recorded_in(&events)
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    };
     let (seq, hash) = store.audit.head().await.unwrap();
-    recorded_within(seq, hash).await;
+    recorded_within(&events, seq, hash).await;
 
     store.audit.append(vec![entry("read 1")]).await.unwrap();
     store.audit.append(vec![entry("read 2")]).await.unwrap();
     let (seq, hash) = store.audit.head().await.unwrap();
-    recorded_within(seq, hash).await;
+    recorded_within(&events, seq, hash).await;
     drop(store);
     let reopened = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(
@@ -254,6 +239,56 @@ async fn the_log_records_the_trails_last_entry_even_while_no_events_come() {
         "no entry added"
     );
     assert_eq!(reopened.log.trail_recorded(), Some((seq, hash)));
+}
+
+/// Waits until the log records entry `seq` (once a checkpoint has put it on disk, and the
+/// log's next record is due).
+async fn recorded_within(events: &std::path::Path, seq: u64, hash: [u8; 32]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while recorded_in(events) != Some((seq, hash.to_vec())) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entry {seq} was not recorded: {:?}",
+            recorded_in(events)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// An entry is recorded only once a checkpoint has folded it into the trail's main file, which
+/// SQLite flushes first: while a reader holds an older snapshot, checkpoints cannot fold the
+/// commits after it, and the record stays at the last entry that is on disk.
+#[tokio::test]
+async fn an_entry_is_recorded_only_once_a_checkpoint_has_folded_it() {
+    use travelmap_store::AuditLog;
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.sqlite");
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.audit.append(vec![entry("read 1")]).await.unwrap();
+    let (folded, folded_hash) = store.audit.head().await.unwrap();
+    recorded_within(&events, folded, folded_hash).await;
+
+    let reader = rusqlite::Connection::open(dir.path().join("audit.sqlite")).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let seen: u64 = reader
+        .query_row("SELECT COUNT(*) FROM audit", [], |row| row.get(0))
+        .unwrap();
+    assert!(seen >= 1, "the reader's snapshot holds the first entry");
+    store.audit.append(vec![entry("read 2")]).await.unwrap();
+    store.audit.append(vec![entry("read 3")]).await.unwrap();
+    let (seq, hash) = store.audit.head().await.unwrap();
+    assert!(seq > folded);
+    // Several of the checkpointer's turns (every 500 ms) and of the log's records (every second).
+    tokio::time::sleep(std::time::Duration::from_millis(3_000)).await;
+    assert_eq!(
+        recorded_in(&events),
+        Some((folded, folded_hash.to_vec())),
+        "committed, but not yet folded into the main file"
+    );
+
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    recorded_within(&events, seq, hash).await;
 }
 
 /// A log from before it recorded the trail's last entry is still read as it is by readers
