@@ -791,10 +791,6 @@ mod tests {
 
     /// A router whose one route sets `done` after a pause, for every method.
     fn slow_route(done: Arc<AtomicBool>) -> Router {
-        slow_route_tracked(done, tokio_util::task::TaskTracker::new())
-    }
-
-    fn slow_route_tracked(done: Arc<AtomicBool>, writes: tokio_util::task::TaskTracker) -> Router {
         let handler = move || {
             let done = done.clone();
             async move {
@@ -805,7 +801,7 @@ mod tests {
         Router::new()
             .route("/slow", post(handler.clone()).get(handler))
             .layer(axum::middleware::from_fn_with_state(
-                writes,
+                tokio_util::task::TaskTracker::new(),
                 super::finish_writes,
             ))
     }
@@ -828,19 +824,32 @@ mod tests {
         assert!(done.load(Ordering::SeqCst));
     }
 
+    /// On the test's single-threaded runtime the write can only end while the test waits: a
+    /// `wait` that did not know of it would return at once, before it ended.
     #[tokio::test]
     async fn a_stopping_server_can_wait_for_a_write_whose_caller_hung_up() {
         let done = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let handler = {
+            let (done, gate) = (done.clone(), gate.clone());
+            move || async move {
+                let _pass = gate.acquire().await;
+                done.store(true, Ordering::SeqCst);
+            }
+        };
         let writes = tokio_util::task::TaskTracker::new();
+        let router = Router::new().route("/write", post(handler)).layer(
+            axum::middleware::from_fn_with_state(writes.clone(), super::finish_writes),
+        );
         let request = Request::builder()
             .method("POST")
-            .uri("/slow")
+            .uri("/write")
             .body(Body::empty())
             .unwrap();
-        let router = slow_route_tracked(done.clone(), writes.clone());
         let answer = tokio::time::timeout(Duration::from_millis(5), router.oneshot(request)).await;
         assert!(answer.is_err(), "the caller hangs up before the answer");
         assert!(!done.load(Ordering::SeqCst), "the write is still running");
+        gate.add_permits(1);
         writes.close();
         writes.wait().await;
         assert!(done.load(Ordering::SeqCst), "waited for until it ended");
