@@ -1169,6 +1169,72 @@ async fn a_retention_decision_holds_only_for_the_stream_it_was_made_on(place: &P
     store.close().await;
 }
 
+/// A retry of an event whose fields the retention schedule destroyed is refused as it always
+/// was, and leaves no new key behind: the next retention run would find that key and record
+/// a shredding of data that was never recorded. An event that is new gets a new key.
+async fn a_refused_retry_of_a_shredded_event_makes_no_key(place: &Place) {
+    let store = place.open().await;
+    let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
+        .await
+        .unwrap();
+    let retention = Provenance {
+        agency: "travelmap".into(),
+        credential: "travelmap-retention".into(),
+    };
+    let client = client();
+    let assessed = |note: &str| {
+        unversioned(draft(
+            client,
+            "need.assessed",
+            json!({"area": "housing", "status": "in_progress", "note": note}),
+        ))
+    };
+    let first = [assessed("shredded-note")];
+    journeys.record(&provenance(), &first).await.unwrap();
+    let due_since = chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap();
+    journeys
+        .shred_due(&retention, client, vec![Category::Needs], due_since, 1)
+        .await
+        .unwrap()
+        .expect("decided on the stream as it is");
+    let needs_key = || async {
+        journeys
+            .live_categories(client)
+            .await
+            .unwrap()
+            .contains(&Category::Needs)
+    };
+    assert!(!needs_key().await, "shredded");
+
+    for _ in 0..2 {
+        let retried = journeys.record(&provenance(), &first).await;
+        assert!(
+            matches!(retried, Err(Error::Unmatchable { index: 0, .. })),
+            "{retried:?}"
+        );
+        assert!(!needs_key().await, "a refused retry made a key");
+    }
+    let history = journeys.history(client, None).await.unwrap();
+    assert_eq!(
+        history.len(),
+        2,
+        "the assessment and the shredding, nothing more"
+    );
+
+    journeys
+        .record(&provenance(), &[assessed("recorded-after-the-shredding")])
+        .await
+        .unwrap();
+    assert!(needs_key().await, "a new event is sealed under a new key");
+    let history = journeys.history(client, None).await.unwrap();
+    assert_eq!(history[0].draft.event.data()["note"], "[erased]");
+    assert_eq!(
+        history[2].draft.event.data()["note"],
+        "recorded-after-the-shredding"
+    );
+    store.close().await;
+}
+
 /// A full read of the log (a rebuild) reads every live key once when it begins. Its pages must
 /// still open what was sealed under a key made after that. Other reads meanwhile, and every read
 /// once it ends, see the keys as they are: a key destroyed since leaves its data erased.
@@ -1519,6 +1585,7 @@ conformance!(Embedded:
     erasure_leaves_no_plaintext_and_keeps_the_facts,
     an_erasure_cut_short_is_finished,
     a_retention_decision_holds_only_for_the_stream_it_was_made_on,
+    a_refused_retry_of_a_shredded_event_makes_no_key,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
     a_key_under_a_missing_master_key_stops_the_opening,
@@ -1541,6 +1608,7 @@ conformance!(Postgres:
     erasure_leaves_no_plaintext_and_keeps_the_facts,
     an_erasure_cut_short_is_finished,
     a_retention_decision_holds_only_for_the_stream_it_was_made_on,
+    a_refused_retry_of_a_shredded_event_makes_no_key,
     a_missing_key_is_an_error_not_an_erasure,
     master_keys_rotate_without_losing_data,
     a_key_under_a_missing_master_key_stops_the_opening,

@@ -52,6 +52,18 @@ pub struct StoredKey {
     pub created_at: DateTime<Utc>,
 }
 
+/// What [`Keyring`] does where a key is wanted whose predecessor the retention schedule
+/// destroyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// Leaves it out of the keys returned.
+    Skip,
+    /// Answers [`Error::KeyRenewal`], making no key.
+    Refuse,
+    /// Makes it.
+    Make,
+}
+
 /// The record that a data key was destroyed (the key itself is gone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestroyedKey {
@@ -406,7 +418,10 @@ impl Keyring {
                 }
             }
         }
-        let keys = self.keys_for(&wanted).await?;
+        // A category's key that the retention schedule destroyed is not made again here: the
+        // digest needs only the data-protection key, and the event may be a retry of one whose
+        // fields were destroyed, which is refused (sealing makes it once the event is new).
+        let keys = self.keys_for(&wanted, Renewal::Skip).await?;
         Ok(events
             .into_iter()
             .map(
@@ -425,10 +440,12 @@ impl Keyring {
     }
 
     /// The data keys in force for `(client, category)` pairs, creating those that do not exist
-    /// yet (durably, before any event sealed under them can be committed).
+    /// yet (durably, before any event sealed under them can be committed). Where the retention
+    /// schedule destroyed a pair's key, `renewal` says whether to make it anew.
     async fn keys_for(
         &self,
         wanted: &[(ClientId, Category)],
+        renewal: Renewal,
     ) -> Result<HashMap<(ClientId, Category), Arc<DataKey>>> {
         let mut keys: HashMap<(ClientId, Category), Arc<DataKey>> =
             HashMap::with_capacity(wanted.len());
@@ -462,9 +479,23 @@ impl Keyring {
             .into_iter()
             .map(|key| ((key.client_id, key.category), key))
             .collect();
-        let missing: Vec<StoredKey> = uncached
+        let absent: Vec<(ClientId, Category)> = uncached
             .iter()
             .filter(|slot| !found.contains_key(slot))
+            .copied()
+            .collect();
+        let renewed = match renewal {
+            Renewal::Make => HashSet::new(),
+            Renewal::Skip | Renewal::Refuse => self.renewals(&absent, &found).await?,
+        };
+        if renewal == Renewal::Refuse
+            && let Some(&(client, _)) = renewed.iter().next()
+        {
+            return Err(Error::KeyRenewal(client));
+        }
+        let missing: Vec<StoredKey> = absent
+            .iter()
+            .filter(|slot| !renewed.contains(slot))
             .map(|&(client, category)| self.new_key(client, category))
             .collect();
         if !missing.is_empty() {
@@ -480,7 +511,7 @@ impl Keyring {
         // Through the cache of unwrapped keys, so that a key used for sealing and opening is
         // held once.
         let mut fetched = Vec::with_capacity(uncached.len());
-        for slot in &uncached {
+        for slot in uncached.iter().filter(|slot| !renewed.contains(slot)) {
             let stored = found.get(slot).ok_or_else(|| Error::KeyWithdrawn(slot.0))?;
             fetched.push((*slot, self.unwrapped(stored)?));
         }
@@ -491,6 +522,36 @@ impl Keyring {
             keys.insert(slot, key);
         }
         Ok(keys)
+    }
+
+    /// Which of the `absent` pairs had a key that was destroyed: only a client that still has
+    /// live keys can be one (erasure destroys every key, and no key is made for an erased
+    /// client; the retention schedule never destroys the data-protection key), so a new client
+    /// costs no look-up.
+    async fn renewals(
+        &self,
+        absent: &[(ClientId, Category)],
+        live: &HashMap<(ClientId, Category), StoredKey>,
+    ) -> Result<HashSet<(ClientId, Category)>> {
+        let keyed: HashSet<ClientId> = live.keys().map(|(client, _)| *client).collect();
+        let mut clients: Vec<ClientId> = absent
+            .iter()
+            .map(|(client, _)| *client)
+            .filter(|client| keyed.contains(client))
+            .collect();
+        if clients.is_empty() {
+            return Ok(HashSet::new());
+        }
+        clients.sort_unstable();
+        clients.dedup();
+        Ok(self
+            .store
+            .destroyed(clients)
+            .await?
+            .into_iter()
+            .map(|key| (key.client_id, key.category))
+            .filter(|slot| absent.contains(slot))
+            .collect())
     }
 
     fn new_key(&self, client_id: ClientId, category: Category) -> StoredKey {
@@ -650,15 +711,17 @@ impl Keyring {
     /// Seals the personal fields of events about to be appended. `jobs` lists, per event, its
     /// client, id, category and split; the answer is the sealed value of each, in order, with
     /// the id of the key that sealed it.
+    /// `renewal` is [`Renewal::Refuse`] until the caller knows the events are new.
     pub(crate) async fn seal(
         &self,
         jobs: Vec<(ClientId, EventId, Category, personal::Split)>,
+        renewal: Renewal,
     ) -> Result<Vec<(Vec<u8>, Uuid)>> {
         let wanted: Vec<(ClientId, Category)> = jobs
             .iter()
             .map(|(client, _, category, _)| (*client, *category))
             .collect();
-        let keys = self.keys_for(&wanted).await?;
+        let keys = self.keys_for(&wanted, renewal).await?;
         jobs.into_iter()
             .map(|(client, event_id, category, split)| {
                 let key = &keys[&(client, category)];
