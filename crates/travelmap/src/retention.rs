@@ -58,8 +58,10 @@ pub struct Done {
     pub client_id: ClientId,
     pub categories: Vec<Category>,
     pub keys_destroyed: usize,
+    /// Each shredded category's own due day, earliest first, for the audit entry (the event
+    /// records the earliest).
     #[serde(skip)]
-    due_since: NaiveDate,
+    due_on: Vec<(NaiveDate, Category)>,
     #[serde(skip)]
     event_id: EventId,
     pub position: u64,
@@ -248,13 +250,14 @@ async fn shred_client(
         // Since when is recorded for good (in the event and the audit trail): the earliest
         // due day of the categories shredded, not of every category due, some of which
         // the client may hold no data of.
-        let Some(due_since) = state
+        let mut due_on: Vec<(NaiveDate, Category)> = state
             .retention(schedule, now)
             .into_iter()
             .filter(|retention| categories.contains(&retention.category))
-            .filter_map(|retention| retention.due_on)
-            .min()
-        else {
+            .filter_map(|retention| Some((retention.due_on?, retention.category)))
+            .collect();
+        due_on.sort_unstable();
+        let Some(&(due_since, _)) = due_on.first() else {
             return Ok(Shredding::Nothing);
         };
         let due = Due {
@@ -281,7 +284,7 @@ async fn shred_client(
                 client_id,
                 categories,
                 keys_destroyed,
-                due_since,
+                due_on,
                 event_id: outcome.receipt.id,
                 position: outcome.receipt.position,
             },
@@ -304,16 +307,29 @@ fn audited(done: &Done, action: &str) -> AuditRecord {
         operation: Operation::Erasure,
         client_id: Some(done.client_id),
         purpose: None,
-        justification: Some(format!(
-            "retention period ended {} for {}",
-            done.due_since,
-            names(&done.categories)
-        )),
+        justification: Some(justification(&done.due_on)),
         request_id: None,
         outcome: Outcome::Allowed,
         action: action.to_owned(),
         returned: Some(done.event_id.to_string()),
     }
+}
+
+/// "retention period ended 2004-01-01 for needs; 2011-01-01 for identity, justice": each
+/// category under its own due day, so that none is said to be due before it was.
+fn justification(due_on: &[(NaiveDate, Category)]) -> String {
+    let mut days: Vec<(NaiveDate, Vec<Category>)> = Vec::new();
+    for &(day, category) in due_on {
+        match days.last_mut() {
+            Some((last, categories)) if *last == day => categories.push(category),
+            _ => days.push((day, vec![category])),
+        }
+    }
+    let days: Vec<String> = days
+        .iter()
+        .map(|(day, categories)| format!("{day} for {}", names(categories)))
+        .collect();
+    format!("retention period ended {}", days.join("; "))
 }
 
 fn names(categories: &[Category]) -> String {
@@ -393,5 +409,33 @@ pub async fn daily(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::NaiveDate;
+    use travelmap_domain::personal::Category;
+
+    fn day(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_audit_entry_names_each_category_under_its_own_due_day() {
+        assert_eq!(
+            super::justification(&[
+                (day("2004-01-01"), Category::Needs),
+                (day("2011-01-01"), Category::Identity),
+                (day("2011-01-01"), Category::Justice),
+                (day("2025-01-01"), Category::Support),
+            ]),
+            "retention period ended 2004-01-01 for needs; 2011-01-01 for identity, justice; \
+             2025-01-01 for support"
+        );
+        assert_eq!(
+            super::justification(&[(day("2020-03-01"), Category::Consent)]),
+            "retention period ended 2020-03-01 for consent"
+        );
     }
 }
