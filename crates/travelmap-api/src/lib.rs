@@ -63,8 +63,8 @@ pub struct AppState {
     /// Since when the readiness check has seen each task behind without moving.
     pub stalls: Arc<travelmap_service::health::Stalls>,
     /// Writes that run on after their caller hung up (see [`finish_writes`]): a stopping
-    /// server waits for them before it closes the store, or a write could have its events
-    /// committed and its audit entries refused by a trail already closed.
+    /// server waits for them before it closes the store, or a decision already carried out (an
+    /// erasure) could be cut off from its record or its entry, and a write refused half-way.
     pub writes: tokio_util::task::TaskTracker,
 }
 

@@ -1214,11 +1214,40 @@ async fn a_refused_retry_of_a_shredded_event_makes_no_key(place: &Place) {
         );
         assert!(!needs_key().await, "a refused retry made a key");
     }
+    // Nor beside a new event of a category the client never had a key of.
+    let appointment = unversioned(draft(
+        client,
+        "appointment.scheduled",
+        json!({"appointment_id": "A-1", "at": "2026-03-01T09:00:00Z", "purpose": "probation"}),
+    ));
+    let retried = journeys
+        .record(&provenance(), &[first[0].clone(), appointment.clone()])
+        .await;
+    assert!(
+        matches!(retried, Err(Error::Unmatchable { index: 0, .. })),
+        "{retried:?}"
+    );
+    let live = journeys.live_categories(client).await.unwrap();
+    assert!(
+        !live.contains(&Category::Needs) && !live.contains(&Category::Support),
+        "a refused batch made a key: {live:?}"
+    );
     let history = journeys.history(client, None).await.unwrap();
     assert_eq!(
         history.len(),
         2,
         "the assessment and the shredding, nothing more"
+    );
+    journeys
+        .record(&provenance(), std::slice::from_ref(&appointment))
+        .await
+        .unwrap();
+    assert!(
+        journeys
+            .live_categories(client)
+            .await
+            .unwrap()
+            .contains(&Category::Support)
     );
 
     journeys
@@ -1229,7 +1258,7 @@ async fn a_refused_retry_of_a_shredded_event_makes_no_key(place: &Place) {
     let history = journeys.history(client, None).await.unwrap();
     assert_eq!(history[0].draft.event.data()["note"], "[erased]");
     assert_eq!(
-        history[2].draft.event.data()["note"],
+        history[3].draft.event.data()["note"],
         "recorded-after-the-shredding"
     );
     store.close().await;

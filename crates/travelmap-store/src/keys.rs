@@ -52,16 +52,22 @@ pub struct StoredKey {
     pub created_at: DateTime<Utc>,
 }
 
-/// What [`Keyring`] does where a key is wanted whose predecessor the retention schedule
-/// destroyed.
+/// Which missing keys [`Keyring`] makes. A key made for a request that is then refused stays
+/// behind with nothing sealed under it; for a client with data, the retention schedule would
+/// find it and record a shredding of data never recorded (a retry of an event whose fields it
+/// destroyed, say, refused after its category's key was made anew). So keys of a client that
+/// already has keys are made only once the events are known to be new; a new client's are made
+/// at once, in one write for all its categories (a client with no key has no personal data yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Renewal {
-    /// Leaves it out of the keys returned.
-    Skip,
-    /// Answers [`Error::KeyRenewal`], making no key.
-    Refuse,
-    /// Makes it.
-    Make,
+pub(crate) enum Making {
+    /// Keying digests: a client that has keys gets only its data-protection key, if missing;
+    /// its other missing keys are left out.
+    Digests,
+    /// Sealing, before the events are known to be new: a missing key of a client that has
+    /// keys is answered [`Error::KeysUnconfirmed`], making no key.
+    Unconfirmed,
+    /// Sealing events known to be new: every missing key is made.
+    Confirmed,
 }
 
 /// The record that a data key was destroyed (the key itself is gone).
@@ -238,7 +244,7 @@ impl MasterKeys {
 }
 
 /// A data key, unwrapped, for one call's use.
-struct DataKey {
+pub(crate) struct DataKey {
     key_id: Uuid,
     key: Zeroizing<[u8; 32]>,
     /// The expanded key, made once rather than for every event it seals or opens.
@@ -418,10 +424,9 @@ impl Keyring {
                 }
             }
         }
-        // A category's key that the retention schedule destroyed is not made again here: the
-        // digest needs only the data-protection key, and the event may be a retry of one whose
-        // fields were destroyed, which is refused (sealing makes it once the event is new).
-        let keys = self.keys_for(&wanted, Renewal::Skip).await?;
+        // The digests need only the data-protection keys; the others are made here only for
+        // new clients (see `Making`).
+        let keys = self.keys_for(&wanted, Making::Digests).await?;
         Ok(events
             .into_iter()
             .map(
@@ -440,12 +445,11 @@ impl Keyring {
     }
 
     /// The data keys in force for `(client, category)` pairs, creating those that do not exist
-    /// yet (durably, before any event sealed under them can be committed). Where the retention
-    /// schedule destroyed a pair's key, `renewal` says whether to make it anew.
+    /// yet (durably, before any event sealed under them can be committed), as `making` says.
     async fn keys_for(
         &self,
         wanted: &[(ClientId, Category)],
-        renewal: Renewal,
+        making: Making,
     ) -> Result<HashMap<(ClientId, Category), Arc<DataKey>>> {
         let mut keys: HashMap<(ClientId, Category), Arc<DataKey>> =
             HashMap::with_capacity(wanted.len());
@@ -479,25 +483,21 @@ impl Keyring {
             .into_iter()
             .map(|key| ((key.client_id, key.category), key))
             .collect();
-        let absent: Vec<(ClientId, Category)> = uncached
-            .iter()
-            .filter(|slot| !found.contains_key(slot))
-            .copied()
-            .collect();
-        let renewed = match renewal {
-            Renewal::Make => HashSet::new(),
-            Renewal::Skip | Renewal::Refuse => self.renewals(&absent, &found).await?,
-        };
-        if renewal == Renewal::Refuse
-            && let Some(&(client, _)) = renewed.iter().next()
-        {
-            return Err(Error::KeyRenewal(client));
+        let keyed: HashSet<ClientId> = found.keys().map(|(client, _)| *client).collect();
+        let mut left_out: HashSet<(ClientId, Category)> = HashSet::new();
+        let mut missing: Vec<StoredKey> = Vec::new();
+        for &(client, category) in uncached.iter().filter(|slot| !found.contains_key(slot)) {
+            let has_keys = keyed.contains(&client);
+            match making {
+                Making::Digests if has_keys && category != Category::DataProtection => {
+                    left_out.insert((client, category));
+                    continue;
+                }
+                Making::Unconfirmed if has_keys => return Err(Error::KeysUnconfirmed(client)),
+                _ => {}
+            }
+            missing.push(self.new_key(client, category));
         }
-        let missing: Vec<StoredKey> = absent
-            .iter()
-            .filter(|slot| !renewed.contains(slot))
-            .map(|&(client, category)| self.new_key(client, category))
-            .collect();
         if !missing.is_empty() {
             for key in &missing {
                 self.forget_live(key.client_id);
@@ -511,7 +511,7 @@ impl Keyring {
         // Through the cache of unwrapped keys, so that a key used for sealing and opening is
         // held once.
         let mut fetched = Vec::with_capacity(uncached.len());
-        for slot in uncached.iter().filter(|slot| !renewed.contains(slot)) {
+        for slot in uncached.iter().filter(|slot| !left_out.contains(slot)) {
             let stored = found.get(slot).ok_or_else(|| Error::KeyWithdrawn(slot.0))?;
             fetched.push((*slot, self.unwrapped(stored)?));
         }
@@ -522,36 +522,6 @@ impl Keyring {
             keys.insert(slot, key);
         }
         Ok(keys)
-    }
-
-    /// Which of the `absent` pairs had a key that was destroyed: only a client that still has
-    /// live keys can be one (erasure destroys every key, and no key is made for an erased
-    /// client; the retention schedule never destroys the data-protection key), so a new client
-    /// costs no look-up.
-    async fn renewals(
-        &self,
-        absent: &[(ClientId, Category)],
-        live: &HashMap<(ClientId, Category), StoredKey>,
-    ) -> Result<HashSet<(ClientId, Category)>> {
-        let keyed: HashSet<ClientId> = live.keys().map(|(client, _)| *client).collect();
-        let mut clients: Vec<ClientId> = absent
-            .iter()
-            .map(|(client, _)| *client)
-            .filter(|client| keyed.contains(client))
-            .collect();
-        if clients.is_empty() {
-            return Ok(HashSet::new());
-        }
-        clients.sort_unstable();
-        clients.dedup();
-        Ok(self
-            .store
-            .destroyed(clients)
-            .await?
-            .into_iter()
-            .map(|key| (key.client_id, key.category))
-            .filter(|slot| absent.contains(slot))
-            .collect())
     }
 
     fn new_key(&self, client_id: ClientId, category: Category) -> StoredKey {
@@ -710,18 +680,12 @@ impl Keyring {
 
     /// Seals the personal fields of events about to be appended. `jobs` lists, per event, its
     /// client, id, category and split; the answer is the sealed value of each, in order, with
-    /// the id of the key that sealed it.
-    /// `renewal` is [`Renewal::Refuse`] until the caller knows the events are new.
-    pub(crate) async fn seal(
-        &self,
+    /// the id of the key that sealed it; `keys` are those [`Self::sealing_keys`] gave for the
+    /// same jobs.
+    pub(crate) fn seal(
+        keys: &HashMap<(ClientId, Category), Arc<DataKey>>,
         jobs: Vec<(ClientId, EventId, Category, personal::Split)>,
-        renewal: Renewal,
     ) -> Result<Vec<(Vec<u8>, Uuid)>> {
-        let wanted: Vec<(ClientId, Category)> = jobs
-            .iter()
-            .map(|(client, _, category, _)| (*client, *category))
-            .collect();
-        let keys = self.keys_for(&wanted, renewal).await?;
         jobs.into_iter()
             .map(|(client, event_id, category, split)| {
                 let key = &keys[&(client, category)];
@@ -734,6 +698,16 @@ impl Keyring {
                 ))
             })
             .collect()
+    }
+
+    /// The keys to seal events of these `(client, category)` pairs under, made where missing as
+    /// `making` says: [`Making::Unconfirmed`] until the caller knows the events are new.
+    pub(crate) async fn sealing_keys(
+        &self,
+        wanted: &[(ClientId, Category)],
+        making: Making,
+    ) -> Result<HashMap<(ClientId, Category), Arc<DataKey>>> {
+        self.keys_for(wanted, making).await
     }
 
     /// Opens the sealed events among `events` in place: their personal fields come back, or,

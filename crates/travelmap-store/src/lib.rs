@@ -146,12 +146,11 @@ pub enum Error {
     /// before the append committed; nothing was stored. Sealing again takes the key now in force.
     #[error("a data key of client {0} was destroyed while its events were being stored")]
     KeyWithdrawn(ClientId),
-    /// Sealing needs a new key where the retention schedule destroyed one (client, category):
-    /// made only once the events to be sealed under it are known not to be retries of events
-    /// recorded before (see `SealedLog`), so that a refused retry leaves no key behind. Never
-    /// leaves the sealed log.
-    #[error("client {0} needs a data key made anew")]
-    KeyRenewal(ClientId),
+    /// Sealing needs a new key for a client that has keys: made only once the events to be
+    /// sealed under it are known not to be retries of events recorded before (see
+    /// `keys::Making`). Never leaves the sealed log.
+    #[error("client {0} needs a data key made, for events not yet known to be new")]
+    KeysUnconfirmed(ClientId),
     /// The client's personal data was erased; no new key is made for them.
     #[error("the personal data of client {0} has been erased")]
     ClientErased(ClientId),

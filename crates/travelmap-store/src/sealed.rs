@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use travelmap_domain::personal::{self, Category};
 use travelmap_domain::{ClientId, EventId, Provenance, RecordedEvent, Sealed};
 
-use crate::keys::{Keyring, Renewal};
+use crate::keys::{Keyring, Making};
 use crate::{Error, EventLog, Existing, Outline, Receipt, Result, StreamAppend};
 
 pub struct SealedLog {
@@ -111,22 +111,30 @@ impl SealedLog {
             }
         }
         if !jobs.is_empty() {
-            let sealed = match self.keyring.seal(jobs.clone(), Renewal::Refuse).await {
-                // A key the retention schedule destroyed is made anew only for new events: a
-                // retry of an event whose fields it destroyed is refused as a retry, and a
-                // refused request leaves no key behind (which the next retention run would
-                // find and record as shredded).
-                // Any event of the append found recorded makes it a retry: the caller then looks
-                // every id up and answers each as recorded.
-                Err(Error::KeyRenewal(_)) => {
+            let wanted: Vec<(ClientId, Category)> = jobs
+                .iter()
+                .map(|(client, _, category, _)| (*client, *category))
+                .collect();
+            let keys = match self
+                .keyring
+                .sealing_keys(&wanted, Making::Unconfirmed)
+                .await
+            {
+                // A key of a client that has keys is made only for new events (see
+                // `keys::Making`): any event of the append found recorded makes it a retry, and
+                // the caller then looks every id up and answers each as recorded.
+                Err(Error::KeysUnconfirmed(_)) => {
                     let ids: Vec<EventId> = jobs.iter().map(|(_, id, ..)| *id).collect();
                     if let Some(existing) = self.inner.lookup(ids).await?.first() {
                         return Err(Error::DuplicateEvent(existing.receipt.id));
                     }
-                    self.keyring.seal(jobs, Renewal::Make).await?
+                    self.keyring
+                        .sealing_keys(&wanted, Making::Confirmed)
+                        .await?
                 }
-                sealed => sealed?,
+                keys => keys?,
             };
+            let sealed = Keyring::seal(&keys, jobs)?;
             for ((stream_index, event_index, public, fields), (ciphertext, key_id)) in
                 slots.into_iter().zip(sealed)
             {
