@@ -1006,7 +1006,19 @@ async fn retention_shreds_what_is_due_audits_it_and_reports_it(backend: Backend)
         }),
         "{trail}"
     );
-    app.stop().await;
+    // The refused retries left nothing for the next run to shred and record (a key made for
+    // them would have been).
+    let (beside, data_dir) = match backend {
+        Backend::Postgres(_) => (Some(app), None),
+        Backend::Embedded => (None, Some(app.stop().await)),
+    };
+    let third = run().await;
+    assert_eq!(third["due"], json!([]), "{third}");
+    assert_eq!(third["done"], json!([]), "{third}");
+    if let Some(app) = beside {
+        app.stop().await;
+    }
+    drop(data_dir);
     backend.remove().await;
 }
 
@@ -1602,6 +1614,106 @@ async fn a_retention_run_counts_what_was_recorded_after_it_began() {
     let history = journeys.history(client, None).await.unwrap();
     assert!(
         history.iter().all(|event| !event.personal.is_erased()),
+        "{history:?}"
+    );
+    store.close().await;
+}
+
+/// A key in force that sealed nothing (a new client's keys are made with its first request's
+/// digests, and that request may then be refused) holds nothing to shred: a retention run
+/// neither destroys it nor records a shredding of data never recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_sealed_nothing_is_not_recorded_as_shredded() {
+    use travelmap_domain::personal::Category;
+    use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        travelmap_store::Store::open(&travelmap_store::Location::Embedded(dir.path().to_owned()))
+            .await
+            .unwrap();
+    let keyring = store
+        .keyring(travelmap_store::MasterKeys::new(
+            travelmap_store::MasterKey::new("test", [9; 32]),
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+    let journeys = travelmap_service::Journeys::new(store.log(), store.views(), Some(keyring))
+        .await
+        .unwrap();
+    let client = ClientId(Uuid::new_v4());
+    let prison = Provenance {
+        agency: "prison-opava".into(),
+        credential: "prison-system".into(),
+    };
+    let submission = |event_type: &str, data: Value, expected_version: Option<u64>| {
+        travelmap_service::Submission {
+            draft: EventDraft {
+                id: EventId(Uuid::new_v4()),
+                client_id: client,
+                occurred_at: "2001-01-03T09:00:00Z".parse().unwrap(),
+                actor: None,
+                event: JourneyEvent::decode(event_type, 1, &data).unwrap(),
+            },
+            expected_version,
+        }
+    };
+    let refused = journeys
+        .record(
+            &prison,
+            &[submission(
+                "need.assessed",
+                json!({"area": "housing", "status": "in_progress", "note": "never recorded"}),
+                Some(5),
+            )],
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    journeys
+        .record(
+            &prison,
+            &[
+                submission(
+                    "client.registered",
+                    json!({"identifiers": [{"type": "prison_number", "value": "OP-2001-8"}]}),
+                    None,
+                ),
+                submission("involvement.opened", json!({"role": "case_manager"}), None),
+                submission("involvement.closed", json!({"role": "case_manager"}), None),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        journeys
+            .live_categories(client)
+            .await
+            .unwrap()
+            .contains(&Category::Needs),
+        "the refused request's key is there (what this test is about)"
+    );
+    let schedule = travelmap_projections::retention::Schedule::from_config(
+        &std::collections::BTreeMap::from([("needs".to_owned(), 1)]),
+    )
+    .unwrap();
+    let (report, ran) = travelmap::retention::run(
+        &journeys,
+        &store.audit(),
+        None,
+        &schedule,
+        chrono::Utc::now(),
+        std::time::Duration::from_secs(10),
+        travelmap::commands::RETENTION_ACTION,
+    )
+    .await;
+    ran.unwrap();
+    assert_eq!(report.clients, 1, "the client was decided: {report:?}");
+    assert!(report.done.is_empty(), "{report:?}");
+    let history = journeys.history(client, None).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|event| event.draft.event.event_type() != "retention.applied"),
         "{history:?}"
     );
     store.close().await;

@@ -1238,6 +1238,30 @@ async fn a_refused_retry_of_a_shredded_event_makes_no_key(place: &Place) {
         2,
         "the assessment and the shredding, nothing more"
     );
+    // Nor beside a recorded event without personal fields sent again with other content.
+    let contact = unversioned(draft(client, "contact.made", json!({"kind": "meeting"})));
+    journeys
+        .record(&provenance(), std::slice::from_ref(&contact))
+        .await
+        .unwrap();
+    let mut changed = contact.clone();
+    changed.draft.event =
+        JourneyEvent::decode("contact.made", 1, &json!({"kind": "phone"})).unwrap();
+    let retried = journeys
+        .record(&provenance(), &[changed, appointment.clone()])
+        .await;
+    assert!(
+        matches!(retried, Err(Error::DuplicateConflict { index: 0, .. })),
+        "{retried:?}"
+    );
+    assert!(
+        !journeys
+            .live_categories(client)
+            .await
+            .unwrap()
+            .contains(&Category::Support),
+        "a refused batch made a key"
+    );
     journeys
         .record(&provenance(), std::slice::from_ref(&appointment))
         .await
@@ -1258,7 +1282,7 @@ async fn a_refused_retry_of_a_shredded_event_makes_no_key(place: &Place) {
     let history = journeys.history(client, None).await.unwrap();
     assert_eq!(history[0].draft.event.data()["note"], "[erased]");
     assert_eq!(
-        history[3].draft.event.data()["note"],
+        history[4].draft.event.data()["note"],
         "recorded-after-the-shredding"
     );
     store.close().await;

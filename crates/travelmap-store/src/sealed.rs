@@ -124,7 +124,13 @@ impl SealedLog {
                 // `keys::Making`): any event of the append found recorded makes it a retry, and
                 // the caller then looks every id up and answers each as recorded.
                 Err(Error::KeysUnconfirmed(_)) => {
-                    let ids: Vec<EventId> = jobs.iter().map(|(_, id, ..)| *id).collect();
+                    // Every event, not only those sealed: an event without personal fields
+                    // found recorded (with other content, say) refuses the request too.
+                    let ids: Vec<EventId> = streams
+                        .iter()
+                        .flat_map(|stream| &stream.events)
+                        .map(|new| new.draft.id)
+                        .collect();
                     if let Some(existing) = self.inner.lookup(ids).await?.first() {
                         return Err(Error::DuplicateEvent(existing.receipt.id));
                     }

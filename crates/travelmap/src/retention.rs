@@ -3,6 +3,7 @@
 //! and reports what was due and what was done. `travelmap retention run` runs it once; the server
 //! runs it daily.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +12,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 use travelmap_api::audit::Deferred;
 use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
-use travelmap_domain::personal::Category;
-use travelmap_domain::{ClientId, EventId, Provenance};
+use travelmap_domain::personal::{self, Category};
+use travelmap_domain::{ClientId, EventId, JourneyEvent, PersonalData, Provenance, RecordedEvent};
 use travelmap_projections::ClientState;
 use travelmap_projections::retention::Schedule;
 use travelmap_service::Journeys;
@@ -230,6 +231,7 @@ async fn shred_client(
         // involvement opened a moment ago stops the clock.
         let history = journeys.history(client_id, None).await?;
         let decided_on = history.len() as u64;
+        let holding = categories_holding_data(&history);
         let state = ClientState::from_history(client_id, history);
         if state.access(now).restricted {
             // Restricted data is kept as it is (GDPR Art. 18(1)(c): it may be needed for a
@@ -245,7 +247,10 @@ async fn shred_client(
         let unrecorded = journeys.unrecorded_shredding(client_id, &state).await?;
         let categories: Vec<Category> = categories
             .into_iter()
-            .filter(|category| live.contains(category) || unrecorded.contains(category))
+            .filter(|category| {
+                (live.contains(category) && holding.contains(category))
+                    || unrecorded.contains(category)
+            })
             .collect();
         // Since when is recorded for good (in the event and the audit trail): the earliest
         // due day of the categories shredded, not of every category due, some of which
@@ -291,6 +296,31 @@ async fn shred_client(
         ));
     }
     Ok(last_due.map_or(Shredding::Nothing, Shredding::Moving))
+}
+
+/// The categories of which `history` holds personal fields that can still be read: sealed
+/// under the category's key in force. A key in force that sealed nothing (one made for a
+/// request that was then refused) holds nothing to shred, and no shredding of it is recorded.
+/// A correction or retraction is of its target's category, as the store seals it.
+fn categories_holding_data(history: &[RecordedEvent]) -> HashSet<Category> {
+    let types: HashMap<EventId, &str> = history
+        .iter()
+        .map(|event| (event.draft.id, event.draft.event.event_type()))
+        .collect();
+    history
+        .iter()
+        .filter(|event| event.personal == PersonalData::Clear)
+        .map(|event| {
+            let event_type = match &event.draft.event {
+                JourneyEvent::EventCorrected(correction) => types.get(&correction.event_id),
+                JourneyEvent::EventRetracted(retraction) => types.get(&retraction.event_id),
+                other => Some(&other.event_type()),
+            };
+            event_type
+                .and_then(|event_type| personal::category(event_type))
+                .unwrap_or(Category::Support)
+        })
+        .collect()
 }
 
 /// The action of a server's shredding in the audit trail (`travelmap retention run` logs
