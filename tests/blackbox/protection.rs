@@ -1522,17 +1522,14 @@ on_both_backends!(
     decisions_go_through_while_the_record_takes_writes,
 );
 
-/// A retention run decides each client as of the moment it decides, not as of its start: a fact
-/// recorded after the run began (here, before it reaches the client) restarts its category's
-/// clock, and what it holds is not shredded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retention_run_counts_what_was_recorded_after_it_began() {
-    use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        travelmap_store::Store::open(&travelmap_store::Location::Embedded(dir.path().to_owned()))
-            .await
-            .unwrap();
+/// An embedded store in `dir` and the use cases over it, sealing under a test master key, for
+/// tests that run the retention schedule directly.
+async fn embedded_journeys(
+    dir: &std::path::Path,
+) -> (travelmap_store::Store, travelmap_service::Journeys) {
+    let store = travelmap_store::Store::open(&travelmap_store::Location::Embedded(dir.to_owned()))
+        .await
+        .unwrap();
     let keyring = store
         .keyring(travelmap_store::MasterKeys::new(
             travelmap_store::MasterKey::new("test", [9; 32]),
@@ -1543,6 +1540,17 @@ async fn a_retention_run_counts_what_was_recorded_after_it_began() {
     let journeys = travelmap_service::Journeys::new(store.log(), store.views(), Some(keyring))
         .await
         .unwrap();
+    (store, journeys)
+}
+
+/// A retention run decides each client as of the moment it decides, not as of its start: a fact
+/// recorded after the run began (here, before it reaches the client) restarts its category's
+/// clock, and what it holds is not shredded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_run_counts_what_was_recorded_after_it_began() {
+    use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
+    let dir = tempfile::tempdir().unwrap();
+    let (store, journeys) = embedded_journeys(dir.path()).await;
     let client = ClientId(Uuid::new_v4());
     let prison = Provenance {
         agency: "prison-opava".into(),
@@ -1627,20 +1635,7 @@ async fn a_key_that_sealed_nothing_is_not_recorded_as_shredded() {
     use travelmap_domain::personal::Category;
     use travelmap_domain::{ClientId, EventDraft, EventId, JourneyEvent, Provenance};
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        travelmap_store::Store::open(&travelmap_store::Location::Embedded(dir.path().to_owned()))
-            .await
-            .unwrap();
-    let keyring = store
-        .keyring(travelmap_store::MasterKeys::new(
-            travelmap_store::MasterKey::new("test", [9; 32]),
-            Vec::new(),
-        ))
-        .await
-        .unwrap();
-    let journeys = travelmap_service::Journeys::new(store.log(), store.views(), Some(keyring))
-        .await
-        .unwrap();
+    let (store, journeys) = embedded_journeys(dir.path()).await;
     let client = ClientId(Uuid::new_v4());
     let prison = Provenance {
         agency: "prison-opava".into(),

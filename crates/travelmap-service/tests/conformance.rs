@@ -1092,6 +1092,14 @@ async fn an_erasure_cut_short_is_finished(place: &Place) {
     store.close().await;
 }
 
+/// Whom the retention schedule's decisions are recorded as.
+fn retention_provenance() -> Provenance {
+    Provenance {
+        agency: "travelmap".into(),
+        credential: "travelmap-retention".into(),
+    }
+}
+
 /// A retention decision holds only for the stream it was made on: an event recorded after it
 /// (sealed under a key the decision would destroy, and perhaps restarting a category's clock)
 /// makes the shredding refuse, with nothing destroyed, until it is decided again; and of two
@@ -1101,10 +1109,7 @@ async fn a_retention_decision_holds_only_for_the_stream_it_was_made_on(place: &P
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
         .await
         .unwrap();
-    let retention = Provenance {
-        agency: "travelmap".into(),
-        credential: "travelmap-retention".into(),
-    };
+    let retention = retention_provenance();
     let client = client();
     let assessed = |note: &str| Submission {
         draft: draft(
@@ -1177,10 +1182,7 @@ async fn a_refused_retry_of_a_shredded_event_makes_no_key(place: &Place) {
     let journeys = Journeys::new(store.log(), store.views(), Some(keyring(&store).await))
         .await
         .unwrap();
-    let retention = Provenance {
-        agency: "travelmap".into(),
-        credential: "travelmap-retention".into(),
-    };
+    let retention = retention_provenance();
     let client = client();
     let assessed = |note: &str| {
         unversioned(draft(
@@ -1197,14 +1199,17 @@ async fn a_refused_retry_of_a_shredded_event_makes_no_key(place: &Place) {
         .await
         .unwrap()
         .expect("decided on the stream as it is");
-    let needs_key = || async {
-        journeys
-            .live_categories(client)
-            .await
-            .unwrap()
-            .contains(&Category::Needs)
+    let holds_key = |category: Category| {
+        let journeys = &journeys;
+        async move {
+            journeys
+                .live_categories(client)
+                .await
+                .unwrap()
+                .contains(&category)
+        }
     };
-    assert!(!needs_key().await, "shredded");
+    assert!(!holds_key(Category::Needs).await, "shredded");
 
     for _ in 0..2 {
         let retried = journeys.record(&provenance(), &first).await;
@@ -1212,7 +1217,10 @@ async fn a_refused_retry_of_a_shredded_event_makes_no_key(place: &Place) {
             matches!(retried, Err(Error::Unmatchable { index: 0, .. })),
             "{retried:?}"
         );
-        assert!(!needs_key().await, "a refused retry made a key");
+        assert!(
+            !holds_key(Category::Needs).await,
+            "a refused retry made a key"
+        );
     }
     // Nor beside a new event of a category the client never had a key of.
     let appointment = unversioned(draft(
@@ -1255,30 +1263,23 @@ async fn a_refused_retry_of_a_shredded_event_makes_no_key(place: &Place) {
         "{retried:?}"
     );
     assert!(
-        !journeys
-            .live_categories(client)
-            .await
-            .unwrap()
-            .contains(&Category::Support),
+        !holds_key(Category::Support).await,
         "a refused batch made a key"
     );
     journeys
         .record(&provenance(), std::slice::from_ref(&appointment))
         .await
         .unwrap();
-    assert!(
-        journeys
-            .live_categories(client)
-            .await
-            .unwrap()
-            .contains(&Category::Support)
-    );
+    assert!(holds_key(Category::Support).await);
 
     journeys
         .record(&provenance(), &[assessed("recorded-after-the-shredding")])
         .await
         .unwrap();
-    assert!(needs_key().await, "a new event is sealed under a new key");
+    assert!(
+        holds_key(Category::Needs).await,
+        "a new event is sealed under a new key"
+    );
     let history = journeys.history(client, None).await.unwrap();
     assert_eq!(history[0].draft.event.data()["note"], "[erased]");
     assert_eq!(
