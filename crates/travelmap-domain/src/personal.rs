@@ -97,6 +97,27 @@ pub fn category(event_type: &str) -> Option<Category> {
     })
 }
 
+/// The category whose key seals `event`: its type's, or for a correction or retraction that of
+/// the event it rectifies, whose type `type_of` tells (a corrected birth date is identity data
+/// and must go when identity data goes); `Support` where neither tells.
+pub fn sealing_category<'a>(
+    event: &JourneyEvent,
+    type_of: impl FnOnce(crate::EventId) -> Option<&'a str>,
+) -> Category {
+    if let Some(category) = category(event.event_type()) {
+        return category;
+    }
+    let target = match event {
+        JourneyEvent::EventCorrected(correction) => Some(correction.event_id),
+        JourneyEvent::EventRetracted(retraction) => Some(retraction.event_id),
+        _ => None,
+    };
+    target
+        .and_then(type_of)
+        .and_then(category)
+        .unwrap_or(Category::Support)
+}
+
 /// Whether the type is a data-protection decision recorded by the service itself rather than a
 /// fact posted by an agency.
 pub fn is_lifecycle(event_type: &str) -> bool {
@@ -364,6 +385,26 @@ mod tests {
 
     fn event(event_type: &str, data: Value) -> JourneyEvent {
         JourneyEvent::decode(event_type, 1, &data).unwrap()
+    }
+
+    #[test]
+    fn a_rectification_is_sealed_under_its_targets_category() {
+        let target = crate::EventId(uuid::Uuid::new_v4());
+        let retraction = event(
+            "event.retracted",
+            json!({"event_id": target.0, "reason": "posted for the wrong client"}),
+        );
+        let registration = |id| (id == target).then_some("client.registered");
+        assert_eq!(
+            sealing_category(&retraction, registration),
+            Category::Identity
+        );
+        assert_eq!(sealing_category(&retraction, |_| None), Category::Support);
+        let assessed = event(
+            "need.assessed",
+            json!({"area": "housing", "status": "in_progress"}),
+        );
+        assert_eq!(sealing_category(&assessed, registration), Category::Needs);
     }
 
     fn round_trip(original: &JourneyEvent) -> (Split, JourneyEvent, JourneyEvent) {

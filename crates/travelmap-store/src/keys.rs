@@ -445,8 +445,9 @@ impl Keyring {
     }
 
     /// The data keys in force for `(client, category)` pairs, creating those that do not exist
-    /// yet (durably, before any event sealed under them can be committed), as `making` says.
-    async fn keys_for(
+    /// yet (durably, before any event sealed under them can be committed), as `making` says:
+    /// for sealing, [`Making::Unconfirmed`] until the caller knows the events are new.
+    pub(crate) async fn keys_for(
         &self,
         wanted: &[(ClientId, Category)],
         making: Making,
@@ -680,8 +681,8 @@ impl Keyring {
 
     /// Seals the personal fields of events about to be appended. `jobs` lists, per event, its
     /// client, id, category and split; the answer is the sealed value of each, in order, with
-    /// the id of the key that sealed it; `keys` are those [`Self::sealing_keys`] gave for the
-    /// same jobs.
+    /// the id of the key that sealed it; `keys` are those [`Self::keys_for`] gave for the same
+    /// jobs.
     pub(crate) fn seal(
         keys: &HashMap<(ClientId, Category), Arc<DataKey>>,
         jobs: Vec<(ClientId, EventId, Category, personal::Split)>,
@@ -698,16 +699,6 @@ impl Keyring {
                 ))
             })
             .collect()
-    }
-
-    /// The keys to seal events of these `(client, category)` pairs under, made where missing as
-    /// `making` says: [`Making::Unconfirmed`] until the caller knows the events are new.
-    pub(crate) async fn sealing_keys(
-        &self,
-        wanted: &[(ClientId, Category)],
-        making: Making,
-    ) -> Result<HashMap<(ClientId, Category), Arc<DataKey>>> {
-        self.keys_for(wanted, making).await
     }
 
     /// Opens the sealed events among `events` in place: their personal fields come back, or,

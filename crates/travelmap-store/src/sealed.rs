@@ -30,57 +30,47 @@ impl SealedLog {
         &self.keyring
     }
 
-    /// The category whose key seals an event: its type's, or for a correction the corrected
-    /// event's (a corrected birth date is identity data and must go when identity data goes).
+    /// The category whose key seals each event (see [`personal::sealing_category`]), with the
+    /// targets of corrections and retractions looked up among the client's recorded events and
+    /// the request's own.
     async fn categories(&self, streams: &[StreamAppend]) -> Result<HashMap<EventId, Category>> {
-        let mut categories = HashMap::new();
-        let mut rectifying = Vec::new();
-        for stream in streams {
-            for new in &stream.events {
-                match personal::category(new.draft.event.event_type()) {
-                    Some(category) => {
-                        categories.insert(new.draft.id, category);
-                    }
-                    None => rectifying.push(stream.client_id),
-                }
-            }
-        }
-        if rectifying.is_empty() {
-            return Ok(categories);
-        }
-        rectifying.sort_unstable_by_key(|client| client.0);
-        rectifying.dedup();
-        let outlines = self.inner.outlines(rectifying).await?;
-        let mut types: HashMap<EventId, String> = outlines
-            .into_values()
-            .flatten()
-            .map(|outline| (outline.id, outline.event_type))
+        let mut rectifying: Vec<ClientId> = streams
+            .iter()
+            .filter(|stream| {
+                stream
+                    .events
+                    .iter()
+                    .any(|new| personal::category(new.draft.event.event_type()).is_none())
+            })
+            .map(|stream| stream.client_id)
             .collect();
-        // A correction may target an event appended in the same request.
-        for stream in streams {
-            for new in &stream.events {
+        let mut types: HashMap<EventId, String> = HashMap::new();
+        if !rectifying.is_empty() {
+            rectifying.sort_unstable_by_key(|client| client.0);
+            rectifying.dedup();
+            types = self
+                .inner
+                .outlines(rectifying)
+                .await?
+                .into_values()
+                .flatten()
+                .map(|outline| (outline.id, outline.event_type))
+                .collect();
+            // A correction may target an event appended in the same request.
+            for new in streams.iter().flat_map(|stream| &stream.events) {
                 types.insert(new.draft.id, new.draft.event.event_type().to_owned());
             }
         }
-        for stream in streams {
-            for new in &stream.events {
-                let target = match &new.draft.event {
-                    travelmap_domain::JourneyEvent::EventCorrected(correction) => {
-                        correction.event_id
-                    }
-                    travelmap_domain::JourneyEvent::EventRetracted(retraction) => {
-                        retraction.event_id
-                    }
-                    _ => continue,
-                };
-                let category = types
-                    .get(&target)
-                    .and_then(|event_type| personal::category(event_type))
-                    .unwrap_or(Category::Support);
-                categories.insert(new.draft.id, category);
-            }
-        }
-        Ok(categories)
+        Ok(streams
+            .iter()
+            .flat_map(|stream| &stream.events)
+            .map(|new| {
+                let category = personal::sealing_category(&new.draft.event, |target| {
+                    types.get(&target).map(String::as_str)
+                });
+                (new.draft.id, category)
+            })
+            .collect())
     }
 }
 
@@ -115,11 +105,7 @@ impl SealedLog {
                 .iter()
                 .map(|(client, _, category, _)| (*client, *category))
                 .collect();
-            let keys = match self
-                .keyring
-                .sealing_keys(&wanted, Making::Unconfirmed)
-                .await
-            {
+            let keys = match self.keyring.keys_for(&wanted, Making::Unconfirmed).await {
                 // A key of a client that has keys is made only for new events (see
                 // `keys::Making`): any event of the append found recorded makes it a retry, and
                 // the caller then looks every id up and answers each as recorded.
@@ -134,9 +120,7 @@ impl SealedLog {
                     if let Some(existing) = self.inner.lookup(ids).await?.first() {
                         return Err(Error::DuplicateEvent(existing.receipt.id));
                     }
-                    self.keyring
-                        .sealing_keys(&wanted, Making::Confirmed)
-                        .await?
+                    self.keyring.keys_for(&wanted, Making::Confirmed).await?
                 }
                 keys => keys?,
             };

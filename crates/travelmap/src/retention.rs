@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use travelmap_api::audit::Deferred;
 use travelmap_domain::audit::{AuditRecord, Operation, Outcome};
 use travelmap_domain::personal::{self, Category};
-use travelmap_domain::{ClientId, EventId, JourneyEvent, PersonalData, Provenance, RecordedEvent};
+use travelmap_domain::{ClientId, EventId, PersonalData, Provenance, RecordedEvent};
 use travelmap_projections::ClientState;
 use travelmap_projections::retention::Schedule;
 use travelmap_service::Journeys;
@@ -301,7 +301,7 @@ async fn shred_client(
 /// The categories of which `history` holds personal fields that can still be read: sealed
 /// under the category's key in force. A key in force that sealed nothing (one made for a
 /// request that was then refused) holds nothing to shred, and no shredding of it is recorded.
-/// A correction or retraction is of its target's category, as the store seals it.
+/// Each event's category is the one the store sealed it under.
 fn categories_holding_data(history: &[RecordedEvent]) -> HashSet<Category> {
     let types: HashMap<EventId, &str> = history
         .iter()
@@ -311,14 +311,7 @@ fn categories_holding_data(history: &[RecordedEvent]) -> HashSet<Category> {
         .iter()
         .filter(|event| event.personal == PersonalData::Clear)
         .map(|event| {
-            let event_type = match &event.draft.event {
-                JourneyEvent::EventCorrected(correction) => types.get(&correction.event_id),
-                JourneyEvent::EventRetracted(retraction) => types.get(&retraction.event_id),
-                other => Some(&other.event_type()),
-            };
-            event_type
-                .and_then(|event_type| personal::category(event_type))
-                .unwrap_or(Category::Support)
+            personal::sealing_category(&event.draft.event, |target| types.get(&target).copied())
         })
         .collect()
 }
