@@ -99,16 +99,8 @@ async fn a_lost_lease_fences_the_old_writer_off() {
     );
     // The first loses its lease connection (as when a network partition or a DBA ends it);
     // the second takes over, and the first's next save is refused.
-    // Only this test's database: tests running beside it hold advisory locks of their own.
     let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_locks
-         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
-           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    end_lease_holders(&mut admin).await;
     tokio::time::timeout(Duration::from_secs(5), second.views.lead())
         .await
         .expect("the lease is taken over")
@@ -126,6 +118,115 @@ async fn a_lost_lease_fences_the_old_writer_off() {
         .await
         .unwrap();
     assert_eq!(first.views.checkpoint().await.unwrap(), 7);
+    admin.close().await.unwrap();
+    first.close().await;
+    second.close().await;
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_holder_whose_epoch_was_moved_without_its_lease_takes_a_new_one() {
+    let database = scratch().await;
+    let store = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    store.views.lead().await.unwrap();
+    store
+        .views
+        .save(5, vec![view(ClientId(Uuid::new_v4()))])
+        .await
+        .unwrap();
+    // The epoch moves while the lease's connection lives on, as a restore of the database
+    // would move it.
+    let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    sqlx::query("UPDATE projection_checkpoints SET epoch = epoch + 7")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let fenced = store
+        .views
+        .save(6, vec![view(ClientId(Uuid::new_v4()))])
+        .await;
+    assert!(matches!(fenced, Err(Error::NotLeader)), "{fenced:?}");
+    // Asking for the lease again is enough: the save after it is not fenced off for good.
+    store.views.lead().await.unwrap();
+    store
+        .views
+        .save(7, vec![view(ClientId(Uuid::new_v4()))])
+        .await
+        .unwrap();
+    assert_eq!(store.views.checkpoint().await.unwrap(), 7);
+    admin.close().await.unwrap();
+    store.close().await;
+    database.drop_database().await.unwrap();
+}
+
+/// Ends the sessions holding advisory locks in this test's database (only there: tests running
+/// beside it hold advisory locks of their own), as when a network partition or a DBA ends them.
+async fn end_lease_holders(admin: &mut sqlx::PgConnection) {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .execute(admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leaders_reset_fences_off_the_old_leaders_save_in_flight() {
+    let database = scratch().await;
+    let (first, second) = two_processes(&database).await;
+    first.views.lead().await.unwrap();
+    first
+        .views
+        .save(5, vec![view(ClientId(Uuid::new_v4()))])
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    let first_epoch: i64 = sqlx::query_scalar(
+        "SELECT epoch FROM projection_checkpoints WHERE projection = 'client_views'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    // The first leader's next save, caught in flight as a save runs: its views written, the
+    // checkpoint (moved last, under the first's epoch) not yet.
+    let mut in_flight = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    let mut save = in_flight.begin().await.unwrap();
+    sqlx::query("INSERT INTO client_views (client_id, state) VALUES ($1, $2)")
+        .bind(Uuid::new_v4())
+        .bind(vec![0u8; 16])
+        .execute(&mut *save)
+        .await
+        .unwrap();
+    // Meanwhile the lease passes to the second process, which starts over from zero.
+    end_lease_holders(&mut admin).await;
+    tokio::time::timeout(Duration::from_secs(5), second.views.lead())
+        .await
+        .expect("the lease is taken over")
+        .unwrap();
+    let (reset, fenced) = tokio::join!(second.views.reset(), async {
+        // Let the reset reach the rows the save holds before the save moves on.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let moved = sqlx::query(
+            "UPDATE projection_checkpoints SET position = GREATEST(position, 9)
+             WHERE projection = 'client_views' AND epoch = $1",
+        )
+        .bind(first_epoch)
+        .execute(&mut *save)
+        .await;
+        save.rollback().await.unwrap();
+        moved
+    });
+    // The old save finds itself fenced off (no row moved) and gives up, without failing either
+    // side as a deadlock, and the reset goes on once the save has let go of its rows.
+    assert_eq!(fenced.unwrap().rows_affected(), 0);
+    reset.unwrap();
+    assert_eq!(second.views.checkpoint().await.unwrap(), 0);
+    assert_eq!(second.views.count().await.unwrap(), 0);
+    in_flight.close().await.unwrap();
     admin.close().await.unwrap();
     first.close().await;
     second.close().await;

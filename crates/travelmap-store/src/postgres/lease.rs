@@ -58,6 +58,8 @@ pub(super) struct Lease {
     lock: i64,
     /// Bumps the job's epoch and returns it.
     bump_epoch: &'static str,
+    /// Returns the job's epoch.
+    read_epoch: &'static str,
     connector: super::Connector,
     pool: PgPool,
     /// The connection holding the lock, while this process holds the lease.
@@ -75,6 +77,7 @@ impl Lease {
         job: &'static str,
         lock: i64,
         bump_epoch: &'static str,
+        read_epoch: &'static str,
         connector: super::Connector,
         pool: PgPool,
     ) -> Self {
@@ -82,6 +85,7 @@ impl Lease {
             job,
             lock,
             bump_epoch,
+            read_epoch,
             connector,
             pool,
             held: Arc::new(Mutex::new(None)),
@@ -110,9 +114,10 @@ impl Lease {
         }
         let mut held = self.held.lock().await;
         if let Some(connection) = held.as_mut() {
-            // While the connection lives, so does its lock, and nobody else can have moved the
-            // epoch on.
+            // While the connection lives, so does its lock, and no other process can have taken
+            // the lease.
             if beat(connection).await {
+                self.confirm_epoch().await?;
                 self.leading.store(true, Ordering::SeqCst);
                 return Ok(());
             }
@@ -123,11 +128,16 @@ impl Lease {
             *held = None;
         }
         let mut waiting_logged = false;
+        // One connection for all the tries of this wait, not one per try: a process standing
+        // by would otherwise log in twice a second for each lease, for as long as it waits. Each
+        // try is given up after the statements' patience, so a connection that stops answering
+        // ends the wait with an error (the caller asks again, on a new connection).
+        let mut connection = self.connector.connect().await?;
         loop {
-            let mut connection = self.connector.connect().await?;
             let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(self.lock)
                 .fetch_one(&mut connection)
+                .patiently()
                 .await?;
             if acquired {
                 let epoch: i64 = sqlx::query_scalar(self.bump_epoch)
@@ -152,6 +162,7 @@ impl Lease {
                 .bind(self.lock)
                 .bind(SILENCE.as_secs_f64())
                 .fetch_all(&mut connection)
+                .patiently()
                 .await?;
             for (pid, signalled) in ended {
                 if signalled {
@@ -170,9 +181,36 @@ impl Lease {
                     );
                 }
             }
-            let _ = sqlx::Connection::close(connection).await;
             tokio::time::sleep(RETRY).await;
         }
+    }
+
+    /// Takes a new epoch if the job's is no longer this holder's own. Only a lease moves it, but
+    /// a restore of the database or a hand edit can set it back or forward; every write would
+    /// then be fenced off, fail, and find the lease still held, over and over. The holder of the
+    /// lock is still the one process that may do the job, so it takes the epoch again.
+    async fn confirm_epoch(&self) -> Result<()> {
+        let found: i64 = sqlx::query_scalar(self.read_epoch)
+            .fetch_one(&self.pool)
+            .patiently()
+            .await?;
+        let own = self.epoch();
+        if found != own {
+            let epoch: i64 = sqlx::query_scalar(self.bump_epoch)
+                .fetch_one(&self.pool)
+                .patiently()
+                .await?;
+            self.epoch.store(epoch, Ordering::SeqCst);
+            tracing::warn!(
+                job = self.job,
+                own,
+                found,
+                epoch,
+                "the lease's epoch had been moved without the lease (a restore of the database?); \
+                 this process, still holding the lease, took a new one"
+            );
+        }
+        Ok(())
     }
 
     /// Starts the heartbeat, once: it runs for as long as the lease exists and beats whenever

@@ -43,6 +43,7 @@ impl PgViewStore {
                 VIEW_LEASE,
                 "UPDATE projection_checkpoints SET epoch = epoch + 1 WHERE projection = 'client_views'
                  RETURNING epoch",
+                "SELECT epoch FROM projection_checkpoints WHERE projection = 'client_views'",
                 connector,
                 pool.clone(),
             ),
@@ -192,9 +193,21 @@ impl PgViewStore {
 }
 
 /// Deletes every view and sets the checkpoint to zero, if the lease's `epoch` is still current.
+///
+/// The tables are emptied before the checkpoint row is touched, the order a save takes them in.
+/// A previous leader's save may still be in flight: it holds the view rows it wrote and moves the
+/// checkpoint last. Such a save usually reads the moved epoch and gives up at once, but one whose
+/// checkpoint statement began before the epoch moved waits for the row. Had the reset taken the
+/// row first, it would then wait for the save's table lock while the save waited for the row: a
+/// deadlock, which PostgreSQL breaks only after `deadlock_timeout` by failing one of the two. A
+/// reset by a process that is no longer the leader is rolled back whole, the emptied tables with
+/// it.
 async fn reset_views(pool: &PgPool, epoch: i64) -> Result<()> {
     super::within_patience("resetting the views", async move {
         let mut transaction = pool.begin().await?;
+        sqlx::query("TRUNCATE client_views, client_identifiers")
+            .execute(&mut *transaction)
+            .await?;
         let moved = sqlx::query(
             "UPDATE projection_checkpoints SET position = 0
              WHERE projection = $1 AND epoch = $2
@@ -208,9 +221,6 @@ async fn reset_views(pool: &PgPool, epoch: i64) -> Result<()> {
         if moved.rows_affected() == 0 {
             return Err(Error::NotLeader);
         }
-        sqlx::query("TRUNCATE client_views, client_identifiers")
-            .execute(&mut *transaction)
-            .await?;
         transaction.commit().await?;
         Ok(())
     })

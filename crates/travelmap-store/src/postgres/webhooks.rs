@@ -41,6 +41,7 @@ impl PgWebhookStore {
                 "deliver webhooks",
                 DISPATCH_LEASE,
                 "UPDATE webhook_dispatch SET epoch = epoch + 1 RETURNING epoch",
+                "SELECT epoch FROM webhook_dispatch",
                 connector,
                 pool.clone(),
             ),
