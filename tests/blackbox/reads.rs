@@ -259,6 +259,12 @@ async fn as_of_shows_what_had_been_recorded_by_then() {
         .travel_map(client, second["position"].as_u64().unwrap())
         .await;
     assert_eq!(map_now["phase"], "released");
+    // The moment a map is derived for is kept to the microsecond, like every recorded time.
+    let derived_at = map_now["as_of"].as_str().unwrap();
+    let fraction = derived_at
+        .split_once('.')
+        .map_or("", |(_, rest)| rest.trim_end_matches('Z'));
+    assert!(fraction.len() <= 6, "{derived_at}");
 
     // Before anything was recorded, the client did not exist yet.
     let before = app

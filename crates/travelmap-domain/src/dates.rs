@@ -144,6 +144,37 @@ pub fn check_date_time(text: &str) -> Result<DateTime<FixedOffset>, String> {
     Ok(at)
 }
 
+/// Why a moment asked for (see [`parse_moment`]) was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MomentRefused {
+    /// Not an RFC 3339 date and time.
+    NotRfc3339,
+    /// A leap second (`:60`).
+    LeapSecond,
+}
+
+/// Reads a moment a reader asks for (a query's `as_of`, `replay --as-of`), more leniently than
+/// [`check_date_time`] reads what is posted, since a reader types or pastes it: RFC 3339 as
+/// chrono reads it (a space may stand for the `T`, as RFC 3339 allows), and a space where the
+/// offset's `+` belongs read as `+` (what a `+` left unencoded in a query string decodes to).
+/// A leap second is refused: chrono would keep it as `:60`, a time no other reader takes, and
+/// no event can be recorded at it. Kept to the microsecond, like every recorded time.
+pub fn parse_moment(text: &str) -> Result<DateTime<chrono::Utc>, MomentRefused> {
+    let at = DateTime::parse_from_rfc3339(text)
+        .or_else(|error| {
+            if text.contains(' ') {
+                DateTime::parse_from_rfc3339(&text.replace(' ', "+"))
+            } else {
+                Err(error)
+            }
+        })
+        .map_err(|_| MomentRefused::NotRfc3339)?;
+    if chrono::Timelike::nanosecond(&at) >= 1_000_000_000 {
+        return Err(MomentRefused::LeapSecond);
+    }
+    Ok(at.with_timezone(&chrono::Utc).trunc_subsecs(6))
+}
+
 fn in_range(year: i32, text: &str) -> Result<(), String> {
     if (EARLIEST_YEAR..=LATEST_YEAR).contains(&year) {
         Ok(())
@@ -178,6 +209,34 @@ mod tests {
 
     fn date(year: i32, month: u32, day: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(year, month, day).expect("a valid date")
+    }
+
+    #[test]
+    fn a_moment_asked_for_is_read_as_typed_or_pasted_to_the_microsecond() {
+        let utc = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        let expected = utc("2026-03-01T08:00:00.123456Z");
+        for text in [
+            "2026-03-01T09:00:00.123456+01:00",
+            // A `+` left unencoded in a query string arrives as a space.
+            "2026-03-01T09:00:00.123456 01:00",
+            // RFC 3339 lets a space stand for the `T`.
+            "2026-03-01 08:00:00.123456Z",
+            // Kept to the microsecond, as recorded times are.
+            "2026-03-01T08:00:00.123456999Z",
+        ] {
+            assert_eq!(parse_moment(text), Ok(expected), "{text}");
+        }
+        assert_eq!(
+            parse_moment("2016-12-31T23:59:60Z"),
+            Err(MomentRefused::LeapSecond)
+        );
+        for text in ["yesterday", "2026-03-01", "2026-03-01T09:00:00"] {
+            assert_eq!(parse_moment(text), Err(MomentRefused::NotRfc3339), "{text}");
+        }
     }
 
     #[test]

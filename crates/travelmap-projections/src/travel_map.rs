@@ -486,6 +486,9 @@ fn settle(appointments: &mut Vec<Appointment>, appointment_id: &str, agency: &st
 }
 
 fn derive(state: &ClientState, now: DateTime<Utc>, with_steps: bool) -> TravelMap {
+    // Times are kept to the microsecond, so the moment is too: a map shows the `as_of` it was
+    // derived for, and judges overdue appointments and the first day at that very moment.
+    let now = now.trunc_subsecs(6);
     let mut phases: Vec<PhaseSpan> = Vec::new();
     let mut involvements: Vec<Involvement> = Vec::new();
     let mut needs = BTreeMap::new();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use travelmap_api::wire::{self, Recorded};
 use travelmap_api::{Authenticator, Role};
@@ -734,12 +734,12 @@ pub async fn replay(
         bail!(
             "no events recorded for client {client}{}",
             match as_of {
-                Some(at) => format!(" as of {}", at.to_rfc3339()),
+                Some(at) => format!(" as of {}", shown(&at)),
                 None => String::new(),
             }
         );
     }
-    let now = as_of.unwrap_or_else(Utc::now);
+    let now = as_of.unwrap_or_else(Utc::now).trunc_subsecs(6);
     let map = ClientState::from_history(client, events.iter().cloned()).travel_map(now);
     let mut out = std::io::stdout().lock();
     let written = if json {
@@ -759,6 +759,15 @@ pub async fn replay(
         Err(error) if closed_output(&error) => Ok(()),
         written => written,
     }
+}
+
+/// A time as the JSON output and the API write it: a UTC time with `Z`, fractions of a second in
+/// groups of three digits.
+fn shown<Tz: chrono::TimeZone>(at: &DateTime<Tz>) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// Whether `error` is a write to an output whose reader has gone.
@@ -789,7 +798,7 @@ fn write_replay(
         out,
         "History of client {client} ({} events, as recorded{})",
         events.len(),
-        as_of.map_or(String::new(), |at| format!(" by {}", at.to_rfc3339()))
+        as_of.map_or(String::new(), |at| format!(" by {}", shown(&at)))
     )?;
     for event in events {
         let recorded = Recorded::from(event);
@@ -805,8 +814,8 @@ fn write_replay(
         writeln!(
             out,
             "        occurred {}  recorded {}  by {} ({}){}",
-            recorded.occurred_at.to_rfc3339(),
-            recorded.recorded_at.to_rfc3339(),
+            shown(&recorded.occurred_at),
+            shown(&recorded.recorded_at),
             recorded.agency,
             recorded.credential,
             labelled(", actor ", recorded.actor.as_ref()),
@@ -819,7 +828,7 @@ fn write_replay(
     writeln!(
         out,
         "\nTravel map as of {} (version {}, position {})",
-        now.to_rfc3339(),
+        shown(&now),
         map.version,
         map.position
     )?;
@@ -829,9 +838,9 @@ fn write_replay(
             out,
             "    {} from {}{}",
             snake(&span.phase)?,
-            span.from.to_rfc3339(),
+            shown(&span.from),
             span.to
-                .map_or(String::new(), |to| format!(" to {}", to.to_rfc3339())),
+                .map_or(String::new(), |to| format!(" to {}", shown(&to))),
         )?;
     }
     for involvement in &map.involvements {
@@ -841,8 +850,8 @@ fn write_replay(
             involvement.agency,
             snake(&involvement.role)?,
             labelled(", worker ", involvement.worker.as_ref()),
-            involvement.from.map_or("?".into(), |at| at.to_rfc3339()),
-            involvement.to.map_or("open".into(), |at| at.to_rfc3339()),
+            involvement.from.map_or("?".into(), |at| shown(&at)),
+            involvement.to.map_or("open".into(), |at| shown(&at)),
             if involvement.handover {
                 ", a hand-over"
             } else {
@@ -857,7 +866,7 @@ fn write_replay(
         writeln!(
             out,
             "    {}  {}  ({}{})",
-            step.occurred_at.to_rfc3339(),
+            shown(&step.occurred_at),
             step.summary,
             step.agency,
             labelled(", actor ", step.actor.as_ref()),
@@ -868,7 +877,7 @@ fn write_replay(
                 "      corrected by {} ({}, recorded {}): {}",
                 correction.event_id,
                 correction.agency,
-                correction.recorded_at.to_rfc3339(),
+                shown(&correction.recorded_at),
                 correction.reason
             )?;
         }
@@ -879,7 +888,7 @@ fn write_replay(
             "  need: {} {} since {} ({})",
             snake(area)?,
             snake(&need.status)?,
-            need.since.to_rfc3339(),
+            shown(&need.since),
             need.agency
         )?;
     }
@@ -888,7 +897,7 @@ fn write_replay(
             out,
             "  next: {} at {} ({}){}{}",
             appointment.appointment_id,
-            appointment.at.to_rfc3339(),
+            shown(&appointment.at),
             appointment.agency,
             labelled(": ", appointment.purpose.as_ref()),
             if appointment.overdue { ", overdue" } else { "" },
@@ -899,7 +908,7 @@ fn write_replay(
             out,
             "  FLAG {} since {}: {}",
             flag.kind,
-            flag.since.to_rfc3339(),
+            shown(&flag.since),
             flag.detail
         )?;
     }

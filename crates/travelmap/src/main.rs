@@ -11,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 use travelmap::settings::{self, ConfigFile, LocalKey};
 use travelmap::{Application, ServeSettings, app, commands};
 use travelmap_api::{Authenticator, Role};
+use travelmap_domain::dates::MomentRefused;
 use travelmap_domain::{AgencyKind, ClientId, Provenance};
 
 /// Travelmap: one record of a person's path from prison back into society, built from the events
@@ -70,7 +71,7 @@ enum Command {
         #[arg(long, value_name = "ID")]
         client: ClientId,
         /// Only what had been recorded by this RFC 3339 time.
-        #[arg(long, value_name = "TIME")]
+        #[arg(long, value_name = "TIME", value_parser = moment)]
         as_of: Option<DateTime<Utc>>,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -173,6 +174,18 @@ fn parse_kind(text: &str) -> Result<AgencyKind, String> {
 fn parse_role(text: &str) -> Result<Role, String> {
     serde_json::from_value(serde_json::Value::String(text.to_owned()))
         .map_err(|_| format!("`{text}` is not a role (writer, coordinator, auditor, dpo, admin)"))
+}
+
+/// A moment read as the API reads `as_of`, so that a replay and a read of the same moment agree.
+fn moment(text: &str) -> Result<DateTime<Utc>, String> {
+    travelmap_domain::dates::parse_moment(text).map_err(|refused| match refused {
+        MomentRefused::NotRfc3339 => {
+            format!("`{text}` is not an RFC 3339 time, e.g. 2026-03-01T09:00:00+01:00")
+        }
+        MomentRefused::LeapSecond => {
+            format!("`{text}` has no such second (leap seconds are not taken)")
+        }
+    })
 }
 
 /// jemalloc instead of the system allocator: the service allocates many short-lived strings and

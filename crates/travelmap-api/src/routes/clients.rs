@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use travelmap_domain::ClientId;
 use travelmap_domain::audit::{Operation, Outcome};
+use travelmap_domain::dates::{self, MomentRefused};
 use travelmap_domain::payloads::Purpose;
 use travelmap_projections::TravelMap;
 use utoipa::IntoParams;
@@ -27,39 +28,30 @@ pub struct HistoryQuery {
     pub as_of: Option<String>,
 }
 
-/// Parses an RFC 3339 query parameter. A `+` in a query string decodes to a space, a frequent
-/// slip when pasting timestamps, so a space where the offset sign belongs is read as `+`.
+/// Parses an RFC 3339 query parameter (see [`dates::parse_moment`], which `replay --as-of`
+/// shares, so that a moment reads the same in both).
 fn parse_time(name: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
-    DateTime::parse_from_rfc3339(raw)
-        .or_else(|error| {
-            if raw.contains(' ') {
-                DateTime::parse_from_rfc3339(&raw.replace(' ', "+"))
-            } else {
-                Err(error)
-            }
-        })
-        .map_err(|_| {
+    dates::parse_moment(raw)
+        .map_err(|refused| {
             ApiError::invalid_parameter(
                 name,
-                format!("{name} must be an RFC 3339 time, e.g. 2026-03-01T09:00:00+01:00"),
+                match refused {
+                    MomentRefused::NotRfc3339 => {
+                        format!("{name} must be an RFC 3339 time, e.g. 2026-03-01T09:00:00+01:00")
+                    }
+                    MomentRefused::LeapSecond => {
+                        format!("{name} has no such second (leap seconds are not taken)")
+                    }
+                },
             )
         })
         .and_then(|at| {
-            // chrono keeps a leap second (`:60`) as a time no other reader takes, and would echo
-            // it back in the answer; an event's time refuses it too.
-            if chrono::Timelike::nanosecond(&at) >= 1_000_000_000 {
-                return Err(ApiError::invalid_parameter(
-                    name,
-                    format!("{name} has no such second (leap seconds are not taken)"),
-                ));
-            }
-            let at = at.with_timezone(&Utc);
             // A moment still to come has no record yet: its map would show flags and overdue
             // appointments that have not happened, and change as later events arrive. Within
             // the clock skew allowed (a receipt's `recorded_at` may come from a process whose
             // clock runs ahead of this one's), a moment is taken as it is.
-            if at > Utc::now() + travelmap_domain::dates::MAX_CLOCK_SKEW {
+            if at > Utc::now() + dates::MAX_CLOCK_SKEW {
                 return Err(ApiError::invalid_parameter(
                     name,
                     format!(
