@@ -298,6 +298,101 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
 
 /// A grant lasts what it was given for: lengthening `break_glass_minutes` afterwards neither
 /// revives an expired grant nor extends a running one, and shortening it ends running ones.
+/// A closing dated before the opening it was meant to end does not end it. A correction cannot
+/// move its time (it replaces `data` only); retracting it and recording it again can, as
+/// data-protection.md says.
+#[tokio::test]
+async fn a_closing_dated_before_its_opening_is_put_right_by_recording_it_again() {
+    let app = spawn_app().await;
+    let client = Uuid::new_v4();
+    post(
+        &app,
+        PRISON_WRITER,
+        sample_event(client, "client.registered", AT),
+    )
+    .await;
+    let opened = json!({"role": "social_worker"});
+    let ended = json!({"role": "social_worker", "reason": "completed"});
+    post(
+        &app,
+        MUNICIPALITY_WRITER,
+        event(
+            client,
+            "involvement.opened",
+            "2026-01-05T10:00:00+01:00",
+            opened,
+        ),
+    )
+    .await;
+    let misdated = event(
+        client,
+        "involvement.closed",
+        "2026-01-04T10:00:00+01:00",
+        ended.clone(),
+    );
+    post(&app, MUNICIPALITY_WRITER, misdated.clone()).await;
+    assert_eq!(
+        read(&app, client, COORDINATOR, "case_management").await,
+        StatusCode::OK
+    );
+    let mut moved = ended.clone();
+    moved["occurred_at"] = json!("2026-01-06T09:00:00+01:00");
+    let correction = event(
+        client,
+        "event.corrected",
+        "2026-01-06T10:00:00+01:00",
+        json!({"event_id": misdated["id"], "reason": "wrong date", "data": moved}),
+    );
+    let refused = expect_problem(
+        app.post_event(MUNICIPALITY_WRITER, &correction).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(refused["field"], "data.data.occurred_at");
+
+    post(
+        &app,
+        MUNICIPALITY_WRITER,
+        event(
+            client,
+            "event.retracted",
+            "2026-01-06T10:00:00+01:00",
+            json!({"event_id": misdated["id"], "reason": "wrong date"}),
+        ),
+    )
+    .await;
+    post(
+        &app,
+        MUNICIPALITY_WRITER,
+        event(
+            client,
+            "involvement.closed",
+            "2026-01-06T09:00:00+01:00",
+            ended,
+        ),
+    )
+    .await;
+    assert_eq!(
+        read(&app, client, COORDINATOR, "case_management").await,
+        StatusCode::FORBIDDEN
+    );
+    let map: Value = app
+        .get_for(
+            &format!("/v1/clients/{client}/travel-map?min_position=5"),
+            AUDITOR,
+            "audit",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let involvements = map["involvements"].as_array().unwrap();
+    assert_eq!(involvements.len(), 1, "{involvements:?}");
+    assert_eq!(involvements[0]["from"], "2026-01-05T10:00:00+01:00");
+    assert_eq!(involvements[0]["to"], "2026-01-06T09:00:00+01:00");
+}
+
 #[tokio::test]
 async fn a_grant_lasts_what_it_was_given_for_whatever_the_setting_becomes() {
     let app = spawn_app_with(tempfile::tempdir().unwrap(), Duration::from_secs(2)).await;
