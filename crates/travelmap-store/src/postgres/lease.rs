@@ -58,8 +58,9 @@ pub(super) struct Lease {
     lock: i64,
     /// Bumps the job's epoch and returns it.
     bump_epoch: &'static str,
-    /// Returns the job's epoch.
-    read_epoch: &'static str,
+    /// Takes a new epoch, past both the stored one and `$1` (the holder's own), unless the
+    /// stored one is `$1`; returns it if it did.
+    retake_epoch: &'static str,
     connector: super::Connector,
     pool: PgPool,
     /// The connection holding the lock, while this process holds the lease.
@@ -77,7 +78,7 @@ impl Lease {
         job: &'static str,
         lock: i64,
         bump_epoch: &'static str,
-        read_epoch: &'static str,
+        retake_epoch: &'static str,
         connector: super::Connector,
         pool: PgPool,
     ) -> Self {
@@ -85,7 +86,7 @@ impl Lease {
             job,
             lock,
             bump_epoch,
-            read_epoch,
+            retake_epoch,
             connector,
             pool,
             held: Arc::new(Mutex::new(None)),
@@ -116,8 +117,7 @@ impl Lease {
         if let Some(connection) = held.as_mut() {
             // While the connection lives, so does its lock, and no other process can have taken
             // the lease.
-            if beat(connection).await {
-                self.confirm_epoch().await?;
+            if self.confirm_epoch(connection).await {
                 self.leading.store(true, Ordering::SeqCst);
                 return Ok(());
             }
@@ -130,15 +130,16 @@ impl Lease {
         let mut waiting_logged = false;
         // One connection for all the tries of this wait, not one per try: a process standing
         // by would otherwise log in twice a second for each lease, for as long as it waits. Each
-        // try is given up after the statements' patience, so a connection that stops answering
-        // ends the wait with an error (the caller asks again, on a new connection).
+        // try is given up after a beat's patience, so a connection that stops answering ends
+        // the wait with an error (the caller asks again, on a new connection).
         let mut connection = self.connector.connect().await?;
         loop {
-            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(self.lock)
-                .fetch_one(&mut connection)
-                .patiently()
-                .await?;
+            let acquired: bool = within_beat(
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(self.lock)
+                    .fetch_one(&mut connection),
+            )
+            .await?;
             if acquired {
                 let epoch: i64 = sqlx::query_scalar(self.bump_epoch)
                     .fetch_one(&self.pool)
@@ -158,12 +159,13 @@ impl Lease {
                 );
                 waiting_logged = true;
             }
-            let ended: Vec<(i32, bool)> = sqlx::query_as(END_SILENT_HOLDER)
-                .bind(self.lock)
-                .bind(SILENCE.as_secs_f64())
-                .fetch_all(&mut connection)
-                .patiently()
-                .await?;
+            let ended: Vec<(i32, bool)> = within_beat(
+                sqlx::query_as(END_SILENT_HOLDER)
+                    .bind(self.lock)
+                    .bind(SILENCE.as_secs_f64())
+                    .fetch_all(&mut connection),
+            )
+            .await?;
             for (pid, signalled) in ended {
                 if signalled {
                     tracing::warn!(
@@ -185,32 +187,33 @@ impl Lease {
         }
     }
 
-    /// Takes a new epoch if the job's is no longer this holder's own. Only a lease moves it, but
-    /// a restore of the database or a hand edit can set it back or forward; every write would
-    /// then be fenced off, fail, and find the lease still held, over and over. The holder of the
-    /// lock is still the one process that may do the job, so it takes the epoch again.
-    async fn confirm_epoch(&self) -> Result<()> {
-        let found: i64 = sqlx::query_scalar(self.read_epoch)
-            .fetch_one(&self.pool)
-            .patiently()
-            .await?;
+    /// Shows the lease's session alive, as a heartbeat does, and takes a new epoch if the job's
+    /// is no longer this holder's own. Only a lease moves the epoch, but a restore of the
+    /// database or a hand edit can set it back or forward; every write would then be fenced off,
+    /// fail, and find the lease still held, over and over. The holder of the lock is still the
+    /// one process that may do the job, so it takes the epoch again: on the lease's own
+    /// connection, which works only while the session (and so the lock) lives, within a beat's
+    /// patience, past every epoch used before. False if the connection did not answer.
+    async fn confirm_epoch(&self, connection: &mut PgConnection) -> bool {
         let own = self.epoch();
-        if found != own {
-            let epoch: i64 = sqlx::query_scalar(self.bump_epoch)
-                .fetch_one(&self.pool)
-                .patiently()
-                .await?;
-            self.epoch.store(epoch, Ordering::SeqCst);
-            tracing::warn!(
-                job = self.job,
-                own,
-                found,
-                epoch,
-                "the lease's epoch had been moved without the lease (a restore of the database?); \
-                 this process, still holding the lease, took a new one"
-            );
+        let retake = sqlx::query_scalar::<_, i64>(self.retake_epoch)
+            .bind(own)
+            .fetch_optional(connection);
+        match tokio::time::timeout(BEAT_PATIENCE, retake).await {
+            Ok(Ok(None)) => true,
+            Ok(Ok(Some(epoch))) => {
+                self.epoch.store(epoch, Ordering::SeqCst);
+                tracing::warn!(
+                    job = self.job,
+                    own,
+                    epoch,
+                    "the lease's epoch had been moved without the lease (a restore of the \
+                     database?); this process, still holding the lease, took a new one"
+                );
+                true
+            }
+            Ok(Err(_)) | Err(_) => false,
         }
-        Ok(())
     }
 
     /// Starts the heartbeat, once: it runs for as long as the lease exists and beats whenever
@@ -249,6 +252,19 @@ impl Drop for Lease {
         if let Some(keeper) = self.keeper.lock().expect("lease keeper lock").take() {
             keeper.abort();
         }
+    }
+}
+
+/// Runs `statement` of a wait for the lease, given up after [`BEAT_PATIENCE`].
+async fn within_beat<T>(
+    statement: impl std::future::Future<Output = sqlx::Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(BEAT_PATIENCE, statement).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(crate::Error::Unavailable(format!(
+            "no answer from PostgreSQL within {} s while waiting for a lease",
+            BEAT_PATIENCE.as_secs()
+        ))),
     }
 }
 

@@ -43,7 +43,8 @@ impl PgViewStore {
                 VIEW_LEASE,
                 "UPDATE projection_checkpoints SET epoch = epoch + 1 WHERE projection = 'client_views'
                  RETURNING epoch",
-                "SELECT epoch FROM projection_checkpoints WHERE projection = 'client_views'",
+                "UPDATE projection_checkpoints SET epoch = GREATEST(epoch, $1) + 1
+                 WHERE projection = 'client_views' AND epoch <> $1 RETURNING epoch",
                 connector,
                 pool.clone(),
             ),
@@ -61,6 +62,9 @@ impl PgViewStore {
     }
 
     async fn write_views(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
+        // The epoch the save was begun under: one taken again meanwhile (see `Lease::lead`) must
+        // not let through views made before it.
+        let epoch = self.lease.epoch();
         super::within_patience("saving views", async move {
             let mut transaction = self.pool.begin().await?;
             // Views and their checkpoint commit together and can always be rebuilt from the log, so
@@ -114,7 +118,8 @@ impl PgViewStore {
             .bind(&owners)
             .execute(&mut *transaction)
             .await?;
-            self.move_checkpoint(&mut transaction, checkpoint).await?;
+            self.move_checkpoint(&mut transaction, checkpoint, epoch)
+                .await?;
             transaction.commit().await?;
             Ok(())
         })
@@ -125,6 +130,8 @@ impl PgViewStore {
     /// which has no conflicts to look for and no arrays to build: a third less of the server's
     /// time than the statement of [`Self::write_views`] for the same rows.
     async fn write_new_views(&self, checkpoint: u64, views: Vec<ClientView>) -> Result<()> {
+        // As in `write_views`: the epoch the save was begun under.
+        let epoch = self.lease.epoch();
         super::within_patience("saving views", async move {
             let mut transaction = self.pool.begin().await?;
             // As in `write_views`: views can always be rebuilt, so their commit need not wait for
@@ -158,7 +165,8 @@ impl PgViewStore {
                 .await?;
             copy.send(rows.finish()).await?;
             copy.finish().await?;
-            self.move_checkpoint(&mut transaction, checkpoint).await?;
+            self.move_checkpoint(&mut transaction, checkpoint, epoch)
+                .await?;
             transaction.commit().await?;
             Ok(())
         })
@@ -173,6 +181,7 @@ impl PgViewStore {
         &self,
         transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         checkpoint: u64,
+        epoch: i64,
     ) -> Result<()> {
         let moved = sqlx::query(
             "UPDATE projection_checkpoints SET position = GREATEST(position, $2)
@@ -181,7 +190,7 @@ impl PgViewStore {
         )
         .bind(CLIENT_VIEWS)
         .bind(checkpoint as i64)
-        .bind(self.lease.epoch())
+        .bind(epoch)
         .bind(VIEWS_CHANNEL)
         .execute(&mut **transaction)
         .await?;

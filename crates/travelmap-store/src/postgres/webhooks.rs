@@ -41,7 +41,8 @@ impl PgWebhookStore {
                 "deliver webhooks",
                 DISPATCH_LEASE,
                 "UPDATE webhook_dispatch SET epoch = epoch + 1 RETURNING epoch",
-                "SELECT epoch FROM webhook_dispatch",
+                "UPDATE webhook_dispatch SET epoch = GREATEST(epoch, $1) + 1 WHERE epoch <> $1
+                 RETURNING epoch",
                 connector,
                 pool.clone(),
             ),
