@@ -296,8 +296,6 @@ async fn reads_need_a_purpose_and_a_reason_to_know_the_client() {
     assert_eq!(denied, expected);
 }
 
-/// A grant lasts what it was given for: lengthening `break_glass_minutes` afterwards neither
-/// revives an expired grant nor extends a running one, and shortening it ends running ones.
 /// A closing dated before the opening it was meant to end does not end it. A correction cannot
 /// move its time (it replaces `data` only); retracting it and recording it again can, as
 /// data-protection.md says.
@@ -393,6 +391,8 @@ async fn a_closing_dated_before_its_opening_is_put_right_by_recording_it_again()
     assert_eq!(involvements[0]["to"], "2026-01-06T09:00:00+01:00");
 }
 
+/// A grant lasts what it was given for: lengthening `break_glass_minutes` afterwards neither
+/// revives an expired grant nor extends a running one, and shortening it ends running ones.
 #[tokio::test]
 async fn a_grant_lasts_what_it_was_given_for_whatever_the_setting_becomes() {
     let app = spawn_app_with(tempfile::tempdir().unwrap(), Duration::from_secs(2)).await;

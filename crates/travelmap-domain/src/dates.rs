@@ -161,12 +161,12 @@ pub enum MomentRefused {
 /// no event can be recorded at it. Kept to the microsecond, like every recorded time.
 pub fn parse_moment(text: &str) -> Result<DateTime<chrono::Utc>, MomentRefused> {
     let at = DateTime::parse_from_rfc3339(text)
-        .or_else(|error| {
-            if text.contains(' ') {
-                DateTime::parse_from_rfc3339(&text.replace(' ', "+"))
-            } else {
-                Err(error)
+        .or_else(|error| match text.rfind(' ') {
+            // The offset is last: only the last space can stand for its `+`.
+            Some(space) => {
+                DateTime::parse_from_rfc3339(&format!("{}+{}", &text[..space], &text[space + 1..]))
             }
+            None => Err(error),
         })
         .map_err(|_| MomentRefused::NotRfc3339)?;
     if chrono::Timelike::nanosecond(&at) >= 1_000_000_000 {
@@ -225,6 +225,8 @@ mod tests {
             "2026-03-01T09:00:00.123456 01:00",
             // RFC 3339 lets a space stand for the `T`.
             "2026-03-01 08:00:00.123456Z",
+            // Both at once, as a pasted time with an unencoded `+` arrives.
+            "2026-03-01 09:00:00.123456 01:00",
             // Kept to the microsecond, as recorded times are.
             "2026-03-01T08:00:00.123456999Z",
         ] {

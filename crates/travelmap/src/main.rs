@@ -493,7 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 anyhow::bail!(
                     "--as-of {} is in the future: leave it out to replay the current state",
-                    as_of.to_rfc3339()
+                    as_of.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
                 );
             }
             commands::replay(&location, client, as_of, json, &reader, masters()?).await
