@@ -14,11 +14,13 @@
 //! deciding access on its own, one [`FeedHub`] reads each new page once, decides access for its
 //! clients once, and broadcasts it; a [`Subscription`] takes pages from the hub while it keeps
 //! up, and reads the log itself (at its own pace) while it is behind: resuming from an old
-//! position, or after falling behind the hub's bounded backlog. A slow consumer therefore holds
-//! no memory beyond the hub's fixed ring of pages, and never makes the others wait.
+//! position, or after falling behind the hub's bounded backlog. The hub keeps its latest pages
+//! (a bounded number of events, for a few seconds) and broadcasts only weak handles to them, so a
+//! consumer that stops reading (its connection stalled) holds no page the hub has let go of, and
+//! never makes the others wait.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Weak};
 
 use chrono::Utc;
 use tokio::sync::{broadcast, watch};
@@ -198,8 +200,14 @@ impl Journeys {
     }
 }
 
-/// Pages the hub keeps for subscribers that are momentarily slower than the feed.
+/// Pages the hub announces to subscribers that are momentarily slower than the feed.
 const HUB_BACKLOG: usize = 256;
+/// Events of its latest pages the hub keeps in memory for them. The announcements are weak
+/// handles: a page the hub has let go of is freed, whoever has not taken it yet, and read from
+/// the log by a subscriber that still needs it. Without this bound, a subscriber that stopped
+/// reading held every page in the announcement ring: up to 256 pages of 500 events during a
+/// bulk load, hundreds of megabytes.
+const HUB_KEPT_EVENTS: usize = 10_000;
 /// Events per page, read by the hub or by a subscriber catching up.
 const PAGE: usize = 500;
 /// A hub page older than this is not used: access (a restriction, an erasure) may have changed
@@ -222,7 +230,11 @@ pub struct HubPage {
 /// Reads the head of the feed once for every subscriber.
 pub struct FeedHub {
     journeys: Arc<Journeys>,
-    pages: broadcast::Sender<Arc<HubPage>>,
+    pages: broadcast::Sender<Weak<HubPage>>,
+    /// The latest pages, what the announcements point to: at most [`HUB_KEPT_EVENTS`] events,
+    /// none older than [`PAGE_FRESH_FOR`] (which no subscriber would use) but the newest, and
+    /// that one too once the feed has been quiet for as long.
+    kept: std::sync::Mutex<VecDeque<Arc<HubPage>>>,
     /// The position up to which pages have been broadcast.
     cursor: watch::Sender<u64>,
 }
@@ -234,7 +246,22 @@ impl FeedHub {
         Self {
             journeys,
             pages: broadcast::channel(HUB_BACKLOG).0,
+            kept: Default::default(),
             cursor: watch::channel(head).0,
+        }
+    }
+
+    /// Keeps `page` among the latest, letting go of the oldest beyond the bounds.
+    fn keep(&self, page: Arc<HubPage>) {
+        let mut kept = self.kept.lock().expect("hub pages lock");
+        kept.push_back(page);
+        let mut events: usize = kept.iter().map(|page| page.events.len()).sum();
+        while kept.len() > 1
+            && let Some(oldest) = kept.front()
+            && (events > HUB_KEPT_EVENTS || oldest.read_at.elapsed() > PAGE_FRESH_FOR)
+        {
+            events -= oldest.events.len();
+            kept.pop_front();
         }
     }
 
@@ -250,6 +277,7 @@ impl FeedHub {
                 // up to the hub's cursor itself.
                 let now_at = *head.borrow_and_update();
                 self.cursor.send_replace(now_at);
+                self.kept.lock().expect("hub pages lock").clear();
                 // Nothing to read is nothing to fail: an earlier failure is over.
                 health.running();
                 tokio::select! {
@@ -267,9 +295,15 @@ impl FeedHub {
             match page.await {
                 Ok((events, _)) if events.is_empty() => {
                     health.running();
+                    let keeping = !self.kept.lock().expect("hub pages lock").is_empty();
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },
                         _ = shutdown.changed() => return,
+                        // Pages no subscriber would use any more are let go of while the feed
+                        // is quiet too.
+                        () = tokio::time::sleep(PAGE_FRESH_FOR), if keeping => {
+                            self.kept.lock().expect("hub pages lock").clear();
+                        }
                     }
                 }
                 Ok((events, access)) => {
@@ -278,13 +312,16 @@ impl FeedHub {
                     // The cursor moves first: a subscriber that sees it and reads the range
                     // itself, then also gets the page, drops what it already has.
                     self.cursor.send_replace(up_to);
-                    let _ = self.pages.send(Arc::new(HubPage {
+                    let page = Arc::new(HubPage {
                         read_at: std::time::Instant::now(),
                         after,
                         up_to,
                         events,
                         access,
-                    }));
+                    });
+                    let announced = Arc::downgrade(&page);
+                    self.keep(page);
+                    let _ = self.pages.send(announced);
                 }
                 Err(error) => {
                     health.failing();
@@ -315,7 +352,7 @@ impl FeedHub {
 /// One subscriber's way along the feed.
 pub struct Subscription {
     hub: Arc<FeedHub>,
-    pages: broadcast::Receiver<Arc<HubPage>>,
+    pages: broadcast::Receiver<Weak<HubPage>>,
     scope: Scope,
     cursor: u64,
 }
@@ -397,7 +434,11 @@ impl Subscription {
             match self.pages.recv().await {
                 Ok(page) => {
                     let mut events = Batch::default();
-                    if !self.take(&page, &mut events) {
+                    // A page the hub has let go of counts as missed.
+                    let taken = page
+                        .upgrade()
+                        .is_some_and(|page| self.take(&page, &mut events));
+                    if !taken {
                         // A page was missed, or this one is stale; the hub's cursor is past it,
                         // so the next turn reads the range from the log.
                         continue;
@@ -407,7 +448,10 @@ impl Subscription {
                     while events.len() < PAGE {
                         match self.pages.try_recv() {
                             // A page it cannot use is covered by reading the log next time.
-                            Ok(page) if self.take(&page, &mut events) => {}
+                            Ok(page)
+                                if page
+                                    .upgrade()
+                                    .is_some_and(|page| self.take(&page, &mut events)) => {}
                             _ => break,
                         }
                     }
@@ -520,6 +564,101 @@ mod tests {
         assert!(reaches_agencies_pattern("personal_data.*"));
         assert!(reaches_agencies_pattern("client.released"));
         assert!(!reaches_agencies_pattern("job.stolen"));
+    }
+
+    /// A subscriber that stops reading while a bulk load goes by pins none of the pages the hub
+    /// has let go of, and still gets every event once, in order, when it reads again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_that_stops_reading_holds_only_what_the_hub_keeps() {
+        use travelmap_domain::{EventDraft, EventId, JourneyEvent, Provenance};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = travelmap_store::sqlite::SqliteStore::open(dir.path()).unwrap();
+        let journeys = Arc::new(
+            Journeys::new(store.log.clone(), store.views.clone(), None)
+                .await
+                .unwrap(),
+        );
+        let hub = Arc::new(FeedHub::new(journeys.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let (reporter, _) = travelmap_projections::health::task("live_feed", false);
+        let running = tokio::spawn(hub.clone().run(stopped, reporter));
+        let mut stalled = hub.subscribe(
+            Scope {
+                agency: None,
+                ..scope(&[])
+            },
+            0,
+        );
+
+        // Commits of a page each, more events in all than the hub keeps.
+        let (batches, per_batch) = (26u64, PAGE as u64);
+        let provenance = Provenance {
+            agency: "prison-opava".into(),
+            credential: "test".into(),
+        };
+        for batch in 0..batches {
+            let submissions: Vec<crate::Submission> = (0..per_batch)
+                .map(|n| crate::Submission {
+                    draft: EventDraft {
+                        id: EventId(uuid::Uuid::new_v4()),
+                        client_id: ClientId(uuid::Uuid::from_u128(u128::from(
+                            (batch * per_batch + n) % 97 + 1,
+                        ))),
+                        occurred_at: Utc::now().fixed_offset(),
+                        actor: None,
+                        event: JourneyEvent::decode("job.placed", 1, &serde_json::json!({}))
+                            .unwrap(),
+                    },
+                    expected_version: None,
+                })
+                .collect();
+            journeys.record(&provenance, &submissions).await.unwrap();
+        }
+        let total = batches * per_batch;
+        let mut cursor = hub.cursor.subscribe();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            cursor.wait_for(|at| *at >= total),
+        )
+        .await
+        .expect("the hub reads every page")
+        .unwrap();
+
+        let kept: Vec<Arc<HubPage>> = hub.kept.lock().unwrap().iter().cloned().collect();
+        let kept_events: usize = kept.iter().map(|page| page.events.len()).sum();
+        assert!(kept_events <= HUB_KEPT_EVENTS, "{kept_events}");
+        // What the stalled subscriber was announced: the pages let go of are gone.
+        let (mut alive, mut gone) = (0, 0);
+        while let Ok(page) = stalled.pages.try_recv() {
+            match page.upgrade() {
+                Some(_) => alive += 1,
+                None => gone += 1,
+            }
+        }
+        assert!(
+            alive <= kept.len(),
+            "{alive} pages alive, {} kept",
+            kept.len()
+        );
+        assert!(gone > 0, "the hub let go of no page: {alive} alive");
+        drop(kept);
+
+        // Announcements taken above are covered by the log: nothing is lost.
+        let mut positions = Vec::new();
+        while positions.len() < total as usize {
+            let batch =
+                tokio::time::timeout(std::time::Duration::from_secs(10), stalled.next_batch())
+                    .await
+                    .expect("the subscriber catches up")
+                    .unwrap()
+                    .expect("the hub runs");
+            positions.extend(batch.events.iter().map(|event| event.meta.position));
+        }
+        assert_eq!(positions, (1..=total).collect::<Vec<_>>());
+        stop.send(true).unwrap();
+        running.await.unwrap();
+        drop(store);
     }
 
     #[test]
