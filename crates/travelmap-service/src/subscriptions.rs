@@ -206,8 +206,10 @@ const HUB_BACKLOG: usize = 256;
 /// handles: a page the hub has let go of is freed, whoever has not taken it yet, and read from
 /// the log by a subscriber that still needs it. Without this bound, a subscriber that stopped
 /// reading held every page in the announcement ring: up to 256 pages of 500 events during a
-/// bulk load, hundreds of megabytes.
-const HUB_KEPT_EVENTS: usize = 10_000;
+/// bulk load, hundreds of megabytes. A quarter of that still keeps a couple of seconds of a bulk
+/// load for subscribers that lag behind it (more than 16,000 events/s), so that they are not all
+/// sent to read the log at once.
+const HUB_KEPT_EVENTS: usize = 32_768;
 /// Events per page, read by the hub or by a subscriber catching up.
 const PAGE: usize = 500;
 /// A hub page older than this is not used: access (a restriction, an erasure) may have changed
@@ -227,14 +229,21 @@ pub struct HubPage {
     pub access: HashMap<ClientId, Access>,
 }
 
+/// The hub's latest pages: at most [`HUB_KEPT_EVENTS`] events. A page older than
+/// [`PAGE_FRESH_FOR`], which no subscriber would use, is let go of when the next page comes or
+/// after as long without one; the newest is kept otherwise.
+#[derive(Default)]
+struct KeptPages {
+    pages: VecDeque<Arc<HubPage>>,
+    events: usize,
+}
+
 /// Reads the head of the feed once for every subscriber.
 pub struct FeedHub {
     journeys: Arc<Journeys>,
     pages: broadcast::Sender<Weak<HubPage>>,
-    /// The latest pages, what the announcements point to: at most [`HUB_KEPT_EVENTS`] events,
-    /// none older than [`PAGE_FRESH_FOR`] (which no subscriber would use) but the newest, and
-    /// that one too once the feed has been quiet for as long.
-    kept: std::sync::Mutex<VecDeque<Arc<HubPage>>>,
+    /// The latest pages, what the announcements point to.
+    kept: std::sync::Mutex<KeptPages>,
     /// The position up to which pages have been broadcast.
     cursor: watch::Sender<u64>,
 }
@@ -254,15 +263,20 @@ impl FeedHub {
     /// Keeps `page` among the latest, letting go of the oldest beyond the bounds.
     fn keep(&self, page: Arc<HubPage>) {
         let mut kept = self.kept.lock().expect("hub pages lock");
-        kept.push_back(page);
-        let mut events: usize = kept.iter().map(|page| page.events.len()).sum();
-        while kept.len() > 1
-            && let Some(oldest) = kept.front()
-            && (events > HUB_KEPT_EVENTS || oldest.read_at.elapsed() > PAGE_FRESH_FOR)
+        kept.events += page.events.len();
+        kept.pages.push_back(page);
+        while kept.pages.len() > 1
+            && let Some(oldest) = kept.pages.front()
+            && (kept.events > HUB_KEPT_EVENTS || oldest.read_at.elapsed() > PAGE_FRESH_FOR)
         {
-            events -= oldest.events.len();
-            kept.pop_front();
+            kept.events -= oldest.events.len();
+            kept.pages.pop_front();
         }
+    }
+
+    /// Lets go of every page kept.
+    fn let_go(&self) {
+        *self.kept.lock().expect("hub pages lock") = KeptPages::default();
     }
 
     /// Reads and broadcasts pages as the head moves, until `shutdown` turns true, telling
@@ -277,7 +291,7 @@ impl FeedHub {
                 // up to the hub's cursor itself.
                 let now_at = *head.borrow_and_update();
                 self.cursor.send_replace(now_at);
-                self.kept.lock().expect("hub pages lock").clear();
+                self.let_go();
                 // Nothing to read is nothing to fail: an earlier failure is over.
                 health.running();
                 tokio::select! {
@@ -295,15 +309,13 @@ impl FeedHub {
             match page.await {
                 Ok((events, _)) if events.is_empty() => {
                     health.running();
-                    let keeping = !self.kept.lock().expect("hub pages lock").is_empty();
+                    let keeping = !self.kept.lock().expect("hub pages lock").pages.is_empty();
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return },
                         _ = shutdown.changed() => return,
                         // Pages no subscriber would use any more are let go of while the feed
                         // is quiet too.
-                        () = tokio::time::sleep(PAGE_FRESH_FOR), if keeping => {
-                            self.kept.lock().expect("hub pages lock").clear();
-                        }
+                        () = tokio::time::sleep(PAGE_FRESH_FOR), if keeping => self.let_go(),
                     }
                 }
                 Ok((events, access)) => {
@@ -592,7 +604,8 @@ mod tests {
         );
 
         // Commits of a page each, more events in all than the hub keeps.
-        let (batches, per_batch) = (26u64, PAGE as u64);
+        let per_batch = PAGE as u64;
+        let batches = (HUB_KEPT_EVENTS as u64).div_ceil(per_batch) + 6;
         let provenance = Provenance {
             agency: "prison-opava".into(),
             credential: "test".into(),
@@ -625,7 +638,7 @@ mod tests {
         .expect("the hub reads every page")
         .unwrap();
 
-        let kept: Vec<Arc<HubPage>> = hub.kept.lock().unwrap().iter().cloned().collect();
+        let kept: Vec<Arc<HubPage>> = hub.kept.lock().unwrap().pages.iter().cloned().collect();
         let kept_events: usize = kept.iter().map(|page| page.events.len()).sum();
         assert!(kept_events <= HUB_KEPT_EVENTS, "{kept_events}");
         // What the stalled subscriber was announced: the pages let go of are gone.

@@ -18,10 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tokio::sync::Mutex;
 
-use super::Patiently;
 use crate::Result;
 
 /// How often a holder shows its lease's session is alive.
@@ -62,7 +61,6 @@ pub(super) struct Lease {
     /// stored one is `$1`; returns it if it did.
     retake_epoch: &'static str,
     connector: super::Connector,
-    pool: PgPool,
     /// The connection holding the lock, while this process holds the lease.
     held: Arc<Mutex<Option<PgConnection>>>,
     /// Whether this process may do the job without asking again: cleared by a write that
@@ -80,7 +78,6 @@ impl Lease {
         bump_epoch: &'static str,
         retake_epoch: &'static str,
         connector: super::Connector,
-        pool: PgPool,
     ) -> Self {
         Self {
             job,
@@ -88,7 +85,6 @@ impl Lease {
             bump_epoch,
             retake_epoch,
             connector,
-            pool,
             held: Arc::new(Mutex::new(None)),
             leading: Arc::new(AtomicBool::new(false)),
             epoch: AtomicI64::new(-1),
@@ -141,10 +137,12 @@ impl Lease {
             )
             .await?;
             if acquired {
-                let epoch: i64 = sqlx::query_scalar(self.bump_epoch)
-                    .fetch_one(&self.pool)
-                    .patiently()
-                    .await?;
+                // On the lease's own connection, within a beat's patience: a bump that came
+                // late, after a standby had ended this silent session and taken over, would make
+                // this process's epoch current again without its lock.
+                let epoch: i64 =
+                    within_beat(sqlx::query_scalar(self.bump_epoch).fetch_one(&mut connection))
+                        .await?;
                 self.epoch.store(epoch, Ordering::SeqCst);
                 self.leading.store(true, Ordering::SeqCst);
                 *held = Some(connection);
@@ -212,7 +210,11 @@ impl Lease {
                 );
                 true
             }
-            Ok(Err(_)) | Err(_) => false,
+            Ok(Err(error)) => {
+                tracing::warn!(job = self.job, %error, "the lease's epoch could not be checked");
+                false
+            }
+            Err(_) => false,
         }
     }
 

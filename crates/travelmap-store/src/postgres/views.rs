@@ -46,7 +46,6 @@ impl PgViewStore {
                 "UPDATE projection_checkpoints SET epoch = GREATEST(epoch, $1) + 1
                  WHERE projection = 'client_views' AND epoch <> $1 RETURNING epoch",
                 connector,
-                pool.clone(),
             ),
             pool,
             saved,

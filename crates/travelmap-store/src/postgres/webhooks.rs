@@ -44,7 +44,6 @@ impl PgWebhookStore {
                 "UPDATE webhook_dispatch SET epoch = GREATEST(epoch, $1) + 1 WHERE epoch <> $1
                  RETURNING epoch",
                 connector,
-                pool.clone(),
             ),
             pool,
             changes: watch::channel(0).0,
