@@ -265,6 +265,30 @@ async fn sigterm_stops_cleanly_and_a_restart_keeps_every_acknowledged_event() {
     assert_eq!(map["version"], 100);
 }
 
+/// A connection that never finishes its request (a half-sent head, a client that stalled) does
+/// not hold a stopping server for ever: it is closed 10 s after the stop began.
+#[tokio::test]
+async fn sigterm_does_not_wait_for_ever_on_a_request_never_finished() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"), None).await;
+    let address = server.address.trim_start_matches("http://").to_owned();
+    let mut half_sent = std::net::TcpStream::connect(&address).unwrap();
+    half_sent
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: travelmap\r\n")
+        .unwrap();
+    let mut begun = std::net::TcpStream::connect(&address).unwrap();
+    begun.write_all(b"G").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.signal("TERM");
+    let status = server
+        .ends_within(Duration::from_secs(25))
+        .await
+        .expect("the server stops within the time it gives open connections, and then some");
+    assert!(status.success(), "{status:?}");
+    drop((half_sent, begun));
+}
+
 #[tokio::test]
 async fn acknowledged_events_survive_a_kill_in_the_middle_of_writing() {
     let dir = tempfile::tempdir().unwrap();

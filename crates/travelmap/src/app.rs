@@ -1,7 +1,7 @@
 //! The running service: store, projector and HTTP server, built from settings and stopped
 //! cleanly.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -251,6 +251,7 @@ impl Application {
                 .report(stop_projector.subscribe(), watch("audit_writes", false)),
         );
         let (begin_stopping, stopping) = watch::channel(false);
+        let mut stop_began = stopping.clone();
         // A process that lacks a master key the store's data keys are wrapped under cannot do
         // its part, and holding the projection's and the webhooks' leases it would keep every
         // other process on the store from doing it: it stops, and says why.
@@ -298,9 +299,30 @@ impl Application {
             stalls: Default::default(),
             writes: writes.clone(),
         });
-        let served = axum::serve(self.listener, router)
+        let serving = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
-            .await;
+            .into_future();
+        // A graceful stop waits for every open connection's request to be answered, and a
+        // connection still sending its request (slowly, or never finishing its headers) would
+        // hold it for ever. Past `CLOSE_CONNECTIONS` the server stops waiting for them. Writes
+        // run in tasks of their own, waited for below, so none is cut short: a caller cut off
+        // loses only its answer, and its retry is answered from the log.
+        let served = tokio::select! {
+            served = serving => served,
+            () = async {
+                if stop_began.wait_for(|stopping| *stopping).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(CLOSE_CONNECTIONS).await;
+            } => {
+                tracing::warn!(
+                    "connections were still open {} s after the stop began (a request still \
+                     being sent, or its answer still being read); closing them",
+                    CLOSE_CONNECTIONS.as_secs()
+                );
+                Ok(())
+            }
+        };
         // Before the projector stops: a write may be waiting for it (an erasure is answered
         // once the projector has folded it).
         writes.close();
@@ -392,6 +414,9 @@ async fn probe_store(
         }
     }
 }
+
+/// How long a stopping server waits for its open connections' requests to be answered.
+const CLOSE_CONNECTIONS: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a stopping server waits for writes whose callers hung up, once the last
 /// connection has closed. A write gives up on a store that does not answer after 30 s, and
