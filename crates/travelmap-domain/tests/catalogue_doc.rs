@@ -81,7 +81,10 @@ same client that name an earlier event. Projections read the corrected event wit
 data (validated against the corrected type's schema, its dated facts such as a birth date not
 after the day of the event corrected nor the correction's own, and stored as that type reads it:
 texts trimmed, defaults filled in, times to the microsecond) and drop retracted events; the history keeps
-all of them, with who corrected what and why. A retracted event, or a correction or retraction
+all of them, with who corrected what and why. A correction replaces the event's `data` only: its
+`occurred_at` stays as recorded (the correction's own `occurred_at` is when it was made). An event
+recorded with the wrong time is retracted and recorded again, under a new id, with the right one.
+A retracted event, or a correction or retraction
 itself, cannot be corrected or retracted again, nor can the data-protection officer's decisions
 (`personal_data.erased`, `processing.restricted`, `restriction.lifted`, `retention.applied`),
 which only the officer's further decisions change: all of these are `422 validation_failed` on
