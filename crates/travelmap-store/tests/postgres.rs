@@ -124,6 +124,39 @@ async fn a_lost_lease_fences_the_old_writer_off() {
     database.drop_database().await.unwrap();
 }
 
+/// Moves the view lease's epoch by hand (`SET epoch = ...`, as a restore of the database would
+/// move it) under `store`, which holds the lease: its next save is fenced off, and once it has
+/// asked for the lease again, the save after is not. Returns the epoch it then writes under.
+async fn epoch_moved_under(
+    store: &PgStore,
+    admin: &mut sqlx::PgConnection,
+    moved: &str,
+    checkpoint: u64,
+) -> i64 {
+    sqlx::query(&format!(
+        "UPDATE projection_checkpoints SET epoch = {moved}"
+    ))
+    .execute(&mut *admin)
+    .await
+    .unwrap();
+    let fenced = store
+        .views
+        .save(checkpoint, vec![view(ClientId(Uuid::new_v4()))])
+        .await;
+    assert!(matches!(fenced, Err(Error::NotLeader)), "{fenced:?}");
+    store.views.lead().await.unwrap();
+    store
+        .views
+        .save(checkpoint + 1, vec![view(ClientId(Uuid::new_v4()))])
+        .await
+        .unwrap();
+    assert_eq!(store.views.checkpoint().await.unwrap(), checkpoint + 1);
+    sqlx::query_scalar("SELECT epoch FROM projection_checkpoints WHERE projection = 'client_views'")
+        .fetch_one(&mut *admin)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_holder_whose_epoch_was_moved_without_its_lease_takes_a_new_one() {
     let database = scratch().await;
@@ -136,56 +169,12 @@ async fn a_holder_whose_epoch_was_moved_without_its_lease_takes_a_new_one() {
         .save(5, vec![view(ClientId(Uuid::new_v4()))])
         .await
         .unwrap();
-    // The epoch moves while the lease's connection lives on, as a restore of the database
-    // would move it.
     let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
-    sqlx::query("UPDATE projection_checkpoints SET epoch = epoch + 7")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let fenced = store
-        .views
-        .save(6, vec![view(ClientId(Uuid::new_v4()))])
-        .await;
-    assert!(matches!(fenced, Err(Error::NotLeader)), "{fenced:?}");
-    // Asking for the lease again is enough: the save after it is not fenced off for good.
-    store.views.lead().await.unwrap();
-    store
-        .views
-        .save(7, vec![view(ClientId(Uuid::new_v4()))])
-        .await
-        .unwrap();
-    assert_eq!(store.views.checkpoint().await.unwrap(), 7);
+    let forward = epoch_moved_under(&store, &mut admin, "epoch + 7", 6).await;
     // Set back, as a restore of an older dump would: the epoch taken again is past every one
     // used before, so no earlier holder's is ever current again.
-    let epoch = || async {
-        let mut connection = sqlx::PgConnection::connect(database.url()).await.unwrap();
-        let epoch: i64 = sqlx::query_scalar(
-            "SELECT epoch FROM projection_checkpoints WHERE projection = 'client_views'",
-        )
-        .fetch_one(&mut connection)
-        .await
-        .unwrap();
-        connection.close().await.unwrap();
-        epoch
-    };
-    let highest = epoch().await;
-    sqlx::query("UPDATE projection_checkpoints SET epoch = 0")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let fenced = store
-        .views
-        .save(8, vec![view(ClientId(Uuid::new_v4()))])
-        .await;
-    assert!(matches!(fenced, Err(Error::NotLeader)), "{fenced:?}");
-    store.views.lead().await.unwrap();
-    assert!(epoch().await > highest);
-    store
-        .views
-        .save(9, vec![view(ClientId(Uuid::new_v4()))])
-        .await
-        .unwrap();
+    let back = epoch_moved_under(&store, &mut admin, "0", 8).await;
+    assert!(back > forward, "{back} after {forward}");
     admin.close().await.unwrap();
     store.close().await;
     database.drop_database().await.unwrap();
