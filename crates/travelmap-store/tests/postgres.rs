@@ -12,7 +12,7 @@ use travelmap_domain::personal::Category;
 use travelmap_store::KeyStore;
 use travelmap_store::keys::StoredKey;
 use travelmap_store::postgres::{MIGRATIONS, Migrations, PgStore, ScratchDatabase, migrate};
-use travelmap_store::{ClientView, Error, ViewStore, postgres::server_from_env};
+use travelmap_store::{ClientView, Error, EventLog, ViewStore, postgres::server_from_env};
 use uuid::Uuid;
 
 async fn scratch() -> ScratchDatabase {
@@ -635,4 +635,72 @@ fn stream(client: ClientId, expected_version: u64) -> travelmap_store::StreamApp
             sealed: None,
         }],
     }
+}
+
+/// An older dump restored under a running server sets the log's head back, and the next events
+/// take positions that server has already passed: it would never fold them. It sees the head go
+/// back and records no more events, saying why, until it is restarted; a server started on the
+/// restored database records as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_sees_the_log_go_back_records_no_more_events() {
+    let database = scratch().await;
+    let running = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        running
+            .log
+            .append(&provenance(), vec![stream(ClientId(Uuid::new_v4()), 0)])
+            .await
+            .unwrap();
+    }
+    let mut head = running.log.head();
+    tokio::time::timeout(Duration::from_secs(5), head.wait_for(|head| *head == 3))
+        .await
+        .expect("the running server hears its own commits")
+        .unwrap();
+    // The restore, as its effect on the log: the events after the first gone, the head back.
+    let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
+    sqlx::query("DELETE FROM events WHERE position > 1")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE log_head SET position = 1")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let restarted = PgStore::connect(database.url(), Migrations::Apply)
+        .await
+        .unwrap();
+    let receipts = restarted
+        .log
+        .append(&provenance(), vec![stream(ClientId(Uuid::new_v4()), 0)])
+        .await
+        .unwrap();
+    assert_eq!(receipts[0].position, 2);
+    // The running server heard position 2 announced after 3.
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match running
+                .log
+                .append(&provenance(), vec![stream(ClientId(Uuid::new_v4()), 0)])
+                .await
+            {
+                Err(Error::Unavailable(message)) => return message,
+                Ok(receipts) => assert!(
+                    receipts[0].position >= 3,
+                    "recorded at a position it had passed: {receipts:?}"
+                ),
+                Err(other) => panic!("{other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the running server stops recording");
+    assert!(refused.contains("went back"), "{refused}");
+    admin.close().await.unwrap();
+    running.close().await;
+    restarted.close().await;
+    database.drop_database().await.unwrap();
 }

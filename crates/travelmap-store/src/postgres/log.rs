@@ -2,6 +2,7 @@
 //! `log_head` row lock that orders appends across processes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
@@ -83,6 +84,8 @@ pub struct PgEventLog {
     jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     head: watch::Receiver<u64>,
+    /// Set once this process has seen the log's head go back (see `super::Rewound`).
+    rewound: Arc<super::Rewound>,
 }
 
 impl PgEventLog {
@@ -90,6 +93,7 @@ impl PgEventLog {
         pool: PgPool,
         head: watch::Sender<u64>,
         receiver: watch::Receiver<u64>,
+        rewound: Arc<super::Rewound>,
     ) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
         let writer = tokio::spawn(write_groups(pool.clone(), head, queue));
@@ -98,6 +102,7 @@ impl PgEventLog {
             jobs: std::sync::Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(writer)),
             head: receiver,
+            rewound,
         }
     }
 
@@ -118,6 +123,9 @@ impl EventLog for PgEventLog {
         streams: Vec<StreamAppend>,
         announcement: Announcement,
     ) -> Result<Vec<Receipt>> {
+        if let Some(refusal) = self.rewound.refusal() {
+            return Err(refusal);
+        }
         let jobs = self.jobs.lock().expect("jobs lock").clone();
         let jobs = jobs.ok_or(Error::Closed)?;
         let (reply, receipts) = oneshot::channel();

@@ -110,7 +110,13 @@ impl PgStore {
         let (head_position, checkpoint) = heads(&pool).await?;
         let (head, head_receiver) = watch::channel(head_position);
         let (saved, saved_receiver) = watch::channel(checkpoint);
-        let log = Arc::new(PgEventLog::new(pool.clone(), head.clone(), head_receiver));
+        let rewound = Arc::new(Rewound::default());
+        let log = Arc::new(PgEventLog::new(
+            pool.clone(),
+            head.clone(),
+            head_receiver,
+            rewound.clone(),
+        ));
         let connector = Connector {
             options,
             timeout: connect_timeout,
@@ -123,7 +129,7 @@ impl PgStore {
         let webhooks = Arc::new(PgWebhookStore::new(pool.clone(), connector));
         let audit = Arc::new(PgAuditLog::new(pool.clone()));
         let keys = Arc::new(PgKeyStore::new(pool.clone()));
-        let listener = tokio::spawn(follow_notifications(listener, pool, head, saved));
+        let listener = tokio::spawn(follow_notifications(listener, pool, head, saved, rewound));
         Ok(Self {
             log,
             views,
@@ -446,16 +452,60 @@ async fn heads(pool: &PgPool) -> Result<(u64, u64)> {
     Ok((head as u64, checkpoint as u64))
 }
 
+/// The log's head seen going back while this process ran: the database was restored under it
+/// (an older dump put back while servers ran, which docs/operations.md warns against). Every
+/// position this process has passed may then be given to new events, which its projector and
+/// index would never fold; so from then on it refuses to record events (`503`, which readiness
+/// shows as the store failing) until it is restarted, and says why.
+#[derive(Default)]
+pub(crate) struct Rewound(std::sync::OnceLock<(u64, u64)>);
+
+impl Rewound {
+    /// Notes that the head was at `from` and is now at `to`, below it; logged the first time.
+    fn noticed(&self, from: u64, to: u64) {
+        if self.0.set((from, to)).is_ok() {
+            tracing::error!(
+                from,
+                to,
+                "the event log's head went back while this server ran: the database was \
+                 restored under it. Events recorded from now on would take positions this \
+                 server has passed and never reach its travel maps, so it records none. Stop \
+                 every server, run `travelmap rebuild`, and start them again (see \
+                 docs/operations.md, \"PostgreSQL\")"
+            );
+        }
+    }
+
+    /// The answer to an append once the head has been seen going back.
+    pub(crate) fn refusal(&self) -> Option<crate::Error> {
+        self.0.get().map(|(from, to)| {
+            crate::Error::Unavailable(format!(
+                "the event log's head went back from position {from} to {to} while this server \
+                 ran (the database was restored under it); restart it after a rebuild"
+            ))
+        })
+    }
+}
+
 /// Moves the head and checkpoint watches as other processes (and this one) announce commits.
 /// Notifications sent while the listening connection was down are lost, so after every
 /// reconnection, once listening again, both are read from the tables again. The task runs until
 /// the store is closed (which aborts it).
+///
+/// Appends commit one at a time under the `log_head` lock, each announcing the head it moved to,
+/// and notifications arrive in commit order: so each announced head is past the one announced
+/// before, and one that is not means the log went back (see [`Rewound`]). Only announcements are
+/// compared with announcements: a head read from the table may already count commits whose
+/// announcements are still on their way.
 async fn follow_notifications(
     mut listener: PgListener,
     pool: PgPool,
     head: watch::Sender<u64>,
     saved: watch::Sender<u64>,
+    rewound: Arc<Rewound>,
 ) {
+    // The last head announced.
+    let mut heard = 0;
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
@@ -464,6 +514,10 @@ async fn follow_notifications(
                 };
                 // The head never goes back; the views' checkpoint can (to 0, on a rebuild).
                 if notification.channel() == LOG_CHANNEL {
+                    if position <= heard {
+                        rewound.noticed(heard, position);
+                    }
+                    heard = position;
                     advance(&head, position);
                 } else {
                     saved.send_replace(position);
@@ -486,6 +540,9 @@ async fn follow_notifications(
                 };
                 loop {
                     if let Ok((position, checkpoint)) = heads(&pool).await {
+                        if position < heard {
+                            rewound.noticed(heard, position);
+                        }
                         advance(&head, position);
                         saved.send_replace(checkpoint);
                         break;
