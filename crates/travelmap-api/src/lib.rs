@@ -65,7 +65,45 @@ pub struct AppState {
     /// Writes that run on after their caller hung up (see [`finish_writes`]): a stopping
     /// server waits for them before it closes the store, or a decision already carried out (an
     /// erasure) could be cut off from its record or its entry, and a write refused half-way.
-    pub writes: tokio_util::task::TaskTracker,
+    pub writes: Writes,
+}
+
+/// The writes under way (see [`finish_writes`]).
+#[derive(Clone, Default)]
+pub struct Writes {
+    tracker: tokio_util::task::TaskTracker,
+    cut_off: tokio_util::sync::CancellationToken,
+}
+
+impl Writes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ends the reading of every write's body still being sent, with an error, and of those to
+    /// come: a stopping server that has given up on its open connections must not wait for
+    /// bodies that will never arrive. A write whose body had arrived goes on.
+    pub fn cut_off_bodies(&self) {
+        self.cut_off.cancel();
+    }
+
+    /// Takes no more writes; [`Self::wait`] then returns once those under way have ended.
+    pub fn close(&self) {
+        self.tracker.close();
+    }
+
+    pub async fn wait(&self) {
+        self.tracker.wait().await;
+    }
+
+    /// How many writes are under way.
+    pub fn len(&self) -> usize {
+        self.tracker.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tracker.is_empty()
+    }
 }
 
 /// How long a break-glass grant lasts unless configured otherwise.
@@ -602,7 +640,7 @@ async fn refuse_unexpected_query(
 /// short has returned nothing. Each write is spawned on `writes`, which a stopping server
 /// waits on: the connection it came on may be long gone by then.
 async fn finish_writes(
-    axum::extract::State(writes): axum::extract::State<tokio_util::task::TaskTracker>,
+    axum::extract::State(writes): axum::extract::State<Writes>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -613,14 +651,42 @@ async fn finish_writes(
     ) {
         return next.run(request).await;
     }
+    let cut_off = writes.cut_off.clone();
+    let request = request.map(|body| until_cut_off(body, cut_off));
     let span = tracing::Span::current();
     match writes
+        .tracker
         .spawn(tracing::Instrument::instrument(next.run(request), span))
         .await
     {
         Ok(response) => response,
         Err(_) => ApiError::internal("a request handler panicked").into_response(),
     }
+}
+
+/// `body`, read as it comes until `cut_off` is cancelled, then ending with an error (the
+/// request is then refused as a body not read in full, and nothing is written).
+fn until_cut_off(
+    body: axum::body::Body,
+    cut_off: tokio_util::sync::CancellationToken,
+) -> axum::body::Body {
+    use futures::StreamExt;
+    let chunks = futures::stream::unfold(
+        (body.into_data_stream(), Some(cut_off)),
+        |(mut data, cut_off)| async move {
+            // After the error, the body ends.
+            let cut_off = cut_off?;
+            tokio::select! {
+                biased;
+                chunk = data.next() => chunk.map(|chunk| (chunk, (data, Some(cut_off)))),
+                () = cut_off.cancelled() => Some((
+                    Err(axum::Error::new("the server stopped waiting for the body")),
+                    (data, None),
+                )),
+            }
+        },
+    );
+    axum::body::Body::from_stream(chunks)
 }
 
 /// The application's router with its middleware: request ids, tracing, the body limit, and
@@ -801,7 +867,7 @@ mod tests {
         Router::new()
             .route("/slow", post(handler.clone()).get(handler))
             .layer(axum::middleware::from_fn_with_state(
-                tokio_util::task::TaskTracker::new(),
+                super::Writes::new(),
                 super::finish_writes,
             ))
     }
@@ -837,7 +903,7 @@ mod tests {
                 done.store(true, Ordering::SeqCst);
             }
         };
-        let writes = tokio_util::task::TaskTracker::new();
+        let writes = super::Writes::new();
         let router = Router::new().route("/write", post(handler)).layer(
             axum::middleware::from_fn_with_state(writes.clone(), super::finish_writes),
         );
@@ -853,6 +919,45 @@ mod tests {
         writes.close();
         writes.wait().await;
         assert!(done.load(Ordering::SeqCst), "waited for until it ended");
+    }
+
+    /// A write whose body never arrives in full (a caller that stalled) ends once bodies are cut
+    /// off, so a stopping server does not wait for it; one whose body arrived goes on.
+    #[tokio::test]
+    async fn a_write_whose_body_never_arrives_ends_once_bodies_are_cut_off() {
+        let writes = super::Writes::new();
+        let router = Router::new()
+            .route(
+                "/write",
+                post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                writes.clone(),
+                super::finish_writes,
+            ));
+        // The first part of a body, and then nothing.
+        let parts = futures::StreamExt::chain(
+            futures::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from(
+                "{\"partial\":",
+            ))]),
+            futures::stream::pending(),
+        );
+        let stalled = Request::builder()
+            .method("POST")
+            .uri("/write")
+            .body(Body::from_stream(parts))
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_millis(50), router.oneshot(stalled)).await;
+        assert!(
+            answer.is_err(),
+            "the caller hangs up before the body is sent"
+        );
+        assert_eq!(writes.len(), 1, "the write waits for its body");
+        writes.cut_off_bodies();
+        writes.close();
+        tokio::time::timeout(Duration::from_secs(1), writes.wait())
+            .await
+            .expect("a body cut off ends its write");
     }
 
     #[tokio::test]

@@ -280,7 +280,7 @@ impl Application {
             let _ = begin_stopping.send(true);
         };
         // Writes whose callers hung up run on (see `travelmap_api::AppState::writes`).
-        let writes = tokio_util::task::TaskTracker::new();
+        let writes = travelmap_api::Writes::new();
         let router = travelmap_api::router(AppState {
             journeys: self.journeys.clone(),
             authenticator: self.authenticator.clone(),
@@ -320,6 +320,8 @@ impl Application {
                      being sent, or its answer still being read); closing them",
                     CLOSE_CONNECTIONS.as_secs()
                 );
+                // A write whose body is still arriving would otherwise be waited for below.
+                writes.cut_off_bodies();
                 Ok(())
             }
         };
