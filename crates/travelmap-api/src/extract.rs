@@ -21,6 +21,31 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// which reports the offending field with `422`.
 pub struct JsonBody(pub Value);
 
+/// Why a write's body stopped being read: the server is stopping and gave up waiting for it
+/// (see `crate::Writes::cut_off_bodies`). Nothing was written; the client retries.
+#[derive(Debug)]
+pub(crate) struct BodyCutOff;
+
+impl std::fmt::Display for BodyCutOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the server stopped waiting for the body")
+    }
+}
+
+impl std::error::Error for BodyCutOff {}
+
+/// Whether `error`, or one it was caused by, is [`BodyCutOff`].
+fn cut_off(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<BodyCutOff>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
@@ -105,7 +130,9 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             Bytes::from_request(request, state)
                 .await
                 .map_err(|rejection: BytesRejection| {
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    if cut_off(&rejection) {
+                        ApiError::new(Code::Unavailable, "the service is shutting down")
+                    } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                         ApiError::new(
                             Code::PayloadTooLarge,
                             format!("the body exceeds {MAX_BODY_BYTES} bytes"),

@@ -665,7 +665,7 @@ async fn finish_writes(
 }
 
 /// `body`, read as it comes until `cut_off` is cancelled, then ending with an error (the
-/// request is then refused as a body not read in full, and nothing is written).
+/// request is then answered `503`, the service shutting down, and nothing is written).
 fn until_cut_off(
     body: axum::body::Body,
     cut_off: tokio_util::sync::CancellationToken,
@@ -680,7 +680,7 @@ fn until_cut_off(
                 biased;
                 chunk = data.next() => chunk.map(|chunk| (chunk, (data, Some(cut_off)))),
                 () = cut_off.cancelled() => Some((
-                    Err(axum::Error::new("the server stopped waiting for the body")),
+                    Err(axum::Error::new(extract::BodyCutOff)),
                     (data, None),
                 )),
             }
@@ -922,14 +922,15 @@ mod tests {
     }
 
     /// A write whose body never arrives in full (a caller that stalled) ends once bodies are cut
-    /// off, so a stopping server does not wait for it; one whose body arrived goes on.
+    /// off, so a stopping server does not wait for it, and a caller still connected is told to
+    /// retry (the service is shutting down), not that its body was bad.
     #[tokio::test]
     async fn a_write_whose_body_never_arrives_ends_once_bodies_are_cut_off() {
         let writes = super::Writes::new();
         let router = Router::new()
             .route(
                 "/write",
-                post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+                post(|body: super::extract::JsonBody| async move { body.0.to_string() }),
             )
             .layer(axum::middleware::from_fn_with_state(
                 writes.clone(),
@@ -945,19 +946,19 @@ mod tests {
         let stalled = Request::builder()
             .method("POST")
             .uri("/write")
+            .header("content-type", "application/json")
             .body(Body::from_stream(parts))
             .unwrap();
-        let answer = tokio::time::timeout(Duration::from_millis(50), router.oneshot(stalled)).await;
-        assert!(
-            answer.is_err(),
-            "the caller hangs up before the body is sent"
-        );
+        let answer = tokio::spawn(router.oneshot(stalled));
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(writes.len(), 1, "the write waits for its body");
         writes.cut_off_bodies();
         writes.close();
         tokio::time::timeout(Duration::from_secs(1), writes.wait())
             .await
             .expect("a body cut off ends its write");
+        let answer = answer.await.unwrap().unwrap();
+        assert_eq!(answer.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[tokio::test]

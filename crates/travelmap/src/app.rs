@@ -304,9 +304,10 @@ impl Application {
             .into_future();
         // A graceful stop waits for every open connection's request to be answered, and a
         // connection still sending its request (slowly, or never finishing its headers) would
-        // hold it for ever. Past `CLOSE_CONNECTIONS` the server stops waiting for them. Writes
-        // run in tasks of their own, waited for below, so none is cut short: a caller cut off
-        // loses only its answer, and its retry is answered from the log.
+        // hold it for ever. Past `CLOSE_CONNECTIONS` the server stops waiting for them (their
+        // tasks end with the process). Writes run in tasks of their own, waited for below: one
+        // whose body is still arriving is cut off and stores nothing, and any other runs to its
+        // end, its retry answered from the log.
         let served = tokio::select! {
             served = serving => served,
             () = async {
@@ -317,7 +318,7 @@ impl Application {
             } => {
                 tracing::warn!(
                     "connections were still open {} s after the stop began (a request still \
-                     being sent, or its answer still being read); closing them",
+                     being sent, or its answer still being read); no longer waiting for them",
                     CLOSE_CONNECTIONS.as_secs()
                 );
                 // A write whose body is still arriving would otherwise be waited for below.

@@ -453,7 +453,8 @@ async fn heads(pool: &PgPool) -> Result<(u64, u64)> {
 }
 
 /// The log's head seen going back while this process ran: the database was restored under it
-/// (an older dump put back while servers ran, which docs/operations.md warns against). Every
+/// (an older dump put back while servers ran, which docs/operations.md warns against), or
+/// failed over to a replica that lacked the last commits. Every
 /// position this process has passed may then be given to new events, which its projector and
 /// index would never fold; so from then on it refuses to record events (`503`, which readiness
 /// shows as the store failing) until it is restarted, and says why.
@@ -468,7 +469,8 @@ impl Rewound {
                 from,
                 to,
                 "the event log's head went back while this server ran: the database was \
-                 restored under it. Events recorded from now on would take positions this \
+                 restored under it, or failed over to a replica that lacked the last commits. \
+                 Events recorded from now on would take positions this \
                  server has passed and never reach its travel maps, so it records none. Stop \
                  every server, run `travelmap rebuild`, and start them again (see \
                  docs/operations.md, \"PostgreSQL\")"
@@ -481,7 +483,8 @@ impl Rewound {
         self.0.get().map(|(from, to)| {
             crate::Error::Unavailable(format!(
                 "the event log's head went back from position {from} to {to} while this server \
-                 ran (the database was restored under it); restart it after a rebuild"
+                 ran (the database was restored under it, or failed over to a replica that \
+                 lacked the last commits); restart it after a rebuild"
             ))
         })
     }
