@@ -46,6 +46,24 @@ fn view(client: ClientId) -> ClientView {
     )
 }
 
+/// `store` takes the view lease and saves one view with `checkpoint`.
+async fn leads_and_saves(store: &PgStore, checkpoint: u64) {
+    store.views.lead().await.unwrap();
+    store
+        .views
+        .save(checkpoint, vec![view(ClientId(Uuid::new_v4()))])
+        .await
+        .unwrap();
+}
+
+/// The view lease's epoch as stored.
+async fn view_epoch(connection: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT epoch FROM projection_checkpoints WHERE projection = 'client_views'")
+        .fetch_one(connection)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn migrations_apply_once_and_are_required_before_use() {
     let database = scratch().await;
@@ -79,12 +97,7 @@ async fn migrations_apply_once_and_are_required_before_use() {
 async fn a_lost_lease_fences_the_old_writer_off() {
     let database = scratch().await;
     let (first, second) = two_processes(&database).await;
-    first.views.lead().await.unwrap();
-    first
-        .views
-        .save(5, vec![view(ClientId(Uuid::new_v4()))])
-        .await
-        .unwrap();
+    leads_and_saves(&first, 5).await;
     // The second process announces nothing it does not see: it follows the saved checkpoint.
     let mut saved = second.views.saved();
     tokio::time::timeout(Duration::from_secs(5), saved.wait_for(|at| *at == 5))
@@ -151,10 +164,7 @@ async fn epoch_moved_under(
         .await
         .unwrap();
     assert_eq!(store.views.checkpoint().await.unwrap(), checkpoint + 1);
-    sqlx::query_scalar("SELECT epoch FROM projection_checkpoints WHERE projection = 'client_views'")
-        .fetch_one(&mut *admin)
-        .await
-        .unwrap()
+    view_epoch(admin).await
 }
 
 #[tokio::test]
@@ -163,12 +173,7 @@ async fn a_holder_whose_epoch_was_moved_without_its_lease_takes_a_new_one() {
     let store = PgStore::connect(database.url(), Migrations::Apply)
         .await
         .unwrap();
-    store.views.lead().await.unwrap();
-    store
-        .views
-        .save(5, vec![view(ClientId(Uuid::new_v4()))])
-        .await
-        .unwrap();
+    leads_and_saves(&store, 5).await;
     let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
     let forward = epoch_moved_under(&store, &mut admin, "epoch + 7", 6).await;
     // Set back, as a restore of an older dump would: the epoch taken again is past every one
@@ -197,19 +202,9 @@ async fn end_lease_holders(admin: &mut sqlx::PgConnection) {
 async fn a_new_leaders_reset_fences_off_the_old_leaders_save_in_flight() {
     let database = scratch().await;
     let (first, second) = two_processes(&database).await;
-    first.views.lead().await.unwrap();
-    first
-        .views
-        .save(5, vec![view(ClientId(Uuid::new_v4()))])
-        .await
-        .unwrap();
+    leads_and_saves(&first, 5).await;
     let mut admin = sqlx::PgConnection::connect(database.url()).await.unwrap();
-    let first_epoch: i64 = sqlx::query_scalar(
-        "SELECT epoch FROM projection_checkpoints WHERE projection = 'client_views'",
-    )
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
+    let first_epoch = view_epoch(&mut admin).await;
     // The first leader's next save, caught in flight as a save runs: its views written, the
     // checkpoint (moved last, under the first's epoch) not yet.
     let mut in_flight = sqlx::PgConnection::connect(database.url()).await.unwrap();

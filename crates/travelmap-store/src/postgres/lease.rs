@@ -197,9 +197,9 @@ impl Lease {
         let retake = sqlx::query_scalar::<_, i64>(self.retake_epoch)
             .bind(own)
             .fetch_optional(connection);
-        match tokio::time::timeout(BEAT_PATIENCE, retake).await {
-            Ok(Ok(None)) => true,
-            Ok(Ok(Some(epoch))) => {
+        match within_beat(retake).await {
+            Ok(None) => true,
+            Ok(Some(epoch)) => {
                 self.epoch.store(epoch, Ordering::SeqCst);
                 tracing::warn!(
                     job = self.job,
@@ -210,11 +210,10 @@ impl Lease {
                 );
                 true
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::warn!(job = self.job, %error, "the lease's epoch could not be checked");
                 false
             }
-            Err(_) => false,
         }
     }
 

@@ -117,8 +117,7 @@ impl PgViewStore {
             .bind(&owners)
             .execute(&mut *transaction)
             .await?;
-            self.move_checkpoint(&mut transaction, checkpoint, epoch)
-                .await?;
+            move_checkpoint(&mut transaction, checkpoint, epoch).await?;
             transaction.commit().await?;
             Ok(())
         })
@@ -164,40 +163,38 @@ impl PgViewStore {
                 .await?;
             copy.send(rows.finish()).await?;
             copy.finish().await?;
-            self.move_checkpoint(&mut transaction, checkpoint, epoch)
-                .await?;
+            move_checkpoint(&mut transaction, checkpoint, epoch).await?;
             transaction.commit().await?;
             Ok(())
         })
         .await
     }
+}
 
-    /// Moves the checkpoint within a save's transaction, if this process still leads.
-    ///
-    /// Last in the transaction, so that concurrent saves (the projector pipelines them) hold the
-    /// checkpoint row only briefly. GREATEST because pipelined saves may commit out of order.
-    async fn move_checkpoint(
-        &self,
-        transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        checkpoint: u64,
-        epoch: i64,
-    ) -> Result<()> {
-        let moved = sqlx::query(
-            "UPDATE projection_checkpoints SET position = GREATEST(position, $2)
-             WHERE projection = $1 AND epoch = $3
-             RETURNING pg_notify($4, position::text)",
-        )
-        .bind(CLIENT_VIEWS)
-        .bind(checkpoint as i64)
-        .bind(epoch)
-        .bind(VIEWS_CHANNEL)
-        .execute(&mut **transaction)
-        .await?;
-        if moved.rows_affected() == 0 {
-            return Err(Error::NotLeader);
-        }
-        Ok(())
+/// Moves the checkpoint within a save's transaction, if `epoch` is still current.
+///
+/// Last in the transaction, so that concurrent saves (the projector pipelines them) hold the
+/// checkpoint row only briefly. GREATEST because pipelined saves may commit out of order.
+async fn move_checkpoint(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    checkpoint: u64,
+    epoch: i64,
+) -> Result<()> {
+    let moved = sqlx::query(
+        "UPDATE projection_checkpoints SET position = GREATEST(position, $2)
+         WHERE projection = $1 AND epoch = $3
+         RETURNING pg_notify($4, position::text)",
+    )
+    .bind(CLIENT_VIEWS)
+    .bind(checkpoint as i64)
+    .bind(epoch)
+    .bind(VIEWS_CHANNEL)
+    .execute(&mut **transaction)
+    .await?;
+    if moved.rows_affected() == 0 {
+        return Err(Error::NotLeader);
     }
+    Ok(())
 }
 
 /// Deletes every view and sets the checkpoint to zero, if the lease's `epoch` is still current.
